@@ -1,0 +1,51 @@
+"""The `fitloop` command: one console script, a subcommand per capability.
+
+Each command group lives in `fitloop/commands/<group>.py` and exposes `register(subparsers)`, which adds its
+parser and sets `func` on it. Heavy imports (torch, prefect, ...) happen inside the command functions, so that
+`fitloop --help` is instant.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from fitloop.errors import FitloopError
+
+# Command groups, in the order `fitloop --help` lists them.
+COMMAND_MODULES = ["model", "bench"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fitloop",
+        description="Build datasets of 3D human body fits: convert datasets to webdataset shards, fit SMPL-format "
+                    "bodies with batched SMPLify, keep the best fits in a versioned Delta table, and train a "
+                    "SPIN regressor with fitting in the loop.",
+        epilog="Run `fitloop COMMAND --help` for the options of each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"fitloop {__import__('fitloop').__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"fitloop.commands.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except FitloopError as err:
+        print(f"fitloop: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
