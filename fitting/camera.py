@@ -1,0 +1,69 @@
+"""Pinhole cameras as SPIN uses them, and the two ways SMPLify's camera translation is initialised.
+
+Frames and units: camera frame x right, y down, z forward (metres); pixels with (0, 0) at the top-left corner of
+the image. SPIN's *crop convention* renders a `CROP_RES` = 224 px crop with a fixed, fake focal length
+`CROP_FOCAL` = 5000 px (nearly weak perspective) and principal point at the crop centre (112, 112). A network's
+weak-perspective camera [s, tx, ty] maps to a translation t = [tx, ty, 2 f / (res s)]. Full-image intrinsics
+(fx, fy, cx, cy) work with the same functions.
+
+A model in the SMPL frame (Y up, facing +Z) seen by such a camera with identity rotation stands upside down and
+faces away; body fits therefore carry the rotation in their global orientation, as SPIN's fits do.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+CROP_FOCAL = 5000.0
+CROP_RES = 224
+
+
+def project(points: Tensor, translation: Tensor, focal: Tensor | float, center: Tensor) -> Tensor:
+    """Perspective projection of points (B, N, 3), camera frame up to `translation` (B, 3), to pixels (B, N, 2).
+
+    focal: scalar or (B,) or (B, 2) px; center: (B, 2) px principal point.
+    """
+    p = points + translation[:, None, :]
+    focal = torch.as_tensor(focal, dtype=points.dtype, device=points.device)
+    if focal.dim() == 0:
+        focal = focal.expand(points.shape[0], 2)
+    elif focal.dim() == 1:
+        focal = focal[:, None].expand(-1, 2)
+    return focal[:, None, :] * p[..., :2] / p[..., 2:3] + center[:, None, :]
+
+
+def weak_perspective_to_translation(cam: Tensor, focal: float = CROP_FOCAL, res: int = CROP_RES) -> Tensor:
+    """SPIN's conversion of a regressor's weak-perspective camera [s, tx, ty] (B, 3) to t = [tx, ty, 2f/(res s)]."""
+    return torch.stack([cam[:, 1], cam[:, 2], 2.0 * focal / (res * cam[:, 0] + 1e-9)], dim=-1)
+
+
+def translation_from_torso(joints: Tensor, keypoints: Tensor, focal: Tensor | float, center: Tensor,
+                           pairs: tuple[tuple[int, int], ...]) -> Tensor:
+    """SMPLify's similar-triangles estimate of the camera translation (B, 3) for a body at the origin.
+
+    joints (B, N, 3) model joints (metres, camera-frame axes), keypoints (B, N, 3) px + confidence; `pairs` are
+    (a, b) joint-index pairs spanning the torso (e.g. shoulder-to-hip on each side). Depth = f * (3D length) /
+    (2D length), averaged over the pairs both of whose keypoints are confident; x, y then put the mean of the
+    confident torso joints on their 2D mean. Examples with no usable pair get depth 2 f / CROP_RES (s = 1).
+    """
+    focal_t = torch.as_tensor(focal, dtype=joints.dtype, device=joints.device)
+    f = focal_t if focal_t.dim() == 0 else focal_t.reshape(joints.shape[0], -1)[:, 0]
+    a = torch.tensor([p[0] for p in pairs], device=joints.device)
+    b = torch.tensor([p[1] for p in pairs], device=joints.device)
+    len3d = (joints[:, a] - joints[:, b]).norm(dim=-1)                       # (B, P)
+    len2d = (keypoints[:, a, :2] - keypoints[:, b, :2]).norm(dim=-1)          # (B, P)
+    ok = (keypoints[:, a, 2] > 0) & (keypoints[:, b, 2] > 0) & (len2d > 1e-3)
+    ratio = torch.where(ok, len3d / len2d.clamp_min(1e-3), torch.zeros_like(len3d))
+    count = ok.sum(-1)
+    depth = f * ratio.sum(-1) / count.clamp_min(1)
+    depth = torch.where(count > 0, depth, 2.0 * f / CROP_RES * torch.ones_like(depth))
+    used = torch.zeros(joints.shape[:2], dtype=torch.bool, device=joints.device)
+    used[:, a] |= ok
+    used[:, b] |= ok
+    w = used.to(joints.dtype)
+    n = w.sum(-1).clamp_min(1)
+    mean3d = (joints * w[..., None]).sum(1) / n[:, None]
+    mean2d = (keypoints[..., :2] * w[..., None]).sum(1) / n[:, None]
+    fz = f if f.dim() == 0 else f[:, None]
+    xy = (mean2d - center) * (depth[:, None] + mean3d[:, 2:3]) / fz - mean3d[:, :2]
+    return torch.cat([xy, depth[:, None]], dim=-1)

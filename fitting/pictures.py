@@ -1,0 +1,49 @@
+"""Pictures of body models: the shape space and the canonical joints, drawn with shards.render."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from fitting.body_model import BodyModel
+from shards.render import draw_keypoints, project, render_mesh, smpl_to_camera
+
+TILE_W, TILE_H = 220, 330
+
+
+def render_body(model: BodyModel, betas: np.ndarray, body_pose: np.ndarray | None = None, yaw_deg: float = 0.0,
+                size: tuple[int, int] = (TILE_W, TILE_H)) -> Image.Image:
+    """One body (betas (NB,), body_pose (69,) axis-angle) seen from the front (or turned by `yaw_deg`), with
+    its 49 canonical joints, framed to fit `size` (w, h) px."""
+    with torch.no_grad():
+        b = torch.as_tensor(betas, dtype=torch.float32)[None]
+        p = torch.zeros(1, 69) if body_pose is None else torch.as_tensor(body_pose, dtype=torch.float32)[None]
+        out = model(b, p, torch.zeros(1, 3))
+    verts, joints = out.vertices[0].numpy(), out.joints[0].numpy()
+    centre = 0.5 * (verts.min(0) + verts.max(0))
+    distance = 6.0
+    verts_cam = smpl_to_camera(verts - centre, distance, yaw_deg)
+    joints_cam = smpl_to_camera(joints - centre, distance, yaw_deg)
+    height = verts[:, 1].max() - verts[:, 1].min()
+    focal = 0.85 * size[1] * distance / max(height, 1e-3)
+    image = Image.new("RGB", size, (250, 250, 250))
+    image = render_mesh(image, verts_cam, model.faces, focal, (size[0] / 2, size[1] / 2))
+    kp = np.concatenate([project(joints_cam, focal, (size[0] / 2, size[1] / 2)), np.ones((49, 1))], axis=1)
+    return draw_keypoints(image, kp, radius=2.5, skeleton=False)
+
+
+def shape_space_sheet(model: BodyModel, components: int = 4, sigma: float = 2.0) -> Image.Image:
+    """A grid: column k varies beta_k over (-sigma, 0, +sigma) (rows); each tile a front view with joints."""
+    components = min(components, model.num_betas)
+    values = (-sigma, 0.0, sigma)
+    sheet = Image.new("RGB", (components * TILE_W, len(values) * TILE_H + 24), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for k in range(components):
+        draw.text((k * TILE_W + 8, 6), f"beta[{k}]", fill=(0, 0, 0))
+        for r, value in enumerate(values):
+            betas = np.zeros(model.num_betas, dtype=np.float32)
+            betas[k] = value
+            tile = render_body(model, betas)
+            ImageDraw.Draw(tile).text((6, TILE_H - 16), f"{value:+.0f} sd", fill=(60, 60, 60))
+            sheet.paste(tile, (k * TILE_W, 24 + r * TILE_H))
+    return sheet

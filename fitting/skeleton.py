@@ -1,0 +1,164 @@
+"""Exact joints-only evaluation of a body model's 49 canonical joints, with analytic Jacobians.
+
+A fit never needs the whole mesh. Linear blend skinning is linear in the vertices, so a keypoint that is a
+weighted sum of vertices, k = sum_v w_v sum_j W_vj (R_j (v_v - J_j) + p_j), equals
+
+    k = sum_j ( A_kj p_j + R_j B_kj(beta) ),   A_kj = sum_v w_v W_vj,   B_kj = sum_v w_v W_vj (v_v - J_j),
+
+where R_j, p_j are joint j's global rotation and position and B is linear in the shape coefficients. Every
+canonical joint (kinematic joints: A one-hot, B = 0) is such a blend of points rigidly attached to the 24 joints.
+Evaluating it costs a forward-kinematics pass over 24 joints instead of skinning 10^4 vertices, and its
+derivatives are closed-form (see `jacobian`). Exact for models without pose correctives (the open model); for a
+real SMPL it ignores the pose blend shapes' millimetre-level effect on vertex-derived keypoints (the kinematic
+joints are exact either way).
+
+Conventions: pose (B, 72) axis-angle, radians, [global orient, 23 body joints]; betas (B, NB); outputs metres
+in the model frame (add the camera translation to get camera-frame points).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fitting.body_model import BodyModel
+
+
+def skew(v: Tensor) -> Tensor:
+    """Cross-product matrices (..., 3, 3) of vectors (..., 3): skew(a) @ b = a x b."""
+    x, y, z = v.unbind(-1)
+    o = torch.zeros_like(x)
+    return torch.stack([o, -z, y, z, o, -x, -y, x, o], dim=-1).reshape(v.shape + (3,))
+
+
+def rodrigues(aa: Tensor) -> Tensor:
+    """Rotation matrices (..., 3, 3) of axis-angle vectors (..., 3); smooth at zero."""
+    theta2 = (aa * aa).sum(-1, keepdim=True)[..., None]
+    theta = theta2.clamp_min(1e-12).sqrt()
+    k = skew(aa)
+    small = theta2 < 1e-8
+    a = torch.where(small, 1.0 - theta2 / 6.0, torch.sin(theta) / theta)
+    b = torch.where(small, 0.5 - theta2 / 24.0, (1.0 - torch.cos(theta)) / theta2.clamp_min(1e-12))
+    eye = torch.eye(3, dtype=aa.dtype, device=aa.device)
+    return eye + a * k + b * (k @ k)
+
+
+def right_jacobian(aa: Tensor) -> Tensor:
+    """SO(3) right Jacobian (..., 3, 3): exp(aa + d) ~ exp(aa) exp(Jr(aa) d) for small d."""
+    theta2 = (aa * aa).sum(-1, keepdim=True)[..., None]
+    theta = theta2.clamp_min(1e-12).sqrt()
+    k = skew(aa)
+    small = theta2 < 1e-8
+    a = torch.where(small, 0.5 - theta2 / 24.0, (1.0 - torch.cos(theta)) / theta2.clamp_min(1e-12))
+    b = torch.where(small, 1.0 / 6.0 - theta2 / 120.0, (theta - torch.sin(theta)) / (theta2 * theta).clamp_min(1e-12))
+    eye = torch.eye(3, dtype=aa.dtype, device=aa.device)
+    return eye - a * k + b * (k @ k)
+
+
+@dataclass
+class SkeletonState:
+    """One evaluation: rotations (B, 24, 3, 3) global, positions (B, 24, 3), points (B, P, 3) the outputs."""
+
+    pose: Tensor
+    betas: Tensor
+    rot: Tensor
+    pos: Tensor
+    attached: Tensor  # (B, P, 24, 3): R_j B_pj, the rotated attachment offsets
+    points: Tensor
+
+
+class Skeleton(torch.nn.Module):
+    """The 49 canonical joints of a `BodyModel` as blends of joint-attached points (module docstring)."""
+
+    def __init__(self, body: BodyModel):
+        super().__init__()
+        layer = body.layer
+        dtype = layer.v_template.dtype
+        parents = layer.parents.cpu().numpy().astype(np.int64)
+        num_joints = 24
+        nb = body.num_betas
+        v_template = layer.v_template.detach().double()                       # (V, 3)
+        shapedirs = layer.shapedirs.detach().double()[..., :nb]               # (V, 3, NB)
+        j_reg = layer.J_regressor.detach().double()                           # (J, V)
+        weights = layer.lbs_weights.detach().double()                         # (V, J)
+        j_template = j_reg @ v_template                                       # (J, 3)
+        j_dirs = torch.einsum("jv,vcb->jcb", j_reg, shapedirs)               # (J, 3, NB)
+        if j_template.shape[0] != num_joints:  # SMPL-H / SMPL-X: fold hand/face joints into their body parent
+            raise NotImplementedError("the joints-only skeleton supports SMPL-topology models (24 joints)")
+
+        # Keypoint rows over all vertices (K, V), and the kinematic rows, combined through the mixer.
+        kp = torch.zeros(len(body.keypoint_names), v_template.shape[0], dtype=torch.float64)
+        kp[:, body.keypoint_cols.cpu()] = body.keypoint_weights.detach().double().cpu()
+        a_kp = kp @ weights                                                   # (K, J)
+        wv = kp[:, :, None] * weights[None]                                   # (K, V, J)
+        b0_kp = torch.einsum("kvj,vc->kjc", wv, v_template) - a_kp[..., None] * j_template[None]
+        bd_kp = torch.einsum("kvj,vcb->kjcb", wv, shapedirs) - a_kp[..., None, None] * j_dirs[None]
+        mixer = body.mixer.detach().double().cpu()                            # (P, J + K)
+        eye = torch.eye(num_joints, dtype=torch.float64)
+        a = mixer[:, :num_joints] @ eye + mixer[:, num_joints:] @ a_kp        # (P, J)
+        b0 = torch.einsum("pk,kjc->pjc", mixer[:, num_joints:], b0_kp)        # (P, J, 3)
+        bd = torch.einsum("pk,kjcb->pjcb", mixer[:, num_joints:], bd_kp)      # (P, J, 3, NB)
+
+        # Tree structure: depth levels for level-parallel kinematics; descendant-or-self and ancestor masks.
+        depth = np.zeros(num_joints, dtype=np.int64)
+        for j in range(1, num_joints):
+            depth[j] = depth[parents[j]] + 1
+        self.levels = [torch.as_tensor(np.flatnonzero(depth == d)) for d in range(1, depth.max() + 1)]
+        desc = np.eye(num_joints)
+        for j in range(num_joints - 1, 0, -1):  # SMPL lists parents before children
+            desc[parents[j]] += desc[j]
+        desc = (desc > 0).astype(np.float64)                                  # desc[a, j]: j in subtree of a
+
+        self.num_betas = nb
+        self.register_buffer("parents", torch.as_tensor(parents))
+        self.register_buffer("j_template", j_template.to(dtype))
+        self.register_buffer("j_dirs", j_dirs.to(dtype))
+        self.register_buffer("a", a.to(dtype))
+        self.register_buffer("b0", b0.to(dtype))
+        self.register_buffer("bd", bd.to(dtype))
+        self.register_buffer("desc", torch.as_tensor(desc, dtype=dtype))
+        # S[p, a] = sum_j A_pj desc[a, j]: how much of point p moves rigidly with joint a's subtree
+        self.register_buffer("subtree_share", (a @ torch.as_tensor(desc).T).to(dtype))
+
+    def forward(self, pose: Tensor, betas: Tensor) -> SkeletonState:
+        batch = pose.shape[0]
+        local = rodrigues(pose.reshape(batch, 24, 3))                          # (B, J, 3, 3)
+        rest = self.j_template + torch.einsum("jcb,nb->njc", self.j_dirs, betas)  # (B, J, 3)
+        rot_t = torch.empty_like(local)
+        pos_t = torch.empty_like(rest)
+        rot_t[:, 0], pos_t[:, 0] = local[:, 0], rest[:, 0]
+        offsets = rest - rest[:, self.parents.clamp_min(0)]
+        for level in self.levels:  # all joints of one tree depth at once
+            par = self.parents[level]
+            rot_t[:, level] = rot_t[:, par] @ local[:, level]
+            pos_t[:, level] = pos_t[:, par] + (rot_t[:, par] @ offsets[:, level, :, None])[..., 0]
+        b = self.b0 + torch.einsum("pjcb,nb->npjc", self.bd, betas)            # (B, P, J, 3)
+        attached = torch.einsum("njcd,npjd->npjc", rot_t, b)                   # R_j B_pj
+        points = torch.einsum("pj,njc->npc", self.a, pos_t) + attached.sum(2)
+        return SkeletonState(pose=pose, betas=betas, rot=rot_t, pos=pos_t, attached=attached, points=points)
+
+    def jacobian(self, state: SkeletonState) -> tuple[Tensor, Tensor]:
+        """d points / d pose (B, P, 3, 72) and d points / d betas (B, P, 3, NB), in the model frame.
+
+        Rotating joint a's subtree by a small local increment d (R_a -> R_a exp(d)) moves a point by
+        -skew(m_pa) R_a d, where m_pa is the part of the point carried by the subtree, relative to joint a;
+        the axis-angle chain rule adds the SO(3) right Jacobian.
+        """
+        batch = state.pose.shape[0]
+        carried = self.a[None, :, :, None] * state.pos[:, None] + state.attached  # (B, P, J, 3): c_pj
+        m = torch.einsum("aj,npjc->npac", self.desc, carried) - self.subtree_share[None, :, :, None] * state.pos[:, None]
+        jr = right_jacobian(state.pose.reshape(batch, 24, 3))                  # (B, J, 3, 3)
+        rj = state.rot @ jr                                                    # (B, J, 3, 3)
+        d_pose = -skew(m) @ rj[:, None]                                        # (B, P, J, 3, 3)
+        d_pose = d_pose.permute(0, 1, 3, 2, 4).reshape(batch, -1, 3, 72)
+        # betas: rest joint positions and attachment offsets are linear in beta
+        par = self.parents.clamp_min(0)
+        rot_par = state.rot[:, par]                                            # (B, J, 3, 3)
+        rot_par[:, 0] = torch.eye(3, dtype=rot_par.dtype, device=rot_par.device)
+        jd_off = self.j_dirs - self.j_dirs[par] * (self.parents >= 0).to(self.j_dirs.dtype)[:, None, None]
+        e = torch.einsum("njcd,jdb->njcb", rot_par, jd_off)                   # (B, J, 3, NB)
+        dpos = torch.einsum("ja,nacb->njcb", self.desc.T, e)                   # ancestors-or-self of j
+        d_betas = torch.einsum("pj,njcb->npcb", self.a, dpos) + torch.einsum("njcd,pjdb->npcb", state.rot, self.bd)
+        return d_pose, d_betas
