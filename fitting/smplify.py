@@ -1,0 +1,398 @@
+"""Batched SMPLify, as SPIN runs it (``mode="reference"``) and a much faster default (``mode="fast"``).
+
+Both minimise SPIN's objective (SPIN_REFERENCE §3) in two stages:
+
+1. camera translation t and global orientation, on the four torso joints (OpenPose hips and shoulders when all
+   four are confident, else the dataset ones), plus the depth anchor depth_w² (t_z - t_z,init)²;
+2. body pose, betas and global orientation with t fixed:
+   Σ_j c_j² Σ_xy ρ(π(J_j) - x_j) + w_pose² E_GMM(θ) + w_angle² Σ exp(s θ)² + w_shape² ‖β‖²,
+   ρ the Geman–McClure function with σ = 100 px, c the keypoint confidences (ignored joints set to 0).
+
+reference: SPIN's own procedure — the full smplx body model evaluated every step (mesh, then the 49 joints),
+  Adam with lr 1e-2, `iterations` steps per stage. Two defects of SPIN's code are not reproduced: the caller's
+  confidences are never modified (SPIN zeroes them in place), and missing torso keypoints are masked in stage 1.
+fast: the same objective on the exact joints-only `Skeleton`, minimised by batched Levenberg–Marquardt with
+  analytic Jacobians (Geman–McClure by iteratively reweighted least squares, the max-mixture prior by its active
+  component). Run to convergence, a fit that far from its start over-fits noisy keypoints, so stage 2 adds
+  w_init² ‖θ_body - θ_body,init‖² (100 small Adam steps have the same effect implicitly). From a mean-pose start
+  it also tries the body turned around (front/back ambiguity) and keeps the lower objective.
+
+Conventions: keypoints (B, 49, 3) in pixels of the image the camera describes (SPIN: the 224 px crop) plus
+confidence; pose (B, 72) axis-angle radians [global orient, body]; betas (B, NB); cam_t (B, 3) metres, camera
+frame (x right, y down, z forward); camera_center (B, 2) px; focal length in px (SPIN: 5000 for the crop).
+Inputs are never modified. Results are deterministic for given inputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from fitting.body_model import BodyModel
+from fitting.camera import project
+from fitting.priors import ANGLE_PRIOR_INDICES, ANGLE_PRIOR_SIGNS, MaxMixturePrior
+from fitting.skeleton import Skeleton, rodrigues
+from shards.joints import JOINT_INDEX, SMPLIFY_IGNORED, indices
+
+OP_TORSO = ("OP RHip", "OP LHip", "OP RShoulder", "OP LShoulder")
+GT_TORSO = ("Right Hip", "Left Hip", "Right Shoulder", "Left Shoulder")
+
+
+@dataclass(frozen=True)
+class SMPLifyConfig:
+    """SMPLify settings; the defaults are SPIN's weights with fitloop's fast solver."""
+
+    mode: str = "fast"                      # "fast" (LM on the joints-only skeleton) or "reference" (SPIN's)
+    focal_length: float = 5000.0            # px
+    sigma: float = 100.0                    # Geman–McClure scale, px
+    pose_prior_weight: float = 4.78         # all weights enter squared, as in SPIN
+    angle_prior_weight: float = 15.2
+    shape_prior_weight: float = 5.0
+    depth_loss_weight: float = 100.0
+    ignored_joints: tuple[str, ...] = SMPLIFY_IGNORED
+    # reference mode: Adam
+    iterations: int = 100                   # steps per stage
+    step_size: float = 1e-2
+    # fast mode: Levenberg–Marquardt
+    camera_iterations: int = 10
+    body_iterations: int = 25
+    init_weight: float = 10.0               # w_init: keeps the body pose near its start (see module docstring)
+    try_back_start: bool | None = None      # None: only when the start is the mean pose (all body pose zero)
+
+    def validated(self) -> "SMPLifyConfig":
+        if self.mode not in ("fast", "reference"):
+            raise ValueError(f"SMPLify mode must be 'fast' or 'reference', not {self.mode!r}")
+        unknown = [j for j in self.ignored_joints if j not in JOINT_INDEX]
+        if unknown:
+            raise ValueError(f"ignored_joints has unknown joint names {unknown}")
+        return self
+
+
+@dataclass
+class SMPLifyResult:
+    """A batch of fits. reprojection_loss (B, 49) is SPIN's per-joint c² Σ_xy ρ; `loss` (B,) its mean over the
+    49 joints, the number SPIN compares fits by. Priors are the unweighted energies (B,)."""
+
+    pose: Tensor
+    betas: Tensor
+    cam_t: Tensor
+    joints: Tensor                          # (B, 49, 3) model frame, metres (add cam_t for the camera frame)
+    reprojection_loss: Tensor
+    loss: Tensor
+    pose_prior: Tensor
+    angle_prior: Tensor
+    shape_prior: Tensor
+    iterations: int
+    extras: dict = field(default_factory=dict)
+
+
+def gmof(residual: Tensor, sigma: float) -> Tensor:
+    """Geman–McClure ρ(r) = σ² r² / (σ² + r²), elementwise."""
+    r2 = residual.square()
+    return sigma**2 * r2 / (sigma**2 + r2)
+
+
+class SMPLify:
+    """Batched two-stage SMPLify for one body model and pose prior; any batch size per call."""
+
+    def __init__(self, body: BodyModel, prior: MaxMixturePrior, config: SMPLifyConfig = SMPLifyConfig()):
+        self.body, self.prior, self.config = body, prior, config.validated()
+        self.skeleton = Skeleton(body) if config.mode == "fast" else None
+        self._angle_idx = torch.tensor(ANGLE_PRIOR_INDICES) + 3          # into the full 72-d pose
+        self._angle_sign = torch.tensor(ANGLE_PRIOR_SIGNS)
+        self._ignored = torch.as_tensor(indices(config.ignored_joints))
+        self._op_torso, self._gt_torso = torch.as_tensor(indices(OP_TORSO)), torch.as_tensor(indices(GT_TORSO))
+
+    # -- public API ----------------------------------------------------------------------------------------
+    def __call__(self, keypoints: Tensor, init_pose: Tensor, init_betas: Tensor, init_cam_t: Tensor,
+                 camera_center: Tensor) -> SMPLifyResult:
+        """Fit a batch (shapes in the module docstring); returns fits with their losses."""
+        keypoints, init_pose, init_betas, init_cam_t, camera_center = (
+            t.detach().clone() for t in (keypoints, init_pose, init_betas, init_cam_t, camera_center))
+        if self.config.mode == "reference":
+            return self._fit_reference(keypoints, init_pose, init_betas, init_cam_t, camera_center)
+        return self._fit_fast(keypoints, init_pose, init_betas, init_cam_t, camera_center)
+
+    def fitting_loss(self, pose: Tensor, betas: Tensor, cam_t: Tensor, camera_center: Tensor,
+                     keypoints: Tensor) -> Tensor:
+        """SPIN's `get_fitting_loss`: the per-joint reprojection term (B, 49) of given fits, without fitting."""
+        with torch.no_grad():
+            joints = self._joints(pose, betas)
+            return self._reprojection(joints, cam_t, camera_center, self._body_conf(keypoints), keypoints)
+
+    # -- shared pieces -------------------------------------------------------------------------------------
+    def _joints(self, pose: Tensor, betas: Tensor) -> Tensor:
+        if self.skeleton is not None:
+            return self.skeleton(pose, betas).points
+        return self.body(betas, pose[:, 3:], pose[:, :3]).joints
+
+    def _body_conf(self, keypoints: Tensor) -> Tensor:
+        conf = keypoints[..., 2].clone()
+        conf[:, self._ignored] = 0.0
+        return conf
+
+    def _torso(self, keypoints: Tensor) -> tuple[Tensor, Tensor]:
+        """Torso joint indices (B, 4) and their 0/1 mask: OpenPose set when all four are confident."""
+        use_op = (keypoints[:, self._op_torso, 2] > 0).all(dim=1, keepdim=True)
+        idx = torch.where(use_op, self._op_torso[None], self._gt_torso[None])
+        mask = (torch.gather(keypoints[..., 2], 1, idx) > 0).to(keypoints.dtype)
+        return idx, mask
+
+    def _reprojection(self, joints: Tensor, cam_t: Tensor, center: Tensor, conf: Tensor, keypoints: Tensor) -> Tensor:
+        projected = project(joints, cam_t, self.config.focal_length, center)
+        return conf.square() * gmof(projected - keypoints[..., :2], self.config.sigma).sum(-1)
+
+    def _priors(self, pose: Tensor, betas: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        body_pose = pose[:, 3:]
+        angle = torch.exp(pose[:, self._angle_idx] * self._angle_sign.to(pose)).square().sum(-1)
+        return self.prior(body_pose).to(pose.dtype), angle, betas.square().sum(-1)
+
+    def _result(self, pose: Tensor, betas: Tensor, cam_t: Tensor, keypoints: Tensor, center: Tensor,
+                iterations: int, **extras) -> SMPLifyResult:
+        with torch.no_grad():
+            joints = self._joints(pose, betas)
+            reproj = self._reprojection(joints, cam_t, center, self._body_conf(keypoints), keypoints)
+            pose_prior, angle, shape = self._priors(pose, betas)
+        return SMPLifyResult(pose=pose, betas=betas, cam_t=cam_t, joints=joints, reprojection_loss=reproj,
+                             loss=reproj.mean(-1), pose_prior=pose_prior, angle_prior=angle, shape_prior=shape,
+                             iterations=iterations, extras=extras)
+
+    def _objective(self, pose: Tensor, betas: Tensor, cam_t: Tensor, center: Tensor, conf: Tensor,
+                   keypoints: Tensor) -> Tensor:
+        """SPIN's stage-2 objective per example (B,), without fitloop's near-start term."""
+        c = self.config
+        joints = self._joints(pose, betas)
+        pose_prior, angle, shape = self._priors(pose, betas)
+        return (self._reprojection(joints, cam_t, center, conf, keypoints).sum(-1)
+                + c.pose_prior_weight**2 * pose_prior + c.angle_prior_weight**2 * angle
+                + c.shape_prior_weight**2 * shape)
+
+    # -- reference: SPIN's Adam on the full model ----------------------------------------------------------
+    def _fit_reference(self, keypoints, init_pose, init_betas, init_cam_t, center) -> SMPLifyResult:
+        c = self.config
+        global_orient = init_pose[:, :3].clone().requires_grad_(True)
+        body_pose = init_pose[:, 3:].clone()
+        betas = init_betas.clone()
+        cam_t = init_cam_t.clone().requires_grad_(True)
+        torso_idx, torso_mask = self._torso(keypoints)
+        torso_kp = torch.gather(keypoints[..., :2], 1, torso_idx[..., None].expand(-1, -1, 2))
+
+        optimizer = torch.optim.Adam([global_orient, cam_t], lr=c.step_size, betas=(0.9, 0.999))
+        for _ in range(c.iterations):
+            joints = self.body(betas, body_pose, global_orient).joints
+            torso = torch.gather(joints, 1, torso_idx[..., None].expand(-1, -1, 3))
+            err = (project(torso, cam_t, c.focal_length, center) - torso_kp).square().sum(-1)
+            loss = (torso_mask * err).sum() + c.depth_loss_weight**2 * (cam_t[:, 2] - init_cam_t[:, 2]).square().sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+        cam_t = cam_t.detach()
+        body_pose.requires_grad_(True)
+        betas.requires_grad_(True)
+        conf = self._body_conf(keypoints)
+        optimizer = torch.optim.Adam([body_pose, betas, global_orient], lr=c.step_size, betas=(0.9, 0.999))
+        for _ in range(c.iterations):
+            pose = torch.cat([global_orient, body_pose], dim=1)
+            loss = self._objective(pose, betas, cam_t, center, conf, keypoints).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        pose = torch.cat([global_orient, body_pose], dim=1).detach()
+        return self._result(pose, betas.detach(), cam_t, keypoints, center, 2 * c.iterations)
+
+    # -- fast: Levenberg–Marquardt on the skeleton ---------------------------------------------------------
+    def _fit_fast(self, keypoints, init_pose, init_betas, init_cam_t, center) -> SMPLifyResult:
+        c = self.config
+        back = c.try_back_start
+        if back is None:
+            back = bool((init_pose[:, 3:] == 0).all())
+        starts = [init_pose]
+        if back:  # the same start turned 180° about the camera's vertical axis
+            turn = torch.tensor([[0.0, torch.pi, 0.0]], dtype=init_pose.dtype).expand(len(init_pose), 3)
+            turned = init_pose.clone()
+            turned[:, :3] = _compose_aa(turn, init_pose[:, :3])
+            starts.append(turned)
+        n = len(starts)
+        batch = init_pose.shape[0]
+        kp = keypoints.repeat(n, 1, 1)
+        ctr = center.repeat(n, 1)
+        pose = torch.cat(starts)
+        betas = init_betas.repeat(n, 1)
+        cam_t = init_cam_t.repeat(n, 1)
+
+        pose, cam_t = self._lm_camera(pose, betas, cam_t, kp, ctr)
+        pose, betas = self._lm_body(pose, betas, cam_t, kp, ctr, pose[:, 3:].clone())
+        conf = self._body_conf(kp)
+        with torch.no_grad():
+            objective = self._objective(pose, betas, cam_t, ctr, conf, kp).reshape(n, batch)
+        best = objective.argmin(0)                                              # (B,)
+        pick = best * batch + torch.arange(batch)
+        return self._result(pose[pick], betas[pick], cam_t[pick], keypoints, center,
+                            c.camera_iterations + c.body_iterations, start=best)
+
+    def _lm_camera(self, pose, betas, cam_t, kp, center):
+        """Stage 1: global orientation and translation on the torso joints, plus the depth anchor."""
+        c = self.config
+        batch, dtype = pose.shape[0], pose.dtype
+        torso_idx, mask = self._torso(kp)
+        target = torch.gather(kp[..., :2], 1, torso_idx[..., None].expand(-1, -1, 2))
+        depth0 = cam_t[:, 2].clone()
+        lam = torch.full((batch,), 1e-3, dtype=dtype)
+
+        def evaluate(p, t):
+            state = self.skeleton(p, betas)
+            torso = torch.gather(state.points, 1, torso_idx[..., None].expand(-1, -1, 3))
+            r = (project(torso, t, c.focal_length, center) - target) * mask[..., None]  # (B, 4, 2)
+            d = c.depth_loss_weight * (t[:, 2] - depth0)
+            return state, torso, r, d, r.square().sum((1, 2)) + d.square()
+
+        state, torso, r, d, cost = evaluate(pose, cam_t)
+        for _ in range(c.camera_iterations):
+            d_pose, _ = self.skeleton.jacobian(state)
+            d_torso = torch.gather(d_pose[..., :3], 1, torso_idx[..., None, None].expand(-1, -1, 3, 3))
+            dproj = _projection_jacobian(torso + cam_t[:, None], c.focal_length) * mask[..., None, None]  # (B,4,2,3)
+            jac = torch.cat([dproj @ d_torso, dproj], dim=-1).reshape(batch, -1, 6)      # (B, 8, 6)
+            jd = torch.zeros(batch, 1, 6, dtype=dtype)
+            jd[:, 0, 5] = c.depth_loss_weight
+            jac = torch.cat([jac, jd], 1)
+            res = torch.cat([r.reshape(batch, -1), d[:, None]], 1)
+            hess, grad = jac.transpose(1, 2) @ jac, (jac.transpose(1, 2) @ res[..., None])[..., 0]
+            step = _lm_solve(hess, grad, lam)
+            new_pose = pose.clone()
+            new_pose[:, :3] = pose[:, :3] + step[:, :3]
+            new_t = cam_t + step[:, 3:]
+            new = evaluate(new_pose, new_t)
+            better = new[-1] < cost
+            pose = torch.where(better[:, None], new_pose, pose)
+            cam_t = torch.where(better[:, None], new_t, cam_t)
+            state, torso, r, d, cost = evaluate(pose, cam_t)
+            lam = torch.where(better, lam / 3, lam * 5).clamp(1e-7, 1e7)
+        return pose, cam_t
+
+    def _lm_body(self, pose, betas, cam_t, kp, center, body_init):
+        """Stage 2: pose, betas and global orientation; Geman–McClure by IRLS, GMM by its active component."""
+        c = self.config
+        batch, dtype = pose.shape[0], pose.dtype
+        nb = betas.shape[1]
+        conf = self._body_conf(kp)
+        prior = self.prior
+        means, precisions, log_w = (prior.means.to(dtype), prior.precisions.to(dtype), prior.log_nll_weights.to(dtype))
+        angle_idx, angle_sign = self._angle_idx, self._angle_sign.to(dtype)
+        w_pose, w_angle, w_shape, w_init = (c.pose_prior_weight**2, c.angle_prior_weight**2,
+                                            c.shape_prior_weight**2, c.init_weight**2)
+        sigma2 = c.sigma**2
+        lam = torch.full((batch,), 1e-3, dtype=dtype)
+        eye_beta = torch.eye(nb, dtype=dtype)
+
+        def cost_of(p, b):
+            state = self.skeleton(p, b)
+            proj = project(state.points, cam_t, c.focal_length, center)
+            resid = proj - kp[..., :2]
+            data = (conf.square()[..., None] * gmof(resid, c.sigma)).sum((1, 2))
+            gmm = 0.5 * _quadratic(p[:, 3:], means, precisions) - log_w          # (B, K)
+            angle = torch.exp(p[:, angle_idx] * angle_sign).square().sum(-1)
+            total = (data + w_pose * gmm.min(1).values + w_angle * angle + w_shape * b.square().sum(-1)
+                     + w_init * (p[:, 3:] - body_init).square().sum(-1))
+            return state, resid, gmm, total
+
+        state, resid, gmm, cost = cost_of(pose, betas)
+        for _ in range(c.body_iterations):
+            d_pose, d_betas = self.skeleton.jacobian(state)
+            dproj = _projection_jacobian(state.points + cam_t[:, None], c.focal_length)   # (B, P, 2, 3)
+            jac = torch.cat([dproj @ d_pose, dproj @ d_betas], dim=-1)                     # (B, P, 2, 72+NB)
+            weight = conf.square()[..., None] * sigma2**2 / (sigma2 + resid.square()).square()  # IRLS, (B, P, 2)
+            jac = jac.reshape(batch, -1, 72 + nb)
+            w = weight.reshape(batch, -1)
+            hess = jac.transpose(1, 2) @ (w[..., None] * jac)
+            grad = (jac.transpose(1, 2) @ (w * resid.reshape(batch, -1))[..., None])[..., 0]
+            # max-mixture prior: the active component's quadratic
+            k = gmm.argmin(1)
+            prec_k, diff = precisions[k], pose[:, 3:] - means[k]
+            hess[:, 3:72, 3:72] += w_pose * 0.5 * prec_k
+            grad[:, 3:72] += w_pose * 0.5 * (prec_k @ diff[..., None])[..., 0]
+            # angle prior: residual w exp(s θ), derivative s exp(s θ)
+            e = torch.exp(pose[:, angle_idx] * angle_sign)
+            de = angle_sign * e
+            hess[:, angle_idx, angle_idx] += w_angle * de.square()
+            grad[:, angle_idx] += w_angle * e * de
+            # shape prior and near-start term
+            hess[:, 72:, 72:] += w_shape * eye_beta
+            grad[:, 72:] += w_shape * betas
+            diag = torch.arange(3, 72)
+            hess[:, diag, diag] += w_init
+            grad[:, 3:72] += w_init * (pose[:, 3:] - body_init)
+
+            step = _lm_solve(hess, grad, lam)
+            new_pose, new_betas = pose + step[:, :72], betas + step[:, 72:]
+            new_state, new_resid, new_gmm, new_cost = cost_of(new_pose, new_betas)
+            better = new_cost < cost
+            pose = torch.where(better[:, None], new_pose, pose)
+            betas = torch.where(better[:, None], new_betas, betas)
+            keep = better[:, None, None]
+            state = _select_state(better, new_state, state)
+            resid = torch.where(keep, new_resid, resid)
+            gmm = torch.where(better[:, None], new_gmm, gmm)
+            cost = torch.where(better, new_cost, cost)
+            lam = torch.where(better, lam / 3, lam * 5).clamp(1e-7, 1e7)
+        return pose, betas
+
+
+def _quadratic(x: Tensor, means: Tensor, precisions: Tensor) -> Tensor:
+    diff = x[:, None] - means                                                  # (B, K, D)
+    return (torch.einsum("kij,bkj->bki", precisions, diff) * diff).sum(-1)
+
+
+def _projection_jacobian(points: Tensor, focal: float) -> Tensor:
+    """d pixel / d camera-frame point (..., 2, 3) for u = f x / z + c."""
+    x, y, z = points.unbind(-1)
+    inv = 1.0 / z
+    zero = torch.zeros_like(z)
+    row_u = torch.stack([focal * inv, zero, -focal * x * inv * inv], -1)
+    row_v = torch.stack([zero, focal * inv, -focal * y * inv * inv], -1)
+    return torch.stack([row_u, row_v], -2)
+
+
+def _lm_solve(hess: Tensor, grad: Tensor, lam: Tensor) -> Tensor:
+    """Solve (H + λ diag(H) + ε I) δ = -g per example."""
+    diag = torch.diagonal(hess, dim1=-2, dim2=-1)
+    damped = hess + torch.diag_embed(lam[:, None] * diag + 1e-9)
+    return -torch.linalg.solve(damped, grad)
+
+
+def _compose_aa(first: Tensor, second: Tensor) -> Tensor:
+    """Axis-angle of R(first) @ R(second), (B, 3)."""
+    rot = rodrigues(first) @ rodrigues(second)
+    return _matrix_to_aa(rot)
+
+
+def _matrix_to_aa(rot: Tensor) -> Tensor:
+    """Axis-angle (B, 3) of rotation matrices (B, 3, 3), robust near 0 and π."""
+    cos = ((rot.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1)
+    angle = torch.acos(cos)
+    axis = torch.stack([rot[:, 2, 1] - rot[:, 1, 2], rot[:, 0, 2] - rot[:, 2, 0], rot[:, 1, 0] - rot[:, 0, 1]], -1)
+    sin = torch.sin(angle)
+    near_pi = sin < 1e-4
+    small = angle < 1e-6
+    aa = axis * (angle / (2 * sin.clamp_min(1e-12)))[:, None]
+    # near π: axis from the diagonal of (R + I) / 2 = a aᵀ
+    sym = (rot + torch.eye(3, dtype=rot.dtype)) / 2
+    col = sym.diagonal(dim1=-2, dim2=-1).argmax(-1)
+    a = sym[torch.arange(len(rot)), :, col]
+    a = a / a.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    sign = torch.sign((a * axis).sum(-1) + 1e-12)
+    aa_pi = a * (angle * torch.where(sign == 0, torch.ones_like(sign), sign))[:, None]
+    aa = torch.where(near_pi[:, None] & ~small[:, None], aa_pi, aa)
+    return torch.where(small[:, None], torch.zeros_like(aa), aa)
+
+
+def _select_state(mask: Tensor, new, old):
+    from fitting.skeleton import SkeletonState
+
+    def pick(a: Tensor, b: Tensor) -> Tensor:
+        return torch.where(mask.reshape((-1,) + (1,) * (a.dim() - 1)), a, b)
+
+    return SkeletonState(pose=pick(new.pose, old.pose), betas=pick(new.betas, old.betas), rot=pick(new.rot, old.rot),
+                         pos=pick(new.pos, old.pos), attached=pick(new.attached, old.attached),
+                         points=pick(new.points, old.points))
