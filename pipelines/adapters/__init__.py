@@ -1,0 +1,54 @@
+"""Dataset adapters: each reads one dataset format and yields `PersonRecord`s and `Reject`s (shards.schema).
+
+`ADAPTERS` maps a registry name to its adapter; `iter_dataset` is the one entry point the CLI and the flows use:
+
+    for item in iter_dataset("coco", Path("/data/coco"), "train", min_joints=12):
+        ...  # a PersonRecord to write, or a Reject to table
+
+Adding a dataset (Human3.6M, a synthetic generator) means one module with an adapter class — ``name``,
+``splits``, ``config_type`` (a frozen dataclass extending `CheckConfig`) and ``read(root, split, config)`` that
+hands each candidate to `RecordBuilder.person` — and one line in `ADAPTERS`. docs/datasets.md says what each
+adapter reads.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+from pipelines.adapters.base import (SPIN_LIMB_JOINTS, Adapter, CheckConfig, DatasetError, Output, RecordBuilder,
+                                     make_config)
+from pipelines.adapters.coco import CocoAdapter, CocoConfig
+from pipelines.adapters.lsp import LSP_LAYOUT, LSPET_LAYOUT, LspAdapter, LspConfig
+from pipelines.adapters.mpii import MpiiAdapter, MpiiConfig
+from pipelines.adapters.spin_npz import SpinNpzAdapter, SpinNpzConfig
+
+ADAPTERS: dict[str, Adapter] = {adapter.name: adapter for adapter in (
+    CocoAdapter(),
+    MpiiAdapter(),
+    LspAdapter("lsp", LSP_LAYOUT),        # lsp_dataset: the small images; SPIN's LSP test set
+    LspAdapter("lsp-orig", LSP_LAYOUT),   # lsp_dataset_original: full-size images; SPIN's LSP training set
+    LspAdapter("lspet", LSPET_LAYOUT),
+    SpinNpzAdapter(),
+)}
+
+
+def iter_dataset(name: str, root: Path, split: str, **options: Any) -> Iterator[Output]:
+    """Read dataset ``name`` under ``root``: one `PersonRecord` or `Reject` per person record read.
+
+    Args:
+        name: a key of `ADAPTERS` ("coco", "mpii", "lsp", "lsp-orig", "lspet", "spin-npz").
+        root: the dataset's root folder; annotation and image paths in the options are relative to it.
+        split: one of the adapter's ``splits``.
+        **options: fields of the adapter's config (``ADAPTERS[name].config_type``), as values or as strings
+            (a CLI's); an unknown option raises `DatasetError` listing the known ones.
+    Raises:
+        DatasetError: unknown dataset, split or option, or annotation files missing; before anything is read.
+    """
+    if name not in ADAPTERS:
+        raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(sorted(ADAPTERS))}")
+    adapter = ADAPTERS[name]
+    return adapter.read(Path(root), split, make_config(adapter.config_type, options))
+
+
+__all__ = ["ADAPTERS", "Adapter", "CheckConfig", "CocoConfig", "DatasetError", "LspConfig", "MpiiConfig", "Output",
+           "RecordBuilder", "SPIN_LIMB_JOINTS", "SpinNpzConfig", "iter_dataset"]

@@ -1,0 +1,346 @@
+"""What every dataset adapter shares: the `Adapter` protocol, the checks a person passes, and the reject policy.
+
+An adapter parses its format into candidate persons (canonical 49-joint keypoints in 0-based px, a box, ids) and
+hands each to `RecordBuilder.person`, which runs the checks below, in this order, and returns a `PersonRecord` or
+a `Reject` naming the first check that failed:
+
+1. ``nan_keypoints``: an annotated joint (confidence > 0), the box centre or the scale is not finite.
+2. ``too_few_joints``: fewer than ``min_joints`` annotated joints (slots 25–48; OpenPose detections in slots
+   0–24 are not annotations and never count).
+3. ``missing_required_joints``: a joint named in ``require_joints`` is not annotated.
+4. ``degenerate_box``: no box, or a box side (200·scale) under ``min_box_side_px``.
+5. ``missing_image`` / ``corrupt_image`` / ``image_size_mismatch``: the image file, checked once per file.
+6. ``degenerate_box``: the box does not overlap the image at all.
+7. ``keypoints_out_of_image``: an annotated joint lies outside the image by more than ``out_of_image_margin_px``
+   (policy ``out_of_image``: "reject" the person, "drop_joint" to zero the joint's confidence, or "keep").
+
+Annotation checks come first so a bad record costs no image I/O; the image is opened only for records that could
+become samples. Errors in the files an adapter is pointed at (a missing annotation file, an unknown split, wrong
+options) raise `DatasetError` before anything is read; a file that exists but cannot be parsed becomes one
+``malformed_annotation`` reject and the run goes on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator, Literal, Mapping, Protocol, Sequence
+
+import numpy as np
+from PIL import Image
+
+from fitloop.errors import FitloopError
+from shards.joints import J24_OFFSET, JOINT_NAMES, NUM_JOINTS, indices
+from shards.schema import PersonRecord, Reject
+
+Output = PersonRecord | Reject
+ImageCheck = Literal["exists", "header", "decode"]
+OutOfImagePolicy = Literal["reject", "drop_joint", "keep"]
+
+
+class DatasetError(FitloopError):
+    """The dataset's files or the adapter's options are wrong; nothing was read."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckConfig:
+    """The checks every adapter runs on a person (module docstring), and how annotations become confidences.
+
+    Every adapter's config extends this one, so these options mean the same for every dataset.
+
+    Attributes:
+        min_joints: fewest annotated joints a person may have. 6 by default: SMPLify's camera stage needs the
+            4 torso joints (hips and shoulders) and a pose needs a few joints more to say anything; people with
+            fewer (COCO's many 1–5-keypoint annotations of distant or cut-off people) cannot supervise a
+            fit. It is deliberately looser than SPIN's training selection (all 12 limb joints for COCO, all 16
+            for MPII): a shard is a faithful conversion that a training filter can narrow but never widen,
+            so reproduce SPIN with ``require_joints`` at conversion time, or filter when you load.
+        require_joints: canonical joint names (shards.joints.JOINT_NAMES) that must all be annotated;
+            `SPIN_LIMB_JOINTS` reproduces SPIN's COCO selection.
+        occluded_confidence: confidence given to joints annotated as occluded (COCO v=1, LSP flag 1, MPII
+            is_visible=0). 1.0 as SPIN does: the annotator placed them; set 0 to train on visible joints only.
+        out_of_image: what an annotated joint outside the image does: "reject" the person (default), "drop_joint"
+            (confidence 0, its name recorded in extra["dropped_out_of_image"]), or "keep" it.
+        out_of_image_margin_px: how far outside the image (0-based px; the image spans [-0.5, W - 0.5]) a joint
+            may lie before it counts as outside. 2 px absorbs annotation-tool rounding at the border.
+        min_box_side_px: smallest person box side (200·scale) in px; smaller boxes are degenerate.
+        image_check: "exists" (is a file; size unknown unless the annotation states it), "header" (open with
+            PIL, read the size, PIL's verify; cheap), or "decode" (decode every pixel: catches truncated files,
+            costs a full decode per image).
+    """
+
+    min_joints: int = 6
+    require_joints: tuple[str, ...] = ()
+    occluded_confidence: float = 1.0
+    out_of_image: OutOfImagePolicy = "reject"
+    out_of_image_margin_px: float = 2.0
+    min_box_side_px: float = 8.0
+    image_check: ImageCheck = "header"
+
+    def __post_init__(self) -> None:
+        if self.min_joints < 0:
+            raise DatasetError(f"min_joints must be >= 0, got {self.min_joints}")
+        indices(self.require_joints)  # KeyError naming an unknown joint
+        if not 0.0 <= self.occluded_confidence <= 1.0:
+            raise DatasetError(f"occluded_confidence must lie in [0, 1], got {self.occluded_confidence}")
+        for name, allowed in (("out_of_image", OutOfImagePolicy), ("image_check", ImageCheck)):
+            if getattr(self, name) not in typing.get_args(allowed):
+                raise DatasetError(f"{name} must be one of {typing.get_args(allowed)}, got {getattr(self, name)!r}")
+
+
+# SPIN keeps a COCO person only if all 12 limb joints (shoulders to ankles) are annotated (datasets/preprocess).
+SPIN_LIMB_JOINTS: tuple[str, ...] = JOINT_NAMES[J24_OFFSET:J24_OFFSET + 12]
+_ANNOTATED = slice(J24_OFFSET, NUM_JOINTS)  # slots that hold annotations; 0–24 hold OpenPose detections
+
+
+class Adapter(Protocol):
+    """A dataset format: ``read`` yields one `PersonRecord` or `Reject` per person record it reads."""
+
+    name: str                 # registry name, also the records' ``dataset`` unless a config overrides it
+    splits: tuple[str, ...]   # the splits ``read`` accepts
+    config_type: type         # a frozen dataclass extending CheckConfig
+
+    def read(self, root: Path, split: str, config: Any) -> Iterator[Output]:
+        ...
+
+
+def check_split(adapter: Adapter, split: str) -> None:
+    if split not in adapter.splits:
+        raise DatasetError(f"{adapter.name} has no split {split!r}; its splits are {', '.join(adapter.splits)}")
+
+
+def display_path(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` when it lies under it (POSIX), else absolute: for messages and lineage."""
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path.resolve())
+
+
+def resolve_under(root: Path, path: Path | None) -> Path | None:
+    """An option path: as given when absolute, else relative to the dataset root."""
+    if path is None:
+        return None
+    path = Path(path)
+    return path if path.is_absolute() else root / path
+
+
+def image_folder(root: Path, image_dir: Path) -> tuple[Path, PurePosixPath]:
+    """(image_root, folder) such that image ``name`` is ``image_root / folder / name``; once per run.
+
+    Relative to the dataset root when the image folder lies under it (so records read ``images/x.jpg``, as SPIN's
+    do), else relative to the image folder itself.
+    """
+    relative = display_path(image_dir, root)
+    if Path(relative).is_absolute():
+        return image_dir, PurePosixPath(".")
+    return root, PurePosixPath(relative)
+
+
+def keypoint_box(keypoints_2d: np.ndarray, expand: float) -> tuple[np.ndarray, float] | None:
+    """SPIN's box for keypoint datasets: the tight box of annotated joints, ``scale = expand·max(w, h)/200``.
+
+    Args:
+        keypoints_2d: (49, 3) px + confidence; only annotated slots (25–48) with confidence > 0 count.
+        expand: 1.2 in SPIN.
+    Returns:
+        (center (2,) px, scale), or None when no joint is annotated.
+    """
+    annotated = keypoints_2d[_ANNOTATED]
+    points = annotated[annotated[:, 2] > 0, :2]
+    if len(points) == 0:
+        return None
+    low, high = points.min(axis=0), points.max(axis=0)
+    return (low + high) / 2.0, float(expand * (high - low).max() / 200.0)
+
+
+def joint_confidence(annotated: np.ndarray, occluded: np.ndarray, occluded_confidence: float) -> np.ndarray:
+    """Per-joint confidence: 1 for annotated visible joints, ``occluded_confidence`` for annotated occluded
+    ones, 0 for joints not annotated. Both masks are boolean (J,)."""
+    return np.where(annotated, np.where(occluded, occluded_confidence, 1.0), 0.0)
+
+
+def occluded_names(occluded: np.ndarray, dataset_joints: Sequence[str]) -> list[str]:
+    """Canonical names of the joints flagged occluded, for ``extra["occluded"]``."""
+    return [name for name, flag in zip(dataset_joints, occluded) if flag]
+
+
+@dataclass
+class _ImageInfo:
+    size: tuple[int, int] | None
+    reason: str = ""
+    message: str = ""
+
+
+class RecordBuilder:
+    """Turns an adapter's candidate persons into records or rejects for one (dataset, split, config) run.
+
+    It caches each image's check, so a multi-person image is opened once.
+    """
+
+    def __init__(self, dataset: str, split: str, config: CheckConfig) -> None:
+        self.dataset = dataset
+        self.split = split
+        self.config = config
+        self._required = indices(config.require_joints)
+        self._images: dict[Path, _ImageInfo] = {}
+
+    def reject(self, source: str, record: str, reason: str, message: str, key: str = "") -> Reject:
+        return Reject(dataset=self.dataset, split=self.split, source=source, record=record, reason=reason,
+                      message=message, key=key)
+
+    def person(self, *, key: str, source: str, record: str, image_root: Path, image_path: str,
+               center: np.ndarray | None, scale: float | None, keypoints_2d: np.ndarray,
+               expected_size: tuple[int, int] | None = None, joints_3d: np.ndarray | None = None,
+               smpl_pose: np.ndarray | None = None, smpl_betas: np.ndarray | None = None,
+               has_smpl: bool = False, extra: Mapping[str, Any] | None = None) -> Output:
+        """Check one candidate (module docstring) and build its record.
+
+        Args:
+            keypoints_2d: (49, 3) x, y in 0-based px of the original image + confidence; not modified.
+            center: (2,) px or None when the source gives no box; scale: box side / 200.
+            expected_size: (width, height) the annotation states, checked against the file when it is opened.
+            The rest: as in `PersonRecord`.
+        """
+        cfg = self.config
+        where = dict(source=source, record=record, key=key)
+        kp = np.array(keypoints_2d, dtype=np.float64)  # our copy: the caller's array is never touched
+        if kp.shape != (NUM_JOINTS, 3):
+            raise ValueError(f"{self.dataset} adapter bug: keypoints_2d has shape {kp.shape}, not (49, 3)")
+        conf = kp[:, 2]
+        bad = ~np.isfinite(conf) | ((conf > 0) & ~np.isfinite(kp[:, :2]).all(axis=1))
+        if bad.any():
+            names = ", ".join(JOINT_NAMES[i] for i in np.flatnonzero(bad))
+            return self.reject(**where, reason="nan_keypoints", message=f"non-finite keypoints: {names}")
+        kp[conf <= 0] = 0.0  # absent joints are all zeros, whatever placeholder the source used
+        has_box = center is not None and scale is not None
+        center = None if center is None else np.asarray(center, dtype=np.float64)
+        if has_box and not (np.isfinite(center).all() and np.isfinite(scale)):
+            return self.reject(**where, reason="nan_keypoints",
+                               message=f"non-finite box: center={np.asarray(center).tolist()}, scale={scale}")
+
+        annotated = kp[_ANNOTATED, 2] > 0
+        if annotated.sum() < cfg.min_joints:
+            return self.reject(**where, reason="too_few_joints",
+                               message=f"{annotated.sum()} annotated joints, fewer than min_joints={cfg.min_joints}")
+        missing = [JOINT_NAMES[i] for i in self._required if kp[i, 2] <= 0]
+        if missing:
+            return self.reject(**where, reason="missing_required_joints",
+                               message=f"required joints not annotated: {', '.join(missing)}")
+        if not has_box:
+            return self.reject(**where, reason="degenerate_box", message="the record gives no person box")
+        if 200.0 * scale < cfg.min_box_side_px:
+            return self.reject(**where, reason="degenerate_box",
+                               message=f"box side {200.0 * scale:.2f} px < min_box_side_px={cfg.min_box_side_px}")
+
+        image_file = image_root / image_path
+        info = self._image(image_file, expected_size)
+        if info.reason:
+            return self.reject(source=image_path, record=record, key=key, reason=info.reason, message=info.message)
+        size = info.size or expected_size
+        extra = dict(extra or {})
+        if size is not None:
+            width, height = size
+            half = 100.0 * scale
+            if (center[0] + half < -0.5 or center[0] - half > width - 0.5
+                    or center[1] + half < -0.5 or center[1] - half > height - 0.5):
+                return self.reject(**where, reason="degenerate_box",
+                                   message=f"box centred at {np.round(center, 1).tolist()} with side "
+                                           f"{2 * half:.1f} px lies outside the {width}x{height} image")
+            margin = cfg.out_of_image_margin_px
+            x, y = kp[:, 0], kp[:, 1]
+            outside = (kp[:, 2] > 0) & ((x < -0.5 - margin) | (x > width - 0.5 + margin)
+                                        | (y < -0.5 - margin) | (y > height - 0.5 + margin))
+            outside[:J24_OFFSET] = False  # detections are not annotations
+            if outside.any() and cfg.out_of_image != "keep":
+                names = [JOINT_NAMES[i] for i in np.flatnonzero(outside)]
+                if cfg.out_of_image == "reject":
+                    points = "; ".join(f"{JOINT_NAMES[i]} ({x[i]:.1f}, {y[i]:.1f})" for i in np.flatnonzero(outside))
+                    return self.reject(**where, reason="keypoints_out_of_image",
+                                       message=f"outside the {width}x{height} image by more than "
+                                               f"{margin} px: {points}")
+                kp[outside] = 0.0
+                extra["dropped_out_of_image"] = names
+                if (kp[_ANNOTATED, 2] > 0).sum() < cfg.min_joints:
+                    return self.reject(**where, reason="too_few_joints",
+                                       message=f"fewer than min_joints={cfg.min_joints} annotated joints once "
+                                               f"those outside the image were dropped: {', '.join(names)}")
+
+        return PersonRecord(
+            dataset=self.dataset, split=self.split, key=key, source=source, record=record,
+            image_path=image_path, image_root=image_root, image_size=info.size, center=center, scale=scale,
+            keypoints_2d=kp, joints_3d=joints_3d, smpl_pose=smpl_pose, smpl_betas=smpl_betas, has_smpl=has_smpl,
+            extra=extra)
+
+    def _image(self, path: Path, expected_size: tuple[int, int] | None) -> _ImageInfo:
+        """The image's size, or why it fails: the file is checked once (``image_check``), the size the
+        annotation states on every call (two annotations of one image may disagree)."""
+        if path not in self._images:
+            self._images[path] = self._check_image(path)
+        info = self._images[path]
+        if not info.reason and info.size is not None and expected_size is not None \
+                and tuple(expected_size) != info.size:
+            return _ImageInfo(None, "image_size_mismatch",
+                              f"{path.name} is {info.size[0]}x{info.size[1]}, the annotation says "
+                              f"{expected_size[0]}x{expected_size[1]}")
+        return info
+
+    def _check_image(self, path: Path) -> _ImageInfo:
+        if not path.is_file():
+            return _ImageInfo(None, "missing_image", f"no image file at {path}")
+        if self.config.image_check == "exists":
+            return _ImageInfo(None)
+        try:
+            with Image.open(path) as image:
+                size = image.size
+                if self.config.image_check == "decode":
+                    image.load()
+                else:
+                    image.verify()
+        except Exception as err:  # PIL raises many types for bad bytes (UnidentifiedImageError, OSError, ...)
+            return _ImageInfo(None, "corrupt_image", f"{path.name}: {type(err).__name__}: {err}")
+        return _ImageInfo((int(size[0]), int(size[1])))
+
+
+# --- Options from the command line or a flow -> a typed config ---------------------------------------------------
+
+def make_config(config_type: type, options: Mapping[str, Any]) -> Any:
+    """Build ``config_type`` from ``options``, converting strings (as a CLI passes them) to the field types.
+
+    Unknown option names raise `DatasetError` listing the known ones.
+    """
+    hints = typing.get_type_hints(config_type)
+    known = {f.name for f in dataclasses.fields(config_type)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise DatasetError(f"unknown option(s) {', '.join(unknown)} for {config_type.__name__}; "
+                           f"known: {', '.join(sorted(known))}")
+    try:
+        return config_type(**{name: _coerce(value, hints[name], name) for name, value in options.items()})
+    except (TypeError, ValueError, KeyError) as err:
+        raise DatasetError(f"bad options for {config_type.__name__}: {err}") from None
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() == "none" and type(None) in args):
+            return None
+        return _coerce(value, next(a for a in args if a is not type(None)), name)
+    if origin is Literal:
+        return value
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        return tuple(_coerce(item.strip() if isinstance(item, str) else item, args[0], name)
+                     for item in items if item != "")
+    if hint is Path:
+        return Path(value)
+    if hint is bool and isinstance(value, str):
+        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"{name}: {value!r} is not a boolean")
+        return value.lower() in ("true", "1", "yes")
+    if hint in (int, float) and isinstance(value, str):
+        return hint(value)
+    return value

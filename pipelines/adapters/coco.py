@@ -1,0 +1,155 @@
+"""COCO person keypoints (``person_keypoints_<split><year>.json``): one record per person annotation.
+
+Format (the official layout): ``images`` [{id, file_name, width, height}], ``annotations`` [{id, image_id,
+keypoints [x, y, v] * 17, num_keypoints, bbox [x, y, w, h], iscrowd}], ``categories`` with the 17 keypoint
+names. ``v``: 0 not labelled, 1 labelled but occluded, 2 visible. Coordinates are 0-based px already.
+
+Conventions (SPIN datasets/preprocess/coco.py): box centre = bbox centre, ``scale = 1.2·max(w, h)/200``;
+labelled keypoints get confidence 1 (occluded ones ``occluded_confidence``). COCO's box is in continuous
+coordinates and its keypoints in pixel indices; the half pixel between them is ignored, as SPIN and mmpose do.
+
+Keys: ``coco/<image id, 12 digits>_a<annotation id>``, e.g. ``coco/000000000785_a442619``: the annotation id is
+COCO's own, stable across re-orderings and shared by the 2014 and 2017 releases, which re-split the same images.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator
+
+import numpy as np
+
+from pipelines.adapters.base import (CheckConfig, DatasetError, Output, RecordBuilder, check_split, display_path,
+                                     image_folder, joint_confidence, occluded_names, resolve_under)
+from shards.joints import COCO_JOINTS, to_canonical
+from shards.schema import make_key
+
+# COCO's own keypoint names, in its order; a file whose person category lists others is not this format.
+COCO_KEYPOINT_NAMES: tuple[str, ...] = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder", "left_elbow",
+    "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle",
+    "right_ankle",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CocoConfig(CheckConfig):
+    """Options of the COCO adapter (the checks: `CheckConfig`).
+
+    Attributes:
+        annotation_file: the keypoints json, absolute or relative to the root. Default: the one
+            ``person_keypoints_<split>*.json`` under ``root`` or ``root/annotations``.
+        image_dir: the folder holding the json's ``file_name``s. Default: ``<root>/<subset>`` or
+            ``<root>/images/<subset>`` where the json is ``person_keypoints_<subset>.json`` (e.g. ``train2014``),
+            else the root itself.
+        bbox_expand: box side = ``bbox_expand · max(w, h)`` (SPIN: 1.2).
+    """
+
+    annotation_file: Path | None = None
+    image_dir: Path | None = None
+    bbox_expand: float = 1.2
+
+
+class CocoAdapter:
+    """COCO person keypoints; see the module docstring."""
+
+    name = "coco"
+    splits = ("train", "val")
+    config_type = CocoConfig
+
+    def read(self, root: Path, split: str, config: CocoConfig | None = None) -> Iterator[Output]:
+        """Yield one `PersonRecord` or `Reject` per annotation of the keypoints json (sorted by image, then id)."""
+        config = config or CocoConfig()
+        check_split(self, split)
+        root = Path(root)
+        path = resolve_under(root, config.annotation_file) or find_annotation_file(root, split)
+        if not path.is_file():
+            raise DatasetError(f"COCO annotation file {path} does not exist")
+        builder = RecordBuilder(self.name, split, config)
+        source = display_path(path, root)
+        image_root, image_dir = image_folder(root, resolve_under(root, config.image_dir)
+                                             or default_image_dir(root, path))
+
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            images = {int(image["id"]): image for image in data["images"]}
+            annotations = sorted(data["annotations"], key=_order)
+            _check_categories(data.get("categories", []))
+        except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
+            yield builder.reject(source, "*", "malformed_annotation",
+                                 f"not a COCO keypoints file: {type(err).__name__}: {err}")
+            return
+
+        for annotation in annotations:
+            yield self._person(builder, image_root, image_dir, source, images, annotation, config)
+
+    def _person(self, builder: RecordBuilder, image_root: Path, image_dir: PurePosixPath, source: str,
+                images: dict[int, dict[str, Any]], annotation: Any, config: CocoConfig) -> Output:
+        if not isinstance(annotation, dict):
+            return builder.reject(source, f"annotation {str(annotation)[:40]!r}", "malformed_annotation",
+                                  f"an annotation is a {type(annotation).__name__}, not an object")
+        record, key = f"annotation {annotation.get('id')}", ""
+        try:
+            image_id, annotation_id = int(annotation["image_id"]), int(annotation["id"])
+            key = make_key(self.name, f"{image_id:012d}", f"a{annotation_id}")
+            image = images[image_id]
+            raw = np.asarray(annotation["keypoints"], dtype=np.float64).reshape(len(COCO_JOINTS), 3)
+            x, y, w, h = (float(v) for v in annotation["bbox"])
+            crowd = bool(annotation.get("iscrowd", 0))
+            file_name = str(image["file_name"])
+            expected_size = (int(image["width"]), int(image["height"]))
+        except (KeyError, TypeError, ValueError) as err:
+            return builder.reject(source, record, "malformed_annotation",
+                                  f"cannot read the annotation: {type(err).__name__}: {err}", key)
+        if crowd:
+            return builder.reject(source, record, "crowd", "iscrowd=1: a crowd region, not one person", key)
+
+        labelled, occluded = raw[:, 2] > 0, raw[:, 2] == 1
+        conf = joint_confidence(labelled, occluded, config.occluded_confidence)
+        keypoints = to_canonical(np.column_stack([raw[:, :2], conf]), "coco")
+        return builder.person(
+            key=key, source=source, record=record, image_root=image_root,
+            image_path=(image_dir / file_name).as_posix(),
+            center=np.array([x + w / 2.0, y + h / 2.0]), scale=config.bbox_expand * max(w, h) / 200.0,
+            keypoints_2d=keypoints, expected_size=expected_size,
+            extra={"image_id": image_id, "annotation_id": annotation_id, "bbox_xywh": [x, y, w, h],
+                   "occluded": occluded_names(occluded & labelled, COCO_JOINTS)})
+
+
+def _order(annotation: Any) -> tuple[int, int, int]:
+    """Sort key (image id, annotation id); records too broken to have one go last, to be rejected there."""
+    try:
+        return 0, int(annotation["image_id"]), int(annotation["id"])
+    except (KeyError, TypeError, ValueError):
+        return 1, 0, 0
+
+
+def _check_categories(categories: list[dict[str, Any]]) -> None:
+    """Raise ValueError when the person category lists keypoints other than COCO's 17."""
+    for category in categories:
+        names = category.get("keypoints")
+        if names is not None and tuple(names) != COCO_KEYPOINT_NAMES:
+            raise ValueError(f"category {category.get('name')!r} lists keypoints {names}, not COCO's 17")
+
+
+def find_annotation_file(root: Path, split: str) -> Path:
+    """The single ``person_keypoints_<split>*.json`` under ``root`` or ``root/annotations``."""
+    found = sorted(p for folder in (root, root / "annotations")
+                   for p in folder.glob(f"person_keypoints_{split}*.json"))
+    if len(found) != 1:
+        what = "none" if not found else ", ".join(str(p) for p in found)
+        raise DatasetError(f"looked for one person_keypoints_{split}*.json in {root} and {root / 'annotations'}, "
+                           f"found {what}; pass annotation_file")
+    return found[0]
+
+
+def default_image_dir(root: Path, annotation_file: Path) -> Path:
+    """``<root>/<subset>`` or ``<root>/images/<subset>`` for ``person_keypoints_<subset>.json``, else the root."""
+    match = re.fullmatch(r"person_keypoints_(\w+)\.json", annotation_file.name)
+    if match:
+        for folder in (root / match.group(1), root / "images" / match.group(1)):
+            if folder.is_dir():
+                return folder
+    return root
