@@ -1,0 +1,390 @@
+"""Train a Gaussian-mixture pose prior (SMPLify's format: K components, full covariance, 69-dim body pose).
+
+Sources are either a directory of BVH clips (converted to the body model's joint rotations by `fitting.bvh`) or
+AMASS-style ``.npz`` files (``poses`` field, body pose = columns 3:72). The steps, each a plain function:
+
+1. **Poses.** BVH: convert each clip relative to the model's T-pose, drop frame 0 (a rest frame in both CMU
+   releases), reject frames with an anatomically impossible joint rotation (:data:`ROTATION_LIMITS_DEG`; the CMU
+   data has marker glitches, such as a foot spun 180° for hundreds of frames), and keep every n-th frame so the
+   rate is about ``fps`` (consecutive 30 fps frames are near-duplicates). AMASS: the same subsampling, from the
+   file's ``mocap_framerate``.
+2. **Weights.** One per frame; if walking frames (category ``walk`` in the folder's ``CLIPS.tsv``) carry more
+   than ``walk_share`` of the total, they are scaled down to exactly that share.
+3. **Mirror** (default on): every pose is added again mirrored left/right (`shards.joints.flip_pose`), with the
+   same weight, so the prior is symmetric and has no handedness of the few subjects.
+4. **EM.** Weighted k-means++ seeding and Lloyd iterations, then EM for a full-covariance mixture with
+   (``cov_floor_deg``)² added to every covariance's diagonal. Deterministic for a seed. The floor (default 5°)
+   is wider than EM needs for stability on purpose: CMU's skeleton makes knees, elbows and toes exact hinges
+   (one degree of freedom), so the mocap poses have ~0.5° of spread off the hinge axis, while a body model's
+   joints are ball joints and fitted poses have several degrees of play there; a 1.8° floor made such poses
+   look far less likely than their actual plausibility (docs/pose_prior.md has the numbers). Dimensions with no
+   variance in the data (joints that no source animates: the collars and hands for CMU) are left out of EM and
+   given mean 0 and an independent standard deviation of ``unobserved_std_deg``: the prior then neither forbids
+   nor pulls those joints, instead of pinning them to the rest pose with the covariance floor.
+
+`train_prior` runs the whole thing and writes the mixture with its provenance (`fitting.priors.save_gmm`).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.linalg import solve_triangular
+
+from fitloop.errors import FitloopError
+from fitting import bvh
+from fitting.priors import GaussianMixture, save_gmm
+from shards.joints import SMPL_JOINT_NAMES, flip_pose
+
+BODY_DIM = 69
+DEFAULT_MODEL = Path(__file__).resolve().parent / "data" / "open_body.npz"
+CMU_ACKNOWLEDGMENT = ("The data used in this project was obtained from mocap.cs.cmu.edu. "
+                      "The database was created with funding from NSF EIA-0196217.")
+CMU_BVH_CREDIT = "BVH conversion by Bruce Hahne (cgspeed.com): the 2010 MotionBuilder-friendly and the Daz-friendly releases."
+
+# Largest plausible local rotation angle per joint (degrees, relative to the T-pose), used to reject glitched
+# mocap frames. Ankles/feet: ~50° of plantar flexion plus inversion; wrists: flexion plus forearm twist; hips,
+# knees, elbows, shoulders near their full anatomical range. Measured on the 133 CMU clips: the glitches sit at
+# 150-180° (ankles, wrists, shoulders), far above the bulk (99th percentile of ankles 47°, wrists 65-72°).
+ROTATION_LIMITS_DEG: dict[str, float] = {
+    "left_hip": 160, "right_hip": 160, "left_knee": 165, "right_knee": 165, "left_ankle": 90, "right_ankle": 90,
+    "left_foot": 90, "right_foot": 90, "spine1": 90, "spine2": 90, "spine3": 90, "neck": 90, "head": 90,
+    "left_collar": 90, "right_collar": 90, "left_shoulder": 150, "right_shoulder": 150, "left_elbow": 165,
+    "right_elbow": 165, "left_wrist": 120, "right_wrist": 120, "left_hand": 90, "right_hand": 90,
+}
+
+
+class PriorTrainingError(FitloopError):
+    """The training sources are missing, empty or unreadable."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a trained prior; stored in its metadata."""
+
+    components: int = 8
+    seed: int = 0
+    fps: float = 10.0  # subsample frames to about this rate
+    walk_share: float = 0.10  # walking frames carry at most this share of the total weight
+    mirror: bool = True
+    cov_floor_deg: float = 5.0  # (this many degrees)² is added to every covariance diagonal
+    unobserved_std_deg: float = 15.0
+    max_iter: int = 500
+    tol: float = 1e-6  # stop when the mean log-likelihood per sample improves by less (nats)
+    kmeans_iter: int = 30
+
+
+@dataclass
+class PoseSet:
+    """Training poses (N, 69) float64 body pose, weights (N,), and what was read and rejected."""
+
+    poses: np.ndarray
+    weights: np.ndarray
+    walk: np.ndarray  # (N,) bool
+    clips: list[dict[str, Any]] = field(default_factory=list)
+
+
+# --- Sources ------------------------------------------------------------------------------------------------------
+def _clip_table(directory: Path) -> list[tuple[str, str]]:
+    """(relative path, category) of every clip: from ``CLIPS.tsv`` when the folder has one, else all ``*.bvh``."""
+    table = directory / "CLIPS.tsv"
+    if table.is_file():
+        with table.open(newline="") as fh:
+            rows = list(csv.DictReader(fh, delimiter="\t"))
+        if rows and {"file", "category"} <= set(rows[0]):
+            return sorted((r["file"], r["category"]) for r in rows if (directory / r["file"]).is_file())
+    return sorted((p.relative_to(directory).as_posix(), "walk" if "walk" in p.stem.lower() else "unknown")
+                  for p in directory.rglob("*.bvh"))
+
+
+def plausible_frames(poses: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
+    """Mask (F,) of frames whose every joint rotation is within :data:`ROTATION_LIMITS_DEG`, and per-joint counts
+    of the frames each joint rejects. ``poses`` (F, 72) axis-angle radians."""
+    angles = np.degrees(np.linalg.norm(poses.reshape(len(poses), -1, 3), axis=-1))
+    keep = np.ones(len(poses), dtype=bool)
+    counts = {}
+    for j, name in enumerate(SMPL_JOINT_NAMES[1:], start=1):
+        bad = angles[:, j] > ROTATION_LIMITS_DEG[name]
+        if bad.any():
+            counts[name] = int(bad.sum())
+        keep &= ~bad
+    return keep, counts
+
+
+def load_bvh_poses(directory: Path, rest_joints: np.ndarray, config: TrainConfig) -> PoseSet:
+    """Convert, clean and subsample every clip of a BVH folder (see module docstring). Unreadable clips are
+    recorded in ``clips`` with their error, not fatal; a folder without any usable clip is."""
+    entries = _clip_table(directory)
+    if not entries:
+        raise PriorTrainingError(f"{directory}: no .bvh files found; pass the folder that holds the clips "
+                                 f"(for CMU: ../shared/mocap/cmu)")
+    poses, walk, clips = [], [], []
+    for rel, category in entries:
+        record: dict[str, Any] = {"file": rel, "category": category}
+        try:
+            clip = bvh.parse_bvh(directory / rel)
+            conv = bvh.convert_clip(clip, rest_joints, drop_first=True)
+        except (bvh.BvhError, KeyError) as err:
+            record["error"] = str(err)
+            clips.append(record)
+            continue
+        step = max(1, round(1.0 / (clip.frame_time * config.fps)))
+        keep, rejected = plausible_frames(conv.poses)
+        picked = np.flatnonzero(keep)[::step]
+        record.update(skeleton=conv.skeleton, frames=len(conv.poses), rejected=int((~keep).sum()),
+                      rejected_by_joint=rejected, step=step, used=len(picked))
+        clips.append(record)
+        poses.append(conv.poses[picked, 3:].astype(np.float64))
+        walk.append(np.full(len(picked), category == "walk"))
+    if not poses or sum(len(p) for p in poses) == 0:
+        raise PriorTrainingError(f"{directory}: no usable frames in any clip; errors: "
+                                 f"{[c.get('error') for c in clips][:3]}")
+    x = np.concatenate(poses)
+    return PoseSet(x, np.ones(len(x)), np.concatenate(walk), clips)
+
+
+def load_amass_poses(files: list[Path], config: TrainConfig) -> PoseSet:
+    """Body poses (columns 3:72 of ``poses``) from AMASS-style ``.npz`` files, subsampled to about ``fps``.
+
+    Frames are taken as is (no plausibility filter: AMASS poses are already fits of a body model). Files without
+    ``mocap_framerate`` are used at every frame.
+    """
+    poses, clips = [], []
+    for path in files:
+        record: dict[str, Any] = {"file": str(path)}
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                p = np.asarray(data["poses"], dtype=np.float64)
+                rate = float(data["mocap_framerate"]) if "mocap_framerate" in data.files else None
+        except (OSError, KeyError, ValueError) as err:
+            raise PriorTrainingError(f"{path}: not an AMASS-style .npz with a `poses` array ({err})") from None
+        if p.ndim != 2 or p.shape[1] < 72:
+            raise PriorTrainingError(f"{path}: `poses` has shape {p.shape}; expected (F, >=72) axis-angle")
+        step = max(1, round(rate / config.fps)) if rate else 1
+        picked = p[::step, 3:72]
+        record.update(frames=len(p), step=step, used=len(picked))
+        clips.append(record)
+        poses.append(picked)
+    x = np.concatenate(poses) if poses else np.zeros((0, BODY_DIM))
+    if len(x) == 0:
+        raise PriorTrainingError("no frames in the AMASS files given")
+    return PoseSet(x, np.ones(len(x)), np.zeros(len(x), dtype=bool), clips)
+
+
+def cap_walk_share(weights: np.ndarray, walk: np.ndarray, share: float) -> tuple[np.ndarray, float]:
+    """Scale walking frames' weights so they carry at most ``share`` of the total; returns (weights, factor)."""
+    w_walk, w_other = weights[walk].sum(), weights[~walk].sum()
+    if w_walk == 0 or w_walk <= share * (w_walk + w_other) or w_other == 0:
+        return weights.copy(), 1.0
+    factor = share * w_other / ((1.0 - share) * w_walk)
+    out = weights.copy()
+    out[walk] *= factor
+    return out, float(factor)
+
+
+# --- EM for a weighted full-covariance Gaussian mixture -----------------------------------------------------------
+def _log_gaussians(x: np.ndarray, means: np.ndarray, covars: np.ndarray) -> np.ndarray:
+    """log N(x_i | μ_k, Σ_k): (N, D), (K, D), (K, D, D) -> (N, K)."""
+    n, d = x.shape
+    out = np.empty((n, len(means)))
+    for k in range(len(means)):
+        chol = np.linalg.cholesky(covars[k])
+        z = solve_triangular(chol, (x - means[k]).T, lower=True)
+        out[:, k] = -0.5 * np.einsum("dn,dn->n", z, z) - np.log(np.diag(chol)).sum() - 0.5 * d * math.log(2 * math.pi)
+    return out
+
+
+def _kmeans(x: np.ndarray, w: np.ndarray, k: int, rng: np.random.Generator, iters: int) -> np.ndarray:
+    """Weighted k-means++ seeding then Lloyd iterations; returns labels (N,)."""
+    centers = [x[rng.choice(len(x), p=w / w.sum())]]
+    d2 = ((x - centers[0]) ** 2).sum(1)
+    for _ in range(1, k):
+        p = w * d2
+        centers.append(x[rng.choice(len(x), p=p / p.sum())])
+        d2 = np.minimum(d2, ((x - centers[-1]) ** 2).sum(1))
+    c = np.stack(centers)
+    labels = np.zeros(len(x), dtype=np.int64)
+    for _ in range(iters):
+        dist = (x ** 2).sum(1)[:, None] - 2 * x @ c.T + (c ** 2).sum(1)[None]
+        new = dist.argmin(1)
+        for j in range(k):
+            m = new == j
+            if m.any():  # an emptied cluster keeps its centre
+                c[j] = np.average(x[m], axis=0, weights=w[m])
+        if np.array_equal(new, labels):
+            break
+        labels = new
+    return labels
+
+
+def fit_gmm(x: np.ndarray, w: np.ndarray, k: int, *, seed: int, reg_covar: float, max_iter: int, tol: float,
+            kmeans_iter: int = 30) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Weighted EM for a K-component full-covariance mixture. x (N, D), w (N,) >= 0 sample weights.
+
+    Returns means (K, D), covars (K, D, D), weights (K,) and a report (iterations, converged, mean log-lik).
+    """
+    n, d = x.shape
+    if n < k * 2:
+        raise PriorTrainingError(f"only {n} poses for {k} components; give more data or fewer --components")
+    rng = np.random.default_rng(seed)
+    wn = w / w.sum()
+    resp = np.zeros((n, k))
+    resp[np.arange(n), _kmeans(x, w, k, rng, kmeans_iter)] = 1.0
+    eye = np.eye(d)
+    history = []
+    converged = False
+    for it in range(max_iter + 1):
+        # M-step (from the k-means labels on the first pass)
+        rw = resp * wn[:, None]
+        nk = rw.sum(0) + 1e-12
+        weights = nk / nk.sum()
+        means = (rw.T @ x) / nk[:, None]
+        covars = np.empty((k, d, d))
+        for j in range(k):
+            diff = x - means[j]
+            covars[j] = (rw[:, j, None] * diff).T @ diff / nk[j] + reg_covar * eye
+            covars[j] = 0.5 * (covars[j] + covars[j].T)
+        if it == max_iter:
+            break
+        # E-step
+        logp = _log_gaussians(x, means, covars) + np.log(weights)
+        lse = np.logaddexp.reduce(logp, axis=1)
+        resp = np.exp(logp - lse[:, None])
+        history.append(float(wn @ lse))
+        if len(history) > 1 and history[-1] - history[-2] < tol:
+            converged = True
+            break
+    return means, covars, weights, {"iterations": len(history), "converged": converged,
+                                    "mean_log_likelihood": history[-1] if history else None}
+
+
+# --- The whole run ------------------------------------------------------------------------------------------------
+def _rest_pose(model: Path | None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Rest joints of the body model the rotations are relative to, and how they were obtained."""
+    path = model if model is not None else (DEFAULT_MODEL if DEFAULT_MODEL.is_file() else None)
+    if path is None:
+        return bvh.STANDARD_TPOSE_JOINTS, {
+            "source": "standard T-pose (fitting.bvh.STANDARD_TPOSE_JOINTS: approximate SMPL-like joints); "
+                      "no body-model file was available"}
+    path = Path(path)
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as err:
+        raise PriorTrainingError(f"{path}: cannot read the body model ({err.strerror}); pass --model PATH") from None
+    try:
+        shown = path.resolve().relative_to(Path(__file__).resolve().parents[1]).as_posix()
+    except ValueError:
+        shown = str(path)
+    return bvh.rest_joints_from_model(path), {"source": shown, "sha256": digest}
+
+
+def train_prior(sources: list[Path], out: Path, *, kind: str = "bvh", components: int = 8, seed: int = 0,
+                model: Path | None = None, fps: float = 10.0, walk_share: float = 0.10, mirror: bool = True,
+                cov_floor_deg: float = 5.0) -> dict[str, Any]:
+    """Train a pose prior from ``sources`` and write it to ``out`` (fitloop ``.npz``); return a report (dict).
+
+    ``kind="bvh"``: ``sources`` is one folder of BVH clips; ``kind="amass"``: ``.npz`` files with ``poses``.
+    ``model``: body-model ``.npz`` whose T-pose the BVH rotations are made relative to (default: the open model
+    at fitting/data/open_body.npz if present, else an approximate standard T-pose; recorded either way).
+    """
+    config = TrainConfig(components=components, seed=seed, fps=fps, walk_share=walk_share, mirror=mirror,
+                         cov_floor_deg=cov_floor_deg)
+    t0 = time.perf_counter()
+    sources = [Path(s) for s in sources]
+    rest_info: dict[str, Any] | None = None
+    if kind == "bvh":
+        if len(sources) != 1 or not sources[0].is_dir():
+            raise PriorTrainingError(f"--bvh takes one folder of .bvh clips; got {[str(s) for s in sources]}")
+        rest_joints, rest_info = _rest_pose(model)
+        data = load_bvh_poses(sources[0], rest_joints, config)
+    elif kind == "amass":
+        missing = [str(s) for s in sources if not s.is_file()]
+        if not sources or missing:
+            raise PriorTrainingError(f"--amass takes existing .npz files; missing: {missing or 'none given'}")
+        data = load_amass_poses(sources, config)
+    else:
+        raise PriorTrainingError(f"unknown source kind {kind!r}; use 'bvh' or 'amass'")
+    t_load = time.perf_counter() - t0
+
+    weights, walk_factor = cap_walk_share(data.weights, data.walk, config.walk_share)
+    x, w = data.poses, weights
+    if config.mirror:
+        flipped = flip_pose(np.concatenate([np.zeros((len(x), 3)), x], axis=1))[:, 3:]
+        x, w = np.concatenate([x, flipped]), np.concatenate([w, w])
+
+    mean = np.average(x, axis=0, weights=w)
+    var = np.average((x - mean) ** 2, axis=0, weights=w)
+    observed = var > 1e-10
+    means_o, covars_o, mix_weights, em = fit_gmm(
+        x[:, observed], w, config.components, seed=config.seed, reg_covar=math.radians(config.cov_floor_deg) ** 2,
+        max_iter=config.max_iter, tol=config.tol, kmeans_iter=config.kmeans_iter)
+    k, d = config.components, x.shape[1]
+    means = np.zeros((k, d))
+    means[:, observed] = means_o
+    covars = np.zeros((k, d, d))
+    idx = np.flatnonzero(observed)
+    covars[:, idx[:, None], idx[None, :]] = covars_o
+    unobserved = np.flatnonzero(~observed)
+    covars[:, unobserved, unobserved] = math.radians(config.unobserved_std_deg) ** 2
+    t_total = time.perf_counter() - t0
+
+    unobserved_joints = sorted({SMPL_JOINT_NAMES[1 + i // 3] for i in unobserved},
+                               key=SMPL_JOINT_NAMES.index)
+    n_clips = sum(1 for c in data.clips if "error" not in c)
+    metadata: dict[str, Any] = {
+        "what": "Gaussian-mixture pose prior over the SMPL body pose: 23 joints x axis-angle (radians), local "
+                "rotations relative to the body model's T-pose (fitting/priors.py MaxMixturePrior)",
+        "dims": d, "components": k, "kind": kind,
+        "config": asdict(config),
+        "rest_pose": rest_info,
+        "clips": n_clips, "clip_errors": [c for c in data.clips if "error" in c],
+        "frames_read": int(sum(c.get("frames", 0) for c in data.clips)),
+        "frames_rejected_implausible": int(sum(c.get("rejected", 0) for c in data.clips)),
+        "rotation_limits_deg": ROTATION_LIMITS_DEG if kind == "bvh" else None,
+        "frames_used": int(len(data.poses)), "samples_with_mirror": int(len(x)),
+        "walk_frames": int(data.walk.sum()), "walk_weight_factor": walk_factor,
+        "walk_share_after": float(weights[data.walk].sum() / weights.sum()),
+        "unobserved_joints": unobserved_joints,
+        "em": em,
+    }
+    if kind == "amass":
+        metadata["source"] = [Path(c["file"]).name for c in data.clips]
+    if kind == "bvh":
+        cats: dict[str, int] = {}
+        for c in data.clips:
+            if "error" not in c:
+                cats[c["category"]] = cats.get(c["category"], 0) + c["used"]
+        metadata.update({
+            "source": "CMU Graphics Lab Motion Capture Database, 133-clip BVH subset (../shared/mocap/cmu, "
+                      "see its CREDITS.md and CLIPS.tsv); BVH files and converted poses are not redistributed",
+            "acknowledgment": CMU_ACKNOWLEDGMENT, "bvh_conversion_credit": CMU_BVH_CREDIT,
+            "license": "CMU: free for all uses, do not resell the data; Hahne places no additional restrictions",
+            "frames_used_by_category": dict(sorted(cats.items())),
+            "skeletons": {s: sum(1 for c in data.clips if c.get("skeleton") == s) for s in bvh.SKELETON_MAPS},
+        })
+    save_gmm(GaussianMixture(means, covars, mix_weights, metadata), out)
+    return {**{k_: v for k_, v in metadata.items() if k_ not in ("clip_errors",)},
+            "clip_errors": len(metadata["clip_errors"]), "out": str(out),
+            "time_load_s": round(t_load, 2), "time_total_s": round(t_total, 2)}
+
+
+def summarize(report: dict[str, Any]) -> str:
+    """A few human-readable lines of a training report."""
+    em = report["em"]
+    return (f"wrote {report['out']}: {report['components']} components over {report['dims']} dims\n"
+            f"clips: {report['clips']} ({report['clip_errors']} unreadable); frames read {report['frames_read']}, "
+            f"rejected as implausible {report['frames_rejected_implausible']}, used {report['frames_used']} "
+            f"({report['samples_with_mirror']} samples with mirroring)\n"
+            f"walk frames {report['walk_frames']}, weight factor {report['walk_weight_factor']:.3f}, "
+            f"share {report['walk_share_after']:.3f}\n"
+            f"EM: {em['iterations']} iterations, converged={em['converged']}, mean log-likelihood "
+            f"{em['mean_log_likelihood']:.2f}\n"
+            f"rest pose: {json.dumps(report['rest_pose'])}\n"
+            f"time: {report['time_load_s']} s loading, {report['time_total_s']} s total")

@@ -1,0 +1,236 @@
+"""Priors of SMPLify: the Gaussian-mixture pose prior, the elbow/knee angle prior, and the shape prior.
+
+All energies are per example, batched, deterministic, and take their parameters at call time (the pose prior
+holds only its fixed mixture). Poses are SMPL body poses: (B, 69) = 23 joints × axis-angle in radians, joints in
+`shards.joints.SMPL_JOINT_NAMES` order without the pelvis (global orientation), each rotation local to its
+parent and relative to the body model's T-pose.
+
+The mixture lives in two file formats, both read by :func:`load_gmm`:
+
+* SMPLify's ``gmm_08.pkl`` (a Python-2 pickle: a dict with ``means`` (8, 69), ``covars`` (8, 69, 69) and
+  ``weights`` (8,), or an old sklearn GMM with ``means_``/``covars_``/``weights_``), read only through
+  `fitting.safe_pickle`, which refuses anything but plain arrays;
+* fitloop's ``.npz``: ``means``, ``covars``, ``weights`` (float64) and ``metadata`` (a JSON string with the
+  provenance), loaded with ``allow_pickle=False``; :func:`save_gmm` writes it atomically and byte-reproducibly.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fitloop.errors import ModelFileError
+from shards.joints import SMPL_JOINT_INDEX
+
+NPZ_FORMAT = "fitloop-pose-prior"
+NPZ_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class GaussianMixture:
+    """A Gaussian mixture over D-dim vectors: means (K, D), covars (K, D, D), weights (K,), all float64.
+
+    ``metadata`` says where it came from (free-form JSON-able dict; fitloop priors record their training set).
+    """
+
+    means: np.ndarray
+    covars: np.ndarray
+    weights: np.ndarray
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_components(self) -> int:
+        return int(self.means.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.means.shape[1])
+
+
+def _checked(means: Any, covars: Any, weights: Any, metadata: dict[str, Any], source: str) -> GaussianMixture:
+    """Validate shapes and values once, at the file boundary."""
+    try:
+        means = np.array(means, dtype=np.float64)
+        covars = np.array(covars, dtype=np.float64)
+        weights = np.array(weights, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as err:
+        raise ModelFileError(f"{source}: mixture arrays are not numeric ({err})") from None
+    if means.ndim != 2:
+        raise ModelFileError(f"{source}: means have shape {means.shape}, expected (K, D)")
+    k, d = means.shape
+    if covars.shape == (k, d):  # a diagonal-covariance mixture: expand
+        covars = np.stack([np.diag(c) for c in covars])
+    if covars.shape != (k, d, d) or weights.shape != (k,):
+        raise ModelFileError(f"{source}: covars {covars.shape} / weights {weights.shape} do not match means "
+                             f"{means.shape}; expected ({k}, {d}, {d}) and ({k},)")
+    if not (np.isfinite(means).all() and np.isfinite(covars).all() and np.isfinite(weights).all()):
+        raise ModelFileError(f"{source}: the mixture holds NaN or inf")
+    if (weights <= 0).any():
+        raise ModelFileError(f"{source}: mixture weights must be positive, got {weights}")
+    try:
+        np.linalg.cholesky(0.5 * (covars + np.swapaxes(covars, 1, 2)))
+    except np.linalg.LinAlgError:
+        raise ModelFileError(f"{source}: a covariance is not positive definite") from None
+    return GaussianMixture(means, covars, weights, metadata)
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    """The attribute mapping of a loaded pickle: a dict, or an object's state / __dict__ (old sklearn GMMs)."""
+    if isinstance(obj, dict):
+        return obj
+    for attr in ("_state", "state", "__dict__"):
+        value = getattr(obj, attr, None)
+        if isinstance(value, dict):
+            return value
+    return {}
+
+
+def gmm_from_mapping(obj: Any, source: str = "<mixture>") -> GaussianMixture:
+    """A mixture from a SMPLify-style dict (means/covars/weights) or sklearn attributes (means_/covars_/weights_)."""
+    f = _fields(obj)
+    for means_key, covars_keys, weights_key in (("means", ("covars",), "weights"),
+                                                ("means_", ("covars_", "covariances_"), "weights_")):
+        covars_key = next((c for c in covars_keys if c in f), None)
+        if means_key in f and covars_key and weights_key in f:
+            return _checked(f[means_key], f[covars_key], f[weights_key],
+                            {"source": source, "format": "smplify-pkl"}, source)
+    raise ModelFileError(
+        f"{source}: not a Gaussian mixture: expected keys means/covars/weights (SMPLify gmm_08.pkl) or "
+        f"means_/covars_/weights_ (sklearn), found {sorted(map(str, f))[:10]}")
+
+
+def load_gmm(path: str | Path) -> GaussianMixture:
+    """Read a pose-prior mixture: SMPLify's ``.pkl`` (via `fitting.safe_pickle`) or fitloop's ``.npz``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such prior file; train one with `fitloop prior train` or pass the "
+                             f"path of SMPLify's gmm_08.pkl")
+    if path.suffix == ".pkl":
+        from fitting import safe_pickle
+        return gmm_from_mapping(safe_pickle.load(path), str(path))
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise ModelFileError(f"{path}: not a readable .npz prior ({err})") from None
+    missing = {"means", "covars", "weights"} - set(arrays)
+    if missing:
+        raise ModelFileError(f"{path}: the .npz lacks {sorted(missing)}; is it a pose prior?")
+    try:
+        metadata = json.loads(str(arrays["metadata"].reshape(-1)[0])) if "metadata" in arrays else {}
+    except json.JSONDecodeError as err:
+        raise ModelFileError(f"{path}: metadata is not JSON ({err})") from None
+    return _checked(arrays["means"], arrays["covars"], arrays["weights"], metadata, str(path))
+
+
+def save_gmm(gmm: GaussianMixture, path: str | Path) -> None:
+    """Write ``gmm`` as fitloop's ``.npz`` atomically (temp file, then rename), with fixed zip timestamps so the
+    same mixture always gives the same bytes. Metadata must be JSON-serialisable."""
+    path = Path(path)
+    metadata = {"format": NPZ_FORMAT, "format_version": NPZ_FORMAT_VERSION, **gmm.metadata}
+    arrays = {"means": gmm.means.astype(np.float64), "covars": gmm.covars.astype(np.float64),
+              "weights": gmm.weights.astype(np.float64),
+              "metadata": np.array(json.dumps(metadata, sort_keys=True, indent=1))}
+    tmp = path.with_name(f".{path.name}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name in sorted(arrays):
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, arrays[name], allow_pickle=False)
+            zf.writestr(info, buf.getvalue())
+    os.replace(tmp, path)
+
+
+class MaxMixturePrior(torch.nn.Module):
+    """SMPLify-X/SPIN's Gaussian-mixture pose prior, "merged" (max-mixture) form, per example.
+
+    ``E(θ) = min_k [ ½ (θ−μ_k)ᵀ Σ_k⁻¹ (θ−μ_k) − log( w_k / ((2π)^{D/2} · sqrt|Σ_k| / min_j sqrt|Σ_j|) ) ]``
+
+    with D = 69 for the SMPL body pose. Precisions are inverted in float64 numpy, as in SMPLify-X. The constant
+    term is computed in log space (``log w_k − (D/2)·log 2π − ½(log|Σ_k| − min_j log|Σ_j|)``): the same number,
+    but no determinant of a 69×69 covariance can under- or overflow. SPIN weights this energy by 4.78².
+    """
+
+    means: torch.Tensor
+    precisions: torch.Tensor
+    log_nll_weights: torch.Tensor
+    log_weights: torch.Tensor
+    log_norm: torch.Tensor
+
+    def __init__(self, gmm: GaussianMixture, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        d = gmm.dim
+        precisions = np.linalg.inv(gmm.covars)
+        logdets = np.linalg.slogdet(gmm.covars)[1]
+        log_nll_weights = np.log(gmm.weights) - 0.5 * d * math.log(2 * math.pi) - 0.5 * (logdets - logdets.min())
+        self.register_buffer("means", torch.as_tensor(gmm.means, dtype=dtype))
+        self.register_buffer("precisions", torch.as_tensor(precisions, dtype=dtype))
+        self.register_buffer("log_nll_weights", torch.as_tensor(log_nll_weights, dtype=dtype))
+        # For the exact mixture density (evaluation, not SMPLify): log w_k and −½(D·log 2π + log|Σ_k|).
+        self.register_buffer("log_weights", torch.as_tensor(np.log(gmm.weights / gmm.weights.sum()), dtype=dtype))
+        self.register_buffer("log_norm", torch.as_tensor(-0.5 * (d * math.log(2 * math.pi) + logdets), dtype=dtype))
+        self.metadata = dict(gmm.metadata)
+
+    @classmethod
+    def from_file(cls, path: str | Path, dtype: torch.dtype = torch.float32) -> "MaxMixturePrior":
+        """Load a SMPLify ``gmm_08.pkl`` or a fitloop ``.npz`` prior (see :func:`load_gmm`)."""
+        return cls(load_gmm(path), dtype=dtype)
+
+    @property
+    def dim(self) -> int:
+        return int(self.means.shape[1])
+
+    def _quadratic(self, body_pose: torch.Tensor) -> torch.Tensor:
+        """½ (θ−μ_k)ᵀ Σ_k⁻¹ (θ−μ_k) for every example and component: (B, D) -> (B, K)."""
+        if body_pose.ndim != 2 or body_pose.shape[1] != self.dim:
+            raise ValueError(f"body_pose must be (B, {self.dim}) axis-angle, got {tuple(body_pose.shape)}")
+        diff = body_pose.to(self.means.dtype).unsqueeze(1) - self.means  # (B, K, D)
+        prec_diff = torch.einsum("kij,bkj->bki", self.precisions, diff)
+        return 0.5 * (prec_diff * diff).sum(dim=-1)
+
+    def component_energies(self, body_pose: torch.Tensor) -> torch.Tensor:
+        """Per-component energies (B, K) of body poses (B, 69), axis-angle radians; the prior is their min."""
+        return self._quadratic(body_pose) - self.log_nll_weights
+
+    def forward(self, body_pose: torch.Tensor) -> torch.Tensor:
+        """Max-mixture energy (B,) of body poses (B, 69), axis-angle radians (dimensionless, lower = likelier)."""
+        return self.component_energies(body_pose).min(dim=1).values
+
+    def log_likelihood(self, body_pose: torch.Tensor) -> torch.Tensor:
+        """Exact mixture log density (B,) of body poses (B, 69), nats; for evaluating a prior, not for fitting."""
+        return torch.logsumexp(self.log_weights + self.log_norm - self._quadratic(body_pose), dim=1)
+
+
+# --- Angle and shape priors ---------------------------------------------------------------------------------
+# SMPLify's exp penalty on bending elbows and knees the unnatural way: (joint, axis, sign). In the T-pose a left
+# elbow bends naturally with a negative rotation about y (forearm +X -> +Z), a right elbow with a positive one,
+# and knees with a positive rotation about x (shin -Y -> -Z); the penalty exp(sign·θ)² is small for those.
+ANGLE_PRIOR_TERMS: tuple[tuple[str, int, float], ...] = (
+    ("left_elbow", 1, 1.0), ("right_elbow", 1, -1.0), ("left_knee", 0, -1.0), ("right_knee", 0, -1.0))
+# Indices into the (B, 69) body pose: 3·(joint − 1) + axis -> 52, 55, 9, 12 (SPIN's 55, 58, 12, 15 minus 3).
+ANGLE_PRIOR_INDICES: tuple[int, ...] = tuple(3 * (SMPL_JOINT_INDEX[j] - 1) + a for j, a, _ in ANGLE_PRIOR_TERMS)
+ANGLE_PRIOR_SIGNS: tuple[float, ...] = tuple(s for _, _, s in ANGLE_PRIOR_TERMS)
+
+
+def angle_prior(body_pose: torch.Tensor) -> torch.Tensor:
+    """SMPLify's angle prior (B,): Σ over elbows and knees of exp(sign·θ)², body pose (B, 69) axis-angle radians.
+
+    Equals SPIN's ``angle_prior(pose).sum(dim=-1)``; SPIN weights it by 15.2².
+    """
+    signs = torch.tensor(ANGLE_PRIOR_SIGNS, dtype=body_pose.dtype, device=body_pose.device)
+    return torch.exp(body_pose[:, list(ANGLE_PRIOR_INDICES)] * signs).pow(2).sum(dim=-1)
+
+
+def shape_prior(betas: torch.Tensor) -> torch.Tensor:
+    """Quadratic shape prior (B,): ‖β‖² of shape coefficients (B, NB); SPIN weights it by 5²."""
+    return betas.pow(2).sum(dim=-1)
