@@ -41,7 +41,7 @@ REJECT_REASONS: dict[str, str] = {
     "missing_image": "the image file does not exist",
     "corrupt_image": "the image file exists but cannot be read as an image",
     "image_size_mismatch": "the image's size differs from the size the annotation states",
-    "nan_keypoints": "an annotated keypoint, the box centre or the scale is NaN or infinite",
+    "nan_keypoints": "an annotated 2D or 3D joint, the box, or an SMPL parameter is NaN or infinite",
     "keypoints_out_of_image": "an annotated keypoint lies outside the image (beyond the configured margin)",
     "too_few_joints": "fewer annotated joints than the configured minimum",
     "missing_required_joints": "a joint the configuration requires is not annotated",

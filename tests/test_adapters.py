@@ -185,7 +185,8 @@ def test_mpii_conventions_are_normalised(mpii_by_format):
         assert mat.scale == pytest.approx(h5["scale"][0])
     np.testing.assert_allclose(mat.extra["head_box"], [913, 78, 1030, 236])
     # is_visible = 0 in the release is an occluded, annotated joint; the h5 keeps the flag, the json has none
-    occluded = next(o for o in mpii_by_format["h5"] if isinstance(o, PersonRecord) and o.extra["image"] == "051423444.jpg")
+    occluded = next(o for o in mpii_by_format["h5"]
+                    if isinstance(o, PersonRecord) and o.extra["image"] == "051423444.jpg")
     assert occluded.extra["occluded"] == ["Right Wrist", "Right Elbow"]
     assert (occluded.keypoints_2d[:, 2] > 0).sum() == 14
 
@@ -252,8 +253,9 @@ def test_coco_rejects_one_record_each_and_goes_on(tmp_path):
               {"id": 4, "file_name": "good.jpg", "width": 640, "height": 480}]
     far = [v for k in range(17) for v in ((10 + 4 * k, 10 + 3 * k, 2) if k else (250, 10, 2))]  # nose at x=250
     nan = [v for k in range(17) for v in ((10 + 4 * k, 10 + 3 * k, 2) if k != 5 else (float("nan"), 10, 2))]
+    occluded = [v for k in range(17) for v in (10 + 4 * k, 10 + 3 * k, 1 if k == 9 else 2)]  # left wrist v=1
     annotations = [
-        coco_annotation(10, 1), coco_annotation(11, 2), coco_annotation(12, 3),
+        coco_annotation(10, 1, keypoints=occluded), coco_annotation(11, 2), coco_annotation(12, 3),
         coco_annotation(13, 1, keypoints=nan), coco_annotation(14, 1, keypoints=far),
         coco_annotation(15, 1, keypoints=[1, 2, 2] * 16),  # 48 values: malformed
         coco_annotation(16, 1, iscrowd=1), coco_annotation(17, 1, bbox=[5, 5, 0.5, 0.5]),
@@ -265,6 +267,7 @@ def test_coco_rejects_one_record_each_and_goes_on(tmp_path):
     assert len(outputs) == len(annotations)  # read = written + rejected
     assert [r.key for r in records] == ["coco/000000000001_a10"]
     assert records[0].image_path == "val2017/good.jpg" and records[0].image_root == tmp_path
+    assert records[0].extra["occluded"] == ["Left Wrist"] and joint(records[0], "Left Wrist")[2] == 1
     by_record = {r.record: r for r in rejects}
     expected = {"annotation 11": "corrupt_image", "annotation 12": "missing_image", "annotation 13": "nan_keypoints",
                 "annotation 14": "keypoints_out_of_image", "annotation 15": "malformed_annotation",
@@ -348,6 +351,18 @@ def test_checks_are_configurable(tmp_path):
         iter_dataset("h36m-typo", tmp_path, "train")
     with pytest.raises(DatasetError, match="does not exist"):
         next(iter_dataset("lspet", tmp_path / "nowhere", "train"))
+
+
+def test_lspet_invisible_joints_are_not_annotated(tmp_path):
+    joints = np.column_stack([np.linspace(20, 60, 14), np.linspace(10, 70, 14), np.ones(14)])  # 1 = visible
+    joints[[0, 5]] = [[-45.0, -26.0, 0.0], [0.0, 0.0, 0.0]]  # LSPET's placeholders for invisible ankles
+    (tmp_path / "images").mkdir()
+    scipy.io.savemat(tmp_path / "joints.mat", {"joints": joints[:, :, None]})  # 14 x 3 x 1
+    write_image(tmp_path / "images" / "im00001.jpg")
+    record = next(iter_dataset("lspet", tmp_path, "train"))
+    assert record.key == "lspet/im00001" and (record.keypoints_2d[:, 2] > 0).sum() == 12
+    np.testing.assert_array_equal(joint(record, "Right Ankle"), [0, 0, 0])  # not "out of image": absent
+    np.testing.assert_allclose(joint(record, "Right Knee"), [20 + 40 / 13 - 1, 10 + 60 / 13 - 1, 1], atol=1e-4)
 
 
 def mat_structs(rows: list[dict]) -> np.ndarray:

@@ -82,7 +82,10 @@ class CheckConfig:
     def __post_init__(self) -> None:
         if self.min_joints < 0:
             raise DatasetError(f"min_joints must be >= 0, got {self.min_joints}")
-        indices(self.require_joints)  # KeyError naming an unknown joint
+        try:
+            indices(self.require_joints)
+        except KeyError as err:
+            raise DatasetError(f"require_joints: {err.args[0]}") from None
         if not 0.0 <= self.occluded_confidence <= 1.0:
             raise DatasetError(f"occluded_confidence must lie in [0, 1], got {self.occluded_confidence}")
         for name, allowed in (("out_of_image", OutOfImagePolicy), ("image_check", ImageCheck)):
@@ -98,7 +101,7 @@ _ANNOTATED = slice(J24_OFFSET, NUM_JOINTS)  # slots that hold annotations; 0–2
 class Adapter(Protocol):
     """A dataset format: ``read`` yields one `PersonRecord` or `Reject` per person record it reads."""
 
-    name: str                 # registry name, also the records' ``dataset`` unless a config overrides it
+    name: str                 # registry name; also the records' ``dataset`` (spin-npz: the file's dataset)
     splits: tuple[str, ...]   # the splits ``read`` accepts
     config_type: type         # a frozen dataclass extending CheckConfig
 
@@ -204,75 +207,64 @@ class RecordBuilder:
             expected_size: (width, height) the annotation states, checked against the file when it is opened.
             The rest: as in `PersonRecord`.
         """
-        cfg = self.config
         where = dict(source=source, record=record, key=key)
         kp = np.array(keypoints_2d, dtype=np.float64)  # our copy: the caller's array is never touched
         if kp.shape != (NUM_JOINTS, 3):
             raise ValueError(f"{self.dataset} adapter bug: keypoints_2d has shape {kp.shape}, not (49, 3)")
-        conf = kp[:, 2]
-        bad = ~np.isfinite(conf) | ((conf > 0) & ~np.isfinite(kp[:, :2]).all(axis=1))
-        if bad.any():
-            names = ", ".join(JOINT_NAMES[i] for i in np.flatnonzero(bad))
-            return self.reject(**where, reason="nan_keypoints", message=f"non-finite keypoints: {names}")
-        kp[conf <= 0] = 0.0  # absent joints are all zeros, whatever placeholder the source used
-        has_box = center is not None and scale is not None
         center = None if center is None else np.asarray(center, dtype=np.float64)
-        if has_box and not (np.isfinite(center).all() and np.isfinite(scale)):
-            return self.reject(**where, reason="nan_keypoints",
-                               message=f"non-finite box: center={np.asarray(center).tolist()}, scale={scale}")
-
-        annotated = kp[_ANNOTATED, 2] > 0
-        if annotated.sum() < cfg.min_joints:
-            return self.reject(**where, reason="too_few_joints",
-                               message=f"{annotated.sum()} annotated joints, fewer than min_joints={cfg.min_joints}")
-        missing = [JOINT_NAMES[i] for i in self._required if kp[i, 2] <= 0]
-        if missing:
-            return self.reject(**where, reason="missing_required_joints",
-                               message=f"required joints not annotated: {', '.join(missing)}")
-        if not has_box:
+        problem = _non_finite(kp, center, scale, joints_3d, smpl_pose, smpl_betas)
+        if problem:
+            return self.reject(**where, reason="nan_keypoints", message=problem)
+        kp[kp[:, 2] <= 0] = 0.0  # absent joints are all zeros, whatever placeholder the source used
+        problem = self._joint_problem(kp)
+        if problem:
+            return self.reject(**where, reason=problem[0], message=problem[1])
+        if center is None or scale is None:
             return self.reject(**where, reason="degenerate_box", message="the record gives no person box")
-        if 200.0 * scale < cfg.min_box_side_px:
-            return self.reject(**where, reason="degenerate_box",
-                               message=f"box side {200.0 * scale:.2f} px < min_box_side_px={cfg.min_box_side_px}")
+        if 200.0 * scale < self.config.min_box_side_px:
+            return self.reject(**where, reason="degenerate_box", message=(
+                f"box side {200.0 * scale:.2f} px < min_box_side_px={self.config.min_box_side_px}"))
 
-        image_file = image_root / image_path
-        info = self._image(image_file, expected_size)
+        info = self._image(image_root / image_path, expected_size)
         if info.reason:
             return self.reject(source=image_path, record=record, key=key, reason=info.reason, message=info.message)
-        size = info.size or expected_size
         extra = dict(extra or {})
+        size = info.size or expected_size
         if size is not None:
-            width, height = size
-            half = 100.0 * scale
-            if (center[0] + half < -0.5 or center[0] - half > width - 0.5
-                    or center[1] + half < -0.5 or center[1] - half > height - 0.5):
-                return self.reject(**where, reason="degenerate_box",
-                                   message=f"box centred at {np.round(center, 1).tolist()} with side "
-                                           f"{2 * half:.1f} px lies outside the {width}x{height} image")
-            margin = cfg.out_of_image_margin_px
-            x, y = kp[:, 0], kp[:, 1]
-            outside = (kp[:, 2] > 0) & ((x < -0.5 - margin) | (x > width - 0.5 + margin)
-                                        | (y < -0.5 - margin) | (y > height - 0.5 + margin))
-            outside[:J24_OFFSET] = False  # detections are not annotations
-            if outside.any() and cfg.out_of_image != "keep":
-                names = [JOINT_NAMES[i] for i in np.flatnonzero(outside)]
-                if cfg.out_of_image == "reject":
-                    points = "; ".join(f"{JOINT_NAMES[i]} ({x[i]:.1f}, {y[i]:.1f})" for i in np.flatnonzero(outside))
-                    return self.reject(**where, reason="keypoints_out_of_image",
-                                       message=f"outside the {width}x{height} image by more than "
-                                               f"{margin} px: {points}")
+            if not _box_overlaps(center, scale, size):
+                return self.reject(**where, reason="degenerate_box", message=(
+                    f"box centred at {np.round(center, 1).tolist()} with side {200.0 * scale:.1f} px lies outside "
+                    f"the {size[0]}x{size[1]} image"))
+            outside = _outside(kp, size, self.config.out_of_image_margin_px)
+            if outside.any() and self.config.out_of_image == "reject":
+                points = "; ".join(f"{JOINT_NAMES[i]} ({kp[i, 0]:.1f}, {kp[i, 1]:.1f})"
+                                   for i in np.flatnonzero(outside))
+                return self.reject(**where, reason="keypoints_out_of_image", message=(
+                    f"outside the {size[0]}x{size[1]} image by more than {self.config.out_of_image_margin_px} px: "
+                    f"{points}"))
+            if outside.any() and self.config.out_of_image == "drop_joint":
                 kp[outside] = 0.0
-                extra["dropped_out_of_image"] = names
-                if (kp[_ANNOTATED, 2] > 0).sum() < cfg.min_joints:
-                    return self.reject(**where, reason="too_few_joints",
-                                       message=f"fewer than min_joints={cfg.min_joints} annotated joints once "
-                                               f"those outside the image were dropped: {', '.join(names)}")
+                extra["dropped_out_of_image"] = [JOINT_NAMES[i] for i in np.flatnonzero(outside)]
+                problem = self._joint_problem(kp)
+                if problem:
+                    return self.reject(**where, reason=problem[0], message=(
+                        f"{problem[1]}, once the joints outside the image were dropped"))
 
         return PersonRecord(
             dataset=self.dataset, split=self.split, key=key, source=source, record=record,
             image_path=image_path, image_root=image_root, image_size=info.size, center=center, scale=scale,
             keypoints_2d=kp, joints_3d=joints_3d, smpl_pose=smpl_pose, smpl_betas=smpl_betas, has_smpl=has_smpl,
             extra=extra)
+
+    def _joint_problem(self, kp: np.ndarray) -> tuple[str, str] | None:
+        """(reason, message) when the annotated joints fail ``min_joints`` or ``require_joints``, else None."""
+        count = int((kp[_ANNOTATED, 2] > 0).sum())
+        if count < self.config.min_joints:
+            return "too_few_joints", f"{count} annotated joints, fewer than min_joints={self.config.min_joints}"
+        missing = [JOINT_NAMES[i] for i in self._required if kp[i, 2] <= 0]
+        if missing:
+            return "missing_required_joints", f"required joints not annotated: {', '.join(missing)}"
+        return None
 
     def _image(self, path: Path, expected_size: tuple[int, int] | None) -> _ImageInfo:
         """The image's size, or why it fails: the file is checked once (``image_check``), the size the
@@ -302,6 +294,41 @@ class RecordBuilder:
         except Exception as err:  # PIL raises many types for bad bytes (UnidentifiedImageError, OSError, ...)
             return _ImageInfo(None, "corrupt_image", f"{path.name}: {type(err).__name__}: {err}")
         return _ImageInfo((int(size[0]), int(size[1])))
+
+
+def _non_finite(kp: np.ndarray, center: np.ndarray | None, scale: float | None, joints_3d: np.ndarray | None,
+                smpl_pose: np.ndarray | None, smpl_betas: np.ndarray | None) -> str:
+    """What is NaN or infinite among the values a record keeps ("" when nothing is); absent joints may be."""
+    def bad_joints(joints: np.ndarray) -> list[str]:
+        conf = joints[:, -1]
+        bad = ~np.isfinite(conf) | ((conf > 0) & ~np.isfinite(joints[:, :-1]).all(axis=1))
+        return [JOINT_NAMES[i] for i in np.flatnonzero(bad)]
+
+    problems = []
+    for what, joints in (("2D keypoints", kp), ("3D joints", joints_3d)):
+        names = [] if joints is None else bad_joints(np.asarray(joints, dtype=np.float64))
+        if names:
+            problems.append(f"{what} {', '.join(names)}")
+    if (center is not None and not np.isfinite(center).all()) or (scale is not None and not np.isfinite(scale)):
+        problems.append(f"box center={None if center is None else center.tolist()}, scale={scale}")
+    for name, value in (("SMPL pose", smpl_pose), ("SMPL betas", smpl_betas)):
+        if value is not None and not np.isfinite(np.asarray(value, dtype=np.float64)).all():
+            problems.append(name)
+    return "non-finite " + "; ".join(problems) if problems else ""
+
+
+def _box_overlaps(center: np.ndarray, scale: float, size: tuple[int, int]) -> bool:
+    """Whether the square box (side 200·scale px at ``center``) overlaps the image [-0.5, W-0.5] x [-0.5, H-0.5]."""
+    half = 100.0 * scale
+    return all(center[axis] + half >= -0.5 and center[axis] - half <= size[axis] - 0.5 for axis in (0, 1))
+
+
+def _outside(kp: np.ndarray, size: tuple[int, int], margin: float) -> np.ndarray:
+    """(49,) bool: annotated joints (slots 25–48) farther than ``margin`` px outside the image."""
+    low, high = -0.5 - margin, np.array(size, dtype=np.float64) - 0.5 + margin
+    outside = (kp[:, 2] > 0) & ((kp[:, :2] < low) | (kp[:, :2] > high)).any(axis=1)
+    outside[:J24_OFFSET] = False  # detections are not annotations
+    return outside
 
 
 # --- Options from the command line or a flow -> a typed config ---------------------------------------------------

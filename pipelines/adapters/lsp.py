@@ -102,11 +102,11 @@ class LspAdapter:
             occluded = annotated & ~visible
             conf = joint_confidence(annotated, occluded, config.occluded_confidence)
             keypoints = to_canonical(np.column_stack([xy, conf]), "lsp")
-            box = keypoint_box(keypoints, config.bbox_expand)
+            center, scale = keypoint_box(keypoints, config.bbox_expand) or (None, None)
             yield builder.person(
                 key=make_key(self.name, stem), source=source, record=stem, image_root=image_root,
-                image_path=(image_dir / f"{stem}.jpg").as_posix(), center=None if box is None else box[0], scale=None if box is None else box[1],
-                keypoints_2d=keypoints, extra={"occluded": occluded_names(occluded, LSP_JOINTS)})
+                image_path=(image_dir / f"{stem}.jpg").as_posix(), center=center, scale=scale, keypoints_2d=keypoints,
+                extra={"occluded": occluded_names(occluded, LSP_JOINTS)})
 
     def _load(self, path: Path) -> np.ndarray:
         """``joints`` as (N, 14, 3), whichever layout the file uses; ValueError naming the mismatch."""
