@@ -410,6 +410,24 @@ def test_mpii_release_struct_with_image_names(tmp_path):
     assert person.extra["occluded"] == [MPII_JOINTS[10]]  # is_visible '0' (a string, as in the release)
 
 
+def test_mpii_release_subset_takes_names_from_the_release(tmp_path):
+    write_release_mat(tmp_path)
+    release = scipy.io.loadmat(tmp_path / "mpii_human_pose_v1_u12_1.mat")["RELEASE"][0, 0]
+    person = release["annolist"][0, 0]["annorect"][:, :1]  # annolist(1).annorect(1), as a 1 x 1 struct array
+    subset = np.zeros((1, 1), dtype=[("annorect", "O")])
+    subset[0, 0]["annorect"] = person
+    scipy.io.savemat(tmp_path / "detections.mat", {"annolist": subset, "RELEASE_img_index": np.array([[1]]),
+                                                    "RELEASE_person_index": np.array([[1]])})
+    with pytest.raises(DatasetError, match="names_file"):
+        next(iter_dataset("mpii", tmp_path, "val", annotation_file="detections.mat"))
+    from_subset = next(iter_dataset("mpii", tmp_path, "val", annotation_file="detections.mat",
+                                    names_file="mpii_human_pose_v1_u12_1.mat"))
+    from_release = next(iter_dataset("mpii", tmp_path, "trainval"))
+    assert from_subset.key == from_release.key == "mpii/015601864_p0"
+    np.testing.assert_array_equal(from_subset.keypoints_2d, from_release.keypoints_2d)
+    assert from_subset.record == "annolist(1) (RELEASE image 1, person 1)"
+
+
 def test_mpii_release_struct_train_val_need_the_split(tmp_path):
     write_release_mat(tmp_path)
     with pytest.raises(DatasetError, match="split_file"):

@@ -42,7 +42,8 @@ def iter_dataset(name: str, root: Path, split: str, **options: Any) -> Iterator[
         **options: fields of the adapter's config (``ADAPTERS[name].config_type``), as values or as strings
             (a CLI's); an unknown option raises `DatasetError` listing the known ones.
     Raises:
-        DatasetError: unknown dataset, split or option, or annotation files missing; before anything is read.
+        DatasetError: an unknown dataset or option, at the call; an unknown split or a missing annotation file,
+            when iteration starts, before anything is yielded.
     """
     if name not in ADAPTERS:
         raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(sorted(ADAPTERS))}")
