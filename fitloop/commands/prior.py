@@ -1,0 +1,88 @@
+"""`fitloop prior …`: train a Gaussian-mixture pose prior, and inspect one (fitloop .npz or SMPLify's gmm_08.pkl)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("prior", help="train and inspect pose priors (SMPLify's Gaussian mixture)",
+                                   description="Train and inspect SMPLify-style Gaussian-mixture pose priors.")
+    commands = parser.add_subparsers(title="prior commands", metavar="COMMAND")
+    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+
+    train = commands.add_parser(
+        "train", help="fit a pose prior to BVH clips or AMASS poses",
+        description="Fit a Gaussian mixture (full covariances, weighted EM, deterministic for a seed) to body "
+                    "poses: BVH clips converted to the body model's joint rotations relative to its T-pose "
+                    "(frame 0 of each clip dropped, glitched frames rejected, walking capped at a share of the "
+                    "weight, mirrored left/right), or AMASS-style .npz files (body pose = poses[:, 3:72]). "
+                    "Writes fitloop's .npz prior with its provenance.")
+    source = train.add_mutually_exclusive_group(required=True)
+    source.add_argument("--bvh", type=Path, metavar="DIR",
+                        help="folder of .bvh clips (e.g. ../shared/mocap/cmu; its CLIPS.tsv gives categories)")
+    source.add_argument("--amass", type=Path, nargs="+", metavar="FILE", help="AMASS-style .npz files")
+    train.add_argument("--out", type=Path, required=True, help="output prior (.npz)")
+    train.add_argument("--components", type=int, default=8, help="mixture components (default 8, as SMPLify)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--model", type=Path, default=None,
+                       help="body-model .npz whose T-pose BVH rotations are relative to (default: the open model, "
+                            "fitting/data/open_body.npz)")
+    train.add_argument("--fps", type=float, default=10.0, help="subsample frames to about this rate (default 10)")
+    train.add_argument("--walk-share", type=float, default=0.10,
+                       help="most weight walking clips may carry (default 0.10)")
+    train.add_argument("--no-mirror", action="store_true", help="do not add left/right mirrored poses")
+    train.add_argument("--cov-floor-deg", type=float, default=5.0,
+                       help="covariance floor: (this many degrees, in radians)² is added to every covariance "
+                            "diagonal (default 5)")
+    train.add_argument("--json", action="store_true", help="print the training report as JSON")
+    train.set_defaults(func=cmd_train)
+
+    info = commands.add_parser("info", help="components, dimensions and provenance of a prior",
+                               description="Print a pose prior's components, dimensions, weights and provenance. "
+                                           "Reads fitloop .npz priors and SMPLify's gmm_08.pkl (safely).")
+    info.add_argument("file", type=Path, help="prior file (.npz or .pkl)")
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    info.set_defaults(func=cmd_info)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fitloop.errors import FitloopError
+    from fitting.prior_train import summarize, train_prior
+
+    if args.components < 1:
+        raise FitloopError(f"--components must be at least 1, got {args.components}")
+    if not 0.0 < args.walk_share <= 1.0:
+        raise FitloopError(f"--walk-share must be in (0, 1], got {args.walk_share}")
+    if args.fps <= 0 or args.cov_floor_deg < 0:
+        raise FitloopError("--fps must be positive and --cov-floor-deg non-negative")
+    kind, sources = ("bvh", [args.bvh]) if args.bvh is not None else ("amass", list(args.amass))
+    report = train_prior(sources, args.out, kind=kind, components=args.components, seed=args.seed,
+                         model=args.model, fps=args.fps, walk_share=args.walk_share, mirror=not args.no_mirror,
+                         cov_floor_deg=args.cov_floor_deg)
+    print(json.dumps(report, indent=2) if args.json else summarize(report))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from fitting.priors import load_gmm
+
+    gmm = load_gmm(args.file)
+    summary = {"file": str(args.file), "components": gmm.num_components, "dims": gmm.dim,
+               "weights": [round(float(w), 6) for w in gmm.weights], "metadata": gmm.metadata}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    meta = gmm.metadata
+    print(f"{args.file}: {gmm.num_components} components over {gmm.dim} dims "
+          f"({'SMPL body pose, 23 joints x axis-angle' if gmm.dim == 69 else 'not a 69-dim SMPL body pose'})")
+    print(f"  weights: {', '.join(f'{w:.3f}' for w in gmm.weights)}")
+    for key in ("format", "source", "rest_pose", "clips", "frames_used", "frames_rejected_implausible",
+                "walk_share_after", "unobserved_joints", "acknowledgment", "bvh_conversion_credit", "license"):
+        if key in meta:
+            value = meta[key] if isinstance(meta[key], str) else json.dumps(meta[key])
+            print(f"  {key}: {value}")
+    if "config" in meta:
+        print(f"  config: {json.dumps(meta['config'])}")
+    return 0
