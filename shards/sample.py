@@ -1,0 +1,168 @@
+"""One sample of a shard: the tar members a person becomes, how each is encoded, and how they are read back.
+
+A sample is the members ``<key>.<suffix>`` of a webdataset tar, where ``key`` is the record's key
+(``coco/000000000785_a442619``: it holds one ``/`` and never a ``.``, so webdataset's split at the first dot of
+the base name recovers it):
+
+=====================  ===========================================================================================
+suffix                 content
+=====================  ===========================================================================================
+``jpg``                the stored crop, pre-encoded JPEG, RGB, ``res``×``res`` px, covering ``margin`` × the box
+``json``               metadata: dataset, split, lineage (source, record, image path and root), image size, box,
+                       the crop's affine maps to and from original-image px, flags, the record's ``extra``
+``keypoints_2d.npy``   (49, 3) float32: x, y in **original-image** px (0-based) + confidence, as the record has them
+``keypoints_crop.npy`` (49, 3) float32: the same joints in **stored-crop** px + confidence
+``joints_3d.npy``      (49, 4) float32, metres, camera frame + confidence (only when the record has them)
+``smpl_pose.npy``      (72,) float32 axis-angle, global orientation first (only when the record has it)
+``smpl_betas.npy``     (10,) float32 (only when the record has them)
+=====================  ===========================================================================================
+
+Arrays are ``.npy`` written and read with ``allow_pickle=False``; nothing in a shard is a pickle.
+"""
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from shards.crop import from_affine_rows, invert, to_affine_rows, transform_points
+from shards.joints import NUM_JOINTS
+from shards.schema import SCHEMA_VERSION, PersonRecord
+
+# Bump when a member is added, removed or changes meaning; readers check it.
+SAMPLE_FORMAT_VERSION = 1
+
+_ARRAYS: dict[str, tuple[str, tuple[int, ...]]] = {  # suffix -> (StoredSample field, shape)
+    "keypoints_2d.npy": ("keypoints_2d", (NUM_JOINTS, 3)),
+    "keypoints_crop.npy": ("keypoints_crop", (NUM_JOINTS, 3)),
+    "joints_3d.npy": ("joints_3d", (NUM_JOINTS, 4)),
+    "smpl_pose.npy": ("smpl_pose", (72,)),
+    "smpl_betas.npy": ("smpl_betas", (10,)),
+}
+REQUIRED_SUFFIXES: tuple[str, ...] = ("jpg", "json", "keypoints_2d.npy", "keypoints_crop.npy")
+
+
+class SampleFormatError(ValueError):
+    """A sample's members are missing, malformed, or of another format version."""
+
+
+def encode_npy(array: np.ndarray) -> bytes:
+    """``.npy`` bytes of a numeric array (never a pickle)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+_NPY_HEADER = re.compile(rb"\{'descr': '([<>|][fiub][1248])', 'fortran_order': False, 'shape': \(([0-9, ]*)\), \}")
+
+
+def decode_npy(data: bytes) -> np.ndarray:
+    """The (read-only) array in ``.npy`` bytes; an object array (which would need a pickle) raises ValueError.
+
+    The headers `encode_npy` writes (version 1, a plain numeric dtype, C order) are parsed here directly: numpy's
+    own parser evaluates the header with ``ast.literal_eval``, which costs more than the array. Anything else goes
+    to ``np.load(allow_pickle=False)``.
+    """
+    if data[:8] == b"\x93NUMPY\x01\x00":
+        header_end = 10 + int.from_bytes(data[8:10], "little")
+        match = _NPY_HEADER.match(data, 10, header_end)
+        if match:
+            shape = tuple(int(n) for n in match.group(2).split(b",") if n.strip())
+            return np.frombuffer(data, dtype=np.dtype(match.group(1).decode()), offset=header_end).reshape(shape)
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """(key, suffix) of a tar member name, webdataset's way: the suffix starts at the base name's first dot."""
+    folder, slash, base = name.rpartition("/")
+    stem, dot, suffix = base.partition(".")
+    if not dot:
+        raise SampleFormatError(f"tar member {name!r} has no suffix")
+    return folder + slash + stem, suffix
+
+
+def encode_sample(record: PersonRecord, jpeg: bytes, image_to_crop: np.ndarray, res: int,
+                  margin: float) -> dict[str, bytes]:
+    """The members (suffix -> bytes) of one person's sample.
+
+    Args:
+        record: the person; its arrays are copied, never modified.
+        jpeg: the encoded crop, ``res``×``res`` px.
+        image_to_crop: (3, 3) original-image px -> stored-crop px (`shards.crop.box_to_crop`).
+        res, margin: the stored crop's side in px and how many box sides it covers.
+    """
+    crop_to_image = invert(image_to_crop)
+    keypoints_crop = transform_points(image_to_crop, record.keypoints_2d).astype(np.float32)
+    keypoints_crop[record.keypoints_2d[:, 2] <= 0] = 0.0  # an absent joint stays all zeros in every frame
+    meta = {
+        "key": record.key, "schema_version": SCHEMA_VERSION, "sample_format_version": SAMPLE_FORMAT_VERSION,
+        "dataset": record.dataset, "split": record.split, "source": record.source, "record": record.record,
+        "image_path": record.image_path, "image_root": str(record.image_root),
+        "image_size": None if record.image_size is None else list(record.image_size),
+        "center": [float(v) for v in record.center], "scale": record.scale, "box_side_px": record.box_side_px,
+        "crop": {"res": res, "margin": margin, "box_side": res / margin, "box_center": [(res - 1) / 2.0] * 2,
+                 "image_to_crop": to_affine_rows(image_to_crop), "crop_to_image": to_affine_rows(crop_to_image)},
+        "has_smpl": record.has_smpl, "has_joints_3d": record.joints_3d is not None,
+        "extra": dict(record.extra),
+    }
+    members = {"jpg": jpeg, "json": json.dumps(meta, sort_keys=True, allow_nan=False).encode("utf-8"),
+               "keypoints_2d.npy": encode_npy(record.keypoints_2d),
+               "keypoints_crop.npy": encode_npy(keypoints_crop)}
+    for suffix, value in (("joints_3d.npy", record.joints_3d), ("smpl_pose.npy", record.smpl_pose),
+                          ("smpl_betas.npy", record.smpl_betas)):
+        if value is not None:
+            members[suffix] = encode_npy(value)
+    return members
+
+
+@dataclass(frozen=True, eq=False)
+class StoredSample:
+    """One sample as read from a shard (module docstring), arrays decoded, the JPEG still encoded.
+
+    Attributes:
+        key: the sample key; meta: the json member as a dict; jpeg: the crop's bytes.
+        keypoints_2d: (49, 3) original-image px + confidence; keypoints_crop: (49, 3) stored-crop px + conf.
+        joints_3d: (49, 4) or None; smpl_pose: (72,) or None; smpl_betas: (10,) or None.
+    """
+
+    key: str
+    meta: dict[str, Any]
+    jpeg: bytes
+    keypoints_2d: np.ndarray
+    keypoints_crop: np.ndarray
+    joints_3d: np.ndarray | None = None
+    smpl_pose: np.ndarray | None = None
+    smpl_betas: np.ndarray | None = None
+
+    @property
+    def image_to_crop(self) -> np.ndarray:
+        """(3, 3) original-image px -> stored-crop px."""
+        return from_affine_rows(self.meta["crop"]["image_to_crop"])
+
+    @property
+    def crop_to_image(self) -> np.ndarray:
+        """(3, 3) stored-crop px -> original-image px."""
+        return from_affine_rows(self.meta["crop"]["crop_to_image"])
+
+
+def decode_sample(key: str, members: dict[str, bytes]) -> StoredSample:
+    """A `StoredSample` from its members (suffix -> bytes); SampleFormatError naming the key when malformed."""
+    missing = [s for s in REQUIRED_SUFFIXES if s not in members]
+    if missing:
+        raise SampleFormatError(f"sample {key!r} lacks member(s) {', '.join(missing)}")
+    try:
+        meta = json.loads(members["json"])
+        arrays = {field: decode_npy(members[suffix]) for suffix, (field, _) in _ARRAYS.items() if suffix in members}
+    except ValueError as err:
+        raise SampleFormatError(f"sample {key!r}: {err}") from None
+    if meta.get("sample_format_version") != SAMPLE_FORMAT_VERSION:
+        raise SampleFormatError(f"sample {key!r} has format version {meta.get('sample_format_version')}, this "
+                                f"reader reads {SAMPLE_FORMAT_VERSION}")
+    for suffix, (field, shape) in _ARRAYS.items():
+        if field in arrays and arrays[field].shape != shape:
+            raise SampleFormatError(f"sample {key!r}: {suffix} has shape {arrays[field].shape}, expected {shape}")
+    return StoredSample(key=key, meta=meta, jpeg=members["jpg"], **arrays)

@@ -1,0 +1,431 @@
+"""Write person records to webdataset shards: one sample per person, a rejects table and a manifest per shard set.
+
+A shard set is one folder:
+
+* ``<dataset>-<split>-<nnnnnn>.tar``: the samples (`shards.sample` gives the layout), ``samples_per_shard`` at
+  most, one dataset and split per shard. Tars are deterministic (members sorted per sample, mtime 0, uid/gid 0,
+  mode 0444): the same records and config give the same bytes.
+* ``rejects.parquet``: one row per record that did not become a sample (`shards.schema.REJECT_COLUMNS`): the
+  adapter's rejects and images that fail to decode at crop time.
+* ``manifest.json``: what is in the set (`finalize_manifest`); written last, so a folder without one is not a
+  finished shard set.
+
+Every file is written as ``<name>.tmp`` and renamed into place, so a killed run never leaves a half-written file
+under a final name. Read = written + rejected holds for every dataset and split, and the manifest records it.
+
+The unit of work is a chunk (`write_chunk`: records -> one shard + its rejects -> a `ChunkResult`), so a flow can
+write chunks in parallel and call `finalize_manifest` once; `write_shards` does both in one process.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import io
+import json
+import os
+import tarfile
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from fitloop.errors import FitloopError
+from shards.crop import box_to_crop, warp
+from shards.sample import SAMPLE_FORMAT_VERSION, encode_sample
+from shards.schema import REJECT_COLUMNS, SCHEMA_VERSION, PersonRecord, Reject
+
+MANIFEST = "manifest.json"
+REJECTS = "rejects.parquet"
+SHARD_SUFFIX = ".tar"
+TMP_SUFFIX = ".tmp"
+
+
+class ShardSetError(FitloopError):
+    """A shard set is missing, unfinished, or does not match its manifest."""
+
+
+class ShardWriteError(ShardSetError):
+    """The shard set cannot be written as asked (an existing set in the way, duplicate keys, bad config)."""
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    """How records become shards; the resolved config is saved in the manifest.
+
+    Attributes:
+        crop_res: side of the stored crop, px. 320 at ``crop_margin`` 1.5 keeps the box at 213 px, close to the
+            224 px a training crop shows it at.
+        crop_margin: the stored crop covers ``crop_margin`` × the person box (side 200·scale) around its centre,
+            so scale and rotation augmentation have context: 1.5 covers a scale of 1.25 at any rotation up to
+            ±8°, or any scale up to 1.06 at ±45°, and SPIN's rotation is 0 with p = 0.6. Beyond the stored
+            crop the reader sees black, as SPIN does beyond the image.
+        jpeg_quality: JPEG quality of the stored crop (PIL's default chroma subsampling).
+        samples_per_shard: most samples in one shard.
+        antialias: box-filter a region first when the crop shrinks the image by 2× or more (`shards.crop.warp`).
+    """
+
+    crop_res: int = 320
+    crop_margin: float = 1.5
+    jpeg_quality: int = 90
+    samples_per_shard: int = 1000
+    antialias: bool = True
+
+    def __post_init__(self) -> None:
+        if self.crop_res < 8 or not self.crop_margin >= 1.0:
+            raise ShardWriteError(f"crop_res must be >= 8 and crop_margin >= 1, got {self.crop_res}, "
+                                  f"{self.crop_margin}")
+        if not 1 <= self.jpeg_quality <= 100 or self.samples_per_shard < 1:
+            raise ShardWriteError(f"jpeg_quality must be in [1, 100] and samples_per_shard >= 1, got "
+                                  f"{self.jpeg_quality}, {self.samples_per_shard}")
+
+
+def _empty_counts() -> dict[str, int]:
+    return {"read": 0, "written": 0, "rejected": 0}
+
+
+@dataclass
+class ChunkResult:
+    """What one `write_chunk` call did; plain json-able values, so a flow can pass it between processes.
+
+    Attributes:
+        shard: the shard's file name, or None when the chunk held no sample (only rejects).
+        sha256, bytes, samples: the shard file's digest, size and sample count.
+        counts: dataset -> split -> {"read", "written", "rejected"} for every record of the chunk.
+        rejects: reject rows (`Reject.to_row`), the adapter's and this chunk's crop-time ones.
+        keys: the keys written, in order (for the duplicate check across chunks; not kept in the manifest).
+        has_smpl, has_joints_3d: samples with ground-truth SMPL, with 3D joints.
+        sources: distinct {dataset, split, source, image_root} of the samples written (annotation file and image
+            folder; a reject's source is in its row).
+    """
+
+    shard: str | None = None
+    sha256: str | None = None
+    bytes: int = 0
+    samples: int = 0
+    counts: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    has_smpl: int = 0
+    has_joints_3d: int = 0
+    sources: list[dict[str, str]] = field(default_factory=list)
+
+    def count(self, dataset: str, split: str, what: str) -> None:
+        entry = self.counts.setdefault(dataset, {}).setdefault(split, _empty_counts())
+        entry["read"] += 1
+        entry[what] += 1
+
+
+def crop_record(record: PersonRecord, image: Image.Image, config: ShardConfig) -> tuple[bytes, np.ndarray]:
+    """The stored crop of one person: (JPEG bytes, (3, 3) original-image px -> crop px).
+
+    The crop is ``config.crop_res`` px square, centred on the box centre, covering ``crop_margin`` × the box side,
+    unrotated; outside the image it is black.
+    """
+    side = record.box_side_px * config.crop_margin
+    image_to_crop = box_to_crop(record.center.astype(np.float64), side, config.crop_res)
+    crop = warp(image, image_to_crop, config.crop_res, antialias=config.antialias)
+    buffer = io.BytesIO()
+    crop.save(buffer, format="JPEG", quality=config.jpeg_quality)
+    return buffer.getvalue(), image_to_crop
+
+
+class _ImageCache:
+    """The last decoded image: records of one image come together, so each image is decoded once."""
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+        self.image: Image.Image | None = None
+
+    def get(self, path: Path) -> Image.Image:
+        if path != self.path:
+            self.path, self.image = None, None
+            with Image.open(path) as opened:
+                image = opened.convert("RGB")  # decodes every pixel: a truncated file fails here
+            self.path, self.image = path, image
+        return self.image
+
+
+class _HashingFile:
+    """A write-only file wrapper that hashes and counts what passes through it."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw, self.sha256, self.bytes = raw, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.bytes += len(data)
+        return self.raw.write(data)
+
+    def tell(self) -> int:
+        return self.bytes
+
+
+def _tar_member(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, 0, 0o444
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def write_chunk(records: list[PersonRecord | Reject], out_dir: Path, shard_name: str,
+                config: ShardConfig) -> ChunkResult:
+    """Write the persons among ``records`` to ``out_dir/<shard_name>.tar``; table the rejects.
+
+    Args:
+        records: adapter outputs, in order; `Reject`s pass through to the result. At most
+            ``config.samples_per_shard`` persons, keys unique.
+        out_dir: the shard set's folder (created if missing).
+        shard_name: the shard's name without ``.tar``; no '/'.
+        config: crop and encoding options.
+    Returns:
+        The chunk's `ChunkResult`. No file is written when no record becomes a sample. A person whose image
+        cannot be read now becomes a ``missing_image``/``corrupt_image`` reject and the chunk goes on.
+    Raises:
+        ShardWriteError: too many persons, or a key twice.
+    """
+    persons = [r for r in records if isinstance(r, PersonRecord)]
+    if len(persons) > config.samples_per_shard:
+        raise ShardWriteError(f"chunk {shard_name} has {len(persons)} persons, samples_per_shard is "
+                              f"{config.samples_per_shard}")
+    if "/" in shard_name or not shard_name:
+        raise ShardWriteError(f"shard name {shard_name!r} must be a plain file name")
+    duplicates = [k for k, n in Counter(p.key for p in persons).items() if n > 1]
+    if duplicates:
+        raise ShardWriteError(f"chunk {shard_name}: key(s) {', '.join(duplicates[:5])} occur more than once")
+
+    result = ChunkResult()
+    sources: dict[tuple[str, ...], None] = {}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / (shard_name + SHARD_SUFFIX)
+    tmp = final.with_name(final.name + TMP_SUFFIX)
+    cache = _ImageCache()
+    try:
+        with open(tmp, "wb") as raw:
+            hashing = _HashingFile(raw)
+            with tarfile.open(fileobj=hashing, mode="w", format=tarfile.GNU_FORMAT) as tar:
+                for item in records:
+                    if isinstance(item, Reject):
+                        result.count(item.dataset, item.split, "rejected")
+                        result.rejects.append(item.to_row())
+                        continue
+                    members = _sample_members(item, cache, config)
+                    if isinstance(members, Reject):
+                        result.count(item.dataset, item.split, "rejected")
+                        result.rejects.append(members.to_row())
+                        continue
+                    for suffix in sorted(members):
+                        data = members[suffix]
+                        tar.addfile(_tar_member(f"{item.key}.{suffix}", len(data)), io.BytesIO(data))
+                    result.count(item.dataset, item.split, "written")
+                    sources[(item.dataset, item.split, item.source, str(item.image_root))] = None
+                    result.keys.append(item.key)
+                    result.samples += 1
+                    result.has_smpl += int(item.has_smpl)
+                    result.has_joints_3d += int(item.joints_3d is not None)
+            raw.flush()
+            os.fsync(raw.fileno())
+        if result.samples:
+            os.replace(tmp, final)
+            result.shard, result.sha256, result.bytes = final.name, hashing.sha256.hexdigest(), hashing.bytes
+        else:
+            tmp.unlink()
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    result.sources = [dict(zip(("dataset", "split", "source", "image_root"), s)) for s in sources]
+    return result
+
+
+def _sample_members(record: PersonRecord, cache: _ImageCache, config: ShardConfig) -> dict[str, bytes] | Reject:
+    """The sample's members, or a reject when its image cannot be read now."""
+    path = record.image_root / record.image_path
+    reason = ""
+    try:
+        image = cache.get(path)
+    except FileNotFoundError as err:
+        reason, message = "missing_image", f"{path}: {err}"
+    except Exception as err:  # PIL raises many types for bad bytes (OSError, UnidentifiedImageError, SyntaxError)
+        reason, message = "corrupt_image", f"{path.name} failed to decode at crop time: {type(err).__name__}: {err}"
+    if reason:
+        return Reject(dataset=record.dataset, split=record.split, source=record.image_path, record=record.record,
+                      reason=reason, message=message, key=record.key)
+    jpeg, image_to_crop = crop_record(record, image, config)
+    return encode_sample(record, jpeg, image_to_crop, config.crop_res, config.crop_margin)
+
+
+# --- The shard set --------------------------------------------------------------------------------------------
+
+def write_shards(records: Iterable[PersonRecord | Reject], out_dir: Path, config: ShardConfig = ShardConfig(), *,
+                 inputs: list[dict[str, Any]] | None = None, overwrite: bool = False,
+                 on_item: Callable[[PersonRecord | Reject], None] | None = None) -> dict[str, Any]:
+    """Write a whole shard set in this process: chunks per (dataset, split), then the manifest.
+
+    Args:
+        records: adapter outputs (`pipelines.adapters.iter_dataset`), any mix of datasets and splits.
+        out_dir: the shard set's folder; it must not hold a shard set already unless ``overwrite``.
+        config: crop, encoding and shard size.
+        inputs: what was read (e.g. ``[{"dataset", "split", "root", "options"}]``), kept in the manifest.
+        overwrite: replace the shard set in ``out_dir`` (its ``.tar`` files, rejects and manifest).
+        on_item: called after each record is taken from ``records`` (a progress bar).
+    Returns:
+        The manifest (as written to ``out_dir/manifest.json``).
+    """
+    out_dir = Path(out_dir)
+    prepare_out_dir(out_dir, overwrite)
+    open_chunks: dict[tuple[str, str], list[PersonRecord | Reject]] = {}
+    persons: Counter[tuple[str, str]] = Counter()  # persons in each open chunk
+    shard_index: Counter[tuple[str, str]] = Counter()
+    results: list[ChunkResult] = []
+
+    def flush(group: tuple[str, str]) -> None:
+        name = f"{group[0]}-{group[1]}-{shard_index[group]:06d}"
+        results.append(write_chunk(open_chunks.pop(group), out_dir, name, config))
+        shard_index[group] += 1
+        persons[group] = 0
+
+    for item in records:
+        group = (item.dataset, item.split)
+        if isinstance(item, PersonRecord):
+            if persons[group] == config.samples_per_shard:
+                flush(group)  # a full chunk is written when the next person arrives; rejects join the open one
+            persons[group] += 1
+        open_chunks.setdefault(group, []).append(item)
+        if on_item is not None:
+            on_item(item)
+    for group in sorted(open_chunks):
+        flush(group)
+    return finalize_manifest(out_dir, results, config, inputs=inputs)
+
+
+def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Make ``out_dir`` ready for a new shard set: refuse an existing one (a manifest or any ``.tar``) unless
+    ``overwrite``, which removes its ``.tar`` files, rejects and manifest."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    found = sorted(p.name for p in out_dir.iterdir() if p.name == MANIFEST or p.name.endswith(SHARD_SUFFIX))
+    if found and not overwrite:
+        raise ShardWriteError(f"{out_dir} already holds a shard set ({found[0]}); choose another folder or "
+                              f"overwrite it")
+    for name in set(found) | {REJECTS}:
+        (out_dir / name).unlink(missing_ok=True)
+    for stale in out_dir.glob("*" + TMP_SUFFIX):  # left by a killed run of ours
+        stale.unlink()
+
+
+def finalize_manifest(out_dir: Path, chunk_results: list[ChunkResult], config: ShardConfig, *,
+                      inputs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Write ``rejects.parquet`` and ``manifest.json`` for the chunks written to ``out_dir``; return the manifest.
+
+    Manifest fields: ``format``, ``sample_format_version``, ``schema_version``, ``fitloop_version``,
+    ``created_utc``, ``config`` (resolved) and ``config_sha256``, ``inputs``, ``sources``, ``counts`` (read, written,
+    rejected), ``by_dataset`` (dataset -> split -> counts), ``rejects_by_reason``, ``has_smpl``,
+    ``has_joints_3d``, ``shards`` (name, sha256, bytes, samples, dataset, split per shard) and ``rejects`` (file,
+    rows, sha256).
+
+    Raises:
+        ShardWriteError: a key written by two chunks, or counts that do not reconcile (read = written + rejected).
+    """
+    from fitloop import __version__
+
+    out_dir = Path(out_dir)
+    seen: dict[str, str] = {}
+    for result in chunk_results:
+        for key in result.keys:
+            if key in seen:
+                raise ShardWriteError(f"key {key!r} is in both {seen[key]} and {result.shard}")
+            seen[key] = str(result.shard)
+
+    by_dataset: dict[str, dict[str, dict[str, int]]] = {}
+    for result in chunk_results:
+        for dataset, splits in result.counts.items():
+            for split, counts in splits.items():
+                total = by_dataset.setdefault(dataset, {}).setdefault(split, _empty_counts())
+                for what, n in counts.items():
+                    total[what] += n
+    by_dataset = {d: dict(sorted(s.items())) for d, s in sorted(by_dataset.items())}
+    totals = _empty_counts()
+    for splits in by_dataset.values():
+        for counts in splits.values():
+            if counts["read"] != counts["written"] + counts["rejected"]:
+                raise ShardWriteError(f"counts do not reconcile: {counts}")
+            for what in totals:
+                totals[what] += counts[what]
+
+    reject_rows = [row for result in chunk_results for row in result.rejects]
+    if len(reject_rows) != totals["rejected"]:
+        raise ShardWriteError(f"{len(reject_rows)} reject rows for {totals['rejected']} rejected records")
+    rejects_sha = write_rejects(out_dir / REJECTS, reject_rows)
+
+    shards = []
+    for result in chunk_results:
+        if result.shard is None:
+            continue
+        groups = [(d, s) for d, splits in result.counts.items() for s, c in splits.items() if c["written"]]
+        dataset, split = groups[0] if len(groups) == 1 else (None, None)  # a flow may mix; write_shards never does
+        shards.append({"name": result.shard, "sha256": result.sha256, "bytes": result.bytes,
+                       "samples": result.samples, "dataset": dataset, "split": split})
+    shards.sort(key=lambda s: s["name"])
+    sources = sorted({tuple(s.items()) for result in chunk_results for s in result.sources})
+    config_dict = asdict(config)
+    manifest = {
+        "format": "fitloop-shards", "sample_format_version": SAMPLE_FORMAT_VERSION,
+        "schema_version": SCHEMA_VERSION, "fitloop_version": __version__,
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "config": config_dict,
+        "config_sha256": hashlib.sha256(json.dumps(config_dict, sort_keys=True).encode()).hexdigest(),
+        "inputs": inputs or [], "sources": [dict(s) for s in sources],
+        "counts": totals, "by_dataset": by_dataset,
+        "rejects_by_reason": dict(sorted(Counter(r["reason"] for r in reject_rows).items())),
+        "has_smpl": sum(r.has_smpl for r in chunk_results),
+        "has_joints_3d": sum(r.has_joints_3d for r in chunk_results),
+        "shards": shards,
+        "rejects": {"file": REJECTS, "rows": len(reject_rows), "sha256": rejects_sha},
+    }
+    _write_atomic(out_dir / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+    return manifest
+
+
+def write_rejects(path: Path, rows: list[dict[str, Any]]) -> str:
+    """Write reject rows as parquet with exactly `REJECT_COLUMNS` (also when empty); return the file's sha256."""
+    table = pa.table({column: pa.array([row[column] for row in rows],
+                                       type=pa.int32() if column == "schema_version" else pa.string())
+                      for column in REJECT_COLUMNS})
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    data = buffer.getvalue().to_pybytes()
+    _write_atomic(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_manifest(shard_dir: Path) -> dict[str, Any]:
+    """The manifest of a shard set; `ShardSetError` when it is missing or not a fitloop shard set this reads."""
+    path = Path(shard_dir) / MANIFEST
+    if not Path(shard_dir).is_dir():
+        raise ShardSetError(f"{shard_dir} is not a folder")
+    if not path.is_file():
+        raise ShardSetError(f"{shard_dir} has no {MANIFEST}: not a shard set, or its writing did not finish")
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as err:
+        raise ShardSetError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != "fitloop-shards":
+        raise ShardSetError(f"{path} is not a fitloop shard manifest")
+    if manifest.get("sample_format_version") != SAMPLE_FORMAT_VERSION:
+        raise ShardSetError(f"{path}: sample format {manifest.get('sample_format_version')}, this fitloop reads "
+                            f"{SAMPLE_FORMAT_VERSION}; convert the dataset again with fitloop preprocess")
+    return manifest
