@@ -23,6 +23,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     body.add_argument("--json", action="store_true", help="print one JSON object")
     body.set_defaults(func=cmd_body_model)
 
+    shards = commands.add_parser(
+        "shards", help="crops written/s and reader samples/s vs. SPIN-style loading of full JPEGs",
+        description="Convert the real fixture images (../shared/fixtures, copied COPIES times into a temporary "
+                    "dataset) to shards and time: crops written per second per core; training samples per "
+                    "second from the shard reader, against SPIN's loader (full JPEG read and decoded per sample, "
+                    "SPIN's crop code) and against full decoding with fitloop's crop code, same augmentation, "
+                    "same process. Rates are per CPU second (per core) and per wall second.")
+    shards.add_argument("--copies", type=int, default=12, help="copies of each fixture person (default 12)")
+    shards.add_argument("--datasets", default="coco,mpii",
+                        help="fixture datasets to use, comma-separated, of coco, mpii, lsp, lspet (default "
+                             "coco,mpii: the training-size images; lsp/lspet fixtures are small test images)")
+    shards.add_argument("--repeats", type=int, default=3, help="alternating runs per loader; the best counts")
+    shards.add_argument("--seed", type=int, default=0)
+    shards.add_argument("--json", action="store_true", help="print one JSON object")
+    shards.set_defaults(func=cmd_shards)
+
     smplify = commands.add_parser(
         "smplify", help="fast SMPLify vs. SPIN's reference procedure on synthetic people",
         description="Fit synthetic people (open model, real poses from SPIN's LSP fits when ../shared is present, "
@@ -66,4 +82,30 @@ def cmd_body_model(args: argparse.Namespace) -> int:
     print(f"  smplx layer forward (baseline)     {result['smplx_layer_forward_ms']:8.2f} ms"
           f"   ratio {result['ratio_forward_vs_smplx_layer']:.2f}x")
     print(f"  fitloop forward + backward         {result['forward_backward_ms']:8.2f} ms")
+    return 0
+
+
+def cmd_shards(args: argparse.Namespace) -> int:
+    from bench.shards import run
+
+    result = run(copies=args.copies, datasets=tuple(d.strip() for d in args.datasets.split(",") if d.strip()),
+                 repeats=args.repeats, seed=args.seed)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"shards benchmark: {result['samples']} samples ({', '.join(result['datasets'])} fixtures x "
+          f"{result['copies']}), {result['shard_bytes_per_sample'] / 1e3:.1f} kB/sample, load average "
+          f"{result['load_average'][0]:.1f} on {result['cpus']} cores")
+    print(f"  write     {result['write_crops_per_cpu_s']:8.1f} crops/s per core   "
+          f"({result['write_crops_per_s']:.1f}/s wall)")
+    print(f"  reader    {result['reader_samples_per_cpu_s']:8.1f} samples/s per core "
+          f"({result['reader_samples_per_s']:.1f}/s wall)")
+    print(f"  SPIN's loader (full JPEG + SPIN crop)  {result['spin_loader_samples_per_cpu_s']:8.1f} samples/s per core"
+          f"   reader is {result['ratio_reader_vs_spin_loader_per_core']:.2f}x")
+    print(f"  full JPEG + fitloop crop               {result['full_decode_samples_per_cpu_s']:8.1f} samples/s per core"
+          f"   reader is {result['ratio_reader_vs_full_decode_per_core']:.2f}x")
+    for name, d in result["per_dataset"].items():
+        print(f"    {name:<6} {d['image_size'][0]}x{d['image_size'][1]}: reader {d['reader_per_cpu_s']:.0f}/s, "
+              f"SPIN's loader {d['spin_loader_per_cpu_s']:.0f}/s ({d['ratio_vs_spin_loader']:.2f}x), "
+              f"full decode {d['full_decode_per_cpu_s']:.0f}/s ({d['ratio_vs_full_decode']:.2f}x)")
     return 0
