@@ -79,7 +79,7 @@ def transform_points(m: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 def to_affine_rows(m: np.ndarray) -> list[list[float]]:
     """The top two rows of a (3, 3) affine map as nested lists, for json (float64 values survive exactly)."""
-    return [[float(v) for v in row] for row in np.asarray(m)[:2]]
+    return [[float(v) + 0.0 for v in row] for row in np.asarray(m)[:2]]  # + 0.0: no "-0.0" in the json
 
 
 def from_affine_rows(rows: list[list[float]]) -> np.ndarray:

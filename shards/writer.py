@@ -304,14 +304,21 @@ def write_shards(records: Iterable[PersonRecord | Reject], out_dir: Path, config
     return finalize_manifest(out_dir, results, config, inputs=inputs)
 
 
+def existing_shard_set(out_dir: Path) -> list[str]:
+    """Names of shard-set files (the manifest, ``.tar`` files) already in ``out_dir``; empty when there are none."""
+    if not Path(out_dir).is_dir():
+        return []
+    return sorted(p.name for p in Path(out_dir).iterdir() if p.name == MANIFEST or p.name.endswith(SHARD_SUFFIX))
+
+
 def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
     """Make ``out_dir`` ready for a new shard set: refuse an existing one (a manifest or any ``.tar``) unless
     ``overwrite``, which removes its ``.tar`` files, rejects and manifest."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    found = sorted(p.name for p in out_dir.iterdir() if p.name == MANIFEST or p.name.endswith(SHARD_SUFFIX))
+    found = existing_shard_set(out_dir)
     if found and not overwrite:
-        raise ShardWriteError(f"{out_dir} already holds a shard set ({found[0]}); choose another folder or "
-                              f"overwrite it")
+        raise ShardWriteError(f"{out_dir} already holds a shard set ({found[0]}); choose another folder, or "
+                              f"overwrite it (fitloop preprocess --overwrite)")
+    out_dir.mkdir(parents=True, exist_ok=True)
     for name in set(found) | {REJECTS}:
         (out_dir / name).unlink(missing_ok=True)
     for stale in out_dir.glob("*" + TMP_SUFFIX):  # left by a killed run of ours

@@ -102,15 +102,18 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from shards.writer import ShardConfig, write_shards
+    from shards.writer import ShardConfig, existing_shard_set, write_shards
 
     overrides = {"crop_res": args.crop_res, "crop_margin": args.crop_margin, "jpeg_quality": args.jpeg_quality,
                  "samples_per_shard": args.samples_per_shard}
     config = ShardConfig(**{k: v for k, v in overrides.items() if v is not None})
     options = parse_options(args.option)
-    opened = open_splits(args.dataset, args.root, args.split, options)
-    root = str(args.root.resolve())
-    inputs = [{"dataset": args.dataset, "split": split, "root": root, "options": options} for split, _, _ in opened]
+    if existing_shard_set(args.out) and not args.overwrite:  # say so before reading anything
+        raise FitloopError(f"{args.out} already holds a shard set; choose another --out, or pass --overwrite")
+    root = args.root.resolve()  # absolute, so the lineage in every sample and the manifest points at the files
+    opened = open_splits(args.dataset, root, args.split, options)
+    inputs = [{"dataset": args.dataset, "split": split, "root": str(root), "options": options}
+              for split, _, _ in opened]
     records = itertools.chain.from_iterable(
         itertools.chain([] if first is None else [first], rest) for _, first, rest in opened)
     with tqdm(desc=f"{args.dataset} ({', '.join(s for s, _, _ in opened)})", unit=" records", file=sys.stderr,
