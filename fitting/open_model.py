@@ -206,9 +206,11 @@ def anny_cache(cache_dir: Path) -> Iterator[None]:
 
 
 def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The smallest rotation (3, 3) taking direction ``a`` to direction ``b``."""
+    """The smallest rotation (3, 3) taking direction ``a`` to direction ``b`` (not opposite ones)."""
     axis = np.cross(a, b)
     if np.linalg.norm(axis) < 1e-12 * np.linalg.norm(a) * np.linalg.norm(b):
+        if a @ b < 0:
+            raise ValueError("rotation_between: opposite directions have no unique smallest rotation")
         return np.eye(3)
     angle = math.atan2(np.linalg.norm(axis), float(a @ b))
     return Rotation.from_rotvec(axis / np.linalg.norm(axis) * angle).as_matrix()
@@ -219,6 +221,8 @@ def tpose_rotations(heads: np.ndarray, labels: list[str], leg_abduction_deg: flo
 
     Upper arms go horizontal and sideways, elbows and wrists straighten, each leg swings to
     ``leg_abduction_deg`` from vertical in the frontal plane and its foot turns back so the sole stays flat.
+    Each rotation is found in the A-pose; `apply_pose` composes a bone's with its ancestors', so the forearm,
+    once aligned with the A-pose upper arm, is carried to horizontal by the upper arm's rotation.
     """
     index = {label: i for i, label in enumerate(labels)}
     rot = np.tile(np.eye(3), (len(labels), 1, 1))
@@ -231,7 +235,7 @@ def tpose_rotations(heads: np.ndarray, labels: list[str], leg_abduction_deg: flo
         fore = head(f"wrist.{side}") - head(f"lowerarm01.{side}")
         hand = np.mean([head(f"finger{k}-1.{side}") for k in range(2, 6)], axis=0) - head(f"wrist.{side}")
         rot[index[f"upperarm01.{side}"]] = rotation_between(upper, np.array([sign, 0.0, 0.0]))
-        rot[index[f"lowerarm01.{side}"]] = rotation_between(fore, upper)  # applied before the upper arm's
+        rot[index[f"lowerarm01.{side}"]] = rotation_between(fore, upper)
         rot[index[f"wrist.{side}"]] = rotation_between(hand, fore)
         leg = head(f"foot.{side}") - head(f"upperleg01.{side}")
         target = np.array([sign * math.tan(math.radians(leg_abduction_deg)) * abs(leg[2]), leg[1], leg[2]])
