@@ -8,27 +8,29 @@ from PIL import Image, ImageDraw
 from fitting.body_model import BodyModel
 from shards.render import draw_keypoints, project, render_mesh, smpl_to_camera
 
-TILE_W, TILE_H = 220, 330
+TILE_W, TILE_H = 300, 340
+CAMERA_DISTANCE = 6.0  # m; with the focal length below a 2 m tall body fills ~85% of a tile's height
+FOCAL = 0.85 * TILE_H * CAMERA_DISTANCE / 2.0
 
 
 def render_body(model: BodyModel, betas: np.ndarray, body_pose: np.ndarray | None = None, yaw_deg: float = 0.0,
-                size: tuple[int, int] = (TILE_W, TILE_H)) -> Image.Image:
-    """One body (betas (NB,), body_pose (69,) axis-angle) seen from the front (or turned by `yaw_deg`), with
-    its 49 canonical joints, framed to fit `size` (w, h) px."""
+                size: tuple[int, int] = (TILE_W, TILE_H), focal: float = FOCAL) -> Image.Image:
+    """One body (betas (NB,), body_pose (69,) axis-angle) seen from the front (or turned by `yaw_deg`), with its
+    49 canonical joints. The camera is fixed (`CAMERA_DISTANCE`, `focal`) and aimed at the mid-height of a
+    1.7 m body standing on the ground, so tiles drawn with the same settings compare in size."""
     with torch.no_grad():
         b = torch.as_tensor(betas, dtype=torch.float32)[None]
         p = torch.zeros(1, 69) if body_pose is None else torch.as_tensor(body_pose, dtype=torch.float32)[None]
         out = model(b, p, torch.zeros(1, 3))
     verts, joints = out.vertices[0].numpy(), out.joints[0].numpy()
-    centre = 0.5 * (verts.min(0) + verts.max(0))
-    distance = 6.0
-    verts_cam = smpl_to_camera(verts - centre, distance, yaw_deg)
-    joints_cam = smpl_to_camera(joints - centre, distance, yaw_deg)
-    height = verts[:, 1].max() - verts[:, 1].min()
-    focal = 0.85 * size[1] * distance / max(height, 1e-3)
+    ground = np.array([0.0, verts[:, 1].min(), 0.0])
+    aim = ground + np.array([0.0, 0.85, 0.0])  # feet on the ground, camera at hip height of a 1.7 m body
+    centre = (size[0] / 2, size[1] / 2)
+    verts_cam = smpl_to_camera(verts - aim, CAMERA_DISTANCE, yaw_deg)
+    joints_cam = smpl_to_camera(joints - aim, CAMERA_DISTANCE, yaw_deg)
     image = Image.new("RGB", size, (250, 250, 250))
-    image = render_mesh(image, verts_cam, model.faces, focal, (size[0] / 2, size[1] / 2))
-    kp = np.concatenate([project(joints_cam, focal, (size[0] / 2, size[1] / 2)), np.ones((49, 1))], axis=1)
+    image = render_mesh(image, verts_cam, model.faces, focal, centre)
+    kp = np.concatenate([project(joints_cam, focal, centre), np.ones((len(joints), 1))], axis=1)
     return draw_keypoints(image, kp, radius=2.5, skeleton=False)
 
 

@@ -33,8 +33,9 @@ def smpl_to_camera(points: np.ndarray, distance: float, yaw_deg: float = 0.0) ->
     yaw = np.deg2rad(yaw_deg)
     rot_y = np.array([[np.cos(yaw), 0, np.sin(yaw)], [0, 1, 0], [-np.sin(yaw), 0, np.cos(yaw)]])
     p = points @ rot_y.T
-    # Facing the camera: body +Z points at the camera (camera -z); flip y (down) and z (forward).
-    return np.stack([-p[..., 0], -p[..., 1], distance - p[..., 2]], axis=-1)
+    # The camera sits on the body's +Z axis looking back: camera z = -Z, y (down) = -Y, so x = y × z = +X
+    # (the subject's left, +X, appears on the right of the image, as for a person facing you).
+    return np.stack([p[..., 0], -p[..., 1], distance - p[..., 2]], axis=-1)
 
 
 def project(points_cam: np.ndarray, focal: float | tuple[float, float], center: tuple[float, float]) -> np.ndarray:
