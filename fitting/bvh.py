@@ -28,6 +28,12 @@ and face +Z at rest, like the body model, so no change of world frame is needed.
    A joint without a usable bone (the leaves: head, feet, hands; a zero-length BVH bone) takes its parent's
    correction, i.e. its rest is the parent's.
 5. World rotations ``G_j = D_j · A_j``, local rotations ``G_parent⁻¹ · G_j``, axis-angle.
+6. Twist of the arms. A bone direction fixes a segment up to its twist; the twist of the reference pose is the
+   skeleton's convention. CMU's elbows are exact hinges whose axis, in the T-pose, sits 30° off the model's
+   (forearm bending forward, axis along Y), in every clip. Each arm's corrections (shoulder, elbow, wrist) are
+   turned about their bones by the angle that puts the clip's measured elbow hinge axis on Y
+   (:func:`_elbow_twist`), so elbow flexion is what the angle prior and the model take it to be. Knees need no
+   such fix: with the open model their hinge is within ~2° of X as converted.
 
 SMPL joints that no BVH joint animates get the identity as their local rotation: the collars (neither release
 animates CMU's clavicles), the hands (CMU's finger channels carry no data), and the Daz feet (no toe joint).
@@ -43,7 +49,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from fitloop.errors import FitloopError
-from shards.joints import SMPL_JOINT_NAMES, SMPL_PARENTS
+from shards.joints import SMPL_JOINT_INDEX, SMPL_JOINT_NAMES, SMPL_PARENTS
 
 NUM_SMPL_JOINTS = len(SMPL_JOINT_NAMES)  # 24
 _SMPL_PARENTS = np.asarray(SMPL_PARENTS, dtype=np.int64)
@@ -230,6 +236,7 @@ class SkeletonMap:
     points: dict[str, str]
     drivers: dict[str, tuple[str, float]]
     reference: str
+    elbow_twist_fallback_deg: float
 
 
 def _sides(table: dict[str, str]) -> dict[str, str]:
@@ -262,12 +269,12 @@ SKELETON_MAPS: dict[str, SkeletonMap] = {
     # [lowerback] -> spine1, Spine [upperback] -> spine2, Spine1 [thorax] -> spine3, Neck·Neck1 [lower/upper neck]
     # -> neck, LeftHand·LeftFingerBase [lwrist, lhand] -> left_wrist, LeftToeBase [ltoes] -> left_foot.
     "mb": SkeletonMap(
-        name="mb", root="Hips", points=_MB_POINTS, reference="frame0",
+        name="mb", root="Hips", points=_MB_POINTS, reference="frame0", elbow_twist_fallback_deg=-30.0,
         drivers={k: (v, 1.0) for k, v in _MB_POINTS.items() if k not in _UNDRIVEN["mb"]}),
     # Hahne's Daz-friendly release: hip, abdomen -> spine1, chest split half/half over spine2 and spine3, neck,
     # head; buttock·thigh -> hip; no toes (SMPL feet stay at rest).
     "daz": SkeletonMap(
-        name="daz", root="hip", points=_DAZ_POINTS, reference="zero",
+        name="daz", root="hip", points=_DAZ_POINTS, reference="zero", elbow_twist_fallback_deg=-27.5,
         drivers={**{k: (v, 1.0) for k, v in _DAZ_POINTS.items() if k not in _UNDRIVEN["daz"]},
                  "spine2": ("chest", 0.5)}),
 }
@@ -359,12 +366,14 @@ def _driver_world(world: np.ndarray, local: np.ndarray, skeleton: Skeleton, join
 
 @dataclass(frozen=True)
 class Converted:
-    """A converted clip: SMPL poses (F, 72) axis-angle radians (float32) and, for checking, the BVH world
-    positions (F, 24, 3, file units) of the points standing for each SMPL joint (NaN where none does)."""
+    """A converted clip: SMPL poses (F, 72) axis-angle radians (float32); for checking, the BVH world positions
+    (F, 24, 3, file units) of the points standing for each SMPL joint (NaN where none does); the skeleton map's
+    name; the twist applied to each arm (degrees, see :func:`_elbow_twist`)."""
 
     poses: np.ndarray
     points: np.ndarray
     skeleton: str
+    arm_twist_deg: dict[str, float]
 
 
 def convert_clip(clip: Clip, rest_joints: np.ndarray, *, drop_first: bool = True) -> Converted:
@@ -389,7 +398,7 @@ def convert_clip(clip: Clip, rest_joints: np.ndarray, *, drop_first: bool = True
 
     first = 1 if drop_first else 0
     n_frames = local.shape[0] - first
-    glob = np.empty((n_frames, NUM_SMPL_JOINTS, 3, 3))
+    turns: dict[int, np.ndarray] = {}  # D_j(t): how each driven segment turned since the reference pose
     points = np.full((n_frames, NUM_SMPL_JOINTS, 3), np.nan)
     for j, name in enumerate(SMPL_JOINT_NAMES):
         if name in smap.points:
@@ -398,14 +407,67 @@ def convert_clip(clip: Clip, rest_joints: np.ndarray, *, drop_first: bool = True
             joint, fraction = smap.drivers[name]
             now = _driver_world(world[first:], local[first:], sk, joint, fraction)
             ref = _driver_world(ref_world, ref_local, sk, joint, fraction)
-            glob[:, j] = now @ np.swapaxes(ref, -1, -2) @ corrections[j]
-        else:  # identity local rotation: the parent's world rotation
-            glob[:, j] = glob[:, _SMPL_PARENTS[j]]
+            turns[j] = now @ np.swapaxes(ref, -1, -2)
+    rest_joints = np.asarray(rest_joints, dtype=np.float64)
+    loc = _local_rotations(turns, corrections)
+    twists = {}
+    for side in ("left", "right"):
+        twists[side] = _elbow_twist(loc[:, SMPL_JOINT_INDEX[f"{side}_elbow"]], rest_joints, side,
+                                    smap.elbow_twist_fallback_deg)
+        for part in ARM_CHAIN:
+            j = SMPL_JOINT_INDEX[f"{side}_{part}"]
+            bone = rest_joints[_SMPL_CHILDREN[j][0]] - rest_joints[j]
+            corrections[j] = corrections[j] @ Rotation.from_rotvec(
+                np.radians(twists[side]) * bone / np.linalg.norm(bone)).as_matrix()
+    loc = _local_rotations(turns, corrections)
+    rotvec = Rotation.from_matrix(loc.reshape(-1, 3, 3)).as_rotvec().reshape(n_frames, NUM_SMPL_JOINTS * 3)
+    return Converted(rotvec.astype(np.float32), points, smap.name, twists)
+
+
+def _local_rotations(turns: dict[int, np.ndarray], corrections: np.ndarray) -> np.ndarray:
+    """SMPL local rotations (F, 24, 3, 3) from segment turns D_j (F, 3, 3) and rest corrections A (24, 3, 3):
+    world G_j = D_j·A_j (the parent's world rotation for undriven joints), local = G_parent⁻¹·G_j."""
+    n_frames = next(iter(turns.values())).shape[0]
+    glob = np.empty((n_frames, NUM_SMPL_JOINTS, 3, 3))
+    for j in range(NUM_SMPL_JOINTS):
+        glob[:, j] = turns[j] @ corrections[j] if j in turns else glob[:, _SMPL_PARENTS[j]]
     loc = np.empty_like(glob)
     loc[:, 0] = glob[:, 0]
     loc[:, 1:] = np.swapaxes(glob[:, _SMPL_PARENTS[1:]], -1, -2) @ glob[:, 1:]
-    rotvec = Rotation.from_matrix(loc.reshape(-1, 3, 3)).as_rotvec().reshape(n_frames, NUM_SMPL_JOINTS * 3)
-    return Converted(rotvec.astype(np.float32), points, smap.name)
+    return loc
+
+
+# The arm segments twisted together about their bones to put the elbow hinge on the model's axis.
+ARM_CHAIN: tuple[str, ...] = ("shoulder", "elbow", "wrist")
+_MIN_HINGE_FRAMES, _MIN_HINGE_DEG = 20, 20.0
+
+
+def _elbow_twist(elbow: np.ndarray, rest_joints: np.ndarray, side: str, fallback_deg: float) -> float:
+    """Twist (degrees) about the upper arm that turns a clip's elbow hinge axis onto the model's (F, 3, 3) ->.
+
+    The elbow of a mocap skeleton is a hinge whose axis, in the upper arm's reference frame, is a convention of
+    the skeleton: CMU's sits 30° off the vertical in the MotionBuilder release's T-pose (every clip), 27-29° in
+    the Daz release. The model's T-pose arm bends its elbow forward (axis along Y, perpendicular to the arm and
+    to the body's front), as SMPL's angle prior assumes. The hinge axis is the principal direction of the
+    clip's elbow rotation axes over frames bent more than 20°; with fewer than 20 such frames the skeleton's
+    typical value is used.
+    """
+    rotvec = Rotation.from_matrix(elbow).as_rotvec()
+    angle = np.linalg.norm(rotvec, axis=-1)
+    bent = angle > np.radians(_MIN_HINGE_DEG)
+    if bent.sum() < _MIN_HINGE_FRAMES:
+        return -fallback_deg if side == "left" else fallback_deg
+    axes = rotvec[bent] / angle[bent, None]
+    axis = np.linalg.eigh(axes.T @ axes)[1][:, -1]  # principal axis (sign-free)
+    j = SMPL_JOINT_INDEX[f"{side}_shoulder"]
+    bone = rest_joints[SMPL_JOINT_INDEX[f"{side}_elbow"]] - rest_joints[j]
+    bone = bone / np.linalg.norm(bone)
+    target = np.array([0.0, 1.0, 0.0])
+    u, t = axis - (axis @ bone) * bone, target - (target @ bone) * bone
+    if u @ t < 0:
+        u = -u
+    theta = np.arctan2(np.cross(u, t) @ bone, u @ t)  # rotating u by theta about the bone gives t
+    return float(np.degrees(-theta))
 
 
 def smpl_forward_kinematics(poses: np.ndarray, rest_joints: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 and the EM that trains a prior."""
 from __future__ import annotations
 
+import json
 import pickle
 
 import numpy as np
@@ -173,3 +174,29 @@ def test_walk_share_cap_and_plausibility_filter():
     poses[2, 3 * SMPL_JOINT_INDEX["left_knee"]] = np.radians(120)  # a deep knee bend: fine
     keep, counts = plausible_frames(poses)
     assert keep.tolist() == [True, False, True] and counts == {"left_ankle": 1}
+
+
+def test_train_from_amass_files_through_the_cli(tmp_path, capsys):
+    from fitloop.cli import main
+
+    rng = np.random.default_rng(0)
+    files = []
+    for i, frames in enumerate((240, 120)):
+        poses = np.zeros((frames, 156))  # SMPL+H layout: body pose in columns 3:66, hands after
+        poses[:, 3:72] = rng.normal(0, 0.2, (frames, 69))
+        poses[:, :3] = 9.0  # global orientation: ignored
+        path = tmp_path / f"clip{i}.npz"
+        np.savez(path, poses=poses, mocap_framerate=np.array(120.0), gender=np.array("neutral"))
+        files.append(str(path))
+    out = tmp_path / "amass_prior.npz"
+    assert main(["prior", "train", "--amass", *files, "--out", str(out), "--components", "2", "--no-mirror",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["frames_used"] == 20 + 10  # 120 fps subsampled to ~10 fps
+    gmm = load_gmm(out)
+    assert gmm.num_components == 2 and gmm.dim == 69 and gmm.metadata["source"] == ["clip0.npz", "clip1.npz"]
+    assert np.abs(gmm.means).max() < 0.5  # fitted on the body pose, not the orientation columns
+    assert main(["prior", "info", str(out)]) == 0
+    assert "2 components over 69 dims" in capsys.readouterr().out
+    assert main(["prior", "train", "--amass", str(tmp_path / "nope.npz"), "--out", str(out)]) == 1
+    assert "missing" in capsys.readouterr().err
