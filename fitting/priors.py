@@ -195,7 +195,8 @@ class MaxMixturePrior(torch.nn.Module):
         if body_pose.ndim != 2 or body_pose.shape[1] != self.dim:
             raise ValueError(f"body_pose must be (B, {self.dim}) axis-angle, got {tuple(body_pose.shape)}")
         diff = body_pose.to(self.means.dtype).unsqueeze(1) - self.means  # (B, K, D)
-        prec_diff = torch.einsum("kij,bkj->bki", self.precisions, diff)
+        # (K, B, D) @ (K, D, D): Σ_j P_kij d_bkj as a batched matmul (several times faster than einsum on CPU)
+        prec_diff = torch.bmm(diff.transpose(0, 1), self.precisions.transpose(1, 2)).transpose(0, 1)
         return 0.5 * (prec_diff * diff).sum(dim=-1)
 
     def component_energies(self, body_pose: torch.Tensor) -> torch.Tensor:
