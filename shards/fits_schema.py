@@ -1,0 +1,219 @@
+"""The fits table's schema: one row per kept fit, and how a batch of fits is built and checked.
+
+A row is one SMPL fit of one sample, keyed by the sample key (`shards.schema.make_key`), with its losses and
+provenance (run, body model, fitting-config hash, source, epoch, step, schema version, time).
+
+Conventions of the stored values (also in each column's ``comment``):
+
+* ``pose`` (72,) SMPL axis-angle, radians, global orientation first, in the camera frame of the sample as stored
+  in its shard: canonical, never flipped or rotated by augmentation (undo those before writing, as SPIN does).
+* ``betas`` (10,) shape coefficients in units of the shape space's standard deviation. ``betas_extreme`` flags a
+  fit with any |β| > 3: SPIN zeroes all 10 betas of such a fit when it supervises with it, and keeps them stored.
+* ``cam_t`` (3,) metres, camera frame of the image SMPLify fitted (SPIN: the 224 px crop, focal 5000 px).
+* ``reprojection_loss`` (49,) SPIN's per-joint c² Σ_xy ρ(residual), px² (Geman–McClure ρ); ``loss`` its mean over
+  the 49 joints, the number fits are compared by. Priors are SMPLify's unweighted energies.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fitloop.errors import FitloopError
+from shards.joints import NUM_JOINTS
+from shards.schema import KEY_PATTERN
+
+# Bump when a column is added, removed or changes meaning; every row and the table's metadata record it.
+FITS_SCHEMA_VERSION = 1
+NUM_POSE, NUM_BETAS = 72, 10
+BETAS_EXTREME_SIGMA = 3.0     # SPIN: any |β| > 3 → all betas of that fit are zeroed for training
+VALID_LOSS_THRESHOLD = 100.0  # SPIN's smplify_threshold: a fit supervises only when loss < this (px²)
+SOURCES = ("seed", "loop", "import")
+
+SCHEMA_VERSION_META = "fitloop.fits_schema_version"
+
+
+def _field(name: str, type_: pa.DataType, nullable: bool, comment: str) -> pa.Field:
+    return pa.field(name, type_, nullable=nullable, metadata={"comment": comment})
+
+
+FITS_SCHEMA = pa.schema([
+    _field("key", pa.string(), False, "sample key <dataset>/<id> (shards.schema.make_key); never a row position"),
+    _field("dataset", pa.string(), False, "the key's dataset prefix"),
+    _field("pose", pa.list_(pa.float32(), NUM_POSE), False,
+           "SMPL axis-angle (72,), radians, global orientation first; canonical: never flipped or rotated"),
+    _field("betas", pa.list_(pa.float32(), NUM_BETAS), False, "shape (10,), in standard deviations"),
+    _field("betas_extreme", pa.bool_(), False, "any |beta| > 3: SPIN zeroes this fit's betas when training"),
+    _field("cam_t", pa.list_(pa.float32(), 3), True, "camera translation (3,), metres, frame of the fitted image"),
+    _field("loss", pa.float32(), True, "mean of reprojection_loss over 49 joints, px^2; null = unscored"),
+    _field("reprojection_loss", pa.list_(pa.float32(), NUM_JOINTS), True, "per joint c^2 sum_xy rho, px^2 (49,)"),
+    _field("pose_prior", pa.float32(), True, "unweighted GMM pose prior energy"),
+    _field("angle_prior", pa.float32(), True, "unweighted elbow/knee angle prior energy"),
+    _field("shape_prior", pa.float32(), True, "unweighted shape prior energy, |beta|^2"),
+    _field("iterations", pa.int32(), True, "optimiser iterations the fit ran"),
+    _field("valid", pa.bool_(), True, "loss < 100 px^2 (SPIN's smplify_threshold); null when unscored"),
+    _field("source", pa.string(), False, "seed | loop | import"),
+    _field("epoch", pa.int32(), True, "training epoch of a loop fit"),
+    _field("step", pa.int64(), True, "training step of a loop fit"),
+    _field("run_id", pa.string(), False, "the run (or import) that made the fit"),
+    _field("body_model_id", pa.string(), False, "the body model the pose and betas belong to"),
+    _field("fit_config_hash", pa.string(), False, "config_hash() of the fitting configuration"),
+    pa.field("schema_version", pa.int16(), nullable=False,
+             metadata={"comment": "fits schema version of the row", SCHEMA_VERSION_META: str(FITS_SCHEMA_VERSION)}),
+    _field("time", pa.timestamp("us", tz="UTC"), False, "when the fit was made or imported, UTC"),
+])
+# The columns `best_of` ranks by, in order: the lowest loss, then the earliest fit, then a fixed order.
+RANK_COLUMNS = ("key", "loss", "time", "run_id", "epoch", "step")
+
+
+class FitsTableError(FitloopError):
+    """A fits table is missing or malformed, or a batch of fits does not fit its schema."""
+
+
+@dataclass(frozen=True)
+class FitProvenance:
+    """Where a batch of fits comes from; stored on every row. ``source`` is one of `SOURCES`."""
+
+    run_id: str
+    body_model_id: str
+    fit_config_hash: str
+    source: str = "loop"
+    epoch: int | None = None
+    step: int | None = None
+
+
+def config_hash(config: Any) -> str:
+    """16 hex digits of the SHA-256 of a config (dataclass or json-able mapping) as canonical JSON."""
+    value = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _fixed(values: Any, width: int, name: str, rows: int) -> pa.FixedSizeListArray:
+    array = np.ascontiguousarray(values, dtype=np.float32)
+    if array.shape != (rows, width):
+        raise FitsTableError(f"{name} must have shape ({rows}, {width}), got {array.shape}")
+    return pa.FixedSizeListArray.from_arrays(pa.array(array.reshape(-1)), width)
+
+
+def _column(values: Any, type_: pa.DataType, name: str, rows: int) -> pa.Array:
+    """A per-row column from None (all null), a scalar (repeated) or a (rows,) array."""
+    if values is None:
+        return pa.nulls(rows, type_)
+    array = np.asarray(values)
+    if array.ndim == 0:
+        array = np.full(rows, array)
+    if array.shape != (rows,):
+        raise FitsTableError(f"{name} must have shape ({rows},), got {array.shape}")
+    return pa.array(array, type=type_)
+
+
+def fits_batch(keys: Sequence[str], pose: Any, betas: Any, provenance: FitProvenance, *,
+               reprojection_loss: Any = None, loss: Any = None, cam_t: Any = None, pose_prior: Any = None,
+               angle_prior: Any = None, shape_prior: Any = None, iterations: Any = None, valid: Any = None,
+               time: datetime | None = None) -> pa.Table:
+    """A batch of fits as a table in `FITS_SCHEMA`, ready for `FitsTable.append`.
+
+    Args:
+        keys: (B,) sample keys; the dataset column is their prefix.
+        pose: (B, 72) axis-angle, radians, canonical frame. betas: (B, 10).
+        provenance: run, body model, config hash, source, epoch and step of every row.
+        reprojection_loss: (B, 49) px², or None. loss: (B,) px²; default the mean of ``reprojection_loss``,
+            None when that is absent too (unscored fits, e.g. imported static fits).
+        cam_t: (B, 3) metres or None. pose_prior, angle_prior, shape_prior, iterations: (B,), a scalar, or None.
+        valid: (B,) bool; default ``loss < VALID_LOSS_THRESHOLD`` (null where unscored).
+        time: when the fits were made (UTC); default now.
+    Arrays may be numpy or CPU torch tensors; nothing passed in is modified. Shapes are checked here; keys and
+    losses where the rows are written (`check_fits`), so that a batch may hold diverged (NaN) fits to filter out.
+    """
+    keys = pa.array(keys, pa.string())
+    rows = len(keys)
+    if reprojection_loss is not None:
+        reprojection_loss = np.asarray(reprojection_loss, dtype=np.float32)
+        if loss is None:
+            loss = reprojection_loss.reshape(rows, -1).mean(axis=1)
+    betas32 = np.asarray(betas, dtype=np.float32)
+    loss_array = _column(loss, pa.float32(), "loss", rows)
+    if valid is None and loss is not None:
+        valid = pc.less(loss_array, VALID_LOSS_THRESHOLD)
+    now = time or datetime.now(timezone.utc)
+    columns = {
+        "key": keys,
+        "dataset": pc.replace_substring_regex(keys, "/.*$", ""),
+        "pose": _fixed(pose, NUM_POSE, "pose", rows),
+        "betas": _fixed(betas32, NUM_BETAS, "betas", rows),
+        "betas_extreme": pa.array((np.abs(betas32) > BETAS_EXTREME_SIGMA).any(axis=1)),
+        "cam_t": pa.nulls(rows, FITS_SCHEMA.field("cam_t").type) if cam_t is None else _fixed(cam_t, 3, "cam_t", rows),
+        "loss": loss_array,
+        "reprojection_loss": (pa.nulls(rows, FITS_SCHEMA.field("reprojection_loss").type) if reprojection_loss is None
+                              else _fixed(reprojection_loss, NUM_JOINTS, "reprojection_loss", rows)),
+        "pose_prior": _column(pose_prior, pa.float32(), "pose_prior", rows),
+        "angle_prior": _column(angle_prior, pa.float32(), "angle_prior", rows),
+        "shape_prior": _column(shape_prior, pa.float32(), "shape_prior", rows),
+        "iterations": _column(iterations, pa.int32(), "iterations", rows),
+        "valid": valid if isinstance(valid, pa.Array) else _column(valid, pa.bool_(), "valid", rows),
+        "source": pa.array([provenance.source] * rows, pa.string()),
+        "epoch": _column(provenance.epoch, pa.int32(), "epoch", rows),
+        "step": _column(provenance.step, pa.int64(), "step", rows),
+        "run_id": pa.array([provenance.run_id] * rows, pa.string()),
+        "body_model_id": pa.array([provenance.body_model_id] * rows, pa.string()),
+        "fit_config_hash": pa.array([provenance.fit_config_hash] * rows, pa.string()),
+        "schema_version": pa.array(np.full(rows, FITS_SCHEMA_VERSION, np.int16)),
+        "time": pa.array(np.full(rows, np.datetime64(now.astimezone(timezone.utc).replace(tzinfo=None), "us")),
+                         pa.timestamp("us", tz="UTC")),
+    }
+    return conform_fits(pa.table(columns, schema=FITS_SCHEMA))  # values are checked where they are written
+
+
+def fits_from_smplify(result: Any, keys: Sequence[str], provenance: FitProvenance, *,
+                      time: datetime | None = None) -> pa.Table:
+    """`fits_batch` from a `fitting.smplify.SMPLifyResult` (pose must already be undone to the canonical frame)."""
+    def host(tensor: Any) -> np.ndarray:
+        return tensor.detach().cpu().numpy()
+
+    return fits_batch(keys, host(result.pose), host(result.betas), provenance, cam_t=host(result.cam_t),
+                      reprojection_loss=host(result.reprojection_loss), loss=host(result.loss),
+                      pose_prior=host(result.pose_prior), angle_prior=host(result.angle_prior),
+                      shape_prior=host(result.shape_prior), iterations=result.iterations, time=time)
+
+
+def conform_fits(fits: pa.Table) -> pa.Table:
+    """``fits`` cast to `FITS_SCHEMA` (same columns, same order), or FitsTableError."""
+    if fits.schema.names != FITS_SCHEMA.names:
+        raise FitsTableError(f"fits columns {fits.schema.names} differ from the schema's {FITS_SCHEMA.names}")
+    try:
+        return fits.cast(FITS_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as err:
+        raise FitsTableError(f"fits do not cast to the fits schema: {err}") from err
+
+
+def check_fits(fits: pa.Table) -> pa.Table:
+    """``fits`` cast to `FITS_SCHEMA` and checked: keys, dataset prefixes, sources, finite losses, beta flags."""
+    fits = conform_fits(fits)
+    for field in FITS_SCHEMA:
+        if not field.nullable and fits[field.name].null_count:
+            raise FitsTableError(f"column {field.name} must not hold nulls")
+
+    def refuse(mask: pa.ChunkedArray | pa.Array, what: str) -> None:
+        bad = fits["key"].filter(mask)
+        if len(bad):
+            raise FitsTableError(f"{len(bad)} fit(s) {what}, e.g. {bad[:3].to_pylist()}")
+
+    refuse(pc.invert(pc.match_substring_regex(fits["key"], KEY_PATTERN.pattern)), "have a malformed key")
+    refuse(pc.not_equal(pc.replace_substring_regex(fits["key"], "/.*$", ""), fits["dataset"]),
+           "have a dataset other than their key's prefix")
+    refuse(pc.invert(pc.is_in(fits["source"], pa.array(SOURCES))), f"have a source outside {SOURCES}")
+    refuse(pc.not_equal(fits["schema_version"], FITS_SCHEMA_VERSION), f"are not schema_version {FITS_SCHEMA_VERSION}")
+    refuse(pc.invert(pc.is_finite(fits["loss"])), "have a NaN or infinite loss (null means unscored)")
+    betas = pc.list_flatten(fits["betas"]).to_numpy().reshape(-1, NUM_BETAS)
+    extreme = (np.abs(betas) > BETAS_EXTREME_SIGMA).any(axis=1)
+    refuse(pc.not_equal(fits["betas_extreme"], pa.chunked_array([extreme])),
+           "have betas_extreme inconsistent with betas")
+    return fits

@@ -1,0 +1,387 @@
+"""The fits table: every SMPL fit fitloop keeps, as a versioned Delta Lake table with best-fit semantics.
+
+SPIN keeps its fits in an N × 82 tensor keyed by row order, overwrites it in place and saves it only on a timeout
+(SPIN_REFERENCE §7.3). Here the fits are a Delta table (every version is plain parquet plus a JSON log):
+
+* **An append-only log of improvements.** One row per fit a writer kept (`FITS_SCHEMA`), keyed by the stable
+  sample key. Appends never conflict with each other, so writers need no coordination; a commit that loses a
+  race is retried (`FitsTable.append`). A writer killed mid-write leaves at most files that no version
+  references (`FitsTable.vacuum` removes them): every committed version stays intact and readable.
+* **Best so far = an argmin over the log** (`best_of`): per key, the row with the lowest ``loss``. Ties go to the
+  earliest fit, and an unscored fit (``loss`` null: imported static fits) loses to any scored one. The view is a
+  pure function of the set of rows, so it is correct for any order and any interleaving of appends.
+* **Writers append only strict improvements** (`BestLosses`, SPIN's ``new_loss < opt_loss``), which keeps the log
+  small. A writer whose known best is stale (another writer improved the key meanwhile) may append a row that is
+  no longer an improvement: that costs one row, never correctness, because the view is an argmin.
+* **Versions** are Delta versions, one per commit: time travel by version or timestamp, the history of one key,
+  a diff of the best fits between two versions. `FitsTable.compact` rewrites the table to its best rows in a new
+  version and removes only the files it read, so a fit appended meanwhile survives. `FitsTable.vacuum` deletes
+  files that no version inside the retention period references: never a file of the latest version.
+
+The schema and its conventions: `shards.fits_schema`.
+"""
+from __future__ import annotations
+
+import random
+import re
+import time as _time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import ColumnProperties, CommitProperties, DeltaTable, WriterProperties, write_deltalake
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+
+from shards.fits_schema import (FITS_SCHEMA, FITS_SCHEMA_VERSION, RANK_COLUMNS, SCHEMA_VERSION_META, FitsTableError,
+                                 check_fits, conform_fits)
+
+DEFAULT_RETENTION_HOURS = 168  # Delta's default: a week of versions stays readable after a compaction
+TABLE_NAME = "fitloop fits"
+TABLE_DESCRIPTION = (f"fitloop fits table, schema_version={FITS_SCHEMA_VERSION}: an append-only log of SMPL fit "
+                     "improvements keyed by sample key; the best fit per key is the row with the lowest loss.")
+# Small row groups: history() skips those whose key range misses. No dictionaries for the float columns and the
+# unique keys: the writer would build them only to give up (half the write time).
+_STAGING = re.compile(r"#\d+$")  # object_store writes "<file>#<n>", then links or renames it into place
+_WRITER = WriterProperties(compression="SNAPPY", max_row_group_size=64 * 1024, column_properties={
+    name: ColumnProperties(dictionary_enabled=False)
+    for name in ("key", "pose", "betas", "cam_t", "loss", "reprojection_loss", "pose_prior", "angle_prior",
+                 "shape_prior", "time")})
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """What one `FitsTable.append` did: ``version`` committed (None: nothing to write), rows written of offered."""
+
+    version: int | None
+    rows: int
+    offered: int
+    retries: int = 0
+
+
+def _argmin_rows(fits: pa.Table) -> pa.Array:
+    """Row indices of the best fit per key (`RANK_COLUMNS` order, nulls last), in key order."""
+    if fits.num_rows == 0:
+        return pa.array([], pa.uint64())
+    # Arrow's sort is stable and puts nulls (unscored losses) last by default.
+    order = pc.sort_indices(fits.select(list(RANK_COLUMNS)), sort_keys=[(name, "ascending") for name in RANK_COLUMNS])
+    keys = fits["key"].take(order)
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = pc.not_equal(keys[1:], keys[:-1]).to_numpy(zero_copy_only=False)
+    return order.filter(pa.array(first))
+
+
+def best_of(fits: pa.Table) -> pa.Table:
+    """The best fit per key of a log of fits: lowest ``loss``; unscored (null) last; ties to the earliest
+    ``time``, then run_id, epoch, step. One row per key, sorted by key. A function of the set of rows only."""
+    return fits.take(_argmin_rows(fits))
+
+
+class BestLosses:
+    """The best loss per key a writer knows, to append only strict improvements (SPIN: ``new_loss < opt_loss``).
+
+    A fit improves on a key when the key is unknown, or when its loss is scored and lower than the known best (any
+    scored loss beats an unscored one). A NaN or infinite loss never improves (as in SPIN's comparison). Within one batch only the batch's best fit per key can improve: a fit
+    superseded inside the same commit would never be visible in any version.
+
+    Held as arrays: the keys (Arrow), their losses (float64, NaN = unscored) and keys added since (a dict, merged
+    into the arrays when it grows). Large batches are looked up with one Arrow hash join, small ones (a training
+    step) through a pandas index built once.
+    """
+
+    SMALL_BATCH = 4096  # below this, look up through the cached pandas index instead of hashing every key again
+
+    def __init__(self, keys: Sequence[str] | pa.Array = (), losses: Sequence[float] | np.ndarray = ()) -> None:
+        self._keys = pa.array(keys, pa.string()) if not isinstance(keys, pa.Array) else keys.cast(pa.string())
+        self._loss = np.array(losses, dtype=np.float64)  # a copy: the caller's array is never written to
+        if len(self._keys) != len(self._loss) or len(pc.unique(self._keys)) != len(self._keys):
+            raise FitsTableError("BestLosses needs one loss per key and unique keys")
+        self._added: dict[str, float] = {}
+        self._index: pd.Index | None = None
+
+    @classmethod
+    def of(cls, best: pa.Table) -> "BestLosses":
+        """From a best view or `min_losses` (columns key and loss, one row per key: not checked again)."""
+        known = cls.__new__(cls)
+        known._keys = best["key"].combine_chunks().cast(pa.string())
+        known._loss = best["loss"].cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False).copy()
+        known._added, known._index = {}, None
+        return known
+
+    def __len__(self) -> int:
+        return len(self._keys) + len(self._added)
+
+    def get(self, key: str) -> float | None:
+        """The known best loss of ``key`` (NaN: unscored), or None when the key is unknown."""
+        known, loss = self._lookup(pa.array([key], pa.string()))
+        return float(loss[0]) if known[0] else None
+
+    def _positions(self, keys: pa.Array) -> np.ndarray:
+        """Position of each key in the arrays, -1 where absent."""
+        if len(keys) >= self.SMALL_BATCH:
+            return pc.fill_null(pc.index_in(keys, value_set=self._keys), -1).to_numpy()
+        if self._index is None:
+            self._index = pd.Index(self._keys.to_pandas())
+        return self._index.get_indexer(keys.to_pandas())
+
+    def _lookup(self, keys: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        """(known (B,) bool, loss (B,) float64) of each key."""
+        positions = self._positions(keys)
+        known = positions >= 0
+        loss = np.full(len(keys), np.nan)
+        loss[known] = self._loss[positions[known]]
+        if self._added:
+            for i in np.flatnonzero(~known):
+                value = self._added.get(keys[i].as_py())
+                if value is not None:
+                    known[i], loss[i] = True, value
+        return known, loss
+
+    def improved(self, fits: pa.Table) -> np.ndarray:
+        """(B,) bool: which rows of ``fits`` are strict improvements on what is known."""
+        if len(pc.unique(fits["key"])) == fits.num_rows:
+            candidates = np.arange(fits.num_rows)
+        else:
+            candidates = _argmin_rows(fits.select(list(RANK_COLUMNS))).to_numpy()
+        known, old = self._lookup(fits["key"].take(candidates).combine_chunks())
+        loss = fits["loss"].take(candidates)
+        unscored = loss.is_null().to_numpy(zero_copy_only=False)
+        new = loss.cast(pa.float64()).fill_null(np.nan).to_numpy()
+        usable = unscored | np.isfinite(new)  # a NaN or infinite loss (a diverged fit) never improves
+        with np.errstate(invalid="ignore"):
+            better = usable & (~known | (~unscored & (np.isnan(old) | (new < old))))
+        mask = np.zeros(fits.num_rows, dtype=bool)
+        mask[candidates[better]] = True
+        return mask
+
+    def record(self, fits: pa.Table) -> None:
+        """Take the rows of ``fits`` (one per key, each an improvement) as the new best of their keys."""
+        keys = fits["key"].combine_chunks()
+        losses = fits["loss"].cast(pa.float64()).fill_null(np.nan).to_numpy()
+        positions = self._positions(keys)
+        known = positions >= 0
+        self._loss[positions[known]] = losses[known]
+        fresh = np.flatnonzero(~known)
+        if len(fresh) + len(self._added) < max(self.SMALL_BATCH, len(self._keys) // 100):
+            self._added.update(zip(keys.take(fresh).to_pylist(), losses[fresh].tolist()))
+            return
+        self._added.update(zip(keys.take(fresh).to_pylist(), losses[fresh].tolist()))  # merge into the arrays
+        self._keys = pa.concat_arrays([self._keys, pa.array(list(self._added), pa.string())])
+        self._loss = np.concatenate([self._loss, np.fromiter(self._added.values(), np.float64, len(self._added))])
+        self._added, self._index = {}, None
+
+
+def _retrying(action, max_retries: int):
+    """Run ``action()``; on a lost commit race (`CommitFailedError`) wait with jitter and run it again."""
+    for attempt in range(max_retries + 1):
+        try:
+            return action(), attempt
+        except CommitFailedError:
+            if attempt == max_retries:
+                raise
+            _time.sleep(min(2.0, 0.02 * 2 ** attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
+def _timestamp(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds")
+
+
+class FitsTable:
+    """A Delta table of fits at ``path``; see the module docstring. Get one with `create` or `open`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, path: str | Path, *, exist_ok: bool = False) -> "FitsTable":
+        """Create an empty fits table (or open the existing one when ``exist_ok``)."""
+        path = Path(path)
+        if DeltaTable.is_deltatable(str(path)):
+            if exist_ok:
+                return cls.open(path)
+            raise FitsTableError(f"{path} is already a Delta table")
+        path.mkdir(parents=True, exist_ok=True)
+        DeltaTable.create(str(path), FITS_SCHEMA, name=TABLE_NAME, description=TABLE_DESCRIPTION)
+        return cls(path)
+
+    @classmethod
+    def open(cls, path: str | Path) -> "FitsTable":
+        """Open an existing fits table, checking its columns and schema version."""
+        path = Path(path)
+        if not DeltaTable.is_deltatable(str(path)):
+            raise FitsTableError(f"{path} is not a Delta table (create one with FitsTable.create or `fits import`)")
+        schema = pa.schema(DeltaTable(str(path)).schema())
+        if schema.names != FITS_SCHEMA.names:
+            raise FitsTableError(f"{path}: columns {schema.names} are not the fits schema's {FITS_SCHEMA.names}")
+        found = int((schema.field("schema_version").metadata or {}).get(SCHEMA_VERSION_META.encode(), b"0"))
+        if found != FITS_SCHEMA_VERSION:
+            raise FitsTableError(f"{path} has fits schema version {found}; this fitloop reads {FITS_SCHEMA_VERSION}")
+        return cls(path)
+
+    def _snapshot(self, version: int | None = None, timestamp: datetime | str | None = None) -> DeltaTable:
+        """The table as of ``version`` or ``timestamp`` (the last commit at or before it), else the latest."""
+        if version is not None and timestamp is not None:
+            raise FitsTableError("give a version or a timestamp, not both")
+        try:
+            table = DeltaTable(str(self.path))
+            if version is not None or timestamp is not None:
+                table.load_as_version(version if version is not None else timestamp)
+        except (DeltaError, TableNotFoundError, ValueError) as err:
+            at = f"version {version}" if version is not None else f"timestamp {timestamp}"
+            raise FitsTableError(f"{self.path}: cannot load {at}: {err}") from err
+        return table
+
+    def append(self, fits: pa.Table, *, best: BestLosses | None = None, max_retries: int = 8) -> AppendResult:
+        """Append ``fits`` (`FITS_SCHEMA`) in one commit; with ``best``, only its strict improvements (see
+        `BestLosses`), and record them in ``best``. A lost commit race is retried; the commit either lands whole or
+        not at all. ``rows`` < ``offered`` in the result counts the fits that were not improvements."""
+        fits = conform_fits(fits)
+        offered = fits.num_rows
+        if best is not None:
+            fits = fits.filter(pa.array(best.improved(fits)))
+        fits = check_fits(fits)  # the rows to write; without ``best``, a NaN loss is refused here
+        if fits.num_rows == 0:
+            return AppendResult(None, 0, offered)
+        fits = fits.sort_by("key")  # sorted files: key statistics let history() skip row groups
+        meta = CommitProperties(custom_metadata={"fitloop.rows": str(fits.num_rows),
+                                                 "fitloop.runs": ",".join(pc.unique(fits["run_id"]).to_pylist())})
+
+        def commit() -> int:
+            table = DeltaTable(str(self.path))
+            write_deltalake(table, fits, mode="append", writer_properties=_WRITER, commit_properties=meta)
+            return table.version()
+
+        version, retries = _retrying(commit, max_retries)
+        if best is not None:
+            best.record(fits)
+        return AppendResult(version, fits.num_rows, offered, retries)
+
+    def log(self, *, version: int | None = None, timestamp: datetime | str | None = None,
+            columns: Sequence[str] | None = None, where: pc.Expression | None = None) -> pa.Table:
+        """Every row of the table as of a version (default the latest), in `FITS_SCHEMA` types."""
+        dataset = self._snapshot(version, timestamp).to_pyarrow_dataset()
+        table = dataset.to_table(columns=list(columns) if columns else None, filter=where)
+        schema = pa.schema([FITS_SCHEMA.field(name) for name in table.schema.names])
+        return table.cast(schema)
+
+    def best(self, *, version: int | None = None, timestamp: datetime | str | None = None,
+             dataset: str | None = None) -> pa.Table:
+        """The best fit per key (`best_of`) as of a version or timestamp, optionally of one dataset only."""
+        where = None if dataset is None else pc.field("dataset") == dataset
+        return best_of(self.log(version=version, timestamp=timestamp, where=where))
+
+    def min_losses(self, *, version: int | None = None) -> pa.Table:
+        """The best loss per key (columns key, loss; null = unscored) without the rest of the best rows: a
+        group-by min over two columns, cheaper than `best`."""
+        log = self.log(version=version, columns=["key", "loss"])
+        return log.group_by("key").aggregate([("loss", "min")]).rename_columns(["key", "loss"])  # min skips nulls
+
+    def best_losses(self, *, version: int | None = None) -> BestLosses:
+        """The best loss per key: what a writer reads once per epoch to append only improvements."""
+        return BestLosses.of(self.min_losses(version=version))
+
+    def history(self, key: str, *, version: int | None = None,
+                timestamp: datetime | str | None = None) -> pa.Table:
+        """Every row of one key as of a version, oldest first (rows of the same time: by decreasing loss, unscored
+        first, the order improvements are appended in). Rows a compaction dropped live on in the versions before
+        it, until a vacuum removes their files."""
+        rows = self.log(version=version, timestamp=timestamp, where=pc.field("key") == key)
+        times = rows["time"].cast(pa.int64()).to_numpy()
+        losses = rows["loss"].cast(pa.float64()).fill_null(np.inf).to_numpy()
+        return rows.take(np.lexsort((-losses, times)))
+
+    def files(self, *, version: int | None = None) -> list[str]:
+        """The parquet files of a version: read them with any parquet reader (dask: ``dd.read_parquet(files)``)."""
+        return self._snapshot(version).file_uris()
+
+    def versions(self) -> list[dict[str, Any]]:
+        """Every readable version: ``{"version", "rows", "timestamp", "operation"}``, oldest first."""
+        latest = DeltaTable(str(self.path))
+        commits = {entry["version"]: entry for entry in latest.history()}
+        table, out = DeltaTable(str(self.path), version=min(commits)), []
+        for version in sorted(commits):
+            table.load_as_version(version)
+            adds = pa.table(table.get_add_actions(flatten=True))
+            rows = int(pc.sum(adds["num_records"]).as_py() or 0) if adds.num_rows else 0
+            out.append({"version": version, "rows": rows, "timestamp": _timestamp(commits[version]["timestamp"]),
+                        "operation": commits[version].get("fitloop.operation", commits[version]["operation"])})
+        return out
+
+    def diff(self, v1: int, v2: int) -> dict[str, Any]:
+        """How the best fits changed from version ``v1`` to ``v2``: keys improved (lower loss, or scored where
+        they were unscored), added, worse, removed, and the loss decrease (px²) of the improved scored keys."""
+        old, new = self.min_losses(version=v1), self.min_losses(version=v2)
+        joined = new.join(old.rename_columns(["key", "old"]), "key", join_type="full outer")
+        in_old = pc.is_in(joined["key"], value_set=old["key"].combine_chunks()).to_numpy(zero_copy_only=False)
+        in_new = pc.is_in(joined["key"], value_set=new["key"].combine_chunks()).to_numpy(zero_copy_only=False)
+        a = joined["old"].cast(pa.float64()).fill_null(np.nan).to_numpy()  # NaN: unscored, or no such key
+        b = joined["loss"].cast(pa.float64()).fill_null(np.nan).to_numpy()
+        both_in = in_old & in_new
+        with np.errstate(invalid="ignore"):
+            lower = both_in & (b < a)
+            scored = both_in & np.isnan(a) & ~np.isnan(b)
+            worse = both_in & ((b > a) | (~np.isnan(a) & np.isnan(b)))
+        drop = (a - b)[lower]
+        return {
+            "from_version": v1, "to_version": v2, "keys_before": int(in_old.sum()), "keys_after": int(in_new.sum()),
+            "improved": int(lower.sum() + scored.sum()), "newly_scored": int(scored.sum()),
+            "added": int((in_new & ~in_old).sum()), "removed": int((in_old & ~in_new).sum()),
+            "worse": int(worse.sum()), "unchanged": int(both_in.sum() - lower.sum() - scored.sum() - worse.sum()),
+            "loss_decrease": {
+                "total": float(drop.sum()), "mean": float(drop.mean()) if drop.size else 0.0,
+                "median": float(np.median(drop)) if drop.size else 0.0, "max": float(drop.max()) if drop.size else 0.0,
+                "mean_relative": float((drop / a[lower]).mean()) if drop.size else 0.0,
+            },
+        }
+
+    def compact(self, *, max_retries: int = 8) -> int:
+        """Rewrite the table to its best fits (one row per key) in a new version; returns that version.
+
+        Only the files read are removed, so fits appended while compacting stay (the best view is an argmin, so
+        nothing they improve is lost). Two compactions racing: one retries on the new latest version.
+        """
+        version, _ = _retrying(lambda: self._compact_from(DeltaTable(str(self.path))), max_retries)
+        return version
+
+    def _compact_from(self, snapshot: DeltaTable) -> int:
+        """Commit the best fits of ``snapshot`` in place of the files it holds (see `compact`)."""
+        read_version = snapshot.version()
+        best = best_of(snapshot.to_pyarrow_dataset().to_table().cast(FITS_SCHEMA))
+        meta = CommitProperties(custom_metadata={"fitloop.operation": "COMPACT",
+                                                 "fitloop.compacted_from": str(read_version),
+                                                 "fitloop.rows": str(best.num_rows)})
+        write_deltalake(snapshot, best, mode="overwrite", writer_properties=_WRITER, commit_properties=meta)
+        return snapshot.version()
+
+    def vacuum(self, *, retention_hours: int = DEFAULT_RETENTION_HOURS, dry_run: bool = False) -> list[str]:
+        """Delete files no version of the last ``retention_hours`` references, and files killed writers left;
+        returns them. Files of the latest version are never deleted. Versions older than the retention stop
+        being readable. A retention shorter than the longest write in progress can delete a running writer's
+        not-yet-committed file and fail its commit: keep it above that (the default is a week)."""
+        if retention_hours < 0:
+            raise FitsTableError(f"retention_hours must be >= 0, got {retention_hours}")
+        table = DeltaTable(str(self.path))
+        removed = table.vacuum(retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=False,
+                               full=True)
+        # A writer killed while a file was being stored leaves its staging copy ("<file>#<n>", data files and
+        # commit files alike); no reader looks at these and Delta's vacuum does not list them.
+        cutoff = _time.time() - 3600 * retention_hours
+        staged = [p for p in self.path.rglob("*") if _STAGING.search(p.name) and p.is_file()
+                  and p.stat().st_mtime < cutoff]
+        for path in staged if not dry_run else ():
+            path.unlink(missing_ok=True)
+        return removed + [p.relative_to(self.path).as_posix() for p in staged]
+
+
+def parse_timestamp(text: str) -> datetime:
+    """An ISO 8601 time as a UTC datetime (no zone given: UTC)."""
+    try:
+        moment = datetime.fromisoformat(re.sub(r"Z$", "+00:00", text))
+    except ValueError as err:
+        raise FitsTableError(f"not an ISO 8601 time: {text!r}") from err
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
