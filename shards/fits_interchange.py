@@ -1,0 +1,154 @@
+"""SPIN's static fits in and out of a fits table: ``<ds>_fits.npy`` (N × 82 = 72 pose + 10 betas) ↔ keyed rows.
+
+SPIN keys its fits by row: row i of ``<ds>_fits.npy`` belongs to row i of the dataset's ``.npz``. fitloop keys them
+by sample key, built from the ``.npz``'s ``imgname`` exactly as the SPIN .npz adapter builds the keys of its
+records (`pipelines.adapters.spin_npz`): ``<dataset>/<image stem>``, and ``..._n0``, ``..._n1`` in file order when
+one image holds several people. So imported fits join the shards made from the same ``.npz``.
+
+SPIN's fits file, its ``.npz``, and the dataset (key prefix) fitloop gives them:
+
+======================  ==============================  ================  ==========================================
+SPIN fits file          SPIN .npz (data/dataset_extras) dataset           key of a row (image name → key)
+======================  ==============================  ================  ==========================================
+lsp-orig_fits.npy       lsp_dataset_original_train.npz  lsp-orig          images/im0001.jpg → lsp-orig/im0001
+lspet_fits.npy          hr-lspet_train.npz              hr-lspet          im00001.png → hr-lspet/im00001
+mpii_fits.npy           mpii_train.npz                  mpii              images/015601864.jpg → mpii/015601864_n0
+coco_fits.npy           coco_2014_train.npz             coco              train2014/COCO_train2014_…36.jpg → coco/…36_n0
+h36m_fits.npy           h36m_train.npz                  h36m              images/S1_Directions_1.54138969_000001.jpg
+                                                                          → h36m/S1_Directions_1_54138969_000001
+mpi-inf-3dhp_fits.npy   mpi_inf_3dhp_train.npz          mpi-inf-3dhp      see below
+======================  ==============================  ================  ==========================================
+
+(``_n0`` only where an image has several rows.) The test file ``lsp_dataset_test.npz`` gives ``lsp/im1001``.
+MPI-INF-3DHP's image names (``S1/Seq1/imageFrames/video_0/frame_000001.jpg``) share stems across sequences and
+videos, so the stem rule gives the same key to different images: the import refuses such a file rather than
+merge distinct samples (`spin_keys` raises and names the clash).
+
+Imported fits are unscored (SPIN stores no loss: it re-scores the stored fit each step), so any scored fit of the
+same key beats them, and importing the same file twice appends nothing. SPIN writes float64 fits of float32
+values; the table stores float32, and the import reports the largest rounding (0 for SPIN's own files), so that an
+import followed by an export gives back the same array.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.adapters.spin_npz import SPIN_NPZ_FILES
+from shards.fits_schema import NUM_BETAS, NUM_POSE, FitProvenance, FitsTableError, fits_batch
+from shards.fits_table import FitsTable
+from shards.schema import make_key
+
+SPIN_FITS_WIDTH = NUM_POSE + NUM_BETAS  # 82
+SPIN_BODY_MODEL_ID = "smpl-neutral-10"  # SPIN fits the neutral SMPL with 10 betas
+SPIN_FIT_CONFIG = "spin-static-fits"    # the fit_config_hash of imported rows: SPIN's own SMPLify, unknown config
+# SPIN's MixedDataset names (its fits files) → the .npz stem they are row-aligned with.
+SPIN_FITS_FILES = {"lsp-orig": "lsp_dataset_original_train", "lspet": "hr-lspet_train", "mpii": "mpii_train",
+                   "coco": "coco_2014_train", "h36m": "h36m_train", "mpi-inf-3dhp": "mpi_inf_3dhp_train"}
+
+
+def spin_dataset(npz: Path, dataset: str | None = None) -> str:
+    """The dataset (key prefix) of a SPIN .npz: ``dataset`` if given, else from its file name."""
+    if dataset is not None:
+        return dataset
+    known = SPIN_NPZ_FILES.get(Path(npz).stem)
+    if known is None:
+        raise FitsTableError(f"{Path(npz).name} is not one of SPIN's files ({', '.join(SPIN_NPZ_FILES)}); "
+                             f"give the dataset name")
+    return known[0]
+
+
+def spin_keys(imgnames: list[str], dataset: str) -> list[str]:
+    """The sample key of each row of a SPIN .npz, as the SPIN .npz adapter builds them; unique or FitsTableError."""
+    repeats = Counter(imgnames)
+    seen: Counter[str] = Counter()
+    keys = []
+    for name in imgnames:
+        stem = Path(name).stem
+        if repeats[name] > 1:
+            keys.append(make_key(dataset, stem, f"n{seen[name]}"))
+            seen[name] += 1
+        else:
+            keys.append(make_key(dataset, stem))
+    clashes = [key for key, count in Counter(keys).items() if count > 1]
+    if clashes:
+        raise FitsTableError(f"{len(clashes)} key(s) stand for different images (image stems repeat across "
+                             f"folders), e.g. {clashes[:3]}: the key rule cannot tell these rows apart")
+    return keys
+
+
+def _imgnames(npz: Path) -> list[str]:
+    try:
+        with np.load(npz, allow_pickle=False) as data:
+            return [str(name) for name in data["imgname"]]
+    except (OSError, ValueError, KeyError) as err:
+        raise FitsTableError(f"{npz}: not a SPIN .npz with imgname: {type(err).__name__}: {err}") from err
+
+
+def import_spin(table: FitsTable, npz: Path, npy: Path, *, dataset: str | None = None,
+                body_model_id: str = SPIN_BODY_MODEL_ID, time: datetime | None = None) -> dict:
+    """Append SPIN's static fits ``npy`` (N × 82, row-aligned with ``npz``) as unscored ``import`` fits.
+
+    Only keys the table does not know yet are appended (an unscored fit never beats a known one), so importing
+    twice is a no-op. Returns a summary: rows read, rows appended, version, dataset, largest float32 rounding.
+    """
+    npz, npy = Path(npz), Path(npy)
+    dataset = spin_dataset(npz, dataset)
+    keys = spin_keys(_imgnames(npz), dataset)
+    try:
+        fits = np.load(npy, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise FitsTableError(f"{npy}: cannot read as a numpy array: {err}") from err
+    if fits.shape != (len(keys), SPIN_FITS_WIDTH):
+        raise FitsTableError(f"{npy.name} has shape {fits.shape}; {npz.name} has {len(keys)} rows, so SPIN's fits "
+                             f"are ({len(keys)}, {SPIN_FITS_WIDTH})")
+    if not np.isfinite(fits).all():
+        raise FitsTableError(f"{npy.name}: {int((~np.isfinite(fits)).any(axis=1).sum())} row(s) hold NaN or inf")
+    rounding = float(np.abs(fits.astype(np.float32).astype(np.float64) - fits).max()) if fits.size else 0.0
+    digest = hashlib.sha256(npy.read_bytes()).hexdigest()[:12]
+    provenance = FitProvenance(run_id=f"import-{npy.stem}-{digest}", body_model_id=body_model_id,
+                               fit_config_hash=SPIN_FIT_CONFIG, source="import")
+    batch = fits_batch(keys, fits[:, :NUM_POSE], fits[:, NUM_POSE:], provenance, time=time)
+    result = table.append(batch, best=table.best_losses())
+    return {"dataset": dataset, "rows": len(keys), "appended": result.rows, "version": result.version,
+            "run_id": provenance.run_id, "max_float32_rounding": rounding}
+
+
+def export_spin(table: FitsTable, npz: Path, out: Path, *, dataset: str | None = None, version: int | None = None,
+                timestamp: datetime | None = None, fill_missing: bool = False) -> dict:
+    """Write the best fits of a version as SPIN's ``<ds>_fits.npy`` (N × 82 float64, row-aligned with ``npz``).
+
+    Betas are written as stored (SPIN zeroes extreme betas when it uses a fit, not in the file). Rows without a
+    fit raise FitsTableError unless ``fill_missing`` (then they are zeros, SPIN's mean pose and shape). The file is
+    written to a temporary name and renamed, so a reader never sees half of it.
+    """
+    npz, out = Path(npz), Path(out)
+    dataset = spin_dataset(npz, dataset)
+    keys = pa.array(spin_keys(_imgnames(npz), dataset))
+    best = table.best(version=version, timestamp=timestamp, dataset=dataset)
+    where = pc.fill_null(pc.index_in(keys, value_set=best["key"].combine_chunks()), -1).to_numpy()
+    missing = where < 0
+    if missing.any() and not fill_missing:
+        raise FitsTableError(f"{int(missing.sum())} of {len(keys)} rows of {npz.name} have no fit in the table, "
+                             f"e.g. {keys.filter(pa.array(missing))[:3].to_pylist()}; pass fill_missing to write "
+                             f"zeros for them")
+    rows = where[~missing].astype(np.int64)
+    array = np.zeros((len(keys), SPIN_FITS_WIDTH), dtype=np.float64)
+    pose = pc.list_flatten(best["pose"].combine_chunks()).to_numpy().reshape(-1, NUM_POSE)
+    betas = pc.list_flatten(best["betas"].combine_chunks()).to_numpy().reshape(-1, NUM_BETAS)
+    array[~missing, :NUM_POSE] = pose[rows]
+    array[~missing, NUM_POSE:] = betas[rows]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        np.save(handle, array)
+    tmp.replace(out)
+    return {"dataset": dataset, "rows": len(keys), "exported": int((~missing).sum()),
+            "filled": int(missing.sum()), "out": str(out)}
