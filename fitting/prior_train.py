@@ -47,7 +47,8 @@ BODY_DIM = 69
 DEFAULT_MODEL = Path(__file__).resolve().parent / "data" / "open_body.npz"
 CMU_ACKNOWLEDGMENT = ("The data used in this project was obtained from mocap.cs.cmu.edu. "
                       "The database was created with funding from NSF EIA-0196217.")
-CMU_BVH_CREDIT = "BVH conversion by Bruce Hahne (cgspeed.com): the 2010 MotionBuilder-friendly and the Daz-friendly releases."
+CMU_BVH_CREDIT = ("BVH conversion by Bruce Hahne (cgspeed.com): the 2010 MotionBuilder-friendly and the "
+                  "Daz-friendly releases.")
 
 # Largest plausible local rotation angle per joint (degrees, relative to the T-pose), used to reject glitched
 # mocap frames. Ankles/feet: ~50° of plantar flexion plus inversion; wrists: flexion plus forearm twist; hips,

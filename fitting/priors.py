@@ -154,11 +154,11 @@ def save_gmm(gmm: GaussianMixture, path: str | Path) -> None:
 class MaxMixturePrior(torch.nn.Module):
     """SMPLify-X/SPIN's Gaussian-mixture pose prior, "merged" (max-mixture) form, per example.
 
-    ``E(θ) = min_k [ ½ (θ−μ_k)ᵀ Σ_k⁻¹ (θ−μ_k) − log( w_k / ((2π)^{D/2} · sqrt|Σ_k| / min_j sqrt|Σ_j|) ) ]``
+    ``E(θ) = min_k [ ½ (θ−μ_k)ᵀ Σ_k⁻¹ (θ−μ_k) − log(w_k / ((2π)^{D/2} · sqrt|Σ_k| / min_j sqrt|Σ_j|)) ]``
 
     with D = 69 for the SMPL body pose. Precisions are inverted in float64 numpy, as in SMPLify-X. The constant
-    term is computed in log space (``log w_k − (D/2)·log 2π − ½(log|Σ_k| − min_j log|Σ_j|)``): the same number,
-    but no determinant of a 69×69 covariance can under- or overflow. SPIN weights this energy by 4.78².
+    term is computed in log space (``log w_k − (D/2)·log 2π − ½(log|Σ_k| − min_j log|Σ_j|)``): the same
+    number, but no determinant of a 69×69 covariance can under- or overflow. SPIN weights it by 4.78².
     """
 
     means: torch.Tensor
