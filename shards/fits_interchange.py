@@ -5,19 +5,17 @@ by sample key, built from the ``.npz``'s ``imgname`` exactly as the SPIN .npz ad
 records (`pipelines.adapters.spin_npz`): ``<dataset>/<image stem>``, and ``..._n0``, ``..._n1`` in file order when
 one image holds several people. So imported fits join the shards made from the same ``.npz``.
 
-SPIN's fits file, its ``.npz``, and the dataset (key prefix) fitloop gives them:
+SPIN's fits file → its ``.npz`` → the dataset (key prefix) fitloop gives it, with an example key:
 
-======================  ==============================  ================  ==========================================
-SPIN fits file          SPIN .npz (data/dataset_extras) dataset           key of a row (image name → key)
-======================  ==============================  ================  ==========================================
-lsp-orig_fits.npy       lsp_dataset_original_train.npz  lsp-orig          images/im0001.jpg → lsp-orig/im0001
-lspet_fits.npy          hr-lspet_train.npz              hr-lspet          im00001.png → hr-lspet/im00001
-mpii_fits.npy           mpii_train.npz                  mpii              images/015601864.jpg → mpii/015601864_n0
-coco_fits.npy           coco_2014_train.npz             coco              train2014/COCO_train2014_…36.jpg → coco/…36_n0
-h36m_fits.npy           h36m_train.npz                  h36m              images/S1_Directions_1.54138969_000001.jpg
-                                                                          → h36m/S1_Directions_1_54138969_000001
-mpi-inf-3dhp_fits.npy   mpi_inf_3dhp_train.npz          mpi-inf-3dhp      see below
-======================  ==============================  ================  ==========================================
+* ``lsp-orig_fits.npy`` → ``lsp_dataset_original_train.npz`` → ``lsp-orig``: ``images/im0001.jpg`` →
+  ``lsp-orig/im0001``
+* ``lspet_fits.npy`` → ``hr-lspet_train.npz`` → ``hr-lspet``: ``im00001.png`` → ``hr-lspet/im00001``
+* ``mpii_fits.npy`` → ``mpii_train.npz`` → ``mpii``: ``images/015601864.jpg`` → ``mpii/015601864_n0``
+* ``coco_fits.npy`` → ``coco_2014_train.npz`` → ``coco``: ``train2014/COCO_train2014_000000000036.jpg`` →
+  ``coco/COCO_train2014_000000000036_n0``
+* ``h36m_fits.npy`` → ``h36m_train.npz`` → ``h36m``: ``images/S1_Directions_1.54138969_000001.jpg`` →
+  ``h36m/S1_Directions_1_54138969_000001``
+* ``mpi-inf-3dhp_fits.npy`` → ``mpi_inf_3dhp_train.npz`` → ``mpi-inf-3dhp``: see below.
 
 (``_n0`` only where an image has several rows.) The test file ``lsp_dataset_test.npz`` gives ``lsp/im1001``.
 MPI-INF-3DHP's image names (``S1/Seq1/imageFrames/video_0/frame_000001.jpg``) share stems across sequences and

@@ -85,8 +85,9 @@ class BestLosses:
     """The best loss per key a writer knows, to append only strict improvements (SPIN: ``new_loss < opt_loss``).
 
     A fit improves on a key when the key is unknown, or when its loss is scored and lower than the known best (any
-    scored loss beats an unscored one). A NaN or infinite loss never improves (as in SPIN's comparison). Within one batch only the batch's best fit per key can improve: a fit
-    superseded inside the same commit would never be visible in any version.
+    scored loss beats an unscored one). A NaN or infinite loss never improves (as in SPIN's comparison). Within
+    one batch only the batch's best fit per key can improve: a fit superseded inside the same commit would never
+    be visible in any version.
 
     Held as arrays: the keys (Arrow), their losses (float64, NaN = unscored) and keys added since (a dict, merged
     into the arrays when it grows). Large batches are looked up with one Arrow hash join, small ones (a training
