@@ -39,6 +39,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     shards.add_argument("--json", action="store_true", help="print one JSON object")
     shards.set_defaults(func=cmd_shards)
 
+    fits = commands.add_parser("fits-table", help="one epoch's fits-table update vs. rewriting a parquet snapshot",
+                               description="Seed a fits table and a parquet snapshot with synthetic fits, then time "
+                                           "each epoch's update (a new fit for every key, a share of them lower): "
+                                           "fitloop appends the improvements to the Delta table, the baseline "
+                                           "rewrites the whole snapshot. Prints time and disk growth of both.")
+    fits.add_argument("--rows", type=int, default=1_000_000)
+    fits.add_argument("--improved", type=float, default=0.3, help="share of fits that improve each epoch")
+    fits.add_argument("--epochs", type=int, default=2)
+    fits.add_argument("--workdir", type=Path, default=None, help="where the temporary tables go (default: /tmp)")
+    fits.add_argument("--json", action="store_true", help="print one JSON object")
+    fits.set_defaults(func=cmd_fits_table)
+
     smplify = commands.add_parser(
         "smplify", help="fast SMPLify vs. SPIN's reference procedure on synthetic people",
         description="Fit synthetic people (open model, real poses from SPIN's LSP fits when ../shared is present, "
@@ -82,6 +94,33 @@ def cmd_body_model(args: argparse.Namespace) -> int:
     print(f"  smplx layer forward (baseline)     {result['smplx_layer_forward_ms']:8.2f} ms"
           f"   ratio {result['ratio_forward_vs_smplx_layer']:.2f}x")
     print(f"  fitloop forward + backward         {result['forward_backward_ms']:8.2f} ms")
+    return 0
+
+
+def cmd_fits_table(args: argparse.Namespace) -> int:
+    from bench.fits_table import run
+
+    result = run(args.rows, improved=args.improved, epochs=args.epochs, workdir=args.workdir)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    mb = 1e-6
+    print(f"fits table: {result['rows']:,} keys, {100 * result['improved']:.0f}% improved per epoch "
+          f"(seed: table {result['seed_table_s']:.2f} s, snapshot {result['seed_snapshot_s']:.2f} s)")
+    for e in result["epochs"]:
+        print(f"  epoch {e['epoch']}: fitloop update {e['update_s']:.2f} s (read best losses "
+              f"{e['read_best_losses_s']:.2f} s, filter + append {e['filter_and_append_s']:.2f} s), "
+              f"{e['appended']:,} rows, +{e['table_growth_bytes'] * mb:.0f} MB")
+        print(f"           snapshot rewrite {e['snapshot_rewrite_s']:.2f} s, {e['snapshot_bytes_written'] * mb:.0f} MB "
+              f"written")
+    print(f"  median update {result['update_s_median']:.2f} s vs snapshot rewrite "
+          f"{result['snapshot_rewrite_s_median']:.2f} s: {result['speedup_vs_snapshot']:.2f}x")
+    print(f"  best view {result['best_view_s']:.2f} s ({result['best_view_rows']:,} rows, equals snapshot: "
+          f"{result['best_view_equals_snapshot']}), history of one key {1e3 * result['history_one_key_s']:.0f} ms, "
+          f"a 64-row append {result['small_append_64_rows_ms']:.0f} ms")
+    print(f"  on disk: table {result['table_bytes'] * mb:.0f} MB (every version), "
+          f"snapshot {result['snapshot_bytes'] * mb:.0f} MB (latest only); load average "
+          f"{result['load_average'][0]:.1f} on {result['cpus']} cores at the end")
     return 0
 
 
