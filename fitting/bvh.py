@@ -236,7 +236,7 @@ class SkeletonMap:
     points: dict[str, str]
     drivers: dict[str, tuple[str, float]]
     reference: str
-    elbow_twist_fallback_deg: float
+    elbow_twist_fallback_deg: float  # the left arm's typical elbow-hinge twist (see _elbow_twist)
 
 
 def _sides(table: dict[str, str]) -> dict[str, str]:
@@ -443,10 +443,13 @@ _MIN_HINGE_FRAMES, _MIN_HINGE_DEG = 20, 20.0
 
 
 def _elbow_twist(elbow: np.ndarray, rest_joints: np.ndarray, side: str, fallback_deg: float) -> float:
-    """Twist (degrees) about the upper arm that turns a clip's elbow hinge axis onto the model's (F, 3, 3) ->.
+    """Twist (degrees, about the model's rest upper-arm bone) that turns a clip's elbow hinge onto the model's.
+
+    ``elbow`` (F, 3, 3): the clip's elbow local rotations before the twist; ``fallback_deg``: the left arm's
+    typical twist for this skeleton (the right arm's is its negative).
 
     The elbow of a mocap skeleton is a hinge whose axis, in the upper arm's reference frame, is a convention of
-    the skeleton: CMU's sits 30° off the vertical in the MotionBuilder release's T-pose (every clip), 27-29° in
+    the skeleton: CMU's sits 30° off the vertical in the MotionBuilder release's T-pose (every clip), 25-29° in
     the Daz release. The model's T-pose arm bends its elbow forward (axis along Y, perpendicular to the arm and
     to the body's front), as SMPL's angle prior assumes. The hinge axis is the principal direction of the
     clip's elbow rotation axes over frames bent more than 20°; with fewer than 20 such frames the skeleton's
@@ -456,7 +459,7 @@ def _elbow_twist(elbow: np.ndarray, rest_joints: np.ndarray, side: str, fallback
     angle = np.linalg.norm(rotvec, axis=-1)
     bent = angle > np.radians(_MIN_HINGE_DEG)
     if bent.sum() < _MIN_HINGE_FRAMES:
-        return -fallback_deg if side == "left" else fallback_deg
+        return fallback_deg if side == "left" else -fallback_deg
     axes = rotvec[bent] / angle[bent, None]
     axis = np.linalg.eigh(axes.T @ axes)[1][:, -1]  # principal axis (sign-free)
     j = SMPL_JOINT_INDEX[f"{side}_shoulder"]

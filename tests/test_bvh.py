@@ -121,6 +121,19 @@ def test_elbows_and_knees_are_hinges_on_the_model_axes(rel):
 
 
 @needs_cmu
+def test_elbow_twist_fallback_matches_the_measured_twist():
+    """A clip with too little elbow flexion to measure the hinge gets its skeleton's typical twist, same sign."""
+    rest = rest_poses()[-1][1]
+    for rel in ("mb/02_05.bvh", "daz/60_05.bvh"):
+        conv = bvh.convert_clip(bvh.parse_bvh(CMU / rel), rest)
+        straight = np.tile(np.eye(3), (5, 1, 1))
+        fallback = bvh.SKELETON_MAPS[conv.skeleton].elbow_twist_fallback_deg
+        for side in ("left", "right"):
+            typical = bvh._elbow_twist(straight, rest, side, fallback)
+            assert typical == pytest.approx(conv.arm_twist_deg[side], abs=3.0), (rel, side)
+
+
+@needs_cmu
 def test_converted_clip_follows_smpl_conventions():
     """Walking forward along the BVH's travel direction: the root faces where it goes, knees and elbows bend the
     natural way (the angle prior's signs), and mirroring swaps the sides."""
