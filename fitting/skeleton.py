@@ -59,10 +59,12 @@ def right_jacobian(aa: Tensor) -> Tensor:
 
 @dataclass
 class SkeletonState:
-    """One evaluation: rotations (B, 24, 3, 3) global, positions (B, 24, 3), points (B, P, 3) the outputs."""
+    """One evaluation of points `subset` (indices into the 49, or None for all): global rotations
+    (B, 24, 3, 3) and positions (B, 24, 3) of the joints, and the points (B, P, 3)."""
 
     pose: Tensor
     betas: Tensor
+    subset: Tensor | None
     rot: Tensor
     pos: Tensor
     attached: Tensor  # (B, P, 24, 3): R_j B_pj, the rotated attachment offsets
@@ -122,10 +124,17 @@ class Skeleton(torch.nn.Module):
         # S[p, a] = sum_j A_pj desc[a, j]: how much of point p moves rigidly with joint a's subtree
         self.register_buffer("subtree_share", (a @ torch.as_tensor(desc).T).to(dtype))
 
-    def forward(self, pose: Tensor, betas: Tensor) -> SkeletonState:
-        batch = pose.shape[0]
+    def _rows(self, subset: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        if subset is None:
+            return self.a, self.b0, self.bd, self.subtree_share
+        return self.a[subset], self.b0[subset], self.bd[subset], self.subtree_share[subset]
+
+    def forward(self, pose: Tensor, betas: Tensor, subset: Tensor | None = None) -> SkeletonState:
+        """Evaluate the points `subset` (default: all 49) for pose (B, 72) and betas (B, NB)."""
+        a, b0, bd, _ = self._rows(subset)
+        batch, num_points, nb = pose.shape[0], a.shape[0], betas.shape[1]
         local = rodrigues(pose.reshape(batch, 24, 3))                          # (B, J, 3, 3)
-        rest = self.j_template + torch.einsum("jcb,nb->njc", self.j_dirs, betas)  # (B, J, 3)
+        rest = self.j_template + (betas @ self.j_dirs.reshape(-1, nb).T).reshape(batch, 24, 3)
         rot_t = torch.empty_like(local)
         pos_t = torch.empty_like(rest)
         rot_t[:, 0], pos_t[:, 0] = local[:, 0], rest[:, 0]
@@ -134,31 +143,37 @@ class Skeleton(torch.nn.Module):
             par = self.parents[level]
             rot_t[:, level] = rot_t[:, par] @ local[:, level]
             pos_t[:, level] = pos_t[:, par] + (rot_t[:, par] @ offsets[:, level, :, None])[..., 0]
-        b = self.b0 + torch.einsum("pjcb,nb->npjc", self.bd, betas)            # (B, P, J, 3)
-        attached = torch.einsum("njcd,npjd->npjc", rot_t, b)                   # R_j B_pj
-        points = torch.einsum("pj,njc->npc", self.a, pos_t) + attached.sum(2)
-        return SkeletonState(pose=pose, betas=betas, rot=rot_t, pos=pos_t, attached=attached, points=points)
+        b = b0 + (betas @ bd.reshape(-1, nb).T).reshape(batch, num_points, 24, 3)   # (B, P, J, 3)
+        attached = (rot_t[:, None] * b[:, :, :, None, :]).sum(-1)             # R_j B_pj, (B, P, J, 3)
+        points = a @ pos_t + attached.sum(2)
+        return SkeletonState(pose=pose, betas=betas, subset=subset, rot=rot_t, pos=pos_t, attached=attached,
+                             points=points)
 
     def jacobian(self, state: SkeletonState) -> tuple[Tensor, Tensor]:
         """d points / d pose (B, P, 3, 72) and d points / d betas (B, P, 3, NB), in the model frame.
 
         Rotating joint a's subtree by a small local increment d (R_a -> R_a exp(d)) moves a point by
-        -skew(m_pa) R_a d, where m_pa is the part of the point carried by the subtree, relative to joint a;
-        the axis-angle chain rule adds the SO(3) right Jacobian.
+        -skew(m_pa) R_a d = (R_a d) x m_pa, where m_pa is the part of the point carried by the subtree, relative
+        to joint a; the axis-angle chain rule adds the SO(3) right Jacobian.
         """
-        batch = state.pose.shape[0]
-        carried = self.a[None, :, :, None] * state.pos[:, None] + state.attached  # (B, P, J, 3): c_pj
-        m = torch.einsum("aj,npjc->npac", self.desc, carried) - self.subtree_share[None, :, :, None] * state.pos[:, None]
+        a, _, bd, share = self._rows(state.subset)
+        batch, num_points, nb = state.pose.shape[0], a.shape[0], state.betas.shape[1]
+        carried = a[None, :, :, None] * state.pos[:, None] + state.attached  # (B, P, J, 3): c_pj
+        m = (carried.transpose(2, 3) @ self.desc.T).transpose(2, 3) - share[None, :, :, None] * state.pos[:, None]
         jr = right_jacobian(state.pose.reshape(batch, 24, 3))                  # (B, J, 3, 3)
-        rj = state.rot @ jr                                                    # (B, J, 3, 3)
-        d_pose = -skew(m) @ rj[:, None]                                        # (B, P, J, 3, 3)
-        d_pose = d_pose.permute(0, 1, 3, 2, 4).reshape(batch, -1, 3, 72)
+        cols = (state.rot @ jr).transpose(-1, -2)                              # columns of R_a Jr_a, (B, J, 3, 3)
+        d_pose = torch.linalg.cross(cols[:, None], m[:, :, :, None, :].expand(-1, -1, -1, 3, -1))  # (B,P,J,k,c)
+        d_pose = d_pose.permute(0, 1, 4, 2, 3).reshape(batch, num_points, 3, 72)
         # betas: rest joint positions and attachment offsets are linear in beta
         par = self.parents.clamp_min(0)
         rot_par = state.rot[:, par]                                            # (B, J, 3, 3)
         rot_par[:, 0] = torch.eye(3, dtype=rot_par.dtype, device=rot_par.device)
         jd_off = self.j_dirs - self.j_dirs[par] * (self.parents >= 0).to(self.j_dirs.dtype)[:, None, None]
-        e = torch.einsum("njcd,jdb->njcb", rot_par, jd_off)                   # (B, J, 3, NB)
-        dpos = torch.einsum("ja,nacb->njcb", self.desc.T, e)                   # ancestors-or-self of j
-        d_betas = torch.einsum("pj,njcb->npcb", self.a, dpos) + torch.einsum("njcd,pjdb->npcb", state.rot, self.bd)
+        e = (rot_par[..., None] * jd_off[None, :, None]).sum(-2)              # (B, J, 3, NB)
+        dpos = (self.desc.T @ e.reshape(batch, 24, -1)).reshape(batch, 24, 3, nb)  # ancestors-or-self of j
+        # sum_j R_j Bd_pj as one GEMM: (B*3, J*3) @ (J*3, P*NB)
+        rot_rows = state.rot.permute(0, 2, 1, 3).reshape(batch * 3, 72)
+        bd_cols = bd.permute(1, 2, 0, 3).reshape(72, num_points * nb)
+        attached_d = (rot_rows @ bd_cols).reshape(batch, 3, num_points, nb).transpose(1, 2)
+        d_betas = (a @ dpos.reshape(batch, 24, -1)).reshape(batch, num_points, 3, nb) + attached_d
         return d_pose, d_betas

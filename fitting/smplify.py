@@ -238,12 +238,15 @@ class SMPLify:
         batch, dtype = pose.shape[0], pose.dtype
         torso_idx, mask = self._torso(kp)
         target = torch.gather(kp[..., :2], 1, torso_idx[..., None].expand(-1, -1, 2))
+        # evaluate only the eight torso points; torso_idx re-indexed into that subset
+        subset = torch.cat([self._op_torso, self._gt_torso])
+        local_idx = torch.where(torso_idx[:, :1] == self._op_torso[0], torch.arange(4), torch.arange(4, 8))
         depth0 = cam_t[:, 2].clone()
         lam = torch.full((batch,), 1e-3, dtype=dtype)
 
         def evaluate(p, t):
-            state = self.skeleton(p, betas)
-            torso = torch.gather(state.points, 1, torso_idx[..., None].expand(-1, -1, 3))
+            state = self.skeleton(p, betas, subset)
+            torso = torch.gather(state.points, 1, local_idx[..., None].expand(-1, -1, 3))
             r = (project(torso, t, c.focal_length, center) - target) * mask[..., None]  # (B, 4, 2)
             d = c.depth_loss_weight * (t[:, 2] - depth0)
             return state, torso, r, d, r.square().sum((1, 2)) + d.square()
@@ -251,7 +254,7 @@ class SMPLify:
         state, torso, r, d, cost = evaluate(pose, cam_t)
         for _ in range(c.camera_iterations):
             d_pose, _ = self.skeleton.jacobian(state)
-            d_torso = torch.gather(d_pose[..., :3], 1, torso_idx[..., None, None].expand(-1, -1, 3, 3))
+            d_torso = torch.gather(d_pose[..., :3], 1, local_idx[..., None, None].expand(-1, -1, 3, 3))
             dproj = _projection_jacobian(torso + cam_t[:, None], c.focal_length) * mask[..., None, None]  # (B,4,2,3)
             jac = torch.cat([dproj @ d_torso, dproj], dim=-1).reshape(batch, -1, 6)      # (B, 8, 6)
             jd = torch.zeros(batch, 1, 6, dtype=dtype)
@@ -267,7 +270,8 @@ class SMPLify:
             better = new[-1] < cost
             pose = torch.where(better[:, None], new_pose, pose)
             cam_t = torch.where(better[:, None], new_t, cam_t)
-            state, torso, r, d, cost = evaluate(pose, cam_t)
+            if better.any():
+                state, torso, r, d, cost = evaluate(pose, cam_t)
             lam = torch.where(better, lam / 3, lam * 5).clamp(1e-7, 1e7)
         return pose, cam_t
 
@@ -276,7 +280,9 @@ class SMPLify:
         c = self.config
         batch, dtype = pose.shape[0], pose.dtype
         nb = betas.shape[1]
-        conf = self._body_conf(kp)
+        # only the joints some example observes enter the data term
+        active = torch.nonzero(self._body_conf(kp).sum(0) > 0)[:, 0]
+        conf, kp = self._body_conf(kp)[:, active], kp[:, active]
         prior = self.prior
         means, precisions, log_w = (prior.means.to(dtype), prior.precisions.to(dtype), prior.log_nll_weights.to(dtype))
         angle_idx, angle_sign = self._angle_idx, self._angle_sign.to(dtype)
@@ -287,7 +293,7 @@ class SMPLify:
         eye_beta = torch.eye(nb, dtype=dtype)
 
         def cost_of(p, b):
-            state = self.skeleton(p, b)
+            state = self.skeleton(p, b, active)
             proj = project(state.points, cam_t, c.focal_length, center)
             resid = proj - kp[..., :2]
             data = (conf.square()[..., None] * gmof(resid, c.sigma)).sum((1, 2))
@@ -393,6 +399,7 @@ def _select_state(mask: Tensor, new, old):
     def pick(a: Tensor, b: Tensor) -> Tensor:
         return torch.where(mask.reshape((-1,) + (1,) * (a.dim() - 1)), a, b)
 
-    return SkeletonState(pose=pick(new.pose, old.pose), betas=pick(new.betas, old.betas), rot=pick(new.rot, old.rot),
+    return SkeletonState(pose=pick(new.pose, old.pose), betas=pick(new.betas, old.betas), subset=new.subset,
+                         rot=pick(new.rot, old.rot),
                          pos=pick(new.pos, old.pos), attached=pick(new.attached, old.attached),
                          points=pick(new.points, old.points))
