@@ -13,9 +13,11 @@ reference: SPIN's own procedure — the full smplx body model evaluated every st
   confidences are never modified (SPIN zeroes them in place), and missing torso keypoints are masked in stage 1.
 fast: the same objective on the exact joints-only `Skeleton`, minimised by batched Levenberg–Marquardt with
   analytic Jacobians (Geman–McClure by iteratively reweighted least squares, the max-mixture prior by its active
-  component). Run to convergence, a fit that far from its start over-fits noisy keypoints, so stage 2 adds
-  w_init² ‖θ_body - θ_body,init‖² (100 small Adam steps have the same effect implicitly). From a mean-pose start
-  it also tries the body turned around (front/back ambiguity) and keeps the lower objective.
+  component). Run to convergence from an estimated start (a network's prediction), a fit over-fits noisy
+  keypoints and wanders into depth ambiguities, so stage 2 adds w_init² ‖θ_body - θ_body,init‖² (100 small Adam
+  steps have the same effect implicitly). A start at the mean pose (body pose all zero) carries no estimate: it
+  gets no such term, and the same start turned around is fitted too (front/back ambiguity); the candidate
+  with the lower SPIN objective is kept. `fitloop bench smplify` compares both modes.
 
 Conventions: keypoints (B, 49, 3) in pixels of the image the camera describes (SPIN: the 224 px crop) plus
 confidence; pose (B, 72) axis-angle radians [global orient, body]; betas (B, NB); cam_t (B, 3) metres, camera
@@ -57,8 +59,9 @@ class SMPLifyConfig:
     # fast mode: Levenberg–Marquardt
     camera_iterations: int = 10
     body_iterations: int = 25
-    init_weight: float = 10.0               # w_init: keeps the body pose near its start (see module docstring)
-    try_back_start: bool | None = None      # None: only when the start is the mean pose (all body pose zero)
+    init_weight: float = 13.0               # w_init: keeps the body pose near an estimated start (1/rad)
+    try_back_start: bool | None = None      # None: for starts at the mean pose (all body pose zero)
+    back_choice_after: int = 25             # stage-2 iterations run on both starts before keeping the better
 
     def validated(self) -> "SMPLifyConfig":
         if self.mode not in ("fast", "reference"):
@@ -205,32 +208,36 @@ class SMPLify:
     # -- fast: Levenberg–Marquardt on the skeleton ---------------------------------------------------------
     def _fit_fast(self, keypoints, init_pose, init_betas, init_cam_t, center) -> SMPLifyResult:
         c = self.config
-        back = c.try_back_start
-        if back is None:
-            back = bool((init_pose[:, 3:] == 0).all())
-        starts = [init_pose]
-        if back:  # the same start turned 180° about the camera's vertical axis
-            turn = torch.tensor([[0.0, torch.pi, 0.0]], dtype=init_pose.dtype).expand(len(init_pose), 3)
-            turned = init_pose.clone()
-            turned[:, :3] = _compose_aa(turn, init_pose[:, :3])
-            starts.append(turned)
-        n = len(starts)
         batch = init_pose.shape[0]
-        kp = keypoints.repeat(n, 1, 1)
-        ctr = center.repeat(n, 1)
-        pose = torch.cat(starts)
-        betas = init_betas.repeat(n, 1)
-        cam_t = init_cam_t.repeat(n, 1)
+        # A start whose body pose is all zero is the mean pose: it says nothing about this person, so nothing
+        # pulls the fit back to it, and the same start turned around is tried too (front/back ambiguity).
+        from_mean = (init_pose[:, 3:] == 0).all(1)
+        back = from_mean if c.try_back_start is None else torch.full_like(from_mean, c.try_back_start)
+        extra = torch.nonzero(back)[:, 0]
+        rows = torch.cat([torch.arange(batch), extra])                           # example of each candidate
+        pose = init_pose[rows].clone()
+        turn = torch.tensor([0.0, torch.pi, 0.0], dtype=init_pose.dtype).expand(len(extra), 3)
+        pose[batch:, :3] = _compose_aa(turn, init_pose[extra, :3])              # turned about the camera's y
+        kp, ctr, betas, cam_t = keypoints[rows], center[rows], init_betas[rows], init_cam_t[rows]
+        trust = (~from_mean[rows]).to(init_pose.dtype)                           # 1: the start is an estimate
 
         pose, cam_t = self._lm_camera(pose, betas, cam_t, kp, ctr)
-        pose, betas = self._lm_body(pose, betas, cam_t, kp, ctr, pose[:, 3:].clone())
-        conf = self._body_conf(kp)
-        with torch.no_grad():
-            objective = self._objective(pose, betas, cam_t, ctr, conf, kp).reshape(n, batch)
-        best = objective.argmin(0)                                              # (B,)
-        pick = best * batch + torch.arange(batch)
-        return self._result(pose[pick], betas[pick], cam_t[pick], keypoints, center,
-                            c.camera_iterations + c.body_iterations, start=best)
+        # Stage 2 on every candidate for a few iterations, then only on the better of each pair.
+        body_init = pose[:, 3:].clone()
+        first = min(c.back_choice_after, c.body_iterations) if len(extra) else c.body_iterations
+        pose, betas = self._lm_body(pose, betas, cam_t, kp, ctr, trust, body_init, first)
+        pick = torch.arange(batch)
+        if len(extra):
+            with torch.no_grad():
+                objective = self._objective(pose, betas, cam_t, ctr, self._body_conf(kp), kp)
+            turned_better = objective[batch:] < objective[extra]
+            pick[extra[turned_better]] = batch + torch.nonzero(turned_better)[:, 0]
+        pose, betas, cam_t, trust, body_init = (t[pick] for t in (pose, betas, cam_t, trust, body_init))
+        if c.body_iterations > first:
+            pose, betas = self._lm_body(pose, betas, cam_t, keypoints, center, trust, body_init,
+                                        c.body_iterations - first)
+        return self._result(pose, betas, cam_t, keypoints, center, c.camera_iterations + c.body_iterations,
+                            turned_around=pick >= batch)
 
     def _lm_camera(self, pose, betas, cam_t, kp, center):
         """Stage 1: global orientation and translation on the torso joints, plus the depth anchor."""
@@ -275,8 +282,11 @@ class SMPLify:
             lam = torch.where(better, lam / 3, lam * 5).clamp(1e-7, 1e7)
         return pose, cam_t
 
-    def _lm_body(self, pose, betas, cam_t, kp, center, body_init):
-        """Stage 2: pose, betas and global orientation; Geman–McClure by IRLS, GMM by its active component."""
+    def _lm_body(self, pose, betas, cam_t, kp, center, trust, body_init, iterations):
+        """Stage 2: pose, betas and global orientation; Geman–McClure by IRLS, GMM by its active component.
+
+        trust (B,) 0/1: whether the start is an estimate of this person; where it is, the near-start terms
+        (body pose) is on."""
         c = self.config
         batch, dtype = pose.shape[0], pose.dtype
         nb = betas.shape[1]
@@ -286,8 +296,8 @@ class SMPLify:
         prior = self.prior
         means, precisions, log_w = (prior.means.to(dtype), prior.precisions.to(dtype), prior.log_nll_weights.to(dtype))
         angle_idx, angle_sign = self._angle_idx, self._angle_sign.to(dtype)
-        w_pose, w_angle, w_shape, w_init = (c.pose_prior_weight**2, c.angle_prior_weight**2,
-                                            c.shape_prior_weight**2, c.init_weight**2)
+        w_pose, w_angle, w_shape = c.pose_prior_weight**2, c.angle_prior_weight**2, c.shape_prior_weight**2
+        w_init = trust * c.init_weight**2                                                   # (B,)
         sigma2 = c.sigma**2
         lam = torch.full((batch,), 1e-3, dtype=dtype)
         eye_beta = torch.eye(nb, dtype=dtype)
@@ -304,7 +314,7 @@ class SMPLify:
             return state, resid, gmm, total
 
         state, resid, gmm, cost = cost_of(pose, betas)
-        for _ in range(c.body_iterations):
+        for _ in range(iterations):
             d_pose, d_betas = self.skeleton.jacobian(state)
             dproj = _projection_jacobian(state.points + cam_t[:, None], c.focal_length)   # (B, P, 2, 3)
             jac = torch.cat([dproj @ d_pose, dproj @ d_betas], dim=-1)                     # (B, P, 2, 72+NB)
@@ -327,8 +337,8 @@ class SMPLify:
             hess[:, 72:, 72:] += w_shape * eye_beta
             grad[:, 72:] += w_shape * betas
             diag = torch.arange(3, 72)
-            hess[:, diag, diag] += w_init
-            grad[:, 3:72] += w_init * (pose[:, 3:] - body_init)
+            hess[:, diag, diag] += w_init[:, None]
+            grad[:, 3:72] += w_init[:, None] * (pose[:, 3:] - body_init)
 
             step = _lm_solve(hess, grad, lam)
             new_pose, new_betas = pose + step[:, :72], betas + step[:, 72:]
@@ -363,8 +373,13 @@ def _projection_jacobian(points: Tensor, focal: float) -> Tensor:
 def _lm_solve(hess: Tensor, grad: Tensor, lam: Tensor) -> Tensor:
     """Solve (H + λ diag(H) + ε I) δ = -g per example."""
     diag = torch.diagonal(hess, dim1=-2, dim2=-1)
-    damped = hess + torch.diag_embed(lam[:, None] * diag + 1e-9)
-    return -torch.linalg.solve(damped, grad)
+    damped = hess + torch.diag_embed(lam[:, None] * diag + 1e-6)
+    chol, info = torch.linalg.cholesky_ex(damped)  # damped normal equations are SPD; ~2x cheaper than LU
+    step = -torch.cholesky_solve(grad[..., None], chol)[..., 0]
+    if bool((info > 0).any()):  # numerically indefinite (should not happen): fall back to LU for those
+        bad = info > 0
+        step[bad] = -torch.linalg.solve(damped[bad], grad[bad])
+    return step
 
 
 def _compose_aa(first: Tensor, second: Tensor) -> Tensor:
