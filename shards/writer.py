@@ -27,7 +27,7 @@ import tarfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -279,29 +279,41 @@ def write_shards(records: Iterable[PersonRecord | Reject], out_dir: Path, config
     """
     out_dir = Path(out_dir)
     prepare_out_dir(out_dir, overwrite)
+    results = [write_chunk(chunk, out_dir, name, config)
+               for name, chunk in iter_chunks(records, config.samples_per_shard, on_item=on_item)]
+    return finalize_manifest(out_dir, results, config, inputs=inputs)
+
+
+def iter_chunks(records: Iterable[PersonRecord | Reject], samples_per_shard: int, *,
+                on_item: Callable[[PersonRecord | Reject], None] | None = None,
+                ) -> Iterator[tuple[str, list[PersonRecord | Reject]]]:
+    """Group records into shard-sized chunks: (shard name, records) per (dataset, split), in input order.
+
+    A chunk holds at most ``samples_per_shard`` persons; rejects ride along with the chunk open for their group,
+    so every record lands in exactly one chunk. Shard names are ``<dataset>-<split>-<nnnnnn>``. A full chunk is
+    yielded as soon as the next person of its group arrives, so chunks can be written while records are read.
+    """
     open_chunks: dict[tuple[str, str], list[PersonRecord | Reject]] = {}
     persons: Counter[tuple[str, str]] = Counter()  # persons in each open chunk
     shard_index: Counter[tuple[str, str]] = Counter()
-    results: list[ChunkResult] = []
 
-    def flush(group: tuple[str, str]) -> None:
+    def close(group: tuple[str, str]) -> tuple[str, list[PersonRecord | Reject]]:
         name = f"{group[0]}-{group[1]}-{shard_index[group]:06d}"
-        results.append(write_chunk(open_chunks.pop(group), out_dir, name, config))
         shard_index[group] += 1
         persons[group] = 0
+        return name, open_chunks.pop(group)
 
     for item in records:
         group = (item.dataset, item.split)
         if isinstance(item, PersonRecord):
-            if persons[group] == config.samples_per_shard:
-                flush(group)  # a full chunk is written when the next person arrives; rejects join the open one
+            if persons[group] == samples_per_shard:
+                yield close(group)
             persons[group] += 1
         open_chunks.setdefault(group, []).append(item)
         if on_item is not None:
             on_item(item)
     for group in sorted(open_chunks):
-        flush(group)
-    return finalize_manifest(out_dir, results, config, inputs=inputs)
+        yield close(group)
 
 
 def existing_shard_set(out_dir: Path) -> list[str]:

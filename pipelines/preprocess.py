@@ -1,0 +1,142 @@
+"""Datasets, as their users unpack them, to a shard set: the logic behind `fitloop preprocess` and the
+`preprocess` flow.
+
+Adapters are read in this process (they parse annotation files and check image headers); records are grouped
+into shard-sized chunks (`shards.writer.iter_chunks`) and each chunk — decode, crop, encode, tar — is written by
+`shards.writer.write_chunk`, in this process or on Dask workers as chunks fill up. The manifest is written last.
+"""
+from __future__ import annotations
+
+import itertools
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from fitloop.errors import FitloopError
+from shards.schema import PersonRecord, Reject
+from shards.writer import ShardConfig, finalize_manifest, iter_chunks, prepare_out_dir, write_chunk
+
+# Splits that are unions of others: converting them as well would write every person twice.
+AGGREGATE_SPLITS = ("all", "trainval")
+# Options that name one annotation file: one file is one split, so the split must be said.
+SINGLE_FILE_OPTIONS = ("annotation_file", "npz_file")
+# What a dataset's root should be, for the one-line error when it is not a folder.
+EXPECTED_ROOT = {
+    "coco": "the COCO folder (person_keypoints_<split>*.json in it or in annotations/, images in <subset>/)",
+    "mpii": "the MPII folder (the release .mat, train.h5/valid.h5 or mpii_<split>.json, and images/)",
+    "lsp": "lsp_dataset (joints.mat and images/im0001.jpg ...)",
+    "lsp-orig": "lsp_dataset_original (joints.mat and images/im0001.jpg ...)",
+    "lspet": "lspet_dataset (joints.mat and images/im00001.jpg ...)",
+    "h36m": "the Human3.6M folder (S1/, S5/, ... with MyPoseFeatures/ and the frames)",
+    "spin-npz": "the image root SPIN's imgname paths are relative to (and --option npz_file=...)",
+}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset to convert: its adapter name, root folder, splits (None: every split found) and options."""
+
+    dataset: str
+    root: str
+    splits: tuple[str, ...] | None = None
+    options: dict[str, str] = field(default_factory=dict)
+
+
+def parse_options(pairs: list[str]) -> dict[str, str]:
+    """``["key=value", ...]`` -> dict; FitloopError on a pair without '=' or a key given twice."""
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise FitloopError(f"--option {pair!r} is not KEY=VALUE")
+        if key.strip() in options:
+            raise FitloopError(f"--option {key.strip()} is given twice")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def open_splits(dataset: str, root: Path, splits: Iterable[str] | None, options: dict[str, str]) -> list[tuple]:
+    """[(split, first output or None, the rest)] for the splits to convert, each already started, so that missing
+    files raise here and not halfway through writing. Without ``splits``, every non-union split of the adapter
+    whose files exist; one whose files are missing is skipped with a note."""
+    from pipelines.adapters import ADAPTERS, DatasetError, iter_dataset
+
+    if dataset not in ADAPTERS:
+        raise FitloopError(f"unknown dataset {dataset!r}; known: {', '.join(sorted(ADAPTERS))}")
+    if not root.is_dir():
+        expected = EXPECTED_ROOT.get(dataset, "the dataset's folder")
+        raise FitloopError(f"--root {root} is not a folder; expected {expected}")
+    explicit = splits is not None
+    candidates = list(splits) if explicit else [s for s in ADAPTERS[dataset].splits if s not in AGGREGATE_SPLITS]
+    opened, errors = [], []
+    for split in candidates:
+        outputs = iter_dataset(dataset, root, split, **options)
+        try:
+            first = next(outputs, None)
+        except DatasetError as err:
+            if explicit:
+                raise
+            errors.append(f"{split}: {err}")
+            continue
+        opened.append((split, first, outputs))
+    if not opened:
+        raise FitloopError(f"{dataset}: nothing to convert under {root}: {errors[0] if errors else 'no splits'}")
+    file_options = [o for o in SINGLE_FILE_OPTIONS if o in options]
+    if not explicit and file_options and len(opened) > 1:
+        raise FitloopError(f"--option {file_options[0]} names one file; say which split it holds with --split "
+                           f"({', '.join(s for s, _, _ in opened)})")
+    for error in errors:
+        print(f"fitloop preprocess: {dataset}: skipping split {error}", file=sys.stderr)
+    return opened
+
+
+def open_datasets(specs: Iterable[DatasetSpec]) -> tuple[Iterator[PersonRecord | Reject], list[dict[str, Any]]]:
+    """All records of `specs`, in order, and the `inputs` list the manifest keeps; bad roots raise before any
+    record is read."""
+    streams, inputs = [], []
+    for spec in specs:
+        root = Path(spec.root).resolve()  # absolute, so lineage in samples and the manifest points at the files
+        for split, first, rest in open_splits(spec.dataset, root, spec.splits, dict(spec.options)):
+            streams.append(itertools.chain([] if first is None else [first], rest))
+            inputs.append({"dataset": spec.dataset, "split": split, "root": str(root), "options": dict(spec.options)})
+    return itertools.chain.from_iterable(streams), inputs
+
+
+def preprocess(specs: Iterable[DatasetSpec], out_dir: Path, config: ShardConfig = ShardConfig(), *, client=None,
+               overwrite: bool = False, on_item: Callable[[PersonRecord | Reject], None] | None = None,
+               on_chunk: Callable[[Any], None] | None = None) -> dict[str, Any]:
+    """Convert `specs` into the shard set `out_dir`; returns its manifest (`write_shard_set` for the options)."""
+    records, inputs = open_datasets(specs)
+    return write_shard_set(records, inputs, out_dir, config, client=client, overwrite=overwrite, on_item=on_item,
+                           on_chunk=on_chunk)
+
+
+def write_shard_set(records: Iterable[PersonRecord | Reject], inputs: list[dict[str, Any]], out_dir: Path,
+                    config: ShardConfig = ShardConfig(), *, client=None, overwrite: bool = False,
+                    on_item: Callable[[PersonRecord | Reject], None] | None = None,
+                    on_chunk: Callable[[Any], None] | None = None) -> dict[str, Any]:
+    """Write opened records (`open_datasets`) as the shard set `out_dir`; returns its manifest.
+
+    client: a `distributed.Client` to write chunks on (`pipelines.cluster.dask_client`); None writes them here.
+    on_item / on_chunk: progress callbacks, per record read and per chunk written (its `ChunkResult`).
+    """
+    out_dir = Path(out_dir)
+    prepare_out_dir(out_dir, overwrite)
+    chunks = iter_chunks(records, config.samples_per_shard, on_item=on_item)
+    if client is None:
+        results = []
+        for name, chunk in chunks:
+            results.append(write_chunk(chunk, out_dir, name, config))
+            if on_chunk is not None:
+                on_chunk(results[-1])
+    else:
+        from distributed import as_completed
+
+        futures = [client.submit(write_chunk, chunk, out_dir, name, config, key=f"write-{out_dir.name}-{name}",
+                                 pure=False) for name, chunk in chunks]
+        if on_chunk is not None:
+            for future in as_completed(futures):
+                on_chunk(future.result())
+        results = client.gather(futures)
+    return finalize_manifest(out_dir, results, config, inputs=inputs)
