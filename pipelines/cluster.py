@@ -7,6 +7,7 @@ environment) and access to the same paths (a shared filesystem on a multi-machin
 """
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import contextmanager
 from typing import Iterator
@@ -24,6 +25,8 @@ def dask_client(address: str | None = None, workers: int | None = None) -> Itera
     """A Dask client for the duration of the block (see module docstring); `workers` sizes a local cluster."""
     from distributed import Client, LocalCluster
 
+    # Prefect routes the root logger to its console: keep distributed's start/stop chatter out of it.
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     address = resolve_address(address)
     if address:
         with Client(address, timeout="30s") as client:
