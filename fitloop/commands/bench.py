@@ -51,6 +51,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fits.add_argument("--json", action="store_true", help="print one JSON object")
     fits.set_defaults(func=cmd_fits_table)
 
+    pre = commands.add_parser(
+        "preprocess", help="shard-writing throughput on a local Dask cluster of 1 and 2 workers",
+        description="Write the same shard set (fixture images replicated into a few hundred persons) with a local "
+                    "Dask cluster of 1 and of 2 worker processes, and print samples/s and their ratio.")
+    pre.add_argument("--copies", type=int, default=24, help="copies of the 17 fixture persons")
+    pre.add_argument("--json", action="store_true")
+    pre.set_defaults(func=cmd_preprocess)
+
     smplify = commands.add_parser(
         "smplify", help="fast SMPLify vs. SPIN's reference procedure on synthetic people",
         description="Fit synthetic people (open model, real poses from SPIN's LSP fits when ../shared is present, "
@@ -66,6 +74,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     smplify.add_argument("--skip-reference", action="store_true", help="time only fitloop's default")
     smplify.add_argument("--json", action="store_true", help="print one JSON object at the end")
     smplify.set_defaults(func=cmd_smplify)
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from bench.preprocess import run
+
+    result = run(copies=args.copies, progress=not args.json)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['samples']} samples in {result['chunks']} chunks; 2 workers vs 1: "
+              f"{result.get('ratio_2_vs_1', float('nan')):.2f}x")
+    return 0
 
 
 def cmd_smplify(args: argparse.Namespace) -> int:
