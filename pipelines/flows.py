@@ -80,3 +80,6 @@ def preprocess_flow(datasets: list[DatasetSpec], out: str, crop_res: int = 320, 
     c = manifest["counts"]
     get_run_logger().info(f"{out}: read {c['read']} = written {c['written']} + rejected {c['rejected']}")
     return manifest
+
+
+ALL_FLOWS = [preprocess_flow]
