@@ -1,0 +1,177 @@
+"""`TrainConfig`: every setting of a training run, one typed config with SPIN's defaults (SPIN_REFERENCE §7.1).
+
+The resolved config is written to the run folder (``config.json``) and into every checkpoint; ``--resume`` reads
+it back from the checkpoint (`from_dict`), so a resumed run is the run that was killed. Defaults live here;
+overrides come from `fitloop train` flags.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fitting.smplify import SMPLifyConfig
+from shards.augment import AugmentConfig
+
+DEFAULT_PRIOR = str(Path(__file__).resolve().parents[1] / "fitting" / "data" / "pose_prior_open.npz")
+# SPIN's MixedDataset: 30% H36M, 60% in-the-wild (split by size), 10% MPI-INF-3DHP. "*" takes every dataset no
+# other group names (so a new in-the-wild set needs no entry).
+SPIN_MIX = "h36m=0.3;lsp-orig,mpii,lspet,coco,*=0.6;mpi-inf-3dhp=0.1"
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """SPIN's loss weights (`utils/train_options.py`); the total is ``scale`` × the weighted sum.
+
+    Attributes:
+        keypoint: 2D and 3D keypoint losses (SPIN uses one weight for both), 5.
+        pose: rotation-matrix MSE against the fit's (or ground-truth) pose, 1.
+        betas: MSE against the fit's betas, 0.001.
+        shape: per-vertex L1 against the fit's mesh, 0 (off in SPIN).
+        openpose: confidence factor of the OpenPose joints (0–24) in the 2D loss, 0.
+        gt: confidence factor of the dataset joints (25–48) in the 2D loss, 1.
+        camera: weight of the camera regulariser mean(exp(−10 s)²), 1.
+        scale: the global factor SPIN's code multiplies the total by, 60.
+    """
+
+    keypoint: float = 5.0
+    pose: float = 1.0
+    betas: float = 0.001
+    shape: float = 0.0
+    openpose: float = 0.0
+    gt: float = 1.0
+    camera: float = 1.0
+    scale: float = 60.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run (SPIN's values unless said otherwise).
+
+    Data:
+        shards: shard sets to train on (their ``train_splits``); eval_shards: held-out sets with 3D ground truth
+            (default: the same sets, their ``eval_splits``).
+        mix: dataset groups and their shares, ``"a,b=0.6;c=0.4"`` (`training.data.parse_mix`); SPIN's 30/60/10.
+        ignore_3d_datasets: datasets whose 3D joints and SMPL are not used for training (SPIN's ``ignore_3d``,
+            per dataset); evaluation still compares with them.
+        img_res: network input, px (SPIN 224; smaller for CPU runs; the fit frame stays SPIN's 224 px crop).
+        steps_per_epoch: None: the training samples over batch size × world size.
+        eval_max_samples: evaluate on at most this many held-out samples (None: all).
+    Fits:
+        fits: the fits table (`shards.fits_table.FitsTable`); created when missing.
+        seed_missing_fits: fit the training samples that have no fit yet from the mean pose before training
+            (SPIN's static fits), ``source="seed"``.
+    Model:
+        backbone: ResNet depth (50 as SPIN; 18 or 34 for CPU runs). pretrained: torchvision ImageNet weights file.
+        mean_params: SPIN's ``smpl_mean_params.npz`` (real SMPL); None: computed from the pose prior.
+        body_model: ``"open"``, ``"open-small"`` or a model file; joint_regressor_extra, h36m_regressor: SPIN's
+            regressor files for a real SMPL; pose_prior: SMPLify's prior file.
+    Optimisation: SPIN's Adam, lr 5e-5, no weight decay, no schedule, batch 64, 50 epochs; ``loss`` weights.
+    SMPLify: run_smplify (fitting in the loop); smplify_threshold: a fit supervises only when its loss (px²) is
+        below it; smplify: SMPLify's settings; smplify_device: where SMPLify runs ("cpu" or the training device).
+    Runtime: device ("auto": CUDA when present); amp ("auto": bfloat16 autocast of the network on CUDA, off on
+        CPU; "bf16", "fp16" with a gradient scaler, "off"); seed; checkpoint_every (steps; fits are written at
+        each checkpoint and at each epoch end); log_every (steps per row of train_log.csv); eval_every_epochs;
+        run_dir; run_id (stored on every fit row); tensorboard (when the package is installed).
+    """
+
+    shards: tuple[str, ...] = ()
+    eval_shards: tuple[str, ...] = ()
+    train_splits: tuple[str, ...] = ("train",)
+    eval_splits: tuple[str, ...] = ("val", "test")
+    mix: str = SPIN_MIX
+    ignore_3d_datasets: tuple[str, ...] = ()
+    img_res: int = 224
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    shuffle_buffer: int = 1000
+    num_workers: int = 4
+    steps_per_epoch: int | None = None
+    eval_max_samples: int | None = None
+
+    fits: str = ""
+    seed_missing_fits: bool = True
+
+    backbone: int = 50
+    pretrained: str | None = None
+    mean_params: str | None = None
+    ief_iterations: int = 3
+    body_model: str = "open"
+    joint_regressor_extra: str | None = None
+    h36m_regressor: str | None = None
+    pose_prior: str = DEFAULT_PRIOR
+
+    epochs: int = 50
+    batch_size: int = 64
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    loss: LossWeights = field(default_factory=LossWeights)
+
+    run_smplify: bool = True
+    smplify_threshold: float = 100.0
+    smplify: SMPLifyConfig = field(default_factory=SMPLifyConfig)
+    smplify_device: str = "cpu"
+
+    device: str = "auto"
+    amp: str = "auto"
+    seed: int = 0
+    checkpoint_every: int = 10_000
+    log_every: int = 10
+    eval_every_epochs: int = 1
+    run_dir: str = ""
+    run_id: str = ""
+    tensorboard: bool = True
+
+    def validated(self) -> "TrainConfig":
+        """Check values that would fail late; returns self."""
+        problems = []
+        if not self.shards:
+            problems.append("no training shards (--shards)")
+        if not self.fits:
+            problems.append("no fits table (--fits)")
+        if self.backbone not in (18, 34, 50, 101, 152):
+            problems.append(f"backbone must be a ResNet depth 18/34/50/101/152, got {self.backbone}")
+        if self.batch_size < 1 or self.epochs < 1 or self.lr <= 0:
+            problems.append("batch_size and epochs must be >= 1 and lr > 0")
+        if self.img_res < 32:
+            problems.append(f"img_res must be >= 32 px, got {self.img_res}")
+        if self.amp not in ("auto", "off", "bf16", "fp16"):
+            problems.append(f"amp must be auto, off, bf16 or fp16, got {self.amp!r}")
+        if self.smplify.focal_length != 5000.0:
+            problems.append("SMPLify fits in SPIN's crop camera: smplify.focal_length must be 5000")
+        if self.checkpoint_every < 1 or self.log_every < 1 or self.eval_every_epochs < 1:
+            problems.append("checkpoint_every, log_every and eval_every_epochs must be >= 1")
+        if problems:
+            raise ValueError("invalid training config: " + "; ".join(problems))
+        self.smplify.validated()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """The config back from `to_dict` (a checkpoint's or ``config.json``); unknown keys are an error."""
+        return _build(cls, data)
+
+
+def _build(cls: type, data: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown settings {sorted(unknown)}")
+    values = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = _build(hint, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[name] = value
+    return cls(**values)

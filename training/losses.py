@@ -1,0 +1,66 @@
+"""SPIN's training losses (SPIN_REFERENCE §7.2 step 11), each a pure function of predictions and targets.
+
+Shapes: keypoints (B, 49, 3) normalised crop coordinates + confidence; joints (B, 49, 3) metres (model frame, or
+camera frame + confidence (B, 49, 4) for ground truth); rotations (B, 24, 3, 3); betas (B, NB); camera (B, 3)
+weak perspective [s, tx, ty]. Masks (B,) bool select the examples a loss averages over; a loss over no example is
+0 (a tensor that keeps the graph).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from shards.joints import J24_OFFSET, JOINT_INDEX
+
+_HIPS_3D = (JOINT_INDEX["Right Hip"], JOINT_INDEX["Left Hip"])  # SPIN centres 3D joints on the J24 hips' midpoint
+
+
+def _zero(like: Tensor) -> Tensor:
+    return like.sum() * 0.0
+
+
+def keypoint_2d_loss(pred: Tensor, target: Tensor, openpose_weight: float, gt_weight: float) -> Tensor:
+    """Mean over B × 49 × 2 of conf′ (pred − target)², pred (B, 49, 2), target (B, 49, 3); conf′ is the
+    target's confidence times ``openpose_weight`` for joints 0–24 and ``gt_weight`` for 25–48."""
+    conf = target[..., 2:].clone()
+    conf[:, :J24_OFFSET] *= openpose_weight
+    conf[:, J24_OFFSET:] *= gt_weight
+    return (conf * (pred - target[..., :2]).square()).mean()
+
+
+def keypoint_3d_loss(pred: Tensor, target: Tensor, has_3d: Tensor) -> Tensor:
+    """SPIN's 3D loss over the examples with 3D joints: the 24 dataset joints (25–48) of pred (B, 49, 3) and
+    target (B, 49, 4), each centred on its hips' midpoint, mean of conf · squared error."""
+    if not bool(has_3d.any()):
+        return _zero(pred)
+    pred, target = pred[has_3d][:, J24_OFFSET:], target[has_3d][:, J24_OFFSET:]
+    hips = [j - J24_OFFSET for j in _HIPS_3D]
+    gt = target[..., :3] - target[:, hips, :3].mean(1, keepdim=True)
+    p = pred - pred[:, hips].mean(1, keepdim=True)
+    return (target[..., 3:] * (p - gt).square()).mean()
+
+
+def pose_loss(pred_rotmat: Tensor, target_rotmat: Tensor, valid: Tensor) -> Tensor:
+    """MSE between rotation matrices (B, 24, 3, 3) over the valid examples (SPIN compares matrices, not angles)."""
+    if not bool(valid.any()):
+        return _zero(pred_rotmat)
+    return (pred_rotmat[valid] - target_rotmat[valid]).square().mean()
+
+
+def betas_loss(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    """MSE between betas (B, NB) over the valid examples."""
+    if not bool(valid.any()):
+        return _zero(pred)
+    return (pred[valid] - target[valid]).square().mean()
+
+
+def shape_loss(pred_vertices: Tensor, target_vertices: Tensor, valid: Tensor) -> Tensor:
+    """L1 between meshes (B, V, 3) over the valid examples (SPIN's per-vertex loss, weight 0 by default)."""
+    if not bool(valid.any()):
+        return _zero(pred_vertices)
+    return (pred_vertices[valid] - target_vertices[valid]).abs().mean()
+
+
+def camera_loss(camera: Tensor) -> Tensor:
+    """mean(exp(−10 s)²): keeps the weak-perspective scale s (and so the depth) positive."""
+    return torch.exp(-10.0 * camera[:, 0]).square().mean()

@@ -1,0 +1,237 @@
+"""One SPIN training step as named functions, in the order the loop calls them (SPIN_REFERENCE §7.2):
+
+1. `predict`: the regressor's rotations, betas and camera, the body model's joints, the projected keypoints.
+2. `stored_fits`: the best stored fit of each sample, brought into the batch's augmented frame and re-scored
+   against the current keypoints with a least-squares camera (SPIN's ``opt_joint_loss``).
+3. `fit_in_the_loop`: SMPLify started from the prediction (camera from the weak-perspective output).
+4. `update_fits`: SPIN's strict per-example choice ``new < stored``; the fits that win are undone to the canonical
+   frame (flip, then rotation, then the crop scale), scored there with their own camera, and offered to the
+   `FitsStore` (written to the table at the next checkpoint or epoch end).
+5. `supervision`: SPIN's targets: betas of a fit outside ±3σ zeroed, ground-truth SMPL where the dataset has it,
+   ``valid = loss < threshold or ground truth``.
+6. `compute_losses`: SPIN's weighted sum.
+
+Frames (`training.geometry`): batch keypoints are normalised; SMPLify sees fit-frame px; poses are axis-angle in
+the camera convention of SPIN's fits. Table losses are the loss of (canonical pose, betas, cam_t) on the sample's
+unaugmented fit-frame keypoints — what SMPLify reports for a fit made there (seed fits), so loop and seed rows
+compare by the same number.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from fitting.body_model import BodyModel
+from fitting.priors import angle_prior, shape_prior
+from fitting.smplify import SMPLify, SMPLifyResult
+from shards.fits_schema import BETAS_EXTREME_SIGMA, FitProvenance, fits_batch
+from training.config import LossWeights
+from training.fits_store import FitsStore
+from training.geometry import (FIT_CENTER, augment_pose, axis_angle_to_rotmat, canonical_keypoints,
+                               canonical_pose, canonical_translation, estimate_translation, fit_frame_px,
+                               project_normalised, rest_root, rotmat_to_axis_angle, weak_perspective_to_translation)
+from training.losses import (betas_loss, camera_loss, keypoint_2d_loss, keypoint_3d_loss, pose_loss,
+                             shape_loss)
+
+
+@dataclass
+class Batch:
+    """A training batch on the training device. img (B, 3, H, W); keypoints (B, 49, 3) normalised; gt_pose
+    (B, 72), gt_betas (B, 10), has_smpl (B,) (False where the dataset's 3D is ignored); joints_3d (B, 49, 4),
+    has_3d (B,); flip (B,) bool, rot (B,) degrees, scale (B,): the augmentation; keys, datasets: per example."""
+
+    img: Tensor
+    keypoints: Tensor
+    gt_pose: Tensor
+    gt_betas: Tensor
+    has_smpl: Tensor
+    joints_3d: Tensor
+    has_3d: Tensor
+    flip: Tensor
+    rot: Tensor
+    scale: Tensor
+    keys: list[str]
+    datasets: list[str]
+
+    @classmethod
+    def from_items(cls, items: dict, device: torch.device, ignore_3d: tuple[str, ...] = ()) -> "Batch":
+        """From a collated reader batch; examples of ``ignore_3d`` datasets lose their 3D joints and SMPL."""
+        keep = torch.tensor([d not in ignore_3d for d in items["dataset"]])
+
+        def dev(t: Tensor) -> Tensor:
+            return t.to(device, non_blocking=True)
+
+        return cls(img=dev(items["img"]), keypoints=dev(items["keypoints"]), gt_pose=dev(items["pose"]),
+                   gt_betas=dev(items["betas"]), has_smpl=dev(items["has_smpl"] & keep),
+                   joints_3d=dev(items["joints_3d"]), has_3d=dev(items["has_joints_3d"] & keep),
+                   flip=dev(items["flip"]), rot=dev(items["rot"]), scale=dev(items["scale"]),
+                   keys=list(items["key"]), datasets=list(items["dataset"]))
+
+
+@dataclass
+class Prediction:
+    """The network's output and what follows from it. rotmat (B, 24, 3, 3), betas (B, NB), camera (B, 3)
+    [s, tx, ty]; cam_t (B, 3) metres; joints (B, 49, 3) and vertices (B, V, 3) model frame, metres;
+    keypoints_2d (B, 49, 2) normalised."""
+
+    rotmat: Tensor
+    betas: Tensor
+    camera: Tensor
+    cam_t: Tensor
+    joints: Tensor
+    vertices: Tensor
+    keypoints_2d: Tensor
+
+
+@dataclass
+class BatchFits:
+    """Fits of a batch in its augmented frame: pose (B, 72), betas (B, NB), cam_t (B, 3); loss (B,) SPIN's mean
+    reprojection loss (px²) against the batch's keypoints (inf where there is no fit)."""
+
+    pose: Tensor
+    betas: Tensor
+    cam_t: Tensor
+    loss: Tensor
+
+
+@dataclass
+class Targets:
+    """What the regressor is supervised with: pose (B, 72) axis-angle, betas (B, NB); valid (B,): the pose and
+    betas losses use this example; has_smpl, has_3d (B,)."""
+
+    pose: Tensor
+    betas: Tensor
+    valid: Tensor
+    has_smpl: Tensor
+    has_3d: Tensor
+
+
+def autocast_for(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """The autocast context for the network: bfloat16 on CUDA with amp "auto"/"bf16", float16 with "fp16"."""
+    if device.type != "cuda" or amp == "off":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+# 1 ------------------------------------------------------------------------------------------------------------
+def predict(model: torch.nn.Module, body: BodyModel, images: Tensor, autocast: contextlib.AbstractContextManager
+            ) -> Prediction:
+    """Run the regressor (under ``autocast``) and the body model (float32) on a batch of images."""
+    with autocast:
+        out = model(images)
+    smpl = body(out.betas, out.rotmat[:, 1:], out.rotmat[:, :1], pose2rot=False)
+    cam_t = weak_perspective_to_translation(out.camera)
+    return Prediction(rotmat=out.rotmat, betas=out.betas, camera=out.camera, cam_t=cam_t, joints=smpl.joints,
+                      vertices=smpl.vertices, keypoints_2d=project_normalised(smpl.joints, cam_t))
+
+
+# 2 ------------------------------------------------------------------------------------------------------------
+def stored_fits(store: FitsStore, smplify: SMPLify, keys: list[str], keypoints_px: Tensor, rot: Tensor,
+                flip: Tensor) -> BatchFits:
+    """The stored best fits of ``keys`` in the batch's augmented frame (SPIN's FitsDict read: rotate, then flip),
+    with SPIN's least-squares camera and their reprojection loss against ``keypoints_px`` (fit-frame px, on
+    SMPLify's device). Keys without a fit get the mean pose and loss inf (any new fit wins)."""
+    device = keypoints_px.device
+    pose_c, betas, _, known = store.lookup(keys)
+    pose = augment_pose(pose_c.to(device), rot.to(device), flip.to(device))
+    betas = betas.to(device)
+    with torch.no_grad():
+        joints = smplify.body(betas, pose[:, 3:], pose[:, :3]).joints
+    cam_t = estimate_translation(joints, keypoints_px)
+    center = torch.full((len(keys), 2), FIT_CENTER, device=device)
+    loss = smplify.fitting_loss(pose, betas, cam_t, center, keypoints_px).mean(-1)
+    loss = torch.where(known.to(device), loss, torch.full_like(loss, float("inf")))
+    return BatchFits(pose=pose, betas=betas, cam_t=cam_t, loss=loss)
+
+
+# 3 ------------------------------------------------------------------------------------------------------------
+def fit_in_the_loop(smplify: SMPLify, pred: Prediction, keypoints_px: Tensor) -> SMPLifyResult:
+    """SMPLify on the batch's keypoints (fit-frame px, SMPLify's device) from the detached prediction: pose as
+    axis-angle, betas, and the translation of the weak-perspective camera (also SMPLify's depth anchor)."""
+    device = keypoints_px.device
+    batch = keypoints_px.shape[0]
+    pose = rotmat_to_axis_angle(pred.rotmat.detach().float()).reshape(batch, 72).to(device)
+    center = torch.full((batch, 2), FIT_CENTER, device=device)
+    return smplify(keypoints_px, pose, pred.betas.detach().float().to(device),
+                   pred.cam_t.detach().float().to(device), center)
+
+
+# 4 ------------------------------------------------------------------------------------------------------------
+def update_fits(store: FitsStore, smplify: SMPLify, batch: Batch, keypoints_px: Tensor, stored: BatchFits,
+                new: SMPLifyResult, provenance: FitProvenance) -> tuple[BatchFits, Tensor, int]:
+    """SPIN's choice and write-back. Returns (the better fit per example in the augmented frame, the examples
+    whose new fit won (B,) bool, the fits the store kept).
+
+    A winning fit is undone to the canonical frame, scored there with its own camera carried over
+    (`training.geometry.canonical_translation`) and offered to the store, which keeps it when that canonical loss
+    is below the stored one (the table's rule): SPIN's augmented-frame choice decides the supervision, the
+    canonical loss decides what the table holds."""
+    update = new.loss < stored.loss                                     # strict, as SPIN
+    chosen = BatchFits(pose=torch.where(update[:, None], new.pose, stored.pose),
+                       betas=torch.where(update[:, None], new.betas, stored.betas),
+                       cam_t=torch.where(update[:, None], new.cam_t, stored.cam_t),
+                       loss=torch.where(update, new.loss, stored.loss))
+    kept = 0
+    rows = torch.nonzero(update)[:, 0]
+    if len(rows):
+        device = keypoints_px.device
+        rot, flip, scale = (t.to(device)[rows] for t in (batch.rot, batch.flip, batch.scale))
+        pose = canonical_pose(new.pose[rows], rot, flip)
+        betas = new.betas[rows]
+        with torch.no_grad():
+            cam_t = canonical_translation(new.cam_t[rows], rest_root(smplify.body, betas), rot, flip, scale)
+            keypoints = fit_frame_px(canonical_keypoints(batch.keypoints.to(device)[rows], rot, flip, scale))
+            center = torch.full((len(rows), 2), FIT_CENTER, device=device)
+            reprojection = smplify.fitting_loss(pose, betas, cam_t, center, keypoints)
+            priors = (smplify.prior(pose[:, 3:]), angle_prior(pose[:, 3:]), shape_prior(betas))
+        host = [t.detach().cpu().numpy() for t in (pose, betas, cam_t, reprojection, *priors)]
+        fits = fits_batch([batch.keys[i] for i in rows.tolist()], host[0], host[1], provenance, cam_t=host[2],
+                          reprojection_loss=host[3], pose_prior=host[4], angle_prior=host[5], shape_prior=host[6],
+                          iterations=new.iterations)
+        kept = store.offer(fits)
+    return chosen, update, kept
+
+
+# 5 ------------------------------------------------------------------------------------------------------------
+def supervision(chosen: BatchFits, batch: Batch, threshold: float) -> Targets:
+    """SPIN's targets from the chosen fits: any |β| > 3 zeroes all betas of that fit (after the write-back, so the
+    table keeps them); ground-truth SMPL replaces the fit where the dataset has it; a fit supervises pose and
+    betas only when its loss is below ``threshold`` (px²) or it is ground truth."""
+    device = batch.gt_pose.device
+    pose, betas, loss = chosen.pose.to(device), chosen.betas.to(device), chosen.loss.to(device)
+    extreme = (betas.abs() > BETAS_EXTREME_SIGMA).any(-1, keepdim=True)
+    betas = torch.where(extreme, torch.zeros_like(betas), betas)
+    has_smpl = batch.has_smpl
+    pose = torch.where(has_smpl[:, None], batch.gt_pose, pose)
+    betas = torch.where(has_smpl[:, None], batch.gt_betas[:, : betas.shape[1]], betas)
+    valid = (loss < threshold) | has_smpl
+    return Targets(pose=pose, betas=betas, valid=valid, has_smpl=has_smpl, has_3d=batch.has_3d)
+
+
+# 6 ------------------------------------------------------------------------------------------------------------
+def compute_losses(pred: Prediction, targets: Targets, batch: Batch, weights: LossWeights,
+                   body: BodyModel) -> tuple[Tensor, dict[str, float]]:
+    """SPIN's total loss ``scale · (shape·L_shape + kp·(L_2d + L_3d) + pose·L_pose + betas·L_betas + cam·L_cam)``
+    and its terms (floats, for the log)."""
+    batch_size = targets.pose.shape[0]
+    target_rotmat = axis_angle_to_rotmat(targets.pose.reshape(batch_size, 24, 3))
+    terms = {
+        "keypoints_2d": keypoint_2d_loss(pred.keypoints_2d, batch.keypoints, weights.openpose, weights.gt),
+        "keypoints_3d": keypoint_3d_loss(pred.joints, batch.joints_3d, targets.has_3d),
+        "pose": pose_loss(pred.rotmat, target_rotmat, targets.valid),
+        "betas": betas_loss(pred.betas, targets.betas, targets.valid),
+        "camera": camera_loss(pred.camera),
+    }
+    total = (weights.keypoint * (terms["keypoints_2d"] + terms["keypoints_3d"]) + weights.pose * terms["pose"]
+             + weights.betas * terms["betas"] + weights.camera * terms["camera"])
+    if weights.shape > 0:  # needs the target meshes: one more body-model pass, skipped at SPIN's weight 0
+        with torch.no_grad():
+            target_vertices = body(targets.betas, targets.pose[:, 3:], targets.pose[:, :3]).vertices
+        terms["shape"] = shape_loss(pred.vertices, target_vertices, targets.valid)
+        total = total + weights.shape * terms["shape"]
+    total = weights.scale * total
+    return total, {name: float(value.detach()) for name, value in terms.items()} | {"total": float(total.detach())}
