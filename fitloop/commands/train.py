@@ -1,0 +1,138 @@
+"""`fitloop train`: SPIN training with SMPLify in the loop, fits written back to the fits table, evaluation."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+# flag -> TrainConfig field, for the plain (scalar) options; None defaults mean "not given"
+_SCALARS = {
+    "img_res": int, "num_workers": int, "steps_per_epoch": int, "eval_max_samples": int, "backbone": int,
+    "pretrained": str, "mean_params": str, "body_model": str, "joint_regressor_extra": str, "h36m_regressor": str,
+    "pose_prior": str, "epochs": int, "batch_size": int, "lr": float, "smplify_threshold": float,
+    "smplify_device": str, "device": str, "amp": str, "seed": int, "checkpoint_every": int, "log_every": int,
+    "eval_every_epochs": int, "shuffle_buffer": int, "mix": str, "run_id": str,
+}
+# what a resumed run may change: how it runs, not what it computes
+_RESUMABLE = {"num_workers", "device", "epochs", "smplify_device"}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train SPIN's regressor with SMPLify in the loop; fits go to the fits table",
+        description="Train SPIN's regressor (ResNet + HMR iterative regression) on shard sets mixed by dataset "
+                    "shares, with SMPLify in the loop: each step fits the batch from the network's prediction, "
+                    "keeps the better of that fit and the stored best fit, and supervises with it. Improved fits "
+                    "are appended to the fits table at every checkpoint and epoch end; every epoch the fits table "
+                    "and the network are evaluated (MPJPE, PA-MPJPE) into RUN/metrics.csv and RUN/curves.png. "
+                    "Defaults are SPIN's (docs/training.md). Works under torchrun (shards split by node).")
+    parser.add_argument("--shards", type=Path, nargs="+", help="training shard sets")
+    parser.add_argument("--fits", type=Path, help="the fits table (created when missing)")
+    parser.add_argument("--run-dir", type=Path, required=True, help="run folder: config, logs, checkpoints")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --run-dir from its latest checkpoint, with its saved config")
+    parser.add_argument("--eval-shards", type=Path, nargs="+", help="held-out shard sets (default: --shards)")
+    parser.add_argument("--train-splits", nargs="+", help="splits to train on (default: train)")
+    parser.add_argument("--eval-splits", nargs="+", help="held-out splits (default: val test)")
+    parser.add_argument("--ignore-3d", nargs="+", metavar="DATASET",
+                        help="datasets whose 3D joints and SMPL are not trained on (still evaluated against)")
+    parser.add_argument("--mix", help='dataset groups and shares, e.g. "h36m=0.3;lsp-orig,mpii,lspet,coco,*=0.6;'
+                                      'mpi-inf-3dhp=0.1" (SPIN\'s, the default)')
+    parser.add_argument("--backbone", type=int, help="ResNet depth: 50 (default), 18 or 34 for CPU runs")
+    parser.add_argument("--pretrained", help="torchvision ImageNet weights file for the backbone")
+    parser.add_argument("--mean-params", help="SPIN's smpl_mean_params.npz (real SMPL); default: from the prior")
+    parser.add_argument("--body-model", help='"open" (default), "open-small" or a model file')
+    parser.add_argument("--joint-regressor-extra", help="SPIN's J_regressor_extra.npy (real SMPL)")
+    parser.add_argument("--h36m-regressor", help="SPIN's J_regressor_h36m.npy (real SMPL, evaluation)")
+    parser.add_argument("--pose-prior", help="SMPLify's pose prior (default: the open prior)")
+    parser.add_argument("--img-res", type=int, help="network input px (default 224)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--steps-per-epoch", type=int, help="default: training samples / (batch x nodes)")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--no-smplify", action="store_true", help="train on the stored fits only (SPIN without "
+                                                                  "--run_smplify)")
+    parser.add_argument("--smplify-mode", choices=("fast", "reference"), help="SMPLify solver (default fast)")
+    parser.add_argument("--smplify-iters", type=int,
+                        help="reference mode: Adam steps per stage (SPIN's num_smplify_iters, 100); fast mode: "
+                             "Levenberg-Marquardt body iterations (25)")
+    parser.add_argument("--smplify-threshold", type=float, help="fits with a loss above it do not supervise (100)")
+    parser.add_argument("--smplify-device", help="where SMPLify runs: cpu (default) or auto (the training device)")
+    parser.add_argument("--no-seed-fits", action="store_true",
+                        help="do not fit training samples that have no fit yet before training")
+    parser.add_argument("--num-workers", type=int, help="DataLoader workers (default 4)")
+    parser.add_argument("--shuffle-buffer", type=int)
+    parser.add_argument("--device", help="auto (default), cpu, cuda")
+    parser.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), help="mixed precision on CUDA")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (and fits writes)")
+    parser.add_argument("--log-every", type=int)
+    parser.add_argument("--eval-every-epochs", type=int)
+    parser.add_argument("--eval-max-samples", type=int)
+    parser.add_argument("--run-id", help="the run id on every fit row (default: run folder name + random)")
+    parser.add_argument("--no-augment", action="store_true", help="train without SPIN's augmentation")
+    parser.add_argument("--no-tensorboard", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.set_defaults(func=cmd_train)
+
+
+def build_config(args: argparse.Namespace):
+    """The `TrainConfig` of the flags given (defaults: SPIN's), or the saved one with ``--resume``."""
+    from shards.augment import AugmentConfig
+    from training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+    from training.config import TrainConfig
+
+    given = {name: getattr(args, name) for name in _SCALARS if getattr(args, name, None) is not None}
+    if args.resume:
+        path = latest_checkpoint(args.run_dir)
+        if path is None:
+            raise CheckpointError(f"{args.run_dir}: no checkpoint to resume from")
+        config = TrainConfig.from_dict(load_checkpoint(path)["config"])
+        changed = {k for k, v in given.items() if getattr(config, k) != v} - _RESUMABLE
+        if changed:
+            raise ValueError(f"--resume continues the saved run; these flags differ from its config and cannot "
+                             f"change: {sorted(changed)}")
+        return dataclasses.replace(config, **{k: v for k, v in given.items() if k in _RESUMABLE})
+    values = dict(given, run_dir=str(args.run_dir))
+    if args.shards:
+        values["shards"] = tuple(str(p) for p in args.shards)
+    if args.fits:
+        values["fits"] = str(args.fits)
+    if args.eval_shards:
+        values["eval_shards"] = tuple(str(p) for p in args.eval_shards)
+    for flag, name in (("train_splits", "train_splits"), ("eval_splits", "eval_splits"),
+                       ("ignore_3d", "ignore_3d_datasets")):
+        if getattr(args, flag):
+            values[name] = tuple(getattr(args, flag))
+    config = TrainConfig(**values)
+    smplify = config.smplify
+    if args.smplify_mode:
+        smplify = dataclasses.replace(smplify, mode=args.smplify_mode)
+    if args.smplify_iters:
+        field = "iterations" if smplify.mode == "reference" else "body_iterations"
+        smplify = dataclasses.replace(smplify, **{field: args.smplify_iters})
+    return dataclasses.replace(
+        config, smplify=smplify, run_smplify=not args.no_smplify, seed_missing_fits=not args.no_seed_fits,
+        tensorboard=not args.no_tensorboard,
+        augment=AugmentConfig(enabled=False) if args.no_augment else config.augment)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fitloop.errors import FitloopError
+    from training.loop import resolve, train
+
+    try:
+        config = build_config(args)
+        if args.print_config:
+            print((config if args.resume else resolve(config)).to_json())
+            return 0
+        config.validated()
+    except ValueError as err:
+        raise FitloopError(str(err)) from None
+    summary = train(config, resume=args.resume, progress=not args.no_progress)
+    last = summary["metrics"][-1] if summary["metrics"] else {}
+    print(json.dumps({k: summary[k] for k in ("run_dir", "run_id", "step", "fits_version", "wall_s")} |
+                     {"last_metrics": last}))
+    return 0

@@ -1,0 +1,79 @@
+"""Training checkpoints: written atomically, read back without running code from the file.
+
+A checkpoint (``<run>/checkpoints/step-<step:09d>.pt``) is a dict of tensors and plain values:
+
+=================  ========================================================================================
+``format``         ``"fitloop-checkpoint"``, ``format_version`` 1
+``model``          the regressor's state dict (without DDP's ``module.`` prefix)
+``optimizer``      Adam's state dict; ``scaler``: the fp16 gradient scaler's (empty otherwise)
+``step``           optimiser steps done; ``epoch``, ``batch``: the data position (the next batch to train is
+                   batch ``batch`` of epoch ``epoch``; ``batch`` = steps per epoch means the epoch is done)
+``fits_table``     the table's path; ``fits_version``: its version once this run's fits were written
+``run_id``         the run every fit row names; ``body_model_id``
+``config``         the resolved `training.config.TrainConfig` as a dict
+``rng``            torch's CPU RNG state (dropout) and the CUDA ones
+``time``           UTC, ISO 8601
+=================  ========================================================================================
+
+Written as ``<name>.tmp``, fsynced, renamed: a run killed while saving leaves the previous checkpoint intact.
+Loaded with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fitloop.errors import FitloopError
+
+FORMAT = "fitloop-checkpoint"
+FORMAT_VERSION = 1
+_NAME = re.compile(r"^step-(\d{9})\.pt$")
+
+
+class CheckpointError(FitloopError):
+    """A checkpoint is missing, unreadable, or from another format."""
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def save_checkpoint(run_dir: Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` (module docstring) as ``step-<step>.pt`` atomically; returns the path."""
+    folder = checkpoint_dir(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step-{int(payload['step']):09d}.pt"
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint with the most steps in the run folder, or None."""
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
+        return None
+    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name)))
+    return found[-1][1] if found else None
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint (tensors and plain values only) to the CPU and check its format."""
+    try:
+        data = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - unreadable, truncated or not ours
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a fitloop checkpoint")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {data.get('format_version')}, this fitloop reads "
+                              f"{FORMAT_VERSION}")
+    return data

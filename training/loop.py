@@ -1,0 +1,397 @@
+"""The training run: setup, then one straight loop over epochs and steps (the step itself: `training.step`).
+
+    for epoch:
+        load the best fits from the table              (every epoch: other writers' fits come in)
+        for batch:
+            predict -> stored fits -> SMPLify in the loop -> update fits -> supervision -> losses -> Adam
+            every checkpoint_every steps: write the fits to the table, save a checkpoint
+        write the fits to the table; evaluate (fits table and network); save a checkpoint
+
+**Write-back.** The run's improved fits are appended to the fits table at every checkpoint and at every epoch end,
+before the checkpoint is saved, so a checkpoint names a table version that holds every fit it depends on (SPIN
+saved its fits only on a timeout and lost them on a normal finish).
+
+**Resume** (``resume=True``): the latest checkpoint of the run folder gives the model, the optimiser, the RNG,
+the step, the data position (epoch, batch) and the fits version; the fits are reloaded as of that version, the
+data stream restarts at that batch (`training.data.MixedShardStream.set_position`), and log rows past the step are
+dropped. A run killed anywhere therefore continues as if it had not been: the rows a killed run appended after its
+last checkpoint stay in the table's log, and are what the resumed run appends again (the best view is an argmin,
+so they change nothing).
+
+**Distributed** (``torchrun``): one process per device; shards are split by node (`shards.reader`), the model is
+wrapped in DistributedDataParallel, every rank writes its own fits (appends do not conflict), rank 0 seeds missing
+fits, evaluates, logs and saves checkpoints.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from deltalake import DeltaTable
+from tqdm import tqdm
+
+from fitting.body_model import BodyModel, load_body_model
+from fitting.priors import MaxMixturePrior
+from fitting.smplify import SMPLify
+from shards.augment import AugmentConfig
+from shards.fits_schema import FitProvenance, config_hash
+from shards.fits_table import FitsTable
+from shards.reader import ReaderConfig, ShardReader, list_shards
+from training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from training.config import TrainConfig
+from training.data import MixedShardStream, parse_mix, train_sample_count
+from training.evaluate import FitsGroundTruth, evaluate_fits, evaluate_network
+from training.fits_store import FitsStore
+from training.geometry import fit_frame_px
+from training.regressor import Regressor, mean_params_from_npz, mean_params_from_prior
+from training.resnet import load_imagenet_weights
+from training.run_log import PARTS, RunLog
+from training.seed import seed_missing_fits
+from training.step import (Batch, autocast_for, compute_losses, fit_in_the_loop, predict, stored_fits,
+                           supervision, update_fits)
+
+
+# --- setup ----------------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """Everything a run holds between steps; built once by `setup`."""
+
+    config: TrainConfig
+    run_dir: Path
+    device: torch.device
+    rank: int
+    world_size: int
+    body: BodyModel                 # on the training device
+    smplify: SMPLify                # on config.smplify_device, with its own body model there
+    smplify_device: torch.device
+    model: torch.nn.Module          # the regressor, DDP-wrapped under torchrun
+    raw_model: Regressor
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    autocast: Any
+    stream: MixedShardStream
+    loader: torch.utils.data.DataLoader
+    steps_per_epoch: int
+    table: FitsTable
+    log: RunLog
+    fit_config_hash: str
+    eval_reader: ShardReader | None = None
+    truth: FitsGroundTruth | None = None
+
+
+@dataclass
+class Position:
+    """Where training stands: optimiser steps done, the next batch (epoch, batch), the fits version written."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+    fits_version: int | None = None
+    resumed: bool = False
+
+
+class StepTimer:
+    """Wall time per part of the step (ms), with a CUDA sync at the end of each part so the time is the part's."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.totals = {p: 0.0 for p in PARTS}
+        self.steps = 0
+
+    def part(self, name: str) -> "_Part":
+        return _Part(self, name)
+
+    def take(self) -> dict[str, float]:
+        """Mean ms per step of each part since the last call, and of the whole step."""
+        n = max(self.steps, 1)
+        out = {f"{p}_ms": 1000 * t / n for p, t in self.totals.items()}
+        out["step_ms"] = sum(out.values())
+        self.totals = {p: 0.0 for p in PARTS}
+        self.steps = 0
+        return out
+
+
+class _Part:
+    def __init__(self, timer: StepTimer, name: str) -> None:
+        self.timer, self.name = timer, name
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        if self.timer.cuda:
+            torch.cuda.synchronize()  # CPU-GPU sync point: otherwise a part's kernels are billed to the next part
+        self.timer.totals[self.name] += time.perf_counter() - self.start
+
+
+def init_distributed(preference: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device): torchrun's environment joins a process group (NCCL on CUDA, else Gloo)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    cuda = torch.cuda.is_available() and preference in ("auto", "cuda")
+    if preference not in ("auto", "cuda", "cpu"):
+        device = torch.device(preference)
+    elif cuda:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def barrier(run: Run) -> None:
+    if run.world_size > 1:
+        torch.distributed.barrier()
+
+
+def resolve(config: TrainConfig) -> TrainConfig:
+    """Fill what the config leaves open: a run id, the evaluation shards."""
+    run_id = config.run_id or f"{Path(config.run_dir).name or 'run'}-{uuid.uuid4().hex[:8]}"
+    return dataclasses.replace(config, run_id=run_id, eval_shards=config.eval_shards or config.shards)
+
+
+def setup(config: TrainConfig) -> Run:
+    """Build the run: devices, body model, SMPLify, regressor, optimiser, data, fits table, logs."""
+    config.validated()
+    rank, world, device = init_distributed(config.device)
+    torch.manual_seed(config.seed)
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    body_args = dict(joint_regressor_extra=config.joint_regressor_extra, h36m_regressor=config.h36m_regressor)
+    body = load_body_model(config.body_model, device=device, **body_args)
+    smplify_device = device if config.smplify_device == "auto" else torch.device(config.smplify_device)
+    fit_body = body if smplify_device == device else load_body_model(config.body_model, device=smplify_device,
+                                                                     **body_args)
+    prior = MaxMixturePrior.from_file(config.pose_prior).to(smplify_device)
+    smplify = SMPLify(fit_body, prior, config.smplify)
+
+    mean = (mean_params_from_npz(config.mean_params) if config.mean_params
+            else mean_params_from_prior(prior, body.num_betas))
+    raw_model = Regressor(mean, depth=config.backbone, iterations=config.ief_iterations)
+    if config.pretrained:
+        load_imagenet_weights(raw_model, config.pretrained)
+    raw_model.to(device)
+    model: torch.nn.Module = raw_model
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(raw_model, device_ids=[device] if device.type == "cuda"
+                                                          else None)
+    optimizer = torch.optim.Adam(raw_model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and config.amp == "fp16")
+
+    reader = ReaderConfig(img_res=config.img_res, augment=config.augment, shuffle_buffer=config.shuffle_buffer,
+                          seed=config.seed, splits=config.train_splits)
+    shard_dirs = [Path(s) for s in config.shards]
+    steps = config.steps_per_epoch or max(1, train_sample_count(shard_dirs, config.train_splits)
+                                          // (config.batch_size * world))
+    stream = MixedShardStream(shard_dirs, reader, parse_mix(config.mix), config.batch_size, steps,
+                              rank=rank, world_size=world)
+    # the loader's own generator: creating an iterator must not draw from the global RNG (dropout), or a resumed
+    # run would see other dropout masks than the run it continues
+    loader = torch.utils.data.DataLoader(stream, batch_size=config.batch_size, num_workers=config.num_workers,
+                                         pin_memory=device.type == "cuda",
+                                         generator=torch.Generator().manual_seed(config.seed))
+    if rank == 0:
+        FitsTable.create(config.fits, exist_ok=True)
+    if world > 1:
+        torch.distributed.barrier()
+    table = FitsTable.open(config.fits)
+    log = RunLog(run_dir, tensorboard=config.tensorboard, enabled=rank == 0)
+    run = Run(config=config, run_dir=run_dir, device=device, rank=rank, world_size=world, body=body,
+              smplify=smplify, smplify_device=smplify_device, model=model, raw_model=raw_model, optimizer=optimizer,
+              scaler=scaler,
+              autocast=autocast_for(device, config.amp), stream=stream, loader=loader, steps_per_epoch=steps,
+              table=table, log=log, fit_config_hash=config_hash(config.smplify))
+    if rank == 0:
+        (run_dir / "config.json").write_text(config.to_json() + "\n")
+        eval_dirs = [Path(s) for s in config.eval_shards]
+        if list_shards(eval_dirs, (), config.eval_splits):
+            run.eval_reader = ShardReader(eval_dirs, ReaderConfig(
+                img_res=config.img_res, augment=AugmentConfig(enabled=False), shuffle_shards=False,
+                shuffle_buffer=0, splits=config.eval_splits), rank=0, world_size=1)
+        run.truth = FitsGroundTruth.scan(shard_dirs, config.train_splits, body)
+        held_out = ("yes" if run.eval_reader is not None
+                    else f"none (no {'/'.join(config.eval_splits)} split)")
+        _say(run, f"run {config.run_id}: {stream.total_samples} training samples in {len(stream.mix)} group(s) "
+                  f"({', '.join(f'{g.name} {g.share:.0%}' for g in stream.mix)}), {steps} steps/epoch; "
+                  f"{len(run.truth)} with 3D ground truth for the fits; held-out: {held_out}; "
+                  f"TensorBoard: {log.tensorboard_note}")
+    return run
+
+
+def _say(run: Run, text: str) -> None:
+    if run.rank == 0:
+        tqdm.write(text, file=sys.stderr)
+
+
+# --- checkpoints and the fits table ----------------------------------------------------------------------------
+def restore(run: Run) -> Position:
+    """Load the latest checkpoint of the run folder into the run; the position to continue from."""
+    path = latest_checkpoint(run.run_dir)
+    if path is None:
+        raise CheckpointError(f"{run.run_dir}: no checkpoint to resume from")
+    data = load_checkpoint(path)
+    if data["body_model_id"] != run.body.model_id:
+        raise CheckpointError(f"{path}: trained with body model {data['body_model_id']}, this run loads "
+                              f"{run.body.model_id}")
+    run.raw_model.load_state_dict(data["model"])
+    run.optimizer.load_state_dict(data["optimizer"])
+    if data.get("scaler"):
+        run.scaler.load_state_dict(data["scaler"])
+    torch.set_rng_state(data["rng"]["torch"])
+    if run.device.type == "cuda" and data["rng"].get("cuda"):
+        torch.cuda.set_rng_state_all(data["rng"]["cuda"])
+    epoch, batch = int(data["epoch"]), int(data["batch"])
+    if batch >= run.steps_per_epoch:
+        epoch, batch = epoch + 1, 0
+    run.log.truncate_after(int(data["step"]))
+    _say(run, f"resuming from {path.name}: step {data['step']}, epoch {epoch} batch {batch}, "
+              f"fits version {data['fits_version']}")
+    return Position(step=int(data["step"]), epoch=epoch, batch=batch, fits_version=data["fits_version"],
+                    resumed=True)
+
+
+def write_back(run: Run, store: FitsStore) -> int:
+    """Append every rank's pending fits to the table; the table's version afterwards (the same on all ranks)."""
+    store.flush(run.table)
+    barrier(run)
+    return DeltaTable(str(run.table.path)).version()
+
+
+def checkpoint(run: Run, pos: Position) -> None:
+    """Save the run at ``pos`` (rank 0); the fits must be written first (`write_back`)."""
+    if run.rank != 0:
+        return
+    cuda_rng = torch.cuda.get_rng_state_all() if run.device.type == "cuda" else []
+    save_checkpoint(run.run_dir, {
+        "model": run.raw_model.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else {},
+        "step": pos.step, "epoch": pos.epoch, "batch": pos.batch, "fits_table": str(run.table.path),
+        "fits_version": pos.fits_version, "run_id": run.config.run_id, "body_model_id": run.body.model_id,
+        "config": run.config.to_dict(), "rng": {"torch": torch.get_rng_state(), "cuda": cuda_rng},
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    })
+
+
+def evaluate(run: Run, pos: Position, epoch: int, started: float) -> dict[str, Any]:
+    """Fits table (at the version just written) and network against ground truth; one metrics row (rank 0)."""
+    if run.rank != 0:
+        barrier(run)
+        return {}
+    fits = evaluate_fits(run.table, pos.fits_version, run.body.model_id, run.truth, run.body) if run.truth else {}
+    net = {}
+    if run.eval_reader is not None:
+        batches = torch.utils.data.DataLoader(run.eval_reader, batch_size=run.config.batch_size,
+                                              num_workers=run.config.num_workers,
+                                              generator=torch.Generator().manual_seed(run.config.seed))
+        net = evaluate_network(run.raw_model, run.body, batches, run.device, run.autocast,
+                               run.config.eval_max_samples)
+    row = run.log.log_evaluation(epoch, pos.step, pos.fits_version, fits, net, time.time() - started)
+    _say(run, f"eval epoch {epoch} step {pos.step}: fits v{pos.fits_version} PA-MPJPE "
+              f"{row['fits_pa_mpjpe_mm']:.1f} mm ({row['fits_samples']}), network PA-MPJPE "
+              f"{row['net_pa_mpjpe_mm']:.1f} / MPJPE {row['net_mpjpe_mm']:.1f} mm ({row['net_samples']})")
+    barrier(run)
+    return row
+
+
+# --- the step ---------------------------------------------------------------------------------------------------
+def train_step(run: Run, store: FitsStore, items: dict, pos: Position, timer: StepTimer) -> dict[str, float]:
+    """One optimiser step on one batch (`training.step`, in order); returns the loss terms and fit counts."""
+    cfg = run.config
+    with timer.part("data"):
+        batch = Batch.from_items(items, run.device, cfg.ignore_3d_datasets)
+    with timer.part("network"):
+        pred = predict(run.model, run.body, batch.img, run.autocast)
+    with timer.part("smplify"):
+        keypoints_px = fit_frame_px(batch.keypoints).to(run.smplify_device)
+        stored = stored_fits(store, run.smplify, batch.keys, keypoints_px, batch.rot, batch.flip)
+        new = fit_in_the_loop(run.smplify, pred, keypoints_px) if cfg.run_smplify else None
+    with timer.part("write_back"):
+        provenance = FitProvenance(run_id=cfg.run_id, body_model_id=run.body.model_id,
+                                   fit_config_hash=run.fit_config_hash, source="loop", epoch=pos.epoch, step=pos.step)
+        if new is not None:
+            chosen, updated, kept = update_fits(store, run.smplify, batch, keypoints_px, stored, new, provenance)
+        else:
+            chosen, updated, kept = stored, torch.zeros(len(batch.keys), dtype=torch.bool), 0
+    with timer.part("network"):
+        targets = supervision(chosen, batch, cfg.smplify_threshold)
+        loss, terms = compute_losses(pred, targets, batch, cfg.loss, run.body)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    timer.steps += 1
+    return {**terms, "fits_updated": float(updated.float().mean()), "fits_kept": kept,
+            "valid": float(targets.valid.float().mean())}
+
+
+# --- the loop ---------------------------------------------------------------------------------------------------
+def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train (or, with ``resume``, continue) the run ``config.run_dir``; returns a summary."""
+    started = time.time()
+    run = setup(config if resume else resolve(config))
+    cfg = run.config
+    pos = restore(run) if resume else Position()
+    if not resume:
+        if run.rank == 0 and cfg.seed_missing_fits:
+            store = FitsStore.load(run.table, run.body.model_id)
+            seeds = FitProvenance(run_id=cfg.run_id, body_model_id=run.body.model_id,
+                                  fit_config_hash=run.fit_config_hash, source="seed")
+            with tqdm(desc="seed fits", unit="fit", disable=not progress, file=sys.stderr) as bar:
+                n = seed_missing_fits(run.table, store, run.smplify, [Path(s) for s in cfg.shards], cfg.train_splits,
+                                      seeds, batch_size=cfg.batch_size, on_batch=bar.update)
+            _say(run, f"seeded {n} missing fits")
+        barrier(run)
+        pos.fits_version = DeltaTable(str(run.table.path)).version()
+        evaluate(run, pos, 0, started)
+
+    timer = StepTimer(run.device)
+    log_terms: list[dict[str, float]] = []
+    for epoch in range(pos.epoch, cfg.epochs):
+        # every epoch the best fits are read again (other ranks' and other writers' improvements); a resumed run
+        # reads the version its checkpoint names
+        store = FitsStore.load(run.table, run.body.model_id, version=pos.fits_version if pos.resumed else None)
+        pos.resumed = False
+        start_batch = pos.batch if epoch == pos.epoch else 0
+        run.stream.set_position(epoch, start_batch)
+        pos.epoch, pos.batch = epoch, start_batch
+        bar = tqdm(total=run.steps_per_epoch, initial=start_batch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   unit="step", disable=not progress or run.rank != 0, file=sys.stderr, dynamic_ncols=True)
+        batches = iter(run.loader)
+        while pos.batch < run.steps_per_epoch:
+            with timer.part("data"):
+                items = next(batches)
+            log_terms.append(train_step(run, store, items, pos, timer))
+            pos.step += 1
+            pos.batch += 1
+            bar.update(1)
+            if pos.step % cfg.log_every == 0 or pos.batch == run.steps_per_epoch:
+                times = timer.take()
+                row = {k: sum(t[k] for t in log_terms) / len(log_terms) for k in log_terms[0]}
+                row.update(times, epoch=epoch, step=pos.step, loss=row.pop("total"))
+                run.log.log_train(row)
+                bar.set_postfix_str(" ".join(f"{p.replace('_', '-')} {times[p + '_ms']:.0f}ms" for p in PARTS)
+                                    + f" loss {row['loss']:.3g} fits+ {row['fits_updated']:.0%}")
+                log_terms = []
+            if pos.step % cfg.checkpoint_every == 0 and pos.batch < run.steps_per_epoch:
+                with timer.part("write_back"):
+                    pos.fits_version = write_back(run, store)
+                checkpoint(run, pos)
+        bar.close()
+        with timer.part("write_back"):
+            pos.fits_version = write_back(run, store)
+        if (epoch + 1) % cfg.eval_every_epochs == 0 or epoch + 1 == cfg.epochs:
+            evaluate(run, pos, epoch + 1, started)
+        checkpoint(run, pos)
+    run.log.close()
+    return {"run_dir": str(run.run_dir), "run_id": cfg.run_id, "step": pos.step, "epochs": cfg.epochs,
+            "fits_version": pos.fits_version, "steps_per_epoch": run.steps_per_epoch,
+            "metrics": run.log.metrics.rows(), "wall_s": time.time() - started}

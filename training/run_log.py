@@ -1,0 +1,161 @@
+"""What a run writes besides checkpoints: CSV logs, TensorBoard events (when installed) and a PNG of the curves.
+
+Files in the run folder:
+
+* ``metrics.csv``: one row per evaluation (`METRIC_COLUMNS`): the fits table against ground truth at the version
+  written just before, and the network on the held-out shards. ``metrics_by_dataset.csv``: the same per dataset.
+* ``train_log.csv``: every ``log_every`` steps: the loss terms, the share of fits the loop improved, and the time
+  in each part of the step (ms, averaged over the rows' steps).
+* ``curves.png``: fits-table PA-MPJPE per fits version and network (PA-)MPJPE per epoch, redrawn after each
+  evaluation. ``tensorboard/``: the same scalars, when the ``tensorboard`` package is installed.
+
+On resume, rows past the checkpoint's step are dropped (they belong to the part of the run that is redone).
+"""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+METRIC_COLUMNS = ("epoch", "step", "fits_version", "fits_pa_mpjpe_mm", "fits_mpjpe_mm", "fits_samples",
+                  "net_pa_mpjpe_mm", "net_mpjpe_mm", "net_samples", "wall_s")
+BY_DATASET_COLUMNS = ("epoch", "step", "fits_version", "of", "dataset", "pa_mpjpe_mm", "mpjpe_mm", "samples")
+TRAIN_COLUMNS = ("epoch", "step", "loss", "keypoints_2d", "keypoints_3d", "pose", "betas", "camera", "fits_updated",
+                 "fits_kept", "valid", "data_ms", "network_ms", "smplify_ms", "write_back_ms", "step_ms")
+PARTS = ("data", "network", "smplify", "write_back")
+
+
+class CsvLog:
+    """An append-only CSV with a fixed header; `truncate_after` drops rows past a step (resume)."""
+
+    def __init__(self, path: Path, columns: Sequence[str]) -> None:
+        self.path, self.columns = Path(path), tuple(columns)
+
+    def append(self, row: dict[str, Any]) -> None:
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow({k: _fmt(row.get(k)) for k in self.columns})
+
+    def rows(self) -> list[dict[str, str]]:
+        if not self.path.exists():
+            return []
+        with open(self.path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def truncate_after(self, step: int) -> None:
+        kept = [r for r in self.rows() if int(r["step"]) <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns)
+            writer.writeheader()
+            writer.writerows(kept)
+        tmp.replace(self.path)
+
+
+def _fmt(value: Any) -> Any:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    return "" if value is None else value
+
+
+class RunLog:
+    """The run's logs (module docstring). Only rank 0 writes."""
+
+    def __init__(self, run_dir: Path, *, tensorboard: bool = True, enabled: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.enabled = enabled
+        self.metrics = CsvLog(self.run_dir / "metrics.csv", METRIC_COLUMNS)
+        self.by_dataset = CsvLog(self.run_dir / "metrics_by_dataset.csv", BY_DATASET_COLUMNS)
+        self.train = CsvLog(self.run_dir / "train_log.csv", TRAIN_COLUMNS)
+        self.writer = None
+        self.tensorboard_note = "off"
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # torch's writer needs the tensorboard package
+                self.tensorboard_note = "tensorboard is not installed: CSV and PNG only"
+            else:
+                self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+                self.tensorboard_note = str(self.run_dir / "tensorboard")
+
+    def truncate_after(self, step: int) -> None:
+        if self.enabled:
+            for log in (self.metrics, self.by_dataset, self.train):
+                if log.path.exists():
+                    log.truncate_after(step)
+
+    def log_train(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.train.append(row)
+        if self.writer is not None:
+            for key in TRAIN_COLUMNS[2:]:
+                if isinstance(row.get(key), (int, float)):
+                    self.writer.add_scalar(f"train/{key}", row[key], row["step"])
+
+    def log_evaluation(self, epoch: int, step: int, fits_version: int | None, fits: dict, net: dict,
+                       wall_s: float) -> dict[str, Any]:
+        """Write one evaluation (fits and net: dataset -> errors, with "all"); returns the metrics row."""
+        f_all, n_all = fits.get("all", {}), net.get("all", {})
+        row = {"epoch": epoch, "step": step, "fits_version": fits_version,
+               "fits_pa_mpjpe_mm": f_all.get("pa_mpjpe_mm", math.nan), "fits_mpjpe_mm": f_all.get("mpjpe_mm", math.nan),
+               "fits_samples": f_all.get("samples", 0), "net_pa_mpjpe_mm": n_all.get("pa_mpjpe_mm", math.nan),
+               "net_mpjpe_mm": n_all.get("mpjpe_mm", math.nan), "net_samples": n_all.get("samples", 0),
+               "wall_s": wall_s}
+        if not self.enabled:
+            return row
+        self.metrics.append(row)
+        for of, results in (("fits", fits), ("net", net)):
+            for dataset, e in results.items():
+                self.by_dataset.append({"epoch": epoch, "step": step, "fits_version": fits_version, "of": of,
+                                        "dataset": dataset, "pa_mpjpe_mm": e["pa_mpjpe_mm"], "mpjpe_mm": e["mpjpe_mm"],
+                                        "samples": e["samples"]})
+                if self.writer is not None:
+                    self.writer.add_scalar(f"{of}/{dataset}/pa_mpjpe_mm", e["pa_mpjpe_mm"], step)
+                    self.writer.add_scalar(f"{of}/{dataset}/mpjpe_mm", e["mpjpe_mm"], step)
+        if self.writer is not None:
+            self.writer.flush()
+        plot_curves(self.run_dir)
+        return row
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def plot_curves(run_dir: Path) -> Path | None:
+    """Draw ``curves.png`` from ``metrics.csv``: fits-table PA-MPJPE per version (left) and network PA-MPJPE and
+    MPJPE per epoch (right). Returns the path, or None without rows."""
+    rows = CsvLog(Path(run_dir) / "metrics.csv", METRIC_COLUMNS).rows()
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def series(x: str, y: str) -> tuple[list[float], list[float]]:
+        pts = [(float(r[x]), float(r[y])) for r in rows if r.get(x) not in ("", None) and r.get(y) not in ("", None)]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    x, y = series("fits_version", "fits_pa_mpjpe_mm")
+    left.plot(x, y, "o-", label="PA-MPJPE")
+    x2, y2 = series("fits_version", "fits_mpjpe_mm")
+    left.plot(x2, y2, "s--", alpha=0.6, label="MPJPE")
+    left.set(xlabel="fits table version", ylabel="mm", title="fits table vs. ground truth")
+    left.legend()
+    for column, style in (("net_pa_mpjpe_mm", "o-"), ("net_mpjpe_mm", "s--")):
+        x, y = series("epoch", column)
+        right.plot(x, y, style, label=column.removeprefix("net_").removesuffix("_mm").upper().replace("_", "-"))
+    right.set(xlabel="epoch", ylabel="mm", title="network on held-out shards")
+    right.legend()
+    fig.tight_layout()
+    path = Path(run_dir) / "curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
