@@ -1,0 +1,57 @@
+"""The fits of a few samples: their best fit and their history as of a table version, read in one scan each.
+
+`FitsTable.best` and `FitsTable.history` answer for the whole table or for one key; pictures and pages need a
+handful of keys, so these read only the rows of those keys (one filtered scan) and group them in Python.
+Rows are plain dicts (``pa.Table.to_pylist``): pose (72,), betas (10,), cam_t (3,) or None, loss or None, ...
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable
+
+from shards.fits_schema import FITS_SCHEMA
+from shards.fits_table import FitsTable, best_of
+
+
+def latest_version(table: FitsTable) -> int:
+    """The table's latest version number."""
+    return DeltaTable(str(table.path)).version()
+
+
+def _rows(table: FitsTable, keys: Sequence[str], version: int | None) -> pa.Table:
+    """The rows of ``keys`` as of ``version``, in `FITS_SCHEMA` types (as `FitsTable.log`).
+
+    The scan runs on the calling thread: a threaded scan of a Delta dataset in a process that has imported torch
+    aborts at interpreter exit about half the time ("terminate called without an active exception", an Arrow
+    pool thread unwound during finalisation; pyarrow 26, deltalake 1.6, torch 2.13 here), and these
+    pictures always load torch for the body model. A few keys' rows need no threads.
+    """
+    delta = DeltaTable(str(table.path)) if version is None else DeltaTable(str(table.path), version=version)
+    wanted = pc.field("key").isin(pa.array(sorted(set(keys)), pa.string()))
+    rows = delta.to_pyarrow_dataset().to_table(filter=wanted, use_threads=False)
+    return rows.cast(pa.schema([FITS_SCHEMA.field(name) for name in rows.schema.names]))
+
+
+def best_fits(table: FitsTable, keys: Sequence[str], version: int | None = None) -> dict[str, dict[str, Any]]:
+    """key -> its best fit (lowest loss, `best_of`) as of ``version`` (default the latest); keys without a fit
+    are absent."""
+    best = best_of(_rows(table, keys, version))
+    return {row["key"]: row for row in best.to_pylist()}
+
+
+def fit_histories(table: FitsTable, keys: Sequence[str],
+                  version: int | None = None) -> dict[str, list[dict[str, Any]]]:
+    """key -> every fit of it as of ``version``, oldest first, in `FitsTable.history`'s order (same time: by
+    decreasing loss, unscored first); every key asked for is present (an empty list: no fit)."""
+    rows = _rows(table, keys, version)
+    out: dict[str, list[dict[str, Any]]] = {k: [] for k in keys}
+    if rows.num_rows:
+        times = rows["time"].cast(pa.int64()).to_numpy()
+        losses = rows["loss"].cast(pa.float64()).fill_null(np.inf).to_numpy()
+        for row in rows.take(np.lexsort((-losses, times))).to_pylist():
+            out[row["key"]].append(row)
+    return out

@@ -1,0 +1,92 @@
+"""Find samples in a shard set by key or by a seeded random pick, decoding only the samples asked for.
+
+The manifest lists shards, not keys, so a lookup reads shards in order until it has every key asked for. A key's
+prefix is its dataset and every shard holds one dataset (`shards.writer`), so only that dataset's shards are read.
+Samples that are not asked for are skipped undecoded (their tar members are read and dropped).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from shards.reader import ShardCorruptError, list_shards
+from shards.sample import SampleFormatError, StoredSample, decode_sample, split_member_name
+from shards.tar import HashingReader, TarFormatError, iter_members
+from shards.writer import ShardSetError
+
+
+class SampleNotFoundError(ShardSetError):
+    """A key asked for is in no shard of the set."""
+
+
+def raw_samples(path: Path, hint: bool = True) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, members) of each sample of one shard, in order, undecoded; ShardCorruptError naming the shard when the
+    tar cannot be parsed (truncated, corrupt), after the samples read whole. A sample is yielded when the next
+    one's first member has been read, so the error carries the members read since the last yield as ``pending``
+    ((key, members), or None): they may be a whole sample. ``hint``: the message suggests `fitloop shards verify`.
+    """
+    key, members = None, {}
+    try:
+        with open(path, "rb", buffering=1 << 20) as raw:
+            for name, data in iter_members(HashingReader(raw)):
+                member_key, suffix = split_member_name(name)
+                if member_key != key and members:
+                    yield key, members
+                    members = {}
+                key = member_key
+                members[suffix] = data
+            if members:
+                yield key, members
+    except (TarFormatError, SampleFormatError, OSError) as err:
+        error = ShardCorruptError(f"shard {path.name} cannot be read ({type(err).__name__}: {err})"
+                                  + (f"; run `fitloop shards verify {path.parent}`" if hint else ""))
+        error.pending = (key, members) if members else None
+        raise error from None
+
+
+def iter_samples(shard_dir: Path, keys: Sequence[str] | None = None) -> Iterator[StoredSample]:
+    """The samples of a shard set in manifest order: all, or only those whose key is in ``keys`` (then
+    SampleNotFoundError at the end for keys no shard holds). Checksums are not verified here (`fitloop shards
+    verify` does that)."""
+    wanted = None if keys is None else set(keys)
+    datasets = None if wanted is None else {k.split("/", 1)[0] for k in wanted}
+    found: set[str] = set()
+    for shard in list_shards(shard_dir):
+        if wanted is not None and (len(found) == len(wanted)
+                                   or (shard.dataset is not None and shard.dataset not in datasets)):
+            continue
+        for key, members in raw_samples(shard.path):
+            if wanted is None or key in wanted:
+                found.add(key)
+                yield decode_sample(key, members)
+    if wanted is not None and found != wanted:
+        missing = sorted(wanted - found)
+        raise SampleNotFoundError(f"{shard_dir}: no sample with key(s) {', '.join(missing[:5])}"
+                                  + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+                                  + " (list them with `fitloop shards ls DIR --keys`)")
+
+
+def find_samples(shard_dir: Path, keys: Sequence[str]) -> list[StoredSample]:
+    """The samples with these keys, in the order asked; SampleNotFoundError naming any key that is absent."""
+    by_key = {s.key: s for s in iter_samples(shard_dir, keys)}
+    return [by_key[k] for k in keys]
+
+
+def pick_samples(shard_dir: Path, n: int, seed: int = 0) -> list[StoredSample]:
+    """``n`` samples drawn without replacement (all when the set holds fewer), the same ones for the same seed and
+    set, in manifest order."""
+    shards = list_shards(shard_dir)
+    total = sum(s.samples for s in shards)
+    chosen = set(np.random.default_rng(seed).choice(total, size=min(n, total), replace=False).tolist())
+    out, start = [], 0
+    for shard in shards:
+        positions = {p - start for p in chosen if start <= p < start + shard.samples}
+        start += shard.samples
+        if not positions:
+            continue
+        for position, (key, members) in enumerate(raw_samples(shard.path)):
+            if position in positions:
+                out.append(decode_sample(key, members))
+    return out
