@@ -1,0 +1,200 @@
+"""Pictures of shard samples: the stored crop with its 2D keypoints and skeleton and a fit's mesh over it, one panel
+per fit (e.g. the best fit now and as of an older table version), and contact sheets of many samples.
+
+Everything is drawn by the software renderer of `shards.render` (PIL, painter's algorithm; no OpenGL). The mesh is
+placed by `shards.fit_view.fit_camera`, the keypoints are the sample's stored-crop keypoints, so both are drawn in
+the same pixel frame: when a fit is good, its mesh covers the person and the markers sit on the person's joints.
+Pixel centres are at integers throughout (as `shards.crop`), which is also how PIL places drawn shapes.
+"""
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from shards.fit_view import FIT_FOCAL, FIT_RES, CropCamera, fit_camera, keypoints_in_fit_frame, pose_fit
+from shards.joints import JOINT_INDEX
+from shards.render import draw_keypoints, render_mesh
+from shards.sample import StoredSample
+
+MESH_COLOUR = (235, 205, 150)
+MESH_OPACITY = 0.6            # the person stays visible under the mesh
+CAPTION_LINE = 14             # px per caption line
+CAPTION_LINES = 2
+BACKGROUND = (255, 255, 255)
+TEXT, WARN = (30, 30, 30), (190, 30, 30)
+TORSO_PAIRS = (("Right Shoulder", "Right Hip"), ("Left Shoulder", "Left Hip"))
+
+
+@dataclass(frozen=True)
+class FitPanel:
+    """One panel of a sample's picture: a title and the fit it shows (a fits-table row as a dict, e.g. from
+    ``FitsTable.best().to_pylist()``; None draws the keypoints only and says "no fit")."""
+
+    title: str
+    fit: dict[str, Any] | None
+    missing: str = "no fit"   # said on the picture when ``fit`` is None
+
+
+def _font(size: int = 11) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size)
+    except TypeError:  # Pillow < 10.1: a fixed bitmap font
+        return ImageFont.load_default()
+
+
+def decode_crop(sample: StoredSample) -> Image.Image:
+    """The sample's stored crop as an RGB image (decoded in full)."""
+    with Image.open(io.BytesIO(sample.jpeg)) as opened:
+        return opened.convert("RGB")
+
+
+def estimate_cam_t(model: Any, sample: StoredSample, pose: np.ndarray, betas: np.ndarray) -> np.ndarray | None:
+    """A camera translation (3,) metres for a fit stored without one (imported static fits): SMPLify's torso
+    estimate from the sample's keypoints in the fit frame; None when no torso pair is annotated."""
+    import torch
+
+    from fitting.camera import translation_from_torso
+
+    keypoints = torch.as_tensor(keypoints_in_fit_frame(sample.keypoints_crop, sample.meta["crop"]))[None]
+    pairs = tuple((JOINT_INDEX[a], JOINT_INDEX[b]) for a, b in TORSO_PAIRS)
+    if not any(keypoints[0, a, 2] > 0 and keypoints[0, b, 2] > 0 for a, b in pairs):
+        return None
+    posed = pose_fit(model, pose, betas, np.zeros(3))
+    joints = torch.as_tensor(posed.joints, dtype=torch.float32)[None]
+    t = translation_from_torso(joints, keypoints, FIT_FOCAL, torch.full((1, 2), FIT_RES / 2.0), pairs)
+    return t[0].numpy().astype(np.float64)
+
+
+def fit_caption(fit: dict[str, Any] | None, model: Any | None, missing: str = "no fit") -> tuple[str, bool]:
+    """(one line describing a fit, whether it warns): loss, source, run; or ``missing`` when there is no fit."""
+    if fit is None:
+        return missing, True
+    loss = "unscored" if fit.get("loss") is None else f"loss {fit['loss']:.2f} px^2"  # the font has no '²'
+    text = f"{loss} · {fit.get('source')} fit, run {fit.get('run_id')}"
+    warn = False
+    if model is not None and fit.get("body_model_id") not in (None, model.model_id):
+        text += f" · fit by {fit['body_model_id']}, drawn with {model.model_id}"
+        warn = True
+    return text, warn
+
+
+def render_panel(sample: StoredSample, fit: dict[str, Any] | None, model: Any | None, size: int | None = None,
+                 *, crop: Image.Image | None = None, opacity: float = MESH_OPACITY, radius: float | None = None,
+                 missing: str = "no fit") -> tuple[Image.Image, list[str]]:
+    """The stored crop (resized to ``size`` px, default its own) with the fit's mesh and the sample's keypoints.
+
+    Args:
+        sample: the shard sample. fit: a fits-table row (pose (72,), betas (10,), cam_t (3,) or None) or None.
+        model: the body model (`fitting.body_model.BodyModel`) to pose the fit with; None draws no mesh.
+        crop: the decoded crop, when the caller has it already.
+        opacity: of the mesh; radius: of the keypoint markers, px (default from ``size``).
+        missing: what the picture says when ``fit`` is None.
+    Returns:
+        (the picture, notes): notes say what is not drawn and why (``missing``, a camera estimated); they are also
+        written on the picture.
+    """
+    base = crop if crop is not None else decode_crop(sample)
+    res = base.size[0]
+    size = size or res
+    image = base if size == res else base.resize((size, size), Image.Resampling.BILINEAR)
+    camera = fit_camera(sample.meta["crop"])
+    if camera.res != res:
+        raise ValueError(f"sample {sample.key}: decoded crop is {res} px, its json says {camera.res}")
+    camera = camera.resized(size)
+    notes = []
+    if fit is None:
+        notes.append(missing)
+    elif model is None:
+        notes.append("no body model")
+    else:
+        cam_t = fit.get("cam_t")
+        if cam_t is None:
+            cam_t = estimate_cam_t(model, sample, np.asarray(fit["pose"]), np.asarray(fit["betas"]))
+            notes.append("no camera stored: estimated from the torso" if cam_t is not None
+                         else "no camera stored and no torso keypoints: mesh not drawn")
+        if cam_t is not None:
+            posed = pose_fit(model, np.asarray(fit["pose"]), np.asarray(fit["betas"]), np.asarray(cam_t))
+            image = render_mesh(image, posed.vertices, model.faces, camera.focal, camera.center,
+                                colour=MESH_COLOUR, opacity=opacity)
+    image = draw_keypoints(image, scale_keypoints(sample.keypoints_crop, res, size),
+                           radius=radius if radius is not None else max(2.0, size / 110))
+    if notes:
+        draw = ImageDraw.Draw(image)
+        font_px = max(11, size // 22)
+        font = _font(font_px)
+        for i, note in enumerate(notes):
+            draw.text((4, 3 + i * (font_px + 3)), _fit_text(note, font, size - 8), fill=(255, 255, 255), font=font,
+                      stroke_width=2, stroke_fill=(0, 0, 0))
+    return image, notes
+
+
+def scale_keypoints(keypoints: np.ndarray, res: int, size: int) -> np.ndarray:
+    """(49, 3) keypoints in px of a ``res`` picture -> px of the picture resized to ``size`` (centres at integers);
+    absent joints stay all zeros."""
+    out = np.array(keypoints, dtype=np.float64)
+    s = size / res
+    present = out[:, 2] > 0
+    out[present, :2] = (out[present, :2] + 0.5) * s - 0.5
+    return out
+
+
+def render_sample(sample: StoredSample, panels: Sequence[FitPanel], model: Any | None, size: int | None = None,
+                  *, opacity: float = MESH_OPACITY) -> Image.Image:
+    """The sample's picture: one panel per `FitPanel` side by side (at least one: keypoints only), each with a
+    caption of two lines under it (the key and the panel's title; the fit's loss, source and run)."""
+    panels = list(panels) or [FitPanel("keypoints", None)]
+    crop = decode_crop(sample)
+    size = size or crop.size[0]
+    out = Image.new("RGB", (size * len(panels), size + CAPTION_LINE * CAPTION_LINES + 4), BACKGROUND)
+    draw = ImageDraw.Draw(out)
+    font = _font()
+    for i, panel in enumerate(panels):
+        picture, _ = render_panel(sample, panel.fit, model, size, crop=crop, opacity=opacity, missing=panel.missing)
+        out.paste(picture, (i * size, 0))
+        line, warn = fit_caption(panel.fit, model, panel.missing)
+        draw.text((i * size + 3, size + 2), _fit_text(f"{sample.key} · {panel.title}", font, size - 6), fill=TEXT,
+                  font=font)
+        draw.text((i * size + 3, size + 2 + CAPTION_LINE), _fit_text(line, font, size - 6),
+                  fill=WARN if warn else TEXT, font=font)
+    return out
+
+
+def _fit_text(text: str, font: ImageFont.ImageFont, width: int) -> str:
+    """``text`` cut (with an ellipsis) to fit ``width`` px in ``font``."""
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "…") > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def contact_sheet(pictures: Sequence[Image.Image], columns: int | None = None, gap: int = 4) -> Image.Image:
+    """Pictures in a grid, row by row, ``gap`` px apart (white); every cell has the size of the largest picture.
+    ``columns`` defaults to ceil(sqrt(n)). The sheet is ``columns·w + (columns-1)·gap`` wide and
+    ``rows·h + (rows-1)·gap`` high."""
+    if not pictures:
+        raise ValueError("a contact sheet needs at least one picture")
+    columns = max(1, min(columns or math.ceil(math.sqrt(len(pictures))), len(pictures)))
+    rows = math.ceil(len(pictures) / columns)
+    w = max(p.size[0] for p in pictures)
+    h = max(p.size[1] for p in pictures)
+    sheet = Image.new("RGB", (columns * w + (columns - 1) * gap, rows * h + (rows - 1) * gap), BACKGROUND)
+    for i, picture in enumerate(pictures):
+        r, c = divmod(i, columns)
+        sheet.paste(picture, (c * (w + gap), r * (h + gap)))
+    return sheet
+
+
+def projected_joints(sample: StoredSample, fit: dict[str, Any], model: Any, size: int | None = None) -> np.ndarray:
+    """(49, 2) the fit's joints projected into the sample's stored crop (resized to ``size``), px: where
+    `render_panel` puts them. For checks and for drawing fit joints elsewhere."""
+    camera: CropCamera = fit_camera(sample.meta["crop"])
+    if size:
+        camera = camera.resized(size)
+    posed = pose_fit(model, np.asarray(fit["pose"]), np.asarray(fit["betas"]), np.asarray(fit["cam_t"]))
+    return camera.project(posed.joints)
