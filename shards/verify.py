@@ -1,0 +1,283 @@
+"""Check a whole shard set: the manifest's checksums, then every sample's schema and every image, naming the sample.
+
+`shards.reader.verify` checks the set against its manifest (each shard's size and sha256, the rejects table,
+stray and half-written files). `verify_set` adds a pass over every sample of every shard, also of a shard whose
+checksum failed, so that a damaged shard says *which* sample is bad where the damage shows:
+
+* the tar parses to its end (a truncated shard names the last sample read whole);
+* the members are known suffixes, the required ones present, arrays ``.npy`` of the documented shape, finite;
+* the json member has every field, of the right type, its key/dataset/split match the member name and the
+  manifest, its flags match the members present, and its crop is self-consistent (the two affine maps invert each
+  other, the box centre maps onto ``box_center``, the box side onto ``box_side``);
+* ``keypoints_crop`` is ``keypoints_2d`` through ``image_to_crop`` (absent joints all zeros);
+* the JPEG decodes in full, RGB, ``res`` × ``res`` px;
+* the manifest's sample count per shard, and keys unique over the set.
+
+A byte changed inside a member always fails the shard's sha256. Whether a sample check also fails depends on
+where the byte is: in a json number or an array it usually breaks a consistency check; in a JPEG's entropy-coded
+data the image often still decodes (with wrong pixels), and then only the shard-level checksum tells. The report
+says so rather than guess which sample holds the change.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from shards.crop import from_affine_rows, transform_points
+from shards.lookup import raw_samples
+from shards.reader import ShardCorruptError
+from shards.reader import verify as verify_checksums
+from shards.sample import _ARRAYS, REQUIRED_SUFFIXES, SampleFormatError, decode_sample  # _ARRAYS: suffix -> shape
+from shards.schema import KEY_PATTERN
+from shards.writer import ShardSetError, load_manifest
+
+KNOWN_SUFFIXES = frozenset(REQUIRED_SUFFIXES) | frozenset(_ARRAYS)
+KEYPOINT_TOLERANCE_PX = 1e-2   # float32 keypoints of images up to ~10^4 px round to ~10^-3 px
+MATRIX_TOLERANCE = 1e-6
+
+# json field -> the check its value must pass (a type, or a predicate with a description).
+_NUMBER = (int, float)
+
+
+def _is_pair(v: Any) -> bool:
+    return isinstance(v, list) and len(v) == 2 and all(isinstance(x, _NUMBER) and math.isfinite(x) for x in v)
+
+
+def _is_rows(v: Any) -> bool:
+    return (isinstance(v, list) and len(v) == 2 and all(isinstance(r, list) and len(r) == 3 for r in v)
+            and all(isinstance(x, _NUMBER) and math.isfinite(x) for r in v for x in r))
+
+
+def _positive(v: Any) -> bool:
+    return isinstance(v, _NUMBER) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+META_FIELDS: dict[str, tuple[Any, str]] = {
+    "key": (lambda v: isinstance(v, str) and bool(KEY_PATTERN.match(v)), "a sample key"),
+    "dataset": (lambda v: isinstance(v, str) and bool(v), "a non-empty string"),
+    "split": (lambda v: isinstance(v, str) and bool(v), "a non-empty string"),
+    "source": (lambda v: isinstance(v, str), "a string"),
+    "record": (lambda v: isinstance(v, str), "a string"),
+    "image_path": (lambda v: isinstance(v, str), "a string"),
+    "image_root": (lambda v: isinstance(v, str), "a string"),
+    "image_size": (lambda v: v is None or (_is_pair(v) and all(isinstance(x, int) and x > 0 for x in v)),
+                   "null or [width, height] px"),
+    "center": (_is_pair, "[x, y] px"),
+    "scale": (_positive, "a positive number"),
+    "box_side_px": (_positive, "a positive number"),
+    "crop": (lambda v: isinstance(v, dict), "an object"),
+    "has_smpl": (lambda v: isinstance(v, bool), "true or false"),
+    "has_joints_3d": (lambda v: isinstance(v, bool), "true or false"),
+    "extra": (lambda v: isinstance(v, dict), "an object"),
+    "schema_version": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "sample_format_version": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+}
+CROP_FIELDS: dict[str, tuple[Any, str]] = {
+    "res": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 8, "an integer >= 8"),
+    "margin": (lambda v: _positive(v) and v >= 1.0, "a number >= 1"),
+    "box_side": (_positive, "a positive number"),
+    "box_center": (_is_pair, "[x, y] px"),
+    "image_to_crop": (_is_rows, "2 rows of 3 numbers"),
+    "crop_to_image": (_is_rows, "2 rows of 3 numbers"),
+}
+
+
+def check_meta(meta: Any) -> list[str]:
+    """What is wrong with a sample's json (empty when nothing): fields, types, and the crop's own consistency."""
+    if not isinstance(meta, dict):
+        return ["json is not an object"]
+    problems = [f"json field {name!r} is missing" for name in META_FIELDS if name not in meta]
+    problems += [f"json field {name!r} is {meta[name]!r}, expected {what}"
+                 for name, (ok, what) in META_FIELDS.items() if name in meta and not ok(meta[name])]
+    crop = meta.get("crop")
+    if problems or not isinstance(crop, dict):
+        return problems
+    problems += [f"json crop.{name} is missing" for name in CROP_FIELDS if name not in crop]
+    problems += [f"json crop.{name} is {crop[name]!r}, expected {what}"
+                 for name, (ok, what) in CROP_FIELDS.items() if name in crop and not ok(crop[name])]
+    if problems:
+        return problems
+    to_crop, to_image = from_affine_rows(crop["image_to_crop"]), from_affine_rows(crop["crop_to_image"])
+    if not np.allclose(to_crop @ to_image, np.eye(3), atol=MATRIX_TOLERANCE):
+        problems.append("json crop.image_to_crop and crop.crop_to_image are not inverses")
+    centre = transform_points(to_crop, np.asarray(meta["center"], dtype=np.float64))
+    if not np.allclose(centre, crop["box_center"], atol=1e-4):
+        problems.append(f"json center {meta['center']} maps to {centre.round(4).tolist()} in the crop, not "
+                        f"box_center {crop['box_center']}")
+    side = math.sqrt(abs(np.linalg.det(to_crop[:2, :2]))) * meta["box_side_px"]
+    if not math.isclose(side, crop["box_side"], rel_tol=1e-6):
+        problems.append(f"json box_side_px {meta['box_side_px']} is {side:.4f} crop px, crop.box_side says "
+                        f"{crop['box_side']}")
+    if not math.isclose(crop["box_side"] * crop["margin"], crop["res"], rel_tol=1e-6):
+        problems.append(f"json crop.box_side × margin = {crop['box_side'] * crop['margin']:.4f}, res is {crop['res']}")
+    if not math.isclose(meta["box_side_px"], 200.0 * meta["scale"], rel_tol=1e-6):
+        problems.append(f"json box_side_px {meta['box_side_px']} is not 200 × scale {meta['scale']}")
+    return problems
+
+
+def check_sample(key: str, members: dict[str, bytes], shard_entry: dict[str, Any] | None = None) -> list[str]:
+    """What is wrong with one sample's members (suffix -> bytes); empty when it passes every check (module
+    docstring). ``shard_entry`` is the manifest's entry of its shard (its dataset and split must match). The JPEG
+    is decoded whenever it is present, whatever else fails."""
+    unknown = sorted(set(members) - KNOWN_SUFFIXES)
+    problems = [f"unknown member(s) {', '.join(unknown)}"] if unknown else []
+    res = None
+    try:
+        sample = decode_sample(key, members)
+    except SampleFormatError as err:
+        problems.append(str(err).replace(f"sample {key!r}", "").strip(" :") or str(err))
+        sample = None
+    if sample is not None:
+        meta_problems = check_meta(sample.meta)
+        problems += meta_problems
+        if not meta_problems:
+            res = sample.meta["crop"]["res"]
+            problems += _check_consistency(key, sample, shard_entry)
+    if "jpg" in members:
+        problems += _check_image(members["jpg"], res)
+    return problems
+
+
+def _check_consistency(key: str, sample, shard_entry: dict[str, Any] | None) -> list[str]:
+    """A decoded sample with a well-formed json: names, flags against members, finite arrays, keypoints."""
+    meta, problems = sample.meta, []
+    if meta["key"] != key:
+        problems.append(f"json key {meta['key']!r} differs from the member name")
+    if not key.startswith(meta["dataset"] + "/"):
+        problems.append(f"json dataset {meta['dataset']!r} is not the key's prefix")
+    if shard_entry is not None:
+        for name in ("dataset", "split"):
+            if shard_entry.get(name) is not None and meta[name] != shard_entry[name]:
+                problems.append(f"json {name} {meta[name]!r}, the shard holds {name} {shard_entry[name]!r}")
+    if meta["has_smpl"] != (sample.smpl_pose is not None and sample.smpl_betas is not None):
+        problems.append(f"json has_smpl is {meta['has_smpl']} but smpl_pose/smpl_betas are "
+                        f"{'present' if sample.smpl_pose is not None else 'absent'}")
+    if meta["has_joints_3d"] != (sample.joints_3d is not None):
+        problems.append(f"json has_joints_3d is {meta['has_joints_3d']} but joints_3d.npy is "
+                        f"{'present' if sample.joints_3d is not None else 'absent'}")
+    for suffix, (name, _) in _ARRAYS.items():
+        array = getattr(sample, name)
+        if array is not None and (array.dtype.kind != "f" or not np.isfinite(array).all()):
+            problems.append(f"{suffix} holds {'non-finite values' if array.dtype.kind == 'f' else array.dtype}")
+    return problems or _check_keypoints(sample)
+
+
+def _check_keypoints(sample) -> list[str]:
+    present = sample.keypoints_2d[:, 2] > 0
+    expected = transform_points(sample.image_to_crop, sample.keypoints_2d[:, :2].astype(np.float64))
+    got = sample.keypoints_crop.astype(np.float64)
+    problems = []
+    if not np.array_equal(got[:, 2], np.where(present, sample.keypoints_2d[:, 2], 0.0)):
+        problems.append("keypoints_crop.npy confidences differ from keypoints_2d.npy's")
+    error = np.abs(got[present, :2] - expected[present]).max(initial=0.0)
+    if error > KEYPOINT_TOLERANCE_PX:
+        problems.append(f"keypoints_crop.npy is {error:.3g} px off keypoints_2d.npy through image_to_crop")
+    if np.any(got[~present] != 0.0):
+        problems.append("keypoints_crop.npy has values for absent joints")
+    return problems
+
+
+def _check_image(jpeg: bytes, res: int | None) -> list[str]:
+    try:
+        with Image.open(io.BytesIO(jpeg)) as image:
+            fmt, mode, size = image.format, image.mode, image.size
+            image.load()  # decodes every pixel: truncated or broken entropy data that libjpeg cannot skip fails
+    except Exception as err:  # PIL raises many types for bad bytes (OSError, UnidentifiedImageError, SyntaxError)
+        return [f"jpg does not decode ({type(err).__name__}: {err})"]
+    problems = []
+    if fmt != "JPEG" or mode != "RGB":
+        problems.append(f"jpg is {fmt} {mode}, expected JPEG RGB")
+    if res is not None and size != (res, res):
+        problems.append(f"jpg is {size[0]}×{size[1]} px, json crop.res says {res}")
+    return problems
+
+
+@dataclass
+class SetReport:
+    """What `verify_set` found; ``problems`` (one line each, naming the file and, where it can, the sample) is
+    empty when the set is intact."""
+
+    shard_dir: str
+    shards_checked: int = 0
+    samples_checked: int = 0
+    images_decoded: int = 0
+    bad_samples: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_set(shard_dir: Path, samples: bool = True) -> SetReport:
+    """Check the shard set in ``shard_dir``: the manifest's checksums and files (`shards.reader.verify`), then,
+    with ``samples``, every sample of every listed shard (module docstring)."""
+    shard_dir = Path(shard_dir)
+    base = verify_checksums(shard_dir)
+    report = SetReport(str(shard_dir), shards_checked=base.shards_checked, problems=list(base.problems))
+    if not samples:
+        return report
+    try:
+        manifest = load_manifest(shard_dir)
+    except ShardSetError:
+        return report  # already a problem of the base report
+    failed_checksum = {p.split(":", 1)[0] for p in base.problems}
+    seen: dict[str, str] = {}
+    for entry in manifest["shards"]:
+        path = shard_dir / entry["name"]
+        if not path.is_file():
+            continue
+        before = len(report.bad_samples)
+        count = _scan_shard(path, entry, report, seen)
+        if count is not None and count != entry["samples"]:
+            report.problems.append(f"{entry['name']}: {count} samples, manifest says {entry['samples']}")
+        if entry["name"] in failed_checksum and len(report.bad_samples) == before and count == entry["samples"]:
+            report.problems.append(f"{entry['name']}: every sample passes its checks, so the change the checksum "
+                                   f"found cannot be located (e.g. pixels inside a JPEG); re-create the shard")
+    return report
+
+
+def _scan_shard(path: Path, entry: dict[str, Any], report: SetReport, seen: dict[str, str]) -> int | None:
+    """Check each sample of one shard into ``report``; the number of samples, or None when the tar breaks off."""
+    count, last = 0, None
+
+    def check(key: str, members: dict[str, bytes]) -> None:
+        nonlocal count, last
+        count += 1
+        report.samples_checked += 1
+        problems = check_sample(key, members, entry)
+        if key in seen:
+            problems.append(f"key also in {seen[key]}")
+        seen.setdefault(key, path.name)
+        if "jpg" in members and not any(p.startswith("jpg does not decode") for p in problems):
+            report.images_decoded += 1
+        if problems:
+            report.bad_samples.append(key)
+            report.problems += [f"{path.name}: sample {key}: {p}" for p in problems]
+        last = key
+
+    try:
+        for key, members in raw_samples(path, hint=False):
+            check(key, members)
+    except ShardCorruptError as err:
+        pending = getattr(err, "pending", None)
+        if pending is not None and not check_sample(*pending, entry):
+            check(*pending)  # every member of it was read, and they pass: a whole sample
+        after = f"after sample {last} ({count} read whole)" if last else "before its first sample"
+        report.problems.append(f"{path.name}: the tar breaks off {after}: {err}")
+        return None
+    return count
+
+
+def report_json(report: SetReport) -> str:
+    """The report as JSON (``ok`` included)."""
+    from dataclasses import asdict
+
+    return json.dumps(asdict(report) | {"ok": report.ok}, indent=2)
