@@ -1,7 +1,9 @@
-"""What a shard set holds: counts per dataset and split, rejects per reason, sizes (``fitloop shards stats``).
+"""What a shard set holds: counts per dataset and split, rejects per reason, sizes, keypoint visibility per joint
+and person box sizes (``fitloop shards stats``).
 
 Counts come from the manifest; reject reasons are counted from ``rejects.parquet`` itself, and ``consistent`` says
-whether the two agree and read = written + rejected.
+whether the two agree and read = written + rejected. Keypoint visibility and box sizes come from a scan of every
+sample's json and ``keypoints_2d.npy`` (images are not decoded); ``scan=False`` leaves them out.
 """
 from __future__ import annotations
 
@@ -9,19 +11,24 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 
+from shards.joints import JOINT_NAMES
 from shards.writer import load_manifest
 
+# Person box sides (px in the original image) are counted in these bins: [0, 64), [64, 128), ... [1024, inf).
+BOX_SIDE_BINS_PX = (0, 64, 128, 256, 512, 1024)
 
-def shard_stats(shard_dir: Path) -> dict[str, Any]:
+
+def shard_stats(shard_dir: Path, scan: bool = True) -> dict[str, Any]:
     """Statistics of the shard set in ``shard_dir`` as a json-able dict.
 
     Keys: ``samples`` (written), ``read``, ``rejected``, ``consistent``, ``by_dataset`` (dataset -> samples),
     ``by_split`` (split -> samples), ``by_dataset_split`` (dataset -> split -> read/written/rejected),
     ``rejects_by_reason``, ``rejects_by_dataset`` (dataset -> reason -> n), ``shards``, ``bytes``,
     ``bytes_per_sample``, ``has_smpl``, ``has_joints_3d``, ``schema_version``, ``sample_format_version``,
-    ``created_utc``, ``config``.
+    ``created_utc``, ``config``; with ``scan``, also ``keypoints`` and ``boxes`` (`scan_samples`).
     """
     shard_dir = Path(shard_dir)
     manifest = load_manifest(shard_dir)
@@ -38,6 +45,7 @@ def shard_stats(shard_dir: Path) -> dict[str, Any]:
     for dataset, reason in zip(rejects["dataset"], rejects["reason"]):
         by_dataset_reason.setdefault(dataset, Counter())[reason] += 1
     total_bytes = sum(s["bytes"] for s in manifest["shards"])
+    scanned = scan_samples(shard_dir, manifest["config"]) if scan else {}
     return {
         "dir": str(shard_dir), "samples": counts["written"], "read": counts["read"], "rejected": counts["rejected"],
         "consistent": counts["read"] == counts["written"] + counts["rejected"]
@@ -51,7 +59,58 @@ def shard_stats(shard_dir: Path) -> dict[str, Any]:
         "bytes_per_sample": total_bytes / counts["written"] if counts["written"] else 0.0,
         "has_smpl": manifest["has_smpl"], "has_joints_3d": manifest["has_joints_3d"],
         "schema_version": manifest["schema_version"], "sample_format_version": manifest["sample_format_version"],
-        "created_utc": manifest["created_utc"], "config": manifest["config"],
+        "created_utc": manifest["created_utc"], "config": manifest["config"], **scanned,
+    }
+
+
+def _box_summary(sides: list[float], crop_box: float) -> dict[str, Any]:
+    values = np.asarray(sides, dtype=np.float64)
+    if not len(values):
+        return {"samples": 0}
+    edges = list(BOX_SIDE_BINS_PX) + [np.inf]
+    counts, _ = np.histogram(values, bins=edges)
+    labels = [f"{lo}-{hi}" for lo, hi in zip(BOX_SIDE_BINS_PX, BOX_SIDE_BINS_PX[1:])] + [f">={BOX_SIDE_BINS_PX[-1]}"]
+    return {"samples": len(values), "min": float(values.min()), "p10": float(np.percentile(values, 10)),
+            "median": float(np.median(values)), "p90": float(np.percentile(values, 90)),
+            "max": float(values.max()), "histogram": dict(zip(labels, counts.tolist())),
+            "magnified": int((values < crop_box).sum())}
+
+
+def scan_samples(shard_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """Keypoint visibility per joint and person box sizes, from every sample's json and ``keypoints_2d.npy``.
+
+    Returns ``{"keypoints": {"samples", "visible": {joint: n}, "by_dataset": {dataset: {"samples", "visible"}}},
+    "boxes": {"crop_res", "crop_margin", "all": summary, "by_dataset": {dataset: summary}}}``. A joint is visible
+    when its confidence is > 0. A box summary gives the person box side in original-image px (200·scale): min,
+    p10, median, p90, max, a histogram over `BOX_SIDE_BINS_PX`, and ``magnified``, the samples whose box is
+    smaller than the stored crop shows it (``crop_res / crop_margin`` px), so their crop is upsampled.
+    """
+    import json
+
+    from shards.lookup import raw_samples
+    from shards.reader import list_shards
+    from shards.sample import decode_npy
+
+    visible: dict[str, np.ndarray] = {}
+    samples: Counter[str] = Counter()
+    sides: dict[str, list[float]] = {}
+    for shard in list_shards(shard_dir):
+        for _, members in raw_samples(shard.path):
+            meta = json.loads(members["json"])
+            dataset = meta["dataset"]
+            conf = decode_npy(members["keypoints_2d.npy"])[:, 2]
+            visible.setdefault(dataset, np.zeros(len(JOINT_NAMES), np.int64))[:] += conf > 0
+            samples[dataset] += 1
+            sides.setdefault(dataset, []).append(float(meta["box_side_px"]))
+    total = sum(visible.values(), np.zeros(len(JOINT_NAMES), np.int64))
+    crop_box = config["crop_res"] / config["crop_margin"]
+    return {
+        "keypoints": {"samples": sum(samples.values()), "visible": dict(zip(JOINT_NAMES, total.tolist())),
+                      "by_dataset": {d: {"samples": samples[d], "visible": dict(zip(JOINT_NAMES, v.tolist()))}
+                                     for d, v in sorted(visible.items())}},
+        "boxes": {"crop_res": config["crop_res"], "crop_margin": config["crop_margin"],
+                  "all": _box_summary([x for d in sorted(sides) for x in sides[d]], crop_box),
+                  "by_dataset": {d: _box_summary(v, crop_box) for d, v in sorted(sides.items())}},
     }
 
 
@@ -68,4 +127,33 @@ def format_stats(stats: dict[str, Any]) -> str:
             lines.append(f"  {dataset + ' / ' + split:<24} {c['read']:>7} {c['written']:>10} {c['rejected']:>10}")
     if stats["rejects_by_reason"]:
         lines.append("  rejects by reason: " + ", ".join(f"{r} {n}" for r, n in stats["rejects_by_reason"].items()))
+    if "boxes" in stats:
+        lines += _format_boxes(stats["boxes"])
+    if "keypoints" in stats:
+        lines += _format_keypoints(stats["keypoints"])
     return "\n".join(lines)
+
+
+def _format_boxes(boxes: dict[str, Any]) -> list[str]:
+    crop_box = boxes["crop_res"] / boxes["crop_margin"]
+    lines = [f"  person box side, original-image px (the stored crop shows the box at {crop_box:.1f} px; smaller "
+             f"boxes are magnified)",
+             f"  {'dataset':<16} {'samples':>8} {'min':>8} {'median':>8} {'max':>8} {'magnified':>10}  histogram"]
+    for name, b in [("all", boxes["all"])] + list(boxes["by_dataset"].items()):
+        if not b["samples"]:
+            continue
+        histogram = " ".join(f"{k}:{n}" for k, n in b["histogram"].items() if n)
+        lines.append(f"  {name:<16} {b['samples']:>8} {b['min']:>8.1f} {b['median']:>8.1f} {b['max']:>8.1f} "
+                     f"{b['magnified']:>10}  {histogram}")
+    return lines
+
+
+def _format_keypoints(keypoints: dict[str, Any]) -> list[str]:
+    n = keypoints["samples"]
+    seen = [(name, count) for name, count in keypoints["visible"].items() if count]
+    lines = [f"  keypoints visible (confidence > 0) over {n} samples: {len(seen)} of {len(keypoints['visible'])} "
+             f"joints ever visible"]
+    cells = [f"{name:<20}{count:>7} {100 * count / max(n, 1):>5.1f}%" for name, count in seen]
+    for i in range(0, len(cells), 3):
+        lines.append("    " + "   ".join(cells[i:i + 3]))
+    return lines
