@@ -1,4 +1,4 @@
-"""`fitloop shards …`: inspect and check shard sets (stats, ls, verify)."""
+"""`fitloop shards …`: inspect and check shard sets (stats, ls, verify, show, render)."""
 from __future__ import annotations
 
 import argparse
@@ -12,11 +12,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     commands = parser.add_subparsers(title="shards commands", metavar="COMMAND")
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
-    stats = commands.add_parser("stats", help="samples per dataset and split, rejects per reason",
+    stats = commands.add_parser("stats", help="samples per dataset and split, rejects per reason, keypoint "
+                                              "visibility per joint, box sizes",
                                 description="Counts of a shard set: samples, per dataset and split, rejected "
-                                            "records per reason (from rejects.parquet), sizes.")
+                                            "records per reason (from rejects.parquet), sizes; from a scan of "
+                                            "every sample (images not decoded): keypoint visibility per joint "
+                                            "and person box sizes.")
     stats.add_argument("dir", type=Path, metavar="DIR")
     stats.add_argument("--json", action="store_true", help="print JSON")
+    stats.add_argument("--manifest-only", action="store_true",
+                       help="only what the manifest and rejects table say: skip the scan of every sample for "
+                            "keypoint visibility per joint and person box sizes")
     stats.set_defaults(func=cmd_stats)
 
     ls = commands.add_parser("ls", help="the shards of a shard set", description="List the shards of a shard set "
@@ -26,20 +32,62 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ls.add_argument("--keys", action="store_true", help="also list every sample's key (reads the shards)")
     ls.set_defaults(func=cmd_ls)
 
-    verify = commands.add_parser("verify", help="check every shard against the manifest's sha256",
+    verify = commands.add_parser("verify", help="checksums, every sample's schema, every image decodes",
                                  description="Check each shard's size and sha256 against the manifest, the "
-                                             "rejects table's sha256, and look for stray or half-written files. "
-                                             "Exit status 1 when anything is wrong; each problem names its file.")
+                                             "rejects table's sha256, and look for stray or half-written files; "
+                                             "then read every sample: its members, json fields and array shapes, "
+                                             "the consistency of its crop and keypoints, and decode its JPEG. "
+                                             "Exit status 1 when anything is wrong; each problem names its file "
+                                             "and, where it can, the sample.")
     verify.add_argument("dir", type=Path, metavar="DIR")
-    verify.add_argument("--deep", action="store_true", help="also parse every sample and count them")
+    depth = verify.add_mutually_exclusive_group()
+    depth.add_argument("--quick", action="store_true", help="checksums and files only; do not read the samples")
+    depth.add_argument("--deep", action="store_true", help="read every sample (the default; kept for scripts)")
     verify.add_argument("--json", action="store_true", help="print JSON")
     verify.set_defaults(func=cmd_verify)
+
+    show = commands.add_parser("show", help="one sample: metadata, keypoints, fits history",
+                               description="Print one sample's metadata (its json member), its 49 keypoints in "
+                                           "original-image and stored-crop px, and, with --fits, every fit of it "
+                                           "in the fits table, oldest first.")
+    show.add_argument("dir", type=Path, metavar="DIR")
+    show.add_argument("key", metavar="KEY", help="sample key, e.g. lsp/im1010")
+    show.add_argument("--fits", type=Path, metavar="TABLE", help="a fits table (Delta folder) to show the history of")
+    show.add_argument("--version", type=int, default=None, help="read the fits table as of this version")
+    show.add_argument("--all-joints", action="store_true", help="also list the joints that are not annotated")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(func=cmd_show)
+
+    render = commands.add_parser(
+        "render", help="pictures of samples with keypoints and fitted meshes (PNG, contact sheet or HTML page)",
+        description="Draw samples' stored crops with their 2D keypoints and skeleton and, with --fits, the best "
+                    "fit's mesh (software renderer, no OpenGL). With --version, the best fit as of that table "
+                    "version is drawn beside the latest one. One sample to a .png gives its picture; several give "
+                    "a contact sheet; a .html gives a page of thumbnails linking to one page per sample "
+                    "(picture, metadata, keypoints table, fits history), written next to it in <stem>_files/.")
+    render.add_argument("dir", type=Path, metavar="DIR")
+    pick = render.add_mutually_exclusive_group(required=True)
+    pick.add_argument("--keys", nargs="+", metavar="KEY", help="the samples to draw, in this order")
+    pick.add_argument("--sample", type=int, metavar="N", help="draw N samples picked at random (see --seed)")
+    render.add_argument("--seed", type=int, default=0, help="seed of --sample's pick (default 0)")
+    render.add_argument("--fits", type=Path, metavar="TABLE", help="a fits table: draw each sample's best fit")
+    render.add_argument("--version", type=int, default=None, metavar="V",
+                        help="also draw the best fit as of table version V, beside the latest")
+    render.add_argument("--model", default="open",
+                        help='body model to pose the fits with: "open" (default) or a real SMPL .pkl/.npz')
+    render.add_argument("--joint-regressor-extra", type=Path, default=None,
+                        help="SPIN's J_regressor_extra.npy, with a real SMPL model")
+    render.add_argument("--size", type=int, default=None, metavar="PX",
+                        help="side of each panel, px (default: the stored crop's)")
+    render.add_argument("--columns", type=int, default=None, help="contact sheet columns (default: a square grid)")
+    render.add_argument("--out", type=Path, required=True, metavar="FILE", help="FILE.png or FILE.html")
+    render.set_defaults(func=cmd_render)
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
     from shards.stats import format_stats, shard_stats
 
-    stats = shard_stats(args.dir)
+    stats = shard_stats(args.dir, scan=not args.manifest_only)
     print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
     return 0
 
@@ -61,17 +109,130 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
+    from shards.verify import report_json, verify_set
 
-    from shards.reader import verify
-
-    report = verify(args.dir, deep=args.deep)
+    report = verify_set(args.dir, samples=not args.quick)
     if args.json:
-        print(json.dumps(asdict(report) | {"ok": report.ok}, indent=2))
+        print(report_json(report))
     else:
         for problem in report.problems:
             print(f"{args.dir}: {problem}")
         print(f"{args.dir}: {report.shards_checked} shards checked"
-              + (f", {report.samples_checked} samples parsed" if args.deep else "")
+              + ("" if args.quick else f", {report.samples_checked} samples read, {report.images_decoded} images "
+                                       f"decoded")
+              + (f", bad samples: {', '.join(report.bad_samples[:10])}" if report.bad_samples else "")
               + (": OK" if report.ok else f": {len(report.problems)} problem(s)"))
     return 0 if report.ok else 1
+
+
+def _json_row(row: dict) -> dict:
+    """A fits-table row as json-able values."""
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from shards.joints import JOINT_NAMES
+    from shards.lookup import find_samples
+
+    sample = find_samples(args.dir, [args.key])[0]
+    history = None
+    if args.fits is not None:
+        from shards.fits_lookup import fit_histories, latest_version
+        from shards.fits_table import FitsTable
+
+        table = FitsTable.open(args.fits)
+        version = args.version if args.version is not None else latest_version(table)
+        history = fit_histories(table, [args.key], version)[args.key]
+    if args.json:
+        print(json.dumps({"key": sample.key, "meta": sample.meta, "keypoints_2d": sample.keypoints_2d.tolist(),
+                          "keypoints_crop": sample.keypoints_crop.tolist(),
+                          "history": None if history is None else [_json_row(r) for r in history]}))
+        return 0
+    meta = sample.meta
+    print(f"{sample.key}: {meta['dataset']} / {meta['split']}, record {meta['record']} of {meta['source']}")
+    print(f"  image {meta['image_root']}/{meta['image_path']} ({'×'.join(map(str, meta['image_size'] or []))} px), "
+          f"box centre ({meta['center'][0]:.1f}, {meta['center'][1]:.1f}) px, side {meta['box_side_px']:.1f} px "
+          f"(scale {meta['scale']:.4g})")
+    crop = meta["crop"]
+    print(f"  stored crop {crop['res']} px covering {crop['margin']:g} boxes (the box at {crop['box_side']:.1f} px), "
+          f"SMPL {meta['has_smpl']}, 3D joints {meta['has_joints_3d']}")
+    if meta["extra"]:
+        print(f"  extra {json.dumps(meta['extra'])}")
+    present = sample.keypoints_2d[:, 2] > 0
+    print(f"keypoints: {int(present.sum())} of {len(JOINT_NAMES)} annotated")
+    print(f"  {'joint':<20} {'image x':>9} {'image y':>9} {'crop x':>8} {'crop y':>8} {'conf':>5}")
+    for name, image_kp, crop_kp, seen in zip(JOINT_NAMES, sample.keypoints_2d, sample.keypoints_crop, present):
+        if seen:
+            print(f"  {name:<20} {image_kp[0]:>9.1f} {image_kp[1]:>9.1f} {crop_kp[0]:>8.1f} {crop_kp[1]:>8.1f} "
+                  f"{image_kp[2]:>5.2f}")
+        elif args.all_joints:
+            print(f"  {name:<20} {'—':>9} {'—':>9} {'—':>8} {'—':>8} {image_kp[2]:>5.2f}")
+    if history is None:
+        print("fits: no table given (--fits TABLE)")
+        return 0
+    print(f"fits in {args.fits} as of version {version}: {len(history)} fit(s), oldest first")
+    best = min(range(len(history)), key=lambda i: (history[i]["loss"] is None, history[i]["loss"] or 0.0, i),
+               default=None)
+    for i, r in enumerate(history):
+        loss = "unscored" if r["loss"] is None else f"{r['loss']:.3f}"
+        cam = "—" if r["cam_t"] is None else " ".join(f"{v:.3f}" for v in r["cam_t"])
+        print(f"  {'*' if i == best else ' '} {r['time'].isoformat(timespec='seconds')}  loss {loss:>9} px²  "
+              f"{r['source']:<6} run {r['run_id']} epoch {r['epoch']} step {r['step']}  cam_t {cam}  "
+              f"model {r['body_model_id']}")
+    if best is not None:
+        print("  (* the best fit: the lowest loss)")
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from fitloop.errors import FitloopError
+    from shards.lookup import find_samples, pick_samples
+    from shards.sample_picture import FitPanel, contact_sheet, render_sample
+
+    suffix = args.out.suffix.lower()
+    if suffix not in (".png", ".html"):
+        raise FitloopError(f"--out must end in .png or .html, got {args.out}")
+    if args.version is not None and args.fits is None:
+        raise FitloopError("--version needs --fits TABLE")
+    samples = find_samples(args.dir, args.keys) if args.keys else pick_samples(args.dir, args.sample, args.seed)
+    if not samples:
+        raise FitloopError(f"{args.dir}: no samples to draw")
+    keys = [s.key for s in samples]
+    model, latest, older, histories, now = None, {}, None, None, None
+    if args.fits is not None:
+        from fitting.body_model import load_body_model
+        from shards.fits_lookup import best_fits, fit_histories, latest_version
+        from shards.fits_table import FitsTable
+
+        table = FitsTable.open(args.fits)
+        now = latest_version(table)
+        latest = best_fits(table, keys, now)
+        older = best_fits(table, keys, args.version) if args.version is not None else None
+        histories = fit_histories(table, keys, now) if suffix == ".html" else None
+        model = load_body_model(args.model, joint_regressor_extra=args.joint_regressor_extra)
+    pictures = []
+    for sample in samples:
+        if args.fits is None:
+            panels = [FitPanel("keypoints", None, missing="no fits table given (--fits)")]
+        else:
+            panels = [FitPanel(f"best, v{now}", latest.get(sample.key))]
+            if older is not None:
+                panels.append(FitPanel(f"best, v{args.version}", older.get(sample.key),
+                                       missing=f"no fit at v{args.version}"))
+        pictures.append(render_sample(sample, panels, model, args.size))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".png":
+        picture = pictures[0] if len(pictures) == 1 else contact_sheet(pictures, args.columns)
+        tmp = args.out.with_name(args.out.name + ".tmp")
+        picture.save(tmp, format="PNG")
+        tmp.replace(args.out)
+        print(f"wrote {args.out}: {len(pictures)} sample(s), {picture.size[0]}×{picture.size[1]} px")
+        return 0
+    from shards.inspect_html import PageEntry, files_dir, write_page
+
+    entries = [PageEntry(s, p, None if histories is None else histories[s.key]) for s, p in zip(samples, pictures)]
+    fits_note = (f"fits: {args.fits} v{now}" + (f" and v{args.version}" if args.version is not None else "")
+                 if args.fits is not None else "no fits table")
+    write_page(args.out, entries, f"{args.dir}: {len(entries)} sample(s)", fits_note)
+    print(f"wrote {args.out} and {len(entries)} sample page(s) in {files_dir(args.out)}")
+    return 0
