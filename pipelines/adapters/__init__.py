@@ -18,6 +18,7 @@ from typing import Any, Iterator
 from pipelines.adapters.base import (SPIN_LIMB_JOINTS, Adapter, CheckConfig, DatasetError, Output, RecordBuilder,
                                      make_config)
 from pipelines.adapters.coco import CocoAdapter, CocoConfig
+from pipelines.adapters.h36m import H36mAdapter
 from pipelines.adapters.lsp import LSP_LAYOUT, LSPET_LAYOUT, LspAdapter, LspConfig
 from pipelines.adapters.mpii import MpiiAdapter, MpiiConfig
 from pipelines.adapters.spin_npz import SpinNpzAdapter, SpinNpzConfig
@@ -29,6 +30,7 @@ ADAPTERS: dict[str, Adapter] = {adapter.name: adapter for adapter in (
     LspAdapter("lsp-orig", LSP_LAYOUT),   # lsp_dataset_original: full-size images; SPIN's LSP training set
     LspAdapter("lspet", LSPET_LAYOUT),
     SpinNpzAdapter(),
+    H36mAdapter(),
 )}
 
 
