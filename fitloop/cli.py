@@ -13,7 +13,7 @@ import sys
 from fitloop.errors import FitloopError
 
 # Command groups, in the order `fitloop --help` lists them.
-COMMAND_MODULES = ["demo", "model", "prior", "bench", "fits", "preprocess", "shards", "serve", "train"]
+COMMAND_MODULES = ["demo", "model", "prior", "bench", "fits", "preprocess", "shards", "serve", "train", "synth"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,135 @@
+"""The synthetic generator's one typed config: what to generate, how many, how it looks, from which poses."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from fitloop.errors import FitloopError
+
+# Datasets the generator writes, each in its native layout (docs/synthetic.md).
+DATASETS: tuple[str, ...] = ("coco", "mpii", "lsp", "lspet", "h36m")
+H36M_CAMERAS = 4
+PoseSourceName = Literal["auto", "cmu", "prior"]
+# ../shared/mocap/cmu beside the checkout (the brief's "../shared"): CMU clips as BVH, never copied into the repo.
+DEFAULT_MOCAP_DIR = Path(__file__).resolve().parents[3] / "shared" / "mocap" / "cmu"
+
+
+class SynthError(FitloopError):
+    """The generator's config or output folder is unusable; nothing was written."""
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Everything that decides a synthetic set; stored (resolved, less ``workers``) in every dataset's
+    ``fitloop_synth.json``.
+
+    Attributes:
+        seed: one seed for everything; each dataset draws from its own stream, so changing one dataset's count
+            leaves the others unchanged.
+        datasets: which of `DATASETS` to write.
+        coco_people, mpii_people, lsp_people, lspet_people: people per single-image dataset.
+        max_people_per_image: COCO and MPII images hold 1 to this many people, side by side.
+        image_size: (min, max) px of each side of a single-image dataset's image, drawn per image.
+        fov_deg: (min, max) field of view across the longer image side, degrees.
+        truncated_share: share of single-person COCO/MPII images where the person is allowed to run off the edge
+            (their outside joints are then not labelled; LSP and LSPET people are always whole).
+        h36m_subjects / h36m_actions: Human3.6M sequences, one per (subject, action) filmed by 4 cameras.
+        h36m_frames: frames per sequence in the pose files.
+        h36m_frame_step: frames 0, step, 2·step … get an extracted image (SPIN samples every 5th).
+        h36m_image_size: (width, height) of the Human3.6M frames (the real ones are 1000 × 1000 or 1002).
+        h36m_image_layout: "spin" (images/S1_Directions_1.54138969_000001.jpg) or "folders"; see
+            pipelines/adapters/h36m.py.
+        poses: "cmu" (CMU BVH clips converted at run time), "prior" (samples of the shipped pose prior), or
+            "auto" (cmu when ``mocap_dir`` exists).
+        mocap_dir: the CMU BVH folder; default ../shared/mocap/cmu beside the checkout.
+        max_clips: at most this many clips are converted per run (chosen by the seed).
+        betas_clip: betas ~ N(0, 1) clipped to ±this.
+        body_model: "open" (the shipped model; its truth is what the files hold).
+        jpeg_quality: quality of every written JPEG.
+        workers: processes that render (1: render in this process).
+    """
+
+    seed: int = 0
+    datasets: tuple[str, ...] = DATASETS
+    coco_people: int = 80
+    mpii_people: int = 80
+    lsp_people: int = 60
+    lspet_people: int = 60
+    max_people_per_image: int = 2
+    image_size: tuple[int, int] = (200, 360)
+    fov_deg: tuple[float, float] = (35.0, 65.0)
+    truncated_share: float = 0.15
+    h36m_subjects: tuple[str, ...] = ("S1", "S5", "S6", "S7", "S8", "S9", "S11")
+    h36m_actions: tuple[str, ...] = ("Directions 1", "Walking")
+    h36m_frames: int = 10
+    h36m_frame_step: int = 5
+    h36m_image_size: tuple[int, int] = (400, 400)
+    h36m_image_layout: Literal["spin", "folders"] = "spin"
+    poses: PoseSourceName = "auto"
+    mocap_dir: Path | None = None
+    max_clips: int = 24
+    betas_clip: float = 2.5
+    body_model: str = "open"
+    jpeg_quality: int = 90
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.datasets) - set(DATASETS))
+        if unknown or not self.datasets:
+            raise SynthError(f"datasets must be among {', '.join(DATASETS)}; got {', '.join(self.datasets) or 'none'}")
+        counts = {name: getattr(self, f"{name}_people") for name in ("coco", "mpii", "lsp", "lspet")}
+        if any(n < 0 for n in counts.values()) or self.h36m_frames < 1 or self.h36m_frame_step < 1:
+            raise SynthError("people counts must be >= 0 and h36m_frames, h36m_frame_step >= 1")
+        if counts["lsp"] > 1000:
+            raise SynthError("lsp_people must be <= 1000: LSP's train split is images 1-1000")
+        low, high = self.image_size
+        if not 32 <= low <= high:
+            raise SynthError(f"image_size must be (min, max) with 32 <= min <= max, got {self.image_size}")
+        if not 1 <= self.max_people_per_image <= 4:
+            raise SynthError("max_people_per_image must be 1 to 4")
+        if not 0.0 < self.fov_deg[0] <= self.fov_deg[1] < 120.0:
+            raise SynthError(f"fov_deg must be (min, max) in (0, 120), got {self.fov_deg}")
+        if self.poses not in ("auto", "cmu", "prior"):
+            raise SynthError(f"poses must be auto, cmu or prior, got {self.poses!r}")
+        if self.h36m_image_layout not in ("spin", "folders"):
+            raise SynthError(f"h36m_image_layout must be spin or folders, got {self.h36m_image_layout!r}")
+        bad = [s for s in self.h36m_subjects if not (s.startswith("S") and s[1:].isdigit() and 1 <= int(s[1:]) <= 11)]
+        if bad or len(set(self.h36m_subjects)) != len(self.h36m_subjects):
+            raise SynthError(f"h36m_subjects must be distinct S1..S11 (metadata.xml has 11 slots), "
+                             f"got {bad or 'repeats'}")
+        if any("." in a or "/" in a or not a.strip() for a in self.h36m_actions):
+            raise SynthError("h36m_actions must be non-empty names without '.' or '/' "
+                             "(the files are <action>.<camera>.cdf)")
+        if not 1 <= self.jpeg_quality <= 100 or self.workers < 1:
+            raise SynthError("jpeg_quality must be 1-100 and workers >= 1")
+
+    def people(self, dataset: str) -> int:
+        """People (records) the dataset will hold."""
+        if dataset == "h36m":
+            sampled = math.ceil(self.h36m_frames / self.h36m_frame_step)
+            return len(self.h36m_subjects) * len(self.h36m_actions) * H36M_CAMERAS * sampled
+        return getattr(self, f"{dataset}_people")
+
+    def resolved_mocap_dir(self) -> Path:
+        return Path(self.mocap_dir) if self.mocap_dir is not None else DEFAULT_MOCAP_DIR
+
+    def to_json(self) -> dict[str, Any]:
+        """What decides the set, as json-able values (tuples as lists, paths as strings); ``workers`` is left
+        out: it changes the speed, never the output."""
+        out = dataclasses.asdict(self)
+        out.pop("workers")
+        out["mocap_dir"] = str(self.resolved_mocap_dir())
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    @classmethod
+    def with_people(cls, people: int, **overrides: Any) -> "SynthConfig":
+        """A config with ``people`` per dataset: each single-image dataset gets ``people``; Human3.6M gets enough
+        frames per sequence that its sampled frames × 4 cameras × sequences reach at least ``people``."""
+        base = cls(**overrides)
+        per_frame = max(1, len(base.h36m_subjects) * len(base.h36m_actions) * H36M_CAMERAS)
+        sampled = max(1, math.ceil(people / per_frame))
+        return dataclasses.replace(base, coco_people=people, mpii_people=people, lsp_people=min(people, 1000),
+                                   lspet_people=people, h36m_frames=sampled * base.h36m_frame_step)

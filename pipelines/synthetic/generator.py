@@ -1,0 +1,325 @@
+"""Generate synthetic people and write every dataset's native layout, with the ground truth beside it.
+
+``generate(out_root, config)`` writes ``out_root/<dataset>`` for each dataset of the config (coco, mpii, lsp,
+lspet, h36m; layouts in docs/synthetic.md) and returns their paths. Each dataset is planned in this process
+(poses, shapes, cameras, framing; the body model posed in batches), painted by ``config.workers`` forked
+processes (`paint.paint_batch`) while the next dataset is planned, then written by its format's writer with
+``fitloop_truth.npz`` (`truth`) and
+``fitloop_synth.json`` (the resolved config and the pose source). A dataset is built in a hidden folder beside
+its target and renamed into place when complete, so a crash leaves no half-written dataset.
+
+Determinism: every draw comes from numpy generators seeded by ``config.seed`` (one stream per dataset, one for
+the clip choice); painting is a pure function of the plan. The same seed gives the same images, annotations and
+truth, whatever the number of workers (byte for byte, except the write stamps in .mat and .cdf headers).
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import shutil
+from collections import deque
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from scipy.spatial.transform import Rotation
+
+from fitting.body_model import OPEN_MODELS, BodyModel, load_body_model, read_model_arrays
+from pipelines.adapters.h36m import CAMERA_NAMES, RAW_INDEX, Camera, image_pattern
+from pipelines.synthetic import formats, h36m_files
+from pipelines.synthetic.bodies import move_parameters, pose_bodies, rotate_orient
+from pipelines.synthetic.config import DATASETS, SynthConfig, SynthError
+from pipelines.synthetic.paint import Body, Picture, Silhouette, face_regions, paint_batch, set_mesh
+from pipelines.synthetic.poses import PoseSource, pose_source
+from pipelines.synthetic.scene import (MODEL_TO_H36M_WORLD, Person, focal_for, h36m_rig, place, project,
+                                       sample_betas, sample_outfit, view_rotation)
+from pipelines.synthetic.truth import write_truth
+from shards.schema import make_key
+
+GENERATOR_VERSION = 1
+SYNTH_FILE = "fitloop_synth.json"
+FILL = (0.55, 0.92)          # a body's height as a share of its image (slot) height
+PITCH_DEG, ROLL_DEG = 12.0, 5.0
+PEOPLE_PER_IMAGE_WEIGHTS = (0.6, 0.3, 0.07, 0.03)  # of 1, 2, 3, 4 people in a multi-person image
+_MIN_PARALLEL = 6            # fewer pictures than this are painted in this process
+PAINT_BATCH = 8              # pictures per task sent to a render worker
+
+
+def generate(out_root: Path, config: SynthConfig | None = None, *, overwrite: bool = False) -> dict[str, Path]:
+    """Write the config's datasets under ``out_root``; return {dataset: its folder}.
+
+    Raises SynthError when a dataset folder exists already (unless ``overwrite``) or the pose source is unusable.
+    """
+    config = config or SynthConfig()
+    out_root = Path(out_root)
+    targets = {name: out_root / name for name in DATASETS if name in config.datasets and config.people(name) > 0}
+    existing = [str(p) for p in targets.values() if p.exists()]
+    if existing and not overwrite:
+        raise SynthError(f"{', '.join(existing)} exist already; pass overwrite (--overwrite) to replace them")
+    out_root.mkdir(parents=True, exist_ok=True)
+    mesh = _mesh(config.body_model)
+    pool = _start_pool(mesh, config.workers) if sum(config.people(n) for n in targets) >= _MIN_PARALLEL else None
+    try:
+        model = load_body_model(config.body_model)
+        with torch.no_grad():
+            rest = model(torch.zeros(1, model.num_betas), torch.zeros(1, 69), torch.zeros(1, 3))
+        poses = pose_source(config, rest.kinematic_joints[0].double().numpy(),
+                            np.random.default_rng([config.seed, 99]))
+        metadata = {"generator": "fitloop synth", "generator_version": GENERATOR_VERSION, "config": config.to_json(),
+                    "poses": poses.describe(), "body_model": {"name": model.name, "model_id": model.model_id}}
+        in_flight: deque[_Planned] = deque()  # planned and being painted: the next dataset is planned meanwhile
+        for name, target in targets.items():
+            in_flight.append(_plan(name, target, config, model, poses, mesh, pool))
+            if len(in_flight) > 1:
+                _finish(in_flight.popleft(), metadata)
+        while in_flight:
+            _finish(in_flight.popleft(), metadata)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return targets
+
+
+def _mesh(body_model: str) -> tuple[np.ndarray, np.ndarray]:
+    """Faces (F, 3) and their body regions (F,) of the body model's mesh, read from its file (no torch)."""
+    arrays, _ = read_model_arrays(OPEN_MODELS.get(body_model, Path(body_model)))
+    faces, weights = np.asarray(arrays["f"], dtype=np.int64), np.asarray(arrays["weights"])
+    if weights.shape[1] != 24:
+        raise SynthError(f"{body_model}: the generator draws SMPL-topology bodies (24 skinning joints), this "
+                         f"model has {weights.shape[1]}")
+    return faces, face_regions(faces, weights)
+
+
+def _start_pool(mesh: tuple[np.ndarray, np.ndarray], workers: int) -> Executor | None:
+    """Render workers, forked now: before the body model has run, so no torch thread pool is copied half-way
+    (and, unlike spawn, without re-importing the caller's main script, which need not guard itself)."""
+    if workers <= 1:
+        return None
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=set_mesh,
+                               initargs=mesh)
+    pool.submit(int).result()  # a fork pool starts every worker at its first task
+    return pool
+
+
+@dataclass
+class _Planned:
+    """A dataset planned and handed to the painters: where it is built, what it holds, how its files are
+    written (``write(root, pictures, people)``), and the painting in progress (one future per batch)."""
+
+    name: str
+    target: Path
+    work: Path
+    pictures: list[Picture]
+    people: list[Person]
+    write: Callable[[Path, list[Picture], list[Person]], Any]
+    painting: list[Future | list[Silhouette]]
+
+
+def _plan(name: str, target: Path, config: SynthConfig, model: BodyModel, poses: PoseSource,
+          mesh: tuple[np.ndarray, np.ndarray], pool: Executor | None) -> _Planned:
+    """Plan one dataset in its hidden work folder and start painting it (in the pool, or here without one)."""
+    rng = np.random.default_rng([config.seed, DATASETS.index(name)])
+    work = target.with_name(f".{name}.partial")
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir()
+    if name == "h36m":
+        pictures, people, write = _plan_h36m(work, config, model, poses, rng)
+    else:
+        pictures, people = _plan_single(name, work, config, model, poses, rng)
+        write = {"coco": formats.write_coco, "mpii": formats.write_mpii,
+                 "lsp": lambda root, pics, ppl: formats.write_lsp(root, pics, ppl, extended=False),
+                 "lspet": lambda root, pics, ppl: formats.write_lsp(root, pics, ppl, extended=True)}[name]
+    batches = [pictures[i:i + PAINT_BATCH] for i in range(0, len(pictures), PAINT_BATCH)]
+    if pool is None or len(pictures) < _MIN_PARALLEL:
+        set_mesh(*mesh)
+        painting: list[Future | list[Silhouette]] = [paint_batch(batch) for batch in batches]
+    else:
+        painting = [pool.submit(paint_batch, batch) for batch in batches]
+    return _Planned(name, target, work, pictures, people, write, painting)
+
+
+def _finish(planned: _Planned, metadata: dict[str, Any]) -> None:
+    """Wait for a dataset's pictures, write its files and truth, and move it into place."""
+    silhouettes = [s for done in planned.painting for s in (done.result() if isinstance(done, Future) else done)]
+    for person in planned.people:
+        person.silhouette = silhouettes[person.picture][person.ids["body"]]
+    for picture in planned.pictures:
+        picture.bodies = []  # painted: the vertices are no longer needed
+    planned.write(planned.work, planned.pictures, planned.people)
+    info = {**metadata, "dataset": planned.name, "people": len(planned.people), "images": len(planned.pictures)}
+    write_truth(planned.work, planned.people, planned.pictures, info)
+    (planned.work / SYNTH_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if planned.target.exists():
+        shutil.rmtree(planned.target)
+    planned.work.rename(planned.target)
+
+
+# --- Single-image datasets (COCO, MPII, LSP, LSPET) -----------------------------------------------------------------
+
+def _plan_single(name: str, root: Path, config: SynthConfig, model: BodyModel, poses: PoseSource,
+                 rng: np.random.Generator) -> tuple[list[Picture], list[Person]]:
+    """Pictures and people of one single-image dataset: who stands in which image, seen how, framed where."""
+    total = config.people(name)
+    multi = name in ("coco", "mpii") and config.max_people_per_image > 1
+    counts: list[int] = []
+    while sum(counts) < total:
+        most = min(config.max_people_per_image, total - sum(counts)) if multi else 1
+        weights = np.array(PEOPLE_PER_IMAGE_WEIGHTS[:most])
+        counts.append(int(rng.choice(np.arange(1, most + 1), p=weights / weights.sum())))
+
+    body_poses = poses.sample(total, rng)
+    betas = sample_betas(rng, total, model.num_betas, config.betas_clip)
+    views = [view_rotation(rng.uniform(0, 2 * np.pi), np.radians(rng.uniform(-PITCH_DEG, PITCH_DEG)),
+                           np.radians(rng.uniform(-ROLL_DEG, ROLL_DEG))) for _ in range(total)]
+    body_poses[:, :3] = rotate_orient(np.stack(views), body_poses[:, :3])
+    posed = pose_bodies(model, betas, body_poses)
+
+    pictures, people = [], []
+    low, high = config.image_size
+    # COCO's val2014 and MPII's pose-hg valid.h5 get the last 20% / 10% of the images (at least one of two or more)
+    held_out = max(1, round(len(counts) * (0.2 if name == "coco" else 0.1))) if len(counts) > 1 else 0
+    val_from = len(counts) - held_out
+    annotation_id = 0
+    for i, k in enumerate(counts):
+        height = int(rng.integers(low, high + 1))
+        if k == 1:
+            width = int(rng.integers(low, high + 1))
+        else:  # side by side: wide enough for k upright people
+            width = int(height * rng.uniform(0.55 * k + 0.25, 0.7 * k + 0.4))
+        size = (width, height)
+        focal = focal_for(size, rng.uniform(*config.fov_deg))
+        principal = ((width - 1) / 2.0, (height - 1) / 2.0)
+        truncate = k == 1 and name in ("coco", "mpii") and rng.random() < config.truncated_share
+        path, ids = _single_ids(name, root, i, i >= val_from)
+        picture = Picture(path=path, size=size, focal=(focal, focal), principal=principal,
+                          background_seed=int(rng.integers(2 ** 31)), jpeg_quality=config.jpeg_quality)
+        for r in range(k):
+            n = len(people)
+            slot = (r * width / k, (r + 1) * width / k)
+            offset = place(posed.vertices[n].astype(np.float64), focal, principal, size, slot,
+                           rng.uniform(*FILL), truncate, rng)
+            vertices = posed.vertices[n] + offset.astype(np.float32)
+            pixels = project(vertices.astype(np.float64), focal, principal)
+            joints = posed.joints[n] + offset
+            annotation_id += 1
+            key, person_ids = _person_ids(name, path, ids, r, annotation_id)
+            outfit, regions = sample_outfit(rng)
+            people.append(Person(
+                key=key, picture=i, pose=body_poses[n], betas=betas[n], transl=offset, joints=joints,
+                keypoints=project(joints, focal, principal), outfit=outfit,
+                vertex_box=(*pixels.min(axis=0), *pixels.max(axis=0)), ids={**person_ids, "body": r}))
+            picture.bodies.append(Body(vertices=vertices, colours=regions))
+        pictures.append(picture)
+    return pictures, people
+
+
+def _single_ids(name: str, root: Path, index: int, held_out: bool) -> tuple[Path, dict[str, Any]]:
+    """Image path and format ids of picture ``index`` (0-based); ``held_out``: COCO val / MPII pose-hg valid."""
+    if name == "coco":
+        subset = "val2014" if held_out else "train2014"
+        return root / subset / f"COCO_{subset}_{index + 1:012d}.jpg", {"subset": subset, "image_id": index + 1}
+    if name == "mpii":
+        return root / "images" / f"{index + 1:09d}.jpg", {"image_index": index, "split": "val" if held_out else "train"}
+    digits = 4 if name == "lsp" else 5
+    return root / "images" / f"im{index + 1:0{digits}d}.jpg", {"image_index": index}
+
+
+def _person_ids(name: str, path: Path, ids: dict[str, Any], rect: int, annotation_id: int) -> tuple[str, dict]:
+    """The sample key the dataset's adapter gives this person, and its format ids."""
+    if name == "coco":
+        return (make_key("coco", f"{ids['image_id']:012d}", f"a{annotation_id}"),
+                {**ids, "annotation_id": annotation_id})
+    if name == "mpii":
+        return make_key("mpii", path.stem, f"p{rect}"), {**ids, "person": rect}
+    return make_key(name, path.stem), dict(ids)
+
+
+# --- Human3.6M --------------------------------------------------------------------------------------------------------
+
+def _plan_h36m(root: Path, config: SynthConfig, model: BodyModel, poses: PoseSource, rng: np.random.Generator):
+    """Pictures and people of the Human3.6M set, and a function that writes its pose, camera and mask files.
+
+    Per subject one shape and colour; per (subject, action) one motion (``h36m_frames`` frames) walked across
+    the capture area with its feet on the floor (z = 0), filmed by the subject's four cameras. Every frame goes
+    into the pose files; frames 0, step, 2·step … get images and truth.
+    """
+    size = tuple(config.h36m_image_size)
+    rig = h36m_rig(size, rng)
+    pattern = image_pattern(config.h36m_image_layout)
+    frames, step = config.h36m_frames, config.h36m_frame_step
+    pictures: list[Picture] = []
+    people: list[Person] = []
+    pose_files: list[tuple[Path, np.ndarray]] = []
+    mask_files: list[tuple[Path, np.ndarray]] = []
+    sequences = []  # (subject, action, betas (F, NB), motion (F, 72) world frame, outfit, region colours)
+    for subject in config.h36m_subjects:
+        betas = np.repeat(sample_betas(rng, 1, model.num_betas, config.betas_clip), frames, axis=0)
+        outfit, regions = sample_outfit(rng)
+        for action in config.h36m_actions:
+            motion = poses.sequence(frames, rng)
+            heading = Rotation.from_euler("z", rng.uniform(0, 2 * np.pi)).as_matrix()
+            motion[:, :3] = rotate_orient(heading @ MODEL_TO_H36M_WORLD, motion[:, :3])
+            sequences.append((subject, action, betas, motion, outfit, regions))
+    # every frame of every sequence in one batched pass (a forward pass costs the same for 10 bodies as for 100)
+    everyone = pose_bodies(model, np.concatenate([seq[2] for seq in sequences]),
+                           np.concatenate([seq[3] for seq in sequences]), with_h36m=True)
+    for n, (subject, action, betas, motion, outfit, regions) in enumerate(sequences):
+        features = root / subject / "MyPoseFeatures"
+        span = slice(n * frames, (n + 1) * frames)
+        vertices, kinematic = everyone.vertices[span], everyone.kinematic[span]
+        start = rng.uniform(-0.6, 0.6, 2)
+        path_xy = start + np.linspace(0, 1, frames)[:, None] * rng.uniform(-0.8, 0.8, 2)
+        offset = np.column_stack([path_xy - kinematic[:, 0, :2], -vertices[:, :, 2].min(axis=1)])  # feet on z = 0
+        world = {"vertices": vertices + offset[:, None].astype(np.float32),
+                 "joints": everyone.joints[span] + offset[:, None], "kinematic": kinematic + offset[:, None],
+                 "h36m": everyone.h36m[span] + offset[:, None]}
+        raw_world = h36m_files.raw_joints(world["h36m"], world["joints"], world["kinematic"])
+        pose_files.append((features / "D3_Positions" / f"{action}.cdf", raw_world * 1000.0))
+        for serial in CAMERA_NAMES:
+            cam = rig[(subject, serial)]
+            stem = f"{action}.{serial}"
+            raw_cam = _to_camera(cam, raw_world)
+            pose_files.append((features / "D3_Positions_mono" / f"{stem}.cdf", raw_cam * 1000.0))
+            pose_files.append((features / "D2_Positions" / f"{stem}.cdf", cam.project(raw_cam)))
+            vertices_cam = _to_camera(cam, world["vertices"])
+            pixels = cam.project(vertices_cam.astype(np.float64))
+            boxes = np.concatenate([pixels.min(axis=1), pixels.max(axis=1)], axis=1)
+            mask_files.append((root / subject / "MySegmentsMat" / "ground_truth_bb" / f"{stem}.mat",
+                               h36m_files.mesh_boxes(boxes, size)))
+            orient, transl = move_parameters(motion[:, :3], offset, everyone.root_rest[span], cam.R,
+                                             -cam.R @ cam.T / 1000.0)
+            for frame in range(0, frames, step):
+                image = root / pattern.format(subject=subject, action=action, action_us=action.replace(" ", "_"),
+                                              camera=serial, frame=frame, frame1=frame + 1)
+                joints = _to_camera(cam, world["joints"][frame])
+                h36m = _to_camera(cam, world["h36m"][frame])
+                people.append(Person(
+                    key=make_key("h36m", f"{subject}_{action}.{serial}_{frame + 1:06d}"), picture=len(pictures),
+                    pose=np.concatenate([orient[frame], motion[frame, 3:]]), betas=betas[frame],
+                    transl=transl[frame], joints=joints, keypoints=cam.project(joints), outfit=outfit,
+                    vertex_box=tuple(boxes[frame]), ids={"body": 0}, h36m_joints=h36m,
+                    h36m_keypoints=cam.project(raw_cam[frame][RAW_INDEX])))
+                pictures.append(Picture(
+                    path=image, size=size, focal=(float(cam.f[0]), float(cam.f[1])),
+                    principal=(float(cam.c[0]), float(cam.c[1])), background_seed=int(rng.integers(2 ** 31)),
+                    bodies=[Body(vertices=vertices_cam[frame].astype(np.float32), colours=regions)],
+                    jpeg_quality=config.jpeg_quality))
+
+    def write_files(_root: Path, _pictures: list[Picture], _people: list[Person]) -> None:
+        for path, values in pose_files:
+            h36m_files.write_pose_cdf(path, values)
+        for path, boxes in mask_files:
+            h36m_files.write_box_masks(path, boxes, size)
+        h36m_files.write_cameras_h5(root / "cameras.h5", rig)
+        h36m_files.write_metadata_xml(root / "metadata.xml", rig)
+
+    return pictures, people, write_files
+
+
+def _to_camera(cam: Camera, points: np.ndarray) -> np.ndarray:
+    """World points (..., 3) m -> the camera's frame, m (the camera's T is mm, as in the files)."""
+    return cam.to_camera(np.asarray(points, dtype=np.float64) * 1000.0) / 1000.0
