@@ -3,6 +3,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pyarrow.dataset  # noqa: F401  - before torch: see fitloop.cli.preload_arrow
 import pytest
 import torch
 
