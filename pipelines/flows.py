@@ -10,8 +10,12 @@ Run without a server (Prefect starts a temporary one), or deploy: `prefect.yaml`
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
+
+# Prefect's temporary server reports usage to a remote host by default; fitloop runs offline.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import pyarrow.dataset  # noqa: F401  - before torch: see fitloop.cli.preload_arrow
 from prefect import flow, get_run_logger, task
@@ -70,7 +74,7 @@ def _report_manifest(manifest: dict[str, Any], out: str) -> None:
         f"`{manifest['config_sha256'][:12]}`.\n"))
 
 
-@flow(name="preprocess", log_prints=True)
+@flow(name="preprocess", log_prints=False)
 def preprocess_flow(datasets: list[DatasetSpec], out: str, crop_res: int = 320, crop_margin: float = 1.5,
                     samples_per_shard: int = 1000, workers: int | None = None, dask_address: str | None = None,
                     overwrite: bool = False) -> dict[str, Any]:
@@ -83,4 +87,102 @@ def preprocess_flow(datasets: list[DatasetSpec], out: str, crop_res: int = 320, 
     return manifest
 
 
-ALL_FLOWS = [preprocess_flow]
+# --- seed fits --------------------------------------------------------------------------------------------------
+@task(name="fit seeds", **IO_RETRIES)
+def seed_task(shards: str, fits: str, body_model: str, batch_size: int, workers: int | None,
+              dask_address: str | None, run_id: str) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from pipelines.cluster import dask_client
+    from pipelines.seed import SeedConfig, seed_fits
+
+    logger = get_run_logger()
+    config = SeedConfig(body_model=body_model, batch_size=batch_size, run_id=run_id)
+    done = 0
+
+    def on_batch(n: int) -> None:
+        nonlocal done
+        done += n
+        logger.info(f"fitted {done} samples")
+
+    with dask_client(dask_address, workers) as client:
+        return asdict(seed_fits(Path(shards), Path(fits), config, client=client, on_batch=on_batch))
+
+
+def _fits_picture_artifact(shards: str, fits: str, body_model: str, out_png: Path, key: str) -> None:
+    """A contact sheet of sample fits, saved next to the run and shown as a markdown artifact (embedded PNG)."""
+    import base64
+    import io
+
+    from shards.sample_picture import fits_sheet
+
+    sheet = fits_sheet(Path(shards), Path(fits), 8, model=body_model, size=160, columns=4)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out_png)
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG", optimize=True)
+    create_markdown_artifact(key=key, markdown=(
+        f"# Sample fits\n\n`{out_png}`\n\n![sample fits](data:image/png;base64,"
+        f"{base64.b64encode(buffer.getvalue()).decode()})\n"))
+
+
+@flow(name="seed_fits", log_prints=False)
+def seed_fits_flow(shards: str, fits: str, body_model: str = "open", batch_size: int = 64,
+                   workers: int | None = None, dask_address: str | None = None,
+                   run_id: str = "seed") -> dict[str, Any]:
+    """Fit every sample of a shard set from the mean pose (batched SMPLify on Dask) and commit the improvements
+    to the fits table as one new version."""
+    result = seed_task(shards, fits, body_model, batch_size, workers, dask_address, run_id)
+    create_table_artifact(key="seed-fits", table=[result], description=f"Seed fits of {shards} into {fits}")
+    _fits_picture_artifact(shards, fits, body_model, Path(fits).parent / "seed_fits.png", "seed-fits-picture")
+    get_run_logger().info(f"seeded {result['fitted']} samples, {result['appended']} fits appended, "
+                          f"versions {result['versions']}, mean loss {result['mean_loss']:.2f}")
+    return result
+
+
+# --- train ------------------------------------------------------------------------------------------------------
+@task(name="train")
+def train_task(settings: dict[str, Any], resume: bool) -> dict[str, Any]:
+    from training.config import TrainConfig
+    from training.loop import train
+
+    return train(TrainConfig.from_dict(settings), resume=resume, progress=False)
+
+
+@flow(name="train", log_prints=False)
+def train_flow(shards: list[str], fits: str, run_dir: str, settings: dict[str, Any] | None = None,
+               resume: bool = False) -> dict[str, Any]:
+    """Train SPIN's regressor with fitting in the loop on shard sets; improved fits go back to the fits table.
+
+    settings: any `training.config.TrainConfig` field (nested dicts for ``smplify``, ``augment``, ``loss``),
+    e.g. ``{"backbone": 18, "epochs": 5, "img_res": 128}``; the defaults are SPIN's."""
+    config = {**(settings or {}), "shards": list(shards), "fits": fits, "run_dir": run_dir}
+    summary = train_task(config, resume)
+    metrics = summary.get("metrics") or []
+    if metrics:
+        create_table_artifact(key="train-metrics", table=metrics, description=f"Evaluations of {run_dir}")
+    curves = Path(run_dir) / "curves.png"
+    create_markdown_artifact(key="train-summary", markdown=(
+        f"# Training run `{run_dir}`\n\n{summary['epochs']} epochs, {summary['step']} steps, fits table version "
+        f"{summary['fits_version']}, {summary['wall_s']:.0f} s.\n\nCurves: `{curves}`\n"))
+    return {k: v for k, v in summary.items() if k != "metrics"} | {"metrics": metrics}
+
+
+# --- build ------------------------------------------------------------------------------------------------------
+@flow(name="build", log_prints=False)
+def build_flow(datasets: list[DatasetSpec], out: str, train_settings: dict[str, Any] | None = None,
+               body_model: str = "open", samples_per_shard: int = 1000, workers: int | None = None,
+               dask_address: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """preprocess -> seed_fits -> train, in the folder `out` (`shards/`, `fits/`, `run/`)."""
+    root = Path(out)
+    shards, fits, run_dir = str(root / "shards"), str(root / "fits"), str(root / "run")
+    manifest = preprocess_flow(datasets, shards, samples_per_shard=samples_per_shard, workers=workers,
+                               dask_address=dask_address, overwrite=overwrite)
+    seed = seed_fits_flow(shards, fits, body_model=body_model, workers=workers, dask_address=dask_address)
+    settings = {"body_model": body_model, **(train_settings or {})}
+    trained = train_flow([shards], fits, run_dir, settings)
+    return {"manifest_counts": manifest["counts"], "seed": seed, "train": trained, "shards": shards, "fits": fits,
+            "run_dir": run_dir}
+
+
+ALL_FLOWS = [preprocess_flow, seed_fits_flow, train_flow, build_flow]

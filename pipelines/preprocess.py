@@ -7,6 +7,7 @@ into shard-sized chunks (`shards.writer.iter_chunks`) and each chunk — decode,
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import sys
 from dataclasses import dataclass, field
@@ -35,12 +36,23 @@ EXPECTED_ROOT = {
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """One dataset to convert: its adapter name, root folder, splits (None: every split found) and options."""
+    """One dataset to convert: its adapter name, root folder, splits (None: every split found) and options.
+
+    label: the dataset name its records carry (default: the adapter's), e.g. ``"lsp-real"`` beside synthetic
+    data in the LSP layout: keys become ``<label>/<id>``, so two sources of one format can share a shard set.
+    """
 
     dataset: str
     root: str
     splits: tuple[str, ...] | None = None
     options: dict[str, str] = field(default_factory=dict)
+    label: str | None = None
+
+
+def relabel(item: PersonRecord | Reject, label: str) -> PersonRecord | Reject:
+    """The record (or reject) under another dataset name: ``dataset`` and the key's prefix both change."""
+    key = None if item.key is None else f"{label}/{item.key.split('/', 1)[1]}"
+    return dataclasses.replace(item, dataset=label, key=key)
 
 
 def parse_options(pairs: list[str]) -> dict[str, str]:
@@ -98,8 +110,12 @@ def open_datasets(specs: Iterable[DatasetSpec]) -> tuple[Iterator[PersonRecord |
     for spec in specs:
         root = Path(spec.root).resolve()  # absolute, so lineage in samples and the manifest points at the files
         for split, first, rest in open_splits(spec.dataset, root, spec.splits, dict(spec.options)):
-            streams.append(itertools.chain([] if first is None else [first], rest))
-            inputs.append({"dataset": spec.dataset, "split": split, "root": str(root), "options": dict(spec.options)})
+            stream = itertools.chain([] if first is None else [first], rest)
+            if spec.label and spec.label != spec.dataset:
+                stream = (relabel(item, spec.label) for item in stream)
+            streams.append(stream)
+            inputs.append({"dataset": spec.dataset, "label": spec.label or spec.dataset, "split": split,
+                           "root": str(root), "options": dict(spec.options)})
     return itertools.chain.from_iterable(streams), inputs
 
 

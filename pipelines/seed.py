@@ -12,6 +12,7 @@ second run over the same shards appends nothing worse.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -21,7 +22,7 @@ import torch
 from fitting.smplify import SMPLifyConfig
 from shards.fit_view import FIT_FOCAL, FIT_RES, keypoints_in_fit_frame
 from shards.joints import JOINT_INDEX
-from shards.sample import StoredSample
+from shards.lookup import iter_samples
 
 DEFAULT_PRIOR = Path(__file__).resolve().parents[1] / "fitting" / "data" / "pose_prior_open.npz"
 # Shoulder-to-hip on each side: the similar-triangles depth of the start (SMPLify's own torso estimate).
@@ -73,58 +74,95 @@ def mean_pose_start(body: Any, keypoints: torch.Tensor) -> tuple[torch.Tensor, t
     return pose, betas, translation_from_torso(joints, keypoints, FIT_FOCAL, center, pairs)
 
 
-def _batches(samples: Iterator[StoredSample], size: int) -> Iterator[list[StoredSample]]:
-    batch: list[StoredSample] = []
-    for sample in samples:
-        batch.append(sample)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def keypoint_batches(shard_dir: Path, size: int, keys: Sequence[str] | None = None,
+                     ) -> Iterator[tuple[list[str], np.ndarray]]:
+    """(keys, fit-frame keypoints (B, 49, 3)) of a shard set's samples, ``size`` at a time, in manifest order.
+
+    Only the stored keypoints and crop numbers are read; no image is decoded."""
+    batch_keys: list[str] = []
+    batch_kp: list[np.ndarray] = []
+    for sample in iter_samples(shard_dir, keys):
+        batch_keys.append(sample.key)
+        batch_kp.append(keypoints_in_fit_frame(sample.keypoints_crop, sample.meta["crop"]))
+        if len(batch_keys) == size:
+            yield batch_keys, np.stack(batch_kp)
+            batch_keys, batch_kp = [], []
+    if batch_keys:
+        yield batch_keys, np.stack(batch_kp)
 
 
-def seed_fits(shard_dir: Path, table_path: Path, config: SeedConfig = SeedConfig(), *,
-              keys: Sequence[str] | None = None,
-              on_batch: Callable[[int], None] | None = None) -> SeedResult:
-    """Fit the samples of ``shard_dir`` (all, or only ``keys``) from the mean pose; append the improvements to the
-    fits table at ``table_path`` (created when missing), one commit per batch.
-
-    Rows carry ``source="seed"``, the body model's id, ``config_hash(config)`` and ``config.run_id``; pose is
-    canonical (the stored crop is never flipped or rotated) and ``cam_t`` is in SPIN's fit frame.
-    ``on_batch(n)`` is called after each batch of n samples (a progress bar).
-    """
+@lru_cache(maxsize=2)
+def _fitter(config: SeedConfig) -> tuple[Any, Any, Any]:
+    """The body model, SMPLify and fits provenance for `config`, built once per process (a Dask worker keeps them
+    between batches)."""
     from fitting.body_model import load_body_model
     from fitting.priors import MaxMixturePrior
     from fitting.smplify import SMPLify
-    from shards.fits_schema import FitProvenance, config_hash, fits_from_smplify
+    from shards.fits_schema import FitProvenance, config_hash
+
+    body = load_body_model(config.body_model)
+    fitter = SMPLify(body, MaxMixturePrior.from_file(config.pose_prior), config.smplify)
+    provenance = FitProvenance(run_id=config.run_id, body_model_id=body.model_id,
+                               fit_config_hash=config_hash(asdict(config)), source="seed")
+    return body, fitter, provenance
+
+
+def fit_batch(keys: list[str], keypoints: np.ndarray, config: SeedConfig, threads: int | None = None) -> Any:
+    """Fit one batch from the mean pose; returns its rows for the fits table (`shards.fits_schema.FITS_SCHEMA`).
+
+    A plain function, so it runs the same here or on a Dask worker; ``threads`` caps torch's threads there."""
+    from shards.fits_schema import fits_from_smplify
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    body, fitter, provenance = _fitter(config)
+    kp = torch.as_tensor(keypoints, dtype=torch.float32)
+    pose, betas, cam_t = mean_pose_start(body, kp)
+    fit = fitter(kp, pose, betas, cam_t, torch.full((len(keys), 2), FIT_RES / 2.0))
+    return fits_from_smplify(fit, keys, provenance)
+
+
+def seed_fits(shard_dir: Path, table_path: Path, config: SeedConfig = SeedConfig(), *,
+              keys: Sequence[str] | None = None, client: Any = None,
+              on_batch: Callable[[int], None] | None = None) -> SeedResult:
+    """Fit the samples of ``shard_dir`` (all, or only ``keys``) from the mean pose and append the improvements to
+    the fits table at ``table_path`` (created when missing) in one commit: one seed run is one table version.
+
+    client: a `distributed.Client` to fit the batches on (one batch per task, ``config.batch_size`` samples; each
+    worker builds its model once); None fits them here. Rows carry ``source="seed"``, the body model's id,
+    ``config_hash(config)`` and ``config.run_id``; pose is canonical (the stored crop is never flipped or rotated)
+    and ``cam_t`` is in SPIN's fit frame. ``on_batch(n)`` is called after each batch of n samples.
+    """
+    import pyarrow as pa
+
     from shards.fits_table import FitsTable
-    from shards.lookup import iter_samples
 
     if config.smplify.focal_length != FIT_FOCAL:
         raise ValueError(f"seed fits live in SPIN's fit frame (focal {FIT_FOCAL} px); SMPLifyConfig has "
                          f"{config.smplify.focal_length}")
-    body = load_body_model(config.body_model)
-    fitter = SMPLify(body, MaxMixturePrior.from_file(config.pose_prior), config.smplify)
     table = FitsTable.create(table_path, exist_ok=True)
     known = table.best_losses()
-    provenance = FitProvenance(run_id=config.run_id, body_model_id=body.model_id,
-                               fit_config_hash=config_hash(asdict(config)), source="seed")
-    result, losses = SeedResult(), []
-    for batch in _batches(iter_samples(shard_dir, keys), config.batch_size):
-        keypoints = torch.as_tensor(np.stack([keypoints_in_fit_frame(s.keypoints_crop, s.meta["crop"])
-                                              for s in batch]))
-        pose, betas, cam_t = mean_pose_start(body, keypoints)
-        center = torch.full((len(batch), 2), FIT_RES / 2.0)
-        fit = fitter(keypoints, pose, betas, cam_t, center)
-        appended = table.append(fits_from_smplify(fit, [s.key for s in batch], provenance), best=known)
-        result.fitted += len(batch)
-        result.appended += appended.rows
-        if appended.version is not None:
-            result.versions.append(appended.version)
-        losses.append(fit.loss.numpy())
-        if on_batch is not None:
-            on_batch(len(batch))
-    if losses:
-        result.mean_loss = float(np.concatenate(losses).mean())
+    batches = keypoint_batches(Path(shard_dir), config.batch_size, keys)
+    if client is None:
+        parts = []
+        for batch_keys, keypoints in batches:
+            parts.append(fit_batch(batch_keys, keypoints, config))
+            if on_batch is not None:
+                on_batch(len(batch_keys))
+    else:
+        from distributed import as_completed
+
+        futures = [client.submit(fit_batch, k, kp, config, 1, pure=False) for k, kp in batches]
+        for future in as_completed(futures):
+            if on_batch is not None:
+                on_batch(future.result().num_rows)
+        parts = client.gather(futures)
+    result = SeedResult(fitted=sum(p.num_rows for p in parts))
+    if not parts:
+        return result
+    fits = pa.concat_tables(parts)
+    appended = table.append(fits, best=known)
+    result.appended = appended.rows
+    result.versions = [] if appended.version is None else [appended.version]
+    result.mean_loss = float(np.mean(fits["loss"].to_numpy()))
     return result

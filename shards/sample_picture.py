@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -198,3 +199,20 @@ def projected_joints(sample: StoredSample, fit: dict[str, Any], model: Any, size
         camera = camera.resized(size)
     posed = pose_fit(model, np.asarray(fit["pose"]), np.asarray(fit["betas"]), np.asarray(fit["cam_t"]))
     return camera.project(posed.joints)
+
+
+def fits_sheet(shard_dir: Path, table_path: Path, n: int = 8, *, model: Any = "open", version: int | None = None,
+               seed: int = 0, size: int = 192, columns: int | None = None) -> Image.Image:
+    """A contact sheet of ``n`` seeded-random samples of a shard set with their best fits (as of ``version``)."""
+    from fitting.body_model import load_body_model
+    from shards.fits_lookup import best_fits, latest_version
+    from shards.fits_table import FitsTable
+    from shards.lookup import pick_samples
+
+    samples = pick_samples(Path(shard_dir), n, seed)
+    table = FitsTable.open(table_path)
+    version = latest_version(table) if version is None else version
+    fits = best_fits(table, [s.key for s in samples], version)
+    body = load_body_model(model) if isinstance(model, str) else model
+    pictures = [render_sample(s, [FitPanel(f"best, v{version}", fits.get(s.key))], body, size) for s in samples]
+    return contact_sheet(pictures, columns)

@@ -72,3 +72,42 @@ def test_preprocess_flow_on_an_existing_scheduler(prefect_server, dask_scheduler
     with Client(dask_scheduler) as client:  # the chunk really ran on that cluster
         prefixes = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
     assert any(p.startswith("write") for p in prefixes) and len(prefixes) > before
+
+
+@pytest.fixture(scope="module")
+def synthetic_lsp(tmp_path_factory):
+    """Six synthetic people in the LSP layout (train split), with ground truth."""
+    from pipelines.synthetic import SynthConfig, generate
+
+    roots = generate(tmp_path_factory.mktemp("synth"), SynthConfig.with_people(6, datasets=("lsp",)))
+    return roots["lsp"]
+
+
+TINY_TRAINING = {"backbone": 18, "img_res": 64, "batch_size": 3, "epochs": 1, "num_workers": 0, "log_every": 1,
+                 "checkpoint_every": 1, "tensorboard": False, "eval_max_samples": 3}
+
+
+def test_build_flow_runs_preprocess_seed_and_train(prefect_server, synthetic_lsp, tmp_path):
+    from pipelines.flows import build_flow
+    from shards.fits_table import FitsTable
+
+    summary = build_flow([DatasetSpec("lsp", str(synthetic_lsp))], str(tmp_path / "run"), TINY_TRAINING, workers=1)
+    assert summary["manifest_counts"] == {"read": 6, "written": 6, "rejected": 0}
+    assert summary["seed"]["fitted"] == 6 and summary["seed"]["versions"] == [1]
+    versions = FitsTable.open(summary["fits"]).versions()
+    assert len(versions) >= 2  # the seed version, then the training run's write-back
+    run = tmp_path / "run" / "run"
+    assert (run / "metrics.csv").is_file() and list((run / "checkpoints").glob("*.pt"))
+    assert (tmp_path / "run" / "seed_fits.png").is_file()
+
+
+def test_seed_and_train_flows_on_their_own(prefect_server, synthetic_lsp, tmp_path):
+    from pipelines.flows import preprocess_flow, seed_fits_flow, train_flow
+
+    shards, fits = str(tmp_path / "shards"), str(tmp_path / "fits")
+    preprocess_flow([DatasetSpec("lsp", str(synthetic_lsp))], shards, workers=1)
+    first = seed_fits_flow(shards, fits, workers=1)
+    again = seed_fits_flow(shards, fits, workers=1)  # the same fits again: nothing improves, no new version
+    assert first["appended"] == 6 and again["appended"] == 0 and again["versions"] == []
+    summary = train_flow([shards], fits, str(tmp_path / "train"), TINY_TRAINING)
+    assert summary["step"] == 2 and summary["fits_version"] >= 1

@@ -153,16 +153,28 @@ def barrier(run: Run) -> None:
         torch.distributed.barrier()
 
 
-def resolve(config: TrainConfig) -> TrainConfig:
-    """Fill what the config leaves open: a run id, the evaluation shards."""
+def resolve(config: TrainConfig, world_size: int = 1) -> TrainConfig:
+    """Fill what the config leaves open: a run id (rank 0's on every rank), the evaluation shards."""
     run_id = config.run_id or f"{Path(config.run_dir).name or 'run'}-{uuid.uuid4().hex[:8]}"
+    if world_size > 1:
+        shared = [run_id]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        run_id = shared[0]
     return dataclasses.replace(config, run_id=run_id, eval_shards=config.eval_shards or config.shards)
+
+
+def _worker_context(config: TrainConfig) -> str | None:
+    """Start DataLoader workers with forkserver: a forked worker inherits the parent's threads' locks and dies
+    when the trainer runs inside a Prefect task (seen: exit code 1, details lost); forkserver and spawn start
+    clean. None (no workers) when loading in the main process."""
+    return "forkserver" if config.num_workers > 0 else None
 
 
 def setup(config: TrainConfig) -> Run:
     """Build the run: devices, body model, SMPLify, regressor, optimiser, data, fits table, logs."""
     config.validated()
     rank, world, device = init_distributed(config.device)
+    config = resolve(config, world)
     torch.manual_seed(config.seed)
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -197,7 +209,7 @@ def setup(config: TrainConfig) -> Run:
     # the loader's own generator: creating an iterator must not draw from the global RNG (dropout), or a resumed
     # run would see other dropout masks than the run it continues
     loader = torch.utils.data.DataLoader(stream, batch_size=config.batch_size, num_workers=config.num_workers,
-                                         pin_memory=device.type == "cuda",
+                                         pin_memory=device.type == "cuda", multiprocessing_context=_worker_context(config),
                                          generator=torch.Generator().manual_seed(config.seed))
     if rank == 0:
         FitsTable.create(config.fits, exist_ok=True)
@@ -291,6 +303,7 @@ def evaluate(run: Run, pos: Position, epoch: int, started: float) -> dict[str, A
     if run.eval_reader is not None:
         batches = torch.utils.data.DataLoader(run.eval_reader, batch_size=run.config.batch_size,
                                               num_workers=run.config.num_workers,
+                                              multiprocessing_context=_worker_context(run.config),
                                               generator=torch.Generator().manual_seed(run.config.seed))
         net = evaluate_network(run.raw_model, run.body, batches, run.device, run.autocast,
                                run.config.eval_max_samples)
@@ -337,7 +350,7 @@ def train_step(run: Run, store: FitsStore, items: dict, pos: Position, timer: St
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train (or, with ``resume``, continue) the run ``config.run_dir``; returns a summary."""
     started = time.time()
-    run = setup(config if resume else resolve(config))
+    run = setup(config)
     cfg = run.config
     pos = restore(run) if resume else Position()
     if not resume:
@@ -392,6 +405,6 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             evaluate(run, pos, epoch + 1, started)
         checkpoint(run, pos)
     run.log.close()
-    return {"run_dir": str(run.run_dir), "run_id": cfg.run_id, "step": pos.step, "epochs": cfg.epochs,
+    return {"run_dir": str(run.run_dir), "run_id": cfg.run_id, "rank": run.rank, "step": pos.step, "epochs": cfg.epochs,
             "fits_version": pos.fits_version, "steps_per_epoch": run.steps_per_epoch,
             "metrics": run.log.metrics.rows(), "wall_s": time.time() - started}
