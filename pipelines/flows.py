@@ -146,7 +146,7 @@ def train_task(settings: dict[str, Any], resume: bool) -> dict[str, Any]:
     from training.config import TrainConfig
     from training.loop import train
 
-    return train(TrainConfig.from_dict(settings), resume=resume, progress=False)
+    return train(TrainConfig.from_dict(settings), resume=resume, progress=True)
 
 
 @flow(name="train", log_prints=False)
