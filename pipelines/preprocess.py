@@ -8,6 +8,7 @@ into shard-sized chunks (`shards.writer.iter_chunks`) and each chunk — decode,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import sys
 from dataclasses import dataclass, field
@@ -112,7 +113,7 @@ def open_datasets(specs: Iterable[DatasetSpec]) -> tuple[Iterator[PersonRecord |
         for split, first, rest in open_splits(spec.dataset, root, spec.splits, dict(spec.options)):
             stream = itertools.chain([] if first is None else [first], rest)
             if spec.label and spec.label != spec.dataset:
-                stream = (relabel(item, spec.label) for item in stream)
+                stream = map(functools.partial(relabel, label=spec.label), stream)  # bound now, not at iteration
             streams.append(stream)
             inputs.append({"dataset": spec.dataset, "label": spec.label or spec.dataset, "split": split,
                            "root": str(root), "options": dict(spec.options)})

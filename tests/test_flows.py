@@ -111,3 +111,18 @@ def test_seed_and_train_flows_on_their_own(prefect_server, synthetic_lsp, tmp_pa
     assert first["appended"] == 6 and again["appended"] == 0 and again["versions"] == []
     summary = train_flow([shards], fits, str(tmp_path / "train"), TINY_TRAINING)
     assert summary["step"] == 2 and summary["fits_version"] >= 1
+
+
+def test_labels_keep_two_sources_of_one_format_apart(synthetic_lsp, tmp_path):
+    from pipelines.preprocess import open_datasets
+    from pipelines.synthetic import SynthConfig, generate
+
+    other = generate(tmp_path / "other", SynthConfig.with_people(3, datasets=("lsp",), seed=7))["lsp"]
+    records, inputs = open_datasets([DatasetSpec("lsp", str(synthetic_lsp), label="lsp-a"),
+                                     DatasetSpec("lsp", str(other), label="lsp-b"), DatasetSpec("lsp", str(other))])
+    by_dataset = {}
+    for record in records:
+        assert record.key.startswith(record.dataset + "/")
+        by_dataset[record.dataset] = by_dataset.get(record.dataset, 0) + 1
+    assert by_dataset == {"lsp-a": 6, "lsp-b": 3, "lsp": 3}
+    assert list(dict.fromkeys(i["label"] for i in inputs)) == ["lsp-a", "lsp-b", "lsp"]  # one input per split
