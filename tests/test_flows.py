@@ -8,6 +8,8 @@ import pytest
 
 from pipelines.preprocess import DatasetSpec
 
+pytestmark = pytest.mark.prefect  # run last: see conftest.py
+
 
 @pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory):
