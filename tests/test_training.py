@@ -289,6 +289,21 @@ def test_supervision_follows_spin():
     assert supervision(chosen, batch, threshold=60.0).valid.tolist() == [True, True, True, False]
 
 
+def test_error_sums_per_dataset_and_a_diverged_prediction():
+    from training.evaluate import ErrorSums
+
+    gen = torch.Generator().manual_seed(6)
+    gt = torch.randn(3, 14, 3, generator=gen)
+    pred = gt.clone()
+    pred[1] += 0.01                                        # 10 mm off everywhere: MPJPE 17.3 mm, PA 0
+    pred[2] = float("nan")
+    sums = ErrorSums.empty()
+    sums.add(["a", "b", "b"], pred, gt)
+    result = sums.result()
+    assert result["a"]["mpjpe_mm"] == pytest.approx(0.0, abs=1e-9)
+    assert np.isnan(result["b"]["mpjpe_mm"]) and result["b"]["samples"] == 2 and result["all"]["samples"] == 3
+
+
 # --- whole runs ----------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def reference_run(synthetic, seeded_table, tmp_path_factory) -> tuple[Path, Path, dict]:

@@ -90,8 +90,14 @@ class ErrorSums:
         """Add examples: pred and gt (N, 14, 3) pelvis-centred, datasets (N,)."""
         if len(datasets) == 0:
             return
-        e = mpjpe(pred.double(), gt.double()).cpu().numpy()
-        pa = pa_mpjpe(pred.double(), gt.double()).cpu().numpy()
+        pred, gt = pred.double(), gt.double()
+        finite = torch.isfinite(pred).all(-1).all(-1)  # a diverged network: NaN errors, not a failed SVD
+        e = torch.full((len(pred),), float("nan"), dtype=torch.float64)
+        pa = e.clone()
+        if bool(finite.any()):
+            e[finite.cpu()] = mpjpe(pred[finite], gt[finite]).cpu()
+            pa[finite.cpu()] = pa_mpjpe(pred[finite], gt[finite]).cpu()
+        e, pa = e.numpy(), pa.numpy()
         for name, a, b in zip(datasets, e, pa):
             for key in (name, "all"):
                 self.mpjpe[key] = self.mpjpe.get(key, 0.0) + float(a)
@@ -162,8 +168,9 @@ class FitsGroundTruth:
                                              for s in pending]))
             betas = torch.as_tensor(np.stack([s.smpl_betas if s.smpl_betas is not None
                                               else np.zeros(10, np.float32) for s in pending]))
-            gt, ok = ground_truth_joints(body, j3d, has_3d, pose, betas, has_smpl)
-            for sample, joint, good in zip(pending, gt, ok.tolist()):
+            device = next(iter(body.buffers())).device
+            gt, ok = ground_truth_joints(body, *(t.to(device) for t in (j3d, has_3d, pose, betas, has_smpl)))
+            for sample, joint, good in zip(pending, gt.cpu(), ok.tolist()):
                 if good:
                     keys.append(sample.key)
                     datasets.append(sample.meta["dataset"])

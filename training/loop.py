@@ -209,7 +209,8 @@ def setup(config: TrainConfig) -> Run:
     # the loader's own generator: creating an iterator must not draw from the global RNG (dropout), or a resumed
     # run would see other dropout masks than the run it continues
     loader = torch.utils.data.DataLoader(stream, batch_size=config.batch_size, num_workers=config.num_workers,
-                                         pin_memory=device.type == "cuda", multiprocessing_context=_worker_context(config),
+                                         pin_memory=device.type == "cuda",
+                                         multiprocessing_context=_worker_context(config),
                                          generator=torch.Generator().manual_seed(config.seed))
     if rank == 0:
         FitsTable.create(config.fits, exist_ok=True)
@@ -405,6 +406,6 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             evaluate(run, pos, epoch + 1, started)
         checkpoint(run, pos)
     run.log.close()
-    return {"run_dir": str(run.run_dir), "run_id": cfg.run_id, "rank": run.rank, "step": pos.step, "epochs": cfg.epochs,
-            "fits_version": pos.fits_version, "steps_per_epoch": run.steps_per_epoch,
+    return {"run_dir": str(run.run_dir), "run_id": cfg.run_id, "rank": run.rank, "step": pos.step,
+            "epochs": cfg.epochs, "fits_version": pos.fits_version, "steps_per_epoch": run.steps_per_epoch,
             "metrics": run.log.metrics.rows(), "wall_s": time.time() - started}

@@ -132,6 +132,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise FitloopError(str(err)) from None
     summary = train(config, resume=args.resume, progress=not args.no_progress)
+    if summary["rank"] != 0:
+        return 0
     last = summary["metrics"][-1] if summary["metrics"] else {}
     print(json.dumps({k: summary[k] for k in ("run_dir", "run_id", "step", "fits_version", "wall_s")} |
                      {"last_metrics": last}))
