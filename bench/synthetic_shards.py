@@ -45,25 +45,29 @@ class DatasetSpec:
     smpl: bool = False          # record ground-truth SMPL (has_smpl)
     joints_3d: bool = False     # record 3D joints
     openpose: bool = False      # fill the OpenPose slots with noisy detections
+    poses: tuple[float, float] = (0.0, 1.0)  # the slice of the pose pool drawn from (fractions): keep test poses apart
 
 
 # A SPIN-like mix: an H36M-like set (SMPL + 3D), an in-the-wild set (2D for training; SMPL and 3D recorded for
 # evaluation, to be ignored by the trainer) and an MPI-INF-3DHP-like set (3D joints, no SMPL), plus held-out test
-# splits with 3D ground truth.
+# splits with 3D ground truth whose poses come from a part of the pose pool no training split draws from.
+TRAIN_POSES, TEST_POSES = (0.0, 0.8), (0.8, 1.0)
 DEFAULT_SPECS = (
-    DatasetSpec("synth-h36m", "train", 300, smpl=True, joints_3d=True),
-    DatasetSpec("synth-wild", "train", 600, smpl=True, joints_3d=True, openpose=True),
-    DatasetSpec("synth-3dhp", "train", 100, joints_3d=True),
-    DatasetSpec("synth-h36m", "test", 100, smpl=True, joints_3d=True),
-    DatasetSpec("synth-wild", "test", 100, smpl=True, joints_3d=True),
+    DatasetSpec("synth-h36m", "train", 300, smpl=True, joints_3d=True, poses=TRAIN_POSES),
+    DatasetSpec("synth-wild", "train", 600, smpl=True, joints_3d=True, openpose=True, poses=TRAIN_POSES),
+    DatasetSpec("synth-3dhp", "train", 100, joints_3d=True, poses=TRAIN_POSES),
+    DatasetSpec("synth-h36m", "test", 100, smpl=True, joints_3d=True, poses=TEST_POSES),
+    DatasetSpec("synth-wild", "test", 100, smpl=True, joints_3d=True, poses=TEST_POSES),
 )
 
 
-def sample_people(body: BodyModel, count: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def sample_people(body: BodyModel, count: int, rng: np.random.Generator,
+                  poses: tuple[float, float] = (0.0, 1.0)) -> dict[str, np.ndarray]:
     """pose (N, 72) axis-angle (camera convention), betas (N, 10), cam_t (N, 3) in SPIN's crop camera, joints
-    (N, 49, 3) model frame, vertices (N, V, 3) model frame."""
+    (N, 49, 3) model frame, vertices (N, V, 3) model frame. ``poses``: the slice of SPIN's LSP fits drawn from."""
     if SPIN_LSP_FITS.is_file():
         fits = np.load(SPIN_LSP_FITS)[:, :72].astype(np.float64)
+        fits = fits[int(poses[0] * len(fits)):max(int(poses[1] * len(fits)), int(poses[0] * len(fits)) + 1)]
         pose = fits[rng.integers(len(fits), size=count)] + 0.05 * rng.standard_normal((count, 72))
     else:
         prior = MaxMixturePrior.from_file(DEFAULT_PRIOR)
@@ -120,7 +124,7 @@ def synthetic_records(body: BodyModel, spec: DatasetSpec, image_root: Path, *, r
                       noise_px: float = 1.5, missing: float = 0.05) -> list[PersonRecord]:
     """Render ``spec.count`` people into ``image_root/<dataset>-<split>/`` and return their records."""
     rng = np.random.default_rng([seed, sum(map(ord, spec.dataset)), sum(map(ord, spec.split))])
-    people = sample_people(body, spec.count, rng)
+    people = sample_people(body, spec.count, rng, spec.poses)
     colours = part_colours(body)
     folder = Path(image_root) / f"{spec.dataset}-{spec.split}"
     folder.mkdir(parents=True, exist_ok=True)

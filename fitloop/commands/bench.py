@@ -75,6 +75,50 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     smplify.add_argument("--json", action="store_true", help="print one JSON object at the end")
     smplify.set_defaults(func=cmd_smplify)
 
+    step = commands.add_parser(
+        "train-step", help="time per training step and its parts (data, network, SMPLify, write-back)",
+        description="Time `fitloop train`'s step on synthetic shards (rendered open-model bodies, seed fits for "
+                    "all): the median step and its parts (data, network forward/backward/Adam, SMPLify with the "
+                    "stored fits re-scored, write-back to the fits store), one write to the fits table, against "
+                    "the same step with SPIN's SMPLify procedure (Adam, 100 iterations per stage, full mesh).")
+    step.add_argument("--batch", type=int, default=16)
+    step.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up step)")
+    step.add_argument("--backbone", type=int, default=50, help="ResNet depth (SPIN: 50)")
+    step.add_argument("--img-res", type=int, default=224)
+    step.add_argument("--model", default="open", help='body model: "open", "open-small" or a model file')
+    step.add_argument("--device", default="cpu", help="cpu or cuda")
+    step.add_argument("--smplify-device", default="cpu", help="cpu, or auto: the training device")
+    step.add_argument("--amp", default="auto", choices=("auto", "off", "bf16", "fp16"))
+    step.add_argument("--num-workers", type=int, default=1)
+    step.add_argument("--skip-baseline", action="store_true", help="time only fitloop's step")
+    step.add_argument("--workdir", type=Path, default=None, help="where the temporary shards go (default: /tmp)")
+    step.add_argument("--json", action="store_true", help="print one JSON object")
+    step.set_defaults(func=cmd_train_step)
+
+
+def cmd_train_step(args: argparse.Namespace) -> int:
+    from bench.train_step import run
+
+    result = run(batch=args.batch, steps=args.steps, backbone=args.backbone, img_res=args.img_res,
+                 body_model=args.model, device=args.device, smplify_device=args.smplify_device, amp=args.amp,
+                 baseline=not args.skip_baseline, workdir=args.workdir, num_workers=args.num_workers)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"training step: batch {result['batch']}, {result['backbone']} at {result['img_res']} px, "
+          f"{result['body_model']} body, {result['device']} (SMPLify on {result['smplify_device']}), "
+          f"{result['threads']} threads, load average {result.get('load_average', ['?'])[0]}")
+    for name in ("fitloop", "spin_smplify"):
+        if name not in result:
+            continue
+        r = result[name]
+        parts = ", ".join(f"{p} {ms:.0f} ms" for p, ms in r["parts_ms"].items())
+        print(f"  {name:<12} {r['step_ms']:8.0f} ms/step ({r['samples_per_s']:.1f} samples/s): {parts}; "
+              f"fits table write {r['flush_ms']:.0f} ms for {r['flush_rows']} rows")
+    if "speedup_vs_spin_smplify" in result:
+        print(f"  step speedup vs SPIN's SMPLify in the step: {result['speedup_vs_spin_smplify']:.2f}x")
+    return 0
+
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from bench.preprocess import run

@@ -1,0 +1,111 @@
+"""Training-step benchmark: time per step of `fitloop train` and where it goes, against SPIN's SMPLify in the step.
+
+Data: a synthetic shard set (`bench.synthetic_shards`: rendered open-model bodies, half with ground-truth SMPL and
+3D joints as H36M, half 2D-only with OpenPose detections as the in-the-wild sets) with enough samples for the
+timed steps, and seed fits for all of them (SPIN's static fits). The run is built exactly as `fitloop train`
+builds it (`training.loop.setup`) and steps with `training.loop.train_step`; the step's parts are timed with a
+CUDA sync at the end of each part:
+
+* data: the next batch from the DataLoader and its copy to the device;
+* network: the regressor and body model forward, the losses, backward and Adam;
+* smplify: the stored fits re-scored and SMPLify run from the prediction;
+* write_back: SPIN's choice, the winners undone to the canonical frame, scored, and kept by the fits store.
+
+Plus the cost of one write to the fits table (`flush`, once per checkpoint in training, amortised over its steps).
+
+Baseline: the same step with SPIN's SMPLify procedure (``mode="reference"``: Adam, 100 iterations per stage on the
+full mesh) in place of fitloop's default solver. Figures are medians over the timed steps after warm-up.
+"""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench.synthetic_shards import DatasetSpec, write_synthetic_shards
+from fitting.smplify import SMPLifyConfig
+from shards.fits_schema import FitProvenance
+from training.config import TrainConfig
+from training.fits_store import FitsStore
+from training.loop import StepTimer, resolve, setup, train_step, Position
+from training.run_log import PARTS
+from training.seed import seed_missing_fits
+
+
+def _time_steps(config: TrainConfig, steps: int, warmup: int) -> dict:
+    run = setup(config)
+    store = FitsStore.load(run.table, run.body.model_id)
+    if len(store) == 0:
+        prov = FitProvenance(run_id="bench-seed", body_model_id=run.body.model_id,
+                             fit_config_hash=run.fit_config_hash, source="seed")
+        start = time.perf_counter()
+        seeded = seed_missing_fits(run.table, store, run.smplify, [Path(s) for s in config.shards],
+                                   config.train_splits, prov, batch_size=config.batch_size)
+        seed_s = time.perf_counter() - start
+    else:
+        seeded, seed_s = 0, 0.0
+    run.stream.set_position(0, 0)
+    batches = iter(run.loader)
+    timer = StepTimer(run.device)
+    per_step, terms = [], []
+    pos = Position()
+    for i in range(warmup + steps):
+        with timer.part("data"):
+            items = next(batches)
+        terms.append(train_step(run, store, items, pos, timer))
+        pos.step += 1
+        times = timer.take()
+        if i >= warmup:
+            per_step.append(times)
+    start = time.perf_counter()
+    rows = store.pending_rows
+    store.flush(run.table)
+    flush_ms = 1000 * (time.perf_counter() - start)
+    median = {key: statistics.median(t[key] for t in per_step) for key in per_step[0]}
+    return {"step_ms": median["step_ms"], "parts_ms": {p: median[f"{p}_ms"] for p in PARTS},
+            "samples_per_s": config.batch_size / (median["step_ms"] / 1000),
+            "flush_ms": flush_ms, "flush_rows": rows, "fits_updated": statistics.mean(t["fits_updated"] for t in terms),
+            "seeded": seeded, "seed_fits_per_s": seeded / seed_s if seed_s else None,
+            "steps_ms": [t["step_ms"] for t in per_step]}
+
+
+def run(*, batch: int = 16, steps: int = 5, warmup: int = 1, backbone: int = 50, img_res: int = 224,
+        body_model: str = "open", device: str = "cpu", smplify_device: str = "cpu", amp: str = "auto",
+        baseline: bool = True, workdir: Path | None = None, num_workers: int = 1, seed: int = 0) -> dict:
+    """Time ``steps`` training steps (after ``warmup``) with fitloop's SMPLify and, with ``baseline``, with SPIN's
+    procedure; returns a JSON-able record."""
+    with tempfile.TemporaryDirectory(prefix="fitloop-bench-train-", dir=workdir) as tmp:
+        root = Path(tmp)
+        per_set = batch * (steps + warmup + 1)
+        write_synthetic_shards(root / "data", [
+            DatasetSpec("synth-h36m", "train", per_set // 2, smpl=True, joints_3d=True),
+            DatasetSpec("synth-wild", "train", per_set - per_set // 2, openpose=True)],
+            body_model=body_model, res=img_res, samples_per_shard=max(16, per_set // 4), seed=seed)
+        base = resolve(TrainConfig(
+            shards=(str(root / "data" / "shards"),), fits=str(root / "fits"), run_dir=str(root / "run"),
+            backbone=backbone, img_res=img_res, batch_size=batch, body_model=body_model, device=device,
+            smplify_device=smplify_device, amp=amp, num_workers=num_workers, mix="synth-h36m=0.3;*=0.7",
+            steps_per_epoch=steps + warmup, tensorboard=False, seed=seed, eval_splits=("none",)))
+        result = {"batch": batch, "backbone": f"resnet{backbone}", "img_res": img_res, "body_model": body_model,
+                  "device": device, "smplify_device": smplify_device, "threads": torch.get_num_threads(),
+                  "steps": steps, "warmup": warmup}
+        if device == "cuda" or device.startswith("cuda"):
+            result["gpu"] = torch.cuda.get_device_name(0)
+        result["fitloop"] = _time_steps(base, steps, warmup)
+        if baseline:
+            spin = dataclasses.replace(base, run_dir=str(root / "run-spin"),
+                                       smplify=SMPLifyConfig(mode="reference", iterations=100))
+            result["spin_smplify"] = _time_steps(spin, steps, warmup)
+            result["speedup_vs_spin_smplify"] = (result["spin_smplify"]["step_ms"]
+                                                 / result["fitloop"]["step_ms"])
+        try:
+            import os
+            result["load_average"] = list(os.getloadavg())
+            result["cpus"] = os.cpu_count()
+        except OSError:
+            pass
+        return result
