@@ -81,10 +81,12 @@ class Skeleton(torch.nn.Module):
         parents = layer.parents.cpu().numpy().astype(np.int64)
         num_joints = 24
         nb = body.num_betas
-        v_template = layer.v_template.detach().double()                       # (V, 3)
-        shapedirs = layer.shapedirs.detach().double()[..., :nb]               # (V, 3, NB)
-        j_reg = layer.J_regressor.detach().double()                           # (J, V)
-        weights = layer.lbs_weights.detach().double()                         # (V, J)
+        # precomputed in float64 on the CPU, then moved to the body model's device with the module
+        device = layer.v_template.device
+        v_template = layer.v_template.detach().cpu().double()                 # (V, 3)
+        shapedirs = layer.shapedirs.detach().cpu().double()[..., :nb]         # (V, 3, NB)
+        j_reg = layer.J_regressor.detach().cpu().double()                     # (J, V)
+        weights = layer.lbs_weights.detach().cpu().double()                   # (V, J)
         j_template = j_reg @ v_template                                       # (J, 3)
         j_dirs = torch.einsum("jv,vcb->jcb", j_reg, shapedirs)               # (J, 3, NB)
         if j_template.shape[0] != num_joints:  # SMPL-H / SMPL-X: fold hand/face joints into their body parent
@@ -107,7 +109,7 @@ class Skeleton(torch.nn.Module):
         depth = np.zeros(num_joints, dtype=np.int64)
         for j in range(1, num_joints):
             depth[j] = depth[parents[j]] + 1
-        self.levels = [torch.as_tensor(np.flatnonzero(depth == d)) for d in range(1, depth.max() + 1)]
+        self.levels = [torch.as_tensor(np.flatnonzero(depth == d), device=device) for d in range(1, depth.max() + 1)]
         desc = np.eye(num_joints)
         for j in range(num_joints - 1, 0, -1):  # SMPL lists parents before children
             desc[parents[j]] += desc[j]
@@ -123,6 +125,7 @@ class Skeleton(torch.nn.Module):
         self.register_buffer("desc", torch.as_tensor(desc, dtype=dtype))
         # S[p, a] = sum_j A_pj desc[a, j]: how much of point p moves rigidly with joint a's subtree
         self.register_buffer("subtree_share", (a @ torch.as_tensor(desc).T).to(dtype))
+        self.to(device)
 
     def _rows(self, subset: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         if subset is None:

@@ -100,12 +100,14 @@ class SMPLify:
     """Batched two-stage SMPLify for one body model and pose prior; any batch size per call."""
 
     def __init__(self, body: BodyModel, prior: MaxMixturePrior, config: SMPLifyConfig = SMPLifyConfig()):
-        self.body, self.prior, self.config = body, prior, config.validated()
-        self.skeleton = Skeleton(body) if config.mode == "fast" else None
-        self._angle_idx = torch.tensor(ANGLE_PRIOR_INDICES) + 3          # into the full 72-d pose
-        self._angle_sign = torch.tensor(ANGLE_PRIOR_SIGNS)
-        self._ignored = torch.as_tensor(indices(config.ignored_joints))
-        self._op_torso, self._gt_torso = torch.as_tensor(indices(OP_TORSO)), torch.as_tensor(indices(GT_TORSO))
+        device = next(body.buffers()).device  # SMPLify runs where the body model lives; inputs must be there too
+        self.body, self.prior, self.config = body, prior.to(device), config.validated()
+        self.skeleton = Skeleton(body).to(device) if config.mode == "fast" else None
+        self._angle_idx = torch.tensor(ANGLE_PRIOR_INDICES, device=device) + 3          # into the full 72-d pose
+        self._angle_sign = torch.tensor(ANGLE_PRIOR_SIGNS, device=device)
+        self._ignored = torch.as_tensor(indices(config.ignored_joints), device=device)
+        self._op_torso = torch.as_tensor(indices(OP_TORSO), device=device)
+        self._gt_torso = torch.as_tensor(indices(GT_TORSO), device=device)
 
     # -- public API ----------------------------------------------------------------------------------------
     def __call__(self, keypoints: Tensor, init_pose: Tensor, init_betas: Tensor, init_cam_t: Tensor,
@@ -214,9 +216,10 @@ class SMPLify:
         from_mean = (init_pose[:, 3:] == 0).all(1)
         back = from_mean if c.try_back_start is None else torch.full_like(from_mean, c.try_back_start)
         extra = torch.nonzero(back)[:, 0]
-        rows = torch.cat([torch.arange(batch), extra])                           # example of each candidate
+        dev = init_pose.device
+        rows = torch.cat([torch.arange(batch, device=dev), extra])                           # example of each candidate
         pose = init_pose[rows].clone()
-        turn = torch.tensor([0.0, torch.pi, 0.0], dtype=init_pose.dtype).expand(len(extra), 3)
+        turn = torch.tensor([0.0, torch.pi, 0.0], dtype=init_pose.dtype, device=dev).expand(len(extra), 3)
         pose[batch:, :3] = _compose_aa(turn, init_pose[extra, :3])              # turned about the camera's y
         kp, ctr, betas, cam_t = keypoints[rows], center[rows], init_betas[rows], init_cam_t[rows]
         trust = (~from_mean[rows]).to(init_pose.dtype)                           # 1: the start is an estimate
@@ -226,7 +229,7 @@ class SMPLify:
         body_init = pose[:, 3:].clone()
         first = min(c.back_choice_after, c.body_iterations) if len(extra) else c.body_iterations
         pose, betas = self._lm_body(pose, betas, cam_t, kp, ctr, trust, body_init, first)
-        pick = torch.arange(batch)
+        pick = torch.arange(batch, device=dev)
         if len(extra):
             with torch.no_grad():
                 objective = self._objective(pose, betas, cam_t, ctr, self._body_conf(kp), kp)
@@ -247,9 +250,11 @@ class SMPLify:
         target = torch.gather(kp[..., :2], 1, torso_idx[..., None].expand(-1, -1, 2))
         # evaluate only the eight torso points; torso_idx re-indexed into that subset
         subset = torch.cat([self._op_torso, self._gt_torso])
-        local_idx = torch.where(torso_idx[:, :1] == self._op_torso[0], torch.arange(4), torch.arange(4, 8))
+        dev = pose.device
+        local_idx = torch.where(torso_idx[:, :1] == self._op_torso[0], torch.arange(4, device=dev),
+                                torch.arange(4, 8, device=dev))
         depth0 = cam_t[:, 2].clone()
-        lam = torch.full((batch,), 1e-3, dtype=dtype)
+        lam = torch.full((batch,), 1e-3, dtype=dtype, device=dev)
 
         def evaluate(p, t):
             state = self.skeleton(p, betas, subset)
@@ -264,7 +269,7 @@ class SMPLify:
             d_torso = torch.gather(d_pose[..., :3], 1, local_idx[..., None, None].expand(-1, -1, 3, 3))
             dproj = _projection_jacobian(torso + cam_t[:, None], c.focal_length) * mask[..., None, None]  # (B,4,2,3)
             jac = torch.cat([dproj @ d_torso, dproj], dim=-1).reshape(batch, -1, 6)      # (B, 8, 6)
-            jd = torch.zeros(batch, 1, 6, dtype=dtype)
+            jd = torch.zeros(batch, 1, 6, dtype=dtype, device=dev)
             jd[:, 0, 5] = c.depth_loss_weight
             jac = torch.cat([jac, jd], 1)
             res = torch.cat([r.reshape(batch, -1), d[:, None]], 1)
@@ -299,8 +304,9 @@ class SMPLify:
         w_pose, w_angle, w_shape = c.pose_prior_weight**2, c.angle_prior_weight**2, c.shape_prior_weight**2
         w_init = trust * c.init_weight**2                                                   # (B,)
         sigma2 = c.sigma**2
-        lam = torch.full((batch,), 1e-3, dtype=dtype)
-        eye_beta = torch.eye(nb, dtype=dtype)
+        dev = pose.device
+        lam = torch.full((batch,), 1e-3, dtype=dtype, device=dev)
+        eye_beta = torch.eye(nb, dtype=dtype, device=dev)
 
         def cost_of(p, b):
             state = self.skeleton(p, b, active)
@@ -336,7 +342,7 @@ class SMPLify:
             # shape prior and near-start term
             hess[:, 72:, 72:] += w_shape * eye_beta
             grad[:, 72:] += w_shape * betas
-            diag = torch.arange(3, 72)
+            diag = torch.arange(3, 72, device=dev)
             hess[:, diag, diag] += w_init[:, None]
             grad[:, 3:72] += w_init[:, None] * (pose[:, 3:] - body_init)
 
@@ -398,9 +404,9 @@ def _matrix_to_aa(rot: Tensor) -> Tensor:
     small = angle < 1e-6
     aa = axis * (angle / (2 * sin.clamp_min(1e-12)))[:, None]
     # near π: axis from the diagonal of (R + I) / 2 = a aᵀ
-    sym = (rot + torch.eye(3, dtype=rot.dtype)) / 2
+    sym = (rot + torch.eye(3, dtype=rot.dtype, device=rot.device)) / 2
     col = sym.diagonal(dim1=-2, dim2=-1).argmax(-1)
-    a = sym[torch.arange(len(rot)), :, col]
+    a = sym[torch.arange(len(rot), device=rot.device), :, col]
     a = a / a.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     sign = torch.sign((a * axis).sum(-1) + 1e-12)
     aa_pi = a * (angle * torch.where(sign == 0, torch.ones_like(sign), sign))[:, None]
