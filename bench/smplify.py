@@ -19,15 +19,14 @@ import numpy as np
 import torch
 
 from fitting.body_model import BodyModel, load_body_model
-from fitting.camera import CROP_FOCAL, CROP_RES, project, translation_from_torso
+from fitting.camera import CROP_FOCAL, CROP_RES, project
 from fitting.priors import MaxMixturePrior
-from fitting.smplify import SMPLify, SMPLifyConfig
+from fitting.smplify import SMPLify, SMPLifyConfig, mean_pose_start
 from shards.joints import EVAL_J14, J24_NAMES, JOINT_INDEX, indices
 from training.metrics import mpjpe, pa_mpjpe
 
 SPIN_LSP_FITS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "lsp" / "spin_npz" / "lsp-orig_fits.npy"
 DEFAULT_PRIOR = Path(__file__).resolve().parents[1] / "fitting" / "data" / "pose_prior_open.npz"
-TORSO_PAIRS = (("Right Shoulder", "Right Hip"), ("Left Shoulder", "Left Hip"))
 
 
 def synthetic_people(body: BodyModel, prior: MaxMixturePrior, batch: int, seed: int) -> dict[str, torch.Tensor]:
@@ -75,12 +74,7 @@ def initial_estimates(body: BodyModel, people: dict, keypoints: torch.Tensor, ki
     batch = keypoints.shape[0]
     betas = torch.zeros(batch, body.num_betas)
     if kind == "mean":
-        pose = torch.zeros(batch, 72)
-        pose[:, 0] = torch.pi  # upright, facing the camera
-        with torch.no_grad():
-            joints = body(betas, pose[:, 3:], pose[:, :3]).joints
-        pairs = tuple((JOINT_INDEX[a], JOINT_INDEX[b]) for a, b in TORSO_PAIRS)
-        cam_t = translation_from_torso(joints, keypoints, CROP_FOCAL, people["center"], pairs)
+        pose, betas, cam_t = mean_pose_start(body, keypoints, CROP_FOCAL, people["center"])
     elif kind == "noisy_true":
         pose = people["pose"] + 0.15 * torch.randn(batch, 72, generator=gen)
         cam_t = people["cam_t"].clone()

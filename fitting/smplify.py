@@ -32,12 +32,13 @@ import torch
 from torch import Tensor
 
 from fitting.body_model import BodyModel
-from fitting.camera import project
+from fitting.camera import CROP_FOCAL, CROP_RES, project, translation_from_torso
 from fitting.priors import ANGLE_PRIOR_INDICES, ANGLE_PRIOR_SIGNS, MaxMixturePrior
 from fitting.skeleton import Skeleton, rodrigues
 from shards.joints import JOINT_INDEX, SMPLIFY_IGNORED, indices
 
 OP_TORSO = ("OP RHip", "OP LHip", "OP RShoulder", "OP LShoulder")
+TORSO_PAIRS = (("Right Shoulder", "Right Hip"), ("Left Shoulder", "Left Hip"))  # the start's similar triangles
 GT_TORSO = ("Right Hip", "Left Hip", "Right Shoulder", "Left Shoulder")
 
 
@@ -88,6 +89,25 @@ class SMPLifyResult:
     shape_prior: Tensor
     iterations: int
     extras: dict = field(default_factory=dict)
+
+
+def mean_pose_start(body: BodyModel, keypoints: Tensor, focal: float = CROP_FOCAL,
+                    center: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """SPIN's start without an estimate, for keypoints (B, 49, 3) px: pose (B, 72) upright and facing the camera
+    (global orientation π about x, body pose 0), betas (B, NB) 0, and the translation (B, 3) m that puts the mean
+    body's torso on the keypoints' torso (similar triangles; `fitting.camera.translation_from_torso`).
+
+    center: (B, 2) principal point, px; default SPIN's crop centre (112, 112)."""
+    batch, device = keypoints.shape[0], keypoints.device
+    pose = torch.zeros(batch, 72, dtype=keypoints.dtype, device=device)
+    pose[:, 0] = torch.pi
+    betas = torch.zeros(batch, body.num_betas, dtype=keypoints.dtype, device=device)
+    if center is None:
+        center = torch.full((batch, 2), CROP_RES / 2.0, dtype=keypoints.dtype, device=device)
+    with torch.no_grad():
+        joints = body(betas, pose[:, 3:], pose[:, :3]).joints
+    pairs = tuple((JOINT_INDEX[a], JOINT_INDEX[b]) for a, b in TORSO_PAIRS)
+    return pose, betas, translation_from_torso(joints, keypoints, focal, center, pairs)
 
 
 def gmof(residual: Tensor, sigma: float) -> Tensor:

@@ -19,14 +19,11 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from fitting.smplify import SMPLifyConfig
+from fitting.smplify import SMPLifyConfig, mean_pose_start
 from shards.fit_view import FIT_FOCAL, FIT_RES, keypoints_in_fit_frame
-from shards.joints import JOINT_INDEX
 from shards.lookup import iter_samples
 
 DEFAULT_PRIOR = Path(__file__).resolve().parents[1] / "fitting" / "data" / "pose_prior_open.npz"
-# Shoulder-to-hip on each side: the similar-triangles depth of the start (SMPLify's own torso estimate).
-TORSO_PAIRS = (("Right Shoulder", "Right Hip"), ("Left Shoulder", "Left Hip"))
 
 
 @dataclass(frozen=True)
@@ -56,22 +53,6 @@ class SeedResult:
     appended: int = 0
     versions: list[int] = field(default_factory=list)
     mean_loss: float = float("nan")
-
-
-def mean_pose_start(body: Any, keypoints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """SPIN's mean start for fit-frame keypoints (B, 49, 3): pose (B, 72) with global orientation (π, 0, 0) (upright,
-    facing the camera) and body pose 0, betas (B, NB) 0, cam_t (B, 3) metres from the torso's size and place."""
-    batch = keypoints.shape[0]
-    pose = torch.zeros(batch, 72)
-    pose[:, 0] = torch.pi
-    betas = torch.zeros(batch, body.num_betas)
-    with torch.no_grad():
-        joints = body(betas, pose[:, 3:], pose[:, :3]).joints
-    from fitting.camera import translation_from_torso
-
-    pairs = tuple((JOINT_INDEX[a], JOINT_INDEX[b]) for a, b in TORSO_PAIRS)
-    center = torch.full((batch, 2), FIT_RES / 2.0)
-    return pose, betas, translation_from_torso(joints, keypoints, FIT_FOCAL, center, pairs)
 
 
 def keypoint_batches(shard_dir: Path, size: int, keys: Sequence[str] | None = None,
@@ -117,7 +98,7 @@ def fit_batch(keys: list[str], keypoints: np.ndarray, config: SeedConfig, thread
         torch.set_num_threads(threads)
     body, fitter, provenance = _fitter(config)
     kp = torch.as_tensor(keypoints, dtype=torch.float32)
-    pose, betas, cam_t = mean_pose_start(body, kp)
+    pose, betas, cam_t = mean_pose_start(body, kp, FIT_FOCAL)
     fit = fitter(kp, pose, betas, cam_t, torch.full((len(keys), 2), FIT_RES / 2.0))
     return fits_from_smplify(fit, keys, provenance)
 

@@ -14,41 +14,15 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from fitting.camera import CROP_FOCAL, translation_from_torso
-from fitting.smplify import SMPLify
-from shards.augment import AugmentParams, augment_keypoints, training_transform
+from fitting.smplify import SMPLify, mean_pose_start
 from shards.fits_schema import FitProvenance, fits_from_smplify
+from shards.fit_view import keypoints_in_fit_frame
 from shards.fits_table import FitsTable
-from shards.joints import JOINT_INDEX
 from shards.reader import iter_shard, list_shards
 from shards.sample import StoredSample
 from training.fits_store import FitsStore
-from training.geometry import FIT_CENTER, fit_frame_px
+from training.geometry import FIT_CENTER
 
-TORSO_PAIRS = ((JOINT_INDEX["Right Shoulder"], JOINT_INDEX["Right Hip"]),
-               (JOINT_INDEX["Left Shoulder"], JOINT_INDEX["Left Hip"]))
-
-
-def unaugmented_keypoints(sample: StoredSample, res: int = 224) -> np.ndarray:
-    """A stored sample's keypoints (49, 3) normalised across its unaugmented training crop (the reader's frame
-    for flip = rot = 0, scale = 1)."""
-    crop = sample.meta["crop"]
-    to_crop = training_transform(np.asarray(crop["box_center"], np.float64), float(crop["box_side"]),
-                                 AugmentParams(), res)
-    return augment_keypoints(sample.keypoints_crop, to_crop, False, res)
-
-
-def mean_start(smplify: SMPLify, keypoints_px: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """SPIN's mean start for fit-frame keypoints (B, 49, 3): pose (B, 72) upright facing the camera, betas 0,
-    cam_t (B, 3) from the torso's size and place."""
-    batch = keypoints_px.shape[0]
-    pose = keypoints_px.new_zeros(batch, 72)
-    pose[:, 0] = torch.pi
-    betas = keypoints_px.new_zeros(batch, smplify.body.num_betas)
-    with torch.no_grad():
-        joints = smplify.body(betas, pose[:, 3:], pose[:, :3]).joints
-    center = torch.full((batch, 2), FIT_CENTER, dtype=keypoints_px.dtype, device=keypoints_px.device)
-    return pose, betas, translation_from_torso(joints, keypoints_px, CROP_FOCAL, center, TORSO_PAIRS)
 
 
 def seed_missing_fits(table: FitsTable, store: FitsStore, smplify: SMPLify, shard_dirs: Sequence, splits: Sequence[str],
@@ -61,9 +35,9 @@ def seed_missing_fits(table: FitsTable, store: FitsStore, smplify: SMPLify, shar
     kept = 0
 
     def fit(samples: list[StoredSample]) -> int:
-        kp = torch.as_tensor(np.stack([unaugmented_keypoints(s) for s in samples]), device=device)
-        kp_px = fit_frame_px(kp)
-        pose, betas, cam_t = mean_start(smplify, kp_px)
+        kp_px = torch.as_tensor(np.stack([keypoints_in_fit_frame(s.keypoints_crop, s.meta["crop"]) for s in samples]),
+                                device=device)
+        pose, betas, cam_t = mean_pose_start(smplify.body, kp_px)
         center = torch.full((len(samples), 2), FIT_CENTER, device=device)
         result = smplify(kp_px, pose, betas, cam_t, center)
         if on_batch is not None:
