@@ -19,7 +19,7 @@ from pipelines.preprocess import write_shard_set
 from shards.writer import ShardConfig
 
 
-def run(copies: int = 24, samples_per_shard: int = 34, repeats: int = 2, workers: tuple[int, ...] = (1, 2),
+def run(copies: int = 48, samples_per_shard: int = 34, repeats: int = 2, workers: tuple[int, ...] = (1, 2),
         progress: bool = True) -> dict:
     if not FIXTURES.is_dir():
         raise FileNotFoundError(f"{FIXTURES} is absent: this benchmark reads the real fixture images")

@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "preprocess", help="shard-writing throughput on a local Dask cluster of 1 and 2 workers",
         description="Write the same shard set (fixture images replicated into a few hundred persons) with a local "
                     "Dask cluster of 1 and of 2 worker processes, and print samples/s and their ratio.")
-    pre.add_argument("--copies", type=int, default=24, help="copies of the 17 fixture persons")
+    pre.add_argument("--copies", type=int, default=48, help="copies of the 17 fixture persons")
     pre.add_argument("--json", action="store_true")
     pre.set_defaults(func=cmd_preprocess)
 
