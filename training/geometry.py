@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fitting.camera import CROP_FOCAL, CROP_RES
+from fitting.camera import CROP_FOCAL, CROP_RES, weak_perspective_to_translation  # noqa: F401 - re-exported
 from fitting.skeleton import rodrigues
 from shards.joints import J24_OFFSET, J49_FLIP_PERM, POSE_FLIP_SIGN, SMPL_POSE_FLIP_PERM
 
@@ -162,11 +162,6 @@ def fit_frame_px(keypoints: Tensor) -> Tensor:
 
 
 # --- SPIN's camera --------------------------------------------------------------------------------------------
-def weak_perspective_to_translation(cam: Tensor) -> Tensor:
-    """The network's camera [s, tx, ty] (B, 3) -> translation [tx, ty, 2f/(224 s)] (B, 3) metres (SPIN §3.5)."""
-    return torch.stack([cam[:, 1], cam[:, 2], 2.0 * CROP_FOCAL / (CROP_RES * cam[:, 0] + 1e-9)], dim=-1)
-
-
 def project_normalised(points: Tensor, cam_t: Tensor) -> Tensor:
     """Camera-frame projection of model points (B, N, 3) + cam_t (B, 3) to normalised crop coordinates (B, N, 2):
     focal 5000 px, principal point 0, divided by 112 (SPIN's training projection)."""
