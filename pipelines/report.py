@@ -93,6 +93,10 @@ def write_report(out: Path, *, manifest: dict[str, Any], seed: dict[str, Any], t
                   *_table(metrics, columns), ""]
     if pictures.get("curves"):
         lines += [f"![training curves]({pictures['curves']})", ""]
+    if pictures.get("shape"):
+        lines += ["## Body model", "", "The open model's first three shape coefficients at −2, 0 and +2 standard "
+                  "deviations, with its 49 canonical joints (blue left, red right, green central):", "",
+                  f"![shape space]({pictures['shape']})", ""]
     path = Path(out) / "report.md"
     path.write_text("\n".join(lines))
     return path

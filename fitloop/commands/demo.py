@@ -107,6 +107,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     fits_sheet(Path(summary["shards"]), Path(summary["fits"]), 12, model=body, size=180, columns=6) \
         .save(out / "sample_fits.png")
     pictures["fits"] = "sample_fits.png"
+    from fitting.pictures import shape_space_sheet
+
+    shape_space_sheet(body, components=3).save(out / "shape_space.png")
+    pictures["shape"] = "shape_space.png"
     curves = Path(summary["run_dir"]) / "curves.png"
     if curves.is_file():
         pictures["curves"] = str(curves.relative_to(out))
