@@ -102,6 +102,21 @@ def test_build_flow_runs_preprocess_seed_and_train(prefect_server, synthetic_lsp
     assert (run / "metrics.csv").is_file() and list((run / "checkpoints").glob("*.pt"))
     assert (tmp_path / "run" / "seed_fits.png").is_file()
 
+    # the demo's report: every table version measured against the synthetic ground truth
+    import json
+
+    from fitting.body_model import load_body_model
+    from pipelines.report import fit_errors_by_version, load_truth_joints, write_report
+
+    errors = fit_errors_by_version(summary["fits"], load_truth_joints([synthetic_lsp]), load_body_model("open"))
+    assert [e["version"] for e in errors] == [v["version"] for v in versions]
+    seeded = errors[1]
+    assert seeded["with_truth"] == 6 and 0 < seeded["pa_mpjpe_mm"] < 300
+    manifest = json.loads((tmp_path / "run" / "shards" / "manifest.json").read_text())
+    report = write_report(tmp_path, manifest=manifest, seed=summary["seed"], train=summary["train"],
+                          fit_errors=errors, pictures={}, timings={"build": 1.0}, notes=["test"]).read_text()
+    assert "## Fits table" in report and f"| 1 | 6 | 6 | {seeded['pa_mpjpe_mm']:.1f} |" in report
+
 
 def test_seed_and_train_flows_on_their_own(prefect_server, synthetic_lsp, tmp_path):
     from pipelines.flows import preprocess_flow, seed_fits_flow, train_flow
