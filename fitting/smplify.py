@@ -34,7 +34,7 @@ from torch import Tensor
 from fitting.body_model import BodyModel
 from fitting.camera import CROP_FOCAL, CROP_RES, project, translation_from_torso
 from fitting.priors import ANGLE_PRIOR_INDICES, ANGLE_PRIOR_SIGNS, MaxMixturePrior
-from fitting.skeleton import Skeleton, rodrigues
+from fitting.skeleton import Skeleton, SkeletonState, rodrigues
 from shards.joints import JOINT_INDEX, SMPLIFY_IGNORED, indices
 
 OP_TORSO = ("OP RHip", "OP LHip", "OP RShoulder", "OP LShoulder")
@@ -298,12 +298,14 @@ class SMPLify:
             new_pose = pose.clone()
             new_pose[:, :3] = pose[:, :3] + step[:, :3]
             new_t = cam_t + step[:, 3:]
-            new = evaluate(new_pose, new_t)
-            better = new[-1] < cost
+            new_state, new_torso, new_r, new_d, new_cost = evaluate(new_pose, new_t)
+            better = new_cost < cost
             pose = torch.where(better[:, None], new_pose, pose)
             cam_t = torch.where(better[:, None], new_t, cam_t)
-            if better.any():
-                state, torso, r, d, cost = evaluate(pose, cam_t)
+            state = _select_state(better, new_state, state)  # keep each example's accepted evaluation
+            torso = torch.where(better[:, None, None], new_torso, torso)
+            r = torch.where(better[:, None, None], new_r, r)
+            d, cost = torch.where(better, new_d, d), torch.where(better, new_cost, cost)
             lam = torch.where(better, lam / 3, lam * 5).clamp(1e-7, 1e7)
         return pose, cam_t
 
@@ -434,8 +436,8 @@ def _matrix_to_aa(rot: Tensor) -> Tensor:
     return torch.where(small[:, None], torch.zeros_like(aa), aa)
 
 
-def _select_state(mask: Tensor, new, old):
-    from fitting.skeleton import SkeletonState
+def _select_state(mask: Tensor, new: SkeletonState, old: SkeletonState) -> SkeletonState:
+    """Per example, ``new``'s evaluation where ``mask`` (B,) holds, else ``old``'s."""
 
     def pick(a: Tensor, b: Tensor) -> Tensor:
         return torch.where(mask.reshape((-1,) + (1,) * (a.dim() - 1)), a, b)
