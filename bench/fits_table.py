@@ -26,8 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from shards.fits_schema import FitProvenance, fits_batch
-from shards.fits_table import FitsTable
+from fits.schema import FitProvenance, fits_batch
+from fits.table import FitsTable
 
 
 # The baseline gets the table's writer tuning: dictionaries only for the columns that repeat.

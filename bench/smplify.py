@@ -19,14 +19,14 @@ import numpy as np
 import torch
 
 from fitting.body_model import BodyModel, load_body_model
-from fitting.camera import CROP_FOCAL, CROP_RES, project
+from core.camera import CROP_FOCAL, CROP_RES, project
 from fitting.priors import MaxMixturePrior
 from fitting.smplify import SMPLify, SMPLifyConfig, mean_pose_start
-from shards.joints import EVAL_J14, J24_NAMES, JOINT_INDEX, indices
-from training.metrics import mpjpe, pa_mpjpe
+from core.joints import EVAL_J14, J24_NAMES, JOINT_INDEX, indices
+from core.metrics import mpjpe, pa_mpjpe
 
 SPIN_LSP_FITS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "lsp" / "spin_npz" / "lsp-orig_fits.npy"
-DEFAULT_PRIOR = Path(__file__).resolve().parents[1] / "fitting" / "data" / "pose_prior_open.npz"
+from fitting.priors import DEFAULT_PRIOR
 
 
 def synthetic_people(body: BodyModel, prior: MaxMixturePrior, batch: int, seed: int) -> dict[str, torch.Tensor]:

@@ -23,14 +23,14 @@ import torch
 from PIL import Image, ImageDraw
 
 from fitting.body_model import BodyModel, load_body_model
-from fitting.camera import CROP_FOCAL, CROP_RES
+from core.camera import CROP_FOCAL, CROP_RES
 from fitting.priors import MaxMixturePrior
-from shards.joints import J24_OFFSET, NUM_JOINTS, OPENPOSE_NAMES, indices
+from core.joints import J24_OFFSET, NUM_JOINTS, OPENPOSE_NAMES, indices
 from shards.schema import PersonRecord, make_key
 from shards.writer import ShardConfig, write_shards
 
 SPIN_LSP_FITS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "lsp" / "spin_npz" / "lsp-orig_fits.npy"
-DEFAULT_PRIOR = Path(__file__).resolve().parents[1] / "fitting" / "data" / "pose_prior_open.npz"
+from fitting.priors import DEFAULT_PRIOR
 # OpenPose joints a detector would report (no feet: they are often missing)
 _OPENPOSE = indices([n for n in OPENPOSE_NAMES if "Toe" not in n and "Heel" not in n])
 

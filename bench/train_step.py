@@ -28,9 +28,9 @@ import torch
 
 from bench.synthetic_shards import DatasetSpec, write_synthetic_shards
 from fitting.smplify import SMPLifyConfig
-from shards.fits_schema import FitProvenance
+from fits.schema import FitProvenance
 from training.config import TrainConfig
-from training.fits_store import FitsStore
+from fits.store import FitsStore
 from training.loop import StepTimer, resolve, setup, train_step, Position
 from training.run_log import PARTS
 from training.seed import seed_missing_fits

@@ -1,2 +1,2 @@
-"""fitloop: datasets of 3D human body fits, built SPIN-style (see README.md)."""
-__version__ = "0.1.0"
+"""fitloop: datasets of 3D human body fits, built SPIN-style (see README.md). The command line only."""
+from core import __version__  # noqa: F401 - the one version number, also read by pyproject.toml

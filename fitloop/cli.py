@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from fitloop.errors import FitloopError
+from core.errors import FitloopError
 
 # Command groups, in the order `fitloop --help` lists them.
 COMMAND_MODULES = ["demo", "model", "prior", "bench", "fits", "preprocess", "shards", "serve", "train", "synth"]

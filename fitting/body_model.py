@@ -5,7 +5,7 @@
   * a path to a real SMPL, SMPL-H or SMPL-X file, ``.pkl`` (read with `fitting.safe_pickle`: no chumpy needed,
     nothing in the file is run) or ``.npz`` (read with ``allow_pickle=False``; object entries are skipped).
 The mesh is evaluated by the `smplx` package's own layers (linear blend skinning as SPIN runs it); fitloop adds
-the mapping from the layer's output to the canonical joints of `shards.joints`:
+the mapping from the layer's output to the canonical joints of `core.joints`:
 
     joints49 = M @ concat(kinematic24, R @ posed_vertices)
 
@@ -35,9 +35,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fitloop.errors import ModelFileError
+from core.errors import ModelFileError
 from fitting import safe_pickle
-from shards.joints import (CANONICAL_ALIASES, CANONICAL_FROM_KINEMATIC, JOINT_NAMES, NUM_JOINTS,
+from core.joints import (CANONICAL_ALIASES, CANONICAL_FROM_KINEMATIC, JOINT_NAMES, NUM_JOINTS,
                            SMPL_JOINT_INDEX, SMPL_JOINT_NAMES)
 
 DATA_DIR = Path(__file__).resolve().parent / "data"

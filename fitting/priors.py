@@ -2,7 +2,7 @@
 
 All energies are per example, batched, deterministic, and take their parameters at call time (the pose prior
 holds only its fixed mixture). Poses are SMPL body poses: (B, 69) = 23 joints × axis-angle in radians, joints in
-`shards.joints.SMPL_JOINT_NAMES` order without the pelvis (global orientation), each rotation local to its
+`core.joints.SMPL_JOINT_NAMES` order without the pelvis (global orientation), each rotation local to its
 parent and relative to the body model's T-pose.
 
 The mixture lives in two file formats, both read by :func:`load_gmm`:
@@ -27,8 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from fitloop.errors import ModelFileError
-from shards.joints import SMPL_JOINT_INDEX
+from core.errors import ModelFileError
+from core.joints import SMPL_JOINT_INDEX
+
+# The committed pose prior of the open model (trained on CMU motion capture: docs/pose_prior.md).
+DEFAULT_PRIOR = Path(__file__).resolve().parent / "data" / "pose_prior_open.npz"
 
 NPZ_FORMAT = "fitloop-pose-prior"
 NPZ_FORMAT_VERSION = 1

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from fitloop.errors import ModelFileError, UnsafePickleError
+from core.errors import ModelFileError, UnsafePickleError
 
 try:  # numpy >= 2 moved the pickle helpers; old pickles name numpy.core.multiarray
     from numpy._core import multiarray as _multiarray

@@ -32,10 +32,10 @@ import torch
 from torch import Tensor
 
 from fitting.body_model import BodyModel
-from fitting.camera import CROP_FOCAL, CROP_RES, project, translation_from_torso
+from core.camera import CROP_FOCAL, CROP_RES, project, translation_from_torso
 from fitting.priors import ANGLE_PRIOR_INDICES, ANGLE_PRIOR_SIGNS, MaxMixturePrior
 from fitting.skeleton import Skeleton, SkeletonState, rodrigues
-from shards.joints import JOINT_INDEX, SMPLIFY_IGNORED, indices
+from core.joints import JOINT_INDEX, SMPLIFY_IGNORED, indices
 
 OP_TORSO = ("OP RHip", "OP LHip", "OP RShoulder", "OP LShoulder")
 TORSO_PAIRS = (("Right Shoulder", "Right Hip"), ("Left Shoulder", "Left Hip"))  # the start's similar triangles
@@ -95,7 +95,7 @@ def mean_pose_start(body: BodyModel, keypoints: Tensor, focal: float = CROP_FOCA
                     center: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """SPIN's start without an estimate, for keypoints (B, 49, 3) px: pose (B, 72) upright and facing the camera
     (global orientation π about x, body pose 0), betas (B, NB) 0, and the translation (B, 3) m that puts the mean
-    body's torso on the keypoints' torso (similar triangles; `fitting.camera.translation_from_torso`).
+    body's torso on the keypoints' torso (similar triangles; `core.camera.translation_from_torso`).
 
     center: (B, 2) principal point, px; default SPIN's crop centre (112, 112)."""
     batch, device = keypoints.shape[0], keypoints.device

@@ -1,7 +1,7 @@
 """Prefect flows: `preprocess` (datasets -> shards), `seed_fits` (shards -> SMPLify -> a fits-table version),
 `train` (the SPIN trainer) and `build` (all three).
 
-Flows orchestrate; the work is in plain functions (`pipelines.preprocess`, `pipelines.seed`, `training.loop`),
+Flows orchestrate; the work is in plain functions (`pipelines.preprocess`, `fits.seeding`, `training.loop`),
 importable and tested without Prefect. Tasks are coarse — a whole stage — and fan their chunks (hundreds of
 images each) out to Dask themselves (`pipelines.cluster.dask_client`): a local cluster by default, an existing one
 with ``dask_address`` or ``$FITLOOP_DASK_ADDRESS``. Dask workers never talk to Prefect. Only I/O errors are retried.
@@ -94,7 +94,7 @@ def seed_task(shards: str, fits: str, body_model: str, batch_size: int, workers:
     from dataclasses import asdict
 
     from pipelines.cluster import dask_client
-    from pipelines.seed import SeedConfig, seed_fits
+    from fits.seeding import SeedConfig, seed_fits
 
     logger = get_run_logger()
     config = SeedConfig(body_model=body_model, batch_size=batch_size, run_id=run_id)
@@ -114,7 +114,7 @@ def _fits_picture_artifact(shards: str, fits: str, body_model: str, out_png: Pat
     import base64
     import io
 
-    from shards.sample_picture import fits_sheet
+    from render.sample_picture import fits_sheet
 
     sheet = fits_sheet(Path(shards), Path(fits), 8, model=body_model, size=160, columns=4)
     out_png.parent.mkdir(parents=True, exist_ok=True)

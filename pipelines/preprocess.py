@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from fitloop.errors import FitloopError
+from core.errors import FitloopError
 from shards.schema import PersonRecord, Reject
 from shards.writer import ShardConfig, finalize_manifest, iter_chunks, prepare_out_dir, write_chunk
 

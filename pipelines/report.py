@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from shards.joints import EVAL_J14, indices
+from core.joints import EVAL_J14, indices
 
 
 def load_truth_joints(roots: list[Path]) -> dict[str, np.ndarray]:
@@ -28,8 +28,8 @@ def load_truth_joints(roots: list[Path]) -> dict[str, np.ndarray]:
 
 def fit_errors_by_version(table_path: Path, truth: dict[str, np.ndarray], body: Any) -> list[dict[str, Any]]:
     """[{version, fits, with_truth, pa_mpjpe_mm, source}] for every version of the fits table."""
-    from shards.fits_table import FitsTable
-    from training.metrics import pa_mpjpe
+    from fits.table import FitsTable
+    from core.metrics import pa_mpjpe
 
     table = FitsTable.open(table_path)
     eval_idx = torch.as_tensor(indices(EVAL_J14))

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from shards.crop import from_affine_rows, invert, to_affine_rows, transform_points
-from shards.joints import NUM_JOINTS
+from core.joints import NUM_JOINTS
 from shards.schema import SCHEMA_VERSION, PersonRecord
 
 # Bump when a member is added, removed or changes meaning; readers check it.

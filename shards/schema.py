@@ -2,7 +2,7 @@
 
 A `PersonRecord` is one annotated person in one image, already in fitloop's conventions:
 
-* **Joints** in the canonical 49-joint layout of :mod:`shards.joints` (0–24 OpenPose detections, 25–48 the
+* **Joints** in the canonical 49-joint layout of :mod:`core.joints` (0–24 OpenPose detections, 25–48 the
   "ground-truth" J24 annotations). Unannotated joints are all zeros, confidence 0.
 * **Pixels are 0-based**: pixel (0, 0) is the centre of the top-left pixel, so the image spans
   [-0.5, W - 0.5] × [-0.5, H - 0.5]. MATLAB-born annotations (MPII, LSP, LSP-extended, and SPIN's .npz files made
@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from shards.joints import NUM_JOINTS
+from core.joints import NUM_JOINTS
 
 # Bump when a field is added, removed or changes meaning; shard manifests and rejects tables record it.
 SCHEMA_VERSION = 1

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from shards.joints import JOINT_NAMES
+from core.joints import JOINT_NAMES
 from shards.writer import load_manifest
 
 # Person box sides (px in the original image) are counted in these bins: [0, 64), [64, 128), ... [1024, inf).

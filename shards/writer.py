@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from fitloop.errors import FitloopError
+from core.errors import FitloopError
 from shards.crop import box_to_crop, warp
 from shards.sample import SAMPLE_FORMAT_VERSION, encode_sample
 from shards.schema import REJECT_COLUMNS, SCHEMA_VERSION, PersonRecord, Reject
@@ -350,7 +350,7 @@ def finalize_manifest(out_dir: Path, chunk_results: list[ChunkResult], config: S
     Raises:
         ShardWriteError: a key written by two chunks, or counts that do not reconcile (read = written + rejected).
     """
-    from fitloop import __version__
+    from core import __version__
 
     out_dir = Path(out_dir)
     seen: dict[str, str] = {}

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from shards.joints import SMPL_PARENTS
+from core.joints import SMPL_PARENTS
 
 SMPL_VERTICES, SMPLX_VERTICES = 6890, 10475
 

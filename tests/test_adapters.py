@@ -16,7 +16,7 @@ import scipy.io
 from PIL import Image
 
 from pipelines.adapters import ADAPTERS, SPIN_LIMB_JOINTS, DatasetError, iter_dataset
-from shards.joints import COCO_JOINTS, JOINT_INDEX, LSP_JOINTS, MPII_JOINTS, NUM_JOINTS
+from core.joints import COCO_JOINTS, JOINT_INDEX, LSP_JOINTS, MPII_JOINTS, NUM_JOINTS
 from shards.schema import KEY_PATTERN, PersonRecord, Reject, make_key
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"

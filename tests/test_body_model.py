@@ -5,9 +5,9 @@ from smplx.lbs import batch_rodrigues
 
 import model_files
 from fitloop.cli import main as fitloop
-from fitloop.errors import ModelFileError
+from core.errors import ModelFileError
 from fitting.body_model import SPIN_EXTRA_NAMES, load_body_model
-from shards.joints import JOINT_INDEX, SMPL_JOINT_INDEX
+from core.joints import JOINT_INDEX, SMPL_JOINT_INDEX
 
 
 @pytest.fixture(scope="module")

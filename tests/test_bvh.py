@@ -10,15 +10,15 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from fitting import bvh
-from fitting.prior_train import DEFAULT_MODEL, train_prior
+from assets import bvh
+from assets.prior_train import DEFAULT_MODEL, train_prior
 from fitting.priors import MaxMixturePrior, angle_prior, load_gmm
-from shards.joints import SMPL_JOINT_INDEX, SMPL_PARENTS, flip_pose
+from core.joints import SMPL_JOINT_INDEX, SMPL_PARENTS, flip_pose
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CMU = SHARED / "mocap" / "cmu"
 LSP_FITS = SHARED / "fixtures" / "lsp" / "spin_npz" / "lsp-orig_fits.npy"
-DEFAULT_PRIOR = Path(__file__).resolve().parents[1] / "fitting" / "data" / "pose_prior_open.npz"
+from fitting.priors import DEFAULT_PRIOR
 needs_cmu = pytest.mark.skipif(not CMU.is_dir(), reason=f"{CMU} is absent: the CMU clips live in ../shared beside "
                                                         f"the checkout, never in the repo")
 

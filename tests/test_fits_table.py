@@ -25,9 +25,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fitloop.cli import main
-from shards.fits_interchange import export_spin, import_spin, spin_keys
-from shards.fits_schema import FITS_SCHEMA, FitProvenance, FitsTableError, check_fits, config_hash, fits_batch
-from shards.fits_table import BestLosses, FitsTable, best_of
+from fits.interchange import export_spin, import_spin, spin_keys
+from fits.schema import FITS_SCHEMA, FitProvenance, FitsTableError, check_fits, config_hash, fits_batch
+from fits.table import BestLosses, FitsTable, best_of
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures"
@@ -287,9 +287,9 @@ def test_a_fit_appended_while_compacting_survives(tmp_path):
 WRITER = """
 import json, sys, time
 import numpy as np
-import shards.fits_table as fits_table
-from shards.fits_schema import FitProvenance, fits_batch
-from shards.fits_table import FitsTable
+import fits.table as fits_table
+from fits.schema import FitProvenance, fits_batch
+from fits.table import FitsTable
 path, name, rows, batches, seed, start_at = sys.argv[1:]
 table, rows, batches, seed = FitsTable.open(path), int(rows), int(batches), int(seed)
 rng = np.random.default_rng(abs(seed))

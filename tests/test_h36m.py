@@ -19,7 +19,7 @@ from pipelines.adapters.h36m import (CAMERA_NAMES, RAW_INDEX, SPLIT_SUBJECTS, Ma
                                      read_pose_cdf)
 from pipelines.synthetic import SynthConfig, generate, load_truth
 from pipelines.synthetic.h36m_files import write_pose_cdf
-from shards.joints import H36M_JOINTS, J24_NAMES, J24_OFFSET, JOINT_NAMES, indices
+from core.joints import H36M_JOINTS, J24_NAMES, J24_OFFSET, JOINT_NAMES, indices
 from shards.schema import KEY_PATTERN, PersonRecord, Reject, make_key
 
 ACTIONS = ("Directions 1", "Walking")

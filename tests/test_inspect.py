@@ -20,13 +20,13 @@ from PIL import Image
 import model_files
 from fitloop.cli import main
 from fitting.body_model import load_body_model
-from shards.fit_view import FIT_FOCAL, fit_camera, keypoints_in_fit_frame, pose_fit
-from shards.fits_schema import FitProvenance, fits_batch
-from shards.fits_table import FitsTable
-from shards.joints import J24_NAMES, JOINT_INDEX, NUM_JOINTS
+from core.frames import FIT_FOCAL, fit_camera, keypoints_in_fit_frame, pose_fit
+from fits.schema import FitProvenance, fits_batch
+from fits.table import FitsTable
+from core.joints import J24_NAMES, JOINT_INDEX, NUM_JOINTS
 from shards.lookup import SampleNotFoundError, find_samples, pick_samples
-from shards.render import LEFT_COLOUR, RIGHT_COLOUR
-from shards.sample_picture import FitPanel, contact_sheet, projected_joints, render_panel, render_sample
+from render.draw import LEFT_COLOUR, RIGHT_COLOUR
+from render.sample_picture import FitPanel, contact_sheet, projected_joints, render_panel, render_sample
 from shards.schema import PersonRecord
 from shards.stats import shard_stats
 from shards.verify import verify_set
@@ -339,7 +339,7 @@ def test_stats_count_visible_joints_and_box_sizes(shard_set, capsys):
 
 
 def test_seed_fits_recover_the_people_and_append_only_improvements(shard_set, tmp_path, model):
-    from pipelines.seed import SeedConfig, seed_fits
+    from fits.seeding import SeedConfig, seed_fits
 
     table_path = tmp_path / "fits"
     result = seed_fits(shard_set, table_path, SeedConfig(batch_size=4), keys=["synth/p1", "synth/p2"])

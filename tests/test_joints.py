@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from shards import joints as J
+from core import joints as J
 
 # SPIN's constants.py, typed out by hand there; here they are derived from names, and checked against SPIN's.
 SPIN_J24_FLIP = [5, 4, 3, 2, 1, 0, 11, 10, 9, 8, 7, 6, 12, 13, 14, 15, 16, 17, 18, 19, 21, 20, 23, 22]

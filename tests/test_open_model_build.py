@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("anny")
 pytest.importorskip("trimesh")
 
-from fitting.open_model import DEFAULT_CACHE_DIR, FILE_NAMES, build_and_save  # noqa: E402
+from assets.open_model import DEFAULT_CACHE_DIR, FILE_NAMES, build_and_save  # noqa: E402
 from fitting.body_model import DATA_DIR  # noqa: E402
 
 EXACT = ("kintree_table", "f", "keypoint_names", "vertex_ids_names")

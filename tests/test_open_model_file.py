@@ -7,8 +7,8 @@ import pytest
 import torch
 from scipy.spatial import cKDTree
 
-from fitting.open_model import check_model, smplx_layer
-from shards.joints import H36M_JOINTS, SMPL_JOINT_INDEX, SMPL_JOINT_NAMES, SMPL_PARENTS
+from assets.open_model import check_model, smplx_layer
+from core.joints import H36M_JOINTS, SMPL_JOINT_INDEX, SMPL_JOINT_NAMES, SMPL_PARENTS
 
 DATA = Path(__file__).resolve().parents[1] / "fitting" / "data"
 FILES = {"full": DATA / "open_body.npz", "small": DATA / "open_body_small.npz"}

@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 import model_files
-from fitloop.errors import ModelFileError, UnsafePickleError
+from core.errors import ModelFileError, UnsafePickleError
 from fitting import safe_pickle
 
 

@@ -23,7 +23,7 @@ from shards import writer as shard_writer
 from shards.augment import (IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, AugmentParams, augment_joints_3d,
                             augment_keypoints, augment_pose, training_transform)
 from shards.crop import box_to_crop, invert, transform_points, warp
-from shards.joints import J49_FLIP_PERM, JOINT_INDEX, NUM_JOINTS
+from core.joints import J49_FLIP_PERM, JOINT_INDEX, NUM_JOINTS
 from shards.reader import (ReaderConfig, ShardCorruptError, ShardReader, iter_shard, list_shards, verify)
 from shards.sample import decode_npy, encode_npy
 from shards.schema import REJECT_COLUMNS, PersonRecord, Reject

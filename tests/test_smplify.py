@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from fitting.body_model import DATA_DIR, load_body_model
-from fitting.camera import CROP_FOCAL, project
+from core.camera import CROP_FOCAL, project
 from fitting.priors import MaxMixturePrior
 from fitting.smplify import SMPLify, SMPLifyConfig
-from shards.joints import JOINT_INDEX, indices
-from training.metrics import pa_mpjpe
+from core.joints import JOINT_INDEX, indices
+from core.metrics import pa_mpjpe
 
 PRIOR = DATA_DIR / "pose_prior_open.npz"
 

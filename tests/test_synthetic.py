@@ -19,8 +19,8 @@ from pipelines.adapters import iter_dataset
 from pipelines.synthetic import SynthConfig, SynthError, generate, load_truth
 from pipelines.synthetic.config import DEFAULT_MOCAP_DIR
 from pipelines.synthetic.paint import background, rle_counts
-from pipelines.synthetic.raster import rasterize
-from shards.joints import JOINT_INDEX, indices, H36M_JOINTS
+from render.raster import rasterize
+from core.joints import JOINT_INDEX, indices, H36M_JOINTS
 from shards.schema import KEY_PATTERN, PersonRecord, Reject
 
 TINY = dict(coco_people=5, mpii_people=5, lsp_people=5, lspet_people=5, h36m_subjects=("S1", "S9"),

@@ -22,14 +22,14 @@ from fitting.body_model import load_body_model
 from fitting.priors import MaxMixturePrior
 from fitting.smplify import SMPLify, SMPLifyConfig
 from shards.augment import AugmentParams, augment_keypoints, augment_pose as augment_pose_np, training_transform
-from shards.fits_schema import FitProvenance, fits_batch
-from shards.fits_table import FitsTable
-from shards.joints import NUM_JOINTS
+from fits.schema import FitProvenance, fits_batch
+from fits.table import FitsTable
+from core.joints import NUM_JOINTS
 from shards.reader import ReaderConfig
 from training.checkpoint import latest_checkpoint, load_checkpoint
 from training.config import DEFAULT_PRIOR, TrainConfig
 from training.data import MixedShardStream, group_counts, parse_mix, resolve_mix
-from training.fits_store import FitsStore
+from fits.store import FitsStore
 from training.geometry import (augment_pose, axis_angle_to_rotmat, canonical_keypoints, canonical_pose,
                                canonical_translation, estimate_translation, fit_frame_px, project_normalised,
                                rest_root, rot6d_to_rotmat, rotmat_to_axis_angle)

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from fitloop.errors import FitloopError
+from core.errors import FitloopError
 
 FORMAT = "fitloop-checkpoint"
 FORMAT_VERSION = 1

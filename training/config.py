@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fitting import priors
 from fitting.smplify import SMPLifyConfig
 from shards.augment import AugmentConfig
 
-DEFAULT_PRIOR = str(Path(__file__).resolve().parents[1] / "fitting" / "data" / "pose_prior_open.npz")
+DEFAULT_PRIOR = str(priors.DEFAULT_PRIOR)
 # SPIN's MixedDataset: 30% H36M, 60% in-the-wild (split by size), 10% MPI-INF-3DHP. "*" takes every dataset no
 # other group names (so a new in-the-wild set needs no entry).
 SPIN_MIX = "h36m=0.3;lsp-orig,mpii,lspet,coco,*=0.6;mpi-inf-3dhp=0.1"
@@ -61,7 +62,7 @@ class TrainConfig:
         steps_per_epoch: None: the training samples over batch size × world size.
         eval_max_samples: evaluate on at most this many held-out samples (None: all).
     Fits:
-        fits: the fits table (`shards.fits_table.FitsTable`); created when missing.
+        fits: the fits table (`fits.table.FitsTable`); created when missing.
         seed_missing_fits: fit the training samples that have no fit yet from the mean pose before training
             (SPIN's static fits), ``source="seed"``.
     Model:

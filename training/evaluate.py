@@ -1,6 +1,6 @@
 """Evaluation: MPJPE and PA-MPJPE (mm) of the network on held-out shards, and of the fits table against ground truth.
 
-Protocol (SPIN's Human3.6M protocol 2, SPIN_REFERENCE §8.1): the 14 joints `shards.joints.EVAL_J14` (LSP limbs,
+Protocol (SPIN's Human3.6M protocol 2, SPIN_REFERENCE §8.1): the 14 joints `core.joints.EVAL_J14` (LSP limbs,
 neck, H36M head) from the body model's Human3.6M regressor on the mesh, centred on its pelvis (H36M joint 0);
 MPJPE is the mean joint distance after that centring, PA-MPJPE after a per-example similarity Procrustes. Ground
 truth, per sample:
@@ -26,11 +26,11 @@ import torch
 from torch import Tensor
 
 from fitting.body_model import BodyModel
-from shards.fits_schema import NUM_BETAS, NUM_POSE
-from shards.fits_table import FitsTable, best_of
-from shards.joints import EVAL_J14, H36M_JOINTS, JOINT_INDEX, indices
+from fits.schema import NUM_BETAS, NUM_POSE
+from fits.table import FitsTable, best_of
+from core.joints import EVAL_J14, H36M_JOINTS, JOINT_INDEX, indices
 from shards.reader import iter_shard, list_shards
-from training.metrics import mpjpe, pa_mpjpe
+from core.metrics import mpjpe, pa_mpjpe
 
 _FROM_H36M = torch.tensor([H36M_JOINTS.index(name) for name in EVAL_J14])
 _EVAL_CANONICAL = torch.as_tensor(indices(EVAL_J14))

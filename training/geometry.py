@@ -12,7 +12,7 @@ Frames (SPIN_REFERENCE §2.1, §5.3, §6.4):
 
 Augmentation (`shards.augment`): the crop is turned by ``rot`` degrees and scaled by ``scale`` about its centre, then
 mirrored when ``flip``; 3D points turn by −rot about the camera's z axis; the global orientation is pre-multiplied
-by that turn; a flip mirrors the pose (`shards.joints.flip_pose`). The **canonical** frame is the sample as stored:
+by that turn; a flip mirrors the pose (`core.joints.flip_pose`). The **canonical** frame is the sample as stored:
 no flip, no rotation, scale 1. Fits are stored canonical; `to_canonical_*` undo an augmentation, `augment_pose`
 applies it.
 """
@@ -21,9 +21,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fitting.camera import CROP_FOCAL, CROP_RES, weak_perspective_to_translation  # noqa: F401 - re-exported
+from core.camera import CROP_FOCAL, CROP_RES, weak_perspective_to_translation  # noqa: F401 - re-exported
 from fitting.skeleton import rodrigues
-from shards.joints import J24_OFFSET, J49_FLIP_PERM, POSE_FLIP_SIGN, SMPL_POSE_FLIP_PERM
+from core.joints import J24_OFFSET, J49_FLIP_PERM, POSE_FLIP_SIGN, SMPL_POSE_FLIP_PERM
 
 FIT_CENTER = CROP_RES / 2.0  # px: the fit frame's principal point (112)
 
@@ -98,7 +98,7 @@ def z_rotation(rot_deg: Tensor) -> Tensor:
 
 # --- augmentation of poses, keypoints and cameras ---------------------------------------------------------------
 def flip_pose(pose: Tensor) -> Tensor:
-    """Mirror SMPL axis-angle poses (B, 72) (`shards.joints.flip_pose`, in torch)."""
+    """Mirror SMPL axis-angle poses (B, 72) (`core.joints.flip_pose`, in torch)."""
     perm = torch.as_tensor(SMPL_POSE_FLIP_PERM, device=pose.device)
     return pose[:, perm] * torch.as_tensor(POSE_FLIP_SIGN, dtype=pose.dtype, device=pose.device)
 

@@ -41,14 +41,14 @@ from fitting.body_model import BodyModel, load_body_model
 from fitting.priors import MaxMixturePrior
 from fitting.smplify import SMPLify
 from shards.augment import AugmentConfig
-from shards.fits_schema import FitProvenance, config_hash
-from shards.fits_table import FitsTable
+from fits.schema import FitProvenance, config_hash
+from fits.table import FitsTable
 from shards.reader import ReaderConfig, ShardReader, list_shards
 from training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.data import MixedShardStream, parse_mix, train_sample_count
 from training.evaluate import FitsGroundTruth, evaluate_fits, evaluate_network
-from training.fits_store import FitsStore
+from fits.store import FitsStore
 from training.geometry import fit_frame_px
 from training.regressor import Regressor, mean_params_from_npz, mean_params_from_prior
 from training.resnet import load_imagenet_weights

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from shards.joints import J24_OFFSET, JOINT_INDEX
+from core.joints import J24_OFFSET, JOINT_INDEX
 
 _HIPS_3D = (JOINT_INDEX["Right Hip"], JOINT_INDEX["Left Hip"])  # SPIN centres 3D joints on the J24 hips' midpoint
 

@@ -15,12 +15,12 @@ import numpy as np
 import torch
 
 from fitting.smplify import SMPLify, mean_pose_start
-from shards.fits_schema import FitProvenance, fits_from_smplify
-from shards.fit_view import keypoints_in_fit_frame
-from shards.fits_table import FitsTable
+from fits.schema import FitProvenance, fits_from_smplify
+from core.frames import keypoints_in_fit_frame
+from fits.table import FitsTable
 from shards.reader import iter_shard, list_shards
 from shards.sample import StoredSample
-from training.fits_store import FitsStore
+from fits.store import FitsStore
 from training.geometry import FIT_CENTER
 
 

@@ -27,9 +27,9 @@ from torch import Tensor
 from fitting.body_model import BodyModel
 from fitting.priors import angle_prior, shape_prior
 from fitting.smplify import SMPLify, SMPLifyResult
-from shards.fits_schema import BETAS_EXTREME_SIGMA, FitProvenance, fits_batch
+from fits.schema import BETAS_EXTREME_SIGMA, FitProvenance, fits_batch
 from training.config import LossWeights
-from training.fits_store import FitsStore
+from fits.store import FitsStore
 from training.geometry import (FIT_CENTER, augment_pose, axis_angle_to_rotmat, canonical_keypoints,
                                canonical_pose, canonical_translation, estimate_translation, fit_frame_px,
                                project_normalised, rest_root, rotmat_to_axis_angle, weak_perspective_to_translation)

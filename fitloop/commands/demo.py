@@ -61,7 +61,7 @@ def fixture_specs() -> list:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from fitloop.errors import FitloopError
+    from core.errors import FitloopError
     from pipelines.preprocess import DatasetSpec
     from pipelines.synthetic import SynthConfig, generate
 
@@ -102,12 +102,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"[demo]   fits v{row['version']}: {row['fits']} fits, PA-MPJPE {row['pa_mpjpe_mm']:.1f} mm "
               f"({row['with_truth']} with truth)", flush=True)
     pictures = {}
-    from shards.sample_picture import fits_sheet
+    from render.sample_picture import fits_sheet
 
     fits_sheet(Path(summary["shards"]), Path(summary["fits"]), 12, model=body, size=180, columns=6) \
         .save(out / "sample_fits.png")
     pictures["fits"] = "sample_fits.png"
-    from fitting.pictures import shape_space_sheet
+    from render.model_pictures import shape_space_sheet
 
     shape_space_sheet(body, components=3).save(out / "shape_space.png")
     pictures["shape"] = "shape_space.png"

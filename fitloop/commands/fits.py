@@ -68,7 +68,7 @@ def _at_options(command: argparse.ArgumentParser) -> None:
 
 
 def _at(args: argparse.Namespace) -> dict:
-    from shards.fits_table import parse_timestamp
+    from fits.table import parse_timestamp
 
     return {"version": args.version, "timestamp": parse_timestamp(args.timestamp) if args.timestamp else None}
 
@@ -83,7 +83,7 @@ def _row(row: dict, full: bool) -> dict:
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
-    from shards.fits_table import FitsTable
+    from fits.table import FitsTable
 
     versions = FitsTable.open(args.table).versions()
     if args.json:
@@ -95,8 +95,8 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from fitloop.errors import FitloopError
-    from shards.fits_table import FitsTable, best_of
+    from core.errors import FitloopError
+    from fits.table import FitsTable, best_of
 
     table = FitsTable.open(args.table)
     history = _history(table, args)
@@ -128,7 +128,7 @@ def _history(table, args: argparse.Namespace):
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from shards.fits_table import FitsTable
+    from fits.table import FitsTable
 
     diff = FitsTable.open(args.table).diff(args.v1, args.v2)
     if args.json:
@@ -144,8 +144,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from shards.fits_interchange import SPIN_BODY_MODEL_ID, import_spin
-    from shards.fits_table import FitsTable
+    from fits.interchange import SPIN_BODY_MODEL_ID, import_spin
+    from fits.table import FitsTable
 
     table = FitsTable.create(args.table, exist_ok=True)
     summary = import_spin(table, args.spin_npz, args.spin_fits, dataset=args.dataset,
@@ -161,9 +161,9 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
-    from fitloop.errors import FitloopError
-    from shards.fits_interchange import export_spin
-    from shards.fits_table import FitsTable
+    from core.errors import FitloopError
+    from fits.interchange import export_spin
+    from fits.table import FitsTable
 
     table = FitsTable.open(args.table)
     if args.parquet is not None:
@@ -184,7 +184,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
-    from shards.fits_table import FitsTable
+    from fits.table import FitsTable
 
     table = FitsTable.open(args.table)
     version = table.compact()
@@ -195,7 +195,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 
 def cmd_vacuum(args: argparse.Namespace) -> int:
-    from shards.fits_table import FitsTable
+    from fits.table import FitsTable
 
     removed = FitsTable.open(args.table).vacuum(retention_hours=args.retention_hours, dry_run=args.dry_run)
     print(f"{'would delete' if args.dry_run else 'deleted'} {len(removed)} file(s)")

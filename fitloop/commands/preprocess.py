@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from fitloop.errors import FitloopError
+from core.errors import FitloopError
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(

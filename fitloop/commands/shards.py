@@ -131,14 +131,14 @@ def _json_row(row: dict) -> dict:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from shards.joints import JOINT_NAMES
+    from core.joints import JOINT_NAMES
     from shards.lookup import find_samples
 
     sample = find_samples(args.dir, [args.key])[0]
     history = None
     if args.fits is not None:
-        from shards.fits_lookup import fit_histories, latest_version
-        from shards.fits_table import FitsTable
+        from fits.lookup import fit_histories, latest_version
+        from fits.table import FitsTable
 
         table = FitsTable.open(args.fits)
         version = args.version if args.version is not None else latest_version(table)
@@ -185,9 +185,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from fitloop.errors import FitloopError
+    from core.errors import FitloopError
     from shards.lookup import find_samples, pick_samples
-    from shards.sample_picture import FitPanel, contact_sheet, render_sample
+    from render.sample_picture import FitPanel, contact_sheet, render_sample
 
     suffix = args.out.suffix.lower()
     if suffix not in (".png", ".html"):
@@ -201,8 +201,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     model, latest, older, histories, now = None, {}, None, None, None
     if args.fits is not None:
         from fitting.body_model import load_body_model
-        from shards.fits_lookup import best_fits, fit_histories, latest_version
-        from shards.fits_table import FitsTable
+        from fits.lookup import best_fits, fit_histories, latest_version
+        from fits.table import FitsTable
 
         table = FitsTable.open(args.fits)
         now = latest_version(table)
@@ -228,7 +228,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         tmp.replace(args.out)
         print(f"wrote {args.out}: {len(pictures)} sample(s), {picture.size[0]}×{picture.size[1]} px")
         return 0
-    from shards.inspect_html import PageEntry, files_dir, write_page
+    from render.html import PageEntry, files_dir, write_page
 
     entries = [PageEntry(s, p, None if histories is None else histories[s.key]) for s, p in zip(samples, pictures)]
     fits_note = (f"fits: {args.fits} v{now}" + (f" and v{args.version}" if args.version is not None else "")

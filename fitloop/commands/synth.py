@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from fitloop.errors import FitloopError
+    from core.errors import FitloopError
     from pipelines.synthetic import DATASETS, SynthConfig, generate
 
     options = {"seed": args.seed, "poses": args.poses, "mocap_dir": args.mocap_dir, "workers": args.workers}

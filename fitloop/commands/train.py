@@ -120,7 +120,7 @@ def build_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from fitloop.errors import FitloopError
+    from core.errors import FitloopError
     from training.loop import resolve, train
 
     try:

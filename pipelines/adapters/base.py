@@ -31,8 +31,8 @@ from typing import Any, Iterator, Literal, Mapping, Protocol, Sequence
 import numpy as np
 from PIL import Image
 
-from fitloop.errors import FitloopError
-from shards.joints import J24_OFFSET, JOINT_NAMES, NUM_JOINTS, indices
+from core.errors import FitloopError
+from core.joints import J24_OFFSET, JOINT_NAMES, NUM_JOINTS, indices
 from shards.schema import PersonRecord, Reject
 
 Output = PersonRecord | Reject
@@ -57,7 +57,7 @@ class CheckConfig:
             fit. It is deliberately looser than SPIN's training selection (all 12 limb joints for COCO, all 16
             for MPII): a shard is a faithful conversion that a training filter can narrow but never widen,
             so reproduce SPIN with ``require_joints`` at conversion time, or filter when you load.
-        require_joints: canonical joint names (shards.joints.JOINT_NAMES) that must all be annotated;
+        require_joints: canonical joint names (core.joints.JOINT_NAMES) that must all be annotated;
             `SPIN_LIMB_JOINTS` reproduces SPIN's COCO selection.
         occluded_confidence: confidence given to joints annotated as occluded (COCO v=1, LSP flag 1, MPII
             is_visible=0). 1.0 as SPIN does: the annotator placed them; set 0 to train on visible joints only.

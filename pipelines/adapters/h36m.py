@@ -34,7 +34,7 @@ Projection with distortion is Human3.6M's own model (as 3d-pose-baseline impleme
 
 **Records.** Every ``frame_step``-th frame (default 5, as SPIN) of every sequence is one person. The 17 joints
 SPIN takes from the 32 (raw 11, 1, 2, 3, 6, 7, 8, 12, 24, 14, 15, 17, 18, 19, 25, 26, 27: raw 11 is a copy of the
-pelvis 0, raw 24 of the thorax 13) go to the canonical slots of `shards.joints.H36M_JOINTS` — exactly SPIN's
+pelvis 0, raw 24 of the thorax 13) go to the canonical slots of `core.joints.H36M_JOINTS` — exactly SPIN's
 ``h36m_idx → global_idx`` map. 2D confidence is 1 for all 17 (Human3.6M has no occlusion labels). The 3D joints
 are metres in the camera frame, absolute by default (the depth is information; losses centre them where they
 need to); ``root_centred=True`` gives SPIN's ``S`` (minus the pelvis).
@@ -68,7 +68,7 @@ import numpy as np
 
 from pipelines.adapters.base import (CheckConfig, DatasetError, Output, RecordBuilder, check_split, display_path,
                                      keypoint_box, resolve_under)
-from shards.joints import H36M_JOINTS, to_canonical
+from core.joints import H36M_JOINTS, to_canonical
 from shards.schema import make_key
 
 SPLIT_SUBJECTS: dict[str, tuple[str, ...]] = {

@@ -12,7 +12,7 @@ The two ``joints`` arrays look alike and are not:
   they are treated as not annotated (confidence 0). Images ``im00001.jpg`` … (5 digits). All 10,000 are train.
 
 Both are MATLAB files in 1-based pixels; fitloop subtracts 1. Joint order: r-ankle, r-knee, r-hip, l-hip, l-knee,
-l-ankle, r-wrist, r-elbow, r-shoulder, l-shoulder, l-elbow, l-wrist, neck, head-top (shards.joints.LSP_JOINTS).
+l-ankle, r-wrist, r-elbow, r-shoulder, l-shoulder, l-elbow, l-wrist, neck, head-top (core.joints.LSP_JOINTS).
 Box (SPIN): the tight box of the annotated joints, ``scale = 1.2·max(w, h)/200``.
 Keys: ``lsp/im1010``, ``lsp-orig/im0001``, ``lspet/im00002``: the image name, which is the dataset's own id.
 """
@@ -27,7 +27,7 @@ import scipy.io
 
 from pipelines.adapters.base import (CheckConfig, DatasetError, Output, RecordBuilder, check_split, display_path,
                                      image_folder, joint_confidence, keypoint_box, occluded_names, resolve_under)
-from shards.joints import LSP_JOINTS, to_canonical
+from core.joints import LSP_JOINTS, to_canonical
 from shards.schema import make_key
 
 NUM_LSP_JOINTS = len(LSP_JOINTS)  # 14

@@ -30,23 +30,10 @@ import numpy as np
 
 from pipelines.adapters.base import (CheckConfig, DatasetError, Output, RecordBuilder, check_split, display_path,
                                      resolve_under)
-from shards.joints import J24_NAMES, J24_OFFSET, NUM_JOINTS, OPENPOSE_NAMES
+from core.spin import SPIN_NPZ_FILES
+from core.joints import J24_NAMES, J24_OFFSET, NUM_JOINTS, OPENPOSE_NAMES
 from shards.schema import make_key
 
-# SPIN's file stems (config.DATASET_FILES): the dataset, split and pixel offset each holds.
-SPIN_NPZ_FILES: dict[str, tuple[str, str, float]] = {
-    "lsp_dataset_original_train": ("lsp-orig", "train", 1.0),
-    "lsp_dataset_test": ("lsp", "test", 1.0),
-    "hr-lspet_train": ("hr-lspet", "train", 1.0),
-    "mpii_train": ("mpii", "train", 1.0),
-    "coco_2014_train": ("coco", "train", 0.0),
-    "mpi_inf_3dhp_train": ("mpi-inf-3dhp", "train", 0.0),
-    "mpi_inf_3dhp_valid": ("mpi-inf-3dhp", "val", 0.0),
-    "h36m_train": ("h36m", "train", 0.0),
-    "h36m_valid_protocol1": ("h36m-p1", "val", 0.0),
-    "h36m_valid_protocol2": ("h36m-p2", "val", 0.0),
-    "3dpw_test": ("3dpw", "test", 0.0),
-}
 REQUIRED_FIELDS = ("imgname", "center", "scale")
 ROW_SHAPES = {"center": (2,), "scale": (), "part": (len(J24_NAMES), 3), "openpose": (len(OPENPOSE_NAMES), 3),
               "S": (len(J24_NAMES), 4), "pose": (72,), "shape": (10,), "has_smpl": ()}

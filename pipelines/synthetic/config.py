@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from fitloop.errors import FitloopError
+from core.errors import FitloopError
 
 # Datasets the generator writes, each in its native layout (docs/synthetic.md).
 DATASETS: tuple[str, ...] = ("coco", "mpii", "lsp", "lspet", "h36m")

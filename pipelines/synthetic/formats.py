@@ -3,7 +3,7 @@
 Each writes the files its real release has, in the release's conventions (1-based MATLAB pixels for MPII, LSP and
 LSPET; COCO 0-based), so that the dataset's adapter in pipelines/adapters reads them as it reads the real thing.
 The keypoints are the body's canonical joints projected, taken in the dataset's own joint order
-(`shards.joints.DATASET_JOINTS`). A joint outside the image is not labelled (COCO v = 0, no MPII point, LSPET
+(`core.joints.DATASET_JOINTS`). A joint outside the image is not labelled (COCO v = 0, no MPII point, LSPET
 flag 0); LSP labels every joint, so its people are framed whole. Self-occlusion is not computed: every
 labelled joint is marked visible.
 """
@@ -19,7 +19,7 @@ import scipy.io
 
 from pipelines.synthetic.paint import Picture
 from pipelines.synthetic.scene import Person
-from shards.joints import COCO_JOINTS, LSP_JOINTS, MPII_JOINTS, indices
+from core.joints import COCO_JOINTS, LSP_JOINTS, MPII_JOINTS, indices
 
 MATLAB = 1.0  # 1-based MATLAB pixels = fitloop's 0-based + 1
 COCO_KEYPOINT_NAMES = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",

@@ -25,7 +25,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from pipelines.adapters.h36m import CAMERA_NAMES, NUM_RAW_JOINTS, RAW_DUPLICATES, RAW_INDEX, Camera
-from shards.joints import JOINT_INDEX, SMPL_JOINT_INDEX
+from core.joints import JOINT_INDEX, SMPL_JOINT_INDEX
 
 # Raw joints outside SPIN's 17 and not copies: (where the point comes from, its name there).
 RAW_EXTRAS: dict[int, tuple[str, str]] = {

@@ -4,7 +4,7 @@ This module runs in the render worker processes, so it imports neither torch nor
 carries the camera-frame vertices and each body's colours; the mesh's faces and their body regions are set once
 per process (`set_mesh`). Nothing but the background and the bodies is drawn: no keypoints, no boxes.
 
-Bodies are drawn by `raster.rasterize` (flat shading as `shards.render`, a colour per face) into one z-buffer,
+Bodies are drawn by `raster.rasterize` (flat shading as `render.draw`, a colour per face) into one z-buffer,
 so people who overlap hide each other correctly. A face's colour is its region's in the person's outfit: skin
 (head, neck, hands, and forearms or shins when sleeves or trousers are short), top, bottom, shoes.
 
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipelines.synthetic.raster import rasterize
-from shards.joints import SMPL_JOINT_NAMES
+from render.raster import rasterize
+from core.joints import SMPL_JOINT_NAMES
 
 # Body regions of the mesh, by the SMPL joint that moves a face most (its dominant skinning weight).
 REGIONS: tuple[str, ...] = ("head", "hands", "forearms", "upper_arms", "torso", "hips", "shins", "feet")

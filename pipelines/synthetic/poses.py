@@ -1,9 +1,9 @@
 """Where synthetic bodies' poses come from: CMU motion capture converted at run time, or the shipped pose prior.
 
 Poses are (N, 72) axis-angle radians in the body model's frame (Y up, the body faces +Z, its left is +X): the
-global orientation, then the 23 body joints relative to the model's T-pose (`fitting.bvh`'s convention).
+global orientation, then the 23 body joints relative to the model's T-pose (`assets.bvh`'s convention).
 
-* `MocapPoses`: BVH clips of ``../shared/mocap/cmu`` converted with `fitting.bvh.convert_clip` (frame 0, the
+* `MocapPoses`: BVH clips of ``../shared/mocap/cmu`` converted with `assets.bvh.convert_clip` (frame 0, the
   reference T-pose, dropped), glitched frames rejected with the pose prior's rotation limits. Single poses are
   frames drawn across the clips; sequences are consecutive frames of one clip, so they move as people move.
 * `PriorPoses`: body poses drawn from the shipped Gaussian mixture (fitting/data/pose_prior_open.npz), redrawn
@@ -19,12 +19,12 @@ from typing import Any, Protocol
 import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
-from fitting import bvh
-from fitting.prior_train import plausible_frames
+from assets import bvh
+from assets.prior_train import plausible_frames
 from fitting.priors import load_gmm
 from pipelines.synthetic.config import SynthConfig, SynthError
 
-PRIOR_FILE = Path(__file__).resolve().parents[2] / "fitting" / "data" / "pose_prior_open.npz"
+from fitting.priors import DEFAULT_PRIOR as PRIOR_FILE
 PRIOR_KEY_EVERY = 8  # frames between drawn key poses in a prior sequence
 _MAX_DRAWS = 50      # rounds of redrawing implausible prior samples before giving up
 

@@ -44,7 +44,7 @@ from scipy.optimize import nnls
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
-from shards.joints import H36M_JOINTS, SMPL_JOINT_INDEX, SMPL_JOINT_NAMES, SMPL_PARENTS
+from core.joints import H36M_JOINTS, SMPL_JOINT_INDEX, SMPL_JOINT_NAMES, SMPL_PARENTS
 
 FORMAT_VERSION = 1
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -160,7 +160,7 @@ KEYPOINT_NAMES: tuple[str, ...] = (tuple(n for n, _ in DERIVED_ROWS if not n.sta
                                    + tuple(f"coco:{n}" for n in _COCO_EXTRAS))
 _H36M_SOURCES = {"Pelvis (MPII)": "h36m:pelvis", "Spine (H36M)": "h36m:spine", "Neck (LSP)": "h36m:thorax",
                  "Jaw (H36M)": "h36m:neck_nose", "Head (H36M)": "h36m:head"}
-# The 17 rows of h36m_regressor in shards.joints.H36M_JOINTS order; its limb joints are the kinematic ones.
+# The 17 rows of h36m_regressor in core.joints.H36M_JOINTS order; its limb joints are the kinematic ones.
 H36M_ROWS: tuple[str, ...] = tuple(_H36M_SOURCES.get(n) or "joint:" + n.lower().replace(" ", "_")
                                    for n in H36M_JOINTS)
 # smplx VertexJointSelector key -> the keypoint row whose largest-weight vertex it picks.

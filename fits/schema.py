@@ -26,8 +26,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fitloop.errors import FitloopError
-from shards.joints import NUM_JOINTS
+from core.errors import FitloopError
+from core.joints import NUM_JOINTS
 from shards.schema import KEY_PATTERN
 
 # Bump when a column is added, removed or changes meaning; every row and the table's metadata record it.

@@ -1,6 +1,6 @@
 """Train a Gaussian-mixture pose prior (SMPLify's format: K components, full covariance, 69-dim body pose).
 
-Sources are either a directory of BVH clips (converted to the body model's joint rotations by `fitting.bvh`) or
+Sources are either a directory of BVH clips (converted to the body model's joint rotations by `assets.bvh`) or
 AMASS-style ``.npz`` files (``poses`` field, body pose = columns 3:72). The steps, each a plain function:
 
 1. **Poses.** BVH: convert each clip relative to the model's T-pose, drop frame 0 (a rest frame in both CMU
@@ -10,7 +10,7 @@ AMASS-style ``.npz`` files (``poses`` field, body pose = columns 3:72). The step
    file's ``mocap_framerate``.
 2. **Weights.** One per frame; if walking frames (category ``walk`` in the folder's ``CLIPS.tsv``) carry more
    than ``walk_share`` of the total, they are scaled down to exactly that share.
-3. **Mirror** (default on): every pose is added again mirrored left/right (`shards.joints.flip_pose`), with the
+3. **Mirror** (default on): every pose is added again mirrored left/right (`core.joints.flip_pose`), with the
    same weight, so the prior is symmetric and has no handedness of the few subjects.
 4. **EM.** Weighted k-means++ seeding and Lloyd iterations, then EM for a full-covariance mixture with
    (``cov_floor_deg``)² added to every covariance's diagonal. Deterministic for a seed. The floor (default 5°)
@@ -38,13 +38,14 @@ from typing import Any
 import numpy as np
 from scipy.linalg import solve_triangular
 
-from fitloop.errors import FitloopError
-from fitting import bvh
+from core.errors import FitloopError
+from assets import bvh
+from fitting.body_model import OPEN_MODELS
 from fitting.priors import GaussianMixture, save_gmm
-from shards.joints import SMPL_JOINT_NAMES, flip_pose
+from core.joints import SMPL_JOINT_NAMES, flip_pose
 
 BODY_DIM = 69
-DEFAULT_MODEL = Path(__file__).resolve().parent / "data" / "open_body.npz"
+DEFAULT_MODEL = OPEN_MODELS["open"]
 CMU_ACKNOWLEDGMENT = ("The data used in this project was obtained from mocap.cs.cmu.edu. "
                       "The database was created with funding from NSF EIA-0196217.")
 CMU_BVH_CREDIT = ("BVH conversion by Bruce Hahne (cgspeed.com): the 2010 MotionBuilder-friendly and the "
@@ -274,7 +275,7 @@ def _rest_pose(model: Path | None) -> tuple[np.ndarray, dict[str, Any]]:
     path = model if model is not None else (DEFAULT_MODEL if DEFAULT_MODEL.is_file() else None)
     if path is None:
         return bvh.STANDARD_TPOSE_JOINTS, {
-            "source": "standard T-pose (fitting.bvh.STANDARD_TPOSE_JOINTS: approximate SMPL-like joints); "
+            "source": "standard T-pose (assets.bvh.STANDARD_TPOSE_JOINTS: approximate SMPL-like joints); "
                       "no body-model file was available"}
     path = Path(path)
     try:

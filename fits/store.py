@@ -1,13 +1,13 @@
 """The best fits a training run supervises with: the fits table's best view, in memory, plus what is not yet written.
 
 SPIN keeps an N × 82 tensor per dataset and writes it only on a timeout (SPIN_REFERENCE §7.3). Here the store is
-loaded from the fits table (`shards.fits_table.FitsTable`, rows of this run's body model only) at a version, takes
+loaded from the fits table (`fits.table.FitsTable`, rows of this run's body model only) at a version, takes
 each step's improvements, and `flush` appends them to the table in one commit — at every checkpoint and every
 epoch end — so the store after a flush equals the table's best view and a resumed run reloads exactly it.
 
-Improvement is the table's rule (`shards.fits_table.BestLosses`): a fit replaces the stored one when its loss is
+Improvement is the table's rule (`fits.table.BestLosses`): a fit replaces the stored one when its loss is
 finite and strictly lower, or when the key has no scored fit. Losses are float32, as the table stores them, so the
-store and the table's argmin always agree. Poses are canonical (`shards.fits_schema`).
+store and the table's argmin always agree. Poses are canonical (`fits.schema`).
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import pyarrow.compute as pc
 import torch
 from torch import Tensor
 
-from shards.fits_schema import NUM_BETAS, NUM_POSE
-from shards.fits_table import AppendResult, FitsTable, best_of
+from fits.schema import NUM_BETAS, NUM_POSE
+from fits.table import AppendResult, FitsTable, best_of
 
 
 class FitsStore:
@@ -66,7 +66,7 @@ class FitsStore:
         return torch.from_numpy(pose), torch.from_numpy(betas), torch.from_numpy(loss), torch.from_numpy(known)
 
     def offer(self, fits: pa.Table) -> int:
-        """Keep the rows of ``fits`` (`shards.fits_schema.FITS_SCHEMA`) that improve on the store (module
+        """Keep the rows of ``fits`` (`fits.schema.FITS_SCHEMA`) that improve on the store (module
         docstring; within the batch only each key's lowest loss); they wait for `flush`. Returns how many."""
         keys = fits["key"].to_pylist()
         loss = fits["loss"].cast(pa.float32()).fill_null(np.nan).to_numpy()

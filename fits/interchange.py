@@ -39,9 +39,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.adapters.spin_npz import SPIN_NPZ_FILES
-from shards.fits_schema import NUM_BETAS, NUM_POSE, FitProvenance, FitsTableError, fits_batch
-from shards.fits_table import FitsTable
+from core.spin import SPIN_NPZ_FILES
+from fits.schema import NUM_BETAS, NUM_POSE, FitProvenance, FitsTableError, fits_batch
+from fits.table import FitsTable
 from shards.schema import make_key
 
 SPIN_FITS_WIDTH = NUM_POSE + NUM_BETAS  # 82

@@ -1,6 +1,6 @@
 """A fit seen in its sample's stored crop: the camera that maps a stored fit into stored-crop pixels.
 
-A fit in the fits table (`shards.fits_schema`) is canonical SMPL (never flipped or rotated) in SPIN's crop camera:
+A fit in the fits table (`fits.schema`) is canonical SMPL (never flipped or rotated) in SPIN's crop camera:
 the **fit frame** is the 224 px training crop of the person box (SPIN's box, side 200·scale, centred on the box),
 seen by a pinhole camera with focal length 5000 px and its principal point at the crop centre; the body's
 vertices in camera coordinates are the model's output plus ``cam_t`` (x right, y down, z forward, metres; the
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fitting.camera import CROP_FOCAL, CROP_RES
+from core.camera import CROP_FOCAL, CROP_RES
 
 FIT_FOCAL = CROP_FOCAL            # px, in the fit frame
 FIT_RES = CROP_RES                # px: the fit frame's side

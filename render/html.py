@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from shards.joints import JOINT_NAMES
+from core.joints import JOINT_NAMES
 from shards.sample import StoredSample
 
 THUMB_PX = 240

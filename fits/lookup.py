@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
 
-from shards.fits_schema import FITS_SCHEMA
-from shards.fits_table import FitsTable, best_of
+from fits.schema import FITS_SCHEMA
+from fits.table import FitsTable, best_of
 
 
 def latest_version(table: FitsTable) -> int:

@@ -5,7 +5,7 @@ Conventions of the output (the body model's, shared by SMPL and the open model):
 * world frame: Y up, the body faces +Z, the subject's left is +X; the rest pose (all rotations zero) is the
   model's T-pose;
 * a pose is (F, 72) axis-angle in radians, float32: the global orientation (3) then the 23 body joints' local
-  rotations (69), each relative to its parent in the 24-joint SMPL tree (`shards.joints.SMPL_PARENTS`).
+  rotations (69), each relative to its parent in the 24-joint SMPL tree (`core.joints.SMPL_PARENTS`).
 
 How a clip becomes SMPL rotations (:func:`convert_clip`). Both CMU releases in ``../shared/mocap/cmu`` are Y up
 and face +Z at rest, like the body model, so no change of world frame is needed.
@@ -48,8 +48,8 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from fitloop.errors import FitloopError
-from shards.joints import SMPL_JOINT_INDEX, SMPL_JOINT_NAMES, SMPL_PARENTS
+from core.errors import FitloopError
+from core.joints import SMPL_JOINT_INDEX, SMPL_JOINT_NAMES, SMPL_PARENTS
 
 NUM_SMPL_JOINTS = len(SMPL_JOINT_NAMES)  # 24
 _SMPL_PARENTS = np.asarray(SMPL_PARENTS, dtype=np.int64)
@@ -288,7 +288,7 @@ def detect_skeleton(skeleton: Skeleton) -> SkeletonMap:
     raise BvhError(
         f"BVH skeleton with root {skeleton.names[0]!r} and joints {', '.join(skeleton.names[:8])}, ... matches "
         f"none of the known hierarchies ({', '.join(SKELETON_MAPS)}: CMU via Hahne's MotionBuilder or Daz "
-        f"releases); add a SkeletonMap for it in fitting/bvh.py")
+        f"releases); add a SkeletonMap for it in assets/bvh.py")
 
 
 # --- Conversion ---------------------------------------------------------------------------------------------------

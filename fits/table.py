@@ -18,7 +18,7 @@ SPIN keeps its fits in an N × 82 tensor keyed by row order, overwrites it in pl
   version and removes only the files it read, so a fit appended meanwhile survives. `FitsTable.vacuum` deletes
   files that no version inside the retention period references: never a file of the latest version.
 
-The schema and its conventions: `shards.fits_schema`.
+The schema and its conventions: `fits.schema`.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 from deltalake import ColumnProperties, CommitProperties, DeltaTable, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
-from shards.fits_schema import (FITS_SCHEMA, FITS_SCHEMA_VERSION, RANK_COLUMNS, SCHEMA_VERSION_META, FitsTableError,
+from fits.schema import (FITS_SCHEMA, FITS_SCHEMA_VERSION, RANK_COLUMNS, SCHEMA_VERSION_META, FitsTableError,
                                  check_fits, conform_fits)
 
 DEFAULT_RETENTION_HOURS = 168  # Delta's default: a week of versions stays readable after a compaction

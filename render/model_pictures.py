@@ -1,4 +1,4 @@
-"""Pictures of body models: the shape space and the canonical joints, drawn with shards.render."""
+"""Pictures of body models: the shape space and the canonical joints, drawn with render.draw."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from fitting.body_model import BodyModel
-from shards.render import draw_keypoints, project, render_mesh, smpl_to_camera
+from render.draw import draw_keypoints, project, render_mesh, smpl_to_camera
 
 TILE_W, TILE_H = 300, 340
 CAMERA_DISTANCE = 6.0  # m; with the focal length below a 2 m tall body fills ~85% of a tile's height

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from shards.joints import JOINT_INDEX
+from core.joints import JOINT_INDEX
 
 # Limbs drawn for a 49-joint skeleton, by canonical name (J24 joints; OpenPose feet where present).
 SKELETON: tuple[tuple[str, str], ...] = (

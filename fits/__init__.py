@@ -1,0 +1,1 @@
+"""The versioned fits table: schema, table, store, seeding, lookup, SPIN interchange."""
