@@ -38,11 +38,11 @@ from typing import Any
 import numpy as np
 from scipy.linalg import solve_triangular
 
-from core.errors import FitloopError
 from assets import bvh
+from core.errors import FitloopError
+from core.joints import SMPL_JOINT_NAMES, flip_pose
 from fitting.body_model import OPEN_MODELS
 from fitting.priors import GaussianMixture, save_gmm
-from core.joints import SMPL_JOINT_NAMES, flip_pose
 
 BODY_DIM = 69
 DEFAULT_MODEL = OPEN_MODELS["open"]

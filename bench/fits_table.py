@@ -29,7 +29,6 @@ import pyarrow.parquet as pq
 from fits.schema import FitProvenance, fits_batch
 from fits.table import FitsTable
 
-
 # The baseline gets the table's writer tuning: dictionaries only for the columns that repeat.
 SNAPSHOT_DICTIONARY = ["dataset", "source", "run_id", "body_model_id", "fit_config_hash"]
 

@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from core.joints import J49_FLIP_PERM
 from pipelines.adapters import iter_dataset
 from shards.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, sample_params, training_transform
 from shards.crop import box_side
-from core.joints import J49_FLIP_PERM
 from shards.reader import ReaderConfig, ShardReader, build_item
 from shards.schema import PersonRecord
 from shards.writer import ShardConfig, write_shards

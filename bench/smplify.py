@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fitting.body_model import BodyModel, load_body_model
-from core.camera import CROP_FOCAL, CROP_RES, project
-from fitting.priors import MaxMixturePrior
-from fitting.smplify import SMPLify, SMPLifyConfig, mean_pose_start
+from core.camera import project
+from core.frames import FIT_FOCAL, FIT_RES
 from core.joints import EVAL_J14, J24_NAMES, JOINT_INDEX, indices
 from core.metrics import mpjpe, pa_mpjpe
+from fitting.body_model import BodyModel, load_body_model
+from fitting.priors import MaxMixturePrior
+from fitting.smplify import SMPLify, SMPLifyConfig, mean_pose_start
 
 SPIN_LSP_FITS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "lsp" / "spin_npz" / "lsp-orig_fits.npy"
 from fitting.priors import DEFAULT_PRIOR
@@ -46,13 +47,13 @@ def synthetic_people(body: BodyModel, prior: MaxMixturePrior, batch: int, seed: 
     betas = torch.randn(batch, body.num_betas, generator=gen)
     scale = 0.8 + 0.3 * torch.rand(batch, generator=gen)
     cam_t = torch.zeros(batch, 3)
-    cam_t[:, 2] = 2 * CROP_FOCAL / (CROP_RES * scale)
+    cam_t[:, 2] = 2 * FIT_FOCAL / (FIT_RES * scale)
     with torch.no_grad():
         joints = body(betas, pose[:, 3:], pose[:, :3]).joints
     # centre each person in the crop: the pelvis projects near the middle, with a little jitter
-    center = torch.full((batch, 2), CROP_RES / 2)
+    center = torch.full((batch, 2), FIT_RES / 2)
     cam_t[:, :2] = -joints[:, JOINT_INDEX["Pelvis (MPII)"], :2] + 0.05 * torch.randn(batch, 2, generator=gen)
-    keypoints = project(joints, cam_t, CROP_FOCAL, center)
+    keypoints = project(joints, cam_t, FIT_FOCAL, center)
     return {"pose": pose, "betas": betas, "cam_t": cam_t, "joints": joints, "keypoints": keypoints,
             "center": center, "source": source}
 
@@ -74,7 +75,7 @@ def initial_estimates(body: BodyModel, people: dict, keypoints: torch.Tensor, ki
     batch = keypoints.shape[0]
     betas = torch.zeros(batch, body.num_betas)
     if kind == "mean":
-        pose, betas, cam_t = mean_pose_start(body, keypoints, CROP_FOCAL, people["center"])
+        pose, betas, cam_t = mean_pose_start(body, keypoints, FIT_FOCAL, people["center"])
     elif kind == "noisy_true":
         pose = people["pose"] + 0.15 * torch.randn(batch, 72, generator=gen)
         cam_t = people["cam_t"].clone()
@@ -91,7 +92,7 @@ def evaluate(body: BodyModel, people: dict, keypoints: torch.Tensor, pose, betas
         joints = body(betas, pose[:, 3:], pose[:, :3]).joints
     true = people["joints"]
     visible = keypoints[..., 2] > 0
-    reproj = (project(joints, cam_t, CROP_FOCAL, people["center"]) - keypoints[..., :2]).norm(dim=-1)
+    reproj = (project(joints, cam_t, FIT_FOCAL, people["center"]) - keypoints[..., :2]).norm(dim=-1)
     return {
         "reproj_px": float(reproj[visible].mean()),
         "mpjpe_mm": float(1000 * mpjpe(joints[:, eval_idx], true[:, eval_idx], joints[:, pelvis], true[:, pelvis]).mean()),

@@ -22,15 +22,16 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from fitting.body_model import BodyModel, load_body_model
-from core.camera import CROP_FOCAL, CROP_RES
-from fitting.priors import MaxMixturePrior
+from core.frames import FIT_FOCAL, FIT_RES
 from core.joints import J24_OFFSET, NUM_JOINTS, OPENPOSE_NAMES, indices
+from fitting.body_model import BodyModel, load_body_model
+from fitting.priors import MaxMixturePrior
 from shards.schema import PersonRecord, make_key
 from shards.writer import ShardConfig, write_shards
 
 SPIN_LSP_FITS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "lsp" / "spin_npz" / "lsp-orig_fits.npy"
 from fitting.priors import DEFAULT_PRIOR
+
 # OpenPose joints a detector would report (no feet: they are often missing)
 _OPENPOSE = indices([n for n in OPENPOSE_NAMES if "Toe" not in n and "Heel" not in n])
 
@@ -84,7 +85,7 @@ def sample_people(body: BodyModel, count: int, rng: np.random.Generator,
     joints, vertices = out.joints.numpy().astype(np.float64), out.vertices.numpy().astype(np.float64)
     scale = rng.uniform(0.8, 1.05, size=count)
     cam_t = np.zeros((count, 3))
-    cam_t[:, 2] = 2 * CROP_FOCAL / (CROP_RES * scale)
+    cam_t[:, 2] = 2 * FIT_FOCAL / (FIT_RES * scale)
     pelvis = joints[:, indices(["Pelvis (MPII)"])[0]]
     cam_t[:, :2] = -pelvis[:, :2] + 0.04 * rng.standard_normal((count, 2))
     return {"pose": pose.astype(np.float32), "betas": betas.astype(np.float32), "cam_t": cam_t, "joints": joints,
@@ -103,7 +104,7 @@ def render(vertices_cam: np.ndarray, faces: np.ndarray, colours: np.ndarray, res
            background: tuple[int, int, int]) -> Image.Image:
     """Painter's-algorithm drawing of a mesh (camera frame, metres) seen by the crop camera scaled to ``res`` px;
     faces shaded by how much they face the camera."""
-    focal = CROP_FOCAL * res / CROP_RES
+    focal = FIT_FOCAL * res / FIT_RES
     tri = vertices_cam[faces]
     normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     normals /= np.linalg.norm(normals, axis=1, keepdims=True) + 1e-12
@@ -128,11 +129,11 @@ def synthetic_records(body: BodyModel, spec: DatasetSpec, image_root: Path, *, r
     colours = part_colours(body)
     folder = Path(image_root) / f"{spec.dataset}-{spec.split}"
     folder.mkdir(parents=True, exist_ok=True)
-    k = res / CROP_RES                                               # image px per fit-frame px
+    k = res / FIT_RES                                               # image px per fit-frame px
     records = []
     for i in range(spec.count):
         cam_joints = people["joints"][i] + people["cam_t"][i]
-        fit_px = CROP_FOCAL * cam_joints[:, :2] / cam_joints[:, 2:3] + CROP_RES / 2.0   # corners at integers
+        fit_px = FIT_FOCAL * cam_joints[:, :2] / cam_joints[:, 2:3] + FIT_RES / 2.0   # corners at integers
         keypoints = np.zeros((NUM_JOINTS, 3))
         j24 = np.arange(J24_OFFSET, NUM_JOINTS)
         keypoints[j24, :2] = (fit_px[j24] + noise_px * rng.standard_normal((len(j24), 2))) * k - 0.5

@@ -27,11 +27,11 @@ from pathlib import Path
 import torch
 
 from bench.synthetic_shards import DatasetSpec, write_synthetic_shards
-from fitting.smplify import SMPLifyConfig
 from fits.schema import FitProvenance
-from training.config import TrainConfig
 from fits.store import FitsStore
-from training.loop import StepTimer, resolve, setup, train_step, Position
+from fitting.smplify import SMPLifyConfig
+from training.config import TrainConfig
+from training.loop import Position, StepTimer, resolve, setup, train_step
 from training.run_log import PARTS
 from training.seed import seed_missing_fits
 

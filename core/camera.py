@@ -1,8 +1,8 @@
 """Pinhole cameras as SPIN uses them, and the two ways SMPLify's camera translation is initialised.
 
 Frames and units: camera frame x right, y down, z forward (metres); pixels with (0, 0) at the top-left corner of
-the image. SPIN's *crop convention* renders a `CROP_RES` = 224 px crop with a fixed, fake focal length
-`CROP_FOCAL` = 5000 px (nearly weak perspective) and principal point at the crop centre (112, 112). A network's
+the image. SPIN's *crop convention* renders a `FIT_RES` = 224 px crop with a fixed, fake focal length
+`FIT_FOCAL` = 5000 px (nearly weak perspective) and principal point at the crop centre (112, 112). A network's
 weak-perspective camera [s, tx, ty] maps to a translation t = [tx, ty, 2 f / (res s)]. Full-image intrinsics
 (fx, fy, cx, cy) work with the same functions.
 
@@ -14,8 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-CROP_FOCAL = 5000.0
-CROP_RES = 224
+from core.frames import FIT_FOCAL, FIT_RES
 
 
 def project(points: Tensor, translation: Tensor, focal: Tensor | float, center: Tensor) -> Tensor:
@@ -32,7 +31,7 @@ def project(points: Tensor, translation: Tensor, focal: Tensor | float, center: 
     return focal[:, None, :] * p[..., :2] / p[..., 2:3] + center[:, None, :]
 
 
-def weak_perspective_to_translation(cam: Tensor, focal: float = CROP_FOCAL, res: int = CROP_RES) -> Tensor:
+def weak_perspective_to_translation(cam: Tensor, focal: float = FIT_FOCAL, res: int = FIT_RES) -> Tensor:
     """SPIN's conversion of a regressor's weak-perspective camera [s, tx, ty] (B, 3) to t = [tx, ty, 2f/(res s)]."""
     return torch.stack([cam[:, 1], cam[:, 2], 2.0 * focal / (res * cam[:, 0] + 1e-9)], dim=-1)
 
@@ -44,7 +43,7 @@ def translation_from_torso(joints: Tensor, keypoints: Tensor, focal: Tensor | fl
     joints (B, N, 3) model joints (metres, camera-frame axes), keypoints (B, N, 3) px + confidence; `pairs` are
     (a, b) joint-index pairs spanning the torso (e.g. shoulder-to-hip on each side). Depth = f * (3D length) /
     (2D length), averaged over the pairs both of whose keypoints are confident; x, y then put the mean of the
-    confident torso joints on their 2D mean. Examples with no usable pair get depth 2 f / CROP_RES (s = 1).
+    confident torso joints on their 2D mean. Examples with no usable pair get depth 2 f / FIT_RES (s = 1).
     """
     focal_t = torch.as_tensor(focal, dtype=joints.dtype, device=joints.device)
     f = focal_t if focal_t.dim() == 0 else focal_t.reshape(joints.shape[0], -1)[:, 0]
@@ -56,7 +55,7 @@ def translation_from_torso(joints: Tensor, keypoints: Tensor, focal: Tensor | fl
     ratio = torch.where(ok, len3d / len2d.clamp_min(1e-3), torch.zeros_like(len3d))
     count = ok.sum(-1)
     depth = f * ratio.sum(-1) / count.clamp_min(1)
-    depth = torch.where(count > 0, depth, 2.0 * f / CROP_RES * torch.ones_like(depth))
+    depth = torch.where(count > 0, depth, 2.0 * f / FIT_RES * torch.ones_like(depth))
     used = torch.zeros(joints.shape[:2], dtype=torch.bool, device=joints.device)
     used[:, a] |= ok
     used[:, b] |= ok

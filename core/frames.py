@@ -1,4 +1,7 @@
-"""A fit seen in its sample's stored crop: the camera that maps a stored fit into stored-crop pixels.
+"""The fit frame, named once: its constants, both ways into it, and the camera that maps a fit into a stored crop.
+
+The two entries: `keypoints_in_fit_frame` takes a sample's stored-crop keypoints (seeding, pictures) and
+`fit_frame_px` takes the reader's normalised keypoints (the trainer's loop); on an unaugmented sample they agree.
 
 A fit in the fits table (`fits.schema`) is canonical SMPL (never flipped or rotated) in SPIN's crop camera:
 the **fit frame** is the 224 px training crop of the person box (SPIN's box, side 200·scale, centred on the box),
@@ -25,11 +28,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
+from torch import Tensor
 
-from core.camera import CROP_FOCAL, CROP_RES
-
-FIT_FOCAL = CROP_FOCAL            # px, in the fit frame
-FIT_RES = CROP_RES                # px: the fit frame's side
+FIT_FOCAL = 5000.0                # px: SPIN's fixed, fake focal length of the fit frame
+FIT_RES = 224                     # px: the fit frame's side (SPIN's training crop)
+FIT_CENTER = FIT_RES / 2.0        # px: the fit frame's principal point (112, 112)
 FIT_FRAME_OFFSET = 0.5            # fit-frame px (corners at integers) = centre-at-integer px + 0.5
 
 
@@ -99,6 +103,12 @@ def keypoints_in_fit_frame(keypoints_crop: np.ndarray, crop_meta: dict[str, Any]
     return out.astype(np.float32)
 
 
+def fit_frame_px(keypoints: Tensor) -> Tensor:
+    """Normalised keypoints (B, 49, 3) -> fit-frame px (B, 49, 3): SPIN's ``0.5·224·(k + 1)``, confidence kept."""
+    return torch.cat([FIT_CENTER * (keypoints[..., :2] + 1.0), keypoints[..., 2:]], -1)
+
+
+
 @dataclass(frozen=True)
 class PosedFit:
     """One fit posed by a body model, in the fit's camera frame (metres): vertices (V, 3), joints (49, 3)."""
@@ -115,8 +125,6 @@ def pose_fit(model: Any, pose: np.ndarray, betas: np.ndarray, cam_t: np.ndarray)
         betas: (10,) shape; padded with zeros or cut to the model's number of betas.
         cam_t: (3,) metres, camera-frame translation.
     """
-    import torch
-
     b = np.zeros(model.num_betas, dtype=np.float32)
     given = np.asarray(betas, dtype=np.float32).reshape(-1)[:model.num_betas]
     b[:len(given)] = given

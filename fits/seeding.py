@@ -19,11 +19,10 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from fitting.smplify import SMPLifyConfig, mean_pose_start
 from core.frames import FIT_FOCAL, FIT_RES, keypoints_in_fit_frame
-from shards.lookup import iter_samples
-
 from fitting.priors import DEFAULT_PRIOR
+from fitting.smplify import SMPLifyConfig, mean_pose_start
+from shards.lookup import iter_samples
 
 
 @dataclass(frozen=True)
@@ -76,10 +75,10 @@ def keypoint_batches(shard_dir: Path, size: int, keys: Sequence[str] | None = No
 def _fitter(config: SeedConfig) -> tuple[Any, Any, Any]:
     """The body model, SMPLify and fits provenance for `config`, built once per process (a Dask worker keeps them
     between batches)."""
+    from fits.schema import FitProvenance, config_hash
     from fitting.body_model import load_body_model
     from fitting.priors import MaxMixturePrior
     from fitting.smplify import SMPLify
-    from fits.schema import FitProvenance, config_hash
 
     body = load_body_model(config.body_model)
     fitter = SMPLify(body, MaxMixturePrior.from_file(config.pose_prior), config.smplify)

@@ -37,8 +37,15 @@ import pyarrow.compute as pc
 from deltalake import ColumnProperties, CommitProperties, DeltaTable, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
-from fits.schema import (FITS_SCHEMA, FITS_SCHEMA_VERSION, RANK_COLUMNS, SCHEMA_VERSION_META, FitsTableError,
-                                 check_fits, conform_fits)
+from fits.schema import (
+    FITS_SCHEMA,
+    FITS_SCHEMA_VERSION,
+    RANK_COLUMNS,
+    SCHEMA_VERSION_META,
+    FitsTableError,
+    check_fits,
+    conform_fits,
+)
 
 DEFAULT_RETENTION_HOURS = 168  # Delta's default: a week of versions stays readable after a compaction
 TABLE_NAME = "fitloop fits"

@@ -36,9 +36,15 @@ import torch
 from torch import Tensor, nn
 
 from core.errors import ModelFileError
+from core.joints import (
+    CANONICAL_ALIASES,
+    CANONICAL_FROM_KINEMATIC,
+    JOINT_NAMES,
+    NUM_JOINTS,
+    SMPL_JOINT_INDEX,
+    SMPL_JOINT_NAMES,
+)
 from fitting import safe_pickle
-from core.joints import (CANONICAL_ALIASES, CANONICAL_FROM_KINEMATIC, JOINT_NAMES, NUM_JOINTS,
-                           SMPL_JOINT_INDEX, SMPL_JOINT_NAMES)
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 OPEN_MODELS = {"open": DATA_DIR / "open_body.npz", "open-small": DATA_DIR / "open_body_small.npz"}

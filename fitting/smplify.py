@@ -31,11 +31,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from core.camera import project, translation_from_torso
+from core.frames import FIT_FOCAL, FIT_RES
+from core.joints import JOINT_INDEX, SMPLIFY_IGNORED, indices
 from fitting.body_model import BodyModel
-from core.camera import CROP_FOCAL, CROP_RES, project, translation_from_torso
 from fitting.priors import ANGLE_PRIOR_INDICES, ANGLE_PRIOR_SIGNS, MaxMixturePrior
 from fitting.skeleton import Skeleton, SkeletonState, rodrigues
-from core.joints import JOINT_INDEX, SMPLIFY_IGNORED, indices
 
 OP_TORSO = ("OP RHip", "OP LHip", "OP RShoulder", "OP LShoulder")
 TORSO_PAIRS = (("Right Shoulder", "Right Hip"), ("Left Shoulder", "Left Hip"))  # the start's similar triangles
@@ -91,7 +92,7 @@ class SMPLifyResult:
     extras: dict = field(default_factory=dict)
 
 
-def mean_pose_start(body: BodyModel, keypoints: Tensor, focal: float = CROP_FOCAL,
+def mean_pose_start(body: BodyModel, keypoints: Tensor, focal: float = FIT_FOCAL,
                     center: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """SPIN's start without an estimate, for keypoints (B, 49, 3) px: pose (B, 72) upright and facing the camera
     (global orientation π about x, body pose 0), betas (B, NB) 0, and the translation (B, 3) m that puts the mean
@@ -103,7 +104,7 @@ def mean_pose_start(body: BodyModel, keypoints: Tensor, focal: float = CROP_FOCA
     pose[:, 0] = torch.pi
     betas = torch.zeros(batch, body.num_betas, dtype=keypoints.dtype, device=device)
     if center is None:
-        center = torch.full((batch, 2), CROP_RES / 2.0, dtype=keypoints.dtype, device=device)
+        center = torch.full((batch, 2), FIT_RES / 2.0, dtype=keypoints.dtype, device=device)
     with torch.no_grad():
         joints = body(betas, pose[:, 3:], pose[:, :3]).joints
     pairs = tuple((JOINT_INDEX[a], JOINT_INDEX[b]) for a, b in TORSO_PAIRS)

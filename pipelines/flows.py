@@ -93,8 +93,8 @@ def seed_task(shards: str, fits: str, body_model: str, batch_size: int, workers:
               dask_address: str | None, run_id: str) -> dict[str, Any]:
     from dataclasses import asdict
 
-    from pipelines.cluster import dask_client
     from fits.seeding import SeedConfig, seed_fits
+    from pipelines.cluster import dask_client
 
     logger = get_run_logger()
     config = SeedConfig(body_model=body_model, batch_size=batch_size, run_id=run_id)

@@ -28,8 +28,8 @@ def load_truth_joints(roots: list[Path]) -> dict[str, np.ndarray]:
 
 def fit_errors_by_version(table_path: Path, truth: dict[str, np.ndarray], body: Any) -> list[dict[str, Any]]:
     """[{version, fits, with_truth, pa_mpjpe_mm, source}] for every version of the fits table."""
-    from fits.table import FitsTable
     from core.metrics import pa_mpjpe
+    from fits.table import FitsTable
 
     table = FitsTable.open(table_path)
     eval_idx = torch.as_tensor(indices(EVAL_J14))

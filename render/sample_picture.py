@@ -204,9 +204,9 @@ def projected_joints(sample: StoredSample, fit: dict[str, Any], model: Any, size
 def fits_sheet(shard_dir: Path, table_path: Path, n: int = 8, *, model: Any = "open", version: int | None = None,
                seed: int = 0, size: int = 192, columns: int | None = None) -> Image.Image:
     """A contact sheet of ``n`` seeded-random samples of a shard set with their best fits (as of ``version``)."""
-    from fitting.body_model import load_body_model
     from fits.lookup import best_fits, latest_version
     from fits.table import FitsTable
+    from fitting.body_model import load_body_model
     from shards.lookup import pick_samples
 
     samples = pick_samples(Path(shard_dir), n, seed)

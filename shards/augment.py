@@ -24,8 +24,8 @@ import numpy as np
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
-from shards.crop import box_to_crop, transform_points, warp
 from core.joints import J49_FLIP_PERM, flip_pose
+from shards.crop import box_to_crop, transform_points, warp
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)

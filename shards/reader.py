@@ -39,8 +39,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from shards.augment import (AugmentConfig, AugmentParams, augment_image, augment_joints_3d, augment_keypoints,
-                            augment_pose, sample_params, training_transform)
+from shards.augment import (
+    AugmentConfig,
+    AugmentParams,
+    augment_image,
+    augment_joints_3d,
+    augment_keypoints,
+    augment_pose,
+    sample_params,
+    training_transform,
+)
 from shards.crop import invert
 from shards.sample import SampleFormatError, StoredSample, decode_sample, split_member_name
 from shards.tar import HashingReader, TarFormatError, iter_members

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from shards.crop import from_affine_rows, invert, to_affine_rows, transform_points
 from core.joints import NUM_JOINTS
+from shards.crop import from_affine_rows, invert, to_affine_rows, transform_points
 from shards.schema import SCHEMA_VERSION, PersonRecord
 
 # Bump when a member is added, removed or changes meaning; readers check it.

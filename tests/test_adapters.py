@@ -15,8 +15,8 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from pipelines.adapters import ADAPTERS, SPIN_LIMB_JOINTS, DatasetError, iter_dataset
 from core.joints import COCO_JOINTS, JOINT_INDEX, LSP_JOINTS, MPII_JOINTS, NUM_JOINTS
+from pipelines.adapters import ADAPTERS, SPIN_LIMB_JOINTS, DatasetError, iter_dataset
 from shards.schema import KEY_PATTERN, PersonRecord, Reject, make_key
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"

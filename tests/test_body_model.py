@@ -1,13 +1,13 @@
+import model_files
 import numpy as np
 import pytest
 import torch
 from smplx.lbs import batch_rodrigues
 
-import model_files
-from fitloop.cli import main as fitloop
 from core.errors import ModelFileError
-from fitting.body_model import SPIN_EXTRA_NAMES, load_body_model
 from core.joints import JOINT_INDEX, SMPL_JOINT_INDEX
+from fitloop.cli import main as fitloop
+from fitting.body_model import SPIN_EXTRA_NAMES, load_body_model
 
 
 @pytest.fixture(scope="module")

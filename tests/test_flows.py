@@ -90,8 +90,8 @@ TINY_TRAINING = {"backbone": 18, "img_res": 64, "batch_size": 3, "epochs": 1, "n
 
 
 def test_build_flow_runs_preprocess_seed_and_train(prefect_server, synthetic_lsp, tmp_path):
-    from pipelines.flows import build_flow
     from fits.table import FitsTable
+    from pipelines.flows import build_flow
 
     summary = build_flow([DatasetSpec("lsp", str(synthetic_lsp))], str(tmp_path / "run"), TINY_TRAINING, workers=1)
     assert summary["manifest_counts"] == {"read": 6, "written": 6, "rejected": 0}

@@ -13,13 +13,20 @@ import numpy as np
 import pytest
 import torch
 
+from core.joints import H36M_JOINTS, J24_NAMES, J24_OFFSET, JOINT_NAMES, indices
 from fitting.body_model import load_body_model
 from pipelines.adapters import DatasetError, iter_dataset
-from pipelines.adapters.h36m import (CAMERA_NAMES, RAW_INDEX, SPLIT_SUBJECTS, MaskFile, euler_xyz, load_cameras,
-                                     read_pose_cdf)
+from pipelines.adapters.h36m import (
+    CAMERA_NAMES,
+    RAW_INDEX,
+    SPLIT_SUBJECTS,
+    MaskFile,
+    euler_xyz,
+    load_cameras,
+    read_pose_cdf,
+)
 from pipelines.synthetic import SynthConfig, generate, load_truth
 from pipelines.synthetic.h36m_files import write_pose_cdf
-from core.joints import H36M_JOINTS, J24_NAMES, J24_OFFSET, JOINT_NAMES, indices
 from shards.schema import KEY_PATTERN, PersonRecord, Reject, make_key
 
 ACTIONS = ("Directions 1", "Walking")

@@ -13,20 +13,20 @@ import tarfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+import model_files
 import numpy as np
 import pytest
 from PIL import Image
 
-import model_files
-from fitloop.cli import main
-from fitting.body_model import load_body_model
 from core.frames import FIT_FOCAL, fit_camera, keypoints_in_fit_frame, pose_fit
+from core.joints import J24_NAMES, JOINT_INDEX, NUM_JOINTS
+from fitloop.cli import main
 from fits.schema import FitProvenance, fits_batch
 from fits.table import FitsTable
-from core.joints import J24_NAMES, JOINT_INDEX, NUM_JOINTS
-from shards.lookup import SampleNotFoundError, find_samples, pick_samples
+from fitting.body_model import load_body_model
 from render.draw import LEFT_COLOUR, RIGHT_COLOUR
 from render.sample_picture import FitPanel, contact_sheet, projected_joints, render_panel, render_sample
+from shards.lookup import SampleNotFoundError, find_samples, pick_samples
 from shards.schema import PersonRecord
 from shards.stats import shard_stats
 from shards.verify import verify_set

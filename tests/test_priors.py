@@ -9,12 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from core.errors import ModelFileError, UnsafePickleError
 from assets import bvh
 from assets.prior_train import cap_walk_share, fit_gmm, plausible_frames
-from fitting.priors import (ANGLE_PRIOR_INDICES, GaussianMixture, MaxMixturePrior, angle_prior, gmm_from_mapping,
-                            load_gmm, save_gmm, shape_prior)
+from core.errors import ModelFileError, UnsafePickleError
 from core.joints import SMPL_JOINT_INDEX
+from fitting.priors import (
+    ANGLE_PRIOR_INDICES,
+    GaussianMixture,
+    MaxMixturePrior,
+    angle_prior,
+    gmm_from_mapping,
+    load_gmm,
+    save_gmm,
+    shape_prior,
+)
 
 
 def random_gmm(k: int = 8, d: int = 69, seed: int = 0) -> dict[str, np.ndarray]:

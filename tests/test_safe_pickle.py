@@ -2,11 +2,11 @@ import importlib.util
 import pickle
 import sys
 
+import model_files
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
-import model_files
 from core.errors import ModelFileError, UnsafePickleError
 from fitting import safe_pickle
 

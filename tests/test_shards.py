@@ -18,13 +18,21 @@ import torch
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
+from core.joints import J49_FLIP_PERM, JOINT_INDEX, NUM_JOINTS
 from fitloop.cli import main
 from shards import writer as shard_writer
-from shards.augment import (IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, AugmentParams, augment_joints_3d,
-                            augment_keypoints, augment_pose, training_transform)
+from shards.augment import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    AugmentConfig,
+    AugmentParams,
+    augment_joints_3d,
+    augment_keypoints,
+    augment_pose,
+    training_transform,
+)
 from shards.crop import box_to_crop, invert, transform_points, warp
-from core.joints import J49_FLIP_PERM, JOINT_INDEX, NUM_JOINTS
-from shards.reader import (ReaderConfig, ShardCorruptError, ShardReader, iter_shard, list_shards, verify)
+from shards.reader import ReaderConfig, ShardCorruptError, ShardReader, iter_shard, list_shards, verify
 from shards.sample import decode_npy, encode_npy
 from shards.schema import REJECT_COLUMNS, PersonRecord, Reject
 from shards.writer import ShardConfig, ShardWriteError, crop_record, write_chunk, write_shards

@@ -3,12 +3,13 @@ import dataclasses
 import pytest
 import torch
 
-from fitting.body_model import DATA_DIR, load_body_model
-from core.camera import CROP_FOCAL, project
-from fitting.priors import MaxMixturePrior
-from fitting.smplify import SMPLify, SMPLifyConfig
+from core.camera import project
+from core.frames import FIT_FOCAL
 from core.joints import JOINT_INDEX, indices
 from core.metrics import pa_mpjpe
+from fitting.body_model import DATA_DIR, load_body_model
+from fitting.priors import MaxMixturePrior
+from fitting.smplify import SMPLify, SMPLifyConfig
 
 PRIOR = DATA_DIR / "pose_prior_open.npz"
 
@@ -23,7 +24,7 @@ def prior():
     return MaxMixturePrior.from_file(PRIOR)
 
 
-def _people(body, prior, batch=8, seed=0, noise=0.0, focal=CROP_FOCAL, depth=50.0):
+def _people(body, prior, batch=8, seed=0, noise=0.0, focal=FIT_FOCAL, depth=50.0):
     """Bodies with prior-sampled poses, facing a camera `depth` m away; all 49 keypoints with confidence 1."""
     gen = torch.Generator().manual_seed(seed)
     k = torch.multinomial(prior.log_weights.exp(), batch, replacement=True, generator=gen)

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from core.joints import H36M_JOINTS, JOINT_INDEX, indices
 from fitloop.cli import main
 from fitting.body_model import load_body_model
 from pipelines.adapters import iter_dataset
@@ -20,7 +21,6 @@ from pipelines.synthetic import SynthConfig, SynthError, generate, load_truth
 from pipelines.synthetic.config import DEFAULT_MOCAP_DIR
 from pipelines.synthetic.paint import background, rle_counts
 from render.raster import rasterize
-from core.joints import JOINT_INDEX, indices, H36M_JOINTS
 from shards.schema import KEY_PATTERN, PersonRecord, Reject
 
 TINY = dict(coco_people=5, mpii_people=5, lsp_people=5, lspet_people=5, h36m_subjects=("S1", "S9"),

@@ -18,26 +18,37 @@ import numpy as np
 import pytest
 import torch
 
+from core.frames import fit_frame_px
+from core.joints import NUM_JOINTS
+from fits.schema import FitProvenance, fits_batch
+from fits.store import FitsStore
+from fits.table import FitsTable
 from fitting.body_model import load_body_model
 from fitting.priors import MaxMixturePrior
 from fitting.smplify import SMPLify, SMPLifyConfig
-from shards.augment import AugmentParams, augment_keypoints, augment_pose as augment_pose_np, training_transform
-from fits.schema import FitProvenance, fits_batch
-from fits.table import FitsTable
-from core.joints import NUM_JOINTS
+from shards.augment import AugmentParams, augment_keypoints, training_transform
+from shards.augment import augment_pose as augment_pose_np
 from shards.reader import ReaderConfig
 from training.checkpoint import latest_checkpoint, load_checkpoint
 from training.config import DEFAULT_PRIOR, TrainConfig
 from training.data import MixedShardStream, group_counts, parse_mix, resolve_mix
-from fits.store import FitsStore
-from training.geometry import (augment_pose, axis_angle_to_rotmat, canonical_keypoints, canonical_pose,
-                               canonical_translation, estimate_translation, fit_frame_px, project_normalised,
-                               rest_root, rot6d_to_rotmat, rotmat_to_axis_angle)
+from training.geometry import (
+    augment_pose,
+    axis_angle_to_rotmat,
+    canonical_keypoints,
+    canonical_pose,
+    canonical_translation,
+    estimate_translation,
+    project_normalised,
+    rest_root,
+    rot6d_to_rotmat,
+    rotmat_to_axis_angle,
+)
 from training.regressor import Regressor, mean_params_from_prior
 from training.resnet import ResNet, WeightsFileError, load_imagenet_weights
 from training.run_log import METRIC_COLUMNS
 from training.seed import seed_missing_fits
-from training.step import BatchFits, Batch, supervision
+from training.step import Batch, BatchFits, supervision
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_SMPLIFY = SMPLifyConfig(body_iterations=5)  # what `--smplify-iters 5` gives

@@ -10,7 +10,6 @@ import dataclasses
 import json
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from fitting import priors

@@ -25,12 +25,12 @@ import pyarrow.compute as pc
 import torch
 from torch import Tensor
 
-from fitting.body_model import BodyModel
+from core.joints import EVAL_J14, H36M_JOINTS, JOINT_INDEX, indices
+from core.metrics import mpjpe, pa_mpjpe
 from fits.schema import NUM_BETAS, NUM_POSE
 from fits.table import FitsTable, best_of
-from core.joints import EVAL_J14, H36M_JOINTS, JOINT_INDEX, indices
+from fitting.body_model import BodyModel
 from shards.reader import iter_shard, list_shards
-from core.metrics import mpjpe, pa_mpjpe
 
 _FROM_H36M = torch.tensor([H36M_JOINTS.index(name) for name in EVAL_J14])
 _EVAL_CANONICAL = torch.as_tensor(indices(EVAL_J14))

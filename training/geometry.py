@@ -4,7 +4,7 @@ Frames (SPIN_REFERENCE §2.1, §5.3, §6.4):
 
 * **Normalised keypoints** (B, 49, 3): x, y in [-1, 1] across the training crop (its outer edges at ±1), plus a
   confidence; what `shards.reader` gives. They do not depend on the crop's pixel size.
-* **Fit frame**: SPIN's 224 px crop seen by a pinhole camera with focal `CROP_FOCAL` = 5000 px and principal
+* **Fit frame**: SPIN's 224 px crop seen by a pinhole camera with focal `FIT_FOCAL` = 5000 px and principal
   point (112, 112); px = 112·(n + 1) (pixel corners at integers). SMPLify fits there, whatever the network's input
   resolution.
 * **Camera frame**: x right, y down, z forward, metres; a body's camera-frame points are the body model's output
@@ -21,11 +21,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from core.camera import CROP_FOCAL, CROP_RES, weak_perspective_to_translation  # noqa: F401 - re-exported
-from fitting.skeleton import rodrigues
+from core.camera import weak_perspective_to_translation  # noqa: F401 - re-exported
+from core.frames import FIT_CENTER, FIT_FOCAL, FIT_RES
 from core.joints import J24_OFFSET, J49_FLIP_PERM, POSE_FLIP_SIGN, SMPL_POSE_FLIP_PERM
-
-FIT_CENTER = CROP_RES / 2.0  # px: the fit frame's principal point (112)
+from fitting.skeleton import rodrigues
 
 
 # --- rotations ------------------------------------------------------------------------------------------------
@@ -156,20 +155,16 @@ def canonical_translation(cam_t: Tensor, root: Tensor, rot: Tensor, flip: Tensor
     return centre - root
 
 
-def fit_frame_px(keypoints: Tensor) -> Tensor:
-    """Normalised keypoints (B, 49, 3) -> fit-frame px (B, 49, 3): SPIN's ``0.5·224·(k + 1)``, confidence kept."""
-    return torch.cat([FIT_CENTER * (keypoints[..., :2] + 1.0), keypoints[..., 2:]], -1)
-
 
 # --- SPIN's camera --------------------------------------------------------------------------------------------
 def project_normalised(points: Tensor, cam_t: Tensor) -> Tensor:
     """Camera-frame projection of model points (B, N, 3) + cam_t (B, 3) to normalised crop coordinates (B, N, 2):
     focal 5000 px, principal point 0, divided by 112 (SPIN's training projection)."""
     p = points + cam_t[:, None]
-    return CROP_FOCAL * p[..., :2] / p[..., 2:3] / FIT_CENTER
+    return FIT_FOCAL * p[..., :2] / p[..., 2:3] / FIT_CENTER
 
 
-def estimate_translation(joints: Tensor, keypoints_px: Tensor, focal: float = CROP_FOCAL,
+def estimate_translation(joints: Tensor, keypoints_px: Tensor, focal: float = FIT_FOCAL,
                          center: float = FIT_CENTER, min_joints: int = 2) -> Tensor:
     """SPIN's least-squares camera translation (B, 3) metres for model joints (B, 49, 3) and fit-frame keypoints
     (B, 49, 3) px + confidence, from the 24 dataset joints (indices 25–48) weighted by √confidence.
@@ -189,7 +184,7 @@ def estimate_translation(joints: Tensor, keypoints_px: Tensor, focal: float = CR
     b = torch.stack([du * z - focal * x, dv * z - focal * y], -1)                              # (B, N, 2)
     a = (a * w[..., None, None]).reshape(batch, 2 * n, 3)
     b = (b * w[..., None]).reshape(batch, 2 * n)
-    prior = torch.tensor([0.0, 0.0, 2 * focal / CROP_RES], dtype=torch.float64, device=joints.device)
+    prior = torch.tensor([0.0, 0.0, 2 * focal / FIT_RES], dtype=torch.float64, device=joints.device)
     lhs = a.transpose(1, 2) @ a
     lhs = lhs + torch.diag_embed(1e-9 * torch.diagonal(lhs, dim1=-2, dim2=-1) + 1e-9)  # keeps the solve defined
     t = torch.linalg.solve(lhs, (a.transpose(1, 2) @ b[..., None])[..., 0])

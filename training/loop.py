@@ -29,7 +29,7 @@ import os
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,25 +37,33 @@ import torch
 from deltalake import DeltaTable
 from tqdm import tqdm
 
+from core.frames import fit_frame_px
+from fits.schema import FitProvenance, config_hash
+from fits.store import FitsStore
+from fits.table import FitsTable
 from fitting.body_model import BodyModel, load_body_model
 from fitting.priors import MaxMixturePrior
 from fitting.smplify import SMPLify
 from shards.augment import AugmentConfig
-from fits.schema import FitProvenance, config_hash
-from fits.table import FitsTable
 from shards.reader import ReaderConfig, ShardReader, list_shards
 from training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.data import MixedShardStream, parse_mix, train_sample_count
 from training.evaluate import FitsGroundTruth, evaluate_fits, evaluate_network
-from fits.store import FitsStore
-from training.geometry import fit_frame_px
 from training.regressor import Regressor, mean_params_from_npz, mean_params_from_prior
 from training.resnet import load_imagenet_weights
 from training.run_log import PARTS, RunLog
 from training.seed import seed_missing_fits
-from training.step import (Batch, autocast_for, compute_losses, fit_in_the_loop, predict, stored_fits,
-                           supervision, update_fits)
+from training.step import (
+    Batch,
+    autocast_for,
+    compute_losses,
+    fit_in_the_loop,
+    predict,
+    stored_fits,
+    supervision,
+    update_fits,
+)
 
 
 # --- setup ----------------------------------------------------------------------------------------------------

@@ -14,15 +14,13 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from fitting.smplify import SMPLify, mean_pose_start
+from core.frames import FIT_CENTER, keypoints_in_fit_frame
 from fits.schema import FitProvenance, fits_from_smplify
-from core.frames import keypoints_in_fit_frame
+from fits.store import FitsStore
 from fits.table import FitsTable
+from fitting.smplify import SMPLify, mean_pose_start
 from shards.reader import iter_shard, list_shards
 from shards.sample import StoredSample
-from fits.store import FitsStore
-from training.geometry import FIT_CENTER
-
 
 
 def seed_missing_fits(table: FitsTable, store: FitsStore, smplify: SMPLify, shard_dirs: Sequence, splits: Sequence[str],

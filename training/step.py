@@ -24,17 +24,26 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from core.frames import FIT_CENTER, fit_frame_px
+from fits.schema import BETAS_EXTREME_SIGMA, FitProvenance, fits_batch
+from fits.store import FitsStore
 from fitting.body_model import BodyModel
 from fitting.priors import angle_prior, shape_prior
 from fitting.smplify import SMPLify, SMPLifyResult
-from fits.schema import BETAS_EXTREME_SIGMA, FitProvenance, fits_batch
 from training.config import LossWeights
-from fits.store import FitsStore
-from training.geometry import (FIT_CENTER, augment_pose, axis_angle_to_rotmat, canonical_keypoints,
-                               canonical_pose, canonical_translation, estimate_translation, fit_frame_px,
-                               project_normalised, rest_root, rotmat_to_axis_angle, weak_perspective_to_translation)
-from training.losses import (betas_loss, camera_loss, keypoint_2d_loss, keypoint_3d_loss, pose_loss,
-                             shape_loss)
+from training.geometry import (
+    augment_pose,
+    axis_angle_to_rotmat,
+    canonical_keypoints,
+    canonical_pose,
+    canonical_translation,
+    estimate_translation,
+    project_normalised,
+    rest_root,
+    rotmat_to_axis_angle,
+    weak_perspective_to_translation,
+)
+from training.losses import betas_loss, camera_loss, keypoint_2d_loss, keypoint_3d_loss, pose_loss, shape_loss
 
 
 @dataclass

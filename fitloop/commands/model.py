@@ -87,8 +87,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_build_open(args: argparse.Namespace) -> int:
-    from fitting.body_model import DATA_DIR
     from assets.open_model import build_and_save
+    from fitting.body_model import DATA_DIR
 
     written = build_and_save(args.out or DATA_DIR, samples=args.samples, seed=args.seed, cache_dir=args.cache,
                              variants=tuple(args.variant or ("full", "small")))

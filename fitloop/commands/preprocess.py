@@ -8,6 +8,7 @@ from pathlib import Path
 
 from core.errors import FitloopError
 
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "preprocess", help="convert a dataset into webdataset shards (crops, arrays, metadata, rejects, manifest)",

@@ -48,8 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from core.errors import FitloopError
     from assets.prior_train import summarize, train_prior
+    from core.errors import FitloopError
 
     if args.components < 1:
         raise FitloopError(f"--components must be at least 1, got {args.components}")

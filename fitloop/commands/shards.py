@@ -186,8 +186,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_render(args: argparse.Namespace) -> int:
     from core.errors import FitloopError
-    from shards.lookup import find_samples, pick_samples
     from render.sample_picture import FitPanel, contact_sheet, render_sample
+    from shards.lookup import find_samples, pick_samples
 
     suffix = args.out.suffix.lower()
     if suffix not in (".png", ".html"):
@@ -200,9 +200,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     keys = [s.key for s in samples]
     model, latest, older, histories, now = None, {}, None, None, None
     if args.fits is not None:
-        from fitting.body_model import load_body_model
         from fits.lookup import best_fits, fit_histories, latest_version
         from fits.table import FitsTable
+        from fitting.body_model import load_body_model
 
         table = FitsTable.open(args.fits)
         now = latest_version(table)

@@ -15,8 +15,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipelines.adapters.base import (SPIN_LIMB_JOINTS, Adapter, CheckConfig, DatasetError, Output, RecordBuilder,
-                                     make_config)
+from pipelines.adapters.base import (
+    SPIN_LIMB_JOINTS,
+    Adapter,
+    CheckConfig,
+    DatasetError,
+    Output,
+    RecordBuilder,
+    make_config,
+)
 from pipelines.adapters.coco import CocoAdapter, CocoConfig
 from pipelines.adapters.h36m import H36mAdapter
 from pipelines.adapters.lsp import LSP_LAYOUT, LSPET_LAYOUT, LspAdapter, LspConfig

@@ -21,9 +21,19 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from pipelines.adapters.base import (CheckConfig, DatasetError, Output, RecordBuilder, check_split, display_path,
-                                     image_folder, joint_confidence, occluded_names, resolve_under)
 from core.joints import COCO_JOINTS, to_canonical
+from pipelines.adapters.base import (
+    CheckConfig,
+    DatasetError,
+    Output,
+    RecordBuilder,
+    check_split,
+    display_path,
+    image_folder,
+    joint_confidence,
+    occluded_names,
+    resolve_under,
+)
 from shards.schema import make_key
 
 # COCO's own keypoint names, in its order; a file whose person category lists others is not this format.

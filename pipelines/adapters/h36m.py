@@ -66,9 +66,17 @@ import cdflib
 import h5py
 import numpy as np
 
-from pipelines.adapters.base import (CheckConfig, DatasetError, Output, RecordBuilder, check_split, display_path,
-                                     keypoint_box, resolve_under)
 from core.joints import H36M_JOINTS, to_canonical
+from pipelines.adapters.base import (
+    CheckConfig,
+    DatasetError,
+    Output,
+    RecordBuilder,
+    check_split,
+    display_path,
+    keypoint_box,
+    resolve_under,
+)
 from shards.schema import make_key
 
 SPLIT_SUBJECTS: dict[str, tuple[str, ...]] = {

@@ -25,9 +25,20 @@ from typing import Iterator
 import numpy as np
 import scipy.io
 
-from pipelines.adapters.base import (CheckConfig, DatasetError, Output, RecordBuilder, check_split, display_path,
-                                     image_folder, joint_confidence, keypoint_box, occluded_names, resolve_under)
 from core.joints import LSP_JOINTS, to_canonical
+from pipelines.adapters.base import (
+    CheckConfig,
+    DatasetError,
+    Output,
+    RecordBuilder,
+    check_split,
+    display_path,
+    image_folder,
+    joint_confidence,
+    keypoint_box,
+    occluded_names,
+    resolve_under,
+)
 from shards.schema import make_key
 
 NUM_LSP_JOINTS = len(LSP_JOINTS)  # 14

@@ -42,9 +42,19 @@ import h5py
 import numpy as np
 import scipy.io
 
-from pipelines.adapters.base import (CheckConfig, DatasetError, Output, RecordBuilder, check_split, display_path,
-                                     image_folder, joint_confidence, occluded_names, resolve_under)
 from core.joints import MPII_JOINTS, to_canonical
+from pipelines.adapters.base import (
+    CheckConfig,
+    DatasetError,
+    Output,
+    RecordBuilder,
+    check_split,
+    display_path,
+    image_folder,
+    joint_confidence,
+    occluded_names,
+    resolve_under,
+)
 from shards.schema import make_key
 
 NUM_MPII_JOINTS = len(MPII_JOINTS)  # 16

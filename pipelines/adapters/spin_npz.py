@@ -28,10 +28,17 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from pipelines.adapters.base import (CheckConfig, DatasetError, Output, RecordBuilder, check_split, display_path,
-                                     resolve_under)
-from core.spin import SPIN_NPZ_FILES
 from core.joints import J24_NAMES, J24_OFFSET, NUM_JOINTS, OPENPOSE_NAMES
+from core.spin import SPIN_NPZ_FILES
+from pipelines.adapters.base import (
+    CheckConfig,
+    DatasetError,
+    Output,
+    RecordBuilder,
+    check_split,
+    display_path,
+    resolve_under,
+)
 from shards.schema import make_key
 
 REQUIRED_FIELDS = ("imgname", "center", "scale")

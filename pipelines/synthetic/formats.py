@@ -17,9 +17,9 @@ import h5py
 import numpy as np
 import scipy.io
 
+from core.joints import COCO_JOINTS, LSP_JOINTS, MPII_JOINTS, indices
 from pipelines.synthetic.paint import Picture
 from pipelines.synthetic.scene import Person
-from core.joints import COCO_JOINTS, LSP_JOINTS, MPII_JOINTS, indices
 
 MATLAB = 1.0  # 1-based MATLAB pixels = fitloop's 0-based + 1
 COCO_KEYPOINT_NAMES = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",

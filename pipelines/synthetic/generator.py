@@ -34,8 +34,17 @@ from pipelines.synthetic.bodies import move_parameters, pose_bodies, rotate_orie
 from pipelines.synthetic.config import DATASETS, SynthConfig, SynthError
 from pipelines.synthetic.paint import Body, Picture, Silhouette, face_regions, paint_batch, set_mesh
 from pipelines.synthetic.poses import PoseSource, pose_source
-from pipelines.synthetic.scene import (MODEL_TO_H36M_WORLD, Person, focal_for, h36m_rig, place, project,
-                                       sample_betas, sample_outfit, view_rotation)
+from pipelines.synthetic.scene import (
+    MODEL_TO_H36M_WORLD,
+    Person,
+    focal_for,
+    h36m_rig,
+    place,
+    project,
+    sample_betas,
+    sample_outfit,
+    view_rotation,
+)
 from pipelines.synthetic.truth import write_truth
 from shards.schema import make_key
 

@@ -24,8 +24,8 @@ import h5py
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from pipelines.adapters.h36m import CAMERA_NAMES, NUM_RAW_JOINTS, RAW_DUPLICATES, RAW_INDEX, Camera
 from core.joints import JOINT_INDEX, SMPL_JOINT_INDEX
+from pipelines.adapters.h36m import CAMERA_NAMES, NUM_RAW_JOINTS, RAW_DUPLICATES, RAW_INDEX, Camera
 
 # Raw joints outside SPIN's 17 and not copies: (where the point comes from, its name there).
 RAW_EXTRAS: dict[int, tuple[str, str]] = {

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from render.raster import rasterize
 from core.joints import SMPL_JOINT_NAMES
+from render.raster import rasterize
 
 # Body regions of the mesh, by the SMPL joint that moves a face most (its dominant skinning weight).
 REGIONS: tuple[str, ...] = ("head", "hands", "forearms", "upper_arms", "torso", "hips", "shins", "feet")

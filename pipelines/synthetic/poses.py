@@ -21,10 +21,10 @@ from scipy.spatial.transform import Rotation, Slerp
 
 from assets import bvh
 from assets.prior_train import plausible_frames
+from fitting.priors import DEFAULT_PRIOR as PRIOR_FILE
 from fitting.priors import load_gmm
 from pipelines.synthetic.config import SynthConfig, SynthError
 
-from fitting.priors import DEFAULT_PRIOR as PRIOR_FILE
 PRIOR_KEY_EVERY = 8  # frames between drawn key poses in a prior sequence
 _MAX_DRAWS = 50      # rounds of redrawing implausible prior samples before giving up
 
