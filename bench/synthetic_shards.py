@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from core.frames import FIT_FOCAL, FIT_RES
+from core.frames import FIT_CENTER, FIT_FOCAL, FIT_RES
 from core.joints import J24_OFFSET, NUM_JOINTS, OPENPOSE_NAMES, indices
+from core.pinhole import pinhole
 from fitting.body_model import BodyModel, load_body_model
 from fitting.priors import MaxMixturePrior
 from shards.schema import PersonRecord, make_key
@@ -111,7 +112,7 @@ def render(vertices_cam: np.ndarray, faces: np.ndarray, colours: np.ndarray, res
     centroids = tri.mean(1)
     facing = np.abs((normals * centroids / np.linalg.norm(centroids, axis=1, keepdims=True)).sum(1))
     order = np.argsort(-centroids[:, 2])
-    uv = focal * tri[..., :2] / tri[..., 2:3] + res / 2.0 - 0.5       # 0-based px, centres at integers
+    uv = pinhole(tri, focal, ((res - 1) / 2.0, (res - 1) / 2.0))      # 0-based px, centres at integers
     image = Image.new("RGB", (res, res), background)
     draw = ImageDraw.Draw(image)
     shade = 0.4 + 0.6 * facing
@@ -133,7 +134,7 @@ def synthetic_records(body: BodyModel, spec: DatasetSpec, image_root: Path, *, r
     records = []
     for i in range(spec.count):
         cam_joints = people["joints"][i] + people["cam_t"][i]
-        fit_px = FIT_FOCAL * cam_joints[:, :2] / cam_joints[:, 2:3] + FIT_RES / 2.0   # corners at integers
+        fit_px = pinhole(cam_joints, FIT_FOCAL, (FIT_CENTER, FIT_CENTER))   # fit frame: corners at integers
         keypoints = np.zeros((NUM_JOINTS, 3))
         j24 = np.arange(J24_OFFSET, NUM_JOINTS)
         keypoints[j24, :2] = (fit_px[j24] + noise_px * rng.standard_normal((len(j24), 2))) * k - 0.5

@@ -1,10 +1,10 @@
-"""Pinhole cameras as SPIN uses them, and the two ways SMPLify's camera translation is initialised.
+"""Pinhole cameras as SPIN uses them (batched, torch), and the two ways SMPLify's camera translation is initialised.
 
 Frames and units: camera frame x right, y down, z forward (metres); pixels with (0, 0) at the top-left corner of
 the image. SPIN's *crop convention* renders a `FIT_RES` = 224 px crop with a fixed, fake focal length
 `FIT_FOCAL` = 5000 px (nearly weak perspective) and principal point at the crop centre (112, 112). A network's
 weak-perspective camera [s, tx, ty] maps to a translation t = [tx, ty, 2 f / (res s)]. Full-image intrinsics
-(fx, fy, cx, cy) work with the same functions.
+(fx, fy, cx, cy) work with the same functions. The projection itself is fitloop's one, `core.pinhole.pinhole`.
 
 A model in the SMPL frame (Y up, facing +Z) seen by such a camera with identity rotation stands upside down and
 faces away; body fits therefore carry the rotation in their global orientation, as SPIN's fits do.
@@ -15,20 +15,21 @@ import torch
 from torch import Tensor
 
 from core.frames import FIT_FOCAL, FIT_RES
+from core.pinhole import pinhole
 
 
 def project(points: Tensor, translation: Tensor, focal: Tensor | float, center: Tensor) -> Tensor:
-    """Perspective projection of points (B, N, 3), camera frame up to `translation` (B, 3), to pixels (B, N, 2).
+    """`core.pinhole.pinhole` for a batch (SMPLify's form): points (B, N, 3), camera frame up to ``translation``
+    (B, 3), to pixels (B, N, 2).
 
     focal: scalar or (B,) or (B, 2) px; center: (B, 2) px principal point.
     """
-    p = points + translation[:, None, :]
     focal = torch.as_tensor(focal, dtype=points.dtype, device=points.device)
     if focal.dim() == 0:
         focal = focal.expand(points.shape[0], 2)
     elif focal.dim() == 1:
         focal = focal[:, None].expand(-1, 2)
-    return focal[:, None, :] * p[..., :2] / p[..., 2:3] + center[:, None, :]
+    return pinhole(points + translation[:, None, :], focal[:, None, :], center[:, None, :])
 
 
 def weak_perspective_to_translation(cam: Tensor, focal: float = FIT_FOCAL, res: int = FIT_RES) -> Tensor:

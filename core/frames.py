@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from core.pinhole import pinhole
+
 FIT_FOCAL = 5000.0                # px: SPIN's fixed, fake focal length of the fit frame
 FIT_RES = 224                     # px: the fit frame's side (SPIN's training crop)
 FIT_CENTER = FIT_RES / 2.0        # px: the fit frame's principal point (112, 112)
@@ -50,9 +52,8 @@ class CropCamera:
     res: int
 
     def project(self, points_cam: np.ndarray) -> np.ndarray:
-        """Camera-frame points (..., 3) metres (z > 0 in front) to pixels (..., 2)."""
-        p = np.asarray(points_cam, dtype=np.float64)
-        return self.focal * p[..., :2] / p[..., 2:3] + np.asarray(self.center)
+        """Camera-frame points (..., 3) metres (z > 0 in front) to pixels (..., 2), float64 (`core.pinhole`)."""
+        return pinhole(points_cam, self.focal, self.center)
 
     def resized(self, res: int) -> "CropCamera":
         """The same camera for the picture resized to ``res`` px (pixel centres stay at integers)."""

@@ -67,6 +67,7 @@ import h5py
 import numpy as np
 
 from core.joints import H36M_JOINTS, to_canonical
+from core.pinhole import pinhole
 from pipelines.adapters.base import (
     CheckConfig,
     DatasetError,
@@ -169,13 +170,14 @@ class Camera:
         return (points_world - self.T) @ self.R.T
 
     def project(self, points_camera: np.ndarray) -> np.ndarray:
-        """Camera-frame points (..., 3) (any unit) -> pixels (..., 2) with Human3.6M's distortion model."""
-        x = points_camera[..., :2] / points_camera[..., 2:3]
+        """Camera-frame points (..., 3) (any unit) -> pixels (..., 2) with Human3.6M's distortion model: the ray's
+        point on the plane Z = 1 is distorted, then projected by `core.pinhole.pinhole` with f, c."""
+        x = pinhole(points_camera, 1.0, (0.0, 0.0))                        # (X/Z, Y/Z)
         r2 = (x ** 2).sum(-1, keepdims=True)
         radial = 1.0 + self.k[0] * r2 + self.k[1] * r2 ** 2 + self.k[2] * r2 ** 3
         tangential = self.p[0] * x[..., 1:2] + self.p[1] * x[..., 0:1]
         distorted = x * (radial + tangential) + np.array([self.p[1], self.p[0]]) * r2
-        return self.f * distorted + self.c
+        return pinhole(np.concatenate([distorted, np.ones_like(r2)], -1), self.f, self.c)
 
     def info(self) -> dict[str, Any]:
         """Intrinsics for ``extra["camera"]`` (json-able)."""

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
+from core.pinhole import pinhole
 from fitting.body_model import OPEN_MODELS, BodyModel, load_body_model, read_model_arrays
 from pipelines.adapters.h36m import CAMERA_NAMES, RAW_INDEX, Camera, image_pattern
 from pipelines.synthetic import formats, h36m_files
@@ -40,7 +41,6 @@ from pipelines.synthetic.scene import (
     focal_for,
     h36m_rig,
     place,
-    project,
     sample_betas,
     sample_outfit,
     view_rotation,
@@ -212,14 +212,14 @@ def _plan_single(name: str, root: Path, config: SynthConfig, model: BodyModel, p
             offset = place(posed.vertices[n].astype(np.float64), focal, principal, size, slot,
                            rng.uniform(*FILL), truncate, rng)
             vertices = posed.vertices[n] + offset.astype(np.float32)
-            pixels = project(vertices.astype(np.float64), focal, principal)
+            pixels = pinhole(vertices, focal, principal)
             joints = posed.joints[n] + offset
             annotation_id += 1
             key, person_ids = _person_ids(name, path, ids, r, annotation_id)
             outfit, regions = sample_outfit(rng)
             people.append(Person(
                 key=key, picture=i, pose=body_poses[n], betas=betas[n], transl=offset, joints=joints,
-                keypoints=project(joints, focal, principal), outfit=outfit,
+                keypoints=pinhole(joints, focal, principal), outfit=outfit,
                 vertex_box=(*pixels.min(axis=0), *pixels.max(axis=0)), ids={**person_ids, "body": r}))
             picture.bodies.append(Body(vertices=vertices, colours=regions))
         pictures.append(picture)

@@ -1,8 +1,8 @@
 """Scenes of synthetic people: shapes, colours, camera views, framing a body into an image, the Human3.6M rig.
 
 Frames: the body model's (Y up, the body faces +Z, its left +X); the camera's (OpenCV: x right, y down, z
-forward, metres); pixels 0-based with (0, 0) the centre of the top-left pixel. Human3.6M's world is Z up, mm in its
-files, metres here.
+forward, metres), projected by `core.pinhole.pinhole`; pixels 0-based with (0, 0) the centre of the top-left
+pixel. Human3.6M's world is Z up, mm in its files, metres here.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from core.pinhole import pinhole
 from pipelines.adapters.h36m import CAMERA_NAMES, Camera
 from pipelines.synthetic.paint import REGIONS, Silhouette
 
@@ -95,11 +96,6 @@ def focal_for(size: tuple[int, int], fov_deg: float) -> float:
     return max(size) / 2.0 / math.tan(math.radians(fov_deg) / 2.0)
 
 
-def project(points: np.ndarray, focal: float, principal: tuple[float, float]) -> np.ndarray:
-    """Pinhole projection of camera-frame points (..., 3) m to px (..., 2)."""
-    return focal * points[..., :2] / points[..., 2:3] + np.asarray(principal)
-
-
 def place(vertices: np.ndarray, focal: float, principal: tuple[float, float], size: tuple[int, int],
           slot: tuple[float, float], fill: float, truncate: bool, rng: np.random.Generator) -> np.ndarray:
     """Offset (3,) m that puts a body into an image: vertices (V, 3) m, camera frame, as posed without translation.
@@ -124,7 +120,7 @@ def place(vertices: np.ndarray, focal: float, principal: tuple[float, float], si
             u, v = rng.uniform(*u_range), rng.uniform(*v_range)
             offset = np.array([(u - principal[0]) * depth / focal - middle[0],
                                (v - principal[1]) * depth / focal - middle[1], depth - middle[2]])
-            pixels = project(vertices + offset, focal, principal)
+            pixels = pinhole(vertices + offset, focal, principal)
             inside = (pixels.min(axis=0) >= (slot[0] + MARGIN_PX, MARGIN_PX)).all() and \
                 (pixels.max(axis=0) <= (slot[1] - 1 - MARGIN_PX, height - 1 - MARGIN_PX)).all()
             if truncate or inside:
