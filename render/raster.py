@@ -1,30 +1,38 @@
-"""A vectorised z-buffer rasteriser for flat-shaded meshes with a colour per face (numpy only, no OpenGL).
+"""fitloop's one mesh renderer: a vectorised z-buffer rasteriser for flat-shaded meshes (numpy only, no OpenGL).
 
-Why not `render.draw.render_mesh`: its painter's algorithm fills one PIL polygon per triangle from Python,
-~0.13 s per 27k-triangle body, and takes one colour per mesh. Synthetic sets need hundreds of bodies in seconds
-and clothes that differ from skin; this rasteriser enumerates every (triangle, pixel-centre) candidate in one
-numpy pass and keeps the nearest per pixel, ~10x faster, exact where meshes interpenetrate or overlap each other.
-The shading law and the camera conventions are `render.draw`'s: pinhole, OpenCV camera frame (x right, y down,
-z forward, metres), light from the camera, ``shade = 0.35 + 0.65·cos(normal, view)``, back faces culled. A pixel
-is filled when its centre, at integer coordinates (0-based px, fitloop's convention), lies in a projected
-triangle (edges count as inside).
+Every picture of a body is drawn here: sample pictures and contact sheets (`render.sample_picture`), body-model
+pictures (`render.model_pictures`) and synthetic images (`pipelines.synthetic.paint`).
+`rasterize` enumerates every (triangle, pixel-centre) candidate in one numpy pass and keeps the nearest per pixel:
+exact where meshes interpenetrate or overlap each other, a colour per face, ~0.01 s for a 27k-triangle body in a
+200 px picture (a painter's algorithm filling one PIL polygon per triangle took ~10x longer).
+
+Conventions:
+    camera: pinhole (`core.pinhole.pinhole`), OpenCV camera frame: x right, y down, z forward, metres.
+    pixels: 0-based, **pixel centres at integers** (as `shards.crop` and every fitloop record): pixel (i, j)
+        covers [i - 0.5, i + 0.5] × [j - 0.5, j + 0.5], and is drawn when its centre (i, j) lies in a projected
+        triangle (edges count as inside). A keypoint projected to (x, y) px lands in pixel (round(x), round(y)).
+    faces: wound counter-clockwise seen from outside (the right-hand normal ``(v1 - v0) × (v2 - v0)`` points
+        out), as in SMPL's, SMPL-H's, SMPL-X's and the open model's files; faces seen from behind are culled. A
+        mesh wound the other way is drawn inside out: pass ``faces[:, ::-1]``.
+    shading: light from the camera, ``shade = 0.35 + 0.65·cos(normal, view)`` (`AMBIENT`).
 """
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
-from render.draw import project
+from core.pinhole import pinhole
 
-AMBIENT = 0.35  # render.draw's shading: 0.35 + 0.65 * facing
+AMBIENT = 0.35  # shade = AMBIENT + (1 - AMBIENT) * cos(normal, view)
 
 
-def rasterize(vertices: np.ndarray, faces: np.ndarray, face_colours: np.ndarray, focal: tuple[float, float],
+def rasterize(vertices: np.ndarray, faces: np.ndarray, face_colours: np.ndarray, focal: float | tuple[float, float],
               principal: tuple[float, float], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Draw a mesh: (pixels, face_index).
 
     Args:
         vertices: (V, 3) metres, camera frame; faces (F, 3) vertex indices; face_colours (F, 3) RGB 0-255.
-        focal: (fx, fy) px; principal: (cx, cy) px; size: (width, height) px.
+        focal: f or (fx, fy) px; principal: (cx, cy) px (pixel centres at integers); size: (width, height) px.
     Returns:
         pixels (H, W, 3) uint8, black where no face is drawn; face_index (H, W) int64, the face seen at each
         pixel or -1.
@@ -35,11 +43,9 @@ def rasterize(vertices: np.ndarray, faces: np.ndarray, face_colours: np.ndarray,
     normals /= np.linalg.norm(normals, axis=1, keepdims=True) + 1e-12
     centroids = tri.mean(axis=1)
     view = -centroids / (np.linalg.norm(centroids, axis=1, keepdims=True) + 1e-12)
-    facing = (normals * view).sum(axis=1)
-    if np.median(facing[np.abs(facing) > 1e-3]) < 0:  # winding differs between mesh conventions
-        facing = -facing
+    facing = (normals * view).sum(axis=1)                                # > 0: the face's outside faces us
     keep = np.flatnonzero((facing > 0) & (tri[:, :, 2] > 1e-3).all(axis=1))
-    pts = project(tri[keep], focal, principal)                             # (K, 3, 2) px
+    pts = pinhole(tri[keep], focal, principal)                             # (K, 3, 2) px
     inv_z = 1.0 / tri[keep][:, :, 2]                                       # (K, 3)
 
     low = np.maximum(np.ceil(pts.min(axis=1)), 0).astype(np.int64)       # pixel centres the triangle may cover
@@ -73,6 +79,25 @@ def rasterize(vertices: np.ndarray, faces: np.ndarray, face_colours: np.ndarray,
     drawn = face_index >= 0
     pixels[drawn] = colours[face_index[drawn]]
     return pixels.reshape(height, width, 3), face_index.reshape(height, width)
+
+
+def render_mesh(image: Image.Image, vertices_cam: np.ndarray, faces: np.ndarray, focal: float | tuple[float, float],
+                center: tuple[float, float], colour: tuple[int, int, int] = (200, 200, 215),
+                opacity: float = 0.85) -> Image.Image:
+    """A flat-shaded mesh of one colour drawn over ``image`` by `rasterize`; returns a new RGB image.
+
+    vertices_cam (V, 3) metres, camera frame (z > 0 in front); faces (F, 3); focal, center px as `rasterize`
+    (centres at integers). A covered pixel becomes ``(1 - opacity)·image + opacity·shaded colour``; the others
+    keep the image's values exactly.
+    """
+    base = np.asarray(image.convert("RGB"))
+    colours = np.broadcast_to(np.asarray(colour, dtype=np.float64), (len(faces), 3))
+    pixels, face_index = rasterize(vertices_cam, faces, colours, focal, center, image.size)
+    drawn = face_index >= 0
+    out = base.copy()
+    blend = (1.0 - opacity) * base[drawn].astype(np.float64) + opacity * pixels[drawn].astype(np.float64)
+    out[drawn] = np.clip(np.rint(blend), 0, 255).astype(np.uint8)
+    return Image.fromarray(out)
 
 
 def _edge(a: np.ndarray, b: np.ndarray, p) -> np.ndarray:

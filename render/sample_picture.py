@@ -1,10 +1,11 @@
 """Pictures of shard samples: the stored crop with its 2D keypoints and skeleton and a fit's mesh over it, one panel
 per fit (e.g. the best fit now and as of an older table version), and contact sheets of many samples.
 
-Everything is drawn by the software renderer of `render.draw` (PIL, painter's algorithm; no OpenGL). The mesh is
-placed by `core.frames.fit_camera`, the keypoints are the sample's stored-crop keypoints, so both are drawn in
-the same pixel frame: when a fit is good, its mesh covers the person and the markers sit on the person's joints.
-Pixel centres are at integers throughout (as `shards.crop`), which is also how PIL places drawn shapes.
+Meshes are drawn by fitloop's one renderer, the z-buffer of `render.raster` (numpy; no OpenGL), keypoints and
+captions with PIL (`render.draw`). The mesh is placed by `core.frames.fit_camera`, the keypoints are the sample's
+stored-crop keypoints, so both are drawn in the same pixel frame: when a fit is good, its mesh covers the person
+and the markers sit on the person's joints. Pixel centres are at integers throughout (as `shards.crop`): the
+rasteriser fills a pixel when its centre lies in a projected triangle, and PIL centres a marker on its pixel.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from core.frames import FIT_FOCAL, FIT_RES, CropCamera, fit_camera, keypoints_in_fit_frame, pose_fit
 from core.joints import JOINT_INDEX
-from render.draw import draw_keypoints, render_mesh
+from render.draw import draw_keypoints
+from render.raster import render_mesh
 from shards.sample import StoredSample
 
 MESH_COLOUR = (235, 205, 150)

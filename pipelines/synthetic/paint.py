@@ -4,9 +4,9 @@ This module runs in the render worker processes, so it imports neither torch nor
 carries the camera-frame vertices and each body's colours; the mesh's faces and their body regions are set once
 per process (`set_mesh`). Nothing but the background and the bodies is drawn: no keypoints, no boxes.
 
-Bodies are drawn by `raster.rasterize` (flat shading as `render.draw`, a colour per face) into one z-buffer,
-so people who overlap hide each other correctly. A face's colour is its region's in the person's outfit: skin
-(head, neck, hands, and forearms or shins when sleeves or trousers are short), top, bottom, shoes.
+Bodies are drawn by `render.raster.rasterize`, fitloop's one renderer (flat shading, a colour per face), into
+one z-buffer, so people who overlap hide each other correctly. A face's colour is its region's in the person's
+outfit: skin (head, neck, hands, and forearms or shins when sleeves or trousers are short), top, bottom, shoes.
 
 Pixels: 0-based, pixel (0, 0) is the centre of the top-left pixel, as in every fitloop record; a pixel is drawn
 when its centre lies in a projected triangle, so projected keypoints and pixels agree.
