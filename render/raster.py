@@ -3,8 +3,10 @@
 Every picture of a body is drawn here: sample pictures and contact sheets (`render.sample_picture`), body-model
 pictures (`render.model_pictures`) and synthetic images (`pipelines.synthetic.paint`).
 `rasterize` enumerates every (triangle, pixel-centre) candidate in one numpy pass and keeps the nearest per pixel:
-exact where meshes interpenetrate or overlap each other, a colour per face, ~0.01 s for a 27k-triangle body in a
-200 px picture (a painter's algorithm filling one PIL polygon per triangle took ~10x longer).
+exact where meshes interpenetrate or overlap each other, a colour per face. The open model (27k triangles) takes
+57 ms at 192 px and 78 ms at 512 px on a busy 2-core machine, where the painter's algorithm it replaced (one PIL
+polygon per triangle, far to near) took 566 and 646 ms; PIL also fills pixels its polygons' edges merely touch
+(8% more pixels for that body), which is why its pictures did not follow this convention.
 
 Conventions:
     camera: pinhole (`core.pinhole.pinhole`), OpenCV camera frame: x right, y down, z forward, metres.
