@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
+import os
+import select
 import sys
 
 from core.errors import FitloopError
@@ -39,13 +42,48 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     preload_arrow()
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, so that a closed pipe is caught below and not at exit
+        return status
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except FitloopError as err:
         print(f"fitloop: error: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        if not stdout_reader_gone():
+            raise  # a pipe of the command's own (a socket, a subprocess): a real fault
+        return closed_pipe()
+
+
+# Exit status when the reader of stdout went away (`fitloop … | head -1`): what a shell reports for a program
+# that SIGPIPE ended, as `cat` and `ls` end there.
+CLOSED_PIPE_STATUS = 128 + 13
+
+
+def stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll reports an error on its write end)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        return False
+    if not hasattr(select, "poll"):
+        return True  # no poll (Windows): take a broken pipe on the way out to be stdout's, as Python's docs do
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
+def closed_pipe() -> int:
+    """Stop quietly after stdout's reader closed the pipe: point stdout at /dev/null so that the interpreter's
+    last flush at exit does not raise again (as the Python docs on SIGPIPE advise); no traceback, no message."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):  # stdout is no file (captured): nothing to redirect
+        pass
+    return CLOSED_PIPE_STATUS
 
 
 def preload_arrow() -> None:

@@ -78,7 +78,7 @@ def fit_caption(fit: dict[str, Any] | None, model: Any | None, missing: str = "n
     if fit is None:
         return missing, True
     loss = "unscored" if fit.get("loss") is None else f"loss {fit['loss']:.2f} px^2"  # the font has no '²'
-    text = f"{loss} · {fit.get('source')} fit, run {fit.get('run_id')}"
+    text = f"{loss} · {fit.get('source') or 'unknown'} fit, run {fit.get('run_id') or 'unknown'}"
     warn = False
     if model is not None and fit.get("body_model_id") not in (None, model.model_id):
         text += f" · fit by {fit['body_model_id']}, drawn with {model.model_id}"

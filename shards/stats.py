@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -21,14 +21,15 @@ from shards.writer import load_manifest
 BOX_SIDE_BINS_PX = (0, 64, 128, 256, 512, 1024)
 
 
-def shard_stats(shard_dir: Path, scan: bool = True) -> dict[str, Any]:
+def shard_stats(shard_dir: Path, scan: bool = True, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Statistics of the shard set in ``shard_dir`` as a json-able dict.
 
     Keys: ``samples`` (written), ``read``, ``rejected``, ``consistent``, ``by_dataset`` (dataset -> samples),
     ``by_split`` (split -> samples), ``by_dataset_split`` (dataset -> split -> read/written/rejected),
     ``rejects_by_reason``, ``rejects_by_dataset`` (dataset -> reason -> n), ``shards``, ``bytes``,
     ``bytes_per_sample``, ``has_smpl``, ``has_joints_3d``, ``schema_version``, ``sample_format_version``,
-    ``created_utc``, ``config``; with ``scan``, also ``keypoints`` and ``boxes`` (`scan_samples`).
+    ``created_utc``, ``config``; with ``scan``, also ``keypoints`` and ``boxes`` (`scan_samples`, which calls
+    ``progress`` with 1 after each sample).
     """
     shard_dir = Path(shard_dir)
     manifest = load_manifest(shard_dir)
@@ -45,7 +46,7 @@ def shard_stats(shard_dir: Path, scan: bool = True) -> dict[str, Any]:
     for dataset, reason in zip(rejects["dataset"], rejects["reason"]):
         by_dataset_reason.setdefault(dataset, Counter())[reason] += 1
     total_bytes = sum(s["bytes"] for s in manifest["shards"])
-    scanned = scan_samples(shard_dir, manifest["config"]) if scan else {}
+    scanned = scan_samples(shard_dir, manifest["config"], progress) if scan else {}
     return {
         "dir": str(shard_dir), "samples": counts["written"], "read": counts["read"], "rejected": counts["rejected"],
         "consistent": counts["read"] == counts["written"] + counts["rejected"]
@@ -76,8 +77,10 @@ def _box_summary(sides: list[float], crop_box: float) -> dict[str, Any]:
             "magnified": int((values < crop_box).sum())}
 
 
-def scan_samples(shard_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
-    """Keypoint visibility per joint and person box sizes, from every sample's json and ``keypoints_2d.npy``.
+def scan_samples(shard_dir: Path, config: dict[str, Any],
+                 progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Keypoint visibility per joint and person box sizes, from every sample's json and ``keypoints_2d.npy``;
+    ``progress`` (e.g. a progress bar's ``update``) is called with 1 after each sample.
 
     Returns ``{"keypoints": {"samples", "visible": {joint: n}, "by_dataset": {dataset: {"samples", "visible"}}},
     "boxes": {"crop_res", "crop_margin", "all": summary, "by_dataset": {dataset: summary}}}``. A joint is visible
@@ -102,6 +105,8 @@ def scan_samples(shard_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
             visible.setdefault(dataset, np.zeros(len(JOINT_NAMES), np.int64))[:] += conf > 0
             samples[dataset] += 1
             sides.setdefault(dataset, []).append(float(meta["box_side_px"]))
+            if progress is not None:
+                progress(1)
     total = sum(visible.values(), np.zeros(len(JOINT_NAMES), np.int64))
     crop_box = config["crop_res"] / config["crop_margin"]
     return {

@@ -25,7 +25,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
@@ -216,9 +216,11 @@ class SetReport:
         return not self.problems
 
 
-def verify_set(shard_dir: Path, samples: bool = True) -> SetReport:
+def verify_set(shard_dir: Path, samples: bool = True,
+               progress: Callable[[int], None] | None = None) -> SetReport:
     """Check the shard set in ``shard_dir``: the manifest's checksums and files (`shards.reader.verify`), then,
-    with ``samples``, every sample of every listed shard (module docstring)."""
+    with ``samples``, every sample of every listed shard (module docstring). ``progress`` is called with 1 after
+    each sample is checked (e.g. a progress bar's ``update``)."""
     shard_dir = Path(shard_dir)
     base = verify_checksums(shard_dir)
     report = SetReport(str(shard_dir), shards_checked=base.shards_checked, problems=list(base.problems))
@@ -235,7 +237,7 @@ def verify_set(shard_dir: Path, samples: bool = True) -> SetReport:
         if not path.is_file():
             continue
         before = len(report.bad_samples)
-        count = _scan_shard(path, entry, report, seen)
+        count = _scan_shard(path, entry, report, seen, progress)
         if count is not None and count != entry["samples"]:
             report.problems.append(f"{entry['name']}: {count} samples, manifest says {entry['samples']}")
         if entry["name"] in failed_checksum and len(report.bad_samples) == before and count == entry["samples"]:
@@ -244,7 +246,8 @@ def verify_set(shard_dir: Path, samples: bool = True) -> SetReport:
     return report
 
 
-def _scan_shard(path: Path, entry: dict[str, Any], report: SetReport, seen: dict[str, str]) -> int | None:
+def _scan_shard(path: Path, entry: dict[str, Any], report: SetReport, seen: dict[str, str],
+                progress: Callable[[int], None] | None = None) -> int | None:
     """Check each sample of one shard into ``report``; the number of samples, or None when the tar breaks off."""
     count, last = 0, None
 
@@ -262,6 +265,8 @@ def _scan_shard(path: Path, entry: dict[str, Any], report: SetReport, seen: dict
             report.bad_samples.append(key)
             report.problems += [f"{path.name}: sample {key}: {p}" for p in problems]
         last = key
+        if progress is not None:
+            progress(1)
 
     try:
         for key, members in raw_samples(path, hint=False):

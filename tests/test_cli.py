@@ -2,6 +2,9 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+from fitloop.cli import CLOSED_PIPE_STATUS
 from fitloop.cli import main as fitloop
 
 
@@ -26,3 +29,24 @@ def test_a_user_error_is_one_line_without_traceback(capsys, tmp_path):
     assert fitloop(["model", "info", "--model", str(tmp_path / "SMPL_NEUTRAL.pkl")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("fitloop: error:") and "no such body-model file" in err and "Traceback" not in err
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    # `fitloop model info | head -0`: the reader is gone before the first line is written
+    proc = subprocess.Popen([sys.executable, "-m", "fitloop.cli", "model", "info"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait() == CLOSED_PIPE_STATUS == 141, err  # as a shell reports a program that SIGPIPE ended
+    assert err == ""  # no traceback, no "Exception ignored … BrokenPipeError"
+
+
+def test_a_broken_pipe_of_the_command_itself_is_not_hidden(monkeypatch):
+    import fitloop.commands.model as model_commands
+
+    def broken(args):
+        raise BrokenPipeError("a worker's socket")
+
+    monkeypatch.setattr(model_commands, "cmd_info", broken)
+    with pytest.raises(BrokenPipeError, match="worker"):
+        fitloop(["model", "info"])  # stdout is fine here, so the error is the command's own

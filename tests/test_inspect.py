@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import tarfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -209,6 +210,7 @@ def test_show_prints_metadata_keypoints_and_fits_history(shard_set, fits_table, 
     assert "as of version 2: 2 fit(s), oldest first" in out
     history = [line for line in out.splitlines() if "loss" in line and "run run-a" in line]
     assert len(history) == 2 and "80.000" in history[0] and history[1].lstrip().startswith("*")
+    assert "None" not in out and "epoch" not in history[0]  # seed fits have no epoch or step: nothing is said
     assert main(["shards", "show", str(shard_set), "synth/p2", "--fits", str(fits_table), "--version", "1",
                  "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
@@ -268,6 +270,25 @@ def test_verify_reads_every_sample_and_decodes_every_image(shard_set, capsys):
     assert report.ok and (report.shards_checked, report.samples_checked, report.images_decoded) == (3, 5, 5)
     assert main(["shards", "verify", str(shard_set)]) == 0
     assert "3 shards checked, 5 samples read, 5 images decoded: OK" in capsys.readouterr().out
+
+
+def test_ls_names_a_shard_of_several_datasets_mixed(shard_set, tmp_path, capsys):
+    mixed = tmp_path / "mixed"
+    shutil.copytree(shard_set, mixed)
+    manifest = json.loads((mixed / "manifest.json").read_text())
+    manifest["shards"][0].update(dataset=None, split=None)  # as a flow that mixes datasets in a shard writes it
+    (mixed / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["shards", "ls", str(mixed)]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[1].split()[1:3] == ["mixed", "mixed"] and rows[2].split()[1:3] == ["synth", "train"]
+    assert "None" not in "\n".join(rows)
+
+
+def test_verify_and_stats_count_progress_once_per_sample(shard_set):
+    ticks: list[int] = []
+    assert verify_set(shard_set, progress=ticks.append).samples_checked == 5 and ticks == [1] * 5
+    ticks.clear()
+    assert shard_stats(shard_set, progress=ticks.append)["keypoints"]["samples"] == 5 and ticks == [1] * 5
 
 
 def test_verify_catches_a_truncated_shard_and_names_the_last_whole_sample(shard_set, tmp_path, capsys):

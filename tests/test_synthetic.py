@@ -175,7 +175,10 @@ def small(seed: int, **overrides) -> SynthConfig:
 
 def test_deterministic_for_a_seed_whatever_the_workers(tmp_path):
     generate(tmp_path / "a", small(3, workers=1))
-    generate(tmp_path / "b", small(3, workers=2))
+    painted: list[int] = []
+    generate(tmp_path / "b", small(3, workers=2), progress=painted.append)
+    config = small(3)
+    assert sum(painted) == sum(config.people(d) for d in config.datasets) == 6  # every person once, per batch
     generate(tmp_path / "c", small(4, workers=1))
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())

@@ -84,10 +84,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     render.set_defaults(func=cmd_render)
 
 
+def _samples_in(shard_dir: Path) -> int | None:
+    """The number of samples the manifest lists (a progress bar's total), or None without a readable one."""
+    from shards.writer import ShardSetError, load_manifest
+
+    try:
+        return sum(int(shard["samples"]) for shard in load_manifest(shard_dir)["shards"])
+    except (ShardSetError, KeyError, TypeError, ValueError):
+        return None  # the command itself says what is wrong with it
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
+    from fitloop.progress import bar
     from shards.stats import format_stats, shard_stats
 
-    stats = shard_stats(args.dir, scan=not args.manifest_only)
+    total = None if args.manifest_only else _samples_in(args.dir)
+    with bar(total, "scanning samples", "sample") as progress:
+        stats = shard_stats(args.dir, scan=not args.manifest_only, progress=progress.update)
     print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
     return 0
 
@@ -97,9 +110,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
     manifest = load_manifest(args.dir)
     print(f"{'shard':<32} {'dataset':<10} {'split':<8} {'samples':>8} {'MB':>8}  sha256")
-    for shard in manifest["shards"]:
-        print(f"{shard['name']:<32} {str(shard['dataset']):<10} {str(shard['split']):<8} {shard['samples']:>8} "
-              f"{shard['bytes'] / 1e6:>8.2f}  {shard['sha256'][:16]}")
+    for shard in manifest["shards"]:  # a shard a flow wrote from several datasets or splits has none of its own
+        print(f"{shard['name']:<32} {shard['dataset'] or 'mixed':<10} {shard['split'] or 'mixed':<8} "
+              f"{shard['samples']:>8} {shard['bytes'] / 1e6:>8.2f}  {shard['sha256'][:16]}")
         if args.keys:
             from shards.reader import iter_shard
 
@@ -109,9 +122,14 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from fitloop.progress import bar
     from shards.verify import report_json, verify_set
 
-    report = verify_set(args.dir, samples=not args.quick)
+    if args.quick:
+        report = verify_set(args.dir, samples=False)
+    else:
+        with bar(_samples_in(args.dir), "checking samples", "sample") as progress:
+            report = verify_set(args.dir, samples=True, progress=progress.update)
     if args.json:
         print(report_json(report))
     else:
@@ -150,7 +168,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         return 0
     meta = sample.meta
     print(f"{sample.key}: {meta['dataset']} / {meta['split']}, record {meta['record']} of {meta['source']}")
-    print(f"  image {meta['image_root']}/{meta['image_path']} ({'×'.join(map(str, meta['image_size'] or []))} px), "
+    size = "size unknown" if meta["image_size"] is None else f"{'×'.join(map(str, meta['image_size']))} px"
+    print(f"  image {meta['image_root']}/{meta['image_path']} ({size}), "
           f"box centre ({meta['center'][0]:.1f}, {meta['center'][1]:.1f}) px, side {meta['box_side_px']:.1f} px "
           f"(scale {meta['scale']:.4g})")
     crop = meta["crop"]
@@ -176,9 +195,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     for i, r in enumerate(history):
         loss = "unscored" if r["loss"] is None else f"{r['loss']:.3f}"
         cam = "—" if r["cam_t"] is None else " ".join(f"{v:.3f}" for v in r["cam_t"])
+        when = "".join(f" {what} {r[what]}" for what in ("epoch", "step") if r[what] is not None)  # seeds: none
         print(f"  {'*' if i == best else ' '} {r['time'].isoformat(timespec='seconds')}  loss {loss:>9} px²  "
-              f"{r['source']:<6} run {r['run_id']} epoch {r['epoch']} step {r['step']}  cam_t {cam}  "
-              f"model {r['body_model_id']}")
+              f"{r['source']:<6} run {r['run_id']}{when}  cam_t {cam}  model {r['body_model_id'] or '—'}")
     if best is not None:
         print("  (* the best fit: the lowest loss)")
     return 0
@@ -186,6 +205,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_render(args: argparse.Namespace) -> int:
     from core.errors import FitloopError
+    from fitloop.progress import bar
     from render.sample_picture import FitPanel, contact_sheet, render_sample
     from shards.lookup import find_samples, pick_samples
 
@@ -211,15 +231,17 @@ def cmd_render(args: argparse.Namespace) -> int:
         histories = fit_histories(table, keys, now) if suffix == ".html" else None
         model = load_body_model(args.model, joint_regressor_extra=args.joint_regressor_extra)
     pictures = []
-    for sample in samples:
-        if args.fits is None:
-            panels = [FitPanel("keypoints", None, missing="no fits table given (--fits)")]
-        else:
-            panels = [FitPanel(f"best, v{now}", latest.get(sample.key))]
-            if older is not None:
-                panels.append(FitPanel(f"best, v{args.version}", older.get(sample.key),
-                                       missing=f"no fit at v{args.version}"))
-        pictures.append(render_sample(sample, panels, model, args.size))
+    with bar(len(samples), "drawing", "sample") as progress:
+        for sample in samples:
+            if args.fits is None:
+                panels = [FitPanel("keypoints", None, missing="no fits table given (--fits)")]
+            else:
+                panels = [FitPanel(f"best, v{now}", latest.get(sample.key))]
+                if older is not None:
+                    panels.append(FitPanel(f"best, v{args.version}", older.get(sample.key),
+                                           missing=f"no fit at v{args.version}"))
+            pictures.append(render_sample(sample, panels, model, args.size))
+            progress.update(1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".png":
         picture = pictures[0] if len(pictures) == 1 else contact_sheet(pictures, args.columns)

@@ -34,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     from core.errors import FitloopError
+    from fitloop.progress import bar
     from pipelines.synthetic import DATASETS, SynthConfig, generate
 
     options = {"seed": args.seed, "poses": args.poses, "mocap_dir": args.mocap_dir, "workers": args.workers}
@@ -42,8 +43,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if args.people is not None and args.people < 1:
         raise FitloopError(f"--people must be at least 1, got {args.people}")
     config = SynthConfig.with_people(args.people, **options) if args.people else SynthConfig(**options)
+    wanted = [name for name in DATASETS if name in config.datasets]
     start = time.perf_counter()
-    roots = generate(args.out, config, overwrite=args.overwrite)
+    with bar(sum(config.people(name) for name in wanted), "painting", "person") as progress:
+        roots = generate(args.out, config, overwrite=args.overwrite, progress=progress.update)
     seconds = time.perf_counter() - start
     people = {name: config.people(name) for name in roots}
     summary = {"out": str(args.out), "datasets": {name: {"path": str(path), "people": people[name]}

@@ -57,8 +57,12 @@ _MIN_PARALLEL = 6            # fewer pictures than this are painted in this proc
 PAINT_BATCH = 8              # pictures per task sent to a render worker
 
 
-def generate(out_root: Path, config: SynthConfig | None = None, *, overwrite: bool = False) -> dict[str, Path]:
+def generate(out_root: Path, config: SynthConfig | None = None, *, overwrite: bool = False,
+             progress: Callable[[int], None] | None = None) -> dict[str, Path]:
     """Write the config's datasets under ``out_root``; return {dataset: its folder}.
+
+    ``progress`` (e.g. a progress bar's ``update``) is called with the number of people in each batch of pictures
+    once it is painted: ``config.people(name)`` summed over the datasets in all.
 
     Raises SynthError when a dataset folder exists already (unless ``overwrite``) or the pose source is unusable.
     """
@@ -83,9 +87,9 @@ def generate(out_root: Path, config: SynthConfig | None = None, *, overwrite: bo
         for name, target in targets.items():
             in_flight.append(_plan(name, target, config, model, poses, mesh, pool))
             if len(in_flight) > 1:
-                _finish(in_flight.popleft(), metadata)
+                _finish(in_flight.popleft(), metadata, progress)
         while in_flight:
-            _finish(in_flight.popleft(), metadata)
+            _finish(in_flight.popleft(), metadata, progress)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -151,9 +155,15 @@ def _plan(name: str, target: Path, config: SynthConfig, model: BodyModel, poses:
     return _Planned(name, target, work, pictures, people, write, painting)
 
 
-def _finish(planned: _Planned, metadata: dict[str, Any]) -> None:
-    """Wait for a dataset's pictures, write its files and truth, and move it into place."""
-    silhouettes = [s for done in planned.painting for s in (done.result() if isinstance(done, Future) else done)]
+def _finish(planned: _Planned, metadata: dict[str, Any], progress: Callable[[int], None] | None = None) -> None:
+    """Wait for a dataset's pictures, write its files and truth, and move it into place; ``progress`` hears of
+    the people of each painted batch."""
+    silhouettes = []
+    for done in planned.painting:
+        batch = done.result() if isinstance(done, Future) else done
+        silhouettes += batch
+        if progress is not None:
+            progress(sum(len(bodies) for bodies in batch))
     for person in planned.people:
         person.silhouette = silhouettes[person.picture][person.ids["body"]]
     for picture in planned.pictures:
