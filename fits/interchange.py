@@ -25,12 +25,12 @@ merge distinct samples (`spin_keys` raises and names the clash).
 SPIN's fits are poses and betas of one body model (SPIN: the neutral SMPL with 10 betas), and mean nothing without
 it: the import takes the body model they belong to (its content id, ``BodyModel.model_id``), so that a trainer
 loading that model's fits uses them. An export writes one body model's best fits: a table holding fits of several
-models needs the model named (`fits.table.MixedBodyModelsError` otherwise), so one SPIN file never mixes them.
+models needs the model named (`fits.schema.MixedBodyModelsError` otherwise), so one SPIN file never mixes them.
 
 Imported fits are unscored (SPIN stores no loss: it re-scores the stored fit each step), so any scored fit of the
-same key and body model beats them, and importing the same file twice appends nothing. SPIN writes float64 fits of float32
-values; the table stores float32, and the import reports the largest rounding (0 for SPIN's own files), so that an
-import followed by an export gives back the same array.
+same key and body model beats them, and importing the same file twice appends nothing. SPIN writes float64 fits of
+float32 values; the table stores float32, and the import reports the largest rounding (0 for SPIN's own files), so
+that an import followed by an export gives back the same array.
 """
 from __future__ import annotations
 
@@ -146,7 +146,7 @@ def export_spin(table: FitsTable, npz: Path, out: Path, *, dataset: str | None =
     with ``npz``).
 
     body_model_id: the model whose fits to write; None: the dataset's fits must be of one model (else
-      `fits.table.MixedBodyModelsError`, listing them: one file never mixes models).
+      `fits.schema.MixedBodyModelsError`, listing them: one file never mixes models).
     Betas are written as stored (SPIN zeroes extreme betas when it uses a fit, not in the file). Rows without a
     fit raise FitsTableError unless ``fill_missing`` (then they are zeros, SPIN's mean pose and shape). The file is
     written to a temporary name and renamed, so a reader never sees half of it. ``on_stage(name)`` is called as
