@@ -27,27 +27,24 @@ from pathlib import Path
 import torch
 
 from bench.synthetic_shards import DatasetSpec, write_synthetic_shards
-from fits.schema import FitProvenance
+from fits.seeding import SeedConfig, seed_fits
 from fits.store import FitsStore
 from fitting.smplify import SMPLifyConfig
 from training.config import TrainConfig
 from training.loop import Position, StepTimer, resolve, setup, train_step
 from training.run_log import PARTS
-from training.seed import seed_missing_fits
 
 
 def _time_steps(config: TrainConfig, steps: int, warmup: int) -> dict:
     run = setup(config)
+    seeding = SeedConfig(body_model=config.body_model, joint_regressor_extra=config.joint_regressor_extra,
+                         pose_prior=config.pose_prior, smplify=config.smplify, batch_size=config.batch_size,
+                         run_id="bench-seed", device=str(run.smplify_device))
+    start = time.perf_counter()
+    seeded = seed_fits([Path(s) for s in config.shards], run.table.path, seeding, splits=config.train_splits,
+                       missing_only=True).appended
+    seed_s = time.perf_counter() - start if seeded else 0.0
     store = FitsStore.load(run.table, run.body.model_id)
-    if len(store) == 0:
-        prov = FitProvenance(run_id="bench-seed", body_model_id=run.body.model_id,
-                             fit_config_hash=run.fit_config_hash, source="seed")
-        start = time.perf_counter()
-        seeded = seed_missing_fits(run.table, store, run.smplify, [Path(s) for s in config.shards],
-                                   config.train_splits, prov, batch_size=config.batch_size)
-        seed_s = time.perf_counter() - start
-    else:
-        seeded, seed_s = 0, 0.0
     run.stream.set_position(0, 0)
     batches = iter(run.loader)
     timer = StepTimer(run.device)

@@ -22,10 +22,15 @@ MPI-INF-3DHP's image names (``S1/Seq1/imageFrames/video_0/frame_000001.jpg``) sh
 videos, so the stem rule gives the same key to different images: the import refuses such a file rather than
 merge distinct samples (`spin_keys` raises and names the clash).
 
+SPIN's fits are poses and betas of one body model (SPIN: the neutral SMPL with 10 betas), and mean nothing without
+it: the import takes the body model they belong to (its content id, ``BodyModel.model_id``), so that a trainer
+loading that model's fits uses them. An export writes one body model's best fits: a table holding fits of several
+models needs the model named (`fits.schema.MixedBodyModelsError` otherwise), so one SPIN file never mixes them.
+
 Imported fits are unscored (SPIN stores no loss: it re-scores the stored fit each step), so any scored fit of the
-same key beats them, and importing the same file twice appends nothing. SPIN writes float64 fits of float32
-values; the table stores float32, and the import reports the largest rounding (0 for SPIN's own files), so that an
-import followed by an export gives back the same array.
+same key and body model beats them, and importing the same file twice appends nothing. SPIN writes float64 fits of
+float32 values; the table stores float32, and the import reports the largest rounding (0 for SPIN's own files), so
+that an import followed by an export gives back the same array.
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ import os
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -45,7 +51,6 @@ from fits.table import FitsTable
 from shards.schema import make_key
 
 SPIN_FITS_WIDTH = NUM_POSE + NUM_BETAS  # 82
-SPIN_BODY_MODEL_ID = "smpl-neutral-10"  # SPIN fits the neutral SMPL with 10 betas
 SPIN_FIT_CONFIG = "spin-static-fits"    # the fit_config_hash of imported rows: SPIN's own SMPLify, unknown config
 # SPIN's MixedDataset names (its fits files) → the .npz stem they are row-aligned with.
 SPIN_FITS_FILES = {"lsp-orig": "lsp_dataset_original_train", "lspet": "hr-lspet_train", "mpii": "mpii_train",
@@ -90,16 +95,30 @@ def _imgnames(npz: Path) -> list[str]:
         raise FitsTableError(f"{npz}: not a SPIN .npz with imgname: {type(err).__name__}: {err}") from err
 
 
-def import_spin(table: FitsTable, npz: Path, npy: Path, *, dataset: str | None = None,
-                body_model_id: str = SPIN_BODY_MODEL_ID, time: datetime | None = None) -> dict:
-    """Append SPIN's static fits ``npy`` (N × 82, row-aligned with ``npz``) as unscored ``import`` fits.
+def _no_stage(name: str) -> None:
+    return None
 
-    Only keys the table does not know yet are appended (an unscored fit never beats a known one), so importing
-    twice is a no-op. Returns a summary: rows read, rows appended, version, dataset, largest float32 rounding.
+
+def import_spin(table: FitsTable, npz: Path, npy: Path, *, body_model_id: str, dataset: str | None = None,
+                time: datetime | None = None, on_stage: Callable[[str], None] | None = None) -> dict:
+    """Append SPIN's static fits ``npy`` (N × 82, row-aligned with ``npz``) as unscored ``import`` fits of the body
+    model ``body_model_id`` (a content id: ``load_body_model(...).model_id``; SPIN's fits are of the neutral SMPL).
+
+    Only keys without a fit of that body model are appended (an unscored fit never beats a known one), so importing
+    twice is a no-op. Returns a summary: rows read, rows appended, version, dataset, body model, largest float32
+    rounding. ``on_stage(name)`` is called as each stage starts ("keys", "fits", "write").
     """
+    from fitting.body_model import MODEL_ID_PATTERN  # here: the body model module loads torch
+
+    if not MODEL_ID_PATTERN.match(body_model_id):
+        raise FitsTableError(f"body model {body_model_id!r} is not a content id (<family>:<16 hex digits>): load the "
+                             f"model the fits belong to and pass its model_id (CLI: --model PATH|open)")
+    stage = on_stage or _no_stage
     npz, npy = Path(npz), Path(npy)
+    stage("keys")
     dataset = spin_dataset(npz, dataset)
     keys = spin_keys(_imgnames(npz), dataset)
+    stage("fits")
     try:
         fits = np.load(npy, allow_pickle=False)
     except (OSError, ValueError) as err:
@@ -114,23 +133,33 @@ def import_spin(table: FitsTable, npz: Path, npy: Path, *, dataset: str | None =
     provenance = FitProvenance(run_id=f"import-{npy.stem}-{digest}", body_model_id=body_model_id,
                                fit_config_hash=SPIN_FIT_CONFIG, source="import")
     batch = fits_batch(keys, fits[:, :NUM_POSE], fits[:, NUM_POSE:], provenance, time=time)
-    result = table.append(batch, best=table.best_losses())
+    stage("write")
+    result = table.append(batch, best=table.best_losses(body_model_id=body_model_id))
     return {"dataset": dataset, "rows": len(keys), "appended": result.rows, "version": result.version,
-            "run_id": provenance.run_id, "max_float32_rounding": rounding}
+            "body_model_id": body_model_id, "run_id": provenance.run_id, "max_float32_rounding": rounding}
 
 
 def export_spin(table: FitsTable, npz: Path, out: Path, *, dataset: str | None = None, version: int | None = None,
-                timestamp: datetime | None = None, fill_missing: bool = False) -> dict:
-    """Write the best fits of a version as SPIN's ``<ds>_fits.npy`` (N × 82 float64, row-aligned with ``npz``).
+                timestamp: datetime | None = None, fill_missing: bool = False, body_model_id: str | None = None,
+                on_stage: Callable[[str], None] | None = None) -> dict:
+    """Write one body model's best fits of a version as SPIN's ``<ds>_fits.npy`` (N × 82 float64, row-aligned
+    with ``npz``).
 
+    body_model_id: the model whose fits to write; None: the dataset's fits must be of one model (else
+      `fits.schema.MixedBodyModelsError`, listing them: one file never mixes models).
     Betas are written as stored (SPIN zeroes extreme betas when it uses a fit, not in the file). Rows without a
     fit raise FitsTableError unless ``fill_missing`` (then they are zeros, SPIN's mean pose and shape). The file is
-    written to a temporary name and renamed, so a reader never sees half of it.
+    written to a temporary name and renamed, so a reader never sees half of it. ``on_stage(name)`` is called as
+    each stage starts ("keys", "best", "write").
     """
+    stage = on_stage or _no_stage
     npz, out = Path(npz), Path(out)
+    stage("keys")
     dataset = spin_dataset(npz, dataset)
     keys = pa.array(spin_keys(_imgnames(npz), dataset))
-    best = table.best(version=version, timestamp=timestamp, dataset=dataset)
+    stage("best")
+    best = table.best(version=version, timestamp=timestamp, dataset=dataset, body_model_id=body_model_id)
+    models = best["body_model_id"].unique().to_pylist()
     where = pc.fill_null(pc.index_in(keys, value_set=best["key"].combine_chunks()), -1).to_numpy()
     missing = where < 0
     if missing.any() and not fill_missing:
@@ -143,10 +172,12 @@ def export_spin(table: FitsTable, npz: Path, out: Path, *, dataset: str | None =
     betas = pc.list_flatten(best["betas"].combine_chunks()).to_numpy().reshape(-1, NUM_BETAS)
     array[~missing, :NUM_POSE] = pose[rows]
     array[~missing, NUM_POSE:] = betas[rows]
+    stage("write")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as handle:
         np.save(handle, array)
     tmp.replace(out)
     return {"dataset": dataset, "rows": len(keys), "exported": int((~missing).sum()),
-            "filled": int(missing.sum()), "out": str(out)}
+            "filled": int(missing.sum()), "out": str(out),
+            "body_model_id": body_model_id or (models[0] if models else None)}

@@ -1,7 +1,8 @@
 """The fits of a few samples: their best fit and their history as of a table version, read in one scan each.
 
 `FitsTable.best` and `FitsTable.history` answer for the whole table or for one key; pictures and pages need a
-handful of keys, so these read only the rows of those keys (one filtered scan) and group them in Python.
+handful of keys, so these read only the rows of those keys (one filtered scan) and group them in Python. A best
+fit is of one body model (`fits.table.best_of`); a history holds the fits of every model (each row names its own).
 Rows are plain dicts (``pa.Table.to_pylist``): pose (72,), betas (10,), cam_t (3,) or None, loss or None, ...
 """
 from __future__ import annotations
@@ -36,10 +37,13 @@ def _rows(table: FitsTable, keys: Sequence[str], version: int | None) -> pa.Tabl
     return rows.cast(pa.schema([FITS_SCHEMA.field(name) for name in rows.schema.names]))
 
 
-def best_fits(table: FitsTable, keys: Sequence[str], version: int | None = None) -> dict[str, dict[str, Any]]:
-    """key -> its best fit (lowest loss, `best_of`) as of ``version`` (default the latest); keys without a fit
-    are absent."""
-    best = best_of(_rows(table, keys, version))
+def best_fits(table: FitsTable, keys: Sequence[str], version: int | None = None, *,
+              body_model_id: str | None = None) -> dict[str, dict[str, Any]]:
+    """key -> its best fit (lowest loss, `best_of`) of the body model ``body_model_id`` as of ``version`` (default
+    the latest); keys without a fit of it are absent. ``body_model_id`` None: the keys' fits must be of one model
+    (else `fits.schema.MixedBodyModelsError`, listing them)."""
+    at = f"{table.path} version {version}" if version is not None else str(table.path)
+    best = best_of(_rows(table, keys, version), body_model_id, where=f"{at}, {len(set(keys))} key(s)")
     return {row["key"]: row for row in best.to_pylist()}
 
 

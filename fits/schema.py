@@ -31,7 +31,9 @@ from core.joints import NUM_JOINTS
 from shards.schema import KEY_PATTERN
 
 # Bump when a column is added, removed or changes meaning; every row and the table's metadata record it.
-FITS_SCHEMA_VERSION = 1
+# 2: body_model_id is the body model's content id (`fitting.body_model.model_content_id`); 1 held file-based ids
+# (``<name>@<file digest>``, ``smpl-neutral-10``), relabelled by `fits.table.relabel_body_models`.
+FITS_SCHEMA_VERSION = 2
 NUM_POSE, NUM_BETAS = 72, 10
 BETAS_EXTREME_SIGMA = 3.0     # SPIN: any |β| > 3 → all betas of that fit are zeroed for training
 VALID_LOSS_THRESHOLD = 100.0  # SPIN's smplify_threshold: a fit supervises only when loss < this (px²)
@@ -63,8 +65,10 @@ FITS_SCHEMA = pa.schema([
     _field("epoch", pa.int32(), True, "training epoch of a loop fit"),
     _field("step", pa.int64(), True, "training step of a loop fit"),
     _field("run_id", pa.string(), False, "the run (or import) that made the fit"),
-    _field("body_model_id", pa.string(), False, "the body model the pose and betas belong to"),
-    _field("fit_config_hash", pa.string(), False, "config_hash() of the fitting configuration"),
+    _field("body_model_id", pa.string(), False,
+           "content id <family>:<16 hex> of the body model the pose and betas belong to (BodyModel.model_id)"),
+    _field("fit_config_hash", pa.string(), False,
+           "fits.seeding.fit_config_hash: SMPLify config + pose prior content + body model id; imports: a label"),
     pa.field("schema_version", pa.int16(), nullable=False,
              metadata={"comment": "fits schema version of the row", SCHEMA_VERSION_META: str(FITS_SCHEMA_VERSION)}),
     _field("time", pa.timestamp("us", tz="UTC"), False, "when the fit was made or imported, UTC"),
@@ -75,6 +79,16 @@ RANK_COLUMNS = ("key", "loss", "time", "run_id", "epoch", "step")
 
 class FitsTableError(FitloopError):
     """A fits table is missing or malformed, or a batch of fits does not fit its schema."""
+
+
+class MixedBodyModelsError(FitsTableError):
+    """A best view was asked of fits of several body models without naming one."""
+
+    def __init__(self, models: dict[str, int], where: str = "these fits") -> None:
+        listed = ", ".join(f"{model} ({rows} row{'s' if rows != 1 else ''})" for model, rows in models.items())
+        super().__init__(f"{where}: fits of {len(models)} body models, {listed}; a best fit is per body model, "
+                         f"so name one (--model PATH|open|ID, or body_model_id=...)")
+        self.models = dict(models)
 
 
 @dataclass(frozen=True)

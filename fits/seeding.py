@@ -1,67 +1,165 @@
-"""Seed fits: fit every sample of a shard set from SPIN's mean pose with SMPLify and append the fits to a table.
+"""Seed fits: fit samples of shard sets from SPIN's mean pose with SMPLify and append the improvements to a table.
+
+The one seeding path: the ``seed_fits`` flow, ``fitloop fits seed`` and the trainer (which seeds only the keys its
+body model has no fit for: ``missing_only``) all call `seed_fits`.
 
 SPIN starts training from static fits made offline; fitloop makes them from the shards themselves. Each sample's
-stored-crop keypoints go into SPIN's fit frame (the 224 px crop of the person box, `core.frames`), SMPLify
-starts from the mean pose facing the camera (global orientation π about x, body pose 0, betas 0) with the
-translation estimated from the torso (`core.camera.translation_from_torso`), and the fits are appended with
-``source="seed"``: only strict improvements on what the table already holds (`fits.table.BestLosses`), so a
-second run over the same shards appends nothing worse.
+stored-crop keypoints go into SPIN's fit frame (`core.frames.keypoints_in_fit_frame`), SMPLify starts from the
+mean pose facing the camera (global orientation π about x, body pose 0, betas 0) with the translation estimated
+from the torso (`fitting.smplify.mean_pose_start`), and the fits are appended with ``source="seed"``, in one
+commit per call: one seed run is one table version.
 
-`seed_fits` is a plain function; a flow calls it per shard set (or per list of keys).
+**The improvement rule** is the table's (`fits.table.BestLosses`, SPIN's strict ``new_loss < opt_loss``), among
+the fits of the seeding body model only: a seed fit is appended when its key has no fit of that model, or when its
+loss is lower than that model's best (any scored loss beats an unscored imported fit); a NaN loss never improves.
+Fits of other body models play no part. So a second run over the same shards appends nothing worse, and seeding a
+second body model appends its fits whatever the first model's losses. ``missing_only`` fits only the keys without
+a fit of the model (imported ones included), as the trainer does before it starts.
+
+**fit_config_hash** (`fit_config_hash`), on every seed row and on the trainer's loop rows: what determines a fit,
+and nothing else. 16 hex digits of the SHA-256 of the canonical JSON (`fits.schema.config_hash`) of
+``{"smplify": every field of SMPLifyConfig, "pose_prior": the content digest of the pose prior's mixture (means,
+covars, weights: `fitting.digest`, so the same prior as .pkl or .npz gives the same hash), "body_model_id": the
+body model's content id}``. Run id, batch size, device, workers and file names are not in it.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+import pyarrow as pa
 import torch
 
-from core.frames import FIT_FOCAL, FIT_RES, keypoints_in_fit_frame
-from fitting.priors import DEFAULT_PRIOR
-from fitting.smplify import SMPLifyConfig, mean_pose_start
+from core.errors import FitloopError
+from core.frames import FIT_CENTER, FIT_FOCAL, keypoints_in_fit_frame
+from fits.schema import FitProvenance, config_hash, fits_from_smplify
+from fits.table import BestLosses, FitsTable
+from fitting.body_model import BodyModel, load_body_model
+from fitting.digest import content_digest
+from fitting.priors import DEFAULT_PRIOR, MaxMixturePrior, load_gmm
+from fitting.smplify import SMPLify, SMPLifyConfig, mean_pose_start
 from shards.lookup import iter_samples
+from shards.reader import iter_shard, list_shards
+from shards.sample import StoredSample
 
 
 @dataclass(frozen=True)
 class SeedConfig:
-    """How seed fits are made; its hash is every row's ``fit_config_hash``.
+    """How seed fits are made (``fit_config_hash`` of the rows: `fit_config_hash`, not this whole config).
 
     Attributes:
-        body_model: ``"open"`` or a path to a real SMPL file (`fitting.body_model.load_body_model`).
+        body_model: ``"open"``, ``"open-small"`` or a path to a real SMPL-family file (`load_body_model`).
+        joint_regressor_extra: SPIN's ``J_regressor_extra.npy`` for a real SMPL (it changes the joints, hence the
+            body model's id).
         pose_prior: the max-mixture pose prior file (`fitting.priors.MaxMixturePrior.from_file`).
         smplify: SMPLify's settings (SPIN's weights; ``focal_length`` must be the fit frame's 5000 px).
-        batch_size: samples fitted per SMPLify call.
+        batch_size: samples fitted per SMPLify call (one Dask task each).
         run_id: the run every row names.
+        device: where SMPLify runs ("cpu", "cuda", ...).
     """
 
     body_model: str = "open"
+    joint_regressor_extra: str | None = None
     pose_prior: str = str(DEFAULT_PRIOR)
     smplify: SMPLifyConfig = field(default_factory=SMPLifyConfig)
     batch_size: int = 64
     run_id: str = "seed"
+    device: str = "cpu"
 
 
 @dataclass
 class SeedResult:
-    """What `seed_fits` did: samples fitted, rows appended (improvements), the versions committed, mean loss."""
+    """What `seed_fits` did: samples fitted, rows appended (improvements), samples skipped because their key has a
+    fit of the body model (``missing_only``), the versions committed, the mean loss (px²) of the fits made, and the
+    body model and fit_config_hash of the rows."""
 
     fitted: int = 0
     appended: int = 0
+    skipped: int = 0
     versions: list[int] = field(default_factory=list)
     mean_loss: float = float("nan")
+    body_model_id: str = ""
+    fit_config_hash: str = ""
 
 
-def keypoint_batches(shard_dir: Path, size: int, keys: Sequence[str] | None = None,
-                     ) -> Iterator[tuple[list[str], np.ndarray]]:
-    """(keys, fit-frame keypoints (B, 49, 3)) of a shard set's samples, ``size`` at a time, in manifest order.
+@dataclass(frozen=True)
+class Fitter:
+    """A body model, SMPLify on it, and the provenance of the seed fits they make."""
 
-    Only the stored keypoints and crop numbers are read; no image is decoded."""
+    body: BodyModel
+    smplify: SMPLify
+    provenance: FitProvenance
+
+
+def prior_digest(pose_prior: str | Path) -> str:
+    """The content digest of a pose prior's mixture (means, covars, weights), whatever file format holds it."""
+    gmm = load_gmm(pose_prior)
+    return content_digest([("means", gmm.means), ("covars", gmm.covars), ("weights", gmm.weights)])
+
+
+def fit_config_hash(smplify: SMPLifyConfig, pose_prior: str | Path, body_model_id: str) -> str:
+    """The ``fit_config_hash`` of a fit made by SMPLify with ``smplify`` settings, the prior in ``pose_prior`` and
+    the body model ``body_model_id`` (module docstring): 16 hex digits."""
+    return config_hash({"smplify": asdict(smplify), "pose_prior": prior_digest(pose_prior),
+                        "body_model_id": body_model_id})
+
+
+def build_fitter(config: SeedConfig) -> Fitter:
+    """The body model, SMPLify and seed-row provenance of ``config``, on ``config.device``."""
+    body = load_body_model(config.body_model, joint_regressor_extra=config.joint_regressor_extra,
+                           device=config.device)
+    prior = MaxMixturePrior.from_file(config.pose_prior).to(config.device)
+    provenance = FitProvenance(run_id=config.run_id, body_model_id=body.model_id,
+                               fit_config_hash=fit_config_hash(config.smplify, config.pose_prior, body.model_id),
+                               source="seed")
+    return Fitter(body, SMPLify(body, prior, config.smplify), provenance)
+
+
+_worker_fitter = lru_cache(maxsize=2)(build_fitter)  # a Dask worker builds its fitter once and keeps it
+
+
+def fit_keypoints(fitter: Fitter, keys: list[str], keypoints: np.ndarray) -> pa.Table:
+    """Fit fit-frame keypoints (B, 49, 3) px from the mean pose; the rows for the fits table (`FITS_SCHEMA`):
+    canonical pose (the stored crop is never flipped or rotated), ``cam_t`` in the fit frame, SMPLify's loss."""
+    device = next(iter(fitter.body.buffers())).device
+    kp = torch.as_tensor(keypoints, dtype=torch.float32, device=device)
+    pose, betas, cam_t = mean_pose_start(fitter.body, kp, FIT_FOCAL)
+    center = torch.full((len(keys), 2), FIT_CENTER, device=device)
+    return fits_from_smplify(fitter.smplify(kp, pose, betas, cam_t, center), keys, fitter.provenance)
+
+
+def fit_batch(keys: list[str], keypoints: np.ndarray, config: SeedConfig, threads: int | None = None) -> pa.Table:
+    """`fit_keypoints` with the fitter of ``config`` built once per process: the task a Dask worker runs;
+    ``threads`` caps torch's threads there."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return fit_keypoints(_worker_fitter(config), keys, keypoints)
+
+
+def shard_samples(shard_dirs: Path | Sequence[Path], keys: Sequence[str] | None = None,
+                  splits: Sequence[str] = ()) -> Iterator[StoredSample]:
+    """The samples of one or more shard sets in manifest order: all (of ``splits`` when given), or exactly
+    ``keys`` (of one shard set; `shards.lookup.SampleNotFoundError` for keys it does not hold). Checksums are not
+    verified here (`fitloop shards verify`); no image is decoded."""
+    dirs = [Path(shard_dirs)] if isinstance(shard_dirs, (str, Path)) else [Path(d) for d in shard_dirs]
+    if keys is not None:
+        if len(dirs) != 1 or splits:
+            raise FitloopError("seeding given keys reads one shard set, all splits: pass one shard folder and no "
+                               "splits with keys")
+        yield from iter_samples(dirs[0], keys)
+        return
+    for shard in list_shards(dirs, (), splits):
+        yield from iter_shard(shard, verify=False)
+
+
+def keypoint_batches(samples: Iterable[StoredSample], size: int) -> Iterator[tuple[list[str], np.ndarray]]:
+    """(keys, fit-frame keypoints (B, 49, 3) px) of the samples, ``size`` at a time, in order."""
     batch_keys: list[str] = []
     batch_kp: list[np.ndarray] = []
-    for sample in iter_samples(shard_dir, keys):
+    for sample in samples:
         batch_keys.append(sample.key)
         batch_kp.append(keypoints_in_fit_frame(sample.keypoints_crop, sample.meta["crop"]))
         if len(batch_keys) == size:
@@ -71,62 +169,43 @@ def keypoint_batches(shard_dir: Path, size: int, keys: Sequence[str] | None = No
         yield batch_keys, np.stack(batch_kp)
 
 
-@lru_cache(maxsize=2)
-def _fitter(config: SeedConfig) -> tuple[Any, Any, Any]:
-    """The body model, SMPLify and fits provenance for `config`, built once per process (a Dask worker keeps them
-    between batches)."""
-    from fits.schema import FitProvenance, config_hash
-    from fitting.body_model import load_body_model
-    from fitting.priors import MaxMixturePrior
-    from fitting.smplify import SMPLify
+def seed_fits(shard_dir: Path | Sequence[Path], table_path: Path, config: SeedConfig = SeedConfig(), *,
+              keys: Sequence[str] | None = None, client: Any = None, on_batch: Callable[[int], None] | None = None,
+              splits: Sequence[str] = (), missing_only: bool = False) -> SeedResult:
+    """Fit the samples of ``shard_dir`` (one shard folder or several; all samples, those of ``splits``, or only
+    ``keys``) from the mean pose and append the improvements (module docstring) to the fits table at
+    ``table_path`` (created when missing) in one commit.
 
-    body = load_body_model(config.body_model)
-    fitter = SMPLify(body, MaxMixturePrior.from_file(config.pose_prior), config.smplify)
-    provenance = FitProvenance(run_id=config.run_id, body_model_id=body.model_id,
-                               fit_config_hash=config_hash(asdict(config)), source="seed")
-    return body, fitter, provenance
-
-
-def fit_batch(keys: list[str], keypoints: np.ndarray, config: SeedConfig, threads: int | None = None) -> Any:
-    """Fit one batch from the mean pose; returns its rows for the fits table (`fits.schema.FITS_SCHEMA`).
-
-    A plain function, so it runs the same here or on a Dask worker; ``threads`` caps torch's threads there."""
-    from fits.schema import fits_from_smplify
-
-    if threads is not None:
-        torch.set_num_threads(threads)
-    body, fitter, provenance = _fitter(config)
-    kp = torch.as_tensor(keypoints, dtype=torch.float32)
-    pose, betas, cam_t = mean_pose_start(body, kp, FIT_FOCAL)
-    fit = fitter(kp, pose, betas, cam_t, torch.full((len(keys), 2), FIT_RES / 2.0))
-    return fits_from_smplify(fit, keys, provenance)
-
-
-def seed_fits(shard_dir: Path, table_path: Path, config: SeedConfig = SeedConfig(), *,
-              keys: Sequence[str] | None = None, client: Any = None,
-              on_batch: Callable[[int], None] | None = None) -> SeedResult:
-    """Fit the samples of ``shard_dir`` (all, or only ``keys``) from the mean pose and append the improvements to
-    the fits table at ``table_path`` (created when missing) in one commit: one seed run is one table version.
-
-    client: a `distributed.Client` to fit the batches on (one batch per task, ``config.batch_size`` samples; each
-    worker builds its model once); None fits them here. Rows carry ``source="seed"``, the body model's id,
-    ``config_hash(config)`` and ``config.run_id``; pose is canonical (the stored crop is never flipped or rotated)
-    and ``cam_t`` is in SPIN's fit frame. ``on_batch(n)`` is called after each batch of n samples.
+    client: a `distributed.Client` to fit the batches on (one task per ``config.batch_size`` samples; each worker
+      builds its fitter once); None fits them here, on ``config.device``.
+    missing_only: fit only samples whose key has no fit of the body model (the trainer's seeding).
+    on_batch(n): called after each batch of n samples is fitted.
+    Rows carry ``source="seed"``, the body model's content id, `fit_config_hash` and ``config.run_id``.
     """
-    import pyarrow as pa
-
-    from fits.table import FitsTable
-
     if config.smplify.focal_length != FIT_FOCAL:
-        raise ValueError(f"seed fits live in SPIN's fit frame (focal {FIT_FOCAL} px); SMPLifyConfig has "
-                         f"{config.smplify.focal_length}")
+        raise FitloopError(f"seed fits live in SPIN's fit frame (focal {FIT_FOCAL:g} px); the SMPLify config has "
+                           f"focal_length {config.smplify.focal_length:g}")
     table = FitsTable.create(table_path, exist_ok=True)
-    known = table.best_losses()
-    batches = keypoint_batches(Path(shard_dir), config.batch_size, keys)
+    # Here the fitter gives the body model's id (and fits, without a client); a client's workers build their own.
+    fitter = build_fitter(config if client is None else replace(config, device="cpu"))
+    model = fitter.body.model_id
+    mins = table.min_losses(body_model_id=model)
+    known = BestLosses.of(mins, model)
+    have = set(mins["key"].to_pylist()) if missing_only else set()
+    result = SeedResult(body_model_id=model, fit_config_hash=fitter.provenance.fit_config_hash)
+
+    def wanted(samples: Iterable[StoredSample]) -> Iterator[StoredSample]:
+        for sample in samples:
+            if sample.key in have:
+                result.skipped += 1
+            else:
+                yield sample
+
+    batches = keypoint_batches(wanted(shard_samples(shard_dir, keys, splits)), config.batch_size)
     if client is None:
         parts = []
         for batch_keys, keypoints in batches:
-            parts.append(fit_batch(batch_keys, keypoints, config))
+            parts.append(fit_keypoints(fitter, batch_keys, keypoints))
             if on_batch is not None:
                 on_batch(len(batch_keys))
     else:
@@ -137,7 +216,7 @@ def seed_fits(shard_dir: Path, table_path: Path, config: SeedConfig = SeedConfig
             if on_batch is not None:
                 on_batch(future.result().num_rows)
         parts = client.gather(futures)
-    result = SeedResult(fitted=sum(p.num_rows for p in parts))
+    result.fitted = sum(p.num_rows for p in parts)
     if not parts:
         return result
     fits = pa.concat_tables(parts)

@@ -7,9 +7,13 @@ SPIN keeps its fits in an N × 82 tensor keyed by row order, overwrites it in pl
   sample key. Appends never conflict with each other, so writers need no coordination; a commit that loses a
   race is retried (`FitsTable.append`). A writer killed mid-write leaves at most files that no version
   references (`FitsTable.vacuum` removes them): every committed version stays intact and readable.
-* **Best so far = an argmin over the log** (`best_of`): per key, the row with the lowest ``loss``. Ties go to the
-  earliest fit, and an unscored fit (``loss`` null: imported static fits) loses to any scored one. The view is a
-  pure function of the set of rows, so it is correct for any order and any interleaving of appends.
+* **Best so far = an argmin over the log** (`best_of`): per body model and key, the row with the lowest ``loss``.
+  Ties go to the earliest fit, and an unscored fit (``loss`` null: imported static fits) loses to any scored one.
+  The view is a pure function of the set of rows, so it is correct for any order and any interleaving of appends.
+* **Per body model.** A pose and betas mean something only with the body model they were fitted with
+  (``body_model_id``, the model's content id), so every best view (`best_of`, `FitsTable.best`, `min_losses`,
+  `best_losses`, `diff`) is of one body model: named, or the only one among the rows read. Rows of several models
+  with none named raise `MixedBodyModelsError`, which lists them. Compaction keeps each model's best rows.
 * **Writers append only strict improvements** (`BestLosses`, SPIN's ``new_loss < opt_loss``), which keeps the log
   small. A writer whose known best is stale (another writer improved the key meanwhile) may append a row that is
   no longer an improvement: that costs one row, never correctness, because the view is an argmin.
@@ -28,12 +32,14 @@ import time as _time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
+from urllib.parse import unquote
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from deltalake import ColumnProperties, CommitProperties, DeltaTable, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
@@ -43,6 +49,7 @@ from fits.schema import (
     RANK_COLUMNS,
     SCHEMA_VERSION_META,
     FitsTableError,
+    MixedBodyModelsError,
     check_fits,
     conform_fits,
 )
@@ -82,9 +89,34 @@ def _argmin_rows(fits: pa.Table) -> pa.Array:
     return order.filter(pa.array(first))
 
 
-def best_of(fits: pa.Table) -> pa.Table:
+def body_model_counts(fits: pa.Table) -> dict[str, int]:
+    """Rows per body model (``body_model_id``) of a table of fits, sorted by id."""
+    if fits.num_rows == 0:
+        return {}
+    counts = pc.value_counts(fits["body_model_id"])
+    return dict(sorted(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist())))
+
+
+def one_body_model(fits: pa.Table, where: str = "these fits") -> str | None:
+    """The one body model of ``fits`` (None: no rows); `MixedBodyModelsError` listing them when there are several."""
+    models = pc.unique(fits["body_model_id"])
+    if len(models) > 1:
+        raise MixedBodyModelsError(body_model_counts(fits), where)
+    return models[0].as_py() if len(models) else None
+
+
+def best_of(fits: pa.Table, body_model_id: str | None = None, *, where: str = "these fits") -> pa.Table:
     """The best fit per key of a log of fits: lowest ``loss``; unscored (null) last; ties to the earliest
-    ``time``, then run_id, epoch, step. One row per key, sorted by key. A function of the set of rows only."""
+    ``time``, then run_id, epoch, step. One row per key, sorted by key. A function of the set of rows only.
+
+    A best fit is of one body model: the rows of ``body_model_id`` when given; else the rows must hold one model
+    (`MixedBodyModelsError`, naming ``where``, when they hold several). A log read without the body_model_id
+    column is taken as one model's: its reader selected the model (`fits.store.FitsStore.load`)."""
+    if "body_model_id" in fits.column_names:
+        if body_model_id is not None:
+            fits = fits.filter(pc.equal(fits["body_model_id"], body_model_id))
+        else:
+            one_body_model(fits, where)
     return fits.take(_argmin_rows(fits))
 
 
@@ -96,6 +128,9 @@ class BestLosses:
     one batch only the batch's best fit per key can improve: a fit superseded inside the same commit would never
     be visible in any version.
 
+    The losses are of one body model, ``body_model_id`` (None until the first append when read from a table
+    without fits): `FitsTable.append` refuses fits of another model against them.
+
     Held as arrays: the keys (Arrow), their losses (float64, NaN = unscored) and keys added since (a dict, merged
     into the arrays when it grows). Large batches are looked up with one Arrow hash join, small ones (a training
     step) through a pandas index built once.
@@ -103,22 +138,37 @@ class BestLosses:
 
     SMALL_BATCH = 4096  # below this, look up through the cached pandas index instead of hashing every key again
 
-    def __init__(self, keys: Sequence[str] | pa.Array = (), losses: Sequence[float] | np.ndarray = ()) -> None:
+    def __init__(self, keys: Sequence[str] | pa.Array = (), losses: Sequence[float] | np.ndarray = (),
+                 body_model_id: str | None = None) -> None:
         self._keys = pa.array(keys, pa.string()) if not isinstance(keys, pa.Array) else keys.cast(pa.string())
         self._loss = np.array(losses, dtype=np.float64)  # a copy: the caller's array is never written to
         if len(self._keys) != len(self._loss) or len(pc.unique(self._keys)) != len(self._keys):
             raise FitsTableError("BestLosses needs one loss per key and unique keys")
         self._added: dict[str, float] = {}
         self._index: pd.Index | None = None
+        self.body_model_id = body_model_id
 
     @classmethod
-    def of(cls, best: pa.Table) -> "BestLosses":
-        """From a best view or `min_losses` (columns key and loss, one row per key: not checked again)."""
+    def of(cls, best: pa.Table, body_model_id: str | None = None) -> "BestLosses":
+        """From a best view or `min_losses` of ``body_model_id`` (columns key and loss, one row per key: not
+        checked again)."""
         known = cls.__new__(cls)
         known._keys = best["key"].combine_chunks().cast(pa.string())
         known._loss = best["loss"].cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False).copy()
         known._added, known._index = {}, None
+        known.body_model_id = body_model_id
         return known
+
+    def check_model(self, fits: pa.Table) -> None:
+        """Refuse ``fits`` unless they are all of this body model (taken as it when it is still None)."""
+        model = one_body_model(fits, "one append against known best losses")
+        if model is None:
+            return
+        if self.body_model_id is None:
+            self.body_model_id = model
+        elif model != self.body_model_id:
+            raise FitsTableError(f"these fits are of body model {model}, the best losses they are compared with "
+                                 f"of {self.body_model_id}: read those with best_losses(body_model_id={model!r})")
 
     def __len__(self) -> int:
         return len(self._keys) + len(self._added)
@@ -219,14 +269,16 @@ class FitsTable:
 
     @classmethod
     def open(cls, path: str | Path) -> "FitsTable":
-        """Open an existing fits table, checking its columns and schema version."""
+        """Open an existing fits table, checking its columns and schema version (a version-1 table names its
+        body models by file: FitsTableError saying how to relabel it, `relabel_body_models`)."""
         path = Path(path)
-        if not DeltaTable.is_deltatable(str(path)):
-            raise FitsTableError(f"{path} is not a Delta table (create one with FitsTable.create or `fits import`)")
-        schema = pa.schema(DeltaTable(str(path)).schema())
-        if schema.names != FITS_SCHEMA.names:
-            raise FitsTableError(f"{path}: columns {schema.names} are not the fits schema's {FITS_SCHEMA.names}")
-        found = int((schema.field("schema_version").metadata or {}).get(SCHEMA_VERSION_META.encode(), b"0"))
+        found = _schema_version(path)
+        if found == 1:
+            raise FitsTableError(
+                f"{path} has fits schema version 1: its fits name their body model by file (name@file digest, or "
+                f"smpl-neutral-10 for imports), and this fitloop knows body models by content. Relabel it once: "
+                f"`fitloop fits relabel {path}` lists its old ids, then `fitloop fits relabel {path} --map "
+                f"OLD_ID=MODEL ...` (MODEL: open, a model file, or a content id from `fitloop model info`)")
         if found != FITS_SCHEMA_VERSION:
             raise FitsTableError(f"{path} has fits schema version {found}; this fitloop reads {FITS_SCHEMA_VERSION}")
         return cls(path)
@@ -251,6 +303,7 @@ class FitsTable:
         fits = conform_fits(fits)
         offered = fits.num_rows
         if best is not None:
+            best.check_model(fits)
             fits = fits.filter(pa.array(best.improved(fits)))
         fits = check_fits(fits)  # the rows to write; without ``best``, a NaN loss is refused here
         if fits.num_rows == 0:
@@ -277,21 +330,49 @@ class FitsTable:
         schema = pa.schema([FITS_SCHEMA.field(name) for name in table.schema.names])
         return table.cast(schema)
 
+    def _at(self, version: int | None, timestamp: datetime | str | None = None) -> str:
+        """Where a read looks, for messages: the table and its version or timestamp."""
+        at = (f" version {version}" if version is not None else f" as of {timestamp}" if timestamp is not None
+              else "")
+        return f"{self.path}{at}"
+
+    def body_models(self, *, version: int | None = None, timestamp: datetime | str | None = None) -> dict[str, int]:
+        """Rows per body model (content id) as of a version or timestamp, sorted by id."""
+        return body_model_counts(self.log(version=version, timestamp=timestamp, columns=["body_model_id"]))
+
     def best(self, *, version: int | None = None, timestamp: datetime | str | None = None,
-             dataset: str | None = None) -> pa.Table:
-        """The best fit per key (`best_of`) as of a version or timestamp, optionally of one dataset only."""
+             dataset: str | None = None, body_model_id: str | None = None) -> pa.Table:
+        """The best fit per key (`best_of`) of one body model as of a version or timestamp, optionally of one
+        dataset only. ``body_model_id`` None: the rows read must hold one model (else `MixedBodyModelsError`)."""
         where = None if dataset is None else pc.field("dataset") == dataset
-        return best_of(self.log(version=version, timestamp=timestamp, where=where))
+        if body_model_id is not None:
+            model = pc.field("body_model_id") == body_model_id
+            where = model if where is None else where & model
+        rows = self.log(version=version, timestamp=timestamp, where=where)
+        return best_of(rows, body_model_id, where=self._at(version, timestamp)
+                       + (f" (dataset {dataset})" if dataset else ""))
 
-    def min_losses(self, *, version: int | None = None) -> pa.Table:
-        """The best loss per key (columns key, loss; null = unscored) without the rest of the best rows: a
-        group-by min over two columns, cheaper than `best`."""
-        log = self.log(version=version, columns=["key", "loss"])
-        return log.group_by("key").aggregate([("loss", "min")]).rename_columns(["key", "loss"])  # min skips nulls
+    def _min_losses(self, version: int | None, body_model_id: str | None) -> tuple[pa.Table, str | None]:
+        """(`min_losses`, the body model they are of: ``body_model_id`` or the one present, None when empty)."""
+        if body_model_id is None:
+            log = self.log(version=version, columns=["key", "loss", "body_model_id"])
+            body_model_id = one_body_model(log, self._at(version))
+            log = log.select(["key", "loss"])
+        else:
+            log = self.log(version=version, columns=["key", "loss"], where=pc.field("body_model_id") == body_model_id)
+        mins = log.group_by("key").aggregate([("loss", "min")]).rename_columns(["key", "loss"])  # min skips nulls
+        return mins, body_model_id
 
-    def best_losses(self, *, version: int | None = None) -> BestLosses:
-        """The best loss per key: what a writer reads once per epoch to append only improvements."""
-        return BestLosses.of(self.min_losses(version=version))
+    def min_losses(self, *, version: int | None = None, body_model_id: str | None = None) -> pa.Table:
+        """The best loss per key (columns key, loss; null = unscored) of one body model (as `best`) without the
+        rest of the best rows: a group-by min over two columns, cheaper than `best`."""
+        return self._min_losses(version, body_model_id)[0]
+
+    def best_losses(self, *, version: int | None = None, body_model_id: str | None = None) -> BestLosses:
+        """The best loss per key of one body model (as `best`): what a writer reads once per epoch to append only
+        improvements."""
+        mins, model = self._min_losses(version, body_model_id)
+        return BestLosses.of(mins, model)
 
     def history(self, key: str, *, version: int | None = None,
                 timestamp: datetime | str | None = None) -> pa.Table:
@@ -308,22 +389,51 @@ class FitsTable:
         return self._snapshot(version).file_uris()
 
     def versions(self) -> list[dict[str, Any]]:
-        """Every readable version: ``{"version", "rows", "timestamp", "operation"}``, oldest first."""
+        """Every version in the log: ``{"version", "rows", "timestamp", "operation", "body_models"}``, oldest first;
+        ``body_models``: rows per body model id (None where a vacuum removed the version's files)."""
         latest = DeltaTable(str(self.path))
         commits = {entry["version"]: entry for entry in latest.history()}
         table, out = DeltaTable(str(self.path), version=min(commits)), []
+        per_file: dict[str, dict[str, int] | None] = {}  # versions share files: each is counted once
         for version in sorted(commits):
             table.load_as_version(version)
             adds = pa.table(table.get_add_actions(flatten=True))
             rows = int(pc.sum(adds["num_records"]).as_py() or 0) if adds.num_rows else 0
+            models: dict[str, int] | None = {}
+            for add in adds.to_pylist() if adds.num_rows else ():
+                if add["path"] not in per_file:
+                    per_file[add["path"]] = self._file_body_models(add)
+                counts = per_file[add["path"]]
+                if counts is None or models is None:
+                    models = None
+                    continue
+                for model, n in counts.items():
+                    models[model] = models.get(model, 0) + n
             out.append({"version": version, "rows": rows, "timestamp": _timestamp(commits[version]["timestamp"]),
-                        "operation": commits[version].get("fitloop.operation", commits[version]["operation"])})
+                        "operation": commits[version].get("fitloop.operation", commits[version]["operation"]),
+                        "body_models": None if models is None else dict(sorted(models.items()))})
         return out
 
-    def diff(self, v1: int, v2: int) -> dict[str, Any]:
-        """How the best fits changed from version ``v1`` to ``v2``: keys improved (lower loss, or scored where
-        they were unscored), added, worse, removed, and the loss decrease (px²) of the improved scored keys."""
-        old, new = self.min_losses(version=v1), self.min_losses(version=v2)
+    def _file_body_models(self, add: dict[str, Any]) -> dict[str, int] | None:
+        """Rows per body model of one data file: from the log's column statistics when the file holds one model
+        (every append), else by reading its body_model_id column; None when the file is gone (vacuumed)."""
+        low, high = add.get("min.body_model_id"), add.get("max.body_model_id")
+        if low is not None and low == high:
+            return {low: int(add["num_records"])}
+        path = self.path / unquote(add["path"])
+        if not path.is_file():
+            return None
+        return body_model_counts(pq.read_table(path, columns=["body_model_id"]))
+
+    def diff(self, v1: int, v2: int, *, body_model_id: str | None = None) -> dict[str, Any]:
+        """How the best fits of one body model (as `best`; over both versions) changed from version ``v1`` to
+        ``v2``: keys improved (lower loss, or scored where they were unscored), added, worse, removed, and the
+        loss decrease (px²) of the improved scored keys."""
+        (old, m1), (new, m2) = self._min_losses(v1, body_model_id), self._min_losses(v2, body_model_id)
+        if m1 is not None and m2 is not None and m1 != m2:
+            raise MixedBodyModelsError({m1: old.num_rows, m2: new.num_rows},
+                                       f"{self.path} versions {v1} and {v2} (keys per version)")
+        model = m1 or m2
         joined = new.join(old.rename_columns(["key", "old"]), "key", join_type="full outer")
         in_old = pc.is_in(joined["key"], value_set=old["key"].combine_chunks()).to_numpy(zero_copy_only=False)
         in_new = pc.is_in(joined["key"], value_set=new["key"].combine_chunks()).to_numpy(zero_copy_only=False)
@@ -336,6 +446,7 @@ class FitsTable:
             worse = both_in & ((b > a) | (~np.isnan(a) & np.isnan(b)))
         drop = (a - b)[lower]
         return {
+            "body_model_id": model,
             "from_version": v1, "to_version": v2, "keys_before": int(in_old.sum()), "keys_after": int(in_new.sum()),
             "improved": int(lower.sum() + scored.sum()), "newly_scored": int(scored.sum()),
             "added": int((in_new & ~in_old).sum()), "removed": int((in_old & ~in_new).sum()),
@@ -347,22 +458,28 @@ class FitsTable:
             },
         }
 
-    def compact(self, *, max_retries: int = 8) -> int:
-        """Rewrite the table to its best fits (one row per key) in a new version; returns that version.
+    def compact(self, *, max_retries: int = 8, on_stage: Callable[[str], None] | None = None) -> int:
+        """Rewrite the table to its best fits (one row per key and body model) in a new version; returns that
+        version. ``on_stage(name)`` is called as each stage starts ("read", "best", "write").
 
         Only the files read are removed, so fits appended while compacting stay (the best view is an argmin, so
         nothing they improve is lost). Two compactions racing: one retries on the new latest version.
         """
-        version, _ = _retrying(lambda: self._compact_from(DeltaTable(str(self.path))), max_retries)
+        stage = on_stage or (lambda name: None)
+        version, _ = _retrying(lambda: self._compact_from(DeltaTable(str(self.path)), stage), max_retries)
         return version
 
-    def _compact_from(self, snapshot: DeltaTable) -> int:
+    def _compact_from(self, snapshot: DeltaTable, stage: Callable[[str], None] = lambda name: None) -> int:
         """Commit the best fits of ``snapshot`` in place of the files it holds (see `compact`)."""
         read_version = snapshot.version()
-        best = best_of(snapshot.to_pyarrow_dataset().to_table().cast(FITS_SCHEMA))
+        stage("read")
+        log = snapshot.to_pyarrow_dataset().to_table().cast(FITS_SCHEMA)
+        stage("best")
+        best = pa.concat_tables([best_of(log, model) for model in body_model_counts(log)] or [log.slice(0, 0)])
         meta = CommitProperties(custom_metadata={"fitloop.operation": "COMPACT",
                                                  "fitloop.compacted_from": str(read_version),
                                                  "fitloop.rows": str(best.num_rows)})
+        stage("write")
         write_deltalake(snapshot, best, mode="overwrite", writer_properties=_WRITER, commit_properties=meta)
         return snapshot.version()
 
@@ -384,6 +501,70 @@ class FitsTable:
         for path in staged if not dry_run else ():
             path.unlink(missing_ok=True)
         return removed + [p.relative_to(self.path).as_posix() for p in staged]
+
+
+def _schema_version(path: Path) -> int:
+    """The fits schema version a Delta table at ``path`` records; FitsTableError when it is no fits table."""
+    if not DeltaTable.is_deltatable(str(path)):
+        raise FitsTableError(f"{path} is not a Delta table (create one with FitsTable.create or `fits import`)")
+    schema = pa.schema(DeltaTable(str(path)).schema())
+    if schema.names != FITS_SCHEMA.names:
+        raise FitsTableError(f"{path}: columns {schema.names} are not the fits schema's {FITS_SCHEMA.names}")
+    return int((schema.field("schema_version").metadata or {}).get(SCHEMA_VERSION_META.encode(), b"0"))
+
+
+def stored_body_models(path: str | Path) -> dict[str, int]:
+    """Rows per body model id in the latest version of a fits table of any schema version (to relabel it)."""
+    _schema_version(Path(path))
+    return body_model_counts(DeltaTable(str(path)).to_pyarrow_dataset().to_table(columns=["body_model_id"]))
+
+
+def relabel_body_models(path: str | Path, mapping: dict[str, str], *, max_retries: int = 8) -> dict[str, Any]:
+    """Rename body model ids in a fits table (schema version 1 or this one) and bring it to this schema version,
+    in one new version; returns ``{"version", "rows", "relabelled": {old: (new, rows)}}``.
+
+    Every id left after the mapping must be a content id (`fitting.body_model.MODEL_ID_PATTERN`): a version-1
+    table's file-based ids must all be mapped, or FitsTableError lists those that are not. The targets must be
+    content ids. Versions before this one keep the ids they were written with. Run it when no writer is writing
+    to the table: a concurrent commit makes it retry on the new latest version.
+    """
+    from fitting.body_model import MODEL_ID_PATTERN  # here: the body model module loads torch
+
+    path = Path(path)
+    found = _schema_version(path)
+    if found not in (1, FITS_SCHEMA_VERSION):
+        raise FitsTableError(f"{path} has fits schema version {found}; this fitloop relabels versions 1 and "
+                             f"{FITS_SCHEMA_VERSION}")
+    bad_targets = sorted({new for new in mapping.values() if not MODEL_ID_PATTERN.match(new)})
+    if bad_targets:
+        raise FitsTableError(f"relabel targets must be body model content ids (<family>:<16 hex>, as "
+                             f"`fitloop model info` prints), not {bad_targets}")
+
+    def commit() -> dict[str, Any]:
+        snapshot = DeltaTable(str(path))
+        log = snapshot.to_pyarrow_dataset().to_table()
+        present = body_model_counts(log)
+        left = sorted(m for m in present if m not in mapping and not MODEL_ID_PATTERN.match(m))
+        if left:
+            raise FitsTableError(f"{path}: body model id(s) {left} are not content ids and have no --map "
+                                 f"OLD_ID=MODEL; map each to the model its fits were made with")
+        ids = log["body_model_id"]
+        for old, new in mapping.items():
+            ids = pc.if_else(pc.equal(ids, old), new, ids)
+        rows = (log.set_column(log.schema.get_field_index("body_model_id"), "body_model_id", ids)
+                .set_column(log.schema.get_field_index("schema_version"), "schema_version",
+                            pa.array(np.full(log.num_rows, FITS_SCHEMA_VERSION, np.int16))))
+        rows = check_fits(rows)
+        meta = CommitProperties(custom_metadata={
+            "fitloop.operation": "RELABEL", "fitloop.rows": str(rows.num_rows),
+            "fitloop.relabelled": ",".join(f"{old}={new}" for old, new in mapping.items() if old in present)})
+        write_deltalake(snapshot, rows, mode="overwrite", schema_mode="overwrite", writer_properties=_WRITER,
+                        commit_properties=meta)
+        return {"version": snapshot.version(), "rows": rows.num_rows,
+                "relabelled": {old: (new, present[old]) for old, new in mapping.items() if old in present}}
+
+    result, _ = _retrying(commit, max_retries)
+    return result
 
 
 def parse_timestamp(text: str) -> datetime:

@@ -19,13 +19,17 @@ Conventions at the boundary (all tensors batch-first, any batch size):
   transl (B, 3) metres or None. Outputs are metres in the model frame: Y up, the body faces +Z, its left is +X.
   SMPL-H and SMPL-X take the first 21 body joints of that pose (SMPL's two hand joints are dropped) and keep
   hands flat, jaw, eyes and expression at zero.
+
+A model is known by its content: ``BodyModel.model_id`` is ``<family>:<16 hex digits>`` (`model_content_id`),
+a digest of the arrays that define its mesh and joints, so the same model as .pkl or .npz, renamed or re-saved
+keeps its id (and its fits and checkpoints), and a different model gets another (docs/body_models.md).
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +49,7 @@ from core.joints import (
     SMPL_JOINT_NAMES,
 )
 from fitting import safe_pickle
+from fitting.digest import content_digest
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 OPEN_MODELS = {"open": DATA_DIR / "open_body.npz", "open-small": DATA_DIR / "open_body_small.npz"}
@@ -66,6 +71,10 @@ APPROXIMATE_EXTRAS: dict[str, dict[str, float]] = {
     "Jaw (H36M)": {"neck": 0.5, "head": 0.5}, "Head (H36M)": {"head": 0.5, "head_top": 0.5},
 }
 REQUIRED_KEYS = ("v_template", "shapedirs", "J_regressor", "weights", "kintree_table", "f")
+# The arrays of a model file that define its mesh and kinematic joints, in the order they enter its id.
+IDENTITY_KEYS = ("v_template", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table", "f")
+# A body model's id (`model_content_id`): its family and 16 hex digits of its content digest.
+MODEL_ID_PATTERN = re.compile(r"^(smpl|smplh|smplx|open):[0-9a-f]{16}$")
 
 
 @dataclass(frozen=True)
@@ -207,12 +216,35 @@ def detect_family(arrays: dict[str, Any], path: Path) -> str:
     return "smpl"
 
 
-def _file_digest(*paths: Path | None) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        if path is not None:
-            digest.update(Path(path).read_bytes())
-    return digest.hexdigest()[:12]
+def _parents(kintree_table: Any) -> np.ndarray:
+    """(2, J) kinematic tree with the root's parent as -1, however the file spells it (SMPL's release: 2**32 - 1)."""
+    tree = np.asarray(kintree_table).astype(np.int64)  # uint32 2**32 - 1 stays positive in int64
+    parents = tree[0].copy()
+    parents[(parents < 0) | (parents >= tree.shape[1])] = -1
+    return np.stack([parents, tree[1]])
+
+
+def model_content_id(family: str, arrays: dict[str, Any], keypoint_names: list[str], keypoint_regressor: np.ndarray,
+                     mixer: np.ndarray) -> str:
+    """A body model's id, ``<family>:<digest>``: the `fitting.digest.content_digest` of what defines its mesh and its
+    49 joints, in this order: the family, `IDENTITY_KEYS` (the kinematic tree with its root's parent as -1;
+    posedirs absent or all zero: "absent", as the open model's), then the keypoint rows over vertices (vertex picks,
+    SPIN's J_regressor_extra when given, or the open model's regressors), their names, and the (49, 24 + K) mixer.
+
+    Not in it: the file's name, format and float width (see `fitting.digest`), entries that do not change the
+    body (SMPL-H/X hand PCA and means: hands are flat; SMPL-X landmarks; metadata), and the Human3.6M evaluation
+    regressor (it changes no joint a fit is made of)."""
+    entries: list[tuple[str, Any]] = [("family", family)]
+    for key in IDENTITY_KEYS:
+        value = arrays.get(key)
+        if key == "kintree_table":
+            value = _parents(value)
+        elif key == "posedirs" and value is not None and not np.any(value):
+            value = None
+        entries.append((key, value))
+    entries += [("keypoint_names", list(keypoint_names)), ("keypoint_regressor", keypoint_regressor),
+                ("mixer", mixer)]
+    return f"{family}:{content_digest(entries)}"
 
 
 def _resolve_source(source: str | Path) -> Path:
@@ -338,10 +370,11 @@ def load_body_model(source: str | Path = "open", *, joint_regressor_extra: str |
     joint_source = {joint: source_of[joint] for joint in JOINT_NAMES}
 
     layer = _build_layer(family, arrays, path, vertex_ids, dtype)
+    keypoint_regressor = np.stack([r for _, r in rows])
     model = BodyModel(
         layer, family=family, name=name,
-        model_id=f"{name}@{_file_digest(path, joint_regressor_extra and Path(joint_regressor_extra))}",
+        model_id=model_content_id(family, arrays, keypoint_names, keypoint_regressor, mixer),
         faces=np.asarray(arrays["f"]), keypoint_names=keypoint_names,
-        keypoint_regressor=np.stack([r for _, r in rows]), mixer=mixer, joint_source=joint_source,
+        keypoint_regressor=keypoint_regressor, mixer=mixer, joint_source=joint_source,
         h36m_regressor=None if h36m is None else np.asarray(h36m, dtype=np.float64), metadata=metadata)
     return model.to(device)

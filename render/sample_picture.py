@@ -205,7 +205,8 @@ def projected_joints(sample: StoredSample, fit: dict[str, Any], model: Any, size
 
 def fits_sheet(shard_dir: Path, table_path: Path, n: int = 8, *, model: Any = "open", version: int | None = None,
                seed: int = 0, size: int = 192, columns: int | None = None) -> Image.Image:
-    """A contact sheet of ``n`` seeded-random samples of a shard set with their best fits (as of ``version``)."""
+    """A contact sheet of ``n`` seeded-random samples of a shard set with their best fits of the body model
+    ``model`` (a `BodyModel`, or what `load_body_model` takes) as of ``version``."""
     from fits.lookup import best_fits, latest_version
     from fits.table import FitsTable
     from fitting.body_model import load_body_model
@@ -214,7 +215,7 @@ def fits_sheet(shard_dir: Path, table_path: Path, n: int = 8, *, model: Any = "o
     samples = pick_samples(Path(shard_dir), n, seed)
     table = FitsTable.open(table_path)
     version = latest_version(table) if version is None else version
-    fits = best_fits(table, [s.key for s in samples], version)
     body = load_body_model(model) if isinstance(model, str) else model
+    fits = best_fits(table, [s.key for s in samples], version, body_model_id=body.model_id)
     pictures = [render_sample(s, [FitPanel(f"best, v{version}", fits.get(s.key))], body, size) for s in samples]
     return contact_sheet(pictures, columns)

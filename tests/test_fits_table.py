@@ -26,7 +26,15 @@ from hypothesis import strategies as st
 
 from fitloop.cli import main
 from fits.interchange import export_spin, import_spin, spin_keys
-from fits.schema import FITS_SCHEMA, FitProvenance, FitsTableError, check_fits, config_hash, fits_batch
+from fits.schema import (
+    FITS_SCHEMA,
+    FitProvenance,
+    FitsTableError,
+    MixedBodyModelsError,
+    check_fits,
+    config_hash,
+    fits_batch,
+)
 from fits.table import BestLosses, FitsTable, best_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,6 +42,7 @@ FIXTURES = REPO.parent / "shared" / "fixtures"
 SPIN_NPZ = FIXTURES / "lsp" / "spin_npz"
 needs_fixtures = pytest.mark.skipif(not SPIN_NPZ.is_dir(), reason=f"SPIN fixtures not found at {SPIN_NPZ}")
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+SPIN_MODEL = "smpl:5eed5eed5eed5eed"  # a content id standing for SPIN's neutral SMPL (tests without the model file)
 
 
 def batch(keys, losses, *, run="run", source="loop", epoch=0, step=0, time=T0, betas=None, pose_value=0.0):
@@ -418,7 +427,7 @@ def test_spin_static_fits_import_then_export_equal(tmp_path):
 
     npz, npy = SPIN_NPZ / "lsp_dataset_original_train.npz", SPIN_NPZ / "lsp-orig_fits.npy"
     table = FitsTable.create(tmp_path / "t")
-    summary = import_spin(table, npz, npy)
+    summary = import_spin(table, npz, npy, body_model_id=SPIN_MODEL)
     assert (summary["rows"], summary["appended"], summary["max_float32_rounding"]) == (1000, 1000, 0.0)
     best = table.best()
     assert best.num_rows == 1000 and best["key"][0].as_py() == "lsp-orig/im0001"
@@ -428,7 +437,7 @@ def test_spin_static_fits_import_then_export_equal(tmp_path):
     adapter = iter_dataset("spin-npz", SPIN_NPZ.parent / "lsp_dataset_original", "train",
                            npz_file="../spin_npz/lsp_dataset_original_train.npz", image_check="exists")
     assert [o.key for o in adapter] == spin_keys([str(n) for n in np.load(npz)["imgname"]], "lsp-orig")
-    assert import_spin(table, npz, npy)["appended"] == 0  # importing twice is a no-op
+    assert import_spin(table, npz, npy, body_model_id=SPIN_MODEL)["appended"] == 0  # importing twice: a no-op
     out = export_spin(table, npz, tmp_path / "lsp-orig_fits.npy")
     exported = np.load(tmp_path / "lsp-orig_fits.npy")
     assert out["exported"] == 1000 and exported.dtype == spin.dtype and np.array_equal(exported, spin)
@@ -436,13 +445,22 @@ def test_spin_static_fits_import_then_export_equal(tmp_path):
     better = spin[:2].copy()  # a scored fit replaces an imported one in the export
     better[:, 3] = (better[:, 3] + 0.5).astype(np.float32)  # the table stores float32
     table.append(fits_batch(["lsp-orig/im0001", "lsp-orig/im0002"], better[:, :72], better[:, 72:],
-                            FitProvenance("loop", "open", "cfg"), loss=[50.0, 60.0]))
+                            FitProvenance("loop", SPIN_MODEL, "cfg"), loss=[50.0, 60.0]))
     export_spin(table, npz, tmp_path / "next.npy")
     assert np.array_equal(np.load(tmp_path / "next.npy"), np.concatenate([better, spin[2:]]))
-    export_spin(table, npz, tmp_path / "old.npy", version=1)
+    # fits of another body model, lower in loss: the export refuses to mix, and one model's export ignores them
+    table.append(fits_batch(["lsp-orig/im0003", "lsp-orig/im0004"], np.zeros((2, 72)), np.ones((2, 10)),
+                            FitProvenance("loop", "open:0123456789abcdef", "cfg"), loss=[1.0, 1.0]))
+    with pytest.raises(MixedBodyModelsError, match=r"2 body models, open:0123456789abcdef \(2 rows\), "
+                                                    r"smpl:5eed5eed5eed5eed \(1002 rows\)"):
+        export_spin(table, npz, tmp_path / "mixed.npy")
+    assert not (tmp_path / "mixed.npy").exists()
+    export_spin(table, npz, tmp_path / "smpl.npy", body_model_id=SPIN_MODEL)
+    assert np.array_equal(np.load(tmp_path / "smpl.npy"), np.concatenate([better, spin[2:]]))
+    export_spin(table, npz, tmp_path / "old.npy", version=1)  # version 1 holds one model: none needs naming
     assert np.array_equal(np.load(tmp_path / "old.npy"), spin)
     with pytest.raises(FitsTableError, match="1000 of 1000 rows"):
-        export_spin(table, SPIN_NPZ / "lsp_dataset_test.npz", tmp_path / "x.npy")
+        export_spin(table, SPIN_NPZ / "lsp_dataset_test.npz", tmp_path / "x.npy", body_model_id=SPIN_MODEL)
 
 
 def test_spin_import_checks_shapes_and_keys(tmp_path):
@@ -451,9 +469,12 @@ def test_spin_import_checks_shapes_and_keys(tmp_path):
     np.save(tmp_path / "fits.npy", np.zeros((2, 82)))
     table = FitsTable.create(tmp_path / "t")
     with pytest.raises(FitsTableError, match="not one of SPIN's files"):
-        import_spin(table, tmp_path / "mine.npz", tmp_path / "fits.npy")
+        import_spin(table, tmp_path / "mine.npz", tmp_path / "fits.npy", body_model_id=SPIN_MODEL)
     with pytest.raises(FitsTableError, match=r"shape \(2, 82\)"):
-        import_spin(table, tmp_path / "mine.npz", tmp_path / "fits.npy", dataset="mine")
+        import_spin(table, tmp_path / "mine.npz", tmp_path / "fits.npy", dataset="mine", body_model_id=SPIN_MODEL)
+    with pytest.raises(FitsTableError, match="'smpl-neutral-10' is not a content id"):  # the old fixed label
+        import_spin(table, tmp_path / "mine.npz", tmp_path / "fits.npy", dataset="mine",
+                    body_model_id="smpl-neutral-10")
     assert spin_keys(["a/x.jpg", "b/y.jpg", "b/y.jpg"], "mine") == ["mine/x", "mine/y_n0", "mine/y_n1"]
     with pytest.raises(FitsTableError, match="stand for different images"):  # MPI-INF-3DHP-style names
         spin_keys(["S1/Seq1/video_0/frame_000001.jpg", "S1/Seq2/video_0/frame_000001.jpg"], "mpi-inf-3dhp")
@@ -463,13 +484,22 @@ def test_spin_import_checks_shapes_and_keys(tmp_path):
 
 @needs_fixtures
 def test_cli_import_versions_show_diff_export(tmp_path, capsys):
+    import model_files
+
+    from fitting.body_model import load_body_model
+
     npz, npy, table = SPIN_NPZ / "lsp_dataset_original_train.npz", SPIN_NPZ / "lsp-orig_fits.npy", tmp_path / "t"
-    assert main(["fits", "import", str(table), "--spin-npz", str(npz), "--spin-fits", str(npy), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["appended"] == 1000
+    smpl = tmp_path / "SMPL_NEUTRAL.pkl"
+    model_files.write_chumpy_pickle(smpl, model_files.smpl_arrays())
+    smpl_id = load_body_model(smpl).model_id
+    assert main(["fits", "import", str(table), "--spin-npz", str(npz), "--spin-fits", str(npy), "--model", str(smpl),
+                 "--json"]) == 0
+    imported = json.loads(capsys.readouterr().out)
+    assert (imported["appended"], imported["body_model_id"]) == (1000, smpl_id)
     assert main(["fits", "versions", str(table), "--json"]) == 0
     versions = json.loads(capsys.readouterr().out)
-    assert [(v["version"], v["rows"]) for v in versions] == [(0, 0), (1, 1000)]
-    assert all(set(v) == {"version", "rows", "timestamp"} for v in versions)
+    assert [(v["version"], v["rows"], v["body_models"]) for v in versions] == [(0, 0, {}), (1, 1000, {smpl_id: 1000})]
+    assert all(set(v) == {"version", "rows", "timestamp", "body_models"} for v in versions)
     assert main(["fits", "show", str(table), "lsp-orig/im0007", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["best"]["source"] == "import" and len(shown["best"]["pose"]) == 72 and len(shown["history"]) == 1

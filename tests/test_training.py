@@ -21,11 +21,12 @@ import torch
 from core.frames import fit_frame_px
 from core.joints import NUM_JOINTS
 from fits.schema import FitProvenance, fits_batch
+from fits.seeding import SeedConfig, seed_fits
 from fits.store import FitsStore
 from fits.table import FitsTable
 from fitting.body_model import load_body_model
 from fitting.priors import MaxMixturePrior
-from fitting.smplify import SMPLify, SMPLifyConfig
+from fitting.smplify import SMPLifyConfig
 from shards.augment import AugmentParams, augment_keypoints, training_transform
 from shards.augment import augment_pose as augment_pose_np
 from shards.reader import ReaderConfig
@@ -47,7 +48,6 @@ from training.geometry import (
 from training.regressor import Regressor, mean_params_from_prior
 from training.resnet import ResNet, WeightsFileError, load_imagenet_weights
 from training.run_log import METRIC_COLUMNS
-from training.seed import seed_missing_fits
 from training.step import Batch, BatchFits, supervision
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,10 +77,9 @@ def body():
 def seeded_table(synthetic, body, tmp_path_factory) -> Path:
     """A fits table holding seed fits of every training sample (copied per run)."""
     path = tmp_path_factory.mktemp("seed") / "fits"
-    table = FitsTable.create(path)
-    smplify = SMPLify(body, MaxMixturePrior.from_file(DEFAULT_PRIOR), TEST_SMPLIFY)
-    prov = FitProvenance(run_id="seed", body_model_id=body.model_id, fit_config_hash="test", source="seed")
-    assert seed_missing_fits(table, FitsStore([], [], [], []), smplify, [synthetic], ("train",), prov) == 16
+    seeded = seed_fits([synthetic], path, SeedConfig(body_model="open-small", smplify=TEST_SMPLIFY),
+                       splits=("train",), missing_only=True)
+    assert (seeded.appended, seeded.body_model_id) == (16, body.model_id)
     return path
 
 

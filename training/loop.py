@@ -38,7 +38,8 @@ from deltalake import DeltaTable
 from tqdm import tqdm
 
 from core.frames import fit_frame_px
-from fits.schema import FitProvenance, config_hash
+from fits.schema import FitProvenance
+from fits.seeding import SeedConfig, fit_config_hash, seed_fits
 from fits.store import FitsStore
 from fits.table import FitsTable
 from fitting.body_model import BodyModel, load_body_model
@@ -53,7 +54,6 @@ from training.evaluate import FitsGroundTruth, evaluate_fits, evaluate_network
 from training.regressor import Regressor, mean_params_from_npz, mean_params_from_prior
 from training.resnet import load_imagenet_weights
 from training.run_log import PARTS, RunLog
-from training.seed import seed_missing_fits
 from training.step import (
     Batch,
     autocast_for,
@@ -230,7 +230,8 @@ def setup(config: TrainConfig) -> Run:
               smplify=smplify, smplify_device=smplify_device, model=model, raw_model=raw_model, optimizer=optimizer,
               scaler=scaler,
               autocast=autocast_for(device, config.amp), stream=stream, loader=loader, steps_per_epoch=steps,
-              table=table, log=log, fit_config_hash=config_hash(config.smplify))
+              table=table, log=log,
+              fit_config_hash=fit_config_hash(config.smplify, config.pose_prior, body.model_id))
     if rank == 0:
         (run_dir / "config.json").write_text(config.to_json() + "\n")
         eval_dirs = [Path(s) for s in config.eval_shards]
@@ -364,13 +365,13 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     pos = restore(run) if resume else Position()
     if not resume:
         if run.rank == 0 and cfg.seed_missing_fits:
-            store = FitsStore.load(run.table, run.body.model_id)
-            seeds = FitProvenance(run_id=cfg.run_id, body_model_id=run.body.model_id,
-                                  fit_config_hash=run.fit_config_hash, source="seed")
+            seeding = SeedConfig(body_model=cfg.body_model, joint_regressor_extra=cfg.joint_regressor_extra,
+                                 pose_prior=cfg.pose_prior, smplify=cfg.smplify, batch_size=cfg.batch_size,
+                                 run_id=cfg.run_id, device=str(run.smplify_device))
             with tqdm(desc="seed fits", unit="fit", disable=not progress, file=sys.stderr) as bar:
-                n = seed_missing_fits(run.table, store, run.smplify, [Path(s) for s in cfg.shards], cfg.train_splits,
-                                      seeds, batch_size=cfg.batch_size, on_batch=bar.update)
-            _say(run, f"seeded {n} missing fits")
+                seeded = seed_fits([Path(s) for s in cfg.shards], run.table.path, seeding, splits=cfg.train_splits,
+                                   missing_only=True, on_batch=bar.update)
+            _say(run, f"seeded {seeded.appended} missing fits")
         barrier(run)
         pos.fits_version = DeltaTable(str(run.table.path)).version()
         evaluate(run, pos, 0, started)

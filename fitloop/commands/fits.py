@@ -1,15 +1,24 @@
-"""`fitloop fits …`: the versioned fits table: versions, one key's best fit and history, diffs, SPIN interchange."""
+"""`fitloop fits …`: the versioned fits table: versions, one key's best fit and history, diffs, seeding, SPIN
+interchange, maintenance. A best fit is per body model: where a table holds several, name one with ``--model``."""
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
+
+MODEL_HELP = ('the body model: "open", "open-small", a model file (.pkl/.npz), or its content id '
+              '(<family>:<16 hex>, as `fitloop model info` prints)')
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("fits", help="the versioned fits table (Delta Lake): versions, diff, import, export",
+    parser = subparsers.add_parser("fits", help="the versioned fits table (Delta Lake): versions, diff, seed, import, "
+                                                "export",
                                    description="Inspect and maintain a fits table: a Delta Lake table holding one "
-                                               "row per fit improvement; the best fit of a key is its lowest loss.")
+                                               "row per fit improvement; the best fit of a key is its lowest loss "
+                                               "among the fits of one body model.")
     commands = parser.add_subparsers(title="fits commands", metavar="COMMAND")
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
@@ -19,39 +28,71 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         command.set_defaults(func=func)
         return command
 
-    versions = table_command("versions", "list the table's versions with their row counts and times", cmd_versions)
+    versions = table_command("versions", "list the table's versions with their row counts per body model and times",
+                             cmd_versions)
     versions.add_argument("--json", action="store_true",
-                          help='print a JSON list of {"version", "rows", "timestamp"}')
+                          help='print a JSON list of {"version", "rows", "timestamp", "body_models"}')
 
     show = table_command("show", "the best fit of one key and every fit of it in the log", cmd_show)
     show.add_argument("key", help="sample key, e.g. lsp/im1001")
+    _model_options(show, "whose best fit to show (needed when the key has fits of several)")
     _at_options(show)
     show.add_argument("--json", action="store_true", help="print JSON (pose and betas included)")
 
-    diff = table_command("diff", "how the best fits changed between two versions", cmd_diff)
+    diff = table_command("diff", "how the best fits of one body model changed between two versions", cmd_diff)
     diff.add_argument("v1", type=int)
     diff.add_argument("v2", type=int)
+    _model_options(diff, "whose fits to compare (needed when the versions hold several)")
     diff.add_argument("--json", action="store_true")
 
-    import_ = table_command("import", "append SPIN's static fits (N x 82 .npy, row-aligned with its .npz); "
-                                      "creates the table if needed", cmd_import)
+    seed = commands.add_parser(
+        "seed", help="fit every sample of a shard set from the mean pose (SMPLify on Dask) into a fits table",
+        description="Seed fits without training: SMPLify from SPIN's mean pose on every sample (or --keys) of a "
+                    "shard set, batches fitted on Dask (a local cluster, or --dask-address), and the improvements "
+                    "on the body model's best fits appended in one commit (a new table version). The same path "
+                    "as the seed_fits flow and the trainer's seeding (fits.seeding).")
+    seed.add_argument("shards", type=Path, help="the shard set folder (with manifest.json)")
+    seed.add_argument("table", type=Path, help="the fits table (created when missing)")
+    seed.add_argument("--body-model", default="open", help='"open" (default), "open-small" or a model file')
+    seed.add_argument("--joint-regressor-extra", default=None, help="SPIN's J_regressor_extra.npy (real SMPL)")
+    seed.add_argument("--pose-prior", default=None, help="SMPLify's pose prior (default: the open prior)")
+    seed.add_argument("--batch-size", type=int, default=64, help="samples per SMPLify call and Dask task")
+    seed.add_argument("--keys", nargs="+", default=None, help="fit only these sample keys")
+    seed.add_argument("--run-id", default="seed", help="the run id every row names (default: seed)")
+    seed.add_argument("--workers", type=int, default=None,
+                      help="worker processes of the local Dask cluster (default: one per core; 0: fit in this "
+                           "process, no Dask)")
+    seed.add_argument("--dask-address", default=None,
+                      help="an existing Dask scheduler, e.g. tcp://host:8786 (default: $FITLOOP_DASK_ADDRESS, else "
+                           "a local cluster)")
+    seed.add_argument("--json", action="store_true", help="print the result as JSON")
+    seed.set_defaults(func=cmd_seed)
+
+    import_ = table_command("import", "append SPIN's static fits (N x 82 .npy, row-aligned with its .npz) as fits "
+                                      "of a body model; creates the table if needed", cmd_import)
     import_.add_argument("--spin-npz", type=Path, required=True, help="SPIN's .npz whose imgname gives the keys")
     import_.add_argument("--spin-fits", type=Path, required=True, help="SPIN's <dataset>_fits.npy")
+    import_.add_argument("--model", required=True,
+                         help='the body model the fits belong to (SPIN: the neutral SMPL): "open", "open-small" or '
+                              'a model file, loaded to get its content id')
+    import_.add_argument("--joint-regressor-extra", type=Path, default=None,
+                         help="SPIN's J_regressor_extra.npy, when the trainer loads the model with it")
     import_.add_argument("--dataset", default=None, help="key prefix (default: from the .npz file name)")
-    import_.add_argument("--body-model-id", default=None, help="body model of the fits (default: smpl-neutral-10)")
     import_.add_argument("--json", action="store_true")
 
-    export = table_command("export", "write the best fits as SPIN's N x 82 .npy, or as one parquet file", cmd_export)
+    export = table_command("export", "write one body model's best fits as SPIN's N x 82 .npy, or as one parquet "
+                                     "file", cmd_export)
     target = export.add_mutually_exclusive_group(required=True)
     target.add_argument("--spin-npz", type=Path, help="SPIN's .npz the .npy is row-aligned with (with --out)")
     target.add_argument("--parquet", type=Path, help="write the best view of every key to this parquet file")
     export.add_argument("--out", type=Path, help="the .npy to write (with --spin-npz)")
     export.add_argument("--dataset", default=None, help="key prefix (default: from the .npz file name)")
     export.add_argument("--fill-missing", action="store_true", help="write zeros for rows without a fit")
+    _model_options(export, "whose fits to write (needed when the table holds several)")
     _at_options(export)
 
-    compact = table_command("compact", "rewrite the table to its best fits, one row per key (a new version)",
-                            cmd_compact)
+    compact = table_command("compact", "rewrite the table to its best fits, one row per key and body model "
+                                       "(a new version)", cmd_compact)
     compact.add_argument("--json", action="store_true")
 
     vacuum = table_command("vacuum", "delete files no recent version needs (never the latest version's)",
@@ -59,6 +100,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     vacuum.add_argument("--retention-hours", type=int, default=168,
                         help="versions younger than this stay readable (default 168, a week)")
     vacuum.add_argument("--dry-run", action="store_true", help="only list the files")
+
+    relabel = table_command("relabel", "name the body models of a table written before fits named them by content "
+                                       "(schema version 1): list its ids, or map each to its model", cmd_relabel)
+    relabel.add_argument("--map", action="append", default=[], metavar="OLD_ID=MODEL",
+                         help="relabel the fits of OLD_ID as fits of MODEL (open, open-small, a model file, or a "
+                              "content id); repeat for each old id")
+
+
+def _model_options(command: argparse.ArgumentParser, what: str) -> None:
+    command.add_argument("--model", default=None, help=f"{MODEL_HELP}: {what}")
+    command.add_argument("--joint-regressor-extra", type=Path, default=None,
+                         help="SPIN's J_regressor_extra.npy the model file is loaded with (it changes the id)")
 
 
 def _at_options(command: argparse.ArgumentParser) -> None:
@@ -73,6 +126,42 @@ def _at(args: argparse.Namespace) -> dict:
     return {"version": args.version, "timestamp": parse_timestamp(args.timestamp) if args.timestamp else None}
 
 
+def model_id(model: str | None, joint_regressor_extra: Path | None = None, *, ids: bool = True) -> str | None:
+    """The content id of ``model``: loaded ("open", "open-small", a file), or taken as written when it is a content
+    id (``ids``); None when no model is named."""
+    from core.errors import FitloopError
+    from fitting.body_model import MODEL_ID_PATTERN, load_body_model
+
+    if model is None:
+        if joint_regressor_extra is not None:
+            raise FitloopError("--joint-regressor-extra goes with --model (a model file)")
+        return None
+    if ids and MODEL_ID_PATTERN.match(model):
+        if joint_regressor_extra is not None:
+            raise FitloopError(f"--joint-regressor-extra goes with a model file, not with an id ({model})")
+        return model
+    return load_body_model(model, joint_regressor_extra=joint_regressor_extra).model_id
+
+
+@contextmanager
+def stages(desc: str, names: tuple[str, ...]) -> Iterator[Callable[[str], None]]:
+    """A progress bar over named stages (stderr, off when stderr is not a terminal); yields ``on_stage(name)``."""
+    from tqdm import tqdm
+
+    with tqdm(total=len(names), desc=desc, unit="stage", file=sys.stderr, disable=None, leave=False) as bar:
+        begun: list[str] = []
+
+        def on_stage(name: str) -> None:
+            if begun:
+                bar.update(1)
+            begun.append(name)
+            bar.set_postfix_str(name)
+
+        yield on_stage
+        if begun:
+            bar.update(1)
+
+
 def _row(row: dict, full: bool) -> dict:
     """A fit row as json-able values; without ``full``, the arrays are left out."""
     arrays = ("pose", "betas", "cam_t", "reprojection_loss")
@@ -82,27 +171,40 @@ def _row(row: dict, full: bool) -> dict:
     return out
 
 
+def _models_text(models: dict[str, int] | None) -> str:
+    if models is None:
+        return "(files removed by a vacuum)"
+    return ", ".join(f"{model} {rows}" for model, rows in models.items())
+
+
 def cmd_versions(args: argparse.Namespace) -> int:
     from fits.table import FitsTable
 
     versions = FitsTable.open(args.table).versions()
     if args.json:
-        print(json.dumps([{k: v[k] for k in ("version", "rows", "timestamp")} for v in versions]))
+        print(json.dumps([{k: v[k] for k in ("version", "rows", "timestamp", "body_models")} for v in versions]))
         return 0
     for v in versions:
-        print(f"{v['version']:>6}  {v['timestamp']}  {v['rows']:>10} rows  {v['operation']}")
+        models = _models_text(v["body_models"])
+        print(f"{v['version']:>6}  {v['timestamp']}  {v['rows']:>10} rows  {v['operation']:<8}"
+              + (f"  {models}" if models else ""))
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     from core.errors import FitloopError
-    from fits.table import FitsTable, best_of
+    from fits.table import FitsTable, best_of, body_model_counts
 
     table = FitsTable.open(args.table)
-    history = _history(table, args)
+    model = model_id(args.model, args.joint_regressor_extra)
+    history = table.history(args.key, **_at(args))
     if history.num_rows == 0:
         raise FitloopError(f"{args.table} has no fit for {args.key!r}")
-    best = best_of(history).to_pylist()[0]
+    best = best_of(history, model, where=f"{args.table}, key {args.key}").to_pylist()
+    if not best:
+        raise FitloopError(f"{args.table} has no fit of body model {model} for {args.key!r}; its fits are of "
+                           f"{', '.join(body_model_counts(history))}")
+    best = best[0]
     rows = history.to_pylist()
     if args.json:
         print(json.dumps({"key": args.key, "best": _row(best, True), "history": [_row(r, True) for r in rows]}))
@@ -118,24 +220,21 @@ def cmd_show(args: argparse.Namespace) -> int:
     for r in rows:
         loss = "unscored" if r["loss"] is None else f"{r['loss']:.3f}"
         print(f"  {r['time'].isoformat()}  loss {loss:>10}  {r['source']:<6} run {r['run_id']} epoch {r['epoch']} "
-              f"step {r['step']}")
+              f"step {r['step']}  model {r['body_model_id']}")
     return 0
-
-
-def _history(table, args: argparse.Namespace):
-    """Every row of the key as of --version or --timestamp, oldest first."""
-    return table.history(args.key, **_at(args))
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
     from fits.table import FitsTable
 
-    diff = FitsTable.open(args.table).diff(args.v1, args.v2)
+    diff = FitsTable.open(args.table).diff(args.v1, args.v2,
+                                           body_model_id=model_id(args.model, args.joint_regressor_extra))
     if args.json:
         print(json.dumps(diff))
         return 0
     drop = diff["loss_decrease"]
-    print(f"version {diff['from_version']} -> {diff['to_version']}: {diff['keys_before']} -> {diff['keys_after']} keys")
+    print(f"version {diff['from_version']} -> {diff['to_version']}: {diff['keys_before']} -> {diff['keys_after']} keys"
+          + (f" of body model {diff['body_model_id']}" if diff["body_model_id"] else ""))
     print(f"  improved {diff['improved']} (of which newly scored {diff['newly_scored']}), added {diff['added']}, "
           f"unchanged {diff['unchanged']}, worse {diff['worse']}, removed {diff['removed']}")
     print(f"  loss decrease (px²): mean {drop['mean']:.3f}, median {drop['median']:.3f}, max {drop['max']:.3f}, "
@@ -143,18 +242,56 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_seed(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from tqdm import tqdm
+
+    from core.errors import FitloopError
+    from fits.seeding import SeedConfig, seed_fits
+    from shards.reader import list_shards
+
+    if args.batch_size < 1:
+        raise FitloopError(f"--batch-size must be >= 1, got {args.batch_size}")
+    config = SeedConfig(body_model=args.body_model, batch_size=args.batch_size, run_id=args.run_id,
+                        joint_regressor_extra=args.joint_regressor_extra,
+                        **({"pose_prior": args.pose_prior} if args.pose_prior else {}))
+    total = len(set(args.keys)) if args.keys else sum(s.samples for s in list_shards(args.shards))
+    with tqdm(total=total, desc="seed fits", unit="fit", file=sys.stderr, disable=None) as bar:
+        if args.workers == 0 and args.dask_address is None:
+            result = seed_fits(args.shards, args.table, config, keys=args.keys, on_batch=bar.update)
+        else:
+            from pipelines.cluster import dask_client
+
+            with dask_client(args.dask_address, args.workers) as client:
+                result = seed_fits(args.shards, args.table, config, keys=args.keys, client=client,
+                                   on_batch=bar.update)
+    if args.json:
+        print(json.dumps(asdict(result)))
+        return 0
+    version = f"version {result.versions[0]}" if result.versions else "no new version"
+    print(f"{args.table}: {result.fitted} samples fitted with {result.body_model_id} (fit config "
+          f"{result.fit_config_hash}), {result.appended} fits appended ({version}), mean loss "
+          f"{result.mean_loss:.2f} px²")
+    return 0
+
+
 def cmd_import(args: argparse.Namespace) -> int:
-    from fits.interchange import SPIN_BODY_MODEL_ID, import_spin
+    from fits.interchange import import_spin
     from fits.table import FitsTable
 
+    model = model_id(args.model, args.joint_regressor_extra, ids=False)
     table = FitsTable.create(args.table, exist_ok=True)
-    summary = import_spin(table, args.spin_npz, args.spin_fits, dataset=args.dataset,
-                          body_model_id=args.body_model_id or SPIN_BODY_MODEL_ID)
+    with stages("import", ("keys", "fits", "write")) as on_stage:
+        summary = import_spin(table, args.spin_npz, args.spin_fits, body_model_id=model, dataset=args.dataset,
+                              on_stage=on_stage)
     if args.json:
         print(json.dumps(summary))
         return 0
-    print(f"{args.spin_fits.name}: {summary['rows']} fits of {summary['dataset']}, {summary['appended']} appended "
-          f"(version {summary['version']}), largest float32 rounding {summary['max_float32_rounding']:g}")
+    version = f"version {summary['version']}" if summary["version"] is not None else "no new version"
+    print(f"{args.spin_fits.name}: {summary['rows']} fits of {summary['dataset']} for body model {model}, "
+          f"{summary['appended']} appended ({version}), largest float32 rounding "
+          f"{summary['max_float32_rounding']:g}")
     return 0
 
 
@@ -165,21 +302,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     from fits.interchange import export_spin
     from fits.table import FitsTable
 
+    if args.spin_npz is not None and args.out is None:
+        raise FitloopError("--spin-npz needs --out, the .npy to write")
     table = FitsTable.open(args.table)
+    model = model_id(args.model, args.joint_regressor_extra)
     if args.parquet is not None:
-        best = table.best(**_at(args), dataset=args.dataset)
-        args.parquet.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.parquet.with_name(f".{args.parquet.name}.tmp")
-        pq.write_table(best, tmp)
-        tmp.replace(args.parquet)
+        with stages("export", ("best", "write")) as on_stage:
+            on_stage("best")
+            best = table.best(**_at(args), dataset=args.dataset, body_model_id=model)
+            on_stage("write")
+            args.parquet.parent.mkdir(parents=True, exist_ok=True)
+            tmp = args.parquet.with_name(f".{args.parquet.name}.tmp")
+            pq.write_table(best, tmp)
+            tmp.replace(args.parquet)
         print(f"wrote {best.num_rows} best fits to {args.parquet}")
         return 0
-    if args.out is None:
-        raise FitloopError("--spin-npz needs --out, the .npy to write")
-    summary = export_spin(table, args.spin_npz, args.out, dataset=args.dataset, fill_missing=args.fill_missing,
-                          **_at(args))
-    print(f"wrote {summary['out']}: {summary['rows']} rows of {summary['dataset']}, {summary['exported']} fits, "
-          f"{summary['filled']} filled with zeros")
+    with stages("export", ("keys", "best", "write")) as on_stage:
+        summary = export_spin(table, args.spin_npz, args.out, dataset=args.dataset, fill_missing=args.fill_missing,
+                              body_model_id=model, on_stage=on_stage, **_at(args))
+    print(f"wrote {summary['out']}: {summary['rows']} rows of {summary['dataset']}, {summary['exported']} fits of "
+          f"body model {summary['body_model_id'] or '(none)'}, {summary['filled']} filled with zeros")
     return 0
 
 
@@ -187,10 +329,11 @@ def cmd_compact(args: argparse.Namespace) -> int:
     from fits.table import FitsTable
 
     table = FitsTable.open(args.table)
-    version = table.compact()
+    with stages("compact", ("read", "best", "write")) as on_stage:
+        version = table.compact(on_stage=on_stage)
     rows = next(v["rows"] for v in table.versions() if v["version"] == version)
     print(json.dumps({"version": version, "rows": rows}) if args.json else
-          f"compacted to version {version}: {rows} rows, one per key")
+          f"compacted to version {version}: {rows} rows, one per key and body model")
     return 0
 
 
@@ -201,4 +344,31 @@ def cmd_vacuum(args: argparse.Namespace) -> int:
     print(f"{'would delete' if args.dry_run else 'deleted'} {len(removed)} file(s)")
     for path in removed:
         print(f"  {path}")
+    return 0
+
+
+def cmd_relabel(args: argparse.Namespace) -> int:
+    from core.errors import FitloopError
+    from fits.table import relabel_body_models, stored_body_models
+    from fitting.body_model import MODEL_ID_PATTERN
+
+    if not args.map:
+        models = stored_body_models(args.table)
+        old = [m for m in models if not MODEL_ID_PATTERN.match(m)]
+        print(f"{args.table}: {sum(models.values())} rows")
+        for m, rows in models.items():
+            print(f"  {m:<40} {rows:>10} rows" + ("  old id: map it with --map" if m in old else ""))
+        if old:
+            print(f"relabel with: fitloop fits relabel {args.table} " + " ".join(f"--map '{m}=MODEL'" for m in old))
+        return 0
+    mapping = {}
+    for item in args.map:
+        old, sep, model = item.partition("=")
+        if not sep or not old or not model:
+            raise FitloopError(f"--map takes OLD_ID=MODEL, got {item!r}")
+        mapping[old] = model_id(model)
+    result = relabel_body_models(args.table, mapping)
+    print(f"{args.table}: version {result['version']}, {result['rows']} rows")
+    for old, (new, rows) in result["relabelled"].items():
+        print(f"  {old} -> {new}: {rows} rows")
     return 0

@@ -30,7 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "convert", help="write a chumpy-free .npz copy of an SMPL/SMPL-H/SMPL-X .pkl",
         description="Read a released SMPL-family .pkl without chumpy (a restricted unpickler turns chumpy arrays "
                     "and scipy sparse matrices into numpy, and refuses any other global) and write its arrays to "
-                    "a plain .npz that loads with numpy alone.")
+                    "a plain .npz that loads with numpy alone. The copy is the same body model: it keeps the "
+                    "model's content id, so fits and checkpoints made with the .pkl go on with the .npz (checked "
+                    "after writing).")
     convert.add_argument("source", type=Path, help="input .pkl (e.g. basicModel_neutral_lbs_10_207_0_v1.0.0.pkl)")
     convert.add_argument("out", type=Path, help="output .npz")
     convert.set_defaults(func=cmd_convert)
@@ -72,15 +74,23 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from fitting.body_model import detect_family, read_model_arrays
+    from core.errors import ModelFileError
+    from fitting.body_model import detect_family, load_body_model, read_model_arrays
 
     arrays, skipped = read_model_arrays(args.source)
     family = detect_family(arrays, args.source)
+    source_id = load_body_model(args.source).model_id
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp.npz")
     np.savez_compressed(tmp, **arrays)
+    copy_id = load_body_model(tmp).model_id
+    if copy_id != source_id:  # cannot happen unless reading or writing lost a value: never leave such a copy
+        tmp.unlink()
+        raise ModelFileError(f"{args.out}: the copy's content id {copy_id} differs from {args.source}'s {source_id}; "
+                             f"nothing written")
     tmp.replace(args.out)
-    print(f"wrote {args.out} ({family}, {len(arrays)} arrays: {', '.join(sorted(arrays))})")
+    print(f"wrote {args.out} ({family}, id {copy_id}, the same as {args.source.name}'s; {len(arrays)} arrays: "
+          f"{', '.join(sorted(arrays))})")
     if skipped:
         print(f"skipped non-array entries: {', '.join(sorted(skipped))}")
     return 0

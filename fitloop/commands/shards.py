@@ -226,10 +226,11 @@ def cmd_render(args: argparse.Namespace) -> int:
 
         table = FitsTable.open(args.fits)
         now = latest_version(table)
-        latest = best_fits(table, keys, now)
-        older = best_fits(table, keys, args.version) if args.version is not None else None
-        histories = fit_histories(table, keys, now) if suffix == ".html" else None
         model = load_body_model(args.model, joint_regressor_extra=args.joint_regressor_extra)
+        latest = best_fits(table, keys, now, body_model_id=model.model_id)
+        older = (best_fits(table, keys, args.version, body_model_id=model.model_id) if args.version is not None
+                 else None)
+        histories = fit_histories(table, keys, now) if suffix == ".html" else None
     pictures = []
     with bar(len(samples), "drawing", "sample") as progress:
         for sample in samples:
