@@ -70,6 +70,7 @@ from shards.reader import (
     ShardInfo,
     ShardReader,
     check_shards,
+    distributed_rank,
     list_shards,
     shard_problems,
 )
@@ -231,6 +232,17 @@ def checked_shards(config: TrainConfig, rank: int, world: int) -> tuple[list[Sha
     return keep[0], keep[1], skipped, time.perf_counter() - started
 
 
+def training_stream(config: TrainConfig, shards: list[ShardInfo], rank: int, world: int) -> MixedShardStream:
+    """The run's training data on one rank: ``shards`` mixed by ``config.mix``, ``steps_per_epoch`` batches per
+    epoch (default: the training samples over batch size × world size)."""
+    reader = ReaderConfig(img_res=config.img_res, augment=config.augment, shuffle_buffer=config.shuffle_buffer,
+                          seed=config.seed, splits=config.train_splits, on_corrupt=config.on_corrupt_shard)
+    steps = config.steps_per_epoch or max(1, train_sample_count(shards, config.train_splits)
+                                          // (config.batch_size * world))
+    return MixedShardStream(shards, reader, parse_mix(config.mix), config.batch_size, steps, rank=rank,
+                            world_size=world)
+
+
 def setup(config: TrainConfig) -> Run:
     """Build the run: devices, checked shards, body model, SMPLify, regressor, optimiser, data, fits table, logs."""
     config.validated()
@@ -262,12 +274,8 @@ def setup(config: TrainConfig) -> Run:
     optimizer = torch.optim.Adam(raw_model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and config.amp == "fp16")
 
-    reader = ReaderConfig(img_res=config.img_res, augment=config.augment, shuffle_buffer=config.shuffle_buffer,
-                          seed=config.seed, splits=config.train_splits, on_corrupt=config.on_corrupt_shard)
-    steps = config.steps_per_epoch or max(1, train_sample_count(train_shards, config.train_splits)
-                                          // (config.batch_size * world))
-    stream = MixedShardStream(train_shards, reader, parse_mix(config.mix), config.batch_size, steps,
-                              rank=rank, world_size=world)
+    stream = training_stream(config, train_shards, rank, world)
+    steps = stream.steps
     # the loader's own generator: creating an iterator must not draw from the global RNG (dropout), or a resumed
     # run would see other dropout masks than the run it continues
     loader = torch.utils.data.DataLoader(stream, batch_size=config.batch_size, num_workers=config.num_workers,
@@ -313,8 +321,9 @@ def _say(run: Run, text: str) -> None:
 
 # --- checkpoints and the fits table ----------------------------------------------------------------------------
 def resumed(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any], Path]:
-    """(the config to continue with, the latest checkpoint of ``config.run_dir``, its path); the config may differ
-    from the checkpoint's only in `training.config.RESUME_SAFE` (else CheckpointError naming every change)."""
+    """(the config to continue with, the latest checkpoint of ``config.run_dir``, its path). Refused with a
+    CheckpointError, before anything is built or written: a config that differs from the checkpoint's outside
+    `training.config.RESUME_SAFE`, fewer epochs than the run has reached, another world size."""
     path = latest_checkpoint(Path(config.run_dir))
     if path is None:
         raise CheckpointError(f"{config.run_dir}: no checkpoint to resume from")
@@ -323,6 +332,16 @@ def resumed(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any], Path]:
         config = resumed_config(TrainConfig.from_dict(data["config"]), config)
     except ValueError as err:
         raise CheckpointError(f"{path}: {err}") from None
+    _, world = distributed_rank()
+    saved_world = int(data.get("world_size", world))  # format 1 did not say
+    if saved_world != world:
+        raise CheckpointError(f"{path}: trained by {saved_world} process(es), this run has {world}: the data split "
+                              f"and the steps per epoch depend on it; resume with torchrun --nproc_per_node "
+                              f"{saved_world} (or without torchrun for 1), or start a new run in another folder")
+    reached = int(data["epoch"]) + 1  # the checkpoint is inside (or at the end of) this epoch
+    if config.epochs < reached:
+        raise CheckpointError(f"{path}: the run has reached epoch {reached}; epochs={config.epochs} would end it "
+                              f"before its checkpoint: pass --epochs {reached} or more")
     return config, data, path
 
 
@@ -331,17 +350,9 @@ def restore(run: Run, data: dict[str, Any], path: Path) -> Position:
     if data["body_model_id"] != run.body.model_id:
         raise CheckpointError(f"{path}: trained with body model {data['body_model_id']}, this run loads "
                               f"{run.body.model_id}")
-    saved_world = int(data.get("world_size", run.world_size))  # format 1 did not say
-    if saved_world != run.world_size:
-        raise CheckpointError(f"{path}: trained by {saved_world} process(es), this run has {run.world_size}: the "
-                              f"data split and the steps per epoch depend on it; resume with torchrun "
-                              f"--nproc_per_node {saved_world} (or 1 process without torchrun), or start a new run")
     epoch, batch = int(data["epoch"]), int(data["batch"])
     if batch >= run.steps_per_epoch:
         epoch, batch = epoch + 1, 0
-    if epoch > run.config.epochs or (epoch == run.config.epochs and batch > 0):
-        raise CheckpointError(f"{path}: the run is in epoch {epoch + 1}; epochs={run.config.epochs} would end it "
-                              f"before its checkpoint: pass --epochs {epoch + (1 if batch else 0)} or more")
     run.raw_model.load_state_dict(data["model"])
     run.optimizer.load_state_dict(data["optimizer"])
     if data.get("scaler"):
@@ -527,6 +538,6 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     run.log.close()
     skipped = run.shards_skipped + [line for reader in run.stream.readers for line in reader.skipped]
     return {"run_dir": str(run.run_dir), "run_id": cfg.run_id, "rank": run.rank, "step": pos.step,
-            "epochs": cfg.epochs, "fits_version": pos.fits_version, "steps_per_epoch": run.steps_per_epoch,
+            "epochs": cfg.epochs, "fits_version": pos.fits_version,
             "metrics": run.log.metrics.rows(), "wall_s": time.time() - started,
             "shards_skipped": skipped, "fits_rows_read": store.rows_read}
