@@ -621,5 +621,7 @@ def test_mixed_precision_training_on_cuda(synthetic, seeded_table, tmp_path):
                         progress=False)
         ckpt = load_checkpoint(latest_checkpoint(tmp_path / f"run-{amp}"))
         assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
-        assert float(summary["metrics"][-1]["net_pa_mpjpe_mm"]) > 0
+        # the CPU run's bounds (test_a_run_writes_fits_...): 3 steps from the mean parameters in mixed precision
+        last = summary["metrics"][-1]
+        assert 120 < float(last["net_pa_mpjpe_mm"]) < 200 and 70 < float(last["fits_pa_mpjpe_mm"]) < 130
         assert bool(ckpt["scaler"]) == (amp == "fp16")
