@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import torch
 from deltalake import DeltaTable
+from deltalake.exceptions import DeltaError
 from torch import Tensor
 
 from fits.schema import FITS_SCHEMA, NUM_BETAS, NUM_POSE, FitsTableError
@@ -69,7 +70,10 @@ class FitsStore:
         read of the table's log."""
         delta = DeltaTable(str(table.path))
         if version is not None:
-            delta.load_as_version(version)
+            try:
+                delta.load_as_version(version)
+            except (DeltaError, ValueError) as err:
+                raise FitsTableError(f"{table.path}: cannot load version {version}: {err}") from None
         at = delta.version()
         rows = best_of(table.log(version=at, columns=_COLUMNS, where=pc.field("body_model_id") == body_model_id))
         keys = rows["key"].to_pylist()

@@ -103,8 +103,14 @@ def build_config(args: argparse.Namespace):
     if path is None:
         raise CheckpointError(f"{args.run_dir}: no checkpoint to resume from")
     saved = TrainConfig.from_dict(load_checkpoint(path)["config"])
-    return resumed_config(saved, _with_flags(saved, args), name=lambda field: _FLAGS.get(
-        field, "--" + field.replace("_", "-") if field in _SCALARS else field))
+    return resumed_config(saved, _with_flags(saved, args), name=_flag_of)
+
+
+def _flag_of(setting: str) -> str:
+    """How the user spells a setting: its flag (and the setting, where the flag names it otherwise)."""
+    if setting in _FLAGS:
+        return f"{_FLAGS[setting]} ({setting})"
+    return "--" + setting.replace("_", "-") if setting in _SCALARS else setting
 
 
 def _with_flags(base, args: argparse.Namespace):
