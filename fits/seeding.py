@@ -42,7 +42,7 @@ from fitting.digest import content_digest
 from fitting.priors import DEFAULT_PRIOR, MaxMixturePrior, load_gmm
 from fitting.smplify import SMPLify, SMPLifyConfig, mean_pose_start
 from shards.lookup import iter_samples
-from shards.reader import iter_shard, list_shards
+from shards.reader import ShardInfo, iter_shard, list_shards
 from shards.sample import StoredSample
 
 
@@ -139,19 +139,19 @@ def fit_batch(keys: list[str], keypoints: np.ndarray, config: SeedConfig, thread
     return fit_keypoints(_worker_fitter(config), keys, keypoints)
 
 
-def shard_samples(shard_dirs: Path | Sequence[Path], keys: Sequence[str] | None = None,
+def shard_samples(shard_dirs: Path | Sequence[Path | ShardInfo], keys: Sequence[str] | None = None,
                   splits: Sequence[str] = ()) -> Iterator[StoredSample]:
     """The samples of one or more shard sets in manifest order: all (of ``splits`` when given), or exactly
     ``keys`` (of one shard set; `shards.lookup.SampleNotFoundError` for keys it does not hold). Checksums are not
     verified here (`fitloop shards verify`); no image is decoded."""
-    dirs = [Path(shard_dirs)] if isinstance(shard_dirs, (str, Path)) else [Path(d) for d in shard_dirs]
+    sources = [shard_dirs] if isinstance(shard_dirs, (str, Path)) else list(shard_dirs)
     if keys is not None:
-        if len(dirs) != 1 or splits:
+        if len(sources) != 1 or not isinstance(sources[0], (str, Path)) or splits:
             raise FitloopError("seeding given keys reads one shard set, all splits: pass one shard folder and no "
                                "splits with keys")
-        yield from iter_samples(dirs[0], keys)
+        yield from iter_samples(Path(sources[0]), keys)
         return
-    for shard in list_shards(dirs, (), splits):
+    for shard in list_shards(sources, (), splits):
         yield from iter_shard(shard, verify=False)
 
 
@@ -172,7 +172,7 @@ def keypoint_batches(samples: Iterable[StoredSample], size: int) -> Iterator[tup
 def seed_fits(shard_dir: Path | Sequence[Path], table_path: Path, config: SeedConfig = SeedConfig(), *,
               keys: Sequence[str] | None = None, client: Any = None, on_batch: Callable[[int], None] | None = None,
               splits: Sequence[str] = (), missing_only: bool = False) -> SeedResult:
-    """Fit the samples of ``shard_dir`` (one shard folder or several; all samples, those of ``splits``, or only
+    """Fit the samples of ``shard_dir`` (one shard folder or several, or checked shards (`shards.reader.ShardInfo`); all samples, those of ``splits``, or only
     ``keys``) from the mean pose and append the improvements (module docstring) to the fits table at
     ``table_path`` (created when missing) in one commit.
 

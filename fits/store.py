@@ -1,47 +1,87 @@
-"""The best fits a training run supervises with: the fits table's best view, in memory, plus what is not yet written.
+"""The best fits a training run supervises with: the fits table's best view, in memory, kept current.
 
 SPIN keeps an N × 82 tensor per dataset and writes it only on a timeout (SPIN_REFERENCE §7.3). Here the store is
-loaded from the fits table (`fits.table.FitsTable`, rows of this run's body model only) at a version, takes
-each step's improvements, and `flush` appends them to the table in one commit — at every checkpoint and every
-epoch end — so the store after a flush equals the table's best view and a resumed run reloads exactly it.
+loaded from the fits table (`fits.table.FitsTable`, rows of one body model only) at a version, takes each step's
+improvements, and `flush` appends them to the table in one commit — at every checkpoint and every epoch end — so
+the store after a flush holds the table's best view and a resumed run reloads exactly it.
+
+**Read once, then kept current by version numbers.** The table is an append-only log that is never compacted
+while a run trains, so reading all of it is the expensive part. `load` reads it once (a run's start); after that:
+
+* **its own writes** cost no read: `flush` commits the pending improvements, which the store already holds, and
+  notes the data files that commit added (from the Delta log: file names, no data);
+* **other writers' commits** (the other ranks of a distributed run, other runs on the same table): `refresh`
+  asks the Delta log for the latest version and reads only the data files the store has not seen, none when
+  every commit since its version is its own. A compaction's rewritten files are new files to the store: it reads
+  them once (they hold best rows, which change nothing in an argmin).
 
 Improvement is the table's rule (`fits.table.BestLosses`): a fit replaces the stored one when its loss is
 finite and strictly lower, or when the key has no scored fit. Losses are float32, as the table stores them, so the
 store and the table's argmin always agree. Poses are canonical (`fits.schema`).
+
+`FitsStore.view` reads the store like a table's log (`StoreView`), so a function that takes the best view of a
+table's log (the evaluation of the fits against ground truth) reads memory instead of scanning the table.
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import torch
+from deltalake import DeltaTable
+from deltalake.exceptions import DeltaError
 from torch import Tensor
 
-from fits.schema import NUM_BETAS, NUM_POSE
+from fits.schema import FITS_SCHEMA, NUM_BETAS, NUM_POSE, FitsTableError
 from fits.table import AppendResult, FitsTable, best_of
+
+# what the store reads of a row: the fit, and what `best_of` ranks by
+_COLUMNS = ["key", "pose", "betas", "loss", "time", "run_id", "epoch", "step"]
 
 
 class FitsStore:
-    """key -> best (pose (72,), betas (10,), loss) of one body model; NaN loss = unscored."""
+    """key -> best (pose (72,), betas (10,), loss) of one body model; NaN loss = unscored.
 
-    def __init__(self, keys: list[str], pose: np.ndarray, betas: np.ndarray, loss: np.ndarray) -> None:
+    Attributes:
+        body_model_id: the body model whose rows the store holds (None: built in memory, not from a table).
+        version: the table version whose every row (of that body model) the store holds; None before `load`.
+        rows_read: rows read from the table so far (`load` and `refresh`).
+    """
+
+    def __init__(self, keys: list[str], pose: np.ndarray, betas: np.ndarray, loss: np.ndarray, *,
+                 body_model_id: str | None = None) -> None:
         self._index = {k: i for i, k in enumerate(keys)}
         self._pose = np.array(pose, dtype=np.float32).reshape(len(keys), NUM_POSE)
         self._betas = np.array(betas, dtype=np.float32).reshape(len(keys), NUM_BETAS)
         self._loss = np.array(loss, dtype=np.float32).reshape(len(keys))
         self._pending: list[pa.Table] = []
+        self.body_model_id = body_model_id
+        self.version: int | None = None
+        self.rows_read = 0
+        self._seen: set[str] = set()          # data files whose rows the store holds
+        self._delta: DeltaTable | None = None  # the Delta log, advanced forward only (cheap: new commits only)
 
     @classmethod
     def load(cls, table: FitsTable, body_model_id: str, version: int | None = None) -> "FitsStore":
-        """The best fit per key among the rows of ``body_model_id`` as of ``version`` (default the latest)."""
-        rows = best_of(table.log(version=version, columns=["key", "pose", "betas", "loss", "time", "run_id",
-                                                           "epoch", "step"],
-                                 where=pc.field("body_model_id") == body_model_id))
+        """The best fit per key among the rows of ``body_model_id`` as of ``version`` (default the latest): one
+        read of the table's log."""
+        delta = DeltaTable(str(table.path))
+        if version is not None:
+            try:
+                delta.load_as_version(version)
+            except (DeltaError, ValueError) as err:
+                raise FitsTableError(f"{table.path}: cannot load version {version}: {err}") from None
+        at = delta.version()
+        rows = best_of(table.log(version=at, columns=_COLUMNS, where=pc.field("body_model_id") == body_model_id))
         keys = rows["key"].to_pylist()
-        pose = pc.list_flatten(rows["pose"]).to_numpy().reshape(-1, NUM_POSE) if keys else np.zeros((0, NUM_POSE))
-        betas = pc.list_flatten(rows["betas"]).to_numpy().reshape(-1, NUM_BETAS) if keys else np.zeros((0, NUM_BETAS))
-        loss = rows["loss"].cast(pa.float32()).fill_null(np.nan).to_numpy()
-        return cls(keys, pose, betas, loss)
+        pose, betas, loss = _arrays(rows)
+        store = cls(keys, pose, betas, loss, body_model_id=body_model_id)
+        store.version, store._seen, store._delta = at, set(delta.file_uris()), delta
+        store.rows_read = rows.num_rows
+        return store
 
     def __len__(self) -> int:
         return len(self._index)
@@ -88,13 +128,91 @@ class FitsStore:
         return len(keep)
 
     def flush(self, table: FitsTable) -> AppendResult:
-        """Append every pending improvement to ``table`` in one commit (none: no commit, version None)."""
+        """Append every pending improvement to ``table`` in one commit (none: no commit, version None).
+
+        The store already holds what it writes: it reads nothing back, and notes the data files of its commit so
+        that `refresh` does not read them either. When no other commit landed since the store's version, the
+        store's version becomes the commit's."""
         if not self._pending:
             return AppendResult(None, 0, 0)
         fits = pa.concat_tables(self._pending)
         result = table.append(fits)
         self._pending = []
+        if self._delta is not None and result.version is not None:
+            before = self._files_at(result.version - 1)
+            self._seen |= self._files_at(result.version) - before
+            if self.version == result.version - 1:
+                self.version = result.version
         return result
+
+    def refresh(self, table: FitsTable, version: int | None = None) -> int:
+        """Take in the commits other writers made since the store's version, up to ``version`` (default the
+        latest): only the data files the store has not seen are read. Pending improvements stay pending. Returns
+        the rows read (0 when every commit since is the store's own)."""
+        if self._delta is None or self.body_model_id is None:
+            raise FitsTableError("this FitsStore was not loaded from a table (FitsStore.load): nothing to refresh")
+        if version is None:
+            self._delta.update_incremental()
+        elif version != self._delta.version():
+            self._delta.load_as_version(version)
+        target = self._delta.version()
+        if target == self.version:
+            return 0
+        files = set(self._delta.file_uris())
+        new = sorted(files - self._seen)
+        rows = 0
+        if new:
+            # one thread: see fits.lookup (a threaded scan aborts at exit in a process that has imported torch)
+            read = pads.dataset(new, format="parquet").to_table(
+                columns=_COLUMNS, filter=pc.field("body_model_id") == self.body_model_id, use_threads=False)
+            read = read.cast(pa.schema([FITS_SCHEMA.field(name) for name in read.schema.names]))
+            self._merge(best_of(read))
+            rows = read.num_rows
+        self._seen, self.version = files, target
+        self.rows_read += rows
+        return rows
+
+    def view(self) -> "StoreView":
+        """The store's best fits, readable as a table's log at the store's version (`StoreView`)."""
+        return StoreView(self)
+
+    def best_rows(self) -> pa.Table:
+        """The store's best fit per key as rows of `FITS_SCHEMA` (key order): key, dataset, pose, betas, loss and
+        body_model_id filled; the columns the store does not keep are null."""
+        order = sorted(self._index)
+        rows = np.array([self._index[k] for k in order], dtype=np.int64)
+        keys = pa.array(order, pa.string())
+        n = len(order)
+        filled = {
+            "key": keys,
+            "dataset": pc.replace_substring_regex(keys, "/.*$", ""),
+            "pose": pa.FixedSizeListArray.from_arrays(pa.array(self._pose[rows].reshape(-1), pa.float32()), NUM_POSE),
+            "betas": pa.FixedSizeListArray.from_arrays(pa.array(self._betas[rows].reshape(-1), pa.float32()),
+                                                       NUM_BETAS),
+            "loss": pa.array(self._loss[rows], pa.float32(), mask=np.isnan(self._loss[rows])),
+            "body_model_id": pa.array([self.body_model_id or ""] * n, pa.string()),
+        }
+        return pa.table({f.name: filled.get(f.name, pa.nulls(n, f.type)).cast(f.type) for f in FITS_SCHEMA})
+
+    # -- internals ------------------------------------------------------------------------------------------------
+    def _files_at(self, version: int) -> set[str]:
+        if version < 0:
+            return set()
+        self._delta.load_as_version(version)
+        return set(self._delta.file_uris())
+
+    def _merge(self, rows: pa.Table) -> None:
+        """Take table rows (one per key) where they are better by the table's rule: unknown key, or a scored loss
+        where the store's is unscored or higher."""
+        pose, betas, loss = _arrays(rows)
+        for i, key in enumerate(rows["key"].to_pylist()):
+            row = self._index.get(key)
+            if row is not None and not (np.isfinite(loss[i]) and (np.isnan(self._loss[row])
+                                                                   or loss[i] < self._loss[row])):
+                continue
+            if row is None:
+                row = self._grow(key)
+            self._pose[row], self._betas[row], self._loss[row] = pose[i], betas[i], loss[i]
 
     def _grow(self, key: str) -> int:
         row = len(self._index)
@@ -105,3 +223,36 @@ class FitsStore:
             self._loss = np.concatenate([self._loss, np.full(extra, np.nan, np.float32)])
         self._index[key] = row
         return row
+
+
+class StoreView:
+    """A `FitsStore` read as a fits table's log: ``log(version=, columns=, where=)`` answers as
+    `FitsTable.log` would at the store's version, but with one row per key, each key's best (`FitsStore.best_rows`).
+    `best_of` of it is itself, so a function that reads a table's log to take its best view (the fits evaluation)
+    gives the same result on the view, without scanning the table."""
+
+    def __init__(self, store: FitsStore) -> None:
+        self.store = store
+
+    def log(self, *, version: int | None = None, columns: Sequence[str] | None = None,
+            where: pc.Expression | None = None) -> pa.Table:
+        """The store's best rows, filtered by ``where`` and cut to ``columns``. ``version`` must be the store's
+        (None: the store's), and nothing may be pending: the view answers for one table version only."""
+        store = self.store
+        if (version is not None and version != store.version) or store.pending_rows:
+            raise FitsTableError(f"the fits store holds table version {store.version} "
+                                 f"(+{store.pending_rows} pending rows), not version {version}: read the table")
+        rows = store.best_rows()
+        if where is not None:
+            rows = rows.filter(where)
+        return rows.select(list(columns)) if columns else rows
+
+
+def _arrays(rows: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pose (N, 72), betas (N, 10), loss (N,) float32, NaN = unscored) of fits rows."""
+    if rows.num_rows == 0:
+        return np.zeros((0, NUM_POSE)), np.zeros((0, NUM_BETAS)), np.zeros(0, np.float32)
+    pose = pc.list_flatten(rows["pose"]).to_numpy().reshape(-1, NUM_POSE)
+    betas = pc.list_flatten(rows["betas"]).to_numpy().reshape(-1, NUM_BETAS)
+    loss = rows["loss"].cast(pa.float32()).fill_null(np.nan).to_numpy()
+    return pose, betas, loss

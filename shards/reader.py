@@ -22,15 +22,25 @@ nodes, which distributed training cannot have).
 
 **Determinism.** Order and augmentation depend only on (seed, epoch, rank, world size, workers).
 
-**Integrity.** Each shard is hashed while it streams; a shard whose sha256 differs from the manifest's, or that
-cannot be parsed (truncated), raises `ShardCorruptError` naming it. Nothing is unpickled: arrays are ``.npy``
-read with ``allow_pickle=False`` (webdataset's ``WDS_SECURE`` concern does not arise).
+**Integrity.** `check_shards` hashes a list of shards against the manifest up front (one read of each tar; the
+trainer runs it before its first step). While streaming, each shard is hashed again; a shard whose sha256 differs
+from the manifest's (found after its last sample) or that cannot be parsed (truncated: found at once) is *corrupt*,
+and `ReaderConfig.on_corrupt` says what happens:
+
+* ``"raise"`` (default): `ShardCorruptError`, one line naming the shard and what to do;
+* ``"skip"``: a `CorruptShardWarning` naming it, the shard counted in `ShardReader.skipped`, and reading goes on with
+  the next shard (a consumer with an epoch quota reads further to fill it). A checksum mismatch shows only after the
+  shard's samples were read, so those were used; a parse error stops the shard where it shows.
+
+Nothing is unpickled: arrays are ``.npy`` read with ``allow_pickle=False`` (webdataset's ``WDS_SECURE`` concern
+does not arise).
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -54,20 +64,37 @@ from shards.sample import SampleFormatError, StoredSample, decode_sample, split_
 from shards.tar import HashingReader, TarFormatError, iter_members
 from shards.writer import REJECTS, SHARD_SUFFIX, TMP_SUFFIX, ShardSetError, load_manifest
 
+ON_CORRUPT = ("raise", "skip")   # what a reader does with a corrupt shard (module docstring)
+_WHAT_TO_DO = ("check the set with `fitloop shards verify {dir}` and rebuild it (`fitloop preprocess`), or read "
+               "without the shard: on_corrupt=\"skip\" (`fitloop train --on-corrupt-shard skip`)")
+
 
 class ShardCorruptError(ShardSetError):
     """A shard does not match what its manifest says, or cannot be parsed."""
 
+    @classmethod
+    def unwrapped(cls, err: "ShardCorruptError") -> "ShardCorruptError":
+        """The reader's own one-line error from one that a DataLoader worker re-raised: torch's ExceptionWrapper
+        re-raises the type with ``Caught ... in DataLoader worker ...`` and the worker's traceback as message."""
+        text = str(err)
+        marker = f"{cls.__name__}: "
+        return cls(text.rsplit(marker, 1)[-1].strip() if marker in text else text)
+
+
+class CorruptShardWarning(UserWarning):
+    """A corrupt shard was left out (``on_corrupt="skip"``)."""
+
 
 @dataclass(frozen=True)
 class ShardInfo:
-    """One shard as the manifest lists it."""
+    """One shard as the manifest lists it (``bytes``: its size, None when unknown)."""
 
     path: Path
     sha256: str
     samples: int
     dataset: str | None
     split: str | None
+    bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +110,7 @@ class ReaderConfig:
         seed: the seed every random choice derives from.
         datasets, splits: read only shards of these datasets / splits (empty = all).
         verify_checksums: hash each shard while reading and compare with the manifest.
+        on_corrupt: "raise" or "skip" a corrupt shard found while reading (module docstring).
         resample: "bilinear" (default) or "nearest".
     """
 
@@ -95,21 +123,73 @@ class ReaderConfig:
     datasets: tuple[str, ...] = ()
     splits: tuple[str, ...] = ()
     verify_checksums: bool = True
+    on_corrupt: str = "raise"
     resample: str = "bilinear"
 
+    def __post_init__(self) -> None:
+        if self.on_corrupt not in ON_CORRUPT:
+            raise ValueError(f"on_corrupt must be one of {ON_CORRUPT}, got {self.on_corrupt!r}")
 
-def list_shards(shard_dirs: Path | Sequence[Path], datasets: Sequence[str] = (),
+
+def list_shards(shard_dirs: str | Path | Sequence[str | Path | ShardInfo], datasets: Sequence[str] = (),
                 splits: Sequence[str] = ()) -> list[ShardInfo]:
-    """The shards of one or more shard sets, in manifest order, optionally only some datasets / splits."""
-    dirs = [Path(shard_dirs)] if isinstance(shard_dirs, (str, Path)) else [Path(d) for d in shard_dirs]
+    """The shards of one or more shard sets, in manifest order, optionally only some datasets / splits.
+
+    Each source is a shard-set folder (its manifest is read) or a `ShardInfo` (taken as it is): a list of checked
+    shards (`check_shards`) reads like the sets it came from, without the shards left out."""
+    sources = [shard_dirs] if isinstance(shard_dirs, (str, Path)) else list(shard_dirs)
     shards = []
-    for shard_dir in dirs:
-        for entry in load_manifest(shard_dir)["shards"]:
-            if (datasets and entry["dataset"] not in datasets) or (splits and entry["split"] not in splits):
-                continue
-            shards.append(ShardInfo(shard_dir / entry["name"], entry["sha256"], entry["samples"], entry["dataset"],
-                                    entry["split"]))
+    for source in sources:
+        if isinstance(source, ShardInfo):
+            entries = [source]
+        else:
+            shard_dir = Path(source)
+            entries = [ShardInfo(shard_dir / e["name"], e["sha256"], e["samples"], e["dataset"], e["split"],
+                                 e.get("bytes")) for e in load_manifest(shard_dir)["shards"]]
+        shards += [s for s in entries if not (datasets and s.dataset not in datasets)
+                   and not (splits and s.split not in splits)]
     return shards
+
+
+def check_shards(shards: Sequence[ShardInfo], on_corrupt: str = "raise",
+                 problems: dict[Path, str] | None = None) -> tuple[list[ShardInfo], list[str]]:
+    """Check shards against their manifest before reading them: each file's presence, size and sha256 (one read of
+    each; ``problems``: `shard_problems` of them when already found, e.g. split over the ranks of a distributed
+    run). Returns (the intact shards, one line per corrupt shard). A corrupt shard raises `ShardCorruptError`
+    naming every one and what to do (``on_corrupt="raise"``), or is left out with a `CorruptShardWarning`
+    (``"skip"``)."""
+    if on_corrupt not in ON_CORRUPT:
+        raise ValueError(f"on_corrupt must be one of {ON_CORRUPT}, got {on_corrupt!r}")
+    problems = shard_problems(shards) if problems is None else problems
+    corrupt = [s for s in shards if Path(s.path) in problems]
+    lines = [f"{s.path}: {problems[Path(s.path)]}" for s in corrupt]
+    if lines and on_corrupt == "raise":
+        dirs = " ".join(sorted({str(Path(s.path).parent) for s in corrupt}))
+        raise ShardCorruptError(f"{len(lines)} of {len(shards)} shards do not match their manifest: "
+                                f"{'; '.join(lines)}; " + _WHAT_TO_DO.format(dir=dirs))
+    if lines:
+        warnings.warn(f"left out {len(lines)} corrupt shard(s) of {len(shards)}: {'; '.join(lines)}",
+                      CorruptShardWarning, stacklevel=2)
+    return [s for s in shards if Path(s.path) not in problems], lines
+
+
+def shard_problems(shards: Sequence[ShardInfo]) -> dict[Path, str]:
+    """path -> what is wrong (`shard_problem`) for each corrupt shard of ``shards``."""
+    found = {Path(s.path): shard_problem(s) for s in shards}
+    return {path: problem for path, problem in found.items() if problem is not None}
+
+
+def shard_problem(shard: ShardInfo) -> str | None:
+    """What is wrong with one shard's file against its manifest entry (missing; size or sha256), or None. A size
+    that differs is reported without reading the file."""
+    path = Path(shard.path)
+    if not path.is_file():
+        return "missing"
+    size = path.stat().st_size
+    if (shard.bytes is not None and size != shard.bytes) or _sha256_file(path) != shard.sha256:
+        said = f", manifest says {shard.bytes}" if shard.bytes is not None else ""
+        return f"sha256 mismatch ({size} bytes{said}): truncated or changed"
+    return None
 
 
 def iter_shard(shard: ShardInfo | Path, verify: bool = True) -> Iterator[StoredSample]:
@@ -133,11 +213,12 @@ def iter_shard(shard: ShardInfo | Path, verify: bool = True) -> Iterator[StoredS
                 yield decode_sample(key, members)
             stream.drain()
     except (TarFormatError, SampleFormatError, OSError) as err:
-        raise ShardCorruptError(f"shard {path.name} cannot be read ({type(err).__name__}: {err}); "
-                                f"run `fitloop shards verify {path.parent}`") from None
+        raise ShardCorruptError(f"shard {path.name} cannot be read ({type(err).__name__}: {err}) in {path.parent}; "
+                                + _WHAT_TO_DO.format(dir=path.parent)) from None
     if verify and info is not None and stream.sha256.hexdigest() != info.sha256:
         raise ShardCorruptError(f"shard {path.name}: sha256 {stream.sha256.hexdigest()} differs from the "
-                                f"manifest's {info.sha256} (truncated or changed)")
+                                f"manifest's {info.sha256} (truncated or changed) in {path.parent}; "
+                                + _WHAT_TO_DO.format(dir=path.parent))
 
 
 def distributed_rank() -> tuple[int, int]:
@@ -178,6 +259,7 @@ class ShardReader(torch.utils.data.IterableDataset):
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is not in [0, {self.world_size})")
         self.epoch = 0
+        self.skipped: list[str] = []   # corrupt shards this process left out (on_corrupt="skip"), one line each
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch: shard order, sample order and augmentation change with it."""
@@ -251,10 +333,20 @@ class ShardReader(torch.utils.data.IterableDataset):
                 ) -> Iterator[StoredSample]:
         position = 0
         for shard in shards:
-            for stored in iter_shard(shard, verify=self.config.verify_checksums):
-                if not modulo or position % consumers == consumer:
-                    yield stored
-                position += 1
+            read = 0
+            try:
+                for stored in iter_shard(shard, verify=self.config.verify_checksums):
+                    if not modulo or position % consumers == consumer:
+                        yield stored
+                    position += 1
+                    read += 1
+            except ShardCorruptError as err:
+                if self.config.on_corrupt == "raise":
+                    raise
+                self.skipped.append(f"{shard.path}: {err}")
+                warnings.warn(f"skipped corrupt shard {shard.path} after {read} of its {shard.samples} samples "
+                              f"({len(self.skipped)} skipped by this reader so far): {err}", CorruptShardWarning,
+                              stacklevel=2)
 
     def make_item(self, stored: StoredSample, params: AugmentParams) -> dict[str, Any]:
         """Decode and augment one stored sample with ``params`` (the item layout: class docstring)."""
@@ -352,14 +444,10 @@ def verify(shard_dir: Path, deep: bool = False) -> VerifyReport:
         path = shard_dir / entry["name"]
         listed.add(entry["name"])
         report.shards_checked += 1
-        if not path.is_file():
-            report.problems.append(f"{entry['name']}: missing")
-            continue
-        size = path.stat().st_size
-        digest = _sha256_file(path)
-        if size != entry["bytes"] or digest != entry["sha256"]:
-            report.problems.append(f"{entry['name']}: sha256 mismatch ({size} bytes, manifest says "
-                                   f"{entry['bytes']}): truncated or changed")
+        problem = shard_problem(ShardInfo(path, entry["sha256"], entry["samples"], entry["dataset"], entry["split"],
+                                          entry["bytes"]))
+        if problem is not None:
+            report.problems.append(f"{entry['name']}: {problem}")
             continue
         if deep:
             try:

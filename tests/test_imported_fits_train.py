@@ -7,8 +7,6 @@ an N x 82 float64 ``<dataset>_fits.npy`` row-aligned with it.
 """
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
 
 import model_files
 import numpy as np

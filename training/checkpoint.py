@@ -11,9 +11,14 @@ A checkpoint (``<run>/checkpoints/step-<step:09d>.pt``) is a dict of tensors and
 ``fits_table``     the table's path; ``fits_version``: its version once this run's fits were written
 ``run_id``         the run every fit row names; ``body_model_id``
 ``config``         the resolved `training.config.TrainConfig` as a dict
-``rng``            torch's CPU RNG state (dropout) and the CUDA ones
+``world_size``     the processes that trained it (torchrun); a resumed run must have as many
+``rng``            per rank, in rank order: ``{"torch": [...], "cuda": [...]}``, torch's CPU RNG state (dropout)
+                   and the rank's CUDA device's (empty without CUDA); every rank draws its own dropout masks
 ``time``           UTC, ISO 8601
 =================  ========================================================================================
+
+Format 1 (before per-rank RNG states) held one ``rng`` state for all ranks and no ``world_size``; it is still
+read (`rank_rng_state`).
 
 Written as ``<name>.tmp``, fsynced, renamed: a run killed while saving leaves the previous checkpoint intact.
 Loaded with ``torch.load(weights_only=True)``.
@@ -30,7 +35,8 @@ import torch
 from core.errors import FitloopError
 
 FORMAT = "fitloop-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _NAME = re.compile(r"^step-(\d{9})\.pt$")
 
 
@@ -73,7 +79,16 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(err).__name__}: {err})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a fitloop checkpoint")
-    if data.get("format_version") != FORMAT_VERSION:
+    if data.get("format_version") not in READABLE_VERSIONS:
         raise CheckpointError(f"{path}: checkpoint format {data.get('format_version')}, this fitloop reads "
-                              f"{FORMAT_VERSION}")
+                              f"{', '.join(map(str, READABLE_VERSIONS))}")
     return data
+
+
+def rank_rng_state(data: dict[str, Any], rank: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(CPU RNG state, CUDA RNG state of the rank's device or None) of ``rank`` in a loaded checkpoint."""
+    rng = data["rng"]
+    if data.get("format_version") == 1:  # rank 0's CPU state for every rank; its CUDA states are not restored
+        return rng["torch"], None
+    cuda = rng["cuda"][rank] if rng.get("cuda") else None
+    return rng["torch"][rank], cuda

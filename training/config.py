@@ -3,6 +3,11 @@
 The resolved config is written to the run folder (``config.json``) and into every checkpoint; ``--resume`` reads
 it back from the checkpoint (`from_dict`), so a resumed run is the run that was killed. Defaults live here;
 overrides come from `fitloop train` flags.
+
+**Resume.** A resumed run may change only `RESUME_SAFE`: how long it trains, where it runs, how often it
+checkpoints, logs and evaluates, and how it checks its shards; nothing that changes what it computes.
+`resumed_config` compares the checkpoint's config with the requested one and refuses anything else, naming every
+changed setting in one line.
 """
 from __future__ import annotations
 
@@ -15,11 +20,20 @@ from typing import Any
 from fitting import priors
 from fitting.smplify import SMPLifyConfig
 from shards.augment import AugmentConfig
+from shards.reader import ON_CORRUPT
 
 DEFAULT_PRIOR = str(priors.DEFAULT_PRIOR)
 # SPIN's MixedDataset: 30% H36M, 60% in-the-wild (split by size), 10% MPI-INF-3DHP. "*" takes every dataset no
 # other group names (so a new in-the-wild set needs no entry).
 SPIN_MIX = "h36m=0.3;lsp-orig,mpii,lspet,coco,*=0.6;mpi-inf-3dhp=0.1"
+# What a resumed run may change (docs/training.md): epochs (to extend; the loop refuses fewer than it has trained),
+# where it runs (device, smplify_device: the same computation up to float rounding), how often it writes fits and
+# checkpoints, logs and evaluates (none of these changes a step), and how it checks its shards (on_corrupt_shard
+# changes the data only when a shard is corrupt, and then the run says so). run_dir is where the run lives now.
+# Not num_workers: the data layout of an epoch depends on it (training.data), so the rest of the epoch would
+# repeat some samples and miss others.
+RESUME_SAFE = frozenset({"epochs", "device", "smplify_device", "checkpoint_every", "log_every", "eval_every_epochs",
+                         "tensorboard", "verify_shards", "on_corrupt_shard", "run_dir"})
 
 
 @dataclass(frozen=True)
@@ -72,6 +86,9 @@ class TrainConfig:
     Optimisation: SPIN's Adam, lr 5e-5, no weight decay, no schedule, batch 64, 50 epochs; ``loss`` weights.
     SMPLify: run_smplify (fitting in the loop); smplify_threshold: a fit supervises only when its loss (px²) is
         below it; smplify: SMPLify's settings; smplify_device: where SMPLify runs ("cpu" or the training device).
+    Shards: verify_shards: check every shard read against its manifest's sha256 before training (one read of each
+        tar); on_corrupt_shard: "raise" (stop with an error naming the shard) or "skip" (leave it out, warn and
+        count) for a corrupt shard, found up front or while reading (`shards.reader`).
     Runtime: device ("auto": CUDA when present); amp ("auto": bfloat16 autocast of the network on CUDA, off on
         CPU; "bf16", "fp16" with a gradient scaler, "off"); seed; checkpoint_every (steps; fits are written at
         each checkpoint and at each epoch end); log_every (steps per row of train_log.csv); eval_every_epochs;
@@ -114,6 +131,9 @@ class TrainConfig:
     smplify: SMPLifyConfig = field(default_factory=SMPLifyConfig)
     smplify_device: str = "cpu"
 
+    verify_shards: bool = True
+    on_corrupt_shard: str = "raise"
+
     device: str = "auto"
     amp: str = "auto"
     seed: int = 0
@@ -143,6 +163,8 @@ class TrainConfig:
             problems.append("SMPLify fits in SPIN's crop camera: smplify.focal_length must be 5000")
         if self.checkpoint_every < 1 or self.log_every < 1 or self.eval_every_epochs < 1:
             problems.append("checkpoint_every, log_every and eval_every_epochs must be >= 1")
+        if self.on_corrupt_shard not in ON_CORRUPT:
+            problems.append(f"on_corrupt_shard must be one of {'/'.join(ON_CORRUPT)}, got {self.on_corrupt_shard!r}")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
         self.smplify.validated()
@@ -158,6 +180,37 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         """The config back from `to_dict` (a checkpoint's or ``config.json``); unknown keys are an error."""
         return _build(cls, data)
+
+
+def config_changes(old: Any, new: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """The settings that differ between two configs of one dataclass type: dotted name -> (old, new), nested
+    configs (smplify, augment, loss) field by field."""
+    changes = {}
+    for f in dataclasses.fields(old):
+        a, b = getattr(old, f.name), getattr(new, f.name)
+        if dataclasses.is_dataclass(a) and dataclasses.is_dataclass(b):
+            changes.update(config_changes(a, b, f"{prefix}{f.name}."))
+        elif a != b:
+            changes[prefix + f.name] = (a, b)
+    return changes
+
+
+def resumed_config(saved: TrainConfig, requested: TrainConfig,
+                   name: typing.Callable[[str], str] = lambda setting: setting) -> TrainConfig:
+    """The config a resumed run continues with: ``requested``, which may differ from the checkpoint's ``saved``
+    only in `RESUME_SAFE`. A ``requested`` run_id "" or eval_shards () (left open) means the saved ones.
+
+    Raises ValueError in one line naming every other changed setting (``name`` spells a setting for the user,
+    e.g. as its command-line flag) and what to do."""
+    requested = dataclasses.replace(requested, run_id=requested.run_id or saved.run_id,
+                                    eval_shards=requested.eval_shards or saved.eval_shards)
+    changed = {k: v for k, v in config_changes(saved, requested).items() if k not in RESUME_SAFE}
+    if changed:
+        listed = ", ".join(f"{name(k)} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        raise ValueError(f"a resumed run keeps the settings of its checkpoint, and these would change what it "
+                         f"computes: {listed}; drop them to resume (only {', '.join(sorted(RESUME_SAFE))} may "
+                         f"change), or start a new run in another run folder")
+    return requested
 
 
 def _build(cls: type, data: dict[str, Any]) -> Any:

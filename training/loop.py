@@ -1,26 +1,43 @@
 """The training run: setup, then one straight loop over epochs and steps (the step itself: `training.step`).
 
+    check the shards; load the fits store (once); seed missing fits
     for epoch:
-        load the best fits from the table              (every epoch: other writers' fits come in)
         for batch:
             predict -> stored fits -> SMPLify in the loop -> update fits -> supervision -> losses -> Adam
             every checkpoint_every steps: write the fits to the table, save a checkpoint
-        write the fits to the table; evaluate (fits table and network); save a checkpoint
+        write the fits to the table and take in other writers' fits; evaluate (fits and network); save a checkpoint
+
+**Shards, checked up front.** Every shard the run reads (the training splits of ``shards``, the held-out splits of
+``eval_shards``) is hashed against its manifest before anything else is built (`shards.reader.check_shards`; one
+read of each tar, split over the ranks). A corrupt shard stops the run with one line naming it
+(``on_corrupt_shard="raise"``), or is left out of everything the run reads (``"skip"``: training stream, step
+count, seed fits, ground truth, held-out set), with a warning and its count in the summary. The reader applies
+the same policy to a shard found corrupt while training.
+
+**The fits store, read once.** Each rank loads the fits table's best view once (`fits.store.FitsStore.load`: it
+meets every key over the run), and keeps it current from its own writes without reading them back. At every
+epoch end it takes in the commits of other writers (the other ranks, other runs on the table), reading only
+their new data files (`FitsStore.refresh`). The fits evaluation reads the store (`FitsStore.view`), not the table.
 
 **Write-back.** The run's improved fits are appended to the fits table at every checkpoint and at every epoch end,
 before the checkpoint is saved, so a checkpoint names a table version that holds every fit it depends on (SPIN
 saved its fits only on a timeout and lost them on a normal finish).
 
-**Resume** (``resume=True``): the latest checkpoint of the run folder gives the model, the optimiser, the RNG,
-the step, the data position (epoch, batch) and the fits version; the fits are reloaded as of that version, the
-data stream restarts at that batch (`training.data.MixedShardStream.set_position`), and log rows past the step are
-dropped. A run killed anywhere therefore continues as if it had not been: the rows a killed run appended after its
-last checkpoint stay in the table's log, and are what the resumed run appends again (the best view is an argmin,
-so they change nothing).
+**Resume** (``resume=True``): the latest checkpoint of the run folder gives the model, the optimiser, each rank's
+RNG, the step, the data position (epoch, batch) and the fits version; the given config may differ from the
+checkpoint's only in `training.config.RESUME_SAFE` (anything else is refused, naming it), and the world size must
+be the same. The fits are reloaded as of the checkpoint's version, the data stream restarts at that batch
+(`training.data.MixedShardStream.set_position`), and log rows past the step are dropped. A run killed anywhere
+therefore continues as if it had not been: the rows a killed run appended after its last checkpoint stay in the
+table's log, and are what the resumed run appends again (the best view is an argmin, so they change nothing).
 
 **Distributed** (``torchrun``): one process per device; shards are split by node (`shards.reader`), the model is
 wrapped in DistributedDataParallel, every rank writes its own fits (appends do not conflict), rank 0 seeds missing
-fits, evaluates, logs and saves checkpoints.
+fits, evaluates, logs and saves checkpoints. **Seeds**: every rank initialises the model from ``seed`` (DDP also
+broadcasts rank 0's weights), then seeds torch with ``seed + rank`` before the first step, so dropout differs
+between ranks. The data draws (shuffling, mixing, augmentation) are seeded per consumer, ``rank·workers +
+worker`` (`training.data`), from ``seed``; the shard order is the same on every rank, which is what splits the
+shards between them.
 """
 from __future__ import annotations
 
@@ -29,6 +46,7 @@ import os
 import sys
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,9 +64,19 @@ from fitting.body_model import BodyModel, load_body_model
 from fitting.priors import MaxMixturePrior
 from fitting.smplify import SMPLify
 from shards.augment import AugmentConfig
-from shards.reader import ReaderConfig, ShardReader, list_shards
-from training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
-from training.config import TrainConfig
+from shards.reader import (
+    CorruptShardWarning,
+    ReaderConfig,
+    ShardCorruptError,
+    ShardInfo,
+    ShardReader,
+    check_shards,
+    distributed_rank,
+    list_shards,
+    shard_problems,
+)
+from training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, rank_rng_state, save_checkpoint
+from training.config import TrainConfig, resumed_config
 from training.data import MixedShardStream, parse_mix, train_sample_count
 from training.evaluate import FitsGroundTruth, evaluate_fits, evaluate_network
 from training.regressor import Regressor, mean_params_from_npz, mean_params_from_prior
@@ -90,6 +118,8 @@ class Run:
     table: FitsTable
     log: RunLog
     fit_config_hash: str
+    train_shards: list[ShardInfo]   # the training shards, checked (corrupt ones left out under "skip")
+    shards_skipped: list[str]       # the corrupt shards left out, one line each
     eval_reader: ShardReader | None = None
     truth: FitsGroundTruth | None = None
 
@@ -178,12 +208,48 @@ def _worker_context(config: TrainConfig) -> str | None:
     return "forkserver" if config.num_workers > 0 else None
 
 
+def checked_shards(config: TrainConfig, rank: int, world: int) -> tuple[list[ShardInfo], list[ShardInfo], list[str],
+                                                                          float]:
+    """(training shards, held-out shards, corrupt shards left out, seconds the check took): every shard the run
+    reads, checked against its manifest (module docstring); each rank hashes every world-th shard and the ranks
+    share what they found, so all of them raise, or leave out the same shards."""
+    train = list_shards([Path(s) for s in config.shards], (), config.train_splits)
+    held_out = list_shards([Path(s) for s in config.eval_shards], (), config.eval_splits)
+    if not config.verify_shards:
+        return train, held_out, [], 0.0
+    started = time.perf_counter()
+    unique = list({Path(s.path): s for s in train + held_out}.values())
+    found = shard_problems(unique[rank::world])
+    if world > 1:
+        shared: list[Any] = [None] * world
+        torch.distributed.all_gather_object(shared, found)
+        found = {path: problem for part in shared for path, problem in part.items()}
+    with warnings.catch_warnings():
+        if rank != 0:  # one warning per run, not per rank
+            warnings.simplefilter("ignore", CorruptShardWarning)
+        _, skipped = check_shards(unique, config.on_corrupt_shard, problems=found)
+    keep = [s for s in train if Path(s.path) not in found], [s for s in held_out if Path(s.path) not in found]
+    return keep[0], keep[1], skipped, time.perf_counter() - started
+
+
+def training_stream(config: TrainConfig, shards: list[ShardInfo], rank: int, world: int) -> MixedShardStream:
+    """The run's training data on one rank: ``shards`` mixed by ``config.mix``, ``steps_per_epoch`` batches per
+    epoch (default: the training samples over batch size × world size)."""
+    reader = ReaderConfig(img_res=config.img_res, augment=config.augment, shuffle_buffer=config.shuffle_buffer,
+                          seed=config.seed, splits=config.train_splits, on_corrupt=config.on_corrupt_shard)
+    steps = config.steps_per_epoch or max(1, train_sample_count(shards, config.train_splits)
+                                          // (config.batch_size * world))
+    return MixedShardStream(shards, reader, parse_mix(config.mix), config.batch_size, steps, rank=rank,
+                            world_size=world)
+
+
 def setup(config: TrainConfig) -> Run:
-    """Build the run: devices, body model, SMPLify, regressor, optimiser, data, fits table, logs."""
+    """Build the run: devices, checked shards, body model, SMPLify, regressor, optimiser, data, fits table, logs."""
     config.validated()
     rank, world, device = init_distributed(config.device)
     config = resolve(config, world)
-    torch.manual_seed(config.seed)
+    train_shards, eval_shards, skipped, check_s = checked_shards(config, rank, world)
+    torch.manual_seed(config.seed)                  # the model's initialisation: the same on every rank
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     body_args = dict(joint_regressor_extra=config.joint_regressor_extra, h36m_regressor=config.h36m_regressor)
@@ -204,22 +270,18 @@ def setup(config: TrainConfig) -> Run:
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(raw_model, device_ids=[device] if device.type == "cuda"
                                                           else None)
+    torch.manual_seed(config.seed + rank)           # everything drawn from here on (dropout): per rank
     optimizer = torch.optim.Adam(raw_model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and config.amp == "fp16")
 
-    reader = ReaderConfig(img_res=config.img_res, augment=config.augment, shuffle_buffer=config.shuffle_buffer,
-                          seed=config.seed, splits=config.train_splits)
-    shard_dirs = [Path(s) for s in config.shards]
-    steps = config.steps_per_epoch or max(1, train_sample_count(shard_dirs, config.train_splits)
-                                          // (config.batch_size * world))
-    stream = MixedShardStream(shard_dirs, reader, parse_mix(config.mix), config.batch_size, steps,
-                              rank=rank, world_size=world)
+    stream = training_stream(config, train_shards, rank, world)
+    steps = stream.steps
     # the loader's own generator: creating an iterator must not draw from the global RNG (dropout), or a resumed
     # run would see other dropout masks than the run it continues
     loader = torch.utils.data.DataLoader(stream, batch_size=config.batch_size, num_workers=config.num_workers,
                                          pin_memory=device.type == "cuda",
                                          multiprocessing_context=_worker_context(config),
-                                         generator=torch.Generator().manual_seed(config.seed))
+                                         generator=torch.Generator().manual_seed(config.seed + rank))
     if rank == 0:
         FitsTable.create(config.fits, exist_ok=True)
     if world > 1:
@@ -230,20 +292,23 @@ def setup(config: TrainConfig) -> Run:
               smplify=smplify, smplify_device=smplify_device, model=model, raw_model=raw_model, optimizer=optimizer,
               scaler=scaler,
               autocast=autocast_for(device, config.amp), stream=stream, loader=loader, steps_per_epoch=steps,
-              table=table, log=log,
-              fit_config_hash=fit_config_hash(config.smplify, config.pose_prior, body.model_id))
+              table=table, log=log, fit_config_hash=fit_config_hash(config.smplify, config.pose_prior, body.model_id),
+              train_shards=train_shards, shards_skipped=skipped)
     if rank == 0:
         (run_dir / "config.json").write_text(config.to_json() + "\n")
-        eval_dirs = [Path(s) for s in config.eval_shards]
-        if list_shards(eval_dirs, (), config.eval_splits):
-            run.eval_reader = ShardReader(eval_dirs, ReaderConfig(
+        if eval_shards:
+            run.eval_reader = ShardReader(eval_shards, ReaderConfig(
                 img_res=config.img_res, augment=AugmentConfig(enabled=False), shuffle_shards=False,
-                shuffle_buffer=0, splits=config.eval_splits), rank=0, world_size=1)
-        run.truth = FitsGroundTruth.scan(shard_dirs, config.train_splits, body)
+                shuffle_buffer=0, splits=config.eval_splits, on_corrupt=config.on_corrupt_shard),
+                rank=0, world_size=1)
+        run.truth = FitsGroundTruth.scan(train_shards, config.train_splits, body)
         held_out = ("yes" if run.eval_reader is not None
                     else f"none (no {'/'.join(config.eval_splits)} split)")
+        checked = (f"{len(train_shards) + len(eval_shards) + len(skipped)} shards checked in {check_s:.1f} s"
+                   + (f", {len(skipped)} corrupt left out" if skipped else "") if config.verify_shards
+                   else "shards not checked up front")
         _say(run, f"run {config.run_id}: {stream.total_samples} training samples in {len(stream.mix)} group(s) "
-                  f"({', '.join(f'{g.name} {g.share:.0%}' for g in stream.mix)}), {steps} steps/epoch; "
+                  f"({', '.join(f'{g.name} {g.share:.0%}' for g in stream.mix)}), {steps} steps/epoch; {checked}; "
                   f"{len(run.truth)} with 3D ground truth for the fits; held-out: {held_out}; "
                   f"TensorBoard: {log.tensorboard_note}")
     return run
@@ -255,25 +320,47 @@ def _say(run: Run, text: str) -> None:
 
 
 # --- checkpoints and the fits table ----------------------------------------------------------------------------
-def restore(run: Run) -> Position:
-    """Load the latest checkpoint of the run folder into the run; the position to continue from."""
-    path = latest_checkpoint(run.run_dir)
+def resumed(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any], Path]:
+    """(the config to continue with, the latest checkpoint of ``config.run_dir``, its path). Refused with a
+    CheckpointError, before anything is built or written: a config that differs from the checkpoint's outside
+    `training.config.RESUME_SAFE`, fewer epochs than the run has reached, another world size."""
+    path = latest_checkpoint(Path(config.run_dir))
     if path is None:
-        raise CheckpointError(f"{run.run_dir}: no checkpoint to resume from")
+        raise CheckpointError(f"{config.run_dir}: no checkpoint to resume from")
     data = load_checkpoint(path)
+    try:
+        config = resumed_config(TrainConfig.from_dict(data["config"]), config)
+    except ValueError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    _, world = distributed_rank()
+    saved_world = int(data.get("world_size", world))  # format 1 did not say
+    if saved_world != world:
+        raise CheckpointError(f"{path}: trained by {saved_world} process(es), this run has {world}: the data split "
+                              f"and the steps per epoch depend on it; resume with torchrun --nproc_per_node "
+                              f"{saved_world} (or without torchrun for 1), or start a new run in another folder")
+    reached = int(data["epoch"]) + 1  # the checkpoint is inside (or at the end of) this epoch
+    if config.epochs < reached:
+        raise CheckpointError(f"{path}: the run has reached epoch {reached}; epochs={config.epochs} would end it "
+                              f"before its checkpoint: pass --epochs {reached} or more")
+    return config, data, path
+
+
+def restore(run: Run, data: dict[str, Any], path: Path) -> Position:
+    """Load a checkpoint (`resumed`) into the run; the position to continue from."""
     if data["body_model_id"] != run.body.model_id:
         raise CheckpointError(f"{path}: trained with body model {data['body_model_id']}, this run loads "
                               f"{run.body.model_id}")
+    epoch, batch = int(data["epoch"]), int(data["batch"])
+    if batch >= run.steps_per_epoch:
+        epoch, batch = epoch + 1, 0
     run.raw_model.load_state_dict(data["model"])
     run.optimizer.load_state_dict(data["optimizer"])
     if data.get("scaler"):
         run.scaler.load_state_dict(data["scaler"])
-    torch.set_rng_state(data["rng"]["torch"])
-    if run.device.type == "cuda" and data["rng"].get("cuda"):
-        torch.cuda.set_rng_state_all(data["rng"]["cuda"])
-    epoch, batch = int(data["epoch"]), int(data["batch"])
-    if batch >= run.steps_per_epoch:
-        epoch, batch = epoch + 1, 0
+    cpu_rng, cuda_rng = rank_rng_state(data, run.rank)
+    torch.set_rng_state(cpu_rng)
+    if run.device.type == "cuda" and cuda_rng is not None:
+        torch.cuda.set_rng_state(cuda_rng, run.device)
     run.log.truncate_after(int(data["step"]))
     _say(run, f"resuming from {path.name}: step {data['step']}, epoch {epoch} batch {batch}, "
               f"fits version {data['fits_version']}")
@@ -281,34 +368,72 @@ def restore(run: Run) -> Position:
                     resumed=True)
 
 
-def write_back(run: Run, store: FitsStore) -> int:
-    """Append every rank's pending fits to the table; the table's version afterwards (the same on all ranks)."""
+def load_store(run: Run, pos: Position, progress: bool) -> FitsStore:
+    """The fits store of this rank, read once (module docstring): as of the checkpoint's version on resume; else the
+    latest version, after rank 0 has seeded the missing fits. Sets ``pos.fits_version``."""
+    cfg = run.config
+    if pos.resumed:
+        store = FitsStore.load(run.table, run.body.model_id, version=pos.fits_version)
+        pos.resumed = False
+        return store
+    if run.rank == 0 and cfg.seed_missing_fits:
+        seeding = SeedConfig(body_model=cfg.body_model, joint_regressor_extra=cfg.joint_regressor_extra,
+                             pose_prior=cfg.pose_prior, smplify=cfg.smplify, batch_size=cfg.batch_size,
+                             run_id=cfg.run_id, device=str(run.smplify_device))
+        with tqdm(desc="seed fits", unit="fit", disable=not progress, file=sys.stderr) as bar:
+            seeded = seed_fits(run.train_shards, run.table.path, seeding, splits=cfg.train_splits,
+                               missing_only=True, on_batch=bar.update)
+        _say(run, f"seeded {seeded.appended} missing fits")
+    barrier(run)
+    store = FitsStore.load(run.table, run.body.model_id)
+    pos.fits_version = store.version
+    return store
+
+
+def write_back(run: Run, store: FitsStore, *, refresh: bool) -> int:
+    """Append every rank's pending fits to the table; the table's version afterwards. With ``refresh`` (epoch
+    ends) every rank then takes in the others' fits (`FitsStore.refresh`), up to that version."""
     store.flush(run.table)
     barrier(run)
-    return DeltaTable(str(run.table.path)).version()
+    if not refresh:
+        return DeltaTable(str(run.table.path)).version()
+    version = [DeltaTable(str(run.table.path)).version()] if run.rank == 0 else [None]
+    if run.world_size > 1:  # one version for every rank: rank 0's checkpoint and evaluation name it
+        torch.distributed.broadcast_object_list(version, src=0)
+    store.refresh(run.table, version=version[0])
+    return version[0]
 
 
 def checkpoint(run: Run, pos: Position) -> None:
-    """Save the run at ``pos`` (rank 0); the fits must be written first (`write_back`)."""
+    """Save the run at ``pos`` (rank 0, with every rank's RNG state); the fits must be written first
+    (`write_back`). Every rank must call it."""
+    mine = (torch.get_rng_state(), torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None)
+    states = [mine]
+    if run.world_size > 1:
+        states = [None] * run.world_size
+        torch.distributed.all_gather_object(states, mine)
     if run.rank != 0:
         return
-    cuda_rng = torch.cuda.get_rng_state_all() if run.device.type == "cuda" else []
     save_checkpoint(run.run_dir, {
         "model": run.raw_model.state_dict(), "optimizer": run.optimizer.state_dict(),
         "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else {},
         "step": pos.step, "epoch": pos.epoch, "batch": pos.batch, "fits_table": str(run.table.path),
         "fits_version": pos.fits_version, "run_id": run.config.run_id, "body_model_id": run.body.model_id,
-        "config": run.config.to_dict(), "rng": {"torch": torch.get_rng_state(), "cuda": cuda_rng},
+        "config": run.config.to_dict(), "world_size": run.world_size,
+        "rng": {"torch": [cpu for cpu, _ in states],
+                "cuda": [cuda for _, cuda in states] if run.device.type == "cuda" else []},
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
 
 
-def evaluate(run: Run, pos: Position, epoch: int, started: float) -> dict[str, Any]:
-    """Fits table (at the version just written) and network against ground truth; one metrics row (rank 0)."""
+def evaluate(run: Run, store: FitsStore, pos: Position, epoch: int, started: float) -> dict[str, Any]:
+    """Fits (rank 0's store, which holds the table's best view at the version just written) and network against
+    ground truth; one metrics row (rank 0)."""
     if run.rank != 0:
         barrier(run)
         return {}
-    fits = evaluate_fits(run.table, pos.fits_version, run.body.model_id, run.truth, run.body) if run.truth else {}
+    fits = (evaluate_fits(store.view(), pos.fits_version, run.body.model_id, run.truth, run.body)
+            if run.truth else {})
     net = {}
     if run.eval_reader is not None:
         batches = torch.utils.data.DataLoader(run.eval_reader, batch_size=run.config.batch_size,
@@ -360,29 +485,18 @@ def train_step(run: Run, store: FitsStore, items: dict, pos: Position, timer: St
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train (or, with ``resume``, continue) the run ``config.run_dir``; returns a summary."""
     started = time.time()
+    if resume:
+        config, saved, path = resumed(config)
     run = setup(config)
     cfg = run.config
-    pos = restore(run) if resume else Position()
+    pos = restore(run, saved, path) if resume else Position()
+    store = load_store(run, pos, progress)
     if not resume:
-        if run.rank == 0 and cfg.seed_missing_fits:
-            seeding = SeedConfig(body_model=cfg.body_model, joint_regressor_extra=cfg.joint_regressor_extra,
-                                 pose_prior=cfg.pose_prior, smplify=cfg.smplify, batch_size=cfg.batch_size,
-                                 run_id=cfg.run_id, device=str(run.smplify_device))
-            with tqdm(desc="seed fits", unit="fit", disable=not progress, file=sys.stderr) as bar:
-                seeded = seed_fits([Path(s) for s in cfg.shards], run.table.path, seeding, splits=cfg.train_splits,
-                                   missing_only=True, on_batch=bar.update)
-            _say(run, f"seeded {seeded.appended} missing fits")
-        barrier(run)
-        pos.fits_version = DeltaTable(str(run.table.path)).version()
-        evaluate(run, pos, 0, started)
+        evaluate(run, store, pos, 0, started)
 
     timer = StepTimer(run.device)
     log_terms: list[dict[str, float]] = []
     for epoch in range(pos.epoch, cfg.epochs):
-        # every epoch the best fits are read again (other ranks' and other writers' improvements); a resumed run
-        # reads the version its checkpoint names
-        store = FitsStore.load(run.table, run.body.model_id, version=pos.fits_version if pos.resumed else None)
-        pos.resumed = False
         start_batch = pos.batch if epoch == pos.epoch else 0
         run.stream.set_position(epoch, start_batch)
         pos.epoch, pos.batch = epoch, start_batch
@@ -391,7 +505,10 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         batches = iter(run.loader)
         while pos.batch < run.steps_per_epoch:
             with timer.part("data"):
-                items = next(batches)
+                try:
+                    items = next(batches)
+                except ShardCorruptError as err:  # from a DataLoader worker: keep the reader's one line
+                    raise ShardCorruptError.unwrapped(err) from None
             log_terms.append(train_step(run, store, items, pos, timer))
             pos.step += 1
             pos.batch += 1
@@ -406,15 +523,17 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
                 log_terms = []
             if pos.step % cfg.checkpoint_every == 0 and pos.batch < run.steps_per_epoch:
                 with timer.part("write_back"):
-                    pos.fits_version = write_back(run, store)
+                    pos.fits_version = write_back(run, store, refresh=False)
                 checkpoint(run, pos)
         bar.close()
         with timer.part("write_back"):
-            pos.fits_version = write_back(run, store)
+            pos.fits_version = write_back(run, store, refresh=True)
         if (epoch + 1) % cfg.eval_every_epochs == 0 or epoch + 1 == cfg.epochs:
-            evaluate(run, pos, epoch + 1, started)
+            evaluate(run, store, pos, epoch + 1, started)
         checkpoint(run, pos)
     run.log.close()
+    skipped = run.shards_skipped + [line for reader in run.stream.readers for line in reader.skipped]
     return {"run_dir": str(run.run_dir), "run_id": cfg.run_id, "rank": run.rank, "step": pos.step,
-            "epochs": cfg.epochs, "fits_version": pos.fits_version, "steps_per_epoch": run.steps_per_epoch,
-            "metrics": run.log.metrics.rows(), "wall_s": time.time() - started}
+            "epochs": cfg.epochs, "fits_version": pos.fits_version,
+            "metrics": run.log.metrics.rows(), "wall_s": time.time() - started,
+            "shards_skipped": skipped, "fits_rows_read": store.rows_read}

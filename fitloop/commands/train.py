@@ -14,8 +14,12 @@ _SCALARS = {
     "smplify_device": str, "device": str, "amp": str, "seed": int, "checkpoint_every": int, "log_every": int,
     "eval_every_epochs": int, "shuffle_buffer": int, "mix": str, "run_id": str,
 }
-# what a resumed run may change: how it runs, not what it computes
-_RESUMABLE = {"num_workers", "device", "epochs", "smplify_device"}
+# TrainConfig field -> its flag, where the name differs (for messages)
+_FLAGS = {"shards": "--shards", "fits": "--fits", "eval_shards": "--eval-shards", "train_splits": "--train-splits",
+          "eval_splits": "--eval-splits", "ignore_3d_datasets": "--ignore-3d", "run_smplify": "--no-smplify",
+          "seed_missing_fits": "--no-seed-fits", "tensorboard": "--no-tensorboard", "augment.enabled": "--no-augment",
+          "smplify.mode": "--smplify-mode", "smplify.iterations": "--smplify-iters",
+          "smplify.body_iterations": "--smplify-iters", "verify_shards": "--no-verify-shards"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,7 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fits", type=Path, help="the fits table (created when missing)")
     parser.add_argument("--run-dir", type=Path, required=True, help="run folder: config, logs, checkpoints")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --run-dir from its latest checkpoint, with its saved config")
+                        help="continue the run in --run-dir from its latest checkpoint, with its saved config; flags "
+                             "may change only --epochs (to extend), --device, --smplify-device, --checkpoint-every, "
+                             "--log-every, --eval-every-epochs, --no-tensorboard, --no-verify-shards and "
+                             "--on-corrupt-shard (any other change is refused)")
     parser.add_argument("--eval-shards", type=Path, nargs="+", help="held-out shard sets (default: --shards)")
     parser.add_argument("--train-splits", nargs="+", help="splits to train on (default: train)")
     parser.add_argument("--eval-splits", nargs="+", help="held-out splits (default: val test)")
@@ -62,6 +69,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-seed-fits", action="store_true",
                         help="do not fit training samples that have no fit yet before training")
     parser.add_argument("--num-workers", type=int, help="DataLoader workers (default 4)")
+    parser.add_argument("--no-verify-shards", action="store_true",
+                        help="do not check every shard's sha256 against its manifest before training (one read of "
+                             "each tar); the reader still hashes each shard as it streams")
+    parser.add_argument("--on-corrupt-shard", choices=("raise", "skip"),
+                        help="a corrupt shard (found up front or while reading): raise (default: stop, naming it) "
+                             "or skip (leave it out, warn, count it in the summary)")
     parser.add_argument("--shuffle-buffer", type=int)
     parser.add_argument("--device", help="auto (default), cpu, cuda")
     parser.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), help="mixed precision on CUDA")
@@ -79,44 +92,52 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def build_config(args: argparse.Namespace):
-    """The `TrainConfig` of the flags given (defaults: SPIN's), or the saved one with ``--resume``."""
-    from shards.augment import AugmentConfig
+    """The `TrainConfig` of the flags given (defaults: SPIN's); with ``--resume``, the checkpoint's config with the
+    flags given, which may change only `training.config.RESUME_SAFE` (else ValueError naming each changed flag)."""
     from training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
-    from training.config import TrainConfig
+    from training.config import TrainConfig, resumed_config
 
-    given = {name: getattr(args, name) for name in _SCALARS if getattr(args, name, None) is not None}
-    if args.resume:
-        path = latest_checkpoint(args.run_dir)
-        if path is None:
-            raise CheckpointError(f"{args.run_dir}: no checkpoint to resume from")
-        config = TrainConfig.from_dict(load_checkpoint(path)["config"])
-        changed = {k for k, v in given.items() if getattr(config, k) != v} - _RESUMABLE
-        if changed:
-            raise ValueError(f"--resume continues the saved run; these flags differ from its config and cannot "
-                             f"change: {sorted(changed)}")
-        return dataclasses.replace(config, **{k: v for k, v in given.items() if k in _RESUMABLE})
-    values = dict(given, run_dir=str(args.run_dir))
-    if args.shards:
-        values["shards"] = tuple(str(p) for p in args.shards)
+    if not args.resume:
+        return _with_flags(TrainConfig(), args)
+    path = latest_checkpoint(args.run_dir)
+    if path is None:
+        raise CheckpointError(f"{args.run_dir}: no checkpoint to resume from")
+    saved = TrainConfig.from_dict(load_checkpoint(path)["config"])
+    return resumed_config(saved, _with_flags(saved, args), name=_flag_of)
+
+
+def _flag_of(setting: str) -> str:
+    """How the user spells a setting: its flag (and the setting, where the flag names it otherwise)."""
+    if setting in _FLAGS:
+        return f"{_FLAGS[setting]} ({setting})"
+    return "--" + setting.replace("_", "-") if setting in _SCALARS else setting
+
+
+def _with_flags(base, args: argparse.Namespace):
+    """``base`` with the settings of the flags given (a flag not given keeps ``base``'s value)."""
+    values = {name: getattr(args, name) for name in _SCALARS if getattr(args, name, None) is not None}
+    values["run_dir"] = str(args.run_dir)
+    for flag, name in (("shards", "shards"), ("eval_shards", "eval_shards"), ("train_splits", "train_splits"),
+                       ("eval_splits", "eval_splits"), ("ignore_3d", "ignore_3d_datasets")):
+        if getattr(args, flag):
+            values[name] = tuple(str(v) for v in getattr(args, flag))
     if args.fits:
         values["fits"] = str(args.fits)
-    if args.eval_shards:
-        values["eval_shards"] = tuple(str(p) for p in args.eval_shards)
-    for flag, name in (("train_splits", "train_splits"), ("eval_splits", "eval_splits"),
-                       ("ignore_3d", "ignore_3d_datasets")):
+    if args.on_corrupt_shard:
+        values["on_corrupt_shard"] = args.on_corrupt_shard
+    for flag, name in (("no_smplify", "run_smplify"), ("no_seed_fits", "seed_missing_fits"),
+                       ("no_tensorboard", "tensorboard"), ("no_verify_shards", "verify_shards")):
         if getattr(args, flag):
-            values[name] = tuple(getattr(args, flag))
-    config = TrainConfig(**values)
-    smplify = config.smplify
+            values[name] = False
+    if args.no_augment:
+        values["augment"] = dataclasses.replace(base.augment, enabled=False)
+    smplify = base.smplify
     if args.smplify_mode:
         smplify = dataclasses.replace(smplify, mode=args.smplify_mode)
     if args.smplify_iters:
         field = "iterations" if smplify.mode == "reference" else "body_iterations"
         smplify = dataclasses.replace(smplify, **{field: args.smplify_iters})
-    return dataclasses.replace(
-        config, smplify=smplify, run_smplify=not args.no_smplify, seed_missing_fits=not args.no_seed_fits,
-        tensorboard=not args.no_tensorboard,
-        augment=AugmentConfig(enabled=False) if args.no_augment else config.augment)
+    return dataclasses.replace(base, smplify=smplify, **values)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -136,5 +157,5 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     last = summary["metrics"][-1] if summary["metrics"] else {}
     print(json.dumps({k: summary[k] for k in ("run_dir", "run_id", "step", "fits_version", "wall_s")} |
-                     {"last_metrics": last}))
+                     {"shards_skipped": len(summary["shards_skipped"]), "last_metrics": last}))
     return 0
