@@ -66,6 +66,13 @@ APPROXIMATE_EXTRAS: dict[str, dict[str, float]] = {
     "Jaw (H36M)": {"neck": 0.5, "head": 0.5}, "Head (H36M)": {"head": 0.5, "head_top": 0.5},
 }
 REQUIRED_KEYS = ("v_template", "shapedirs", "J_regressor", "weights", "kintree_table", "f")
+# The layer joint behind each of SMPL's 24 kinematic joints (`core.joints.SMPL_JOINT_NAMES`), per family. SMPL-H
+# and SMPL-X share SMPL's first 22 joints; SMPL's two hand joints are approximated by the middle-finger bases
+# (MANO finger order: index, middle, pinky, ring, thumb; SMPL-X puts jaw and eyes, 22-24, before the hands).
+KINEMATIC_LAYER_JOINTS: dict[str, tuple[int, ...]] = {
+    "smpl": tuple(range(24)), "open": tuple(range(24)),
+    "smplh": tuple(range(22)) + (25, 40), "smplx": tuple(range(22)) + (28, 43),
+}
 
 
 @dataclass(frozen=True)
@@ -121,6 +128,19 @@ class BodyModel(nn.Module):
                 f"(SPIN's data folder) with a real SMPL model")
         return torch.einsum("jv,bvd->bjd", self.h36m_regressor, vertices)
 
+    @property
+    def kinematic_layer_joints(self) -> tuple[int, ...]:
+        """The layer joint (index into the layer's kinematic tree) behind each of the 24 kinematic joints."""
+        return KINEMATIC_LAYER_JOINTS[self.family]
+
+    @property
+    def pose_layer_joints(self) -> tuple[int, ...]:
+        """The layer joint each of the 24 axis-angle slots of a (B, 72) pose [global orient, body] drives, or -1:
+        SMPL-H and SMPL-X have 21 body joints, so SMPL's hand slots 22 and 23 drive nothing there (their hand,
+        jaw and eye joints stay at zero pose, flat hands)."""
+        driven = 1 + int(self.layer.NUM_BODY_JOINTS)
+        return tuple(j if j < driven else -1 for j in range(len(SMPL_JOINT_NAMES)))
+
     def info(self) -> dict[str, Any]:
         """A JSON-able summary: name, family, vertices, faces, joints (49), betas, where each joint comes from."""
         return {"name": self.name, "family": self.family, "model_id": self.model_id,
@@ -156,9 +176,7 @@ class BodyModel(nn.Module):
     def _kinematic24(self, joints: Tensor) -> Tensor:
         if self.family in ("smpl", "open"):
             return joints[:, :24]
-        # SMPL-H / SMPL-X: 22 body joints, then the hands; SMPL's hand joints ~ the middle-finger bases.
-        left_middle1, right_middle1 = (25, 40) if self.family == "smplh" else (28, 43)
-        return torch.cat([joints[:, :22], joints[:, [left_middle1, right_middle1]]], dim=1)
+        return joints[:, list(self.kinematic_layer_joints)]
 
 
 # --- reading files -------------------------------------------------------------------------------------------
