@@ -119,7 +119,8 @@ def run(batch: int = 64, model: str = "open", prior_path: Path | None = None, no
                 keypoints = observe(people, noise, missing, seed + 1)
                 pose0, betas0, cam0 = initial_estimates(body, people, keypoints, start, seed + 2)
                 t0 = time.perf_counter()
-                fit = fitter(keypoints, pose0, betas0, cam0, people["center"])
+                fit = fitter(keypoints, pose0, betas0, cam0, people["center"],
+                             start="mean" if start == "mean" else "estimate")
                 seconds = time.perf_counter() - t0
                 metrics = {"fits_per_s": batch / seconds, **evaluate(body, people, keypoints, fit.pose, fit.betas, fit.cam_t),
                            "init_pa_mpjpe_mm": evaluate(body, people, keypoints, pose0, betas0, cam0)["pa_mpjpe_mm"]}

@@ -98,7 +98,7 @@ def fit_batch(keys: list[str], keypoints: np.ndarray, config: SeedConfig, thread
     body, fitter, provenance = _fitter(config)
     kp = torch.as_tensor(keypoints, dtype=torch.float32)
     pose, betas, cam_t = mean_pose_start(body, kp, FIT_FOCAL)
-    fit = fitter(kp, pose, betas, cam_t, torch.full((len(keys), 2), FIT_RES / 2.0))
+    fit = fitter(kp, pose, betas, cam_t, torch.full((len(keys), 2), FIT_RES / 2.0), start="mean")
     return fits_from_smplify(fit, keys, provenance)
 
 

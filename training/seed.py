@@ -37,7 +37,7 @@ def seed_missing_fits(table: FitsTable, store: FitsStore, smplify: SMPLify, shar
                                 device=device)
         pose, betas, cam_t = mean_pose_start(smplify.body, kp_px)
         center = torch.full((len(samples), 2), FIT_CENTER, device=device)
-        result = smplify(kp_px, pose, betas, cam_t, center)
+        result = smplify(kp_px, pose, betas, cam_t, center, start="mean")
         if on_batch is not None:
             on_batch(len(samples))
         return store.offer(fits_from_smplify(result, [s.key for s in samples], provenance))
