@@ -39,11 +39,13 @@ from core.errors import ModelFileError
 from core.joints import (
     CANONICAL_ALIASES,
     CANONICAL_FROM_KINEMATIC,
+    H36M_JOINTS,
     JOINT_NAMES,
     NUM_JOINTS,
     SMPL_JOINT_INDEX,
     SMPL_JOINT_NAMES,
 )
+from core.spin import SPIN_H36M_REGRESSOR_ROWS
 from fitting import safe_pickle
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -121,7 +123,8 @@ class BodyModel(nn.Module):
         return BodyModelOutput(vertices=vertices, joints=joints, kinematic_joints=kinematic)
 
     def h36m_joints(self, vertices: Tensor) -> Tensor:
-        """Human3.6M's 17 evaluation joints (B, 17, 3) from posed vertices (B, V, 3), in H36M order."""
+        """Human3.6M's 17 evaluation joints (B, 17, 3) from posed vertices (B, V, 3), in `core.joints.H36M_JOINTS`
+        order (whatever order the regressor file had: see `read_spin_h36m_regressor`)."""
         if self.h36m_regressor is None:
             raise ModelFileError(
                 f"{self.name}: no Human3.6M joint regressor; pass --h36m-regressor J_regressor_h36m.npy "
@@ -225,6 +228,25 @@ def detect_family(arrays: dict[str, Any], path: Path) -> str:
     return "smpl"
 
 
+def read_spin_h36m_regressor(path: str | Path, num_vertices: int) -> np.ndarray:
+    """SPIN's ``J_regressor_h36m.npy`` (17, V) with its rows put in `core.joints.H36M_JOINTS` order, float64.
+
+    The file's rows are in SPIN's order, `core.spin.SPIN_H36M_REGRESSOR_ROWS` (left leg in rows 1-3, right leg in
+    4-6); read in H36M_JOINTS order as they stand, every evaluation would mirror the legs."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such Human3.6M regressor file (SPIN's data/J_regressor_h36m.npy)")
+    try:
+        rows = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ModelFileError(f"{path}: not a readable .npy array ({err})") from None
+    expected = (len(SPIN_H36M_REGRESSOR_ROWS), num_vertices)
+    if rows.shape != expected or not np.issubdtype(rows.dtype, np.floating):
+        raise ModelFileError(f"{path}: {rows.dtype} array of shape {rows.shape}, expected a float array of shape "
+                             f"{expected} for this {num_vertices}-vertex mesh")
+    return rows[[SPIN_H36M_REGRESSOR_ROWS.index(name) for name in H36M_JOINTS]].astype(np.float64)
+
+
 def _file_digest(*paths: Path | None) -> str:
     digest = hashlib.sha256()
     for path in paths:
@@ -292,7 +314,9 @@ def load_body_model(source: str | Path = "open", *, joint_regressor_extra: str |
 
     joint_regressor_extra: SPIN's ``J_regressor_extra.npy`` (9, V) for the dataset joints of a real SMPL; without
       it those joints are approximated (`APPROXIMATE_EXTRAS`) and `joint_source` says so.
-    h36m_regressor: SPIN's ``J_regressor_h36m.npy`` (17, V), used only by evaluation.
+    h36m_regressor: SPIN's ``J_regressor_h36m.npy`` (17, V), used only by evaluation; its rows, in SPIN's order,
+      are put in `core.joints.H36M_JOINTS` order (`read_spin_h36m_regressor`). Given for the open model, it
+      replaces the model's own regressor.
     """
     path = _resolve_source(source)
     arrays, _ = read_model_arrays(path)
@@ -313,7 +337,7 @@ def load_body_model(source: str | Path = "open", *, joint_regressor_extra: str |
         rows = list(zip(names, np.asarray(arrays["keypoint_regressor"], dtype=np.float64)))
         vertex_ids = {str(k): int(v) for k, v in zip(arrays["vertex_ids_names"], arrays["vertex_ids"])}
         source_of = {name: "open-model regressor" for name in names}
-        h36m = arrays.get("h36m_regressor")
+        h36m = arrays.get("h36m_regressor")  # stored in H36M_JOINTS order (assets/open_model.py H36M_ROWS)
         name = metadata.get("name", path.stem)
     else:
         import smplx.vertex_ids
@@ -333,8 +357,10 @@ def load_body_model(source: str | Path = "open", *, joint_regressor_extra: str |
                 source_of[joint] = "J_regressor_extra"
         else:
             rows.append(("head_top", one_hot(_head_top_vertex(arrays))))
-        h36m = np.load(h36m_regressor, allow_pickle=False) if h36m_regressor is not None else None
+        h36m = None
         name = f"{family}:{path.name}"
+    if h36m_regressor is not None:
+        h36m = read_spin_h36m_regressor(h36m_regressor, num_vertices)
 
     keypoint_names = [n for n, _ in rows]
     kp_index = {n: len(SMPL_JOINT_NAMES) + i for i, n in enumerate(keypoint_names)}
