@@ -55,7 +55,7 @@ def test_analytic_jacobian_equals_autograd(exact_body):
         d_pose, d_betas = skeleton.jacobian(skeleton(pose, betas, subset))
         # examples are independent: the Jacobian of the batch's points summed over the batch is every example's own
         want_pose, want_betas = torch.autograd.functional.jacobian(
-            lambda p, q: skeleton(p, q, subset).points.sum(0), (pose, betas), vectorize=True)
+            lambda p, q, subset=subset: skeleton(p, q, subset).points.sum(0), (pose, betas), vectorize=True)
         torch.testing.assert_close(d_pose, want_pose.permute(2, 0, 1, 3), atol=1e-10, rtol=0)
         torch.testing.assert_close(d_betas, want_betas.permute(2, 0, 1, 3), atol=1e-10, rtol=0)
     if body.family != "smpl":  # SMPL's hand slots 22, 23 drive no SMPL-H/SMPL-X joint: nothing depends on them

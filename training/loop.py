@@ -38,6 +38,7 @@ from deltalake import DeltaTable
 from tqdm import tqdm
 
 from core.frames import fit_frame_px
+from fits.evaluate import FitsGroundTruth, evaluate_fits
 from fits.schema import FitProvenance, config_hash
 from fits.store import FitsStore
 from fits.table import FitsTable
@@ -49,7 +50,7 @@ from shards.reader import ReaderConfig, ShardReader, list_shards
 from training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.data import MixedShardStream, parse_mix, train_sample_count
-from training.evaluate import FitsGroundTruth, evaluate_fits, evaluate_network
+from training.evaluate import evaluate_network
 from training.regressor import Regressor, mean_params_from_npz, mean_params_from_prior
 from training.resnet import load_imagenet_weights
 from training.run_log import PARTS, RunLog
@@ -307,7 +308,7 @@ def evaluate(run: Run, pos: Position, epoch: int, started: float) -> dict[str, A
     if run.rank != 0:
         barrier(run)
         return {}
-    fits = evaluate_fits(run.table, pos.fits_version, run.body.model_id, run.truth, run.body) if run.truth else {}
+    fits = evaluate_fits(run.table, run.body, run.truth, version=pos.fits_version) if run.truth else {}
     net = {}
     if run.eval_reader is not None:
         batches = torch.utils.data.DataLoader(run.eval_reader, batch_size=run.config.batch_size,
