@@ -8,9 +8,9 @@ body from the synthetic truth file (`fitloop_truth.npz` beside each generated da
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from collections.abc import Sequence
 
 import numpy as np
 import pyarrow.compute as pc
