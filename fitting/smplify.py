@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from core.camera import project, translation_from_torso
+from core.errors import ModelFileError
 from core.frames import FIT_FOCAL, FIT_RES
 from core.joints import JOINT_INDEX, SMPLIFY_IGNORED, indices
 from fitting.body_model import BodyModel
@@ -139,8 +140,8 @@ class SMPLify:
     def __init__(self, body: BodyModel, prior: MaxMixturePrior, config: SMPLifyConfig = SMPLifyConfig()):
         device = next(body.buffers()).device
         if prior.dim != 3 * 23:
-            raise ValueError(f"the pose prior is over {prior.dim} values; SMPLify needs one over the 69 body-pose "
-                             f"values of SMPL's 23 body joints")
+            raise ModelFileError(f"the pose prior is a mixture over {prior.dim} values; SMPLify needs one over the "
+                                 f"69 body-pose values of SMPL's 23 body joints (pass such a prior file)")
         if prior.means.device != device:
             prior = copy.deepcopy(prior).to(device)
         self.body, self.prior, self.config = body, prior, config.validated()
