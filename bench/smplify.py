@@ -7,8 +7,9 @@ projected, with Gaussian pixel noise (0 and 5 px) and ~10% of joints missing. Tw
 facing the camera, mean shape, translation from the torso) and `noisy_true` (the true pose with 0.15 rad of
 noise per joint angle, mean shape, true translation with 10% depth error), as a network would give.
 
-Metrics on the 14 LSP-style evaluation joints: MPJPE (pelvis-centred) and PA-MPJPE in mm; reprojection error
-in px against the given (noisy) keypoints over visible joints; fits per second.
+Metrics: MPJPE and PA-MPJPE in mm as fitloop measures every fit against truth (`fits.evaluate`: the 14
+evaluation joints from the body model's Human3.6M regressor, pelvis-centred, fit and true body posed alike);
+reprojection error in px against the given (noisy) keypoints over visible joints; fits per second.
 """
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ import torch
 
 from core.camera import project
 from core.frames import FIT_FOCAL, FIT_RES
-from core.joints import EVAL_J14, J24_NAMES, JOINT_INDEX, indices
-from core.metrics import mpjpe, pa_mpjpe
+from core.joints import J24_NAMES, JOINT_INDEX, indices
+from fits.evaluate import ErrorSums, posed_eval_joints
 from fitting.body_model import BodyModel, load_body_model
 from fitting.priors import MaxMixturePrior
 from fitting.smplify import SMPLify, SMPLifyConfig, mean_pose_start
@@ -86,18 +87,16 @@ def initial_estimates(body: BodyModel, people: dict, keypoints: torch.Tensor, ki
 
 
 def evaluate(body: BodyModel, people: dict, keypoints: torch.Tensor, pose, betas, cam_t) -> dict[str, float]:
-    eval_idx = torch.as_tensor(indices(EVAL_J14))
-    pelvis = JOINT_INDEX["Pelvis (MPII)"]
     with torch.no_grad():
         joints = body(betas, pose[:, 3:], pose[:, :3]).joints
-    true = people["joints"]
     visible = keypoints[..., 2] > 0
     reproj = (project(joints, cam_t, FIT_FOCAL, people["center"]) - keypoints[..., :2]).norm(dim=-1)
-    return {
-        "reproj_px": float(reproj[visible].mean()),
-        "mpjpe_mm": float(1000 * mpjpe(joints[:, eval_idx], true[:, eval_idx], joints[:, pelvis], true[:, pelvis]).mean()),
-        "pa_mpjpe_mm": float(1000 * pa_mpjpe(joints[:, eval_idx], true[:, eval_idx]).mean()),
-    }
+    errors = ErrorSums.empty()
+    errors.add(["bench"] * len(pose), posed_eval_joints(body, pose, betas),
+               posed_eval_joints(body, people["pose"], people["betas"]))
+    result = errors.result()["all"]
+    return {"reproj_px": float(reproj[visible].mean()), "mpjpe_mm": result["mpjpe_mm"],
+            "pa_mpjpe_mm": result["pa_mpjpe_mm"]}
 
 
 def run(batch: int = 64, model: str = "open", prior_path: Path | None = None, noise_levels=(5.0, 0.0),
@@ -119,7 +118,8 @@ def run(batch: int = 64, model: str = "open", prior_path: Path | None = None, no
                 keypoints = observe(people, noise, missing, seed + 1)
                 pose0, betas0, cam0 = initial_estimates(body, people, keypoints, start, seed + 2)
                 t0 = time.perf_counter()
-                fit = fitter(keypoints, pose0, betas0, cam0, people["center"])
+                fit = fitter(keypoints, pose0, betas0, cam0, people["center"],
+                             start="mean" if start == "mean" else "estimate")
                 seconds = time.perf_counter() - t0
                 metrics = {"fits_per_s": batch / seconds, **evaluate(body, people, keypoints, fit.pose, fit.betas, fit.cam_t),
                            "init_pa_mpjpe_mm": evaluate(body, people, keypoints, pose0, betas0, cam0)["pa_mpjpe_mm"]}

@@ -2,6 +2,8 @@
 called and what each one holds. See ../shared/SPIN_REFERENCE.md for where each fact comes from."""
 from __future__ import annotations
 
+from core.joints import J24_NAMES
+
 # SPIN's file stems (config.DATASET_FILES): the dataset, split and pixel offset each holds.
 SPIN_NPZ_FILES: dict[str, tuple[str, str, float]] = {
     "lsp_dataset_original_train": ("lsp-orig", "train", 1.0),
@@ -16,3 +18,14 @@ SPIN_NPZ_FILES: dict[str, tuple[str, str, float]] = {
     "h36m_valid_protocol2": ("h36m-p2", "val", 0.0),
     "3dpw_test": ("3dpw", "test", 0.0),
 }
+
+# SPIN's evaluation selectors (constants.py): the 17 evaluation joints ("J17") as rows of J_regressor_h36m.npy
+# (H36M_TO_J17) and as J24 slots (J24_TO_J17); the first 14 are the Human3.6M protocol's (H36M_TO_J14, J24_TO_J14).
+SPIN_H36M_TO_J17: tuple[int, ...] = (6, 5, 4, 1, 2, 3, 16, 15, 14, 11, 12, 13, 8, 10, 0, 7, 9)
+SPIN_J24_TO_J17: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 18, 14, 16, 17)
+# So the canonical joint of each row of SPIN's J_regressor_h36m.npy (17 × 6890), in the file's order: pelvis, the
+# LEFT leg (rows 1–3), the right leg (4–6), spine, thorax, jaw, head, left arm, right arm. This is not
+# `core.joints.H36M_JOINTS` (right leg first); `fitting.body_model` permutes the file's rows into that order once,
+# at load. ../shared/SPIN_REFERENCE.md §2.3–2.4; SPIN#102 discusses the naming.
+SPIN_H36M_REGRESSOR_ROWS: tuple[str, ...] = tuple(
+    J24_NAMES[SPIN_J24_TO_J17[SPIN_H36M_TO_J17.index(row)]] for row in range(len(SPIN_H36M_TO_J17)))

@@ -128,7 +128,7 @@ def fit_keypoints(fitter: Fitter, keys: list[str], keypoints: np.ndarray) -> pa.
     kp = torch.as_tensor(keypoints, dtype=torch.float32, device=device)
     pose, betas, cam_t = mean_pose_start(fitter.body, kp, FIT_FOCAL)
     center = torch.full((len(keys), 2), FIT_CENTER, device=device)
-    return fits_from_smplify(fitter.smplify(kp, pose, betas, cam_t, center), keys, fitter.provenance)
+    return fits_from_smplify(fitter.smplify(kp, pose, betas, cam_t, center, start="mean"), keys, fitter.provenance)
 
 
 def fit_batch(keys: list[str], keypoints: np.ndarray, config: SeedConfig, threads: int | None = None) -> pa.Table:

@@ -43,11 +43,13 @@ from core.errors import ModelFileError
 from core.joints import (
     CANONICAL_ALIASES,
     CANONICAL_FROM_KINEMATIC,
+    H36M_JOINTS,
     JOINT_NAMES,
     NUM_JOINTS,
     SMPL_JOINT_INDEX,
     SMPL_JOINT_NAMES,
 )
+from core.spin import SPIN_H36M_REGRESSOR_ROWS
 from fitting import safe_pickle
 from fitting.digest import content_digest
 
@@ -75,6 +77,14 @@ REQUIRED_KEYS = ("v_template", "shapedirs", "J_regressor", "weights", "kintree_t
 IDENTITY_KEYS = ("v_template", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table", "f")
 # A body model's id (`model_content_id`): its family and 16 hex digits of its content digest.
 MODEL_ID_PATTERN = re.compile(r"^(smpl|smplh|smplx|open):[0-9a-f]{16}$")
+
+# The layer joint behind each of SMPL's 24 kinematic joints (`core.joints.SMPL_JOINT_NAMES`), per family. SMPL-H
+# and SMPL-X share SMPL's first 22 joints; SMPL's two hand joints are approximated by the middle-finger bases
+# (MANO finger order: index, middle, pinky, ring, thumb; SMPL-X puts jaw and eyes, 22-24, before the hands).
+KINEMATIC_LAYER_JOINTS: dict[str, tuple[int, ...]] = {
+    "smpl": tuple(range(24)), "open": tuple(range(24)),
+    "smplh": tuple(range(22)) + (25, 40), "smplx": tuple(range(22)) + (28, 43),
+}
 
 
 @dataclass(frozen=True)
@@ -123,12 +133,26 @@ class BodyModel(nn.Module):
         return BodyModelOutput(vertices=vertices, joints=joints, kinematic_joints=kinematic)
 
     def h36m_joints(self, vertices: Tensor) -> Tensor:
-        """Human3.6M's 17 evaluation joints (B, 17, 3) from posed vertices (B, V, 3), in H36M order."""
+        """Human3.6M's 17 evaluation joints (B, 17, 3) from posed vertices (B, V, 3), in `core.joints.H36M_JOINTS`
+        order (whatever order the regressor file had: see `read_spin_h36m_regressor`)."""
         if self.h36m_regressor is None:
             raise ModelFileError(
                 f"{self.name}: no Human3.6M joint regressor; pass --h36m-regressor J_regressor_h36m.npy "
                 f"(SPIN's data folder) with a real SMPL model")
         return torch.einsum("jv,bvd->bjd", self.h36m_regressor, vertices)
+
+    @property
+    def kinematic_layer_joints(self) -> tuple[int, ...]:
+        """The layer joint (index into the layer's kinematic tree) behind each of the 24 kinematic joints."""
+        return KINEMATIC_LAYER_JOINTS[self.family]
+
+    @property
+    def pose_layer_joints(self) -> tuple[int, ...]:
+        """The layer joint each of the 24 axis-angle slots of a (B, 72) pose [global orient, body] drives, or -1:
+        SMPL-H and SMPL-X have 21 body joints, so SMPL's hand slots 22 and 23 drive nothing there (their hand,
+        jaw and eye joints stay at zero pose, flat hands)."""
+        driven = 1 + int(self.layer.NUM_BODY_JOINTS)
+        return tuple(j if j < driven else -1 for j in range(len(SMPL_JOINT_NAMES)))
 
     def info(self) -> dict[str, Any]:
         """A JSON-able summary: name, family, vertices, faces, joints (49), betas, where each joint comes from."""
@@ -165,9 +189,7 @@ class BodyModel(nn.Module):
     def _kinematic24(self, joints: Tensor) -> Tensor:
         if self.family in ("smpl", "open"):
             return joints[:, :24]
-        # SMPL-H / SMPL-X: 22 body joints, then the hands; SMPL's hand joints ~ the middle-finger bases.
-        left_middle1, right_middle1 = (25, 40) if self.family == "smplh" else (28, 43)
-        return torch.cat([joints[:, :22], joints[:, [left_middle1, right_middle1]]], dim=1)
+        return joints[:, list(self.kinematic_layer_joints)]
 
 
 # --- reading files -------------------------------------------------------------------------------------------
@@ -247,6 +269,25 @@ def model_content_id(family: str, arrays: dict[str, Any], keypoint_names: list[s
     return f"{family}:{content_digest(entries)}"
 
 
+def read_spin_h36m_regressor(path: str | Path, num_vertices: int) -> np.ndarray:
+    """SPIN's ``J_regressor_h36m.npy`` (17, V) with its rows put in `core.joints.H36M_JOINTS` order, float64.
+
+    The file's rows are in SPIN's order, `core.spin.SPIN_H36M_REGRESSOR_ROWS` (left leg in rows 1-3, right leg in
+    4-6); read in H36M_JOINTS order as they stand, every evaluation would mirror the legs."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such Human3.6M regressor file (SPIN's data/J_regressor_h36m.npy)")
+    try:
+        rows = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ModelFileError(f"{path}: not a readable .npy array ({err})") from None
+    expected = (len(SPIN_H36M_REGRESSOR_ROWS), num_vertices)
+    if rows.shape != expected or not np.issubdtype(rows.dtype, np.floating):
+        raise ModelFileError(f"{path}: {rows.dtype} array of shape {rows.shape}, expected a float array of shape "
+                             f"{expected} for this {num_vertices}-vertex mesh")
+    return rows[[SPIN_H36M_REGRESSOR_ROWS.index(name) for name in H36M_JOINTS]].astype(np.float64)
+
+
 def _resolve_source(source: str | Path) -> Path:
     if str(source) in OPEN_MODELS:
         path = OPEN_MODELS[str(source)]
@@ -306,7 +347,9 @@ def load_body_model(source: str | Path = "open", *, joint_regressor_extra: str |
 
     joint_regressor_extra: SPIN's ``J_regressor_extra.npy`` (9, V) for the dataset joints of a real SMPL; without
       it those joints are approximated (`APPROXIMATE_EXTRAS`) and `joint_source` says so.
-    h36m_regressor: SPIN's ``J_regressor_h36m.npy`` (17, V), used only by evaluation.
+    h36m_regressor: SPIN's ``J_regressor_h36m.npy`` (17, V), used only by evaluation; its rows, in SPIN's order,
+      are put in `core.joints.H36M_JOINTS` order (`read_spin_h36m_regressor`). Given for the open model, it
+      replaces the model's own regressor.
     """
     path = _resolve_source(source)
     arrays, _ = read_model_arrays(path)
@@ -327,7 +370,7 @@ def load_body_model(source: str | Path = "open", *, joint_regressor_extra: str |
         rows = list(zip(names, np.asarray(arrays["keypoint_regressor"], dtype=np.float64)))
         vertex_ids = {str(k): int(v) for k, v in zip(arrays["vertex_ids_names"], arrays["vertex_ids"])}
         source_of = {name: "open-model regressor" for name in names}
-        h36m = arrays.get("h36m_regressor")
+        h36m = arrays.get("h36m_regressor")  # stored in H36M_JOINTS order (assets/open_model.py H36M_ROWS)
         name = metadata.get("name", path.stem)
     else:
         import smplx.vertex_ids
@@ -347,8 +390,10 @@ def load_body_model(source: str | Path = "open", *, joint_regressor_extra: str |
                 source_of[joint] = "J_regressor_extra"
         else:
             rows.append(("head_top", one_hot(_head_top_vertex(arrays))))
-        h36m = np.load(h36m_regressor, allow_pickle=False) if h36m_regressor is not None else None
+        h36m = None
         name = f"{family}:{path.name}"
+    if h36m_regressor is not None:
+        h36m = read_spin_h36m_regressor(h36m_regressor, num_vertices)
 
     keypoint_names = [n for n, _ in rows]
     kp_index = {n: len(SMPL_JOINT_NAMES) + i for i, n in enumerate(keypoint_names)}

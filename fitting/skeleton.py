@@ -6,14 +6,18 @@ weighted sum of vertices, k = sum_v w_v sum_j W_vj (R_j (v_v - J_j) + p_j), equa
     k = sum_j ( A_kj p_j + R_j B_kj(beta) ),   A_kj = sum_v w_v W_vj,   B_kj = sum_v w_v W_vj (v_v - J_j),
 
 where R_j, p_j are joint j's global rotation and position and B is linear in the shape coefficients. Every
-canonical joint (kinematic joints: A one-hot, B = 0) is such a blend of points rigidly attached to the 24 joints.
-Evaluating it costs a forward-kinematics pass over 24 joints instead of skinning 10^4 vertices, and its
-derivatives are closed-form (see `jacobian`). Exact for models without pose correctives (the open model); for a
-real SMPL it ignores the pose blend shapes' millimetre-level effect on vertex-derived keypoints (the kinematic
-joints are exact either way).
+canonical joint (kinematic joints: A one-hot, B = 0) is such a blend of points rigidly attached to the joints of
+the model's kinematic tree: SMPL's and the open model's 24, SMPL-H's 52, SMPL-X's 55 (hand, jaw and eye joints
+are just more joints of the tree). Evaluating it costs one forward-kinematics pass over the tree instead of
+skinning 10^4 vertices, and its derivatives are closed-form (see `jacobian`). Exact for models without pose
+correctives (the open model); for real SMPL-family files it ignores the pose blend shapes' millimetre-level effect
+on vertex-derived keypoints (the kinematic joints are exact either way).
 
-Conventions: pose (B, 72) axis-angle, radians, [global orient, 23 body joints]; betas (B, NB); outputs metres
-in the model frame (add the camera translation to get camera-frame points).
+Parameters are the body model's (`BodyModel`): pose (B, 72) axis-angle, radians, [global orient, 23 body joints],
+each slot driving the layer joint `BodyModel.pose_layer_joints` names. SMPL-H and SMPL-X have 21 body joints, so
+their pose slots 22 and 23 (SMPL's hand joints) drive nothing, and their hand, jaw and eye joints keep the zero
+pose the body model gives them (flat hands, closed jaw): none of the 49 canonical joints observes them. betas
+(B, NB). Outputs are metres in the model frame (add the camera translation to get camera-frame points).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from core.errors import ModelFileError
 from fitting.body_model import BodyModel
 
 
@@ -60,14 +65,14 @@ def right_jacobian(aa: Tensor) -> Tensor:
 @dataclass
 class SkeletonState:
     """One evaluation of points `subset` (indices into the 49, or None for all): global rotations
-    (B, 24, 3, 3) and positions (B, 24, 3) of the joints, and the points (B, P, 3)."""
+    (B, J, 3, 3) and positions (B, J, 3) of the tree's J joints, and the points (B, P, 3)."""
 
     pose: Tensor
     betas: Tensor
     subset: Tensor | None
     rot: Tensor
     pos: Tensor
-    attached: Tensor  # (B, P, 24, 3): R_j B_pj, the rotated attachment offsets
+    attached: Tensor  # (B, P, J, 3): R_j B_pj, the rotated attachment offsets
     points: Tensor
 
 
@@ -79,31 +84,34 @@ class Skeleton(torch.nn.Module):
         layer = body.layer
         dtype = layer.v_template.dtype
         parents = layer.parents.cpu().numpy().astype(np.int64)
-        num_joints = 24
+        num_joints = len(parents)
+        if parents[0] >= 0 or (parents[1:] >= np.arange(1, num_joints)).any() or (parents[1:] < 0).any():
+            raise ModelFileError(f"{body.name}: the kinematic tree must list each parent before its children "
+                                 f"with joint 0 the root (kintree_table)")
         nb = body.num_betas
         # precomputed in float64 on the CPU, then moved to the body model's device with the module
         device = layer.v_template.device
+        used = body.keypoint_cols.cpu()                                        # vertices some keypoint row reads
         v_template = layer.v_template.detach().cpu().double()                 # (V, 3)
         shapedirs = layer.shapedirs.detach().cpu().double()[..., :nb]         # (V, 3, NB)
         j_reg = layer.J_regressor.detach().cpu().double()                     # (J, V)
-        weights = layer.lbs_weights.detach().cpu().double()                   # (V, J)
+        weights = layer.lbs_weights.detach().cpu().double()[used]             # (U, J)
         j_template = j_reg @ v_template                                       # (J, 3)
         j_dirs = torch.einsum("jv,vcb->jcb", j_reg, shapedirs)               # (J, 3, NB)
-        if j_template.shape[0] != num_joints:  # SMPL-H / SMPL-X: fold hand/face joints into their body parent
-            raise NotImplementedError("the joints-only skeleton supports SMPL-topology models (24 joints)")
 
-        # Keypoint rows over all vertices (K, V), and the kinematic rows, combined through the mixer.
-        kp = torch.zeros(len(body.keypoint_names), v_template.shape[0], dtype=torch.float64)
-        kp[:, body.keypoint_cols.cpu()] = body.keypoint_weights.detach().double().cpu()
+        # Keypoint rows over the used vertices (K, U), and the kinematic rows, combined through the mixer.
+        kp = body.keypoint_weights.detach().double().cpu()                    # (K, U)
         a_kp = kp @ weights                                                   # (K, J)
-        wv = kp[:, :, None] * weights[None]                                   # (K, V, J)
-        b0_kp = torch.einsum("kvj,vc->kjc", wv, v_template) - a_kp[..., None] * j_template[None]
-        bd_kp = torch.einsum("kvj,vcb->kjcb", wv, shapedirs) - a_kp[..., None, None] * j_dirs[None]
-        mixer = body.mixer.detach().double().cpu()                            # (P, J + K)
-        eye = torch.eye(num_joints, dtype=torch.float64)
-        a = mixer[:, :num_joints] @ eye + mixer[:, num_joints:] @ a_kp        # (P, J)
-        b0 = torch.einsum("pk,kjc->pjc", mixer[:, num_joints:], b0_kp)        # (P, J, 3)
-        bd = torch.einsum("pk,kjcb->pjcb", mixer[:, num_joints:], bd_kp)      # (P, J, 3, NB)
+        wv = kp[:, :, None] * weights[None]                                   # (K, U, J)
+        b0_kp = torch.einsum("kvj,vc->kjc", wv, v_template[used]) - a_kp[..., None] * j_template[None]
+        bd_kp = torch.einsum("kvj,vcb->kjcb", wv, shapedirs[used]) - a_kp[..., None, None] * j_dirs[None]
+        mixer = body.mixer.detach().double().cpu()                            # (P, 24 + K)
+        num_kinematic = len(body.kinematic_layer_joints)
+        kinematic = torch.zeros(num_kinematic, num_joints, dtype=torch.float64)
+        kinematic[torch.arange(num_kinematic), torch.as_tensor(body.kinematic_layer_joints)] = 1.0
+        a = mixer[:, :num_kinematic] @ kinematic + mixer[:, num_kinematic:] @ a_kp   # (P, J)
+        b0 = torch.einsum("pk,kjc->pjc", mixer[:, num_kinematic:], b0_kp)            # (P, J, 3)
+        bd = torch.einsum("pk,kjcb->pjcb", mixer[:, num_kinematic:], bd_kp)          # (P, J, 3, NB)
 
         # Tree structure: depth levels for level-parallel kinematics; descendant-or-self and ancestor masks.
         depth = np.zeros(num_joints, dtype=np.int64)
@@ -111,11 +119,17 @@ class Skeleton(torch.nn.Module):
             depth[j] = depth[parents[j]] + 1
         self.levels = [torch.as_tensor(np.flatnonzero(depth == d), device=device) for d in range(1, depth.max() + 1)]
         desc = np.eye(num_joints)
-        for j in range(num_joints - 1, 0, -1):  # SMPL lists parents before children
+        for j in range(num_joints - 1, 0, -1):  # parents come before children (checked above)
             desc[parents[j]] += desc[j]
         desc = (desc > 0).astype(np.float64)                                  # desc[a, j]: j in subtree of a
 
-        self.num_betas = nb
+        # Which pose slot (of the 24 in a (B, 72) pose) drives which tree joint; the other joints keep zero pose.
+        slot_joints = np.asarray(body.pose_layer_joints, dtype=np.int64)
+        slots = np.flatnonzero(slot_joints >= 0)
+        self.num_joints, self.num_slots, self.num_betas = num_joints, len(slot_joints), nb
+        self.identity_slots = bool(len(slots) == num_joints and (slot_joints == np.arange(num_joints)).all())
+        self.register_buffer("slots", torch.as_tensor(slots))                 # (D,) driving pose slots
+        self.register_buffer("slot_joints", torch.as_tensor(slot_joints[slots]))  # (D,) the tree joints they drive
         self.register_buffer("parents", torch.as_tensor(parents))
         self.register_buffer("j_template", j_template.to(dtype))
         self.register_buffer("j_dirs", j_dirs.to(dtype))
@@ -132,12 +146,23 @@ class Skeleton(torch.nn.Module):
             return self.a, self.b0, self.bd, self.subtree_share
         return self.a[subset], self.b0[subset], self.bd[subset], self.subtree_share[subset]
 
+    def local_rotations(self, pose: Tensor) -> Tensor:
+        """Every tree joint's rotation (B, J, 3, 3) relative to its parent, from pose (B, 72): the driven joints'
+        Rodrigues, identity (zero pose) elsewhere."""
+        batch = pose.shape[0]
+        local = rodrigues(pose.reshape(batch, self.num_slots, 3))               # (B, 24, 3, 3)
+        if self.identity_slots:
+            return local
+        tree = torch.eye(3, dtype=pose.dtype, device=pose.device).repeat(batch, self.num_joints, 1, 1)
+        tree[:, self.slot_joints] = local[:, self.slots]
+        return tree
+
     def forward(self, pose: Tensor, betas: Tensor, subset: Tensor | None = None) -> SkeletonState:
         """Evaluate the points `subset` (default: all 49) for pose (B, 72) and betas (B, NB)."""
         a, b0, bd, _ = self._rows(subset)
-        batch, num_points, nb = pose.shape[0], a.shape[0], betas.shape[1]
-        local = rodrigues(pose.reshape(batch, 24, 3))                          # (B, J, 3, 3)
-        rest = self.j_template + (betas @ self.j_dirs.reshape(-1, nb).T).reshape(batch, 24, 3)
+        batch, num_points, nb, num_joints = pose.shape[0], a.shape[0], betas.shape[1], self.num_joints
+        local = self.local_rotations(pose)                                    # (B, J, 3, 3)
+        rest = self.j_template + (betas @ self.j_dirs.reshape(-1, nb).T).reshape(batch, num_joints, 3)
         rot_t = torch.empty_like(local)
         pos_t = torch.empty_like(rest)
         rot_t[:, 0], pos_t[:, 0] = local[:, 0], rest[:, 0]
@@ -146,7 +171,7 @@ class Skeleton(torch.nn.Module):
             par = self.parents[level]
             rot_t[:, level] = rot_t[:, par] @ local[:, level]
             pos_t[:, level] = pos_t[:, par] + (rot_t[:, par] @ offsets[:, level, :, None])[..., 0]
-        b = b0 + (betas @ bd.reshape(-1, nb).T).reshape(batch, num_points, 24, 3)   # (B, P, J, 3)
+        b = b0 + (betas @ bd.reshape(-1, nb).T).reshape(batch, num_points, num_joints, 3)   # (B, P, J, 3)
         attached = (rot_t[:, None] * b[:, :, :, None, :]).sum(-1)             # R_j B_pj, (B, P, J, 3)
         points = a @ pos_t + attached.sum(2)
         return SkeletonState(pose=pose, betas=betas, subset=subset, rot=rot_t, pos=pos_t, attached=attached,
@@ -157,26 +182,39 @@ class Skeleton(torch.nn.Module):
 
         Rotating joint a's subtree by a small local increment d (R_a -> R_a exp(d)) moves a point by
         -skew(m_pa) R_a d = (R_a d) x m_pa, where m_pa is the part of the point carried by the subtree, relative
-        to joint a; the axis-angle chain rule adds the SO(3) right Jacobian.
+        to joint a; the axis-angle chain rule adds the SO(3) right Jacobian. Pose slots that drive no joint of
+        this tree (SMPL-H/SMPL-X: 22, 23) get zero columns.
         """
         a, _, bd, share = self._rows(state.subset)
-        batch, num_points, nb = state.pose.shape[0], a.shape[0], state.betas.shape[1]
+        batch, num_points, nb, num_joints = state.pose.shape[0], a.shape[0], state.betas.shape[1], self.num_joints
+        driven = self.slot_joints                                              # (D,)
         carried = a[None, :, :, None] * state.pos[:, None] + state.attached  # (B, P, J, 3): c_pj
-        m = (carried.transpose(2, 3) @ self.desc.T).transpose(2, 3) - share[None, :, :, None] * state.pos[:, None]
-        jr = right_jacobian(state.pose.reshape(batch, 24, 3))                  # (B, J, 3, 3)
-        cols = (state.rot @ jr).transpose(-1, -2)                              # columns of R_a Jr_a, (B, J, 3, 3)
-        d_pose = torch.linalg.cross(cols[:, None], m[:, :, :, None, :].expand(-1, -1, -1, 3, -1))  # (B,P,J,k,c)
-        d_pose = d_pose.permute(0, 1, 4, 2, 3).reshape(batch, num_points, 3, 72)
+        desc = self.desc if self.identity_slots else self.desc[driven]         # (D, J)
+        share_d = share if self.identity_slots else share[:, driven]           # (P, D)
+        pos_d = state.pos if self.identity_slots else state.pos[:, driven]     # (B, D, 3)
+        rot_d = state.rot if self.identity_slots else state.rot[:, driven]     # (B, D, 3, 3)
+        m = (carried.transpose(2, 3) @ desc.T).transpose(2, 3) - share_d[None, :, :, None] * pos_d[:, None]
+        pose_slots = state.pose.reshape(batch, self.num_slots, 3)
+        jr = right_jacobian(pose_slots if self.identity_slots else pose_slots[:, self.slots])   # (B, D, 3, 3)
+        cols = (rot_d @ jr).transpose(-1, -2)                                  # columns of R_a Jr_a, (B, D, 3, 3)
+        d_driven = torch.linalg.cross(cols[:, None], m[:, :, :, None, :].expand(-1, -1, -1, 3, -1))  # (B,P,D,k,c)
+        d_driven = d_driven.permute(0, 1, 4, 2, 3)                              # (B, P, c, D, k)
+        if self.identity_slots:
+            d_pose = d_driven.reshape(batch, num_points, 3, 3 * self.num_slots)
+        else:
+            d_pose = d_driven.new_zeros(batch, num_points, 3, self.num_slots, 3)
+            d_pose[:, :, :, self.slots] = d_driven
+            d_pose = d_pose.reshape(batch, num_points, 3, 3 * self.num_slots)
         # betas: rest joint positions and attachment offsets are linear in beta
         par = self.parents.clamp_min(0)
         rot_par = state.rot[:, par]                                            # (B, J, 3, 3)
         rot_par[:, 0] = torch.eye(3, dtype=rot_par.dtype, device=rot_par.device)
         jd_off = self.j_dirs - self.j_dirs[par] * (self.parents >= 0).to(self.j_dirs.dtype)[:, None, None]
         e = (rot_par[..., None] * jd_off[None, :, None]).sum(-2)              # (B, J, 3, NB)
-        dpos = (self.desc.T @ e.reshape(batch, 24, -1)).reshape(batch, 24, 3, nb)  # ancestors-or-self of j
+        dpos = (self.desc.T @ e.reshape(batch, num_joints, -1)).reshape(batch, num_joints, 3, nb)  # ancestors
         # sum_j R_j Bd_pj as one GEMM: (B*3, J*3) @ (J*3, P*NB)
-        rot_rows = state.rot.permute(0, 2, 1, 3).reshape(batch * 3, 72)
-        bd_cols = bd.permute(1, 2, 0, 3).reshape(72, num_points * nb)
+        rot_rows = state.rot.permute(0, 2, 1, 3).reshape(batch * 3, 3 * num_joints)
+        bd_cols = bd.permute(1, 2, 0, 3).reshape(3 * num_joints, num_points * nb)
         attached_d = (rot_rows @ bd_cols).reshape(batch, 3, num_points, nb).transpose(1, 2)
-        d_betas = (a @ dpos.reshape(batch, 24, -1)).reshape(batch, num_points, 3, nb) + attached_d
+        d_betas = (a @ dpos.reshape(batch, num_joints, -1)).reshape(batch, num_points, 3, nb) + attached_d
         return d_pose, d_betas

@@ -13,11 +13,19 @@ reference: SPIN's own procedure — the full smplx body model evaluated every st
   confidences are never modified (SPIN zeroes them in place), and missing torso keypoints are masked in stage 1.
 fast: the same objective on the exact joints-only `Skeleton`, minimised by batched Levenberg–Marquardt with
   analytic Jacobians (Geman–McClure by iteratively reweighted least squares, the max-mixture prior by its active
-  component). Run to convergence from an estimated start (a network's prediction), a fit over-fits noisy
-  keypoints and wanders into depth ambiguities, so stage 2 adds w_init² ‖θ_body - θ_body,init‖² (100 small Adam
-  steps have the same effect implicitly). A start at the mean pose (body pose all zero) carries no estimate: it
-  gets no such term, and the same start turned around is fitted too (front/back ambiguity); the candidate
-  with the lower SPIN objective is kept. `fitloop bench smplify` compares both modes.
+  component). Run to convergence from an estimated start (``start="estimate"``: a network's prediction), a fit
+  over-fits noisy keypoints and wanders into depth ambiguities, so stage 2 adds w_init² ‖θ_body - θ_body,init‖²
+  (100 small Adam steps have the same effect implicitly). A start that carries no estimate of the person
+  (``start="mean"``: `mean_pose_start`) gets no such term, and the same start turned around is fitted too
+  (front/back ambiguity); the candidate with the lower SPIN objective is kept. The caller says which start it
+  gives; the values of the pose never decide it. `fitloop bench smplify` compares both modes.
+
+Body models: every family `fitting.body_model` loads (SMPL, SMPL-H, SMPL-X, the open model), in both modes. The
+fitted parameters are the body model's: pose (B, 72) and betas. SMPL-H and SMPL-X have no joints for SMPL's hand
+slots 22 and 23 (pose entries 66–71): only the pose prior (over all 69 body values, as in SPIN) moves them, and
+the model ignores them. Their hand, jaw and eye joints keep zero pose (the body model's flat hands and closed
+jaw): none of the 49 keypoints observes them, so nothing is fitted there and nothing beyond the 72 values is
+returned or stored.
 
 Conventions: keypoints (B, 49, 3) in pixels of the image the camera describes (SPIN: the 224 px crop) plus
 confidence; pose (B, 72) axis-angle radians [global orient, body]; betas (B, NB); cam_t (B, 3) metres, camera
@@ -26,12 +34,15 @@ Inputs are never modified. Results are deterministic for given inputs.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
 from core.camera import project, translation_from_torso
+from core.errors import ModelFileError
 from core.frames import FIT_FOCAL, FIT_RES
 from core.joints import JOINT_INDEX, SMPLIFY_IGNORED, indices
 from fitting.body_model import BodyModel
@@ -41,6 +52,9 @@ from fitting.skeleton import Skeleton, SkeletonState, rodrigues
 OP_TORSO = ("OP RHip", "OP LHip", "OP RShoulder", "OP LShoulder")
 TORSO_PAIRS = (("Right Shoulder", "Right Hip"), ("Left Shoulder", "Left Hip"))  # the start's similar triangles
 GT_TORSO = ("Right Hip", "Left Hip", "Right Shoulder", "Left Shoulder")
+# What a fit's start is: "mean" carries nothing about this person (SPIN's static-fit start, `mean_pose_start`);
+# "estimate" is a guess at this person (a network's prediction, a stored fit).
+Start = Literal["mean", "estimate"]
 
 
 @dataclass(frozen=True)
@@ -62,7 +76,7 @@ class SMPLifyConfig:
     camera_iterations: int = 10
     body_iterations: int = 25
     init_weight: float = 13.0               # w_init: keeps the body pose near an estimated start (1/rad)
-    try_back_start: bool | None = None      # None: for starts at the mean pose (all body pose zero)
+    try_back_start: bool | None = None      # None: for start="mean"; True/False: always/never
     back_choice_after: int = 25             # stage-2 iterations run on both starts before keeping the better
 
     def validated(self) -> "SMPLifyConfig":
@@ -118,11 +132,19 @@ def gmof(residual: Tensor, sigma: float) -> Tensor:
 
 
 class SMPLify:
-    """Batched two-stage SMPLify for one body model and pose prior; any batch size per call."""
+    """Batched two-stage SMPLify for one body model and pose prior; any batch size per call.
+
+    SMPLify runs where the body model lives (inputs must be there too). Neither argument is modified: a prior on
+    another device is copied there, the caller's stays where it is."""
 
     def __init__(self, body: BodyModel, prior: MaxMixturePrior, config: SMPLifyConfig = SMPLifyConfig()):
-        device = next(body.buffers()).device  # SMPLify runs where the body model lives; inputs must be there too
-        self.body, self.prior, self.config = body, prior.to(device), config.validated()
+        device = next(body.buffers()).device
+        if prior.dim != 3 * 23:
+            raise ModelFileError(f"the pose prior is a mixture over {prior.dim} values; SMPLify needs one over the "
+                                 f"69 body-pose values of SMPL's 23 body joints (pass such a prior file)")
+        if prior.means.device != device:
+            prior = copy.deepcopy(prior).to(device)
+        self.body, self.prior, self.config = body, prior, config.validated()
         self.skeleton = Skeleton(body).to(device) if config.mode == "fast" else None
         self._angle_idx = torch.tensor(ANGLE_PRIOR_INDICES, device=device) + 3          # into the full 72-d pose
         self._angle_sign = torch.tensor(ANGLE_PRIOR_SIGNS, device=device)
@@ -132,13 +154,20 @@ class SMPLify:
 
     # -- public API ----------------------------------------------------------------------------------------
     def __call__(self, keypoints: Tensor, init_pose: Tensor, init_betas: Tensor, init_cam_t: Tensor,
-                 camera_center: Tensor) -> SMPLifyResult:
-        """Fit a batch (shapes in the module docstring); returns fits with their losses."""
+                 camera_center: Tensor, *, start: Start) -> SMPLifyResult:
+        """Fit a batch (shapes in the module docstring); returns fits with their losses.
+
+        start: what the initial parameters are, for every example of the batch: ``"mean"`` (no estimate of this
+        person, e.g. `mean_pose_start`) or ``"estimate"`` (a network's prediction). The fast mode keeps an
+        estimate's body pose near its start and tries a mean start turned around too; SPIN's reference
+        procedure treats both alike."""
+        if start not in get_args(Start):
+            raise ValueError(f"SMPLify start must be one of {get_args(Start)}, not {start!r}")
         keypoints, init_pose, init_betas, init_cam_t, camera_center = (
             t.detach().clone() for t in (keypoints, init_pose, init_betas, init_cam_t, camera_center))
         if self.config.mode == "reference":
             return self._fit_reference(keypoints, init_pose, init_betas, init_cam_t, camera_center)
-        return self._fit_fast(keypoints, init_pose, init_betas, init_cam_t, camera_center)
+        return self._fit_fast(keypoints, init_pose, init_betas, init_cam_t, camera_center, start == "estimate")
 
     def fitting_loss(self, pose: Tensor, betas: Tensor, cam_t: Tensor, camera_center: Tensor,
                      keypoints: Tensor) -> Tensor:
@@ -229,12 +258,12 @@ class SMPLify:
         return self._result(pose, betas.detach(), cam_t, keypoints, center, 2 * c.iterations)
 
     # -- fast: Levenberg–Marquardt on the skeleton ---------------------------------------------------------
-    def _fit_fast(self, keypoints, init_pose, init_betas, init_cam_t, center) -> SMPLifyResult:
+    def _fit_fast(self, keypoints, init_pose, init_betas, init_cam_t, center, is_estimate: bool) -> SMPLifyResult:
         c = self.config
         batch = init_pose.shape[0]
-        # A start whose body pose is all zero is the mean pose: it says nothing about this person, so nothing
-        # pulls the fit back to it, and the same start turned around is tried too (front/back ambiguity).
-        from_mean = (init_pose[:, 3:] == 0).all(1)
+        # A mean start says nothing about this person, so nothing pulls the fit back to it, and the same start
+        # turned around is tried too (front/back ambiguity).
+        from_mean = torch.full((batch,), not is_estimate, dtype=torch.bool, device=init_pose.device)
         back = from_mean if c.try_back_start is None else torch.full_like(from_mean, c.try_back_start)
         extra = torch.nonzero(back)[:, 0]
         dev = init_pose.device

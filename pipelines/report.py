@@ -1,54 +1,67 @@
 """The demo's report: counts and rejects of the shard set, fit errors per fits-table version, training curves.
 
-Fit errors are measured against the synthetic ground truth (`fitloop_truth.npz` beside each generated dataset):
-for every version of the fits table, the best fit of each key as of that version is posed with the body model
-and compared with the true 3D joints on the 14 LSP-style evaluation joints (PA-MPJPE, mm).
+Fit errors are fitloop's one fit-vs-truth evaluation (`fits.evaluate`, SPIN's protocol; the report prints its
+definition): for every version of the fits table, the best fit of each key as of that version among the fits of
+the report's body model is posed with that model, and compared on the 14 evaluation joints with the person's true
+body from the synthetic truth file (`fitloop_truth.npz` beside each generated dataset), posed the same way.
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 import torch
 
-from core.joints import EVAL_J14, indices
+from core.errors import FitloopError
+from fits.evaluate import EVALUATION, NUM_EVAL_JOINTS, FitsGroundTruth, evaluate_fits
+from fits.table import FitsTable
+from fitting.body_model import BodyModel
+from pipelines.synthetic.truth import TRUTH_FILE, load_truth
 
 
-def load_truth_joints(roots: list[Path]) -> dict[str, np.ndarray]:
-    """key -> true 3D joints (49, 3) from the truth files under the given dataset folders."""
-    truth: dict[str, np.ndarray] = {}
+def synthetic_truth(roots: Sequence[Path], body: BodyModel) -> FitsGroundTruth:
+    """The true bodies of the synthetic datasets under ``roots`` (each one's truth file; folders without one are
+    skipped) as the truth for fits of ``body``, the model they were drawn with. A key's dataset is its first path
+    component (``lsp/im0001`` -> ``lsp``). Truth drawn with another body model is refused: its bodies mean nothing
+    in this model's shape space."""
+    keys: list[str] = []
+    pose, betas = [], []
     for root in roots:
-        path = Path(root) / "fitloop_truth.npz"
-        if path.is_file():
-            with np.load(path, allow_pickle=False) as z:
-                truth.update(zip((str(k) for k in z["key"]), z["joints_3d"]))
-    return truth
+        path = Path(root) / TRUTH_FILE
+        if not path.is_file():
+            continue
+        truth = load_truth(path)
+        drawn_with = truth.metadata.get("body_model", {}).get("model_id")
+        if drawn_with != body.model_id:
+            raise FitloopError(f"{path}: the people were drawn with body model {drawn_with or 'unknown'}, the fits "
+                               f"are evaluated with {body.model_id}; report with the model the data was made with")
+        keys += [str(k) for k in truth.arrays["key"]]
+        pose.append(truth.arrays["pose"])
+        betas.append(truth.arrays["betas"])
+    if not keys:
+        return FitsGroundTruth([], [], torch.zeros(0, NUM_EVAL_JOINTS, 3), body.model_id)
+    return FitsGroundTruth.from_bodies(keys, [k.split("/", 1)[0] for k in keys],
+                                       torch.as_tensor(np.concatenate(pose)), torch.as_tensor(np.concatenate(betas)),
+                                       body)
 
 
-def fit_errors_by_version(table_path: Path, truth: dict[str, np.ndarray], body: Any) -> list[dict[str, Any]]:
-    """[{version, fits, with_truth, pa_mpjpe_mm, source}] for every version of the fits table."""
-    from core.metrics import pa_mpjpe
-    from fits.table import FitsTable
-
+def fit_errors_by_version(table_path: Path, truth: FitsGroundTruth, body: BodyModel) -> list[dict[str, Any]]:
+    """[{version, fits, with_truth, pa_mpjpe_mm, mpjpe_mm, body_model_id}] for every version of the fits table:
+    ``fits`` counts the keys with a fit of ``body``'s model, ``with_truth`` those of them in ``truth``; errors in
+    mm (`fits.evaluate.evaluate_fits`), NaN without any."""
     table = FitsTable.open(table_path)
-    eval_idx = torch.as_tensor(indices(EVAL_J14))
     rows = []
     for entry in table.versions():
         version = entry["version"]
-        best = table.best(version=version)
-        keys = best["key"].to_pylist()
-        known = [i for i, k in enumerate(keys) if k in truth]
-        row = {"version": version, "fits": len(keys), "with_truth": len(known), "pa_mpjpe_mm": float("nan")}
-        if known:
-            pose = torch.as_tensor(np.stack(best["pose"].to_numpy(zero_copy_only=False)[known]), dtype=torch.float32)
-            betas = torch.as_tensor(np.stack(best["betas"].to_numpy(zero_copy_only=False)[known]),
-                                    dtype=torch.float32)
-            with torch.no_grad():
-                joints = body(betas, pose[:, 3:], pose[:, :3]).joints[:, eval_idx]
-            true = torch.as_tensor(np.stack([truth[keys[i]] for i in known]), dtype=torch.float32)[:, eval_idx]
-            row["pa_mpjpe_mm"] = float(1000 * pa_mpjpe(joints, true).mean())
-        rows.append(row)
+        keys = table.log(version=version, columns=["key"], where=pc.field("body_model_id") == body.model_id)["key"]
+        errors = evaluate_fits(table, body, truth, version=version).get("all", {})
+        rows.append({"version": version, "fits": pc.count_distinct(keys).as_py(),
+                     "with_truth": errors.get("samples", 0), "pa_mpjpe_mm": errors.get("pa_mpjpe_mm", math.nan),
+                     "mpjpe_mm": errors.get("mpjpe_mm", math.nan), "body_model_id": body.model_id})
     return rows
 
 
@@ -79,9 +92,10 @@ def write_report(out: Path, *, manifest: dict[str, Any], seed: dict[str, Any], t
     lines += ["## Fits table", "",
               f"Seed run: {seed['fitted']} samples fitted from the mean pose, {seed['appended']} fits appended. "
               f"Training wrote improved fits back at every checkpoint and epoch end.", "",
-              "Error of the best fits as of each table version against the synthetic ground truth (PA-MPJPE on the "
-              "14 LSP joints; the fixtures' real people have no 3D truth and are not counted):", "",
-              *_table(fit_errors, ["version", "fits", "with_truth", "pa_mpjpe_mm"]), ""]
+              f"Error of the best fits of body model `{fit_errors[0]['body_model_id'] if fit_errors else '-'}` as of "
+              f"each table version against the synthetic ground truth (the fixtures' real people have no 3D truth "
+              f"and are not counted), in mm. Definition (`fits.evaluate`): {EVALUATION}.", "",
+              *_table(fit_errors, ["version", "fits", "with_truth", "pa_mpjpe_mm", "mpjpe_mm"]), ""]
     if pictures.get("fits"):
         lines += [f"![sample fits]({pictures['fits']})", ""]
     metrics = train.get("metrics") or []

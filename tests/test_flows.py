@@ -106,9 +106,10 @@ def test_build_flow_runs_preprocess_seed_and_train(prefect_server, synthetic_lsp
     import json
 
     from fitting.body_model import load_body_model
-    from pipelines.report import fit_errors_by_version, load_truth_joints, write_report
+    from pipelines.report import fit_errors_by_version, synthetic_truth, write_report
 
-    errors = fit_errors_by_version(summary["fits"], load_truth_joints([synthetic_lsp]), load_body_model("open"))
+    body = load_body_model("open")
+    errors = fit_errors_by_version(summary["fits"], synthetic_truth([synthetic_lsp], body), body)
     assert [e["version"] for e in errors] == [v["version"] for v in versions]
     seeded = errors[1]
     assert seeded["with_truth"] == 6 and 0 < seeded["pa_mpjpe_mm"] < 300

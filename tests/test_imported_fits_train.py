@@ -7,7 +7,6 @@ an N x 82 float64 ``<dataset>_fits.npy`` row-aligned with it.
 """
 from __future__ import annotations
 
-
 import model_files
 import numpy as np
 import pyarrow.compute as pc

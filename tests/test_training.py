@@ -316,7 +316,7 @@ def test_supervision_follows_spin():
 
 
 def test_error_sums_per_dataset_and_a_diverged_prediction():
-    from training.evaluate import ErrorSums
+    from fits.evaluate import ErrorSums
 
     gen = torch.Generator().manual_seed(6)
     gt = torch.randn(3, 14, 3, generator=gen)
@@ -463,14 +463,14 @@ def test_a_run_reads_the_fits_table_once(reference_run, seeded_table):
 
 
 def test_the_fits_evaluation_of_the_store_is_the_tables(reference_run, synthetic, body):
-    from training.evaluate import FitsGroundTruth, evaluate_fits
+    from fits.evaluate import FitsGroundTruth, evaluate_fits
 
     _, fits, summary = reference_run
     table = FitsTable.open(fits)
     truth = FitsGroundTruth.scan([synthetic], ("train",), body)
     store = FitsStore.load(table, body.model_id)
-    from_store = evaluate_fits(store.view(), store.version, body.model_id, truth, body)
-    from_table = evaluate_fits(table, store.version, body.model_id, truth, body)
+    from_store = evaluate_fits(store.view(), body, truth, version=store.version)
+    from_table = evaluate_fits(table, body, truth, version=store.version)
     assert from_store == from_table and from_store["all"]["samples"] == 16
     assert float(summary["metrics"][-1]["fits_pa_mpjpe_mm"]) == pytest.approx(from_table["all"]["pa_mpjpe_mm"],
                                                                              rel=1e-5)

@@ -56,6 +56,7 @@ from deltalake import DeltaTable
 from tqdm import tqdm
 
 from core.frames import fit_frame_px
+from fits.evaluate import FitsGroundTruth, evaluate_fits
 from fits.schema import FitProvenance
 from fits.seeding import SeedConfig, fit_config_hash, seed_fits
 from fits.store import FitsStore
@@ -78,7 +79,7 @@ from shards.reader import (
 from training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, rank_rng_state, save_checkpoint
 from training.config import TrainConfig, resumed_config
 from training.data import MixedShardStream, parse_mix, train_sample_count
-from training.evaluate import FitsGroundTruth, evaluate_fits, evaluate_network
+from training.evaluate import evaluate_network
 from training.regressor import Regressor, mean_params_from_npz, mean_params_from_prior
 from training.resnet import load_imagenet_weights
 from training.run_log import PARTS, RunLog
@@ -432,7 +433,7 @@ def evaluate(run: Run, store: FitsStore, pos: Position, epoch: int, started: flo
     if run.rank != 0:
         barrier(run)
         return {}
-    fits = (evaluate_fits(store.view(), pos.fits_version, run.body.model_id, run.truth, run.body)
+    fits = (evaluate_fits(store.view(), run.body, run.truth, version=pos.fits_version)
             if run.truth else {})
     net = {}
     if run.eval_reader is not None:

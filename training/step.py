@@ -166,7 +166,7 @@ def fit_in_the_loop(smplify: SMPLify, pred: Prediction, keypoints_px: Tensor) ->
     pose = rotmat_to_axis_angle(pred.rotmat.detach().float()).reshape(batch, 72).to(device)
     center = torch.full((batch, 2), FIT_CENTER, device=device)
     return smplify(keypoints_px, pose, pred.betas.detach().float().to(device),
-                   pred.cam_t.detach().float().to(device), center)
+                   pred.cam_t.detach().float().to(device), center, start="estimate")
 
 
 # 4 ------------------------------------------------------------------------------------------------------------

@@ -93,10 +93,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     start = _step("measuring every fits-table version against the synthetic ground truth")
     from fitting.body_model import load_body_model
-    from pipelines.report import fit_errors_by_version, load_truth_joints, write_report
+    from pipelines.report import fit_errors_by_version, synthetic_truth, write_report
 
     body = load_body_model("open")
-    errors = fit_errors_by_version(Path(summary["fits"]), load_truth_joints(list(roots.values())), body)
+    errors = fit_errors_by_version(Path(summary["fits"]), synthetic_truth(list(roots.values()), body), body)
     (out / "fit_errors.json").write_text(json.dumps(errors, indent=1))
     for row in errors:
         print(f"[demo]   fits v{row['version']}: {row['fits']} fits, PA-MPJPE {row['pa_mpjpe_mm']:.1f} mm "
