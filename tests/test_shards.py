@@ -580,3 +580,16 @@ def test_preprocess_with_a_bad_root_says_what_it_expects(tmp_path, capsys):
     assert err.count("\n") == 0 and "joints.mat" in err and "nowhere" in err
     assert main(["preprocess", "lsp", "--root", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
     assert "joints.mat" in capsys.readouterr().err
+
+
+def test_preprocess_help_lists_every_registered_adapter(capsys):
+    from pipelines.adapters import ADAPTERS
+
+    with pytest.raises(SystemExit):
+        main(["preprocess", "--help"])
+    listed = capsys.readouterr().out.split("the dataset's format:")[1].split("\n\n")[0]
+    assert [name.strip() for name in " ".join(listed.split()).split(",")] == sorted(ADAPTERS)
+    assert "h36m" in ADAPTERS
+    with pytest.raises(SystemExit):
+        main(["preprocess", "h3.6m", "--root", ".", "--out", "x"])
+    assert "invalid choice: 'h3.6m' (choose from 'coco', 'h36m'" in capsys.readouterr().err
