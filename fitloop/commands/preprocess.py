@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 
-
 class AdapterNames:
     """The registered adapters' names (`pipelines.adapters.ADAPTERS`), read when argparse first needs them (a help
     text or a value to check), so that other commands do not pay for importing every adapter."""
@@ -59,7 +58,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from pipelines.cluster import dask_client, resolve_address
+    from pipelines.cluster import check_scheduler, dask_client, resolve_address
     from pipelines.preprocess import DatasetSpec, open_datasets, parse_options, write_shard_set
     from shards.writer import ShardConfig, check_out_dir
 
@@ -71,8 +70,11 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     out = args.out.resolve()  # absolute before it goes to Dask workers, whose working folder is not this one
     if check_out_dir(out, args.overwrite):  # a finished set in the way fails here, before anything is read
         print(f"fitloop preprocess: resuming the unfinished shard set in {out}", file=sys.stderr)
+    address = resolve_address(args.dask_address)
+    if address:
+        check_scheduler(address)  # an address where no scheduler answers fails here, within seconds
     records, inputs = open_datasets([spec])  # a bad root or missing files fail here, before any output
-    parallel = args.workers is not None or resolve_address(args.dask_address)
+    parallel = args.workers is not None or address
     cluster = dask_client(args.dask_address, args.workers) if parallel else nullcontext(None)
     with cluster as client, tqdm(desc=args.dataset, unit=" records", file=sys.stderr,
                                  disable=args.no_progress) as bar:
