@@ -16,6 +16,7 @@ pool). Both import the flows from the installed package (entrypoints ``pipelines
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -38,6 +39,23 @@ from shards.writer import ShardConfig
 # 'build/fitloop-served' runs in the `fitloop serve` process, 'build/fitloop-pool' on a process work pool.
 SERVED_DEPLOYMENT = "fitloop-served"
 POOL_DEPLOYMENT = "fitloop-pool"  # the name every deployment in prefect.yaml has
+
+
+class ExpectedFaultsInOneLine(logging.Filter):
+    """Prefect logs a failed run's exception with its traceback (the engine's "Engine execution exited with
+    unexpected exception", a parent flow's "Encountered exception during execution"); for an expected fault, a
+    `FitloopError` whose one line `fails_cleanly` has logged already, the traceback is noise: keep the line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, FitloopError):
+            record.msg, record.args = f"{record.getMessage()}: {error}", ()
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+for _name in ("prefect.flow_runs", "prefect.task_runs"):  # the run loggers every such message goes through
+    logging.getLogger(_name).addFilter(ExpectedFaultsInOneLine())
 
 
 def fails_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:

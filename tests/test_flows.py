@@ -31,6 +31,7 @@ BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 240   # a Prefect server, a `fitloop serve` process or a Dask worker coming up on a loaded machine
 RUN_TIMEOUT_S = 420     # a tiny flow run, including its process start
 TERMINAL_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+ENGINE_FAILED = "Engine execution exited with unexpected exception"  # Prefect's log line for a failed flow run
 
 
 def _free_port() -> int:
@@ -518,8 +519,16 @@ def test_a_served_deployment_runs_through_a_real_server(prefect_api, dask_schedu
         relative = _run_to_the_end(prefect_api, deployment, {"datasets": datasets, "out": "relative-shards",
                                                              "dask_address": dask_scheduler})
         assert relative["state"]["type"] == "FAILED"
-        assert relative["state"]["message"] == ("out: 'relative-shards' is a relative path, and a deployment's flow "
-                                                "run works in a temporary folder; give an absolute path")
+        line = "out: 'relative-shards' is a relative path, and a deployment's flow run works in a temporary " \
+               "folder; give an absolute path"
+        assert relative["state"]["message"] == line
+        # the run's error log: the line, and Prefect's engine saying the run failed, without a traceback
+        deadline, errors = time.monotonic() + 60, []
+        while time.monotonic() < deadline and not any(m.startswith(ENGINE_FAILED) for m in errors):
+            time.sleep(1)
+            errors = [entry["message"] for entry in _post(f"{prefect_api}/logs/filter", {
+                "logs": {"flow_run_id": {"any_": [relative["id"]]}, "level": {"ge_": 40}}, "limit": 50})]
+        assert errors == [line, f"{ENGINE_FAILED}: {line}"], errors
     finally:
         _stop(serve)
 
