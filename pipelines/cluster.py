@@ -2,17 +2,31 @@
 
 `dask_client()` yields a `distributed.Client`: connected to ``address`` (or ``$FITLOOP_DASK_ADDRESS``) when one
 is given, e.g. ``tcp://scheduler:8786``; otherwise to a local cluster of one single-threaded worker process per
-core, closed on exit. Chunk functions are plain, importable functions; workers need fitloop installed (the same
-environment) and access to the same paths (a shared filesystem on a multi-machine cluster).
+core, closed on exit. The local cluster's scheduler, workers and dashboard listen on ``127.0.0.1`` only
+(`LOCAL_HOST`), unless ``host`` says otherwise. An address where no scheduler answers fails within
+`CONNECT_TIMEOUT_S` with one line that names it (`check_scheduler`).
+
+Chunk functions are plain, importable functions; workers need fitloop installed (the same environment) and
+access to the same paths (a shared filesystem on a multi-machine cluster); the callers send absolute paths.
 """
 from __future__ import annotations
 
 import logging
 import os
+import socket
 from contextlib import contextmanager
 from typing import Iterator
 
+from core.errors import FitloopError
+
 DASK_ADDRESS_ENV = "FITLOOP_DASK_ADDRESS"
+LOCAL_HOST = "127.0.0.1"  # the local cluster listens here only: nothing on the network can reach it
+CONNECT_TIMEOUT_S = 5.0   # a scheduler that answers at all answers within this
+DEFAULT_PORT = 8786       # Dask's scheduler port, when an address leaves it out
+
+
+class ClusterError(FitloopError):
+    """No Dask scheduler at the given address, or an address that is not one."""
 
 
 def resolve_address(address: str | None) -> str | None:
@@ -20,19 +34,65 @@ def resolve_address(address: str | None) -> str | None:
     return address or os.environ.get(DASK_ADDRESS_ENV) or None
 
 
+def _where(address: str) -> str:
+    return f"{address!r} (from ${DASK_ADDRESS_ENV})" if address == os.environ.get(DASK_ADDRESS_ENV) else \
+        repr(address)
+
+
+def check_scheduler(address: str) -> str:
+    """The address, normalised (``tcp://host:port``), once something accepts a connection there.
+
+    Raises:
+        ClusterError: the address is not ``[tcp://|tls://]HOST[:PORT]``, or nothing accepts a TCP connection at it
+            within `CONNECT_TIMEOUT_S`. Other schemes (``inproc://``, ``ucx://``) are passed on unchecked.
+    """
+    from distributed.comm import parse_address, unparse_host_port
+    from distributed.comm.addressing import parse_host_port
+    from distributed.comm.registry import backends
+
+    try:
+        scheme, location = parse_address(address)
+        if scheme not in backends:
+            raise ValueError(f"unknown scheme {scheme!r}")
+        if scheme not in ("tcp", "tls"):
+            return address
+        host, port = parse_host_port(location, DEFAULT_PORT)
+    except ValueError as err:
+        raise ClusterError(f"Dask address {_where(address)} is not tcp://HOST:PORT ({err})") from None
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as err:
+        reason = (f"no answer within {CONNECT_TIMEOUT_S:.0f} s" if isinstance(err, TimeoutError)
+                  else (err.strerror or str(err)).lower())
+        raise ClusterError(f"no Dask scheduler at {_where(address)} ({reason}); start one there (dask scheduler) "
+                           f"or leave the address out to use a local cluster") from None
+    return f"{scheme}://{unparse_host_port(host, port)}"
+
+
 @contextmanager
-def dask_client(address: str | None = None, workers: int | None = None) -> Iterator["distributed.Client"]:  # noqa: F821
-    """A Dask client for the duration of the block (see module docstring); `workers` sizes a local cluster."""
+def dask_client(address: str | None = None, workers: int | None = None, *,
+                host: str = LOCAL_HOST) -> Iterator["distributed.Client"]:  # noqa: F821
+    """A Dask client for the duration of the block (see module docstring).
+
+    address: an existing scheduler (default ``$FITLOOP_DASK_ADDRESS``); none: a local cluster of ``workers``
+    processes (default one per core) whose scheduler, workers and dashboard listen on ``host``."""
     from distributed import Client, LocalCluster
 
     # Prefect routes the root logger to its console: keep distributed's start/stop chatter out of it.
     logging.getLogger("distributed").setLevel(logging.WARNING)
     address = resolve_address(address)
     if address:
-        with Client(address, timeout="30s") as client:
+        checked = check_scheduler(address)
+        try:
+            client = Client(checked, timeout=f"{CONNECT_TIMEOUT_S * 2:.0f}s")
+        except Exception as err:  # noqa: BLE001 - something accepted the connection but is not a Dask scheduler
+            raise ClusterError(f"no Dask scheduler at {_where(address)}: something answers there but not as a "
+                               f"Dask scheduler ({type(err).__name__}: {str(err)[:120]})") from None
+        with client:
             yield client
         return
     n = workers or os.cpu_count() or 1
-    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      silence_logs=40) as cluster, Client(cluster) as client:
+    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host=host, dashboard_address=f"{host}:0",
+                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         yield client

@@ -3,21 +3,33 @@
 
 Adapters are read in this process (they parse annotation files and check image headers); records are grouped
 into shard-sized chunks (`shards.writer.iter_chunks`) and each chunk — decode, crop, encode, tar — is written by
-`shards.writer.write_chunk`, in this process or on Dask workers as chunks fill up. The manifest is written last.
+`shards.writer.write_chunk`, in this process or on Dask workers as chunks fill up. The manifest is written last,
+once every shard it names is verified on disk. A failed or killed run resumes where it stopped: writing into
+the same folder again keeps the chunks it finished (`shards.writer.plan_chunks`).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import itertools
 import sys
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from core.errors import FitloopError
 from shards.schema import PersonRecord, Reject
-from shards.writer import ShardConfig, finalize_manifest, iter_chunks, prepare_out_dir, write_chunk
+from shards.writer import (
+    ChunkResult,
+    ShardConfig,
+    finalize_manifest,
+    plan_chunks,
+    prepare_out_dir,
+    write_chunk,
+    write_shards,
+)
 
 # Splits that are unions of others: converting them as well would write every person twice.
 AGGREGATE_SPLITS = ("all", "trainval")
@@ -132,28 +144,50 @@ def preprocess(specs: Iterable[DatasetSpec], out_dir: Path, config: ShardConfig 
 def write_shard_set(records: Iterable[PersonRecord | Reject], inputs: list[dict[str, Any]], out_dir: Path,
                     config: ShardConfig = ShardConfig(), *, client=None, overwrite: bool = False,
                     on_item: Callable[[PersonRecord | Reject], None] | None = None,
-                    on_chunk: Callable[[Any], None] | None = None) -> dict[str, Any]:
+                    on_chunk: Callable[[ChunkResult, bool], None] | None = None) -> dict[str, Any]:
     """Write opened records (`open_datasets`) as the shard set `out_dir`; returns its manifest.
 
-    client: a `distributed.Client` to write chunks on (`pipelines.cluster.dask_client`); None writes them here.
-    on_item / on_chunk: progress callbacks, per record read and per chunk written (its `ChunkResult`).
-    """
-    out_dir = Path(out_dir)
-    prepare_out_dir(out_dir, overwrite)
-    chunks = iter_chunks(records, config.samples_per_shard, on_item=on_item)
-    if client is None:
-        results = []
-        for name, chunk in chunks:
-            results.append(write_chunk(chunk, out_dir, name, config))
-            if on_chunk is not None:
-                on_chunk(results[-1])
-    else:
-        from distributed import as_completed
+    An unfinished set in `out_dir` (a failed or killed attempt) is resumed: its finished chunks are kept, the rest
+    written (`shards.writer.plan_chunks`).
 
-        futures = [client.submit(write_chunk, chunk, out_dir, name, config, key=f"write-{out_dir.name}-{name}",
-                                 pure=False) for name, chunk in chunks]
-        if on_chunk is not None:
-            for future in as_completed(futures):
-                on_chunk(future.result())
-        results = client.gather(futures)
+    client: a `distributed.Client` to write chunks on (`pipelines.cluster.dask_client`); None writes them here.
+        Every path a chunk gets is absolute, and its task key is unique to this call (`chunk_key`), so runs that
+        share a scheduler never share results.
+    on_item / on_chunk: progress callbacks, per record read and per chunk done (its `ChunkResult`, and whether it
+        was kept from an earlier attempt).
+    """
+    if client is None:
+        return write_shards(records, out_dir, config, inputs=inputs, overwrite=overwrite, on_item=on_item,
+                            on_chunk=on_chunk)
+    from distributed import as_completed
+
+    out_dir = Path(out_dir).resolve()
+    prepare_out_dir(out_dir, overwrite)
+    report = on_chunk or (lambda result, kept: None)
+    run = run_token(out_dir)
+    slots: list[Any] = []  # per chunk, in order: its kept result, or the future writing it
+    for name, chunk, digest, kept in plan_chunks(records, out_dir, config, on_item=on_item):
+        if kept is not None:
+            report(kept, True)
+            slots.append(kept)
+        else:
+            slots.append(client.submit(write_chunk, chunk, out_dir, name, config, digest, key=chunk_key(run, name),
+                                       pure=False))
+    futures = [slot for slot in slots if not isinstance(slot, ChunkResult)]
+    for future in as_completed(futures):
+        report(future.result(), False)
+    written = iter(client.gather(futures))
+    results = [slot if isinstance(slot, ChunkResult) else next(written) for slot in slots]
     return finalize_manifest(out_dir, results, config, inputs=inputs)
+
+
+def run_token(out_dir: Path) -> str:
+    """A token for one writing run into ``out_dir``: a hash of the absolute folder and a random part, so task keys
+    of two runs differ even into the same folder, and a key still says which folder it writes."""
+    folder = hashlib.sha256(str(Path(out_dir).resolve()).encode()).hexdigest()[:8]
+    return f"{folder}{uuid.uuid4().hex[:12]}"
+
+
+def chunk_key(run: str, shard_name: str) -> str:
+    """The Dask task key of one chunk of run ``run`` (`run_token`): ``write-<run>-<shard name>``."""
+    return f"write-{run}-{shard_name}"

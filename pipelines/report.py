@@ -68,7 +68,8 @@ def fit_errors_by_version(table_path: Path, truth: FitsGroundTruth, body: BodyMo
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        cells = [f"{row[c]:.1f}" if isinstance(row[c], float) else str(row[c]) for c in columns]
+        cells = [f"{row[c]:.1f}" if isinstance(row[c], float) else "–" if row[c] is None else str(row[c])
+                 for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

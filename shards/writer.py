@@ -7,22 +7,32 @@ A shard set is one folder:
   mode 0444): the same records and config give the same bytes.
 * ``rejects.parquet``: one row per record that did not become a sample (`shards.schema.REJECT_COLUMNS`): the
   adapter's rejects and images that fail to decode at crop time.
-* ``manifest.json``: what is in the set (`finalize_manifest`); written last, so a folder without one is not a
-  finished shard set.
+* ``manifest.json``: what is in the set (`finalize_manifest`); written last, and only when every shard it names
+  is on disk with the size and sha256 its chunk reported, so a folder without one is not a finished shard set.
+* ``.chunks/``: while a set is unfinished, one receipt per finished chunk (``<shard name>.json``: its
+  `ChunkResult` and the digest of its inputs, `chunk_digest`); removed once the manifest is written.
 
 Every file is written as ``<name>.tmp`` and renamed into place, so a killed run never leaves a half-written file
 under a final name. Read = written + rejected holds for every dataset and split, and the manifest records it.
 
 The unit of work is a chunk (`write_chunk`: records -> one shard + its rejects -> a `ChunkResult`), so a flow can
 write chunks in parallel and call `finalize_manifest` once; `write_shards` does both in one process.
+
+**Resume.** Writing into a folder that holds an unfinished set (a ``.chunks/`` folder, no manifest) continues it:
+`plan_chunks` keeps every chunk whose receipt names the same input digest and whose shard still has the
+recorded size and sha256, and hands the rest back to be written. A retried or re-run conversion therefore rewrites
+only what the failed attempt did not finish; the tars are deterministic, so the set is the one an uninterrupted
+run writes. One run writes into a folder at a time.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import io
 import json
 import os
+import shutil
 import tarfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -36,6 +46,7 @@ from PIL import Image
 
 from core.errors import FitloopError
 from shards.crop import box_to_crop, warp
+from shards.receipts import CHUNKS_DIR, chunk_digest, file_sha256, read_receipt, write_receipt
 from shards.sample import SAMPLE_FORMAT_VERSION, encode_sample
 from shards.schema import REJECT_COLUMNS, SCHEMA_VERSION, PersonRecord, Reject
 
@@ -174,18 +185,21 @@ def _tar_member(name: str, size: int) -> tarfile.TarInfo:
 
 
 def write_chunk(records: list[PersonRecord | Reject], out_dir: Path, shard_name: str,
-                config: ShardConfig) -> ChunkResult:
-    """Write the persons among ``records`` to ``out_dir/<shard_name>.tar``; table the rejects.
+                config: ShardConfig, digest: str | None = None) -> ChunkResult:
+    """Write the persons among ``records`` to ``out_dir/<shard_name>.tar``; table the rejects; leave a receipt.
 
     Args:
         records: adapter outputs, in order; `Reject`s pass through to the result. At most
             ``config.samples_per_shard`` persons, keys unique.
-        out_dir: the shard set's folder (created if missing).
+        out_dir: the shard set's folder (created if missing); absolute when the chunk runs in another process.
         shard_name: the shard's name without ``.tar``; no '/'.
         config: crop and encoding options.
+        digest: `chunk_digest` of ``records`` and ``config``, when the caller has it (computed here otherwise).
     Returns:
-        The chunk's `ChunkResult`. No file is written when no record becomes a sample. A person whose image
-        cannot be read now becomes a ``missing_image``/``corrupt_image`` reject and the chunk goes on.
+        The chunk's `ChunkResult`, also saved as ``out_dir/.chunks/<shard_name>.json`` with ``digest`` once the
+        shard is in place (what `plan_chunks` resumes from). No shard is written when no record becomes a
+        sample. A person whose image cannot be read now becomes a ``missing_image``/``corrupt_image`` reject and
+        the chunk goes on.
     Raises:
         ShardWriteError: too many persons, or a key twice.
     """
@@ -240,6 +254,7 @@ def write_chunk(records: list[PersonRecord | Reject], out_dir: Path, shard_name:
         tmp.unlink(missing_ok=True)
         raise
     result.sources = [dict(zip(("dataset", "split", "source", "image_root"), s)) for s in sources]
+    write_receipt(out_dir, shard_name, digest or chunk_digest(records, config), asdict(result))
     return result
 
 
@@ -264,24 +279,67 @@ def _sample_members(record: PersonRecord, cache: _ImageCache, config: ShardConfi
 
 def write_shards(records: Iterable[PersonRecord | Reject], out_dir: Path, config: ShardConfig = ShardConfig(), *,
                  inputs: list[dict[str, Any]] | None = None, overwrite: bool = False,
-                 on_item: Callable[[PersonRecord | Reject], None] | None = None) -> dict[str, Any]:
+                 on_item: Callable[[PersonRecord | Reject], None] | None = None,
+                 on_chunk: Callable[[ChunkResult, bool], None] | None = None) -> dict[str, Any]:
     """Write a whole shard set in this process: chunks per (dataset, split), then the manifest.
 
     Args:
         records: adapter outputs (`pipelines.adapters.iter_dataset`), any mix of datasets and splits.
-        out_dir: the shard set's folder; it must not hold a shard set already unless ``overwrite``.
+        out_dir: the shard set's folder: new, empty, or holding an unfinished set to resume (module docstring);
+            a finished set only with ``overwrite``.
         config: crop, encoding and shard size.
         inputs: what was read (e.g. ``[{"dataset", "split", "root", "options"}]``), kept in the manifest.
-        overwrite: replace the shard set in ``out_dir`` (its ``.tar`` files, rejects and manifest).
+        overwrite: replace the shard set in ``out_dir`` (its ``.tar`` files, rejects, receipts and manifest).
         on_item: called after each record is taken from ``records`` (a progress bar).
+        on_chunk: called after each chunk with its `ChunkResult` and whether it was kept from an earlier attempt.
     Returns:
         The manifest (as written to ``out_dir/manifest.json``).
     """
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()
     prepare_out_dir(out_dir, overwrite)
-    results = [write_chunk(chunk, out_dir, name, config)
-               for name, chunk in iter_chunks(records, config.samples_per_shard, on_item=on_item)]
+    results = []
+    for name, chunk, digest, kept in plan_chunks(records, out_dir, config, on_item=on_item):
+        results.append(kept or write_chunk(chunk, out_dir, name, config, digest))
+        if on_chunk is not None:
+            on_chunk(results[-1], kept is not None)
     return finalize_manifest(out_dir, results, config, inputs=inputs)
+
+
+def plan_chunks(records: Iterable[PersonRecord | Reject], out_dir: Path, config: ShardConfig, *,
+                on_item: Callable[[PersonRecord | Reject], None] | None = None,
+                ) -> Iterator[tuple[str, list[PersonRecord | Reject], str, ChunkResult | None]]:
+    """The chunks of `iter_chunks`, each as (shard name, records, `chunk_digest`, kept): ``kept`` is the result of
+    the same chunk finished by an earlier attempt at ``out_dir`` (`finished_chunk`), None when it is to be written.
+
+    Records whose ``image_root`` is relative are given the absolute one, so a chunk reads the same files in any
+    process (a Dask worker's working folder is not this one's)."""
+    absolute = (_absolute_root(item) for item in records)
+    for name, chunk in iter_chunks(absolute, config.samples_per_shard, on_item=on_item):
+        digest = chunk_digest(chunk, config)
+        yield name, chunk, digest, finished_chunk(out_dir, name, digest)
+
+
+def _absolute_root(item: PersonRecord | Reject) -> PersonRecord | Reject:
+    if isinstance(item, PersonRecord) and not Path(item.image_root).is_absolute():
+        return dataclasses.replace(item, image_root=Path(item.image_root).resolve())
+    return item
+
+
+def finished_chunk(out_dir: Path, shard_name: str, digest: str) -> ChunkResult | None:
+    """The result of chunk ``shard_name`` as an earlier attempt finished it, when its receipt names ``digest`` and
+    its shard (if it has one) is in ``out_dir`` with the recorded size and sha256; else None."""
+    recorded = read_receipt(out_dir, shard_name, digest)
+    if recorded is None:
+        return None
+    try:
+        result = ChunkResult(**recorded)
+    except TypeError:  # a receipt from another version of ChunkResult
+        return None
+    if result.shard is not None:
+        path = Path(out_dir) / result.shard
+        if not path.is_file() or file_sha256(path) != (result.bytes, result.sha256):
+            return None
+    return result
 
 
 def iter_chunks(records: Iterable[PersonRecord | Reject], samples_per_shard: int, *,
@@ -316,25 +374,43 @@ def iter_chunks(records: Iterable[PersonRecord | Reject], samples_per_shard: int
         yield close(group)
 
 
-def existing_shard_set(out_dir: Path) -> list[str]:
-    """Names of shard-set files (the manifest, ``.tar`` files) already in ``out_dir``; empty when there are none."""
-    if not Path(out_dir).is_dir():
-        return []
-    return sorted(p.name for p in Path(out_dir).iterdir() if p.name == MANIFEST or p.name.endswith(SHARD_SUFFIX))
-
-
-def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """Make ``out_dir`` ready for a new shard set: refuse an existing one (a manifest or any ``.tar``) unless
-    ``overwrite``, which removes its ``.tar`` files, rejects and manifest."""
-    found = existing_shard_set(out_dir)
-    if found and not overwrite:
-        raise ShardWriteError(f"{out_dir} already holds a shard set ({found[0]}); choose another folder, or "
+def check_out_dir(out_dir: Path, overwrite: bool) -> bool:
+    """Whether ``out_dir`` can take a shard set, without changing anything: True when it holds an unfinished set
+    to resume (and not ``overwrite``). `ShardWriteError` when it holds a finished set, or ``.tar`` files that are
+    not an unfinished fitloop set, unless ``overwrite``."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ShardWriteError(f"{out_dir} is a file, not a folder; choose a folder for the shard set")
+    if overwrite or not out_dir.is_dir():
+        return False
+    if (out_dir / MANIFEST).exists():
+        raise ShardWriteError(f"{out_dir} already holds a shard set ({MANIFEST}); choose another folder, or "
                               f"overwrite it (fitloop preprocess --overwrite)")
+    if (out_dir / CHUNKS_DIR).is_dir():
+        return True
+    tars = sorted(p.name for p in out_dir.glob("*" + SHARD_SUFFIX))
+    if tars:
+        raise ShardWriteError(f"{out_dir} holds {tars[0]} but no unfinished fitloop shard set ({CHUNKS_DIR}/); "
+                              f"choose another folder, or overwrite it (fitloop preprocess --overwrite)")
+    return False
+
+
+def prepare_out_dir(out_dir: Path, overwrite: bool) -> bool:
+    """Make ``out_dir`` ready for a shard set (`check_out_dir` says when it cannot): ``overwrite`` removes a set
+    already there (its ``.tar`` files, rejects, receipts and manifest); an unfinished set is kept to resume.
+    Returns True when resuming."""
+    out_dir = Path(out_dir)
+    resuming = check_out_dir(out_dir, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in set(found) | {REJECTS}:
-        (out_dir / name).unlink(missing_ok=True)
+    if overwrite:
+        for path in out_dir.iterdir():
+            if path.name in (MANIFEST, REJECTS) or path.name.endswith(SHARD_SUFFIX):
+                path.unlink()
+        shutil.rmtree(out_dir / CHUNKS_DIR, ignore_errors=True)
     for stale in out_dir.glob("*" + TMP_SUFFIX):  # left by a killed run of ours
         stale.unlink()
+    (out_dir / CHUNKS_DIR).mkdir(exist_ok=True)
+    return resuming
 
 
 def finalize_manifest(out_dir: Path, chunk_results: list[ChunkResult], config: ShardConfig, *,
@@ -347,12 +423,18 @@ def finalize_manifest(out_dir: Path, chunk_results: list[ChunkResult], config: S
     ``has_joints_3d``, ``shards`` (name, sha256, bytes, samples, dataset, split per shard) and ``rejects`` (file,
     rows, sha256).
 
+    Before the manifest is written, every shard a chunk reported is checked on disk (present, with the size and
+    sha256 the chunk reported) and ``.tar`` files no chunk reported (left by an earlier attempt with other inputs)
+    are removed; after it, the receipts folder goes.
+
     Raises:
-        ShardWriteError: a key written by two chunks, or counts that do not reconcile (read = written + rejected).
+        ShardWriteError: a key written by two chunks, counts that do not reconcile (read = written + rejected), or a
+            shard that is not on disk as its chunk reported it.
     """
     from core import __version__
 
     out_dir = Path(out_dir)
+    verify_chunks(out_dir, chunk_results)
     seen: dict[str, str] = {}
     for result in chunk_results:
         for key in result.keys:
@@ -406,8 +488,28 @@ def finalize_manifest(out_dir: Path, chunk_results: list[ChunkResult], config: S
         "shards": shards,
         "rejects": {"file": REJECTS, "rows": len(reject_rows), "sha256": rejects_sha},
     }
+    listed = {s["name"] for s in shards}
+    for stray in out_dir.glob("*" + SHARD_SUFFIX):
+        if stray.name not in listed:
+            stray.unlink()
     _write_atomic(out_dir / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+    shutil.rmtree(out_dir / CHUNKS_DIR, ignore_errors=True)
     return manifest
+
+
+def verify_chunks(out_dir: Path, chunk_results: list[ChunkResult]) -> None:
+    """`ShardWriteError` unless every shard of ``chunk_results`` is a file in ``out_dir`` with the size and sha256
+    its chunk reported (a chunk written on a Dask worker lands on the worker's filesystem)."""
+    for result in chunk_results:
+        if result.shard is None:
+            continue
+        path = Path(out_dir) / result.shard
+        if not path.is_file():
+            raise ShardWriteError(f"{path}: reported written by its chunk but not there; when chunks run on Dask "
+                                  f"workers, they and this process must see {out_dir} at the same absolute path")
+        if file_sha256(path) != (result.bytes, result.sha256):
+            raise ShardWriteError(f"{path}: not the file its chunk wrote (size or sha256 differ); another run "
+                                  f"may be writing into {out_dir}: one run per folder, then write it again")
 
 
 def write_rejects(path: Path, rows: list[dict[str, Any]]) -> str:

@@ -257,6 +257,104 @@ def test_a_failed_chunk_leaves_no_half_shard(records, tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "set").iterdir()) == []
 
 
+# --- Resume: a failed run's finished chunks are kept ------------------------------------------------------------
+
+def _failing_after(records, n: int):
+    """The records, then an I/O error where the (n+1)-th would come (a flaky disk under the adapter)."""
+    yield from records[:n]
+    raise OSError("read error (simulated)")
+
+
+def _spy_writes(monkeypatch) -> list[str]:
+    written: list[str] = []
+    real = shard_writer.write_chunk
+
+    def spy(records, out_dir, shard_name, config, digest=None):
+        written.append(shard_name)
+        return real(records, out_dir, shard_name, config, digest)
+
+    monkeypatch.setattr(shard_writer, "write_chunk", spy)
+    return written
+
+
+def test_a_failed_run_resumes_keeping_its_verified_chunks(records, tmp_path, monkeypatch):
+    config = ShardConfig(samples_per_shard=4)
+    reference = write_shards(records, tmp_path / "reference", config)
+    assert len(reference["shards"]) == 3
+    out = tmp_path / "set"
+    with pytest.raises(OSError, match="simulated"):  # chunks 0 and 1 are full (and written) before the 10th record
+        write_shards(_failing_after(records, 9), out, config)
+    assert not (out / "manifest.json").exists()
+    assert sorted(p.name for p in out.glob("*.tar")) == ["synth-train-000000.tar", "synth-train-000001.tar"]
+
+    written = _spy_writes(monkeypatch)
+    manifest = write_shards(records, out, config)  # the retry: same records, same folder
+    assert written == ["synth-train-000002"]
+    assert [(s["name"], s["sha256"]) for s in manifest["shards"]] == \
+           [(s["name"], s["sha256"]) for s in reference["shards"]]
+    assert manifest["counts"] == reference["counts"] and verify(out).ok
+    assert not (out / shard_writer.CHUNKS_DIR).exists()
+
+
+def test_resume_rewrites_changed_shards_and_chunks_of_other_inputs(records, tmp_path, monkeypatch):
+    config = ShardConfig(samples_per_shard=4)
+    records = records + [make_record(tmp_path / "data", f"p{i:02d}") for i in range(12, 16)]  # 4 chunks
+    out = tmp_path / "set"
+    with pytest.raises(OSError):
+        write_shards(_failing_after(records, 13), out, config)  # chunks 0, 1 and 2 written
+    damaged = out / "synth-train-000001.tar"
+    damaged.write_bytes(damaged.read_bytes()[:-1024])  # truncated on disk since
+    changed = list(records)
+    changed[0] = make_record(tmp_path / "data", "p00", wrist=(390.0, 250.0))  # same key, another person
+    written = _spy_writes(monkeypatch)
+    manifest = write_shards(changed, out, config)
+    assert written == ["synth-train-000000", "synth-train-000001", "synth-train-000003"]  # chunk 2 is kept
+    fresh = write_shards(changed, tmp_path / "fresh", config)
+    assert [s["sha256"] for s in manifest["shards"]] == [s["sha256"] for s in fresh["shards"]]
+    assert verify(out).ok
+
+
+def test_shards_of_an_earlier_attempt_that_this_run_does_not_write_are_removed(records, tmp_path):
+    config = ShardConfig(samples_per_shard=4)
+    out = tmp_path / "set"
+    other = [make_record(tmp_path / "data", f"q{i}", split="val") for i in range(5)]
+    with pytest.raises(OSError):
+        write_shards(_failing_after(other, 5), out, config)
+    assert (out / "synth-val-000000.tar").is_file()
+    write_shards(records, out, config)
+    assert sorted(p.name for p in out.glob("*.tar")) == [f"synth-train-00000{i}.tar" for i in range(3)]
+    assert verify(out).ok  # no stray shard
+
+
+def test_a_folder_with_tars_but_no_unfinished_set_is_refused(records, tmp_path):
+    out = tmp_path / "set"
+    out.mkdir()
+    (out / "mine.tar").write_bytes(b"not fitloop's")
+    with pytest.raises(ShardWriteError, match="mine.tar but no unfinished fitloop shard set"):
+        write_shards(records[:2], out)
+    assert write_shards(records[:2], out, overwrite=True)["counts"]["written"] == 2
+    assert not (out / "mine.tar").exists()
+
+
+def test_the_manifest_needs_every_shard_on_disk_as_its_chunk_wrote_it(records, tmp_path):
+    config = ShardConfig(samples_per_shard=4)
+    results = [shard_writer.write_chunk(records[i:i + 4], tmp_path / "worker", f"synth-train-{i // 4:06d}", config)
+               for i in (0, 4)]
+    elsewhere = tmp_path / "client"  # what a client sees when its workers write to another filesystem
+    elsewhere.mkdir()
+    with pytest.raises(ShardWriteError, match="synth-train-000000.tar: reported written by its chunk but not "
+                                              "there.*same absolute path"):
+        shard_writer.finalize_manifest(elsewhere, results, config)
+    assert not (elsewhere / "manifest.json").exists()
+    theirs = tmp_path / "worker" / "synth-train-000001.tar"
+    data = bytearray(theirs.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, other bytes: another writer's file
+    theirs.write_bytes(bytes(data))
+    with pytest.raises(ShardWriteError, match="synth-train-000001.tar: not the file its chunk wrote"):
+        shard_writer.finalize_manifest(tmp_path / "worker", results, config)
+    assert not (tmp_path / "worker" / "manifest.json").exists()
+
+
 # --- Integrity ----------------------------------------------------------------------------------------------------
 
 def test_a_truncated_or_changed_shard_is_caught_by_its_checksum(records, tmp_path):
@@ -482,3 +580,16 @@ def test_preprocess_with_a_bad_root_says_what_it_expects(tmp_path, capsys):
     assert err.count("\n") == 0 and "joints.mat" in err and "nowhere" in err
     assert main(["preprocess", "lsp", "--root", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
     assert "joints.mat" in capsys.readouterr().err
+
+
+def test_preprocess_help_lists_every_registered_adapter(capsys):
+    from pipelines.adapters import ADAPTERS
+
+    with pytest.raises(SystemExit):
+        main(["preprocess", "--help"])
+    listed = capsys.readouterr().out.split("the dataset's format:")[1].split("\n\n")[0]
+    assert [name.strip() for name in " ".join(listed.split()).split(",")] == sorted(ADAPTERS)
+    assert "h36m" in ADAPTERS
+    with pytest.raises(SystemExit):
+        main(["preprocess", "h3.6m", "--root", ".", "--out", "x"])
+    assert "invalid choice: 'h3.6m' (choose from 'coco', 'h36m'" in capsys.readouterr().err

@@ -6,7 +6,18 @@ import json
 import sys
 from pathlib import Path
 
-from core.errors import FitloopError
+
+class AdapterNames:
+    """The registered adapters' names (`pipelines.adapters.ADAPTERS`), read when argparse first needs them (a help
+    text or a value to check), so that other commands do not pay for importing every adapter."""
+
+    def __iter__(self):
+        from pipelines.adapters import ADAPTERS
+
+        return iter(sorted(ADAPTERS))
+
+    def __contains__(self, name: object) -> bool:
+        return name in list(self)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,8 +27,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "sample per person (a JPEG crop with margin, .npy arrays, .json metadata with the crop "
                     "transform), rejects.parquet for every record that did not become a sample, and "
                     "manifest.json (docs/shards.md). Without --split, every split the adapter finds files for "
-                    "is converted (not the unions 'all' and 'trainval').")
-    parser.add_argument("dataset", metavar="DATASET", help="coco, mpii, lsp, lsp-orig, lspet or spin-npz")
+                    "is converted (not the unions 'all' and 'trainval'). A run that failed or was killed resumes "
+                    "when started again with the same --out: the shards it finished are kept.")
+    parser.add_argument("dataset", metavar="DATASET", choices=AdapterNames(),
+                        help="the dataset's format: %(choices)s")
     parser.add_argument("--root", type=Path, required=True, help="the dataset's folder, as unpacked")
     parser.add_argument("--out", type=Path, required=True, help="the shard set's folder")
     parser.add_argument("--split", action="append", default=None, help="a split to convert (repeatable)")
@@ -29,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="stored crop side / person box side (default 1.5)")
     parser.add_argument("--jpeg-quality", type=int, default=None, help="JPEG quality (default 90)")
     parser.add_argument("--samples-per-shard", type=int, default=None, help="samples per shard (default 1000)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a shard set already in --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a shard set already in --out (finished or not) instead of refusing or resuming")
     parser.add_argument("--workers", type=int, default=None,
                         help="write chunks on a local Dask cluster of this many worker processes")
     parser.add_argument("--dask-address", default=None, metavar="tcp://HOST:PORT",
@@ -44,35 +58,39 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from pipelines.cluster import dask_client, resolve_address
+    from pipelines.cluster import check_scheduler, dask_client, resolve_address
     from pipelines.preprocess import DatasetSpec, open_datasets, parse_options, write_shard_set
-    from shards.writer import ShardConfig, existing_shard_set
+    from shards.writer import ShardConfig, check_out_dir
 
     overrides = {"crop_res": args.crop_res, "crop_margin": args.crop_margin, "jpeg_quality": args.jpeg_quality,
                  "samples_per_shard": args.samples_per_shard}
     config = ShardConfig(**{k: v for k, v in overrides.items() if v is not None})
     spec = DatasetSpec(args.dataset, str(args.root), tuple(args.split) if args.split else None,
                        parse_options(args.option))
-    if existing_shard_set(args.out) and not args.overwrite:  # say so before reading anything
-        raise FitloopError(f"{args.out} already holds a shard set; choose another --out, or pass --overwrite")
+    out = args.out.resolve()  # absolute before it goes to Dask workers, whose working folder is not this one
+    if check_out_dir(out, args.overwrite):  # a finished set in the way fails here, before anything is read
+        print(f"fitloop preprocess: resuming the unfinished shard set in {out}", file=sys.stderr)
+    address = resolve_address(args.dask_address)
+    if address:
+        check_scheduler(address)  # an address where no scheduler answers fails here, within seconds
     records, inputs = open_datasets([spec])  # a bad root or missing files fail here, before any output
-    parallel = args.workers is not None or resolve_address(args.dask_address)
+    parallel = args.workers is not None or address
     cluster = dask_client(args.dask_address, args.workers) if parallel else nullcontext(None)
     with cluster as client, tqdm(desc=args.dataset, unit=" records", file=sys.stderr,
                                  disable=args.no_progress) as bar:
-        manifest = write_shard_set(records, inputs, args.out, config, client=client, overwrite=args.overwrite,
+        manifest = write_shard_set(records, inputs, out, config, client=client, overwrite=args.overwrite,
                                    on_item=lambda _: bar.update())
     counts = manifest["counts"]
     if args.json:
         print(json.dumps({k: manifest[k] for k in ("counts", "by_dataset", "rejects_by_reason")}
-                         | {"out": str(args.out), "shards": len(manifest["shards"])}))
+                         | {"out": str(out), "shards": len(manifest["shards"])}))
         return 0
-    print(f"wrote {args.out}: {counts['written']} samples in {len(manifest['shards'])} shards; read {counts['read']} "
+    print(f"wrote {out}: {counts['written']} samples in {len(manifest['shards'])} shards; read {counts['read']} "
           f"= written {counts['written']} + rejected {counts['rejected']}")
     for dataset, splits in manifest["by_dataset"].items():
         for split, c in splits.items():
             print(f"  {dataset}/{split}: read {c['read']}, written {c['written']}, rejected {c['rejected']}")
     if manifest["rejects_by_reason"]:
         print("  rejects: " + ", ".join(f"{r} {n}" for r, n in manifest["rejects_by_reason"].items())
-              + f" (rows in {args.out / manifest['rejects']['file']})")
+              + f" (rows in {out / manifest['rejects']['file']})")
     return 0
