@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
 
-from fits.schema import FITS_SCHEMA
+from fits.schema import FITS_SCHEMA, RANK_COLUMNS
 from fits.table import FitsTable, best_of
 
 
@@ -59,3 +59,19 @@ def fit_histories(table: FitsTable, keys: Sequence[str],
         for row in rows.take(np.lexsort((-losses, times))).to_pylist():
             out[row["key"]].append(row)
     return out
+
+
+def best_in_history(history: Sequence[dict[str, Any]]) -> dict[int, str]:
+    """Position -> body model id of each body model's best fit in one key's history (rows as `fit_histories`
+    gives them): the table's rule (`fits.table.best_of`: lowest loss, unscored last, ties to the earliest time,
+    then run_id, epoch, step), applied per model, so a picture or listing marks the fit the table would serve."""
+    def rank(i: int) -> tuple:
+        row = history[i]
+        return tuple((row[c] is None, row[c] if row[c] is not None else 0) for c in RANK_COLUMNS if c != "key")
+
+    best: dict[str, int] = {}
+    for i, row in enumerate(history):
+        model = row["body_model_id"]
+        if model not in best or rank(i) < rank(best[model]):
+            best[model] = i
+    return {i: model for model, i in best.items()}

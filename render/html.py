@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from core.joints import JOINT_NAMES
+from fits.lookup import best_in_history
 from shards.sample import StoredSample
 
 THUMB_PX = 240
@@ -104,16 +105,23 @@ def _cell(value: Any) -> str:
 
 
 def history_table(history: Sequence[dict[str, Any]]) -> str:
-    """A key's fits (table rows, oldest first) as an HTML table; the best (lowest loss) is marked."""
+    """A key's fits (table rows, oldest first) as an HTML table; each body model's best fit (the one the table
+    serves, `fits.lookup.best_in_history`) is marked, with its model when the history holds several."""
     if not history:
         return "<p>No fit of this sample in the table.</p>"
-    losses = [np.inf if r.get("loss") is None else r["loss"] for r in history]
-    best = int(np.argmin(losses))
+    best = best_in_history(history)
+    several = len(best) > 1
     head = "<tr><th></th>" + "".join(f"<th>{c}</th>" for c in HISTORY_COLUMNS) + "</tr>"
-    rows = [f"<tr><td>{'best' if i == best else ''}</td>"
+    rows = [f"<tr><td>{_best_label(best.get(i), several)}</td>"
             + "".join(f"<td>{html.escape(_cell(r.get(c)))}</td>" for c in HISTORY_COLUMNS) + "</tr>"
             for i, r in enumerate(history)]
     return "<table>" + head + "".join(rows) + "</table>"
+
+
+def _best_label(model: str | None, several: bool) -> str:
+    if model is None:
+        return ""
+    return f"best of {html.escape(model)}" if several else "best"
 
 
 def write_page(out: Path, entries: Sequence[PageEntry], title: str, subtitle: str = "") -> list[Path]:

@@ -212,3 +212,26 @@ def test_export_refuses_to_mix_body_models_in_one_spin_file(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["added"] == 4
     with pytest.raises(SystemExit):   # the body model is required
         main(["fits", "import", str(table), "--spin-npz", str(npz), "--spin-fits", str(tmp_path / "first.npy")])
+
+
+def test_a_history_marks_each_models_best_by_the_tables_rule():
+    from datetime import datetime, timedelta
+
+    from fits.lookup import best_in_history
+    from render.html import history_table
+
+    t0 = datetime(2026, 12, 1)
+
+    def row(model, loss, minutes, run="r"):
+        return {"body_model_id": model, "loss": loss, "time": t0 + timedelta(minutes=minutes), "run_id": run,
+                "epoch": None, "step": None}
+
+    history = [row("open:a", None, 0), row("smpl:b", 5.0, 1), row("open:a", 3.0, 2), row("open:a", 3.0, 3),
+               row("smpl:b", 1.0, 4), row("open:a", 4.0, 5)]
+    # per model: the lowest scored loss (an unscored fit loses), a tie to the earlier fit
+    assert best_in_history(history) == {2: "open:a", 4: "smpl:b"}
+    page = history_table(history)
+    assert page.count("best of open:a") == 1 and page.count("best of smpl:b") == 1
+    single = [r for r in history if r["body_model_id"] == "open:a"]
+    assert best_in_history(single) == {1: "open:a"}
+    assert ">best<" in history_table(single) and "best of" not in history_table(single)

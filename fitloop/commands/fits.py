@@ -210,8 +210,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(json.dumps({"key": args.key, "best": _row(best, True), "history": [_row(r, True) for r in rows]}))
         return 0
     loss = "unscored" if best["loss"] is None else f"{best['loss']:.3f} px²"
-    print(f"{args.key}: best loss {loss}, {best['source']} fit of run {best['run_id']} (epoch {best['epoch']}, "
-          f"step {best['step']}), {best['time'].isoformat()}")
+    print(f"{args.key}: best loss {loss}, {best['source']} fit of run {best['run_id']}{_when(best, ' (', ')')}, "
+          f"{best['time'].isoformat()}")
     print(f"  valid {best['valid']}, betas beyond ±3σ {best['betas_extreme']}, body model {best['body_model_id']}, "
           f"fit config {best['fit_config_hash']}")
     print(f"  betas {' '.join(f'{b:.3f}' for b in best['betas'])}")
@@ -219,9 +219,16 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"history ({len(rows)} fit(s), oldest first):")
     for r in rows:
         loss = "unscored" if r["loss"] is None else f"{r['loss']:.3f}"
-        print(f"  {r['time'].isoformat()}  loss {loss:>10}  {r['source']:<6} run {r['run_id']} epoch {r['epoch']} "
-              f"step {r['step']}  model {r['body_model_id']}")
+        print(f"  {r['time'].isoformat()}  loss {loss:>10}  {r['source']:<6} run {r['run_id']}{_when(r, ' ')}  "
+              f"model {r['body_model_id']}")
     return 0
+
+
+def _when(row: dict, before: str = "", after: str = "") -> str:
+    """'epoch E, step S' of a training fit; nothing for seed and imported fits, which have neither."""
+    if row["epoch"] is None and row["step"] is None:
+        return ""
+    return f"{before}epoch {row['epoch']}, step {row['step']}{after}"
 
 
 def cmd_diff(args: argparse.Namespace) -> int:

@@ -155,7 +155,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     sample = find_samples(args.dir, [args.key])[0]
     history = None
     if args.fits is not None:
-        from fits.lookup import fit_histories, latest_version
+        from fits.lookup import best_in_history, fit_histories, latest_version
         from fits.table import FitsTable
 
         table = FitsTable.open(args.fits)
@@ -190,16 +190,15 @@ def cmd_show(args: argparse.Namespace) -> int:
         print("fits: no table given (--fits TABLE)")
         return 0
     print(f"fits in {args.fits} as of version {version}: {len(history)} fit(s), oldest first")
-    best = min(range(len(history)), key=lambda i: (history[i]["loss"] is None, history[i]["loss"] or 0.0, i),
-               default=None)
+    best = best_in_history(history)
     for i, r in enumerate(history):
         loss = "unscored" if r["loss"] is None else f"{r['loss']:.3f}"
         cam = "—" if r["cam_t"] is None else " ".join(f"{v:.3f}" for v in r["cam_t"])
         when = "".join(f" {what} {r[what]}" for what in ("epoch", "step") if r[what] is not None)  # seeds: none
-        print(f"  {'*' if i == best else ' '} {r['time'].isoformat(timespec='seconds')}  loss {loss:>9} px²  "
+        print(f"  {'*' if i in best else ' '} {r['time'].isoformat(timespec='seconds')}  loss {loss:>9} px²  "
               f"{r['source']:<6} run {r['run_id']}{when}  cam_t {cam}  model {r['body_model_id'] or '—'}")
-    if best is not None:
-        print("  (* the best fit: the lowest loss)")
+    if best:
+        print("  (* the best fit of its body model, the one the table serves: lowest loss, then earliest)")
     return 0
 
 
