@@ -37,7 +37,6 @@ does not arise).
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import warnings
@@ -60,6 +59,7 @@ from shards.augment import (
     training_transform,
 )
 from shards.crop import invert
+from shards.receipts import file_sha256
 from shards.sample import SampleFormatError, StoredSample, decode_sample, split_member_name
 from shards.tar import HashingReader, TarFormatError, iter_members
 from shards.writer import REJECTS, SHARD_SUFFIX, TMP_SUFFIX, ShardSetError, load_manifest
@@ -186,7 +186,7 @@ def shard_problem(shard: ShardInfo) -> str | None:
     if not path.is_file():
         return "missing"
     size = path.stat().st_size
-    if (shard.bytes is not None and size != shard.bytes) or _sha256_file(path) != shard.sha256:
+    if (shard.bytes is not None and size != shard.bytes) or file_sha256(path)[1] != shard.sha256:
         said = f", manifest says {shard.bytes}" if shard.bytes is not None else ""
         return f"sha256 mismatch ({size} bytes{said}): truncated or changed"
     return None
@@ -461,7 +461,7 @@ def verify(shard_dir: Path, deep: bool = False) -> VerifyReport:
     rejects = shard_dir / manifest["rejects"]["file"]
     if not rejects.is_file():
         report.problems.append(f"{REJECTS}: missing")
-    elif _sha256_file(rejects) != manifest["rejects"]["sha256"]:
+    elif file_sha256(rejects)[1] != manifest["rejects"]["sha256"]:
         report.problems.append(f"{REJECTS}: sha256 mismatch: truncated or changed")
     for path in sorted(shard_dir.iterdir()):
         if path.name.endswith(SHARD_SUFFIX) and path.name not in listed:
@@ -469,11 +469,3 @@ def verify(shard_dir: Path, deep: bool = False) -> VerifyReport:
         elif path.name.endswith(TMP_SUFFIX):
             report.problems.append(f"{path.name}: left by an interrupted write")
     return report
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
