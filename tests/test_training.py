@@ -626,3 +626,15 @@ def test_mixed_precision_training_on_cuda(synthetic, seeded_table, tmp_path):
         last = summary["metrics"][-1]
         assert 120 < float(last["net_pa_mpjpe_mm"]) < 200 and 70 < float(last["fits_pa_mpjpe_mm"]) < 130
         assert bool(ckpt["scaler"]) == (amp == "fp16")
+
+
+def test_shards_without_a_training_split_say_so(tmp_path, synthetic):
+    """No training sample at all is named as such (not blamed on the mix), as one line through the CLI."""
+    from training.data import TrainingDataError
+
+    reader = ReaderConfig(splits=("nosuchsplit",))
+    with pytest.raises(TrainingDataError, match="no sample of the training split"):
+        MixedShardStream([synthetic], reader, parse_mix("*=1"), 2, 1, rank=0, world_size=1)
+    with pytest.raises(TrainingDataError, match="no dataset of the mix"):
+        MixedShardStream([synthetic], ReaderConfig(splits=("train",)), parse_mix("nosuch=1"), 2, 1, rank=0,
+                         world_size=1)

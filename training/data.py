@@ -25,6 +25,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from core.errors import FitloopError
 from shards.augment import sample_params
 from shards.reader import ReaderConfig, ShardReader, distributed_rank, list_shards
 
@@ -64,6 +65,10 @@ def parse_mix(text: str) -> tuple[MixGroup, ...]:
     return tuple(groups)
 
 
+class TrainingDataError(FitloopError, ValueError):
+    """The shards cannot give what the run asks for (no training split, no dataset of the mix): one line, what to do."""
+
+
 def resolve_mix(groups: Sequence[MixGroup], present: Sequence[str]) -> tuple[MixGroup, ...]:
     """The groups with the datasets actually present (``*`` expanded), empty groups dropped, shares summing to 1."""
     named = {d for g in groups for d in g.datasets if d != ANY_DATASET}
@@ -75,7 +80,7 @@ def resolve_mix(groups: Sequence[MixGroup], present: Sequence[str]) -> tuple[Mix
         if members:
             resolved.append(MixGroup(group.name, group.share, tuple(sorted(members))))
     if not resolved:
-        raise ValueError(f"no dataset of the mix {[g.datasets for g in groups]} is in the shards "
+        raise TrainingDataError(f"no dataset of the mix {[g.datasets for g in groups]} is in the shards "
                          f"(datasets present: {sorted(present)}); pass a mix that names them")
     total = sum(g.share for g in resolved)
     return tuple(replace(g, share=g.share / total) for g in resolved)
@@ -106,6 +111,10 @@ class MixedShardStream(torch.utils.data.IterableDataset):
         self.rank = env_rank if rank is None else rank
         self.world_size = env_world if world_size is None else world_size
         present = sorted({s.dataset for s in list_shards(shard_dirs, (), reader.splits) if s.dataset})
+        if not present:
+            raise TrainingDataError(f"the shards hold no sample of the training split(s) {', '.join(reader.splits)}: "
+                                    "convert a dataset's training split, or name the splits to train on "
+                                    "(--train-splits)")
         self.mix = resolve_mix(mix, present)
         self.readers = [ShardReader(shard_dirs, replace(reader, datasets=g.datasets, samples_per_epoch=None),
                                     rank=self.rank, world_size=self.world_size) for g in self.mix]
