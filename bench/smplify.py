@@ -24,11 +24,10 @@ from core.frames import FIT_FOCAL, FIT_RES
 from core.joints import J24_NAMES, JOINT_INDEX, indices
 from fits.evaluate import ErrorSums, posed_eval_joints
 from fitting.body_model import BodyModel, load_body_model
-from fitting.priors import MaxMixturePrior
+from fitting.priors import DEFAULT_PRIOR, MaxMixturePrior
 from fitting.smplify import SMPLify, SMPLifyConfig, mean_pose_start
 
 SPIN_LSP_FITS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "lsp" / "spin_npz" / "lsp-orig_fits.npy"
-from fitting.priors import DEFAULT_PRIOR
 
 
 def synthetic_people(body: BodyModel, prior: MaxMixturePrior, batch: int, seed: int) -> dict[str, torch.Tensor]:

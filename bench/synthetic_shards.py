@@ -20,18 +20,18 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from core.frames import FIT_CENTER, FIT_FOCAL, FIT_RES
 from core.joints import J24_OFFSET, NUM_JOINTS, OPENPOSE_NAMES, indices
 from core.pinhole import pinhole
 from fitting.body_model import BodyModel, load_body_model
-from fitting.priors import MaxMixturePrior
+from fitting.priors import DEFAULT_PRIOR, MaxMixturePrior
+from render.raster import rasterize
 from shards.schema import PersonRecord, make_key
 from shards.writer import ShardConfig, write_shards
 
 SPIN_LSP_FITS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "lsp" / "spin_npz" / "lsp-orig_fits.npy"
-from fitting.priors import DEFAULT_PRIOR
 
 # OpenPose joints a detector would report (no feet: they are often missing)
 _OPENPOSE = indices([n for n in OPENPOSE_NAMES if "Toe" not in n and "Heel" not in n])
@@ -103,23 +103,12 @@ def part_colours(body: BodyModel, rng_seed: int = 7) -> np.ndarray:
 
 def render(vertices_cam: np.ndarray, faces: np.ndarray, colours: np.ndarray, res: int,
            background: tuple[int, int, int]) -> Image.Image:
-    """Painter's-algorithm drawing of a mesh (camera frame, metres) seen by the crop camera scaled to ``res`` px;
-    faces shaded by how much they face the camera."""
+    """A mesh (camera frame, metres) seen by the crop camera scaled to ``res`` px, drawn by the one renderer
+    (`render.raster.rasterize`, pixel centres at integers) over a flat background."""
     focal = FIT_FOCAL * res / FIT_RES
-    tri = vertices_cam[faces]
-    normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    normals /= np.linalg.norm(normals, axis=1, keepdims=True) + 1e-12
-    centroids = tri.mean(1)
-    facing = np.abs((normals * centroids / np.linalg.norm(centroids, axis=1, keepdims=True)).sum(1))
-    order = np.argsort(-centroids[:, 2])
-    uv = pinhole(tri, focal, ((res - 1) / 2.0, (res - 1) / 2.0))      # 0-based px, centres at integers
-    image = Image.new("RGB", (res, res), background)
-    draw = ImageDraw.Draw(image)
-    shade = 0.4 + 0.6 * facing
-    for f in order:
-        colour = tuple(int(c) for c in np.clip(colours[f] * shade[f], 0, 255))
-        draw.polygon([tuple(p) for p in uv[f]], fill=colour)
-    return image
+    pixels, face_index = rasterize(vertices_cam, faces, colours, focal, ((res - 1) / 2.0, (res - 1) / 2.0), (res, res))
+    pixels[face_index < 0] = background
+    return Image.fromarray(pixels)
 
 
 def synthetic_records(body: BodyModel, spec: DatasetSpec, image_root: Path, *, res: int, seed: int,

@@ -13,12 +13,11 @@ from scipy.spatial.transform import Rotation
 from assets import bvh
 from assets.prior_train import DEFAULT_MODEL, train_prior
 from core.joints import SMPL_JOINT_INDEX, SMPL_PARENTS, flip_pose
-from fitting.priors import MaxMixturePrior, angle_prior, load_gmm
+from fitting.priors import DEFAULT_PRIOR, MaxMixturePrior, angle_prior, load_gmm
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CMU = SHARED / "mocap" / "cmu"
 LSP_FITS = SHARED / "fixtures" / "lsp" / "spin_npz" / "lsp-orig_fits.npy"
-from fitting.priors import DEFAULT_PRIOR
 
 needs_cmu = pytest.mark.skipif(not CMU.is_dir(), reason=f"{CMU} is absent: the CMU clips live in ../shared beside "
                                                         f"the checkout, never in the repo")

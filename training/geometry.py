@@ -24,6 +24,7 @@ from torch import Tensor
 from core.camera import weak_perspective_to_translation  # noqa: F401 - re-exported
 from core.frames import FIT_CENTER, FIT_FOCAL, FIT_RES
 from core.joints import J24_OFFSET, J49_FLIP_PERM, POSE_FLIP_SIGN, SMPL_POSE_FLIP_PERM
+from core.pinhole import pinhole
 from fitting.skeleton import rodrigues
 
 
@@ -160,8 +161,7 @@ def canonical_translation(cam_t: Tensor, root: Tensor, rot: Tensor, flip: Tensor
 def project_normalised(points: Tensor, cam_t: Tensor) -> Tensor:
     """Camera-frame projection of model points (B, N, 3) + cam_t (B, 3) to normalised crop coordinates (B, N, 2):
     focal 5000 px, principal point 0, divided by 112 (SPIN's training projection)."""
-    p = points + cam_t[:, None]
-    return FIT_FOCAL * p[..., :2] / p[..., 2:3] / FIT_CENTER
+    return pinhole(points + cam_t[:, None], FIT_FOCAL, (0.0, 0.0)) / FIT_CENTER
 
 
 def estimate_translation(joints: Tensor, keypoints_px: Tensor, focal: float = FIT_FOCAL,
