@@ -32,7 +32,6 @@ from prefect.states import Failed
 from core.errors import FitloopError
 from pipelines import flow_params as params
 from pipelines.preprocess import DatasetSpec
-from pipelines.run_log_forwarder import RunLogForwarder, numeric_rows
 from shards.writer import ShardConfig
 
 # Deployment names, one per route, so that `fitloop serve` and `prefect deploy` never overwrite each other:
@@ -219,8 +218,8 @@ def train_task(config: dict[str, Any], resume: bool) -> dict[str, Any]:
     from training.config import TrainConfig
     from training.loop import train
 
-    with RunLogForwarder(Path(config["run_dir"]), get_run_logger()):
-        return train(TrainConfig.from_dict(config), resume=resume, progress=not params.in_deployment())
+    return train(TrainConfig.from_dict(config), resume=resume, progress=not params.in_deployment(),
+                 echo=get_run_logger().info)
 
 
 def _train_artifacts(summary: dict[str, Any], run_dir: Path) -> None:
@@ -254,7 +253,6 @@ def train_flow(shards: list[str], fits: str, run_dir: str, settings: dict[str, A
     if resume and latest_checkpoint(run_path) is None:
         raise params.FlowParameterError(f"resume: {run_path} has no checkpoint to resume from; start without resume")
     summary = train_task(config.to_dict(), resume)
-    summary = {**summary, "metrics": numeric_rows(summary.get("metrics") or [])}
     _train_artifacts(summary, run_path)
     return summary
 

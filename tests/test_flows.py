@@ -105,8 +105,16 @@ def _get(url: str):
     return response.json() if response.status_code == 200 else None
 
 
-def _post(url: str, body: dict):
-    response = httpx.post(url, json=body, timeout=30)
+# Prefect's own client retries these (a busy server's SQLite answers 503 while it waits for its lock); so do we.
+RETRIED_STATUS = (429, 502, 503)
+
+
+def _post(url: str, body: dict, attempts: int = 6):
+    for attempt in range(attempts):
+        response = httpx.post(url, json=body, timeout=30)
+        if response.status_code not in RETRIED_STATUS or attempt == attempts - 1:
+            break
+        time.sleep(2 ** attempt)
     response.raise_for_status()
     return response.json()
 

@@ -49,7 +49,7 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from deltalake import DeltaTable
@@ -82,7 +82,7 @@ from training.data import MixedShardStream, parse_mix, train_sample_count
 from training.evaluate import evaluate_network
 from training.regressor import Regressor, mean_params_from_npz, mean_params_from_prior
 from training.resnet import load_imagenet_weights
-from training.run_log import PARTS, RunLog
+from training.run_log import PARTS, RunLog, describe_evaluation
 from training.step import (
     Batch,
     autocast_for,
@@ -244,7 +244,7 @@ def training_stream(config: TrainConfig, shards: list[ShardInfo], rank: int, wor
                             world_size=world)
 
 
-def setup(config: TrainConfig) -> Run:
+def setup(config: TrainConfig, echo: Callable[[str], None] | None = None) -> Run:
     """Build the run: devices, checked shards, body model, SMPLify, regressor, optimiser, data, fits table, logs."""
     config.validated()
     rank, world, device = init_distributed(config.device)
@@ -288,7 +288,7 @@ def setup(config: TrainConfig) -> Run:
     if world > 1:
         torch.distributed.barrier()
     table = FitsTable.open(config.fits)
-    log = RunLog(run_dir, tensorboard=config.tensorboard, enabled=rank == 0)
+    log = RunLog(run_dir, tensorboard=config.tensorboard, enabled=rank == 0, echo=echo)
     run = Run(config=config, run_dir=run_dir, device=device, rank=rank, world_size=world, body=body,
               smplify=smplify, smplify_device=smplify_device, model=model, raw_model=raw_model, optimizer=optimizer,
               scaler=scaler,
@@ -315,9 +315,13 @@ def setup(config: TrainConfig) -> Run:
     return run
 
 
-def _say(run: Run, text: str) -> None:
+def _say(run: Run, text: str, *, echo: bool = True) -> None:
+    """A line for the user on rank 0: on stderr, and to the run's ``echo`` (a flow's run log) unless ``echo`` is
+    False (the line was echoed already)."""
     if run.rank == 0:
         tqdm.write(text, file=sys.stderr)
+        if echo and run.log.echo is not None:
+            run.log.echo(text)
 
 
 # --- checkpoints and the fits table ----------------------------------------------------------------------------
@@ -444,9 +448,7 @@ def evaluate(run: Run, store: FitsStore, pos: Position, epoch: int, started: flo
         net = evaluate_network(run.raw_model, run.body, batches, run.device, run.autocast,
                                run.config.eval_max_samples)
     row = run.log.log_evaluation(epoch, pos.step, pos.fits_version, fits, net, time.time() - started)
-    _say(run, f"eval epoch {epoch} step {pos.step}: fits v{pos.fits_version} PA-MPJPE "
-              f"{row['fits_pa_mpjpe_mm']:.1f} mm ({row['fits_samples']}), network PA-MPJPE "
-              f"{row['net_pa_mpjpe_mm']:.1f} / MPJPE {row['net_mpjpe_mm']:.1f} mm ({row['net_samples']})")
+    _say(run, describe_evaluation(row), echo=False)  # log_evaluation echoed it
     barrier(run)
     return row
 
@@ -483,12 +485,14 @@ def train_step(run: Run, store: FitsStore, items: dict, pos: Position, timer: St
 
 
 # --- the loop ---------------------------------------------------------------------------------------------------
-def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train (or, with ``resume``, continue) the run ``config.run_dir``; returns a summary."""
+def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
+          echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train (or, with ``resume``, continue) the run ``config.run_dir``; returns a summary. ``echo``: also called
+    with each line for the user, each training-log row and each evaluation, as one line (a flow's run logger)."""
     started = time.time()
     if resume:
         config, saved, path = resumed(config)
-    run = setup(config)
+    run = setup(config, echo)
     cfg = run.config
     pos = restore(run, saved, path) if resume else Position()
     store = load_store(run, pos, progress)

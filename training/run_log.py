@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 METRIC_COLUMNS = ("epoch", "step", "fits_version", "fits_pa_mpjpe_mm", "fits_mpjpe_mm", "fits_samples",
                   "net_pa_mpjpe_mm", "net_mpjpe_mm", "net_samples", "wall_s")
@@ -40,11 +40,12 @@ class CsvLog:
                 writer.writeheader()
             writer.writerow({k: _fmt(row.get(k)) for k in self.columns})
 
-    def rows(self) -> list[dict[str, str]]:
+    def rows(self) -> list[dict[str, Any]]:
+        """The rows written, with numbers as int or float and empty cells as None."""
         if not self.path.exists():
             return []
         with open(self.path, newline="") as f:
-            return list(csv.DictReader(f))
+            return [{key: _number(value) for key, value in row.items()} for row in csv.DictReader(f)]
 
     def truncate_after(self, step: int) -> None:
         kept = [r for r in self.rows() if int(r["step"]) <= step]
@@ -52,8 +53,38 @@ class CsvLog:
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.columns)
             writer.writeheader()
-            writer.writerows(kept)
+            writer.writerows({k: _fmt(v) for k, v in row.items()} for row in kept)
         tmp.replace(self.path)
+
+
+def _number(text: str | None) -> Any:
+    if text is None or text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _mm(value: Any) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1f}"
+
+
+def describe_train_row(row: dict[str, Any]) -> str:
+    """One line for a `train_log.csv` row: loss, share of fits improved, time per step and per part."""
+    parts = ", ".join(f"{p.replace('_', '-')} {row[p + '_ms']:.0f}" for p in PARTS if row.get(p + "_ms") is not None)
+    return (f"epoch {row['epoch'] + 1} step {row['step']}: loss {row['loss']:.4g}, fits improved "
+            f"{row['fits_updated']:.0%}, {row['step_ms']:.0f} ms/step ({parts} ms)")
+
+
+def describe_evaluation(row: dict[str, Any]) -> str:
+    """One line for a `metrics.csv` row: the fits table's and the network's errors."""
+    when = "before training" if row["epoch"] == 0 else f"after epoch {row['epoch']}"
+    return (f"evaluation {when} (step {row['step']}): fits table v{row['fits_version']} "
+            f"PA-MPJPE {_mm(row['fits_pa_mpjpe_mm'])} mm ({row['fits_samples']} samples); network PA-MPJPE "
+            f"{_mm(row['net_pa_mpjpe_mm'])} / MPJPE {_mm(row['net_mpjpe_mm'])} mm ({row['net_samples']} samples)")
 
 
 def _fmt(value: Any) -> Any:
@@ -63,11 +94,14 @@ def _fmt(value: Any) -> Any:
 
 
 class RunLog:
-    """The run's logs (module docstring). Only rank 0 writes."""
+    """The run's logs (module docstring). Only rank 0 writes. ``echo``: also called with one line per training-log
+    row and per evaluation (`describe_train_row`, `describe_evaluation`): a flow passes its run logger's ``info``."""
 
-    def __init__(self, run_dir: Path, *, tensorboard: bool = True, enabled: bool = True) -> None:
+    def __init__(self, run_dir: Path, *, tensorboard: bool = True, enabled: bool = True,
+                 echo: Callable[[str], None] | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.enabled = enabled
+        self.echo = echo
         self.metrics = CsvLog(self.run_dir / "metrics.csv", METRIC_COLUMNS)
         self.by_dataset = CsvLog(self.run_dir / "metrics_by_dataset.csv", BY_DATASET_COLUMNS)
         self.train = CsvLog(self.run_dir / "train_log.csv", TRAIN_COLUMNS)
@@ -92,6 +126,8 @@ class RunLog:
         if not self.enabled:
             return
         self.train.append(row)
+        if self.echo is not None:
+            self.echo(describe_train_row(row))
         if self.writer is not None:
             for key in TRAIN_COLUMNS[2:]:
                 if isinstance(row.get(key), (int, float)):
@@ -120,6 +156,8 @@ class RunLog:
         if self.writer is not None:
             self.writer.flush()
         plot_curves(self.run_dir)
+        if self.echo is not None:
+            self.echo(describe_evaluation(row))
         return row
 
     def close(self) -> None:
