@@ -68,10 +68,15 @@ def fit_errors_by_version(table_path: Path, truth: FitsGroundTruth, body: BodyMo
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        cells = [f"{row[c]:.1f}" if isinstance(row[c], float) else "–" if row[c] is None else str(row[c])
-                 for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(_cell(row[c]) for c in columns) + " |")
     return lines
+
+
+def _cell(value: Any) -> str:
+    """A table cell: floats to 0.1; a missing number (None, NaN: nothing to measure) as a dash, never 'None'/'nan'."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.1f}" if isinstance(value, float) else str(value)
 
 
 def write_report(out: Path, *, manifest: dict[str, Any], seed: dict[str, Any], train: dict[str, Any],

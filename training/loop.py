@@ -316,12 +316,14 @@ def setup(config: TrainConfig, echo: Callable[[str], None] | None = None) -> Run
 
 
 def _say(run: Run, text: str, *, echo: bool = True) -> None:
-    """A line for the user on rank 0: on stderr, and to the run's ``echo`` (a flow's run log) unless ``echo`` is
-    False (the line was echoed already)."""
-    if run.rank == 0:
+    """A line for the user on rank 0: to the run's ``echo`` when it has one (a flow's run log, which shows on the
+    console too; ``echo=False``: the line went there already), else on stderr."""
+    if run.rank != 0:
+        return
+    if run.log.echo is None:
         tqdm.write(text, file=sys.stderr)
-        if echo and run.log.echo is not None:
-            run.log.echo(text)
+    elif echo:
+        run.log.echo(text)
 
 
 # --- checkpoints and the fits table ----------------------------------------------------------------------------
