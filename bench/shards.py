@@ -198,7 +198,8 @@ def run(copies: int = 12, datasets: tuple[str, ...] = ("coco", "mpii"), repeats:
     loader over the same samples, alternating ``repeats`` times (each one's best run counts)."""
     if not fixtures.is_dir():
         raise FileNotFoundError(f"the benchmark reads the real fixture images at {fixtures}; it is absent")
-    torch.set_num_threads(1)  # what a DataLoader worker runs with
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what a DataLoader worker runs with; the caller's count comes back at the end
     base = fixture_records(fixtures, datasets)
     tmp = Path(tempfile.mkdtemp(prefix="fitloop-bench-shards-", dir=work_dir))
     try:
@@ -235,6 +236,7 @@ def run(copies: int = 12, datasets: tuple[str, ...] = ("coco", "mpii"), repeats:
                                  "ratio_vs_full_decode": best["reader"]["per_cpu_s"] / best["full_decode"]["per_cpu_s"]}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        torch.set_num_threads(threads)
 
     write = max(writes, key=lambda t: t["per_cpu_s"])
     read, spin, full = overall["reader"], overall["spin_loader"], overall["full_decode"]

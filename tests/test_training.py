@@ -19,6 +19,7 @@ import sys
 import tarfile
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -338,8 +339,25 @@ def reference_run(synthetic, seeded_table, tmp_path_factory) -> tuple[Path, Path
 
     root = tmp_path_factory.mktemp("reference")
     shutil.copytree(seeded_table, root / "fits")
-    summary = train(run_config(synthetic, root / "fits", root / "run"), progress=False)
+    with torch_threads(RUN_THREADS):
+        summary = train(run_config(synthetic, root / "fits", root / "run"), progress=False)
     return root / "run", root / "fits", summary
+
+
+# A run's floats depend on torch's thread count (reductions split differently) and SMPLify's iterations amplify
+# such differences past the comparisons' tolerances: runs compared with each other use one thread, in this
+# process and in the command-line runs, whatever the machine or an earlier test set.
+RUN_THREADS = 1
+
+
+@contextmanager
+def torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_a_run_writes_fits_at_checkpoints_and_epoch_ends_and_logs_metrics(reference_run, seeded_table):
@@ -575,7 +593,7 @@ def _best(fits: Path) -> dict[str, tuple[np.ndarray, float]]:
 def test_a_killed_run_resumes_to_the_same_fits(synthetic, seeded_table, reference_run, tmp_path):
     """The command-line run killed (SIGKILL) after its first checkpoint and resumed ends with the fits, the network
     and the metrics rows of the uninterrupted run (the same settings, trained in this process)."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=str(RUN_THREADS))
     whole_run, whole_fits, _ = reference_run
     killed = tmp_path / "killed"
     shutil.copytree(seeded_table, killed / "fits")
@@ -593,16 +611,19 @@ def test_a_killed_run_resumes_to_the_same_fits(synthetic, seeded_table, referenc
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
+    # Equal up to float noise: two processes' BLAS may round differently (alignment-dependent kernels), and
+    # SMPLify's iterations carry that to ~2e-4 rad (seen once on a fresh clone with 2 threads). A resume that lost
+    # or repeated data, or restored another RNG state, moves poses by tenths of a radian.
     a, b = _best(whole_fits), _best(killed / "fits")
     assert a.keys() == b.keys()
     for key in a:
-        np.testing.assert_allclose(a[key][0], b[key][0], atol=1e-4, err_msg=key)
-        assert a[key][1] == pytest.approx(b[key][1], rel=1e-4, abs=1e-4)
+        np.testing.assert_allclose(a[key][0], b[key][0], atol=1e-3, err_msg=key)
+        assert a[key][1] == pytest.approx(b[key][1], rel=1e-3, abs=1e-3)
     final_a = load_checkpoint(latest_checkpoint(whole_run))
     final_b = load_checkpoint(latest_checkpoint(killed / "run"))
     assert final_a["step"] == final_b["step"] == 6
     for name, value in final_a["model"].items():
-        torch.testing.assert_close(final_b["model"][name], value, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(final_b["model"][name], value, atol=1e-4, rtol=1e-3)
     rows_a = [r for r in (whole_run / "metrics.csv").read_text().splitlines()]
     rows_b = [r for r in (killed / "run" / "metrics.csv").read_text().splitlines()]
     assert len(rows_a) == len(rows_b) == 4
