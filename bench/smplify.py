@@ -31,9 +31,25 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
-from bench.smplify_cases import (CAMERAS, CMU_SUBJECTS, NOISE, SOURCES, SPLITS, START_TARGETS_MM, STARTS, People,
-                                 available_sources, calibrate_noise, draws, load_pose_file, make_people, mean_start,
-                                 network_start, observe, view)
+from bench.smplify_cases import (
+    CAMERAS,
+    CMU_SUBJECTS,
+    NOISE,
+    SOURCES,
+    SPLITS,
+    START_TARGETS_MM,
+    STARTS,
+    People,
+    available_sources,
+    calibrate_noise,
+    draws,
+    load_pose_file,
+    make_people,
+    mean_start,
+    network_start,
+    observe,
+    view,
+)
 from core.camera import project
 from core.errors import FitloopError
 from core.frames import FIT_CENTER, FIT_FOCAL

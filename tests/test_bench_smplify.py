@@ -11,8 +11,14 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from assets.prior_train import (CMU_DEV_SUBJECTS, CMU_HELD_OUT_SUBJECTS, CMU_TEST_SUBJECTS, clip_subject,
-                                clip_table, train_prior)
+from assets.prior_train import (
+    CMU_DEV_SUBJECTS,
+    CMU_HELD_OUT_SUBJECTS,
+    CMU_TEST_SUBJECTS,
+    clip_subject,
+    clip_table,
+    train_prior,
+)
 from bench import smplify_cases as cases
 from bench.smplify import BenchConfig, _check_prior, case_metrics, wrong_facing
 from core.camera import translation_from_torso
