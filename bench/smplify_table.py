@@ -43,10 +43,11 @@ def format_tables(result: dict[str, Any]) -> str:
     lines.append(f"prior: {result['prior']['check']}")
     lines.append("errors in mm (PA-MPJPE, MPJPE), reprojection in fit-frame px, wrong-facing % of the cases where "
                  "it is defined, improved % = fits with a lower PA-MPJPE than their start")
-    lines += ["", "Pooled over sources and cameras:", "",
-              f"| keypoints | start | {_COLUMNS} |", "|" + "---|" * (2 + _COLUMNS.count("|") + 1)]
+    speedup = result["speedup_fast_over_reference"]
+    lines += ["", "Pooled over sources and cameras (fast/ref fits/s: the start level's speed ratio, below):", "",
+              f"| keypoints | start | {_COLUMNS} | fast/ref fits/s |", "|" + "---|" * (3 + _COLUMNS.count("|") + 1)]
     for row in result["summary"]:
-        lines.append(f"| {row['keypoints']} | {row['start']} | {_errors(row)} |")
+        lines.append(f"| {row['keypoints']} | {row['start']} | {_errors(row)} | {_num(speedup.get(row['start']), 0)} |")
     lines += ["", "Per cell:", "", f"| source | camera | keypoints | start | {_COLUMNS} |",
               "|" + "---|" * (4 + _COLUMNS.count("|") + 1)]
     for row in result["cells"]:

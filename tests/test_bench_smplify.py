@@ -350,3 +350,40 @@ def test_command_runs_both_modes_on_every_cell(tmp_path, capsys):
     assert {(r["keypoints"], r["start"]) for r in result["summary"]} == {
         (k, s) for k in ("clean", "noisy") for s in ("mean", "net90")}
     assert "| synthetic | crop | clean | mean |" in table and "| file | crop | noisy | net90 |" in table
+    assert "fast/ref PA |" in table and "fast/ref fits/s |" in table  # the ratios against the reference
+
+
+@needs_lsp
+def test_a_pose_file_of_spins_camera_frame_fits_is_the_lsp_source(tmp_path):
+    """Round trip: SPIN's LSP fits saved as a pose file with up "-y" (SPIN's camera frame) read back as the lsp
+    source reads them, so outsiders' camera-frame poses get the same world orientation as the benchmark's own."""
+    rows = np.load(cases.SPIN_LSP_FITS)[500:1000, :72]
+    path = tmp_path / "spin_lsp.npz"
+    np.savez(path, poses=rows, up=np.array("-y"))
+    from_file, lsp = cases.load_pose_file(path), cases.lsp_pool("test")
+    np.testing.assert_allclose(Rotation.from_rotvec(from_file.poses[:, :3]).as_matrix(),
+                               Rotation.from_rotvec(lsp.poses[:, :3]).as_matrix(), atol=1e-9)
+    np.testing.assert_array_equal(from_file.poses[:, 3:], lsp.poses[:, 3:])
+    # SPIN's people stand: their spine (the zero pose's +Y) points up in the world, not down
+    spine = Rotation.from_rotvec(from_file.poses[:, :3]).apply([0.0, 1.0, 0.0])
+    assert np.median(spine[:, 1]) > 0.8
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--poses", "no/such.npz"], r"bench smplify: --poses no/such.npz: no such file"),
+    (["--starts", "mean,net70"], r"--starts takes some of mean, net60, net90, net120; got mean, net70"),
+    (["--sources", ""], r"no pose source: give --sources or --poses FILE"),
+    (["--cases", "2", "--reference-cases", "3"], r"--reference-cases <= --cases, got 2 and 3"),
+    (["--sources", "", "--poses", "BAD"], r"bad.npz: no `poses` array"),
+])
+def test_command_errors_are_one_line(tmp_path, capsys, argv, message):
+    from fitloop.cli import main
+
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, pose=np.zeros((2, 72)))
+    argv = [str(bad) if a == "BAD" else a for a in argv]
+    assert main(["bench", "smplify", "--quick", *argv]) == 1
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fitloop: error: ") and captured.out == ""
+    assert __import__("re").search(message, lines[0]), lines[0]

@@ -89,17 +89,18 @@ docs/smplify.md#benchmark has the protocol and the latest figures.""")
                               "(default all three; one whose data is absent is skipped with a note)")
     smplify.add_argument("--poses", type=Path, default=None, metavar="FILE.npz",
                          help="also fit these poses (format above)")
-    smplify.add_argument("--cases", type=int, default=64, help="people per source (default 64)")
-    smplify.add_argument("--reference-cases", type=int, default=8,
-                         help="the first this many people of each cell are also fitted by the reference (default 8)")
+    smplify.add_argument("--cases", type=int, default=None, help="people per source (default 64; --quick: 3)")
+    smplify.add_argument("--reference-cases", type=int, default=None,
+                         help="the first this many people of each cell are also fitted by the reference (default 8; "
+                              "--quick: 1)")
     smplify.add_argument("--cameras", default="real,crop", help="of real, crop (default both)")
     smplify.add_argument("--keypoints", default="clean,noisy", help="of clean, noisy (default both)")
     smplify.add_argument("--starts", default="mean,net60,net90,net120", help="of mean, net60, net90, net120")
-    smplify.add_argument("--calibration-people", type=int, default=128,
-                         help="dev people per source the start noise is calibrated on (default 128)")
+    smplify.add_argument("--calibration-people", type=int, default=None,
+                         help="dev people per source the start noise is calibrated on (default 128; --quick: 16)")
     smplify.add_argument("--quick", action="store_true",
-                         help="a smoke run for tests: 3 people, 1 for the reference, which runs 5 iterations per "
-                              "stage instead of 100 (its figures mean nothing)")
+                         help="a smoke run for tests: smaller defaults for the sizes above, and the reference runs 5 "
+                              "iterations per stage instead of 100 (its figures mean nothing)")
     smplify.add_argument("--skip-reference", action="store_true", help="fit with fitloop's default only")
     smplify.add_argument("--model", default="open", help='"open", "open-small" or a model file')
     smplify.add_argument("--prior", type=Path, default=None, help="pose prior (default: the shipped open prior)")
@@ -168,7 +169,6 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_smplify(args: argparse.Namespace) -> int:
-    import dataclasses
     import sys
 
     from bench.smplify import QUICK, BenchConfig, run
@@ -177,16 +177,16 @@ def cmd_smplify(args: argparse.Namespace) -> int:
     def names(text: str) -> tuple[str, ...]:
         return tuple(w.strip() for w in text.split(",") if w.strip())
 
-    config = BenchConfig(split=args.split, sources=names(args.sources), poses_file=args.poses, cases=args.cases,
-                         reference_cases=args.reference_cases, cameras=names(args.cameras),
-                         noise=names(args.keypoints), starts=names(args.starts),
-                         calibration_people=args.calibration_people,
-                         modes=("fast",) if args.skip_reference else ("fast", "reference"), model=args.model,
-                         prior=args.prior, device=args.device, threads=args.threads, seed=args.seed)
-    if args.quick:
-        config = dataclasses.replace(config, **QUICK)
+    sizes = dict(QUICK) if args.quick else {}  # --quick changes defaults; sizes given explicitly still count
+    for name in ("cases", "reference_cases", "calibration_people"):
+        if getattr(args, name) is not None:
+            sizes[name] = getattr(args, name)
     if args.skip_reference:
-        config = dataclasses.replace(config, reference_cases=0)
+        sizes["reference_cases"] = 0
+    config = BenchConfig(split=args.split, sources=names(args.sources), poses_file=args.poses,
+                         cameras=names(args.cameras), noise=names(args.keypoints), starts=names(args.starts),
+                         modes=("fast",) if args.skip_reference else ("fast", "reference"), model=args.model,
+                         prior=args.prior, device=args.device, threads=args.threads, seed=args.seed, **sizes)
     result = run(config, progress=None if args.json else lambda line: print(line, file=sys.stderr, flush=True))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
