@@ -148,6 +148,20 @@ def _json_row(row: dict) -> dict:
     return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
 
 
+def _describe_intrinsics(sample) -> str:
+    """One line on the sample's original-image intrinsics and their source (format-1 samples: the guess)."""
+    from core.errors import FitloopError
+    from shards.sample import SampleFormatError
+
+    try:
+        k = sample.intrinsics
+    except SampleFormatError as err:
+        raise FitloopError(str(err)) from None
+    stored = "" if "intrinsics" in sample.meta else " (not stored: shard format 1)"
+    return (f"fx {k.fx:.2f} fy {k.fy:.2f} cx {k.cx:.2f} cy {k.cy:.2f} px, {k.source}{stored}: {k.detail}"
+            if k.detail else f"fx {k.fx:.2f} fy {k.fy:.2f} cx {k.cx:.2f} cy {k.cy:.2f} px, {k.source}{stored}")
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from core.joints import JOINT_NAMES
     from shards.lookup import find_samples
@@ -162,7 +176,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         version = args.version if args.version is not None else latest_version(table)
         history = fit_histories(table, [args.key], version)[args.key]
     if args.json:
-        print(json.dumps({"key": sample.key, "meta": sample.meta, "keypoints_2d": sample.keypoints_2d.tolist(),
+        _describe_intrinsics(sample)  # a sample without intrinsics or image size: one line, not a traceback
+        print(json.dumps({"key": sample.key, "meta": sample.meta, "intrinsics": sample.intrinsics.to_json(),
+                          "keypoints_2d": sample.keypoints_2d.tolist(),
                           "keypoints_crop": sample.keypoints_crop.tolist(),
                           "history": None if history is None else [_json_row(r) for r in history]}))
         return 0
@@ -175,6 +191,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     crop = meta["crop"]
     print(f"  stored crop {crop['res']} px covering {crop['margin']:g} boxes (the box at {crop['box_side']:.1f} px), "
           f"SMPL {meta['has_smpl']}, 3D joints {meta['has_joints_3d']}")
+    print(f"  camera {_describe_intrinsics(sample)}")
     if meta["extra"]:
         print(f"  extra {json.dumps(meta['extra'])}")
     present = sample.keypoints_2d[:, 2] > 0
