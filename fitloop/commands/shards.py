@@ -213,9 +213,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         cam = "—" if r["cam_t"] is None else " ".join(f"{v:.3f}" for v in r["cam_t"])
         when = "".join(f" {what} {r[what]}" for what in ("epoch", "step") if r[what] is not None)  # seeds: none
         print(f"  {'*' if i in best else ' '} {r['time'].isoformat(timespec='seconds')}  loss {loss:>9} px²  "
-              f"{r['source']:<6} run {r['run_id']}{when}  cam_t {cam}  model {r['body_model_id'] or '—'}")
+              f"{r['source']:<6} run {r['run_id']}{when}  cam_t {cam} ({r['frame']} frame)  "
+              f"model {r['body_model_id'] or '—'}")
     if best:
-        print("  (* the best fit of its body model, the one the table serves: lowest loss, then earliest)")
+        print("  (* the best fit of its body model and frame, the one the table serves: lowest loss, then earliest)")
     return 0
 
 
