@@ -77,6 +77,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help='body model to pose the fits with: "open" (default) or a real SMPL .pkl/.npz')
     render.add_argument("--joint-regressor-extra", type=Path, default=None,
                         help="SPIN's J_regressor_extra.npy, with a real SMPL model")
+    render.add_argument("--frame", choices=("crop", "image"), default=None,
+                        help="draw the best fits of this frame (crop: SPIN's fit frame; image: the original image's "
+                             "camera); needed when the table holds fits of both")
     render.add_argument("--size", type=int, default=None, metavar="PX",
                         help="side of each panel, px (default: the stored crop's)")
     render.add_argument("--columns", type=int, default=None, help="contact sheet columns (default: a square grid)")
@@ -244,9 +247,9 @@ def cmd_render(args: argparse.Namespace) -> int:
         table = FitsTable.open(args.fits)
         now = latest_version(table)
         model = load_body_model(args.model, joint_regressor_extra=args.joint_regressor_extra)
-        latest = best_fits(table, keys, now, body_model_id=model.model_id)
-        older = (best_fits(table, keys, args.version, body_model_id=model.model_id) if args.version is not None
-                 else None)
+        latest = best_fits(table, keys, now, body_model_id=model.model_id, frame=args.frame)
+        older = (best_fits(table, keys, args.version, body_model_id=model.model_id, frame=args.frame)
+                 if args.version is not None else None)
         histories = fit_histories(table, keys, now) if suffix == ".html" else None
     pictures = []
     with bar(len(samples), "drawing", "sample") as progress:
