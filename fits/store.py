@@ -25,6 +25,7 @@ table's log (the evaluation of the fits against ground truth) reads memory inste
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -51,6 +52,7 @@ class FitsStore:
         frame: the frame of its rows (`fits.schema.FRAMES`; the trainer's: "crop").
         version: the table version whose every row (of that body model) the store holds; None before `load`.
         rows_read: rows read from the table so far (`load` and `refresh`).
+        path: the table's folder (None: built in memory), for messages.
     """
 
     def __init__(self, keys: list[str], pose: np.ndarray, betas: np.ndarray, loss: np.ndarray, *,
@@ -64,6 +66,7 @@ class FitsStore:
         self.frame = frame
         self.version: int | None = None
         self.rows_read = 0
+        self.path: Path | None = None
         self._seen: set[str] = set()          # data files whose rows the store holds
         self._delta: DeltaTable | None = None  # the Delta log, advanced forward only (cheap: new commits only)
 
@@ -85,6 +88,7 @@ class FitsStore:
         store = cls(keys, pose, betas, loss, body_model_id=body_model_id, frame=frame)
         store.version, store._seen, store._delta = at, set(delta.file_uris()), delta
         store.rows_read = rows.num_rows
+        store.path = Path(table.path)
         return store
 
     def __len__(self) -> int:
@@ -238,6 +242,12 @@ class StoreView:
 
     def __init__(self, store: FitsStore) -> None:
         self.store = store
+
+    @property
+    def path(self) -> str:
+        """What the view reads, for messages (as `FitsTable.path`)."""
+        where = self.store.path if self.store.path is not None else "fits built in memory"
+        return f"{where} (in memory at version {self.store.version})"
 
     def log(self, *, version: int | None = None, columns: Sequence[str] | None = None,
             where: pc.Expression | None = None) -> pa.Table:
