@@ -34,7 +34,6 @@ from core.intrinsics import (
     EXIF_IFD,
     EXIF_TAGS,
     FULL_FRAME_DIAGONAL_MM,
-    Intrinsics,
     fov_guess,
     intrinsics_from_exif,
 )
