@@ -57,6 +57,9 @@ GT_TORSO = ("Right Hip", "Left Hip", "Right Shoulder", "Left Shoulder")
 # What a fit's start is: "mean" carries nothing about this person (SPIN's static-fit start, `mean_pose_start`);
 # "estimate" is a guess at this person (a network's prediction, a stored fit).
 Start = Literal["mean", "estimate"]
+# The headings (rad, about the camera's vertical) a mean start is tried at: as given, turned around, and, where
+# the torso is not fully seen, turned sideways both ways (`SMPLifyResult.extras["candidate_objectives"]` order).
+HEADINGS = (0.0, torch.pi, torch.pi / 2, -torch.pi / 2)
 
 
 @dataclass(frozen=True)
@@ -77,9 +80,14 @@ class SMPLifyConfig:
     # fast mode: Levenberg–Marquardt
     camera_iterations: int = 10
     body_iterations: int = 25
-    init_weight: float = 13.0               # w_init: keeps the body pose near an estimated start (1/rad)
+    # near-start term for start="estimate": w² ‖θ_body − θ_body,start‖², w = σ_kp / σ_start (px/rad)
+    init_weight: float | None = None        # None: w from the start's uncertainty (below); a number: fixed w
+    keypoint_noise: float = 0.027           # σ_kp of the first fit: per coordinate, share of the keypoints' box side
+    noise_from_fit: float = 1.5             # then σ_kp = this × the first fit's RMS residual (0: keep the above)
+    noise_iterations: int = 8               # stage-2 iterations of that first fit (of body_iterations)
     try_back_start: bool | None = None      # None: for start="mean"; True/False: always/never
-    back_choice_after: int = 25             # stage-2 iterations run on both starts before keeping the better
+    side_starts: bool = True                # also the sideways headings where the torso is not fully seen
+    back_choice_after: int = 25             # stage-2 iterations run on every candidate before keeping the best
 
     def validated(self) -> "SMPLifyConfig":
         if self.mode not in ("fast", "reference"):
@@ -156,22 +164,36 @@ class SMPLify:
 
     # -- public API ----------------------------------------------------------------------------------------
     def __call__(self, keypoints: Tensor, init_pose: Tensor, init_betas: Tensor, init_cam_t: Tensor,
-                 camera_center: Tensor, *, start: Start, focal_length: Tensor | None = None) -> SMPLifyResult:
+                 camera_center: Tensor, *, start: Start, focal_length: Tensor | None = None,
+                 start_sigma: Tensor | float | None = None) -> SMPLifyResult:
         """Fit a batch (shapes in the module docstring); returns fits with their losses.
 
         start: what the initial parameters are, for every example of the batch: ``"mean"`` (no estimate of this
         person, e.g. `mean_pose_start`) or ``"estimate"`` (a network's prediction). The fast mode keeps an
         estimate's body pose near its start and tries a mean start turned around too; SPIN's reference
         procedure treats both alike.
-        focal_length: (B,) or (B, 2) px per example; None: the config's ``focal_length`` for every example."""
+        focal_length: (B,) or (B, 2) px per example; None: the config's ``focal_length`` for every example.
+        start_sigma: how uncertain an estimated start is, rad per pose value ((B,) or one number): the fast mode's
+        near-start weight is σ_kp / start_sigma. None: estimated from how far the start reprojects from the
+        keypoints (`near_start_weight`). Only for start="estimate"; the reference ignores it."""
         if start not in get_args(Start):
             raise ValueError(f"SMPLify start must be one of {get_args(Start)}, not {start!r}")
         keypoints, init_pose, init_betas, init_cam_t, camera_center = (
             t.detach().clone() for t in (keypoints, init_pose, init_betas, init_cam_t, camera_center))
+        if start_sigma is not None and start != "estimate":
+            raise ValueError("start_sigma describes an estimated start; give it with start='estimate' only")
         focal = self._focal(focal_length, keypoints)
         if self.config.mode == "reference":
             return self._fit_reference(keypoints, init_pose, init_betas, init_cam_t, camera_center, focal)
-        return self._fit_fast(keypoints, init_pose, init_betas, init_cam_t, camera_center, focal, start == "estimate")
+        sigma = None
+        if start_sigma is not None:
+            sigma = torch.as_tensor(start_sigma, dtype=keypoints.dtype, device=keypoints.device).detach().clone()
+            sigma = sigma.expand(keypoints.shape[0]).clone() if sigma.dim() == 0 else sigma
+            if sigma.shape != (keypoints.shape[0],) or not bool((sigma > 0).all()):
+                raise ValueError(f"start_sigma must be positive, one number or of shape ({keypoints.shape[0]},); "
+                                 f"got {tuple(sigma.shape)}")
+        return self._fit_fast(keypoints, init_pose, init_betas, init_cam_t, camera_center, focal,
+                              start == "estimate", sigma)
 
     def fitting_loss(self, pose: Tensor, betas: Tensor, cam_t: Tensor, camera_center: Tensor,
                      keypoints: Tensor, *, focal_length: Tensor | None = None) -> Tensor:
@@ -281,39 +303,103 @@ class SMPLify:
 
     # -- fast: Levenberg–Marquardt on the skeleton ---------------------------------------------------------
     def _fit_fast(self, keypoints, init_pose, init_betas, init_cam_t, center, focal,
-                  is_estimate: bool) -> SMPLifyResult:
+                  is_estimate: bool, start_sigma: Tensor | None = None) -> SMPLifyResult:
         c = self.config
-        batch = init_pose.shape[0]
-        # A mean start says nothing about this person, so nothing pulls the fit back to it, and the same start
-        # turned around is tried too (front/back ambiguity).
-        from_mean = torch.full((batch,), not is_estimate, dtype=torch.bool, device=init_pose.device)
+        batch, dtype, dev = init_pose.shape[0], init_pose.dtype, init_pose.device
+        # Candidates: each example's start, and for a mean start (which says nothing about this person) the same
+        # start turned around, and turned sideways both ways where the torso is not fully seen (then stage 1 cannot
+        # tell the heading). All are fitted; the lowest SPIN objective is kept.
+        from_mean = torch.full((batch,), not is_estimate, dtype=torch.bool, device=dev)
         back = from_mean if c.try_back_start is None else torch.full_like(from_mean, c.try_back_start)
-        extra = torch.nonzero(back)[:, 0]
-        dev = init_pose.device
-        rows = torch.cat([torch.arange(batch, device=dev), extra])                           # example of each candidate
-        pose = init_pose[rows].clone()
-        turn = torch.tensor([0.0, torch.pi, 0.0], dtype=init_pose.dtype, device=dev).expand(len(extra), 3)
-        pose[batch:, :3] = _compose_aa(turn, init_pose[extra, :3])              # turned about the camera's y
-        kp, ctr, foc, betas, cam_t = keypoints[rows], center[rows], focal[rows], init_betas[rows], init_cam_t[rows]
-        trust = (~from_mean[rows]).to(init_pose.dtype)                           # 1: the start is an estimate
-
+        _, torso_mask = self._torso(keypoints)
+        side = back & (torso_mask < 1).any(1) & c.side_starts
+        tried = torch.stack([torch.ones_like(back), back, side, side], 1)                    # (B, K) per HEADINGS
+        example, heading = torch.nonzero(tried.T, as_tuple=True)[::-1]                     # candidate -> (b, k)
+        order = torch.argsort(heading * batch + example)                                   # the plain starts first
+        example, heading = example[order], heading[order]
+        turns = torch.zeros(len(example), 3, dtype=dtype, device=dev)
+        turns[:, 1] = torch.as_tensor(HEADINGS, dtype=dtype, device=dev)[heading]
+        pose = init_pose[example].clone()
+        turned = heading > 0                                                                # about the camera's y
+        pose[turned, :3] = _compose_aa(turns[turned], init_pose[example[turned], :3])
+        kp, ctr, foc, betas, cam_t = (t[example] for t in (keypoints, center, focal, init_betas, init_cam_t))
         pose, cam_t = self._lm_camera(pose, betas, cam_t, kp, ctr, foc)
-        # Stage 2 on every candidate for a few iterations, then only on the better of each pair.
+        sigma = None if start_sigma is None else start_sigma[example]
+        if is_estimate:                                                                     # w per candidate
+            trust = self.near_start_weight(pose, betas, cam_t, kp, ctr, foc, sigma)
+        else:
+            trust = torch.zeros(len(example), dtype=dtype, device=dev)
         body_init = pose[:, 3:].clone()
-        first = min(c.back_choice_after, c.body_iterations) if len(extra) else c.body_iterations
-        pose, betas = self._lm_body(pose, betas, cam_t, kp, ctr, foc, trust, body_init, first)
+        done, total = 0, c.body_iterations
+        if is_estimate and c.init_weight is None and c.noise_from_fit > 0 and 0 < c.noise_iterations < total:
+            # σ_kp from the keypoints themselves: the RMS residual per coordinate a first fit leaves, times
+            # noise_from_fit for the degrees of freedom that fit absorbed; then w again, with it.
+            start_pose, start_betas = pose, betas
+            pose, betas = self._lm_body(pose, betas, cam_t, kp, ctr, foc, trust, body_init, c.noise_iterations)
+            with torch.no_grad():
+                conf = self._body_conf(kp)
+                r = (project(self._joints(pose, betas), cam_t, foc, ctr) - kp[..., :2]) * conf[..., None]
+                rms = (r.square().sum((1, 2)) / (2 * (conf > 0).sum(1)).clamp_min(1)).sqrt()
+            trust = self.near_start_weight(start_pose, start_betas, cam_t, kp, ctr, foc, sigma,
+                                           c.noise_from_fit * rms)
+            done = c.noise_iterations
+        first = max(min(c.back_choice_after, total), done) if len(example) > batch else total
+        pose, betas = self._lm_body(pose, betas, cam_t, kp, ctr, foc, trust, body_init, first - done)
+        objectives = torch.full((batch, len(HEADINGS)), float("nan"), dtype=dtype, device=dev)
         pick = torch.arange(batch, device=dev)
-        if len(extra):
+        if len(example) > batch:
             with torch.no_grad():
                 objective = self._objective(pose, betas, cam_t, ctr, self._body_conf(kp), kp, foc)
-            turned_better = objective[batch:] < objective[extra]
-            pick[extra[turned_better]] = batch + torch.nonzero(turned_better)[:, 0]
+            objectives[example, heading] = objective
+            best = torch.where(torch.isnan(objectives), torch.inf, objectives).argmin(1)   # (B,) heading
+            slot = torch.full((batch, len(HEADINGS)), -1, dtype=torch.long, device=dev)
+            slot[example, heading] = torch.arange(len(example), device=dev)
+            pick = slot[torch.arange(batch, device=dev), best]
         pose, betas, cam_t, trust, body_init = (t[pick] for t in (pose, betas, cam_t, trust, body_init))
-        if c.body_iterations > first:
-            pose, betas = self._lm_body(pose, betas, cam_t, keypoints, center, focal, trust, body_init,
-                                        c.body_iterations - first)
+        if total > first:
+            pose, betas = self._lm_body(pose, betas, cam_t, keypoints, center, focal, trust, body_init, total - first)
+        ranked = torch.where(torch.isnan(objectives), torch.inf, objectives).sort(1).values
+        gap = torch.where(torch.isfinite(ranked[:, 1]), ranked[:, 1] - ranked[:, 0], torch.nan)
         return self._result(pose, betas, cam_t, keypoints, center, focal, c.camera_iterations + c.body_iterations,
-                            turned_around=pick >= batch)
+                            turned_around=heading[pick] == 1, heading=torch.as_tensor(HEADINGS, dtype=dtype,
+                                                                                      device=dev)[heading[pick]],
+                            candidate_objectives=objectives, objective_gap=gap, near_start_weight=trust)
+
+    def near_start_weight(self, pose: Tensor, betas: Tensor, cam_t: Tensor, keypoints: Tensor, center: Tensor,
+                          focal: Tensor, start_sigma: Tensor | None = None,
+                          sigma_kp: Tensor | None = None) -> Tensor:
+        """The near-start weight w (B,) px/rad of estimated starts: w = σ_kp / σ_start, the ratio of the keypoints'
+        noise to the start's, as a Gaussian posterior weighs them (the data term is in px², the near-start term
+        w² ‖θ_body − θ_body,start‖² in rad²).
+
+        σ_kp (px) = ``keypoint_noise`` × the longer side of the confident keypoints' box. σ_start (rad per pose
+        value) is ``start_sigma`` (B,) when given; otherwise it is read off the start itself: were each body pose
+        value off by σ, the start's joints would reproject off by E Σ c² r² = σ² ‖C J‖²_F to first order (J the
+        Jacobian of the projected joints w.r.t. the body pose, C the confidences), so σ_start² = Σ c² r² / ‖C J‖²_F
+        with r the start's residuals (px) after the camera stage. That also counts the keypoints' own noise and
+        the shape's error, so it errs towards a looser start. A fixed ``init_weight`` overrides all this.
+
+        pose (B, 72), betas (B, NB), cam_t (B, 3), keypoints (B, 49, 3) px, center (B, 2) px, focal (B, 2) px."""
+        c = self.config
+        if c.init_weight is not None:
+            return torch.full((pose.shape[0],), float(c.init_weight), dtype=pose.dtype, device=pose.device)
+        conf = self._body_conf(keypoints)
+        seen = conf > 0
+        big = torch.finfo(keypoints.dtype).max
+        low = torch.where(seen[..., None], keypoints[..., :2], big).amin(1)
+        high = torch.where(seen[..., None], keypoints[..., :2], -big).amax(1)
+        side = (high - low).amax(-1).clamp_min(1.0)
+        if sigma_kp is None:
+            sigma_kp = c.keypoint_noise * side                                                 # (B,) px
+        if start_sigma is None:
+            with torch.no_grad():
+                state = self.skeleton(pose, betas)
+                d_pose, _ = self.skeleton.jacobian(state)
+                dproj = _projection_jacobian(state.points + cam_t[:, None], focal)               # (B, 49, 2, 3)
+                jac = (dproj @ d_pose[..., 3:]) * conf[..., None, None]                          # (B, 49, 2, 69)
+                resid = (project(state.points, cam_t, focal, center) - keypoints[..., :2]) * conf[..., None]
+                start_sigma = (resid.square().sum((1, 2)) / jac.square().sum((1, 2, 3)).clamp_min(1e-12)).sqrt()
+        return sigma_kp / start_sigma.clamp_min(1e-6)
 
     def _lm_camera(self, pose, betas, cam_t, kp, center, focal):
         """Stage 1: global orientation and translation on the torso joints, plus the depth anchor."""
@@ -365,8 +451,8 @@ class SMPLify:
     def _lm_body(self, pose, betas, cam_t, kp, center, focal, trust, body_init, iterations):
         """Stage 2: pose, betas and global orientation; Geman–McClure by IRLS, GMM by its active component.
 
-        trust (B,) 0/1: whether the start is an estimate of this person; where it is, the near-start terms
-        (body pose) is on."""
+        trust (B,) px/rad: the near-start weight w (0 for a start that is no estimate), entering as
+        w² ‖θ_body − θ_body,init‖²."""
         c = self.config
         batch, dtype = pose.shape[0], pose.dtype
         nb = betas.shape[1]
@@ -377,7 +463,7 @@ class SMPLify:
         means, precisions, log_w = (prior.means.to(dtype), prior.precisions.to(dtype), prior.log_nll_weights.to(dtype))
         angle_idx, angle_sign = self._angle_idx, self._angle_sign.to(dtype)
         w_pose, w_angle, w_shape = c.pose_prior_weight**2, c.angle_prior_weight**2, c.shape_prior_weight**2
-        w_init = trust * c.init_weight**2                                                   # (B,)
+        w_init = trust.square()                                                              # (B,)
         sigma2 = c.sigma**2
         dev = pose.device
         lam = torch.full((batch,), 1e-3, dtype=dtype, device=dev)
