@@ -2,8 +2,9 @@
 
 The cases (`bench.smplify_cases`): people from pose sources with fixed roles (CMU subjects the pose prior never
 saw, SPIN's LSP fits, samples of the prior, anyone's pose file), split into ``dev`` (for tuning) and ``test``
-(for reporting) by rules no fit can move; seen by a real camera through SPIN's crop and by SPIN's crop camera;
-clean and noisy keypoints; fits from the mean pose and from network-like starts at calibrated error levels.
+(for reporting) by rules no fit can move; seen by a real camera and fitted through SPIN's crop camera (``real``)
+or with the real camera's intrinsics (``image``), and seen by SPIN's crop camera (``crop``); clean and noisy
+keypoints; fits from the mean pose and from network-like starts at calibrated error levels.
 
 Every cell (source × camera × keypoints × start) is fitted by the fast mode on all its ``cases`` people and by
 the reference on the first ``reference_cases`` of them (the reference runs ~1 fit/s on one CPU thread); the fast
@@ -11,11 +12,11 @@ mode's figures on those same people are reported beside the reference's, so the 
 cases. Fits of one start level are made in one batch per mode (SMPLify's fits are independent per example), and
 timed: wall and CPU seconds, at the thread count asked for.
 
-Metrics, per case, then averaged (`case_metrics`): PA-MPJPE and MPJPE (mm) of the 14 evaluation joints against
-the true body as `fits.evaluate` defines them (the body model's Human3.6M regressor, pelvis-centred; the truth's
-orientation is that of the camera that took the keypoints); reprojection error (px, fit frame) over the given
-keypoints; and **wrong-facing**: the fit's global orientation more than 90° from the truth's about the vertical
-axis (`wrong_facing`).
+Metrics, per case, then averaged (`case_metrics`): PA-MPJPE and MPJPE (mm) of the 14 evaluation joints against the
+true body as `fits.evaluate` defines them (the body model's Human3.6M regressor, pelvis-centred; the truth's
+orientation is that of the camera that took the keypoints); reprojection error (fit-frame px, with the camera the
+fit was made with) over the given keypoints; and **wrong-facing**: the fit's global orientation more than 90° from
+the truth's about the vertical axis (`wrong_facing`).
 """
 from __future__ import annotations
 
@@ -34,12 +35,15 @@ from scipy.spatial.transform import Rotation
 from bench.smplify_cases import (
     CAMERAS,
     CMU_SUBJECTS,
+    FIT_FRAME,
     NOISE,
     SOURCES,
     SPLITS,
     START_TARGETS_MM,
     STARTS,
+    VIEW_CAMERA,
     People,
+    View,
     available_sources,
     calibrate_noise,
     draws,
@@ -52,7 +56,6 @@ from bench.smplify_cases import (
 )
 from core.camera import project
 from core.errors import FitloopError
-from core.frames import FIT_CENTER, FIT_FOCAL
 from core.metrics import mpjpe, pa_mpjpe
 from fits.evaluate import EVALUATION, body_eval_joints
 from fitting.body_model import BodyModel, load_body_model
@@ -150,13 +153,16 @@ def _posed(body: BodyModel, pose: np.ndarray, betas: np.ndarray, batch: int = 25
 
 
 def case_metrics(body: BodyModel, truth: torch.Tensor, true_orient: np.ndarray, up: np.ndarray,
-                 keypoints: np.ndarray, pose: np.ndarray, betas: np.ndarray, cam_t: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-case errors (N,) of bodies (pose (N, 72), betas, cam_t (N, 3) fit frame) against the truth's evaluation
-    joints (N, 14, 3): ``pa_mpjpe_mm``, ``mpjpe_mm``, ``reprojection_px`` (mean over the given keypoints (N, 49, 3)
-    of the distance to the body's joints projected with the fit frame's camera) and ``wrong_facing``."""
+                 keypoints: np.ndarray, focal: np.ndarray, center: np.ndarray, pose: np.ndarray, betas: np.ndarray,
+                 cam_t: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-case errors (N,) of bodies (pose (N, 72), betas, cam_t (N, 3) m in the fitting camera's frame) against
+    the truth's evaluation joints (N, 14, 3): ``pa_mpjpe_mm``, ``mpjpe_mm``, ``reprojection_px`` (mean over the
+    given keypoints (N, 49, 3) fit-frame px of the distance to the body's joints projected with the fitting camera,
+    focal (N, 2) and center (N, 2) fit-frame px) and ``wrong_facing``."""
     evals, joints = _posed(body, pose, betas)
-    center = torch.full((len(pose), 2), FIT_CENTER, dtype=torch.float64)
-    projected = project(joints, torch.as_tensor(cam_t, dtype=torch.float64), FIT_FOCAL, center).numpy()
+    as64 = {"dtype": torch.float64}
+    projected = project(joints, torch.as_tensor(cam_t, **as64), torch.as_tensor(focal, **as64),
+                        torch.as_tensor(center, **as64)).numpy()
     seen = keypoints[..., 2] > 0
     dist = np.linalg.norm(projected - keypoints[..., :2], axis=-1)
     return {"pa_mpjpe_mm": 1000 * pa_mpjpe(evals, truth).numpy(), "mpjpe_mm": 1000 * mpjpe(evals, truth).numpy(),
@@ -194,6 +200,8 @@ class Cell:
     true_orient: np.ndarray      # (N, 3)
     up: np.ndarray               # (N, 3)
     keypoints: np.ndarray        # (N, 49, 3) fit frame
+    focal: np.ndarray            # (N, 2) fit-frame px: the camera fitted with
+    center: np.ndarray           # (N, 2) fit-frame px
     start_pose: np.ndarray
     start_betas: np.ndarray
     start_cam_t: np.ndarray
@@ -208,7 +216,8 @@ def _check_prior(prior: MaxMixturePrior, path: Path, split: str, sources: tuple[
     the CMU figures meaningless, so that is an error; a prior that does not say (SMPLify's gmm_08.pkl) is noted."""
     meta = prior.metadata
     used = meta.get("subjects_used")
-    info: dict[str, Any] = {"file": str(path), "subjects_used": used, "held_out_subjects": meta.get("held_out_subjects")}
+    info: dict[str, Any] = {"file": str(path), "subjects_used": used,
+                            "held_out_subjects": meta.get("held_out_subjects")}
     if "cmu" not in sources:
         info["check"] = "no CMU source in this run"
     elif used is None:
@@ -226,19 +235,24 @@ def _check_prior(prior: MaxMixturePrior, path: Path, split: str, sources: tuple[
 def _cells_for(body: BodyModel, people: People, config: BenchConfig, sigmas: dict[str, float]) -> list[Cell]:
     d = draws(people, config.seed)
     cells = []
+    views: dict[str, tuple[View, torch.Tensor]] = {}  # the real camera's people serve both of its arms
     for camera in config.cameras:
-        v = view(people, camera, body, config.seed)
-        truth, _ = _posed(body, v.pose, v.betas)
+        seen_by = VIEW_CAMERA[camera]
+        if seen_by not in views:
+            v = view(people, seen_by, body, config.seed)
+            views[seen_by] = v, _posed(body, v.pose, v.betas)[0]
+        v, truth = views[seen_by]
         for noise in config.noise:
-            obs = observe(v, noise, d)
+            obs = observe(v, noise, d, FIT_FRAME[camera])
             for label in config.starts:
                 if label == "mean":
-                    s, sigma = mean_start(body, obs.keypoints), None
+                    s, sigma = mean_start(body, obs), None
                 else:
                     sigma = sigmas[label]
-                    s = network_start(body, v.pose, obs.keypoints, sigma, d.start)
+                    s = network_start(body, v.pose, obs, sigma, d.start)
                 cells.append(Cell(people.source, camera, noise, label, sigma, truth, v.pose[:, :3], v.up,
-                                  obs.keypoints, s.pose, s.betas, s.cam_t, s.kind, people.origin))
+                                  obs.keypoints, obs.focal, obs.center, s.pose, s.betas, s.cam_t, s.kind,
+                                  people.origin))
     return cells
 
 
@@ -246,14 +260,15 @@ def _fit_level(fitter: SMPLify, cells: list[Cell], count: int, mode: str, device
     """Fit the first ``count`` cases of every cell (one start level) in batches; store the fits; return timing."""
     def stack(get):
         return torch.as_tensor(np.concatenate([get(c)[:count] for c in cells]), dtype=torch.float32, device=device)
-    kp, pose, betas, cam_t = (stack(lambda c, k=k: getattr(c, k))
-                              for k in ("keypoints", "start_pose", "start_betas", "start_cam_t"))
-    center = torch.full((len(kp), 2), FIT_CENTER, device=device)
+    kp, focal, center, pose, betas, cam_t = (
+        stack(lambda c, k=k: getattr(c, k))
+        for k in ("keypoints", "focal", "center", "start_pose", "start_betas", "start_cam_t"))
     out = {"pose": [], "betas": [], "cam_t": []}
     wall, cpu = time.perf_counter(), time.process_time()
     for s in range(0, len(kp), CHUNK[mode]):
         sl = slice(s, s + CHUNK[mode])
-        fit = fitter(kp[sl], pose[sl], betas[sl], cam_t[sl], center[sl], start=cells[0].kind)
+        fit = fitter(kp[sl], pose[sl], betas[sl], cam_t[sl], center[sl], start=cells[0].kind,
+                     focal_length=focal[sl])
         for k in out:
             out[k].append(getattr(fit, k).double().cpu().numpy())  # .cpu() waits for a GPU to finish
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -268,7 +283,8 @@ def _evaluate(body: BodyModel, c: Cell) -> None:
     """Per-case metrics of a cell's start and of each mode's fits (the first len(fits) cases)."""
     def metrics(pose, betas, cam_t):
         n = len(pose)
-        return case_metrics(body, c.truth[:n], c.true_orient[:n], c.up[:n], c.keypoints[:n], pose, betas, cam_t)
+        return case_metrics(body, c.truth[:n], c.true_orient[:n], c.up[:n], c.keypoints[:n], c.focal[:n],
+                            c.center[:n], pose, betas, cam_t)
     c.metrics["start"] = metrics(c.start_pose, c.start_betas, c.start_cam_t)
     for mode, (pose, betas, cam_t) in c.fits.items():
         c.metrics[mode] = metrics(pose, betas, cam_t)
@@ -280,7 +296,8 @@ def _head(per_case: dict[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
 
 def _cell_record(c: Cell, reference_cases: int) -> dict[str, Any]:
     start = c.metrics["start"]
-    rec: dict[str, Any] = {"source": c.source, "camera": c.camera, "keypoints": c.noise, "start": c.start,
+    rec: dict[str, Any] = {"source": c.source, "camera": c.camera, "frame": FIT_FRAME[c.camera],
+                           "keypoints": c.noise, "start": c.start,
                            "sigma_rad": c.sigma, "cases": len(c.keypoints), "start_error": summary(start)}
     if "fast" in c.metrics:
         rec["fast"] = summary(c.metrics["fast"], start)
@@ -409,6 +426,8 @@ def _run(config: BenchConfig, say: Callable[[str], None]) -> dict[str, Any]:
         "speed": speed, "speedup_fast_over_reference": ratios,
         "speedup_min": min(ratios.values()) if ratios else None,
         "summary": _pooled(cells, lambda c: (c.noise, c.start), ("keypoints", "start"), config.reference_cases),
+        "summary_by_camera": _pooled(cells, lambda c: (c.camera, c.noise, c.start), ("camera", "keypoints", "start"),
+                                     config.reference_cases),
         "summary_by_source": _pooled(cells, lambda c: (c.source, c.noise, c.start), ("source", "keypoints", "start"),
                                      config.reference_cases),
         "cells": [_cell_record(c, config.reference_cases) for c in cells],

@@ -17,12 +17,21 @@ Every person gets a heading drawn uniformly over the full circle about the verti
 them, betas ~ N(0, 1). Poses are (N, 72) axis-angle radians, body pose relative to the body model's T-pose; a
 person's *world* frame is the body model's (Y up).
 
-**Cameras** (`View`): ``real``: a Human3.6M/MPI-INF-3DHP-like camera (focal 1150 px ± 5 %, 1000 px image,
-pitch −5°…20° down, roll ±3°), the person's pelvis 3–7 m away anywhere in the image that keeps every joint 20 px
-inside; the keypoints are those of that image, then SPIN's crop (the keypoints' box × 1.2,
-`pipelines.adapters.base.keypoint_box`) into the 224 px fit frame, where SMPLify assumes f = 5000 px: the
-mismatch of real SPIN usage. ``crop``: SPIN's crop camera itself (f = 5000 px, principal point 112 px, level), the
-person placed so that its keypoints' box × 1.2 is the crop: SMPLify's camera is exactly right.
+**Cameras** (`View`, `CAMERAS`): the camera that took the keypoints, and the one SMPLify fits with.
+
+* ``real``: a Human3.6M/MPI-INF-3DHP-like camera (focal 1150 px ± 5 %, 1000 px image, pitch −5°…20° down, roll
+  ±3°), the person's pelvis 3–7 m away anywhere in the image that keeps every joint 20 px inside; the keypoints
+  are those of that image, then SPIN's crop (the keypoints' box × 1.2, `pipelines.adapters.base.keypoint_box`)
+  into the 224 px fit frame, where SMPLify assumes SPIN's crop camera (f = 5000 px, principal point 112 px): the
+  mismatch of real SPIN usage (fits in the ``crop`` frame of the fits table).
+* ``image``: the same people, the same keypoints (same draws), fitted with the real camera's true intrinsics
+  (fits in the ``image`` frame): its focal length and principal point written in fit-frame px by the exact map of
+  SPIN's crop (`core.frames.camera_through` of the map `keypoints_in_fit_frame` applies), given to SMPLify per
+  example. It is the original image's camera, so a fit's pose and translation are in that camera's frame, as if
+  fitted in the original image's px; keeping the fit frame's px keeps the robust term's σ, the noise and the
+  prior weights in the same px as ``real``, so that the camera is the only difference between the two.
+* ``crop``: SPIN's crop camera itself (f = 5000 px, principal point 112 px, level), the person placed so that
+  its keypoints' box × 1.2 is the crop: SMPLify's camera is exactly right (both frames are one here).
 
 **Keypoints** (`observe`): the 24 dataset joints (`core.joints.J24_NAMES`) in the fit frame; ``clean``, or
 ``noisy``: Gaussian noise of 5 px per coordinate in the fit frame and each joint dropped with probability 0.1.
@@ -30,7 +39,8 @@ person placed so that its keypoints' box × 1.2 is the crop: SMPLify's camera is
 **Starts** (`mean_start`, `network_start`): ``mean`` is SMPLify's `mean_pose_start` (start="mean");
 ``net<L>`` is network-like (start="estimate"): the true pose with every joint rotation (global orientation
 included) turned by a random rotation ε·σ_L, ε ~ N(0, I₃) per joint, the mean shape, and the translation that
-puts that body's torso on the keypoints' torso (`core.camera.translation_from_torso`) — never the true one.
+puts that body's torso on the keypoints' torso (`core.camera.translation_from_torso`, with the camera SMPLify
+fits with) — never the true one.
 σ_L is calibrated (`calibrate_noise`) so that the median start PA-MPJPE of the dev split is L mm.
 
 Every random draw comes from its own stream, ``numpy.random.default_rng([seed, source, split, purpose])``, so
@@ -51,9 +61,18 @@ from assets import bvh
 from assets.prior_train import CMU_DEV_SUBJECTS, CMU_TEST_SUBJECTS, clip_table, plausible_frames
 from core.camera import translation_from_torso
 from core.errors import FitloopError
-from core.frames import FIT_CENTER, FIT_FOCAL, FIT_RES, keypoints_in_fit_frame
+from core.frames import (
+    FIT_CENTER,
+    FIT_FOCAL,
+    FIT_RES,
+    PixelCamera,
+    camera_through,
+    keypoints_in_fit_frame,
+    stored_to_fit_frame,
+)
 from core.joints import J24_NAMES, JOINT_INDEX, NUM_JOINTS, indices
 from core.metrics import pa_mpjpe
+from core.pinhole import pinhole
 from fits.evaluate import posed_eval_joints
 from fitting.body_model import BodyModel
 from fitting.priors import DEFAULT_PRIOR
@@ -71,7 +90,9 @@ SOURCES = ("cmu", "lsp", "synthetic")
 CMU_SUBJECTS = {"dev": CMU_DEV_SUBJECTS, "test": CMU_TEST_SUBJECTS}
 CMU_FPS = 10.0                                   # frames kept per second of mocap (the prior's rate)
 LSP_ROWS = {"dev": range(0, 500), "test": range(500, 1000)}
-CAMERAS = ("real", "crop")
+CAMERAS = ("real", "image", "crop")               # the arms: the camera that took the keypoints, the frame fitted
+VIEW_CAMERA = {"real": "real", "image": "real", "crop": "crop"}
+FIT_FRAME = {"real": "crop", "image": "image", "crop": "crop"}  # as the fits table's frame column names them
 NOISE = ("clean", "noisy")
 NOISE_PX = 5.0                                   # per coordinate, fit-frame px
 DROP_SHARE = 0.10
@@ -172,7 +193,8 @@ def cmu_pool(split: str, rest: np.ndarray, directory: Path = CMU_DIR) -> PosePoo
 
 
 @functools.lru_cache(maxsize=4)
-def _cmu_frames(directory: str, subjects: tuple[int, ...], rest_bytes: bytes) -> tuple[np.ndarray, list[str], list[str]]:
+def _cmu_frames(directory: str, subjects: tuple[int, ...],
+                rest_bytes: bytes) -> tuple[np.ndarray, list[str], list[str]]:
     rest = np.frombuffer(rest_bytes, dtype=np.float64).reshape(-1, 3)
     poses, origin, clips = [], [], []
     for entry in clip_table(Path(directory)):
@@ -308,13 +330,12 @@ def posed_joints(body: BodyModel, pose: np.ndarray, betas: np.ndarray, batch: in
 
 
 def _project(points: np.ndarray, focal: np.ndarray, center: np.ndarray) -> np.ndarray:
-    """Camera-frame points (N, J, 3) -> px (N, J, 2) with per-person focal (N,) and centre (N, 2)."""
-    z = points[..., 2:3]
-    return focal[:, None, None] * points[..., :2] / z + center[:, None, :]
+    """Camera-frame points (N, J, 3) -> px (N, J, 2) with per-person focal (N,) and centre (N, 2) (`pinhole`)."""
+    return pinhole(points, focal[:, None, None], center[:, None, :])
 
 
 def view(people: People, camera: str, body: BodyModel, seed: int) -> View:
-    """The people seen by ``camera`` ("real" or "crop"; module docstring)."""
+    """The people seen by ``camera`` ("real" or "crop", `VIEW_CAMERA`; module docstring)."""
     n = len(people)
     if camera == "crop":
         rot = _LEVEL * Rotation.identity(n)
@@ -332,7 +353,7 @@ def view(people: People, camera: str, body: BodyModel, seed: int) -> View:
         # pitch about the camera's x axis: positive turns the optical axis down (the world's -Y)
         rot = Rotation.from_euler("z", roll[:, None]) * Rotation.from_euler("x", pitch[:, None]) * _LEVEL
     else:
-        raise ValueError(f"camera must be one of {CAMERAS}, not {camera!r}")
+        raise ValueError(f"camera must be one of {sorted(set(VIEW_CAMERA.values()))}, not {camera!r}")
     pose = people.pose.copy()
     pose[:, :3] = (rot * Rotation.from_rotvec(people.pose[:, :3])).as_rotvec()
     joints = posed_joints(body, pose, people.betas)
@@ -408,15 +429,21 @@ def draws(people: People, seed: int) -> Draws:
 @dataclass(frozen=True)
 class Observation:
     """What SMPLify is given: keypoints (N, 49, 3) fit-frame px + confidence (the 24 dataset joints; absent ones all
-    zeros), and SPIN's crop that took them there: box centre (N, 2) and side (N,) in the camera's image px."""
+    zeros), and the camera to fit with, in fit-frame px: focal (N, 2) (fx, fy) and center (N, 2); frame: "crop"
+    (SPIN's crop camera) or "image" (the true camera). box_center (N, 2), box_side (N,): SPIN's crop that took the
+    keypoints into the fit frame, in the camera's image px."""
 
     keypoints: np.ndarray
+    focal: np.ndarray
+    center: np.ndarray
+    frame: str
     box_center: np.ndarray
     box_side: np.ndarray
 
 
-def observe(v: View, noise: str, d: Draws) -> Observation:
-    """The fit-frame keypoints of a view, ``clean`` or ``noisy`` (module docstring)."""
+def observe(v: View, noise: str, d: Draws, frame: str = "crop") -> Observation:
+    """The fit-frame keypoints of a view, ``clean`` or ``noisy``, and the camera of ``frame`` ("crop" or "image")
+    in fit-frame px (module docstring)."""
     n = len(v.pose)
     visible = ~d.drop if noise == "noisy" else np.ones((n, len(_J24)), dtype=bool)
     image_kp = np.zeros((n, NUM_JOINTS, 3))
@@ -437,7 +464,16 @@ def observe(v: View, noise: str, d: Draws) -> Observation:
     elif noise != "clean":
         raise ValueError(f"noise must be one of {NOISE}, not {noise!r}")
     kp[..., :2] *= kp[..., 2:] > 0  # absent joints carry no coordinates, as in the datasets
-    return Observation(kp.astype(np.float32), centers, sides)
+    if frame == "crop":
+        focal, center = np.full((n, 2), FIT_FOCAL), np.full((n, 2), FIT_CENTER)
+    elif frame == "image":  # the true camera through the crop's pixel map (for the crop view, the identity)
+        cams = [camera_through(stored_to_fit_frame({"box_center": centers[i], "box_side": sides[i]}),
+                               PixelCamera((v.focal[i], v.focal[i]), (v.center[i, 0], v.center[i, 1])))
+                for i in range(n)]
+        focal, center = np.array([c.focal for c in cams]), np.array([c.center for c in cams])
+    else:
+        raise ValueError(f"frame must be crop or image, not {frame!r}")
+    return Observation(kp.astype(np.float32), focal, center, frame, centers, sides)
 
 
 # --- Starts ---------------------------------------------------------------------------------------------------------
@@ -451,10 +487,13 @@ class Start:
     kind: str
 
 
-def mean_start(body: BodyModel, keypoints: np.ndarray) -> Start:
-    """SMPLify's mean-pose start (`fitting.smplify.mean_pose_start`) for fit-frame keypoints (N, 49, 3)."""
-    kp = torch.as_tensor(keypoints, dtype=torch.float32, device=next(body.buffers()).device)
-    pose, betas, cam_t = mean_pose_start(body, kp, FIT_FOCAL, torch.full((len(kp), 2), FIT_CENTER, device=kp.device))
+def mean_start(body: BodyModel, obs: Observation) -> Start:
+    """SMPLify's mean-pose start (`fitting.smplify.mean_pose_start`) for an observation's fit-frame keypoints
+    (N, 49, 3), placed with its camera."""
+    device = next(body.buffers()).device
+    kp = torch.as_tensor(obs.keypoints, dtype=torch.float32, device=device)
+    pose, betas, cam_t = mean_pose_start(body, kp, torch.as_tensor(obs.focal, dtype=torch.float32, device=device),
+                                         torch.as_tensor(obs.center, dtype=torch.float32, device=device))
     return Start(pose.double().cpu().numpy(), betas.double().cpu().numpy(), cam_t.double().cpu().numpy(), "mean")
 
 
@@ -466,18 +505,17 @@ def perturb(pose: np.ndarray, turns: np.ndarray) -> np.ndarray:
     return rot.as_rotvec().reshape(n, 72)
 
 
-def network_start(body: BodyModel, true_pose: np.ndarray, keypoints: np.ndarray, sigma: float,
+def network_start(body: BodyModel, true_pose: np.ndarray, obs: Observation, sigma: float,
                   directions: np.ndarray) -> Start:
     """A network-like start: the true pose (N, 72) turned by ``sigma`` × ``directions`` (N, 24, 3) rad, the mean
-    shape, and the translation that puts that body's torso on the keypoints' torso (fit frame, f = 5000 px;
-    `core.camera.translation_from_torso`, as `mean_pose_start` places the mean body). The true translation is not
+    shape, and the translation that puts that body's torso on the observation's keypoints' torso, with its camera
+    (`core.camera.translation_from_torso`, as `mean_pose_start` places the mean body). The true translation is not
     an argument: it cannot leak into the start."""
     pose = perturb(true_pose, sigma * directions)
     betas = np.zeros((len(pose), body.num_betas))
     joints = torch.as_tensor(posed_joints(body, pose, betas))
-    kp = torch.as_tensor(keypoints, dtype=torch.float64)
-    cam_t = translation_from_torso(joints, kp, FIT_FOCAL, torch.full((len(kp), 2), FIT_CENTER, dtype=torch.float64),
-                                   _TORSO_PAIRS)
+    kp = torch.as_tensor(obs.keypoints, dtype=torch.float64)
+    cam_t = translation_from_torso(joints, kp, torch.as_tensor(obs.focal), torch.as_tensor(obs.center), _TORSO_PAIRS)
     return Start(pose, betas, cam_t.numpy(), "estimate")
 
 

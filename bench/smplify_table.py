@@ -48,6 +48,11 @@ def format_tables(result: dict[str, Any]) -> str:
               f"| keypoints | start | {_COLUMNS} | fast/ref fits/s |", "|" + "---|" * (3 + _COLUMNS.count("|") + 1)]
     for row in result["summary"]:
         lines.append(f"| {row['keypoints']} | {row['start']} | {_errors(row)} | {_num(speedup.get(row['start']), 0)} |")
+    lines += ["", "Per camera (real: real camera, fitted in SPIN's crop frame with f = 5000 px; image: the same people "
+              "and keypoints fitted with the real camera's intrinsics; crop: SPIN's crop camera), pooled over sources:",
+              "", f"| camera | keypoints | start | {_COLUMNS} |", "|" + "---|" * (3 + _COLUMNS.count("|") + 1)]
+    for row in result["summary_by_camera"]:
+        lines.append(f"| {row['camera']} | {row['keypoints']} | {row['start']} | {_errors(row)} |")
     lines += ["", "Per cell:", "", f"| source | camera | keypoints | start | {_COLUMNS} |",
               "|" + "---|" * (4 + _COLUMNS.count("|") + 1)]
     for row in result["cells"]:
@@ -60,9 +65,10 @@ def format_tables(result: dict[str, Any]) -> str:
         for s in starts:
             parts = [f"{_num(speed[m][s]['fits_per_s'])} | {_num(speed[m][s]['fits_per_cpu_s'])}" if s in speed[m]
                      else "– | –" for m in speed]
-            lines.append(f"| {s} | " + " | ".join(parts) + f" | {_num(result['speedup_fast_over_reference'].get(s), 0)} |")
+            lines.append(f"| {s} | " + " | ".join(parts) + f" | {_num(speedup.get(s), 0)} |")
     if result["calibration"]:
-        lines += ["", "| source | calibrated on | start | σ rad (°) | median start PA-MPJPE there |", "|---|---|---|---|---|"]
+        lines += ["", "| source | calibrated on | start | σ rad (°) | median start PA-MPJPE there |",
+                  "|---|---|---|---|---|"]
         for source, cal in result["calibration"].items():
             for level, sigma, reached in zip(cal["levels"], cal["sigma_rad"], cal["median_start_pa_mpjpe_mm"]):
                 lines.append(f"| {source} | {cal['split']} ({cal['people']}) | {level} | {sigma:.3f} "

@@ -60,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pre.set_defaults(func=cmd_preprocess)
 
     smplify = commands.add_parser(
-        "smplify", help="fast SMPLify vs. SPIN's reference procedure, on held-out poses, two cameras, four starts",
+        "smplify", help="fast SMPLify vs. SPIN's reference procedure, on held-out poses, three cameras, four starts",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""\
 Fit the same cases with fitloop's default SMPLify and with SPIN's reference procedure, in one run, and print
@@ -70,7 +70,9 @@ People: CMU motion capture of subjects the shipped pose prior never saw (dev: 9,
 fits (dev: rows 0-499; test: 500-999), samples of the pose prior (different streams for dev and test), and
 --poses FILE; each turned to a random heading over the full circle, betas ~ N(0, 1).
 Cameras: "real" (focal ~1150 px, 1000 px image, person 3-7 m away and off-centre; keypoints cropped into the
-224 px fit frame by SPIN's box x 1.2, where SMPLify assumes f = 5000 px) and "crop" (SPIN's crop camera).
+224 px fit frame by SPIN's box x 1.2, where SMPLify assumes f = 5000 px), "image" (the same people and keypoints
+fitted with the real camera's true focal length and principal point, per example) and "crop" (SPIN's crop
+camera: the person framed by the crop, f = 5000 px is the truth).
 Keypoints: the 24 dataset joints, clean, or with 5 px noise per coordinate and 10%% dropped.
 Starts: "mean" (SMPLify's mean-pose start) and network-like "net60", "net90", "net120" (the true pose with
 per-joint rotation noise calibrated on the dev split to that median start PA-MPJPE in mm, mean shape, the
@@ -93,7 +95,7 @@ docs/smplify.md#benchmark has the protocol and the latest figures.""")
     smplify.add_argument("--reference-cases", type=int, default=None,
                          help="the first this many people of each cell are also fitted by the reference (default 8; "
                               "--quick: 1)")
-    smplify.add_argument("--cameras", default="real,crop", help="of real, crop (default both)")
+    smplify.add_argument("--cameras", default="real,image,crop", help="of real, image, crop (default all three)")
     smplify.add_argument("--keypoints", default="clean,noisy", help="of clean, noisy (default both)")
     smplify.add_argument("--starts", default="mean,net60,net90,net120", help="of mean, net60, net90, net120")
     smplify.add_argument("--calibration-people", type=int, default=None,
