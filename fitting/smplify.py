@@ -83,7 +83,7 @@ class SMPLifyConfig:
     # near-start term for start="estimate": w² ‖θ_body − θ_body,start‖², w = σ_kp / σ_start (px/rad)
     init_weight: float | None = None        # None: w from the start's uncertainty (below); a number: fixed w
     keypoint_noise: float = 0.027           # σ_kp of the first fit: per coordinate, share of the keypoints' box side
-    noise_from_fit: float = 1.5             # then σ_kp = this × the first fit's RMS residual (0: keep the above)
+    noise_from_fit: float = 1.0             # then σ_kp = this × the first fit's RMS residual (0: keep the above)
     noise_iterations: int = 8               # stage-2 iterations of that first fit (of body_iterations)
     try_back_start: bool | None = None      # None: for start="mean"; True/False: always/never
     side_starts: bool = True                # also the sideways headings where the torso is not fully seen
