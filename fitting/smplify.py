@@ -14,10 +14,13 @@ reference: SPIN's own procedure — the full smplx body model evaluated every st
 fast: the same objective on the exact joints-only `Skeleton`, minimised by batched Levenberg–Marquardt with
   analytic Jacobians (Geman–McClure by iteratively reweighted least squares, the max-mixture prior by its active
   component). Run to convergence from an estimated start (``start="estimate"``: a network's prediction), a fit
-  over-fits noisy keypoints and wanders into depth ambiguities, so stage 2 adds w_init² ‖θ_body - θ_body,init‖²
-  (100 small Adam steps have the same effect implicitly). A start that carries no estimate of the person
-  (``start="mean"``: `mean_pose_start`) gets no such term, and the same start turned around is fitted too
-  (front/back ambiguity); the candidate with the lower SPIN objective is kept. The caller says which start it
+  over-fits noisy keypoints and wanders into depth ambiguities, so stage 2 adds w² ‖θ_body - θ_body,init‖²
+  (100 small Adam steps have the same effect implicitly), w = σ_kp / σ_start per example: the keypoints' noise
+  (read off a first fit's residual) over the start's uncertainty (the caller's ``start_sigma``, or read off how far
+  the start reprojects from the keypoints; `SMPLify.near_start_weight`). A start that carries no estimate of the
+  person (``start="mean"``: `mean_pose_start`) gets no such term, and the same start turned around is fitted too
+  (front/back ambiguity), and turned sideways both ways where the torso is not fully seen; the candidate with the
+  lowest SPIN objective is kept (their objectives are in the result's extras). The caller says which start it
   gives; the values of the pose never decide it. `fitloop bench smplify` compares both modes.
 
 Body models: every family `fitting.body_model` loads (SMPL, SMPL-H, SMPL-X, the open model), in both modes. The
