@@ -412,10 +412,12 @@ def _run(config: BenchConfig, say: Callable[[str], None]) -> dict[str, Any]:
     for c in cells:
         _evaluate(body, c)
 
-    ratios = {}
+    ratios, cpu_ratios = {}, {}
     if {"fast", "reference"} <= set(speed) and config.reference_cases:
-        ratios = {label: speed["fast"][label]["fits_per_s"] / speed["reference"][label]["fits_per_s"]
-                  for label in config.starts}
+        for label in config.starts:
+            fast, ref = speed["fast"][label], speed["reference"][label]
+            ratios[label] = fast["fits_per_s"] / ref["fits_per_s"]
+            cpu_ratios[label] = fast["fits_per_cpu_s"] / ref["fits_per_cpu_s"]
     return {
         "benchmark": "smplify", "version": 2,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -425,6 +427,7 @@ def _run(config: BenchConfig, say: Callable[[str], None]) -> dict[str, Any]:
         "prior": prior_info, "sources": about, "sources_skipped": skipped, "calibration": calibration,
         "speed": speed, "speedup_fast_over_reference": ratios,
         "speedup_min": min(ratios.values()) if ratios else None,
+        "speedup_fast_over_reference_per_cpu_s": cpu_ratios,
         "summary": _pooled(cells, lambda c: (c.noise, c.start), ("keypoints", "start"), config.reference_cases),
         "summary_by_camera": _pooled(cells, lambda c: (c.camera, c.noise, c.start), ("camera", "keypoints", "start"),
                                      config.reference_cases),
