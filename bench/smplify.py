@@ -384,8 +384,9 @@ def _run(config: BenchConfig, say: Callable[[str], None]) -> dict[str, Any]:
             cal_split = "all" if source == "file" else "dev"
             cal_people = (people if cal_split == split and config.calibration_people <= config.cases
                           else make_people(source, cal_split, config.calibration_people, body, config.seed, pool))
-            cal_people = People(cal_people.source, cal_people.split, cal_people.pose[:config.calibration_people],
-                                cal_people.betas[:config.calibration_people], cal_people.origin, cal_people.about)
+            k = config.calibration_people
+            cal_people = People(cal_people.source, cal_people.split, cal_people.pose[:k], cal_people.betas[:k],
+                                cal_people.origin[:k], cal_people.about)
             cal = calibrate_noise(body, cal_people, draws(cal_people, config.seed).start, targets)
             calibration[source] = {"split": cal_split, **cal, "levels": levels}
             sigmas = dict(zip(levels, cal["sigma_rad"]))
