@@ -30,8 +30,9 @@ def _errors(row: dict[str, Any]) -> str:
     return " | ".join(cells)
 
 
-def format_tables(result: dict[str, Any]) -> str:
-    """Markdown: the run, errors pooled per keypoints × start, per cell, speed, calibration."""
+def format_tables(result: dict[str, Any], cells: bool = True) -> str:
+    """Markdown: the run, errors pooled per keypoints × start, per camera, per source, per cell (unless
+    ``cells`` is False), speed, calibration."""
     cfg = result["config"]
     lines = [f"fitloop bench smplify, split {cfg['split']}: {cfg['cases']} people per source "
              f"({', '.join(result['sources'])}), the reference on the first {cfg['reference_cases']} of each cell; "
@@ -53,19 +54,28 @@ def format_tables(result: dict[str, Any]) -> str:
               "", f"| camera | keypoints | start | {_COLUMNS} |", "|" + "---|" * (3 + _COLUMNS.count("|") + 1)]
     for row in result["summary_by_camera"]:
         lines.append(f"| {row['camera']} | {row['keypoints']} | {row['start']} | {_errors(row)} |")
-    lines += ["", "Per cell:", "", f"| source | camera | keypoints | start | {_COLUMNS} |",
-              "|" + "---|" * (4 + _COLUMNS.count("|") + 1)]
-    for row in result["cells"]:
-        lines.append(f"| {row['source']} | {row['camera']} | {row['keypoints']} | {row['start']} | {_errors(row)} |")
+    lines += ["", "Per source, pooled over cameras:", "",
+              f"| source | keypoints | start | {_COLUMNS} |", "|" + "---|" * (3 + _COLUMNS.count("|") + 1)]
+    for row in result["summary_by_source"]:
+        lines.append(f"| {row['source']} | {row['keypoints']} | {row['start']} | {_errors(row)} |")
+    if cells:
+        lines += ["", "Per cell:", "", f"| source | camera | keypoints | start | {_COLUMNS} |",
+                  "|" + "---|" * (4 + _COLUMNS.count("|") + 1)]
+        for row in result["cells"]:
+            lines.append(f"| {row['source']} | {row['camera']} | {row['keypoints']} | {row['start']} | "
+                         f"{_errors(row)} |")
     speed = result["speed"]
     starts = [s for s in cfg["starts"] if any(s in v for v in speed.values())]
     if starts:
-        lines += ["", "| start | " + " | ".join(f"{m} fits/s | {m} fits/CPU s" for m in speed) + " | fast/ref |",
-                  "|---|" + "---|---|" * len(speed) + "---|"]
+        lines += ["", "Speed (fits/s: wall; per CPU s: what one thread does when it has a core to itself):", "",
+                  "| start | " + " | ".join(f"{m} fits/s | {m} fits/CPU s" for m in speed)
+                  + " | fast/ref fits/s | fast/ref per CPU s |", "|---|" + "---|---|" * len(speed) + "---|---|"]
         for s in starts:
             parts = [f"{_num(speed[m][s]['fits_per_s'])} | {_num(speed[m][s]['fits_per_cpu_s'])}" if s in speed[m]
                      else "– | –" for m in speed]
-            lines.append(f"| {s} | " + " | ".join(parts) + f" | {_num(speedup.get(s), 0)} |")
+            per_cpu = (speed["fast"][s]["fits_per_cpu_s"] / speed["reference"][s]["fits_per_cpu_s"]
+                       if all(s in speed.get(m, {}) for m in ("fast", "reference")) else None)
+            lines.append(f"| {s} | " + " | ".join(parts) + f" | {_num(speedup.get(s), 0)} | {_num(per_cpu, 0)} |")
     if result["calibration"]:
         lines += ["", "| source | calibrated on | start | σ rad (°) | median start PA-MPJPE there |",
                   "|---|---|---|---|---|"]

@@ -403,6 +403,11 @@ def test_command_runs_both_modes_on_every_cell(tmp_path, capsys):
     assert {(r["camera"], r["start"]) for r in result["summary_by_camera"]} == {
         (c, s) for c in ("crop", "image") for s in ("mean", "net90")}
     assert "fast/ref PA |" in table and "fast/ref fits/s |" in table  # the ratios against the reference
+    speed = result["speed"]
+    for key, rate in (("speedup_fast_over_reference", "fits_per_s"),
+                      ("speedup_fast_over_reference_per_cpu_s", "fits_per_cpu_s")):
+        for start in ("mean", "net90"):
+            assert result[key][start] == speed["fast"][start][rate] / speed["reference"][start][rate]
 
 
 @needs_lsp

@@ -83,7 +83,7 @@ its figures on the reference's cases are shown beside the reference's.
 --poses FILE.npz: `poses` (N, 72) SMPL axis-angle (global orientation, 23 body joints relative to the
 T-pose), optional `betas` (N, NB) of the body model used (default N(0, 1)), optional `name` (a string) and
 `up` ("y": Y-up world as the body model, default; "-y": a camera frame as SPIN's fits; "z": AMASS's Z-up).
-docs/smplify.md#benchmark has the protocol and the latest figures.""")
+docs/smplify.md#the-benchmark has the protocol and the latest figures.""")
     smplify.add_argument("--split", default="test", choices=("dev", "test"),
                          help="dev: for tuning SMPLify; test: for reporting (default)")
     smplify.add_argument("--sources", default="cmu,lsp,synthetic",

@@ -91,7 +91,8 @@ def cmd_info(args: argparse.Namespace) -> int:
           f"({'SMPL body pose, 23 joints x axis-angle' if gmm.dim == 69 else 'not a 69-dim SMPL body pose'})")
     print(f"  weights: {', '.join(f'{w:.3f}' for w in gmm.weights)}")
     for key in ("format", "source", "rest_pose", "clips", "subjects_used", "held_out_subjects", "frames_used",
-                "frames_rejected_implausible", "walk_share_after", "unobserved_joints", "acknowledgment", "bvh_conversion_credit", "license"):
+                "frames_rejected_implausible", "walk_share_after", "unobserved_joints", "acknowledgment",
+                "bvh_conversion_credit", "license"):
         if key in meta:
             value = meta[key] if isinstance(meta[key], str) else json.dumps(meta[key])
             print(f"  {key}: {value}")
