@@ -24,16 +24,23 @@ Jacobians: no mesh is evaluated while fitting.
 
 **Solver.** Batched Levenberg–Marquardt in float64 with the skeleton's analytic Jacobians; Geman–McClure by
 iteratively reweighted least squares, the max-mixture prior by its active component (as `fitting.smplify`'s fast
-mode). The normal equations have one 75 × 75 block per frame (pose, translation), one NB × NB block per subject
-(betas) and the frame-betas couplings; they are solved by the Schur complement on the betas (``solver="schur"``,
-cost linear in the frames), or stacked per subject into one dense system (``"dense"``, for comparison). The
-temporal term's couplings between consecutive frames are left out of the normal equations (block Jacobi: its
-gradient is exact, its Hessian's diagonal blocks kept); every step is still accepted only when it lowers the
-subject's whole objective. Damping is per subject.
+mode). The normal equations (`NormalEquations`) have one 75 × 75 block per frame (pose, translation), one NB × NB
+block per subject (betas), the frame-betas couplings and, with the temporal term, one block per link between
+consecutive frames. They are solved by the Schur complement on the betas (``solver="schur"``, cost linear in the
+frames: the frames' blocks are eliminated along each sequence, leaves first, with no fill-in, `frame_solve`), or
+stacked per subject into one dense system (``"dense"``, the reference). A step is accepted when it lowers its
+subject's whole objective; damping is per subject. Two stages (`Fit3D.stages`): a short warm-up with the pose and
+angle priors five times stronger keeps limbs out of implausible minima while the body is far from the evidence
+(SMPLify anneals its prior weights for the same reason), then the configured weights. ``fixed_betas`` (a
+`Fit3D.__call__` argument) keeps each subject's betas as given and fits only poses and translations: how a
+subject's shape, fitted once on a subset of its frames, is kept across all of them in batches
+(`fits.seeding3d`).
 
-**Start.** Without a given start, each frame starts from the mean body (zero body pose, betas 0) turned and moved
-onto its 3D joints' torso by a rigid alignment; with 2D keypoints only, onto the joints triangulated from the
-views (`triangulate`). A 3D start has no front/back ambiguity.
+**Start.** Without a given start, a frame starts from the mean body (zero body pose, betas 0) turned and moved
+onto its 3D joints by a rigid alignment (its torso joints where at least three are known); with 2D keypoints only,
+onto the joints triangulated from the views (`triangulate`, at least two views per joint). A 3D start has no
+front/back ambiguity. A frame with neither (one view) starts as SMPLify does, upright and facing its best view at
+the depth its torso gives.
 
 Conventions: joints_3d (F, 49, 4) metres in each frame's reference frame + confidence (0: unused), canonical
 layout; keypoints (F, V, 49, 3) px of view v's image + confidence; a view maps reference-frame points X to its
@@ -239,20 +246,25 @@ class Fit3D:
         self._torso = torch.as_tensor(indices(TORSO_SLOTS), device=device)
 
     # -- public API ----------------------------------------------------------------------------------------------
-    def __call__(self, evidence: Evidence, start: tuple[Tensor, Tensor, Tensor] | None = None) -> Fit3DResult:
-        """Fit ``evidence``; ``start`` = (pose (F, 72), subject betas (S, NB), transl (F, 3)), default `start`."""
+    def __call__(self, evidence: Evidence, start: tuple[Tensor, Tensor, Tensor] | None = None,
+                 fixed_betas: Tensor | None = None) -> Fit3DResult:
+        """Fit ``evidence``; ``start`` = (pose (F, 72), subject betas (S, NB), transl (F, 3)), default `start`.
+        ``fixed_betas`` (S, NB): each subject's betas, kept as given (only poses and translations are fitted)."""
         ev = self._checked(evidence)
         subject = ev.subject
         num_subjects = int(subject.max()) + 1 if len(subject) else 0
+        nb = self.skeleton.num_betas
         if start is None:
             pose, betas, transl = self.start(ev, num_subjects)
         else:
             pose, betas, transl = (t.detach().to(self.device, self.dtype).clone() for t in start)
-            want = {"pose": (ev.frames, NUM_POSE), "betas": (num_subjects, self.skeleton.num_betas),
-                    "transl": (ev.frames, 3)}
-            for (name, shape), value in zip(want.items(), (pose, betas, transl)):
-                if tuple(value.shape) != shape:
-                    raise FitloopError(f"the start's {name} must be {shape}, got {tuple(value.shape)}")
+        if fixed_betas is not None:
+            betas = fixed_betas.detach().to(self.device, self.dtype).clone()
+        want = {"pose": (ev.frames, NUM_POSE), "betas": (num_subjects, nb), "transl": (ev.frames, 3)}
+        for (name, shape), value in zip(want.items(), (pose, betas, transl)):
+            if tuple(value.shape) != shape:
+                what = "fixed betas" if name == "betas" and fixed_betas is not None else f"start's {name}"
+                raise FitloopError(f"the {what} must be {shape}, got {tuple(value.shape)}")
         layout = self._layout(ev)
         levels = frame_levels(ev.previous)  # also refuses cyclic links, with or without the temporal term
         cost = None
@@ -261,7 +273,8 @@ class Fit3D:
             terms = self._evaluate(stage, ev, layout, pose, betas[subject], transl)
             cost = self._subject_cost(stage, terms.cost, betas, subject, num_subjects)
             for _ in range(stage.iterations):
-                step_f, step_b = self._step(stage, ev, layout, pose, betas, terms, lam, num_subjects, levels)
+                step_f, step_b = self._step(stage, ev, layout, pose, betas, terms, lam, num_subjects, levels,
+                                            fixed_betas is not None)
                 new_pose, new_transl = pose + step_f[:, :NUM_POSE], transl + step_f[:, NUM_POSE:]
                 new_betas = betas + step_b
                 new_terms = self._evaluate(stage, ev, layout, new_pose, new_betas[subject], new_transl)
@@ -550,13 +563,15 @@ class Fit3D:
                                previous=ev.previous, link=link)
 
     def _step(self, c: Fit3DConfig, ev: Evidence, layout: _Layout, pose: Tensor, betas: Tensor, terms: _Terms,
-              lam: Tensor, num_subjects: int, levels: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """The damped Gauss–Newton step: per frame (F, 75) [pose, transl], per subject (S, NB); damping λ (S,)
-        per subject (Levenberg–Marquardt's, on the diagonal)."""
+              lam: Tensor, num_subjects: int, levels: list[Tensor], fixed: bool) -> tuple[Tensor, Tensor]:
+        """The damped Gauss–Newton step: per frame (F, 75) [pose, transl], per subject (S, NB) (zero when the
+        betas are ``fixed``); damping λ (S,) per subject (Levenberg–Marquardt's, on the diagonal)."""
         ne = self._normal_equations(c, ev, layout, pose, betas, terms, num_subjects)
         h_ff = ne.h_ff + torch.diag_embed(lam[ev.subject, None] * torch.diagonal(ne.h_ff, dim1=-2, dim2=-1) + 1e-9)
         h_bb = ne.h_bb + torch.diag_embed(lam[:, None] * torch.diagonal(ne.h_bb, dim1=-2, dim2=-1) + 1e-9)
         damped = replace(ne, h_ff=h_ff, h_bb=h_bb)
+        if fixed:
+            return -frame_solve(damped, ne.g_f[..., None], levels)[..., 0], torch.zeros_like(ne.g_b)
         return schur_solve(damped, levels) if c.solver == "schur" else dense_solve(damped)
 
     # -- results -------------------------------------------------------------------------------------------------
