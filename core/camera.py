@@ -43,13 +43,18 @@ def translation_from_torso(joints: Tensor, keypoints: Tensor, focal: Tensor | fl
                            pairs: tuple[tuple[int, int], ...]) -> Tensor:
     """SMPLify's similar-triangles estimate of the camera translation (B, 3) for a body at the origin.
 
-    joints (B, N, 3) model joints (metres, camera-frame axes), keypoints (B, N, 3) px + confidence; `pairs` are
-    (a, b) joint-index pairs spanning the torso (e.g. shoulder-to-hip on each side). Depth = f * (3D length) /
-    (2D length), averaged over the pairs both of whose keypoints are confident; x, y then put the mean of the
-    confident torso joints on their 2D mean. Examples with no usable pair get depth 2 f / FIT_RES (s = 1).
+    joints (B, N, 3) model joints (metres, camera-frame axes), keypoints (B, N, 3) px + confidence; focal: scalar,
+    (B,) or (B, 2) (fx, fy) px; center (B, 2) px; `pairs` are (a, b) joint-index pairs spanning the torso (e.g.
+    shoulder-to-hip on each side). Depth = f * (3D length) / (2D length) (f = sqrt(fx fy)), averaged over the pairs
+    both of whose keypoints are confident; x, y then put the mean of the confident torso joints on their 2D mean.
+    Examples with no usable pair get depth 2 f / FIT_RES (s = 1).
     """
     focal_t = torch.as_tensor(focal, dtype=joints.dtype, device=joints.device)
-    f = focal_t if focal_t.dim() == 0 else focal_t.reshape(joints.shape[0], -1)[:, 0]
+    if focal_t.dim() == 0:
+        f, fxy = focal_t, focal_t
+    else:
+        pair = focal_t.reshape(joints.shape[0], -1).expand(-1, 2)                  # (B, 2) fx, fy
+        f, fxy = pair.prod(-1).sqrt(), pair
     a = torch.tensor([p[0] for p in pairs], device=joints.device)
     b = torch.tensor([p[1] for p in pairs], device=joints.device)
     len3d = (joints[:, a] - joints[:, b]).norm(dim=-1)                       # (B, P)
@@ -66,8 +71,7 @@ def translation_from_torso(joints: Tensor, keypoints: Tensor, focal: Tensor | fl
     n = w.sum(-1).clamp_min(1)
     mean3d = (joints * w[..., None]).sum(1) / n[:, None]
     mean2d = (keypoints[..., :2] * w[..., None]).sum(1) / n[:, None]
-    fz = f if f.dim() == 0 else f[:, None]
-    xy = (mean2d - center) * (depth[:, None] + mean3d[:, 2:3]) / fz - mean3d[:, :2]
+    xy = (mean2d - center) * (depth[:, None] + mean3d[:, 2:3]) / fxy - mean3d[:, :2]
     return torch.cat([xy, depth[:, None]], dim=-1)
 
 

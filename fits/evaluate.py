@@ -17,8 +17,12 @@ report), the network's (`training.evaluate`) and `fitloop bench smplify`'s. It i
 * **MPJPE** is the mean joint distance after that centring; **PA-MPJPE** after a per-example similarity Procrustes
   (scale, rotation, translation; `core.metrics`). Results per dataset and over all samples (``"all"``).
 
-Fits are those of one body model (`BodyModel.model_id`; a table may hold several): the best fit per key as of a
-table version, posed with that model. Pose (72,) axis-angle radians, betas (10,), metres throughout.
+Fits are those of one body model (`BodyModel.model_id`; a table may hold several) and one frame (crop or image,
+`fits.schema`: named, or the only one among the rows): the best fit per key as of a table version, posed with
+that model. The truth's 3D joints are in the original image's camera, so an image-frame fit's global orientation
+is compared as it is, and a crop-frame fit's is relative to SPIN's crop camera (off-centre people: a few degrees
+apart; Procrustes removes that from PA-MPJPE, not from MPJPE). Pose (72,) axis-angle radians, betas (10,),
+metres throughout.
 """
 from __future__ import annotations
 
@@ -209,27 +213,31 @@ class FitsGroundTruth:
 
 
 def best_fits(table: FitsTable, body: BodyModel, version: int | None = None,
-              keys: Sequence[str] | None = None) -> pa.Table:
-    """The best fit per key (`fits.table.best_of`) among the rows of ``body``'s model id as of ``version``
-    (default the latest), optionally of ``keys`` only: columns key, pose, betas and the ranking columns."""
+              keys: Sequence[str] | None = None, frame: str | None = None) -> pa.Table:
+    """The best fit per key (`fits.table.best_of`) among the rows of ``body``'s model id and ``frame`` (None: the
+    rows must hold one frame, `fits.schema.MixedFramesError`) as of ``version`` (default the latest), optionally
+    of ``keys`` only: columns key, pose, betas, frame and the ranking columns."""
     where = pc.field("body_model_id") == body.model_id
     if keys is not None:
         where = where & pc.field("key").isin(pa.array(list(keys), pa.string()))
-    return best_of(table.log(version=version, columns=["key", "pose", "betas", "loss", "time", "run_id", "epoch",
-                                                       "step"], where=where))
+    if frame is not None:
+        where = where & (pc.field("frame") == frame)
+    return best_of(table.log(version=version, columns=["key", "pose", "betas", "frame", "loss", "time", "run_id",
+                                                       "epoch", "step"], where=where),
+                   where=f"{table.path} (fits of {body.model_id})")
 
 
 def evaluate_fits(table: FitsTable, body: BodyModel, truth: FitsGroundTruth, *, version: int | None = None,
-                  batch_size: int = 256) -> dict[str, dict[str, float]]:
-    """Errors of the table's best fits of ``body``'s model (as of ``version``) against ``truth`` (module
-    docstring): dataset -> {"mpjpe_mm", "pa_mpjpe_mm", "samples"}. Keys without a fit of this model are left out
-    (their count is the difference in ``samples``); {} when none has one."""
+                  frame: str | None = None, batch_size: int = 256) -> dict[str, dict[str, float]]:
+    """Errors of the table's best fits of ``body``'s model and ``frame`` (as `best_fits`; as of ``version``)
+    against ``truth`` (module docstring): dataset -> {"mpjpe_mm", "pa_mpjpe_mm", "samples"}. Keys without such a
+    fit are left out (their count is the difference in ``samples``); {} when none has one."""
     if truth.body_model_id is not None and truth.body_model_id != body.model_id:
         raise ValueError(f"the ground truth posed its true bodies with {truth.body_model_id}, the fits are "
                          f"evaluated with {body.model_id}: build the truth with the fits' body model")
     if len(truth) == 0:
         return {}
-    best = best_fits(table, body, version, truth.keys)
+    best = best_fits(table, body, version, truth.keys, frame)
     if best.num_rows == 0:
         return {}
     position = {k: i for i, k in enumerate(truth.keys)}

@@ -27,6 +27,11 @@ it: the import takes the body model they belong to (its content id, ``BodyModel.
 loading that model's fits uses them. An export writes one body model's best fits: a table holding fits of several
 models needs the model named (`fits.schema.MixedBodyModelsError` otherwise), so one SPIN file never mixes them.
 
+SPIN's fits are crop-frame fits (its SMPLify fits the 224 px crop with focal 5000 px; `fits.schema`): an import
+writes frame "crop", and an export writes the best crop-frame fits only. An image-frame fit (made in the original
+image's camera) has another translation and, off the optical axis, another global orientation, so it is never
+exported as one of SPIN's; the export says so when that leaves rows without a fit.
+
 Imported fits are unscored (SPIN stores no loss: it re-scores the stored fit each step), so any scored fit of the
 same key and body model beats them, and importing the same file twice appends nothing. SPIN writes float64 fits of
 float32 values; the table stores float32, and the import reports the largest rounding (0 for SPIN's own files), so
@@ -134,7 +139,7 @@ def import_spin(table: FitsTable, npz: Path, npy: Path, *, body_model_id: str, d
                                fit_config_hash=SPIN_FIT_CONFIG, source="import")
     batch = fits_batch(keys, fits[:, :NUM_POSE], fits[:, NUM_POSE:], provenance, time=time)
     stage("write")
-    result = table.append(batch, best=table.best_losses(body_model_id=body_model_id))
+    result = table.append(batch, best=table.best_losses(body_model_id=body_model_id, frame="crop"))
     return {"dataset": dataset, "rows": len(keys), "appended": result.rows, "version": result.version,
             "body_model_id": body_model_id, "run_id": provenance.run_id, "max_float32_rounding": rounding}
 
@@ -142,8 +147,8 @@ def import_spin(table: FitsTable, npz: Path, npy: Path, *, body_model_id: str, d
 def export_spin(table: FitsTable, npz: Path, out: Path, *, dataset: str | None = None, version: int | None = None,
                 timestamp: datetime | None = None, fill_missing: bool = False, body_model_id: str | None = None,
                 on_stage: Callable[[str], None] | None = None) -> dict:
-    """Write one body model's best fits of a version as SPIN's ``<ds>_fits.npy`` (N × 82 float64, row-aligned
-    with ``npz``).
+    """Write one body model's best crop-frame fits of a version as SPIN's ``<ds>_fits.npy`` (N × 82 float64,
+    row-aligned with ``npz``; module docstring: image-frame fits are never written).
 
     body_model_id: the model whose fits to write; None: the dataset's fits must be of one model (else
       `fits.schema.MixedBodyModelsError`, listing them: one file never mixes models).
@@ -158,14 +163,19 @@ def export_spin(table: FitsTable, npz: Path, out: Path, *, dataset: str | None =
     dataset = spin_dataset(npz, dataset)
     keys = pa.array(spin_keys(_imgnames(npz), dataset))
     stage("best")
-    best = table.best(version=version, timestamp=timestamp, dataset=dataset, body_model_id=body_model_id)
+    best = table.best(version=version, timestamp=timestamp, dataset=dataset, body_model_id=body_model_id,
+                      frame="crop")
     models = best["body_model_id"].unique().to_pylist()
     where = pc.fill_null(pc.index_in(keys, value_set=best["key"].combine_chunks()), -1).to_numpy()
     missing = where < 0
     if missing.any() and not fill_missing:
-        raise FitsTableError(f"{int(missing.sum())} of {len(keys)} rows of {npz.name} have no fit in the table, "
-                             f"e.g. {keys.filter(pa.array(missing))[:3].to_pylist()}; pass fill_missing to write "
-                             f"zeros for them")
+        image_frame = table.best(version=version, timestamp=timestamp, dataset=dataset, body_model_id=body_model_id,
+                                 frame="image").num_rows
+        raise FitsTableError(f"{int(missing.sum())} of {len(keys)} rows of {npz.name} have no crop-frame fit in the "
+                             f"table, e.g. {keys.filter(pa.array(missing))[:3].to_pylist()}"
+                             + (f" ({image_frame} key(s) have image-frame fits, which SPIN's format cannot hold: "
+                                f"seed crop-frame fits, fitloop fits seed --frame crop)" if image_frame else "")
+                             + "; pass fill_missing to write zeros for them")
     rows = where[~missing].astype(np.int64)
     array = np.zeros((len(keys), SPIN_FITS_WIDTH), dtype=np.float64)
     pose = pc.list_flatten(best["pose"].combine_chunks()).to_numpy().reshape(-1, NUM_POSE)

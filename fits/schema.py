@@ -9,7 +9,15 @@ Conventions of the stored values (also in each column's ``comment``):
   in its shard: canonical, never flipped or rotated by augmentation (undo those before writing, as SPIN does).
 * ``betas`` (10,) shape coefficients in units of the shape space's standard deviation. ``betas_extreme`` flags a
   fit with any |β| > 3: SPIN zeroes all 10 betas of such a fit when it supervises with it, and keeps them stored.
-* ``cam_t`` (3,) metres, camera frame of the image SMPLify fitted (SPIN: the 224 px crop, focal 5000 px).
+* ``cam_t`` (3,) metres, in the camera named by ``frame`` (`FRAMES`, `core.frames`): ``crop``, SPIN's fit frame
+  (the 224 px crop of the person box, focal 5000 px, principal point at its centre; every fit before schema 3), or
+  ``image``, the original image's own camera, whose ``intrinsics`` (fx, fy, cx, cy px of the original image, as
+  the sample stored them) the row keeps. The two are different 3D placements of the body (and, off the optical
+  axis, different global orientations): a best view is of one frame, as it is of one body model, and nothing
+  converts between them silently (`core.frames.move_translation` does it on request).
+* ``loss`` and ``reprojection_loss`` are measured in fit-frame px whatever the frame (an image-frame fit is
+  projected with its camera written in fit-frame px, `core.frames.image_camera_in_fit_frame`), so the losses of
+  both frames, and SPIN's threshold, mean the same.
 * ``reprojection_loss`` (49,) SPIN's per-joint c² Σ_xy ρ(residual), px² (Geman–McClure ρ); ``loss`` its mean over
   the 49 joints, the number fits are compared by. Priors are SMPLify's unweighted energies.
 """
@@ -31,13 +39,17 @@ from core.joints import NUM_JOINTS
 from shards.schema import KEY_PATTERN
 
 # Bump when a column is added, removed or changes meaning; every row and the table's metadata record it.
+# 3: the frame and intrinsics columns (a fit's camera); a version-2 table's fits are all crop-frame fits, and
+# `fits.table.upgrade_table` (`fitloop fits upgrade`) says so once, in a new version.
 # 2: body_model_id is the body model's content id (`fitting.body_model.model_content_id`); 1 held file-based ids
 # (``<name>@<file digest>``, ``smpl-neutral-10``), relabelled by `fits.table.relabel_body_models`.
-FITS_SCHEMA_VERSION = 2
+FITS_SCHEMA_VERSION = 3
 NUM_POSE, NUM_BETAS = 72, 10
 BETAS_EXTREME_SIGMA = 3.0     # SPIN: any |β| > 3 → all betas of that fit are zeroed for training
 VALID_LOSS_THRESHOLD = 100.0  # SPIN's smplify_threshold: a fit supervises only when loss < this (px²)
 SOURCES = ("seed", "loop", "import")
+FRAMES = ("crop", "image")    # the camera a fit's cam_t is in (module docstring)
+NUM_INTRINSICS = 4            # fx, fy, cx, cy
 
 SCHEMA_VERSION_META = "fitloop.fits_schema_version"
 
@@ -53,7 +65,11 @@ FITS_SCHEMA = pa.schema([
            "SMPL axis-angle (72,), radians, global orientation first; canonical: never flipped or rotated"),
     _field("betas", pa.list_(pa.float32(), NUM_BETAS), False, "shape (10,), in standard deviations"),
     _field("betas_extreme", pa.bool_(), False, "any |beta| > 3: SPIN zeroes this fit's betas when training"),
-    _field("cam_t", pa.list_(pa.float32(), 3), True, "camera translation (3,), metres, frame of the fitted image"),
+    _field("cam_t", pa.list_(pa.float32(), 3), True, "camera translation (3,), metres, in the camera of frame"),
+    _field("frame", pa.string(), False, "crop (SPIN's fit frame: 224 px crop, focal 5000) | image (the original "
+                                        "image's camera, intrinsics)"),
+    _field("intrinsics", pa.list_(pa.float32(), NUM_INTRINSICS), True,
+           "fx, fy, cx, cy px of the original image's camera for frame image; null for frame crop"),
     _field("loss", pa.float32(), True, "mean of reprojection_loss over 49 joints, px^2; null = unscored"),
     _field("reprojection_loss", pa.list_(pa.float32(), NUM_JOINTS), True, "per joint c^2 sum_xy rho, px^2 (49,)"),
     _field("pose_prior", pa.float32(), True, "unweighted GMM pose prior energy"),
@@ -81,6 +97,17 @@ class FitsTableError(FitloopError):
     """A fits table is missing or malformed, or a batch of fits does not fit its schema."""
 
 
+class MixedFramesError(FitsTableError):
+    """A best view was asked of fits made in both frames (crop and image) without naming one."""
+
+    def __init__(self, frames: dict[str, int], where: str = "these fits") -> None:
+        listed = ", ".join(f"{frame} ({rows} row{'s' if rows != 1 else ''})" for frame, rows in frames.items())
+        super().__init__(f"{where}: fits made in {len(frames)} camera frames, {listed}; a best fit is per frame "
+                         f"(their cam_t are different 3D placements), so name one (--frame crop|image, or "
+                         f"frame=...)")
+        self.frames = dict(frames)
+
+
 class MixedBodyModelsError(FitsTableError):
     """A best view was asked of fits of several body models without naming one."""
 
@@ -93,7 +120,8 @@ class MixedBodyModelsError(FitsTableError):
 
 @dataclass(frozen=True)
 class FitProvenance:
-    """Where a batch of fits comes from; stored on every row. ``source`` is one of `SOURCES`."""
+    """Where a batch of fits comes from; stored on every row. ``source`` is one of `SOURCES`, ``frame`` of
+    `FRAMES` (the camera every fit of the batch was made in)."""
 
     run_id: str
     body_model_id: str
@@ -101,6 +129,7 @@ class FitProvenance:
     source: str = "loop"
     epoch: int | None = None
     step: int | None = None
+    frame: str = "crop"
 
 
 def config_hash(config: Any) -> str:
@@ -130,9 +159,9 @@ def _column(values: Any, type_: pa.DataType, name: str, rows: int) -> pa.Array:
 
 
 def fits_batch(keys: Sequence[str], pose: Any, betas: Any, provenance: FitProvenance, *,
-               reprojection_loss: Any = None, loss: Any = None, cam_t: Any = None, pose_prior: Any = None,
-               angle_prior: Any = None, shape_prior: Any = None, iterations: Any = None, valid: Any = None,
-               time: datetime | None = None) -> pa.Table:
+               reprojection_loss: Any = None, loss: Any = None, cam_t: Any = None, intrinsics: Any = None,
+               pose_prior: Any = None, angle_prior: Any = None, shape_prior: Any = None, iterations: Any = None,
+               valid: Any = None, time: datetime | None = None) -> pa.Table:
     """A batch of fits as a table in `FITS_SCHEMA`, ready for `FitsTable.append`.
 
     Args:
@@ -141,7 +170,9 @@ def fits_batch(keys: Sequence[str], pose: Any, betas: Any, provenance: FitProven
         provenance: run, body model, config hash, source, epoch and step of every row.
         reprojection_loss: (B, 49) px², or None. loss: (B,) px²; default the mean of ``reprojection_loss``,
             None when that is absent too (unscored fits, e.g. imported static fits).
-        cam_t: (B, 3) metres or None. pose_prior, angle_prior, shape_prior, iterations: (B,), a scalar, or None.
+        cam_t: (B, 3) metres or None, in the camera of ``provenance.frame``. intrinsics: (B, 4) fx, fy, cx, cy px
+            of each original image's camera: required for frame "image", None for frame "crop".
+        pose_prior, angle_prior, shape_prior, iterations: (B,), a scalar, or None.
         valid: (B,) bool; default ``loss < VALID_LOSS_THRESHOLD`` (null where unscored).
         time: when the fits were made (UTC); default now.
     Arrays may be numpy or CPU torch tensors; nothing passed in is modified. Shapes are checked here; keys and
@@ -149,6 +180,11 @@ def fits_batch(keys: Sequence[str], pose: Any, betas: Any, provenance: FitProven
     """
     keys = pa.array(keys, pa.string())
     rows = len(keys)
+    if provenance.frame not in FRAMES:
+        raise FitsTableError(f"frame must be one of {FRAMES}, got {provenance.frame!r}")
+    if (intrinsics is None) != (provenance.frame == "crop"):
+        raise FitsTableError(f"fits of frame {provenance.frame!r} " + ("need the intrinsics of their images"
+                             if intrinsics is None else "have no intrinsics (the fit frame's camera is fixed)"))
     if reprojection_loss is not None:
         reprojection_loss = np.asarray(reprojection_loss, dtype=np.float32)
         if loss is None:
@@ -165,6 +201,9 @@ def fits_batch(keys: Sequence[str], pose: Any, betas: Any, provenance: FitProven
         "betas": _fixed(betas32, NUM_BETAS, "betas", rows),
         "betas_extreme": pa.array((np.abs(betas32) > BETAS_EXTREME_SIGMA).any(axis=1)),
         "cam_t": pa.nulls(rows, FITS_SCHEMA.field("cam_t").type) if cam_t is None else _fixed(cam_t, 3, "cam_t", rows),
+        "frame": pa.array([provenance.frame] * rows, pa.string()),
+        "intrinsics": (pa.nulls(rows, FITS_SCHEMA.field("intrinsics").type) if intrinsics is None
+                       else _fixed(intrinsics, NUM_INTRINSICS, "intrinsics", rows)),
         "loss": loss_array,
         "reprojection_loss": (pa.nulls(rows, FITS_SCHEMA.field("reprojection_loss").type) if reprojection_loss is None
                               else _fixed(reprojection_loss, NUM_JOINTS, "reprojection_loss", rows)),
@@ -186,13 +225,15 @@ def fits_batch(keys: Sequence[str], pose: Any, betas: Any, provenance: FitProven
     return conform_fits(pa.table(columns, schema=FITS_SCHEMA))  # values are checked where they are written
 
 
-def fits_from_smplify(result: Any, keys: Sequence[str], provenance: FitProvenance, *,
+def fits_from_smplify(result: Any, keys: Sequence[str], provenance: FitProvenance, *, intrinsics: Any = None,
                       time: datetime | None = None) -> pa.Table:
-    """`fits_batch` from a `fitting.smplify.SMPLifyResult` (pose must already be undone to the canonical frame)."""
+    """`fits_batch` from a `fitting.smplify.SMPLifyResult` (pose must already be undone to the canonical frame);
+    ``intrinsics`` (B, 4) for image-frame fits."""
     def host(tensor: Any) -> np.ndarray:
         return tensor.detach().cpu().numpy()
 
     return fits_batch(keys, host(result.pose), host(result.betas), provenance, cam_t=host(result.cam_t),
+                      intrinsics=intrinsics,
                       reprojection_loss=host(result.reprojection_loss), loss=host(result.loss),
                       pose_prior=host(result.pose_prior), angle_prior=host(result.angle_prior),
                       shape_prior=host(result.shape_prior), iterations=result.iterations, time=time)
@@ -224,6 +265,13 @@ def check_fits(fits: pa.Table) -> pa.Table:
     refuse(pc.not_equal(pc.replace_substring_regex(fits["key"], "/.*$", ""), fits["dataset"]),
            "have a dataset other than their key's prefix")
     refuse(pc.invert(pc.is_in(fits["source"], pa.array(SOURCES))), f"have a source outside {SOURCES}")
+    refuse(pc.invert(pc.is_in(fits["frame"], pa.array(FRAMES))), f"have a frame outside {FRAMES}")
+    refuse(pc.not_equal(pc.equal(fits["frame"], "image"), pc.is_valid(fits["intrinsics"])),
+           "have intrinsics without frame image, or frame image without intrinsics")
+    if fits["intrinsics"].null_count < fits.num_rows:
+        values = pc.list_flatten(pc.drop_null(fits["intrinsics"])).to_numpy().reshape(-1, NUM_INTRINSICS)
+        if not (np.isfinite(values).all() and (values[:, :2] > 0).all()):
+            raise FitsTableError("intrinsics must be finite with positive focal lengths (fx, fy)")
     refuse(pc.not_equal(fits["schema_version"], FITS_SCHEMA_VERSION), f"are not schema_version {FITS_SCHEMA_VERSION}")
     refuse(pc.invert(pc.is_finite(fits["loss"])), "have a NaN or infinite loss (null means unscored)")
     betas = pc.list_flatten(fits["betas"]).to_numpy().reshape(-1, NUM_BETAS)

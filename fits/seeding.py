@@ -9,6 +9,15 @@ mean pose facing the camera (global orientation π about x, body pose 0, betas 0
 from the torso (`fitting.smplify.mean_pose_start`), and the fits are appended with ``source="seed"``, in one
 commit per call: one seed run is one table version.
 
+**The frame** (`SeedConfig.frame`, ``fitloop fits seed --frame``): ``crop`` (default) fits with SPIN's camera,
+focal 5000 px at the crop centre; ``image`` fits with each sample's own camera, its original image's intrinsics
+(`shards.sample.StoredSample.intrinsics`: the dataset's, EXIF, or the guess) written in the same fit-frame px
+(`core.frames.image_camera_in_fit_frame`, exact). Same keypoints, same pixels, same objective and weights: only the
+camera differs, so losses of both frames compare and SPIN's threshold holds for both. (Fitting in raw image px
+instead would weigh the keypoints against the priors by how many px the person covers; CLIFF too measures its
+full-image reprojection in crop coordinates.) Image-frame rows keep their intrinsics; the improvement rule and every
+best view are per frame (`fits.table`), so the two frames never replace each other's fits.
+
 **The improvement rule** is the table's (`fits.table.BestLosses`, SPIN's strict ``new_loss < opt_loss``), among
 the fits of the seeding body model only: a seed fit is appended when its key has no fit of that model, or when its
 loss is lower than that model's best (any scored loss beats an unscored imported fit); a NaN loss never improves.
@@ -20,7 +29,8 @@ a fit of the model (imported ones included), as the trainer does before it start
 and nothing else. 16 hex digits of the SHA-256 of the canonical JSON (`fits.schema.config_hash`) of
 ``{"smplify": every field of SMPLifyConfig, "pose_prior": the content digest of the pose prior's mixture (means,
 covars, weights: `fitting.digest`, so the same prior as .pkl or .npz gives the same hash), "body_model_id": the
-body model's content id}``. Run id, batch size, device, workers and file names are not in it.
+body model's content id}``, plus ``"frame": "image"`` for image-frame fits (crop-frame hashes are those of
+before frames existed). Run id, batch size, device, workers and file names are not in it.
 """
 from __future__ import annotations
 
@@ -34,8 +44,8 @@ import pyarrow as pa
 import torch
 
 from core.errors import FitloopError
-from core.frames import FIT_CENTER, FIT_FOCAL, keypoints_in_fit_frame
-from fits.schema import FitProvenance, config_hash, fits_from_smplify
+from core.frames import FIT_FOCAL, fit_frame_camera, image_camera_in_fit_frame, keypoints_in_fit_frame
+from fits.schema import FRAMES, FitProvenance, config_hash, fits_from_smplify
 from fits.table import BestLosses, FitsTable
 from fitting.body_model import BodyModel, load_body_model
 from fitting.digest import content_digest
@@ -43,7 +53,7 @@ from fitting.priors import DEFAULT_PRIOR, MaxMixturePrior, load_gmm
 from fitting.smplify import SMPLify, SMPLifyConfig, mean_pose_start
 from shards.lookup import iter_samples
 from shards.reader import ShardInfo, iter_shard, list_shards
-from shards.sample import StoredSample
+from shards.sample import SampleFormatError, StoredSample
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,8 @@ class SeedConfig:
         batch_size: samples fitted per SMPLify call (one Dask task each).
         run_id: the run every row names.
         device: where SMPLify runs ("cpu", "cuda", ...).
+        frame: the camera to fit with (module docstring): "crop" (SPIN's, the default) or "image" (each sample's
+            original image's intrinsics).
     """
 
     body_model: str = "open"
@@ -68,6 +80,11 @@ class SeedConfig:
     batch_size: int = 64
     run_id: str = "seed"
     device: str = "cpu"
+    frame: str = "crop"
+
+    def __post_init__(self) -> None:
+        if self.frame not in FRAMES:
+            raise FitloopError(f"the seed frame must be one of {', '.join(FRAMES)}, got {self.frame!r}")
 
 
 @dataclass
@@ -100,11 +117,11 @@ def prior_digest(pose_prior: str | Path) -> str:
     return content_digest([("means", gmm.means), ("covars", gmm.covars), ("weights", gmm.weights)])
 
 
-def fit_config_hash(smplify: SMPLifyConfig, pose_prior: str | Path, body_model_id: str) -> str:
-    """The ``fit_config_hash`` of a fit made by SMPLify with ``smplify`` settings, the prior in ``pose_prior`` and
-    the body model ``body_model_id`` (module docstring): 16 hex digits."""
-    return config_hash({"smplify": asdict(smplify), "pose_prior": prior_digest(pose_prior),
-                        "body_model_id": body_model_id})
+def fit_config_hash(smplify: SMPLifyConfig, pose_prior: str | Path, body_model_id: str, frame: str = "crop") -> str:
+    """The ``fit_config_hash`` of a fit made by SMPLify with ``smplify`` settings, the prior in ``pose_prior``, the
+    body model ``body_model_id`` and the camera of ``frame`` (module docstring): 16 hex digits."""
+    what = {"smplify": asdict(smplify), "pose_prior": prior_digest(pose_prior), "body_model_id": body_model_id}
+    return config_hash(what if frame == "crop" else {**what, "frame": frame})
 
 
 def build_fitter(config: SeedConfig) -> Fitter:
@@ -113,30 +130,63 @@ def build_fitter(config: SeedConfig) -> Fitter:
                            device=config.device)
     prior = MaxMixturePrior.from_file(config.pose_prior).to(config.device)
     provenance = FitProvenance(run_id=config.run_id, body_model_id=body.model_id,
-                               fit_config_hash=fit_config_hash(config.smplify, config.pose_prior, body.model_id),
-                               source="seed")
+                               fit_config_hash=fit_config_hash(config.smplify, config.pose_prior, body.model_id,
+                                                               config.frame),
+                               source="seed", frame=config.frame)
     return Fitter(body, SMPLify(body, prior, config.smplify), provenance)
 
 
 _worker_fitter = lru_cache(maxsize=2)(build_fitter)  # a Dask worker builds its fitter once and keeps it
 
 
-def fit_keypoints(fitter: Fitter, keys: list[str], keypoints: np.ndarray) -> pa.Table:
-    """Fit fit-frame keypoints (B, 49, 3) px from the mean pose; the rows for the fits table (`FITS_SCHEMA`):
-    canonical pose (the stored crop is never flipped or rotated), ``cam_t`` in the fit frame, SMPLify's loss."""
+@dataclass(frozen=True)
+class KeypointBatch:
+    """Samples to fit, in the fit frame: keys (B,); keypoints (B, 49, 3) fit-frame px + confidence; the camera of
+    each in fit-frame px, focal (B, 2) and center (B, 2); and for image-frame fits the original image's intrinsics
+    (B, 4) fx, fy, cx, cy px the rows keep (None for crop-frame fits)."""
+
+    keys: list[str]
+    keypoints: np.ndarray
+    focal: np.ndarray
+    center: np.ndarray
+    intrinsics: np.ndarray | None = None
+
+
+def sample_camera(sample: StoredSample, frame: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(focal (2,), center (2,)) in fit-frame px of the camera a ``frame`` fit of ``sample`` is made with, and the
+    image intrinsics (4,) the row keeps (None for the crop frame). FitloopError naming the sample when its
+    intrinsics cannot be known (a format-1 shard without image sizes)."""
+    if frame == "crop":
+        camera = fit_frame_camera()
+        return np.array(camera.focal), np.array(camera.center), None
+    try:
+        intrinsics = sample.intrinsics
+    except SampleFormatError as err:
+        raise FitloopError(f"{err}; fitting in the image frame needs them") from None
+    camera = image_camera_in_fit_frame(intrinsics, sample.meta["crop"])
+    return (np.array(camera.focal), np.array(camera.center),
+            np.array([intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy]))
+
+
+def fit_keypoints(fitter: Fitter, batch: KeypointBatch) -> pa.Table:
+    """Fit a batch's fit-frame keypoints from the mean pose with each sample's camera; the rows for the fits table
+    (`FITS_SCHEMA`): canonical pose (the stored crop is never flipped or rotated), ``cam_t`` in the camera of the
+    fitter's frame, SMPLify's loss (fit-frame px²)."""
     device = next(iter(fitter.body.buffers())).device
-    kp = torch.as_tensor(keypoints, dtype=torch.float32, device=device)
-    pose, betas, cam_t = mean_pose_start(fitter.body, kp, FIT_FOCAL)
-    center = torch.full((len(keys), 2), FIT_CENTER, device=device)
-    return fits_from_smplify(fitter.smplify(kp, pose, betas, cam_t, center, start="mean"), keys, fitter.provenance)
+    kp = torch.as_tensor(batch.keypoints, dtype=torch.float32, device=device)
+    focal = torch.as_tensor(batch.focal, dtype=torch.float32, device=device)
+    center = torch.as_tensor(batch.center, dtype=torch.float32, device=device)
+    pose, betas, cam_t = mean_pose_start(fitter.body, kp, focal, center)
+    result = fitter.smplify(kp, pose, betas, cam_t, center, start="mean", focal_length=focal)
+    return fits_from_smplify(result, batch.keys, fitter.provenance, intrinsics=batch.intrinsics)
 
 
-def fit_batch(keys: list[str], keypoints: np.ndarray, config: SeedConfig, threads: int | None = None) -> pa.Table:
+def fit_batch(batch: KeypointBatch, config: SeedConfig, threads: int | None = None) -> pa.Table:
     """`fit_keypoints` with the fitter of ``config`` built once per process: the task a Dask worker runs;
     ``threads`` caps torch's threads there."""
     if threads is not None:
         torch.set_num_threads(threads)
-    return fit_keypoints(_worker_fitter(config), keys, keypoints)
+    return fit_keypoints(_worker_fitter(config), batch)
 
 
 def shard_samples(shard_dirs: Path | Sequence[Path | ShardInfo], keys: Sequence[str] | None = None,
@@ -155,18 +205,23 @@ def shard_samples(shard_dirs: Path | Sequence[Path | ShardInfo], keys: Sequence[
         yield from iter_shard(shard, verify=False)
 
 
-def keypoint_batches(samples: Iterable[StoredSample], size: int) -> Iterator[tuple[list[str], np.ndarray]]:
-    """(keys, fit-frame keypoints (B, 49, 3) px) of the samples, ``size`` at a time, in order."""
-    batch_keys: list[str] = []
-    batch_kp: list[np.ndarray] = []
+def keypoint_batches(samples: Iterable[StoredSample], size: int, frame: str = "crop") -> Iterator[KeypointBatch]:
+    """The samples, ``size`` at a time and in order, as batches (`KeypointBatch`) for fits in ``frame``."""
+    rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]] = []
+
+    def batch() -> KeypointBatch:
+        keys, kp, focal, center, intrinsics = zip(*rows)
+        return KeypointBatch(list(keys), np.stack(kp), np.stack(focal), np.stack(center),
+                             None if frame == "crop" else np.stack(intrinsics))
+
     for sample in samples:
-        batch_keys.append(sample.key)
-        batch_kp.append(keypoints_in_fit_frame(sample.keypoints_crop, sample.meta["crop"]))
-        if len(batch_keys) == size:
-            yield batch_keys, np.stack(batch_kp)
-            batch_keys, batch_kp = [], []
-    if batch_keys:
-        yield batch_keys, np.stack(batch_kp)
+        rows.append((sample.key, keypoints_in_fit_frame(sample.keypoints_crop, sample.meta["crop"]),
+                     *sample_camera(sample, frame)))
+        if len(rows) == size:
+            yield batch()
+            rows = []
+    if rows:
+        yield batch()
 
 
 def seed_fits(shard_dir: Path | Sequence[Path], table_path: Path, config: SeedConfig = SeedConfig(), *,
@@ -180,7 +235,8 @@ def seed_fits(shard_dir: Path | Sequence[Path], table_path: Path, config: SeedCo
       builds its fitter once); None fits them here, on ``config.device``.
     missing_only: fit only samples whose key has no fit of the body model (the trainer's seeding).
     on_batch(n): called after each batch of n samples is fitted.
-    Rows carry ``source="seed"``, the body model's content id, `fit_config_hash` and ``config.run_id``.
+    Rows carry ``source="seed"``, the body model's content id, ``config.frame``, `fit_config_hash` and
+    ``config.run_id``; improvements are among that model's fits of that frame.
     """
     if config.smplify.focal_length != FIT_FOCAL:
         raise FitloopError(f"seed fits live in SPIN's fit frame (focal {FIT_FOCAL:g} px); the SMPLify config has "
@@ -189,8 +245,8 @@ def seed_fits(shard_dir: Path | Sequence[Path], table_path: Path, config: SeedCo
     # Here the fitter gives the body model's id (and fits, without a client); a client's workers build their own.
     fitter = build_fitter(config if client is None else replace(config, device="cpu"))
     model = fitter.body.model_id
-    mins = table.min_losses(body_model_id=model)
-    known = BestLosses.of(mins, model)
+    mins = table.min_losses(body_model_id=model, frame=config.frame)
+    known = BestLosses.of(mins, model, config.frame)
     have = set(mins["key"].to_pylist()) if missing_only else set()
     result = SeedResult(body_model_id=model, fit_config_hash=fitter.provenance.fit_config_hash)
 
@@ -201,17 +257,17 @@ def seed_fits(shard_dir: Path | Sequence[Path], table_path: Path, config: SeedCo
             else:
                 yield sample
 
-    batches = keypoint_batches(wanted(shard_samples(shard_dir, keys, splits)), config.batch_size)
+    batches = keypoint_batches(wanted(shard_samples(shard_dir, keys, splits)), config.batch_size, config.frame)
     if client is None:
         parts = []
-        for batch_keys, keypoints in batches:
-            parts.append(fit_keypoints(fitter, batch_keys, keypoints))
+        for batch in batches:
+            parts.append(fit_keypoints(fitter, batch))
             if on_batch is not None:
-                on_batch(len(batch_keys))
+                on_batch(len(batch.keys))
     else:
         from distributed import as_completed
 
-        futures = [client.submit(fit_batch, k, kp, config, 1, pure=False) for k, kp in batches]
+        futures = [client.submit(fit_batch, batch, config, 1, pure=False) for batch in batches]
         for future in as_completed(futures):
             if on_batch is not None:
                 on_batch(future.result().num_rows)

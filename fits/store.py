@@ -1,7 +1,8 @@
 """The best fits a training run supervises with: the fits table's best view, in memory, kept current.
 
 SPIN keeps an N × 82 tensor per dataset and writes it only on a timeout (SPIN_REFERENCE §7.3). Here the store is
-loaded from the fits table (`fits.table.FitsTable`, rows of one body model only) at a version, takes each step's
+loaded from the fits table (`fits.table.FitsTable`, rows of one body model and one frame only: the trainer's are
+crop-frame fits, SPIN's, and the image-frame fits a table may also hold are not its) at a version, takes each step's
 improvements, and `flush` appends them to the table in one commit — at every checkpoint and every epoch end — so
 the store after a flush holds the table's best view and a resumed run reloads exactly it.
 
@@ -24,6 +25,7 @@ table's log (the evaluation of the fits against ground truth) reads memory inste
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -43,31 +45,36 @@ _COLUMNS = ["key", "pose", "betas", "loss", "time", "run_id", "epoch", "step"]
 
 
 class FitsStore:
-    """key -> best (pose (72,), betas (10,), loss) of one body model; NaN loss = unscored.
+    """key -> best (pose (72,), betas (10,), loss) of one body model and frame; NaN loss = unscored.
 
     Attributes:
         body_model_id: the body model whose rows the store holds (None: built in memory, not from a table).
+        frame: the frame of its rows (`fits.schema.FRAMES`; the trainer's: "crop").
         version: the table version whose every row (of that body model) the store holds; None before `load`.
         rows_read: rows read from the table so far (`load` and `refresh`).
+        path: the table's folder (None: built in memory), for messages.
     """
 
     def __init__(self, keys: list[str], pose: np.ndarray, betas: np.ndarray, loss: np.ndarray, *,
-                 body_model_id: str | None = None) -> None:
+                 body_model_id: str | None = None, frame: str = "crop") -> None:
         self._index = {k: i for i, k in enumerate(keys)}
         self._pose = np.array(pose, dtype=np.float32).reshape(len(keys), NUM_POSE)
         self._betas = np.array(betas, dtype=np.float32).reshape(len(keys), NUM_BETAS)
         self._loss = np.array(loss, dtype=np.float32).reshape(len(keys))
         self._pending: list[pa.Table] = []
         self.body_model_id = body_model_id
+        self.frame = frame
         self.version: int | None = None
         self.rows_read = 0
+        self.path: Path | None = None
         self._seen: set[str] = set()          # data files whose rows the store holds
         self._delta: DeltaTable | None = None  # the Delta log, advanced forward only (cheap: new commits only)
 
     @classmethod
-    def load(cls, table: FitsTable, body_model_id: str, version: int | None = None) -> "FitsStore":
-        """The best fit per key among the rows of ``body_model_id`` as of ``version`` (default the latest): one
-        read of the table's log."""
+    def load(cls, table: FitsTable, body_model_id: str, version: int | None = None,
+             frame: str = "crop") -> "FitsStore":
+        """The best fit per key among the rows of ``body_model_id`` and ``frame`` as of ``version`` (default the
+        latest): one read of the table's log."""
         delta = DeltaTable(str(table.path))
         if version is not None:
             try:
@@ -75,12 +82,13 @@ class FitsStore:
             except (DeltaError, ValueError) as err:
                 raise FitsTableError(f"{table.path}: cannot load version {version}: {err}") from None
         at = delta.version()
-        rows = best_of(table.log(version=at, columns=_COLUMNS, where=pc.field("body_model_id") == body_model_id))
+        rows = best_of(table.log(version=at, columns=_COLUMNS, where=_rows_of(body_model_id, frame)))
         keys = rows["key"].to_pylist()
         pose, betas, loss = _arrays(rows)
-        store = cls(keys, pose, betas, loss, body_model_id=body_model_id)
+        store = cls(keys, pose, betas, loss, body_model_id=body_model_id, frame=frame)
         store.version, store._seen, store._delta = at, set(delta.file_uris()), delta
         store.rows_read = rows.num_rows
+        store.path = Path(table.path)
         return store
 
     def __len__(self) -> int:
@@ -164,7 +172,7 @@ class FitsStore:
         if new:
             # one thread: see fits.lookup (a threaded scan aborts at exit in a process that has imported torch)
             read = pads.dataset(new, format="parquet").to_table(
-                columns=_COLUMNS, filter=pc.field("body_model_id") == self.body_model_id, use_threads=False)
+                columns=_COLUMNS, filter=_rows_of(self.body_model_id, self.frame), use_threads=False)
             read = read.cast(pa.schema([FITS_SCHEMA.field(name) for name in read.schema.names]))
             self._merge(best_of(read))
             rows = read.num_rows
@@ -191,6 +199,7 @@ class FitsStore:
                                                        NUM_BETAS),
             "loss": pa.array(self._loss[rows], pa.float32(), mask=np.isnan(self._loss[rows])),
             "body_model_id": pa.array([self.body_model_id or ""] * n, pa.string()),
+            "frame": pa.array([self.frame] * n, pa.string()),
         }
         return pa.table({f.name: filled.get(f.name, pa.nulls(n, f.type)).cast(f.type) for f in FITS_SCHEMA})
 
@@ -234,6 +243,12 @@ class StoreView:
     def __init__(self, store: FitsStore) -> None:
         self.store = store
 
+    @property
+    def path(self) -> str:
+        """What the view reads, for messages (as `FitsTable.path`)."""
+        where = self.store.path if self.store.path is not None else "fits built in memory"
+        return f"{where} (in memory at version {self.store.version})"
+
     def log(self, *, version: int | None = None, columns: Sequence[str] | None = None,
             where: pc.Expression | None = None) -> pa.Table:
         """The store's best rows, filtered by ``where`` and cut to ``columns``. ``version`` must be the store's
@@ -246,6 +261,11 @@ class StoreView:
         if where is not None:
             rows = rows.filter(where)
         return rows.select(list(columns)) if columns else rows
+
+
+def _rows_of(body_model_id: str, frame: str) -> pc.Expression:
+    """The filter of one body model's rows of one frame."""
+    return (pc.field("body_model_id") == body_model_id) & (pc.field("frame") == frame)
 
 
 def _arrays(rows: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -14,6 +14,10 @@ SPIN keeps its fits in an N × 82 tensor keyed by row order, overwrites it in pl
   (``body_model_id``, the model's content id), so every best view (`best_of`, `FitsTable.best`, `min_losses`,
   `best_losses`, `diff`) is of one body model: named, or the only one among the rows read. Rows of several models
   with none named raise `MixedBodyModelsError`, which lists them. Compaction keeps each model's best rows.
+* **Per frame**, in the same way: a fit's translation (and, off the optical axis, its global orientation) means
+  something only with the camera it was made in (``frame``: SPIN's ``crop`` frame or the original ``image``'s
+  camera, `fits.schema`), so every best view is also of one frame: named, or the only one among the rows read
+  (`MixedFramesError` otherwise). A crop-frame fit never replaces an image-frame one, nor the reverse.
 * **Writers append only strict improvements** (`BestLosses`, SPIN's ``new_loss < opt_loss``), which keeps the log
   small. A writer whose known best is stale (another writer improved the key meanwhile) may append a row that is
   no longer an improvement: that costs one row, never correctness, because the view is an argmin.
@@ -50,6 +54,7 @@ from fits.schema import (
     SCHEMA_VERSION_META,
     FitsTableError,
     MixedBodyModelsError,
+    MixedFramesError,
     check_fits,
     conform_fits,
 )
@@ -63,8 +68,11 @@ TABLE_DESCRIPTION = (f"fitloop fits table, schema_version={FITS_SCHEMA_VERSION}:
 _STAGING = re.compile(r"#\d+$")  # object_store writes "<file>#<n>", then links or renames it into place
 _WRITER = WriterProperties(compression="SNAPPY", max_row_group_size=64 * 1024, column_properties={
     name: ColumnProperties(dictionary_enabled=False)
-    for name in ("key", "pose", "betas", "cam_t", "loss", "reprojection_loss", "pose_prior", "angle_prior",
-                 "shape_prior", "time")})
+    for name in ("key", "pose", "betas", "cam_t", "intrinsics", "loss", "reprojection_loss", "pose_prior",
+                 "angle_prior", "shape_prior", "time")})
+# The columns schema versions before 3 had: the current ones less the frame columns (added by `upgrade_table`).
+_FRAME_COLUMNS = ("frame", "intrinsics")
+_OLD_COLUMNS = [name for name in FITS_SCHEMA.names if name not in _FRAME_COLUMNS]
 
 
 @dataclass(frozen=True)
@@ -105,18 +113,41 @@ def one_body_model(fits: pa.Table, where: str = "these fits") -> str | None:
     return models[0].as_py() if len(models) else None
 
 
-def best_of(fits: pa.Table, body_model_id: str | None = None, *, where: str = "these fits") -> pa.Table:
+def frame_counts(fits: pa.Table) -> dict[str, int]:
+    """Rows per frame (``frame``: crop, image) of a table of fits, sorted."""
+    if fits.num_rows == 0:
+        return {}
+    counts = pc.value_counts(fits["frame"])
+    return dict(sorted(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist())))
+
+
+def one_frame(fits: pa.Table, where: str = "these fits") -> str | None:
+    """The one frame of ``fits`` (None: no rows); `MixedFramesError` listing them when there are two."""
+    frames = pc.unique(fits["frame"])
+    if len(frames) > 1:
+        raise MixedFramesError(frame_counts(fits), where)
+    return frames[0].as_py() if len(frames) else None
+
+
+def best_of(fits: pa.Table, body_model_id: str | None = None, *, frame: str | None = None,
+            where: str = "these fits") -> pa.Table:
     """The best fit per key of a log of fits: lowest ``loss``; unscored (null) last; ties to the earliest
     ``time``, then run_id, epoch, step. One row per key, sorted by key. A function of the set of rows only.
 
-    A best fit is of one body model: the rows of ``body_model_id`` when given; else the rows must hold one model
-    (`MixedBodyModelsError`, naming ``where``, when they hold several). A log read without the body_model_id
-    column is taken as one model's: its reader selected the model (`fits.store.FitsStore.load`)."""
+    A best fit is of one body model and one frame: the rows of ``body_model_id`` and ``frame`` when given; else
+    the rows must hold one model (`MixedBodyModelsError`) and one frame (`MixedFramesError`), naming ``where``.
+    A log read without the body_model_id (frame) column is taken as one model's (frame's): its reader selected it
+    (`fits.store.FitsStore.load`)."""
     if "body_model_id" in fits.column_names:
         if body_model_id is not None:
             fits = fits.filter(pc.equal(fits["body_model_id"], body_model_id))
         else:
             one_body_model(fits, where)
+    if "frame" in fits.column_names:
+        if frame is not None:
+            fits = fits.filter(pc.equal(fits["frame"], frame))
+        else:
+            one_frame(fits, where)
     return fits.take(_argmin_rows(fits))
 
 
@@ -128,8 +159,9 @@ class BestLosses:
     one batch only the batch's best fit per key can improve: a fit superseded inside the same commit would never
     be visible in any version.
 
-    The losses are of one body model, ``body_model_id`` (None until the first append when read from a table
-    without fits): `FitsTable.append` refuses fits of another model against them.
+    The losses are of one body model, ``body_model_id``, and one frame, ``frame`` (each None until the first
+    append when read from a table without such fits): `FitsTable.append` refuses fits of another model or frame
+    against them.
 
     Held as arrays: the keys (Arrow), their losses (float64, NaN = unscored) and keys added since (a dict, merged
     into the arrays when it grows). Large batches are looked up with one Arrow hash join, small ones (a training
@@ -139,7 +171,7 @@ class BestLosses:
     SMALL_BATCH = 4096  # below this, look up through the cached pandas index instead of hashing every key again
 
     def __init__(self, keys: Sequence[str] | pa.Array = (), losses: Sequence[float] | np.ndarray = (),
-                 body_model_id: str | None = None) -> None:
+                 body_model_id: str | None = None, frame: str | None = None) -> None:
         self._keys = pa.array(keys, pa.string()) if not isinstance(keys, pa.Array) else keys.cast(pa.string())
         self._loss = np.array(losses, dtype=np.float64)  # a copy: the caller's array is never written to
         if len(self._keys) != len(self._loss) or len(pc.unique(self._keys)) != len(self._keys):
@@ -147,21 +179,24 @@ class BestLosses:
         self._added: dict[str, float] = {}
         self._index: pd.Index | None = None
         self.body_model_id = body_model_id
+        self.frame = frame
 
     @classmethod
-    def of(cls, best: pa.Table, body_model_id: str | None = None) -> "BestLosses":
-        """From a best view or `min_losses` of ``body_model_id`` (columns key and loss, one row per key: not
-        checked again)."""
+    def of(cls, best: pa.Table, body_model_id: str | None = None, frame: str | None = None) -> "BestLosses":
+        """From a best view or `min_losses` of ``body_model_id`` and ``frame`` (columns key and loss, one row per
+        key: not checked again)."""
         known = cls.__new__(cls)
         known._keys = best["key"].combine_chunks().cast(pa.string())
         known._loss = best["loss"].cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False).copy()
         known._added, known._index = {}, None
         known.body_model_id = body_model_id
+        known.frame = frame
         return known
 
     def check_model(self, fits: pa.Table) -> None:
-        """Refuse ``fits`` unless they are all of this body model (taken as it when it is still None)."""
+        """Refuse ``fits`` unless they are all of this body model and frame (taken as theirs while still None)."""
         model = one_body_model(fits, "one append against known best losses")
+        frame = one_frame(fits, "one append against known best losses")
         if model is None:
             return
         if self.body_model_id is None:
@@ -169,6 +204,11 @@ class BestLosses:
         elif model != self.body_model_id:
             raise FitsTableError(f"these fits are of body model {model}, the best losses they are compared with "
                                  f"of {self.body_model_id}: read those with best_losses(body_model_id={model!r})")
+        if self.frame is None:
+            self.frame = frame
+        elif frame != self.frame:
+            raise FitsTableError(f"these fits are of frame {frame}, the best losses they are compared with of "
+                                 f"frame {self.frame}: read those with best_losses(frame={frame!r})")
 
     def __len__(self) -> int:
         return len(self._keys) + len(self._added)
@@ -273,6 +313,11 @@ class FitsTable:
         body models by file: FitsTableError saying how to relabel it, `relabel_body_models`)."""
         path = Path(path)
         found = _schema_version(path)
+        if found == 2:
+            raise FitsTableError(
+                f"{path} has fits schema version 2: its fits do not say which camera their cam_t is in (all of them "
+                f"are in SPIN's crop frame, the only one fitloop made then). Upgrade it once, in a new version: "
+                f"`fitloop fits upgrade {path}`")
         if found == 1:
             raise FitsTableError(
                 f"{path} has fits schema version 1: its fits name their body model by file (name@file digest, or "
@@ -341,38 +386,45 @@ class FitsTable:
         return body_model_counts(self.log(version=version, timestamp=timestamp, columns=["body_model_id"]))
 
     def best(self, *, version: int | None = None, timestamp: datetime | str | None = None,
-             dataset: str | None = None, body_model_id: str | None = None) -> pa.Table:
-        """The best fit per key (`best_of`) of one body model as of a version or timestamp, optionally of one
-        dataset only. ``body_model_id`` None: the rows read must hold one model (else `MixedBodyModelsError`)."""
+             dataset: str | None = None, body_model_id: str | None = None, frame: str | None = None) -> pa.Table:
+        """The best fit per key (`best_of`) of one body model and frame as of a version or timestamp, optionally of
+        one dataset only. ``body_model_id`` (``frame``) None: the rows read must hold one model (frame), else
+        `MixedBodyModelsError` (`MixedFramesError`)."""
         where = None if dataset is None else pc.field("dataset") == dataset
-        if body_model_id is not None:
-            model = pc.field("body_model_id") == body_model_id
-            where = model if where is None else where & model
+        for column, value in (("body_model_id", body_model_id), ("frame", frame)):
+            if value is not None:
+                where = pc.field(column) == value if where is None else where & (pc.field(column) == value)
         rows = self.log(version=version, timestamp=timestamp, where=where)
-        return best_of(rows, body_model_id, where=self._at(version, timestamp)
+        return best_of(rows, body_model_id, frame=frame, where=self._at(version, timestamp)
                        + (f" (dataset {dataset})" if dataset else ""))
 
-    def _min_losses(self, version: int | None, body_model_id: str | None) -> tuple[pa.Table, str | None]:
-        """(`min_losses`, the body model they are of: ``body_model_id`` or the one present, None when empty)."""
-        if body_model_id is None:
-            log = self.log(version=version, columns=["key", "loss", "body_model_id"])
-            body_model_id = one_body_model(log, self._at(version))
-            log = log.select(["key", "loss"])
-        else:
-            log = self.log(version=version, columns=["key", "loss"], where=pc.field("body_model_id") == body_model_id)
+    def _min_losses(self, version: int | None, body_model_id: str | None,
+                    frame: str | None = None) -> tuple[pa.Table, str | None, str | None]:
+        """(`min_losses`, the body model and the frame they are of: the ones named or the ones present, None when
+        empty)."""
+        where = None
+        for column, value in (("body_model_id", body_model_id), ("frame", frame)):
+            if value is not None:
+                where = pc.field(column) == value if where is None else where & (pc.field(column) == value)
+        log = self.log(version=version, columns=["key", "loss", "body_model_id", "frame"], where=where)
+        body_model_id = body_model_id or one_body_model(log, self._at(version))
+        frame = frame or one_frame(log, self._at(version))
+        log = log.select(["key", "loss"])
         mins = log.group_by("key").aggregate([("loss", "min")]).rename_columns(["key", "loss"])  # min skips nulls
-        return mins, body_model_id
+        return mins, body_model_id, frame
 
-    def min_losses(self, *, version: int | None = None, body_model_id: str | None = None) -> pa.Table:
-        """The best loss per key (columns key, loss; null = unscored) of one body model (as `best`) without the
-        rest of the best rows: a group-by min over two columns, cheaper than `best`."""
-        return self._min_losses(version, body_model_id)[0]
+    def min_losses(self, *, version: int | None = None, body_model_id: str | None = None,
+                   frame: str | None = None) -> pa.Table:
+        """The best loss per key (columns key, loss; null = unscored) of one body model and frame (as `best`)
+        without the rest of the best rows: a group-by min over two columns, cheaper than `best`."""
+        return self._min_losses(version, body_model_id, frame)[0]
 
-    def best_losses(self, *, version: int | None = None, body_model_id: str | None = None) -> BestLosses:
-        """The best loss per key of one body model (as `best`): what a writer reads once per epoch to append only
-        improvements."""
-        mins, model = self._min_losses(version, body_model_id)
-        return BestLosses.of(mins, model)
+    def best_losses(self, *, version: int | None = None, body_model_id: str | None = None,
+                    frame: str | None = None) -> BestLosses:
+        """The best loss per key of one body model and frame (as `best`): what a writer reads once per epoch to
+        append only improvements."""
+        mins, model, frame = self._min_losses(version, body_model_id, frame)
+        return BestLosses.of(mins, model, frame)
 
     def history(self, key: str, *, version: int | None = None,
                 timestamp: datetime | str | None = None) -> pa.Table:
@@ -425,14 +477,18 @@ class FitsTable:
             return None
         return body_model_counts(pq.read_table(path, columns=["body_model_id"]))
 
-    def diff(self, v1: int, v2: int, *, body_model_id: str | None = None) -> dict[str, Any]:
-        """How the best fits of one body model (as `best`; over both versions) changed from version ``v1`` to
-        ``v2``: keys improved (lower loss, or scored where they were unscored), added, worse, removed, and the
-        loss decrease (px²) of the improved scored keys."""
-        (old, m1), (new, m2) = self._min_losses(v1, body_model_id), self._min_losses(v2, body_model_id)
+    def diff(self, v1: int, v2: int, *, body_model_id: str | None = None, frame: str | None = None) -> dict[str, Any]:
+        """How the best fits of one body model and frame (as `best`; over both versions) changed from version
+        ``v1`` to ``v2``: keys improved (lower loss, or scored where they were unscored), added, worse, removed,
+        and the loss decrease (px²) of the improved scored keys."""
+        (old, m1, f1), (new, m2, f2) = (self._min_losses(v1, body_model_id, frame),
+                                        self._min_losses(v2, body_model_id, frame))
         if m1 is not None and m2 is not None and m1 != m2:
             raise MixedBodyModelsError({m1: old.num_rows, m2: new.num_rows},
                                        f"{self.path} versions {v1} and {v2} (keys per version)")
+        if f1 is not None and f2 is not None and f1 != f2:
+            raise MixedFramesError({f1: old.num_rows, f2: new.num_rows},
+                                   f"{self.path} versions {v1} and {v2} (keys per version)")
         model = m1 or m2
         joined = new.join(old.rename_columns(["key", "old"]), "key", join_type="full outer")
         in_old = pc.is_in(joined["key"], value_set=old["key"].combine_chunks()).to_numpy(zero_copy_only=False)
@@ -446,7 +502,7 @@ class FitsTable:
             worse = both_in & ((b > a) | (~np.isnan(a) & np.isnan(b)))
         drop = (a - b)[lower]
         return {
-            "body_model_id": model,
+            "body_model_id": model, "frame": f1 or f2,
             "from_version": v1, "to_version": v2, "keys_before": int(in_old.sum()), "keys_after": int(in_new.sum()),
             "improved": int(lower.sum() + scored.sum()), "newly_scored": int(scored.sum()),
             "added": int((in_new & ~in_old).sum()), "removed": int((in_old & ~in_new).sum()),
@@ -459,7 +515,7 @@ class FitsTable:
         }
 
     def compact(self, *, max_retries: int = 8, on_stage: Callable[[str], None] | None = None) -> int:
-        """Rewrite the table to its best fits (one row per key and body model) in a new version; returns that
+        """Rewrite the table to its best fits (one row per key, body model and frame) in a new version; returns that
         version. ``on_stage(name)`` is called as each stage starts ("read", "best", "write").
 
         Only the files read are removed, so fits appended while compacting stay (the best view is an argmin, so
@@ -475,7 +531,8 @@ class FitsTable:
         stage("read")
         log = snapshot.to_pyarrow_dataset().to_table().cast(FITS_SCHEMA)
         stage("best")
-        best = pa.concat_tables([best_of(log, model) for model in body_model_counts(log)] or [log.slice(0, 0)])
+        best = pa.concat_tables([best_of(log, model, frame=frame) for model in body_model_counts(log)
+                                 for frame in frame_counts(log)] or [log.slice(0, 0)])
         meta = CommitProperties(custom_metadata={"fitloop.operation": "COMPACT",
                                                  "fitloop.compacted_from": str(read_version),
                                                  "fitloop.rows": str(best.num_rows)})
@@ -504,13 +561,56 @@ class FitsTable:
 
 
 def _schema_version(path: Path) -> int:
-    """The fits schema version a Delta table at ``path`` records; FitsTableError when it is no fits table."""
+    """The fits schema version a Delta table at ``path`` records; FitsTableError when it is no fits table (of
+    this version's columns, or of the columns versions 1 and 2 had)."""
     if not DeltaTable.is_deltatable(str(path)):
         raise FitsTableError(f"{path} is not a Delta table (create one with FitsTable.create or `fits import`)")
     schema = pa.schema(DeltaTable(str(path)).schema())
-    if schema.names != FITS_SCHEMA.names:
+    found = (int((schema.field("schema_version").metadata or {}).get(SCHEMA_VERSION_META.encode(), b"0"))
+             if "schema_version" in schema.names else 0)
+    expected = FITS_SCHEMA.names if found == FITS_SCHEMA_VERSION else _OLD_COLUMNS
+    if schema.names != expected:
         raise FitsTableError(f"{path}: columns {schema.names} are not the fits schema's {FITS_SCHEMA.names}")
-    return int((schema.field("schema_version").metadata or {}).get(SCHEMA_VERSION_META.encode(), b"0"))
+    return found
+
+
+def _to_current(log: pa.Table) -> pa.Table:
+    """Rows of any schema version with the frame columns this version has: a table written before schema 3 held
+    crop-frame fits only (frame "crop", no intrinsics)."""
+    if "frame" not in log.column_names:
+        at = log.schema.get_field_index("cam_t") + 1
+        log = log.add_column(at, FITS_SCHEMA.field("frame"), pa.array(["crop"] * log.num_rows, pa.string()))
+        log = log.add_column(at + 1, FITS_SCHEMA.field("intrinsics"),
+                             pa.nulls(log.num_rows, FITS_SCHEMA.field("intrinsics").type))
+    return log.set_column(log.schema.get_field_index("schema_version"), "schema_version",
+                          pa.array(np.full(log.num_rows, FITS_SCHEMA_VERSION, np.int16)))
+
+
+def upgrade_table(path: str | Path, *, max_retries: int = 8) -> dict[str, Any]:
+    """Bring a fits table of schema version 2 to this one in one new version: every fit gets frame "crop" (the
+    only frame fitloop made fits in before) and no intrinsics. Returns ``{"version", "rows", "from_version"}``;
+    a table already of this version is left alone (``version`` None). A version-1 table needs its body models
+    relabelled (`relabel_body_models`, which upgrades it too). Run it when no writer is writing to the table."""
+    path = Path(path)
+    found = _schema_version(path)
+    if found == FITS_SCHEMA_VERSION:
+        return {"version": None, "rows": 0, "from_version": found}
+    if found != 2:
+        raise FitsTableError(f"{path} has fits schema version {found}: " + (
+            f"relabel its body models first (`fitloop fits relabel {path}`), which upgrades it too" if found == 1
+            else f"this fitloop upgrades version 2 to {FITS_SCHEMA_VERSION}"))
+
+    def commit() -> dict[str, Any]:
+        snapshot = DeltaTable(str(path))
+        rows = check_fits(_to_current(snapshot.to_pyarrow_dataset().to_table()))
+        meta = CommitProperties(custom_metadata={"fitloop.operation": "UPGRADE", "fitloop.rows": str(rows.num_rows),
+                                                 "fitloop.upgraded_from": str(found)})
+        write_deltalake(snapshot, rows, mode="overwrite", schema_mode="overwrite", writer_properties=_WRITER,
+                        commit_properties=meta)
+        return {"version": snapshot.version(), "rows": rows.num_rows, "from_version": found}
+
+    result, _ = _retrying(commit, max_retries)
+    return result
 
 
 def stored_body_models(path: str | Path) -> dict[str, int]:
@@ -520,8 +620,9 @@ def stored_body_models(path: str | Path) -> dict[str, int]:
 
 
 def relabel_body_models(path: str | Path, mapping: dict[str, str], *, max_retries: int = 8) -> dict[str, Any]:
-    """Rename body model ids in a fits table (schema version 1 or this one) and bring it to this schema version,
-    in one new version; returns ``{"version", "rows", "relabelled": {old: (new, rows)}}``.
+    """Rename body model ids in a fits table (schema version 1, 2 or this one) and bring it to this schema version
+    (`upgrade_table`'s frame columns included), in one new version; returns ``{"version", "rows", "relabelled":
+    {old: (new, rows)}}``.
 
     Every id left after the mapping must be a content id (`fitting.body_model.MODEL_ID_PATTERN`): a version-1
     table's file-based ids must all be mapped, or FitsTableError lists those that are not. The targets must be
@@ -532,8 +633,8 @@ def relabel_body_models(path: str | Path, mapping: dict[str, str], *, max_retrie
 
     path = Path(path)
     found = _schema_version(path)
-    if found not in (1, FITS_SCHEMA_VERSION):
-        raise FitsTableError(f"{path} has fits schema version {found}; this fitloop relabels versions 1 and "
+    if found not in (1, 2, FITS_SCHEMA_VERSION):
+        raise FitsTableError(f"{path} has fits schema version {found}; this fitloop relabels versions 1, 2 and "
                              f"{FITS_SCHEMA_VERSION}")
     bad_targets = sorted({new for new in mapping.values() if not MODEL_ID_PATTERN.match(new)})
     if bad_targets:
@@ -551,10 +652,8 @@ def relabel_body_models(path: str | Path, mapping: dict[str, str], *, max_retrie
         ids = log["body_model_id"]
         for old, new in mapping.items():
             ids = pc.if_else(pc.equal(ids, old), new, ids)
-        rows = (log.set_column(log.schema.get_field_index("body_model_id"), "body_model_id", ids)
-                .set_column(log.schema.get_field_index("schema_version"), "schema_version",
-                            pa.array(np.full(log.num_rows, FITS_SCHEMA_VERSION, np.int16))))
-        rows = check_fits(rows)
+        rows = check_fits(_to_current(log.set_column(log.schema.get_field_index("body_model_id"), "body_model_id",
+                                                     ids)))
         meta = CommitProperties(custom_metadata={
             "fitloop.operation": "RELABEL", "fitloop.rows": str(rows.num_rows),
             "fitloop.relabelled": ",".join(f"{old}={new}" for old, new in mapping.items() if old in present)})

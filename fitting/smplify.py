@@ -29,8 +29,10 @@ returned or stored.
 
 Conventions: keypoints (B, 49, 3) in pixels of the image the camera describes (SPIN: the 224 px crop) plus
 confidence; pose (B, 72) axis-angle radians [global orient, body]; betas (B, NB); cam_t (B, 3) metres, camera
-frame (x right, y down, z forward); camera_center (B, 2) px; focal length in px (SPIN: 5000 for the crop).
-Inputs are never modified. Results are deterministic for given inputs.
+frame (x right, y down, z forward); camera_center (B, 2) px; focal length in px: the config's for every example
+(SPIN: 5000 for the crop), or per example (``focal_length`` (B,) or (B, 2) fx, fy: a real camera written in the
+keypoints' pixels, `core.frames.image_camera_in_fit_frame`). Inputs are never modified. Results are
+deterministic for given inputs.
 """
 from __future__ import annotations
 
@@ -154,29 +156,46 @@ class SMPLify:
 
     # -- public API ----------------------------------------------------------------------------------------
     def __call__(self, keypoints: Tensor, init_pose: Tensor, init_betas: Tensor, init_cam_t: Tensor,
-                 camera_center: Tensor, *, start: Start) -> SMPLifyResult:
+                 camera_center: Tensor, *, start: Start, focal_length: Tensor | None = None) -> SMPLifyResult:
         """Fit a batch (shapes in the module docstring); returns fits with their losses.
 
         start: what the initial parameters are, for every example of the batch: ``"mean"`` (no estimate of this
         person, e.g. `mean_pose_start`) or ``"estimate"`` (a network's prediction). The fast mode keeps an
         estimate's body pose near its start and tries a mean start turned around too; SPIN's reference
-        procedure treats both alike."""
+        procedure treats both alike.
+        focal_length: (B,) or (B, 2) px per example; None: the config's ``focal_length`` for every example."""
         if start not in get_args(Start):
             raise ValueError(f"SMPLify start must be one of {get_args(Start)}, not {start!r}")
         keypoints, init_pose, init_betas, init_cam_t, camera_center = (
             t.detach().clone() for t in (keypoints, init_pose, init_betas, init_cam_t, camera_center))
+        focal = self._focal(focal_length, keypoints)
         if self.config.mode == "reference":
-            return self._fit_reference(keypoints, init_pose, init_betas, init_cam_t, camera_center)
-        return self._fit_fast(keypoints, init_pose, init_betas, init_cam_t, camera_center, start == "estimate")
+            return self._fit_reference(keypoints, init_pose, init_betas, init_cam_t, camera_center, focal)
+        return self._fit_fast(keypoints, init_pose, init_betas, init_cam_t, camera_center, focal, start == "estimate")
 
     def fitting_loss(self, pose: Tensor, betas: Tensor, cam_t: Tensor, camera_center: Tensor,
-                     keypoints: Tensor) -> Tensor:
-        """SPIN's `get_fitting_loss`: the per-joint reprojection term (B, 49) of given fits, without fitting."""
+                     keypoints: Tensor, *, focal_length: Tensor | None = None) -> Tensor:
+        """SPIN's `get_fitting_loss`: the per-joint reprojection term (B, 49) of given fits, without fitting.
+        focal_length: as in `__call__`."""
         with torch.no_grad():
             joints = self._joints(pose, betas)
-            return self._reprojection(joints, cam_t, camera_center, self._body_conf(keypoints), keypoints)
+            return self._reprojection(joints, cam_t, camera_center, self._body_conf(keypoints), keypoints,
+                                      self._focal(focal_length, keypoints))
 
     # -- shared pieces -------------------------------------------------------------------------------------
+    def _focal(self, focal_length: Tensor | None, keypoints: Tensor) -> Tensor:
+        """(B, 2) focal lengths px (fx, fy) on the keypoints' device: the config's, or the caller's (B,)/(B, 2)."""
+        batch = keypoints.shape[0]
+        if focal_length is None:
+            return torch.full((batch, 2), self.config.focal_length, dtype=keypoints.dtype, device=keypoints.device)
+        focal = torch.as_tensor(focal_length, dtype=keypoints.dtype, device=keypoints.device).detach().clone()
+        if focal.shape == (batch,):
+            focal = focal[:, None].expand(batch, 2).clone()
+        if focal.shape != (batch, 2) or not bool((focal > 0).all()):
+            raise ValueError(f"focal_length must be positive, of shape ({batch},) or ({batch}, 2); got "
+                             f"{tuple(focal.shape)}")
+        return focal
+
     def _joints(self, pose: Tensor, betas: Tensor) -> Tensor:
         if self.skeleton is not None:
             return self.skeleton(pose, betas).points
@@ -194,8 +213,9 @@ class SMPLify:
         mask = (torch.gather(keypoints[..., 2], 1, idx) > 0).to(keypoints.dtype)
         return idx, mask
 
-    def _reprojection(self, joints: Tensor, cam_t: Tensor, center: Tensor, conf: Tensor, keypoints: Tensor) -> Tensor:
-        projected = project(joints, cam_t, self.config.focal_length, center)
+    def _reprojection(self, joints: Tensor, cam_t: Tensor, center: Tensor, conf: Tensor, keypoints: Tensor,
+                      focal: Tensor) -> Tensor:
+        projected = project(joints, cam_t, focal, center)
         return conf.square() * gmof(projected - keypoints[..., :2], self.config.sigma).sum(-1)
 
     def _priors(self, pose: Tensor, betas: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -203,28 +223,30 @@ class SMPLify:
         angle = torch.exp(pose[:, self._angle_idx] * self._angle_sign.to(pose)).square().sum(-1)
         return self.prior(body_pose).to(pose.dtype), angle, betas.square().sum(-1)
 
-    def _result(self, pose: Tensor, betas: Tensor, cam_t: Tensor, keypoints: Tensor, center: Tensor,
+    def _result(self, pose: Tensor, betas: Tensor, cam_t: Tensor, keypoints: Tensor, center: Tensor, focal: Tensor,
                 iterations: int, **extras) -> SMPLifyResult:
         with torch.no_grad():
             joints = self._joints(pose, betas)
-            reproj = self._reprojection(joints, cam_t, center, self._body_conf(keypoints), keypoints)
+            reproj = self._reprojection(joints, cam_t, center, self._body_conf(keypoints), keypoints, focal)
             pose_prior, angle, shape = self._priors(pose, betas)
         return SMPLifyResult(pose=pose, betas=betas, cam_t=cam_t, joints=joints, reprojection_loss=reproj,
                              loss=reproj.mean(-1), pose_prior=pose_prior, angle_prior=angle, shape_prior=shape,
                              iterations=iterations, extras=extras)
 
     def _objective(self, pose: Tensor, betas: Tensor, cam_t: Tensor, center: Tensor, conf: Tensor,
-                   keypoints: Tensor) -> Tensor:
-        """SPIN's stage-2 objective per example (B,), without fitloop's near-start term."""
+                   keypoints: Tensor, focal: Tensor | None = None) -> Tensor:
+        """SPIN's stage-2 objective per example (B,), without fitloop's near-start term; focal (B, 2) px, None: the
+        config's."""
         c = self.config
+        focal = self._focal(None, keypoints) if focal is None else focal
         joints = self._joints(pose, betas)
         pose_prior, angle, shape = self._priors(pose, betas)
-        return (self._reprojection(joints, cam_t, center, conf, keypoints).sum(-1)
+        return (self._reprojection(joints, cam_t, center, conf, keypoints, focal).sum(-1)
                 + c.pose_prior_weight**2 * pose_prior + c.angle_prior_weight**2 * angle
                 + c.shape_prior_weight**2 * shape)
 
     # -- reference: SPIN's Adam on the full model ----------------------------------------------------------
-    def _fit_reference(self, keypoints, init_pose, init_betas, init_cam_t, center) -> SMPLifyResult:
+    def _fit_reference(self, keypoints, init_pose, init_betas, init_cam_t, center, focal) -> SMPLifyResult:
         c = self.config
         global_orient = init_pose[:, :3].clone().requires_grad_(True)
         body_pose = init_pose[:, 3:].clone()
@@ -237,7 +259,7 @@ class SMPLify:
         for _ in range(c.iterations):
             joints = self.body(betas, body_pose, global_orient).joints
             torso = torch.gather(joints, 1, torso_idx[..., None].expand(-1, -1, 3))
-            err = (project(torso, cam_t, c.focal_length, center) - torso_kp).square().sum(-1)
+            err = (project(torso, cam_t, focal, center) - torso_kp).square().sum(-1)
             loss = (torso_mask * err).sum() + c.depth_loss_weight**2 * (cam_t[:, 2] - init_cam_t[:, 2]).square().sum()
             optimizer.zero_grad()
             loss.backward()
@@ -250,15 +272,16 @@ class SMPLify:
         optimizer = torch.optim.Adam([body_pose, betas, global_orient], lr=c.step_size, betas=(0.9, 0.999))
         for _ in range(c.iterations):
             pose = torch.cat([global_orient, body_pose], dim=1)
-            loss = self._objective(pose, betas, cam_t, center, conf, keypoints).sum()
+            loss = self._objective(pose, betas, cam_t, center, conf, keypoints, focal).sum()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
         pose = torch.cat([global_orient, body_pose], dim=1).detach()
-        return self._result(pose, betas.detach(), cam_t, keypoints, center, 2 * c.iterations)
+        return self._result(pose, betas.detach(), cam_t, keypoints, center, focal, 2 * c.iterations)
 
     # -- fast: Levenberg–Marquardt on the skeleton ---------------------------------------------------------
-    def _fit_fast(self, keypoints, init_pose, init_betas, init_cam_t, center, is_estimate: bool) -> SMPLifyResult:
+    def _fit_fast(self, keypoints, init_pose, init_betas, init_cam_t, center, focal,
+                  is_estimate: bool) -> SMPLifyResult:
         c = self.config
         batch = init_pose.shape[0]
         # A mean start says nothing about this person, so nothing pulls the fit back to it, and the same start
@@ -271,28 +294,28 @@ class SMPLify:
         pose = init_pose[rows].clone()
         turn = torch.tensor([0.0, torch.pi, 0.0], dtype=init_pose.dtype, device=dev).expand(len(extra), 3)
         pose[batch:, :3] = _compose_aa(turn, init_pose[extra, :3])              # turned about the camera's y
-        kp, ctr, betas, cam_t = keypoints[rows], center[rows], init_betas[rows], init_cam_t[rows]
+        kp, ctr, foc, betas, cam_t = keypoints[rows], center[rows], focal[rows], init_betas[rows], init_cam_t[rows]
         trust = (~from_mean[rows]).to(init_pose.dtype)                           # 1: the start is an estimate
 
-        pose, cam_t = self._lm_camera(pose, betas, cam_t, kp, ctr)
+        pose, cam_t = self._lm_camera(pose, betas, cam_t, kp, ctr, foc)
         # Stage 2 on every candidate for a few iterations, then only on the better of each pair.
         body_init = pose[:, 3:].clone()
         first = min(c.back_choice_after, c.body_iterations) if len(extra) else c.body_iterations
-        pose, betas = self._lm_body(pose, betas, cam_t, kp, ctr, trust, body_init, first)
+        pose, betas = self._lm_body(pose, betas, cam_t, kp, ctr, foc, trust, body_init, first)
         pick = torch.arange(batch, device=dev)
         if len(extra):
             with torch.no_grad():
-                objective = self._objective(pose, betas, cam_t, ctr, self._body_conf(kp), kp)
+                objective = self._objective(pose, betas, cam_t, ctr, self._body_conf(kp), kp, foc)
             turned_better = objective[batch:] < objective[extra]
             pick[extra[turned_better]] = batch + torch.nonzero(turned_better)[:, 0]
         pose, betas, cam_t, trust, body_init = (t[pick] for t in (pose, betas, cam_t, trust, body_init))
         if c.body_iterations > first:
-            pose, betas = self._lm_body(pose, betas, cam_t, keypoints, center, trust, body_init,
+            pose, betas = self._lm_body(pose, betas, cam_t, keypoints, center, focal, trust, body_init,
                                         c.body_iterations - first)
-        return self._result(pose, betas, cam_t, keypoints, center, c.camera_iterations + c.body_iterations,
+        return self._result(pose, betas, cam_t, keypoints, center, focal, c.camera_iterations + c.body_iterations,
                             turned_around=pick >= batch)
 
-    def _lm_camera(self, pose, betas, cam_t, kp, center):
+    def _lm_camera(self, pose, betas, cam_t, kp, center, focal):
         """Stage 1: global orientation and translation on the torso joints, plus the depth anchor."""
         c = self.config
         batch, dtype = pose.shape[0], pose.dtype
@@ -309,7 +332,7 @@ class SMPLify:
         def evaluate(p, t):
             state = self.skeleton(p, betas, subset)
             torso = torch.gather(state.points, 1, local_idx[..., None].expand(-1, -1, 3))
-            r = (project(torso, t, c.focal_length, center) - target) * mask[..., None]  # (B, 4, 2)
+            r = (project(torso, t, focal, center) - target) * mask[..., None]  # (B, 4, 2)
             d = c.depth_loss_weight * (t[:, 2] - depth0)
             return state, torso, r, d, r.square().sum((1, 2)) + d.square()
 
@@ -317,7 +340,7 @@ class SMPLify:
         for _ in range(c.camera_iterations):
             d_pose, _ = self.skeleton.jacobian(state)
             d_torso = torch.gather(d_pose[..., :3], 1, local_idx[..., None, None].expand(-1, -1, 3, 3))
-            dproj = _projection_jacobian(torso + cam_t[:, None], c.focal_length) * mask[..., None, None]  # (B,4,2,3)
+            dproj = _projection_jacobian(torso + cam_t[:, None], focal) * mask[..., None, None]  # (B,4,2,3)
             jac = torch.cat([dproj @ d_torso, dproj], dim=-1).reshape(batch, -1, 6)      # (B, 8, 6)
             jd = torch.zeros(batch, 1, 6, dtype=dtype, device=dev)
             jd[:, 0, 5] = c.depth_loss_weight
@@ -339,7 +362,7 @@ class SMPLify:
             lam = torch.where(better, lam / 3, lam * 5).clamp(1e-7, 1e7)
         return pose, cam_t
 
-    def _lm_body(self, pose, betas, cam_t, kp, center, trust, body_init, iterations):
+    def _lm_body(self, pose, betas, cam_t, kp, center, focal, trust, body_init, iterations):
         """Stage 2: pose, betas and global orientation; Geman–McClure by IRLS, GMM by its active component.
 
         trust (B,) 0/1: whether the start is an estimate of this person; where it is, the near-start terms
@@ -362,7 +385,7 @@ class SMPLify:
 
         def cost_of(p, b):
             state = self.skeleton(p, b, active)
-            proj = project(state.points, cam_t, c.focal_length, center)
+            proj = project(state.points, cam_t, focal, center)
             resid = proj - kp[..., :2]
             data = (conf.square()[..., None] * gmof(resid, c.sigma)).sum((1, 2))
             gmm = 0.5 * _quadratic(p[:, 3:], means, precisions) - log_w          # (B, K)
@@ -374,7 +397,7 @@ class SMPLify:
         state, resid, gmm, cost = cost_of(pose, betas)
         for _ in range(iterations):
             d_pose, d_betas = self.skeleton.jacobian(state)
-            dproj = _projection_jacobian(state.points + cam_t[:, None], c.focal_length)   # (B, P, 2, 3)
+            dproj = _projection_jacobian(state.points + cam_t[:, None], focal)            # (B, P, 2, 3)
             jac = torch.cat([dproj @ d_pose, dproj @ d_betas], dim=-1)                     # (B, P, 2, 72+NB)
             weight = conf.square()[..., None] * sigma2**2 / (sigma2 + resid.square()).square()  # IRLS, (B, P, 2)
             jac = jac.reshape(batch, -1, 72 + nb)
@@ -418,13 +441,15 @@ def _quadratic(x: Tensor, means: Tensor, precisions: Tensor) -> Tensor:
     return (torch.einsum("kij,bkj->bki", precisions, diff) * diff).sum(-1)
 
 
-def _projection_jacobian(points: Tensor, focal: float) -> Tensor:
-    """d pixel / d camera-frame point (..., 2, 3) for u = f x / z + c."""
+def _projection_jacobian(points: Tensor, focal: Tensor) -> Tensor:
+    """d pixel / d camera-frame point (B, P, 2, 3) for u = fx x / z + cx, v = fy y / z + cy; points (B, P, 3),
+    focal (B, 2) px."""
     x, y, z = points.unbind(-1)
     inv = 1.0 / z
     zero = torch.zeros_like(z)
-    row_u = torch.stack([focal * inv, zero, -focal * x * inv * inv], -1)
-    row_v = torch.stack([zero, focal * inv, -focal * y * inv * inv], -1)
+    fx, fy = focal[:, None, 0], focal[:, None, 1]
+    row_u = torch.stack([fx * inv, zero, -fx * x * inv * inv], -1)
+    row_v = torch.stack([zero, fy * inv, -fy * y * inv * inv], -1)
     return torch.stack([row_u, row_v], -2)
 
 

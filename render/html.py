@@ -89,7 +89,7 @@ def keypoints_table(sample: StoredSample) -> str:
 
 
 HISTORY_COLUMNS = ("time", "loss", "valid", "source", "run_id", "epoch", "step", "iterations", "body_model_id",
-                   "fit_config_hash", "cam_t")
+                   "fit_config_hash", "cam_t", "frame")
 
 
 def _cell(value: Any) -> str:
@@ -106,7 +106,8 @@ def _cell(value: Any) -> str:
 
 def history_table(history: Sequence[dict[str, Any]]) -> str:
     """A key's fits (table rows, oldest first) as an HTML table; each body model's best fit (the one the table
-    serves, `fits.lookup.best_in_history`) is marked, with its model when the history holds several."""
+    serves, `fits.lookup.best_in_history`; per body model and frame) is marked, with its model (and frame) when the
+    history holds several."""
     if not history:
         return "<p>No fit of this sample in the table.</p>"
     best = best_in_history(history)

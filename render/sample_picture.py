@@ -2,9 +2,11 @@
 per fit (e.g. the best fit now and as of an older table version), and contact sheets of many samples.
 
 Meshes are drawn by fitloop's one renderer, the z-buffer of `render.raster` (numpy; no OpenGL), keypoints and
-captions with PIL (`render.draw`). The mesh is placed by `core.frames.fit_camera`, the keypoints are the sample's
-stored-crop keypoints, so both are drawn in the same pixel frame: when a fit is good, its mesh covers the person
-and the markers sit on the person's joints. Pixel centres are at integers throughout (as `shards.crop`): the
+captions with PIL (`render.draw`). The mesh is placed by the camera of the fit's frame written in stored-crop px
+(`panel_camera`): SPIN's fit-frame camera (`core.frames.fit_camera`) for a crop-frame fit, the original image's
+camera (the row's intrinsics) through the crop's pixel map for an image-frame fit, both exact. The keypoints are
+the sample's stored-crop keypoints, so both are drawn in the same pixel frame: when a fit is good, its mesh covers
+the person and the markers sit on the person's joints. Pixel centres are at integers throughout (as `shards.crop`): the
 rasteriser fills a pixel when its centre lies in a projected triangle, and PIL centres a marker on its pixel.
 """
 from __future__ import annotations
@@ -18,7 +20,15 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from core.frames import FIT_FOCAL, FIT_RES, CropCamera, fit_camera, keypoints_in_fit_frame, pose_fit
+from core.frames import (
+    PixelCamera,
+    camera_through,
+    fit_camera,
+    fit_frame_camera,
+    image_to_fit_frame,
+    keypoints_in_fit_frame,
+    pose_fit,
+)
 from core.joints import JOINT_INDEX
 from render.draw import draw_keypoints
 from render.raster import render_mesh
@@ -56,9 +66,41 @@ def decode_crop(sample: StoredSample) -> Image.Image:
         return opened.convert("RGB")
 
 
-def estimate_cam_t(model: Any, sample: StoredSample, pose: np.ndarray, betas: np.ndarray) -> np.ndarray | None:
+def fit_intrinsics(fit: dict[str, Any]) -> PixelCamera | None:
+    """The original image's camera (original-image px) an image-frame fit row was made with; None for a crop-frame
+    fit (or a row without a frame: fits before schema 3 were all crop-frame). ValueError for an unknown frame or an
+    image-frame row without intrinsics."""
+    frame = fit.get("frame") or "crop"
+    if frame == "crop":
+        return None
+    if frame != "image" or fit.get("intrinsics") is None:
+        raise ValueError(f"a fit of frame {frame!r} with intrinsics {fit.get('intrinsics')!r}: fitloop draws "
+                         f"crop-frame fits and image-frame fits with their image's intrinsics")
+    fx, fy, cx, cy = (float(v) for v in fit["intrinsics"])
+    return PixelCamera((fx, fy), (cx, cy))
+
+
+def panel_camera(sample: StoredSample, fit: dict[str, Any], size: int | None = None) -> PixelCamera:
+    """The camera that draws ``fit`` into the sample's stored crop (resized to ``size`` px; pixel centres at
+    integers): SPIN's fit-frame camera for a crop-frame fit, the image's camera through ``image_to_crop`` for an
+    image-frame fit (module docstring)."""
+    crop = sample.meta["crop"]
+    image = fit_intrinsics(fit)
+    if image is None:
+        base = fit_camera(crop)
+        camera = PixelCamera((base.focal, base.focal), base.center)
+    else:
+        camera = camera_through(sample.image_to_crop, image)
+    s = (size or crop["res"]) / crop["res"]
+    resize = np.array([[s, 0.0, 0.5 * s - 0.5], [0.0, s, 0.5 * s - 0.5], [0.0, 0.0, 1.0]])  # centres stay at integers
+    return camera_through(resize, camera)
+
+
+def estimate_cam_t(model: Any, sample: StoredSample, pose: np.ndarray, betas: np.ndarray,
+                   image: PixelCamera | None = None) -> np.ndarray | None:
     """A camera translation (3,) metres for a fit stored without one (imported static fits): SMPLify's torso
-    estimate from the sample's keypoints in the fit frame; None when no torso pair is annotated."""
+    estimate from the sample's keypoints in the fit frame, with SPIN's fit-frame camera, or with the original
+    image's camera ``image`` (original-image px) written in fit-frame px; None when no torso pair is annotated."""
     import torch
 
     from core.camera import translation_from_torso
@@ -67,9 +109,10 @@ def estimate_cam_t(model: Any, sample: StoredSample, pose: np.ndarray, betas: np
     pairs = tuple((JOINT_INDEX[a], JOINT_INDEX[b]) for a, b in TORSO_PAIRS)
     if not any(keypoints[0, a, 2] > 0 and keypoints[0, b, 2] > 0 for a, b in pairs):
         return None
+    camera = fit_frame_camera() if image is None else camera_through(image_to_fit_frame(sample.meta["crop"]), image)
     posed = pose_fit(model, pose, betas, np.zeros(3))
     joints = torch.as_tensor(posed.joints, dtype=torch.float32)[None]
-    t = translation_from_torso(joints, keypoints, FIT_FOCAL, torch.full((1, 2), FIT_RES / 2.0), pairs)
+    t = translation_from_torso(joints, keypoints, torch.tensor([camera.focal]), torch.tensor([camera.center]), pairs)
     return t[0].numpy().astype(np.float64)
 
 
@@ -79,6 +122,8 @@ def fit_caption(fit: dict[str, Any] | None, model: Any | None, missing: str = "n
         return missing, True
     loss = "unscored" if fit.get("loss") is None else f"loss {fit['loss']:.2f} px^2"  # the font has no '²'
     text = f"{loss} · {fit.get('source') or 'unknown'} fit, run {fit.get('run_id') or 'unknown'}"
+    if (fit.get("frame") or "crop") != "crop":
+        text += f" · {fit['frame']} frame"
     warn = False
     if model is not None and fit.get("body_model_id") not in (None, model.model_id):
         text += f" · fit by {fit['body_model_id']}, drawn with {model.model_id}"
@@ -105,19 +150,19 @@ def render_panel(sample: StoredSample, fit: dict[str, Any] | None, model: Any | 
     res = base.size[0]
     size = size or res
     image = base if size == res else base.resize((size, size), Image.Resampling.BILINEAR)
-    camera = fit_camera(sample.meta["crop"])
-    if camera.res != res:
-        raise ValueError(f"sample {sample.key}: decoded crop is {res} px, its json says {camera.res}")
-    camera = camera.resized(size)
+    if sample.meta["crop"]["res"] != res:
+        raise ValueError(f"sample {sample.key}: decoded crop is {res} px, its json says {sample.meta['crop']['res']}")
     notes = []
     if fit is None:
         notes.append(missing)
     elif model is None:
         notes.append("no body model")
     else:
+        camera = panel_camera(sample, fit, size)
         cam_t = fit.get("cam_t")
         if cam_t is None:
-            cam_t = estimate_cam_t(model, sample, np.asarray(fit["pose"]), np.asarray(fit["betas"]))
+            cam_t = estimate_cam_t(model, sample, np.asarray(fit["pose"]), np.asarray(fit["betas"]),
+                                   fit_intrinsics(fit))
             notes.append("no camera stored: estimated from the torso" if cam_t is not None
                          else "no camera stored and no torso keypoints: mesh not drawn")
         if cam_t is not None:
@@ -195,18 +240,17 @@ def contact_sheet(pictures: Sequence[Image.Image], columns: int | None = None, g
 
 def projected_joints(sample: StoredSample, fit: dict[str, Any], model: Any, size: int | None = None) -> np.ndarray:
     """(49, 2) the fit's joints projected into the sample's stored crop (resized to ``size``), px: where
-    `render_panel` puts them. For checks and for drawing fit joints elsewhere."""
-    camera: CropCamera = fit_camera(sample.meta["crop"])
-    if size:
-        camera = camera.resized(size)
+    `render_panel` puts them (either frame). For checks and for drawing fit joints elsewhere."""
+    camera = panel_camera(sample, fit, size)
     posed = pose_fit(model, np.asarray(fit["pose"]), np.asarray(fit["betas"]), np.asarray(fit["cam_t"]))
     return camera.project(posed.joints)
 
 
 def fits_sheet(shard_dir: Path, table_path: Path, n: int = 8, *, model: Any = "open", version: int | None = None,
-               seed: int = 0, size: int = 192, columns: int | None = None) -> Image.Image:
+               seed: int = 0, size: int = 192, columns: int | None = None, frame: str | None = None) -> Image.Image:
     """A contact sheet of ``n`` seeded-random samples of a shard set with their best fits of the body model
-    ``model`` (a `BodyModel`, or what `load_body_model` takes) as of ``version``."""
+    ``model`` (a `BodyModel`, or what `load_body_model` takes) and ``frame`` (None: the fits must be of one) as of
+    ``version``."""
     from fits.lookup import best_fits, latest_version
     from fits.table import FitsTable
     from fitting.body_model import load_body_model
@@ -216,6 +260,6 @@ def fits_sheet(shard_dir: Path, table_path: Path, n: int = 8, *, model: Any = "o
     table = FitsTable.open(table_path)
     version = latest_version(table) if version is None else version
     body = load_body_model(model) if isinstance(model, str) else model
-    fits = best_fits(table, [s.key for s in samples], version, body_model_id=body.model_id)
+    fits = best_fits(table, [s.key for s in samples], version, body_model_id=body.model_id, frame=frame)
     pictures = [render_sample(s, [FitPanel(f"best, v{version}", fits.get(s.key))], body, size) for s in samples]
     return contact_sheet(pictures, columns)

@@ -9,7 +9,8 @@ suffix                 content
 =====================  ===========================================================================================
 ``jpg``                the stored crop, pre-encoded JPEG, RGB, ``res``×``res`` px, covering ``margin`` × the box
 ``json``               metadata: dataset, split, lineage (source, record, image path and root), image size, box,
-                       the crop's affine maps to and from original-image px, flags, the record's ``extra``
+                       the crop's affine maps to and from original-image px, the original image's ``intrinsics``
+                       (fx, fy, cx, cy px and their ``source``: `core.intrinsics`), flags, the record's ``extra``
 ``keypoints_2d.npy``   (49, 3) float32: x, y in **original-image** px (0-based) + confidence, as the record has them
 ``keypoints_crop.npy`` (49, 3) float32: the same joints in **stored-crop** px + confidence
 ``joints_3d.npy``      (49, 4) float32, metres, camera frame + confidence (only when the record has them)
@@ -18,6 +19,10 @@ suffix                 content
 =====================  ===========================================================================================
 
 Arrays are ``.npy`` written and read with ``allow_pickle=False``; nothing in a shard is a pickle.
+
+Format versions: 2 added ``intrinsics`` to the json and always fills ``image_size`` (the writer decodes the image).
+Format 1 samples still read: their intrinsics are unknown, and `StoredSample.intrinsics` gives the guess from the
+image size (`core.intrinsics.fov_guess`), or raises where the size is unknown too.
 """
 from __future__ import annotations
 
@@ -29,12 +34,14 @@ from typing import Any
 
 import numpy as np
 
+from core.intrinsics import Intrinsics, fov_guess
 from core.joints import NUM_JOINTS
 from shards.crop import from_affine_rows, invert, to_affine_rows, transform_points
 from shards.schema import SCHEMA_VERSION, PersonRecord
 
 # Bump when a member is added, removed or changes meaning; readers check it.
-SAMPLE_FORMAT_VERSION = 1
+SAMPLE_FORMAT_VERSION = 2
+READABLE_SAMPLE_FORMATS = (1, 2)  # 1: written before samples stored their intrinsics (module docstring)
 
 _ARRAYS: dict[str, tuple[str, tuple[int, ...]]] = {  # suffix -> (StoredSample field, shape)
     "keypoints_2d.npy": ("keypoints_2d", (NUM_JOINTS, 3)),
@@ -86,7 +93,7 @@ def split_member_name(name: str) -> tuple[str, str]:
 
 
 def encode_sample(record: PersonRecord, jpeg: bytes, image_to_crop: np.ndarray, res: int,
-                  margin: float) -> dict[str, bytes]:
+                  margin: float, intrinsics: Intrinsics, image_size: tuple[int, int]) -> dict[str, bytes]:
     """The members (suffix -> bytes) of one person's sample.
 
     Args:
@@ -94,6 +101,8 @@ def encode_sample(record: PersonRecord, jpeg: bytes, image_to_crop: np.ndarray, 
         jpeg: the encoded crop, ``res``×``res`` px.
         image_to_crop: (3, 3) original-image px -> stored-crop px (`shards.crop.box_to_crop`).
         res, margin: the stored crop's side in px and how many box sides it covers.
+        intrinsics: the original image's camera (`core.intrinsics.resolve_intrinsics`).
+        image_size: (width, height) px of the original image as decoded.
     """
     crop_to_image = invert(image_to_crop)
     keypoints_crop = transform_points(image_to_crop, record.keypoints_2d).astype(np.float32)
@@ -102,7 +111,7 @@ def encode_sample(record: PersonRecord, jpeg: bytes, image_to_crop: np.ndarray, 
         "key": record.key, "schema_version": SCHEMA_VERSION, "sample_format_version": SAMPLE_FORMAT_VERSION,
         "dataset": record.dataset, "split": record.split, "source": record.source, "record": record.record,
         "image_path": record.image_path, "image_root": str(record.image_root),
-        "image_size": None if record.image_size is None else list(record.image_size),
+        "image_size": [int(image_size[0]), int(image_size[1])], "intrinsics": intrinsics.to_json(),
         "center": [float(v) for v in record.center], "scale": record.scale, "box_side_px": record.box_side_px,
         "crop": {"res": res, "margin": margin, "box_side": res / margin, "box_center": [(res - 1) / 2.0] * 2,
                  "image_to_crop": to_affine_rows(image_to_crop), "crop_to_image": to_affine_rows(crop_to_image)},
@@ -148,6 +157,23 @@ class StoredSample:
         """(3, 3) stored-crop px -> original-image px."""
         return from_affine_rows(self.meta["crop"]["crop_to_image"])
 
+    @property
+    def intrinsics(self) -> Intrinsics:
+        """The original image's camera (fx, fy, cx, cy px, `core.intrinsics`): as stored, or for a format-1 sample
+        (none stored: unknown) the guess from its image size; SampleFormatError when the size is unknown too."""
+        stored = self.meta.get("intrinsics")
+        if stored is not None:
+            try:
+                return Intrinsics.from_json(stored)
+            except ValueError as err:
+                raise SampleFormatError(f"sample {self.key!r}: json intrinsics: {err}") from None
+        size = self.meta.get("image_size")
+        if not size:
+            raise SampleFormatError(f"sample {self.key!r} has neither intrinsics nor an image size (a shard set of "
+                                    f"format 1 written without opening images); convert the dataset again with "
+                                    f"fitloop preprocess")
+        return fov_guess(tuple(size), why="intrinsics unknown (shard format 1)")
+
 
 def decode_sample(key: str, members: dict[str, bytes]) -> StoredSample:
     """A `StoredSample` from its members (suffix -> bytes); SampleFormatError naming the key when malformed."""
@@ -159,9 +185,9 @@ def decode_sample(key: str, members: dict[str, bytes]) -> StoredSample:
         arrays = {field: decode_npy(members[suffix]) for suffix, (field, _) in _ARRAYS.items() if suffix in members}
     except ValueError as err:
         raise SampleFormatError(f"sample {key!r}: {err}") from None
-    if meta.get("sample_format_version") != SAMPLE_FORMAT_VERSION:
+    if meta.get("sample_format_version") not in READABLE_SAMPLE_FORMATS:
         raise SampleFormatError(f"sample {key!r} has format version {meta.get('sample_format_version')}, this "
-                                f"reader reads {SAMPLE_FORMAT_VERSION}")
+                                f"reader reads {', '.join(map(str, READABLE_SAMPLE_FORMATS))}")
     for suffix, (field, shape) in _ARRAYS.items():
         if field in arrays and arrays[field].shape != shape:
             raise SampleFormatError(f"sample {key!r}: {suffix} has shape {arrays[field].shape}, expected {shape}")

@@ -11,6 +11,9 @@ A `PersonRecord` is one annotated person in one image, already in fitloop's conv
 * **Box**: SPIN's convention, a square of side ``200 * scale`` px centred on ``center``.
 * **3D joints** in metres, camera frame (x right, y down, z forward), with a confidence.
 * **SMPL** pose as 72 axis-angle values (global orientation first, camera frame), betas (10,).
+* **Intrinsics** of the original image's camera when the dataset knows them (`core.intrinsics.Intrinsics`, source
+  ``dataset``: Human3.6M's cameras); None otherwise, and the shard writer takes them from the image's EXIF or
+  guesses them (`core.intrinsics.resolve_intrinsics`).
 
 A `Reject` says which record of which file failed, why (a code from `REJECT_REASONS`) and, in words, what was
 wrong. Adapters never drop a record silently: every record read becomes a `PersonRecord` or a `Reject`.
@@ -26,10 +29,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from core.intrinsics import Intrinsics
 from core.joints import NUM_JOINTS
 
 # Bump when a field is added, removed or changes meaning; shard manifests and rejects tables record it.
-SCHEMA_VERSION = 1
+# 2: `PersonRecord.intrinsics` (the dataset's camera of the original image).
+SCHEMA_VERSION = 2
 
 # A sample key: "<dataset>/<id>", letters, digits, '_', '-' and '/', never '.' (webdataset splits member names at
 # the first dot) and never whitespace.
@@ -97,6 +102,7 @@ class PersonRecord:
         smpl_pose: (72,) float32 SMPL axis-angle pose (global orientation first), or None.
         smpl_betas: (10,) float32 SMPL shape, or None.
         has_smpl: True when ``smpl_pose``/``smpl_betas`` are ground truth to supervise with.
+        intrinsics: the original image's camera as the dataset calibrated it (fx, fy, cx, cy px, 0-based), or None.
         extra: json-able metadata the source offers beyond the fields above (occluded joints, head box, ...).
     """
 
@@ -115,6 +121,7 @@ class PersonRecord:
     smpl_pose: np.ndarray | None = None
     smpl_betas: np.ndarray | None = None
     has_smpl: bool = False
+    intrinsics: Intrinsics | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -138,6 +145,8 @@ class PersonRecord:
         if self.has_smpl and (self.smpl_pose is None or self.smpl_betas is None):
             raise ValueError(f"{self.key}: has_smpl is set but pose or betas are missing")
         set_(self, "has_smpl", bool(self.has_smpl))
+        if self.intrinsics is not None and not isinstance(self.intrinsics, Intrinsics):
+            raise ValueError(f"{self.key}: intrinsics must be a core.intrinsics.Intrinsics, got {self.intrinsics!r}")
         set_(self, "extra", dict(self.extra))
 
     @property
@@ -157,7 +166,8 @@ class PersonRecord:
             "image_size": None if self.image_size is None else list(self.image_size),
             "center": listed(self.center), "scale": self.scale, "keypoints_2d": listed(self.keypoints_2d),
             "joints_3d": listed(self.joints_3d), "smpl_pose": listed(self.smpl_pose),
-            "smpl_betas": listed(self.smpl_betas), "has_smpl": self.has_smpl, "extra": dict(self.extra),
+            "smpl_betas": listed(self.smpl_betas), "has_smpl": self.has_smpl,
+            "intrinsics": None if self.intrinsics is None else self.intrinsics.to_json(), "extra": dict(self.extra),
         }
 
 

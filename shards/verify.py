@@ -9,6 +9,9 @@ checksum failed, so that a damaged shard says *which* sample is bad where the da
 * the json member has every field, of the right type, its key/dataset/split match the member name and the
   manifest, its flags match the members present, and its crop is self-consistent (the two affine maps invert each
   other, the box centre maps onto ``box_center``, the box side onto ``box_side``);
+* its ``intrinsics`` (format 2 on) parse, name a known source and give a plausible camera for its image: a diagonal
+  field of view in (1°, 170°), the principal point inside the image, and a ``fov-guess`` equal to the guess
+  (`core.intrinsics`); a format-1 sample has none (unknown: readers guess);
 * ``keypoints_crop`` is ``keypoints_2d`` through ``image_to_crop`` (absent joints all zeros);
 * the JPEG decodes in full, RGB, ``res`` × ``res`` px;
 * the manifest's sample count per shard, and keys unique over the set.
@@ -30,6 +33,7 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
+from core.intrinsics import PLAUSIBLE_FOV_DEG, Intrinsics, fov_guess
 from shards.crop import from_affine_rows, transform_points
 from shards.lookup import raw_samples
 from shards.reader import ShardCorruptError
@@ -119,6 +123,35 @@ def check_meta(meta: Any) -> list[str]:
         problems.append(f"json crop.box_side × margin = {crop['box_side'] * crop['margin']:.4f}, res is {crop['res']}")
     if not math.isclose(meta["box_side_px"], 200.0 * meta["scale"], rel_tol=1e-6):
         problems.append(f"json box_side_px {meta['box_side_px']} is not 200 × scale {meta['scale']}")
+    if meta["sample_format_version"] >= 2:
+        problems += check_intrinsics(meta.get("intrinsics"), meta["image_size"])
+    return problems
+
+
+def check_intrinsics(value: Any, size: list[int] | None) -> list[str]:
+    """What is wrong with a sample's json ``intrinsics`` for an image of ``size`` [width, height] (module
+    docstring); empty when nothing."""
+    if value is None:
+        return ["json field 'intrinsics' is missing (sample format 2 stores them)"]
+    try:
+        intrinsics = Intrinsics.from_json(value)
+    except ValueError as err:
+        return [f"json intrinsics: {err}"]
+    if not size:
+        return ["json image_size is null (sample format 2 stores it with the intrinsics)"]
+    problems = []
+    fov = intrinsics.diagonal_fov_deg(tuple(size))
+    if not PLAUSIBLE_FOV_DEG[0] < fov < PLAUSIBLE_FOV_DEG[1]:
+        problems.append(f"json intrinsics fx={intrinsics.fx:g}, fy={intrinsics.fy:g} give a {fov:.2f}° diagonal "
+                        f"field of view of the {size[0]}x{size[1]} image, outside {PLAUSIBLE_FOV_DEG}")
+    if not (-0.5 <= intrinsics.cx <= size[0] - 0.5 and -0.5 <= intrinsics.cy <= size[1] - 0.5):
+        problems.append(f"json intrinsics principal point ({intrinsics.cx:g}, {intrinsics.cy:g}) lies outside the "
+                        f"{size[0]}x{size[1]} image")
+    if intrinsics.source == "fov-guess":
+        guess = fov_guess(tuple(size))
+        if (intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy) != (guess.fx, guess.fy, guess.cx, guess.cy):
+            problems.append(f"json intrinsics say fov-guess but are not the guess for a {size[0]}x{size[1]} image "
+                            f"({guess.fx:g}, {guess.cx:g}, {guess.cy:g})")
     return problems
 
 

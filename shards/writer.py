@@ -45,9 +45,10 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from core.errors import FitloopError
+from core.intrinsics import EXIF_IFD, resolve_intrinsics
 from shards.crop import box_to_crop, warp
 from shards.receipts import CHUNKS_DIR, chunk_digest, file_sha256, read_receipt, write_receipt
-from shards.sample import SAMPLE_FORMAT_VERSION, encode_sample
+from shards.sample import READABLE_SAMPLE_FORMATS, SAMPLE_FORMAT_VERSION, encode_sample
 from shards.schema import REJECT_COLUMNS, SCHEMA_VERSION, PersonRecord, Reject
 
 MANIFEST = "manifest.json"
@@ -145,19 +146,32 @@ def crop_record(record: PersonRecord, image: Image.Image, config: ShardConfig) -
     return buffer.getvalue(), image_to_crop
 
 
+def exif_tags(image: Image.Image) -> dict[int, Any]:
+    """An opened image's EXIF tags, number -> value: the main IFD's and the Exif IFD's (0x8769, where the focal
+    length tags live); empty when it has none or they do not parse."""
+    try:
+        exif = image.getexif()
+        return {**dict(exif), **dict(exif.get_ifd(EXIF_IFD))}
+    except Exception:  # a damaged EXIF block must not cost the sample: its intrinsics fall back to the guess
+        return {}
+
+
 class _ImageCache:
-    """The last decoded image: records of one image come together, so each image is decoded once."""
+    """The last decoded image and its EXIF tags: records of one image come together, so each image is decoded
+    once."""
 
     def __init__(self) -> None:
         self.path: Path | None = None
         self.image: Image.Image | None = None
+        self.exif: dict[int, Any] = {}
 
     def get(self, path: Path) -> Image.Image:
         if path != self.path:
             self.path, self.image = None, None
             with Image.open(path) as opened:
+                exif = exif_tags(opened)
                 image = opened.convert("RGB")  # decodes every pixel: a truncated file fails here
-            self.path, self.image = path, image
+            self.path, self.image, self.exif = path, image, exif
         return self.image
 
 
@@ -272,7 +286,8 @@ def _sample_members(record: PersonRecord, cache: _ImageCache, config: ShardConfi
         return Reject(dataset=record.dataset, split=record.split, source=record.image_path, record=record.record,
                       reason=reason, message=message, key=record.key)
     jpeg, image_to_crop = crop_record(record, image, config)
-    return encode_sample(record, jpeg, image_to_crop, config.crop_res, config.crop_margin)
+    intrinsics = resolve_intrinsics(record.intrinsics, cache.exif, image.size)
+    return encode_sample(record, jpeg, image_to_crop, config.crop_res, config.crop_margin, intrinsics, image.size)
 
 
 # --- The shard set --------------------------------------------------------------------------------------------
@@ -546,7 +561,8 @@ def load_manifest(shard_dir: Path) -> dict[str, Any]:
         raise ShardSetError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != "fitloop-shards":
         raise ShardSetError(f"{path} is not a fitloop shard manifest")
-    if manifest.get("sample_format_version") != SAMPLE_FORMAT_VERSION:
+    if manifest.get("sample_format_version") not in READABLE_SAMPLE_FORMATS:
         raise ShardSetError(f"{path}: sample format {manifest.get('sample_format_version')}, this fitloop reads "
-                            f"{SAMPLE_FORMAT_VERSION}; convert the dataset again with fitloop preprocess")
+                            f"{', '.join(map(str, READABLE_SAMPLE_FORMATS))}; convert the dataset again with "
+                            f"fitloop preprocess")
     return manifest

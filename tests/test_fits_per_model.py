@@ -95,16 +95,9 @@ def test_every_best_view_is_per_body_model(tmp_path):
 def test_old_tables_are_refused_until_relabelled(tmp_path, capsys, small_id):
     """A table written before ids were content digests (fits schema 1) holds <name>@<file digest> ids and the
     import's fixed smpl-neutral-10: it is refused with what to do, then relabelled per old id."""
-    field = FITS_SCHEMA.field("schema_version")
-    old_schema = FITS_SCHEMA.set(FITS_SCHEMA.get_field_index("schema_version"),
-                                 field.with_metadata({**field.metadata, SCHEMA_VERSION_META.encode(): b"1"}))
     path = tmp_path / "old"
-    DeltaTable.create(str(path), old_schema)
-    old = pa.concat_tables([rows(["lsp/a", "lsp/b"], [3.0, 4.0], "fitloop-open-small@e378763d87ac"),
-                            rows(["lsp/a"], None, "smpl-neutral-10", source="import")])
-    old = old.set_column(old.schema.get_field_index("schema_version"), "schema_version",
-                         pa.array(np.ones(3, np.int16))).cast(old_schema)
-    write_deltalake(str(path), old, mode="append")
+    write_old_table(path, pa.concat_tables([rows(["lsp/a", "lsp/b"], [3.0, 4.0], "fitloop-open-small@e378763d87ac"),
+                                            rows(["lsp/a"], None, "smpl-neutral-10", source="import")]), 1)
 
     with pytest.raises(FitsTableError, match=r"schema version 1: its fits name their body model by file .* "
                                              r"`fitloop fits relabel"):
@@ -123,6 +116,20 @@ def test_old_tables_are_refused_until_relabelled(tmp_path, capsys, small_id):
     assert table.best(body_model_id=small_id)["loss"].to_pylist() == [3.0, 4.0]
     assert set(table.log(version=1)["body_model_id"].to_pylist()) == {"fitloop-open-small@e378763d87ac",
                                                                       "smpl-neutral-10"}  # history kept
+
+
+def write_old_table(path: Path, fits: pa.Table, version: int) -> None:
+    """A fits table as schema ``version`` (1 or 2) wrote it: the columns before the frame columns, its version in
+    the schema's metadata."""
+    columns = [f for f in FITS_SCHEMA if f.name not in ("frame", "intrinsics")]
+    at = [f.name for f in columns].index("schema_version")
+    columns[at] = columns[at].with_metadata({**columns[at].metadata, SCHEMA_VERSION_META.encode(): str(version)})
+    old_schema = pa.schema(columns)
+    DeltaTable.create(str(path), old_schema)
+    old = fits.drop_columns(["frame", "intrinsics"])
+    old = old.set_column(old.schema.get_field_index("schema_version"), "schema_version",
+                         pa.array(np.full(old.num_rows, version, np.int16))).cast(old_schema)
+    write_deltalake(str(path), old, mode="append")
 
 
 # --- seeding ------------------------------------------------------------------------------------------------------

@@ -66,6 +66,7 @@ def test_schema_is_pinned():
         ("key", "string", False), ("dataset", "string", False),
         ("pose", "fixed_size_list<item: float>[72]", False), ("betas", "fixed_size_list<item: float>[10]", False),
         ("betas_extreme", "bool", False), ("cam_t", "fixed_size_list<item: float>[3]", True),
+        ("frame", "string", False), ("intrinsics", "fixed_size_list<item: float>[4]", True),
         ("loss", "float", True), ("reprojection_loss", "fixed_size_list<item: float>[49]", True),
         ("pose_prior", "float", True), ("angle_prior", "float", True), ("shape_prior", "float", True),
         ("iterations", "int32", True), ("valid", "bool", True), ("source", "string", False),
@@ -95,8 +96,10 @@ def test_batch_derives_dataset_loss_valid_and_spin_beta_flag(tmp_path):
 @pytest.mark.parametrize("change, message", [
     (lambda t: t.set_column(0, "key", pa.array(["lsp/im0001.jpg"])), "malformed key"),
     (lambda t: t.set_column(1, "dataset", pa.array(["coco"])), "dataset other than"),
-    (lambda t: t.set_column(13, "source", pa.array(["guess"])), "source outside"),
-    (lambda t: t.set_column(6, "loss", pa.array([np.nan], pa.float32())), "NaN or infinite"),
+    (lambda t: t.set_column(15, "source", pa.array(["guess"])), "source outside"),
+    (lambda t: t.set_column(8, "loss", pa.array([np.nan], pa.float32())), "NaN or infinite"),
+    (lambda t: t.set_column(6, "frame", pa.array(["world"])), "frame outside"),
+    (lambda t: t.set_column(6, "frame", pa.array(["image"])), "frame image without intrinsics"),
     (lambda t: t.set_column(4, "betas_extreme", pa.array([True])), "betas_extreme inconsistent"),
     (lambda t: t.drop_columns(["time"]), "columns"),
 ])

@@ -1,5 +1,6 @@
 """`fitloop fits …`: the versioned fits table: versions, one key's best fit and history, diffs, seeding, SPIN
-interchange, maintenance. A best fit is per body model: where a table holds several, name one with ``--model``."""
+interchange, maintenance. A best fit is per body model and per frame (crop or image): where a table holds several,
+name one with ``--model`` / ``--frame``."""
 from __future__ import annotations
 
 import argparse
@@ -36,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show = table_command("show", "the best fit of one key and every fit of it in the log", cmd_show)
     show.add_argument("key", help="sample key, e.g. lsp/im1001")
     _model_options(show, "whose best fit to show (needed when the key has fits of several)")
+    _frame_option(show, "whose best fit to show (needed when the key has fits of both)")
     _at_options(show)
     show.add_argument("--json", action="store_true", help="print JSON (pose and betas included)")
 
@@ -43,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     diff.add_argument("v1", type=int)
     diff.add_argument("v2", type=int)
     _model_options(diff, "whose fits to compare (needed when the versions hold several)")
+    _frame_option(diff, "whose fits to compare (needed when the versions hold both)")
     diff.add_argument("--json", action="store_true")
 
     seed = commands.add_parser(
@@ -59,6 +62,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     seed.add_argument("--batch-size", type=int, default=64, help="samples per SMPLify call and Dask task")
     seed.add_argument("--keys", nargs="+", default=None, help="fit only these sample keys")
     seed.add_argument("--run-id", default="seed", help="the run id every row names (default: seed)")
+    seed.add_argument("--frame", choices=("crop", "image"), default="crop",
+                      help="the camera to fit with: crop (default): SPIN's fit frame, the 224 px crop with focal "
+                           "5000 px; image: each sample's original image camera (its stored intrinsics: the "
+                           "dataset's, EXIF, or the field-of-view guess). Fits of each frame are kept apart")
     seed.add_argument("--workers", type=int, default=None,
                       help="worker processes of the local Dask cluster (default: one per core; 0: fit in this "
                            "process, no Dask)")
@@ -89,6 +96,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--dataset", default=None, help="key prefix (default: from the .npz file name)")
     export.add_argument("--fill-missing", action="store_true", help="write zeros for rows without a fit")
     _model_options(export, "whose fits to write (needed when the table holds several)")
+    _frame_option(export, "whose fits to write with --parquet (SPIN's .npy takes crop-frame fits only)")
     _at_options(export)
 
     compact = table_command("compact", "rewrite the table to its best fits, one row per key and body model "
@@ -101,6 +109,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="versions younger than this stay readable (default 168, a week)")
     vacuum.add_argument("--dry-run", action="store_true", help="only list the files")
 
+    upgrade = table_command("upgrade", "bring a table of fits schema version 2 to version 3 (a new version): its "
+                                       "fits say they are crop-frame fits, which all of them are", cmd_upgrade)
+    upgrade.add_argument("--json", action="store_true")
+
     relabel = table_command("relabel", "name the body models of a table written before fits named them by content "
                                        "(schema version 1): list its ids, or map each to its model", cmd_relabel)
     relabel.add_argument("--map", action="append", default=[], metavar="OLD_ID=MODEL",
@@ -112,6 +124,12 @@ def _model_options(command: argparse.ArgumentParser, what: str) -> None:
     command.add_argument("--model", default=None, help=f"{MODEL_HELP}: {what}")
     command.add_argument("--joint-regressor-extra", type=Path, default=None,
                          help="SPIN's J_regressor_extra.npy the model file is loaded with (it changes the id)")
+
+
+def _frame_option(command: argparse.ArgumentParser, what: str) -> None:
+    command.add_argument("--frame", choices=("crop", "image"), default=None,
+                         help=f"the camera frame of the fits (crop: SPIN's fit frame; image: the original image's "
+                              f"camera): {what}")
 
 
 def _at_options(command: argparse.ArgumentParser) -> None:
@@ -164,7 +182,7 @@ def stages(desc: str, names: tuple[str, ...]) -> Iterator[Callable[[str], None]]
 
 def _row(row: dict, full: bool) -> dict:
     """A fit row as json-able values; without ``full``, the arrays are left out."""
-    arrays = ("pose", "betas", "cam_t", "reprojection_loss")
+    arrays = ("pose", "betas", "cam_t", "intrinsics", "reprojection_loss")
     out = {name: value for name, value in row.items() if full or name not in arrays}
     if out.get("time") is not None:
         out["time"] = out["time"].isoformat()
@@ -200,10 +218,11 @@ def cmd_show(args: argparse.Namespace) -> int:
     history = table.history(args.key, **_at(args))
     if history.num_rows == 0:
         raise FitloopError(f"{args.table} has no fit for {args.key!r}")
-    best = best_of(history, model, where=f"{args.table}, key {args.key}").to_pylist()
+    best = best_of(history, model, frame=args.frame, where=f"{args.table}, key {args.key}").to_pylist()
     if not best:
-        raise FitloopError(f"{args.table} has no fit of body model {model} for {args.key!r}; its fits are of "
-                           f"{', '.join(body_model_counts(history))}")
+        raise FitloopError(f"{args.table} has no fit of body model {model or 'any'} in frame {args.frame or 'any'} "
+                           f"for {args.key!r}; its fits are of {', '.join(body_model_counts(history))}, in frames "
+                           f"{', '.join(sorted(set(history['frame'].to_pylist())))}")
     best = best[0]
     rows = history.to_pylist()
     if args.json:
@@ -216,11 +235,15 @@ def cmd_show(args: argparse.Namespace) -> int:
           f"fit config {best['fit_config_hash']}")
     print(f"  betas {' '.join(f'{b:.3f}' for b in best['betas'])}")
     print(f"  global orientation {' '.join(f'{p:.3f}' for p in best['pose'][:3])} (axis-angle, rad)")
+    cam_t = "none" if best["cam_t"] is None else " ".join(f"{v:.3f}" for v in best["cam_t"])
+    camera = ("SPIN's crop frame (224 px, focal 5000 px)" if best["frame"] == "crop" else
+              "the image's camera fx {:.1f} fy {:.1f} cx {:.1f} cy {:.1f} px".format(*best["intrinsics"]))
+    print(f"  cam_t {cam_t} m, in {camera}")
     print(f"history ({len(rows)} fit(s), oldest first):")
     for r in rows:
         loss = "unscored" if r["loss"] is None else f"{r['loss']:.3f}"
         print(f"  {r['time'].isoformat()}  loss {loss:>10}  {r['source']:<6} run {r['run_id']}{_when(r, ' ')}  "
-              f"model {r['body_model_id']}")
+              f"model {r['body_model_id']}  {r['frame']} frame")
     return 0
 
 
@@ -235,13 +258,15 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from fits.table import FitsTable
 
     diff = FitsTable.open(args.table).diff(args.v1, args.v2,
-                                           body_model_id=model_id(args.model, args.joint_regressor_extra))
+                                           body_model_id=model_id(args.model, args.joint_regressor_extra),
+                                           frame=args.frame)
     if args.json:
         print(json.dumps(diff))
         return 0
     drop = diff["loss_decrease"]
     print(f"version {diff['from_version']} -> {diff['to_version']}: {diff['keys_before']} -> {diff['keys_after']} keys"
-          + (f" of body model {diff['body_model_id']}" if diff["body_model_id"] else ""))
+          + (f" of body model {diff['body_model_id']}" if diff["body_model_id"] else "")
+          + (f", {diff['frame']} frame" if diff["frame"] else ""))
     print(f"  improved {diff['improved']} (of which newly scored {diff['newly_scored']}), added {diff['added']}, "
           f"unchanged {diff['unchanged']}, worse {diff['worse']}, removed {diff['removed']}")
     print(f"  loss decrease (px²): mean {drop['mean']:.3f}, median {drop['median']:.3f}, max {drop['max']:.3f}, "
@@ -261,7 +286,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise FitloopError(f"--batch-size must be >= 1, got {args.batch_size}")
     config = SeedConfig(body_model=args.body_model, batch_size=args.batch_size, run_id=args.run_id,
-                        joint_regressor_extra=args.joint_regressor_extra,
+                        joint_regressor_extra=args.joint_regressor_extra, frame=args.frame,
                         **({"pose_prior": args.pose_prior} if args.pose_prior else {}))
     total = len(set(args.keys)) if args.keys else sum(s.samples for s in list_shards(args.shards))
     with tqdm(total=total, desc="seed fits", unit="fit", file=sys.stderr, disable=None) as bar:
@@ -277,8 +302,8 @@ def cmd_seed(args: argparse.Namespace) -> int:
         print(json.dumps(asdict(result)))
         return 0
     version = f"version {result.versions[0]}" if result.versions else "no new version"
-    print(f"{args.table}: {result.fitted} samples fitted with {result.body_model_id} (fit config "
-          f"{result.fit_config_hash}), {result.appended} fits appended ({version}), mean loss "
+    print(f"{args.table}: {result.fitted} samples fitted with {result.body_model_id} in the {args.frame} frame (fit "
+          f"config {result.fit_config_hash}), {result.appended} fits appended ({version}), mean loss "
           f"{result.mean_loss:.2f} px²")
     return 0
 
@@ -316,7 +341,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.parquet is not None:
         with stages("export", ("best", "write")) as on_stage:
             on_stage("best")
-            best = table.best(**_at(args), dataset=args.dataset, body_model_id=model)
+            best = table.best(**_at(args), dataset=args.dataset, body_model_id=model, frame=args.frame)
             on_stage("write")
             args.parquet.parent.mkdir(parents=True, exist_ok=True)
             tmp = args.parquet.with_name(f".{args.parquet.name}.tmp")
@@ -324,6 +349,9 @@ def cmd_export(args: argparse.Namespace) -> int:
             tmp.replace(args.parquet)
         print(f"wrote {best.num_rows} best fits to {args.parquet}")
         return 0
+    if args.frame == "image":
+        raise FitloopError("SPIN's fits file holds crop-frame fits only (its camera is the 224 px crop's); export "
+                           "image-frame fits with --parquet")
     with stages("export", ("keys", "best", "write")) as on_stage:
         summary = export_spin(table, args.spin_npz, args.out, dataset=args.dataset, fill_missing=args.fill_missing,
                               body_model_id=model, on_stage=on_stage, **_at(args))
@@ -340,7 +368,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
         version = table.compact(on_stage=on_stage)
     rows = next(v["rows"] for v in table.versions() if v["version"] == version)
     print(json.dumps({"version": version, "rows": rows}) if args.json else
-          f"compacted to version {version}: {rows} rows, one per key and body model")
+          f"compacted to version {version}: {rows} rows, one per key, body model and frame")
     return 0
 
 
@@ -351,6 +379,20 @@ def cmd_vacuum(args: argparse.Namespace) -> int:
     print(f"{'would delete' if args.dry_run else 'deleted'} {len(removed)} file(s)")
     for path in removed:
         print(f"  {path}")
+    return 0
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    from fits.table import upgrade_table
+
+    result = upgrade_table(args.table)
+    if args.json:
+        print(json.dumps(result))
+    elif result["version"] is None:
+        print(f"{args.table}: already fits schema version 3, nothing to do")
+    else:
+        print(f"{args.table}: version {result['version']}, {result['rows']} rows of schema version "
+              f"{result['from_version']} now say they are crop-frame fits (schema version 3)")
     return 0
 
 

@@ -77,6 +77,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help='body model to pose the fits with: "open" (default) or a real SMPL .pkl/.npz')
     render.add_argument("--joint-regressor-extra", type=Path, default=None,
                         help="SPIN's J_regressor_extra.npy, with a real SMPL model")
+    render.add_argument("--frame", choices=("crop", "image"), default=None,
+                        help="draw the best fits of this frame (crop: SPIN's fit frame; image: the original image's "
+                             "camera); needed when the table holds fits of both")
     render.add_argument("--size", type=int, default=None, metavar="PX",
                         help="side of each panel, px (default: the stored crop's)")
     render.add_argument("--columns", type=int, default=None, help="contact sheet columns (default: a square grid)")
@@ -148,6 +151,20 @@ def _json_row(row: dict) -> dict:
     return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
 
 
+def _describe_intrinsics(sample) -> str:
+    """One line on the sample's original-image intrinsics and their source (format-1 samples: the guess)."""
+    from core.errors import FitloopError
+    from shards.sample import SampleFormatError
+
+    try:
+        k = sample.intrinsics
+    except SampleFormatError as err:
+        raise FitloopError(str(err)) from None
+    stored = "" if "intrinsics" in sample.meta else " (not stored: shard format 1)"
+    return (f"fx {k.fx:.2f} fy {k.fy:.2f} cx {k.cx:.2f} cy {k.cy:.2f} px, {k.source}{stored}: {k.detail}"
+            if k.detail else f"fx {k.fx:.2f} fy {k.fy:.2f} cx {k.cx:.2f} cy {k.cy:.2f} px, {k.source}{stored}")
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from core.joints import JOINT_NAMES
     from shards.lookup import find_samples
@@ -162,7 +179,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         version = args.version if args.version is not None else latest_version(table)
         history = fit_histories(table, [args.key], version)[args.key]
     if args.json:
-        print(json.dumps({"key": sample.key, "meta": sample.meta, "keypoints_2d": sample.keypoints_2d.tolist(),
+        _describe_intrinsics(sample)  # a sample without intrinsics or image size: one line, not a traceback
+        print(json.dumps({"key": sample.key, "meta": sample.meta, "intrinsics": sample.intrinsics.to_json(),
+                          "keypoints_2d": sample.keypoints_2d.tolist(),
                           "keypoints_crop": sample.keypoints_crop.tolist(),
                           "history": None if history is None else [_json_row(r) for r in history]}))
         return 0
@@ -175,6 +194,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     crop = meta["crop"]
     print(f"  stored crop {crop['res']} px covering {crop['margin']:g} boxes (the box at {crop['box_side']:.1f} px), "
           f"SMPL {meta['has_smpl']}, 3D joints {meta['has_joints_3d']}")
+    print(f"  camera {_describe_intrinsics(sample)}")
     if meta["extra"]:
         print(f"  extra {json.dumps(meta['extra'])}")
     present = sample.keypoints_2d[:, 2] > 0
@@ -196,9 +216,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         cam = "—" if r["cam_t"] is None else " ".join(f"{v:.3f}" for v in r["cam_t"])
         when = "".join(f" {what} {r[what]}" for what in ("epoch", "step") if r[what] is not None)  # seeds: none
         print(f"  {'*' if i in best else ' '} {r['time'].isoformat(timespec='seconds')}  loss {loss:>9} px²  "
-              f"{r['source']:<6} run {r['run_id']}{when}  cam_t {cam}  model {r['body_model_id'] or '—'}")
+              f"{r['source']:<6} run {r['run_id']}{when}  cam_t {cam} ({r['frame']} frame)  "
+              f"model {r['body_model_id'] or '—'}")
     if best:
-        print("  (* the best fit of its body model, the one the table serves: lowest loss, then earliest)")
+        print("  (* the best fit of its body model and frame, the one the table serves: lowest loss, then earliest)")
     return 0
 
 
@@ -226,9 +247,9 @@ def cmd_render(args: argparse.Namespace) -> int:
         table = FitsTable.open(args.fits)
         now = latest_version(table)
         model = load_body_model(args.model, joint_regressor_extra=args.joint_regressor_extra)
-        latest = best_fits(table, keys, now, body_model_id=model.model_id)
-        older = (best_fits(table, keys, args.version, body_model_id=model.model_id) if args.version is not None
-                 else None)
+        latest = best_fits(table, keys, now, body_model_id=model.model_id, frame=args.frame)
+        older = (best_fits(table, keys, args.version, body_model_id=model.model_id, frame=args.frame)
+                 if args.version is not None else None)
         histories = fit_histories(table, keys, now) if suffix == ".html" else None
     pictures = []
     with bar(len(samples), "drawing", "sample") as progress:

@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from core.errors import FitloopError
+from core.intrinsics import Intrinsics
 from core.joints import J24_OFFSET, JOINT_NAMES, NUM_JOINTS, indices
 from shards.schema import PersonRecord, Reject
 
@@ -198,13 +199,15 @@ class RecordBuilder:
                center: np.ndarray | None, scale: float | None, keypoints_2d: np.ndarray,
                expected_size: tuple[int, int] | None = None, joints_3d: np.ndarray | None = None,
                smpl_pose: np.ndarray | None = None, smpl_betas: np.ndarray | None = None,
-               has_smpl: bool = False, extra: Mapping[str, Any] | None = None) -> Output:
+               has_smpl: bool = False, intrinsics: Intrinsics | None = None,
+               extra: Mapping[str, Any] | None = None) -> Output:
         """Check one candidate (module docstring) and build its record.
 
         Args:
             keypoints_2d: (49, 3) x, y in 0-based px of the original image + confidence; not modified.
             center: (2,) px or None when the source gives no box; scale: box side / 200.
             expected_size: (width, height) the annotation states, checked against the file when it is opened.
+            intrinsics: the dataset's camera of the image (source "dataset"), when it has calibrated ones.
             The rest: as in `PersonRecord`.
         """
         where = dict(source=source, record=record, key=key)
@@ -254,7 +257,7 @@ class RecordBuilder:
             dataset=self.dataset, split=self.split, key=key, source=source, record=record,
             image_path=image_path, image_root=image_root, image_size=info.size, center=center, scale=scale,
             keypoints_2d=kp, joints_3d=joints_3d, smpl_pose=smpl_pose, smpl_betas=smpl_betas, has_smpl=has_smpl,
-            extra=extra)
+            intrinsics=intrinsics, extra=extra)
 
     def _joint_problem(self, kp: np.ndarray) -> tuple[str, str] | None:
         """(reason, message) when the annotated joints fail ``min_joints`` or ``require_joints``, else None."""

@@ -23,6 +23,10 @@ skipped, as SPIN skips them (SPIN compares the whole name with ``_ALL``; ``_ALL 
   six extrinsics at ``6·((k−1)·11 + n−1)`` (rotation angles a, b, c in radians with ``R = Rx(a)·Ry(b)·Rz(c)``,
   then T in mm), and for camera k nine intrinsics at ``264 + 9·(k−1)`` (f 2, c 2, k 3, p 2).
 
+Every record of a camera with parameters carries its **intrinsics** (f, c in px: `PersonRecord.intrinsics`,
+source "dataset"), which the shards store so that fits can be made in that camera (`core.frames`); the
+distortion (k, p) stays in ``extra["camera_params"]`` and is not applied by fitloop's pinhole fits.
+
 Projection with distortion is Human3.6M's own model (as 3d-pose-baseline implements it): ``x = X/Z``,
 ``r² = |x|²``, ``x' = x·(1 + k1 r² + k2 r⁴ + k3 r⁶ + p1 y + p2 x) + (p2, p1)·r²``, ``u = f·x' + c``.
 
@@ -58,7 +62,7 @@ from __future__ import annotations
 import math
 import string
 import xml.etree.ElementTree as ElementTree
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
@@ -66,6 +70,7 @@ import cdflib
 import h5py
 import numpy as np
 
+from core.intrinsics import Intrinsics
 from core.joints import H36M_JOINTS, to_canonical
 from core.pinhole import pinhole
 from pipelines.adapters.base import (
@@ -154,7 +159,8 @@ class H36mConfig(CheckConfig):
 class Camera:
     """One Human3.6M camera: world → camera ``X = R (P − T)``; intrinsics f, c (px), distortion k (3), p (2).
 
-    R (3, 3); T (3,) mm, the camera centre in the world; name: the camera's serial.
+    R (3, 3); T (3,) mm, the camera centre in the world; name: the camera's serial; file: the file it was read
+    from ("" when made in memory).
     """
 
     name: str
@@ -164,6 +170,7 @@ class Camera:
     c: np.ndarray
     k: np.ndarray
     p: np.ndarray
+    file: str = ""
 
     def to_camera(self, points_world: np.ndarray) -> np.ndarray:
         """World points (..., 3) mm -> camera frame (..., 3) mm."""
@@ -183,6 +190,15 @@ class Camera:
         """Intrinsics for ``extra["camera"]`` (json-able)."""
         return {"name": self.name, "f": self.f.tolist(), "c": self.c.tolist(), "k": self.k.tolist(),
                 "p": self.p.tolist()}
+
+    def intrinsics(self, subject: str) -> Intrinsics:
+        """The pinhole part (f, c) as a record's intrinsics (source "dataset"), for ``subject``'s records. The
+        distortion (k, p) is not part of them: it stays in ``extra["camera_params"]``."""
+        distorted = bool(np.any(self.k) or np.any(self.p))
+        where = f" in {self.file}" if self.file else ""
+        return Intrinsics(float(self.f[0]), float(self.f[1]), float(self.c[0]), float(self.c[1]), source="dataset",
+                          detail=f"Human3.6M camera {self.name} of {subject}{where}"
+                                 + (" (its lens distortion k, p not applied)" if distorted else ""))
 
 
 @dataclass(frozen=True)
@@ -338,8 +354,10 @@ class H36mAdapter:
 
         extra: dict[str, Any] = {"subject": seq.subject, "action": seq.action, "camera": seq.camera,
                                  "frame": frame}
+        intrinsics = None
         if camera is not None:
             extra["camera_params"] = camera.info()
+            intrinsics = camera.intrinsics(seq.subject)
         if masks is not None:
             extra["box_source"] = "mask"
             box = masks.box(frame)
@@ -355,7 +373,8 @@ class H36mAdapter:
         image_path = pattern.format(subject=seq.subject, action=seq.action, action_us=seq.action.replace(" ", "_"),
                                     camera=seq.camera, frame=frame, frame1=frame + 1)
         return builder.person(key=key, source=source, record=record, image_root=root, image_path=image_path,
-                              center=center, scale=scale, keypoints_2d=keypoints, joints_3d=joints_3d, extra=extra)
+                              center=center, scale=scale, keypoints_2d=keypoints, joints_3d=joints_3d,
+                              intrinsics=intrinsics, extra=extra)
 
 
 # --- File readers ----------------------------------------------------------------------------------------------
@@ -417,9 +436,9 @@ def load_cameras(path: Path) -> dict[tuple[str, str], Camera]:
     """
     try:
         if path.suffix.lower() in (".h5", ".hdf5"):
-            return _cameras_h5(path)
+            return {k: replace(c, file=path.name) for k, c in _cameras_h5(path).items()}
         if path.suffix.lower() == ".xml":
-            return _cameras_xml(path)
+            return {k: replace(c, file=path.name) for k, c in _cameras_xml(path).items()}
     except (OSError, KeyError, ValueError, ElementTree.ParseError) as err:
         raise DatasetError(f"cannot read Human3.6M cameras from {path}: {type(err).__name__}: {err}") from None
     raise DatasetError(f"cameras_file {path}: expected 3d-pose-baseline's cameras.h5 or the release's metadata.xml")

@@ -48,7 +48,10 @@ from pipelines.synthetic.scene import (
 from pipelines.synthetic.truth import write_truth
 from shards.schema import make_key
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2        # 2: COCO and MPII images carry their focal length in EXIF
+EXIF_DATASETS = ("coco", "mpii")  # their JPEGs carry the true focal length in EXIF (`paint.camera_exif`), as a
+                                  # camera writes it; LSP's and LSPET's (resized crops) and Human3.6M's (video
+                                  # frames, cameras in their own files) carry none
 SYNTH_FILE = "fitloop_synth.json"
 FILL = (0.55, 0.92)          # a body's height as a share of its image (slot) height
 PITCH_DEG, ROLL_DEG = 12.0, 5.0
@@ -215,7 +218,8 @@ def _plan_single(name: str, root: Path, config: SynthConfig, model: BodyModel, p
         truncate = k == 1 and name in ("coco", "mpii") and rng.random() < config.truncated_share
         path, ids = _single_ids(name, root, i, i >= val_from)
         picture = Picture(path=path, size=size, focal=(focal, focal), principal=principal,
-                          background_seed=int(rng.integers(2 ** 31)), jpeg_quality=config.jpeg_quality)
+                          background_seed=int(rng.integers(2 ** 31)), jpeg_quality=config.jpeg_quality,
+                          exif=name in EXIF_DATASETS)
         for r in range(k):
             n = len(people)
             slot = (r * width / k, (r + 1) * width / k)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from core.intrinsics import EXIF_IFD, EXIF_TAGS
 from core.joints import SMPL_JOINT_NAMES
 from render.raster import rasterize
 
@@ -48,7 +49,7 @@ class Body:
 @dataclass
 class Picture:
     """One image to write: path, (width, height) px, pinhole focal (fx, fy) and principal point (cx, cy) px,
-    the background's seed, and its bodies."""
+    the background's seed, and its bodies; with ``exif`` the JPEG carries its focal length in EXIF (`camera_exif`)."""
 
     path: Path
     size: tuple[int, int]
@@ -57,6 +58,29 @@ class Picture:
     background_seed: int
     bodies: list[Body] = field(default_factory=list)
     jpeg_quality: int = 90
+    exif: bool = False
+
+
+SENSOR_WIDTH_MM = 36.0  # the virtual sensor of `camera_exif`: a full-frame sensor's long side spans the image's
+
+
+def camera_exif(picture: Picture) -> Image.Exif:
+    """The EXIF a camera with the picture's focal length writes: ``FocalLength`` (mm) and
+    ``FocalPlaneX/YResolution`` (px per cm, ``FocalPlaneResolutionUnit`` 3) of a virtual sensor whose
+    `SENSOR_WIDTH_MM` span the image's longer side, and ``PixelX/YDimension``, in the Exif IFD (0x8769);
+    `core.intrinsics.intrinsics_from_exif` gives the focal length back in px. No 35 mm-equivalent tag: it is a
+    whole number of mm, and the truth is exact."""
+    width, height = picture.size
+    pitch_mm = SENSOR_WIDTH_MM / max(width, height)
+    exif = Image.Exif()
+    ifd = exif.get_ifd(EXIF_IFD)
+    ifd[EXIF_TAGS["FocalLength"]] = picture.focal[0] * pitch_mm
+    ifd[EXIF_TAGS["FocalPlaneXResolution"]] = 10.0 / pitch_mm
+    ifd[EXIF_TAGS["FocalPlaneYResolution"]] = 10.0 / pitch_mm * picture.focal[1] / picture.focal[0]
+    ifd[EXIF_TAGS["FocalPlaneResolutionUnit"]] = 3
+    ifd[EXIF_TAGS["PixelXDimension"]] = width
+    ifd[EXIF_TAGS["PixelYDimension"]] = height
+    return exif
 
 
 @dataclass(frozen=True)
@@ -129,7 +153,8 @@ def paint(picture: Picture) -> list[Silhouette]:
         body_index = np.where(drawn, face_index // len(_FACES), -1)
         silhouettes = [_silhouette(body_index == i) for i in range(count)]
     picture.path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas).save(picture.path, quality=picture.jpeg_quality)
+    extra = {"exif": camera_exif(picture)} if picture.exif else {}
+    Image.fromarray(canvas).save(picture.path, quality=picture.jpeg_quality, **extra)
     return silhouettes
 
 
