@@ -47,7 +47,7 @@ FITS_SCHEMA_VERSION = 3
 NUM_POSE, NUM_BETAS = 72, 10
 BETAS_EXTREME_SIGMA = 3.0     # SPIN: any |β| > 3 → all betas of that fit are zeroed for training
 VALID_LOSS_THRESHOLD = 100.0  # SPIN's smplify_threshold: a fit supervises only when loss < this (px²)
-SOURCES = ("seed", "loop", "import")
+SOURCES = ("seed", "loop", "import", "fit3d")
 FRAMES = ("crop", "image")    # the camera a fit's cam_t is in (module docstring)
 NUM_INTRINSICS = 4            # fx, fy, cx, cy
 

@@ -66,6 +66,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="the camera to fit with: crop (default): SPIN's fit frame, the 224 px crop with focal "
                            "5000 px; image: each sample's original image camera (its stored intrinsics: the "
                            "dataset's, EXIF, or the field-of-view guess). Fits of each frame are kept apart")
+    seed.add_argument("--mode", choices=("2d", "3d"), default="2d",
+                      help="2d (default): SMPLify on the keypoints from the mean pose; 3d: pseudo-ground-truth fits "
+                           "to the samples' 3D joints (Human3.6M), one shape per subject, scored by the same "
+                           "fitting loss (source fit3d; samples without 3D joints are left out)")
+    seed.add_argument("--temporal-weight", type=float, default=0.0,
+                      help="mode 3d: smoothness of consecutive frames' body poses (1/rad; 0: off; the benchmark "
+                           "uses 300)")
+    seed.add_argument("--shape-frames", type=int, default=64,
+                      help="mode 3d: samples per subject its one shape is fitted on (default 64)")
     seed.add_argument("--workers", type=int, default=None,
                       help="worker processes of the local Dask cluster (default: one per core; 0: fit in this "
                            "process, no Dask)")
@@ -285,8 +294,11 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise FitloopError(f"--batch-size must be >= 1, got {args.batch_size}")
+    from fitting.fit3d import Fit3DConfig
+
     config = SeedConfig(body_model=args.body_model, batch_size=args.batch_size, run_id=args.run_id,
-                        joint_regressor_extra=args.joint_regressor_extra, frame=args.frame,
+                        joint_regressor_extra=args.joint_regressor_extra, frame=args.frame, mode=args.mode,
+                        fit3d=Fit3DConfig(temporal_weight=args.temporal_weight), shape_frames=args.shape_frames,
                         **({"pose_prior": args.pose_prior} if args.pose_prior else {}))
     total = len(set(args.keys)) if args.keys else sum(s.samples for s in list_shards(args.shards))
     with tqdm(total=total, desc="seed fits", unit="fit", file=sys.stderr, disable=None) as bar:
@@ -302,9 +314,10 @@ def cmd_seed(args: argparse.Namespace) -> int:
         print(json.dumps(asdict(result)))
         return 0
     version = f"version {result.versions[0]}" if result.versions else "no new version"
-    print(f"{args.table}: {result.fitted} samples fitted with {result.body_model_id} in the {args.frame} frame (fit "
-          f"config {result.fit_config_hash}), {result.appended} fits appended ({version}), mean loss "
-          f"{result.mean_loss:.2f} px²")
+    left_out = f" ({result.without_3d} without 3D joints left out)" if args.mode == "3d" else ""
+    print(f"{args.table}: {result.fitted} samples fitted{left_out} with {result.body_model_id} in the {args.frame} "
+          f"frame from {'3D joints' if args.mode == '3d' else 'keypoints'} (fit config {result.fit_config_hash}), "
+          f"{result.appended} fits appended ({version}), mean loss {result.mean_loss:.2f} px²")
     return 0
 
 
