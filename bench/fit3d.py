@@ -225,12 +225,29 @@ def measure(fit: Fit3D, truth: Truth, result: Fit3DResult) -> dict[str, float]:
             "betas": float((result.subject_betas - truth.betas).norm(dim=-1).mean()), "jitter": jitter}
 
 
+COLUMNS = (("joints_abs", "joints"), ("pa_mpjpe", "PA-MPJPE"), ("mpjpe", "MPJPE"), ("v2v", "v2v"),
+           ("shape_v2v", "shape v2v"), ("betas", "betas err"), ("jitter", "jitter"), ("fits_per_s", "fits/s"))
+
+
+def table_header() -> str:
+    """The header of `table_row`'s lines (a markdown table)."""
+    names = [label for _, label in COLUMNS]
+    return "| poses | evidence | " + " | ".join(names) + " |\n|" + "---|" * (len(names) + 2)
+
+
+def table_row(source: str, condition: str, row: dict[str, float]) -> str:
+    """One markdown table line of a condition's metrics (NaN, e.g. jitter of independent frames: a dash)."""
+    cells = ["–" if v != v else f"{v:.1f}" for v in (row[key] for key, _ in COLUMNS)]
+    return f"| {source} | {condition} | " + " | ".join(cells) + " |"
+
+
 # (name, 3D joint noise in mm or None, views, keypoint noise px, config overrides, each frame its own shape)
 CONDITIONS: tuple[tuple[str, float | None, int, float, dict, bool], ...] = (
     ("3d, clean", 0.0, 0, 0.0, {}, False),
     ("3d, 10 mm", 10.0, 0, 0.0, {}, False),
     ("3d, 10 mm, shape per frame", 10.0, 0, 0.0, {}, True),
-    ("3d, 10 mm, temporal", 10.0, 0, 0.0, {"temporal_weight": 30.0}, False),
+    ("3d, 10 mm, dense solver", 10.0, 0, 0.0, {"solver": "dense"}, False),
+    ("3d, 10 mm, temporal 300", 10.0, 0, 0.0, {"temporal_weight": 300.0}, False),
     ("4 views, 2 px", None, 4, 2.0, {}, False),
     ("1 view, 2 px", None, 1, 2.0, {}, False),
     ("3d 10 mm + 4 views 2 px", 10.0, 4, 2.0, {}, False),
@@ -239,12 +256,17 @@ CONDITIONS: tuple[tuple[str, float | None, int, float, dict, bool], ...] = (
 
 def run(subjects: int = 4, frames: int = 32, model: str = "open", kinds=("cmu", "lsp"), seed: int = 0,
         progress: bool = True) -> dict:
-    """Every condition of `CONDITIONS` on every pose source; the JSON-able record."""
+    """Every condition of `CONDITIONS` on every pose source; the JSON-able record (``sources``: per source, per
+    condition, the metrics of the module docstring)."""
     body = load_body_model(model, dtype=torch.float64)
     prior = MaxMixturePrior.from_file(DEFAULT_PRIOR)
     base = Fit3D(body, prior)
     record = {"model": body.name, "subjects": subjects, "frames": frames, "threads": torch.get_num_threads(),
               "sources": {}}
+    if progress:
+        print(f"fit3d benchmark: {subjects} subjects x {frames} frames per pose source, {body.name} model, "
+              f"{torch.get_num_threads()} thread(s); mm unless named, betas err the L2 norm", flush=True)
+        print(table_header(), flush=True)
     for kind in kinds:
         truth = synthetic_subjects(base, subjects, frames, kind, seed)
         rows = {}
@@ -266,7 +288,6 @@ def run(subjects: int = 4, frames: int = 32, model: str = "open", kinds=("cmu", 
             row["fits_per_s"] = len(truth.pose) / seconds
             rows[name] = row
             if progress:
-                print(f"  {truth.source:<6} {name:<28} " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()),
-                      flush=True)
+                print(table_row(truth.source, name, row), flush=True)
         record["sources"][truth.source] = rows
     return record

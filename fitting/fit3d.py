@@ -521,7 +521,9 @@ class Fit3D:
         if layout.slots2 is not None:
             idx = layout.idx2
             views = ev.views
-            dproj = views.focal[:, :, None, :, None] * _projection_jacobian(terms.cam, 1.0)     # (F, V, n2, 2, 3)
+            cam = terms.cam                                                                     # (F, V, n2, 3)
+            dproj = _projection_jacobian(cam.flatten(0, 1), views.focal.flatten(0, 1)).reshape(
+                cam.shape[:3] + (2, 3))                                                         # (F, V, n2, 2, 3)
             a = dproj @ views.rotation[:, :, None]                                              # (F, V, n2, 2, 3)
             jac_pose = a @ d_pose[:, None, idx]                                                 # (F, V, n2, 2, 72)
             jac_f = torch.cat([jac_pose, a], -1).reshape(frames, -1, FRAME_PARAMS)
