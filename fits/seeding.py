@@ -18,6 +18,10 @@ instead would weigh the keypoints against the priors by how many px the person c
 full-image reprojection in crop coordinates.) Image-frame rows keep their intrinsics; the improvement rule and every
 best view are per frame (`fits.table`), so the two frames never replace each other's fits.
 
+**The mode** (`SeedConfig.mode`, ``fitloop fits seed --mode``): ``2d`` (default) is the SMPLify seeding above;
+``3d`` makes pseudo-ground-truth fits from the samples' 3D joints (`fits.seeding3d`: one shape per subject, rows
+with ``source="fit3d"``, scored by the same fitting loss), through the same table rule and in one commit too.
+
 **The improvement rule** is the table's (`fits.table.BestLosses`, SPIN's strict ``new_loss < opt_loss``), among
 the fits of the seeding body model only: a seed fit is appended when its key has no fit of that model, or when its
 loss is lower than that model's best (any scored loss beats an unscored imported fit); a NaN loss never improves.
