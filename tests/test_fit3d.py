@@ -147,16 +147,19 @@ def test_a_fit_with_either_solver_is_the_same(body, prior):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_known_subjects_are_recovered_from_their_3d_joints(fitter, seed):
-    """Two subjects, eight frames each, one shape each. Clean joints: measured 0.7-1.2 mm on the joints, 4.0-5.4 mm
-    per vertex of the rest shape (the directions of shape the 17 joints do not see stay at the prior's zero).
-    10 mm of noise per coordinate (15-16.5 mm per joint): 11.2-13.1 mm (0.73-0.79 of the noise), 4.3-7.8 mm
-    (seeds 0-4)."""
+    """Two subjects, eight frames each, one shape each. Clean joints: measured 0.7-1.1 mm on the joints, 4.5-13.3 mm
+    per vertex of the rest shape (the directions of shape the 17 joints do not see stay at the prior's zero), where
+    the mean shape is 36-62 mm off (ratio at most 0.34). 10 mm of noise per coordinate (15-16.5 mm per joint):
+    11.5-12.8 mm (0.73-0.78 of the noise), 5.2-12.7 mm per vertex (ratio at most 0.32); seeds 0-4, the open model
+    with the wider shape space (the earlier one: 4.0-5.4 and 4.3-7.8 mm)."""
     truth = synthetic_subjects(fitter, 2, 8, "prior", seed)
-    clean = measure(fitter, truth, fitter(observe(truth, 0.0, 0, seed=seed + 1)))
-    assert clean["joints_abs"] < 2.0 and clean["shape_v2v"] < 7.5
+    result = fitter(observe(truth, 0.0, 0, seed=seed + 1))
+    clean = measure(fitter, truth, result)
+    mean_shape = measure(fitter, truth, replace(result, subject_betas=torch.zeros_like(result.subject_betas)))
+    assert clean["joints_abs"] < 2.0 and clean["shape_v2v"] < min(16.0, 0.45 * mean_shape["shape_v2v"])
     evidence = observe(truth, 10.0, 0, seed=seed + 1)
     noisy = measure(fitter, truth, fitter(evidence))
-    assert noisy["joints_abs"] < 15.0 and noisy["shape_v2v"] < 10.0
+    assert noisy["joints_abs"] < 15.0 and noisy["shape_v2v"] < min(16.0, 0.45 * mean_shape["shape_v2v"])
     # the fit lands closer to the truth than the noisy joints it was given are
     given = (evidence.joints_3d[:, H36M_SLOTS, :3] - truth.joints[:, H36M_SLOTS]).norm(dim=-1).mean() * 1000
     assert noisy["joints_abs"] < 0.9 * float(given)
@@ -164,7 +167,8 @@ def test_known_subjects_are_recovered_from_their_3d_joints(fitter, seed):
 
 def test_one_shape_per_subject_beats_a_shape_per_frame(fitter):
     """The same noisy frames fitted with one shape per subject and with a shape per frame: sharing the shape
-    recovers it better (measured 4.3-7.8 vs 9.5-10.7 mm per rest-shape vertex, seeds 0-4; 5.0 vs 10.7 here). The
+    recovers it better (measured 5.2-12.7 vs 10.9-16.5 mm per rest-shape vertex, ratio 0.45-0.84 over seeds 0-4;
+    8.5 vs 10.9 here; the earlier, narrower shape space: 5.0 vs 10.7). The
     betas themselves are no measure: directions of shape that move the 17 joints by a few mm per unit are left to
     the prior either way."""
     truth = synthetic_subjects(fitter, 2, 8, "prior", seed=0)
@@ -172,7 +176,7 @@ def test_one_shape_per_subject_beats_a_shape_per_frame(fitter):
     shared = measure(fitter, truth, fitter(evidence))
     alone = fitter(replace(evidence, subject=None, previous=None))
     per_frame = measure(fitter, replace(truth, betas=truth.betas[truth.subject], subject=alone.subject), alone)
-    assert shared["shape_v2v"] < 0.7 * per_frame["shape_v2v"]
+    assert shared["shape_v2v"] < 0.9 * per_frame["shape_v2v"]
     assert alone.subject_betas.shape == (16, 10)
 
 

@@ -74,9 +74,10 @@ def test_only_samples_with_3d_joints_are_fitted_one_row_each(synth, seeded):
 
 
 def test_each_subject_keeps_one_shape_close_to_its_true_one(synth, seeded):
-    """All of a subject's rows (both frames) carry the same betas; its rest mesh lies within 10 mm per vertex of the
-    true one (measured 5.5 and 7.4 mm from 12 noise-free frames: the shape directions the 17 joints barely see stay
-    at the prior's zero)."""
+    """All of a subject's rows (both frames) carry the same betas; its rest mesh lies far closer to the true one than
+    the mean shape does: measured 11.1 and 9.7 mm per vertex against 64.8 and 63.5 mm for the mean shape (S1, S9;
+    the open model's wider shape space; the earlier one: 5.5 and 7.4 mm). From 12 noise-free frames the shape
+    directions the 17 joints barely see stay at the prior's zero."""
     table, _ = seeded
     truth = load_truth(synth / "h36m")
     body = load_body_model("open-small")
@@ -86,11 +87,12 @@ def test_each_subject_keeps_one_shape_close_to_its_true_one(synth, seeded):
         assert len(rows) == 12 * 2 and len(betas) == 1
         true_betas = {tuple(np.round(truth.get(r["key"])["betas"], 6)) for r in rows}
         assert len(true_betas) == 1  # the generator's one shape per subject
-        zero = torch.zeros(2, 69)
+        zero = torch.zeros(3, 69)
         with torch.no_grad():
-            rest = body(torch.tensor([list(betas)[0], list(true_betas)[0]], dtype=torch.float32), zero,
+            rest = body(torch.tensor([list(betas)[0], list(true_betas)[0], [0.0] * 10], dtype=torch.float32), zero,
                         zero[:, :3]).vertices
-        assert float((rest[0] - rest[1]).norm(dim=-1).mean()) < 0.010
+        fitted, mean = (float((rest[i] - rest[1]).norm(dim=-1).mean()) for i in (0, 2))
+        assert fitted < min(0.016, 0.3 * mean), (subject, fitted, mean)
 
 
 def test_image_frame_fits_are_the_true_bodies_in_the_camera(synth, seeded, samples):
