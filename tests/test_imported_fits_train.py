@@ -62,8 +62,8 @@ def test_imported_spin_fits_are_used_by_the_trainer_without_reseeding(setting, m
     supervised: dict[str, np.ndarray] = {}
     real_supervision = training.loop.supervision
 
-    def spy(chosen, batch, threshold):
-        targets = real_supervision(chosen, batch, threshold)
+    def spy(chosen, batch, threshold, fit_filter):
+        targets = real_supervision(chosen, batch, threshold, fit_filter)
         supervised.update(zip(batch.keys, targets.pose.detach().cpu().numpy()))
         return targets
 
