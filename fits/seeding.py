@@ -25,6 +25,10 @@ Fits of other body models play no part. So a second run over the same shards app
 second body model appends its fits whatever the first model's losses. ``missing_only`` fits only the keys without
 a fit of the model (imported ones included), as the trainer does before it starts.
 
+**The quality record** (`fitting.quality`, `fits.schema.QUALITY_COLUMNS`) of every seed fit is computed from the
+joints SMPLify returns, projected with the camera it fitted with, against the same fit-frame keypoints: per-part
+reprojection, facing; one candidate (SMPLify's pick).
+
 **fit_config_hash** (`fit_config_hash`), on every seed row and on the trainer's loop rows: what determines a fit,
 and nothing else. 16 hex digits of the SHA-256 of the canonical JSON (`fits.schema.config_hash`) of
 ``{"smplify": every field of SMPLifyConfig, "pose_prior": the content digest of the pose prior's mixture (means,
