@@ -29,6 +29,10 @@ Fits of other body models play no part. So a second run over the same shards app
 second body model appends its fits whatever the first model's losses. ``missing_only`` fits only the keys without
 a fit of the model (imported ones included), as the trainer does before it starts.
 
+**The quality record** (`fitting.quality`, `fits.schema.QUALITY_COLUMNS`) of every seed fit is computed from the
+joints SMPLify returns, projected with the camera it fitted with, against the same fit-frame keypoints: per-part
+reprojection, facing; one candidate (SMPLify's pick).
+
 **fit_config_hash** (`fit_config_hash`), on every seed row and on the trainer's loop rows: what determines a fit,
 and nothing else. 16 hex digits of the SHA-256 of the canonical JSON (`fits.schema.config_hash`) of
 ``{"smplify": every field of SMPLifyConfig, "pose_prior": the content digest of the pose prior's mixture (means,
@@ -56,6 +60,7 @@ from fitting.body_model import BodyModel, load_body_model
 from fitting.digest import content_digest
 from fitting.fit3d import Fit3D, Fit3DConfig
 from fitting.priors import DEFAULT_PRIOR, MaxMixturePrior, load_gmm
+from fitting.quality import fit_quality
 from fitting.smplify import SMPLify, SMPLifyConfig, mean_pose_start
 from shards.lookup import iter_samples
 from shards.reader import ShardInfo, iter_shard, list_shards
@@ -219,14 +224,16 @@ def sample_camera(sample: StoredSample, frame: str) -> tuple[np.ndarray, np.ndar
 def fit_keypoints(fitter: Fitter, batch: KeypointBatch) -> pa.Table:
     """Fit a batch's fit-frame keypoints from the mean pose with each sample's camera; the rows for the fits table
     (`FITS_SCHEMA`): canonical pose (the stored crop is never flipped or rotated), ``cam_t`` in the camera of the
-    fitter's frame, SMPLify's loss (fit-frame px²)."""
+    fitter's frame, SMPLify's loss (fit-frame px²), and each fit's quality record (`fitting.quality`: from the
+    joints SMPLify returns, projected with the camera it fitted with; one candidate, SMPLify's pick)."""
     device = next(iter(fitter.body.buffers())).device
     kp = torch.as_tensor(batch.keypoints, dtype=torch.float32, device=device)
     focal = torch.as_tensor(batch.focal, dtype=torch.float32, device=device)
     center = torch.as_tensor(batch.center, dtype=torch.float32, device=device)
     pose, betas, cam_t = mean_pose_start(fitter.body, kp, focal, center)
     result = fitter.smplify(kp, pose, betas, cam_t, center, start="mean", focal_length=focal)
-    return fits_from_smplify(result, batch.keys, fitter.provenance, intrinsics=batch.intrinsics)
+    quality = fit_quality(result.joints, result.cam_t, focal, center, kp)
+    return fits_from_smplify(result, batch.keys, fitter.provenance, intrinsics=batch.intrinsics, quality=quality)
 
 
 def fit_batch(batch: KeypointBatch, config: SeedConfig, threads: int | None = None) -> pa.Table:
