@@ -25,8 +25,9 @@ are, so its global orientation is that camera's and its translation is exact the
   (`core.camera.estimate_translation`), exactly what SPIN computes for its MoSh fits (``gt_cam_t``); pose and
   shape are the 3D fit's.
 
-**Loss.** Each row is scored as every fit in the table is: SPIN's fitting loss (`SMPLify.fitting_loss`, px²) on
-the sample's fit-frame keypoints in the row's camera. So pseudo-ground-truth fits and SMPLify's compete by the
+**Loss and quality record.** Each row is scored as every fit in the table is: SPIN's fitting loss
+(`SMPLify.fitting_loss`, px²) and the quality record (`fitting.quality.fit_quality`, one candidate) on the sample's
+fit-frame keypoints in the row's camera. So pseudo-ground-truth fits and SMPLify's compete by the
 table's one improvement rule (SPIN scores its MoSh fits the same way before its own fits may replace them).
 """
 from __future__ import annotations
@@ -44,6 +45,7 @@ from core.frames import FIT_CENTER, FIT_FOCAL, keypoints_in_fit_frame
 from core.joints import JOINT_INDEX
 from fits.schema import FitProvenance, fits_batch
 from fitting.fit3d import MIN_RIGID, Evidence, Fit3D
+from fitting.quality import fit_quality
 from fitting.smplify import SMPLify
 from shards.sample import StoredSample
 
@@ -153,15 +155,16 @@ def fit_3d_batch(fitter: Fitter3D, samples: list[Sample3D], shapes: dict[str, np
     keypoints = torch.as_tensor(np.stack([s.keypoints for s in samples]), dtype=dt, device=dev)
     focal = torch.as_tensor(np.stack([s.focal for s in samples]), dtype=dt, device=dev)
     center = torch.as_tensor(np.stack([s.center for s in samples]), dtype=dt, device=dev)
+    canonical = fit.skeleton(pose, betas_f).points[:, :keypoints.shape[1]]          # (B, 49, 3) model frame
     if fitter.frame == "image":
         cam_t = result.transl
     else:  # SPIN's gt_cam_t: the model's own joints, least squares onto the fit-frame keypoints
-        model_joints = fit.skeleton(pose, betas_f).points[:, :keypoints.shape[1]]
-        cam_t = estimate_translation(model_joints, keypoints, FIT_FOCAL, FIT_CENTER)
+        cam_t = estimate_translation(canonical, keypoints, FIT_FOCAL, FIT_CENTER)
     smplify_dtype = fitter.smplify.body.mixer.dtype
     reprojection = fitter.smplify.fitting_loss(*(t.to(smplify_dtype) for t in (pose, betas_f, cam_t, center,
                                                                               keypoints)),
                                                focal_length=focal.to(smplify_dtype))
+    quality = fit_quality(canonical, cam_t, focal, center, keypoints)  # one candidate: the 3D fit
     intrinsics = None if fitter.frame == "crop" else np.stack([s.intrinsics for s in samples])
 
     def host(tensor: torch.Tensor) -> np.ndarray:
@@ -170,4 +173,5 @@ def fit_3d_batch(fitter: Fitter3D, samples: list[Sample3D], shapes: dict[str, np
     return fits_batch([s.key for s in samples], host(pose), host(betas_f), fitter.provenance, cam_t=host(cam_t),
                       reprojection_loss=host(reprojection), intrinsics=intrinsics,
                       pose_prior=host(result.pose_prior), angle_prior=host(result.angle_prior),
-                      shape_prior=host(result.shape_prior[result.subject]), iterations=result.iterations)
+                      shape_prior=host(result.shape_prior[result.subject]), iterations=result.iterations,
+                      quality=quality)

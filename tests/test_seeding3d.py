@@ -136,6 +136,7 @@ def test_crop_frame_fits_keep_the_pose_and_take_spins_translation(seeded, sample
         want = estimate_translation(joints.double(), kp.double(), FIT_FOCAL, FIT_CENTER)[0]
         np.testing.assert_allclose(row["cam_t"], want.numpy(), atol=1e-4)
         assert row["loss"] < 12.0 and row["valid"]
+        assert row["candidates"] == 1 and row["facing"] > 0  # a quality record: one candidate, facing the keypoints
         assert abs(row["cam_t"][2] - image[k]["cam_t"][2]) > 10  # a 5000 px camera sees it from much farther
 
 
