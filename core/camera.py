@@ -1,4 +1,5 @@
-"""Pinhole cameras as SPIN uses them (batched, torch), and the two ways SMPLify's camera translation is initialised.
+"""Pinhole cameras as SPIN uses them (batched, torch), the two ways SMPLify's camera translation is initialised,
+and SPIN's least-squares translation of given joints onto fit-frame keypoints (`estimate_translation`).
 
 Frames and units: camera frame x right, y down, z forward (metres); pixels with (0, 0) at the top-left corner of
 the image. SPIN's *crop convention* renders a `FIT_RES` = 224 px crop with a fixed, fake focal length
@@ -14,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from core.frames import FIT_FOCAL, FIT_RES
+from core.frames import FIT_CENTER, FIT_FOCAL, FIT_RES
+from core.joints import J24_OFFSET
 from core.pinhole import pinhole
 
 
@@ -71,3 +73,31 @@ def translation_from_torso(joints: Tensor, keypoints: Tensor, focal: Tensor | fl
     mean2d = (keypoints[..., :2] * w[..., None]).sum(1) / n[:, None]
     xy = (mean2d - center) * (depth[:, None] + mean3d[:, 2:3]) / fxy - mean3d[:, :2]
     return torch.cat([xy, depth[:, None]], dim=-1)
+
+
+def estimate_translation(joints: Tensor, keypoints_px: Tensor, focal: float = FIT_FOCAL,
+                         center: float = FIT_CENTER, min_joints: int = 2) -> Tensor:
+    """SPIN's least-squares camera translation (B, 3) metres for model joints (B, 49, 3) and fit-frame keypoints
+    (B, 49, 3) px + confidence, from the 24 dataset joints (indices 25–48) weighted by √confidence.
+
+    With t = (tx, ty, tz), each joint gives two equations linear in t: f·(X + tx) = (u − c)·(Z + tz) and the
+    same for y; their weighted normal equations (3 × 3) are solved per example. Examples with fewer than
+    ``min_joints`` confident joints get t = (0, 0, 2f/224) (scale 1)."""
+    s = joints[:, J24_OFFSET:].to(torch.float64)
+    kp = keypoints_px[:, J24_OFFSET:].to(torch.float64)
+    w = kp[..., 2].clamp_min(0).sqrt()                              # (B, 24)
+    batch, n = w.shape
+    x, y, z = s.unbind(-1)
+    du, dv = kp[..., 0] - center, kp[..., 1] - center
+    zeros, fs = torch.zeros_like(x), torch.full_like(x, focal)
+    # rows: [f, 0, -(u-c)] t = (u-c) Z - f X ; [0, f, -(v-c)] t = (v-c) Z - f Y
+    a = torch.stack([torch.stack([fs, zeros, -du], -1), torch.stack([zeros, fs, -dv], -1)], 2)  # (B, N, 2, 3)
+    b = torch.stack([du * z - focal * x, dv * z - focal * y], -1)                              # (B, N, 2)
+    a = (a * w[..., None, None]).reshape(batch, 2 * n, 3)
+    b = (b * w[..., None]).reshape(batch, 2 * n)
+    prior = torch.tensor([0.0, 0.0, 2 * focal / FIT_RES], dtype=torch.float64, device=joints.device)
+    lhs = a.transpose(1, 2) @ a
+    lhs = lhs + torch.diag_embed(1e-9 * torch.diagonal(lhs, dim1=-2, dim2=-1) + 1e-9)  # keeps the solve defined
+    t = torch.linalg.solve(lhs, (a.transpose(1, 2) @ b[..., None])[..., 0])
+    enough = (kp[..., 2] > 0).sum(-1) >= min_joints
+    return torch.where(enough[:, None], t, prior.expand(batch, 3)).to(joints.dtype)

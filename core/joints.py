@@ -95,6 +95,19 @@ DATASET_JOINTS: dict[str, tuple[str, ...]] = {
 EVAL_J14: tuple[str, ...] = J24_NAMES[:12] + ("Neck (LSP)", "Head (H36M)")
 EVAL_J17: tuple[str, ...] = EVAL_J14 + ("Pelvis (MPII)", "Spine (H36M)", "Jaw (H36M)")
 
+# Body parts over the 24 dataset joints, each J24 joint in exactly one: what a fit's quality record measures its
+# reprojection by (`fitting.quality`), and the fits table's columns reprojection_<part>_px are named after.
+BODY_PARTS: dict[str, tuple[str, ...]] = {
+    "torso": ("Right Hip", "Left Hip", "Right Shoulder", "Left Shoulder", "Neck (LSP)", "Pelvis (MPII)",
+              "Thorax (MPII)", "Spine (H36M)"),
+    "head": ("Top of Head (LSP)", "Jaw (H36M)", "Head (H36M)", "Nose", "Left Eye", "Right Eye", "Left Ear",
+             "Right Ear"),
+    "left_arm": ("Left Elbow", "Left Wrist"),
+    "right_arm": ("Right Elbow", "Right Wrist"),
+    "left_leg": ("Left Knee", "Left Ankle"),
+    "right_leg": ("Right Knee", "Right Ankle"),
+}
+
 # Joints SPIN's SMPLify ignores in its body stage (hips of both kinds, and the OpenPose neck).
 SMPLIFY_IGNORED: tuple[str, ...] = ("OP Neck", "OP RHip", "OP LHip", "Right Hip", "Left Hip")
 

@@ -33,7 +33,9 @@ image's camera) has another translation and, off the optical axis, another globa
 exported as one of SPIN's; the export says so when that leaves rows without a fit.
 
 Imported fits are unscored (SPIN stores no loss: it re-scores the stored fit each step), so any scored fit of the
-same key and body model beats them, and importing the same file twice appends nothing. SPIN writes float64 fits of
+same key and body model beats them, and importing the same file twice appends nothing. They have no quality record
+(`fits.schema.QUALITY_COLUMNS` null: nothing was measured), so an export with a fit filter (`fits.quality`) leaves
+them out. SPIN writes float64 fits of
 float32 values; the table stores float32, and the import reports the largest rounding (0 for SPIN's own files), so
 that an import followed by an export gives back the same array.
 """
@@ -51,6 +53,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from core.spin import SPIN_NPZ_FILES
+from fits.quality import FitFilter, filter_rows
 from fits.schema import NUM_BETAS, NUM_POSE, FitProvenance, FitsTableError, fits_batch
 from fits.table import FitsTable
 from shards.schema import make_key
@@ -146,16 +149,17 @@ def import_spin(table: FitsTable, npz: Path, npy: Path, *, body_model_id: str, d
 
 def export_spin(table: FitsTable, npz: Path, out: Path, *, dataset: str | None = None, version: int | None = None,
                 timestamp: datetime | None = None, fill_missing: bool = False, body_model_id: str | None = None,
-                on_stage: Callable[[str], None] | None = None) -> dict:
+                fit_filter: FitFilter = FitFilter(), on_stage: Callable[[str], None] | None = None) -> dict:
     """Write one body model's best crop-frame fits of a version as SPIN's ``<ds>_fits.npy`` (N × 82 float64,
     row-aligned with ``npz``; module docstring: image-frame fits are never written).
 
     body_model_id: the model whose fits to write; None: the dataset's fits must be of one model (else
       `fits.schema.MixedBodyModelsError`, listing them: one file never mixes models).
-    Betas are written as stored (SPIN zeroes extreme betas when it uses a fit, not in the file). Rows without a
-    fit raise FitsTableError unless ``fill_missing`` (then they are zeros, SPIN's mean pose and shape). The file is
-    written to a temporary name and renamed, so a reader never sees half of it. ``on_stage(name)`` is called as
-    each stage starts ("keys", "best", "write").
+    Betas are written as stored (SPIN zeroes extreme betas when it uses a fit, not in the file). ``fit_filter``:
+    only the best fits that meet its bars are written (`fits.quality`); a fit below one counts as no fit. Rows
+    without a fit raise FitsTableError unless ``fill_missing`` (then they are zeros, SPIN's mean pose and shape).
+    The file is written to a temporary name and renamed, so a reader never sees half of it. ``on_stage(name)`` is
+    called as each stage starts ("keys", "best", "write").
     """
     stage = on_stage or _no_stage
     npz, out = Path(npz), Path(out)
@@ -166,6 +170,8 @@ def export_spin(table: FitsTable, npz: Path, out: Path, *, dataset: str | None =
     best = table.best(version=version, timestamp=timestamp, dataset=dataset, body_model_id=body_model_id,
                       frame="crop")
     models = best["body_model_id"].unique().to_pylist()
+    found = best.num_rows
+    best, _ = filter_rows(best, fit_filter)
     where = pc.fill_null(pc.index_in(keys, value_set=best["key"].combine_chunks()), -1).to_numpy()
     missing = where < 0
     if missing.any() and not fill_missing:
@@ -175,6 +181,8 @@ def export_spin(table: FitsTable, npz: Path, out: Path, *, dataset: str | None =
                              f"table, e.g. {keys.filter(pa.array(missing))[:3].to_pylist()}"
                              + (f" ({image_frame} key(s) have image-frame fits, which SPIN's format cannot hold: "
                                 f"seed crop-frame fits, fitloop fits seed --frame crop)" if image_frame else "")
+                             + (f" ({found - best.num_rows} best fit(s) below the fit filter's bars: "
+                                f"{fit_filter.describe()})" if found > best.num_rows else "")
                              + "; pass fill_missing to write zeros for them")
     rows = where[~missing].astype(np.int64)
     array = np.zeros((len(keys), SPIN_FITS_WIDTH), dtype=np.float64)
@@ -189,5 +197,5 @@ def export_spin(table: FitsTable, npz: Path, out: Path, *, dataset: str | None =
         np.save(handle, array)
     tmp.replace(out)
     return {"dataset": dataset, "rows": len(keys), "exported": int((~missing).sum()),
-            "filled": int(missing.sum()), "out": str(out),
+            "filled": int(missing.sum()), "filtered": found - best.num_rows, "out": str(out),
             "body_model_id": body_model_id or (models[0] if models else None)}

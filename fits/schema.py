@@ -20,6 +20,14 @@ Conventions of the stored values (also in each column's ``comment``):
   both frames, and SPIN's threshold, mean the same.
 * ``reprojection_loss`` (49,) SPIN's per-joint c² Σ_xy ρ(residual), px² (Geman–McClure ρ); ``loss`` its mean over
   the 49 joints, the number fits are compared by. Priors are SMPLify's unweighted energies.
+* **The quality record** (`QUALITY_COLUMNS`, `fitting.quality`; schema 4): ``reprojection_<part>_px`` per body part
+  of `core.joints.BODY_PARTS`, the confidence-weighted mean distance between the fit's projected joints and the
+  keypoints, fit-frame px; ``facing`` in [-1, 1], > 0 when the fit faces the way the keypoints say; ``candidates``,
+  how many candidates the fit was chosen among; ``candidate_spread_mm``, the largest PA-MPJPE to another of them.
+  With ``pose_prior`` (the GMM prior's energy) these are what `fits.quality.FitFilter` judges a fit by. A row
+  without a record (imported fits) has ``candidates`` null and every record column null: never a made-up number.
+  Within a record, null means "not measurable": a part without a confident keypoint, facing without the four torso
+  keypoints, the spread of a single candidate.
 """
 from __future__ import annotations
 
@@ -28,28 +36,35 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from core.errors import FitloopError
-from core.joints import NUM_JOINTS
+from core.joints import BODY_PARTS, NUM_JOINTS
 from shards.schema import KEY_PATTERN
 
+if TYPE_CHECKING:
+    from fitting.quality import FitQuality
+
 # Bump when a column is added, removed or changes meaning; every row and the table's metadata record it.
+# 4: the quality record (`QUALITY_COLUMNS`); older fits have none (null), and `fits.table.upgrade_table` says so.
 # 3: the frame and intrinsics columns (a fit's camera); a version-2 table's fits are all crop-frame fits, and
 # `fits.table.upgrade_table` (`fitloop fits upgrade`) says so once, in a new version.
 # 2: body_model_id is the body model's content id (`fitting.body_model.model_content_id`); 1 held file-based ids
 # (``<name>@<file digest>``, ``smpl-neutral-10``), relabelled by `fits.table.relabel_body_models`.
-FITS_SCHEMA_VERSION = 3
+FITS_SCHEMA_VERSION = 4
 NUM_POSE, NUM_BETAS = 72, 10
 BETAS_EXTREME_SIGMA = 3.0     # SPIN: any |β| > 3 → all betas of that fit are zeroed for training
 VALID_LOSS_THRESHOLD = 100.0  # SPIN's smplify_threshold: a fit supervises only when loss < this (px²)
-SOURCES = ("seed", "loop", "import")
+SOURCES = ("seed", "loop", "import", "fit3d")
 FRAMES = ("crop", "image")    # the camera a fit's cam_t is in (module docstring)
 NUM_INTRINSICS = 4            # fx, fy, cx, cy
+PART_COLUMNS = tuple(f"reprojection_{part}_px" for part in BODY_PARTS)
+QUALITY_COLUMNS = PART_COLUMNS + ("facing", "candidates", "candidate_spread_mm")
+FRAME_COLUMNS = ("frame", "intrinsics")
 
 SCHEMA_VERSION_META = "fitloop.fits_schema_version"
 
@@ -75,6 +90,14 @@ FITS_SCHEMA = pa.schema([
     _field("pose_prior", pa.float32(), True, "unweighted GMM pose prior energy"),
     _field("angle_prior", pa.float32(), True, "unweighted elbow/knee angle prior energy"),
     _field("shape_prior", pa.float32(), True, "unweighted shape prior energy, |beta|^2"),
+    *(_field(column, pa.float32(), True, f"quality: mean px distance of the {part.replace('_', ' ')}'s projected "
+             f"joints to its keypoints (confidence-weighted, fit frame); null: no record or no keypoint there")
+      for part, column in zip(BODY_PARTS, PART_COLUMNS)),
+    _field("facing", pa.float32(), True, "quality: keypoints' torso handedness times the sign of the fit's, in "
+                                         "[-1, 1]; < 0 faces the other way; null: no record or no torso keypoints"),
+    _field("candidates", pa.int16(), True, "quality: candidates the fit was chosen among; null: no quality record"),
+    _field("candidate_spread_mm", pa.float32(), True,
+           "quality: largest PA-MPJPE (14 joints) to another candidate, mm; null: one candidate or no record"),
     _field("iterations", pa.int32(), True, "optimiser iterations the fit ran"),
     _field("valid", pa.bool_(), True, "loss < 100 px^2 (SPIN's smplify_threshold); null when unscored"),
     _field("source", pa.string(), False, "seed | loop | import"),
@@ -89,6 +112,20 @@ FITS_SCHEMA = pa.schema([
              metadata={"comment": "fits schema version of the row", SCHEMA_VERSION_META: str(FITS_SCHEMA_VERSION)}),
     _field("time", pa.timestamp("us", tz="UTC"), False, "when the fit was made or imported, UTC"),
 ])
+
+
+def schema_of_version(version: int) -> pa.Schema:
+    """The columns a fits table of schema ``version`` (1 to this one) has, its version in the metadata: versions
+    before 3 lack the frame columns, versions before 4 the quality record."""
+    if not 1 <= version <= FITS_SCHEMA_VERSION:
+        raise FitsTableError(f"no fits schema version {version}; this fitloop knows 1 to {FITS_SCHEMA_VERSION}")
+    absent = (FRAME_COLUMNS if version < 3 else ()) + (QUALITY_COLUMNS if version < 4 else ())
+    fields = [f for f in FITS_SCHEMA if f.name not in absent]
+    at = [f.name for f in fields].index("schema_version")
+    fields[at] = fields[at].with_metadata({**fields[at].metadata, SCHEMA_VERSION_META.encode(): str(version)})
+    return pa.schema(fields)
+
+
 # The columns `best_of` ranks by, in order: the lowest loss, then the earliest fit, then a fixed order.
 RANK_COLUMNS = ("key", "loss", "time", "run_id", "epoch", "step")
 
@@ -161,7 +198,7 @@ def _column(values: Any, type_: pa.DataType, name: str, rows: int) -> pa.Array:
 def fits_batch(keys: Sequence[str], pose: Any, betas: Any, provenance: FitProvenance, *,
                reprojection_loss: Any = None, loss: Any = None, cam_t: Any = None, intrinsics: Any = None,
                pose_prior: Any = None, angle_prior: Any = None, shape_prior: Any = None, iterations: Any = None,
-               valid: Any = None, time: datetime | None = None) -> pa.Table:
+               valid: Any = None, quality: "FitQuality | None" = None, time: datetime | None = None) -> pa.Table:
     """A batch of fits as a table in `FITS_SCHEMA`, ready for `FitsTable.append`.
 
     Args:
@@ -174,6 +211,8 @@ def fits_batch(keys: Sequence[str], pose: Any, betas: Any, provenance: FitProven
             of each original image's camera: required for frame "image", None for frame "crop".
         pose_prior, angle_prior, shape_prior, iterations: (B,), a scalar, or None.
         valid: (B,) bool; default ``loss < VALID_LOSS_THRESHOLD`` (null where unscored).
+        quality: each fit's quality record (`fitting.quality.fit_quality`; NaN values are stored as null), or None:
+            fits without a record (every quality column null).
         time: when the fits were made (UTC); default now.
     Arrays may be numpy or CPU torch tensors; nothing passed in is modified. Shapes are checked here; keys and
     losses where the rows are written (`check_fits`), so that a batch may hold diverged (NaN) fits to filter out.
@@ -210,6 +249,7 @@ def fits_batch(keys: Sequence[str], pose: Any, betas: Any, provenance: FitProven
         "pose_prior": _column(pose_prior, pa.float32(), "pose_prior", rows),
         "angle_prior": _column(angle_prior, pa.float32(), "angle_prior", rows),
         "shape_prior": _column(shape_prior, pa.float32(), "shape_prior", rows),
+        **_quality_columns(quality, rows),
         "iterations": _column(iterations, pa.int32(), "iterations", rows),
         "valid": valid if isinstance(valid, pa.Array) else _column(valid, pa.bool_(), "valid", rows),
         "source": pa.array([provenance.source] * rows, pa.string()),
@@ -225,18 +265,41 @@ def fits_batch(keys: Sequence[str], pose: Any, betas: Any, provenance: FitProven
     return conform_fits(pa.table(columns, schema=FITS_SCHEMA))  # values are checked where they are written
 
 
-def fits_from_smplify(result: Any, keys: Sequence[str], provenance: FitProvenance, *, intrinsics: Any = None,
-                      time: datetime | None = None) -> pa.Table:
-    """`fits_batch` from a `fitting.smplify.SMPLifyResult` (pose must already be undone to the canonical frame);
-    ``intrinsics`` (B, 4) for image-frame fits."""
-    def host(tensor: Any) -> np.ndarray:
-        return tensor.detach().cpu().numpy()
+def _host(values: Any) -> np.ndarray:
+    """A CPU numpy array of a tensor (detached) or array."""
+    return values.detach().cpu().numpy() if hasattr(values, "detach") else np.asarray(values)
 
-    return fits_batch(keys, host(result.pose), host(result.betas), provenance, cam_t=host(result.cam_t),
+
+def _nullable(values: np.ndarray, type_: pa.DataType) -> pa.Array:
+    """A column from (rows,) values, NaN stored as null."""
+    values = np.asarray(values, dtype=np.float64)
+    return pa.array(values, type=type_, mask=np.isnan(values))
+
+
+def _quality_columns(quality: "FitQuality | None", rows: int) -> dict[str, pa.Array]:
+    """The `QUALITY_COLUMNS` of a batch: from its records (NaN = null), or all null without one."""
+    if quality is None:
+        return {name: pa.nulls(rows, FITS_SCHEMA.field(name).type) for name in QUALITY_COLUMNS}
+    parts = _host(quality.part_reprojection).reshape(rows, -1) if rows else np.zeros((0, len(PART_COLUMNS)))
+    if parts.shape != (rows, len(PART_COLUMNS)):
+        raise FitsTableError(f"the quality record has {parts.shape[1]} parts, the table {len(PART_COLUMNS)}")
+    columns = {name: _nullable(parts[:, i], pa.float32()) for i, name in enumerate(PART_COLUMNS)}
+    columns["facing"] = _nullable(_host(quality.facing).reshape(rows), pa.float32())
+    columns["candidates"] = pa.array(_host(quality.candidates).reshape(rows).astype(np.int16), pa.int16())
+    columns["candidate_spread_mm"] = _nullable(_host(quality.candidate_spread).reshape(rows), pa.float32())
+    return columns
+
+
+def fits_from_smplify(result: Any, keys: Sequence[str], provenance: FitProvenance, *, intrinsics: Any = None,
+                      quality: "FitQuality | None" = None, time: datetime | None = None) -> pa.Table:
+    """`fits_batch` from a `fitting.smplify.SMPLifyResult` (pose must already be undone to the canonical frame);
+    ``intrinsics`` (B, 4) for image-frame fits; ``quality`` the fits' records (`fitting.quality.fit_quality`)."""
+    return fits_batch(keys, _host(result.pose), _host(result.betas), provenance, cam_t=_host(result.cam_t),
                       intrinsics=intrinsics,
-                      reprojection_loss=host(result.reprojection_loss), loss=host(result.loss),
-                      pose_prior=host(result.pose_prior), angle_prior=host(result.angle_prior),
-                      shape_prior=host(result.shape_prior), iterations=result.iterations, time=time)
+                      reprojection_loss=_host(result.reprojection_loss), loss=_host(result.loss),
+                      pose_prior=_host(result.pose_prior), angle_prior=_host(result.angle_prior),
+                      shape_prior=_host(result.shape_prior), iterations=result.iterations, quality=quality,
+                      time=time)
 
 
 def conform_fits(fits: pa.Table) -> pa.Table:
@@ -274,8 +337,26 @@ def check_fits(fits: pa.Table) -> pa.Table:
             raise FitsTableError("intrinsics must be finite with positive focal lengths (fx, fy)")
     refuse(pc.not_equal(fits["schema_version"], FITS_SCHEMA_VERSION), f"are not schema_version {FITS_SCHEMA_VERSION}")
     refuse(pc.invert(pc.is_finite(fits["loss"])), "have a NaN or infinite loss (null means unscored)")
+    _check_quality(fits, refuse)
     betas = pc.list_flatten(fits["betas"]).to_numpy().reshape(-1, NUM_BETAS)
     extreme = (np.abs(betas) > BETAS_EXTREME_SIGMA).any(axis=1)
     refuse(pc.not_equal(fits["betas_extreme"], pa.chunked_array([extreme])),
            "have betas_extreme inconsistent with betas")
     return fits
+
+
+def _check_quality(fits: pa.Table, refuse: Any) -> None:
+    """The quality record's values: finite where present; distances and spreads >= 0, facing in [-1, 1], at least
+    one candidate and a spread only with several; a row without a record (candidates null) holds none of it."""
+    record = pc.is_valid(fits["candidates"])
+    for name in QUALITY_COLUMNS:
+        refuse(pc.and_(pc.invert(record), pc.is_valid(fits[name])), f"have {name} without a quality record "
+                                                                     f"(candidates null)")
+    for name in PART_COLUMNS + ("candidate_spread_mm",):
+        refuse(pc.invert(pc.and_(pc.is_finite(fits[name]), pc.greater_equal(fits[name], 0))),
+               f"have a negative, NaN or infinite {name} (null means not measured)")
+    refuse(pc.invert(pc.and_(pc.greater_equal(fits["facing"], -1), pc.less_equal(fits["facing"], 1))),
+           "have facing outside [-1, 1] (null means not measured)")
+    refuse(pc.less(fits["candidates"], 1), "have fewer than 1 candidate")
+    refuse(pc.and_(pc.equal(fits["candidates"], 1), pc.is_valid(fits["candidate_spread_mm"])),
+           "have a candidate spread with one candidate")

@@ -18,12 +18,20 @@ instead would weigh the keypoints against the priors by how many px the person c
 full-image reprojection in crop coordinates.) Image-frame rows keep their intrinsics; the improvement rule and every
 best view are per frame (`fits.table`), so the two frames never replace each other's fits.
 
+**The mode** (`SeedConfig.mode`, ``fitloop fits seed --mode``): ``2d`` (default) is the SMPLify seeding above;
+``3d`` makes pseudo-ground-truth fits from the samples' 3D joints (`fits.seeding3d`: one shape per subject, rows
+with ``source="fit3d"``, scored by the same fitting loss), through the same table rule and in one commit too.
+
 **The improvement rule** is the table's (`fits.table.BestLosses`, SPIN's strict ``new_loss < opt_loss``), among
 the fits of the seeding body model only: a seed fit is appended when its key has no fit of that model, or when its
 loss is lower than that model's best (any scored loss beats an unscored imported fit); a NaN loss never improves.
 Fits of other body models play no part. So a second run over the same shards appends nothing worse, and seeding a
 second body model appends its fits whatever the first model's losses. ``missing_only`` fits only the keys without
 a fit of the model (imported ones included), as the trainer does before it starts.
+
+**The quality record** (`fitting.quality`, `fits.schema.QUALITY_COLUMNS`) of every seed fit is computed from the
+joints SMPLify returns, projected with the camera it fitted with, against the same fit-frame keypoints: per-part
+reprojection, facing; one candidate (SMPLify's pick).
 
 **fit_config_hash** (`fit_config_hash`), on every seed row and on the trainer's loop rows: what determines a fit,
 and nothing else. 16 hex digits of the SHA-256 of the canonical JSON (`fits.schema.config_hash`) of
@@ -46,14 +54,19 @@ import torch
 from core.errors import FitloopError
 from core.frames import FIT_FOCAL, fit_frame_camera, image_camera_in_fit_frame, keypoints_in_fit_frame
 from fits.schema import FRAMES, FitProvenance, config_hash, fits_from_smplify
+from fits.seeding3d import Fitter3D, Sample3D, fit_3d_batch, in_sequence_order, sample_3d, subject_shapes
 from fits.table import BestLosses, FitsTable
 from fitting.body_model import BodyModel, load_body_model
 from fitting.digest import content_digest
+from fitting.fit3d import Fit3D, Fit3DConfig
 from fitting.priors import DEFAULT_PRIOR, MaxMixturePrior, load_gmm
+from fitting.quality import fit_quality
 from fitting.smplify import SMPLify, SMPLifyConfig, mean_pose_start
 from shards.lookup import iter_samples
 from shards.reader import ShardInfo, iter_shard, list_shards
 from shards.sample import SampleFormatError, StoredSample
+
+MODES = ("2d", "3d")  # what seed fits are made from: keypoints (SMPLify) or 3D joints (fits.seeding3d)
 
 
 @dataclass(frozen=True)
@@ -71,6 +84,10 @@ class SeedConfig:
         device: where SMPLify runs ("cpu", "cuda", ...).
         frame: the camera to fit with (module docstring): "crop" (SPIN's, the default) or "image" (each sample's
             original image's intrinsics).
+        mode: what the fits are made from (module docstring): "2d" (SMPLify on the keypoints, the default) or
+            "3d" (pseudo-ground truth from the samples' 3D joints, `fits.seeding3d`).
+        fit3d: the 3D fit's settings (mode "3d"; `fitting.fit3d.Fit3DConfig`).
+        shape_frames: mode "3d": samples per subject its one shape is fitted on.
     """
 
     body_model: str = "open"
@@ -81,21 +98,31 @@ class SeedConfig:
     run_id: str = "seed"
     device: str = "cpu"
     frame: str = "crop"
+    mode: str = "2d"
+    fit3d: Fit3DConfig = field(default_factory=Fit3DConfig)
+    shape_frames: int = 64
 
     def __post_init__(self) -> None:
         if self.frame not in FRAMES:
             raise FitloopError(f"the seed frame must be one of {', '.join(FRAMES)}, got {self.frame!r}")
+        if self.mode not in MODES:
+            raise FitloopError(f"the seed mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.shape_frames < 1:
+            raise FitloopError(f"shape_frames must be >= 1, got {self.shape_frames}")
+        self.fit3d.validated()
 
 
 @dataclass
 class SeedResult:
     """What `seed_fits` did: samples fitted, rows appended (improvements), samples skipped because their key has a
-    fit of the body model (``missing_only``), the versions committed, the mean loss (px²) of the fits made, and the
-    body model and fit_config_hash of the rows."""
+    fit of the body model (``missing_only``) or, in mode "3d", because they have no 3D joints (``without_3d``), the
+    versions committed, the mean loss (px²) of the fits made, and the body model and fit_config_hash of the
+    rows."""
 
     fitted: int = 0
     appended: int = 0
     skipped: int = 0
+    without_3d: int = 0
     versions: list[int] = field(default_factory=list)
     mean_loss: float = float("nan")
     body_model_id: str = ""
@@ -117,10 +144,14 @@ def prior_digest(pose_prior: str | Path) -> str:
     return content_digest([("means", gmm.means), ("covars", gmm.covars), ("weights", gmm.weights)])
 
 
-def fit_config_hash(smplify: SMPLifyConfig, pose_prior: str | Path, body_model_id: str, frame: str = "crop") -> str:
+def fit_config_hash(smplify: SMPLifyConfig, pose_prior: str | Path, body_model_id: str, frame: str = "crop",
+                    fit3d: Fit3DConfig | None = None, shape_frames: int | None = None) -> str:
     """The ``fit_config_hash`` of a fit made by SMPLify with ``smplify`` settings, the prior in ``pose_prior``, the
-    body model ``body_model_id`` and the camera of ``frame`` (module docstring): 16 hex digits."""
+    body model ``body_model_id`` and the camera of ``frame`` (module docstring): 16 hex digits. A 3D seed fit
+    (``fit3d`` given) adds its settings and ``shape_frames`` (SMPLify's settings then score it)."""
     what = {"smplify": asdict(smplify), "pose_prior": prior_digest(pose_prior), "body_model_id": body_model_id}
+    if fit3d is not None:
+        what = {**what, "fit3d": asdict(fit3d), "shape_frames": shape_frames}
     return config_hash(what if frame == "crop" else {**what, "frame": frame})
 
 
@@ -137,6 +168,28 @@ def build_fitter(config: SeedConfig) -> Fitter:
 
 
 _worker_fitter = lru_cache(maxsize=2)(build_fitter)  # a Dask worker builds its fitter once and keeps it
+
+
+def build_fitter3d(config: SeedConfig) -> Fitter3D:
+    """The 3D fit, SMPLify (to score) and ``source="fit3d"`` provenance of ``config`` (mode "3d"), on
+    ``config.device``. The 3D fit needs the body model's Human3.6M regressor (the open model has one)."""
+    fitter = build_fitter(config)
+    fit = Fit3D(fitter.body, fitter.smplify.prior, config.fit3d)
+    digest = fit_config_hash(config.smplify, config.pose_prior, fitter.body.model_id, config.frame, config.fit3d,
+                             config.shape_frames)
+    return Fitter3D(fit, fitter.smplify, replace(fitter.provenance, source="fit3d", fit_config_hash=digest),
+                    config.frame)
+
+
+_worker_fitter3d = lru_cache(maxsize=2)(build_fitter3d)
+
+
+def fit_3d_task(samples: list[Sample3D], shapes: dict[str, np.ndarray], config: SeedConfig,
+                threads: int | None = None) -> pa.Table:
+    """`fits.seeding3d.fit_3d_batch` with the fitter of ``config`` built once per process: a Dask worker's task."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return fit_3d_batch(_worker_fitter3d(config), samples, shapes)
 
 
 @dataclass(frozen=True)
@@ -171,14 +224,16 @@ def sample_camera(sample: StoredSample, frame: str) -> tuple[np.ndarray, np.ndar
 def fit_keypoints(fitter: Fitter, batch: KeypointBatch) -> pa.Table:
     """Fit a batch's fit-frame keypoints from the mean pose with each sample's camera; the rows for the fits table
     (`FITS_SCHEMA`): canonical pose (the stored crop is never flipped or rotated), ``cam_t`` in the camera of the
-    fitter's frame, SMPLify's loss (fit-frame px²)."""
+    fitter's frame, SMPLify's loss (fit-frame px²), and each fit's quality record (`fitting.quality`: from the
+    joints SMPLify returns, projected with the camera it fitted with; one candidate, SMPLify's pick)."""
     device = next(iter(fitter.body.buffers())).device
     kp = torch.as_tensor(batch.keypoints, dtype=torch.float32, device=device)
     focal = torch.as_tensor(batch.focal, dtype=torch.float32, device=device)
     center = torch.as_tensor(batch.center, dtype=torch.float32, device=device)
     pose, betas, cam_t = mean_pose_start(fitter.body, kp, focal, center)
     result = fitter.smplify(kp, pose, betas, cam_t, center, start="mean", focal_length=focal)
-    return fits_from_smplify(result, batch.keys, fitter.provenance, intrinsics=batch.intrinsics)
+    quality = fit_quality(result.joints, result.cam_t, focal, center, kp)
+    return fits_from_smplify(result, batch.keys, fitter.provenance, intrinsics=batch.intrinsics, quality=quality)
 
 
 def fit_batch(batch: KeypointBatch, config: SeedConfig, threads: int | None = None) -> pa.Table:
@@ -243,8 +298,9 @@ def seed_fits(shard_dir: Path | Sequence[Path], table_path: Path, config: SeedCo
                            f"focal_length {config.smplify.focal_length:g}")
     table = FitsTable.create(table_path, exist_ok=True)
     # Here the fitter gives the body model's id (and fits, without a client); a client's workers build their own.
-    fitter = build_fitter(config if client is None else replace(config, device="cpu"))
-    model = fitter.body.model_id
+    local = config if client is None else replace(config, device="cpu")
+    fitter = build_fitter3d(local) if config.mode == "3d" else build_fitter(local)
+    model = fitter.provenance.body_model_id
     mins = table.min_losses(body_model_id=model, frame=config.frame)
     known = BestLosses.of(mins, model, config.frame)
     have = set(mins["key"].to_pylist()) if missing_only else set()
@@ -257,6 +313,9 @@ def seed_fits(shard_dir: Path | Sequence[Path], table_path: Path, config: SeedCo
             else:
                 yield sample
 
+    if config.mode == "3d":
+        parts = _seed_3d(fitter, wanted(shard_samples(shard_dir, keys, splits)), config, result, client, on_batch)
+        return _append(table, parts, known, result)
     batches = keypoint_batches(wanted(shard_samples(shard_dir, keys, splits)), config.batch_size, config.frame)
     if client is None:
         parts = []
@@ -272,6 +331,11 @@ def seed_fits(shard_dir: Path | Sequence[Path], table_path: Path, config: SeedCo
             if on_batch is not None:
                 on_batch(future.result().num_rows)
         parts = client.gather(futures)
+    return _append(table, parts, known, result)
+
+
+def _append(table: FitsTable, parts: list[pa.Table], known: BestLosses, result: SeedResult) -> SeedResult:
+    """Append the improvements among the fitted rows ``parts`` in one commit; ``result`` completed."""
     result.fitted = sum(p.num_rows for p in parts)
     if not parts:
         return result
@@ -281,3 +345,33 @@ def seed_fits(shard_dir: Path | Sequence[Path], table_path: Path, config: SeedCo
     result.versions = [] if appended.version is None else [appended.version]
     result.mean_loss = float(np.mean(fits["loss"].to_numpy()))
     return result
+
+
+def _seed_3d(fitter: Fitter3D, samples: Iterable[StoredSample], config: SeedConfig, result: SeedResult,
+             client: Any, on_batch: Callable[[int], None] | None) -> list[pa.Table]:
+    """Mode "3d" (`fits.seeding3d`): the samples with 3D joints, each subject's shape, then the batches' rows."""
+    found: list[Sample3D] = []
+    for sample in samples:
+        kept = sample_3d(sample, sample_camera(sample, config.frame), config.frame)
+        if kept is None:
+            result.without_3d += 1
+        else:
+            found.append(kept)
+    ordered = in_sequence_order(found)
+    shapes = subject_shapes(fitter, ordered, config.shape_frames)
+    batches = [ordered[i:i + config.batch_size] for i in range(0, len(ordered), config.batch_size)]
+    if client is None:
+        parts = []
+        for batch in batches:
+            parts.append(fit_3d_batch(fitter, batch, shapes))
+            if on_batch is not None:
+                on_batch(len(batch))
+        return parts
+    from distributed import as_completed
+
+    futures = [client.submit(fit_3d_task, batch, {s.subject: shapes[s.subject] for s in batch}, config, 1,
+                             pure=False) for batch in batches]
+    for future in as_completed(futures):
+        if on_batch is not None:
+            on_batch(future.result().num_rows)
+    return client.gather(futures)

@@ -22,6 +22,10 @@ store and the table's argmin always agree. Poses are canonical (`fits.schema`).
 
 `FitsStore.view` reads the store like a table's log (`StoreView`), so a function that takes the best view of a
 table's log (the evaluation of the fits against ground truth) reads memory instead of scanning the table.
+
+**Quality.** With each best fit the store keeps what `fits.quality.FitFilter` judges it by (its quality record and
+pose prior, `fits.quality.FILTER_COLUMNS`; NaN = null), so the trainer filters its supervision without reading the
+table again (`quality`).
 """
 from __future__ import annotations
 
@@ -37,15 +41,18 @@ from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
 from torch import Tensor
 
+from fits.quality import FILTER_COLUMNS, columns_of
 from fits.schema import FITS_SCHEMA, NUM_BETAS, NUM_POSE, FitsTableError
 from fits.table import AppendResult, FitsTable, best_of
 
-# what the store reads of a row: the fit, and what `best_of` ranks by
-_COLUMNS = ["key", "pose", "betas", "loss", "time", "run_id", "epoch", "step"]
+# what the store reads of a row: the fit, what `best_of` ranks by, and what a fit filter judges
+_COLUMNS = ["key", "pose", "betas", "loss", "time", "run_id", "epoch", "step", *FILTER_COLUMNS]
+_NUM_QUALITY = len(FILTER_COLUMNS)
 
 
 class FitsStore:
-    """key -> best (pose (72,), betas (10,), loss) of one body model and frame; NaN loss = unscored.
+    """key -> best (pose (72,), betas (10,), loss, quality) of one body model and frame; NaN loss = unscored;
+    quality (`fits.quality.FILTER_COLUMNS`) NaN where null.
 
     Attributes:
         body_model_id: the body model whose rows the store holds (None: built in memory, not from a table).
@@ -56,11 +63,14 @@ class FitsStore:
     """
 
     def __init__(self, keys: list[str], pose: np.ndarray, betas: np.ndarray, loss: np.ndarray, *,
-                 body_model_id: str | None = None, frame: str = "crop") -> None:
+                 quality: np.ndarray | None = None, body_model_id: str | None = None, frame: str = "crop") -> None:
+        """quality: (N, len(FILTER_COLUMNS)) float, NaN = null; None: no fit has a record."""
         self._index = {k: i for i, k in enumerate(keys)}
         self._pose = np.array(pose, dtype=np.float32).reshape(len(keys), NUM_POSE)
         self._betas = np.array(betas, dtype=np.float32).reshape(len(keys), NUM_BETAS)
         self._loss = np.array(loss, dtype=np.float32).reshape(len(keys))
+        self._quality = (np.full((len(keys), _NUM_QUALITY), np.nan, np.float32) if quality is None
+                         else np.array(quality, dtype=np.float32).reshape(len(keys), _NUM_QUALITY))
         self._pending: list[pa.Table] = []
         self.body_model_id = body_model_id
         self.frame = frame
@@ -84,8 +94,8 @@ class FitsStore:
         at = delta.version()
         rows = best_of(table.log(version=at, columns=_COLUMNS, where=_rows_of(body_model_id, frame)))
         keys = rows["key"].to_pylist()
-        pose, betas, loss = _arrays(rows)
-        store = cls(keys, pose, betas, loss, body_model_id=body_model_id, frame=frame)
+        pose, betas, loss, quality = _arrays(rows)
+        store = cls(keys, pose, betas, loss, quality=quality, body_model_id=body_model_id, frame=frame)
         store.version, store._seen, store._delta = at, set(delta.file_uris()), delta
         store.rows_read = rows.num_rows
         store.path = Path(table.path)
@@ -113,13 +123,19 @@ class FitsStore:
         pose[known], betas[known], loss[known] = self._pose[hit], self._betas[hit], self._loss[hit]
         return torch.from_numpy(pose), torch.from_numpy(betas), torch.from_numpy(loss), torch.from_numpy(known)
 
+    def quality(self, keys: list[str]) -> np.ndarray:
+        """The quality of the stored best fits of ``keys``: (B, len(FILTER_COLUMNS)) float32 in
+        `fits.quality.FILTER_COLUMNS` order, NaN where null or the key is unknown."""
+        rows = np.array([self._index.get(k, -1) for k in keys], dtype=np.int64)
+        out = np.full((len(keys), _NUM_QUALITY), np.nan, np.float32)
+        out[rows >= 0] = self._quality[rows[rows >= 0]]
+        return out
+
     def offer(self, fits: pa.Table) -> int:
         """Keep the rows of ``fits`` (`fits.schema.FITS_SCHEMA`) that improve on the store (module
         docstring; within the batch only each key's lowest loss); they wait for `flush`. Returns how many."""
         keys = fits["key"].to_pylist()
-        loss = fits["loss"].cast(pa.float32()).fill_null(np.nan).to_numpy()
-        pose = pc.list_flatten(fits["pose"]).to_numpy().reshape(-1, NUM_POSE)
-        betas = pc.list_flatten(fits["betas"]).to_numpy().reshape(-1, NUM_BETAS)
+        pose, betas, loss, quality = _arrays(fits)
         keep = []
         for i in np.argsort(loss, kind="stable"):          # lowest first: a key's later rows cannot improve
             if not np.isfinite(loss[i]):
@@ -129,7 +145,8 @@ class FitsStore:
                 continue
             if row is None:
                 row = self._grow(keys[i])
-            self._pose[row], self._betas[row], self._loss[row] = pose[i], betas[i], loss[i]
+            self._pose[row], self._betas[row], self._loss[row], self._quality[row] = pose[i], betas[i], loss[i], \
+                quality[i]
             keep.append(i)
         if keep:
             self._pending.append(fits.take(pa.array(sorted(keep), pa.int64())))
@@ -185,8 +202,9 @@ class FitsStore:
         return StoreView(self)
 
     def best_rows(self) -> pa.Table:
-        """The store's best fit per key as rows of `FITS_SCHEMA` (key order): key, dataset, pose, betas, loss and
-        body_model_id filled; the columns the store does not keep are null."""
+        """The store's best fit per key as rows of `FITS_SCHEMA` (key order): key, dataset, pose, betas, loss,
+        body_model_id, frame and the quality the store keeps filled; the columns the store does not keep are
+        null."""
         order = sorted(self._index)
         rows = np.array([self._index[k] for k in order], dtype=np.int64)
         keys = pa.array(order, pa.string())
@@ -200,6 +218,8 @@ class FitsStore:
             "loss": pa.array(self._loss[rows], pa.float32(), mask=np.isnan(self._loss[rows])),
             "body_model_id": pa.array([self.body_model_id or ""] * n, pa.string()),
             "frame": pa.array([self.frame] * n, pa.string()),
+            **{name: pa.array(self._quality[rows, i], pa.float64(), mask=np.isnan(self._quality[rows, i]))
+               for i, name in enumerate(FILTER_COLUMNS)},
         }
         return pa.table({f.name: filled.get(f.name, pa.nulls(n, f.type)).cast(f.type) for f in FITS_SCHEMA})
 
@@ -213,7 +233,7 @@ class FitsStore:
     def _merge(self, rows: pa.Table) -> None:
         """Take table rows (one per key) where they are better by the table's rule: unknown key, or a scored loss
         where the store's is unscored or higher."""
-        pose, betas, loss = _arrays(rows)
+        pose, betas, loss, quality = _arrays(rows)
         for i, key in enumerate(rows["key"].to_pylist()):
             row = self._index.get(key)
             if row is not None and not (np.isfinite(loss[i]) and (np.isnan(self._loss[row])
@@ -221,7 +241,8 @@ class FitsStore:
                 continue
             if row is None:
                 row = self._grow(key)
-            self._pose[row], self._betas[row], self._loss[row] = pose[i], betas[i], loss[i]
+            self._pose[row], self._betas[row], self._loss[row], self._quality[row] = pose[i], betas[i], loss[i], \
+                quality[i]
 
     def _grow(self, key: str) -> int:
         row = len(self._index)
@@ -230,6 +251,7 @@ class FitsStore:
             self._pose = np.concatenate([self._pose, np.zeros((extra, NUM_POSE), np.float32)])
             self._betas = np.concatenate([self._betas, np.zeros((extra, NUM_BETAS), np.float32)])
             self._loss = np.concatenate([self._loss, np.full(extra, np.nan, np.float32)])
+            self._quality = np.concatenate([self._quality, np.full((extra, _NUM_QUALITY), np.nan, np.float32)])
         self._index[key] = row
         return row
 
@@ -268,11 +290,15 @@ def _rows_of(body_model_id: str, frame: str) -> pc.Expression:
     return (pc.field("body_model_id") == body_model_id) & (pc.field("frame") == frame)
 
 
-def _arrays(rows: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(pose (N, 72), betas (N, 10), loss (N,) float32, NaN = unscored) of fits rows."""
+def _arrays(rows: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(pose (N, 72), betas (N, 10), loss (N,) float32, NaN = unscored, quality (N, len(FILTER_COLUMNS)) float32,
+    NaN = null) of fits rows."""
     if rows.num_rows == 0:
-        return np.zeros((0, NUM_POSE)), np.zeros((0, NUM_BETAS)), np.zeros(0, np.float32)
+        return (np.zeros((0, NUM_POSE)), np.zeros((0, NUM_BETAS)), np.zeros(0, np.float32),
+                np.zeros((0, _NUM_QUALITY), np.float32))
     pose = pc.list_flatten(rows["pose"]).to_numpy().reshape(-1, NUM_POSE)
     betas = pc.list_flatten(rows["betas"]).to_numpy().reshape(-1, NUM_BETAS)
     loss = rows["loss"].cast(pa.float32()).fill_null(np.nan).to_numpy()
-    return pose, betas, loss
+    columns = columns_of(rows)
+    quality = np.stack([columns[name] for name in FILTER_COLUMNS], -1).astype(np.float32)
+    return pose, betas, loss, quality

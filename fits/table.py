@@ -50,6 +50,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundErr
 from fits.schema import (
     FITS_SCHEMA,
     FITS_SCHEMA_VERSION,
+    QUALITY_COLUMNS,
     RANK_COLUMNS,
     SCHEMA_VERSION_META,
     FitsTableError,
@@ -57,6 +58,7 @@ from fits.schema import (
     MixedFramesError,
     check_fits,
     conform_fits,
+    schema_of_version,
 )
 
 DEFAULT_RETENTION_HOURS = 168  # Delta's default: a week of versions stays readable after a compaction
@@ -69,10 +71,7 @@ _STAGING = re.compile(r"#\d+$")  # object_store writes "<file>#<n>", then links 
 _WRITER = WriterProperties(compression="SNAPPY", max_row_group_size=64 * 1024, column_properties={
     name: ColumnProperties(dictionary_enabled=False)
     for name in ("key", "pose", "betas", "cam_t", "intrinsics", "loss", "reprojection_loss", "pose_prior",
-                 "angle_prior", "shape_prior", "time")})
-# The columns schema versions before 3 had: the current ones less the frame columns (added by `upgrade_table`).
-_FRAME_COLUMNS = ("frame", "intrinsics")
-_OLD_COLUMNS = [name for name in FITS_SCHEMA.names if name not in _FRAME_COLUMNS]
+                 "angle_prior", "shape_prior", *QUALITY_COLUMNS, "time")})
 
 
 @dataclass(frozen=True)
@@ -313,11 +312,16 @@ class FitsTable:
         body models by file: FitsTableError saying how to relabel it, `relabel_body_models`)."""
         path = Path(path)
         found = _schema_version(path)
+        if found == 3:
+            raise FitsTableError(
+                f"{path} has fits schema version 3: its fits have no quality record columns (reprojection per body "
+                f"part, facing, candidates). Upgrade it once, in a new version (its fits get none: null): "
+                f"`fitloop fits upgrade {path}`")
         if found == 2:
             raise FitsTableError(
                 f"{path} has fits schema version 2: its fits do not say which camera their cam_t is in (all of them "
-                f"are in SPIN's crop frame, the only one fitloop made then). Upgrade it once, in a new version: "
-                f"`fitloop fits upgrade {path}`")
+                f"are in SPIN's crop frame, the only one fitloop made then) and have no quality record. Upgrade it "
+                f"once, in a new version: `fitloop fits upgrade {path}`")
         if found == 1:
             raise FitsTableError(
                 f"{path} has fits schema version 1: its fits name their body model by file (name@file digest, or "
@@ -562,43 +566,48 @@ class FitsTable:
 
 def _schema_version(path: Path) -> int:
     """The fits schema version a Delta table at ``path`` records; FitsTableError when it is no fits table (of
-    this version's columns, or of the columns versions 1 and 2 had)."""
+    the columns its version has, `fits.schema.schema_of_version`)."""
     if not DeltaTable.is_deltatable(str(path)):
         raise FitsTableError(f"{path} is not a Delta table (create one with FitsTable.create or `fits import`)")
     schema = pa.schema(DeltaTable(str(path)).schema())
     found = (int((schema.field("schema_version").metadata or {}).get(SCHEMA_VERSION_META.encode(), b"0"))
              if "schema_version" in schema.names else 0)
-    expected = FITS_SCHEMA.names if found == FITS_SCHEMA_VERSION else _OLD_COLUMNS
-    if schema.names != expected:
+    if not 1 <= found <= FITS_SCHEMA_VERSION or schema.names != schema_of_version(found).names:
         raise FitsTableError(f"{path}: columns {schema.names} are not the fits schema's {FITS_SCHEMA.names}")
     return found
 
 
 def _to_current(log: pa.Table) -> pa.Table:
-    """Rows of any schema version with the frame columns this version has: a table written before schema 3 held
-    crop-frame fits only (frame "crop", no intrinsics)."""
+    """Rows of any schema version with the columns this version has: a table written before schema 3 held
+    crop-frame fits only (frame "crop", no intrinsics); one written before schema 4 has no quality records (every
+    quality column null: nothing was measured, so nothing is made up)."""
     if "frame" not in log.column_names:
         at = log.schema.get_field_index("cam_t") + 1
         log = log.add_column(at, FITS_SCHEMA.field("frame"), pa.array(["crop"] * log.num_rows, pa.string()))
         log = log.add_column(at + 1, FITS_SCHEMA.field("intrinsics"),
                              pa.nulls(log.num_rows, FITS_SCHEMA.field("intrinsics").type))
+    for name in QUALITY_COLUMNS:
+        if name not in log.column_names:
+            field = FITS_SCHEMA.field(name)
+            log = log.add_column(FITS_SCHEMA.get_field_index(name), field, pa.nulls(log.num_rows, field.type))
     return log.set_column(log.schema.get_field_index("schema_version"), "schema_version",
                           pa.array(np.full(log.num_rows, FITS_SCHEMA_VERSION, np.int16)))
 
 
 def upgrade_table(path: str | Path, *, max_retries: int = 8) -> dict[str, Any]:
-    """Bring a fits table of schema version 2 to this one in one new version: every fit gets frame "crop" (the
-    only frame fitloop made fits in before) and no intrinsics. Returns ``{"version", "rows", "from_version"}``;
-    a table already of this version is left alone (``version`` None). A version-1 table needs its body models
-    relabelled (`relabel_body_models`, which upgrades it too). Run it when no writer is writing to the table."""
+    """Bring a fits table of schema version 2 or 3 to this one in one new version: every fit of version 2 gets
+    frame "crop" (the only frame fitloop made fits in before) and no intrinsics; every fit of either gets no
+    quality record (null). Returns ``{"version", "rows", "from_version"}``; a table already of this version is
+    left alone (``version`` None). A version-1 table needs its body models relabelled (`relabel_body_models`,
+    which upgrades it too). Run it when no writer is writing to the table."""
     path = Path(path)
     found = _schema_version(path)
     if found == FITS_SCHEMA_VERSION:
         return {"version": None, "rows": 0, "from_version": found}
-    if found != 2:
+    if found not in (2, 3):
         raise FitsTableError(f"{path} has fits schema version {found}: " + (
             f"relabel its body models first (`fitloop fits relabel {path}`), which upgrades it too" if found == 1
-            else f"this fitloop upgrades version 2 to {FITS_SCHEMA_VERSION}"))
+            else f"this fitloop upgrades versions 2 and 3 to {FITS_SCHEMA_VERSION}"))
 
     def commit() -> dict[str, Any]:
         snapshot = DeltaTable(str(path))
@@ -620,9 +629,9 @@ def stored_body_models(path: str | Path) -> dict[str, int]:
 
 
 def relabel_body_models(path: str | Path, mapping: dict[str, str], *, max_retries: int = 8) -> dict[str, Any]:
-    """Rename body model ids in a fits table (schema version 1, 2 or this one) and bring it to this schema version
-    (`upgrade_table`'s frame columns included), in one new version; returns ``{"version", "rows", "relabelled":
-    {old: (new, rows)}}``.
+    """Rename body model ids in a fits table (schema version 1 to this one) and bring it to this schema version
+    (`upgrade_table`'s frame and quality columns included), in one new version; returns ``{"version", "rows",
+    "relabelled": {old: (new, rows)}}``.
 
     Every id left after the mapping must be a content id (`fitting.body_model.MODEL_ID_PATTERN`): a version-1
     table's file-based ids must all be mapped, or FitsTableError lists those that are not. The targets must be
@@ -633,8 +642,8 @@ def relabel_body_models(path: str | Path, mapping: dict[str, str], *, max_retrie
 
     path = Path(path)
     found = _schema_version(path)
-    if found not in (1, 2, FITS_SCHEMA_VERSION):
-        raise FitsTableError(f"{path} has fits schema version {found}; this fitloop relabels versions 1, 2 and "
+    if not 1 <= found <= FITS_SCHEMA_VERSION:
+        raise FitsTableError(f"{path} has fits schema version {found}; this fitloop relabels versions 1 to "
                              f"{FITS_SCHEMA_VERSION}")
     bad_targets = sorted({new for new in mapping.values() if not MODEL_ID_PATTERN.match(new)})
     if bad_targets:

@@ -18,6 +18,11 @@ each slot driving the layer joint `BodyModel.pose_layer_joints` names. SMPL-H an
 their pose slots 22 and 23 (SMPL's hand joints) drive nothing, and their hand, jaw and eye joints keep the zero
 pose the body model gives them (flat hands, closed jaw): none of the 49 canonical joints observes them. betas
 (B, NB). Outputs are metres in the model frame (add the camera translation to get camera-frame points).
+
+Any other linear regressor over the vertices is such a blend too (vertices are linear in the joint transforms),
+so `Skeleton(body, vertex_rows)` appends the rows of a (R, V) regressor after the 49 points, exact in the same
+sense: `Skeleton(body, body.h36m_regressor)` gives the model's 17 Human3.6M joints as points 49–65
+(`fitting.fit3d` fits Human3.6M's 3D joints with them).
 """
 from __future__ import annotations
 
@@ -64,7 +69,7 @@ def right_jacobian(aa: Tensor) -> Tensor:
 
 @dataclass
 class SkeletonState:
-    """One evaluation of points `subset` (indices into the 49, or None for all): global rotations
+    """One evaluation of points `subset` (indices into the skeleton's points, or None for all): global rotations
     (B, J, 3, 3) and positions (B, J, 3) of the tree's J joints, and the points (B, P, 3)."""
 
     pose: Tensor
@@ -76,10 +81,23 @@ class SkeletonState:
     points: Tensor
 
 
-class Skeleton(torch.nn.Module):
-    """The 49 canonical joints of a `BodyModel` as blends of joint-attached points (module docstring)."""
+def _blend_rows(rows: Tensor, weights: Tensor, v_template: Tensor, shapedirs: Tensor, j_template: Tensor,
+                j_dirs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """A (K, J), B0 (K, J, 3) and Bd (K, J, 3, NB) of keypoint rows (K, U) over U vertices with skinning weights
+    (U, J), rest positions (U, 3) and shape directions (U, 3, NB); rest joints (J, 3) and their shape directions
+    (J, 3, NB). float64 (module docstring: k = sum_j A_kj p_j + R_j B_kj(beta))."""
+    a = rows @ weights                                                        # (K, J)
+    wv = rows[:, :, None] * weights[None]                                     # (K, U, J)
+    b0 = torch.einsum("kvj,vc->kjc", wv, v_template) - a[..., None] * j_template[None]
+    bd = torch.einsum("kvj,vcb->kjcb", wv, shapedirs) - a[..., None, None] * j_dirs[None]
+    return a, b0, bd
 
-    def __init__(self, body: BodyModel):
+
+class Skeleton(torch.nn.Module):
+    """The 49 canonical joints of a `BodyModel` as blends of joint-attached points (module docstring), followed
+    by the R rows of ``vertex_rows`` (R, V) when given (e.g. ``body.h36m_regressor``): P = 49 + R points."""
+
+    def __init__(self, body: BodyModel, vertex_rows: Tensor | None = None):
         super().__init__()
         layer = body.layer
         dtype = layer.v_template.dtype
@@ -101,10 +119,7 @@ class Skeleton(torch.nn.Module):
 
         # Keypoint rows over the used vertices (K, U), and the kinematic rows, combined through the mixer.
         kp = body.keypoint_weights.detach().double().cpu()                    # (K, U)
-        a_kp = kp @ weights                                                   # (K, J)
-        wv = kp[:, :, None] * weights[None]                                   # (K, U, J)
-        b0_kp = torch.einsum("kvj,vc->kjc", wv, v_template[used]) - a_kp[..., None] * j_template[None]
-        bd_kp = torch.einsum("kvj,vcb->kjcb", wv, shapedirs[used]) - a_kp[..., None, None] * j_dirs[None]
+        a_kp, b0_kp, bd_kp = _blend_rows(kp, weights, v_template[used], shapedirs[used], j_template, j_dirs)
         mixer = body.mixer.detach().double().cpu()                            # (P, 24 + K)
         num_kinematic = len(body.kinematic_layer_joints)
         kinematic = torch.zeros(num_kinematic, num_joints, dtype=torch.float64)
@@ -112,6 +127,16 @@ class Skeleton(torch.nn.Module):
         a = mixer[:, :num_kinematic] @ kinematic + mixer[:, num_kinematic:] @ a_kp   # (P, J)
         b0 = torch.einsum("pk,kjc->pjc", mixer[:, num_kinematic:], b0_kp)            # (P, J, 3)
         bd = torch.einsum("pk,kjcb->pjcb", mixer[:, num_kinematic:], bd_kp)          # (P, J, 3, NB)
+        if vertex_rows is not None:  # more points: rows over the vertices they read
+            rows = vertex_rows.detach().cpu().double()
+            if rows.dim() != 2 or rows.shape[1] != layer.v_template.shape[0]:
+                raise ModelFileError(f"{body.name}: vertex rows of shape {tuple(rows.shape)}, expected "
+                                     f"(R, {layer.v_template.shape[0]}) for this mesh")
+            cols = torch.nonzero(rows.abs().sum(0) > 0)[:, 0]
+            all_weights = layer.lbs_weights.detach().cpu().double()
+            a_x, b0_x, bd_x = _blend_rows(rows[:, cols], all_weights[cols], v_template[cols], shapedirs[cols],
+                                          j_template, j_dirs)
+            a, b0, bd = torch.cat([a, a_x]), torch.cat([b0, b0_x]), torch.cat([bd, bd_x])
 
         # Tree structure: depth levels for level-parallel kinematics; descendant-or-self and ancestor masks.
         depth = np.zeros(num_joints, dtype=np.int64)
@@ -158,7 +183,8 @@ class Skeleton(torch.nn.Module):
         return tree
 
     def forward(self, pose: Tensor, betas: Tensor, subset: Tensor | None = None) -> SkeletonState:
-        """Evaluate the points `subset` (default: all 49) for pose (B, 72) and betas (B, NB)."""
+        """Evaluate the points `subset` (default: all, the 49 and any vertex rows) for pose (B, 72) and betas
+        (B, NB)."""
         a, b0, bd, _ = self._rows(subset)
         batch, num_points, nb, num_joints = pose.shape[0], a.shape[0], betas.shape[1], self.num_joints
         local = self.local_rotations(pose)                                    # (B, J, 3, 3)

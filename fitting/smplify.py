@@ -202,8 +202,20 @@ class SMPLify:
                      keypoints: Tensor, *, focal_length: Tensor | None = None) -> Tensor:
         """SPIN's `get_fitting_loss`: the per-joint reprojection term (B, 49) of given fits, without fitting.
         focal_length: as in `__call__`."""
+        return self.joints_loss(self.posed_joints(pose, betas), cam_t, camera_center, keypoints,
+                                focal_length=focal_length)
+
+    def posed_joints(self, pose: Tensor, betas: Tensor) -> Tensor:
+        """The 49 joints (B, 49, 3), model frame, metres, of fits (pose (B, 72), betas (B, NB)), as SMPLify fits
+        them (the fast mode's exact skeleton, the reference mode's body model); no gradient."""
         with torch.no_grad():
-            joints = self._joints(pose, betas)
+            return self._joints(pose, betas)
+
+    def joints_loss(self, joints: Tensor, cam_t: Tensor, camera_center: Tensor, keypoints: Tensor, *,
+                    focal_length: Tensor | None = None) -> Tensor:
+        """`fitting_loss` of fits whose joints (B, 49, 3) are at hand (`posed_joints`); focal_length: as in
+        `__call__`."""
+        with torch.no_grad():
             return self._reprojection(joints, cam_t, camera_center, self._body_conf(keypoints), keypoints,
                                       self._focal(focal_length, keypoints))
 

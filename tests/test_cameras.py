@@ -41,12 +41,11 @@ from core.joints import J24_NAMES, JOINT_INDEX, NUM_JOINTS
 from fitloop.cli import main
 from fits.interchange import export_spin
 from fits.schema import (
-    FITS_SCHEMA,
-    SCHEMA_VERSION_META,
     FitProvenance,
     FitsTableError,
     MixedFramesError,
     fits_batch,
+    schema_of_version,
 )
 from fits.seeding import SeedConfig, seed_fits
 from fits.store import FitsStore
@@ -387,13 +386,10 @@ def test_a_schema_2_table_is_refused_until_upgraded_and_then_holds_crop_fits(tmp
     fits = fits_batch(["lsp/a", "lsp/b"], np.zeros((2, 72)), np.zeros((2, 10)),
                       FitProvenance("run", "open:aaaaaaaaaaaaaaaa", "cfg", "seed"), loss=[2.0, 3.0],
                       cam_t=np.ones((2, 3)))
-    columns = [f for f in FITS_SCHEMA if f.name not in ("frame", "intrinsics")]
-    at = [f.name for f in columns].index("schema_version")
-    columns[at] = columns[at].with_metadata({**columns[at].metadata, SCHEMA_VERSION_META.encode(): b"2"})
-    old_schema = pa.schema(columns)
+    old_schema = schema_of_version(2)
     path = tmp_path / "v2"
     DeltaTable.create(str(path), old_schema)
-    old = fits.drop_columns(["frame", "intrinsics"])
+    old = fits.select(old_schema.names)
     old = old.set_column(old.schema.get_field_index("schema_version"), "schema_version",
                          pa.array(np.full(2, 2, np.int16))).cast(old_schema)
     write_deltalake(str(path), old, mode="append")

@@ -16,12 +16,11 @@ from deltalake import DeltaTable, write_deltalake
 from fitloop.cli import main
 from fits.lookup import best_fits
 from fits.schema import (
-    FITS_SCHEMA,
-    SCHEMA_VERSION_META,
     FitProvenance,
     FitsTableError,
     MixedBodyModelsError,
     fits_batch,
+    schema_of_version,
 )
 from fits.seeding import SeedConfig, fit_config_hash, seed_fits
 from fits.table import FitsTable, best_of
@@ -121,12 +120,9 @@ def test_old_tables_are_refused_until_relabelled(tmp_path, capsys, small_id):
 def write_old_table(path: Path, fits: pa.Table, version: int) -> None:
     """A fits table as schema ``version`` (1 or 2) wrote it: the columns before the frame columns, its version in
     the schema's metadata."""
-    columns = [f for f in FITS_SCHEMA if f.name not in ("frame", "intrinsics")]
-    at = [f.name for f in columns].index("schema_version")
-    columns[at] = columns[at].with_metadata({**columns[at].metadata, SCHEMA_VERSION_META.encode(): str(version)})
-    old_schema = pa.schema(columns)
+    old_schema = schema_of_version(version)
     DeltaTable.create(str(path), old_schema)
-    old = fits.drop_columns(["frame", "intrinsics"])
+    old = fits.select(old_schema.names)
     old = old.set_column(old.schema.get_field_index("schema_version"), "schema_version",
                          pa.array(np.full(old.num_rows, version, np.int16))).cast(old_schema)
     write_deltalake(str(path), old, mode="append")

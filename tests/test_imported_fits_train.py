@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from fitloop.cli import main
+from fits.schema import PART_COLUMNS
 from fits.seeding import fit_config_hash
 from fits.store import FitsStore
 from fits.table import FitsTable
@@ -62,8 +63,8 @@ def test_imported_spin_fits_are_used_by_the_trainer_without_reseeding(setting, m
     supervised: dict[str, np.ndarray] = {}
     real_supervision = training.loop.supervision
 
-    def spy(chosen, batch, threshold):
-        targets = real_supervision(chosen, batch, threshold)
+    def spy(chosen, batch, threshold, fit_filter):
+        targets = real_supervision(chosen, batch, threshold, fit_filter)
         supervised.update(zip(batch.keys, targets.pose.detach().cpu().numpy()))
         return targets
 
@@ -91,3 +92,54 @@ def test_imported_spin_fits_are_used_by_the_trainer_without_reseeding(setting, m
         rotations = [axis_angle_to_rotmat(torch.as_tensor(p, dtype=torch.float64).reshape(24, 3))
                      for p in (supervised[key], setting["poses"][key])]
         torch.testing.assert_close(*rotations, atol=1e-5, rtol=0, msg=key)
+
+
+def test_the_trainer_with_a_fit_filter_does_not_supervise_with_a_fit_below_the_bar(setting, monkeypatch):
+    """With a bar on the worst body part, a stored fit supervises only when its quality record meets it (besides
+    SPIN's loss threshold, set high here so that the bar alone decides: this tiny synthetic SMPL's 5-iteration fits
+    have losses of 80-2000 px²): the imported fits have no record and never do; of the seeded ones, those within
+    the bar."""
+    import training.loop
+    from fits.quality import FitFilter, columns_of
+    from fits.seeding import SeedConfig, seed_fits
+    from training.loop import train
+
+    table = setting["root"] / "fits-filtered"
+    assert main(["fits", "import", str(table), "--spin-npz", str(setting["npz"]), "--spin-fits",
+                 str(setting["npy"]), "--dataset", IMPORTED, "--model", str(setting["smpl"])]) == 0
+    smplify = SMPLifyConfig(body_iterations=5)
+    seed_fits(setting["shards"], table, SeedConfig(body_model=str(setting["smpl"]), smplify=smplify),
+              splits=("train",), missing_only=True)
+    best = FitsTable.open(table).best()
+    columns = columns_of(best)
+    seeded = ~np.isnan(columns["candidates"])
+    worst = np.nanmax(np.stack([columns[c] for c in PART_COLUMNS], -1)[seeded], -1)
+    bar = float(np.median(worst))                      # half the seeded fits above it
+    passes = dict(zip(best["key"].to_pylist(), FitFilter(max_reprojection_px=bar).keep(columns)))
+    assert sum(passes.values()) == 2 and not any(passes[k] for k in setting["keys"])  # imports: no record
+
+    seen: dict[str, tuple[bool, bool, float]] = {}
+    real_supervision = training.loop.supervision
+
+    def spy(chosen, batch, threshold, fit_filter):
+        targets = real_supervision(chosen, batch, threshold, fit_filter)
+        seen.update(zip(batch.keys, zip(targets.valid.tolist(), targets.filtered.tolist(),
+                                        chosen.loss.tolist())))
+        return targets
+
+    monkeypatch.setattr(training.loop, "supervision", spy)
+    config = TrainConfig(shards=(str(setting["shards"]),), fits=str(table), run_dir=str(setting["root"] / "run-f"),
+                         run_id="filtered", body_model=str(setting["smpl"]), backbone=18, img_res=32,
+                         batch_size=4, epochs=1, steps_per_epoch=2, num_workers=0, mix="*=1", shuffle_buffer=8,
+                         tensorboard=False, run_smplify=False, smplify=smplify, smplify_threshold=1e5,
+                         fit_filter=FitFilter(
+                             max_reprojection_px=bar), augment=AugmentConfig(enabled=False),
+                         ignore_3d_datasets=(IMPORTED, SEEDED), eval_splits=("none",), checkpoint_every=100,
+                         log_every=1)
+    train(config, progress=False)
+    assert len(seen) >= 6
+    threshold = config.smplify_threshold
+    for key, (valid, filtered, loss) in seen.items():
+        assert valid == (loss < threshold and passes[key]), key
+        assert filtered == (loss < threshold and not passes[key]), key
+    assert {valid for valid, _, _ in seen.values()} == {True, False}           # the bar kept some, dropped some

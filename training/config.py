@@ -17,6 +17,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from fits.quality import FitFilter
 from fitting import priors
 from fitting.smplify import SMPLifyConfig
 from shards.augment import AugmentConfig
@@ -85,7 +86,9 @@ class TrainConfig:
             regressor files for a real SMPL; pose_prior: SMPLify's prior file.
     Optimisation: SPIN's Adam, lr 5e-5, no weight decay, no schedule, batch 64, 50 epochs; ``loss`` weights.
     SMPLify: run_smplify (fitting in the loop); smplify_threshold: a fit supervises only when its loss (px²) is
-        below it; smplify: SMPLify's settings; smplify_device: where SMPLify runs ("cpu" or the training device).
+        below it; fit_filter: and only when its quality record meets these bars (`fits.quality.FitFilter`; none by
+        default, as SPIN); smplify: SMPLify's settings; smplify_device: where SMPLify runs ("cpu" or the training
+        device).
     Shards: verify_shards: check every shard read against its manifest's sha256 before training (one read of each
         tar); on_corrupt_shard: "raise" (stop with an error naming the shard) or "skip" (leave it out, warn and
         count) for a corrupt shard, found up front or while reading (`shards.reader`).
@@ -128,6 +131,7 @@ class TrainConfig:
 
     run_smplify: bool = True
     smplify_threshold: float = 100.0
+    fit_filter: FitFilter = field(default_factory=FitFilter)
     smplify: SMPLifyConfig = field(default_factory=SMPLifyConfig)
     smplify_device: str = "cpu"
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from core.camera import weak_perspective_to_translation  # noqa: F401 - re-exported
-from core.frames import FIT_CENTER, FIT_FOCAL, FIT_RES
-from core.joints import J24_OFFSET, J49_FLIP_PERM, POSE_FLIP_SIGN, SMPL_POSE_FLIP_PERM
+from core.camera import estimate_translation, weak_perspective_to_translation  # noqa: F401 - re-exported
+from core.frames import FIT_CENTER, FIT_FOCAL
+from core.joints import J49_FLIP_PERM, POSE_FLIP_SIGN, SMPL_POSE_FLIP_PERM
 from core.pinhole import pinhole
 from fitting.skeleton import rodrigues
 
@@ -162,34 +162,6 @@ def project_normalised(points: Tensor, cam_t: Tensor) -> Tensor:
     """Camera-frame projection of model points (B, N, 3) + cam_t (B, 3) to normalised crop coordinates (B, N, 2):
     focal 5000 px, principal point 0, divided by 112 (SPIN's training projection)."""
     return pinhole(points + cam_t[:, None], FIT_FOCAL, (0.0, 0.0)) / FIT_CENTER
-
-
-def estimate_translation(joints: Tensor, keypoints_px: Tensor, focal: float = FIT_FOCAL,
-                         center: float = FIT_CENTER, min_joints: int = 2) -> Tensor:
-    """SPIN's least-squares camera translation (B, 3) metres for model joints (B, 49, 3) and fit-frame keypoints
-    (B, 49, 3) px + confidence, from the 24 dataset joints (indices 25–48) weighted by √confidence.
-
-    With t = (tx, ty, tz), each joint gives two equations linear in t: f·(X + tx) = (u − c)·(Z + tz) and the
-    same for y; their weighted normal equations (3 × 3) are solved per example. Examples with fewer than
-    ``min_joints`` confident joints get t = (0, 0, 2f/224) (scale 1)."""
-    s = joints[:, J24_OFFSET:].to(torch.float64)
-    kp = keypoints_px[:, J24_OFFSET:].to(torch.float64)
-    w = kp[..., 2].clamp_min(0).sqrt()                              # (B, 24)
-    batch, n = w.shape
-    x, y, z = s.unbind(-1)
-    du, dv = kp[..., 0] - center, kp[..., 1] - center
-    zeros, fs = torch.zeros_like(x), torch.full_like(x, focal)
-    # rows: [f, 0, -(u-c)] t = (u-c) Z - f X ; [0, f, -(v-c)] t = (v-c) Z - f Y
-    a = torch.stack([torch.stack([fs, zeros, -du], -1), torch.stack([zeros, fs, -dv], -1)], 2)  # (B, N, 2, 3)
-    b = torch.stack([du * z - focal * x, dv * z - focal * y], -1)                              # (B, N, 2)
-    a = (a * w[..., None, None]).reshape(batch, 2 * n, 3)
-    b = (b * w[..., None]).reshape(batch, 2 * n)
-    prior = torch.tensor([0.0, 0.0, 2 * focal / FIT_RES], dtype=torch.float64, device=joints.device)
-    lhs = a.transpose(1, 2) @ a
-    lhs = lhs + torch.diag_embed(1e-9 * torch.diagonal(lhs, dim1=-2, dim2=-1) + 1e-9)  # keeps the solve defined
-    t = torch.linalg.solve(lhs, (a.transpose(1, 2) @ b[..., None])[..., 0])
-    enough = (kp[..., 2] > 0).sum(-1) >= min_joints
-    return torch.where(enough[:, None], t, prior.expand(batch, 3)).to(joints.dtype)
 
 
 def rest_root(body, betas: Tensor) -> Tensor:

@@ -475,7 +475,7 @@ def train_step(run: Run, store: FitsStore, items: dict, pos: Position, timer: St
         else:
             chosen, updated, kept = stored, torch.zeros(len(batch.keys), dtype=torch.bool), 0
     with timer.part("network"):
-        targets = supervision(chosen, batch, cfg.smplify_threshold)
+        targets = supervision(chosen, batch, cfg.smplify_threshold, cfg.fit_filter)
         loss, terms = compute_losses(pred, targets, batch, cfg.loss, run.body)
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
@@ -483,7 +483,7 @@ def train_step(run: Run, store: FitsStore, items: dict, pos: Position, timer: St
         run.scaler.update()
     timer.steps += 1
     return {**terms, "fits_updated": float(updated.float().mean()), "fits_kept": kept,
-            "valid": float(targets.valid.float().mean())}
+            "valid": float(targets.valid.float().mean()), "fits_filtered": float(targets.filtered.float().mean())}
 
 
 # --- the loop ---------------------------------------------------------------------------------------------------

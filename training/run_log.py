@@ -4,7 +4,8 @@ Files in the run folder:
 
 * ``metrics.csv``: one row per evaluation (`METRIC_COLUMNS`): the fits table against ground truth at the version
   written just before, and the network on the held-out shards. ``metrics_by_dataset.csv``: the same per dataset.
-* ``train_log.csv``: every ``log_every`` steps: the loss terms, the share of fits the loop improved, and the time
+* ``train_log.csv``: every ``log_every`` steps: the loss terms, the share of fits the loop improved, the share of
+  examples that supervise (``valid``) and of those the fit filter kept from it (``fits_filtered``), and the time
   in each part of the step (ms, averaged over the rows' steps).
 * ``curves.png``: fits-table PA-MPJPE per fits version and network (PA-)MPJPE per epoch, redrawn after each
   evaluation. ``tensorboard/``: the same scalars, when the ``tensorboard`` package is installed.
@@ -22,7 +23,8 @@ METRIC_COLUMNS = ("epoch", "step", "fits_version", "fits_pa_mpjpe_mm", "fits_mpj
                   "net_pa_mpjpe_mm", "net_mpjpe_mm", "net_samples", "wall_s")
 BY_DATASET_COLUMNS = ("epoch", "step", "fits_version", "of", "dataset", "pa_mpjpe_mm", "mpjpe_mm", "samples")
 TRAIN_COLUMNS = ("epoch", "step", "loss", "keypoints_2d", "keypoints_3d", "pose", "betas", "camera", "fits_updated",
-                 "fits_kept", "valid", "data_ms", "network_ms", "smplify_ms", "write_back_ms", "step_ms")
+                 "fits_kept", "valid", "fits_filtered", "data_ms", "network_ms", "smplify_ms", "write_back_ms",
+                 "step_ms")
 PARTS = ("data", "network", "smplify", "write_back")
 
 

@@ -5,10 +5,12 @@
    against the current keypoints with a least-squares camera (SPIN's ``opt_joint_loss``).
 3. `fit_in_the_loop`: SMPLify started from the prediction (camera from the weak-perspective output).
 4. `update_fits`: SPIN's strict per-example choice ``new < stored``; the fits that win are undone to the canonical
-   frame (flip, then rotation, then the crop scale), scored there with their own camera, and offered to the
-   `FitsStore` (written to the table at the next checkpoint or epoch end).
+   frame (flip, then rotation, then the crop scale), scored there with their own camera, given their quality record
+   (`fitting.quality`: per-part reprojection and facing there; the stored fit they beat as the other candidate), and
+   offered to the `FitsStore` (written to the table at the next checkpoint or epoch end).
 5. `supervision`: SPIN's targets: betas of a fit outside ±3σ zeroed, ground-truth SMPL where the dataset has it,
-   ``valid = loss < threshold or ground truth``.
+   ``valid = (loss < threshold and the fit passes the run's fit filter) or ground truth`` (`fits.quality.FitFilter`:
+   the stored fit's record from the store, a new fit's own).
 6. `compute_losses`: SPIN's weighted sum.
 
 Frames (`training.geometry`): batch keypoints are normalised; SMPLify sees fit-frame px; poses are axis-angle in
@@ -19,16 +21,19 @@ compare by the same number.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from core.frames import FIT_CENTER, fit_frame_px
+from fits.quality import FILTER_COLUMNS, FitFilter, columns_of
 from fits.schema import BETAS_EXTREME_SIGMA, FitProvenance, fits_batch
 from fits.store import FitsStore
 from fitting.body_model import BodyModel
 from fitting.priors import angle_prior, shape_prior
+from fitting.quality import candidate_spread, fit_quality
 from fitting.smplify import SMPLify, SMPLifyResult
 from training.config import LossWeights
 from training.geometry import (
@@ -98,24 +103,29 @@ class Prediction:
 @dataclass
 class BatchFits:
     """Fits of a batch in its augmented frame: pose (B, 72), betas (B, NB), cam_t (B, 3); loss (B,) SPIN's mean
-    reprojection loss (px²) against the batch's keypoints (inf where there is no fit)."""
+    reprojection loss (px²) against the batch's keypoints (inf where there is no fit); joints (B, 49, 3) model
+    frame, m; quality (B, len(FILTER_COLUMNS)) what a fit filter judges each fit by (`fits.quality`; NaN = null)."""
 
     pose: Tensor
     betas: Tensor
     cam_t: Tensor
     loss: Tensor
+    joints: Tensor
+    quality: np.ndarray
 
 
 @dataclass
 class Targets:
     """What the regressor is supervised with: pose (B, 72) axis-angle, betas (B, NB); valid (B,): the pose and
-    betas losses use this example; has_smpl, has_3d (B,)."""
+    betas losses use this example; has_smpl, has_3d (B,); filtered (B,): fits good enough by SPIN's threshold that
+    the run's fit filter kept from supervising."""
 
     pose: Tensor
     betas: Tensor
     valid: Tensor
     has_smpl: Tensor
     has_3d: Tensor
+    filtered: Tensor
 
 
 def autocast_for(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -143,7 +153,8 @@ def stored_fits(store: FitsStore, smplify: SMPLify, keys: list[str], keypoints_p
                 flip: Tensor) -> BatchFits:
     """The stored best fits of ``keys`` in the batch's augmented frame (SPIN's FitsDict read: rotate, then flip),
     with SPIN's least-squares camera and their reprojection loss against ``keypoints_px`` (fit-frame px, on
-    SMPLify's device). Keys without a fit get the mean pose and loss inf (any new fit wins)."""
+    SMPLify's device), and their quality as the store keeps it. Keys without a fit get the mean pose and loss inf
+    (any new fit wins)."""
     device = keypoints_px.device
     pose_c, betas, _, known = store.lookup(keys)
     pose = augment_pose(pose_c.to(device), rot.to(device), flip.to(device))
@@ -154,7 +165,7 @@ def stored_fits(store: FitsStore, smplify: SMPLify, keys: list[str], keypoints_p
     center = torch.full((len(keys), 2), FIT_CENTER, device=device)
     loss = smplify.fitting_loss(pose, betas, cam_t, center, keypoints_px).mean(-1)
     loss = torch.where(known.to(device), loss, torch.full_like(loss, float("inf")))
-    return BatchFits(pose=pose, betas=betas, cam_t=cam_t, loss=loss)
+    return BatchFits(pose=pose, betas=betas, cam_t=cam_t, loss=loss, joints=joints, quality=store.quality(keys))
 
 
 # 3 ------------------------------------------------------------------------------------------------------------
@@ -176,14 +187,19 @@ def update_fits(store: FitsStore, smplify: SMPLify, batch: Batch, keypoints_px: 
     whose new fit won (B,) bool, the fits the store kept).
 
     A winning fit is undone to the canonical frame, scored there with its own camera carried over
-    (`training.geometry.canonical_translation`) and offered to the store, which keeps it when that canonical loss
-    is below the stored one (the table's rule): SPIN's augmented-frame choice decides the supervision, the
-    canonical loss decides what the table holds."""
+    (`training.geometry.canonical_translation`), given its quality record (`fitting.quality.fit_quality` of its
+    canonical joints; its candidates: itself and the stored fit it beat, where there was one, compared as the step
+    compared them, in the augmented frame) and offered to the store, which keeps it when that canonical loss is
+    below the stored one (the table's rule): SPIN's augmented-frame choice decides the supervision, the canonical
+    loss decides what the table holds. The chosen fits carry the quality of the fit each is (the new record where
+    the new fit won)."""
     update = new.loss < stored.loss                                     # strict, as SPIN
     chosen = BatchFits(pose=torch.where(update[:, None], new.pose, stored.pose),
                        betas=torch.where(update[:, None], new.betas, stored.betas),
                        cam_t=torch.where(update[:, None], new.cam_t, stored.cam_t),
-                       loss=torch.where(update, new.loss, stored.loss))
+                       loss=torch.where(update, new.loss, stored.loss),
+                       joints=torch.where(update[:, None, None], new.joints, stored.joints),
+                       quality=stored.quality.copy())
     kept = 0
     rows = torch.nonzero(update)[:, 0]
     if len(rows):
@@ -195,21 +211,31 @@ def update_fits(store: FitsStore, smplify: SMPLify, batch: Batch, keypoints_px: 
             cam_t = canonical_translation(new.cam_t[rows], rest_root(smplify.body, betas), rot, flip, scale)
             keypoints = fit_frame_px(canonical_keypoints(batch.keypoints.to(device)[rows], rot, flip, scale))
             center = torch.full((len(rows), 2), FIT_CENTER, device=device)
-            reprojection = smplify.fitting_loss(pose, betas, cam_t, center, keypoints)
+            joints = smplify.posed_joints(pose, betas)
+            reprojection = smplify.joints_loss(joints, cam_t, center, keypoints)
             priors = (smplify.prior(pose[:, 3:]), angle_prior(pose[:, 3:]), shape_prior(betas))
+            other = torch.isfinite(stored.loss[rows])[:, None]                   # the stored fit it beat, if any
+            quality = replace(fit_quality(joints, cam_t, smplify.config.focal_length, center, keypoints),
+                              candidates=1 + other[:, 0].long(),
+                              candidate_spread=candidate_spread(new.joints[rows], stored.joints[rows][:, None],
+                                                                other))
         host = [t.detach().cpu().numpy() for t in (pose, betas, cam_t, reprojection, *priors)]
         fits = fits_batch([batch.keys[i] for i in rows.tolist()], host[0], host[1], provenance, cam_t=host[2],
                           reprojection_loss=host[3], pose_prior=host[4], angle_prior=host[5], shape_prior=host[6],
-                          iterations=new.iterations)
+                          iterations=new.iterations, quality=quality)
+        columns = columns_of(fits)
+        chosen.quality[rows.cpu().numpy()] = np.stack([columns[name] for name in FILTER_COLUMNS], -1)
         kept = store.offer(fits)
     return chosen, update, kept
 
 
 # 5 ------------------------------------------------------------------------------------------------------------
-def supervision(chosen: BatchFits, batch: Batch, threshold: float) -> Targets:
+def supervision(chosen: BatchFits, batch: Batch, threshold: float,
+                fit_filter: FitFilter = FitFilter()) -> Targets:
     """SPIN's targets from the chosen fits: any |β| > 3 zeroes all betas of that fit (after the write-back, so the
     table keeps them); ground-truth SMPL replaces the fit where the dataset has it; a fit supervises pose and
-    betas only when its loss is below ``threshold`` (px²) or it is ground truth."""
+    betas only when its loss is below ``threshold`` (px²) and it passes ``fit_filter`` (its quality record), or it
+    is ground truth."""
     device = batch.gt_pose.device
     pose, betas, loss = chosen.pose.to(device), chosen.betas.to(device), chosen.loss.to(device)
     extreme = (betas.abs() > BETAS_EXTREME_SIGMA).any(-1, keepdim=True)
@@ -217,8 +243,12 @@ def supervision(chosen: BatchFits, batch: Batch, threshold: float) -> Targets:
     has_smpl = batch.has_smpl
     pose = torch.where(has_smpl[:, None], batch.gt_pose, pose)
     betas = torch.where(has_smpl[:, None], batch.gt_betas[:, : betas.shape[1]], betas)
-    valid = (loss < threshold) | has_smpl
-    return Targets(pose=pose, betas=betas, valid=valid, has_smpl=has_smpl, has_3d=batch.has_3d)
+    columns = {name: chosen.quality[:, i] for i, name in enumerate(FILTER_COLUMNS)}
+    passes = torch.from_numpy(fit_filter.keep(columns)).to(device)
+    good = loss < threshold
+    valid = (good & passes) | has_smpl
+    return Targets(pose=pose, betas=betas, valid=valid, has_smpl=has_smpl, has_3d=batch.has_3d,
+                   filtered=good & ~passes & ~has_smpl)
 
 
 # 6 ------------------------------------------------------------------------------------------------------------

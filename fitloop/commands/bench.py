@@ -113,6 +113,22 @@ docs/smplify.md#the-benchmark has the protocol and the latest figures.""")
     smplify.add_argument("--json", action="store_true", help="print the full record as one JSON object")
     smplify.set_defaults(func=cmd_smplify)
 
+    fit3d = commands.add_parser(
+        "fit3d", help="fits to 3D joints and calibrated views (fitting.fit3d) on synthetic subjects",
+        description="Fit synthetic subjects of the open model (CMU mocap sequences and SPIN's LSP fits when "
+                    "../shared is present, else pose-prior sequences; random betas; Human3.6M-like ring cameras) "
+                    "from their 17 Human3.6M joints (clean and with 10 mm noise), from 4 views' and from 1 view's "
+                    "2D keypoints, with one shape per subject against a shape per frame, with the temporal term, "
+                    "and with the dense solver as the Schur complement's baseline. Prints one table: joint, "
+                    "vertex and rest-shape errors in mm, betas error, jitter and fits/s (see bench/fit3d.py).")
+    fit3d.add_argument("--subjects", type=int, default=4)
+    fit3d.add_argument("--frames", type=int, default=32, help="frames per subject")
+    fit3d.add_argument("--model", default="open", help='"open", "open-small" or a model file')
+    fit3d.add_argument("--sources", default="cmu,lsp", help="pose sources, comma-separated: cmu, lsp, prior")
+    fit3d.add_argument("--seed", type=int, default=0)
+    fit3d.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    fit3d.set_defaults(func=cmd_fit3d)
+
     step = commands.add_parser(
         "train-step", help="time per training step and its parts (data, network, SMPLify, write-back)",
         description="Time `fitloop train`'s step on synthetic shards (rendered open-model bodies, seed fits for "
@@ -132,6 +148,23 @@ docs/smplify.md#the-benchmark has the protocol and the latest figures.""")
     step.add_argument("--workdir", type=Path, default=None, help="where the temporary shards go (default: /tmp)")
     step.add_argument("--json", action="store_true", help="print one JSON object")
     step.set_defaults(func=cmd_train_step)
+
+
+def cmd_fit3d(args: argparse.Namespace) -> int:
+    from bench.fit3d import run
+    from core.errors import FitloopError
+
+    if args.subjects < 1 or args.frames < 3:
+        raise FitloopError(f"--subjects must be >= 1 and --frames >= 3, got {args.subjects} and {args.frames}")
+    kinds = tuple(k.strip() for k in args.sources.split(",") if k.strip())
+    unknown = sorted(set(kinds) - {"cmu", "lsp", "prior"})
+    if unknown or not kinds:
+        raise FitloopError(f"--sources takes cmu, lsp and prior, got {args.sources!r}")
+    result = run(subjects=args.subjects, frames=args.frames, model=args.model, kinds=kinds, seed=args.seed,
+                 progress=not args.json)
+    if args.json:
+        print(json.dumps(result))
+    return 0
 
 
 def cmd_train_step(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
-"""`fitloop fits …`: the versioned fits table: versions, one key's best fit and history, diffs, seeding, SPIN
-interchange, maintenance. A best fit is per body model and per frame (crop or image): where a table holds several,
-name one with ``--model`` / ``--frame``."""
+"""`fitloop fits …`: the versioned fits table: versions, the best fits with their quality (and filters on it), one
+key's best fit and history, diffs, seeding, SPIN interchange, maintenance. A best fit is per body model and per
+frame (crop or image): where a table holds several, name one with ``--model`` / ``--frame``."""
 from __future__ import annotations
 
 import argparse
@@ -34,6 +34,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     versions.add_argument("--json", action="store_true",
                           help='print a JSON list of {"version", "rows", "timestamp", "body_models"}')
 
+    list_ = table_command("list", "the best fits with their quality record (worst body part, facing, pose prior, "
+                                  "candidate spread), optionally only those that meet bars on it", cmd_list)
+    _model_options(list_, "whose fits to list (needed when the table holds several)")
+    _frame_option(list_, "whose fits to list (needed when the table holds both)")
+    list_.add_argument("--dataset", default=None, help="only this dataset's fits (key prefix)")
+    add_fit_filter_options(list_, "list only the fits that meet every bar given")
+    list_.add_argument("--limit", type=int, default=50, help="print at most this many fits (default 50; 0: all)")
+    _at_options(list_)
+    list_.add_argument("--json", action="store_true",
+                       help='print {"fits": [...], "total", "kept", "failed": {bar: rows}} (arrays left out)')
+
     show = table_command("show", "the best fit of one key and every fit of it in the log", cmd_show)
     show.add_argument("key", help="sample key, e.g. lsp/im1001")
     _model_options(show, "whose best fit to show (needed when the key has fits of several)")
@@ -66,6 +77,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="the camera to fit with: crop (default): SPIN's fit frame, the 224 px crop with focal "
                            "5000 px; image: each sample's original image camera (its stored intrinsics: the "
                            "dataset's, EXIF, or the field-of-view guess). Fits of each frame are kept apart")
+    seed.add_argument("--mode", choices=("2d", "3d"), default="2d",
+                      help="2d (default): SMPLify on the keypoints from the mean pose; 3d: pseudo-ground-truth fits "
+                           "to the samples' 3D joints (Human3.6M), one shape per subject, scored by the same "
+                           "fitting loss (source fit3d; samples without 3D joints are left out)")
+    seed.add_argument("--temporal-weight", type=float, default=0.0,
+                      help="mode 3d: smoothness of consecutive frames' body poses (1/rad; 0: off; the benchmark "
+                           "uses 300)")
+    seed.add_argument("--shape-frames", type=int, default=64,
+                      help="mode 3d: samples per subject its one shape is fitted on (default 64)")
     seed.add_argument("--workers", type=int, default=None,
                       help="worker processes of the local Dask cluster (default: one per core; 0: fit in this "
                            "process, no Dask)")
@@ -95,6 +115,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--out", type=Path, help="the .npy to write (with --spin-npz)")
     export.add_argument("--dataset", default=None, help="key prefix (default: from the .npz file name)")
     export.add_argument("--fill-missing", action="store_true", help="write zeros for rows without a fit")
+    add_fit_filter_options(export, "write only the best fits that meet every bar given (with --spin-npz, a fit "
+                                   "below a bar counts as no fit)")
     _model_options(export, "whose fits to write (needed when the table holds several)")
     _frame_option(export, "whose fits to write with --parquet (SPIN's .npy takes crop-frame fits only)")
     _at_options(export)
@@ -109,8 +131,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="versions younger than this stay readable (default 168, a week)")
     vacuum.add_argument("--dry-run", action="store_true", help="only list the files")
 
-    upgrade = table_command("upgrade", "bring a table of fits schema version 2 to version 3 (a new version): its "
-                                       "fits say they are crop-frame fits, which all of them are", cmd_upgrade)
+    upgrade = table_command("upgrade", "bring a table of fits schema version 2 or 3 to version 4 (a new version): "
+                                       "its fits get no quality record (null), and a version-2 table's say they "
+                                       "are crop-frame fits, which all of them are", cmd_upgrade)
     upgrade.add_argument("--json", action="store_true")
 
     relabel = table_command("relabel", "name the body models of a table written before fits named them by content "
@@ -118,6 +141,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     relabel.add_argument("--map", action="append", default=[], metavar="OLD_ID=MODEL",
                          help="relabel the fits of OLD_ID as fits of MODEL (open, open-small, a model file, or a "
                               "content id); repeat for each old id")
+
+
+def add_fit_filter_options(command: argparse.ArgumentParser, what: str) -> None:
+    """The bars of `fits.quality.FitFilter` as options (`fit_filter_from` reads them): ``fitloop fits list /
+    export`` and ``fitloop train``."""
+    group = command.add_argument_group(
+        "fit filter", f"Bars on each fit's quality record (fits.quality; docs/fits_table.md, Quality record): "
+                      f"{what}. A fit without a record (imported SPIN fits, tables before schema 4) fails every "
+                      f"bar given.")
+    group.add_argument("--max-reprojection", type=float, metavar="PX",
+                       help="the worst body part (torso, head, arms, legs) at most PX px from its keypoints, in the "
+                            "224 px fit frame (a fit with no part measured fails)")
+    group.add_argument("--require-facing", action="store_true",
+                       help="the fit must not face the other way than its keypoints say (facing >= -0.2; side "
+                            "views, where 2D keypoints cannot tell, pass; a fit without torso keypoints fails)")
+    group.add_argument("--max-pose-prior", type=float, metavar="E",
+                       help="the pose prior's energy (the GMM prior's value, unweighted, as the pose_prior column) "
+                            "at most E")
+    group.add_argument("--max-candidate-spread", type=float, metavar="MM",
+                       help="the candidates the fit was chosen among agree within MM mm PA-MPJPE (a fit of one "
+                            "candidate passes)")
+
+
+def fit_filter_from(args: argparse.Namespace, base=None):
+    """The `fits.quality.FitFilter` of the options `add_fit_filter_options` added: ``base`` (default: no bar) with
+    the bars given; FitloopError for a bad value."""
+    from dataclasses import replace
+
+    from core.errors import FitloopError
+    from fits.quality import FitFilter
+
+    values = {name: getattr(args, flag) for flag, name in (
+        ("max_reprojection", "max_reprojection_px"), ("max_pose_prior", "max_pose_prior"),
+        ("max_candidate_spread", "max_candidate_spread_mm")) if getattr(args, flag) is not None}
+    if args.require_facing:
+        values["require_facing"] = True
+    try:
+        return replace(base or FitFilter(), **values)
+    except ValueError as err:
+        raise FitloopError(f"fit filter: {err}") from None
 
 
 def _model_options(command: argparse.ArgumentParser, what: str) -> None:
@@ -209,6 +272,62 @@ def cmd_versions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _number(value: float | None, spec: str, unit: str = "") -> str:
+    """A value for a line of text: formatted, or a dash where it is null (never 'None')."""
+    return "-" if value is None else f"{value:{spec}}{unit}"
+
+
+def quality_text(row: dict) -> str:
+    """A fit row's quality record in words (one line), or that it has none."""
+    from fits.schema import PART_COLUMNS
+
+    if row.get("candidates") is None:
+        return "no quality record (imported, or made before fits schema 4)"
+    parts = ", ".join(f"{name[len('reprojection_'):-len('_px')].replace('_', ' ')} {_number(row[name], '.1f')}"
+                      for name in PART_COLUMNS)
+    spread = ("one candidate" if row["candidates"] == 1 else
+              f"{row['candidates']} candidates within {_number(row['candidate_spread_mm'], '.1f')} mm")
+    return (f"reprojection px: {parts}; facing {_number(row['facing'], '+.2f')}; pose prior "
+            f"{_number(row['pose_prior'], '.2f')}; {spread}")
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from core.errors import FitloopError
+    from fits.quality import filter_rows
+    from fits.schema import PART_COLUMNS
+    from fits.table import FitsTable
+
+    if args.limit < 0:
+        raise FitloopError(f"--limit must be >= 0, got {args.limit}")
+    table = FitsTable.open(args.table)
+    fit_filter = fit_filter_from(args)
+    best = table.best(**_at(args), dataset=args.dataset, body_model_id=model_id(args.model, args.joint_regressor_extra),
+                      frame=args.frame)
+    kept, failed = filter_rows(best, fit_filter)
+    shown = kept if args.limit == 0 else kept.slice(0, args.limit)
+    if args.json:
+        print(json.dumps({"total": best.num_rows, "kept": kept.num_rows, "failed": failed,
+                          "fits": [_row(r, False) for r in shown.to_pylist()]}))
+        return 0
+    model = best["body_model_id"][0].as_py() if best.num_rows else "-"
+    frame = best["frame"][0].as_py() if best.num_rows else "-"
+    dropped = ", ".join(f"{rows} {bar}" for bar, rows in failed.items())
+    print(f"{args.table}: {best.num_rows} best fits of body model {model}, {frame} frame"
+          + (f"; {kept.num_rows} meet {fit_filter.describe()} (failing: {dropped})" if fit_filter.active else ""))
+    print(f"{'key':<40} {'loss px²':>9} {'source':<6} {'worst part':>16} {'facing':>6} {'prior':>7} {'spread mm':>9}")
+    for row in shown.to_pylist():
+        parts = {name: row[name] for name in PART_COLUMNS if row[name] is not None}
+        worst = max(parts, key=parts.get, default=None)
+        worst_text = ("-" if worst is None else
+                      f"{worst[len('reprojection_'):-len('_px')]} {parts[worst]:.1f}")
+        print(f"{row['key']:<40} {_number(row['loss'], '9.2f'):>9} {row['source']:<6} {worst_text:>16} "
+              f"{_number(row['facing'], '+.2f'):>6} {_number(row['pose_prior'], '7.2f'):>7} "
+              f"{_number(row['candidate_spread_mm'], '9.1f'):>9}")
+    if shown.num_rows < kept.num_rows:
+        print(f"... and {kept.num_rows - shown.num_rows} more (--limit 0 lists all)")
+    return 0
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from core.errors import FitloopError
     from fits.table import FitsTable, best_of, body_model_counts
@@ -239,6 +358,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     camera = ("SPIN's crop frame (224 px, focal 5000 px)" if best["frame"] == "crop" else
               "the image's camera fx {:.1f} fy {:.1f} cx {:.1f} cy {:.1f} px".format(*best["intrinsics"]))
     print(f"  cam_t {cam_t} m, in {camera}")
+    print(f"  quality: {quality_text(best)}")
     print(f"history ({len(rows)} fit(s), oldest first):")
     for r in rows:
         loss = "unscored" if r["loss"] is None else f"{r['loss']:.3f}"
@@ -285,8 +405,11 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise FitloopError(f"--batch-size must be >= 1, got {args.batch_size}")
+    from fitting.fit3d import Fit3DConfig
+
     config = SeedConfig(body_model=args.body_model, batch_size=args.batch_size, run_id=args.run_id,
-                        joint_regressor_extra=args.joint_regressor_extra, frame=args.frame,
+                        joint_regressor_extra=args.joint_regressor_extra, frame=args.frame, mode=args.mode,
+                        fit3d=Fit3DConfig(temporal_weight=args.temporal_weight), shape_frames=args.shape_frames,
                         **({"pose_prior": args.pose_prior} if args.pose_prior else {}))
     total = len(set(args.keys)) if args.keys else sum(s.samples for s in list_shards(args.shards))
     with tqdm(total=total, desc="seed fits", unit="fit", file=sys.stderr, disable=None) as bar:
@@ -302,9 +425,10 @@ def cmd_seed(args: argparse.Namespace) -> int:
         print(json.dumps(asdict(result)))
         return 0
     version = f"version {result.versions[0]}" if result.versions else "no new version"
-    print(f"{args.table}: {result.fitted} samples fitted with {result.body_model_id} in the {args.frame} frame (fit "
-          f"config {result.fit_config_hash}), {result.appended} fits appended ({version}), mean loss "
-          f"{result.mean_loss:.2f} px²")
+    left_out = f" ({result.without_3d} without 3D joints left out)" if args.mode == "3d" else ""
+    print(f"{args.table}: {result.fitted} samples fitted{left_out} with {result.body_model_id} in the {args.frame} "
+          f"frame from {'3D joints' if args.mode == '3d' else 'keypoints'} (fit config {result.fit_config_hash}), "
+          f"{result.appended} fits appended ({version}), mean loss {result.mean_loss:.2f} px²")
     return 0
 
 
@@ -332,8 +456,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from core.errors import FitloopError
     from fits.interchange import export_spin
+    from fits.quality import filter_rows
     from fits.table import FitsTable
 
+    fit_filter = fit_filter_from(args)
     if args.spin_npz is not None and args.out is None:
         raise FitloopError("--spin-npz needs --out, the .npy to write")
     table = FitsTable.open(args.table)
@@ -342,21 +468,27 @@ def cmd_export(args: argparse.Namespace) -> int:
         with stages("export", ("best", "write")) as on_stage:
             on_stage("best")
             best = table.best(**_at(args), dataset=args.dataset, body_model_id=model, frame=args.frame)
+            kept, failed = filter_rows(best, fit_filter)
             on_stage("write")
             args.parquet.parent.mkdir(parents=True, exist_ok=True)
             tmp = args.parquet.with_name(f".{args.parquet.name}.tmp")
-            pq.write_table(best, tmp)
+            pq.write_table(kept, tmp)
             tmp.replace(args.parquet)
-        print(f"wrote {best.num_rows} best fits to {args.parquet}")
+        print(f"wrote {kept.num_rows} best fits to {args.parquet}"
+              + (f" ({best.num_rows - kept.num_rows} of {best.num_rows} below the bars "
+                 f"{fit_filter.describe()}: {', '.join(f'{n} {bar}' for bar, n in failed.items())})"
+                 if fit_filter.active else ""))
         return 0
     if args.frame == "image":
         raise FitloopError("SPIN's fits file holds crop-frame fits only (its camera is the 224 px crop's); export "
                            "image-frame fits with --parquet")
     with stages("export", ("keys", "best", "write")) as on_stage:
         summary = export_spin(table, args.spin_npz, args.out, dataset=args.dataset, fill_missing=args.fill_missing,
-                              body_model_id=model, on_stage=on_stage, **_at(args))
+                              body_model_id=model, fit_filter=fit_filter, on_stage=on_stage, **_at(args))
     print(f"wrote {summary['out']}: {summary['rows']} rows of {summary['dataset']}, {summary['exported']} fits of "
-          f"body model {summary['body_model_id'] or '(none)'}, {summary['filled']} filled with zeros")
+          f"body model {summary['body_model_id'] or '(none)'}, {summary['filled']} filled with zeros"
+          + (f" ({summary['filtered']} best fits below the bars {fit_filter.describe()})" if fit_filter.active
+             else ""))
     return 0
 
 
@@ -383,16 +515,18 @@ def cmd_vacuum(args: argparse.Namespace) -> int:
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
+    from fits.schema import FITS_SCHEMA_VERSION
     from fits.table import upgrade_table
 
     result = upgrade_table(args.table)
     if args.json:
         print(json.dumps(result))
     elif result["version"] is None:
-        print(f"{args.table}: already fits schema version 3, nothing to do")
+        print(f"{args.table}: already fits schema version {FITS_SCHEMA_VERSION}, nothing to do")
     else:
+        frame = " say they are crop-frame fits and" if result["from_version"] < 3 else ""
         print(f"{args.table}: version {result['version']}, {result['rows']} rows of schema version "
-              f"{result['from_version']} now say they are crop-frame fits (schema version 3)")
+              f"{result['from_version']} now{frame} have no quality record (schema version {FITS_SCHEMA_VERSION})")
     return 0
 
 

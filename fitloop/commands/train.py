@@ -6,6 +6,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+from fitloop.commands.fits import add_fit_filter_options, fit_filter_from
+
 # flag -> TrainConfig field, for the plain (scalar) options; None defaults mean "not given"
 _SCALARS = {
     "img_res": int, "num_workers": int, "steps_per_epoch": int, "eval_max_samples": int, "backbone": int,
@@ -19,7 +21,10 @@ _FLAGS = {"shards": "--shards", "fits": "--fits", "eval_shards": "--eval-shards"
           "eval_splits": "--eval-splits", "ignore_3d_datasets": "--ignore-3d", "run_smplify": "--no-smplify",
           "seed_missing_fits": "--no-seed-fits", "tensorboard": "--no-tensorboard", "augment.enabled": "--no-augment",
           "smplify.mode": "--smplify-mode", "smplify.iterations": "--smplify-iters",
-          "smplify.body_iterations": "--smplify-iters", "verify_shards": "--no-verify-shards"}
+          "smplify.body_iterations": "--smplify-iters", "verify_shards": "--no-verify-shards",
+          "fit_filter.max_reprojection_px": "--max-reprojection", "fit_filter.require_facing": "--require-facing",
+          "fit_filter.max_pose_prior": "--max-pose-prior",
+          "fit_filter.max_candidate_spread_mm": "--max-candidate-spread"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -65,6 +70,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="reference mode: Adam steps per stage (SPIN's num_smplify_iters, 100); fast mode: "
                              "Levenberg-Marquardt body iterations (25)")
     parser.add_argument("--smplify-threshold", type=float, help="fits with a loss above it do not supervise (100)")
+    add_fit_filter_options(parser, "only the fits that meet every bar given supervise (besides SPIN's "
+                                   "--smplify-threshold; none by default, as SPIN); a new loop fit is judged by its "
+                                   "own record")
     parser.add_argument("--smplify-device", help="where SMPLify runs: cpu (default) or auto (the training device)")
     parser.add_argument("--no-seed-fits", action="store_true",
                         help="do not fit training samples that have no fit yet before training")
@@ -137,7 +145,7 @@ def _with_flags(base, args: argparse.Namespace):
     if args.smplify_iters:
         field = "iterations" if smplify.mode == "reference" else "body_iterations"
         smplify = dataclasses.replace(smplify, **{field: args.smplify_iters})
-    return dataclasses.replace(base, smplify=smplify, **values)
+    return dataclasses.replace(base, smplify=smplify, fit_filter=fit_filter_from(args, base.fit_filter), **values)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
