@@ -63,6 +63,9 @@ Start = Literal["mean", "estimate"]
 # The headings (rad, about the camera's vertical) a mean start is tried at: as given, turned around, and, where
 # the torso is not fully seen, turned sideways both ways (`SMPLifyResult.extras["candidate_objectives"]` order).
 HEADINGS = (0.0, torch.pi, torch.pi / 2, -torch.pi / 2)
+# The least uncertainty a start is given (rad): a start that reprojects exactly (or has no keypoints) is held
+# firmly, with a finite weight that keeps the damped normal equations well conditioned in float32.
+MIN_START_SIGMA = 1e-3
 
 
 @dataclass(frozen=True)
@@ -392,7 +395,8 @@ class SMPLify:
         value off by σ, the start's joints would reproject off by E Σ c² r² = σ² ‖C J‖²_F to first order (J the
         Jacobian of the projected joints w.r.t. the body pose, C the confidences), so σ_start² = Σ c² r² / ‖C J‖²_F
         with r the start's residuals (px) after the camera stage. That also counts the keypoints' own noise and
-        the shape's error, so it errs towards a looser start. A fixed ``init_weight`` overrides all this.
+        the shape's error, so it errs towards a looser start. σ_start is at least MIN_START_SIGMA. A fixed
+        ``init_weight`` overrides all this.
 
         pose (B, 72), betas (B, NB), cam_t (B, 3), keypoints (B, 49, 3) px, center (B, 2) px, focal (B, 2) px."""
         c = self.config
@@ -414,7 +418,7 @@ class SMPLify:
                 jac = (dproj @ d_pose[..., 3:]) * conf[..., None, None]                          # (B, 49, 2, 69)
                 resid = (project(state.points, cam_t, focal, center) - keypoints[..., :2]) * conf[..., None]
                 start_sigma = (resid.square().sum((1, 2)) / jac.square().sum((1, 2, 3)).clamp_min(1e-12)).sqrt()
-        return sigma_kp / start_sigma.clamp_min(1e-6)
+        return sigma_kp / start_sigma.clamp_min(MIN_START_SIGMA)
 
     def _lm_camera(self, pose, betas, cam_t, kp, center, focal):
         """Stage 1: global orientation and translation on the torso joints, plus the depth anchor."""

@@ -11,7 +11,7 @@ from core.joints import JOINT_INDEX, indices
 from core.metrics import pa_mpjpe
 from fitting.body_model import DATA_DIR, load_body_model
 from fitting.priors import MaxMixturePrior
-from fitting.smplify import SMPLify, SMPLifyConfig, _compose_aa, mean_pose_start
+from fitting.smplify import MIN_START_SIGMA, SMPLify, SMPLifyConfig, _compose_aa, mean_pose_start
 
 PRIOR = DATA_DIR / "pose_prior_open.npz"
 
@@ -317,6 +317,9 @@ def test_the_start_uncertainty_is_read_off_the_start(body, prior):
         assert 0.85 * sigma < medians[-1] < 1.25 * sigma         # seen 1.02-1.07 of it
         assert (estimate > 0.5 * sigma).all() and (estimate < 1.8 * sigma).all()  # seen 0.66-1.51 of it
     assert 1.8 < medians[1] / medians[0] < 2.3 and 1.8 < medians[2] / medians[1] < 2.3  # seen 2.06, 2.04
+    exact = (people["pose"], people["betas"], people["cam_t"], people["keypoints"], people["center"], focal)
+    sigma_kp = fitter.near_start_weight(*exact, start_sigma=torch.ones(16))
+    torch.testing.assert_close(fitter.near_start_weight(*exact), sigma_kp / MIN_START_SIGMA)  # held, finitely
 
 
 def test_network_like_start_on_noisy_keypoints_is_improved(body, prior):
