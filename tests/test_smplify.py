@@ -338,9 +338,9 @@ def test_network_like_start_on_noisy_keypoints_is_improved(body, prior):
     fit = SMPLify(body, prior)(*args, start="estimate")
     fixed = SMPLify(body, prior, SMPLifyConfig(init_weight=13.0))(*args, start="estimate")
     after, after_fixed = error(fit.pose, fit.betas), error(fixed.pose, fixed.betas)
-    assert (after < before).sum() >= 15                      # seen 15 of 16 (the fixed weight: 15)
-    assert after.mean() < 0.5 * before.mean()                # seen 35.8 of 83.5 mm
-    assert after.mean() < 0.96 * after_fixed.mean()          # seen 35.8 vs 39.3 mm
+    assert (after < before).sum() >= 15                      # seen 15-16 of 16 (the fixed weight: 15-16)
+    assert after.mean() < 0.5 * before.mean()                # seen 34.7-35.8 of 83.5-83.9 mm
+    assert after.mean() < 0.96 * after_fixed.mean()          # seen 0.91-0.92 of it (34.7 vs 37.8 mm)
 
 
 def test_mean_starts_are_tried_sideways_where_the_torso_is_not_seen(body, prior):
