@@ -22,6 +22,11 @@ AMASS-style ``.npz`` files (``poses`` field, body pose = columns 3:72). The step
    given mean 0 and an independent standard deviation of ``unobserved_std_deg``: the prior then neither forbids
    nor pulls those joints, instead of pinning them to the rest pose with the covariance floor.
 
+**Held-out subjects.** The CMU subjects in :data:`CMU_HELD_OUT_SUBJECTS` are left out of the default prior
+entirely (by subject, not clip: a subject's clips share a body and a style), so that `fitloop bench smplify` can
+fit poses the prior never saw; :data:`CMU_DEV_SUBJECTS` are for tuning SMPLify, :data:`CMU_TEST_SUBJECTS` for
+reporting. The prior's metadata records the clips and subjects it was trained on and those held out.
+
 `train_prior` runs the whole thing and writes the mixture with its provenance (`fitting.priors.save_gmm`).
 """
 from __future__ import annotations
@@ -50,6 +55,14 @@ CMU_ACKNOWLEDGMENT = ("The data used in this project was obtained from mocap.cs.
                       "The database was created with funding from NSF EIA-0196217.")
 CMU_BVH_CREDIT = ("BVH conversion by Bruce Hahne (cgspeed.com): the 2010 MotionBuilder-friendly and the "
                   "Daz-friendly releases.")
+
+# CMU subjects never used to train the default prior (docs/pose_prior.md). Two splits, by subject, each with one
+# subject of each BVH release: dev (tuning SMPLify) and test (the benchmark's report). Together 20 % of the 133
+# clips' frames (21.8 % of the frames the prior would use at 10 fps).
+CMU_DEV_SUBJECTS: tuple[int, ...] = (9, 14)    # 9: run, walk (MotionBuilder release); 14: jump up to grab, reach (Daz)
+CMU_TEST_SUBJECTS: tuple[int, ...] = (2, 94)   # 2: walk, run, jump, punch, bend and lift, swordplay, wash (MB);
+                                               # 94: Indian dance (Daz)
+CMU_HELD_OUT_SUBJECTS: tuple[int, ...] = tuple(sorted(CMU_DEV_SUBJECTS + CMU_TEST_SUBJECTS))
 
 # Largest plausible local rotation angle per joint (degrees, relative to the T-pose), used to reject glitched
 # mocap frames. Ankles/feet: ~50° of plantar flexion plus inversion; wrists: flexion plus forearm twist; hips,
@@ -83,6 +96,7 @@ class TrainConfig:
     max_iter: int = 500
     tol: float = 1e-6  # stop when the mean log-likelihood per sample improves by less (nats)
     kmeans_iter: int = 30
+    held_out_subjects: tuple[int, ...] = CMU_HELD_OUT_SUBJECTS  # BVH clips of these subjects are never read
 
 
 @dataclass
@@ -96,16 +110,40 @@ class PoseSet:
 
 
 # --- Sources ------------------------------------------------------------------------------------------------------
-def _clip_table(directory: Path) -> list[tuple[str, str]]:
-    """(relative path, category) of every clip: from ``CLIPS.tsv`` when the folder has one, else all ``*.bvh``."""
+@dataclass(frozen=True, order=True)
+class ClipEntry:
+    """One clip of a BVH folder: path relative to the folder, category (``CLIPS.tsv``; "walk"/"unknown" without
+    one) and CMU subject number (``CLIPS.tsv``'s ``subject``, else the ``SS`` of a ``SS_TT.bvh`` name; None if
+    neither says)."""
+
+    file: str
+    category: str
+    subject: int | None
+
+
+def clip_subject(file: str) -> int | None:
+    """The CMU subject of a clip named ``SS_TT.bvh`` (e.g. ``mb/02_05.bvh`` -> 2), None for other names."""
+    head = Path(file).stem.split("_")[0]
+    return int(head) if head.isdigit() else None
+
+
+def _subject_of(row: dict[str, str]) -> int | None:
+    given = (row.get("subject") or "").strip()
+    return int(given) if given.isdigit() else clip_subject(row["file"])
+
+
+def clip_table(directory: Path) -> list[ClipEntry]:
+    """Every clip of a BVH folder, sorted by path: ``CLIPS.tsv``'s rows whose file exists when the folder has
+    one (columns ``file``, ``category``, optional ``subject``), else every ``*.bvh`` below it."""
     table = directory / "CLIPS.tsv"
     if table.is_file():
         with table.open(newline="") as fh:
             rows = list(csv.DictReader(fh, delimiter="\t"))
         if rows and {"file", "category"} <= set(rows[0]):
-            return sorted((r["file"], r["category"]) for r in rows if (directory / r["file"]).is_file())
-    return sorted((p.relative_to(directory).as_posix(), "walk" if "walk" in p.stem.lower() else "unknown")
-                  for p in directory.rglob("*.bvh"))
+            return sorted(ClipEntry(r["file"], r["category"], _subject_of(r)) for r in rows
+                          if (directory / r["file"]).is_file())
+    return sorted(ClipEntry(p.relative_to(directory).as_posix(), "walk" if "walk" in p.stem.lower() else "unknown",
+                            clip_subject(p.name)) for p in directory.rglob("*.bvh"))
 
 
 def plausible_frames(poses: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
@@ -123,15 +161,20 @@ def plausible_frames(poses: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
 
 
 def load_bvh_poses(directory: Path, rest_joints: np.ndarray, config: TrainConfig) -> PoseSet:
-    """Convert, clean and subsample every clip of a BVH folder (see module docstring). Unreadable clips are
-    recorded in ``clips`` with their error, not fatal; a folder without any usable clip is."""
-    entries = _clip_table(directory)
+    """Convert, clean and subsample every clip of a BVH folder (see module docstring), except those of
+    ``config.held_out_subjects``. Unreadable clips are recorded in ``clips`` with their error, not fatal; a folder
+    without any usable clip is. Held-out clips are recorded with ``held_out: True`` and never read."""
+    entries = clip_table(directory)
     if not entries:
         raise PriorTrainingError(f"{directory}: no .bvh files found; pass the folder that holds the clips "
                                  f"(for CMU: ../shared/mocap/cmu)")
     poses, walk, clips = [], [], []
-    for rel, category in entries:
-        record: dict[str, Any] = {"file": rel, "category": category}
+    for entry in entries:
+        rel, category = entry.file, entry.category
+        record: dict[str, Any] = {"file": rel, "category": category, "subject": entry.subject}
+        if entry.subject in config.held_out_subjects:
+            clips.append({**record, "held_out": True})
+            continue
         try:
             clip = bvh.parse_bvh(directory / rel)
             conv = bvh.convert_clip(clip, rest_joints, drop_first=True)
@@ -148,8 +191,10 @@ def load_bvh_poses(directory: Path, rest_joints: np.ndarray, config: TrainConfig
         poses.append(conv.poses[picked, 3:].astype(np.float64))
         walk.append(np.full(len(picked), category == "walk"))
     if not poses or sum(len(p) for p in poses) == 0:
-        raise PriorTrainingError(f"{directory}: no usable frames in any clip; errors: "
-                                 f"{[c.get('error') for c in clips][:3]}")
+        held = sum(1 for c in clips if c.get("held_out"))
+        raise PriorTrainingError(f"{directory}: no usable frames in any clip ({held} of {len(clips)} clips belong to "
+                                 f"held-out subjects {list(config.held_out_subjects)}); errors: "
+                                 f"{[c.get('error') for c in clips if 'error' in c][:3]}")
     x = np.concatenate(poses)
     return PoseSet(x, np.ones(len(x)), np.concatenate(walk), clips)
 
@@ -291,15 +336,22 @@ def _rest_pose(model: Path | None) -> tuple[np.ndarray, dict[str, Any]]:
 
 def train_prior(sources: list[Path], out: Path, *, kind: str = "bvh", components: int = 8, seed: int = 0,
                 model: Path | None = None, fps: float = 10.0, walk_share: float = 0.10, mirror: bool = True,
-                cov_floor_deg: float = 5.0) -> dict[str, Any]:
+                cov_floor_deg: float = 5.0, held_out_subjects: tuple[int, ...] | None = None) -> dict[str, Any]:
     """Train a pose prior from ``sources`` and write it to ``out`` (fitloop ``.npz``); return a report (dict).
 
     ``kind="bvh"``: ``sources`` is one folder of BVH clips; ``kind="amass"``: ``.npz`` files with ``poses``.
     ``model``: body-model ``.npz`` whose T-pose the BVH rotations are made relative to (default: the open model
     at fitting/data/open_body.npz if present, else an approximate standard T-pose; recorded either way).
+    ``held_out_subjects``: CMU subjects whose BVH clips are not used (default :data:`CMU_HELD_OUT_SUBJECTS` for
+    BVH; AMASS files have no CMU subject numbers, nothing is held out there).
     """
+    if held_out_subjects is None:
+        held_out_subjects = CMU_HELD_OUT_SUBJECTS if kind == "bvh" else ()
+    elif kind != "bvh" and held_out_subjects:
+        raise PriorTrainingError("held-out subjects are CMU subject numbers of BVH clips; AMASS files have none "
+                                 "(leave the files of those subjects out of the list instead)")
     config = TrainConfig(components=components, seed=seed, fps=fps, walk_share=walk_share, mirror=mirror,
-                         cov_floor_deg=cov_floor_deg)
+                         cov_floor_deg=cov_floor_deg, held_out_subjects=tuple(sorted(set(held_out_subjects))))
     t0 = time.perf_counter()
     sources = [Path(s) for s in sources]
     rest_info: dict[str, Any] | None = None
@@ -341,7 +393,8 @@ def train_prior(sources: list[Path], out: Path, *, kind: str = "bvh", components
 
     unobserved_joints = sorted({SMPL_JOINT_NAMES[1 + i // 3] for i in unobserved},
                                key=SMPL_JOINT_NAMES.index)
-    n_clips = sum(1 for c in data.clips if "error" not in c)
+    used_clips = [c for c in data.clips if "error" not in c and not c.get("held_out")]
+    n_clips = len(used_clips)
     metadata: dict[str, Any] = {
         "what": "Gaussian-mixture pose prior over the SMPL body pose: 23 joints x axis-angle (radians), local "
                 "rotations relative to the body model's T-pose (fitting/priors.py MaxMixturePrior)",
@@ -349,6 +402,7 @@ def train_prior(sources: list[Path], out: Path, *, kind: str = "bvh", components
         "config": asdict(config),
         "rest_pose": rest_info,
         "clips": n_clips, "clip_errors": [c for c in data.clips if "error" in c],
+        "clips_used": [c["file"] for c in used_clips],
         "frames_read": int(sum(c.get("frames", 0) for c in data.clips)),
         "frames_rejected_implausible": int(sum(c.get("rejected", 0) for c in data.clips)),
         "rotation_limits_deg": ROTATION_LIMITS_DEG if kind == "bvh" else None,
@@ -362,16 +416,23 @@ def train_prior(sources: list[Path], out: Path, *, kind: str = "bvh", components
         metadata["source"] = [Path(c["file"]).name for c in data.clips]
     if kind == "bvh":
         cats: dict[str, int] = {}
-        for c in data.clips:
-            if "error" not in c:
-                cats[c["category"]] = cats.get(c["category"], 0) + c["used"]
+        by_subject: dict[str, int] = {}
+        for c in used_clips:
+            cats[c["category"]] = cats.get(c["category"], 0) + c["used"]
+            by_subject[str(c["subject"])] = by_subject.get(str(c["subject"]), 0) + c["used"]
         metadata.update({
+            "subjects_used": sorted({c["subject"] for c in used_clips if c["subject"] is not None}),
+            "subjects_unknown_clips": [c["file"] for c in used_clips if c["subject"] is None],
+            "held_out_subjects": list(config.held_out_subjects),
+            "clips_held_out": [c["file"] for c in data.clips if c.get("held_out")],
+            "frames_used_by_subject": dict(sorted(by_subject.items(), key=lambda kv: (len(kv[0]), kv[0]))),
             "source": "CMU Graphics Lab Motion Capture Database, 133-clip BVH subset (../shared/mocap/cmu, "
-                      "see its CREDITS.md and CLIPS.tsv); BVH files and converted poses are not redistributed",
+                      "see its CREDITS.md and CLIPS.tsv) less the clips of the held-out subjects; BVH files and "
+                      "converted poses are not redistributed",
             "acknowledgment": CMU_ACKNOWLEDGMENT, "bvh_conversion_credit": CMU_BVH_CREDIT,
             "license": "CMU: free for all uses, do not resell the data; Hahne places no additional restrictions",
             "frames_used_by_category": dict(sorted(cats.items())),
-            "skeletons": {s: sum(1 for c in data.clips if c.get("skeleton") == s) for s in bvh.SKELETON_MAPS},
+            "skeletons": {s: sum(1 for c in used_clips if c.get("skeleton") == s) for s in bvh.SKELETON_MAPS},
         })
     save_gmm(GaussianMixture(means, covars, mix_weights, metadata), out)
     return {**{k_: v for k_, v in metadata.items() if k_ not in ("clip_errors",)},
@@ -382,9 +443,12 @@ def train_prior(sources: list[Path], out: Path, *, kind: str = "bvh", components
 def summarize(report: dict[str, Any]) -> str:
     """A few human-readable lines of a training report."""
     em = report["em"]
+    held = (f"; {len(report['clips_held_out'])} of held-out subjects {report['held_out_subjects']} not read"
+            if report.get("clips_held_out") else "")
     return (f"wrote {report['out']}: {report['components']} components over {report['dims']} dims\n"
-            f"clips: {report['clips']} ({report['clip_errors']} unreadable); frames read {report['frames_read']}, "
-            f"rejected as implausible {report['frames_rejected_implausible']}, used {report['frames_used']} "
+            f"clips: {report['clips']} ({report['clip_errors']} unreadable{held}); "
+            f"frames read {report['frames_read']}, rejected as implausible {report['frames_rejected_implausible']}, "
+            f"used {report['frames_used']} "
             f"({report['samples_with_mirror']} samples with mirroring)\n"
             f"walk frames {report['walk_frames']}, weight factor {report['walk_weight_factor']:.3f}, "
             f"share {report['walk_share_after']:.3f}\n"

@@ -1,138 +1,442 @@
-"""SMPLify benchmark: fitloop's fast SMPLify against SPIN's reference procedure, on synthetic people.
+"""`fitloop bench smplify`: fitloop's fast SMPLify and SPIN's reference procedure on the same cases, in one run.
 
-People: the open body model in real poses (SPIN's LSP fits, 1000 SMPL poses in the same joint tree, read from
-../shared/fixtures when present; otherwise poses sampled from the shipped pose prior), random betas ~ N(0, 1)
-and crop cameras (f = 5000 px, 224 px crop, person scale s ~ U(0.8, 1.1)). Keypoints: the 24 dataset joints
-projected, with Gaussian pixel noise (0 and 5 px) and ~10% of joints missing. Two starts: `mean` (mean pose
-facing the camera, mean shape, translation from the torso) and `noisy_true` (the true pose with 0.15 rad of
-noise per joint angle, mean shape, true translation with 10% depth error), as a network would give.
+The cases (`bench.smplify_cases`): people from pose sources with fixed roles (CMU subjects the pose prior never
+saw, SPIN's LSP fits, samples of the prior, anyone's pose file), split into ``dev`` (for tuning) and ``test``
+(for reporting) by rules no fit can move; seen by a real camera and fitted through SPIN's crop camera (``real``)
+or with the real camera's intrinsics (``image``), and seen by SPIN's crop camera (``crop``); clean and noisy
+keypoints; fits from the mean pose and from network-like starts at calibrated error levels.
 
-Metrics: MPJPE and PA-MPJPE in mm as fitloop measures every fit against truth (`fits.evaluate`: the 14
-evaluation joints from the body model's Human3.6M regressor, pelvis-centred, fit and true body posed alike);
-reprojection error in px against the given (noisy) keypoints over visible joints; fits per second.
+Every cell (source × camera × keypoints × start) is fitted by the fast mode on all its ``cases`` people and by
+the reference on the first ``reference_cases`` of them (the reference runs ~1 fit/s on one CPU thread); the fast
+mode's figures on those same people are reported beside the reference's, so the two are compared on identical
+cases. Fits of one start level are made in one batch per mode (SMPLify's fits are independent per example), and
+timed: wall and CPU seconds, at the thread count asked for.
+
+Metrics, per case, then averaged (`case_metrics`): PA-MPJPE and MPJPE (mm) of the 14 evaluation joints against the
+true body as `fits.evaluate` defines them (the body model's Human3.6M regressor, pelvis-centred; the truth's
+orientation is that of the camera that took the keypoints); reprojection error (fit-frame px, with the camera the
+fit was made with) over the given keypoints; and **wrong-facing**: the fit's global orientation more than 90° from
+the truth's about the vertical axis (`wrong_facing`).
 """
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
+from scipy.spatial.transform import Rotation
 
+from bench.smplify_cases import (
+    CAMERAS,
+    CMU_SUBJECTS,
+    FIT_FRAME,
+    NOISE,
+    SOURCES,
+    SPLITS,
+    START_TARGETS_MM,
+    STARTS,
+    VIEW_CAMERA,
+    People,
+    View,
+    available_sources,
+    calibrate_noise,
+    draws,
+    load_pose_file,
+    make_people,
+    mean_start,
+    network_start,
+    observe,
+    view,
+)
 from core.camera import project
-from core.frames import FIT_FOCAL, FIT_RES
-from core.joints import J24_NAMES, JOINT_INDEX, indices
-from fits.evaluate import ErrorSums, posed_eval_joints
+from core.errors import FitloopError
+from core.metrics import mpjpe, pa_mpjpe
+from fits.evaluate import EVALUATION, body_eval_joints
 from fitting.body_model import BodyModel, load_body_model
 from fitting.priors import DEFAULT_PRIOR, MaxMixturePrior
-from fitting.smplify import SMPLify, SMPLifyConfig, mean_pose_start
+from fitting.smplify import SMPLify, SMPLifyConfig
 
-SPIN_LSP_FITS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "lsp" / "spin_npz" / "lsp-orig_fits.npy"
+MODES = ("fast", "reference")
+FACING_UNDEFINED_BELOW = 0.5    # the truth's hip axis within 30° of vertical: no heading to compare with
+CHUNK = {"fast": 512, "reference": 32}  # examples per SMPLify call (memory; results do not depend on it)
 
 
-def synthetic_people(body: BodyModel, prior: MaxMixturePrior, batch: int, seed: int) -> dict[str, torch.Tensor]:
-    """True parameters and noise-free 2D/3D joints of `batch` synthetic people (module docstring)."""
-    gen = torch.Generator().manual_seed(seed)
-    if SPIN_LSP_FITS.is_file():
-        fits = torch.as_tensor(np.load(SPIN_LSP_FITS), dtype=torch.float32)
-        pose = fits[torch.randperm(len(fits), generator=gen)[:batch], :72].clone()
-        source = "SPIN LSP fits"
-    else:  # sample the prior: a component by weight, then its Gaussian
-        k = torch.multinomial(prior.log_weights.exp(), batch, replacement=True, generator=gen)
-        chol = torch.linalg.cholesky(torch.linalg.inv(prior.precisions.double())).float()
-        body_pose = prior.means[k] + (chol[k] @ torch.randn(batch, prior.dim, 1, generator=gen))[..., 0]
-        orient = torch.tensor([torch.pi, 0.0, 0.0]).expand(batch, 3) + 0.2 * torch.randn(batch, 3, generator=gen)
-        pose = torch.cat([orient, body_pose], 1)
-        source = "pose prior samples"
-    betas = torch.randn(batch, body.num_betas, generator=gen)
-    scale = 0.8 + 0.3 * torch.rand(batch, generator=gen)
-    cam_t = torch.zeros(batch, 3)
-    cam_t[:, 2] = 2 * FIT_FOCAL / (FIT_RES * scale)
+@dataclass(frozen=True)
+class BenchConfig:
+    """One run of the benchmark. Defaults: the full run (about 20 CPU minutes on one thread; with
+    reference_cases=4, 11: measured 2026-12-02)."""
+
+    split: str = "test"                                # "dev" for tuning, "test" for reporting
+    sources: tuple[str, ...] = SOURCES
+    poses_file: Path | None = None                     # adds the source "file" (`load_pose_file`)
+    cases: int = 64                                    # people per source; the fast mode fits all in every cell
+    reference_cases: int = 8                           # the first this many per cell are fitted by the reference
+    cameras: tuple[str, ...] = CAMERAS
+    noise: tuple[str, ...] = NOISE
+    starts: tuple[str, ...] = STARTS
+    calibration_people: int = 128                      # dev people per source the start levels are calibrated on
+    modes: tuple[str, ...] = MODES
+    reference_iterations: int | None = None            # None: SPIN's 100 per stage (--quick: 5, figures mean nothing)
+    model: str = "open"
+    prior: Path | None = None
+    device: str = "cpu"
+    threads: int = 1
+    seed: int = 0
+
+    def checked(self) -> "BenchConfig":
+        def bad(what: str) -> FitloopError:
+            return FitloopError(f"bench smplify: {what}")
+        if self.split not in SPLITS:
+            raise bad(f"--split must be one of {', '.join(SPLITS)}, not {self.split!r}")
+        for name, given, allowed in (("--sources", self.sources, SOURCES), ("--cameras", self.cameras, CAMERAS),
+                                     ("--keypoints", self.noise, NOISE), ("--starts", self.starts, STARTS),
+                                     ("--modes", self.modes, MODES)):
+            unknown = [g for g in given if g not in allowed]
+            if unknown or (not given and name != "--sources"):
+                raise bad(f"{name} takes some of {', '.join(allowed)}; got {', '.join(given) or 'none'}")
+        if not self.sources and self.poses_file is None:
+            raise bad("no pose source: give --sources or --poses FILE")
+        if self.cases < 1 or not 0 <= self.reference_cases <= self.cases:
+            raise bad(f"need --cases >= 1 and 0 <= --reference-cases <= --cases, got {self.cases} and "
+                      f"{self.reference_cases}")
+        if self.calibration_people < 8:
+            raise bad(f"--calibration-people must be at least 8, got {self.calibration_people}")
+        if self.threads < 1:
+            raise bad(f"--threads must be at least 1, got {self.threads}")
+        if self.poses_file is not None and not Path(self.poses_file).is_file():
+            raise bad(f"--poses {self.poses_file}: no such file")
+        return self
+
+
+QUICK = {"cases": 3, "reference_cases": 1, "calibration_people": 16, "reference_iterations": 5}
+
+
+# --- Metrics --------------------------------------------------------------------------------------------------------
+def wrong_facing(fit_orient: np.ndarray, true_orient: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """Whether each fit faces the other way: (N,) 1.0 wrong, 0.0 right, NaN undefined.
+
+    The heading of a body is the direction of its hip axis (the global orientation's x axis, the body's left)
+    projected on the horizontal plane (perpendicular to ``up``, the world's up direction in the camera frame). A fit
+    is wrong-facing when its heading is more than 90° from the truth's: ``R_fit x̂ · h < 0``, with ``h`` the truth's
+    horizontal hip axis, normalised. Undefined where the truth's hip axis is within 30° of vertical (its horizontal
+    part shorter than FACING_UNDEFINED_BELOW), e.g. a person lying on the side.
+
+    fit_orient, true_orient: (N, 3) axis-angle, both in the same camera frame; up: (N, 3) unit.
+    """
+    x = np.array([1.0, 0.0, 0.0])
+    fit_left = Rotation.from_rotvec(fit_orient).apply(x)
+    true_left = Rotation.from_rotvec(true_orient).apply(x)
+    horizontal = true_left - (true_left * up).sum(-1, keepdims=True) * up
+    length = np.linalg.norm(horizontal, axis=-1)
+    defined = length >= FACING_UNDEFINED_BELOW
+    dot = (fit_left * horizontal).sum(-1)
+    return np.where(defined, (dot < 0).astype(np.float64), np.nan)
+
+
+def _posed(body: BodyModel, pose: np.ndarray, betas: np.ndarray, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Evaluation joints (N, 14, 3) and canonical joints (N, 49, 3) of bodies, one forward pass, CPU float64."""
+    device = next(body.buffers()).device
+    evals, joints = [], []
     with torch.no_grad():
-        joints = body(betas, pose[:, 3:], pose[:, :3]).joints
-    # centre each person in the crop: the pelvis projects near the middle, with a little jitter
-    center = torch.full((batch, 2), FIT_RES / 2)
-    cam_t[:, :2] = -joints[:, JOINT_INDEX["Pelvis (MPII)"], :2] + 0.05 * torch.randn(batch, 2, generator=gen)
-    keypoints = project(joints, cam_t, FIT_FOCAL, center)
-    return {"pose": pose, "betas": betas, "cam_t": cam_t, "joints": joints, "keypoints": keypoints,
-            "center": center, "source": source}
+        for s in range(0, len(pose), batch):
+            p = torch.as_tensor(pose[s:s + batch], dtype=torch.float32, device=device)
+            b = torch.as_tensor(betas[s:s + batch], dtype=torch.float32, device=device)
+            out = body(b, p[:, 3:], p[:, :3])
+            evals.append(body_eval_joints(body, out.vertices, out.joints).double().cpu())
+            joints.append(out.joints.double().cpu())
+    return torch.cat(evals), torch.cat(joints)
 
 
-def observe(people: dict, noise_px: float, missing: float, seed: int) -> torch.Tensor:
-    """Noisy (B, 49, 3) keypoints of the 24 dataset joints, ~`missing` of them absent (confidence 0)."""
-    gen = torch.Generator().manual_seed(seed)
-    batch = people["keypoints"].shape[0]
-    kp = torch.zeros(batch, 49, 3)
-    j24 = torch.as_tensor(indices(J24_NAMES))
-    kp[:, j24, :2] = people["keypoints"][:, j24] + noise_px * torch.randn(batch, len(j24), 2, generator=gen)
-    kp[:, j24, 2] = (torch.rand(batch, len(j24), generator=gen) >= missing).float()
-    kp[..., :2] *= kp[..., 2:]  # absent joints carry no coordinates, as in the datasets
-    return kp
+def case_metrics(body: BodyModel, truth: torch.Tensor, true_orient: np.ndarray, up: np.ndarray,
+                 keypoints: np.ndarray, focal: np.ndarray, center: np.ndarray, pose: np.ndarray, betas: np.ndarray,
+                 cam_t: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-case errors (N,) of bodies (pose (N, 72), betas, cam_t (N, 3) m in the fitting camera's frame) against
+    the truth's evaluation joints (N, 14, 3): ``pa_mpjpe_mm``, ``mpjpe_mm``, ``reprojection_px`` (mean over the
+    given keypoints (N, 49, 3) fit-frame px of the distance to the body's joints projected with the fitting camera,
+    focal (N, 2) and center (N, 2) fit-frame px) and ``wrong_facing``."""
+    evals, joints = _posed(body, pose, betas)
+    as64 = {"dtype": torch.float64}
+    projected = project(joints, torch.as_tensor(cam_t, **as64), torch.as_tensor(focal, **as64),
+                        torch.as_tensor(center, **as64)).numpy()
+    seen = keypoints[..., 2] > 0
+    dist = np.linalg.norm(projected - keypoints[..., :2], axis=-1)
+    return {"pa_mpjpe_mm": 1000 * pa_mpjpe(evals, truth).numpy(), "mpjpe_mm": 1000 * mpjpe(evals, truth).numpy(),
+            "reprojection_px": (dist * seen).sum(-1) / np.maximum(seen.sum(-1), 1),
+            "wrong_facing": wrong_facing(pose[:, :3], true_orient, up)}
 
 
-def initial_estimates(body: BodyModel, people: dict, keypoints: torch.Tensor, kind: str, seed: int):
-    gen = torch.Generator().manual_seed(seed)
-    batch = keypoints.shape[0]
-    betas = torch.zeros(batch, body.num_betas)
-    if kind == "mean":
-        pose, betas, cam_t = mean_pose_start(body, keypoints, FIT_FOCAL, people["center"])
-    elif kind == "noisy_true":
-        pose = people["pose"] + 0.15 * torch.randn(batch, 72, generator=gen)
-        cam_t = people["cam_t"].clone()
-        cam_t[:, 2] *= 1 + 0.1 * torch.randn(batch, generator=gen)
+def summary(per_case: dict[str, np.ndarray], start: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Averages of per-case metrics; with ``start`` (the same cases' start metrics), the share improved on it."""
+    wrong = per_case["wrong_facing"]
+    defined = ~np.isnan(wrong)
+    out = {"cases": len(wrong),
+           "pa_mpjpe_mm": float(per_case["pa_mpjpe_mm"].mean()),
+           "pa_mpjpe_median_mm": float(np.median(per_case["pa_mpjpe_mm"])),
+           "mpjpe_mm": float(per_case["mpjpe_mm"].mean()),
+           "reprojection_px": float(per_case["reprojection_px"].mean()),
+           "wrong_facing_pct": float(100 * wrong[defined].mean()) if defined.any() else None,
+           "facing_defined": int(defined.sum())}
+    if start is not None:
+        out["improved_pct"] = float(100 * (per_case["pa_mpjpe_mm"] < start["pa_mpjpe_mm"]).mean())
+    return out
+
+
+# --- The run --------------------------------------------------------------------------------------------------------
+@dataclass
+class Cell:
+    """One source × camera × keypoints × start: the cases, their truth and start, then the fits' metrics."""
+
+    source: str
+    camera: str
+    noise: str
+    start: str
+    sigma: float | None
+    truth: torch.Tensor          # (N, 14, 3) evaluation joints of the true bodies
+    true_orient: np.ndarray      # (N, 3)
+    up: np.ndarray               # (N, 3)
+    keypoints: np.ndarray        # (N, 49, 3) fit frame
+    focal: np.ndarray            # (N, 2) fit-frame px: the camera fitted with
+    center: np.ndarray           # (N, 2) fit-frame px
+    start_pose: np.ndarray
+    start_betas: np.ndarray
+    start_cam_t: np.ndarray
+    kind: str
+    origin: list[str]
+    fits: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
+    metrics: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
+
+
+def _check_prior(prior: MaxMixturePrior, path: Path, split: str, sources: tuple[str, ...]) -> dict[str, Any]:
+    """The prior's training subjects against the CMU subjects this run evaluates on: a prior that saw them makes
+    the CMU figures meaningless, so that is an error; a prior that does not say (SMPLify's gmm_08.pkl) is noted."""
+    meta = prior.metadata
+    used = meta.get("subjects_used")
+    info: dict[str, Any] = {"file": str(path), "subjects_used": used,
+                            "held_out_subjects": meta.get("held_out_subjects")}
+    if "cmu" not in sources:
+        info["check"] = "no CMU source in this run"
+    elif used is None:
+        info["check"] = "unknown: the prior does not record the subjects it was trained on"
     else:
-        raise ValueError(kind)
-    return pose, betas, cam_t
+        seen = sorted(set(used) & set(CMU_SUBJECTS[split]))
+        if seen:
+            raise FitloopError(f"{path}: this pose prior was trained on CMU subjects {seen}, which the benchmark's "
+                               f"{split} split evaluates on; train it without them (`fitloop prior train` holds "
+                               f"them out by default) or leave out --sources cmu")
+        info["check"] = f"ok: none of the {split} subjects {list(CMU_SUBJECTS[split])} in its training data"
+    return info
 
 
-def evaluate(body: BodyModel, people: dict, keypoints: torch.Tensor, pose, betas, cam_t) -> dict[str, float]:
-    with torch.no_grad():
-        joints = body(betas, pose[:, 3:], pose[:, :3]).joints
-    visible = keypoints[..., 2] > 0
-    reproj = (project(joints, cam_t, FIT_FOCAL, people["center"]) - keypoints[..., :2]).norm(dim=-1)
-    errors = ErrorSums.empty()
-    errors.add(["bench"] * len(pose), posed_eval_joints(body, pose, betas),
-               posed_eval_joints(body, people["pose"], people["betas"]))
-    result = errors.result()["all"]
-    return {"reproj_px": float(reproj[visible].mean()), "mpjpe_mm": result["mpjpe_mm"],
-            "pa_mpjpe_mm": result["pa_mpjpe_mm"]}
-
-
-def run(batch: int = 64, model: str = "open", prior_path: Path | None = None, noise_levels=(5.0, 0.0),
-        missing: float = 0.1, seed: int = 0, device: str = "cpu", modes=("reference", "fast"),
-        progress: bool = True) -> dict:
-    """Fit every (mode, start, noise) combination once; return the JSON-able benchmark record."""
-    torch.manual_seed(seed)
-    body = load_body_model(model)
-    prior = MaxMixturePrior.from_file(prior_path or DEFAULT_PRIOR)
-    people = synthetic_people(body, prior, batch, seed)
-    result = {"device": device, "batch": batch, "threads": torch.get_num_threads(), "poses": people["source"],
-              "model": body.name, "missing_fraction": missing, "modes": {}}
-    for mode in modes:
-        fitter = SMPLify(body, prior, SMPLifyConfig(mode=mode))
-        result["modes"][mode] = {}
-        for start in ("mean", "noisy_true"):
-            entry: dict = {}
-            for noise in noise_levels:
-                keypoints = observe(people, noise, missing, seed + 1)
-                pose0, betas0, cam0 = initial_estimates(body, people, keypoints, start, seed + 2)
-                t0 = time.perf_counter()
-                fit = fitter(keypoints, pose0, betas0, cam0, people["center"],
-                             start="mean" if start == "mean" else "estimate")
-                seconds = time.perf_counter() - t0
-                metrics = {"fits_per_s": batch / seconds, **evaluate(body, people, keypoints, fit.pose, fit.betas, fit.cam_t),
-                           "init_pa_mpjpe_mm": evaluate(body, people, keypoints, pose0, betas0, cam0)["pa_mpjpe_mm"]}
-                if progress:
-                    print(f"  {mode:<9} {start:<10} noise {noise:g} px: {metrics['fits_per_s']:8.1f} fits/s, "
-                          f"PA-MPJPE {metrics['pa_mpjpe_mm']:.1f} mm (start {metrics['init_pa_mpjpe_mm']:.1f}), "
-                          f"reproj {metrics['reproj_px']:.2f} px", flush=True)
-                if noise == 5.0:
-                    entry.update(metrics)
+def _cells_for(body: BodyModel, people: People, config: BenchConfig, sigmas: dict[str, float]) -> list[Cell]:
+    d = draws(people, config.seed)
+    cells = []
+    views: dict[str, tuple[View, torch.Tensor]] = {}  # the real camera's people serve both of its arms
+    for camera in config.cameras:
+        seen_by = VIEW_CAMERA[camera]
+        if seen_by not in views:
+            v = view(people, seen_by, body, config.seed)
+            views[seen_by] = v, _posed(body, v.pose, v.betas)[0]
+        v, truth = views[seen_by]
+        for noise in config.noise:
+            obs = observe(v, noise, d, FIT_FRAME[camera])
+            for label in config.starts:
+                if label == "mean":
+                    s, sigma = mean_start(body, obs), None
                 else:
-                    entry[f"noise_{noise:g}px"] = metrics
-            result["modes"][mode][start] = entry
-    if {"reference", "fast"} <= set(modes):
-        result["modes"]["default"] = result["modes"].pop("fast")
-        result["speedup"] = min(result["modes"]["default"][s]["fits_per_s"] / result["modes"]["reference"][s]["fits_per_s"]
-                                for s in ("mean", "noisy_true"))
-    return result
+                    sigma = sigmas[label]
+                    s = network_start(body, v.pose, obs, sigma, d.start)
+                cells.append(Cell(people.source, camera, noise, label, sigma, truth, v.pose[:, :3], v.up,
+                                  obs.keypoints, obs.focal, obs.center, s.pose, s.betas, s.cam_t, s.kind,
+                                  people.origin))
+    return cells
+
+
+def _fit_level(fitter: SMPLify, cells: list[Cell], count: int, mode: str, device: torch.device) -> dict[str, float]:
+    """Fit the first ``count`` cases of every cell (one start level) in batches; store the fits; return timing."""
+    def stack(get):
+        return torch.as_tensor(np.concatenate([get(c)[:count] for c in cells]), dtype=torch.float32, device=device)
+    kp, focal, center, pose, betas, cam_t = (
+        stack(lambda c, k=k: getattr(c, k))
+        for k in ("keypoints", "focal", "center", "start_pose", "start_betas", "start_cam_t"))
+    out = {"pose": [], "betas": [], "cam_t": []}
+    wall, cpu = time.perf_counter(), time.process_time()
+    for s in range(0, len(kp), CHUNK[mode]):
+        sl = slice(s, s + CHUNK[mode])
+        fit = fitter(kp[sl], pose[sl], betas[sl], cam_t[sl], center[sl], start=cells[0].kind,
+                     focal_length=focal[sl])
+        for k in out:
+            out[k].append(getattr(fit, k).double().cpu().numpy())  # .cpu() waits for a GPU to finish
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    arrays = {k: np.concatenate(v) for k, v in out.items()}
+    for i, c in enumerate(cells):
+        c.fits[mode] = tuple(arrays[k][i * count:(i + 1) * count] for k in ("pose", "betas", "cam_t"))
+    n = len(kp)
+    return {"fits": n, "wall_s": wall, "cpu_s": cpu, "fits_per_s": n / wall, "fits_per_cpu_s": n / max(cpu, 1e-9)}
+
+
+def _evaluate(body: BodyModel, c: Cell) -> None:
+    """Per-case metrics of a cell's start and of each mode's fits (the first len(fits) cases)."""
+    def metrics(pose, betas, cam_t):
+        n = len(pose)
+        return case_metrics(body, c.truth[:n], c.true_orient[:n], c.up[:n], c.keypoints[:n], c.focal[:n],
+                            c.center[:n], pose, betas, cam_t)
+    c.metrics["start"] = metrics(c.start_pose, c.start_betas, c.start_cam_t)
+    for mode, (pose, betas, cam_t) in c.fits.items():
+        c.metrics[mode] = metrics(pose, betas, cam_t)
+
+
+def _head(per_case: dict[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
+    return {k: v[:count] for k, v in per_case.items()}
+
+
+def _cell_record(c: Cell, reference_cases: int) -> dict[str, Any]:
+    start = c.metrics["start"]
+    rec: dict[str, Any] = {"source": c.source, "camera": c.camera, "frame": FIT_FRAME[c.camera],
+                           "keypoints": c.noise, "start": c.start,
+                           "sigma_rad": c.sigma, "cases": len(c.keypoints), "start_error": summary(start)}
+    if "fast" in c.metrics:
+        rec["fast"] = summary(c.metrics["fast"], start)
+    if "reference" in c.metrics:
+        k = reference_cases
+        rec["reference"] = summary(c.metrics["reference"], _head(start, k))
+        rec["start_on_reference_cases"] = summary(_head(start, k))
+        if "fast" in c.metrics:
+            rec["fast_on_reference_cases"] = summary(_head(c.metrics["fast"], k), _head(start, k))
+            rec["pa_mpjpe_ratio_fast_over_reference"] = (rec["fast_on_reference_cases"]["pa_mpjpe_mm"]
+                                                         / rec["reference"]["pa_mpjpe_mm"])
+    rec["per_case"] = {"origin": c.origin,
+                       **{f"{name}_pa_mpjpe_mm": np.round(m["pa_mpjpe_mm"], 2).tolist()
+                          for name, m in c.metrics.items()},
+                       **{f"{name}_wrong_facing": [None if np.isnan(w) else int(w) for w in m["wrong_facing"]]
+                          for name, m in c.metrics.items()}}
+    return rec
+
+
+def _pooled(cells: list[Cell], key: Callable[[Cell], tuple], names: tuple[str, ...],
+            reference_cases: int) -> list[dict[str, Any]]:
+    """Per-case metrics pooled over the cells that share ``key`` (e.g. keypoints × start)."""
+    groups: dict[tuple, list[Cell]] = {}
+    for c in cells:
+        groups.setdefault(key(c), []).append(c)
+    rows = []
+    for k, group in groups.items():
+        def cat(which: str, count: int | None = None) -> dict[str, np.ndarray]:
+            return {m: np.concatenate([c.metrics[which][m][:count] for c in group]) for m in group[0].metrics[which]}
+        row: dict[str, Any] = dict(zip(names, k))
+        row["start_error"] = summary(cat("start"))
+        if "fast" in group[0].metrics:
+            row["fast"] = summary(cat("fast"), cat("start"))
+        if "reference" in group[0].metrics:
+            start_k = cat("start", reference_cases)
+            row["reference"] = summary(cat("reference"), start_k)
+            row["start_on_reference_cases"] = summary(start_k)
+            if "fast" in group[0].metrics:
+                row["fast_on_reference_cases"] = summary(cat("fast", reference_cases), start_k)
+                row["pa_mpjpe_ratio_fast_over_reference"] = (row["fast_on_reference_cases"]["pa_mpjpe_mm"]
+                                                             / row["reference"]["pa_mpjpe_mm"])
+        rows.append(row)
+    return rows
+
+
+def run(config: BenchConfig = BenchConfig(), progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the benchmark (module docstring); returns its JSON-able record."""
+    config = config.checked()
+    say = progress or (lambda line: None)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _run(config, say)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(config: BenchConfig, say: Callable[[str], None]) -> dict[str, Any]:
+    wall0, cpu0, load0 = time.perf_counter(), time.process_time(), os.getloadavg()
+    device = torch.device(config.device)
+    body = load_body_model(config.model).to(device)
+    prior_path = Path(config.prior) if config.prior is not None else DEFAULT_PRIOR
+    prior = MaxMixturePrior.from_file(prior_path)
+    sources, skipped = available_sources(config.sources)
+    prior_info = _check_prior(prior, prior_path, config.split, sources)
+    levels = [s for s in config.starts if s != "mean"]
+    targets = tuple(START_TARGETS_MM[STARTS.index(s) - 1] for s in levels)
+
+    cells: list[Cell] = []
+    about: dict[str, Any] = {}
+    calibration: dict[str, Any] = {}
+    plan = [(s, None) for s in sources]
+    if config.poses_file is not None:
+        pool = load_pose_file(Path(config.poses_file))
+        plan.append(("file", pool))
+    for source, pool in plan:
+        split = "all" if source == "file" else config.split
+        t = time.perf_counter()
+        people = make_people(source, split, config.cases, body, config.seed, pool)
+        about[source] = {**people.about, "split": split, "cases": len(people)}
+        sigmas: dict[str, float] = {}
+        if levels:
+            cal_split = "all" if source == "file" else "dev"
+            cal_people = (people if cal_split == split and config.calibration_people <= config.cases
+                          else make_people(source, cal_split, config.calibration_people, body, config.seed, pool))
+            k = config.calibration_people
+            cal_people = People(cal_people.source, cal_people.split, cal_people.pose[:k], cal_people.betas[:k],
+                                cal_people.origin[:k], cal_people.about)
+            cal = calibrate_noise(body, cal_people, draws(cal_people, config.seed).start, targets)
+            calibration[source] = {"split": cal_split, **cal, "levels": levels}
+            sigmas = dict(zip(levels, cal["sigma_rad"]))
+        cells += _cells_for(body, people, config, sigmas)
+        say(f"{source}: {len(people)} people ({about[source]['what']}); start noise "
+            + (", ".join(f"{lv} {sg:.3f} rad" for lv, sg in sigmas.items()) or "-")
+            + f" [{time.perf_counter() - t:.1f} s]")
+
+    speed: dict[str, dict[str, Any]] = {}
+    for mode in config.modes:
+        smplify = SMPLifyConfig(mode=mode)
+        if mode == "reference" and config.reference_iterations is not None:
+            smplify = dataclasses.replace(smplify, iterations=config.reference_iterations)
+        fitter = SMPLify(body, prior, smplify)
+        count = config.cases if mode == "fast" else config.reference_cases
+        speed[mode] = {"config": dataclasses.asdict(smplify)}
+        if count == 0:
+            continue
+        for label in config.starts:
+            level_cells = [c for c in cells if c.start == label]
+            timing = _fit_level(fitter, level_cells, count, mode, device)
+            speed[mode][label] = timing
+            say(f"{mode:>9} {label:<6}: {timing['fits']} fits in {timing['wall_s']:.1f} s "
+                f"({timing['fits_per_s']:.1f} fits/s, {timing['fits_per_cpu_s']:.1f} per CPU s)")
+    for c in cells:
+        _evaluate(body, c)
+
+    ratios, cpu_ratios = {}, {}
+    if {"fast", "reference"} <= set(speed) and config.reference_cases:
+        for label in config.starts:
+            fast, ref = speed["fast"][label], speed["reference"][label]
+            ratios[label] = fast["fits_per_s"] / ref["fits_per_s"]
+            cpu_ratios[label] = fast["fits_per_cpu_s"] / ref["fits_per_cpu_s"]
+    return {
+        "benchmark": "smplify", "version": 2,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(config).items()},
+        "evaluation": EVALUATION,
+        "body_model": {"name": body.name, "model_id": body.model_id},
+        "prior": prior_info, "sources": about, "sources_skipped": skipped, "calibration": calibration,
+        "speed": speed, "speedup_fast_over_reference": ratios,
+        "speedup_min": min(ratios.values()) if ratios else None,
+        "speedup_fast_over_reference_per_cpu_s": cpu_ratios,
+        "summary": _pooled(cells, lambda c: (c.noise, c.start), ("keypoints", "start"), config.reference_cases),
+        "summary_by_camera": _pooled(cells, lambda c: (c.camera, c.noise, c.start), ("camera", "keypoints", "start"),
+                                     config.reference_cases),
+        "summary_by_source": _pooled(cells, lambda c: (c.source, c.noise, c.start), ("source", "keypoints", "start"),
+                                     config.reference_cases),
+        "cells": [_cell_record(c, config.reference_cases) for c in cells],
+        "threads": torch.get_num_threads(), "device": str(device), "cpus": os.cpu_count(),
+        "load_average_start": list(load0), "load_average_end": list(os.getloadavg()),
+        "wall_s": time.perf_counter() - wall0, "cpu_s": time.process_time() - cpu0,
+    }

@@ -181,7 +181,7 @@ def test_train_on_a_few_clips_writes_a_prior_with_provenance(tmp_path):
         (clips / rel).symlink_to(CMU / rel)
     (clips / "CLIPS.tsv").write_text("file\tcategory\nmb/02_01.bvh\twalk\nmb/02_05.bvh\tpunch/strike\n")
     out = tmp_path / "prior.npz"
-    report = train_prior([clips], out, components=2, seed=0, model=None, walk_share=0.05)
+    report = train_prior([clips], out, components=2, seed=0, model=None, walk_share=0.05, held_out_subjects=())
     assert report["clips"] == 2 and report["walk_share_after"] == pytest.approx(0.05)
     meta = load_gmm(out).metadata
     assert meta["acknowledgment"] == ("The data used in this project was obtained from mocap.cs.cmu.edu. "
@@ -189,7 +189,7 @@ def test_train_on_a_few_clips_writes_a_prior_with_provenance(tmp_path):
     assert "Bruce Hahne" in meta["bvh_conversion_credit"] and meta["config"]["seed"] == 0
     assert meta["unobserved_joints"] == ["left_collar", "right_collar", "left_hand", "right_hand"]
     first = out.read_bytes()
-    train_prior([clips], out, components=2, seed=0, model=None, walk_share=0.05)
+    train_prior([clips], out, components=2, seed=0, model=None, walk_share=0.05, held_out_subjects=())
     assert out.read_bytes() == first  # deterministic for a seed, byte for byte
 
 

@@ -36,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--cov-floor-deg", type=float, default=5.0,
                        help="covariance floor: (this many degrees, in radians)² is added to every covariance "
                             "diagonal (default 5)")
+    train.add_argument("--hold-out", default=None, metavar="SUBJECTS",
+                       help="CMU subject numbers whose BVH clips are not used, comma-separated, or 'none' (default "
+                            "for --bvh: 2,9,14,94, the subjects `fitloop bench smplify` evaluates on)")
     train.add_argument("--json", action="store_true", help="print the training report as JSON")
     train.set_defaults(func=cmd_train)
 
@@ -58,9 +61,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.fps <= 0 or args.cov_floor_deg < 0:
         raise FitloopError("--fps must be positive and --cov-floor-deg non-negative")
     kind, sources = ("bvh", [args.bvh]) if args.bvh is not None else ("amass", list(args.amass))
+    held_out = None
+    if args.hold_out is not None:
+        words = [w.strip() for w in args.hold_out.split(",") if w.strip()]
+        if words == ["none"]:
+            held_out = ()
+        elif words and all(w.isdigit() for w in words):
+            held_out = tuple(int(w) for w in words)
+        else:
+            raise FitloopError(f"--hold-out takes CMU subject numbers like 2,9,14,94 or 'none', got {args.hold_out!r}")
     report = train_prior(sources, args.out, kind=kind, components=args.components, seed=args.seed,
                          model=args.model, fps=args.fps, walk_share=args.walk_share, mirror=not args.no_mirror,
-                         cov_floor_deg=args.cov_floor_deg)
+                         cov_floor_deg=args.cov_floor_deg, held_out_subjects=held_out)
     print(json.dumps(report, indent=2) if args.json else summarize(report))
     return 0
 
@@ -78,8 +90,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"{args.file}: {gmm.num_components} components over {gmm.dim} dims "
           f"({'SMPL body pose, 23 joints x axis-angle' if gmm.dim == 69 else 'not a 69-dim SMPL body pose'})")
     print(f"  weights: {', '.join(f'{w:.3f}' for w in gmm.weights)}")
-    for key in ("format", "source", "rest_pose", "clips", "frames_used", "frames_rejected_implausible",
-                "walk_share_after", "unobserved_joints", "acknowledgment", "bvh_conversion_credit", "license"):
+    for key in ("format", "source", "rest_pose", "clips", "subjects_used", "held_out_subjects", "frames_used",
+                "frames_rejected_implausible", "walk_share_after", "unobserved_joints", "acknowledgment",
+                "bvh_conversion_credit", "license"):
         if key in meta:
             value = meta[key] if isinstance(meta[key], str) else json.dumps(meta[key])
             print(f"  {key}: {value}")
