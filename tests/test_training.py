@@ -300,17 +300,23 @@ def test_fits_store_keeps_strict_improvements_and_matches_the_table(tmp_path):
     assert len(FitsStore.load(table, "another-model")) == 0
 
 
+def _four_samples(has_smpl: list[bool]) -> Batch:
+    """A batch of four blank samples a/1..a/4 with ground-truth SMPL (pose 0.7, betas 0.3) where ``has_smpl``."""
+    n = 4
+    return Batch(img=torch.zeros(n, 3, 8, 8), keypoints=torch.zeros(n, 49, 3), gt_pose=torch.full((n, 72), 0.7),
+                 gt_betas=torch.full((n, 10), 0.3), has_smpl=torch.tensor(has_smpl),
+                 joints_3d=torch.zeros(n, 49, 4), has_3d=torch.zeros(n, dtype=torch.bool),
+                 flip=torch.zeros(n, dtype=torch.bool), rot=torch.zeros(n), scale=torch.ones(n),
+                 keys=["a/1", "a/2", "a/3", "a/4"], datasets=["a"] * 4)
+
+
 def test_supervision_follows_spin():
     n = 4
     chosen = BatchFits(pose=torch.full((n, 72), 0.1), betas=torch.tensor([[3.5] + [0.0] * 9, [1.0] * 10,
                                                                            [-3.1] + [0.0] * 9, [0.5] * 10]),
                        cam_t=torch.zeros(n, 3), loss=torch.tensor([50.0, 150.0, 20.0, 99.0]),
                        joints=torch.zeros(n, 49, 3), quality=np.full((n, len(FILTER_COLUMNS)), np.nan))
-    batch = Batch(img=torch.zeros(n, 3, 8, 8), keypoints=torch.zeros(n, 49, 3), gt_pose=torch.full((n, 72), 0.7),
-                  gt_betas=torch.full((n, 10), 0.3), has_smpl=torch.tensor([False, True, False, False]),
-                  joints_3d=torch.zeros(n, 49, 4), has_3d=torch.zeros(n, dtype=torch.bool),
-                  flip=torch.zeros(n, dtype=torch.bool), rot=torch.zeros(n), scale=torch.ones(n),
-                  keys=["a/1", "a/2", "a/3", "a/4"], datasets=["a"] * 4)
+    batch = _four_samples(has_smpl=[False, True, False, False])
     targets = supervision(chosen, batch, threshold=100.0)
     assert targets.valid.tolist() == [True, True, True, True]          # 150 > 100 but ground truth
     assert (targets.betas[0] == 0).all() and (targets.betas[2] == 0).all()   # outside ±3σ: zeroed
@@ -704,11 +710,7 @@ def test_supervision_drops_the_fits_below_the_filter_and_keeps_ground_truth():
     quality[:, worst["candidates"]] = 1
     chosen = BatchFits(pose=torch.full((n, 72), 0.1), betas=torch.zeros(n, 10), cam_t=torch.zeros(n, 3),
                        loss=torch.tensor([50.0, 150.0, 20.0, 20.0]), joints=torch.zeros(n, 49, 3), quality=quality)
-    batch = Batch(img=torch.zeros(n, 3, 8, 8), keypoints=torch.zeros(n, 49, 3), gt_pose=torch.full((n, 72), 0.7),
-                  gt_betas=torch.full((n, 10), 0.3), has_smpl=torch.tensor([False, False, False, True]),
-                  joints_3d=torch.zeros(n, 49, 4), has_3d=torch.zeros(n, dtype=torch.bool),
-                  flip=torch.zeros(n, dtype=torch.bool), rot=torch.zeros(n), scale=torch.ones(n),
-                  keys=["a/1", "a/2", "a/3", "a/4"], datasets=["a"] * 4)
+    batch = _four_samples(has_smpl=[False, False, False, True])
     spin = supervision(chosen, batch, threshold=100.0)
     assert spin.valid.tolist() == [True, False, True, True] and not spin.filtered.any()
     bar = supervision(chosen, batch, threshold=100.0, fit_filter=FitFilter(max_reprojection_px=5.0))
