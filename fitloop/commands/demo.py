@@ -99,8 +99,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     errors = fit_errors_by_version(Path(summary["fits"]), synthetic_truth(list(roots.values()), body), body)
     (out / "fit_errors.json").write_text(json.dumps(errors, indent=1))
     for row in errors:
-        print(f"[demo]   fits v{row['version']}: {row['fits']} fits, PA-MPJPE {row['pa_mpjpe_mm']:.1f} mm "
-              f"({row['with_truth']} with truth)", flush=True)
+        error = f"{row['pa_mpjpe_mm']:.1f} mm" if row["with_truth"] else "– (no fit with truth yet)"
+        print(f"[demo]   fits v{row['version']}: {row['fits']} fits, PA-MPJPE {error} ({row['with_truth']} with truth)",
+              flush=True)
     pictures = {}
     from render.sample_picture import fits_sheet
 
