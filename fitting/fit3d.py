@@ -62,7 +62,14 @@ from core.camera import translation_from_torso
 from core.errors import FitloopError, ModelFileError
 from core.joints import H36M_JOINTS, JOINT_INDEX, NUM_JOINTS, indices
 from fitting.body_model import BodyModel
-from fitting.priors import ANGLE_PRIOR_INDICES, ANGLE_PRIOR_SIGNS, MaxMixturePrior
+from fitting.priors import (
+    ANGLE_PRIOR_INDICES,
+    ANGLE_PRIOR_SIGNS,
+    SPIN_ANGLE_PRIOR_WEIGHT,
+    SPIN_POSE_PRIOR_WEIGHT,
+    SPIN_SHAPE_PRIOR_WEIGHT,
+    MaxMixturePrior,
+)
 from fitting.skeleton import Skeleton, SkeletonState
 from fitting.smplify import TORSO_PAIRS, _matrix_to_aa, _projection_jacobian, _select_state, gmof
 
@@ -94,9 +101,9 @@ class Fit3DConfig:
     joint_sigma: float = 200.0
     keypoint_weight: float = 1.0
     keypoint_sigma: float = 100.0
-    pose_prior_weight: float = 4.78
-    angle_prior_weight: float = 15.2
-    shape_prior_weight: float = 5.0
+    pose_prior_weight: float = SPIN_POSE_PRIOR_WEIGHT     # all weights enter squared, as in SPIN
+    angle_prior_weight: float = SPIN_ANGLE_PRIOR_WEIGHT
+    shape_prior_weight: float = SPIN_SHAPE_PRIOR_WEIGHT
     temporal_weight: float = 0.0
     iterations: int = 30
     warmup_iterations: int = 10

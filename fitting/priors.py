@@ -32,6 +32,11 @@ from core.joints import SMPL_JOINT_INDEX
 
 # The committed pose prior of the open model (trained on CMU motion capture: docs/pose_prior.md).
 DEFAULT_PRIOR = Path(__file__).resolve().parent / "data" / "pose_prior_open.npz"
+# SPIN's prior weights (SPIN_REFERENCE §3.3; they enter the objective squared): GMM pose prior, angle prior on
+# elbows and knees, betas. SMPLify and the 3D fit both start from them.
+SPIN_POSE_PRIOR_WEIGHT = 4.78
+SPIN_ANGLE_PRIOR_WEIGHT = 15.2
+SPIN_SHAPE_PRIOR_WEIGHT = 5.0
 
 NPZ_FORMAT = "fitloop-pose-prior"
 NPZ_FORMAT_VERSION = 1

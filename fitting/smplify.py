@@ -51,7 +51,14 @@ from core.errors import ModelFileError
 from core.frames import FIT_FOCAL, FIT_RES
 from core.joints import JOINT_INDEX, SMPLIFY_IGNORED, indices
 from fitting.body_model import BodyModel
-from fitting.priors import ANGLE_PRIOR_INDICES, ANGLE_PRIOR_SIGNS, MaxMixturePrior
+from fitting.priors import (
+    ANGLE_PRIOR_INDICES,
+    ANGLE_PRIOR_SIGNS,
+    SPIN_ANGLE_PRIOR_WEIGHT,
+    SPIN_POSE_PRIOR_WEIGHT,
+    SPIN_SHAPE_PRIOR_WEIGHT,
+    MaxMixturePrior,
+)
 from fitting.skeleton import Skeleton, SkeletonState, rodrigues
 
 OP_TORSO = ("OP RHip", "OP LHip", "OP RShoulder", "OP LShoulder")
@@ -75,9 +82,9 @@ class SMPLifyConfig:
     mode: str = "fast"                      # "fast" (LM on the joints-only skeleton) or "reference" (SPIN's)
     focal_length: float = 5000.0            # px
     sigma: float = 100.0                    # Geman–McClure scale, px
-    pose_prior_weight: float = 4.78         # all weights enter squared, as in SPIN
-    angle_prior_weight: float = 15.2
-    shape_prior_weight: float = 5.0
+    pose_prior_weight: float = SPIN_POSE_PRIOR_WEIGHT     # all weights enter squared, as in SPIN
+    angle_prior_weight: float = SPIN_ANGLE_PRIOR_WEIGHT
+    shape_prior_weight: float = SPIN_SHAPE_PRIOR_WEIGHT
     depth_loss_weight: float = 100.0
     ignored_joints: tuple[str, ...] = SMPLIFY_IGNORED
     # reference mode: Adam
