@@ -30,6 +30,7 @@ The schema and its conventions: `fits.schema`.
 """
 from __future__ import annotations
 
+import json
 import random
 import re
 import time as _time
@@ -564,11 +565,57 @@ class FitsTable:
         return removed + [p.relative_to(self.path).as_posix() for p in staged]
 
 
+_COMMIT_FILE = re.compile(r"^(\d{20})\.json$")  # a Delta commit: _delta_log/<version, 20 digits>.json
+
+
+def check_log(path: Path) -> int:
+    """Check a Delta table's commit log (``path/_delta_log``) before it is read; return its latest version.
+
+    deltalake reads an empty commit file as a commit with no actions: a crash between creating a commit file and
+    flushing it leaves one, and the table then opens, lists that version and silently lacks its fits. So every
+    commit file after the last checkpoint must be non-empty JSON lines, and the versions must follow each other
+    without a gap. FitsTableError otherwise, naming the file, the reason and what to do."""
+    log = Path(path) / "_delta_log"
+    versions = sorted(int(m.group(1)) for m in map(_COMMIT_FILE.match, (p.name for p in log.iterdir())) if m)
+    checkpoint = -1
+    last = log / "_last_checkpoint"
+    if last.is_file():
+        try:
+            checkpoint = int(json.loads(last.read_text())["version"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise FitsTableError(f"{last}: unreadable checkpoint pointer ({err}); restore it from a backup or "
+                                 f"delete it (the commits before it are still in the log)") from None
+    for at, version in enumerate(v for v in versions if v > checkpoint):
+        expected = checkpoint + 1 + at
+        if version != expected:
+            raise FitsTableError(f"{path}: commit {expected} is missing from {log} (the log goes from "
+                                 f"{expected - 1} to {version}); restore {expected:020d}.json from a backup")
+        file = log / f"{version:020d}.json"
+        text = file.read_bytes()
+        is_last = version == versions[-1]
+        what = ("move it away (`mv {f} {f}.broken`): the table then reads as of version {p}, and the run that wrote "
+                "it continues from its last checkpoint" if is_last else
+                "restore it from a backup: the versions after it build on it").format(f=file, p=version - 1)
+        if not text.strip():
+            raise FitsTableError(f"{file}: commit {version} of the fits table is empty (a crash while committing "
+                                 f"leaves such a file; its fits were never recorded); {what}")
+        for number, line in enumerate(text.splitlines(), 1):
+            try:
+                ok = not line.strip() or isinstance(json.loads(line), dict)
+            except ValueError:
+                ok = False
+            if not ok:
+                raise FitsTableError(f"{file}: commit {version}, line {number} is not a JSON action (the file is "
+                                     f"damaged); {what}")
+    return versions[-1] if versions else -1
+
+
 def _schema_version(path: Path) -> int:
     """The fits schema version a Delta table at ``path`` records; FitsTableError when it is no fits table (of
-    the columns its version has, `fits.schema.schema_of_version`)."""
+    the columns its version has, `fits.schema.schema_of_version`) or its commit log is damaged (`check_log`)."""
     if not DeltaTable.is_deltatable(str(path)):
         raise FitsTableError(f"{path} is not a Delta table (create one with FitsTable.create or `fits import`)")
+    check_log(path)
     schema = pa.schema(DeltaTable(str(path)).schema())
     found = (int((schema.field("schema_version").metadata or {}).get(SCHEMA_VERSION_META.encode(), b"0"))
              if "schema_version" in schema.names else 0)

@@ -269,6 +269,42 @@ def test_versions_time_travel_history_and_diff(tmp_path):
         table.best(version=99)
 
 
+def _three_commits(path):
+    """A table at versions 0 (create), 1 (losses 9) and 2 (losses 3) of keys lsp/a, lsp/b; its log folder."""
+    table = FitsTable.create(path)
+    table.append(batch(["lsp/a", "lsp/b"], [9.0, 9.0]))
+    table.append(batch(["lsp/a", "lsp/b"], [3.0, 3.0], epoch=1))
+    return path / "_delta_log"
+
+
+def test_an_empty_last_commit_is_an_error_that_says_what_to_do_not_lost_fits(tmp_path, capsys):
+    # deltalake itself opens such a table and reads it without version 2's fits (no error, losses 9 not 3)
+    log = _three_commits(tmp_path / "t")
+    last = log / f"{2:020d}.json"
+    last.write_bytes(b"")
+    assert DeltaTable(str(tmp_path / "t")).version() == 2
+    with pytest.raises(FitsTableError,
+                       match=r"00000000000000000002\.json: commit 2 .* is empty.*mv .*reads as of version 1"):
+        FitsTable.open(tmp_path / "t")
+    assert main(["fits", "versions", str(tmp_path / "t")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "is empty" in err and "Traceback" not in err and len(err.splitlines()) == 1
+    last.rename(last.with_name(last.name + ".broken"))            # what the message says to do
+    assert losses_of(FitsTable.open(tmp_path / "t").best()) == {"lsp/a": 9.0, "lsp/b": 9.0}
+
+
+def test_a_damaged_or_missing_earlier_commit_is_an_error(tmp_path):
+    log = _three_commits(tmp_path / "t")
+    first = log / f"{1:020d}.json"
+    text = first.read_text()
+    first.write_text(text[: len(text) // 2])                        # torn in the middle of a line
+    with pytest.raises(FitsTableError, match="commit 1, line .* not a JSON action.*restore it from a backup"):
+        FitsTable.open(tmp_path / "t")
+    first.unlink()
+    with pytest.raises(FitsTableError, match="commit 1 is missing"):
+        FitsTable.open(tmp_path / "t")
+
+
 def test_compaction_and_vacuum_never_lose_the_latest_best(tmp_path):
     table = FitsTable.create(tmp_path / "t")
     known = table.best_losses()
