@@ -282,9 +282,9 @@ def keypoint_batches(samples: Iterable[StoredSample], size: int, frame: str = "c
 def seed_fits(shard_dir: Path | Sequence[Path], table_path: Path, config: SeedConfig = SeedConfig(), *,
               keys: Sequence[str] | None = None, client: Any = None, on_batch: Callable[[int], None] | None = None,
               splits: Sequence[str] = (), missing_only: bool = False) -> SeedResult:
-    """Fit the samples of ``shard_dir`` (one shard folder or several, or checked shards (`shards.reader.ShardInfo`); all samples, those of ``splits``, or only
-    ``keys``) from the mean pose and append the improvements (module docstring) to the fits table at
-    ``table_path`` (created when missing) in one commit.
+    """Fit the samples of ``shard_dir`` (one shard folder or several, or checked shards
+    (`shards.reader.ShardInfo`); all samples, those of ``splits``, or only ``keys``) from the mean pose and append
+    the improvements (module docstring) to the fits table at ``table_path`` (created when missing) in one commit.
 
     client: a `distributed.Client` to fit the batches on (one task per ``config.batch_size`` samples; each worker
       builds its fitter once); None fits them here, on ``config.device``.
@@ -317,21 +317,31 @@ def seed_fits(shard_dir: Path | Sequence[Path], table_path: Path, config: SeedCo
         parts = _seed_3d(fitter, wanted(shard_samples(shard_dir, keys, splits)), config, result, client, on_batch)
         return _append(table, parts, known, result)
     batches = keypoint_batches(wanted(shard_samples(shard_dir, keys, splits)), config.batch_size, config.frame)
+    parts = _fit_batches(batches, lambda batch: fit_keypoints(fitter, batch),
+                         lambda batch: (fit_batch, batch, config, 1), client, on_batch)
+    return _append(table, parts, known, result)
+
+
+def _fit_batches(batches: Iterable[Any], fit_here: Callable[[Any], pa.Table],
+                 task: Callable[[Any], tuple[Any, ...]], client: Any,
+                 on_batch: Callable[[int], None] | None) -> list[pa.Table]:
+    """The rows of every batch (one row per sample): ``fit_here(batch)`` in this process, or with a ``client`` one
+    Dask task per batch, ``task(batch)`` = (function, *args) (``pure=False``: unique keys on a shared scheduler);
+    ``on_batch(rows)`` after each batch."""
     if client is None:
         parts = []
         for batch in batches:
-            parts.append(fit_keypoints(fitter, batch))
+            parts.append(fit_here(batch))
             if on_batch is not None:
-                on_batch(len(batch.keys))
-    else:
-        from distributed import as_completed
+                on_batch(parts[-1].num_rows)
+        return parts
+    from distributed import as_completed
 
-        futures = [client.submit(fit_batch, batch, config, 1, pure=False) for batch in batches]
-        for future in as_completed(futures):
-            if on_batch is not None:
-                on_batch(future.result().num_rows)
-        parts = client.gather(futures)
-    return _append(table, parts, known, result)
+    futures = [client.submit(*task(batch), pure=False) for batch in batches]
+    for future in as_completed(futures):
+        if on_batch is not None:
+            on_batch(future.result().num_rows)
+    return client.gather(futures)
 
 
 def _append(table: FitsTable, parts: list[pa.Table], known: BestLosses, result: SeedResult) -> SeedResult:
@@ -360,18 +370,6 @@ def _seed_3d(fitter: Fitter3D, samples: Iterable[StoredSample], config: SeedConf
     ordered = in_sequence_order(found)
     shapes = subject_shapes(fitter, ordered, config.shape_frames)
     batches = [ordered[i:i + config.batch_size] for i in range(0, len(ordered), config.batch_size)]
-    if client is None:
-        parts = []
-        for batch in batches:
-            parts.append(fit_3d_batch(fitter, batch, shapes))
-            if on_batch is not None:
-                on_batch(len(batch))
-        return parts
-    from distributed import as_completed
-
-    futures = [client.submit(fit_3d_task, batch, {s.subject: shapes[s.subject] for s in batch}, config, 1,
-                             pure=False) for batch in batches]
-    for future in as_completed(futures):
-        if on_batch is not None:
-            on_batch(future.result().num_rows)
-    return client.gather(futures)
+    return _fit_batches(batches, lambda batch: fit_3d_batch(fitter, batch, shapes),
+                        lambda batch: (fit_3d_task, batch, {s.subject: shapes[s.subject] for s in batch}, config, 1),
+                        client, on_batch)
