@@ -7,11 +7,13 @@ parser and sets `func` on it. Heavy imports (torch, prefect, ...) happen inside 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import io
 import os
 import select
 import sys
+import traceback
 
 from core.errors import FitloopError
 
@@ -55,6 +57,43 @@ def main(argv: list[str] | None = None) -> int:
         if not stdout_reader_gone():
             raise  # a pipe of the command's own (a socket, a subprocess): a real fault
         return closed_pipe()
+    except OSError as err:  # the machine's faults: a full or read-only disk, a file where a folder should be, ...
+        print(f"fitloop: error: {describe_os_error(err)}", file=sys.stderr)
+        return 1
+    except Exception:  # not an expected fault: the traceback is what a fix needs
+        traceback.print_exc()
+        print(f"fitloop: internal error (a bug in fitloop, not in your input): please report it at "
+              f"{ISSUES_URL} with the command line and the traceback above", file=sys.stderr)
+        return INTERNAL_ERROR_STATUS
+
+
+ISSUES_URL = "https://github.com/fitloop/fitloop/issues"
+INTERNAL_ERROR_STATUS = 70  # EX_SOFTWARE (sysexits.h): an internal software error
+
+# What to do about an operating-system error, by errno (the system's reason comes first, with the file).
+OS_ERROR_ADVICE = {
+    errno.ENOSPC: "free space there or write elsewhere, then run the command again",
+    errno.EDQUOT: "free space there or write elsewhere, then run the command again",
+    errno.EROFS: "write elsewhere",
+    errno.EACCES: "choose a path you can use, or change its permissions",
+    errno.EPERM: "choose a path you own, or change its permissions",
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "a file is in the way where a folder is expected: check the path, or move the file away",
+    errno.EISDIR: "a folder is in the way where a file is expected: check the path",
+    errno.EEXIST: "move it away or choose another path",
+    errno.ENAMETOOLONG: "choose a shorter path",
+    errno.EMFILE: "raise the limit (ulimit -n) or use fewer workers",
+    errno.EIO: "the disk or network file system failed: check it, then run the command again",
+}
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line for an OSError: the file(s), the system's reason, and what to do."""
+    where = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
+    reason = (err.strerror or str(err) or type(err).__name__).replace("\n", " ")
+    text = f"{where}: {reason}" if where else reason
+    advice = OS_ERROR_ADVICE.get(err.errno) if err.errno is not None else None
+    return f"{text}; {advice}" if advice else text
 
 
 # Exit status when the reader of stdout went away (`fitloop … | head -1`): what a shell reports for a program
