@@ -19,8 +19,10 @@ fast: the same objective on the exact joints-only `Skeleton`, minimised by batch
   (read off a first fit's residual) over the start's uncertainty (the caller's ``start_sigma``, or read off how far
   the start reprojects from the keypoints; `SMPLify.near_start_weight`). A start that carries no estimate of the
   person (``start="mean"``: `mean_pose_start`) gets no such term, and the same start turned around is fitted too
-  (front/back ambiguity), and turned sideways both ways where the torso is not fully seen; the candidate with the
-  lowest SPIN objective is kept (their objectives are in the result's extras). The caller says which start it
+  (front/back ambiguity), and turned sideways both ways where the torso is not fully seen; its pose and angle priors
+  start 100× stronger and relax to SPIN's (`SMPLify.prior_schedule`: limbs far from their keypoints would otherwise
+  settle into depth minima), and after a few iterations the candidate with the lowest SPIN objective is kept (their
+  objectives are in the result's extras). The caller says which start it
   gives; the values of the pose never decide it. `fitloop bench smplify` compares both modes.
 
 Body models: every family `fitting.body_model` loads (SMPL, SMPL-H, SMPL-X, the open model), in both modes. The
