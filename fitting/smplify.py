@@ -19,8 +19,10 @@ fast: the same objective on the exact joints-only `Skeleton`, minimised by batch
   (read off a first fit's residual) over the start's uncertainty (the caller's ``start_sigma``, or read off how far
   the start reprojects from the keypoints; `SMPLify.near_start_weight`). A start that carries no estimate of the
   person (``start="mean"``: `mean_pose_start`) gets no such term, and the same start turned around is fitted too
-  (front/back ambiguity), and turned sideways both ways where the torso is not fully seen; the candidate with the
-  lowest SPIN objective is kept (their objectives are in the result's extras). The caller says which start it
+  (front/back ambiguity), and turned sideways both ways where the torso is not fully seen; its pose and angle priors
+  start 100× stronger and relax to SPIN's (`SMPLify.prior_schedule`: limbs far from their keypoints would otherwise
+  settle into depth minima), and after a few iterations the candidate with the lowest SPIN objective is kept (their
+  objectives are in the result's extras). The caller says which start it
   gives; the values of the pose never decide it. `fitloop bench smplify` compares both modes.
 
 Body models: every family `fitting.body_model` loads (SMPL, SMPL-H, SMPL-X, the open model), in both modes. The
@@ -100,9 +102,16 @@ class SMPLifyConfig:
     noise_iterations: int = 8               # stage-2 iterations of that first fit (of body_iterations)
     try_back_start: bool | None = None      # None: for start="mean"; True/False: always/never
     side_starts: bool = True                # also the sideways headings where the torso is not fully seen
-    back_choice_after: int = 25             # stage-2 iterations run on every candidate before keeping the best
+    back_choice_after: int = 6              # stage-2 iterations run on every candidate before keeping the best
+    # mean starts: the pose and angle priors' energies weigh prior_anneal times SPIN's at the first stage-2
+    # iteration, decaying geometrically to SPIN's over anneal_iterations (prior_anneal 1: SPIN's throughout)
+    prior_anneal: float = 100.0
+    anneal_iterations: int = 15
 
     def validated(self) -> "SMPLifyConfig":
+        if self.prior_anneal < 1 or self.anneal_iterations < 0:
+            raise ValueError(f"prior_anneal must be >= 1 and anneal_iterations >= 0, got {self.prior_anneal} and "
+                             f"{self.anneal_iterations}")
         if self.mode not in ("fast", "reference"):
             raise ValueError(f"SMPLify mode must be 'fast' or 'reference', not {self.mode!r}")
         unknown = [j for j in self.ignored_joints if j not in JOINT_INDEX]
@@ -360,7 +369,8 @@ class SMPLify:
             # σ_kp from the keypoints themselves: the RMS residual per coordinate a first fit leaves, times
             # noise_from_fit for the degrees of freedom that fit absorbed; then w again, with it.
             start_pose, start_betas = pose, betas
-            pose, betas = self._lm_body(pose, betas, cam_t, kp, ctr, foc, trust, body_init, c.noise_iterations)
+            pose, betas = self._lm_body(pose, betas, cam_t, kp, ctr, foc, trust, body_init,
+                                        [1.0] * c.noise_iterations)
             with torch.no_grad():
                 conf = self._body_conf(kp)
                 r = (project(self._joints(pose, betas), cam_t, foc, ctr) - kp[..., :2]) * conf[..., None]
@@ -369,7 +379,8 @@ class SMPLify:
                                            c.noise_from_fit * rms)
             done = c.noise_iterations
         first = max(min(c.back_choice_after, total), done) if len(example) > batch else total
-        pose, betas = self._lm_body(pose, betas, cam_t, kp, ctr, foc, trust, body_init, first - done)
+        scale = self.prior_schedule(total) if not is_estimate else [1.0] * total
+        pose, betas = self._lm_body(pose, betas, cam_t, kp, ctr, foc, trust, body_init, scale[done:first])
         objectives = torch.full((batch, len(HEADINGS)), float("nan"), dtype=dtype, device=dev)
         pick = torch.arange(batch, device=dev)
         if len(example) > batch:
@@ -382,13 +393,23 @@ class SMPLify:
             pick = slot[torch.arange(batch, device=dev), best]
         pose, betas, cam_t, trust, body_init = (t[pick] for t in (pose, betas, cam_t, trust, body_init))
         if total > first:
-            pose, betas = self._lm_body(pose, betas, cam_t, keypoints, center, focal, trust, body_init, total - first)
+            pose, betas = self._lm_body(pose, betas, cam_t, keypoints, center, focal, trust, body_init, scale[first:])
         ranked = torch.where(torch.isnan(objectives), torch.inf, objectives).sort(1).values
         gap = torch.where(torch.isfinite(ranked[:, 1]), ranked[:, 1] - ranked[:, 0], torch.nan)
         return self._result(pose, betas, cam_t, keypoints, center, focal, c.camera_iterations + c.body_iterations,
                             turned_around=heading[pick] == 1, heading=torch.as_tensor(HEADINGS, dtype=dtype,
                                                                                       device=dev)[heading[pick]],
                             candidate_objectives=objectives, objective_gap=gap, near_start_weight=trust)
+
+    def prior_schedule(self, iterations: int) -> list[float]:
+        """Per stage-2 iteration, the factor on the pose and angle priors' weights (energies) from a mean start:
+        ``prior_anneal`` at the first, decaying geometrically to 1 at ``anneal_iterations``, then 1. A strong
+        prior first keeps the limbs of a body far from its keypoints out of implausible depth minima; SPIN's
+        objective then decides (SMPLify, Bogo et al. 2016, anneals its prior weights in stages for this)."""
+        c = self.config
+        if c.anneal_iterations == 0:
+            return [1.0] * iterations
+        return [c.prior_anneal ** max(0.0, 1.0 - k / c.anneal_iterations) for k in range(iterations)]
 
     def near_start_weight(self, pose: Tensor, betas: Tensor, cam_t: Tensor, keypoints: Tensor, center: Tensor,
                           focal: Tensor, start_sigma: Tensor | None = None,
@@ -474,11 +495,12 @@ class SMPLify:
             lam = torch.where(better, lam / 3, lam * 5).clamp(1e-7, 1e7)
         return pose, cam_t
 
-    def _lm_body(self, pose, betas, cam_t, kp, center, focal, trust, body_init, iterations):
+    def _lm_body(self, pose, betas, cam_t, kp, center, focal, trust, body_init, prior_scale):
         """Stage 2: pose, betas and global orientation; Geman–McClure by IRLS, GMM by its active component.
 
         trust (B,) px/rad: the near-start weight w (0 for a start that is no estimate), entering as
-        w² ‖θ_body − θ_body,init‖²."""
+        w² ‖θ_body − θ_body,init‖². prior_scale: one factor on the pose and angle priors' weights per iteration
+        (`prior_schedule`); a step is accepted when it lowers the objective with the factor of its iteration."""
         c = self.config
         batch, dtype = pose.shape[0], pose.dtype
         nb = betas.shape[1]
@@ -496,18 +518,19 @@ class SMPLify:
         eye_beta = torch.eye(nb, dtype=dtype, device=dev)
 
         def cost_of(p, b):
+            """The evaluation, and the objective's terms (B, 2): the rest, and the priors a schedule scales."""
             state = self.skeleton(p, b, active)
             proj = project(state.points, cam_t, focal, center)
             resid = proj - kp[..., :2]
             data = (conf.square()[..., None] * gmof(resid, c.sigma)).sum((1, 2))
             gmm = 0.5 * _quadratic(p[:, 3:], means, precisions) - log_w          # (B, K)
             angle = torch.exp(p[:, angle_idx] * angle_sign).square().sum(-1)
-            total = (data + w_pose * gmm.min(1).values + w_angle * angle + w_shape * b.square().sum(-1)
-                     + w_init * (p[:, 3:] - body_init).square().sum(-1))
-            return state, resid, gmm, total
+            fixed = data + w_shape * b.square().sum(-1) + w_init * (p[:, 3:] - body_init).square().sum(-1)
+            return state, resid, gmm, torch.stack([fixed, w_pose * gmm.min(1).values + w_angle * angle], 1)
 
-        state, resid, gmm, cost = cost_of(pose, betas)
-        for _ in range(iterations):
+        state, resid, gmm, terms = cost_of(pose, betas)
+        for scale in prior_scale:
+            cost = terms[:, 0] + scale * terms[:, 1]
             d_pose, d_betas = self.skeleton.jacobian(state)
             dproj = _projection_jacobian(state.points + cam_t[:, None], focal)            # (B, P, 2, 3)
             jac = torch.cat([dproj @ d_pose, dproj @ d_betas], dim=-1)                     # (B, P, 2, 72+NB)
@@ -519,13 +542,13 @@ class SMPLify:
             # max-mixture prior: the active component's quadratic
             k = gmm.argmin(1)
             prec_k, diff = precisions[k], pose[:, 3:] - means[k]
-            hess[:, 3:72, 3:72] += w_pose * 0.5 * prec_k
-            grad[:, 3:72] += w_pose * 0.5 * (prec_k @ diff[..., None])[..., 0]
+            hess[:, 3:72, 3:72] += scale * w_pose * 0.5 * prec_k
+            grad[:, 3:72] += scale * w_pose * 0.5 * (prec_k @ diff[..., None])[..., 0]
             # angle prior: residual w exp(s θ), derivative s exp(s θ)
             e = torch.exp(pose[:, angle_idx] * angle_sign)
             de = angle_sign * e
-            hess[:, angle_idx, angle_idx] += w_angle * de.square()
-            grad[:, angle_idx] += w_angle * e * de
+            hess[:, angle_idx, angle_idx] += scale * w_angle * de.square()
+            grad[:, angle_idx] += scale * w_angle * e * de
             # shape prior and near-start term
             hess[:, 72:, 72:] += w_shape * eye_beta
             grad[:, 72:] += w_shape * betas
@@ -535,15 +558,15 @@ class SMPLify:
 
             step = _lm_solve(hess, grad, lam)
             new_pose, new_betas = pose + step[:, :72], betas + step[:, 72:]
-            new_state, new_resid, new_gmm, new_cost = cost_of(new_pose, new_betas)
-            better = new_cost < cost
+            new_state, new_resid, new_gmm, new_terms = cost_of(new_pose, new_betas)
+            better = new_terms[:, 0] + scale * new_terms[:, 1] < cost
             pose = torch.where(better[:, None], new_pose, pose)
             betas = torch.where(better[:, None], new_betas, betas)
             keep = better[:, None, None]
             state = _select_state(better, new_state, state)
             resid = torch.where(keep, new_resid, resid)
             gmm = torch.where(better[:, None], new_gmm, gmm)
-            cost = torch.where(better, new_cost, cost)
+            terms = torch.where(better[:, None], new_terms, terms)
             lam = torch.where(better, lam / 3, lam * 5).clamp(1e-7, 1e7)
         return pose, betas
 
