@@ -11,7 +11,8 @@ from core.joints import JOINT_INDEX, indices
 from core.metrics import pa_mpjpe
 from fitting.body_model import DATA_DIR, load_body_model
 from fitting.priors import MaxMixturePrior
-from fitting.smplify import MIN_START_SIGMA, SMPLify, SMPLifyConfig, _compose_aa, mean_pose_start
+from fitting.skeleton import compose_axis_angle
+from fitting.smplify import MIN_START_SIGMA, SMPLify, SMPLifyConfig, mean_pose_start
 
 PRIOR = DATA_DIR / "pose_prior_open.npz"
 
@@ -203,7 +204,7 @@ def _facing_away(body, prior, batch=6):
     """Bodies turned away from the camera (about its y axis), and SPIN's mean start facing it."""
     people = _people(body, prior, batch=batch, seed=4)
     turned = people["pose"].clone()
-    turned[:, :3] = _compose_aa(torch.tensor([0.0, torch.pi, 0.0]).expand(batch, 3), people["pose"][:, :3])
+    turned[:, :3] = compose_axis_angle(torch.tensor([0.0, torch.pi, 0.0]).expand(batch, 3), people["pose"][:, :3])
     with torch.no_grad():
         joints = body(people["betas"], turned[:, 3:], turned[:, :3]).joints
     kp = people["keypoints"].clone()
