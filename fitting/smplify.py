@@ -104,14 +104,15 @@ class SMPLifyConfig:
     side_starts: bool = True                # also the sideways headings where the torso is not fully seen
     back_choice_after: int = 6              # stage-2 iterations run on every candidate before keeping the best
     # mean starts: the pose and angle priors' energies weigh prior_anneal times SPIN's at the first stage-2
-    # iteration, decaying geometrically to SPIN's over anneal_iterations (prior_anneal 1: SPIN's throughout)
+    # iteration, decaying geometrically to SPIN's over the first anneal_share of them (prior_anneal 1: SPIN's
+    # throughout); the rest are SPIN's objective
     prior_anneal: float = 100.0
-    anneal_iterations: int = 15
+    anneal_share: float = 0.6
 
     def validated(self) -> "SMPLifyConfig":
-        if self.prior_anneal < 1 or self.anneal_iterations < 0:
-            raise ValueError(f"prior_anneal must be >= 1 and anneal_iterations >= 0, got {self.prior_anneal} and "
-                             f"{self.anneal_iterations}")
+        if self.prior_anneal < 1 or not 0 <= self.anneal_share < 1:
+            raise ValueError(f"prior_anneal must be >= 1 and anneal_share in [0, 1), got {self.prior_anneal} and "
+                             f"{self.anneal_share}")
         if self.mode not in ("fast", "reference"):
             raise ValueError(f"SMPLify mode must be 'fast' or 'reference', not {self.mode!r}")
         unknown = [j for j in self.ignored_joints if j not in JOINT_INDEX]
@@ -403,13 +404,15 @@ class SMPLify:
 
     def prior_schedule(self, iterations: int) -> list[float]:
         """Per stage-2 iteration, the factor on the pose and angle priors' weights (energies) from a mean start:
-        ``prior_anneal`` at the first, decaying geometrically to 1 at ``anneal_iterations``, then 1. A strong
+        ``prior_anneal`` at the first, decaying geometrically to 1 after ``anneal_share`` of them (15 of the default
+        25), then 1: SPIN's objective for the rest. A strong
         prior first keeps the limbs of a body far from its keypoints out of implausible depth minima; SPIN's
         objective then decides (SMPLify, Bogo et al. 2016, anneals its prior weights in stages for this)."""
         c = self.config
-        if c.anneal_iterations == 0:
+        relax = round(c.anneal_share * iterations)
+        if relax == 0:
             return [1.0] * iterations
-        return [c.prior_anneal ** max(0.0, 1.0 - k / c.anneal_iterations) for k in range(iterations)]
+        return [c.prior_anneal ** max(0.0, 1.0 - k / relax) for k in range(iterations)]
 
     def near_start_weight(self, pose: Tensor, betas: Tensor, cam_t: Tensor, keypoints: Tensor, center: Tensor,
                           focal: Tensor, start_sigma: Tensor | None = None,
