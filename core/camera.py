@@ -34,6 +34,18 @@ def project(points: Tensor, translation: Tensor, focal: Tensor | float, center: 
     return pinhole(points + translation[:, None, :], focal[:, None, :], center[:, None, :])
 
 
+def projection_jacobian(points: Tensor, focal: Tensor) -> Tensor:
+    """d pixel / d camera-frame point (B, P, 2, 3) for u = fx x / z + cx, v = fy y / z + cy; points (B, P, 3),
+    focal (B, 2) px."""
+    x, y, z = points.unbind(-1)
+    inv = 1.0 / z
+    zero = torch.zeros_like(z)
+    fx, fy = focal[:, None, 0], focal[:, None, 1]
+    row_u = torch.stack([fx * inv, zero, -fx * x * inv * inv], -1)
+    row_v = torch.stack([zero, fy * inv, -fy * y * inv * inv], -1)
+    return torch.stack([row_u, row_v], -2)
+
+
 def weak_perspective_to_translation(cam: Tensor, focal: float = FIT_FOCAL, res: int = FIT_RES) -> Tensor:
     """SPIN's conversion of a regressor's weak-perspective camera [s, tx, ty] (B, 3) to t = [tx, ty, 2f/(res s)]."""
     return torch.stack([cam[:, 1], cam[:, 2], 2.0 * focal / (res * cam[:, 0] + 1e-9)], dim=-1)

@@ -58,7 +58,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from core.camera import translation_from_torso
+from core.camera import projection_jacobian, translation_from_torso
 from core.errors import FitloopError, ModelFileError
 from core.joints import H36M_JOINTS, JOINT_INDEX, NUM_JOINTS, indices
 from fitting.body_model import BodyModel
@@ -70,8 +70,8 @@ from fitting.priors import (
     SPIN_SHAPE_PRIOR_WEIGHT,
     MaxMixturePrior,
 )
-from fitting.skeleton import Skeleton, SkeletonState
-from fitting.smplify import TORSO_PAIRS, _matrix_to_aa, _projection_jacobian, _select_state, gmof
+from fitting.skeleton import Skeleton, SkeletonState, matrix_to_axis_angle, select_state
+from fitting.smplify import TORSO_PAIRS, gmof
 
 Correspondence = Literal["canonical", "h36m"]
 Solver = Literal["schur", "dense"]
@@ -336,7 +336,7 @@ class Fit3D:
         torso = torch.zeros_like(conf)
         torso[:, self._torso] = conf[:, self._torso]
         weight = torch.where(((torso > 0).sum(-1) >= MIN_RIGID)[:, None], torso, conf)
-        pose[:, :3] = _matrix_to_aa(rigid_rotation(model, target[..., :3], weight))
+        pose[:, :3] = matrix_to_axis_angle(rigid_rotation(model, target[..., :3], weight))
         turned = self.slot_points(pose, zero_betas)
         w = weight / weight.sum(-1, keepdim=True).clamp_min(1e-12)
         transl = ((target[..., :3] - turned) * w[..., None]).sum(1)
@@ -361,7 +361,7 @@ class Fit3D:
         t_cam = translation_from_torso(joints, views.keypoints[at, best], focal, views.center[at, best], pairs)
         pose = torch.zeros(frames, NUM_POSE, dtype=self.dtype, device=self.device)
         # camera = R·reference + T, so the body turned by Rᵀ·facing about its root, its root at Rᵀ(root + t − T)
-        pose[:, :3] = _matrix_to_aa(rot.transpose(1, 2) @ facing)
+        pose[:, :3] = matrix_to_axis_angle(rot.transpose(1, 2) @ facing)
         transl = (rot.transpose(1, 2) @ (root + t_cam - trans)[..., None])[..., 0] - root
         return pose, transl
 
@@ -484,7 +484,7 @@ class Fit3D:
         def pick(a: Tensor | None, b: Tensor | None) -> Tensor | None:
             return None if a is None else torch.where(mask.reshape((-1,) + (1,) * (a.dim() - 1)), a, b)
 
-        return _Terms(cost=pick(new.cost, old.cost), state=_select_state(mask, new.state, old.state),
+        return _Terms(cost=pick(new.cost, old.cost), state=select_state(mask, new.state, old.state),
                       r3=pick(new.r3, old.r3), r2=pick(new.r2, old.r2), cam=pick(new.cam, old.cam),
                       gmm=pick(new.gmm, old.gmm))
 
@@ -529,7 +529,7 @@ class Fit3D:
             idx = layout.idx2
             views = ev.views
             cam = terms.cam                                                                     # (F, V, n2, 3)
-            dproj = _projection_jacobian(cam.flatten(0, 1), views.focal.flatten(0, 1)).reshape(
+            dproj = projection_jacobian(cam.flatten(0, 1), views.focal.flatten(0, 1)).reshape(
                 cam.shape[:3] + (2, 3))                                                         # (F, V, n2, 2, 3)
             a = dproj @ views.rotation[:, :, None]                                              # (F, V, n2, 2, 3)
             jac_pose = a @ d_pose[:, None, idx]                                                 # (F, V, n2, 2, 72)

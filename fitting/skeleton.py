@@ -67,6 +67,32 @@ def right_jacobian(aa: Tensor) -> Tensor:
     return eye - a * k + b * (k @ k)
 
 
+def compose_axis_angle(first: Tensor, second: Tensor) -> Tensor:
+    """Axis-angle of R(first) @ R(second), (B, 3)."""
+    rot = rodrigues(first) @ rodrigues(second)
+    return matrix_to_axis_angle(rot)
+
+
+def matrix_to_axis_angle(rot: Tensor) -> Tensor:
+    """Axis-angle (B, 3) of rotation matrices (B, 3, 3), robust near 0 and π."""
+    cos = ((rot.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1)
+    angle = torch.acos(cos)
+    axis = torch.stack([rot[:, 2, 1] - rot[:, 1, 2], rot[:, 0, 2] - rot[:, 2, 0], rot[:, 1, 0] - rot[:, 0, 1]], -1)
+    sin = torch.sin(angle)
+    near_pi = sin < 1e-4
+    small = angle < 1e-6
+    aa = axis * (angle / (2 * sin.clamp_min(1e-12)))[:, None]
+    # near π: axis from the diagonal of (R + I) / 2 = a aᵀ
+    sym = (rot + torch.eye(3, dtype=rot.dtype, device=rot.device)) / 2
+    col = sym.diagonal(dim1=-2, dim2=-1).argmax(-1)
+    a = sym[torch.arange(len(rot), device=rot.device), :, col]
+    a = a / a.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    sign = torch.sign((a * axis).sum(-1) + 1e-12)
+    aa_pi = a * (angle * torch.where(sign == 0, torch.ones_like(sign), sign))[:, None]
+    aa = torch.where(near_pi[:, None] & ~small[:, None], aa_pi, aa)
+    return torch.where(small[:, None], torch.zeros_like(aa), aa)
+
+
 @dataclass
 class SkeletonState:
     """One evaluation of points `subset` (indices into the skeleton's points, or None for all): global rotations
@@ -79,6 +105,18 @@ class SkeletonState:
     pos: Tensor
     attached: Tensor  # (B, P, J, 3): R_j B_pj, the rotated attachment offsets
     points: Tensor
+
+
+def select_state(mask: Tensor, new: SkeletonState, old: SkeletonState) -> SkeletonState:
+    """Per example, ``new``'s evaluation where ``mask`` (B,) holds, else ``old``'s."""
+
+    def pick(a: Tensor, b: Tensor) -> Tensor:
+        return torch.where(mask.reshape((-1,) + (1,) * (a.dim() - 1)), a, b)
+
+    return SkeletonState(pose=pick(new.pose, old.pose), betas=pick(new.betas, old.betas), subset=new.subset,
+                         rot=pick(new.rot, old.rot),
+                         pos=pick(new.pos, old.pos), attached=pick(new.attached, old.attached),
+                         points=pick(new.points, old.points))
 
 
 def _blend_rows(rows: Tensor, weights: Tensor, v_template: Tensor, shapedirs: Tensor, j_template: Tensor,

@@ -48,7 +48,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-from core.camera import project, translation_from_torso
+from core.camera import project, projection_jacobian, translation_from_torso
 from core.errors import ModelFileError
 from core.frames import FIT_FOCAL, FIT_RES
 from core.joints import JOINT_INDEX, SMPLIFY_IGNORED, indices
@@ -61,7 +61,7 @@ from fitting.priors import (
     SPIN_SHAPE_PRIOR_WEIGHT,
     MaxMixturePrior,
 )
-from fitting.skeleton import Skeleton, SkeletonState, rodrigues
+from fitting.skeleton import Skeleton, compose_axis_angle, select_state
 
 OP_TORSO = ("OP RHip", "OP LHip", "OP RShoulder", "OP LShoulder")
 TORSO_PAIRS = (("Right Shoulder", "Right Hip"), ("Left Shoulder", "Left Hip"))  # the start's similar triangles
@@ -104,14 +104,15 @@ class SMPLifyConfig:
     side_starts: bool = True                # also the sideways headings where the torso is not fully seen
     back_choice_after: int = 6              # stage-2 iterations run on every candidate before keeping the best
     # mean starts: the pose and angle priors' energies weigh prior_anneal times SPIN's at the first stage-2
-    # iteration, decaying geometrically to SPIN's over anneal_iterations (prior_anneal 1: SPIN's throughout)
+    # iteration, decaying geometrically to SPIN's over the first anneal_share of them (prior_anneal 1: SPIN's
+    # throughout); the rest are SPIN's objective
     prior_anneal: float = 100.0
-    anneal_iterations: int = 15
+    anneal_share: float = 0.6
 
     def validated(self) -> "SMPLifyConfig":
-        if self.prior_anneal < 1 or self.anneal_iterations < 0:
-            raise ValueError(f"prior_anneal must be >= 1 and anneal_iterations >= 0, got {self.prior_anneal} and "
-                             f"{self.anneal_iterations}")
+        if self.prior_anneal < 1 or not 0 <= self.anneal_share < 1:
+            raise ValueError(f"prior_anneal must be >= 1 and anneal_share in [0, 1), got {self.prior_anneal} and "
+                             f"{self.anneal_share}")
         if self.mode not in ("fast", "reference"):
             raise ValueError(f"SMPLify mode must be 'fast' or 'reference', not {self.mode!r}")
         unknown = [j for j in self.ignored_joints if j not in JOINT_INDEX]
@@ -355,7 +356,7 @@ class SMPLify:
         turns[:, 1] = torch.as_tensor(HEADINGS, dtype=dtype, device=dev)[heading]
         pose = init_pose[example].clone()
         turned = heading > 0                                                                # about the camera's y
-        pose[turned, :3] = _compose_aa(turns[turned], init_pose[example[turned], :3])
+        pose[turned, :3] = compose_axis_angle(turns[turned], init_pose[example[turned], :3])
         kp, ctr, foc, betas, cam_t = (t[example] for t in (keypoints, center, focal, init_betas, init_cam_t))
         pose, cam_t = self._lm_camera(pose, betas, cam_t, kp, ctr, foc)
         sigma = None if start_sigma is None else start_sigma[example]
@@ -403,13 +404,15 @@ class SMPLify:
 
     def prior_schedule(self, iterations: int) -> list[float]:
         """Per stage-2 iteration, the factor on the pose and angle priors' weights (energies) from a mean start:
-        ``prior_anneal`` at the first, decaying geometrically to 1 at ``anneal_iterations``, then 1. A strong
+        ``prior_anneal`` at the first, decaying geometrically to 1 after ``anneal_share`` of them (15 of the default
+        25), then 1: SPIN's objective for the rest. A strong
         prior first keeps the limbs of a body far from its keypoints out of implausible depth minima; SPIN's
         objective then decides (SMPLify, Bogo et al. 2016, anneals its prior weights in stages for this)."""
         c = self.config
-        if c.anneal_iterations == 0:
+        relax = round(c.anneal_share * iterations)
+        if relax == 0:
             return [1.0] * iterations
-        return [c.prior_anneal ** max(0.0, 1.0 - k / c.anneal_iterations) for k in range(iterations)]
+        return [c.prior_anneal ** max(0.0, 1.0 - k / relax) for k in range(iterations)]
 
     def near_start_weight(self, pose: Tensor, betas: Tensor, cam_t: Tensor, keypoints: Tensor, center: Tensor,
                           focal: Tensor, start_sigma: Tensor | None = None,
@@ -442,7 +445,7 @@ class SMPLify:
             with torch.no_grad():
                 state = self.skeleton(pose, betas)
                 d_pose, _ = self.skeleton.jacobian(state)
-                dproj = _projection_jacobian(state.points + cam_t[:, None], focal)               # (B, 49, 2, 3)
+                dproj = projection_jacobian(state.points + cam_t[:, None], focal)               # (B, 49, 2, 3)
                 jac = (dproj @ d_pose[..., 3:]) * conf[..., None, None]                          # (B, 49, 2, 69)
                 resid = (project(state.points, cam_t, focal, center) - keypoints[..., :2]) * conf[..., None]
                 start_sigma = (resid.square().sum((1, 2)) / jac.square().sum((1, 2, 3)).clamp_min(1e-12)).sqrt()
@@ -473,7 +476,7 @@ class SMPLify:
         for _ in range(c.camera_iterations):
             d_pose, _ = self.skeleton.jacobian(state)
             d_torso = torch.gather(d_pose[..., :3], 1, local_idx[..., None, None].expand(-1, -1, 3, 3))
-            dproj = _projection_jacobian(torso + cam_t[:, None], focal) * mask[..., None, None]  # (B,4,2,3)
+            dproj = projection_jacobian(torso + cam_t[:, None], focal) * mask[..., None, None]  # (B,4,2,3)
             jac = torch.cat([dproj @ d_torso, dproj], dim=-1).reshape(batch, -1, 6)      # (B, 8, 6)
             jd = torch.zeros(batch, 1, 6, dtype=dtype, device=dev)
             jd[:, 0, 5] = c.depth_loss_weight
@@ -488,7 +491,7 @@ class SMPLify:
             better = new_cost < cost
             pose = torch.where(better[:, None], new_pose, pose)
             cam_t = torch.where(better[:, None], new_t, cam_t)
-            state = _select_state(better, new_state, state)  # keep each example's accepted evaluation
+            state = select_state(better, new_state, state)  # keep each example's accepted evaluation
             torso = torch.where(better[:, None, None], new_torso, torso)
             r = torch.where(better[:, None, None], new_r, r)
             d, cost = torch.where(better, new_d, d), torch.where(better, new_cost, cost)
@@ -532,7 +535,7 @@ class SMPLify:
         for scale in prior_scale:
             cost = terms[:, 0] + scale * terms[:, 1]
             d_pose, d_betas = self.skeleton.jacobian(state)
-            dproj = _projection_jacobian(state.points + cam_t[:, None], focal)            # (B, P, 2, 3)
+            dproj = projection_jacobian(state.points + cam_t[:, None], focal)            # (B, P, 2, 3)
             jac = torch.cat([dproj @ d_pose, dproj @ d_betas], dim=-1)                     # (B, P, 2, 72+NB)
             weight = conf.square()[..., None] * sigma2**2 / (sigma2 + resid.square()).square()  # IRLS, (B, P, 2)
             jac = jac.reshape(batch, -1, 72 + nb)
@@ -563,7 +566,7 @@ class SMPLify:
             pose = torch.where(better[:, None], new_pose, pose)
             betas = torch.where(better[:, None], new_betas, betas)
             keep = better[:, None, None]
-            state = _select_state(better, new_state, state)
+            state = select_state(better, new_state, state)
             resid = torch.where(keep, new_resid, resid)
             gmm = torch.where(better[:, None], new_gmm, gmm)
             terms = torch.where(better[:, None], new_terms, terms)
@@ -576,18 +579,6 @@ def _quadratic(x: Tensor, means: Tensor, precisions: Tensor) -> Tensor:
     return (torch.einsum("kij,bkj->bki", precisions, diff) * diff).sum(-1)
 
 
-def _projection_jacobian(points: Tensor, focal: Tensor) -> Tensor:
-    """d pixel / d camera-frame point (B, P, 2, 3) for u = fx x / z + cx, v = fy y / z + cy; points (B, P, 3),
-    focal (B, 2) px."""
-    x, y, z = points.unbind(-1)
-    inv = 1.0 / z
-    zero = torch.zeros_like(z)
-    fx, fy = focal[:, None, 0], focal[:, None, 1]
-    row_u = torch.stack([fx * inv, zero, -fx * x * inv * inv], -1)
-    row_v = torch.stack([zero, fy * inv, -fy * y * inv * inv], -1)
-    return torch.stack([row_u, row_v], -2)
-
-
 def _lm_solve(hess: Tensor, grad: Tensor, lam: Tensor) -> Tensor:
     """Solve (H + λ diag(H) + ε I) δ = -g per example."""
     diag = torch.diagonal(hess, dim1=-2, dim2=-1)
@@ -598,41 +589,3 @@ def _lm_solve(hess: Tensor, grad: Tensor, lam: Tensor) -> Tensor:
         bad = info > 0
         step[bad] = -torch.linalg.solve(damped[bad], grad[bad])
     return step
-
-
-def _compose_aa(first: Tensor, second: Tensor) -> Tensor:
-    """Axis-angle of R(first) @ R(second), (B, 3)."""
-    rot = rodrigues(first) @ rodrigues(second)
-    return _matrix_to_aa(rot)
-
-
-def _matrix_to_aa(rot: Tensor) -> Tensor:
-    """Axis-angle (B, 3) of rotation matrices (B, 3, 3), robust near 0 and π."""
-    cos = ((rot.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1)
-    angle = torch.acos(cos)
-    axis = torch.stack([rot[:, 2, 1] - rot[:, 1, 2], rot[:, 0, 2] - rot[:, 2, 0], rot[:, 1, 0] - rot[:, 0, 1]], -1)
-    sin = torch.sin(angle)
-    near_pi = sin < 1e-4
-    small = angle < 1e-6
-    aa = axis * (angle / (2 * sin.clamp_min(1e-12)))[:, None]
-    # near π: axis from the diagonal of (R + I) / 2 = a aᵀ
-    sym = (rot + torch.eye(3, dtype=rot.dtype, device=rot.device)) / 2
-    col = sym.diagonal(dim1=-2, dim2=-1).argmax(-1)
-    a = sym[torch.arange(len(rot), device=rot.device), :, col]
-    a = a / a.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    sign = torch.sign((a * axis).sum(-1) + 1e-12)
-    aa_pi = a * (angle * torch.where(sign == 0, torch.ones_like(sign), sign))[:, None]
-    aa = torch.where(near_pi[:, None] & ~small[:, None], aa_pi, aa)
-    return torch.where(small[:, None], torch.zeros_like(aa), aa)
-
-
-def _select_state(mask: Tensor, new: SkeletonState, old: SkeletonState) -> SkeletonState:
-    """Per example, ``new``'s evaluation where ``mask`` (B,) holds, else ``old``'s."""
-
-    def pick(a: Tensor, b: Tensor) -> Tensor:
-        return torch.where(mask.reshape((-1,) + (1,) * (a.dim() - 1)), a, b)
-
-    return SkeletonState(pose=pick(new.pose, old.pose), betas=pick(new.betas, old.betas), subset=new.subset,
-                         rot=pick(new.rot, old.rot),
-                         pos=pick(new.pos, old.pos), attached=pick(new.attached, old.attached),
-                         points=pick(new.points, old.points))

@@ -31,8 +31,7 @@ from fits.store import FitsStore
 from fits.table import FitsTable
 from fitting.body_model import load_body_model
 from fitting.quality import PART_NAMES, FitQuality, candidate_spread, facing, fit_quality, part_reprojection
-from fitting.skeleton import rodrigues
-from fitting.smplify import _compose_aa
+from fitting.skeleton import compose_axis_angle, rodrigues
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 MODEL = "open:aaaaaaaaaaaaaaaa"
@@ -62,7 +61,7 @@ def turned(pose: torch.Tensor, axis: tuple[float, float, float], angle: float) -
     """``pose`` with its global orientation turned by ``angle`` rad about a camera axis."""
     out = pose.clone()
     turn = torch.tensor(axis, dtype=pose.dtype) * angle
-    out[:, :3] = _compose_aa(turn.expand(len(pose), 3), pose[:, :3])
+    out[:, :3] = compose_axis_angle(turn.expand(len(pose), 3), pose[:, :3])
     return out
 
 

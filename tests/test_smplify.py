@@ -11,7 +11,8 @@ from core.joints import JOINT_INDEX, indices
 from core.metrics import pa_mpjpe
 from fitting.body_model import DATA_DIR, load_body_model
 from fitting.priors import MaxMixturePrior
-from fitting.smplify import MIN_START_SIGMA, SMPLify, SMPLifyConfig, _compose_aa, mean_pose_start
+from fitting.skeleton import compose_axis_angle
+from fitting.smplify import MIN_START_SIGMA, SMPLify, SMPLifyConfig, mean_pose_start
 
 PRIOR = DATA_DIR / "pose_prior_open.npz"
 
@@ -203,7 +204,7 @@ def _facing_away(body, prior, batch=6):
     """Bodies turned away from the camera (about its y axis), and SPIN's mean start facing it."""
     people = _people(body, prior, batch=batch, seed=4)
     turned = people["pose"].clone()
-    turned[:, :3] = _compose_aa(torch.tensor([0.0, torch.pi, 0.0]).expand(batch, 3), people["pose"][:, :3])
+    turned[:, :3] = compose_axis_angle(torch.tensor([0.0, torch.pi, 0.0]).expand(batch, 3), people["pose"][:, :3])
     with torch.no_grad():
         joints = body(people["betas"], turned[:, 3:], turned[:, :3]).joints
     kp = people["keypoints"].clone()
@@ -368,10 +369,12 @@ def test_mean_starts_are_tried_sideways_where_the_torso_is_not_seen(body, prior)
 
 
 def test_the_prior_schedule_decays_geometrically_to_spins_weights(body, prior):
-    fitter = SMPLify(body, prior, SMPLifyConfig(prior_anneal=100.0, anneal_iterations=4))
-    torch.testing.assert_close(torch.tensor(fitter.prior_schedule(6)),
-                               torch.tensor([100.0, 100.0**0.75, 10.0, 100.0**0.25, 1.0, 1.0]))
-    assert SMPLify(body, prior, SMPLifyConfig(anneal_iterations=0)).prior_schedule(3) == [1.0, 1.0, 1.0]
+    fitter = SMPLify(body, prior, SMPLifyConfig(prior_anneal=100.0, anneal_share=0.5))
+    torch.testing.assert_close(torch.tensor(fitter.prior_schedule(8)),
+                               torch.tensor([100.0, 100.0**0.75, 10.0, 100.0**0.25, 1.0, 1.0, 1.0, 1.0]))
+    default = SMPLify(body, prior).prior_schedule(25)           # relaxed over 15 of 25, then SPIN's weights
+    assert default[0] == 100.0 and default[14] > 1.0 and default[15:] == [1.0] * 10
+    assert SMPLify(body, prior, SMPLifyConfig(anneal_share=0.0)).prior_schedule(3) == [1.0, 1.0, 1.0]
     with pytest.raises(ValueError, match="prior_anneal"):
         SMPLify(body, prior, SMPLifyConfig(prior_anneal=0.5))
 
