@@ -184,9 +184,11 @@ def intrinsics_from_exif(tags: Mapping[int, Any], size: tuple[int, int]) -> Intr
                                        f"{x_res:g}/{y_res:g} px per {RESOLUTION_UNIT_MM[unit]:g} mm{resized}"))
     low, high = PLAUSIBLE_FOV_DEG
     for fx, fy, detail in candidates:
-        fov = math.degrees(2.0 * math.atan(math.hypot(width / fx, height / fy) / 2.0))
-        if low < fov < high:
-            return Intrinsics(fx, fy, *centre, source="exif", detail=detail)
+        if not (math.isfinite(fx) and math.isfinite(fy)):  # tags' product overflowed: no camera
+            continue
+        camera = Intrinsics(fx, fy, *centre, source="exif", detail=detail)
+        if low < camera.diagonal_fov_deg((width, height)) < high:
+            return camera
     return None
 
 

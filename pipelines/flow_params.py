@@ -149,6 +149,12 @@ def check_body_model(body_model: str, name: str = "body_model") -> str:
     return str(path)
 
 
+def check_choice(value: str, choices: tuple[str, ...], name: str) -> str:
+    if value not in choices:
+        raise FlowParameterError(f"{name}: {value!r} is not one of {', '.join(map(repr, choices))}")
+    return value
+
+
 def check_positive(value: int, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise FlowParameterError(f"{name}: {value!r} must be an integer >= 1")

@@ -159,14 +159,14 @@ def preprocess_flow(datasets: list[DatasetSpec], out: str, crop_res: int = 320, 
 @task(name="fit seeds", **IO_RETRIES)
 @fails_cleanly
 def seed_task(shards: str, fits: str, body_model: str, batch_size: int, workers: int | None,
-              dask_address: str | None, run_id: str) -> dict[str, Any]:
+              dask_address: str | None, run_id: str, frame: str = "crop", mode: str = "2d") -> dict[str, Any]:
     from dataclasses import asdict
 
     from fits.seeding import SeedConfig, seed_fits
     from pipelines.cluster import dask_client
 
     logger = get_run_logger()
-    config = SeedConfig(body_model=body_model, batch_size=batch_size, run_id=run_id)
+    config = SeedConfig(body_model=body_model, batch_size=batch_size, run_id=run_id, frame=frame, mode=mode)
     done = 0
 
     def on_batch(n: int) -> None:
@@ -194,15 +194,23 @@ def _fits_picture_artifact(shards: Path, fits: Path, body_model: str, out_png: P
 @fails_cleanly
 def seed_fits_flow(shards: str, fits: str, body_model: str = "open", batch_size: int = 64,
                    workers: int | None = None, dask_address: str | None = None,
-                   run_id: str = "seed") -> dict[str, Any]:
+                   run_id: str = "seed", frame: str = "crop", mode: str = "2d") -> dict[str, Any]:
     """Fit every sample of a shard set from the mean pose (batched SMPLify on Dask) and commit the improvements
-    to the fits table as one new version."""
+    to the fits table as one new version.
+
+    frame: "crop" (SPIN's fit frame) or "image" (each sample's own camera); mode: "2d" (SMPLify on the keypoints)
+    or "3d" (pseudo-ground truth from the samples' 3D joints, one shape per subject) — as `fitloop fits seed`."""
     shard_dir = params.check_shard_sets([shards])[0]
     fits_path = params.absolute_path(fits, "fits")
     body_model = params.check_body_model(body_model)
     params.check_positive(batch_size, "batch_size")
+    from fits.schema import FRAMES
+    from fits.seeding import MODES
+
+    params.check_choice(frame, FRAMES, "frame")
+    params.check_choice(mode, MODES, "mode")
     address = params.check_cluster(dask_address, workers)
-    result = seed_task(str(shard_dir), str(fits_path), body_model, batch_size, workers, address, run_id)
+    result = seed_task(str(shard_dir), str(fits_path), body_model, batch_size, workers, address, run_id, frame, mode)
     create_table_artifact(key="seed-fits", table=[result], description=f"Seed fits of {shard_dir} into {fits_path}")
     _fits_picture_artifact(shard_dir, fits_path, body_model, fits_path.parent / "seed_fits.png", "seed-fits-picture")
     get_run_logger().info(f"seeded {result['fitted']} samples, {result['appended']} fits appended, "

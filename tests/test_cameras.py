@@ -154,6 +154,10 @@ def test_exif_focal_lengths_as_cameras_write_them(tmp_path):
     write_jpeg(tmp_path / "odd.jpg", size, {"FocalLengthIn35mmFilm": 100000})
     assert intrinsics_from_exif(exif_of(tmp_path / "odd.jpg"), size) is None
     assert intrinsics_from_exif({}, size) is None
+    # hostile values: a focal length whose product overflows is no camera (not an error), a zero one is unusable
+    tags = {EXIF_TAGS["FocalLength"]: 1e300, EXIF_TAGS["FocalPlaneXResolution"]: 1e300}
+    assert intrinsics_from_exif(tags, size) is None
+    assert intrinsics_from_exif({EXIF_TAGS["FocalLengthIn35mmFilm"]: 0}, size) is None
 
 
 def test_the_shard_writer_reads_exif_and_guesses_without(tmp_path):

@@ -398,6 +398,7 @@ def test_seed_and_train_flows_on_their_own_log_and_report_to_prefect(prefect_api
 
     from prefect.logging.handlers import APILogWorker
 
+    from fits.table import FitsTable
     from pipelines.flows import preprocess_flow, seed_fits_flow, train_flow
 
     shards, fits = str(tmp_path / "shards"), str(tmp_path / "fits")
@@ -405,6 +406,9 @@ def test_seed_and_train_flows_on_their_own_log_and_report_to_prefect(prefect_api
     first = seed_fits_flow(shards, fits, workers=1)
     again = seed_fits_flow(shards, fits, workers=1)  # the same fits again: nothing improves, no new version
     assert first["appended"] == 6 and again["appended"] == 0 and again["versions"] == []
+    image = seed_fits_flow(shards, str(tmp_path / "fits_image"), workers=1, frame="image")  # each sample's camera
+    assert image["appended"] == 6
+    assert set(FitsTable.open(tmp_path / "fits_image").best()["frame"].to_pylist()) == {"image"}
     state = train_flow([shards], fits, str(tmp_path / "train"), TINY_TRAINING, return_state=True)
     summary = state.result()
     assert summary["step"] == 2 and summary["fits_version"] >= 1
@@ -428,7 +432,7 @@ def test_seed_and_train_flows_on_their_own_log_and_report_to_prefect(prefect_api
 
 def test_flow_parameters_are_checked_before_any_work(prefect_api, synthetic_lsp, tmp_path):
     from core.errors import FitloopError
-    from pipelines.flows import build_flow, train_flow
+    from pipelines.flows import build_flow, preprocess_flow, seed_fits_flow, train_flow
 
     lsp = [DatasetSpec("lsp", str(synthetic_lsp))]
     out = tmp_path / "out"
@@ -454,6 +458,13 @@ def test_flow_parameters_are_checked_before_any_work(prefect_api, synthetic_lsp,
     (tmp_path / "empty").mkdir()
     with pytest.raises(FitloopError, match="shards: .*empty has no manifest.json"):
         train_flow([str(tmp_path / "empty")], str(tmp_path / "fits"), str(tmp_path / "run"))
+    shards = tmp_path / "shards"
+    preprocess_flow(lsp, str(shards), workers=1)
+    for change, message in [(dict(frame="fisheye"), "frame: 'fisheye' is not one of 'crop', 'image'"),
+                            (dict(mode="4d"), "mode: '4d' is not one of '2d', '3d'")]:
+        with pytest.raises(FitloopError, match=message):
+            seed_fits_flow(str(shards), str(tmp_path / "fits"), workers=1, **change)
+        assert not (tmp_path / "fits").exists(), change
 
 
 def test_labels_keep_two_sources_of_one_format_apart(synthetic_lsp, tmp_path):

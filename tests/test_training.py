@@ -376,10 +376,11 @@ def test_a_run_writes_fits_at_checkpoints_and_epoch_ends_and_logs_metrics(refere
     assert tuple(rows[0]) == METRIC_COLUMNS
     assert [(int(r["epoch"]), int(r["step"])) for r in rows] == [(0, 0), (1, 3), (2, 6)]
     assert int(rows[0]["fits_version"]) == seed_version and int(rows[-1]["fits_version"]) > seed_version
-    # Measured: the fits' PA-MPJPE 103.2 (seed) -> 91.6 -> 86.0 mm, MPJPE 215 -> 172 -> 155 mm over the 16 keys;
+    # Measured: the fits' PA-MPJPE 92.9 (seed) -> 91.5 mm after two epochs over the 16 keys (with the seeds of
+    # before SMPLify's annealed prior: 103.2 -> 91.6 -> 86.0; better seeds leave a 6-step network less to improve);
     # the network, 6 steps from the mean parameters, PA-MPJPE 162-163 mm and MPJPE 510-527 mm on the 4 held out.
     fits_pa = [float(r["fits_pa_mpjpe_mm"]) for r in rows]
-    assert all(70 < e < 130 for e in fits_pa) and fits_pa[-1] < 0.95 * fits_pa[0]   # the loop improves the fits
+    assert all(70 < e < 130 for e in fits_pa) and fits_pa[-1] < fits_pa[0] - 0.5   # the loop improves the fits
     assert all(int(r["fits_samples"]) == 16 and int(r["net_samples"]) == 4 for r in rows)
     assert all(120 < float(r["net_pa_mpjpe_mm"]) < 200 and 400 < float(r["net_mpjpe_mm"]) < 650 for r in rows)
     # checkpoints at step 2 (every 2 steps), 3 (epoch end), 4, 6 (epoch end); each names a version holding its fits
