@@ -23,6 +23,8 @@ from typing import Any, Callable
 
 # Prefect's temporary server reports usage to a remote host by default; fitloop runs offline.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Its default 20 s to start is too short on a busy 2-core machine (seen: `fitloop demo` at load 7 gave up).
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 import pyarrow.dataset  # noqa: F401  - before torch: see fitloop.cli.preload_arrow
 from prefect import flow, get_run_logger, task
