@@ -16,7 +16,7 @@ containers is deeper than any recursion; an allowed `numpy.ndarray` may declare 
 `loads` bounds what a file may ask for, and refuses anything past a bound with an `UnsafePickleError` that names
 the file and says it is damaged or hostile, before the structure is expanded:
 
-* before unpickling, one pass over the opcodes (`pickletools.genops`, nothing built) refuses: more than
+* before unpickling, one pass over the opcodes (`pickletools`' reading of them, nothing built) refuses: more than
   `MAX_OPCODES` opcodes; a memo index past the objects read so far (the C unpickler sizes its memo by the index);
   counted data that runs past the end of the file; nesting deeper than `MAX_DEPTH`; an object whose expanded
   size (every shared reference counted each time it is reached) exceeds `expansion_limit` of the opcodes read;
@@ -241,6 +241,38 @@ _MEMO_GETS = frozenset({"GET", "BINGET", "LONG_BINGET"})
 _IN_PLACE = frozenset({"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD", "READONLY_BUFFER"})
 
 
+# Arguments that are counted data (a length, then that many bytes), by the width of their length: the first pass
+# skips the data instead of reading it (a model pickle is mostly a few large strings of array bytes).
+_COUNTED_ARGS = {pickletools.string4: (4, True), pickletools.bytes4: (4, False), pickletools.unicodestring4: (4, False),
+                 pickletools.bytes8: (8, False), pickletools.unicodestring8: (8, False),
+                 pickletools.bytearray8: (8, False)}
+
+
+def _opcodes(data: bytes):
+    """(opcode, argument) for each opcode of ``data`` up to STOP, as `pickletools.genops` gives them, except that
+    counted data is checked against the end of ``data`` and skipped (its argument is None), not copied."""
+    stream = io.BytesIO(data)
+    while True:
+        code = stream.read(1)
+        opcode = pickletools.code2op.get(code.decode("latin-1")) if code else None
+        if opcode is None:
+            raise _Malformed(f"{'no STOP at the end' if not code else f'unknown opcode {code!r}'} at byte "
+                             f"{stream.tell()}")
+        counted = _COUNTED_ARGS.get(opcode.arg)
+        if counted is not None:
+            width, signed = counted
+            raw = stream.read(width)
+            length = int.from_bytes(raw, "little", signed=signed)
+            if len(raw) < width or length < 0 or stream.tell() + length > len(data):
+                raise _Malformed(f"{opcode.name} at byte {stream.tell()} runs past the end of the data")
+            stream.seek(length, io.SEEK_CUR)
+            yield opcode, None
+        else:
+            yield opcode, (opcode.arg.reader(stream) if opcode.arg is not None else None)
+        if opcode.name == "STOP":
+            return
+
+
 class _Node:
     """What the first pass knows of an object on the stack: its expanded size and nesting depth."""
 
@@ -261,7 +293,7 @@ def _scan(data: bytes) -> int:
     memo: dict[int, _Node] = {}
     count = 0
     try:
-        for opcode, arg, _ in pickletools.genops(data):
+        for opcode, arg in _opcodes(data):
             count += 1
             if count > MAX_OPCODES:
                 raise _Refused(f"the pickle has more than {MAX_OPCODES:,} opcodes (a body-model or prior file has a "
@@ -326,7 +358,7 @@ def _scan(data: bytes) -> int:
                 raise _Refused(f"shared references expand the pickle to more than {expansion_limit(count):,} "
                                f"objects from {count:,} opcodes (a 'billion laughs')")
             stack.append(node)
-    except ValueError as err:  # from genops: an unknown opcode, data cut short, no STOP
+    except ValueError as err:  # from pickletools' readers: an argument cut short or malformed
         raise _Malformed(str(err)) from None
     return count
 

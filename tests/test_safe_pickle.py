@@ -1,5 +1,6 @@
 import importlib.util
 import pickle
+import pickletools
 import sys
 
 import hostile_pickles as hp
@@ -122,3 +123,17 @@ def test_the_opcode_cap(monkeypatch):
     assert safe_pickle.loads(_shared_list_pickle(400, 1), "small.pkl")[0] == [i % 200 for i in range(400)]
     with pytest.raises(UnsafePickleError, match="more than 500 opcodes"):
         safe_pickle.loads(_shared_list_pickle(600, 1), "big.pkl")
+
+
+def test_the_first_pass_reads_opcodes_as_pickletools_does(tmp_path):
+    # the reference: pickletools.genops; the first pass skips counted data instead of copying it, nothing else
+    model_files.write_chumpy_pickle(tmp_path / "py2.pkl", model_files.smpl_arrays(num_vertices=50))  # BINSTRINGs
+    value = {"a": np.arange(6.0).reshape(2, 3), "b": [1, 2.5, "text", b"bytes", None, True, 10**30, (1, 2)],
+             "s": {1, 2}, "f": frozenset({3}), "big": b"x" * 70_000, "long": "é" * 70_000, "ba": bytearray(b"ab")}
+    pickles = [pickle.dumps(value, protocol=p) for p in range(pickle.HIGHEST_PROTOCOL + 1)]
+    for protocol, data in enumerate(pickles + [(tmp_path / "py2.pkl").read_bytes()]):
+        expected = [(op.name, None if op.arg in safe_pickle._COUNTED_ARGS else arg)
+                    for op, arg, _ in pickletools.genops(data)]
+        assert [(op.name, arg) for op, arg in safe_pickle._opcodes(data)] == expected, protocol
+    with pytest.raises(safe_pickle._Malformed, match="runs past the end"):
+        list(safe_pickle._opcodes(pickle.dumps(b"x" * 1000, protocol=3)[:-20]))
