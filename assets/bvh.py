@@ -505,14 +505,15 @@ STANDARD_TPOSE_JOINTS = np.array([
 
 
 def rest_joints_from_model(path: str | Path) -> np.ndarray:
-    """Rest joint positions (24, 3) of a body-model ``.npz`` (``J_regressor`` (24, V) @ ``v_template`` (V, 3))."""
+    """Rest joint positions (24, 3) of a body-model file (``J_regressor`` (24, V) @ ``v_template`` (V, 3)), read and
+    checked by `fitting.body_model` (a damaged or foreign file is one `ModelFileError`)."""
+    from fitting.body_model import check_model_arrays, detect_family, read_model_arrays
+
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            joints = np.asarray(data["J_regressor"], dtype=np.float64) @ np.asarray(data["v_template"], np.float64)
-    except (OSError, KeyError, ValueError) as err:
-        raise BvhError(f"{path}: cannot read rest joints from this body-model file ({err}); it needs "
-                       f"J_regressor (24, V) and v_template (V, 3)") from None
+    arrays, _ = read_model_arrays(path)
+    check_model_arrays(arrays, detect_family(arrays, path), path)
+    joints = np.asarray(arrays["J_regressor"], dtype=np.float64) @ np.asarray(arrays["v_template"], np.float64)
     if joints.shape != (NUM_SMPL_JOINTS, 3):
-        raise BvhError(f"{path}: rest joints have shape {joints.shape}, expected (24, 3)")
+        raise BvhError(f"{path}: the model has {joints.shape[0]} joints; BVH rotations are made relative to the "
+                       f"{NUM_SMPL_JOINTS} joints of an SMPL or open model: pass one")
     return joints

@@ -47,6 +47,7 @@ from assets import bvh
 from core.errors import FitloopError
 from core.joints import SMPL_JOINT_NAMES, flip_pose
 from fitting.body_model import OPEN_MODELS
+from fitting.files import DAMAGED, read_npz
 from fitting.priors import GaussianMixture, save_gmm
 
 BODY_DIM = 69
@@ -208,14 +209,19 @@ def load_amass_poses(files: list[Path], config: TrainConfig) -> PoseSet:
     poses, clips = [], []
     for path in files:
         record: dict[str, Any] = {"file": str(path)}
+        data, _ = read_npz(path, "AMASS-style pose file")
         try:
-            with np.load(path, allow_pickle=False) as data:
-                p = np.asarray(data["poses"], dtype=np.float64)
-                rate = float(data["mocap_framerate"]) if "mocap_framerate" in data.files else None
-        except (OSError, KeyError, ValueError) as err:
-            raise PriorTrainingError(f"{path}: not an AMASS-style .npz with a `poses` array ({err})") from None
+            p = np.asarray(data["poses"], dtype=np.float64)
+            rate = float(data["mocap_framerate"]) if "mocap_framerate" in data else None
+        except (KeyError, TypeError, ValueError) as err:
+            raise PriorTrainingError(f"{path}: not an AMASS-style .npz with a numeric `poses` array ({err})") from None
         if p.ndim != 2 or p.shape[1] < 72:
             raise PriorTrainingError(f"{path}: `poses` has shape {p.shape}; expected (F, >=72) axis-angle")
+        if rate is not None and not (math.isfinite(rate) and rate > 0):
+            raise PriorTrainingError(f"{path}: mocap_framerate is {rate}; expected frames per second (> 0)")
+        if not np.isfinite(p).all():
+            raise PriorTrainingError(f"{path}: `poses` holds NaN or infinite values (frame "
+                                     f"{int(np.argwhere(~np.isfinite(p))[0, 0])}); {DAMAGED}")
         step = max(1, round(rate / config.fps)) if rate else 1
         picked = p[::step, 3:72]
         record.update(frames=len(p), step=step, used=len(picked))

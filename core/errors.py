@@ -13,4 +13,6 @@ class ModelFileError(FitloopError):
 
 
 class UnsafePickleError(ModelFileError):
-    """A pickle names a global outside the allow-list; nothing from it was run."""
+    """A pickle names a global outside the allow-list, or asks for more than its bytes can justify (shared
+    references expanded without bound, nesting too deep, arrays larger than the file); refused before any of it
+    is run or expanded (fitting/safe_pickle.py)."""

