@@ -1,0 +1,85 @@
+"""`fitloop preprocess --out`: a folder that holds anything fitloop did not write is refused, with or without
+--overwrite, and nothing in it is removed; a folder it cannot write (read-only, full, a file in the way) is one
+line naming the path (issue 13)."""
+import errno
+import os
+
+import pytest
+from faultcheck import expect_error
+from faultdata import convert, reconcile, write_lsp
+
+from shards import writer as shard_writer
+
+FAULT_CLASS = "user files deleted / output folder faults"
+
+
+def listing(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+@pytest.mark.parametrize("files", [{"notes.tmp": b"my notes"}, {"rejects.parquet": b"my own table"},
+                                   {"draft-000001.tar.tmp": b"x", "README": b"mine"}])
+def test_a_folder_with_files_fitloop_did_not_write_is_refused_and_left_as_it_was(capsys, tmp_path, files, overwrite):
+    root, out = tmp_path / "lsp", tmp_path / "out"
+    write_lsp(root)
+    out.mkdir()
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+    first = sorted(files)[0]
+    expect_error(capsys, ["preprocess", "lsp", "--root", root, "--out", out, "--no-progress", *overwrite],
+                 str(out), repr(first), "no fitloop shard set", "move those files away")
+    assert listing(out) == files  # nothing removed, nothing added
+
+
+def test_overwrite_replaces_a_set_but_refuses_one_with_a_users_file_in_it(capsys, tmp_path):
+    root, out = tmp_path / "lsp", tmp_path / "out"
+    write_lsp(root)
+    convert(capsys, "lsp", root, out)
+    expect_error(capsys, ["preprocess", "lsp", "--root", root, "--out", out, "--no-progress"],
+                 str(out), "already holds a shard set", "--overwrite")
+    (out / "keep.tmp").write_bytes(b"mine")
+    expect_error(capsys, ["preprocess", "lsp", "--root", root, "--out", out, "--no-progress", "--overwrite"],
+                 str(out), "'keep.tmp'", "not written by fitloop", "move it away")
+    assert (out / "keep.tmp").read_bytes() == b"mine" and (out / "manifest.json").is_file()
+    (out / "keep.tmp").unlink()
+    manifest = convert(capsys, "lsp", root, out, "--overwrite")
+    assert manifest["counts"] == {"read": 2, "written": 2, "rejected": 0}
+    reconcile(out)
+
+
+def test_resuming_removes_only_its_own_half_written_files(capsys, tmp_path):
+    root, out = tmp_path / "lsp", tmp_path / "out"
+    write_lsp(root, count=3)
+    (out / shard_writer.CHUNKS_DIR).mkdir(parents=True)  # an unfinished set, killed while writing its first shard
+    (out / "lsp-train-000000.tar.tmp").write_bytes(b"half a shard")
+    manifest = convert(capsys, "lsp", root, out)  # resumes the unfinished set: its .tmp is fitloop's own
+    assert not (out / "lsp-train-000000.tar.tmp").exists() and manifest["counts"]["written"] == 3
+    reconcile(out)
+
+
+def test_a_file_where_the_folder_should_be_is_one_line(capsys, tmp_path):
+    root = tmp_path / "lsp"
+    write_lsp(root)
+    (tmp_path / "file").write_text("x")
+    expect_error(capsys, ["preprocess", "lsp", "--root", root, "--out", tmp_path / "file", "--no-progress"],
+                 str(tmp_path / "file"), "is a file, not a folder")
+    expect_error(capsys, ["preprocess", "lsp", "--root", root, "--out", tmp_path / "file" / "set", "--no-progress"],
+                 str(tmp_path / "file"), "a file is in the way")
+
+
+@pytest.mark.parametrize("code, advice", [(errno.ENOSPC, "free space"), (errno.EROFS, "write elsewhere"),
+                                          (errno.EACCES, "permissions")])
+def test_a_full_or_read_only_disk_while_writing_is_one_line_naming_the_file(capsys, tmp_path, monkeypatch, code,
+                                                                             advice):
+    root, out = tmp_path / "lsp", tmp_path / "out"
+    write_lsp(root)
+
+    def fails(self, data):
+        raise OSError(code, os.strerror(code))  # as a write on a full disk says it: no file name
+
+    monkeypatch.setattr(shard_writer._HashingFile, "write", fails)
+    line = expect_error(capsys, ["preprocess", "lsp", "--root", root, "--out", out, "--no-progress"],
+                        str(out / "lsp-train-000000.tar.tmp"), os.strerror(code), advice)
+    assert "None" not in line
+    assert not (out / "lsp-train-000000.tar.tmp").exists()  # no half-written shard left behind
