@@ -435,7 +435,7 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> bool:
 def is_set_file(name: str) -> bool:
     """Whether a file name in a shard-set folder is one fitloop writes there: the manifest, the rejects table, the
     receipts folder, a shard (`SHARD_NAME`), or one of those being written (``.tmp``)."""
-    base = name[:-len(TMP_SUFFIX)] if name.endswith(TMP_SUFFIX) else name
+    base = name.removesuffix(TMP_SUFFIX)
     return base in (MANIFEST, REJECTS, CHUNKS_DIR) or bool(SHARD_NAME.match(base))
 
 

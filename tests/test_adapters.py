@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 import pytest
 import scipy.io
+from dataset_files import mat_structs
 from PIL import Image
 
 from core.joints import COCO_JOINTS, JOINT_INDEX, LSP_JOINTS, MPII_JOINTS, NUM_JOINTS
@@ -361,15 +362,6 @@ def test_lspet_invisible_joints_are_not_annotated(tmp_path):
     assert record.key == "lspet/im00001" and (record.keypoints_2d[:, 2] > 0).sum() == 12
     np.testing.assert_array_equal(joint(record, "Right Ankle"), [0, 0, 0])  # not "out of image": absent
     np.testing.assert_allclose(joint(record, "Right Knee"), [20 + 40 / 13 - 1, 10 + 60 / 13 - 1, 1], atol=1e-4)
-
-
-def mat_structs(rows: list[dict]) -> np.ndarray:
-    """A 1 x N MATLAB struct array (savemat writes a structured object array as one)."""
-    array = np.zeros((1, len(rows)), dtype=[(name, "O") for name in rows[0]])
-    for i, row in enumerate(rows):
-        for name, value in row.items():
-            array[0, i][name] = value
-    return array
 
 
 def write_release_mat(root: Path) -> None:

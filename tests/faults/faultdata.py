@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import scipy.io
+from dataset_files import mat_structs
 from PIL import Image
 
 from fitloop.cli import main as fitloop
@@ -123,15 +124,6 @@ def write_h36m(root: Path, actions: tuple[str, ...] = ("Walking",), frames: int 
 
 
 # --- MPII: the release struct (mpii_human_pose_v1_u12_1.mat), images in images/ -----------------------------------
-
-def mat_structs(rows: list[dict]) -> np.ndarray:
-    """A 1 x N MATLAB struct array (savemat writes a structured object array as one)."""
-    array = np.zeros((1, len(rows)), dtype=[(name, "O") for name in rows[0]])
-    for i, row in enumerate(rows):
-        for name, value in row.items():
-            array[0, i][name] = value
-    return array
-
 
 def mpii_rect(x1: float = 40.0, **fields) -> dict:
     """One annorect of a person with 16 visible joints inside a 100 x 80 image; ``fields`` replace its own."""

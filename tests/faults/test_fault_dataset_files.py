@@ -92,7 +92,7 @@ def test_mpii_h5_and_json_that_cannot_be_read_are_one_line(capsys, tmp_path, nam
 def test_a_spin_npz_that_is_damaged_or_holds_a_pickle_is_one_line(capsys, tmp_path):
     root = tmp_path / "spin"
     root.mkdir()
-    given = dict(options=["npz_file=x.npz", "dataset_name=lsp", "pixel_offset=1"], args=["--split", "test"])
+    given = {"options": ["npz_file=x.npz", "dataset_name=lsp", "pixel_offset=1"], "args": ["--split", "test"]}
     (root / "x.npz").write_bytes(b"PK\x03\x04 cut short")
     preprocess_error(capsys, "spin-npz", root, tmp_path / "out", "x.npz", "not a SPIN .npz", "BadZipFile", **given)
     np.savez(root / "x.npz", imgname=np.array([{"a": 1}], dtype=object), center=np.zeros((1, 2)), scale=np.ones(1))
@@ -211,7 +211,7 @@ def test_a_dataset_whose_every_record_is_rejected_is_an_error_after_writing_its_
     for image in (root / "images").iterdir():
         image.unlink()
     preprocess_error(capsys, "lsp", root, out, "no record became a sample", "missing_image 2", "--overwrite")
-    manifest, rows = reconcile(out)
+    manifest, _ = reconcile(out)
     assert manifest["counts"] == {"read": 2, "written": 0, "rejected": 2}
 
 

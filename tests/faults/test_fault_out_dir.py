@@ -26,7 +26,7 @@ def test_a_folder_with_files_fitloop_did_not_write_is_refused_and_left_as_it_was
     out.mkdir()
     for name, data in files.items():
         (out / name).write_bytes(data)
-    first = sorted(files)[0]
+    first = min(files)
     expect_error(capsys, ["preprocess", "lsp", "--root", root, "--out", out, "--no-progress", *overwrite],
                  str(out), repr(first), "no fitloop shard set", "move those files away")
     assert listing(out) == files  # nothing removed, nothing added
