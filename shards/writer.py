@@ -360,11 +360,29 @@ def finished_chunk(out_dir: Path, shard_name: str, digest: str) -> ChunkResult |
         result = ChunkResult(**recorded)
     except TypeError:  # a receipt from another version of ChunkResult
         return None
+    if not _sound(result):  # a damaged receipt: the chunk is written again
+        return None
     if result.shard is not None:
         path = Path(out_dir) / result.shard
         if not path.is_file() or file_sha256(path) != (result.bytes, result.sha256):
             return None
     return result
+
+
+def _sound(result: ChunkResult) -> bool:
+    """Whether a `ChunkResult` read back from a receipt has every field of the kind `finalize_manifest` uses."""
+    def counts(v: Any) -> bool:
+        return isinstance(v, dict) and all(isinstance(s, dict) and all(_counts(c) for c in s.values())
+                                           for s in v.values())
+
+    return ((result.shard is None or (isinstance(result.shard, str) and bool(SHARD_NAME.match(result.shard))))
+            and (result.sha256 is None or isinstance(result.sha256, str))
+            and _count(result.bytes) and _count(result.samples) and counts(result.counts)
+            and _count(result.has_smpl) and _count(result.has_joints_3d)
+            and isinstance(result.rejects, list)
+            and all(isinstance(r, dict) and set(REJECT_COLUMNS) <= set(r) for r in result.rejects)
+            and isinstance(result.keys, list) and all(isinstance(k, str) for k in result.keys)
+            and isinstance(result.sources, list) and all(isinstance(x, dict) for x in result.sources))
 
 
 def iter_chunks(records: Iterable[PersonRecord | Reject], samples_per_shard: int, *,

@@ -93,7 +93,7 @@ class CocoAdapter:
             images = {int(image["id"]): image for image in data["images"]}
             annotations = sorted(data["annotations"], key=_order)
             _check_categories(data.get("categories", []))
-        except (ValueError, KeyError, TypeError, AttributeError) as err:  # JSONDecodeError is a ValueError
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as err:  # JSONDecodeError: ValueError
             raise AnnotationFileError(path, "a COCO keypoints file", err) from None
         shared = {i: n for i, n in image_ids.items() if n > 1}  # which picture such an annotation is of is unknown
         annotation_ids = Counter(_order(a)[2] for a in annotations if _order(a)[0] == 0)

@@ -2,12 +2,14 @@
 --overwrite, and nothing in it is removed; a folder it cannot write (read-only, full, a file in the way) is one
 line naming the path (issue 13)."""
 import errno
+import json
 import os
 
 import pytest
 from faultcheck import expect_error
 from faultdata import convert, reconcile, write_lsp
 
+from fitloop.cli import main as fitloop
 from shards import writer as shard_writer
 
 FAULT_CLASS = "user files deleted / output folder faults"
@@ -83,3 +85,23 @@ def test_a_full_or_read_only_disk_while_writing_is_one_line_naming_the_file(caps
                         str(out / "lsp-train-000000.tar.tmp"), os.strerror(code), advice)
     assert "None" not in line
     assert not (out / "lsp-train-000000.tar.tmp").exists()  # no half-written shard left behind
+
+
+def test_a_damaged_receipt_of_an_unfinished_set_is_written_again(capsys, tmp_path, monkeypatch):
+    root, out = tmp_path / "lsp", tmp_path / "out"
+    write_lsp(root, count=3)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # stopped after every chunk, before the manifest
+
+    with monkeypatch.context() as patch:
+        patch.setattr(shard_writer, "finalize_manifest", killed)
+        assert fitloop(["preprocess", "lsp", "--root", str(root), "--out", str(out), "--no-progress",
+                        "--samples-per-shard", "1", "--split", "train"]) == 130
+    receipt = out / shard_writer.CHUNKS_DIR / "lsp-train-000001.json"
+    damaged = json.loads(receipt.read_text())
+    damaged["result"]["counts"] = ["not", "counts"]  # the digest still matches: only the result is wrong
+    receipt.write_text(json.dumps(damaged))
+    manifest = convert(capsys, "lsp", root, out, "--samples-per-shard", "1", "--split", "train")
+    assert manifest["counts"] == {"read": 3, "written": 3, "rejected": 0} and len(manifest["shards"]) == 3
+    reconcile(out)

@@ -17,6 +17,7 @@ from faultdata import write_lsp
 from fitloop.cli import INTERNAL_ERROR_STATUS
 from fitloop.cli import main as fitloop
 from shards.reader import ShardCorruptError, ShardReader, iter_shard, list_shards
+from shards.tar import READ_BLOCK, HashingReader, TarFormatError
 from shards.writer import ShardSetError
 
 FAULT_CLASS = "damaged shard sets"
@@ -190,3 +191,45 @@ def test_a_shard_set_given_twice_is_refused_not_read_twice(shard_set, tmp_path):
             list_shards(twice)
         with pytest.raises(ShardSetError, match="listed twice"):
             ShardReader(twice)
+
+
+def patch_first_header(shard_set, name, offset, data, cut=None):
+    """Overwrite bytes of the shard's first tar header at ``offset``, fix its checksum (so only the change is
+    wrong), optionally cut the file to ``cut`` bytes, and give the manifest the new size and sha256."""
+    path = shard_set / name
+    raw = bytearray(path.read_bytes())
+    raw[offset:offset + len(data)] = data
+    raw[148:156] = b" " * 8
+    raw[148:156] = f"{sum(raw[:512]):06o}\0 ".encode()
+    raw = bytes(raw[:cut] if cut else raw)
+    path.write_bytes(raw)
+    manifest = manifest_of(shard_set)
+    entry = next(s for s in manifest["shards"] if s["name"] == name)
+    entry["bytes"], entry["sha256"] = len(raw), hashlib.sha256(raw).hexdigest()
+    write_manifest(shard_set, manifest)
+
+
+@pytest.mark.parametrize("offset, data, cut, fragment", [
+    (0, b"\xff\xfe", None, "cannot be parsed (UnicodeDecodeError"),         # a member name that is not UTF-8
+    (124, b"77777777777\0", 4096, "wanted 8589934591 bytes"),            # 8 GiB declared: read as far as it goes
+])
+def test_a_damaged_tar_header_is_one_line_and_costs_no_more_memory_than_the_file(capsys, shard_set, offset, data,
+                                                                                  cut, fragment):
+    patch_first_header(shard_set, "lsp-train-000000.tar", offset, data, cut)
+    for command in (["stats"], ["ls", "--keys"]):
+        expect_error(capsys, ["shards", command[0], shard_set, *command[1:]], "lsp-train-000000.tar", fragment)
+    status, out = run_verify(capsys, shard_set)
+    assert status == 1 and "lsp-train-000000.tar: the tar breaks off before its first sample" in out
+
+
+def test_a_declared_size_is_read_in_blocks_never_allocated_at_once():
+    asked = []
+
+    class Stream(io.BytesIO):
+        def read(self, size=-1):
+            asked.append(size)
+            return super().read(size)
+
+    with pytest.raises(TarFormatError, match=f"wanted {2 ** 40} bytes, got 3000"):
+        HashingReader(Stream(b"x" * 3000)).read_exactly(2 ** 40, "a member")
+    assert max(asked) == READ_BLOCK  # an exabyte header costs a block of memory, not what it says
