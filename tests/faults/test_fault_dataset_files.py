@@ -1,8 +1,11 @@
 """Damaged dataset files, as `fitloop preprocess` reads them: an annotation file that cannot be read is one line
 naming it (never an empty shard set and exit 0); a bad record in a readable file is one reject row naming file and
 record, and the counts reconcile (issue 13)."""
+import io
 import json
+import struct
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -21,6 +24,7 @@ from faultdata import (
     write_lsp,
     write_mpii_release,
 )
+from PIL import Image
 
 FAULT_CLASS = "damaged dataset files"
 
@@ -46,6 +50,7 @@ GOOD_COCO = json.dumps({"images": [coco_image(1, "a.jpg")], "annotations": [coco
     (json.dumps({"images": [{"file_name": "a.jpg"}], "annotations": []}), "KeyError: 'id'"),
     (json.dumps({"images": {"1": "a.jpg"}, "annotations": []}), "TypeError"),  # a field of the wrong type
     ("\x89PNG not json at all", "JSONDecodeError"),
+    ('{"images": [{"id": 1e400, "file_name": "a.jpg"}], "annotations": []}', "OverflowError"),  # an id of inf
 ])
 def test_a_coco_json_that_cannot_be_read_is_one_line_and_no_shard_set(capsys, tmp_path, text, reason):
     write_coco(tmp_path / "coco", [coco_image(1, "a.jpg")], [], text=text)
@@ -228,3 +233,20 @@ def test_mpii_release_records_with_bad_fields_are_reject_rows(capsys, tmp_path):
     assert all(reason == "malformed_annotation" for reason, _ in by_record.values())
     assert "head_box" in by_record["annolist(1).annorect(2)"][1]
     assert "joint id 40" in by_record["annolist(1).annorect(4)"][1]
+
+
+def test_an_image_that_declares_a_billion_pixels_is_a_reject_not_decoded(capsys, tmp_path):
+    root, out = tmp_path / "lsp", tmp_path / "out"
+    write_lsp(root, count=2)
+    bomb = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(bomb, "PNG")
+    data = bytearray(bomb.getvalue())
+    data[16:24] = struct.pack(">II", 40000, 40000)  # IHDR width and height: 1.6e9 px
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    (root / "images" / "im0002.jpg").write_bytes(bytes(data))
+    for check in ("header", "exists"):  # found by the adapter, or at crop time
+        convert(capsys, "lsp", root, out, "--option", f"image_check={check}", "--overwrite")
+        manifest, rows = reconcile(out)
+        assert manifest["counts"] == {"read": 2, "written": 1, "rejected": 1}
+        assert (rows[0]["source"], rows[0]["reason"]) == ("images/im0002.jpg", "corrupt_image")
+        assert "DecompressionBomb" in rows[0]["message"]

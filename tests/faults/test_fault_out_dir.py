@@ -10,6 +10,7 @@ from faultcheck import expect_error
 from faultdata import convert, reconcile, write_lsp
 
 from fitloop.cli import main as fitloop
+from pipelines.flow_params import FlowParameterError, check_out_dir
 from shards import writer as shard_writer
 
 FAULT_CLASS = "user files deleted / output folder faults"
@@ -105,3 +106,12 @@ def test_a_damaged_receipt_of_an_unfinished_set_is_written_again(capsys, tmp_pat
     manifest = convert(capsys, "lsp", root, out, "--samples-per-shard", "1", "--split", "train")
     assert manifest["counts"] == {"read": 3, "written": 3, "rejected": 0} and len(manifest["shards"]) == 3
     reconcile(out)
+
+
+def test_a_flow_checks_the_folder_the_same_way_before_any_work(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    for overwrite in (False, True):
+        with pytest.raises(FlowParameterError, match="out: .*'notes.txt' but no fitloop shard set"):
+            check_out_dir(tmp_path / "out", overwrite)
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
