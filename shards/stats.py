@@ -2,9 +2,10 @@
 and person box sizes (``fitloop shards stats``).
 
 Counts come from the manifest; reject reasons are counted from ``rejects.parquet`` itself, and ``consistent`` says
-whether the two agree and read = written + rejected (`shards.reader.count_problems`). A damaged set (a manifest,
-rejects table, shard or sample that cannot be read) is a `ShardSetError` naming the file and the sample. Keypoint visibility and box sizes come from a scan of every
-sample's json and ``keypoints_2d.npy`` (images are not decoded); ``scan=False`` leaves them out.
+whether the two agree and read = written + rejected (`shards.reader.count_problems`). Keypoint visibility and box
+sizes come from a scan of every sample's json and ``keypoints_2d.npy`` (images are not decoded); ``scan=False``
+leaves them out. A damaged set (a manifest, rejects table, shard or sample that cannot be read) is a
+`ShardSetError` naming the file and the sample.
 """
 from __future__ import annotations
 

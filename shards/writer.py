@@ -15,7 +15,8 @@ A shard set is one folder:
 Every file is written as ``<name>.tmp`` and renamed into place, so a killed run never leaves a half-written file
 under a final name. A set is written into a new or empty folder, or one holding a fitloop set (finished, to replace
 with ``overwrite``; unfinished, to resume); fitloop removes only the files it writes there (`is_set_file`) and
-refuses a folder that holds anything else (`check_out_dir`). Read = written + rejected holds for every dataset and split, and the manifest records it.
+refuses a folder that holds anything else (`check_out_dir`). Read = written + rejected holds for every dataset and
+split, and the manifest records it.
 
 The unit of work is a chunk (`write_chunk`: records -> one shard + its rejects -> a `ChunkResult`), so a flow can
 write chunks in parallel and call `finalize_manifest` once; `write_shards` does both in one process.

@@ -91,7 +91,8 @@ def test_mpii_h5_and_json_that_cannot_be_read_are_one_line(capsys, tmp_path, nam
     root = tmp_path / "mpii"
     root.mkdir()
     (root / name).write_bytes(content)
-    preprocess_error(capsys, "mpii", root, tmp_path / "out", str(root / name), what, options=["annotation_file=" + name])
+    preprocess_error(capsys, "mpii", root, tmp_path / "out", str(root / name), what,
+                     options=["annotation_file=" + name])
 
 
 def test_a_spin_npz_that_is_damaged_or_holds_a_pickle_is_one_line(capsys, tmp_path):
