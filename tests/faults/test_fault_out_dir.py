@@ -115,3 +115,11 @@ def test_a_flow_checks_the_folder_the_same_way_before_any_work(tmp_path):
         with pytest.raises(FlowParameterError, match="out: .*'notes.txt' but no fitloop shard set"):
             check_out_dir(tmp_path / "out", overwrite)
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+
+
+def test_synth_overwrite_replaces_only_datasets_it_wrote(capsys, tmp_path):
+    real = tmp_path / "lsp"
+    write_lsp(real)  # a user's LSP where fitloop synth would write its own
+    expect_error(capsys, ["synth", "--out", tmp_path, "--people", "2", "--datasets", "lsp", "--overwrite"],
+                 str(real), "fitloop synth did not write it", "move it away")
+    assert (real / "joints.mat").is_file() and len(list((real / "images").iterdir())) == 2
