@@ -10,7 +10,7 @@ import zlib
 import numpy as np
 import pytest
 import scipy.io
-from faultcheck import expect_error
+from faultcheck import expect_error, expect_error_in_subprocess
 from faultdata import (
     coco_annotation,
     coco_image,
@@ -251,3 +251,23 @@ def test_an_image_that_declares_a_billion_pixels_is_a_reject_not_decoded(capsys,
         assert manifest["counts"] == {"read": 2, "written": 1, "rejected": 1}
         assert (rows[0]["source"], rows[0]["reason"]) == ("images/im0002.jpg", "corrupt_image")
         assert "DecompressionBomb" in rows[0]["message"]
+
+
+def test_a_damaged_human36m_box_mask_is_a_reject_row_per_frame(capsys, tmp_path):
+    root, out = tmp_path / "h36m", tmp_path / "out"
+    write_h36m(root, actions=("Walking", "Eating"), frames=6)  # frames 0 and 5 of each
+    masks = root / "S1" / "MySegmentsMat" / "ground_truth_bb"
+    masks.mkdir(parents=True)
+    (masks / "Eating.54138969.mat").write_bytes(b"MATLAB 7.3 MAT-file, but cut here")
+    convert(capsys, "h36m", root, out, "--split", "train")
+    manifest, rows = reconcile(out)
+    assert manifest["counts"] == {"read": 4, "written": 2, "rejected": 2}
+    assert sorted(r["record"] for r in rows) == ["S1 Eating.54138969 frame 0", "S1 Eating.54138969 frame 5"]
+    assert all(r["reason"] == "malformed_annotation" and "Eating.54138969.mat" in r["message"] for r in rows)
+
+
+def test_a_user_sees_one_line_and_a_failing_exit_for_an_unreadable_annotation_file(tmp_path):
+    write_coco(tmp_path / "coco", [coco_image(1, "a.jpg")], [], text=GOOD_COCO[:40])
+    line = expect_error_in_subprocess(["preprocess", "coco", "--root", tmp_path / "coco", "--out", tmp_path / "out",
+                                       "--no-progress"], COCO_FILE, "not a COCO keypoints file")
+    assert line.startswith("fitloop: error: ") and not (tmp_path / "out" / "manifest.json").exists()
