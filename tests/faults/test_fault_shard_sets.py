@@ -12,10 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from faultcheck import expect_error
-from faultdata import write_lsp
+from faultdata import lsp_joints, write_lsp
 
 from fitloop.cli import INTERNAL_ERROR_STATUS
 from fitloop.cli import main as fitloop
+from shards import writer as shard_writer
 from shards.reader import ShardCorruptError, ShardReader, iter_shard, list_shards
 from shards.tar import READ_BLOCK, HashingReader, TarFormatError
 from shards.writer import ShardSetError
@@ -243,3 +244,18 @@ def test_a_damaged_sample_is_one_line_naming_it_for_stats_and_show(capsys, shard
     expect_error(capsys, ["shards", "show", shard_set, "lsp/im0001"], "lsp-train-000000.tar", "lsp/im0001")
     status, out = run_verify(capsys, shard_set)
     assert status == 1 and "sample lsp/im0001:" in out
+
+
+def test_verify_names_a_sample_whose_crop_is_black_from_a_set_written_before_the_box_check(capsys, tmp_path,
+                                                                                            monkeypatch):
+    root, out = tmp_path / "lsp", tmp_path / "set"
+    joints = lsp_joints(2)
+    joints[1, :, :2] += 2000.0  # the box lies far beside the 100 x 80 image: its crop is black
+    write_lsp(root, joints=joints)
+    with monkeypatch.context() as patch:
+        patch.setattr(shard_writer, "box_problem", lambda *args: "")  # as fitloop wrote sets before issue 13
+        assert fitloop(["preprocess", "lsp", "--root", str(root), "--out", str(out), "--no-progress",
+                        "--split", "train", "--option", "image_check=exists"]) == 0
+    status, report = run_verify(capsys, out)
+    assert status == 1 and "sample lsp/im0002: json box centred at" in report and "0% of its area" in report
+    assert "lsp/im0001" not in report.replace("bad samples: lsp/im0002", "")
