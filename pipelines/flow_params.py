@@ -100,7 +100,7 @@ def check_shard_config(crop_res: int, crop_margin: float, samples_per_shard: int
 
 def check_out_dir(out: str | Path, overwrite: bool, name: str = "out") -> tuple[Path, bool]:
     """(absolute shard-set folder, whether an unfinished set there will be resumed); refuses a finished set
-    unless ``overwrite``."""
+    unless ``overwrite``, and a folder holding files that are not fitloop's (`shards.writer.check_out_dir`)."""
     from shards.writer import ShardWriteError
     from shards.writer import check_out_dir as check_folder
 

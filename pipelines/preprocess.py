@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator
 from core.errors import FitloopError
 from shards.schema import PersonRecord, Reject
 from shards.writer import (
+    REJECTS,
     ChunkResult,
     ShardConfig,
     finalize_manifest,
@@ -84,8 +85,8 @@ def parse_options(pairs: list[str]) -> dict[str, str]:
 def open_splits(dataset: str, root: Path, splits: Iterable[str] | None, options: dict[str, str]) -> list[tuple]:
     """[(split, first output or None, the rest)] for the splits to convert, each already started, so that missing
     files raise here and not halfway through writing. Without ``splits``, every non-union split of the adapter
-    whose files exist; one whose files are missing is skipped with a note."""
-    from pipelines.adapters import ADAPTERS, DatasetError, iter_dataset
+    whose files exist; one whose files are missing is skipped with a note (one whose file is damaged raises)."""
+    from pipelines.adapters import ADAPTERS, AnnotationFileError, DatasetError, iter_dataset
 
     if dataset not in ADAPTERS:
         raise FitloopError(f"unknown dataset {dataset!r}; known: {', '.join(sorted(ADAPTERS))}")
@@ -100,7 +101,7 @@ def open_splits(dataset: str, root: Path, splits: Iterable[str] | None, options:
         try:
             first = next(outputs, None)
         except DatasetError as err:
-            if explicit:
+            if explicit or isinstance(err, AnnotationFileError):  # a damaged file is no missing split
                 raise
             errors.append(f"{split}: {err}")
             continue
@@ -155,10 +156,11 @@ def write_shard_set(records: Iterable[PersonRecord | Reject], inputs: list[dict[
         share a scheduler never share results.
     on_item / on_chunk: progress callbacks, per record read and per chunk done (its `ChunkResult`, and whether it
         was kept from an earlier attempt).
+    Raises `FitloopError` once the set is written when it holds no sample (`check_not_empty`).
     """
     if client is None:
-        return write_shards(records, out_dir, config, inputs=inputs, overwrite=overwrite, on_item=on_item,
-                            on_chunk=on_chunk)
+        return check_not_empty(write_shards(records, out_dir, config, inputs=inputs, overwrite=overwrite,
+                                            on_item=on_item, on_chunk=on_chunk), out_dir)
     from distributed import as_completed
 
     out_dir = Path(out_dir).resolve()
@@ -178,7 +180,19 @@ def write_shard_set(records: Iterable[PersonRecord | Reject], inputs: list[dict[
         report(future.result(), False)
     written = iter(client.gather(futures))
     results = [slot if isinstance(slot, ChunkResult) else next(written) for slot in slots]
-    return finalize_manifest(out_dir, results, config, inputs=inputs)
+    return check_not_empty(finalize_manifest(out_dir, results, config, inputs=inputs), out_dir)
+
+
+def check_not_empty(manifest: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """``manifest``, when its set holds a sample; else `FitloopError` (the set is written, so its rejects can be
+    read): a conversion in which no record became a sample has failed, whatever the reason."""
+    counts = manifest["counts"]
+    if counts["written"]:
+        return manifest
+    reasons = ", ".join(f"{r} {n}" for r, n in manifest["rejects_by_reason"].items())
+    raise FitloopError(f"{out_dir}: no record became a sample: read {counts['read']}, rejected {counts['rejected']}"
+                       + (f" ({reasons}; the rows are in {Path(out_dir) / REJECTS})" if reasons else "")
+                       + "; fix the dataset or the options, then convert again with --overwrite")
 
 
 def run_token(out_dir: Path) -> str:

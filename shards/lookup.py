@@ -46,6 +46,14 @@ def raw_samples(path: Path, hint: bool = True) -> Iterator[tuple[str, dict[str, 
         raise error from None
 
 
+def decode_in(path: Path, key: str, members: dict[str, bytes]) -> StoredSample:
+    """`decode_sample`, with a sample that does not decode as a `ShardCorruptError` naming its shard."""
+    try:
+        return decode_sample(key, members)
+    except SampleFormatError as err:
+        raise ShardCorruptError(f"shard {path.name}: {err}; run `fitloop shards verify {path.parent}`") from None
+
+
 def iter_samples(shard_dir: Path, keys: Sequence[str] | None = None) -> Iterator[StoredSample]:
     """The samples of a shard set in manifest order: all, or only those whose key is in ``keys`` (then
     SampleNotFoundError at the end for keys no shard holds). Checksums are not verified here (`fitloop shards
@@ -60,7 +68,7 @@ def iter_samples(shard_dir: Path, keys: Sequence[str] | None = None) -> Iterator
         for key, members in raw_samples(shard.path):
             if wanted is None or key in wanted:
                 found.add(key)
-                yield decode_sample(key, members)
+                yield decode_in(shard.path, key, members)
     if wanted is not None and found != wanted:
         missing = sorted(wanted - found)
         raise SampleNotFoundError(f"{shard_dir}: no sample with key(s) {', '.join(missing[:5])}"
@@ -88,5 +96,5 @@ def pick_samples(shard_dir: Path, n: int, seed: int = 0) -> list[StoredSample]:
             continue
         for position, (key, members) in enumerate(raw_samples(shard.path)):
             if position in positions:
-                out.append(decode_sample(key, members))
+                out.append(decode_in(shard.path, key, members))
     return out

@@ -32,14 +32,16 @@ and `ReaderConfig.on_corrupt` says what happens:
   the next shard (a consumer with an epoch quota reads further to fill it). A checksum mismatch shows only after the
   shard's samples were read, so those were used; a parse error stops the shard where it shows.
 
-Nothing is unpickled: arrays are ``.npy`` read with ``allow_pickle=False`` (webdataset's ``WDS_SECURE`` concern
-does not arise).
+Nothing is unpickled: arrays are ``.npy`` read with ``allow_pickle=False``, and a sample with a member the format
+does not name (a ``.pyd`` or ``.pickle`` that webdataset would unpickle without ``WDS_SECURE``, or anything else) is
+refused as corrupt, never skipped without a word (`shards.sample.decode_sample`).
 """
 from __future__ import annotations
 
 import io
 import os
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -62,7 +64,7 @@ from shards.crop import invert
 from shards.receipts import file_sha256
 from shards.sample import SampleFormatError, StoredSample, decode_sample, split_member_name
 from shards.tar import HashingReader, TarFormatError, iter_members
-from shards.writer import REJECTS, SHARD_SUFFIX, TMP_SUFFIX, ShardSetError, load_manifest
+from shards.writer import MANIFEST, REJECTS, SHARD_SUFFIX, TMP_SUFFIX, ShardSetError, load_manifest
 
 ON_CORRUPT = ("raise", "skip")   # what a reader does with a corrupt shard (module docstring)
 _WHAT_TO_DO = ("check the set with `fitloop shards verify {dir}` and rebuild it (`fitloop preprocess`), or read "
@@ -136,7 +138,8 @@ def list_shards(shard_dirs: str | Path | Sequence[str | Path | ShardInfo], datas
     """The shards of one or more shard sets, in manifest order, optionally only some datasets / splits.
 
     Each source is a shard-set folder (its manifest is read) or a `ShardInfo` (taken as it is): a list of checked
-    shards (`check_shards`) reads like the sets it came from, without the shards left out."""
+    shards (`check_shards`) reads like the sets it came from, without the shards left out. A shard file listed
+    twice (a set given twice, or through a link) is a `ShardSetError`: read twice, its samples would count double."""
     sources = [shard_dirs] if isinstance(shard_dirs, (str, Path)) else list(shard_dirs)
     shards = []
     for source in sources:
@@ -148,6 +151,14 @@ def list_shards(shard_dirs: str | Path | Sequence[str | Path | ShardInfo], datas
                                  e.get("bytes")) for e in load_manifest(shard_dir)["shards"]]
         shards += [s for s in entries if not (datasets and s.dataset not in datasets)
                    and not (splits and s.split not in splits)]
+    first: dict[Path, Path] = {}
+    for shard in shards:
+        path = Path(shard.path).resolve()
+        if path in first:
+            raise ShardSetError(f"shard {shard.path} is listed twice (the same file as {first[path]}): a shard set "
+                                f"given twice, or through two paths? give each shard set once, or its samples are "
+                                f"read twice")
+        first[path] = Path(shard.path)
     return shards
 
 
@@ -429,9 +440,57 @@ class VerifyReport:
         return not self.problems
 
 
+def read_reject_rows(path: Path) -> dict[str, list]:
+    """The dataset, split and reason columns of a rejects table; `ShardSetError` naming it when it cannot be read."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path, columns=["dataset", "split", "reason"]).to_pydict()
+    except Exception as err:  # pyarrow raises ArrowInvalid, OSError, KeyError, ... for a damaged file
+        raise ShardSetError(f"{path}: not a readable rejects table ({type(err).__name__}: {err}); convert the "
+                            f"dataset again (fitloop preprocess --overwrite)") from None
+
+
+def count_problems(manifest: dict[str, Any], rejects: dict[str, list]) -> list[str]:
+    """Where the counts of a shard set do not reconcile, one line each (empty when they do): read = written +
+    rejected, in total and per dataset and split; written = the samples its shards hold; rejected = the rows of its
+    rejects table (``rejects``: `read_reject_rows`), per dataset and split and per reason."""
+    c, problems = manifest["counts"], []
+    if c["read"] != c["written"] + c["rejected"]:
+        problems.append(f"{MANIFEST}: read {c['read']} is not written {c['written']} + rejected {c['rejected']}")
+    samples = sum(s["samples"] for s in manifest["shards"])
+    if samples != c["written"]:
+        problems.append(f"{MANIFEST}: its shards hold {samples} samples, its counts say written {c['written']}")
+    totals = {what: 0 for what in c}
+    rows = Counter(zip(rejects["dataset"], rejects["split"]))
+    for dataset, splits in manifest["by_dataset"].items():
+        for split, n in splits.items():
+            if n["read"] != n["written"] + n["rejected"]:
+                problems.append(f"{MANIFEST}: {dataset}/{split}: read {n['read']} is not written "
+                                f"{n['written']} + rejected {n['rejected']}")
+            got = rows.pop((dataset, split), 0)
+            if got != n["rejected"]:
+                problems.append(f"{REJECTS}: {got} rows of {dataset}/{split}, the manifest counts {n['rejected']} "
+                                f"rejected")
+            for what in totals:
+                totals[what] += n[what]
+    if totals != c:
+        problems.append(f"{MANIFEST}: its datasets add up to {totals}, its counts say {c}")
+    for (dataset, split), n in sorted(rows.items()):
+        problems.append(f"{REJECTS}: {n} rows of {dataset}/{split}, which the manifest does not count")
+    if len(rejects["reason"]) != c["rejected"] or len(rejects["reason"]) != manifest["rejects"]["rows"]:
+        problems.append(f"{REJECTS}: {len(rejects['reason'])} rows, the manifest counts {c['rejected']} rejected "
+                        f"and {manifest['rejects']['rows']} rows")
+    by_reason = dict(sorted(Counter(rejects["reason"]).items()))
+    if by_reason != dict(sorted(manifest["rejects_by_reason"].items())):
+        problems.append(f"{REJECTS}: rows by reason {by_reason}, the manifest says {manifest['rejects_by_reason']}")
+    return problems
+
+
 def verify(shard_dir: Path, deep: bool = False) -> VerifyReport:
     """Check a shard set against its manifest: every shard's presence, size and sha256, the rejects table's sha256,
-    no stray ``.tar`` or leftover ``.tmp`` files. ``deep`` also parses every sample and counts them."""
+    that the counts reconcile (`count_problems`), no stray ``.tar`` or leftover ``.tmp`` files. ``deep`` also
+    parses every sample and counts them."""
     shard_dir = Path(shard_dir)
     report = VerifyReport(str(shard_dir))
     try:
@@ -461,8 +520,13 @@ def verify(shard_dir: Path, deep: bool = False) -> VerifyReport:
     rejects = shard_dir / manifest["rejects"]["file"]
     if not rejects.is_file():
         report.problems.append(f"{REJECTS}: missing")
-    elif file_sha256(rejects)[1] != manifest["rejects"]["sha256"]:
-        report.problems.append(f"{REJECTS}: sha256 mismatch: truncated or changed")
+    else:
+        if file_sha256(rejects)[1] != manifest["rejects"]["sha256"]:
+            report.problems.append(f"{REJECTS}: sha256 mismatch: truncated or changed")
+        try:
+            report.problems += count_problems(manifest, read_reject_rows(rejects))
+        except ShardSetError as err:
+            report.problems.append(str(err))
     for path in sorted(shard_dir.iterdir()):
         if path.name.endswith(SHARD_SUFFIX) and path.name not in listed:
             report.problems.append(f"{path.name}: a shard the manifest does not list")

@@ -23,6 +23,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from core.errors import naming_file
 from shards.sample import SAMPLE_FORMAT_VERSION
 from shards.schema import SCHEMA_VERSION, PersonRecord, Reject
 
@@ -76,11 +77,12 @@ def write_receipt(out_dir: Path, shard_name: str, digest: str, result: dict[str,
     path = receipt_path(out_dir, shard_name)
     path.parent.mkdir(exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
+    with naming_file(tmp), open(tmp, "w") as f:
         json.dump({"digest": digest, "result": result}, f)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with naming_file(path):
+        os.replace(tmp, path)
 
 
 def read_receipt(out_dir: Path, shard_name: str, digest: str) -> dict[str, Any] | None:

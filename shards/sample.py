@@ -51,6 +51,9 @@ _ARRAYS: dict[str, tuple[str, tuple[int, ...]]] = {  # suffix -> (StoredSample f
     "smpl_betas.npy": ("smpl_betas", (10,)),
 }
 REQUIRED_SUFFIXES: tuple[str, ...] = ("jpg", "json", "keypoints_2d.npy", "keypoints_crop.npy")
+KNOWN_SUFFIXES = frozenset(REQUIRED_SUFFIXES) | frozenset(_ARRAYS)
+# Suffixes webdataset decodes with pickle (its "pyd"/"pickle" handlers) and torch's pickled files: never read.
+PICKLE_SUFFIXES = ("pyd", "pickle", "pkl", "pth", "pt")
 
 
 class SampleFormatError(ValueError):
@@ -176,10 +179,21 @@ class StoredSample:
 
 
 def decode_sample(key: str, members: dict[str, bytes]) -> StoredSample:
-    """A `StoredSample` from its members (suffix -> bytes); SampleFormatError naming the key when malformed."""
+    """A `StoredSample` from its members (suffix -> bytes); SampleFormatError naming the key when malformed: a
+    member missing or of another shape, or one the format does not have (a pickle, above all: never loaded)."""
     missing = [s for s in REQUIRED_SUFFIXES if s not in members]
     if missing:
         raise SampleFormatError(f"sample {key!r} lacks member(s) {', '.join(missing)}")
+    unknown = sorted(set(members) - KNOWN_SUFFIXES)
+    pickles = [s for s in unknown if s.rsplit(".", 1)[-1] in PICKLE_SUFFIXES]
+    if pickles:
+        raise SampleFormatError(f"sample {key!r} has member(s) {', '.join(f'{key}.{s}' for s in pickles)}: Python "
+                                f"pickles, which can run code when loaded; fitloop writes none and reads none "
+                                f"(webdataset refuses them with WDS_SECURE): the shard was not written by fitloop "
+                                f"or was tampered with")
+    if unknown:
+        raise SampleFormatError(f"sample {key!r} has member(s) {', '.join(unknown)}, which sample format "
+                                f"{SAMPLE_FORMAT_VERSION} does not have")
     try:
         meta = json.loads(members["json"])
         arrays = {field: decode_npy(members[suffix]) for suffix, (field, _) in _ARRAYS.items() if suffix in members}

@@ -46,13 +46,14 @@ REJECT_REASONS: dict[str, str] = {
     "missing_image": "the image file does not exist",
     "corrupt_image": "the image file exists but cannot be read as an image",
     "image_size_mismatch": "the image's size differs from the size the annotation states",
-    "nan_keypoints": "an annotated 2D or 3D joint, the box, or an SMPL parameter is NaN or infinite",
+    "nan_keypoints": "an annotated 2D or 3D joint, the box, or an SMPL parameter is NaN, infinite or beyond float32",
     "keypoints_out_of_image": "an annotated keypoint lies outside the image (beyond the configured margin)",
     "too_few_joints": "fewer annotated joints than the configured minimum",
     "missing_required_joints": "a joint the configuration requires is not annotated",
-    "degenerate_box": "the person box is missing, smaller than the configured minimum, or outside the image",
+    "degenerate_box": "the person box is missing, smaller than the configured minimum, or mostly outside the image",
     "crowd": "a crowd region (COCO iscrowd=1), not one person",
-    "malformed_annotation": "the annotation file or this record in it cannot be parsed as the format says",
+    "malformed_annotation": "this record (or a whole Human3.6M sequence file) cannot be parsed as the format says",
+    "duplicate_record": "the record's ids (its key, or a COCO image id) repeat another record's of the same file",
 }
 
 

@@ -2,8 +2,10 @@
 and person box sizes (``fitloop shards stats``).
 
 Counts come from the manifest; reject reasons are counted from ``rejects.parquet`` itself, and ``consistent`` says
-whether the two agree and read = written + rejected. Keypoint visibility and box sizes come from a scan of every
-sample's json and ``keypoints_2d.npy`` (images are not decoded); ``scan=False`` leaves them out.
+whether the two agree and read = written + rejected (`shards.reader.count_problems`). Keypoint visibility and box
+sizes come from a scan of every sample's json and ``keypoints_2d.npy`` (images are not decoded); ``scan=False``
+leaves them out. A damaged set (a manifest, rejects table, shard or sample that cannot be read) is a
+`ShardSetError` naming the file and the sample.
 """
 from __future__ import annotations
 
@@ -12,10 +14,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from core.joints import JOINT_NAMES
-from shards.writer import load_manifest
+from shards.writer import ShardSetError, load_manifest
 
 # Person box sides (px in the original image) are counted in these bins: [0, 64), [64, 128), ... [1024, inf).
 BOX_SIDE_BINS_PX = (0, 64, 128, 256, 512, 1024)
@@ -31,6 +32,8 @@ def shard_stats(shard_dir: Path, scan: bool = True, progress: Callable[[int], No
     ``created_utc``, ``config``; with ``scan``, also ``keypoints`` and ``boxes`` (`scan_samples`, which calls
     ``progress`` with 1 after each sample).
     """
+    from shards.reader import count_problems, read_reject_rows
+
     shard_dir = Path(shard_dir)
     manifest = load_manifest(shard_dir)
     counts, by_dataset_split = manifest["counts"], manifest["by_dataset"]
@@ -40,7 +43,7 @@ def shard_stats(shard_dir: Path, scan: bool = True, progress: Callable[[int], No
         for split, c in splits.items():
             by_dataset[dataset] += c["written"]
             by_split[split] += c["written"]
-    rejects = pq.read_table(shard_dir / manifest["rejects"]["file"], columns=["dataset", "reason"]).to_pydict()
+    rejects = read_reject_rows(shard_dir / manifest["rejects"]["file"])
     by_reason = Counter(rejects["reason"])
     by_dataset_reason: dict[str, Counter[str]] = {}
     for dataset, reason in zip(rejects["dataset"], rejects["reason"]):
@@ -49,9 +52,7 @@ def shard_stats(shard_dir: Path, scan: bool = True, progress: Callable[[int], No
     scanned = scan_samples(shard_dir, manifest["config"], progress) if scan else {}
     return {
         "dir": str(shard_dir), "samples": counts["written"], "read": counts["read"], "rejected": counts["rejected"],
-        "consistent": counts["read"] == counts["written"] + counts["rejected"]
-                      and sum(by_reason.values()) == counts["rejected"]
-                      and sum(s["samples"] for s in manifest["shards"]) == counts["written"],
+        "consistent": not count_problems(manifest, rejects),
         "by_dataset": dict(sorted(by_dataset.items())), "by_split": dict(sorted(by_split.items())),
         "by_dataset_split": by_dataset_split,
         "rejects_by_reason": dict(by_reason.most_common()),
@@ -98,13 +99,17 @@ def scan_samples(shard_dir: Path, config: dict[str, Any],
     samples: Counter[str] = Counter()
     sides: dict[str, list[float]] = {}
     for shard in list_shards(shard_dir):
-        for _, members in raw_samples(shard.path):
-            meta = json.loads(members["json"])
-            dataset = meta["dataset"]
-            conf = decode_npy(members["keypoints_2d.npy"])[:, 2]
+        for key, members in raw_samples(shard.path):
+            try:
+                meta = json.loads(members["json"])
+                dataset, side = str(meta["dataset"]), float(meta["box_side_px"])
+                conf = decode_npy(members["keypoints_2d.npy"]).reshape(len(JOINT_NAMES), 3)[:, 2]
+            except (KeyError, ValueError, TypeError) as err:  # a member missing or damaged
+                raise ShardSetError(f"{shard.path}: sample {key}: {type(err).__name__}: {err}; check the set with "
+                                    f"`fitloop shards verify {shard_dir}`") from None
             visible.setdefault(dataset, np.zeros(len(JOINT_NAMES), np.int64))[:] += conf > 0
             samples[dataset] += 1
-            sides.setdefault(dataset, []).append(float(meta["box_side_px"]))
+            sides.setdefault(dataset, []).append(side)
             if progress is not None:
                 progress(1)
     total = sum(visible.values(), np.zeros(len(JOINT_NAMES), np.int64))

@@ -14,6 +14,7 @@ import hashlib
 from typing import BinaryIO, Iterator
 
 BLOCK = 512
+READ_BLOCK = 1 << 20  # the most one read asks for: a member's declared size is not trusted with memory
 
 
 class TarFormatError(ValueError):
@@ -33,7 +34,18 @@ class HashingReader:
         return data
 
     def read_exactly(self, size: int, what: str) -> bytes:
-        data = self.read(size)
+        """``size`` bytes, read in blocks of at most `READ_BLOCK`, so that a size a damaged header declares (up to
+        exabytes) costs no more memory than the file holds; `TarFormatError` when the stream ends first."""
+        if size < 0:
+            raise TarFormatError(f"{what} declares a negative size ({size}): corrupt")
+        parts, left = [], size
+        while left:
+            part = self.read(min(left, READ_BLOCK))
+            if not part:
+                break
+            parts.append(part)
+            left -= len(part)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
         if len(data) != size:
             raise TarFormatError(f"stream ends inside {what} (wanted {size} bytes, got {len(data)}): truncated")
         return data
@@ -75,7 +87,18 @@ def _pax_records(data: bytes) -> dict[str, str]:
 
 
 def iter_members(stream: HashingReader) -> Iterator[tuple[str, bytes]]:
-    """(name, data) of each regular file in the tar ``stream``, in order; stops at the end-of-archive block."""
+    """(name, data) of each regular file in the tar ``stream``, in order; stops at the end-of-archive block.
+    Anything it cannot parse (a name that is not UTF-8, a pax record that is not ``length key=value``) is a
+    `TarFormatError`."""
+    try:
+        yield from _members(stream)
+    except TarFormatError:
+        raise
+    except (ValueError, IndexError) as err:  # UnicodeDecodeError is a ValueError
+        raise TarFormatError(f"a tar header cannot be parsed ({type(err).__name__}: {err}): corrupt") from None
+
+
+def _members(stream: HashingReader) -> Iterator[tuple[str, bytes]]:
     long_name: str | None = None
     pax: dict[str, str] = {}
     while True:

@@ -13,8 +13,11 @@ checksum failed, so that a damaged shard says *which* sample is bad where the da
   field of view in (1°, 170°), the principal point inside the image, and a ``fov-guess`` equal to the guess
   (`core.intrinsics`); a format-1 sample has none (unknown: readers guess);
 * ``keypoints_crop`` is ``keypoints_2d`` through ``image_to_crop`` (absent joints all zeros);
+* its box has at least `shards.crop.MIN_BOX_INSIDE` of its area inside the image (else the crop is black);
 * the JPEG decodes in full, RGB, ``res`` × ``res`` px;
-* the manifest's sample count per shard, and keys unique over the set.
+* the manifest's sample count per shard, and keys unique over the set;
+* the counts reconcile: read = written + rejected, against the shards and the rejects table
+  (`shards.reader.count_problems`).
 
 A byte changed inside a member always fails the shard's sha256. Whether a sample check also fails depends on
 where the byte is: in a json number or an array it usually breaks a consistency check; in a JPEG's entropy-coded
@@ -34,15 +37,14 @@ import numpy as np
 from PIL import Image
 
 from core.intrinsics import PLAUSIBLE_FOV_DEG, Intrinsics, fov_guess
-from shards.crop import from_affine_rows, transform_points
+from shards.crop import box_problem, from_affine_rows, transform_points
 from shards.lookup import raw_samples
 from shards.reader import ShardCorruptError
 from shards.reader import verify as verify_checksums
-from shards.sample import _ARRAYS, REQUIRED_SUFFIXES, SampleFormatError, decode_sample  # _ARRAYS: suffix -> shape
+from shards.sample import _ARRAYS, SampleFormatError, decode_sample  # _ARRAYS: suffix -> shape
 from shards.schema import KEY_PATTERN
 from shards.writer import ShardSetError, load_manifest
 
-KNOWN_SUFFIXES = frozenset(REQUIRED_SUFFIXES) | frozenset(_ARRAYS)
 KEYPOINT_TOLERANCE_PX = 1e-2   # float32 keypoints of images up to ~10^4 px round to ~10^-3 px
 MATRIX_TOLERANCE = 1e-6
 
@@ -123,6 +125,10 @@ def check_meta(meta: Any) -> list[str]:
         problems.append(f"json crop.box_side × margin = {crop['box_side'] * crop['margin']:.4f}, res is {crop['res']}")
     if not math.isclose(meta["box_side_px"], 200.0 * meta["scale"], rel_tol=1e-6):
         problems.append(f"json box_side_px {meta['box_side_px']} is not 200 × scale {meta['scale']}")
+    if meta["image_size"]:
+        box = box_problem(meta["center"], meta["box_side_px"], tuple(meta["image_size"]))
+        if box:  # the crop shows black or a speck of the picture
+            problems.append(f"json {box}")
     if meta["sample_format_version"] >= 2:
         problems += check_intrinsics(meta.get("intrinsics"), meta["image_size"])
     return problems
@@ -159,8 +165,7 @@ def check_sample(key: str, members: dict[str, bytes], shard_entry: dict[str, Any
     """What is wrong with one sample's members (suffix -> bytes); empty when it passes every check (module
     docstring). ``shard_entry`` is the manifest's entry of its shard (its dataset and split must match). The JPEG
     is decoded whenever it is present, whatever else fails."""
-    unknown = sorted(set(members) - KNOWN_SUFFIXES)
-    problems = [f"unknown member(s) {', '.join(unknown)}"] if unknown else []
+    problems: list[str] = []  # an unknown member is decode_sample's to name
     res = None
     try:
         sample = decode_sample(key, members)

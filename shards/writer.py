@@ -13,7 +13,10 @@ A shard set is one folder:
   `ChunkResult` and the digest of its inputs, `chunk_digest`); removed once the manifest is written.
 
 Every file is written as ``<name>.tmp`` and renamed into place, so a killed run never leaves a half-written file
-under a final name. Read = written + rejected holds for every dataset and split, and the manifest records it.
+under a final name. A set is written into a new or empty folder, or one holding a fitloop set (finished, to replace
+with ``overwrite``; unfinished, to resume); fitloop removes only the files it writes there (`is_set_file`) and
+refuses a folder that holds anything else (`check_out_dir`). Read = written + rejected holds for every dataset and
+split, and the manifest records it.
 
 The unit of work is a chunk (`write_chunk`: records -> one shard + its rejects -> a `ChunkResult`), so a flow can
 write chunks in parallel and call `finalize_manifest` once; `write_shards` does both in one process.
@@ -32,6 +35,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tarfile
 from collections import Counter
@@ -44,9 +48,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from core.errors import FitloopError
+from core.errors import FitloopError, naming_file
 from core.intrinsics import EXIF_IFD, resolve_intrinsics
-from shards.crop import box_to_crop, warp
+from shards.crop import box_problem, box_to_crop, warp
 from shards.receipts import CHUNKS_DIR, chunk_digest, file_sha256, read_receipt, write_receipt
 from shards.sample import READABLE_SAMPLE_FORMATS, SAMPLE_FORMAT_VERSION, encode_sample
 from shards.schema import REJECT_COLUMNS, SCHEMA_VERSION, PersonRecord, Reject
@@ -55,6 +59,8 @@ MANIFEST = "manifest.json"
 REJECTS = "rejects.parquet"
 SHARD_SUFFIX = ".tar"
 TMP_SUFFIX = ".tmp"
+# A shard's file name, as `iter_chunks` names it: ``<dataset>-<split>-<nnnnnn>.tar``.
+SHARD_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*-[A-Za-z0-9_-]+-[0-9]{6}\.tar$")
 
 
 class ShardSetError(FitloopError):
@@ -235,7 +241,7 @@ def write_chunk(records: list[PersonRecord | Reject], out_dir: Path, shard_name:
     tmp = final.with_name(final.name + TMP_SUFFIX)
     cache = _ImageCache()
     try:
-        with open(tmp, "wb") as raw:
+        with naming_file(tmp), open(tmp, "wb") as raw:
             hashing = _HashingFile(raw)
             with tarfile.open(fileobj=hashing, mode="w", format=tarfile.GNU_FORMAT) as tar:
                 for item in records:
@@ -260,7 +266,8 @@ def write_chunk(records: list[PersonRecord | Reject], out_dir: Path, shard_name:
             raw.flush()
             os.fsync(raw.fileno())
         if result.samples:
-            os.replace(tmp, final)
+            with naming_file(final):
+                os.replace(tmp, final)
             result.shard, result.sha256, result.bytes = final.name, hashing.sha256.hexdigest(), hashing.bytes
         else:
             tmp.unlink()
@@ -273,7 +280,7 @@ def write_chunk(records: list[PersonRecord | Reject], out_dir: Path, shard_name:
 
 
 def _sample_members(record: PersonRecord, cache: _ImageCache, config: ShardConfig) -> dict[str, bytes] | Reject:
-    """The sample's members, or a reject when its image cannot be read now."""
+    """The sample's members, or a reject when its image cannot be read now or its box lies mostly outside it."""
     path = record.image_root / record.image_path
     reason = ""
     try:
@@ -285,6 +292,10 @@ def _sample_members(record: PersonRecord, cache: _ImageCache, config: ShardConfi
     if reason:
         return Reject(dataset=record.dataset, split=record.split, source=record.image_path, record=record.record,
                       reason=reason, message=message, key=record.key)
+    problem = box_problem(record.center, record.box_side_px, image.size)  # the adapter may not have had the size
+    if problem:
+        return Reject(dataset=record.dataset, split=record.split, source=record.source, record=record.record,
+                      reason="degenerate_box", message=problem, key=record.key)
     jpeg, image_to_crop = crop_record(record, image, config)
     intrinsics = resolve_intrinsics(record.intrinsics, cache.exif, image.size)
     return encode_sample(record, jpeg, image_to_crop, config.crop_res, config.crop_margin, intrinsics, image.size)
@@ -350,11 +361,29 @@ def finished_chunk(out_dir: Path, shard_name: str, digest: str) -> ChunkResult |
         result = ChunkResult(**recorded)
     except TypeError:  # a receipt from another version of ChunkResult
         return None
+    if not _sound(result):  # a damaged receipt: the chunk is written again
+        return None
     if result.shard is not None:
         path = Path(out_dir) / result.shard
         if not path.is_file() or file_sha256(path) != (result.bytes, result.sha256):
             return None
     return result
+
+
+def _sound(result: ChunkResult) -> bool:
+    """Whether a `ChunkResult` read back from a receipt has every field of the kind `finalize_manifest` uses."""
+    def counts(v: Any) -> bool:
+        return isinstance(v, dict) and all(isinstance(s, dict) and all(_counts(c) for c in s.values())
+                                           for s in v.values())
+
+    return ((result.shard is None or (isinstance(result.shard, str) and bool(SHARD_NAME.match(result.shard))))
+            and (result.sha256 is None or isinstance(result.sha256, str))
+            and _count(result.bytes) and _count(result.samples) and counts(result.counts)
+            and _count(result.has_smpl) and _count(result.has_joints_3d)
+            and isinstance(result.rejects, list)
+            and all(isinstance(r, dict) and set(REJECT_COLUMNS) <= set(r) for r in result.rejects)
+            and isinstance(result.keys, list) and all(isinstance(k, str) for k in result.keys)
+            and isinstance(result.sources, list) and all(isinstance(x, dict) for x in result.sources))
 
 
 def iter_chunks(records: Iterable[PersonRecord | Reject], samples_per_shard: int, *,
@@ -391,39 +420,63 @@ def iter_chunks(records: Iterable[PersonRecord | Reject], samples_per_shard: int
 
 def check_out_dir(out_dir: Path, overwrite: bool) -> bool:
     """Whether ``out_dir`` can take a shard set, without changing anything: True when it holds an unfinished set
-    to resume (and not ``overwrite``). `ShardWriteError` when it holds a finished set, or ``.tar`` files that are
-    not an unfinished fitloop set, unless ``overwrite``."""
+    to resume (and not ``overwrite``).
+
+    fitloop writes a shard set into a new or empty folder, or into one that holds a fitloop shard set: a finished
+    one (``manifest.json``) to replace with ``overwrite``, or an unfinished one (``.chunks/``) to resume. It removes
+    only files it writes itself (`is_set_file`), so `ShardWriteError` names the first other file it finds there
+    (even with ``overwrite``), as it does for a finished set without ``overwrite`` and a file in the folder's
+    place."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ShardWriteError(f"{out_dir} is a file, not a folder; choose a folder for the shard set")
-    if overwrite or not out_dir.is_dir():
+    if not out_dir.is_dir():
         return False
-    if (out_dir / MANIFEST).exists():
+    entries = sorted(p.name for p in out_dir.iterdir())
+    finished, unfinished = MANIFEST in entries, (out_dir / CHUNKS_DIR).is_dir()
+    if not finished and not unfinished:
+        if entries:
+            raise ShardWriteError(f"{out_dir} holds {_named(entries)} but no fitloop shard set (no {MANIFEST}, no "
+                                  f"{CHUNKS_DIR}/); a shard set goes into a new or empty folder: choose another "
+                                  f"folder, or move those files away")
+        return False
+    foreign = [name for name in entries if not is_set_file(name)]
+    if foreign:
+        raise ShardWriteError(f"{out_dir} holds {_named(foreign)}, not written by fitloop for its shard set; "
+                              f"fitloop removes only its own files: move {'it' if len(foreign) == 1 else 'them'} "
+                              f"away, or choose another folder")
+    if finished and not overwrite:
         raise ShardWriteError(f"{out_dir} already holds a shard set ({MANIFEST}); choose another folder, or "
                               f"overwrite it (fitloop preprocess --overwrite)")
-    if (out_dir / CHUNKS_DIR).is_dir():
-        return True
-    tars = sorted(p.name for p in out_dir.glob("*" + SHARD_SUFFIX))
-    if tars:
-        raise ShardWriteError(f"{out_dir} holds {tars[0]} but no unfinished fitloop shard set ({CHUNKS_DIR}/); "
-                              f"choose another folder, or overwrite it (fitloop preprocess --overwrite)")
-    return False
+    return unfinished and not finished and not overwrite
+
+
+def is_set_file(name: str) -> bool:
+    """Whether a file name in a shard-set folder is one fitloop writes there: the manifest, the rejects table, the
+    receipts folder, a shard (`SHARD_NAME`), or one of those being written (``.tmp``)."""
+    base = name.removesuffix(TMP_SUFFIX)
+    return base in (MANIFEST, REJECTS, CHUNKS_DIR) or bool(SHARD_NAME.match(base))
+
+
+def _named(names: list[str]) -> str:
+    return repr(names[0]) + (f" and {len(names) - 1} more" if len(names) > 1 else "")
 
 
 def prepare_out_dir(out_dir: Path, overwrite: bool) -> bool:
-    """Make ``out_dir`` ready for a shard set (`check_out_dir` says when it cannot): ``overwrite`` removes a set
-    already there (its ``.tar`` files, rejects, receipts and manifest); an unfinished set is kept to resume.
-    Returns True when resuming."""
+    """Make ``out_dir`` ready for a shard set (`check_out_dir` says when it cannot): ``overwrite`` removes the set
+    already there; an unfinished set is kept to resume, less its half-written ``.tmp`` files. Only fitloop's own
+    files are removed (`check_out_dir` refuses a folder with others). Returns True when resuming."""
     out_dir = Path(out_dir)
     resuming = check_out_dir(out_dir, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        for path in out_dir.iterdir():
-            if path.name in (MANIFEST, REJECTS) or path.name.endswith(SHARD_SUFFIX):
-                path.unlink()
-        shutil.rmtree(out_dir / CHUNKS_DIR, ignore_errors=True)
-    for stale in out_dir.glob("*" + TMP_SUFFIX):  # left by a killed run of ours
-        stale.unlink()
+    for path in out_dir.iterdir():
+        if not is_set_file(path.name):  # appeared since the check: not ours to remove
+            continue
+        if path.name == CHUNKS_DIR:
+            if overwrite:
+                shutil.rmtree(path)
+        elif overwrite or path.name.endswith(TMP_SUFFIX):  # a .tmp is left by a killed run of ours
+            path.unlink()
     (out_dir / CHUNKS_DIR).mkdir(exist_ok=True)
     return resuming
 
@@ -505,7 +558,7 @@ def finalize_manifest(out_dir: Path, chunk_results: list[ChunkResult], config: S
     }
     listed = {s["name"] for s in shards}
     for stray in out_dir.glob("*" + SHARD_SUFFIX):
-        if stray.name not in listed:
+        if stray.name not in listed and SHARD_NAME.match(stray.name):
             stray.unlink()
     _write_atomic(out_dir / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
     shutil.rmtree(out_dir / CHUNKS_DIR, ignore_errors=True)
@@ -541,11 +594,12 @@ def write_rejects(path: Path, rows: list[dict[str, Any]]) -> str:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "wb") as f:
+    with naming_file(tmp), open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with naming_file(path):
+        os.replace(tmp, path)
 
 
 def load_manifest(shard_dir: Path) -> dict[str, Any]:
@@ -565,4 +619,75 @@ def load_manifest(shard_dir: Path) -> dict[str, Any]:
         raise ShardSetError(f"{path}: sample format {manifest.get('sample_format_version')}, this fitloop reads "
                             f"{', '.join(map(str, READABLE_SAMPLE_FORMATS))}; convert the dataset again with "
                             f"fitloop preprocess")
+    problem = manifest_problem(manifest)
+    if problem:
+        raise ShardSetError(f"{path}: {problem}: the manifest is damaged; convert the dataset again (fitloop "
+                            f"preprocess --overwrite)")
     return manifest
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _counts(v: Any) -> bool:
+    return isinstance(v, dict) and all(_count(v.get(k)) for k in ("read", "written", "rejected"))
+
+
+def _file_name(v: Any) -> bool:
+    """A plain file name in the set's folder: no folder part, so a manifest never points outside its set."""
+    return isinstance(v, str) and v not in ("", ".", "..") and "/" not in v and "\\" not in v
+
+
+def _optional_name(v: Any) -> bool:
+    return v is None or isinstance(v, str)
+
+
+# Manifest field -> (check, what it must be): what every reader of a manifest relies on (`manifest_problem`).
+MANIFEST_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "counts": (_counts, "an object of read, written and rejected counts"),
+    "by_dataset": (lambda v: isinstance(v, dict) and all(isinstance(s, dict) and all(_counts(c) for c in s.values())
+                                                         for s in v.values()),
+                   "dataset -> split -> counts"),
+    "rejects_by_reason": (lambda v: isinstance(v, dict) and all(_count(n) for n in v.values()), "reason -> count"),
+    "shards": (lambda v: isinstance(v, list), "a list of shards"),
+    "rejects": (lambda v: isinstance(v, dict) and _file_name(v.get("file")) and _count(v.get("rows"))
+                and isinstance(v.get("sha256"), str), "an object of file, rows and sha256"),
+    "config": (lambda v: isinstance(v, dict) and all(isinstance(v.get(k), (int, float)) and v.get(k) > 0
+                                                     for k in ("crop_res", "crop_margin")),
+               "the shard config (crop_res, crop_margin, ...)"),
+    "has_smpl": (_count, "a count"),
+    "has_joints_3d": (_count, "a count"),
+    "schema_version": (_count, "an integer"),
+    "created_utc": (lambda v: isinstance(v, str), "a time"),
+}
+SHARD_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "name": (lambda v: _file_name(v) and v.endswith(SHARD_SUFFIX), "a .tar file name"),
+    "sha256": (lambda v: isinstance(v, str) and len(v) == 64, "a sha256"),
+    "bytes": (_count, "a size"),
+    "samples": (_count, "a count"),
+    "dataset": (_optional_name, "a dataset name or null"),
+    "split": (_optional_name, "a split name or null"),
+}
+
+
+def manifest_problem(manifest: dict[str, Any]) -> str:
+    """What makes a parsed manifest unusable (a field missing or of the wrong kind, a shard listed twice), or ""."""
+    for name, (ok, what) in MANIFEST_FIELDS.items():
+        if name not in manifest:
+            return f"field {name!r} is missing"
+        if not ok(manifest[name]):
+            return f"field {name!r} is {str(manifest[name])[:60]!r}, not {what}"
+    seen: set[str] = set()
+    for i, entry in enumerate(manifest["shards"]):
+        if not isinstance(entry, dict):
+            return f"shards[{i}] is not an object"
+        for name, (ok, what) in SHARD_FIELDS.items():
+            if name not in entry:
+                return f"shards[{i}] has no {name!r}"
+            if not ok(entry[name]):
+                return f"shards[{i}].{name} is {str(entry[name])[:60]!r}, not {what}"
+        if entry["name"] in seen:
+            return f"shard {entry['name']} is listed twice"
+        seen.add(entry["name"])
+    return ""

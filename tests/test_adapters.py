@@ -13,10 +13,11 @@ import h5py
 import numpy as np
 import pytest
 import scipy.io
+from dataset_files import mat_structs
 from PIL import Image
 
 from core.joints import COCO_JOINTS, JOINT_INDEX, LSP_JOINTS, MPII_JOINTS, NUM_JOINTS
-from pipelines.adapters import ADAPTERS, SPIN_LIMB_JOINTS, DatasetError, iter_dataset
+from pipelines.adapters import ADAPTERS, SPIN_LIMB_JOINTS, AnnotationFileError, DatasetError, iter_dataset
 from shards.schema import KEY_PATTERN, PersonRecord, Reject, make_key
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
@@ -131,10 +132,10 @@ def test_lspet_gives_8_samples():
 
 @needs_fixtures
 def test_lsp_and_lspet_layouts_are_not_confused():
-    # An LSP-extended joints.mat (14 x 3 x N) read as LSP is one malformed-file reject naming the layout
-    outputs = list(iter_dataset("lsp", FIXTURES / "lspet" / "lspet_dataset", "train"))
-    assert len(outputs) == 1 and outputs[0].reason == "malformed_annotation" and outputs[0].record == "*"
-    assert "lspet" in outputs[0].message and outputs[0].source == "joints.mat"
+    # An LSP-extended joints.mat (14 x 3 x N) read as LSP is an error naming the file and the layout
+    with pytest.raises(AnnotationFileError, match=r"lspet_dataset/joints.mat: not an lsp joints.mat .*is this an "
+                                                  r"LSP-extended \(lspet\) file\?"):
+        list(iter_dataset("lsp", FIXTURES / "lspet" / "lspet_dataset", "train"))
 
 
 @pytest.fixture(scope="module")
@@ -281,18 +282,16 @@ def test_coco_rejects_one_record_each_and_goes_on(tmp_path):
     assert by_record["annotation 19"].key == "coco/000000000099_a19"
 
 
-def test_malformed_json_is_one_reject_naming_the_file(tmp_path):
+def test_malformed_json_is_an_error_naming_the_file_before_any_record(tmp_path):
     path = tmp_path / "person_keypoints_train2017.json"
     path.write_text('{"images": [], "annotations": [')
-    outputs = list(iter_dataset("coco", tmp_path, "train"))
-    assert len(outputs) == 1 and isinstance(outputs[0], Reject)
-    assert (outputs[0].reason, outputs[0].source, outputs[0].record) == (
-        "malformed_annotation", "person_keypoints_train2017.json", "*")
-    assert "JSONDecodeError" in outputs[0].message
+    with pytest.raises(AnnotationFileError, match=r"person_keypoints_train2017.json: not a COCO keypoints file "
+                                                  r"\(JSONDecodeError"):
+        next(iter_dataset("coco", tmp_path, "train"))
     # the mmpose MPII json the same way
     (tmp_path / "mpii_val.json").write_text("[{]")
-    outputs = list(iter_dataset("mpii", tmp_path, "val"))
-    assert [(o.reason, o.source, o.record) for o in outputs] == [("malformed_annotation", "mpii_val.json", "*")]
+    with pytest.raises(AnnotationFileError, match="mpii_val.json: not an mmpose/HRNet MPII json"):
+        next(iter_dataset("mpii", tmp_path, "val"))
 
 
 def write_lsp(root: Path, joints: np.ndarray, present: dict[int, bytes | tuple[int, int]]) -> None:
@@ -363,15 +362,6 @@ def test_lspet_invisible_joints_are_not_annotated(tmp_path):
     assert record.key == "lspet/im00001" and (record.keypoints_2d[:, 2] > 0).sum() == 12
     np.testing.assert_array_equal(joint(record, "Right Ankle"), [0, 0, 0])  # not "out of image": absent
     np.testing.assert_allclose(joint(record, "Right Knee"), [20 + 40 / 13 - 1, 10 + 60 / 13 - 1, 1], atol=1e-4)
-
-
-def mat_structs(rows: list[dict]) -> np.ndarray:
-    """A 1 x N MATLAB struct array (savemat writes a structured object array as one)."""
-    array = np.zeros((1, len(rows)), dtype=[(name, "O") for name in rows[0]])
-    for i, row in enumerate(rows):
-        for name, value in row.items():
-            array[0, i][name] = value
-    return array
 
 
 def write_release_mat(root: Path) -> None:

@@ -326,14 +326,14 @@ def test_shards_of_an_earlier_attempt_that_this_run_does_not_write_are_removed(r
     assert verify(out).ok  # no stray shard
 
 
-def test_a_folder_with_tars_but_no_unfinished_set_is_refused(records, tmp_path):
+def test_a_folder_with_tars_but_no_shard_set_is_refused_even_to_overwrite(records, tmp_path):
     out = tmp_path / "set"
     out.mkdir()
     (out / "mine.tar").write_bytes(b"not fitloop's")
-    with pytest.raises(ShardWriteError, match="mine.tar but no unfinished fitloop shard set"):
-        write_shards(records[:2], out)
-    assert write_shards(records[:2], out, overwrite=True)["counts"]["written"] == 2
-    assert not (out / "mine.tar").exists()
+    for overwrite in (False, True):  # --overwrite replaces a shard set, never files fitloop did not write
+        with pytest.raises(ShardWriteError, match="'mine.tar' but no fitloop shard set"):
+            write_shards(records[:2], out, overwrite=overwrite)
+    assert (out / "mine.tar").read_bytes() == b"not fitloop's" and sorted(p.name for p in out.iterdir()) == ["mine.tar"]
 
 
 def test_the_manifest_needs_every_shard_on_disk_as_its_chunk_wrote_it(records, tmp_path):

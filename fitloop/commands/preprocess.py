@@ -27,8 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "sample per person (a JPEG crop with margin, .npy arrays, .json metadata with the crop "
                     "transform), rejects.parquet for every record that did not become a sample, and "
                     "manifest.json (docs/shards.md). Without --split, every split the adapter finds files for "
-                    "is converted (not the unions 'all' and 'trainval'). A run that failed or was killed resumes "
-                    "when started again with the same --out: the shards it finished are kept.")
+                    "is converted (not the unions 'all' and 'trainval'). DIR is new, empty, or holds a shard set: "
+                    "fitloop removes only files it wrote and refuses a folder with others. A run that failed or "
+                    "was killed resumes when started again with the same --out: the shards it finished are kept. "
+                    "An annotation file that cannot be read, or a conversion in which no record became a sample, "
+                    "is an error (exit 1).")
     parser.add_argument("dataset", metavar="DATASET", choices=AdapterNames(),
                         help="the dataset's format: %(choices)s")
     parser.add_argument("--root", type=Path, required=True, help="the dataset's folder, as unpacked")
@@ -43,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--jpeg-quality", type=int, default=None, help="JPEG quality (default 90)")
     parser.add_argument("--samples-per-shard", type=int, default=None, help="samples per shard (default 1000)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace a shard set already in --out (finished or not) instead of refusing or resuming")
+                        help="replace a shard set already in --out (finished or not) instead of refusing or resuming; "
+                             "files fitloop did not write are never removed (such a folder is refused)")
     parser.add_argument("--workers", type=int, default=None,
                         help="write chunks on a local Dask cluster of this many worker processes")
     parser.add_argument("--dask-address", default=None, metavar="tcp://HOST:PORT",

@@ -18,11 +18,13 @@ from typing import Any, Iterator
 from pipelines.adapters.base import (
     SPIN_LIMB_JOINTS,
     Adapter,
+    AnnotationFileError,
     CheckConfig,
     DatasetError,
     Output,
     RecordBuilder,
     make_config,
+    unique_keys,
 )
 from pipelines.adapters.coco import CocoAdapter, CocoConfig
 from pipelines.adapters.h36m import H36mAdapter
@@ -50,15 +52,18 @@ def iter_dataset(name: str, root: Path, split: str, **options: Any) -> Iterator[
         split: one of the adapter's ``splits``.
         **options: fields of the adapter's config (``ADAPTERS[name].config_type``), as values or as strings
             (a CLI's); an unknown option raises `DatasetError` listing the known ones.
+    A record whose key an earlier one of the split already had is a ``duplicate_record`` reject (`unique_keys`).
+
     Raises:
         DatasetError: an unknown dataset or option, at the call; an unknown split or a missing annotation file,
-            when iteration starts, before anything is yielded.
+            when iteration starts, before anything is yielded; `AnnotationFileError` (a DatasetError) for an
+            annotation file that exists but cannot be read, also before anything is yielded.
     """
     if name not in ADAPTERS:
         raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(sorted(ADAPTERS))}")
     adapter = ADAPTERS[name]
-    return adapter.read(Path(root), split, make_config(adapter.config_type, options))
+    return unique_keys(adapter.read(Path(root), split, make_config(adapter.config_type, options)))
 
 
-__all__ = ["ADAPTERS", "Adapter", "CheckConfig", "CocoConfig", "DatasetError", "LspConfig", "MpiiConfig", "Output",
-           "RecordBuilder", "SPIN_LIMB_JOINTS", "SpinNpzConfig", "iter_dataset"]
+__all__ = ["ADAPTERS", "Adapter", "AnnotationFileError", "CheckConfig", "CocoConfig", "DatasetError", "LspConfig",
+           "MpiiConfig", "Output", "RecordBuilder", "SPIN_LIMB_JOINTS", "SpinNpzConfig", "iter_dataset"]

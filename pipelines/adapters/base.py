@@ -10,23 +10,30 @@ a `Reject` naming the first check that failed:
 3. ``missing_required_joints``: a joint named in ``require_joints`` is not annotated.
 4. ``degenerate_box``: no box, or a box side (200·scale) under ``min_box_side_px``.
 5. ``missing_image`` / ``corrupt_image`` / ``image_size_mismatch``: the image file, checked once per file.
-6. ``degenerate_box``: the box does not overlap the image at all.
+6. ``degenerate_box``: less than `shards.crop.MIN_BOX_INSIDE` of the box lies in the image (`shards.crop.box_problem`):
+   a box beside the image, or one far larger than it (a bbox of 1e6 px), would crop black or a speck.
 7. ``keypoints_out_of_image``: an annotated joint lies outside the image by more than ``out_of_image_margin_px``
    (policy ``out_of_image``: "reject" the person, "drop_joint" to zero the joint's confidence, or "keep").
 
 Annotation checks come first so a bad record costs no image I/O; the image is opened only for records that could
 become samples. Errors in the files an adapter is pointed at (a missing annotation file, an unknown split, wrong
-options) raise `DatasetError` before anything is read; a file that exists but cannot be parsed becomes one
-``malformed_annotation`` reject and the run goes on.
+options) raise `DatasetError` before anything is read; an annotation file that exists but cannot be read as its
+format (truncated, another format, a text file under a format's name) raises `AnnotationFileError`, naming the file
+and why, also before anything is read: a split whose one file is unreadable is not an empty split. A record that
+cannot be parsed within a readable file is one ``malformed_annotation`` reject and the run goes on; so is a record
+whose image name is absolute or climbs out of the image folder (`image_path_under`: nothing outside the image
+root is read). Records whose ids repeat an earlier record's (two persons with one key, a COCO image id given to two
+images) are ``duplicate_record`` rejects (`unique_keys`), never a crop of the wrong picture.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import Any, Iterator, Literal, Mapping, Protocol, Sequence
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, Iterable, Iterator, Literal, Mapping, Protocol, Sequence
 
 import numpy as np
 from PIL import Image
@@ -34,6 +41,7 @@ from PIL import Image
 from core.errors import FitloopError
 from core.intrinsics import Intrinsics
 from core.joints import J24_OFFSET, JOINT_NAMES, NUM_JOINTS, indices
+from shards.crop import box_problem
 from shards.schema import PersonRecord, Reject
 
 Output = PersonRecord | Reject
@@ -43,6 +51,21 @@ OutOfImagePolicy = Literal["reject", "drop_joint", "keep"]
 
 class DatasetError(FitloopError):
     """The dataset's files or the adapter's options are wrong; nothing was read."""
+
+
+class AnnotationFileError(DatasetError):
+    """An annotation file exists but cannot be read as its format: damaged, truncated, or another kind of file."""
+
+    def __init__(self, path: Path, what: str, err: BaseException | str) -> None:
+        reason = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
+        super().__init__(f"{path}: not {what} ({reason}); check the file (a download cut short? another "
+                         f"format under this name?) or point the adapter at the right one")
+
+
+# Parsers of binary formats (scipy.io, h5py, cdflib) raise many exception types for damaged bytes, some of their
+# own (scipy's MatReadError is a plain Exception): reading a whole annotation file catches all of them, and the
+# one line says which file and what the parser said.
+PARSER_ERRORS = (Exception,)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,6 +152,37 @@ def resolve_under(root: Path, path: Path | None) -> Path | None:
         return None
     path = Path(path)
     return path if path.is_absolute() else root / path
+
+
+def image_path_under(folder: PurePosixPath, name: Any) -> str:
+    """``folder / name`` as a POSIX path relative to the image root, for an image ``name`` an annotation gives.
+
+    ValueError when ``name`` is empty, absolute (``/x.jpg``, ``C:\\x.jpg``) or climbs out with ``..``: an
+    annotation never makes fitloop read a file outside the image root.
+    """
+    text = str(name)
+    path = PurePosixPath(text.replace("\\", "/"))
+    if not text.strip() or path.is_absolute() or ".." in path.parts or PureWindowsPath(text).drive:
+        raise ValueError(f"image name {text!r} is not a path inside the image folder (absolute, empty, or "
+                         f"with '..')")
+    return (folder / path).as_posix()
+
+
+def unique_keys(outputs: Iterable[Output]) -> Iterator[Output]:
+    """``outputs`` with every record whose key an earlier record of them already had turned into a
+    ``duplicate_record`` reject naming both records: one key is one person, so a repeated id is an annotation
+    error, and the first record is the one kept."""
+    first: dict[str, str] = {}
+    for item in outputs:
+        if isinstance(item, PersonRecord):
+            if item.key in first:
+                item = Reject(dataset=item.dataset, split=item.split, source=item.source, record=item.record,
+                              reason="duplicate_record", key=item.key, message=(
+                                  f"its ids give key {item.key}, as {first[item.key]} already did; fix the ids in "
+                                  f"{item.source}"))
+            else:
+                first[item.key] = f"{item.record} of {item.source}"
+        yield item
 
 
 def image_folder(root: Path, image_dir: Path) -> tuple[Path, PurePosixPath]:
@@ -234,10 +288,9 @@ class RecordBuilder:
         extra = dict(extra or {})
         size = info.size or expected_size
         if size is not None:
-            if not _box_overlaps(center, scale, size):
-                return self.reject(**where, reason="degenerate_box", message=(
-                    f"box centred at {np.round(center, 1).tolist()} with side {200.0 * scale:.1f} px lies outside "
-                    f"the {size[0]}x{size[1]} image"))
+            problem = box_problem(center, 200.0 * scale, size)
+            if problem:
+                return self.reject(**where, reason="degenerate_box", message=problem)
             outside = _outside(kp, size, self.config.out_of_image_margin_px)
             if outside.any() and self.config.out_of_image == "reject":
                 points = "; ".join(f"{JOINT_NAMES[i]} ({kp[i, 0]:.1f}, {kp[i, 1]:.1f})"
@@ -253,6 +306,10 @@ class RecordBuilder:
                     return self.reject(**where, reason=problem[0], message=(
                         f"{problem[1]}, once the joints outside the image were dropped"))
 
+        try:  # the sample's json keeps it, finite numbers only
+            json.dumps(extra, allow_nan=False)
+        except (TypeError, ValueError) as err:
+            return self.reject(**where, reason="malformed_annotation", message=f"its metadata {extra}: {err}")
         return PersonRecord(
             dataset=self.dataset, split=self.split, key=key, source=source, record=record,
             image_path=image_path, image_root=image_root, image_size=info.size, center=center, scale=scale,
@@ -308,6 +365,12 @@ def _non_finite(kp: np.ndarray, center: np.ndarray | None, scale: float | None, 
         return [JOINT_NAMES[i] for i in np.flatnonzero(bad)]
 
     problems = []
+    kp = _as_stored(kp)
+    joints_3d = None if joints_3d is None else _as_stored(joints_3d)
+    center = None if center is None else _as_stored(center)
+    scale = None if scale is None else float(_as_stored(np.float64(200.0 * scale)) / 200.0)
+    smpl_pose = None if smpl_pose is None else _as_stored(smpl_pose)
+    smpl_betas = None if smpl_betas is None else _as_stored(smpl_betas)
     for what, joints in (("2D keypoints", kp), ("3D joints", joints_3d)):
         names = [] if joints is None else bad_joints(np.asarray(joints, dtype=np.float64))
         if names:
@@ -317,13 +380,14 @@ def _non_finite(kp: np.ndarray, center: np.ndarray | None, scale: float | None, 
     for name, value in (("SMPL pose", smpl_pose), ("SMPL betas", smpl_betas)):
         if value is not None and not np.isfinite(np.asarray(value, dtype=np.float64)).all():
             problems.append(name)
-    return "non-finite " + "; ".join(problems) if problems else ""
+    return "non-finite (or beyond float32, as shards store them) " + "; ".join(problems) if problems else ""
 
 
-def _box_overlaps(center: np.ndarray, scale: float, size: tuple[int, int]) -> bool:
-    """Whether the square box (side 200·scale px at ``center``) overlaps the image [-0.5, W-0.5] x [-0.5, H-0.5]."""
-    half = 100.0 * scale
-    return all(center[axis] + half >= -0.5 and center[axis] - half <= size[axis] - 0.5 for axis in (0, 1))
+def _as_stored(values: Any) -> np.ndarray:
+    """``values`` as the float32 a shard stores them in, back in float64: what overflows float32 is infinite."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.asarray(values, dtype=np.float64).astype(np.float32).astype(np.float64)
+
 
 
 def _outside(kp: np.ndarray, size: tuple[int, int], margin: float) -> np.ndarray:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
@@ -23,6 +24,7 @@ import numpy as np
 
 from core.joints import COCO_JOINTS, to_canonical
 from pipelines.adapters.base import (
+    AnnotationFileError,
     CheckConfig,
     DatasetError,
     Output,
@@ -30,6 +32,7 @@ from pipelines.adapters.base import (
     check_split,
     display_path,
     image_folder,
+    image_path_under,
     joint_confidence,
     occluded_names,
     resolve_under,
@@ -70,7 +73,9 @@ class CocoAdapter:
     config_type = CocoConfig
 
     def read(self, root: Path, split: str, config: CocoConfig | None = None) -> Iterator[Output]:
-        """Yield one `PersonRecord` or `Reject` per annotation of the keypoints json (sorted by image, then id)."""
+        """Yield one `PersonRecord` or `Reject` per annotation of the keypoints json (sorted by image, then id);
+        `AnnotationFileError` when the json is not a COCO keypoints file. Annotations of an image id that two images
+        share, and annotations that share an id, are ``duplicate_record`` rejects."""
         config = config or CocoConfig()
         check_split(self, split)
         root = Path(root)
@@ -84,19 +89,22 @@ class CocoAdapter:
 
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+            image_ids = Counter(int(image["id"]) for image in data["images"])
             images = {int(image["id"]): image for image in data["images"]}
             annotations = sorted(data["annotations"], key=_order)
             _check_categories(data.get("categories", []))
-        except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
-            yield builder.reject(source, "*", "malformed_annotation",
-                                 f"not a COCO keypoints file: {type(err).__name__}: {err}")
-            return
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as err:  # JSONDecodeError: ValueError
+            raise AnnotationFileError(path, "a COCO keypoints file", err) from None
+        shared = {i: n for i, n in image_ids.items() if n > 1}  # which picture such an annotation is of is unknown
+        annotation_ids = Counter(_order(a)[2] for a in annotations if _order(a)[0] == 0)
 
         for annotation in annotations:
-            yield self._person(builder, image_root, image_dir, source, images, annotation, config)
+            yield self._person(builder, image_root, image_dir, source, images, annotation, config, shared,
+                               annotation_ids)
 
     def _person(self, builder: RecordBuilder, image_root: Path, image_dir: PurePosixPath, source: str,
-                images: dict[int, dict[str, Any]], annotation: Any, config: CocoConfig) -> Output:
+                images: dict[int, dict[str, Any]], annotation: Any, config: CocoConfig, shared: dict[int, int],
+                annotation_ids: Counter[int]) -> Output:
         if not isinstance(annotation, dict):
             return builder.reject(source, f"annotation {str(annotation)[:40]!r}", "malformed_annotation",
                                   f"an annotation is a {type(annotation).__name__}, not an object")
@@ -104,13 +112,21 @@ class CocoAdapter:
         try:
             image_id, annotation_id = int(annotation["image_id"]), int(annotation["id"])
             key = make_key(self.name, f"{image_id:012d}", f"a{annotation_id}")
+            if image_id in shared:
+                return builder.reject(source, record, "duplicate_record", (
+                    f"image id {image_id} is given to {shared[image_id]} images in {source}, so which picture this "
+                    f"annotation is of is unknown; fix the image ids"), key)
+            if annotation_ids[annotation_id] > 1:
+                return builder.reject(source, record, "duplicate_record", (
+                    f"annotation id {annotation_id} is given to {annotation_ids[annotation_id]} annotations in "
+                    f"{source}; fix the annotation ids"), key)
             image = images[image_id]
             raw = np.asarray(annotation["keypoints"], dtype=np.float64).reshape(len(COCO_JOINTS), 3)
             x, y, w, h = (float(v) for v in annotation["bbox"])
             crowd = bool(annotation.get("iscrowd", 0))
-            file_name = str(image["file_name"])
+            image_path = image_path_under(image_dir, image["file_name"])
             expected_size = (int(image["width"]), int(image["height"]))
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, OverflowError) as err:
             return builder.reject(source, record, "malformed_annotation",
                                   f"cannot read the annotation: {type(err).__name__}: {err}", key)
         if crowd:
@@ -121,7 +137,7 @@ class CocoAdapter:
         keypoints = to_canonical(np.column_stack([raw[:, :2], conf]), "coco")
         return builder.person(
             key=key, source=source, record=record, image_root=image_root,
-            image_path=(image_dir / file_name).as_posix(),
+            image_path=image_path,
             center=np.array([x + w / 2.0, y + h / 2.0]), scale=config.bbox_expand * max(w, h) / 200.0,
             keypoints_2d=keypoints, expected_size=expected_size,
             extra={"image_id": image_id, "annotation_id": annotation_id, "bbox_xywh": [x, y, w, h],

@@ -74,6 +74,8 @@ from core.intrinsics import Intrinsics
 from core.joints import H36M_JOINTS, to_canonical
 from core.pinhole import pinhole
 from pipelines.adapters.base import (
+    PARSER_ERRORS,
+    AnnotationFileError,
     CheckConfig,
     DatasetError,
     Output,
@@ -298,7 +300,7 @@ class H36mAdapter:
             if not seq.action:
                 raise ValueError(f"{seq.poses_3d.name} is not named <action>.<camera>.cdf")
             joints_3d = read_pose_cdf(seq.poses_3d, 3)  # (F, 32, 3) mm
-        except (OSError, ValueError, KeyError) as err:
+        except PARSER_ERRORS as err:  # cdflib raises many types for a damaged file
             yield builder.reject(source, "*", "malformed_annotation", f"{type(err).__name__}: {err}")
             return
         if seq.world:  # world sequences are listed from the camera file, so their camera is known
@@ -308,7 +310,7 @@ class H36mAdapter:
         if seq.poses_2d.is_file():
             try:
                 joints_2d = read_pose_cdf(seq.poses_2d, 2)
-            except (OSError, ValueError, KeyError) as err:
+            except PARSER_ERRORS as err:
                 problem_2d = f"{display_path(seq.poses_2d, root)}: {type(err).__name__}: {err}"
         elif camera is not None:
             joints_2d = camera.project(joints_3d)
@@ -320,7 +322,7 @@ class H36mAdapter:
         if config.box == "mask" or (config.box == "auto" and seq.mask.is_file()):
             try:
                 masks = MaskFile(seq.mask)
-            except (OSError, ValueError, KeyError) as err:
+            except PARSER_ERRORS as err:
                 problem_mask = f"{display_path(seq.mask, root)}: {type(err).__name__}: {err}"
 
         try:
@@ -360,7 +362,11 @@ class H36mAdapter:
             intrinsics = camera.intrinsics(seq.subject)
         if masks is not None:
             extra["box_source"] = "mask"
-            box = masks.box(frame)
+            try:
+                box = masks.box(frame)
+            except PARSER_ERRORS as err:  # a mask file damaged past its header
+                return builder.reject(**where, reason="malformed_annotation", message=(
+                    f"{display_path(seq.mask, root)}: frame {frame}: {type(err).__name__}: {err}"))
             if isinstance(box, str):
                 return builder.reject(**where, reason="degenerate_box", message=box)
             (x0, y0, x1, y1) = box  # inclusive pixel indices of the mask's pixels
@@ -439,8 +445,8 @@ def load_cameras(path: Path) -> dict[tuple[str, str], Camera]:
             return {k: replace(c, file=path.name) for k, c in _cameras_h5(path).items()}
         if path.suffix.lower() == ".xml":
             return {k: replace(c, file=path.name) for k, c in _cameras_xml(path).items()}
-    except (OSError, KeyError, ValueError, ElementTree.ParseError) as err:
-        raise DatasetError(f"cannot read Human3.6M cameras from {path}: {type(err).__name__}: {err}") from None
+    except PARSER_ERRORS as err:
+        raise AnnotationFileError(path, "Human3.6M camera parameters (cameras.h5 or metadata.xml)", err) from None
     raise DatasetError(f"cameras_file {path}: expected 3d-pose-baseline's cameras.h5 or the release's metadata.xml")
 
 

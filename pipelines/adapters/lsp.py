@@ -27,6 +27,8 @@ import scipy.io
 
 from core.joints import LSP_JOINTS, to_canonical
 from pipelines.adapters.base import (
+    PARSER_ERRORS,
+    AnnotationFileError,
     CheckConfig,
     DatasetError,
     Output,
@@ -88,7 +90,8 @@ class LspAdapter:
         self.splits = tuple(layout.splits)
 
     def read(self, root: Path, split: str, config: LspConfig | None = None) -> Iterator[Output]:
-        """Yield one `PersonRecord` or `Reject` per image of the split, in image order."""
+        """Yield one `PersonRecord` or `Reject` per image of the split, in image order; `AnnotationFileError`
+        when the joints file cannot be read as this layout."""
         config = config or LspConfig()
         check_split(self, split)
         root = Path(root)
@@ -100,9 +103,8 @@ class LspAdapter:
         source = display_path(path, root)
         try:
             joints = self._load(path)  # (N, 14, 3): x, y, flag per image and joint
-        except (OSError, ValueError, KeyError, TypeError, NotImplementedError) as err:
-            yield builder.reject(source, "*", "malformed_annotation", f"{type(err).__name__}: {err}")
-            return
+        except PARSER_ERRORS as err:
+            raise AnnotationFileError(path, f"an {self.name} joints.mat", err) from None
 
         first, last = self.layout.splits[split]
         for i in range(first, min(last, len(joints))):
@@ -121,7 +123,10 @@ class LspAdapter:
 
     def _load(self, path: Path) -> np.ndarray:
         """``joints`` as (N, 14, 3), whichever layout the file uses; ValueError naming the mismatch."""
-        joints = np.asarray(scipy.io.loadmat(str(path))["joints"], dtype=np.float64)
+        mat = scipy.io.loadmat(str(path))
+        if "joints" not in mat:
+            raise ValueError(f"no variable 'joints' (variables: {sorted(k for k in mat if not k.startswith('__'))})")
+        joints = np.asarray(mat["joints"], dtype=np.float64)
         expected = {"c": 3, "j": NUM_LSP_JOINTS}
         shape = dict(zip(self.layout.axes, joints.shape))
         if joints.ndim != 3 or any(shape[axis] != size for axis, size in expected.items()):

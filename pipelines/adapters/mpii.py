@@ -44,6 +44,8 @@ import scipy.io
 
 from core.joints import MPII_JOINTS, to_canonical
 from pipelines.adapters.base import (
+    PARSER_ERRORS,
+    AnnotationFileError,
     CheckConfig,
     DatasetError,
     Output,
@@ -51,6 +53,7 @@ from pipelines.adapters.base import (
     check_split,
     display_path,
     image_folder,
+    image_path_under,
     joint_confidence,
     occluded_names,
     resolve_under,
@@ -121,7 +124,7 @@ class _Person:
 
 @dataclass(frozen=True)
 class _Unreadable:
-    """A record (or "*", the whole file) that a reader could not parse, and why."""
+    """A record that a reader could not parse, and why (a whole file raises `AnnotationFileError`)."""
 
     record: str
     message: str
@@ -157,6 +160,11 @@ class MpiiAdapter:
             if isinstance(person, _Unreadable):
                 yield builder.reject(source, person.record, "malformed_annotation", person.message)
                 continue
+            try:
+                image_path = image_path_under(image_dir, person.image_name)
+            except ValueError as err:
+                yield builder.reject(source, person.record, "malformed_annotation", str(err))
+                continue
             stem = Path(person.image_name).stem
             if person.person is not None:
                 key = make_key(self.name, stem, f"p{person.person}")
@@ -169,7 +177,7 @@ class MpiiAdapter:
                      "occluded": occluded_names(person.occluded & person.annotated, MPII_JOINTS), **person.extra}
             yield builder.person(
                 key=key, source=source, record=person.record, image_root=image_root,
-                image_path=(image_dir / person.image_name).as_posix(),
+                image_path=image_path,
                 center=person.center, scale=person.scale,
                 keypoints_2d=to_canonical(np.column_stack([joints, conf]), "mpii"), extra=extra)
 
@@ -197,7 +205,8 @@ class MpiiAdapter:
                            f"{', '.join(tried)}. Pass annotation_file")
 
 
-# --- Readers: each yields a _Person per person, or _Unreadable for a record (or the file) it cannot parse -------
+# --- Readers: each yields a _Person per person, or _Unreadable for a record it cannot parse; a file it cannot ---
+# --- read at all raises AnnotationFileError when the first person is asked for -----------------------------------
 
 def _read_h5(path: Path) -> Iterator[_Person | _Unreadable]:
     """People of a pose-hg HDF5 file, in row order."""
@@ -210,9 +219,8 @@ def _read_h5(path: Path) -> Iterator[_Person | _Unreadable]:
         if part.shape != (count, NUM_MPII_JOINTS, 2) or center.shape != (count, 2) or scale.shape != (count,):
             raise ValueError(f"shapes part {part.shape}, center {center.shape}, scale {scale.shape} for "
                              f"{count} names; expected (N, 16, 2), (N, 2), (N,)")
-    except (OSError, KeyError, ValueError) as err:
-        yield _Unreadable("*", f"not a pose-hg MPII .h5: {type(err).__name__}: {err}")
-        return
+    except PARSER_ERRORS as err:
+        raise AnnotationFileError(path, "a pose-hg MPII .h5", err) from None
     visible = columns.get("visible")
     for row in range(count):
         annotated = ~np.all(part[row] == 0, axis=1)  # (0, 0) marks an unannotated joint
@@ -236,8 +244,7 @@ def _read_json(path: Path) -> Iterator[_Person | _Unreadable]:
         if not isinstance(entries, list):
             raise ValueError(f"the top level is a {type(entries).__name__}, not a list of people")
     except (OSError, ValueError) as err:
-        yield _Unreadable("*", f"not an mmpose/HRNet MPII json: {type(err).__name__}: {err}")
-        return
+        raise AnnotationFileError(path, "an mmpose/HRNet MPII json", err) from None
     for i, entry in enumerate(entries):
         try:
             image_name = str(entry["image"])
@@ -267,10 +274,8 @@ def _read_mat(path: Path, split: str, root: Path, config: MpiiConfig) -> Iterato
         else:
             raise ValueError(f"neither a RELEASE struct nor annolist + RELEASE_img_index/RELEASE_person_index "
                              f"(variables: {sorted(k for k in mat if not k.startswith('__'))})")
-    except (OSError, ValueError, TypeError, AttributeError, NotImplementedError) as err:
-        # scipy.io's MatReadError is a ValueError; a truncated file can raise any of these
-        yield _Unreadable("*", f"not an MPII release .mat: {type(err).__name__}: {err}")
-        return
+    except PARSER_ERRORS as err:
+        raise AnnotationFileError(path, "an MPII release .mat", err) from None
 
     if subset is not None:
         yield from _subset_people(annolist, *subset, root, config)
@@ -394,7 +399,7 @@ def _image_names(path: Path) -> dict[int, str]:
             return {int(i) + 1: (n.decode() if isinstance(n, bytes) else str(n)) for i, n in zip(index, names)}
         annolist = _items(_load_mat(path)["RELEASE"].annolist)
         return {i + 1: str(a.image.name) for i, a in enumerate(annolist)}
-    except (OSError, KeyError, ValueError, AttributeError) as err:
+    except PARSER_ERRORS as err:
         raise DatasetError(f"names_file {path} names no MPII images ({type(err).__name__}: {err}); expected "
                            f"the release .mat or a pose-hg .h5 with index and imgname") from None
 
@@ -406,7 +411,7 @@ def _hg_people(path: Path) -> set[tuple[int, int]]:
     try:
         with h5py.File(path, "r") as h5:
             return {(int(i), int(p)) for i, p in zip(h5["index"][()], h5["person"][()])}
-    except (OSError, KeyError) as err:
+    except PARSER_ERRORS as err:
         raise DatasetError(f"split_file {path} is not a pose-hg .h5 with index and person: {err}") from None
 
 

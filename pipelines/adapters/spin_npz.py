@@ -20,10 +20,9 @@ file order. Each record keeps its row as ``extra["spin_row"]``, which is how SPI
 """
 from __future__ import annotations
 
-import zipfile
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 import numpy as np
@@ -31,12 +30,15 @@ import numpy as np
 from core.joints import J24_NAMES, J24_OFFSET, NUM_JOINTS, OPENPOSE_NAMES
 from core.spin import SPIN_NPZ_FILES
 from pipelines.adapters.base import (
+    PARSER_ERRORS,
+    AnnotationFileError,
     CheckConfig,
     DatasetError,
     Output,
     RecordBuilder,
     check_split,
     display_path,
+    image_path_under,
     resolve_under,
 )
 from shards.schema import make_key
@@ -83,9 +85,8 @@ class SpinNpzAdapter:
         source = display_path(path, root)
         try:
             columns = _load(path)
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
-            yield builder.reject(source, "*", "malformed_annotation", f"not a SPIN .npz: {type(err).__name__}: {err}")
-            return
+        except PARSER_ERRORS as err:  # zipfile.BadZipFile, a pickle refused (ValueError), a missing field, ...
+            raise AnnotationFileError(path, "a SPIN .npz", err) from None
 
         names = [str(n) for n in columns["imgname"]]
         repeats = Counter(names)
@@ -118,9 +119,13 @@ class SpinNpzAdapter:
         for name in ("gender", "maskname", "partname"):
             if name in columns:
                 extra[name] = str(columns[name][row])
+        try:
+            image_path = image_path_under(PurePosixPath("."), imgname)
+        except ValueError as err:
+            return builder.reject(source, f"row {row} ({imgname})", "malformed_annotation", str(err), key)
         return builder.person(
             key=key, source=source, record=f"row {row} ({imgname})", image_root=root,
-            image_path=Path(imgname).as_posix(), center=columns["center"][row] - pixel_offset,
+            image_path=image_path, center=columns["center"][row] - pixel_offset,
             scale=float(columns["scale"][row]), keypoints_2d=keypoints, joints_3d=joints_3d,
             smpl_pose=columns["pose"][row] if has_pose else None,
             smpl_betas=columns["shape"][row] if has_pose else None, has_smpl=has_smpl, extra=extra)

@@ -67,7 +67,8 @@ def generate(out_root: Path, config: SynthConfig | None = None, *, overwrite: bo
     ``progress`` (e.g. a progress bar's ``update``) is called with the number of people in each batch of pictures
     once it is painted: ``config.people(name)`` summed over the datasets in all.
 
-    Raises SynthError when a dataset folder exists already (unless ``overwrite``) or the pose source is unusable.
+    Raises SynthError when a dataset folder exists already (unless ``overwrite``; never when fitloop synth did not
+    write it: no ``SYNTH_FILE`` in it) or the pose source is unusable.
     """
     config = config or SynthConfig()
     out_root = Path(out_root)
@@ -75,6 +76,12 @@ def generate(out_root: Path, config: SynthConfig | None = None, *, overwrite: bo
     existing = [str(p) for p in targets.values() if p.exists()]
     if existing and not overwrite:
         raise SynthError(f"{', '.join(existing)} exist already; pass overwrite (--overwrite) to replace them")
+    foreign = [str(p) for p in targets.values() if p.exists() and not (p / SYNTH_FILE).is_file()]
+    if foreign:  # a real dataset in the layout's folder name: overwrite replaces only what fitloop synth wrote
+        raise SynthError(f"{', '.join(foreign)} exist{'s' if len(foreign) == 1 else ''} and fitloop synth did not "
+                         f"write {'it' if len(foreign) == 1 else 'them'} (no {SYNTH_FILE}); --overwrite replaces only "
+                         f"synthetic datasets: move {'it' if len(foreign) == 1 else 'them'} away or choose another "
+                         f"--out")
     out_root.mkdir(parents=True, exist_ok=True)
     mesh = _mesh(config.body_model)
     pool = _start_pool(mesh, config.workers) if sum(config.people(n) for n in targets) >= _MIN_PARALLEL else None
