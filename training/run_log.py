@@ -200,6 +200,8 @@ def plot_curves(run_dir: Path) -> Path | None:
     right.legend()
     fig.tight_layout()
     path = Path(run_dir) / CURVES_PNG
-    fig.savefig(path, dpi=110)
+    tmp = path.with_name(path.name + ".tmp")  # a run killed while drawing leaves the previous picture whole
+    fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+    tmp.replace(path)
     return path
