@@ -53,6 +53,7 @@ import torch
 
 from core.errors import FitloopError
 from core.frames import FIT_FOCAL, fit_frame_camera, image_camera_in_fit_frame, keypoints_in_fit_frame
+from core.killpoint import kill_point
 from fits.schema import FRAMES, FitProvenance, config_hash, fits_from_smplify
 from fits.seeding3d import Fitter3D, Sample3D, fit_3d_batch, in_sequence_order, sample_3d, subject_shapes
 from fits.table import BestLosses, FitsTable
@@ -332,6 +333,7 @@ def _fit_batches(batches: Iterable[Any], fit_here: Callable[[Any], pa.Table],
         parts = []
         for batch in batches:
             parts.append(fit_here(batch))
+            kill_point("seed.batch")
             if on_batch is not None:
                 on_batch(parts[-1].num_rows)
         return parts
@@ -339,6 +341,7 @@ def _fit_batches(batches: Iterable[Any], fit_here: Callable[[Any], pa.Table],
 
     futures = [client.submit(*task(batch), pure=False) for batch in batches]
     for future in as_completed(futures):
+        kill_point("seed.batch")
         if on_batch is not None:
             on_batch(future.result().num_rows)
     return client.gather(futures)

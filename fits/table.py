@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 from deltalake import ColumnProperties, CommitProperties, DeltaTable, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
+from core.killpoint import kill_point
 from fits.schema import (
     FITS_SCHEMA,
     FITS_SCHEMA_VERSION,
@@ -367,7 +368,9 @@ class FitsTable:
             write_deltalake(table, fits, mode="append", writer_properties=_WRITER, commit_properties=meta)
             return table.version()
 
+        kill_point("fits.append")
         version, retries = _retrying(commit, max_retries)
+        kill_point("fits.commit")
         if best is not None:
             best.record(fits)
         return AppendResult(version, fits.num_rows, offered, retries)
@@ -528,6 +531,7 @@ class FitsTable:
         """
         stage = on_stage or (lambda name: None)
         version, _ = _retrying(lambda: self._compact_from(DeltaTable(str(self.path)), stage), max_retries)
+        kill_point("fits.compacted")
         return version
 
     def _compact_from(self, snapshot: DeltaTable, stage: Callable[[str], None] = lambda name: None) -> int:
@@ -542,6 +546,7 @@ class FitsTable:
                                                  "fitloop.compacted_from": str(read_version),
                                                  "fitloop.rows": str(best.num_rows)})
         stage("write")
+        kill_point("fits.compact")
         write_deltalake(snapshot, best, mode="overwrite", writer_properties=_WRITER, commit_properties=meta)
         return snapshot.version()
 

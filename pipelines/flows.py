@@ -223,13 +223,13 @@ def seed_fits_flow(shards: str, fits: str, body_model: str = "open", batch_size:
 # --- train ------------------------------------------------------------------------------------------------------
 @task(name="train")
 @fails_cleanly
-def train_task(config: dict[str, Any], resume: bool) -> dict[str, Any]:
+def train_task(config: dict[str, Any], resume: bool, overwrite: bool = False) -> dict[str, Any]:
     """Run the trainer; its log rows (progress every ``log_every`` steps, every evaluation) go to the run log."""
     from training.config import TrainConfig
     from training.loop import train
 
-    return train(TrainConfig.from_dict(config), resume=resume, progress=not params.in_deployment(),
-                 echo=get_run_logger().info)
+    return train(TrainConfig.from_dict(config), resume=resume, overwrite=overwrite,
+                 progress=not params.in_deployment(), echo=get_run_logger().info)
 
 
 def _train_artifacts(summary: dict[str, Any], run_dir: Path) -> None:
@@ -247,22 +247,31 @@ def _train_artifacts(summary: dict[str, Any], run_dir: Path) -> None:
 @flow(name="train", log_prints=False)
 @fails_cleanly
 def train_flow(shards: list[str], fits: str, run_dir: str, settings: dict[str, Any] | None = None,
-               resume: bool = False) -> dict[str, Any]:
+               resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Train SPIN's regressor with fitting in the loop on shard sets; improved fits go back to the fits table.
 
     settings: any `training.config.TrainConfig` field but shards, fits and run_dir (nested mappings for
     ``smplify``, ``augment``, ``loss``), e.g. ``{"backbone": 18, "epochs": 5, "img_res": 128}``; the defaults are
-    SPIN's. Checked by type and value before training starts."""
-    from training.checkpoint import latest_checkpoint
+    SPIN's. Checked by type and value before training starts.
+    resume: continue the run in ``run_dir``; overwrite: start a new run in a ``run_dir`` another run has used
+    (`training.run_folder`; without it such a folder is refused)."""
+    from training.run_folder import check_new_run, resume_point
 
     shard_dirs = params.check_shard_sets(shards)
     fits_path = params.absolute_path(fits, "fits")
     run_path = params.absolute_path(run_dir, "run_dir")
     config = params.check_train_settings(settings, {"shards": [str(s) for s in shard_dirs], "fits": str(fits_path),
                                                     "run_dir": str(run_path)}, name="settings")
-    if resume and latest_checkpoint(run_path) is None:
-        raise params.FlowParameterError(f"resume: {run_path} has no checkpoint to resume from; start without resume")
-    summary = train_task(config.to_dict(), resume)
+    if resume and overwrite:
+        raise params.FlowParameterError("resume continues the run in run_dir, overwrite deletes it: give one of them")
+    try:
+        if resume:
+            resume_point(run_path)
+        else:
+            check_new_run(run_path, overwrite)
+    except FitloopError as err:
+        raise params.FlowParameterError(f"{'resume' if resume else 'run_dir'}: {err}") from None
+    summary = train_task(config.to_dict(), resume, overwrite)
     _train_artifacts(summary, run_path)
     return summary
 
@@ -293,7 +302,7 @@ def build_flow(datasets: list[DatasetSpec], out: str, train_settings: dict[str, 
     _check_training_samples(manifest, config.train_splits, shards)
     seed = seed_fits_flow(str(shards), str(fits), body_model=body_model, workers=workers, dask_address=address)
     settings = {"body_model": body_model, **(train_settings or {})}
-    trained = train_flow([str(shards)], str(fits), str(run_dir), settings)
+    trained = train_flow([str(shards)], str(fits), str(run_dir), settings, overwrite=overwrite)
     return {"manifest_counts": manifest["counts"], "seed": seed, "train": trained, "shards": str(shards),
             "fits": str(fits), "run_dir": str(run_dir)}
 

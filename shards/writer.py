@@ -50,6 +50,7 @@ from PIL import Image
 
 from core.errors import FitloopError, naming_file
 from core.intrinsics import EXIF_IFD, resolve_intrinsics
+from core.killpoint import kill_point
 from shards.crop import box_problem, box_to_crop, warp
 from shards.receipts import CHUNKS_DIR, chunk_digest, file_sha256, read_receipt, write_receipt
 from shards.sample import READABLE_SAMPLE_FORMATS, SAMPLE_FORMAT_VERSION, encode_sample
@@ -263,6 +264,7 @@ def write_chunk(records: list[PersonRecord | Reject], out_dir: Path, shard_name:
                     result.samples += 1
                     result.has_smpl += int(item.has_smpl)
                     result.has_joints_3d += int(item.joints_3d is not None)
+                    kill_point("shards.sample")
             raw.flush()
             os.fsync(raw.fileno())
         if result.samples:
@@ -276,6 +278,7 @@ def write_chunk(records: list[PersonRecord | Reject], out_dir: Path, shard_name:
         raise
     result.sources = [dict(zip(("dataset", "split", "source", "image_root"), s)) for s in sources]
     write_receipt(out_dir, shard_name, digest or chunk_digest(records, config), asdict(result))
+    kill_point("shards.chunk")
     return result
 
 
@@ -530,6 +533,7 @@ def finalize_manifest(out_dir: Path, chunk_results: list[ChunkResult], config: S
     if len(reject_rows) != totals["rejected"]:
         raise ShardWriteError(f"{len(reject_rows)} reject rows for {totals['rejected']} rejected records")
     rejects_sha = write_rejects(out_dir / REJECTS, reject_rows)
+    kill_point("shards.rejects")
 
     shards = []
     for result in chunk_results:

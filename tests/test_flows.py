@@ -398,6 +398,7 @@ def test_seed_and_train_flows_on_their_own_log_and_report_to_prefect(prefect_api
 
     from prefect.logging.handlers import APILogWorker
 
+    from core.errors import FitloopError
     from fits.table import FitsTable
     from pipelines.flows import preprocess_flow, seed_fits_flow, train_flow
 
@@ -428,6 +429,9 @@ def test_seed_and_train_flows_on_their_own_log_and_report_to_prefect(prefect_api
     assert all(isinstance(row["step"], int) and isinstance(row["wall_s"], float) for row in metrics)
     picture = artifacts["train-curves"]["data"].split("data:image/png;base64,")[1].split(")")[0]
     assert base64.b64decode(picture) == (tmp_path / "train" / "curves.png").read_bytes()
+    # the run folder is the run's now: a new run there is refused before any work, naming it (training.run_folder)
+    with pytest.raises(FitloopError, match=r"run_dir: .*train holds run .*--overwrite"):
+        train_flow([shards], fits, str(tmp_path / "train"), TINY_TRAINING)
 
 
 def test_flow_parameters_are_checked_before_any_work(prefect_api, synthetic_lsp, tmp_path):

@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +31,7 @@ from torch.utils.data import default_collate
 from core.camera import project
 from core.frames import FIT_CENTER, fit_frame_px, keypoints_in_fit_frame
 from core.joints import NUM_JOINTS
+from core.killpoint import KILL_AFTER_ENV
 from fitloop.cli import main
 from fits.quality import FILTER_COLUMNS, FitFilter
 from fits.schema import PART_COLUMNS, FitProvenance, fits_batch
@@ -383,12 +383,14 @@ def test_a_run_writes_fits_at_checkpoints_and_epoch_ends_and_logs_metrics(refere
     assert all(70 < e < 130 for e in fits_pa) and fits_pa[-1] < fits_pa[0] - 0.5   # the loop improves the fits
     assert all(int(r["fits_samples"]) == 16 and int(r["net_samples"]) == 4 for r in rows)
     assert all(120 < float(r["net_pa_mpjpe_mm"]) < 200 and 400 < float(r["net_mpjpe_mm"]) < 650 for r in rows)
-    # checkpoints at step 2 (every 2 steps), 3 (epoch end), 4, 6 (epoch end); each names a version holding its fits
+    # checkpoints at step 0 (before the first write-back), 2 (every 2 steps), 3 (epoch end), 4, 6 (epoch end); each
+    # names a version holding its fits, the first the seed version
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert names == [f"step-{s:09d}.pt" for s in (2, 3, 4, 6)]
+    assert names == [f"step-{s:09d}.pt" for s in (0, 2, 3, 4, 6)]
     versions = [load_checkpoint(run / "checkpoints" / n)["fits_version"] for n in names]
     assert versions == sorted(versions) and versions[-1] == summary["fits_version"]
-    ckpt = load_checkpoint(run / "checkpoints" / names[1])
+    assert versions[0] == seed_version and versions[1] > seed_version
+    ckpt = load_checkpoint(run / "checkpoints" / names[2])
     assert (ckpt["step"], ckpt["epoch"], ckpt["batch"]) == (3, 0, 3)
     assert {"model", "optimizer", "rng", "config", "fits_table", "run_id", "body_model_id"} <= set(ckpt)
     assert TrainConfig.from_dict(ckpt["config"]) == TrainConfig.from_dict(
@@ -602,22 +604,20 @@ def _best(fits: Path) -> dict[str, tuple[np.ndarray, float]]:
 
 
 def test_a_killed_run_resumes_to_the_same_fits(synthetic, seeded_table, reference_run, tmp_path):
-    """The command-line run killed (SIGKILL) after its first checkpoint and resumed ends with the fits, the network
-    and the metrics rows of the uninterrupted run (the same settings, trained in this process)."""
+    """The command-line run killed (SIGKILL) in its second epoch, after step 5 (its checkpoint at step 4, the first
+    epoch's fits taken in at its end), and resumed ends with the fits, the network and the metrics rows of the
+    uninterrupted run (the same settings, trained in this process). More kill points: tests/faults/test_fault_kills.py.
+    """
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=str(RUN_THREADS))
     whole_run, whole_fits, _ = reference_run
     killed = tmp_path / "killed"
     shutil.copytree(seeded_table, killed / "fits")
-    victim = subprocess.Popen(_train_cli(synthetic, killed / "fits", killed / "run"), cwd=REPO, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while latest_checkpoint(killed / "run") is None and victim.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert victim.poll() is None, "the run ended before it could be killed"
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    victim = subprocess.run(_train_cli(synthetic, killed / "fits", killed / "run"), cwd=REPO,
+                            env={**env, KILL_AFTER_ENV: "train.step:5"}, capture_output=True, text=True, timeout=300,
+                            check=False)
+    assert victim.returncode == -signal.SIGKILL, victim.stderr[-2000:]
     stopped_at = load_checkpoint(latest_checkpoint(killed / "run"))["step"]
-    assert stopped_at < 6
+    assert stopped_at == 4
     resumed = subprocess.run(_train_cli(synthetic, killed / "fits", killed / "run", "--resume"), cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -77,7 +77,7 @@ def test_fits_are_written_once_and_every_store_is_the_tables_best_view(ddp_run):
     trained = [{(k, b["epoch"]) for b in r["batches"] for k in b["keys"]} for r in ranks]
     assert all(((k, e) in trained[0]) != ((k, e) in trained[1]) for k, e, _ in made)  # by the rank that trained it
     checkpoints = sorted(p.name for p in (root / "run" / "checkpoints").iterdir())
-    assert checkpoints == ["step-000000002.pt", "step-000000004.pt"]            # rank 0's, one per epoch end
+    assert checkpoints == ["step-000000000.pt", "step-000000002.pt", "step-000000004.pt"]  # rank 0: step 0, epoch ends
     metrics = (root / "run" / "metrics.csv").read_text().splitlines()
     assert len(metrics) == 1 + 1 + config.epochs                                # header, seed, each epoch: once
     best = FitsStore.load(table, _body_id(log))

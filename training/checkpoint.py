@@ -38,6 +38,7 @@ FORMAT = "fitloop-checkpoint"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 _NAME = re.compile(r"^step-(\d{9})\.pt$")
+CHECKPOINTS_DIR = "checkpoints"
 
 
 class CheckpointError(FitloopError):
@@ -45,7 +46,7 @@ class CheckpointError(FitloopError):
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoints"
+    return Path(run_dir) / CHECKPOINTS_DIR
 
 
 def save_checkpoint(run_dir: Path, payload: dict[str, Any]) -> Path:

@@ -1,6 +1,6 @@
 """The training run: setup, then one straight loop over epochs and steps (the step itself: `training.step`).
 
-    check the shards; load the fits store (once); seed missing fits
+    check the shards; claim the run folder; seed missing fits; load the fits store (once); evaluate; checkpoint
     for epoch:
         for batch:
             predict -> stored fits -> SMPLify in the loop -> update fits -> supervision -> losses -> Adam
@@ -23,13 +23,22 @@ their new data files (`FitsStore.refresh`). The fits evaluation reads the store 
 before the checkpoint is saved, so a checkpoint names a table version that holds every fit it depends on (SPIN
 saved its fits only on a timeout and lost them on a normal finish).
 
-**Resume** (``resume=True``): the latest checkpoint of the run folder gives the model, the optimiser, each rank's
-RNG, the step, the data position (epoch, batch) and the fits version; the given config may differ from the
-checkpoint's only in `training.config.RESUME_SAFE` (anything else is refused, naming it), and the world size must
-be the same. The fits are reloaded as of the checkpoint's version, the data stream restarts at that batch
-(`training.data.MixedShardStream.set_position`), and log rows past the step are dropped. A run killed anywhere
-therefore continues as if it had not been: the rows a killed run appended after its last checkpoint stay in the
-table's log, and are what the resumed run appends again (the best view is an argmin, so they change nothing).
+**The run folder** belongs to one run (`training.run_folder`): a new run claims it (``run.json``, its run id)
+before it writes anything, and refuses a folder another run has used unless ``overwrite``.
+
+**Resume** (``resume=True``): the latest checkpoint of the run folder, which must be of the folder's run, gives the
+model, the optimiser, each rank's RNG, the step, the data position (epoch, batch) and the fits version; the given
+config may differ from the checkpoint's only in `training.config.RESUME_SAFE` (anything else is refused, naming
+it), and the world size must be the same. The fits are reloaded as of the checkpoint's version, the data stream
+restarts at that batch (`training.data.MixedShardStream.set_position`), and log rows past the step are dropped.
+
+**Killed anywhere, a run continues as if it had not been.** A checkpoint is saved at step 0, after the seeding and
+the first evaluation and before the first step, so every fits write-back comes after a checkpoint that names the
+table version the run had before it. The rows a killed run appended after its last checkpoint stay in the table's
+log, and are what the resumed run appends again (the best view is an argmin, so they change nothing). A run
+killed before the step-0 checkpoint has written at most its seed fits; resumed, it starts over with the same run
+id and config, and its seeding appends only the fits still missing. `tests/faults/test_fault_kills.py` kills it
+at each of these places.
 
 **Distributed** (``torchrun``): one process per device; shards are split by node (`shards.reader`), the model is
 wrapped in DistributedDataParallel, every rank writes its own fits (appends do not conflict), rank 0 seeds missing
@@ -55,7 +64,9 @@ import torch
 from deltalake import DeltaTable
 from tqdm import tqdm
 
+from core.errors import FitloopError
 from core.frames import fit_frame_px
+from core.killpoint import kill_point
 from fits.evaluate import FitsGroundTruth, evaluate_fits
 from fits.schema import FitProvenance
 from fits.seeding import SeedConfig, fit_config_hash, seed_fits
@@ -76,12 +87,13 @@ from shards.reader import (
     list_shards,
     shard_problems,
 )
-from training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, rank_rng_state, save_checkpoint
+from training.checkpoint import CheckpointError, rank_rng_state, save_checkpoint
 from training.config import TrainConfig, resumed_config
 from training.data import MixedShardStream, parse_mix, train_sample_count
 from training.evaluate import evaluate_network
 from training.regressor import Regressor, mean_params_from_npz, mean_params_from_prior
 from training.resnet import load_imagenet_weights
+from training.run_folder import check_new_run, claim, resume_point
 from training.run_log import PARTS, RunLog, describe_evaluation
 from training.step import (
     Batch,
@@ -244,15 +256,18 @@ def training_stream(config: TrainConfig, shards: list[ShardInfo], rank: int, wor
                             world_size=world)
 
 
-def setup(config: TrainConfig, echo: Callable[[str], None] | None = None) -> Run:
-    """Build the run: devices, checked shards, body model, SMPLify, regressor, optimiser, data, fits table, logs."""
+def setup(config: TrainConfig, echo: Callable[[str], None] | None = None, *, overwrite: bool = False) -> Run:
+    """Build the run: devices, checked shards, the run folder claimed (`training.run_folder.claim`; with
+    ``overwrite`` an earlier run's files there are deleted first), body model, SMPLify, regressor, optimiser, data,
+    fits table, logs."""
     config.validated()
     rank, world, device = init_distributed(config.device)
     config = resolve(config, world)
     train_shards, eval_shards, skipped, check_s = checked_shards(config, rank, world)
     torch.manual_seed(config.seed)                  # the model's initialisation: the same on every rank
     run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:  # before anything is written, here or to the fits table; the other ranks wait below
+        claim(run_dir, config, overwrite=overwrite)
     body_args = dict(joint_regressor_extra=config.joint_regressor_extra, h36m_regressor=config.h36m_regressor)
     body = load_body_model(config.body_model, device=device, **body_args)
     smplify_device = device if config.smplify_device == "auto" else torch.device(config.smplify_device)
@@ -296,7 +311,6 @@ def setup(config: TrainConfig, echo: Callable[[str], None] | None = None) -> Run
               table=table, log=log, fit_config_hash=fit_config_hash(config.smplify, config.pose_prior, body.model_id),
               train_shards=train_shards, shards_skipped=skipped)
     if rank == 0:
-        (run_dir / "config.json").write_text(config.to_json() + "\n")
         if eval_shards:
             run.eval_reader = ShardReader(eval_shards, ReaderConfig(
                 img_res=config.img_res, augment=AugmentConfig(enabled=False), shuffle_shards=False,
@@ -327,18 +341,20 @@ def _say(run: Run, text: str, *, echo: bool = True) -> None:
 
 
 # --- checkpoints and the fits table ----------------------------------------------------------------------------
-def resumed(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any], Path]:
-    """(the config to continue with, the latest checkpoint of ``config.run_dir``, its path). Refused with a
-    CheckpointError, before anything is built or written: a config that differs from the checkpoint's outside
+def resumed(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None, Path]:
+    """(the config to continue with, the latest checkpoint of ``config.run_dir`` (None: the run stopped before its
+    first checkpoint and starts over), its path (or the ``config.json`` it starts over with)). Refused before
+    anything is built or written: a checkpoint of another run than the folder's (`training.run_folder.RunFolderError`,
+    naming both); with a CheckpointError, a config that differs from the checkpoint's outside
     `training.config.RESUME_SAFE`, fewer epochs than the run has reached, another world size."""
-    path = latest_checkpoint(Path(config.run_dir))
-    if path is None:
-        raise CheckpointError(f"{config.run_dir}: no checkpoint to resume from")
-    data = load_checkpoint(path)
+    point = resume_point(Path(config.run_dir))
+    path, data = point.path, point.checkpoint
     try:
-        config = resumed_config(TrainConfig.from_dict(data["config"]), config)
+        config = resumed_config(point.config, config)
     except ValueError as err:
         raise CheckpointError(f"{path}: {err}") from None
+    if data is None:
+        return config, None, path
     _, world = distributed_rank()
     saved_world = int(data.get("world_size", world))  # format 1 did not say
     if saved_world != world:
@@ -431,6 +447,7 @@ def checkpoint(run: Run, pos: Position) -> None:
                 "cuda": [cuda for _, cuda in states] if run.device.type == "cuda" else []},
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
+    kill_point("train.checkpoint")
 
 
 def evaluate(run: Run, store: FitsStore, pos: Position, epoch: int, started: float) -> dict[str, Any]:
@@ -487,19 +504,32 @@ def train_step(run: Run, store: FitsStore, items: dict, pos: Position, timer: St
 
 
 # --- the loop ---------------------------------------------------------------------------------------------------
-def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
+def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
           echo: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Train (or, with ``resume``, continue) the run ``config.run_dir``; returns a summary. ``echo``: also called
-    with each line for the user, each training-log row and each evaluation, as one line (a flow's run logger)."""
+    """Train (or, with ``resume``, continue) the run ``config.run_dir``; returns a summary. A new run refuses a
+    folder another run has used unless ``overwrite`` (`training.run_folder`). ``echo``: also called with each line
+    for the user, each training-log row and each evaluation, as one line (a flow's run logger)."""
     started = time.time()
+    if resume and overwrite:
+        raise FitloopError("resume continues the run in the run folder, overwrite deletes it: give one of them")
+    saved = path = None
     if resume:
         config, saved, path = resumed(config)
-    run = setup(config, echo)
+    else:
+        check_new_run(Path(config.run_dir), overwrite)  # every rank, before any of them writes
+    run = setup(config, echo, overwrite=overwrite)
     cfg = run.config
-    pos = restore(run, saved, path) if resume else Position()
+    if saved is not None:
+        pos = restore(run, saved, path)
+    else:
+        pos = Position()
+        if resume:
+            run.log.truncate_after(-1)
+            _say(run, f"run {cfg.run_id} stopped before its first checkpoint: starting it over with {path}")
     store = load_store(run, pos, progress)
-    if not resume:
+    if saved is None:
         evaluate(run, store, pos, 0, started)
+        checkpoint(run, pos)  # step 0: every fits write-back comes after a checkpoint a resume can start from
 
     timer = StepTimer(run.device)
     log_terms: list[dict[str, float]] = []
@@ -520,6 +550,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
             pos.step += 1
             pos.batch += 1
             bar.update(1)
+            kill_point("train.step")
             if pos.step % cfg.log_every == 0 or pos.batch == run.steps_per_epoch:
                 times = timer.take()
                 row = {k: sum(t[k] for t in log_terms) / len(log_terms) for k in log_terms[0]}

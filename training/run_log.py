@@ -26,6 +26,10 @@ TRAIN_COLUMNS = ("epoch", "step", "loss", "keypoints_2d", "keypoints_3d", "pose"
                  "fits_kept", "valid", "fits_filtered", "data_ms", "network_ms", "smplify_ms", "write_back_ms",
                  "step_ms")
 PARTS = ("data", "network", "smplify", "write_back")
+# the run folder's log files (module docstring)
+METRICS_CSV, BY_DATASET_CSV, TRAIN_CSV, CURVES_PNG, TENSORBOARD_DIR = (
+    "metrics.csv", "metrics_by_dataset.csv", "train_log.csv", "curves.png", "tensorboard")
+LOG_FILES = (METRICS_CSV, BY_DATASET_CSV, TRAIN_CSV, CURVES_PNG, TENSORBOARD_DIR)
 
 
 class CsvLog:
@@ -104,9 +108,9 @@ class RunLog:
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self.echo = echo
-        self.metrics = CsvLog(self.run_dir / "metrics.csv", METRIC_COLUMNS)
-        self.by_dataset = CsvLog(self.run_dir / "metrics_by_dataset.csv", BY_DATASET_COLUMNS)
-        self.train = CsvLog(self.run_dir / "train_log.csv", TRAIN_COLUMNS)
+        self.metrics = CsvLog(self.run_dir / METRICS_CSV, METRIC_COLUMNS)
+        self.by_dataset = CsvLog(self.run_dir / BY_DATASET_CSV, BY_DATASET_COLUMNS)
+        self.train = CsvLog(self.run_dir / TRAIN_CSV, TRAIN_COLUMNS)
         self.writer = None
         self.tensorboard_note = "off"
         if enabled and tensorboard:
@@ -115,8 +119,8 @@ class RunLog:
             except ImportError:  # torch's writer needs the tensorboard package
                 self.tensorboard_note = "tensorboard is not installed: CSV and PNG only"
             else:
-                self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
-                self.tensorboard_note = str(self.run_dir / "tensorboard")
+                self.writer = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR))
+                self.tensorboard_note = str(self.run_dir / TENSORBOARD_DIR)
 
     def truncate_after(self, step: int) -> None:
         if self.enabled:
@@ -170,7 +174,7 @@ class RunLog:
 def plot_curves(run_dir: Path) -> Path | None:
     """Draw ``curves.png`` from ``metrics.csv``: fits-table PA-MPJPE per version (left) and network PA-MPJPE and
     MPJPE per epoch (right). Returns the path, or None without rows."""
-    rows = CsvLog(Path(run_dir) / "metrics.csv", METRIC_COLUMNS).rows()
+    rows = CsvLog(Path(run_dir) / METRICS_CSV, METRIC_COLUMNS).rows()
     if not rows:
         return None
     import matplotlib
@@ -195,7 +199,9 @@ def plot_curves(run_dir: Path) -> Path | None:
     right.set(xlabel="epoch", ylabel="mm", title="network on held-out shards")
     right.legend()
     fig.tight_layout()
-    path = Path(run_dir) / "curves.png"
-    fig.savefig(path, dpi=110)
+    path = Path(run_dir) / CURVES_PNG
+    tmp = path.with_name(path.name + ".tmp")  # a run killed while drawing leaves the previous picture whole
+    fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+    tmp.replace(path)
     return path

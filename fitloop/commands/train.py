@@ -38,12 +38,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "Defaults are SPIN's (docs/training.md). Works under torchrun (shards split by node).")
     parser.add_argument("--shards", type=Path, nargs="+", help="training shard sets")
     parser.add_argument("--fits", type=Path, help="the fits table (created when missing)")
-    parser.add_argument("--run-dir", type=Path, required=True, help="run folder: config, logs, checkpoints")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --run-dir from its latest checkpoint, with its saved config; flags "
-                             "may change only --epochs (to extend), --device, --smplify-device, --checkpoint-every, "
-                             "--log-every, --eval-every-epochs, --no-tensorboard, --no-verify-shards and "
-                             "--on-corrupt-shard (any other change is refused)")
+    parser.add_argument("--run-dir", type=Path, required=True,
+                        help="run folder: config, logs, checkpoints; it holds one run (run.json names it): a new run "
+                             "refuses a folder another run has used")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true",
+                       help="continue the run in --run-dir from its latest checkpoint, with its saved config (a run "
+                            "killed before its first checkpoint starts over); flags may change only --epochs (to "
+                            "extend), --device, --smplify-device, --checkpoint-every, --log-every, "
+                            "--eval-every-epochs, --no-tensorboard, --no-verify-shards and --on-corrupt-shard (any "
+                            "other change is refused)")
+    start.add_argument("--overwrite", action="store_true",
+                       help="start a new run in a --run-dir another run has used: that run's checkpoints, logs and "
+                            "config are deleted first (its fits stay in the fits table)")
     parser.add_argument("--eval-shards", type=Path, nargs="+", help="held-out shard sets (default: --shards)")
     parser.add_argument("--train-splits", nargs="+", help="splits to train on (default: train)")
     parser.add_argument("--eval-splits", nargs="+", help="held-out splits (default: val test)")
@@ -100,17 +107,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def build_config(args: argparse.Namespace):
-    """The `TrainConfig` of the flags given (defaults: SPIN's); with ``--resume``, the checkpoint's config with the
-    flags given, which may change only `training.config.RESUME_SAFE` (else ValueError naming each changed flag)."""
-    from training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+    """The `TrainConfig` of the flags given (defaults: SPIN's); with ``--resume``, the run's saved config (its latest
+    checkpoint's, `training.run_folder.resume_point`) with the flags given, which may change only
+    `training.config.RESUME_SAFE` (else ValueError naming each changed flag)."""
     from training.config import TrainConfig, resumed_config
+    from training.run_folder import resume_point
 
     if not args.resume:
         return _with_flags(TrainConfig(), args)
-    path = latest_checkpoint(args.run_dir)
-    if path is None:
-        raise CheckpointError(f"{args.run_dir}: no checkpoint to resume from")
-    saved = TrainConfig.from_dict(load_checkpoint(path)["config"])
+    saved = resume_point(args.run_dir).config
     return resumed_config(saved, _with_flags(saved, args), name=_flag_of)
 
 
@@ -160,7 +165,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config.validated()
     except ValueError as err:
         raise FitloopError(str(err)) from None
-    summary = train(config, resume=args.resume, progress=not args.no_progress)
+    summary = train(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     if summary["rank"] != 0:
         return 0
     last = summary["metrics"][-1] if summary["metrics"] else {}
