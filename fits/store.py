@@ -190,7 +190,7 @@ class FitsStore:
         new = sorted(files - self._seen)
         rows = 0
         if new:
-            # one thread: see fits.lookup (a threaded scan aborts at exit in a process that has imported torch)
+            # Arrow's own file system (native paths): no Python on Arrow's threads (fits.table, Exit status)
             read = pads.dataset(new, format="parquet").to_table(
                 columns=_COLUMNS, filter=_rows_of(self.body_model_id, self.frame), use_threads=False)
             read = read.cast(pa.schema([FITS_SCHEMA.field(name) for name in read.schema.names]))
