@@ -551,22 +551,27 @@ class FitsTable:
             },
         }
 
-    def compact(self, *, max_retries: int = 8, on_stage: Callable[[str], None] | None = None) -> int:
+    def compact(self, *, max_retries: int = 8, on_stage: Callable[[str], None] | None = None,
+                drop_diverged: bool = False) -> int:
         """Rewrite the table to its best fits (one row per key, body model and frame) in a new version; returns that
-        version. ``on_stage(name)`` is called as each stage starts ("read", "best", "write").
+        version. ``on_stage(name)`` is called as each stage starts ("read", "best", "write"). Diverged fits (NaN or
+        inf: written before fits were checked where they enter the table) are FitsTableError naming them, or, with
+        ``drop_diverged``, left out before the best fits are taken (the key's best valid fit stays).
 
         Only the files read are removed, so fits appended while compacting stay (the best view is an argmin, so
         nothing they improve is lost). Two compactions racing: one retries on the new latest version.
         """
         stage = on_stage or (lambda name: None)
-        version, _ = _retrying(lambda: self._compact_from(DeltaTable(str(self.path)), stage), max_retries)
+        version, _ = _retrying(lambda: self._compact_from(DeltaTable(str(self.path)), stage, drop_diverged),
+                               max_retries)
         return version
 
-    def _compact_from(self, snapshot: DeltaTable, stage: Callable[[str], None] = lambda name: None) -> int:
+    def _compact_from(self, snapshot: DeltaTable, stage: Callable[[str], None] = lambda name: None,
+                      drop_diverged: bool = False) -> int:
         """Commit the best fits of ``snapshot`` in place of the files it holds (see `compact`)."""
         read_version = snapshot.version()
         stage("read")
-        log = _scan(snapshot, self.path).cast(FITS_SCHEMA)
+        log, _ = _without_diverged(_scan(snapshot, self.path).cast(FITS_SCHEMA), self.path, drop_diverged, "compact")
         stage("best")
         best = pa.concat_tables([best_of(log, model, frame=frame) for model in body_model_counts(log)
                                  for frame in frame_counts(log)] or [log.slice(0, 0)])
@@ -819,7 +824,7 @@ def _to_current(log: pa.Table) -> pa.Table:
 
 
 def _without_diverged(rows: pa.Table, path: Path, drop: bool, command: str) -> tuple[pa.Table, int]:
-    """The rows of a table being rewritten (upgrade, relabel) without its diverged fits (`diverged_rows`: written
+    """The rows of a table being rewritten (upgrade, relabel, compact) without its diverged fits (`diverged_rows`: written
     before fits were checked where they enter the table) and how many were left out, when ``drop``; else
     FitsTableError naming them and the command that leaves them out."""
     bad = diverged_rows(rows)

@@ -124,6 +124,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     compact = table_command("compact", "rewrite the table to its best fits, one row per key and body model "
                                        "(a new version)", cmd_compact)
     compact.add_argument("--json", action="store_true")
+    compact.add_argument("--drop-diverged", action="store_true",
+                         help="leave out fits with a NaN or infinite pose, betas, cam_t or loss (written before "
+                              "fits were checked); the versions before keep them")
 
     vacuum = table_command("vacuum", "delete files no recent version needs (never the latest version's)",
                            cmd_vacuum)
@@ -507,7 +510,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
     table = FitsTable.open(args.table)
     with stages("compact", ("read", "best", "write")) as on_stage:
-        version = table.compact(on_stage=on_stage)
+        version = table.compact(on_stage=on_stage, drop_diverged=args.drop_diverged)
     rows = next(v["rows"] for v in table.versions() if v["version"] == version)
     print(json.dumps({"version": version, "rows": rows}) if args.json else
           f"compacted to version {version}: {rows} rows, one per key, body model and frame")

@@ -117,3 +117,17 @@ def test_an_upgrade_refuses_a_tables_diverged_fits_until_told_to_leave_them_out(
     assert main(["fits", "upgrade", str(path), "--drop-diverged"]) == 0
     assert "1 diverged fit(s) left out" in capsys.readouterr().out
     assert best_losses(FitsTable.open(path)) == {"lsp/a": 5.0}
+
+
+def test_a_compaction_refuses_diverged_fits_written_before_the_checks_until_told_to_leave_them_out(tmp_path, capsys):
+    path = tmp_path / "fits"
+    FitsTable.create(path)
+    # what an earlier fitloop let in: a NaN pose with the lowest loss, the key's valid fit beside it
+    write_deltalake(str(path), fits(["lsp/a", "lsp/a", "lsp/b"], [1.0, 5.0, 2.0], bad=[0]), mode="append")
+    expect_error(capsys, ["fits", "compact", path], "1 fit(s) hold a NaN", "['lsp/a']",
+                 f"fitloop fits compact {path} --drop-diverged")
+    assert len(DeltaTable(str(path)).history()) == 2  # nothing was committed
+    assert main(["fits", "compact", str(path), "--drop-diverged"]) == 0
+    best = FitsTable.open(path).best()
+    assert dict(zip(best["key"].to_pylist(), best["loss"].to_pylist())) == {"lsp/a": 5.0, "lsp/b": 2.0}
+    assert np.isfinite(np.stack(best["pose"].to_numpy(zero_copy_only=False))).all()
