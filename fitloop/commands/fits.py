@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -443,14 +444,21 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from core.errors import FitloopError
     from fits.interchange import import_spin
     from fits.table import FitsTable
 
     model = model_id(args.model, args.joint_regressor_extra, ids=False)
+    new = not args.table.exists()
     table = FitsTable.create(args.table, exist_ok=True)
-    with stages("import", ("keys", "fits", "write")) as on_stage:
-        summary = import_spin(table, args.spin_npz, args.spin_fits, body_model_id=model, dataset=args.dataset,
-                              on_stage=on_stage)
+    try:
+        with stages("import", ("keys", "fits", "write")) as on_stage:
+            summary = import_spin(table, args.spin_npz, args.spin_fits, body_model_id=model, dataset=args.dataset,
+                                  on_stage=on_stage)
+    except FitloopError:
+        if new:  # refused: no empty table left behind where there was nothing (only what this command made)
+            shutil.rmtree(args.table, ignore_errors=True)
+        raise
     if args.json:
         print(json.dumps(summary))
         return 0

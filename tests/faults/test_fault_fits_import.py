@@ -33,10 +33,13 @@ def test_spins_fits_of_another_dataset_with_as_many_rows_are_refused(tmp_path, c
     argv = ["fits", "import", tmp_path / "fits", "--spin-fits", npy, "--model", "open-small", "--spin-npz"]
     expect_error(capsys, argv + [test], str(npy), "row-aligned with lsp_dataset_original_train.npz",
                  "row 0 of lsp_dataset_test.npz is lsp/im1001", "give lsp_dataset_original_train.npz")
-    assert not (tmp_path / "fits").exists() or FitsTable.open(tmp_path / "fits").log().num_rows == 0
+    assert not (tmp_path / "fits").exists()  # refused: nothing imported, and no empty table left behind
     table = FitsTable.create(tmp_path / "t")
     summary = import_spin(table, train, npy, body_model_id=MODEL)
     assert (summary["appended"], summary["rows_checked_by"]) == (ROWS, "spin file name")
+    argv[2] = tmp_path / "t"  # refused into an existing table: the table and its fits stay
+    expect_error(capsys, argv + [test], str(npy), "row-aligned with lsp_dataset_original_train.npz")
+    assert FitsTable.open(tmp_path / "t").log().num_rows == ROWS
 
 
 def test_exported_fits_carry_their_keys_and_another_datasets_are_refused_at_the_first_differing_row(tmp_path,
