@@ -103,6 +103,43 @@ def _imgnames(npz: Path) -> list[str]:
         raise FitsTableError(f"{npz}: not a SPIN .npz with imgname: {type(err).__name__}: {err}") from err
 
 
+def keys_file(npy: Path) -> Path:
+    """The key list written next to an exported fits file (``<file>.keys``: one sample key per row, in row order),
+    by which an import checks that the rows are the dataset's (`check_rows_match`)."""
+    return npy.with_name(npy.name + ".keys")
+
+
+def check_rows_match(npy: Path, npz: Path, keys: list[str], dataset: str) -> str:
+    """Check that the rows of the fits file ``npy`` are those of ``npz`` (whose sample keys are ``keys``), not
+    merely as many; returns how (for the summary): "keys file" (``<npy>.keys``, written by `export_spin`, compared
+    key by key), "spin file name" (SPIN's ``<name>_fits.npy`` is row-aligned with one .npz of `SPIN_FITS_FILES`),
+    or "unchecked" (neither: only the row count is checked). FitsTableError naming the file, the first differing
+    row and what to do otherwise."""
+    listed = keys_file(npy)
+    if listed.is_file():
+        theirs = listed.read_text().splitlines()
+        if theirs != keys:
+            at = next((i for i, (a, b) in enumerate(zip(theirs, keys)) if a != b), min(len(theirs), len(keys)))
+            mine = repr(keys[at]) if at < len(keys) else "past its end"
+            other = repr(theirs[at]) if at < len(theirs) else "past its end"
+            raise FitsTableError(f"{npy}: its rows are not those of {npz.name} ({listed.name} lists {len(theirs)} "
+                                 f"keys; first difference at row {at}: {other} there, {mine} in {npz.name}); give "
+                                 f"the .npz these fits were exported from, or export the fits of {npz.name}")
+        return "keys file"
+    spin_name = npy.name.removesuffix("_fits.npy") if npy.name.endswith("_fits.npy") else None
+    if spin_name in SPIN_FITS_FILES:
+        stem = SPIN_FITS_FILES[spin_name]
+        expected = SPIN_NPZ_FILES[stem][0]
+        if npz.stem != stem and dataset != expected:
+            raise FitsTableError(f"{npy}: SPIN's {spin_name} fits are row-aligned with {stem}.npz (dataset "
+                                 f"{expected}), not with {npz.name} (dataset {dataset}), whatever the row counts: "
+                                 f"row 0 of the fits is {expected}'s first image, row 0 of {npz.name} is "
+                                 f"{keys[0] if keys else 'none'}; give "
+                                 f"{stem}.npz, or the fits file of {npz.name}")
+        return "spin file name"
+    return "unchecked"
+
+
 def _no_stage(name: str) -> None:
     return None
 
@@ -134,8 +171,11 @@ def import_spin(table: FitsTable, npz: Path, npy: Path, *, body_model_id: str, d
     if fits.shape != (len(keys), SPIN_FITS_WIDTH):
         raise FitsTableError(f"{npy.name} has shape {fits.shape}; {npz.name} has {len(keys)} rows, so SPIN's fits "
                              f"are ({len(keys)}, {SPIN_FITS_WIDTH})")
+    identity = check_rows_match(npy, npz, keys, dataset)
     if not np.isfinite(fits).all():
-        raise FitsTableError(f"{npy.name}: {int((~np.isfinite(fits)).any(axis=1).sum())} row(s) hold NaN or inf")
+        bad = np.flatnonzero(~np.isfinite(fits).all(axis=1))
+        raise FitsTableError(f"{npy}: {len(bad)} row(s) hold NaN or inf, the first row {bad[0]} ({keys[bad[0]]}); "
+                             f"nothing was imported: fix or drop those fits in the file")
     rounding = float(np.abs(fits.astype(np.float32).astype(np.float64) - fits).max()) if fits.size else 0.0
     digest = hashlib.sha256(npy.read_bytes()).hexdigest()[:12]
     provenance = FitProvenance(run_id=f"import-{npy.stem}-{digest}", body_model_id=body_model_id,
@@ -144,7 +184,8 @@ def import_spin(table: FitsTable, npz: Path, npy: Path, *, body_model_id: str, d
     stage("write")
     result = table.append(batch, best=table.best_losses(body_model_id=body_model_id, frame="crop"))
     return {"dataset": dataset, "rows": len(keys), "appended": result.rows, "version": result.version,
-            "body_model_id": body_model_id, "run_id": provenance.run_id, "max_float32_rounding": rounding}
+            "body_model_id": body_model_id, "run_id": provenance.run_id, "max_float32_rounding": rounding,
+            "rows_checked_by": identity}
 
 
 def export_spin(table: FitsTable, npz: Path, out: Path, *, dataset: str | None = None, version: int | None = None,
@@ -196,6 +237,12 @@ def export_spin(table: FitsTable, npz: Path, out: Path, *, dataset: str | None =
     with open(tmp, "wb") as handle:
         np.save(handle, array)
     tmp.replace(out)
+    # then its keys: killed in between, the file has the keys of the last export to this name (another dataset's
+    # are refused at import) or none (only the row count is checked), never keys that vouch for other rows
+    listed = keys_file(out)
+    tmp_keys = listed.with_name(f".{listed.name}.{os.getpid()}.tmp")
+    tmp_keys.write_text("".join(f"{key}\n" for key in keys.to_pylist()))
+    tmp_keys.replace(listed)
     return {"dataset": dataset, "rows": len(keys), "exported": int((~missing).sum()),
             "filled": int(missing.sum()), "filtered": found - best.num_rows, "out": str(out),
             "body_model_id": body_model_id or (models[0] if models else None)}

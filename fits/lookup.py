@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
 
-from fits.schema import FITS_SCHEMA, RANK_COLUMNS
+from fits.schema import RANK_COLUMNS
 from fits.table import FitsTable, best_of
 
 
@@ -25,17 +25,8 @@ def latest_version(table: FitsTable) -> int:
 
 
 def _rows(table: FitsTable, keys: Sequence[str], version: int | None) -> pa.Table:
-    """The rows of ``keys`` as of ``version``, in `FITS_SCHEMA` types (as `FitsTable.log`).
-
-    The scan runs on the calling thread: a threaded scan of a Delta dataset in a process that has imported torch
-    aborts at interpreter exit about half the time ("terminate called without an active exception", an Arrow
-    pool thread unwound during finalisation; pyarrow 26, deltalake 1.6, torch 2.13 here), and these
-    pictures always load torch for the body model. A few keys' rows need no threads.
-    """
-    delta = DeltaTable(str(table.path)) if version is None else DeltaTable(str(table.path), version=version)
-    wanted = pc.field("key").isin(pa.array(sorted(set(keys)), pa.string()))
-    rows = delta.to_pyarrow_dataset().to_table(filter=wanted, use_threads=False)
-    return rows.cast(pa.schema([FITS_SCHEMA.field(name) for name in rows.schema.names]))
+    """The rows of ``keys`` as of ``version``, in `FITS_SCHEMA` types (`FitsTable.log`, filtered by key)."""
+    return table.log(version=version, where=pc.field("key").isin(pa.array(sorted(set(keys)), pa.string())))
 
 
 def best_fits(table: FitsTable, keys: Sequence[str], version: int | None = None, *,

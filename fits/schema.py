@@ -44,6 +44,7 @@ import pyarrow.compute as pc
 
 from core.errors import FitloopError
 from core.joints import BODY_PARTS, NUM_JOINTS
+from core.model_id import MODEL_ID_PATTERN
 from shards.schema import KEY_PATTERN
 
 if TYPE_CHECKING:
@@ -302,41 +303,101 @@ def fits_from_smplify(result: Any, keys: Sequence[str], provenance: FitProvenanc
                       time=time)
 
 
+# The list columns of a fit and their widths: a row whose list has another length cannot be stored.
+LIST_WIDTHS = {"pose": NUM_POSE, "betas": NUM_BETAS, "cam_t": 3, "intrinsics": NUM_INTRINSICS,
+               "reprojection_loss": NUM_JOINTS}
+# The values that make a fit: each must be finite wherever it is stored (a NaN pose with a finite loss would
+# otherwise become the best fit of its key and block every later valid one).
+FIT_VALUE_COLUMNS = ("pose", "betas", "cam_t", "intrinsics")
+
+
 def conform_fits(fits: pa.Table) -> pa.Table:
-    """``fits`` cast to `FITS_SCHEMA` (same columns, same order), or FitsTableError."""
+    """``fits`` cast to `FITS_SCHEMA` (same columns, same order), or FitsTableError (a list of the wrong length:
+    naming the column, the first such key and the length)."""
     if fits.schema.names != FITS_SCHEMA.names:
         raise FitsTableError(f"fits columns {fits.schema.names} differ from the schema's {FITS_SCHEMA.names}")
     try:
         return fits.cast(FITS_SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as err:
+        for name, width in LIST_WIDTHS.items():
+            column = fits[name]
+            if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
+                    or pa.types.is_fixed_size_list(column.type)):
+                continue
+            lengths = pc.list_value_length(column)
+            wrong = pc.fill_null(pc.not_equal(lengths, width), False)
+            if pc.any(wrong).as_py():
+                at = pc.index(wrong, True).as_py()
+                raise FitsTableError(f"{name} of fit {fits['key'][at].as_py()!r} has {lengths[at].as_py()} values, "
+                                     f"the fits table holds {width} ({pc.sum(wrong).as_py()} such row(s)): write "
+                                     f"fits of SMPL's {NUM_POSE} pose and {NUM_BETAS} betas") from None
         raise FitsTableError(f"fits do not cast to the fits schema: {err}") from err
 
 
+def finite_rows(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """(N,) bool: whether each row of a list column holds only finite values (a null row holds none: True; a null
+    value inside a list is not finite)."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    parts = [np.ones(0, bool)]
+    for chunk in chunks:
+        ok = np.ones(len(chunk), bool)
+        values = pc.list_flatten(chunk)
+        if len(values):
+            bad = ~np.isfinite(values.to_numpy(zero_copy_only=False))
+            if bad.any():
+                ok[pc.list_parent_indices(chunk).to_numpy()[bad]] = False
+        parts.append(ok)
+    return np.concatenate(parts)
+
+
+def diverged_rows(fits: pa.Table) -> np.ndarray:
+    """(N,) bool: the fits (`FITS_SCHEMA`) that are no fit: a NaN or infinite pose, betas, cam_t, intrinsics or
+    scored loss (an unscored, null loss is not one). Such a fit never improves on anything and is never stored:
+    writers that compare against best losses leave it out (`fits.table.BestLosses.improved`, the training store),
+    and `check_fits` refuses it."""
+    bad = ~pc.fill_null(pc.is_finite(fits["loss"]), True).to_numpy(zero_copy_only=False)
+    for name in FIT_VALUE_COLUMNS:
+        bad |= ~finite_rows(fits[name])
+    return bad
+
+
 def check_fits(fits: pa.Table) -> pa.Table:
-    """``fits`` cast to `FITS_SCHEMA` and checked: keys, dataset prefixes, sources, finite losses, beta flags."""
+    """``fits`` cast to `FITS_SCHEMA` and checked before they are stored: keys, dataset prefixes, sources, frames,
+    body model content ids, finite pose, betas, cam_t, intrinsics and loss (`diverged_rows`), list lengths, the
+    quality record, beta flags. FitsTableError otherwise, naming the reason, up to three keys and what to do."""
     fits = conform_fits(fits)
     for field in FITS_SCHEMA:
         if not field.nullable and fits[field.name].null_count:
             raise FitsTableError(f"column {field.name} must not hold nulls")
 
-    def refuse(mask: pa.ChunkedArray | pa.Array, what: str) -> None:
+    def refuse(mask: pa.ChunkedArray | pa.Array | np.ndarray, what: str, todo: str = "") -> None:
         bad = fits["key"].filter(mask)
         if len(bad):
-            raise FitsTableError(f"{len(bad)} fit(s) {what}, e.g. {bad[:3].to_pylist()}")
+            raise FitsTableError(f"{len(bad)} fit(s) {what}, e.g. {bad[:3].to_pylist()}; nothing was written"
+                                 + (f": {todo}" if todo else ""))
 
     refuse(pc.invert(pc.match_substring_regex(fits["key"], KEY_PATTERN.pattern)), "have a malformed key")
     refuse(pc.not_equal(pc.replace_substring_regex(fits["key"], "/.*$", ""), fits["dataset"]),
            "have a dataset other than their key's prefix")
     refuse(pc.invert(pc.is_in(fits["source"], pa.array(SOURCES))), f"have a source outside {SOURCES}")
     refuse(pc.invert(pc.is_in(fits["frame"], pa.array(FRAMES))), f"have a frame outside {FRAMES}")
+    unknown = [m for m in pc.unique(fits["body_model_id"]).to_pylist() if not MODEL_ID_PATTERN.match(m)]
+    refuse(pc.is_in(fits["body_model_id"], pa.array(unknown, pa.string())),
+           f"have a body model id that is no body model's content id ({', '.join(map(repr, unknown[:3]))})",
+           "give the model_id of the body model they were fitted with (<family>:<16 hex>; `fitloop model info` "
+           "prints it)")
     refuse(pc.not_equal(pc.equal(fits["frame"], "image"), pc.is_valid(fits["intrinsics"])),
            "have intrinsics without frame image, or frame image without intrinsics")
+    diverged = "leave diverged fits out (a writer comparing against best losses, `FitsTable.append(best=...)`, " \
+               "drops them)"
+    for name in FIT_VALUE_COLUMNS:
+        refuse(~finite_rows(fits[name]), f"have a NaN or infinite {name}", diverged)
     if fits["intrinsics"].null_count < fits.num_rows:
         values = pc.list_flatten(pc.drop_null(fits["intrinsics"])).to_numpy().reshape(-1, NUM_INTRINSICS)
-        if not (np.isfinite(values).all() and (values[:, :2] > 0).all()):
-            raise FitsTableError("intrinsics must be finite with positive focal lengths (fx, fy)")
+        if not (values[:, :2] > 0).all():
+            raise FitsTableError("intrinsics must have positive focal lengths (fx, fy)")
     refuse(pc.not_equal(fits["schema_version"], FITS_SCHEMA_VERSION), f"are not schema_version {FITS_SCHEMA_VERSION}")
-    refuse(pc.invert(pc.is_finite(fits["loss"])), "have a NaN or infinite loss (null means unscored)")
+    refuse(pc.invert(pc.is_finite(fits["loss"])), "have a NaN or infinite loss (null means unscored)", diverged)
     _check_quality(fits, refuse)
     betas = pc.list_flatten(fits["betas"]).to_numpy().reshape(-1, NUM_BETAS)
     extreme = (np.abs(betas) > BETAS_EXTREME_SIGMA).any(axis=1)

@@ -54,7 +54,7 @@ import torch
 from core.errors import FitloopError
 from core.frames import FIT_FOCAL, fit_frame_camera, image_camera_in_fit_frame, keypoints_in_fit_frame
 from core.killpoint import kill_point
-from fits.schema import FRAMES, FitProvenance, config_hash, fits_from_smplify
+from fits.schema import FRAMES, FitProvenance, config_hash, diverged_rows, fits_from_smplify
 from fits.seeding3d import Fitter3D, Sample3D, fit_3d_batch, in_sequence_order, sample_3d, subject_shapes
 from fits.table import BestLosses, FitsTable
 from fitting.body_model import BodyModel, load_body_model
@@ -115,13 +115,15 @@ class SeedConfig:
 
 @dataclass
 class SeedResult:
-    """What `seed_fits` did: samples fitted, rows appended (improvements), samples skipped because their key has a
+    """What `seed_fits` did: samples fitted, rows appended (improvements), fits left out as diverged (a NaN or inf
+    in their loss, pose, betas or cam_t: `fits.schema.diverged_rows`), samples skipped because their key has a
     fit of the body model (``missing_only``) or, in mode "3d", because they have no 3D joints (``without_3d``), the
-    versions committed, the mean loss (px²) of the fits made, and the body model and fit_config_hash of the
-    rows."""
+    versions committed, the mean loss (px²) of the fits made (diverged ones aside), and the body model and
+    fit_config_hash of the rows."""
 
     fitted: int = 0
     appended: int = 0
+    diverged: int = 0
     skipped: int = 0
     without_3d: int = 0
     versions: list[int] = field(default_factory=list)
@@ -354,9 +356,10 @@ def _append(table: FitsTable, parts: list[pa.Table], known: BestLosses, result: 
         return result
     fits = pa.concat_tables(parts)
     appended = table.append(fits, best=known)
-    result.appended = appended.rows
+    result.appended, result.diverged = appended.rows, appended.diverged
     result.versions = [] if appended.version is None else [appended.version]
-    result.mean_loss = float(np.mean(fits["loss"].to_numpy()))
+    fitted = fits.filter(pa.array(~diverged_rows(fits)))
+    result.mean_loss = float(np.mean(fitted["loss"].to_numpy())) if fitted.num_rows else float("nan")
     return result
 
 

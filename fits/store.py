@@ -42,7 +42,7 @@ from deltalake.exceptions import DeltaError
 from torch import Tensor
 
 from fits.quality import FILTER_COLUMNS, columns_of
-from fits.schema import FITS_SCHEMA, NUM_BETAS, NUM_POSE, FitsTableError
+from fits.schema import FITS_SCHEMA, NUM_BETAS, NUM_POSE, FitsTableError, diverged_rows
 from fits.table import AppendResult, FitsTable, best_of
 
 # what the store reads of a row: the fit, what `best_of` ranks by, and what a fit filter judges
@@ -133,12 +133,15 @@ class FitsStore:
 
     def offer(self, fits: pa.Table) -> int:
         """Keep the rows of ``fits`` (`fits.schema.FITS_SCHEMA`) that improve on the store (module
-        docstring; within the batch only each key's lowest loss); they wait for `flush`. Returns how many."""
+        docstring; within the batch only each key's lowest loss); they wait for `flush`. Returns how many. A
+        diverged fit (NaN or inf in its loss, pose, betas, cam_t or intrinsics: `fits.schema.diverged_rows`) is
+        never kept, so it can neither become the best fit nor reach the table."""
         keys = fits["key"].to_pylist()
         pose, betas, loss, quality = _arrays(fits)
+        usable = ~diverged_rows(fits) & np.isfinite(loss)  # an unscored fit (NaN here) never improves in the loop
         keep = []
         for i in np.argsort(loss, kind="stable"):          # lowest first: a key's later rows cannot improve
-            if not np.isfinite(loss[i]):
+            if not usable[i]:
                 continue
             row = self._index.get(keys[i])
             if row is not None and np.isfinite(self._loss[row]) and not loss[i] < self._loss[row]:
@@ -187,7 +190,7 @@ class FitsStore:
         new = sorted(files - self._seen)
         rows = 0
         if new:
-            # one thread: see fits.lookup (a threaded scan aborts at exit in a process that has imported torch)
+            # Arrow's own file system (native paths): no Python on Arrow's threads (fits.table, Exit status)
             read = pads.dataset(new, format="parquet").to_table(
                 columns=_COLUMNS, filter=_rows_of(self.body_model_id, self.frame), use_threads=False)
             read = read.cast(pa.schema([FITS_SCHEMA.field(name) for name in read.schema.names]))

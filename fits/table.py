@@ -26,24 +26,44 @@ SPIN keeps its fits in an N × 82 tensor keyed by row order, overwrites it in pl
   version and removes only the files it read, so a fit appended meanwhile survives. `FitsTable.vacuum` deletes
   files that no version inside the retention period references: never a file of the latest version.
 
+**Checked on the way in and on the way out.** Every row is checked where it enters the table
+(`fits.schema.check_fits`: finite pose, betas, cam_t and loss, list lengths, a body model content id); a writer
+comparing against best losses leaves diverged fits out and counts them. The log, its checkpoint and the latest
+version's data files are checked when the table is opened (`check_log`, `check_data_files`); a commit's failure is
+an OSError or FitsTableError naming the table (`_writing`); a table is created only in a new or empty folder.
+
+**Exit status.** Every scan reads the parquet files through Arrow's own file system (`_dataset`). deltalake's
+``to_pyarrow_dataset()`` reads them by default through a Python file system (``pyarrow.fs.PyFileSystem`` around
+its ``DeltaStorageHandler``), with ``pre_buffer``: Arrow's I/O threads then call into Python, and the last
+references to the Python file objects can be dropped on those threads. One that does so while the interpreter
+finalises takes the GIL, is unwound by ``pthread_exit`` through a ``noexcept`` C++ frame and ends the process in
+``std::terminate`` ("terminate called without an active exception", exit status 134), after the script's work
+is done. With no Python on Arrow's threads there is nothing to race, whatever was imported first.
+
 The schema and its conventions: `fits.schema`.
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
 import random
 import re
+import shutil
 import time as _time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import unquote
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from deltalake import ColumnProperties, CommitProperties, DeltaTable, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
@@ -60,6 +80,7 @@ from fits.schema import (
     MixedFramesError,
     check_fits,
     conform_fits,
+    diverged_rows,
     schema_of_version,
 )
 
@@ -78,12 +99,14 @@ _WRITER = WriterProperties(compression="SNAPPY", max_row_group_size=64 * 1024, c
 
 @dataclass(frozen=True)
 class AppendResult:
-    """What one `FitsTable.append` did: ``version`` committed (None: nothing to write), rows written of offered."""
+    """What one `FitsTable.append` did: ``version`` committed (None: nothing to write), rows written of offered, and
+    how many of those offered were diverged fits left out."""
 
     version: int | None
     rows: int
     offered: int
     retries: int = 0
+    diverged: int = 0  # offered rows left out as no fit (`fits.schema.diverged_rows`; appends with known best losses)
 
 
 def _argmin_rows(fits: pa.Table) -> pa.Array:
@@ -156,9 +179,10 @@ class BestLosses:
     """The best loss per key a writer knows, to append only strict improvements (SPIN: ``new_loss < opt_loss``).
 
     A fit improves on a key when the key is unknown, or when its loss is scored and lower than the known best (any
-    scored loss beats an unscored one). A NaN or infinite loss never improves (as in SPIN's comparison). Within
-    one batch only the batch's best fit per key can improve: a fit superseded inside the same commit would never
-    be visible in any version.
+    scored loss beats an unscored one). A NaN or infinite loss never improves (as in SPIN's comparison), nor does a
+    fit whose pose, betas, cam_t or intrinsics hold a NaN or inf, whatever its loss (`fits.schema.diverged_rows`).
+    Within one batch only the batch's best fit per key can improve: a fit superseded inside the same commit would
+    never be visible in any version.
 
     The losses are of one body model, ``body_model_id``, and one frame, ``frame`` (each None until the first
     append when read from a table without such fits): `FitsTable.append` refuses fits of another model or frame
@@ -240,21 +264,24 @@ class BestLosses:
                     known[i], loss[i] = True, value
         return known, loss
 
-    def improved(self, fits: pa.Table) -> np.ndarray:
-        """(B,) bool: which rows of ``fits`` are strict improvements on what is known."""
-        if len(pc.unique(fits["key"])) == fits.num_rows:
-            candidates = np.arange(fits.num_rows)
+    def improved(self, fits: pa.Table, diverged: np.ndarray | None = None) -> np.ndarray:
+        """(B,) bool: which rows of ``fits`` are strict improvements on what is known. A diverged fit (a NaN or
+        infinite pose, betas, cam_t, intrinsics or loss: `fits.schema.diverged_rows`, or ``diverged`` when the
+        caller has it) is no fit and never one."""
+        rows = np.flatnonzero(~(diverged_rows(fits) if diverged is None else diverged))
+        usable = fits if len(rows) == fits.num_rows else fits.take(pa.array(rows, pa.int64()))
+        if len(pc.unique(usable["key"])) == usable.num_rows:
+            candidates = np.arange(usable.num_rows)
         else:
-            candidates = _argmin_rows(fits.select(list(RANK_COLUMNS))).to_numpy()
-        known, old = self._lookup(fits["key"].take(candidates).combine_chunks())
-        loss = fits["loss"].take(candidates)
+            candidates = _argmin_rows(usable.select(list(RANK_COLUMNS))).to_numpy()
+        known, old = self._lookup(usable["key"].take(candidates).combine_chunks())
+        loss = usable["loss"].take(candidates)
         unscored = loss.is_null().to_numpy(zero_copy_only=False)
         new = loss.cast(pa.float64()).fill_null(np.nan).to_numpy()
-        usable = unscored | np.isfinite(new)  # a NaN or infinite loss (a diverged fit) never improves
         with np.errstate(invalid="ignore"):
-            better = usable & (~known | (~unscored & (np.isnan(old) | (new < old))))
+            better = ~known | (~unscored & (np.isnan(old) | (new < old)))
         mask = np.zeros(fits.num_rows, dtype=bool)
-        mask[candidates[better]] = True
+        mask[rows[candidates[better]]] = True
         return mask
 
     def record(self, fits: pa.Table) -> None:
@@ -298,14 +325,17 @@ class FitsTable:
 
     @classmethod
     def create(cls, path: str | Path, *, exist_ok: bool = False) -> "FitsTable":
-        """Create an empty fits table (or open the existing one when ``exist_ok``)."""
+        """Create an empty fits table (or open the existing one when ``exist_ok``) at ``path``: a new or empty folder;
+        any other folder (a shard set, a run folder, a damaged table) or a file is refused (FitsTableError)."""
         path = Path(path)
-        if DeltaTable.is_deltatable(str(path)):
+        if _is_table(path):
             if exist_ok:
                 return cls.open(path)
             raise FitsTableError(f"{path} is already a Delta table")
+        _check_free_for_table(path)
         path.mkdir(parents=True, exist_ok=True)
-        DeltaTable.create(str(path), FITS_SCHEMA, name=TABLE_NAME, description=TABLE_DESCRIPTION)
+        with _writing(path, "creating the fits table"):
+            DeltaTable.create(str(path), FITS_SCHEMA, name=TABLE_NAME, description=TABLE_DESCRIPTION)
         return cls(path)
 
     @classmethod
@@ -352,20 +382,23 @@ class FitsTable:
         `BestLosses`), and record them in ``best``. A lost commit race is retried; the commit either lands whole or
         not at all. ``rows`` < ``offered`` in the result counts the fits that were not improvements."""
         fits = conform_fits(fits)
-        offered = fits.num_rows
+        offered, diverged = fits.num_rows, 0
         if best is not None:
             best.check_model(fits)
-            fits = fits.filter(pa.array(best.improved(fits)))
-        fits = check_fits(fits)  # the rows to write; without ``best``, a NaN loss is refused here
+            no_fit = diverged_rows(fits)
+            diverged = int(no_fit.sum())
+            fits = fits.filter(pa.array(best.improved(fits, no_fit)))
+        fits = check_fits(fits)  # the rows to write; without ``best``, a diverged fit is refused here
         if fits.num_rows == 0:
-            return AppendResult(None, 0, offered)
+            return AppendResult(None, 0, offered, diverged=diverged)
         fits = fits.sort_by("key")  # sorted files: key statistics let history() skip row groups
         meta = CommitProperties(custom_metadata={"fitloop.rows": str(fits.num_rows),
                                                  "fitloop.runs": ",".join(pc.unique(fits["run_id"]).to_pylist())})
 
         def commit() -> int:
             table = DeltaTable(str(self.path))
-            write_deltalake(table, fits, mode="append", writer_properties=_WRITER, commit_properties=meta)
+            with _writing(self.path, f"committing {fits.num_rows} fits"):
+                write_deltalake(table, fits, mode="append", writer_properties=_WRITER, commit_properties=meta)
             return table.version()
 
         kill_point("fits.append")
@@ -373,13 +406,12 @@ class FitsTable:
         kill_point("fits.commit")
         if best is not None:
             best.record(fits)
-        return AppendResult(version, fits.num_rows, offered, retries)
+        return AppendResult(version, fits.num_rows, offered, retries, diverged)
 
     def log(self, *, version: int | None = None, timestamp: datetime | str | None = None,
             columns: Sequence[str] | None = None, where: pc.Expression | None = None) -> pa.Table:
         """Every row of the table as of a version (default the latest), in `FITS_SCHEMA` types."""
-        dataset = self._snapshot(version, timestamp).to_pyarrow_dataset()
-        table = dataset.to_table(columns=list(columns) if columns else None, filter=where)
+        table = _scan(self._snapshot(version, timestamp), self.path, columns=columns, where=where)
         schema = pa.schema([FITS_SCHEMA.field(name) for name in table.schema.names])
         return table.cast(schema)
 
@@ -522,23 +554,28 @@ class FitsTable:
             },
         }
 
-    def compact(self, *, max_retries: int = 8, on_stage: Callable[[str], None] | None = None) -> int:
+    def compact(self, *, max_retries: int = 8, on_stage: Callable[[str], None] | None = None,
+                drop_diverged: bool = False) -> int:
         """Rewrite the table to its best fits (one row per key, body model and frame) in a new version; returns that
-        version. ``on_stage(name)`` is called as each stage starts ("read", "best", "write").
+        version. ``on_stage(name)`` is called as each stage starts ("read", "best", "write"). Diverged fits (NaN or
+        inf: written before fits were checked where they enter the table) are FitsTableError naming them, or, with
+        ``drop_diverged``, left out before the best fits are taken (the key's best valid fit stays).
 
         Only the files read are removed, so fits appended while compacting stay (the best view is an argmin, so
         nothing they improve is lost). Two compactions racing: one retries on the new latest version.
         """
         stage = on_stage or (lambda name: None)
-        version, _ = _retrying(lambda: self._compact_from(DeltaTable(str(self.path)), stage), max_retries)
+        version, _ = _retrying(lambda: self._compact_from(DeltaTable(str(self.path)), stage, drop_diverged),
+                               max_retries)
         kill_point("fits.compacted")
         return version
 
-    def _compact_from(self, snapshot: DeltaTable, stage: Callable[[str], None] = lambda name: None) -> int:
+    def _compact_from(self, snapshot: DeltaTable, stage: Callable[[str], None] = lambda name: None,
+                      drop_diverged: bool = False) -> int:
         """Commit the best fits of ``snapshot`` in place of the files it holds (see `compact`)."""
         read_version = snapshot.version()
         stage("read")
-        log = snapshot.to_pyarrow_dataset().to_table().cast(FITS_SCHEMA)
+        log, _ = _without_diverged(_scan(snapshot, self.path).cast(FITS_SCHEMA), self.path, drop_diverged, "compact")
         stage("best")
         best = pa.concat_tables([best_of(log, model, frame=frame) for model in body_model_counts(log)
                                  for frame in frame_counts(log)] or [log.slice(0, 0)])
@@ -547,7 +584,8 @@ class FitsTable:
                                                  "fitloop.rows": str(best.num_rows)})
         stage("write")
         kill_point("fits.compact")
-        write_deltalake(snapshot, best, mode="overwrite", writer_properties=_WRITER, commit_properties=meta)
+        with _writing(self.path, "committing the compacted fits"):
+            write_deltalake(snapshot, best, mode="overwrite", writer_properties=_WRITER, commit_properties=meta)
         return snapshot.version()
 
     def vacuum(self, *, retention_hours: int = DEFAULT_RETENTION_HOURS, dry_run: bool = False) -> list[str]:
@@ -570,7 +608,76 @@ class FitsTable:
         return removed + [p.relative_to(self.path).as_posix() for p in staged]
 
 
+def _is_table(path: Path) -> bool:
+    """Whether ``path`` is a folder holding a Delta table (deltalake's check raises on a file)."""
+    try:
+        return path.is_dir() and DeltaTable.is_deltatable(str(path))
+    except OSError:
+        return False
+
+
+def _check_free_for_table(path: Path) -> None:
+    """Refuse to create a fits table at ``path`` unless it is absent or an empty folder: a table made inside a
+    shard set or a run folder would mix its files with theirs (and a later cleanup of either would take both)."""
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise FitsTableError(f"{path} is a file, not a fits table folder: give a new or empty folder for the table")
+    if (path / "_delta_log").is_dir():
+        raise FitsTableError(f"{path} has a _delta_log that does not open as a Delta table (damaged, or its first "
+                             f"commit is missing): restore it from a backup, or give a new folder for the table")
+    entries = sorted(p.name for p in path.iterdir())
+    if entries:
+        shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+        raise FitsTableError(f"{path} is a folder that is not a fits table ({shown}): refusing to create a table "
+                             f"inside it; give a new or empty folder (or the fits table's own folder)")
+
+
+LOW_SPACE_BYTES = 16 << 20  # a write that fails with less free than this on the table's disk failed for space
+
+
+def _nearly_full(path: Path) -> bool:
+    """Whether the disk that holds ``path`` (or its nearest existing parent) has less than `LOW_SPACE_BYTES` free."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    try:
+        return existing is not None and shutil.disk_usage(existing).free < LOW_SPACE_BYTES
+    except OSError:
+        return False
+
+
+# errno of each "(os error N)" an object store error ends in (deltalake reports the local file system's errors so)
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+@contextmanager
+def _writing(path: Path, what: str) -> Iterator[None]:
+    """Turn deltalake's errors while writing the table at ``path`` into ones that say where and what to do: an
+    OS error it reports as text ("Generic LocalFileSystem error: ... No space left on device (os error 28)")
+    becomes an `OSError` of that errno naming the table (the CLI adds the advice: free space, permissions, ...);
+    any other becomes a FitsTableError. Nothing of a failed commit is in the table (a commit lands whole or not
+    at all); files it left unreferenced go with the next `FitsTable.vacuum`. A lost commit race
+    (`CommitFailedError`) passes through, to be retried."""
+    try:
+        yield
+    except CommitFailedError:
+        raise
+    except (DeltaError, OSError) as err:
+        text = " ".join(str(err).split())
+        code = getattr(err, "errno", None)
+        found = _OS_ERROR.search(text)
+        code = code if code is not None else int(found.group(1)) if found else None
+        if code is None and ("No space left" in text or _nearly_full(path)):
+            code = errno.ENOSPC  # deltalake's message may lose the system's reason ("Generic ... error")
+        if code is not None:
+            raise OSError(code, f"{os.strerror(code)} while {what} (the commit did not happen: the table is as "
+                                f"it was)", str(path)) from err
+        raise FitsTableError(f"{path}: {what} failed ({text}); the commit did not happen: the table is as it "
+                             f"was") from err
+
+
 _COMMIT_FILE = re.compile(r"^(\d{20})\.json$")  # a Delta commit: _delta_log/<version, 20 digits>.json
+# a Delta checkpoint: _delta_log/<version>.checkpoint.parquet, or in parts: <version>.checkpoint.<part>.<parts>.parquet
+_CHECKPOINT_FILE = re.compile(r"^(\d{20})\.checkpoint(?:\.\d+\.\d+)?\.parquet$")
 
 
 def check_log(path: Path) -> int:
@@ -579,17 +686,37 @@ def check_log(path: Path) -> int:
     deltalake reads an empty commit file as a commit with no actions: a crash between creating a commit file and
     flushing it leaves one, and the table then opens, lists that version and silently lacks its fits. So every
     commit file after the last checkpoint must be non-empty JSON lines, and the versions must follow each other
-    without a gap. FitsTableError otherwise, naming the file, the reason and what to do."""
+    without a gap; the checkpoint the log is read from (the latest, which ``_last_checkpoint`` points to) must be
+    a readable parquet file. FitsTableError otherwise, naming the file, the reason and what to do."""
     log = Path(path) / "_delta_log"
-    versions = sorted(int(m.group(1)) for m in map(_COMMIT_FILE.match, (p.name for p in log.iterdir())) if m)
-    checkpoint = -1
+    names = [p.name for p in log.iterdir()]
+    versions = sorted(int(m.group(1)) for m in map(_COMMIT_FILE.match, names) if m)
+    checkpoints: dict[int, list[str]] = {}
+    for m in filter(None, map(_CHECKPOINT_FILE.match, names)):
+        checkpoints.setdefault(int(m.group(1)), []).append(m.group(0))
+    checkpoint = max(checkpoints, default=-1)
     last = log / "_last_checkpoint"
     if last.is_file():
         try:
-            checkpoint = int(json.loads(last.read_text())["version"])
+            hinted = int(json.loads(last.read_text())["version"])
         except (ValueError, KeyError, TypeError) as err:
             raise FitsTableError(f"{last}: unreadable checkpoint pointer ({err}); restore it from a backup or "
                                  f"delete it (the commits before it are still in the log)") from None
+        if hinted not in checkpoints:
+            raise FitsTableError(f"{last} points to checkpoint {hinted}, and {log} has no {hinted:020d}.checkpoint"
+                                 f" file; restore that file from a backup, or delete {last.name} (the table is "
+                                 f"then read from its commits and checkpoints)")
+    if checkpoint >= 0:
+        readable_without = set(range(checkpoint + 1)) <= set(versions)
+        for name in sorted(checkpoints[checkpoint]):
+            try:
+                pq.read_metadata(log / name)
+            except (OSError, pa.ArrowException) as err:
+                what = (f"move it and {last.name} away (`mv {log / name} {log / name}.broken`): every commit before "
+                        f"it is still in the log, which is then read from them" if readable_without else
+                        "restore it from a backup: the commits it summarises are no longer in the log")
+                raise FitsTableError(f"{log / name}: checkpoint {checkpoint} of the fits table is damaged "
+                                     f"({' '.join(str(err).split())}); {what}") from None
     for at, version in enumerate(v for v in versions if v > checkpoint):
         expected = checkpoint + 1 + at
         if version != expected:
@@ -612,16 +739,71 @@ def check_log(path: Path) -> int:
             if not ok:
                 raise FitsTableError(f"{file}: commit {version}, line {number} is not a JSON action (the file is "
                                      f"damaged); {what}")
-    return versions[-1] if versions else -1
+    return max(versions[-1] if versions else -1, checkpoint)
+
+
+def check_data_files(path: Path, snapshot: DeltaTable) -> None:
+    """Check that every data file of ``snapshot`` (a version of the table at ``path``) is there and of the size
+    its commit recorded; FitsTableError naming the first that is not, and what to do. (A file damaged inside
+    without changing size is found when it is read: `_scan`.)"""
+    adds = pa.table(snapshot.get_add_actions(flatten=True))
+    if not adds.num_rows:
+        return
+    for name, size in zip(adds["path"].to_pylist(), adds["size_bytes"].to_pylist()):
+        file = path / unquote(name)
+        try:
+            found = file.stat().st_size
+        except FileNotFoundError:
+            raise FitsTableError(f"{file}: a data file of fits table version {snapshot.version()} is missing "
+                                 f"(deleted outside fitloop?); its fits cannot be read: restore it from a backup "
+                                 f"(`fitloop fits vacuum` never deletes a file of the latest version)") from None
+        if found != size:
+            raise FitsTableError(f"{file}: a data file of fits table version {snapshot.version()} is {found} "
+                                 f"bytes, its commit recorded {size} (truncated or overwritten); its fits cannot "
+                                 f"be read: restore it from a backup")
+
+
+def _load(path: Path, version: int | None = None) -> DeltaTable:
+    """The Delta table at ``path`` (as of ``version``), its log's load errors as FitsTableError naming it."""
+    try:
+        return DeltaTable(str(path)) if version is None else DeltaTable(str(path), version=version)
+    except TableNotFoundError:
+        raise
+    except (DeltaError, OSError, ValueError, KeyError) as err:
+        raise FitsTableError(f"{path}: its Delta log does not load ({' '.join(str(err).split())}); the log under "
+                             f"{path / '_delta_log'} is damaged: restore it from a backup") from None
+
+
+def _dataset(snapshot: DeltaTable, path: Path) -> pads.Dataset:
+    """A version of the table at ``path`` (``snapshot``) as an Arrow dataset read through Arrow's own local file
+    system, with deltalake's file pruning by column statistics. Never deltalake's default, a Python file system:
+    see the module docstring, Exit status."""
+    return snapshot.to_pyarrow_dataset(filesystem=pafs.SubTreeFileSystem(str(path.resolve()), pafs.LocalFileSystem()))
+
+
+def _scan(snapshot: DeltaTable, path: Path, *, columns: Sequence[str] | None = None,
+          where: pc.Expression | None = None) -> pa.Table:
+    """The rows of a version of the table at ``path`` (``snapshot``), read by Arrow's threads (`_dataset`); a
+    damaged data file is a FitsTableError naming it."""
+    try:
+        return _dataset(snapshot, path).to_table(columns=list(columns) if columns else None, filter=where)
+    except (OSError, pa.ArrowException) as err:
+        text = " ".join(str(err).split())
+        files = (unquote(f).removeprefix("file://") for f in snapshot.file_uris())
+        named = next((f for f in files if Path(f).name in text), None)
+        raise FitsTableError(f"{named or f'a data file of {path}'}: cannot be read as part of fits table version "
+                             f"{snapshot.version()} ({text}); restore it from a backup") from None
 
 
 def _schema_version(path: Path) -> int:
     """The fits schema version a Delta table at ``path`` records; FitsTableError when it is no fits table (of
     the columns its version has, `fits.schema.schema_of_version`) or its commit log is damaged (`check_log`)."""
-    if not DeltaTable.is_deltatable(str(path)):
+    if not _is_table(path):
         raise FitsTableError(f"{path} is not a Delta table (create one with FitsTable.create or `fits import`)")
     check_log(path)
-    schema = pa.schema(DeltaTable(str(path)).schema())
+    snapshot = _load(path)
+    check_data_files(path, snapshot)
+    schema = pa.schema(snapshot.schema())
     found = (int((schema.field("schema_version").metadata or {}).get(SCHEMA_VERSION_META.encode(), b"0"))
              if "schema_version" in schema.names else 0)
     if not 1 <= found <= FITS_SCHEMA_VERSION or schema.names != schema_of_version(found).names:
@@ -646,16 +828,34 @@ def _to_current(log: pa.Table) -> pa.Table:
                           pa.array(np.full(log.num_rows, FITS_SCHEMA_VERSION, np.int16)))
 
 
-def upgrade_table(path: str | Path, *, max_retries: int = 8) -> dict[str, Any]:
+def _without_diverged(rows: pa.Table, path: Path, drop: bool, command: str) -> tuple[pa.Table, int]:
+    """The rows of a table being rewritten (upgrade, relabel, compact) without its diverged fits (`diverged_rows`: written
+    before fits were checked where they enter the table) and how many were left out, when ``drop``; else
+    FitsTableError naming them and the command that leaves them out."""
+    bad = diverged_rows(rows)
+    if not bad.any():
+        return rows, 0
+    if not drop:
+        keys = rows["key"].filter(pa.array(bad))[:3].to_pylist()
+        raise FitsTableError(f"{path}: {int(bad.sum())} fit(s) hold a NaN or infinite pose, betas, cam_t, "
+                             f"intrinsics or loss, e.g. {keys} (written before fits were checked; no fit at all): "
+                             f"rewrite the table without them, `fitloop fits {command} {path} --drop-diverged` "
+                             f"(the versions before keep them)")
+    return rows.filter(pa.array(~bad)), int(bad.sum())
+
+
+def upgrade_table(path: str | Path, *, max_retries: int = 8, drop_diverged: bool = False) -> dict[str, Any]:
     """Bring a fits table of schema version 2 or 3 to this one in one new version: every fit of version 2 gets
     frame "crop" (the only frame fitloop made fits in before) and no intrinsics; every fit of either gets no
     quality record (null). Returns ``{"version", "rows", "from_version"}``; a table already of this version is
     left alone (``version`` None). A version-1 table needs its body models relabelled (`relabel_body_models`,
-    which upgrades it too). Run it when no writer is writing to the table."""
+    which upgrades it too). Run it when no writer is writing to the table. A diverged fit among its rows (NaN or
+    inf, `fits.schema.diverged_rows`) is FitsTableError, or left out with ``drop_diverged`` (``dropped``: how
+    many)."""
     path = Path(path)
     found = _schema_version(path)
     if found == FITS_SCHEMA_VERSION:
-        return {"version": None, "rows": 0, "from_version": found}
+        return {"version": None, "rows": 0, "from_version": found, "dropped": 0}
     if found not in (2, 3):
         raise FitsTableError(f"{path} has fits schema version {found}: " + (
             f"relabel its body models first (`fitloop fits relabel {path}`), which upgrades it too" if found == 1
@@ -663,12 +863,14 @@ def upgrade_table(path: str | Path, *, max_retries: int = 8) -> dict[str, Any]:
 
     def commit() -> dict[str, Any]:
         snapshot = DeltaTable(str(path))
-        rows = check_fits(_to_current(snapshot.to_pyarrow_dataset().to_table()))
+        rows, dropped = _without_diverged(_to_current(_scan(snapshot, path)), path, drop_diverged, "upgrade")
+        rows = check_fits(rows)
         meta = CommitProperties(custom_metadata={"fitloop.operation": "UPGRADE", "fitloop.rows": str(rows.num_rows),
                                                  "fitloop.upgraded_from": str(found)})
-        write_deltalake(snapshot, rows, mode="overwrite", schema_mode="overwrite", writer_properties=_WRITER,
-                        commit_properties=meta)
-        return {"version": snapshot.version(), "rows": rows.num_rows, "from_version": found}
+        with _writing(path, "committing the upgraded fits"):
+            write_deltalake(snapshot, rows, mode="overwrite", schema_mode="overwrite", writer_properties=_WRITER,
+                            commit_properties=meta)
+        return {"version": snapshot.version(), "rows": rows.num_rows, "from_version": found, "dropped": dropped}
 
     result, _ = _retrying(commit, max_retries)
     return result
@@ -677,10 +879,11 @@ def upgrade_table(path: str | Path, *, max_retries: int = 8) -> dict[str, Any]:
 def stored_body_models(path: str | Path) -> dict[str, int]:
     """Rows per body model id in the latest version of a fits table of any schema version (to relabel it)."""
     _schema_version(Path(path))
-    return body_model_counts(DeltaTable(str(path)).to_pyarrow_dataset().to_table(columns=["body_model_id"]))
+    return body_model_counts(_scan(DeltaTable(str(path)), Path(path), columns=["body_model_id"]))
 
 
-def relabel_body_models(path: str | Path, mapping: dict[str, str], *, max_retries: int = 8) -> dict[str, Any]:
+def relabel_body_models(path: str | Path, mapping: dict[str, str], *, max_retries: int = 8,
+                        drop_diverged: bool = False) -> dict[str, Any]:
     """Rename body model ids in a fits table (schema version 1 to this one) and bring it to this schema version
     (`upgrade_table`'s frame and quality columns included), in one new version; returns ``{"version", "rows",
     "relabelled": {old: (new, rows)}}``.
@@ -704,7 +907,7 @@ def relabel_body_models(path: str | Path, mapping: dict[str, str], *, max_retrie
 
     def commit() -> dict[str, Any]:
         snapshot = DeltaTable(str(path))
-        log = snapshot.to_pyarrow_dataset().to_table()
+        log = _scan(snapshot, path)
         present = body_model_counts(log)
         left = sorted(m for m in present if m not in mapping and not MODEL_ID_PATTERN.match(m))
         if left:
@@ -713,14 +916,17 @@ def relabel_body_models(path: str | Path, mapping: dict[str, str], *, max_retrie
         ids = log["body_model_id"]
         for old, new in mapping.items():
             ids = pc.if_else(pc.equal(ids, old), new, ids)
-        rows = check_fits(_to_current(log.set_column(log.schema.get_field_index("body_model_id"), "body_model_id",
-                                                     ids)))
+        rows, dropped = _without_diverged(
+            _to_current(log.set_column(log.schema.get_field_index("body_model_id"), "body_model_id", ids)), path,
+            drop_diverged, "relabel")
+        rows = check_fits(rows)
         meta = CommitProperties(custom_metadata={
             "fitloop.operation": "RELABEL", "fitloop.rows": str(rows.num_rows),
             "fitloop.relabelled": ",".join(f"{old}={new}" for old, new in mapping.items() if old in present)})
-        write_deltalake(snapshot, rows, mode="overwrite", schema_mode="overwrite", writer_properties=_WRITER,
-                        commit_properties=meta)
-        return {"version": snapshot.version(), "rows": rows.num_rows,
+        with _writing(path, "committing the relabelled fits"):
+            write_deltalake(snapshot, rows, mode="overwrite", schema_mode="overwrite", writer_properties=_WRITER,
+                            commit_properties=meta)
+        return {"version": snapshot.version(), "rows": rows.num_rows, "dropped": dropped,
                 "relabelled": {old: (new, present[old]) for old, new in mapping.items() if old in present}}
 
     result, _ = _retrying(commit, max_retries)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +51,7 @@ from core.joints import (
     SMPL_JOINT_INDEX,
     SMPL_JOINT_NAMES,
 )
+from core.model_id import MODEL_ID_PATTERN  # noqa: F401 (a body model's id, `model_content_id`'s form)
 from core.spin import SPIN_H36M_REGRESSOR_ROWS
 from fitting import safe_pickle
 from fitting.digest import content_digest
@@ -108,8 +108,6 @@ OPTIONAL_OPEN_LAYOUT: dict[str, tuple[tuple[int | str, ...], str]] = {
 }
 # The arrays of a model file that define its mesh and kinematic joints, in the order they enter its id.
 IDENTITY_KEYS = ("v_template", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table", "f")
-# A body model's id (`model_content_id`): its family and 16 hex digits of its content digest.
-MODEL_ID_PATTERN = re.compile(r"^(smpl|smplh|smplx|open):[0-9a-f]{16}$")
 
 # The layer joint behind each of SMPL's 24 kinematic joints (`core.joints.SMPL_JOINT_NAMES`), per family. SMPL-H
 # and SMPL-X share SMPL's first 22 joints; SMPL's two hand joints are approximated by the middle-finger bases

@@ -117,7 +117,7 @@ def test_fits_are_evaluated_per_body_model_and_dataset(body, tmp_path):
     wrong = pose.clone()
     wrong[:, 3 * SMPL_JOINT_INDEX["left_elbow"] + 1] = 1.5               # one forearm bent: the fits' only error
     table = _table(tmp_path, [(keys, wrong, betas, body.model_id, 5.0),
-                              (keys, pose, betas, "another-model", 1.0)])   # lower loss, but another model's
+                              (keys, pose, betas, "smpl:00000000000000a2", 1.0)])  # lower loss, but another model's
     result = evaluate_fits(table, body, truth)
     assert {name: r["samples"] for name, r in result.items()} == {"all": 3, "h36m": 2, "lsp": 1}
     per_example = mpjpe(posed_eval_joints(body, wrong, betas), truth.joints)

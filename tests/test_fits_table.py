@@ -43,6 +43,7 @@ SPIN_NPZ = FIXTURES / "lsp" / "spin_npz"
 needs_fixtures = pytest.mark.skipif(not SPIN_NPZ.is_dir(), reason=f"SPIN fixtures not found at {SPIN_NPZ}")
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 SPIN_MODEL = "smpl:5eed5eed5eed5eed"  # a content id standing for SPIN's neutral SMPL (tests without the model file)
+OPEN = "open:0123456789abcdef"         # a content id standing for the open model's
 
 
 def batch(keys, losses, *, run="run", source="loop", epoch=0, step=0, time=T0, betas=None, pose_value=0.0):
@@ -52,7 +53,7 @@ def batch(keys, losses, *, run="run", source="loop", epoch=0, step=0, time=T0, b
     if loss is not None and np.isnan(loss).any():
         raise ValueError("mix scored and unscored losses through separate batches")
     return fits_batch(keys, np.full((n, 72), pose_value), np.zeros((n, 10)) if betas is None else betas,
-                      FitProvenance(run, "open", "cfg", source, epoch, step), loss=loss, time=time)
+                      FitProvenance(run, OPEN, "cfg", source, epoch, step), loss=loss, time=time)
 
 
 def losses_of(best: pa.Table) -> dict:
@@ -85,7 +86,7 @@ def test_batch_derives_dataset_loss_valid_and_spin_beta_flag(tmp_path):
     betas[1, 3], betas[2, 9], betas[3, 0] = 3.0, -3.001, 2.999  # SPIN: |beta| > 3 strictly
     per_joint = np.stack([np.full(49, v) for v in (10.0, 150.0, 99.0, 1.0)])
     fits = fits_batch(["lsp/im0001", "coco/a_n0", "mpii/b", "h36m/S1_x"], rng.normal(size=(4, 72)), betas,
-                      FitProvenance("r", "open", config_hash({"a": 1}), "seed"), reprojection_loss=per_joint,
+                      FitProvenance("r", OPEN, config_hash({"a": 1}), "seed"), reprojection_loss=per_joint,
                       cam_t=rng.normal(size=(4, 3)), iterations=np.arange(4))
     assert fits["dataset"].to_pylist() == ["lsp", "coco", "mpii", "h36m"]
     assert fits["loss"].to_pylist() == [10.0, 150.0, 99.0, 1.0]
@@ -221,7 +222,7 @@ def test_stale_writers_may_append_non_improvements_but_the_best_view_stays_right
 
 def test_a_diverged_fit_is_refused_or_never_an_improvement(tmp_path):
     table = FitsTable.create(tmp_path / "t")
-    diverged = fits_batch(["lsp/a", "lsp/b"], np.zeros((2, 72)), np.zeros((2, 10)), FitProvenance("r", "open", "c"),
+    diverged = fits_batch(["lsp/a", "lsp/b"], np.zeros((2, 72)), np.zeros((2, 10)), FitProvenance("r", OPEN, "c"),
                           loss=[np.nan, np.inf])
     with pytest.raises(FitsTableError, match="NaN or infinite"):
         table.append(diverged)
@@ -361,7 +362,7 @@ while i < batches or batches < 0:
     keys = [f"proc/{'shared' if shared else name}_{j if shared else i * rows + j}" for j in range(rows)]
     loss = rng.uniform(0, 100, rows).astype(np.float32)
     fits = fits_batch(keys, rng.normal(size=(rows, 72)), np.zeros((rows, 10)),
-                      FitProvenance(name, "open", "t", "loop", 0, i), loss=loss)
+                      FitProvenance(name, "open:0123456789abcdef", "t", "loop", 0, i), loss=loss)
     print(json.dumps({"start": i, "offered": dict(zip(keys, loss.tolist())) if shared else None}), flush=True)
     result = table.append(fits, best=known)
     print(json.dumps({"committed": i, "version": result.version, "rows": result.rows}), flush=True)

@@ -30,7 +30,7 @@ def test_true_fits_measure_zero_and_each_version_is_measured(synthetic_lsp, tmp_
     table.append(fits_batch(keys[:2], truth.arrays["pose"][:2], truth.arrays["betas"][:2],
                             FitProvenance("loop", body.model_id, "c", "loop"), loss=np.full(2, 10.0)))
     table.append(fits_batch(keys, truth.arrays["pose"], truth.arrays["betas"],           # another model's: ignored
-                            FitProvenance("x", "smpl:other@0", "c", "seed"), loss=np.full(len(keys), 1.0)))
+                            FitProvenance("x", "smpl:0000000000000001", "c", "seed"), loss=np.full(len(keys), 1.0)))
     rows = fit_errors_by_version(tmp_path / "fits", synthetic_truth([synthetic_lsp], body), body)
     assert [(r["version"], r["fits"], r["with_truth"]) for r in rows] == [(0, 0, 0), (1, 4, 4), (2, 4, 4), (3, 4, 4)]
     assert np.isnan(rows[0]["pa_mpjpe_mm"])

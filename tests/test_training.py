@@ -281,7 +281,7 @@ def test_resume_position_with_dataloader_workers(synthetic):
 # --- fits store and supervision -----------------------------------------------------------------------------------
 def test_fits_store_keeps_strict_improvements_and_matches_the_table(tmp_path):
     table = FitsTable.create(tmp_path / "fits")
-    prov = FitProvenance(run_id="r", body_model_id="m", fit_config_hash="h", source="loop")
+    prov = FitProvenance(run_id="r", body_model_id="open:000000000000000a", fit_config_hash="h", source="loop")
 
     def rows(keys, loss):
         loss = np.broadcast_to(np.asarray(loss, np.float32), (len(keys),))
@@ -292,7 +292,7 @@ def test_fits_store_keeps_strict_improvements_and_matches_the_table(tmp_path):
     assert store.offer(rows(["a/1", "a/2", "a/3"], np.array([4.0, 5.0, 7.0], np.float32))) == 2  # a/2 ties: no
     assert store.offer(rows(["a/3", "a/3"], np.array([6.0, 3.0], np.float32))) == 1              # batch's best
     store.flush(table)
-    loaded = FitsStore.load(table, "m")
+    loaded = FitsStore.load(table, "open:000000000000000a")
     pose, _, loss, known = loaded.lookup(["a/1", "a/2", "a/3", "a/4"])
     assert known.tolist() == [True, True, True, False]
     assert loss[:3].tolist() == [4.0, 5.0, 3.0] and torch.isnan(loss[3])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -124,6 +125,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     compact = table_command("compact", "rewrite the table to its best fits, one row per key and body model "
                                        "(a new version)", cmd_compact)
     compact.add_argument("--json", action="store_true")
+    compact.add_argument("--drop-diverged", action="store_true",
+                         help="leave out fits with a NaN or infinite pose, betas, cam_t or loss (written before "
+                              "fits were checked); the versions before keep them")
 
     vacuum = table_command("vacuum", "delete files no recent version needs (never the latest version's)",
                            cmd_vacuum)
@@ -135,12 +139,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                        "its fits get no quality record (null), and a version-2 table's say they "
                                        "are crop-frame fits, which all of them are", cmd_upgrade)
     upgrade.add_argument("--json", action="store_true")
+    upgrade.add_argument("--drop-diverged", action="store_true",
+                         help="leave out fits with a NaN or infinite pose, betas, cam_t or loss (written before "
+                              "fits were checked); the versions before keep them")
 
     relabel = table_command("relabel", "name the body models of a table written before fits named them by content "
                                        "(schema version 1): list its ids, or map each to its model", cmd_relabel)
     relabel.add_argument("--map", action="append", default=[], metavar="OLD_ID=MODEL",
                          help="relabel the fits of OLD_ID as fits of MODEL (open, open-small, a model file, or a "
                               "content id); repeat for each old id")
+    relabel.add_argument("--drop-diverged", action="store_true",
+                         help="leave out fits with a NaN or infinite pose, betas, cam_t or loss (written before "
+                              "fits were checked); the versions before keep them")
 
 
 def add_fit_filter_options(command: argparse.ArgumentParser, what: str) -> None:
@@ -428,26 +438,37 @@ def cmd_seed(args: argparse.Namespace) -> int:
     left_out = f" ({result.without_3d} without 3D joints left out)" if args.mode == "3d" else ""
     print(f"{args.table}: {result.fitted} samples fitted{left_out} with {result.body_model_id} in the {args.frame} "
           f"frame from {'3D joints' if args.mode == '3d' else 'keypoints'} (fit config {result.fit_config_hash}), "
-          f"{result.appended} fits appended ({version}), mean loss {result.mean_loss:.2f} px²")
+          f"{result.appended} fits appended ({version}), mean loss {result.mean_loss:.2f} px²"
+          + (f"; {result.diverged} diverged fit(s) (NaN or inf) left out" if result.diverged else ""))
     return 0
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from core.errors import FitloopError
     from fits.interchange import import_spin
     from fits.table import FitsTable
 
     model = model_id(args.model, args.joint_regressor_extra, ids=False)
+    new = not args.table.exists()
     table = FitsTable.create(args.table, exist_ok=True)
-    with stages("import", ("keys", "fits", "write")) as on_stage:
-        summary = import_spin(table, args.spin_npz, args.spin_fits, body_model_id=model, dataset=args.dataset,
-                              on_stage=on_stage)
+    try:
+        with stages("import", ("keys", "fits", "write")) as on_stage:
+            summary = import_spin(table, args.spin_npz, args.spin_fits, body_model_id=model, dataset=args.dataset,
+                                  on_stage=on_stage)
+    except FitloopError:
+        if new:  # refused: no empty table left behind where there was nothing (only what this command made)
+            shutil.rmtree(args.table, ignore_errors=True)
+        raise
     if args.json:
         print(json.dumps(summary))
         return 0
     version = f"version {summary['version']}" if summary["version"] is not None else "no new version"
     print(f"{args.spin_fits.name}: {summary['rows']} fits of {summary['dataset']} for body model {model}, "
           f"{summary['appended']} appended ({version}), largest float32 rounding "
-          f"{summary['max_float32_rounding']:g}")
+          f"{summary['max_float32_rounding']:g}"
+          + ("; rows not checked against the .npz's images (neither SPIN's <name>_fits.npy nor with a .keys file "
+             "from `fitloop fits export`): only the row count matched" if summary["rows_checked_by"] == "unchecked"
+             else ""))
     return 0
 
 
@@ -497,7 +518,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
     table = FitsTable.open(args.table)
     with stages("compact", ("read", "best", "write")) as on_stage:
-        version = table.compact(on_stage=on_stage)
+        version = table.compact(on_stage=on_stage, drop_diverged=args.drop_diverged)
     rows = next(v["rows"] for v in table.versions() if v["version"] == version)
     print(json.dumps({"version": version, "rows": rows}) if args.json else
           f"compacted to version {version}: {rows} rows, one per key, body model and frame")
@@ -518,7 +539,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     from fits.schema import FITS_SCHEMA_VERSION
     from fits.table import upgrade_table
 
-    result = upgrade_table(args.table)
+    result = upgrade_table(args.table, drop_diverged=args.drop_diverged)
     if args.json:
         print(json.dumps(result))
     elif result["version"] is None:
@@ -526,7 +547,8 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     else:
         frame = " say they are crop-frame fits and" if result["from_version"] < 3 else ""
         print(f"{args.table}: version {result['version']}, {result['rows']} rows of schema version "
-              f"{result['from_version']} now{frame} have no quality record (schema version {FITS_SCHEMA_VERSION})")
+              f"{result['from_version']} now{frame} have no quality record (schema version {FITS_SCHEMA_VERSION})"
+              + (f"; {result['dropped']} diverged fit(s) left out" if result["dropped"] else ""))
     return 0
 
 
@@ -550,8 +572,9 @@ def cmd_relabel(args: argparse.Namespace) -> int:
         if not sep or not old or not model:
             raise FitloopError(f"--map takes OLD_ID=MODEL, got {item!r}")
         mapping[old] = model_id(model)
-    result = relabel_body_models(args.table, mapping)
-    print(f"{args.table}: version {result['version']}, {result['rows']} rows")
+    result = relabel_body_models(args.table, mapping, drop_diverged=args.drop_diverged)
+    print(f"{args.table}: version {result['version']}, {result['rows']} rows"
+          + (f" ({result['dropped']} diverged fit(s) left out)" if result["dropped"] else ""))
     for old, (new, rows) in result["relabelled"].items():
         print(f"  {old} -> {new}: {rows} rows")
     return 0

@@ -1,0 +1,11 @@
+"""A body model's id as every layer writes and checks it: ``<family>:<16 hex>`` (the family and 16 hex digits of the
+content digest of what defines its mesh and joints; `fitting.body_model.model_content_id` computes it).
+
+Here, below the body model module, so that what only checks an id (the fits table's writers) need not load torch.
+"""
+from __future__ import annotations
+
+import re
+
+MODEL_FAMILIES = ("smpl", "smplh", "smplx", "open")
+MODEL_ID_PATTERN = re.compile(rf"^({'|'.join(MODEL_FAMILIES)}):[0-9a-f]{{16}}$")
