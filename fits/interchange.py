@@ -109,12 +109,13 @@ def keys_file(npy: Path) -> Path:
     return npy.with_name(npy.name + ".keys")
 
 
-def check_rows_match(npy: Path, npz: Path, keys: list[str], dataset: str) -> str:
+def check_rows_match(npy: Path, npz: Path, keys: list[str], dataset: str, *, vouched: bool = False) -> str:
     """Check that the rows of the fits file ``npy`` are those of ``npz`` (whose sample keys are ``keys``), not
     merely as many; returns how (for the summary): "keys file" (``<npy>.keys``, written by `export_spin`, compared
     key by key), "spin file name" (SPIN's ``<name>_fits.npy`` is row-aligned with one .npz of `SPIN_FITS_FILES`),
-    or "unchecked" (neither: only the row count is checked). FitsTableError naming the file, the first differing
-    row and what to do otherwise."""
+    or "unchecked" (neither, and the caller ``vouched`` that the rows are the .npz's: only the row count is checked).
+    FitsTableError naming the file, the first differing row and what to do otherwise; and when nothing can tell and
+    nobody vouched (a file of the same row count may be another dataset's fits)."""
     listed = keys_file(npy)
     if listed.is_file():
         theirs = listed.read_text().splitlines()
@@ -137,6 +138,12 @@ def check_rows_match(npy: Path, npz: Path, keys: list[str], dataset: str) -> str
                                  f"{keys[0] if keys else 'none'}; give "
                                  f"{stem}.npz, or the fits file of {npz.name}")
         return "spin file name"
+    if not vouched:
+        raise FitsTableError(f"{npy}: nothing tells whether its {len(keys)} rows are the images of {npz.name} (it is "
+                             f"neither SPIN's <name>_fits.npy nor beside a {keys_file(npy).name} written by `fitloop "
+                             f"fits export`), and another dataset's fits of as many rows would import as silently "
+                             f"wrong fits; write the keys in row order to {keys_file(npy)}, or pass --rows-match "
+                             f"(rows_match=True) if you know the rows are {npz.name}'s")
     return "unchecked"
 
 
@@ -145,13 +152,15 @@ def _no_stage(name: str) -> None:
 
 
 def import_spin(table: FitsTable, npz: Path, npy: Path, *, body_model_id: str, dataset: str | None = None,
-                time: datetime | None = None, on_stage: Callable[[str], None] | None = None) -> dict:
+                time: datetime | None = None, on_stage: Callable[[str], None] | None = None,
+                rows_match: bool = False) -> dict:
     """Append SPIN's static fits ``npy`` (N × 82, row-aligned with ``npz``) as unscored ``import`` fits of the body
     model ``body_model_id`` (a content id: ``load_body_model(...).model_id``; SPIN's fits are of the neutral SMPL).
 
     Only keys without a fit of that body model are appended (an unscored fit never beats a known one), so importing
     twice is a no-op. Returns a summary: rows read, rows appended, version, dataset, body model, largest float32
-    rounding. ``on_stage(name)`` is called as each stage starts ("keys", "fits", "write").
+    rounding. ``on_stage(name)`` is called as each stage starts ("keys", "fits", "write"). The rows must be the
+    .npz's by a check (`check_rows_match`), or by the caller's word (``rows_match``).
     """
     from fitting.body_model import MODEL_ID_PATTERN  # here: the body model module loads torch
 
@@ -171,7 +180,7 @@ def import_spin(table: FitsTable, npz: Path, npy: Path, *, body_model_id: str, d
     if fits.shape != (len(keys), SPIN_FITS_WIDTH):
         raise FitsTableError(f"{npy.name} has shape {fits.shape}; {npz.name} has {len(keys)} rows, so SPIN's fits "
                              f"are ({len(keys)}, {SPIN_FITS_WIDTH})")
-    identity = check_rows_match(npy, npz, keys, dataset)
+    identity = check_rows_match(npy, npz, keys, dataset, vouched=rows_match)
     if not np.isfinite(fits).all():
         bad = np.flatnonzero(~np.isfinite(fits).all(axis=1))
         raise FitsTableError(f"{npy}: {len(bad)} row(s) hold NaN or inf, the first row {bad[0]} ({keys[bad[0]]}); "

@@ -65,6 +65,7 @@ from fitting.body_model import BodyModel
 from fitting.priors import (
     ANGLE_PRIOR_INDICES,
     ANGLE_PRIOR_SIGNS,
+    BODY_POSE_DIM,
     SPIN_ANGLE_PRIOR_WEIGHT,
     SPIN_POSE_PRIOR_WEIGHT,
     SPIN_SHAPE_PRIOR_WEIGHT,
@@ -232,7 +233,7 @@ class Fit3D:
         self.config = config.validated()
         self.body = body
         device = next(body.buffers()).device
-        if prior.dim != 3 * 23:
+        if prior.dim != BODY_POSE_DIM:
             raise ModelFileError(f"the pose prior is a mixture over {prior.dim} values; the fit needs one over the "
                                  f"69 body-pose values of SMPL's 23 body joints")
         self.prior = copy.deepcopy(prior).to(device=device, dtype=torch.float64)

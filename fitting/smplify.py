@@ -56,6 +56,7 @@ from fitting.body_model import BodyModel
 from fitting.priors import (
     ANGLE_PRIOR_INDICES,
     ANGLE_PRIOR_SIGNS,
+    BODY_POSE_DIM,
     SPIN_ANGLE_PRIOR_WEIGHT,
     SPIN_POSE_PRIOR_WEIGHT,
     SPIN_SHAPE_PRIOR_WEIGHT,
@@ -172,7 +173,7 @@ class SMPLify:
 
     def __init__(self, body: BodyModel, prior: MaxMixturePrior, config: SMPLifyConfig = SMPLifyConfig()):
         device = next(body.buffers()).device
-        if prior.dim != 3 * 23:
+        if prior.dim != BODY_POSE_DIM:
             raise ModelFileError(f"the pose prior is a mixture over {prior.dim} values; SMPLify needs one over the "
                                  f"69 body-pose values of SMPL's 23 body joints (pass such a prior file)")
         if prior.means.device != device:

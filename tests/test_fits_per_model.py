@@ -193,7 +193,7 @@ def test_export_refuses_to_mix_body_models_in_one_spin_file(tmp_path, capsys):
     table = tmp_path / "t"
     for fits, model in (("first.npy", "open-small"), ("second.npy", "open")):
         assert main(["fits", "import", str(table), "--spin-npz", str(npz), "--spin-fits", str(tmp_path / fits),
-                     "--model", model]) == 0
+                     "--model", model, "--rows-match"]) == 0
     capsys.readouterr()
     small, full = load_body_model("open-small").model_id, load_body_model("open").model_id
     out = tmp_path / "lsp-orig_fits.npy"

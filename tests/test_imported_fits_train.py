@@ -57,7 +57,7 @@ def test_imported_spin_fits_are_used_by_the_trainer_without_reseeding(setting, m
 
     table = setting["root"] / "fits"
     assert main(["fits", "import", str(table), "--spin-npz", str(setting["npz"]), "--spin-fits",
-                 str(setting["npy"]), "--dataset", IMPORTED, "--model", str(setting["smpl"])]) == 0
+                 str(setting["npy"]), "--dataset", IMPORTED, "--model", str(setting["smpl"]), "--rows-match"]) == 0
     body_id = load_body_model(setting["smpl"]).model_id
 
     supervised: dict[str, np.ndarray] = {}
@@ -106,7 +106,7 @@ def test_the_trainer_with_a_fit_filter_does_not_supervise_with_a_fit_below_the_b
 
     table = setting["root"] / "fits-filtered"
     assert main(["fits", "import", str(table), "--spin-npz", str(setting["npz"]), "--spin-fits",
-                 str(setting["npy"]), "--dataset", IMPORTED, "--model", str(setting["smpl"])]) == 0
+                 str(setting["npy"]), "--dataset", IMPORTED, "--model", str(setting["smpl"]), "--rows-match"]) == 0
     smplify = SMPLifyConfig(body_iterations=5)
     seed_fits(setting["shards"], table, SeedConfig(body_model=str(setting["smpl"]), smplify=smplify),
               splits=("train",), missing_only=True)

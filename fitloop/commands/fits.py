@@ -106,6 +106,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     import_.add_argument("--joint-regressor-extra", type=Path, default=None,
                          help="SPIN's J_regressor_extra.npy, when the trainer loads the model with it")
     import_.add_argument("--dataset", default=None, help="key prefix (default: from the .npz file name)")
+    import_.add_argument("--rows-match", action="store_true",
+                         help="import a fits file that nothing checks against the .npz (neither SPIN's "
+                              "<name>_fits.npy nor with the .keys file `fitloop fits export` writes): you vouch that "
+                              "its rows are the .npz's images, in order")
     import_.add_argument("--json", action="store_true")
 
     export = table_command("export", "write one body model's best fits as SPIN's N x 82 .npy, or as one parquet "
@@ -454,7 +458,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     try:
         with stages("import", ("keys", "fits", "write")) as on_stage:
             summary = import_spin(table, args.spin_npz, args.spin_fits, body_model_id=model, dataset=args.dataset,
-                                  on_stage=on_stage)
+                                  on_stage=on_stage, rows_match=args.rows_match)
     except FitloopError:
         if new:  # refused: no empty table left behind where there was nothing (only what this command made)
             shutil.rmtree(args.table, ignore_errors=True)

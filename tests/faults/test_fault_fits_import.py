@@ -63,11 +63,15 @@ def test_exported_fits_carry_their_keys_and_another_datasets_are_refused_at_the_
     assert (summary["appended"], summary["rows_checked_by"]) == (ROWS, "keys file")
 
 
-def test_a_fits_file_without_name_or_keys_is_imported_and_says_it_was_not_checked(tmp_path):
+def test_a_fits_file_without_name_or_keys_is_refused_unless_vouched_for(tmp_path, capsys):
     npz = spin_npz(tmp_path / "a.npz", 1)
     np.save(tmp_path / "mine.npy", np.zeros((ROWS, 82)))
+    expect_error(capsys, ["fits", "import", tmp_path / "t", "--spin-npz", npz, "--spin-fits", tmp_path / "mine.npy",
+                          "--model", "open-small", "--dataset", "lsp"],
+                 "mine.npy: nothing tells whether its", "mine.npy.keys", "--rows-match")
+    assert not (tmp_path / "t").exists()
     summary = import_spin(FitsTable.create(tmp_path / "t"), npz, tmp_path / "mine.npy", body_model_id=MODEL,
-                          dataset="lsp")
+                          dataset="lsp", rows_match=True)
     assert summary["rows_checked_by"] == "unchecked"
 
 

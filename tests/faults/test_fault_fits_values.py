@@ -100,7 +100,7 @@ def test_an_import_with_a_nan_row_is_one_line_naming_file_and_row(tmp_path, caps
     values[1, 5] = np.nan
     np.save(npy, values)
     expect_error(capsys, ["fits", "import", tmp_path / "fits", "--spin-npz", npz, "--spin-fits", npy, "--model",
-                          "open-small", "--dataset", "mine"], str(npy), "row 1 (mine/im0002)", "NaN", "nothing was")
+                          "open-small", "--dataset", "mine", "--rows-match"], str(npy), "row 1 (mine/im0002)", "NaN", "nothing was")
     assert not (tmp_path / "fits").exists()
 
 

@@ -177,7 +177,7 @@ def spin_files(tmp_path_factory) -> tuple[Path, Path]:
 
 def import_argv(table: Path, npz: Path, npy: Path) -> list:
     return ["fits", "import", table, "--spin-npz", npz, "--spin-fits", npy, "--model", "open-small", "--dataset",
-            "mine"]
+            "mine", "--rows-match"]
 
 
 def test_import_killed_after_its_commit_then_run_again_appends_nothing_twice(spin_files, tmp_path):
