@@ -275,9 +275,12 @@ def test_seeds_in_both_frames_reproject_in_their_own_camera(synth, samples, seed
             px = np.linalg.norm(drawn[present] - sample.keypoints_crop[present, :2], axis=1).mean()
             frame_errors.append(px * 224 / sample.meta["crop"]["box_side"])  # in fit-frame px
         errors[frame] = np.array(frame_errors)
-    # measured (12 body iterations from the mean pose, clean keypoints): crop 5.0 mean / 13.9 max, image 4.0 / 7.7
-    assert errors["crop"].max() < 20.0 and errors["image"].max() < 15.0
-    assert errors["image"].mean() < 6.0 and errors["crop"].mean() < 7.0
+    # measured (12 body iterations from the mean pose, clean keypoints; SMPLify's annealed prior): medians about
+    # 3.5 px in both frames, crop at most 13.9-14.3 px; in the image frame one fit of 16 (a poor fit, not a frame
+    # fault) lands at 4-43 px depending on torch's thread count and the iteration budget. A frame fault moves every
+    # fit by tens of px (below: > 50 px for the wrong camera).
+    for frame in ("crop", "image"):
+        assert np.median(errors[frame]) < 5.0 and (errors[frame] < 15.0).sum() >= 15, (frame, errors[frame])
     # each fit reprojects only with its own camera: an image-frame fit drawn with SPIN's camera misses
     sample = samples[-1]
     fit = {r["key"]: r for r in table.best(frame="image").to_pylist()}[sample.key]
