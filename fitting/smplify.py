@@ -367,12 +367,12 @@ class SMPLify:
             trust = torch.zeros(len(example), dtype=dtype, device=dev)
         body_init = pose[:, 3:].clone()
         done, total = 0, c.body_iterations
+        scale = [1.0] * total if is_estimate else self.prior_schedule(total)    # the priors' factor per iteration
         if is_estimate and c.init_weight is None and c.noise_from_fit > 0 and 0 < c.noise_iterations < total:
             # σ_kp from the keypoints themselves: the RMS residual per coordinate a first fit leaves, times
             # noise_from_fit for the degrees of freedom that fit absorbed; then w again, with it.
             start_pose, start_betas = pose, betas
-            pose, betas = self._lm_body(pose, betas, cam_t, kp, ctr, foc, trust, body_init,
-                                        [1.0] * c.noise_iterations)
+            pose, betas = self._lm_body(pose, betas, cam_t, kp, ctr, foc, trust, body_init, scale[:c.noise_iterations])
             with torch.no_grad():
                 conf = self._body_conf(kp)
                 r = (project(self._joints(pose, betas), cam_t, foc, ctr) - kp[..., :2]) * conf[..., None]
@@ -381,7 +381,6 @@ class SMPLify:
                                            c.noise_from_fit * rms)
             done = c.noise_iterations
         first = max(min(c.back_choice_after, total), done) if len(example) > batch else total
-        scale = self.prior_schedule(total) if not is_estimate else [1.0] * total
         pose, betas = self._lm_body(pose, betas, cam_t, kp, ctr, foc, trust, body_init, scale[done:first])
         objectives = torch.full((batch, len(HEADINGS)), float("nan"), dtype=dtype, device=dev)
         pick = torch.arange(batch, device=dev)
@@ -406,9 +405,9 @@ class SMPLify:
     def prior_schedule(self, iterations: int) -> list[float]:
         """Per stage-2 iteration, the factor on the pose and angle priors' weights (energies) from a mean start:
         ``prior_anneal`` at the first, decaying geometrically to 1 after ``anneal_share`` of them (15 of the default
-        25), then 1: SPIN's objective for the rest. A strong
-        prior first keeps the limbs of a body far from its keypoints out of implausible depth minima; SPIN's
-        objective then decides (SMPLify, Bogo et al. 2016, anneals its prior weights in stages for this)."""
+        25), then 1: SPIN's objective for the rest. A strong prior first keeps the limbs of a body far from its
+        keypoints out of implausible depth minima; SPIN's objective then decides (SMPLify, Bogo et al. 2016, anneals
+        its prior weights in stages for this)."""
         c = self.config
         relax = round(c.anneal_share * iterations)
         if relax == 0:
