@@ -23,6 +23,13 @@ Any other linear regressor over the vertices is such a blend too (vertices are l
 so `Skeleton(body, vertex_rows)` appends the rows of a (R, V) regressor after the 49 points, exact in the same
 sense: `Skeleton(body, body.h36m_regressor)` gives the model's 17 Human3.6M joints as points 49–65
 (`fitting.fit3d` fits Human3.6M's 3D joints with them).
+
+Any tree, any parameterisation (SMPLify-X's whole-body fit, `fitting.smplifyx`): ``joint_points`` appends tree
+joints as points (A one-hot, B = 0: a hand's finger joints); ``full_pose=True`` makes the pose vector drive every
+joint of the tree in order, (B, 3J) (SMPL-X: (B, 165) = global orient, 21 body, jaw, two eyes, 2 x 15 hand);
+``expression=True`` appends SMPL-X's expression directions to the shape directions, so the shape argument is
+(B, NB + NE) = [betas, expression], both linear in the rest mesh exactly as betas are (smplx concatenates them the
+same way). The defaults are the 72-value SMPL parameterisation above, unchanged.
 """
 from __future__ import annotations
 
@@ -133,9 +140,15 @@ def _blend_rows(rows: Tensor, weights: Tensor, v_template: Tensor, shapedirs: Te
 
 class Skeleton(torch.nn.Module):
     """The 49 canonical joints of a `BodyModel` as blends of joint-attached points (module docstring), followed
-    by the R rows of ``vertex_rows`` (R, V) when given (e.g. ``body.h36m_regressor``): P = 49 + R points."""
+    by the R rows of ``vertex_rows`` (R, V) when given (e.g. ``body.h36m_regressor``), then the tree joints
+    ``joint_points`` (N,) when given: P = 49 + R + N points.
 
-    def __init__(self, body: BodyModel, vertex_rows: Tensor | None = None):
+    full_pose: the pose argument is (B, 3J), one axis-angle per tree joint in tree order, instead of the body
+    model's (B, 72). expression: the shape argument is (B, NB + NE), betas then SMPL-X expression coefficients
+    (the layer's ``expr_dirs``; SMPL-X only)."""
+
+    def __init__(self, body: BodyModel, vertex_rows: Tensor | None = None, *,
+                 joint_points: Tensor | None = None, full_pose: bool = False, expression: bool = False):
         super().__init__()
         layer = body.layer
         dtype = layer.v_template.dtype
@@ -150,6 +163,12 @@ class Skeleton(torch.nn.Module):
         used = body.keypoint_cols.cpu()                                        # vertices some keypoint row reads
         v_template = layer.v_template.detach().cpu().double()                 # (V, 3)
         shapedirs = layer.shapedirs.detach().cpu().double()[..., :nb]         # (V, 3, NB)
+        if expression:  # SMPL-X's expression directions after the shape's: (V, 3, NB + NE)
+            if not hasattr(layer, "expr_dirs"):
+                raise ModelFileError(f"{body.name}: a {body.family} model has no expression directions; "
+                                     f"expressions need an SMPL-X-layout model")
+            shapedirs = torch.cat([shapedirs, layer.expr_dirs.detach().cpu().double()], -1)
+            nb = shapedirs.shape[-1]
         j_reg = layer.J_regressor.detach().cpu().double()                     # (J, V)
         weights = layer.lbs_weights.detach().cpu().double()[used]             # (U, J)
         j_template = j_reg @ v_template                                       # (J, 3)
@@ -175,6 +194,16 @@ class Skeleton(torch.nn.Module):
             a_x, b0_x, bd_x = _blend_rows(rows[:, cols], all_weights[cols], v_template[cols], shapedirs[cols],
                                           j_template, j_dirs)
             a, b0, bd = torch.cat([a, a_x]), torch.cat([b0, b0_x]), torch.cat([bd, bd_x])
+        if joint_points is not None:  # more points: tree joints themselves (A one-hot, no attached offset)
+            joints = torch.as_tensor(joint_points, dtype=torch.long).cpu()
+            if joints.dim() != 1 or (len(joints) and (joints.min() < 0 or joints.max() >= num_joints)):
+                raise ModelFileError(f"{body.name}: joint points {joints.tolist()} outside the {num_joints}-joint "
+                                     f"tree")
+            a_j = torch.zeros(len(joints), num_joints, dtype=torch.float64)
+            a_j[torch.arange(len(joints)), joints] = 1.0
+            a = torch.cat([a, a_j])
+            b0 = torch.cat([b0, b0.new_zeros(len(joints), num_joints, 3)])
+            bd = torch.cat([bd, bd.new_zeros(len(joints), num_joints, 3, nb)])
 
         # Tree structure: depth levels for level-parallel kinematics; descendant-or-self and ancestor masks.
         depth = np.zeros(num_joints, dtype=np.int64)
@@ -187,7 +216,8 @@ class Skeleton(torch.nn.Module):
         desc = (desc > 0).astype(np.float64)                                  # desc[a, j]: j in subtree of a
 
         # Which pose slot (of the 24 in a (B, 72) pose) drives which tree joint; the other joints keep zero pose.
-        slot_joints = np.asarray(body.pose_layer_joints, dtype=np.int64)
+        slot_joints = (np.arange(num_joints) if full_pose
+                       else np.asarray(body.pose_layer_joints, dtype=np.int64))
         slots = np.flatnonzero(slot_joints >= 0)
         self.num_joints, self.num_slots, self.num_betas = num_joints, len(slot_joints), nb
         self.identity_slots = bool(len(slots) == num_joints and (slot_joints == np.arange(num_joints)).all())
@@ -210,8 +240,8 @@ class Skeleton(torch.nn.Module):
         return self.a[subset], self.b0[subset], self.bd[subset], self.subtree_share[subset]
 
     def local_rotations(self, pose: Tensor) -> Tensor:
-        """Every tree joint's rotation (B, J, 3, 3) relative to its parent, from pose (B, 72): the driven joints'
-        Rodrigues, identity (zero pose) elsewhere."""
+        """Every tree joint's rotation (B, J, 3, 3) relative to its parent, from pose (B, 72) (or (B, 3J) with
+        ``full_pose``): the driven joints' Rodrigues, identity (zero pose) elsewhere."""
         batch = pose.shape[0]
         local = rodrigues(pose.reshape(batch, self.num_slots, 3))               # (B, 24, 3, 3)
         if self.identity_slots:
@@ -221,8 +251,8 @@ class Skeleton(torch.nn.Module):
         return tree
 
     def forward(self, pose: Tensor, betas: Tensor, subset: Tensor | None = None) -> SkeletonState:
-        """Evaluate the points `subset` (default: all, the 49 and any vertex rows) for pose (B, 72) and betas
-        (B, NB)."""
+        """Evaluate the points `subset` (default: all, the 49, any vertex rows and joint points) for pose (B, 72)
+        (or (B, 3J) with ``full_pose``) and betas (B, NB) (or (B, NB + NE) with ``expression``)."""
         a, b0, bd, _ = self._rows(subset)
         batch, num_points, nb, num_joints = pose.shape[0], a.shape[0], betas.shape[1], self.num_joints
         local = self.local_rotations(pose)                                    # (B, J, 3, 3)
@@ -242,7 +272,8 @@ class Skeleton(torch.nn.Module):
                              points=points)
 
     def jacobian(self, state: SkeletonState) -> tuple[Tensor, Tensor]:
-        """d points / d pose (B, P, 3, 72) and d points / d betas (B, P, 3, NB), in the model frame.
+        """d points / d pose (B, P, 3, 72) (or 3J with ``full_pose``) and d points / d betas (B, P, 3, NB) (or
+        NB + NE with ``expression``), in the model frame.
 
         Rotating joint a's subtree by a small local increment d (R_a -> R_a exp(d)) moves a point by
         -skew(m_pa) R_a d = (R_a d) x m_pa, where m_pa is the part of the point carried by the subtree, relative
