@@ -50,6 +50,14 @@ def skew(v: Tensor) -> Tensor:
     return torch.stack([o, -z, y, z, o, -x, -y, x, o], dim=-1).reshape(v.shape + (3,))
 
 
+def _cross(u: Tensor, m: Tensor) -> Tensor:
+    """u x m for u (B, 1, D, k, 3) and m (B, P, D, 1, 3), broadcast, as (B, P, 3, D, k): the components written
+    out (several times faster than `torch.linalg.cross` on the broadcast operands)."""
+    ux, uy, uz = u.unbind(-1)
+    mx, my, mz = m.unbind(-1)
+    return torch.stack([uy * mz - uz * my, uz * mx - ux * mz, ux * my - uy * mx], 2)
+
+
 def rodrigues(aa: Tensor) -> Tensor:
     """Rotation matrices (..., 3, 3) of axis-angle vectors (..., 3); smooth at zero."""
     theta2 = (aa * aa).sum(-1, keepdim=True)[..., None]
@@ -148,7 +156,8 @@ class Skeleton(torch.nn.Module):
     (the layer's ``expr_dirs``; SMPL-X only)."""
 
     def __init__(self, body: BodyModel, vertex_rows: Tensor | None = None, *,
-                 joint_points: Tensor | None = None, full_pose: bool = False, expression: bool = False):
+                 joint_points: Tensor | None = None, full_pose: bool = False, expression: bool = False,
+                 sparse: bool = False):
         super().__init__()
         layer = body.layer
         dtype = layer.v_template.dtype
@@ -232,6 +241,20 @@ class Skeleton(torch.nn.Module):
         self.register_buffer("desc", torch.as_tensor(desc, dtype=dtype))
         # S[p, a] = sum_j A_pj desc[a, j]: how much of point p moves rigidly with joint a's subtree
         self.register_buffer("subtree_share", (a @ torch.as_tensor(desc).T).to(dtype))
+        # Sparse form: each point's support (the K joints it has weight or offset on, padded with weight 0).
+        self.sparse = sparse
+        if sparse:
+            support = (a != 0) | (b0.abs().sum(-1) > 0) | (bd.abs().sum((-1, -2)) > 0)       # (P, J)
+            width = max(int(support.sum(1).max()), 1)
+            order = torch.argsort((~support).to(torch.int8), dim=1, stable=True)[:, :width]  # supported first
+            valid = torch.gather(support, 1, order)
+            rows = torch.arange(len(a))[:, None]
+            self.register_buffer("idx", order)                                              # (P, K)
+            self.register_buffer("a_s", (a[rows, order] * valid).to(dtype))                 # (P, K)
+            self.register_buffer("b0_s", (b0[rows, order] * valid[..., None]).to(dtype))    # (P, K, 3)
+            self.register_buffer("bd_s", (bd[rows, order] * valid[..., None, None]).to(dtype))  # (P, K, 3, NB)
+            # desc_s[p, k, a] = desc[a, idx[p, k]]: joint a's subtree carries point p's k-th support joint
+            self.register_buffer("desc_s", torch.as_tensor(desc, dtype=dtype).T[order])     # (P, K, J)
         self.to(device)
 
     def _rows(self, subset: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -250,11 +273,64 @@ class Skeleton(torch.nn.Module):
         tree[:, self.slot_joints] = local[:, self.slots]
         return tree
 
+    def _sparse_rows(self, subset: Tensor | None) -> tuple[Tensor, ...]:
+        names = ("idx", "a_s", "b0_s", "bd_s", "desc_s", "subtree_share")
+        rows = tuple(getattr(self, n) for n in names)
+        return rows if subset is None else tuple(r[subset] for r in rows)
+
+    def _forward_sparse(self, pose: Tensor, betas: Tensor, subset: Tensor | None, rot_t: Tensor,
+                        pos_t: Tensor) -> SkeletonState:
+        """The points over each one's support only: attached (B, P, K, 3) = R_j B_pj of its K joints."""
+        idx, a_s, b0_s, bd_s, _, _ = self._sparse_rows(subset)
+        batch, nb = pose.shape[0], betas.shape[1]
+        num_points, width = idx.shape
+        rot_g = rot_t[:, idx]                                                 # (B, P, K, 3, 3)
+        b = b0_s + (betas @ bd_s.reshape(-1, nb).T).reshape(batch, num_points, width, 3)
+        attached = (rot_g @ b[..., None])[..., 0]                             # (B, P, K, 3)
+        points = (a_s[..., None] * pos_t[:, idx]).sum(2) + attached.sum(2)
+        return SkeletonState(pose=pose, betas=betas, subset=subset, rot=rot_t, pos=pos_t, attached=attached,
+                             points=points)
+
+    def _jacobian_sparse(self, state: SkeletonState, dproj: Tensor | None) -> tuple[Tensor, Tensor]:
+        """`jacobian` over each point's support (the sparse form; same formulas)."""
+        idx, a_s, _, bd_s, desc_s, share = self._sparse_rows(state.subset)
+        batch, nb, num_joints = state.pose.shape[0], state.betas.shape[1], self.num_joints
+        num_points = idx.shape[0]
+        driven = self.slot_joints
+        carried = a_s[None, ..., None] * state.pos[:, idx] + state.attached     # (B, P, K, 3): c_pk
+        desc_d = desc_s if self.identity_slots else desc_s[..., driven]          # (P, K, D)
+        share_d = share if self.identity_slots else share[:, driven]            # (P, D)
+        pos_d = state.pos if self.identity_slots else state.pos[:, driven]      # (B, D, 3)
+        rot_d = state.rot if self.identity_slots else state.rot[:, driven]      # (B, D, 3, 3)
+        # m_pa = sum_k desc[a, j_pk] c_pk - S_pa p_a, as P batched (B*3, K) @ (K, D) products
+        m = torch.bmm(carried.permute(1, 0, 3, 2).reshape(num_points, batch * 3, -1), desc_d)
+        m = m.reshape(num_points, batch, 3, -1).permute(1, 0, 3, 2) - share_d[None, :, :, None] * pos_d[:, None]
+        pose_slots = state.pose.reshape(batch, self.num_slots, 3)
+        jr = right_jacobian(pose_slots if self.identity_slots else pose_slots[:, self.slots])
+        cols = (rot_d @ jr).transpose(-1, -2)
+        d_driven = _cross(cols[:, None], m[:, :, :, None, :])                  # (B, P, c, D, k)
+        if self.identity_slots:
+            d_pose = d_driven.reshape(batch, num_points, 3, 3 * self.num_slots)
+        else:
+            d_pose = d_driven.new_zeros(batch, num_points, 3, self.num_slots, 3)
+            d_pose[:, :, :, self.slots] = d_driven
+            d_pose = d_pose.reshape(batch, num_points, 3, 3 * self.num_slots)
+        par = self.parents.clamp_min(0)
+        rot_par = state.rot[:, par]
+        rot_par[:, 0] = torch.eye(3, dtype=rot_par.dtype, device=rot_par.device)
+        jd_off = self.j_dirs - self.j_dirs[par] * (self.parents >= 0).to(self.j_dirs.dtype)[:, None, None]
+        e = (rot_par[..., None] * jd_off[None, :, None]).sum(-2)              # (B, J, 3, NB)
+        dpos = (self.desc.T @ e.reshape(batch, num_joints, -1)).reshape(batch, num_joints, 3, nb)
+        d_betas = (a_s[None, ..., None, None] * dpos[:, idx]).sum(2)           # (B, P, 3, NB)
+        d_betas = d_betas + torch.einsum("bpkce,pkef->bpcf", state.rot[:, idx], bd_s)
+        if dproj is not None:
+            return dproj @ d_pose, dproj @ d_betas
+        return d_pose, d_betas
+
     def forward(self, pose: Tensor, betas: Tensor, subset: Tensor | None = None) -> SkeletonState:
         """Evaluate the points `subset` (default: all, the 49, any vertex rows and joint points) for pose (B, 72)
         (or (B, 3J) with ``full_pose``) and betas (B, NB) (or (B, NB + NE) with ``expression``)."""
-        a, b0, bd, _ = self._rows(subset)
-        batch, num_points, nb, num_joints = pose.shape[0], a.shape[0], betas.shape[1], self.num_joints
+        batch, nb, num_joints = pose.shape[0], betas.shape[1], self.num_joints
         local = self.local_rotations(pose)                                    # (B, J, 3, 3)
         rest = self.j_template + (betas @ self.j_dirs.reshape(-1, nb).T).reshape(batch, num_joints, 3)
         rot_t = torch.empty_like(local)
@@ -265,21 +341,33 @@ class Skeleton(torch.nn.Module):
             par = self.parents[level]
             rot_t[:, level] = rot_t[:, par] @ local[:, level]
             pos_t[:, level] = pos_t[:, par] + (rot_t[:, par] @ offsets[:, level, :, None])[..., 0]
+        if self.sparse:
+            return self._forward_sparse(pose, betas, subset, rot_t, pos_t)
+        a, b0, bd, _ = self._rows(subset)
+        num_points = a.shape[0]
         b = b0 + (betas @ bd.reshape(-1, nb).T).reshape(batch, num_points, num_joints, 3)   # (B, P, J, 3)
         attached = (rot_t[:, None] * b[:, :, :, None, :]).sum(-1)             # R_j B_pj, (B, P, J, 3)
         points = a @ pos_t + attached.sum(2)
         return SkeletonState(pose=pose, betas=betas, subset=subset, rot=rot_t, pos=pos_t, attached=attached,
                              points=points)
 
-    def jacobian(self, state: SkeletonState) -> tuple[Tensor, Tensor]:
+    def jacobian(self, state: SkeletonState, dproj: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """d points / d pose (B, P, 3, 72) (or 3J with ``full_pose``) and d points / d betas (B, P, 3, NB) (or
         NB + NE with ``expression``), in the model frame.
+
+        dproj: d pixels / d camera-frame point (B, P, 2, 3) (`core.camera.projection_jacobian`); given, the
+        Jacobians are of the pixels, (B, P, 2, ·).
 
         Rotating joint a's subtree by a small local increment d (R_a -> R_a exp(d)) moves a point by
         -skew(m_pa) R_a d = (R_a d) x m_pa, where m_pa is the part of the point carried by the subtree, relative
         to joint a; the axis-angle chain rule adds the SO(3) right Jacobian. Pose slots that drive no joint of
         this tree (SMPL-H/SMPL-X: 22, 23) get zero columns.
         """
+        if self.sparse:
+            return self._jacobian_sparse(state, dproj)
+        if dproj is not None:
+            d_pose, d_betas = self.jacobian(state)
+            return dproj @ d_pose, dproj @ d_betas
         a, _, bd, share = self._rows(state.subset)
         batch, num_points, nb, num_joints = state.pose.shape[0], a.shape[0], state.betas.shape[1], self.num_joints
         driven = self.slot_joints                                              # (D,)
@@ -292,8 +380,7 @@ class Skeleton(torch.nn.Module):
         pose_slots = state.pose.reshape(batch, self.num_slots, 3)
         jr = right_jacobian(pose_slots if self.identity_slots else pose_slots[:, self.slots])   # (B, D, 3, 3)
         cols = (rot_d @ jr).transpose(-1, -2)                                  # columns of R_a Jr_a, (B, D, 3, 3)
-        d_driven = torch.linalg.cross(cols[:, None], m[:, :, :, None, :].expand(-1, -1, -1, 3, -1))  # (B,P,D,k,c)
-        d_driven = d_driven.permute(0, 1, 4, 2, 3)                              # (B, P, c, D, k)
+        d_driven = _cross(cols[:, None], m[:, :, :, None, :])                  # (B, P, c, D, k)
         if self.identity_slots:
             d_pose = d_driven.reshape(batch, num_points, 3, 3 * self.num_slots)
         else:

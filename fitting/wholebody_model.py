@@ -164,7 +164,8 @@ class WholeBodyModel(nn.Module):
         """The exact joints-only evaluation of this model's provided points (`fitting.skeleton`), taking the full
         pose (B, 165) and [betas, expression] (B, NB + NE), and for each of its points the whole-body index it is
         (P,). Points: the 49 body joints, then the vertex rows, then the tree joints (the hands' joints)."""
-        skeleton = Skeleton(self.body, self.rows, joint_points=self.joint_tree, full_pose=True, expression=True)
+        skeleton = Skeleton(self.body, self.rows, joint_points=self.joint_tree, full_pose=True, expression=True,
+                            sparse=True)
         targets = torch.cat([torch.arange(NUM_JOINTS, device=self.rows.device), self.row_targets,
                              self.joint_targets])
         return skeleton, targets

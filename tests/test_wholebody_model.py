@@ -123,3 +123,18 @@ def test_an_smpl_file_is_refused(tmp_path):
     np.savez(path, **model_files.smpl_arrays())
     with pytest.raises(Exception, match="SMPL-X-layout"):
         WholeBodyModel(load_body_model(path))
+
+
+def test_pixel_jacobians_through_the_projection(exact_model):
+    """The sparse skeleton's pixel Jacobians (formed without the 3D ones) are the 3D ones times the projection's."""
+    from core.camera import projection_jacobian
+    skeleton, _ = exact_model.skeleton()
+    full, betas, expression = random_params(2, 10, 10, seed=3)
+    shape = torch.cat([betas, expression], 1)
+    state = skeleton(full, shape)
+    dproj = projection_jacobian(state.points + torch.tensor([0.1, 0.2, 4.0], dtype=torch.float64),
+                                torch.full((2, 2), 1000.0, dtype=torch.float64))
+    d_pose, d_shape = skeleton.jacobian(state)
+    p_pose, p_shape = skeleton.jacobian(state, dproj)
+    torch.testing.assert_close(p_pose, dproj @ d_pose, atol=1e-9, rtol=0)
+    torch.testing.assert_close(p_shape, dproj @ d_shape, atol=1e-9, rtol=0)

@@ -3,7 +3,7 @@
 
 Here each hand's 15 joints are laid out along five fingers (MANO order: index, middle, pinky, ring, thumb), the
 fingertip vertices smplx names (`VERTEX_IDS['smplx']`) are skinned to their finger's last joint beyond it, jaw and
-eyes sit on the head, the 51 landmarks are small triangles on a face plane in front of the head (the mouth's on the
+eyes sit on the head, SPIN's vertex-picked nose, eyes, ears, toes and heels on the head and feet, the 51 landmarks are small triangles on a face plane in front of the head (the mouth's on the
 jaw), and the expression directions move only the landmark vertices. Still a blob, not a human: for fitting tests
 and measurements of hands and face, not for how a real SMPL-X looks.
 """
@@ -21,6 +21,14 @@ FINGER_BASES = {"index": (0.09, 0.0, 0.03), "middle": (0.095, 0.0, 0.01), "ring"
                 "pinky": (0.08, 0.0, -0.03), "thumb": (0.03, -0.01, 0.04)}
 FINGER_DIRECTIONS = {"thumb": (0.7, 0.0, 0.7)}
 SEGMENTS = (0.035, 0.025, 0.02, 0.018)  # base -> joint 2 -> joint 3 -> tip
+# smplx's body vertex picks (`fitting.body_model.VERTEX_PICKS`): the joint each is skinned to and its offset (m)
+BODY_VERTEX_PICKS = {
+    "nose": ("head", (0.0, 0.0, 0.11)), "reye": ("head", (-0.03, 0.03, 0.09)), "leye": ("head", (0.03, 0.03, 0.09)),
+    "rear": ("head", (-0.075, 0.0, 0.0)), "lear": ("head", (0.075, 0.0, 0.0)),
+    "LBigToe": ("left_foot", (0.02, -0.02, 0.08)), "LSmallToe": ("left_foot", (0.06, -0.02, 0.06)),
+    "LHeel": ("left_ankle", (0.0, -0.06, -0.05)), "RBigToe": ("right_foot", (-0.02, -0.02, 0.08)),
+    "RSmallToe": ("right_foot", (-0.06, -0.02, 0.06)), "RHeel": ("right_ankle", (0.0, -0.06, -0.05)),
+}
 MOUTH_FROM = FACE_LANDMARK_NAMES.index("right_mouth_1")  # landmarks from here on are on the jaw
 
 
@@ -82,6 +90,12 @@ def wholebody_smplx_arrays(seed: int = 0) -> dict[str, np.ndarray]:
         faces[k] = tri
     for vertex, at in tips.items():
         v_template[vertex] = at
+    # SPIN's vertex-picked body joints (nose, eyes, ears, toes, heels: smplx's ids) on the head and feet
+    for key, (joint, offset) in BODY_VERTEX_PICKS.items():
+        vertex = ids[key]
+        owner[vertex] = SMPLX_JOINT_INDEX[joint]
+        v_template[vertex] = joints[SMPLX_JOINT_INDEX[joint]] + offset
+        special[vertex] = True
 
     # every other vertex near its joint's new place; the joint regressor = the mean of its ordinary vertices
     regressor = np.zeros_like(arrays["J_regressor"])
