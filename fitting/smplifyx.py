@@ -133,6 +133,7 @@ class SMPLifyXConfig:
     # fast: Levenberg–Marquardt iterations of the camera stage and of each stage
     camera_iterations: int = 10
     stage_iterations: tuple[int, ...] = (4, 4, 6, 8, 12)
+    damping: float = 1e-3                           # LM's λ at each stage's start (× diag H)
 
     def validated(self) -> SMPLifyXConfig:
         if self.mode not in ("fast", "reference"):
@@ -177,14 +178,18 @@ class L2Term:
 
 
 class MixtureTerm:
-    """SMPLify's max-mixture GMM prior (`fitting.priors.MaxMixturePrior`): min_k of the components' energies; in
-    the normal equations, the active component's quadratic."""
+    """SMPLify's max-mixture GMM prior (`fitting.priors.MaxMixturePrior`): min_k of the components' energies,
+    less their smallest constant (−log of the largest normalised weight), so that it is 0 at the likeliest
+    component's mean: the same minimiser and gradients, without a constant of ~60 per unit weight (10⁷ at
+    SMPLify-X's first stages) in whose float32 digits L-BFGS's line search loses the changes it measures; in the
+    normal equations, the active component's quadratic."""
 
     def __init__(self, prior: MaxMixturePrior):
         self.prior, self.dim = prior, prior.dim
+        self.offset = float((-prior.log_nll_weights).min())
 
     def energy(self, x: Tensor) -> Tensor:
-        return self.prior(x).to(x.dtype)
+        return self.prior(x).to(x.dtype) - self.offset
 
     def normal_equations(self, x: Tensor) -> tuple[Tensor, Tensor]:
         prior = self.prior
@@ -336,13 +341,17 @@ class SMPLifyX:
 
     # -- reference: SMPLify-X's L-BFGS stages, one person at a time ------------------------------------------
     def _fit_reference(self, keypoints: Tensor, center: Tensor, focal: Tensor) -> SMPLifyXResult:
-        fits = [self._fit_one_reference(keypoints[b:b + 1], center[b:b + 1], focal[b:b + 1])
-                for b in range(keypoints.shape[0])]
+        fits = []
+        for b in range(keypoints.shape[0]):
+            self.nonfinite_steps = 0
+            fits.append(self._fit_one_reference(keypoints[b:b + 1], center[b:b + 1], focal[b:b + 1])
+                        + (self.nonfinite_steps,))
         full_pose, betas, expression, cam_t = (torch.cat([f[k] for f in fits]) for k in range(4))
         return self._result(full_pose, betas, expression, cam_t, keypoints, center, focal,
                             function_evaluations=torch.as_tensor([f[4] for f in fits]),
                             turned_tried=torch.as_tensor([f[5] for f in fits]),
-                            stage_losses=torch.as_tensor([f[6] for f in fits]))
+                            stage_losses=torch.as_tensor([f[6] for f in fits]),
+                            nonfinite_steps=torch.as_tensor([f[7] for f in fits]))
 
     def _fit_one_reference(self, keypoints, center, focal):
         c, model = self.config, self.model
@@ -432,9 +441,14 @@ class SMPLifyX:
 
         previous, first = None, None
         for n in range(c.maxiters):
+            saved = [p.detach().clone() for p in params]
             loss = float(optimizer.step(closure).detach())
             first = loss if first is None else first
-            if not math.isfinite(loss):
+            if not math.isfinite(loss) or not all(bool(torch.isfinite(p).all()) for p in params):
+                with torch.no_grad():  # a line search that broke down (NaN): back to the step's start, stop
+                    for p, value in zip(params, saved):
+                        p.copy_(value)
+                self.nonfinite_steps += 1
                 break
             if (n > 0 and previous is not None and c.ftol > 0
                     and (previous - loss) / max(abs(previous), abs(loss), 1.0) <= c.ftol):
@@ -580,7 +594,7 @@ class SMPLifyX:
         wb, subset, conf = self._stage_points(kp, stage)
         target = kp[:, wb, :2]
         free = self._free_parameters(stage, device)
-        lam = torch.full((batch,), 1e-3, dtype=dtype, device=device)
+        lam = torch.full((batch,), self.config.damping, dtype=dtype, device=device)
 
         def cost_of(p, s):
             state = self.skeleton(p, s, subset)
@@ -593,7 +607,9 @@ class SMPLifyX:
         state, resid, cost = cost_of(pose, shape)
         for _ in range(iterations):
             hess, grad = self._normal_equations(state, resid, conf, pose, shape, cam_t, focal, stage, free)
-            step = _lm_solve(hess, grad, lam)
+            # solved in float64: the whole body's normal equations span ~10 decades (global orientation against
+            # a fingertip), beyond a float32 Cholesky
+            step = _lm_solve(hess.double(), grad.double(), lam.double()).to(dtype)
             params = torch.cat([pose, shape], 1).index_add(1, free, step)
             new_pose, new_shape = params[:, :FULL_POSE_DIM], params[:, FULL_POSE_DIM:]
             new_state, new_resid, new_cost = cost_of(new_pose, new_shape)
