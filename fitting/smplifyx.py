@@ -84,6 +84,9 @@ SMPLIFYX_LBFGS_TOLERANCE_CHANGE = 1e-9
 SMPLIFYX_LBFGS_HISTORY = 100
 CAMERA_TORSO = ("OP RHip", "OP LHip", "OP RShoulder", "OP LShoulder")  # init_joints_idxs 9, 12, 2, 5 (OpenPose)
 DEPTH_EDGES = (("OP LShoulder", "OP LHip"), ("OP RShoulder", "OP RHip"))  # body_tri_idxs 5-12, 2-9
+# The fast start's extra torso pairs for its depth (when an edge above misses a keypoint): the diagonals, and
+# neck to mid-hip.
+START_EXTRA_EDGES = (("OP LShoulder", "OP RHip"), ("OP RShoulder", "OP LHip"), ("OP Neck", "OP MidHip"))
 SHOULDERS = ("OP LShoulder", "OP RShoulder")                               # left_/right_shoulder_idx 5, 2
 FLIP = (0.0, math.pi, 0.0)             # fit_single_frame: the second orientation, R(orient) R_y(π)
 Mode = Literal["fast", "reference"]
@@ -132,8 +135,8 @@ class SMPLifyXConfig:
     gtol: float = SMPLIFYX_GTOL
     # fast: Levenberg–Marquardt iterations of the camera stage and of each stage
     camera_iterations: int = 10
-    stage_iterations: tuple[int, ...] = (4, 4, 6, 8, 12)
-    damping: float = 1e-3                           # LM's λ at each stage's start (× diag H)
+    stage_iterations: tuple[int, ...] = (2, 2, 6, 16, 20)
+    damping: float = 0.1                            # LM's λ at each stage's start (× diag H; Nielsen's update)
 
     def validated(self) -> SMPLifyXConfig:
         if self.mode not in ("fast", "reference"):
@@ -499,8 +502,24 @@ class SMPLifyX:
         shape = torch.zeros(batch, model.num_betas + model.num_expression, dtype=dtype, device=device)
         with torch.no_grad():
             points = model.forward_full(full_pose, shape[:, :model.num_betas], shape[:, model.num_betas:]).points
-        pairs = tuple((WHOLEBODY_INDEX[a], WHOLEBODY_INDEX[b]) for a, b in DEPTH_EDGES)
-        return full_pose, shape, translation_from_torso(points, keypoints, focal, center, pairs)
+        pairs = tuple((WHOLEBODY_INDEX[a], WHOLEBODY_INDEX[b]) for a, b in DEPTH_EDGES + START_EXTRA_EDGES)
+        cam_t = translation_from_torso(points, keypoints, focal, center, pairs)
+        # no torso pair seen: depth from the extent of all the seen keypoints against the mean body's
+        seen = keypoints[..., 2] > 0
+        none = ~torch.stack([seen[:, a] & seen[:, b] for a, b in pairs], 1).any(1)
+        if bool(none.any()):
+            big = torch.finfo(dtype).max
+            extent2d = (torch.where(seen[..., None], keypoints[..., :2], -big).amax(1)
+                        - torch.where(seen[..., None], keypoints[..., :2], big).amin(1)).amax(-1)
+            extent3d = (torch.where(seen[..., None], points[..., :2], -big).amax(1)
+                        - torch.where(seen[..., None], points[..., :2], big).amin(1)).amax(-1)
+            depth = focal.prod(-1).sqrt() * extent3d / extent2d.clamp_min(1.0)
+            mean2d = (keypoints[..., :2] * seen[..., None]).sum(1) / seen.sum(1, keepdim=True).clamp_min(1)
+            mean3d = (points * seen[..., None]).sum(1) / seen.sum(1, keepdim=True).clamp_min(1)
+            xy = (mean2d - center) * depth[:, None] / focal - mean3d[:, :2]
+            fallback = torch.cat([xy, depth[:, None] - mean3d[:, 2:]], 1)
+            cam_t = torch.where(none[:, None] & (seen.sum(1) >= 2)[:, None], fallback, cam_t)
+        return full_pose, shape, cam_t
 
     def _lm_camera(self, full_pose, shape, cam_t, kp, center, focal):
         """Camera stage: global orientation and translation on the torso keypoints (masked where missing),
@@ -510,6 +529,8 @@ class SMPLifyX:
         subset = self._point_of[self._camera_torso]
         target = kp[:, self._camera_torso, :2]
         mask = (kp[:, self._camera_torso, 2] > 0).to(dtype) * c.data_weight                   # (B, 4)
+        # fewer than three torso keypoints leave the orientation undetermined: keep the start's
+        turn = ((mask > 0).sum(1) >= 3).to(dtype)
         depth0 = cam_t[:, 2].clone()
         lam = torch.full((batch,), 1e-3, dtype=dtype, device=device)
 
@@ -523,12 +544,12 @@ class SMPLifyX:
         for _ in range(c.camera_iterations):
             d_pose, _ = self.skeleton.jacobian(state)
             dproj = projection_jacobian(state.points + cam_t[:, None], focal) * mask[..., None, None]
-            jac = torch.cat([dproj @ d_pose[..., :3], dproj], -1).reshape(batch, -1, 6)
+            jac = torch.cat([dproj @ d_pose[..., :3] * turn[:, None, None, None], dproj], -1).reshape(batch, -1, 6)
             jd = torch.zeros(batch, 1, 6, dtype=dtype, device=device)
             jd[:, 0, 5] = c.depth_loss_weight
             jac = torch.cat([jac, jd], 1)
             res = torch.cat([r.reshape(batch, -1), d[:, None]], 1)
-            step = _lm_solve(jac.transpose(1, 2) @ jac, (jac.transpose(1, 2) @ res[..., None])[..., 0], lam)
+            step = _solve(jac.transpose(1, 2) @ jac, (jac.transpose(1, 2) @ res[..., None])[..., 0], lam)
             new_pose = full_pose.clone()
             new_pose[:, :3] = full_pose[:, :3] + step[:, :3]
             new_t = cam_t + step[:, 3:]
@@ -605,21 +626,30 @@ class SMPLifyX:
             return state, resid, terms["total"]
 
         state, resid, cost = cost_of(pose, shape)
+        nu = torch.full_like(lam, 2.0)
         for _ in range(iterations):
             hess, grad = self._normal_equations(state, resid, conf, pose, shape, cam_t, focal, stage, free)
             # solved in float64: the whole body's normal equations span ~10 decades (global orientation against
             # a fingertip), beyond a float32 Cholesky
-            step = _lm_solve(hess.double(), grad.double(), lam.double()).to(dtype)
+            hess, grad = hess.double(), grad.double()
+            step = _solve(hess, grad, lam.double())
+            # the model's predicted decrease: E(δ) ≈ E + 2 gᵀδ + δᵀHδ (g, H are ½∇E, ½∇²E)
+            predicted = -(2 * (grad * step).sum(-1) + (step[:, None] @ hess @ step[..., None])[:, 0, 0])
+            step = step.to(dtype)
             params = torch.cat([pose, shape], 1).index_add(1, free, step)
             new_pose, new_shape = params[:, :FULL_POSE_DIM], params[:, FULL_POSE_DIM:]
             new_state, new_resid, new_cost = cost_of(new_pose, new_shape)
             better = new_cost < cost
+            gain = ((cost - new_cost).double() / predicted.clamp_min(1e-30)).to(dtype)
             pose = torch.where(better[:, None], new_pose, pose)
             shape = torch.where(better[:, None], new_shape, shape)
             state = select_state(better, new_state, state)
             resid = torch.where(better[:, None, None], new_resid, resid)
             cost = torch.where(better, new_cost, cost)
-            lam = torch.where(better, lam / 3, lam * 5).clamp(1e-7, 1e7)
+            # Nielsen's damping update: shrink by how well the model predicted an accepted step, else grow
+            shrink = (1 - (2 * gain - 1).pow(3)).clamp_min(1 / 3)
+            lam = torch.where(better, lam * shrink, lam * nu).clamp(1e-7, 1e7)
+            nu = torch.where(better, torch.full_like(nu, 2.0), nu * 2)
         return pose, shape
 
     def _prior_normal_equations(self, pose: Tensor, shape: Tensor, stage: StageWeights) -> tuple[Tensor, Tensor]:
@@ -667,3 +697,12 @@ def _runs(indices: list[int]) -> list[slice]:
         else:
             runs.append(slice(i, i + 1))
     return runs
+
+
+def _solve(hess: Tensor, grad: Tensor, lam: Tensor) -> Tensor:
+    """`fitting.smplify`'s damped solve with a floor on the curvature: every direction gets at least 1e-6 of the
+    stiffest one's, so that a direction nothing observes (a torso with two keypoints missing leaves the camera's
+    orientation free about one axis) takes no step instead of an unbounded one."""
+    diag = torch.diagonal(hess, dim1=-2, dim2=-1)
+    floor = (1e-6 * diag.amax(-1, keepdim=True) - diag).clamp_min(0)
+    return _lm_solve(hess + torch.diag_embed(floor), grad, lam)

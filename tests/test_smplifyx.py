@@ -5,12 +5,12 @@ Synthetic SMPL-X files in the real layout with shaped hands and face (tests/whol
 bench/smplifyx_cases.py's (GMM body poses, curled hands, expressions N(0, 1)), seen by SMPLify-X's camera
 (f = 5000 px) in a 1000 px image.
 """
+import model_files
 import numpy as np
 import pytest
 import torch
 from wholebody_files import wholebody_smplx_arrays
 
-import model_files
 from bench.smplifyx_cases import People, fit_errors, synthetic_people
 from core.joints import SMPLIFY_IGNORED
 from core.wholebody import FACE_CONTOUR_NAMES, LEFT_HAND_NAMES, PUPIL_NAMES, wholebody_indices
@@ -90,16 +90,16 @@ def test_fast_mode_recovers_hands_and_face_from_clean_keypoints(model):
                                      flat, people.betas, people.expression * 0).points,
                                  objective=fit.objective, terms={}), people)
     for hand in ("left_hand_pa_mpjpe_mm", "right_hand_pa_mpjpe_mm"):
-        # measured: medians 9.9 / 5.7 mm (flat start 18-19 mm), worst 26 mm (a finger's depth flip)
+        # measured: medians 9.9 / 4.6 mm (flat start 18-19 mm), worst 25 mm (a finger's depth flip)
         assert errors[hand].median() < 0.7 * start[hand].median(), hand
         assert errors[hand].median() < 13.0, hand
-    # measured: 0.3-3.3 px (start 3.1-6.4 px)
+    # measured: 0.3-3.0 px (start 3.1-6.4 px)
     assert errors["face_reprojection_px"].max() < 4.0
     assert errors["face_reprojection_px"].median() < 0.5 * start["face_reprojection_px"].median()
-    # the fits explain the keypoints about as well as the truth: measured 0.9-3.6x its objective
+    # the fits explain the keypoints about as well as the truth: measured 0.87-1.68x its objective, one 5.4x
     truth = SMPLifyX(model).evaluate(people.full_pose, people.betas, people.expression, people.cam_t,
                                      people.keypoints, people.center, focal_length=people.focal)["total"]
-    assert (fit.objective < 1.5 * truth).sum() >= 5
+    assert (fit.objective < 1.8 * truth).sum() >= 6
 
 
 def test_reference_lowers_the_objective_stage_by_stage(model):
