@@ -66,7 +66,7 @@ from fitting.priors import (
     load_gmm,
 )
 from fitting.skeleton import compose_axis_angle, select_state
-from fitting.smplify import _lm_solve, gmof
+from fitting.smplify import gmof
 from fitting.wholebody_model import BODY_POSE_DIM, FULL_POSE_DIM, HAND_POSE_DIM, POSE_SLICES, WholeBodyModel
 
 # --- SMPLify-X's numbers (vchoutas/smplify-x, cfg_files/fit_smplx.yaml at 12467e9, smplifyx/*.py) ---------------
@@ -604,8 +604,8 @@ class SMPLifyX:
         w = (conf[..., None] * rho2**2 / (rho2 + resid.square()).square()).reshape(batch, -1)  # IRLS
         hess = jac.transpose(1, 2) @ (w[..., None] * jac)
         grad = (jac.transpose(1, 2) @ (w * resid.reshape(batch, -1))[..., None])[..., 0]
-        prior_h, prior_g = self._prior_normal_equations(pose, shape, stage)
-        return hess + prior_h[:, free][:, :, free], grad + prior_g[:, free]
+        prior_h, prior_g = self._prior_normal_equations(pose, shape, stage, free)
+        return hess + prior_h, grad + prior_g
 
     def _lm_stage(self, pose, shape, cam_t, kp, center, focal, stage: StageWeights, iterations: int):
         """One SMPLify-X stage by LM on its free parameters (`normal_equations`); a step is kept where it lowers
@@ -629,18 +629,14 @@ class SMPLifyX:
         nu = torch.full_like(lam, 2.0)
         for _ in range(iterations):
             hess, grad = self._normal_equations(state, resid, conf, pose, shape, cam_t, focal, stage, free)
-            # solved in float64: the whole body's normal equations span ~10 decades (global orientation against
-            # a fingertip), beyond a float32 Cholesky
-            hess, grad = hess.double(), grad.double()
-            step = _solve(hess, grad, lam.double())
+            step = _solve(hess, grad, lam)
             # the model's predicted decrease: E(δ) ≈ E + 2 gᵀδ + δᵀHδ (g, H are ½∇E, ½∇²E)
             predicted = -(2 * (grad * step).sum(-1) + (step[:, None] @ hess @ step[..., None])[:, 0, 0])
-            step = step.to(dtype)
             params = torch.cat([pose, shape], 1).index_add(1, free, step)
             new_pose, new_shape = params[:, :FULL_POSE_DIM], params[:, FULL_POSE_DIM:]
             new_state, new_resid, new_cost = cost_of(new_pose, new_shape)
             better = new_cost < cost
-            gain = ((cost - new_cost).double() / predicted.clamp_min(1e-30)).to(dtype)
+            gain = (cost - new_cost) / predicted.clamp_min(1e-30)
             pose = torch.where(better[:, None], new_pose, pose)
             shape = torch.where(better[:, None], new_shape, shape)
             state = select_state(better, new_state, state)
@@ -652,39 +648,48 @@ class SMPLifyX:
             nu = torch.where(better, torch.full_like(nu, 2.0), nu * 2)
         return pose, shape
 
-    def _prior_normal_equations(self, pose: Tensor, shape: Tensor, stage: StageWeights) -> tuple[Tensor, Tensor]:
-        """The priors' ½-Hessian (B, N, N) and ½-gradient (B, N) over [full pose, betas, expression]."""
+    def _prior_normal_equations(self, pose: Tensor, shape: Tensor, stage: StageWeights,
+                                free: Tensor) -> tuple[Tensor, Tensor]:
+        """The priors' ½-Hessian (B, F, F) and ½-gradient (B, F) over the parameters `free` (indices into [full
+        pose, betas, expression]); a prior's block enters where its parameters are free (all or none of them)."""
         batch, dtype, device = pose.shape[0], pose.dtype, pose.device
         nb, ne = self.model.num_betas, self.model.num_expression
-        size = FULL_POSE_DIM + nb + ne
-        hess = torch.zeros(batch, size, size, dtype=dtype, device=device)
-        grad = torch.zeros(batch, size, dtype=dtype, device=device)
+        params = torch.cat([pose, shape], 1)
+        position = torch.full((params.shape[1],), -1, dtype=torch.long)
+        position[free.cpu()] = torch.arange(len(free))
+        hess = torch.zeros(batch, len(free), len(free), dtype=dtype, device=device)
+        grad = torch.zeros(batch, len(free), dtype=dtype, device=device)
+
+        def where(part: slice) -> slice | None:
+            first = int(position[part.start])
+            return None if first < 0 else slice(first, first + part.stop - part.start)
 
         def add(part: slice, term: PoseTerm, weight2: float):
-            h, g = term.normal_equations(pose[:, part])
-            hess[:, part, part] += weight2 * h
-            grad[:, part] += weight2 * g
+            at = where(part)
+            if at is not None:
+                h, g = term.normal_equations(params[:, part])
+                hess[:, at, at] += weight2 * h
+                grad[:, at] += weight2 * g
+
+        def add_diagonal(part: slice, weight2: Tensor | float):
+            at = where(part)
+            if at is not None:
+                hess.diagonal(dim1=-2, dim2=-1)[:, at] += weight2
+                grad[:, at] += weight2 * params[:, part]
 
         add(POSE_SLICES["body_pose"], self.body_prior, stage.body_pose**2)
         add(POSE_SLICES["left_hand_pose"], self.hand_prior, stage.hand_pose**2)
         add(POSE_SLICES["right_hand_pose"], self.hand_prior, stage.hand_pose**2)
-        # bending prior: residuals sqrt(3.17 w) exp(s θ)
+        add_diagonal(POSE_SLICES["jaw_pose"], torch.as_tensor(stage.jaw_pose, dtype=dtype, device=device).square())
+        add_diagonal(slice(FULL_POSE_DIM, FULL_POSE_DIM + nb), stage.shape**2)
+        add_diagonal(slice(FULL_POSE_DIM + nb, FULL_POSE_DIM + nb + ne), stage.expression**2)
+        # bending prior: residuals sqrt(3.17 w) exp(s θ), on body-pose values (always free)
         bend = SMPLIFYX_BENDING_FACTOR * stage.body_pose
         e = torch.exp(pose[:, self._angle_idx] * self._angle_sign.to(dtype))
         de = self._angle_sign.to(dtype) * e
-        hess[:, self._angle_idx, self._angle_idx] += bend * de.square()
-        grad[:, self._angle_idx] += bend * e * de
-        jaw = POSE_SLICES["jaw_pose"]
-        jaw_w2 = torch.as_tensor(stage.jaw_pose, dtype=dtype, device=device).square()
-        idx = torch.arange(jaw.start, jaw.stop, device=device)
-        hess[:, idx, idx] += jaw_w2
-        grad[:, idx] += jaw_w2 * pose[:, jaw]
-        betas_idx = FULL_POSE_DIM + torch.arange(nb, device=device)
-        expr_idx = FULL_POSE_DIM + nb + torch.arange(ne, device=device)
-        hess[:, betas_idx, betas_idx] += stage.shape**2
-        grad[:, betas_idx] += stage.shape**2 * shape[:, :nb]
-        hess[:, expr_idx, expr_idx] += stage.expression**2
-        grad[:, expr_idx] += stage.expression**2 * shape[:, nb:]
+        at = position[self._angle_idx.cpu()].to(device)
+        hess[:, at, at] += bend * de.square()
+        grad[:, at] += bend * e * de
         return hess, grad
 
 
@@ -700,9 +705,19 @@ def _runs(indices: list[int]) -> list[slice]:
 
 
 def _solve(hess: Tensor, grad: Tensor, lam: Tensor) -> Tensor:
-    """`fitting.smplify`'s damped solve with a floor on the curvature: every direction gets at least 1e-6 of the
-    stiffest one's, so that a direction nothing observes (a torso with two keypoints missing leaves the camera's
-    orientation free about one axis) takes no step instead of an unbounded one."""
+    """Marquardt's damped step, (H + λ diag H) δ = −g per example, solved on the Jacobi-scaled system
+    (unit diagonal: the whole body's normal equations span ~10 decades, from the global orientation to a
+    fingertip, which a float32 Cholesky of H itself does not survive). Each direction's curvature is at least
+    1e-6 of the stiffest one's, so that a direction nothing observes takes no step instead of an unbounded one."""
     diag = torch.diagonal(hess, dim1=-2, dim2=-1)
-    floor = (1e-6 * diag.amax(-1, keepdim=True) - diag).clamp_min(0)
-    return _lm_solve(hess + torch.diag_embed(floor), grad, lam)
+    diag = torch.maximum(diag, 1e-6 * diag.amax(-1, keepdim=True)).clamp_min(1e-12)
+    scale = diag.rsqrt()                                                     # (B, F)
+    scaled = hess * scale[:, :, None] * scale[:, None, :]
+    scaled.diagonal(dim1=-2, dim2=-1).copy_(1.0 + lam[:, None])             # diag(H) / diag(H) + λ
+    rhs = (grad * scale)[..., None]
+    chol, info = torch.linalg.cholesky_ex(scaled)
+    step = torch.cholesky_solve(rhs, chol)[..., 0]
+    if bool((info > 0).any()):  # numerically indefinite (should not happen): LU for those
+        bad = info > 0
+        step[bad] = torch.linalg.solve(scaled[bad], rhs[bad])[..., 0]
+    return -step * scale
