@@ -16,7 +16,7 @@ reference on the same inputs), as reusable functions.
 
 `fit_errors(model, fit, truth)`: body PA-MPJPE on the 14 LSP joints (mm), each hand's PA-MPJPE after moving it to
 its wrist (mm; 21 points: wrist, finger joints, tips), and face landmark reprojection against the noise-free
-projections (px). Deterministic for a seed; the first k people of a larger draw are the people of a draw of k.
+projections (px). Deterministic for a seed and a count (a draw of k people is not the first k of a larger draw).
 """
 from __future__ import annotations
 
