@@ -149,7 +149,9 @@ def timed_fit(smplifyx: SMPLifyX, people: People, batch: int) -> tuple[SMPLifyXR
     fields = ("full_pose", "betas", "expression", "cam_t", "points", "objective")
     merged = {k: torch.cat([getattr(p, k) for p in pieces]) for k in fields}
     terms = {k: torch.cat([p.terms[k] for p in pieces]) for k in pieces[0].terms}
-    return SMPLifyXResult(terms=terms, **merged), seconds
+    extras = {k: torch.cat([p.extras[k] for p in pieces]) for k, v in pieces[0].extras.items()
+              if isinstance(v, Tensor) and v.dim() > 0}
+    return SMPLifyXResult(terms=terms, extras=extras, **merged), seconds
 
 
 def summary(errors: dict[str, Tensor], objective: Tensor, seconds: float, count: int) -> dict[str, float]:
