@@ -36,8 +36,11 @@ Deviations of both modes from SMPLify-X as written, named: the start is fitloop'
 π about x, the camera-frame convention of every fitloop fit, body pose 0: VPoser's mean) instead of a zero
 global orientation; missing torso keypoints are masked in the camera stage (SMPLify-X would pull the torso to
 (0, 0)); the ignored body joints are SPIN's `core.joints.SMPLIFY_IGNORED` (SMPLify-X's OpenPose neck and hips, and
-the dataset hips the whole-body layout also has); the body prior is the GMM until the VAE prior exists; hand
-poses are full axis-angle (SMPLify-X's released config fits 12 PCA components).
+the dataset hips the whole-body layout also has); the body prior is the GMM until the VAE prior exists, shifted by
+a constant (`MixtureTerm`); hand poses are full axis-angle (SMPLify-X's released config fits 12 PCA components).
+Reference only: an L-BFGS step whose line search breaks down (NaN parameters) is undone and ends its stage.
+Fast only: the start's translation is by similar triangles over more torso pairs; the camera stage keeps the
+start's orientation when fewer than three torso keypoints are seen (two leave a rotation free).
 
 Conventions: keypoints (B, 161, 3) px of the image the camera describes + confidence, whole-body layout;
 camera_center (B, 2) px; focal (B,) or (B, 2) px per example or the config's; results: full_pose (B, 165)
@@ -66,7 +69,7 @@ from fitting.priors import (
     load_gmm,
 )
 from fitting.skeleton import compose_axis_angle, select_state
-from fitting.smplify import gmof
+from fitting.smplify import focal_per_example, gmof
 from fitting.wholebody_model import BODY_POSE_DIM, FULL_POSE_DIM, HAND_POSE_DIM, POSE_SLICES, WholeBodyModel
 
 # --- SMPLify-X's numbers (vchoutas/smplify-x, cfg_files/fit_smplx.yaml at 12467e9, smplifyx/*.py) ---------------
@@ -229,7 +232,9 @@ def edge_depth(points: Tensor, keypoints: Tensor, focal: Tensor) -> tuple[Tensor
 class SMPLifyXResult:
     """A batch of whole-body fits (shapes in the module docstring). ``objective`` (B,) is the last stage's
     objective of the fit on the full model, ``terms`` its parts (B,) each; ``points`` (B, 161, 3) the model-frame
-    whole-body points (add cam_t for the camera frame)."""
+    whole-body points (add cam_t for the camera frame). extras: ``turned_tried`` (B,) the second orientation was
+    fitted; fast: ``turned_around`` (B,) it was kept, ``iterations``; reference: ``function_evaluations`` (B,),
+    ``stage_losses`` (B, 5, 2) each stage's objective at its start and end, ``nonfinite_steps`` (B,)."""
 
     full_pose: Tensor
     betas: Tensor
@@ -263,12 +268,11 @@ class SMPLifyX:
         self._camera_torso = torch.as_tensor(wholebody_indices(CAMERA_TORSO), device=device)
         self._angle_idx = torch.as_tensor(ANGLE_PRIOR_INDICES, device=device) + POSE_SLICES["body_pose"].start
         self._angle_sign = torch.as_tensor(ANGLE_PRIOR_SIGNS, dtype=dtype, device=device)
-        if self.config.mode == "fast":
-            self.skeleton, targets = model.skeleton()
-            # skeleton point -> whole-body index, and whole-body index -> skeleton point (-1: not provided)
-            self._targets = targets
-            self._point_of = torch.full((NUM_WHOLEBODY,), -1, dtype=torch.long, device=device)
-            self._point_of[targets] = torch.arange(len(targets), device=device)
+        # the exact skeleton (the fast mode's evaluation; `normal_equations` in either mode), its points'
+        # whole-body indices, and for each whole-body index its skeleton point (-1: not provided)
+        self.skeleton, self._targets = model.skeleton()
+        self._point_of = torch.full((NUM_WHOLEBODY,), -1, dtype=torch.long, device=device)
+        self._point_of[self._targets] = torch.arange(len(self._targets), device=device)
 
     # -- the objective (both modes) ------------------------------------------------------------------------
     def point_weights(self, stage: StageWeights) -> Tensor:
@@ -332,16 +336,7 @@ class SMPLifyX:
 
     # -- shared pieces -------------------------------------------------------------------------------------
     def _focal(self, focal_length: Tensor | None, keypoints: Tensor) -> Tensor:
-        batch = keypoints.shape[0]
-        if focal_length is None:
-            return torch.full((batch, 2), self.config.focal_length, dtype=keypoints.dtype, device=keypoints.device)
-        focal = torch.as_tensor(focal_length, dtype=keypoints.dtype, device=keypoints.device).detach().clone()
-        if focal.shape == (batch,):
-            focal = focal[:, None].expand(batch, 2).clone()
-        if focal.shape != (batch, 2) or not bool((focal > 0).all()):
-            raise ValueError(f"focal_length must be positive, of shape ({batch},) or ({batch}, 2); got "
-                             f"{tuple(focal.shape)}")
-        return focal
+        return focal_per_example(focal_length, keypoints, self.config.focal_length)
 
     def _side_view(self, keypoints: Tensor) -> Tensor:
         """(B,) bool: the 2D shoulders closer than the side-view threshold (SMPLify-X then also fits the body
