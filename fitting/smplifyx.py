@@ -353,11 +353,8 @@ class SMPLifyX:
 
     # -- reference: SMPLify-X's L-BFGS stages, one person at a time ------------------------------------------
     def _fit_reference(self, keypoints: Tensor, center: Tensor, focal: Tensor) -> SMPLifyXResult:
-        fits = []
-        for b in range(keypoints.shape[0]):
-            self.nonfinite_steps = 0
-            fits.append(self._fit_one_reference(keypoints[b:b + 1], center[b:b + 1], focal[b:b + 1])
-                        + (self.nonfinite_steps,))
+        fits = [self._fit_one_reference(keypoints[b:b + 1], center[b:b + 1], focal[b:b + 1])
+                for b in range(keypoints.shape[0])]
         full_pose, betas, expression, cam_t = (torch.cat([f[k] for f in fits]) for k in range(4))
         return self._result(full_pose, betas, expression, cam_t, keypoints, center, focal,
                             function_evaluations=torch.as_tensor([f[4] for f in fits]),
@@ -393,7 +390,7 @@ class SMPLifyX:
             return (c.data_weight**2 * (mask * err).sum()
                     + c.depth_loss_weight**2 * (cam_t[:, 2] - init_t[:, 2]).square().sum())
 
-        self._run_lbfgs([cam_t, orient], camera_loss)
+        broken = int(self._run_lbfgs([cam_t, orient], camera_loss)[2])
         cam_t = cam_t.detach()
         orientations = [orient.detach()]
         turned = bool(self._side_view(keypoints)[0])
@@ -418,7 +415,8 @@ class SMPLifyX:
                     return self.objective(pts, cam_t, center, focal, keypoints, pose, p["betas"],
                                           p["expression"], stage)["total"].sum()
 
-                loss_value, first = self._run_lbfgs(list(params.values()), closure)
+                loss_value, first, broke = self._run_lbfgs(list(params.values()), closure)
+                broken += int(broke)
                 with torch.no_grad():
                     stage_losses.append((first, float(closure())))
             if best is None or loss_value < best[0]:
@@ -426,13 +424,14 @@ class SMPLifyX:
         p = best[1]
         pose = model.full_pose(p["global_orient"], p["body_pose"], p["left_hand_pose"], p["right_hand_pose"],
                                p["jaw_pose"], p["leye_pose"], p["reye_pose"])
-        return pose, p["betas"], p["expression"], cam_t, evaluations[0], turned, best[2]
+        return pose, p["betas"], p["expression"], cam_t, evaluations[0], turned, best[2], broken
 
-    def _run_lbfgs(self, params: list[Tensor], loss_fn) -> tuple[float, float]:
+    def _run_lbfgs(self, params: list[Tensor], loss_fn) -> tuple[float, float, bool]:
         """SMPLify-X's FittingMonitor.run_fitting with its L-BFGS: up to `maxiters` steps of a strong-Wolfe
         L-BFGS of `maxiters` iterations each, ended by ftol (relative loss change) or gtol (every gradient's
         largest entry, as SMPLify-X tests it: abs of the max). Returns the loss run_fitting returns (the one the
-        last step started from: what SMPLify-X compares orientations by) and the loss at the start."""
+        last step started from: what SMPLify-X compares orientations by), the loss at the start, and whether a
+        step's line search broke down (NaN; that step is undone and the run ends)."""
         c = self.config
         optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=c.maxiters, line_search_fn="strong_wolfe",
                                       tolerance_grad=SMPLIFYX_LBFGS_TOLERANCE_GRAD,
@@ -445,7 +444,7 @@ class SMPLifyX:
             loss.backward()
             return loss
 
-        previous, first = None, None
+        previous, first, broke = None, None, False
         for n in range(c.maxiters):
             saved = [p.detach().clone() for p in params]
             loss = float(optimizer.step(closure).detach())
@@ -454,7 +453,7 @@ class SMPLifyX:
                 with torch.no_grad():  # a line search that broke down (NaN): back to the step's start, stop
                     for p, value in zip(params, saved):
                         p.copy_(value)
-                self.nonfinite_steps += 1
+                broke = True
                 break
             if (n > 0 and previous is not None and c.ftol > 0
                     and (previous - loss) / max(abs(previous), abs(loss), 1.0) <= c.ftol):
@@ -462,7 +461,7 @@ class SMPLifyX:
             if all(abs(float(p.grad.max())) < c.gtol for p in params if p.grad is not None):
                 break
             previous = loss
-        return (previous if previous is not None else loss), first
+        return (previous if previous is not None else loss), first, broke
 
     # -- fast: batched Levenberg–Marquardt on the skeleton -------------------------------------------------
     def _fit_fast(self, keypoints: Tensor, center: Tensor, focal: Tensor) -> SMPLifyXResult:
