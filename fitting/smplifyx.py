@@ -375,8 +375,8 @@ class SMPLifyX:
         with torch.no_grad():
             points = model.forward_full(full_pose, betas, expression).points
         depth, seen = edge_depth(points, keypoints, focal)
-        depth = depth[0] if bool(seen[0]) else torch.as_tensor(2 * c.focal_length / c.image_height, dtype=dtype)
-        init_t = torch.stack([torch.zeros((), dtype=dtype), torch.zeros((), dtype=dtype), depth.to(dtype)])[None]
+        init_t = torch.zeros(1, 3, dtype=dtype, device=device)
+        init_t[0, 2] = depth[0] if bool(seen[0]) else 2 * c.focal_length / c.image_height
         # camera stage: translation and global orientation on the torso, plus the depth anchor
         cam_t = init_t.clone().requires_grad_(True)
         orient = full_pose[:, :3].clone().requires_grad_(True)
