@@ -205,13 +205,14 @@ class MixtureTerm:
         return 0.5 * prec, 0.5 * (prec @ diff[..., None])[..., 0]
 
 
-def body_gmm_term(path=DEFAULT_PRIOR, dtype: torch.dtype = torch.float32) -> MixtureTerm:
+def body_gmm_term(path=DEFAULT_PRIOR, dtype: torch.dtype = torch.float32,
+                  device: str | torch.device = "cpu") -> MixtureTerm:
     """The GMM pose prior over SMPL-X's 21 body joints: the marginal of a 23-joint SMPL mixture (`load_gmm`) over
     its first 63 values (SMPL's two hand joints dropped: marginal means and covariances)."""
     gmm = load_gmm(path)
     marginal = GaussianMixture(means=gmm.means[:, :BODY_POSE_DIM], covars=gmm.covars[:, :BODY_POSE_DIM, :BODY_POSE_DIM],
                                weights=gmm.weights, metadata={**gmm.metadata, "marginal": "21 body joints"})
-    return MixtureTerm(MaxMixturePrior(marginal, dtype=dtype))
+    return MixtureTerm(MaxMixturePrior(marginal, dtype=dtype).to(device))
 
 
 def edge_depth(points: Tensor, keypoints: Tensor, focal: Tensor) -> tuple[Tensor, Tensor]:
@@ -253,7 +254,8 @@ class SMPLifyX:
                  hand_prior: PoseTerm | None = None, config: SMPLifyXConfig = SMPLifyXConfig()):
         self.model, self.config = model, config.validated()
         dtype = model.rows.dtype
-        self.body_prior = body_prior if body_prior is not None else body_gmm_term(dtype=dtype)
+        self.body_prior = (body_prior if body_prior is not None
+                           else body_gmm_term(dtype=dtype, device=model.rows.device))
         self.hand_prior = hand_prior if hand_prior is not None else L2Term(HAND_POSE_DIM)
         if self.body_prior.dim != BODY_POSE_DIM or self.hand_prior.dim != HAND_POSE_DIM:
             raise ValueError(f"the body prior must be over {BODY_POSE_DIM} values and the hand prior over "
