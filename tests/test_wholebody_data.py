@@ -379,7 +379,16 @@ def test_old_format_samples_still_read_and_a_tampered_wholebody_fails_verify(sha
     assert problems == ["wholebody_crop.npy is 0.5 px off wholebody_2d.npy through image_to_crop"]
 
 
-def test_pictures_draw_hands_and_face_in_their_colours(shard_sets, tmp_path):
+def test_show_tells_the_whole_body_parts(shard_sets, capsys):
+    assert main(["shards", "show", str(shard_sets["openpose"]), "openpose/frame_0001_p0"]) == 0
+    assert ("whole-body keypoints: 136 of 161 present (body 25/49, left hand 20/21, right hand 21/21, face 70/70)"
+            in capsys.readouterr().out)
+    assert main(["shards", "show", str(shard_sets["coco"]), "coco/000000000001_a101", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["wholebody_crop"] is None and shown["meta"]["has_wholebody"] is False
+
+
+def test_pictures_draw_hands_and_face_in_their_colours(shard_sets):
     sample = find_samples(shard_sets["openpose"], ["openpose/frame_0001_p0"])[0]
     size = 640
     picture, _ = render_panel(sample, None, None, size)
