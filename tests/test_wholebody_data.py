@@ -4,10 +4,8 @@ and flips them, old shards still read, pictures draw hands and face, and bad fil
 """
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -220,7 +218,7 @@ def test_openpose_records_keep_detector_confidences_and_bad_input_is_rejected(op
     at = part_positions(1)
     assert isinstance(full, PersonRecord) and full.key == "openpose/frame_0001_p0"
     assert full.image_path == "images/frame_0001.png" and full.image_size == IMAGE_SIZE
-    for field, names in OPENPOSE_JSON_FIELDS.items():
+    for names in OPENPOSE_JSON_FIELDS.values():
         for name in names:
             if name != "left_pinky":
                 np.testing.assert_allclose(full.wholebody[WHOLEBODY_INDEX[name], :2], at[name], atol=1e-3)
@@ -287,6 +285,9 @@ def test_preprocess_counts_reconcile_and_sets_verify(shard_sets):
     assert cwb["rejects_by_reason"] == {"keypoints_out_of_image": 1, "malformed_annotation": 2, "nan_keypoints": 1}
     op = json.loads((shard_sets["openpose"] / "manifest.json").read_text())
     assert op["counts"] == {"read": 4, "written": 2, "rejected": 2}
+    assert (cwb["has_wholebody"], op["has_wholebody"]) == (1, 2)
+    coco = json.loads((shard_sets["coco"] / "manifest.json").read_text())
+    assert coco["has_wholebody"] == 0 and coco["counts"]["written"] == 5  # plain COCO reads the bodies only
     for shard_dir in shard_sets.values():
         report = verify_set(shard_dir)
         assert report.ok, report.problems
@@ -397,8 +398,8 @@ def test_pictures_draw_hands_and_face_in_their_colours(shard_sets):
     scaled = scale_keypoints(sample.wholebody_crop, res, size)
     for names, colour in ((LEFT_HAND_NAMES[1:], HAND_COLOURS["left"]), (RIGHT_HAND_NAMES[1:], HAND_COLOURS["right"]),
                           (FACE_NAMES, FACE_COLOUR)):
-        hits = [tuple(pixels[int(round(scaled[WHOLEBODY_INDEX[n], 1])), int(round(scaled[WHOLEBODY_INDEX[n], 0]))])
-                == colour for n in names if scaled[WHOLEBODY_INDEX[n], 2] > 0]
+        at = np.rint(scaled[[WHOLEBODY_INDEX[n] for n in names]]).astype(int)
+        hits = [tuple(pixels[y, x]) == colour for x, y, c in at if c > 0]
         # a point drawn later (another part, the body) may cover a few; most show their part's colour
         assert sum(hits) >= 0.6 * len(hits), (colour, sum(hits), len(hits))
     body_only = find_samples(shard_sets["openpose"], ["openpose/frame_0001_p1"])[0]

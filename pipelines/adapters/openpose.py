@@ -107,9 +107,9 @@ class OpenPoseAdapter:
         json_dir = resolve_under(root, config.json_dir) or base / "keypoints"
         image_dir = resolve_under(root, config.image_dir) or json_dir.parent / "images"
         if not json_dir.is_dir():
-            raise DatasetError(f"OpenPose keypoint folder {json_dir} does not exist (split {split}: "
-                               f"{root}/{split}/keypoints{', or ' + str(root / 'keypoints') if split == 'train' else ''}"
-                               f"); pass json_dir")
+            flat = f" (train: or {root / 'keypoints'} and {root / 'images'})" if split == "train" else ""
+            raise DatasetError(f"OpenPose keypoint folder {json_dir} does not exist; split {split} reads "
+                               f"{root / split / 'keypoints'} and {root / split / 'images'}{flat}, or pass json_dir")
         if not image_dir.is_dir():
             raise DatasetError(f"OpenPose image folder {image_dir} does not exist; pass image_dir")
         return json_dir, image_dir
