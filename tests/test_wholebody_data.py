@@ -110,6 +110,7 @@ def coco_wb_root(tmp_path_factory) -> Path:
     outside["lefthand_kpts"][3 * LEFT_HAND_NAMES.index("left_ring3") + 1] = 400.0  # below the 240 px image
     plain = {k: v for k, v in coco_wholebody_annotation(105, 5, at).items() if k != "face_kpts"}  # plain COCO
     annotations = [good, short, nan, outside, plain]
+    assert {f: len(good[f]) for f in COCO_WHOLEBODY_LENGTHS} == COCO_WHOLEBODY_LENGTHS  # the released layout
     images = [{"id": a["image_id"], "file_name": f"{a['image_id']:012d}.jpg", "width": IMAGE_SIZE[0],
                "height": IMAGE_SIZE[1]} for a in annotations]
     for image in images:
@@ -147,6 +148,7 @@ def openpose_root(tmp_path_factory) -> Path:
     write_image(root / "images" / "frame_0002.png", at)
     (root / "keypoints").mkdir()
     coco18 = openpose_person(at) | {"pose_keypoints_2d": [1.0] * 54}  # OpenPose's 18-point COCO model
+    assert {f: len(openpose_person(at)[f]) for f in OPENPOSE_LENGTHS} == OPENPOSE_LENGTHS  # OpenPose's layout
     (root / "keypoints" / "frame_0001_keypoints.json").write_text(json.dumps(
         {"version": 1.3, "people": [openpose_person(at), openpose_person(at, hands=False), coco18]}))
     (root / "keypoints" / "frame_0002_keypoints.json").write_text('{"version": 1.3, "people": [')  # cut short
@@ -196,6 +198,17 @@ def test_coco_wholebody_bad_records_are_rejects_naming_record_and_reason(coco_wb
     assert outside.reason == "keypoints_out_of_image" and "whole-body left_ring3" in outside.message
     assert plain.reason == "malformed_annotation" and "face_kpts" in plain.message
     assert all(r.source == "annotations/coco_wholebody_val_v1.0.json" for r in (short, nan, plain))
+
+
+def test_out_of_image_whole_body_points_follow_the_policy(coco_wb_root):
+    kept = {o.key: o for o in iter_dataset("coco_wholebody", coco_wb_root, "val", out_of_image="drop_joint")}
+    dropped = kept["coco_wholebody/000000000004_a104"]
+    assert isinstance(dropped, PersonRecord)
+    assert (dropped.wholebody[WHOLEBODY_INDEX["left_ring3"]] == 0).all()
+    assert dropped.extra["dropped_out_of_image_wholebody"] == ["left_ring3"]
+    assert (dropped.wholebody[:, 2] > 0).sum() == 17 + 6 + 68 + 20 - 1
+    kept = {o.key: o for o in iter_dataset("coco_wholebody", coco_wb_root, "val", out_of_image="keep")}
+    assert kept["coco_wholebody/000000000004_a104"].wholebody[WHOLEBODY_INDEX["left_ring3"], 1] == 400.0
 
 
 def test_coco_wholebody_occluded_body_and_feet_follow_coco_v(coco_wb_root):
