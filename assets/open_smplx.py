@@ -31,9 +31,9 @@ import contextlib
 import dataclasses
 import gzip
 import io
+import itertools
 import json
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -53,19 +53,19 @@ from assets.open_model import (
     OpenModelConfig,
     anny_cache,
     apply_pose,
+    build_log,
     crown_row,
-    derive_rows,
-    fit_joint_regressor,
-    fit_keypoint_rows,
-    fit_posed_joint_rows,
+    fit_joint_rows,
     fit_shape_space,
     point_errors_mm,
     reconstruct,
+    regress,
     remesh,
     remesh_matrix,
     rotation_between,
     sample_phenotypes,
     save_npz,
+    small_base_rows,
     smpl_segment,
     split_quads,
     summary_mm,
@@ -130,7 +130,7 @@ FARKAS_MM = {"intercanthal (en-en)": 32.0, "biocular (ex-ex)": 89.0, "eye fissur
 class OpenSmplxConfig:
     """What determines the built files beyond `OpenModelConfig` (saved in each file's metadata)."""
 
-    body: OpenModelConfig = OpenModelConfig()
+    body: OpenModelConfig = dataclasses.field(default_factory=OpenModelConfig)
     expression_samples: int = EXPRESSION_SAMPLES
     expression_active: float = EXPRESSION_ACTIVE
     target_support: float = TARGET_SUPPORT
@@ -189,7 +189,7 @@ def finger_rotations(directions: np.ndarray, labels: list[str]) -> dict[int, np.
     for s in _SIDES.values():
         for k in range(1, 6):
             chain = ([] if k == 1 else [f"metacarpal{k - 1}.{s}"]) + [f"finger{k}-{i}.{s}" for i in (1, 2, 3)]
-            for parent, child in zip(chain, chain[1:]):
+            for parent, child in itertools.pairwise(chain):
                 rot[index[child]] = rotation_between(direction(child), direction(parent))
     return rot
 
@@ -583,20 +583,13 @@ def variant_arrays(name: str, cfg: OpenSmplxConfig, bodies: WholeBodies, vertice
     body = cfg.body
     n_train = int(round(len(vertices) * (1.0 - body.test_fraction)))
     weights55 = segment_weights55(bone_weights, bodies.bone_labels, jaw_weights)
-    j_regressor = fit_joint_regressor(vertices[:n_train], bodies.joints[:n_train], weights55, body.joint_radius_m,
-                                      parents=SMPLX_PARENTS)
-    posed_rows, posed_errors = fit_posed_joint_rows(template, shapedirs, j_regressor, weights55, body,
-                                                    parents=SMPLX_PARENTS, names=SMPLX_JOINT_NAMES)
+    j_regressor, rows, posed_errors = fit_joint_rows(vertices[:n_train], bodies.joints[:n_train], template,
+                                                     shapedirs, weights55, base_rows, body, parents=SMPLX_PARENTS,
+                                                     names=SMPLX_JOINT_NAMES)
     log(f"{name}: joint regressors fitted")
-    rows = derive_rows({**base_rows, **{f"joint:{j}": r for j, r in zip(SMPLX_JOINT_NAMES, posed_rows)}})
-    keypoints = np.stack([rows[k] for k in KEYPOINT_NAMES])
-    test_v, test_j = vertices[n_train:], bodies.joints[n_train:]
-    recon = reconstruct(test_v, template, shapedirs)
-
-    def regress(r: np.ndarray, v: np.ndarray) -> np.ndarray:
-        return np.einsum("kv,nvd->nkd", r, v, optimize=True)
-
-    j_errors = point_errors_mm(regress(j_regressor, test_v), test_j, SMPLX_JOINT_NAMES)
+    test_j = bodies.joints[n_train:]
+    j_errors = point_errors_mm(regress(j_regressor, vertices[n_train:]), test_j, SMPLX_JOINT_NAMES)
+    recon = reconstruct(vertices[n_train:], template, shapedirs)
     lmk_faces, lmk_bary = surface_points(landmark_points, template, faces)
     on_surface = np.linalg.norm(landmark_positions(template, faces, lmk_faces, lmk_bary) - landmark_points, axis=-1)
     if name == "full":
@@ -646,7 +639,7 @@ def variant_arrays(name: str, cfg: OpenSmplxConfig, bodies: WholeBodies, vertice
         "hands_meanr": np.zeros(HAND_POSE_DIM, dtype=np.float32),
         "lmk_faces_idx": lmk_faces.astype(np.int64), "lmk_bary_coords": lmk_bary.astype(np.float32),
         "keypoint_names": np.asarray(KEYPOINT_NAMES, dtype=np.str_),
-        "keypoint_regressor": keypoints.astype(np.float32),
+        "keypoint_regressor": np.stack([rows[k] for k in KEYPOINT_NAMES]).astype(np.float32),
         "h36m_regressor": np.stack([rows[k] for k in H36M_ROWS]).astype(np.float32),
         "vertex_ids_names": np.asarray(list(picks), dtype=np.str_),
         "vertex_ids": np.asarray(list(picks.values()), dtype=np.int64),
@@ -713,12 +706,7 @@ def build(cfg: OpenSmplxConfig, *, cache_dir: Path | None = None, variants: tupl
     unknown = sorted(set(variants) - set(FILE_NAMES))
     if unknown:
         raise ValueError(f"unknown open SMPL-X variant(s) {unknown}; known: {sorted(FILE_NAMES)}")
-    start = time.perf_counter()
-
-    def log(message: str) -> None:
-        if progress:
-            print(f"[build-open smplx {time.perf_counter() - start:5.1f}s] {message}", file=sys.stderr, flush=True)
-
+    log = build_log("build-open smplx", progress)
     body = cfg.body
     with anny_cache(cache_dir or DEFAULT_CACHE_DIR):
         bodies = sample_wholebodies(cfg, log)
@@ -742,14 +730,12 @@ def build(cfg: OpenSmplxConfig, *, cache_dir: Path | None = None, variants: tupl
             picks_full = {str(k): template[int(v)] for k, v in zip(full["vertex_ids_names"], full["vertex_ids"])}
             to_small, small_faces = remesh_matrix(bodies.template_anny, bodies.faces, body.small_topology)
             small_v = remesh(to_small, bodies.vertices, axis=1)
-            names = sorted(base)
-            full_rows = np.stack([base[n] for n in names])
-            targets = np.einsum("rv,nvd->nrd", full_rows, bodies.vertices, optimize=True)
-            rows = fit_keypoint_rows(small_v[:n_train], targets[:n_train], full_rows, to_small, body.support_radius_m)
+            small_rows, errors = small_base_rows(base, bodies.vertices, small_v, to_small, n_train,
+                                                 body.support_radius_m)
             built["small"] = variant_arrays(
                 "small", cfg, bodies, small_v, remesh(to_small, template), remesh(to_small, shapedirs),
                 remesh(to_small, exprdirs), to_small @ bodies.bone_weights, to_small @ bodies.jaw_weights,
-                dict(zip(names, rows)), small_faces, points, picks_full, stats, log)
+                small_rows, small_faces, points, picks_full, {**stats, "keypoint_fit_test_error_mm": errors}, log)
     return built
 
 
