@@ -570,6 +570,24 @@ def landmark_consistency(template: np.ndarray, shapedirs: np.ndarray, faces: np.
             "farkas_1994_mm": FARKAS_MM}
 
 
+def landmark_rule_stability(template: np.ndarray, shapedirs: np.ndarray, bodies: WholeBodies,
+                            landmark_vertices: list[int], cfg: OpenSmplxConfig, count: int = 50) -> dict:
+    """How far the landmark rule, re-applied to ``count`` shaped faces (betas ~ N(0, 1), seed ``body.seed + 3``),
+    lands from the fixed landmarks (the mean face's vertices, ``landmark_vertices`` (51,)) on the same faces (mm):
+    mean, max, and the three landmarks that move most on average."""
+    betas = np.random.default_rng(cfg.body.seed + 3).standard_normal((count, shapedirs.shape[-1]))
+    errors = []
+    for b in betas:
+        face = template + shapedirs @ b
+        again = list(face_landmarks(face, bodies, cfg.target_support).values())
+        errors.append(np.linalg.norm(face[again] - face[landmark_vertices], axis=-1) * 1000.0)
+    err = np.array(errors)
+    worst = np.argsort(-err.mean(0))[:3]
+    return {"faces": count, "mean_mm": round(float(err.mean()), 2), "max_mm": round(float(err.max()), 2),
+            "unchanged_share": round(float((err == 0).mean()), 3),
+            "worst_mean_mm": {FACE_LANDMARK_NAMES[i]: round(float(err[:, i].mean()), 2) for i in worst}}
+
+
 # --- Assembly, checks, files ----------------------------------------------------------------------------------
 def pupil_picks(template: np.ndarray, bodies: WholeBodies) -> dict[str, int]:
     """Per eye, the eyeball vertex furthest along the eye's gaze at rest (+Z): the pupil's centre."""
@@ -729,11 +747,14 @@ def build(cfg: OpenSmplxConfig, *, cache_dir: Path | None = None, variants: tupl
         components = [{bodies.expression_actions[a]: round(float(mix[k, a]), 3)
                        for a in np.argsort(-np.abs(mix[k]))[:4]} for k in range(NUM_EXPRESSION)]
         log(f"shape space {100 * explained:.2f}%, expression space {100 * expr_stats['variance_explained']:.2f}%")
-        points = template[list(face_landmarks(template, bodies, cfg.target_support).values())]
+        landmark_vertices = list(face_landmarks(template, bodies, cfg.target_support).values())
+        points = template[landmark_vertices]
+        rule_stats = landmark_rule_stability(template, shapedirs, bodies, landmark_vertices, cfg)
+        log(f"landmark rule re-applied on shaped faces: {rule_stats['mean_mm']} mm from the fixed landmarks")
         base = {f"coco:{n}": row for n, row in zip(bodies.coco_names, bodies.coco_rows)}
         base["crown"] = crown_row(template, body.crown_radius_m)
         stats = {"variance_explained": round(explained, 5), "expression": expr_stats,
-                 "expression_components": components}
+                 "expression_components": components, "landmark_rule_on_shaped_faces": rule_stats}
         built: dict[str, dict[str, np.ndarray]] = {}
         full = variant_arrays("full", cfg, bodies, bodies.vertices, template, shapedirs, exprdirs,
                               bodies.bone_weights, bodies.jaw_weights, base, bodies.faces, points, {}, stats, log)
