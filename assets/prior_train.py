@@ -404,7 +404,7 @@ def provenance(tp: TrainingPoses, kind: str) -> dict[str, Any]:
         "frames_read": int(sum(c.get("frames", 0) for c in data.clips)),
         "frames_rejected_implausible": int(sum(c.get("rejected", 0) for c in data.clips)),
         "rotation_limits_deg": ROTATION_LIMITS_DEG if kind == "bvh" else None,
-        "frames_used": int(len(data.poses)), "samples_with_mirror": int(len(tp.poses)),
+        "frames_used": len(data.poses), "samples_with_mirror": len(tp.poses),
         "walk_frames": int(data.walk.sum()), "walk_weight_factor": tp.walk_factor,
         "walk_share_after": float(weights[data.walk].sum() / weights.sum()),
     }

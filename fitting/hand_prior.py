@@ -186,7 +186,7 @@ class HandPCAPrior(nn.Module):
         self.off_span_sigma = float(off_span_sigma)
 
     @classmethod
-    def from_file(cls, path: str | Path, side: str, num_components: int | None = None) -> "HandPCAPrior":
+    def from_file(cls, path: str | Path, side: str, num_components: int | None = None) -> HandPCAPrior:
         """Read ``hands_components{l,r}``, ``hands_mean{l,r}`` and optional ``hands_std{l,r}`` of ``side`` from an
         ``.npz`` (a real SMPL-X/MANO ``.npz`` has the first two)."""
         if side not in HAND_SIDES:

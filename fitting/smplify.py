@@ -13,8 +13,9 @@ reference: SPIN's own procedure — the full smplx body model evaluated every st
   confidences are never modified (SPIN zeroes them in place), and missing torso keypoints are masked in stage 1.
 fast: the same objective on the exact joints-only `Skeleton`, minimised by batched Levenberg–Marquardt with
   analytic Jacobians (Geman–McClure by iteratively reweighted least squares, the max-mixture prior by its active
-  component, a VAE prior (`fitting.vposer.VAEPosePrior`) by Gauss–Newton on its residuals). Run to convergence from an estimated start (``start="estimate"``: a network's prediction), a fit
-  over-fits noisy keypoints and wanders into depth ambiguities, so stage 2 adds w² ‖θ_body - θ_body,init‖²
+  component, a VAE prior (`fitting.vposer.VAEPosePrior`) by Gauss–Newton on its residuals). Run to convergence from
+  an estimated start (``start="estimate"``: a network's prediction), a fit over-fits noisy keypoints and wanders
+  into depth ambiguities, so stage 2 adds w² ‖θ_body - θ_body,init‖²
   (100 small Adam steps have the same effect implicitly), w = σ_kp / σ_start per example: the keypoints' noise
   (read off a first fit's residual) over the start's uncertainty (the caller's ``start_sigma``, or read off how far
   the start reprojects from the keypoints; `SMPLify.near_start_weight`). A start that carries no estimate of the

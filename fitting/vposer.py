@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,7 +215,8 @@ def read_vposer_checkpoint(path: str | Path) -> VPoser:
     path = require_file(path, "VPoser checkpoint", "pass the .ckpt of VPoser V02_05 (human_body_prior)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError or others for foreign/damaged files
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError) as err:
+        # what torch.load raises for a refused global (UnpicklingError), a damaged zip (RuntimeError) or a foreign file
         text = " ".join(str(err).split())
         needs = re.search(r"GLOBAL ([\w.]+)", text)
         if needs:
@@ -287,14 +289,14 @@ class VAEPosePrior(nn.Module):
         self.metadata = dict(metadata or {})
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "VAEPosePrior":
+    def from_file(cls, path: str | Path) -> VAEPosePrior:
         """Load a fitloop VAE prior ``.npz`` (:func:`load_vae_prior`)."""
         f = load_vae_prior(path)
         return cls(vposer_from_state(f.state, str(path)), f.rec_sigma, f.free_sigma, f.free_joints, f.metadata)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, rec_sigma_deg: float = 5.0,
-                        free_sigma_deg: float = 15.0) -> "VAEPosePrior":
+                        free_sigma_deg: float = 15.0) -> VAEPosePrior:
         """The energy of a real VPoser V02_05 checkpoint (`read_vposer_checkpoint`): σ_j = ``rec_sigma_deg`` for every
         joint (a checkpoint carries no reconstruction statistics), no free joints, SMPL's hand slots N(0, σ_f²).
         VPoser's rotations are relative to SMPL-X's T-pose (AMASS), which a fit of another model inherits."""
@@ -373,7 +375,7 @@ class VAEPosePrior(nn.Module):
         jac[:, latent:latent + 9 * VPOSER_JOINTS, :VPOSER_POSE_DIM] = (d_diff / scale[..., None]).reshape(
             batch, 9 * VPOSER_JOINTS, VPOSER_POSE_DIM)
         free = list(self.free_values)
-        jac[:, latent + 9 * VPOSER_JOINTS + torch.arange(len(free)), free] = 1.0 / self.free_sigma
+        jac[:, latent + 9 * VPOSER_JOINTS + torch.arange(len(free), device=x.device), free] = 1.0 / self.free_sigma
         r = torch.cat([mu, ((rot - rec) / scale).reshape(batch, -1), x[:, free] / self.free_sigma], 1)
         return r, jac
 

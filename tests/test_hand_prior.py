@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from model_files import smplx_arrays
 from smplx.lbs import batch_rigid_transform, batch_rodrigues
 
 from core.errors import ModelFileError
@@ -20,7 +21,6 @@ from fitting.hand_prior import (
     flexion_axes,
     joint_kind,
 )
-from model_files import smplx_arrays
 
 # SMPL-X's rest pose (smplx's T-pose): arms along ±X (the subject's left at +X), palms down (−Y), thumbs forward (+Z).
 LEFT_ALONG, RIGHT_ALONG, PALM_SIDE, FORWARD = np.array([1.0, 0, 0]), np.array([-1.0, 0, 0]), np.array([0, -1.0, 0]), \
