@@ -18,12 +18,13 @@ CMU's hinges are exact, a body model's joints are not). For the same reason ever
 N(0, (5°)²) noise on each value per batch (``input_noise_deg``): the data convolved with the floor, as the
 mixture's covariances are. Without it the encoder's input batch norm scales CMU's near-zero hinge twists up by
 ~100, and any real pose with a few degrees of knee or elbow twist (SPIN's LSP fits) lands far out in the latent
-space (median ‖μ‖ 62 instead of ~6; its round trip off by 65° per joint). Adam (lr 1e-3, weight decay 1e-5: V02_05's), batch 128, a
-cosine learning-rate decay over the epochs. After training, σ_j (the energy's per-joint scale) is the RMS rotation
+space (median ‖μ‖ 62 instead of ~6; its round trip off by 65° per joint). Adam (lr 1e-3, weight decay 1e-5:
+V02_05's), batch 128, a cosine learning-rate decay over the epochs. After training, σ_j (the energy's per-joint scale) is the RMS rotation
 error per axis of the deterministic round trip D(μ(θ)) over the training poses, floored at σ_train.
 
-Deterministic for a seed and a thread count (`torch.manual_seed`, a seeded shuffle, dropout and reparametrisation
-noise from the same generator; BLAS with another thread count may change the last bits).
+Deterministic for a seed and a thread count (`torch.manual_seed` for the initial weights and dropout; the shuffle,
+input noise and reparametrisation noise from one seeded generator; BLAS with another thread count may change the
+last bits).
 """
 from __future__ import annotations
 
