@@ -53,6 +53,7 @@ from core.errors import ModelFileError
 from core.frames import FIT_FOCAL, FIT_RES
 from core.joints import JOINT_INDEX, SMPLIFY_IGNORED, indices
 from fitting.body_model import BodyModel
+from fitting.collision import body_capsules, collision_residuals, penetration_depths
 from fitting.priors import (
     ANGLE_PRIOR_INDICES,
     ANGLE_PRIOR_SIGNS,
@@ -109,6 +110,9 @@ class SMPLifyConfig:
     # throughout); the rest are SPIN's objective
     prior_anneal: float = 100.0
     anneal_share: float = 0.6
+    # fast mode, optional: w_c² Σ depth² over the capsule proxies' overlapping pairs (`fitting.collision`), depth
+    # in m, w_c in px/m (a depth of 1 cm weighs as a keypoint (w_c / 100) px off); 0: off
+    collision_weight: float = 0.0
 
     def validated(self) -> "SMPLifyConfig":
         if self.prior_anneal < 1 or not 0 <= self.anneal_share < 1:
@@ -116,6 +120,9 @@ class SMPLifyConfig:
                              f"{self.anneal_share}")
         if self.mode not in ("fast", "reference"):
             raise ValueError(f"SMPLify mode must be 'fast' or 'reference', not {self.mode!r}")
+        if self.collision_weight < 0 or (self.collision_weight > 0 and self.mode != "fast"):
+            raise ValueError(f"collision_weight must be >= 0, and is a term of mode='fast' only; got "
+                             f"{self.collision_weight} with mode={self.mode!r}")
         unknown = [j for j in self.ignored_joints if j not in JOINT_INDEX]
         if unknown:
             raise ValueError(f"ignored_joints has unknown joint names {unknown}")
@@ -180,6 +187,11 @@ class SMPLify:
             prior = copy.deepcopy(prior).to(device)
         self.body, self.prior, self.config = body, prior, config.validated()
         self.skeleton = Skeleton(body).to(device) if config.mode == "fast" else None
+        self.capsules, self.proxies = None, None
+        if self.config.collision_weight > 0:  # the capsules' segment ends as more skeleton points, after the 49
+            self.capsules = body_capsules(body)
+            self.proxies = Skeleton(body, self.capsules.end_rows).to(device)
+            self._proxy_rows = torch.arange(len(self.capsules.end_rows), device=device) + self.skeleton.a.shape[0]
         self._angle_idx = torch.tensor(ANGLE_PRIOR_INDICES, device=device) + 3          # into the full 72-d pose
         self._angle_sign = torch.tensor(ANGLE_PRIOR_SIGNS, device=device)
         self._ignored = torch.as_tensor(indices(config.ignored_joints), device=device)
@@ -400,7 +412,27 @@ class SMPLify:
         return self._result(pose, betas, cam_t, keypoints, center, focal, c.camera_iterations + c.body_iterations,
                             turned_around=heading[pick] == 1, heading=torch.as_tensor(HEADINGS, dtype=dtype,
                                                                                       device=dev)[heading[pick]],
-                            candidate_objectives=objectives, objective_gap=gap, near_start_weight=trust)
+                            candidate_objectives=objectives, objective_gap=gap, near_start_weight=trust,
+                            **self._collision_extras(pose, betas))
+
+    def _collision(self, pose: Tensor, betas: Tensor, jacobian: bool) -> tuple[Tensor, Tensor | None]:
+        """The capsule proxies' penetration depths (B, P) m, and with ``jacobian`` their Jacobian (B, P, 72 + NB)
+        w.r.t. [pose, betas]: `fitting.collision.collision_residuals` chained with the skeleton's ends."""
+        caps = self.capsules
+        state = self.proxies(pose, betas, self._proxy_rows)
+        radii = caps.radii(betas)
+        if not jacobian:
+            return penetration_depths(state.points, radii, caps.pairs), None
+        depth, d_ends, d_radii = collision_residuals(state.points, radii, caps.pairs)
+        d_pose, d_betas = self.proxies.jacobian(state)                       # (B, 2C, 3, 72), (B, 2C, 3, NB)
+        d_betas = torch.einsum("bpqc,bqck->bpk", d_ends, d_betas) + d_radii @ caps.radius_dirs[:, :betas.shape[1]]
+        return depth, torch.cat([torch.einsum("bpqc,bqck->bpk", d_ends, d_pose), d_betas], -1)
+
+    def _collision_extras(self, pose: Tensor, betas: Tensor) -> dict[str, Tensor]:
+        if self.capsules is None:
+            return {}
+        with torch.no_grad():
+            return {"collision_penalty": self._collision(pose, betas, False)[0].square().sum(-1)}
 
     def prior_schedule(self, iterations: int) -> list[float]:
         """Per stage-2 iteration, the factor on the pose and angle priors' weights (energies) from a mean start:
@@ -515,6 +547,7 @@ class SMPLify:
         angle_idx, angle_sign = self._angle_idx, self._angle_sign.to(dtype)
         w_pose, w_angle, w_shape = c.pose_prior_weight**2, c.angle_prior_weight**2, c.shape_prior_weight**2
         w_init = trust.square()                                                              # (B,)
+        w_collide = c.collision_weight**2
         sigma2 = c.sigma**2
         dev = pose.device
         lam = torch.full((batch,), 1e-3, dtype=dtype, device=dev)
@@ -529,6 +562,8 @@ class SMPLify:
             gmm = 0.5 * _quadratic(p[:, 3:], means, precisions) - log_w          # (B, K)
             angle = torch.exp(p[:, angle_idx] * angle_sign).square().sum(-1)
             fixed = data + w_shape * b.square().sum(-1) + w_init * (p[:, 3:] - body_init).square().sum(-1)
+            if w_collide > 0:
+                fixed = fixed + w_collide * self._collision(p, b, False)[0].square().sum(-1)
             return state, resid, gmm, torch.stack([fixed, w_pose * gmm.min(1).values + w_angle * angle], 1)
 
         state, resid, gmm, terms = cost_of(pose, betas)
@@ -558,6 +593,10 @@ class SMPLify:
             diag = torch.arange(3, 72, device=dev)
             hess[:, diag, diag] += w_init[:, None]
             grad[:, 3:72] += w_init[:, None] * (pose[:, 3:] - body_init)
+            if w_collide > 0:  # interpenetration: residuals depth (B, P), Jacobian (B, P, 72 + NB)
+                depth, d_depth = self._collision(pose, betas, True)
+                hess += w_collide * d_depth.transpose(1, 2) @ d_depth
+                grad += w_collide * (d_depth.transpose(1, 2) @ depth[..., None])[..., 0]
 
             step = _lm_solve(hess, grad, lam)
             new_pose, new_betas = pose + step[:, :72], betas + step[:, 72:]
