@@ -367,27 +367,34 @@ def collision_penalty(ends: Tensor, radii: Tensor, pairs: Tensor) -> Tensor:
     return penetration_depths(ends, radii, pairs).square().sum(-1)
 
 
+def pair_ends(pairs: Tensor) -> Tensor:
+    """The segment ends (P, 4) of each pair (P, 2): [2a, 2a + 1, 2b, 2b + 1], indices into ends (B, 2C, 3)."""
+    return torch.stack([2 * pairs[:, 0], 2 * pairs[:, 0] + 1, 2 * pairs[:, 1], 2 * pairs[:, 1] + 1], -1)
+
+
 def collision_residuals(ends: Tensor, radii: Tensor, pairs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The penalty's residuals and their Jacobians, for least squares: depth (B, P) m (penalty = Σ depth²);
-    d depth / d ends (B, P, 2C, 3) and d depth / d radii (B, P, C) (module docstring: closed form). Zero rows
-    where capsules do not overlap. Chain with d ends / d params (B, 2C, 3, N) of `fitting.skeleton.Skeleton`
-    (rows `Capsules.end_rows`) and d radii / d betas = `Capsules.radius_dirs`."""
+    """The penalty's residuals and their Jacobian, for least squares, per pair: depth (B, P) m (penalty =
+    Σ depth²); d depth / d ends (B, P, 4, 3) w.r.t. the pair's four segment ends `pair_ends(pairs)`, and
+    d depth / d radii (B, P, 2) w.r.t. its two radii (module docstring: closed form; each pair depends on those
+    six numbers only). Zero where capsules do not overlap. Chain with d ends / d params of
+    `fitting.skeleton.Skeleton` (rows `Capsules.end_rows`) and d radii / d betas = `Capsules.radius_dirs`;
+    `dense_ends_jacobian` spreads it over all ends."""
     depth, s, t, gap, dist = _pair_geometry(ends, radii, pairs)
-    batch, num_pairs, num_caps = ends.shape[0], pairs.shape[0], radii.shape[1]
     hit = (depth > 0).to(ends.dtype)                                        # (B, P)
     normal = gap / dist.clamp_min(1e-12)[..., None] * hit[..., None]        # unit p − q; zero where no overlap
     s, t = s[..., None], t[..., None]
-    d_ends = ends.new_zeros(batch, num_pairs, ends.shape[1], 3)
-    rows = torch.arange(num_pairs, device=ends.device)
-    # depth = r_a + r_b − d: each end's derivative is −∂d/∂end; index_put accumulates (a capsule is never paired
-    # with itself, so the four ends of a pair are distinct)
-    for end, share in ((2 * pairs[:, 0], -(1 - s)), (2 * pairs[:, 0] + 1, -s),
-                       (2 * pairs[:, 1], 1 - t), (2 * pairs[:, 1] + 1, t)):
-        d_ends[:, rows, end] = share * normal
-    d_radii = ends.new_zeros(batch, num_pairs, num_caps)
-    d_radii[:, rows, pairs[:, 0]] = hit
-    d_radii[:, rows, pairs[:, 1]] = hit
-    return depth, d_ends, d_radii
+    # depth = r_a + r_b − d, so each end's derivative is −∂d/∂end
+    d_ends = torch.stack([-(1 - s) * normal, -s * normal, (1 - t) * normal, t * normal], 2)
+    return depth, d_ends, torch.stack([hit, hit], -1)
+
+
+def dense_ends_jacobian(d_ends: Tensor, pairs: Tensor, num_ends: int) -> Tensor:
+    """`collision_residuals`' d depth / d ends (B, P, 4, 3) spread over all ends: (B, P, num_ends, 3)."""
+    batch, num_pairs = d_ends.shape[:2]
+    dense = d_ends.new_zeros(batch, num_pairs, num_ends, 3)
+    rows = torch.arange(num_pairs, device=d_ends.device)[:, None]
+    dense[:, rows, pair_ends(pairs)] = d_ends          # a capsule is never paired with itself: distinct ends
+    return dense
 
 
 # --- The mesh check -------------------------------------------------------------------------------------------------

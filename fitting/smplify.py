@@ -53,7 +53,7 @@ from core.errors import ModelFileError
 from core.frames import FIT_FOCAL, FIT_RES
 from core.joints import JOINT_INDEX, SMPLIFY_IGNORED, indices
 from fitting.body_model import BodyModel
-from fitting.collision import body_capsules, collision_residuals, penetration_depths
+from fitting.collision import body_capsules, collision_penalty, collision_residuals, pair_ends
 from fitting.priors import (
     ANGLE_PRIOR_INDICES,
     ANGLE_PRIOR_SIGNS,
@@ -415,24 +415,38 @@ class SMPLify:
                             candidate_objectives=objectives, objective_gap=gap, near_start_weight=trust,
                             **self._collision_extras(pose, betas))
 
-    def _collision(self, pose: Tensor, betas: Tensor, jacobian: bool) -> tuple[Tensor, Tensor | None]:
-        """The capsule proxies' penetration depths (B, P) m, and with ``jacobian`` their Jacobian (B, P, 72 + NB)
-        w.r.t. [pose, betas]: `fitting.collision.collision_residuals` chained with the skeleton's ends."""
+    def _proxy_ends(self, pose: Tensor, betas: Tensor) -> Tensor:
+        """The capsules' segment ends (B, 2C, 3), model frame, m (`fitting.collision.Capsules.end_rows`)."""
+        return self.proxies(pose, betas, self._proxy_rows).points
+
+    def _collision(self, pose: Tensor, betas: Tensor, ends: Tensor) -> tuple[Tensor, Tensor]:
+        """The capsule term's residuals and Jacobian at pose (B, 72), betas (B, NB) whose segment ends are ``ends``
+        (B, 2C, 3): the depths (B, K) m of the K pairs that overlap most per example (K: the most pairs any example
+        has overlapping; the rest are zero) and d depth / d [pose, betas] (B, K, 72 + NB):
+        `fitting.collision.collision_residuals` chained with the skeleton's Jacobian of just the ends those pairs
+        use."""
         caps = self.capsules
-        state = self.proxies(pose, betas, self._proxy_rows)
-        radii = caps.radii(betas)
-        if not jacobian:
-            return penetration_depths(state.points, radii, caps.pairs), None
-        depth, d_ends, d_radii = collision_residuals(state.points, radii, caps.pairs)
-        d_pose, d_betas = self.proxies.jacobian(state)                       # (B, 2C, 3, 72), (B, 2C, 3, NB)
-        d_betas = torch.einsum("bpqc,bqck->bpk", d_ends, d_betas) + d_radii @ caps.radius_dirs[:, :betas.shape[1]]
-        return depth, torch.cat([torch.einsum("bpqc,bqck->bpk", d_ends, d_pose), d_betas], -1)
+        depth, d_ends, d_radii = collision_residuals(ends, caps.radii(betas), caps.pairs)
+        k = int((depth > 0).sum(1).max())
+        batch, nb, dev = pose.shape[0], betas.shape[1], pose.device
+        if k == 0:
+            return depth[:, :0], depth.new_zeros(batch, 0, 72 + nb)
+        top = depth.topk(k, 1).indices                                          # (B, K) pairs
+        used, where = torch.unique(pair_ends(caps.pairs)[top], return_inverse=True)  # the ends some pair needs
+        d_pose, d_betas = self.proxies.jacobian(self.proxies(pose, betas, self._proxy_rows[used]))
+        d_params = torch.cat([d_pose, d_betas], -1)                             # (B, U, 3, 72 + NB)
+        rows = torch.arange(batch, device=dev)[:, None]
+        jac = torch.einsum("bkec,bkecn->bkn", d_ends[rows, top], d_params[rows[..., None], where])
+        radius_dirs = caps.radius_dirs[caps.pairs[top]][..., :nb]               # (B, K, 2, NB)
+        jac[..., 72:] += (d_radii[rows, top][..., None] * radius_dirs).sum(2)
+        return depth[rows, top], jac
 
     def _collision_extras(self, pose: Tensor, betas: Tensor) -> dict[str, Tensor]:
         if self.capsules is None:
             return {}
         with torch.no_grad():
-            return {"collision_penalty": self._collision(pose, betas, False)[0].square().sum(-1)}
+            ends = self._proxy_ends(pose, betas)
+            return {"collision_penalty": collision_penalty(ends, self.capsules.radii(betas), self.capsules.pairs)}
 
     def prior_schedule(self, iterations: int) -> list[float]:
         """Per stage-2 iteration, the factor on the pose and angle priors' weights (energies) from a mean start:
@@ -554,7 +568,8 @@ class SMPLify:
         eye_beta = torch.eye(nb, dtype=dtype, device=dev)
 
         def cost_of(p, b):
-            """The evaluation, and the objective's terms (B, 2): the rest, and the priors a schedule scales."""
+            """The evaluation, the objective's terms (B, 2) (the rest, and the priors a schedule scales) and the
+            capsules' segment ends (None without the collision term)."""
             state = self.skeleton(p, b, active)
             proj = project(state.points, cam_t, focal, center)
             resid = proj - kp[..., :2]
@@ -562,11 +577,13 @@ class SMPLify:
             gmm = 0.5 * _quadratic(p[:, 3:], means, precisions) - log_w          # (B, K)
             angle = torch.exp(p[:, angle_idx] * angle_sign).square().sum(-1)
             fixed = data + w_shape * b.square().sum(-1) + w_init * (p[:, 3:] - body_init).square().sum(-1)
-            if w_collide > 0:
-                fixed = fixed + w_collide * self._collision(p, b, False)[0].square().sum(-1)
-            return state, resid, gmm, torch.stack([fixed, w_pose * gmm.min(1).values + w_angle * angle], 1)
+            ends = None
+            if w_collide > 0:  # the capsules' ends, kept for the step's Jacobian
+                ends = self._proxy_ends(p, b)
+                fixed = fixed + w_collide * collision_penalty(ends, self.capsules.radii(b), self.capsules.pairs)
+            return state, resid, gmm, torch.stack([fixed, w_pose * gmm.min(1).values + w_angle * angle], 1), ends
 
-        state, resid, gmm, terms = cost_of(pose, betas)
+        state, resid, gmm, terms, ends = cost_of(pose, betas)
         for scale in prior_scale:
             cost = terms[:, 0] + scale * terms[:, 1]
             d_pose, d_betas = self.skeleton.jacobian(state)
@@ -593,14 +610,14 @@ class SMPLify:
             diag = torch.arange(3, 72, device=dev)
             hess[:, diag, diag] += w_init[:, None]
             grad[:, 3:72] += w_init[:, None] * (pose[:, 3:] - body_init)
-            if w_collide > 0:  # interpenetration: residuals depth (B, P), Jacobian (B, P, 72 + NB)
-                depth, d_depth = self._collision(pose, betas, True)
+            if w_collide > 0:  # interpenetration: residuals depth (B, K), Jacobian (B, K, 72 + NB)
+                depth, d_depth = self._collision(pose, betas, ends)
                 hess += w_collide * d_depth.transpose(1, 2) @ d_depth
                 grad += w_collide * (d_depth.transpose(1, 2) @ depth[..., None])[..., 0]
 
             step = _lm_solve(hess, grad, lam)
             new_pose, new_betas = pose + step[:, :72], betas + step[:, 72:]
-            new_state, new_resid, new_gmm, new_terms = cost_of(new_pose, new_betas)
+            new_state, new_resid, new_gmm, new_terms, new_ends = cost_of(new_pose, new_betas)
             better = new_terms[:, 0] + scale * new_terms[:, 1] < cost
             pose = torch.where(better[:, None], new_pose, pose)
             betas = torch.where(better[:, None], new_betas, betas)
@@ -609,6 +626,7 @@ class SMPLify:
             resid = torch.where(keep, new_resid, resid)
             gmm = torch.where(better[:, None], new_gmm, gmm)
             terms = torch.where(better[:, None], new_terms, terms)
+            ends = None if ends is None else torch.where(keep, new_ends, ends)
             lam = torch.where(better, lam / 3, lam * 5).clamp(1e-7, 1e7)
         return pose, betas
 

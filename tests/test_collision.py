@@ -22,6 +22,7 @@ from fitting.collision import (
     body_parts,
     collision_penalty,
     collision_residuals,
+    dense_ends_jacobian,
     excluded_pairs_mirrored,
     interpenetrates,
     mesh_interpenetration,
@@ -30,7 +31,6 @@ from fitting.collision import (
     segment_closest,
 )
 from fitting.priors import MaxMixturePrior
-from fitting.skeleton import Skeleton
 from fitting.smplify import SMPLify, SMPLifyConfig
 
 # Poses by joint name (axis-angle, rad). Natural ones: no part of the body enters another.
@@ -224,33 +224,41 @@ def test_closed_form_jacobian_matches_autograd(body, capsules):
     torch.testing.assert_close(depth, penetration_depths(ends, radii, caps.pairs))
     want_ends, want_radii = torch.autograd.functional.jacobian(
         lambda e, r: penetration_depths(e, r, caps.pairs).sum(0), (ends, radii), vectorize=True)
+    d_ends = dense_ends_jacobian(d_ends, caps.pairs, ends.shape[1])
     torch.testing.assert_close(d_ends, want_ends.permute(1, 0, 2, 3), atol=1e-12, rtol=0)
-    torch.testing.assert_close(d_radii, want_radii.permute(1, 0, 2), atol=1e-12, rtol=0)
+    dense_radii = torch.zeros_like(want_radii.permute(1, 0, 2))
+    dense_radii[:, torch.arange(len(caps.pairs))[:, None], caps.pairs] = d_radii
+    torch.testing.assert_close(dense_radii, want_radii.permute(1, 0, 2), atol=1e-12, rtol=0)
     assert int((depth > 0).sum()) >= 2 and float(d_ends.abs().max()) > 0.5
 
 
-def test_chained_jacobian_through_the_skeleton_matches_autograd():
-    """SMPLify's term: depths of the skeleton-evaluated ends, d/d[pose, betas] = closed form x skeleton."""
+def test_smplify_chained_jacobian_matches_autograd():
+    """SMPLify's term: depths of the skeleton-evaluated segment ends; its Jacobian w.r.t. [pose, betas] (closed form
+    chained with the skeleton's, on the overlapping pairs only) against autograd, float64."""
     body = load_body_model("open-small", dtype=torch.float64)
-    caps = body_capsules(body)
-    skeleton = Skeleton(body, caps.end_rows)
-    rows = torch.arange(len(caps.end_rows)) + 49
-    pose = _pose(HAND_IN_TORSO, LEGS_CROSSED, dtype=torch.float64)
+    prior = MaxMixturePrior.from_file(DATA_DIR / "pose_prior_open.npz")
+    fitter = SMPLify(body, prior, SMPLifyConfig(collision_weight=1.0))
+    caps = fitter.capsules
+    pose = _pose(HAND_IN_TORSO, LEGS_CROSSED, {}, dtype=torch.float64)
     pose[:, 3:] += 0.02
-    betas = torch.linspace(-1, 1, 2 * body.num_betas, dtype=torch.float64).reshape(2, -1)
-    state = skeleton(pose, betas, rows)
+    betas = torch.linspace(-1, 1, 3 * body.num_betas, dtype=torch.float64).reshape(3, -1)
+    ends = fitter._proxy_ends(pose, betas)
     with torch.no_grad():   # the skeleton's ends are the mesh's: exact for a model without pose correctives
-        torch.testing.assert_close(state.points, caps.ends(body(betas, pose[:, 3:], pose[:, :3]).vertices),
-                                   atol=1e-7, rtol=0)
-    depth, d_ends, d_radii = collision_residuals(state.points, caps.radii(betas), caps.pairs)
-    d_pose, d_betas = skeleton.jacobian(state)
-    got = torch.cat([torch.einsum("bpqc,bqck->bpk", d_ends, d_pose),
-                     torch.einsum("bpqc,bqck->bpk", d_ends, d_betas) + d_radii @ caps.radius_dirs], -1)
+        torch.testing.assert_close(ends, caps.ends(body(betas, pose[:, 3:], pose[:, :3]).vertices), atol=1e-7, rtol=0)
+    full = penetration_depths(ends, caps.radii(betas), caps.pairs)
+    depth, got = fitter._collision(pose, betas, ends)
+    assert depth.shape[1] == int((full > 0).sum(1).max()) >= 1
+    torch.testing.assert_close(depth.sum(1), full.sum(1))              # every overlapping pair is in
+    assert (depth[2] == 0).all() and (got[2] == 0).all()               # the rest pose: nothing overlaps
 
     def depths(p, b):
-        return penetration_depths(skeleton(p, b, rows).points, caps.radii(b), caps.pairs).sum(0)
+        return penetration_depths(fitter._proxy_ends(p, b), caps.radii(b), caps.pairs).sum(0)
     want_pose, want_betas = torch.autograd.functional.jacobian(depths, (pose, betas), vectorize=True)
-    torch.testing.assert_close(got, torch.cat([want_pose, want_betas], -1).permute(1, 0, 2), atol=1e-10, rtol=0)
+    want = torch.cat([want_pose, want_betas], -1).permute(1, 0, 2)     # (B, P, 72 + NB)
+    top = full.topk(depth.shape[1], 1).indices                          # the pairs SMPLify keeps, deepest first
+    torch.testing.assert_close(got, want[torch.arange(3)[:, None], top], atol=1e-10, rtol=0)
+    # the pairs left out have no derivative at all
+    assert float(want.abs().sum() - want[torch.arange(3)[:, None], top].abs().sum()) < 1e-12
     assert float(got.abs().max()) > 0.01
 
 
