@@ -429,17 +429,19 @@ class SMPLify:
         depth, d_ends, d_radii = collision_residuals(ends, caps.radii(betas), caps.pairs)
         k = int((depth > 0).sum(1).max())
         batch, nb, dev = pose.shape[0], betas.shape[1], pose.device
-        if k == 0:
-            return depth[:, :0], depth.new_zeros(batch, 0, 72 + nb)
-        top = depth.topk(k, 1).indices                                          # (B, K) pairs
-        used, where = torch.unique(pair_ends(caps.pairs)[top], return_inverse=True)  # the ends some pair needs
-        d_pose, d_betas = self.proxies.jacobian(self.proxies(pose, betas, self._proxy_rows[used]))
-        d_params = torch.cat([d_pose, d_betas], -1)                             # (B, U, 3, 72 + NB)
-        rows = torch.arange(batch, device=dev)[:, None]
-        jac = torch.einsum("bkec,bkecn->bkn", d_ends[rows, top], d_params[rows[..., None], where])
-        radius_dirs = caps.radius_dirs[caps.pairs[top]][..., :nb]               # (B, K, 2, NB)
-        jac[..., 72:] += (d_radii[rows, top][..., None] * radius_dirs).sum(2)
-        return depth[rows, top], jac
+        top = depth.topk(k, 1).indices                                          # (B, K) pairs, deepest first
+        jac = depth.new_zeros(batch, k, 72 + nb)
+        hit = torch.nonzero((depth > 0).any(1))[:, 0]                           # the examples in contact
+        if len(hit):
+            top_h = top[hit]
+            used, where = torch.unique(pair_ends(caps.pairs)[top_h], return_inverse=True)  # the ends some pair needs
+            state = self.proxies(pose[hit], betas[hit], self._proxy_rows[used])
+            d_params = torch.cat(self.proxies.jacobian(state), -1)                 # (H, U, 3, 72 + NB)
+            rows = torch.arange(len(hit), device=dev)[:, None]
+            jac[hit] = torch.einsum("bkec,bkecn->bkn", d_ends[hit[:, None], top_h], d_params[rows[..., None], where])
+            radius_dirs = caps.radius_dirs[caps.pairs[top_h]][..., :nb]            # (H, K, 2, NB)
+            jac[hit, :, 72:] += (d_radii[hit[:, None], top_h][..., None] * radius_dirs).sum(2)
+        return depth[torch.arange(batch, device=dev)[:, None], top], jac
 
     def _collision_extras(self, pose: Tensor, betas: Tensor) -> dict[str, Tensor]:
         if self.capsules is None:
