@@ -39,7 +39,7 @@ in their tree) by the generalised winding number of that part's triangles (Jacob
 of each triangle by Van Oosterom & Strackee 1983): a vertex inside another part's volume sees it at ≈ 1, a vertex
 outside at ≈ 0; the parts are open where they join their neighbours, so the threshold is MESH_INSIDE (0.5).
 Only vertices inside a part's posed bounding box are tested against it. The depth figure is, per example, the
-largest distance from an inside vertex to the nearest vertex of the part it is inside (m).
+largest distance from an inside vertex to the surface (triangles) of the part it is inside (m).
 """
 from __future__ import annotations
 
@@ -401,8 +401,8 @@ def dense_ends_jacobian(d_ends: Tensor, pairs: Tensor, num_ends: int) -> Tensor:
 @dataclass(frozen=True)
 class MeshContact:
     """Mesh interpenetration per example: ``inside`` (B,) bool, some vertex lies inside a part it is not next to;
-    ``vertices`` (B,) how many do; ``depth`` (B,) m, the largest distance from such a vertex to the nearest vertex
-    of the part it is inside (0 where none); ``parts`` (B, K, K) how many vertices of part a lie inside part b."""
+    ``vertices`` (B,) how many do; ``depth`` (B,) m, the largest distance from such a vertex to the surface of the
+    part it is inside (0 where none); ``parts`` (B, K, K) how many vertices of part a lie inside part b."""
 
     inside: Tensor
     vertices: Tensor
@@ -419,6 +419,26 @@ def solid_angles(points: Tensor, triangles: Tensor) -> Tensor:
     num = (a * torch.linalg.cross(b, c)).sum(-1)
     den = la * lb * lc + (a * b).sum(-1) * lc + (a * c).sum(-1) * lb + (b * c).sum(-1) * la
     return 2 * torch.atan2(num, den)
+
+
+def point_triangle_distance(points: Tensor, triangles: Tensor) -> Tensor:
+    """Distances (N, F) from points (N, 3) to triangles (N, F, 3, 3) or (F, 3, 3): to the plane where the point's
+    projection falls inside the triangle, else to the nearest of its three edges."""
+    a, b, c = (triangles - points[:, None, None, :]).unbind(-2)              # corners relative to the point
+    normal = torch.linalg.cross(b - a, c - a)
+    unit = normal / normal.norm(dim=-1, keepdim=True).clamp_min(1e-20)
+    height = (a * unit).sum(-1)                                               # signed distance of the plane
+    foot = height[..., None] * unit                                           # the projection, relative
+    inside = ((torch.linalg.cross(b - foot, c - foot) * normal).sum(-1) >= 0) & \
+             ((torch.linalg.cross(c - foot, a - foot) * normal).sum(-1) >= 0) & \
+             ((torch.linalg.cross(a - foot, b - foot) * normal).sum(-1) >= 0)
+
+    def to_edge(p: Tensor, q: Tensor) -> Tensor:                              # the origin to segment p–q
+        d = q - p
+        t = (-(p * d).sum(-1) / (d * d).sum(-1).clamp_min(1e-20)).clamp(0, 1)
+        return (p + t[..., None] * d).norm(dim=-1)
+    edges = torch.minimum(torch.minimum(to_edge(a, b), to_edge(b, c)), to_edge(c, a))
+    return torch.where(inside, height.abs(), edges)
 
 
 def mesh_interpenetration(vertices: Tensor, faces: Tensor | np.ndarray, labels: Tensor | np.ndarray,
@@ -467,7 +487,7 @@ def mesh_interpenetration(vertices: Tensor, faces: Tensor | np.ndarray, labels: 
         w, v = which[inside], vert[inside]
         count.index_add_(0, w, torch.ones_like(w))
         parts.index_add_(0, (w * num_parts + labels[v]) * num_parts + part, torch.ones_like(w))
-        nearest = (vertices[w, v][:, None] - vertices[w][:, own_verts]).norm(dim=-1).amin(1)   # (n,)
+        nearest = point_triangle_distance(vertices[w, v], vertices[w][:, own_faces]).amin(1)   # (n,)
         depth = depth.scatter_reduce(0, w, nearest.to(depth.dtype), reduce="amax")
     return MeshContact(count > 0, count, depth, parts.reshape(batch, num_parts, num_parts))
 
