@@ -23,7 +23,9 @@ fast: the same objective on the exact joints-only `Skeleton`, minimised by batch
   start 100× stronger and relax to SPIN's (`SMPLify.prior_schedule`: limbs far from their keypoints would otherwise
   settle into depth minima), and after a few iterations the candidate with the lowest SPIN objective is kept (their
   objectives are in the result's extras). The caller says which start it
-  gives; the values of the pose never decide it. `fitloop bench smplify` compares both modes.
+  gives; the values of the pose never decide it. `fitloop bench smplify` compares both modes. Optionally
+  (``collision_weight`` > 0, off by default) stage 2 also penalises the body entering itself: w_c² Σ depth² over
+  the overlapping pairs of capsule proxies (`fitting.collision`), by the same LM with closed-form Jacobians.
 
 Body models: every family `fitting.body_model` loads (SMPL, SMPL-H, SMPL-X, the open model), in both modes. The
 fitted parameters are the body model's: pose (B, 72) and betas. SMPL-H and SMPL-X have no joints for SMPL's hand
