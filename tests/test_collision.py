@@ -123,6 +123,9 @@ def test_parts_merge_hands_and_head_on_every_tree(tmp_path):
     assert {SMPLX_JOINT_NAMES[j] for j in np.flatnonzero(body_parts(smplx).joint_part == head)} == {
         "head", "jaw", "left_eye_smplhf", "right_eye_smplhf"}
     assert MERGED_BELOW == ("left_wrist", "right_wrist", "head")
+    np.savez(tmp_path / "SMPLH_NEUTRAL.npz", **model_files.smplh_arrays())   # SMPL-X's tree less jaw and eyes
+    smplh = body_parts(load_body_model(tmp_path / "SMPLH_NEUTRAL.npz"))
+    assert sorted(smplh.names) == sorted(expected) and (smplh.joint_part == smplh.names.index("left_wrist")).sum() == 16
     caps = body_capsules(smplx)
     assert caps.end_rows.shape == (2 * 22, 10475) and caps.radius_dirs.shape == (22, 10)
     torch.testing.assert_close(caps.end_rows.sum(1), torch.ones(44), atol=1e-5, rtol=0)  # affine rows
