@@ -8,4 +8,6 @@ from __future__ import annotations
 import re
 
 MODEL_FAMILIES = ("smpl", "smplh", "smplx", "open")
+# The families whose tree has SMPL-X's 55 joints (hands, jaw, eyes) and an expression space: whole-body fits.
+WHOLEBODY_FAMILIES = ("smplx",)
 MODEL_ID_PATTERN = re.compile(rf"^({'|'.join(MODEL_FAMILIES)}):[0-9a-f]{{16}}$")

@@ -26,6 +26,15 @@ Conventions of the stored values (also in each column's ``comment``):
   how many candidates the fit was chosen among; ``candidate_spread_mm``, the largest PA-MPJPE to another of them.
   With ``pose_prior`` (the GMM prior's energy) these are what `fits.quality.FitFilter` judges a fit by. A row
   without a record (imported fits) has ``candidates`` null and every record column null: never a made-up number.
+* **Whole-body fits** (`WHOLEBODY_COLUMNS`, schema 5) of a body model with SMPL-X's tree (`core.model_id.
+  WHOLEBODY_FAMILIES`): ``hand_pose`` (90,) the left then the right hand's 15 joints, full axis-angle in SMPL-X's
+  (MANO's) joint order, radians, no PCA and no hand mean added (smplx's ``flat_hand_mean=True`` convention);
+  ``jaw_pose`` (3,), ``eye_pose`` (6,) left then right eye (smplx's ``leye_pose``, ``reye_pose``), ``expression``
+  (10,) in standard deviations; ``pose`` holds the global orientation and the 21 body joints SMPL-X shares with
+  SMPL (its entries 66–71, SMPL's two hand joints, which SMPL-X has not, are zero); ``reprojection_left_hand_px``,
+  ``reprojection_right_hand_px``, ``reprojection_face_px`` the quality record's hands and face (px, as the body
+  parts'). All four parameter columns are null for a body-only fit (an SMPL-family model, or an SMPL-X model
+  fitted to body keypoints only), and all set for a whole-body one.
   Within a record, null means "not measurable": a part without a confident keypoint, facing without the four torso
   keypoints, the spread of a single candidate.
 """
@@ -44,20 +53,24 @@ import pyarrow.compute as pc
 
 from core.errors import FitloopError
 from core.joints import BODY_PARTS, NUM_JOINTS
-from core.model_id import MODEL_ID_PATTERN
+from core.model_id import MODEL_ID_PATTERN, WHOLEBODY_FAMILIES
 from shards.schema import KEY_PATTERN
 
 if TYPE_CHECKING:
     from fitting.quality import FitQuality
 
 # Bump when a column is added, removed or changes meaning; every row and the table's metadata record it.
+# 5: the whole-body columns (`WHOLEBODY_COLUMNS`: SMPL-X hand, jaw and eye poses, expression, hands' and face's
+# reprojection); older fits are body-only fits (null), and `fits.table.upgrade_table` says so.
 # 4: the quality record (`QUALITY_COLUMNS`); older fits have none (null), and `fits.table.upgrade_table` says so.
 # 3: the frame and intrinsics columns (a fit's camera); a version-2 table's fits are all crop-frame fits, and
 # `fits.table.upgrade_table` (`fitloop fits upgrade`) says so once, in a new version.
 # 2: body_model_id is the body model's content id (`fitting.body_model.model_content_id`); 1 held file-based ids
 # (``<name>@<file digest>``, ``smpl-neutral-10``), relabelled by `fits.table.relabel_body_models`.
-FITS_SCHEMA_VERSION = 4
+FITS_SCHEMA_VERSION = 5
 NUM_POSE, NUM_BETAS = 72, 10
+# SMPL-X's whole-body parameters (the widths SMPLify-X fits: 2 x 15 hand joints, 10 expression components)
+NUM_HAND_POSE, NUM_JAW_POSE, NUM_EYE_POSE, NUM_EXPRESSION = 90, 3, 6, 10
 BETAS_EXTREME_SIGMA = 3.0     # SPIN: any |β| > 3 → all betas of that fit are zeroed for training
 VALID_LOSS_THRESHOLD = 100.0  # SPIN's smplify_threshold: a fit supervises only when loss < this (px²)
 SOURCES = ("seed", "loop", "import", "fit3d")
@@ -66,6 +79,11 @@ NUM_INTRINSICS = 4            # fx, fy, cx, cy
 PART_COLUMNS = tuple(f"reprojection_{part}_px" for part in BODY_PARTS)
 QUALITY_COLUMNS = PART_COLUMNS + ("facing", "candidates", "candidate_spread_mm")
 FRAME_COLUMNS = ("frame", "intrinsics")
+WHOLEBODY_PARAMETERS = {"hand_pose": NUM_HAND_POSE, "jaw_pose": NUM_JAW_POSE, "eye_pose": NUM_EYE_POSE,
+                        "expression": NUM_EXPRESSION}
+WHOLEBODY_PARTS = ("left_hand", "right_hand", "face")  # core.wholebody.WHOLEBODY_PARTS beyond the body
+WHOLEBODY_PART_COLUMNS = tuple(f"reprojection_{part}_px" for part in WHOLEBODY_PARTS)
+WHOLEBODY_COLUMNS = tuple(WHOLEBODY_PARAMETERS) + WHOLEBODY_PART_COLUMNS
 
 SCHEMA_VERSION_META = "fitloop.fits_schema_version"
 
@@ -112,15 +130,30 @@ FITS_SCHEMA = pa.schema([
     pa.field("schema_version", pa.int16(), nullable=False,
              metadata={"comment": "fits schema version of the row", SCHEMA_VERSION_META: str(FITS_SCHEMA_VERSION)}),
     _field("time", pa.timestamp("us", tz="UTC"), False, "when the fit was made or imported, UTC"),
+    # Schema 5's columns last: Delta keeps statistics of the first 32 columns only (delta.dataSkippingNumIndexedCols),
+    # which key and body_model_id must stay among (history's row-group skipping, per-version model counts).
+    _field("hand_pose", pa.list_(pa.float32(), NUM_HAND_POSE), True,
+           "whole-body fits: left then right hand, 15 joints each, axis-angle in SMPL-X's (MANO) joint order, no "
+           "PCA, no hand mean (90,); null: a body-only fit"),
+    _field("jaw_pose", pa.list_(pa.float32(), NUM_JAW_POSE), True, "whole-body fits: jaw axis-angle (3,)"),
+    _field("eye_pose", pa.list_(pa.float32(), NUM_EYE_POSE), True,
+           "whole-body fits: left then right eye axis-angle (6,), smplx's leye_pose, reye_pose"),
+    _field("expression", pa.list_(pa.float32(), NUM_EXPRESSION), True,
+           "whole-body fits: expression coefficients (10,), in standard deviations"),
+    *(_field(column, pa.float32(), True, f"quality: mean px distance of the {part.replace('_', ' ')}'s projected "
+             f"points to its keypoints (whole-body fits; null: a body-only fit, no record or no keypoint there)")
+      for part, column in zip(WHOLEBODY_PARTS, WHOLEBODY_PART_COLUMNS)),
 ])
 
 
 def schema_of_version(version: int) -> pa.Schema:
     """The columns a fits table of schema ``version`` (1 to this one) has, its version in the metadata: versions
-    before 3 lack the frame columns, versions before 4 the quality record."""
+    before 3 lack the frame columns, versions before 4 the quality record, versions before 5 the whole-body
+    columns."""
     if not 1 <= version <= FITS_SCHEMA_VERSION:
         raise FitsTableError(f"no fits schema version {version}; this fitloop knows 1 to {FITS_SCHEMA_VERSION}")
-    absent = (FRAME_COLUMNS if version < 3 else ()) + (QUALITY_COLUMNS if version < 4 else ())
+    absent = ((FRAME_COLUMNS if version < 3 else ()) + (QUALITY_COLUMNS if version < 4 else ())
+              + (WHOLEBODY_COLUMNS if version < 5 else ()))
     fields = [f for f in FITS_SCHEMA if f.name not in absent]
     at = [f.name for f in fields].index("schema_version")
     fields[at] = fields[at].with_metadata({**fields[at].metadata, SCHEMA_VERSION_META.encode(): str(version)})
@@ -170,6 +203,19 @@ class FitProvenance:
     frame: str = "crop"
 
 
+@dataclass(frozen=True)
+class WholeBodyFit:
+    """The whole-body parameters of a batch of B fits (`WHOLEBODY_COLUMNS`; numpy arrays or CPU tensors):
+    hand_pose (B, 90), jaw_pose (B, 3), eye_pose (B, 6), expression (B, 10) as the module docstring defines them;
+    part_reprojection (B, 3) px of `WHOLEBODY_PARTS` (NaN: not measurable), or None: no record."""
+
+    hand_pose: Any
+    jaw_pose: Any
+    eye_pose: Any
+    expression: Any
+    part_reprojection: Any = None
+
+
 def config_hash(config: Any) -> str:
     """16 hex digits of the SHA-256 of a config (dataclass or json-able mapping) as canonical JSON."""
     value = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
@@ -199,7 +245,8 @@ def _column(values: Any, type_: pa.DataType, name: str, rows: int) -> pa.Array:
 def fits_batch(keys: Sequence[str], pose: Any, betas: Any, provenance: FitProvenance, *,
                reprojection_loss: Any = None, loss: Any = None, cam_t: Any = None, intrinsics: Any = None,
                pose_prior: Any = None, angle_prior: Any = None, shape_prior: Any = None, iterations: Any = None,
-               valid: Any = None, quality: "FitQuality | None" = None, time: datetime | None = None) -> pa.Table:
+               valid: Any = None, quality: "FitQuality | None" = None, wholebody: WholeBodyFit | None = None,
+               time: datetime | None = None) -> pa.Table:
     """A batch of fits as a table in `FITS_SCHEMA`, ready for `FitsTable.append`.
 
     Args:
@@ -240,6 +287,7 @@ def fits_batch(keys: Sequence[str], pose: Any, betas: Any, provenance: FitProven
         "pose": _fixed(pose, NUM_POSE, "pose", rows),
         "betas": _fixed(betas32, NUM_BETAS, "betas", rows),
         "betas_extreme": pa.array((np.abs(betas32) > BETAS_EXTREME_SIGMA).any(axis=1)),
+        **_wholebody_parameter_columns(wholebody, rows),
         "cam_t": pa.nulls(rows, FITS_SCHEMA.field("cam_t").type) if cam_t is None else _fixed(cam_t, 3, "cam_t", rows),
         "frame": pa.array([provenance.frame] * rows, pa.string()),
         "intrinsics": (pa.nulls(rows, FITS_SCHEMA.field("intrinsics").type) if intrinsics is None
@@ -251,6 +299,7 @@ def fits_batch(keys: Sequence[str], pose: Any, betas: Any, provenance: FitProven
         "angle_prior": _column(angle_prior, pa.float32(), "angle_prior", rows),
         "shape_prior": _column(shape_prior, pa.float32(), "shape_prior", rows),
         **_quality_columns(quality, rows),
+        **_wholebody_part_columns(wholebody, rows),
         "iterations": _column(iterations, pa.int32(), "iterations", rows),
         "valid": valid if isinstance(valid, pa.Array) else _column(valid, pa.bool_(), "valid", rows),
         "source": pa.array([provenance.source] * rows, pa.string()),
@@ -291,6 +340,25 @@ def _quality_columns(quality: "FitQuality | None", rows: int) -> dict[str, pa.Ar
     return columns
 
 
+def _wholebody_parameter_columns(wholebody: WholeBodyFit | None, rows: int) -> dict[str, pa.Array]:
+    """The whole-body parameter columns of a batch: from ``wholebody``, or all null for body-only fits."""
+    if wholebody is None:
+        return {name: pa.nulls(rows, FITS_SCHEMA.field(name).type) for name in WHOLEBODY_PARAMETERS}
+    return {name: _fixed(_host(getattr(wholebody, name)), width, name, rows)
+            for name, width in WHOLEBODY_PARAMETERS.items()}
+
+
+def _wholebody_part_columns(wholebody: WholeBodyFit | None, rows: int) -> dict[str, pa.Array]:
+    """The hands' and face's reprojection columns (NaN = null), all null without a whole-body record."""
+    if wholebody is None or wholebody.part_reprojection is None:
+        return {name: pa.nulls(rows, pa.float32()) for name in WHOLEBODY_PART_COLUMNS}
+    parts = _host(wholebody.part_reprojection).reshape(rows, -1) if rows else np.zeros((0, len(WHOLEBODY_PARTS)))
+    if parts.shape != (rows, len(WHOLEBODY_PARTS)):
+        raise FitsTableError(f"the whole-body record has {parts.shape[1]} parts, the table {len(WHOLEBODY_PARTS)} "
+                             f"({', '.join(WHOLEBODY_PARTS)})")
+    return {name: _nullable(parts[:, i], pa.float32()) for i, name in enumerate(WHOLEBODY_PART_COLUMNS)}
+
+
 def fits_from_smplify(result: Any, keys: Sequence[str], provenance: FitProvenance, *, intrinsics: Any = None,
                       quality: "FitQuality | None" = None, time: datetime | None = None) -> pa.Table:
     """`fits_batch` from a `fitting.smplify.SMPLifyResult` (pose must already be undone to the canonical frame);
@@ -305,10 +373,10 @@ def fits_from_smplify(result: Any, keys: Sequence[str], provenance: FitProvenanc
 
 # The list columns of a fit and their widths: a row whose list has another length cannot be stored.
 LIST_WIDTHS = {"pose": NUM_POSE, "betas": NUM_BETAS, "cam_t": 3, "intrinsics": NUM_INTRINSICS,
-               "reprojection_loss": NUM_JOINTS}
+               "reprojection_loss": NUM_JOINTS, **WHOLEBODY_PARAMETERS}
 # The values that make a fit: each must be finite wherever it is stored (a NaN pose with a finite loss would
 # otherwise become the best fit of its key and block every later valid one).
-FIT_VALUE_COLUMNS = ("pose", "betas", "cam_t", "intrinsics")
+FIT_VALUE_COLUMNS = ("pose", "betas", "cam_t", "intrinsics") + tuple(WHOLEBODY_PARAMETERS)
 
 
 def conform_fits(fits: pa.Table) -> pa.Table:
@@ -392,6 +460,17 @@ def check_fits(fits: pa.Table) -> pa.Table:
                "drops them)"
     for name in FIT_VALUE_COLUMNS:
         refuse(~finite_rows(fits[name]), f"have a NaN or infinite {name}", diverged)
+    present = [pc.is_valid(fits[name]) for name in WHOLEBODY_PARAMETERS]
+    some, every = present[0], present[0]
+    for valid_ in present[1:]:
+        some, every = pc.or_(some, valid_), pc.and_(every, valid_)
+    refuse(pc.and_(some, pc.invert(every)),
+           f"have some whole-body parameters but not all ({', '.join(WHOLEBODY_PARAMETERS)})",
+           "a whole-body fit stores all four, a body-only fit none")
+    families = pc.replace_substring_regex(fits["body_model_id"], ":.*$", "")
+    refuse(pc.and_(some, pc.invert(pc.is_in(families, pa.array(WHOLEBODY_FAMILIES)))),
+           f"have hand, jaw, eye poses or an expression for a body model without SMPL-X's tree (whole-body "
+           f"families: {', '.join(WHOLEBODY_FAMILIES)})", "store them as body-only fits or name the SMPL-X model")
     if fits["intrinsics"].null_count < fits.num_rows:
         values = pc.list_flatten(pc.drop_null(fits["intrinsics"])).to_numpy().reshape(-1, NUM_INTRINSICS)
         if not (values[:, :2] > 0).all():

@@ -75,6 +75,7 @@ from fits.schema import (
     QUALITY_COLUMNS,
     RANK_COLUMNS,
     SCHEMA_VERSION_META,
+    WHOLEBODY_COLUMNS,
     FitsTableError,
     MixedBodyModelsError,
     MixedFramesError,
@@ -86,15 +87,15 @@ from fits.schema import (
 
 DEFAULT_RETENTION_HOURS = 168  # Delta's default: a week of versions stays readable after a compaction
 TABLE_NAME = "fitloop fits"
-TABLE_DESCRIPTION = (f"fitloop fits table, schema_version={FITS_SCHEMA_VERSION}: an append-only log of SMPL fit "
-                     "improvements keyed by sample key; the best fit per key is the row with the lowest loss.")
+TABLE_DESCRIPTION = (f"fitloop fits table, schema_version={FITS_SCHEMA_VERSION}: an append-only log of SMPL and "
+                     "SMPL-X fit improvements keyed by sample key; the best fit per key is the row with the lowest loss.")
 # Small row groups: history() skips those whose key range misses. No dictionaries for the float columns and the
 # unique keys: the writer would build them only to give up (half the write time).
 _STAGING = re.compile(r"#\d+$")  # object_store writes "<file>#<n>", then links or renames it into place
 _WRITER = WriterProperties(compression="SNAPPY", max_row_group_size=64 * 1024, column_properties={
     name: ColumnProperties(dictionary_enabled=False)
     for name in ("key", "pose", "betas", "cam_t", "intrinsics", "loss", "reprojection_loss", "pose_prior",
-                 "angle_prior", "shape_prior", *QUALITY_COLUMNS, "time")})
+                 "angle_prior", "shape_prior", *QUALITY_COLUMNS, *WHOLEBODY_COLUMNS, "time")})
 
 
 @dataclass(frozen=True)
@@ -344,6 +345,11 @@ class FitsTable:
         body models by file: FitsTableError saying how to relabel it, `relabel_body_models`)."""
         path = Path(path)
         found = _schema_version(path)
+        if found == 4:
+            raise FitsTableError(
+                f"{path} has fits schema version 4: it has no whole-body columns (SMPL-X hand, jaw and eye poses, "
+                f"expression). Upgrade it once, in a new version (its fits are body-only fits: null): "
+                f"`fitloop fits upgrade {path}`")
         if found == 3:
             raise FitsTableError(
                 f"{path} has fits schema version 3: its fits have no quality record columns (reprojection per body "
@@ -814,16 +820,18 @@ def _schema_version(path: Path) -> int:
 def _to_current(log: pa.Table) -> pa.Table:
     """Rows of any schema version with the columns this version has: a table written before schema 3 held
     crop-frame fits only (frame "crop", no intrinsics); one written before schema 4 has no quality records (every
-    quality column null: nothing was measured, so nothing is made up)."""
+    quality column null: nothing was measured, so nothing is made up); one written before schema 5 holds body-only
+    fits (every whole-body column null)."""
     if "frame" not in log.column_names:
         at = log.schema.get_field_index("cam_t") + 1
         log = log.add_column(at, FITS_SCHEMA.field("frame"), pa.array(["crop"] * log.num_rows, pa.string()))
         log = log.add_column(at + 1, FITS_SCHEMA.field("intrinsics"),
                              pa.nulls(log.num_rows, FITS_SCHEMA.field("intrinsics").type))
-    for name in QUALITY_COLUMNS:
+    for name in QUALITY_COLUMNS + WHOLEBODY_COLUMNS:
         if name not in log.column_names:
             field = FITS_SCHEMA.field(name)
-            log = log.add_column(FITS_SCHEMA.get_field_index(name), field, pa.nulls(log.num_rows, field.type))
+            log = log.append_column(field, pa.nulls(log.num_rows, field.type))
+    log = log.select(FITS_SCHEMA.names)
     return log.set_column(log.schema.get_field_index("schema_version"), "schema_version",
                           pa.array(np.full(log.num_rows, FITS_SCHEMA_VERSION, np.int16)))
 
@@ -845,9 +853,9 @@ def _without_diverged(rows: pa.Table, path: Path, drop: bool, command: str) -> t
 
 
 def upgrade_table(path: str | Path, *, max_retries: int = 8, drop_diverged: bool = False) -> dict[str, Any]:
-    """Bring a fits table of schema version 2 or 3 to this one in one new version: every fit of version 2 gets
-    frame "crop" (the only frame fitloop made fits in before) and no intrinsics; every fit of either gets no
-    quality record (null). Returns ``{"version", "rows", "from_version"}``; a table already of this version is
+    """Bring a fits table of schema version 2, 3 or 4 to this one in one new version: every fit of version 2 gets
+    frame "crop" (the only frame fitloop made fits in before) and no intrinsics; every fit of 2 or 3 gets no
+    quality record (null); every fit of any is a body-only fit (whole-body columns null). Returns ``{"version", "rows", "from_version"}``; a table already of this version is
     left alone (``version`` None). A version-1 table needs its body models relabelled (`relabel_body_models`,
     which upgrades it too). Run it when no writer is writing to the table. A diverged fit among its rows (NaN or
     inf, `fits.schema.diverged_rows`) is FitsTableError, or left out with ``drop_diverged`` (``dropped``: how
@@ -856,10 +864,10 @@ def upgrade_table(path: str | Path, *, max_retries: int = 8, drop_diverged: bool
     found = _schema_version(path)
     if found == FITS_SCHEMA_VERSION:
         return {"version": None, "rows": 0, "from_version": found, "dropped": 0}
-    if found not in (2, 3):
+    if found not in (2, 3, 4):
         raise FitsTableError(f"{path} has fits schema version {found}: " + (
             f"relabel its body models first (`fitloop fits relabel {path}`), which upgrades it too" if found == 1
-            else f"this fitloop upgrades versions 2 and 3 to {FITS_SCHEMA_VERSION}"))
+            else f"this fitloop upgrades versions 2 to 4 to {FITS_SCHEMA_VERSION}"))
 
     def commit() -> dict[str, Any]:
         snapshot = DeltaTable(str(path))

@@ -264,7 +264,7 @@ def test_an_upgraded_table_has_no_record_and_says_so(tmp_path, capsys, version):
     with pytest.raises(FitsTableError, match=f"schema version {version}.*`fitloop fits upgrade"):
         FitsTable.open(path)
     assert main(["fits", "upgrade", str(path)]) == 0
-    assert "have no quality record (schema version 4)" in capsys.readouterr().out
+    assert "have no quality record and are body-only fits (schema version 5)" in capsys.readouterr().out
     log = FitsTable.open(path).log().sort_by("key")
     assert all(log[name].null_count == log.num_rows for name in QUALITY_COLUMNS)
     assert log.drop_columns([*QUALITY_COLUMNS, "schema_version"]).equals(

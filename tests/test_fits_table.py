@@ -62,6 +62,9 @@ def losses_of(best: pa.Table) -> dict:
 
 # --- Schema and batches ---------------------------------------------------------------------------------------
 
+DELTA_STATS_COLUMNS = 32  # Delta's default delta.dataSkippingNumIndexedCols: columns with file statistics
+
+
 def test_schema_is_pinned():
     assert [(f.name, str(f.type), f.nullable) for f in FITS_SCHEMA] == [
         ("key", "string", False), ("dataset", "string", False),
@@ -77,7 +80,12 @@ def test_schema_is_pinned():
         ("iterations", "int32", True), ("valid", "bool", True), ("source", "string", False),
         ("epoch", "int32", True), ("step", "int64", True), ("run_id", "string", False),
         ("body_model_id", "string", False), ("fit_config_hash", "string", False),
-        ("schema_version", "int16", False), ("time", "timestamp[us, tz=UTC]", False)]
+        ("schema_version", "int16", False), ("time", "timestamp[us, tz=UTC]", False),
+        ("hand_pose", "fixed_size_list<item: float>[90]", True), ("jaw_pose", "fixed_size_list<item: float>[3]", True),
+        ("eye_pose", "fixed_size_list<item: float>[6]", True), ("expression", "fixed_size_list<item: float>[10]", True),
+        ("reprojection_left_hand_px", "float", True), ("reprojection_right_hand_px", "float", True),
+        ("reprojection_face_px", "float", True)]
+    assert FITS_SCHEMA.get_field_index("body_model_id") < DELTA_STATS_COLUMNS  # per-version model counts need them
 
 
 def test_batch_derives_dataset_loss_valid_and_spin_beta_flag(tmp_path):
@@ -102,9 +110,11 @@ def test_batch_derives_dataset_loss_valid_and_spin_beta_flag(tmp_path):
     (lambda t: t.set_column(0, "key", pa.array(["lsp/im0001.jpg"])), "malformed key"),
     (lambda t: t.set_column(1, "dataset", pa.array(["coco"])), "dataset other than"),
     (lambda t: t.set_column(t.schema.get_field_index("source"), "source", pa.array(["guess"])), "source outside"),
-    (lambda t: t.set_column(8, "loss", pa.array([np.nan], pa.float32())), "NaN or infinite"),
-    (lambda t: t.set_column(6, "frame", pa.array(["world"])), "frame outside"),
-    (lambda t: t.set_column(6, "frame", pa.array(["image"])), "frame image without intrinsics"),
+    (lambda t: t.set_column(t.schema.get_field_index("loss"), "loss", pa.array([np.nan], pa.float32())),
+     "NaN or infinite"),
+    (lambda t: t.set_column(t.schema.get_field_index("frame"), "frame", pa.array(["world"])), "frame outside"),
+    (lambda t: t.set_column(t.schema.get_field_index("frame"), "frame", pa.array(["image"])),
+     "frame image without intrinsics"),
     (lambda t: t.set_column(4, "betas_extreme", pa.array([True])), "betas_extreme inconsistent"),
     (lambda t: t.drop_columns(["time"]), "columns"),
 ])

@@ -112,11 +112,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "its rows are the .npz's images, in order")
     import_.add_argument("--json", action="store_true")
 
-    export = table_command("export", "write one body model's best fits as SPIN's N x 82 .npy, or as one parquet "
-                                     "file", cmd_export)
+    export = table_command("export", "write one body model's best fits as SPIN's N x 82 .npy, as one parquet "
+                                     "file, or as SMPLify-X-layout files of SMPL-X parameters", cmd_export)
     target = export.add_mutually_exclusive_group(required=True)
     target.add_argument("--spin-npz", type=Path, help="SPIN's .npz the .npy is row-aligned with (with --out)")
     target.add_argument("--parquet", type=Path, help="write the best view of every key to this parquet file")
+    target.add_argument("--smplifyx", type=Path, metavar="DIR",
+                        help="write each best whole-body fit as DIR/<dataset>/<id>.npz (or .json): SMPLify-X's "
+                             "result arrays (betas, global_orient, body_pose, hand, jaw, eye poses, expression, "
+                             "camera) without pickles, hand poses full axis-angle (docs/fits_table.md)")
+    export.add_argument("--format", choices=("npz", "json"), default="npz", help="file format with --smplifyx")
     export.add_argument("--out", type=Path, help="the .npy to write (with --spin-npz)")
     export.add_argument("--dataset", default=None, help="key prefix (default: from the .npz file name)")
     export.add_argument("--fill-missing", action="store_true", help="write zeros for rows without a fit")
@@ -139,9 +144,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="versions younger than this stay readable (default 168, a week)")
     vacuum.add_argument("--dry-run", action="store_true", help="only list the files")
 
-    upgrade = table_command("upgrade", "bring a table of fits schema version 2 or 3 to version 4 (a new version): "
-                                       "its fits get no quality record (null), and a version-2 table's say they "
-                                       "are crop-frame fits, which all of them are", cmd_upgrade)
+    upgrade = table_command("upgrade", "bring a table of fits schema version 2, 3 or 4 to version 5 (a new "
+                                       "version): its fits are body-only fits (no hand, jaw, eye poses or "
+                                       "expression: null), those of 2 or 3 get no quality record (null), and a "
+                                       "version-2 table's say they are crop-frame fits, which all of them are",
+                            cmd_upgrade)
     upgrade.add_argument("--json", action="store_true")
     upgrade.add_argument("--drop-diverged", action="store_true",
                          help="leave out fits with a NaN or infinite pose, betas, cam_t or loss (written before "
@@ -504,6 +511,18 @@ def cmd_export(args: argparse.Namespace) -> int:
                  f"{fit_filter.describe()}: {', '.join(f'{n} {bar}' for bar, n in failed.items())})"
                  if fit_filter.active else ""))
         return 0
+    if args.smplifyx is not None:
+        from fits.smplifyx_export import export_smplifyx
+
+        with stages("export", ("best", "write")) as on_stage:
+            summary = export_smplifyx(table, args.smplifyx, fmt=args.format, dataset=args.dataset,
+                                      body_model_id=model, frame=args.frame, fit_filter=fit_filter,
+                                      on_stage=on_stage, **_at(args))
+        print(f"wrote {summary['written']} whole-body fits of body model {summary['body_model_id'] or '(none)'} "
+              f"({summary['frame'] or 'no'} frame) under {summary['out']}"
+              + (f"; {summary['body_only']} body-only fit(s) left out" if summary["body_only"] else "")
+              + (f"; {summary['filtered']} below the bars {fit_filter.describe()}" if summary["filtered"] else ""))
+        return 0
     if args.frame == "image":
         raise FitloopError("SPIN's fits file holds crop-frame fits only (its camera is the 224 px crop's); export "
                            "image-frame fits with --parquet")
@@ -549,9 +568,11 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     elif result["version"] is None:
         print(f"{args.table}: already fits schema version {FITS_SCHEMA_VERSION}, nothing to do")
     else:
-        frame = " say they are crop-frame fits and" if result["from_version"] < 3 else ""
+        frame = " say they are crop-frame fits," if result["from_version"] < 3 else ""
+        record = " have no quality record and" if result["from_version"] < 4 else ""
         print(f"{args.table}: version {result['version']}, {result['rows']} rows of schema version "
-              f"{result['from_version']} now{frame} have no quality record (schema version {FITS_SCHEMA_VERSION})"
+              f"{result['from_version']} now{frame}{record} are body-only fits (schema version "
+              f"{FITS_SCHEMA_VERSION})"
               + (f"; {result['dropped']} diverged fit(s) left out" if result["dropped"] else ""))
     return 0
 
