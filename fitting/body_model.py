@@ -157,11 +157,17 @@ class BodyModel(nn.Module):
     def forward(self, betas: Tensor, body_pose: Tensor, global_orient: Tensor, transl: Tensor | None = None,
                 *, pose2rot: bool = True) -> BodyModelOutput:
         out = self.layer(**self._layer_inputs(betas, body_pose, global_orient, transl, pose2rot))
-        vertices = out.vertices
-        kinematic = self._kinematic24(out.joints)
+        joints, kinematic = self.canonical_joints(out.vertices, out.joints)
+        return BodyModelOutput(vertices=out.vertices, joints=joints, kinematic_joints=kinematic)
+
+    def canonical_joints(self, vertices: Tensor, layer_joints: Tensor) -> tuple[Tensor, Tensor]:
+        """The 49 canonical joints (B, 49, 3) and the 24 kinematic ones (B, 24, 3) of a posed mesh: vertices
+        (B, V, 3) and the layer's joints (B, >= J, 3, its kinematic tree's first), metres. Also what the
+        whole-body model (`fitting.wholebody_model`) takes its body points from."""
+        kinematic = self._kinematic24(layer_joints)
         keypoints = torch.einsum("kc,bcd->bkd", self.keypoint_weights, vertices[:, self.keypoint_cols])
         joints = torch.einsum("jm,bmd->bjd", self.mixer, torch.cat([kinematic, keypoints], dim=1))
-        return BodyModelOutput(vertices=vertices, joints=joints, kinematic_joints=kinematic)
+        return joints, kinematic
 
     def h36m_joints(self, vertices: Tensor) -> Tensor:
         """Human3.6M's 17 evaluation joints (B, 17, 3) from posed vertices (B, V, 3), in `core.joints.H36M_JOINTS`
