@@ -161,7 +161,7 @@ class FitsStore:
         null) and has (B,) bool: the key's best fit is a whole-body fit. Zeros where it is not (a body-only fit or
         an unknown key)."""
         rows = np.array([self._index.get(k, -1) for k in keys], dtype=np.int64)
-        values = np.zeros((len(keys), _WHOLEBODY_WIDTH), np.float32)
+        values = np.full((len(keys), _WHOLEBODY_WIDTH), np.nan, np.float32)
         parts = np.full((len(keys), _NUM_WHOLEBODY_PARTS), np.nan, np.float32)
         known = rows >= 0
         values[known], parts[known] = self._wholebody[rows[known]], self._wholebody_quality[rows[known]]
