@@ -20,6 +20,7 @@ from typing import Any
 from fits.quality import FitFilter
 from fitting import priors
 from fitting.smplify import SMPLifyConfig
+from fitting.smplifyx import SMPLIFYX_STAGES
 from shards.augment import AugmentConfig
 from shards.reader import ON_CORRUPT
 
@@ -183,6 +184,11 @@ class TrainConfig:
             problems.append("SMPLify fits in SPIN's crop camera: smplify.focal_length must be 5000")
         if self.checkpoint_every < 1 or self.log_every < 1 or self.eval_every_epochs < 1:
             problems.append("checkpoint_every, log_every and eval_every_epochs must be >= 1")
+        if len(self.smplifyx_stage_iterations) != len(SMPLIFYX_STAGES) or min(self.smplifyx_stage_iterations) < 0 \
+                or self.smplifyx_camera_iterations < 0:
+            problems.append(f"smplifyx_stage_iterations must be {len(SMPLIFYX_STAGES)} counts >= 0 (one per "
+                            f"SMPLify-X stage), got {list(self.smplifyx_stage_iterations)}, and "
+                            f"smplifyx_camera_iterations >= 0")
         if self.on_corrupt_shard not in ON_CORRUPT:
             problems.append(f"on_corrupt_shard must be one of {'/'.join(ON_CORRUPT)}, got {self.on_corrupt_shard!r}")
         if problems:

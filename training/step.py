@@ -98,7 +98,8 @@ class Batch:
     """A training batch on the training device. img (B, 3, H, W); keypoints (B, 49, 3) normalised; gt_pose
     (B, 72), gt_betas (B, 10), has_smpl (B,) (False where the dataset's 3D is ignored); joints_3d (B, 49, 4),
     has_3d (B,); flip (B,) bool, rot (B,) degrees, scale (B,): the augmentation; keys, datasets: per example;
-    wholebody (B, 161, 3) normalised whole-body keypoints (zeros where has_wholebody (B,) is False)."""
+    wholebody (B, 161, 3) normalised whole-body keypoints (zeros where has_wholebody (B,) is False; None: a batch
+    built without them, read by body-only runs only)."""
 
     img: Tensor
     keypoints: Tensor
@@ -112,8 +113,8 @@ class Batch:
     scale: Tensor
     keys: list[str]
     datasets: list[str]
-    wholebody: Tensor
-    has_wholebody: Tensor
+    wholebody: Tensor | None = None
+    has_wholebody: Tensor | None = None
 
     @classmethod
     def from_items(cls, items: dict, device: torch.device, ignore_3d: tuple[str, ...] = ()) -> "Batch":
