@@ -20,7 +20,7 @@ from typing import Any
 from fits.quality import FitFilter
 from fitting import priors
 from fitting.smplify import SMPLifyConfig
-from fitting.smplifyx import SMPLIFYX_STAGES
+from fitting.smplifyx import SMPLIFYX_STAGES, SMPLifyXConfig
 from shards.augment import AugmentConfig
 from shards.reader import ON_CORRUPT
 
@@ -103,7 +103,8 @@ class TrainConfig:
         default, as SPIN); smplify: SMPLify's settings; smplify_device: where SMPLify runs ("cpu" or the training
         device). With an SMPL-X-layout body model the examples that have whole-body keypoints are fitted with
         SMPLify-X's fast mode instead (`fitting.smplifyx`, its stages and weights, in the 224 px fit frame), with
-        ``smplifyx_camera_iterations`` and ``smplifyx_stage_iterations`` (one count per stage) LM iterations.
+        ``smplifyx_camera_iterations`` and ``smplifyx_stage_iterations`` (one count per stage) LM iterations
+        (default: `fitting.smplifyx.SMPLifyXConfig`'s).
     Shards: verify_shards: check every shard read against its manifest's sha256 before training (one read of each
         tar); on_corrupt_shard: "raise" (stop with an error naming the shard) or "skip" (leave it out, warn and
         count) for a corrupt shard, found up front or while reading (`shards.reader`).
@@ -149,8 +150,8 @@ class TrainConfig:
     fit_filter: FitFilter = field(default_factory=FitFilter)
     smplify: SMPLifyConfig = field(default_factory=SMPLifyConfig)
     smplify_device: str = "cpu"
-    smplifyx_camera_iterations: int = 10
-    smplifyx_stage_iterations: tuple[int, ...] = (4, 4, 6, 8, 12)
+    smplifyx_camera_iterations: int = SMPLifyXConfig().camera_iterations
+    smplifyx_stage_iterations: tuple[int, ...] = SMPLifyXConfig().stage_iterations
 
     verify_shards: bool = True
     on_corrupt_shard: str = "raise"

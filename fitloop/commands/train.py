@@ -81,9 +81,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "Levenberg-Marquardt body iterations (25)")
     parser.add_argument("--smplifyx-iters", type=int, nargs="+", metavar="N",
                         help="SMPL-X models: SMPLify-X's fast-mode LM iterations per stage, one number per stage "
-                             "(default 4 4 6 8 12)")
+                             "(default: SMPLify-X fast mode's, docs/smplifyx.md)")
     parser.add_argument("--smplifyx-camera-iters", type=int, help="SMPL-X models: SMPLify-X's camera-stage LM "
-                                                                  "iterations (default 10)")
+                                                                  "iterations (default: its fast mode's)")
     parser.add_argument("--smplify-threshold", type=float, help="fits with a loss above it do not supervise (100)")
     add_fit_filter_options(parser, "only the fits that meet every bar given supervise (besides SPIN's "
                                    "--smplify-threshold; none by default, as SPIN); a new loop fit is judged by its "
