@@ -20,7 +20,8 @@ import pyarrow.compute as pc
 import pytest
 import torch
 
-from core.frames import FIT_CENTER, FIT_FOCAL, FIT_RES, fit_frame_px
+from core.camera import project
+from core.frames import FIT_CENTER, FIT_FOCAL, FIT_RES, keypoints_in_fit_frame
 from core.joints import indices
 from core.pinhole import pinhole
 from core.wholebody import NUM_WHOLEBODY, WHOLEBODY_FLIP_PERM, WHOLEBODY_INDEX, wholebody_indices
@@ -29,18 +30,26 @@ from fits.store import FitsStore
 from fits.table import FitsTable
 from fitting.body_model import load_body_model
 from fitting.priors import MaxMixturePrior
-from fitting.smplify import SMPLifyConfig
+from fitting.smplify import SMPLify, SMPLifyConfig
 from fitting.wholebody_model import WholeBodyModel
+from shards.augment import AugmentConfig
+from shards.reader import iter_shard, list_shards
 from training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from training.config import DEFAULT_PRIOR, TrainConfig
-from shards.augment import AugmentConfig
-from training.geometry import axis_angle_to_rotmat, flip_pose, rot6d_to_rotmat
+from training.geometry import flip_pose, rot6d_to_rotmat
 from training.loop import train
 from training.losses import wholebody_keypoint_loss
 from training.regressor import IDENTITY_6D, Regressor, heads_for_family, mean_params_from_prior
 from training.run_log import TRAIN_COLUMNS, WHOLEBODY_TRAIN_COLUMNS
 from training.step import predict
-from training.wholebody import WholeBodyParams, augment_wholebody, flip_wholebody, full_pose_of, part_weights
+from training.wholebody import (
+    WholeBodyParams,
+    augment_wholebody,
+    flip_wholebody,
+    full_pose_of,
+    part_reprojection,
+    part_weights,
+)
 
 MODEL = "open-smplx-small"
 TEST_SMPLIFY = SMPLifyConfig(body_iterations=5)
@@ -304,6 +313,46 @@ def test_whole_body_fits_written_back_have_all_four_parameter_columns(reference_
         assert np.median(values) < 3.0, name
 
 
+def _check_rows_against_their_keypoints(rows: pa.Table, shards: Path, body, wholebody) -> int:
+    """Every row's loss is SMPLify's loss of its own whole-body pose (body, hands, jaw, eyes, expression; zeros
+    for a body-only row) on its sample's unaugmented keypoints in the fit frame (the table's invariant), and a
+    whole-body row's hands' and face's reprojection are those of the same posed points on the sample's whole-body
+    keypoints. Returns the number of whole-body rows checked."""
+    samples = {s.key: s for shard in list_shards(shards) for s in iter_shard(shard)}
+    keys = rows["key"].to_pylist()
+    keypoints = torch.as_tensor(np.stack([keypoints_in_fit_frame(samples[k].keypoints_crop, samples[k].meta["crop"])
+                                          for k in keys]))
+    pose, betas, cam_t = (torch.as_tensor(np.asarray(rows[c].to_pylist(), np.float32))
+                          for c in ("pose", "betas", "cam_t"))
+    whole = rows["hand_pose"].is_valid().to_numpy(zero_copy_only=False)
+    params = [torch.zeros(len(keys), n) for n in WHOLEBODY_PARAMETERS.values()]
+    for value, name in zip(params, WHOLEBODY_PARAMETERS):
+        value[torch.as_tensor(whole)] = torch.as_tensor(np.asarray(rows.filter(pa.array(whole))[name].to_pylist(),
+                                                                   np.float32))
+    params = WholeBodyParams(*params)
+    center = torch.full((len(keys), 2), FIT_CENTER)
+    smplify = SMPLify(body, MaxMixturePrior.from_file(DEFAULT_PRIOR), TEST_SMPLIFY)
+    with torch.no_grad():
+        points = wholebody.forward_full(full_pose_of(pose, params), betas, params.expression).points
+    loss = smplify.joints_loss(points[:, :49], cam_t, center, keypoints).mean(-1).numpy()
+    np.testing.assert_allclose(rows["loss"].to_numpy(), loss, rtol=1e-4)
+    if whole.any():
+        at = np.flatnonzero(whole)
+        targets = torch.as_tensor(np.stack([keypoints_in_fit_frame(samples[keys[i]].wholebody_crop,
+                                                                   samples[keys[i]].meta["crop"]) for i in at]))
+        parts = part_reprojection(project(points[at], cam_t[at], FIT_FOCAL, center[at]), targets,
+                                  wholebody.provided).numpy()
+        stored = np.stack([rows[name].to_numpy()[at] for name in WHOLEBODY_PART_COLUMNS], -1)
+        np.testing.assert_allclose(stored, parts, rtol=1e-3, atol=1e-4)
+    return int(whole.sum())
+
+
+def test_every_row_holds_its_whole_body_fits_loss_on_the_unaugmented_keypoints(reference_run, shards, body,
+                                                                                wholebody):
+    rows = FitsTable.open(reference_run / "fits").log()
+    assert _check_rows_against_their_keypoints(rows, shards, body, wholebody) >= 4
+
+
 def test_an_smplx_run_resumes_and_a_checkpoint_of_other_heads_is_refused(shards, tmp_path):
     config = run_config(shards, tmp_path / "fits", tmp_path / "run", steps_per_epoch=1, epochs=1,
                         eval_every_epochs=100)
@@ -314,6 +363,10 @@ def test_an_smplx_run_resumes_and_a_checkpoint_of_other_heads_is_refused(shards,
     summary = train(dataclasses.replace(config, epochs=2), resume=True, progress=False)
     assert summary["step"] == 2
     assert [int(r["step"]) for r in _log(tmp_path / "run")] == [1, 2]
+    # this run trains with SPIN's augmentation: its fits, made in flipped, turned and scaled crops, are stored
+    # canonical (a whole-body fit of a flipped crop is not stored: its expression has no mirror)
+    _check_rows_against_their_keypoints(FitsTable.open(tmp_path / "fits").log(), shards, load_body_model(MODEL),
+                                        WholeBodyModel(load_body_model(MODEL)))
     # a checkpoint whose regressor has SPIN's heads cannot continue in this run
     bad = load_checkpoint(latest_checkpoint(tmp_path / "run"))
     bad.pop("format"), bad.pop("format_version")

@@ -73,7 +73,7 @@ class MeanParams:
     def heads(self) -> str:
         return "smpl" if self.hands6d is None else "smplx"
 
-    def wholebody(self, num_expression: int = NUM_EXPRESSION) -> "MeanParams":
+    def wholebody(self, num_expression: int = NUM_EXPRESSION) -> MeanParams:
         """These mean parameters with SMPL-X's heads (module docstring): the body's first 22 joints, identity
         hands and jaw, zero expression."""
         if self.heads == "smplx":

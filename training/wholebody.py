@@ -30,7 +30,8 @@ import torch
 from torch import Tensor
 
 from core.wholebody import NUM_WHOLEBODY, SMPLX_JOINTS_FLIP_PERM, WHOLEBODY_PARTS, wholebody_indices
-from fits.schema import NUM_POSE, WHOLEBODY_PARTS as PART_NAMES
+from fits.schema import NUM_POSE
+from fits.schema import WHOLEBODY_PARTS as PART_NAMES
 from fitting.smplifyx import SMPLifyX, SMPLifyXResult
 from fitting.wholebody_model import BODY_POSE_DIM, FULL_POSE_DIM, NUM_SMPLX_JOINTS, POSE_SLICES
 
@@ -49,7 +50,7 @@ class WholeBodyParams:
     eye_pose: Tensor
     expression: Tensor
 
-    def where(self, mask: Tensor, other: "WholeBodyParams") -> "WholeBodyParams":
+    def where(self, mask: Tensor, other: WholeBodyParams) -> WholeBodyParams:
         """Per example (B,) bool: this one's parameters where ``mask``, ``other``'s elsewhere."""
         m = mask[:, None]
         return WholeBodyParams(*(torch.where(m, a, b) for a, b in zip(self.values(), other.values())))
@@ -57,10 +58,10 @@ class WholeBodyParams:
     def values(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return self.hand_pose, self.jaw_pose, self.eye_pose, self.expression
 
-    def to(self, device: torch.device) -> "WholeBodyParams":
+    def to(self, device: torch.device) -> WholeBodyParams:
         return WholeBodyParams(*(v.to(device) for v in self.values()))
 
-    def rows(self, index: Tensor) -> "WholeBodyParams":
+    def rows(self, index: Tensor) -> WholeBodyParams:
         return WholeBodyParams(*(v[index] for v in self.values()))
 
 
