@@ -16,7 +16,7 @@ reference on the same inputs), as reusable functions.
 
 `fit_errors(model, fit, truth)`: body PA-MPJPE on the 14 LSP joints (mm), each hand's PA-MPJPE after moving it to
 its wrist (mm; 21 points: wrist, finger joints, tips), and face landmark reprojection against the noise-free
-projections (px). Deterministic for a seed; the first k people of a larger draw are the people of a draw of k.
+projections (px). Deterministic for a seed and a count (a draw of k people is not the first k of a larger draw).
 """
 from __future__ import annotations
 
@@ -149,7 +149,9 @@ def timed_fit(smplifyx: SMPLifyX, people: People, batch: int) -> tuple[SMPLifyXR
     fields = ("full_pose", "betas", "expression", "cam_t", "points", "objective")
     merged = {k: torch.cat([getattr(p, k) for p in pieces]) for k in fields}
     terms = {k: torch.cat([p.terms[k] for p in pieces]) for k in pieces[0].terms}
-    return SMPLifyXResult(terms=terms, **merged), seconds
+    extras = {k: torch.cat([p.extras[k] for p in pieces]) for k, v in pieces[0].extras.items()
+              if isinstance(v, Tensor) and v.dim() > 0}
+    return SMPLifyXResult(terms=terms, extras=extras, **merged), seconds
 
 
 def summary(errors: dict[str, Tensor], objective: Tensor, seconds: float, count: int) -> dict[str, float]:

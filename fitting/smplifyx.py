@@ -211,6 +211,20 @@ def body_gmm_term(path=DEFAULT_PRIOR, dtype: torch.dtype = torch.float32) -> Mix
     return MixtureTerm(MaxMixturePrior(marginal, dtype=dtype))
 
 
+def edge_depth(points: Tensor, keypoints: Tensor, focal: Tensor) -> tuple[Tensor, Tensor]:
+    """SMPLify-X's depth guess (`fitting.guess_init`): f × the mean 3D length of its torso edges (`DEPTH_EDGES`)
+    over their mean 2D length, from model-frame whole-body points (B, 161, 3) m of the start pose, keypoints
+    (B, 161, 3) px and focal (B, 2) px (f = sqrt(fx fy)); over the edges both of whose keypoints are seen. Returns
+    the depth (B,) m and whether any edge was seen (B,)."""
+    a = torch.as_tensor([WHOLEBODY_INDEX[e[0]] for e in DEPTH_EDGES], device=points.device)
+    b = torch.as_tensor([WHOLEBODY_INDEX[e[1]] for e in DEPTH_EDGES], device=points.device)
+    ok = ((keypoints[:, a, 2] > 0) & (keypoints[:, b, 2] > 0)).to(points.dtype)            # (B, E)
+    count = ok.sum(1).clamp_min(1)
+    len3d = ((points[:, a] - points[:, b]).norm(dim=-1) * ok).sum(1) / count
+    len2d = ((keypoints[:, a, :2] - keypoints[:, b, :2]).norm(dim=-1) * ok).sum(1) / count
+    return focal.prod(-1).sqrt() * len3d / len2d.clamp_min(1e-3), ok.sum(1) > 0
+
+
 @dataclass
 class SMPLifyXResult:
     """A batch of whole-body fits (shapes in the module docstring). ``objective`` (B,) is the last stage's
@@ -367,15 +381,9 @@ class SMPLifyX:
         evaluations = [0]
         # fitting.guess_init: depth from the torso edges at the start pose, x = y = 0
         with torch.no_grad():
-            points = model.forward_full(full_pose, betas, expression).points[0]
-        lengths3d, lengths2d = [], []
-        for a, b in DEPTH_EDGES:
-            ia, ib = WHOLEBODY_INDEX[a], WHOLEBODY_INDEX[b]
-            if keypoints[0, ia, 2] > 0 and keypoints[0, ib, 2] > 0:
-                lengths3d.append((points[ia] - points[ib]).norm())
-                lengths2d.append((keypoints[0, ia, :2] - keypoints[0, ib, :2]).norm())
-        depth = (focal[0].prod().sqrt() * torch.stack(lengths3d).mean() / torch.stack(lengths2d).mean()
-                 if lengths3d else torch.as_tensor(2 * c.focal_length / c.image_height, dtype=dtype))
+            points = model.forward_full(full_pose, betas, expression).points
+        depth, seen = edge_depth(points, keypoints, focal)
+        depth = depth[0] if bool(seen[0]) else torch.as_tensor(2 * c.focal_length / c.image_height, dtype=dtype)
         init_t = torch.stack([torch.zeros((), dtype=dtype), torch.zeros((), dtype=dtype), depth.to(dtype)])[None]
         # camera stage: translation and global orientation on the torso, plus the depth anchor
         cam_t = init_t.clone().requires_grad_(True)
