@@ -13,8 +13,9 @@ reference: SPIN's own procedure — the full smplx body model evaluated every st
   confidences are never modified (SPIN zeroes them in place), and missing torso keypoints are masked in stage 1.
 fast: the same objective on the exact joints-only `Skeleton`, minimised by batched Levenberg–Marquardt with
   analytic Jacobians (Geman–McClure by iteratively reweighted least squares, the max-mixture prior by its active
-  component). Run to convergence from an estimated start (``start="estimate"``: a network's prediction), a fit
-  over-fits noisy keypoints and wanders into depth ambiguities, so stage 2 adds w² ‖θ_body - θ_body,init‖²
+  component, a VAE prior (`fitting.vposer.VAEPosePrior`) by Gauss–Newton on its residuals). Run to convergence from
+  an estimated start (``start="estimate"``: a network's prediction), a fit over-fits noisy keypoints and wanders
+  into depth ambiguities, so stage 2 adds w² ‖θ_body - θ_body,init‖²
   (100 small Adam steps have the same effect implicitly), w = σ_kp / σ_start per example: the keypoints' noise
   (read off a first fit's residual) over the start's uncertainty (the caller's ``start_sigma``, or read off how far
   the start reprojects from the keypoints; `SMPLify.near_start_weight`). A start that carries no estimate of the
@@ -63,6 +64,7 @@ from fitting.priors import (
     MaxMixturePrior,
 )
 from fitting.skeleton import Skeleton, compose_axis_angle, select_state
+from fitting.vposer import VAEPosePrior
 
 OP_TORSO = ("OP RHip", "OP LHip", "OP RShoulder", "OP LShoulder")
 TORSO_PAIRS = (("Right Shoulder", "Right Hip"), ("Left Shoulder", "Left Hip"))  # the start's similar triangles
@@ -186,12 +188,13 @@ class SMPLify:
     SMPLify runs where the body model lives (inputs must be there too). Neither argument is modified: a prior on
     another device is copied there, the caller's stays where it is."""
 
-    def __init__(self, body: BodyModel, prior: MaxMixturePrior, config: SMPLifyConfig = SMPLifyConfig()):
+    def __init__(self, body: BodyModel, prior: MaxMixturePrior | VAEPosePrior,
+                 config: SMPLifyConfig = SMPLifyConfig()):
         device = next(body.buffers()).device
         if prior.dim != BODY_POSE_DIM:
             raise ModelFileError(f"the pose prior is a mixture over {prior.dim} values; SMPLify needs one over the "
                                  f"69 body-pose values of SMPL's 23 body joints (pass such a prior file)")
-        if prior.means.device != device:
+        if next(prior.buffers()).device != device:
             prior = copy.deepcopy(prior).to(device)
         self.body, self.prior, self.config = body, prior, config.validated()
         self.skeleton = Skeleton(body).to(device) if config.mode == "fast" else None
@@ -516,7 +519,10 @@ class SMPLify:
         active = torch.nonzero(self._body_conf(kp).sum(0) > 0)[:, 0]
         conf, kp = self._body_conf(kp)[:, active], kp[:, active]
         prior = self.prior
-        means, precisions, log_w = (prior.means.to(dtype), prior.precisions.to(dtype), prior.log_nll_weights.to(dtype))
+        vae = isinstance(prior, VAEPosePrior)       # else the max-mixture: its active component's quadratic
+        if not vae:
+            means, precisions, log_w = (prior.means.to(dtype), prior.precisions.to(dtype),
+                                        prior.log_nll_weights.to(dtype))
         angle_idx, angle_sign = self._angle_idx, self._angle_sign.to(dtype)
         w_pose, w_angle, w_shape = c.pose_prior_weight**2, c.angle_prior_weight**2, c.shape_prior_weight**2
         w_init = trust.square()                                                              # (B,)
@@ -531,10 +537,15 @@ class SMPLify:
             proj = project(state.points, cam_t, focal, center)
             resid = proj - kp[..., :2]
             data = (conf.square()[..., None] * gmof(resid, c.sigma)).sum((1, 2))
-            gmm = 0.5 * _quadratic(p[:, 3:], means, precisions) - log_w          # (B, K)
+            if vae:                                                              # (B, R) residuals, E = ½‖r‖²
+                gmm = prior.residuals(p[:, 3:]).to(dtype)
+                energy = 0.5 * gmm.square().sum(-1)
+            else:                                                                # (B, K) component energies
+                gmm = 0.5 * _quadratic(p[:, 3:], means, precisions) - log_w
+                energy = gmm.min(1).values
             angle = torch.exp(p[:, angle_idx] * angle_sign).square().sum(-1)
             fixed = data + w_shape * b.square().sum(-1) + w_init * (p[:, 3:] - body_init).square().sum(-1)
-            return state, resid, gmm, torch.stack([fixed, w_pose * gmm.min(1).values + w_angle * angle], 1)
+            return state, resid, gmm, torch.stack([fixed, w_pose * energy + w_angle * angle], 1)
 
         state, resid, gmm, terms = cost_of(pose, betas)
         for scale in prior_scale:
@@ -547,11 +558,15 @@ class SMPLify:
             w = weight.reshape(batch, -1)
             hess = jac.transpose(1, 2) @ (w[..., None] * jac)
             grad = (jac.transpose(1, 2) @ (w * resid.reshape(batch, -1))[..., None])[..., 0]
-            # max-mixture prior: the active component's quadratic
-            k = gmm.argmin(1)
-            prec_k, diff = precisions[k], pose[:, 3:] - means[k]
-            hess[:, 3:72, 3:72] += scale * w_pose * 0.5 * prec_k
-            grad[:, 3:72] += scale * w_pose * 0.5 * (prec_k @ diff[..., None])[..., 0]
+            if vae:  # VAE prior: Gauss–Newton on its residuals, exact Jacobian (B, R, 69)
+                jac_p = prior.residuals_and_jacobian(pose[:, 3:])[1].to(dtype)
+                hess[:, 3:72, 3:72] += scale * w_pose * 0.5 * jac_p.transpose(1, 2) @ jac_p
+                grad[:, 3:72] += scale * w_pose * 0.5 * (jac_p.transpose(1, 2) @ gmm[..., None])[..., 0]
+            else:    # max-mixture prior: the active component's quadratic
+                k = gmm.argmin(1)
+                prec_k, diff = precisions[k], pose[:, 3:] - means[k]
+                hess[:, 3:72, 3:72] += scale * w_pose * 0.5 * prec_k
+                grad[:, 3:72] += scale * w_pose * 0.5 * (prec_k @ diff[..., None])[..., 0]
             # angle prior: residual w exp(s θ), derivative s exp(s θ)
             e = torch.exp(pose[:, angle_idx] * angle_sign)
             de = angle_sign * e
