@@ -161,9 +161,33 @@ class BodyModel(nn.Module):
 
     def forward(self, betas: Tensor, body_pose: Tensor, global_orient: Tensor, transl: Tensor | None = None,
                 *, pose2rot: bool = True) -> BodyModelOutput:
-        out = self.layer(**self._layer_inputs(betas, body_pose, global_orient, transl, pose2rot))
-        joints, kinematic = self.canonical_joints(out.vertices, out.joints)
-        return BodyModelOutput(vertices=out.vertices, joints=joints, kinematic_joints=kinematic)
+        if not pose2rot and self.family in ("smplh", "smplx"):
+            vertices, layer_joints = self._rotmat_lbs(betas, body_pose, global_orient, transl)
+        else:
+            out = self.layer(**self._layer_inputs(betas, body_pose, global_orient, transl, pose2rot))
+            vertices, layer_joints = out.vertices, out.joints
+        joints, kinematic = self.canonical_joints(vertices, layer_joints)
+        return BodyModelOutput(vertices=vertices, joints=joints, kinematic_joints=kinematic)
+
+    def _rotmat_lbs(self, betas: Tensor, body_pose: Tensor, global_orient: Tensor,
+                    transl: Tensor | None) -> tuple[Tensor, Tensor]:
+        """SMPL-H / SMPL-X posed from rotation matrices: global_orient (B, 1, 3, 3), body_pose (B, >= 21, 3, 3)
+        (SMPL's two hand slots past the 21 body joints are dropped); hands, jaw, eyes identity (flat hands, the
+        layer's flat_hand_mean), expression 0. smplx's SMPLH/SMPLX forward reshapes its pose parts as axis-angle,
+        so with ``pose2rot=False`` it cannot take matrices: this calls its `lbs` directly, as that forward does.
+        Returns vertices (B, V, 3) and the tree's joints (B, J, 3), metres."""
+        from smplx.lbs import lbs
+
+        layer, batch = self.layer, betas.shape[0]
+        body = body_pose.reshape(batch, -1, 3, 3)[:, :21]
+        rest = torch.eye(3, dtype=betas.dtype, device=betas.device).expand(
+            batch, TREE_JOINTS[self.family] - 22, 3, 3)
+        rotmats = torch.cat([global_orient.reshape(batch, 1, 3, 3), body, rest], dim=1)
+        vertices, joints = lbs(betas, rotmats, layer.v_template, layer.shapedirs[..., :betas.shape[-1]],
+                               layer.posedirs, layer.J_regressor, layer.parents, layer.lbs_weights, pose2rot=False)
+        if transl is not None:
+            vertices, joints = vertices + transl[:, None], joints + transl[:, None]
+        return vertices, joints
 
     def canonical_joints(self, vertices: Tensor, layer_joints: Tensor) -> tuple[Tensor, Tensor]:
         """The 49 canonical joints (B, 49, 3) and the 24 kinematic ones (B, 24, 3) of a posed mesh: vertices

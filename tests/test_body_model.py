@@ -128,3 +128,21 @@ def test_forward_on_cuda_matches_cpu(smpl_pkl):
     params = _random_params(64)
     torch.testing.assert_close(gpu(*(p.cuda() for p in params)).joints.cpu(), cpu(*params).joints,
                                atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family, make", [("smplh", model_files.smplh_arrays), ("smplx", model_files.smplx_arrays)])
+def test_smplh_and_smplx_pose_from_rotation_matrices_as_from_axis_angle(tmp_path, family, make):
+    """What a network regressing rotations gives (SPIN's trainer): smplx's own SMPLH/SMPLX forward cannot take
+    matrices, so BodyModel poses them itself; the same bodies as from axis-angle, translation included."""
+    path = tmp_path / f"{family.upper()}_NEUTRAL.npz"
+    arrays = make()
+    arrays["posedirs"] = np.random.default_rng(1).normal(0, 1e-3, arrays["posedirs"].shape)  # correctives count
+    np.savez(path, **arrays)
+    model = load_body_model(path)
+    betas, pose, orient = _random_params(2)
+    shift = torch.tensor([[0.1, -0.2, 3.0], [1.0, 0.0, 0.5]])
+    aa = model(betas, pose, orient, shift)
+    rot = model(betas, batch_rodrigues(pose.reshape(-1, 3)).reshape(2, 23, 3, 3),
+                batch_rodrigues(orient).reshape(2, 1, 3, 3), shift, pose2rot=False)
+    torch.testing.assert_close(aa.vertices, rot.vertices, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(aa.joints, rot.joints, atol=1e-5, rtol=1e-5)
