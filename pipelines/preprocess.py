@@ -34,8 +34,8 @@ from shards.writer import (
 
 # Splits that are unions of others: converting them as well would write every person twice.
 AGGREGATE_SPLITS = ("all", "trainval")
-# Options that name one annotation file: one file is one split, so the split must be said.
-SINGLE_FILE_OPTIONS = ("annotation_file", "npz_file")
+# Options that name one annotation file (or one folder of per-image files): one split, so the split must be said.
+SINGLE_FILE_OPTIONS = ("annotation_file", "npz_file", "json_dir")
 # What a dataset's root should be, for the one-line error when it is not a folder.
 EXPECTED_ROOT = {
     "coco": "the COCO folder (person_keypoints_<split>*.json in it or in annotations/, images in <subset>/)",
@@ -45,6 +45,10 @@ EXPECTED_ROOT = {
     "lspet": "lspet_dataset (joints.mat and images/im00001.jpg ...)",
     "h36m": "the Human3.6M folder (S1/, S5/, ... with MyPoseFeatures/ and the frames)",
     "spin-npz": "the image root SPIN's imgname paths are relative to (and --option npz_file=...)",
+    "coco_wholebody": "the COCO-WholeBody folder (coco_wholebody_<split>_v1.0.json in it or in annotations/, images "
+                      "in <split>2017/)",
+    "openpose": "the OpenPose folder (<split>/keypoints/*_keypoints.json and <split>/images/, or keypoints/ and "
+                "images/ for train)",
 }
 
 

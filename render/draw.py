@@ -1,4 +1,5 @@
-"""Drawing over pictures: 2D keypoints and their skeleton, left blue and right red (PIL).
+"""Drawing over pictures: 2D keypoints and their skeleton, left blue and right red; whole-body hands (their bones)
+and face points in colours of their own (PIL).
 
 Meshes are drawn by `render.raster`, fitloop's one renderer. Pixels are 0-based with their centres at integers,
 as there and in every fitloop record: a marker for a keypoint at (x, y) px is centred on pixel (x, y).
@@ -9,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from core.joints import JOINT_INDEX
+from core.wholebody import FACE_NAMES, FINGERS, PUPIL_NAMES, WHOLEBODY_INDEX
 
 # Limbs drawn for a 49-joint skeleton, by canonical name (J24 joints; OpenPose feet where present).
 SKELETON: tuple[tuple[str, str], ...] = (
@@ -52,3 +54,47 @@ def draw_keypoints(image: Image.Image, keypoints: np.ndarray, radius: float = 3.
             draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=_side_colour(name),
                          outline=(0, 0, 0))
     return out
+
+
+# Hand bones, by whole-body name: each finger a chain from the hand's root (the wrist) through its three joints
+# to its tip (core.wholebody's 21-point hand).
+HAND_BONES: dict[str, tuple[tuple[str, str], ...]] = {
+    side: tuple(pair for finger in FINGERS for pair in zip(
+        (f"{side}_hand_root", f"{side}_{finger}1", f"{side}_{finger}2", f"{side}_{finger}3"),
+        (f"{side}_{finger}1", f"{side}_{finger}2", f"{side}_{finger}3", f"{side}_{finger}")))
+    for side in ("left", "right")
+}
+# Distinct from the body's left blue / right red / centre green, and from each other.
+HAND_COLOURS = {"left": (0, 200, 230), "right": (255, 170, 0)}
+FACE_COLOUR = (240, 60, 220)
+
+
+def draw_hands_and_face(image: Image.Image, wholebody: np.ndarray, radius: float = 1.5,
+                        min_conf: float = 0.0) -> Image.Image:
+    """Draw the hands (bones and points; left cyan, right orange) and face points (magenta) of (161, 3) whole-body
+    keypoints (`core.wholebody` order: x px, y px, confidence); the body slots are left to `draw_keypoints`.
+
+    Points with confidence <= ``min_conf`` are not drawn, nor bones touching them. Returns a new RGB image.
+    """
+    out = image.convert("RGB").copy()
+    draw = ImageDraw.Draw(out)
+    visible = wholebody[:, 2] > min_conf
+    width = max(1, int(round(radius * 0.8)))
+
+    def point(name: str, colour: tuple[int, int, int]) -> None:
+        i = WHOLEBODY_INDEX[name]
+        if visible[i]:
+            x, y = wholebody[i, :2]
+            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour)
+
+    for side, bones in HAND_BONES.items():
+        for a, b in bones:
+            i, j = WHOLEBODY_INDEX[a], WHOLEBODY_INDEX[b]
+            if visible[i] and visible[j]:
+                draw.line([tuple(wholebody[i, :2]), tuple(wholebody[j, :2])], fill=HAND_COLOURS[side], width=width)
+        for name in {n for bone in bones for n in bone}:
+            point(name, HAND_COLOURS[side])
+    for name in FACE_NAMES + PUPIL_NAMES:
+        point(name, FACE_COLOUR)
+    return out
+

@@ -30,7 +30,7 @@ from core.frames import (
     pose_fit,
 )
 from core.joints import JOINT_INDEX
-from render.draw import draw_keypoints
+from render.draw import draw_hands_and_face, draw_keypoints
 from render.raster import render_mesh
 from shards.sample import StoredSample
 
@@ -169,8 +169,10 @@ def render_panel(sample: StoredSample, fit: dict[str, Any] | None, model: Any | 
             posed = pose_fit(model, np.asarray(fit["pose"]), np.asarray(fit["betas"]), np.asarray(cam_t))
             image = render_mesh(image, posed.vertices, model.faces, camera.focal, camera.center,
                                 colour=MESH_COLOUR, opacity=opacity)
-    image = draw_keypoints(image, scale_keypoints(sample.keypoints_crop, res, size),
-                           radius=radius if radius is not None else max(2.0, size / 110))
+    radius = radius if radius is not None else max(2.0, size / 110)
+    image = draw_keypoints(image, scale_keypoints(sample.keypoints_crop, res, size), radius=radius)
+    if sample.wholebody_crop is not None:  # hands and face of a whole-body sample, smaller than the joints
+        image = draw_hands_and_face(image, scale_keypoints(sample.wholebody_crop, res, size), radius=radius / 2)
     if notes:
         draw = ImageDraw.Draw(image)
         font_px = max(11, size // 22)
@@ -182,7 +184,7 @@ def render_panel(sample: StoredSample, fit: dict[str, Any] | None, model: Any | 
 
 
 def scale_keypoints(keypoints: np.ndarray, res: int, size: int) -> np.ndarray:
-    """(49, 3) keypoints in px of a ``res`` picture -> px of the picture resized to ``size`` (centres at integers);
+    """(J, 3) keypoints in px of a ``res`` picture -> px of the picture resized to ``size`` (centres at integers);
     absent joints stay all zeros."""
     out = np.array(keypoints, dtype=np.float64)
     s = size / res

@@ -6,8 +6,10 @@ One set of parameters (`AugmentParams`) moves every part of a sample consistentl
   ``rot`` degrees (content turns counter-clockwise on screen), mirrored when ``flip``, resampled bilinearly
   through one exact affine map (`shards.crop`), then multiplied per channel by ``noise`` and clipped to [0, 255],
   then normalised with ImageNet's mean and std.
-* **2D keypoints**: the same affine map; when flipped, left and right joints swap (`J49_FLIP_PERM`). Then
-  normalised as SPIN does: ``2·(u + 0.5)/res − 1`` with u in 0-based crop px, so the crop's outer edges are ±1.
+* **2D keypoints**: the same affine map; when flipped, left and right joints swap (`J49_FLIP_PERM`; for the
+  161 whole-body points `core.wholebody.WHOLEBODY_FLIP_PERM`: left hand and right hand, and the face's sides).
+  Then normalised as SPIN does: ``2·(u + 0.5)/res − 1`` with u in 0-based crop px, so the crop's outer edges are
+  ±1.
 * **3D joints**: rotated by ``−rot`` about the camera's z axis (the image's rotation, seen in the camera frame);
   when flipped, swapped left/right and x negated.
 * **SMPL pose**: the global orientation is pre-multiplied by the same z rotation; when flipped, `flip_pose`.
@@ -24,7 +26,8 @@ import numpy as np
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
-from core.joints import J49_FLIP_PERM, flip_pose
+from core.joints import J49_FLIP_PERM, NUM_JOINTS, flip_pose
+from core.wholebody import NUM_WHOLEBODY, WHOLEBODY_FLIP_PERM
 from shards.crop import box_to_crop, transform_points, warp
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -104,14 +107,21 @@ def normalize_keypoints(keypoints: np.ndarray, res: int) -> np.ndarray:
     return out
 
 
-def augment_keypoints(keypoints: np.ndarray, to_crop: np.ndarray, flip: bool, res: int) -> np.ndarray:
-    """(49, 3) source px + confidence -> (49, 3) normalised training-crop coordinates + confidence.
+# The flip permutation of each keypoint layout a sample holds, by its number of points.
+FLIP_PERMS: dict[int, np.ndarray] = {NUM_JOINTS: J49_FLIP_PERM, NUM_WHOLEBODY: WHOLEBODY_FLIP_PERM}
 
-    ``to_crop`` already mirrors positions when ``flip``; this swaps the joints' left/right names to match.
+
+def augment_keypoints(keypoints: np.ndarray, to_crop: np.ndarray, flip: bool, res: int) -> np.ndarray:
+    """(J, 3) source px + confidence -> (J, 3) normalised training-crop coordinates + confidence; J is 49
+    (`core.joints`) or 161 (`core.wholebody`).
+
+    ``to_crop`` already mirrors positions when ``flip``; this swaps the points' left/right names to match.
     """
+    if len(keypoints) not in FLIP_PERMS:
+        raise ValueError(f"keypoints of {len(keypoints)} points: neither the 49-joint nor the 161-point layout")
     crop = transform_points(to_crop, keypoints)
     if flip:
-        crop = crop[J49_FLIP_PERM]
+        crop = crop[FLIP_PERMS[len(keypoints)]]
     return normalize_keypoints(crop, res)
 
 

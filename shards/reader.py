@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from core.wholebody import NUM_WHOLEBODY
 from shards.augment import (
     AugmentConfig,
     AugmentParams,
@@ -249,6 +250,10 @@ class ShardReader(torch.utils.data.IterableDataset):
         keypoints: (49, 3) float32: x, y normalised to [-1, 1] across the crop (SPIN), confidence (0 = absent).
         pose: (72,) float32 SMPL axis-angle (zeros without SMPL); betas: (10,) float32; has_smpl: bool.
         joints_3d: (49, 4) float32 metres, camera frame + confidence (zeros without); has_joints_3d: bool.
+        wholebody: (161, 3) float32 whole-body keypoints (`core.wholebody`: body, hands, face), normalised and
+            flipped like ``keypoints``; all zeros, confidence 0, for a sample without them (a body-only
+            dataset's, or one of shard format 1 or 2), so batches of mixed sets stack; has_wholebody: bool says
+            which.
         flip: bool; rot: float32 degrees; scale: float32 (the augmentation's, multiplying the box): what was
             applied, so a trainer can undo it.
         crop_to_image: (3, 3) float64, training-crop px -> original-image px (0-based, centres at integers).
@@ -369,13 +374,14 @@ class ShardReader(torch.utils.data.IterableDataset):
         to_crop = training_transform(box_center, float(crop_meta["box_side"]), params, res)
         return build_item(image, to_crop, stored.keypoints_crop, stored.crop_to_image, params, res,
                           meta=stored.meta, joints_3d=stored.joints_3d, smpl_pose=stored.smpl_pose,
-                          smpl_betas=stored.smpl_betas, resample=self.config.resample)
+                          smpl_betas=stored.smpl_betas, wholebody=stored.wholebody_crop,
+                          resample=self.config.resample)
 
 
 def build_item(image: Image.Image, to_crop: np.ndarray, keypoints: np.ndarray, source_to_image: np.ndarray,
                params: AugmentParams, res: int, *, meta: dict[str, Any], joints_3d: np.ndarray | None,
-               smpl_pose: np.ndarray | None, smpl_betas: np.ndarray | None, resample: str = "bilinear"
-               ) -> dict[str, Any]:
+               smpl_pose: np.ndarray | None, smpl_betas: np.ndarray | None, wholebody: np.ndarray | None = None,
+               resample: str = "bilinear") -> dict[str, Any]:
     """One training item (layout: `ShardReader`) from a decoded source image: a stored crop, or the original
     image when loading SPIN's way (bench/shards.py), through the same code.
 
@@ -386,6 +392,7 @@ def build_item(image: Image.Image, to_crop: np.ndarray, keypoints: np.ndarray, s
         params: the augmentation drawn; res: training crop side, px.
         meta: the sample's json (uses key, dataset, split, center, scale, has_smpl).
         joints_3d, smpl_pose, smpl_betas: the sample's arrays or None.
+        wholebody: (161, 3) source px + confidence, or None (the item then holds zeros and has_wholebody False).
     """
     return {
         "img": torch.from_numpy(augment_image(image, to_crop, params.noise, res, resample)),
@@ -397,6 +404,9 @@ def build_item(image: Image.Image, to_crop: np.ndarray, keypoints: np.ndarray, s
         "joints_3d": torch.from_numpy(augment_joints_3d(joints_3d, params.rot, params.flip) if joints_3d is not None
                                       else np.zeros((49, 4), np.float32)),
         "has_joints_3d": torch.tensor(joints_3d is not None),
+        "wholebody": torch.from_numpy(augment_keypoints(wholebody, to_crop, params.flip, res) if wholebody is not None
+                                      else np.zeros((NUM_WHOLEBODY, 3), np.float32)),
+        "has_wholebody": torch.tensor(wholebody is not None),
         "flip": torch.tensor(params.flip), "rot": torch.tensor(params.rot, dtype=torch.float32),
         "scale": torch.tensor(params.scale, dtype=torch.float32),
         "crop_to_image": torch.from_numpy(source_to_image @ invert(to_crop)),

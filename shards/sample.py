@@ -16,13 +16,19 @@ suffix                 content
 ``joints_3d.npy``      (49, 4) float32, metres, camera frame + confidence (only when the record has them)
 ``smpl_pose.npy``      (72,) float32 axis-angle, global orientation first (only when the record has it)
 ``smpl_betas.npy``     (10,) float32 (only when the record has them)
+``wholebody_2d.npy``   (161, 3) float32: whole-body keypoints (`core.wholebody`: body, hands, face) in
+                       **original-image** px + confidence (only when the record has them)
+``wholebody_crop.npy`` (161, 3) float32: the same points in **stored-crop** px + confidence, through the crop map
+                       of ``keypoints_crop`` (only with ``wholebody_2d.npy``)
 =====================  ===========================================================================================
 
 Arrays are ``.npy`` written and read with ``allow_pickle=False``; nothing in a shard is a pickle.
 
-Format versions: 2 added ``intrinsics`` to the json and always fills ``image_size`` (the writer decodes the image).
-Format 1 samples still read: their intrinsics are unknown, and `StoredSample.intrinsics` gives the guess from the
-image size (`core.intrinsics.fov_guess`), or raises where the size is unknown too.
+Format versions: 2 added ``intrinsics`` to the json and always fills ``image_size`` (the writer decodes the image);
+3 added the optional whole-body members and the json flag ``has_wholebody``. Format 1 samples still read: their
+intrinsics are unknown, and `StoredSample.intrinsics` gives the guess from the image size
+(`core.intrinsics.fov_guess`), or raises where the size is unknown too. Format 1 and 2 samples have no whole-body
+keypoints (`StoredSample.wholebody_crop` is None, as for a body-only dataset's format 3 sample).
 """
 from __future__ import annotations
 
@@ -36,12 +42,14 @@ import numpy as np
 
 from core.intrinsics import Intrinsics, fov_guess
 from core.joints import NUM_JOINTS
+from core.wholebody import NUM_WHOLEBODY
 from shards.crop import from_affine_rows, invert, to_affine_rows, transform_points
 from shards.schema import SCHEMA_VERSION, PersonRecord
 
 # Bump when a member is added, removed or changes meaning; readers check it.
-SAMPLE_FORMAT_VERSION = 2
-READABLE_SAMPLE_FORMATS = (1, 2)  # 1: written before samples stored their intrinsics (module docstring)
+SAMPLE_FORMAT_VERSION = 3
+# 1: written before samples stored their intrinsics; 2: before the whole-body members (module docstring)
+READABLE_SAMPLE_FORMATS = (1, 2, 3)
 
 _ARRAYS: dict[str, tuple[str, tuple[int, ...]]] = {  # suffix -> (StoredSample field, shape)
     "keypoints_2d.npy": ("keypoints_2d", (NUM_JOINTS, 3)),
@@ -49,8 +57,11 @@ _ARRAYS: dict[str, tuple[str, tuple[int, ...]]] = {  # suffix -> (StoredSample f
     "joints_3d.npy": ("joints_3d", (NUM_JOINTS, 4)),
     "smpl_pose.npy": ("smpl_pose", (72,)),
     "smpl_betas.npy": ("smpl_betas", (10,)),
+    "wholebody_2d.npy": ("wholebody_2d", (NUM_WHOLEBODY, 3)),
+    "wholebody_crop.npy": ("wholebody_crop", (NUM_WHOLEBODY, 3)),
 }
 REQUIRED_SUFFIXES: tuple[str, ...] = ("jpg", "json", "keypoints_2d.npy", "keypoints_crop.npy")
+WHOLEBODY_SUFFIXES: tuple[str, ...] = ("wholebody_2d.npy", "wholebody_crop.npy")  # both or neither (format 3 on)
 KNOWN_SUFFIXES = frozenset(REQUIRED_SUFFIXES) | frozenset(_ARRAYS)
 # Suffixes webdataset decodes with pickle (its "pyd"/"pickle" handlers) and torch's pickled files: never read.
 PICKLE_SUFFIXES = ("pyd", "pickle", "pkl", "pth", "pt")
@@ -108,8 +119,7 @@ def encode_sample(record: PersonRecord, jpeg: bytes, image_to_crop: np.ndarray, 
         image_size: (width, height) px of the original image as decoded.
     """
     crop_to_image = invert(image_to_crop)
-    keypoints_crop = transform_points(image_to_crop, record.keypoints_2d).astype(np.float32)
-    keypoints_crop[record.keypoints_2d[:, 2] <= 0] = 0.0  # an absent joint stays all zeros in every frame
+    keypoints_crop = points_in_crop(image_to_crop, record.keypoints_2d)
     meta = {
         "key": record.key, "schema_version": SCHEMA_VERSION, "sample_format_version": SAMPLE_FORMAT_VERSION,
         "dataset": record.dataset, "split": record.split, "source": record.source, "record": record.record,
@@ -119,7 +129,7 @@ def encode_sample(record: PersonRecord, jpeg: bytes, image_to_crop: np.ndarray, 
         "crop": {"res": res, "margin": margin, "box_side": res / margin, "box_center": [(res - 1) / 2.0] * 2,
                  "image_to_crop": to_affine_rows(image_to_crop), "crop_to_image": to_affine_rows(crop_to_image)},
         "has_smpl": record.has_smpl, "has_joints_3d": record.joints_3d is not None,
-        "extra": dict(record.extra),
+        "has_wholebody": record.wholebody is not None, "extra": dict(record.extra),
     }
     members = {"jpg": jpeg, "json": json.dumps(meta, sort_keys=True, allow_nan=False).encode("utf-8"),
                "keypoints_2d.npy": encode_npy(record.keypoints_2d),
@@ -128,7 +138,18 @@ def encode_sample(record: PersonRecord, jpeg: bytes, image_to_crop: np.ndarray, 
                           ("smpl_betas.npy", record.smpl_betas)):
         if value is not None:
             members[suffix] = encode_npy(value)
+    if record.wholebody is not None:
+        members["wholebody_2d.npy"] = encode_npy(record.wholebody)
+        members["wholebody_crop.npy"] = encode_npy(points_in_crop(image_to_crop, record.wholebody))
     return members
+
+
+def points_in_crop(image_to_crop: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """(J, 3) original-image px + confidence -> (J, 3) float32 stored-crop px + confidence (``image_to_crop``:
+    (3, 3)); an absent point (confidence 0) stays all zeros in every frame."""
+    crop = transform_points(image_to_crop, points).astype(np.float32)
+    crop[points[:, 2] <= 0] = 0.0
+    return crop
 
 
 @dataclass(frozen=True, eq=False)
@@ -139,6 +160,8 @@ class StoredSample:
         key: the sample key; meta: the json member as a dict; jpeg: the crop's bytes.
         keypoints_2d: (49, 3) original-image px + confidence; keypoints_crop: (49, 3) stored-crop px + conf.
         joints_3d: (49, 4) or None; smpl_pose: (72,) or None; smpl_betas: (10,) or None.
+        wholebody_2d: (161, 3) original-image px + confidence, wholebody_crop: (161, 3) stored-crop px +
+            confidence (`core.wholebody` order), or None: a body-only dataset's sample, or one of format 1 or 2.
     """
 
     key: str
@@ -149,6 +172,8 @@ class StoredSample:
     joints_3d: np.ndarray | None = None
     smpl_pose: np.ndarray | None = None
     smpl_betas: np.ndarray | None = None
+    wholebody_2d: np.ndarray | None = None
+    wholebody_crop: np.ndarray | None = None
 
     @property
     def image_to_crop(self) -> np.ndarray:
@@ -202,6 +227,13 @@ def decode_sample(key: str, members: dict[str, bytes]) -> StoredSample:
     if meta.get("sample_format_version") not in READABLE_SAMPLE_FORMATS:
         raise SampleFormatError(f"sample {key!r} has format version {meta.get('sample_format_version')}, this "
                                 f"reader reads {', '.join(map(str, READABLE_SAMPLE_FORMATS))}")
+    wholebody = [s for s in WHOLEBODY_SUFFIXES if s in members]
+    if wholebody and meta.get("sample_format_version", 0) < 3:
+        raise SampleFormatError(f"sample {key!r} of format {meta.get('sample_format_version')} has member(s) "
+                                f"{', '.join(wholebody)}, which formats before 3 do not have")
+    if len(wholebody) not in (0, len(WHOLEBODY_SUFFIXES)):
+        raise SampleFormatError(f"sample {key!r} has {wholebody[0]} without "
+                                f"{next(s for s in WHOLEBODY_SUFFIXES if s not in members)}")
     for suffix, (field, shape) in _ARRAYS.items():
         if field in arrays and arrays[field].shape != shape:
             raise SampleFormatError(f"sample {key!r}: {suffix} has shape {arrays[field].shape}, expected {shape}")

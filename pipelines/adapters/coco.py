@@ -71,6 +71,8 @@ class CocoAdapter:
     name = "coco"
     splits = ("train", "val")
     config_type = CocoConfig
+    what = "a COCO keypoints file"                    # for AnnotationFileError
+    annotation_glob = "person_keypoints_{split}*.json"  # the annotation file of a split, under root or annotations/
 
     def read(self, root: Path, split: str, config: CocoConfig | None = None) -> Iterator[Output]:
         """Yield one `PersonRecord` or `Reject` per annotation of the keypoints json (sorted by image, then id);
@@ -79,13 +81,13 @@ class CocoAdapter:
         config = config or CocoConfig()
         check_split(self, split)
         root = Path(root)
-        path = resolve_under(root, config.annotation_file) or find_annotation_file(root, split)
+        path = resolve_under(root, config.annotation_file) or find_annotation_file(root, split, self.annotation_glob)
         if not path.is_file():
             raise DatasetError(f"COCO annotation file {path} does not exist")
         builder = RecordBuilder(self.name, split, config)
         source = display_path(path, root)
         image_root, image_dir = image_folder(root, resolve_under(root, config.image_dir)
-                                             or default_image_dir(root, path))
+                                             or self.default_image_dir(root, path, split))
 
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -94,7 +96,7 @@ class CocoAdapter:
             annotations = sorted(data["annotations"], key=_order)
             _check_categories(data.get("categories", []))
         except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as err:  # JSONDecodeError: ValueError
-            raise AnnotationFileError(path, "a COCO keypoints file", err) from None
+            raise AnnotationFileError(path, self.what, err) from None
         shared = {i: n for i, n in image_ids.items() if n > 1}  # which picture such an annotation is of is unknown
         annotation_ids = Counter(_order(a)[2] for a in annotations if _order(a)[0] == 0)
 
@@ -126,6 +128,7 @@ class CocoAdapter:
             crowd = bool(annotation.get("iscrowd", 0))
             image_path = image_path_under(image_dir, image["file_name"])
             expected_size = (int(image["width"]), int(image["height"]))
+            wholebody, part_extra = self.wholebody(annotation, config)
         except (KeyError, TypeError, ValueError, OverflowError) as err:
             return builder.reject(source, record, "malformed_annotation",
                                   f"cannot read the annotation: {type(err).__name__}: {err}", key)
@@ -139,9 +142,20 @@ class CocoAdapter:
             key=key, source=source, record=record, image_root=image_root,
             image_path=image_path,
             center=np.array([x + w / 2.0, y + h / 2.0]), scale=config.bbox_expand * max(w, h) / 200.0,
-            keypoints_2d=keypoints, expected_size=expected_size,
+            keypoints_2d=keypoints, expected_size=expected_size, wholebody=wholebody,
             extra={"image_id": image_id, "annotation_id": annotation_id, "bbox_xywh": [x, y, w, h],
-                   "occluded": occluded_names(occluded & labelled, COCO_JOINTS)})
+                   "occluded": occluded_names(occluded & labelled, COCO_JOINTS)} | part_extra)
+
+
+    def wholebody(self, annotation: dict[str, Any], config: CocoConfig) -> tuple[np.ndarray | None, dict[str, Any]]:
+        """The annotation's (161, 3) whole-body keypoints and what they add to ``extra``: none in COCO itself (a
+        subclass's formats have them). Raises KeyError, TypeError or ValueError for a malformed annotation (a
+        ``malformed_annotation`` reject)."""
+        return None, {}
+
+    def default_image_dir(self, root: Path, annotation_file: Path, split: str) -> Path:
+        """The image folder when ``image_dir`` is not given (`default_image_dir`)."""
+        return default_image_dir(root, annotation_file)
 
 
 def _order(annotation: Any) -> tuple[int, int, int]:
@@ -160,13 +174,13 @@ def _check_categories(categories: list[dict[str, Any]]) -> None:
             raise ValueError(f"category {category.get('name')!r} lists keypoints {names}, not COCO's 17")
 
 
-def find_annotation_file(root: Path, split: str) -> Path:
-    """The single ``person_keypoints_<split>*.json`` under ``root`` or ``root/annotations``."""
-    found = sorted(p for folder in (root, root / "annotations")
-                   for p in folder.glob(f"person_keypoints_{split}*.json"))
+def find_annotation_file(root: Path, split: str, glob: str = CocoAdapter.annotation_glob) -> Path:
+    """The single ``glob`` file (default ``person_keypoints_<split>*.json``) under ``root`` or ``root/annotations``."""
+    pattern = glob.format(split=split)
+    found = sorted(p for folder in (root, root / "annotations") for p in folder.glob(pattern))
     if len(found) != 1:
         what = "none" if not found else ", ".join(str(p) for p in found)
-        raise DatasetError(f"looked for one person_keypoints_{split}*.json in {root} and {root / 'annotations'}, "
+        raise DatasetError(f"looked for one {pattern} in {root} and {root / 'annotations'}, "
                            f"found {what}; pass annotation_file")
     return found[0]
 

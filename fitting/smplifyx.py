@@ -1,0 +1,653 @@
+"""Batched SMPLify-X: whole-body (SMPL-X) fits to body, hand and face keypoints, as SMPLify-X runs it
+(``mode="reference"``) and much faster (``mode="fast"``, the default).
+
+Both minimise one objective (`SMPLifyX.objective`), SMPLify-X's (Pavlakos et al. CVPR 2019; the numbers are its
+released code's, vchoutas/smplify-x: `cfg_files/fit_smplx.yaml`, `smplifyx/fitting.py` SMPLifyLoss,
+`smplifyx/fit_single_frame.py`), in its five stages of `SMPLIFYX_STAGES`:
+
+    E = d² Σ_i (w_i c_i)² Σ_xy ρ(π(X_i) − x_i)                 data: GMoF ρ, rho = 100 px; d = 1000 / image height
+      + w_body² E_body(θ_body) + 3.17 w_body Σ exp(s θ)²      body pose prior (GMM over the 21 body joints for
+                                                                now) and SMPLify's elbow/knee bending prior
+      + w_hand² (E_hand(θ_lhand) + E_hand(θ_rhand))             hand pose prior (L2 on the 45 values, no PCA)
+      + w_shape² ‖β‖² + w_expr² ‖ψ‖² + Σ_k (w_jaw,k θ_jaw,k)²
+
+over the 161 whole-body points of `core.wholebody` (X_i from `fitting.wholebody_model`), w_i the stage's joint
+weight of point i's part (body 1, hands and face per stage, 0 for SMPLify's ignored joints and points the model
+does not provide), c_i the keypoint confidence. The body and hand priors are pluggable residual blocks
+(`PoseTerm`: an energy, and its Gauss–Newton normal equations for the fast mode); another prior (a VAE, hand joint
+limits) is another block.
+
+reference: SMPLify-X's procedure per person (it fits one person at a time; so does this, for an honest speed
+  comparison): the camera translation's depth from the torso edges (x = y = 0), a camera stage (translation and
+  global orientation on the four torso keypoints, squared error weighted d², plus the depth anchor 100² (t_z −
+  t_z,init)²), a second orientation turned 180° about the body's vertical when the shoulders are less than 25 px
+  apart, then per orientation the five stages, each a fresh L-BFGS (strong Wolfe line search, lr 1, 30 iterations
+  per step, history 100) stepped up to 30 times until the loss changes by less than ftol = 1e-9 relative or every
+  gradient is below gtol = 1e-9; the orientation with the lower final loss is kept. The full smplx model every
+  evaluation.
+fast: the same objective on the exact joints-only `Skeleton` of the SMPL-X tree (55 joints; fingertips and
+  landmarks as vertex rows; expression as linear shape parameters), batched Levenberg–Marquardt with analytic
+  Jacobians (GMoF by iteratively reweighted least squares, the GMM by its active component), a few iterations per
+  stage. What a stage cannot move is not solved for: hand poses join when the stage's hand weight is positive,
+  jaw and expression when its face weight is (before that, only their priors touch them, and they start at those
+  priors' minimum, zero); the eyes never (nothing observes them). Both orientations as above, in one batch.
+
+Deviations of both modes from SMPLify-X as written, named: the start is fitloop's mean start (global orientation
+π about x, the camera-frame convention of every fitloop fit, body pose 0: VPoser's mean) instead of a zero
+global orientation; missing torso keypoints are masked in the camera stage (SMPLify-X would pull the torso to
+(0, 0)); the ignored body joints are SPIN's `core.joints.SMPLIFY_IGNORED` (SMPLify-X's OpenPose neck and hips, and
+the dataset hips the whole-body layout also has); the body prior is the GMM until the VAE prior exists; hand
+poses are full axis-angle (SMPLify-X's released config fits 12 PCA components).
+
+Conventions: keypoints (B, 161, 3) px of the image the camera describes + confidence, whole-body layout;
+camera_center (B, 2) px; focal (B,) or (B, 2) px per example or the config's; results: full_pose (B, 165)
+axis-angle radians in SMPL-X order (`fitting.wholebody_model.POSE_SLICES`), betas (B, NB), expression (B, NE),
+cam_t (B, 3) m, camera frame (x right, y down, z forward). Inputs are never modified; results are deterministic.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from core.camera import project, projection_jacobian, translation_from_torso
+from core.joints import SMPLIFY_IGNORED
+from core.wholebody import NUM_WHOLEBODY, WHOLEBODY_INDEX, WHOLEBODY_PARTS, wholebody_indices
+from fitting.priors import (
+    ANGLE_PRIOR_INDICES,
+    ANGLE_PRIOR_SIGNS,
+    DEFAULT_PRIOR,
+    GaussianMixture,
+    MaxMixturePrior,
+    load_gmm,
+)
+from fitting.skeleton import compose_axis_angle, select_state
+from fitting.smplify import _lm_solve, gmof
+from fitting.wholebody_model import BODY_POSE_DIM, FULL_POSE_DIM, HAND_POSE_DIM, POSE_SLICES, WholeBodyModel
+
+# --- SMPLify-X's numbers (vchoutas/smplify-x, cfg_files/fit_smplx.yaml at 12467e9, smplifyx/*.py) ---------------
+SMPLIFYX_RHO = 100.0                   # fit_smplx.yaml rho: the GMoF scale, px
+SMPLIFYX_FOCAL = 5000.0                # fit_smplx.yaml focal_length, px
+SMPLIFYX_DEPTH_LOSS_WEIGHT = 100.0     # cmd_parser depth_loss_weight: camera stage's anchor on t_z
+SMPLIFYX_DATA_HEIGHT = 1000.0          # fit_single_frame: data_weight = 1000 / H (image height px)
+SMPLIFYX_BENDING_FACTOR = 3.17         # fit_single_frame: bending_prior_weight = 3.17 * body_pose_weight
+SMPLIFYX_SIDE_VIEW_THRESHOLD = 25.0    # cmd_parser side_view_thsh: shoulders closer (px) -> also fit turned 180°
+SMPLIFYX_MAXITERS = 30                 # fit_smplx.yaml maxiters: L-BFGS steps per stage, and iterations per step
+SMPLIFYX_FTOL = 1e-9                   # fit_smplx.yaml ftol: relative loss change that ends a stage
+SMPLIFYX_GTOL = 1e-9                   # fit_smplx.yaml gtol: largest gradient that ends a stage
+SMPLIFYX_LBFGS_TOLERANCE_GRAD = 1e-5   # optimizers/lbfgs_ls.py defaults (the L-BFGS torch adopted)
+SMPLIFYX_LBFGS_TOLERANCE_CHANGE = 1e-9
+SMPLIFYX_LBFGS_HISTORY = 100
+CAMERA_TORSO = ("OP RHip", "OP LHip", "OP RShoulder", "OP LShoulder")  # init_joints_idxs 9, 12, 2, 5 (OpenPose)
+DEPTH_EDGES = (("OP LShoulder", "OP LHip"), ("OP RShoulder", "OP RHip"))  # body_tri_idxs 5-12, 2-9
+SHOULDERS = ("OP LShoulder", "OP RShoulder")                               # left_/right_shoulder_idx 5, 2
+FLIP = (0.0, math.pi, 0.0)             # fit_single_frame: the second orientation, R(orient) R_y(π)
+Mode = Literal["fast", "reference"]
+
+
+@dataclass(frozen=True)
+class StageWeights:
+    """One stage's weights (SMPLify-X's names; all but the jaw's and the bending factor enter squared)."""
+
+    body_pose: float
+    shape: float
+    expression: float
+    hand_pose: float
+    jaw_pose: tuple[float, float, float]
+    hand_joints: float
+    face_joints: float
+    collision: float   # SMPLify-X's interpenetration weight; not used here (another part of issue 14)
+
+
+# fit_smplx.yaml: body_pose_prior_weights, shape_weights, expr_weights, hand_pose_prior_weights,
+# jaw_pose_prior_weights, hand_joints_weights, face_joints_weights, coll_loss_weights; one row per stage.
+SMPLIFYX_STAGES: tuple[StageWeights, ...] = (
+    StageWeights(404.0, 100.0, 100.0, 404.0, (4040.0, 40400.0, 40400.0), 0.0, 0.0, 0.0),
+    StageWeights(404.0, 50.0, 50.0, 404.0, (4040.0, 40400.0, 40400.0), 0.0, 0.0, 0.0),
+    StageWeights(57.4, 10.0, 10.0, 57.4, (574.0, 5740.0, 5740.0), 0.0, 0.0, 0.0),
+    StageWeights(4.78, 5.0, 5.0, 4.78, (47.8, 478.0, 478.0), 0.1, 0.0, 0.01),
+    StageWeights(4.78, 5.0, 5.0, 4.78, (47.8, 478.0, 478.0), 2.0, 2.0, 1.0),
+)
+
+
+@dataclass(frozen=True)
+class SMPLifyXConfig:
+    """SMPLify-X settings: its stages and numbers, and the fast mode's iteration counts."""
+
+    mode: Mode = "fast"
+    stages: tuple[StageWeights, ...] = SMPLIFYX_STAGES
+    focal_length: float = SMPLIFYX_FOCAL
+    rho: float = SMPLIFYX_RHO
+    image_height: float = SMPLIFYX_DATA_HEIGHT     # px; the data weight is 1000 / image_height
+    depth_loss_weight: float = SMPLIFYX_DEPTH_LOSS_WEIGHT
+    side_view_threshold: float = SMPLIFYX_SIDE_VIEW_THRESHOLD
+    ignored_joints: tuple[str, ...] = SMPLIFY_IGNORED
+    # reference: L-BFGS
+    maxiters: int = SMPLIFYX_MAXITERS
+    ftol: float = SMPLIFYX_FTOL
+    gtol: float = SMPLIFYX_GTOL
+    # fast: Levenberg–Marquardt iterations of the camera stage and of each stage
+    camera_iterations: int = 10
+    stage_iterations: tuple[int, ...] = (4, 4, 6, 8, 12)
+
+    def validated(self) -> SMPLifyXConfig:
+        if self.mode not in ("fast", "reference"):
+            raise ValueError(f"SMPLify-X mode must be 'fast' or 'reference', not {self.mode!r}")
+        if len(self.stage_iterations) != len(self.stages):
+            raise ValueError(f"stage_iterations has {len(self.stage_iterations)} entries for {len(self.stages)} "
+                             f"stages")
+        if self.image_height <= 0:
+            raise ValueError(f"image_height must be positive px, got {self.image_height}")
+        return self
+
+    @property
+    def data_weight(self) -> float:
+        return SMPLIFYX_DATA_HEIGHT / self.image_height
+
+
+# --- pluggable prior blocks --------------------------------------------------------------------------------------
+class PoseTerm(Protocol):
+    """A prior over a block of pose values x (B, D): an energy (B,), differentiable (the reference mode uses
+    autograd), and its Gauss–Newton normal equations (the fast mode): (H (B, D, D), g (B, D)) with ½∇²E ≈ H and
+    ½∇E = g at x. The objective multiplies both by the stage's squared weight."""
+
+    dim: int
+
+    def energy(self, x: Tensor) -> Tensor: ...
+
+    def normal_equations(self, x: Tensor) -> tuple[Tensor, Tensor]: ...
+
+
+class L2Term:
+    """‖x‖²: SMPLify-X's ``l2`` prior (its hand, jaw, expression and shape prior)."""
+
+    def __init__(self, dim: int):
+        self.dim = dim
+
+    def energy(self, x: Tensor) -> Tensor:
+        return x.square().sum(-1)
+
+    def normal_equations(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        eye = torch.eye(self.dim, dtype=x.dtype, device=x.device)
+        return eye.expand(x.shape[0], -1, -1), x
+
+
+class MixtureTerm:
+    """SMPLify's max-mixture GMM prior (`fitting.priors.MaxMixturePrior`): min_k of the components' energies; in
+    the normal equations, the active component's quadratic."""
+
+    def __init__(self, prior: MaxMixturePrior):
+        self.prior, self.dim = prior, prior.dim
+
+    def energy(self, x: Tensor) -> Tensor:
+        return self.prior(x).to(x.dtype)
+
+    def normal_equations(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        prior = self.prior
+        k = prior.component_energies(x).argmin(1)
+        prec = prior.precisions.to(x.dtype)[k]
+        diff = x - prior.means.to(x.dtype)[k]
+        return 0.5 * prec, 0.5 * (prec @ diff[..., None])[..., 0]
+
+
+def body_gmm_term(path=DEFAULT_PRIOR, dtype: torch.dtype = torch.float32) -> MixtureTerm:
+    """The GMM pose prior over SMPL-X's 21 body joints: the marginal of a 23-joint SMPL mixture (`load_gmm`) over
+    its first 63 values (SMPL's two hand joints dropped: marginal means and covariances)."""
+    gmm = load_gmm(path)
+    marginal = GaussianMixture(means=gmm.means[:, :BODY_POSE_DIM], covars=gmm.covars[:, :BODY_POSE_DIM, :BODY_POSE_DIM],
+                               weights=gmm.weights, metadata={**gmm.metadata, "marginal": "21 body joints"})
+    return MixtureTerm(MaxMixturePrior(marginal, dtype=dtype))
+
+
+@dataclass
+class SMPLifyXResult:
+    """A batch of whole-body fits (shapes in the module docstring). ``objective`` (B,) is the last stage's
+    objective of the fit on the full model, ``terms`` its parts (B,) each; ``points`` (B, 161, 3) the model-frame
+    whole-body points (add cam_t for the camera frame)."""
+
+    full_pose: Tensor
+    betas: Tensor
+    expression: Tensor
+    cam_t: Tensor
+    points: Tensor
+    objective: Tensor
+    terms: dict[str, Tensor]
+    extras: dict = field(default_factory=dict)
+
+
+class SMPLifyX:
+    """Whole-body SMPLify for one SMPL-X-layout model; any batch size per call."""
+
+    def __init__(self, model: WholeBodyModel, body_prior: PoseTerm | None = None,
+                 hand_prior: PoseTerm | None = None, config: SMPLifyXConfig = SMPLifyXConfig()):
+        self.model, self.config = model, config.validated()
+        dtype = model.rows.dtype
+        self.body_prior = body_prior if body_prior is not None else body_gmm_term(dtype=dtype)
+        self.hand_prior = hand_prior if hand_prior is not None else L2Term(HAND_POSE_DIM)
+        if self.body_prior.dim != BODY_POSE_DIM or self.hand_prior.dim != HAND_POSE_DIM:
+            raise ValueError(f"the body prior must be over {BODY_POSE_DIM} values and the hand prior over "
+                             f"{HAND_POSE_DIM}; got {self.body_prior.dim} and {self.hand_prior.dim}")
+        device = model.rows.device
+        provided = torch.as_tensor(model.provided, device=device)
+        self._parts = {part: torch.as_tensor(wholebody_indices(names), device=device)
+                       for part, names in WHOLEBODY_PARTS.items()}
+        ignored = torch.as_tensor(wholebody_indices(self.config.ignored_joints), device=device)
+        self._usable = provided.clone()
+        self._usable[ignored] = False
+        self._camera_torso = torch.as_tensor(wholebody_indices(CAMERA_TORSO), device=device)
+        self._angle_idx = torch.as_tensor(ANGLE_PRIOR_INDICES, device=device) + POSE_SLICES["body_pose"].start
+        self._angle_sign = torch.as_tensor(ANGLE_PRIOR_SIGNS, dtype=dtype, device=device)
+        if self.config.mode == "fast":
+            self.skeleton, targets = model.skeleton()
+            # skeleton point -> whole-body index, and whole-body index -> skeleton point (-1: not provided)
+            self._targets = targets
+            self._point_of = torch.full((NUM_WHOLEBODY,), -1, dtype=torch.long, device=device)
+            self._point_of[targets] = torch.arange(len(targets), device=device)
+
+    # -- the objective (both modes) ------------------------------------------------------------------------
+    def point_weights(self, stage: StageWeights) -> Tensor:
+        """SMPLify-X's joint weights (161,) for a stage: body 1, hands and face the stage's, 0 for the ignored
+        joints and the points this model does not provide."""
+        weights = torch.zeros(NUM_WHOLEBODY, dtype=self.model.rows.dtype, device=self.model.rows.device)
+        weights[self._parts["body"]] = 1.0
+        weights[self._parts["left_hand"]] = stage.hand_joints
+        weights[self._parts["right_hand"]] = stage.hand_joints
+        weights[self._parts["face"]] = stage.face_joints
+        return weights * self._usable
+
+    def objective(self, points: Tensor, cam_t: Tensor, center: Tensor, focal: Tensor, keypoints: Tensor,
+                  full_pose: Tensor, betas: Tensor, expression: Tensor, stage: StageWeights) -> dict[str, Tensor]:
+        """SMPLify-X's objective's terms (B,) each (module docstring) and their sum ``total``, for model-frame
+        whole-body points (B, 161, 3) of the given parameters; differentiable."""
+        c = self.config
+        weight = self.point_weights(stage)[None] * keypoints[..., 2]                       # (B, 161) w c
+        resid = project(points, cam_t, focal, center) - keypoints[..., :2]
+        data = c.data_weight**2 * (weight.square()[..., None] * gmof(resid, c.rho)).sum((1, 2))
+        body = full_pose[:, POSE_SLICES["body_pose"]]
+        bending = torch.exp(full_pose[:, self._angle_idx] * self._angle_sign.to(full_pose)).square().sum(-1)
+        jaw = torch.as_tensor(stage.jaw_pose, dtype=full_pose.dtype, device=full_pose.device)
+        terms = {
+            "data": data,
+            "body_pose": stage.body_pose**2 * self.body_prior.energy(body),
+            "bending": SMPLIFYX_BENDING_FACTOR * stage.body_pose * bending,
+            "hand_pose": stage.hand_pose**2 * (self.hand_prior.energy(full_pose[:, POSE_SLICES["left_hand_pose"]])
+                                               + self.hand_prior.energy(full_pose[:, POSE_SLICES["right_hand_pose"]])),
+            "shape": stage.shape**2 * betas.square().sum(-1),
+            "expression": stage.expression**2 * expression.square().sum(-1),
+            "jaw_pose": (jaw * full_pose[:, POSE_SLICES["jaw_pose"]]).square().sum(-1),
+        }
+        terms["total"] = sum(terms.values())
+        return terms
+
+    def evaluate(self, full_pose: Tensor, betas: Tensor, expression: Tensor, cam_t: Tensor, keypoints: Tensor,
+                 camera_center: Tensor, *, focal_length: Tensor | None = None,
+                 stage: StageWeights | None = None) -> dict[str, Tensor]:
+        """The objective's terms of given fits on the full model (the last stage's weights by default); no
+        gradient. What both modes' fits are compared by."""
+        focal = self._focal(focal_length, keypoints)
+        with torch.no_grad():
+            points = self.model.forward_full(full_pose, betas, expression).points
+            return self.objective(points, cam_t, camera_center, focal, keypoints, full_pose, betas, expression,
+                                  stage or self.config.stages[-1])
+
+    # -- public API ----------------------------------------------------------------------------------------
+    def __call__(self, keypoints: Tensor, camera_center: Tensor, *,
+                 focal_length: Tensor | None = None) -> SMPLifyXResult:
+        """Fit a batch of whole-body keypoints (B, 161, 3) px + confidence from the mean start (module
+        docstring)."""
+        if keypoints.dim() != 3 or keypoints.shape[1:] != (NUM_WHOLEBODY, 3):
+            raise ValueError(f"keypoints must be (B, {NUM_WHOLEBODY}, 3) whole-body px + confidence, got "
+                             f"{tuple(keypoints.shape)}")
+        keypoints, center = keypoints.detach().clone(), camera_center.detach().clone()
+        focal = self._focal(focal_length, keypoints)
+        if self.config.mode == "reference":
+            return self._fit_reference(keypoints, center, focal)
+        return self._fit_fast(keypoints, center, focal)
+
+    # -- shared pieces -------------------------------------------------------------------------------------
+    def _focal(self, focal_length: Tensor | None, keypoints: Tensor) -> Tensor:
+        batch = keypoints.shape[0]
+        if focal_length is None:
+            return torch.full((batch, 2), self.config.focal_length, dtype=keypoints.dtype, device=keypoints.device)
+        focal = torch.as_tensor(focal_length, dtype=keypoints.dtype, device=keypoints.device).detach().clone()
+        if focal.shape == (batch,):
+            focal = focal[:, None].expand(batch, 2).clone()
+        if focal.shape != (batch, 2) or not bool((focal > 0).all()):
+            raise ValueError(f"focal_length must be positive, of shape ({batch},) or ({batch}, 2); got "
+                             f"{tuple(focal.shape)}")
+        return focal
+
+    def _side_view(self, keypoints: Tensor) -> Tensor:
+        """(B,) bool: the 2D shoulders closer than the side-view threshold (SMPLify-X then also fits the body
+        turned 180°)."""
+        left, right = (keypoints[:, WHOLEBODY_INDEX[n], :2] for n in SHOULDERS)
+        return (left - right).norm(dim=-1) < self.config.side_view_threshold
+
+    def _result(self, full_pose, betas, expression, cam_t, keypoints, center, focal, **extras) -> SMPLifyXResult:
+        terms = self.evaluate(full_pose, betas, expression, cam_t, keypoints, center, focal_length=focal)
+        with torch.no_grad():
+            points = self.model.forward_full(full_pose, betas, expression).points
+        return SMPLifyXResult(full_pose=full_pose, betas=betas, expression=expression, cam_t=cam_t, points=points,
+                              objective=terms["total"], terms=terms, extras=extras)
+
+    # -- reference: SMPLify-X's L-BFGS stages, one person at a time ------------------------------------------
+    def _fit_reference(self, keypoints: Tensor, center: Tensor, focal: Tensor) -> SMPLifyXResult:
+        fits = [self._fit_one_reference(keypoints[b:b + 1], center[b:b + 1], focal[b:b + 1])
+                for b in range(keypoints.shape[0])]
+        full_pose, betas, expression, cam_t = (torch.cat([f[k] for f in fits]) for k in range(4))
+        return self._result(full_pose, betas, expression, cam_t, keypoints, center, focal,
+                            function_evaluations=torch.as_tensor([f[4] for f in fits]),
+                            turned_tried=torch.as_tensor([f[5] for f in fits]),
+                            stage_losses=torch.as_tensor([f[6] for f in fits]))
+
+    def _fit_one_reference(self, keypoints, center, focal):
+        c, model = self.config, self.model
+        dtype, device = keypoints.dtype, keypoints.device
+        num_betas, num_expression = model.num_betas, model.num_expression
+        full_pose = torch.zeros(1, FULL_POSE_DIM, dtype=dtype, device=device)
+        full_pose[:, 0] = math.pi                                         # fitloop's mean start (module docstring)
+        betas = torch.zeros(1, num_betas, dtype=dtype, device=device)
+        expression = torch.zeros(1, num_expression, dtype=dtype, device=device)
+        evaluations = [0]
+        # fitting.guess_init: depth from the torso edges at the start pose, x = y = 0
+        with torch.no_grad():
+            points = model.forward_full(full_pose, betas, expression).points[0]
+        lengths3d, lengths2d = [], []
+        for a, b in DEPTH_EDGES:
+            ia, ib = WHOLEBODY_INDEX[a], WHOLEBODY_INDEX[b]
+            if keypoints[0, ia, 2] > 0 and keypoints[0, ib, 2] > 0:
+                lengths3d.append((points[ia] - points[ib]).norm())
+                lengths2d.append((keypoints[0, ia, :2] - keypoints[0, ib, :2]).norm())
+        depth = (focal[0].prod().sqrt() * torch.stack(lengths3d).mean() / torch.stack(lengths2d).mean()
+                 if lengths3d else torch.as_tensor(2 * c.focal_length / c.image_height, dtype=dtype))
+        init_t = torch.stack([torch.zeros((), dtype=dtype), torch.zeros((), dtype=dtype), depth.to(dtype)])[None]
+        # camera stage: translation and global orientation on the torso, plus the depth anchor
+        cam_t = init_t.clone().requires_grad_(True)
+        orient = full_pose[:, :3].clone().requires_grad_(True)
+        rest = full_pose[:, 3:]
+        torso, mask = self._camera_torso, (keypoints[0, self._camera_torso, 2] > 0).to(dtype)
+
+        def camera_loss():
+            pts = model.forward_full(torch.cat([orient, rest], 1), betas, expression).points
+            err = (project(pts[:, torso], cam_t, focal, center) - keypoints[:, torso, :2]).square().sum(-1)
+            evaluations[0] += 1
+            return (c.data_weight**2 * (mask * err).sum()
+                    + c.depth_loss_weight**2 * (cam_t[:, 2] - init_t[:, 2]).square().sum())
+
+        self._run_lbfgs([cam_t, orient], camera_loss)
+        cam_t = cam_t.detach()
+        orientations = [orient.detach()]
+        turned = bool(self._side_view(keypoints)[0])
+        if turned:
+            orientations.append(compose_axis_angle(orient.detach(), torch.tensor([FLIP], dtype=dtype, device=device)))
+        best = None
+        for start_orient in orientations:
+            params = {"global_orient": start_orient.clone(), "body_pose": torch.zeros(1, BODY_POSE_DIM, dtype=dtype),
+                      "betas": betas.clone(), "expression": expression.clone()}
+            for name in ("left_hand_pose", "right_hand_pose"):
+                params[name] = torch.zeros(1, HAND_POSE_DIM, dtype=dtype)
+            for name in ("jaw_pose", "leye_pose", "reye_pose"):
+                params[name] = torch.zeros(1, 3, dtype=dtype)
+            params = {k: v.to(device).requires_grad_(True) for k, v in params.items()}
+            loss_value, stage_losses = None, []
+            for stage in c.stages:
+                def closure(stage=stage, p=params):
+                    pose = model.full_pose(p["global_orient"], p["body_pose"], p["left_hand_pose"],
+                                           p["right_hand_pose"], p["jaw_pose"], p["leye_pose"], p["reye_pose"])
+                    pts = model.forward_full(pose, p["betas"], p["expression"]).points
+                    evaluations[0] += 1
+                    return self.objective(pts, cam_t, center, focal, keypoints, pose, p["betas"],
+                                          p["expression"], stage)["total"].sum()
+
+                loss_value, first = self._run_lbfgs(list(params.values()), closure)
+                with torch.no_grad():
+                    stage_losses.append((first, float(closure())))
+            if best is None or loss_value < best[0]:
+                best = (loss_value, {k: v.detach() for k, v in params.items()}, stage_losses)
+        p = best[1]
+        pose = model.full_pose(p["global_orient"], p["body_pose"], p["left_hand_pose"], p["right_hand_pose"],
+                               p["jaw_pose"], p["leye_pose"], p["reye_pose"])
+        return pose, p["betas"], p["expression"], cam_t, evaluations[0], turned, best[2]
+
+    def _run_lbfgs(self, params: list[Tensor], loss_fn) -> tuple[float, float]:
+        """SMPLify-X's FittingMonitor.run_fitting with its L-BFGS: up to `maxiters` steps of a strong-Wolfe
+        L-BFGS of `maxiters` iterations each, ended by ftol (relative loss change) or gtol (every gradient's
+        largest entry, as SMPLify-X tests it: abs of the max). Returns the loss run_fitting returns (the one the
+        last step started from: what SMPLify-X compares orientations by) and the loss at the start."""
+        c = self.config
+        optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=c.maxiters, line_search_fn="strong_wolfe",
+                                      tolerance_grad=SMPLIFYX_LBFGS_TOLERANCE_GRAD,
+                                      tolerance_change=SMPLIFYX_LBFGS_TOLERANCE_CHANGE,
+                                      history_size=SMPLIFYX_LBFGS_HISTORY)
+
+        def closure():
+            optimizer.zero_grad()
+            loss = loss_fn()
+            loss.backward()
+            return loss
+
+        previous, first = None, None
+        for n in range(c.maxiters):
+            loss = float(optimizer.step(closure).detach())
+            first = loss if first is None else first
+            if not math.isfinite(loss):
+                break
+            if (n > 0 and previous is not None and c.ftol > 0
+                    and (previous - loss) / max(abs(previous), abs(loss), 1.0) <= c.ftol):
+                break
+            if all(abs(float(p.grad.max())) < c.gtol for p in params if p.grad is not None):
+                break
+            previous = loss
+        return (previous if previous is not None else loss), first
+
+    # -- fast: batched Levenberg–Marquardt on the skeleton -------------------------------------------------
+    def _fit_fast(self, keypoints: Tensor, center: Tensor, focal: Tensor) -> SMPLifyXResult:
+        c, model = self.config, self.model
+        batch, dtype, device = keypoints.shape[0], keypoints.dtype, keypoints.device
+        full_pose, shape, cam_t = self.mean_start(keypoints, center, focal)
+        full_pose, cam_t = self._lm_camera(full_pose, shape, cam_t, keypoints, center, focal)
+        # the second orientation where the shoulders are close, as extra examples of the same batch
+        turned = self._side_view(keypoints)
+        extra = torch.nonzero(turned)[:, 0]
+        example = torch.cat([torch.arange(batch, device=device), extra])
+        pose = full_pose[example].clone()
+        if len(extra):
+            flip = torch.as_tensor([FLIP], dtype=dtype, device=device).expand(len(extra), 3)
+            pose[batch:, :3] = compose_axis_angle(full_pose[extra, :3], flip)
+        kp, ctr, foc, t, shp = keypoints[example], center[example], focal[example], cam_t[example], shape[example]
+        iterations = 0
+        for stage, count in zip(c.stages, c.stage_iterations):
+            pose, shp = self._lm_stage(pose, shp, t, kp, ctr, foc, stage, count)
+            iterations += count
+        nb = model.num_betas
+        objective = self.evaluate(pose, shp[:, :nb], shp[:, nb:], t, kp, ctr, focal_length=foc)["total"]
+        pick = torch.arange(batch, device=device)
+        if len(extra):
+            better = objective[batch:] < objective[extra]
+            pick[extra[better]] = batch + torch.nonzero(better)[:, 0]
+        pose, shp, t = pose[pick], shp[pick], t[pick]
+        return self._result(pose, shp[:, :nb], shp[:, nb:], t, keypoints, center, focal,
+                            turned_tried=turned, turned_around=pick >= batch, iterations=iterations)
+
+    def mean_start(self, keypoints: Tensor, center: Tensor, focal: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The fast mode's start: full pose (B, 165) zero but the global orientation (π about x: upright, facing
+        the camera), [betas, expression] (B, NB + NE) zero, and the translation (B, 3) m that puts that body's
+        OpenPose torso on the keypoints' (similar triangles on SMPLify-X's torso edges,
+        `core.camera.translation_from_torso`); center, focal (B, 2) px."""
+        model = self.model
+        batch, dtype, device = keypoints.shape[0], keypoints.dtype, keypoints.device
+        full_pose = torch.zeros(batch, FULL_POSE_DIM, dtype=dtype, device=device)
+        full_pose[:, 0] = math.pi
+        shape = torch.zeros(batch, model.num_betas + model.num_expression, dtype=dtype, device=device)
+        with torch.no_grad():
+            points = model.forward_full(full_pose, shape[:, :model.num_betas], shape[:, model.num_betas:]).points
+        pairs = tuple((WHOLEBODY_INDEX[a], WHOLEBODY_INDEX[b]) for a, b in DEPTH_EDGES)
+        return full_pose, shape, translation_from_torso(points, keypoints, focal, center, pairs)
+
+    def _lm_camera(self, full_pose, shape, cam_t, kp, center, focal):
+        """Camera stage: global orientation and translation on the torso keypoints (masked where missing),
+        weighted d², plus the depth anchor."""
+        c = self.config
+        batch, dtype, device = full_pose.shape[0], full_pose.dtype, full_pose.device
+        subset = self._point_of[self._camera_torso]
+        target = kp[:, self._camera_torso, :2]
+        mask = (kp[:, self._camera_torso, 2] > 0).to(dtype) * c.data_weight                   # (B, 4)
+        depth0 = cam_t[:, 2].clone()
+        lam = torch.full((batch,), 1e-3, dtype=dtype, device=device)
+
+        def evaluate(p, t):
+            state = self.skeleton(p, shape, subset)
+            r = (project(state.points, t, focal, center) - target) * mask[..., None]
+            d = c.depth_loss_weight * (t[:, 2] - depth0)
+            return state, r, d, r.square().sum((1, 2)) + d.square()
+
+        state, r, d, cost = evaluate(full_pose, cam_t)
+        for _ in range(c.camera_iterations):
+            d_pose, _ = self.skeleton.jacobian(state)
+            dproj = projection_jacobian(state.points + cam_t[:, None], focal) * mask[..., None, None]
+            jac = torch.cat([dproj @ d_pose[..., :3], dproj], -1).reshape(batch, -1, 6)
+            jd = torch.zeros(batch, 1, 6, dtype=dtype, device=device)
+            jd[:, 0, 5] = c.depth_loss_weight
+            jac = torch.cat([jac, jd], 1)
+            res = torch.cat([r.reshape(batch, -1), d[:, None]], 1)
+            step = _lm_solve(jac.transpose(1, 2) @ jac, (jac.transpose(1, 2) @ res[..., None])[..., 0], lam)
+            new_pose = full_pose.clone()
+            new_pose[:, :3] = full_pose[:, :3] + step[:, :3]
+            new_t = cam_t + step[:, 3:]
+            new_state, new_r, new_d, new_cost = evaluate(new_pose, new_t)
+            better = new_cost < cost
+            full_pose = torch.where(better[:, None], new_pose, full_pose)
+            cam_t = torch.where(better[:, None], new_t, cam_t)
+            state = select_state(better, new_state, state)
+            r = torch.where(better[:, None, None], new_r, r)
+            d, cost = torch.where(better, new_d, d), torch.where(better, new_cost, cost)
+            lam = torch.where(better, lam / 3, lam * 5).clamp(1e-7, 1e7)
+        return full_pose, cam_t
+
+    def _free_parameters(self, stage: StageWeights, device) -> Tensor:
+        """Indices into [full pose (165), betas, expression] the fast mode solves for in a stage."""
+        nb, ne = self.model.num_betas, self.model.num_expression
+        blocks = [np.arange(0, POSE_SLICES["body_pose"].stop), FULL_POSE_DIM + np.arange(nb)]
+        if stage.hand_joints > 0:
+            blocks += [np.arange(POSE_SLICES["left_hand_pose"].start, POSE_SLICES["right_hand_pose"].stop)]
+        if stage.face_joints > 0:
+            blocks += [np.arange(POSE_SLICES["jaw_pose"].start, POSE_SLICES["jaw_pose"].stop),
+                       FULL_POSE_DIM + nb + np.arange(ne)]
+        return torch.as_tensor(np.sort(np.concatenate(blocks)), device=device)
+
+    def _stage_points(self, kp: Tensor, stage: StageWeights) -> tuple[Tensor, Tensor, Tensor]:
+        """The whole-body indices a stage's data term reads (weight > 0 and seen in some example), their skeleton
+        points, and their data weights (B, P) d² (w c)²."""
+        weights = self.point_weights(stage)
+        observed = (weights[None] * kp[..., 2] > 0).any(0) & (self._point_of >= 0)
+        wb = torch.nonzero(observed)[:, 0]
+        return wb, self._point_of[wb], (weights[wb][None] * kp[:, wb, 2] * self.config.data_weight).square()
+
+    def normal_equations(self, pose: Tensor, shape: Tensor, cam_t: Tensor, keypoints: Tensor, center: Tensor,
+                         focal: Tensor, stage: StageWeights, free: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The fast mode's Gauss–Newton normal equations of a stage's objective at (full pose (B, 165), [betas,
+        expression] (B, NB + NE)): H (B, F, F) and g (B, F) over the parameters `free` (indices into
+        [pose, betas, expression]; default all), with ½∇E = g exactly (GMoF by its IRLS weight, each prior by its
+        block) and ½∇²E ≈ H. focal (B, 2) px."""
+        wb, subset, conf = self._stage_points(keypoints, stage)
+        state = self.skeleton(pose, shape, subset)
+        resid = project(state.points, cam_t, focal, center) - keypoints[:, wb, :2]
+        free = torch.arange(pose.shape[1] + shape.shape[1], device=pose.device) if free is None else free
+        return self._normal_equations(state, resid, conf, pose, shape, cam_t, focal, stage, free)
+
+    def _normal_equations(self, state, resid, conf, pose, shape, cam_t, focal, stage, free):
+        batch, size = pose.shape[0], pose.shape[1] + shape.shape[1]
+        rho2 = self.config.rho**2
+        dproj = projection_jacobian(state.points + cam_t[:, None], focal)                    # (B, P, 2, 3)
+        d_pose, d_shape = self.skeleton.jacobian(state, dproj)                               # (B, P, 2, ·)
+        jac = torch.cat([d_pose, d_shape], -1).reshape(batch, -1, size)
+        jac = torch.cat([jac[..., part] for part in _runs(free.tolist())], -1)               # (B, 2P, F)
+        w = (conf[..., None] * rho2**2 / (rho2 + resid.square()).square()).reshape(batch, -1)  # IRLS
+        hess = jac.transpose(1, 2) @ (w[..., None] * jac)
+        grad = (jac.transpose(1, 2) @ (w * resid.reshape(batch, -1))[..., None])[..., 0]
+        prior_h, prior_g = self._prior_normal_equations(pose, shape, stage)
+        return hess + prior_h[:, free][:, :, free], grad + prior_g[:, free]
+
+    def _lm_stage(self, pose, shape, cam_t, kp, center, focal, stage: StageWeights, iterations: int):
+        """One SMPLify-X stage by LM on its free parameters (`normal_equations`); a step is kept where it lowers
+        the stage's objective."""
+        batch, dtype, device = pose.shape[0], pose.dtype, pose.device
+        nb = self.model.num_betas
+        wb, subset, conf = self._stage_points(kp, stage)
+        target = kp[:, wb, :2]
+        free = self._free_parameters(stage, device)
+        lam = torch.full((batch,), 1e-3, dtype=dtype, device=device)
+
+        def cost_of(p, s):
+            state = self.skeleton(p, s, subset)
+            points = pose.new_zeros(batch, NUM_WHOLEBODY, 3)
+            points[:, wb] = state.points
+            terms = self.objective(points, cam_t, center, focal, kp, p, s[:, :nb], s[:, nb:], stage)
+            resid = project(state.points, cam_t, focal, center) - target
+            return state, resid, terms["total"]
+
+        state, resid, cost = cost_of(pose, shape)
+        for _ in range(iterations):
+            hess, grad = self._normal_equations(state, resid, conf, pose, shape, cam_t, focal, stage, free)
+            step = _lm_solve(hess, grad, lam)
+            params = torch.cat([pose, shape], 1).index_add(1, free, step)
+            new_pose, new_shape = params[:, :FULL_POSE_DIM], params[:, FULL_POSE_DIM:]
+            new_state, new_resid, new_cost = cost_of(new_pose, new_shape)
+            better = new_cost < cost
+            pose = torch.where(better[:, None], new_pose, pose)
+            shape = torch.where(better[:, None], new_shape, shape)
+            state = select_state(better, new_state, state)
+            resid = torch.where(better[:, None, None], new_resid, resid)
+            cost = torch.where(better, new_cost, cost)
+            lam = torch.where(better, lam / 3, lam * 5).clamp(1e-7, 1e7)
+        return pose, shape
+
+    def _prior_normal_equations(self, pose: Tensor, shape: Tensor, stage: StageWeights) -> tuple[Tensor, Tensor]:
+        """The priors' ½-Hessian (B, N, N) and ½-gradient (B, N) over [full pose, betas, expression]."""
+        batch, dtype, device = pose.shape[0], pose.dtype, pose.device
+        nb, ne = self.model.num_betas, self.model.num_expression
+        size = FULL_POSE_DIM + nb + ne
+        hess = torch.zeros(batch, size, size, dtype=dtype, device=device)
+        grad = torch.zeros(batch, size, dtype=dtype, device=device)
+
+        def add(part: slice, term: PoseTerm, weight2: float):
+            h, g = term.normal_equations(pose[:, part])
+            hess[:, part, part] += weight2 * h
+            grad[:, part] += weight2 * g
+
+        add(POSE_SLICES["body_pose"], self.body_prior, stage.body_pose**2)
+        add(POSE_SLICES["left_hand_pose"], self.hand_prior, stage.hand_pose**2)
+        add(POSE_SLICES["right_hand_pose"], self.hand_prior, stage.hand_pose**2)
+        # bending prior: residuals sqrt(3.17 w) exp(s θ)
+        bend = SMPLIFYX_BENDING_FACTOR * stage.body_pose
+        e = torch.exp(pose[:, self._angle_idx] * self._angle_sign.to(dtype))
+        de = self._angle_sign.to(dtype) * e
+        hess[:, self._angle_idx, self._angle_idx] += bend * de.square()
+        grad[:, self._angle_idx] += bend * e * de
+        jaw = POSE_SLICES["jaw_pose"]
+        jaw_w2 = torch.as_tensor(stage.jaw_pose, dtype=dtype, device=device).square()
+        idx = torch.arange(jaw.start, jaw.stop, device=device)
+        hess[:, idx, idx] += jaw_w2
+        grad[:, idx] += jaw_w2 * pose[:, jaw]
+        betas_idx = FULL_POSE_DIM + torch.arange(nb, device=device)
+        expr_idx = FULL_POSE_DIM + nb + torch.arange(ne, device=device)
+        hess[:, betas_idx, betas_idx] += stage.shape**2
+        grad[:, betas_idx] += stage.shape**2 * shape[:, :nb]
+        hess[:, expr_idx, expr_idx] += stage.expression**2
+        grad[:, expr_idx] += stage.expression**2 * shape[:, nb:]
+        return hess, grad
+
+
+def _runs(indices: list[int]) -> list[slice]:
+    """Sorted indices as slices of consecutive runs (column selection by slices: cheaper than a gather)."""
+    runs: list[slice] = []
+    for i in indices:
+        if runs and runs[-1].stop == i:
+            runs[-1] = slice(runs[-1].start, i + 1)
+        else:
+            runs.append(slice(i, i + 1))
+    return runs
