@@ -574,4 +574,7 @@ def load_body_model(source: str | Path = "open", *, joint_regressor_extra: str |
         faces=np.asarray(arrays["f"]), keypoint_names=keypoint_names,
         keypoint_regressor=keypoint_regressor, mixer=mixer, joint_source=joint_source,
         h36m_regressor=None if h36m is None else np.asarray(h36m, dtype=np.float64), metadata=metadata)
+    # the named vertices the model was built with (an open file's own table, smplx's for a real file): the
+    # whole-body model takes its fingertips from here (fitting.wholebody_model), not from smplx's SMPL-X table
+    model.vertex_ids = dict(vertex_ids)
     return model.to(device)
