@@ -20,7 +20,14 @@ import numpy as np
 import scipy.io
 
 from core.joints import COCO_JOINTS, LSP_JOINTS, MPII_JOINTS, indices
-from core.wholebody import COCO_WHOLEBODY_FIELDS, OPENPOSE_JSON_FIELDS, wholebody_indices
+from core.wholebody import (
+    COCO_WHOLEBODY_FIELDS,
+    COCO_WHOLEBODY_JOINTS,
+    NUM_WHOLEBODY,
+    OPENPOSE_JSON_FIELDS,
+    OPENPOSE_WHOLEBODY_JOINTS,
+    wholebody_indices,
+)
 from pipelines.synthetic.paint import Picture
 from pipelines.synthetic.scene import Person
 
@@ -206,12 +213,23 @@ PART_OF_BOX: dict[str, str] = {"face_box": "face", "lefthand_box": "left_hand", 
 OPENPOSE_VERSION = 1.3  # the JSON layout OpenPose 1.3+ writes with --write_json
 
 
-def wholebody_labels(person: Person, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+# The whole-body points each whole-body dataset's files carry (the rest of the 49 body joints they have not).
+CARRIED: dict[str, np.ndarray] = {"coco_wholebody": wholebody_indices(COCO_WHOLEBODY_JOINTS),
+                                  "openpose": wholebody_indices(OPENPOSE_WHOLEBODY_JOINTS)}
+
+
+def wholebody_labels(person: Person, size: tuple[int, int], dataset: str | None = None) -> tuple[np.ndarray,
+                                                                                                  np.ndarray]:
     """A whole-body person's points (161, 2) px, 0-based, and which are labelled (161,) bool: provided by the
-    model, inside the image, and, for hand, face and pupil points, shown by the picture (`Person.shown`)."""
+    model, inside the image, and, for hand, face and pupil points, shown by the picture (`Person.shown`); with
+    ``dataset``, also among the points its files carry (`CARRIED`)."""
     points = person.wholebody_keypoints
     shown = np.where(person.probes, person.shown, True)
-    return points, inside(points, size) & person.provided & shown
+    carried = np.ones(NUM_WHOLEBODY, dtype=bool)
+    if dataset is not None:
+        carried[:] = False
+        carried[CARRIED[dataset]] = True
+    return points, inside(points, size) & person.provided & shown & carried
 
 
 def _flat(points: np.ndarray, labelled: np.ndarray, third: np.ndarray) -> list[float]:

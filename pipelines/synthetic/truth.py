@@ -22,7 +22,7 @@ Arrays (N rows; float64 unless said; loaded with ``allow_pickle=False``):
 | ``expression`` | (N, NE) | whole-body: SMPL-X expression coefficients |
 | ``wholebody_3d`` / ``wholebody_2d`` | (N, 161, 3) / (N, 161, 2) | whole-body: every point of `core.wholebody`'s layout, m (camera frame) and px; zero where not provided |
 | ``wholebody_provided`` | (N, 161) bool | whole-body: the points the model gives (not the face contour; pupils when the model names pupil vertices) |
-| ``wholebody_labelled`` | (N, 161) bool | whole-body: the points the dataset's files label (in the image; hands, face and pupils only where the picture shows them) |
+| ``wholebody_labelled`` | (N, 161) bool | whole-body: the points the dataset's files label (those its layout carries, in the image; hands, face and pupils only where the picture shows them) |
 | ``metadata`` | () str | JSON: the resolved config, the pose source, the body model |
 """
 from __future__ import annotations
@@ -85,8 +85,9 @@ def write_truth(root: Path, people: list[Person], pictures: list[Picture], metad
         arrays["wholebody_3d"] = np.array([p.wholebody for p in people], dtype=np.float64)
         arrays["wholebody_2d"] = np.array([p.wholebody_keypoints for p in people], dtype=np.float64)
         arrays["wholebody_provided"] = np.array([p.provided for p in people], dtype=bool)
-        arrays["wholebody_labelled"] = np.array([wholebody_labels(p, pictures[p.picture].size)[1] for p in people],
-                                                dtype=bool)
+        dataset = metadata.get("dataset")
+        arrays["wholebody_labelled"] = np.array(
+            [wholebody_labels(p, pictures[p.picture].size, dataset)[1] for p in people], dtype=bool)
     if people and people[0].h36m_joints is not None:
         arrays["h36m_joints"] = np.array([p.h36m_joints for p in people], dtype=np.float64)
         arrays["h36m_keypoints"] = np.array([p.h36m_keypoints for p in people], dtype=np.float64)
