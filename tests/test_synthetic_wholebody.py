@@ -194,6 +194,7 @@ def test_hand_and_face_keypoints_land_on_the_rendered_hands_and_face_in_the_crop
                 colour = crop[min(max(v, 0), crop.shape[0] - 1), min(max(u, 0), crop.shape[1] - 1)]
                 cosine = colour @ skin / (np.linalg.norm(colour) * np.linalg.norm(skin) + 1e-9)
                 skin_like += cosine > 0.97
-    print("PIXELTEST", name, checked, skin_like)
-    assert checked >= 100  # measured: see the figures in docs/synthetic.md
-    assert skin_like >= 0.8 * checked  # the stored JPEG shows skin there (hands and faces are skin)
+    # measured (seed 4, 5 people): 382 and 383 points checked; skin-coloured at 84% and 90% of them (the rest at
+    # a hand's or face's edge, where the JPEG crop blends in the background or the sleeve)
+    assert checked >= 300
+    assert skin_like >= 0.7 * checked  # the stored JPEG shows skin there (hands and faces are skin)
