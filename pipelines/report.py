@@ -1,4 +1,5 @@
-"""The demo's report: counts and rejects of the shard set, fit errors per fits-table version, training curves.
+"""The demo's report: counts and rejects of the shard set, fit errors per fits-table version, training curves,
+and the whole-body people's SMPLify-X fits (errors per dataset, and a picture: `wholebody_sheet`).
 
 Fit errors are fitloop's one fit-vs-truth evaluation (`fits.evaluate`, SPIN's protocol; the report prints its
 definition): for every version of the fits table, the best fit of each key as of that version among the fits of
@@ -79,10 +80,44 @@ def _cell(value: Any) -> str:
     return f"{value:.1f}" if isinstance(value, float) else str(value)
 
 
+WHOLEBODY_ERRORS = ("body_pa_mpjpe_mm", "left_hand_pa_mpjpe_mm", "right_hand_pa_mpjpe_mm", "face_reprojection_px")
+WHOLEBODY_MESH_COLOUR = (215, 200, 170)
+
+
+def wholebody_sheet(samples: Sequence[Any], model: Any, full_pose: torch.Tensor, betas: torch.Tensor,
+                    expression: torch.Tensor, cam_t: torch.Tensor, size: int = 200) -> Any:
+    """Pictures of whole-body fits, two per sample side by side: the stored crop with its keypoints (body joints,
+    hands and face: `render.sample_picture.render_panel`), and the fitted whole-body mesh drawn over it with the
+    same keypoints. samples: shard samples (`shards.sample.StoredSample`) with whole-body keypoints; model: the
+    `fitting.wholebody_model.WholeBodyModel` of the fits; full_pose (B, 165), betas (B, NB), expression (B, NE),
+    cam_t (B, 3) m: crop-frame fits (SPIN's fit-frame camera)."""
+    from render.draw import draw_hands_and_face, draw_keypoints
+    from render.raster import render_mesh
+    from render.sample_picture import contact_sheet, decode_crop, panel_camera, render_panel, scale_keypoints
+
+    with torch.no_grad():
+        vertices = model.forward_full(full_pose.to(model.rows.dtype), betas.to(model.rows.dtype),
+                                      expression.to(model.rows.dtype)).vertices.double().numpy()
+    tiles = []
+    for i, sample in enumerate(samples):
+        crop = decode_crop(sample)
+        res = crop.size[0]
+        keypoints, _ = render_panel(sample, None, None, size, crop=crop, missing="keypoints")
+        camera = panel_camera(sample, {"frame": "crop"}, size)
+        mesh = render_mesh(crop.resize((size, size)), vertices[i] + cam_t[i].double().numpy(), model.body.faces,
+                           camera.focal, camera.center, colour=WHOLEBODY_MESH_COLOUR, opacity=0.8)
+        radius = max(2.0, size / 110)
+        mesh = draw_keypoints(mesh, scale_keypoints(sample.keypoints_crop, res, size), radius=radius)
+        mesh = draw_hands_and_face(mesh, scale_keypoints(sample.wholebody_crop, res, size), radius=radius / 2)
+        tiles += [keypoints, mesh]
+    return contact_sheet(tiles, columns=4)
+
+
 def write_report(out: Path, *, manifest: dict[str, Any], seed: dict[str, Any], train: dict[str, Any],
                  fit_errors: list[dict[str, Any]], pictures: dict[str, str], timings: dict[str, float],
-                 notes: list[str]) -> Path:
-    """Write ``out/report.md``; returns its path."""
+                 notes: list[str], wholebody: dict[str, Any] | None = None) -> Path:
+    """Write ``out/report.md``; returns its path. ``wholebody``: the whole-body fits' summary (the demo's
+    ``wholebody_fits``: rows of per-dataset median errors, fits, seconds, model_id, version), or None."""
     c = manifest["counts"]
     lines = ["# fitloop demo report", "", *notes, "", "## Timings", "",
              *_table([{"stage": k, "seconds": v} for k, v in timings.items()], ["stage", "seconds"]), "",
@@ -113,6 +148,20 @@ def write_report(out: Path, *, manifest: dict[str, Any], seed: dict[str, Any], t
                   *_table(metrics, columns), ""]
     if pictures.get("curves"):
         lines += [f"![training curves]({pictures['curves']})", ""]
+    if wholebody and wholebody.get("rows"):
+        lines += ["## Whole-body people (SMPL-X)", "",
+                  f"{wholebody['fits']} whole-body samples (the synthetic COCO-WholeBody and OpenPose people: open "
+                  f"SMPL-X model, hands posed, faces with expressions) fitted with SMPLify-X's fast mode "
+                  f"(`fitting.smplifyx`, batched Levenberg–Marquardt over SMPLify-X's five stages) in "
+                  f"{wholebody['seconds']:.1f} s ({wholebody['fits_per_s']:.1f} fits/s), from the mean start, in "
+                  f"the fit frame, and appended to the fits table as whole-body fits of `{wholebody['model_id']}` "
+                  f"(version {_cell(wholebody.get('version'))}). Median errors against the truth: body PA-MPJPE "
+                  f"on the 14 LSP joints (mm), each hand's PA-MPJPE after aligning it at its wrist (mm), face "
+                  f"landmark reprojection against the true landmarks (fit-frame px, 224 px crops):", "",
+                  *_table(wholebody["rows"], ["dataset", "fits", *WHOLEBODY_ERRORS]), ""]
+        if pictures.get("wholebody"):
+            lines += ["Each pair: the stored crop with its keypoints (hands cyan and orange, face magenta), and the "
+                      "whole-body fit drawn over it.", "", f"![whole-body fits]({pictures['wholebody']})", ""]
     if pictures.get("shape"):
         lines += ["## Body model", "", "The open model's first three shape coefficients at −2, 0 and +2 standard "
                   "deviations, with its 49 canonical joints (blue left, red right, green central):", "",
