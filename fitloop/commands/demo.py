@@ -280,7 +280,7 @@ def wholebody_fits(shards: Path, fits_path: Path, roots: list[Path], out: Path) 
     table_rows = []
     for name in sorted(set(datasets)):
         mine = datasets == name
-        table_rows.append({"dataset": name, "fits": int(mine.sum()),
+        table_rows.append({"dataset": str(name), "fits": int(mine.sum()),
                            **{k: float(np.median(v[mine])) for k, v in errors.items()}})
     picture = "sample_wholebody_fits.png"
     wholebody_sheet(samples[:WHOLEBODY_PICTURES], model, fit["full_pose"][:WHOLEBODY_PICTURES],
