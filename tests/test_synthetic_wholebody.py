@@ -13,14 +13,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_wholebody_data import COCO_WHOLEBODY_LENGTHS, OPENPOSE_LENGTHS  # the released layouts' array lengths
 
 from core.pinhole import pinhole
 from core.wholebody import (
-    NUM_WHOLEBODY,
-    COCO_WHOLEBODY_FIELDS,
     FACE_CONTOUR_NAMES,
     NUM_WHOLEBODY,
-    OPENPOSE_JSON_FIELDS,
     PUPIL_NAMES,
     WHOLEBODY_PARTS,
     wholebody_indices,
@@ -36,12 +34,6 @@ from shards.crop import warp
 from shards.lookup import iter_samples
 from shards.schema import PersonRecord
 
-# The released layouts' per-part array lengths (flat x, y, v triples): COCO-WholeBody's data_format.md and
-# OpenPose's --write_json --hand --face output (BODY_25, 70 face points with the pupils, 21 per hand).
-COCO_WHOLEBODY_LENGTHS = {"keypoints": 51, "foot_kpts": 18, "face_kpts": 204, "lefthand_kpts": 63,
-                          "righthand_kpts": 63}
-OPENPOSE_LENGTHS = {"pose_keypoints_2d": 75, "face_keypoints_2d": 210, "hand_left_keypoints_2d": 63,
-                    "hand_right_keypoints_2d": 63}
 PEOPLE = 5
 CHECKED_PARTS = ("left_hand", "right_hand", "face")
 
@@ -188,7 +180,7 @@ def test_hand_and_face_keypoints_land_on_the_rendered_hands_and_face_in_the_crop
             np.testing.assert_array_equal(labelled, row["wholebody_labelled"][idx])
             want = 1 + body * len(PARTS) + PARTS.index(part)
             for x, y in sample.wholebody_crop[idx][labelled, :2]:
-                u, v = int(round(x)), int(round(y))
+                u, v = round(float(x)), round(float(y))
                 window = labels[max(v - radius, 0):v + radius + 1, max(u - radius, 0):u + radius + 1]
                 assert (window == want).any(), (sample.key, part, (x, y))
                 checked += 1

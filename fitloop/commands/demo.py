@@ -17,7 +17,10 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
 # A CPU-sized run: SPIN's step and losses, a small backbone and input, a few epochs.
@@ -168,7 +171,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def as_openpose(keypoints: "np.ndarray") -> "np.ndarray":
+def as_openpose(keypoints: np.ndarray) -> np.ndarray:
     """Whole-body keypoints (..., 161, 3) as SMPLify-X reads them: where none of the OpenPose body slots is set
     (a COCO-WholeBody sample), the COCO body points move into their OpenPose slots (`COCO_AS_OPENPOSE`); other
     samples are returned as they are. The input is not modified."""
@@ -200,6 +203,7 @@ def wholebody_fits(shards: Path, fits_path: Path, roots: list[Path], out: Path) 
     import torch
 
     from bench.smplifyx_cases import People, fit_errors
+    from core.errors import FitloopError
     from core.frames import FIT_CENTER, FIT_FOCAL, keypoints_in_fit_frame, stored_to_fit_frame
     from fits.schema import FitProvenance, WholeBodyFit, config_hash, fits_batch
     from fits.table import FitsTable
@@ -210,8 +214,6 @@ def wholebody_fits(shards: Path, fits_path: Path, roots: list[Path], out: Path) 
     from pipelines.synthetic import load_truth
     from shards.crop import transform_points
     from shards.lookup import iter_samples
-
-    from core.errors import FitloopError
 
     truths = [load_truth(root) for root in roots]
     body = load_body_model("open-smplx")

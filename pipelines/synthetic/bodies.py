@@ -97,7 +97,7 @@ class PosedWhole:
     provided: np.ndarray
 
 
-def pose_wholebody(model: "WholeBodyModel", betas: np.ndarray, full_pose: np.ndarray,
+def pose_wholebody(model: WholeBodyModel, betas: np.ndarray, full_pose: np.ndarray,
                    expression: np.ndarray) -> PosedWhole:
     """Run the whole-body model on betas (N, NB), full poses (N, 165) (SMPL-X's order,
     `fitting.wholebody_model.POSE_SLICES`) and expressions (N, NE), in batches; no translation."""

@@ -150,6 +150,6 @@ class SynthConfig:
                                    lspet_people=people, coco_wholebody_people=people, openpose_people=people,
                                    h36m_frames=sampled * base.h36m_frame_step)
 
-    def with_wholebody_people(self, people: int) -> "SynthConfig":
+    def with_wholebody_people(self, people: int) -> SynthConfig:
         """This config with ``people`` per whole-body dataset (COCO-WholeBody, OpenPose)."""
         return dataclasses.replace(self, coco_wholebody_people=people, openpose_people=people)

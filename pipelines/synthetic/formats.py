@@ -12,6 +12,7 @@ picture shows them (`wholebody_labels`), as COCO-WholeBody's annotators and Open
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,16 @@ def write_coco(root: Path, pictures: list[Picture], people: list[Person]) -> lis
     Person ids: ``ids["subset"]``, ``ids["image_id"]``, ``ids["annotation_id"]``. Box: the visible silhouette's
     (COCO's continuous x, y, w, h); segmentation: its uncompressed RLE; area: its pixels.
     """
+    return _write_coco_layout(root, pictures, people, _coco_annotation,
+                              "fitloop synthetic people in the COCO person-keypoints layout",
+                              lambda subset: f"person_keypoints_{subset}.json")
+
+
+def _write_coco_layout(root: Path, pictures: list[Picture], people: list[Person],
+                       annotate: Callable[[Person, tuple[int, int]], dict[str, Any]], description: str,
+                       file_name: Callable[[str], str]) -> list[Path]:
+    """A COCO-style annotation file per subset (``ids["subset"]``) under ``root/annotations``: COCO's info,
+    licences, person category, images, and ``annotate(person, image size)`` per person."""
     by_subset: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for i, picture in enumerate(pictures):
         mine = [p for p in people if p.picture == i]
@@ -66,16 +77,15 @@ def write_coco(root: Path, pictures: list[Picture], people: list[Person]) -> lis
         files["images"].append({"id": mine[0].ids["image_id"], "file_name": picture.path.name,
                                 "width": picture.size[0], "height": picture.size[1], "license": 1})
         for person in mine:
-            files["annotations"].append(_coco_annotation(person, picture.size))
+            files["annotations"].append(annotate(person, picture.size))
     written = []
     for subset, files in sorted(by_subset.items()):
-        data = {"info": {"description": "fitloop synthetic people in the COCO person-keypoints layout",
-                         "version": "1.0"},
+        data = {"info": {"description": description, "version": "1.0"},
                 "licenses": [SYNTHETIC_LICENSE],
                 "categories": [{"supercategory": "person", "id": 1, "name": "person",
                                 "keypoints": list(COCO_KEYPOINT_NAMES), "skeleton": COCO_SKELETON}],
                 **files}
-        path = root / "annotations" / f"person_keypoints_{subset}.json"
+        path = root / "annotations" / file_name(subset)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
         written.append(path)
@@ -248,29 +258,9 @@ def write_coco_wholebody(root: Path, pictures: list[Picture], people: list[Perso
     ``righthand_box`` [x, y, w, h] (the part's drawn pixels; zeros when invalid). Feet take COCO's v (2 =
     visible); face points 1.0 and hand points a score in (0, 1], as the release writes them; 0, 0, 0 where not
     labelled (`wholebody_labels`)."""
-    by_subset: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for i, picture in enumerate(pictures):
-        mine = [p for p in people if p.picture == i]
-        subset = mine[0].ids["subset"]
-        files = by_subset.setdefault(subset, {"images": [], "annotations": []})
-        files["images"].append({"id": mine[0].ids["image_id"], "file_name": picture.path.name,
-                                "width": picture.size[0], "height": picture.size[1], "license": 1})
-        for person in mine:
-            files["annotations"].append(_coco_wholebody_annotation(person, picture.size))
-    written = []
-    for subset, files in sorted(by_subset.items()):
-        data = {"info": {"description": "fitloop synthetic whole-body people in the COCO-WholeBody layout",
-                         "version": "1.0"},
-                "licenses": [SYNTHETIC_LICENSE],
-                "categories": [{"supercategory": "person", "id": 1, "name": "person",
-                                "keypoints": list(COCO_KEYPOINT_NAMES), "skeleton": COCO_SKELETON}],
-                **files}
-        split = subset.removesuffix("2017")
-        path = root / "annotations" / f"coco_wholebody_{split}_v1.0.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
-        written.append(path)
-    return written
+    return _write_coco_layout(root, pictures, people, _coco_wholebody_annotation,
+                              "fitloop synthetic whole-body people in the COCO-WholeBody layout",
+                              lambda subset: f"coco_wholebody_{subset.removesuffix('2017')}_v1.0.json")
 
 
 def _coco_wholebody_annotation(person: Person, size: tuple[int, int]) -> dict[str, Any]:

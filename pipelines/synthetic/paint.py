@@ -62,7 +62,7 @@ def part_of_joint(name: str) -> str:
 PROBE_RADIUS_PX = 1    # a probe is shown when its part is drawn in the (2r+1)² pixels around it ...
 PROBE_DEPTH_M = 0.04   # ... at a depth within this of the probe's (a finger joint lies ~1 cm under the skin,
                        # the wrist's centre ~3 cm; the face is ~15 cm in front of the back of the head)
-_MESHES: dict[str, "Mesh"] = {}  # set per process by `set_meshes`
+_MESHES: dict[str, Mesh] = {}  # set per process by `set_meshes`
 
 
 @dataclass(frozen=True)
