@@ -501,6 +501,26 @@ def fit_posed_joint_rows(template: np.ndarray, shapedirs: np.ndarray, j_regresso
     return rows, point_errors_mm(predicted, joints[n_train:], names)
 
 
+def fit_joint_rows(vertices: np.ndarray, joints: np.ndarray, template: np.ndarray, shapedirs: np.ndarray,
+                   weights: np.ndarray, base_rows: dict[str, np.ndarray], cfg: OpenModelConfig,
+                   parents: tuple[int, ...] = SMPL_PARENTS, names: tuple[str, ...] = SMPL_JOINT_NAMES,
+                   ) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
+    """A model's joint rows: J_regressor (J, V) fitted on the training bodies (vertices (N, V, 3), joints
+    (N, J, 3)); the posed-joint rows on bodies of the model (template (V, 3), shapedirs (V, 3, NB), skinning
+    weights (V, J) of the tree ``parents``/``names``); then every row over posed vertices, the base rows
+    ('coco:*', 'crown') with 'joint:<name>' and `DERIVED_ROWS`. Returns (J_regressor, rows, posed-row errors)."""
+    j_regressor = fit_joint_regressor(vertices, joints, weights, cfg.joint_radius_m, parents=parents)
+    posed_rows, posed_errors = fit_posed_joint_rows(template, shapedirs, j_regressor, weights, cfg, parents=parents,
+                                                    names=names)
+    rows = derive_rows({**base_rows, **{f"joint:{j}": r for j, r in zip(names, posed_rows)}})
+    return j_regressor, rows, posed_errors
+
+
+def regress(rows: np.ndarray, vertices: np.ndarray) -> np.ndarray:
+    """Points (N, K, 3) of regressor ``rows`` (K, V) on bodies ``vertices`` (N, V, 3)."""
+    return np.einsum("kv,nvd->nkd", rows, vertices, optimize=True)
+
+
 def point_errors_mm(predicted: np.ndarray, true: np.ndarray, names) -> dict[str, dict[str, float]]:
     """Per point, the mean and max Euclidean error (mm) over samples; predicted/true (N, P, 3) in metres."""
     err = np.linalg.norm(predicted - true, axis=-1) * 1000.0
@@ -591,6 +611,32 @@ def remesh_matrix(template: np.ndarray, faces: np.ndarray, topology: str) -> tup
     return matrix.tocsr(), small_faces
 
 
+def small_base_rows(base: dict[str, np.ndarray], vertices: np.ndarray, small_vertices: np.ndarray,
+                    to_small: sp.csr_matrix, n_train: int, radius: float) -> tuple[dict[str, np.ndarray], dict]:
+    """The base keypoint rows (name -> (V,) full-mesh row) re-fitted on the small mesh (`fit_keypoint_rows`) to
+    give the full rows' points on the same bodies (vertices (N, V, 3), small_vertices (N, Vs, 3); the first
+    ``n_train`` fit), and their errors on the rest (`point_errors_mm`): (name -> (Vs,) row, errors)."""
+    names = sorted(base)
+    full_rows = np.stack([base[n] for n in names])
+    targets = np.einsum("rv,nvd->nrd", full_rows, vertices, optimize=True)
+    rows = fit_keypoint_rows(small_vertices[:n_train], targets[:n_train], full_rows, to_small, radius)
+    errors = point_errors_mm(np.einsum("rv,nvd->nrd", rows, small_vertices[n_train:], optimize=True),
+                             targets[n_train:], names)
+    return dict(zip(names, rows)), errors
+
+
+def build_log(prefix: str, progress: bool) -> Callable[[str], None]:
+    """A build's progress line writer: ``[prefix  12.3s] message`` on stderr (seconds since this call), or
+    nothing when ``progress`` is false."""
+    start = time.perf_counter()
+
+    def log(message: str) -> None:
+        if progress:
+            print(f"[{prefix} {time.perf_counter() - start:5.1f}s] {message}", file=sys.stderr, flush=True)
+
+    return log
+
+
 def remesh(matrix: sp.csr_matrix, per_vertex: np.ndarray, axis: int = 0) -> np.ndarray:
     """Apply a (Vs, V) remesh matrix along ``axis`` (the vertex axis) of ``per_vertex``."""
     moved = np.moveaxis(per_vertex, axis, 0)
@@ -630,17 +676,12 @@ def variant_arrays(name: str, cfg: OpenModelConfig, bodies: Bodies, vertices: np
 
     n_train = int(round(len(vertices) * (1.0 - cfg.test_fraction)))
     weights24 = segment_weights(bone_weights, bodies.bone_labels)
-    j_regressor = fit_joint_regressor(vertices[:n_train], bodies.joints[:n_train], weights24, cfg.joint_radius_m)
-    posed_rows, posed_errors = fit_posed_joint_rows(template, shapedirs, j_regressor, weights24, cfg)
+    j_regressor, rows, posed_errors = fit_joint_rows(vertices[:n_train], bodies.joints[:n_train], template,
+                                                     shapedirs, weights24, base_rows, cfg)
     log(f"{name}: joint regressors fitted")
-    rows = derive_rows({**base_rows, **{f"joint:{j}": r for j, r in zip(SMPL_JOINT_NAMES, posed_rows)}})
     keypoints = np.stack([rows[k] for k in KEYPOINT_NAMES])
     test_v, test_j = vertices[n_train:], bodies.joints[n_train:]
     recon = reconstruct(test_v, template, shapedirs)
-
-    def regress(rows: np.ndarray, v: np.ndarray) -> np.ndarray:
-        return np.einsum("kv,nvd->nkd", rows, v, optimize=True)
-
     j_errors = point_errors_mm(regress(j_regressor, test_v), test_j, SMPL_JOINT_NAMES)
     vertex_mm, heights = np.linalg.norm(recon - test_v, axis=-1) * 1000.0, np.ptp(vertices[..., 1], axis=1)
     stats = {**stats, "pca_reconstruction_mm": {"mean": round(float(vertex_mm.mean()), 3),
@@ -738,12 +779,7 @@ def build(cfg: OpenModelConfig, *, cache_dir: Path | None = None, variants: tupl
     unknown = sorted(set(variants) - set(FILE_NAMES))
     if unknown:
         raise ValueError(f"unknown open-model variant(s) {unknown}; known: {sorted(FILE_NAMES)}")
-    start = time.perf_counter()
-
-    def log(message: str) -> None:
-        if progress:
-            print(f"[build-open {time.perf_counter() - start:5.1f}s] {message}", file=sys.stderr, flush=True)
-
+    log = build_log("build-open", progress)
     with anny_cache(cache_dir or DEFAULT_CACHE_DIR):
         bodies = sample_bodies(cfg, log)
         n_train = int(round(cfg.samples * (1.0 - cfg.test_fraction)))
@@ -759,15 +795,11 @@ def build(cfg: OpenModelConfig, *, cache_dir: Path | None = None, variants: tupl
         if "small" in variants:
             to_small, small_faces = remesh_matrix(bodies.template_anny, bodies.faces, cfg.small_topology)
             small_v = remesh(to_small, bodies.vertices, axis=1)
-            names = sorted(base)
-            full_rows = np.stack([base[n] for n in names])
-            targets = np.einsum("rv,nvd->nrd", full_rows, bodies.vertices, optimize=True)
-            rows = fit_keypoint_rows(small_v[:n_train], targets[:n_train], full_rows, to_small, cfg.support_radius_m)
-            errors = point_errors_mm(np.einsum("rv,nvd->nrd", rows, small_v[n_train:], optimize=True),
-                                     targets[n_train:], names)
+            small_rows, errors = small_base_rows(base, bodies.vertices, small_v, to_small, n_train,
+                                                 cfg.support_radius_m)
             built["small"] = variant_arrays(
                 "small", cfg, bodies, small_v, remesh(to_small, template), remesh(to_small, shapedirs),
-                to_small @ bodies.bone_weights, dict(zip(names, rows)), small_faces,
+                to_small @ bodies.bone_weights, small_rows, small_faces,
                 {**stats, "keypoint_fit_test_error_mm": errors}, log)
     for name, arrays in built.items():
         log(f"{name}: checked with smplx, mean body {check_model(arrays)['height_m']:.3f} m tall")

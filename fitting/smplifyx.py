@@ -66,7 +66,7 @@ from fitting.priors import (
     load_gmm,
 )
 from fitting.skeleton import compose_axis_angle, select_state
-from fitting.smplify import _lm_solve, gmof
+from fitting.smplify import gmof
 from fitting.wholebody_model import BODY_POSE_DIM, FULL_POSE_DIM, HAND_POSE_DIM, POSE_SLICES, WholeBodyModel
 
 # --- SMPLify-X's numbers (vchoutas/smplify-x, cfg_files/fit_smplx.yaml at 12467e9, smplifyx/*.py) ---------------
@@ -84,6 +84,9 @@ SMPLIFYX_LBFGS_TOLERANCE_CHANGE = 1e-9
 SMPLIFYX_LBFGS_HISTORY = 100
 CAMERA_TORSO = ("OP RHip", "OP LHip", "OP RShoulder", "OP LShoulder")  # init_joints_idxs 9, 12, 2, 5 (OpenPose)
 DEPTH_EDGES = (("OP LShoulder", "OP LHip"), ("OP RShoulder", "OP RHip"))  # body_tri_idxs 5-12, 2-9
+# The fast start's extra torso pairs for its depth (when an edge above misses a keypoint): the diagonals, and
+# neck to mid-hip.
+START_EXTRA_EDGES = (("OP LShoulder", "OP RHip"), ("OP RShoulder", "OP LHip"), ("OP Neck", "OP MidHip"))
 SHOULDERS = ("OP LShoulder", "OP RShoulder")                               # left_/right_shoulder_idx 5, 2
 FLIP = (0.0, math.pi, 0.0)             # fit_single_frame: the second orientation, R(orient) R_y(π)
 Mode = Literal["fast", "reference"]
@@ -132,7 +135,8 @@ class SMPLifyXConfig:
     gtol: float = SMPLIFYX_GTOL
     # fast: Levenberg–Marquardt iterations of the camera stage and of each stage
     camera_iterations: int = 10
-    stage_iterations: tuple[int, ...] = (4, 4, 6, 8, 12)
+    stage_iterations: tuple[int, ...] = (2, 2, 6, 16, 20)
+    damping: float = 0.1                            # LM's λ at each stage's start (× diag H; Nielsen's update)
 
     def validated(self) -> SMPLifyXConfig:
         if self.mode not in ("fast", "reference"):
@@ -177,14 +181,18 @@ class L2Term:
 
 
 class MixtureTerm:
-    """SMPLify's max-mixture GMM prior (`fitting.priors.MaxMixturePrior`): min_k of the components' energies; in
-    the normal equations, the active component's quadratic."""
+    """SMPLify's max-mixture GMM prior (`fitting.priors.MaxMixturePrior`): min_k of the components' energies,
+    less their smallest constant (−log of the largest normalised weight), so that it is 0 at the likeliest
+    component's mean: the same minimiser and gradients, without a constant of ~60 per unit weight (10⁷ at
+    SMPLify-X's first stages) in whose float32 digits L-BFGS's line search loses the changes it measures; in the
+    normal equations, the active component's quadratic."""
 
     def __init__(self, prior: MaxMixturePrior):
         self.prior, self.dim = prior, prior.dim
+        self.offset = float((-prior.log_nll_weights).min())
 
     def energy(self, x: Tensor) -> Tensor:
-        return self.prior(x).to(x.dtype)
+        return self.prior(x).to(x.dtype) - self.offset
 
     def normal_equations(self, x: Tensor) -> tuple[Tensor, Tensor]:
         prior = self.prior
@@ -336,13 +344,17 @@ class SMPLifyX:
 
     # -- reference: SMPLify-X's L-BFGS stages, one person at a time ------------------------------------------
     def _fit_reference(self, keypoints: Tensor, center: Tensor, focal: Tensor) -> SMPLifyXResult:
-        fits = [self._fit_one_reference(keypoints[b:b + 1], center[b:b + 1], focal[b:b + 1])
-                for b in range(keypoints.shape[0])]
+        fits = []
+        for b in range(keypoints.shape[0]):
+            self.nonfinite_steps = 0
+            fits.append(self._fit_one_reference(keypoints[b:b + 1], center[b:b + 1], focal[b:b + 1])
+                        + (self.nonfinite_steps,))
         full_pose, betas, expression, cam_t = (torch.cat([f[k] for f in fits]) for k in range(4))
         return self._result(full_pose, betas, expression, cam_t, keypoints, center, focal,
                             function_evaluations=torch.as_tensor([f[4] for f in fits]),
                             turned_tried=torch.as_tensor([f[5] for f in fits]),
-                            stage_losses=torch.as_tensor([f[6] for f in fits]))
+                            stage_losses=torch.as_tensor([f[6] for f in fits]),
+                            nonfinite_steps=torch.as_tensor([f[7] for f in fits]))
 
     def _fit_one_reference(self, keypoints, center, focal):
         c, model = self.config, self.model
@@ -432,9 +444,14 @@ class SMPLifyX:
 
         previous, first = None, None
         for n in range(c.maxiters):
+            saved = [p.detach().clone() for p in params]
             loss = float(optimizer.step(closure).detach())
             first = loss if first is None else first
-            if not math.isfinite(loss):
+            if not math.isfinite(loss) or not all(bool(torch.isfinite(p).all()) for p in params):
+                with torch.no_grad():  # a line search that broke down (NaN): back to the step's start, stop
+                    for p, value in zip(params, saved):
+                        p.copy_(value)
+                self.nonfinite_steps += 1
                 break
             if (n > 0 and previous is not None and c.ftol > 0
                     and (previous - loss) / max(abs(previous), abs(loss), 1.0) <= c.ftol):
@@ -485,8 +502,24 @@ class SMPLifyX:
         shape = torch.zeros(batch, model.num_betas + model.num_expression, dtype=dtype, device=device)
         with torch.no_grad():
             points = model.forward_full(full_pose, shape[:, :model.num_betas], shape[:, model.num_betas:]).points
-        pairs = tuple((WHOLEBODY_INDEX[a], WHOLEBODY_INDEX[b]) for a, b in DEPTH_EDGES)
-        return full_pose, shape, translation_from_torso(points, keypoints, focal, center, pairs)
+        pairs = tuple((WHOLEBODY_INDEX[a], WHOLEBODY_INDEX[b]) for a, b in DEPTH_EDGES + START_EXTRA_EDGES)
+        cam_t = translation_from_torso(points, keypoints, focal, center, pairs)
+        # no torso pair seen: depth from the extent of all the seen keypoints against the mean body's
+        seen = keypoints[..., 2] > 0
+        none = ~torch.stack([seen[:, a] & seen[:, b] for a, b in pairs], 1).any(1)
+        if bool(none.any()):
+            big = torch.finfo(dtype).max
+            extent2d = (torch.where(seen[..., None], keypoints[..., :2], -big).amax(1)
+                        - torch.where(seen[..., None], keypoints[..., :2], big).amin(1)).amax(-1)
+            extent3d = (torch.where(seen[..., None], points[..., :2], -big).amax(1)
+                        - torch.where(seen[..., None], points[..., :2], big).amin(1)).amax(-1)
+            depth = focal.prod(-1).sqrt() * extent3d / extent2d.clamp_min(1.0)
+            mean2d = (keypoints[..., :2] * seen[..., None]).sum(1) / seen.sum(1, keepdim=True).clamp_min(1)
+            mean3d = (points * seen[..., None]).sum(1) / seen.sum(1, keepdim=True).clamp_min(1)
+            xy = (mean2d - center) * depth[:, None] / focal - mean3d[:, :2]
+            fallback = torch.cat([xy, depth[:, None] - mean3d[:, 2:]], 1)
+            cam_t = torch.where(none[:, None] & (seen.sum(1) >= 2)[:, None], fallback, cam_t)
+        return full_pose, shape, cam_t
 
     def _lm_camera(self, full_pose, shape, cam_t, kp, center, focal):
         """Camera stage: global orientation and translation on the torso keypoints (masked where missing),
@@ -496,6 +529,8 @@ class SMPLifyX:
         subset = self._point_of[self._camera_torso]
         target = kp[:, self._camera_torso, :2]
         mask = (kp[:, self._camera_torso, 2] > 0).to(dtype) * c.data_weight                   # (B, 4)
+        # fewer than three torso keypoints leave the orientation undetermined: keep the start's
+        turn = ((mask > 0).sum(1) >= 3).to(dtype)
         depth0 = cam_t[:, 2].clone()
         lam = torch.full((batch,), 1e-3, dtype=dtype, device=device)
 
@@ -509,12 +544,12 @@ class SMPLifyX:
         for _ in range(c.camera_iterations):
             d_pose, _ = self.skeleton.jacobian(state)
             dproj = projection_jacobian(state.points + cam_t[:, None], focal) * mask[..., None, None]
-            jac = torch.cat([dproj @ d_pose[..., :3], dproj], -1).reshape(batch, -1, 6)
+            jac = torch.cat([dproj @ d_pose[..., :3] * turn[:, None, None, None], dproj], -1).reshape(batch, -1, 6)
             jd = torch.zeros(batch, 1, 6, dtype=dtype, device=device)
             jd[:, 0, 5] = c.depth_loss_weight
             jac = torch.cat([jac, jd], 1)
             res = torch.cat([r.reshape(batch, -1), d[:, None]], 1)
-            step = _lm_solve(jac.transpose(1, 2) @ jac, (jac.transpose(1, 2) @ res[..., None])[..., 0], lam)
+            step = _solve(jac.transpose(1, 2) @ jac, (jac.transpose(1, 2) @ res[..., None])[..., 0], lam)
             new_pose = full_pose.clone()
             new_pose[:, :3] = full_pose[:, :3] + step[:, :3]
             new_t = cam_t + step[:, 3:]
@@ -569,8 +604,8 @@ class SMPLifyX:
         w = (conf[..., None] * rho2**2 / (rho2 + resid.square()).square()).reshape(batch, -1)  # IRLS
         hess = jac.transpose(1, 2) @ (w[..., None] * jac)
         grad = (jac.transpose(1, 2) @ (w * resid.reshape(batch, -1))[..., None])[..., 0]
-        prior_h, prior_g = self._prior_normal_equations(pose, shape, stage)
-        return hess + prior_h[:, free][:, :, free], grad + prior_g[:, free]
+        prior_h, prior_g = self._prior_normal_equations(pose, shape, stage, free)
+        return hess + prior_h, grad + prior_g
 
     def _lm_stage(self, pose, shape, cam_t, kp, center, focal, stage: StageWeights, iterations: int):
         """One SMPLify-X stage by LM on its free parameters (`normal_equations`); a step is kept where it lowers
@@ -580,7 +615,7 @@ class SMPLifyX:
         wb, subset, conf = self._stage_points(kp, stage)
         target = kp[:, wb, :2]
         free = self._free_parameters(stage, device)
-        lam = torch.full((batch,), 1e-3, dtype=dtype, device=device)
+        lam = torch.full((batch,), self.config.damping, dtype=dtype, device=device)
 
         def cost_of(p, s):
             state = self.skeleton(p, s, subset)
@@ -591,54 +626,70 @@ class SMPLifyX:
             return state, resid, terms["total"]
 
         state, resid, cost = cost_of(pose, shape)
+        nu = torch.full_like(lam, 2.0)
         for _ in range(iterations):
             hess, grad = self._normal_equations(state, resid, conf, pose, shape, cam_t, focal, stage, free)
-            step = _lm_solve(hess, grad, lam)
+            step = _solve(hess, grad, lam)
+            # the model's predicted decrease: E(δ) ≈ E + 2 gᵀδ + δᵀHδ (g, H are ½∇E, ½∇²E)
+            predicted = -(2 * (grad * step).sum(-1) + (step[:, None] @ hess @ step[..., None])[:, 0, 0])
             params = torch.cat([pose, shape], 1).index_add(1, free, step)
             new_pose, new_shape = params[:, :FULL_POSE_DIM], params[:, FULL_POSE_DIM:]
             new_state, new_resid, new_cost = cost_of(new_pose, new_shape)
             better = new_cost < cost
+            gain = (cost - new_cost) / predicted.clamp_min(1e-30)
             pose = torch.where(better[:, None], new_pose, pose)
             shape = torch.where(better[:, None], new_shape, shape)
             state = select_state(better, new_state, state)
             resid = torch.where(better[:, None, None], new_resid, resid)
             cost = torch.where(better, new_cost, cost)
-            lam = torch.where(better, lam / 3, lam * 5).clamp(1e-7, 1e7)
+            # Nielsen's damping update: shrink by how well the model predicted an accepted step, else grow
+            shrink = (1 - (2 * gain - 1).pow(3)).clamp_min(1 / 3)
+            lam = torch.where(better, lam * shrink, lam * nu).clamp(1e-7, 1e7)
+            nu = torch.where(better, torch.full_like(nu, 2.0), nu * 2)
         return pose, shape
 
-    def _prior_normal_equations(self, pose: Tensor, shape: Tensor, stage: StageWeights) -> tuple[Tensor, Tensor]:
-        """The priors' ½-Hessian (B, N, N) and ½-gradient (B, N) over [full pose, betas, expression]."""
+    def _prior_normal_equations(self, pose: Tensor, shape: Tensor, stage: StageWeights,
+                                free: Tensor) -> tuple[Tensor, Tensor]:
+        """The priors' ½-Hessian (B, F, F) and ½-gradient (B, F) over the parameters `free` (indices into [full
+        pose, betas, expression]); a prior's block enters where its parameters are free (all or none of them)."""
         batch, dtype, device = pose.shape[0], pose.dtype, pose.device
         nb, ne = self.model.num_betas, self.model.num_expression
-        size = FULL_POSE_DIM + nb + ne
-        hess = torch.zeros(batch, size, size, dtype=dtype, device=device)
-        grad = torch.zeros(batch, size, dtype=dtype, device=device)
+        params = torch.cat([pose, shape], 1)
+        position = torch.full((params.shape[1],), -1, dtype=torch.long)
+        position[free.cpu()] = torch.arange(len(free))
+        hess = torch.zeros(batch, len(free), len(free), dtype=dtype, device=device)
+        grad = torch.zeros(batch, len(free), dtype=dtype, device=device)
+
+        def where(part: slice) -> slice | None:
+            first = int(position[part.start])
+            return None if first < 0 else slice(first, first + part.stop - part.start)
 
         def add(part: slice, term: PoseTerm, weight2: float):
-            h, g = term.normal_equations(pose[:, part])
-            hess[:, part, part] += weight2 * h
-            grad[:, part] += weight2 * g
+            at = where(part)
+            if at is not None:
+                h, g = term.normal_equations(params[:, part])
+                hess[:, at, at] += weight2 * h
+                grad[:, at] += weight2 * g
+
+        def add_diagonal(part: slice, weight2: Tensor | float):
+            at = where(part)
+            if at is not None:
+                hess.diagonal(dim1=-2, dim2=-1)[:, at] += weight2
+                grad[:, at] += weight2 * params[:, part]
 
         add(POSE_SLICES["body_pose"], self.body_prior, stage.body_pose**2)
         add(POSE_SLICES["left_hand_pose"], self.hand_prior, stage.hand_pose**2)
         add(POSE_SLICES["right_hand_pose"], self.hand_prior, stage.hand_pose**2)
-        # bending prior: residuals sqrt(3.17 w) exp(s θ)
+        add_diagonal(POSE_SLICES["jaw_pose"], torch.as_tensor(stage.jaw_pose, dtype=dtype, device=device).square())
+        add_diagonal(slice(FULL_POSE_DIM, FULL_POSE_DIM + nb), stage.shape**2)
+        add_diagonal(slice(FULL_POSE_DIM + nb, FULL_POSE_DIM + nb + ne), stage.expression**2)
+        # bending prior: residuals sqrt(3.17 w) exp(s θ), on body-pose values (always free)
         bend = SMPLIFYX_BENDING_FACTOR * stage.body_pose
         e = torch.exp(pose[:, self._angle_idx] * self._angle_sign.to(dtype))
         de = self._angle_sign.to(dtype) * e
-        hess[:, self._angle_idx, self._angle_idx] += bend * de.square()
-        grad[:, self._angle_idx] += bend * e * de
-        jaw = POSE_SLICES["jaw_pose"]
-        jaw_w2 = torch.as_tensor(stage.jaw_pose, dtype=dtype, device=device).square()
-        idx = torch.arange(jaw.start, jaw.stop, device=device)
-        hess[:, idx, idx] += jaw_w2
-        grad[:, idx] += jaw_w2 * pose[:, jaw]
-        betas_idx = FULL_POSE_DIM + torch.arange(nb, device=device)
-        expr_idx = FULL_POSE_DIM + nb + torch.arange(ne, device=device)
-        hess[:, betas_idx, betas_idx] += stage.shape**2
-        grad[:, betas_idx] += stage.shape**2 * shape[:, :nb]
-        hess[:, expr_idx, expr_idx] += stage.expression**2
-        grad[:, expr_idx] += stage.expression**2 * shape[:, nb:]
+        at = position[self._angle_idx.cpu()].to(device)
+        hess[:, at, at] += bend * de.square()
+        grad[:, at] += bend * e * de
         return hess, grad
 
 
@@ -651,3 +702,22 @@ def _runs(indices: list[int]) -> list[slice]:
         else:
             runs.append(slice(i, i + 1))
     return runs
+
+
+def _solve(hess: Tensor, grad: Tensor, lam: Tensor) -> Tensor:
+    """Marquardt's damped step, (H + λ diag H) δ = −g per example, solved on the Jacobi-scaled system
+    (unit diagonal: the whole body's normal equations span ~10 decades, from the global orientation to a
+    fingertip, which a float32 Cholesky of H itself does not survive). Each direction's curvature is at least
+    1e-6 of the stiffest one's, so that a direction nothing observes takes no step instead of an unbounded one."""
+    diag = torch.diagonal(hess, dim1=-2, dim2=-1)
+    diag = torch.maximum(diag, 1e-6 * diag.amax(-1, keepdim=True)).clamp_min(1e-12)
+    scale = diag.rsqrt()                                                     # (B, F)
+    scaled = hess * scale[:, :, None] * scale[:, None, :]
+    scaled.diagonal(dim1=-2, dim2=-1).copy_(1.0 + lam[:, None])             # diag(H) / diag(H) + λ
+    rhs = (grad * scale)[..., None]
+    chol, info = torch.linalg.cholesky_ex(scaled)
+    step = torch.cholesky_solve(rhs, chol)[..., 0]
+    if bool((info > 0).any()):  # numerically indefinite (should not happen): LU for those
+        bad = info > 0
+        step[bad] = torch.linalg.solve(scaled[bad], rhs[bad])[..., 0]
+    return -step * scale

@@ -1,0 +1,140 @@
+"""Batched SMPLify-X (fitting/smplifyx.py): its objective, the fast mode's normal equations, recovery of known
+whole-body people, the reference procedure stage by stage, and real-layout SMPL-X files.
+
+Synthetic SMPL-X files in the real layout with shaped hands and face (tests/wholebody_files.py); the people are
+bench/smplifyx_cases.py's (GMM body poses, curled hands, expressions N(0, 1)), seen by SMPLify-X's camera
+(f = 5000 px) in a 1000 px image.
+"""
+import model_files
+import numpy as np
+import pytest
+import torch
+from wholebody_files import wholebody_smplx_arrays
+
+from bench.smplifyx_cases import People, fit_errors, synthetic_people
+from core.joints import SMPLIFY_IGNORED
+from core.wholebody import FACE_CONTOUR_NAMES, LEFT_HAND_NAMES, PUPIL_NAMES, wholebody_indices
+from fitting.body_model import load_body_model
+from fitting.smplifyx import SMPLIFYX_STAGES, SMPLifyX, SMPLifyXConfig
+from fitting.wholebody_model import POSE_SLICES, WholeBodyModel
+
+# SMPLify-X's released stage table (cfg_files/fit_smplx.yaml): hands enter the data term at stage 4 (weight 0.1)
+# and both hands and face at stage 5 (weight 2).
+SMPLIFYX_HAND_JOINT_WEIGHTS = (0.0, 0.0, 0.0, 0.1, 2.0)
+SMPLIFYX_FACE_JOINT_WEIGHTS = (0.0, 0.0, 0.0, 0.0, 2.0)
+
+
+def _model(tmp_path, zero_posedirs=True, dtype=torch.float32):
+    arrays = wholebody_smplx_arrays()
+    if zero_posedirs:
+        arrays["posedirs"] = np.zeros_like(arrays["posedirs"])
+    path = tmp_path / "SMPLX_NEUTRAL.npz"
+    np.savez(path, **arrays)
+    return WholeBodyModel(load_body_model(path, dtype=dtype))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return _model(tmp_path_factory.mktemp("sx"))
+
+
+def _subset(people: People, k: int) -> People:
+    return People(*(getattr(people, f)[:k] for f in People.__dataclass_fields__))
+
+
+def test_stage_table_and_point_weights(model):
+    assert tuple(s.hand_joints for s in SMPLIFYX_STAGES) == SMPLIFYX_HAND_JOINT_WEIGHTS
+    assert tuple(s.face_joints for s in SMPLIFYX_STAGES) == SMPLIFYX_FACE_JOINT_WEIGHTS
+    smplifyx = SMPLifyX(model)
+    first, last = (smplifyx.point_weights(s) for s in (SMPLIFYX_STAGES[0], SMPLIFYX_STAGES[-1]))
+    hand = wholebody_indices(LEFT_HAND_NAMES[1:])
+    assert (first[hand] == 0).all() and (last[hand] == 2.0).all()
+    # never: SMPLify's ignored joints, and what the model does not provide (face contour, pupils)
+    never = wholebody_indices(SMPLIFY_IGNORED + FACE_CONTOUR_NAMES + PUPIL_NAMES)
+    assert (last[never] == 0).all() and (first[never] == 0).all()
+    assert int((last > 0).sum()) == 49 - len(SMPLIFY_IGNORED) + 42 + 51
+
+
+def test_fast_normal_equations_are_the_objectives_gradient(tmp_path):
+    """One objective for both modes: the fast mode's ½∇E (IRLS-weighted GMoF data, each prior's block) equals
+    autograd's gradient of `SMPLifyX.objective` on the full model, in every stage."""
+    model = _model(tmp_path, dtype=torch.float64)
+    people = synthetic_people(model, 3, seed=4)
+    smplifyx = SMPLifyX(model)
+    gen = torch.Generator().manual_seed(0)
+    pose = people.full_pose + 0.1 * torch.randn(people.full_pose.shape, generator=gen, dtype=torch.float64)
+    pose[:, POSE_SLICES["leye_pose"]] = 0.0
+    shape = torch.cat([people.betas, people.expression], 1)
+    shape = shape + 0.2 * torch.randn(shape.shape, generator=gen, dtype=torch.float64)
+    kp = people.keypoints.clone()
+    kp[0, 60, :2] += 400.0  # one residual far beyond rho: the robust branch of GMoF
+    for stage in SMPLIFYX_STAGES:
+        _, grad = smplifyx.normal_equations(pose, shape, people.cam_t, kp, people.center, people.focal, stage)
+        p, s = pose.clone().requires_grad_(True), shape.clone().requires_grad_(True)
+        points = model.forward_full(p, s[:, :10], s[:, 10:]).points
+        smplifyx.objective(points, people.cam_t, people.center, people.focal, kp, p, s[:, :10], s[:, 10:],
+                           stage)["total"].sum().backward()
+        want = torch.cat([p.grad, s.grad], 1) / 2
+        torch.testing.assert_close(grad, want, atol=1e-6 * want.abs().max().item(), rtol=1e-6)
+
+
+def test_fast_mode_recovers_hands_and_face_from_clean_keypoints(model):
+    people = synthetic_people(model, 8, seed=1, noise_px=0.0, missing=0.0)
+    fit = SMPLifyX(model)(people.keypoints, people.center, focal_length=people.focal)
+    errors = fit_errors(fit, people)
+    # the start's hands are flat, its face closed and neutral: 15-29 mm per hand and 3-6 px on the face here
+    flat = people.full_pose.clone()
+    flat[:, POSE_SLICES["jaw_pose"].start:] = 0.0
+    start = fit_errors(type(fit)(full_pose=flat, betas=people.betas, expression=people.expression * 0,
+                                 cam_t=people.cam_t, points=model.forward_full(
+                                     flat, people.betas, people.expression * 0).points,
+                                 objective=fit.objective, terms={}), people)
+    for hand in ("left_hand_pa_mpjpe_mm", "right_hand_pa_mpjpe_mm"):
+        # measured: medians 9.9 / 4.6 mm (flat start 18-19 mm), worst 25 mm (a finger's depth flip)
+        assert errors[hand].median() < 0.7 * start[hand].median(), hand
+        assert errors[hand].median() < 13.0, hand
+    # measured: 0.3-3.0 px (start 3.1-6.4 px)
+    assert errors["face_reprojection_px"].max() < 4.0
+    assert errors["face_reprojection_px"].median() < 0.5 * start["face_reprojection_px"].median()
+    # the fits explain the keypoints about as well as the truth: measured 0.87-1.68x its objective, one 5.4x
+    truth = SMPLifyX(model).evaluate(people.full_pose, people.betas, people.expression, people.cam_t,
+                                     people.keypoints, people.center, focal_length=people.focal)["total"]
+    assert (fit.objective < 1.8 * truth).sum() >= 6
+
+
+def test_reference_lowers_the_objective_stage_by_stage(model):
+    people = synthetic_people(model, 1, seed=2)
+    reference = SMPLifyX(model, config=SMPLifyXConfig(mode="reference", maxiters=2))
+    fit = reference(people.keypoints, people.center, focal_length=people.focal)
+    losses = fit.extras["stage_losses"][0]                           # (5, 2): each stage's start and end
+    assert losses.shape == (5, 2) and torch.isfinite(losses).all()
+    assert (losses[:, 1] < losses[:, 0]).all(), losses
+    assert fit.extras["function_evaluations"][0] > 5 * 2
+    start = reference.evaluate(*reference.mean_start(people.keypoints, people.center, people.focal)[:1],
+                               torch.zeros(1, 10), torch.zeros(1, 10), fit.cam_t, people.keypoints, people.center,
+                               focal_length=people.focal)["total"]
+    assert fit.objective[0] < 0.8 * start[0]  # measured 0.68 after 2 L-BFGS steps per stage
+
+
+def test_real_layout_npz_and_pkl_fit_alike(tmp_path):
+    """Real-layout SMPL-X files (pose correctives and all) as .npz and as a chumpy-style .pkl are one model and
+    give one fit."""
+    arrays = wholebody_smplx_arrays()
+    np.savez(tmp_path / "SMPLX_NEUTRAL.npz", **arrays)
+    model_files.write_chumpy_pickle(tmp_path / "SMPLX_NEUTRAL.pkl", arrays)
+    models = [WholeBodyModel(load_body_model(tmp_path / f"SMPLX_NEUTRAL.{ext}")) for ext in ("npz", "pkl")]
+    assert models[0].body.model_id == models[1].body.model_id
+    people = synthetic_people(models[0], 4, seed=3)
+    fits = [SMPLifyX(m)(people.keypoints, people.center, focal_length=people.focal) for m in models]
+    torch.testing.assert_close(fits[0].full_pose, fits[1].full_pose)
+    torch.testing.assert_close(fits[0].objective, fits[1].objective)
+    start_pose, start_shape, start_t = SMPLifyX(models[0]).mean_start(people.keypoints, people.center,
+                                                                      people.focal)
+    start = SMPLifyX(models[0]).evaluate(start_pose, start_shape[:, :10], start_shape[:, 10:], start_t,
+                                         people.keypoints, people.center, focal_length=people.focal)["total"]
+    assert (fits[0].objective < 0.1 * start).all()
+
+
+def test_bad_keypoints_are_refused(model):
+    with pytest.raises(ValueError, match="161"):
+        SMPLifyX(model)(torch.zeros(2, 137, 3), torch.zeros(2, 2))
