@@ -151,7 +151,10 @@ def write_report(out: Path, *, manifest: dict[str, Any], seed: dict[str, Any], t
     if wholebody and wholebody.get("rows"):
         lines += ["## Whole-body people (SMPL-X)", "",
                   f"{wholebody['fits']} whole-body samples (the synthetic COCO-WholeBody and OpenPose people: open "
-                  f"SMPL-X model, hands posed, faces with expressions) fitted with SMPLify-X's fast mode "
+                  f"SMPL-X model, hands posed, faces with expressions; their own shard set "
+                  f"`{wholebody['shards']['path']}`: read {wholebody['shards']['read']} = written "
+                  f"{wholebody['shards']['written']} + rejected {wholebody['shards']['rejected']}) fitted with "
+                  f"SMPLify-X's fast mode "
                   f"(`fitting.smplifyx`, batched Levenberg–Marquardt over SMPLify-X's five stages) in "
                   f"{wholebody['seconds']:.1f} s ({wholebody['fits_per_s']:.1f} fits/s), from the mean start, in "
                   f"the fit frame, and appended to the fits table as whole-body fits of `{wholebody['model_id']}` "

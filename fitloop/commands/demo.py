@@ -107,7 +107,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     roots = generate(out / "data", SynthConfig.with_people(args.people, datasets=wanted).with_wholebody_people(
         args.wholebody_people))
     timings["synthetic data"] = time.perf_counter() - start
-    specs = [DatasetSpec(name, str(root)) for name, root in roots.items()]
+    # the whole-body sets get their own small shard set after the build (`wholebody_fits`): in the build's they
+    # would lengthen every training epoch
+    specs = [DatasetSpec(name, str(root)) for name, root in roots.items() if name in BODY_DATASETS]
     body_roots = [root for name, root in roots.items() if name in BODY_DATASETS]
     wholebody_roots = [root for name, root in roots.items() if name in WHOLEBODY_DATASETS]
     # the real excerpts share layouts (and some file names) with the synthetic sets: they go in as <dataset>-real
@@ -156,7 +158,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     wholebody = None
     if wholebody_roots:
         start = _step("fitting the whole-body people with SMPLify-X (fast mode) and appending them to the fits table")
-        wholebody = wholebody_fits(Path(summary["shards"]), Path(summary["fits"]), wholebody_roots, out)
+        wholebody = wholebody_fits(out / "shards_wholebody", Path(summary["fits"]), wholebody_roots, out)
         for row in wholebody["rows"]:
             print(f"[demo]   {row['dataset']}: {row['fits']} whole-body fits, body PA-MPJPE "
                   f"{row['body_pa_mpjpe_mm']:.1f} mm, hands {row['left_hand_pa_mpjpe_mm']:.1f} / "
@@ -190,13 +192,18 @@ def as_openpose(keypoints: np.ndarray) -> np.ndarray:
     return out
 
 
+WHOLEBODY_SPLITS = {"coco_wholebody": ("train", "val"), "openpose": ("train",)}  # what the generator writes
+
+
 def wholebody_fits(shards: Path, fits_path: Path, roots: list[Path], out: Path) -> dict[str, Any]:
-    """Fit every whole-body sample of the shard set with SMPLify-X's fast mode, in the fit frame (SPIN's crop
+    """Preprocess the whole-body datasets at ``roots`` into the shard set ``shards`` (unless it holds one already),
+    fit every whole-body sample of it with SMPLify-X's fast mode, in the fit frame (SPIN's crop
     camera, `core.frames`), append the fits to the fits table as whole-body fits of the model the people were
     drawn with, measure them against the truth beside the datasets (`bench.smplifyx_cases.fit_errors`: body
     PA-MPJPE on the 14 LSP joints, each hand's wrist-aligned PA-MPJPE, face landmark reprojection in fit-frame
     px) and draw a few. Returns {"rows": per-dataset errors, "fits": n, "seconds": fitting time, "fits_per_s",
-    "model_id", "version": the table version written, "picture": file name under ``out``}."""
+    "model_id", "version": the table version written, "picture": file name under ``out``, "shards": the shard
+    set's path and counts}."""
     from types import SimpleNamespace
 
     import numpy as np
@@ -223,6 +230,12 @@ def wholebody_fits(shards: Path, fits_path: Path, roots: list[Path], out: Path) 
                            f"not the open SMPL-X model {body.model_id}; generate them again")
     model = WholeBodyModel(body)
     rows = {key: (t, t.row[key]) for t in truths for key in t.row}
+    if not (shards / "manifest.json").is_file():
+        from pipelines.preprocess import DatasetSpec, preprocess
+
+        specs = [DatasetSpec(Path(root).name, str(root), WHOLEBODY_SPLITS.get(Path(root).name)) for root in roots]
+        preprocess(specs, shards)
+    counts = json.loads((shards / "manifest.json").read_text())["counts"]
     samples = [s for s in iter_samples(shards) if s.meta.get("has_wholebody") and s.key in rows]
     if not samples:
         return {"rows": [], "fits": 0}
@@ -289,4 +302,5 @@ def wholebody_fits(shards: Path, fits_path: Path, roots: list[Path], out: Path) 
                     fit["betas"][:WHOLEBODY_PICTURES], fit["expression"][:WHOLEBODY_PICTURES],
                     fit["cam_t"][:WHOLEBODY_PICTURES]).save(out / picture)
     return {"rows": table_rows, "fits": count, "seconds": seconds, "fits_per_s": count / seconds,
-            "model_id": body.model_id, "version": appended.version, "picture": picture}
+            "model_id": body.model_id, "version": appended.version, "picture": picture,
+            "shards": {"path": str(shards), **counts}}
