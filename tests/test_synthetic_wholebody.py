@@ -246,3 +246,12 @@ def test_demo_fits_the_wholebody_people_appends_them_and_reports_them(wb_sets, t
     assert "## Whole-body people (SMPL-X)" in report and "![whole-body fits](w.png)" in report
     assert f"| coco_wholebody | {PEOPLE} | {row['body_pa_mpjpe_mm']:.1f} |" in report
     assert "None" not in report and "nan" not in report
+
+
+def test_a_model_without_smplx_tree_is_refused_for_wholebody_people(tmp_path):
+    from pipelines.synthetic import SynthError
+
+    config = SynthConfig(datasets=("openpose",), openpose_people=1, wholebody_model="open", workers=1)
+    with pytest.raises(SynthError, match=r"wholebody_model open: .*\(55 skinning joints\), this model has 24"):
+        generate(tmp_path, config)
+    assert not (tmp_path / "openpose").exists()

@@ -96,9 +96,9 @@ def generate(out_root: Path, config: SynthConfig | None = None, *, overwrite: bo
                          f"--out")
     out_root.mkdir(parents=True, exist_ok=True)
     whole = any(name in WHOLEBODY_DATASETS for name in targets)
-    meshes = {"body": _mesh(config.body_model)}
+    meshes = {"body": _mesh(config.body_model, 24, "body_model")}
     if whole:
-        meshes["wholebody"] = _mesh(config.wholebody_model)
+        meshes["wholebody"] = _mesh(config.wholebody_model, 55, "wholebody_model")
     pool = _start_pool(meshes, config.workers) if sum(config.people(n) for n in targets) >= _MIN_PARALLEL else None
     try:
         model = load_body_model(config.body_model)
@@ -122,11 +122,15 @@ def generate(out_root: Path, config: SynthConfig | None = None, *, overwrite: bo
     return targets
 
 
-def _mesh(body_model: str) -> Mesh:
+def _mesh(body_model: str, joints: int, field: str) -> Mesh:
     """The painter's mesh of a body model (faces, their colour regions and whole-body parts), read from its file
-    (no torch)."""
+    (no torch); SynthError unless its skinning has ``joints`` joints (24: SMPL's tree, for the body datasets; 55:
+    SMPL-X's, for the whole-body ones), naming the config ``field``."""
     arrays, _ = read_model_arrays(OPEN_MODELS.get(body_model, Path(body_model)))
     faces, weights = np.asarray(arrays["f"], dtype=np.int64), np.asarray(arrays["weights"])
+    if weights.shape[1] != joints:
+        raise SynthError(f"{field} {body_model}: the generator draws {'SMPL' if joints == 24 else 'SMPL-X'}-tree "
+                         f"bodies here ({joints} skinning joints), this model has {weights.shape[1]}")
     try:
         return mesh_of(faces, weights)
     except ValueError as err:
