@@ -255,3 +255,19 @@ def test_a_model_without_smplx_tree_is_refused_for_wholebody_people(tmp_path):
     with pytest.raises(SynthError, match=r"wholebody_model open: .*\(55 skinning joints\), this model has 24"):
         generate(tmp_path, config)
     assert not (tmp_path / "openpose").exists()
+
+
+def test_the_open_smplx_fingertips_are_its_own_vertices(wholebody_model):
+    """The open SMPL-X file names its fingertip vertices; smplx's SMPL-X table (10,475 vertices) means other points
+    on its 13,492-vertex mesh (before the integration fix: the left thumb's tip at the body's middle)."""
+    from core.wholebody import FINGERTIP_VERTEX_KEYS, WHOLEBODY_INDEX
+
+    arrays, _ = read_model_arrays(OPEN_MODELS["open-smplx"])
+    own = {str(k): int(v) for k, v in zip(arrays["vertex_ids_names"], arrays["vertex_ids"])}
+    zeros = {n: torch.zeros(1, d) for n, d in (("pose", 165), ("betas", 10), ("expression", 10))}
+    with torch.no_grad():
+        out = wholebody_model.forward_full(zeros["pose"], zeros["betas"], zeros["expression"])
+    for name, key in FINGERTIP_VERTEX_KEYS.items():
+        np.testing.assert_allclose(out.points[0, WHOLEBODY_INDEX[name]], out.vertices[0, own[key]], atol=1e-6)
+    hand = out.points[0, wholebody_indices(WHOLEBODY_PARTS["left_hand"])]
+    assert (hand[:, 0] > 0.6).all()  # the whole left hand at the end of the left arm (+X), tips included
