@@ -32,6 +32,9 @@ DEMO_TRAIN = {"backbone": 18, "img_res": 64, "batch_size": 16, "epochs": 12, "lr
 WHOLEBODY_PEOPLE = 12  # per whole-body dataset: a few, to show them (SMPLify-X's fast mode fits them in seconds)
 WHOLEBODY_BATCH = 64   # whole-body fits per SMPLify-X call
 WHOLEBODY_PICTURES = 6
+# torch threads of the whole-body fits: one, as each seeding Dask worker has. On this shared 2-core machine (load
+# ~8) two threads made the batched LM 7x slower (24 fits: 70 s against 9.6 s), their spin-waits fighting.
+WHOLEBODY_THREADS = 1
 # SMPLify-X reads OpenPose (its camera start and stage take the OpenPose torso). COCO-WholeBody's 17 body points
 # are COCO's keypoints, which OpenPose's body model is trained to detect under these names, so a COCO-WholeBody
 # sample goes to SMPLify-X with them moved into OpenPose's slots (as COCO-WholeBody is converted to OpenPose's
@@ -246,10 +249,15 @@ def wholebody_fits(shards: Path, fits_path: Path, roots: list[Path], out: Path) 
     focal = torch.full((count, 2), FIT_FOCAL)
     config = SMPLifyXConfig()
     smplifyx = SMPLifyX(model, config=config)
-    start = time.perf_counter()
-    parts = [smplifyx(keypoints[i:i + WHOLEBODY_BATCH], center[i:i + WHOLEBODY_BATCH],
-                      focal_length=focal[i:i + WHOLEBODY_BATCH]) for i in range(0, count, WHOLEBODY_BATCH)]
-    seconds = time.perf_counter() - start
+    threads = torch.get_num_threads()
+    torch.set_num_threads(WHOLEBODY_THREADS)
+    try:
+        start = time.perf_counter()
+        parts = [smplifyx(keypoints[i:i + WHOLEBODY_BATCH], center[i:i + WHOLEBODY_BATCH],
+                          focal_length=focal[i:i + WHOLEBODY_BATCH]) for i in range(0, count, WHOLEBODY_BATCH)]
+        seconds = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
     fit = {k: torch.cat([getattr(p, k) for p in parts]).detach() for k in ("full_pose", "betas", "expression",
                                                                             "cam_t", "points")}
     fit_points = fit["points"]
