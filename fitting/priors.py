@@ -31,8 +31,11 @@ from core.errors import ModelFileError
 from core.joints import SMPL_JOINT_INDEX, SMPL_JOINT_NAMES
 from fitting.files import DAMAGED, read_npz, require_file
 
-# The committed pose prior of the open model (trained on CMU motion capture: docs/pose_prior.md).
+# The committed pose priors of the open model (trained on CMU motion capture: docs/pose_prior.md): the Gaussian
+# mixture (the default) and the VAE (`fitting.vposer`), by name for `resolve_pose_prior`.
 DEFAULT_PRIOR = Path(__file__).resolve().parent / "data" / "pose_prior_open.npz"
+VAE_PRIOR = Path(__file__).resolve().parent / "data" / "pose_prior_vae_open.npz"
+SHIPPED_PRIORS: dict[str, Path] = {"gmm": DEFAULT_PRIOR, "vae": VAE_PRIOR}
 # SPIN's prior weights (SPIN_REFERENCE §3.3; they enter the objective squared): GMM pose prior, angle prior on
 # elbows and knees, betas. SMPLify and the 3D fit both start from them.
 SPIN_POSE_PRIOR_WEIGHT = 4.78
@@ -128,7 +131,8 @@ def load_gmm(path: str | Path) -> GaussianMixture:
     arrays, _ = read_npz(path, "pose-prior file", hint)
     missing = {"means", "covars", "weights"} - set(arrays)
     if missing:
-        what = " (it looks like a body model)" if "v_template" in arrays else ""
+        what = (" (it looks like a body model)" if "v_template" in arrays else
+                " (it is a VAE pose prior: load it with fitting.priors.load_pose_prior)" if "rec_sigma" in arrays else "")
         raise ModelFileError(f"{path}: the .npz lacks {sorted(missing)}{what}; is it a pose prior?")
     try:
         metadata = json.loads(str(arrays["metadata"].reshape(-1)[0])) if "metadata" in arrays else {}
@@ -139,14 +143,10 @@ def load_gmm(path: str | Path) -> GaussianMixture:
     return _checked(arrays["means"], arrays["covars"], arrays["weights"], metadata, str(path))
 
 
-def save_gmm(gmm: GaussianMixture, path: str | Path) -> None:
-    """Write ``gmm`` as fitloop's ``.npz`` atomically (temp file, then rename), with fixed zip timestamps so the
-    same mixture always gives the same bytes. Metadata must be JSON-serialisable."""
+def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` as an ``.npz`` atomically (temp file, then rename), members sorted and with fixed zip
+    timestamps, so the same arrays always give the same bytes; no pickles (``allow_pickle=False``)."""
     path = Path(path)
-    metadata = {"format": NPZ_FORMAT, "format_version": NPZ_FORMAT_VERSION, **gmm.metadata}
-    arrays = {"means": gmm.means.astype(np.float64), "covars": gmm.covars.astype(np.float64),
-              "weights": gmm.weights.astype(np.float64),
-              "metadata": np.array(json.dumps(metadata, sort_keys=True, indent=1))}
     tmp = path.with_name(f".{path.name}.tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -154,9 +154,18 @@ def save_gmm(gmm: GaussianMixture, path: str | Path) -> None:
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             buf = io.BytesIO()
-            np.lib.format.write_array(buf, arrays[name], allow_pickle=False)
+            np.lib.format.write_array(buf, np.asarray(arrays[name]), allow_pickle=False)
             zf.writestr(info, buf.getvalue())
     os.replace(tmp, path)
+
+
+def save_gmm(gmm: GaussianMixture, path: str | Path) -> None:
+    """Write ``gmm`` as fitloop's ``.npz`` atomically and byte-reproducibly (:func:`write_npz`). Metadata must be
+    JSON-serialisable."""
+    metadata = {"format": NPZ_FORMAT, "format_version": NPZ_FORMAT_VERSION, **gmm.metadata}
+    write_npz(path, {"means": gmm.means.astype(np.float64), "covars": gmm.covars.astype(np.float64),
+                     "weights": gmm.weights.astype(np.float64),
+                     "metadata": np.array(json.dumps(metadata, sort_keys=True, indent=1))})
 
 
 class MaxMixturePrior(torch.nn.Module):
@@ -249,3 +258,39 @@ def angle_prior(body_pose: torch.Tensor) -> torch.Tensor:
 def shape_prior(betas: torch.Tensor) -> torch.Tensor:
     """Quadratic shape prior (B,): ‖β‖² of shape coefficients (B, NB); SPIN weights it by 5²."""
     return betas.pow(2).sum(dim=-1)
+
+
+# --- Which prior a file holds -------------------------------------------------------------------------------
+POSE_PRIOR_KINDS = ("gmm", "vae")
+
+
+def pose_prior_kind(path: str | Path) -> str:
+    """"vae" for a fitloop VAE prior ``.npz`` (`fitting.vposer`), "gmm" for anything else (a mixture ``.npz`` or
+    SMPLify's ``.pkl``; `load_gmm` says what is wrong with a file that is neither)."""
+    path = Path(path)
+    if path.suffix == ".npz" and path.is_file():
+        try:
+            with zipfile.ZipFile(path) as zf:
+                if "rec_sigma.npy" in zf.namelist():
+                    return "vae"
+        except (OSError, zipfile.BadZipFile):
+            pass
+    return "gmm"
+
+
+def resolve_pose_prior(name_or_path: str | Path | None) -> Path:
+    """The file of a pose prior given by name (``gmm``, ``vae``: :data:`SHIPPED_PRIORS`), by path, or None (the
+    default, :data:`DEFAULT_PRIOR`)."""
+    if name_or_path is None:
+        return DEFAULT_PRIOR
+    return SHIPPED_PRIORS.get(str(name_or_path), Path(name_or_path))
+
+
+def load_pose_prior(path: str | Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """The pose prior a file holds, for SMPLify: `MaxMixturePrior` (a mixture ``.npz`` or SMPLify's ``gmm_08.pkl``)
+    or `fitting.vposer.VAEPosePrior` (a fitloop VAE ``.npz``). Both map body poses (B, 69) to energies (B,) and
+    carry ``metadata``."""
+    if pose_prior_kind(path) == "vae":
+        from fitting.vposer import VAEPosePrior
+        return VAEPosePrior.from_file(path)
+    return MaxMixturePrior.from_file(path, dtype=dtype)

@@ -13,8 +13,9 @@ reference: SPIN's own procedure — the full smplx body model evaluated every st
   confidences are never modified (SPIN zeroes them in place), and missing torso keypoints are masked in stage 1.
 fast: the same objective on the exact joints-only `Skeleton`, minimised by batched Levenberg–Marquardt with
   analytic Jacobians (Geman–McClure by iteratively reweighted least squares, the max-mixture prior by its active
-  component). Run to convergence from an estimated start (``start="estimate"``: a network's prediction), a fit
-  over-fits noisy keypoints and wanders into depth ambiguities, so stage 2 adds w² ‖θ_body - θ_body,init‖²
+  component, a VAE prior (`fitting.vposer.VAEPosePrior`) by Gauss–Newton on its residuals). Run to convergence from
+  an estimated start (``start="estimate"``: a network's prediction), a fit over-fits noisy keypoints and wanders
+  into depth ambiguities, so stage 2 adds w² ‖θ_body - θ_body,init‖²
   (100 small Adam steps have the same effect implicitly), w = σ_kp / σ_start per example: the keypoints' noise
   (read off a first fit's residual) over the start's uncertainty (the caller's ``start_sigma``, or read off how far
   the start reprojects from the keypoints; `SMPLify.near_start_weight`). A start that carries no estimate of the
@@ -23,7 +24,9 @@ fast: the same objective on the exact joints-only `Skeleton`, minimised by batch
   start 100× stronger and relax to SPIN's (`SMPLify.prior_schedule`: limbs far from their keypoints would otherwise
   settle into depth minima), and after a few iterations the candidate with the lowest SPIN objective is kept (their
   objectives are in the result's extras). The caller says which start it
-  gives; the values of the pose never decide it. `fitloop bench smplify` compares both modes.
+  gives; the values of the pose never decide it. `fitloop bench smplify` compares both modes. Optionally
+  (``collision_weight`` > 0, off by default) stage 2 also penalises the body entering itself: w_c² Σ depth² over
+  the overlapping pairs of capsule proxies (`fitting.collision`), by the same LM with closed-form Jacobians.
 
 Body models: every family `fitting.body_model` loads (SMPL, SMPL-H, SMPL-X, the open model), in both modes. The
 fitted parameters are the body model's: pose (B, 72) and betas. SMPL-H and SMPL-X have no joints for SMPL's hand
@@ -53,6 +56,7 @@ from core.errors import ModelFileError
 from core.frames import FIT_FOCAL, FIT_RES
 from core.joints import JOINT_INDEX, SMPLIFY_IGNORED, indices
 from fitting.body_model import BodyModel
+from fitting.collision import body_capsules, collision_penalty, collision_residuals, pair_ends
 from fitting.priors import (
     ANGLE_PRIOR_INDICES,
     ANGLE_PRIOR_SIGNS,
@@ -63,6 +67,7 @@ from fitting.priors import (
     MaxMixturePrior,
 )
 from fitting.skeleton import Skeleton, compose_axis_angle, select_state
+from fitting.vposer import VAEPosePrior
 
 OP_TORSO = ("OP RHip", "OP LHip", "OP RShoulder", "OP LShoulder")
 TORSO_PAIRS = (("Right Shoulder", "Right Hip"), ("Left Shoulder", "Left Hip"))  # the start's similar triangles
@@ -109,6 +114,9 @@ class SMPLifyConfig:
     # throughout); the rest are SPIN's objective
     prior_anneal: float = 100.0
     anneal_share: float = 0.6
+    # fast mode, optional: w_c² Σ depth² over the capsule proxies' overlapping pairs (`fitting.collision`), depth
+    # in m, w_c in px/m (a depth of 1 cm weighs as a keypoint (w_c / 100) px off); 0: off
+    collision_weight: float = 0.0
 
     def validated(self) -> "SMPLifyConfig":
         if self.prior_anneal < 1 or not 0 <= self.anneal_share < 1:
@@ -116,6 +124,9 @@ class SMPLifyConfig:
                              f"{self.anneal_share}")
         if self.mode not in ("fast", "reference"):
             raise ValueError(f"SMPLify mode must be 'fast' or 'reference', not {self.mode!r}")
+        if self.collision_weight < 0 or (self.collision_weight > 0 and self.mode != "fast"):
+            raise ValueError(f"collision_weight must be >= 0, and is a term of mode='fast' only; got "
+                             f"{self.collision_weight} with mode={self.mode!r}")
         unknown = [j for j in self.ignored_joints if j not in JOINT_INDEX]
         if unknown:
             raise ValueError(f"ignored_joints has unknown joint names {unknown}")
@@ -171,15 +182,21 @@ class SMPLify:
     SMPLify runs where the body model lives (inputs must be there too). Neither argument is modified: a prior on
     another device is copied there, the caller's stays where it is."""
 
-    def __init__(self, body: BodyModel, prior: MaxMixturePrior, config: SMPLifyConfig = SMPLifyConfig()):
+    def __init__(self, body: BodyModel, prior: MaxMixturePrior | VAEPosePrior,
+                 config: SMPLifyConfig = SMPLifyConfig()):
         device = next(body.buffers()).device
         if prior.dim != BODY_POSE_DIM:
             raise ModelFileError(f"the pose prior is a mixture over {prior.dim} values; SMPLify needs one over the "
                                  f"69 body-pose values of SMPL's 23 body joints (pass such a prior file)")
-        if prior.means.device != device:
+        if next(prior.buffers()).device != device:
             prior = copy.deepcopy(prior).to(device)
         self.body, self.prior, self.config = body, prior, config.validated()
         self.skeleton = Skeleton(body).to(device) if config.mode == "fast" else None
+        self.capsules, self.proxies = None, None
+        if self.config.collision_weight > 0:  # the capsules' segment ends as more skeleton points, after the 49
+            self.capsules = body_capsules(body)
+            self.proxies = Skeleton(body, self.capsules.end_rows).to(device)
+            self._proxy_rows = torch.arange(len(self.capsules.end_rows), device=device) + self.skeleton.a.shape[0]
         self._angle_idx = torch.tensor(ANGLE_PRIOR_INDICES, device=device) + 3          # into the full 72-d pose
         self._angle_sign = torch.tensor(ANGLE_PRIOR_SIGNS, device=device)
         self._ignored = torch.as_tensor(indices(config.ignored_joints), device=device)
@@ -400,7 +417,43 @@ class SMPLify:
         return self._result(pose, betas, cam_t, keypoints, center, focal, c.camera_iterations + c.body_iterations,
                             turned_around=heading[pick] == 1, heading=torch.as_tensor(HEADINGS, dtype=dtype,
                                                                                       device=dev)[heading[pick]],
-                            candidate_objectives=objectives, objective_gap=gap, near_start_weight=trust)
+                            candidate_objectives=objectives, objective_gap=gap, near_start_weight=trust,
+                            **self._collision_extras(pose, betas))
+
+    def _proxy_ends(self, pose: Tensor, betas: Tensor) -> Tensor:
+        """The capsules' segment ends (B, 2C, 3), model frame, m (`fitting.collision.Capsules.end_rows`)."""
+        return self.proxies(pose, betas, self._proxy_rows).points
+
+    def _collision(self, pose: Tensor, betas: Tensor, ends: Tensor) -> tuple[Tensor, Tensor]:
+        """The capsule term's residuals and Jacobian at pose (B, 72), betas (B, NB) whose segment ends are ``ends``
+        (B, 2C, 3): the depths (B, K) m of the K pairs that overlap most per example (K: the most pairs any example
+        has overlapping; the rest are zero) and d depth / d [pose, betas] (B, K, 72 + NB):
+        `fitting.collision.collision_residuals` chained with the skeleton's Jacobian of just the ends those pairs
+        use."""
+        caps = self.capsules
+        depth, d_ends, d_radii = collision_residuals(ends, caps.radii(betas), caps.pairs)
+        k = int((depth > 0).sum(1).max())
+        batch, nb, dev = pose.shape[0], betas.shape[1], pose.device
+        top = depth.topk(k, 1).indices                                          # (B, K) pairs, deepest first
+        jac = depth.new_zeros(batch, k, 72 + nb)
+        hit = torch.nonzero((depth > 0).any(1))[:, 0]                           # the examples in contact
+        if len(hit):
+            top_h = top[hit]
+            used, where = torch.unique(pair_ends(caps.pairs)[top_h], return_inverse=True)  # the ends some pair needs
+            state = self.proxies(pose[hit], betas[hit], self._proxy_rows[used])
+            d_params = torch.cat(self.proxies.jacobian(state), -1)                 # (H, U, 3, 72 + NB)
+            rows = torch.arange(len(hit), device=dev)[:, None]
+            jac[hit] = torch.einsum("bkec,bkecn->bkn", d_ends[hit[:, None], top_h], d_params[rows[..., None], where])
+            radius_dirs = caps.radius_dirs[caps.pairs[top_h]][..., :nb]            # (H, K, 2, NB)
+            jac[hit, :, 72:] += (d_radii[hit[:, None], top_h][..., None] * radius_dirs).sum(2)
+        return depth[torch.arange(batch, device=dev)[:, None], top], jac
+
+    def _collision_extras(self, pose: Tensor, betas: Tensor) -> dict[str, Tensor]:
+        if self.capsules is None:
+            return {}
+        with torch.no_grad():
+            ends = self._proxy_ends(pose, betas)
+            return {"collision_penalty": collision_penalty(ends, self.capsules.radii(betas), self.capsules.pairs)}
 
     def prior_schedule(self, iterations: int) -> list[float]:
         """Per stage-2 iteration, the factor on the pose and angle priors' weights (energies) from a mean start:
@@ -511,27 +564,41 @@ class SMPLify:
         active = torch.nonzero(self._body_conf(kp).sum(0) > 0)[:, 0]
         conf, kp = self._body_conf(kp)[:, active], kp[:, active]
         prior = self.prior
-        means, precisions, log_w = (prior.means.to(dtype), prior.precisions.to(dtype), prior.log_nll_weights.to(dtype))
+        vae = isinstance(prior, VAEPosePrior)       # else the max-mixture: its active component's quadratic
+        if not vae:
+            means, precisions, log_w = (prior.means.to(dtype), prior.precisions.to(dtype),
+                                        prior.log_nll_weights.to(dtype))
         angle_idx, angle_sign = self._angle_idx, self._angle_sign.to(dtype)
         w_pose, w_angle, w_shape = c.pose_prior_weight**2, c.angle_prior_weight**2, c.shape_prior_weight**2
         w_init = trust.square()                                                              # (B,)
+        w_collide = c.collision_weight**2
         sigma2 = c.sigma**2
         dev = pose.device
         lam = torch.full((batch,), 1e-3, dtype=dtype, device=dev)
         eye_beta = torch.eye(nb, dtype=dtype, device=dev)
 
         def cost_of(p, b):
-            """The evaluation, and the objective's terms (B, 2): the rest, and the priors a schedule scales."""
+            """The evaluation, the objective's terms (B, 2) (the rest, and the priors a schedule scales) and the
+            capsules' segment ends (None without the collision term)."""
             state = self.skeleton(p, b, active)
             proj = project(state.points, cam_t, focal, center)
             resid = proj - kp[..., :2]
             data = (conf.square()[..., None] * gmof(resid, c.sigma)).sum((1, 2))
-            gmm = 0.5 * _quadratic(p[:, 3:], means, precisions) - log_w          # (B, K)
+            if vae:                                                              # (B, R) residuals, E = ½‖r‖²
+                gmm = prior.residuals(p[:, 3:]).to(dtype)
+                energy = 0.5 * gmm.square().sum(-1)
+            else:                                                                # (B, K) component energies
+                gmm = 0.5 * _quadratic(p[:, 3:], means, precisions) - log_w
+                energy = gmm.min(1).values
             angle = torch.exp(p[:, angle_idx] * angle_sign).square().sum(-1)
             fixed = data + w_shape * b.square().sum(-1) + w_init * (p[:, 3:] - body_init).square().sum(-1)
-            return state, resid, gmm, torch.stack([fixed, w_pose * gmm.min(1).values + w_angle * angle], 1)
+            ends = None
+            if w_collide > 0:  # the capsules' ends, kept for the step's Jacobian
+                ends = self._proxy_ends(p, b)
+                fixed = fixed + w_collide * collision_penalty(ends, self.capsules.radii(b), self.capsules.pairs)
+            return state, resid, gmm, torch.stack([fixed, w_pose * energy + w_angle * angle], 1), ends
 
-        state, resid, gmm, terms = cost_of(pose, betas)
+        state, resid, gmm, terms, ends = cost_of(pose, betas)
         for scale in prior_scale:
             cost = terms[:, 0] + scale * terms[:, 1]
             d_pose, d_betas = self.skeleton.jacobian(state)
@@ -542,11 +609,15 @@ class SMPLify:
             w = weight.reshape(batch, -1)
             hess = jac.transpose(1, 2) @ (w[..., None] * jac)
             grad = (jac.transpose(1, 2) @ (w * resid.reshape(batch, -1))[..., None])[..., 0]
-            # max-mixture prior: the active component's quadratic
-            k = gmm.argmin(1)
-            prec_k, diff = precisions[k], pose[:, 3:] - means[k]
-            hess[:, 3:72, 3:72] += scale * w_pose * 0.5 * prec_k
-            grad[:, 3:72] += scale * w_pose * 0.5 * (prec_k @ diff[..., None])[..., 0]
+            if vae:  # VAE prior: Gauss–Newton on its residuals, exact Jacobian (B, R, 69)
+                jac_p = prior.residuals_and_jacobian(pose[:, 3:])[1].to(dtype)
+                hess[:, 3:72, 3:72] += scale * w_pose * 0.5 * jac_p.transpose(1, 2) @ jac_p
+                grad[:, 3:72] += scale * w_pose * 0.5 * (jac_p.transpose(1, 2) @ gmm[..., None])[..., 0]
+            else:    # max-mixture prior: the active component's quadratic
+                k = gmm.argmin(1)
+                prec_k, diff = precisions[k], pose[:, 3:] - means[k]
+                hess[:, 3:72, 3:72] += scale * w_pose * 0.5 * prec_k
+                grad[:, 3:72] += scale * w_pose * 0.5 * (prec_k @ diff[..., None])[..., 0]
             # angle prior: residual w exp(s θ), derivative s exp(s θ)
             e = torch.exp(pose[:, angle_idx] * angle_sign)
             de = angle_sign * e
@@ -558,10 +629,14 @@ class SMPLify:
             diag = torch.arange(3, 72, device=dev)
             hess[:, diag, diag] += w_init[:, None]
             grad[:, 3:72] += w_init[:, None] * (pose[:, 3:] - body_init)
+            if w_collide > 0:  # interpenetration: residuals depth (B, K), Jacobian (B, K, 72 + NB)
+                depth, d_depth = self._collision(pose, betas, ends)
+                hess += w_collide * d_depth.transpose(1, 2) @ d_depth
+                grad += w_collide * (d_depth.transpose(1, 2) @ depth[..., None])[..., 0]
 
             step = _lm_solve(hess, grad, lam)
             new_pose, new_betas = pose + step[:, :72], betas + step[:, 72:]
-            new_state, new_resid, new_gmm, new_terms = cost_of(new_pose, new_betas)
+            new_state, new_resid, new_gmm, new_terms, new_ends = cost_of(new_pose, new_betas)
             better = new_terms[:, 0] + scale * new_terms[:, 1] < cost
             pose = torch.where(better[:, None], new_pose, pose)
             betas = torch.where(better[:, None], new_betas, betas)
@@ -570,6 +645,7 @@ class SMPLify:
             resid = torch.where(keep, new_resid, resid)
             gmm = torch.where(better[:, None], new_gmm, gmm)
             terms = torch.where(better[:, None], new_terms, terms)
+            ends = None if ends is None else torch.where(keep, new_ends, ends)
             lam = torch.where(better, lam / 3, lam * 5).clamp(1e-7, 1e7)
         return pose, betas
 

@@ -105,7 +105,9 @@ docs/smplify.md#the-benchmark has the protocol and the latest figures.""")
                               "iterations per stage instead of 100 (its figures mean nothing)")
     smplify.add_argument("--skip-reference", action="store_true", help="fit with fitloop's default only")
     smplify.add_argument("--model", default="open", help='"open", "open-small" or a model file')
-    smplify.add_argument("--prior", type=Path, default=None, help="pose prior (default: the shipped open prior)")
+    smplify.add_argument("--prior", default=None,
+                         help="pose prior: a file (Gaussian-mixture or VAE .npz, SMPLify's gmm_08.pkl), or gmm / vae "
+                              "for the shipped ones (default: the shipped default, docs/pose_prior.md)")
     smplify.add_argument("--device", default="cpu")
     smplify.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     smplify.add_argument("--seed", type=int, default=0)

@@ -1,14 +1,17 @@
-"""`fitloop prior …`: train a Gaussian-mixture pose prior, and inspect one (fitloop .npz or SMPLify's gmm_08.pkl)."""
+"""`fitloop prior …`: train a pose prior (a Gaussian mixture, or with --vae a VPoser-architecture VAE), and inspect
+one (fitloop .npz of either kind, or SMPLify's gmm_08.pkl)."""
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("prior", help="train and inspect pose priors (SMPLify's Gaussian mixture)",
-                                   description="Train and inspect SMPLify-style Gaussian-mixture pose priors.")
+    parser = subparsers.add_parser("prior", help="train and inspect pose priors (Gaussian mixture or VAE)",
+                                   description="Train and inspect pose priors: SMPLify-style Gaussian mixtures and "
+                                               "VPoser-architecture VAEs.")
     commands = parser.add_subparsers(title="prior commands", metavar="COMMAND")
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
@@ -39,6 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--hold-out", default=None, metavar="SUBJECTS",
                        help="CMU subject numbers whose BVH clips are not used, comma-separated, or 'none' (default "
                             "for --bvh: 2,9,14,94, the subjects `fitloop bench smplify` evaluates on)")
+    train.add_argument("--vae", action="store_true",
+                       help="train a VAE prior (VPoser's V02_05 architecture) on the same poses instead of a mixture "
+                            "(fitting/vposer.py; --components and --cov-floor-deg do not apply)")
+    train.add_argument("--epochs", type=int, default=None, help="--vae: training epochs (default 30)")
+    train.add_argument("--threads", type=int, default=1, help="--vae: torch CPU threads (default 1)")
     train.add_argument("--json", action="store_true", help="print the training report as JSON")
     train.set_defaults(func=cmd_train)
 
@@ -70,6 +78,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             held_out = tuple(int(w) for w in words)
         else:
             raise FitloopError(f"--hold-out takes CMU subject numbers like 2,9,14,94 or 'none', got {args.hold_out!r}")
+    if args.vae:
+        return _train_vae(args, kind, sources, held_out)
+    if args.epochs is not None:
+        raise FitloopError("--epochs is for --vae (a Gaussian mixture is fitted by EM to convergence)")
     report = train_prior(sources, args.out, kind=kind, components=args.components, seed=args.seed,
                          model=args.model, fps=args.fps, walk_share=args.walk_share, mirror=not args.no_mirror,
                          cov_floor_deg=args.cov_floor_deg, held_out_subjects=held_out)
@@ -77,8 +89,49 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_vae(args: argparse.Namespace, kind: str, sources: list[Path], held_out: tuple[int, ...] | None) -> int:
+    from assets.vae_train import VAETrainConfig, summarize_vae, train_vae_prior
+    from core.errors import FitloopError
+
+    if args.threads < 1 or (args.epochs is not None and args.epochs < 1):
+        raise FitloopError("--threads and --epochs must be at least 1")
+    config = VAETrainConfig(seed=args.seed, threads=args.threads,
+                            **({"epochs": args.epochs} if args.epochs is not None else {}))
+    report = train_vae_prior(sources, args.out, kind=kind, model=args.model, fps=args.fps,
+                             walk_share=args.walk_share, mirror=not args.no_mirror, held_out_subjects=held_out,
+                             config=config)
+    print(json.dumps(report, indent=2) if args.json else summarize_vae(report))
+    return 0
+
+
+def _info_vae(args: argparse.Namespace) -> int:
+    from fitting.vposer import load_vae_prior
+
+    f = load_vae_prior(args.file)
+    meta = f.metadata
+    summary = {"file": str(args.file), "kind": "vae", "dims": meta.get("dims"), "latent_dim": meta.get("latent_dim"),
+               "rec_sigma_deg": meta.get("rec_sigma_deg"), "free_joints": list(f.free_joints), "free_sigma_deg":
+               round(math.degrees(f.free_sigma), 6),
+               "metadata": meta}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{args.file}: VAE pose prior (VPoser V02_05 architecture) over SMPL joints 1-21, "
+          f"{meta.get('latent_dim', '?')}-dim latent; SMPL's hand slots and {len(f.free_joints)} free joint(s) "
+          f"{meta.get('free_joints', list(f.free_joints))} N(0, ({math.degrees(f.free_sigma):.1f} deg)^2)")
+    for key in ("source", "rest_pose", "clips", "subjects_used", "held_out_subjects", "frames_used",
+                "round_trip_train", "rec_sigma_deg", "acknowledgment", "bvh_conversion_credit", "license", "config"):
+        if key in meta:
+            value = meta[key] if isinstance(meta[key], str) else json.dumps(meta[key])
+            print(f"  {key}: {value}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
-    from fitting.priors import load_gmm
+    from fitting.priors import load_gmm, pose_prior_kind
+
+    if pose_prior_kind(args.file) == "vae":
+        return _info_vae(args)
 
     gmm = load_gmm(args.file)
     summary = {"file": str(args.file), "components": gmm.num_components, "dims": gmm.dim,
