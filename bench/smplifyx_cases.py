@@ -16,7 +16,7 @@ reference on the same inputs), as reusable functions.
 
 `fit_errors(model, fit, truth)`: body PA-MPJPE on the 14 LSP joints (mm), each hand's PA-MPJPE after moving it to
 its wrist (mm; 21 points: wrist, finger joints, tips), and face landmark reprojection against the noise-free
-projections (px). Deterministic for a seed; the first k people of a larger draw are the people of a draw of k.
+projections (px). Deterministic for a seed and a count (a draw of k people is not the first k of a larger draw).
 """
 from __future__ import annotations
 
@@ -95,10 +95,15 @@ def synthetic_people(model: WholeBodyModel, n: int, seed: int = 0, noise_px: flo
     full[:, POSE_SLICES["jaw_pose"].start] = JAW_OPEN * uniform(n)
     betas = normal(n, model.num_betas)
     expression = normal(n, model.num_expression)
-    with torch.no_grad():
-        points = model.forward_full(full.to(dtype), betas.to(dtype), expression.to(dtype)).points.double()
-        rest = model.forward_full(torch.zeros_like(full).to(dtype), betas.to(dtype),
-                                  expression.to(dtype)).points.double()
+    device = model.rows.device
+
+    def on_model(t: Tensor) -> Tensor:
+        return t.to(device=device, dtype=dtype)
+
+    with torch.no_grad():  # drawn on the CPU in float64, posed where the model lives
+        points = model.forward_full(on_model(full), on_model(betas), on_model(expression)).points.double().cpu()
+        rest = model.forward_full(on_model(torch.zeros_like(full)), on_model(betas),
+                                  on_model(expression)).points.double().cpu()
     height = (rest[..., 1].amax(1) - rest[..., 1].amin(1)).clamp_min(0.1)          # m
     focal = torch.full((n, 2), SMPLIFYX_FOCAL, dtype=torch.float64)
     center = torch.full((n, 2), IMAGE_SIZE / 2.0, dtype=torch.float64)
@@ -114,7 +119,7 @@ def synthetic_people(model: WholeBodyModel, n: int, seed: int = 0, noise_px: flo
     conf[uniform(n, points.shape[1]) < missing] = 0.0
     noisy = clean + noise_px * normal(*clean.shape)
     keypoints = torch.cat([noisy * conf[..., None], conf[..., None]], -1)
-    return People(*(t.to(dtype) for t in (full, betas, expression, cam_t, points, clean, keypoints, center, focal)))
+    return People(*(on_model(t) for t in (full, betas, expression, cam_t, points, clean, keypoints, center, focal)))
 
 
 def _hand_pa(pred: Tensor, target: Tensor) -> Tensor:
@@ -128,13 +133,13 @@ def fit_errors(fit: SMPLifyXResult, people: People) -> dict[str, Tensor]:
     lsp = torch.as_tensor(wholebody_indices(LSP_JOINTS))
     left, right = (torch.as_tensor(wholebody_indices(names)) for names in (LEFT_HAND_NAMES, RIGHT_HAND_NAMES))
     face = torch.as_tensor(wholebody_indices(FACE_LANDMARK_NAMES))
-    pred, true = fit.points.double(), people.points.double()
-    projected = project(fit.points[:, face], fit.cam_t, people.focal, people.center).double()
+    pred, true = fit.points.double().cpu(), people.points.double().cpu()
+    projected = project(fit.points[:, face.to(fit.points.device)], fit.cam_t, people.focal, people.center).double().cpu()
     return {
         "body_pa_mpjpe_mm": 1000 * pa_mpjpe(pred[:, lsp], true[:, lsp]),
         "left_hand_pa_mpjpe_mm": 1000 * _hand_pa(pred[:, left], true[:, left]),
         "right_hand_pa_mpjpe_mm": 1000 * _hand_pa(pred[:, right], true[:, right]),
-        "face_reprojection_px": (projected - people.clean[:, face].double()).norm(dim=-1).mean(-1),
+        "face_reprojection_px": (projected - people.clean.double().cpu()[:, face]).norm(dim=-1).mean(-1),
     }
 
 
@@ -149,7 +154,9 @@ def timed_fit(smplifyx: SMPLifyX, people: People, batch: int) -> tuple[SMPLifyXR
     fields = ("full_pose", "betas", "expression", "cam_t", "points", "objective")
     merged = {k: torch.cat([getattr(p, k) for p in pieces]) for k in fields}
     terms = {k: torch.cat([p.terms[k] for p in pieces]) for k in pieces[0].terms}
-    return SMPLifyXResult(terms=terms, **merged), seconds
+    extras = {k: torch.cat([p.extras[k] for p in pieces]) for k, v in pieces[0].extras.items()
+              if isinstance(v, Tensor) and v.dim() > 0}
+    return SMPLifyXResult(terms=terms, extras=extras, **merged), seconds
 
 
 def summary(errors: dict[str, Tensor], objective: Tensor, seconds: float, count: int) -> dict[str, float]:

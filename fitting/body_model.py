@@ -136,6 +136,8 @@ class BodyModel(nn.Module):
     Stateless in the parameters: every call takes betas and pose for its own batch (see module docstring).
     """
 
+    vertex_ids: dict[str, int] = {}  # the model's named vertices (smplx's table, or the open file's own)
+
     def __init__(self, layer: nn.Module, *, family: str, name: str, model_id: str, faces: np.ndarray,
                  keypoint_names: list[str], keypoint_regressor: np.ndarray, mixer: np.ndarray,
                  joint_source: dict[str, str], h36m_regressor: np.ndarray | None, metadata: dict[str, Any]):
@@ -574,7 +576,5 @@ def load_body_model(source: str | Path = "open", *, joint_regressor_extra: str |
         faces=np.asarray(arrays["f"]), keypoint_names=keypoint_names,
         keypoint_regressor=keypoint_regressor, mixer=mixer, joint_source=joint_source,
         h36m_regressor=None if h36m is None else np.asarray(h36m, dtype=np.float64), metadata=metadata)
-    # the named vertices the model was built with (an open file's own table, smplx's for a real file): the
-    # whole-body model takes its fingertips from here (fitting.wholebody_model), not from smplx's SMPL-X table
-    model.vertex_ids = dict(vertex_ids)
+    model.vertex_ids = {str(k): int(v) for k, v in vertex_ids.items()}   # named vertices (fingertips, ...)
     return model.to(device)

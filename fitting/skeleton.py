@@ -273,6 +273,20 @@ class Skeleton(torch.nn.Module):
         tree[:, self.slot_joints] = local[:, self.slots]
         return tree
 
+    def _pose_columns(self, pose: Tensor, rot_d: Tensor, m: Tensor) -> Tensor:
+        """d points / d pose (B, P, 3, 3 * slots) from the driven joints' global rotations (B, D, 3, 3) and the
+        subtree-carried parts m (B, P, D, 3) (`jacobian`'s docstring); undriven slots get zero columns."""
+        batch, num_points = m.shape[:2]
+        pose_slots = pose.reshape(batch, self.num_slots, 3)
+        jr = right_jacobian(pose_slots if self.identity_slots else pose_slots[:, self.slots])   # (B, D, 3, 3)
+        cols = (rot_d @ jr).transpose(-1, -2)                                  # columns of R_a Jr_a, (B, D, 3, 3)
+        d_driven = _cross(cols[:, None], m[:, :, :, None, :])                  # (B, P, c, D, k)
+        if self.identity_slots:
+            return d_driven.reshape(batch, num_points, 3, 3 * self.num_slots)
+        d_pose = d_driven.new_zeros(batch, num_points, 3, self.num_slots, 3)
+        d_pose[:, :, :, self.slots] = d_driven
+        return d_pose.reshape(batch, num_points, 3, 3 * self.num_slots)
+
     def _sparse_rows(self, subset: Tensor | None) -> tuple[Tensor, ...]:
         names = ("idx", "a_s", "b0_s", "bd_s", "desc_s", "subtree_share")
         rows = tuple(getattr(self, n) for n in names)
@@ -305,16 +319,7 @@ class Skeleton(torch.nn.Module):
         # m_pa = sum_k desc[a, j_pk] c_pk - S_pa p_a, as P batched (B*3, K) @ (K, D) products
         m = torch.bmm(carried.permute(1, 0, 3, 2).reshape(num_points, batch * 3, -1), desc_d)
         m = m.reshape(num_points, batch, 3, -1).permute(1, 0, 3, 2) - share_d[None, :, :, None] * pos_d[:, None]
-        pose_slots = state.pose.reshape(batch, self.num_slots, 3)
-        jr = right_jacobian(pose_slots if self.identity_slots else pose_slots[:, self.slots])
-        cols = (rot_d @ jr).transpose(-1, -2)
-        d_driven = _cross(cols[:, None], m[:, :, :, None, :])                  # (B, P, c, D, k)
-        if self.identity_slots:
-            d_pose = d_driven.reshape(batch, num_points, 3, 3 * self.num_slots)
-        else:
-            d_pose = d_driven.new_zeros(batch, num_points, 3, self.num_slots, 3)
-            d_pose[:, :, :, self.slots] = d_driven
-            d_pose = d_pose.reshape(batch, num_points, 3, 3 * self.num_slots)
+        d_pose = self._pose_columns(state.pose, rot_d, m)
         par = self.parents.clamp_min(0)
         rot_par = state.rot[:, par]
         rot_par[:, 0] = torch.eye(3, dtype=rot_par.dtype, device=rot_par.device)
@@ -377,16 +382,7 @@ class Skeleton(torch.nn.Module):
         pos_d = state.pos if self.identity_slots else state.pos[:, driven]     # (B, D, 3)
         rot_d = state.rot if self.identity_slots else state.rot[:, driven]     # (B, D, 3, 3)
         m = (carried.transpose(2, 3) @ desc.T).transpose(2, 3) - share_d[None, :, :, None] * pos_d[:, None]
-        pose_slots = state.pose.reshape(batch, self.num_slots, 3)
-        jr = right_jacobian(pose_slots if self.identity_slots else pose_slots[:, self.slots])   # (B, D, 3, 3)
-        cols = (rot_d @ jr).transpose(-1, -2)                                  # columns of R_a Jr_a, (B, D, 3, 3)
-        d_driven = _cross(cols[:, None], m[:, :, :, None, :])                  # (B, P, c, D, k)
-        if self.identity_slots:
-            d_pose = d_driven.reshape(batch, num_points, 3, 3 * self.num_slots)
-        else:
-            d_pose = d_driven.new_zeros(batch, num_points, 3, self.num_slots, 3)
-            d_pose[:, :, :, self.slots] = d_driven
-            d_pose = d_pose.reshape(batch, num_points, 3, 3 * self.num_slots)
+        d_pose = self._pose_columns(state.pose, rot_d, m)
         # betas: rest joint positions and attachment offsets are linear in beta
         par = self.parents.clamp_min(0)
         rot_par = state.rot[:, par]                                            # (B, J, 3, 3)

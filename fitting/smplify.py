@@ -170,6 +170,21 @@ def mean_pose_start(body: BodyModel, keypoints: Tensor, focal: float = FIT_FOCAL
     return pose, betas, translation_from_torso(joints, keypoints, focal, center, pairs)
 
 
+def focal_per_example(focal_length: Tensor | None, keypoints: Tensor, default: float) -> Tensor:
+    """(B, 2) focal lengths px (fx, fy) on the keypoints' (B, ...) device: ``default`` for every example, or the
+    caller's (B,)/(B, 2). ValueError when not positive or of another shape."""
+    batch = keypoints.shape[0]
+    if focal_length is None:
+        return torch.full((batch, 2), default, dtype=keypoints.dtype, device=keypoints.device)
+    focal = torch.as_tensor(focal_length, dtype=keypoints.dtype, device=keypoints.device).detach().clone()
+    if focal.shape == (batch,):
+        focal = focal[:, None].expand(batch, 2).clone()
+    if focal.shape != (batch, 2) or not bool((focal > 0).all()):
+        raise ValueError(f"focal_length must be positive, of shape ({batch},) or ({batch}, 2); got "
+                         f"{tuple(focal.shape)}")
+    return focal
+
+
 def gmof(residual: Tensor, sigma: float) -> Tensor:
     """Geman–McClure ρ(r) = σ² r² / (σ² + r²), elementwise."""
     r2 = residual.square()
@@ -259,17 +274,7 @@ class SMPLify:
 
     # -- shared pieces -------------------------------------------------------------------------------------
     def _focal(self, focal_length: Tensor | None, keypoints: Tensor) -> Tensor:
-        """(B, 2) focal lengths px (fx, fy) on the keypoints' device: the config's, or the caller's (B,)/(B, 2)."""
-        batch = keypoints.shape[0]
-        if focal_length is None:
-            return torch.full((batch, 2), self.config.focal_length, dtype=keypoints.dtype, device=keypoints.device)
-        focal = torch.as_tensor(focal_length, dtype=keypoints.dtype, device=keypoints.device).detach().clone()
-        if focal.shape == (batch,):
-            focal = focal[:, None].expand(batch, 2).clone()
-        if focal.shape != (batch, 2) or not bool((focal > 0).all()):
-            raise ValueError(f"focal_length must be positive, of shape ({batch},) or ({batch}, 2); got "
-                             f"{tuple(focal.shape)}")
-        return focal
+        return focal_per_example(focal_length, keypoints, self.config.focal_length)
 
     def _joints(self, pose: Tensor, betas: Tensor) -> Tensor:
         if self.skeleton is not None:

@@ -36,8 +36,11 @@ Deviations of both modes from SMPLify-X as written, named: the start is fitloop'
 π about x, the camera-frame convention of every fitloop fit, body pose 0: VPoser's mean) instead of a zero
 global orientation; missing torso keypoints are masked in the camera stage (SMPLify-X would pull the torso to
 (0, 0)); the ignored body joints are SPIN's `core.joints.SMPLIFY_IGNORED` (SMPLify-X's OpenPose neck and hips, and
-the dataset hips the whole-body layout also has); the body prior is the GMM until the VAE prior exists; hand
-poses are full axis-angle (SMPLify-X's released config fits 12 PCA components).
+the dataset hips the whole-body layout also has); the body prior is the GMM until the VAE prior exists, shifted by
+a constant (`MixtureTerm`); hand poses are full axis-angle (SMPLify-X's released config fits 12 PCA components).
+Reference only: an L-BFGS step whose line search breaks down (NaN parameters) is undone and ends its stage.
+Fast only: the start's translation is by similar triangles over more torso pairs; the camera stage keeps the
+start's orientation when fewer than three torso keypoints are seen (two leave a rotation free).
 
 Conventions: keypoints (B, 161, 3) px of the image the camera describes + confidence, whole-body layout;
 camera_center (B, 2) px; focal (B,) or (B, 2) px per example or the config's; results: full_pose (B, 165)
@@ -66,7 +69,7 @@ from fitting.priors import (
     load_gmm,
 )
 from fitting.skeleton import compose_axis_angle, select_state
-from fitting.smplify import gmof
+from fitting.smplify import focal_per_example, gmof
 from fitting.wholebody_model import BODY_POSE_DIM, FULL_POSE_DIM, HAND_POSE_DIM, POSE_SLICES, WholeBodyModel
 
 # --- SMPLify-X's numbers (vchoutas/smplify-x, cfg_files/fit_smplx.yaml at 12467e9, smplifyx/*.py) ---------------
@@ -202,20 +205,37 @@ class MixtureTerm:
         return 0.5 * prec, 0.5 * (prec @ diff[..., None])[..., 0]
 
 
-def body_gmm_term(path=DEFAULT_PRIOR, dtype: torch.dtype = torch.float32) -> MixtureTerm:
+def body_gmm_term(path=DEFAULT_PRIOR, dtype: torch.dtype = torch.float32,
+                  device: str | torch.device = "cpu") -> MixtureTerm:
     """The GMM pose prior over SMPL-X's 21 body joints: the marginal of a 23-joint SMPL mixture (`load_gmm`) over
     its first 63 values (SMPL's two hand joints dropped: marginal means and covariances)."""
     gmm = load_gmm(path)
     marginal = GaussianMixture(means=gmm.means[:, :BODY_POSE_DIM], covars=gmm.covars[:, :BODY_POSE_DIM, :BODY_POSE_DIM],
                                weights=gmm.weights, metadata={**gmm.metadata, "marginal": "21 body joints"})
-    return MixtureTerm(MaxMixturePrior(marginal, dtype=dtype))
+    return MixtureTerm(MaxMixturePrior(marginal, dtype=dtype).to(device))
+
+
+def edge_depth(points: Tensor, keypoints: Tensor, focal: Tensor) -> tuple[Tensor, Tensor]:
+    """SMPLify-X's depth guess (`fitting.guess_init`): f × the mean 3D length of its torso edges (`DEPTH_EDGES`)
+    over their mean 2D length, from model-frame whole-body points (B, 161, 3) m of the start pose, keypoints
+    (B, 161, 3) px and focal (B, 2) px (f = sqrt(fx fy)); over the edges both of whose keypoints are seen. Returns
+    the depth (B,) m and whether any edge was seen (B,)."""
+    a = torch.as_tensor([WHOLEBODY_INDEX[e[0]] for e in DEPTH_EDGES], device=points.device)
+    b = torch.as_tensor([WHOLEBODY_INDEX[e[1]] for e in DEPTH_EDGES], device=points.device)
+    ok = ((keypoints[:, a, 2] > 0) & (keypoints[:, b, 2] > 0)).to(points.dtype)            # (B, E)
+    count = ok.sum(1).clamp_min(1)
+    len3d = ((points[:, a] - points[:, b]).norm(dim=-1) * ok).sum(1) / count
+    len2d = ((keypoints[:, a, :2] - keypoints[:, b, :2]).norm(dim=-1) * ok).sum(1) / count
+    return focal.prod(-1).sqrt() * len3d / len2d.clamp_min(1e-3), ok.sum(1) > 0
 
 
 @dataclass
 class SMPLifyXResult:
     """A batch of whole-body fits (shapes in the module docstring). ``objective`` (B,) is the last stage's
     objective of the fit on the full model, ``terms`` its parts (B,) each; ``points`` (B, 161, 3) the model-frame
-    whole-body points (add cam_t for the camera frame)."""
+    whole-body points (add cam_t for the camera frame). extras: ``turned_tried`` (B,) the second orientation was
+    fitted; fast: ``turned_around`` (B,) it was kept, ``iterations``; reference: ``function_evaluations`` (B,),
+    ``stage_losses`` (B, 5, 2) each stage's objective at its start and end, ``nonfinite_steps`` (B,)."""
 
     full_pose: Tensor
     betas: Tensor
@@ -234,7 +254,8 @@ class SMPLifyX:
                  hand_prior: PoseTerm | None = None, config: SMPLifyXConfig = SMPLifyXConfig()):
         self.model, self.config = model, config.validated()
         dtype = model.rows.dtype
-        self.body_prior = body_prior if body_prior is not None else body_gmm_term(dtype=dtype)
+        self.body_prior = (body_prior if body_prior is not None
+                           else body_gmm_term(dtype=dtype, device=model.rows.device))
         self.hand_prior = hand_prior if hand_prior is not None else L2Term(HAND_POSE_DIM)
         if self.body_prior.dim != BODY_POSE_DIM or self.hand_prior.dim != HAND_POSE_DIM:
             raise ValueError(f"the body prior must be over {BODY_POSE_DIM} values and the hand prior over "
@@ -249,12 +270,11 @@ class SMPLifyX:
         self._camera_torso = torch.as_tensor(wholebody_indices(CAMERA_TORSO), device=device)
         self._angle_idx = torch.as_tensor(ANGLE_PRIOR_INDICES, device=device) + POSE_SLICES["body_pose"].start
         self._angle_sign = torch.as_tensor(ANGLE_PRIOR_SIGNS, dtype=dtype, device=device)
-        if self.config.mode == "fast":
-            self.skeleton, targets = model.skeleton()
-            # skeleton point -> whole-body index, and whole-body index -> skeleton point (-1: not provided)
-            self._targets = targets
-            self._point_of = torch.full((NUM_WHOLEBODY,), -1, dtype=torch.long, device=device)
-            self._point_of[targets] = torch.arange(len(targets), device=device)
+        # the exact skeleton (the fast mode's evaluation; `normal_equations` in either mode), its points'
+        # whole-body indices, and for each whole-body index its skeleton point (-1: not provided)
+        self.skeleton, self._targets = model.skeleton()
+        self._point_of = torch.full((NUM_WHOLEBODY,), -1, dtype=torch.long, device=device)
+        self._point_of[self._targets] = torch.arange(len(self._targets), device=device)
 
     # -- the objective (both modes) ------------------------------------------------------------------------
     def point_weights(self, stage: StageWeights) -> Tensor:
@@ -318,16 +338,7 @@ class SMPLifyX:
 
     # -- shared pieces -------------------------------------------------------------------------------------
     def _focal(self, focal_length: Tensor | None, keypoints: Tensor) -> Tensor:
-        batch = keypoints.shape[0]
-        if focal_length is None:
-            return torch.full((batch, 2), self.config.focal_length, dtype=keypoints.dtype, device=keypoints.device)
-        focal = torch.as_tensor(focal_length, dtype=keypoints.dtype, device=keypoints.device).detach().clone()
-        if focal.shape == (batch,):
-            focal = focal[:, None].expand(batch, 2).clone()
-        if focal.shape != (batch, 2) or not bool((focal > 0).all()):
-            raise ValueError(f"focal_length must be positive, of shape ({batch},) or ({batch}, 2); got "
-                             f"{tuple(focal.shape)}")
-        return focal
+        return focal_per_example(focal_length, keypoints, self.config.focal_length)
 
     def _side_view(self, keypoints: Tensor) -> Tensor:
         """(B,) bool: the 2D shoulders closer than the side-view threshold (SMPLify-X then also fits the body
@@ -344,11 +355,8 @@ class SMPLifyX:
 
     # -- reference: SMPLify-X's L-BFGS stages, one person at a time ------------------------------------------
     def _fit_reference(self, keypoints: Tensor, center: Tensor, focal: Tensor) -> SMPLifyXResult:
-        fits = []
-        for b in range(keypoints.shape[0]):
-            self.nonfinite_steps = 0
-            fits.append(self._fit_one_reference(keypoints[b:b + 1], center[b:b + 1], focal[b:b + 1])
-                        + (self.nonfinite_steps,))
+        fits = [self._fit_one_reference(keypoints[b:b + 1], center[b:b + 1], focal[b:b + 1])
+                for b in range(keypoints.shape[0])]
         full_pose, betas, expression, cam_t = (torch.cat([f[k] for f in fits]) for k in range(4))
         return self._result(full_pose, betas, expression, cam_t, keypoints, center, focal,
                             function_evaluations=torch.as_tensor([f[4] for f in fits]),
@@ -367,16 +375,10 @@ class SMPLifyX:
         evaluations = [0]
         # fitting.guess_init: depth from the torso edges at the start pose, x = y = 0
         with torch.no_grad():
-            points = model.forward_full(full_pose, betas, expression).points[0]
-        lengths3d, lengths2d = [], []
-        for a, b in DEPTH_EDGES:
-            ia, ib = WHOLEBODY_INDEX[a], WHOLEBODY_INDEX[b]
-            if keypoints[0, ia, 2] > 0 and keypoints[0, ib, 2] > 0:
-                lengths3d.append((points[ia] - points[ib]).norm())
-                lengths2d.append((keypoints[0, ia, :2] - keypoints[0, ib, :2]).norm())
-        depth = (focal[0].prod().sqrt() * torch.stack(lengths3d).mean() / torch.stack(lengths2d).mean()
-                 if lengths3d else torch.as_tensor(2 * c.focal_length / c.image_height, dtype=dtype))
-        init_t = torch.stack([torch.zeros((), dtype=dtype), torch.zeros((), dtype=dtype), depth.to(dtype)])[None]
+            points = model.forward_full(full_pose, betas, expression).points
+        depth, seen = edge_depth(points, keypoints, focal)
+        init_t = torch.zeros(1, 3, dtype=dtype, device=device)
+        init_t[0, 2] = depth[0] if bool(seen[0]) else 2 * c.focal_length / c.image_height
         # camera stage: translation and global orientation on the torso, plus the depth anchor
         cam_t = init_t.clone().requires_grad_(True)
         orient = full_pose[:, :3].clone().requires_grad_(True)
@@ -390,7 +392,7 @@ class SMPLifyX:
             return (c.data_weight**2 * (mask * err).sum()
                     + c.depth_loss_weight**2 * (cam_t[:, 2] - init_t[:, 2]).square().sum())
 
-        self._run_lbfgs([cam_t, orient], camera_loss)
+        broken = int(self._run_lbfgs([cam_t, orient], camera_loss)[2])
         cam_t = cam_t.detach()
         orientations = [orient.detach()]
         turned = bool(self._side_view(keypoints)[0])
@@ -415,7 +417,8 @@ class SMPLifyX:
                     return self.objective(pts, cam_t, center, focal, keypoints, pose, p["betas"],
                                           p["expression"], stage)["total"].sum()
 
-                loss_value, first = self._run_lbfgs(list(params.values()), closure)
+                loss_value, first, broke = self._run_lbfgs(list(params.values()), closure)
+                broken += int(broke)
                 with torch.no_grad():
                     stage_losses.append((first, float(closure())))
             if best is None or loss_value < best[0]:
@@ -423,13 +426,14 @@ class SMPLifyX:
         p = best[1]
         pose = model.full_pose(p["global_orient"], p["body_pose"], p["left_hand_pose"], p["right_hand_pose"],
                                p["jaw_pose"], p["leye_pose"], p["reye_pose"])
-        return pose, p["betas"], p["expression"], cam_t, evaluations[0], turned, best[2]
+        return pose, p["betas"], p["expression"], cam_t, evaluations[0], turned, best[2], broken
 
-    def _run_lbfgs(self, params: list[Tensor], loss_fn) -> tuple[float, float]:
+    def _run_lbfgs(self, params: list[Tensor], loss_fn) -> tuple[float, float, bool]:
         """SMPLify-X's FittingMonitor.run_fitting with its L-BFGS: up to `maxiters` steps of a strong-Wolfe
         L-BFGS of `maxiters` iterations each, ended by ftol (relative loss change) or gtol (every gradient's
         largest entry, as SMPLify-X tests it: abs of the max). Returns the loss run_fitting returns (the one the
-        last step started from: what SMPLify-X compares orientations by) and the loss at the start."""
+        last step started from: what SMPLify-X compares orientations by), the loss at the start, and whether a
+        step's line search broke down (NaN; that step is undone and the run ends)."""
         c = self.config
         optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=c.maxiters, line_search_fn="strong_wolfe",
                                       tolerance_grad=SMPLIFYX_LBFGS_TOLERANCE_GRAD,
@@ -442,7 +446,7 @@ class SMPLifyX:
             loss.backward()
             return loss
 
-        previous, first = None, None
+        previous, first, broke = None, None, False
         for n in range(c.maxiters):
             saved = [p.detach().clone() for p in params]
             loss = float(optimizer.step(closure).detach())
@@ -451,7 +455,7 @@ class SMPLifyX:
                 with torch.no_grad():  # a line search that broke down (NaN): back to the step's start, stop
                     for p, value in zip(params, saved):
                         p.copy_(value)
-                self.nonfinite_steps += 1
+                broke = True
                 break
             if (n > 0 and previous is not None and c.ftol > 0
                     and (previous - loss) / max(abs(previous), abs(loss), 1.0) <= c.ftol):
@@ -459,7 +463,7 @@ class SMPLifyX:
             if all(abs(float(p.grad.max())) < c.gtol for p in params if p.grad is not None):
                 break
             previous = loss
-        return (previous if previous is not None else loss), first
+        return (previous if previous is not None else loss), first, broke
 
     # -- fast: batched Levenberg–Marquardt on the skeleton -------------------------------------------------
     def _fit_fast(self, keypoints: Tensor, center: Tensor, focal: Tensor) -> SMPLifyXResult:

@@ -74,10 +74,10 @@ class WholeBodyOutput:
 
 
 def _vertex_ids(body: BodyModel) -> dict[str, int]:
-    """The fingertip vertices' table: the model's own ``vertex_ids`` when it has them, else smplx's SMPL-X one."""
-    own = getattr(body, "vertex_ids", None)
-    if own:
-        return {str(k): int(v) for k, v in own.items()}
+    """The fingertip vertices' table: the model's named vertices (`load_body_model` sets smplx's SMPL-X table for a
+    real file, the open file's own ``vertex_ids``), else smplx's SMPL-X one."""
+    if body.vertex_ids:
+        return dict(body.vertex_ids)
     import smplx.vertex_ids
     return dict(smplx.vertex_ids.vertex_ids["smplx"])
 
