@@ -25,10 +25,11 @@ from core.wholebody import (
 )
 from fitloop.cli import main
 from fitting.body_model import OPEN_MODELS, load_body_model, read_model_arrays
+from fitting.hand_prior import LIMITS_DEG, HandJointLimits
 from fitting.wholebody_model import POSE_SLICES, WholeBodyModel
 from pipelines.adapters import iter_dataset
 from pipelines.synthetic import SynthConfig, generate, load_truth
-from pipelines.synthetic.hands_face import EXPRESSION_CLIP, hand_components, sample_ranges_rad
+from pipelines.synthetic.hands_face import EXPRESSION_CLIP, SAMPLE_RANGES_DEG, hand_components, sample_ranges_rad
 from pipelines.synthetic.paint import PARTS, Body, Picture, draw, mesh_of, set_meshes
 from shards.crop import warp
 from shards.lookup import iter_samples
@@ -136,6 +137,12 @@ def test_truth_reposes_and_hands_and_faces_are_anatomical(wb_sets, wholebody_mod
         comps = hand_components(a["full_pose"][:, POSE_SLICES[f"{side}_hand_pose"]], side)
         assert (comps >= lo - 1e-9).all() and (comps <= hi + 1e-9).all()
         assert comps[..., 2].max() > np.radians(30)  # the hands are curled, not flat
+    # the sampling ranges lie inside fitting's anatomical hand limits, so the hand prior is zero on every true hand
+    for kind, ranges in SAMPLE_RANGES_DEG.items():
+        for (low, high), (limit_low, limit_high) in zip(ranges, LIMITS_DEG[kind]):
+            assert limit_low <= low <= high <= limit_high, kind
+    hands = {side: torch.as_tensor(a["full_pose"][:, POSE_SLICES[f"{side}_hand_pose"]]) for side in ("left", "right")}
+    assert float(HandJointLimits(dtype=torch.float64)(hands["left"], hands["right"]).max()) < 1e-12
     assert np.abs(a["expression"]).max() <= EXPRESSION_CLIP and np.abs(a["expression"]).std() > 0.5
     assert truth.metadata["body_model"]["model_id"] == wholebody_model.body.model_id
 
