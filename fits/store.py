@@ -26,6 +26,12 @@ table's log (the evaluation of the fits against ground truth) reads memory inste
 **Quality.** With each best fit the store keeps what `fits.quality.FitFilter` judges it by (its quality record and
 pose prior, `fits.quality.FILTER_COLUMNS`; NaN = null), so the trainer filters its supervision without reading the
 table again (`quality`).
+
+**Whole-body fits** (`fits.schema.WHOLEBODY_COLUMNS`, an SMPL-X model's): with each best fit the store keeps its
+hand, jaw and eye poses and expression, and its hands' and face's reprojection (px), or that it has none (a
+body-only fit: null columns); `lookup_wholebody` gives them for a batch. A whole-body fit is best by the same
+rule as any fit (its ``loss``, the 49 body joints'), so a key's best fit may be body-only after it had a
+whole-body one, and the trainer supervises hands and face only where the best fit has them.
 """
 from __future__ import annotations
 
@@ -42,17 +48,31 @@ from deltalake.exceptions import DeltaError
 from torch import Tensor
 
 from fits.quality import FILTER_COLUMNS, columns_of
-from fits.schema import FITS_SCHEMA, NUM_BETAS, NUM_POSE, FitsTableError, diverged_rows
+from fits.schema import (
+    FITS_SCHEMA,
+    NUM_BETAS,
+    NUM_POSE,
+    WHOLEBODY_PARAMETERS,
+    WHOLEBODY_PART_COLUMNS,
+    FitsTableError,
+    WholeBodyFit,
+    diverged_rows,
+)
 from fits.table import AppendResult, FitsTable, best_of
 
 # what the store reads of a row: the fit, what `best_of` ranks by, and what a fit filter judges
-_COLUMNS = ["key", "pose", "betas", "loss", "time", "run_id", "epoch", "step", *FILTER_COLUMNS]
+_COLUMNS = ["key", "pose", "betas", "loss", "time", "run_id", "epoch", "step", *FILTER_COLUMNS,
+            *WHOLEBODY_PARAMETERS, *WHOLEBODY_PART_COLUMNS]
 _NUM_QUALITY = len(FILTER_COLUMNS)
+# a whole-body fit's parameters side by side (hand_pose, jaw_pose, eye_pose, expression: 109 values), its parts
+_WHOLEBODY_WIDTH = sum(WHOLEBODY_PARAMETERS.values())
+_WHOLEBODY_SPLITS = np.cumsum(list(WHOLEBODY_PARAMETERS.values()))[:-1]
+_NUM_WHOLEBODY_PARTS = len(WHOLEBODY_PART_COLUMNS)
 
 
 class FitsStore:
-    """key -> best (pose (72,), betas (10,), loss, quality) of one body model and frame; NaN loss = unscored;
-    quality (`fits.quality.FILTER_COLUMNS`) NaN where null.
+    """key -> best (pose (72,), betas (10,), loss, quality, whole-body parameters or none) of one body model and
+    frame; NaN loss = unscored; quality (`fits.quality.FILTER_COLUMNS`) NaN where null.
 
     Attributes:
         body_model_id: the body model whose rows the store holds (None: built in memory, not from a table).
@@ -63,14 +83,24 @@ class FitsStore:
     """
 
     def __init__(self, keys: list[str], pose: np.ndarray, betas: np.ndarray, loss: np.ndarray, *,
-                 quality: np.ndarray | None = None, body_model_id: str | None = None, frame: str = "crop") -> None:
-        """quality: (N, len(FILTER_COLUMNS)) float, NaN = null; None: no fit has a record."""
+                 quality: np.ndarray | None = None, wholebody: np.ndarray | None = None,
+                 wholebody_quality: np.ndarray | None = None, body_model_id: str | None = None,
+                 frame: str = "crop") -> None:
+        """quality: (N, len(FILTER_COLUMNS)) float, NaN = null; None: no fit has a record. wholebody: (N, 109)
+        float, each fit's hand_pose, jaw_pose, eye_pose and expression side by side, NaN rows for body-only fits;
+        None: every fit is body-only. wholebody_quality: (N, 3) px of `fits.schema.WHOLEBODY_PART_COLUMNS`, NaN =
+        null."""
         self._index = {k: i for i, k in enumerate(keys)}
         self._pose = np.array(pose, dtype=np.float32).reshape(len(keys), NUM_POSE)
         self._betas = np.array(betas, dtype=np.float32).reshape(len(keys), NUM_BETAS)
         self._loss = np.array(loss, dtype=np.float32).reshape(len(keys))
         self._quality = (np.full((len(keys), _NUM_QUALITY), np.nan, np.float32) if quality is None
                          else np.array(quality, dtype=np.float32).reshape(len(keys), _NUM_QUALITY))
+        self._wholebody = (np.full((len(keys), _WHOLEBODY_WIDTH), np.nan, np.float32) if wholebody is None
+                           else np.array(wholebody, dtype=np.float32).reshape(len(keys), _WHOLEBODY_WIDTH))
+        self._wholebody_quality = (
+            np.full((len(keys), _NUM_WHOLEBODY_PARTS), np.nan, np.float32) if wholebody_quality is None
+            else np.array(wholebody_quality, dtype=np.float32).reshape(len(keys), _NUM_WHOLEBODY_PARTS))
         self._pending: list[pa.Table] = []
         self.body_model_id = body_model_id
         self.frame = frame
@@ -95,7 +125,9 @@ class FitsStore:
         rows = best_of(table.log(version=at, columns=_COLUMNS, where=_rows_of(body_model_id, frame)))
         keys = rows["key"].to_pylist()
         pose, betas, loss, quality = _arrays(rows)
-        store = cls(keys, pose, betas, loss, quality=quality, body_model_id=body_model_id, frame=frame)
+        wholebody, wholebody_quality = _wholebody_arrays(rows)
+        store = cls(keys, pose, betas, loss, quality=quality, wholebody=wholebody,
+                    wholebody_quality=wholebody_quality, body_model_id=body_model_id, frame=frame)
         store.version, store._seen, store._delta = at, set(delta.file_uris()), delta
         store.rows_read = rows.num_rows
         store.path = Path(table.path)
@@ -123,6 +155,22 @@ class FitsStore:
         pose[known], betas[known], loss[known] = self._pose[hit], self._betas[hit], self._loss[hit]
         return torch.from_numpy(pose), torch.from_numpy(betas), torch.from_numpy(loss), torch.from_numpy(known)
 
+    def lookup_wholebody(self, keys: list[str]) -> tuple[WholeBodyFit, Tensor]:
+        """The whole-body parameters of the stored best fits of ``keys`` (`fits.schema.WholeBodyFit` of tensors:
+        hand_pose (B, 90), jaw_pose (B, 3), eye_pose (B, 6), expression (B, 10), part_reprojection (B, 3) px, NaN =
+        null) and has (B,) bool: the key's best fit is a whole-body fit. Zeros where it is not (a body-only fit or
+        an unknown key)."""
+        rows = np.array([self._index.get(k, -1) for k in keys], dtype=np.int64)
+        values = np.full((len(keys), _WHOLEBODY_WIDTH), np.nan, np.float32)
+        parts = np.full((len(keys), _NUM_WHOLEBODY_PARTS), np.nan, np.float32)
+        known = rows >= 0
+        values[known], parts[known] = self._wholebody[rows[known]], self._wholebody_quality[rows[known]]
+        has = ~np.isnan(values).any(-1)
+        values[~has] = 0.0
+        hand, jaw, eye, expression = (torch.from_numpy(np.ascontiguousarray(v))
+                                      for v in np.split(values, _WHOLEBODY_SPLITS, axis=1))
+        return WholeBodyFit(hand, jaw, eye, expression, torch.from_numpy(parts)), torch.from_numpy(has)
+
     def quality(self, keys: list[str]) -> np.ndarray:
         """The quality of the stored best fits of ``keys``: (B, len(FILTER_COLUMNS)) float32 in
         `fits.quality.FILTER_COLUMNS` order, NaN where null or the key is unknown."""
@@ -138,6 +186,7 @@ class FitsStore:
         never kept, so it can neither become the best fit nor reach the table."""
         keys = fits["key"].to_pylist()
         pose, betas, loss, quality = _arrays(fits)
+        wholebody, wholebody_quality = _wholebody_arrays(fits)
         usable = ~diverged_rows(fits) & np.isfinite(loss)  # an unscored fit (NaN here) never improves in the loop
         keep = []
         for i in np.argsort(loss, kind="stable"):          # lowest first: a key's later rows cannot improve
@@ -150,6 +199,7 @@ class FitsStore:
                 row = self._grow(keys[i])
             self._pose[row], self._betas[row], self._loss[row], self._quality[row] = pose[i], betas[i], loss[i], \
                 quality[i]
+            self._wholebody[row], self._wholebody_quality[row] = wholebody[i], wholebody_quality[i]
             keep.append(i)
         if keep:
             self._pending.append(fits.take(pa.array(sorted(keep), pa.int64())))
@@ -206,8 +256,8 @@ class FitsStore:
 
     def best_rows(self) -> pa.Table:
         """The store's best fit per key as rows of `FITS_SCHEMA` (key order): key, dataset, pose, betas, loss,
-        body_model_id, frame and the quality the store keeps filled; the columns the store does not keep are
-        null."""
+        body_model_id, frame, the quality and the whole-body parameters and parts the store keeps filled (null for
+        body-only fits); the columns the store does not keep are null."""
         order = sorted(self._index)
         rows = np.array([self._index[k] for k in order], dtype=np.int64)
         keys = pa.array(order, pa.string())
@@ -223,6 +273,7 @@ class FitsStore:
             "frame": pa.array([self.frame] * n, pa.string()),
             **{name: pa.array(self._quality[rows, i], pa.float64(), mask=np.isnan(self._quality[rows, i]))
                for i, name in enumerate(FILTER_COLUMNS)},
+            **_wholebody_columns(self._wholebody[rows], self._wholebody_quality[rows]),
         }
         return pa.table({f.name: filled.get(f.name, pa.nulls(n, f.type)).cast(f.type) for f in FITS_SCHEMA})
 
@@ -237,6 +288,7 @@ class FitsStore:
         """Take table rows (one per key) where they are better by the table's rule: unknown key, or a scored loss
         where the store's is unscored or higher."""
         pose, betas, loss, quality = _arrays(rows)
+        wholebody, wholebody_quality = _wholebody_arrays(rows)
         for i, key in enumerate(rows["key"].to_pylist()):
             row = self._index.get(key)
             if row is not None and not (np.isfinite(loss[i]) and (np.isnan(self._loss[row])
@@ -246,6 +298,7 @@ class FitsStore:
                 row = self._grow(key)
             self._pose[row], self._betas[row], self._loss[row], self._quality[row] = pose[i], betas[i], loss[i], \
                 quality[i]
+            self._wholebody[row], self._wholebody_quality[row] = wholebody[i], wholebody_quality[i]
 
     def _grow(self, key: str) -> int:
         row = len(self._index)
@@ -255,6 +308,10 @@ class FitsStore:
             self._betas = np.concatenate([self._betas, np.zeros((extra, NUM_BETAS), np.float32)])
             self._loss = np.concatenate([self._loss, np.full(extra, np.nan, np.float32)])
             self._quality = np.concatenate([self._quality, np.full((extra, _NUM_QUALITY), np.nan, np.float32)])
+            self._wholebody = np.concatenate([self._wholebody, np.full((extra, _WHOLEBODY_WIDTH), np.nan,
+                                                                       np.float32)])
+            self._wholebody_quality = np.concatenate([self._wholebody_quality,
+                                                      np.full((extra, _NUM_WHOLEBODY_PARTS), np.nan, np.float32)])
         self._index[key] = row
         return row
 
@@ -291,6 +348,36 @@ class StoreView:
 def _rows_of(body_model_id: str, frame: str) -> pc.Expression:
     """The filter of one body model's rows of one frame."""
     return (pc.field("body_model_id") == body_model_id) & (pc.field("frame") == frame)
+
+
+def _wholebody_arrays(rows: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(whole-body parameters (N, 109) float32 side by side, NaN rows for body-only fits; the hands' and face's
+    reprojection (N, 3) float32, NaN = null) of fits rows."""
+    values = np.full((rows.num_rows, _WHOLEBODY_WIDTH), np.nan, np.float32)
+    parts = np.full((rows.num_rows, _NUM_WHOLEBODY_PARTS), np.nan, np.float32)
+    if rows.num_rows == 0:
+        return values, parts
+    has = rows["hand_pose"].is_valid().to_numpy(zero_copy_only=False)  # all four or none (`fits.schema.check_fits`)
+    if has.any():
+        chosen = rows.filter(pa.array(has))
+        values[has] = np.concatenate([pc.list_flatten(chosen[name]).to_numpy().reshape(-1, width)
+                                      for name, width in WHOLEBODY_PARAMETERS.items()], axis=1)
+    for i, name in enumerate(WHOLEBODY_PART_COLUMNS):
+        parts[:, i] = rows[name].cast(pa.float32()).fill_null(np.nan).to_numpy()
+    return values, parts
+
+
+def _wholebody_columns(values: np.ndarray, parts: np.ndarray) -> dict[str, pa.Array]:
+    """The whole-body columns of rows from (N, 109) side-by-side parameters (NaN rows: body-only, null) and (N, 3)
+    part reprojections (NaN: null)."""
+    body_only = np.isnan(values).any(-1)
+    columns = {}
+    for name, chunk in zip(WHOLEBODY_PARAMETERS, np.split(values, _WHOLEBODY_SPLITS, axis=1)):
+        flat = pa.array(np.nan_to_num(chunk).reshape(-1), pa.float32())
+        columns[name] = pa.FixedSizeListArray.from_arrays(flat, chunk.shape[1], mask=pa.array(body_only))
+    for i, name in enumerate(WHOLEBODY_PART_COLUMNS):
+        columns[name] = pa.array(parts[:, i], pa.float32(), mask=np.isnan(parts[:, i]))
+    return columns
 
 
 def _arrays(rows: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -347,9 +347,10 @@ class SMPLifyX:
         return (left - right).norm(dim=-1) < self.config.side_view_threshold
 
     def _result(self, full_pose, betas, expression, cam_t, keypoints, center, focal, **extras) -> SMPLifyXResult:
-        terms = self.evaluate(full_pose, betas, expression, cam_t, keypoints, center, focal_length=focal)
         with torch.no_grad():
             points = self.model.forward_full(full_pose, betas, expression).points
+            terms = self.objective(points, cam_t, center, focal, keypoints, full_pose, betas, expression,
+                                   self.config.stages[-1])
         return SMPLifyXResult(full_pose=full_pose, betas=betas, expression=expression, cam_t=cam_t, points=points,
                               objective=terms["total"], terms=terms, extras=extras)
 
@@ -485,10 +486,12 @@ class SMPLifyX:
             pose, shp = self._lm_stage(pose, shp, t, kp, ctr, foc, stage, count)
             iterations += count
         nb = model.num_betas
-        objective = self.evaluate(pose, shp[:, :nb], shp[:, nb:], t, kp, ctr, focal_length=foc)["total"]
         pick = torch.arange(batch, device=device)
-        if len(extra):
-            better = objective[batch:] < objective[extra]
+        if len(extra):  # each turned candidate against its example's first: the lower final objective
+            both = torch.cat([extra, torch.arange(batch, len(example), device=device)])
+            objective = self.evaluate(pose[both], shp[both, :nb], shp[both, nb:], t[both], kp[both], ctr[both],
+                                      focal_length=foc[both])["total"]
+            better = objective[len(extra):] < objective[:len(extra)]
             pick[extra[better]] = batch + torch.nonzero(better)[:, 0]
         pose, shp, t = pose[pick], shp[pick], t[pick]
         return self._result(pose, shp[:, :nb], shp[:, nb:], t, keypoints, center, focal,

@@ -179,7 +179,27 @@ class WholeBodyModel(nn.Module):
                               left_hand_pose=left_hand_pose, right_hand_pose=right_hand_pose, jaw_pose=jaw_pose,
                               leye_pose=leye_pose, reye_pose=reye_pose, expression=expression, transl=None,
                               pose2rot=True)
-        vertices, joints = out.vertices, out.joints[:, :NUM_SMPLX_JOINTS]
+        return self._output(out.vertices, out.joints[:, :NUM_SMPLX_JOINTS], transl)
+
+    def forward_rotmat(self, betas: Tensor, expression: Tensor, rotmats: Tensor,
+                       transl: Tensor | None = None) -> WholeBodyOutput:
+        """`forward` from rotation matrices (B, 55, 3, 3) of SMPL-X's 55 joints in its order (`full_pose`'s, as
+        matrices; no hand mean added): what a network that regresses rotations poses (smplx's ``SMPLX.forward``
+        reshapes its pose parts as axis-angle, so its ``pose2rot=False`` cannot take matrices; this calls its
+        `lbs` directly, as that forward does, with ``pose2rot=False``)."""
+        from smplx.lbs import lbs
+
+        layer = self.body.layer
+        if rotmats.shape[1:] != (NUM_SMPLX_JOINTS, 3, 3):
+            raise ValueError(f"rotmats must be (B, {NUM_SMPLX_JOINTS}, 3, 3), got {tuple(rotmats.shape)}")
+        shape = torch.cat([betas, expression], dim=-1)
+        dirs = torch.cat([layer.shapedirs[..., :betas.shape[-1]], layer.expr_dirs[..., :expression.shape[-1]]], -1)
+        vertices, joints = lbs(shape, rotmats, layer.v_template, dirs, layer.posedirs, layer.J_regressor,
+                               layer.parents, layer.lbs_weights, pose2rot=False)
+        return self._output(vertices, joints[:, :NUM_SMPLX_JOINTS], transl)
+
+    def _output(self, vertices: Tensor, joints: Tensor, transl: Tensor | None) -> WholeBodyOutput:
+        """The whole-body points of a posed mesh (B, V, 3) and its 55 tree joints (B, 55, 3), model frame."""
         body49, _ = self.body.canonical_joints(vertices, joints)
         points = vertices.new_zeros(vertices.shape[0], NUM_WHOLEBODY, 3)
         points[:, :NUM_JOINTS] = body49

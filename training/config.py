@@ -20,6 +20,7 @@ from typing import Any
 from fits.quality import FitFilter
 from fitting import priors
 from fitting.smplify import SMPLifyConfig
+from fitting.smplifyx import SMPLIFYX_STAGES, SMPLifyXConfig
 from shards.augment import AugmentConfig
 from shards.reader import ON_CORRUPT
 
@@ -50,6 +51,13 @@ class LossWeights:
         gt: confidence factor of the dataset joints (25–48) in the 2D loss, 1.
         camera: weight of the camera regulariser mean(exp(−10 s)²), 1.
         scale: the global factor SPIN's code multiplies the total by, 60.
+    Whole-body heads only (an SMPL-X-layout body model; SPIN has none of these, the values are fitloop's):
+        hands, face: per-point factors of the hands' and the face's points in the whole-body 2D keypoint loss
+            (weighted by ``keypoint`` as the body's 2D loss), 1 each: a whole-body point counts as a body joint.
+        hand_pose, jaw_pose: rotation-matrix MSE of the hands' 30 and the jaw's joints against the fit's, 1 (as
+            ``pose``).
+        expression: MSE of the expression against the fit's, 0.001 (as ``betas``: coefficients in standard
+            deviations, weakly observed).
     """
 
     keypoint: float = 5.0
@@ -60,6 +68,11 @@ class LossWeights:
     gt: float = 1.0
     camera: float = 1.0
     scale: float = 60.0
+    hands: float = 1.0
+    face: float = 1.0
+    hand_pose: float = 1.0
+    jaw_pose: float = 1.0
+    expression: float = 0.001
 
 
 @dataclass(frozen=True)
@@ -88,7 +101,10 @@ class TrainConfig:
     SMPLify: run_smplify (fitting in the loop); smplify_threshold: a fit supervises only when its loss (px²) is
         below it; fit_filter: and only when its quality record meets these bars (`fits.quality.FitFilter`; none by
         default, as SPIN); smplify: SMPLify's settings; smplify_device: where SMPLify runs ("cpu" or the training
-        device).
+        device). With an SMPL-X-layout body model the examples that have whole-body keypoints are fitted with
+        SMPLify-X's fast mode instead (`fitting.smplifyx`, its stages and weights, in the 224 px fit frame), with
+        ``smplifyx_camera_iterations`` and ``smplifyx_stage_iterations`` (one count per stage) LM iterations
+        (default: `fitting.smplifyx.SMPLifyXConfig`'s).
     Shards: verify_shards: check every shard read against its manifest's sha256 before training (one read of each
         tar); on_corrupt_shard: "raise" (stop with an error naming the shard) or "skip" (leave it out, warn and
         count) for a corrupt shard, found up front or while reading (`shards.reader`).
@@ -134,6 +150,8 @@ class TrainConfig:
     fit_filter: FitFilter = field(default_factory=FitFilter)
     smplify: SMPLifyConfig = field(default_factory=SMPLifyConfig)
     smplify_device: str = "cpu"
+    smplifyx_camera_iterations: int = SMPLifyXConfig().camera_iterations
+    smplifyx_stage_iterations: tuple[int, ...] = SMPLifyXConfig().stage_iterations
 
     verify_shards: bool = True
     on_corrupt_shard: str = "raise"
@@ -167,6 +185,11 @@ class TrainConfig:
             problems.append("SMPLify fits in SPIN's crop camera: smplify.focal_length must be 5000")
         if self.checkpoint_every < 1 or self.log_every < 1 or self.eval_every_epochs < 1:
             problems.append("checkpoint_every, log_every and eval_every_epochs must be >= 1")
+        if len(self.smplifyx_stage_iterations) != len(SMPLIFYX_STAGES) or min(self.smplifyx_stage_iterations) < 0 \
+                or self.smplifyx_camera_iterations < 0:
+            problems.append(f"smplifyx_stage_iterations must be {len(SMPLIFYX_STAGES)} counts >= 0 (one per "
+                            f"SMPLify-X stage), got {list(self.smplifyx_stage_iterations)}, and "
+                            f"smplifyx_camera_iterations >= 0")
         if self.on_corrupt_shard not in ON_CORRUPT:
             problems.append(f"on_corrupt_shard must be one of {'/'.join(ON_CORRUPT)}, got {self.on_corrupt_shard!r}")
         if problems:

@@ -25,6 +25,7 @@ from core.camera import estimate_translation, weak_perspective_to_translation  #
 from core.frames import FIT_CENTER, FIT_FOCAL
 from core.joints import J49_FLIP_PERM, POSE_FLIP_SIGN, SMPL_POSE_FLIP_PERM
 from core.pinhole import pinhole
+from core.wholebody import NUM_WHOLEBODY, WHOLEBODY_FLIP_PERM
 from fitting.skeleton import rodrigues
 
 
@@ -123,12 +124,14 @@ def canonical_pose(pose: Tensor, rot: Tensor, flip: Tensor) -> Tensor:
 
 
 def canonical_keypoints(keypoints: Tensor, rot: Tensor, flip: Tensor, scale: Tensor) -> Tensor:
-    """Undo the augmentation of normalised keypoints (B, 49, 3): un-mirror (swap left/right, negate x), then undo
-    the crop's turn and scale about its centre. Absent joints (confidence 0) stay all zero.
+    """Undo the augmentation of normalised keypoints (B, 49, 3), or whole-body ones (B, 161, 3)
+    (`core.wholebody`): un-mirror (swap left/right, negate x), then undo the crop's turn and scale about its
+    centre. Absent joints (confidence 0) stay all zero.
 
     The augmented crop maps canonical normalised points n_c to n_a = R(−rot)·n_c / scale (then the flip), so
     n_c = scale · R(rot) · n_a."""
-    perm = torch.as_tensor(J49_FLIP_PERM, device=keypoints.device)
+    perm = torch.as_tensor(WHOLEBODY_FLIP_PERM if keypoints.shape[1] == NUM_WHOLEBODY else J49_FLIP_PERM,
+                           device=keypoints.device)
     unflipped = keypoints[:, perm].clone()
     unflipped[..., 0] = -unflipped[..., 0]
     kp = torch.where(flip[:, None, None], unflipped, keypoints)

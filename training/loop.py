@@ -40,6 +40,12 @@ killed before the step-0 checkpoint has written at most its seed fits; resumed, 
 id and config, and its seeding appends only the fits still missing. `tests/faults/test_fault_kills.py` kills it
 at each of these places.
 
+**Whole-body runs.** The body model decides the regressor's heads (`training.regressor.heads_for_family`): an
+SMPL-X-layout model (``--body-model open-smplx`` or an SMPL-X file) trains body, hands, jaw and expression heads,
+fits the samples that carry whole-body keypoints with SMPLify-X in the loop and writes whole-body fits
+(`training.step`); every other model trains SPIN's heads as before. A checkpoint records its heads
+(``regressor_heads``) and a resume with another refuses.
+
 **Distributed** (``torchrun``): one process per device; shards are split by node (`shards.reader`), the model is
 wrapped in DistributedDataParallel, every rank writes its own fits (appends do not conflict), rank 0 seeds missing
 fits, evaluates, logs and saves checkpoints. **Seeds**: every rank initialises the model from ``seed`` (DDP also
@@ -65,7 +71,7 @@ from deltalake import DeltaTable
 from tqdm import tqdm
 
 from core.errors import FitloopError
-from core.frames import fit_frame_px
+from core.frames import FIT_RES, fit_frame_px
 from core.killpoint import kill_point
 from fits.evaluate import FitsGroundTruth, evaluate_fits
 from fits.schema import FitProvenance
@@ -75,6 +81,8 @@ from fits.table import FitsTable
 from fitting.body_model import BodyModel, load_body_model
 from fitting.priors import MaxMixturePrior
 from fitting.smplify import SMPLify
+from fitting.smplifyx import SMPLifyX, SMPLifyXConfig, body_gmm_term
+from fitting.wholebody_model import WholeBodyModel
 from shards.augment import AugmentConfig
 from shards.reader import (
     CorruptShardWarning,
@@ -91,7 +99,7 @@ from training.checkpoint import CheckpointError, rank_rng_state, save_checkpoint
 from training.config import TrainConfig, resumed_config
 from training.data import MixedShardStream, parse_mix, train_sample_count
 from training.evaluate import evaluate_network
-from training.regressor import Regressor, mean_params_from_npz, mean_params_from_prior
+from training.regressor import Regressor, heads_for_family, mean_params_from_npz, mean_params_from_prior
 from training.resnet import load_imagenet_weights
 from training.run_folder import check_new_run, claim, resume_point
 from training.run_log import PARTS, RunLog, describe_evaluation
@@ -100,11 +108,13 @@ from training.step import (
     autocast_for,
     compute_losses,
     fit_in_the_loop,
+    fit_wholebody_in_the_loop,
     predict,
     stored_fits,
     supervision,
     update_fits,
 )
+from training.wholebody import part_weights
 
 
 # --- setup ----------------------------------------------------------------------------------------------------
@@ -135,6 +145,12 @@ class Run:
     shards_skipped: list[str]       # the corrupt shards left out, one line each
     eval_reader: ShardReader | None = None
     truth: FitsGroundTruth | None = None
+    # whole-body runs (heads "smplx"): the whole-body model on the training device and on SMPLify's, SMPLify-X
+    # (None with run_smplify off), the whole-body 2D loss's per-point weights (161,)
+    wholebody: WholeBodyModel | None = None
+    fit_wholebody: WholeBodyModel | None = None
+    smplifyx: SMPLifyX | None = None
+    point_weights: torch.Tensor | None = None
 
 
 @dataclass
@@ -278,6 +294,18 @@ def setup(config: TrainConfig, echo: Callable[[str], None] | None = None, *, ove
 
     mean = (mean_params_from_npz(config.mean_params) if config.mean_params
             else mean_params_from_prior(prior, body.num_betas))
+    heads = heads_for_family(body.family)
+    wholebody = fit_wholebody = smplifyx = point_weights = None
+    if heads == "smplx":
+        mean = mean.wholebody()
+        wholebody = WholeBodyModel(body)
+        fit_wholebody = wholebody if fit_body is body else WholeBodyModel(fit_body)
+        point_weights = part_weights(wholebody.provided, config.loss.hands, config.loss.face)
+        if config.run_smplify:
+            smplifyx = SMPLifyX(fit_wholebody, body_prior=body_gmm_term(config.pose_prior), config=SMPLifyXConfig(
+                image_height=FIT_RES, focal_length=config.smplify.focal_length,
+                camera_iterations=config.smplifyx_camera_iterations,
+                stage_iterations=tuple(config.smplifyx_stage_iterations)))
     raw_model = Regressor(mean, depth=config.backbone, iterations=config.ief_iterations)
     if config.pretrained:
         load_imagenet_weights(raw_model, config.pretrained)
@@ -303,13 +331,14 @@ def setup(config: TrainConfig, echo: Callable[[str], None] | None = None, *, ove
     if world > 1:
         torch.distributed.barrier()
     table = FitsTable.open(config.fits)
-    log = RunLog(run_dir, tensorboard=config.tensorboard, enabled=rank == 0, echo=echo)
+    log = RunLog(run_dir, tensorboard=config.tensorboard, enabled=rank == 0, echo=echo, wholebody=heads == "smplx")
     run = Run(config=config, run_dir=run_dir, device=device, rank=rank, world_size=world, body=body,
               smplify=smplify, smplify_device=smplify_device, model=model, raw_model=raw_model, optimizer=optimizer,
               scaler=scaler,
               autocast=autocast_for(device, config.amp), stream=stream, loader=loader, steps_per_epoch=steps,
               table=table, log=log, fit_config_hash=fit_config_hash(config.smplify, config.pose_prior, body.model_id),
-              train_shards=train_shards, shards_skipped=skipped)
+              train_shards=train_shards, shards_skipped=skipped, wholebody=wholebody, fit_wholebody=fit_wholebody,
+              smplifyx=smplifyx, point_weights=point_weights)
     if rank == 0:
         if eval_shards:
             run.eval_reader = ShardReader(eval_shards, ReaderConfig(
@@ -373,6 +402,11 @@ def restore(run: Run, data: dict[str, Any], path: Path) -> Position:
     if data["body_model_id"] != run.body.model_id:
         raise CheckpointError(f"{path}: trained with body model {data['body_model_id']}, this run loads "
                               f"{run.body.model_id}")
+    heads = data.get("regressor_heads", "smpl")  # checkpoints before whole-body heads: SPIN's
+    if heads != run.raw_model.heads:
+        raise CheckpointError(f"{path}: a regressor with {heads} heads, this run's body model "
+                              f"({run.body.family}) has {run.raw_model.heads} heads; resume with the body model "
+                              f"it was trained with")
     epoch, batch = int(data["epoch"]), int(data["batch"])
     if batch >= run.steps_per_epoch:
         epoch, batch = epoch + 1, 0
@@ -442,6 +476,7 @@ def checkpoint(run: Run, pos: Position) -> None:
         "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else {},
         "step": pos.step, "epoch": pos.epoch, "batch": pos.batch, "fits_table": str(run.table.path),
         "fits_version": pos.fits_version, "run_id": run.config.run_id, "body_model_id": run.body.model_id,
+        "regressor_heads": run.raw_model.heads,
         "config": run.config.to_dict(), "world_size": run.world_size,
         "rng": {"torch": [cpu for cpu, _ in states],
                 "cuda": [cuda for _, cuda in states] if run.device.type == "cuda" else []},
@@ -465,7 +500,7 @@ def evaluate(run: Run, store: FitsStore, pos: Position, epoch: int, started: flo
                                               multiprocessing_context=_worker_context(run.config),
                                               generator=torch.Generator().manual_seed(run.config.seed))
         net = evaluate_network(run.raw_model, run.body, batches, run.device, run.autocast,
-                               run.config.eval_max_samples)
+                               run.config.eval_max_samples, wholebody=run.wholebody)
     row = run.log.log_evaluation(epoch, pos.step, pos.fits_version, fits, net, time.time() - started)
     _say(run, describe_evaluation(row), echo=False)  # log_evaluation echoed it
     barrier(run)
@@ -479,28 +514,34 @@ def train_step(run: Run, store: FitsStore, items: dict, pos: Position, timer: St
     with timer.part("data"):
         batch = Batch.from_items(items, run.device, cfg.ignore_3d_datasets)
     with timer.part("network"):
-        pred = predict(run.model, run.body, batch.img, run.autocast)
+        pred = predict(run.model, run.body, batch.img, run.autocast, run.wholebody)
     with timer.part("smplify"):
         keypoints_px = fit_frame_px(batch.keypoints).to(run.smplify_device)
-        stored = stored_fits(store, run.smplify, batch.keys, keypoints_px, batch.rot, batch.flip)
+        stored = stored_fits(store, run.smplify, batch.keys, keypoints_px, batch.rot, batch.flip, run.fit_wholebody)
         new = fit_in_the_loop(run.smplify, pred, keypoints_px) if cfg.run_smplify else None
+        if new is not None and run.smplifyx is not None:
+            new = fit_wholebody_in_the_loop(run.smplifyx, run.smplify, pred, batch, keypoints_px, new)
     with timer.part("write_back"):
         provenance = FitProvenance(run_id=cfg.run_id, body_model_id=run.body.model_id,
                                    fit_config_hash=run.fit_config_hash, source="loop", epoch=pos.epoch, step=pos.step)
         if new is not None:
-            chosen, updated, kept = update_fits(store, run.smplify, batch, keypoints_px, stored, new, provenance)
+            chosen, updated, kept = update_fits(store, run.smplify, batch, keypoints_px, stored, new, provenance,
+                                                run.fit_wholebody)
         else:
             chosen, updated, kept = stored, torch.zeros(len(batch.keys), dtype=torch.bool), 0
     with timer.part("network"):
         targets = supervision(chosen, batch, cfg.smplify_threshold, cfg.fit_filter)
-        loss, terms = compute_losses(pred, targets, batch, cfg.loss, run.body)
+        loss, terms = compute_losses(pred, targets, batch, cfg.loss, run.body, run.point_weights)
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)
         run.scaler.update()
     timer.steps += 1
-    return {**terms, "fits_updated": float(updated.float().mean()), "fits_kept": kept,
-            "valid": float(targets.valid.float().mean()), "fits_filtered": float(targets.filtered.float().mean())}
+    row = {**terms, "fits_updated": float(updated.float().mean()), "fits_kept": kept,
+           "valid": float(targets.valid.float().mean()), "fits_filtered": float(targets.filtered.float().mean())}
+    if run.wholebody is not None:  # the share of the step's chosen fits that are whole-body fits
+        row["fits_wholebody"] = float(chosen.has_wholebody.float().mean()) if chosen.has_wholebody is not None else 0.0
+    return row
 
 
 # --- the loop ---------------------------------------------------------------------------------------------------

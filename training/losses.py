@@ -1,6 +1,6 @@
 """SPIN's training losses (SPIN_REFERENCE §7.2 step 11), each a pure function of predictions and targets.
 
-Shapes: keypoints (B, 49, 3) normalised crop coordinates + confidence; joints (B, 49, 3) metres (model frame, or
+Shapes: keypoints (B, 49, 3) normalised crop coordinates + confidence (whole-body: (B, 161, 3)); joints (B, 49, 3) metres (model frame, or
 camera frame + confidence (B, 49, 4) for ground truth); rotations (B, 24, 3, 3); betas (B, NB); camera (B, 3)
 weak perspective [s, tx, ty]. Masks (B,) bool select the examples a loss averages over; a loss over no example is
 0 (a tensor that keeps the graph).
@@ -40,15 +40,30 @@ def keypoint_3d_loss(pred: Tensor, target: Tensor, has_3d: Tensor) -> Tensor:
     return (target[..., 3:] * (p - gt).square()).mean()
 
 
+def wholebody_keypoint_loss(pred: Tensor, target: Tensor, has_wholebody: Tensor, part_weights: Tensor) -> Tensor:
+    """SPIN's 2D keypoint loss over the whole-body points beyond the body (hands, face) of the examples that have
+    whole-body keypoints: mean over those examples × the weighted points × 2 of w_i c_i (pred − target)², pred
+    (B, 161, 2), target (B, 161, 3) normalised + confidence (`core.wholebody` layout), has_wholebody (B,) bool;
+    part_weights (161,): each point's part weight (hands, face), 0 for the 49 body joints (their loss is
+    `keypoint_2d_loss`'s) and for points the body model does not provide. 0 without such an example or point."""
+    points = part_weights > 0
+    if not bool(has_wholebody.any()) or not bool(points.any()):
+        return _zero(pred)
+    pred, target = pred[has_wholebody][:, points], target[has_wholebody][:, points]
+    conf = target[..., 2:] * part_weights[points][:, None].to(target)
+    return (conf * (pred - target[..., :2]).square()).mean()
+
+
 def pose_loss(pred_rotmat: Tensor, target_rotmat: Tensor, valid: Tensor) -> Tensor:
-    """MSE between rotation matrices (B, 24, 3, 3) over the valid examples (SPIN compares matrices, not angles)."""
+    """MSE between rotation matrices (B, J, 3, 3) over the valid examples (SPIN compares matrices, not angles;
+    the body's 24 joints, or the whole-body heads' hands (30) and jaw (1))."""
     if not bool(valid.any()):
         return _zero(pred_rotmat)
     return (pred_rotmat[valid] - target_rotmat[valid]).square().mean()
 
 
 def betas_loss(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
-    """MSE between betas (B, NB) over the valid examples."""
+    """MSE between betas (B, NB) over the valid examples; also the expression's (B, NE) L2 loss."""
     if not bool(valid.any()):
         return _zero(pred)
     return (pred[valid] - target[valid]).square().mean()

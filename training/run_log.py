@@ -25,6 +25,9 @@ BY_DATASET_COLUMNS = ("epoch", "step", "fits_version", "of", "dataset", "pa_mpjp
 TRAIN_COLUMNS = ("epoch", "step", "loss", "keypoints_2d", "keypoints_3d", "pose", "betas", "camera", "fits_updated",
                  "fits_kept", "valid", "fits_filtered", "data_ms", "network_ms", "smplify_ms", "write_back_ms",
                  "step_ms")
+# a run with whole-body heads (`training.regressor`) also logs its whole-body terms and how many loop fits were
+# whole-body fits (appended, so an SMPL run's log is as before)
+WHOLEBODY_TRAIN_COLUMNS = ("keypoints_wholebody", "hand_pose", "jaw_pose", "expression", "fits_wholebody")
 PARTS = ("data", "network", "smplify", "write_back")
 # the run folder's log files (module docstring)
 METRICS_CSV, BY_DATASET_CSV, TRAIN_CSV, CURVES_PNG, TENSORBOARD_DIR = (
@@ -104,13 +107,13 @@ class RunLog:
     row and per evaluation (`describe_train_row`, `describe_evaluation`): a flow passes its run logger's ``info``."""
 
     def __init__(self, run_dir: Path, *, tensorboard: bool = True, enabled: bool = True,
-                 echo: Callable[[str], None] | None = None) -> None:
+                 echo: Callable[[str], None] | None = None, wholebody: bool = False) -> None:
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self.echo = echo
         self.metrics = CsvLog(self.run_dir / METRICS_CSV, METRIC_COLUMNS)
         self.by_dataset = CsvLog(self.run_dir / BY_DATASET_CSV, BY_DATASET_COLUMNS)
-        self.train = CsvLog(self.run_dir / TRAIN_CSV, TRAIN_COLUMNS)
+        self.train = CsvLog(self.run_dir / TRAIN_CSV, TRAIN_COLUMNS + (WHOLEBODY_TRAIN_COLUMNS if wholebody else ()))
         self.writer = None
         self.tensorboard_note = "off"
         if enabled and tensorboard:
@@ -135,7 +138,7 @@ class RunLog:
         if self.echo is not None:
             self.echo(describe_train_row(row))
         if self.writer is not None:
-            for key in TRAIN_COLUMNS[2:]:
+            for key in self.train.columns[2:]:
                 if isinstance(row.get(key), (int, float)):
                     self.writer.add_scalar(f"train/{key}", row[key], row["step"])
 

@@ -13,6 +13,18 @@
    the stored fit's record from the store, a new fit's own).
 6. `compute_losses`: SPIN's weighted sum.
 
+**Whole-body runs** (an SMPL-X-layout body model: the regressor's SMPL-X heads, `training.regressor`): `predict`
+poses the whole body (`fitting.wholebody_model.WholeBodyModel.forward_rotmat`) and projects its 161 points;
+`stored_fits` also reads each stored fit's hand, jaw and eye poses and expression (`fits.store.FitsStore.
+lookup_wholebody`), mirrored into the batch's crop (`training.wholebody`), and scores it with them; after
+SMPLify, `fit_wholebody_in_the_loop` fits the examples that have whole-body keypoints with SMPLify-X from the
+network's estimate (`training.wholebody.fit_from_estimate`), and those fits replace theirs (body-only examples
+keep SMPLify's); `update_fits` writes a winning whole-body fit as a whole-body row (`fits.schema.WholeBodyFit`,
+with its hands' and face's reprojection), except where the example was flipped (an expression has no mirror:
+that fit supervises its step only); `supervision` adds the hand, jaw and expression targets of the chosen fits
+that have them; `compute_losses` the whole-body keypoint loss and those parameter losses. Every fit is still
+compared by its ``loss``, the 49 body joints' (the table's rule).
+
 Frames (`training.geometry`): batch keypoints are normalised; SMPLify sees fit-frame px; poses are axis-angle in
 the camera convention of SPIN's fits. Table losses are the loss of (canonical pose, betas, cam_t) on the sample's
 unaugmented fit-frame keypoints — what SMPLify reports for a fit made there (seed fits), so loop and seed rows
@@ -24,17 +36,30 @@ import contextlib
 from dataclasses import dataclass, replace
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch import Tensor
 
+from core.camera import project
 from core.frames import FIT_CENTER, fit_frame_px
+from core.joints import NUM_JOINTS
 from fits.quality import FILTER_COLUMNS, FitFilter, columns_of
-from fits.schema import BETAS_EXTREME_SIGMA, FitProvenance, fits_batch
+from fits.schema import (
+    BETAS_EXTREME_SIGMA,
+    NUM_EYE_POSE,
+    NUM_HAND_POSE,
+    NUM_JAW_POSE,
+    FitProvenance,
+    WholeBodyFit,
+    fits_batch,
+)
 from fits.store import FitsStore
 from fitting.body_model import BodyModel
 from fitting.priors import angle_prior, shape_prior
 from fitting.quality import candidate_spread, fit_quality
 from fitting.smplify import SMPLify, SMPLifyResult
+from fitting.smplifyx import SMPLifyX
+from fitting.wholebody_model import WholeBodyModel
 from training.config import LossWeights
 from training.geometry import (
     augment_pose,
@@ -48,14 +73,33 @@ from training.geometry import (
     rotmat_to_axis_angle,
     weak_perspective_to_translation,
 )
-from training.losses import betas_loss, camera_loss, keypoint_2d_loss, keypoint_3d_loss, pose_loss, shape_loss
+from training.losses import (
+    betas_loss,
+    camera_loss,
+    keypoint_2d_loss,
+    keypoint_3d_loss,
+    pose_loss,
+    shape_loss,
+    wholebody_keypoint_loss,
+)
+from training.wholebody import (
+    WholeBodyParams,
+    augment_wholebody,
+    fit_from_estimate,
+    full_pose_of,
+    part_reprojection,
+    rotmats_of,
+    split_full_pose,
+)
 
 
 @dataclass
 class Batch:
     """A training batch on the training device. img (B, 3, H, W); keypoints (B, 49, 3) normalised; gt_pose
     (B, 72), gt_betas (B, 10), has_smpl (B,) (False where the dataset's 3D is ignored); joints_3d (B, 49, 4),
-    has_3d (B,); flip (B,) bool, rot (B,) degrees, scale (B,): the augmentation; keys, datasets: per example."""
+    has_3d (B,); flip (B,) bool, rot (B,) degrees, scale (B,): the augmentation; keys, datasets: per example;
+    wholebody (B, 161, 3) normalised whole-body keypoints (zeros where has_wholebody (B,) is False; None: a batch
+    built without them, read by body-only runs only)."""
 
     img: Tensor
     keypoints: Tensor
@@ -69,6 +113,8 @@ class Batch:
     scale: Tensor
     keys: list[str]
     datasets: list[str]
+    wholebody: Tensor | None = None
+    has_wholebody: Tensor | None = None
 
     @classmethod
     def from_items(cls, items: dict, device: torch.device, ignore_3d: tuple[str, ...] = ()) -> "Batch":
@@ -82,14 +128,16 @@ class Batch:
                    gt_betas=dev(items["betas"]), has_smpl=dev(items["has_smpl"] & keep),
                    joints_3d=dev(items["joints_3d"]), has_3d=dev(items["has_joints_3d"] & keep),
                    flip=dev(items["flip"]), rot=dev(items["rot"]), scale=dev(items["scale"]),
-                   keys=list(items["key"]), datasets=list(items["dataset"]))
+                   keys=list(items["key"]), datasets=list(items["dataset"]),
+                   wholebody=dev(items["wholebody"]), has_wholebody=dev(items["has_wholebody"]))
 
 
 @dataclass
 class Prediction:
     """The network's output and what follows from it. rotmat (B, 24, 3, 3), betas (B, NB), camera (B, 3)
     [s, tx, ty]; cam_t (B, 3) metres; joints (B, 49, 3) and vertices (B, V, 3) model frame, metres;
-    keypoints_2d (B, 49, 2) normalised."""
+    keypoints_2d (B, 49, 2) normalised. Whole-body heads only (else None): hand_rotmat (B, 30, 3, 3), jaw_rotmat
+    (B, 1, 3, 3), expression (B, NE); wholebody_2d (B, 161, 2) normalised, the whole body's points projected."""
 
     rotmat: Tensor
     betas: Tensor
@@ -98,13 +146,20 @@ class Prediction:
     joints: Tensor
     vertices: Tensor
     keypoints_2d: Tensor
+    hand_rotmat: Tensor | None = None
+    jaw_rotmat: Tensor | None = None
+    expression: Tensor | None = None
+    wholebody_2d: Tensor | None = None
 
 
 @dataclass
 class BatchFits:
     """Fits of a batch in its augmented frame: pose (B, 72), betas (B, NB), cam_t (B, 3); loss (B,) SPIN's mean
     reprojection loss (px²) against the batch's keypoints (inf where there is no fit); joints (B, 49, 3) model
-    frame, m; quality (B, len(FILTER_COLUMNS)) what a fit filter judges each fit by (`fits.quality`; NaN = null)."""
+    frame, m; quality (B, len(FILTER_COLUMNS)) what a fit filter judges each fit by (`fits.quality`; NaN = null).
+    Whole-body runs (else None): wholebody, the fits' whole-body parameters in the augmented frame (zeros where
+    a fit has none); has_wholebody (B,) bool: the fit is a whole-body fit; expression_ok (B,) bool: and its
+    expression is of this crop's face (not mirrored)."""
 
     pose: Tensor
     betas: Tensor
@@ -112,13 +167,35 @@ class BatchFits:
     loss: Tensor
     joints: Tensor
     quality: np.ndarray
+    wholebody: WholeBodyParams | None = None
+    has_wholebody: Tensor | None = None
+    expression_ok: Tensor | None = None
+
+
+@dataclass
+class LoopFits:
+    """The fits a step made, one per example (`SMPLifyResult`'s fields that the step reads): pose (B, 72), betas
+    (B, NB), cam_t (B, 3), loss (B,) px² (SPIN's, 49 joints), joints (B, 49, 3) model frame, iterations;
+    wholebody (B rows, zeros for body-only fits) and is_wholebody (B,) bool: which are SMPLify-X's."""
+
+    pose: Tensor
+    betas: Tensor
+    cam_t: Tensor
+    loss: Tensor
+    joints: Tensor
+    iterations: int
+    wholebody: WholeBodyParams
+    is_wholebody: Tensor
 
 
 @dataclass
 class Targets:
     """What the regressor is supervised with: pose (B, 72) axis-angle, betas (B, NB); valid (B,): the pose and
     betas losses use this example; has_smpl, has_3d (B,); filtered (B,): fits good enough by SPIN's threshold that
-    the run's fit filter kept from supervising."""
+    the run's fit filter kept from supervising. Whole-body runs (else None): wholebody, the hand, jaw and
+    expression targets; wholebody_valid (B,): the hand and jaw losses use this example (its chosen fit is a
+    whole-body fit that supervises by the same rule as the body's); expression_valid (B,): and its expression
+    is of this crop's face."""
 
     pose: Tensor
     betas: Tensor
@@ -126,6 +203,9 @@ class Targets:
     has_smpl: Tensor
     has_3d: Tensor
     filtered: Tensor
+    wholebody: WholeBodyParams | None = None
+    wholebody_valid: Tensor | None = None
+    expression_valid: Tensor | None = None
 
 
 def autocast_for(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -137,35 +217,58 @@ def autocast_for(device: torch.device, amp: str) -> contextlib.AbstractContextMa
 
 
 # 1 ------------------------------------------------------------------------------------------------------------
-def predict(model: torch.nn.Module, body: BodyModel, images: Tensor, autocast: contextlib.AbstractContextManager
-            ) -> Prediction:
-    """Run the regressor (under ``autocast``) and the body model (float32) on a batch of images."""
+def predict(model: torch.nn.Module, body: BodyModel, images: Tensor, autocast: contextlib.AbstractContextManager,
+            wholebody: WholeBodyModel | None = None) -> Prediction:
+    """Run the regressor (under ``autocast``) and the body model (float32) on a batch of images; a regressor with
+    whole-body heads is posed by ``wholebody`` (the same model's whole body)."""
     with autocast:
         out = model(images)
-    smpl = body(out.betas, out.rotmat[:, 1:], out.rotmat[:, :1], pose2rot=False)
     cam_t = weak_perspective_to_translation(out.camera)
-    return Prediction(rotmat=out.rotmat, betas=out.betas, camera=out.camera, cam_t=cam_t, joints=smpl.joints,
-                      vertices=smpl.vertices, keypoints_2d=project_normalised(smpl.joints, cam_t))
+    if out.hand_rotmat is None:
+        smpl = body(out.betas, out.rotmat[:, 1:], out.rotmat[:, :1], pose2rot=False)
+        return Prediction(rotmat=out.rotmat, betas=out.betas, camera=out.camera, cam_t=cam_t, joints=smpl.joints,
+                          vertices=smpl.vertices, keypoints_2d=project_normalised(smpl.joints, cam_t))
+    posed = wholebody.forward_rotmat(out.betas, out.expression, rotmats_of(out.rotmat, out.hand_rotmat,
+                                                                           out.jaw_rotmat))
+    joints = posed.points[:, :NUM_JOINTS]
+    return Prediction(rotmat=out.rotmat, betas=out.betas, camera=out.camera, cam_t=cam_t, joints=joints,
+                      vertices=posed.vertices, keypoints_2d=project_normalised(joints, cam_t),
+                      hand_rotmat=out.hand_rotmat, jaw_rotmat=out.jaw_rotmat, expression=out.expression,
+                      wholebody_2d=project_normalised(posed.points, cam_t))
 
 
 # 2 ------------------------------------------------------------------------------------------------------------
 def stored_fits(store: FitsStore, smplify: SMPLify, keys: list[str], keypoints_px: Tensor, rot: Tensor,
-                flip: Tensor) -> BatchFits:
+                flip: Tensor, wholebody: WholeBodyModel | None = None) -> BatchFits:
     """The stored best fits of ``keys`` in the batch's augmented frame (SPIN's FitsDict read: rotate, then flip),
     with SPIN's least-squares camera and their reprojection loss against ``keypoints_px`` (fit-frame px, on
     SMPLify's device), and their quality as the store keeps it. Keys without a fit get the mean pose and loss inf
-    (any new fit wins)."""
+    (any new fit wins). With ``wholebody`` (a whole-body run, on SMPLify's device) the fits' whole-body parameters
+    too, mirrored where flipped, and the fits posed with them (a body-only fit: flat hands, neutral face)."""
     device = keypoints_px.device
     pose_c, betas, _, known = store.lookup(keys)
     pose = augment_pose(pose_c.to(device), rot.to(device), flip.to(device))
     betas = betas.to(device)
+    params = has = expression_ok = None
     with torch.no_grad():
-        joints = smplify.body(betas, pose[:, 3:], pose[:, :3]).joints
+        if wholebody is None:
+            joints = smplify.body(betas, pose[:, 3:], pose[:, :3]).joints
+        else:
+            stored, has = store.lookup_wholebody(keys)
+            params = augment_wholebody(WholeBodyParams(stored.hand_pose, stored.jaw_pose, stored.eye_pose,
+                                                       stored.expression).to(device), flip.to(device))
+            has = has.to(device)
+            expression_ok = has & ~flip.to(device)
+            joints = wholebody.forward_full(full_pose_of(pose, params), betas, params.expression).points[:, :NUM_JOINTS]
     cam_t = estimate_translation(joints, keypoints_px)
     center = torch.full((len(keys), 2), FIT_CENTER, device=device)
-    loss = smplify.fitting_loss(pose, betas, cam_t, center, keypoints_px).mean(-1)
+    if wholebody is None:
+        loss = smplify.fitting_loss(pose, betas, cam_t, center, keypoints_px).mean(-1)
+    else:
+        loss = smplify.joints_loss(joints, cam_t, center, keypoints_px).mean(-1)
     loss = torch.where(known.to(device), loss, torch.full_like(loss, float("inf")))
-    return BatchFits(pose=pose, betas=betas, cam_t=cam_t, loss=loss, joints=joints, quality=store.quality(keys))
+    return BatchFits(pose=pose, betas=betas, cam_t=cam_t, loss=loss, joints=joints, quality=store.quality(keys),
+                     wholebody=params, has_wholebody=has, expression_ok=expression_ok)
 
 
 # 3 ------------------------------------------------------------------------------------------------------------
@@ -180,9 +283,48 @@ def fit_in_the_loop(smplify: SMPLify, pred: Prediction, keypoints_px: Tensor) ->
                    pred.cam_t.detach().float().to(device), center, start="estimate")
 
 
+def fit_wholebody_in_the_loop(fitter: SMPLifyX, smplify: SMPLify, pred: Prediction, batch: Batch,
+                              keypoints_px: Tensor, new: SMPLifyResult) -> LoopFits:
+    """SMPLify-X (``fitter``, fast mode) from the detached prediction on the examples with whole-body keypoints
+    (`training.wholebody.fit_from_estimate`; their keypoints in fit-frame px, on SMPLify's device); their fits
+    replace SMPLify's ``new`` ones, each scored by SPIN's loss on its 49 body joints against ``keypoints_px``
+    (what every fit is compared by). Returns the batch's fits, one per example."""
+    device = keypoints_px.device
+    batch_size = len(batch.keys)
+    num_expression = pred.expression.shape[1]
+    zeros = WholeBodyParams(*(torch.zeros(batch_size, n, device=device)
+                              for n in (NUM_HAND_POSE, NUM_JAW_POSE, NUM_EYE_POSE, num_expression)))
+    iterations = np.full(batch_size, new.iterations, np.int64)
+    out = LoopFits(pose=new.pose.clone(), betas=new.betas.clone(), cam_t=new.cam_t.clone(), loss=new.loss.clone(),
+                   joints=new.joints.clone(), iterations=iterations, wholebody=zeros,
+                   is_wholebody=torch.zeros(batch_size, dtype=torch.bool, device=device))
+    rows = torch.nonzero(batch.has_wholebody.to(device))[:, 0]
+    if not len(rows):
+        return out
+    with torch.no_grad():
+        rotmats = rotmats_of(pred.rotmat.detach().float(), pred.hand_rotmat.detach().float(),
+                             pred.jaw_rotmat.detach().float())
+    start = rotmat_to_axis_angle(rotmats).reshape(batch_size, -1).to(device)[rows]
+    center = torch.full((len(rows), 2), FIT_CENTER, device=device)
+    result = fit_from_estimate(fitter, fit_frame_px(batch.wholebody.to(device)[rows]), center, start,
+                               pred.betas.detach().float().to(device)[rows],
+                               pred.expression.detach().float().to(device)[rows],
+                               pred.cam_t.detach().float().to(device)[rows])
+    pose, params = split_full_pose(result.full_pose, result.expression)
+    joints = result.points[:, :NUM_JOINTS]
+    out.pose[rows], out.betas[rows], out.cam_t[rows], out.joints[rows] = pose, result.betas, result.cam_t, joints
+    out.loss[rows] = smplify.joints_loss(joints, result.cam_t, center, keypoints_px[rows]).mean(-1)
+    for mine, theirs in zip(out.wholebody.values(), params.values()):
+        mine[rows] = theirs
+    out.is_wholebody[rows] = True
+    out.iterations[rows.cpu().numpy()] = result.extras["iterations"]
+    return out
+
+
 # 4 ------------------------------------------------------------------------------------------------------------
 def update_fits(store: FitsStore, smplify: SMPLify, batch: Batch, keypoints_px: Tensor, stored: BatchFits,
-                new: SMPLifyResult, provenance: FitProvenance) -> tuple[BatchFits, Tensor, int]:
+                new: SMPLifyResult | LoopFits, provenance: FitProvenance,
+                wholebody: WholeBodyModel | None = None) -> tuple[BatchFits, Tensor, int]:
     """SPIN's choice and write-back. Returns (the better fit per example in the augmented frame, the examples
     whose new fit won (B,) bool, the fits the store kept).
 
@@ -192,7 +334,12 @@ def update_fits(store: FitsStore, smplify: SMPLify, batch: Batch, keypoints_px: 
     compared them, in the augmented frame) and offered to the store, which keeps it when that canonical loss is
     below the stored one (the table's rule): SPIN's augmented-frame choice decides the supervision, the canonical
     loss decides what the table holds. The chosen fits carry the quality of the fit each is (the new record where
-    the new fit won)."""
+    the new fit won).
+
+    Whole-body runs (``wholebody``, on SMPLify's device; ``new`` a `LoopFits`): the chosen fits carry their
+    whole-body parameters; a winning whole-body fit is posed with them, written as a whole-body fit with its
+    hands' and face's reprojection (canonical, px), and not written where its example was flipped (module
+    docstring)."""
     update = new.loss < stored.loss                                     # strict, as SPIN
     chosen = BatchFits(pose=torch.where(update[:, None], new.pose, stored.pose),
                        betas=torch.where(update[:, None], new.betas, stored.betas),
@@ -200,18 +347,34 @@ def update_fits(store: FitsStore, smplify: SMPLify, batch: Batch, keypoints_px: 
                        loss=torch.where(update, new.loss, stored.loss),
                        joints=torch.where(update[:, None, None], new.joints, stored.joints),
                        quality=stored.quality.copy())
+    write = update
+    if wholebody is not None:
+        chosen.wholebody = new.wholebody.where(update, stored.wholebody)
+        chosen.has_wholebody = torch.where(update, new.is_wholebody, stored.has_wholebody)
+        chosen.expression_ok = torch.where(update, new.is_wholebody, stored.expression_ok)
+        write = update & ~(new.is_wholebody & batch.flip.to(update.device))
     kept = 0
-    rows = torch.nonzero(update)[:, 0]
+    rows = torch.nonzero(write)[:, 0]
     if len(rows):
         device = keypoints_px.device
         rot, flip, scale = (t.to(device)[rows] for t in (batch.rot, batch.flip, batch.scale))
         pose = canonical_pose(new.pose[rows], rot, flip)
         betas = new.betas[rows]
+        params = None
         with torch.no_grad():
             cam_t = canonical_translation(new.cam_t[rows], rest_root(smplify.body, betas), rot, flip, scale)
             keypoints = fit_frame_px(canonical_keypoints(batch.keypoints.to(device)[rows], rot, flip, scale))
             center = torch.full((len(rows), 2), FIT_CENTER, device=device)
-            joints = smplify.posed_joints(pose, betas)
+            if wholebody is None:
+                joints = smplify.posed_joints(pose, betas)
+            else:
+                params = augment_wholebody(new.wholebody.rows(rows), flip)   # only body-only fits (zeros) flip
+                points = wholebody.forward_full(full_pose_of(pose, params), betas, params.expression).points
+                joints = points[:, :NUM_JOINTS]
+                parts = part_reprojection(
+                    project(points, cam_t, smplify.config.focal_length, center),
+                    fit_frame_px(canonical_keypoints(batch.wholebody.to(device)[rows], rot, flip, scale)),
+                    wholebody.provided)
             reprojection = smplify.joints_loss(joints, cam_t, center, keypoints)
             priors = (smplify.prior(pose[:, 3:]), angle_prior(pose[:, 3:]), shape_prior(betas))
             other = torch.isfinite(stored.loss[rows])[:, None]                   # the stored fit it beat, if any
@@ -220,13 +383,41 @@ def update_fits(store: FitsStore, smplify: SMPLify, batch: Batch, keypoints_px: 
                               candidate_spread=candidate_spread(new.joints[rows], stored.joints[rows][:, None],
                                                                 other))
         host = [t.detach().cpu().numpy() for t in (pose, betas, cam_t, reprojection, *priors)]
-        fits = fits_batch([batch.keys[i] for i in rows.tolist()], host[0], host[1], provenance, cam_t=host[2],
-                          reprojection_loss=host[3], pose_prior=host[4], angle_prior=host[5], shape_prior=host[6],
-                          iterations=new.iterations, quality=quality)
+        keys = [batch.keys[i] for i in rows.tolist()]
+        iterations = new.iterations if wholebody is None else new.iterations[rows.cpu().numpy()]
+        if wholebody is None:
+            fits = fits_batch(keys, host[0], host[1], provenance, cam_t=host[2], reprojection_loss=host[3],
+                              pose_prior=host[4], angle_prior=host[5], shape_prior=host[6], iterations=iterations,
+                              quality=quality)
+        else:
+            is_wholebody = new.is_wholebody[rows].cpu().numpy()
+            fits = _wholebody_rows(keys, host, iterations, quality, params, parts, is_wholebody, provenance)
         columns = columns_of(fits)
         chosen.quality[rows.cpu().numpy()] = np.stack([columns[name] for name in FILTER_COLUMNS], -1)
         kept = store.offer(fits)
     return chosen, update, kept
+
+
+def _wholebody_rows(keys: list[str], host: list[np.ndarray], iterations: np.ndarray, quality, params: WholeBodyParams,
+                    parts: Tensor, is_wholebody: np.ndarray, provenance: FitProvenance) -> pa.Table:
+    """The fits rows of a whole-body run's winning fits, in ``keys`` order: whole-body rows (`WholeBodyFit`) where
+    ``is_wholebody``, body-only rows elsewhere. host: canonical pose, betas, cam_t, reprojection, priors (numpy);
+    quality: their records; params, parts (R, 3) px: their whole-body parameters and parts."""
+    values = [v.detach().cpu().numpy() for v in (*params.values(), parts)]
+    tables = []
+    for whole in (True, False):
+        pick = np.flatnonzero(is_wholebody == whole)
+        if not len(pick):
+            continue
+        record = type(quality)(**{f: getattr(quality, f)[pick] for f in quality.__dataclass_fields__})
+        tables.append(fits_batch([keys[i] for i in pick], *(h[pick] for h in host[:2]), provenance,
+                                 cam_t=host[2][pick], reprojection_loss=host[3][pick], pose_prior=host[4][pick],
+                                 angle_prior=host[5][pick], shape_prior=host[6][pick], iterations=iterations[pick],
+                                 quality=record,
+                                 wholebody=WholeBodyFit(*(v[pick] for v in values)) if whole else None))
+    order = {key: i for i, key in enumerate(keys)}
+    table = pa.concat_tables(tables)
+    return table.take(pa.array(np.argsort([order[k] for k in table["key"].to_pylist()], kind="stable")))
 
 
 # 5 ------------------------------------------------------------------------------------------------------------
@@ -235,7 +426,8 @@ def supervision(chosen: BatchFits, batch: Batch, threshold: float,
     """SPIN's targets from the chosen fits: any |β| > 3 zeroes all betas of that fit (after the write-back, so the
     table keeps them); ground-truth SMPL replaces the fit where the dataset has it; a fit supervises pose and
     betas only when its loss is below ``threshold`` (px²) and it passes ``fit_filter`` (its quality record), or it
-    is ground truth."""
+    is ground truth. Whole-body runs: a chosen whole-body fit supervises hands and jaw by the same rule (ground
+    truth SMPL has neither), its expression only where it is of the crop's face."""
     device = batch.gt_pose.device
     pose, betas, loss = chosen.pose.to(device), chosen.betas.to(device), chosen.loss.to(device)
     extreme = (betas.abs() > BETAS_EXTREME_SIGMA).any(-1, keepdim=True)
@@ -247,15 +439,22 @@ def supervision(chosen: BatchFits, batch: Batch, threshold: float,
     passes = torch.from_numpy(fit_filter.keep(columns)).to(device)
     good = loss < threshold
     valid = (good & passes) | has_smpl
-    return Targets(pose=pose, betas=betas, valid=valid, has_smpl=has_smpl, has_3d=batch.has_3d,
-                   filtered=good & ~passes & ~has_smpl)
+    targets = Targets(pose=pose, betas=betas, valid=valid, has_smpl=has_smpl, has_3d=batch.has_3d,
+                      filtered=good & ~passes & ~has_smpl)
+    if chosen.wholebody is not None:
+        targets.wholebody = chosen.wholebody.to(device)
+        targets.wholebody_valid = chosen.has_wholebody.to(device) & good & passes
+        targets.expression_valid = targets.wholebody_valid & chosen.expression_ok.to(device)
+    return targets
 
 
 # 6 ------------------------------------------------------------------------------------------------------------
 def compute_losses(pred: Prediction, targets: Targets, batch: Batch, weights: LossWeights,
-                   body: BodyModel) -> tuple[Tensor, dict[str, float]]:
+                   body: BodyModel, point_weights: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
     """SPIN's total loss ``scale · (shape·L_shape + kp·(L_2d + L_3d) + pose·L_pose + betas·L_betas + cam·L_cam)``
-    and its terms (floats, for the log)."""
+    and its terms (floats, for the log). Whole-body heads add ``kp·L_wholebody + hand_pose·L_hands +
+    jaw_pose·L_jaw + expression·L_expression`` (`training.losses`), the 2D term weighted per point by
+    ``point_weights`` (161,) (`training.wholebody.part_weights`)."""
     batch_size = targets.pose.shape[0]
     target_rotmat = axis_angle_to_rotmat(targets.pose.reshape(batch_size, 24, 3))
     terms = {
@@ -272,5 +471,16 @@ def compute_losses(pred: Prediction, targets: Targets, batch: Batch, weights: Lo
             target_vertices = body(targets.betas, targets.pose[:, 3:], targets.pose[:, :3]).vertices
         terms["shape"] = shape_loss(pred.vertices, target_vertices, targets.valid)
         total = total + weights.shape * terms["shape"]
+    if pred.hand_rotmat is not None:
+        wb = targets.wholebody
+        terms["keypoints_wholebody"] = wholebody_keypoint_loss(pred.wholebody_2d, batch.wholebody,
+                                                               batch.has_wholebody, point_weights.to(batch.wholebody))
+        terms["hand_pose"] = pose_loss(pred.hand_rotmat, axis_angle_to_rotmat(wb.hand_pose.reshape(batch_size, -1, 3)),
+                                       targets.wholebody_valid)
+        terms["jaw_pose"] = pose_loss(pred.jaw_rotmat, axis_angle_to_rotmat(wb.jaw_pose.reshape(batch_size, 1, 3)),
+                                      targets.wholebody_valid)
+        terms["expression"] = betas_loss(pred.expression, wb.expression, targets.expression_valid)
+        total = (total + weights.keypoint * terms["keypoints_wholebody"] + weights.hand_pose * terms["hand_pose"]
+                 + weights.jaw_pose * terms["jaw_pose"] + weights.expression * terms["expression"])
     total = weights.scale * total
     return total, {name: float(value.detach()) for name, value in terms.items()} | {"total": float(total.detach())}

@@ -24,7 +24,8 @@ _FLAGS = {"shards": "--shards", "fits": "--fits", "eval_shards": "--eval-shards"
           "smplify.body_iterations": "--smplify-iters", "verify_shards": "--no-verify-shards",
           "fit_filter.max_reprojection_px": "--max-reprojection", "fit_filter.require_facing": "--require-facing",
           "fit_filter.max_pose_prior": "--max-pose-prior",
-          "fit_filter.max_candidate_spread_mm": "--max-candidate-spread"}
+          "fit_filter.max_candidate_spread_mm": "--max-candidate-spread",
+          "smplifyx_stage_iterations": "--smplifyx-iters", "smplifyx_camera_iterations": "--smplifyx-camera-iters"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -61,7 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--backbone", type=int, help="ResNet depth: 50 (default), 18 or 34 for CPU runs")
     parser.add_argument("--pretrained", help="torchvision ImageNet weights file for the backbone")
     parser.add_argument("--mean-params", help="SPIN's smpl_mean_params.npz (real SMPL); default: from the prior")
-    parser.add_argument("--body-model", help='"open" (default), "open-small" or a model file')
+    parser.add_argument("--body-model", help='"open" (default), "open-small", "open-smplx", "open-smplx-small" or a '
+                                             'model file; an SMPL-X-layout model trains whole-body heads (hands, '
+                                             'jaw, expression) and fits whole-body samples with SMPLify-X')
     parser.add_argument("--joint-regressor-extra", help="SPIN's J_regressor_extra.npy (real SMPL)")
     parser.add_argument("--h36m-regressor", help="SPIN's J_regressor_h36m.npy (real SMPL, evaluation)")
     parser.add_argument("--pose-prior", help="SMPLify's pose prior (default: the open prior)")
@@ -76,6 +79,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--smplify-iters", type=int,
                         help="reference mode: Adam steps per stage (SPIN's num_smplify_iters, 100); fast mode: "
                              "Levenberg-Marquardt body iterations (25)")
+    parser.add_argument("--smplifyx-iters", type=int, nargs="+", metavar="N",
+                        help="SMPL-X models: SMPLify-X's fast-mode LM iterations per stage, one number per stage "
+                             "(default: SMPLify-X fast mode's, docs/smplifyx.md)")
+    parser.add_argument("--smplifyx-camera-iters", type=int, help="SMPL-X models: SMPLify-X's camera-stage LM "
+                                                                  "iterations (default: its fast mode's)")
     parser.add_argument("--smplify-threshold", type=float, help="fits with a loss above it do not supervise (100)")
     add_fit_filter_options(parser, "only the fits that meet every bar given supervise (besides SPIN's "
                                    "--smplify-threshold; none by default, as SPIN); a new loop fit is judged by its "
@@ -136,6 +144,10 @@ def _with_flags(base, args: argparse.Namespace):
             values[name] = tuple(str(v) for v in getattr(args, flag))
     if args.fits:
         values["fits"] = str(args.fits)
+    if args.smplifyx_iters:
+        values["smplifyx_stage_iterations"] = tuple(args.smplifyx_iters)
+    if args.smplifyx_camera_iters:
+        values["smplifyx_camera_iterations"] = args.smplifyx_camera_iters
     if args.on_corrupt_shard:
         values["on_corrupt_shard"] = args.on_corrupt_shard
     for flag, name in (("no_smplify", "run_smplify"), ("no_seed_fits", "seed_missing_fits"),
