@@ -1,10 +1,15 @@
 """`fitloop demo`: the whole pipeline on the embedded open model, ending with DIR/report.md (what `make demo` runs).
 
-1. generate synthetic people in every dataset's native layout (`fitloop synth`), with 3D ground truth;
+1. generate synthetic people in every dataset's native layout (`fitloop synth`), with 3D ground truth, and a
+   few whole-body people (open SMPL-X model: hands posed, faces with expressions) as COCO-WholeBody and OpenPose
+   JSON;
 2. add the real excerpts in ../shared/fixtures when that folder exists (COCO, LSP, LSPET, MPII);
 3. run the `build` flow: preprocess (Dask) -> seed fits (batched SMPLify on Dask) -> train (ResNet-18, small crops,
    fitting in the loop, fits written back);
-4. write the report: counts, rejects, fit errors per fits-table version, training curves, pictures.
+4. fit the whole-body samples with SMPLify-X's fast mode (`fitting.smplifyx`, batched LM) in the fit frame and
+   append them to the fits table as whole-body fits of the open SMPL-X model (`fits.schema.WholeBodyFit`);
+5. write the report: counts, rejects, fit errors per fits-table version, training curves, the whole-body fits'
+   errors against the truth (body, hands, face), pictures.
 """
 from __future__ import annotations
 
@@ -12,6 +17,10 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
 # A CPU-sized run: SPIN's step and losses, a small backbone and input, a few epochs.
@@ -20,6 +29,23 @@ FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
 DEMO_TRAIN = {"backbone": 18, "img_res": 64, "batch_size": 16, "epochs": 12, "lr": 1e-4, "num_workers": 1,
               "augment": {"enabled": False}, "checkpoint_every": 50, "log_every": 6, "eval_max_samples": 112,
               "tensorboard": False}
+WHOLEBODY_PEOPLE = 12  # per whole-body dataset: a few, to show them (SMPLify-X's fast mode fits them in seconds)
+WHOLEBODY_BATCH = 64   # whole-body fits per SMPLify-X call
+WHOLEBODY_PICTURES = 6
+# torch threads of the whole-body fits: one, as each seeding Dask worker has. On this shared 2-core machine (load
+# ~8) two threads made the batched LM 7x slower (24 fits: 70 s against 9.6 s), their spin-waits fighting.
+WHOLEBODY_THREADS = 1
+# SMPLify-X reads OpenPose (its camera start and stage take the OpenPose torso). COCO-WholeBody's 17 body points
+# are COCO's keypoints, which OpenPose's body model is trained to detect under these names, so a COCO-WholeBody
+# sample goes to SMPLify-X with them moved into OpenPose's slots (as COCO-WholeBody is converted to OpenPose's
+# layout for OpenPose-format fitters); feet, hands and face are already in the shared whole-body slots.
+COCO_AS_OPENPOSE: dict[str, str] = {
+    "Nose": "OP Nose", "Left Eye": "OP LEye", "Right Eye": "OP REye", "Left Ear": "OP LEar", "Right Ear": "OP REar",
+    "Left Shoulder": "OP LShoulder", "Right Shoulder": "OP RShoulder", "Left Elbow": "OP LElbow",
+    "Right Elbow": "OP RElbow", "Left Wrist": "OP LWrist", "Right Wrist": "OP RWrist", "Left Hip": "OP LHip",
+    "Right Hip": "OP RHip", "Left Knee": "OP LKnee", "Right Knee": "OP RKnee", "Left Ankle": "OP LAnkle",
+    "Right Ankle": "OP RAnkle",
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,9 +55,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "the real excerpts from ../shared/fixtures when present, run the build flow (preprocess on "
                     "Dask, seed fits with batched SMPLify, train SPIN's regressor with fitting in the loop) and "
                     "write DIR/report.md with counts, rejects, fit errors per fits-table version and training "
-                    "curves. About 5-10 minutes on 2 CPU cores.")
+                    "curves. A few whole-body people (COCO-WholeBody and OpenPose layouts) are also fitted with "
+                    "SMPLify-X's fast mode and shown. About 5-10 minutes on 2 CPU cores.")
     parser.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default: demo-out)")
     parser.add_argument("--people", type=int, default=40, help="synthetic people per dataset (default 40)")
+    parser.add_argument("--wholebody-people", type=int, default=WHOLEBODY_PEOPLE,
+                        help=f"whole-body people per whole-body dataset, COCO-WholeBody and OpenPose (default "
+                             f"{WHOLEBODY_PEOPLE}; 0 leaves them out)")
     parser.add_argument("--epochs", type=int, default=DEMO_TRAIN["epochs"], help="training epochs (default 12)")
     parser.add_argument("--workers", type=int, default=None, help="Dask workers (default: one per core)")
     parser.add_argument("--dask-address", default=None, metavar="tcp://HOST:PORT",
@@ -64,6 +94,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from core.errors import FitloopError
     from pipelines.preprocess import DatasetSpec
     from pipelines.synthetic import SynthConfig, generate
+    from pipelines.synthetic.config import BODY_DATASETS, WHOLEBODY_DATASETS
 
     out: Path = args.out.resolve()
     if (out / "shards" / "manifest.json").exists() or (out / "fits").exists():
@@ -71,13 +102,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
-    start = _step(f"generating synthetic datasets ({args.people} people per dataset) in {out / 'data'}")
-    roots = generate(out / "data", SynthConfig.with_people(args.people))
+    if args.wholebody_people < 0:
+        raise FitloopError(f"--wholebody-people must be 0 or more, got {args.wholebody_people}")
+    start = _step(f"generating synthetic datasets ({args.people} people per dataset, {args.wholebody_people} "
+                  f"whole-body people per whole-body dataset) in {out / 'data'}")
+    wanted = BODY_DATASETS + (WHOLEBODY_DATASETS if args.wholebody_people else ())
+    roots = generate(out / "data", SynthConfig.with_people(args.people, datasets=wanted).with_wholebody_people(
+        args.wholebody_people))
     timings["synthetic data"] = time.perf_counter() - start
-    specs = [DatasetSpec(name, str(root)) for name, root in roots.items()]
+    # the whole-body sets get their own small shard set after the build (`wholebody_fits`): in the build's they
+    # would lengthen every training epoch
+    specs = [DatasetSpec(name, str(root)) for name, root in roots.items() if name in BODY_DATASETS]
+    body_roots = [root for name, root in roots.items() if name in BODY_DATASETS]
+    wholebody_roots = [root for name, root in roots.items() if name in WHOLEBODY_DATASETS]
     # the real excerpts share layouts (and some file names) with the synthetic sets: they go in as <dataset>-real
     fixtures = [] if args.no_fixtures else fixture_specs()
-    notes = [f"Synthetic people from the open model in {', '.join(roots)} layouts (`{out / 'data'}`)."]
+    notes = [f"Synthetic people from the open model in {', '.join(n for n in roots if n in BODY_DATASETS)} layouts, "
+             f"and whole-body people from the open SMPL-X model in "
+             f"{', '.join(n for n in roots if n in WHOLEBODY_DATASETS) or 'no'} layouts (`{out / 'data'}`)."]
     if fixtures:
         notes.append(f"Real excerpts from `{FIXTURES}`: {', '.join(s.dataset for s in fixtures)}.")
     else:
@@ -96,7 +138,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.report import fit_errors_by_version, synthetic_truth, write_report
 
     body = load_body_model("open")
-    errors = fit_errors_by_version(Path(summary["fits"]), synthetic_truth(list(roots.values()), body), body)
+    errors = fit_errors_by_version(Path(summary["fits"]), synthetic_truth(body_roots, body), body)
     (out / "fit_errors.json").write_text(json.dumps(errors, indent=1))
     for row in errors:
         error = f"{row['pa_mpjpe_mm']:.1f} mm" if row["with_truth"] else "– (no fit with truth yet)"
@@ -116,8 +158,157 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if curves.is_file():
         pictures["curves"] = str(curves.relative_to(out))
     timings["report"] = time.perf_counter() - start
+    wholebody = None
+    if wholebody_roots:
+        start = _step("fitting the whole-body people with SMPLify-X (fast mode) and appending them to the fits table")
+        wholebody = wholebody_fits(out / "shards_wholebody", Path(summary["fits"]), wholebody_roots, out)
+        for row in wholebody["rows"]:
+            print(f"[demo]   {row['dataset']}: {row['fits']} whole-body fits, body PA-MPJPE "
+                  f"{row['body_pa_mpjpe_mm']:.1f} mm, hands {row['left_hand_pa_mpjpe_mm']:.1f} / "
+                  f"{row['right_hand_pa_mpjpe_mm']:.1f} mm, face {row['face_reprojection_px']:.1f} px", flush=True)
+        if wholebody.get("picture"):
+            pictures["wholebody"] = wholebody["picture"]
+        timings["whole-body fits"] = time.perf_counter() - start
     manifest = json.loads((Path(summary["shards"]) / "manifest.json").read_text())
     report = write_report(out, manifest=manifest, seed=summary["seed"], train=summary["train"], fit_errors=errors,
-                          pictures=pictures, timings=timings, notes=notes)
+                          pictures=pictures, timings=timings, notes=notes, wholebody=wholebody)
     print(f"[demo] done in {sum(timings.values()):.0f} s: {report}", flush=True)
     return 0
+
+
+def as_openpose(keypoints: np.ndarray) -> np.ndarray:
+    """Whole-body keypoints (..., 161, 3) as SMPLify-X reads them: where none of the OpenPose body slots is set
+    (a COCO-WholeBody sample), the COCO body points move into their OpenPose slots (`COCO_AS_OPENPOSE`); other
+    samples are returned as they are. The input is not modified."""
+    import numpy as np
+
+    from core.wholebody import WHOLEBODY_INDEX
+
+    out = np.array(keypoints, dtype=np.float32, copy=True)
+    coco = [WHOLEBODY_INDEX[n] for n in COCO_AS_OPENPOSE]
+    openpose = [WHOLEBODY_INDEX[n] for n in COCO_AS_OPENPOSE.values()]
+    move = (out[..., openpose, 2] <= 0).all(-1) & (out[..., coco, 2] > 0).any(-1)
+    moved = out[move]
+    moved[:, openpose] = moved[:, coco]
+    moved[:, coco] = 0.0
+    out[move] = moved
+    return out
+
+
+WHOLEBODY_SPLITS = {"coco_wholebody": ("train", "val"), "openpose": ("train",)}  # what the generator writes
+
+
+def wholebody_fits(shards: Path, fits_path: Path, roots: list[Path], out: Path) -> dict[str, Any]:
+    """Preprocess the whole-body datasets at ``roots`` into the shard set ``shards`` (unless it holds one already),
+    fit every whole-body sample of it with SMPLify-X's fast mode, in the fit frame (SPIN's crop
+    camera, `core.frames`), append the fits to the fits table as whole-body fits of the model the people were
+    drawn with, measure them against the truth beside the datasets (`bench.smplifyx_cases.fit_errors`: body
+    PA-MPJPE on the 14 LSP joints, each hand's wrist-aligned PA-MPJPE, face landmark reprojection in fit-frame
+    px) and draw a few. Returns {"rows": per-dataset errors, "fits": n, "seconds": fitting time, "fits_per_s",
+    "model_id", "version": the table version written, "picture": file name under ``out``, "shards": the shard
+    set's path and counts}."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    from bench.smplifyx_cases import People, fit_errors
+    from core.errors import FitloopError
+    from core.frames import FIT_CENTER, FIT_FOCAL, keypoints_in_fit_frame, stored_to_fit_frame
+    from fits.schema import FitProvenance, WholeBodyFit, config_hash, fits_batch
+    from fits.table import FitsTable
+    from fitting.body_model import load_body_model
+    from fitting.smplifyx import SMPLifyX, SMPLifyXConfig
+    from fitting.wholebody_model import POSE_SLICES, WholeBodyModel
+    from pipelines.report import wholebody_sheet
+    from pipelines.synthetic import load_truth
+    from shards.crop import transform_points
+    from shards.lookup import iter_samples
+
+    truths = [load_truth(root) for root in roots]
+    body = load_body_model("open-smplx")
+    drawn_with = sorted({t.metadata["body_model"]["model_id"] for t in truths})
+    if drawn_with != [body.model_id]:
+        raise FitloopError(f"the whole-body people in {', '.join(map(str, roots))} were drawn with {drawn_with}, "
+                           f"not the open SMPL-X model {body.model_id}; generate them again")
+    model = WholeBodyModel(body)
+    rows = {key: (t, t.row[key]) for t in truths for key in t.row}
+    if not (shards / "manifest.json").is_file():
+        from pipelines.preprocess import DatasetSpec, preprocess
+
+        specs = [DatasetSpec(Path(root).name, str(root), WHOLEBODY_SPLITS.get(Path(root).name)) for root in roots]
+        preprocess(specs, shards)
+    counts = json.loads((shards / "manifest.json").read_text())["counts"]
+    samples = [s for s in iter_samples(shards) if s.meta.get("has_wholebody") and s.key in rows]
+    if not samples:
+        return {"rows": [], "fits": 0}
+    keypoints = torch.as_tensor(as_openpose(np.stack([keypoints_in_fit_frame(s.wholebody_crop, s.meta["crop"])
+                                                      for s in samples])))
+    count = len(samples)
+    center = torch.full((count, 2), FIT_CENTER)
+    focal = torch.full((count, 2), FIT_FOCAL)
+    config = SMPLifyXConfig()
+    smplifyx = SMPLifyX(model, config=config)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(WHOLEBODY_THREADS)
+    try:
+        start = time.perf_counter()
+        parts = [smplifyx(keypoints[i:i + WHOLEBODY_BATCH], center[i:i + WHOLEBODY_BATCH],
+                          focal_length=focal[i:i + WHOLEBODY_BATCH]) for i in range(0, count, WHOLEBODY_BATCH)]
+        seconds = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
+    fit = {k: torch.cat([getattr(p, k) for p in parts]).detach() for k in ("full_pose", "betas", "expression",
+                                                                            "cam_t", "points")}
+    fit_points = fit["points"]
+
+    # the table: pose = global orientation + 21 body joints (+ SMPL's two hand joints, zero), the rest whole-body
+    from core.camera import project
+    from core.wholebody import WHOLEBODY_PARTS, wholebody_indices
+
+    projected = project(fit_points, fit["cam_t"], focal, center)
+    squared = ((projected - keypoints[..., :2]) ** 2).sum(-1) * (keypoints[..., 2] > 0)
+    part_px = []
+    for part in ("left_hand", "right_hand", "face"):
+        idx = torch.as_tensor(wholebody_indices(WHOLEBODY_PARTS[part]))
+        seen = (keypoints[:, idx, 2] > 0) & torch.as_tensor(model.provided)[idx]
+        dist = squared[:, idx].sqrt() * seen
+        part_px.append(torch.where(seen.any(1), dist.sum(1) / seen.sum(1).clamp_min(1), torch.nan))
+    full = fit["full_pose"]
+    pose = torch.cat([full[:, :66], torch.zeros(count, 6)], dim=1)
+    provenance = FitProvenance(run_id=f"demo-smplifyx-{int(time.time())}", body_model_id=body.model_id,
+                               fit_config_hash=config_hash(config), source="seed", frame="crop")
+    batch = fits_batch(
+        [s.key for s in samples], pose, fit["betas"], provenance, reprojection_loss=squared[:, :49], cam_t=fit["cam_t"],
+        wholebody=WholeBodyFit(
+            hand_pose=torch.cat([full[:, POSE_SLICES["left_hand_pose"]], full[:, POSE_SLICES["right_hand_pose"]]], 1),
+            jaw_pose=full[:, POSE_SLICES["jaw_pose"]],
+            eye_pose=torch.cat([full[:, POSE_SLICES["leye_pose"]], full[:, POSE_SLICES["reye_pose"]]], 1),
+            expression=fit["expression"], part_reprojection=torch.stack(part_px, 1)))
+    appended = FitsTable.open(fits_path).append(batch)
+
+    # errors against the truth, per dataset
+    true_points = torch.as_tensor(np.stack([rows[s.key][0].arrays["wholebody_3d"][rows[s.key][1]] for s in samples]))
+    clean = []
+    for s in samples:
+        truth, i = rows[s.key]
+        in_crop = transform_points(s.image_to_crop, truth.arrays["wholebody_2d"][i])
+        clean.append(transform_points(stored_to_fit_frame(s.meta["crop"]), in_crop))
+    people = People(full_pose=full, betas=fit["betas"], expression=fit["expression"], cam_t=fit["cam_t"],
+                    points=true_points.float(), clean=torch.as_tensor(np.stack(clean)).float(), keypoints=keypoints,
+                    center=center, focal=focal)
+    errors = {k: v.numpy() for k, v in fit_errors(SimpleNamespace(points=fit_points, cam_t=fit["cam_t"]),
+                                                   people).items()}
+    datasets = np.array([s.key.split("/", 1)[0] for s in samples])
+    table_rows = []
+    for name in sorted(set(datasets)):
+        mine = datasets == name
+        table_rows.append({"dataset": str(name), "fits": int(mine.sum()),
+                           **{k: float(np.median(v[mine])) for k, v in errors.items()}})
+    picture = "sample_wholebody_fits.png"
+    wholebody_sheet(samples[:WHOLEBODY_PICTURES], model, fit["full_pose"][:WHOLEBODY_PICTURES],
+                    fit["betas"][:WHOLEBODY_PICTURES], fit["expression"][:WHOLEBODY_PICTURES],
+                    fit["cam_t"][:WHOLEBODY_PICTURES]).save(out / picture)
+    return {"rows": table_rows, "fits": count, "seconds": seconds, "fits_per_s": count / seconds,
+            "model_id": body.model_id, "version": appended.version, "picture": picture,
+            "shards": {"path": str(shards), **counts}}

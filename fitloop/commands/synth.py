@@ -9,20 +9,25 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "synth", help="render synthetic people and write COCO, MPII, LSP, LSPET and Human3.6M layouts with truth",
+        "synth", help="render synthetic people and write COCO, MPII, LSP, LSPET and Human3.6M layouts with truth "
+                      "(and whole-body people as COCO-WholeBody and OpenPose JSON)",
         description="Render people with the open body model (poses from the CMU clips in ../shared/mocap/cmu when "
                     "present, else from the shipped pose prior; varied shapes, outfits, cameras and procedural "
                     "backgrounds) and write each dataset in its native layout under DIR (coco/, mpii/, lsp/, "
                     "lspet/, h36m/), each with fitloop_truth.npz (true SMPL pose, shape, camera and 3D joints "
-                    "per sample key) and fitloop_synth.json (the resolved config). docs/synthetic.md has the "
-                    "details.")
+                    "per sample key) and fitloop_synth.json (the resolved config). --datasets coco_wholebody,openpose "
+                    "writes whole-body people of the open SMPL-X model (hands posed, faces with expressions) in "
+                    "COCO-WholeBody's annotation layout and as OpenPose --write_json --hand --face files, with the "
+                    "truth of every whole-body point. docs/synthetic.md has the details.")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--people", type=int, default=None,
-                        help="people per dataset (default: 80 COCO, 80 MPII, 60 LSP, 60 LSPET, 112 Human3.6M); "
+                        help="people per dataset (default: 80 COCO, 80 MPII, 60 LSP, 60 LSPET, 112 Human3.6M, 40 "
+                             "COCO-WholeBody, 40 OpenPose); "
                              "Human3.6M gets at least this many (frames x 4 cameras x sequences)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--datasets", default=None, metavar="LIST",
-                        help="comma-separated subset of coco,mpii,lsp,lspet,h36m (default all)")
+                        help="comma-separated datasets among coco,mpii,lsp,lspet,h36m,coco_wholebody,openpose "
+                             "(default: the five body datasets coco,mpii,lsp,lspet,h36m)")
     parser.add_argument("--poses", choices=("auto", "cmu", "prior"), default="auto",
                         help="pose source: CMU clips, the pose prior, or auto (CMU when its folder exists)")
     parser.add_argument("--mocap-dir", type=Path, default=None, help="CMU BVH folder (default ../shared/mocap/cmu)")
@@ -58,7 +63,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
         return 0
     for name, path in roots.items():
-        print(f"{name:6s} {people[name]:5d} people  {path}")
+        print(f"{name:14s} {people[name]:5d} people  {path}")
     print(f"{summary['people']} people in {seconds:.1f} s ({summary['people_per_second']} people/s), "
           f"seed {config.seed}")
     return 0

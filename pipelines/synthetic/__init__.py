@@ -2,6 +2,7 @@
 
     from pipelines.synthetic import SynthConfig, generate, load_truth
     roots = generate(Path("synth"), SynthConfig(seed=0))   # {"coco": synth/coco, "mpii": ..., "h36m": ...}
+    generate(Path("synth"), SynthConfig(datasets=("coco_wholebody", "openpose")))  # whole-body people
 
 docs/synthetic.md describes the layouts, the truth files and the choices. The names below are imported on first
 use, so that the render workers (which import `pipelines.synthetic.paint`) never load torch.

@@ -11,12 +11,16 @@ files hold those parameters per camera, and the tests re-pose them to check.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
 from fitting.body_model import BodyModel
+
+if TYPE_CHECKING:
+    from fitting.wholebody_model import WholeBodyModel
 
 BATCH = 128  # bodies per forward pass
 
@@ -79,3 +83,41 @@ def rotate_orient(rotation: np.ndarray, global_orient: np.ndarray) -> np.ndarray
     """``rotation`` (3, 3) or (N, 3, 3) applied on the left of global orientations (N, 3): axis-angle (N, 3)."""
     rotation = np.broadcast_to(rotation, (len(global_orient), 3, 3))
     return (Rotation.from_matrix(rotation) * Rotation.from_rotvec(global_orient)).as_rotvec()
+
+
+@dataclass
+class PosedWhole:
+    """A batch of posed whole-body (SMPL-X-layout) bodies, numpy, metres, in the frame their global orientation
+    was given in: vertices (N, V, 3) float32; points (N, 161, 3) float64, the whole-body points of
+    `core.wholebody` (zero where not provided); provided (161,) bool, the points the model gives (its
+    `WholeBodyModel.provided`, plus the pupils when the model names pupil vertices)."""
+
+    vertices: np.ndarray
+    points: np.ndarray
+    provided: np.ndarray
+
+
+def pose_wholebody(model: WholeBodyModel, betas: np.ndarray, full_pose: np.ndarray,
+                   expression: np.ndarray) -> PosedWhole:
+    """Run the whole-body model on betas (N, NB), full poses (N, 165) (SMPL-X's order,
+    `fitting.wholebody_model.POSE_SLICES`) and expressions (N, NE), in batches; no translation."""
+    from core.wholebody import PUPIL_NAMES, WHOLEBODY_INDEX
+
+    vertex_ids = getattr(model.body, "vertex_ids", {}) or {}
+    pupils = [(WHOLEBODY_INDEX[name], vertex_ids[name]) for name in PUPIL_NAMES if name in vertex_ids]
+    provided = model.provided.copy()
+    provided[[i for i, _ in pupils]] = True
+    vertices, points = [], []
+    dtype = model.rows.dtype
+    with torch.no_grad():
+        for start in range(0, len(full_pose), BATCH):
+            sl = slice(start, start + BATCH)
+            out = model.forward_full(torch.as_tensor(full_pose[sl], dtype=dtype),
+                                     torch.as_tensor(betas[sl], dtype=dtype),
+                                     torch.as_tensor(expression[sl], dtype=dtype))
+            batch_points = out.points.double().numpy()
+            for index, vertex in pupils:
+                batch_points[:, index] = out.vertices[:, vertex].double().numpy()
+            vertices.append(out.vertices.float().numpy())
+            points.append(batch_points)
+    return PosedWhole(vertices=np.concatenate(vertices), points=np.concatenate(points), provided=provided)

@@ -9,8 +9,12 @@ from typing import Any, Literal
 
 from core.errors import FitloopError
 
-# Datasets the generator writes, each in its native layout (docs/synthetic.md).
-DATASETS: tuple[str, ...] = ("coco", "mpii", "lsp", "lspet", "h36m")
+# Datasets the generator writes, each in its native layout (docs/synthetic.md): body datasets (people of the
+# body model, `SynthConfig.body_model`) and whole-body ones (people with posed hands and faces,
+# `SynthConfig.wholebody_model`). A config writes the body datasets unless told otherwise.
+BODY_DATASETS: tuple[str, ...] = ("coco", "mpii", "lsp", "lspet", "h36m")
+WHOLEBODY_DATASETS: tuple[str, ...] = ("coco_wholebody", "openpose")
+DATASETS: tuple[str, ...] = BODY_DATASETS + WHOLEBODY_DATASETS
 H36M_CAMERAS = 4
 PoseSourceName = Literal["auto", "cmu", "prior"]
 # ../shared/mocap/cmu beside the checkout (the brief's "../shared"): CMU clips as BVH, never copied into the repo.
@@ -29,8 +33,9 @@ class SynthConfig:
     Attributes:
         seed: one seed for everything; each dataset draws from its own stream, so changing one dataset's count
             leaves the others unchanged.
-        datasets: which of `DATASETS` to write.
-        coco_people, mpii_people, lsp_people, lspet_people: people per single-image dataset.
+        datasets: which of `DATASETS` to write (default `BODY_DATASETS`).
+        coco_people, mpii_people, lsp_people, lspet_people, coco_wholebody_people, openpose_people: people per
+            single-image dataset.
         max_people_per_image: COCO and MPII images hold 1 to this many people, side by side.
         image_size: (min, max) px of each side of a single-image dataset's image, drawn per image.
         fov_deg: (min, max) field of view across the longer image side, degrees.
@@ -48,16 +53,22 @@ class SynthConfig:
         max_clips: at most this many clips are converted per run (chosen by the seed).
         betas_clip: betas ~ N(0, 1) clipped to ±this.
         body_model: "open" (the shipped model; its truth is what the files hold).
+        wholebody_model: the SMPL-X-layout model of the whole-body datasets' people ("open-smplx", the shipped
+            one; "open-smplx-small" or an SMPL-X file are accepted).
+        wholebody_image_size: (min, max) px of each side of a whole-body dataset's image (larger than the body
+            datasets', so that hands and faces are more than a few pixels).
         jpeg_quality: quality of every written JPEG.
         workers: processes that render (1: render in this process).
     """
 
     seed: int = 0
-    datasets: tuple[str, ...] = DATASETS
+    datasets: tuple[str, ...] = BODY_DATASETS
     coco_people: int = 80
     mpii_people: int = 80
     lsp_people: int = 60
     lspet_people: int = 60
+    coco_wholebody_people: int = 40
+    openpose_people: int = 40
     max_people_per_image: int = 2
     image_size: tuple[int, int] = (200, 360)
     fov_deg: tuple[float, float] = (35.0, 65.0)
@@ -73,6 +84,8 @@ class SynthConfig:
     max_clips: int = 24
     betas_clip: float = 2.5
     body_model: str = "open"
+    wholebody_model: str = "open-smplx"
+    wholebody_image_size: tuple[int, int] = (320, 480)
     jpeg_quality: int = 90
     workers: int = 2
 
@@ -80,14 +93,15 @@ class SynthConfig:
         unknown = sorted(set(self.datasets) - set(DATASETS))
         if unknown or not self.datasets:
             raise SynthError(f"datasets must be among {', '.join(DATASETS)}; got {', '.join(self.datasets) or 'none'}")
-        counts = {name: getattr(self, f"{name}_people") for name in ("coco", "mpii", "lsp", "lspet")}
+        counts = {name: getattr(self, f"{name}_people") for name in DATASETS if name != "h36m"}
         if any(n < 0 for n in counts.values()) or self.h36m_frames < 1 or self.h36m_frame_step < 1:
             raise SynthError("people counts must be >= 0 and h36m_frames, h36m_frame_step >= 1")
         if counts["lsp"] > 1000:
             raise SynthError("lsp_people must be <= 1000: LSP's train split is images 1-1000")
-        low, high = self.image_size
-        if not 32 <= low <= high:
-            raise SynthError(f"image_size must be (min, max) with 32 <= min <= max, got {self.image_size}")
+        for field in ("image_size", "wholebody_image_size"):
+            low, high = getattr(self, field)
+            if not 32 <= low <= high:
+                raise SynthError(f"{field} must be (min, max) with 32 <= min <= max, got {getattr(self, field)}")
         if not 1 <= self.max_people_per_image <= 4:
             raise SynthError("max_people_per_image must be 1 to 4")
         if not 0.0 < self.fov_deg[0] <= self.fov_deg[1] < 120.0:
@@ -126,10 +140,16 @@ class SynthConfig:
 
     @classmethod
     def with_people(cls, people: int, **overrides: Any) -> "SynthConfig":
-        """A config with ``people`` per dataset: each single-image dataset gets ``people``; Human3.6M gets enough
+        """A config with ``people`` per dataset: each single-image dataset (whole-body ones too) gets ``people``;
+        Human3.6M gets enough
         frames per sequence that its sampled frames × 4 cameras × sequences reach at least ``people``."""
         base = cls(**overrides)
         per_frame = max(1, len(base.h36m_subjects) * len(base.h36m_actions) * H36M_CAMERAS)
         sampled = max(1, math.ceil(people / per_frame))
         return dataclasses.replace(base, coco_people=people, mpii_people=people, lsp_people=min(people, 1000),
-                                   lspet_people=people, h36m_frames=sampled * base.h36m_frame_step)
+                                   lspet_people=people, coco_wholebody_people=people, openpose_people=people,
+                                   h36m_frames=sampled * base.h36m_frame_step)
+
+    def with_wholebody_people(self, people: int) -> SynthConfig:
+        """This config with ``people`` per whole-body dataset (COCO-WholeBody, OpenPose)."""
+        return dataclasses.replace(self, coco_wholebody_people=people, openpose_people=people)

@@ -1,15 +1,18 @@
-"""Writers of the single-image datasets' native layouts: COCO, MPII, LSP and LSP-extended.
+"""Writers of the single-image datasets' native layouts: COCO, MPII, LSP and LSP-extended, and the whole-body
+COCO-WholeBody and OpenPose JSON.
 
 Each writes the files its real release has, in the release's conventions (1-based MATLAB pixels for MPII, LSP and
 LSPET; COCO 0-based), so that the dataset's adapter in pipelines/adapters reads them as it reads the real thing.
 The keypoints are the body's canonical joints projected, taken in the dataset's own joint order
 (`core.joints.DATASET_JOINTS`). A joint outside the image is not labelled (COCO v = 0, no MPII point, LSPET
-flag 0); LSP labels every joint, so its people are framed whole. Self-occlusion is not computed: every
-labelled joint is marked visible.
+flag 0); LSP labels every joint, so its people are framed whole. Self-occlusion is not computed for body
+joints: every labelled joint is marked visible. Whole-body hand, face and pupil points are labelled only where the
+picture shows them (`wholebody_labels`), as COCO-WholeBody's annotators and OpenPose's detectors see them.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,14 @@ import numpy as np
 import scipy.io
 
 from core.joints import COCO_JOINTS, LSP_JOINTS, MPII_JOINTS, indices
+from core.wholebody import (
+    COCO_WHOLEBODY_FIELDS,
+    COCO_WHOLEBODY_JOINTS,
+    NUM_WHOLEBODY,
+    OPENPOSE_JSON_FIELDS,
+    OPENPOSE_WHOLEBODY_JOINTS,
+    wholebody_indices,
+)
 from pipelines.synthetic.paint import Picture
 from pipelines.synthetic.scene import Person
 
@@ -48,6 +59,16 @@ def write_coco(root: Path, pictures: list[Picture], people: list[Person]) -> lis
     Person ids: ``ids["subset"]``, ``ids["image_id"]``, ``ids["annotation_id"]``. Box: the visible silhouette's
     (COCO's continuous x, y, w, h); segmentation: its uncompressed RLE; area: its pixels.
     """
+    return _write_coco_layout(root, pictures, people, _coco_annotation,
+                              "fitloop synthetic people in the COCO person-keypoints layout",
+                              lambda subset: f"person_keypoints_{subset}.json")
+
+
+def _write_coco_layout(root: Path, pictures: list[Picture], people: list[Person],
+                       annotate: Callable[[Person, tuple[int, int]], dict[str, Any]], description: str,
+                       file_name: Callable[[str], str]) -> list[Path]:
+    """A COCO-style annotation file per subset (``ids["subset"]``) under ``root/annotations``: COCO's info,
+    licences, person category, images, and ``annotate(person, image size)`` per person."""
     by_subset: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for i, picture in enumerate(pictures):
         mine = [p for p in people if p.picture == i]
@@ -56,16 +77,15 @@ def write_coco(root: Path, pictures: list[Picture], people: list[Person]) -> lis
         files["images"].append({"id": mine[0].ids["image_id"], "file_name": picture.path.name,
                                 "width": picture.size[0], "height": picture.size[1], "license": 1})
         for person in mine:
-            files["annotations"].append(_coco_annotation(person, picture.size))
+            files["annotations"].append(annotate(person, picture.size))
     written = []
     for subset, files in sorted(by_subset.items()):
-        data = {"info": {"description": "fitloop synthetic people in the COCO person-keypoints layout",
-                         "version": "1.0"},
+        data = {"info": {"description": description, "version": "1.0"},
                 "licenses": [SYNTHETIC_LICENSE],
                 "categories": [{"supercategory": "person", "id": 1, "name": "person",
                                 "keypoints": list(COCO_KEYPOINT_NAMES), "skeleton": COCO_SKELETON}],
                 **files}
-        path = root / "annotations" / f"person_keypoints_{subset}.json"
+        path = root / "annotations" / file_name(subset)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
         written.append(path)
@@ -187,3 +207,101 @@ def write_lsp(root: Path, pictures: list[Picture], people: list[Person], extende
     path = root / "joints.mat"
     scipy.io.savemat(path, {"joints": joints if extended else np.transpose(joints, (1, 0, 2))})
     return [path]
+
+
+# --- Whole-body: COCO-WholeBody and OpenPose --------------------------------------------------------------------
+
+# COCO-WholeBody's parts beyond COCO's 17 body keypoints: field -> (its validity flag, its box field or None,
+# how its third value is written: "coco_v" (2 = visible), "one" (the release's 1.0 for face points) or "score"
+# (the release's hand scores in (0, 1])).
+COCO_WHOLEBODY_PARTS: dict[str, tuple[str, str | None, str]] = {
+    "foot_kpts": ("foot_valid", None, "coco_v"), "face_kpts": ("face_valid", "face_box", "one"),
+    "lefthand_kpts": ("lefthand_valid", "lefthand_box", "score"),
+    "righthand_kpts": ("righthand_valid", "righthand_box", "score"),
+}
+PART_OF_BOX: dict[str, str] = {"face_box": "face", "lefthand_box": "left_hand", "righthand_box": "right_hand"}
+OPENPOSE_VERSION = 1.3  # the JSON layout OpenPose 1.3+ writes with --write_json
+
+
+# The whole-body points each whole-body dataset's files carry (the rest of the 49 body joints they have not).
+CARRIED: dict[str, np.ndarray] = {"coco_wholebody": wholebody_indices(COCO_WHOLEBODY_JOINTS),
+                                  "openpose": wholebody_indices(OPENPOSE_WHOLEBODY_JOINTS)}
+
+
+def wholebody_labels(person: Person, size: tuple[int, int], dataset: str | None = None) -> tuple[np.ndarray,
+                                                                                                  np.ndarray]:
+    """A whole-body person's points (161, 2) px, 0-based, and which are labelled (161,) bool: provided by the
+    model, inside the image, and, for hand, face and pupil points, shown by the picture (`Person.shown`); with
+    ``dataset``, also among the points its files carry (`CARRIED`)."""
+    points = person.wholebody_keypoints
+    shown = np.where(person.probes, person.shown, True)
+    carried = np.ones(NUM_WHOLEBODY, dtype=bool)
+    if dataset is not None:
+        carried[:] = False
+        carried[CARRIED[dataset]] = True
+    return points, inside(points, size) & person.provided & shown & carried
+
+
+def _flat(points: np.ndarray, labelled: np.ndarray, third: np.ndarray) -> list[float]:
+    """[x, y, third] per point, [0, 0, 0] where not labelled."""
+    out: list[float] = []
+    for (x, y), ok, value in zip(points, labelled, third):
+        out += [round(float(x), 2), round(float(y), 2), value] if ok else [0, 0, 0]
+    return out
+
+
+def write_coco_wholebody(root: Path, pictures: list[Picture], people: list[Person]) -> list[Path]:
+    """COCO-WholeBody's ``annotations/coco_wholebody_<split>_v1.0.json`` for splits train and val (images in
+    ``train2017/``, ``val2017/``): a COCO person-keypoints file (`write_coco`'s fields, body keypoints as COCO's)
+    whose annotations also hold ``foot_kpts`` (6), ``face_kpts`` (68), ``lefthand_kpts``, ``righthand_kpts`` (21)
+    as [x, y, v] triples, ``*_valid`` (a part with any labelled point) and ``face_box``, ``lefthand_box``,
+    ``righthand_box`` [x, y, w, h] (the part's drawn pixels; zeros when invalid). Feet take COCO's v (2 =
+    visible); face points 1.0 and hand points a score in (0, 1], as the release writes them; 0, 0, 0 where not
+    labelled (`wholebody_labels`)."""
+    return _write_coco_layout(root, pictures, people, _coco_wholebody_annotation,
+                              "fitloop synthetic whole-body people in the COCO-WholeBody layout",
+                              lambda subset: f"coco_wholebody_{subset.removesuffix('2017')}_v1.0.json")
+
+
+def _coco_wholebody_annotation(person: Person, size: tuple[int, int]) -> dict[str, Any]:
+    annotation = _coco_annotation(person, size)
+    points, labelled = wholebody_labels(person, size)
+    boxes = person.silhouette.part_boxes if person.silhouette is not None else {}
+    for field, (valid_field, box_field, third) in COCO_WHOLEBODY_PARTS.items():
+        idx = wholebody_indices(COCO_WHOLEBODY_FIELDS[field])
+        values = {"coco_v": np.full(len(idx), 2), "one": np.full(len(idx), 1.0),
+                  "score": person.scores[idx]}[third]
+        annotation[field] = _flat(points[idx], labelled[idx], values.tolist())
+        valid = bool(labelled[idx].any())
+        annotation[valid_field] = valid
+        if box_field is not None:
+            box = boxes.get(PART_OF_BOX[box_field]) if valid else None
+            annotation[box_field] = ([float(box[0]), float(box[1]), float(box[2] - box[0] + 1),
+                                      float(box[3] - box[1] + 1)] if box else [0.0, 0.0, 0.0, 0.0])
+    return annotation
+
+
+def write_openpose(root: Path, pictures: list[Picture], people: list[Person]) -> list[Path]:
+    """OpenPose's ``--write_json keypoints --hand --face`` output: ``keypoints/<image stem>_keypoints.json`` per
+    image (images in ``images/``), ``{"version": 1.3, "people": [...]}`` with each person's
+    ``pose_keypoints_2d`` (BODY_25), ``face_keypoints_2d`` (70: iBUG 68 + pupils), ``hand_left_keypoints_2d``,
+    ``hand_right_keypoints_2d`` (21) as flat x, y, c (c in (0, 1] where labelled, 0, 0, 0 elsewhere:
+    `wholebody_labels`), the 3D arrays empty, ``person_id`` [-1]; people in ``ids["person"]`` order."""
+    written = []
+    for i, picture in enumerate(pictures):
+        mine = sorted((p for p in people if p.picture == i), key=lambda p: p.ids["person"])
+        entries = []
+        for person in mine:
+            points, labelled = wholebody_labels(person, picture.size)
+            entry: dict[str, Any] = {"person_id": [-1]}
+            for field, names in OPENPOSE_JSON_FIELDS.items():
+                idx = wholebody_indices(names)
+                entry[field] = _flat(points[idx], labelled[idx], person.scores[idx].tolist())
+            for field in OPENPOSE_JSON_FIELDS:
+                entry[field.replace("_2d", "_3d")] = []
+            entries.append(entry)
+        path = root / "keypoints" / f"{picture.path.stem}_keypoints.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"version": OPENPOSE_VERSION, "people": entries}), encoding="utf-8")
+        written.append(path)
+    return written

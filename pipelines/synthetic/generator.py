@@ -1,7 +1,8 @@
 """Generate synthetic people and write every dataset's native layout, with the ground truth beside it.
 
 ``generate(out_root, config)`` writes ``out_root/<dataset>`` for each dataset of the config (coco, mpii, lsp,
-lspet, h36m; layouts in docs/synthetic.md) and returns their paths. Each dataset is planned in this process
+lspet, h36m; whole-body people as coco_wholebody and openpose; layouts in docs/synthetic.md) and returns their
+paths. Each dataset is planned in this process
 (poses, shapes, cameras, framing; the body model posed in batches), painted by ``config.workers`` forked
 processes (`paint.paint_batch`) while the next dataset is planned, then written by its format's writer with
 ``fitloop_truth.npz`` (`truth`) and
@@ -27,13 +28,17 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
+from core.errors import FitloopError
+from core.joints import NUM_JOINTS
 from core.pinhole import pinhole
+from core.wholebody import NUM_WHOLEBODY, WHOLEBODY_PARTS, wholebody_indices
 from fitting.body_model import OPEN_MODELS, BodyModel, load_body_model, read_model_arrays
 from pipelines.adapters.h36m import CAMERA_NAMES, RAW_INDEX, Camera, image_pattern
 from pipelines.synthetic import formats, h36m_files
-from pipelines.synthetic.bodies import move_parameters, pose_bodies, rotate_orient
-from pipelines.synthetic.config import DATASETS, SynthConfig, SynthError
-from pipelines.synthetic.paint import Body, Picture, Silhouette, face_regions, paint_batch, set_mesh
+from pipelines.synthetic.bodies import move_parameters, pose_bodies, pose_wholebody, rotate_orient
+from pipelines.synthetic.config import DATASETS, WHOLEBODY_DATASETS, SynthConfig, SynthError
+from pipelines.synthetic.hands_face import sample_faces, sample_hands
+from pipelines.synthetic.paint import PARTS, Body, Mesh, Picture, Silhouette, mesh_of, paint_batch, set_meshes
 from pipelines.synthetic.poses import PoseSource, pose_source
 from pipelines.synthetic.scene import (
     MODEL_TO_H36M_WORLD,
@@ -48,7 +53,7 @@ from pipelines.synthetic.scene import (
 from pipelines.synthetic.truth import write_truth
 from shards.schema import make_key
 
-GENERATOR_VERSION = 2        # 2: COCO and MPII images carry their focal length in EXIF
+GENERATOR_VERSION = 3        # 2: COCO and MPII images carry their focal length in EXIF; 3: whole-body datasets
 EXIF_DATASETS = ("coco", "mpii")  # their JPEGs carry the true focal length in EXIF (`paint.camera_exif`), as a
                                   # camera writes it; LSP's and LSPET's (resized crops) and Human3.6M's (video
                                   # frames, cameras in their own files) carry none
@@ -58,6 +63,13 @@ PITCH_DEG, ROLL_DEG = 12.0, 5.0
 PEOPLE_PER_IMAGE_WEIGHTS = (0.6, 0.3, 0.07, 0.03)  # of 1, 2, 3, 4 people in a multi-person image
 _MIN_PARALLEL = 6            # fewer pictures than this are painted in this process
 PAINT_BATCH = 8              # pictures per task sent to a render worker
+SCORES = (0.35, 1.0)         # a whole-body person's labelled points get confidences U(SCORES) (OpenPose's c)
+MULTI_PERSON = ("coco", "mpii", "coco_wholebody", "openpose")  # datasets whose images may hold several people
+# Whole-body points whose visibility painting decides (the hands', the face's and the pupils'), and the mesh
+# part (`paint.PARTS`) each must be drawn on.
+PROBED = np.concatenate([wholebody_indices(WHOLEBODY_PARTS[part]) for part in ("left_hand", "right_hand", "face")])
+PROBE_PARTS = np.concatenate([np.full(len(WHOLEBODY_PARTS[part]), PARTS.index(part))
+                              for part in ("left_hand", "right_hand", "face")])
 
 
 def generate(out_root: Path, config: SynthConfig | None = None, *, overwrite: bool = False,
@@ -83,19 +95,23 @@ def generate(out_root: Path, config: SynthConfig | None = None, *, overwrite: bo
                          f"synthetic datasets: move {'it' if len(foreign) == 1 else 'them'} away or choose another "
                          f"--out")
     out_root.mkdir(parents=True, exist_ok=True)
-    mesh = _mesh(config.body_model)
-    pool = _start_pool(mesh, config.workers) if sum(config.people(n) for n in targets) >= _MIN_PARALLEL else None
+    whole = any(name in WHOLEBODY_DATASETS for name in targets)
+    meshes = {"body": _mesh(config.body_model, 24, "body_model")}
+    if whole:
+        meshes["wholebody"] = _mesh(config.wholebody_model, 55, "wholebody_model")
+    pool = _start_pool(meshes, config.workers) if sum(config.people(n) for n in targets) >= _MIN_PARALLEL else None
     try:
         model = load_body_model(config.body_model)
         with torch.no_grad():
             rest = model(torch.zeros(1, model.num_betas), torch.zeros(1, 69), torch.zeros(1, 3))
         poses = pose_source(config, rest.kinematic_joints[0].double().numpy(),
                             np.random.default_rng([config.seed, 99]))
+        wholebody = _wholebody_model(config.wholebody_model) if whole else None
         metadata = {"generator": "fitloop synth", "generator_version": GENERATOR_VERSION, "config": config.to_json(),
                     "poses": poses.describe(), "body_model": {"name": model.name, "model_id": model.model_id}}
         in_flight: deque[_Planned] = deque()  # planned and being painted: the next dataset is planned meanwhile
         for name, target in targets.items():
-            in_flight.append(_plan(name, target, config, model, poses, mesh, pool))
+            in_flight.append(_plan(name, target, config, model, poses, meshes, pool, wholebody))
             if len(in_flight) > 1:
                 _finish(in_flight.popleft(), metadata, progress)
         while in_flight:
@@ -106,23 +122,39 @@ def generate(out_root: Path, config: SynthConfig | None = None, *, overwrite: bo
     return targets
 
 
-def _mesh(body_model: str) -> tuple[np.ndarray, np.ndarray]:
-    """Faces (F, 3) and their body regions (F,) of the body model's mesh, read from its file (no torch)."""
+def _mesh(body_model: str, joints: int, field: str) -> Mesh:
+    """The painter's mesh of a body model (faces, their colour regions and whole-body parts), read from its file
+    (no torch); SynthError unless its skinning has ``joints`` joints (24: SMPL's tree, for the body datasets; 55:
+    SMPL-X's, for the whole-body ones), naming the config ``field``."""
     arrays, _ = read_model_arrays(OPEN_MODELS.get(body_model, Path(body_model)))
     faces, weights = np.asarray(arrays["f"], dtype=np.int64), np.asarray(arrays["weights"])
-    if weights.shape[1] != 24:
-        raise SynthError(f"{body_model}: the generator draws SMPL-topology bodies (24 skinning joints), this "
-                         f"model has {weights.shape[1]}")
-    return faces, face_regions(faces, weights)
+    if weights.shape[1] != joints:
+        raise SynthError(f"{field} {body_model}: the generator draws {'SMPL' if joints == 24 else 'SMPL-X'}-tree "
+                         f"bodies here ({joints} skinning joints), this model has {weights.shape[1]}")
+    try:
+        return mesh_of(faces, weights)
+    except ValueError as err:
+        raise SynthError(f"{body_model}: {err}") from None
 
 
-def _start_pool(mesh: tuple[np.ndarray, np.ndarray], workers: int) -> Executor | None:
+def _wholebody_model(name: str):
+    """The whole-body model of ``name`` (an SMPL-X-layout model: `fitting.wholebody_model`)."""
+    from fitting.wholebody_model import WholeBodyModel
+
+    body = load_body_model(name)
+    try:
+        return WholeBodyModel(body)
+    except FitloopError as err:
+        raise SynthError(f"wholebody_model {name}: {err}") from None
+
+
+def _start_pool(meshes: dict[str, Mesh], workers: int) -> Executor | None:
     """Render workers, forked now: before the body model has run, so no torch thread pool is copied half-way
     (and, unlike spawn, without re-importing the caller's main script, which need not guard itself)."""
     if workers <= 1:
         return None
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=set_mesh,
-                               initargs=mesh)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=set_meshes,
+                               initargs=(meshes,))
     pool.submit(int).result()  # a fork pool starts every worker at its first task
     return pool
 
@@ -139,11 +171,13 @@ class _Planned:
     people: list[Person]
     write: Callable[[Path, list[Picture], list[Person]], Any]
     painting: list[Future | list[Silhouette]]
+    body_model: dict[str, str] | None = None  # the model its people were drawn with, when not the config's body model
 
 
 def _plan(name: str, target: Path, config: SynthConfig, model: BodyModel, poses: PoseSource,
-          mesh: tuple[np.ndarray, np.ndarray], pool: Executor | None) -> _Planned:
-    """Plan one dataset in its hidden work folder and start painting it (in the pool, or here without one)."""
+          meshes: dict[str, Mesh], pool: Executor | None, wholebody=None) -> _Planned:
+    """Plan one dataset in its hidden work folder and start painting it (in the pool, or here without one);
+    ``wholebody`` is the whole-body model (`fitting.wholebody_model.WholeBodyModel`) of whole-body datasets."""
     rng = np.random.default_rng([config.seed, DATASETS.index(name)])
     work = target.with_name(f".{name}.partial")
     if work.exists():
@@ -152,17 +186,22 @@ def _plan(name: str, target: Path, config: SynthConfig, model: BodyModel, poses:
     if name == "h36m":
         pictures, people, write = _plan_h36m(work, config, model, poses, rng)
     else:
-        pictures, people = _plan_single(name, work, config, model, poses, rng)
+        pictures, people = _plan_single(name, work, config, model, poses, rng,
+                                        wholebody if name in WHOLEBODY_DATASETS else None)
         write = {"coco": formats.write_coco, "mpii": formats.write_mpii,
                  "lsp": lambda root, pics, ppl: formats.write_lsp(root, pics, ppl, extended=False),
-                 "lspet": lambda root, pics, ppl: formats.write_lsp(root, pics, ppl, extended=True)}[name]
+                 "lspet": lambda root, pics, ppl: formats.write_lsp(root, pics, ppl, extended=True),
+                 "coco_wholebody": formats.write_coco_wholebody, "openpose": formats.write_openpose}[name]
     batches = [pictures[i:i + PAINT_BATCH] for i in range(0, len(pictures), PAINT_BATCH)]
     if pool is None or len(pictures) < _MIN_PARALLEL:
-        set_mesh(*mesh)
+        set_meshes(meshes)
         painting: list[Future | list[Silhouette]] = [paint_batch(batch) for batch in batches]
     else:
         painting = [pool.submit(paint_batch, batch) for batch in batches]
-    return _Planned(name, target, work, pictures, people, write, painting)
+    drawn_with = None
+    if name in WHOLEBODY_DATASETS:
+        drawn_with = {"name": wholebody.body.name, "model_id": wholebody.body.model_id}
+    return _Planned(name, target, work, pictures, people, write, painting, drawn_with)
 
 
 def _finish(planned: _Planned, metadata: dict[str, Any], progress: Callable[[int], None] | None = None) -> None:
@@ -176,10 +215,15 @@ def _finish(planned: _Planned, metadata: dict[str, Any], progress: Callable[[int
             progress(sum(len(bodies) for bodies in batch))
     for person in planned.people:
         person.silhouette = silhouettes[person.picture][person.ids["body"]]
+        if person.probes is not None:
+            person.shown = np.zeros(NUM_WHOLEBODY, dtype=bool)
+            person.shown[np.flatnonzero(person.probes)] = person.silhouette.visible
     for picture in planned.pictures:
         picture.bodies = []  # painted: the vertices are no longer needed
     planned.write(planned.work, planned.pictures, planned.people)
     info = {**metadata, "dataset": planned.name, "people": len(planned.people), "images": len(planned.pictures)}
+    if planned.body_model is not None:
+        info["body_model"] = planned.body_model
     write_truth(planned.work, planned.people, planned.pictures, info)
     (planned.work / SYNTH_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     if planned.target.exists():
@@ -190,10 +234,12 @@ def _finish(planned: _Planned, metadata: dict[str, Any], progress: Callable[[int
 # --- Single-image datasets (COCO, MPII, LSP, LSPET) -----------------------------------------------------------------
 
 def _plan_single(name: str, root: Path, config: SynthConfig, model: BodyModel, poses: PoseSource,
-                 rng: np.random.Generator) -> tuple[list[Picture], list[Person]]:
-    """Pictures and people of one single-image dataset: who stands in which image, seen how, framed where."""
+                 rng: np.random.Generator, wholebody=None) -> tuple[list[Picture], list[Person]]:
+    """Pictures and people of one single-image dataset: who stands in which image, seen how, framed where.
+    With ``wholebody`` (a `fitting.wholebody_model.WholeBodyModel`) the people are whole-body: its bodies with
+    hands (`hands_face.sample_hands`) and faces (`hands_face.sample_faces`)."""
     total = config.people(name)
-    multi = name in ("coco", "mpii") and config.max_people_per_image > 1
+    multi = name in MULTI_PERSON and config.max_people_per_image > 1
     counts: list[int] = []
     while sum(counts) < total:
         most = min(config.max_people_per_image, total - sum(counts)) if multi else 1
@@ -201,16 +247,24 @@ def _plan_single(name: str, root: Path, config: SynthConfig, model: BodyModel, p
         counts.append(int(rng.choice(np.arange(1, most + 1), p=weights / weights.sum())))
 
     body_poses = poses.sample(total, rng)
-    betas = sample_betas(rng, total, model.num_betas, config.betas_clip)
+    betas = sample_betas(rng, total, (wholebody or model).num_betas, config.betas_clip)
     views = [view_rotation(rng.uniform(0, 2 * np.pi), np.radians(rng.uniform(-PITCH_DEG, PITCH_DEG)),
                            np.radians(rng.uniform(-ROLL_DEG, ROLL_DEG))) for _ in range(total)]
     body_poses[:, :3] = rotate_orient(np.stack(views), body_poses[:, :3])
-    posed = pose_bodies(model, betas, body_poses)
+    if wholebody is None:
+        posed = pose_bodies(model, betas, body_poses)
+        vertices_of, joints_of = posed.vertices, posed.joints
+    else:
+        full_pose, expression = _wholebody_parameters(body_poses, rng, wholebody.num_expression)
+        posed_whole = pose_wholebody(wholebody, betas, full_pose, expression)
+        vertices_of, joints_of = posed_whole.vertices, posed_whole.points[:, :NUM_JOINTS]
+        body_poses = np.concatenate([full_pose[:, :66], np.zeros((total, 6))], axis=1)  # the fits table's SMPL-X pose
 
     pictures, people = [], []
-    low, high = config.image_size
-    # COCO's val2014 and MPII's pose-hg valid.h5 get the last 20% / 10% of the images (at least one of two or more)
-    held_out = max(1, round(len(counts) * (0.2 if name == "coco" else 0.1))) if len(counts) > 1 else 0
+    low, high = config.wholebody_image_size if wholebody is not None else config.image_size
+    # COCO's val2014 (COCO-WholeBody's val2017) and MPII's pose-hg valid.h5 get the last 20% / 10% of the images
+    # (at least one of two or more); the other datasets have no held-out part
+    held_out = max(1, round(len(counts) * (0.1 if name == "mpii" else 0.2))) if len(counts) > 1 else 0
     val_from = len(counts) - held_out
     annotation_id = 0
     for i, k in enumerate(counts):
@@ -222,7 +276,7 @@ def _plan_single(name: str, root: Path, config: SynthConfig, model: BodyModel, p
         size = (width, height)
         focal = focal_for(size, rng.uniform(*config.fov_deg))
         principal = ((width - 1) / 2.0, (height - 1) / 2.0)
-        truncate = k == 1 and name in ("coco", "mpii") and rng.random() < config.truncated_share
+        truncate = k == 1 and name in MULTI_PERSON and rng.random() < config.truncated_share
         path, ids = _single_ids(name, root, i, i >= val_from)
         picture = Picture(path=path, size=size, focal=(focal, focal), principal=principal,
                           background_seed=int(rng.integers(2 ** 31)), jpeg_quality=config.jpeg_quality,
@@ -230,21 +284,65 @@ def _plan_single(name: str, root: Path, config: SynthConfig, model: BodyModel, p
         for r in range(k):
             n = len(people)
             slot = (r * width / k, (r + 1) * width / k)
-            offset = place(posed.vertices[n].astype(np.float64), focal, principal, size, slot,
+            offset = place(vertices_of[n].astype(np.float64), focal, principal, size, slot,
                            rng.uniform(*FILL), truncate, rng)
-            vertices = posed.vertices[n] + offset.astype(np.float32)
+            vertices = vertices_of[n] + offset.astype(np.float32)
             pixels = pinhole(vertices, focal, principal)
-            joints = posed.joints[n] + offset
+            joints = joints_of[n] + offset
             annotation_id += 1
             key, person_ids = _person_ids(name, path, ids, r, annotation_id)
             outfit, regions = sample_outfit(rng)
-            people.append(Person(
+            person = Person(
                 key=key, picture=i, pose=body_poses[n], betas=betas[n], transl=offset, joints=joints,
                 keypoints=pinhole(joints, focal, principal), outfit=outfit,
-                vertex_box=(*pixels.min(axis=0), *pixels.max(axis=0)), ids={**person_ids, "body": r}))
-            picture.bodies.append(Body(vertices=vertices, colours=regions))
+                vertex_box=(*pixels.min(axis=0), *pixels.max(axis=0)), ids={**person_ids, "body": r})
+            body = Body(vertices=vertices, colours=regions)
+            if wholebody is not None:
+                _dress_wholebody(person, body, posed_whole, n, full_pose[n], expression[n], offset, focal,
+                                 principal, rng)
+            people.append(person)
+            picture.bodies.append(body)
         pictures.append(picture)
     return pictures, people
+
+
+def _wholebody_parameters(body_poses: np.ndarray, rng: np.random.Generator,
+                          num_expression: int) -> tuple[np.ndarray, np.ndarray]:
+    """SMPL-X full poses (N, 165) and expressions (N, NE) of whole-body people whose global orientation and 21
+    body joints are ``body_poses`` (N, 72)[:, :66] (SMPL's and SMPL-X's first 22 joints are the same), with
+    hands, jaw and expression drawn (`hands_face`) and the eyes straight."""
+    from fitting.wholebody_model import POSE_SLICES
+
+    count = len(body_poses)
+    left, right = sample_hands(rng, count)
+    jaw, expression = sample_faces(rng, count, num_expression)
+    full_pose = np.zeros((count, 165))
+    full_pose[:, :66] = body_poses[:, :66]
+    full_pose[:, POSE_SLICES["left_hand_pose"]] = left
+    full_pose[:, POSE_SLICES["right_hand_pose"]] = right
+    full_pose[:, POSE_SLICES["jaw_pose"]] = jaw
+    return full_pose, expression
+
+
+def _dress_wholebody(person: Person, body: Body, posed, n: int, full_pose: np.ndarray, expression: np.ndarray,
+                     offset: np.ndarray, focal: float, principal: tuple[float, float],
+                     rng: np.random.Generator) -> None:
+    """Give a whole-body person (``posed`` row ``n``, moved by ``offset``) its whole-body truth, its probes (the
+    provided hand, face and pupil points, to be tested for visibility by painting) and the scores of its
+    points; the body is drawn with the whole-body mesh."""
+    points = np.where(posed.provided[:, None], posed.points[n] + offset, 0.0)
+    projected = np.where(posed.provided[:, None], pinhole(np.where(posed.provided[:, None], points, 1.0), focal,
+                                                          principal), 0.0)
+    probed = np.zeros(NUM_WHOLEBODY, dtype=bool)
+    probed[PROBED] = True
+    probed &= posed.provided
+    person.full_pose, person.expression = full_pose, expression
+    person.wholebody, person.wholebody_keypoints, person.provided = points, projected, posed.provided.copy()
+    person.probes = probed
+    person.scores = np.round(rng.uniform(*SCORES, NUM_WHOLEBODY), 3)
+    body.mesh = "wholebody"
+    body.probes = np.column_stack([projected[probed], points[probed, 2]])
+    body.probe_parts = PROBE_PARTS[probed[PROBED]]
 
 
 def _single_ids(name: str, root: Path, index: int, held_out: bool) -> tuple[Path, dict[str, Any]]:
@@ -254,15 +352,22 @@ def _single_ids(name: str, root: Path, index: int, held_out: bool) -> tuple[Path
         return root / subset / f"COCO_{subset}_{index + 1:012d}.jpg", {"subset": subset, "image_id": index + 1}
     if name == "mpii":
         return root / "images" / f"{index + 1:09d}.jpg", {"image_index": index, "split": "val" if held_out else "train"}
+    if name == "coco_wholebody":  # COCO 2017's image names, in its train2017 / val2017 folders
+        subset = "val2017" if held_out else "train2017"
+        return root / subset / f"{index + 1:012d}.jpg", {"subset": subset, "image_id": index + 1}
+    if name == "openpose":  # the flat layout OpenPose's users have: images/, keypoints/
+        return root / "images" / f"{index + 1:06d}.jpg", {"image_index": index}
     digits = 4 if name == "lsp" else 5
     return root / "images" / f"im{index + 1:0{digits}d}.jpg", {"image_index": index}
 
 
 def _person_ids(name: str, path: Path, ids: dict[str, Any], rect: int, annotation_id: int) -> tuple[str, dict]:
     """The sample key the dataset's adapter gives this person, and its format ids."""
-    if name == "coco":
-        return (make_key("coco", f"{ids['image_id']:012d}", f"a{annotation_id}"),
+    if name in ("coco", "coco_wholebody"):
+        return (make_key(name, f"{ids['image_id']:012d}", f"a{annotation_id}"),
                 {**ids, "annotation_id": annotation_id})
+    if name == "openpose":
+        return make_key("openpose", path.stem, f"p{rect}"), {**ids, "person": rect}
     if name == "mpii":
         return make_key("mpii", path.stem, f"p{rect}"), {**ids, "person": rect}
     return make_key(name, path.stem), dict(ids)

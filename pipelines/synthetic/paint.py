@@ -1,8 +1,14 @@
 """Pictures of synthetic people: a procedural background, the bodies dressed and rasterised, a JPEG on disk.
 
 This module runs in the render worker processes, so it imports neither torch nor the body model: a `Picture`
-carries the camera-frame vertices and each body's colours; the mesh's faces and their body regions are set once
-per process (`set_mesh`). Nothing but the background and the bodies is drawn: no keypoints, no boxes.
+carries the camera-frame vertices and each body's colours; the meshes' faces, their colour regions and their
+whole-body parts are set once per process (`set_meshes`: the body model's mesh and, for whole-body people, the
+SMPL-X-layout one). Nothing but the background and the bodies is drawn: no keypoints, no boxes.
+
+Whole-body people also carry probes: their hand and face keypoints (px and depth). Painting tells which of them
+the picture shows (`Silhouette.visible`: the point's own part of its own body is drawn within
+`PROBE_RADIUS_PX` of it, at a depth within `PROBE_DEPTH_M` of the point's, so a hand behind the torso or a face
+turned away is not shown) and the box of each part's drawn pixels (`Silhouette.part_boxes`).
 
 Bodies are drawn by `render.raster.rasterize`, fitloop's one renderer (flat shading, a colour per face), into
 one z-buffer, so people who overlap hide each other correctly. A face's colour is its region's in the person's
@@ -21,9 +27,11 @@ from PIL import Image, ImageDraw
 
 from core.intrinsics import EXIF_IFD, EXIF_TAGS
 from core.joints import SMPL_JOINT_NAMES
+from core.wholebody import FINGERS, SMPLX_JOINT_NAMES, WHOLEBODY_PARTS
 from render.raster import rasterize
 
-# Body regions of the mesh, by the SMPL joint that moves a face most (its dominant skinning weight).
+# Body regions of the mesh (the outfit's colours), by the joint that moves a face most (its dominant skinning
+# weight): SMPL's 24 joints, and SMPL-X's 55 (jaw and eyes are head, every finger joint is hands).
 REGIONS: tuple[str, ...] = ("head", "hands", "forearms", "upper_arms", "torso", "hips", "shins", "feet")
 REGION_OF_JOINT: dict[str, str] = {
     "head": "head", "neck": "head", "left_wrist": "hands", "right_wrist": "hands", "left_hand": "hands",
@@ -32,18 +40,53 @@ REGION_OF_JOINT: dict[str, str] = {
     "left_collar": "torso", "right_collar": "torso", "pelvis": "hips", "left_hip": "hips", "right_hip": "hips",
     "left_knee": "shins", "right_knee": "shins", "left_ankle": "feet", "right_ankle": "feet",
     "left_foot": "feet", "right_foot": "feet",
+    "jaw": "head", "left_eye_smplhf": "head", "right_eye_smplhf": "head",
+    **{f"{side}_{finger}{k}": "hands" for side in ("left", "right") for finger in FINGERS for k in (1, 2, 3)},
 }
-_FACES: np.ndarray | None = None         # (F, 3), set per process by `set_mesh`
-_FACE_REGIONS: np.ndarray | None = None  # (F,) index into REGIONS
+# Whole-body parts of the mesh (`core.wholebody.WHOLEBODY_PARTS`' names), by the same dominant joint: "face" is
+# the whole head (jaw, eyes and the back of the head: skinning does not tell a face from a scalp), each hand is
+# its wrist's and fingers' faces, everything else is "body".
+PARTS: tuple[str, ...] = tuple(WHOLEBODY_PARTS)  # body, left_hand, right_hand, face
+
+
+def part_of_joint(name: str) -> str:
+    """The whole-body part (`PARTS`) of the mesh faces a joint (SMPL or SMPL-X name) moves most."""
+    if name in ("head", "jaw", "left_eye_smplhf", "right_eye_smplhf"):
+        return "face"
+    for side in ("left", "right"):
+        if name in (f"{side}_wrist", f"{side}_hand") or (name.startswith(f"{side}_") and name[:-1].endswith(FINGERS)):
+            return f"{side}_hand"
+    return "body"
+
+
+PROBE_RADIUS_PX = 1    # a probe is shown when its part is drawn in the (2r+1)² pixels around it ...
+PROBE_DEPTH_M = 0.04   # ... at a depth within this of the probe's (a finger joint lies ~1 cm under the skin,
+                       # the wrist's centre ~3 cm; the face is ~15 cm in front of the back of the head)
+_MESHES: dict[str, Mesh] = {}  # set per process by `set_meshes`
+
+
+@dataclass(frozen=True)
+class Mesh:
+    """A body model's mesh as the painter needs it: faces (F, 3), each face's colour region (F,) (index into
+    `REGIONS`) and whole-body part (F,) (index into `PARTS`)."""
+
+    faces: np.ndarray
+    regions: np.ndarray
+    parts: np.ndarray
 
 
 @dataclass
 class Body:
     """One person to draw: vertices (V, 3) float32, metres, camera frame; colours (len(REGIONS), 3) RGB, the
-    outfit's colour of each region (every channel of the brightest >= 60, so no drawn pixel is black)."""
+    outfit's colour of each region (every channel of the brightest >= 60, so no drawn pixel is black); ``mesh``,
+    the name `set_meshes` gave its mesh; ``probes`` (K, 3): points to test (u, v px and depth m, camera frame)
+    and ``probe_parts`` (K,) the part (index into `PARTS`) each must be drawn on, or None."""
 
     vertices: np.ndarray
     colours: np.ndarray
+    mesh: str = "body"
+    probes: np.ndarray | None = None
+    probe_parts: np.ndarray | None = None
 
 
 @dataclass
@@ -86,26 +129,42 @@ def camera_exif(picture: Picture) -> Image.Exif:
 @dataclass(frozen=True)
 class Silhouette:
     """What the picture shows of one body: inclusive pixel box (x0, y0, x1, y1) (None if nothing shows), its
-    pixel count, and COCO's uncompressed RLE counts (column-major runs, starting with background)."""
+    pixel count, and COCO's uncompressed RLE counts (column-major runs, starting with background); for a body
+    with probes, ``visible`` (K,) bool, which probes the picture shows (module docstring), and ``part_boxes``,
+    the inclusive pixel box of each whole-body part that shows (`PARTS` names; parts not drawn are absent)."""
 
     box: tuple[int, int, int, int] | None
     area: int
     rle: list[int]
+    visible: np.ndarray | None = None
+    part_boxes: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
+
+
+def mesh_of(faces: np.ndarray, skinning_weights: np.ndarray) -> Mesh:
+    """The painter's `Mesh` of a body model: each face's colour region and whole-body part are those of the joint
+    with the largest summed skinning weight over the face's three vertices. faces (F, 3); skinning_weights
+    (V, 24) in `core.joints.SMPL_JOINT_NAMES` order or (V, 55) in `core.wholebody.SMPLX_JOINT_NAMES` order."""
+    weights = np.asarray(skinning_weights, dtype=np.float64)
+    names = {len(SMPL_JOINT_NAMES): SMPL_JOINT_NAMES, len(SMPLX_JOINT_NAMES): SMPLX_JOINT_NAMES}.get(weights.shape[1])
+    if names is None:
+        raise ValueError(f"skinning weights for {weights.shape[1]} joints: the painter knows SMPL's "
+                         f"{len(SMPL_JOINT_NAMES)} and SMPL-X's {len(SMPLX_JOINT_NAMES)}")
+    faces = np.asarray(faces, dtype=np.int64)
+    dominant = weights[faces].sum(axis=1).argmax(axis=1)
+    joint_region = np.array([REGIONS.index(REGION_OF_JOINT[name]) for name in names])
+    joint_part = np.array([PARTS.index(part_of_joint(name)) for name in names])
+    return Mesh(faces=faces, regions=joint_region[dominant], parts=joint_part[dominant])
 
 
 def face_regions(faces: np.ndarray, skinning_weights: np.ndarray) -> np.ndarray:
-    """(F,) region index of each face: the region of the SMPL joint with the largest summed skinning weight over
-    the face's three vertices. faces (F, 3); skinning_weights (V, 24) in `SMPL_JOINT_NAMES` order."""
-    dominant = np.asarray(skinning_weights, dtype=np.float64)[faces].sum(axis=1).argmax(axis=1)
-    joint_region = np.array([REGIONS.index(REGION_OF_JOINT[name]) for name in SMPL_JOINT_NAMES])
-    return joint_region[dominant]
+    """(F,) region index (into `REGIONS`) of each face (`mesh_of`)."""
+    return mesh_of(faces, skinning_weights).regions
 
 
-def set_mesh(faces: np.ndarray, regions: np.ndarray) -> None:
-    """The mesh's faces (F, 3) and their regions (F,), once per process (the worker pool's initializer)."""
-    global _FACES, _FACE_REGIONS
-    _FACES = np.asarray(faces, dtype=np.int64)
-    _FACE_REGIONS = np.asarray(regions, dtype=np.int64)
+def set_meshes(meshes: dict[str, Mesh]) -> None:
+    """The meshes bodies name (`Body.mesh`), once per process (the worker pool's initializer)."""
+    _MESHES.clear()
+    _MESHES.update(meshes)
 
 
 def background(size: tuple[int, int], seed: int) -> np.ndarray:
@@ -134,28 +193,64 @@ def background(size: tuple[int, int], seed: int) -> np.ndarray:
     return np.clip(np.asarray(canvas, dtype=np.int16) + grain, 0, 255).astype(np.uint8)
 
 
-def paint(picture: Picture) -> list[Silhouette]:
-    """Draw ``picture`` (its bodies over the background, nearest wins), save it as JPEG, and return each body's
-    `Silhouette` in the order of ``picture.bodies``."""
-    if _FACES is None or _FACE_REGIONS is None:
-        raise RuntimeError("paint: call set_mesh first (the worker initializer)")
+def draw(picture: Picture) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rasterise ``picture``'s bodies over its background (nearest wins): the image (H, W, 3) uint8, and per pixel
+    the body drawn there (H, W) (index into ``picture.bodies``, -1 for background), its whole-body part (H, W)
+    (index into `PARTS`, -1) and the drawn face's depth (H, W) m (mean of its vertices' z; inf for background)."""
     width, height = picture.size
     canvas = background(picture.size, picture.background_seed)
-    silhouettes = []
-    if picture.bodies:
-        count, num_vertices = len(picture.bodies), len(picture.bodies[0].vertices)
-        vertices = np.concatenate([b.vertices for b in picture.bodies])
-        faces = np.concatenate([_FACES + i * num_vertices for i in range(count)])
-        colours = np.concatenate([b.colours[_FACE_REGIONS] for b in picture.bodies])
-        pixels, face_index = rasterize(vertices, faces, colours, picture.focal, picture.principal, picture.size)
-        drawn = face_index >= 0
-        canvas[drawn] = pixels[drawn]
-        body_index = np.where(drawn, face_index // len(_FACES), -1)
-        silhouettes = [_silhouette(body_index == i) for i in range(count)]
+    owner = np.full((height, width), -1, dtype=np.int64)
+    part = np.full((height, width), -1, dtype=np.int64)
+    depth = np.full((height, width), np.inf)
+    if not picture.bodies:
+        return canvas, owner, part, depth
+    missing = sorted({b.mesh for b in picture.bodies} - set(_MESHES))
+    if missing:
+        raise RuntimeError(f"paint: no mesh {missing}; call set_meshes first (the worker initializer)")
+    meshes = [_MESHES[b.mesh] for b in picture.bodies]
+    starts = np.cumsum([0] + [len(b.vertices) for b in picture.bodies])
+    vertices = np.concatenate([b.vertices for b in picture.bodies])
+    faces = np.concatenate([m.faces + start for m, start in zip(meshes, starts)])
+    colours = np.concatenate([b.colours[m.regions] for b, m in zip(picture.bodies, meshes)])
+    face_body = np.concatenate([np.full(len(m.faces), i) for i, m in enumerate(meshes)])
+    face_part = np.concatenate([m.parts for m in meshes])
+    pixels, face_index = rasterize(vertices, faces, colours, picture.focal, picture.principal, picture.size)
+    drawn = face_index >= 0
+    canvas[drawn] = pixels[drawn]
+    seen = face_index[drawn]
+    owner[drawn], part[drawn] = face_body[seen], face_part[seen]
+    depth[drawn] = np.asarray(vertices, dtype=np.float64)[faces[seen], 2].mean(axis=1)
+    return canvas, owner, part, depth
+
+
+def paint(picture: Picture) -> list[Silhouette]:
+    """Draw ``picture`` (`draw`), save it as JPEG, and return each body's `Silhouette` in the order of
+    ``picture.bodies``."""
+    canvas, owner, part, depth = draw(picture)
+    silhouettes = [_silhouette(owner == i, body, i, owner, part, depth) for i, body in enumerate(picture.bodies)]
     picture.path.parent.mkdir(parents=True, exist_ok=True)
     extra = {"exif": camera_exif(picture)} if picture.exif else {}
     Image.fromarray(canvas).save(picture.path, quality=picture.jpeg_quality, **extra)
     return silhouettes
+
+
+def probes_shown(probes: np.ndarray, probe_parts: np.ndarray, body: int, owner: np.ndarray, part: np.ndarray,
+                 depth: np.ndarray) -> np.ndarray:
+    """(K,) bool: probe k (u, v px, depth m) shows in a picture whose pixels are ``owner``/``part``/``depth``
+    (`draw`): within `PROBE_RADIUS_PX` of its pixel, body ``body``'s part ``probe_parts[k]`` is drawn at a depth
+    within `PROBE_DEPTH_M` of the probe's."""
+    height, width = owner.shape
+    centre = np.round(np.asarray(probes, dtype=np.float64)[:, :2])
+    shown = np.zeros(len(probes), dtype=bool)
+    finite = np.isfinite(centre).all(axis=1)
+    for dy in range(-PROBE_RADIUS_PX, PROBE_RADIUS_PX + 1):
+        for dx in range(-PROBE_RADIUS_PX, PROBE_RADIUS_PX + 1):
+            x, y = centre[:, 0] + dx, centre[:, 1] + dy
+            inside = finite & (x >= 0) & (x < width) & (y >= 0) & (y < height)
+            xi, yi = np.where(inside, x, 0).astype(np.int64), np.where(inside, y, 0).astype(np.int64)
+            shown |= (inside & (owner[yi, xi] == body) & (part[yi, xi] == probe_parts)
+                      & (np.abs(depth[yi, xi] - probes[:, 2]) <= PROBE_DEPTH_M))
+    return shown
 
 
 def paint_batch(pictures: list[Picture]) -> list[list[Silhouette]]:
@@ -163,10 +258,24 @@ def paint_batch(pictures: list[Picture]) -> list[list[Silhouette]]:
     return [paint(picture) for picture in pictures]
 
 
-def _silhouette(mask: np.ndarray) -> Silhouette:
+def _silhouette(mask: np.ndarray, body: Body | None = None, index: int = 0, owner: np.ndarray | None = None,
+                part: np.ndarray | None = None, depth: np.ndarray | None = None) -> Silhouette:
+    box = _box(mask)
+    if body is None or body.probes is None:
+        return Silhouette(box, int(mask.sum()), rle_counts(mask))
+    visible = probes_shown(body.probes, body.probe_parts, index, owner, part, depth)
+    part_boxes = {}
+    for k, name in enumerate(PARTS):
+        part_box = _box(mask & (part == k))
+        if part_box is not None:
+            part_boxes[name] = part_box
+    return Silhouette(box, int(mask.sum()), rle_counts(mask), visible=visible, part_boxes=part_boxes)
+
+
+def _box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Inclusive pixel box (x0, y0, x1, y1) of a mask (H, W), None when empty."""
     ys, xs = np.nonzero(mask)
-    box = None if len(xs) == 0 else (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
-    return Silhouette(box, int(mask.sum()), rle_counts(mask))
+    return None if len(xs) == 0 else (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
 
 
 def rle_counts(mask: np.ndarray) -> list[int]:

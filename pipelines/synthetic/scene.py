@@ -37,6 +37,15 @@ class Person:
     vertex_box: (u0, v0, u1, v1) px, the extent of its projected mesh (the silhouette's box, unclipped); ids: the
     format's own ids (image and annotation ids, image and person index); silhouette: what the image shows of
     it, once painted.
+
+    Whole-body people (`config.WHOLEBODY_DATASETS`) also have: full_pose (165,) SMPL-X's full pose (camera-frame
+    global orientation; ``pose`` is then its global orientation and 21 body joints, SMPL's two hand joints zero,
+    as the fits table stores SMPL-X bodies), expression (NE,), wholebody (161, 3) m and wholebody_keypoints
+    (161, 2) px, the whole-body points of `core.wholebody` (zero where not provided), provided (161,) bool, the
+    points the model gives, probes (161,) bool, the points whose visibility painting decides (hands, face,
+    pupils: `paint.Body.probes`), scores (161,) in (0, 1], the confidence written for each labelled point
+    (OpenPose's c, COCO-WholeBody's hand scores), and shown (161,) bool once painted: which probes the image
+    shows.
     """
 
     key: str
@@ -52,6 +61,14 @@ class Person:
     h36m_joints: np.ndarray | None = None
     h36m_keypoints: np.ndarray | None = None
     silhouette: Silhouette | None = field(default=None, repr=False)
+    full_pose: np.ndarray | None = None
+    expression: np.ndarray | None = None
+    wholebody: np.ndarray | None = None
+    wholebody_keypoints: np.ndarray | None = None
+    provided: np.ndarray | None = None
+    probes: np.ndarray | None = None
+    scores: np.ndarray | None = None
+    shown: np.ndarray | None = None
 
 
 def sample_betas(rng: np.random.Generator, count: int, num_betas: int, clip: float) -> np.ndarray:

@@ -18,6 +18,11 @@ Arrays (N rows; float64 unless said; loaded with ``allow_pickle=False``):
 | ``outfit`` | (N, 4, 3) uint8 | the body's colours: skin, top, bottom, shoes (`scene.OUTFIT`) |
 | ``background_seed`` | (N,) int | `paint.background`'s seed for the person's image |
 | ``h36m_joints`` / ``h36m_keypoints`` | (N, 17, 3) / (N, 17, 2) | Human3.6M only: its 17 joints, m and px |
+| ``full_pose`` | (N, 165) | whole-body sets only: SMPL-X's full pose (`fitting.wholebody_model.POSE_SLICES`: global orientation in the camera frame, 21 body joints, jaw, eyes, left and right hand, MANO order, flat-hand relative); ``pose`` is then its first 66 values and 6 zeros |
+| ``expression`` | (N, NE) | whole-body: SMPL-X expression coefficients |
+| ``wholebody_3d`` / ``wholebody_2d`` | (N, 161, 3) / (N, 161, 2) | whole-body: every point of `core.wholebody`'s layout, m (camera frame) and px; zero where not provided |
+| ``wholebody_provided`` | (N, 161) bool | whole-body: the points the model gives (not the face contour; pupils when the model names pupil vertices) |
+| ``wholebody_labelled`` | (N, 161) bool | whole-body: the points the dataset's files label (those its layout carries, in the image; hands, face and pupils only where the picture shows them) |
 | ``metadata`` | () str | JSON: the resolved config, the pose source, the body model |
 """
 from __future__ import annotations
@@ -72,6 +77,17 @@ def write_truth(root: Path, people: list[Person], pictures: list[Picture], metad
         "outfit": np.array([p.outfit for p in people], dtype=np.uint8).reshape(-1, 4, 3),
         "background_seed": np.array([pictures[p.picture].background_seed for p in people], dtype=np.int64),
     }
+    if people and people[0].wholebody is not None:
+        from pipelines.synthetic.formats import wholebody_labels
+
+        arrays["full_pose"] = np.array([p.full_pose for p in people], dtype=np.float64)
+        arrays["expression"] = np.array([p.expression for p in people], dtype=np.float64)
+        arrays["wholebody_3d"] = np.array([p.wholebody for p in people], dtype=np.float64)
+        arrays["wholebody_2d"] = np.array([p.wholebody_keypoints for p in people], dtype=np.float64)
+        arrays["wholebody_provided"] = np.array([p.provided for p in people], dtype=bool)
+        dataset = metadata.get("dataset")
+        arrays["wholebody_labelled"] = np.array(
+            [wholebody_labels(p, pictures[p.picture].size, dataset)[1] for p in people], dtype=bool)
     if people and people[0].h36m_joints is not None:
         arrays["h36m_joints"] = np.array([p.h36m_joints for p in people], dtype=np.float64)
         arrays["h36m_keypoints"] = np.array([p.h36m_keypoints for p in people], dtype=np.float64)
