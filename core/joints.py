@@ -112,14 +112,29 @@ BODY_PARTS: dict[str, tuple[str, ...]] = {
 SMPLIFY_IGNORED: tuple[str, ...] = ("OP Neck", "OP RHip", "OP LHip", "Right Hip", "Left Hip")
 
 
-def indices(names: Sequence[str]) -> np.ndarray:
-    """Canonical (49-layout) indices of ``names``, as int64. Raises KeyError naming an unknown joint."""
+def name_indices(names: Sequence[str], index: dict[str, int], where: str) -> np.ndarray:
+    """Indices of ``names`` in a layout (``index``: name -> position), as int64; KeyError naming an unknown name
+    and ``where`` the layout's names are."""
     out = []
     for name in names:
-        if name not in JOINT_INDEX:
-            raise KeyError(f"unknown joint name {name!r}; canonical names are in core.joints.JOINT_NAMES")
-        out.append(JOINT_INDEX[name])
+        if name not in index:
+            raise KeyError(f"unknown joint name {name!r}; the names are in {where}")
+        out.append(index[name])
     return np.asarray(out, dtype=np.int64)
+
+
+def scatter_points(keypoints: np.ndarray, idx: np.ndarray, size: int, what: str) -> np.ndarray:
+    """(..., K, C) points into a (..., size, C) layout at positions ``idx`` (K,); the others are 0 (absent)."""
+    if keypoints.shape[-2] != len(idx):
+        raise ValueError(f"{what} keypoints have {keypoints.shape[-2]} points, the {what} layout has {len(idx)}")
+    out = np.zeros(keypoints.shape[:-2] + (size, keypoints.shape[-1]), dtype=keypoints.dtype)
+    out[..., idx, :] = keypoints
+    return out
+
+
+def indices(names: Sequence[str]) -> np.ndarray:
+    """Canonical (49-layout) indices of ``names``, as int64. Raises KeyError naming an unknown joint."""
+    return name_indices(names, JOINT_INDEX, "core.joints.JOINT_NAMES")
 
 
 def dataset_to_canonical(dataset: str) -> np.ndarray:
@@ -135,13 +150,7 @@ def to_canonical(keypoints: np.ndarray, dataset: str) -> np.ndarray:
     The last channel is the confidence when C = 3 (x, y, conf) or 4 (x, y, z, conf); absent joints get
     coordinates and confidence 0, which every consumer reads as "not annotated".
     """
-    idx = dataset_to_canonical(dataset)
-    if keypoints.shape[-2] != len(idx):
-        raise ValueError(
-            f"{dataset} keypoints have {keypoints.shape[-2]} joints, the {dataset} layout has {len(idx)}")
-    out = np.zeros(keypoints.shape[:-2] + (NUM_JOINTS, keypoints.shape[-1]), dtype=keypoints.dtype)
-    out[..., idx, :] = keypoints
-    return out
+    return scatter_points(keypoints, dataset_to_canonical(dataset), NUM_JOINTS, dataset)
 
 
 _MIRROR = [

@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from core.joints import COCO_JOINTS, JOINT_NAMES, OPENPOSE_NAMES, flip_permutation
+from core.joints import COCO_JOINTS, JOINT_NAMES, OPENPOSE_NAMES, flip_permutation, name_indices, scatter_points
 
 # --- SMPL-X's kinematic tree (smplx.joint_names.JOINT_NAMES[:55], parents from the model's kintree_table) ------
 SMPLX_JOINT_NAMES: tuple[str, ...] = (
@@ -128,12 +128,7 @@ FINGERTIP_VERTEX_KEYS: dict[str, str] = {
 
 def wholebody_indices(names: Sequence[str]) -> np.ndarray:
     """Whole-body (161-layout) indices of ``names``, as int64. Raises KeyError naming an unknown point."""
-    out = []
-    for name in names:
-        if name not in WHOLEBODY_INDEX:
-            raise KeyError(f"unknown whole-body point {name!r}; the names are in core.wholebody.WHOLEBODY_NAMES")
-        out.append(WHOLEBODY_INDEX[name])
-    return np.asarray(out, dtype=np.int64)
+    return name_indices(names, WHOLEBODY_INDEX, "core.wholebody.WHOLEBODY_NAMES")
 
 
 def layout_to_wholebody(layout: str) -> np.ndarray:
@@ -149,12 +144,7 @@ def to_wholebody(keypoints: np.ndarray, layout: str) -> np.ndarray:
     As `core.joints.to_canonical`: the last channel is the confidence, and an absent point has coordinates and
     confidence 0.
     """
-    idx = layout_to_wholebody(layout)
-    if keypoints.shape[-2] != len(idx):
-        raise ValueError(f"{layout} keypoints have {keypoints.shape[-2]} points, the layout has {len(idx)}")
-    out = np.zeros(keypoints.shape[:-2] + (NUM_WHOLEBODY, keypoints.shape[-1]), dtype=keypoints.dtype)
-    out[..., idx, :] = keypoints
-    return out
+    return scatter_points(keypoints, layout_to_wholebody(layout), NUM_WHOLEBODY, layout)
 
 
 WHOLEBODY_FLIP_PERM: np.ndarray = flip_permutation(WHOLEBODY_NAMES)
