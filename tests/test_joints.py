@@ -44,7 +44,7 @@ def test_to_canonical_scatters_and_checks_shape():
     assert canon.shape == (49, 3)
     np.testing.assert_array_equal(canon[J.JOINT_INDEX["Left Shoulder"]], coco[5])
     assert (canon[J.JOINT_INDEX["OP Nose"]] == 0).all()  # not annotated by COCO: zero confidence
-    with pytest.raises(ValueError, match="16 joints"):
+    with pytest.raises(ValueError, match="16 points, the coco layout has 17"):
         J.to_canonical(np.zeros((16, 3)), "coco")
     with pytest.raises(KeyError, match="unknown joint"):
         J.indices(["Left Antenna"])
