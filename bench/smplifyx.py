@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from bench.smplifyx_cases import MISSING, NOISE_PX, People, compare, synthetic_people, timed_fit
+from bench.smplifyx_cases import MISSING, NOISE_PX, People, compare, synthetic_people
 from fitting.collision import mesh_interpenetration, mesh_parts
 from fitting.smplifyx import SMPLifyX, SMPLifyXConfig
 from fitting.wholebody_model import WholeBodyModel
@@ -48,14 +48,11 @@ def run(model: WholeBodyModel, *, people: int = 64, reference_people: int = 4, b
     fast = SMPLifyX(model)
     reference = SMPLifyX(model, config=SMPLifyXConfig(mode="reference"))
     start = time.perf_counter()
+    figures, fit, ref = compare(model, cases, reference_people, batch, fast=fast, reference=reference)
     record: dict[str, Any] = {
         "model": model.body.model_id, "people": people, "reference_people": reference_people, "batch": batch,
-        "threads": threads, "seed": seed, "noise_px": NOISE_PX, "missing": MISSING,
-        **compare(model, cases, reference_people, batch, fast=fast, reference=reference)}
-    fit, _ = timed_fit(fast, cases, batch)
+        "threads": threads, "seed": seed, "noise_px": NOISE_PX, "missing": MISSING, **figures}
     k = reference_people
-    sub = People(*(getattr(cases, f)[:k] for f in People.__dataclass_fields__))
-    ref, _ = timed_fit(reference, sub, 1)
     record["interpenetration"] = {
         "truth": interpenetration(model, cases.full_pose, cases.betas, cases.expression),
         "fast": interpenetration(model, fit.full_pose, fit.betas, fit.expression),

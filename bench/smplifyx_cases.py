@@ -169,9 +169,11 @@ def summary(errors: dict[str, Tensor], objective: Tensor, seconds: float, count:
 
 
 def compare(model: WholeBodyModel, people: People, reference_people: int, batch: int = 64,
-            fast: SMPLifyX | None = None, reference: SMPLifyX | None = None) -> dict[str, dict[str, float]]:
+            fast: SMPLifyX | None = None, reference: SMPLifyX | None = None
+            ) -> tuple[dict[str, dict[str, float]], SMPLifyXResult, SMPLifyXResult]:
     """Fast (at `batch`) on all people and the reference on the first `reference_people`, with the fast
-    mode's figures on those same people too: {"fast": ..., "fast_on_reference_people": ..., "reference": ...}."""
+    mode's figures on those same people too: ({"fast": ..., "fast_on_reference_people": ..., "reference": ...,
+    "speedup": ...}, the fast fits, the reference fits)."""
     from fitting.smplifyx import SMPLifyXConfig
     fast = fast or SMPLifyX(model)
     reference = reference or SMPLifyX(model, config=SMPLifyXConfig(mode="reference"))
@@ -186,38 +188,5 @@ def compare(model: WholeBodyModel, people: People, reference_people: int, batch:
     ref, ref_seconds = timed_fit(reference, sub, 1)
     out["reference"] = summary(fit_errors(ref, sub), ref.objective, ref_seconds, k)
     out["speedup"] = {"fits_per_s": out["fast"]["fits_per_s"] / out["reference"]["fits_per_s"]}
-    return out
+    return out, fit, ref
 
-
-def main(argv: list[str] | None = None) -> dict:
-    """``python -m bench.smplifyx_cases --model SMPLX.npz``: the fast mode on --people synthetic people at
-    --batch, the reference on the first --reference-people, one JSON record (stdout, and --out)."""
-    import argparse
-    import json
-
-    from fitting.body_model import load_body_model
-
-    parser = argparse.ArgumentParser(prog="python -m bench.smplifyx_cases", description=main.__doc__)
-    parser.add_argument("--model", required=True, help="an SMPL-X-layout model file (.npz/.pkl)")
-    parser.add_argument("--people", type=int, default=64)
-    parser.add_argument("--reference-people", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    model = WholeBodyModel(load_body_model(args.model))
-    people = synthetic_people(model, args.people, seed=args.seed)
-    record = {"model": model.body.model_id, "people": args.people, "batch": args.batch, "threads": args.threads,
-              "noise_px": NOISE_PX, "missing": MISSING, **compare(model, people, args.reference_people, args.batch)}
-    text = json.dumps(record, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text + "\n")
-    return record
-
-
-if __name__ == "__main__":
-    main()

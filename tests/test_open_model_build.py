@@ -16,6 +16,8 @@ import pytest
 pytest.importorskip("anny")
 pytest.importorskip("trimesh")
 
+from rebuild_checks import assert_rebuilt_like, load_npz  # noqa: E402
+
 from assets.open_model import DEFAULT_CACHE_DIR, FILE_NAMES, build_and_save  # noqa: E402
 from fitting.body_model import DATA_DIR  # noqa: E402
 
@@ -24,38 +26,18 @@ CLOSE = ("v_template", "shapedirs", "weights", "mean_pose")
 REGRESSORS = ("J_regressor", "keypoint_regressor", "h36m_regressor")
 
 
-def _load(path):
-    with np.load(path, allow_pickle=False) as npz:
-        return {key: npz[key] for key in npz.files}
-
-
 @pytest.mark.slow
 def test_rebuild_matches_committed_files(tmp_path):
-    committed = {variant: _load(DATA_DIR / name) for variant, name in FILE_NAMES.items()}
+    committed = {variant: load_npz(DATA_DIR / name) for variant, name in FILE_NAMES.items()}
     build = json.loads(str(committed["full"]["metadata"]))["build"]
     written = build_and_save(tmp_path, samples=build["samples"], seed=build["seed"], cache_dir=DEFAULT_CACHE_DIR,
                              progress=False)
     assert set(written) == set(FILE_NAMES)
     for variant, path in written.items():
-        new, old = _load(path), committed[variant]
-        assert set(new) == set(old), variant
-        for key in new:
-            assert new[key].shape == old[key].shape and new[key].dtype == old[key].dtype, (variant, key)
-        for key in EXACT:
-            np.testing.assert_array_equal(new[key], old[key], err_msg=f"{variant} {key}")
-        for key in CLOSE:
-            np.testing.assert_allclose(new[key], old[key], rtol=0, atol=1e-5, err_msg=f"{variant} {key}")
-        # Regressors: the points they give on the template and on bodies two standard deviations out.
-        for betas in (np.zeros(10), 2.0 * np.eye(10)[0], -2.0 * np.eye(10)[3], np.full(10, 0.7)):
-            body = old["v_template"] + old["shapedirs"] @ betas
-            for key in REGRESSORS:
-                np.testing.assert_allclose(new[key] @ body, old[key] @ body, rtol=0, atol=5e-4,
-                                           err_msg=f"{variant} {key}")
-        # vertex picks: the same vertex, or (after a tie) one at the same place
-        np.testing.assert_allclose(old["v_template"][new["vertex_ids"]], old["v_template"][old["vertex_ids"]],
-                                   atol=2e-3, err_msg=f"{variant} vertex_ids")
-        meta_new, meta_old = (json.loads(str(a["metadata"])) for a in (new, old))
-        assert meta_new["build"] == meta_old["build"] and meta_new["source"] == meta_old["source"]
+        # regressors: the points they give on the template and on bodies two standard deviations out
+        meta_new, meta_old = assert_rebuilt_like(
+            load_npz(path), committed[variant], variant, exact=EXACT, close=CLOSE, regressors=REGRESSORS,
+            betas=(np.zeros(10), 2.0 * np.eye(10)[0], -2.0 * np.eye(10)[3], np.full(10, 0.7)))
         assert meta_new["stats"]["variance_explained"] == pytest.approx(meta_old["stats"]["variance_explained"],
                                                                       abs=1e-4)
 
