@@ -440,10 +440,13 @@ def test_every_row_of_a_run_holds_its_fits_loss_on_the_unaugmented_keypoints(ref
             drawn[(epoch, step, item["key"])] = (bool(item["flip"]), float(item["rot"]), float(item["scale"]))
     loop = log.filter(pc.equal(log["source"], "loop"))
     augmentations = [drawn[row] for row in zip(*(loop[c].to_pylist() for c in ("epoch", "step", "key")))]
-    assert len(augmentations) >= 8                                   # measured: 12 of the run's 24 fits
-    assert sum(flip for flip, _, _ in augmentations) >= 3            # measured: 6 flipped
-    assert sum(rot != 0 for _, rot, _ in augmentations) >= 3         # measured: 6 turned
-    assert sum(abs(scale - 1) > 0.05 for _, _, scale in augmentations) >= 6  # measured: 11 scaled by more than 5%
+    # Which loop fits beat their seeds (and so which augmentations are among the rows) moves with the machine's
+    # float rounding: 12 rows with 6 flipped and 6 turned on one venv, 2 turned on another. The floors below are
+    # what the check needs (each kind of augmentation among the rows checked), not a measured count.
+    assert len(augmentations) >= 4
+    assert any(flip for flip, _, _ in augmentations), augmentations
+    assert any(rot != 0 for _, rot, _ in augmentations), augmentations
+    assert any(abs(scale - 1) > 0.05 for _, _, scale in augmentations), augmentations
 
 
 # Augmentations of the step test: flipped and turned and scaled, each alone, and none.
