@@ -57,11 +57,13 @@ from shards.augment import (
     augment_image,
     augment_joints_3d,
     augment_keypoints,
+    augment_labels,
     augment_pose,
     sample_params,
     training_transform,
 )
 from shards.crop import invert
+from shards.masks import MASK_NAMES
 from shards.receipts import file_sha256
 from shards.sample import SampleFormatError, StoredSample, decode_sample, split_member_name
 from shards.tar import HashingReader, TarFormatError, iter_members
@@ -375,12 +377,14 @@ class ShardReader(torch.utils.data.IterableDataset):
         return build_item(image, to_crop, stored.keypoints_crop, stored.crop_to_image, params, res,
                           meta=stored.meta, joints_3d=stored.joints_3d, smpl_pose=stored.smpl_pose,
                           smpl_betas=stored.smpl_betas, wholebody=stored.wholebody_crop,
+                          mask=stored.mask(), parts=stored.parts(), part_names=stored.part_names,
                           resample=self.config.resample)
 
 
 def build_item(image: Image.Image, to_crop: np.ndarray, keypoints: np.ndarray, source_to_image: np.ndarray,
                params: AugmentParams, res: int, *, meta: dict[str, Any], joints_3d: np.ndarray | None,
                smpl_pose: np.ndarray | None, smpl_betas: np.ndarray | None, wholebody: np.ndarray | None = None,
+               mask: np.ndarray | None = None, parts: np.ndarray | None = None, part_names: Sequence[str] = (),
                resample: str = "bilinear") -> dict[str, Any]:
     """One training item (layout: `ShardReader`) from a decoded source image: a stored crop, or the original
     image when loading SPIN's way (bench/shards.py), through the same code.
@@ -393,7 +397,14 @@ def build_item(image: Image.Image, to_crop: np.ndarray, keypoints: np.ndarray, s
         meta: the sample's json (uses key, dataset, split, center, scale, has_smpl).
         joints_3d, smpl_pose, smpl_betas: the sample's arrays or None.
         wholebody: (161, 3) source px + confidence, or None (the item then holds zeros and has_wholebody False).
+        mask, parts: (H, W) uint8 label images of the source, or None (zeros, has_mask / has_parts False);
+        part_names: the table of ``parts`` (for the left/right swap of a flip).
     """
+    def labels(image: np.ndarray | None, names: Sequence[str]) -> torch.Tensor:
+        if image is None:
+            return torch.zeros((res, res), dtype=torch.uint8)
+        return torch.from_numpy(augment_labels(image, to_crop, params.flip, tuple(names), res))
+
     return {
         "img": torch.from_numpy(augment_image(image, to_crop, params.noise, res, resample)),
         "keypoints": torch.from_numpy(augment_keypoints(keypoints, to_crop, params.flip, res)),
@@ -407,6 +418,8 @@ def build_item(image: Image.Image, to_crop: np.ndarray, keypoints: np.ndarray, s
         "wholebody": torch.from_numpy(augment_keypoints(wholebody, to_crop, params.flip, res) if wholebody is not None
                                       else np.zeros((NUM_WHOLEBODY, 3), np.float32)),
         "has_wholebody": torch.tensor(wholebody is not None),
+        "mask": labels(mask, MASK_NAMES), "has_mask": torch.tensor(mask is not None),
+        "parts": labels(parts, part_names), "has_parts": torch.tensor(parts is not None),
         "flip": torch.tensor(params.flip), "rot": torch.tensor(params.rot, dtype=torch.float32),
         "scale": torch.tensor(params.scale, dtype=torch.float32),
         "crop_to_image": torch.from_numpy(source_to_image @ invert(to_crop)),

@@ -239,7 +239,7 @@ class H36mAdapter:
             raise DatasetError(f"no Human3.6M subject folder ({', '.join(subjects)}) under {root}")
         cameras = self._cameras(root, config)
         pattern = image_pattern(config.image_layout)
-        builder = RecordBuilder(self.name, split, config)
+        builder = RecordBuilder(self.name, split, config, root=root)
         for subject in present:
             for sequence in self._sequences(root, subject, config, cameras):
                 yield from self._read_sequence(builder, root, sequence, cameras, pattern, config)
