@@ -251,7 +251,7 @@ def crop_labels(labels: np.ndarray, to_crop: np.ndarray, res: int) -> np.ndarray
     """The (res, res) uint8 label image seen through ``to_crop`` ((3, 3) source px -> crop px, `shards.crop`),
     nearest neighbour (labels never blend), `UNKNOWN` where the crop lies outside the source."""
     image = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8), mode="L")
-    return np.asarray(warp(image, to_crop, res, resample="nearest", antialias=False, fill=UNKNOWN))
+    return np.array(warp(image, to_crop, res, resample="nearest", antialias=False, fill=UNKNOWN))
 
 
 def flip_permutation(names: Sequence[str]) -> np.ndarray:
