@@ -19,8 +19,9 @@ from fitting.body_model import load_body_model
 from pipelines.adapters import iter_dataset
 from pipelines.synthetic import SynthConfig, SynthError, generate, load_truth
 from pipelines.synthetic.config import DEFAULT_MOCAP_DIR
-from pipelines.synthetic.paint import background, rle_counts
+from pipelines.synthetic.paint import background
 from render.raster import rasterize
+from shards.masks import rle_encode
 from shards.schema import KEY_PATTERN, PersonRecord, Reject
 
 TINY = dict(coco_people=5, mpii_people=5, lsp_people=5, lspet_people=5, h36m_subjects=("S1", "S9"),
@@ -108,7 +109,7 @@ def test_coco_boxes_and_masks_describe_the_silhouette(synth):
         key = f"coco/{annotation['image_id']:012d}_a{annotation['id']}"
         u0, v0, u1, v1 = truth.get(key)["vertex_box"]  # the mesh's extent contains what is drawn of it
         assert u0 - 1 <= xs.min() and xs.max() <= u1 + 1 and v0 - 1 <= ys.min() and ys.max() <= v1 + 1
-    assert rle_counts(np.array([[True, False], [True, True]])) == [0, 2, 1, 1]
+    assert rle_encode(np.array([[True, False], [True, True]])).tolist() == [0, 2, 1, 1]
 
 
 def body_coloured(pixel: np.ndarray, outfit: np.ndarray, tolerance: float = 40.0) -> bool:

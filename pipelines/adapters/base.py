@@ -48,7 +48,7 @@ from core.errors import FitloopError
 from core.intrinsics import Intrinsics
 from core.joints import J24_OFFSET, JOINT_NAMES, NUM_JOINTS, indices
 from core.wholebody import NUM_WHOLEBODY, WHOLEBODY_NAMES
-from pipelines.adapters.label_files import LabelFolder
+from pipelines.adapters.label_files import DEFAULT_LABELS_DIR, LABELS_FILE, LabelFolder
 from shards.crop import box_problem
 from shards.masks import LabelMap, MaskError
 from shards.schema import PersonRecord, Reject
@@ -103,7 +103,8 @@ class CheckConfig:
             PIL, read the size, PIL's verify; cheap), or "decode" (decode every pixel: catches truncated files,
             costs a full decode per image).
         labels_dir: a folder of label PNGs (part labels or a parsing per person or per image, with their table:
-            `pipelines.adapters.label_files`), absolute or relative to the dataset root; None: none.
+            `pipelines.adapters.label_files`), absolute or relative to the dataset root. None: the dataset's
+            ``fitloop_parts`` folder when it holds a table (the synthetic generator writes it), else none.
     """
 
     min_joints: int = 6
@@ -269,8 +270,8 @@ class RecordBuilder:
         self._required = indices(config.require_joints)
         self._images: dict[Path, _ImageInfo] = {}
         self.labels: LabelFolder | None = None
-        if config.labels_dir is not None:
-            folder = resolve_under(Path(root or "."), config.labels_dir)
+        folder = resolve_under(Path(root or "."), config.labels_dir or DEFAULT_LABELS_DIR)
+        if config.labels_dir is not None or (root is not None and (folder / LABELS_FILE).is_file()):
             try:
                 self.labels = LabelFolder.open(folder)
             except ValueError as err:

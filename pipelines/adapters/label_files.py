@@ -27,6 +27,7 @@ import numpy as np
 from shards.masks import MASK_NAMES, PROVENANCES, LabelMap, MaskError, decode_png
 
 LABELS_FILE = "labels.json"
+DEFAULT_LABELS_DIR = "fitloop_parts"  # read when a dataset root holds it (the synthetic generator writes it)
 
 
 def key_file_name(key: str) -> str:

@@ -221,6 +221,7 @@ def _finish(planned: _Planned, metadata: dict[str, Any], progress: Callable[[int
     for picture in planned.pictures:
         picture.bodies = []  # painted: the vertices are no longer needed
     planned.write(planned.work, planned.pictures, planned.people)
+    formats.write_part_labels(planned.work, planned.people)
     info = {**metadata, "dataset": planned.name, "people": len(planned.people), "images": len(planned.pictures)}
     if planned.body_model is not None:
         info["body_model"] = planned.body_model
