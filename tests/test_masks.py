@@ -313,3 +313,69 @@ def test_a_label_folder_gives_parts_per_person_or_per_image_cut_to_the_mask(tmp_
     rejected = [r for r in CocoAdapter().read(FIXTURES / "coco", "val", config)
                 if not isinstance(r, PersonRecord) and r.key == skier.key]
     assert rejected and rejected[0].reason == "malformed_annotation" and "10x10" in rejected[0].message
+
+
+# --- The synthetic generator's exact silhouettes and part labels, Human3.6M's foreground -------------------------
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> dict[str, Path]:
+    from pipelines.synthetic import SynthConfig, generate
+
+    config = SynthConfig(coco_people=0, mpii_people=0, lsp_people=10, lspet_people=0, h36m_subjects=("S1",),
+                         h36m_actions=("Directions 1",), h36m_frames=6, image_size=(96, 160),
+                         h36m_image_size=(160, 160), datasets=("lsp", "h36m"), workers=1)
+    return generate(tmp_path_factory.mktemp("synth"), config)
+
+
+def test_synthetic_part_labels_put_left_joints_on_left_parts(synthetic):
+    from core.joints import JOINT_INDEX
+    from pipelines.adapters import iter_dataset
+    from pipelines.synthetic import load_truth
+    from pipelines.synthetic.paint import SEGMENT_NAMES
+
+    truth = load_truth(synthetic["lsp"] / "fitloop_truth.npz")
+    own, other, people = 0, 0, 0
+    for record in iter_dataset("lsp", synthetic["lsp"], "train"):
+        assert isinstance(record, PersonRecord)
+        assert record.mask.provenance == record.parts.provenance == "synthetic-exact"
+        assert record.parts.names == SEGMENT_NAMES
+        parts = record.parts.array()
+        assert np.array_equal(record.mask.array() == 1, parts > 0)
+        keypoints = truth.get(record.key)["keypoints_2d"]
+        people += 1
+        for side, twin in (("left", "right"), ("right", "left")):
+            for joint, segments in (("Wrist", ("wrist", "elbow", "hand")), ("Ankle", ("ankle", "knee", "foot"))):
+                x, y = np.round(keypoints[JOINT_INDEX[f"{side.title()} {joint}"]]).astype(int)
+                seen = {SEGMENT_NAMES[v] for v in np.unique(parts[max(y - 2, 0):y + 3, max(x - 2, 0):x + 3])}
+                own += bool(seen & {f"{side}_{s}" for s in segments})     # hidden behind the body: neither
+                other += bool(seen & {f"{twin}_{s}" for s in segments})
+    assert people == 10 and own >= 0.75 * 4 * people and other <= 0.25 * 4 * people
+
+
+def test_h36m_foreground_masks_are_read_where_present(synthetic, tmp_path):
+    import shutil
+
+    from pipelines.adapters import iter_dataset
+
+    records = [r for r in iter_dataset("h36m", synthetic["h36m"], "train") if isinstance(r, PersonRecord)]
+    assert len(records) == 8
+    for record in records:
+        assert record.mask.provenance == "h36m-foreground" and record.mask.array().sum() > 50
+        assert np.array_equal(record.mask.array() == 1, record.parts.array() > 0)  # both the exact silhouette
+    bare = tmp_path / "h36m"
+    shutil.copytree(synthetic["h36m"], bare)
+    shutil.rmtree(bare / "S1" / "MySegmentsMat" / "ground_truth_bs")
+    shutil.rmtree(bare / "fitloop_parts")
+    records = [r for r in iter_dataset("h36m", bare, "train") if isinstance(r, PersonRecord)]
+    assert len(records) == 8 and all(r.mask is None and r.parts is None for r in records)
+
+
+def test_a_synthetic_shard_set_with_masks_verifies(synthetic, tmp_path):
+    from pipelines.adapters import iter_dataset
+
+    out = tmp_path / "shards"
+    write_shards(iter_dataset("lsp", synthetic["lsp"], "train"), out, ShardConfig(crop_res=96))
+    report = verify_set(out)
+    assert report.ok, report.problems
+    samples = [s for shard in list_shards(out) for s in iter_shard(shard)]
+    assert all(s.meta["has_mask"] and s.meta["has_parts"] for s in samples) and len(samples) == 10
