@@ -234,7 +234,7 @@ def _check_labels(sample) -> list[str]:
     meta, problems = sample.meta, []
     res = meta["crop"]["res"]
     for name, png in (("mask", sample.mask_png), ("parts", sample.parts_png)):
-        flag = bool(meta.get(f"has_{name}", False))  # formats before 4: none
+        flag = meta["sample_format_version"] >= 4 and bool(meta.get(f"has_{name}"))  # formats before 4: none
         if flag != (png is not None):
             problems.append(f"json has_{name} is {flag} but {name}.png is {'present' if png is not None else 'absent'}")
             continue
