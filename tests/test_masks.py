@@ -379,3 +379,45 @@ def test_a_synthetic_shard_set_with_masks_verifies(synthetic, tmp_path):
     assert report.ok, report.problems
     samples = [s for shard in list_shards(out) for s in iter_shard(shard)]
     assert all(s.meta["has_mask"] and s.meta["has_parts"] for s in samples) and len(samples) == 10
+
+
+@needs_fixtures
+def test_coco_rle_segmentations_decode_as_the_polygons_they_encode(tmp_path):
+    data = json.loads((FIXTURES / "coco" / "test_coco.json").read_text())
+    image = next(i for i in data["images"] if i["id"] == 785)
+    size = (image["height"], image["width"])
+    skier = next(a for a in data["annotations"] if a["id"] == 442619)
+    polygon_mask = polygons_to_mask(skier["segmentation"], size)
+    counts = rle_encode(polygon_mask)
+    variants = {"compressed": {"counts": rle_to_string(counts), "size": list(size)},
+                "uncompressed": {"counts": counts.tolist(), "size": list(size)},
+                "wrong size": {"counts": counts.tolist(), "size": [size[0] + 1, size[1]]},
+                "empty": []}
+    for name, segmentation in variants.items():
+        edited = dict(data, annotations=[dict(skier, segmentation=segmentation)], images=[image])
+        (tmp_path / "ann.json").write_text(json.dumps(edited))
+        (record,) = CocoAdapter().read(FIXTURES / "coco", "val", CocoConfig(annotation_file=tmp_path / "ann.json",
+                                                                             image_dir=Path(".")))
+        assert isinstance(record, PersonRecord), name
+        if name in ("compressed", "uncompressed"):
+            assert record.mask.provenance == "coco-rle" and np.array_equal(record.mask.array(), polygon_mask)
+        elif name == "wrong size":  # the mask is lost, never the person, and the record says why
+            assert record.mask is None and "size" in record.extra["mask_error"]
+        else:
+            assert record.mask is None and "mask_error" not in record.extra
+
+
+def test_render_shows_the_labels_panel(labelled_set):
+    from render.sample_picture import render_labels, render_sample
+
+    samples = {s.key: s for shard in list_shards(labelled_set) for s in iter_shard(shard)}
+    with_labels, without = samples["synth/a"], samples["synth/b"]
+    assert render_sample(with_labels, [], None).size[0] == 2 * render_sample(without, [], None).size[0]
+    picture, caption = render_labels(with_labels)
+    pixels = np.asarray(picture)
+    mask = with_labels.mask()
+    assert caption == "mask: synthetic-exact · parts: synthetic-exact (6)"
+    assert (pixels[mask == 1] == 255).all(axis=1).any()  # the outline
+    parts = with_labels.parts()
+    left, right = pixels[parts == 2].mean(axis=0), pixels[parts == 3].mean(axis=0)
+    assert np.abs(left - right).max() > 20  # the two arms, one grey in the crop, are tinted apart
