@@ -77,8 +77,7 @@ def rle_decode(counts: Sequence[int] | np.ndarray | str, size: Sequence[int]) ->
     h, w = (int(v) for v in size)
     if (counts < 0).any() or counts.sum() != h * w:
         raise MaskError(f"RLE counts sum to {int(counts.sum())}, size {h}x{w} has {h * w} pixels")
-    values = (np.arange(len(counts)) % 2).astype(bool)
-    return np.repeat(values, counts).reshape(w, h).T
+    return expand_runs((np.arange(len(counts)) % 2).astype(bool), counts, (h, w))
 
 
 def rle_to_string(counts: Sequence[int] | np.ndarray) -> str:
@@ -147,12 +146,16 @@ def polygons_to_mask(polygons: Sequence[Sequence[float]], size: Sequence[int]) -
         t = (yc - y0[None]) / np.where(y1 == y0, 1.0, y1 - y0)[None]
         xs = x0[None] + t * (x1 - x0)[None]                            # (R, E) where each edge meets the row
         # parity of the crossings left of each centre (i + 0.5 >= x from column ceil(x - 0.5) on): a +1 at that
-        # column per crossing, summed along the row
-        first = np.clip(np.ceil(xs - 0.5), 0, w).astype(np.int64)
-        steps = np.zeros((len(rows), w + 1), dtype=np.int32)
+        # column per crossing, summed along the row, over the polygon's columns c0 … c1 - 1 only
+        c0, c1 = max(0, int(np.floor(x0.min()))), min(w, int(np.ceil(x0.max())) + 1)
+        if c1 <= c0:
+            continue
+        span = c1 - c0
+        first = np.clip(np.ceil(xs - 0.5) - c0, 0, span).astype(np.int64)
         r, e = np.nonzero(crosses)
-        np.add.at(steps, (r, first[r, e]), 1)
-        mask[rows] |= np.cumsum(steps[:, :w], axis=1) % 2 == 1
+        steps = np.bincount(r * (span + 1) + first[r, e], minlength=len(rows) * (span + 1))
+        inside = np.cumsum(steps.reshape(len(rows), span + 1)[:, :span], axis=1) % 2 == 1
+        mask[rows, c0:c1] |= inside
     return mask
 
 
@@ -179,6 +182,12 @@ def runs_of(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return flat[:0], np.zeros(0, dtype=np.int64)
     starts = np.concatenate([[0], np.flatnonzero(flat[1:] != flat[:-1]) + 1])
     return flat[starts], np.diff(np.concatenate([starts, [flat.size]]))
+
+
+def expand_runs(values: np.ndarray, lengths: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """The (H, W) label image (of ``values``' dtype) whose column-major runs are ``values`` × ``lengths``."""
+    h, w = (int(v) for v in size)
+    return np.repeat(values, lengths).reshape(w, h).T
 
 
 @dataclass(frozen=True, eq=False)
@@ -237,8 +246,7 @@ class LabelMap:
 
     def array(self) -> np.ndarray:
         """The (H, W) uint8 label image."""
-        h, w = self.size
-        return np.repeat(self.values, self.lengths).reshape(w, h).T
+        return expand_runs(self.values, self.lengths, self.size)
 
     def to_json(self) -> dict[str, Any]:
         return {"size": list(self.size), "values": self.values.tolist(), "lengths": self.lengths.tolist(),

@@ -106,6 +106,19 @@ def test_polygons_fill_the_pixels_whose_centres_they_contain():
         polygons_to_mask([[0, 0, 1, 1]], (4, 4))
 
 
+def test_polygon_fill_equals_a_point_in_polygon_test_at_every_centre():
+    rng = np.random.default_rng(4)
+    for _ in range(10):  # random, self-intersecting, partly outside the image
+        polygon = rng.uniform(-4, 24, 2 * int(rng.integers(3, 9)))
+        x0, y0 = polygon[0::2], polygon[1::2]
+        x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+        cx, cy = np.meshgrid(np.arange(17) + 0.5, np.arange(13) + 0.5)  # COCO coordinates of pixel centres
+        crossing = (y0 > cy[..., None]) != (y1 > cy[..., None])
+        x_at = x0 + (cy[..., None] - y0) * (x1 - x0) / np.where(y1 == y0, 1, y1 - y0)
+        expected = (crossing & (x_at > cx[..., None])).sum(axis=-1) % 2 == 1  # even-odd ray to the right
+        assert np.array_equal(polygons_to_mask([polygon], (13, 17)), expected)
+
+
 @needs_fixtures
 def test_coco_fixture_masks_match_their_area_and_hold_the_visible_keypoints():
     data = json.loads((FIXTURES / "coco" / "test_coco.json").read_text())
