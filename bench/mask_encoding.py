@@ -1,4 +1,4 @@
-"""Bytes per sample of a shard's label images, stored as fitloop stores them (1-channel 8-bit PNG, `shards.masks`)
+"""Bytes per sample of a shard's label images (mask, parts, parsing), stored as fitloop stores them (1-channel 8-bit PNG, `shards.masks`)
 against the alternatives: ``.npy`` + zlib (level 9), COCO's RLE (the compressed string, masks only), and the
 label runs a record carries (`shards.masks.LabelMap`: uint8 values + uint32 lengths, raw), all of the same
 stored-crop label images, and the JPEG crop for scale. Decoding cost per image is CPU time in this process
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.masks import decode_png, encode_png, rle_encode, rle_to_string, runs_of
+from shards.masks import LABEL_KINDS, decode_png, encode_png, rle_encode, rle_to_string, runs_of
 from shards.reader import iter_shard, list_shards
 
 
@@ -34,11 +34,12 @@ def encodings(labels: np.ndarray, binary: bool) -> dict[str, int]:
 
 
 def measure(shard_dirs: list[Path]) -> dict[str, dict[str, float]]:
-    """Mean bytes per sample per encoding, for masks and for part labels, with the JPEG's and the decode time."""
-    totals: dict[str, dict[str, list[float]]] = {"mask": {}, "parts": {}}
+    """Mean bytes per sample per encoding, per label kind, with the JPEG's and the decode time."""
+    totals: dict[str, dict[str, list[float]]] = {kind: {} for kind in LABEL_KINDS}
     for shard in list_shards(shard_dirs):
         for sample in iter_shard(shard):
-            for what, png in (("mask", sample.mask_png), ("parts", sample.parts_png)):
+            for what in LABEL_KINDS:
+                png = getattr(sample, f"{what}_png")
                 if png is None:
                     continue
                 start = time.process_time()

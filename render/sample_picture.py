@@ -8,6 +8,11 @@ camera (the row's intrinsics) through the crop's pixel map for an image-frame fi
 the sample's stored-crop keypoints, so both are drawn in the same pixel frame: when a fit is good, its mesh covers
 the person and the markers sit on the person's joints. Pixel centres are at integers throughout (as `shards.crop`): the
 rasteriser fills a pixel when its centre lies in a projected triangle, and PIL centres a marker on its pixel.
+
+A sample with a person mask, part labels or a parsing (shard format 4, `shards.masks`) gets one more panel,
+"labels" (`render_labels`): its part labels (else its parsing, else its mask) tinted over the crop (one colour per
+id, `PART_PALETTE`), the mask's outline in white, and what the annotation says nothing about (outside the original
+image) darkened.
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ from core.frames import (
 from core.joints import JOINT_INDEX
 from render.draw import draw_hands_and_face, draw_keypoints
 from render.raster import render_mesh
-from shards.masks import UNKNOWN
+from shards.masks import LABEL_KINDS, UNKNOWN
 from shards.sample import StoredSample
 
 MESH_COLOUR = (235, 205, 150)
@@ -211,17 +216,19 @@ def scale_keypoints(keypoints: np.ndarray, res: int, size: int) -> np.ndarray:
 
 def render_labels(sample: StoredSample, size: int | None = None, *, crop: Image.Image | None = None
                   ) -> tuple[Image.Image, str]:
-    """The crop (resized to ``size`` px) with the sample's part labels tinted (or its mask, without parts), the
+    """The crop (resized to ``size`` px) with the sample's part labels tinted (else its parsing, else its mask), the
     mask's outline in white and unknown pixels darkened; and a caption naming the provenances."""
     base = crop if crop is not None else decode_crop(sample)
     res = base.size[0]
     size = size or res
-    mask, parts = sample.mask(), sample.parts()
+    images = {kind: sample.labels(kind) for kind in LABEL_KINDS}
+    mask = images["mask"]
     pixels = np.asarray(base, dtype=np.float32).copy()
-    labels = parts if parts is not None else mask
-    if labels is not None:
+    tinted = next((kind for kind in ("parts", "parsing", "mask") if images[kind] is not None), None)
+    if tinted is not None:
+        labels = images[tinted]
         shown = (labels > 0) & (labels != UNKNOWN)
-        tint = PART_PALETTE[labels] if parts is not None else np.broadcast_to(np.array(MASK_TINT), pixels.shape)
+        tint = PART_PALETTE[labels] if tinted != "mask" else np.broadcast_to(np.array(MASK_TINT), pixels.shape)
         pixels[shown] = (1 - LABEL_OPACITY) * pixels[shown] + LABEL_OPACITY * tint[shown]
         pixels[labels == UNKNOWN] *= 0.35
     if mask is not None:
@@ -232,9 +239,9 @@ def render_labels(sample: StoredSample, size: int | None = None, *, crop: Image.
     image = Image.fromarray(pixels.round().astype(np.uint8))
     if size != res:
         image = image.resize((size, size), Image.Resampling.NEAREST)
-    said = [f"mask: {sample.meta['mask_provenance']}" if mask is not None else "no mask",
-            f"parts: {sample.meta['parts_provenance']} ({len(sample.part_names) - 1})" if parts is not None
-            else "no parts"]
+    said = [f"mask: {sample.meta['mask_provenance']}" if mask is not None else "no mask"]
+    said += [f"{kind}: {sample.meta[f'{kind}_provenance']} ({len(sample.label_names(kind)) - 1})"
+             for kind in ("parts", "parsing") if images[kind] is not None]
     return image, " · ".join(said)
 
 
@@ -246,7 +253,7 @@ def render_sample(sample: StoredSample, panels: Sequence[FitPanel], model: Any |
     panels = list(panels) or [FitPanel("keypoints", None)]
     crop = decode_crop(sample)
     size = size or crop.size[0]
-    has_labels = sample.mask_png is not None or sample.parts_png is not None
+    has_labels = any(getattr(sample, f"{kind}_png") is not None for kind in LABEL_KINDS)
     out = Image.new("RGB", (size * (len(panels) + has_labels), size + CAPTION_LINE * CAPTION_LINES + 4), BACKGROUND)
     draw = ImageDraw.Draw(out)
     font = _font()

@@ -1,10 +1,13 @@
 """Person masks and body-part labels: COCO's RLE and polygon codecs, the record's label map, and the crop's PNGs.
 
-A person may carry two label images of the **original image**, both (H, W) uint8:
+A person may carry three label images of the **original image** (`LABEL_KINDS`), each (H, W) uint8:
 
 * a **person mask** (foreground silhouette): 0 background, 1 the person;
-* **part labels**: 0 background, 1 … n the parts named by its table (`LabelMap.names`, index = id), e.g. the
-  synthetic generator's 24 SMPL skinning parts, or a parsing a user brings.
+* **part labels** (anatomy): 0 background, 1 … n the body parts named by its table (`LabelMap.names`, index =
+  id), e.g. the synthetic generator's 24 SMPL skinning segments;
+* a **parsing** (clothing or semantic classes a user brings, e.g. a human parser's output): 0 background, ids
+  into its own table. It is kept apart from the anatomy: a minimally-clothed-region term reads the parts, a
+  clothing-containment term the parsing.
 
 Both say where they came from (`PROVENANCES`). In a record (`shards.schema.PersonRecord`) a label image travels
 as a `LabelMap`: column-major runs, COCO's RLE generalised to more than two values, so a 1000 × 1000 Human3.6M
@@ -40,6 +43,8 @@ from PIL import Image
 
 from shards.crop import warp
 
+# The label images a sample may carry, in member order (module docstring).
+LABEL_KINDS: tuple[str, ...] = ("mask", "parts", "parsing")
 UNKNOWN = 255          # a label pixel the annotation says nothing about (outside the image or the stored crop)
 MASK_NAMES: tuple[str, ...] = ("background", "person")  # a person mask's table
 MAX_LABELS = 255       # ids 0 … 254; 255 is UNKNOWN

@@ -23,20 +23,22 @@ suffix                 content
 ``mask.png``           1-channel 8-bit PNG, ``res``×``res``: the person mask in the stored crop, 0 background,
                        1 person, 255 unknown (outside the original image) (only when the record has a mask)
 ``parts.png``          1-channel 8-bit PNG, ``res``×``res``: body-part ids in the stored crop, 0 background, ids
-                       into the json's ``part_names``, 255 unknown (only when the record has part labels)
+                       into the json's ``parts_names``, 255 unknown (only when the record has part labels)
+``parsing.png``        the same for a clothing or semantic parsing, ids into ``parsing_names`` (only when the
+                       record has one)
 =====================  ===========================================================================================
 
-The json says ``has_mask`` and ``has_parts``, and for each present label image its provenance
-(``mask_provenance``, ``parts_provenance``: `shards.masks.PROVENANCES`) and, for parts, the table
-``part_names`` (id -> name, "background" first). Label images are warped from the original image with the crop's
+The json says ``has_mask``, ``has_parts`` and ``has_parsing``, and for each present label image its provenance
+(``<kind>_provenance``: `shards.masks.PROVENANCES`) and, for parts and parsing, the table ``<kind>_names`` (id ->
+name, "background" first). Label images are warped from the original image with the crop's
 map, nearest neighbour (`shards.masks.crop_labels`).
 
 Arrays are ``.npy`` written and read with ``allow_pickle=False``; nothing in a shard is a pickle.
 
 Format versions: 2 added ``intrinsics`` to the json and always fills ``image_size`` (the writer decodes the image);
-3 added the optional whole-body members and the json flag ``has_wholebody``; 4 added the optional ``mask.png`` and
-``parts.png`` and the json flags ``has_mask`` and ``has_parts`` (a sample of an older format has neither: its
-flags read False). Format 1 samples still read: their
+3 added the optional whole-body members and the json flag ``has_wholebody``; 4 added the optional ``mask.png``,
+``parts.png`` and ``parsing.png`` and the json flags ``has_mask``, ``has_parts`` and ``has_parsing`` (a sample of an
+older format has none: its flags read False). Format 1 samples still read: their
 intrinsics are unknown, and `StoredSample.intrinsics` gives the guess from the image size
 (`core.intrinsics.fov_guess`), or raises where the size is unknown too. Format 1 and 2 samples have no whole-body
 keypoints (`StoredSample.wholebody_crop` is None, as for a body-only dataset's format 3 sample).
@@ -55,7 +57,7 @@ from core.intrinsics import Intrinsics, fov_guess
 from core.joints import NUM_JOINTS
 from core.wholebody import NUM_WHOLEBODY
 from shards.crop import from_affine_rows, invert, to_affine_rows, transform_points
-from shards.masks import crop_labels, decode_png, encode_png
+from shards.masks import LABEL_KINDS, MASK_NAMES, crop_labels, decode_png, encode_png
 from shards.schema import SCHEMA_VERSION, PersonRecord
 
 # Bump when a member is added, removed or changes meaning; readers check it.
@@ -75,7 +77,7 @@ _ARRAYS: dict[str, tuple[str, tuple[int, ...]]] = {  # suffix -> (StoredSample f
 }
 REQUIRED_SUFFIXES: tuple[str, ...] = ("jpg", "json", "keypoints_2d.npy", "keypoints_crop.npy")
 WHOLEBODY_SUFFIXES: tuple[str, ...] = ("wholebody_2d.npy", "wholebody_crop.npy")  # both or neither (format 3 on)
-LABEL_SUFFIXES: dict[str, str] = {"mask.png": "mask_png", "parts.png": "parts_png"}  # format 4 on
+LABEL_SUFFIXES: dict[str, str] = {f"{kind}.png": f"{kind}_png" for kind in LABEL_KINDS}  # format 4 on
 KNOWN_SUFFIXES = frozenset(REQUIRED_SUFFIXES) | frozenset(_ARRAYS) | frozenset(LABEL_SUFFIXES)
 # Suffixes webdataset decodes with pickle (its "pyd"/"pickle" handlers) and torch's pickled files: never read.
 PICKLE_SUFFIXES = ("pyd", "pickle", "pkl", "pth", "pt")
@@ -144,13 +146,14 @@ def encode_sample(record: PersonRecord, jpeg: bytes, image_to_crop: np.ndarray, 
                  "image_to_crop": to_affine_rows(image_to_crop), "crop_to_image": to_affine_rows(crop_to_image)},
         "has_smpl": record.has_smpl, "has_joints_3d": record.joints_3d is not None,
         "has_wholebody": record.wholebody is not None, "extra": dict(record.extra),
-        "has_mask": record.mask is not None, "has_parts": record.parts is not None,
     }
-    if record.mask is not None:
-        meta["mask_provenance"] = record.mask.provenance
-    if record.parts is not None:
-        meta["parts_provenance"] = record.parts.provenance
-        meta["part_names"] = list(record.parts.names)
+    for kind in LABEL_KINDS:
+        labels = getattr(record, kind)
+        meta[f"has_{kind}"] = labels is not None
+        if labels is not None:
+            meta[f"{kind}_provenance"] = labels.provenance
+            if kind != "mask":
+                meta[f"{kind}_names"] = list(labels.names)
     members = {"jpg": jpeg, "json": json.dumps(meta, sort_keys=True, allow_nan=False).encode("utf-8"),
                "keypoints_2d.npy": encode_npy(record.keypoints_2d),
                "keypoints_crop.npy": encode_npy(keypoints_crop)}
@@ -161,9 +164,10 @@ def encode_sample(record: PersonRecord, jpeg: bytes, image_to_crop: np.ndarray, 
     if record.wholebody is not None:
         members["wholebody_2d.npy"] = encode_npy(record.wholebody)
         members["wholebody_crop.npy"] = encode_npy(points_in_crop(image_to_crop, record.wholebody))
-    for suffix, labels in (("mask.png", record.mask), ("parts.png", record.parts)):
+    for kind in LABEL_KINDS:
+        labels = getattr(record, kind)
         if labels is not None:
-            members[suffix] = encode_png(crop_labels(labels.array(), image_to_crop, res))
+            members[f"{kind}.png"] = encode_png(crop_labels(labels.array(), image_to_crop, res))
     return members
 
 
@@ -185,8 +189,8 @@ class StoredSample:
         joints_3d: (49, 4) or None; smpl_pose: (72,) or None; smpl_betas: (10,) or None.
         wholebody_2d: (161, 3) original-image px + confidence, wholebody_crop: (161, 3) stored-crop px +
             confidence (`core.wholebody` order), or None: a body-only dataset's sample, or one of format 1 or 2.
-        mask_png, parts_png: the label images' PNG bytes (module docstring), or None; `mask` and `parts` decode
-            them.
+        mask_png, parts_png, parsing_png: the label images' PNG bytes (module docstring), or None; `labels`
+            decodes them.
     """
 
     key: str
@@ -201,20 +205,18 @@ class StoredSample:
     wholebody_crop: np.ndarray | None = None
     mask_png: bytes | None = None
     parts_png: bytes | None = None
+    parsing_png: bytes | None = None
 
-    def mask(self) -> np.ndarray | None:
-        """(res, res) uint8 person mask in the stored crop (0 background, 1 person, 255 unknown), or None."""
-        return None if self.mask_png is None else decode_png(self.mask_png)
+    def labels(self, kind: str) -> np.ndarray | None:
+        """(res, res) uint8 label image ``kind`` (`shards.masks.LABEL_KINDS`) in the stored crop: 0 background,
+        ids into `label_names` (1 = the person, for the mask), 255 unknown; None when the sample has none."""
+        png = getattr(self, f"{kind}_png")
+        return None if png is None else decode_png(png)
 
-    def parts(self) -> np.ndarray | None:
-        """(res, res) uint8 part ids in the stored crop (0 background, ids into `part_names`, 255 unknown), or
-        None."""
-        return None if self.parts_png is None else decode_png(self.parts_png)
-
-    @property
-    def part_names(self) -> tuple[str, ...]:
-        """The part table (id -> name) of `parts`; empty without part labels."""
-        return tuple(self.meta.get("part_names", ()))
+    def label_names(self, kind: str) -> tuple[str, ...]:
+        """The table (id -> name) of label image ``kind``: `shards.masks.MASK_NAMES` for the mask, the json's
+        ``<kind>_names`` otherwise (empty without that image)."""
+        return MASK_NAMES if kind == "mask" else tuple(self.meta.get(f"{kind}_names", ()))
 
     @property
     def image_to_crop(self) -> np.ndarray:

@@ -34,12 +34,12 @@ import numpy as np
 from core.intrinsics import Intrinsics
 from core.joints import NUM_JOINTS
 from core.wholebody import NUM_WHOLEBODY
-from shards.masks import MASK_NAMES, LabelMap
+from shards.masks import LABEL_KINDS, MASK_NAMES, LabelMap
 
 # Bump when a field is added, removed or changes meaning; shard manifests and rejects tables record it.
 # 2: `PersonRecord.intrinsics` (the dataset's camera of the original image).
 # 3: `PersonRecord.wholebody` (161 whole-body keypoints: body, hands, face; core.wholebody).
-# 4: `PersonRecord.mask` and `PersonRecord.parts` (label maps of the original image: shards.masks).
+# 4: `PersonRecord.mask`, `.parts` and `.parsing` (label maps of the original image: shards.masks).
 SCHEMA_VERSION = 4
 
 # A sample key: "<dataset>/<id>", letters, digits, '_', '-' and '/', never '.' (webdataset splits member names at
@@ -116,8 +116,10 @@ class PersonRecord:
             puts its foot points there; ``keypoints_2d`` holds what the dataset's body annotation has).
         mask: the person's foreground mask in the original image (`shards.masks.LabelMap` with table
             `shards.masks.MASK_NAMES`: 0 background, 1 person) and its provenance, or None when the source has none.
-        parts: the person's body-part labels in the original image (a `LabelMap`: 0 background, ids into its
-            ``names``), or None.
+        parts: the person's body-part labels (anatomy) in the original image (a `LabelMap`: 0 background, ids
+            into its ``names``), or None.
+        parsing: the person's clothing or semantic parsing in the original image (a `LabelMap` with its own
+            table), or None.
         extra: json-able metadata the source offers beyond the fields above (occluded joints, head box, ...).
     """
 
@@ -140,6 +142,7 @@ class PersonRecord:
     wholebody: np.ndarray | None = None
     mask: LabelMap | None = None
     parts: LabelMap | None = None
+    parsing: LabelMap | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -167,7 +170,7 @@ class PersonRecord:
             raise ValueError(f"{self.key}: intrinsics must be a core.intrinsics.Intrinsics, got {self.intrinsics!r}")
         if self.wholebody is not None:
             set_(self, "wholebody", _frozen_array(self.wholebody, (NUM_WHOLEBODY, 3), "wholebody"))
-        for name in ("mask", "parts"):
+        for name in LABEL_KINDS:
             labels = getattr(self, name)
             if labels is not None and not isinstance(labels, LabelMap):
                 raise ValueError(f"{self.key}: {name} must be a shards.masks.LabelMap, got {type(labels).__name__}")
@@ -198,8 +201,8 @@ class PersonRecord:
             "smpl_betas": listed(self.smpl_betas), "has_smpl": self.has_smpl,
             "intrinsics": None if self.intrinsics is None else self.intrinsics.to_json(),
             "wholebody": listed(self.wholebody),
-            "mask": None if self.mask is None else self.mask.to_json(),
-            "parts": None if self.parts is None else self.parts.to_json(), "extra": dict(self.extra),
+            **{kind: None if getattr(self, kind) is None else getattr(self, kind).to_json() for kind in LABEL_KINDS},
+            "extra": dict(self.extra),
         }
 
 

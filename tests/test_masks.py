@@ -152,6 +152,7 @@ def test_coco_fixture_masks_match_their_area_and_hold_the_visible_keypoints():
 # --- Label maps, PNGs, crops and flips ---------------------------------------------------------------------------
 
 PART_NAMES = ("background", "torso", "left_arm", "right_arm", "left_leg", "right_leg", "head")
+CLOTHES = ("background", "upper_clothes", "pants")
 
 
 def test_label_maps_round_trip_and_check_their_table():
@@ -202,8 +203,10 @@ def test_a_flipped_crop_is_the_mirror_of_the_crop_with_left_and_right_swapped(ro
 
 # --- Through the shards --------------------------------------------------------------------------------------------
 
-def person_with_labels(root: Path, name: str, *, mask: bool = True, parts: bool = True) -> PersonRecord:
-    """A 120 x 90 image with a person-shaped box; its mask and left/right part labels, or neither."""
+def person_with_labels(root: Path, name: str, *, mask: bool = True, parts: bool = True,
+                       parsing: bool = False) -> PersonRecord:
+    """A 120 x 90 image with a person-shaped box; its mask, left/right part labels and a parsing (upper and lower
+    clothes), or none of them."""
     size = (120, 90)
     image = np.full((size[1], size[0], 3), 60, np.uint8)
     labels = np.zeros((size[1], size[0]), np.uint8)
@@ -221,12 +224,15 @@ def person_with_labels(root: Path, name: str, *, mask: bool = True, parts: bool 
         image_path=f"images/{name}.png", image_root=root, image_size=size, center=np.array([60.0, 45.0]),
         scale=0.4, keypoints_2d=keypoints,
         mask=LabelMap.from_array(labels > 0, MASK_NAMES, "synthetic-exact") if mask else None,
-        parts=LabelMap.from_array(labels, PART_NAMES, "synthetic-exact") if parts else None)
+        parts=LabelMap.from_array(labels, PART_NAMES, "synthetic-exact") if parts else None,
+        parsing=LabelMap.from_array(np.where(labels > 0, 1 + (np.arange(90) >= 45)[:, None], 0), CLOTHES, "user-png")
+        if parsing else None)
 
 
 @pytest.fixture()
 def labelled_set(tmp_path: Path) -> Path:
-    records = [person_with_labels(tmp_path, "a"), person_with_labels(tmp_path, "b", mask=False, parts=False)]
+    records = [person_with_labels(tmp_path, "a"), person_with_labels(tmp_path, "b", mask=False, parts=False),
+               person_with_labels(tmp_path, "c", parts=False, parsing=True)]
     write_shards(records, tmp_path / "shards", ShardConfig(crop_res=64, crop_margin=1.5))
     return tmp_path / "shards"
 
@@ -243,16 +249,17 @@ def _members(shard_dir: Path, key: str) -> dict[str, bytes]:
 
 def test_masks_are_stored_with_the_crop_and_read_back(labelled_set):
     manifest = json.loads((labelled_set / "manifest.json").read_text())
-    assert manifest["sample_format_version"] == 4 and manifest["has_mask"] == 1 and manifest["has_parts"] == 1
+    assert manifest["sample_format_version"] == 4 and manifest["has_mask"] == 2 and manifest["has_parts"] == 1
+    assert manifest["has_parsing"] == 1
     samples = {s.key: s for shard in list_shards(labelled_set) for s in iter_shard(shard)}
     a, b = samples["synth/a"], samples["synth/b"]
     assert a.meta["has_mask"] and a.meta["mask_provenance"] == "synthetic-exact"
-    assert a.part_names == PART_NAMES and not b.meta["has_mask"] and b.mask() is None
+    assert a.label_names("parts") == PART_NAMES and not b.meta["has_mask"] and b.labels("mask") is None
     # the stored crop covers 1.5 x the 80 px box at 64 px: 0.533 crop px per image px
     k = 64 / (200 * 0.4 * 1.5)
-    assert abs((a.mask() == 1).sum() / (k * k * (20 * 50 + 20 * 30)) - 1) < 0.1
-    assert np.array_equal(a.mask() == 1, (a.parts() > 0) & (a.parts() != UNKNOWN))
-    assert np.array_equal(a.mask() == UNKNOWN, a.parts() == UNKNOWN) and (a.mask() == UNKNOWN).any()
+    assert abs((a.labels("mask") == 1).sum() / (k * k * (20 * 50 + 20 * 30)) - 1) < 0.1
+    assert np.array_equal(a.labels("mask") == 1, (a.labels("parts") > 0) & (a.labels("parts") != UNKNOWN))
+    assert np.array_equal(a.labels("mask") == UNKNOWN, a.labels("parts") == UNKNOWN) and (a.labels("mask") == UNKNOWN).any()
     assert verify_set(labelled_set).ok
 
 
@@ -268,9 +275,12 @@ def test_reader_items_carry_masks_flip_them_and_stack_with_samples_without(label
     # the person's left arm (id 2, image left) shows on the right after the flip, named right_arm (id 3)
     assert (plain["parts"][:, :32] == 2).sum() > 0 and (flipped["parts"][:, 32:] == 3).sum() > 0
     other = reader.make_item(stored["synth/b"], AugmentParams())
-    batch = torch.utils.data.default_collate([plain, other])
-    assert batch["mask"].shape == (2, 64, 64) and batch["has_mask"].tolist() == [True, False]
-    assert batch["mask"][1].sum() == 0
+    clothed = reader.make_item(stored["synth/c"], AugmentParams(flip=True))
+    assert clothed["has_parsing"] and not clothed["has_parts"] and set(clothed["parsing"].unique().tolist()) <= {
+        0, 1, 2, UNKNOWN}
+    batch = torch.utils.data.default_collate([plain, other, clothed])
+    assert batch["mask"].shape == (3, 64, 64) and batch["has_mask"].tolist() == [True, False, True]
+    assert batch["has_parsing"].tolist() == [False, False, True] and batch["mask"][1].sum() == 0
 
 
 def test_verify_catches_a_mask_of_the_wrong_size_and_unknown_ids(labelled_set):
@@ -292,7 +302,7 @@ def test_format_3_samples_still_read_without_masks(labelled_set):
     meta = json.loads(members["json"])
     old = {k: v for k, v in meta.items() if k not in ("has_mask", "has_parts")} | {"sample_format_version": 3}
     sample = decode_sample("synth/b", dict(members, json=json.dumps(old).encode()))
-    assert sample.mask() is None and check_sample("synth/b", dict(members, json=json.dumps(old).encode())) == []
+    assert sample.labels("mask") is None and check_sample("synth/b", dict(members, json=json.dumps(old).encode())) == []
     item = ShardReader(labelled_set, ReaderConfig(img_res=64)).make_item(sample, AugmentParams())
     assert not item["has_mask"] and not item["has_parts"] and item["mask"].shape == (64, 64)
     with_mask = dict(_members(labelled_set, "synth/a"))
@@ -315,13 +325,14 @@ def test_a_label_folder_gives_parts_per_person_or_per_image_cut_to_the_mask(tmp_
     config = CocoConfig(annotation_file=Path("test_coco.json"), image_dir=Path("."), labels_dir=folder)
     records = {r.key: r for r in CocoAdapter().read(FIXTURES / "coco", "val", config) if isinstance(r, PersonRecord)}
     skier = records["coco/000000000785_a442619"]
-    assert skier.parts is not None and skier.parts.names == ("background", "upper", "lower")
-    assert np.array_equal(skier.parts.array() > 0, skier.mask.array() == 1)  # cut to the person's mask
+    assert skier.parts is None and skier.parsing.names == ("background", "upper", "lower")  # a parsing by default
+    assert skier.parsing.provenance == "user-png" and skier.mask.provenance == "coco-polygon"
+    assert np.array_equal(skier.parsing.array() > 0, skier.mask.array() == 1)  # cut to the person's mask
     own = parsing.copy()
     own[:] = 2
     Image.fromarray(own).save(folder / key_file_name(skier.key))  # the person's own file wins, taken whole
     again = {r.key: r for r in CocoAdapter().read(FIXTURES / "coco", "val", config) if isinstance(r, PersonRecord)}
-    assert (again[skier.key].parts.array() == 2).all()
+    assert (again[skier.key].parsing.array() == 2).all()
     Image.fromarray(np.full((10, 10), 7, np.uint8)).save(folder / key_file_name(skier.key))
     rejected = [r for r in CocoAdapter().read(FIXTURES / "coco", "val", config)
                 if not isinstance(r, PersonRecord) and r.key == skier.key]
@@ -428,9 +439,10 @@ def test_render_shows_the_labels_panel(labelled_set):
     assert render_sample(with_labels, [], None).size[0] == 2 * render_sample(without, [], None).size[0]
     picture, caption = render_labels(with_labels)
     pixels = np.asarray(picture)
-    mask = with_labels.mask()
+    mask = with_labels.labels("mask")
     assert caption == "mask: synthetic-exact · parts: synthetic-exact (6)"
+    assert render_labels(samples["synth/c"])[1] == "mask: synthetic-exact · parsing: user-png (2)"
     assert (pixels[mask == 1] == 255).all(axis=1).any()  # the outline
-    parts = with_labels.parts()
+    parts = with_labels.labels("parts")
     left, right = pixels[parts == 2].mean(axis=0), pixels[parts == 3].mean(axis=0)
     assert np.abs(left - right).max() > 20  # the two arms, one grey in the crop, are tinted apart

@@ -102,7 +102,7 @@ class CheckConfig:
         image_check: "exists" (is a file; size unknown unless the annotation states it), "header" (open with
             PIL, read the size, PIL's verify; cheap), or "decode" (decode every pixel: catches truncated files,
             costs a full decode per image).
-        labels_dir: a folder of label PNGs (part labels or a parsing per person or per image, with their table:
+        labels_dir: a folder of label PNGs (a parsing or part labels per person or per image, with their table:
             `pipelines.adapters.label_files`), absolute or relative to the dataset root. None: the dataset's
             ``fitloop_parts`` folder when it holds a table (the synthetic generator writes it), else none.
     """
@@ -296,9 +296,9 @@ class RecordBuilder:
             expected_size: (width, height) the annotation states, checked against the file when it is opened.
             intrinsics: the dataset's camera of the image (source "dataset"), when it has calibrated ones.
             wholebody: (161, 3) whole-body keypoints (`core.wholebody`), px + confidence, or None; not modified.
-            mask: the person's mask from the annotation (`shards.masks.LabelMap`), or None. Part labels (and a
-                mask where this is None) come from ``config.labels_dir`` when it holds a file for the person; a
-                file there that cannot be used is a ``malformed_annotation`` reject naming it.
+            mask: the person's mask from the annotation (`shards.masks.LabelMap`), or None. A parsing or part
+                labels (and a mask where this is None) come from ``config.labels_dir`` when it holds a file for the
+                person; a file there that cannot be used is a ``malformed_annotation`` reject naming it.
             The rest: as in `PersonRecord`.
         """
         where = dict(source=source, record=record, key=key)
@@ -355,12 +355,13 @@ class RecordBuilder:
                     return self.reject(**where, reason=problem[0], message=(
                         f"{problem[1]}, once the joints outside the image were dropped"))
 
-        parts = None
+        labels: dict[str, LabelMap | None] = {}
         if self.labels is not None:
             try:
-                parts, mask, label_extra = self.labels.labels_for(key, image_path, mask, size)
+                found, mask, label_extra = self.labels.labels_for(key, image_path, mask, size)
             except MaskError as err:
                 return self.reject(**where, reason="malformed_annotation", message=str(err))
+            labels[self.labels.kind] = found
             extra.update(label_extra)
         if mask is not None and size is not None and mask.size != (size[1], size[0]):
             return self.reject(**where, reason="image_size_mismatch", message=(
@@ -373,7 +374,8 @@ class RecordBuilder:
             dataset=self.dataset, split=self.split, key=key, source=source, record=record,
             image_path=image_path, image_root=image_root, image_size=info.size, center=center, scale=scale,
             keypoints_2d=kp, joints_3d=joints_3d, smpl_pose=smpl_pose, smpl_betas=smpl_betas, has_smpl=has_smpl,
-            intrinsics=intrinsics, wholebody=wb, mask=mask, parts=parts, extra=extra)
+            intrinsics=intrinsics, wholebody=wb, mask=mask, parts=labels.get("parts"),
+            parsing=labels.get("parsing"), extra=extra)
 
     def _joint_problem(self, kp: np.ndarray) -> tuple[str, str] | None:
         """(reason, message) when the annotated joints fail ``min_joints`` or ``require_joints``, else None."""

@@ -1,14 +1,15 @@
-"""A folder of label PNGs beside a dataset: body-part labels or a parsing (clothing, semantic classes) per person or
+"""A folder of label PNGs beside a dataset: a parsing (clothing, semantic classes) or body-part labels per person or
 per image, which any adapter attaches to its records (``CheckConfig.labels_dir``).
 
 Layout::
 
-    <labels_dir>/labels.json     {"names": ["background", ...], "provenance": "user-png", "mask": false}
+    <labels_dir>/labels.json     {"kind": "parsing", "names": ["background", ...], "provenance": "user-png"}
     <labels_dir>/<key>.png       one person: its sample key with "/" as "__" (``coco__000000000785_a442619.png``)
     <labels_dir>/<image>.png     or one image: the image file's name without its suffix (``000000000785.png``)
 
 Each PNG is 1-channel 8-bit at the original image's size, 0 background and ids into ``names`` ("background"
-first). A person's own file wins over its image's. An image's file covers everyone in it, so it is cut to the
+first). ``kind`` says which of a record's label images it fills: "parsing" (the default: what a human parser or a
+clothing annotation gives) or "parts" (anatomy: body parts). A person's own file wins over its image's. An image's file covers everyone in it, so it is cut to the
 person's mask where the record has one (pixels outside the mask become background), and taken whole otherwise
 (``extra["parts_whole_image"]`` says so). ``provenance`` is a `shards.masks.PROVENANCES` key ("user-png" for a
 parsing a user brings; the synthetic generator writes "synthetic-exact"). With ``"mask": true`` the labels also
@@ -37,9 +38,11 @@ def key_file_name(key: str) -> str:
 
 @dataclass(frozen=True)
 class LabelFolder:
-    """A label folder (module docstring): its path, table, provenance and whether its labels give the mask."""
+    """A label folder (module docstring): its path, kind ("parsing" or "parts"), table, provenance and whether its
+    labels give the mask."""
 
     path: Path
+    kind: str
     names: tuple[str, ...]
     provenance: str
     gives_mask: bool
@@ -52,18 +55,21 @@ class LabelFolder:
             spec = json.loads(spec_path.read_text(encoding="utf-8"))
             names, provenance = tuple(str(n) for n in spec["names"]), str(spec.get("provenance", "user-png"))
             gives_mask = bool(spec.get("mask", False))
+            kind = str(spec.get("kind", "parsing"))
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{spec_path}: not a label folder's table ({type(err).__name__}: {err}); it holds "
                              f'{{"names": ["background", ...], "provenance": "user-png"}}') from None
+        if kind not in ("parsing", "parts"):
+            raise ValueError(f"{spec_path}: kind {kind!r} is neither 'parsing' nor 'parts'")
         if provenance not in PROVENANCES:
             raise ValueError(f"{spec_path}: provenance {provenance!r} is not one of {', '.join(PROVENANCES)}")
         if len(names) < 2 or names[0] != "background":
             raise ValueError(f"{spec_path}: names must start with 'background' and hold 2 names at least")
-        return cls(Path(path), names, provenance, gives_mask)
+        return cls(Path(path), kind, names, provenance, gives_mask)
 
     def labels_for(self, key: str, image_path: str, mask: LabelMap | None,
                    size: tuple[int, int] | None) -> tuple[LabelMap | None, LabelMap | None, dict[str, Any]]:
-        """(part labels, mask, what they add to ``extra``) of one person: the labels of its own or its image's PNG
+        """(labels of the folder's kind, mask, what they add to ``extra``) of one person: the labels of its own or its image's PNG
         (None when neither exists), and ``mask`` itself, or the labels' mask when ``mask`` is None and the folder
         gives masks. ``size`` (width, height) px is the image's, when known. MaskError naming the file when a PNG
         does not decode, is not at the image's size, or holds ids outside the table."""

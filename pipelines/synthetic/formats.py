@@ -60,12 +60,13 @@ def dataset_points(person: Person, names: tuple[str, ...]) -> np.ndarray:
 def write_part_labels(root: Path, people: list[Person]) -> Path:
     """``<root>/fitloop_parts``: a label folder (`pipelines.adapters.label_files`) of every painted person's exact
     part labels (`paint.SEGMENT_NAMES`), one PNG per sample key at its image's size, with ``labels.json``
-    (provenance "synthetic-exact"; ``"mask": true``: the labels' pixels are the person's exact mask, for
+    (kind "parts", provenance "synthetic-exact"; ``"mask": true``: the labels' pixels are the person's exact mask, for
     formats whose annotation carries none)."""
     folder = root / DEFAULT_LABELS_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / LABELS_FILE).write_text(json.dumps({"names": list(SEGMENT_NAMES), "provenance": "synthetic-exact",
-                                                  "mask": True}, indent=2) + "\n", encoding="utf-8")
+    (folder / LABELS_FILE).write_text(json.dumps({"kind": "parts", "names": list(SEGMENT_NAMES),
+                                                  "provenance": "synthetic-exact", "mask": True}, indent=2) + "\n",
+                                      encoding="utf-8")
     for person in people:
         labels = person.silhouette.labels if person.silhouette is not None else None
         if labels is not None:
