@@ -9,7 +9,7 @@ A person may carry three label images of the **original image** (`LABEL_KINDS`),
   into its own table. It is kept apart from the anatomy: a minimally-clothed-region term reads the parts, a
   clothing-containment term the parsing.
 
-Both say where they came from (`PROVENANCES`). In a record (`shards.schema.PersonRecord`) a label image travels
+Each says where it came from (`PROVENANCES`). In a record (`shards.schema.PersonRecord`) a label image travels
 as a `LabelMap`: column-major runs, COCO's RLE generalised to more than two values, so a 1000 × 1000 Human3.6M
 frame costs a few hundred runs instead of a megabyte while records pass between processes. The shard writer
 warps it into the stored crop (nearest neighbour, `crop_labels`) and stores it as a 1-channel PNG
@@ -20,15 +20,15 @@ every ``left_*`` part with its ``right_*`` twin).
 are `UNKNOWN` (255, the "ignore" id of VOC and Cityscapes): the annotation says nothing about them, which a
 silhouette term must not read as background.
 
-**COCO's conventions** (pycocotools ``maskApi.c``, cocodataset/cocoapi commit 8c9bcc3, and the format page
+**COCO's conventions** (pycocotools ``common/maskApi.c``, cocodataset/cocoapi commit e0149257, and the format page
 https://cocodataset.org/#format-data): an RLE is ``{"counts", "size": [h, w]}`` of run lengths over the mask
 flattened **column-major**, the first run counting 0s (so it is 0 when the mask starts with a 1); ``counts`` is a
 list (uncompressed, as ``iscrowd=1`` annotations of the json store them) or a string (compressed: `rle_from_string`,
 what pycocotools' ``encode`` returns). A polygon is a flat [x1, y1, x2, y2, ...] in COCO's continuous
 coordinates, where pixel (i, j) spans [i, i + 1] × [j, j + 1]; fitloop's pixel centres sit at integers
 (`shards.schema`), so a polygon's pixels are those whose centre (i + 0.5, j + 0.5) lies inside it (even-odd).
-pycocotools rasterises polygons on a 5× finer grid along the edges; the two differ by edge pixels only (the
-tests bound it by the annotation's ``area``).
+pycocotools (``rleFrPoly``) walks the edges on a 5× finer grid, which samples column i at x = i + 0.4 and rounds
+the vertices to 0.2 px; the two differ by edge pixels only (the tests bound it by the annotation's ``area``).
 
 All functions are pure; none modifies its inputs.
 """
