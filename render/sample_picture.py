@@ -8,6 +8,11 @@ camera (the row's intrinsics) through the crop's pixel map for an image-frame fi
 the sample's stored-crop keypoints, so both are drawn in the same pixel frame: when a fit is good, its mesh covers
 the person and the markers sit on the person's joints. Pixel centres are at integers throughout (as `shards.crop`): the
 rasteriser fills a pixel when its centre lies in a projected triangle, and PIL centres a marker on its pixel.
+
+A sample with a person mask, part labels or a parsing (shard format 4, `shards.masks`) gets one more panel,
+"labels" (`render_labels`): its part labels (else its parsing, else its mask) tinted over the crop (one colour per
+id, `PART_PALETTE`), the mask's outline in white, and what the annotation says nothing about (outside the original
+image) darkened.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from core.frames import (
 from core.joints import JOINT_INDEX
 from render.draw import draw_hands_and_face, draw_keypoints
 from render.raster import render_mesh
+from shards.masks import LABEL_KINDS, UNKNOWN
 from shards.sample import StoredSample
 
 MESH_COLOUR = (235, 205, 150)
@@ -41,6 +47,21 @@ CAPTION_LINES = 2
 BACKGROUND = (255, 255, 255)
 TEXT, WARN = (30, 30, 30), (190, 30, 30)
 TORSO_PAIRS = (("Right Shoulder", "Right Hip"), ("Left Shoulder", "Left Hip"))
+LABEL_OPACITY = 0.55          # of the part tint over the crop
+MASK_TINT = (60, 200, 255)    # the person of a sample with a mask and no part labels
+
+
+def _palette(n: int = 256) -> np.ndarray:
+    """(n, 3) uint8 distinct colours per label id (golden-ratio hues, full value); id 0 (background) black."""
+    hue = (np.arange(n) * 0.618033988749895) % 1.0
+    k = (np.array([5.0, 3.0, 1.0])[None] + hue[:, None] * 6.0) % 6.0
+    rgb = 1.0 - 0.75 * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
+    out = (rgb * 255).round().astype(np.uint8)
+    out[0] = 0
+    return out
+
+
+PART_PALETTE = _palette()
 
 
 @dataclass(frozen=True)
@@ -193,16 +214,55 @@ def scale_keypoints(keypoints: np.ndarray, res: int, size: int) -> np.ndarray:
     return out
 
 
+def render_labels(sample: StoredSample, size: int | None = None, *, crop: Image.Image | None = None
+                  ) -> tuple[Image.Image, str]:
+    """The crop (resized to ``size`` px) with the sample's part labels tinted (else its parsing, else its mask), the
+    mask's outline in white and unknown pixels darkened; and a caption naming the provenances."""
+    base = crop if crop is not None else decode_crop(sample)
+    res = base.size[0]
+    size = size or res
+    images = {kind: sample.labels(kind) for kind in LABEL_KINDS}
+    mask = images["mask"]
+    pixels = np.asarray(base, dtype=np.float32).copy()
+    tinted = next((kind for kind in ("parts", "parsing", "mask") if images[kind] is not None), None)
+    if tinted is not None:
+        labels = images[tinted]
+        shown = (labels > 0) & (labels != UNKNOWN)
+        tint = PART_PALETTE[labels] if tinted != "mask" else np.broadcast_to(np.array(MASK_TINT), pixels.shape)
+        pixels[shown] = (1 - LABEL_OPACITY) * pixels[shown] + LABEL_OPACITY * tint[shown]
+        pixels[labels == UNKNOWN] *= 0.35
+    if mask is not None:
+        person = mask == 1
+        edge = person & ~(np.roll(person, 1, 0) & np.roll(person, -1, 0) & np.roll(person, 1, 1)
+                          & np.roll(person, -1, 1))
+        pixels[edge] = 255.0
+    image = Image.fromarray(pixels.round().astype(np.uint8))
+    if size != res:
+        image = image.resize((size, size), Image.Resampling.NEAREST)
+    said = [f"mask: {sample.meta['mask_provenance']}" if mask is not None else "no mask"]
+    said += [f"{kind}: {sample.meta[f'{kind}_provenance']} ({len(sample.label_names(kind)) - 1})"
+             for kind in ("parts", "parsing") if images[kind] is not None]
+    return image, " · ".join(said)
+
+
 def render_sample(sample: StoredSample, panels: Sequence[FitPanel], model: Any | None, size: int | None = None,
                   *, opacity: float = MESH_OPACITY) -> Image.Image:
-    """The sample's picture: one panel per `FitPanel` side by side (at least one: keypoints only), each with a
-    caption of two lines under it (the key and the panel's title; the fit's loss, source and run)."""
+    """The sample's picture: one panel per `FitPanel` side by side (at least one: keypoints only), and a "labels"
+    panel (`render_labels`) when the sample has a mask or part labels, each with a caption of two lines under it
+    (the key and the panel's title; the fit's loss, source and run, or the labels' provenance)."""
     panels = list(panels) or [FitPanel("keypoints", None)]
     crop = decode_crop(sample)
     size = size or crop.size[0]
-    out = Image.new("RGB", (size * len(panels), size + CAPTION_LINE * CAPTION_LINES + 4), BACKGROUND)
+    has_labels = any(getattr(sample, f"{kind}_png") is not None for kind in LABEL_KINDS)
+    out = Image.new("RGB", (size * (len(panels) + has_labels), size + CAPTION_LINE * CAPTION_LINES + 4), BACKGROUND)
     draw = ImageDraw.Draw(out)
     font = _font()
+    if has_labels:
+        picture, line = render_labels(sample, size, crop=crop)
+        x = size * len(panels)
+        out.paste(picture, (x, 0))
+        draw.text((x + 3, size + 2), _fit_text(f"{sample.key} · labels", font, size - 6), fill=TEXT, font=font)
+        draw.text((x + 3, size + 2 + CAPTION_LINE), _fit_text(line, font, size - 6), fill=TEXT, font=font)
     for i, panel in enumerate(panels):
         picture, _ = render_panel(sample, panel.fit, model, size, crop=crop, opacity=opacity, missing=panel.missing)
         out.paste(picture, (i * size, 0))

@@ -14,6 +14,8 @@ One set of parameters (`AugmentParams`) moves every part of a sample consistentl
   when flipped, swapped left/right and x negated.
 * **SMPL pose**: the global orientation is pre-multiplied by the same z rotation; when flipped, `flip_pose`.
   Betas are unchanged.
+* **Label images** (person mask, part labels: `shards.masks`): the same affine map, nearest neighbour, unknown
+  (255) outside the source; when flipped, every ``left_*`` part id becomes its ``right_*`` twin's.
 
 All functions are pure and take numpy arrays; none modifies its inputs.
 """
@@ -29,6 +31,7 @@ from scipy.spatial.transform import Rotation
 from core.joints import J49_FLIP_PERM, NUM_JOINTS, flip_pose
 from core.wholebody import NUM_WHOLEBODY, WHOLEBODY_FLIP_PERM
 from shards.crop import box_to_crop, transform_points, warp
+from shards.masks import crop_labels, flip_labels
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -160,3 +163,11 @@ def augment_image(image: Image.Image, to_crop: np.ndarray, noise: tuple[float, f
     crop px, flip included)."""
     crop = warp(image, to_crop, res, resample=resample)
     return normalize_image(np.asarray(crop), noise)
+
+
+def augment_labels(labels: np.ndarray, to_crop: np.ndarray, flip: bool, names: tuple[str, ...] | list[str],
+                   res: int) -> np.ndarray:
+    """(H, W) uint8 label image (source px) -> (res, res) uint8 in the training crop (``to_crop`` flips positions
+    already; this renames left/right parts of the table ``names`` to match), 255 outside the source."""
+    crop = crop_labels(labels, to_crop, res)
+    return flip_labels(crop, names) if flip else crop

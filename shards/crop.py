@@ -121,8 +121,9 @@ def from_affine_rows(rows: list[list[float]]) -> np.ndarray:
 
 
 def warp(image: Image.Image, m: np.ndarray, res: int, resample: str = "bilinear",
-         antialias: bool = True) -> Image.Image:
-    """The ``res``×``res`` image whose pixel u shows source position ``invert(m) @ u``; black outside the source.
+         antialias: bool = True, fill: int | tuple[int, ...] = 0) -> Image.Image:
+    """The ``res``×``res`` image whose pixel u shows source position ``invert(m) @ u``; ``fill`` (default black)
+    outside the source.
 
     Args:
         image: the source (any PIL mode; RGB in fitloop).
@@ -130,6 +131,7 @@ def warp(image: Image.Image, m: np.ndarray, res: int, resample: str = "bilinear"
         res: output side, px.
         resample: "nearest", "bilinear" (default) or "bicubic".
         antialias: when the output shrinks the source, widen the filter so the warp never samples below Nyquist.
+        fill: the value of output pixels outside the source (a label image's "unknown", `shards.masks.UNKNOWN`).
 
     An unrotated map whose box lies inside the source goes through PIL's separable ``resize`` (a mirror is a
     transpose after it), which is 2–3× faster than the general affine warp and antialiases any shrink. Otherwise
@@ -148,7 +150,7 @@ def warp(image: Image.Image, m: np.ndarray, res: int, resample: str = "bilinear"
     # pixel centres sit at half-integers; shift our integer-centre map into that convention.
     pil = _CORNER_FROM_CENTRE @ inv @ _CENTRE_FROM_CORNER
     data = (pil[0, 0], pil[0, 1], pil[0, 2], pil[1, 0], pil[1, 1], pil[1, 2])
-    return image.transform((res, res), Image.Transform.AFFINE, data, resample=_RESAMPLE[resample])
+    return image.transform((res, res), Image.Transform.AFFINE, data, resample=_RESAMPLE[resample], fillcolor=fill)
 
 
 _CORNER_FROM_CENTRE = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])

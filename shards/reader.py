@@ -57,11 +57,13 @@ from shards.augment import (
     augment_image,
     augment_joints_3d,
     augment_keypoints,
+    augment_labels,
     augment_pose,
     sample_params,
     training_transform,
 )
 from shards.crop import invert
+from shards.masks import LABEL_KINDS
 from shards.receipts import file_sha256
 from shards.sample import SampleFormatError, StoredSample, decode_sample, split_member_name
 from shards.tar import HashingReader, TarFormatError, iter_members
@@ -254,6 +256,11 @@ class ShardReader(torch.utils.data.IterableDataset):
             flipped like ``keypoints``; all zeros, confidence 0, for a sample without them (a body-only
             dataset's, or one of shard format 1 or 2), so batches of mixed sets stack; has_wholebody: bool says
             which.
+        mask: (res, res) uint8 person mask in the training crop: 0 background, 1 person, 255 unknown (outside
+            the original image or the stored crop); all zeros without one; has_mask: bool.
+        parts: (res, res) uint8 part ids (0 background, ids into the sample's ``parts_names``, left and right
+            swapped on a flip, 255 unknown); all zeros without; has_parts: bool.
+        parsing: (res, res) uint8 parsing ids (``parsing_names``), like ``parts``; has_parsing: bool.
         flip: bool; rot: float32 degrees; scale: float32 (the augmentation's, multiplying the box): what was
             applied, so a trainer can undo it.
         crop_to_image: (3, 3) float64, training-crop px -> original-image px (0-based, centres at integers).
@@ -375,12 +382,15 @@ class ShardReader(torch.utils.data.IterableDataset):
         return build_item(image, to_crop, stored.keypoints_crop, stored.crop_to_image, params, res,
                           meta=stored.meta, joints_3d=stored.joints_3d, smpl_pose=stored.smpl_pose,
                           smpl_betas=stored.smpl_betas, wholebody=stored.wholebody_crop,
+                          labels={kind: (image, stored.label_names(kind)) for kind in LABEL_KINDS
+                                  if (image := stored.labels(kind)) is not None},
                           resample=self.config.resample)
 
 
 def build_item(image: Image.Image, to_crop: np.ndarray, keypoints: np.ndarray, source_to_image: np.ndarray,
                params: AugmentParams, res: int, *, meta: dict[str, Any], joints_3d: np.ndarray | None,
                smpl_pose: np.ndarray | None, smpl_betas: np.ndarray | None, wholebody: np.ndarray | None = None,
+               labels: dict[str, tuple[np.ndarray, Sequence[str]]] | None = None,
                resample: str = "bilinear") -> dict[str, Any]:
     """One training item (layout: `ShardReader`) from a decoded source image: a stored crop, or the original
     image when loading SPIN's way (bench/shards.py), through the same code.
@@ -393,7 +403,19 @@ def build_item(image: Image.Image, to_crop: np.ndarray, keypoints: np.ndarray, s
         meta: the sample's json (uses key, dataset, split, center, scale, has_smpl).
         joints_3d, smpl_pose, smpl_betas: the sample's arrays or None.
         wholebody: (161, 3) source px + confidence, or None (the item then holds zeros and has_wholebody False).
+        labels: kind (`shards.masks.LABEL_KINDS`) -> ((H, W) uint8 label image of the source, its table: for the
+            left/right swap of a flip); a kind not given is all zeros in the item, its ``has_<kind>`` False.
     """
+    labels = labels or {}
+    label_items: dict[str, Any] = {}
+    for kind in LABEL_KINDS:
+        if kind in labels:
+            source, names = labels[kind]
+            label_items[kind] = torch.from_numpy(augment_labels(source, to_crop, params.flip, tuple(names), res))
+        else:
+            label_items[kind] = torch.zeros((res, res), dtype=torch.uint8)
+        label_items[f"has_{kind}"] = torch.tensor(kind in labels)
+
     return {
         "img": torch.from_numpy(augment_image(image, to_crop, params.noise, res, resample)),
         "keypoints": torch.from_numpy(augment_keypoints(keypoints, to_crop, params.flip, res)),
@@ -407,6 +429,7 @@ def build_item(image: Image.Image, to_crop: np.ndarray, keypoints: np.ndarray, s
         "wholebody": torch.from_numpy(augment_keypoints(wholebody, to_crop, params.flip, res) if wholebody is not None
                                       else np.zeros((NUM_WHOLEBODY, 3), np.float32)),
         "has_wholebody": torch.tensor(wholebody is not None),
+        **label_items,
         "flip": torch.tensor(params.flip), "rot": torch.tensor(params.rot, dtype=torch.float32),
         "scale": torch.tensor(params.scale, dtype=torch.float32),
         "crop_to_image": torch.from_numpy(source_to_image @ invert(to_crop)),

@@ -24,6 +24,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from core.errors import naming_file
+from shards.masks import LabelMap
 from shards.sample import SAMPLE_FORMAT_VERSION
 from shards.schema import SCHEMA_VERSION, PersonRecord, Reject
 
@@ -55,6 +56,9 @@ def _update(digest: Any, name: str, value: Any) -> None:
     if isinstance(value, np.ndarray):
         digest.update(f"{value.dtype.str}{value.shape}".encode())
         digest.update(np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, LabelMap):  # its repr elides long arrays: hash every run
+        for f in dataclasses.fields(value):
+            _update(digest, f.name, getattr(value, f.name))
     else:  # strings, numbers, paths, tuples and the json-able `extra`
         digest.update(json.dumps(value, sort_keys=True, default=str).encode())
     digest.update(b"\0")

@@ -20,12 +20,25 @@ suffix                 content
                        **original-image** px + confidence (only when the record has them)
 ``wholebody_crop.npy`` (161, 3) float32: the same points in **stored-crop** px + confidence, through the crop map
                        of ``keypoints_crop`` (only with ``wholebody_2d.npy``)
+``mask.png``           1-channel 8-bit PNG, ``res``×``res``: the person mask in the stored crop, 0 background,
+                       1 person, 255 unknown (outside the original image) (only when the record has a mask)
+``parts.png``          1-channel 8-bit PNG, ``res``×``res``: body-part ids in the stored crop, 0 background, ids
+                       into the json's ``parts_names``, 255 unknown (only when the record has part labels)
+``parsing.png``        the same for a clothing or semantic parsing, ids into ``parsing_names`` (only when the
+                       record has one)
 =====================  ===========================================================================================
+
+The json says ``has_mask``, ``has_parts`` and ``has_parsing``, and for each present label image its provenance
+(``<kind>_provenance``: `shards.masks.PROVENANCES`) and, for parts and parsing, the table ``<kind>_names`` (id ->
+name, "background" first). Label images are warped from the original image with the crop's
+map, nearest neighbour (`shards.masks.crop_labels`).
 
 Arrays are ``.npy`` written and read with ``allow_pickle=False``; nothing in a shard is a pickle.
 
 Format versions: 2 added ``intrinsics`` to the json and always fills ``image_size`` (the writer decodes the image);
-3 added the optional whole-body members and the json flag ``has_wholebody``. Format 1 samples still read: their
+3 added the optional whole-body members and the json flag ``has_wholebody``; 4 added the optional ``mask.png``,
+``parts.png`` and ``parsing.png`` and the json flags ``has_mask``, ``has_parts`` and ``has_parsing`` (a sample of an
+older format has none: its flags read False). Format 1 samples still read: their
 intrinsics are unknown, and `StoredSample.intrinsics` gives the guess from the image size
 (`core.intrinsics.fov_guess`), or raises where the size is unknown too. Format 1 and 2 samples have no whole-body
 keypoints (`StoredSample.wholebody_crop` is None, as for a body-only dataset's format 3 sample).
@@ -44,12 +57,14 @@ from core.intrinsics import Intrinsics, fov_guess
 from core.joints import NUM_JOINTS
 from core.wholebody import NUM_WHOLEBODY
 from shards.crop import from_affine_rows, invert, to_affine_rows, transform_points
+from shards.masks import LABEL_KINDS, MASK_NAMES, crop_labels, decode_png, encode_png
 from shards.schema import SCHEMA_VERSION, PersonRecord
 
 # Bump when a member is added, removed or changes meaning; readers check it.
-SAMPLE_FORMAT_VERSION = 3
-# 1: written before samples stored their intrinsics; 2: before the whole-body members (module docstring)
-READABLE_SAMPLE_FORMATS = (1, 2, 3)
+SAMPLE_FORMAT_VERSION = 4
+# 1: written before samples stored their intrinsics; 2: before the whole-body members; 3: before the label
+# images (module docstring)
+READABLE_SAMPLE_FORMATS = (1, 2, 3, 4)
 
 _ARRAYS: dict[str, tuple[str, tuple[int, ...]]] = {  # suffix -> (StoredSample field, shape)
     "keypoints_2d.npy": ("keypoints_2d", (NUM_JOINTS, 3)),
@@ -62,7 +77,8 @@ _ARRAYS: dict[str, tuple[str, tuple[int, ...]]] = {  # suffix -> (StoredSample f
 }
 REQUIRED_SUFFIXES: tuple[str, ...] = ("jpg", "json", "keypoints_2d.npy", "keypoints_crop.npy")
 WHOLEBODY_SUFFIXES: tuple[str, ...] = ("wholebody_2d.npy", "wholebody_crop.npy")  # both or neither (format 3 on)
-KNOWN_SUFFIXES = frozenset(REQUIRED_SUFFIXES) | frozenset(_ARRAYS)
+LABEL_SUFFIXES: dict[str, str] = {f"{kind}.png": f"{kind}_png" for kind in LABEL_KINDS}  # format 4 on
+KNOWN_SUFFIXES = frozenset(REQUIRED_SUFFIXES) | frozenset(_ARRAYS) | frozenset(LABEL_SUFFIXES)
 # Suffixes webdataset decodes with pickle (its "pyd"/"pickle" handlers) and torch's pickled files: never read.
 PICKLE_SUFFIXES = ("pyd", "pickle", "pkl", "pth", "pt")
 
@@ -131,6 +147,13 @@ def encode_sample(record: PersonRecord, jpeg: bytes, image_to_crop: np.ndarray, 
         "has_smpl": record.has_smpl, "has_joints_3d": record.joints_3d is not None,
         "has_wholebody": record.wholebody is not None, "extra": dict(record.extra),
     }
+    for kind in LABEL_KINDS:
+        labels = getattr(record, kind)
+        meta[f"has_{kind}"] = labels is not None
+        if labels is not None:
+            meta[f"{kind}_provenance"] = labels.provenance
+            if kind != "mask":
+                meta[f"{kind}_names"] = list(labels.names)
     members = {"jpg": jpeg, "json": json.dumps(meta, sort_keys=True, allow_nan=False).encode("utf-8"),
                "keypoints_2d.npy": encode_npy(record.keypoints_2d),
                "keypoints_crop.npy": encode_npy(keypoints_crop)}
@@ -141,6 +164,10 @@ def encode_sample(record: PersonRecord, jpeg: bytes, image_to_crop: np.ndarray, 
     if record.wholebody is not None:
         members["wholebody_2d.npy"] = encode_npy(record.wholebody)
         members["wholebody_crop.npy"] = encode_npy(points_in_crop(image_to_crop, record.wholebody))
+    for kind in LABEL_KINDS:
+        labels = getattr(record, kind)
+        if labels is not None:
+            members[f"{kind}.png"] = encode_png(crop_labels(labels.array(), image_to_crop, res))
     return members
 
 
@@ -162,6 +189,8 @@ class StoredSample:
         joints_3d: (49, 4) or None; smpl_pose: (72,) or None; smpl_betas: (10,) or None.
         wholebody_2d: (161, 3) original-image px + confidence, wholebody_crop: (161, 3) stored-crop px +
             confidence (`core.wholebody` order), or None: a body-only dataset's sample, or one of format 1 or 2.
+        mask_png, parts_png, parsing_png: the label images' PNG bytes (module docstring), or None; `labels`
+            decodes them.
     """
 
     key: str
@@ -174,6 +203,20 @@ class StoredSample:
     smpl_betas: np.ndarray | None = None
     wholebody_2d: np.ndarray | None = None
     wholebody_crop: np.ndarray | None = None
+    mask_png: bytes | None = None
+    parts_png: bytes | None = None
+    parsing_png: bytes | None = None
+
+    def labels(self, kind: str) -> np.ndarray | None:
+        """(res, res) uint8 label image ``kind`` (`shards.masks.LABEL_KINDS`) in the stored crop: 0 background,
+        ids into `label_names` (1 = the person, for the mask), 255 unknown; None when the sample has none."""
+        png = getattr(self, f"{kind}_png")
+        return None if png is None else decode_png(png)
+
+    def label_names(self, kind: str) -> tuple[str, ...]:
+        """The table (id -> name) of label image ``kind``: `shards.masks.MASK_NAMES` for the mask, the json's
+        ``<kind>_names`` otherwise (empty without that image)."""
+        return MASK_NAMES if kind == "mask" else tuple(self.meta.get(f"{kind}_names", ()))
 
     @property
     def image_to_crop(self) -> np.ndarray:
@@ -234,7 +277,12 @@ def decode_sample(key: str, members: dict[str, bytes]) -> StoredSample:
     if len(wholebody) not in (0, len(WHOLEBODY_SUFFIXES)):
         raise SampleFormatError(f"sample {key!r} has {wholebody[0]} without "
                                 f"{next(s for s in WHOLEBODY_SUFFIXES if s not in members)}")
+    labels = [s for s in LABEL_SUFFIXES if s in members]
+    if labels and meta.get("sample_format_version", 0) < 4:
+        raise SampleFormatError(f"sample {key!r} of format {meta.get('sample_format_version')} has member(s) "
+                                f"{', '.join(labels)}, which formats before 4 do not have")
     for suffix, (field, shape) in _ARRAYS.items():
         if field in arrays and arrays[field].shape != shape:
             raise SampleFormatError(f"sample {key!r}: {suffix} has shape {arrays[field].shape}, expected {shape}")
-    return StoredSample(key=key, meta=meta, jpeg=members["jpg"], **arrays)
+    return StoredSample(key=key, meta=meta, jpeg=members["jpg"], **arrays,
+                        **{field: members[s] for s, field in LABEL_SUFFIXES.items() if s in members})

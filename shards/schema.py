@@ -34,11 +34,13 @@ import numpy as np
 from core.intrinsics import Intrinsics
 from core.joints import NUM_JOINTS
 from core.wholebody import NUM_WHOLEBODY
+from shards.masks import LABEL_KINDS, MASK_NAMES, LabelMap
 
 # Bump when a field is added, removed or changes meaning; shard manifests and rejects tables record it.
 # 2: `PersonRecord.intrinsics` (the dataset's camera of the original image).
 # 3: `PersonRecord.wholebody` (161 whole-body keypoints: body, hands, face; core.wholebody).
-SCHEMA_VERSION = 3
+# 4: `PersonRecord.mask`, `.parts` and `.parsing` (label maps of the original image: shards.masks).
+SCHEMA_VERSION = 4
 
 # A sample key: "<dataset>/<id>", letters, digits, '_', '-' and '/', never '.' (webdataset splits member names at
 # the first dot) and never whitespace.
@@ -112,6 +114,12 @@ class PersonRecord:
             pupils): x, y in 0-based px of the original image + confidence (0 = absent, all zeros), or None for a
             dataset without hand and face keypoints. Its body slots need not equal ``keypoints_2d`` (COCO-WholeBody
             puts its foot points there; ``keypoints_2d`` holds what the dataset's body annotation has).
+        mask: the person's foreground mask in the original image (`shards.masks.LabelMap` with table
+            `shards.masks.MASK_NAMES`: 0 background, 1 person) and its provenance, or None when the source has none.
+        parts: the person's body-part labels (anatomy) in the original image (a `LabelMap`: 0 background, ids
+            into its ``names``), or None.
+        parsing: the person's clothing or semantic parsing in the original image (a `LabelMap` with its own
+            table), or None.
         extra: json-able metadata the source offers beyond the fields above (occluded joints, head box, ...).
     """
 
@@ -132,6 +140,9 @@ class PersonRecord:
     has_smpl: bool = False
     intrinsics: Intrinsics | None = None
     wholebody: np.ndarray | None = None
+    mask: LabelMap | None = None
+    parts: LabelMap | None = None
+    parsing: LabelMap | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -159,6 +170,15 @@ class PersonRecord:
             raise ValueError(f"{self.key}: intrinsics must be a core.intrinsics.Intrinsics, got {self.intrinsics!r}")
         if self.wholebody is not None:
             set_(self, "wholebody", _frozen_array(self.wholebody, (NUM_WHOLEBODY, 3), "wholebody"))
+        for name in LABEL_KINDS:
+            labels = getattr(self, name)
+            if labels is not None and not isinstance(labels, LabelMap):
+                raise ValueError(f"{self.key}: {name} must be a shards.masks.LabelMap, got {type(labels).__name__}")
+            if labels is not None and self.image_size is not None and labels.size != self.image_size[::-1]:
+                raise ValueError(f"{self.key}: {name} is {labels.size[1]}x{labels.size[0]} px, the image "
+                                 f"{self.image_size[0]}x{self.image_size[1]}")
+        if self.mask is not None and not self.mask.is_mask:
+            raise ValueError(f"{self.key}: a person mask has the table {MASK_NAMES}, got {self.mask.names}")
         set_(self, "extra", dict(self.extra))
 
     @property
@@ -180,7 +200,9 @@ class PersonRecord:
             "joints_3d": listed(self.joints_3d), "smpl_pose": listed(self.smpl_pose),
             "smpl_betas": listed(self.smpl_betas), "has_smpl": self.has_smpl,
             "intrinsics": None if self.intrinsics is None else self.intrinsics.to_json(),
-            "wholebody": listed(self.wholebody), "extra": dict(self.extra),
+            "wholebody": listed(self.wholebody),
+            **{kind: None if getattr(self, kind) is None else getattr(self, kind).to_json() for kind in LABEL_KINDS},
+            "extra": dict(self.extra),
         }
 
 

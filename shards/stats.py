@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from core.joints import JOINT_NAMES
+from shards.masks import LABEL_KINDS
 from shards.writer import ShardSetError, load_manifest
 
 # Person box sides (px in the original image) are counted in these bins: [0, 64), [64, 128), ... [1024, inf).
@@ -28,7 +29,8 @@ def shard_stats(shard_dir: Path, scan: bool = True, progress: Callable[[int], No
     Keys: ``samples`` (written), ``read``, ``rejected``, ``consistent``, ``by_dataset`` (dataset -> samples),
     ``by_split`` (split -> samples), ``by_dataset_split`` (dataset -> split -> read/written/rejected),
     ``rejects_by_reason``, ``rejects_by_dataset`` (dataset -> reason -> n), ``shards``, ``bytes``,
-    ``bytes_per_sample``, ``has_smpl``, ``has_joints_3d``, ``has_wholebody``, ``schema_version``,
+    ``bytes_per_sample``, ``has_smpl``, ``has_joints_3d``, ``has_wholebody``, ``has_mask``, ``has_parts``, ``has_parsing``,
+    ``schema_version``,
     ``sample_format_version``, ``created_utc``, ``config``; with ``scan``, also ``keypoints`` and ``boxes`` (`scan_samples`, which calls
     ``progress`` with 1 after each sample).
     """
@@ -61,6 +63,7 @@ def shard_stats(shard_dir: Path, scan: bool = True, progress: Callable[[int], No
         "bytes_per_sample": total_bytes / counts["written"] if counts["written"] else 0.0,
         "has_smpl": manifest["has_smpl"], "has_joints_3d": manifest["has_joints_3d"],
         "has_wholebody": manifest.get("has_wholebody", 0),  # a set written before sample format 3 has none
+        **{f"has_{kind}": manifest.get(f"has_{kind}", 0) for kind in LABEL_KINDS},  # before format 4: none
         "schema_version": manifest["schema_version"], "sample_format_version": manifest["sample_format_version"],
         "created_utc": manifest["created_utc"], "config": manifest["config"], **scanned,
     }
@@ -132,7 +135,8 @@ def format_stats(stats: dict[str, Any]) -> str:
              f"read {stats['read']} = written {stats['samples']} + rejected {stats['rejected']}"
              + ("" if stats["consistent"] else "  ** counts do not reconcile: run fitloop shards verify **"),
              (f"  with SMPL {stats['has_smpl']}, with 3D joints {stats['has_joints_3d']}, "
-              f"with whole-body keypoints {stats['has_wholebody']}")]
+              f"with whole-body keypoints {stats['has_wholebody']}, with a person mask {stats['has_mask']}, with "
+              f"part labels {stats['has_parts']}, with a parsing {stats['has_parsing']}")]
     lines.append("  dataset / split            read    written   rejected")
     for dataset, splits in stats["by_dataset_split"].items():
         for split, c in splits.items():

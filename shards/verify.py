@@ -14,6 +14,9 @@ checksum failed, so that a damaged shard says *which* sample is bad where the da
   (`core.intrinsics`); a format-1 sample has none (unknown: readers guess);
 * ``keypoints_crop`` is ``keypoints_2d`` through ``image_to_crop`` (absent joints all zeros), and so is
   ``wholebody_crop`` ``wholebody_2d`` (format 3 on; the json's ``has_wholebody`` says whether they are there);
+* its label images (format 4 on; the json's ``has_mask``, ``has_parts`` and ``has_parsing`` say whether they are
+  there) decode as 1-channel PNGs of ``res`` × ``res`` px, with ids in their table (0/1 for the mask,
+  ``<kind>_names`` for parts and parsing) or 255 (unknown), and a known provenance (`shards.masks.PROVENANCES`);
 * its box has at least `shards.crop.MIN_BOX_INSIDE` of its area inside the image (else the crop is black);
 * the JPEG decodes in full, RGB, ``res`` × ``res`` px;
 * the manifest's sample count per shard, and keys unique over the set;
@@ -40,6 +43,7 @@ from PIL import Image
 from core.intrinsics import PLAUSIBLE_FOV_DEG, Intrinsics, fov_guess
 from shards.crop import box_problem, from_affine_rows, transform_points
 from shards.lookup import raw_samples
+from shards.masks import LABEL_KINDS, MASK_NAMES, PROVENANCES, UNKNOWN, MaskError, decode_png
 from shards.reader import ShardCorruptError
 from shards.reader import verify as verify_checksums
 from shards.sample import _ARRAYS, SampleFormatError, decode_sample  # _ARRAYS: suffix -> shape
@@ -135,6 +139,10 @@ def check_meta(meta: Any) -> list[str]:
     if meta["sample_format_version"] >= 3 and not isinstance(meta.get("has_wholebody"), bool):
         problems.append(f"json field 'has_wholebody' is {meta.get('has_wholebody')!r}, expected true or false "
                         f"(sample format 3 stores it)")
+    for flag in (f"has_{kind}" for kind in LABEL_KINDS):
+        if meta["sample_format_version"] >= 4 and not isinstance(meta.get(flag), bool):
+            problems.append(f"json field {flag!r} is {meta.get(flag)!r}, expected true or false (sample format 4 "
+                            f"stores it)")
     return problems
 
 
@@ -212,11 +220,46 @@ def _check_consistency(key: str, sample, shard_entry: dict[str, Any] | None) -> 
         array = getattr(sample, name)
         if array is not None and (array.dtype.kind != "f" or not np.isfinite(array).all()):
             problems.append(f"{suffix} holds {'non-finite values' if array.dtype.kind == 'f' else array.dtype}")
+    problems += _check_labels(sample)
     if problems:
         return problems
     problems = _check_keypoints(sample, sample.keypoints_2d, sample.keypoints_crop, "keypoints")
     if sample.wholebody_crop is not None:
         problems += _check_keypoints(sample, sample.wholebody_2d, sample.wholebody_crop, "wholebody")
+    return problems
+
+
+def _check_labels(sample) -> list[str]:
+    """The label images against the json: flags, provenance, size (``crop.res``) and ids in their table."""
+    meta, problems = sample.meta, []
+    res = meta["crop"]["res"]
+    for name in LABEL_KINDS:
+        png = getattr(sample, f"{name}_png")
+        flag = meta["sample_format_version"] >= 4 and bool(meta.get(f"has_{name}"))  # formats before 4: none
+        if flag != (png is not None):
+            problems.append(f"json has_{name} is {flag} but {name}.png is {'present' if png is not None else 'absent'}")
+            continue
+        if png is None:
+            continue
+        provenance = meta.get(f"{name}_provenance")
+        if provenance not in PROVENANCES:
+            problems.append(f"json {name}_provenance is {provenance!r}, not one of {', '.join(PROVENANCES)}")
+        names = MASK_NAMES if name == "mask" else meta.get(f"{name}_names")
+        if not (isinstance(names, list) or names == MASK_NAMES) or len(names) < 2 or names[0] != "background":
+            problems.append(f"json {name}_names is {names!r}, expected a list of names, 'background' first")
+            continue
+        try:
+            labels = decode_png(png)
+        except MaskError as err:
+            problems.append(f"{name}.png: {err}")
+            continue
+        if labels.shape != (res, res):
+            problems.append(f"{name}.png is {labels.shape[1]}×{labels.shape[0]} px, json crop.res says {res}")
+        ids = np.unique(labels)
+        bad = ids[(ids >= len(names)) & (ids != UNKNOWN)]
+        if len(bad):
+            problems.append(f"{name}.png holds id(s) {bad.tolist()}, its table has {len(names)} (and {UNKNOWN}: "
+                            f"unknown)")
     return problems
 
 

@@ -52,6 +52,7 @@ from core.errors import FitloopError, naming_file
 from core.intrinsics import EXIF_IFD, resolve_intrinsics
 from core.killpoint import kill_point
 from shards.crop import box_problem, box_to_crop, warp
+from shards.masks import LABEL_KINDS
 from shards.receipts import CHUNKS_DIR, chunk_digest, file_sha256, read_receipt, write_receipt
 from shards.sample import READABLE_SAMPLE_FORMATS, SAMPLE_FORMAT_VERSION, encode_sample
 from shards.schema import REJECT_COLUMNS, SCHEMA_VERSION, PersonRecord, Reject
@@ -117,8 +118,8 @@ class ChunkResult:
         counts: dataset -> split -> {"read", "written", "rejected"} for every record of the chunk.
         rejects: reject rows (`Reject.to_row`), the adapter's and this chunk's crop-time ones.
         keys: the keys written, in order (for the duplicate check across chunks; not kept in the manifest).
-        has_smpl, has_joints_3d, has_wholebody: samples with ground-truth SMPL, with 3D joints, with whole-body
-            keypoints.
+        has_smpl, has_joints_3d, has_wholebody, has_mask, has_parts, has_parsing: samples with ground-truth
+            SMPL, with 3D joints, with whole-body keypoints, with a person mask, with part labels, with a parsing.
         sources: distinct {dataset, split, source, image_root} of the samples written (annotation file and image
             folder; a reject's source is in its row).
     """
@@ -133,6 +134,9 @@ class ChunkResult:
     has_smpl: int = 0
     has_joints_3d: int = 0
     has_wholebody: int = 0
+    has_mask: int = 0
+    has_parts: int = 0
+    has_parsing: int = 0
     sources: list[dict[str, str]] = field(default_factory=list)
 
     def count(self, dataset: str, split: str, what: str) -> None:
@@ -267,6 +271,9 @@ def write_chunk(records: list[PersonRecord | Reject], out_dir: Path, shard_name:
                     result.has_smpl += int(item.has_smpl)
                     result.has_joints_3d += int(item.joints_3d is not None)
                     result.has_wholebody += int(item.wholebody is not None)
+                    result.has_mask += int(item.mask is not None)
+                    result.has_parts += int(item.parts is not None)
+                    result.has_parsing += int(item.parsing is not None)
                     kill_point("shards.sample")
             raw.flush()
             os.fsync(raw.fileno())
@@ -302,6 +309,13 @@ def _sample_members(record: PersonRecord, cache: _ImageCache, config: ShardConfi
     if problem:
         return Reject(dataset=record.dataset, split=record.split, source=record.source, record=record.record,
                       reason="degenerate_box", message=problem, key=record.key)
+    for name in LABEL_KINDS:
+        labels = getattr(record, name)
+        if labels is not None and labels.size != (image.height, image.width):
+            return Reject(dataset=record.dataset, split=record.split, source=record.source, record=record.record,
+                          reason="image_size_mismatch", key=record.key, message=(
+                              f"its {name} is {labels.size[1]}x{labels.size[0]} px, {path.name} is "
+                              f"{image.width}x{image.height}"))
     jpeg, image_to_crop = crop_record(record, image, config)
     intrinsics = resolve_intrinsics(record.intrinsics, cache.exif, image.size)
     return encode_sample(record, jpeg, image_to_crop, config.crop_res, config.crop_margin, intrinsics, image.size)
@@ -494,7 +508,7 @@ def finalize_manifest(out_dir: Path, chunk_results: list[ChunkResult], config: S
     Manifest fields: ``format``, ``sample_format_version``, ``schema_version``, ``fitloop_version``,
     ``created_utc``, ``config`` (resolved) and ``config_sha256``, ``inputs``, ``sources``, ``counts`` (read, written,
     rejected), ``by_dataset`` (dataset -> split -> counts), ``rejects_by_reason``, ``has_smpl``,
-    ``has_joints_3d``, ``has_wholebody``, ``shards`` (name, sha256, bytes, samples, dataset, split per shard) and ``rejects`` (file,
+    ``has_joints_3d``, ``has_wholebody``, ``has_mask``, ``has_parts``, ``has_parsing``, ``shards`` (name, sha256, bytes, samples, dataset, split per shard) and ``rejects`` (file,
     rows, sha256).
 
     Before the manifest is written, every shard a chunk reported is checked on disk (present, with the size and
@@ -561,6 +575,9 @@ def finalize_manifest(out_dir: Path, chunk_results: list[ChunkResult], config: S
         "has_smpl": sum(r.has_smpl for r in chunk_results),
         "has_joints_3d": sum(r.has_joints_3d for r in chunk_results),
         "has_wholebody": sum(r.has_wholebody for r in chunk_results),  # sets before format 3: absent (0)
+        "has_mask": sum(r.has_mask for r in chunk_results),  # sets before format 4: absent (0)
+        "has_parts": sum(r.has_parts for r in chunk_results),
+        "has_parsing": sum(r.has_parsing for r in chunk_results),
         "shards": shards,
         "rejects": {"file": REJECTS, "rows": len(reject_rows), "sha256": rejects_sha},
     }

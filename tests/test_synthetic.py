@@ -19,8 +19,9 @@ from fitting.body_model import load_body_model
 from pipelines.adapters import iter_dataset
 from pipelines.synthetic import SynthConfig, SynthError, generate, load_truth
 from pipelines.synthetic.config import DEFAULT_MOCAP_DIR
-from pipelines.synthetic.paint import background, rle_counts
+from pipelines.synthetic.paint import background
 from render.raster import rasterize
+from shards.masks import rle_decode, rle_encode
 from shards.schema import KEY_PATTERN, PersonRecord, Reject
 
 TINY = dict(coco_people=5, mpii_people=5, lsp_people=5, lspet_people=5, h36m_subjects=("S1", "S9"),
@@ -99,16 +100,14 @@ def test_coco_boxes_and_masks_describe_the_silhouette(synth):
     assert {a["image_id"] for a in data["annotations"]} == {i["id"] for i in data["images"]}
     for annotation in data["annotations"]:
         height, width = annotation["segmentation"]["size"]
-        counts = np.asarray(annotation["segmentation"]["counts"])
-        flat = np.repeat(np.arange(len(counts)) % 2, counts).astype(bool)  # runs alternate, background first
-        mask = flat.reshape(width, height).T
+        mask = rle_decode(annotation["segmentation"]["counts"], (height, width))  # COCO's RLE
         assert mask.sum() == annotation["area"] > 0
         ys, xs = np.nonzero(mask)
         assert annotation["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
         key = f"coco/{annotation['image_id']:012d}_a{annotation['id']}"
         u0, v0, u1, v1 = truth.get(key)["vertex_box"]  # the mesh's extent contains what is drawn of it
         assert u0 - 1 <= xs.min() and xs.max() <= u1 + 1 and v0 - 1 <= ys.min() and ys.max() <= v1 + 1
-    assert rle_counts(np.array([[True, False], [True, True]])) == [0, 2, 1, 1]
+    assert rle_encode(np.array([[True, False], [True, True]])).tolist() == [0, 2, 1, 1]
 
 
 def body_coloured(pixel: np.ndarray, outfit: np.ndarray, tolerance: float = 40.0) -> bool:

@@ -308,7 +308,7 @@ def test_preprocess_counts_reconcile_and_sets_verify(shard_sets):
 
 def test_wholebody_keypoints_round_trip_through_the_crop_and_land_on_their_pixels(shard_sets):
     sample = find_samples(shard_sets["coco_wholebody"], ["coco_wholebody/000000000001_a101"])[0]
-    assert sample.meta["has_wholebody"] and sample.meta["sample_format_version"] == 3
+    assert sample.meta["has_wholebody"] and sample.meta["sample_format_version"] >= 3
     present = sample.wholebody_2d[:, 2] > 0
     assert present.sum() == 111
     # crop px -> original px is exact (float32 storage) ...
@@ -383,6 +383,8 @@ def test_old_format_samples_still_read_and_a_tampered_wholebody_fails_verify(sha
         decode_sample(sample.key, members | {"wholebody_2d.npy": encode_npy(sample.wholebody_2d),
                                              "wholebody_crop.npy": encode_npy(sample.wholebody_crop)})
     members["json"] = json.dumps(sample.meta).encode()
+    members |= {suffix: png for suffix, png in (("mask.png", sample.mask_png), ("parts.png", sample.parts_png))
+                if png is not None}  # format 4: the synthetic person's labels
     with pytest.raises(SampleFormatError, match="wholebody_2d.npy without wholebody_crop.npy"):
         decode_sample(sample.key, members | {"wholebody_2d.npy": encode_npy(sample.wholebody_2d)})
     # a whole-body point moved in the crop is found by verify

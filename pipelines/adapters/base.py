@@ -48,7 +48,9 @@ from core.errors import FitloopError
 from core.intrinsics import Intrinsics
 from core.joints import J24_OFFSET, JOINT_NAMES, NUM_JOINTS, indices
 from core.wholebody import NUM_WHOLEBODY, WHOLEBODY_NAMES
+from pipelines.adapters.label_files import DEFAULT_LABELS_DIR, LABELS_FILE, LabelFolder
 from shards.crop import box_problem
+from shards.masks import LabelMap, MaskError
 from shards.schema import PersonRecord, Reject
 
 Output = PersonRecord | Reject
@@ -100,6 +102,9 @@ class CheckConfig:
         image_check: "exists" (is a file; size unknown unless the annotation states it), "header" (open with
             PIL, read the size, PIL's verify; cheap), or "decode" (decode every pixel: catches truncated files,
             costs a full decode per image).
+        labels_dir: a folder of label PNGs (a parsing or part labels per person or per image, with their table:
+            `pipelines.adapters.label_files`), absolute or relative to the dataset root. None: the dataset's
+            ``fitloop_parts`` folder when it holds a table (the synthetic generator writes it), else none.
     """
 
     min_joints: int = 6
@@ -109,6 +114,7 @@ class CheckConfig:
     out_of_image_margin_px: float = 2.0
     min_box_side_px: float = 8.0
     image_check: ImageCheck = "header"
+    labels_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.min_joints < 0:
@@ -251,15 +257,25 @@ class RecordBuilder:
     It caches each image's check, so a multi-person image is opened once.
     """
 
-    def __init__(self, dataset: str, split: str, config: CheckConfig, annotated: slice = _ANNOTATED) -> None:
+    def __init__(self, dataset: str, split: str, config: CheckConfig, annotated: slice = _ANNOTATED, *,
+                 root: Path | None = None) -> None:
         """``annotated``: the canonical slots that hold this source's keypoints, for ``min_joints`` and the image
-        bounds: the J24 annotations (25–48) by default, `DETECTED` (0–24) for OpenPose output."""
+        bounds: the J24 annotations (25–48) by default, `DETECTED` (0–24) for OpenPose output. ``root``: the
+        dataset root a relative ``config.labels_dir`` lies under. DatasetError when the label folder's table
+        cannot be read."""
         self.dataset = dataset
         self.split = split
         self.config = config
         self.annotated = annotated
         self._required = indices(config.require_joints)
         self._images: dict[Path, _ImageInfo] = {}
+        self.labels: LabelFolder | None = None
+        folder = resolve_under(Path(root or "."), config.labels_dir or DEFAULT_LABELS_DIR)
+        if config.labels_dir is not None or (root is not None and (folder / LABELS_FILE).is_file()):
+            try:
+                self.labels = LabelFolder.open(folder)
+            except ValueError as err:
+                raise DatasetError(str(err)) from None
 
     def reject(self, source: str, record: str, reason: str, message: str, key: str = "") -> Reject:
         return Reject(dataset=self.dataset, split=self.split, source=source, record=record, reason=reason,
@@ -270,7 +286,8 @@ class RecordBuilder:
                expected_size: tuple[int, int] | None = None, joints_3d: np.ndarray | None = None,
                smpl_pose: np.ndarray | None = None, smpl_betas: np.ndarray | None = None,
                has_smpl: bool = False, intrinsics: Intrinsics | None = None,
-               wholebody: np.ndarray | None = None, extra: Mapping[str, Any] | None = None) -> Output:
+               wholebody: np.ndarray | None = None, mask: LabelMap | None = None,
+               extra: Mapping[str, Any] | None = None) -> Output:
         """Check one candidate (module docstring) and build its record.
 
         Args:
@@ -279,6 +296,9 @@ class RecordBuilder:
             expected_size: (width, height) the annotation states, checked against the file when it is opened.
             intrinsics: the dataset's camera of the image (source "dataset"), when it has calibrated ones.
             wholebody: (161, 3) whole-body keypoints (`core.wholebody`), px + confidence, or None; not modified.
+            mask: the person's mask from the annotation (`shards.masks.LabelMap`), or None. A parsing or part
+                labels (and a mask where this is None) come from ``config.labels_dir`` when it holds a file for the
+                person; a file there that cannot be used is a ``malformed_annotation`` reject naming it.
             The rest: as in `PersonRecord`.
         """
         where = dict(source=source, record=record, key=key)
@@ -335,6 +355,17 @@ class RecordBuilder:
                     return self.reject(**where, reason=problem[0], message=(
                         f"{problem[1]}, once the joints outside the image were dropped"))
 
+        labels: dict[str, LabelMap | None] = {}
+        if self.labels is not None:
+            try:
+                found, mask, label_extra = self.labels.labels_for(key, image_path, mask, size)
+            except MaskError as err:
+                return self.reject(**where, reason="malformed_annotation", message=str(err))
+            labels[self.labels.kind] = found
+            extra.update(label_extra)
+        if mask is not None and size is not None and mask.size != (size[1], size[0]):
+            return self.reject(**where, reason="image_size_mismatch", message=(
+                f"its mask is {mask.size[1]}x{mask.size[0]} px, the image {size[0]}x{size[1]}"))
         try:  # the sample's json keeps it, finite numbers only
             json.dumps(extra, allow_nan=False)
         except (TypeError, ValueError) as err:
@@ -343,7 +374,8 @@ class RecordBuilder:
             dataset=self.dataset, split=self.split, key=key, source=source, record=record,
             image_path=image_path, image_root=image_root, image_size=info.size, center=center, scale=scale,
             keypoints_2d=kp, joints_3d=joints_3d, smpl_pose=smpl_pose, smpl_betas=smpl_betas, has_smpl=has_smpl,
-            intrinsics=intrinsics, wholebody=wb, extra=extra)
+            intrinsics=intrinsics, wholebody=wb, mask=mask, parts=labels.get("parts"),
+            parsing=labels.get("parsing"), extra=extra)
 
     def _joint_problem(self, kp: np.ndarray) -> tuple[str, str] | None:
         """(reason, message) when the annotated joints fail ``min_joints`` or ``require_joints``, else None."""

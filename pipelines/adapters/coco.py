@@ -8,6 +8,13 @@ Conventions (SPIN datasets/preprocess/coco.py): box centre = bbox centre, ``scal
 labelled keypoints get confidence 1 (occluded ones ``occluded_confidence``). COCO's box is in continuous
 coordinates and its keypoints in pixel indices; the half pixel between them is ignored, as SPIN and mmpose do.
 
+Masks: the annotation's ``segmentation`` is the person's mask: polygons (``iscrowd=0``, "coco-polygon") or an RLE
+("coco-rle", uncompressed counts or the compressed string), decoded by `shards.masks.coco_mask` at the image's
+``height`` × ``width``. An empty segmentation gives no mask. A segmentation that cannot be decoded costs the
+mask, not the person: the record keeps its keypoints and says why in ``extra["mask_error"]``. ``iscrowd=1``
+annotations are crowd regions (their RLE covers many people, COCO's evaluation ignores them): rejected as
+``crowd``, as before, never a person's mask.
+
 Keys: ``coco/<image id, 12 digits>_a<annotation id>``, e.g. ``coco/000000000785_a442619``: the annotation id is
 COCO's own, stable across re-orderings and shared by the 2014 and 2017 releases, which re-split the same images.
 """
@@ -37,6 +44,7 @@ from pipelines.adapters.base import (
     occluded_names,
     resolve_under,
 )
+from shards.masks import MASK_NAMES, LabelMap, MaskError, coco_mask
 from shards.schema import make_key
 
 # COCO's own keypoint names, in its order; a file whose person category lists others is not this format.
@@ -84,7 +92,7 @@ class CocoAdapter:
         path = resolve_under(root, config.annotation_file) or find_annotation_file(root, split, self.annotation_glob)
         if not path.is_file():
             raise DatasetError(f"COCO annotation file {path} does not exist")
-        builder = RecordBuilder(self.name, split, config)
+        builder = RecordBuilder(self.name, split, config, root=root)
         source = display_path(path, root)
         image_root, image_dir = image_folder(root, resolve_under(root, config.image_dir)
                                              or self.default_image_dir(root, path, split))
@@ -129,12 +137,14 @@ class CocoAdapter:
             image_path = image_path_under(image_dir, image["file_name"])
             expected_size = (int(image["width"]), int(image["height"]))
             wholebody, part_extra = self.wholebody(annotation, config)
+            segmentation = annotation.get("segmentation")
         except (KeyError, TypeError, ValueError, OverflowError) as err:
             return builder.reject(source, record, "malformed_annotation",
                                   f"cannot read the annotation: {type(err).__name__}: {err}", key)
         if crowd:
             return builder.reject(source, record, "crowd", "iscrowd=1: a crowd region, not one person", key)
 
+        mask, mask_extra = person_mask(segmentation, expected_size)
         labelled, occluded = raw[:, 2] > 0, raw[:, 2] == 1
         conf = joint_confidence(labelled, occluded, config.occluded_confidence)
         keypoints = to_canonical(np.column_stack([raw[:, :2], conf]), "coco")
@@ -142,9 +152,9 @@ class CocoAdapter:
             key=key, source=source, record=record, image_root=image_root,
             image_path=image_path,
             center=np.array([x + w / 2.0, y + h / 2.0]), scale=config.bbox_expand * max(w, h) / 200.0,
-            keypoints_2d=keypoints, expected_size=expected_size, wholebody=wholebody,
+            keypoints_2d=keypoints, expected_size=expected_size, wholebody=wholebody, mask=mask,
             extra={"image_id": image_id, "annotation_id": annotation_id, "bbox_xywh": [x, y, w, h],
-                   "occluded": occluded_names(occluded & labelled, COCO_JOINTS)} | part_extra)
+                   "occluded": occluded_names(occluded & labelled, COCO_JOINTS)} | part_extra | mask_extra)
 
 
     def wholebody(self, annotation: dict[str, Any], config: CocoConfig) -> tuple[np.ndarray | None, dict[str, Any]]:
@@ -156,6 +166,20 @@ class CocoAdapter:
     def default_image_dir(self, root: Path, annotation_file: Path, split: str) -> Path:
         """The image folder when ``image_dir`` is not given (`default_image_dir`)."""
         return default_image_dir(root, annotation_file)
+
+
+def person_mask(segmentation: Any, size: tuple[int, int]) -> tuple[LabelMap | None, dict[str, Any]]:
+    """The person mask of an annotation's ``segmentation`` in an image of ``size`` (width, height) px, and what
+    it adds to ``extra``: (None, {}) when there is none (absent, empty polygons or counts), (None,
+    {"mask_error": why}) when it cannot be decoded (module docstring)."""
+    if segmentation is None or (isinstance(segmentation, list) and not segmentation) or (
+            isinstance(segmentation, dict) and not len(segmentation.get("counts") or [])):
+        return None, {}
+    try:
+        mask, provenance = coco_mask(segmentation, (size[1], size[0]))
+        return LabelMap.from_array(mask, MASK_NAMES, provenance), {}
+    except (MaskError, TypeError, ValueError) as err:
+        return None, {"mask_error": f"segmentation not decoded: {err}"}
 
 
 def _order(annotation: Any) -> tuple[int, int, int]:

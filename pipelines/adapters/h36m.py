@@ -50,6 +50,11 @@ pixels equal to 1. fitloop centres the box on the pixels' extent (SPIN's centre 
 it adds 1 to the maximum). Without a mask, the tight box of the 17 joints with ``bbox_expand`` 1.2, as SPIN does
 for every keypoint dataset (the joints stop at the wrists, ankles and mid-head, so the box needs the margin).
 
+**Foreground masks.** Where ``S<n>/MySegmentsMat/ground_truth_bs/<Action>.<camera>.mat`` exists (the release's
+background-subtraction masks, the same MATLAB 7.3 layout as the box masks), each record carries its frame's
+pixels equal to 1 as its person mask (`PersonRecord.mask`, provenance "h36m-foreground"); an empty frame gives
+none. A foreground file that cannot be read costs the masks, not the people: ``extra["mask_error"]`` says why.
+
 **Splits** as the literature uses them: train S1, S5, S6, S7, S8; test S9, S11; ``all`` both. A subject
 without a folder is skipped (Human3.6M is downloaded per subject); none at all raises `DatasetError`. SPIN's
 protocol 2 is ``cameras=("60457274",)`` on the test split.
@@ -85,6 +90,7 @@ from pipelines.adapters.base import (
     keypoint_box,
     resolve_under,
 )
+from shards.masks import MASK_NAMES, LabelMap
 from shards.schema import make_key
 
 SPLIT_SUBJECTS: dict[str, tuple[str, ...]] = {
@@ -216,6 +222,11 @@ class _Sequence:
     world: bool
 
     @property
+    def foreground(self) -> Path:
+        """MySegmentsMat/ground_truth_bs/<action>.<camera>.mat (may not exist)."""
+        return self.mask.parent.with_name("ground_truth_bs") / self.mask.name
+
+    @property
     def name(self) -> str:
         return f"{self.action}.{self.camera}"
 
@@ -239,7 +250,7 @@ class H36mAdapter:
             raise DatasetError(f"no Human3.6M subject folder ({', '.join(subjects)}) under {root}")
         cameras = self._cameras(root, config)
         pattern = image_pattern(config.image_layout)
-        builder = RecordBuilder(self.name, split, config)
+        builder = RecordBuilder(self.name, split, config, root=root)
         for subject in present:
             for sequence in self._sequences(root, subject, config, cameras):
                 yield from self._read_sequence(builder, root, sequence, cameras, pattern, config)
@@ -325,17 +336,27 @@ class H36mAdapter:
             except PARSER_ERRORS as err:
                 problem_mask = f"{display_path(seq.mask, root)}: {type(err).__name__}: {err}"
 
+        foreground, problem_foreground = None, ""
+        if seq.foreground.is_file():
+            try:
+                foreground = MaskFile(seq.foreground)
+            except PARSER_ERRORS as err:
+                problem_foreground = f"{display_path(seq.foreground, root)}: {type(err).__name__}: {err}"
+
         try:
             for frame in range(0, len(joints_3d), config.frame_step):
+                mask, mask_extra = _foreground(foreground, problem_foreground, frame, seq, root)
                 yield self._person(builder, root, seq, source, frame, joints_3d[frame], joints_2d, problem_2d,
-                                   masks, problem_mask, camera, pattern, config)
+                                   masks, problem_mask, camera, pattern, config, mask, mask_extra)
         finally:
-            if masks is not None:
-                masks.close()
+            for opened in (masks, foreground):
+                if opened is not None:
+                    opened.close()
 
     def _person(self, builder: RecordBuilder, root: Path, seq: _Sequence, source: str, frame: int,
                 raw_3d: np.ndarray, joints_2d: np.ndarray | None, problem_2d: str, masks: "MaskFile | None",
-                problem_mask: str, camera: Camera | None, pattern: str, config: H36mConfig) -> Output:
+                problem_mask: str, camera: Camera | None, pattern: str, config: H36mConfig,
+                mask: LabelMap | None = None, mask_extra: dict[str, Any] | None = None) -> Output:
         key = make_key(self.name, f"{seq.subject}_{seq.action}.{seq.camera}_{frame + 1:06d}")
         record = f"{seq.subject} {seq.name} frame {frame}"
         where = dict(source=source, record=record, key=key)
@@ -355,7 +376,7 @@ class H36mAdapter:
         joints_3d = to_canonical(np.hstack([points, ones]), "h36m")
 
         extra: dict[str, Any] = {"subject": seq.subject, "action": seq.action, "camera": seq.camera,
-                                 "frame": frame}
+                                 "frame": frame, **(mask_extra or {})}
         intrinsics = None
         if camera is not None:
             extra["camera_params"] = camera.info()
@@ -380,7 +401,27 @@ class H36mAdapter:
                                     camera=seq.camera, frame=frame, frame1=frame + 1)
         return builder.person(key=key, source=source, record=record, image_root=root, image_path=image_path,
                               center=center, scale=scale, keypoints_2d=keypoints, joints_3d=joints_3d,
-                              intrinsics=intrinsics, extra=extra)
+                              intrinsics=intrinsics, mask=mask, extra=extra)
+
+
+def _foreground(foreground: "MaskFile | None", problem: str, frame: int, seq: _Sequence,
+                root: Path) -> tuple[LabelMap | None, dict[str, Any]]:
+    """The person mask of one frame from its ground_truth_bs file, and what it adds to ``extra`` (module
+    docstring): none without a file or for an empty frame; a read error as ``mask_error``."""
+    if problem:
+        return None, {"mask_error": problem}
+    if foreground is None:
+        return None, {}
+    try:
+        pixels = foreground.frame(frame)
+    except PARSER_ERRORS as err:  # a mask file damaged past its header
+        return None, {"mask_error": f"{display_path(seq.foreground, root)}: frame {frame}: "
+                                    f"{type(err).__name__}: {err}"}
+    if isinstance(pixels, str):
+        return None, {"mask_error": pixels}
+    if not (pixels == 1).any():
+        return None, {}
+    return LabelMap.from_array(pixels == 1, MASK_NAMES, "h36m-foreground"), {}
 
 
 # --- File readers ----------------------------------------------------------------------------------------------
@@ -400,10 +441,12 @@ def read_pose_cdf(path: Path, dims: int) -> np.ndarray:
 
 
 class MaskFile:
-    """A ``ground_truth_bb`` MATLAB 7.3 file: ``Masks`` is a cell (F × 1 references) of masks stored transposed.
+    """A ``ground_truth_bb`` or ``ground_truth_bs`` MATLAB 7.3 file: ``Masks`` is a cell (F × 1 references) of
+    masks stored transposed.
 
-    ``box(frame)`` gives the inclusive pixel box (x0, y0, x1, y1) of the pixels equal to 1 (SPIN's rule), or a
-    message saying why there is none. The file stays open until `close`.
+    ``frame(frame)`` gives a frame's (H, W) mask; ``box(frame)`` the inclusive pixel box (x0, y0, x1, y1) of
+    the pixels equal to 1 (SPIN's rule); either a message saying why there is none. The file stays open until
+    `close`.
     """
 
     def __init__(self, path: Path) -> None:
@@ -416,10 +459,15 @@ class MaskFile:
             self._h5.close()
             raise
 
-    def box(self, frame: int) -> tuple[int, int, int, int] | str:
+    def frame(self, frame: int) -> np.ndarray | str:
         if frame >= len(self._refs):
-            return f"the box mask file has {len(self._refs)} frames; none for frame {frame}"
-        mask = np.asarray(self._h5[self._refs[frame]][()]).T  # MATLAB column order -> (H, W)
+            return f"the mask file has {len(self._refs)} frames; none for frame {frame}"
+        return np.asarray(self._h5[self._refs[frame]][()]).T  # MATLAB column order -> (H, W)
+
+    def box(self, frame: int) -> tuple[int, int, int, int] | str:
+        mask = self.frame(frame)
+        if isinstance(mask, str):
+            return mask.replace("the mask file", "the box mask file")
         ys, xs = np.nonzero(mask == 1)
         if len(xs) == 0:
             return f"the box mask of frame {frame} is empty"

@@ -99,7 +99,7 @@ class LspAdapter:
         if not path.is_file():
             raise DatasetError(f"{self.name}: joints file {path} does not exist")
         image_root, image_dir = image_folder(root, resolve_under(root, config.image_dir) or root / "images")
-        builder = RecordBuilder(self.name, split, config)
+        builder = RecordBuilder(self.name, split, config, root=root)
         source = display_path(path, root)
         try:
             joints = self._load(path)  # (N, 14, 3): x, y, flag per image and joint

@@ -145,7 +145,7 @@ class MpiiAdapter:
         path, fmt = self._annotation_file(root, split, config)
         if fmt != "mat" and split == "trainval":
             raise DatasetError("split 'trainval' is read from the release .mat only; read 'train' and 'val'")
-        builder = RecordBuilder(self.name, split, config)
+        builder = RecordBuilder(self.name, split, config, root=root)
         source = display_path(path, root)
         image_root, image_dir = image_folder(root, resolve_under(root, config.image_dir) or root / "images")
         if fmt == "mat":

@@ -94,7 +94,7 @@ class OpenPoseAdapter:
         if not files:
             raise DatasetError(f"no *{OPENPOSE_JSON_SUFFIX} files in {json_dir}; run OpenPose with --write_json "
                                f"{json_dir}, or pass json_dir")
-        builder = RecordBuilder(self.name, split, config, annotated=DETECTED)
+        builder = RecordBuilder(self.name, split, config, annotated=DETECTED, root=root)
         image_root, folder = image_folder(root, image_dir)
         images = _image_index(image_dir)
         for path in files:

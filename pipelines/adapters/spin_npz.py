@@ -81,7 +81,7 @@ class SpinNpzAdapter:
         if path is None or not path.is_file():
             raise DatasetError(f"spin-npz needs npz_file, an existing SPIN .npz (got {path})")
         dataset, pixel_offset = self._identity(path, split, config)
-        builder = RecordBuilder(dataset, split, config)
+        builder = RecordBuilder(dataset, split, config, root=root)
         source = display_path(path, root)
         try:
             columns = _load(path)

@@ -29,8 +29,10 @@ from core.wholebody import (
     OPENPOSE_WHOLEBODY_JOINTS,
     wholebody_indices,
 )
-from pipelines.synthetic.paint import Picture
+from pipelines.adapters.label_files import DEFAULT_LABELS_DIR, LABELS_FILE, key_file_name
+from pipelines.synthetic.paint import SEGMENT_NAMES, Picture
 from pipelines.synthetic.scene import Person
+from shards.masks import encode_png
 
 MATLAB = 1.0  # 1-based MATLAB pixels = fitloop's 0-based + 1
 COCO_KEYPOINT_NAMES = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
@@ -49,6 +51,27 @@ def inside(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def dataset_points(person: Person, names: tuple[str, ...]) -> np.ndarray:
     """The person's projected keypoints (J, 2) px, 0-based, in a dataset's joint order."""
     return person.keypoints[indices(names)]
+
+
+# --- Part labels (every dataset) -------------------------------------------------------------------------------------
+
+
+
+def write_part_labels(root: Path, people: list[Person]) -> Path:
+    """``<root>/fitloop_parts``: a label folder (`pipelines.adapters.label_files`) of every painted person's exact
+    part labels (`paint.SEGMENT_NAMES`), one PNG per sample key at its image's size, with ``labels.json``
+    (kind "parts", provenance "synthetic-exact"; ``"mask": true``: the labels' pixels are the person's exact mask, for
+    formats whose annotation carries none)."""
+    folder = root / DEFAULT_LABELS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / LABELS_FILE).write_text(json.dumps({"kind": "parts", "names": list(SEGMENT_NAMES),
+                                                  "provenance": "synthetic-exact", "mask": True}, indent=2) + "\n",
+                                      encoding="utf-8")
+    for person in people:
+        labels = person.silhouette.labels if person.silhouette is not None else None
+        if labels is not None:
+            (folder / key_file_name(person.key)).write_bytes(encode_png(labels.array()))
+    return folder
 
 
 # --- COCO ----------------------------------------------------------------------------------------------------------

@@ -221,6 +221,7 @@ def _finish(planned: _Planned, metadata: dict[str, Any], progress: Callable[[int
     for picture in planned.pictures:
         picture.bodies = []  # painted: the vertices are no longer needed
     planned.write(planned.work, planned.pictures, planned.people)
+    formats.write_part_labels(planned.work, planned.people)
     info = {**metadata, "dataset": planned.name, "people": len(planned.people), "images": len(planned.pictures)}
     if planned.body_model is not None:
         info["body_model"] = planned.body_model
@@ -390,6 +391,7 @@ def _plan_h36m(root: Path, config: SynthConfig, model: BodyModel, poses: PoseSou
     people: list[Person] = []
     pose_files: list[tuple[Path, np.ndarray]] = []
     mask_files: list[tuple[Path, np.ndarray]] = []
+    foreground_files: list[tuple[Path, dict[int, int]]] = []  # (file, frame -> index into people)
     sequences = []  # (subject, action, betas (F, NB), motion (F, 72) world frame, outfit, region colours)
     for subject in config.h36m_subjects:
         betas = np.repeat(sample_betas(rng, 1, model.num_betas, config.betas_clip), frames, axis=0)
@@ -425,11 +427,14 @@ def _plan_h36m(root: Path, config: SynthConfig, model: BodyModel, poses: PoseSou
             boxes = np.concatenate([pixels.min(axis=1), pixels.max(axis=1)], axis=1)
             mask_files.append((root / subject / "MySegmentsMat" / "ground_truth_bb" / f"{stem}.mat",
                                h36m_files.mesh_boxes(boxes, size)))
+            drawn: dict[int, int] = {}
+            foreground_files.append((root / subject / "MySegmentsMat" / "ground_truth_bs" / f"{stem}.mat", drawn))
             orient, transl = move_parameters(motion[:, :3], offset, everyone.root_rest[span], cam.R,
                                              -cam.R @ cam.T / 1000.0)
             for frame in range(0, frames, step):
                 image = root / pattern.format(subject=subject, action=action, action_us=action.replace(" ", "_"),
                                               camera=serial, frame=frame, frame1=frame + 1)
+                drawn[frame] = len(people)
                 joints = _to_camera(cam, world["joints"][frame])
                 h36m = _to_camera(cam, world["h36m"][frame])
                 people.append(Person(
@@ -449,6 +454,13 @@ def _plan_h36m(root: Path, config: SynthConfig, model: BodyModel, poses: PoseSou
             h36m_files.write_pose_cdf(path, values)
         for path, boxes in mask_files:
             h36m_files.write_box_masks(path, boxes, size)
+        empty = np.zeros(size[::-1], dtype=np.uint8)
+        for path, drawn in foreground_files:
+            silhouettes = {frame: _people[i].silhouette for frame, i in drawn.items()}
+            h36m_files.write_masks(path, [
+                (silhouettes[f].labels.array() > 0).astype(np.uint8)
+                if f in silhouettes and silhouettes[f] is not None and silhouettes[f].labels is not None else empty
+                for f in range(frames)])
         h36m_files.write_cameras_h5(root / "cameras.h5", rig)
         h36m_files.write_metadata_xml(root / "metadata.xml", rig)
 

@@ -9,11 +9,14 @@ Layout (under the dataset root; pipelines/adapters/h36m.py reads it):
     S<n>/MyPoseFeatures/D3_Positions_mono/<Action>.<cam>.cdf    Pose (1, F, 96), mm, camera frame
     S<n>/MyPoseFeatures/D2_Positions/<Action>.<cam>.cdf         Pose (1, F, 64), px, 0-based
     S<n>/MySegmentsMat/ground_truth_bb/<Action>.<cam>.mat       MATLAB 7.3 (HDF5): Masks, F × 1 cell of masks
+    S<n>/MySegmentsMat/ground_truth_bs/<Action>.<cam>.mat       the same layout: foreground masks
 
 The 32 raw joints: the 17 that SPIN reads are the body model's Human3.6M joints (`BodyModel.h36m_joints`); the
 copies Human3.6M keeps (`RAW_DUPLICATES`) repeat them; the toes and hand ends it has and SPIN ignores are the
 model's big toes and SMPL hand joints, so a reader of those finds plausible points, not zeros.
 Box masks: 1 inside the box of the projected mesh (the silhouette's box, every frame), 0 elsewhere.
+Foreground masks: the exact silhouette of the frames that have an image (every ``h36m_frame_step``-th), where the
+release has a background subtraction's; frames without an image are empty (nothing was drawn).
 """
 from __future__ import annotations
 
@@ -65,21 +68,30 @@ def write_pose_cdf(path: Path, values: np.ndarray) -> None:
 
 
 def write_box_masks(path: Path, boxes: np.ndarray, size: tuple[int, int]) -> None:
-    """A ground_truth_bb file: per frame a (H, W) uint8 mask, 1 inside the inclusive pixel box (x0, y0, x1, y1)
-    of ``boxes`` (F, 4), stored transposed (MATLAB order) in ``#refs#`` and referenced by ``Masks`` (F, 1)."""
+    """A ground_truth_bb file (`write_masks`): per frame 1 inside the inclusive pixel box (x0, y0, x1, y1) of
+    ``boxes`` (F, 4), 0 elsewhere, in an image of ``size`` (width, height)."""
     width, height = size
+    masks = []
+    for x0, y0, x1, y1 in np.asarray(boxes, dtype=np.int64):
+        mask = np.zeros((height, width), dtype=np.uint8)
+        mask[max(y0, 0):max(y1 + 1, 0), max(x0, 0):max(x1 + 1, 0)] = 1
+        masks.append(mask)
+    write_masks(path, masks)
+
+
+def write_masks(path: Path, masks: list[np.ndarray]) -> None:
+    """A MySegmentsMat file: per frame an (H, W) uint8 mask, stored transposed (MATLAB order) in ``#refs#`` and
+    referenced by ``Masks`` (F, 1)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w", userblock_size=512) as h5:
         refs = h5.create_group("#refs#")
         handles = []
-        for i, (x0, y0, x1, y1) in enumerate(np.asarray(boxes, dtype=np.int64)):
-            mask = np.zeros((height, width), dtype=np.uint8)
-            mask[max(y0, 0):max(y1 + 1, 0), max(x0, 0):max(x1 + 1, 0)] = 1
+        for i, mask in enumerate(masks):
             data = refs.create_dataset(f"m{i}", data=mask.T, compression="gzip", compression_opts=4)
             data.attrs["MATLAB_class"] = np.bytes_("uint8")
             handles.append(data.ref)
-        masks = h5.create_dataset("Masks", data=np.array(handles, dtype=h5py.ref_dtype).reshape(-1, 1))
-        masks.attrs["MATLAB_class"] = np.bytes_("cell")
+        cell = h5.create_dataset("Masks", data=np.array(handles, dtype=h5py.ref_dtype).reshape(-1, 1))
+        cell.attrs["MATLAB_class"] = np.bytes_("cell")
     with open(path, "r+b") as fh:  # MATLAB's 7.3 header in the user block, so MATLAB and scipy see a .mat
         fh.write(MATLAB_HEADER.ljust(116, b" ") + b"\x00" * 8 + b"\x00\x02" + b"IM")
 

@@ -10,6 +10,12 @@ the picture shows (`Silhouette.visible`: the point's own part of its own body is
 `PROBE_RADIUS_PX` of it, at a depth within `PROBE_DEPTH_M` of the point's, so a hand behind the torso or a face
 turned away is not shown) and the box of each part's drawn pixels (`Silhouette.part_boxes`).
 
+Every person's **exact silhouette and part labels** come back too (`Silhouette.labels`, a `shards.masks.LabelMap`
+of the whole image): each drawn pixel of the person is labelled with the body segment of the face drawn there,
+the open model's segmentation (Anny's bone weights summed into SMPL's 24 segments, docs/open_model.md): the
+joint with the largest skinning weight, named by `SEGMENT_NAMES` (SMPL-X's jaw and eyes are "head", its fingers
+"left_hand" / "right_hand"), provenance "synthetic-exact".
+
 Bodies are drawn by `render.raster.rasterize`, fitloop's one renderer (flat shading, a colour per face), into
 one z-buffer, so people who overlap hide each other correctly. A face's colour is its region's in the person's
 outfit: skin (head, neck, hands, and forearms or shins when sleeves or trousers are short), top, bottom, shoes.
@@ -29,6 +35,7 @@ from core.intrinsics import EXIF_IFD, EXIF_TAGS
 from core.joints import SMPL_JOINT_NAMES
 from core.wholebody import FINGERS, SMPLX_JOINT_NAMES, WHOLEBODY_PARTS
 from render.raster import rasterize
+from shards.masks import LabelMap, rle_encode
 
 # Body regions of the mesh (the outfit's colours), by the joint that moves a face most (its dominant skinning
 # weight): SMPL's 24 joints, and SMPL-X's 55 (jaw and eyes are head, every finger joint is hands).
@@ -59,6 +66,21 @@ def part_of_joint(name: str) -> str:
     return "body"
 
 
+# The part-label table of the synthetic people: 0 background, then SMPL's 24 segments named by their joint (the
+# faces that joint moves most: "left_hip" is the left thigh, "left_knee" the left shin).
+SEGMENT_NAMES: tuple[str, ...] = ("background",) + SMPL_JOINT_NAMES
+
+
+def segment_of_joint(name: str) -> int:
+    """The SMPL segment (index into `SMPL_JOINT_NAMES`) of an SMPL or SMPL-X joint's faces."""
+    if name in SMPL_JOINT_NAMES:
+        return SMPL_JOINT_NAMES.index(name)
+    if name in ("jaw", "left_eye_smplhf", "right_eye_smplhf"):
+        return SMPL_JOINT_NAMES.index("head")
+    side = "left" if name.startswith("left_") else "right"
+    return SMPL_JOINT_NAMES.index(f"{side}_hand")  # a finger joint
+
+
 PROBE_RADIUS_PX = 1    # a probe is shown when its part is drawn in the (2r+1)² pixels around it ...
 PROBE_DEPTH_M = 0.04   # ... at a depth within this of the probe's (a finger joint lies ~1 cm under the skin,
                        # the wrist's centre ~3 cm; the face is ~15 cm in front of the back of the head)
@@ -68,11 +90,12 @@ _MESHES: dict[str, Mesh] = {}  # set per process by `set_meshes`
 @dataclass(frozen=True)
 class Mesh:
     """A body model's mesh as the painter needs it: faces (F, 3), each face's colour region (F,) (index into
-    `REGIONS`) and whole-body part (F,) (index into `PARTS`)."""
+    `REGIONS`), whole-body part (F,) (index into `PARTS`) and SMPL segment (F,) (index into `SMPL_JOINT_NAMES`)."""
 
     faces: np.ndarray
     regions: np.ndarray
     parts: np.ndarray
+    segments: np.ndarray
 
 
 @dataclass
@@ -131,13 +154,15 @@ class Silhouette:
     """What the picture shows of one body: inclusive pixel box (x0, y0, x1, y1) (None if nothing shows), its
     pixel count, and COCO's uncompressed RLE counts (column-major runs, starting with background); for a body
     with probes, ``visible`` (K,) bool, which probes the picture shows (module docstring), and ``part_boxes``,
-    the inclusive pixel box of each whole-body part that shows (`PARTS` names; parts not drawn are absent)."""
+    the inclusive pixel box of each whole-body part that shows (`PARTS` names; parts not drawn are absent);
+    ``labels``: the body's exact part labels over the whole image (`SEGMENT_NAMES`; module docstring)."""
 
     box: tuple[int, int, int, int] | None
     area: int
     rle: list[int]
     visible: np.ndarray | None = None
     part_boxes: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
+    labels: LabelMap | None = None
 
 
 def mesh_of(faces: np.ndarray, skinning_weights: np.ndarray) -> Mesh:
@@ -153,7 +178,9 @@ def mesh_of(faces: np.ndarray, skinning_weights: np.ndarray) -> Mesh:
     dominant = weights[faces].sum(axis=1).argmax(axis=1)
     joint_region = np.array([REGIONS.index(REGION_OF_JOINT[name]) for name in names])
     joint_part = np.array([PARTS.index(part_of_joint(name)) for name in names])
-    return Mesh(faces=faces, regions=joint_region[dominant], parts=joint_part[dominant])
+    joint_segment = np.array([segment_of_joint(name) for name in names])
+    return Mesh(faces=faces, regions=joint_region[dominant], parts=joint_part[dominant],
+                segments=joint_segment[dominant])
 
 
 def face_regions(faces: np.ndarray, skinning_weights: np.ndarray) -> np.ndarray:
@@ -197,13 +224,19 @@ def draw(picture: Picture) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     """Rasterise ``picture``'s bodies over its background (nearest wins): the image (H, W, 3) uint8, and per pixel
     the body drawn there (H, W) (index into ``picture.bodies``, -1 for background), its whole-body part (H, W)
     (index into `PARTS`, -1) and the drawn face's depth (H, W) m (mean of its vertices' z; inf for background)."""
+    return _draw(picture)[:4]
+
+
+def _draw(picture: Picture) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`draw`, and per pixel the drawn face's SMPL segment (H, W) (index into `SMPL_JOINT_NAMES`, -1)."""
     width, height = picture.size
     canvas = background(picture.size, picture.background_seed)
     owner = np.full((height, width), -1, dtype=np.int64)
     part = np.full((height, width), -1, dtype=np.int64)
+    segment = np.full((height, width), -1, dtype=np.int64)
     depth = np.full((height, width), np.inf)
     if not picture.bodies:
-        return canvas, owner, part, depth
+        return canvas, owner, part, depth, segment
     missing = sorted({b.mesh for b in picture.bodies} - set(_MESHES))
     if missing:
         raise RuntimeError(f"paint: no mesh {missing}; call set_meshes first (the worker initializer)")
@@ -214,20 +247,22 @@ def draw(picture: Picture) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     colours = np.concatenate([b.colours[m.regions] for b, m in zip(picture.bodies, meshes)])
     face_body = np.concatenate([np.full(len(m.faces), i) for i, m in enumerate(meshes)])
     face_part = np.concatenate([m.parts for m in meshes])
+    face_segment = np.concatenate([m.segments for m in meshes])
     pixels, face_index = rasterize(vertices, faces, colours, picture.focal, picture.principal, picture.size)
     drawn = face_index >= 0
     canvas[drawn] = pixels[drawn]
     seen = face_index[drawn]
-    owner[drawn], part[drawn] = face_body[seen], face_part[seen]
+    owner[drawn], part[drawn], segment[drawn] = face_body[seen], face_part[seen], face_segment[seen]
     depth[drawn] = np.asarray(vertices, dtype=np.float64)[faces[seen], 2].mean(axis=1)
-    return canvas, owner, part, depth
+    return canvas, owner, part, depth, segment
 
 
 def paint(picture: Picture) -> list[Silhouette]:
     """Draw ``picture`` (`draw`), save it as JPEG, and return each body's `Silhouette` in the order of
     ``picture.bodies``."""
-    canvas, owner, part, depth = draw(picture)
-    silhouettes = [_silhouette(owner == i, body, i, owner, part, depth) for i, body in enumerate(picture.bodies)]
+    canvas, owner, part, depth, segment = _draw(picture)
+    silhouettes = [_silhouette(owner == i, body, i, owner, part, depth, segment)
+                   for i, body in enumerate(picture.bodies)]
     picture.path.parent.mkdir(parents=True, exist_ok=True)
     extra = {"exif": camera_exif(picture)} if picture.exif else {}
     Image.fromarray(canvas).save(picture.path, quality=picture.jpeg_quality, **extra)
@@ -259,29 +294,25 @@ def paint_batch(pictures: list[Picture]) -> list[list[Silhouette]]:
 
 
 def _silhouette(mask: np.ndarray, body: Body | None = None, index: int = 0, owner: np.ndarray | None = None,
-                part: np.ndarray | None = None, depth: np.ndarray | None = None) -> Silhouette:
+                part: np.ndarray | None = None, depth: np.ndarray | None = None,
+                segment: np.ndarray | None = None) -> Silhouette:
     box = _box(mask)
+    labels = None
+    if segment is not None:
+        labels = LabelMap.from_array(np.where(mask, segment + 1, 0), SEGMENT_NAMES, "synthetic-exact")
     if body is None or body.probes is None:
-        return Silhouette(box, int(mask.sum()), rle_counts(mask))
+        return Silhouette(box, int(mask.sum()), rle_encode(mask).tolist(), labels=labels)
     visible = probes_shown(body.probes, body.probe_parts, index, owner, part, depth)
     part_boxes = {}
     for k, name in enumerate(PARTS):
         part_box = _box(mask & (part == k))
         if part_box is not None:
             part_boxes[name] = part_box
-    return Silhouette(box, int(mask.sum()), rle_counts(mask), visible=visible, part_boxes=part_boxes)
+    return Silhouette(box, int(mask.sum()), rle_encode(mask).tolist(), visible=visible, part_boxes=part_boxes,
+                      labels=labels)
 
 
 def _box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     """Inclusive pixel box (x0, y0, x1, y1) of a mask (H, W), None when empty."""
     ys, xs = np.nonzero(mask)
     return None if len(xs) == 0 else (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
-
-
-def rle_counts(mask: np.ndarray) -> list[int]:
-    """COCO's uncompressed RLE of an (H, W) bool mask: run lengths in column-major order, background first."""
-    flat = np.asarray(mask, dtype=np.uint8).T.reshape(-1)
-    change = np.flatnonzero(np.diff(flat)) + 1
-    bounds = np.concatenate([[0], change, [flat.size]])
-    runs = np.diff(bounds).tolist()
-    return ([0] + runs) if flat.size and flat[0] else runs
