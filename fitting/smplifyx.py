@@ -6,16 +6,18 @@ released code's, vchoutas/smplify-x: `cfg_files/fit_smplx.yaml`, `smplifyx/fitti
 `smplifyx/fit_single_frame.py`), in its five stages of `SMPLIFYX_STAGES`:
 
     E = d² Σ_i (w_i c_i)² Σ_xy ρ(π(X_i) − x_i)                 data: GMoF ρ, rho = 100 px; d = 1000 / image height
-      + w_body² E_body(θ_body) + 3.17 w_body Σ exp(s θ)²      body pose prior (GMM over the 21 body joints for
-                                                                now) and SMPLify's elbow/knee bending prior
-      + w_hand² (E_hand(θ_lhand) + E_hand(θ_rhand))             hand pose prior (L2 on the 45 values, no PCA)
+      + w_body² E_body(θ_body) + 3.17 w_body Σ exp(s θ)²      body pose prior (the GMM over the 21 body joints by
+                                                                default, or the VAE) and SMPLify's elbow/knee
+                                                                bending prior
+      + w_hand² E_hand([θ_lhand, θ_rhand])                      hand pose prior over both hands (L2 on the 90
+                                                                values by default, or the joint limits, or a PCA)
       + w_shape² ‖β‖² + w_expr² ‖ψ‖² + Σ_k (w_jaw,k θ_jaw,k)²
 
 over the 161 whole-body points of `core.wholebody` (X_i from `fitting.wholebody_model`), w_i the stage's joint
 weight of point i's part (body 1, hands and face per stage, 0 for SMPLify's ignored joints and points the model
 does not provide), c_i the keypoint confidence. The body and hand priors are pluggable residual blocks
-(`PoseTerm`: an energy, and its Gauss–Newton normal equations for the fast mode); another prior (a VAE, hand joint
-limits) is another block.
+(`PoseTerm`: an energy, and its Gauss–Newton normal equations for the fast mode); `fitting.pose_terms` has the
+VAE body prior, the hands' joint limits and the hand-pose PCA as such blocks, and picks them by name.
 
 reference: SMPLify-X's procedure per person (it fits one person at a time; so does this, for an honest speed
   comparison): the camera translation's depth from the torso edges (x = y = 0), a camera stage (translation and
@@ -39,8 +41,8 @@ Deviations of both modes from SMPLify-X as written, named: the start is fitloop'
 π about x, the camera-frame convention of every fitloop fit, body pose 0: VPoser's mean) instead of a zero
 global orientation; missing torso keypoints are masked in the camera stage (SMPLify-X would pull the torso to
 (0, 0)); the ignored body joints are SPIN's `core.joints.SMPLIFY_IGNORED` (SMPLify-X's OpenPose neck and hips, and
-the dataset hips the whole-body layout also has); the body prior is the GMM until the VAE prior exists, shifted by
-a constant (`MixtureTerm`); hand poses are full axis-angle (SMPLify-X's released config fits 12 PCA components).
+the dataset hips the whole-body layout also has); the body prior is the GMM by default (`fitting.pose_terms`: the
+VAE measured worse on the benchmark, docs/smplifyx.md), shifted by a constant (`MixtureTerm`); hand poses are full axis-angle (SMPLify-X's released config fits 12 PCA components).
 Reference only: an L-BFGS step whose line search breaks down (NaN parameters) is undone and ends its stage.
 Fast only: the start's translation is by similar triangles over more torso pairs; the camera stage keeps the
 start's orientation when fewer than three torso keypoints are seen (two leave a rotation free). Both: a missing
@@ -105,6 +107,9 @@ SHOULDERS = ("OP LShoulder", "OP RShoulder")                               # lef
 OPENPOSE_STAND_INS: dict[str, str] = {
     "OP RHip": "Right Hip", "OP LHip": "Left Hip", "OP RShoulder": "Right Shoulder", "OP LShoulder": "Left Shoulder"}
 FLIP = (0.0, math.pi, 0.0)             # fit_single_frame: the second orientation, R(orient) R_y(π)
+# Both hands' poses, left then right (contiguous in the full pose): the hand prior's block, one term over both
+# (the joint limits differ by side)
+HANDS = slice(POSE_SLICES["left_hand_pose"].start, POSE_SLICES["right_hand_pose"].stop)
 Mode = Literal["fast", "reference"]
 
 
@@ -301,10 +306,10 @@ class SMPLifyX:
         dtype = model.rows.dtype
         self.body_prior = (body_prior if body_prior is not None
                            else body_gmm_term(dtype=dtype, device=model.rows.device))
-        self.hand_prior = hand_prior if hand_prior is not None else L2Term(HAND_POSE_DIM)
-        if self.body_prior.dim != BODY_POSE_DIM or self.hand_prior.dim != HAND_POSE_DIM:
+        self.hand_prior = hand_prior if hand_prior is not None else L2Term(2 * HAND_POSE_DIM)
+        if self.body_prior.dim != BODY_POSE_DIM or self.hand_prior.dim != 2 * HAND_POSE_DIM:
             raise ValueError(f"the body prior must be over {BODY_POSE_DIM} values and the hand prior over "
-                             f"{HAND_POSE_DIM}; got {self.body_prior.dim} and {self.hand_prior.dim}")
+                             f"{2 * HAND_POSE_DIM} (both hands); got {self.body_prior.dim} and {self.hand_prior.dim}")
         device = model.rows.device
         provided = torch.as_tensor(model.provided, device=device)
         self._parts = {part: torch.as_tensor(wholebody_indices(names), device=device)
@@ -347,8 +352,7 @@ class SMPLifyX:
             "data": data,
             "body_pose": stage.body_pose**2 * self.body_prior.energy(body),
             "bending": SMPLIFYX_BENDING_FACTOR * stage.body_pose * bending,
-            "hand_pose": stage.hand_pose**2 * (self.hand_prior.energy(full_pose[:, POSE_SLICES["left_hand_pose"]])
-                                               + self.hand_prior.energy(full_pose[:, POSE_SLICES["right_hand_pose"]])),
+            "hand_pose": stage.hand_pose**2 * self.hand_prior.energy(full_pose[:, HANDS]),
             "shape": stage.shape**2 * betas.square().sum(-1),
             "expression": stage.expression**2 * expression.square().sum(-1),
             "jaw_pose": (jaw * full_pose[:, POSE_SLICES["jaw_pose"]]).square().sum(-1),
@@ -781,8 +785,7 @@ class SMPLifyX:
                 grad[:, at] += weight2 * params[:, part]
 
         add(POSE_SLICES["body_pose"], self.body_prior, stage.body_pose**2)
-        add(POSE_SLICES["left_hand_pose"], self.hand_prior, stage.hand_pose**2)
-        add(POSE_SLICES["right_hand_pose"], self.hand_prior, stage.hand_pose**2)
+        add(HANDS, self.hand_prior, stage.hand_pose**2)
         add_diagonal(POSE_SLICES["jaw_pose"], torch.as_tensor(stage.jaw_pose, dtype=dtype, device=device).square())
         add_diagonal(slice(FULL_POSE_DIM, FULL_POSE_DIM + nb), stage.shape**2)
         add_diagonal(slice(FULL_POSE_DIM + nb, FULL_POSE_DIM + nb + ne), stage.expression**2)
