@@ -42,7 +42,8 @@ Deviations of both modes from SMPLify-X as written, named: the start is fitloop'
 global orientation; missing torso keypoints are masked in the camera stage (SMPLify-X would pull the torso to
 (0, 0)); the ignored body joints are SPIN's `core.joints.SMPLIFY_IGNORED` (SMPLify-X's OpenPose neck and hips, and
 the dataset hips the whole-body layout also has); the body prior is the GMM by default (`fitting.pose_terms`: the
-VAE measured worse on the benchmark, docs/smplifyx.md), shifted by a constant (`MixtureTerm`); hand poses are full axis-angle (SMPLify-X's released config fits 12 PCA components).
+VAE measured worse on the benchmark, docs/smplifyx.md), shifted by a constant (`MixtureTerm`); hand poses are full
+axis-angle (SMPLify-X's released config fits 12 PCA components).
 Reference only: an L-BFGS step whose line search breaks down (NaN parameters) is undone and ends its stage.
 Fast only: the start's translation is by similar triangles over more torso pairs; the camera stage keeps the
 start's orientation when fewer than three torso keypoints are seen (two leave a rotation free). Both: a missing

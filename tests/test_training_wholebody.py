@@ -30,6 +30,7 @@ from fits.store import FitsStore
 from fits.table import FitsTable
 from fitting.body_model import load_body_model
 from fitting.priors import MaxMixturePrior
+from fitting.quality import wholebody_part_reprojection
 from fitting.smplify import SMPLify, SMPLifyConfig
 from fitting.wholebody_model import WholeBodyModel
 from shards.augment import AugmentConfig
@@ -47,7 +48,6 @@ from training.wholebody import (
     augment_wholebody,
     flip_wholebody,
     full_pose_of,
-    part_reprojection,
     part_weights,
 )
 
@@ -340,7 +340,7 @@ def _check_rows_against_their_keypoints(rows: pa.Table, shards: Path, body, whol
         at = np.flatnonzero(whole)
         targets = torch.as_tensor(np.stack([keypoints_in_fit_frame(samples[keys[i]].wholebody_crop,
                                                                    samples[keys[i]].meta["crop"]) for i in at]))
-        parts = part_reprojection(project(points[at], cam_t[at], FIT_FOCAL, center[at]), targets,
+        parts = wholebody_part_reprojection(project(points[at], cam_t[at], FIT_FOCAL, center[at]), targets,
                                   wholebody.provided).numpy()
         stored = np.stack([rows[name].to_numpy()[at] for name in WHOLEBODY_PART_COLUMNS], -1)
         np.testing.assert_allclose(stored, parts, rtol=1e-3, atol=1e-4)

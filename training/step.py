@@ -56,7 +56,7 @@ from fits.schema import (
 from fits.store import FitsStore
 from fitting.body_model import BodyModel
 from fitting.priors import angle_prior, shape_prior
-from fitting.quality import candidate_spread, fit_quality
+from fitting.quality import candidate_spread, fit_quality, wholebody_part_reprojection
 from fitting.smplify import SMPLify, SMPLifyResult
 from fitting.smplifyx import SMPLifyX, SMPLifyXStart
 from fitting.wholebody_model import WholeBodyModel
@@ -86,7 +86,6 @@ from training.wholebody import (
     WholeBodyParams,
     augment_wholebody,
     full_pose_of,
-    part_reprojection,
     rotmats_of,
     split_full_pose,
 )
@@ -380,7 +379,7 @@ def update_fits(store: FitsStore, smplify: SMPLify, batch: Batch, keypoints_px: 
                 params = augment_wholebody(new.wholebody.rows(rows), flip)   # only body-only fits (zeros) flip
                 points = wholebody.forward_full(full_pose_of(pose, params), betas, params.expression).points
                 joints = points[:, :NUM_JOINTS]
-                parts = part_reprojection(
+                parts = wholebody_part_reprojection(
                     project(points, cam_t, smplify.config.focal_length, center),
                     fit_frame_px(canonical_keypoints(batch.wholebody.to(device)[rows], rot, flip, scale)),
                     wholebody.provided)

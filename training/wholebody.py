@@ -29,8 +29,7 @@ from torch import Tensor
 
 from core.wholebody import NUM_WHOLEBODY, SMPLX_JOINTS_FLIP_PERM, WHOLEBODY_PARTS, wholebody_indices
 from fits.schema import NUM_POSE
-from fits.schema import WHOLEBODY_PARTS as PART_NAMES
-from fitting.wholebody_model import BODY_POSE_DIM, FULL_POSE_DIM, NUM_SMPLX_JOINTS, POSE_SLICES
+from fitting.wholebody_model import BODY_POSE_DIM, NUM_SMPLX_JOINTS, POSE_SLICES
 
 FIRST_EXTRA_JOINT = 22                     # SMPL-X joints 22–54: jaw, eyes, hands (after global + 21 body)
 POSE_FLIP_SIGN = (1.0, -1.0, -1.0)         # a mirrored axis-angle (x, y, z) -> (x, -y, -z), as SPIN's body
@@ -115,18 +114,3 @@ def part_weights(provided: np.ndarray, hands: float, face: float) -> Tensor:
         weights[wholebody_indices(WHOLEBODY_PARTS[part])] = value
     weights[wholebody_indices(("left_hand_root", "right_hand_root"))] = 0.0
     return weights * torch.as_tensor(provided, dtype=weights.dtype)
-
-
-def part_reprojection(projected: Tensor, keypoints: Tensor, provided: np.ndarray) -> Tensor:
-    """Per whole-body part beyond the body (`fits.schema.WHOLEBODY_PARTS`: left hand, right hand, face) the
-    confidence-weighted mean px distance (B, 3) between projected points (B, 161, 2) and keypoints (B, 161, 3)
-    (px + confidence), over the points the model provides; NaN where a part has no observed keypoint (as
-    `fitting.quality.part_reprojection` for the body's parts)."""
-    conf = keypoints[..., 2].clamp_min(0) * torch.as_tensor(provided, dtype=keypoints.dtype,
-                                                            device=keypoints.device)
-    dist = (projected - keypoints[..., :2]).norm(dim=-1)
-    member = torch.zeros(len(PART_NAMES), NUM_WHOLEBODY, dtype=dist.dtype, device=dist.device)
-    for p, part in enumerate(PART_NAMES):
-        member[p, wholebody_indices(WHOLEBODY_PARTS[part])] = 1.0
-    weight, total = conf @ member.T, (conf * dist) @ member.T
-    return torch.where(weight > 0, total / weight.clamp_min(1e-12), torch.full_like(total, float("nan")))
