@@ -386,7 +386,8 @@ class SMPLifyX:
         estimate says which way the person faces). Fast mode only: the reference is SMPLify-X's procedure, which
         has its own start. (Measured on 16 synthetic people from their truth: body PA-MPJPE median 14.5 mm, max
         40 mm, against 38 / 168 mm through all five stages, whose first strong priors flatten the estimate;
-        from the truth plus 0.15 rad on the body and 0.2 rad on the hands: 29 / 48 mm against 38 / 168 mm.)"""
+        from the truth's pose plus 0.15 rad on the body and 0.2 rad on the hands, betas and expression 0: 29 / 48 mm
+        against 38 / 168 mm.)"""
         if keypoints.dim() != 3 or keypoints.shape[1:] != (NUM_WHOLEBODY, 3):
             raise ValueError(f"keypoints must be (B, {NUM_WHOLEBODY}, 3) whole-body px + confidence, got "
                              f"{tuple(keypoints.shape)}")
