@@ -13,12 +13,14 @@ the weights), so the figure "with the term" is absent and the record says so.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from bench.smplifyx_cases import MISSING, NOISE_PX, People, compare, synthetic_people
 from fitting.collision import mesh_interpenetration, mesh_parts
+from fitting.pose_terms import DEFAULT_BODY_PRIOR, DEFAULT_HAND_PRIOR, BodyPrior, HandPrior, body_term, hand_term
 from fitting.smplifyx import SMPLifyX, SMPLifyXConfig
 from fitting.wholebody_model import WholeBodyModel
 
@@ -41,17 +43,23 @@ def interpenetration(model: WholeBodyModel, full_pose: torch.Tensor, betas: torc
 
 
 def run(model: WholeBodyModel, *, people: int = 64, reference_people: int = 4, batch: int = 64, seed: int = 0,
-        threads: int = 1) -> dict[str, Any]:
-    """The benchmark's record (module docstring); ``threads`` torch threads, set here and recorded."""
+        threads: int = 1, body_prior: BodyPrior = DEFAULT_BODY_PRIOR, hand_prior: HandPrior = DEFAULT_HAND_PRIOR,
+        hand_pca: Path | None = None) -> dict[str, Any]:
+    """The benchmark's record (module docstring); ``threads`` torch threads, set here and recorded; the body and
+    hand priors by name (`fitting.pose_terms`: both modes minimise the same objective with them)."""
     torch.set_num_threads(threads)
     cases: People = synthetic_people(model, people, seed=seed)
-    fast = SMPLifyX(model)
-    reference = SMPLifyX(model, config=SMPLifyXConfig(mode="reference"))
+    dtype, device = model.rows.dtype, model.rows.device
+    priors = {"body_prior": body_term(body_prior, dtype=dtype, device=device),
+              "hand_prior": hand_term(hand_prior, hand_pca, dtype=dtype, device=device)}
+    fast = SMPLifyX(model, **priors)
+    reference = SMPLifyX(model, config=SMPLifyXConfig(mode="reference"), **priors)
     start = time.perf_counter()
     figures, fit, ref = compare(model, cases, reference_people, batch, fast=fast, reference=reference)
     record: dict[str, Any] = {
         "model": model.body.model_id, "people": people, "reference_people": reference_people, "batch": batch,
-        "threads": threads, "seed": seed, "noise_px": NOISE_PX, "missing": MISSING, **figures}
+        "threads": threads, "seed": seed, "noise_px": NOISE_PX, "missing": MISSING, "body_prior": body_prior,
+        "hand_prior": hand_prior, "hand_pca": None if hand_pca is None else str(hand_pca), **figures}
     k = reference_people
     record["interpenetration"] = {
         "truth": interpenetration(model, cases.full_pose, cases.betas, cases.expression),
@@ -82,7 +90,8 @@ def table(record: dict[str, Any]) -> str:
         share = record["interpenetration"][key]["share"]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {100 * share:.0f}% |")
     lines.append(f"\nfast / reference fits/s: {record['speedup']['fits_per_s']:.0f}x ({record['threads']} thread(s), "
-                 f"batch {record['batch']}); true bodies interpenetrating: "
+                 f"batch {record['batch']}; body prior {record['body_prior']}, hand prior {record['hand_prior']}); "
+                 f"true bodies interpenetrating: "
                  f"{100 * record['interpenetration']['truth']['share']:.0f}%; "
                  f"{record['interpenetration']['note']}")
     return "\n".join(lines)

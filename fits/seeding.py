@@ -18,6 +18,12 @@ instead would weigh the keypoints against the priors by how many px the person c
 full-image reprojection in crop coordinates.) Image-frame rows keep their intrinsics; the improvement rule and every
 best view are per frame (`fits.table`), so the two frames never replace each other's fits.
 
+**Whole-body samples** (an SMPL-X-layout body model, `core.model_id.WHOLEBODY_FAMILIES`): a sample with whole-body
+keypoints (`StoredSample.wholebody_crop`) is fitted by SMPLify-X's fast mode from its mean start instead
+(`fit_wholebody`; `wholebody_config`: the fit frame's camera, as the trainer runs it), each sample by one of the two
+fitters; its row is a whole-body row (`fits.schema.WholeBodyFit`), scored by SMPLify's loss on its 49 body joints as
+every fit (the table's rule), with SMPLify-X's own ``fit_config_hash`` (`wholebody_config_hash`).
+
 **The mode** (`SeedConfig.mode`, ``fitloop fits seed --mode``): ``2d`` (default) is the SMPLify seeding above;
 ``3d`` makes pseudo-ground-truth fits from the samples' 3D joints (`fits.seeding3d`: one shape per subject, rows
 with ``source="fit3d"``, scored by the same fitting loss), through the same table rule and in one commit too.
@@ -51,18 +57,24 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from core.camera import project
 from core.errors import FitloopError
-from core.frames import FIT_FOCAL, fit_frame_camera, image_camera_in_fit_frame, keypoints_in_fit_frame
+from core.frames import FIT_FOCAL, FIT_RES, fit_frame_camera, image_camera_in_fit_frame, keypoints_in_fit_frame
+from core.joints import NUM_JOINTS
 from core.killpoint import kill_point
-from fits.schema import FRAMES, FitProvenance, config_hash, diverged_rows, fits_from_smplify
+from core.model_id import WHOLEBODY_FAMILIES
+from core.wholebody import NUM_WHOLEBODY
+from fits.schema import FRAMES, FitProvenance, WholeBodyFit, config_hash, diverged_rows, fits_batch, fits_from_smplify
 from fits.seeding3d import Fitter3D, Sample3D, fit_3d_batch, in_sequence_order, sample_3d, subject_shapes
 from fits.table import BestLosses, FitsTable
 from fitting.body_model import BodyModel, load_body_model
 from fitting.digest import content_digest
 from fitting.fit3d import Fit3D, Fit3DConfig
-from fitting.priors import DEFAULT_PRIOR, MaxMixturePrior, load_gmm
-from fitting.quality import fit_quality
+from fitting.priors import DEFAULT_PRIOR, MaxMixturePrior, angle_prior, load_gmm, shape_prior
+from fitting.quality import fit_quality, wholebody_part_reprojection
 from fitting.smplify import SMPLify, SMPLifyConfig, mean_pose_start
+from fitting.smplifyx import SMPLifyX, SMPLifyXConfig, body_gmm_term
+from fitting.wholebody_model import POSE_SLICES, WholeBodyModel
 from shards.lookup import iter_samples
 from shards.reader import ShardInfo, iter_shard, list_shards
 from shards.sample import SampleFormatError, StoredSample
@@ -134,11 +146,14 @@ class SeedResult:
 
 @dataclass(frozen=True)
 class Fitter:
-    """A body model, SMPLify on it, and the provenance of the seed fits they make."""
+    """A body model, SMPLify on it, and the provenance of the seed fits they make; for an SMPL-X-layout model also
+    SMPLify-X on it (the whole-body samples' fitter) and the provenance of its fits."""
 
     body: BodyModel
     smplify: SMPLify
     provenance: FitProvenance
+    smplifyx: SMPLifyX | None = None
+    wholebody_provenance: FitProvenance | None = None
 
 
 def prior_digest(pose_prior: str | Path) -> str:
@@ -158,8 +173,23 @@ def fit_config_hash(smplify: SMPLifyConfig, pose_prior: str | Path, body_model_i
     return config_hash(what if frame == "crop" else {**what, "frame": frame})
 
 
+def wholebody_config(config: SeedConfig) -> SMPLifyXConfig:
+    """SMPLify-X's settings for whole-body seed fits: its fast mode in SPIN's fit frame (the 224 px crop: data
+    weight 1000/224, SMPLify's focal length), as the trainer runs it."""
+    return SMPLifyXConfig(image_height=FIT_RES, focal_length=config.smplify.focal_length)
+
+
+def wholebody_config_hash(config: SeedConfig, body_model_id: str) -> str:
+    """The ``fit_config_hash`` of a whole-body seed fit: SMPLify-X's settings (`wholebody_config`), the pose
+    prior's digest, the body model's id (and the frame, as `fit_config_hash`)."""
+    what = {"smplifyx": asdict(wholebody_config(config)), "pose_prior": prior_digest(config.pose_prior),
+            "body_model_id": body_model_id}
+    return config_hash(what if config.frame == "crop" else {**what, "frame": config.frame})
+
+
 def build_fitter(config: SeedConfig) -> Fitter:
-    """The body model, SMPLify and seed-row provenance of ``config``, on ``config.device``."""
+    """The body model, SMPLify and seed-row provenance of ``config``, on ``config.device``; for an SMPL-X-layout
+    body model (`core.model_id.WHOLEBODY_FAMILIES`) SMPLify-X and its rows' provenance too."""
     body = load_body_model(config.body_model, joint_regressor_extra=config.joint_regressor_extra,
                            device=config.device)
     prior = MaxMixturePrior.from_file(config.pose_prior).to(config.device)
@@ -167,7 +197,12 @@ def build_fitter(config: SeedConfig) -> Fitter:
                                fit_config_hash=fit_config_hash(config.smplify, config.pose_prior, body.model_id,
                                                                config.frame),
                                source="seed", frame=config.frame)
-    return Fitter(body, SMPLify(body, prior, config.smplify), provenance)
+    smplifyx = wholebody_provenance = None
+    if body.family in WHOLEBODY_FAMILIES:
+        smplifyx = SMPLifyX(WholeBodyModel(body), body_prior=body_gmm_term(config.pose_prior, device=config.device),
+                            config=wholebody_config(config))
+        wholebody_provenance = replace(provenance, fit_config_hash=wholebody_config_hash(config, body.model_id))
+    return Fitter(body, SMPLify(body, prior, config.smplify), provenance, smplifyx, wholebody_provenance)
 
 
 _worker_fitter = lru_cache(maxsize=2)(build_fitter)  # a Dask worker builds its fitter once and keeps it
@@ -198,14 +233,16 @@ def fit_3d_task(samples: list[Sample3D], shapes: dict[str, np.ndarray], config: 
 @dataclass(frozen=True)
 class KeypointBatch:
     """Samples to fit, in the fit frame: keys (B,); keypoints (B, 49, 3) fit-frame px + confidence; the camera of
-    each in fit-frame px, focal (B, 2) and center (B, 2); and for image-frame fits the original image's intrinsics
-    (B, 4) fx, fy, cx, cy px the rows keep (None for crop-frame fits)."""
+    each in fit-frame px, focal (B, 2) and center (B, 2); for image-frame fits the original image's intrinsics
+    (B, 4) fx, fy, cx, cy px the rows keep (None for crop-frame fits); and the whole-body keypoints (B, 161, 3)
+    fit-frame px + confidence (zeros for a sample without; None: no sample has them)."""
 
     keys: list[str]
     keypoints: np.ndarray
     focal: np.ndarray
     center: np.ndarray
     intrinsics: np.ndarray | None = None
+    wholebody: np.ndarray | None = None
 
 
 def sample_camera(sample: StoredSample, frame: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -226,17 +263,63 @@ def sample_camera(sample: StoredSample, frame: str) -> tuple[np.ndarray, np.ndar
 
 def fit_keypoints(fitter: Fitter, batch: KeypointBatch) -> pa.Table:
     """Fit a batch's fit-frame keypoints from the mean pose with each sample's camera; the rows for the fits table
-    (`FITS_SCHEMA`): canonical pose (the stored crop is never flipped or rotated), ``cam_t`` in the camera of the
-    fitter's frame, SMPLify's loss (fit-frame px²), and each fit's quality record (`fitting.quality`: from the
-    joints SMPLify returns, projected with the camera it fitted with; one candidate, SMPLify's pick)."""
+    (`FITS_SCHEMA`), in the batch's order: canonical pose (the stored crop is never flipped or rotated), ``cam_t``
+    in the camera of the fitter's frame, SMPLify's loss (fit-frame px²), and each fit's quality record
+    (`fitting.quality`: from the joints SMPLify returns, projected with the camera it fitted with; one candidate,
+    SMPLify's pick). With SMPLify-X (an SMPL-X-layout model) the samples with whole-body keypoints are fitted by it
+    instead (`fit_wholebody`), the others by SMPLify; each sample by one of the two."""
+    whole = np.zeros(len(batch.keys), dtype=bool)
+    if fitter.smplifyx is not None and batch.wholebody is not None:
+        whole = (batch.wholebody[..., 2] > 0).any(-1)
+    body_rows, whole_rows = np.flatnonzero(~whole), np.flatnonzero(whole)
+    if not len(whole_rows):
+        return fit_body(fitter, batch, body_rows)
+    if not len(body_rows):
+        return fit_wholebody(fitter, batch, whole_rows)
+    table = pa.concat_tables([fit_body(fitter, batch, body_rows), fit_wholebody(fitter, batch, whole_rows)])
+    return table.take(pa.array(np.argsort(np.concatenate([body_rows, whole_rows]))))
+
+
+def _on_device(fitter: Fitter, batch: KeypointBatch, rows: np.ndarray, *names: str) -> list[torch.Tensor]:
     device = next(iter(fitter.body.buffers())).device
-    kp = torch.as_tensor(batch.keypoints, dtype=torch.float32, device=device)
-    focal = torch.as_tensor(batch.focal, dtype=torch.float32, device=device)
-    center = torch.as_tensor(batch.center, dtype=torch.float32, device=device)
+    return [torch.as_tensor(getattr(batch, n)[rows], dtype=torch.float32, device=device) for n in names]
+
+
+def fit_body(fitter: Fitter, batch: KeypointBatch, rows: np.ndarray) -> pa.Table:
+    """SMPLify's seed fits of the batch's samples ``rows`` (`fit_keypoints`)."""
+    kp, focal, center = _on_device(fitter, batch, rows, "keypoints", "focal", "center")
     pose, betas, cam_t = mean_pose_start(fitter.body, kp, focal, center)
     result = fitter.smplify(kp, pose, betas, cam_t, center, start="mean", focal_length=focal)
     quality = fit_quality(result.joints, result.cam_t, focal, center, kp)
-    return fits_from_smplify(result, batch.keys, fitter.provenance, intrinsics=batch.intrinsics, quality=quality)
+    return fits_from_smplify(result, [batch.keys[i] for i in rows], fitter.provenance,
+                             intrinsics=None if batch.intrinsics is None else batch.intrinsics[rows],
+                             quality=quality)
+
+
+def fit_wholebody(fitter: Fitter, batch: KeypointBatch, rows: np.ndarray) -> pa.Table:
+    """SMPLify-X's seed fits (fast mode, mean start) of the batch's samples ``rows`` from their whole-body
+    keypoints: whole-body rows (`fits.schema.WholeBodyFit`: hand, jaw and eye poses, expression, the hands' and
+    face's reprojection px), scored as every fit by SMPLify's loss on the 49 body joints (the table's rule), with
+    the quality record and the priors' energies of a body fit."""
+    kp, focal, center, wholebody = _on_device(fitter, batch, rows, "keypoints", "focal", "center", "wholebody")
+    fit = fitter.smplifyx(wholebody, center, focal_length=focal)
+    full = fit.full_pose
+    pose = torch.cat([full[:, :POSE_SLICES["body_pose"].stop], full.new_zeros(len(rows), 6)], 1)  # SMPL's 72
+    joints = fit.points[:, :NUM_JOINTS]
+    with torch.no_grad():
+        reprojection = fitter.smplify.joints_loss(joints, fit.cam_t, center, kp, focal_length=focal)
+        parts = wholebody_part_reprojection(project(fit.points, fit.cam_t, focal, center), wholebody,
+                                            fitter.smplifyx.model.provided)
+        priors = (fitter.smplify.prior(pose[:, 3:]), angle_prior(pose[:, 3:]), shape_prior(fit.betas))
+    eyes = slice(POSE_SLICES["leye_pose"].start, POSE_SLICES["reye_pose"].stop)
+    hands = slice(POSE_SLICES["left_hand_pose"].start, POSE_SLICES["right_hand_pose"].stop)
+    host = [t.detach().cpu().numpy() for t in (pose, fit.betas, fit.cam_t, reprojection, *priors, full[:, hands],
+                                               full[:, POSE_SLICES["jaw_pose"]], full[:, eyes], fit.expression, parts)]
+    return fits_batch([batch.keys[i] for i in rows], host[0], host[1], fitter.wholebody_provenance, cam_t=host[2],
+                      intrinsics=None if batch.intrinsics is None else batch.intrinsics[rows],
+                      reprojection_loss=host[3], pose_prior=host[4], angle_prior=host[5], shape_prior=host[6],
+                      iterations=fit.extras["iterations"], quality=fit_quality(joints, fit.cam_t, focal, center, kp),
+                      wholebody=WholeBodyFit(*host[7:]))
 
 
 def fit_batch(batch: KeypointBatch, config: SeedConfig, threads: int | None = None) -> pa.Table:
@@ -265,16 +348,21 @@ def shard_samples(shard_dirs: Path | Sequence[Path | ShardInfo], keys: Sequence[
 
 def keypoint_batches(samples: Iterable[StoredSample], size: int, frame: str = "crop") -> Iterator[KeypointBatch]:
     """The samples, ``size`` at a time and in order, as batches (`KeypointBatch`) for fits in ``frame``."""
-    rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]] = []
+    rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]] = []
 
     def batch() -> KeypointBatch:
-        keys, kp, focal, center, intrinsics = zip(*rows)
+        keys, kp, focal, center, intrinsics, wholebody = zip(*rows)
+        whole = None
+        if any(w is not None for w in wholebody):
+            whole = np.stack([np.zeros((NUM_WHOLEBODY, 3), np.float32) if w is None else w for w in wholebody])
         return KeypointBatch(list(keys), np.stack(kp), np.stack(focal), np.stack(center),
-                             None if frame == "crop" else np.stack(intrinsics))
+                             None if frame == "crop" else np.stack(intrinsics), whole)
 
     for sample in samples:
-        rows.append((sample.key, keypoints_in_fit_frame(sample.keypoints_crop, sample.meta["crop"]),
-                     *sample_camera(sample, frame)))
+        crop = sample.meta["crop"]
+        wholebody = None if sample.wholebody_crop is None else keypoints_in_fit_frame(sample.wholebody_crop, crop)
+        rows.append((sample.key, keypoints_in_fit_frame(sample.keypoints_crop, crop), *sample_camera(sample, frame),
+                     wholebody))
         if len(rows) == size:
             yield batch()
             rows = []

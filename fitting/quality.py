@@ -31,12 +31,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from core.camera import project
 from core.joints import BODY_PARTS, EVAL_J14, NUM_JOINTS, indices
 from core.metrics import pa_mpjpe
+from core.wholebody import NUM_WHOLEBODY, WHOLEBODY_PARTS, wholebody_indices
+
+# The whole-body parts beyond the body, in the fits table's order (`fits.schema.WHOLEBODY_PARTS`)
+WHOLEBODY_EXTRA_PARTS: tuple[str, ...] = tuple(part for part in WHOLEBODY_PARTS if part != "body")
 
 PART_NAMES: tuple[str, ...] = tuple(BODY_PARTS)
 # The torso's four corners for the facing check: (left shoulder, right shoulder, left hip, right hip), J24 first.
@@ -136,3 +141,19 @@ def fit_quality(joints: Tensor, cam_t: Tensor, focal: Tensor, center: Tensor, ke
                           facing=facing(projected, keypoints),
                           candidates=1 + present.sum(-1),
                           candidate_spread=candidate_spread(joints, candidates, present))
+
+
+def wholebody_part_reprojection(projected: Tensor, keypoints: Tensor, provided: np.ndarray | Tensor) -> Tensor:
+    """Per whole-body part beyond the body (`WHOLEBODY_EXTRA_PARTS`: left hand, right hand, face) the
+    confidence-weighted mean px distance (B, 3) between projected points (B, 161, 2) and keypoints (B, 161, 3)
+    (px + confidence), over the points the model provides (``provided`` (161,) bool,
+    `fitting.wholebody_model.WholeBodyModel.provided`); NaN where a part has no observed keypoint (as
+    `part_reprojection` for the body's parts)."""
+    conf = keypoints[..., 2].clamp_min(0) * torch.as_tensor(provided, dtype=keypoints.dtype,
+                                                            device=keypoints.device)
+    dist = (projected - keypoints[..., :2]).norm(dim=-1)
+    member = torch.zeros(len(WHOLEBODY_EXTRA_PARTS), NUM_WHOLEBODY, dtype=dist.dtype, device=dist.device)
+    for p, part in enumerate(WHOLEBODY_EXTRA_PARTS):
+        member[p, wholebody_indices(WHOLEBODY_PARTS[part])] = 1.0
+    weight, total = conf @ member.T, (conf * dist) @ member.T
+    return torch.where(weight > 0, total / weight.clamp_min(1e-12), torch.full_like(total, float("nan")))

@@ -6,16 +6,18 @@ released code's, vchoutas/smplify-x: `cfg_files/fit_smplx.yaml`, `smplifyx/fitti
 `smplifyx/fit_single_frame.py`), in its five stages of `SMPLIFYX_STAGES`:
 
     E = d² Σ_i (w_i c_i)² Σ_xy ρ(π(X_i) − x_i)                 data: GMoF ρ, rho = 100 px; d = 1000 / image height
-      + w_body² E_body(θ_body) + 3.17 w_body Σ exp(s θ)²      body pose prior (GMM over the 21 body joints for
-                                                                now) and SMPLify's elbow/knee bending prior
-      + w_hand² (E_hand(θ_lhand) + E_hand(θ_rhand))             hand pose prior (L2 on the 45 values, no PCA)
+      + w_body² E_body(θ_body) + 3.17 w_body Σ exp(s θ)²      body pose prior (the GMM over the 21 body joints by
+                                                                default, or the VAE) and SMPLify's elbow/knee
+                                                                bending prior
+      + w_hand² E_hand([θ_lhand, θ_rhand])                      hand pose prior over both hands (L2 on the 90
+                                                                values by default, or the joint limits, or a PCA)
       + w_shape² ‖β‖² + w_expr² ‖ψ‖² + Σ_k (w_jaw,k θ_jaw,k)²
 
 over the 161 whole-body points of `core.wholebody` (X_i from `fitting.wholebody_model`), w_i the stage's joint
 weight of point i's part (body 1, hands and face per stage, 0 for SMPLify's ignored joints and points the model
 does not provide), c_i the keypoint confidence. The body and hand priors are pluggable residual blocks
-(`PoseTerm`: an energy, and its Gauss–Newton normal equations for the fast mode); another prior (a VAE, hand joint
-limits) is another block.
+(`PoseTerm`: an energy, and its Gauss–Newton normal equations for the fast mode); `fitting.pose_terms` has the
+VAE body prior, the hands' joint limits and the hand-pose PCA as such blocks, and picks them by name.
 
 reference: SMPLify-X's procedure per person (it fits one person at a time; so does this, for an honest speed
   comparison): the camera translation's depth from the torso edges (x = y = 0), a camera stage (translation and
@@ -31,16 +33,22 @@ fast: the same objective on the exact joints-only `Skeleton` of the SMPL-X tree 
   stage. What a stage cannot move is not solved for: hand poses join when the stage's hand weight is positive,
   jaw and expression when its face weight is (before that, only their priors touch them, and they start at those
   priors' minimum, zero); the eyes never (nothing observes them). Both orientations as above, in one batch.
+  From an estimate (``start=SMPLifyXStart``, the SPIN loop's network output; fast mode only): the camera stage
+  from it, then the last stage alone (its final weights: SMPLify's estimate path runs without the mean start's
+  annealing too), one orientation.
 
 Deviations of both modes from SMPLify-X as written, named: the start is fitloop's mean start (global orientation
 π about x, the camera-frame convention of every fitloop fit, body pose 0: VPoser's mean) instead of a zero
 global orientation; missing torso keypoints are masked in the camera stage (SMPLify-X would pull the torso to
 (0, 0)); the ignored body joints are SPIN's `core.joints.SMPLIFY_IGNORED` (SMPLify-X's OpenPose neck and hips, and
-the dataset hips the whole-body layout also has); the body prior is the GMM until the VAE prior exists, shifted by
-a constant (`MixtureTerm`); hand poses are full axis-angle (SMPLify-X's released config fits 12 PCA components).
+the dataset hips the whole-body layout also has); the body prior is the GMM by default (`fitting.pose_terms`: the
+VAE measured worse on the benchmark, docs/smplifyx.md), shifted by a constant (`MixtureTerm`); hand poses are full
+axis-angle (SMPLify-X's released config fits 12 PCA components).
 Reference only: an L-BFGS step whose line search breaks down (NaN parameters) is undone and ends its stage.
 Fast only: the start's translation is by similar triangles over more torso pairs; the camera stage keeps the
-start's orientation when fewer than three torso keypoints are seen (two leave a rotation free).
+start's orientation when fewer than three torso keypoints are seen (two leave a rotation free). Both: a missing
+OpenPose torso keypoint is read from the dataset joint of the same name where that is seen (`OPENPOSE_STAND_INS`:
+COCO-WholeBody has no OpenPose body points), in the camera start and stage, the depth edges and the side-view test.
 
 Conventions: keypoints (B, 161, 3) px of the image the camera describes + confidence, whole-body layout;
 camera_center (B, 2) px; focal (B,) or (B, 2) px per example or the config's; results: full_pose (B, 165)
@@ -91,7 +99,18 @@ DEPTH_EDGES = (("OP LShoulder", "OP LHip"), ("OP RShoulder", "OP RHip"))  # body
 # neck to mid-hip.
 START_EXTRA_EDGES = (("OP LShoulder", "OP RHip"), ("OP RShoulder", "OP LHip"), ("OP Neck", "OP MidHip"))
 SHOULDERS = ("OP LShoulder", "OP RShoulder")                               # left_/right_shoulder_idx 5, 2
+# SMPLify-X reads OpenPose's torso. A keypoint set without it (COCO-WholeBody: COCO's 17 body points sit in the
+# dataset slots of SPIN's 49, `core.joints.COCO_JOINTS`) has the same joints under the dataset's names: where an
+# OpenPose torso point is unseen and its dataset counterpart is seen, the camera start, the camera stage, the depth
+# edges and the side-view test read the dataset joint, keypoint and model point alike (per example, per joint;
+# the dataset joint is another point of the model than OpenPose's, so both sides swap). SPIN's SMPLify swaps the
+# whole torso set instead (`fitting.smplify.GT_TORSO`).
+OPENPOSE_STAND_INS: dict[str, str] = {
+    "OP RHip": "Right Hip", "OP LHip": "Left Hip", "OP RShoulder": "Right Shoulder", "OP LShoulder": "Left Shoulder"}
 FLIP = (0.0, math.pi, 0.0)             # fit_single_frame: the second orientation, R(orient) R_y(π)
+# Both hands' poses, left then right (contiguous in the full pose): the hand prior's block, one term over both
+# (the joint limits differ by side)
+HANDS = slice(POSE_SLICES["left_hand_pose"].start, POSE_SLICES["right_hand_pose"].stop)
 Mode = Literal["fast", "reference"]
 
 
@@ -215,11 +234,32 @@ def body_gmm_term(path=DEFAULT_PRIOR, dtype: torch.dtype = torch.float32,
     return MixtureTerm(MaxMixturePrior(marginal, dtype=dtype).to(device))
 
 
+def torso_sources(keypoints: Tensor) -> Tensor:
+    """(B, 161) for each whole-body point of each example the point read in its place: itself, or for an unseen
+    OpenPose torso point whose dataset counterpart is seen, that one (`OPENPOSE_STAND_INS`). keypoints (B, 161, 3)
+    px + confidence."""
+    batch, device = keypoints.shape[0], keypoints.device
+    op = torch.as_tensor(wholebody_indices(tuple(OPENPOSE_STAND_INS)), device=device)
+    dataset = torch.as_tensor(wholebody_indices(tuple(OPENPOSE_STAND_INS.values())), device=device)
+    swap = (keypoints[:, op, 2] <= 0) & (keypoints[:, dataset, 2] > 0)                    # (B, 4)
+    sources = torch.arange(NUM_WHOLEBODY, device=device).expand(batch, -1).clone()
+    sources[:, op] = torch.where(swap, dataset, op)
+    return sources
+
+
+def read_sources(values: Tensor, sources: Tensor) -> Tensor:
+    """values (B, 161, C) read at `torso_sources` (B, 161): the OpenPose torso slots hold their stand-ins'."""
+    return values.gather(1, sources[..., None].expand(-1, -1, values.shape[-1]))
+
+
 def edge_depth(points: Tensor, keypoints: Tensor, focal: Tensor) -> tuple[Tensor, Tensor]:
     """SMPLify-X's depth guess (`fitting.guess_init`): f × the mean 3D length of its torso edges (`DEPTH_EDGES`)
     over their mean 2D length, from model-frame whole-body points (B, 161, 3) m of the start pose, keypoints
-    (B, 161, 3) px and focal (B, 2) px (f = sqrt(fx fy)); over the edges both of whose keypoints are seen. Returns
-    the depth (B,) m and whether any edge was seen (B,)."""
+    (B, 161, 3) px and focal (B, 2) px (f = sqrt(fx fy)); over the edges both of whose keypoints are seen (an
+    OpenPose torso point by its dataset stand-in where it is missing, `torso_sources`). Returns the depth (B,) m
+    and whether any edge was seen (B,)."""
+    sources = torso_sources(keypoints)
+    points, keypoints = read_sources(points, sources), read_sources(keypoints, sources)
     a = torch.as_tensor([WHOLEBODY_INDEX[e[0]] for e in DEPTH_EDGES], device=points.device)
     b = torch.as_tensor([WHOLEBODY_INDEX[e[1]] for e in DEPTH_EDGES], device=points.device)
     ok = ((keypoints[:, a, 2] > 0) & (keypoints[:, b, 2] > 0)).to(points.dtype)            # (B, E)
@@ -247,6 +287,17 @@ class SMPLifyXResult:
     extras: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class SMPLifyXStart:
+    """An estimate of each person to fit from (a network's prediction, a stored fit), in the result's conventions:
+    full_pose (B, 165) axis-angle radians, betas (B, NB), expression (B, NE), cam_t (B, 3) m camera frame."""
+
+    full_pose: Tensor
+    betas: Tensor
+    expression: Tensor
+    cam_t: Tensor
+
+
 class SMPLifyX:
     """Whole-body SMPLify for one SMPL-X-layout model; any batch size per call."""
 
@@ -256,10 +307,10 @@ class SMPLifyX:
         dtype = model.rows.dtype
         self.body_prior = (body_prior if body_prior is not None
                            else body_gmm_term(dtype=dtype, device=model.rows.device))
-        self.hand_prior = hand_prior if hand_prior is not None else L2Term(HAND_POSE_DIM)
-        if self.body_prior.dim != BODY_POSE_DIM or self.hand_prior.dim != HAND_POSE_DIM:
+        self.hand_prior = hand_prior if hand_prior is not None else L2Term(2 * HAND_POSE_DIM)
+        if self.body_prior.dim != BODY_POSE_DIM or self.hand_prior.dim != 2 * HAND_POSE_DIM:
             raise ValueError(f"the body prior must be over {BODY_POSE_DIM} values and the hand prior over "
-                             f"{HAND_POSE_DIM}; got {self.body_prior.dim} and {self.hand_prior.dim}")
+                             f"{2 * HAND_POSE_DIM} (both hands); got {self.body_prior.dim} and {self.hand_prior.dim}")
         device = model.rows.device
         provided = torch.as_tensor(model.provided, device=device)
         self._parts = {part: torch.as_tensor(wholebody_indices(names), device=device)
@@ -302,8 +353,7 @@ class SMPLifyX:
             "data": data,
             "body_pose": stage.body_pose**2 * self.body_prior.energy(body),
             "bending": SMPLIFYX_BENDING_FACTOR * stage.body_pose * bending,
-            "hand_pose": stage.hand_pose**2 * (self.hand_prior.energy(full_pose[:, POSE_SLICES["left_hand_pose"]])
-                                               + self.hand_prior.energy(full_pose[:, POSE_SLICES["right_hand_pose"]])),
+            "hand_pose": stage.hand_pose**2 * self.hand_prior.energy(full_pose[:, HANDS]),
             "shape": stage.shape**2 * betas.square().sum(-1),
             "expression": stage.expression**2 * expression.square().sum(-1),
             "jaw_pose": (jaw * full_pose[:, POSE_SLICES["jaw_pose"]]).square().sum(-1),
@@ -323,26 +373,56 @@ class SMPLifyX:
                                   stage or self.config.stages[-1])
 
     # -- public API ----------------------------------------------------------------------------------------
-    def __call__(self, keypoints: Tensor, camera_center: Tensor, *,
-                 focal_length: Tensor | None = None) -> SMPLifyXResult:
-        """Fit a batch of whole-body keypoints (B, 161, 3) px + confidence from the mean start (module
-        docstring)."""
+    def __call__(self, keypoints: Tensor, camera_center: Tensor, *, focal_length: Tensor | None = None,
+                 start: SMPLifyXStart | None = None) -> SMPLifyXResult:
+        """Fit a batch of whole-body keypoints (B, 161, 3) px + confidence (module docstring); camera_center
+        (B, 2) px; focal_length (B,) or (B, 2) px, None: the config's.
+
+        start: None fits from the mean start (`mean_start`; the second orientation where the shoulders are close).
+        An estimate (`SMPLifyXStart`: the SPIN loop's network output) is fitted as SMPLify fits one
+        (`fitting.smplify`, ``start="estimate"``): the camera stage from it, then SMPLify-X's objective at its
+        final weights only (the last stage, its ``stage_iterations[-1]`` iterations), as SMPLify's estimate path
+        runs SPIN's weights without the mean start's prior annealing; the turned orientation is not tried (an
+        estimate says which way the person faces). Fast mode only: the reference is SMPLify-X's procedure, which
+        has its own start. (Measured on 16 synthetic people from their truth: body PA-MPJPE median 14.5 mm, max
+        40 mm, against 38 / 168 mm through all five stages, whose first strong priors flatten the estimate;
+        from the truth's pose plus 0.15 rad on the body and 0.2 rad on the hands, betas and expression 0: 29 / 48 mm
+        against 38 / 168 mm.)"""
         if keypoints.dim() != 3 or keypoints.shape[1:] != (NUM_WHOLEBODY, 3):
             raise ValueError(f"keypoints must be (B, {NUM_WHOLEBODY}, 3) whole-body px + confidence, got "
                              f"{tuple(keypoints.shape)}")
         keypoints, center = keypoints.detach().clone(), camera_center.detach().clone()
         focal = self._focal(focal_length, keypoints)
+        if start is not None:
+            start = self._checked_start(start, keypoints)
         if self.config.mode == "reference":
+            if start is not None:
+                raise ValueError("SMPLify-X's reference procedure fits from its own start; fit an estimate with "
+                                 "mode='fast'")
             return self._fit_reference(keypoints, center, focal)
-        return self._fit_fast(keypoints, center, focal)
+        return self._fit_fast(keypoints, center, focal, start)
 
     # -- shared pieces -------------------------------------------------------------------------------------
     def _focal(self, focal_length: Tensor | None, keypoints: Tensor) -> Tensor:
         return focal_per_example(focal_length, keypoints, self.config.focal_length)
 
+    def _checked_start(self, start: SMPLifyXStart, keypoints: Tensor) -> SMPLifyXStart:
+        """The start's tensors detached, copied, in the keypoints' dtype and device; ValueError on a shape."""
+        batch, model = keypoints.shape[0], self.model
+        want = {"full_pose": FULL_POSE_DIM, "betas": model.num_betas, "expression": model.num_expression,
+                "cam_t": 3}
+        bad = [f"{k} {tuple(getattr(start, k).shape)}" for k, n in want.items()
+               if tuple(getattr(start, k).shape) != (batch, n)]
+        if bad:
+            raise ValueError(f"the start must be full_pose ({batch}, {FULL_POSE_DIM}), betas ({batch}, "
+                             f"{model.num_betas}), expression ({batch}, {model.num_expression}), cam_t ({batch}, 3) "
+                             f"for {batch} keypoint sets; got {', '.join(bad)}")
+        return SMPLifyXStart(*(getattr(start, k).detach().clone().to(keypoints) for k in want))
+
     def _side_view(self, keypoints: Tensor) -> Tensor:
         """(B,) bool: the 2D shoulders closer than the side-view threshold (SMPLify-X then also fits the body
-        turned 180°)."""
+        turned 180°); a missing OpenPose shoulder read from its dataset stand-in (`torso_sources`)."""
+        keypoints = read_sources(keypoints, torso_sources(keypoints))
         left, right = (keypoints[:, WHOLEBODY_INDEX[n], :2] for n in SHOULDERS)
         return (left - right).norm(dim=-1) < self.config.side_view_threshold
 
@@ -384,7 +464,8 @@ class SMPLifyX:
         cam_t = init_t.clone().requires_grad_(True)
         orient = full_pose[:, :3].clone().requires_grad_(True)
         rest = full_pose[:, 3:]
-        torso, mask = self._camera_torso, (keypoints[0, self._camera_torso, 2] > 0).to(dtype)
+        torso = torso_sources(keypoints)[0, self._camera_torso]                      # OpenPose, or stand-ins
+        mask = (keypoints[0, torso, 2] > 0).to(dtype)
 
         def camera_loss():
             pts = model.forward_full(torch.cat([orient, rest], 1), betas, expression).points
@@ -467,13 +548,20 @@ class SMPLifyX:
         return (previous if previous is not None else loss), first, broke
 
     # -- fast: batched Levenberg–Marquardt on the skeleton -------------------------------------------------
-    def _fit_fast(self, keypoints: Tensor, center: Tensor, focal: Tensor) -> SMPLifyXResult:
+    def _fit_fast(self, keypoints: Tensor, center: Tensor, focal: Tensor,
+                  start: SMPLifyXStart | None = None) -> SMPLifyXResult:
         c, model = self.config, self.model
         batch, dtype, device = keypoints.shape[0], keypoints.dtype, keypoints.device
-        full_pose, shape, cam_t = self.mean_start(keypoints, center, focal)
+        if start is None:
+            full_pose, shape, cam_t = self.mean_start(keypoints, center, focal)
+        else:
+            full_pose, cam_t = start.full_pose, start.cam_t
+            shape = torch.cat([start.betas, start.expression], 1)
         full_pose, cam_t = self._lm_camera(full_pose, shape, cam_t, keypoints, center, focal)
-        # the second orientation where the shoulders are close, as extra examples of the same batch
-        turned = self._side_view(keypoints)
+        # the second orientation where the shoulders are close (from the mean start only), as extra examples of
+        # the same batch
+        turned = self._side_view(keypoints) if start is None else torch.zeros(batch, dtype=torch.bool,
+                                                                               device=device)
         extra = torch.nonzero(turned)[:, 0]
         example = torch.cat([torch.arange(batch, device=device), extra])
         pose = full_pose[example].clone()
@@ -482,7 +570,9 @@ class SMPLifyX:
             pose[batch:, :3] = compose_axis_angle(full_pose[extra, :3], flip)
         kp, ctr, foc, t, shp = keypoints[example], center[example], focal[example], cam_t[example], shape[example]
         iterations = 0
-        for stage, count in zip(c.stages, c.stage_iterations):
+        # from an estimate, only the last stage: the annealing of the first four is for a mean start
+        stages = zip(c.stages, c.stage_iterations) if start is None else [(c.stages[-1], c.stage_iterations[-1])]
+        for stage, count in stages:
             pose, shp = self._lm_stage(pose, shp, t, kp, ctr, foc, stage, count)
             iterations += count
         nb = model.num_betas
@@ -500,8 +590,8 @@ class SMPLifyX:
     def mean_start(self, keypoints: Tensor, center: Tensor, focal: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The fast mode's start: full pose (B, 165) zero but the global orientation (π about x: upright, facing
         the camera), [betas, expression] (B, NB + NE) zero, and the translation (B, 3) m that puts that body's
-        OpenPose torso on the keypoints' (similar triangles on SMPLify-X's torso edges,
-        `core.camera.translation_from_torso`); center, focal (B, 2) px."""
+        OpenPose torso (or its dataset stand-ins, `torso_sources`) on the keypoints' (similar triangles on
+        SMPLify-X's torso edges, `core.camera.translation_from_torso`); center, focal (B, 2) px."""
         model = self.model
         batch, dtype, device = keypoints.shape[0], keypoints.dtype, keypoints.device
         full_pose = torch.zeros(batch, FULL_POSE_DIM, dtype=dtype, device=device)
@@ -510,10 +600,12 @@ class SMPLifyX:
         with torch.no_grad():
             points = model.forward_full(full_pose, shape[:, :model.num_betas], shape[:, model.num_betas:]).points
         pairs = tuple((WHOLEBODY_INDEX[a], WHOLEBODY_INDEX[b]) for a, b in DEPTH_EDGES + START_EXTRA_EDGES)
-        cam_t = translation_from_torso(points, keypoints, focal, center, pairs)
+        sources = torso_sources(keypoints)
+        torso_kp = read_sources(keypoints, sources)
+        cam_t = translation_from_torso(read_sources(points, sources), torso_kp, focal, center, pairs)
         # no torso pair seen: depth from the extent of all the seen keypoints against the mean body's
         seen = keypoints[..., 2] > 0
-        none = ~torch.stack([seen[:, a] & seen[:, b] for a, b in pairs], 1).any(1)
+        none = ~torch.stack([(torso_kp[:, a, 2] > 0) & (torso_kp[:, b, 2] > 0) for a, b in pairs], 1).any(1)
         if bool(none.any()):
             big = torch.finfo(dtype).max
             extent2d = (torch.where(seen[..., None], keypoints[..., :2], -big).amax(1)
@@ -529,13 +621,23 @@ class SMPLifyX:
         return full_pose, shape, cam_t
 
     def _lm_camera(self, full_pose, shape, cam_t, kp, center, focal):
-        """Camera stage: global orientation and translation on the torso keypoints (masked where missing),
-        weighted d², plus the depth anchor."""
+        """Camera stage: global orientation and translation on the torso keypoints (an OpenPose one missing: its
+        dataset stand-in, `torso_sources`; masked where both are), weighted d², plus the depth anchor."""
         c = self.config
         batch, dtype, device = full_pose.shape[0], full_pose.dtype, full_pose.device
-        subset = self._point_of[self._camera_torso]
-        target = kp[:, self._camera_torso, :2]
-        mask = (kp[:, self._camera_torso, 2] > 0).to(dtype) * c.data_weight                   # (B, 4)
+        # the skeleton evaluates both sets of torso points; each example reads its four (`pick`)
+        torso = torso_sources(kp)[:, self._camera_torso]                                   # (B, 4)
+        both = torch.cat([self._camera_torso, torch.as_tensor(
+            wholebody_indices([OPENPOSE_STAND_INS[n] for n in CAMERA_TORSO]), device=device)])
+        subset = self._point_of[both]
+        slot = (torso[..., None] == both).to(torch.long).argmax(-1)                         # (B, 4) into both
+
+        def pick(x: Tensor) -> Tensor:  # (B, 8, ...) -> (B, 4, ...)
+            return x.gather(1, slot.reshape(slot.shape + (1,) * (x.dim() - 2)).expand(-1, -1, *x.shape[2:]))
+
+        target = kp.gather(1, torso[..., None].expand(-1, -1, 3))
+        mask = (target[..., 2] > 0).to(dtype) * c.data_weight                                 # (B, 4)
+        target = target[..., :2]
         # fewer than three torso keypoints leave the orientation undetermined: keep the start's
         turn = ((mask > 0).sum(1) >= 3).to(dtype)
         depth0 = cam_t[:, 2].clone()
@@ -543,14 +645,14 @@ class SMPLifyX:
 
         def evaluate(p, t):
             state = self.skeleton(p, shape, subset)
-            r = (project(state.points, t, focal, center) - target) * mask[..., None]
+            r = (project(pick(state.points), t, focal, center) - target) * mask[..., None]
             d = c.depth_loss_weight * (t[:, 2] - depth0)
             return state, r, d, r.square().sum((1, 2)) + d.square()
 
         state, r, d, cost = evaluate(full_pose, cam_t)
         for _ in range(c.camera_iterations):
-            d_pose, _ = self.skeleton.jacobian(state)
-            dproj = projection_jacobian(state.points + cam_t[:, None], focal) * mask[..., None, None]
+            d_pose = pick(self.skeleton.jacobian(state)[0])
+            dproj = projection_jacobian(pick(state.points) + cam_t[:, None], focal) * mask[..., None, None]
             jac = torch.cat([dproj @ d_pose[..., :3] * turn[:, None, None, None], dproj], -1).reshape(batch, -1, 6)
             jd = torch.zeros(batch, 1, 6, dtype=dtype, device=device)
             jd[:, 0, 5] = c.depth_loss_weight
@@ -685,8 +787,7 @@ class SMPLifyX:
                 grad[:, at] += weight2 * params[:, part]
 
         add(POSE_SLICES["body_pose"], self.body_prior, stage.body_pose**2)
-        add(POSE_SLICES["left_hand_pose"], self.hand_prior, stage.hand_pose**2)
-        add(POSE_SLICES["right_hand_pose"], self.hand_prior, stage.hand_pose**2)
+        add(HANDS, self.hand_prior, stage.hand_pose**2)
         add_diagonal(POSE_SLICES["jaw_pose"], torch.as_tensor(stage.jaw_pose, dtype=dtype, device=device).square())
         add_diagonal(slice(FULL_POSE_DIM, FULL_POSE_DIM + nb), stage.shape**2)
         add_diagonal(slice(FULL_POSE_DIM + nb, FULL_POSE_DIM + nb + ne), stage.expression**2)

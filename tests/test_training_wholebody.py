@@ -30,6 +30,7 @@ from fits.store import FitsStore
 from fits.table import FitsTable
 from fitting.body_model import load_body_model
 from fitting.priors import MaxMixturePrior
+from fitting.quality import wholebody_part_reprojection
 from fitting.smplify import SMPLify, SMPLifyConfig
 from fitting.wholebody_model import WholeBodyModel
 from shards.augment import AugmentConfig
@@ -47,7 +48,6 @@ from training.wholebody import (
     augment_wholebody,
     flip_wholebody,
     full_pose_of,
-    part_reprojection,
     part_weights,
 )
 
@@ -340,7 +340,7 @@ def _check_rows_against_their_keypoints(rows: pa.Table, shards: Path, body, whol
         at = np.flatnonzero(whole)
         targets = torch.as_tensor(np.stack([keypoints_in_fit_frame(samples[keys[i]].wholebody_crop,
                                                                    samples[keys[i]].meta["crop"]) for i in at]))
-        parts = part_reprojection(project(points[at], cam_t[at], FIT_FOCAL, center[at]), targets,
+        parts = wholebody_part_reprojection(project(points[at], cam_t[at], FIT_FOCAL, center[at]), targets,
                                   wholebody.provided).numpy()
         stored = np.stack([rows[name].to_numpy()[at] for name in WHOLEBODY_PART_COLUMNS], -1)
         np.testing.assert_allclose(stored, parts, rtol=1e-3, atol=1e-4)
@@ -373,3 +373,61 @@ def test_an_smplx_run_resumes_and_a_checkpoint_of_other_heads_is_refused(shards,
     save_checkpoint(tmp_path / "run", {**bad, "regressor_heads": "smpl", "step": 3})
     with pytest.raises(CheckpointError, match="smpl heads.*smplx heads"):
         train(dataclasses.replace(config, epochs=3), resume=True, progress=False)
+
+
+# --- fitting in the loop -------------------------------------------------------------------------------------------
+class _Spy:
+    """A fitter that records the keypoints of each call and returns its inner fitter's results."""
+
+    def __init__(self, inner):
+        self.inner, self.calls, self.results = inner, [], []
+
+    def __call__(self, keypoints, *args, **kwargs):
+        self.calls.append(keypoints.clone())
+        self.results.append(self.inner(keypoints, *args, **kwargs))
+        return self.results[-1]
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_whole_body_rows_are_fitted_by_smplifyx_only_and_body_rows_by_smplify_only(body, wholebody):
+    from types import SimpleNamespace
+
+    from core.frames import fit_frame_px
+    from fitting.smplifyx import SMPLifyX, SMPLifyXConfig, body_gmm_term
+    from training.step import fit_wholebody_in_the_loop
+
+    prior = MaxMixturePrior.from_file(DEFAULT_PRIOR)
+    torch.manual_seed(2)
+    model = Regressor(mean_params_from_prior(prior).wholebody(), depth=18).eval()
+    with torch.no_grad():
+        pred = predict(model, body, torch.randn(5, 3, 32, 32), contextlib.nullcontext(), wholebody)
+    keypoints = torch.cat([pred.keypoints_2d, torch.ones(5, 49, 1)], -1)
+    keypoints_px = fit_frame_px(keypoints)
+    points = torch.cat([pred.wholebody_2d, torch.as_tensor(wholebody.provided, dtype=torch.float32)[None, :, None]
+                        .expand(5, -1, 1)], -1)
+    sx_config = SMPLifyXConfig(image_height=FIT_RES, focal_length=FIT_FOCAL, camera_iterations=2,
+                               stage_iterations=(1, 1, 1, 1, 2))
+    for has in ([True, False, True, False, False], [False] * 5, [True] * 5):
+        has = torch.tensor(has)
+        batch = SimpleNamespace(keys=[f"k{i}" for i in range(5)], has_wholebody=has,
+                                wholebody=torch.where(has[:, None, None], points, torch.zeros_like(points)))
+        smplify = _Spy(SMPLify(body, prior, TEST_SMPLIFY))
+        smplifyx = _Spy(SMPLifyX(wholebody, body_prior=body_gmm_term(DEFAULT_PRIOR), config=sx_config))
+        out = fit_wholebody_in_the_loop(smplifyx, smplify, pred, batch, keypoints_px)
+        assert torch.equal(out.is_wholebody, has)
+        body_rows, whole_rows = torch.nonzero(~has)[:, 0], torch.nonzero(has)[:, 0]
+        # each fitter ran once, on its rows only (none when it has none)
+        assert len(smplify.calls) == int(len(body_rows) > 0) and len(smplifyx.calls) == int(len(whole_rows) > 0)
+        if len(body_rows):
+            assert torch.equal(smplify.calls[0], keypoints_px[body_rows])
+            fits = smplify.results[0]
+            assert torch.equal(out.pose[body_rows], fits.pose) and torch.equal(out.loss[body_rows], fits.loss)
+            assert (out.wholebody.hand_pose[body_rows] == 0).all()
+        if len(whole_rows):
+            assert torch.equal(smplifyx.calls[0], fit_frame_px(batch.wholebody[whole_rows]))
+            fits = smplifyx.results[0]
+            assert torch.equal(out.betas[whole_rows], fits.betas)
+            assert torch.equal(out.wholebody.expression[whole_rows], fits.expression)
+        assert torch.isfinite(out.loss).all() and (out.iterations > 0).all()

@@ -102,9 +102,10 @@ class TrainConfig:
         below it; fit_filter: and only when its quality record meets these bars (`fits.quality.FitFilter`; none by
         default, as SPIN); smplify: SMPLify's settings; smplify_device: where SMPLify runs ("cpu" or the training
         device). With an SMPL-X-layout body model the examples that have whole-body keypoints are fitted with
-        SMPLify-X's fast mode instead (`fitting.smplifyx`, its stages and weights, in the 224 px fit frame), with
-        ``smplifyx_camera_iterations`` and ``smplifyx_stage_iterations`` (one count per stage) LM iterations
-        (default: `fitting.smplifyx.SMPLifyXConfig`'s).
+        SMPLify-X's fast mode instead (`fitting.smplifyx`, from the network's estimate: its camera stage and last
+        stage, in the 224 px fit frame), with ``smplifyx_camera_iterations`` and ``smplifyx_stage_iterations``
+        (one count per stage; from an estimate only the last one runs) LM iterations (default:
+        `fitting.smplifyx.SMPLifyXConfig`'s).
     Shards: verify_shards: check every shard read against its manifest's sha256 before training (one read of each
         tar); on_corrupt_shard: "raise" (stop with an error naming the shard) or "skip" (leave it out, warn and
         count) for a corrupt shard, found up front or while reading (`shards.reader`).

@@ -518,9 +518,11 @@ def train_step(run: Run, store: FitsStore, items: dict, pos: Position, timer: St
     with timer.part("smplify"):
         keypoints_px = fit_frame_px(batch.keypoints).to(run.smplify_device)
         stored = stored_fits(store, run.smplify, batch.keys, keypoints_px, batch.rot, batch.flip, run.fit_wholebody)
-        new = fit_in_the_loop(run.smplify, pred, keypoints_px) if cfg.run_smplify else None
-        if new is not None and run.smplifyx is not None:
-            new = fit_wholebody_in_the_loop(run.smplifyx, run.smplify, pred, batch, keypoints_px, new)
+        new = None
+        if cfg.run_smplify and run.smplifyx is None:
+            new = fit_in_the_loop(run.smplify, pred, keypoints_px)
+        elif cfg.run_smplify:   # whole-body run: SMPLify-X fits the whole-body examples, SMPLify the others
+            new = fit_wholebody_in_the_loop(run.smplifyx, run.smplify, pred, batch, keypoints_px)
     with timer.part("write_back"):
         provenance = FitProvenance(run_id=cfg.run_id, body_model_id=run.body.model_id,
                                    fit_config_hash=run.fit_config_hash, source="loop", epoch=pos.epoch, step=pos.step)

@@ -16,11 +16,11 @@
 **Whole-body runs** (an SMPL-X-layout body model: the regressor's SMPL-X heads, `training.regressor`): `predict`
 poses the whole body (`fitting.wholebody_model.WholeBodyModel.forward_rotmat`) and projects its 161 points;
 `stored_fits` also reads each stored fit's hand, jaw and eye poses and expression (`fits.store.FitsStore.
-lookup_wholebody`), mirrored into the batch's crop (`training.wholebody`), and scores it with them; after
-SMPLify, `fit_wholebody_in_the_loop` fits the examples that have whole-body keypoints with SMPLify-X from the
-network's estimate (`training.wholebody.fit_from_estimate`), and those fits replace theirs (body-only examples
-keep SMPLify's); `update_fits` writes a winning whole-body fit as a whole-body row (`fits.schema.WholeBodyFit`,
-with its hands' and face's reprojection), except where the example was flipped (an expression has no mirror:
+lookup_wholebody`), mirrored into the batch's crop (`training.wholebody`), and scores it with them;
+`fit_wholebody_in_the_loop` fits the examples that have whole-body keypoints with SMPLify-X from the network's
+estimate (`fitting.smplifyx.SMPLifyXStart`) and the others with SMPLify, each example by one of the two;
+`update_fits` writes a winning whole-body fit as a whole-body row (`fits.schema.WholeBodyFit`, with its hands'
+and face's reprojection), except where the example was flipped (an expression has no mirror:
 that fit supervises its step only); `supervision` adds the hand, jaw and expression targets of the chosen fits
 that have them; `compute_losses` the whole-body keypoint loss and those parameter losses. Every fit is still
 compared by its ``loss``, the 49 body joints' (the table's rule).
@@ -56,9 +56,9 @@ from fits.schema import (
 from fits.store import FitsStore
 from fitting.body_model import BodyModel
 from fitting.priors import angle_prior, shape_prior
-from fitting.quality import candidate_spread, fit_quality
+from fitting.quality import candidate_spread, fit_quality, wholebody_part_reprojection
 from fitting.smplify import SMPLify, SMPLifyResult
-from fitting.smplifyx import SMPLifyX
+from fitting.smplifyx import SMPLifyX, SMPLifyXStart
 from fitting.wholebody_model import WholeBodyModel
 from training.config import LossWeights
 from training.geometry import (
@@ -85,9 +85,7 @@ from training.losses import (
 from training.wholebody import (
     WholeBodyParams,
     augment_wholebody,
-    fit_from_estimate,
     full_pose_of,
-    part_reprojection,
     rotmats_of,
     split_full_pose,
 )
@@ -175,7 +173,7 @@ class BatchFits:
 @dataclass
 class LoopFits:
     """The fits a step made, one per example (`SMPLifyResult`'s fields that the step reads): pose (B, 72), betas
-    (B, NB), cam_t (B, 3), loss (B,) px² (SPIN's, 49 joints), joints (B, 49, 3) model frame, iterations;
+    (B, NB), cam_t (B, 3), loss (B,) px² (SPIN's, 49 joints), joints (B, 49, 3) model frame, iterations (B,);
     wholebody (B rows, zeros for body-only fits) and is_wholebody (B,) bool: which are SMPLify-X's."""
 
     pose: Tensor
@@ -183,7 +181,7 @@ class LoopFits:
     cam_t: Tensor
     loss: Tensor
     joints: Tensor
-    iterations: int
+    iterations: np.ndarray
     wholebody: WholeBodyParams
     is_wholebody: Tensor
 
@@ -272,33 +270,45 @@ def stored_fits(store: FitsStore, smplify: SMPLify, keys: list[str], keypoints_p
 
 
 # 3 ------------------------------------------------------------------------------------------------------------
-def fit_in_the_loop(smplify: SMPLify, pred: Prediction, keypoints_px: Tensor) -> SMPLifyResult:
+def fit_in_the_loop(smplify: SMPLify, pred: Prediction, keypoints_px: Tensor,
+                    rows: Tensor | None = None) -> SMPLifyResult:
     """SMPLify on the batch's keypoints (fit-frame px, SMPLify's device) from the detached prediction: pose as
-    axis-angle, betas, and the translation of the weak-perspective camera (also SMPLify's depth anchor)."""
+    axis-angle, betas, and the translation of the weak-perspective camera (also SMPLify's depth anchor). rows: the
+    examples to fit (indices (R,) on SMPLify's device; None: all); the result has one fit per row."""
     device = keypoints_px.device
     batch = keypoints_px.shape[0]
     pose = rotmat_to_axis_angle(pred.rotmat.detach().float()).reshape(batch, 72).to(device)
-    center = torch.full((batch, 2), FIT_CENTER, device=device)
-    return smplify(keypoints_px, pose, pred.betas.detach().float().to(device),
-                   pred.cam_t.detach().float().to(device), center, start="estimate")
+    betas, cam_t = pred.betas.detach().float().to(device), pred.cam_t.detach().float().to(device)
+    if rows is not None:
+        keypoints_px, pose, betas, cam_t = keypoints_px[rows], pose[rows], betas[rows], cam_t[rows]
+    center = torch.full((keypoints_px.shape[0], 2), FIT_CENTER, device=device)
+    return smplify(keypoints_px, pose, betas, cam_t, center, start="estimate")
 
 
 def fit_wholebody_in_the_loop(fitter: SMPLifyX, smplify: SMPLify, pred: Prediction, batch: Batch,
-                              keypoints_px: Tensor, new: SMPLifyResult) -> LoopFits:
-    """SMPLify-X (``fitter``, fast mode) from the detached prediction on the examples with whole-body keypoints
-    (`training.wholebody.fit_from_estimate`; their keypoints in fit-frame px, on SMPLify's device); their fits
-    replace SMPLify's ``new`` ones, each scored by SPIN's loss on its 49 body joints against ``keypoints_px``
-    (what every fit is compared by). Returns the batch's fits, one per example."""
+                              keypoints_px: Tensor) -> LoopFits:
+    """A whole-body run's fits in the loop, from the detached prediction: SMPLify on the examples without
+    whole-body keypoints (`fit_in_the_loop`), SMPLify-X (``fitter``, fast mode, ``start=SMPLifyXStart``) on those
+    with them (their keypoints in fit-frame px, on SMPLify's device); each example is fitted by one of the two.
+    Every fit is scored by SPIN's loss on its 49 body joints against ``keypoints_px`` (what every fit is compared
+    by). Returns the batch's fits, one per example."""
     device = keypoints_px.device
     batch_size = len(batch.keys)
-    num_expression = pred.expression.shape[1]
+    wholebody = batch.has_wholebody.to(device)
     zeros = WholeBodyParams(*(torch.zeros(batch_size, n, device=device)
-                              for n in (NUM_HAND_POSE, NUM_JAW_POSE, NUM_EYE_POSE, num_expression)))
-    iterations = np.full(batch_size, new.iterations, np.int64)
-    out = LoopFits(pose=new.pose.clone(), betas=new.betas.clone(), cam_t=new.cam_t.clone(), loss=new.loss.clone(),
-                   joints=new.joints.clone(), iterations=iterations, wholebody=zeros,
-                   is_wholebody=torch.zeros(batch_size, dtype=torch.bool, device=device))
-    rows = torch.nonzero(batch.has_wholebody.to(device))[:, 0]
+                              for n in (NUM_HAND_POSE, NUM_JAW_POSE, NUM_EYE_POSE, pred.expression.shape[1])))
+    out = LoopFits(pose=torch.zeros(batch_size, 72, device=device),
+                   betas=torch.zeros(batch_size, pred.betas.shape[1], device=device),
+                   cam_t=torch.zeros(batch_size, 3, device=device), loss=torch.zeros(batch_size, device=device),
+                   joints=torch.zeros(batch_size, NUM_JOINTS, 3, device=device),
+                   iterations=np.zeros(batch_size, np.int64), wholebody=zeros, is_wholebody=wholebody.clone())
+    rows = torch.nonzero(~wholebody)[:, 0]
+    if len(rows):
+        body = fit_in_the_loop(smplify, pred, keypoints_px, rows)
+        out.pose[rows], out.betas[rows], out.cam_t[rows] = body.pose, body.betas, body.cam_t
+        out.loss[rows], out.joints[rows] = body.loss, body.joints
+        out.iterations[rows.cpu().numpy()] = body.iterations
+    rows = torch.nonzero(wholebody)[:, 0]
     if not len(rows):
         return out
     with torch.no_grad():
@@ -306,17 +316,15 @@ def fit_wholebody_in_the_loop(fitter: SMPLifyX, smplify: SMPLify, pred: Predicti
                              pred.jaw_rotmat.detach().float())
     start = rotmat_to_axis_angle(rotmats).reshape(batch_size, -1).to(device)[rows]
     center = torch.full((len(rows), 2), FIT_CENTER, device=device)
-    result = fit_from_estimate(fitter, fit_frame_px(batch.wholebody.to(device)[rows]), center, start,
-                               pred.betas.detach().float().to(device)[rows],
-                               pred.expression.detach().float().to(device)[rows],
-                               pred.cam_t.detach().float().to(device)[rows])
+    result = fitter(fit_frame_px(batch.wholebody.to(device)[rows]), center, start=SMPLifyXStart(
+        start, pred.betas.detach().float().to(device)[rows], pred.expression.detach().float().to(device)[rows],
+        pred.cam_t.detach().float().to(device)[rows]))
     pose, params = split_full_pose(result.full_pose, result.expression)
     joints = result.points[:, :NUM_JOINTS]
     out.pose[rows], out.betas[rows], out.cam_t[rows], out.joints[rows] = pose, result.betas, result.cam_t, joints
     out.loss[rows] = smplify.joints_loss(joints, result.cam_t, center, keypoints_px[rows]).mean(-1)
     for mine, theirs in zip(out.wholebody.values(), params.values()):
         mine[rows] = theirs
-    out.is_wholebody[rows] = True
     out.iterations[rows.cpu().numpy()] = result.extras["iterations"]
     return out
 
@@ -371,7 +379,7 @@ def update_fits(store: FitsStore, smplify: SMPLify, batch: Batch, keypoints_px: 
                 params = augment_wholebody(new.wholebody.rows(rows), flip)   # only body-only fits (zeros) flip
                 points = wholebody.forward_full(full_pose_of(pose, params), betas, params.expression).points
                 joints = points[:, :NUM_JOINTS]
-                parts = part_reprojection(
+                parts = wholebody_part_reprojection(
                     project(points, cam_t, smplify.config.focal_length, center),
                     fit_frame_px(canonical_keypoints(batch.wholebody.to(device)[rows], rot, flip, scale)),
                     wholebody.provided)

@@ -15,11 +15,9 @@ expression is not a function of the face's. Where a batch example is flipped, it
 supervise it, and a fit made in the flipped crop cannot be stored canonical (the trainer keeps it for that step's
 supervision only: `training.step`).
 
-**SMPLify-X from an estimate** (`fit_from_estimate`): `fitting.smplifyx.SMPLifyX` fits from its mean start
-only. In the loop (SPIN's ``start="estimate"``), its fast mode runs its camera stage and its five stages, as they
-are, from the network's estimate instead; the turned-around second orientation is not tried (an estimate says
-which way the person faces). Until `fitting.smplifyx` exposes an estimate start of its own, this calls its stage
-functions (``_lm_camera``, ``_lm_stage``); then `fit_from_estimate` becomes that one call.
+**SMPLify-X from an estimate**: the loop fits whole-body examples with `fitting.smplifyx.SMPLifyX` from the
+network's estimate (``start=SMPLifyXStart(...)``: its camera stage and five stages from it, no turned-around
+orientation; `training.step.fit_wholebody_in_the_loop`).
 """
 from __future__ import annotations
 
@@ -31,9 +29,7 @@ from torch import Tensor
 
 from core.wholebody import NUM_WHOLEBODY, SMPLX_JOINTS_FLIP_PERM, WHOLEBODY_PARTS, wholebody_indices
 from fits.schema import NUM_POSE
-from fits.schema import WHOLEBODY_PARTS as PART_NAMES
-from fitting.smplifyx import SMPLifyX, SMPLifyXResult
-from fitting.wholebody_model import BODY_POSE_DIM, FULL_POSE_DIM, NUM_SMPLX_JOINTS, POSE_SLICES
+from fitting.wholebody_model import BODY_POSE_DIM, NUM_SMPLX_JOINTS, POSE_SLICES
 
 FIRST_EXTRA_JOINT = 22                     # SMPL-X joints 22–54: jaw, eyes, hands (after global + 21 body)
 POSE_FLIP_SIGN = (1.0, -1.0, -1.0)         # a mirrored axis-angle (x, y, z) -> (x, -y, -z), as SPIN's body
@@ -118,43 +114,3 @@ def part_weights(provided: np.ndarray, hands: float, face: float) -> Tensor:
         weights[wholebody_indices(WHOLEBODY_PARTS[part])] = value
     weights[wholebody_indices(("left_hand_root", "right_hand_root"))] = 0.0
     return weights * torch.as_tensor(provided, dtype=weights.dtype)
-
-
-def part_reprojection(projected: Tensor, keypoints: Tensor, provided: np.ndarray) -> Tensor:
-    """Per whole-body part beyond the body (`fits.schema.WHOLEBODY_PARTS`: left hand, right hand, face) the
-    confidence-weighted mean px distance (B, 3) between projected points (B, 161, 2) and keypoints (B, 161, 3)
-    (px + confidence), over the points the model provides; NaN where a part has no observed keypoint (as
-    `fitting.quality.part_reprojection` for the body's parts)."""
-    conf = keypoints[..., 2].clamp_min(0) * torch.as_tensor(provided, dtype=keypoints.dtype,
-                                                            device=keypoints.device)
-    dist = (projected - keypoints[..., :2]).norm(dim=-1)
-    member = torch.zeros(len(PART_NAMES), NUM_WHOLEBODY, dtype=dist.dtype, device=dist.device)
-    for p, part in enumerate(PART_NAMES):
-        member[p, wholebody_indices(WHOLEBODY_PARTS[part])] = 1.0
-    weight, total = conf @ member.T, (conf * dist) @ member.T
-    return torch.where(weight > 0, total / weight.clamp_min(1e-12), torch.full_like(total, float("nan")))
-
-
-# --- SMPLify-X in the loop ---------------------------------------------------------------------------------------
-def fit_from_estimate(fitter: SMPLifyX, keypoints: Tensor, center: Tensor, full_pose: Tensor, betas: Tensor,
-                      expression: Tensor, cam_t: Tensor) -> SMPLifyXResult:
-    """SMPLify-X's fast mode from an estimate (module docstring): keypoints (B, 161, 3) px + confidence in the
-    camera of ``fitter.config.focal_length`` with principal point ``center`` (B, 2) px; the start: full pose
-    (B, 165), betas (B, NB), expression (B, NE), cam_t (B, 3) m. Inputs are not modified."""
-    if fitter.config.mode != "fast":
-        raise ValueError("fitting in the loop runs SMPLify-X's fast mode; its reference mode is for comparisons")
-    if keypoints.shape[1:] != (NUM_WHOLEBODY, 3) or full_pose.shape[1:] != (FULL_POSE_DIM,):
-        raise ValueError(f"keypoints (B, {NUM_WHOLEBODY}, 3) and full_pose (B, {FULL_POSE_DIM}) expected, got "
-                         f"{tuple(keypoints.shape)} and {tuple(full_pose.shape)}")
-    keypoints, center = keypoints.detach().clone(), center.detach().clone()
-    focal = fitter._focal(None, keypoints)
-    pose = full_pose.detach().clone().to(keypoints)
-    shape = torch.cat([betas, expression], 1).detach().clone().to(keypoints)
-    pose, t = fitter._lm_camera(pose, shape, cam_t.detach().clone().to(keypoints), keypoints, center, focal)
-    iterations = 0
-    for stage, count in zip(fitter.config.stages, fitter.config.stage_iterations):
-        pose, shape = fitter._lm_stage(pose, shape, t, keypoints, center, focal, stage, count)
-        iterations += count
-    nb = fitter.model.num_betas
-    return fitter._result(pose, shape[:, :nb], shape[:, nb:], t, keypoints, center, focal, iterations=iterations)
-

@@ -145,6 +145,15 @@ docs/smplify.md#the-benchmark has the protocol and the latest figures.""")
     wb.add_argument("--batch", type=int, default=64)
     wb.add_argument("--threads", type=int, default=1, help="torch threads (default 1: set explicitly)")
     wb.add_argument("--seed", type=int, default=0)
+    # the choices are fitting.pose_terms' BodyPrior and HandPrior (not imported here: torch loads lazily)
+    wb.add_argument("--prior", default=None, choices=("gmm", "vae"),
+                    help="body pose prior: the GMM or the VAE, fitloop's open ones (default: fitting.pose_terms' "
+                         "DEFAULT_BODY_PRIOR, docs/smplifyx.md)")
+    wb.add_argument("--hand-prior", default=None, choices=("l2", "limits", "pca"),
+                    help="hand pose prior: SMPLify-X's L2, the anatomical joint limits, or a PCA (--hand-pca) with "
+                         "the limits (default: fitting.pose_terms' DEFAULT_HAND_PRIOR)")
+    wb.add_argument("--hand-pca", type=Path, default=None, metavar="FILE",
+                    help="SMPL-X/MANO .npz with hands_components{l,r} and hands_mean{l,r} (with --hand-prior pca)")
     wb.add_argument("--out", type=Path, default=None, help="also write the JSON record here")
     wb.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     wb.set_defaults(func=cmd_smplifyx)
@@ -191,6 +200,7 @@ def cmd_smplifyx(args: argparse.Namespace) -> int:
     from bench.smplifyx import run, table
     from core.errors import FitloopError
     from fitting.body_model import load_body_model
+    from fitting.pose_terms import DEFAULT_BODY_PRIOR, DEFAULT_HAND_PRIOR
     from fitting.wholebody_model import WholeBodyModel
 
     if args.people < 1 or not 1 <= args.reference_people <= args.people or args.batch < 1 or args.threads < 1:
@@ -198,7 +208,8 @@ def cmd_smplifyx(args: argparse.Namespace) -> int:
                            f"got {args.people}, {args.batch}, {args.threads} and {args.reference_people}")
     model = WholeBodyModel(load_body_model(args.model))
     record = run(model, people=args.people, reference_people=args.reference_people, batch=args.batch,
-                 seed=args.seed, threads=args.threads)
+                 seed=args.seed, threads=args.threads, body_prior=args.prior or DEFAULT_BODY_PRIOR,
+                 hand_prior=args.hand_prior or DEFAULT_HAND_PRIOR, hand_pca=args.hand_pca)
     text = json.dumps(record)
     if args.out is not None:
         args.out.write_text(text + "\n")

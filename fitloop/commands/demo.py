@@ -17,10 +17,7 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    import numpy as np
+from typing import Any
 
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
 # A CPU-sized run: SPIN's step and losses, a small backbone and input, a few epochs.
@@ -35,17 +32,6 @@ WHOLEBODY_PICTURES = 6
 # torch threads of the whole-body fits: one, as each seeding Dask worker has. On this shared 2-core machine (load
 # ~8) two threads made the batched LM 7x slower (24 fits: 70 s against 9.6 s), their spin-waits fighting.
 WHOLEBODY_THREADS = 1
-# SMPLify-X reads OpenPose (its camera start and stage take the OpenPose torso). COCO-WholeBody's 17 body points
-# are COCO's keypoints, which OpenPose's body model is trained to detect under these names, so a COCO-WholeBody
-# sample goes to SMPLify-X with them moved into OpenPose's slots (as COCO-WholeBody is converted to OpenPose's
-# layout for OpenPose-format fitters); feet, hands and face are already in the shared whole-body slots.
-COCO_AS_OPENPOSE: dict[str, str] = {
-    "Nose": "OP Nose", "Left Eye": "OP LEye", "Right Eye": "OP REye", "Left Ear": "OP LEar", "Right Ear": "OP REar",
-    "Left Shoulder": "OP LShoulder", "Right Shoulder": "OP RShoulder", "Left Elbow": "OP LElbow",
-    "Right Elbow": "OP RElbow", "Left Wrist": "OP LWrist", "Right Wrist": "OP RWrist", "Left Hip": "OP LHip",
-    "Right Hip": "OP RHip", "Left Knee": "OP LKnee", "Right Knee": "OP RKnee", "Left Ankle": "OP LAnkle",
-    "Right Ankle": "OP RAnkle",
-}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -176,25 +162,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def as_openpose(keypoints: np.ndarray) -> np.ndarray:
-    """Whole-body keypoints (..., 161, 3) as SMPLify-X reads them: where none of the OpenPose body slots is set
-    (a COCO-WholeBody sample), the COCO body points move into their OpenPose slots (`COCO_AS_OPENPOSE`); other
-    samples are returned as they are. The input is not modified."""
-    import numpy as np
-
-    from core.wholebody import WHOLEBODY_INDEX
-
-    out = np.array(keypoints, dtype=np.float32, copy=True)
-    coco = [WHOLEBODY_INDEX[n] for n in COCO_AS_OPENPOSE]
-    openpose = [WHOLEBODY_INDEX[n] for n in COCO_AS_OPENPOSE.values()]
-    move = (out[..., openpose, 2] <= 0).all(-1) & (out[..., coco, 2] > 0).any(-1)
-    moved = out[move]
-    moved[:, openpose] = moved[:, coco]
-    moved[:, coco] = 0.0
-    out[move] = moved
-    return out
-
-
 WHOLEBODY_SPLITS = {"coco_wholebody": ("train", "val"), "openpose": ("train",)}  # what the generator writes
 
 
@@ -242,8 +209,10 @@ def wholebody_fits(shards: Path, fits_path: Path, roots: list[Path], out: Path) 
     samples = [s for s in iter_samples(shards) if s.meta.get("has_wholebody") and s.key in rows]
     if not samples:
         return {"rows": [], "fits": 0}
-    keypoints = torch.as_tensor(as_openpose(np.stack([keypoints_in_fit_frame(s.wholebody_crop, s.meta["crop"])
-                                                      for s in samples])))
+    # a COCO-WholeBody sample's body is COCO's 17 points in the dataset slots; SMPLify-X reads its torso there
+    # where the OpenPose one is missing (`fitting.smplifyx.OPENPOSE_STAND_INS`)
+    keypoints = torch.as_tensor(np.stack([keypoints_in_fit_frame(s.wholebody_crop, s.meta["crop"])
+                                          for s in samples]))
     count = len(samples)
     center = torch.full((count, 2), FIT_CENTER)
     focal = torch.full((count, 2), FIT_FOCAL)

@@ -65,7 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Seed fits without training: SMPLify from SPIN's mean pose on every sample (or --keys) of a "
                     "shard set, batches fitted on Dask (a local cluster, or --dask-address), and the improvements "
                     "on the body model's best fits appended in one commit (a new table version). The same path "
-                    "as the seed_fits flow and the trainer's seeding (fits.seeding).")
+                    "as the seed_fits flow and the trainer's seeding (fits.seeding). With an SMPL-X-layout body model, "
+                    "samples with whole-body keypoints are fitted by SMPLify-X's fast mode into whole-body rows.")
     seed.add_argument("shards", type=Path, help="the shard set folder (with manifest.json)")
     seed.add_argument("table", type=Path, help="the fits table (created when missing)")
     seed.add_argument("--body-model", default="open", help='"open" (default), "open-small" or a model file')
