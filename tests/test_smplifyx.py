@@ -174,6 +174,24 @@ def test_collision_term_lowers_interpenetration_of_a_fit(small64):
     assert (with_term < 0.2 * without).all(), (with_term, without)
 
 
+@pytest.mark.gpu
+def test_collision_normal_equations_on_cuda_like_cpu(small64):
+    """The interpenetration term's objective and normal equations on CUDA equal the CPU's (float64)."""
+    gpu_model = WholeBodyModel(load_body_model("open-smplx-small", dtype=torch.float64, device="cuda"))
+    people = _contact_people(small64, HAND_IN_TORSO, FOREARMS_CROSSED, {})
+    args = (people.full_pose, torch.cat([people.betas, people.expression], 1), people.cam_t, people.keypoints,
+            people.center, people.focal)
+    stage = SMPLIFYX_STAGES[-1]
+    want = SMPLifyX(small64).normal_equations(*args, stage)
+    gpu = SMPLifyX(gpu_model)
+    got = gpu.normal_equations(*(t.cuda() for t in args), stage)
+    for a, b in zip(want, got):
+        torch.testing.assert_close(b.cpu(), a, atol=1e-8 * float(a.abs().max()), rtol=1e-8)
+    terms = gpu.evaluate(*(t.cuda() for t in (people.full_pose, people.betas, people.expression, people.cam_t,
+                                               people.keypoints, people.center)), focal_length=people.focal.cuda())
+    assert (terms["collision"][:2] > 0).all() and terms["collision"][2] == 0
+
+
 def test_fast_mode_recovers_hands_and_face_from_clean_keypoints(model):
     people = synthetic_people(model, 8, seed=1, noise_px=0.0, missing=0.0)
     fit = SMPLifyX(model)(people.keypoints, people.center, focal_length=people.focal)
