@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from bench.smplifyx import interpenetration
+from bench.smplifyx import interpenetration, table
 from bench.smplifyx_cases import synthetic_people
 from fitloop.cli import main
 from fitting.body_model import load_body_model
@@ -41,6 +41,10 @@ def test_bench_record_compares_both_modes_on_the_same_people(capsys):
     assert term[term["default"]]["body_pa_mpjpe_mm"] == record["fast"]["body_pa_mpjpe_mm"]
     assert term["with"]["capsule_penalty_m2"] <= term["without"]["capsule_penalty_m2"]
     assert term["cpu_seconds_ratio"] == pytest.approx(term["with"]["cpu_seconds"] / term["without"]["cpu_seconds"])
+    lines = table(record).splitlines()   # the printed table: both of the term's rows after the three modes'
+    assert [line.split(" | ")[0] for line in lines[2:7]] == [
+        "| fast (all)", "| fast (reference's people)", "| reference", "| fast without the term (all)",
+        "| fast with the term (all)"]
 
 
 def test_bench_refuses_bad_counts(capsys):
