@@ -36,7 +36,8 @@ def test_bench_record_compares_both_modes_on_the_same_people(capsys):
     term = record["interpenetration"]["with_term"]
     for side in ("without", "with"):   # the same people, fitted both ways, each with every figure
         assert set(ERRORS) <= set(term[side]) and term[side]["fits"] == 4
-        assert {"share", "share_deeper_10mm", "mean_depth_mm", "fits_per_cpu_s", "capsule_penalty_m2"} <= set(term[side])
+        assert {"share", "share_deeper_10mm", "mean_depth_mm", "fits_per_cpu_s", "capsule_penalty_m2"} <= set(
+            term[side])
     # the default's side is the "fast" row's fits (deterministic), the term lowers the capsules' overlap
     assert term[term["default"]]["body_pa_mpjpe_mm"] == record["fast"]["body_pa_mpjpe_mm"]
     assert term["with"]["capsule_penalty_m2"] <= term["without"]["capsule_penalty_m2"]
