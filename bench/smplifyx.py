@@ -21,7 +21,7 @@ import torch
 
 from bench.smplifyx_cases import MISSING, NOISE_PX, People, compare, fit_errors, summary, synthetic_people, timed_fit
 from fitting.collision import mesh_interpenetration, mesh_parts
-from fitting.smplifyx import SMPLifyX, SMPLifyXConfig
+from fitting.smplifyx import COLLISION_SCALE, SMPLifyX, SMPLifyXConfig
 from fitting.wholebody_model import WholeBodyModel
 
 DEEP_MM = 10.0  # a fit counts as interpenetrating when some vertex is this deep inside another part
@@ -42,22 +42,24 @@ def interpenetration(model: WholeBodyModel, full_pose: torch.Tensor, betas: torc
             "mean_depth_mm": float(depth[inside].mean()) if bool(inside.any()) else 0.0}
 
 
-def with_and_without_term(model: WholeBodyModel, people: People, batch: int) -> dict[str, Any]:
+def with_and_without_term(model: WholeBodyModel, people: People, batch: int,
+                          collision_scale: float = COLLISION_SCALE) -> dict[str, Any]:
     """The fast mode without and with the interpenetration term on the same people at ``batch``: per side
     (``without``, ``with``) the errors and objective (each side's own: with the term it holds the collision term),
     fits per wall and per CPU second, the capsules' mean penalty (m², `SMPLifyXResult.extras`) and `interpenetration`;
-    and the term's scale and the ratio of CPU seconds."""
+    and the term's scale (default: the config's; another is how `COLLISION_SCALE` was chosen, docs/smplifyx.md)
+    and the ratio of CPU seconds."""
     out: dict[str, Any] = {}
     count = people.keypoints.shape[0]
     for side, on in (("without", False), ("with", True)):
-        fitter = SMPLifyX(model, config=SMPLifyXConfig(interpenetration=on))
+        fitter = SMPLifyX(model, config=SMPLifyXConfig(interpenetration=on, collision_scale=collision_scale))
         cpu = time.process_time()
         fit, wall = timed_fit(fitter, people, batch)
         cpu = time.process_time() - cpu
         out[side] = {**summary(fit_errors(fit, people), fit.objective, wall, count), "fits_per_cpu_s": count / cpu,
                      "cpu_seconds": cpu, "capsule_penalty_m2": float(fit.extras["collision_penalty"].double().mean()),
                      **interpenetration(model, fit.full_pose, fit.betas, fit.expression)}
-    out["collision_scale"] = SMPLifyXConfig().collision_scale
+    out["collision_scale"] = collision_scale
     out["default"] = "with" if SMPLifyXConfig().interpenetration else "without"
     out["cpu_seconds_ratio"] = out["with"]["cpu_seconds"] / out["without"]["cpu_seconds"]
     return out
