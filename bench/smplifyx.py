@@ -7,8 +7,10 @@ every person at ``batch``; the reference one person at a time (as SMPLify-X runs
 ``reference_people``, and the fast mode's figures on those same people are printed beside it. Interpenetration:
 `fitting.collision.mesh_interpenetration` (winding numbers of one part's vertices against the other parts' posed
 triangles, neighbouring parts not tested) on the true bodies and on the fits; "interpenetrating" is any vertex more
-than `DEEP_MM` inside another part. SMPLify-X's fast mode has no interpenetration term yet (its stage table carries
-the weights), so the figure "with the term" is absent and the record says so.
+than `DEEP_MM` inside another part. The interpenetration term (`fitting.smplifyx`: SMPLify-X's ``interpenetration``
+on capsule proxies): ``with_term`` fits the same people with the fast mode twice more, without and with it, timed
+alike (CPU seconds of this process, besides the wall seconds every row has), and gives per side the errors, fits/s,
+the mesh check's figures and the capsules' mean penalty; the default's side repeats the "fast" row's fits.
 """
 from __future__ import annotations
 
@@ -18,10 +20,10 @@ from typing import Any
 
 import torch
 
-from bench.smplifyx_cases import MISSING, NOISE_PX, People, compare, synthetic_people
+from bench.smplifyx_cases import MISSING, NOISE_PX, People, compare, fit_errors, summary, synthetic_people, timed_fit
 from fitting.collision import mesh_interpenetration, mesh_parts
 from fitting.pose_terms import DEFAULT_BODY_PRIOR, DEFAULT_HAND_PRIOR, BodyPrior, HandPrior, body_term, hand_term
-from fitting.smplifyx import SMPLifyX, SMPLifyXConfig
+from fitting.smplifyx import COLLISION_SCALE, SMPLifyX, SMPLifyXConfig
 from fitting.wholebody_model import WholeBodyModel
 
 DEEP_MM = 10.0  # a fit counts as interpenetrating when some vertex is this deep inside another part
@@ -40,6 +42,30 @@ def interpenetration(model: WholeBodyModel, full_pose: torch.Tensor, betas: torc
     return {"share": float(inside.double().mean()),
             f"share_deeper_{DEEP_MM:g}mm": float((depth > DEEP_MM).double().mean()),
             "mean_depth_mm": float(depth[inside].mean()) if bool(inside.any()) else 0.0}
+
+
+def with_and_without_term(model: WholeBodyModel, people: People, batch: int,
+                          collision_scale: float = COLLISION_SCALE, **priors: Any) -> dict[str, Any]:
+    """The fast mode without and with the interpenetration term on the same people at ``batch``: per side
+    (``without``, ``with``) the errors and objective (each side's own: with the term it holds the collision term),
+    fits per wall and per CPU second, the capsules' mean penalty (m², `SMPLifyXResult.extras`) and `interpenetration`;
+    and the term's scale (default: the config's; another is how `COLLISION_SCALE` was chosen, docs/smplifyx.md)
+    and the ratio of CPU seconds."""
+    out: dict[str, Any] = {}
+    count = people.keypoints.shape[0]
+    for side, on in (("without", False), ("with", True)):
+        fitter = SMPLifyX(model, config=SMPLifyXConfig(interpenetration=on, collision_scale=collision_scale),
+                          **priors)
+        cpu = time.process_time()
+        fit, wall = timed_fit(fitter, people, batch)
+        cpu = time.process_time() - cpu
+        out[side] = {**summary(fit_errors(fit, people), fit.objective, wall, count), "fits_per_cpu_s": count / cpu,
+                     "cpu_seconds": cpu, "capsule_penalty_m2": float(fit.extras["collision_penalty"].double().mean()),
+                     **interpenetration(model, fit.full_pose, fit.betas, fit.expression)}
+    out["collision_scale"] = collision_scale
+    out["default"] = "with" if SMPLifyXConfig().interpenetration else "without"
+    out["cpu_seconds_ratio"] = out["with"]["cpu_seconds"] / out["without"]["cpu_seconds"]
+    return out
 
 
 def run(model: WholeBodyModel, *, people: int = 64, reference_people: int = 4, batch: int = 64, seed: int = 0,
@@ -66,8 +92,7 @@ def run(model: WholeBodyModel, *, people: int = 64, reference_people: int = 4, b
         "fast": interpenetration(model, fit.full_pose, fit.betas, fit.expression),
         "fast_on_reference_people": interpenetration(model, fit.full_pose[:k], fit.betas[:k], fit.expression[:k]),
         "reference": interpenetration(model, ref.full_pose, ref.betas, ref.expression),
-        "with_term": None,
-        "note": "SMPLify-X's fast mode has no interpenetration term yet: only fits without it are measured",
+        "with_term": with_and_without_term(model, cases, batch, **priors),
     }
     record["seconds"] = time.perf_counter() - start
     return record
@@ -75,23 +100,28 @@ def run(model: WholeBodyModel, *, people: int = 64, reference_people: int = 4, b
 
 ROWS = (("fast (all)", "fast"), ("fast (reference's people)", "fast_on_reference_people"),
         ("reference", "reference"))
+TERM_ROWS = (("fast without the term (all)", "without"), ("fast with the term (all)", "with"))
 COLUMNS = (("body PA-MPJPE mm", "body_pa_mpjpe_mm"), ("left hand mm", "left_hand_pa_mpjpe_mm"),
            ("right hand mm", "right_hand_pa_mpjpe_mm"), ("face px", "face_reprojection_px"),
            ("objective", "objective"), ("fits/s", "fits_per_s"))
 
 
 def table(record: dict[str, Any]) -> str:
-    """The record as a Markdown table, the speed-up and the interpenetration shares."""
-    lines = ["| | " + " | ".join(name for name, _ in COLUMNS) + " | interpenetrating |",
-             "|---|" + "---|" * (len(COLUMNS) + 1)]
-    for label, key in ROWS:
-        cells = [f"{record[key][field]:.3g}" if field == "fits_per_s" else f"{record[key][field]:.1f}"
-                 if field != "face_reprojection_px" else f"{record[key][field]:.2f}" for _, field in COLUMNS]
-        share = record["interpenetration"][key]["share"]
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {100 * share:.0f}% |")
+    """The record as a Markdown table (the term's two rows last), the speed-up and the interpenetration figures."""
+    interp, term = record["interpenetration"], record["interpenetration"]["with_term"]
+    lines = ["| | " + " | ".join(name for name, _ in COLUMNS) + f" | interpenetrating | > {DEEP_MM:g} mm | depth mm |",
+             "|---|" + "---|" * (len(COLUMNS) + 3)]
+    rows = [(label, record[key], interp[key]) for label, key in ROWS]
+    rows += [(label, term[side], term[side]) for label, side in TERM_ROWS]
+    for label, figures, contact in rows:
+        cells = [f"{figures[field]:.3g}" if field == "fits_per_s" else f"{figures[field]:.1f}"
+                 if field != "face_reprojection_px" else f"{figures[field]:.2f}" for _, field in COLUMNS]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {100 * contact['share']:.0f}% | "
+                     f"{100 * contact[f'share_deeper_{DEEP_MM:g}mm']:.0f}% | {contact['mean_depth_mm']:.0f} |")
     lines.append(f"\nfast / reference fits/s: {record['speedup']['fits_per_s']:.0f}x ({record['threads']} thread(s), "
                  f"batch {record['batch']}; body prior {record['body_prior']}, hand prior {record['hand_prior']}); "
-                 f"true bodies interpenetrating: "
-                 f"{100 * record['interpenetration']['truth']['share']:.0f}%; "
-                 f"{record['interpenetration']['note']}")
+                 f"true bodies interpenetrating: {100 * interp['truth']['share']:.0f}%; "
+                 f"the term (scale {term['collision_scale']:g}, {term['default']} by default): "
+                 f"{term['cpu_seconds_ratio']:.2f}x the CPU seconds, capsule penalty "
+                 f"{term['without']['capsule_penalty_m2']:.2g} -> {term['with']['capsule_penalty_m2']:.2g} m²")
     return "\n".join(lines)

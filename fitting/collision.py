@@ -53,6 +53,7 @@ from core.errors import ModelFileError
 from core.joints import SMPL_JOINT_NAMES, SMPL_PARENTS, mirror_name
 from core.wholebody import SMPLX_JOINT_NAMES, SMPLX_PARENTS
 from fitting.body_model import BodyModel
+from fitting.skeleton import Skeleton
 
 # Joints whose whole subtree is one part (a hand, the head with jaw and eyes).
 MERGED_BELOW: tuple[str, ...] = ("left_wrist", "right_wrist", "head")
@@ -395,6 +396,34 @@ def dense_ends_jacobian(d_ends: Tensor, pairs: Tensor, num_ends: int) -> Tensor:
     rows = torch.arange(num_pairs, device=d_ends.device)[:, None]
     dense[:, rows, pair_ends(pairs)] = d_ends          # a capsule is never paired with itself: distinct ends
     return dense
+
+
+def chained_collision_residuals(capsules: Capsules, proxies: Skeleton, rows: Tensor, pose: Tensor, shape: Tensor,
+                                ends: Tensor) -> tuple[Tensor, Tensor]:
+    """The penalty's residuals and their Jacobian w.r.t. a fit's parameters, for least squares: the depths (B, K) m
+    of the K pairs that overlap most per example (K: the most pairs any example has overlapping; the rest of an
+    example's K are zero) and d depth / d [pose, shape] (B, K, D + S). ``proxies`` evaluates the segment ends
+    (`Capsules.end_rows`) as its points ``rows`` (2C,) from pose (B, D) and shape (B, S) (its parameterisation:
+    SMPL's (B, 72) and betas, or SMPL-X's full pose and [betas, expression]); ``ends`` (B, 2C, 3) are those points
+    at (pose, shape). The radii read the first NB of shape (`Capsules.radii`). `collision_residuals` chained with
+    the skeleton's Jacobian of just the ends the kept pairs use, for the examples in contact only."""
+    depth, d_ends, d_radii = collision_residuals(ends, capsules.radii(shape), capsules.pairs)
+    k = int((depth > 0).sum(1).max()) if depth.shape[1] else 0
+    batch, num_pose, dev = pose.shape[0], pose.shape[1], pose.device
+    top = depth.topk(k, 1).indices                                          # (B, K) pairs, deepest first
+    jac = depth.new_zeros(batch, k, num_pose + shape.shape[1])
+    hit = torch.nonzero((depth > 0).any(1))[:, 0]                           # the examples in contact
+    if len(hit):
+        top_h = top[hit]
+        used, where = torch.unique(pair_ends(capsules.pairs)[top_h], return_inverse=True)  # the ends some pair needs
+        state = proxies(pose[hit], shape[hit], rows[used])
+        d_params = torch.cat(proxies.jacobian(state), -1)                    # (H, U, 3, D + S)
+        at = torch.arange(len(hit), device=dev)[:, None]
+        jac[hit] = torch.einsum("bkec,bkecn->bkn", d_ends[hit[:, None], top_h], d_params[at[..., None], where])
+        nb = min(shape.shape[1], capsules.radius_dirs.shape[1])
+        radius_dirs = capsules.radius_dirs[capsules.pairs[top_h]][..., :nb]      # (H, K, 2, NB)
+        jac[hit, :, num_pose:num_pose + nb] += (d_radii[hit[:, None], top_h][..., None] * radius_dirs).sum(2)
+    return depth[torch.arange(batch, device=dev)[:, None], top], jac
 
 
 # --- The mesh check -------------------------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ from core.errors import ModelFileError
 from core.frames import FIT_FOCAL, FIT_RES
 from core.joints import JOINT_INDEX, SMPLIFY_IGNORED, indices
 from fitting.body_model import BodyModel
-from fitting.collision import body_capsules, collision_penalty, collision_residuals, pair_ends
+from fitting.collision import body_capsules, chained_collision_residuals, collision_penalty
 from fitting.priors import (
     ANGLE_PRIOR_INDICES,
     ANGLE_PRIOR_SIGNS,
@@ -430,28 +430,9 @@ class SMPLify:
         return self.proxies(pose, betas, self._proxy_rows).points
 
     def _collision(self, pose: Tensor, betas: Tensor, ends: Tensor) -> tuple[Tensor, Tensor]:
-        """The capsule term's residuals and Jacobian at pose (B, 72), betas (B, NB) whose segment ends are ``ends``
-        (B, 2C, 3): the depths (B, K) m of the K pairs that overlap most per example (K: the most pairs any example
-        has overlapping; the rest are zero) and d depth / d [pose, betas] (B, K, 72 + NB):
-        `fitting.collision.collision_residuals` chained with the skeleton's Jacobian of just the ends those pairs
-        use."""
-        caps = self.capsules
-        depth, d_ends, d_radii = collision_residuals(ends, caps.radii(betas), caps.pairs)
-        k = int((depth > 0).sum(1).max())
-        batch, nb, dev = pose.shape[0], betas.shape[1], pose.device
-        top = depth.topk(k, 1).indices                                          # (B, K) pairs, deepest first
-        jac = depth.new_zeros(batch, k, 72 + nb)
-        hit = torch.nonzero((depth > 0).any(1))[:, 0]                           # the examples in contact
-        if len(hit):
-            top_h = top[hit]
-            used, where = torch.unique(pair_ends(caps.pairs)[top_h], return_inverse=True)  # the ends some pair needs
-            state = self.proxies(pose[hit], betas[hit], self._proxy_rows[used])
-            d_params = torch.cat(self.proxies.jacobian(state), -1)                 # (H, U, 3, 72 + NB)
-            rows = torch.arange(len(hit), device=dev)[:, None]
-            jac[hit] = torch.einsum("bkec,bkecn->bkn", d_ends[hit[:, None], top_h], d_params[rows[..., None], where])
-            radius_dirs = caps.radius_dirs[caps.pairs[top_h]][..., :nb]            # (H, K, 2, NB)
-            jac[hit, :, 72:] += (d_radii[hit[:, None], top_h][..., None] * radius_dirs).sum(2)
-        return depth[torch.arange(batch, device=dev)[:, None], top], jac
+        """The capsule term's residuals (B, K) m and Jacobian (B, K, 72 + NB) at pose (B, 72), betas (B, NB) whose
+        segment ends are ``ends`` (B, 2C, 3) (`fitting.collision.chained_collision_residuals`)."""
+        return chained_collision_residuals(self.capsules, self.proxies, self._proxy_rows, pose, betas, ends)
 
     def _collision_extras(self, pose: Tensor, betas: Tensor) -> dict[str, Tensor]:
         if self.capsules is None:

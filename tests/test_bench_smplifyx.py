@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from bench.smplifyx import interpenetration
+from bench.smplifyx import interpenetration, table
 from bench.smplifyx_cases import synthetic_people
 from fitloop.cli import main
 from fitting.body_model import load_body_model
@@ -33,7 +33,19 @@ def test_bench_record_compares_both_modes_on_the_same_people(capsys):
     people = synthetic_people(model, 4, seed=0)
     assert record["interpenetration"]["truth"] == interpenetration(model, people.full_pose, people.betas,
                                                                    people.expression)
-    assert record["interpenetration"]["with_term"] is None
+    term = record["interpenetration"]["with_term"]
+    for side in ("without", "with"):   # the same people, fitted both ways, each with every figure
+        assert set(ERRORS) <= set(term[side]) and term[side]["fits"] == 4
+        assert {"share", "share_deeper_10mm", "mean_depth_mm", "fits_per_cpu_s", "capsule_penalty_m2"} <= set(
+            term[side])
+    # the default's side is the "fast" row's fits (deterministic), the term lowers the capsules' overlap
+    assert term[term["default"]]["body_pa_mpjpe_mm"] == record["fast"]["body_pa_mpjpe_mm"]
+    assert term["with"]["capsule_penalty_m2"] <= term["without"]["capsule_penalty_m2"]
+    assert term["cpu_seconds_ratio"] == pytest.approx(term["with"]["cpu_seconds"] / term["without"]["cpu_seconds"])
+    lines = table(record).splitlines()   # the printed table: both of the term's rows after the three modes'
+    assert [line.split(" | ")[0] for line in lines[2:7]] == [
+        "| fast (all)", "| fast (reference's people)", "| reference", "| fast without the term (all)",
+        "| fast with the term (all)"]
 
 
 def test_bench_refuses_bad_counts(capsys):
