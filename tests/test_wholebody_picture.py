@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy.spatial.transform import Rotation
 
 from core.frames import fit_camera
 from core.wholebody import FACE_NAMES, NUM_WHOLEBODY, wholebody_indices
@@ -17,8 +18,8 @@ from fitting.wholebody_model import WholeBodyModel
 from render.wholebody_picture import (
     FACE_INNER_NAMES,
     OPENPOSE_FACE_RENDER_THRESHOLD,
-    fit_faces_camera,
     face_seen,
+    fit_faces_camera,
     note_tile,
     wholebody_sheet,
 )
@@ -40,8 +41,6 @@ def facing(turn: float) -> torch.Tensor:
     pose = torch.zeros(1, 165, dtype=torch.float64)
     upright = torch.tensor([math.pi, 0.0, 0.0], dtype=torch.float64)
     turned = torch.tensor([0.0, turn, 0.0], dtype=torch.float64)
-    from scipy.spatial.transform import Rotation
-
     rotation = Rotation.from_rotvec(upright.numpy()) * Rotation.from_rotvec(turned.numpy())
     pose[0, :3] = torch.as_tensor(rotation.as_rotvec())
     return pose
