@@ -46,6 +46,9 @@ FACE_SEEN_FRACTION = 0.5  # of FACE_INNER_NAMES confidently labelled: the pictur
 # the mouth's corners (48, 54), so (nose tip - their mean) points the way the face looks.
 NOSE_TIP = FACE_NAMES[30]
 FACE_PLANE = (FACE_NAMES[36], FACE_NAMES[45], FACE_NAMES[48], FACE_NAMES[54])
+# A fit "faces away" past this angle between where its face looks and the camera: a profile (90°) still faces the
+# camera, with slack for the nose's direction on a face turned a little further (measured on the demo's people).
+FACES_AWAY_DEG = 105.0
 
 
 def face_seen(wholebody: np.ndarray, threshold: float = OPENPOSE_FACE_RENDER_THRESHOLD) -> tuple[bool, int]:
@@ -57,13 +60,14 @@ def face_seen(wholebody: np.ndarray, threshold: float = OPENPOSE_FACE_RENDER_THR
 
 
 def fit_faces_camera(points: np.ndarray) -> bool:
-    """Whether a fit's face looks towards the camera: its (161, 3) whole-body points in the camera frame (metres,
-    camera at the origin looking down +z, as `render.raster`) put the nose tip in front of the eyes' and mouth's
-    corners on the camera's side (a face seen in profile is at the edge: the angle to the camera is 90°)."""
+    """Whether a fit's face looks towards the camera: from its (161, 3) whole-body points in the camera frame
+    (metres, camera at the origin looking down +z, as `render.raster`), the way the face looks (the nose tip minus
+    the mean of the eyes' and mouth's corners) is less than `FACES_AWAY_DEG` from the way to the camera."""
     points = np.asarray(points, dtype=np.float64)
     nose = points[WHOLEBODY_INDEX[NOSE_TIP]]
     forward = nose - points[[WHOLEBODY_INDEX[n] for n in FACE_PLANE]].mean(axis=0)
-    return float(forward @ -nose) > 0.0
+    cosine = float(forward @ -nose) / (np.linalg.norm(forward) * np.linalg.norm(nose))
+    return bool(cosine > np.cos(np.radians(FACES_AWAY_DEG)))
 
 
 def note_tile(size: int, lines: Sequence[str], warn: bool = False) -> Image.Image:
