@@ -38,7 +38,7 @@ from render.sample_picture import (
 WHOLEBODY_MESH_COLOUR = (215, 200, 170)
 CLOSE_UP = 3  # the close-ups of face and hand magnify the fit's picture this many times
 # OpenPose draws a face keypoint when its score reaches this: `DEFINE_double(face_render_threshold, 0.4, ...)` in
-# CMU-Perceptual-Computing-Lab/openpose include/openpose/flags.hpp (v1.7.0).
+# CMU-Perceptual-Computing-Lab/openpose include/openpose/flags.hpp (master).
 OPENPOSE_FACE_RENDER_THRESHOLD = 0.4
 FACE_INNER_NAMES: tuple[str, ...] = FACE_NAMES[17:]  # iBUG 17–67: brows, nose, eyes, mouth (no jaw contour)
 FACE_SEEN_FRACTION = 0.5  # of FACE_INNER_NAMES confidently labelled: the picture shows the face
@@ -47,7 +47,8 @@ FACE_SEEN_FRACTION = 0.5  # of FACE_INNER_NAMES confidently labelled: the pictur
 NOSE_TIP = FACE_NAMES[30]
 FACE_PLANE = (FACE_NAMES[36], FACE_NAMES[45], FACE_NAMES[48], FACE_NAMES[54])
 # A fit "faces away" past this angle between where its face looks and the camera: a profile (90°) still faces the
-# camera, with slack for the nose's direction on a face turned a little further (measured on the demo's people).
+# camera, with slack for the nose's direction on a face turned a little further (at 90° the demo's profile faces
+# were flagged).
 FACES_AWAY_DEG = 105.0
 
 
