@@ -1,5 +1,5 @@
 """The demo's report: counts and rejects of the shard set, fit errors per fits-table version, training curves,
-and the whole-body people's SMPLify-X fits (errors per dataset, and a picture: `wholebody_sheet`).
+and the whole-body people's SMPLify-X fits (errors per dataset; their picture: `render.wholebody_picture`).
 
 Fit errors are fitloop's one fit-vs-truth evaluation (`fits.evaluate`, SPIN's protocol; the report prints its
 definition): for every version of the fits table, the best fit of each key as of that version among the fits of
@@ -81,60 +81,6 @@ def _cell(value: Any) -> str:
 
 
 WHOLEBODY_ERRORS = ("body_pa_mpjpe_mm", "left_hand_pa_mpjpe_mm", "right_hand_pa_mpjpe_mm", "face_reprojection_px")
-WHOLEBODY_MESH_COLOUR = (215, 200, 170)
-
-
-CLOSE_UP = 3  # the close-ups of face and hand magnify the fit's picture this many times
-
-
-def wholebody_sheet(samples: Sequence[Any], model: Any, full_pose: torch.Tensor, betas: torch.Tensor,
-                    expression: torch.Tensor, cam_t: torch.Tensor, size: int = 200) -> Any:
-    """Pictures of whole-body fits, a row of four per sample: the stored crop with its keypoints (body joints,
-    hands and face: `render.sample_picture.render_panel`); the fitted whole-body mesh drawn over it with the same
-    keypoints; and close-ups (`CLOSE_UP` times) of that picture at the face and at the hand with the most labelled
-    points (blank where the part has none). samples: shard samples (`shards.sample.StoredSample`) with whole-body
-    keypoints; model: the `fitting.wholebody_model.WholeBodyModel` of the fits; full_pose (B, 165), betas (B, NB),
-    expression (B, NE), cam_t (B, 3) m: crop-frame fits (SPIN's fit-frame camera); size: a tile's side, px."""
-    from PIL import Image
-
-    from core.wholebody import WHOLEBODY_PARTS, wholebody_indices
-    from render.draw import draw_hands_and_face, draw_keypoints
-    from render.raster import render_mesh
-    from render.sample_picture import contact_sheet, decode_crop, panel_camera, render_panel, scale_keypoints
-
-    with torch.no_grad():
-        vertices = model.forward_full(full_pose.to(model.rows.dtype), betas.to(model.rows.dtype),
-                                      expression.to(model.rows.dtype)).vertices.double().numpy()
-    tiles = []
-    for i, sample in enumerate(samples):
-        crop = decode_crop(sample)
-        res = crop.size[0]
-        keypoints, _ = render_panel(sample, None, None, size, crop=crop, missing="keypoints")
-        pictures = {}
-        for side in (size, size * CLOSE_UP):
-            camera = panel_camera(sample, {"frame": "crop"}, side)
-            mesh = render_mesh(crop.resize((side, side), Image.Resampling.BILINEAR),
-                               vertices[i] + cam_t[i].double().numpy(), model.body.faces, camera.focal,
-                               camera.center, colour=WHOLEBODY_MESH_COLOUR, opacity=0.8)
-            radius = max(2.0, side / 110)
-            mesh = draw_keypoints(mesh, scale_keypoints(sample.keypoints_crop, res, side), radius=radius)
-            pictures[side] = draw_hands_and_face(mesh, scale_keypoints(sample.wholebody_crop, res, side),
-                                                 radius=radius / 2)
-        big = scale_keypoints(sample.wholebody_crop, res, size * CLOSE_UP)
-        labelled = {part: big[wholebody_indices(WHOLEBODY_PARTS[part])] for part in ("face", "left_hand",
-                                                                                      "right_hand")}
-        labelled = {part: points[points[:, 2] > 0, :2] for part, points in labelled.items()}
-        hand = max(("left_hand", "right_hand"), key=lambda part: len(labelled[part]))
-        close_ups = []
-        for part in ("face", hand):
-            if len(labelled[part]) == 0:
-                close_ups.append(Image.new("RGB", (size, size), (255, 255, 255)))
-                continue
-            x, y = labelled[part].mean(axis=0)
-            box = (round(float(x) - size / 2), round(float(y) - size / 2))
-            close_ups.append(pictures[size * CLOSE_UP].crop((*box, box[0] + size, box[1] + size)))
-        tiles += [keypoints, pictures[size], *close_ups]
-    return contact_sheet(tiles, columns=4)
 
 
 def write_report(out: Path, *, manifest: dict[str, Any], seed: dict[str, Any], train: dict[str, Any],

@@ -74,7 +74,7 @@ class FitPanel:
     missing: str = "no fit"   # said on the picture when ``fit`` is None
 
 
-def _font(size: int = 11) -> ImageFont.ImageFont:
+def text_font(size: int = 11) -> ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size)
     except TypeError:  # Pillow < 10.1: a fixed bitmap font
@@ -197,9 +197,9 @@ def render_panel(sample: StoredSample, fit: dict[str, Any] | None, model: Any | 
     if notes:
         draw = ImageDraw.Draw(image)
         font_px = max(11, size // 22)
-        font = _font(font_px)
+        font = text_font(font_px)
         for i, note in enumerate(notes):
-            draw.text((4, 3 + i * (font_px + 3)), _fit_text(note, font, size - 8), fill=(255, 255, 255), font=font,
+            draw.text((4, 3 + i * (font_px + 3)), fit_text(note, font, size - 8), fill=(255, 255, 255), font=font,
                       stroke_width=2, stroke_fill=(0, 0, 0))
     return image, notes
 
@@ -256,25 +256,25 @@ def render_sample(sample: StoredSample, panels: Sequence[FitPanel], model: Any |
     has_labels = any(getattr(sample, f"{kind}_png") is not None for kind in LABEL_KINDS)
     out = Image.new("RGB", (size * (len(panels) + has_labels), size + CAPTION_LINE * CAPTION_LINES + 4), BACKGROUND)
     draw = ImageDraw.Draw(out)
-    font = _font()
+    font = text_font()
     if has_labels:
         picture, line = render_labels(sample, size, crop=crop)
         x = size * len(panels)
         out.paste(picture, (x, 0))
-        draw.text((x + 3, size + 2), _fit_text(f"{sample.key} · labels", font, size - 6), fill=TEXT, font=font)
-        draw.text((x + 3, size + 2 + CAPTION_LINE), _fit_text(line, font, size - 6), fill=TEXT, font=font)
+        draw.text((x + 3, size + 2), fit_text(f"{sample.key} · labels", font, size - 6), fill=TEXT, font=font)
+        draw.text((x + 3, size + 2 + CAPTION_LINE), fit_text(line, font, size - 6), fill=TEXT, font=font)
     for i, panel in enumerate(panels):
         picture, _ = render_panel(sample, panel.fit, model, size, crop=crop, opacity=opacity, missing=panel.missing)
         out.paste(picture, (i * size, 0))
         line, warn = fit_caption(panel.fit, model, panel.missing)
-        draw.text((i * size + 3, size + 2), _fit_text(f"{sample.key} · {panel.title}", font, size - 6), fill=TEXT,
+        draw.text((i * size + 3, size + 2), fit_text(f"{sample.key} · {panel.title}", font, size - 6), fill=TEXT,
                   font=font)
-        draw.text((i * size + 3, size + 2 + CAPTION_LINE), _fit_text(line, font, size - 6),
+        draw.text((i * size + 3, size + 2 + CAPTION_LINE), fit_text(line, font, size - 6),
                   fill=WARN if warn else TEXT, font=font)
     return out
 
 
-def _fit_text(text: str, font: ImageFont.ImageFont, width: int) -> str:
+def fit_text(text: str, font: ImageFont.ImageFont, width: int) -> str:
     """``text`` cut (with an ellipsis) to fit ``width`` px in ``font``."""
     if font.getlength(text) <= width:
         return text

@@ -436,7 +436,8 @@ def test_seed_and_train_flows_on_their_own_log_and_report_to_prefect(prefect_api
 
 def test_flow_parameters_are_checked_before_any_work(prefect_api, synthetic_lsp, tmp_path):
     from core.errors import FitloopError
-    from pipelines.flows import build_flow, preprocess_flow, seed_fits_flow, train_flow
+    from pipelines.flows import build_flow, seed_fits_flow, train_flow
+    from pipelines.preprocess import preprocess
 
     lsp = [DatasetSpec("lsp", str(synthetic_lsp))]
     out = tmp_path / "out"
@@ -463,7 +464,7 @@ def test_flow_parameters_are_checked_before_any_work(prefect_api, synthetic_lsp,
     with pytest.raises(FitloopError, match="shards: .*empty has no manifest.json"):
         train_flow([str(tmp_path / "empty")], str(tmp_path / "fits"), str(tmp_path / "run"))
     shards = tmp_path / "shards"
-    preprocess_flow(lsp, str(shards), workers=1)
+    preprocess(lsp, shards)  # the seed flow's input, made in this process: the preprocess flow is tested above
     for change, message in [(dict(frame="fisheye"), "frame: 'fisheye' is not one of 'crop', 'image'"),
                             (dict(mode="4d"), "mode: '4d' is not one of '2d', '3d'")]:
         with pytest.raises(FitloopError, match=message):

@@ -187,8 +187,8 @@ def wholebody_fits(shards: Path, fits_path: Path, roots: list[Path], out: Path) 
     from fitting.body_model import load_body_model
     from fitting.smplifyx import SMPLifyX, SMPLifyXConfig
     from fitting.wholebody_model import POSE_SLICES, WholeBodyModel
-    from pipelines.report import wholebody_sheet
     from pipelines.synthetic import load_truth
+    from render.wholebody_picture import wholebody_sheet
     from shards.crop import transform_points
     from shards.lookup import iter_samples
 
