@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bench.smplifyx import interpenetration
-from bench.smplifyx_cases import synthetic_people
+from bench.smplifyx_cases import bench_people
 from fitloop.cli import main
 from fitting.body_model import load_body_model
 from fitting.wholebody_model import WholeBodyModel
@@ -16,21 +16,24 @@ ERRORS = ("body_pa_mpjpe_mm", "left_hand_pa_mpjpe_mm", "right_hand_pa_mpjpe_mm",
 @pytest.mark.slow
 def test_bench_record_compares_both_modes_on_the_same_people(capsys):
     torch.manual_seed(0)
-    assert main(["bench", "smplifyx", "--model", "open-smplx-small", "--people", "4", "--reference-people", "1",
-                 "--batch", "4", "--json"]) == 0
+    assert main(["bench", "smplifyx", "--model", "open-smplx-small", "--split", "dev", "--sources", "lsp,synthetic",
+                 "--people", "2", "--reference-people", "1", "--batch", "4", "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
-    assert (record["people"], record["reference_people"], record["threads"]) == (4, 1, 1)
+    sources = record["sources"]  # lsp is skipped with a note where ../shared is absent
+    assert (record["people"], record["reference_people"], record["threads"]) == (2 * len(sources), 1, 1)
+    assert record["split"] == "dev" and record["reference_origins"][0].startswith(sources[0] + ":")
+    assert set(record["fast_wins"]) == set(ERRORS) | {"objective", "of"} and record["fast_wins"]["of"] == 1
     for mode in ("fast", "fast_on_reference_people", "reference"):
         assert set(ERRORS) <= set(record[mode])
         # hands curled by up to 1 rad per joint and a 5 px noisy face: a fit recovers them to these bounds
         assert record[mode]["left_hand_pa_mpjpe_mm"] < 40 and record[mode]["right_hand_pa_mpjpe_mm"] < 40
         assert record[mode]["face_reprojection_px"] < 8
-    assert record["fast"]["fits"] == 4 and record["reference"]["fits"] == 1
+    assert record["fast"]["fits"] == 2 * len(sources) and record["reference"]["fits"] == 1
     assert record["speedup"]["fits_per_s"] == pytest.approx(
         record["fast"]["fits_per_s"] / record["reference"]["fits_per_s"])
     assert record["speedup"]["fits_per_s"] > 10  # batched LM against per-person L-BFGS stages
     model = WholeBodyModel(load_body_model("open-smplx-small"))
-    people = synthetic_people(model, 4, seed=0)
+    people, _ = bench_people(model, tuple(sources), "dev", 2, seed=0)
     assert record["interpenetration"]["truth"] == interpenetration(model, people.full_pose, people.betas,
                                                                    people.expression)
     assert record["interpenetration"]["with_term"] is None
