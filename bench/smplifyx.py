@@ -1,10 +1,14 @@
 """`fitloop bench smplifyx`: batched SMPLify-X (fast mode) against SMPLify-X's own procedure (reference mode) on the
 same synthetic whole-body people, in one run, with the interpenetration of every fit measured on the mesh.
 
-People, keypoints (5 px noise, 10% missing) and errors are `bench.smplifyx_cases`'s: body PA-MPJPE on the 14 LSP
-joints, each hand's PA-MPJPE after aligning it at its wrist, face landmark reprojection (px). The fast mode fits
-every person at ``batch``; the reference one person at a time (as SMPLify-X runs) on the first
-``reference_people``, and the fast mode's figures on those same people are printed beside it. Interpenetration:
+People, keypoints (5 px noise, 10% missing) and errors are `bench.smplifyx_cases`'s: body poses from held-out
+sources (CMU subjects the prior never saw, SPIN's LSP fits, prior samples) of one split (``dev`` to tune on,
+``test`` to report: `bench.smplifyx_cases.SPLITS`), ``people`` per source, interleaved; body PA-MPJPE on the 14
+LSP joints, each hand's PA-MPJPE after aligning it at its wrist, face landmark reprojection (px). The fast mode
+fits every person at ``batch``; the reference one person at a time (as SMPLify-X runs) on the first
+``reference_people`` (so a multiple of the source count covers them evenly), and the fast mode's figures on
+those same people are printed beside it, with how many of them the fast mode fits at least as well as the
+reference, per error and by the objective. Interpenetration:
 `fitting.collision.mesh_interpenetration` (winding numbers of one part's vertices against the other parts' posed
 triangles, neighbouring parts not tested) on the true bodies and on the fits; "interpenetrating" is any vertex more
 than `DEEP_MM` inside another part. The interpenetration term (`fitting.smplifyx`: SMPLify-X's ``interpenetration``
@@ -20,7 +24,18 @@ from typing import Any
 
 import torch
 
-from bench.smplifyx_cases import MISSING, NOISE_PX, People, compare, fit_errors, summary, synthetic_people, timed_fit
+from bench.smplify_cases import BenchCaseError
+from bench.smplifyx_cases import (
+    MISSING,
+    NOISE_PX,
+    SOURCES,
+    People,
+    bench_people,
+    compare,
+    fit_errors,
+    summary,
+    timed_fit,
+)
 from fitting.collision import mesh_interpenetration, mesh_parts
 from fitting.pose_terms import DEFAULT_BODY_PRIOR, DEFAULT_HAND_PRIOR, BodyPrior, HandPrior, body_term, hand_term
 from fitting.smplifyx import COLLISION_SCALE, SMPLifyX, SMPLifyXConfig
@@ -68,13 +83,19 @@ def with_and_without_term(model: WholeBodyModel, people: People, batch: int,
     return out
 
 
-def run(model: WholeBodyModel, *, people: int = 64, reference_people: int = 4, batch: int = 64, seed: int = 0,
-        threads: int = 1, body_prior: BodyPrior = DEFAULT_BODY_PRIOR, hand_prior: HandPrior = DEFAULT_HAND_PRIOR,
+def run(model: WholeBodyModel, *, people: int = 64, reference_people: int = 9, batch: int = 64, seed: int = 0,
+        threads: int = 1, split: str = "test", sources: tuple[str, ...] = SOURCES,
+        body_prior: BodyPrior = DEFAULT_BODY_PRIOR, hand_prior: HandPrior = DEFAULT_HAND_PRIOR,
         hand_pca: Path | None = None) -> dict[str, Any]:
-    """The benchmark's record (module docstring); ``threads`` torch threads, set here and recorded; the body and
-    hand priors by name (`fitting.pose_terms`: both modes minimise the same objective with them)."""
+    """The benchmark's record (module docstring): ``people`` per source; ``threads`` torch threads, set here and
+    recorded; the body and hand priors by name (`fitting.pose_terms`: both modes minimise the same objective with
+    them)."""
     torch.set_num_threads(threads)
-    cases: People = synthetic_people(model, people, seed=seed)
+    cases: People
+    cases, about = bench_people(model, sources, split, people, seed)
+    if not 1 <= reference_people <= len(cases.origin):
+        raise BenchCaseError(f"--reference-people must be in 1..{len(cases.origin)} (the people of "
+                             f"{len(about['sources'])} source(s)), got {reference_people}")
     dtype, device = model.rows.dtype, model.rows.device
     priors = {"body_prior": body_term(body_prior, dtype=dtype, device=device),
               "hand_prior": hand_term(hand_prior, hand_pca, dtype=dtype, device=device)}
@@ -83,9 +104,12 @@ def run(model: WholeBodyModel, *, people: int = 64, reference_people: int = 4, b
     start = time.perf_counter()
     figures, fit, ref = compare(model, cases, reference_people, batch, fast=fast, reference=reference)
     record: dict[str, Any] = {
-        "model": model.body.model_id, "people": people, "reference_people": reference_people, "batch": batch,
-        "threads": threads, "seed": seed, "noise_px": NOISE_PX, "missing": MISSING, "body_prior": body_prior,
-        "hand_prior": hand_prior, "hand_pca": None if hand_pca is None else str(hand_pca), **figures}
+        "model": model.body.model_id, "split": split, "sources": about["sources"],
+        "sources_left_out": about["left_out"], "source_pools": about["pools"], "people_per_source": people,
+        "people": len(cases.origin), "reference_people": reference_people,
+        "reference_origins": list(cases.origin[:reference_people]), "batch": batch, "threads": threads, "seed": seed,
+        "noise_px": NOISE_PX, "missing": MISSING, "body_prior": body_prior, "hand_prior": hand_prior,
+        "hand_pca": None if hand_pca is None else str(hand_pca), **figures}
     k = reference_people
     record["interpenetration"] = {
         "truth": interpenetration(model, cases.full_pose, cases.betas, cases.expression),

@@ -133,15 +133,23 @@ docs/smplify.md#the-benchmark has the protocol and the latest figures.""")
 
     wb = commands.add_parser(
         "smplifyx", help="batched SMPLify-X (fast) vs SMPLify-X's own procedure on synthetic whole-body people",
-        description="Fit the same synthetic whole-body people (open SMPL-X model by default: body poses from the "
-                    "pose prior, hands curled, jaw opened, expressions N(0, 1); keypoints with 5 px noise and 10%% "
-                    "missing) with the fast mode at --batch and with the reference procedure (SMPLify-X's L-BFGS "
-                    "stages, one person at a time) on the first --reference-people: body PA-MPJPE (14 LSP joints), "
-                    "each hand's PA-MPJPE after aligning it at its wrist, face landmark reprojection, fits/s and "
-                    "their ratio, and the share of fits whose mesh interpenetrates (see bench/smplifyx.py).")
+        description="Fit the same synthetic whole-body people (open SMPL-X model by default: body poses of held-out "
+                    "sources as `fitloop bench smplify` splits them: CMU subjects the prior never saw, SPIN's LSP "
+                    "fits, pose-prior samples; facing the camera, hands curled, jaw opened, expressions N(0, 1); "
+                    "keypoints with 5 px noise and 10%% missing) with the fast mode at --batch and with the "
+                    "reference procedure (SMPLify-X's L-BFGS stages, one person at a time) on the first "
+                    "--reference-people (sources interleaved): body PA-MPJPE (14 LSP joints), each hand's PA-MPJPE "
+                    "after aligning it at its wrist, face landmark reprojection, fits/s and their ratio, per-person "
+                    "wins, and the share of fits whose mesh interpenetrates (see bench/smplifyx.py).")
+    wb.add_argument("--split", default="test", choices=("dev", "test"),
+                    help="dev: for tuning the fast mode; test: for reporting (default)")
+    wb.add_argument("--sources", default="cmu,lsp,synthetic",
+                    help="pose sources, comma-separated, of cmu, lsp, synthetic (default all three; one whose data "
+                         "is absent is skipped with a note)")
     wb.add_argument("--model", default="open-smplx", help='"open-smplx", "open-smplx-small" or an SMPL-X file')
-    wb.add_argument("--people", type=int, default=64)
-    wb.add_argument("--reference-people", type=int, default=4, help="people the reference fits (~1 min each)")
+    wb.add_argument("--people", type=int, default=64, help="people per source (default 64)")
+    wb.add_argument("--reference-people", type=int, default=9,
+                    help="people the reference fits, the first of the interleaved sources (~1 min each; default 9)")
     wb.add_argument("--batch", type=int, default=64)
     wb.add_argument("--threads", type=int, default=1, help="torch threads (default 1: set explicitly)")
     wb.add_argument("--seed", type=int, default=0)
@@ -198,18 +206,23 @@ def cmd_fit3d(args: argparse.Namespace) -> int:
 
 def cmd_smplifyx(args: argparse.Namespace) -> int:
     from bench.smplifyx import run, table
+    from bench.smplifyx_cases import SOURCES
     from core.errors import FitloopError
     from fitting.body_model import load_body_model
     from fitting.pose_terms import DEFAULT_BODY_PRIOR, DEFAULT_HAND_PRIOR
     from fitting.wholebody_model import WholeBodyModel
 
-    if args.people < 1 or not 1 <= args.reference_people <= args.people or args.batch < 1 or args.threads < 1:
-        raise FitloopError("--people, --batch and --threads must be >= 1 and --reference-people in 1..--people, "
-                           f"got {args.people}, {args.batch}, {args.threads} and {args.reference_people}")
+    if args.people < 1 or args.reference_people < 1 or args.batch < 1 or args.threads < 1:
+        raise FitloopError("--people, --reference-people, --batch and --threads must be >= 1, got "
+                           f"{args.people}, {args.reference_people}, {args.batch} and {args.threads}")
+    sources = tuple(s.strip() for s in args.sources.split(",") if s.strip())
+    if not sources or set(sources) - set(SOURCES):
+        raise FitloopError(f"--sources takes {', '.join(SOURCES)}, got {args.sources!r}")
     model = WholeBodyModel(load_body_model(args.model))
     record = run(model, people=args.people, reference_people=args.reference_people, batch=args.batch,
-                 seed=args.seed, threads=args.threads, body_prior=args.prior or DEFAULT_BODY_PRIOR,
-                 hand_prior=args.hand_prior or DEFAULT_HAND_PRIOR, hand_pca=args.hand_pca)
+                 seed=args.seed, threads=args.threads, split=args.split, sources=sources,
+                 body_prior=args.prior or DEFAULT_BODY_PRIOR, hand_prior=args.hand_prior or DEFAULT_HAND_PRIOR,
+                 hand_pca=args.hand_pca)
     text = json.dumps(record)
     if args.out is not None:
         args.out.write_text(text + "\n")
