@@ -135,13 +135,13 @@ def render_silhouette(vertices: Tensor, faces: Tensor, focal: float | Sequence[f
         hit = torch.nonzero(covered.reshape(-1)).squeeze(1)
         parts = parts.index_put((hit,), _surface_labels(points, vertices, faces, labels, hit, face_index,
                                                         width, height))
-    band = _contour_band(points, vertices[..., 2].detach(), edges, drawn, inv_depth, covered, width, height, sigma)
+    band = _contour_band(points, vertices[..., 2], edges, drawn, inv_depth, covered, width, height, sigma)
     if band is not None:
-        pixel, weight, edge_t, ends, front = band
+        pixel, weight, along, ends, front = band
         mask = mask.index_put((pixel,), weight + (1 - weight) * mask[pixel])
         if parts is not None:
             if labels[0] == "vertex":
-                on_edge = (1 - edge_t)[:, None] * labels[1][ends[:, 0]] + edge_t[:, None] * labels[1][ends[:, 1]]
+                on_edge = (1 - along)[:, None] * labels[1][ends[:, 0]] + along[:, None] * labels[1][ends[:, 1]]
             else:
                 on_edge = labels[1][front]
             parts = parts.index_put((pixel,), weight[:, None] * on_edge + (1 - weight[:, None]) * parts[pixel])
@@ -261,10 +261,12 @@ def _contour_band(points: Tensor, depth: Tensor, edges: MeshEdges, drawn: Tensor
 
     A pixel centre belongs to the band of the nearest contour edge (an edge with one drawn face) within sigma px
     on the edge's outer side that is not hidden: the pixel is uncovered, or what covers it lies behind the edge.
-    Returns (pixel (N,) flat B·H·W, weight (N,), t (N,) position along the edge in [0, 1], the edge's vertices
-    (N, 2), its drawn face (N,)) or None when no pixel is in a band.
+    points (B, V, 2) px and depth (B, V) z carry the gradient. Returns (pixel (N,) flat B·H·W, weight (N,), the
+    nearest point's position along the edge in [0, 1] (perspective-correct: as the face's own interpolation there),
+    the edge's vertices (N, 2), its drawn face (N,)) or None when no pixel is in a band.
     """
     batch = points.shape[0]
+    depth_of, depth = depth, depth.detach()
     two = edges.faces.clamp(min=0)
     side = drawn[:, two] & (edges.faces >= 0)                                            # (B, E, 2)
     contour = side[..., 0] ^ side[..., 1]
@@ -298,8 +300,10 @@ def _contour_band(points: Tensor, depth: Tensor, edges: MeshEdges, drawn: Tensor
     s, e = sample[owner], edge[owner]
     rest = pixel % (height * width)
     p = torch.stack((rest % width, rest // width), dim=-1).to(points.dtype)
-    t, dist = _segment_distance(points[s, edges.edges[e, 0]], points[s, edges.edges[e, 1]], p)   # gradient
-    return pixel, 1 - dist / sigma, t, edges.edges[e], edges.faces[e, front[owner]]
+    ends = edges.edges[e]
+    t, dist = _segment_distance(points[s, ends[:, 0]], points[s, ends[:, 1]], p)                  # gradient
+    near, far = (1 - t) / depth_of[s, ends[:, 0]], t / depth_of[s, ends[:, 1]]
+    return pixel, 1 - dist / sigma, far / (near + far), ends, edges.faces[e, front[owner]]
 
 
 def _segment_distance(a: Tensor, b: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
