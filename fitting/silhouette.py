@@ -127,24 +127,34 @@ def render_silhouette(vertices: Tensor, faces: Tensor, focal: float | Sequence[f
     face_index, inv_depth = _zbuffer(points.detach(), vertices[..., 2].detach(), faces, drawn, width, height)
     covered = face_index >= 0                                                           # (B, H·W)
 
-    pixels = batch * height * width
-    mask = covered.reshape(-1).to(dtype)
-    parts = None
-    if labels is not None:
-        parts = torch.zeros(pixels, labels[1].shape[-1], device=device, dtype=dtype)
-        hit = torch.nonzero(covered.reshape(-1)).squeeze(1)
-        parts = parts.index_put((hit,), _surface_labels(points, vertices, faces, labels, hit, face_index,
-                                                        width, height))
+    flat_covered = covered.reshape(-1)
+    hit = torch.nonzero(flat_covered).squeeze(1)                                        # covered pixels (N,)
     band = _contour_band(points, vertices[..., 2], edges, drawn, inv_depth, covered, width, height, sigma)
+    mask = flat_covered.to(dtype)
+    parts = None
     if band is not None:
         pixel, weight, along, ends, front = band
         mask = mask.index_put((pixel,), weight + (1 - weight) * mask[pixel])
-        if parts is not None:
+    if labels is not None:
+        surface = _surface_labels(points, vertices, faces, labels, hit, face_index, width, height)   # (N, P)
+        values, where = surface, hit
+        if band is not None:
             if labels[0] == "vertex":
                 on_edge = (1 - along)[:, None] * labels[1][ends[:, 0]] + along[:, None] * labels[1][ends[:, 1]]
             else:
                 on_edge = labels[1][front]
-            parts = parts.index_put((pixel,), weight[:, None] * on_edge + (1 - weight[:, None]) * parts[pixel])
+            row = torch.full_like(flat_covered, -1, dtype=torch.long)
+            row[hit] = torch.arange(len(hit), device=device)
+            under = row[pixel]                                                           # its surface's row or -1
+            behind = torch.where((under >= 0)[:, None], surface[under.clamp(min=0)], torch.zeros_like(on_edge))
+            in_band = torch.zeros_like(flat_covered)
+            in_band[pixel] = True
+            alone = ~in_band[hit]
+            # one write: covered pixels outside the bands, then every band pixel (the two sets are disjoint)
+            values = torch.cat([surface[alone], weight[:, None] * on_edge + (1 - weight[:, None]) * behind])
+            where = torch.cat([hit[alone], pixel])
+        parts = torch.zeros(batch * height * width, labels[1].shape[-1], device=device, dtype=dtype)
+        parts = parts.index_put((where,), values)
     mask = mask.reshape(batch, height, width)
     if parts is not None:
         parts = parts.reshape(batch, height, width, -1).permute(0, 3, 1, 2)
