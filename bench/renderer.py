@@ -55,24 +55,25 @@ def bodies(body: BodyModel, batch: int, res: int, seed: int, sources: tuple[str,
     return out, notes
 
 
-def fitloop_step(faces: torch.Tensor, part_weights: torch.Tensor | None, focal: float, center, res: int):
-    """One forward + backward of fitloop's renderer over a batch; returns the step and a 0.5-level picture."""
+def fitloop_step(faces: torch.Tensor, part_labels: torch.Tensor | None, focal: float, center, res: int):
+    """One forward + backward of fitloop's renderer over a batch: a step that returns the 0.5-level pictures.
+    part_labels: (V,) long, or None for the silhouette alone."""
     edges = mesh_edges(faces)
 
     def step(vertices: torch.Tensor) -> np.ndarray:
         x = vertices.detach().requires_grad_(True)
-        out = render_silhouette(x, faces, focal, center, (res, res), vertex_parts=part_weights, edges=edges)
-        loss = out.mask.square().sum() + (out.parts.square().sum() if part_weights is not None else 0)
+        out = render_silhouette(x, faces, focal, center, (res, res), vertex_parts=part_labels, edges=edges)
+        loss = out.mask.square().sum() + (out.parts.square().sum() if part_labels is not None else 0)
         loss.backward()
         return out.mask.detach().numpy() > 0.5
     return step
 
 
-def deodr_step(faces: np.ndarray, part_weights: np.ndarray | None, focal: float, center, res: int):
-    """The same work with DEODR, one mesh at a time (its PyTorch interface); raises ImportError without it."""
+def deodr_step(faces: np.ndarray, colours: np.ndarray | None, focal: float, center, res: int):
+    """The same work with DEODR, one mesh at a time (its PyTorch interface); colours (V, 24) one-hot parts, or
+    None for the silhouette (one channel of ones). Raises ImportError without DEODR."""
     from deodr.pytorch import CameraPytorch, ColoredTriMeshPytorch, Scene3DPytorch
 
-    colours = part_weights if part_weights is not None else None
     intrinsic = np.array([[focal, 0.0, center[0]], [0.0, focal, center[1]], [0.0, 0.0, 1.0]])
     camera = CameraPytorch(extrinsic=np.hstack([np.eye(3), np.zeros((3, 1))]), intrinsic=intrinsic, width=res,
                            height=res)
@@ -129,8 +130,7 @@ def run(model: str = "open", batch: int = 64, resolutions: tuple[int, ...] = (12
     body = load_body_model(model)
     faces_np = np.asarray(body.faces, dtype=np.int64)
     faces = torch.as_tensor(faces_np)
-    labels = body.layer.lbs_weights.argmax(1)
-    one_hot = torch.nn.functional.one_hot(labels, PARTS).float()
+    labels = body.layer.lbs_weights.argmax(1)                 # (V,) the largest skinning weight's part
     try:
         import deodr
         deodr_note = f"deodr {deodr.__version__}"
@@ -143,15 +143,14 @@ def run(model: str = "open", batch: int = 64, resolutions: tuple[int, ...] = (12
         people, skipped = bodies(body, batch, res, seed, sources)
         for source, (vertices, focal, center) in people.items():
             for kind in ("silhouette", "parts"):
-                weights = one_hot if kind == "parts" else None
-                ours = fitloop_step(faces, weights, focal, center, res)
+                ours = fitloop_step(faces, labels if kind == "parts" else None, focal, center, res)
                 row = {"resolution": res, "source": source, "kind": kind,
                        "fitloop_ms_per_sample": 1e3 * cpu_seconds(lambda: ours(vertices), repeats) / batch,
                        "fitloop_iou_vs_zbuffer": iou_with_zbuffer(ours(vertices), vertices, faces_np, focal,
                                                                   center, res)}
                 if deodr is not None:
-                    theirs = deodr_step(faces_np, weights.double().numpy() if weights is not None else None,
-                                        focal, center, res)
+                    colours = np.eye(PARTS)[labels.numpy()] if kind == "parts" else None   # one-hot (V, 24)
+                    theirs = deodr_step(faces_np, colours, focal, center, res)
                     row["deodr_ms_per_sample"] = 1e3 * cpu_seconds(lambda: theirs(vertices), repeats) / batch
                     row["deodr_iou_vs_zbuffer"] = iou_with_zbuffer(theirs(vertices), vertices, faces_np, focal,
                                                                    center, res)

@@ -103,8 +103,8 @@ def render_silhouette(vertices: Tensor, faces: Tensor, focal: float | Sequence[f
             at integers. size: (width, height) px.
         sigma: px, the band width of contour edges (> 0); the silhouette at 0.5 is the coverage grown by
             sigma / 2 px.
-        vertex_parts: (V, P) part weights per vertex (one-hot labels or soft weights, rows summing to 1),
-            interpolated over each face (perspective-correct); or
+        vertex_parts: (V,) long part labels in [0, P) (P = max + 1), or (V, P) part weights per vertex (soft,
+            rows summing to 1), interpolated over each face (perspective-correct); or
         face_parts: (F,) long part label per face, in [0, P) with P = face_parts.max() + 1.
         edges: `mesh_edges(faces)`, to compute once per topology (computed here when None).
     Returns:
@@ -139,10 +139,10 @@ def render_silhouette(vertices: Tensor, faces: Tensor, focal: float | Sequence[f
         surface = _surface_labels(points, vertices, faces, labels, hit, face_index, width, height)   # (N, P)
         values, where = surface, hit
         if band is not None:
-            if labels[0] == "vertex":
-                on_edge = (1 - along)[:, None] * labels[1][ends[:, 0]] + along[:, None] * labels[1][ends[:, 1]]
+            if labels[0] == "face":
+                on_edge = _one_hot(labels, labels[1][front], dtype)
             else:
-                on_edge = labels[1][front]
+                on_edge = _mix(labels, ends, torch.stack((1 - along, along), dim=-1))
             row = torch.full_like(flat_covered, -1, dtype=torch.long)
             row[hit] = torch.arange(len(hit), device=device)
             under = row[pixel]                                                           # its surface's row or -1
@@ -153,7 +153,7 @@ def render_silhouette(vertices: Tensor, faces: Tensor, focal: float | Sequence[f
             # one write: covered pixels outside the bands, then every band pixel (the two sets are disjoint)
             values = torch.cat([surface[alone], weight[:, None] * on_edge + (1 - weight[:, None]) * behind])
             where = torch.cat([hit[alone], pixel])
-        parts = torch.zeros(batch * height * width, labels[1].shape[-1], device=device, dtype=dtype)
+        parts = torch.zeros(batch * height * width, labels[2], device=device, dtype=dtype)
         parts = parts.index_put((where,), values)
     mask = mask.reshape(batch, height, width)
     if parts is not None:
@@ -175,20 +175,38 @@ def _per_sample(value, batch: int, device, dtype) -> Tensor:
 
 
 def _labels(vertex_parts, face_parts, num_vertices: int, num_faces: int, device, dtype):
-    """('vertex', (V, P)) or ('face', (F, P) one-hot) or None."""
+    """The part labelling as (kind, table, P): ("label", (V,) long, P), ("weights", (V, P), P), ("face", (F,) long,
+    P), or None."""
     if vertex_parts is not None:
-        vertex_parts = torch.as_tensor(vertex_parts, device=device, dtype=dtype)
-        if vertex_parts.shape[0] != num_vertices or vertex_parts.ndim != 2:
-            raise ValueError(f"render_silhouette: vertex_parts must be (V={num_vertices}, P), "
-                             f"got {tuple(vertex_parts.shape)}")
-        return "vertex", vertex_parts
+        vertex_parts = torch.as_tensor(vertex_parts, device=device)
+        if vertex_parts.shape[0] != num_vertices or vertex_parts.ndim not in (1, 2):
+            raise ValueError(f"render_silhouette: vertex_parts must be (V={num_vertices},) labels or "
+                             f"(V={num_vertices}, P) weights, got {tuple(vertex_parts.shape)}")
+        if vertex_parts.ndim == 2:
+            return "weights", vertex_parts.to(dtype), vertex_parts.shape[1]
+        return "label", _checked_labels(vertex_parts, "vertex_parts"), int(vertex_parts.max()) + 1
     if face_parts is not None:
-        face_parts = torch.as_tensor(face_parts, device=device, dtype=torch.long)
-        if face_parts.shape != (num_faces,) or int(face_parts.min()) < 0:
-            raise ValueError(f"render_silhouette: face_parts must be (F={num_faces},) labels >= 0, "
-                             f"got shape {tuple(face_parts.shape)}")
-        return "face", torch.nn.functional.one_hot(face_parts).to(dtype)
+        face_parts = torch.as_tensor(face_parts, device=device)
+        if face_parts.shape != (num_faces,):
+            raise ValueError(f"render_silhouette: face_parts must be (F={num_faces},) labels, "
+                             f"got {tuple(face_parts.shape)}")
+        return "face", _checked_labels(face_parts, "face_parts"), int(face_parts.max()) + 1
     return None
+
+
+def _checked_labels(labels: Tensor, name: str) -> Tensor:
+    if labels.is_floating_point() or int(labels.min()) < 0:
+        raise ValueError(f"render_silhouette: {name} labels must be integers >= 0")
+    return labels.long()
+
+
+def _mix(labels, vertex: Tensor, weight: Tensor) -> Tensor:
+    """Part weights (N, P) of points that mix vertices (N, k) with weights (N, k) under a per-vertex labelling."""
+    kind, table, count = labels
+    if kind == "weights":
+        return torch.bmm(weight[:, None, :], table[vertex]).squeeze(1)
+    out = torch.zeros(len(vertex), count, device=weight.device, dtype=weight.dtype)
+    return out.scatter_add(1, table[vertex], weight)                 # one-hot labels: no (N, k, P) product
 
 
 def _drawn_faces(vertices: Tensor, faces: Tensor) -> Tensor:
@@ -249,10 +267,9 @@ def _zbuffer(points: Tensor, depth: Tensor, faces: Tensor, drawn: Tensor, width:
 def _surface_labels(points: Tensor, vertices: Tensor, faces: Tensor, labels, hit: Tensor, face_index: Tensor,
                     width: int, height: int) -> Tensor:
     """Part weights (N, P) at the covered pixels `hit` (flat B·H·W indices), with gradient to the vertices."""
-    kind, table = labels
     face = face_index.reshape(-1)[hit]
-    if kind == "face":
-        return table[face]
+    if labels[0] == "face":
+        return _one_hot(labels, labels[1][face], points.dtype)
     sample = hit // (height * width)
     rest = hit % (height * width)
     p = torch.stack((rest % width, rest // width), dim=-1).to(points.dtype)
@@ -262,7 +279,12 @@ def _surface_labels(points: Tensor, vertices: Tensor, faces: Tensor, labels, hit
     bary = torch.stack((_edge(b, c, p), _edge(c, a, p), _edge(a, b, p)), dim=-1) / _edge(a, b, c)[:, None]
     perspective = bary / vertices[sample[:, None], corner, 2]                            # λ_i / z_i
     perspective = perspective / perspective.sum(-1, keepdim=True)
-    return (perspective[..., None] * table[corner]).sum(1)
+    return _mix(labels, corner, perspective)
+
+
+def _one_hot(labels, label: Tensor, dtype) -> Tensor:
+    """(N,) labels -> (N, P) one-hot rows."""
+    return torch.nn.functional.one_hot(label, labels[2]).to(dtype)
 
 
 def _contour_band(points: Tensor, depth: Tensor, edges: MeshEdges, drawn: Tensor, inv_depth: Tensor,

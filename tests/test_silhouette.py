@@ -127,8 +127,10 @@ def test_part_maps_follow_the_visible_face_and_sum_to_the_silhouette(bodies):
     for sigma in (1e-6, 1.0):
         by_face = render_silhouette(vertices, faces, FOCAL, CENTER, SIZE, sigma=sigma, face_parts=face_parts)
         by_vertex = render_silhouette(vertices, faces, FOCAL, CENTER, SIZE, sigma=sigma, vertex_parts=one_hot)
+        by_label = render_silhouette(vertices, faces, FOCAL, CENTER, SIZE, sigma=sigma, vertex_parts=labels)
         torch.testing.assert_close(by_face.parts.sum(1), by_face.mask)
         torch.testing.assert_close(by_vertex.parts.sum(1), by_vertex.mask)
+        torch.testing.assert_close(by_label.parts, by_vertex.parts)  # labels are one-hot weights, computed sparsely
     same = (labels[faces] == labels[faces][:, :1]).all(1).numpy()  # faces whose three vertices share a part
     by_face = render_silhouette(vertices, faces, FOCAL, CENTER, SIZE, sigma=1e-6, face_parts=face_parts)
     by_vertex = render_silhouette(vertices, faces, FOCAL, CENTER, SIZE, sigma=1e-6, vertex_parts=one_hot)
@@ -208,6 +210,8 @@ def test_bad_inputs_are_refused_in_one_line(bodies):
         render_silhouette(vertices, faces, FOCAL, CENTER, SIZE, sigma=0.0)
     with pytest.raises(ValueError, match="vertex_parts must be"):
         render_silhouette(vertices, faces, FOCAL, CENTER, SIZE, vertex_parts=torch.ones(5, 2))
+    with pytest.raises(ValueError, match="labels must be integers"):
+        render_silhouette(vertices, faces, FOCAL, CENTER, SIZE, face_parts=-torch.ones(len(faces), dtype=torch.long))
     with pytest.raises(ValueError, match="more than two faces"):
         mesh_edges(torch.tensor([[0, 1, 2], [0, 1, 3], [0, 1, 4]]))
 
