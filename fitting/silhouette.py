@@ -18,7 +18,7 @@ of (face, pixel centre) pairs in the faces' bounding boxes plus (contour edge, p
 a soft rasteriser without culling pairs every face with every pixel.
 
 Conventions (those of `render.raster`, so that the hard picture is the z-buffer's, pixel for pixel):
-    camera: pinhole (`core.pinhole.pinhole`), OpenCV camera frame: x right, y down, z forward; any length unit.
+    camera: pinhole (`core.pinhole.pinhole`), OpenCV camera frame: x right, y down, z forward; metres.
     pixels: 0-based, pixel centres at integers: pixel (i, j) is covered when its centre (i, j) px lies in a
         projected face (edges count as inside). The principal point is in the same frame.
     faces: wound counter-clockwise seen from outside (SMPL's, SMPL-X's and the open model's files); faces seen
@@ -37,7 +37,7 @@ from torch import Tensor
 
 from core.pinhole import pinhole
 
-NEAR = 1e-3          # a face with a vertex at z <= NEAR is not drawn (render.raster's rule)
+NEAR = 1e-3          # m: a face with a vertex at z <= NEAR is not drawn (render.raster's rule)
 INSIDE_EPS = -1e-9   # barycentric tolerance of the inside test (render.raster's): pixel centres on edges count
 DEFAULT_SIGMA = 1.0  # px: band width; DEODR's default anti-aliasing width (Scene3D(sigma=1))
 
@@ -83,7 +83,7 @@ class Silhouette:
     """What `render_silhouette` returns.
 
     mask (B, H, W) in [0, 1]; parts (B, P, H, W) in [0, 1], summing over P to `mask` (None without a
-    labelling); face_index (B, H, W) long, the face the z-buffer sees at each pixel centre or -1 (no gradient).
+    labelling; a view of a (B, H, W, P) tensor); face_index (B, H, W) long, the face the z-buffer sees at each pixel centre or -1 (no gradient).
     """
     mask: Tensor
     parts: Tensor | None
@@ -120,6 +120,8 @@ def render_silhouette(vertices: Tensor, faces: Tensor, focal: float | Sequence[f
     batch, device, dtype = vertices.shape[0], vertices.device, vertices.dtype
     faces = torch.as_tensor(faces, dtype=torch.long, device=device)
     edges = mesh_edges(faces) if edges is None else edges
+    if edges.edges.device != device:
+        edges = MeshEdges(edges.edges.to(device), edges.faces.to(device), edges.opposite.to(device))
     points = pinhole(vertices, _per_sample(focal, batch, device, dtype), _per_sample(center, batch, device, dtype))
     labels = _labels(vertex_parts, face_parts, vertices.shape[1], len(faces), device, dtype)
 
