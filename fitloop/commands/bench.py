@@ -59,6 +59,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pre.add_argument("--json", action="store_true")
     pre.set_defaults(func=cmd_preprocess)
 
+    renderer = commands.add_parser(
+        "renderer", help="silhouette + part renderer (fitting.silhouette) forward+backward vs. DEODR, per sample",
+        description="Render the open model's silhouette and 24 part maps for a batch of posed people (synthetic, "
+                    "CMU and LSP poses where present; betas in ±2.5 σ; SPIN's crop camera) with fitloop's "
+                    "renderer and with DEODR (when it imports: pip install deodr==0.2.3), back-propagate to the "
+                    "vertices, and print CPU ms per sample, their ratio, and each one's IoU with the z-buffer.")
+    renderer.add_argument("--model", default="open", help='"open" (default) or "open-small"')
+    renderer.add_argument("--batch", type=int, default=64)
+    renderer.add_argument("--resolutions", default="128,224", help="picture sides in px, comma-separated")
+    renderer.add_argument("--sources", default="synthetic,cmu,lsp", help="pose sources (bench smplify's)")
+    renderer.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up; the median counts")
+    renderer.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    renderer.add_argument("--seed", type=int, default=0)
+    renderer.add_argument("--json", action="store_true", help="print one JSON object")
+    renderer.set_defaults(func=cmd_renderer)
+
     smplify = commands.add_parser(
         "smplify", help="fast SMPLify vs. SPIN's reference procedure, on held-out poses, three cameras, four starts",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -308,6 +324,30 @@ def cmd_body_model(args: argparse.Namespace) -> int:
     print(f"  smplx layer forward (baseline)     {result['smplx_layer_forward_ms']:8.2f} ms"
           f"   ratio {result['ratio_forward_vs_smplx_layer']:.2f}x")
     print(f"  fitloop forward + backward         {result['forward_backward_ms']:8.2f} ms")
+    return 0
+
+
+def cmd_renderer(args: argparse.Namespace) -> int:
+    from bench.renderer import run
+
+    result = run(args.model, batch=args.batch, resolutions=tuple(int(r) for r in args.resolutions.split(",")),
+                 repeats=args.repeats, threads=args.threads, seed=args.seed,
+                 sources=tuple(s for s in args.sources.split(",") if s))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['model']} ({result['vertices']} vertices, {result['faces']} faces), batch {result['batch']}, "
+          f"{result['threads']} torch threads, CPU ms per sample (forward + backward), median of "
+          f"{result['repeats']}; alternative: {result['alternative']}")
+    for source, why in result["sources_skipped"].items():
+        print(f"  {source} skipped: {why}")
+    for row in result["rows"]:
+        line = (f"  {row['resolution']:>4} px {row['kind']:<10} {row['source']:<9} fitloop "
+                f"{row['fitloop_ms_per_sample']:7.2f} ms (IoU {row['fitloop_iou_vs_zbuffer']:.3f})")
+        if "deodr_ms_per_sample" in row:
+            line += (f"   deodr {row['deodr_ms_per_sample']:7.2f} ms (IoU {row['deodr_iou_vs_zbuffer']:.3f})"
+                     f"   ratio deodr/fitloop {row['ratio_deodr_over_fitloop']:.2f}x")
+        print(line)
     return 0
 
 
