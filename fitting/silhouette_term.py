@@ -20,12 +20,13 @@ edges, edges between a face turned towards the camera and one turned away. That 
 vertices), so the term stays batched and cheap; the choice and the matching v*(m) are held fixed within a step
 (the Jacobian is that of the energy at fixed correspondences, as in ICP) and re-made at every evaluation.
 
-Masks: (B, H, W) uint8 in the keypoints' pixel frame (the fit's crop), 0 background, 1 person, `UNKNOWN` (255)
-not known (shards.masks.UNKNOWN: crop pixels outside the image); an unknown pixel counts as person for (a) (no
-pull out of it) and is never a boundary pixel for (b); vertices projected outside the image are ignored (the image
-says nothing there). Pixel centres at integers (fitloop's convention, `fitting.silhouette`'s). A mask pixel is a
-pixel centre inside the person, so the mask's edge lies half a pixel outside its boundary pixels' centres: the term
-pulls the contour ~0.5 px inward of a hard mask's edge, well below 5 px keypoint noise.
+Masks: (B, H, W) uint8 pictures of the keypoints' pixel frame (SMPLify's fit frame: SPIN's 224 px crop, whose
+pixel *corners* sit at integers, `core.frames.FIT_FRAME_OFFSET`: mask pixel (i, j) has its centre at
+(i + offset, j + offset) px, offset 0.5 by default), 0 background, 1 person, `UNKNOWN` (255) not known
+(shards.masks.UNKNOWN: crop pixels outside the image); an unknown pixel counts as person for (a) (no pull out of
+it) and is never a boundary pixel for (b); vertices projected outside the picture are ignored (it says nothing
+there). A mask pixel is a pixel centre inside the person, so the mask's edge lies half a pixel outside its boundary
+pixels' centres: the term pulls the contour ~0.5 px inward of a hard mask's edge, well below 5 px keypoint noise.
 
 The distance transform is scipy's exact Euclidean one (`scipy.ndimage.distance_transform_edt`); OpenCV's
 ``distanceTransform(DIST_L2, 5)`` is an approximation of it and OpenCV is not a dependency here.
@@ -39,6 +40,7 @@ import torch
 from scipy import ndimage
 from torch import Tensor
 
+from core.frames import FIT_FRAME_OFFSET
 from core.pinhole import pinhole
 from fitting.silhouette import MeshEdges, _drawn_faces
 
@@ -50,22 +52,26 @@ class MaskTargets:
     """What the term reads of a batch of masks (`mask_targets`).
 
     distance (B, H, W) px to the nearest person (or unknown) pixel; boundary (B, M, 2) px the person pixels with a
-    background 4-neighbour, padded to the batch's most; boundary_valid (B, M) bool; has_mask (B,) bool (an example
-    without a mask gets no term)."""
+    background 4-neighbour (their centres, in the keypoints' px), padded to the batch's most; boundary_valid (B, M)
+    bool; has_mask (B,) bool (an example without a mask gets no term); offset px: where pixel 0's centre lies."""
 
     distance: Tensor
     boundary: Tensor
     boundary_valid: Tensor
     has_mask: Tensor
+    offset: float = FIT_FRAME_OFFSET
 
     def select(self, rows: Tensor) -> "MaskTargets":
         """The targets of examples ``rows`` (N,) long (SMPLify's candidates)."""
-        return MaskTargets(self.distance[rows], self.boundary[rows], self.boundary_valid[rows], self.has_mask[rows])
+        return MaskTargets(self.distance[rows], self.boundary[rows], self.boundary_valid[rows], self.has_mask[rows],
+                           self.offset)
 
 
-def mask_targets(masks: Tensor, has_mask: Tensor, dtype: torch.dtype = torch.float32) -> MaskTargets:
-    """Distance transforms and boundary pixels of masks (B, H, W) uint8 (0, 1, `UNKNOWN`); has_mask (B,) bool.
-    Computed once per fit (CPU, scipy), then moved to the masks' device."""
+def mask_targets(masks: Tensor, has_mask: Tensor, dtype: torch.dtype = torch.float32,
+                 offset: float = FIT_FRAME_OFFSET) -> MaskTargets:
+    """Distance transforms and boundary pixels of masks (B, H, W) uint8 (0, 1, `UNKNOWN`); has_mask (B,) bool;
+    offset px: where pixel 0's centre lies in the keypoints' frame (module docstring; 0 for a frame with pixel
+    centres at integers). Computed once per fit (CPU, scipy), then moved to the masks' device."""
     if masks.ndim != 3:
         raise ValueError(f"masks must be (B, H, W) uint8, got shape {tuple(masks.shape)}")
     array = masks.detach().cpu().numpy()
@@ -86,7 +92,7 @@ def mask_targets(masks: Tensor, has_mask: Tensor, dtype: torch.dtype = torch.flo
         background = padded == 0
         touches = (background[:-2, 1:-1] | background[2:, 1:-1] | background[1:-1, :-2] | background[1:-1, 2:])
         y, x = np.nonzero(person & touches)
-        boundaries.append(np.stack([x, y], 1).astype(np.float64))
+        boundaries.append(np.stack([x, y], 1).astype(np.float64) + offset)
     most = max([len(b) for b in boundaries] + [1])
     boundary = np.zeros((len(array), most, 2))
     valid = np.zeros((len(array), most), dtype=bool)
@@ -95,7 +101,7 @@ def mask_targets(masks: Tensor, has_mask: Tensor, dtype: torch.dtype = torch.flo
     device = masks.device
     return MaskTargets(torch.as_tensor(distance, dtype=dtype, device=device),
                        torch.as_tensor(boundary, dtype=dtype, device=device),
-                       torch.as_tensor(valid, device=device), torch.as_tensor(has, device=device))
+                       torch.as_tensor(valid, device=device), torch.as_tensor(has, device=device), offset)
 
 
 def contour_vertices(vertices: Tensor, faces: Tensor, edges: MeshEdges) -> tuple[Tensor, Tensor]:
@@ -162,11 +168,11 @@ def silhouette_residuals(pixels: Tensor, vertex: Tensor, valid: Tensor, targets:
     zero residuals."""
     height, width = targets.distance.shape[1:]
     dtype = pixels.dtype
+    at = pixels - targets.offset                                      # in the mask's pixel indices
     seen = valid & targets.has_mask[:, None]
-    seen = seen & (pixels[..., 0] >= 0) & (pixels[..., 0] <= width - 1)
-    seen = seen & (pixels[..., 1] >= 0) & (pixels[..., 1] <= height - 1)
+    seen = seen & (at[..., 0] >= 0) & (at[..., 0] <= width - 1) & (at[..., 1] >= 0) & (at[..., 1] <= height - 1)
     n_a = seen.sum(1, keepdim=True).clamp(min=1).to(dtype)
-    value, grad = bilinear(targets.distance.to(dtype), pixels)
+    value, grad = bilinear(targets.distance.to(dtype), at)
     scale_a = seen.to(dtype) / n_a.sqrt()
     dist = value * scale_a
     d_dist = grad * scale_a[..., None]

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from core.camera import project
+from core.frames import FIT_FRAME_OFFSET
 from core.metrics import procrustes_align
 from fitting.body_model import DATA_DIR, load_body_model
 from fitting.priors import MaxMixturePrior
@@ -24,7 +25,8 @@ def prior():
 
 def _people(body, prior, batch, seed, noise, dtype=torch.float32):
     """Prior-sampled poses, betas uniform in ±2.5 σ, facing SPIN's crop camera; their 49 keypoints (with
-    `noise` px Gaussian noise) and their exact masks (the renderer's z-buffer coverage)."""
+    `noise` px Gaussian noise) and their exact masks (the renderer's z-buffer coverage; the renderer's pixel
+    centres are at integers, the fit frame's at half-integers)."""
     gen = torch.Generator().manual_seed(seed)
     k = torch.multinomial(prior.log_weights.exp(), batch, replacement=True, generator=gen)
     chol = torch.linalg.cholesky(torch.linalg.inv(prior.precisions.double())).float()
@@ -38,7 +40,7 @@ def _people(body, prior, batch, seed, noise, dtype=torch.float32):
     kp = torch.ones(batch, 49, 3, dtype=dtype)
     kp[..., :2] = project(out.joints, cam_t, FOCAL, center) + noise * torch.randn(batch, 49, 2, generator=gen)
     drawn = render_silhouette(out.vertices + cam_t[:, None], torch.as_tensor(body.faces), FOCAL,
-                              (CROP / 2, CROP / 2), (CROP, CROP))
+                              (CROP / 2 - FIT_FRAME_OFFSET,) * 2, (CROP, CROP))
     masks = (drawn.face_index >= 0).to(torch.uint8)
     return dict(pose=torch.cat([orient, body_pose], 1), betas=betas, cam_t=cam_t, center=center,
                 vertices=out.vertices, keypoints=kp, masks=masks)
@@ -48,7 +50,7 @@ def test_targets_read_distances_boundaries_and_unknown_pixels():
     mask = np.zeros((9, 12), dtype=np.uint8)
     mask[3:6, 4:8] = 1                          # a 4 x 3 person
     mask[:, 10:] = UNKNOWN                      # the image ends at x = 10
-    targets = mask_targets(torch.as_tensor(mask)[None], torch.tensor([True]), torch.float64)
+    targets = mask_targets(torch.as_tensor(mask)[None], torch.tensor([True]), torch.float64, offset=0.0)
     dist = targets.distance[0].numpy()
     assert dist[4, 5] == 0 and dist[4, 2] == 2 and dist[0, 4] == 3            # px to the person
     assert np.isclose(dist[1, 2], np.hypot(2, 2))
