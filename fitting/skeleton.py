@@ -202,8 +202,11 @@ class Skeleton(torch.nn.Module):
                                      f"(R, {layer.v_template.shape[0]}) for this mesh")
             all_weights = layer.lbs_weights.detach().cpu().double()
             # in chunks of rows, each over the vertices it reads: a row per vertex (the silhouette term's
-            # vertices) would otherwise make an (R, V, J) product
-            for chunk in rows.split(VERTEX_ROW_CHUNK):
+            # vertices, given as a sparse identity) would otherwise make an (R, V, J) product
+            chunks = ([rows.index_select(0, part).to_dense()
+                       for part in torch.arange(rows.shape[0]).split(VERTEX_ROW_CHUNK)]
+                      if rows.is_sparse else rows.split(VERTEX_ROW_CHUNK))
+            for chunk in chunks:
                 cols = torch.nonzero(chunk.abs().sum(0) > 0)[:, 0]
                 a_x, b0_x, bd_x = _blend_rows(chunk[:, cols], all_weights[cols], v_template[cols], shapedirs[cols],
                                               j_template, j_dirs)

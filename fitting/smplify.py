@@ -235,7 +235,9 @@ class SMPLify:
             self.edges = mesh_edges(self.faces)
             if config.mode == "fast":
                 num = body.num_vertices
-                self.vertex_points = Skeleton(body, torch.eye(num, dtype=torch.float64), sparse=True).to(device)
+                identity = torch.sparse_coo_tensor(torch.arange(num).repeat(2, 1), torch.ones(num, dtype=torch.float64),
+                                                   (num, num), check_invariants=True)
+                self.vertex_points = Skeleton(body, identity, sparse=True).to(device)
                 self._vertex_rows = torch.arange(num, device=device) + self.vertex_points.a.shape[0] - num
         self._angle_idx = torch.tensor(ANGLE_PRIOR_INDICES, device=device) + 3          # into the full 72-d pose
         self._angle_sign = torch.tensor(ANGLE_PRIOR_SIGNS, device=device)
