@@ -438,7 +438,9 @@ class SMPLify:
         else:
             trust = torch.zeros(len(example), dtype=dtype, device=dev)
         body_init = pose[:, 3:].clone()
-        sil = None if targets is None else targets.select(example)                          # per candidate
+        # the silhouette term: from a mean start, only once the keypoints have chosen the candidate (a mean-pose
+        # silhouette far from the mask would pull limbs into the wrong parts of it); an estimate fits with it
+        sil = None if targets is None or not is_estimate else targets.select(example)
         done, total = 0, c.body_iterations
         scale = [1.0] * total if is_estimate else self.prior_schedule(total)    # the priors' factor per iteration
         if is_estimate and c.init_weight is None and c.noise_from_fit > 0 and 0 < c.noise_iterations < total:
