@@ -27,6 +27,10 @@ fast: the same objective on the exact joints-only `Skeleton`, minimised by batch
   gives; the values of the pose never decide it. `fitloop bench smplify` compares both modes. Optionally
   (``collision_weight`` > 0, off by default) stage 2 also penalises the body entering itself: w_c² Σ depth² over
   the overlapping pairs of capsule proxies (`fitting.collision`), by the same LM with closed-form Jacobians.
+  Optionally (``silhouette_weight`` > 0 and person masks given, per example where one exists) stage 2 adds
+  w_s² E_sil, the symmetric distance-transform distance between the mask and the body's silhouette
+  (`fitting.silhouette_term`): in the LM with analytic Jacobians (from a mean start once the candidate is chosen),
+  and in the reference by autograd on the same energy.
 
 Body models: every family `fitting.body_model` loads (SMPL, SMPL-H, SMPL-X, the open model), in both modes. The
 fitted parameters are the body model's: pose (B, 72) and betas. SMPL-H and SMPL-X have no joints for SMPL's hand

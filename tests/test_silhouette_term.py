@@ -61,6 +61,9 @@ def test_targets_read_distances_boundaries_and_unknown_pixels():
     mask2 = np.full((5, 5), UNKNOWN, dtype=np.uint8)
     mask2[2, 2] = 1
     assert not mask_targets(torch.as_tensor(mask2)[None], torch.tensor([True])).boundary_valid.any()
+    # in the fit frame (pixel corners at integers) the boundary pixels' centres are half a pixel further on
+    shifted = mask_targets(torch.as_tensor(mask)[None], torch.tensor([True]), torch.float64)
+    assert torch.equal(shifted.boundary, targets.boundary + FIT_FRAME_OFFSET) and FIT_FRAME_OFFSET == 0.5
     # an example without a mask has none
     assert not mask_targets(torch.as_tensor(mask)[None], torch.tensor([False])).has_mask.any()
     with pytest.raises(ValueError, match="values other than"):
