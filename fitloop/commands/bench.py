@@ -81,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "keypoint noise, their exact masks) from SPIN's mean start by the fast SMPLify without and "
                     "with the silhouette term (fitting.silhouette_term), side by side: per-vertex error after "
                     "Procrustes on the mesh, betas error, PA-MPJPE, silhouette IoU, CPU s per fit. "
-                    "docs/smplify.md#silhouette-term has the protocol and the latest figures.")
+                    "docs/smplify.md#silhouette-term-issue-15 has the protocol and the latest figures.")
     masks.add_argument("--split", default="test", choices=("dev", "test"),
                        help="test (default) for reporting, dev for choosing weights")
     masks.add_argument("--sources", default="synthetic,cmu,lsp", help="pose sources (bench smplify's)")
