@@ -151,3 +151,22 @@ def test_reference_mode_lowers_the_silhouette_energy(prior):
                                            masks=people["masks"])
         energies.append(fit.extras["silhouette_energy"])
     assert (energies[1] < energies[0]).all(), energies                     # seen: 8.3, 9.6 -> 7.7, 8.9 px²
+
+
+@pytest.mark.gpu
+def test_the_terms_normal_equations_on_cuda_match_cpu(prior):
+    body = load_body_model("open-small", dtype=torch.float64)
+    truth = _people(body, prior, 3, seed=4, noise=0.0, dtype=torch.float64)
+    pose = truth["pose"] + 0.05
+    args = (pose, torch.zeros(3, 10, dtype=torch.float64), truth["cam_t"], torch.full((3, 2), FOCAL,
+                                                                                       dtype=torch.float64),
+            truth["center"])
+    targets = mask_targets(truth["masks"], torch.ones(3, dtype=torch.bool), torch.float64)
+    cpu = SMPLify(body, prior, SMPLifyConfig(silhouette_weight=1.0))._silhouette_system(*args, targets)
+    cuda_body = load_body_model("open-small", dtype=torch.float64, device="cuda")
+    cuda_fit = SMPLify(cuda_body, prior, SMPLifyConfig(silhouette_weight=1.0))
+    gpu = cuda_fit._silhouette_system(*(t.cuda() for t in args), mask_targets(truth["masks"].cuda(),
+                                                                              torch.ones(3, dtype=torch.bool),
+                                                                              torch.float64))
+    for a, b in zip(gpu, cpu):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-6, atol=1e-6 * b.abs().max().item())
