@@ -122,8 +122,8 @@ def test_mask_brings_the_fit_closer_to_the_true_shape(prior):
 
     pve_kp, betas_kp = errors(0.0)
     pve_sil, betas_sil = errors(10.0)
-    assert pve_sil < 0.95 * pve_kp, (pve_sil, pve_kp)                         # seen: 56 vs 66 mm (w 10, 8 people)
-    assert betas_sil < betas_kp, (betas_sil, betas_kp)
+    assert pve_sil < 0.95 * pve_kp, (pve_sil, pve_kp)                         # seen: 58.6 vs 67.6 mm
+    assert betas_sil < betas_kp, (betas_sil, betas_kp)                        # seen: 4.31 vs 4.63
 
 
 def test_silhouette_weight_is_checked_and_masks_need_a_weight(prior):
