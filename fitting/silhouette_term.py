@@ -45,6 +45,7 @@ from core.pinhole import pinhole
 from fitting.silhouette import MeshEdges, _drawn_faces
 
 UNKNOWN = 255  # the mask's "not known" id (shards.masks.UNKNOWN; VOC's and Cityscapes' ignore id)
+UNSEEN_PX = 1e6  # px: where vertices the term ignores are put for the nearest-vertex search (far off any picture)
 
 
 @dataclass(frozen=True)
@@ -178,8 +179,8 @@ def silhouette_residuals(pixels: Tensor, vertex: Tensor, valid: Tensor, targets:
     d_dist = grad * scale_a[..., None]
     boundary = targets.boundary.to(dtype)
     with torch.no_grad():
-        far = torch.where(seen[:, None], (boundary[:, :, None] - pixels[:, None]).square().sum(-1), torch.inf)
-        match = far.argmin(2)                                                               # (B, M)
+        unseen_far = torch.where(seen[..., None], pixels.detach(), UNSEEN_PX)          # unseen ones never nearest
+        match = torch.cdist(boundary, unseen_far).argmin(2)                                 # (B, M)
     paired = targets.boundary_valid & seen.any(1, keepdim=True) & targets.has_mask[:, None]
     n_b = paired.sum(1, keepdim=True).clamp(min=1).to(dtype)
     share = paired.to(dtype) / n_b.sqrt()
