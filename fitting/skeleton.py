@@ -42,6 +42,8 @@ from torch import Tensor
 from core.errors import ModelFileError
 from fitting.body_model import BodyModel
 
+VERTEX_ROW_CHUNK = 256  # vertex rows blended at a time (`Skeleton`): bounds the (rows, vertices, joints) product
+
 
 def skew(v: Tensor) -> Tensor:
     """Cross-product matrices (..., 3, 3) of vectors (..., 3): skew(a) @ b = a x b."""
@@ -198,11 +200,17 @@ class Skeleton(torch.nn.Module):
             if rows.dim() != 2 or rows.shape[1] != layer.v_template.shape[0]:
                 raise ModelFileError(f"{body.name}: vertex rows of shape {tuple(rows.shape)}, expected "
                                      f"(R, {layer.v_template.shape[0]}) for this mesh")
-            cols = torch.nonzero(rows.abs().sum(0) > 0)[:, 0]
             all_weights = layer.lbs_weights.detach().cpu().double()
-            a_x, b0_x, bd_x = _blend_rows(rows[:, cols], all_weights[cols], v_template[cols], shapedirs[cols],
-                                          j_template, j_dirs)
-            a, b0, bd = torch.cat([a, a_x]), torch.cat([b0, b0_x]), torch.cat([bd, bd_x])
+            # in chunks of rows, each over the vertices it reads: a row per vertex (the silhouette term's
+            # vertices, given as a sparse identity) would otherwise make an (R, V, J) product
+            chunks = ([rows.index_select(0, part).to_dense()
+                       for part in torch.arange(rows.shape[0]).split(VERTEX_ROW_CHUNK)]
+                      if rows.is_sparse else rows.split(VERTEX_ROW_CHUNK))
+            for chunk in chunks:
+                cols = torch.nonzero(chunk.abs().sum(0) > 0)[:, 0]
+                a_x, b0_x, bd_x = _blend_rows(chunk[:, cols], all_weights[cols], v_template[cols], shapedirs[cols],
+                                              j_template, j_dirs)
+                a, b0, bd = torch.cat([a, a_x]), torch.cat([b0, b0_x]), torch.cat([bd, bd_x])
         if joint_points is not None:  # more points: tree joints themselves (A one-hot, no attached offset)
             joints = torch.as_tensor(joint_points, dtype=torch.long).cpu()
             if joints.dim() != 1 or (len(joints) and (joints.min() < 0 or joints.max() >= num_joints)):

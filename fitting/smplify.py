@@ -27,6 +27,10 @@ fast: the same objective on the exact joints-only `Skeleton`, minimised by batch
   gives; the values of the pose never decide it. `fitloop bench smplify` compares both modes. Optionally
   (``collision_weight`` > 0, off by default) stage 2 also penalises the body entering itself: w_c² Σ depth² over
   the overlapping pairs of capsule proxies (`fitting.collision`), by the same LM with closed-form Jacobians.
+  Optionally (``silhouette_weight`` > 0 and person masks given, per example where one exists) stage 2 adds
+  w_s² E_sil, the symmetric distance-transform distance between the mask and the body's silhouette
+  (`fitting.silhouette_term`): in the LM with analytic Jacobians (from a mean start once the candidate is chosen),
+  and in the reference by autograd on the same energy.
 
 Body models: every family `fitting.body_model` loads (SMPL, SMPL-H, SMPL-X, the open model), in both modes. The
 fitted parameters are the body model's: pose (B, 72) and betas. SMPL-H and SMPL-X have no joints for SMPL's hand
@@ -65,6 +69,16 @@ from fitting.priors import (
     SPIN_POSE_PRIOR_WEIGHT,
     SPIN_SHAPE_PRIOR_WEIGHT,
     MaxMixturePrior,
+)
+from fitting.silhouette import mesh_edges
+from fitting.silhouette_term import (
+    MaskTargets,
+    SilhouetteResiduals,
+    contour_vertices,
+    mask_targets,
+    normal_equations,
+    silhouette_energy,
+    silhouette_residuals,
 )
 from fitting.skeleton import Skeleton, compose_axis_angle, select_state
 from fitting.vposer import VAEPosePrior
@@ -117,6 +131,11 @@ class SMPLifyConfig:
     # fast mode, optional: w_c² Σ depth² over the capsule proxies' overlapping pairs (`fitting.collision`), depth
     # in m, w_c in px/m (a depth of 1 cm weighs as a keypoint (w_c / 100) px off); 0: off
     collision_weight: float = 0.0
+    # optional, where the caller gives a person mask: w_s² E_sil, the symmetric distance-transform (chamfer) distance
+    # between the mask and the projected body's silhouette (`fitting.silhouette_term`, px²: w_s = 5 weighs it like
+    # ~25 keypoints); fast mode: in stage 2's LM with analytic Jacobians; reference: the same energy by autograd in
+    # its stage-2 Adam. 0: off (the default until `fitloop bench masks` settles a weight)
+    silhouette_weight: float = 0.0
 
     def validated(self) -> "SMPLifyConfig":
         if self.prior_anneal < 1 or not 0 <= self.anneal_share < 1:
@@ -127,6 +146,8 @@ class SMPLifyConfig:
         if self.collision_weight < 0 or (self.collision_weight > 0 and self.mode != "fast"):
             raise ValueError(f"collision_weight must be >= 0, and is a term of mode='fast' only; got "
                              f"{self.collision_weight} with mode={self.mode!r}")
+        if self.silhouette_weight < 0:
+            raise ValueError(f"silhouette_weight must be >= 0, got {self.silhouette_weight}")
         unknown = [j for j in self.ignored_joints if j not in JOINT_INDEX]
         if unknown:
             raise ValueError(f"ignored_joints has unknown joint names {unknown}")
@@ -212,6 +233,16 @@ class SMPLify:
             self.capsules = body_capsules(body)
             self.proxies = Skeleton(body, self.capsules.end_rows).to(device)
             self._proxy_rows = torch.arange(len(self.capsules.end_rows), device=device) + self.skeleton.a.shape[0]
+        self.faces, self.edges, self.vertex_points = None, None, None
+        if self.config.silhouette_weight > 0:  # the mesh's edges; fast mode: every vertex as a skeleton point
+            self.faces = torch.as_tensor(body.faces, dtype=torch.long, device=device)
+            self.edges = mesh_edges(self.faces)
+            if config.mode == "fast":
+                num = body.num_vertices
+                identity = torch.sparse_coo_tensor(torch.arange(num).repeat(2, 1), torch.ones(num, dtype=torch.float64),
+                                                   (num, num), check_invariants=True)
+                self.vertex_points = Skeleton(body, identity, sparse=True).to(device)
+                self._vertex_rows = torch.arange(num, device=device) + self.vertex_points.a.shape[0] - num
         self._angle_idx = torch.tensor(ANGLE_PRIOR_INDICES, device=device) + 3          # into the full 72-d pose
         self._angle_sign = torch.tensor(ANGLE_PRIOR_SIGNS, device=device)
         self._ignored = torch.as_tensor(indices(config.ignored_joints), device=device)
@@ -221,7 +252,8 @@ class SMPLify:
     # -- public API ----------------------------------------------------------------------------------------
     def __call__(self, keypoints: Tensor, init_pose: Tensor, init_betas: Tensor, init_cam_t: Tensor,
                  camera_center: Tensor, *, start: Start, focal_length: Tensor | None = None,
-                 start_sigma: Tensor | float | None = None) -> SMPLifyResult:
+                 start_sigma: Tensor | float | None = None, masks: Tensor | None = None,
+                 has_mask: Tensor | None = None) -> SMPLifyResult:
         """Fit a batch (shapes in the module docstring); returns fits with their losses.
 
         start: what the initial parameters are, for every example of the batch: ``"mean"`` (no estimate of this
@@ -231,7 +263,11 @@ class SMPLify:
         focal_length: (B,) or (B, 2) px per example; None: the config's ``focal_length`` for every example.
         start_sigma: how uncertain an estimated start is, rad per pose value ((B,) or one number): the fast mode's
         near-start weight is σ_kp / start_sigma. None: estimated from how far the start reprojects from the
-        keypoints (`near_start_weight`). Only for start="estimate"; the reference ignores it."""
+        keypoints (`near_start_weight`). Only for start="estimate"; the reference ignores it.
+        masks: (B, H, W) uint8 person masks in the keypoints' pixels (0 background, 1 person, 255 unknown;
+        `fitting.silhouette_term`) and has_mask (B,) bool (default: all): with ``silhouette_weight`` > 0 the fit
+        adds the silhouette term for the examples that have one (and reports its energy, extras
+        ``silhouette_energy`` (B,) px²); ignored when the weight is 0."""
         if start not in get_args(Start):
             raise ValueError(f"SMPLify start must be one of {get_args(Start)}, not {start!r}")
         keypoints, init_pose, init_betas, init_cam_t, camera_center = (
@@ -239,8 +275,14 @@ class SMPLify:
         if start_sigma is not None and start != "estimate":
             raise ValueError("start_sigma describes an estimated start; give it with start='estimate' only")
         focal = self._focal(focal_length, keypoints)
+        targets = None
+        if masks is not None and self.config.silhouette_weight > 0:
+            if masks.shape[0] != keypoints.shape[0]:
+                raise ValueError(f"masks has {masks.shape[0]} examples, keypoints {keypoints.shape[0]}")
+            has_mask = torch.ones(masks.shape[0], dtype=torch.bool) if has_mask is None else has_mask
+            targets = mask_targets(masks, has_mask, keypoints.dtype)
         if self.config.mode == "reference":
-            return self._fit_reference(keypoints, init_pose, init_betas, init_cam_t, camera_center, focal)
+            return self._fit_reference(keypoints, init_pose, init_betas, init_cam_t, camera_center, focal, targets)
         sigma = None
         if start_sigma is not None:
             sigma = torch.as_tensor(start_sigma, dtype=keypoints.dtype, device=keypoints.device).detach().clone()
@@ -249,7 +291,7 @@ class SMPLify:
                 raise ValueError(f"start_sigma must be positive, one number or of shape ({keypoints.shape[0]},); "
                                  f"got {tuple(sigma.shape)}")
         return self._fit_fast(keypoints, init_pose, init_betas, init_cam_t, camera_center, focal,
-                              start == "estimate", sigma)
+                              start == "estimate", sigma, targets)
 
     def fitting_loss(self, pose: Tensor, betas: Tensor, cam_t: Tensor, camera_center: Tensor,
                      keypoints: Tensor, *, focal_length: Tensor | None = None) -> Tensor:
@@ -326,7 +368,8 @@ class SMPLify:
                 + c.shape_prior_weight**2 * shape)
 
     # -- reference: SPIN's Adam on the full model ----------------------------------------------------------
-    def _fit_reference(self, keypoints, init_pose, init_betas, init_cam_t, center, focal) -> SMPLifyResult:
+    def _fit_reference(self, keypoints, init_pose, init_betas, init_cam_t, center, focal,
+                       targets: MaskTargets | None = None) -> SMPLifyResult:
         c = self.config
         global_orient = init_pose[:, :3].clone().requires_grad_(True)
         body_pose = init_pose[:, 3:].clone()
@@ -353,15 +396,26 @@ class SMPLify:
         for _ in range(c.iterations):
             pose = torch.cat([global_orient, body_pose], dim=1)
             loss = self._objective(pose, betas, cam_t, center, conf, keypoints, focal).sum()
+            if targets is not None:  # the same chamfer energy, by autograd through the full mesh
+                vertices = self.body(betas, body_pose, global_orient).vertices + cam_t[:, None]
+                energy = silhouette_energy(vertices, self.faces, self.edges, focal, center, targets)
+                loss = loss + c.silhouette_weight**2 * energy.sum()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
         pose = torch.cat([global_orient, body_pose], dim=1).detach()
-        return self._result(pose, betas.detach(), cam_t, keypoints, center, focal, 2 * c.iterations)
+        extras = {}
+        if targets is not None:
+            with torch.no_grad():
+                vertices = self.body(betas, body_pose, global_orient).vertices + cam_t[:, None]
+                extras["silhouette_energy"] = silhouette_energy(vertices, self.faces, self.edges, focal, center,
+                                                                targets)
+        return self._result(pose, betas.detach(), cam_t, keypoints, center, focal, 2 * c.iterations, **extras)
 
     # -- fast: Levenberg–Marquardt on the skeleton ---------------------------------------------------------
     def _fit_fast(self, keypoints, init_pose, init_betas, init_cam_t, center, focal,
-                  is_estimate: bool, start_sigma: Tensor | None = None) -> SMPLifyResult:
+                  is_estimate: bool, start_sigma: Tensor | None = None,
+                  targets: MaskTargets | None = None) -> SMPLifyResult:
         c = self.config
         batch, dtype, dev = init_pose.shape[0], init_pose.dtype, init_pose.device
         # Candidates: each example's start, and for a mean start (which says nothing about this person) the same
@@ -388,13 +442,17 @@ class SMPLify:
         else:
             trust = torch.zeros(len(example), dtype=dtype, device=dev)
         body_init = pose[:, 3:].clone()
+        # the silhouette term: from a mean start, only once the keypoints have chosen the candidate (a mean-pose
+        # silhouette far from the mask would pull limbs into the wrong parts of it); an estimate fits with it
+        sil = None if targets is None or not is_estimate else targets.select(example)
         done, total = 0, c.body_iterations
         scale = [1.0] * total if is_estimate else self.prior_schedule(total)    # the priors' factor per iteration
         if is_estimate and c.init_weight is None and c.noise_from_fit > 0 and 0 < c.noise_iterations < total:
             # σ_kp from the keypoints themselves: the RMS residual per coordinate a first fit leaves, times
             # noise_from_fit for the degrees of freedom that fit absorbed; then w again, with it.
             start_pose, start_betas = pose, betas
-            pose, betas = self._lm_body(pose, betas, cam_t, kp, ctr, foc, trust, body_init, scale[:c.noise_iterations])
+            pose, betas = self._lm_body(pose, betas, cam_t, kp, ctr, foc, trust, body_init, scale[:c.noise_iterations],
+                                        sil)
             with torch.no_grad():
                 conf = self._body_conf(kp)
                 r = (project(self._joints(pose, betas), cam_t, foc, ctr) - kp[..., :2]) * conf[..., None]
@@ -403,7 +461,7 @@ class SMPLify:
                                            c.noise_from_fit * rms)
             done = c.noise_iterations
         first = max(min(c.back_choice_after, total), done) if len(example) > batch else total
-        pose, betas = self._lm_body(pose, betas, cam_t, kp, ctr, foc, trust, body_init, scale[done:first])
+        pose, betas = self._lm_body(pose, betas, cam_t, kp, ctr, foc, trust, body_init, scale[done:first], sil)
         objectives = torch.full((batch, len(HEADINGS)), float("nan"), dtype=dtype, device=dev)
         pick = torch.arange(batch, device=dev)
         if len(example) > batch:
@@ -416,14 +474,16 @@ class SMPLify:
             pick = slot[torch.arange(batch, device=dev), best]
         pose, betas, cam_t, trust, body_init = (t[pick] for t in (pose, betas, cam_t, trust, body_init))
         if total > first:
-            pose, betas = self._lm_body(pose, betas, cam_t, keypoints, center, focal, trust, body_init, scale[first:])
+            pose, betas = self._lm_body(pose, betas, cam_t, keypoints, center, focal, trust, body_init, scale[first:],
+                                        targets)
         ranked = torch.where(torch.isnan(objectives), torch.inf, objectives).sort(1).values
         gap = torch.where(torch.isfinite(ranked[:, 1]), ranked[:, 1] - ranked[:, 0], torch.nan)
         return self._result(pose, betas, cam_t, keypoints, center, focal, c.camera_iterations + c.body_iterations,
                             turned_around=heading[pick] == 1, heading=torch.as_tensor(HEADINGS, dtype=dtype,
                                                                                       device=dev)[heading[pick]],
                             candidate_objectives=objectives, objective_gap=gap, near_start_weight=trust,
-                            **self._collision_extras(pose, betas))
+                            **self._collision_extras(pose, betas),
+                            **self._silhouette_extras(pose, betas, cam_t, focal, center, targets))
 
     def _proxy_ends(self, pose: Tensor, betas: Tensor) -> Tensor:
         """The capsules' segment ends (B, 2C, 3), model frame, m (`fitting.collision.Capsules.end_rows`)."""
@@ -433,6 +493,33 @@ class SMPLify:
         """The capsule term's residuals (B, K) m and Jacobian (B, K, 72 + NB) at pose (B, 72), betas (B, NB) whose
         segment ends are ``ends`` (B, 2C, 3) (`fitting.collision.chained_collision_residuals`)."""
         return chained_collision_residuals(self.capsules, self.proxies, self._proxy_rows, pose, betas, ends)
+
+    def _silhouette(self, pose: Tensor, betas: Tensor, cam_t: Tensor, focal: Tensor, center: Tensor,
+                    targets: MaskTargets) -> tuple[SilhouetteResiduals, Tensor]:
+        """The silhouette term's residuals at pose (B, 72), betas (B, NB), cam_t (B, 3) m, and its silhouette
+        vertices (B, K, 3), camera frame, m (`fitting.silhouette_term`)."""
+        vertices = self.vertex_points(pose, betas, self._vertex_rows).points + cam_t[:, None]     # (B, V, 3)
+        vertex, valid = contour_vertices(vertices, self.faces, self.edges)
+        points = torch.gather(vertices, 1, vertex[..., None].expand(-1, -1, 3))
+        return silhouette_residuals(project(points, torch.zeros_like(cam_t), focal, center), vertex, valid,
+                                    targets), points
+
+    def _silhouette_system(self, pose: Tensor, betas: Tensor, cam_t: Tensor, focal: Tensor, center: Tensor,
+                           targets: MaskTargets) -> tuple[Tensor, Tensor]:
+        """The silhouette term's JᵀJ (B, 72 + NB, 72 + NB) and Jᵀr (B, 72 + NB) at one fit: its residuals chained
+        through the skeleton's Jacobian of just the silhouette vertices some example uses."""
+        res, points = self._silhouette(pose, betas, cam_t, focal, center, targets)
+        used, where = torch.unique(res.vertex, return_inverse=True)
+        state = self.vertex_points(pose, betas, self._vertex_rows[used])
+        d_params = torch.cat(self.vertex_points.jacobian(state), -1)                          # (B, U, 3, D)
+        d_params = d_params[torch.arange(len(pose), device=pose.device)[:, None], where]     # (B, K, 3, D)
+        return normal_equations(res, projection_jacobian(points, focal) @ d_params)
+
+    def _silhouette_extras(self, pose, betas, cam_t, focal, center, targets) -> dict[str, Tensor]:
+        if targets is None:
+            return {}
+        with torch.no_grad():
+            return {"silhouette_energy": self._silhouette(pose, betas, cam_t, focal, center, targets)[0].energy}
 
     def _collision_extras(self, pose: Tensor, betas: Tensor) -> dict[str, Tensor]:
         if self.capsules is None:
@@ -537,12 +624,14 @@ class SMPLify:
             lam = torch.where(better, lam / 3, lam * 5).clamp(1e-7, 1e7)
         return pose, cam_t
 
-    def _lm_body(self, pose, betas, cam_t, kp, center, focal, trust, body_init, prior_scale):
+    def _lm_body(self, pose, betas, cam_t, kp, center, focal, trust, body_init, prior_scale,
+                 sil: MaskTargets | None = None):
         """Stage 2: pose, betas and global orientation; Geman–McClure by IRLS, GMM by its active component.
 
         trust (B,) px/rad: the near-start weight w (0 for a start that is no estimate), entering as
         w² ‖θ_body − θ_body,init‖². prior_scale: one factor on the pose and angle priors' weights per iteration
-        (`prior_schedule`); a step is accepted when it lowers the objective with the factor of its iteration."""
+        (`prior_schedule`); a step is accepted when it lowers the objective with the factor of its iteration.
+        sil: the candidates' masks, for the silhouette term (None: off)."""
         c = self.config
         batch, dtype = pose.shape[0], pose.dtype
         nb = betas.shape[1]
@@ -558,6 +647,7 @@ class SMPLify:
         w_pose, w_angle, w_shape = c.pose_prior_weight**2, c.angle_prior_weight**2, c.shape_prior_weight**2
         w_init = trust.square()                                                              # (B,)
         w_collide = c.collision_weight**2
+        w_sil = c.silhouette_weight**2 if sil is not None else 0.0
         sigma2 = c.sigma**2
         dev = pose.device
         lam = torch.full((batch,), 1e-3, dtype=dtype, device=dev)
@@ -582,6 +672,8 @@ class SMPLify:
             if w_collide > 0:  # the capsules' ends, kept for the step's Jacobian
                 ends = self._proxy_ends(p, b)
                 fixed = fixed + w_collide * collision_penalty(ends, self.capsules.radii(b), self.capsules.pairs)
+            if w_sil > 0:  # its correspondences re-made at every evaluation (fitting.silhouette_term)
+                fixed = fixed + w_sil * self._silhouette(p, b, cam_t, focal, center, sil)[0].energy
             return state, resid, gmm, torch.stack([fixed, w_pose * energy + w_angle * angle], 1), ends
 
         state, resid, gmm, terms, ends = cost_of(pose, betas)
@@ -619,6 +711,10 @@ class SMPLify:
                 depth, d_depth = self._collision(pose, betas, ends)
                 hess += w_collide * d_depth.transpose(1, 2) @ d_depth
                 grad += w_collide * (d_depth.transpose(1, 2) @ depth[..., None])[..., 0]
+            if w_sil > 0:
+                hess_s, grad_s = self._silhouette_system(pose, betas, cam_t, focal, center, sil)
+                hess += w_sil * hess_s
+                grad += w_sil * grad_s
 
             step = _lm_solve(hess, grad, lam)
             new_pose, new_betas = pose + step[:, :72], betas + step[:, 72:]

@@ -75,6 +75,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     renderer.add_argument("--json", action="store_true", help="print one JSON object")
     renderer.set_defaults(func=cmd_renderer)
 
+    masks = commands.add_parser(
+        "masks", help="SMPLify from keypoints alone vs. with the silhouette term, same people, one run",
+        description="Fit held-out synthetic people (bench smplify's pose sources, betas uniform in ±2.5 σ, 5 px "
+                    "keypoint noise, their exact masks) from SPIN's mean start by the fast SMPLify without and "
+                    "with the silhouette term (fitting.silhouette_term), side by side: per-vertex error after "
+                    "Procrustes on the mesh, betas error, PA-MPJPE, silhouette IoU, CPU s per fit. "
+                    "docs/smplify.md#silhouette-term-issue-15 has the protocol and the latest figures.")
+    masks.add_argument("--split", default="test", choices=("dev", "test"),
+                       help="test (default) for reporting, dev for choosing weights")
+    masks.add_argument("--sources", default="synthetic,cmu,lsp", help="pose sources (bench smplify's)")
+    masks.add_argument("--cases", type=int, default=32, help="people per source (default 32)")
+    masks.add_argument("--weights", default="5,10", help="silhouette weights fitted beside 0 (default 5,10)")
+    masks.add_argument("--model", default="open-small", help='"open-small" (default) or "open"')
+    masks.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    masks.add_argument("--seed", type=int, default=0)
+    masks.add_argument("--json", action="store_true", help="print one JSON object")
+    masks.set_defaults(func=cmd_masks)
+
     smplify = commands.add_parser(
         "smplify", help="fast SMPLify vs. SPIN's reference procedure, on held-out poses, three cameras, four starts",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -347,6 +365,33 @@ def cmd_renderer(args: argparse.Namespace) -> int:
         if "deodr_ms_per_sample" in row:
             line += (f"   deodr {row['deodr_ms_per_sample']:7.2f} ms (IoU {row['deodr_iou_vs_zbuffer']:.3f})"
                      f"   ratio deodr/fitloop {row['ratio_deodr_over_fitloop']:.2f}x")
+        print(line)
+    return 0
+
+
+def cmd_masks(args: argparse.Namespace) -> int:
+    from bench.masks import MasksBenchConfig, run
+
+    try:
+        weights = tuple(float(w) for w in args.weights.split(",") if w)
+    except ValueError:
+        print(f"fitloop bench masks: --weights takes numbers separated by commas, got {args.weights!r}")
+        return 2
+    result = run(MasksBenchConfig(split=args.split, sources=tuple(s for s in args.sources.split(",") if s),
+                                  cases=args.cases, weights=weights, model=args.model, threads=args.threads,
+                                  seed=args.seed))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{args.model}, {args.split} split, {result['torch_threads']} torch threads; mean start, 5 px noise")
+    for source, why in result["sources_missing"].items():
+        print(f"  {source} skipped: {why}")
+    for arm, row in result["results"].items():
+        a = row["all"]
+        line = (f"  {arm:<15} PVE-PA {a['pve_pa_mm']:6.1f} mm  betas err {a['betas_error']:5.2f}  PA-MPJPE "
+                f"{a['pa_mpjpe_mm']:6.1f} mm  IoU {a['iou']:.3f}  {a['cpu_s_per_fit']:.3f} CPU s/fit")
+        if "ratio_to_keypoints" in row:
+            line += f"  (PVE-PA x{row['ratio_to_keypoints']['pve_pa_mm']:.2f})"
         print(line)
     return 0
 

@@ -1,0 +1,219 @@
+"""The silhouette term of a fit: a symmetric distance-transform (chamfer) distance between a person mask and the
+projected body's silhouette, as least-squares residuals with analytic Jacobians (SMPLify's fast LM) or as an
+autograd energy (its reference mode, the tests).
+
+The literature's form (Lassner et al., CVPR 2017, "Unite the People", §4.1; Pavlakos et al., CVPR 2018, mask
+consistency; SMPLify-style silhouette terms): with S the mesh's silhouette-boundary vertices projected to px and M
+the mask's boundary pixels,
+
+    E_sil = mean_{v in S} DT(π(v))²  +  mean_{m in M} ‖π(v*(m)) − m‖²,      v*(m) = argmin_{v in S} ‖π(v) − m‖,
+
+(a) DT the mask's Euclidean distance transform (px to the nearest person pixel; 0 on the person), sampled
+bilinearly: the residual is DT(π(v)), its Jacobian ∇DT · ∂π/∂X · ∂X/∂θ; (b) a residual vector per mask boundary
+pixel through its nearest silhouette vertex. (a) pulls the silhouette into the mask, (b) makes it fill the mask:
+keypoints alone say little about shape and depth, (b) is what widens a body too thin for its mask. Both are means,
+so the energy is in px² whatever the mask's size, and `SMPLifyConfig.silhouette_weight` w enters as w² E_sil
+beside the keypoints' Σ c² ρ (px², ~25 joints): w = 5 weighs the silhouette like the keypoints.
+
+The silhouette vertices are chosen per evaluation by the normals (fitting.silhouette's rule): the ends of contour
+edges, edges between a face turned towards the camera and one turned away. That set is sparse (~10 % of the
+vertices), so the term stays batched and cheap; the choice and the matching v*(m) are held fixed within a step
+(the Jacobian is that of the energy at fixed correspondences, as in ICP) and re-made at every evaluation.
+
+Masks: (B, H, W) uint8 pictures of the keypoints' pixel frame (SMPLify's fit frame: SPIN's 224 px crop, whose
+pixel *corners* sit at integers, `core.frames.FIT_FRAME_OFFSET`: mask pixel (i, j) has its centre at
+(i + offset, j + offset) px, offset 0.5 by default), 0 background, 1 person, `UNKNOWN` (255) not known
+(shards.masks.UNKNOWN: crop pixels outside the image); an unknown pixel counts as person for (a) (no pull out of
+it) and is never a boundary pixel for (b); vertices projected outside the picture are ignored (it says nothing
+there). A mask pixel is a pixel centre inside the person, so the mask's edge lies half a pixel outside its boundary
+pixels' centres: the term pulls the contour ~0.5 px inward of a hard mask's edge, well below 5 px keypoint noise.
+
+The distance transform is scipy's exact Euclidean one (`scipy.ndimage.distance_transform_edt`); OpenCV's
+``distanceTransform(DIST_L2, 5)`` is an approximation of it and OpenCV is not a dependency here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import Tensor
+
+from core.frames import FIT_FRAME_OFFSET
+from core.pinhole import pinhole
+from fitting.silhouette import MeshEdges, _drawn_faces
+
+UNKNOWN = 255  # the mask's "not known" id (shards.masks.UNKNOWN; VOC's and Cityscapes' ignore id)
+UNSEEN_PX = 1e6  # px: where vertices the term ignores are put for the nearest-vertex search (far off any picture)
+
+
+@dataclass(frozen=True)
+class MaskTargets:
+    """What the term reads of a batch of masks (`mask_targets`).
+
+    distance (B, H, W) px to the nearest person (or unknown) pixel; boundary (B, M, 2) px the person pixels with a
+    background 4-neighbour (their centres, in the keypoints' px), padded to the batch's most; boundary_valid (B, M)
+    bool; has_mask (B,) bool (an example without a mask gets no term); offset px: where pixel 0's centre lies."""
+
+    distance: Tensor
+    boundary: Tensor
+    boundary_valid: Tensor
+    has_mask: Tensor
+    offset: float = FIT_FRAME_OFFSET
+
+    def select(self, rows: Tensor) -> "MaskTargets":
+        """The targets of examples ``rows`` (N,) long (SMPLify's candidates)."""
+        return MaskTargets(self.distance[rows], self.boundary[rows], self.boundary_valid[rows], self.has_mask[rows],
+                           self.offset)
+
+
+def mask_targets(masks: Tensor, has_mask: Tensor, dtype: torch.dtype = torch.float32,
+                 offset: float = FIT_FRAME_OFFSET) -> MaskTargets:
+    """Distance transforms and boundary pixels of masks (B, H, W) uint8 (0, 1, `UNKNOWN`); has_mask (B,) bool;
+    offset px: where pixel 0's centre lies in the keypoints' frame (module docstring; 0 for a frame with pixel
+    centres at integers). Computed once per fit (CPU, scipy), then moved to the masks' device."""
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be (B, H, W) uint8, got shape {tuple(masks.shape)}")
+    array = masks.detach().cpu().numpy()
+    bad = ~np.isin(array, (0, 1, UNKNOWN))
+    if bad.any():
+        raise ValueError(f"masks hold values other than 0, 1 and {UNKNOWN} (e.g. {int(array[bad][0])}): pass "
+                         f"person masks as the shards store them")
+    has = torch.as_tensor(has_mask, dtype=torch.bool).cpu().numpy() & (array == 1).any((1, 2))
+    distance = np.zeros(array.shape, dtype=np.float64)
+    boundaries = []
+    for i, m in enumerate(array):
+        if not has[i]:
+            boundaries.append(np.zeros((0, 2)))
+            continue
+        distance[i] = ndimage.distance_transform_edt(m == 0)        # background px -> distance to person/unknown
+        person = m == 1
+        padded = np.pad(m, 1, constant_values=UNKNOWN)               # beyond the image: unknown, not background
+        background = padded == 0
+        touches = (background[:-2, 1:-1] | background[2:, 1:-1] | background[1:-1, :-2] | background[1:-1, 2:])
+        y, x = np.nonzero(person & touches)
+        boundaries.append(np.stack([x, y], 1).astype(np.float64) + offset)
+    most = max([len(b) for b in boundaries] + [1])
+    boundary = np.zeros((len(array), most, 2))
+    valid = np.zeros((len(array), most), dtype=bool)
+    for i, b in enumerate(boundaries):
+        boundary[i, :len(b)], valid[i, :len(b)] = b, True
+    device = masks.device
+    return MaskTargets(torch.as_tensor(distance, dtype=dtype, device=device),
+                       torch.as_tensor(boundary, dtype=dtype, device=device),
+                       torch.as_tensor(valid, device=device), torch.as_tensor(has, device=device), offset)
+
+
+def contour_vertices(vertices: Tensor, faces: Tensor, edges: MeshEdges) -> tuple[Tensor, Tensor]:
+    """The silhouette-boundary vertices of camera-frame meshes (B, V, 3): the ends of contour edges (one face
+    drawn, `fitting.silhouette`'s rule, the other not). Returns indices (B, K) long, padded with 0, and their
+    validity (B, K) bool; K the batch's most. No gradient."""
+    with torch.no_grad():
+        drawn = _drawn_faces(vertices.detach(), faces)                                # (B, F)
+        side = drawn[:, edges.faces.clamp(min=0)] & (edges.faces >= 0)                # (B, E, 2)
+        contour = side[..., 0] ^ side[..., 1]
+        on = torch.zeros(vertices.shape[:2], dtype=torch.bool, device=vertices.device)
+        sample, edge = torch.nonzero(contour, as_tuple=True)
+        on[sample[:, None], edges.edges[edge]] = True
+        count = on.sum(1)
+        order = torch.argsort((~on).to(torch.int8), dim=1, stable=True)[:, :max(int(count.max()), 1)]
+        valid = torch.arange(order.shape[1], device=vertices.device)[None] < count[:, None]
+        return torch.where(valid, order, 0), valid
+
+
+def bilinear(image: Tensor, xy: Tensor) -> tuple[Tensor, Tensor]:
+    """Bilinear samples (B, N) of images (B, H, W) at points xy (B, N, 2) px (pixel centres at integers; points
+    clamped to the image) and their gradient d value / d xy (B, N, 2). Differentiable in xy by autograd too (the
+    same derivative, away from pixel centre lines)."""
+    height, width = image.shape[1:]
+    x = xy[..., 0].clamp(0, width - 1)
+    y = xy[..., 1].clamp(0, height - 1)
+    x0 = x.detach().floor().clamp(max=width - 2).long()
+    y0 = y.detach().floor().clamp(max=height - 2).long()
+    fx, fy = x - x0, y - y0
+    flat = image.reshape(image.shape[0], -1)
+
+    def at(dy: int, dx: int) -> Tensor:
+        return torch.gather(flat, 1, (y0 + dy) * width + x0 + dx)
+
+    v00, v01, v10, v11 = at(0, 0), at(0, 1), at(1, 0), at(1, 1)
+    top, bottom = v00 + fx * (v01 - v00), v10 + fx * (v11 - v10)
+    value = top + fy * (bottom - top)
+    gx = (1 - fy) * (v01 - v00) + fy * (v11 - v10)
+    gy = bottom - top
+    return value, torch.stack([gx, gy], -1).detach()
+
+
+@dataclass(frozen=True)
+class SilhouetteResiduals:
+    """The term's residuals at one evaluation, E_sil = Σ dist² + Σ ‖gap‖² (module docstring).
+
+    vertex (B, K) the silhouette vertices; dist (B, K) px the (a) residuals, DT / sqrt(n_a) (0 where invalid);
+    d_dist (B, K, 2) their derivative w.r.t. the vertex's pixel; match (B, M) which of the K vertices each mask
+    boundary pixel pairs with; gap (B, M, 2) px the (b) residuals / sqrt(n_b) (0 where invalid); share (B, M) the
+    1 / sqrt(n_b) scale of each (b) residual (0 where invalid); energy (B,) E_sil."""
+
+    vertex: Tensor
+    dist: Tensor
+    d_dist: Tensor
+    match: Tensor
+    gap: Tensor
+    share: Tensor
+    energy: Tensor
+
+
+def silhouette_residuals(pixels: Tensor, vertex: Tensor, valid: Tensor, targets: MaskTargets) -> SilhouetteResiduals:
+    """Residuals of the projected silhouette vertices ``pixels`` (B, K, 2) px (indices ``vertex`` (B, K), valid
+    (B, K)) against masks' ``targets``; differentiable in ``pixels`` by autograd. Examples without a mask get
+    zero residuals."""
+    height, width = targets.distance.shape[1:]
+    dtype = pixels.dtype
+    at = pixels - targets.offset                                      # in the mask's pixel indices
+    seen = valid & targets.has_mask[:, None]
+    seen = seen & (at[..., 0] >= 0) & (at[..., 0] <= width - 1) & (at[..., 1] >= 0) & (at[..., 1] <= height - 1)
+    n_a = seen.sum(1, keepdim=True).clamp(min=1).to(dtype)
+    value, grad = bilinear(targets.distance.to(dtype), at)
+    scale_a = seen.to(dtype) / n_a.sqrt()
+    dist = value * scale_a
+    d_dist = grad * scale_a[..., None]
+    boundary = targets.boundary.to(dtype)
+    with torch.no_grad():
+        unseen_far = torch.where(seen[..., None], pixels.detach(), UNSEEN_PX)          # unseen ones never nearest
+        match = torch.cdist(boundary, unseen_far).argmin(2)                                 # (B, M)
+    paired = targets.boundary_valid & seen.any(1, keepdim=True) & targets.has_mask[:, None]
+    n_b = paired.sum(1, keepdim=True).clamp(min=1).to(dtype)
+    share = paired.to(dtype) / n_b.sqrt()
+    nearest = torch.gather(pixels, 1, match[..., None].expand(-1, -1, 2))
+    gap = (nearest - boundary) * share[..., None]
+    energy = dist.square().sum(1) + gap.square().sum((1, 2))
+    return SilhouetteResiduals(vertex, dist, d_dist, match, gap, share, energy)
+
+
+def silhouette_energy(vertices: Tensor, faces: Tensor, edges: MeshEdges, focal: Tensor, center: Tensor,
+                      targets: MaskTargets) -> Tensor:
+    """E_sil (B,) px² of camera-frame meshes (B, V, 3) m seen by pinhole cameras focal (B, 2) and center (B, 2)
+    px, with autograd to the vertices (correspondences fixed, module docstring): SMPLify's reference mode and
+    the check of the analytic normal equations."""
+    vertex, valid = contour_vertices(vertices, faces, edges)
+    points = torch.gather(vertices, 1, vertex[..., None].expand(-1, -1, 3))
+    pixels = pinhole(points, focal[:, None], center[:, None])
+    return silhouette_residuals(pixels, vertex, valid, targets).energy
+
+
+def normal_equations(res: SilhouetteResiduals, d_pixels: Tensor) -> tuple[Tensor, Tensor]:
+    """JᵀJ (B, D, D) and Jᵀr (B, D) of the term's residuals, given d pixel / d parameters (B, K, 2, D) of its K
+    silhouette vertices; Jᵀr is ½ ∇E_sil. The (b) rows of a vertex matched by several boundary pixels are summed
+    per vertex (a scatter over K), so the cost is O(K D²), not O(M D²)."""
+    batch, num = res.dist.shape
+    j_a = (res.d_dist[:, :, None, :] @ d_pixels)[:, :, 0]                           # (B, K, D)
+    hess = j_a.transpose(1, 2) @ j_a
+    grad = (j_a.transpose(1, 2) @ res.dist[..., None])[..., 0]
+    weight = torch.zeros(batch, num, dtype=res.gap.dtype, device=res.gap.device)
+    weight = weight.scatter_add(1, res.match, res.share.square())                  # Σ share² per vertex
+    pull = torch.zeros(batch, num, 2, dtype=res.gap.dtype, device=res.gap.device)
+    pull = pull.scatter_add(1, res.match[..., None].expand(-1, -1, 2), res.gap * res.share[..., None])
+    flat = d_pixels.reshape(batch, num * 2, -1)
+    hess = hess + flat.transpose(1, 2) @ (weight.repeat_interleave(2, 1)[..., None] * flat)
+    grad = grad + (flat.transpose(1, 2) @ pull.reshape(batch, -1, 1))[..., 0]
+    return hess, grad

@@ -1,0 +1,172 @@
+"""The silhouette (chamfer) term of SMPLify (fitting.silhouette_term): its targets against hand-made masks, its
+normal equations against autograd, and its effect: a body whose keypoints do not tell its shape is fitted closer
+to the truth's shape with its mask than without.
+"""
+import numpy as np
+import pytest
+import torch
+
+from core.camera import project
+from core.frames import FIT_FRAME_OFFSET
+from core.metrics import procrustes_align
+from fitting.body_model import DATA_DIR, load_body_model
+from fitting.priors import MaxMixturePrior
+from fitting.silhouette import render_silhouette
+from fitting.silhouette_term import UNKNOWN, bilinear, mask_targets, silhouette_energy
+from fitting.smplify import SMPLify, SMPLifyConfig, mean_pose_start
+
+FOCAL, DEPTH, CROP = 5000.0, 50.0, 224      # SPIN's crop camera: a 1.7 m body ~170 px tall at 50 m
+
+
+@pytest.fixture(scope="module")
+def prior():
+    return MaxMixturePrior.from_file(DATA_DIR / "pose_prior_open.npz")
+
+
+def _people(body, prior, batch, seed, noise, dtype=torch.float32):
+    """Prior-sampled poses, betas uniform in ±2.5 σ, facing SPIN's crop camera; their 49 keypoints (with
+    `noise` px Gaussian noise) and their exact masks (the renderer's z-buffer coverage; the renderer's pixel
+    centres are at integers, the fit frame's at half-integers)."""
+    gen = torch.Generator().manual_seed(seed)
+    k = torch.multinomial(prior.log_weights.exp(), batch, replacement=True, generator=gen)
+    chol = torch.linalg.cholesky(torch.linalg.inv(prior.precisions.double())).float()
+    body_pose = (prior.means[k] + 0.5 * (chol[k] @ torch.randn(batch, 69, 1, generator=gen))[..., 0]).to(dtype)
+    orient = (torch.tensor([torch.pi, 0.0, 0.0]) + 0.2 * torch.randn(batch, 3, generator=gen)).to(dtype)
+    betas = ((torch.rand(batch, 10, generator=gen) * 2 - 1) * 2.5).to(dtype)
+    cam_t = torch.tensor([0.0, 0.2, DEPTH], dtype=dtype).repeat(batch, 1)
+    center = torch.full((batch, 2), CROP / 2, dtype=dtype)
+    with torch.no_grad():
+        out = body(betas, body_pose, orient)
+    kp = torch.ones(batch, 49, 3, dtype=dtype)
+    kp[..., :2] = project(out.joints, cam_t, FOCAL, center) + noise * torch.randn(batch, 49, 2, generator=gen)
+    drawn = render_silhouette(out.vertices + cam_t[:, None], torch.as_tensor(body.faces), FOCAL,
+                              (CROP / 2 - FIT_FRAME_OFFSET,) * 2, (CROP, CROP))
+    masks = (drawn.face_index >= 0).to(torch.uint8)
+    return dict(pose=torch.cat([orient, body_pose], 1), betas=betas, cam_t=cam_t, center=center,
+                vertices=out.vertices, keypoints=kp, masks=masks)
+
+
+def test_targets_read_distances_boundaries_and_unknown_pixels():
+    mask = np.zeros((9, 12), dtype=np.uint8)
+    mask[3:6, 4:8] = 1                          # a 4 x 3 person
+    mask[:, 10:] = UNKNOWN                      # the image ends at x = 10
+    targets = mask_targets(torch.as_tensor(mask)[None], torch.tensor([True]), torch.float64, offset=0.0)
+    dist = targets.distance[0].numpy()
+    assert dist[4, 5] == 0 and dist[4, 2] == 2 and dist[0, 4] == 3            # px to the person
+    assert np.isclose(dist[1, 2], np.hypot(2, 2))
+    assert dist[4, 10] == 0                                                   # unknown: no pull out of it
+    boundary = {tuple(p) for p in targets.boundary[0][targets.boundary_valid[0]].long().tolist()}
+    assert boundary == {(x, y) for y in range(3, 6) for x in range(4, 8)} - {(5, 4), (6, 4)}
+    # a person pixel next to unknown pixels only is no boundary pixel
+    mask2 = np.full((5, 5), UNKNOWN, dtype=np.uint8)
+    mask2[2, 2] = 1
+    assert not mask_targets(torch.as_tensor(mask2)[None], torch.tensor([True])).boundary_valid.any()
+    # in the fit frame (pixel corners at integers) the boundary pixels' centres are half a pixel further on
+    shifted = mask_targets(torch.as_tensor(mask)[None], torch.tensor([True]), torch.float64)
+    assert torch.equal(shifted.boundary, targets.boundary + FIT_FRAME_OFFSET) and FIT_FRAME_OFFSET == 0.5
+    # an example without a mask has none
+    assert not mask_targets(torch.as_tensor(mask)[None], torch.tensor([False])).has_mask.any()
+    with pytest.raises(ValueError, match="values other than"):
+        mask_targets(torch.full((1, 4, 4), 7, dtype=torch.uint8), torch.tensor([True]))
+
+
+def test_bilinear_samples_and_gradient():
+    image = torch.tensor([[[0.0, 1.0, 4.0], [2.0, 5.0, 3.0]]], dtype=torch.float64)   # (1, 2, 3)
+    xy = torch.tensor([[[0.25, 0.5], [1.5, 0.0]]], dtype=torch.float64, requires_grad=True)
+    value, grad = bilinear(image, xy)
+    assert torch.allclose(value, torch.tensor([[0.75 * 0.5 * 0 + 0.25 * 0.5 * 1 + 0.75 * 0.5 * 2 + 0.25 * 0.5 * 5,
+                                                 2.5]], dtype=torch.float64))
+    auto = torch.autograd.grad(value.sum(), xy)[0]
+    assert torch.allclose(grad, auto)
+
+
+def test_normal_equations_give_half_the_autograd_gradient(prior):
+    """Jᵀr of the fast mode's analytic Jacobian (skeleton vertex rows, projection, DT gradient, nearest-vertex
+    pairs) = ½ ∇E_sil by autograd through the full body model (float64; the open model has no pose correctives,
+    so its skeleton vertices are its mesh exactly)."""
+    body = load_body_model("open-small", dtype=torch.float64)
+    truth = _people(body, prior, 3, seed=4, noise=0.0, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(5)
+    pose = truth["pose"] + 0.1 * torch.randn(truth["pose"].shape, generator=gen, dtype=torch.float64)
+    betas = torch.zeros(3, 10, dtype=torch.float64)
+    fit = SMPLify(body, prior, SMPLifyConfig(silhouette_weight=1.0))
+    targets = mask_targets(truth["masks"], torch.tensor([True, True, False]), torch.float64)
+    focal = torch.full((3, 2), FOCAL, dtype=torch.float64)
+    hess, grad = fit._silhouette_system(pose, betas, truth["cam_t"], focal, truth["center"], targets)
+
+    params = torch.cat([pose, betas], 1).requires_grad_(True)
+    vertices = body(params[:, 72:], params[:, 3:72], params[:, :3]).vertices + truth["cam_t"][:, None]
+    energy = silhouette_energy(vertices, fit.faces, fit.edges, focal, truth["center"], targets)
+    auto = torch.autograd.grad(energy.sum(), params)[0]
+    assert energy[:2].min() > 1.0 and energy[2] == 0                          # px²: off the mask; no mask: none
+    assert torch.allclose(grad, 0.5 * auto, rtol=1e-6, atol=1e-8 * auto.abs().max())
+    assert grad[2].abs().max() == 0 and hess[2].abs().max() == 0
+    assert torch.allclose(hess, hess.transpose(1, 2)) and torch.linalg.eigvalsh(hess).min() > -1e-6
+
+
+def test_mask_brings_the_fit_closer_to_the_true_shape(prior):
+    """Bodies of widely varying shape, 5 px keypoint noise, mean starts: with their exact masks the fits' meshes
+    (after Procrustes) and betas are closer to the truth's than from the keypoints alone, and the fitted
+    silhouettes are nearer the masks."""
+    body = load_body_model("open-small")
+    people = _people(body, prior, 6, seed=11, noise=5.0)
+    start = mean_pose_start(body, people["keypoints"])
+
+    def errors(weight):
+        fit = SMPLify(body, prior, SMPLifyConfig(silhouette_weight=weight))(
+            people["keypoints"], *start, people["center"], start="mean", masks=people["masks"])
+        with torch.no_grad():
+            vertices = body(fit.betas, fit.pose[:, 3:], fit.pose[:, :3]).vertices
+        pve = (procrustes_align(vertices, people["vertices"]) - people["vertices"]).norm(dim=-1).mean()
+        return pve, (fit.betas - people["betas"]).norm(dim=1).mean()
+
+    pve_kp, betas_kp = errors(0.0)
+    pve_sil, betas_sil = errors(10.0)
+    assert pve_sil < 0.95 * pve_kp, (pve_sil, pve_kp)                         # seen: 58.6 vs 67.6 mm
+    assert betas_sil < betas_kp, (betas_sil, betas_kp)                        # seen: 4.31 vs 4.63
+
+
+def test_silhouette_weight_is_checked_and_masks_need_a_weight(prior):
+    body = load_body_model("open-small")
+    with pytest.raises(ValueError, match="silhouette_weight"):
+        SMPLify(body, prior, SMPLifyConfig(silhouette_weight=-1.0))
+    people = _people(body, prior, 2, seed=1, noise=0.0)
+    start = mean_pose_start(body, people["keypoints"])
+    plain = SMPLify(body, prior)(people["keypoints"], *start, people["center"], start="mean")
+    ignored = SMPLify(body, prior)(people["keypoints"], *start, people["center"], start="mean",
+                                   masks=people["masks"])
+    assert torch.equal(plain.pose, ignored.pose) and "silhouette_energy" not in ignored.extras
+
+
+def test_reference_mode_lowers_the_silhouette_energy(prior):
+    """SPIN's Adam procedure gets the same energy by autograd: from the true pose with mean betas, its fits'
+    silhouettes end nearer the masks with the term than without."""
+    body = load_body_model("open-small")
+    people = _people(body, prior, 2, seed=2, noise=0.0)
+    start = (people["pose"], torch.zeros(2, 10), people["cam_t"])
+    energies = []
+    for weight in (1e-3, 10.0):      # a negligible weight: the same fit as without the term, and its energy
+        config = SMPLifyConfig(mode="reference", iterations=30, silhouette_weight=weight)
+        fit = SMPLify(body, prior, config)(people["keypoints"], *start, people["center"], start="estimate",
+                                           masks=people["masks"])
+        energies.append(fit.extras["silhouette_energy"])
+    assert (energies[1] < energies[0]).all(), energies                     # seen: 8.3, 9.6 -> 7.7, 8.9 px²
+
+
+@pytest.mark.gpu
+def test_the_terms_normal_equations_on_cuda_match_cpu(prior):
+    body = load_body_model("open-small", dtype=torch.float64)
+    truth = _people(body, prior, 3, seed=4, noise=0.0, dtype=torch.float64)
+    pose = truth["pose"] + 0.05
+    args = (pose, torch.zeros(3, 10, dtype=torch.float64), truth["cam_t"], torch.full((3, 2), FOCAL,
+                                                                                       dtype=torch.float64),
+            truth["center"])
+    targets = mask_targets(truth["masks"], torch.ones(3, dtype=torch.bool), torch.float64)
+    cpu = SMPLify(body, prior, SMPLifyConfig(silhouette_weight=1.0))._silhouette_system(*args, targets)
+    cuda_body = load_body_model("open-small", dtype=torch.float64, device="cuda")
+    cuda_fit = SMPLify(cuda_body, prior, SMPLifyConfig(silhouette_weight=1.0))
+    gpu = cuda_fit._silhouette_system(*(t.cuda() for t in args), mask_targets(truth["masks"].cuda(),
+                                                                              torch.ones(3, dtype=torch.bool),
+                                                                              torch.float64))
+    for a, b in zip(gpu, cpu):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-6, atol=1e-6 * b.abs().max().item())
