@@ -41,6 +41,14 @@ fast: the same objective on the exact joints-only `Skeleton` of the SMPL-X tree 
   stage. What a stage cannot move is not solved for: hand poses join when the stage's hand weight is positive,
   jaw and expression when its face weight is (before that, only their priors touch them, and they start at those
   priors' minimum, zero); the eyes never (nothing observes them). Both orientations as above, in one batch.
+  The last stage ends in block alternation: ``polish_rounds`` rounds of (the body block alone: global
+  orientation, body pose and betas, the rest held; then all the stage's parameters), then the body block once
+  more, each a fresh LM of ``polish_iterations`` iterations from the initial damping. Why: in the joint solve the
+  hands' steps (0.5-3 rad along a curved valley) make the Gauss-Newton model fail, LM's one damping grows for
+  every parameter (λ ≈ 4 after ~10 iterations) and the body stalls with it; alone, the body block's model
+  predicts well and it moves, after which the joint solve starts again from small damping. On 15 dev people
+  (docs/smplifyx.md) this lowers the final objective's gap to the reference from ~9% to ~2-3% for the same
+  iteration count; more joint iterations (5x) left ~4%.
   From an estimate (``start=SMPLifyXStart``, the SPIN loop's network output; fast mode only): the camera stage
   from it, then the last stage alone (its final weights: SMPLify's estimate path runs without the mean start's
   annealing too), one orientation.
@@ -177,7 +185,11 @@ class SMPLifyXConfig:
     gtol: float = SMPLIFYX_GTOL
     # fast: Levenberg–Marquardt iterations of the camera stage and of each stage
     camera_iterations: int = 10
-    stage_iterations: tuple[int, ...] = (2, 2, 6, 16, 20)
+    stage_iterations: tuple[int, ...] = (2, 2, 6, 12, 6)
+    # fast: the last stage's block alternation (module docstring): rounds of (body block, all), then the body
+    # block, each a fresh LM of polish_iterations iterations
+    polish_rounds: int = 2
+    polish_iterations: int = 5
     damping: float = 0.1                            # LM's λ at each stage's start (× diag H; Nielsen's update)
 
     def validated(self) -> SMPLifyXConfig:
@@ -186,6 +198,9 @@ class SMPLifyXConfig:
         if len(self.stage_iterations) != len(self.stages):
             raise ValueError(f"stage_iterations has {len(self.stage_iterations)} entries for {len(self.stages)} "
                              f"stages")
+        if self.polish_rounds < 0 or self.polish_iterations < 0:
+            raise ValueError(f"polish_rounds and polish_iterations must be >= 0, got {self.polish_rounds} and "
+                             f"{self.polish_iterations}")
         if not self.collision_scale >= 0:
             raise ValueError(f"collision_scale must be >= 0 (m⁻²), got {self.collision_scale}")
         if self.image_height <= 0:
@@ -603,10 +618,12 @@ class SMPLifyX:
         kp, ctr, foc, t, shp = keypoints[example], center[example], focal[example], cam_t[example], shape[example]
         iterations = 0
         # from an estimate, only the last stage: the annealing of the first four is for a mean start
-        stages = zip(c.stages, c.stage_iterations) if start is None else [(c.stages[-1], c.stage_iterations[-1])]
-        for stage, count in stages:
-            pose, shp = self._lm_stage(pose, shp, t, kp, ctr, foc, stage, count)
-            iterations += count
+        if start is None:
+            for stage, count in zip(c.stages[:-1], c.stage_iterations[:-1]):
+                pose, shp = self._lm_stage(pose, shp, t, kp, ctr, foc, stage, count)
+                iterations += count
+        pose, shp, count = self._last_stage(pose, shp, t, kp, ctr, foc)
+        iterations += count
         nb = model.num_betas
         pick = torch.arange(batch, device=device)
         if len(extra):  # each turned candidate against its example's first: the lower final objective
@@ -704,10 +721,29 @@ class SMPLifyX:
             lam = torch.where(better, lam / 3, lam * 5).clamp(1e-7, 1e7)
         return full_pose, cam_t
 
+    def _last_stage(self, pose, shape, cam_t, kp, center, focal) -> tuple[Tensor, Tensor, int]:
+        """The last stage: its LM on all its parameters, then the block alternation (module docstring); the pose,
+        [betas, expression] and the LM iterations spent."""
+        c = self.config
+        stage = c.stages[-1]
+        pose, shape = self._lm_stage(pose, shape, cam_t, kp, center, focal, stage, c.stage_iterations[-1])
+        body = self._body_parameters(pose.device)
+        for free in [body, None] * c.polish_rounds + [body]:
+            pose, shape = self._lm_stage(pose, shape, cam_t, kp, center, focal, stage, c.polish_iterations, free)
+        return pose, shape, c.stage_iterations[-1] + (2 * c.polish_rounds + 1) * c.polish_iterations
+
+    def _body_parameters(self, device) -> Tensor:
+        """Indices into [full pose (165), betas, expression] of the body block: global orientation, body pose,
+        betas."""
+        nb = self.model.num_betas
+        return torch.as_tensor(np.concatenate([np.arange(0, POSE_SLICES["body_pose"].stop),
+                                               FULL_POSE_DIM + np.arange(nb)]), device=device)
+
     def _free_parameters(self, stage: StageWeights, device) -> Tensor:
-        """Indices into [full pose (165), betas, expression] the fast mode solves for in a stage."""
+        """Indices into [full pose (165), betas, expression] the fast mode solves for in a stage (the body block
+        always)."""
         nb, ne = self.model.num_betas, self.model.num_expression
-        blocks = [np.arange(0, POSE_SLICES["body_pose"].stop), FULL_POSE_DIM + np.arange(nb)]
+        blocks = [self._body_parameters(device).cpu().numpy()]
         if stage.hand_joints > 0:
             blocks += [np.arange(POSE_SLICES["left_hand_pose"].start, POSE_SLICES["right_hand_pose"].stop)]
         if stage.face_joints > 0:
@@ -752,14 +788,16 @@ class SMPLifyX:
             hess, grad = hess + collision_h, grad + collision_g
         return hess, grad
 
-    def _lm_stage(self, pose, shape, cam_t, kp, center, focal, stage: StageWeights, iterations: int):
-        """One SMPLify-X stage by LM on its free parameters (`normal_equations`); a step is kept where it lowers
-        the stage's objective."""
+    def _lm_stage(self, pose, shape, cam_t, kp, center, focal, stage: StageWeights, iterations: int,
+                  free: Tensor | None = None):
+        """One SMPLify-X stage by LM on `free` (sorted indices into [full pose, betas, expression]; default the
+        stage's free parameters, `_free_parameters`), the others held (`normal_equations`); a step is kept where it
+        lowers the stage's objective."""
         batch, dtype, device = pose.shape[0], pose.dtype, pose.device
         nb = self.model.num_betas
         wb, subset, conf = self._stage_points(kp, stage)
         target = kp[:, wb, :2]
-        free = self._free_parameters(stage, device)
+        free = self._free_parameters(stage, device) if free is None else free
         lam = torch.full((batch,), self.config.damping, dtype=dtype, device=device)
 
         def cost_of(p, s):
