@@ -14,7 +14,8 @@ triangles, neighbouring parts not tested) on the true bodies and on the fits; "i
 than `DEEP_MM` inside another part. The interpenetration term (`fitting.smplifyx`: SMPLify-X's ``interpenetration``
 on capsule proxies): ``with_term`` fits the same people with the fast mode twice more, without and with it, timed
 alike (CPU seconds of this process, besides the wall seconds every row has), and gives per side the errors, fits/s,
-the mesh check's figures and the capsules' mean penalty; the default's side repeats the "fast" row's fits.
+the mesh check's figures and the capsules' mean penalty; the default's side repeats the "fast" row's fits (its mesh
+check is not run again: `contacts` once per fit, summarised for all people and for the reference's).
 """
 from __future__ import annotations
 
@@ -44,29 +45,42 @@ from fitting.wholebody_model import WholeBodyModel
 DEEP_MM = 10.0  # a fit counts as interpenetrating when some vertex is this deep inside another part
 
 
-def interpenetration(model: WholeBodyModel, full_pose: torch.Tensor, betas: torch.Tensor,
-                     expression: torch.Tensor) -> dict[str, float]:
-    """Share of bodies (B) with any vertex inside a non-neighbouring part, and deeper than `DEEP_MM`, and the mean
-    depth (mm) of those that interpenetrate."""
+def contacts(model: WholeBodyModel, full_pose: torch.Tensor, betas: torch.Tensor,
+             expression: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per body (B): whether any vertex is inside a non-neighbouring part, and the deepest such vertex's depth (mm);
+    the mesh check (`fitting.collision.mesh_interpenetration`) that the figures below summarise."""
     _, labels, ignore = mesh_parts(model.body)
     with torch.no_grad():
         vertices = model.forward_full(full_pose, betas, expression).vertices.double().cpu()
     contact = mesh_interpenetration(vertices, model.body.faces, labels, ignore)
-    depth = 1000 * contact.depth.double()
-    inside = contact.inside
+    return contact.inside, 1000 * contact.depth.double()
+
+
+def summarise_contacts(inside: torch.Tensor, depth: torch.Tensor) -> dict[str, float]:
+    """Share of bodies with any vertex inside a non-neighbouring part, and deeper than `DEEP_MM`, and the mean
+    depth (mm) of those that interpenetrate."""
     return {"share": float(inside.double().mean()),
             f"share_deeper_{DEEP_MM:g}mm": float((depth > DEEP_MM).double().mean()),
             "mean_depth_mm": float(depth[inside].mean()) if bool(inside.any()) else 0.0}
 
 
+def interpenetration(model: WholeBodyModel, full_pose: torch.Tensor, betas: torch.Tensor,
+                     expression: torch.Tensor) -> dict[str, float]:
+    """`summarise_contacts` of the bodies' `contacts`."""
+    return summarise_contacts(*contacts(model, full_pose, betas, expression))
+
+
 def with_and_without_term(model: WholeBodyModel, people: People, batch: int,
-                          collision_scale: float = COLLISION_SCALE, **priors: Any) -> dict[str, Any]:
+                          collision_scale: float = COLLISION_SCALE, default_contacts: dict[str, float] | None = None,
+                          **priors: Any) -> dict[str, Any]:
     """The fast mode without and with the interpenetration term on the same people at ``batch``: per side
     (``without``, ``with``) the errors and objective (each side's own: with the term it holds the collision term),
     fits per wall and per CPU second, the capsules' mean penalty (m², `SMPLifyXResult.extras`) and `interpenetration`;
     and the term's scale (default: the config's; another is how `COLLISION_SCALE` was chosen, docs/smplifyx.md)
-    and the ratio of CPU seconds."""
+    and the ratio of CPU seconds. ``default_contacts``: the mesh check's figures of the default config's fits of these
+    people with these priors, when the caller has them (the fit is deterministic: the check is not run again)."""
     out: dict[str, Any] = {}
+    default_on = SMPLifyXConfig().interpenetration
     count = people.keypoints.shape[0]
     for side, on in (("without", False), ("with", True)):
         fitter = SMPLifyX(model, config=SMPLifyXConfig(interpenetration=on, collision_scale=collision_scale),
@@ -74,11 +88,13 @@ def with_and_without_term(model: WholeBodyModel, people: People, batch: int,
         cpu = time.process_time()
         fit, wall = timed_fit(fitter, people, batch)
         cpu = time.process_time() - cpu
+        known = default_contacts is not None and on == default_on and collision_scale == COLLISION_SCALE
         out[side] = {**summary(fit_errors(fit, people), fit.objective, wall, count), "fits_per_cpu_s": count / cpu,
                      "cpu_seconds": cpu, "capsule_penalty_m2": float(fit.extras["collision_penalty"].double().mean()),
-                     **interpenetration(model, fit.full_pose, fit.betas, fit.expression)}
+                     **(default_contacts if known else interpenetration(model, fit.full_pose, fit.betas,
+                                                                         fit.expression))}
     out["collision_scale"] = collision_scale
-    out["default"] = "with" if SMPLifyXConfig().interpenetration else "without"
+    out["default"] = "with" if default_on else "without"
     out["cpu_seconds_ratio"] = out["with"]["cpu_seconds"] / out["without"]["cpu_seconds"]
     return out
 
@@ -111,12 +127,14 @@ def run(model: WholeBodyModel, *, people: int = 64, reference_people: int = 9, b
         "noise_px": NOISE_PX, "missing": MISSING, "body_prior": body_prior, "hand_prior": hand_prior,
         "hand_pca": None if hand_pca is None else str(hand_pca), **figures}
     k = reference_people
+    inside, depth = contacts(model, fit.full_pose, fit.betas, fit.expression)   # the mesh check once per fit
+    fast_contacts = summarise_contacts(inside, depth)
     record["interpenetration"] = {
         "truth": interpenetration(model, cases.full_pose, cases.betas, cases.expression),
-        "fast": interpenetration(model, fit.full_pose, fit.betas, fit.expression),
-        "fast_on_reference_people": interpenetration(model, fit.full_pose[:k], fit.betas[:k], fit.expression[:k]),
+        "fast": fast_contacts,
+        "fast_on_reference_people": summarise_contacts(inside[:k], depth[:k]),
         "reference": interpenetration(model, ref.full_pose, ref.betas, ref.expression),
-        "with_term": with_and_without_term(model, cases, batch, **priors),
+        "with_term": with_and_without_term(model, cases, batch, default_contacts=fast_contacts, **priors),
     }
     record["seconds"] = time.perf_counter() - start
     return record
