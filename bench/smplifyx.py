@@ -16,6 +16,9 @@ on capsule proxies): ``with_term`` fits the same people with the fast mode twice
 alike (CPU seconds of this process, besides the wall seconds every row has), and gives per side the errors, fits/s,
 the mesh check's figures and the capsules' mean penalty; the default's side repeats the "fast" row's fits (its mesh
 check is not run again: `contacts` once per fit, summarised for all people and for the reference's).
+``throughput``: the fast mode's fits/s at ``batch`` in ``throughput_threads`` torch threads (the issue's "2 CPU
+cores at batch 64"), after a warm-up batch; ``must_show``: issue 14's claims checked against this run's figures
+(`MUST_SPEEDUP`, `MUST_FITS_PER_S`, the fast mode's mean errors on the reference's people at most the reference's).
 """
 from __future__ import annotations
 
@@ -43,6 +46,8 @@ from fitting.smplifyx import COLLISION_SCALE, SMPLifyX, SMPLifyXConfig
 from fitting.wholebody_model import WholeBodyModel
 
 DEEP_MM = 10.0  # a fit counts as interpenetrating when some vertex is this deep inside another part
+MUST_SPEEDUP = 100.0    # issue 14: the fast mode's fits/s over the reference procedure's, at least
+MUST_FITS_PER_S = 20.0  # issue 14: whole-body fits/s on 2 CPU cores at batch 64, at least
 
 
 def contacts(model: WholeBodyModel, full_pose: torch.Tensor, betas: torch.Tensor,
@@ -99,12 +104,38 @@ def with_and_without_term(model: WholeBodyModel, people: People, batch: int,
     return out
 
 
+def throughput(fitter: SMPLifyX, people: People, batch: int, threads: int) -> dict[str, Any]:
+    """The fast mode's fits/s in ``threads`` torch threads at ``batch`` (at most the people's count): one warm-up
+    batch, then every whole batch of ``people`` timed (wall seconds); the caller's thread count is restored."""
+    batch = min(batch, people.keypoints.shape[0])
+    whole = people.keypoints.shape[0] // batch * batch
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        timed_fit(fitter, people.subset(slice(0, batch)), batch)
+        _, wall = timed_fit(fitter, people.subset(slice(0, whole)), batch)
+    finally:
+        torch.set_num_threads(previous)
+    return {"threads": threads, "batch": batch, "fits": whole, "seconds": wall, "fits_per_s": whole / wall}
+
+
+def must_show(record: dict[str, Any]) -> dict[str, Any]:
+    """Issue 14's claims, each checked against this record's own figures."""
+    fast, ref = record["fast_on_reference_people"], record["reference"]
+    errors = {name: fast[name] <= ref[name] for name in ERRORS}
+    return {"speedup_at_least": MUST_SPEEDUP, "speedup_holds": record["speedup"]["fits_per_s"] >= MUST_SPEEDUP,
+            "errors_at_most_reference": errors, "errors_hold": all(errors.values()),
+            "fits_per_s_at_least": MUST_FITS_PER_S, "throughput_threads": record["throughput"]["threads"],
+            "throughput_batch": record["throughput"]["batch"],
+            "throughput_holds": record["throughput"]["fits_per_s"] >= MUST_FITS_PER_S}
+
+
 def run(model: WholeBodyModel, *, people: int = 64, reference_people: int = 9, batch: int = 64, seed: int = 0,
         threads: int = 1, split: str = "test", sources: tuple[str, ...] = SOURCES,
         body_prior: BodyPrior = DEFAULT_BODY_PRIOR, hand_prior: HandPrior = DEFAULT_HAND_PRIOR,
-        hand_pca: Path | None = None) -> dict[str, Any]:
+        hand_pca: Path | None = None, throughput_threads: int = 2) -> dict[str, Any]:
     """The benchmark's record (module docstring): ``people`` per source; ``threads`` torch threads, set here and
-    recorded; the body and hand priors by name (`fitting.pose_terms`: both modes minimise the same objective with
+    recorded (``throughput_threads`` for the throughput row only); the body and hand priors by name (`fitting.pose_terms`: both modes minimise the same objective with
     them)."""
     torch.set_num_threads(threads)
     cases: People
@@ -136,6 +167,8 @@ def run(model: WholeBodyModel, *, people: int = 64, reference_people: int = 9, b
         "reference": interpenetration(model, ref.full_pose, ref.betas, ref.expression),
         "with_term": with_and_without_term(model, cases, batch, default_contacts=fast_contacts, **priors),
     }
+    record["throughput"] = throughput(fast, cases, batch, throughput_threads)
+    record["must_show"] = must_show(record)
     record["seconds"] = time.perf_counter() - start
     return record
 
@@ -143,6 +176,7 @@ def run(model: WholeBodyModel, *, people: int = 64, reference_people: int = 9, b
 ROWS = (("fast (all)", "fast"), ("fast (reference's people)", "fast_on_reference_people"),
         ("reference", "reference"))
 TERM_ROWS = (("fast without the term (all)", "without"), ("fast with the term (all)", "with"))
+ERRORS = ("body_pa_mpjpe_mm", "left_hand_pa_mpjpe_mm", "right_hand_pa_mpjpe_mm", "face_reprojection_px")
 COLUMNS = (("body PA-MPJPE mm", "body_pa_mpjpe_mm"), ("left hand mm", "left_hand_pa_mpjpe_mm"),
            ("right hand mm", "right_hand_pa_mpjpe_mm"), ("face px", "face_reprojection_px"),
            ("objective", "objective"), ("fits/s", "fits_per_s"))
@@ -166,4 +200,11 @@ def table(record: dict[str, Any]) -> str:
                  f"the term (scale {term['collision_scale']:g}, {term['default']} by default): "
                  f"{term['cpu_seconds_ratio']:.2f}x the CPU seconds, capsule penalty "
                  f"{term['without']['capsule_penalty_m2']:.2g} -> {term['with']['capsule_penalty_m2']:.2g} m²")
+    rate, claims = record["throughput"], record["must_show"]
+    lines.append(f"throughput: {rate['fits_per_s']:.1f} fits/s ({rate['threads']} thread(s), batch {rate['batch']}, "
+                 f"{rate['fits']} fits)")
+    verdict = {True: "holds", False: "does NOT hold"}
+    lines.append(f"must show: >= {MUST_SPEEDUP:g}x {verdict[claims['speedup_holds']]}; errors <= the reference's "
+                 f"{verdict[claims['errors_hold']]}; >= {MUST_FITS_PER_S:g} fits/s "
+                 f"{verdict[claims['throughput_holds']]}")
     return "\n".join(lines)

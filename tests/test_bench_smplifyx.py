@@ -45,6 +45,16 @@ def test_bench_record_compares_both_modes_on_the_same_people(capsys):
     assert term[term["default"]]["body_pa_mpjpe_mm"] == record["fast"]["body_pa_mpjpe_mm"]
     assert term["with"]["capsule_penalty_m2"] <= term["without"]["capsule_penalty_m2"]
     assert term["cpu_seconds_ratio"] == pytest.approx(term["with"]["cpu_seconds"] / term["without"]["cpu_seconds"])
+    rate, claims = record["throughput"], record["must_show"]   # the 2-thread row, every claim from this record
+    assert (rate["threads"], rate["batch"]) == (2, min(4, record["people"]))
+    assert rate["fits"] == rate["batch"] * (record["people"] // rate["batch"])
+    assert rate["fits_per_s"] == pytest.approx(rate["fits"] / rate["seconds"])
+    assert claims["errors_at_most_reference"] == {
+        e: record["fast_on_reference_people"][e] <= record["reference"][e] for e in ERRORS}
+    assert claims["errors_hold"] == all(claims["errors_at_most_reference"].values())
+    assert claims["speedup_holds"] == (record["speedup"]["fits_per_s"] >= 100)
+    assert claims["throughput_holds"] == (rate["fits_per_s"] >= 20)
+    assert torch.get_num_threads() == 1   # the throughput row's threads are the caller's again
     lines = table(record).splitlines()   # the printed table: both of the term's rows after the three modes'
     assert [line.split(" | ")[0] for line in lines[2:7]] == [
         "| fast (all)", "| fast (reference's people)", "| reference", "| fast without the term (all)",
