@@ -14,17 +14,23 @@ after Procrustes alignment of the meshes (shape and pose together); **betas erro
 **PA-MPJPE** (mm) bench smplify's (`bench.smplify.case_metrics`: the 14 evaluation joints); **IoU** of the fitted
 body's coverage with the mask; CPU seconds per fit (`time.process_time`, at ``threads`` torch threads, set here).
 Ratios are against the baseline of the same run.
+
+**COCO** (``coco``, where ../shared/fixtures is here; `bench.masks_coco`): the same arms on the real COCO fixture
+people, their keypoints and annotated masks as the pipeline hands them over, scored by the IoU of the fit's
+silhouette with the annotated mask, with pictures (``pictures``).
 """
 from __future__ import annotations
 
 import dataclasses
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from bench.masks_coco import COCO_ROOT, run_coco
 from bench.renderer import BETAS_RANGE
 from bench.smplify import case_metrics
 from bench.smplify_cases import (
@@ -63,6 +69,8 @@ class MasksBenchConfig:
     model: str = "open-small"
     threads: int = 1
     seed: int = 0
+    coco: bool = True                                # the COCO section (`bench.masks_coco`) where the fixtures are
+    pictures: str | None = None                      # folder for the COCO section's pictures (None: none)
 
     def checked(self) -> "MasksBenchConfig":
         if self.split not in SPLITS:
@@ -154,9 +162,9 @@ def run(config: MasksBenchConfig) -> dict[str, Any]:
         raise FitloopError(f"bench masks: none of the sources {config.sources} is here ({notes})")
     cases = [make_case(body, source, config) for source in sources]
     arms = {"keypoints": 0.0} | {f"silhouette_{w:g}": w for w in config.weights}
+    fitters = {arm: SMPLify(body, prior, SMPLifyConfig(silhouette_weight=w)) for arm, w in arms.items()}
     results: dict[str, Any] = {}
-    for arm, weight in arms.items():
-        smplify = SMPLify(body, prior, SMPLifyConfig(silhouette_weight=weight))
+    for arm, smplify in fitters.items():
         per_source, pooled, total = {}, {}, 0.0
         for case in cases:
             metrics, seconds = fit_case(smplify, case)
@@ -170,5 +178,9 @@ def run(config: MasksBenchConfig) -> dict[str, Any]:
             mine = results[arm]["all"]
             results[arm]["ratio_to_keypoints"] = {k: mine[k] / base[k] for k in
                                                   ("pve_pa_mm", "betas_error", "pa_mpjpe_mm", "cpu_s_per_fit")}
+    coco: dict[str, Any] | str = "not asked (--no-coco)"
+    if config.coco:
+        coco = (run_coco(body, fitters, None if config.pictures is None else Path(config.pictures))
+                if COCO_ROOT.is_dir() else f"{COCO_ROOT} is absent: the real fixtures live beside the checkout")
     return {"config": dataclasses.asdict(config), "sources_missing": notes, "torch_threads": config.threads,
-            "results": results}
+            "results": results, "coco": coco}

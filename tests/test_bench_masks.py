@@ -27,5 +27,6 @@ def test_masks_bench_refuses_bad_settings(capsys):
 
 def test_masks_bench_cli_prints_json(capsys):
     assert main(["bench", "masks", "--split", "dev", "--sources", "synthetic", "--cases", "2", "--weights", "5",
-                 "--json"]) == 0
-    assert set(json.loads(capsys.readouterr().out)["results"]) == {"keypoints", "silhouette_5"}
+                 "--json", "--no-coco"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["results"]) == {"keypoints", "silhouette_5"} and "--no-coco" in result["coco"]
