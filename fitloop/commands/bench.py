@@ -396,7 +396,8 @@ def cmd_masks(args: argparse.Namespace) -> int:
         print(f"  {source} skipped: {why}")
     for arm, row in result["results"].items():
         a = row["all"]
-        line = (f"  {arm:<15} PVE-PA {a['pve_pa_mm']:6.1f} mm  betas err {a['betas_error']:5.2f}  PA-MPJPE "
+        line = (f"  {arm:<15} PVE-PA {a['pve_pa_mm']:6.1f} mm  betas err {a['betas_error']:5.2f} (size removed "
+                f"{a['betas_error_scale_removed']:5.2f})  PA-MPJPE "
                 f"{a['pa_mpjpe_mm']:6.1f} mm  IoU {a['iou']:.3f}  {a['cpu_s_per_fit']:.3f} CPU s/fit")
         if "ratio_to_keypoints" in row:
             line += f"  (PVE-PA x{row['ratio_to_keypoints']['pve_pa_mm']:.2f})"
