@@ -56,3 +56,4 @@ def test_betas_error_splits_into_size_and_the_rest():
         a = arm["all"]
         assert a["betas_error_scale_removed"] <= a["betas_error"] + 1e-9
         assert a["betas_error_along_size"] <= a["betas_error"] + 1e-9
+        assert 0 < a["shape_pa_mm"] < a["pve_pa_mm"]    # the shape alone, of a fit whose pose errs too

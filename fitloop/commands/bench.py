@@ -397,15 +397,20 @@ def cmd_masks(args: argparse.Namespace) -> int:
     for arm, row in result["results"].items():
         a = row["all"]
         line = (f"  {arm:<15} PVE-PA {a['pve_pa_mm']:6.1f} mm  betas err {a['betas_error']:5.2f} (size removed "
-                f"{a['betas_error_scale_removed']:5.2f})  PA-MPJPE "
+                f"{a['betas_error_scale_removed']:5.2f}; shape PA {a['shape_pa_mm']:4.1f} mm)  PA-MPJPE "
                 f"{a['pa_mpjpe_mm']:6.1f} mm  IoU {a['iou']:.3f}  {a['cpu_s_per_fit']:.3f} CPU s/fit")
         if "ratio_to_keypoints" in row:
             line += f"  (PVE-PA x{row['ratio_to_keypoints']['pve_pa_mm']:.2f})"
         print(line)
-    coco = result["coco"]
+    print_masks_coco(result["coco"])
+    return 0
+
+
+def print_masks_coco(coco: dict | str) -> None:
+    """The COCO section of ``bench masks`` (`bench.masks_coco.run_coco`'s record, or why it was skipped)."""
     if isinstance(coco, str):
         print(f"COCO section skipped: {coco}")
-        return 0
+        return
     skipped = ", ".join(f"{n} {why}" for why, n in coco["skipped"].items()) or "none"
     print(f"COCO fixtures: {coco['people']} people (skipped: {skipped}); IoU of the fit's silhouette with the "
           f"annotated mask")
@@ -418,7 +423,6 @@ def cmd_masks(args: argparse.Namespace) -> int:
         print(line)
     for path in coco.get("pictures", [])[:1]:
         print(f"  pictures: {path} and one per person beside it")
-    return 0
 
 
 def cmd_fits_table(args: argparse.Namespace) -> int:
