@@ -238,3 +238,17 @@ def test_the_keypoints_head_learns_a_tiny_batch(body, masked_shards):
         losses.append(terms["total"])
     assert "mask" in terms and terms["mask_samples"] == pytest.approx(float(batch.has_mask.float().mean()))
     assert losses[-1] < 0.6 * losses[0]                               # measured: 99 -> 42
+
+
+def test_the_command_line_sets_the_head_and_the_mask_loss_and_refuses_an_unknown_head(tmp_path, capsys):
+    import json
+
+    from fitloop.cli import main
+
+    base = ["train", "--run-dir", str(tmp_path / "run"), "--shards", str(tmp_path), "--fits", str(tmp_path / "f")]
+    assert main(base + ["--head", "keypoints", "--mask-weight", "2.5", "--mask-res", "28", "--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["head"], printed["loss"]["mask"], printed["mask_res"]) == ("keypoints", 2.5, 28)
+    assert main(base + ["--head", "resnet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "head must be one of hmr/keypoints" in err
