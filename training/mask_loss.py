@@ -14,8 +14,8 @@ focal ``5000·res/224`` px, principal point ``(res − 1)/2`` px (`mask_camera`)
 
 **Resolution.** ``res`` = 56 by default (`MASK_RES`, a quarter of SPIN's 224 px crop): a pixel is 4 fit-frame px,
 finer than any limb is wide (a forearm is ~10–15 fit px), and the renderer's cost grows with the pixels
-in the faces' bounding boxes, so 56 px costs ~1/16 of 224 px. The contour band is the renderer's default 1 px
-(4 fit px): the loss sees a contour misplaced by ~1 fit px and more.
+in the faces' bounding boxes (measured in docs/training.md: a third of 224 px's with the small open model). The
+contour band is the renderer's default 1 px (4 fit px): the loss sees a contour misplaced by ~1 fit px and more.
 
 **The target.** The renderer draws a contour edge as a band of ``sigma`` px on its outer side over the pixel-centre
 coverage (`fitting.silhouette`): averaged over where an edge falls between pixel centres, its picture is the
