@@ -28,6 +28,7 @@ from core.pinhole import pinhole
 from fitting.body_model import BodyModel, load_body_model
 from fitting.priors import DEFAULT_PRIOR, MaxMixturePrior
 from render.raster import rasterize
+from shards.masks import MASK_NAMES, LabelMap
 from shards.schema import PersonRecord, make_key
 from shards.writer import ShardConfig, write_shards
 
@@ -48,6 +49,7 @@ class DatasetSpec:
     joints_3d: bool = False     # record 3D joints
     openpose: bool = False      # fill the OpenPose slots with noisy detections
     poses: tuple[float, float] = (0.0, 1.0)  # the slice of the pose pool drawn from (fractions): keep test poses apart
+    masks: bool = False         # record each person's exact silhouette (the rasteriser's coverage) as its mask
 
 
 # A SPIN-like mix: an H36M-like set (SMPL + 3D), an in-the-wild set (2D for training; SMPL and 3D recorded for
@@ -102,13 +104,14 @@ def part_colours(body: BodyModel, rng_seed: int = 7) -> np.ndarray:
 
 
 def render(vertices_cam: np.ndarray, faces: np.ndarray, colours: np.ndarray, res: int,
-           background: tuple[int, int, int]) -> Image.Image:
+           background: tuple[int, int, int]) -> tuple[Image.Image, np.ndarray]:
     """A mesh (camera frame, metres) seen by the crop camera scaled to ``res`` px, drawn by the one renderer
-    (`render.raster.rasterize`, pixel centres at integers) over a flat background."""
+    (`render.raster.rasterize`, pixel centres at integers) over a flat background; and its coverage (res, res)
+    bool, the person's exact mask."""
     focal = FIT_FOCAL * res / FIT_RES
     pixels, face_index = rasterize(vertices_cam, faces, colours, focal, ((res - 1) / 2.0, (res - 1) / 2.0), (res, res))
     pixels[face_index < 0] = background
-    return Image.fromarray(pixels)
+    return Image.fromarray(pixels), face_index >= 0
 
 
 def synthetic_records(body: BodyModel, spec: DatasetSpec, image_root: Path, *, res: int, seed: int,
@@ -135,8 +138,8 @@ def synthetic_records(body: BodyModel, spec: DatasetSpec, image_root: Path, *, r
         keypoints[keypoints[:, 2] <= 0] = 0.0
         name = f"{i:06d}"
         background = tuple(int(c) for c in rng.integers(0, 256, size=3))
-        render(people["vertices"][i] + people["cam_t"][i], body.faces, colours, res, background).save(
-            folder / f"{name}.png")
+        picture, covered = render(people["vertices"][i] + people["cam_t"][i], body.faces, colours, res, background)
+        picture.save(folder / f"{name}.png")
         joints_3d = np.concatenate([cam_joints, np.zeros((NUM_JOINTS, 1))], 1)
         joints_3d[J24_OFFSET:, 3] = 1.0
         records.append(PersonRecord(
@@ -145,7 +148,8 @@ def synthetic_records(body: BodyModel, spec: DatasetSpec, image_root: Path, *, r
             image_size=(res, res), center=np.full(2, (res - 1) / 2.0), scale=res / 200.0, keypoints_2d=keypoints,
             joints_3d=joints_3d if spec.joints_3d else None,
             smpl_pose=people["pose"][i] if spec.smpl else None, smpl_betas=people["betas"][i] if spec.smpl else None,
-            has_smpl=spec.smpl))
+            has_smpl=spec.smpl,
+            mask=LabelMap.from_array(covered, MASK_NAMES, "synthetic-exact") if spec.masks else None))
     return records
 
 

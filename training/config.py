@@ -23,6 +23,8 @@ from fitting.smplify import SMPLifyConfig
 from fitting.smplifyx import SMPLIFYX_STAGES, SMPLifyXConfig
 from shards.augment import AugmentConfig
 from shards.reader import ON_CORRUPT
+from training.heads import DEFAULT_HEAD, HEADS
+from training.mask_loss import MASK_RES
 
 DEFAULT_PRIOR = str(priors.DEFAULT_PRIOR)
 # SPIN's MixedDataset: 30% H36M, 60% in-the-wild (split by size), 10% MPI-INF-3DHP. "*" takes every dataset no
@@ -51,6 +53,9 @@ class LossWeights:
         gt: confidence factor of the dataset joints (25–48) in the 2D loss, 1.
         camera: weight of the camera regulariser mean(exp(−10 s)²), 1.
         scale: the global factor SPIN's code multiplies the total by, 60.
+        mask: mask consistency of the predicted mesh (`training.mask_loss`: 1 − weighted Jaccard of its rendered
+            silhouette and the person mask, over the samples that carry a mask; Pavlakos et al. 2018), 0 (off; not
+            in SPIN; fitloop's).
     Whole-body heads only (an SMPL-X-layout body model; SPIN has none of these, the values are fitloop's):
         hands, face: per-point factors of the hands' and the face's points in the whole-body 2D keypoint loss
             (weighted by ``keypoint`` as the body's 2D loss), 1 each: a whole-body point counts as a body joint.
@@ -68,6 +73,7 @@ class LossWeights:
     gt: float = 1.0
     camera: float = 1.0
     scale: float = 60.0
+    mask: float = 0.0
     hands: float = 1.0
     face: float = 1.0
     hand_pose: float = 1.0
@@ -93,6 +99,10 @@ class TrainConfig:
         seed_missing_fits: fit the training samples that have no fit yet from the mean pose before training
             (SPIN's static fits), ``source="seed"``.
     Model:
+        head: the regressor design (`training.heads.HEADS`): "hmr" (SPIN's ResNet, default) or "keypoints"
+            (Pavlakos 2018: keypoints and mask in, no image).
+        mask_res: px, the mask loss's grid over the training crop (`training.mask_loss`): the largest divisor of
+            img_res up to it (56 for 224).
         backbone: ResNet depth (50 as SPIN; 18 or 34 for CPU runs). pretrained: torchvision ImageNet weights file.
         mean_params: SPIN's ``smpl_mean_params.npz`` (real SMPL); None: computed from the pose prior.
         body_model: ``"open"``, ``"open-small"`` or a model file; joint_regressor_extra, h36m_regressor: SPIN's
@@ -131,6 +141,8 @@ class TrainConfig:
     fits: str = ""
     seed_missing_fits: bool = True
 
+    head: str = DEFAULT_HEAD
+    mask_res: int = MASK_RES
     backbone: int = 50
     pretrained: str | None = None
     mean_params: str | None = None
@@ -174,6 +186,12 @@ class TrainConfig:
             problems.append("no training shards (--shards)")
         if not self.fits:
             problems.append("no fits table (--fits)")
+        if self.head not in HEADS:
+            problems.append(f"head must be one of {'/'.join(HEADS)}, got {self.head!r}")
+        elif self.pretrained and self.head != "hmr":
+            problems.append(f"pretrained ImageNet weights are for the hmr head's ResNet, not the {self.head} head")
+        if self.mask_res < 8 or self.loss.mask < 0:
+            problems.append(f"mask_res must be >= 8 px and loss.mask >= 0, got {self.mask_res} and {self.loss.mask}")
         if self.backbone not in (18, 34, 50, 101, 152):
             problems.append(f"backbone must be a ResNet depth 18/34/50/101/152, got {self.backbone}")
         if self.batch_size < 1 or self.epochs < 1 or self.lr <= 0:

@@ -13,15 +13,17 @@ import torch
 from fits.evaluate import ErrorSums, body_eval_joints, ground_truth_joints
 from fitting.body_model import BodyModel
 from fitting.wholebody_model import WholeBodyModel
+from training.heads import DEFAULT_HEAD, HEADS, Head
 from training.step import predict
 
 
 def evaluate_network(model: torch.nn.Module, body: BodyModel, batches: Iterable[dict], device: torch.device,
                      autocast, max_samples: int | None = None, *,
-                     wholebody: WholeBodyModel | None = None) -> dict[str, dict[str, float]]:
-    """Errors of the regressor on reader batches (no augmentation) that carry 3D ground truth; the others are
-    skipped. The model is put in eval mode and back. A regressor with whole-body heads is posed by ``wholebody``
-    (`training.step.predict`), hands and face included."""
+                     wholebody: WholeBodyModel | None = None,
+                     head: Head = HEADS[DEFAULT_HEAD]) -> dict[str, dict[str, float]]:
+    """Errors of the regressor (the network of ``head``, `training.heads`) on reader batches (no augmentation)
+    that carry 3D ground truth; the others are skipped. The model is put in eval mode and back. A regressor with
+    whole-body heads is posed by ``wholebody`` (`training.step.predict`), hands and face included."""
     was_training = model.training
     model.eval()
     sums, seen = ErrorSums.empty(), 0
@@ -37,7 +39,7 @@ def evaluate_network(model: torch.nn.Module, body: BodyModel, batches: Iterable[
                     if max_samples is not None and seen >= max_samples:
                         break
                     continue
-                pred_fit = predict(model, body, items["img"].to(device)[ok], autocast, wholebody)
+                pred_fit = predict(model, body, head.arguments(items, device, ok), autocast, wholebody)
                 pred = body_eval_joints(body, pred_fit.vertices, pred_fit.joints)
                 datasets = [d for d, keep in zip(items["dataset"], ok.tolist()) if keep]
                 sums.add(datasets, pred, gt[ok])

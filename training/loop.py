@@ -99,7 +99,9 @@ from training.checkpoint import CheckpointError, rank_rng_state, save_checkpoint
 from training.config import TrainConfig, resumed_config
 from training.data import MixedShardStream, parse_mix, train_sample_count
 from training.evaluate import evaluate_network
-from training.regressor import Regressor, heads_for_family, mean_params_from_npz, mean_params_from_prior
+from training.heads import Head, head_of
+from training.mask_loss import MaskConsistency, grid_res
+from training.regressor import heads_for_family, mean_params_from_npz, mean_params_from_prior
 from training.resnet import load_imagenet_weights
 from training.run_folder import check_new_run, claim, resume_point
 from training.run_log import PARTS, RunLog, describe_evaluation
@@ -131,7 +133,8 @@ class Run:
     smplify: SMPLify                # on config.smplify_device, with its own body model there
     smplify_device: torch.device
     model: torch.nn.Module          # the regressor, DDP-wrapped under torchrun
-    raw_model: Regressor
+    raw_model: torch.nn.Module      # the head's network (`training.heads`)
+    head: Head
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     autocast: Any
@@ -151,6 +154,7 @@ class Run:
     fit_wholebody: WholeBodyModel | None = None
     smplifyx: SMPLifyX | None = None
     point_weights: torch.Tensor | None = None
+    mask_loss: MaskConsistency | None = None   # with loss.mask > 0: the body's faces and the loss's grid
 
 
 @dataclass
@@ -295,6 +299,10 @@ def setup(config: TrainConfig, echo: Callable[[str], None] | None = None, *, ove
     mean = (mean_params_from_npz(config.mean_params) if config.mean_params
             else mean_params_from_prior(prior, body.num_betas))
     heads = heads_for_family(body.family)
+    head = head_of(config.head)
+    if heads == "smplx" and not head.whole_body:
+        raise FitloopError(f"the {head.name} head predicts SMPL's 24 joints; body model {config.body_model} has "
+                           f"SMPL-X's layout: train it with --head hmr, or pick an SMPL-family body model")
     wholebody = fit_wholebody = smplifyx = point_weights = None
     if heads == "smplx":
         mean = mean.wholebody()
@@ -306,7 +314,7 @@ def setup(config: TrainConfig, echo: Callable[[str], None] | None = None, *, ove
                 image_height=FIT_RES, focal_length=config.smplify.focal_length,
                 camera_iterations=config.smplifyx_camera_iterations,
                 stage_iterations=tuple(config.smplifyx_stage_iterations)))
-    raw_model = Regressor(mean, depth=config.backbone, iterations=config.ief_iterations)
+    raw_model = head.build(mean, config)
     if config.pretrained:
         load_imagenet_weights(raw_model, config.pretrained)
     raw_model.to(device)
@@ -331,14 +339,18 @@ def setup(config: TrainConfig, echo: Callable[[str], None] | None = None, *, ove
     if world > 1:
         torch.distributed.barrier()
     table = FitsTable.open(config.fits)
-    log = RunLog(run_dir, tensorboard=config.tensorboard, enabled=rank == 0, echo=echo, wholebody=heads == "smplx")
+    log = RunLog(run_dir, tensorboard=config.tensorboard, enabled=rank == 0, echo=echo, wholebody=heads == "smplx",
+                 mask=config.loss.mask > 0)
+    mask_loss = (MaskConsistency.from_faces(body.faces, grid_res(config.img_res, config.mask_res), device)
+                 if config.loss.mask > 0 else None)
     run = Run(config=config, run_dir=run_dir, device=device, rank=rank, world_size=world, body=body,
-              smplify=smplify, smplify_device=smplify_device, model=model, raw_model=raw_model, optimizer=optimizer,
+              smplify=smplify, smplify_device=smplify_device, model=model, raw_model=raw_model, head=head,
+              optimizer=optimizer,
               scaler=scaler,
               autocast=autocast_for(device, config.amp), stream=stream, loader=loader, steps_per_epoch=steps,
               table=table, log=log, fit_config_hash=fit_config_hash(config.smplify, config.pose_prior, body.model_id),
               train_shards=train_shards, shards_skipped=skipped, wholebody=wholebody, fit_wholebody=fit_wholebody,
-              smplifyx=smplifyx, point_weights=point_weights)
+              smplifyx=smplifyx, point_weights=point_weights, mask_loss=mask_loss)
     if rank == 0:
         if eval_shards:
             run.eval_reader = ShardReader(eval_shards, ReaderConfig(
@@ -402,6 +414,10 @@ def restore(run: Run, data: dict[str, Any], path: Path) -> Position:
     if data["body_model_id"] != run.body.model_id:
         raise CheckpointError(f"{path}: trained with body model {data['body_model_id']}, this run loads "
                               f"{run.body.model_id}")
+    head = data.get("head", "hmr")  # checkpoints before the head registry: the ResNet's
+    if head != run.head.name:
+        raise CheckpointError(f"{path}: holds a {head} head, this run trains a {run.head.name} head; resume with "
+                              f"--head {head}")
     heads = data.get("regressor_heads", "smpl")  # checkpoints before whole-body heads: SPIN's
     if heads != run.raw_model.heads:
         raise CheckpointError(f"{path}: a regressor with {heads} heads, this run's body model "
@@ -476,7 +492,7 @@ def checkpoint(run: Run, pos: Position) -> None:
         "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else {},
         "step": pos.step, "epoch": pos.epoch, "batch": pos.batch, "fits_table": str(run.table.path),
         "fits_version": pos.fits_version, "run_id": run.config.run_id, "body_model_id": run.body.model_id,
-        "regressor_heads": run.raw_model.heads,
+        "regressor_heads": run.raw_model.heads, "head": run.head.name,
         "config": run.config.to_dict(), "world_size": run.world_size,
         "rng": {"torch": [cpu for cpu, _ in states],
                 "cuda": [cuda for _, cuda in states] if run.device.type == "cuda" else []},
@@ -500,7 +516,7 @@ def evaluate(run: Run, store: FitsStore, pos: Position, epoch: int, started: flo
                                               multiprocessing_context=_worker_context(run.config),
                                               generator=torch.Generator().manual_seed(run.config.seed))
         net = evaluate_network(run.raw_model, run.body, batches, run.device, run.autocast,
-                               run.config.eval_max_samples, wholebody=run.wholebody)
+                               run.config.eval_max_samples, wholebody=run.wholebody, head=run.head)
     row = run.log.log_evaluation(epoch, pos.step, pos.fits_version, fits, net, time.time() - started)
     _say(run, describe_evaluation(row), echo=False)  # log_evaluation echoed it
     barrier(run)
@@ -512,9 +528,9 @@ def train_step(run: Run, store: FitsStore, items: dict, pos: Position, timer: St
     """One optimiser step on one batch (`training.step`, in order); returns the loss terms and fit counts."""
     cfg = run.config
     with timer.part("data"):
-        batch = Batch.from_items(items, run.device, cfg.ignore_3d_datasets)
+        batch = Batch.from_items(items, run.device, cfg.ignore_3d_datasets, run.head)
     with timer.part("network"):
-        pred = predict(run.model, run.body, batch.img, run.autocast, run.wholebody)
+        pred = predict(run.model, run.body, batch.inputs, run.autocast, run.wholebody)
     with timer.part("smplify"):
         keypoints_px = fit_frame_px(batch.keypoints).to(run.smplify_device)
         stored = stored_fits(store, run.smplify, batch.keys, keypoints_px, batch.rot, batch.flip, run.fit_wholebody)
@@ -533,7 +549,7 @@ def train_step(run: Run, store: FitsStore, items: dict, pos: Position, timer: St
             chosen, updated, kept = stored, torch.zeros(len(batch.keys), dtype=torch.bool), 0
     with timer.part("network"):
         targets = supervision(chosen, batch, cfg.smplify_threshold, cfg.fit_filter)
-        loss, terms = compute_losses(pred, targets, batch, cfg.loss, run.body, run.point_weights)
+        loss, terms = compute_losses(pred, targets, batch, cfg.loss, run.body, run.point_weights, run.mask_loss)
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)

@@ -73,6 +73,7 @@ from training.geometry import (
     rotmat_to_axis_angle,
     weak_perspective_to_translation,
 )
+from training.heads import DEFAULT_HEAD, HEADS, Head
 from training.losses import (
     betas_loss,
     camera_loss,
@@ -82,6 +83,7 @@ from training.losses import (
     shape_loss,
     wholebody_keypoint_loss,
 )
+from training.mask_loss import MaskConsistency
 from training.wholebody import (
     WholeBodyParams,
     augment_wholebody,
@@ -97,7 +99,9 @@ class Batch:
     (B, 72), gt_betas (B, 10), has_smpl (B,) (False where the dataset's 3D is ignored); joints_3d (B, 49, 4),
     has_3d (B,); flip (B,) bool, rot (B,) degrees, scale (B,): the augmentation; keys, datasets: per example;
     wholebody (B, 161, 3) normalised whole-body keypoints (zeros where has_wholebody (B,) is False; None: a batch
-    built without them, read by body-only runs only)."""
+    built without them, read by body-only runs only); mask (B, R, R) uint8 person masks of the training crop (0, 1,
+    255 unknown; zeros where has_mask (B,) is False; None: a batch built without them); inputs: the network's
+    arguments (`training.heads.Head.arguments`; default: the image, the hmr head's)."""
 
     img: Tensor
     keypoints: Tensor
@@ -113,10 +117,15 @@ class Batch:
     datasets: list[str]
     wholebody: Tensor | None = None
     has_wholebody: Tensor | None = None
+    mask: Tensor | None = None
+    has_mask: Tensor | None = None
+    inputs: tuple[Tensor, ...] = ()
 
     @classmethod
-    def from_items(cls, items: dict, device: torch.device, ignore_3d: tuple[str, ...] = ()) -> "Batch":
-        """From a collated reader batch; examples of ``ignore_3d`` datasets lose their 3D joints and SMPL."""
+    def from_items(cls, items: dict, device: torch.device, ignore_3d: tuple[str, ...] = (),
+                   head: Head = HEADS[DEFAULT_HEAD]) -> "Batch":
+        """From a collated reader batch; examples of ``ignore_3d`` datasets lose their 3D joints and SMPL; the
+        network's inputs are ``head``'s."""
         keep = torch.tensor([d not in ignore_3d for d in items["dataset"]])
 
         def dev(t: Tensor) -> Tensor:
@@ -127,7 +136,8 @@ class Batch:
                    joints_3d=dev(items["joints_3d"]), has_3d=dev(items["has_joints_3d"] & keep),
                    flip=dev(items["flip"]), rot=dev(items["rot"]), scale=dev(items["scale"]),
                    keys=list(items["key"]), datasets=list(items["dataset"]),
-                   wholebody=dev(items["wholebody"]), has_wholebody=dev(items["has_wholebody"]))
+                   wholebody=dev(items["wholebody"]), has_wholebody=dev(items["has_wholebody"]),
+                   mask=dev(items["mask"]), has_mask=dev(items["has_mask"]), inputs=head.arguments(items, device))
 
 
 @dataclass
@@ -215,12 +225,13 @@ def autocast_for(device: torch.device, amp: str) -> contextlib.AbstractContextMa
 
 
 # 1 ------------------------------------------------------------------------------------------------------------
-def predict(model: torch.nn.Module, body: BodyModel, images: Tensor, autocast: contextlib.AbstractContextManager,
-            wholebody: WholeBodyModel | None = None) -> Prediction:
-    """Run the regressor (under ``autocast``) and the body model (float32) on a batch of images; a regressor with
-    whole-body heads is posed by ``wholebody`` (the same model's whole body)."""
+def predict(model: torch.nn.Module, body: BodyModel, inputs: Tensor | tuple[Tensor, ...],
+            autocast: contextlib.AbstractContextManager, wholebody: WholeBodyModel | None = None) -> Prediction:
+    """Run the regressor (under ``autocast``) and the body model (float32) on a batch: ``inputs`` its network's
+    arguments (`training.heads.Head.arguments`; a tensor: images, the hmr head's); a regressor with whole-body
+    heads is posed by ``wholebody`` (the same model's whole body)."""
     with autocast:
-        out = model(images)
+        out = model(*inputs) if isinstance(inputs, tuple) else model(inputs)
     cam_t = weak_perspective_to_translation(out.camera)
     if out.hand_rotmat is None:
         smpl = body(out.betas, out.rotmat[:, 1:], out.rotmat[:, :1], pose2rot=False)
@@ -458,11 +469,14 @@ def supervision(chosen: BatchFits, batch: Batch, threshold: float,
 
 # 6 ------------------------------------------------------------------------------------------------------------
 def compute_losses(pred: Prediction, targets: Targets, batch: Batch, weights: LossWeights,
-                   body: BodyModel, point_weights: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+                   body: BodyModel, point_weights: Tensor | None = None,
+                   mask_loss: MaskConsistency | None = None) -> tuple[Tensor, dict[str, float]]:
     """SPIN's total loss ``scale · (shape·L_shape + kp·(L_2d + L_3d) + pose·L_pose + betas·L_betas + cam·L_cam)``
     and its terms (floats, for the log). Whole-body heads add ``kp·L_wholebody + hand_pose·L_hands +
     jaw_pose·L_jaw + expression·L_expression`` (`training.losses`), the 2D term weighted per point by
-    ``point_weights`` (161,) (`training.wholebody.part_weights`)."""
+    ``point_weights`` (161,) (`training.wholebody.part_weights`). With ``weights.mask`` > 0 and ``mask_loss``
+    (the body model's faces and the grid, `training.mask_loss.MaskConsistency`), ``+ mask·L_mask`` over the
+    examples with a mask (the term ``mask``, and ``mask_samples``: their share of the batch)."""
     batch_size = targets.pose.shape[0]
     target_rotmat = axis_angle_to_rotmat(targets.pose.reshape(batch_size, 24, 3))
     terms = {
@@ -479,6 +493,10 @@ def compute_losses(pred: Prediction, targets: Targets, batch: Batch, weights: Lo
             target_vertices = body(targets.betas, targets.pose[:, 3:], targets.pose[:, :3]).vertices
         terms["shape"] = shape_loss(pred.vertices, target_vertices, targets.valid)
         total = total + weights.shape * terms["shape"]
+    if weights.mask > 0 and mask_loss is not None:  # renders the batch: skipped at the default weight 0
+        terms["mask"] = mask_loss(pred.vertices, pred.cam_t, batch.mask, batch.has_mask)
+        terms["mask_samples"] = batch.has_mask.float().mean()
+        total = total + weights.mask * terms["mask"]
     if pred.hand_rotmat is not None:
         wb = targets.wholebody
         terms["keypoints_wholebody"] = wholebody_keypoint_loss(pred.wholebody_2d, batch.wholebody,

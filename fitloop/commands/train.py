@@ -14,7 +14,7 @@ _SCALARS = {
     "pretrained": str, "mean_params": str, "body_model": str, "joint_regressor_extra": str, "h36m_regressor": str,
     "pose_prior": str, "epochs": int, "batch_size": int, "lr": float, "smplify_threshold": float,
     "smplify_device": str, "device": str, "amp": str, "seed": int, "checkpoint_every": int, "log_every": int,
-    "eval_every_epochs": int, "shuffle_buffer": int, "mix": str, "run_id": str,
+    "eval_every_epochs": int, "shuffle_buffer": int, "mix": str, "run_id": str, "head": str, "mask_res": int,
 }
 # TrainConfig field -> its flag, where the name differs (for messages)
 _FLAGS = {"shards": "--shards", "fits": "--fits", "eval_shards": "--eval-shards", "train_splits": "--train-splits",
@@ -25,7 +25,8 @@ _FLAGS = {"shards": "--shards", "fits": "--fits", "eval_shards": "--eval-shards"
           "fit_filter.max_reprojection_px": "--max-reprojection", "fit_filter.require_facing": "--require-facing",
           "fit_filter.max_pose_prior": "--max-pose-prior",
           "fit_filter.max_candidate_spread_mm": "--max-candidate-spread",
-          "smplifyx_stage_iterations": "--smplifyx-iters", "smplifyx_camera_iterations": "--smplifyx-camera-iters"}
+          "smplifyx_stage_iterations": "--smplifyx-iters", "smplifyx_camera_iterations": "--smplifyx-camera-iters",
+          "loss.mask": "--mask-weight"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,7 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "keeps the better of that fit and the stored best fit, and supervises with it. Improved fits "
                     "are appended to the fits table at every checkpoint and epoch end; every epoch the fits table "
                     "and the network are evaluated (MPJPE, PA-MPJPE) into RUN/metrics.csv and RUN/curves.png. "
-                    "Defaults are SPIN's (docs/training.md). Works under torchrun (shards split by node).")
+                    "Defaults are SPIN's (docs/training.md). --head keypoints trains Pavlakos 2018's network "
+                    "(2D keypoints and mask in) instead of the ResNet; --mask-weight adds a mask consistency loss of "
+                    "the predicted mesh. Works under torchrun (shards split by node).")
     parser.add_argument("--shards", type=Path, nargs="+", help="training shard sets")
     parser.add_argument("--fits", type=Path, help="the fits table (created when missing)")
     parser.add_argument("--run-dir", type=Path, required=True,
@@ -59,6 +62,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="datasets whose 3D joints and SMPL are not trained on (still evaluated against)")
     parser.add_argument("--mix", help='dataset groups and shares, e.g. "h36m=0.3;lsp-orig,mpii,lspet,coco,*=0.6;'
                                       'mpi-inf-3dhp=0.1" (SPIN\'s, the default)')
+    parser.add_argument("--head",
+                        help="the regressor (training.heads): hmr (SPIN's ResNet on the image, default) or keypoints (Pavlakos 2018: "
+                             "2D keypoints -> pose and camera, mask -> shape; learns on CPU)")
+    parser.add_argument("--mask-weight", type=float,
+                        help="weight of the mask consistency loss of the predicted mesh against the samples' person "
+                             "masks (Pavlakos 2018; default 0: off)")
+    parser.add_argument("--mask-res", type=int, help="px of the mask loss's grid over the crop (default 56)")
     parser.add_argument("--backbone", type=int, help="ResNet depth: 50 (default), 18 or 34 for CPU runs")
     parser.add_argument("--pretrained", help="torchvision ImageNet weights file for the backbone")
     parser.add_argument("--mean-params", help="SPIN's smpl_mean_params.npz (real SMPL); default: from the prior")
@@ -162,7 +172,9 @@ def _with_flags(base, args: argparse.Namespace):
     if args.smplify_iters:
         field = "iterations" if smplify.mode == "reference" else "body_iterations"
         smplify = dataclasses.replace(smplify, **{field: args.smplify_iters})
-    return dataclasses.replace(base, smplify=smplify, fit_filter=fit_filter_from(args, base.fit_filter), **values)
+    loss = base.loss if args.mask_weight is None else dataclasses.replace(base.loss, mask=args.mask_weight)
+    return dataclasses.replace(base, smplify=smplify, loss=loss, fit_filter=fit_filter_from(args, base.fit_filter),
+                               **values)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
