@@ -329,14 +329,14 @@ class SMPLify:
                     has_parsing) -> dict[str, MaskTerm] | None:
         """The mask terms this fit has (by name: its extras' ``<name>_energy``), or None."""
         c, dtype, terms = self.config, keypoints.dtype, {}
-        for name, weight, images, has in (("silhouette", c.silhouette_weight, masks, has_mask),
-                                          ("mc", c.mc_weight, parts, has_parts),
-                                          ("clothed", c.clothed_weight, parsing, has_parsing)):
+        for name, arg, weight, images, has in (("silhouette", "masks", c.silhouette_weight, masks, has_mask),
+                                               ("mc", "parts", c.mc_weight, parts, has_parts),
+                                               ("clothed", "parsing", c.clothed_weight, parsing, has_parsing)):
             if images is None or weight == 0:
                 continue
             if images.ndim != 3 or images.shape[0] != keypoints.shape[0]:
-                raise ValueError(f"{'masks' if name == 'silhouette' else name} must be (B, H, W) with B = "
-                                 f"{keypoints.shape[0]} examples, got {tuple(images.shape)}")
+                raise ValueError(f"{arg} must be (B, H, W) with B = {keypoints.shape[0]} examples, got "
+                                 f"{tuple(images.shape)}")
             has = torch.ones(images.shape[0], dtype=torch.bool) if has is None else has
             if name == "silhouette":
                 terms[name] = MaskTerm(weight, mask_targets(images, has, dtype))
