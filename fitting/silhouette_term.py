@@ -28,6 +28,11 @@ it) and is never a boundary pixel for (b); vertices projected outside the pictur
 there). A mask pixel is a pixel centre inside the person, so the mask's edge lies half a pixel outside its boundary
 pixels' centres: the term pulls the contour ~0.5 px inward of a hard mask's edge, well below 5 px keypoint noise.
 
+Several terms share this machinery (`MaskTerm`, all read off one silhouette per evaluation): the silhouette term,
+and DSR's (`fitting.dsr`): a term may read a subset of the vertices, pair boundary pixels only with vertices of
+their group (per-part matching: ``mask_targets(groups=)`` and the term's vertex groups), or drop (b) for a one-sided
+containment (``mask_targets(fill=False)``).
+
 The distance transform is scipy's exact Euclidean one (`scipy.ndimage.distance_transform_edt`); OpenCV's
 ``distanceTransform(DIST_L2, 5)`` is an approximation of it and OpenCV is not a dependency here.
 """

@@ -30,7 +30,9 @@ fast: the same objective on the exact joints-only `Skeleton`, minimised by batch
   Optionally (``silhouette_weight`` > 0 and person masks given, per example where one exists) stage 2 adds
   w_s² E_sil, the symmetric distance-transform distance between the mask and the body's silhouette
   (`fitting.silhouette_term`): in the LM with analytic Jacobians (from a mean start once the candidate is chosen),
-  and in the reference by autograd on the same energy.
+  and in the reference by autograd on the same energy. DSR's semantic terms (``mc_weight``, ``clothed_weight``;
+  `fitting.dsr`) enter the same way where part labels or a parsing are given: head, hands and feet matched
+  tightly, the body kept inside the clothed person.
 
 Body models: every family `fitting.body_model` loads (SMPL, SMPL-H, SMPL-X, the open model), in both modes. The
 fitted parameters are the body model's: pose (B, 72) and betas. SMPL-H and SMPL-X have no joints for SMPL's hand
