@@ -56,7 +56,7 @@ from core.frames import FIT_FRAME_OFFSET
 from core.metrics import procrustes_align
 from fits.evaluate import body_eval_joints
 from fitting.body_model import BodyModel, load_body_model
-from fitting.dsr import mc_group_table
+from fitting.dsr import face_segments, mc_group_table
 from fitting.priors import load_pose_prior, resolve_pose_prior
 from fitting.silhouette import render_silhouette
 from fitting.smplify import SMPLify, SMPLifyConfig
@@ -138,7 +138,7 @@ def make_case(body: BodyModel, source: str, config: MasksBenchConfig) -> Case:
     drawn = render_silhouette(camera, faces, FIT_FOCAL, (FIT_CENTER - FIT_FRAME_OFFSET,) * 2, (FIT_RES, FIT_RES))
     parsing = None
     if config.clothing:  # the body's exact part labels (each face's dominant segment), then the garment
-        face_segment = body.layer.lbs_weights[faces].sum(1).argmax(1)
+        face_segment = face_segments(faces, body.layer.lbs_weights)
         index = drawn.face_index
         parts = torch.where(index >= 0, face_segment[index.clamp(min=0)] + 1, 0).numpy()
         margins = rng_for(config.seed, source, config.split, "clothing").uniform(*CLOTHING_MARGIN_PX, len(parts))

@@ -84,6 +84,15 @@ def mc_group_table(forearms: bool = False) -> Tensor:
     return table
 
 
+def face_segments(faces: np.ndarray | Tensor, skinning_weights: Tensor | np.ndarray) -> Tensor:
+    """Each face's SMPL segment (F,) long: the joint with the largest skinning weight summed over its three
+    vertices (the synthetic generator's part labels, `pipelines.synthetic.paint.mesh_of`). faces (F, 3);
+    skinning_weights (V, 24) in `SMPL_JOINT_NAMES` order."""
+    weights = torch.as_tensor(skinning_weights)
+    vertex_segments(weights)                                                   # the layout check
+    return weights[torch.as_tensor(faces, dtype=torch.long)].sum(1).argmax(1)
+
+
 def vertex_segments(skinning_weights: Tensor | np.ndarray) -> Tensor:
     """Each vertex's SMPL segment (V,) long, index into `SMPL_JOINT_NAMES`: the joint with the largest skinning
     weight. skinning_weights (V, 24) in `SMPL_JOINT_NAMES` order (SMPL, the open model); other layouts raise."""
@@ -107,9 +116,13 @@ def minimally_clothed_targets(parts: Tensor, has_parts: Tensor, dtype: torch.dty
     the minimally-clothed parts' mask (1 there, 0 background, unknown elsewhere), its boundary pixels grouped by
     part (`mc_group_table`)."""
     labels = parts.to(torch.long)
-    table = torch.cat([mc_group_table(forearms), torch.zeros(UNKNOWN + 1 - len(SMPL_JOINT_NAMES) - 1,
-                                                             dtype=torch.long)]).to(parts.device)
-    group = table[labels]
+    known = (labels <= len(SMPL_JOINT_NAMES)) | (labels == UNKNOWN)
+    if not bool(known.all()):
+        raise ValueError(f"part labels hold ids other than 0-{len(SMPL_JOINT_NAMES)} and {UNKNOWN} (e.g. "
+                         f"{int(labels[~known][0])}): pass SMPL-segment part labels (a parsing goes to parsing=)")
+    table = torch.zeros(UNKNOWN + 1, dtype=torch.long)
+    table[:len(SMPL_JOINT_NAMES) + 1] = mc_group_table(forearms)
+    group = table.to(parts.device)[labels]
     mask = torch.where(labels == 0, 0, UNKNOWN)
     mask = torch.where(group > 0, 1, mask).to(torch.uint8)
     return mask_targets(mask, has_parts, dtype, groups=group)

@@ -98,13 +98,12 @@ def mask_targets(masks: Tensor, has_mask: Tensor, dtype: torch.dtype = torch.flo
     boundaries, labels = [], []
     group_array = None if groups is None else torch.as_tensor(groups).cpu().numpy()
     for i, m in enumerate(array):
+        if has[i]:
+            distance[i] = ndimage.distance_transform_edt(m == 0)    # background px -> distance to person/unknown
         if not has[i] or not fill:
             boundaries.append(np.zeros((0, 2)))
             labels.append(np.zeros(0, dtype=np.int64))
-            if has[i]:
-                distance[i] = ndimage.distance_transform_edt(m == 0)
             continue
-        distance[i] = ndimage.distance_transform_edt(m == 0)        # background px -> distance to person/unknown
         person = m == 1
         padded = np.pad(m, 1, constant_values=UNKNOWN)               # beyond the image: unknown, not background
         background = padded == 0

@@ -17,6 +17,7 @@ from fitting.dsr import (
     SEMANTIC_PRIOR_CLASSES,
     SMPL_FACES,
     clothed_targets,
+    face_segments,
     load_semantic_prior,
     mc_group_table,
     minimally_clothed_targets,
@@ -40,7 +41,7 @@ def _labels(body, vertices, cam_t, dilate: int = 0):
     person region grown by ``dilate`` px (a loose parsing: 1 person, 0 background)."""
     from scipy import ndimage
     faces = torch.as_tensor(body.faces)
-    face_segment = body.layer.lbs_weights[faces].sum(1).argmax(1)
+    face_segment = face_segments(faces, body.layer.lbs_weights)
     drawn = render_silhouette(vertices + cam_t[:, None], faces, FOCAL, (CROP / 2 - FIT_FRAME_OFFSET,) * 2,
                               (CROP, CROP)).face_index
     parts = torch.where(drawn >= 0, face_segment[drawn.clamp(min=0)] + 1, 0).to(torch.uint8)
@@ -175,6 +176,8 @@ def test_smplify_fits_with_dsr_terms_in_both_modes_per_example(prior):
     assert torch.equal(plain.pose, ignored.pose) and "mc_energy" not in ignored.extras
     with pytest.raises(ValueError, match="mc_weight"):
         SMPLifyConfig(mc_weight=-1.0).validated()
+    with pytest.raises(ValueError, match="part labels hold ids other than"):
+        minimally_clothed_targets(torch.full((1, 4, 4), 30, dtype=torch.uint8), torch.ones(1, dtype=torch.bool))
     with pytest.raises(ValueError, match="parts must be"):
         SMPLify(body, prior, SMPLifyConfig(mc_weight=1.0))(people["keypoints"], *start, people["center"],
                                                            start="mean", parts=parts[:1])
@@ -222,3 +225,23 @@ def test_semantic_prior_refuses_bad_files(tmp_path, prior):
     with pytest.raises(ModelFileError, match="good.npy.*2454"):                # the open model: not SMPL's mesh
         SMPLify(load_body_model("open-small"), prior,
                 SMPLifyConfig(mc_weight=1.0, semantic_prior=str(tmp_path / "good.npy")))
+
+
+@pytest.mark.gpu
+def test_dsr_terms_normal_equations_on_cuda_match_cpu(prior):
+    body = load_body_model("open-small", dtype=torch.float64)
+    truth = _people(body, prior, 3, seed=4, noise=0.0, dtype=torch.float64)
+    parts, region = _labels(body, truth["vertices"], truth["cam_t"], dilate=3)
+    args = (truth["pose"] + 0.05, torch.zeros(3, 10, dtype=torch.float64), truth["cam_t"],
+            torch.full((3, 2), FOCAL, dtype=torch.float64), truth["center"])
+    results = []
+    for device in ("cpu", "cuda"):
+        fit = SMPLify(load_body_model("open-small", dtype=torch.float64, device=device), prior,
+                      SMPLifyConfig(mc_weight=2.0, clothed_weight=3.0))
+        has = torch.ones(3, dtype=torch.bool)
+        terms = {"mc": MaskTerm(2.0, minimally_clothed_targets(parts.to(device), has, torch.float64),
+                                fit.mc_vertices, fit.mc_groups),
+                 "clothed": MaskTerm(3.0, clothed_targets(region.to(device), has, torch.float64))}
+        results.append(fit._silhouette_system(*(t.to(device) for t in args), terms))
+    for a, b in zip(results[1], results[0]):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-6, atol=1e-6 * b.abs().max().item())
