@@ -10,7 +10,12 @@ Every person is fitted from SPIN's mean start (the static fits' start: nothing k
 mode with ``silhouette_weight`` 0 (keypoints alone, the baseline) and with each weight asked for.
 
 Metrics per fit, then averaged: **PVE-PA** (mm) the mean per-vertex distance between the fitted and the true mesh
-after Procrustes alignment of the meshes (shape and pose together); **betas error** ‖β_fit − β_true‖ (σ units);
+after Procrustes alignment of the meshes (shape and pose together); **betas error** ‖β_fit − β_true‖ (σ units),
+and split in two: its component along the model's **size direction** (`size_direction`: the betas that grow the
+body uniformly, which one view cannot tell from depth) and the rest, ``betas_error_scale_removed`` = min_t
+‖β_fit − β_true − t·d‖ (the error with the best size change removed; docs/smplify.md says why both are shown);
+**shape PA** (mm) the same betas error on the mesh: the mean per-vertex distance between the rest-pose (zero pose)
+bodies of β_fit and β_true after Procrustes (size removed), which weighs each β by how much it moves the surface;
 **PA-MPJPE** (mm) bench smplify's (`bench.smplify.case_metrics`: the 14 evaluation joints); **IoU** of the fitted
 body's coverage with the mask; CPU seconds per fit (`time.process_time`, at ``threads`` torch threads, set here).
 Ratios are against the baseline of the same run.
@@ -24,18 +29,24 @@ head/hands/feet exact) and its outline the person mask. Arms on it: ``clothed_si
 term against the clothed mask: bodies pulled out to fill the clothes) and ``clothed_dsr`` (silhouette weight,
 DSR-MC and DSR-C weights ``dsr``: the parts' head, hands and feet tight, the body inside the clothing). Their IoU
 is against the **body's** true silhouette, as for every arm.
+
+**COCO** (``coco``, where ../shared/fixtures is here; `bench.masks_coco`): the same arms on the real COCO fixture
+people, their keypoints and annotated masks as the pipeline hands them over, scored by the IoU of the fit's
+silhouette with the annotated mask, with pictures (``pictures``).
 """
 from __future__ import annotations
 
 import dataclasses
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from scipy import ndimage
 
+from bench.masks_coco import COCO_ROOT, run_coco
 from bench.renderer import BETAS_RANGE
 from bench.smplify import case_metrics
 from bench.smplify_cases import (
@@ -76,6 +87,8 @@ class MasksBenchConfig:
     model: str = "open-small"
     threads: int = 1
     seed: int = 0
+    coco: bool = True                                # the COCO section (`bench.masks_coco`) where the fixtures are
+    pictures: str | None = None                      # folder for the COCO section's pictures (None: none)
     clothing: bool = True                            # also the clothed people and their arms (module docstring)
     dsr: tuple[float, float, float] = (0.0, 10.0, 10.0)   # clothed_dsr's silhouette, DSR-MC and DSR-C weights
 
@@ -148,9 +161,23 @@ def make_case(body: BodyModel, source: str, config: MasksBenchConfig) -> Case:
                 parsing)
 
 
-def fit_case(smplify: SMPLify, case: Case, clothed: bool = False) -> tuple[dict[str, np.ndarray], float]:
+def size_direction(body: BodyModel) -> np.ndarray:
+    """(NB,) unit vector in betas space: the shape change closest (least squares over the mesh) to growing the
+    mean body uniformly about its centroid, ``shapedirs · d ≈ v_template − centroid``. A single view cannot tell
+    this direction from depth (a bigger body farther away projects alike), so the betas error is also reported
+    without its component along it (module docstring)."""
+    layer = body.layer
+    dirs = layer.shapedirs[..., :body.num_betas].detach().double().reshape(-1, body.num_betas).cpu().numpy()
+    template = layer.v_template.detach().double().cpu().numpy()
+    d = np.linalg.lstsq(dirs, (template - template.mean(0)).reshape(-1), rcond=None)[0]
+    return d / np.linalg.norm(d)
+
+
+def fit_case(smplify: SMPLify, case: Case, size: np.ndarray,
+             clothed: bool = False) -> tuple[dict[str, np.ndarray], float]:
     """Fit a case's people (with its exact masks, or ``clothed``: the clothed mask, parts and parsing); per-person
-    metrics (IoU against the body's exact silhouette) and the CPU seconds of the fits."""
+    metrics (IoU against the body's exact silhouette) and the CPU seconds of the fits. size: (NB,) the body's
+    `size_direction`."""
     f32 = {"dtype": torch.float32}
     kp = torch.as_tensor(case.keypoints, **f32)
     images = {"masks": case.masks}
@@ -169,7 +196,15 @@ def fit_case(smplify: SMPLify, case: Case, clothed: bool = False) -> tuple[dict[
         vertices = body(fit.betas, fit.pose[:, 3:], fit.pose[:, :3]).vertices
         aligned = procrustes_align(vertices.double(), case.vertices.double())
         metrics["pve_pa_mm"] = 1000 * (aligned - case.vertices.double()).norm(dim=-1).mean(-1).numpy()
-        metrics["betas_error"] = np.linalg.norm(betas - case.betas, axis=-1)
+        error = betas - case.betas
+        metrics["betas_error"] = np.linalg.norm(error, axis=-1)
+        metrics["betas_error_along_size"] = np.abs(error @ size)
+        metrics["betas_error_scale_removed"] = np.linalg.norm(error - (error @ size)[:, None] * size, axis=-1)
+        rest = torch.zeros(len(betas), 69, dtype=fit.betas.dtype)
+        shape_fit, shape_true = (body(torch.as_tensor(b, dtype=fit.betas.dtype), rest, rest[:, :3]).vertices.double()
+                                 for b in (betas, case.betas))
+        aligned = procrustes_align(shape_fit, shape_true)
+        metrics["shape_pa_mm"] = 1000 * (aligned - shape_true).norm(dim=-1).mean(-1).numpy()
         drawn = render_silhouette(vertices + fit.cam_t[:, None], torch.as_tensor(body.faces), torch.as_tensor(case.focal, dtype=torch.float32),
                                   (FIT_CENTER - FIT_FRAME_OFFSET,) * 2, (FIT_RES, FIT_RES))
         mine, truth = drawn.face_index >= 0, case.masks.bool()
@@ -181,6 +216,9 @@ def summarise(per_case: dict[str, np.ndarray], seconds: float) -> dict[str, floa
     n = len(per_case["pve_pa_mm"])
     return {"cases": n, "pve_pa_mm": float(per_case["pve_pa_mm"].mean()),
             "betas_error": float(per_case["betas_error"].mean()),
+            "betas_error_along_size": float(per_case["betas_error_along_size"].mean()),
+            "betas_error_scale_removed": float(per_case["betas_error_scale_removed"].mean()),
+            "shape_pa_mm": float(per_case["shape_pa_mm"].mean()),
             "pa_mpjpe_mm": float(per_case["pa_mpjpe_mm"].mean()),
             "reprojection_px": float(per_case["reprojection_px"].mean()),
             "iou": float(per_case["iou"].mean()), "cpu_s_per_fit": seconds / n}
@@ -195,6 +233,7 @@ def run(config: MasksBenchConfig) -> dict[str, Any]:
     if not sources:
         raise FitloopError(f"bench masks: none of the sources {config.sources} is here ({notes})")
     cases = [make_case(body, source, config) for source in sources]
+    size = size_direction(body)
     # arm -> (its config, whether it sees the clothed people)
     arms = {"keypoints": (SMPLifyConfig(), False)}
     arms |= {f"silhouette_{w:g}": (SMPLifyConfig(silhouette_weight=w), False) for w in config.weights}
@@ -202,12 +241,12 @@ def run(config: MasksBenchConfig) -> dict[str, Any]:
         arms |= {f"clothed_silhouette_{w:g}": (SMPLifyConfig(silhouette_weight=w), True) for w in config.weights}
         sil, mc, clothed = config.dsr
         arms["clothed_dsr"] = (SMPLifyConfig(silhouette_weight=sil, mc_weight=mc, clothed_weight=clothed), True)
+    fitters = {arm: SMPLify(body, prior, fit_config) for arm, (fit_config, _) in arms.items()}
     results: dict[str, Any] = {}
-    for arm, (fit_config, clothed) in arms.items():
-        smplify = SMPLify(body, prior, fit_config)
+    for arm, smplify in fitters.items():
         per_source, pooled, total = {}, {}, 0.0
         for case in cases:
-            metrics, seconds = fit_case(smplify, case, clothed)
+            metrics, seconds = fit_case(smplify, case, size, arms[arm][1])
             per_source[case.source] = summarise(metrics, seconds)
             pooled = {k: np.concatenate([pooled[k], v]) if k in pooled else v for k, v in metrics.items()}
             total += seconds
@@ -217,7 +256,12 @@ def run(config: MasksBenchConfig) -> dict[str, Any]:
         if arm != "keypoints":
             mine = results[arm]["all"]
             results[arm]["ratio_to_keypoints"] = {k: mine[k] / base[k] for k in
-                                                  ("pve_pa_mm", "betas_error", "pa_mpjpe_mm", "iou",
-                                                   "cpu_s_per_fit")}
+                                                  ("pve_pa_mm", "betas_error", "betas_error_scale_removed",
+                                                   "shape_pa_mm", "pa_mpjpe_mm", "iou", "cpu_s_per_fit")}
+    coco: dict[str, Any] | str = "not asked (--no-coco)"
+    if config.coco:  # the arms of exact person masks: COCO's people carry no parsing
+        exact = {arm: fitters[arm] for arm, (_, clothed) in arms.items() if not clothed}
+        coco = (run_coco(body, exact, None if config.pictures is None else Path(config.pictures))
+                if COCO_ROOT.is_dir() else f"{COCO_ROOT} is absent: the real fixtures live beside the checkout")
     return {"config": dataclasses.asdict(config), "sources_missing": notes, "torch_threads": config.threads,
-            "results": results}
+            "results": results, "coco": coco}

@@ -18,7 +18,9 @@ every ``left_*`` part with its ``right_*`` twin).
 
 **Unknown pixels.** Crop pixels that lie outside the original image (or, in training, outside the stored crop)
 are `UNKNOWN` (255, the "ignore" id of VOC and Cityscapes): the annotation says nothing about them, which a
-silhouette term must not read as background.
+silhouette term must not read as background. A label map of the original image may hold `UNKNOWN` too, where its
+source cannot tell: a COCO person's mask marks the other people and crowd regions of its image unknown outside the
+person (an occluder in front hides the body behind it; `pipelines.adapters.coco`).
 
 **COCO's conventions** (pycocotools ``common/maskApi.c``, cocodataset/cocoapi commit e0149257, and the format page
 https://cocodataset.org/#format-data): an RLE is ``{"counts", "size": [h, w]}`` of run lengths over the mask
@@ -201,7 +203,7 @@ class LabelMap:
 
     Attributes:
         size: (H, W) px of the original image.
-        values: (R,) uint8 label of each run; lengths: (R,) uint32 pixels in each run (sum H·W).
+        values: (R,) uint8 label of each run (an id into ``names``, or `UNKNOWN`); lengths: (R,) uint32 pixels in each run (sum H·W).
         names: the label table, id -> name (`MASK_NAMES` for a person mask; "background" first).
         provenance: a `PROVENANCES` key.
     """
@@ -229,8 +231,10 @@ class LabelMap:
         if len(values) != len(lengths) or int(lengths.sum(dtype=np.int64)) != self.size[0] * self.size[1]:
             raise MaskError(f"label runs cover {int(lengths.sum(dtype=np.int64))} pixels, size {self.size} has "
                             f"{self.size[0] * self.size[1]}")
-        if len(values) and values.max() >= len(self.names):
-            raise MaskError(f"label {int(values.max())} is not in the table of {len(self.names)} names")
+        named = values[values != UNKNOWN]
+        if len(named) and named.max() >= len(self.names):
+            raise MaskError(f"label {int(named.max())} is not in the table of {len(self.names)} names (nor "
+                            f"{UNKNOWN}, unknown)")
 
     @classmethod
     def from_array(cls, labels: np.ndarray, names: Sequence[str], provenance: str) -> "LabelMap":
@@ -239,9 +243,10 @@ class LabelMap:
         if labels.ndim != 2:
             raise MaskError(f"a label image is (H, W), got shape {labels.shape}")
         values, lengths = runs_of(labels.astype(np.uint8) if labels.dtype == bool else labels)
-        if len(values) and (values.min() < 0 or values.max() >= len(names)):
+        named = values[values != UNKNOWN]
+        if len(values) and (values.min() < 0 or (len(named) and named.max() >= len(names))):
             raise MaskError(f"labels {int(values.min())}..{int(values.max())} are not all in the table of "
-                            f"{len(names)} names")
+                            f"{len(names)} names (or {UNKNOWN}, unknown)")
         return cls(labels.shape, values, lengths, tuple(names), provenance)
 
     @property

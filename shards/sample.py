@@ -28,7 +28,8 @@ suffix                 content
                        record has one)
 =====================  ===========================================================================================
 
-The json says ``has_mask``, ``has_parts`` and ``has_parsing``, and for each present label image its provenance
+The json's ``image_frame`` is the frame of a video ``image_path`` (`shards.frames`; record schema 5 on), null for
+an image file. The json says ``has_mask``, ``has_parts`` and ``has_parsing``, and for each present label image its provenance
 (``<kind>_provenance``: `shards.masks.PROVENANCES`) and, for parts and parsing, the table ``<kind>_names`` (id ->
 name, "background" first). Label images are warped from the original image with the crop's
 map, nearest neighbour (`shards.masks.crop_labels`).
@@ -139,7 +140,7 @@ def encode_sample(record: PersonRecord, jpeg: bytes, image_to_crop: np.ndarray, 
     meta = {
         "key": record.key, "schema_version": SCHEMA_VERSION, "sample_format_version": SAMPLE_FORMAT_VERSION,
         "dataset": record.dataset, "split": record.split, "source": record.source, "record": record.record,
-        "image_path": record.image_path, "image_root": str(record.image_root),
+        "image_path": record.image_path, "image_frame": record.image_frame, "image_root": str(record.image_root),
         "image_size": [int(image_size[0]), int(image_size[1])], "intrinsics": intrinsics.to_json(),
         "center": [float(v) for v in record.center], "scale": record.scale, "box_side_px": record.box_side_px,
         "crop": {"res": res, "margin": margin, "box_side": res / margin, "box_center": [(res - 1) / 2.0] * 2,

@@ -40,7 +40,8 @@ from shards.masks import LABEL_KINDS, MASK_NAMES, LabelMap
 # 2: `PersonRecord.intrinsics` (the dataset's camera of the original image).
 # 3: `PersonRecord.wholebody` (161 whole-body keypoints: body, hands, face; core.wholebody).
 # 4: `PersonRecord.mask`, `.parts` and `.parsing` (label maps of the original image: shards.masks).
-SCHEMA_VERSION = 4
+# 5: `PersonRecord.image_frame` (the frame of a video file: shards.frames).
+SCHEMA_VERSION = 5
 
 # A sample key: "<dataset>/<id>", letters, digits, '_', '-' and '/', never '.' (webdataset splits member names at
 # the first dot) and never whitespace.
@@ -97,7 +98,7 @@ class PersonRecord:
         source: the annotation file this record came from, relative to the dataset root where it lies under it.
         record: the record's id inside ``source`` in the dataset's own terms ("annotation 442619",
             "annolist(7).annorect(1)", "im1010"), to find it again by hand.
-        image_path: image file, POSIX path relative to ``image_root``.
+        image_path: image file, or video file when ``image_frame`` is set, POSIX path relative to ``image_root``.
         image_root: the folder ``image_path`` is relative to (the dataset root, or the image folder given).
         image_size: (width, height) px of the image file, or None if it was not opened.
         center: (2,) float32, box centre (x, y), 0-based px in the original image.
@@ -121,6 +122,8 @@ class PersonRecord:
         parsing: the person's clothing or semantic parsing in the original image (a `LabelMap` with its own
             table), or None.
         extra: json-able metadata the source offers beyond the fields above (occluded joints, head box, ...).
+        image_frame: the 0-based frame (decoding order) of the video ``image_path`` (`shards.frames`), or None
+            when ``image_path`` is an image file.
     """
 
     dataset: str
@@ -144,6 +147,7 @@ class PersonRecord:
     parts: LabelMap | None = None
     parsing: LabelMap | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    image_frame: int | None = None
 
     def __post_init__(self) -> None:
         if not KEY_PATTERN.match(self.key) or not self.key.startswith(self.dataset + "/"):
@@ -151,6 +155,10 @@ class PersonRecord:
         if Path(self.image_path).is_absolute():
             raise ValueError(f"image_path must be relative to image_root, got {self.image_path!r}")
         set_ = object.__setattr__  # frozen: normalise the fields once, here, at the boundary
+        if self.image_frame is not None:
+            if int(self.image_frame) < 0:
+                raise ValueError(f"{self.key}: image_frame must be >= 0, got {self.image_frame}")
+            set_(self, "image_frame", int(self.image_frame))
         set_(self, "image_root", Path(self.image_root))
         set_(self, "center", _frozen_array(self.center, (2,), "center"))
         set_(self, "scale", float(self.scale))
@@ -194,7 +202,7 @@ class PersonRecord:
         return {
             "schema_version": SCHEMA_VERSION, "dataset": self.dataset, "split": self.split, "key": self.key,
             "source": self.source, "record": self.record, "image_path": self.image_path,
-            "image_root": str(self.image_root),
+            "image_frame": self.image_frame, "image_root": str(self.image_root),
             "image_size": None if self.image_size is None else list(self.image_size),
             "center": listed(self.center), "scale": self.scale, "keypoints_2d": listed(self.keypoints_2d),
             "joints_3d": listed(self.joints_3d), "smpl_pose": listed(self.smpl_pose),

@@ -107,6 +107,9 @@ def check_meta(meta: Any) -> list[str]:
     problems = [f"json field {name!r} is missing" for name in META_FIELDS if name not in meta]
     problems += [f"json field {name!r} is {meta[name]!r}, expected {what}"
                  for name, (ok, what) in META_FIELDS.items() if name in meta and not ok(meta[name])]
+    frame = meta.get("image_frame")  # schema 5 on; absent (older samples) or null for an image file
+    if frame is not None and not (isinstance(frame, int) and not isinstance(frame, bool) and frame >= 0):
+        problems.append(f"json field 'image_frame' is {frame!r}, expected null or a frame index >= 0")
     crop = meta.get("crop")
     if problems or not isinstance(crop, dict):
         return problems

@@ -52,6 +52,7 @@ from core.errors import FitloopError, naming_file
 from core.intrinsics import EXIF_IFD, resolve_intrinsics
 from core.killpoint import kill_point
 from shards.crop import box_problem, box_to_crop, warp
+from shards.frames import VideoFrames
 from shards.masks import LABEL_KINDS
 from shards.receipts import CHUNKS_DIR, chunk_digest, file_sha256, read_receipt, write_receipt
 from shards.sample import READABLE_SAMPLE_FORMATS, SAMPLE_FORMAT_VERSION, encode_sample
@@ -171,21 +172,35 @@ def exif_tags(image: Image.Image) -> dict[int, Any]:
 
 class _ImageCache:
     """The last decoded image and its EXIF tags: records of one image come together, so each image is decoded
-    once."""
+    once. Frames of a video (``frame`` not None) come from the open video's reader (`shards.frames.VideoFrames`:
+    in order, one pass per sequence); a video has no EXIF."""
 
     def __init__(self) -> None:
         self.path: Path | None = None
+        self.frame: int | None = None
         self.image: Image.Image | None = None
         self.exif: dict[int, Any] = {}
+        self.video: VideoFrames | None = None
 
-    def get(self, path: Path) -> Image.Image:
-        if path != self.path:
+    def get(self, path: Path, frame: int | None = None) -> Image.Image:
+        if (path, frame) != (self.path, self.frame):
             self.path, self.image = None, None
-            with Image.open(path) as opened:
-                exif = exif_tags(opened)
-                image = opened.convert("RGB")  # decodes every pixel: a truncated file fails here
-            self.path, self.image, self.exif = path, image, exif
+            if frame is None:
+                with Image.open(path) as opened:
+                    exif = exif_tags(opened)
+                    image = opened.convert("RGB")  # decodes every pixel: a truncated file fails here
+            else:
+                if self.video is None or self.video.path != path:
+                    self.close()
+                    self.video = VideoFrames(path)
+                image, exif = self.video.frame(frame), {}
+            self.path, self.frame, self.image, self.exif = path, frame, image, exif
         return self.image
+
+    def close(self) -> None:
+        if self.video is not None:
+            self.video.close()
+            self.video = None
 
 
 class _HashingFile:
@@ -277,6 +292,7 @@ def write_chunk(records: list[PersonRecord | Reject], out_dir: Path, shard_name:
                     kill_point("shards.sample")
             raw.flush()
             os.fsync(raw.fileno())
+        cache.close()
         if result.samples:
             with naming_file(final):
                 os.replace(tmp, final)
@@ -284,6 +300,7 @@ def write_chunk(records: list[PersonRecord | Reject], out_dir: Path, shard_name:
         else:
             tmp.unlink()
     except BaseException:
+        cache.close()
         tmp.unlink(missing_ok=True)
         raise
     result.sources = [dict(zip(("dataset", "split", "source", "image_root"), s)) for s in sources]
@@ -297,7 +314,7 @@ def _sample_members(record: PersonRecord, cache: _ImageCache, config: ShardConfi
     path = record.image_root / record.image_path
     reason = ""
     try:
-        image = cache.get(path)
+        image = cache.get(path, record.image_frame)
     except FileNotFoundError as err:
         reason, message = "missing_image", f"{path}: {err}"
     except Exception as err:  # PIL raises many types for bad bytes (OSError, UnidentifiedImageError, SyntaxError)

@@ -4,10 +4,12 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
-from bench.masks import MasksBenchConfig, run
+from bench.masks import MasksBenchConfig, run, size_direction
 from core.errors import FitloopError
 from fitloop.cli import main
+from fitting.body_model import load_body_model
 
 
 def test_masks_bench_compares_the_arms_on_the_same_people():
@@ -52,5 +54,31 @@ def test_masks_bench_refuses_bad_settings(capsys):
 
 def test_masks_bench_cli_prints_json(capsys):
     assert main(["bench", "masks", "--split", "dev", "--sources", "synthetic", "--cases", "2", "--weights", "5",
-                 "--no-clothing", "--json"]) == 0
-    assert set(json.loads(capsys.readouterr().out)["results"]) == {"keypoints", "silhouette_5"}
+                 "--json", "--no-coco", "--no-clothing"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["results"]) == {"keypoints", "silhouette_5"} and "--no-coco" in result["coco"]
+
+
+def test_size_direction_grows_the_body_uniformly():
+    body = load_body_model("open-small")
+    d = size_direction(body)
+    assert np.linalg.norm(d) == pytest.approx(1.0)
+    zero = torch.zeros(1, 69)
+    with torch.no_grad():
+        rest = body(torch.zeros(1, body.num_betas), zero, torch.zeros(1, 3)).vertices[0].double()
+        grown = body(torch.as_tensor(d, dtype=torch.float32)[None], zero, torch.zeros(1, 3)).vertices[0].double()
+    change, centred = (grown - rest).reshape(-1), (rest - rest.mean(0)).reshape(-1)
+    # the change is (nearly) a uniform scaling about the centroid, and it makes the body larger
+    assert torch.dot(change, centred) / (change.norm() * centred.norm()) > 0.95
+    height = lambda v: float(v[:, 1].max() - v[:, 1].min())  # noqa: E731
+    assert height(grown) > height(rest) + 0.02
+
+
+def test_betas_error_splits_into_size_and_the_rest():
+    result = run(MasksBenchConfig(split="dev", sources=("synthetic",), cases=2, weights=(5.0,), coco=False,
+                                  clothing=False))
+    for arm in result["results"].values():
+        a = arm["all"]
+        assert a["betas_error_scale_removed"] <= a["betas_error"] + 1e-9
+        assert a["betas_error_along_size"] <= a["betas_error"] + 1e-9
+        assert 0 < a["shape_pa_mm"] < a["pve_pa_mm"]    # the shape alone, of a fit whose pose errs too

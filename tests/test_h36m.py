@@ -197,7 +197,10 @@ def test_options_frames_cameras_layout_and_root(copy):
         target.parent.mkdir(parents=True, exist_ok=True)
         image.rename(target)
     assert len(records(list(iter_dataset("h36m", copy, "all", image_layout="folders")))) == len(centred) * 2
-    assert {o.reason for o in iter_dataset("h36m", copy, "train") if isinstance(o, Reject)} == {"missing_image"}
+    assert {o.reason for o in iter_dataset("h36m", copy, "train", image_layout="spin")
+            if isinstance(o, Reject)} == {"missing_image"}
+    auto = records(list(iter_dataset("h36m", copy, "train")))   # "auto" finds the folders' images
+    assert len(auto) == len(centred) and all("/Images/" in r.image_path and r.image_frame is None for r in auto)
     with pytest.raises(DatasetError, match="image_layout"):
         iter_dataset("h36m", copy, "train", image_layout="{subject}/{nope}.jpg")
 

@@ -135,7 +135,8 @@ def test_coco_fixture_masks_match_their_area_and_hold_the_visible_keypoints():
         assert mask.shape == (record.image_size[1], record.image_size[0])
         # COCO's area is the polygon's; pixel-centre sampling differs from it along the edges only
         tolerance = 0.03 if area[aid] > 1000 else 0.06
-        assert abs(mask.sum() / area[aid] - 1) < tolerance, aid
+        assert abs((mask == 1).sum() / area[aid] - 1) < tolerance, aid
+        assert set(np.unique(mask)) <= {0, 1, UNKNOWN}   # unknown: the image's other people (occluders)
         points = visible[aid][visible[aid][:, 2] == 2, :2]  # visible ones: an occluded joint may lie off the body
         x = np.clip(np.round(points[:, 0]).astype(int), 0, mask.shape[1] - 1)
         y = np.clip(np.round(points[:, 1]).astype(int), 0, mask.shape[0] - 1)
@@ -337,6 +338,41 @@ def test_a_label_folder_gives_parts_per_person_or_per_image_cut_to_the_mask(tmp_
     rejected = [r for r in CocoAdapter().read(FIXTURES / "coco", "val", config)
                 if not isinstance(r, PersonRecord) and r.key == skier.key]
     assert rejected and rejected[0].reason == "malformed_annotation" and "10x10" in rejected[0].message
+
+
+def test_coco_occluders_and_crowds_are_unknown_in_a_persons_mask(tmp_path):
+    """COCO annotates what is visible: another person in front hides the body behind, so their pixels (and a crowd
+    region's) are unknown in this person's mask outside the person, never background; the option turns it off."""
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.jpg")
+    keypoints = [10, 10, 2] * 17
+
+    def person(aid, x0, x1, crowd=0):
+        box = [[x0, 2, x1, 2, x1, 28, x0, 28]]
+        segmentation = box if not crowd else {"counts": rle_encode(polygons_to_mask(box, (30, 40))).tolist(),
+                                              "size": [30, 40]}
+        return {"id": aid, "image_id": 1, "keypoints": keypoints, "num_keypoints": 17, "bbox": [x0, 2, x1 - x0, 26],
+                "iscrowd": crowd, "segmentation": segmentation}
+
+    data = {"images": [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30}],
+            "annotations": [person(1, 5, 20), person(2, 15, 30), person(3, 32, 38, crowd=1)],
+            "categories": [{"id": 1, "name": "person"}]}
+    (tmp_path / "ann.json").write_text(json.dumps(data))
+    masks = {}
+    for unknown in (True, False):
+        config = CocoConfig(annotation_file=Path("ann.json"), image_dir=Path("."), min_joints=0,
+                            occluders_unknown=unknown)
+        records = {r.extra["annotation_id"]: r for r in CocoAdapter().read(tmp_path, "val", config)
+                   if isinstance(r, PersonRecord)}
+        assert sorted(records) == [1, 2]   # the crowd region is no person
+        masks[unknown] = {aid: r.mask.array() for aid, r in records.items()}
+        assert records[1].extra.get("mask_unknown_px", 0) == (((30 - 20) + (38 - 32)) * 26 if unknown else 0)
+    first, alone = masks[True][1], masks[False][1]
+    own = polygons_to_mask([[5, 2, 20, 2, 20, 28, 5, 28]], (30, 40))
+    assert np.array_equal(alone, own.astype(np.uint8))            # the annotation's mask alone
+    assert np.array_equal(first == 1, own)                         # the person stays the person where they overlap
+    assert (first[2:28, 20:30] == UNKNOWN).all() and (first[2:28, 32:38] == UNKNOWN).all()  # occluder, crowd
+    assert (first[:, 38:] == 0).all() and (first[:2] == 0).all()   # the rest stays background
+    assert (masks[True][2][2:28, 15:30] == 1).all() and (masks[True][2][2:28, 5:15] == UNKNOWN).all()
 
 
 # --- The synthetic generator's exact silhouettes and part labels, Human3.6M's foreground -------------------------

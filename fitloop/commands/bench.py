@@ -96,6 +96,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     masks.add_argument("--model", default="open-small", help='"open-small" (default) or "open"')
     masks.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     masks.add_argument("--seed", type=int, default=0)
+    masks.add_argument("--no-coco", dest="coco", action="store_false",
+                       help="leave out the COCO section (fits of the real COCO fixture people, IoU with their masks)")
+    masks.add_argument("--pictures", default=None, metavar="DIR",
+                       help="write the COCO section's pictures (one PNG per person and a contact sheet) into DIR")
     masks.add_argument("--json", action="store_true", help="print one JSON object")
     masks.set_defaults(func=cmd_masks)
 
@@ -391,8 +395,8 @@ def cmd_masks(args: argparse.Namespace) -> int:
             return 2
     result = run(MasksBenchConfig(split=args.split, sources=tuple(s for s in args.sources.split(",") if s),
                                   cases=args.cases, weights=numbers["weights"], model=args.model,
-                                  threads=args.threads, seed=args.seed, clothing=not args.no_clothing,
-                                  dsr=numbers["dsr"]))
+                                  threads=args.threads, seed=args.seed, coco=args.coco, pictures=args.pictures,
+                                  clothing=not args.no_clothing, dsr=numbers["dsr"]))
     if args.json:
         print(json.dumps(result))
         return 0
@@ -401,12 +405,33 @@ def cmd_masks(args: argparse.Namespace) -> int:
         print(f"  {source} skipped: {why}")
     for arm, row in result["results"].items():
         a = row["all"]
-        line = (f"  {arm:<22} PVE-PA {a['pve_pa_mm']:6.1f} mm  betas err {a['betas_error']:5.2f}  PA-MPJPE "
+        line = (f"  {arm:<22} PVE-PA {a['pve_pa_mm']:6.1f} mm  betas err {a['betas_error']:5.2f} (size removed "
+                f"{a['betas_error_scale_removed']:5.2f}; shape PA {a['shape_pa_mm']:4.1f} mm)  PA-MPJPE "
                 f"{a['pa_mpjpe_mm']:6.1f} mm  IoU {a['iou']:.3f}  {a['cpu_s_per_fit']:.3f} CPU s/fit")
         if "ratio_to_keypoints" in row:
             line += f"  (PVE-PA x{row['ratio_to_keypoints']['pve_pa_mm']:.2f})"
         print(line)
+    print_masks_coco(result["coco"])
     return 0
+
+
+def print_masks_coco(coco: dict | str) -> None:
+    """The COCO section of ``bench masks`` (`bench.masks_coco.run_coco`'s record, or why it was skipped)."""
+    if isinstance(coco, str):
+        print(f"COCO section skipped: {coco}")
+        return
+    skipped = ", ".join(f"{n} {why}" for why, n in coco["skipped"].items()) or "none"
+    print(f"COCO fixtures: {coco['people']} people (skipped: {skipped}); IoU of the fit's silhouette with the "
+          f"annotated mask")
+    for arm, row in coco["arms"].items():
+        line = (f"  {arm:<15} IoU {row['iou']:.3f}  reprojection {row['reprojection_px']:5.2f} px  "
+                f"{row['cpu_s_per_fit']:.3f} CPU s/fit")
+        if "ratio_to_keypoints" in row:
+            line += (f"  (IoU x{row['ratio_to_keypoints']['iou']:.2f}, better for {row['people_better']} of "
+                     f"{coco['people']})")
+        print(line)
+    for path in coco.get("pictures", [])[:1]:
+        print(f"  pictures: {path} and one per person beside it")
 
 
 def cmd_fits_table(args: argparse.Namespace) -> int:

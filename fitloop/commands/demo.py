@@ -93,8 +93,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     start = _step(f"generating synthetic datasets ({args.people} people per dataset, {args.wholebody_people} "
                   f"whole-body people per whole-body dataset) in {out / 'data'}")
     wanted = BODY_DATASETS + (WHOLEBODY_DATASETS if args.wholebody_people else ())
-    roots = generate(out / "data", SynthConfig.with_people(args.people, datasets=wanted).with_wholebody_people(
-        args.wholebody_people))
+    # Human3.6M as the release ships it: MP4 videos per subject, action and camera, decoded by the shard writer
+    roots = generate(out / "data", SynthConfig.with_people(args.people, datasets=wanted, h36m_image_layout="video")
+                     .with_wholebody_people(args.wholebody_people))
     timings["synthetic data"] = time.perf_counter() - start
     # the whole-body sets get their own small shard set after the build (`wholebody_fits`): in the build's they
     # would lengthen every training epoch

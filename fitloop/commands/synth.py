@@ -31,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--poses", choices=("auto", "cmu", "prior"), default="auto",
                         help="pose source: CMU clips, the pose prior, or auto (CMU when its folder exists)")
     parser.add_argument("--mocap-dir", type=Path, default=None, help="CMU BVH folder (default ../shared/mocap/cmu)")
+    parser.add_argument("--h36m-layout", choices=("video", "spin", "folders"), default="video",
+                        help="Human3.6M's frames: the release's MP4 videos S1/Videos/<Action>.<camera>.mp4 (default), "
+                             "SPIN's extracted images/ or per-sequence image folders (docs/datasets.md)")
     parser.add_argument("--workers", type=int, default=2, help="render processes (default 2)")
     parser.add_argument("--overwrite", action="store_true", help="replace dataset folders that exist in --out")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -42,7 +45,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from fitloop.progress import bar
     from pipelines.synthetic import DATASETS, SynthConfig, generate
 
-    options = {"seed": args.seed, "poses": args.poses, "mocap_dir": args.mocap_dir, "workers": args.workers}
+    options = {"seed": args.seed, "poses": args.poses, "mocap_dir": args.mocap_dir, "workers": args.workers,
+               "h36m_image_layout": args.h36m_layout}
     if args.datasets:
         options["datasets"] = tuple(d.strip() for d in args.datasets.split(",") if d.strip())
     if args.people is not None and args.people < 1:

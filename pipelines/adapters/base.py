@@ -50,6 +50,7 @@ from core.joints import J24_OFFSET, JOINT_NAMES, NUM_JOINTS, indices
 from core.wholebody import NUM_WHOLEBODY, WHOLEBODY_NAMES
 from pipelines.adapters.label_files import DEFAULT_LABELS_DIR, LABELS_FILE, LabelFolder
 from shards.crop import box_problem
+from shards.frames import VideoError, video_info
 from shards.masks import LabelMap, MaskError
 from shards.schema import PersonRecord, Reject
 
@@ -249,6 +250,7 @@ class _ImageInfo:
     size: tuple[int, int] | None
     reason: str = ""
     message: str = ""
+    frames: int | None = None   # a video's frame count (`shards.frames.video_info`)
 
 
 class RecordBuilder:
@@ -287,7 +289,7 @@ class RecordBuilder:
                smpl_pose: np.ndarray | None = None, smpl_betas: np.ndarray | None = None,
                has_smpl: bool = False, intrinsics: Intrinsics | None = None,
                wholebody: np.ndarray | None = None, mask: LabelMap | None = None,
-               extra: Mapping[str, Any] | None = None) -> Output:
+               extra: Mapping[str, Any] | None = None, image_frame: int | None = None) -> Output:
         """Check one candidate (module docstring) and build its record.
 
         Args:
@@ -296,6 +298,8 @@ class RecordBuilder:
             expected_size: (width, height) the annotation states, checked against the file when it is opened.
             intrinsics: the dataset's camera of the image (source "dataset"), when it has calibrated ones.
             wholebody: (161, 3) whole-body keypoints (`core.wholebody`), px + confidence, or None; not modified.
+            image_frame: the frame of a video ``image_path`` (`shards.frames`), or None for an image file; a frame
+                the video does not have is a ``missing_image`` reject.
             mask: the person's mask from the annotation (`shards.masks.LabelMap`), or None. A parsing or part
                 labels (and a mask where this is None) come from ``config.labels_dir`` when it holds a file for the
                 person; a file there that cannot be used is a ``malformed_annotation`` reject naming it.
@@ -324,7 +328,7 @@ class RecordBuilder:
             return self.reject(**where, reason="degenerate_box", message=(
                 f"box side {200.0 * scale:.2f} px < min_box_side_px={self.config.min_box_side_px}"))
 
-        info = self._image(image_root / image_path, expected_size)
+        info = self._image(image_root / image_path, expected_size, image_frame)
         if info.reason:
             return self.reject(source=image_path, record=record, key=key, reason=info.reason, message=info.message)
         extra = dict(extra or {})
@@ -372,7 +376,8 @@ class RecordBuilder:
             return self.reject(**where, reason="malformed_annotation", message=f"its metadata {extra}: {err}")
         return PersonRecord(
             dataset=self.dataset, split=self.split, key=key, source=source, record=record,
-            image_path=image_path, image_root=image_root, image_size=info.size, center=center, scale=scale,
+            image_path=image_path, image_frame=image_frame, image_root=image_root, image_size=info.size,
+            center=center, scale=scale,
             keypoints_2d=kp, joints_3d=joints_3d, smpl_pose=smpl_pose, smpl_betas=smpl_betas, has_smpl=has_smpl,
             intrinsics=intrinsics, wholebody=wb, mask=mask, parts=labels.get("parts"),
             parsing=labels.get("parsing"), extra=extra)
@@ -387,18 +392,33 @@ class RecordBuilder:
             return "missing_required_joints", f"required joints not annotated: {', '.join(missing)}"
         return None
 
-    def _image(self, path: Path, expected_size: tuple[int, int] | None) -> _ImageInfo:
+    def _image(self, path: Path, expected_size: tuple[int, int] | None, frame: int | None = None) -> _ImageInfo:
         """The image's size, or why it fails: the file is checked once (``image_check``), the size the
-        annotation states on every call (two annotations of one image may disagree)."""
+        annotation states on every call (two annotations of one image may disagree); for a video's ``frame``, the
+        video once (its frame count, by decoding) and the frame on every call."""
         if path not in self._images:
-            self._images[path] = self._check_image(path)
+            self._images[path] = self._check_image(path) if frame is None else self._check_video(path)
         info = self._images[path]
+        if not info.reason and frame is not None and info.frames is not None and frame >= info.frames:
+            return _ImageInfo(None, "missing_image", f"{path.name} has {info.frames} frames (0-{info.frames - 1}), "
+                                                     f"no frame {frame}")
         if not info.reason and info.size is not None and expected_size is not None \
                 and tuple(expected_size) != info.size:
             return _ImageInfo(None, "image_size_mismatch",
                               f"{path.name} is {info.size[0]}x{info.size[1]}, the annotation says "
                               f"{expected_size[0]}x{expected_size[1]}")
         return info
+
+    def _check_video(self, path: Path) -> _ImageInfo:
+        if not path.is_file():
+            return _ImageInfo(None, "missing_image", f"no video file at {path}")
+        if self.config.image_check == "exists":
+            return _ImageInfo(None)
+        try:
+            video = video_info(path)
+        except VideoError as err:
+            return _ImageInfo(None, "corrupt_image", str(err))
+        return _ImageInfo(video.size, frames=video.frames)
 
     def _check_image(self, path: Path) -> _ImageInfo:
         if not path.is_file():

@@ -13,7 +13,11 @@ Masks: the annotation's ``segmentation`` is the person's mask: polygons (``iscro
 ``height`` × ``width``. An empty segmentation gives no mask. A segmentation that cannot be decoded costs the
 mask, not the person: the record keeps its keypoints and says why in ``extra["mask_error"]``. ``iscrowd=1``
 annotations are crowd regions (their RLE covers many people, COCO's evaluation ignores them): rejected as
-``crowd``, as before, never a person's mask.
+``crowd``, as before, never a person's mask. **Occluders are unknown** (``occluders_unknown``, default on): in a
+person's mask, the pixels of the image's other annotations (other people, crowd regions) outside the person are
+`shards.masks.UNKNOWN`, not background: COCO annotates what is visible, so where another person stands in front the
+body may continue behind them, and a silhouette term must not push it out of there
+(``extra["mask_unknown_px"]`` counts them).
 
 Keys: ``coco/<image id, 12 digits>_a<annotation id>``, e.g. ``coco/000000000785_a442619``: the annotation id is
 COCO's own, stable across re-orderings and shared by the 2014 and 2017 releases, which re-split the same images.
@@ -24,6 +28,7 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
@@ -44,7 +49,7 @@ from pipelines.adapters.base import (
     occluded_names,
     resolve_under,
 )
-from shards.masks import MASK_NAMES, LabelMap, MaskError, coco_mask
+from shards.masks import MASK_NAMES, UNKNOWN, LabelMap, MaskError, coco_mask
 from shards.schema import make_key
 
 # COCO's own keypoint names, in its order; a file whose person category lists others is not this format.
@@ -66,11 +71,14 @@ class CocoConfig(CheckConfig):
             ``<root>/images/<subset>`` where the json is ``person_keypoints_<subset>.json`` (e.g. ``train2014``),
             else the root itself.
         bbox_expand: box side = ``bbox_expand · max(w, h)`` (SPIN: 1.2).
+        occluders_unknown: mark the image's other annotations (people, crowd regions) unknown in a person's mask
+            outside the person (module docstring); False: background, the annotation's mask alone.
     """
 
     annotation_file: Path | None = None
     image_dir: Path | None = None
     bbox_expand: float = 1.2
+    occluders_unknown: bool = True
 
 
 class CocoAdapter:
@@ -108,13 +116,17 @@ class CocoAdapter:
         shared = {i: n for i, n in image_ids.items() if n > 1}  # which picture such an annotation is of is unknown
         annotation_ids = Counter(_order(a)[2] for a in annotations if _order(a)[0] == 0)
 
-        for annotation in annotations:
-            yield self._person(builder, image_root, image_dir, source, images, annotation, config, shared,
-                               annotation_ids)
+        for (_, image_id), group in groupby(annotations, key=lambda a: _order(a)[:2]):
+            group = list(group)
+            image = images.get(image_id) if image_id not in shared else None
+            decoded = _image_masks(group, image) if config.occluders_unknown and image is not None else None
+            for annotation in group:
+                yield self._person(builder, image_root, image_dir, source, images, annotation, config, shared,
+                                   annotation_ids, decoded)
 
     def _person(self, builder: RecordBuilder, image_root: Path, image_dir: PurePosixPath, source: str,
                 images: dict[int, dict[str, Any]], annotation: Any, config: CocoConfig, shared: dict[int, int],
-                annotation_ids: Counter[int]) -> Output:
+                annotation_ids: Counter[int], decoded: "_ImageMasks | None" = None) -> Output:
         if not isinstance(annotation, dict):
             return builder.reject(source, f"annotation {str(annotation)[:40]!r}", "malformed_annotation",
                                   f"an annotation is a {type(annotation).__name__}, not an object")
@@ -144,7 +156,10 @@ class CocoAdapter:
         if crowd:
             return builder.reject(source, record, "crowd", "iscrowd=1: a crowd region, not one person", key)
 
-        mask, mask_extra = person_mask(segmentation, expected_size)
+        if decoded is not None and annotation_id in decoded.masks:
+            mask, mask_extra = decoded.person(annotation_id)
+        else:
+            mask, mask_extra = person_mask(segmentation, expected_size)
         labelled, occluded = raw[:, 2] > 0, raw[:, 2] == 1
         conf = joint_confidence(labelled, occluded, config.occluded_confidence)
         keypoints = to_canonical(np.column_stack([raw[:, :2], conf]), "coco")
@@ -180,6 +195,49 @@ def person_mask(segmentation: Any, size: tuple[int, int]) -> tuple[LabelMap | No
         return LabelMap.from_array(mask, MASK_NAMES, provenance), {}
     except (MaskError, TypeError, ValueError) as err:
         return None, {"mask_error": f"segmentation not decoded: {err}"}
+
+
+@dataclass(frozen=True)
+class _ImageMasks:
+    """The decoded masks of one image's annotations (`person_mask` of each, by annotation id) and the union of
+    all of them, crowd regions included."""
+
+    masks: dict[int, tuple[LabelMap | None, dict[str, Any]]]
+    union: np.ndarray | None
+
+    def person(self, annotation_id: int) -> tuple[LabelMap | None, dict[str, Any]]:
+        """The person's mask with the other annotations' pixels outside it `UNKNOWN` (module docstring)."""
+        mask, extra = self.masks[annotation_id]
+        if mask is None or self.union is None:
+            return mask, extra
+        own = mask.array() == 1
+        others = self.union & ~own
+        if not others.any():
+            return mask, extra
+        labels = np.where(others, UNKNOWN, own).astype(np.uint8)
+        return LabelMap.from_array(labels, MASK_NAMES, mask.provenance), extra | {"mask_unknown_px": int(others.sum())}
+
+
+def _image_masks(group: list[Any], image: Any) -> _ImageMasks | None:
+    """Every annotation of one image decoded once (None when the image's size cannot be read: the annotations are
+    rejected or keep their own masks)."""
+    try:
+        size = (int(image["width"]), int(image["height"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    masks: dict[int, tuple[LabelMap | None, dict[str, Any]]] = {}
+    union = None
+    for annotation in group:
+        try:
+            annotation_id = int(annotation["id"])
+            mask, extra = person_mask(annotation.get("segmentation"), size)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+        masks[annotation_id] = (mask, extra)
+        if mask is not None:
+            pixels = mask.array() == 1
+            union = pixels if union is None else union | pixels
+    return _ImageMasks(masks, union)
 
 
 def _order(annotation: Any) -> tuple[int, int, int]:

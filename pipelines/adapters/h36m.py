@@ -30,11 +30,20 @@ distortion (k, p) stays in ``extra["camera_params"]`` and is not applied by fitl
 Projection with distortion is Human3.6M's own model (as 3d-pose-baseline implements it): ``x = X/Z``,
 ``r² = |x|²``, ``x' = x·(1 + k1 r² + k2 r⁴ + k3 r⁶ + p1 y + p2 x) + (p2, p1)·r²``, ``u = f·x' + c``.
 
-**Frames** are pre-extracted images (``image_layout``): ``"spin"`` is SPIN's extraction,
-``images/S1_Directions_1.54138969_000001.jpg`` (spaces in the action become ``_``; the number is the frame index
-+ 1); ``"folders"`` is ``S1/Images/Directions 1.54138969/frame_000001.jpg``; or a format string with the fields
-``subject``, ``action``, ``action_us`` (spaces → ``_``), ``camera``, ``frame`` (0-based) and ``frame1``
-(1-based). The videos (``S*/Videos/*.mp4``) are not read: nothing installed decodes MPEG-4 (PIL cannot).
+**Frames** come from the release's **videos** or from pre-extracted images (``image_layout``). ``"video"`` reads
+``S1/Videos/Directions 1.54138969.mp4`` as the release ships it (`VIDEO_LAYOUT`), decoded by OpenCV in the shard
+writer's chunk work, in order, no frame written to disk (`shards.frames`): pose frame i is video frame i (0-based,
+decoding order; both run at 50 Hz). A video with fewer frames than the pose file loses the records past its end
+(``missing_image``), and every record of a sequence whose video and pose frame counts differ carries both
+(``extra["video_frames"]``, ``extra["pose_frames"]``): the release's videos of a few sequences run a few frames
+longer than their poses, and the frames are taken from the start. SPIN's evaluation script (``datasets/preprocess/
+h36m.py``) reads one frame before its loop, so its image i is video frame i + 1 (SPIN_REFERENCE.md §4.3);
+fitloop does not copy that. ``"spin"`` is SPIN's extraction, ``images/S1_Directions_1.54138969_000001.jpg``
+(spaces in the action become ``_``; the number is the frame index + 1); ``"folders"`` is
+``S1/Images/Directions 1.54138969/frame_000001.jpg``; or a format string with the fields ``subject``, ``action``,
+``action_us`` (spaces → ``_``), ``camera``, ``frame`` (0-based) and ``frame1`` (1-based). ``"auto"`` (default)
+takes, per sequence, SPIN's or the folders' image of its first frame where it exists, else its video where that
+exists, else SPIN's layout (whose missing images are rejects that name the path).
 
 **Records.** Every ``frame_step``-th frame (default 5, as SPIN) of every sequence is one person. The 17 joints
 SPIN takes from the 32 (raw 11, 1, 2, 3, 6, 7, 8, 12, 24, 14, 15, 17, 18, 19, 25, 26, 27: raw 11 is a copy of the
@@ -90,6 +99,7 @@ from pipelines.adapters.base import (
     keypoint_box,
     resolve_under,
 )
+from shards.frames import VideoError, video_info
 from shards.masks import MASK_NAMES, LabelMap
 from shards.schema import make_key
 
@@ -116,6 +126,7 @@ IMAGE_LAYOUTS: dict[str, str] = {
     "spin": "images/{subject}_{action_us}.{camera}_{frame1:06d}.jpg",
     "folders": "{subject}/Images/{action}.{camera}/frame_{frame1:06d}.jpg",
 }
+VIDEO_LAYOUT = "{subject}/Videos/{action}.{camera}.mp4"   # the release's videos, one per (subject, action, camera)
 PoseSource = Literal["auto", "mono", "world"]
 BoxSource = Literal["auto", "mask", "keypoints"]
 
@@ -133,7 +144,7 @@ class H36mConfig(CheckConfig):
         subjects: read these subjects instead of the split's (e.g. ("S1",)).
         cameras: keep only these camera serials (protocol 2: ("60457274",)); default all.
         frame_step: keep frames 0, step, 2·step, … of every sequence (SPIN: 5).
-        image_layout: "spin", "folders" or a format string (module docstring).
+        image_layout: "auto", "video", "spin", "folders" or a format string (module docstring).
         box: "auto" (mask when its file exists, else joints), "mask" or "keypoints".
         mask_expand: box side = ``mask_expand ·`` the mask box's larger side (SPIN: 0.9).
         bbox_expand: box side = ``bbox_expand ·`` the joints' tight box's larger side (1.2, as SPIN's keypoint
@@ -146,7 +157,7 @@ class H36mConfig(CheckConfig):
     subjects: tuple[str, ...] = ()
     cameras: tuple[str, ...] = ()
     frame_step: int = 5
-    image_layout: str = "spin"
+    image_layout: str = "auto"
     box: BoxSource = "auto"
     mask_expand: float = 0.9
     bbox_expand: float = 1.2
@@ -160,7 +171,8 @@ class H36mConfig(CheckConfig):
             raise DatasetError(f"box must be auto, mask or keypoints, got {self.box!r}")
         if self.frame_step < 1:
             raise DatasetError(f"frame_step must be at least 1, got {self.frame_step}")
-        image_pattern(self.image_layout)  # raises DatasetError on a bad pattern
+        if self.image_layout not in ("auto", "video"):
+            image_pattern(self.image_layout)  # raises DatasetError on a bad pattern
 
 
 @dataclass(frozen=True)
@@ -249,10 +261,11 @@ class H36mAdapter:
         if not present:
             raise DatasetError(f"no Human3.6M subject folder ({', '.join(subjects)}) under {root}")
         cameras = self._cameras(root, config)
-        pattern = image_pattern(config.image_layout)
         builder = RecordBuilder(self.name, split, config, root=root)
         for subject in present:
             for sequence in self._sequences(root, subject, config, cameras):
+                pattern = sequence_layout(root, sequence.subject, sequence.action, sequence.camera,
+                                          config.image_layout)
                 yield from self._read_sequence(builder, root, sequence, cameras, pattern, config)
 
     # -- finding files --------------------------------------------------------------------------------------
@@ -343,11 +356,12 @@ class H36mAdapter:
             except PARSER_ERRORS as err:
                 problem_foreground = f"{display_path(seq.foreground, root)}: {type(err).__name__}: {err}"
 
+        counts = _frame_counts(root, seq, pattern, len(joints_3d))
         try:
             for frame in range(0, len(joints_3d), config.frame_step):
                 mask, mask_extra = _foreground(foreground, problem_foreground, frame, seq, root)
                 yield self._person(builder, root, seq, source, frame, joints_3d[frame], joints_2d, problem_2d,
-                                   masks, problem_mask, camera, pattern, config, mask, mask_extra)
+                                   masks, problem_mask, camera, pattern, config, mask, mask_extra | counts)
         finally:
             for opened in (masks, foreground):
                 if opened is not None:
@@ -397,11 +411,11 @@ class H36mAdapter:
             extra["box_source"] = "keypoints"
             center, scale = keypoint_box(keypoints, config.bbox_expand) or (None, None)
 
-        image_path = pattern.format(subject=seq.subject, action=seq.action, action_us=seq.action.replace(" ", "_"),
-                                    camera=seq.camera, frame=frame, frame1=frame + 1)
+        image_path = _image_path(pattern, seq.subject, seq.action, seq.camera, frame)
         return builder.person(key=key, source=source, record=record, image_root=root, image_path=image_path,
                               center=center, scale=scale, keypoints_2d=keypoints, joints_3d=joints_3d,
-                              intrinsics=intrinsics, mask=mask, extra=extra)
+                              intrinsics=intrinsics, mask=mask, extra=extra,
+                              image_frame=frame if pattern == VIDEO_LAYOUT else None)
 
 
 def _foreground(foreground: "MaskFile | None", problem: str, frame: int, seq: _Sequence,
@@ -540,6 +554,37 @@ def euler_xyz(angles: np.ndarray) -> np.ndarray:
     ry = np.array([[math.cos(b), 0, math.sin(b)], [0, 1, 0], [-math.sin(b), 0, math.cos(b)]])
     rz = np.array([[math.cos(c), -math.sin(c), 0], [math.sin(c), math.cos(c), 0], [0, 0, 1]])
     return rx @ ry @ rz
+
+
+def _image_path(pattern: str, subject: str, action: str, camera: str, frame: int) -> str:
+    return pattern.format(subject=subject, action=action, action_us=action.replace(" ", "_"), camera=camera,
+                          frame=frame, frame1=frame + 1)
+
+
+def sequence_layout(root: Path, subject: str, action: str, camera: str, layout: str) -> str:
+    """The path pattern of one sequence's frames: `VIDEO_LAYOUT` for ``"video"``, the named or given pattern, or
+    for ``"auto"`` the first of SPIN's images, the folders' images and the video that holds the sequence's first
+    frame (module docstring), SPIN's when none does."""
+    if layout == "video":
+        return VIDEO_LAYOUT
+    if layout != "auto":
+        return image_pattern(layout)
+    for pattern in (*IMAGE_LAYOUTS.values(), VIDEO_LAYOUT):
+        if (root / _image_path(pattern, subject, action, camera, 0)).is_file():
+            return pattern
+    return IMAGE_LAYOUTS["spin"]
+
+
+def _frame_counts(root: Path, seq: _Sequence, pattern: str, pose_frames: int) -> dict[str, int]:
+    """``{"video_frames", "pose_frames"}`` when a sequence's video and pose file differ in length (module
+    docstring), else nothing (also when the video cannot be read: its records say why)."""
+    if pattern != VIDEO_LAYOUT:
+        return {}
+    try:
+        frames = video_info(root / _image_path(pattern, seq.subject, seq.action, seq.camera, 0)).frames
+    except (OSError, VideoError):
+        return {}
+    return {} if frames == pose_frames else {"video_frames": frames, "pose_frames": pose_frames}
 
 
 def image_pattern(layout: str) -> str:

@@ -45,8 +45,8 @@ class SynthConfig:
         h36m_frames: frames per sequence in the pose files.
         h36m_frame_step: frames 0, step, 2·step … get an extracted image (SPIN samples every 5th).
         h36m_image_size: (width, height) of the Human3.6M frames (the real ones are 1000 × 1000 or 1002).
-        h36m_image_layout: "spin" (images/S1_Directions_1.54138969_000001.jpg) or "folders"; see
-            pipelines/adapters/h36m.py.
+        h36m_image_layout: "spin" (images/S1_Directions_1.54138969_000001.jpg), "folders", or "video" (the
+            release's S1/Videos/Directions 1.54138969.mp4, every frame painted); see pipelines/adapters/h36m.py.
         poses: "cmu" (CMU BVH clips converted at run time), "prior" (samples of the shipped pose prior), or
             "auto" (cmu when ``mocap_dir`` exists).
         mocap_dir: the CMU BVH folder; default ../shared/mocap/cmu beside the checkout.
@@ -78,7 +78,7 @@ class SynthConfig:
     h36m_frames: int = 10
     h36m_frame_step: int = 5
     h36m_image_size: tuple[int, int] = (400, 400)
-    h36m_image_layout: Literal["spin", "folders"] = "spin"
+    h36m_image_layout: Literal["spin", "folders", "video"] = "spin"
     poses: PoseSourceName = "auto"
     mocap_dir: Path | None = None
     max_clips: int = 24
@@ -108,8 +108,8 @@ class SynthConfig:
             raise SynthError(f"fov_deg must be (min, max) in (0, 120), got {self.fov_deg}")
         if self.poses not in ("auto", "cmu", "prior"):
             raise SynthError(f"poses must be auto, cmu or prior, got {self.poses!r}")
-        if self.h36m_image_layout not in ("spin", "folders"):
-            raise SynthError(f"h36m_image_layout must be spin or folders, got {self.h36m_image_layout!r}")
+        if self.h36m_image_layout not in ("spin", "folders", "video"):
+            raise SynthError(f"h36m_image_layout must be spin, folders or video, got {self.h36m_image_layout!r}")
         bad = [s for s in self.h36m_subjects if not (s.startswith("S") and s[1:].isdigit() and 1 <= int(s[1:]) <= 11)]
         if bad or len(set(self.h36m_subjects)) != len(self.h36m_subjects):
             raise SynthError(f"h36m_subjects must be distinct S1..S11 (metadata.xml has 11 slots), "

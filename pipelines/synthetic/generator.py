@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import shutil
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from PIL import Image
 from scipy.spatial.transform import Rotation
 
 from core.errors import FitloopError
@@ -33,7 +34,7 @@ from core.joints import NUM_JOINTS
 from core.pinhole import pinhole
 from core.wholebody import NUM_WHOLEBODY, WHOLEBODY_PARTS, wholebody_indices
 from fitting.body_model import OPEN_MODELS, BodyModel, load_body_model, read_model_arrays
-from pipelines.adapters.h36m import CAMERA_NAMES, RAW_INDEX, Camera, image_pattern
+from pipelines.adapters.h36m import CAMERA_NAMES, RAW_INDEX, VIDEO_LAYOUT, Camera, image_pattern
 from pipelines.synthetic import formats, h36m_files
 from pipelines.synthetic.bodies import move_parameters, pose_bodies, pose_wholebody, rotate_orient
 from pipelines.synthetic.config import DATASETS, WHOLEBODY_DATASETS, SynthConfig, SynthError
@@ -51,6 +52,7 @@ from pipelines.synthetic.scene import (
     view_rotation,
 )
 from pipelines.synthetic.truth import write_truth
+from shards.frames import write_video
 from shards.schema import make_key
 
 GENERATOR_VERSION = 3        # 2: COCO and MPII images carry their focal length in EXIF; 3: whole-body datasets
@@ -58,6 +60,8 @@ EXIF_DATASETS = ("coco", "mpii")  # their JPEGs carry the true focal length in E
                                   # camera writes it; LSP's and LSPET's (resized crops) and Human3.6M's (video
                                   # frames, cameras in their own files) carry none
 SYNTH_FILE = "fitloop_synth.json"
+H36M_FPS = 50.0              # Human3.6M's cameras and pose files run at 50 Hz
+VIDEO_FRAMES = ".frames"     # where the video layout's frames are painted before they are encoded (then removed)
 FILL = (0.55, 0.92)          # a body's height as a share of its image (slot) height
 PITCH_DEG, ROLL_DEG = 12.0, 5.0
 PEOPLE_PER_IMAGE_WEIGHTS = (0.6, 0.3, 0.07, 0.03)  # of 1, 2, 3, 4 people in a multi-person image
@@ -208,11 +212,12 @@ def _finish(planned: _Planned, metadata: dict[str, Any], progress: Callable[[int
     """Wait for a dataset's pictures, write its files and truth, and move it into place; ``progress`` hears of
     the people of each painted batch."""
     silhouettes = []
+    people_in = Counter(person.picture for person in planned.people)  # a video's frames between samples hold none
     for done in planned.painting:
         batch = done.result() if isinstance(done, Future) else done
-        silhouettes += batch
         if progress is not None:
-            progress(sum(len(bodies) for bodies in batch))
+            progress(sum(people_in[i] for i in range(len(silhouettes), len(silhouettes) + len(batch))))
+        silhouettes += batch
     for person in planned.people:
         person.silhouette = silhouettes[person.picture][person.ids["body"]]
         if person.probes is not None:
@@ -381,11 +386,15 @@ def _plan_h36m(root: Path, config: SynthConfig, model: BodyModel, poses: PoseSou
 
     Per subject one shape and colour; per (subject, action) one motion (``h36m_frames`` frames) walked across
     the capture area with its feet on the floor (z = 0), filmed by the subject's four cameras. Every frame goes
-    into the pose files; frames 0, step, 2·step … get images and truth.
+    into the pose files; frames 0, step, 2·step … get images and truth. With the ``video`` layout every frame is
+    painted (one background per camera and sequence) and the frames become the release's MP4 videos
+    (`VIDEO_LAYOUT`, 50 fps) once painted; the people (and the truth's ``image``) name the video.
     """
     size = tuple(config.h36m_image_size)
     rig = h36m_rig(size, rng)
-    pattern = image_pattern(config.h36m_image_layout)
+    video = config.h36m_image_layout == "video"
+    pattern = VIDEO_LAYOUT if video else image_pattern(config.h36m_image_layout)
+    videos: list[tuple[Path, list[int]]] = []  # (video file, its frames' pictures)
     frames, step = config.h36m_frames, config.h36m_frame_step
     pictures: list[Picture] = []
     people: list[Person] = []
@@ -431,9 +440,22 @@ def _plan_h36m(root: Path, config: SynthConfig, model: BodyModel, poses: PoseSou
             foreground_files.append((root / subject / "MySegmentsMat" / "ground_truth_bs" / f"{stem}.mat", drawn))
             orient, transl = move_parameters(motion[:, :3], offset, everyone.root_rest[span], cam.R,
                                              -cam.R @ cam.T / 1000.0)
-            for frame in range(0, frames, step):
+            background = int(rng.integers(2 ** 31))
+            if video:
+                videos.append((root / pattern.format(subject=subject, action=action, camera=serial), []))
+            for frame in range(0, frames, 1 if video else step):
                 image = root / pattern.format(subject=subject, action=action, action_us=action.replace(" ", "_"),
                                               camera=serial, frame=frame, frame1=frame + 1)
+                if video:  # painted here, then encoded into the video and removed
+                    image = root / VIDEO_FRAMES / f"{len(pictures):07d}.jpg"
+                    videos[-1][1].append(len(pictures))
+                    if frame % step:  # a frame the adapter skips: painted for the video, no person
+                        pictures.append(Picture(
+                            path=image, size=size, focal=(float(cam.f[0]), float(cam.f[1])),
+                            principal=(float(cam.c[0]), float(cam.c[1])), background_seed=background,
+                            bodies=[Body(vertices=vertices_cam[frame].astype(np.float32), colours=regions)],
+                            jpeg_quality=config.jpeg_quality))
+                        continue
                 drawn[frame] = len(people)
                 joints = _to_camera(cam, world["joints"][frame])
                 h36m = _to_camera(cam, world["h36m"][frame])
@@ -445,11 +467,21 @@ def _plan_h36m(root: Path, config: SynthConfig, model: BodyModel, poses: PoseSou
                     h36m_keypoints=cam.project(raw_cam[frame][RAW_INDEX])))
                 pictures.append(Picture(
                     path=image, size=size, focal=(float(cam.f[0]), float(cam.f[1])),
-                    principal=(float(cam.c[0]), float(cam.c[1])), background_seed=int(rng.integers(2 ** 31)),
+                    principal=(float(cam.c[0]), float(cam.c[1])),
+                    background_seed=background if video else int(rng.integers(2 ** 31)),
                     bodies=[Body(vertices=vertices_cam[frame].astype(np.float32), colours=regions)],
                     jpeg_quality=config.jpeg_quality))
 
     def write_files(_root: Path, _pictures: list[Picture], _people: list[Person]) -> None:
+        for path, shown in videos:  # the painted frames become the sequence's video (the truth names it)
+            frames_of = []
+            for index in shown:
+                with Image.open(_pictures[index].path) as painted:
+                    frames_of.append(np.asarray(painted.convert("RGB")))
+                _pictures[index].path = path
+            write_video(path, frames_of, H36M_FPS)
+        if videos:
+            shutil.rmtree(root / VIDEO_FRAMES)
         for path, values in pose_files:
             h36m_files.write_pose_cdf(path, values)
         for path, boxes in mask_files:
