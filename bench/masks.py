@@ -20,6 +20,16 @@ bodies of β_fit and β_true after Procrustes (size removed), which weighs each 
 body's coverage with the mask; CPU seconds per fit (`time.process_time`, at ``threads`` torch threads, set here).
 Ratios are against the baseline of the same run.
 
+**Clothing** (``clothing``, on by default; DSR's terms, `fitting.dsr`): the same people dressed. Each gets a loose
+garment margin uniform in `CLOTHING_MARGIN_PX` (per person, its own random stream): every background pixel within
+that margin of a clothed body part (torso, upper arms, thighs, shins: the segments that are not minimally
+clothed) joins that part, while head, hands and feet keep their exact outline (a background pixel nearest to them
+stays background). That label image is the person's parsing (ids as part labels: the clothed parts' grown,
+head/hands/feet exact) and its outline the person mask. Arms on it: ``clothed_silhouette_<w>`` (the silhouette
+term against the clothed mask: bodies pulled out to fill the clothes) and ``clothed_dsr`` (silhouette weight,
+DSR-MC and DSR-C weights ``dsr``: the parts' head, hands and feet tight, the body inside the clothing). Their IoU
+is against the **body's** true silhouette, as for every arm.
+
 **COCO** (``coco``, where ../shared/fixtures is here; `bench.masks_coco`): the same arms on the real COCO fixture
 people, their keypoints and annotated masks as the pipeline hands them over, scored by the IoU of the fit's
 silhouette with the annotated mask, with pictures (``pictures``).
@@ -34,6 +44,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from bench.masks_coco import COCO_ROOT, run_coco
 from bench.renderer import BETAS_RANGE
@@ -56,11 +67,13 @@ from core.frames import FIT_FRAME_OFFSET
 from core.metrics import procrustes_align
 from fits.evaluate import body_eval_joints
 from fitting.body_model import BodyModel, load_body_model
+from fitting.dsr import face_segments, mc_group_table
 from fitting.priors import load_pose_prior, resolve_pose_prior
 from fitting.silhouette import render_silhouette
 from fitting.smplify import SMPLify, SMPLifyConfig
 
 SOURCES = ("synthetic", "cmu", "lsp")
+CLOTHING_MARGIN_PX = (3.0, 15.0)     # loose garments at the 224 px fit frame: a few px to ~15 px beyond the body
 
 
 @dataclass(frozen=True)
@@ -76,6 +89,8 @@ class MasksBenchConfig:
     seed: int = 0
     coco: bool = True                                # the COCO section (`bench.masks_coco`) where the fixtures are
     pictures: str | None = None                      # folder for the COCO section's pictures (None: none)
+    clothing: bool = True                            # also the clothed people and their arms (module docstring)
+    dsr: tuple[float, float, float] = (0.0, 10.0, 10.0)   # clothed_dsr's silhouette, DSR-MC and DSR-C weights
 
     def checked(self) -> "MasksBenchConfig":
         if self.split not in SPLITS:
@@ -85,6 +100,9 @@ class MasksBenchConfig:
                                f"{self.threads}")
         if not self.weights or min(self.weights) <= 0:
             raise FitloopError(f"bench masks: --weights must be positive numbers, got {self.weights}")
+        if len(self.dsr) != 3 or min(self.dsr) < 0 or max(self.dsr[1:]) <= 0:
+            raise FitloopError(f"bench masks: --dsr takes three weights SIL,MC,C (>= 0, MC or C positive), got "
+                               f"{self.dsr}")
         return self
 
 
@@ -101,8 +119,20 @@ class Case:
     keypoints: np.ndarray                # (N, 49, 3) fit-frame px
     focal: np.ndarray
     center: np.ndarray
-    masks: torch.Tensor                  # (N, 224, 224) uint8
+    masks: torch.Tensor                  # (N, 224, 224) uint8: the body's exact silhouette
     start: Any
+    parsing: torch.Tensor | None = None  # (N, 224, 224) uint8 the clothed person's labels (module docstring)
+
+
+def clothe(parts: np.ndarray, margin: float) -> np.ndarray:
+    """A loose garment over exact part labels (H, W) (0 background, 1 + SMPL segment): background pixels within
+    ``margin`` px of a body pixel join its part when that part is clothed (not `fitting.dsr.MC_PARTS`); head,
+    hands and feet keep their outline. Returns the clothed labels (H, W) uint8."""
+    mc = mc_group_table().numpy()[parts] > 0
+    distance, (row, col) = ndimage.distance_transform_edt(parts == 0, return_indices=True)
+    nearest = parts[row, col]
+    grown = (parts == 0) & (distance <= margin) & ~mc[row, col]
+    return np.where(grown, nearest, parts).astype(np.uint8)
 
 
 def make_case(body: BodyModel, source: str, config: MasksBenchConfig) -> Case:
@@ -117,10 +147,18 @@ def make_case(body: BodyModel, source: str, config: MasksBenchConfig) -> Case:
         out = body(torch.as_tensor(betas, dtype=torch.float32), pose[:, 3:], pose[:, :3])
     camera = out.vertices + torch.as_tensor(seen.cam_t, dtype=torch.float32)[:, None]
     # the renderer's pixel centres are at integers, the fit frame's at half-integers
-    drawn = render_silhouette(camera, torch.as_tensor(body.faces), FIT_FOCAL, (FIT_CENTER - FIT_FRAME_OFFSET,) * 2,
-                              (FIT_RES, FIT_RES))
+    faces = torch.as_tensor(body.faces)
+    drawn = render_silhouette(camera, faces, FIT_FOCAL, (FIT_CENTER - FIT_FRAME_OFFSET,) * 2, (FIT_RES, FIT_RES))
+    parsing = None
+    if config.clothing:  # the body's exact part labels (each face's dominant segment), then the garment
+        face_segment = face_segments(faces, body.layer.lbs_weights)
+        index = drawn.face_index
+        parts = torch.where(index >= 0, face_segment[index.clamp(min=0)] + 1, 0).numpy()
+        margins = rng_for(config.seed, source, config.split, "clothing").uniform(*CLOTHING_MARGIN_PX, len(parts))
+        parsing = torch.as_tensor(np.stack([clothe(p, m) for p, m in zip(parts, margins)]))
     return Case(source, seen.pose, betas, out.vertices, body_eval_joints(body, out.vertices, out.joints).double(), seen.up,
-                obs.keypoints, obs.focal, obs.center, (drawn.face_index >= 0).to(torch.uint8), mean_start(body, obs))
+                obs.keypoints, obs.focal, obs.center, (drawn.face_index >= 0).to(torch.uint8), mean_start(body, obs),
+                parsing)
 
 
 def size_direction(body: BodyModel) -> np.ndarray:
@@ -135,15 +173,20 @@ def size_direction(body: BodyModel) -> np.ndarray:
     return d / np.linalg.norm(d)
 
 
-def fit_case(smplify: SMPLify, case: Case, size: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
-    """Fit a case's people (with its masks); per-person metrics and the CPU seconds of the fits. size: (NB,) the
-    body's `size_direction`."""
+def fit_case(smplify: SMPLify, case: Case, size: np.ndarray,
+             clothed: bool = False) -> tuple[dict[str, np.ndarray], float]:
+    """Fit a case's people (with its exact masks, or ``clothed``: the clothed mask, parts and parsing); per-person
+    metrics (IoU against the body's exact silhouette) and the CPU seconds of the fits. size: (NB,) the body's
+    `size_direction`."""
     f32 = {"dtype": torch.float32}
     kp = torch.as_tensor(case.keypoints, **f32)
+    images = {"masks": case.masks}
+    if clothed:
+        images = {"masks": (case.parsing > 0).to(torch.uint8), "parts": case.parsing, "parsing": case.parsing}
     clock = time.process_time()
     fit = smplify(kp, torch.as_tensor(case.start.pose, **f32), torch.as_tensor(case.start.betas, **f32),
                   torch.as_tensor(case.start.cam_t, **f32), torch.as_tensor(case.center, **f32), start="mean",
-                  focal_length=torch.as_tensor(case.focal, **f32), masks=case.masks)
+                  focal_length=torch.as_tensor(case.focal, **f32), **images)
     seconds = time.process_time() - clock
     body = smplify.body
     pose, betas, cam_t = (t.double().numpy() for t in (fit.pose, fit.betas, fit.cam_t))
@@ -191,13 +234,19 @@ def run(config: MasksBenchConfig) -> dict[str, Any]:
         raise FitloopError(f"bench masks: none of the sources {config.sources} is here ({notes})")
     cases = [make_case(body, source, config) for source in sources]
     size = size_direction(body)
-    arms = {"keypoints": 0.0} | {f"silhouette_{w:g}": w for w in config.weights}
-    fitters = {arm: SMPLify(body, prior, SMPLifyConfig(silhouette_weight=w)) for arm, w in arms.items()}
+    # arm -> (its config, whether it sees the clothed people)
+    arms = {"keypoints": (SMPLifyConfig(), False)}
+    arms |= {f"silhouette_{w:g}": (SMPLifyConfig(silhouette_weight=w), False) for w in config.weights}
+    if config.clothing:
+        arms |= {f"clothed_silhouette_{w:g}": (SMPLifyConfig(silhouette_weight=w), True) for w in config.weights}
+        sil, mc, clothed = config.dsr
+        arms["clothed_dsr"] = (SMPLifyConfig(silhouette_weight=sil, mc_weight=mc, clothed_weight=clothed), True)
+    fitters = {arm: SMPLify(body, prior, fit_config) for arm, (fit_config, _) in arms.items()}
     results: dict[str, Any] = {}
     for arm, smplify in fitters.items():
         per_source, pooled, total = {}, {}, 0.0
         for case in cases:
-            metrics, seconds = fit_case(smplify, case, size)
+            metrics, seconds = fit_case(smplify, case, size, arms[arm][1])
             per_source[case.source] = summarise(metrics, seconds)
             pooled = {k: np.concatenate([pooled[k], v]) if k in pooled else v for k, v in metrics.items()}
             total += seconds
@@ -208,10 +257,11 @@ def run(config: MasksBenchConfig) -> dict[str, Any]:
             mine = results[arm]["all"]
             results[arm]["ratio_to_keypoints"] = {k: mine[k] / base[k] for k in
                                                   ("pve_pa_mm", "betas_error", "betas_error_scale_removed",
-                                                                   "shape_pa_mm", "pa_mpjpe_mm", "cpu_s_per_fit")}
+                                                   "shape_pa_mm", "pa_mpjpe_mm", "iou", "cpu_s_per_fit")}
     coco: dict[str, Any] | str = "not asked (--no-coco)"
-    if config.coco:
-        coco = (run_coco(body, fitters, None if config.pictures is None else Path(config.pictures))
+    if config.coco:  # the arms of exact person masks: COCO's people carry no parsing
+        exact = {arm: fitters[arm] for arm, (_, clothed) in arms.items() if not clothed}
+        coco = (run_coco(body, exact, None if config.pictures is None else Path(config.pictures))
                 if COCO_ROOT.is_dir() else f"{COCO_ROOT} is absent: the real fixtures live beside the checkout")
     return {"config": dataclasses.asdict(config), "sources_missing": notes, "torch_threads": config.threads,
             "results": results, "coco": coco}

@@ -115,7 +115,7 @@ _J24 = indices(J24_NAMES)
 _PELVIS = JOINT_INDEX["Pelvis (MPII)"]
 _TORSO_PAIRS = tuple((JOINT_INDEX[a], JOINT_INDEX[b]) for a, b in TORSO_PAIRS)
 _STREAMS = {name: i for i, name in enumerate(("people", "heading", "betas", "real", "noise", "drop", "start",
-                                               "synthetic"))}
+                                               "synthetic", "clothing"))}
 _SOURCE_IDS = {"cmu": 1, "lsp": 2, "synthetic": 3, "file": 4}
 _LEVEL = Rotation.from_euler("x", np.pi)         # world (Y up) -> a level camera (y down, z forward)
 

@@ -28,6 +28,11 @@ it) and is never a boundary pixel for (b); vertices projected outside the pictur
 there). A mask pixel is a pixel centre inside the person, so the mask's edge lies half a pixel outside its boundary
 pixels' centres: the term pulls the contour ~0.5 px inward of a hard mask's edge, well below 5 px keypoint noise.
 
+Several terms share this machinery (`MaskTerm`, all read off one silhouette per evaluation): the silhouette term,
+and DSR's (`fitting.dsr`): a term may read a subset of the vertices, pair boundary pixels only with vertices of
+their group (per-part matching: ``mask_targets(groups=)`` and the term's vertex groups), or drop (b) for a one-sided
+containment (``mask_targets(fill=False)``).
+
 The distance transform is scipy's exact Euclidean one (`scipy.ndimage.distance_transform_edt`); OpenCV's
 ``distanceTransform(DIST_L2, 5)`` is an approximation of it and OpenCV is not a dependency here.
 """
@@ -54,25 +59,33 @@ class MaskTargets:
 
     distance (B, H, W) px to the nearest person (or unknown) pixel; boundary (B, M, 2) px the person pixels with a
     background 4-neighbour (their centres, in the keypoints' px), padded to the batch's most; boundary_valid (B, M)
-    bool; has_mask (B,) bool (an example without a mask gets no term); offset px: where pixel 0's centre lies."""
+    bool; has_mask (B,) bool (an example without a mask gets no term); offset px: where pixel 0's centre lies;
+    boundary_group (B, M) long or None: the group (e.g. body part) of each boundary pixel, which pairs it only with
+    silhouette vertices of the same group (`silhouette_residuals`; None: any vertex)."""
 
     distance: Tensor
     boundary: Tensor
     boundary_valid: Tensor
     has_mask: Tensor
     offset: float = FIT_FRAME_OFFSET
+    boundary_group: Tensor | None = None
 
     def select(self, rows: Tensor) -> "MaskTargets":
         """The targets of examples ``rows`` (N,) long (SMPLify's candidates)."""
+        group = None if self.boundary_group is None else self.boundary_group[rows]
         return MaskTargets(self.distance[rows], self.boundary[rows], self.boundary_valid[rows], self.has_mask[rows],
-                           self.offset)
+                           self.offset, group)
 
 
 def mask_targets(masks: Tensor, has_mask: Tensor, dtype: torch.dtype = torch.float32,
-                 offset: float = FIT_FRAME_OFFSET) -> MaskTargets:
+                 offset: float = FIT_FRAME_OFFSET, *, fill: bool = True, groups: Tensor | None = None) -> MaskTargets:
     """Distance transforms and boundary pixels of masks (B, H, W) uint8 (0, 1, `UNKNOWN`); has_mask (B,) bool;
     offset px: where pixel 0's centre lies in the keypoints' frame (module docstring; 0 for a frame with pixel
-    centres at integers). Computed once per fit (CPU, scipy), then moved to the masks' device."""
+    centres at integers). Computed once per fit (CPU, scipy), then moved to the masks' device.
+
+    fill False: no boundary pixels, so only (a) acts: a one-sided term that pulls the silhouette into the mask and
+    never out to fill it (DSR-C's containment, `fitting.dsr`). groups (B, H, W) long: each pixel's group, read at
+    the boundary pixels into ``boundary_group`` (per-part matching, DSR-MC)."""
     if masks.ndim != 3:
         raise ValueError(f"masks must be (B, H, W) uint8, got shape {tuple(masks.shape)}")
     array = masks.detach().cpu().numpy()
@@ -82,27 +95,33 @@ def mask_targets(masks: Tensor, has_mask: Tensor, dtype: torch.dtype = torch.flo
                          f"person masks as the shards store them")
     has = torch.as_tensor(has_mask, dtype=torch.bool).cpu().numpy() & (array == 1).any((1, 2))
     distance = np.zeros(array.shape, dtype=np.float64)
-    boundaries = []
+    boundaries, labels = [], []
+    group_array = None if groups is None else torch.as_tensor(groups).cpu().numpy()
     for i, m in enumerate(array):
-        if not has[i]:
+        if has[i]:
+            distance[i] = ndimage.distance_transform_edt(m == 0)    # background px -> distance to person/unknown
+        if not has[i] or not fill:
             boundaries.append(np.zeros((0, 2)))
+            labels.append(np.zeros(0, dtype=np.int64))
             continue
-        distance[i] = ndimage.distance_transform_edt(m == 0)        # background px -> distance to person/unknown
         person = m == 1
         padded = np.pad(m, 1, constant_values=UNKNOWN)               # beyond the image: unknown, not background
         background = padded == 0
         touches = (background[:-2, 1:-1] | background[2:, 1:-1] | background[1:-1, :-2] | background[1:-1, 2:])
         y, x = np.nonzero(person & touches)
         boundaries.append(np.stack([x, y], 1).astype(np.float64) + offset)
+        labels.append(np.zeros(len(y), dtype=np.int64) if group_array is None else group_array[i, y, x])
     most = max([len(b) for b in boundaries] + [1])
     boundary = np.zeros((len(array), most, 2))
     valid = np.zeros((len(array), most), dtype=bool)
-    for i, b in enumerate(boundaries):
-        boundary[i, :len(b)], valid[i, :len(b)] = b, True
+    group = np.full((len(array), most), -1, dtype=np.int64)
+    for i, (b, g) in enumerate(zip(boundaries, labels)):
+        boundary[i, :len(b)], valid[i, :len(b)], group[i, :len(g)] = b, True, g
     device = masks.device
     return MaskTargets(torch.as_tensor(distance, dtype=dtype, device=device),
                        torch.as_tensor(boundary, dtype=dtype, device=device),
-                       torch.as_tensor(valid, device=device), torch.as_tensor(has, device=device), offset)
+                       torch.as_tensor(valid, device=device), torch.as_tensor(has, device=device), offset,
+                       None if groups is None else torch.as_tensor(group, device=device))
 
 
 def contour_vertices(vertices: Tensor, faces: Tensor, edges: MeshEdges) -> tuple[Tensor, Tensor]:
@@ -163,10 +182,12 @@ class SilhouetteResiduals:
     energy: Tensor
 
 
-def silhouette_residuals(pixels: Tensor, vertex: Tensor, valid: Tensor, targets: MaskTargets) -> SilhouetteResiduals:
+def silhouette_residuals(pixels: Tensor, vertex: Tensor, valid: Tensor, targets: MaskTargets,
+                         vertex_group: Tensor | None = None) -> SilhouetteResiduals:
     """Residuals of the projected silhouette vertices ``pixels`` (B, K, 2) px (indices ``vertex`` (B, K), valid
     (B, K)) against masks' ``targets``; differentiable in ``pixels`` by autograd. Examples without a mask get
-    zero residuals."""
+    zero residuals. vertex_group (B, K) long: each vertex's group, with the targets' ``boundary_group`` (a boundary
+    pixel pairs only with vertices of its group; one without any such vertex in view is left out)."""
     height, width = targets.distance.shape[1:]
     dtype = pixels.dtype
     at = pixels - targets.offset                                      # in the mask's pixel indices
@@ -180,8 +201,14 @@ def silhouette_residuals(pixels: Tensor, vertex: Tensor, valid: Tensor, targets:
     boundary = targets.boundary.to(dtype)
     with torch.no_grad():
         unseen_far = torch.where(seen[..., None], pixels.detach(), UNSEEN_PX)          # unseen ones never nearest
-        match = torch.cdist(boundary, unseen_far).argmin(2)                                 # (B, M)
-    paired = targets.boundary_valid & seen.any(1, keepdim=True) & targets.has_mask[:, None]
+        apart = torch.cdist(boundary, unseen_far)                                            # (B, M, K)
+        grouped = targets.boundary_group is not None and vertex_group is not None
+        if grouped:  # another group's vertex is as far as an unseen one
+            same = targets.boundary_group[..., None] == vertex_group[:, None]
+            apart = torch.where(same & seen[:, None], apart, UNSEEN_PX)
+        match = apart.argmin(2)                                                              # (B, M)
+        counterpart = (same & seen[:, None]).any(2) if grouped else seen.any(1, keepdim=True)
+    paired = targets.boundary_valid & counterpart & targets.has_mask[:, None]
     n_b = paired.sum(1, keepdim=True).clamp(min=1).to(dtype)
     share = paired.to(dtype) / n_b.sqrt()
     nearest = torch.gather(pixels, 1, match[..., None].expand(-1, -1, 2))
@@ -191,14 +218,39 @@ def silhouette_residuals(pixels: Tensor, vertex: Tensor, valid: Tensor, targets:
 
 
 def silhouette_energy(vertices: Tensor, faces: Tensor, edges: MeshEdges, focal: Tensor, center: Tensor,
-                      targets: MaskTargets) -> Tensor:
+                      targets: MaskTargets, subset: Tensor | None = None, groups: Tensor | None = None) -> Tensor:
     """E_sil (B,) px² of camera-frame meshes (B, V, 3) m seen by pinhole cameras focal (B, 2) and center (B, 2)
     px, with autograd to the vertices (correspondences fixed, module docstring): SMPLify's reference mode and
-    the check of the analytic normal equations."""
+    the check of the analytic normal equations. subset (V,) bool, groups (V,) long: as `MaskTerm`'s."""
     vertex, valid = contour_vertices(vertices, faces, edges)
     points = torch.gather(vertices, 1, vertex[..., None].expand(-1, -1, 3))
     pixels = pinhole(points, focal[:, None], center[:, None])
-    return silhouette_residuals(pixels, vertex, valid, targets).energy
+    return term_residuals(MaskTerm(1.0, targets, subset, groups), pixels, vertex, valid).energy
+
+
+@dataclass(frozen=True)
+class MaskTerm:
+    """One chamfer term of a fit: its weight w (it enters as w² E), its masks' targets, the vertices that take
+    part (V,) bool (None: all; DSR-MC: the minimally-clothed ones) and each vertex's group (V,) long (None: no
+    groups; with the targets' ``boundary_group``, per-part matching)."""
+
+    weight: float
+    targets: MaskTargets
+    subset: Tensor | None = None
+    groups: Tensor | None = None
+
+    def select(self, rows: Tensor) -> "MaskTerm":
+        """The term for examples ``rows`` (N,) long (SMPLify's candidates)."""
+        return MaskTerm(self.weight, self.targets.select(rows), self.subset, self.groups)
+
+
+def term_residuals(term: MaskTerm, pixels: Tensor, vertex: Tensor, valid: Tensor) -> SilhouetteResiduals:
+    """`silhouette_residuals` of one term at the mesh's silhouette vertices (indices ``vertex`` (B, K), valid
+    (B, K), projected to ``pixels`` (B, K, 2) px): only the term's subset of them, paired within groups."""
+    if term.subset is not None:
+        valid = valid & term.subset[vertex]
+    group = None if term.groups is None else term.groups[vertex]
+    return silhouette_residuals(pixels, vertex, valid, term.targets, group)
 
 
 def normal_equations(res: SilhouetteResiduals, d_pixels: Tensor) -> tuple[Tensor, Tensor]:

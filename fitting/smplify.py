@@ -30,7 +30,9 @@ fast: the same objective on the exact joints-only `Skeleton`, minimised by batch
   Optionally (``silhouette_weight`` > 0 and person masks given, per example where one exists) stage 2 adds
   w_s² E_sil, the symmetric distance-transform distance between the mask and the body's silhouette
   (`fitting.silhouette_term`): in the LM with analytic Jacobians (from a mean start once the candidate is chosen),
-  and in the reference by autograd on the same energy.
+  and in the reference by autograd on the same energy. DSR's semantic terms (``mc_weight``, ``clothed_weight``;
+  `fitting.dsr`) enter the same way where part labels or a parsing are given: head, hands and feet matched
+  tightly, the body kept inside the clothed person.
 
 Body models: every family `fitting.body_model` loads (SMPL, SMPL-H, SMPL-X, the open model), in both modes. The
 fitted parameters are the body model's: pose (B, 72) and betas. SMPL-H and SMPL-X have no joints for SMPL's hand
@@ -61,6 +63,14 @@ from core.frames import FIT_FOCAL, FIT_RES
 from core.joints import JOINT_INDEX, SMPLIFY_IGNORED, indices
 from fitting.body_model import BodyModel
 from fitting.collision import body_capsules, chained_collision_residuals, collision_penalty
+from fitting.dsr import (
+    clothed_targets,
+    load_semantic_prior,
+    minimally_clothed_targets,
+    minimally_clothed_vertices,
+    prior_segments,
+    vertex_segments,
+)
 from fitting.priors import (
     ANGLE_PRIOR_INDICES,
     ANGLE_PRIOR_SIGNS,
@@ -72,13 +82,13 @@ from fitting.priors import (
 )
 from fitting.silhouette import mesh_edges
 from fitting.silhouette_term import (
-    MaskTargets,
+    MaskTerm,
     SilhouetteResiduals,
     contour_vertices,
     mask_targets,
     normal_equations,
     silhouette_energy,
-    silhouette_residuals,
+    term_residuals,
 )
 from fitting.skeleton import Skeleton, compose_axis_angle, select_state
 from fitting.vposer import VAEPosePrior
@@ -136,6 +146,20 @@ class SMPLifyConfig:
     # ~25 keypoints); fast mode: in stage 2's LM with analytic Jacobians; reference: the same energy by autograd in
     # its stage-2 Adam. 0: off (the default until `fitloop bench masks` settles a weight)
     silhouette_weight: float = 0.0
+    # optional, DSR's semantic terms (`fitting.dsr`), px² like the silhouette term's and in the same places:
+    # mc_weight w_mc on DSR-MC (a per-part chamfer between the part labels' head, hands and feet and the body's;
+    # mc_forearms: the forearms too), clothed_weight w_c on DSR-C (the body inside a parsing's person region,
+    # one-sided). semantic_prior: DSR's semantic_prior.npy (SMPL only), which then picks DSR-MC's vertices instead
+    # of the anatomy rule. 0: off
+    mc_weight: float = 0.0
+    clothed_weight: float = 0.0
+    mc_forearms: bool = False
+    semantic_prior: str | None = None
+
+    @property
+    def reads_masks(self) -> bool:
+        """Whether any mask term is on (the mesh's silhouette is needed)."""
+        return max(self.silhouette_weight, self.mc_weight, self.clothed_weight) > 0
 
     def validated(self) -> "SMPLifyConfig":
         if self.prior_anneal < 1 or not 0 <= self.anneal_share < 1:
@@ -146,8 +170,9 @@ class SMPLifyConfig:
         if self.collision_weight < 0 or (self.collision_weight > 0 and self.mode != "fast"):
             raise ValueError(f"collision_weight must be >= 0, and is a term of mode='fast' only; got "
                              f"{self.collision_weight} with mode={self.mode!r}")
-        if self.silhouette_weight < 0:
-            raise ValueError(f"silhouette_weight must be >= 0, got {self.silhouette_weight}")
+        for name in ("silhouette_weight", "mc_weight", "clothed_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         unknown = [j for j in self.ignored_joints if j not in JOINT_INDEX]
         if unknown:
             raise ValueError(f"ignored_joints has unknown joint names {unknown}")
@@ -234,7 +259,7 @@ class SMPLify:
             self.proxies = Skeleton(body, self.capsules.end_rows).to(device)
             self._proxy_rows = torch.arange(len(self.capsules.end_rows), device=device) + self.skeleton.a.shape[0]
         self.faces, self.edges, self.vertex_points = None, None, None
-        if self.config.silhouette_weight > 0:  # the mesh's edges; fast mode: every vertex as a skeleton point
+        if self.config.reads_masks:  # the mesh's edges; fast mode: every vertex as a skeleton point
             self.faces = torch.as_tensor(body.faces, dtype=torch.long, device=device)
             self.edges = mesh_edges(self.faces)
             if config.mode == "fast":
@@ -243,6 +268,15 @@ class SMPLify:
                                                    (num, num), check_invariants=True)
                 self.vertex_points = Skeleton(body, identity, sparse=True).to(device)
                 self._vertex_rows = torch.arange(num, device=device) + self.vertex_points.a.shape[0] - num
+        self.mc_vertices, self.mc_groups = None, None
+        if self.config.mc_weight > 0:  # DSR-MC's vertices: by anatomy, or by DSR's prior (`fitting.dsr`)
+            if self.config.semantic_prior is not None:
+                table = load_semantic_prior(self.config.semantic_prior, len(body.faces))
+                chosen, group = prior_segments(table, body.faces, body.num_vertices)
+            else:
+                chosen, group = minimally_clothed_vertices(vertex_segments(body.layer.lbs_weights.detach().cpu()),
+                                                           self.config.mc_forearms)
+            self.mc_vertices, self.mc_groups = chosen.to(device), group.to(device)
         self._angle_idx = torch.tensor(ANGLE_PRIOR_INDICES, device=device) + 3          # into the full 72-d pose
         self._angle_sign = torch.tensor(ANGLE_PRIOR_SIGNS, device=device)
         self._ignored = torch.as_tensor(indices(config.ignored_joints), device=device)
@@ -253,7 +287,8 @@ class SMPLify:
     def __call__(self, keypoints: Tensor, init_pose: Tensor, init_betas: Tensor, init_cam_t: Tensor,
                  camera_center: Tensor, *, start: Start, focal_length: Tensor | None = None,
                  start_sigma: Tensor | float | None = None, masks: Tensor | None = None,
-                 has_mask: Tensor | None = None) -> SMPLifyResult:
+                 has_mask: Tensor | None = None, parts: Tensor | None = None, has_parts: Tensor | None = None,
+                 parsing: Tensor | None = None, has_parsing: Tensor | None = None) -> SMPLifyResult:
         """Fit a batch (shapes in the module docstring); returns fits with their losses.
 
         start: what the initial parameters are, for every example of the batch: ``"mean"`` (no estimate of this
@@ -267,7 +302,11 @@ class SMPLify:
         masks: (B, H, W) uint8 person masks in the keypoints' pixels (0 background, 1 person, 255 unknown;
         `fitting.silhouette_term`) and has_mask (B,) bool (default: all): with ``silhouette_weight`` > 0 the fit
         adds the silhouette term for the examples that have one (and reports its energy, extras
-        ``silhouette_energy`` (B,) px²); ignored when the weight is 0."""
+        ``silhouette_energy`` (B,) px²); ignored when the weight is 0.
+        parts: (B, H, W) uint8 part labels in the keypoints' pixels (0 background, 1 + SMPL segment, 255 unknown;
+        `fitting.dsr`) and has_parts (B,) bool: with ``mc_weight`` > 0, DSR-MC (extras ``mc_energy``).
+        parsing: (B, H, W) uint8 parsing (0 background, any other id the person, 255 unknown) and has_parsing
+        (B,) bool: with ``clothed_weight`` > 0, DSR-C (extras ``clothed_energy``)."""
         if start not in get_args(Start):
             raise ValueError(f"SMPLify start must be one of {get_args(Start)}, not {start!r}")
         keypoints, init_pose, init_betas, init_cam_t, camera_center = (
@@ -275,12 +314,7 @@ class SMPLify:
         if start_sigma is not None and start != "estimate":
             raise ValueError("start_sigma describes an estimated start; give it with start='estimate' only")
         focal = self._focal(focal_length, keypoints)
-        targets = None
-        if masks is not None and self.config.silhouette_weight > 0:
-            if masks.shape[0] != keypoints.shape[0]:
-                raise ValueError(f"masks has {masks.shape[0]} examples, keypoints {keypoints.shape[0]}")
-            has_mask = torch.ones(masks.shape[0], dtype=torch.bool) if has_mask is None else has_mask
-            targets = mask_targets(masks, has_mask, keypoints.dtype)
+        targets = self._mask_terms(keypoints, masks, has_mask, parts, has_parts, parsing, has_parsing)
         if self.config.mode == "reference":
             return self._fit_reference(keypoints, init_pose, init_betas, init_cam_t, camera_center, focal, targets)
         sigma = None
@@ -292,6 +326,28 @@ class SMPLify:
                                  f"got {tuple(sigma.shape)}")
         return self._fit_fast(keypoints, init_pose, init_betas, init_cam_t, camera_center, focal,
                               start == "estimate", sigma, targets)
+
+    def _mask_terms(self, keypoints, masks, has_mask, parts, has_parts, parsing,
+                    has_parsing) -> dict[str, MaskTerm] | None:
+        """The mask terms this fit has (by name: its extras' ``<name>_energy``), or None."""
+        c, dtype, terms = self.config, keypoints.dtype, {}
+        for name, arg, weight, images, has in (("silhouette", "masks", c.silhouette_weight, masks, has_mask),
+                                               ("mc", "parts", c.mc_weight, parts, has_parts),
+                                               ("clothed", "parsing", c.clothed_weight, parsing, has_parsing)):
+            if images is None or weight == 0:
+                continue
+            if images.ndim != 3 or images.shape[0] != keypoints.shape[0]:
+                raise ValueError(f"{arg} must be (B, H, W) with B = {keypoints.shape[0]} examples, got "
+                                 f"{tuple(images.shape)}")
+            has = torch.ones(images.shape[0], dtype=torch.bool) if has is None else has
+            if name == "silhouette":
+                terms[name] = MaskTerm(weight, mask_targets(images, has, dtype))
+            elif name == "mc":
+                terms[name] = MaskTerm(weight, minimally_clothed_targets(images, has, dtype, forearms=c.mc_forearms),
+                                       self.mc_vertices, self.mc_groups)
+            else:
+                terms[name] = MaskTerm(weight, clothed_targets(images, has, dtype))
+        return terms or None
 
     def fitting_loss(self, pose: Tensor, betas: Tensor, cam_t: Tensor, camera_center: Tensor,
                      keypoints: Tensor, *, focal_length: Tensor | None = None) -> Tensor:
@@ -369,7 +425,7 @@ class SMPLify:
 
     # -- reference: SPIN's Adam on the full model ----------------------------------------------------------
     def _fit_reference(self, keypoints, init_pose, init_betas, init_cam_t, center, focal,
-                       targets: MaskTargets | None = None) -> SMPLifyResult:
+                       targets: dict[str, MaskTerm] | None = None) -> SMPLifyResult:
         c = self.config
         global_orient = init_pose[:, :3].clone().requires_grad_(True)
         body_pose = init_pose[:, 3:].clone()
@@ -396,10 +452,12 @@ class SMPLify:
         for _ in range(c.iterations):
             pose = torch.cat([global_orient, body_pose], dim=1)
             loss = self._objective(pose, betas, cam_t, center, conf, keypoints, focal).sum()
-            if targets is not None:  # the same chamfer energy, by autograd through the full mesh
+            if targets is not None:  # the same chamfer energies, by autograd through the full mesh
                 vertices = self.body(betas, body_pose, global_orient).vertices + cam_t[:, None]
-                energy = silhouette_energy(vertices, self.faces, self.edges, focal, center, targets)
-                loss = loss + c.silhouette_weight**2 * energy.sum()
+                for term in targets.values():
+                    energy = silhouette_energy(vertices, self.faces, self.edges, focal, center, term.targets,
+                                               term.subset, term.groups)
+                    loss = loss + term.weight**2 * energy.sum()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -408,14 +466,15 @@ class SMPLify:
         if targets is not None:
             with torch.no_grad():
                 vertices = self.body(betas, body_pose, global_orient).vertices + cam_t[:, None]
-                extras["silhouette_energy"] = silhouette_energy(vertices, self.faces, self.edges, focal, center,
-                                                                targets)
+                for name, term in targets.items():
+                    extras[f"{name}_energy"] = silhouette_energy(vertices, self.faces, self.edges, focal, center,
+                                                                 term.targets, term.subset, term.groups)
         return self._result(pose, betas.detach(), cam_t, keypoints, center, focal, 2 * c.iterations, **extras)
 
     # -- fast: Levenberg–Marquardt on the skeleton ---------------------------------------------------------
     def _fit_fast(self, keypoints, init_pose, init_betas, init_cam_t, center, focal,
                   is_estimate: bool, start_sigma: Tensor | None = None,
-                  targets: MaskTargets | None = None) -> SMPLifyResult:
+                  targets: dict[str, MaskTerm] | None = None) -> SMPLifyResult:
         c = self.config
         batch, dtype, dev = init_pose.shape[0], init_pose.dtype, init_pose.device
         # Candidates: each example's start, and for a mean start (which says nothing about this person) the same
@@ -444,7 +503,7 @@ class SMPLify:
         body_init = pose[:, 3:].clone()
         # the silhouette term: from a mean start, only once the keypoints have chosen the candidate (a mean-pose
         # silhouette far from the mask would pull limbs into the wrong parts of it); an estimate fits with it
-        sil = None if targets is None or not is_estimate else targets.select(example)
+        sil = None if targets is None or not is_estimate else {k: t.select(example) for k, t in targets.items()}
         done, total = 0, c.body_iterations
         scale = [1.0] * total if is_estimate else self.prior_schedule(total)    # the priors' factor per iteration
         if is_estimate and c.init_weight is None and c.noise_from_fit > 0 and 0 < c.noise_iterations < total:
@@ -495,31 +554,42 @@ class SMPLify:
         return chained_collision_residuals(self.capsules, self.proxies, self._proxy_rows, pose, betas, ends)
 
     def _silhouette(self, pose: Tensor, betas: Tensor, cam_t: Tensor, focal: Tensor, center: Tensor,
-                    targets: MaskTargets) -> tuple[SilhouetteResiduals, Tensor]:
-        """The silhouette term's residuals at pose (B, 72), betas (B, NB), cam_t (B, 3) m, and its silhouette
-        vertices (B, K, 3), camera frame, m (`fitting.silhouette_term`)."""
+                    terms: dict[str, MaskTerm]) -> tuple[dict[str, SilhouetteResiduals], Tensor, Tensor]:
+        """The mask terms' residuals at pose (B, 72), betas (B, NB), cam_t (B, 3) m (`fitting.silhouette_term`),
+        all read off one silhouette: its vertices' indices (B, K) and points (B, K, 3), camera frame, m."""
         vertices = self.vertex_points(pose, betas, self._vertex_rows).points + cam_t[:, None]     # (B, V, 3)
         vertex, valid = contour_vertices(vertices, self.faces, self.edges)
         points = torch.gather(vertices, 1, vertex[..., None].expand(-1, -1, 3))
-        return silhouette_residuals(project(points, torch.zeros_like(cam_t), focal, center), vertex, valid,
-                                    targets), points
+        pixels = project(points, torch.zeros_like(cam_t), focal, center)
+        return {k: term_residuals(t, pixels, vertex, valid) for k, t in terms.items()}, vertex, points
+
+    def _silhouette_energy(self, pose, betas, cam_t, focal, center, terms: dict[str, MaskTerm]) -> Tensor:
+        """Σ w² E (B,) px² of the mask terms."""
+        res = self._silhouette(pose, betas, cam_t, focal, center, terms)[0]
+        return sum(terms[k].weight**2 * r.energy for k, r in res.items())
 
     def _silhouette_system(self, pose: Tensor, betas: Tensor, cam_t: Tensor, focal: Tensor, center: Tensor,
-                           targets: MaskTargets) -> tuple[Tensor, Tensor]:
-        """The silhouette term's JᵀJ (B, 72 + NB, 72 + NB) and Jᵀr (B, 72 + NB) at one fit: its residuals chained
-        through the skeleton's Jacobian of just the silhouette vertices some example uses."""
-        res, points = self._silhouette(pose, betas, cam_t, focal, center, targets)
-        used, where = torch.unique(res.vertex, return_inverse=True)
+                           terms: dict[str, MaskTerm]) -> tuple[Tensor, Tensor]:
+        """The mask terms' Σ w² JᵀJ (B, 72 + NB, 72 + NB) and Σ w² Jᵀr (B, 72 + NB) at one fit: their residuals
+        chained through the skeleton's Jacobian of just the silhouette vertices some example uses."""
+        res, vertex, points = self._silhouette(pose, betas, cam_t, focal, center, terms)
+        used, where = torch.unique(vertex, return_inverse=True)
         state = self.vertex_points(pose, betas, self._vertex_rows[used])
         d_params = torch.cat(self.vertex_points.jacobian(state), -1)                          # (B, U, 3, D)
         d_params = d_params[torch.arange(len(pose), device=pose.device)[:, None], where]     # (B, K, 3, D)
-        return normal_equations(res, projection_jacobian(points, focal) @ d_params)
+        d_pixels = projection_jacobian(points, focal) @ d_params
+        hess, grad = 0.0, 0.0
+        for name, r in res.items():
+            h, g = normal_equations(r, d_pixels)
+            hess, grad = hess + terms[name].weight**2 * h, grad + terms[name].weight**2 * g
+        return hess, grad
 
-    def _silhouette_extras(self, pose, betas, cam_t, focal, center, targets) -> dict[str, Tensor]:
-        if targets is None:
+    def _silhouette_extras(self, pose, betas, cam_t, focal, center, terms) -> dict[str, Tensor]:
+        if terms is None:
             return {}
         with torch.no_grad():
-            return {"silhouette_energy": self._silhouette(pose, betas, cam_t, focal, center, targets)[0].energy}
+            res = self._silhouette(pose, betas, cam_t, focal, center, terms)[0]
+            return {f"{name}_energy": r.energy for name, r in res.items()}
 
     def _collision_extras(self, pose: Tensor, betas: Tensor) -> dict[str, Tensor]:
         if self.capsules is None:
@@ -625,13 +695,13 @@ class SMPLify:
         return pose, cam_t
 
     def _lm_body(self, pose, betas, cam_t, kp, center, focal, trust, body_init, prior_scale,
-                 sil: MaskTargets | None = None):
+                 sil: dict[str, MaskTerm] | None = None):
         """Stage 2: pose, betas and global orientation; Geman–McClure by IRLS, GMM by its active component.
 
         trust (B,) px/rad: the near-start weight w (0 for a start that is no estimate), entering as
         w² ‖θ_body − θ_body,init‖². prior_scale: one factor on the pose and angle priors' weights per iteration
         (`prior_schedule`); a step is accepted when it lowers the objective with the factor of its iteration.
-        sil: the candidates' masks, for the silhouette term (None: off)."""
+        sil: the candidates' mask terms (`_mask_terms`; None: off)."""
         c = self.config
         batch, dtype = pose.shape[0], pose.dtype
         nb = betas.shape[1]
@@ -647,7 +717,6 @@ class SMPLify:
         w_pose, w_angle, w_shape = c.pose_prior_weight**2, c.angle_prior_weight**2, c.shape_prior_weight**2
         w_init = trust.square()                                                              # (B,)
         w_collide = c.collision_weight**2
-        w_sil = c.silhouette_weight**2 if sil is not None else 0.0
         sigma2 = c.sigma**2
         dev = pose.device
         lam = torch.full((batch,), 1e-3, dtype=dtype, device=dev)
@@ -672,8 +741,8 @@ class SMPLify:
             if w_collide > 0:  # the capsules' ends, kept for the step's Jacobian
                 ends = self._proxy_ends(p, b)
                 fixed = fixed + w_collide * collision_penalty(ends, self.capsules.radii(b), self.capsules.pairs)
-            if w_sil > 0:  # its correspondences re-made at every evaluation (fitting.silhouette_term)
-                fixed = fixed + w_sil * self._silhouette(p, b, cam_t, focal, center, sil)[0].energy
+            if sil is not None:  # correspondences re-made at every evaluation (fitting.silhouette_term)
+                fixed = fixed + self._silhouette_energy(p, b, cam_t, focal, center, sil)
             return state, resid, gmm, torch.stack([fixed, w_pose * energy + w_angle * angle], 1), ends
 
         state, resid, gmm, terms, ends = cost_of(pose, betas)
@@ -711,10 +780,10 @@ class SMPLify:
                 depth, d_depth = self._collision(pose, betas, ends)
                 hess += w_collide * d_depth.transpose(1, 2) @ d_depth
                 grad += w_collide * (d_depth.transpose(1, 2) @ depth[..., None])[..., 0]
-            if w_sil > 0:
+            if sil is not None:  # the mask terms, weights included
                 hess_s, grad_s = self._silhouette_system(pose, betas, cam_t, focal, center, sil)
-                hess += w_sil * hess_s
-                grad += w_sil * grad_s
+                hess += hess_s
+                grad += grad_s
 
             step = _lm_solve(hess, grad, lam)
             new_pose, new_betas = pose + step[:, :72], betas + step[:, 72:]

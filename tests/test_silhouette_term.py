@@ -12,7 +12,7 @@ from core.metrics import procrustes_align
 from fitting.body_model import DATA_DIR, load_body_model
 from fitting.priors import MaxMixturePrior
 from fitting.silhouette import render_silhouette
-from fitting.silhouette_term import UNKNOWN, bilinear, mask_targets, silhouette_energy
+from fitting.silhouette_term import UNKNOWN, MaskTerm, bilinear, mask_targets, silhouette_energy
 from fitting.smplify import SMPLify, SMPLifyConfig, mean_pose_start
 
 FOCAL, DEPTH, CROP = 5000.0, 50.0, 224      # SPIN's crop camera: a 1.7 m body ~170 px tall at 50 m
@@ -92,7 +92,8 @@ def test_normal_equations_give_half_the_autograd_gradient(prior):
     fit = SMPLify(body, prior, SMPLifyConfig(silhouette_weight=1.0))
     targets = mask_targets(truth["masks"], torch.tensor([True, True, False]), torch.float64)
     focal = torch.full((3, 2), FOCAL, dtype=torch.float64)
-    hess, grad = fit._silhouette_system(pose, betas, truth["cam_t"], focal, truth["center"], targets)
+    hess, grad = fit._silhouette_system(pose, betas, truth["cam_t"], focal, truth["center"],
+                                        {"silhouette": MaskTerm(1.0, targets)})
 
     params = torch.cat([pose, betas], 1).requires_grad_(True)
     vertices = body(params[:, 72:], params[:, 3:72], params[:, :3]).vertices + truth["cam_t"][:, None]
@@ -162,11 +163,11 @@ def test_the_terms_normal_equations_on_cuda_match_cpu(prior):
                                                                                        dtype=torch.float64),
             truth["center"])
     targets = mask_targets(truth["masks"], torch.ones(3, dtype=torch.bool), torch.float64)
-    cpu = SMPLify(body, prior, SMPLifyConfig(silhouette_weight=1.0))._silhouette_system(*args, targets)
+    cpu = SMPLify(body, prior, SMPLifyConfig(silhouette_weight=1.0))._silhouette_system(
+        *args, {"silhouette": MaskTerm(1.0, targets)})
     cuda_body = load_body_model("open-small", dtype=torch.float64, device="cuda")
     cuda_fit = SMPLify(cuda_body, prior, SMPLifyConfig(silhouette_weight=1.0))
-    gpu = cuda_fit._silhouette_system(*(t.cuda() for t in args), mask_targets(truth["masks"].cuda(),
-                                                                              torch.ones(3, dtype=torch.bool),
-                                                                              torch.float64))
+    gpu = cuda_fit._silhouette_system(*(t.cuda() for t in args), {"silhouette": MaskTerm(
+        1.0, mask_targets(truth["masks"].cuda(), torch.ones(3, dtype=torch.bool), torch.float64))})
     for a, b in zip(gpu, cpu):
         torch.testing.assert_close(a.cpu(), b, rtol=1e-6, atol=1e-6 * b.abs().max().item())

@@ -80,13 +80,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Fit held-out synthetic people (bench smplify's pose sources, betas uniform in ±2.5 σ, 5 px "
                     "keypoint noise, their exact masks) from SPIN's mean start by the fast SMPLify without and "
                     "with the silhouette term (fitting.silhouette_term), side by side: per-vertex error after "
-                    "Procrustes on the mesh, betas error, PA-MPJPE, silhouette IoU, CPU s per fit. "
+                    "Procrustes on the mesh, betas error, PA-MPJPE, silhouette IoU, CPU s per fit. The same "
+                    "people dressed in synthetic loose clothing (head, hands, feet exact) are fitted with the "
+                    "silhouette term on the clothed mask and with DSR-MC + DSR-C (fitting.dsr); IoU is always "
+                    "against the body's own silhouette. "
                     "docs/smplify.md#silhouette-term-issue-15 has the protocol and the latest figures.")
     masks.add_argument("--split", default="test", choices=("dev", "test"),
                        help="test (default) for reporting, dev for choosing weights")
     masks.add_argument("--sources", default="synthetic,cmu,lsp", help="pose sources (bench smplify's)")
     masks.add_argument("--cases", type=int, default=32, help="people per source (default 32)")
     masks.add_argument("--weights", default="5,10", help="silhouette weights fitted beside 0 (default 5,10)")
+    masks.add_argument("--dsr", default="0,10,10",
+                       help="the clothed_dsr arm's silhouette, DSR-MC and DSR-C weights (default 0,10,10)")
+    masks.add_argument("--no-clothing", action="store_true", help="leave out the clothed people and their arms")
     masks.add_argument("--model", default="open-small", help='"open-small" (default) or "open"')
     masks.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     masks.add_argument("--seed", type=int, default=0)
@@ -380,14 +386,17 @@ def cmd_renderer(args: argparse.Namespace) -> int:
 def cmd_masks(args: argparse.Namespace) -> int:
     from bench.masks import MasksBenchConfig, run
 
-    try:
-        weights = tuple(float(w) for w in args.weights.split(",") if w)
-    except ValueError:
-        print(f"fitloop bench masks: --weights takes numbers separated by commas, got {args.weights!r}")
-        return 2
+    numbers = {}
+    for flag in ("weights", "dsr"):
+        try:
+            numbers[flag] = tuple(float(w) for w in getattr(args, flag).split(",") if w)
+        except ValueError:
+            print(f"fitloop bench masks: --{flag} takes numbers separated by commas, got {getattr(args, flag)!r}")
+            return 2
     result = run(MasksBenchConfig(split=args.split, sources=tuple(s for s in args.sources.split(",") if s),
-                                  cases=args.cases, weights=weights, model=args.model, threads=args.threads,
-                                  seed=args.seed, coco=args.coco, pictures=args.pictures))
+                                  cases=args.cases, weights=numbers["weights"], model=args.model,
+                                  threads=args.threads, seed=args.seed, coco=args.coco, pictures=args.pictures,
+                                  clothing=not args.no_clothing, dsr=numbers["dsr"]))
     if args.json:
         print(json.dumps(result))
         return 0
@@ -396,7 +405,7 @@ def cmd_masks(args: argparse.Namespace) -> int:
         print(f"  {source} skipped: {why}")
     for arm, row in result["results"].items():
         a = row["all"]
-        line = (f"  {arm:<15} PVE-PA {a['pve_pa_mm']:6.1f} mm  betas err {a['betas_error']:5.2f} (size removed "
+        line = (f"  {arm:<22} PVE-PA {a['pve_pa_mm']:6.1f} mm  betas err {a['betas_error']:5.2f} (size removed "
                 f"{a['betas_error_scale_removed']:5.2f}; shape PA {a['shape_pa_mm']:4.1f} mm)  PA-MPJPE "
                 f"{a['pa_mpjpe_mm']:6.1f} mm  IoU {a['iou']:.3f}  {a['cpu_s_per_fit']:.3f} CPU s/fit")
         if "ratio_to_keypoints" in row:
