@@ -125,7 +125,7 @@ def render_silhouette(vertices: Tensor, faces: Tensor, focal: float | Sequence[f
     points = pinhole(vertices, _per_sample(focal, batch, device, dtype), _per_sample(center, batch, device, dtype))
     labels = _labels(vertex_parts, face_parts, vertices.shape[1], len(faces), device, dtype)
 
-    drawn = _drawn_faces(vertices.detach(), faces)                                      # (B, F)
+    drawn = drawn_faces(vertices.detach(), faces)                                      # (B, F)
     face_index, inv_depth = _zbuffer(points.detach(), vertices[..., 2].detach(), faces, drawn, width, height)
     covered = face_index >= 0                                                           # (B, H·W)
 
@@ -211,7 +211,7 @@ def _mix(labels, vertex: Tensor, weight: Tensor) -> Tensor:
     return out.scatter_add(1, table[vertex], weight)                 # one-hot labels: no (N, k, P) product
 
 
-def _drawn_faces(vertices: Tensor, faces: Tensor) -> Tensor:
+def drawn_faces(vertices: Tensor, faces: Tensor) -> Tensor:
     """(B, F) bool: the face's outside faces the camera and all its vertices lie beyond NEAR (render.raster's)."""
     tri = vertices[:, faces]                                                             # (B, F, 3, 3)
     normal = torch.cross(tri[:, :, 1] - tri[:, :, 0], tri[:, :, 2] - tri[:, :, 0], dim=-1)

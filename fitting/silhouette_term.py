@@ -47,7 +47,7 @@ from torch import Tensor
 
 from core.frames import FIT_FRAME_OFFSET
 from core.pinhole import pinhole
-from fitting.silhouette import MeshEdges, _drawn_faces
+from fitting.silhouette import MeshEdges, drawn_faces
 
 UNKNOWN = 255  # the mask's "not known" id (shards.masks.UNKNOWN; VOC's and Cityscapes' ignore id)
 UNSEEN_PX = 1e6  # px: where vertices the term ignores are put for the nearest-vertex search (far off any picture)
@@ -129,7 +129,7 @@ def contour_vertices(vertices: Tensor, faces: Tensor, edges: MeshEdges) -> tuple
     drawn, `fitting.silhouette`'s rule, the other not). Returns indices (B, K) long, padded with 0, and their
     validity (B, K) bool; K the batch's most. No gradient."""
     with torch.no_grad():
-        drawn = _drawn_faces(vertices.detach(), faces)                                # (B, F)
+        drawn = drawn_faces(vertices.detach(), faces)                                # (B, F)
         side = drawn[:, edges.faces.clamp(min=0)] & (edges.faces >= 0)                # (B, E, 2)
         contour = side[..., 0] ^ side[..., 1]
         on = torch.zeros(vertices.shape[:2], dtype=torch.bool, device=vertices.device)
