@@ -385,14 +385,15 @@ def cmd_renderer(args: argparse.Namespace) -> int:
 
 def cmd_masks(args: argparse.Namespace) -> int:
     from bench.masks import MasksBenchConfig, run
+    from core.errors import FitloopError
 
     numbers = {}
     for flag in ("weights", "dsr"):
         try:
             numbers[flag] = tuple(float(w) for w in getattr(args, flag).split(",") if w)
         except ValueError:
-            print(f"fitloop bench masks: --{flag} takes numbers separated by commas, got {getattr(args, flag)!r}")
-            return 2
+            raise FitloopError(f"bench masks: --{flag} takes numbers separated by commas, got "
+                               f"{getattr(args, flag)!r}") from None
     result = run(MasksBenchConfig(split=args.split, sources=tuple(s for s in args.sources.split(",") if s),
                                   cases=args.cases, weights=numbers["weights"], model=args.model,
                                   threads=args.threads, seed=args.seed, coco=args.coco, pictures=args.pictures,
