@@ -91,7 +91,7 @@ class SynthConfig:
     h36m_image_layout: Literal["spin", "folders", "video"] = "spin"
     mpi_inf_3dhp_subjects: tuple[str, ...] = ("S1", "S2")
     mpi_inf_3dhp_sequences: tuple[str, ...] = ("Seq1",)
-    mpi_inf_3dhp_cameras: tuple[int, ...] = (0, 4)
+    mpi_inf_3dhp_cameras: tuple[int, ...] = (0, 1, 2, 4, 5, 6, 7, 8)  # SPIN_CAMERAS of the adapter
     mpi_inf_3dhp_frames: int = 3
     mpi_inf_3dhp_image_size: tuple[int, int] = (256, 256)
     mpi_inf_3dhp_test_sequences: tuple[str, ...] = ("TS1", "TS5")
