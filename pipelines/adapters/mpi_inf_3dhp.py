@@ -251,6 +251,10 @@ def read_train_annotations(path: Path) -> dict[str, Any]:
                 raise ValueError(f"{field} of camera {camera} has shape {values.shape}, not (F, "
                                  f"{len(TRAIN_JOINTS) * dims})")
             out[field][camera] = values.reshape(len(values), len(TRAIN_JOINTS), dims)
+    for camera in cameras:
+        lengths = {field: len(out[field][camera]) for field in out}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"camera {camera}'s cells differ in frames: {lengths}")
     return out
 
 
@@ -300,8 +304,8 @@ class MpiInf3dhpAdapter:
         sequences = config.sequences or TRAIN_SEQUENCES
         present = [(s, q) for s in subjects for q in sequences if (root / s / q).is_dir()]
         if not present:
-            raise DatasetError(f"no MPI-INF-3DHP sequence folder ({'/'.join(subjects[:1])}/{sequences[0]} …) "
-                               f"under {root}")
+            raise DatasetError(f"no MPI-INF-3DHP sequence folder (<subject>/<sequence> among "
+                               f"{', '.join(subjects)} x {', '.join(sequences)}) under {root}")
         step = config.frame_step or 10
         for subject, sequence in present:
             folder = root / subject / sequence
@@ -336,7 +340,7 @@ class MpiInf3dhpAdapter:
         else:
             extra["calibration_error"] = problem or f"camera.calibration has no camera {camera}"
         image_path = VIDEO_LAYOUT.format(subject=subject, sequence=sequence, camera=camera)
-        for frame in range(0, min(len(joints_2d), len(joints_3d)), step):
+        for frame in range(0, len(joints_2d), step):
             key = make_key(self.name, f"{subject}_{sequence}_c{camera}_{frame + 1:06d}")
             yield self._person(builder, root, key, source, f"{subject} {sequence} camera {camera} frame {frame}",
                                joints_2d[frame][TRAIN_INDEX], joints_3d[frame][TRAIN_INDEX], image_path, frame,

@@ -54,7 +54,7 @@ from pipelines.adapters.mpi_inf_3dhp import (
 from pipelines.synthetic.bodies import move_parameters, pose_bodies, rotate_orient
 from pipelines.synthetic.h36m_files import stamp_matlab73
 from pipelines.synthetic.paint import Body, Picture
-from pipelines.synthetic.scene import MODEL_TO_H36M_WORLD, Person, sample_betas, sample_outfit
+from pipelines.synthetic.scene import MODEL_TO_H36M_WORLD, Person, look_at, sample_betas, sample_outfit
 from shards.frames import write_video
 from shards.schema import make_key
 
@@ -96,18 +96,10 @@ def ring_rig(size: tuple[int, int], rng: np.random.Generator) -> list[Camera]:
         azimuth = 2 * math.pi * k / NUM_CAMERAS + math.radians(rng.uniform(-5, 5))
         radius, elevation = rng.uniform(3.0, 3.6), rng.uniform(0.9, 1.9)
         centre = np.array([radius * math.cos(azimuth), radius * math.sin(azimuth), elevation])
-        cameras.append(_looking_at(centre, np.array([0.0, 0.0, 0.95]), FOCAL_PER_WIDTH * width * np.ones(2),
+        cameras.append(look_at(centre, np.array([0.0, 0.0, 0.95]), FOCAL_PER_WIDTH * width * np.ones(2),
                                    np.array([(width - 1) / 2.0, (height - 1) / 2.0]) + rng.uniform(-3, 3, 2),
                                    str(k)))
     return cameras
-
-
-def _looking_at(centre: np.ndarray, target: np.ndarray, f: np.ndarray, c: np.ndarray, name: str) -> Camera:
-    forward = (target - centre) / np.linalg.norm(target - centre)
-    right = np.cross(forward, [0.0, 0.0, 1.0])
-    right /= np.linalg.norm(right)
-    return Camera(name=name, R=np.stack([right, np.cross(forward, right), forward]), T=centre * 1000.0, f=f, c=c,
-                  k=np.zeros(3), p=np.zeros(2))
 
 
 def _to_camera(cam: Camera, points_m: np.ndarray) -> np.ndarray:
@@ -151,7 +143,7 @@ def plan(root: Path, config, model, poses, rng: np.random.Generator):
             test_size = tuple(int(round(v * config.mpi_inf_3dhp_test_scale)) for v in real.size_px)
             k = real.intrinsics(test_size, sequence)
             azimuth = rng.uniform(0, 2 * np.pi)
-            rig = [_looking_at(np.array([3.3 * math.cos(azimuth), 3.3 * math.sin(azimuth), 1.3]),
+            rig = [look_at(np.array([3.3 * math.cos(azimuth), 3.3 * math.sin(azimuth), 1.3]),
                                np.array([0.0, 0.0, 0.95]), np.array([k.fx, k.fy]), np.array([k.cx, k.cy]), "0")]
             shown, sizes = [0], {0: test_size}
         else:
