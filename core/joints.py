@@ -86,9 +86,21 @@ H36M_JOINTS: tuple[str, ...] = (
     "Right Shoulder", "Right Elbow", "Right Wrist",
 )
 OPENPOSE_JOINTS: tuple[str, ...] = OPENPOSE_NAMES
+# The 17 MPI-INF-3DHP joints SPIN keeps (pelvis, L leg, R leg, spine, neck, head, head top, L arm, R arm; SPIN
+# datasets/preprocess/mpi_inf_3dhp.py joints_idx / joints_17_idx), mapped as SPIN maps them (constants
+# ``H36M_TO_J17`` slots [14, 3, 4, 5, 2, 1, 0, 16, 12, 17, 18, 9, 10, 11, 8, 7, 6]): the neck fills the LSP neck
+# slot, the head the "Jaw (H36M)" slot and the head top the "Head (H36M)" slot (mmhuman3d PR#153 calls that head
+# pair inconsistent; it is kept so SPIN's files and fitloop's agree). The native names and their order are
+# pipelines/adapters/mpi_inf_3dhp.py's.
+MPI_INF_3DHP_JOINTS: tuple[str, ...] = (
+    "Pelvis (MPII)", "Left Hip", "Left Knee", "Left Ankle", "Right Hip", "Right Knee", "Right Ankle",
+    "Spine (H36M)", "Neck (LSP)", "Jaw (H36M)", "Head (H36M)", "Left Shoulder", "Left Elbow", "Left Wrist",
+    "Right Shoulder", "Right Elbow", "Right Wrist",
+)
 
 DATASET_JOINTS: dict[str, tuple[str, ...]] = {
     "lsp": LSP_JOINTS, "mpii": MPII_JOINTS, "coco": COCO_JOINTS, "h36m": H36M_JOINTS, "openpose": OPENPOSE_JOINTS,
+    "mpi-inf-3dhp": MPI_INF_3DHP_JOINTS,
 }
 
 # Evaluation subsets (SPIN eval.py): 14 LSP-style joints with the H36M head, and 17 with pelvis/spine/jaw.

@@ -44,6 +44,8 @@ EXPECTED_ROOT = {
     "lsp-orig": "lsp_dataset_original (joints.mat and images/im0001.jpg ...)",
     "lspet": "lspet_dataset (joints.mat and images/im00001.jpg ...)",
     "h36m": "the Human3.6M folder (S1/, S5/, ... with MyPoseFeatures/ and the frames)",
+    "mpi-inf-3dhp": "the MPI-INF-3DHP folder (S1/Seq1/annot.mat ... with imageSequence/video_<k>.avi, and "
+                    "mpi_inf_3dhp_test_set/TS1 ...)",
     "spin-npz": "the image root SPIN's imgname paths are relative to (and --option npz_file=...)",
     "coco_wholebody": "the COCO-WholeBody folder (coco_wholebody_<split>_v1.0.json in it or in annotations/, images "
                       "in <split>2017/)",

@@ -60,6 +60,7 @@ REJECT_REASONS: dict[str, str] = {
     "degenerate_box": "the person box is missing, smaller than the configured minimum, or mostly outside the image",
     "crowd": "a crowd region (COCO iscrowd=1), not one person",
     "malformed_annotation": "this record (or a whole Human3.6M sequence file) cannot be parsed as the format says",
+    "invalid_frame": "the dataset marks the frame as unusable (MPI-INF-3DHP's test set: valid_frame = 0)",
     "duplicate_record": "the record's ids (its key, or a COCO image id) repeat another record's of the same file",
 }
 

@@ -18,7 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "per sample key) and fitloop_synth.json (the resolved config). --datasets coco_wholebody,openpose "
                     "writes whole-body people of the open SMPL-X model (hands posed, faces with expressions) in "
                     "COCO-WholeBody's annotation layout and as OpenPose --write_json --hand --face files, with the "
-                    "truth of every whole-body point. docs/synthetic.md has the details.")
+                    "truth of every whole-body point. --datasets mpi_inf_3dhp writes MPI-INF-3DHP's release "
+                    "layout (annot.mat, camera.calibration and AVI videos per sequence, and its test set). "
+                    "docs/synthetic.md has the details.")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--people", type=int, default=None,
                         help="people per dataset (default: 80 COCO, 80 MPII, 60 LSP, 60 LSPET, 112 Human3.6M, 40 "
@@ -26,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "Human3.6M gets at least this many (frames x 4 cameras x sequences)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--datasets", default=None, metavar="LIST",
-                        help="comma-separated datasets among coco,mpii,lsp,lspet,h36m,coco_wholebody,openpose "
+                        help="comma-separated datasets among coco,mpii,lsp,lspet,h36m,coco_wholebody,openpose,mpi_inf_3dhp "
                              "(default: the five body datasets coco,mpii,lsp,lspet,h36m)")
     parser.add_argument("--poses", choices=("auto", "cmu", "prior"), default="auto",
                         help="pose source: CMU clips, the pose prior, or auto (CMU when its folder exists)")

@@ -30,6 +30,7 @@ from pipelines.adapters.coco import CocoAdapter, CocoConfig
 from pipelines.adapters.coco_wholebody import CocoWholeBodyAdapter, CocoWholeBodyConfig
 from pipelines.adapters.h36m import H36mAdapter
 from pipelines.adapters.lsp import LSP_LAYOUT, LSPET_LAYOUT, LspAdapter, LspConfig
+from pipelines.adapters.mpi_inf_3dhp import MpiInf3dhpAdapter, MpiInf3dhpConfig
 from pipelines.adapters.mpii import MpiiAdapter, MpiiConfig
 from pipelines.adapters.openpose import OpenPoseAdapter, OpenPoseConfig
 from pipelines.adapters.spin_npz import SpinNpzAdapter, SpinNpzConfig
@@ -42,6 +43,7 @@ ADAPTERS: dict[str, Adapter] = {adapter.name: adapter for adapter in (
     LspAdapter("lspet", LSPET_LAYOUT),
     SpinNpzAdapter(),
     H36mAdapter(),
+    MpiInf3dhpAdapter(),                  # MPI-INF-3DHP: train videos + annot.mat, test set JPEGs + annot_data.mat
     CocoWholeBodyAdapter(),               # COCO-WholeBody: COCO + feet, face, hands (161-point whole-body keypoints)
     OpenPoseAdapter(),                    # OpenPose --write_json output: BODY_25 + hands + face per image
 )}
@@ -52,7 +54,7 @@ def iter_dataset(name: str, root: Path, split: str, **options: Any) -> Iterator[
 
     Args:
         name: a key of `ADAPTERS` ("coco", "mpii", "lsp", "lsp-orig", "lspet", "spin-npz", "h36m",
-            "coco_wholebody", "openpose").
+            "mpi-inf-3dhp", "coco_wholebody", "openpose").
         root: the dataset's root folder; annotation and image paths in the options are relative to it.
         split: one of the adapter's ``splits``.
         **options: fields of the adapter's config (``ADAPTERS[name].config_type``), as values or as strings
@@ -71,5 +73,5 @@ def iter_dataset(name: str, root: Path, split: str, **options: Any) -> Iterator[
 
 
 __all__ = ["ADAPTERS", "Adapter", "AnnotationFileError", "CheckConfig", "CocoConfig", "CocoWholeBodyConfig",
-           "DatasetError", "LspConfig", "MpiiConfig", "OpenPoseConfig", "Output", "RecordBuilder", "SPIN_LIMB_JOINTS",
+           "DatasetError", "LspConfig", "MpiInf3dhpConfig", "MpiiConfig", "OpenPoseConfig", "Output", "RecordBuilder", "SPIN_LIMB_JOINTS",
            "SpinNpzConfig", "iter_dataset"]

@@ -14,7 +14,9 @@ from core.errors import FitloopError
 # `SynthConfig.wholebody_model`). A config writes the body datasets unless told otherwise.
 BODY_DATASETS: tuple[str, ...] = ("coco", "mpii", "lsp", "lspet", "h36m")
 WHOLEBODY_DATASETS: tuple[str, ...] = ("coco_wholebody", "openpose")
-DATASETS: tuple[str, ...] = BODY_DATASETS + WHOLEBODY_DATASETS
+# Datasets written only when named (their videos cost encoding): MPI-INF-3DHP, from the body model.
+VIDEO_DATASETS: tuple[str, ...] = ("mpi_inf_3dhp",)
+DATASETS: tuple[str, ...] = BODY_DATASETS + WHOLEBODY_DATASETS + VIDEO_DATASETS
 H36M_CAMERAS = 4
 PoseSourceName = Literal["auto", "cmu", "prior"]
 # ../shared/mocap/cmu beside the checkout (the brief's "../shared"): CMU clips as BVH, never copied into the repo.
@@ -47,6 +49,14 @@ class SynthConfig:
         h36m_image_size: (width, height) of the Human3.6M frames (the real ones are 1000 × 1000 or 1002).
         h36m_image_layout: "spin" (images/S1_Directions_1.54138969_000001.jpg), "folders", or "video" (the
             release's S1/Videos/Directions 1.54138969.mp4, every frame painted); see pipelines/adapters/h36m.py.
+        mpi_inf_3dhp_subjects / mpi_inf_3dhp_sequences: MPI-INF-3DHP training sequences (S1–S8 × Seq1–Seq2),
+            each annotated for 14 cameras.
+        mpi_inf_3dhp_cameras: the training cameras (0–13) painted into videos (SPIN reads 0, 1, 2, 4–8).
+        mpi_inf_3dhp_frames: frames per sequence (train and test); every frame of a painted camera is a person.
+        mpi_inf_3dhp_image_size: (width, height) of the training videos (the real ones are 2048 × 2048).
+        mpi_inf_3dhp_test_sequences: test sequences (TS1–TS6), each one camera, frame 1 marked invalid.
+        mpi_inf_3dhp_test_scale: test frames are this share of the real ones (2048² for TS1–4, 1920 × 1080 for
+            TS5–6), filmed with the release's test cameras scaled to that size.
         poses: "cmu" (CMU BVH clips converted at run time), "prior" (samples of the shipped pose prior), or
             "auto" (cmu when ``mocap_dir`` exists).
         mocap_dir: the CMU BVH folder; default ../shared/mocap/cmu beside the checkout.
@@ -79,6 +89,13 @@ class SynthConfig:
     h36m_frame_step: int = 5
     h36m_image_size: tuple[int, int] = (400, 400)
     h36m_image_layout: Literal["spin", "folders", "video"] = "spin"
+    mpi_inf_3dhp_subjects: tuple[str, ...] = ("S1", "S2")
+    mpi_inf_3dhp_sequences: tuple[str, ...] = ("Seq1",)
+    mpi_inf_3dhp_cameras: tuple[int, ...] = (0, 1, 2, 4, 5, 6, 7, 8)  # SPIN_CAMERAS of the adapter
+    mpi_inf_3dhp_frames: int = 3
+    mpi_inf_3dhp_image_size: tuple[int, int] = (256, 256)
+    mpi_inf_3dhp_test_sequences: tuple[str, ...] = ("TS1", "TS5")
+    mpi_inf_3dhp_test_scale: float = 0.125
     poses: PoseSourceName = "auto"
     mocap_dir: Path | None = None
     max_clips: int = 24
@@ -93,7 +110,8 @@ class SynthConfig:
         unknown = sorted(set(self.datasets) - set(DATASETS))
         if unknown or not self.datasets:
             raise SynthError(f"datasets must be among {', '.join(DATASETS)}; got {', '.join(self.datasets) or 'none'}")
-        counts = {name: getattr(self, f"{name}_people") for name in DATASETS if name != "h36m"}
+        counts = {name: getattr(self, f"{name}_people") for name in BODY_DATASETS + WHOLEBODY_DATASETS
+                  if name != "h36m"}
         if any(n < 0 for n in counts.values()) or self.h36m_frames < 1 or self.h36m_frame_step < 1:
             raise SynthError("people counts must be >= 0 and h36m_frames, h36m_frame_step >= 1")
         if counts["lsp"] > 1000:
@@ -117,11 +135,27 @@ class SynthConfig:
         if any("." in a or "/" in a or not a.strip() for a in self.h36m_actions):
             raise SynthError("h36m_actions must be non-empty names without '.' or '/' "
                              "(the files are <action>.<camera>.cdf)")
+        self._check_mpi_inf_3dhp()
         if not 1 <= self.jpeg_quality <= 100 or self.workers < 1:
             raise SynthError("jpeg_quality must be 1-100 and workers >= 1")
 
+    def _check_mpi_inf_3dhp(self) -> None:
+        if any(s not in [f"S{n}" for n in range(1, 9)] for s in self.mpi_inf_3dhp_subjects) \
+                or any(q not in ("Seq1", "Seq2") for q in self.mpi_inf_3dhp_sequences) \
+                or any(t not in [f"TS{n}" for n in range(1, 7)] for t in self.mpi_inf_3dhp_test_sequences):
+            raise SynthError("mpi_inf_3dhp_subjects must be among S1-S8, mpi_inf_3dhp_sequences among Seq1, Seq2 "
+                             "and mpi_inf_3dhp_test_sequences among TS1-TS6")
+        if any(not 0 <= int(c) < 14 for c in self.mpi_inf_3dhp_cameras) or self.mpi_inf_3dhp_frames < 1:
+            raise SynthError("mpi_inf_3dhp_cameras must be among 0-13 and mpi_inf_3dhp_frames >= 1")
+        if not 0.0 < self.mpi_inf_3dhp_test_scale <= 1.0 or min(self.mpi_inf_3dhp_image_size) < 32:
+            raise SynthError("mpi_inf_3dhp_test_scale must lie in (0, 1] and mpi_inf_3dhp_image_size be >= 32 px")
+
     def people(self, dataset: str) -> int:
         """People (records) the dataset will hold."""
+        if dataset == "mpi_inf_3dhp":
+            frames = self.mpi_inf_3dhp_frames
+            train = len(self.mpi_inf_3dhp_subjects) * len(self.mpi_inf_3dhp_sequences) * len(self.mpi_inf_3dhp_cameras)
+            return train * frames + len(self.mpi_inf_3dhp_test_sequences) * (frames - (frames > 1))
         if dataset == "h36m":
             sampled = math.ceil(self.h36m_frames / self.h36m_frame_step)
             return len(self.h36m_subjects) * len(self.h36m_actions) * H36M_CAMERAS * sampled

@@ -26,7 +26,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from PIL import Image
 from scipy.spatial.transform import Rotation
 
 from core.errors import FitloopError
@@ -35,7 +34,7 @@ from core.pinhole import pinhole
 from core.wholebody import NUM_WHOLEBODY, WHOLEBODY_PARTS, wholebody_indices
 from fitting.body_model import OPEN_MODELS, BodyModel, load_body_model, read_model_arrays
 from pipelines.adapters.h36m import CAMERA_NAMES, RAW_INDEX, VIDEO_LAYOUT, Camera, image_pattern
-from pipelines.synthetic import formats, h36m_files
+from pipelines.synthetic import formats, h36m_files, mpi_inf_3dhp
 from pipelines.synthetic.bodies import move_parameters, pose_bodies, pose_wholebody, rotate_orient
 from pipelines.synthetic.config import DATASETS, WHOLEBODY_DATASETS, SynthConfig, SynthError
 from pipelines.synthetic.hands_face import sample_faces, sample_hands
@@ -52,7 +51,6 @@ from pipelines.synthetic.scene import (
     view_rotation,
 )
 from pipelines.synthetic.truth import write_truth
-from shards.frames import write_video
 from shards.schema import make_key
 
 GENERATOR_VERSION = 3        # 2: COCO and MPII images carry their focal length in EXIF; 3: whole-body datasets
@@ -189,6 +187,8 @@ def _plan(name: str, target: Path, config: SynthConfig, model: BodyModel, poses:
     work.mkdir()
     if name == "h36m":
         pictures, people, write = _plan_h36m(work, config, model, poses, rng)
+    elif name == "mpi_inf_3dhp":
+        pictures, people, write = mpi_inf_3dhp.plan(work, config, model, poses, rng)
     else:
         pictures, people = _plan_single(name, work, config, model, poses, rng,
                                         wholebody if name in WHOLEBODY_DATASETS else None)
@@ -473,13 +473,7 @@ def _plan_h36m(root: Path, config: SynthConfig, model: BodyModel, poses: PoseSou
                     jpeg_quality=config.jpeg_quality))
 
     def write_files(_root: Path, _pictures: list[Picture], _people: list[Person]) -> None:
-        for path, shown in videos:  # the painted frames become the sequence's video (the truth names it)
-            frames_of = []
-            for index in shown:
-                with Image.open(_pictures[index].path) as painted:
-                    frames_of.append(np.asarray(painted.convert("RGB")))
-                _pictures[index].path = path
-            write_video(path, frames_of, H36M_FPS)
+        mpi_inf_3dhp.encode_videos(videos, _pictures, H36M_FPS)  # the painted frames become the videos
         if videos:
             shutil.rmtree(root / VIDEO_FRAMES)
         for path, values in pose_files:

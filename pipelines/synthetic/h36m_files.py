@@ -92,7 +92,13 @@ def write_masks(path: Path, masks: list[np.ndarray]) -> None:
             handles.append(data.ref)
         cell = h5.create_dataset("Masks", data=np.array(handles, dtype=h5py.ref_dtype).reshape(-1, 1))
         cell.attrs["MATLAB_class"] = np.bytes_("cell")
-    with open(path, "r+b") as fh:  # MATLAB's 7.3 header in the user block, so MATLAB and scipy see a .mat
+    stamp_matlab73(path)
+
+
+def stamp_matlab73(path: Path) -> None:
+    """Write MATLAB's 7.3 header into the 512-byte user block of the HDF5 file at ``path`` (made with
+    ``userblock_size=512``), so that MATLAB and scipy see a .mat."""
+    with open(path, "r+b") as fh:
         fh.write(MATLAB_HEADER.ljust(116, b" ") + b"\x00" * 8 + b"\x00\x02" + b"IM")
 
 

@@ -169,11 +169,16 @@ def h36m_rig(size: tuple[int, int], rng: np.random.Generator) -> dict[tuple[str,
             radius, elevation = rng.uniform(4.5, 5.5), rng.uniform(1.3, 1.9)
             centre = np.array([radius * math.cos(azimuth), radius * math.sin(azimuth), elevation])
             target = np.array([0.0, 0.0, 1.0]) + rng.uniform(-0.15, 0.15, 3)
-            forward = (target - centre) / np.linalg.norm(target - centre)
-            right = np.cross(forward, [0.0, 0.0, 1.0])
-            right /= np.linalg.norm(right)
-            down = np.cross(forward, right)
             f, c = intrinsics[serial]
-            rig[(subject, serial)] = Camera(name=serial, R=np.stack([right, down, forward]), T=centre * 1000.0,
-                                            f=f.copy(), c=c.copy(), k=np.zeros(3), p=np.zeros(2))
+            rig[(subject, serial)] = look_at(centre, target, f.copy(), c.copy(), serial)
     return rig
+
+
+def look_at(centre: np.ndarray, target: np.ndarray, f: np.ndarray, c: np.ndarray, name: str) -> Camera:
+    """A level pinhole camera (no roll, no distortion) at ``centre`` (3,) m looking at ``target`` (3,) m in a Z-up
+    world, with focal lengths f (2,) and principal point c (2,) px; its T is in mm, as Human3.6M's files."""
+    forward = (target - centre) / np.linalg.norm(target - centre)
+    right = np.cross(forward, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right)
+    return Camera(name=name, R=np.stack([right, np.cross(forward, right), forward]), T=centre * 1000.0, f=f, c=c,
+                  k=np.zeros(3), p=np.zeros(2))
