@@ -1,4 +1,5 @@
-"""A shard set and its best fits out in other tools' formats: SPIN's dataset ``.npz`` and posed meshes (.obj/.ply).
+"""A shard set and its best fits out in other tools' formats: SPIN's dataset ``.npz``, webdataset tars with the fits,
+and posed meshes (.obj/.ply).
 
 **SPIN's dataset .npz** (`export_spin_datasets`): one file per (dataset, split) of the shard set, with the fields
 SPIN's ``BaseDataset`` reads (nkolot/SPIN ``datasets/base_dataset.py``; ../shared/SPIN_REFERENCE.md §4.1, §5.1),
@@ -26,6 +27,12 @@ what made it: the shard set, the table and its version, the body model, frame, b
 key of every row (SPIN keys rows by position; fitloop by key, and the SPIN .npz adapter's keys are built from
 ``imgname``, which loses person ids such as COCO's annotation id).
 
+**Webdataset tars with fits** (`export_fit_tars`): each shard again, same name, every sample's members as stored
+plus its best fit as ``fit_global_orient.npy`` (3,), ``fit_body_pose.npy`` (69,), ``fit_betas.npy`` (10,),
+``fit_cam_t.npy`` (3,) float32 and ``fit.json`` (has_fit, has_cam_t, body model, frame, loss, source, run): what
+4D-Humans' training tars carry in a pickled ``data.pyd``, as ``.npy``/``.json`` members that webdataset decodes
+without pickles. Every sample has every member (zeros and ``has_fit`` false without a fit), so batches collate.
+
 **Meshes** (`export_meshes`): the posed mesh of each best fit, ``<out>/<dataset>/<id>.obj`` or ``.ply``, vertices
 in metres in the fit's camera (``frame``: crop or image; x right, y down, z forward, OpenCV's axes): the body
 model's vertices plus ``cam_t`` (a fit without ``cam_t``, an import, is written at the origin and its header says
@@ -34,8 +41,10 @@ left out (posing them needs the SMPL-X hand, jaw and eye parameters: not written
 """
 from __future__ import annotations
 
+import io
 import json
 import os
+import tarfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -51,7 +60,10 @@ from core.spin import SPIN_NPZ_FILES
 from fits.quality import FitFilter, filter_rows
 from fits.schema import NUM_BETAS, NUM_POSE, FitsTableError
 from fits.table import FitsTable
-from shards.lookup import iter_samples
+from shards.lookup import iter_samples, raw_samples
+from shards.reader import list_shards
+from shards.sample import encode_npy
+from shards.writer import tar_member
 
 # SPIN's file stem of each (dataset, split) it ships, and its pixel offset per dataset (core.spin.SPIN_NPZ_FILES).
 SPIN_FILE_STEMS: dict[tuple[str, str], str] = {(ds, split): stem for stem, (ds, split, _) in SPIN_NPZ_FILES.items()}
@@ -221,6 +233,66 @@ def write_frames(frames: list[tuple[Path, str, int]], out: Path) -> int:
                 reader.frame(index).save(tmp, format="JPEG", quality=95)
                 tmp.replace(path)
     return len(frames)
+
+
+# --- webdataset tars with fits ---------------------------------------------------------------------------------
+FIT_MEMBERS: dict[str, tuple[int, ...]] = {  # suffix -> shape (float32), always present; zeros without a fit
+    "fit_global_orient.npy": (3,), "fit_body_pose.npy": (NUM_POSE - 3,), "fit_betas.npy": (NUM_BETAS,),
+    "fit_cam_t.npy": (3,)}
+
+
+def fit_members(fit: dict[str, Any] | None) -> dict[str, bytes]:
+    """The members a sample gains (suffix -> bytes): `FIT_MEMBERS` as ``.npy`` (float32, no pickles) and
+    ``fit.json`` (``has_fit``, ``has_cam_t``, ``body_model_id``, ``frame``, ``loss``, ``source``, ``run_id``) of one
+    best-fit row (`fits.schema.FITS_SCHEMA` as a dict), or of no fit (zeros, ``has_fit`` false)."""
+    pose = np.zeros(NUM_POSE, np.float32) if fit is None else np.asarray(fit["pose"], np.float32)
+    cam_t = None if fit is None else fit["cam_t"]
+    arrays = {"fit_global_orient.npy": pose[:3], "fit_body_pose.npy": pose[3:],
+              "fit_betas.npy": np.zeros(NUM_BETAS, np.float32) if fit is None else np.asarray(fit["betas"],
+                                                                                              np.float32),
+              "fit_cam_t.npy": np.zeros(3, np.float32) if cam_t is None else np.asarray(cam_t, np.float32)}
+    members = {suffix: encode_npy(value) for suffix, value in arrays.items()}
+    info = {"has_fit": fit is not None, "has_cam_t": cam_t is not None}
+    if fit is not None:
+        info.update({name: fit[name] for name in ("body_model_id", "frame", "loss", "source", "run_id")})
+    members["fit.json"] = json.dumps(info, sort_keys=True).encode("utf-8")
+    return members
+
+
+def export_fit_tars(table: FitsTable, shard_dir: Path, out: Path, *, body_model_id: str | None = None,
+                    frame: str = "crop", version: int | None = None, timestamp: datetime | None = None,
+                    fit_filter: FitFilter = FitFilter(),
+                    on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Write each shard of ``shard_dir`` again under ``out`` (same name), every sample's members as stored (the
+    crop ``jpg``, ``json``, ``keypoints_2d.npy``, ... `shards.sample`) plus its best fit (`fit_members`), so a
+    webdataset pipeline (``wds.WebDataset(url).decode()``) reads crop, keypoints and fit together: 4D-Humans'
+    training tars without their pickled ``data.pyd``. Members sorted, mtime 0. Returns ``{"shards", "samples",
+    "fits", "filtered", "body_model_id", "frame"}``."""
+    stage = on_stage or _no_stage
+    stage("best")
+    best, filtered = best_view(table, body_model_id=body_model_id, frame=frame, version=version,
+                               timestamp=timestamp, fit_filter=fit_filter)
+    fits = {row["key"]: row for row in best.select(["key", "pose", "betas", "cam_t", "body_model_id", "frame",
+                                                    "loss", "source", "run_id"]).to_pylist()}
+    models = best["body_model_id"].unique().to_pylist()
+    stage("write")
+    out = Path(out)
+    shards = samples = with_fit = 0
+    for shard in list_shards(Path(shard_dir)):
+        path = out / shard.path.name
+        tmp = _atomic(path)
+        with tarfile.open(tmp, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            for key, members in raw_samples(shard.path):
+                fit = fits.get(key)
+                members = {**members, **fit_members(fit)}
+                for suffix in sorted(members):
+                    tar.addfile(tar_member(f"{key}.{suffix}", len(members[suffix])), io.BytesIO(members[suffix]))
+                samples += 1
+                with_fit += fit is not None
+        tmp.replace(path)
+        shards += 1
+    return {"shards": shards, "samples": samples, "fits": with_fit, "filtered": filtered,
+            "body_model_id": models[0] if models else body_model_id, "frame": frame}
 
 
 # --- meshes ---------------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 # `fitloop fits export`: the --format values each target takes, the first the default.
-EXPORT_FORMATS = {"smplifyx": ("npz", "json"), "shards": ("spin-npz",), "meshes": ("obj", "ply")}
+EXPORT_FORMATS = {"smplifyx": ("npz", "json"), "shards": ("spin-npz", "wds"), "meshes": ("obj", "ply")}
 MODEL_HELP = ('the body model: "open", "open-small", a model file (.pkl/.npz), or its content id '
               '(<family>:<16 hex>, as `fitloop model info` prints)')
 
@@ -126,15 +126,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "result arrays (betas, global_orient, body_pose, hand, jaw, eye poses, expression, "
                              "camera) without pickles, hand poses full axis-angle (docs/fits_table.md)")
     target.add_argument("--shards", type=Path, metavar="DIR",
-                        help="a shard set: write its samples with the best fits as SPIN's dataset .npz files "
-                             "(--format spin-npz), one per dataset and split, in the folder --out "
+                        help="a shard set: write its samples with the best fits, in the folder --out, as SPIN's "
+                             "dataset .npz files, one per dataset and split (--format spin-npz, default), or as "
+                             "webdataset tars, each shard with fit_*.npy and fit.json members added (--format wds) "
                              "(docs/fits_table.md, Exports)")
     target.add_argument("--meshes", type=Path, metavar="DIR",
                         help="write the posed mesh of each best fit of --model as DIR/<dataset>/<id>.obj or .ply "
                              "(--format), metres in the fit's camera")
     export.add_argument("--format", choices=EXPORT_FORMATS["smplifyx"] + EXPORT_FORMATS["shards"]
                         + EXPORT_FORMATS["meshes"], default=None,
-                        help="file format: npz (default) or json with --smplifyx; spin-npz with --shards; obj "
+                        help="file format: npz (default) or json with --smplifyx; spin-npz (default) or wds with --shards; obj "
                              "(default) or ply with --meshes")
     export.add_argument("--out", type=Path, help="the .npy to write (with --spin-npz); the folder (with --shards)")
     export.add_argument("--extract-frames", type=Path, metavar="DIR", default=None,
@@ -550,6 +551,8 @@ def cmd_export(args: argparse.Namespace) -> int:
               + (f"; {summary['body_only']} body-only fit(s) left out" if summary["body_only"] else "")
               + (f"; {summary['filtered']} below the bars {fit_filter.describe()}" if summary["filtered"] else ""))
         return 0
+    if args.shards is not None and fmt == "wds":
+        return _export_fit_tars(args, table, model, fit_filter)
     if args.shards is not None:
         return _export_spin_datasets(args, table, model, fit_filter)
     if args.meshes is not None:
@@ -585,6 +588,24 @@ def _export_spin_datasets(args: argparse.Namespace, table, model: str | None, fi
           + (f"; {summary['filtered']} best fits below the bars {fit_filter.describe()}" if fit_filter.active
              else "") + (f"; {summary['frames']} video frames under {args.extract_frames}" if summary["frames"]
                          else ""))
+    return 0
+
+
+def _export_fit_tars(args: argparse.Namespace, table, model: str | None, fit_filter) -> int:
+    from core.errors import FitloopError
+    from fits.exports import export_fit_tars
+
+    if args.out is None:
+        raise FitloopError("--shards needs --out, the folder to write the tars to")
+    if args.extract_frames is not None or args.pixel_offset is not None:
+        raise FitloopError("--extract-frames and --pixel-offset go with --format spin-npz")
+    with stages("export", ("best", "write")) as on_stage:
+        summary = export_fit_tars(table, args.shards, args.out, body_model_id=model, frame=args.frame or "crop",
+                                  fit_filter=fit_filter, on_stage=on_stage, **_at(args))
+    print(f"wrote {summary['shards']} tars under {args.out}: {summary['samples']} samples, {summary['fits']} with a "
+          f"fit of body model {summary['body_model_id'] or '(none)'} ({summary['frame']} frame)"
+          + (f"; {summary['filtered']} best fits below the bars {fit_filter.describe()}" if fit_filter.active
+             else ""))
     return 0
 
 
