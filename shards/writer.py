@@ -218,7 +218,8 @@ class _HashingFile:
         return self.bytes
 
 
-def _tar_member(name: str, size: int) -> tarfile.TarInfo:
+def tar_member(name: str, size: int) -> tarfile.TarInfo:
+    """The header of a reproducible tar member: mtime 0, read-only, no owner (webdataset's writer does the same)."""
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode = size, 0, 0o444
     info.uid = info.gid = 0
@@ -278,7 +279,7 @@ def write_chunk(records: list[PersonRecord | Reject], out_dir: Path, shard_name:
                         continue
                     for suffix in sorted(members):
                         data = members[suffix]
-                        tar.addfile(_tar_member(f"{item.key}.{suffix}", len(data)), io.BytesIO(data))
+                        tar.addfile(tar_member(f"{item.key}.{suffix}", len(data)), io.BytesIO(data))
                     result.count(item.dataset, item.split, "written")
                     sources[(item.dataset, item.split, item.source, str(item.image_root))] = None
                     result.keys.append(item.key)

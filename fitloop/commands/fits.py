@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+# `fitloop fits export`: the --format values each target takes, the first the default.
+EXPORT_FORMATS = {"smplifyx": ("npz", "json"), "shards": ("spin-npz", "wds"), "meshes": ("obj", "ply")}
 MODEL_HELP = ('the body model: "open", "open-small", a model file (.pkl/.npz), or its content id '
               '(<family>:<16 hex>, as `fitloop model info` prints)')
 
@@ -114,7 +116,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     import_.add_argument("--json", action="store_true")
 
     export = table_command("export", "write one body model's best fits as SPIN's N x 82 .npy, as one parquet "
-                                     "file, or as SMPLify-X-layout files of SMPL-X parameters", cmd_export)
+                                     "file, as SMPLify-X-layout files of SMPL-X parameters, with a shard set as "
+                                     "SPIN's dataset .npz files, or as posed meshes", cmd_export)
     target = export.add_mutually_exclusive_group(required=True)
     target.add_argument("--spin-npz", type=Path, help="SPIN's .npz the .npy is row-aligned with (with --out)")
     target.add_argument("--parquet", type=Path, help="write the best view of every key to this parquet file")
@@ -122,8 +125,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="write each best whole-body fit as DIR/<dataset>/<id>.npz (or .json): SMPLify-X's "
                              "result arrays (betas, global_orient, body_pose, hand, jaw, eye poses, expression, "
                              "camera) without pickles, hand poses full axis-angle (docs/fits_table.md)")
-    export.add_argument("--format", choices=("npz", "json"), default="npz", help="file format with --smplifyx")
-    export.add_argument("--out", type=Path, help="the .npy to write (with --spin-npz)")
+    target.add_argument("--shards", type=Path, metavar="DIR",
+                        help="a shard set: write its samples with the best fits, in the folder --out, as SPIN's "
+                             "dataset .npz files, one per dataset and split (--format spin-npz, default), or as "
+                             "webdataset tars, each shard with fit_*.npy and fit.json members added (--format wds) "
+                             "(docs/fits_table.md, Exports)")
+    target.add_argument("--meshes", type=Path, metavar="DIR",
+                        help="write the posed mesh of each best fit of --model as DIR/<dataset>/<id>.obj or .ply "
+                             "(--format), metres in the fit's camera")
+    export.add_argument("--format", choices=EXPORT_FORMATS["smplifyx"] + EXPORT_FORMATS["shards"]
+                        + EXPORT_FORMATS["meshes"], default=None,
+                        help="file format: npz (default) or json with --smplifyx; spin-npz (default) or wds with --shards; obj "
+                             "(default) or ply with --meshes")
+    export.add_argument("--out", type=Path, help="the .npy to write (with --spin-npz); the folder (with --shards)")
+    export.add_argument("--extract-frames", type=Path, metavar="DIR", default=None,
+                        help="with --shards: write the video frames the .npz files name (SPIN's images/<name>.jpg) "
+                             "under DIR")
+    export.add_argument("--pixel-offset", type=float, default=None,
+                        help="with --shards: px added to part and center (default: SPIN's for the dataset: 1 for "
+                             "LSP, HR-LSPET, MPII; else 0)")
     export.add_argument("--dataset", default=None, help="key prefix (default: from the .npz file name)")
     export.add_argument("--fill-missing", action="store_true", help="write zeros for rows without a fit")
     add_fit_filter_options(export, "write only the best fits that meet every bar given (with --spin-npz, a fit "
@@ -493,6 +513,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from fits.table import FitsTable
 
     fit_filter = fit_filter_from(args)
+    target = next((name for name in EXPORT_FORMATS if getattr(args, name) is not None), None)
+    if args.format is not None and (target is None or args.format not in EXPORT_FORMATS[target]):
+        raise FitloopError(f"--format {args.format} does not go with " + (f"--{target} (it takes "
+                           f"{', '.join(EXPORT_FORMATS[target])})" if target else "--spin-npz or --parquet"))
+    fmt = args.format or (EXPORT_FORMATS[target][0] if target else None)
+    if (args.extract_frames is not None or args.pixel_offset is not None) and args.shards is None:
+        raise FitloopError("--extract-frames and --pixel-offset go with --shards")
     if args.spin_npz is not None and args.out is None:
         raise FitloopError("--spin-npz needs --out, the .npy to write")
     table = FitsTable.open(args.table)
@@ -516,7 +543,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         from fits.smplifyx_export import export_smplifyx
 
         with stages("export", ("best", "write")) as on_stage:
-            summary = export_smplifyx(table, args.smplifyx, fmt=args.format, dataset=args.dataset,
+            summary = export_smplifyx(table, args.smplifyx, fmt=fmt, dataset=args.dataset,
                                       body_model_id=model, frame=args.frame, fit_filter=fit_filter,
                                       on_stage=on_stage, **_at(args))
         print(f"wrote {summary['written']} whole-body fits of body model {summary['body_model_id'] or '(none)'} "
@@ -524,6 +551,12 @@ def cmd_export(args: argparse.Namespace) -> int:
               + (f"; {summary['body_only']} body-only fit(s) left out" if summary["body_only"] else "")
               + (f"; {summary['filtered']} below the bars {fit_filter.describe()}" if summary["filtered"] else ""))
         return 0
+    if args.shards is not None and fmt == "wds":
+        return _export_fit_tars(args, table, model, fit_filter)
+    if args.shards is not None:
+        return _export_spin_datasets(args, table, model, fit_filter)
+    if args.meshes is not None:
+        return _export_meshes(args, table, fmt, fit_filter)
     if args.frame == "image":
         raise FitloopError("SPIN's fits file holds crop-frame fits only (its camera is the 224 px crop's); export "
                            "image-frame fits with --parquet")
@@ -534,6 +567,63 @@ def cmd_export(args: argparse.Namespace) -> int:
           f"body model {summary['body_model_id'] or '(none)'}, {summary['filled']} filled with zeros"
           + (f" ({summary['filtered']} best fits below the bars {fit_filter.describe()})" if fit_filter.active
              else ""))
+    return 0
+
+
+def _export_spin_datasets(args: argparse.Namespace, table, model: str | None, fit_filter) -> int:
+    from core.errors import FitloopError
+    from fits.exports import export_spin_datasets
+
+    if args.out is None:
+        raise FitloopError("--shards needs --out, the folder to write SPIN's .npz files to")
+    with stages("export", ("best", "read", "write")) as on_stage:
+        summary = export_spin_datasets(table, args.shards, args.out, body_model_id=model,
+                                       frame=args.frame or "crop", fit_filter=fit_filter,
+                                       pixel_offset=args.pixel_offset, extract_frames=args.extract_frames,
+                                       on_stage=on_stage, **_at(args))
+    for file in summary["files"]:
+        print(f"wrote {file['path']}: {file['rows']} rows, {file['fits']} with a fit"
+              + (", 3D joints (S)" if file["joints_3d"] else ""))
+    print(f"fits of body model {summary['body_model_id'] or '(none)'}, {summary['frame']} frame"
+          + (f"; {summary['filtered']} best fits below the bars {fit_filter.describe()}" if fit_filter.active
+             else "") + (f"; {summary['frames']} video frames under {args.extract_frames}" if summary["frames"]
+                         else ""))
+    return 0
+
+
+def _export_fit_tars(args: argparse.Namespace, table, model: str | None, fit_filter) -> int:
+    from core.errors import FitloopError
+    from fits.exports import export_fit_tars
+
+    if args.out is None:
+        raise FitloopError("--shards needs --out, the folder to write the tars to")
+    if args.extract_frames is not None or args.pixel_offset is not None:
+        raise FitloopError("--extract-frames and --pixel-offset go with --format spin-npz")
+    with stages("export", ("best", "write")) as on_stage:
+        summary = export_fit_tars(table, args.shards, args.out, body_model_id=model, frame=args.frame or "crop",
+                                  fit_filter=fit_filter, on_stage=on_stage, **_at(args))
+    print(f"wrote {summary['shards']} tars under {args.out}: {summary['samples']} samples, {summary['fits']} with a "
+          f"fit of body model {summary['body_model_id'] or '(none)'} ({summary['frame']} frame)"
+          + (f"; {summary['filtered']} best fits below the bars {fit_filter.describe()}" if fit_filter.active
+             else ""))
+    return 0
+
+
+def _export_meshes(args: argparse.Namespace, table, fmt: str, fit_filter) -> int:
+    from core.errors import FitloopError
+    from fits.exports import export_meshes
+    from fitting.body_model import MODEL_ID_PATTERN, load_body_model
+
+    if args.model is None or MODEL_ID_PATTERN.match(args.model):
+        raise FitloopError("--meshes needs --model, the body model to pose (open, open-small or a model file; "
+                           "not only its id)")
+    body = load_body_model(args.model, joint_regressor_extra=args.joint_regressor_extra)
+    with stages("export", ("best", "write")) as on_stage:
+        summary = export_meshes(table, body, args.meshes, fmt=fmt, dataset=args.dataset, frame=args.frame,
+                                fit_filter=fit_filter, on_stage=on_stage, **_at(args))
+    print(f"wrote {summary['written']} {fmt} meshes of body model {body.model_id} under {summary['out']}"
+          + (f"; {summary['wholebody']} whole-body fit(s) left out" if summary["wholebody"] else "")
+          + (f"; {summary['filtered']} below the bars {fit_filter.describe()}" if summary["filtered"] else ""))
     return 0
 
 

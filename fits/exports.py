@@ -1,0 +1,374 @@
+"""A shard set and its best fits out in other tools' formats: SPIN's dataset ``.npz``, webdataset tars with the fits,
+and posed meshes (.obj/.ply).
+
+**SPIN's dataset .npz** (`export_spin_datasets`): one file per (dataset, split) of the shard set, with the fields
+SPIN's ``BaseDataset`` reads (nkolot/SPIN ``datasets/base_dataset.py``; ../shared/SPIN_REFERENCE.md §4.1, §5.1),
+one row per sample in shard order:
+
+* ``imgname`` (N,) str: the image path relative to the dataset's image root (the sample's ``image_path``). A video
+  frame has no file: it is named SPIN's way (`spin_imgname`, SPIN's ``h36m_train.py``:
+  ``images/S1_Directions_1.54138969_000001.jpg``, the frame counted from 1), and ``extract_frames`` writes those
+  frames (OpenCV decodes them, `shards.frames.VideoFrames`).
+* ``center`` (N, 2) px, ``scale`` (N,) (box side / 200), ``part`` (N, 24, 3) J24 keypoints + confidence, in
+  **SPIN's pixel convention for the dataset**: the inverse of the SPIN .npz adapter's ``pixel_offset``
+  (`pipelines.adapters.spin_npz`): + 1 px for SPIN's MATLAB-born files (LSP, LSP-original, HR-LSPET, MPII;
+  `core.spin.SPIN_NPZ_FILES`), on confident joints and the centre; absent joints stay all zeros.
+* ``openpose`` (N, 25, 3): the OpenPose BODY_25 slots as stored (0-based px: SPIN leaves them alone too).
+* ``S`` (N, 24, 4) metres + confidence, when any sample of the file has 3D joints (rows without: zeros). Written as
+  the shards hold them (SPIN's files are root-centred; its trainer and evaluation centre them again).
+* ``pose`` (N, 72) axis-angle, ``shape`` (N, 10), ``has_smpl`` (N,): the best fit of one body model and frame
+  (default crop, SPIN's fits) as of a table version, and 1 where it exists and meets the fit filter's bars
+  (`fits.quality`); else 0 with zeros (SPIN's BaseDataset then uses zeros itself).
+
+All float64, ``imgname`` a numpy unicode array, as SPIN's own files; written with ``np.savez`` (no pickles: SPIN's
+``np.load`` reads it with its default ``allow_pickle=False``). The file name is SPIN's for a (dataset, split) it
+knows (``lsp_dataset_test.npz``), else ``<dataset>_<split>.npz``. Beside each file, ``<stem>.fitloop.json`` holds
+what made it: the shard set, the table and its version, the body model, frame, bars, pixel offset, and the sample
+key of every row (SPIN keys rows by position; fitloop by key, and the SPIN .npz adapter's keys are built from
+``imgname``, which loses person ids such as COCO's annotation id).
+
+**Webdataset tars with fits** (`export_fit_tars`): each shard again, same name, every sample's members as stored
+plus its best fit as ``fit_global_orient.npy`` (3,), ``fit_body_pose.npy`` (69,), ``fit_betas.npy`` (10,),
+``fit_cam_t.npy`` (3,) float32 and ``fit.json`` (has_fit, has_cam_t, body model, frame, loss, source, run): what
+4D-Humans' training tars carry in a pickled ``data.pyd``, as ``.npy``/``.json`` members that webdataset decodes
+without pickles. Every sample has every member (zeros and ``has_fit`` false without a fit), so batches collate.
+
+**Meshes** (`export_meshes`): the posed mesh of each best fit, ``<out>/<dataset>/<id>.obj`` or ``.ply``, vertices
+in metres in the fit's camera (``frame``: crop or image; x right, y down, z forward, OpenCV's axes): the body
+model's vertices plus ``cam_t`` (a fit without ``cam_t``, an import, is written at the origin and its header says
+so). Faces are the body model's triangles, counter-clockwise seen from outside. Whole-body fits are counted and
+left out (posing them needs the SMPL-X hand, jaw and eye parameters: not written yet).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from core.joints import J24_NAMES, J24_OFFSET, OPENPOSE_NAMES
+from core.spin import SPIN_NPZ_FILES
+from fits.quality import FitFilter, filter_rows
+from fits.schema import NUM_BETAS, NUM_POSE, FitsTableError
+from fits.table import FitsTable
+from shards.lookup import iter_samples, raw_samples
+from shards.reader import list_shards
+from shards.sample import encode_npy
+from shards.writer import tar_member
+
+# SPIN's file stem of each (dataset, split) it ships, and its pixel offset per dataset (core.spin.SPIN_NPZ_FILES).
+SPIN_FILE_STEMS: dict[tuple[str, str], str] = {(ds, split): stem for stem, (ds, split, _) in SPIN_NPZ_FILES.items()}
+SPIN_PIXEL_OFFSETS: dict[str, float] = {ds: offset for ds, _, offset in SPIN_NPZ_FILES.values()}
+# SPIN h36m_train.py: imgname = 'images/%s_%06d.jpg' % (<subject>_<action>.<camera>, frame + 1), spaces as '_';
+# the Human3.6M video lies in <subject>/Videos/, a folder the name leaves out.
+SPIN_VIDEO_FOLDER = "Videos"
+SPIN_FRAME_DIGITS = 6
+MESH_FORMATS = ("obj", "ply")
+NUM_J24, NUM_OPENPOSE = len(J24_NAMES), len(OPENPOSE_NAMES)
+
+
+def _no_stage(name: str) -> None:
+    return None
+
+
+def spin_imgname(image_path: str, image_frame: int | None) -> str:
+    """SPIN's ``imgname`` of a sample: its image path, or for frame ``image_frame`` (0-based) of a video, SPIN's
+    extracted-frame name: ``S1/Videos/Directions 1.54138969.mp4``, frame 0 → ``images/S1_Directions_1.54138969_
+    000001.jpg`` (the folders above the video but `SPIN_VIDEO_FOLDER`, the video's stem, the frame + 1)."""
+    if image_frame is None:
+        return image_path
+    path = PurePosixPath(image_path)
+    parts = [p for p in path.parent.parts if p not in (SPIN_VIDEO_FOLDER, ".")] + [path.stem]
+    return f"images/{'_'.join(p.replace(' ', '_') for p in parts)}_{image_frame + 1:0{SPIN_FRAME_DIGITS}d}.jpg"
+
+
+def spin_file_name(dataset: str, split: str) -> str:
+    """The .npz name of a (dataset, split): SPIN's own where it ships one, else ``<dataset>_<split>.npz``."""
+    return f"{SPIN_FILE_STEMS.get((dataset, split), f'{dataset}_{split}')}.npz"
+
+
+def best_view(table: FitsTable, *, body_model_id: str | None, frame: str | None, version: int | None,
+              timestamp: datetime | None, fit_filter: FitFilter, dataset: str | None = None) -> tuple[pa.Table, int]:
+    """(the best fits that meet ``fit_filter``, how many best fits it left out), of one body model and frame."""
+    best = table.best(version=version, timestamp=timestamp, dataset=dataset, body_model_id=body_model_id,
+                      frame=frame)
+    kept, _ = filter_rows(best, fit_filter)
+    return kept, best.num_rows - kept.num_rows
+
+
+def _flat(column: pa.ChunkedArray, width: int) -> np.ndarray:
+    return pc.list_flatten(column.combine_chunks()).to_numpy(zero_copy_only=False).reshape(-1, width)
+
+
+@dataclass
+class _SpinFile:
+    """The rows of one (dataset, split) as they are read."""
+
+    keys: list[str] = field(default_factory=list)
+    imgname: list[str] = field(default_factory=list)
+    center: list[np.ndarray] = field(default_factory=list)
+    scale: list[float] = field(default_factory=list)
+    keypoints: list[np.ndarray] = field(default_factory=list)
+    joints_3d: list[np.ndarray | None] = field(default_factory=list)
+    frames: list[tuple[Path, str, int]] = field(default_factory=list)   # (video, imgname, frame) to extract
+
+
+def export_spin_datasets(table: FitsTable, shard_dir: Path, out: Path, *, body_model_id: str | None = None,
+                         frame: str = "crop", version: int | None = None, timestamp: datetime | None = None,
+                         fit_filter: FitFilter = FitFilter(), pixel_offset: float | None = None,
+                         extract_frames: Path | None = None,
+                         on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Write the shard set ``shard_dir`` with the best fits of ``table`` as SPIN's dataset .npz files under ``out``
+    (module docstring), one per (dataset, split). ``pixel_offset``: added to ``part`` and ``center`` of every file
+    (default: SPIN's for the dataset, 0 for one SPIN does not ship). ``extract_frames``: a folder to write the
+    video frames the files name (as ``<folder>/<imgname>``). Returns ``{"files": [{"path", "dataset", "split",
+    "rows", "fits", "joints_3d"}], "filtered", "frames", "body_model_id", "frame"}``."""
+    stage = on_stage or _no_stage
+    stage("best")
+    best, filtered = best_view(table, body_model_id=body_model_id, frame=frame, version=version,
+                               timestamp=timestamp, fit_filter=fit_filter)
+    where = {key: i for i, key in enumerate(best["key"].to_pylist())}
+    pose, betas = _flat(best["pose"], NUM_POSE), _flat(best["betas"], NUM_BETAS)
+    models = best["body_model_id"].unique().to_pylist()
+    stage("read")
+    files: dict[tuple[str, str], _SpinFile] = defaultdict(_SpinFile)
+    for sample in iter_samples(Path(shard_dir)):
+        meta = sample.meta
+        rows = files[(meta["dataset"], meta["split"])]
+        name = spin_imgname(meta["image_path"], meta.get("image_frame"))
+        rows.keys.append(sample.key)
+        rows.imgname.append(name)
+        rows.center.append(np.asarray(meta["center"], np.float64))
+        rows.scale.append(float(meta["scale"]))
+        rows.keypoints.append(np.asarray(sample.keypoints_2d, np.float64))
+        rows.joints_3d.append(None if sample.joints_3d is None else np.asarray(sample.joints_3d, np.float64))
+        if meta.get("image_frame") is not None:
+            rows.frames.append((Path(meta["image_root"]) / meta["image_path"], name, int(meta["image_frame"])))
+    if not files:
+        raise FitsTableError(f"{shard_dir}: the shard set holds no samples; nothing to export")
+    stage("write")
+    out = Path(out)
+    written, frames = [], 0
+    for (dataset, split), rows in sorted(files.items()):
+        offset = pixel_offset if pixel_offset is not None else SPIN_PIXEL_OFFSETS.get(dataset, 0.0)
+        arrays = _spin_arrays(rows, offset, where, pose, betas)
+        path = out / spin_file_name(dataset, split)
+        _write_npz(path, arrays)
+        _write_json(path.with_name(f"{path.stem}.fitloop.json"), {
+            "format": "SPIN dataset .npz (nkolot/SPIN datasets/base_dataset.py)", "shards": str(shard_dir),
+            "table": str(table.path), "version": version, "timestamp": None if timestamp is None else str(timestamp),
+            "body_model_id": models[0] if models else body_model_id, "frame": frame,
+            "fit_filter": fit_filter.describe() if fit_filter.active else None, "pixel_offset": offset,
+            "keys": rows.keys})
+        written.append({"path": str(path), "dataset": dataset, "split": split, "rows": len(rows.keys),
+                        "fits": int(arrays["has_smpl"].sum()), "joints_3d": "S" in arrays})
+        if extract_frames is not None and rows.frames:
+            frames += write_frames(rows.frames, Path(extract_frames))
+    return {"files": written, "filtered": filtered, "frames": frames,
+            "body_model_id": models[0] if models else body_model_id, "frame": frame}
+
+
+def _spin_arrays(rows: _SpinFile, offset: float, where: dict[str, int], pose: np.ndarray,
+                 betas: np.ndarray) -> dict[str, np.ndarray]:
+    """SPIN's fields of one file's rows (module docstring)."""
+    count = len(rows.keys)
+    keypoints = np.stack(rows.keypoints)
+    part = keypoints[:, J24_OFFSET:].copy()
+    part[..., :2][part[..., 2] > 0] += offset          # the adapter subtracts it from confident joints only
+    arrays = {"imgname": np.array(rows.imgname, dtype=str), "center": np.stack(rows.center) + offset,
+              "scale": np.array(rows.scale, np.float64), "part": part,
+              "openpose": keypoints[:, :J24_OFFSET].copy()}
+    if any(j is not None for j in rows.joints_3d):
+        arrays["S"] = np.stack([np.zeros((NUM_J24, 4)) if j is None else j[J24_OFFSET:] for j in rows.joints_3d])
+    fit_rows = np.array([where.get(key, -1) for key in rows.keys], np.int64)
+    has = fit_rows >= 0
+    arrays["pose"] = np.zeros((count, NUM_POSE))
+    arrays["shape"] = np.zeros((count, NUM_BETAS))
+    arrays["pose"][has] = pose[fit_rows[has]]
+    arrays["shape"][has] = betas[fit_rows[has]]
+    arrays["has_smpl"] = has.astype(np.float64)
+    return arrays
+
+
+def _atomic(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    tmp = _atomic(path)
+    with open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+    tmp.replace(path)
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    tmp = _atomic(path)
+    tmp.write_text(json.dumps(value, indent=1))
+    tmp.replace(path)
+
+
+def write_frames(frames: list[tuple[Path, str, int]], out: Path) -> int:
+    """Write each (video, imgname, 0-based frame) as the JPEG ``out/imgname``, decoding every video once in frame
+    order (`shards.frames.VideoFrames`); returns how many were written. A frame the video lacks: `VideoError`."""
+    from shards.frames import VideoFrames  # imported here: OpenCV only for video sources
+
+    by_video: dict[Path, list[tuple[int, str]]] = defaultdict(list)
+    for video, name, index in frames:
+        by_video[video].append((index, name))
+    for video, wanted in by_video.items():
+        with VideoFrames(video) as reader:
+            for index, name in sorted(wanted):
+                path = out / name
+                tmp = _atomic(path)
+                reader.frame(index).save(tmp, format="JPEG", quality=95)
+                tmp.replace(path)
+    return len(frames)
+
+
+# --- webdataset tars with fits ---------------------------------------------------------------------------------
+FIT_MEMBERS: dict[str, tuple[int, ...]] = {  # suffix -> shape (float32), always present; zeros without a fit
+    "fit_global_orient.npy": (3,), "fit_body_pose.npy": (NUM_POSE - 3,), "fit_betas.npy": (NUM_BETAS,),
+    "fit_cam_t.npy": (3,)}
+
+
+def fit_members(fit: dict[str, Any] | None) -> dict[str, bytes]:
+    """The members a sample gains (suffix -> bytes): `FIT_MEMBERS` as ``.npy`` (float32, no pickles) and
+    ``fit.json`` (``has_fit``, ``has_cam_t``, ``body_model_id``, ``frame``, ``loss``, ``source``, ``run_id``) of one
+    best-fit row (`fits.schema.FITS_SCHEMA` as a dict), or of no fit (zeros, ``has_fit`` false)."""
+    pose = np.zeros(NUM_POSE, np.float32) if fit is None else np.asarray(fit["pose"], np.float32)
+    cam_t = None if fit is None else fit["cam_t"]
+    arrays = {"fit_global_orient.npy": pose[:3], "fit_body_pose.npy": pose[3:],
+              "fit_betas.npy": np.zeros(NUM_BETAS, np.float32) if fit is None else np.asarray(fit["betas"],
+                                                                                              np.float32),
+              "fit_cam_t.npy": np.zeros(3, np.float32) if cam_t is None else np.asarray(cam_t, np.float32)}
+    members = {suffix: encode_npy(value) for suffix, value in arrays.items()}
+    info = {"has_fit": fit is not None, "has_cam_t": cam_t is not None}
+    if fit is not None:
+        info.update({name: fit[name] for name in ("body_model_id", "frame", "loss", "source", "run_id")})
+    members["fit.json"] = json.dumps(info, sort_keys=True).encode("utf-8")
+    return members
+
+
+def export_fit_tars(table: FitsTable, shard_dir: Path, out: Path, *, body_model_id: str | None = None,
+                    frame: str = "crop", version: int | None = None, timestamp: datetime | None = None,
+                    fit_filter: FitFilter = FitFilter(),
+                    on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Write each shard of ``shard_dir`` again under ``out`` (same name), every sample's members as stored (the
+    crop ``jpg``, ``json``, ``keypoints_2d.npy``, ... `shards.sample`) plus its best fit (`fit_members`), so a
+    webdataset pipeline (``wds.WebDataset(url).decode()``) reads crop, keypoints and fit together: 4D-Humans'
+    training tars without their pickled ``data.pyd``. Members sorted, mtime 0. Returns ``{"shards", "samples",
+    "fits", "filtered", "body_model_id", "frame"}``."""
+    stage = on_stage or _no_stage
+    stage("best")
+    best, filtered = best_view(table, body_model_id=body_model_id, frame=frame, version=version,
+                               timestamp=timestamp, fit_filter=fit_filter)
+    fits = {row["key"]: row for row in best.select(["key", "pose", "betas", "cam_t", "body_model_id", "frame",
+                                                    "loss", "source", "run_id"]).to_pylist()}
+    models = best["body_model_id"].unique().to_pylist()
+    stage("write")
+    out = Path(out)
+    shards = samples = with_fit = 0
+    for shard in list_shards(Path(shard_dir)):
+        path = out / shard.path.name
+        tmp = _atomic(path)
+        with tarfile.open(tmp, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            for key, members in raw_samples(shard.path):
+                fit = fits.get(key)
+                members = {**members, **fit_members(fit)}
+                for suffix in sorted(members):
+                    tar.addfile(tar_member(f"{key}.{suffix}", len(members[suffix])), io.BytesIO(members[suffix]))
+                samples += 1
+                with_fit += fit is not None
+        tmp.replace(path)
+        shards += 1
+    return {"shards": shards, "samples": samples, "fits": with_fit, "filtered": filtered,
+            "body_model_id": models[0] if models else body_model_id, "frame": frame}
+
+
+# --- meshes ---------------------------------------------------------------------------------------------------------
+def mesh_path(out: Path, key: str, fmt: str) -> Path:
+    """Where the mesh of sample ``key`` (``<dataset>/<id>``) goes under ``out``."""
+    dataset, _, sample = key.partition("/")
+    return out / dataset / f"{sample}.{fmt}"
+
+
+def write_obj(path: Path, vertices: np.ndarray, faces: np.ndarray, comments: list[str]) -> None:
+    """A Wavefront .obj of a triangle mesh: (V, 3) vertices, (F, 3) 0-based faces; ``comments`` as ``#`` lines."""
+    lines = [f"# {c}" for c in comments]
+    lines += [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in np.asarray(vertices, np.float64)]
+    lines += [f"f {a} {b} {c}" for a, b, c in np.asarray(faces, np.int64) + 1]
+    tmp = _atomic(path)
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+
+
+def write_ply(path: Path, vertices: np.ndarray, faces: np.ndarray, comments: list[str]) -> None:
+    """A binary little-endian .ply of a triangle mesh: float32 vertices, uint8-counted int32 face lists."""
+    faces = np.asarray(faces, np.int64)
+    header = ["ply", "format binary_little_endian 1.0", *[f"comment {c}" for c in comments],
+              f"element vertex {len(vertices)}", "property float x", "property float y", "property float z",
+              f"element face {len(faces)}", "property list uchar int vertex_indices", "end_header"]
+    face_rows = np.zeros(len(faces), dtype=[("n", "u1"), ("v", "<i4", (3,))])
+    face_rows["n"], face_rows["v"] = 3, faces
+    tmp = _atomic(path)
+    with open(tmp, "wb") as handle:
+        handle.write(("\n".join(header) + "\n").encode("ascii"))
+        handle.write(np.asarray(vertices, "<f4").tobytes())
+        handle.write(face_rows.tobytes())
+    tmp.replace(path)
+
+
+def export_meshes(table: FitsTable, body, out: Path, *, fmt: str = "obj", keys: list[str] | None = None,
+                  dataset: str | None = None, frame: str | None = None, version: int | None = None,
+                  timestamp: datetime | None = None, fit_filter: FitFilter = FitFilter(), batch_size: int = 64,
+                  on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Write the posed mesh of every best fit of ``body`` (a `fitting.body_model.BodyModel`: the fits of its
+    content id) and ``frame`` as of a version, or of ``keys`` only, under ``out`` (module docstring). Returns
+    ``{"written", "wholebody", "filtered", "missing", "out", "frame"}``; ``missing``: keys asked for without a
+    fit that meets the bars."""
+    import torch  # here: the body model is torch
+
+    if fmt not in MESH_FORMATS:
+        raise FitsTableError(f"mesh format {fmt!r}: choose one of {', '.join(MESH_FORMATS)}")
+    stage = on_stage or _no_stage
+    stage("best")
+    best, filtered = best_view(table, body_model_id=body.model_id, frame=frame, version=version,
+                               timestamp=timestamp, fit_filter=fit_filter, dataset=dataset)
+    missing: list[str] = []
+    if keys is not None:
+        wanted = pa.array(sorted(set(keys)), pa.string())
+        best = best.filter(pc.is_in(best["key"], value_set=wanted))
+        missing = sorted(set(keys) - set(best["key"].to_pylist()))
+    whole = pc.is_valid(best["hand_pose"])
+    wholebody = int(pc.sum(whole).as_py() or 0)
+    best = best.filter(pc.invert(whole))
+    stage("write")
+    write = write_obj if fmt == "obj" else write_ply
+    out = Path(out)
+    faces = body.faces
+    for start in range(0, best.num_rows, batch_size):
+        chunk = best.slice(start, batch_size)
+        pose = torch.tensor(_flat(chunk["pose"], NUM_POSE), dtype=torch.float32)
+        betas = torch.tensor(_flat(chunk["betas"], NUM_BETAS)[:, :body.num_betas], dtype=torch.float32)
+        cam_t = [t for t in chunk["cam_t"].to_pylist()]
+        transl = torch.as_tensor([t if t is not None else [0.0, 0.0, 0.0] for t in cam_t], dtype=torch.float32)
+        with torch.no_grad():
+            vertices = body(betas=betas, body_pose=pose[:, 3:], global_orient=pose[:, :3],
+                            transl=transl).vertices.numpy()
+        for i, (key, fit_frame) in enumerate(zip(chunk["key"].to_pylist(), chunk["frame"].to_pylist())):
+            comments = [f"fitloop fit {key}", f"body_model_id {body.model_id}",
+                        f"frame {fit_frame}: metres, the fit's camera (x right, y down, z forward)"
+                        + ("" if cam_t[i] is not None else "; no cam_t stored: at the origin")]
+            write(mesh_path(out, key, fmt), vertices[i], faces, comments)
+    return {"written": best.num_rows, "wholebody": wholebody, "filtered": filtered, "missing": missing,
+            "out": str(out), "frame": frame}
