@@ -1,0 +1,169 @@
+"""A trained regressor on one image (`fitloop predict`): SPIN's crop of the person's box, the network, and
+optionally SMPLify from the network's estimate, as the trainer's loop fits.
+
+The crop is made the way training makes it (`shards.reader.build_item` on the original image, no augmentation):
+the square box of side ``200·scale`` px around ``center``, resampled to the run's ``img_res``; the keypoints (the
+keypoints head's input, and SMPLify's data) go through the same map. The body is the run's body model (checked by
+content id against the checkpoint's, so a renamed or converted file is caught); the prediction is in SPIN's crop
+camera (focal 5000 px on the 224 px fit frame), which is, in the original image, a pinhole of focal
+``5000·side/224`` px with its principal point at the box centre (`image_camera`), so the mesh is drawn over the
+image with that camera.
+
+Checkpoints: fitloop's (`training.checkpoint`: the head, the config and the body model it was trained with), or
+**SPIN's released** ``model_checkpoint.pt`` (``{"model": state_dict, "optimizer": ..., ...}``): its HMR keys are
+fitloop's `training.regressor.Regressor`'s (ResNet-50 with torchvision's names, fc1/fc2/decpose/decshape/deccam,
+the init_pose/init_shape/init_cam buffers), so it loads into the ``hmr`` head with SPIN's settings (ResNet-50,
+224 px, 3 iterations); its body model must then be SMPL's (the user's file: ``--body-model``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from core.errors import FitloopError
+from core.frames import FIT_FOCAL, FIT_RES, fit_frame_px
+from fitting.body_model import BodyModel, load_body_model
+from fitting.priors import MaxMixturePrior
+from fitting.smplify import SMPLify
+from shards.augment import AugmentParams
+from shards.crop import box_to_crop
+from shards.reader import build_item
+from training.checkpoint import FORMAT, CheckpointError, load_checkpoint
+from training.config import TrainConfig
+from training.geometry import rotmat_to_axis_angle
+from training.heads import DEFAULT_HEAD, Head, head_of
+from training.regressor import heads_for_family, mean_params_from_npz, mean_params_from_prior
+from training.step import fit_in_the_loop, predict
+
+SPIN_SETTINGS = {"backbone": 50, "img_res": 224, "head": "hmr"}  # SPIN's released model (its config.py / README)
+
+
+@dataclass
+class LoadedRegressor:
+    """A checkpoint's network, ready to predict: the network (eval mode), its head, the run's config (SPIN's
+    settings for a SPIN checkpoint), the body model, SMPLify as the run fits in the loop, and where it came from."""
+
+    model: torch.nn.Module
+    head: Head
+    config: TrainConfig
+    body: BodyModel
+    smplify: SMPLify
+    source: str          # "fitloop" or "spin"
+
+
+def load_regressor(path: Path, body_model: str | None = None, device: str = "cpu") -> LoadedRegressor:
+    """The network of a fitloop or SPIN checkpoint (module docstring). ``body_model`` overrides the run's (a
+    fitloop checkpoint's content id must then still match); `CheckpointError` for a file that is neither."""
+    path = Path(path)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - unreadable, truncated or not a checkpoint
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(err).__name__}: {err})") from None
+    if isinstance(data, dict) and data.get("format") == FORMAT:
+        data = load_checkpoint(path)   # the format checks
+        config = TrainConfig.from_dict(data["config"])
+        source = "fitloop"
+    elif isinstance(data, dict) and isinstance(data.get("model"), dict) and "fc1.weight" in data["model"]:
+        config = replace(TrainConfig(), **{k: v for k, v in SPIN_SETTINGS.items()})
+        source = "spin"
+    else:
+        raise CheckpointError(f"{path}: neither a fitloop checkpoint nor SPIN's model_checkpoint.pt (a dict whose "
+                              f"'model' holds HMR's fc1/decpose weights)")
+    if body_model is not None:
+        config = replace(config, body_model=body_model)
+    if source == "spin" and body_model is None:
+        raise FitloopError(f"{path} is SPIN's checkpoint: its network regresses SMPL; pass --body-model with your "
+                           f"SMPL file (SPIN: the neutral SMPL)")
+    body = load_body_model(config.body_model, device=torch.device(device),
+                           joint_regressor_extra=config.joint_regressor_extra, h36m_regressor=config.h36m_regressor)
+    if source == "fitloop" and data.get("body_model_id") and data["body_model_id"] != body.model_id:
+        raise FitloopError(f"{path} was trained with body model {data['body_model_id']}; {config.body_model} is "
+                           f"{body.model_id}: pass the run's model file (--body-model)")
+    if heads_for_family(body.family) != "smpl":
+        raise FitloopError(f"fitloop predict poses SMPL-family bodies; {config.body_model} has SMPL-X's layout")
+    prior = MaxMixturePrior.from_file(config.pose_prior).to(torch.device(device))
+    mean = (mean_params_from_npz(config.mean_params) if config.mean_params
+            else mean_params_from_prior(prior, body.num_betas))
+    head = head_of(data.get("head", DEFAULT_HEAD) if source == "fitloop" else "hmr")
+    model = head.build(mean, config)
+    try:
+        model.load_state_dict(data["model"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: its weights do not fit the {head.name} head built from its config "
+                              f"({str(err).splitlines()[0]})") from None
+    model.to(device).eval()
+    return LoadedRegressor(model, head, config, body, SMPLify(body, prior, config.smplify), source)
+
+
+@dataclass
+class ImagePrediction:
+    """One person's prediction: pose (72) axis-angle, betas (NB), cam_t (3) m in SPIN's crop camera, vertices (V, 3)
+    m in that camera (cam_t added), the 49 joints projected to original-image px (49, 2); refined: whether SMPLify
+    ran (then these are its fit, and ``network`` holds the network's own pose, betas and cam_t)."""
+
+    pose: np.ndarray
+    betas: np.ndarray
+    cam_t: np.ndarray
+    vertices: np.ndarray
+    keypoints_image: np.ndarray
+    refined: bool
+    network: dict[str, np.ndarray]
+
+
+def image_camera(center: np.ndarray, scale: float) -> tuple[float, tuple[float, float]]:
+    """The original image's pinhole (focal px, principal point px, pixel centres at integers) equivalent to SPIN's
+    crop camera of the box (module docstring)."""
+    side = 200.0 * scale
+    return FIT_FOCAL * side / FIT_RES, (float(center[0]), float(center[1]))
+
+
+def predict_image(loaded: LoadedRegressor, image: Image.Image, center: np.ndarray, scale: float,
+                  keypoints: np.ndarray | None = None, refine: bool = False) -> ImagePrediction:
+    """Predict one person of ``image`` in the box (``center`` px, ``scale`` = side / 200); ``keypoints`` (49, 3)
+    original-image px + confidence (`core.joints` slots) feed the keypoints head and SMPLify (``refine``)."""
+    config = loaded.config
+    kp = np.zeros((49, 3), np.float64) if keypoints is None else np.asarray(keypoints, np.float64)
+    if loaded.head.name != "hmr" and keypoints is None:
+        raise FitloopError(f"the {loaded.head.name} head reads 2D keypoints: pass --keypoints")
+    if refine and not (kp[:, 2] > 0).any():
+        raise FitloopError("--refine fits SMPLify to 2D keypoints: pass --keypoints")
+    to_crop = box_to_crop(np.asarray(center, np.float64), 200.0 * scale, config.img_res)
+    meta = {"key": "predict/image", "dataset": "predict", "split": "predict", "center": list(map(float, center)),
+            "scale": float(scale), "has_smpl": False}
+    item = build_item(image.convert("RGB"), to_crop, kp, np.eye(3), AugmentParams(), config.img_res, meta=meta,
+                      joints_3d=None, smpl_pose=None, smpl_betas=None)
+    batch = {k: (v[None] if isinstance(v, torch.Tensor) else [v]) for k, v in item.items()}
+    device = next(loaded.model.parameters()).device
+    with torch.no_grad():
+        pred = predict(loaded.model, loaded.body, loaded.head.arguments(batch, device), torch.autocast(
+            device.type, enabled=False))
+    pose = rotmat_to_axis_angle(pred.rotmat.float()).reshape(1, 72)
+    network = {"pose": pose[0].cpu().numpy(), "betas": pred.betas[0].float().cpu().numpy(),
+               "cam_t": pred.cam_t[0].float().cpu().numpy()}
+    betas, cam_t, vertices, joints = pred.betas.float(), pred.cam_t.float(), pred.vertices, pred.joints
+    if refine:
+        fit = fit_in_the_loop(loaded.smplify, pred, fit_frame_px(batch["keypoints"].to(device)))
+        pose, betas, cam_t = fit.pose, fit.betas, fit.cam_t
+        with torch.no_grad():
+            out = loaded.body(betas, pose[:, 3:], pose[:, :3])
+        vertices, joints = out.vertices, out.joints
+    focal, principal = image_camera(np.asarray(center, np.float64), scale)
+    points = (joints[0] + cam_t[0]).detach().double().cpu().numpy()
+    keypoints_image = focal * points[:, :2] / points[:, 2:] + np.asarray(principal)
+    return ImagePrediction(pose=pose[0].detach().cpu().numpy(), betas=betas[0].detach().cpu().numpy(),
+                       cam_t=cam_t[0].detach().cpu().numpy(),
+                       vertices=(vertices[0] + cam_t[0]).detach().cpu().numpy(), keypoints_image=keypoints_image,
+                       refined=refine, network=network)
+
+
+def describe(loaded: LoadedRegressor) -> dict[str, Any]:
+    """What made the prediction, for the parameters file."""
+    return {"checkpoint_kind": loaded.source, "head": loaded.head.name, "body_model": str(loaded.config.body_model),
+            "body_model_id": loaded.body.model_id, "img_res": loaded.config.img_res,
+            "camera": "SPIN's crop camera: focal 5000 px on the 224 px crop of the box, principal point at its "
+                      "centre; in the image: focal 5000 * side / 224 px at the box centre"}
