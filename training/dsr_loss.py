@@ -99,12 +99,12 @@ def minimally_clothed_regions(segments: Tensor, res: int, sigma: float = DEFAULT
     """DSR-MC's targets from SMPL segment ids (B, R, R) uint8 (`smpl_part_ids`): each group's pooled fraction
     (B, MC_GROUPS, res, res) (`pooled_regions`: grown by the half band) and each cell's weight (B, res, res): 1
     where all its pixels are known (background or a minimally-clothed part), else 0 (module docstring)."""
-    table = torch.full((256,), -1, dtype=torch.long)
+    table = torch.zeros(256, dtype=torch.long)                       # 0: background, other parts and unknown
     table[:len(SMPL_JOINT_INDEX) + 1] = mc_group_table()
     group = table.to(segments.device)[segments.long()]
     ids = torch.arange(1, MC_GROUPS + 1, device=segments.device)
     regions = group[:, None] == ids[None, :, None, None]
-    fraction, known = pooled_regions(regions, group >= 0, res, sigma)
+    fraction, known = pooled_regions(regions, (segments == 0) | (group > 0), res, sigma)
     return fraction, (known > 1 - 1e-6).to(fraction.dtype)
 
 
