@@ -50,7 +50,7 @@ from torch import Tensor
 
 from core.errors import FitloopError
 from core.joints import SMPL_JOINT_INDEX
-from fitting.dsr import MC_PARTS, mc_group_table, part_id
+from fitting.dsr import MC_PARTS, parsing_person, part_id, pixel_groups
 from fitting.silhouette import DEFAULT_SIGMA
 from shards.masks import UNKNOWN
 from training.mask_loss import jaccard_loss, pooled_regions
@@ -99,9 +99,7 @@ def minimally_clothed_regions(segments: Tensor, res: int, sigma: float = DEFAULT
     """DSR-MC's targets from SMPL segment ids (B, R, R) uint8 (`smpl_part_ids`): each group's pooled fraction
     (B, MC_GROUPS, res, res) (`pooled_regions`: grown by the half band) and each cell's weight (B, res, res): 1
     where all its pixels are known (background or a minimally-clothed part), else 0 (module docstring)."""
-    table = torch.zeros(256, dtype=torch.long)                       # 0: background, other parts and unknown
-    table[:len(SMPL_JOINT_INDEX) + 1] = mc_group_table()
-    group = table.to(segments.device)[segments.long()]
+    group = pixel_groups(segments)                                   # 0: background, other parts and unknown
     ids = torch.arange(1, MC_GROUPS + 1, device=segments.device)
     regions = group[:, None] == ids[None, :, None, None]
     fraction, known = pooled_regions(regions, (segments == 0) | (group > 0), res, sigma)
@@ -118,8 +116,7 @@ def dsr_mc_loss(part_maps: Tensor, segments: Tensor, has_parts: Tensor) -> Tenso
 def clothed_region(mask: Tensor, has_mask: Tensor, parsing: Tensor, has_parsing: Tensor) -> tuple[Tensor, Tensor]:
     """DSR-C's region (B, R, R) uint8 (1 the clothed person, 0 background, `UNKNOWN`) and which samples have one
     (B,) bool: the parsing's person (every id but 0 and 255) where a sample has a parsing, else its person mask."""
-    person = torch.where((parsing != 0) & (parsing != UNKNOWN), 1, parsing).to(torch.uint8)
-    return torch.where(has_parsing[:, None, None], person, mask), has_parsing | has_mask
+    return torch.where(has_parsing[:, None, None], parsing_person(parsing), mask), has_parsing | has_mask
 
 
 def dsr_c_loss(silhouette: Tensor, region: Tensor, has_region: Tensor) -> Tensor:
