@@ -124,8 +124,8 @@ def synthetic_records(body: BodyModel, spec: DatasetSpec, image_root: Path, *, r
     rng = np.random.default_rng([seed, sum(map(ord, spec.dataset)), sum(map(ord, spec.split))])
     people = sample_people(body, spec.count, rng, spec.poses)
     colours = part_colours(body)
-    segment_ids = np.concatenate([face_segments(body.faces, body.layer.lbs_weights.detach().cpu()).numpy() + 1,
-                                  [0]])                                          # face -> part id, -1 (none) -> 0
+    segment_ids = (np.concatenate([face_segments(body.faces, body.layer.lbs_weights.detach().cpu()).numpy() + 1,
+                                   [0]]) if spec.parts else None)                # face -> part id, -1 (none) -> 0
     folder = Path(image_root) / f"{spec.dataset}-{spec.split}"
     folder.mkdir(parents=True, exist_ok=True)
     k = res / FIT_RES                                               # image px per fit-frame px
