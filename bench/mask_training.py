@@ -1,5 +1,7 @@
 """Does the mask loss help the network? Two short `training.loop.train` runs of the keypoints head (Pavlakos 2018)
-on the same synthetic shards, without and with the mask consistency loss, measured on held-out people.
+on the same synthetic shards, without and with the mask consistency loss, measured on held-out people; with
+``--dsr`` a third run adds DSR's semantic losses (`training.dsr_loss`: DSR-MC on the people's exact part labels,
+DSR-C on their masks) to the mask loss.
 
 The training people are an in-the-wild-like set: their ground truth is recorded but ignored by the trainer
 (``ignore_3d_datasets``), so pose and shape are supervised only by the keypoint fits SMPLify makes in the loop
@@ -9,12 +11,11 @@ arm: the network's per-vertex error after Procrustes (PVE-PA, mm) and its betas'
 the IoU of its hard silhouette (the z-buffer rasteriser at the mask loss's grid) with the person mask. Small and
 short (CPU, one thread): a direction, not a benchmark.
 
-    python -m bench.mask_training --out /tmp/masks --steps 300 [--json]
+    python -m bench.mask_training --out /tmp/masks --steps 300 [--dsr] [--json]
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import time
@@ -81,12 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--people", type=int, default=400)
     parser.add_argument("--mask-weight", type=float, default=1.0)
+    parser.add_argument("--dsr", type=float, nargs="?", const=0.2, default=None, metavar="WEIGHT",
+                        help="add a third arm: mask loss + DSR-MC and DSR-C at WEIGHT each (DSR's 0.2)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     out = args.out
     write_synthetic_shards(out / "data", [
-        DatasetSpec("synth-wild", "train", args.people, smpl=True, joints_3d=True, masks=True, poses=TRAIN_POSES),
+        DatasetSpec("synth-wild", "train", args.people, smpl=True, joints_3d=True, masks=True, parts=True,
+                    poses=TRAIN_POSES),
         DatasetSpec("synth-wild", "test", 100, smpl=True, joints_3d=True, masks=True, poses=TEST_POSES)],
         res=IMG_RES, samples_per_shard=100, seed=11)
     shards = out / "data" / "shards"
@@ -95,20 +99,27 @@ def main(argv: list[str] | None = None) -> int:
               missing_only=True)
     body = load_body_model("open-small")
     report = {"threads": torch.get_num_threads(), "steps": args.steps, "people": args.people, "arms": {}}
-    for name, weight in (("keypoints only", 0.0), (f"+ mask loss (weight {args.mask_weight:g})", args.mask_weight)):
-        run_dir = out / ("run-mask" if weight else "run-base")
-        fits = out / ("fits-mask" if weight else "fits-base")
+    arms = [("keypoints only", "base", LossWeights()),
+            (f"+ mask loss (weight {args.mask_weight:g})", "mask", LossWeights(mask=args.mask_weight))]
+    if args.dsr is not None:
+        arms.append((f"+ mask loss + DSR-MC, DSR-C (weight {args.dsr:g} each)", "dsr",
+                     LossWeights(mask=args.mask_weight, dsr_mc=args.dsr, dsr_c=args.dsr)))
+    for name, tag, weights in arms:
+        run_dir, fits = out / f"run-{tag}", out / f"fits-{tag}"
         shutil.copytree(out / "seed-fits", fits, dirs_exist_ok=False)
         config = TrainConfig(shards=(str(shards),), fits=str(fits), run_dir=str(run_dir), run_id=run_dir.name,
                              head="keypoints", img_res=IMG_RES, batch_size=32, epochs=1, steps_per_epoch=args.steps,
                              num_workers=0, body_model="open-small", mix="*=1", smplify=smplify, lr=1e-4,
                              checkpoint_every=10_000, log_every=50, tensorboard=False,
-                             ignore_3d_datasets=("synth-wild",), loss=dataclasses.replace(LossWeights(), mask=weight))
+                             ignore_3d_datasets=("synth-wild",), loss=weights)
         started = time.process_time()
         train(config, progress=False)
         report["arms"][name] = held_out_errors(run_dir, shards, body) | {"cpu_s": time.process_time() - started}
-    base, mask = report["arms"].values()
-    report["ratios_mask_over_base"] = {k: mask[k] / base[k] for k in ("pve_pa_mm", "betas_rms", "mask_iou")}
+    base, mask, *dsr = report["arms"].values()
+    keys = ("pve_pa_mm", "betas_rms", "mask_iou")
+    report["ratios_mask_over_base"] = {k: mask[k] / base[k] for k in keys}
+    if dsr:
+        report["ratios_dsr_over_mask"] = {k: dsr[0][k] / mask[k] for k in keys}
     print(json.dumps(report, indent=1) if args.json else report)
     return 0
 

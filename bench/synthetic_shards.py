@@ -26,7 +26,9 @@ from core.frames import FIT_CENTER, FIT_FOCAL, FIT_RES
 from core.joints import J24_OFFSET, NUM_JOINTS, OPENPOSE_NAMES, indices
 from core.pinhole import pinhole
 from fitting.body_model import BodyModel, load_body_model
+from fitting.dsr import face_segments
 from fitting.priors import DEFAULT_PRIOR, MaxMixturePrior
+from pipelines.synthetic.paint import SEGMENT_NAMES
 from render.raster import rasterize
 from shards.masks import MASK_NAMES, LabelMap
 from shards.schema import PersonRecord, make_key
@@ -50,6 +52,8 @@ class DatasetSpec:
     openpose: bool = False      # fill the OpenPose slots with noisy detections
     poses: tuple[float, float] = (0.0, 1.0)  # the slice of the pose pool drawn from (fractions): keep test poses apart
     masks: bool = False         # record each person's exact silhouette (the rasteriser's coverage) as its mask
+    parts: bool = False         # and its exact part labels: the drawn face's SMPL segment (`fitting.dsr.face_segments`,
+                                # the synthetic generator's rule), named by `pipelines.synthetic.paint.SEGMENT_NAMES`
 
 
 # A SPIN-like mix: an H36M-like set (SMPL + 3D), an in-the-wild set (2D for training; SMPL and 3D recorded for
@@ -106,12 +110,12 @@ def part_colours(body: BodyModel, rng_seed: int = 7) -> np.ndarray:
 def render(vertices_cam: np.ndarray, faces: np.ndarray, colours: np.ndarray, res: int,
            background: tuple[int, int, int]) -> tuple[Image.Image, np.ndarray]:
     """A mesh (camera frame, metres) seen by the crop camera scaled to ``res`` px, drawn by the one renderer
-    (`render.raster.rasterize`, pixel centres at integers) over a flat background; and its coverage (res, res)
-    bool, the person's exact mask."""
+    (`render.raster.rasterize`, pixel centres at integers) over a flat background; and the face drawn at each
+    pixel (res, res) int, -1 where none: ``>= 0`` is the person's exact mask."""
     focal = FIT_FOCAL * res / FIT_RES
     pixels, face_index = rasterize(vertices_cam, faces, colours, focal, ((res - 1) / 2.0, (res - 1) / 2.0), (res, res))
     pixels[face_index < 0] = background
-    return Image.fromarray(pixels), face_index >= 0
+    return Image.fromarray(pixels), face_index
 
 
 def synthetic_records(body: BodyModel, spec: DatasetSpec, image_root: Path, *, res: int, seed: int,
@@ -120,6 +124,8 @@ def synthetic_records(body: BodyModel, spec: DatasetSpec, image_root: Path, *, r
     rng = np.random.default_rng([seed, sum(map(ord, spec.dataset)), sum(map(ord, spec.split))])
     people = sample_people(body, spec.count, rng, spec.poses)
     colours = part_colours(body)
+    segment_ids = (np.concatenate([face_segments(body.faces, body.layer.lbs_weights.detach().cpu()).numpy() + 1,
+                                   [0]]) if spec.parts else None)                # face -> part id, -1 (none) -> 0
     folder = Path(image_root) / f"{spec.dataset}-{spec.split}"
     folder.mkdir(parents=True, exist_ok=True)
     k = res / FIT_RES                                               # image px per fit-frame px
@@ -138,7 +144,9 @@ def synthetic_records(body: BodyModel, spec: DatasetSpec, image_root: Path, *, r
         keypoints[keypoints[:, 2] <= 0] = 0.0
         name = f"{i:06d}"
         background = tuple(int(c) for c in rng.integers(0, 256, size=3))
-        picture, covered = render(people["vertices"][i] + people["cam_t"][i], body.faces, colours, res, background)
+        picture, face_index = render(people["vertices"][i] + people["cam_t"][i], body.faces, colours, res,
+                                     background)
+        covered = face_index >= 0
         picture.save(folder / f"{name}.png")
         joints_3d = np.concatenate([cam_joints, np.zeros((NUM_JOINTS, 1))], 1)
         joints_3d[J24_OFFSET:, 3] = 1.0
@@ -149,7 +157,9 @@ def synthetic_records(body: BodyModel, spec: DatasetSpec, image_root: Path, *, r
             joints_3d=joints_3d if spec.joints_3d else None,
             smpl_pose=people["pose"][i] if spec.smpl else None, smpl_betas=people["betas"][i] if spec.smpl else None,
             has_smpl=spec.smpl,
-            mask=LabelMap.from_array(covered, MASK_NAMES, "synthetic-exact") if spec.masks else None))
+            mask=LabelMap.from_array(covered, MASK_NAMES, "synthetic-exact") if spec.masks else None,
+            parts=(LabelMap.from_array(segment_ids[face_index], SEGMENT_NAMES, "synthetic-exact") if spec.parts
+                   else None)))
     return records
 
 

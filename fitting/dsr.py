@@ -110,11 +110,9 @@ def minimally_clothed_vertices(segments: Tensor, forearms: bool = False) -> tupl
     return group > 0, group
 
 
-def minimally_clothed_targets(parts: Tensor, has_parts: Tensor, dtype: torch.dtype = torch.float32, *,
-                              forearms: bool = False) -> MaskTargets:
-    """DSR-MC's targets from part-label images (B, H, W) uint8 (module docstring's ids) and has_parts (B,) bool:
-    the minimally-clothed parts' mask (1 there, 0 background, unknown elsewhere), its boundary pixels grouped by
-    part (`mc_group_table`)."""
+def pixel_groups(parts: Tensor, forearms: bool = False) -> Tensor:
+    """Each pixel's DSR-MC group (same shape, long; `mc_group_table`, 0 for the background, other segments and
+    `UNKNOWN`) of part-label images (module docstring's ids); ValueError for other ids."""
     labels = parts.to(torch.long)
     known = (labels <= len(SMPL_JOINT_NAMES)) | (labels == UNKNOWN)
     if not bool(known.all()):
@@ -122,7 +120,22 @@ def minimally_clothed_targets(parts: Tensor, has_parts: Tensor, dtype: torch.dty
                          f"{int(labels[~known][0])}): pass SMPL-segment part labels (a parsing goes to parsing=)")
     table = torch.zeros(UNKNOWN + 1, dtype=torch.long)
     table[:len(SMPL_JOINT_NAMES) + 1] = mc_group_table(forearms)
-    group = table.to(parts.device)[labels]
+    return table.to(parts.device)[labels]
+
+
+def parsing_person(parsing: Tensor) -> Tensor:
+    """A parsing (..., H, W) uint8 (0 background, any other id the person, `UNKNOWN`) as a person mask: 1 on the
+    person (clothing ∪ skin), 0 background, `UNKNOWN` kept; uint8."""
+    return torch.where((parsing != 0) & (parsing != UNKNOWN), 1, parsing).to(torch.uint8)
+
+
+def minimally_clothed_targets(parts: Tensor, has_parts: Tensor, dtype: torch.dtype = torch.float32, *,
+                              forearms: bool = False) -> MaskTargets:
+    """DSR-MC's targets from part-label images (B, H, W) uint8 (module docstring's ids) and has_parts (B,) bool:
+    the minimally-clothed parts' mask (1 there, 0 background, unknown elsewhere), its boundary pixels grouped by
+    part (`mc_group_table`)."""
+    labels = parts.to(torch.long)
+    group = pixel_groups(parts, forearms)
     mask = torch.where(labels == 0, 0, UNKNOWN)
     mask = torch.where(group > 0, 1, mask).to(torch.uint8)
     return mask_targets(mask, has_parts, dtype, groups=group)
@@ -131,8 +144,7 @@ def minimally_clothed_targets(parts: Tensor, has_parts: Tensor, dtype: torch.dty
 def clothed_targets(parsing: Tensor, has_parsing: Tensor, dtype: torch.dtype = torch.float32) -> MaskTargets:
     """DSR-C's targets from parsings (B, H, W) uint8 (0 background, another id the person, `UNKNOWN`) and
     has_parsing (B,) bool: the person region's distance transform, no boundary pixels (containment only)."""
-    region = torch.where((parsing != 0) & (parsing != UNKNOWN), 1, parsing).to(torch.uint8)
-    return mask_targets(region, has_parsing, dtype, fill=False)
+    return mask_targets(parsing_person(parsing), has_parsing, dtype, fill=False)
 
 
 def load_semantic_prior(path: str | Path, num_faces: int) -> np.ndarray:

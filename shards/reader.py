@@ -39,6 +39,7 @@ refused as corrupt, never skipped without a word (`shards.sample.decode_sample`)
 from __future__ import annotations
 
 import io
+import json
 import os
 import warnings
 from collections import Counter
@@ -259,7 +260,8 @@ class ShardReader(torch.utils.data.IterableDataset):
         mask: (res, res) uint8 person mask in the training crop: 0 background, 1 person, 255 unknown (outside
             the original image or the stored crop); all zeros without one; has_mask: bool.
         parts: (res, res) uint8 part ids (0 background, ids into the sample's ``parts_names``, left and right
-            swapped on a flip, 255 unknown); all zeros without; has_parts: bool.
+            swapped on a flip, 255 unknown); all zeros without; has_parts: bool; parts_names: the table as a JSON
+            list (a string, so that batches of samples with different tables collate; "[]" without parts).
         parsing: (res, res) uint8 parsing ids (``parsing_names``), like ``parts``; has_parsing: bool.
         flip: bool; rot: float32 degrees; scale: float32 (the augmentation's, multiplying the box): what was
             applied, so a trainer can undo it.
@@ -415,6 +417,7 @@ def build_item(image: Image.Image, to_crop: np.ndarray, keypoints: np.ndarray, s
         else:
             label_items[kind] = torch.zeros((res, res), dtype=torch.uint8)
         label_items[f"has_{kind}"] = torch.tensor(kind in labels)
+    label_items["parts_names"] = json.dumps(list(labels["parts"][1]) if "parts" in labels else [])
 
     return {
         "img": torch.from_numpy(augment_image(image, to_crop, params.noise, res, resample)),

@@ -56,6 +56,10 @@ class LossWeights:
         mask: mask consistency of the predicted mesh (`training.mask_loss`: 1 − weighted Jaccard of its rendered
             silhouette and the person mask, over the samples that carry a mask; Pavlakos et al. 2018), 0 (off; not
             in SPIN; fitloop's).
+        dsr_mc, dsr_c: DSR's semantic losses of the predicted mesh (`training.dsr_loss`; Dwivedi et al. 2021):
+            DSR-MC, 1 − weighted Jaccard of its rendered head, hands and feet and the samples' part labels of them
+            (samples with SMPL-segment part labels); DSR-C, its rendered mass outside the clothed person (the
+            parsing's person region, else the person mask), over the region's area. 0 each (off; DSR uses 0.2).
     Whole-body heads only (an SMPL-X-layout body model; SPIN has none of these, the values are fitloop's):
         hands, face: per-point factors of the hands' and the face's points in the whole-body 2D keypoint loss
             (weighted by ``keypoint`` as the body's 2D loss), 1 each: a whole-body point counts as a body joint.
@@ -74,6 +78,8 @@ class LossWeights:
     camera: float = 1.0
     scale: float = 60.0
     mask: float = 0.0
+    dsr_mc: float = 0.0
+    dsr_c: float = 0.0
     hands: float = 1.0
     face: float = 1.0
     hand_pose: float = 1.0
@@ -101,8 +107,8 @@ class TrainConfig:
     Model:
         head: the regressor design (`training.heads.HEADS`): "hmr" (SPIN's ResNet, default) or "keypoints"
             (Pavlakos 2018: keypoints and mask in, no image).
-        mask_res: px, the mask loss's grid over the training crop (`training.mask_loss`): the largest divisor of
-            img_res up to it (56 for 224).
+        mask_res: px, the mask and DSR losses' grid over the training crop (`training.mask_loss`): the largest
+            divisor of img_res up to it (56 for 224).
         backbone: ResNet depth (50 as SPIN; 18 or 34 for CPU runs). pretrained: torchvision ImageNet weights file.
         mean_params: SPIN's ``smpl_mean_params.npz`` (real SMPL); None: computed from the pose prior.
         body_model: ``"open"``, ``"open-small"`` or a model file; joint_regressor_extra, h36m_regressor: SPIN's
@@ -190,8 +196,9 @@ class TrainConfig:
             problems.append(f"head must be one of {'/'.join(HEADS)}, got {self.head!r}")
         elif self.pretrained and self.head != "hmr":
             problems.append(f"pretrained ImageNet weights are for the hmr head's ResNet, not the {self.head} head")
-        if self.mask_res < 8 or self.loss.mask < 0:
-            problems.append(f"mask_res must be >= 8 px and loss.mask >= 0, got {self.mask_res} and {self.loss.mask}")
+        if self.mask_res < 8 or min(self.loss.mask, self.loss.dsr_mc, self.loss.dsr_c) < 0:
+            problems.append(f"mask_res must be >= 8 px and loss.mask, loss.dsr_mc, loss.dsr_c >= 0, got "
+                            f"{self.mask_res}, {self.loss.mask}, {self.loss.dsr_mc} and {self.loss.dsr_c}")
         if self.backbone not in (18, 34, 50, 101, 152):
             problems.append(f"backbone must be a ResNet depth 18/34/50/101/152, got {self.backbone}")
         if self.batch_size < 1 or self.epochs < 1 or self.lr <= 0:

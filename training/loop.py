@@ -104,7 +104,7 @@ from training.mask_loss import MaskConsistency, grid_res
 from training.regressor import heads_for_family, mean_params_from_npz, mean_params_from_prior
 from training.resnet import load_imagenet_weights
 from training.run_folder import check_new_run, claim, resume_point
-from training.run_log import PARTS, RunLog, describe_evaluation
+from training.run_log import IMAGE_TERMS, PARTS, RunLog, describe_evaluation
 from training.step import (
     Batch,
     autocast_for,
@@ -154,7 +154,7 @@ class Run:
     fit_wholebody: WholeBodyModel | None = None
     smplifyx: SMPLifyX | None = None
     point_weights: torch.Tensor | None = None
-    mask_loss: MaskConsistency | None = None   # with loss.mask > 0: the body's faces and the loss's grid
+    mask_loss: MaskConsistency | None = None   # with an image loss on: the body's picture for mask and DSR losses
 
 
 @dataclass
@@ -276,6 +276,21 @@ def training_stream(config: TrainConfig, shards: list[ShardInfo], rank: int, wor
                             world_size=world)
 
 
+def image_evidence(config: TrainConfig, body: BodyModel, device: torch.device) -> MaskConsistency | None:
+    """The predicted mesh's picture for the mask and DSR losses (`training.mask_loss.MaskConsistency`), None when
+    all three weights are 0; with DSR-MC on, the faces' minimally-clothed groups from the body's skinning weights
+    (`FitloopError` for a body model without SMPL's 24 segments)."""
+    loss = config.loss
+    if max(loss.mask, loss.dsr_mc, loss.dsr_c) <= 0:
+        return None
+    weights = body.layer.lbs_weights if loss.dsr_mc > 0 else None
+    try:
+        return MaskConsistency.from_faces(body.faces, grid_res(config.img_res, config.mask_res), device, weights)
+    except ValueError as err:
+        raise FitloopError(f"--dsr-mc-weight needs a body model with SMPL's 24 segments (body model "
+                           f"{config.body_model}): {err}") from None
+
+
 def setup(config: TrainConfig, echo: Callable[[str], None] | None = None, *, overwrite: bool = False) -> Run:
     """Build the run: devices, checked shards, the run folder claimed (`training.run_folder.claim`; with
     ``overwrite`` an earlier run's files there are deleted first), body model, SMPLify, regressor, optimiser, data,
@@ -340,9 +355,8 @@ def setup(config: TrainConfig, echo: Callable[[str], None] | None = None, *, ove
         torch.distributed.barrier()
     table = FitsTable.open(config.fits)
     log = RunLog(run_dir, tensorboard=config.tensorboard, enabled=rank == 0, echo=echo, wholebody=heads == "smplx",
-                 mask=config.loss.mask > 0)
-    mask_loss = (MaskConsistency.from_faces(body.faces, grid_res(config.img_res, config.mask_res), device)
-                 if config.loss.mask > 0 else None)
+                 image_terms=tuple(t for t in IMAGE_TERMS if getattr(config.loss, t) > 0))
+    mask_loss = image_evidence(config, body, device)
     run = Run(config=config, run_dir=run_dir, device=device, rank=rank, world_size=world, body=body,
               smplify=smplify, smplify_device=smplify_device, model=model, raw_model=raw_model, head=head,
               optimizer=optimizer,

@@ -40,10 +40,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from core.frames import FIT_FOCAL, FIT_RES
-from fitting.silhouette import DEFAULT_SIGMA, MeshEdges, mesh_edges, render_silhouette
+from fitting.dsr import face_segments, mc_group_table
+from fitting.silhouette import DEFAULT_SIGMA, MeshEdges, Silhouette, mesh_edges, render_silhouette
 from shards.masks import UNKNOWN
 
 MASK_RES = 56   # px: the loss's grid over the training crop (module docstring: a quarter of SPIN's 224 px)
+EMPTY = 1e-6    # cells: added to both sums of the Jaccard, so that two empty maps agree (loss 0), not 1 − 0/0
 
 
 def mask_camera(res: int) -> tuple[float, float]:
@@ -61,18 +63,26 @@ def pooled_mask(mask: Tensor, res: int, sigma: float = DEFAULT_SIGMA) -> tuple[T
     """A reader's masks (B, R, R) uint8 (0, 1, `UNKNOWN`; res divides R) as the renderer would draw them at
     ``res`` px with band ``sigma`` px (module docstring): (person fraction of the known pixels, known fraction),
     (B, res, res) float32 in [0, 1] each."""
-    if mask.shape[-1] % res or mask.shape[-2] % res:
-        raise ValueError(f"pooled_mask: res {res} px must divide the mask's {tuple(mask.shape[-2:])} px")
-    known = (mask != UNKNOWN).float()[:, None]
-    grown = grown_mask((mask == 1).float()[:, None], sigma / 2 * mask.shape[-1] / res) * known
-    cell = mask.shape[-1] // res
-    known_share = F.avg_pool2d(known, cell)[:, 0]
-    person_share = F.avg_pool2d(grown, cell)[:, 0]
-    return person_share / known_share.clamp(min=1e-6), known_share
+    person, known = pooled_regions((mask == 1)[:, None], mask != UNKNOWN, res, sigma)
+    return person[:, 0], known
+
+
+def pooled_regions(regions: Tensor, known: Tensor, res: int, sigma: float = DEFAULT_SIGMA) -> tuple[Tensor, Tensor]:
+    """Regions (B, C, R, R) bool (a person, or one region per part) over known pixels (B, R, R) bool, as the
+    renderer would draw them at ``res`` px (res divides R) with band ``sigma`` px: each grown by the half band
+    (`grown_mask`), then per cell its fraction of the known pixels (B, C, res, res) and the known fraction
+    (B, res, res), float32 in [0, 1]."""
+    if regions.shape[-1] % res or regions.shape[-2] % res:
+        raise ValueError(f"pooled_regions: res {res} px must divide the labels' {tuple(regions.shape[-2:])} px")
+    known = known.float()[:, None]
+    grown = grown_mask(regions.float(), sigma / 2 * regions.shape[-1] / res) * known
+    cell = regions.shape[-1] // res
+    known_share = F.avg_pool2d(known, cell)
+    return F.avg_pool2d(grown, cell) / known_share.clamp(min=1e-6), known_share[:, 0]
 
 
 def grown_mask(person: Tensor, radius: float) -> Tensor:
-    """Coverage (B, 1, H, W) in [0, 1] of a binary mask's region (B, 1, H, W) grown by ``radius`` px: a pixel at
+    """Coverage (B, C, H, W) in [0, 1] of binary regions (B, C, H, W) grown by ``radius`` px: a pixel at
     distance d (centre to centre) from the nearest person pixel is covered ``clamp(1 + radius − d, 0, 1)`` (the
     region's edge lies half a pixel beyond its boundary pixels' centres; a pixel is covered by the share of it
     inside the grown edge, to first order). A grey dilation with a cone, one shifted max per offset."""
@@ -91,39 +101,65 @@ def grown_mask(person: Tensor, radius: float) -> Tensor:
 
 
 def jaccard_loss(silhouette: Tensor, person: Tensor, known: Tensor, has_mask: Tensor) -> Tensor:
-    """Mean over the samples with ``has_mask`` (B,) of 1 − Σ w·min(s, m) / Σ w·max(s, m) for silhouettes s (B, H, W)
-    in [0, 1], person fractions m (B, H, W) and weights w = known fractions (B, H, W); 0 without such a sample."""
+    """Mean over the samples with ``has_mask`` (B,) of 1 − Σ w·min(s, m) / Σ w·max(s, m) for silhouettes s (B, ...)
+    in [0, 1], person fractions m of the same shape and weights w = known fractions (broadcast to it), the sums
+    over all but the batch axis (several maps pool into one ratio); 0 for a sample where both are empty, and 0
+    without such a sample."""
     if not bool(has_mask.any()):
         return silhouette.sum() * 0.0
     s, m, w = silhouette[has_mask], person[has_mask], known[has_mask]
-    inter = (w * torch.minimum(s, m)).sum((1, 2))
-    union = (w * torch.maximum(s, m)).sum((1, 2))
-    return (1.0 - inter / union.clamp(min=1e-6)).mean()
+    axes = tuple(range(1, s.ndim))
+    inter = (w * torch.minimum(s, m)).sum(axes)
+    union = (w * torch.maximum(s, m)).sum(axes)
+    return (1.0 - (inter + EMPTY) / (union + EMPTY)).mean()
 
 
 @dataclass(frozen=True)
 class MaskConsistency:
-    """The mask loss's fixed parts for one body model: its faces (F, 3) long and their `MeshEdges` (computed once),
-    and the grid ``res`` px. `from_faces` builds it; `__call__` is the loss."""
+    """The picture of the predicted mesh that the mask loss and DSR's losses (`training.dsr_loss`) read, and the
+    mask loss. Its fixed parts for one body model: the faces (F, 3) long and their `MeshEdges` (computed once),
+    the grid ``res`` px and, for DSR-MC, each face's minimally-clothed group (F,) long (`fitting.dsr.mc_group_table`:
+    0 not minimally clothed, 1 + the index in `fitting.dsr.MC_PARTS`; None: parts are not drawn). `from_faces`
+    builds it; `draw` renders a batch once for all three losses; `loss` / `__call__` is the mask loss."""
 
     faces: Tensor
     edges: MeshEdges
     res: int = MASK_RES
+    face_groups: Tensor | None = None
 
     @classmethod
-    def from_faces(cls, faces, res: int = MASK_RES, device: torch.device | str = "cpu") -> "MaskConsistency":
+    def from_faces(cls, faces, res: int = MASK_RES, device: torch.device | str = "cpu",
+                   skinning_weights: Tensor | None = None) -> "MaskConsistency":
+        """With ``skinning_weights`` (V, 24) in SMPL's joint order, the faces' minimally-clothed groups by anatomy
+        (`fitting.dsr.face_segments`, the synthetic generator's part rule; ValueError for another layout)."""
         faces = torch.as_tensor(faces, dtype=torch.long, device=device)
-        return cls(faces, mesh_edges(faces), int(res))
+        groups = None
+        if skinning_weights is not None:
+            segments = face_segments(faces.cpu(), torch.as_tensor(skinning_weights).detach().cpu())
+            groups = mc_group_table()[segments + 1].to(device)
+        return cls(faces, mesh_edges(faces), int(res), groups)
+
+    def draw(self, vertices: Tensor, cam_t: Tensor, parts: bool = False) -> Silhouette:
+        """The soft silhouettes (B, res, res) of model-frame vertices (B, V, 3) m moved by cam_t (B, 3) m, seen by
+        SPIN's crop camera at ``res`` px (`mask_camera`), and with ``parts`` the minimally-clothed groups' maps
+        (B, 1 + len(MC_PARTS), res, res) (group 0: the rest of the body); float32, differentiable in both."""
+        if parts and self.face_groups is None:
+            raise ValueError("MaskConsistency.draw: parts need the faces' groups (from_faces(skinning_weights=...))")
+        focal, center = mask_camera(self.res)
+        return render_silhouette(vertices.float() + cam_t.float()[:, None], self.faces, focal, (center, center),
+                                 (self.res, self.res), edges=self.edges,
+                                 face_parts=self.face_groups if parts else None)
 
     def render(self, vertices: Tensor, cam_t: Tensor) -> Tensor:
-        """Soft silhouettes (B, res, res) of model-frame vertices (B, V, 3) m moved by cam_t (B, 3) m, seen by
-        SPIN's crop camera at ``res`` px (`mask_camera`); differentiable in both."""
-        focal, center = mask_camera(self.res)
-        return render_silhouette(vertices + cam_t[:, None], self.faces, focal, (center, center),
-                                 (self.res, self.res), edges=self.edges).mask
+        """The soft silhouettes (B, res, res) alone (`draw`)."""
+        return self.draw(vertices, cam_t).mask
+
+    def loss(self, picture: Silhouette, mask: Tensor, has_mask: Tensor) -> Tensor:
+        """1 − weighted Jaccard (module docstring) of drawn silhouettes (`draw`) against the reader's masks
+        (B, R, R) uint8 (res divides R), over the samples with has_mask (B,) bool."""
+        person, known = pooled_mask(mask, self.res)
+        return jaccard_loss(picture.mask, person, known, has_mask)
 
     def __call__(self, vertices: Tensor, cam_t: Tensor, mask: Tensor, has_mask: Tensor) -> Tensor:
-        """1 − weighted Jaccard (module docstring) of the predicted meshes against the reader's masks (B, R, R)
-        uint8 (res divides R), over the samples with has_mask (B,) bool."""
-        person, known = pooled_mask(mask, self.res)
-        return jaccard_loss(self.render(vertices.float(), cam_t.float()), person, known, has_mask)
+        """The mask loss of predicted meshes (`draw`, then `loss`)."""
+        return self.loss(self.draw(vertices, cam_t), mask, has_mask)

@@ -28,8 +28,9 @@ TRAIN_COLUMNS = ("epoch", "step", "loss", "keypoints_2d", "keypoints_3d", "pose"
 # a run with whole-body heads (`training.regressor`) also logs its whole-body terms and how many loop fits were
 # whole-body fits (appended, so an SMPL run's log is as before)
 WHOLEBODY_TRAIN_COLUMNS = ("keypoints_wholebody", "hand_pose", "jaw_pose", "expression", "fits_wholebody")
-# a run with the mask loss on (`training.mask_loss`) also logs it and the share of the batch that has a mask
-MASK_TRAIN_COLUMNS = ("mask", "mask_samples")
+# a run with image losses on (`training.mask_loss`, `training.dsr_loss`) also logs each one that is on and the share
+# of the batch it reads (``<term>_samples``), in this order
+IMAGE_TERMS = ("mask", "dsr_mc", "dsr_c")
 PARTS = ("data", "network", "smplify", "write_back")
 # the run folder's log files (module docstring)
 METRICS_CSV, BY_DATASET_CSV, TRAIN_CSV, CURVES_PNG, TENSORBOARD_DIR = (
@@ -109,14 +110,15 @@ class RunLog:
     row and per evaluation (`describe_train_row`, `describe_evaluation`): a flow passes its run logger's ``info``."""
 
     def __init__(self, run_dir: Path, *, tensorboard: bool = True, enabled: bool = True,
-                 echo: Callable[[str], None] | None = None, wholebody: bool = False, mask: bool = False) -> None:
+                 echo: Callable[[str], None] | None = None, wholebody: bool = False,
+                 image_terms: tuple[str, ...] = ()) -> None:
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self.echo = echo
         self.metrics = CsvLog(self.run_dir / METRICS_CSV, METRIC_COLUMNS)
         self.by_dataset = CsvLog(self.run_dir / BY_DATASET_CSV, BY_DATASET_COLUMNS)
         self.train = CsvLog(self.run_dir / TRAIN_CSV, TRAIN_COLUMNS + (WHOLEBODY_TRAIN_COLUMNS if wholebody else ())
-                            + (MASK_TRAIN_COLUMNS if mask else ()))
+                            + tuple(c for t in IMAGE_TERMS if t in image_terms for c in (t, f"{t}_samples")))
         self.writer = None
         self.tensorboard_note = "off"
         if enabled and tensorboard:

@@ -61,6 +61,7 @@ from fitting.smplify import SMPLify, SMPLifyResult
 from fitting.smplifyx import SMPLifyX, SMPLifyXStart
 from fitting.wholebody_model import WholeBodyModel
 from training.config import LossWeights
+from training.dsr_loss import clothed_region, dsr_c_loss, dsr_mc_loss, smpl_part_ids
 from training.geometry import (
     augment_pose,
     axis_angle_to_rotmat,
@@ -100,8 +101,10 @@ class Batch:
     has_3d (B,); flip (B,) bool, rot (B,) degrees, scale (B,): the augmentation; keys, datasets: per example;
     wholebody (B, 161, 3) normalised whole-body keypoints (zeros where has_wholebody (B,) is False; None: a batch
     built without them, read by body-only runs only); mask (B, R, R) uint8 person masks of the training crop (0, 1,
-    255 unknown; zeros where has_mask (B,) is False; None: a batch built without them); inputs: the network's
-    arguments (`training.heads.Head.arguments`; default: the image, the hmr head's)."""
+    255 unknown; zeros where has_mask (B,) is False; None: a batch built without them); parts (B, R, R) uint8 part
+    labels with each sample's table parts_names (a JSON list, `shards.reader`), has_parts (B,); parsing (B, R, R)
+    uint8, has_parsing (B,) (the same, for a clothing parsing); inputs: the network's arguments
+    (`training.heads.Head.arguments`; default: the image, the hmr head's)."""
 
     img: Tensor
     keypoints: Tensor
@@ -119,6 +122,11 @@ class Batch:
     has_wholebody: Tensor | None = None
     mask: Tensor | None = None
     has_mask: Tensor | None = None
+    parts: Tensor | None = None
+    has_parts: Tensor | None = None
+    parts_names: list[str] | None = None
+    parsing: Tensor | None = None
+    has_parsing: Tensor | None = None
     inputs: tuple[Tensor, ...] = ()
 
     @classmethod
@@ -137,7 +145,10 @@ class Batch:
                    flip=dev(items["flip"]), rot=dev(items["rot"]), scale=dev(items["scale"]),
                    keys=list(items["key"]), datasets=list(items["dataset"]),
                    wholebody=dev(items["wholebody"]), has_wholebody=dev(items["has_wholebody"]),
-                   mask=dev(items["mask"]), has_mask=dev(items["has_mask"]), inputs=head.arguments(items, device))
+                   mask=dev(items["mask"]), has_mask=dev(items["has_mask"]), parts=dev(items["parts"]),
+                   has_parts=dev(items["has_parts"]), parts_names=list(items["parts_names"]),
+                   parsing=dev(items["parsing"]), has_parsing=dev(items["has_parsing"]),
+                   inputs=head.arguments(items, device))
 
 
 @dataclass
@@ -474,9 +485,11 @@ def compute_losses(pred: Prediction, targets: Targets, batch: Batch, weights: Lo
     """SPIN's total loss ``scale · (shape·L_shape + kp·(L_2d + L_3d) + pose·L_pose + betas·L_betas + cam·L_cam)``
     and its terms (floats, for the log). Whole-body heads add ``kp·L_wholebody + hand_pose·L_hands +
     jaw_pose·L_jaw + expression·L_expression`` (`training.losses`), the 2D term weighted per point by
-    ``point_weights`` (161,) (`training.wholebody.part_weights`). With ``weights.mask`` > 0 and ``mask_loss``
-    (the body model's faces and the grid, `training.mask_loss.MaskConsistency`), ``+ mask·L_mask`` over the
-    examples with a mask (the term ``mask``, and ``mask_samples``: their share of the batch)."""
+    ``point_weights`` (161,) (`training.wholebody.part_weights`). With ``mask_loss`` (the body model's faces, the
+    grid and, for DSR-MC, the faces' groups: `training.mask_loss.MaskConsistency`), the predicted meshes are drawn
+    once for ``+ mask·L_mask`` over the examples with a mask, ``+ dsr_mc·L_dsr_mc`` over those with part labels and
+    ``+ dsr_c·L_dsr_c`` over those with a parsing or a mask (`training.dsr_loss`), each where its weight is > 0
+    (the terms ``mask``, ``dsr_mc``, ``dsr_c``, and ``<term>_samples``: the share of the batch each reads)."""
     batch_size = targets.pose.shape[0]
     target_rotmat = axis_angle_to_rotmat(targets.pose.reshape(batch_size, 24, 3))
     terms = {
@@ -493,10 +506,23 @@ def compute_losses(pred: Prediction, targets: Targets, batch: Batch, weights: Lo
             target_vertices = body(targets.betas, targets.pose[:, 3:], targets.pose[:, :3]).vertices
         terms["shape"] = shape_loss(pred.vertices, target_vertices, targets.valid)
         total = total + weights.shape * terms["shape"]
-    if weights.mask > 0 and mask_loss is not None:  # renders the batch: skipped at the default weight 0
-        terms["mask"] = mask_loss(pred.vertices, pred.cam_t, batch.mask, batch.has_mask)
-        terms["mask_samples"] = batch.has_mask.float().mean()
-        total = total + weights.mask * terms["mask"]
+    if mask_loss is not None and max(weights.mask, weights.dsr_mc, weights.dsr_c) > 0:
+        # one render of the batch for the three (skipped at their default weights 0)
+        picture = mask_loss.draw(pred.vertices, pred.cam_t, parts=weights.dsr_mc > 0)
+        if weights.mask > 0:
+            terms["mask"] = mask_loss.loss(picture, batch.mask, batch.has_mask)
+            terms["mask_samples"] = batch.has_mask.float().mean()
+            total = total + weights.mask * terms["mask"]
+        if weights.dsr_mc > 0:
+            segments = smpl_part_ids(batch.parts, batch.parts_names, batch.keys)
+            terms["dsr_mc"] = dsr_mc_loss(picture.parts, segments, batch.has_parts)
+            terms["dsr_mc_samples"] = batch.has_parts.float().mean()
+            total = total + weights.dsr_mc * terms["dsr_mc"]
+        if weights.dsr_c > 0:
+            region, has_region = clothed_region(batch.mask, batch.has_mask, batch.parsing, batch.has_parsing)
+            terms["dsr_c"] = dsr_c_loss(picture.mask, region, has_region)
+            terms["dsr_c_samples"] = has_region.float().mean()
+            total = total + weights.dsr_c * terms["dsr_c"]
     if pred.hand_rotmat is not None:
         wb = targets.wholebody
         terms["keypoints_wholebody"] = wholebody_keypoint_loss(pred.wholebody_2d, batch.wholebody,

@@ -26,7 +26,7 @@ _FLAGS = {"shards": "--shards", "fits": "--fits", "eval_shards": "--eval-shards"
           "fit_filter.max_pose_prior": "--max-pose-prior",
           "fit_filter.max_candidate_spread_mm": "--max-candidate-spread",
           "smplifyx_stage_iterations": "--smplifyx-iters", "smplifyx_camera_iterations": "--smplifyx-camera-iters",
-          "loss.mask": "--mask-weight"}
+          "loss.mask": "--mask-weight", "loss.dsr_mc": "--dsr-mc-weight", "loss.dsr_c": "--dsr-c-weight"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "and the network are evaluated (MPJPE, PA-MPJPE) into RUN/metrics.csv and RUN/curves.png. "
                     "Defaults are SPIN's (docs/training.md). --head keypoints trains Pavlakos 2018's network "
                     "(2D keypoints and mask in) instead of the ResNet; --mask-weight adds a mask consistency loss of "
-                    "the predicted mesh. Works under torchrun (shards split by node).")
+                    "the predicted mesh, --dsr-mc-weight and --dsr-c-weight DSR's semantic losses. Works under torchrun (shards split by node).")
     parser.add_argument("--shards", type=Path, nargs="+", help="training shard sets")
     parser.add_argument("--fits", type=Path, help="the fits table (created when missing)")
     parser.add_argument("--run-dir", type=Path, required=True,
@@ -68,7 +68,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--mask-weight", type=float,
                         help="weight of the mask consistency loss of the predicted mesh against the samples' person "
                              "masks (Pavlakos 2018; default 0: off)")
-    parser.add_argument("--mask-res", type=int, help="px of the mask loss's grid over the crop (default 56)")
+    parser.add_argument("--dsr-mc-weight", type=float,
+                        help="weight of DSR-MC: the predicted mesh's rendered head, hands and feet against the "
+                             "samples' SMPL-segment part labels (Dwivedi 2021; default 0: off)")
+    parser.add_argument("--dsr-c-weight", type=float,
+                        help="weight of DSR-C: the predicted mesh's rendered mass outside the clothed person (the "
+                             "parsing's person region, else the person mask) (Dwivedi 2021; default 0: off)")
+    parser.add_argument("--mask-res", type=int,
+                        help="px of the mask and DSR losses' grid over the crop (default 56)")
     parser.add_argument("--backbone", type=int, help="ResNet depth: 50 (default), 18 or 34 for CPU runs")
     parser.add_argument("--pretrained", help="torchvision ImageNet weights file for the backbone")
     parser.add_argument("--mean-params", help="SPIN's smpl_mean_params.npz (real SMPL); default: from the prior")
@@ -172,7 +179,8 @@ def _with_flags(base, args: argparse.Namespace):
     if args.smplify_iters:
         field = "iterations" if smplify.mode == "reference" else "body_iterations"
         smplify = dataclasses.replace(smplify, **{field: args.smplify_iters})
-    loss = base.loss if args.mask_weight is None else dataclasses.replace(base.loss, mask=args.mask_weight)
+    weights = {"mask": args.mask_weight, "dsr_mc": args.dsr_mc_weight, "dsr_c": args.dsr_c_weight}
+    loss = dataclasses.replace(base.loss, **{name: w for name, w in weights.items() if w is not None})
     return dataclasses.replace(base, smplify=smplify, loss=loss, fit_filter=fit_filter_from(args, base.fit_filter),
                                **values)
 
