@@ -18,8 +18,8 @@ import traceback
 from core.errors import FitloopError
 
 # Command groups, in the order `fitloop --help` lists them.
-COMMAND_MODULES = ["demo", "model", "prior", "bench", "fits", "preprocess", "shards", "serve", "train", "predict",
-                   "synth"]
+COMMAND_MODULES = ["demo", "model", "prior", "bench", "fits", "preprocess", "shards", "serve", "train", "eval",
+                   "predict", "synth"]
 
 
 def build_parser() -> argparse.ArgumentParser:

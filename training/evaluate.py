@@ -3,10 +3,18 @@
 The definition (the 14 joints, the centring, the truth per sample) is the one of every fit-vs-truth number in
 fitloop: `fits.evaluate` (SPIN's Human3.6M protocol 2). Here the posed bodies are the network's predictions;
 the truth is each sample's ground-truth SMPL (``has_smpl``) or its 3D joints. Results per dataset and "all".
+
+`evaluate_checkpoint` (`fitloop eval`) runs a saved checkpoint (fitloop's, or SPIN's released one:
+`training.predict.load_regressor`) on shard sets under a named protocol (`PROTOCOLS`): the literature's selections
+of a dataset's samples, read from the sample's own metadata (dataset, split, Human3.6M's camera and frame), so a
+shard set made with other options is filtered, never silently mixed in.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -47,3 +55,75 @@ def evaluate_network(model: torch.nn.Module, body: BodyModel, batches: Iterable[
     finally:
         model.train(was_training)
     return sums.result()
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A named selection of samples (`PROTOCOLS`): ``keep(meta)`` on a sample's json; ``about`` says whose."""
+
+    name: str
+    about: str
+    keep: Callable[[dict[str, Any]], bool]
+
+
+H36M_FRONTAL = "60457274"  # SPIN's protocol 2 camera (datasets/preprocess/h36m.py: protocol 2 keeps camera 4 only)
+H36M_STEP = 5              # SPIN evaluates every 5th frame (SPIN_REFERENCE.md §4, item 6; other papers use 64)
+
+
+def _h36m(meta: dict[str, Any], cameras: tuple[str, ...] | None) -> bool:
+    extra = meta.get("extra", {})
+    return (meta.get("dataset") == "h36m" and meta.get("split") == "test" and extra.get("subject") in ("S9", "S11")
+            and (cameras is None or extra.get("camera") in cameras) and int(extra.get("frame", -1)) % H36M_STEP == 0)
+
+
+PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
+    Protocol("h36m-p2", f"Human3.6M protocol 2: S9, S11, the frontal camera {H36M_FRONTAL}, every {H36M_STEP}th "
+                        "frame (SPIN's h36m_valid_protocol2)", lambda m: _h36m(m, (H36M_FRONTAL,))),
+    Protocol("h36m-p1", f"Human3.6M protocol 1: S9, S11, all four cameras, every {H36M_STEP}th frame",
+             lambda m: _h36m(m, None)),
+    Protocol("mpi-inf-3dhp", "MPI-INF-3DHP's test set (TS1-TS6, valid frames: the adapter rejects the others)",
+             lambda m: m.get("dataset") == "mpi-inf-3dhp" and m.get("split") == "test"),
+    Protocol("held-out", "every sample of the val and test splits (the trainer's evaluation)",
+             lambda m: m.get("split") in ("val", "test")),
+)}
+
+
+def evaluate_checkpoint(checkpoint: Path, shards: list[Path], protocol: str = "held-out", *,
+                        body_model: str | None = None, batch_size: int = 32, max_samples: int | None = None,
+                        device: str = "cpu") -> dict[str, Any]:
+    """MPJPE and PA-MPJPE (mm, per dataset and "all") of a checkpoint's network on the samples of ``shards`` that
+    ``protocol`` keeps and that carry 3D truth; with the counts of what was read, kept and left out."""
+    from torch.utils.data import default_collate
+
+    from shards.augment import AugmentConfig, AugmentParams
+    from shards.reader import ReaderConfig, ShardReader
+    from training.predict import describe, load_regressor
+
+    if protocol not in PROTOCOLS:
+        from core.errors import FitloopError
+        raise FitloopError(f"unknown protocol {protocol!r}: one of {', '.join(PROTOCOLS)}")
+    chosen = PROTOCOLS[protocol]
+    loaded = load_regressor(checkpoint, body_model=body_model, device=device)
+    reader = ShardReader(shards, ReaderConfig(img_res=loaded.config.img_res, augment=AugmentConfig(enabled=False),
+                                              shuffle_shards=False, shuffle_buffer=0))
+    counts = {"read": 0, "kept": 0}
+
+    def batches() -> Iterable[dict]:
+        pending = []
+        for stored in reader.iter_stored(0, 1):
+            counts["read"] += 1
+            if not chosen.keep(stored.meta):
+                continue
+            counts["kept"] += 1
+            pending.append(reader.make_item(stored, AugmentParams()))
+            if len(pending) == batch_size:
+                yield default_collate(pending)
+                pending = []
+        if pending:
+            yield default_collate(pending)
+
+    errors = evaluate_network(loaded.model, loaded.body, batches(), torch.device(device),
+                              torch.autocast(torch.device(device).type, enabled=False), max_samples,
+                              head=loaded.head)
+    return {"protocol": protocol, "about": chosen.about, "checkpoint": str(checkpoint),
+            "shards": [str(s) for s in shards], **counts, "errors": errors, **describe(loaded)}
