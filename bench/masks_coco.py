@@ -15,17 +15,19 @@ crowd regions (``iscrowd=1``, ``crowd``) and people under its other checks; a pe
 49 keypoints in SPIN's fit frame (`core.frames.keypoints_in_fit_frame`; COCO fills the 17 J24 slots it has, the
 OpenPose slots are empty), SPIN's crop camera (f = 5000 px, principal point 112 px), the mean-pose start
 (`fitting.smplify.mean_pose_start`), the fast mode; plus the person mask in the same 224 px frame (nearest
-neighbour from the stored crop, `shards.masks.crop_labels`; crop pixels outside the image stay `UNKNOWN`).
+neighbour from the stored crop, `shards.masks.crop_labels`; crop pixels outside the image stay `UNKNOWN`, and so do
+the image's other people and crowd regions outside the person: possible occluders, `pipelines.adapters.coco`).
 The arms are those of the synthetic section (``silhouette_weight`` 0 and each ``--weights`` value), chosen on its
 dev split: these real people play no part in choosing them.
 
 **IoU** of the fit's z-buffer coverage (`fitting.silhouette.render_silhouette`, ``face_index >= 0``) with the
-annotated mask, over the pixels the annotation knows (``UNKNOWN`` pixels, outside the image, left out of both).
+annotated mask, over the pixels the annotation knows (``UNKNOWN`` pixels, outside the image or under another
+person, left out of both).
 COCO's polygons trace the clothed person, the body model is unclothed, so IoU 1 is out of reach by design; the
 comparison between arms is what counts. Also: the fits' reprojection error (px, mean over the annotated joints).
 
 **Pictures** (``--pictures DIR``): per person, the fit-frame crop at `PICTURE_SCALE` × with the annotated mask's
-outline in white (the pixels outside it dimmed, those outside the image more), the keypoints-only fit's outline in `KEYPOINTS_COLOUR` and the silhouette-term fit's (the first
+outline in white (the pixels outside it dimmed, unknown ones — outside the image, other people — more), the keypoints-only fit's outline in `KEYPOINTS_COLOUR` and the silhouette-term fit's (the first
 ``--weights`` value) in `SILHOUETTE_COLOUR`, and a caption with the IoUs; and a contact sheet of them all.
 """
 from __future__ import annotations
