@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml
 	$(PIP) install "$(TORCH_SPEC)"
 	# anny declares warp-lang, which its "lbs" path never imports: install it without dependencies.
 	$(PIP) install --no-deps "$(ANNY_SPEC)"
-	$(PIP) install -e ".[dev,open-model]"
+	# tensorboard: ~57 MB beside the ~2.3 GB of the rest, and its test reads the training logs back
+	$(PIP) install -e ".[dev,open-model,tensorboard]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -6,9 +6,10 @@ SPIN's ``BaseDataset`` reads (nkolot/SPIN ``datasets/base_dataset.py``; ../share
 one row per sample in shard order:
 
 * ``imgname`` (N,) str: the image path relative to the dataset's image root (the sample's ``image_path``). A video
-  frame has no file: it is named SPIN's way (`spin_imgname`, SPIN's ``h36m_train.py``:
-  ``images/S1_Directions_1.54138969_000001.jpg``, the frame counted from 1), and ``extract_frames`` writes those
-  frames (OpenCV decodes them, `shards.frames.VideoFrames`).
+  frame has no file: it is named the way SPIN's preprocessing of its dataset names it (`spin_imgname`, the frame
+  counted from 1): Human3.6M's (``h36m_train.py``) ``images/S1_Directions_1.54138969_000001.jpg``,
+  MPI-INF-3DHP's (``mpi_inf_3dhp.py``) ``S1/Seq1/imageFrames/video_0/frame_000001.jpg``; ``extract_frames``
+  writes those frames (OpenCV decodes them, `shards.frames.VideoFrames`).
 * ``center`` (N, 2) px, ``scale`` (N,) (box side / 200), ``part`` (N, 24, 3) J24 keypoints + confidence, in
   **SPIN's pixel convention for the dataset**: the inverse of the SPIN .npz adapter's ``pixel_offset``
   (`pipelines.adapters.spin_npz`): + 1 px for SPIN's MATLAB-born files (LSP, LSP-original, HR-LSPET, MPII;
@@ -72,6 +73,10 @@ SPIN_PIXEL_OFFSETS: dict[str, float] = {ds: offset for ds, _, offset in SPIN_NPZ
 # the Human3.6M video lies in <subject>/Videos/, a folder the name leaves out.
 SPIN_VIDEO_FOLDER = "Videos"
 SPIN_FRAME_DIGITS = 6
+# SPIN datasets/preprocess/mpi_inf_3dhp.py (train_data): S<n>/Seq<m>/imageSequence/video_<k>.avi is extracted to
+# S<n>/Seq<m>/imageFrames/video_<k>/frame_%06d.jpg (frame + 1), and imgname is that path from the dataset root.
+SPIN_3DHP_DATASET = "mpi-inf-3dhp"
+SPIN_3DHP_FRAME_FOLDER, SPIN_3DHP_FRAME_PREFIX = "imageFrames", "frame_"
 MESH_FORMATS = ("obj", "ply")
 NUM_J24, NUM_OPENPOSE = len(J24_NAMES), len(OPENPOSE_NAMES)
 
@@ -80,15 +85,24 @@ def _no_stage(name: str) -> None:
     return None
 
 
-def spin_imgname(image_path: str, image_frame: int | None) -> str:
-    """SPIN's ``imgname`` of a sample: its image path, or for frame ``image_frame`` (0-based) of a video, SPIN's
-    extracted-frame name: ``S1/Videos/Directions 1.54138969.mp4``, frame 0 → ``images/S1_Directions_1.54138969_
-    000001.jpg`` (the folders above the video but `SPIN_VIDEO_FOLDER`, the video's stem, the frame + 1)."""
+def spin_imgname(image_path: str, image_frame: int | None, dataset: str) -> str:
+    """SPIN's ``imgname`` of a sample of ``dataset``: its image path, or for frame ``image_frame`` (0-based) of a
+    video, the name SPIN's preprocessing gives the extracted frame:
+
+    * MPI-INF-3DHP (`SPIN_3DHP_DATASET`): ``S1/Seq1/imageSequence/video_0.avi``, frame 0 →
+      ``S1/Seq1/imageFrames/video_0/frame_000001.jpg`` (the video's folder's parent, `SPIN_3DHP_FRAME_FOLDER`, the
+      video's stem, the frame + 1);
+    * any other (Human3.6M's): ``S1/Videos/Directions 1.54138969.mp4``, frame 0 → ``images/S1_Directions_1.
+      54138969_000001.jpg`` (the folders above the video but `SPIN_VIDEO_FOLDER`, the video's stem, the frame + 1).
+    """
     if image_frame is None:
         return image_path
     path = PurePosixPath(image_path)
+    number = f"{image_frame + 1:0{SPIN_FRAME_DIGITS}d}"
+    if dataset == SPIN_3DHP_DATASET:
+        return str(path.parent.parent / SPIN_3DHP_FRAME_FOLDER / path.stem / f"{SPIN_3DHP_FRAME_PREFIX}{number}.jpg")
     parts = [p for p in path.parent.parts if p not in (SPIN_VIDEO_FOLDER, ".")] + [path.stem]
-    return f"images/{'_'.join(p.replace(' ', '_') for p in parts)}_{image_frame + 1:0{SPIN_FRAME_DIGITS}d}.jpg"
+    return f"images/{'_'.join(p.replace(' ', '_') for p in parts)}_{number}.jpg"
 
 
 def spin_file_name(dataset: str, split: str) -> str:
@@ -144,7 +158,7 @@ def export_spin_datasets(table: FitsTable, shard_dir: Path, out: Path, *, body_m
     for sample in iter_samples(Path(shard_dir)):
         meta = sample.meta
         rows = files[(meta["dataset"], meta["split"])]
-        name = spin_imgname(meta["image_path"], meta.get("image_frame"))
+        name = spin_imgname(meta["image_path"], meta.get("image_frame"), meta["dataset"])
         rows.keys.append(sample.key)
         rows.imgname.append(name)
         rows.center.append(np.asarray(meta["center"], np.float64))

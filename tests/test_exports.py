@@ -157,15 +157,20 @@ def test_spin_dataset_npz_of_3d_samples_one_file_per_split_and_bars(synth_shards
 
 def test_video_frames_are_named_and_extracted_spins_way(tmp_path):
     # SPIN h36m_train.py: images/<subject>_<action>.<camera>_<frame + 1:06d>.jpg; the Human3.6M adapter's key
-    name = spin_imgname("S1/Videos/Directions 1.54138969.mp4", 0)
+    name = spin_imgname("S1/Videos/Directions 1.54138969.mp4", 0, "h36m")
     assert name == "images/S1_Directions_1.54138969_000001.jpg"
     assert spin_keys([name], "h36m") == ["h36m/S1_Directions_1_54138969_000001"]
-    assert spin_imgname("images/im0001.jpg", None) == "images/im0001.jpg"
+    assert spin_imgname("images/im0001.jpg", None, "lsp") == "images/im0001.jpg"
+    # SPIN mpi_inf_3dhp.py: <seq>/imageFrames/video_<k>/frame_<frame + 1:06d>.jpg; the test set's files stay as named
+    assert (spin_imgname("S1/Seq2/imageSequence/video_4.avi", 9, "mpi-inf-3dhp")
+            == "S1/Seq2/imageFrames/video_4/frame_000010.jpg")
+    test_image = "mpi_inf_3dhp_test_set/TS1/imageSequence/img_000001.jpg"
+    assert spin_imgname(test_image, None, "mpi-inf-3dhp") == test_image
     video = tmp_path / "S1" / "Videos" / "Walk 1.x.mp4"
     video.parent.mkdir(parents=True)
     frames = [np.full((16, 16, 3), 40 * i, np.uint8) for i in range(4)]
     write_video(video, frames, fps=25)
-    wanted = [(video, spin_imgname("S1/Videos/Walk 1.x.mp4", i), i) for i in (2, 0)]
+    wanted = [(video, spin_imgname("S1/Videos/Walk 1.x.mp4", i, "h36m"), i) for i in (2, 0)]
     assert write_frames(wanted, tmp_path / "out") == 2
     with VideoFrames(video) as reader:
         for _, name, index in wanted:

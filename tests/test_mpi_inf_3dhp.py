@@ -4,6 +4,7 @@ keys that never collide, and damaged files as rejects that name them."""
 from __future__ import annotations
 
 import io
+import json
 import re
 import shutil
 from pathlib import Path
@@ -189,3 +190,35 @@ def test_annotation_frame_i_is_video_frame_i(root):
                 iou = [(moved & mask).sum() / (moved | mask).sum() for mask in masks]
                 assert int(np.argmax(iou)) == i and iou[i] > 0.3, (path, i, iou)
                 assert all(iou[i] > iou[j] + 0.1 for j in range(FRAMES) if j != i), (path, i, iou)
+
+
+def test_spin_export_names_and_extracts_frames_as_spins_preprocessing(root, tmp_path):
+    """SPIN's mpi_inf_3dhp.py extracts video_<k>.avi to <seq>/imageFrames/video_<k>/frame_<i + 1:06d>.jpg and names
+    rows by that path; the export names train frames so, ``extract_frames`` writes them (the decoded video frame),
+    and the test set's JPEGs keep their own names."""
+    from fits.exports import export_spin_datasets
+    from fits.table import FitsTable
+
+    outputs = read(root, "train") + read(root, "test")
+    write_shards(outputs, tmp_path / "shards", ShardConfig())
+    table = FitsTable.create(tmp_path / "fits")
+    summary = export_spin_datasets(table, tmp_path / "shards", tmp_path / "npz", extract_frames=tmp_path / "frames")
+    files = {(f["dataset"], f["split"]): Path(f["path"]) for f in summary["files"]}
+    assert files[("mpi-inf-3dhp", "train")].name == "mpi_inf_3dhp_train.npz"   # SPIN's file name
+    keys = {Path(f["path"]).stem: json.loads(Path(f["path"]).with_suffix(".fitloop.json").read_text())["keys"]
+            for f in summary["files"]}
+    train = np.load(files[("mpi-inf-3dhp", "train")])
+    names = [str(n) for n in train["imgname"]]
+    video_people = [o for o in outputs if isinstance(o, PersonRecord) and o.image_frame is not None]
+    assert summary["frames"] == len(names) == len(video_people) > 0
+    for key, name in zip(keys["mpi_inf_3dhp_train"], names):
+        subject, sequence, camera, frame = re.fullmatch(r"mpi-inf-3dhp/(S\d)_(Seq\d)_c(\d+)_(\d{6})", key).groups()
+        assert name == f"{subject}/{sequence}/imageFrames/video_{camera}/frame_{frame}.jpg"
+        written = np.asarray(Image.open(tmp_path / "frames" / name).convert("RGB"), np.float64)
+        with VideoFrames(root / f"{subject}/{sequence}/imageSequence/video_{camera}.avi") as video:
+            decoded = np.asarray(video.frame(int(frame) - 1), np.float64)
+        assert np.abs(written - decoded).mean() < 2   # the same frame, through JPEG at quality 95
+    test_names = [str(n) for f, p in files.items() if f[0] == "mpi-inf-3dhp" and f[1] != "train"
+                  for n in np.load(p)["imgname"]]
+    assert test_names and all(re.fullmatch(r"mpi_inf_3dhp_test_set/TS\d/imageSequence/img_\d{6}\.jpg", n)
+                              and (root / n).is_file() for n in test_names)

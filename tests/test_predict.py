@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy.ndimage import distance_transform_edt
 
 from core.frames import FIT_CENTER, FIT_FOCAL, FIT_FRAME_OFFSET, FIT_RES
+from core.joints import COCO_JOINTS, OPENPOSE_NAMES
 from fitloop.cli import main
 from fitting.body_model import load_body_model
 from fitting.priors import MaxMixturePrior
@@ -19,6 +21,9 @@ from training.config import TrainConfig
 from training.heads import head_of
 from training.predict import image_camera
 from training.regressor import mean_params_from_prior
+
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+COCO_IMAGE, COCO_IMAGE_ID = "000000000785.jpg", 785   # the fixture README: one skier, all 17 keypoints
 
 
 def test_the_crop_camera_is_a_pinhole_at_the_box_centre_in_the_image():
@@ -110,3 +115,79 @@ def test_spins_checkpoint_layout_loads_into_the_hmr_head(tmp_path, capsys):
     assert main(args + ["--body-model", "open-small"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["checkpoint_kind"] == "spin" and record["head"] == "hmr" and record["img_res"] == 224
+
+
+def coco_to_body25(name: str) -> str:
+    """The BODY_25 slot of a COCO joint, by name (`core.joints`): "Left Shoulder" is "OP LShoulder", "Nose" "OP
+    Nose". OpenPose's BODY_25 hips are COCO's annotated hips (OpenPose trained them on COCO)."""
+    op = "OP " + name.replace("Left ", "L").replace("Right ", "R")
+    assert op in OPENPOSE_NAMES, name
+    return op
+
+
+def coco_person(tmp_path: Path) -> tuple[Path, list[float], Path, np.ndarray]:
+    """The fixture image, its person's annotated bbox [x, y, w, h] px, an OpenPose --write_json file of its 17
+    keypoints in their BODY_25 slots (visible or occluded: confidence 1), and those keypoints (17, 3)."""
+    if not (FIXTURES / "coco" / COCO_IMAGE).is_file():
+        pytest.skip(f"the real COCO fixture image is not at {FIXTURES / 'coco' / COCO_IMAGE} (../shared/fixtures)")
+    annotations = json.loads((FIXTURES / "coco" / "test_coco.json").read_text())["annotations"]
+    (person,) = [a for a in annotations if a["image_id"] == COCO_IMAGE_ID]
+    coco = np.asarray(person["keypoints"], np.float64).reshape(len(COCO_JOINTS), 3)
+    body25 = np.zeros((len(OPENPOSE_NAMES), 3))
+    for name, (x, y, v) in zip(COCO_JOINTS, coco):
+        body25[OPENPOSE_NAMES.index(coco_to_body25(name))] = (x, y, 1.0 if v > 0 else 0.0)
+    path = tmp_path / "785_keypoints.json"
+    path.write_text(json.dumps({"version": 1.3, "people": [{"pose_keypoints_2d": body25.reshape(-1).tolist()}]}))
+    return FIXTURES / "coco" / COCO_IMAGE, person["bbox"], path, coco
+
+
+def mesh_pixels(picture: Path, width: int) -> np.ndarray:
+    """(H, W) bool: where the overlay half of a predict picture differs from the plain image half."""
+    pixels = np.asarray(Image.open(picture).convert("RGB")).astype(int)
+    return (pixels[:, width:] != pixels[:, :width]).any(axis=-1)
+
+
+@pytest.mark.parametrize("head", ["hmr", "keypoints"])
+def test_predict_on_a_real_coco_image(tmp_path, capsys, head):
+    """`fitloop predict` on a real COCO photo: from the person's annotated bbox (the ResNet head), and from its
+    keypoints written as OpenPose's json (the keypoints head, refined by SMPLify). The mesh is drawn in the
+    person's box, the json and the .obj describe the same mesh, and the refined fit reprojects onto the person."""
+    image, (x, y, w, h), keypoints, coco = coco_person(tmp_path)
+    ckpt = checkpoint(tmp_path, head)
+    out = tmp_path / "out"
+    where = (["--bbox", f"{x},{y},{w},{h}"] if head == "hmr" else ["--keypoints", str(keypoints), "--refine"])
+    assert main(["predict", str(image), "--checkpoint", str(ckpt), *where, "--out", str(out), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    width, height = Image.open(image).size
+    assert Image.open(out / "000000000785.png").size == (2 * width, height)
+    drawn = mesh_pixels(out / "000000000785.png", width)
+    rows, cols = np.nonzero(drawn)
+    # SPIN's square box around the person (1.2 x the larger side): where the crop camera puts the body
+    side = 200.0 * record["scale"]
+    assert record["head"] == head and record["refined"] == (head == "keypoints")
+    assert drawn.sum() > 0.05 * w * h
+    assert np.mean(np.abs(cols - record["center"][0]) <= side / 2) > 0.99
+    assert np.mean(np.abs(rows - record["center"][1]) <= side / 2) > 0.99
+    if head == "hmr":   # the box the user gave is the one cropped
+        np.testing.assert_allclose(record["center"], [x + w / 2, y + h / 2])
+        assert record["scale"] == pytest.approx(1.2 * max(w, h) / 200)
+    else:   # SMPLify's fit lands on the person: its joints reproject near the annotated ones, and every annotated
+        # keypoint is on the drawn mesh or a few px off it (a thin limb, COCO's surface hips)
+        fitted = np.asarray(record["keypoints_image"])
+        slots = [OPENPOSE_NAMES.index(coco_to_body25(n)) for n in COCO_JOINTS]
+        error = np.linalg.norm(fitted[slots] - coco[:, :2], axis=1)
+        assert np.median(error) < 0.05 * h, error
+        u, v = np.round(coco[:, :2]).astype(int).T
+        off_mesh = distance_transform_edt(~drawn)[v, u]
+        assert (off_mesh == 0).mean() > 0.75 and off_mesh.max() < 0.05 * h, off_mesh
+    lines = (out / "000000000785.obj").read_text().splitlines()
+    vertices = np.array([[float(v) for v in line.split()[1:]] for line in lines if line.startswith("v ")])
+    assert len(vertices) == len(load_body_model("open-small").layer.v_template)
+    assert sum(line.startswith("f ") for line in lines) == len(load_body_model("open-small").faces)
+    # the .obj is the mesh the picture draws: through the image camera the json names, inside the drawn region
+    focal, principal = record["image_camera"]["focal"], np.asarray(record["image_camera"]["principal"])
+    px = np.round(focal * vertices[:, :2] / vertices[:, 2:] + principal).astype(int)
+    inside = (px[:, 0] >= 0) & (px[:, 0] < width) & (px[:, 1] >= 0) & (px[:, 1] < height)
+    near = np.zeros_like(drawn)
+    near[1:-1, 1:-1] = drawn[1:-1, 1:-1] | drawn[:-2, 1:-1] | drawn[2:, 1:-1] | drawn[1:-1, :-2] | drawn[1:-1, 2:]
+    assert inside.mean() > 0.99 and near[px[inside, 1], px[inside, 0]].mean() > 0.95

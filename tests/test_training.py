@@ -399,6 +399,9 @@ def test_a_run_writes_fits_at_checkpoints_and_epoch_ends_and_logs_metrics(refere
     loop_rows = log.filter(__import__("pyarrow.compute", fromlist=["x"]).equal(log["source"], "loop"))
     assert loop_rows.num_rows >= 8 and set(loop_rows["run_id"].to_pylist()) == {"test-run"}  # measured: 12 of 24
     assert (run / "curves.png").is_file() and (run / "train_log.csv").is_file()
+    # one overlay grid per evaluation (the 4 held-out crops: 4 cells of 32 px, 4 px apart)
+    assert sorted(p.name for p in (run / "overlays").iterdir()) == [f"step_{s:07d}.png" for s in (0, 3, 6)]
+    assert __import__("PIL.Image").Image.open(run / "overlays" / "step_0000006.png").size == (4 * 32 + 3 * 4, 32)
 
 
 # --- the invariant the fits table rests on ------------------------------------------------------------------------

@@ -101,6 +101,7 @@ from training.data import MixedShardStream, parse_mix, train_sample_count
 from training.evaluate import evaluate_network
 from training.heads import Head, head_of
 from training.mask_loss import MaskConsistency, grid_res
+from training.overlays import OVERLAY_SAMPLES, first_items, overlay_grid
 from training.regressor import heads_for_family, mean_params_from_npz, mean_params_from_prior
 from training.resnet import load_imagenet_weights
 from training.run_folder import check_new_run, claim, resume_point
@@ -531,6 +532,13 @@ def evaluate(run: Run, store: FitsStore, pos: Position, epoch: int, started: flo
                                               generator=torch.Generator().manual_seed(run.config.seed))
         net = evaluate_network(run.raw_model, run.body, batches, run.device, run.autocast,
                                run.config.eval_max_samples, wholebody=run.wholebody, head=run.head)
+        # its own generator: an iterator must not draw from the global RNG (a resumed run's dropout masks)
+        shown = first_items(torch.utils.data.DataLoader(run.eval_reader, batch_size=OVERLAY_SAMPLES, num_workers=0,
+                                                        generator=torch.Generator().manual_seed(run.config.seed)),
+                            OVERLAY_SAMPLES)
+        if shown is not None:
+            run.log.log_overlays(pos.step, overlay_grid(run.raw_model, run.body, shown, run.device, run.autocast,
+                                                        run.head, run.config.img_res, run.wholebody))
     row = run.log.log_evaluation(epoch, pos.step, pos.fits_version, fits, net, time.time() - started)
     _say(run, describe_evaluation(row), echo=False)  # log_evaluation echoed it
     barrier(run)

@@ -8,9 +8,14 @@ Files in the run folder:
   examples that supervise (``valid``) and of those the fit filter kept from it (``fits_filtered``), and the time
   in each part of the step (ms, averaged over the rows' steps).
 * ``curves.png``: fits-table PA-MPJPE per fits version and network (PA-)MPJPE per epoch, redrawn after each
-  evaluation. ``tensorboard/``: the same scalars, when the ``tensorboard`` package is installed.
+  evaluation.
+* ``overlays/step_<step, 7 digits>.png``: at each evaluation with held-out shards, the network's meshes over the
+  first held-out crops (`training.overlays`), one grid.
+* ``tensorboard/``: the same scalars and each overlay grid (image ``net/overlays`` at the evaluation's step), when
+  the ``tensorboard`` package is installed (the ``tensorboard`` extra: ``pip install fitloop[tensorboard]``).
 
-On resume, rows past the checkpoint's step are dropped (they belong to the part of the run that is redone).
+On resume, rows past the checkpoint's step are dropped (they belong to the part of the run that is redone); an
+overlay picture of a redone evaluation is drawn again under the same name.
 """
 from __future__ import annotations
 
@@ -18,6 +23,9 @@ import csv
 import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+import numpy as np
+from PIL import Image
 
 METRIC_COLUMNS = ("epoch", "step", "fits_version", "fits_pa_mpjpe_mm", "fits_mpjpe_mm", "fits_samples",
                   "net_pa_mpjpe_mm", "net_mpjpe_mm", "net_samples", "wall_s")
@@ -33,9 +41,15 @@ WHOLEBODY_TRAIN_COLUMNS = ("keypoints_wholebody", "hand_pose", "jaw_pose", "expr
 IMAGE_TERMS = ("mask", "dsr_mc", "dsr_c")
 PARTS = ("data", "network", "smplify", "write_back")
 # the run folder's log files (module docstring)
-METRICS_CSV, BY_DATASET_CSV, TRAIN_CSV, CURVES_PNG, TENSORBOARD_DIR = (
-    "metrics.csv", "metrics_by_dataset.csv", "train_log.csv", "curves.png", "tensorboard")
-LOG_FILES = (METRICS_CSV, BY_DATASET_CSV, TRAIN_CSV, CURVES_PNG, TENSORBOARD_DIR)
+METRICS_CSV, BY_DATASET_CSV, TRAIN_CSV, CURVES_PNG, OVERLAYS_DIR, TENSORBOARD_DIR = (
+    "metrics.csv", "metrics_by_dataset.csv", "train_log.csv", "curves.png", "overlays", "tensorboard")
+LOG_FILES = (METRICS_CSV, BY_DATASET_CSV, TRAIN_CSV, CURVES_PNG, OVERLAYS_DIR, TENSORBOARD_DIR)
+OVERLAYS_TAG = "net/overlays"   # the TensorBoard image of the overlay grids
+
+
+def overlay_path(run_dir: Path, step: int) -> Path:
+    """Where the overlay grid of the evaluation at ``step`` goes (module docstring)."""
+    return Path(run_dir) / OVERLAYS_DIR / f"step_{step:07d}.png"
 
 
 class CsvLog:
@@ -173,6 +187,21 @@ class RunLog:
         if self.echo is not None:
             self.echo(describe_evaluation(row))
         return row
+
+    def log_overlays(self, step: int, picture: Image.Image) -> Path | None:
+        """Write one evaluation's overlay grid (`training.overlays.overlay_grid`) as `overlay_path` and, with
+        TensorBoard, as the image `OVERLAYS_TAG` at ``step``; returns the PNG's path (None when not rank 0)."""
+        if not self.enabled:
+            return None
+        path = overlay_path(self.run_dir, step)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        picture.save(tmp, format="PNG")
+        tmp.replace(path)
+        if self.writer is not None:
+            self.writer.add_image(OVERLAYS_TAG, np.asarray(picture.convert("RGB")), step, dataformats="HWC")
+            self.writer.flush()
+        return path
 
     def close(self) -> None:
         if self.writer is not None:

@@ -139,8 +139,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "(default) or ply with --meshes")
     export.add_argument("--out", type=Path, help="the .npy to write (with --spin-npz); the folder (with --shards)")
     export.add_argument("--extract-frames", type=Path, metavar="DIR", default=None,
-                        help="with --shards: write the video frames the .npz files name (SPIN's images/<name>.jpg) "
-                             "under DIR")
+                        help="with --shards: write the video frames the .npz files name, as DIR/<imgname> (SPIN's "
+                             "names: Human3.6M images/<name>.jpg, MPI-INF-3DHP <seq>/imageFrames/video_<k>/"
+                             "frame_<n>.jpg)")
     export.add_argument("--pixel-offset", type=float, default=None,
                         help="with --shards: px added to part and center (default: SPIN's for the dataset: 1 for "
                              "LSP, HR-LSPET, MPII; else 0)")
