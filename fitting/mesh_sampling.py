@@ -14,8 +14,9 @@ vertices, a coarse mesh of 1,723 made by quadric-error half-edge collapse, and
 `build_sampling` does the same for any triangle mesh: COMA's ``qslim_decimator_transformer`` (Garland and
 Heckbert's quadrics, SIGGRAPH 1997, summed per vertex from the planes of its faces; an edge collapses into the
 endpoint whose position costs least under the two quadrics summed; the kept vertex takes the sum), with a lazy
-heap instead of COMA's list scans (the same collapses, in seconds instead of minutes; ties broken by vertex
-index, so the build is deterministic). Collapses stop when ``target`` vertices remain in the faces.
+heap instead of COMA's list scans (the same rule, in seconds instead of minutes; a collapse re-queues its
+kept vertex's edges at their new costs, where COMA renames the queued ones; ties broken by vertex index, so the
+build is deterministic). Collapses stop when ``target`` vertices remain in the faces.
 
 Files: fitloop's own are ``.npz`` of plain arrays (no pickles): the three matrices in CSR parts
 (``{d,u,a}_data/_indices/_indptr/_shape``) and the coarse faces. GraphCMR's official file holds lists of scipy
@@ -285,7 +286,7 @@ def _npy_pickle(archive: zipfile.ZipFile, member: str, path: Path) -> object:
     _, _, dtype = header(stream)
     if dtype != np.dtype(object):
         return np.load(io.BytesIO(raw), allow_pickle=False)
-    return safe_pickle.loads(raw[stream.tell():], f"{path}:{member}")
+    return safe_pickle.loads(raw[stream.tell():], f"{path}:{member}", sparse=True)
 
 
 def _graphcmr_sampling(archive: zipfile.ZipFile, path: Path) -> MeshSampling:
@@ -295,7 +296,7 @@ def _graphcmr_sampling(archive: zipfile.ZipFile, path: Path) -> MeshSampling:
     if len(levels["A"]) < 2 or not levels["U"] or not levels["D"]:
         raise ModelFileError(f"{path}: GraphCMR's layout needs A with 2 levels and U, D with 1; found "
                              f"{', '.join(f'{k}: {len(v)}' for k, v in levels.items())}")
-    d, u, a = (sp.csr_matrix(np.asarray(m, np.float64)) for m in (levels["D"][0], levels["U"][0], levels["A"][1]))
+    d, u, a = (sp.csr_matrix(m, dtype=np.float64) for m in (levels["D"][0], levels["U"][0], levels["A"][1]))
     a = ((a + a.T) > 0).astype(np.float64).tocsr()
     a.setdiag(0)
     a.eliminate_zeros()
