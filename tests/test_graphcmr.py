@@ -171,3 +171,24 @@ def test_the_head_without_sampling_matrices_says_what_to_pass(tmp_path, capsys):
     assert main(["train", "--run-dir", str(tmp_path / "r"), "--shards", str(tmp_path), "--fits", str(tmp_path / "f"),
                  "--head", "graphcmr", "--graph-channels", "20"]) == 1
     assert "graph_channels a multiple of 16" in capsys.readouterr().err
+
+
+def test_fitloop_predict_reads_a_graphcmr_checkpoint(tmp_path, capsys, mean):
+    from PIL import Image
+
+    from fitloop.cli import main
+    from training.checkpoint import save_checkpoint
+
+    config = TrainConfig(body_model="open-small", head="graphcmr", backbone=18, img_res=64, graph_layers=1,
+                         graph_channels=32)
+    torch.manual_seed(0)
+    model = head_of("graphcmr").build(mean, config)
+    ckpt = save_checkpoint(tmp_path / "run", {"model": model.state_dict(), "step": 1, "head": "graphcmr",
+                                              "body_model_id": load_body_model("open-small").model_id,
+                                              "config": config.to_dict()})
+    Image.fromarray(np.full((300, 200, 3), 90, np.uint8)).save(tmp_path / "a.jpg")
+    assert main(["predict", str(tmp_path / "a.jpg"), "--checkpoint", str(ckpt), "--bbox", "20,20,160,260",
+                 "--out", str(tmp_path / "out"), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["head"] == "graphcmr" and len(record["pose"]) == 72
+    assert (tmp_path / "out" / "a.obj").read_text().count("\nv ") == 1229

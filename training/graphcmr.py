@@ -29,7 +29,8 @@ Differences, each so the head fits the loop as the others do (`training.heads`):
 6D (Zhou et al., CVPR 2019), not GraphCMR's 3 × 3 + SVD, whose gradient is undefined at repeated singular values
 (which an identity start has); the pose, betas and camera are deltas from the mean parameters, their last layers
 Xavier-uniform with gain 0.01 (an untrained network predicts the mean body, so SMPLify in the loop starts from a
-body); GraphCMR's camera has no such offset.
+body); GraphCMR's camera has no such offset. The parametric branch's keypoint losses also reach the camera
+(GraphCMR projects that branch with the camera detached).
 
 Losses (``train/trainer.py``): GraphCMR trains the graph's mesh with an L1 per-vertex loss against the target mesh
 and 2D / 3D keypoint losses on the joints regressed from that mesh, and the parametric branch with the same plus
