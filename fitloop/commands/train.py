@@ -40,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "are appended to the fits table at every checkpoint and epoch end; every epoch the fits table "
                     "and the network are evaluated (MPJPE, PA-MPJPE) into RUN/metrics.csv and RUN/curves.png. "
                     "Defaults are SPIN's (docs/training.md). --head keypoints trains Pavlakos 2018's network "
-                    "(2D keypoints and mask in) instead of the ResNet; --mask-weight adds a mask consistency loss of "
+                    "(2D keypoints and mask in) instead of the ResNet, --head graphcmr GraphCMR's graph CNN on a "
+                    "coarse mesh (Kolotouros 2019); --mask-weight adds a mask consistency loss of "
                     "the predicted mesh, --dsr-mc-weight and --dsr-c-weight DSR's semantic losses. Works under torchrun (shards split by node).")
     parser.add_argument("--shards", type=Path, nargs="+", help="training shard sets")
     parser.add_argument("--fits", type=Path, help="the fits table (created when missing)")
