@@ -16,7 +16,8 @@ Heckbert's quadrics, SIGGRAPH 1997, summed per vertex from the planes of its fac
 endpoint whose position costs least under the two quadrics summed; the kept vertex takes the sum), with a lazy
 heap instead of COMA's list scans (the same rule, in seconds instead of minutes; a collapse re-queues its
 kept vertex's edges at their new costs, where COMA renames the queued ones; ties broken by vertex index, so the
-build is deterministic). Collapses stop when ``target`` vertices remain in the faces.
+build is deterministic). Collapses stop when ``target`` vertices remain in the faces. Numpy and scipy only (no
+mesh library: trimesh is the open-model extra's; the tests check the closest points against it).
 
 Files: fitloop's own are ``.npz`` of plain arrays (no pickles): the three matrices in CSR parts
 (``{d,u,a}_data/_indices/_indptr/_shape``) and the coarse faces. GraphCMR's official file holds lists of scipy

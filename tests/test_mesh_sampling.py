@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
-import trimesh
 
 from core.errors import UnsafePickleError
 from fitting.mesh_sampling import (
     GRAPHCMR_VERTICES,
+    _closest_on_triangles,
     build_for_model,
     build_sampling,
     committed_path,
@@ -55,7 +55,17 @@ def test_matrices_have_comas_structure():
     assert a.nnz == 2 * len(edges)
 
 
+def test_closest_points_are_trimeshs():
+    trimesh = pytest.importorskip("trimesh")                                   # the open-model extra
+    rng = np.random.default_rng(0)
+    tri, points = rng.normal(size=(2000, 3, 3)), 2 * rng.normal(size=(2000, 3))
+    weights = _closest_on_triangles(points, tri)
+    assert np.allclose(weights.sum(1), 1) and weights.min() >= -1e-12
+    assert np.allclose(np.einsum("nk,nkd->nd", weights, tri), trimesh.triangles.closest_point(tri, points), atol=1e-9)
+
+
 def test_decimation_keeps_a_closed_surface_and_reconstructs_a_sphere():
+    trimesh = pytest.importorskip("trimesh")
     sphere = trimesh.creation.icosphere(subdivisions=4)                        # 2562 vertices, radius 1
     sampling = build_sampling(sphere.vertices, sphere.faces, 640)
     assert sampling.num_coarse == 640
@@ -66,6 +76,7 @@ def test_decimation_keeps_a_closed_surface_and_reconstructs_a_sphere():
 
 
 def test_decimation_is_deterministic():
+    trimesh = pytest.importorskip("trimesh")
     sphere = trimesh.creation.icosphere(subdivisions=3)
     assert np.array_equal(decimate(sphere.vertices, sphere.faces, 200), decimate(sphere.vertices, sphere.faces, 200))
 
