@@ -78,6 +78,16 @@ def test_the_head_starts_at_the_mean_parameters_and_upsamples_its_mesh(body, sam
         GraphCMR(mean, load_sampling(committed_path("open")), body.layer.v_template.numpy(), **SMALL)
 
 
+def test_the_head_runs_under_bfloat16_autocast(body, sampling, mean):
+    """The training loop's CUDA autocast, exercised on the CPU: the sparse products and GroupNorms mix dtypes."""
+    model = GraphCMR(mean, sampling, body.layer.v_template.double().numpy(), **SMALL)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(2, 3, 32, 32))
+    assert out.vertices.dtype == out.rotmat.dtype == torch.float32 and torch.isfinite(out.vertices).all()
+    (out.vertices.sum() + out.rotmat.sum()).backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+
+
 def test_a_mesh_has_the_body_models_joints_at_rest_and_near_them_posed(body):
     """GraphCMR's ``SMPL.get_joints``: the joint regressor on the mesh, which is the body's own joints at rest; a
     posed body's kinematic joints come from its skeleton, a few cm from the regressor on the posed mesh."""
