@@ -373,8 +373,8 @@ class _Resolver:
     (a shared reference gets the same result), counting the expanded size exactly; refuses cycles, nesting past
     `MAX_DEPTH` and an expanded size past ``limit``."""
 
-    def __init__(self, source: str, limit: int) -> None:
-        self.source, self.limit = source, limit
+    def __init__(self, source: str, limit: int, sparse: bool = False) -> None:
+        self.source, self.limit, self.sparse = source, limit, sparse
         self.done: dict[int, tuple[Any, Any, int]] = {}  # id -> (object, result, expanded size); keeps ids unique
         self.active: set[int] = set()
 
@@ -437,7 +437,7 @@ class _Resolver:
                     f"(Ch), not chumpy expressions, can be read without chumpy")
             return np.asarray(state["x"]), size
         if isinstance(obj, _SparseMatrix):
-            return _dense(state, self.source + where), size
+            return (_sparse if self.sparse else _dense)(state, self.source + where), size
         if isinstance(obj, _SklearnMixture):
             return state, size
         raise ModelFileError(f"{self.source}{where}: unreadable {obj.qualname} object")  # pragma: no cover
@@ -445,18 +445,26 @@ class _Resolver:
 
 def _dense(state: dict, where: str) -> np.ndarray:
     """A scipy sparse matrix's pickled state as a dense array, if its rows x cols are within MAX_DENSE_ELEMENTS."""
+    shape = tuple(state.get("_shape") or state.get("shape") or ())
+    if len(shape) == 2 and _element_count(shape, MAX_DENSE_ELEMENTS) > MAX_DENSE_ELEMENTS:
+        raise _Refused(f"a sparse matrix declares shape {_shape_text(shape)}, more than "
+                       f"{MAX_DENSE_ELEMENTS:,} elements when dense (a model's largest has 576,125)")
+    return _sparse(state, where).toarray()
+
+
+def _sparse(state: dict, where: str) -> Any:
+    """A scipy sparse matrix's pickled state as a scipy CSR matrix (its arrays are the file's, so no larger)."""
     try:
         import scipy.sparse as sp
         shape = tuple(state.get("_shape") or state["shape"])
-        if len(shape) != 2 or _element_count(shape, MAX_DENSE_ELEMENTS) > MAX_DENSE_ELEMENTS:
-            raise _Refused(f"a sparse matrix declares shape {_shape_text(shape)}, more than "
-                           f"{MAX_DENSE_ELEMENTS:,} elements when dense (a model's largest has 576,125)")
+        if len(shape) != 2:
+            raise ValueError(f"shape {_shape_text(shape)} is not 2-D")
         fmt = state.get("format", "csc")
         if fmt == "coo":
             row, col = state.get("row", state.get("coords", (None, None))[0]), state.get("col")
-            return sp.coo_matrix((state["data"], (row, col)), shape=shape).toarray()
+            return sp.coo_matrix((state["data"], (row, col)), shape=shape).tocsr()
         cls = sp.csc_matrix if fmt == "csc" else sp.csr_matrix
-        return cls((state["data"], state["indices"], state["indptr"]), shape=shape).toarray()
+        return sp.csr_matrix(cls((state["data"], state["indices"], state["indptr"]), shape=shape))
     except (KeyError, TypeError, ValueError, IndexError) as err:
         raise ModelFileError(f"{where}: a scipy sparse matrix whose state could not be read ({err})") from None
 
@@ -465,14 +473,15 @@ _UNREADABLE = (pickle.UnpicklingError, EOFError, AttributeError, ValueError, Typ
                OverflowError, struct.error, _Malformed)
 
 
-def loads(data: bytes, source: str = "<bytes>") -> Any:
+def loads(data: bytes, source: str = "<bytes>", *, sparse: bool = False) -> Any:
     """Unpickle `data` with the allow-list and the bounds of the module docstring; chumpy arrays and sparse
-    matrices come back as numpy arrays. `UnsafePickleError` for a refused global or a crossed bound,
-    `ModelFileError` for data that is not a readable pickle."""
+    matrices come back as numpy arrays (with ``sparse``, sparse matrices as scipy CSR matrices, not densified:
+    GraphCMR's 6,890 × 6,890 adjacency is past `MAX_DENSE_ELEMENTS`). `UnsafePickleError` for a refused global
+    or a crossed bound, `ModelFileError` for data that is not a readable pickle."""
     try:
         opcodes = _scan(data)
         obj = _RestrictedUnpickler(io.BytesIO(data), source, len(data)).load()
-        return _Resolver(source, expansion_limit(opcodes))(obj)[0]
+        return _Resolver(source, expansion_limit(opcodes), sparse)(obj)[0]
     except UnsafePickleError:
         raise
     except _Refused as err:

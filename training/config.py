@@ -23,6 +23,7 @@ from fitting.smplify import SMPLifyConfig
 from fitting.smplifyx import SMPLIFYX_STAGES, SMPLifyXConfig
 from shards.augment import AugmentConfig
 from shards.reader import ON_CORRUPT
+from training.graphcmr import GRAPH_CHANNELS, GRAPH_LAYERS
 from training.heads import DEFAULT_HEAD, HEADS
 from training.mask_loss import MASK_RES
 
@@ -49,6 +50,9 @@ class LossWeights:
         pose: rotation-matrix MSE against the fit's (or ground-truth) pose, 1.
         betas: MSE against the fit's betas, 0.001.
         shape: per-vertex L1 against the fit's mesh, 0 (off in SPIN).
+        graph_shape: the graphcmr head only: per-vertex L1 of its graph's mesh against the fit's mesh, 1
+            (GraphCMR's ``loss_shape``, weight 1 in its ``train/trainer.py``); that mesh's joints' 2D and 3D
+            losses are weighted by ``keypoint`` as the body's.
         openpose: confidence factor of the OpenPose joints (0–24) in the 2D loss, 0.
         gt: confidence factor of the dataset joints (25–48) in the 2D loss, 1.
         camera: weight of the camera regulariser mean(exp(−10 s)²), 1.
@@ -73,6 +77,7 @@ class LossWeights:
     pose: float = 1.0
     betas: float = 0.001
     shape: float = 0.0
+    graph_shape: float = 1.0
     openpose: float = 0.0
     gt: float = 1.0
     camera: float = 1.0
@@ -105,8 +110,12 @@ class TrainConfig:
         seed_missing_fits: fit the training samples that have no fit yet from the mean pose before training
             (SPIN's static fits), ``source="seed"``.
     Model:
-        head: the regressor design (`training.heads.HEADS`): "hmr" (SPIN's ResNet, default) or "keypoints"
-            (Pavlakos 2018: keypoints and mask in, no image).
+        head: the regressor design (`training.heads.HEADS`): "hmr" (SPIN's ResNet, default), "keypoints"
+            (Pavlakos 2018: keypoints and mask in, no image) or "graphcmr" (Kolotouros 2019: a graph CNN on the
+            image's features regresses a coarse mesh, the parameters follow from it).
+        mesh_sampling: the graphcmr head's down/upsampling matrices (`fitting.mesh_sampling`: fitloop's .npz, or
+            GraphCMR's ``mesh_downsampling.npz`` for a real SMPL); None: the committed file of an open model.
+            graph_layers, graph_channels: its graph CNN's residual blocks and width (GraphCMR's 5 and 256).
         mask_res: px, the mask and DSR losses' grid over the training crop (`training.mask_loss`): the largest
             divisor of img_res up to it (56 for 224).
         backbone: ResNet depth (50 as SPIN; 18 or 34 for CPU runs). pretrained: torchvision ImageNet weights file.
@@ -148,6 +157,9 @@ class TrainConfig:
     seed_missing_fits: bool = True
 
     head: str = DEFAULT_HEAD
+    mesh_sampling: str | None = None
+    graph_layers: int = GRAPH_LAYERS
+    graph_channels: int = GRAPH_CHANNELS
     mask_res: int = MASK_RES
     backbone: int = 50
     pretrained: str | None = None
@@ -194,8 +206,12 @@ class TrainConfig:
             problems.append("no fits table (--fits)")
         if self.head not in HEADS:
             problems.append(f"head must be one of {'/'.join(HEADS)}, got {self.head!r}")
-        elif self.pretrained and self.head != "hmr":
-            problems.append(f"pretrained ImageNet weights are for the hmr head's ResNet, not the {self.head} head")
+        elif self.pretrained and self.head not in ("hmr", "graphcmr"):
+            problems.append(f"pretrained ImageNet weights are for the hmr and graphcmr heads' ResNet, not the "
+                            f"{self.head} head")
+        if self.graph_layers < 0 or self.graph_channels < 16 or self.graph_channels % 16:
+            problems.append(f"graph_layers must be >= 0 and graph_channels a multiple of 16 (GroupNorm of c/8 "
+                            f"groups over c/2 channels), got {self.graph_layers} and {self.graph_channels}")
         if self.mask_res < 8 or min(self.loss.mask, self.loss.dsr_mc, self.loss.dsr_c) < 0:
             problems.append(f"mask_res must be >= 8 px and loss.mask, loss.dsr_mc, loss.dsr_c >= 0, got "
                             f"{self.mask_res}, {self.loss.mask}, {self.loss.dsr_mc} and {self.loss.dsr_c}")

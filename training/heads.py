@@ -11,9 +11,12 @@ A checkpoint records the head it holds (``head``); a resume or a load with anoth
                default; the only head with SMPL-X-layout (whole-body) heads.
 ``keypoints``  Pavlakos et al. 2018's PosePrior (2D keypoints -> pose, camera) and ShapePrior (mask -> shape)
                (`training.keypoint_regressor.KeypointRegressor`); no pixels, learns on CPU in minutes.
+``graphcmr``   Kolotouros et al. 2019's graph CNN on the image's ResNet features: a coarse mesh's vertices and
+               the camera, then the parameters from the vertices (`training.graphcmr.GraphCMR`); its mesh adds
+               GraphCMR's per-vertex and keypoint losses (`training.graphcmr.mesh_losses`).
 =============  ==================================================================================================
 
-A new head (issue 16: ``graphcmr``, ``volumetric``) is one more `Head` in `HEADS`.
+A new head (issue 16: ``volumetric``) is one more `Head` in `HEADS`.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor, nn
 
+from training import graphcmr
 from training.keypoint_regressor import KeypointRegressor
 from training.regressor import MeanParams, Regressor
 
@@ -31,13 +35,15 @@ from training.regressor import MeanParams, Regressor
 class Head:
     """A regressor design: ``inputs`` the reader item keys its network reads (its forward's arguments, in order);
     ``build(mean, config)`` its network (config: a `training.config.TrainConfig`); ``whole_body``: whether it has
-    SMPL-X-layout heads for an SMPL-X-layout body model."""
+    SMPL-X-layout heads for an SMPL-X-layout body model; ``terms``: the loss terms of its own that the step adds
+    (`training.step.compute_losses`) and the run logs."""
 
     name: str
     inputs: tuple[str, ...]
     build: Callable[[MeanParams, Any], nn.Module]
     whole_body: bool
     summary: str
+    terms: tuple[str, ...] = ()
 
     def arguments(self, items: Mapping[str, Tensor], device: torch.device,
                   rows: Tensor | None = None) -> tuple[Tensor, ...]:
@@ -61,6 +67,9 @@ HEADS: dict[str, Head] = {head.name: head for head in (
     Head("hmr", ("img",), _hmr, True, "SPIN's ResNet + HMR regressor on the image (default)"),
     Head("keypoints", ("keypoints", "mask", "has_mask"), _keypoints, False,
          "Pavlakos 2018: keypoints -> pose and camera, mask -> shape"),
+    Head("graphcmr", ("img",), graphcmr.build, False,
+         "Kolotouros 2019: ResNet features on a coarse mesh, graph CNN -> vertices, vertices -> parameters",
+         graphcmr.MESH_TERMS),
 )}
 DEFAULT_HEAD = "hmr"
 

@@ -128,7 +128,7 @@ def predict_image(loaded: LoadedRegressor, image: Image.Image, center: np.ndarra
     original-image px + confidence (`core.joints` slots) feed the keypoints head and SMPLify (``refine``)."""
     config = loaded.config
     kp = np.zeros((49, 3), np.float64) if keypoints is None else np.asarray(keypoints, np.float64)
-    if loaded.head.name != "hmr" and keypoints is None:
+    if "keypoints" in loaded.head.inputs and keypoints is None:
         raise FitloopError(f"the {loaded.head.name} head reads 2D keypoints: pass --keypoints")
     if refine and not (kp[:, 2] > 0).any():
         raise FitloopError("--refine fits SMPLify to 2D keypoints: pass --keypoints")

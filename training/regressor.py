@@ -113,7 +113,8 @@ class RegressorOutput:
     """rotmat (B, 24, 3, 3) [global orientation, 23 body joints], camera frame (heads "smplx": 22 regressed, slots
     22, 23 identity); betas (B, NB); camera (B, 3) weak perspective [s, tx, ty] in normalised crop units; pose6d
     (B, J × 6) the regressed body joints. Heads "smplx" only (else None): hand_rotmat (B, 30, 3, 3) left then
-    right hand, MANO order; jaw_rotmat (B, 1, 3, 3); expression (B, NE)."""
+    right hand, MANO order; jaw_rotmat (B, 1, 3, 3); expression (B, NE). vertices (B, V, 3): a head's own mesh,
+    model frame, metres (the graphcmr head's; else None)."""
 
     rotmat: Tensor
     betas: Tensor
@@ -122,6 +123,7 @@ class RegressorOutput:
     hand_rotmat: Tensor | None = None
     jaw_rotmat: Tensor | None = None
     expression: Tensor | None = None
+    vertices: Tensor | None = None
 
 
 class Regressor(ResNet):

@@ -36,6 +36,7 @@ TRAIN_COLUMNS = ("epoch", "step", "loss", "keypoints_2d", "keypoints_3d", "pose"
 # a run with whole-body heads (`training.regressor`) also logs its whole-body terms and how many loop fits were
 # whole-body fits (appended, so an SMPL run's log is as before)
 WHOLEBODY_TRAIN_COLUMNS = ("keypoints_wholebody", "hand_pose", "jaw_pose", "expression", "fits_wholebody")
+# a run whose head has its own loss terms (`training.heads.Head.terms`: graphcmr's) logs them last
 # a run with image losses on (`training.mask_loss`, `training.dsr_loss`) also logs each one that is on and the share
 # of the batch it reads (``<term>_samples``), in this order
 IMAGE_TERMS = ("mask", "dsr_mc", "dsr_c")
@@ -125,14 +126,15 @@ class RunLog:
 
     def __init__(self, run_dir: Path, *, tensorboard: bool = True, enabled: bool = True,
                  echo: Callable[[str], None] | None = None, wholebody: bool = False,
-                 image_terms: tuple[str, ...] = ()) -> None:
+                 image_terms: tuple[str, ...] = (), head_terms: tuple[str, ...] = ()) -> None:
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self.echo = echo
         self.metrics = CsvLog(self.run_dir / METRICS_CSV, METRIC_COLUMNS)
         self.by_dataset = CsvLog(self.run_dir / BY_DATASET_CSV, BY_DATASET_COLUMNS)
         self.train = CsvLog(self.run_dir / TRAIN_CSV, TRAIN_COLUMNS + (WHOLEBODY_TRAIN_COLUMNS if wholebody else ())
-                            + tuple(c for t in IMAGE_TERMS if t in image_terms for c in (t, f"{t}_samples")))
+                            + tuple(c for t in IMAGE_TERMS if t in image_terms for c in (t, f"{t}_samples"))
+                            + head_terms)
         self.writer = None
         self.tensorboard_note = "off"
         if enabled and tensorboard:

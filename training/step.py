@@ -74,6 +74,7 @@ from training.geometry import (
     rotmat_to_axis_angle,
     weak_perspective_to_translation,
 )
+from training.graphcmr import mesh_losses
 from training.heads import DEFAULT_HEAD, HEADS, Head
 from training.losses import (
     betas_loss,
@@ -156,7 +157,8 @@ class Prediction:
     """The network's output and what follows from it. rotmat (B, 24, 3, 3), betas (B, NB), camera (B, 3)
     [s, tx, ty]; cam_t (B, 3) metres; joints (B, 49, 3) and vertices (B, V, 3) model frame, metres;
     keypoints_2d (B, 49, 2) normalised. Whole-body heads only (else None): hand_rotmat (B, 30, 3, 3), jaw_rotmat
-    (B, 1, 3, 3), expression (B, NE); wholebody_2d (B, 161, 2) normalised, the whole body's points projected."""
+    (B, 1, 3, 3), expression (B, NE); wholebody_2d (B, 161, 2) normalised, the whole body's points projected.
+    mesh (B, V, 3): the head's own mesh, model frame, m (the graphcmr head's graph; else None)."""
 
     rotmat: Tensor
     betas: Tensor
@@ -169,6 +171,7 @@ class Prediction:
     jaw_rotmat: Tensor | None = None
     expression: Tensor | None = None
     wholebody_2d: Tensor | None = None
+    mesh: Tensor | None = None
 
 
 @dataclass
@@ -247,7 +250,8 @@ def predict(model: torch.nn.Module, body: BodyModel, inputs: Tensor | tuple[Tens
     if out.hand_rotmat is None:
         smpl = body(out.betas, out.rotmat[:, 1:], out.rotmat[:, :1], pose2rot=False)
         return Prediction(rotmat=out.rotmat, betas=out.betas, camera=out.camera, cam_t=cam_t, joints=smpl.joints,
-                          vertices=smpl.vertices, keypoints_2d=project_normalised(smpl.joints, cam_t))
+                          vertices=smpl.vertices, keypoints_2d=project_normalised(smpl.joints, cam_t),
+                          mesh=out.vertices)
     posed = wholebody.forward_rotmat(out.betas, out.expression, rotmats_of(out.rotmat, out.hand_rotmat,
                                                                            out.jaw_rotmat))
     joints = posed.points[:, :NUM_JOINTS]
@@ -483,7 +487,8 @@ def compute_losses(pred: Prediction, targets: Targets, batch: Batch, weights: Lo
                    body: BodyModel, point_weights: Tensor | None = None,
                    mask_loss: MaskConsistency | None = None) -> tuple[Tensor, dict[str, float]]:
     """SPIN's total loss ``scale · (shape·L_shape + kp·(L_2d + L_3d) + pose·L_pose + betas·L_betas + cam·L_cam)``
-    and its terms (floats, for the log). Whole-body heads add ``kp·L_wholebody + hand_pose·L_hands +
+    and its terms (floats, for the log). A head with its own mesh (``pred.mesh``: graphcmr) adds GraphCMR's
+    ``graph_shape·L_graph_shape + kp·(L_graph_2d + L_graph_3d)`` (`training.graphcmr.mesh_losses`). Whole-body heads add ``kp·L_wholebody + hand_pose·L_hands +
     jaw_pose·L_jaw + expression·L_expression`` (`training.losses`), the 2D term weighted per point by
     ``point_weights`` (161,) (`training.wholebody.part_weights`). With ``mask_loss`` (the body model's faces, the
     grid and, for DSR-MC, the faces' groups: `training.mask_loss.MaskConsistency`), the predicted meshes are drawn
@@ -501,11 +506,17 @@ def compute_losses(pred: Prediction, targets: Targets, batch: Batch, weights: Lo
     }
     total = (weights.keypoint * (terms["keypoints_2d"] + terms["keypoints_3d"]) + weights.pose * terms["pose"]
              + weights.betas * terms["betas"] + weights.camera * terms["camera"])
-    if weights.shape > 0:  # needs the target meshes: one more body-model pass, skipped at SPIN's weight 0
+    if weights.shape > 0 or pred.mesh is not None:  # one more body-model pass, skipped at SPIN's weight 0
         with torch.no_grad():
             target_vertices = body(targets.betas, targets.pose[:, 3:], targets.pose[:, :3]).vertices
+    if weights.shape > 0:
         terms["shape"] = shape_loss(pred.vertices, target_vertices, targets.valid)
         total = total + weights.shape * terms["shape"]
+    if pred.mesh is not None:  # the graphcmr head's graph mesh: GraphCMR's losses of it
+        terms |= mesh_losses(pred.mesh, pred.cam_t, target_vertices, targets.valid, batch.keypoints,
+                             batch.joints_3d, targets.has_3d, body, weights.openpose, weights.gt)
+        total = (total + weights.graph_shape * terms["graph_shape"]
+                 + weights.keypoint * (terms["graph_keypoints_2d"] + terms["graph_keypoints_3d"]))
     if mask_loss is not None and max(weights.mask, weights.dsr_mc, weights.dsr_c) > 0:
         # one render of the batch for the three (skipped at their default weights 0)
         picture = mask_loss.draw(pred.vertices, pred.cam_t, parts=weights.dsr_mc > 0)

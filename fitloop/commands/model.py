@@ -58,6 +58,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "smplx (both SMPL-X-layout files, open_smplx*.npz), smplx-small (only the small one)")
     build.set_defaults(func=cmd_build_open)
 
+    sampling = commands.add_parser(
+        "sampling", help="build GraphCMR's mesh down/upsampling matrices for a body model",
+        description="Build the coarse mesh, downsampling D, upsampling U and coarse adjacency A that the graphcmr "
+                    "head needs (fitting.mesh_sampling: COMA's quadric half-edge collapse, barycentric upsampling), "
+                    "deterministically, and print U·D's reconstruction error on the template and on the body posed "
+                    "at the pose prior's component means. The open models' files are committed in fitting/data; "
+                    "for a real SMPL, GraphCMR's own data/mesh_downsampling.npz is read as is (--mesh-sampling).")
+    sampling.add_argument("--model", default="open", help=MODEL_HELP)
+    sampling.add_argument("--vertices", type=int, default=None,
+                          help="coarse vertices (default: GraphCMR's 1723, or a quarter of a smaller mesh)")
+    sampling.add_argument("--out", type=Path, default=None,
+                          help="output .npz (default: the committed file of an open model; required otherwise)")
+    sampling.set_defaults(func=cmd_sampling)
+
 
 def cmd_info(args: argparse.Namespace) -> int:
     from fitting.body_model import load_body_model
@@ -126,4 +140,31 @@ def cmd_build_open(args: argparse.Namespace) -> int:
                 variants=variants).items()})
     for variant, path in written.items():
         print(f"{variant}: {path}")
+    return 0
+
+
+def cmd_sampling(args: argparse.Namespace) -> int:
+    import torch
+
+    from core.errors import FitloopError
+    from fitting.body_model import load_body_model
+    from fitting.mesh_sampling import build_for_model, committed_path, reconstruction_error, save_sampling
+    from fitting.priors import DEFAULT_PRIOR, MaxMixturePrior
+
+    out = args.out or committed_path(args.model)
+    if out is None:
+        raise FitloopError(f"--out is needed for body model {args.model} (only the open models have a committed "
+                           f"sampling file)")
+    sampling = build_for_model(args.model, args.vertices)
+    save_sampling(out, sampling)
+    body = load_body_model(args.model)
+    means = MaxMixturePrior.from_file(DEFAULT_PRIOR).means.detach().float()
+    betas = torch.zeros(len(means), body.num_betas)
+    with torch.no_grad():
+        posed = body(betas, means, torch.zeros(len(means), 3)).vertices.double().numpy()
+    template = body.layer.v_template.detach().double().numpy()[None]
+    print(f"wrote {out}: {sampling.num_vertices} -> {sampling.num_coarse} vertices, {len(sampling.faces)} faces")
+    for name, meshes in (("template", template), (f"posed at the {len(means)} prior means", posed)):
+        mean, worst = reconstruction_error(sampling, meshes)
+        print(f"  U·D reconstruction error, {name}: mean {1000 * mean:.2f} mm, max {1000 * worst:.1f} mm")
     return 0

@@ -15,6 +15,7 @@ _SCALARS = {
     "pose_prior": str, "epochs": int, "batch_size": int, "lr": float, "smplify_threshold": float,
     "smplify_device": str, "device": str, "amp": str, "seed": int, "checkpoint_every": int, "log_every": int,
     "eval_every_epochs": int, "shuffle_buffer": int, "mix": str, "run_id": str, "head": str, "mask_res": int,
+    "mesh_sampling": str, "graph_layers": int, "graph_channels": int,
 }
 # TrainConfig field -> its flag, where the name differs (for messages)
 _FLAGS = {"shards": "--shards", "fits": "--fits", "eval_shards": "--eval-shards", "train_splits": "--train-splits",
@@ -26,7 +27,8 @@ _FLAGS = {"shards": "--shards", "fits": "--fits", "eval_shards": "--eval-shards"
           "fit_filter.max_pose_prior": "--max-pose-prior",
           "fit_filter.max_candidate_spread_mm": "--max-candidate-spread",
           "smplifyx_stage_iterations": "--smplifyx-iters", "smplifyx_camera_iterations": "--smplifyx-camera-iters",
-          "loss.mask": "--mask-weight", "loss.dsr_mc": "--dsr-mc-weight", "loss.dsr_c": "--dsr-c-weight"}
+          "loss.mask": "--mask-weight", "loss.dsr_mc": "--dsr-mc-weight", "loss.dsr_c": "--dsr-c-weight",
+          "loss.graph_shape": "--graph-shape-weight"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "are appended to the fits table at every checkpoint and epoch end; every epoch the fits table "
                     "and the network are evaluated (MPJPE, PA-MPJPE) into RUN/metrics.csv and RUN/curves.png. "
                     "Defaults are SPIN's (docs/training.md). --head keypoints trains Pavlakos 2018's network "
-                    "(2D keypoints and mask in) instead of the ResNet; --mask-weight adds a mask consistency loss of "
+                    "(2D keypoints and mask in) instead of the ResNet, --head graphcmr GraphCMR's graph CNN on a "
+                    "coarse mesh (Kolotouros 2019); --mask-weight adds a mask consistency loss of "
                     "the predicted mesh, --dsr-mc-weight and --dsr-c-weight DSR's semantic losses. Works under torchrun (shards split by node).")
     parser.add_argument("--shards", type=Path, nargs="+", help="training shard sets")
     parser.add_argument("--fits", type=Path, help="the fits table (created when missing)")
@@ -63,8 +66,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--mix", help='dataset groups and shares, e.g. "h36m=0.3;lsp-orig,mpii,lspet,coco,*=0.6;'
                                       'mpi-inf-3dhp=0.1" (SPIN\'s, the default)')
     parser.add_argument("--head",
-                        help="the regressor (training.heads): hmr (SPIN's ResNet on the image, default) or keypoints (Pavlakos 2018: "
-                             "2D keypoints -> pose and camera, mask -> shape; learns on CPU)")
+                        help="the regressor (training.heads): hmr (SPIN's ResNet on the image, default), keypoints (Pavlakos 2018: "
+                             "2D keypoints -> pose and camera, mask -> shape; learns on CPU) or graphcmr (Kolotouros "
+                             "2019: a graph CNN regresses a coarse mesh from the image's features, the parameters "
+                             "follow from the mesh)")
+    parser.add_argument("--mesh-sampling",
+                        help="graphcmr: down/upsampling matrices (fitloop model sampling's .npz, or GraphCMR's "
+                             "data/mesh_downsampling.npz for a real SMPL; default: the open models' committed files)")
+    parser.add_argument("--graph-layers", type=int, help="graphcmr: residual graph blocks (default 5, GraphCMR's)")
+    parser.add_argument("--graph-channels", type=int, help="graphcmr: graph width (default 256, GraphCMR's)")
+    parser.add_argument("--graph-shape-weight", type=float,
+                        help="graphcmr: weight of the per-vertex L1 of the graph's mesh against the fit's (default 1)")
     parser.add_argument("--mask-weight", type=float,
                         help="weight of the mask consistency loss of the predicted mesh against the samples' person "
                              "masks (Pavlakos 2018; default 0: off)")
@@ -179,7 +191,8 @@ def _with_flags(base, args: argparse.Namespace):
     if args.smplify_iters:
         field = "iterations" if smplify.mode == "reference" else "body_iterations"
         smplify = dataclasses.replace(smplify, **{field: args.smplify_iters})
-    weights = {"mask": args.mask_weight, "dsr_mc": args.dsr_mc_weight, "dsr_c": args.dsr_c_weight}
+    weights = {"mask": args.mask_weight, "dsr_mc": args.dsr_mc_weight, "dsr_c": args.dsr_c_weight,
+               "graph_shape": args.graph_shape_weight}
     loss = dataclasses.replace(base.loss, **{name: w for name, w in weights.items() if w is not None})
     return dataclasses.replace(base, smplify=smplify, loss=loss, fit_filter=fit_filter_from(args, base.fit_filter),
                                **values)
