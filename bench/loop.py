@@ -28,6 +28,7 @@ CPU time of each arm. Written: ``loop.json`` (every number and the settings), ``
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -43,6 +44,7 @@ from fits.seeding import SeedConfig, seed_fits
 from fitting.smplify import SMPLifyConfig
 from training.config import TrainConfig
 from training.loop import train
+from training.run_log import TRAIN_CSV
 
 ARMS = {  # arm -> what it changes in the shared TrainConfig
     "static": {"run_smplify": False},
@@ -60,7 +62,7 @@ class LoopBench:
 
     people: int = 320             # training people (CMU dev subjects)
     held_out: int = 100           # held-out people for the network (CMU test subjects)
-    epochs: int = 8
+    epochs: int = 24
     batch_size: int = 16
     lr: float = 3e-4
     steps_per_epoch: int | None = None   # None: people / batch_size
@@ -100,21 +102,34 @@ def run(out: Path, bench: LoopBench = LoopBench(), *, progress: bool = False) ->
             shards=(str(shards),), fits=str(fits), run_dir=str(run_dir), run_id=f"ablation-{arm}", head="keypoints",
             body_model=bench.body_model, img_res=IMG_RES, mix="*=1", ignore_3d_datasets=(DATASET,),
             batch_size=bench.batch_size, epochs=bench.epochs, steps_per_epoch=bench.steps_per_epoch, lr=bench.lr,
-            smplify=smplify, num_workers=0, seed=bench.seed, checkpoint_every=10_000, log_every=10,
+            smplify=smplify, num_workers=0, seed=bench.seed, checkpoint_every=10_000, log_every=1,
             tensorboard=False, **change)
         started = time.process_time()
         summary = train(config, progress=progress)
+        cpu_s = time.process_time() - started
+        updated = fits_updated_per_epoch(run_dir / TRAIN_CSV)
         record["arms"][arm] = {
-            "config_change": change, "steps": summary["step"], "cpu_s": time.process_time() - started,
+            "config_change": change, "steps": summary["step"], "cpu_s": cpu_s,
             "epochs": [{"epoch": int(r["epoch"]), "step": int(r["step"]),
                         **{m: float(r[m]) for m in METRICS},
-                        "fits_samples": int(r["fits_samples"]), "net_samples": int(r["net_samples"])}
+                        "fits_samples": int(r["fits_samples"]), "net_samples": int(r["net_samples"]),
+                        "fits_updated": updated.get(int(r["epoch"]) - 1, 0.0)}
                        for r in summary["metrics"]]}
     record["verdict"] = verdict(record)
     (out / "loop.json").write_text(json.dumps(record, indent=1))
     (out / "loop.md").write_text(table(record))
     plot(record, out / "loop.png")
     return record
+
+
+def fits_updated_per_epoch(train_log: Path) -> dict[int, float]:
+    """Per epoch (0-based, as the log counts), the share of the steps' examples whose new fit beat the stored one
+    (SPIN's comparison, `training.step.update_fits`), from the run's per-step training log (``log_every=1``)."""
+    by_epoch: dict[int, list[float]] = {}
+    with open(train_log, newline="") as handle:
+        for row in csv.DictReader(handle):
+            by_epoch.setdefault(int(row["epoch"]), []).append(float(row["fits_updated"]))
+    return {epoch: sum(v) / len(v) for epoch, v in by_epoch.items()}
 
 
 def verdict(record: dict[str, Any]) -> dict[str, Any]:
@@ -134,15 +149,17 @@ def table(record: dict[str, Any]) -> str:
     lines = [f"SPIN's ablation, keypoints head: {s['people']} training people (CMU dev subjects), {s['held_out']} "
              f"held-out (CMU test subjects), batch {s['batch_size']}, lr {s['lr']:g}, {s['epochs']} epochs, body "
              f"model {s['body_model']}, {record['threads']} thread(s).", "",
-             "| arm | epoch | step | fits PA-MPJPE | fits MPJPE | net PA-MPJPE | net MPJPE |",
-             "|---|---|---|---|---|---|---|"]
+             "| arm | epoch | step | fits PA-MPJPE | fits MPJPE | net PA-MPJPE | net MPJPE | new fits won |",
+             "|---|---|---|---|---|---|---|---|"]
     for arm, r in record["arms"].items():
         for e in r["epochs"]:
             lines.append(f"| {arm} | {e['epoch']} | {e['step']} | {e['fits_pa_mpjpe_mm']:.1f} | "
-                         f"{e['fits_mpjpe_mm']:.1f} | {e['net_pa_mpjpe_mm']:.1f} | {e['net_mpjpe_mm']:.1f} |")
+                         f"{e['fits_mpjpe_mm']:.1f} | {e['net_pa_mpjpe_mm']:.1f} | {e['net_mpjpe_mm']:.1f} | "
+                         f"{e['fits_updated']:.1%} |")
     lines.append("")
     lines.append("mm; fits: the training people's fits table against their truth; net: the network on the held-out "
-                 "people. CPU s per arm: " + ", ".join(f"{a} {r['cpu_s']:.0f}" for a, r in record["arms"].items())
+                 "people; new fits won: the share of the epoch's fits in the loop that beat the stored fit. CPU s per "
+                 "arm: " + ", ".join(f"{a} {r['cpu_s']:.0f}" for a, r in record["arms"].items())
                  + ".")
     return "\n".join(lines) + "\n"
 
