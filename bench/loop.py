@@ -19,7 +19,8 @@ capture of subjects the pose prior never saw (`bench.smplify_cases`: the ``dev``
 their exact masks. The training people's ground truth is recorded but not used for training
 (``ignore_3d_datasets``: an in-the-wild set, supervised only by the fits and the 2D keypoints), so the fits are
 all the network learns 3D from. SPIN's augmentation is on (its default): it is what makes a refit in the loop see
-the person anew; without it, a refit from the mean start is the seed fit again.
+the person anew; without it, a refit from the mean start would be the seed fit again (the same start, the same
+keypoints; not run).
 
 **Measured**, per arm and epoch (epoch 0: before training): the fits table's MPJPE / PA-MPJPE against the
 training people's truth (`fits.evaluate`) and the network's on the held-out people (`training.evaluate`); the
