@@ -1,7 +1,9 @@
 """Small synthetic shard sets of rendered bodies with known SMPL parameters, for training tests and benchmarks.
 
 Each person is the body model (default the 1229-vertex open model) in a real pose (SPIN's 1000 LSP fits from
-../shared/fixtures, with 0.05 rad of noise per angle; prior samples without them), random betas ~ N(0, 0.8²), seen
+../shared/fixtures, with 0.05 rad of noise per angle; prior samples without them; or, where a spec names a CMU
+split, a frame of CMU motion capture of subjects the pose prior never saw, `bench.smplify_cases.cmu_pool`, turned
+to a heading within ±90° of facing the camera), random betas ~ N(0, 0.8²), seen
 by SPIN's crop camera (f = 5000 px for a 224 px crop, scale s ~ U(0.8, 1.05), the pelvis near the centre). The
 image *is* the person box (``res`` px square, focal scaled with it): the body drawn with the painter's algorithm,
 each face coloured by the body part that moves it most (so left and right differ), over a random plain
@@ -21,7 +23,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from PIL import Image
+from scipy.spatial.transform import Rotation
 
+from bench.smplify_cases import cmu_pool, rest_joints
 from core.frames import FIT_CENTER, FIT_FOCAL, FIT_RES
 from core.joints import J24_OFFSET, NUM_JOINTS, OPENPOSE_NAMES, indices
 from core.pinhole import pinhole
@@ -35,6 +39,10 @@ from shards.schema import PersonRecord, make_key
 from shards.writer import ShardConfig, write_shards
 
 SPIN_LSP_FITS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "lsp" / "spin_npz" / "lsp-orig_fits.npy"
+
+# CMU people face the camera within this heading (rad) either way, as people in photos mostly do
+CMU_HEADING = np.pi / 2
+LEVEL_CAMERA = Rotation.from_euler("x", np.pi)  # world (Y up) -> a level camera (y down, z forward)
 
 # OpenPose joints a detector would report (no feet: they are often missing)
 _OPENPOSE = indices([n for n in OPENPOSE_NAMES if "Toe" not in n and "Heel" not in n])
@@ -51,6 +59,8 @@ class DatasetSpec:
     joints_3d: bool = False     # record 3D joints
     openpose: bool = False      # fill the OpenPose slots with noisy detections
     poses: tuple[float, float] = (0.0, 1.0)  # the slice of the pose pool drawn from (fractions): keep test poses apart
+    cmu: str | None = None      # draw poses from CMU mocap of this split's subjects ("dev"/"test", both held out of
+                                # the pose prior: `assets.prior_train`) instead of SPIN's LSP fits
     masks: bool = False         # record each person's exact silhouette (the rasteriser's coverage) as its mask
     parts: bool = False         # and its exact part labels: the drawn face's SMPL segment (`fitting.dsr.face_segments`,
                                 # the synthetic generator's rule), named by `pipelines.synthetic.paint.SEGMENT_NAMES`
@@ -69,11 +79,25 @@ DEFAULT_SPECS = (
 )
 
 
+def cmu_poses(body: BodyModel, split: str, count: int, rng: np.random.Generator) -> np.ndarray:
+    """(count, 72) axis-angle poses in SPIN's camera convention (y down, z forward): frames of the CMU subjects of
+    ``split`` (`bench.smplify_cases.cmu_pool`, world frame, Y up) turned about the vertical by a heading within
+    ±`CMU_HEADING` of facing the camera, then seen by a level camera."""
+    pool = cmu_pool(split, rest_joints(body)).poses
+    pose = pool[rng.integers(len(pool), size=count)].copy()
+    heading = Rotation.from_euler("y", rng.uniform(-CMU_HEADING, CMU_HEADING, (count, 1)))
+    pose[:, :3] = (LEVEL_CAMERA * heading * Rotation.from_rotvec(pose[:, :3])).as_rotvec()
+    return pose
+
+
 def sample_people(body: BodyModel, count: int, rng: np.random.Generator,
-                  poses: tuple[float, float] = (0.0, 1.0)) -> dict[str, np.ndarray]:
+                  poses: tuple[float, float] = (0.0, 1.0), cmu: str | None = None) -> dict[str, np.ndarray]:
     """pose (N, 72) axis-angle (camera convention), betas (N, 10), cam_t (N, 3) in SPIN's crop camera, joints
-    (N, 49, 3) model frame, vertices (N, V, 3) model frame. ``poses``: the slice of SPIN's LSP fits drawn from."""
-    if SPIN_LSP_FITS.is_file():
+    (N, 49, 3) model frame, vertices (N, V, 3) model frame. ``poses``: the slice of SPIN's LSP fits drawn from;
+    ``cmu``: draw from the CMU subjects of this split instead (`cmu_poses`)."""
+    if cmu is not None:
+        pose = cmu_poses(body, cmu, count, rng)
+    elif SPIN_LSP_FITS.is_file():
         fits = np.load(SPIN_LSP_FITS)[:, :72].astype(np.float64)
         fits = fits[int(poses[0] * len(fits)):max(int(poses[1] * len(fits)), int(poses[0] * len(fits)) + 1)]
         pose = fits[rng.integers(len(fits), size=count)] + 0.05 * rng.standard_normal((count, 72))
@@ -122,7 +146,7 @@ def synthetic_records(body: BodyModel, spec: DatasetSpec, image_root: Path, *, r
                       noise_px: float = 1.5, missing: float = 0.05) -> list[PersonRecord]:
     """Render ``spec.count`` people into ``image_root/<dataset>-<split>/`` and return their records."""
     rng = np.random.default_rng([seed, sum(map(ord, spec.dataset)), sum(map(ord, spec.split))])
-    people = sample_people(body, spec.count, rng, spec.poses)
+    people = sample_people(body, spec.count, rng, spec.poses, spec.cmu)
     colours = part_colours(body)
     segment_ids = (np.concatenate([face_segments(body.faces, body.layer.lbs_weights.detach().cpu()).numpy() + 1,
                                    [0]]) if spec.parts else None)                # face -> part id, -1 (none) -> 0

@@ -31,6 +31,8 @@ DEFAULT_PRIOR = str(priors.DEFAULT_PRIOR)
 # SPIN's MixedDataset: 30% H36M, 60% in-the-wild (split by size), 10% MPI-INF-3DHP. "*" takes every dataset no
 # other group names (so a new in-the-wild set needs no entry).
 SPIN_MIX = "h36m=0.3;lsp-orig,mpii,lspet,coco,*=0.6;mpi-inf-3dhp=0.1"
+# Where the loop's fits start: the network's estimate (SPIN), or the mean start (the ablation's control)
+LOOP_STARTS = ("network", "mean")
 # What a resumed run may change (docs/training.md): epochs (to extend; the loop refuses fewer than it has trained),
 # where it runs (device, smplify_device: the same computation up to float rounding), how often it writes fits and
 # checkpoints, logs and evaluates (none of these changes a step), and how it checks its shards (on_corrupt_shard
@@ -123,7 +125,9 @@ class TrainConfig:
         body_model: ``"open"``, ``"open-small"`` or a model file; joint_regressor_extra, h36m_regressor: SPIN's
             regressor files for a real SMPL; pose_prior: SMPLify's prior file.
     Optimisation: SPIN's Adam, lr 5e-5, no weight decay, no schedule, batch 64, 50 epochs; ``loss`` weights.
-    SMPLify: run_smplify (fitting in the loop); smplify_threshold: a fit supervises only when its loss (px²) is
+    SMPLify: run_smplify (fitting in the loop); loop_start: where the loop's fits start, "network" (SPIN: the
+        network's estimate) or "mean" (SPIN's mean start, `fitting.smplify.mean_pose_start`, as the seed fits: the
+        network never starts a fit; the control arm of SPIN's ablation, `bench.loop`); smplify_threshold: a fit supervises only when its loss (px²) is
         below it; fit_filter: and only when its quality record meets these bars (`fits.quality.FitFilter`; none by
         default, as SPIN); smplify: SMPLify's settings; smplify_device: where SMPLify runs ("cpu" or the training
         device). With an SMPL-X-layout body model the examples that have whole-body keypoints are fitted with
@@ -177,6 +181,7 @@ class TrainConfig:
     loss: LossWeights = field(default_factory=LossWeights)
 
     run_smplify: bool = True
+    loop_start: str = "network"
     smplify_threshold: float = 100.0
     fit_filter: FitFilter = field(default_factory=FitFilter)
     smplify: SMPLifyConfig = field(default_factory=SMPLifyConfig)
@@ -232,6 +237,8 @@ class TrainConfig:
             problems.append(f"smplifyx_stage_iterations must be {len(SMPLIFYX_STAGES)} counts >= 0 (one per "
                             f"SMPLify-X stage), got {list(self.smplifyx_stage_iterations)}, and "
                             f"smplifyx_camera_iterations >= 0")
+        if self.loop_start not in LOOP_STARTS:
+            problems.append(f"loop_start must be one of {'/'.join(LOOP_STARTS)}, got {self.loop_start!r}")
         if self.on_corrupt_shard not in ON_CORRUPT:
             problems.append(f"on_corrupt_shard must be one of {'/'.join(ON_CORRUPT)}, got {self.on_corrupt_shard!r}")
         if problems:

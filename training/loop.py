@@ -110,6 +110,7 @@ from training.step import (
     Batch,
     autocast_for,
     compute_losses,
+    fit_from_mean,
     fit_in_the_loop,
     fit_wholebody_in_the_loop,
     predict,
@@ -330,6 +331,9 @@ def setup(config: TrainConfig, echo: Callable[[str], None] | None = None, *, ove
                 image_height=FIT_RES, focal_length=config.smplify.focal_length,
                 camera_iterations=config.smplifyx_camera_iterations,
                 stage_iterations=tuple(config.smplifyx_stage_iterations)))
+    if config.loop_start == "mean" and smplifyx is not None:
+        raise FitloopError("loop_start 'mean' (fits from the mean start, the ablation's control) fits bodies with "
+                           "SMPLify only: train a whole-body model with loop_start 'network'")
     raw_model = head.build(mean, config)
     if config.pretrained:
         load_imagenet_weights(raw_model, config.pretrained)
@@ -557,7 +561,9 @@ def train_step(run: Run, store: FitsStore, items: dict, pos: Position, timer: St
         keypoints_px = fit_frame_px(batch.keypoints).to(run.smplify_device)
         stored = stored_fits(store, run.smplify, batch.keys, keypoints_px, batch.rot, batch.flip, run.fit_wholebody)
         new = None
-        if cfg.run_smplify and run.smplifyx is None:
+        if cfg.run_smplify and cfg.loop_start == "mean":  # the ablation's control: the network starts no fit
+            new = fit_from_mean(run.smplify, keypoints_px)
+        elif cfg.run_smplify and run.smplifyx is None:
             new = fit_in_the_loop(run.smplify, pred, keypoints_px)
         elif cfg.run_smplify:   # whole-body run: SMPLify-X fits the whole-body examples, SMPLify the others
             new = fit_wholebody_in_the_loop(run.smplifyx, run.smplify, pred, batch, keypoints_px)

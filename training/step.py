@@ -57,7 +57,7 @@ from fits.store import FitsStore
 from fitting.body_model import BodyModel
 from fitting.priors import angle_prior, shape_prior
 from fitting.quality import candidate_spread, fit_quality, wholebody_part_reprojection
-from fitting.smplify import SMPLify, SMPLifyResult
+from fitting.smplify import SMPLify, SMPLifyResult, mean_pose_start
 from fitting.smplifyx import SMPLifyX, SMPLifyXStart
 from fitting.wholebody_model import WholeBodyModel
 from training.config import LossWeights
@@ -309,6 +309,15 @@ def fit_in_the_loop(smplify: SMPLify, pred: Prediction, keypoints_px: Tensor,
         keypoints_px, pose, betas, cam_t = keypoints_px[rows], pose[rows], betas[rows], cam_t[rows]
     center = torch.full((keypoints_px.shape[0], 2), FIT_CENTER, device=device)
     return smplify(keypoints_px, pose, betas, cam_t, center, start="estimate")
+
+
+def fit_from_mean(smplify: SMPLify, keypoints_px: Tensor) -> SMPLifyResult:
+    """SMPLify on the batch's keypoints (fit-frame px, SMPLify's device) from SPIN's mean start, as a seed fit is
+    made (`fitting.smplify.mean_pose_start`, ``start="mean"``): the network plays no part. The fits of the control
+    arm of SPIN's ablation (``TrainConfig.loop_start="mean"``); one fit per example, as `fit_in_the_loop`."""
+    center = torch.full((keypoints_px.shape[0], 2), FIT_CENTER, device=keypoints_px.device)
+    pose, betas, cam_t = mean_pose_start(smplify.body, keypoints_px, center=center)
+    return smplify(keypoints_px, pose, betas, cam_t, center, start="mean")
 
 
 def fit_wholebody_in_the_loop(fitter: SMPLifyX, smplify: SMPLify, pred: Prediction, batch: Batch,

@@ -15,7 +15,7 @@ _SCALARS = {
     "pose_prior": str, "epochs": int, "batch_size": int, "lr": float, "smplify_threshold": float,
     "smplify_device": str, "device": str, "amp": str, "seed": int, "checkpoint_every": int, "log_every": int,
     "eval_every_epochs": int, "shuffle_buffer": int, "mix": str, "run_id": str, "head": str, "mask_res": int,
-    "mesh_sampling": str, "graph_layers": int, "graph_channels": int,
+    "mesh_sampling": str, "graph_layers": int, "graph_channels": int, "loop_start": str,
 }
 # TrainConfig field -> its flag, where the name differs (for messages)
 _FLAGS = {"shards": "--shards", "fits": "--fits", "eval_shards": "--eval-shards", "train_splits": "--train-splits",
@@ -104,6 +104,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lr", type=float)
     parser.add_argument("--no-smplify", action="store_true", help="train on the stored fits only (SPIN without "
                                                                   "--run_smplify)")
+    parser.add_argument("--loop-start", choices=("network", "mean"),
+                        help="where the loop's fits start: network (SPIN's, default) or mean (the mean start, as "
+                             "the seed fits: the control arm of SPIN's ablation, `fitloop bench loop`)")
     parser.add_argument("--smplify-mode", choices=("fast", "reference"), help="SMPLify solver (default fast)")
     parser.add_argument("--smplify-iters", type=int,
                         help="reference mode: Adam steps per stage (SPIN's num_smplify_iters, 100); fast mode: "
