@@ -105,8 +105,9 @@ class TrainConfig:
         seed_missing_fits: fit the training samples that have no fit yet from the mean pose before training
             (SPIN's static fits), ``source="seed"``.
     Model:
-        head: the regressor design (`training.heads.HEADS`): "hmr" (SPIN's ResNet, default) or "keypoints"
-            (Pavlakos 2018: keypoints and mask in, no image).
+        head: the regressor design (`training.heads.HEADS`): "hmr" (SPIN's ResNet, default), "keypoints"
+            (Pavlakos 2018: keypoints and mask in, no image) or "volumetric" (Pavlakos 2017 / Sun 2018: 3D joint
+            volumes beside HMR's regressor; img_res a multiple of 32).
         mask_res: px, the mask and DSR losses' grid over the training crop (`training.mask_loss`): the largest
             divisor of img_res up to it (56 for 224).
         backbone: ResNet depth (50 as SPIN; 18 or 34 for CPU runs). pretrained: torchvision ImageNet weights file.

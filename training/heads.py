@@ -11,9 +11,12 @@ A checkpoint records the head it holds (``head``); a resume or a load with anoth
                default; the only head with SMPL-X-layout (whole-body) heads.
 ``keypoints``  Pavlakos et al. 2018's PosePrior (2D keypoints -> pose, camera) and ShapePrior (mask -> shape)
                (`training.keypoint_regressor.KeypointRegressor`); no pixels, learns on CPU in minutes.
+``volumetric`` Pavlakos et al. 2017 / Sun et al. 2018: per-joint volumes by soft-argmax (24 J24 joints, crop x, y
+               and root-relative depth) beside HMR's regressor on the same ResNet
+               (`training.volumetric.VolumetricRegressor`).
 =============  ==================================================================================================
 
-A new head (issue 16: ``graphcmr``, ``volumetric``) is one more `Head` in `HEADS`.
+A new head (issue 16: ``graphcmr``) is one more `Head` in `HEADS`.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from torch import Tensor, nn
 
 from training.keypoint_regressor import KeypointRegressor
 from training.regressor import MeanParams, Regressor
+from training.volumetric import VolumetricRegressor
 
 
 @dataclass(frozen=True)
@@ -57,10 +61,16 @@ def _keypoints(mean: MeanParams, config: Any) -> nn.Module:
     return KeypointRegressor(mean)
 
 
+def _volumetric(mean: MeanParams, config: Any) -> nn.Module:
+    return VolumetricRegressor(mean, img_res=config.img_res, depth=config.backbone, iterations=config.ief_iterations)
+
+
 HEADS: dict[str, Head] = {head.name: head for head in (
     Head("hmr", ("img",), _hmr, True, "SPIN's ResNet + HMR regressor on the image (default)"),
     Head("keypoints", ("keypoints", "mask", "has_mask"), _keypoints, False,
          "Pavlakos 2018: keypoints -> pose and camera, mask -> shape"),
+    Head("volumetric", ("img",), _volumetric, False,
+         "Pavlakos 2017 / Sun 2018: ResNet -> per-joint 3D volumes (soft-argmax) + HMR's regressor"),
 )}
 DEFAULT_HEAD = "hmr"
 

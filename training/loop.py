@@ -355,7 +355,8 @@ def setup(config: TrainConfig, echo: Callable[[str], None] | None = None, *, ove
         torch.distributed.barrier()
     table = FitsTable.open(config.fits)
     log = RunLog(run_dir, tensorboard=config.tensorboard, enabled=rank == 0, echo=echo, wholebody=heads == "smplx",
-                 image_terms=tuple(t for t in IMAGE_TERMS if getattr(config.loss, t) > 0))
+                 image_terms=tuple(t for t in IMAGE_TERMS if getattr(config.loss, t) > 0),
+                 head_terms=getattr(raw_model, "log_terms", ()))
     mask_loss = image_evidence(config, body, device)
     run = Run(config=config, run_dir=run_dir, device=device, rank=rank, world_size=world, body=body,
               smplify=smplify, smplify_device=smplify_device, model=model, raw_model=raw_model, head=head,

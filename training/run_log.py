@@ -107,18 +107,20 @@ def _fmt(value: Any) -> Any:
 
 class RunLog:
     """The run's logs (module docstring). Only rank 0 writes. ``echo``: also called with one line per training-log
-    row and per evaluation (`describe_train_row`, `describe_evaluation`): a flow passes its run logger's ``info``."""
+    row and per evaluation (`describe_train_row`, `describe_evaluation`): a flow passes its run logger's ``info``.
+    ``head_terms``: the loss terms the run's head adds (its network's ``log_terms``), logged after the others."""
 
     def __init__(self, run_dir: Path, *, tensorboard: bool = True, enabled: bool = True,
                  echo: Callable[[str], None] | None = None, wholebody: bool = False,
-                 image_terms: tuple[str, ...] = ()) -> None:
+                 image_terms: tuple[str, ...] = (), head_terms: tuple[str, ...] = ()) -> None:
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self.echo = echo
         self.metrics = CsvLog(self.run_dir / METRICS_CSV, METRIC_COLUMNS)
         self.by_dataset = CsvLog(self.run_dir / BY_DATASET_CSV, BY_DATASET_COLUMNS)
         self.train = CsvLog(self.run_dir / TRAIN_CSV, TRAIN_COLUMNS + (WHOLEBODY_TRAIN_COLUMNS if wholebody else ())
-                            + tuple(c for t in IMAGE_TERMS if t in image_terms for c in (t, f"{t}_samples")))
+                            + tuple(c for t in IMAGE_TERMS if t in image_terms for c in (t, f"{t}_samples"))
+                            + head_terms)
         self.writer = None
         self.tensorboard_note = "off"
         if enabled and tensorboard:
