@@ -193,7 +193,8 @@ def test_camera_joints_invert_the_crop_projection():
 @pytest.mark.parametrize("seed", [1, 2])
 def test_a_fit_to_the_heads_joints_moves_the_mean_body_onto_them(seed):
     """Fit3D from its mean start (rigidly aligned) on a perfect head's joints: the joints' error falls to a small
-    part of the start's. The evidence is the body's own canonical J24 joints, so the canonical correspondence."""
+    part of the start's (measured over seeds 1-5: 90-184 mm at the start, 1.3-2.3 mm fitted). The evidence is the
+    body's own canonical J24 joints, so the canonical correspondence."""
     body = load_body_model("open-small", dtype=torch.float64)
     prior = MaxMixturePrior.from_file(DEFAULT_PRIOR)
     joints, cam_t = _posed(body, seed)
@@ -201,5 +202,31 @@ def test_a_fit_to_the_heads_joints_moves_the_mean_body_onto_them(seed):
     evidence = Evidence(joints_3d=camera_joints(volume_joints, root))
     start = Fit3D(body, prior, Fit3DConfig(correspondence="canonical", iterations=0, warmup_iterations=0))(evidence)
     fit = Fit3D(body, prior, Fit3DConfig(correspondence="canonical"))(evidence)
-    assert float(fit.joint_error[0]) < 0.25 * float(start.joint_error[0])
-    assert float(fit.joint_error[0]) < 30.0                          # mm
+    assert float(start.joint_error[0]) > 50.0                        # mm: the start is far from the evidence
+    assert float(fit.joint_error[0]) < min(10.0, 0.1 * float(start.joint_error[0]))
+
+
+def test_the_command_line_takes_the_head_and_refuses_a_crop_it_cannot_split(tmp_path, capsys):
+    import json
+
+    from fitloop.cli import main
+
+    base = ["train", "--run-dir", str(tmp_path / "run"), "--shards", str(tmp_path), "--fits", str(tmp_path / "f")]
+    assert main(base + ["--head", "volumetric", "--img-res", "64", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["head"] == "volumetric"
+    assert main(base + ["--head", "volumetric", "--img-res", "48"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "multiple of 32" in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_imagenet_weights_load_into_the_volumetric_trunk(mean, tmp_path):
+    from training.resnet import ResNet, load_imagenet_weights
+
+    source = ResNet(18)
+    torch.save(source.state_dict(), tmp_path / "resnet18.pth")
+    model = VolumetricRegressor(mean, img_res=32, depth=18)
+    report = load_imagenet_weights(model, tmp_path / "resnet18.pth")
+    assert "layer4.1.conv2.weight" in report["loaded"] and not any(k.startswith(("deconv", "volume"))
+                                                                   for k in report["loaded"])
+    for key in report["loaded"]:
+        torch.testing.assert_close(model.state_dict()[key], source.state_dict()[key])

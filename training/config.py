@@ -195,8 +195,12 @@ class TrainConfig:
             problems.append("no fits table (--fits)")
         if self.head not in HEADS:
             problems.append(f"head must be one of {'/'.join(HEADS)}, got {self.head!r}")
-        elif self.pretrained and self.head != "hmr":
-            problems.append(f"pretrained ImageNet weights are for the hmr head's ResNet, not the {self.head} head")
+        elif self.pretrained and self.head not in ("hmr", "volumetric"):
+            problems.append(f"pretrained ImageNet weights are for a ResNet trunk (heads hmr, volumetric), not the "
+                            f"{self.head} head")
+        elif self.head == "volumetric" and self.img_res % 32:
+            problems.append(f"the volumetric head needs --img-res a multiple of 32 (its volume is img_res/4 "
+                            f"voxels a side), got {self.img_res}")
         if self.mask_res < 8 or min(self.loss.mask, self.loss.dsr_mc, self.loss.dsr_c) < 0:
             problems.append(f"mask_res must be >= 8 px and loss.mask, loss.dsr_mc, loss.dsr_c >= 0, got "
                             f"{self.mask_res}, {self.loss.mask}, {self.loss.dsr_mc} and {self.loss.dsr_c}")

@@ -63,8 +63,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--mix", help='dataset groups and shares, e.g. "h36m=0.3;lsp-orig,mpii,lspet,coco,*=0.6;'
                                       'mpi-inf-3dhp=0.1" (SPIN\'s, the default)')
     parser.add_argument("--head",
-                        help="the regressor (training.heads): hmr (SPIN's ResNet on the image, default) or keypoints (Pavlakos 2018: "
-                             "2D keypoints -> pose and camera, mask -> shape; learns on CPU)")
+                        help="the regressor (training.heads): hmr (SPIN's ResNet on the image, default), keypoints (Pavlakos 2018: "
+                             "2D keypoints -> pose and camera, mask -> shape; learns on CPU) or volumetric (Pavlakos "
+                             "2017 / Sun 2018: per-joint 3D volumes by soft-argmax beside HMR's regressor; --img-res "
+                             "a multiple of 32)")
     parser.add_argument("--mask-weight", type=float,
                         help="weight of the mask consistency loss of the predicted mesh against the samples' person "
                              "masks (Pavlakos 2018; default 0: off)")
