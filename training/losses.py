@@ -12,7 +12,7 @@ from torch import Tensor
 
 from core.joints import J24_OFFSET, JOINT_INDEX
 
-_HIPS_3D = (JOINT_INDEX["Right Hip"], JOINT_INDEX["Left Hip"])  # SPIN centres 3D joints on the J24 hips' midpoint
+HIPS_3D = (JOINT_INDEX["Right Hip"], JOINT_INDEX["Left Hip"])  # SPIN centres 3D joints on the J24 hips' midpoint
 
 
 def _zero(like: Tensor) -> Tensor:
@@ -34,7 +34,7 @@ def keypoint_3d_loss(pred: Tensor, target: Tensor, has_3d: Tensor) -> Tensor:
     if not bool(has_3d.any()):
         return _zero(pred)
     pred, target = pred[has_3d][:, J24_OFFSET:], target[has_3d][:, J24_OFFSET:]
-    hips = [j - J24_OFFSET for j in _HIPS_3D]
+    hips = [j - J24_OFFSET for j in HIPS_3D]
     gt = target[..., :3] - target[:, hips, :3].mean(1, keepdim=True)
     p = pred - pred[:, hips].mean(1, keepdim=True)
     return (target[..., 3:] * (p - gt).square()).mean()

@@ -45,7 +45,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.frames import FIT_CENTER, FIT_FOCAL
-from core.joints import J24_OFFSET, JOINT_INDEX, NUM_JOINTS
+from core.joints import J24_OFFSET, NUM_JOINTS
+from training.losses import HIPS_3D
 from training.regressor import MeanParams, Regressor, RegressorOutput
 
 DEPTH_HALF_RANGE = 1.0      # m: the volume's depth axis spans ±1 m about the root (reference: 2000 mm in all)
@@ -54,7 +55,7 @@ DECONV_LAYERS = 3           # Sun et al. / the reference's deconv head: 3 × (4 
 DECONV_CHANNELS = 256
 DECONV_KERNEL = 4
 VOLUME_STRIDE = 32 // 2 ** DECONV_LAYERS    # 4: crop px per voxel side
-ROOT_SLOTS = tuple(JOINT_INDEX[name] - J24_OFFSET for name in ("Right Hip", "Left Hip"))  # within the J24 block
+ROOT_SLOTS = tuple(j - J24_OFFSET for j in HIPS_3D)  # the root's joints within the J24 block: SPIN's 3D centring
 
 
 def voxel_centres(n: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
