@@ -113,8 +113,9 @@ class TrainConfig:
             (SPIN's static fits), ``source="seed"``.
     Model:
         head: the regressor design (`training.heads.HEADS`): "hmr" (SPIN's ResNet, default), "keypoints"
-            (Pavlakos 2018: keypoints and mask in, no image) or "graphcmr" (Kolotouros 2019: a graph CNN on the
-            image's features regresses a coarse mesh, the parameters follow from it).
+            (Pavlakos 2018: keypoints and mask in, no image), "graphcmr" (Kolotouros 2019: a graph CNN on the
+            image's features regresses a coarse mesh, the parameters follow from it) or "volumetric" (Pavlakos
+            2017 / Sun 2018: 3D joint volumes beside HMR's regressor; img_res a multiple of 32).
         mesh_sampling: the graphcmr head's down/upsampling matrices (`fitting.mesh_sampling`: fitloop's .npz, or
             GraphCMR's ``mesh_downsampling.npz`` for a real SMPL); None: the committed file of an open model.
             graph_layers, graph_channels: its graph CNN's residual blocks and width (GraphCMR's 5 and 256).
@@ -211,9 +212,12 @@ class TrainConfig:
             problems.append("no fits table (--fits)")
         if self.head not in HEADS:
             problems.append(f"head must be one of {'/'.join(HEADS)}, got {self.head!r}")
-        elif self.pretrained and self.head not in ("hmr", "graphcmr"):
-            problems.append(f"pretrained ImageNet weights are for the hmr and graphcmr heads' ResNet, not the "
-                            f"{self.head} head")
+        elif self.pretrained and self.head not in ("hmr", "graphcmr", "volumetric"):
+            problems.append(f"pretrained ImageNet weights are for a ResNet trunk (heads hmr, graphcmr, volumetric), "
+                            f"not the {self.head} head")
+        elif self.head == "volumetric" and self.img_res % 32:
+            problems.append(f"the volumetric head needs --img-res a multiple of 32 (its volume is img_res/4 "
+                            f"voxels a side), got {self.img_res}")
         if self.graph_layers < 0 or self.graph_channels < 16 or self.graph_channels % 16:
             problems.append(f"graph_layers must be >= 0 and graph_channels a multiple of 16 (GroupNorm of c/8 "
                             f"groups over c/2 channels), got {self.graph_layers} and {self.graph_channels}")

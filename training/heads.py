@@ -14,9 +14,12 @@ A checkpoint records the head it holds (``head``); a resume or a load with anoth
 ``graphcmr``   Kolotouros et al. 2019's graph CNN on the image's ResNet features: a coarse mesh's vertices and
                the camera, then the parameters from the vertices (`training.graphcmr.GraphCMR`); its mesh adds
                GraphCMR's per-vertex and keypoint losses (`training.graphcmr.mesh_losses`).
+``volumetric`` Pavlakos et al. 2017 / Sun et al. 2018: per-joint volumes by soft-argmax (24 J24 joints, crop x, y
+               and root-relative depth) beside HMR's regressor on the same ResNet
+               (`training.volumetric.VolumetricRegressor`); its joints add L1 2D and depth losses.
 =============  ==================================================================================================
 
-A new head (issue 16: ``volumetric``) is one more `Head` in `HEADS`.
+A new head is one more `Head` in `HEADS`; loss terms of its own are named in ``terms`` and added by the step.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from torch import Tensor, nn
 from training import graphcmr
 from training.keypoint_regressor import KeypointRegressor
 from training.regressor import MeanParams, Regressor
+from training.volumetric import VOLUME_TERMS, VolumetricRegressor
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,10 @@ def _keypoints(mean: MeanParams, config: Any) -> nn.Module:
     return KeypointRegressor(mean)
 
 
+def _volumetric(mean: MeanParams, config: Any) -> nn.Module:
+    return VolumetricRegressor(mean, img_res=config.img_res, depth=config.backbone, iterations=config.ief_iterations)
+
+
 HEADS: dict[str, Head] = {head.name: head for head in (
     Head("hmr", ("img",), _hmr, True, "SPIN's ResNet + HMR regressor on the image (default)"),
     Head("keypoints", ("keypoints", "mask", "has_mask"), _keypoints, False,
@@ -70,6 +78,9 @@ HEADS: dict[str, Head] = {head.name: head for head in (
     Head("graphcmr", ("img",), graphcmr.build, False,
          "Kolotouros 2019: ResNet features on a coarse mesh, graph CNN -> vertices, vertices -> parameters",
          graphcmr.MESH_TERMS),
+    Head("volumetric", ("img",), _volumetric, False,
+         "Pavlakos 2017 / Sun 2018: ResNet -> per-joint 3D volumes (soft-argmax) + HMR's regressor",
+         VOLUME_TERMS),
 )}
 DEFAULT_HEAD = "hmr"
 

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from core.joints import J24_OFFSET, JOINT_INDEX
 
-_HIPS_3D = (JOINT_INDEX["Right Hip"], JOINT_INDEX["Left Hip"])  # SPIN centres 3D joints on the J24 hips' midpoint
+HIPS_3D = (JOINT_INDEX["Right Hip"], JOINT_INDEX["Left Hip"])  # SPIN centres 3D joints on the J24 hips' midpoint
 
 
 def _zero(like: Tensor) -> Tensor:
@@ -34,10 +34,26 @@ def keypoint_3d_loss(pred: Tensor, target: Tensor, has_3d: Tensor) -> Tensor:
     if not bool(has_3d.any()):
         return _zero(pred)
     pred, target = pred[has_3d][:, J24_OFFSET:], target[has_3d][:, J24_OFFSET:]
-    hips = [j - J24_OFFSET for j in _HIPS_3D]
+    hips = [j - J24_OFFSET for j in HIPS_3D]
     gt = target[..., :3] - target[:, hips, :3].mean(1, keepdim=True)
     p = pred - pred[:, hips].mean(1, keepdim=True)
     return (target[..., 3:] * (p - gt).square()).mean()
+
+
+def volume_2d_loss(pred: Tensor, target: Tensor, confidence: Tensor) -> Tensor:
+    """The volumetric head's 2D term (Sun et al.'s L1 on x, y; `training.volumetric`): mean over B × 24 × 2 of
+    c · |pred − target| on x, y, pred and target (B, 24, 3) (`training.volumetric.volume_targets`), c (B, 24) the
+    2D keypoints' confidence."""
+    return (confidence[..., None] * (pred[..., :2] - target[..., :2]).abs()).mean()
+
+
+def volume_3d_loss(pred: Tensor, target: Tensor, confidence: Tensor, has_3d: Tensor) -> Tensor:
+    """The volumetric head's depth term over the examples with 3D joints (Sun et al.'s L1 on z; with
+    `volume_2d_loss` their 3D L1): mean over those × 24 of c · |pred_z − target_z|, pred and target (B, 24, 3),
+    c (B, 24) the 3D joints' confidence; 0 without such an example."""
+    if not bool(has_3d.any()):
+        return _zero(pred)
+    return (confidence[has_3d] * (pred[has_3d][..., 2] - target[has_3d][..., 2]).abs()).mean()
 
 
 def wholebody_keypoint_loss(pred: Tensor, target: Tensor, has_wholebody: Tensor, part_weights: Tensor) -> Tensor:

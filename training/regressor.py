@@ -114,7 +114,9 @@ class RegressorOutput:
     22, 23 identity); betas (B, NB); camera (B, 3) weak perspective [s, tx, ty] in normalised crop units; pose6d
     (B, J × 6) the regressed body joints. Heads "smplx" only (else None): hand_rotmat (B, 30, 3, 3) left then
     right hand, MANO order; jaw_rotmat (B, 1, 3, 3); expression (B, NE). vertices (B, V, 3): a head's own mesh,
-    model frame, metres (the graphcmr head's; else None)."""
+    model frame, metres (the graphcmr head's; else None). volume_joints (B, 24, 3): the volumetric head's J24
+    joints by soft-argmax (`training.volumetric`: x, y normalised crop, z root-relative depth /
+    `DEPTH_HALF_RANGE`; else None)."""
 
     rotmat: Tensor
     betas: Tensor
@@ -124,6 +126,7 @@ class RegressorOutput:
     jaw_rotmat: Tensor | None = None
     expression: Tensor | None = None
     vertices: Tensor | None = None
+    volume_joints: Tensor | None = None
 
 
 class Regressor(ResNet):
@@ -163,7 +166,10 @@ class Regressor(ResNet):
             self.register_buffer("init_expr", torch.as_tensor(mean.expression, dtype=torch.float32)[None])
 
     def forward(self, x: Tensor, iterations: int | None = None) -> RegressorOutput:
-        feats = self.features(x)
+        return self.regress(self.features(x), iterations)
+
+    def regress(self, feats: Tensor, iterations: int | None = None) -> RegressorOutput:
+        """The iterative error feedback from pooled features (B, feature_dim) (module docstring)."""
         batch = feats.shape[0]
         pose = self.init_pose.expand(batch, -1).to(feats.dtype)
         shape = self.init_shape.expand(batch, -1).to(feats.dtype)

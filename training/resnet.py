@@ -122,11 +122,18 @@ class ResNet(nn.Module):
         layers += [block(self.inplanes, width) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
+    def feature_map(self, x: Tensor) -> Tensor:
+        """(B, 3, H, W) normalised RGB -> (B, feature_dim, ⌈H/32⌉, ⌈W/32⌉) the last stage's map (stride 32)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def pool(self, feature_map: Tensor) -> Tensor:
+        """(B, feature_dim, h, w) -> (B, feature_dim): global average pooling."""
+        return torch.flatten(self.avgpool(feature_map), 1)
+
     def features(self, x: Tensor) -> Tensor:
         """(B, 3, H, W) normalised RGB -> (B, feature_dim) globally pooled features."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return torch.flatten(self.avgpool(x), 1)
+        return self.pool(self.feature_map(x))
 
     def forward(self, x: Tensor) -> Tensor:
         feats = self.features(x)

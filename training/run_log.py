@@ -122,7 +122,8 @@ def _fmt(value: Any) -> Any:
 
 class RunLog:
     """The run's logs (module docstring). Only rank 0 writes. ``echo``: also called with one line per training-log
-    row and per evaluation (`describe_train_row`, `describe_evaluation`): a flow passes its run logger's ``info``."""
+    row and per evaluation (`describe_train_row`, `describe_evaluation`): a flow passes its run logger's ``info``.
+    ``head_terms``: the loss terms the run's head adds (`training.heads.Head.terms`), logged after the others."""
 
     def __init__(self, run_dir: Path, *, tensorboard: bool = True, enabled: bool = True,
                  echo: Callable[[str], None] | None = None, wholebody: bool = False,

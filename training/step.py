@@ -83,9 +83,12 @@ from training.losses import (
     keypoint_3d_loss,
     pose_loss,
     shape_loss,
+    volume_2d_loss,
+    volume_3d_loss,
     wholebody_keypoint_loss,
 )
 from training.mask_loss import MaskConsistency
+from training.volumetric import volume_targets
 from training.wholebody import (
     WholeBodyParams,
     augment_wholebody,
@@ -158,7 +161,8 @@ class Prediction:
     [s, tx, ty]; cam_t (B, 3) metres; joints (B, 49, 3) and vertices (B, V, 3) model frame, metres;
     keypoints_2d (B, 49, 2) normalised. Whole-body heads only (else None): hand_rotmat (B, 30, 3, 3), jaw_rotmat
     (B, 1, 3, 3), expression (B, NE); wholebody_2d (B, 161, 2) normalised, the whole body's points projected.
-    mesh (B, V, 3): the head's own mesh, model frame, m (the graphcmr head's graph; else None)."""
+    mesh (B, V, 3): the head's own mesh, model frame, m (the graphcmr head's graph; else None). volume_joints
+    (B, 24, 3): the volumetric head's soft-argmax joints (`training.volumetric`; else None)."""
 
     rotmat: Tensor
     betas: Tensor
@@ -172,6 +176,7 @@ class Prediction:
     expression: Tensor | None = None
     wholebody_2d: Tensor | None = None
     mesh: Tensor | None = None
+    volume_joints: Tensor | None = None
 
 
 @dataclass
@@ -251,7 +256,7 @@ def predict(model: torch.nn.Module, body: BodyModel, inputs: Tensor | tuple[Tens
         smpl = body(out.betas, out.rotmat[:, 1:], out.rotmat[:, :1], pose2rot=False)
         return Prediction(rotmat=out.rotmat, betas=out.betas, camera=out.camera, cam_t=cam_t, joints=smpl.joints,
                           vertices=smpl.vertices, keypoints_2d=project_normalised(smpl.joints, cam_t),
-                          mesh=out.vertices)
+                          mesh=out.vertices, volume_joints=out.volume_joints)
     posed = wholebody.forward_rotmat(out.betas, out.expression, rotmats_of(out.rotmat, out.hand_rotmat,
                                                                            out.jaw_rotmat))
     joints = posed.points[:, :NUM_JOINTS]
@@ -503,7 +508,8 @@ def compute_losses(pred: Prediction, targets: Targets, batch: Batch, weights: Lo
     grid and, for DSR-MC, the faces' groups: `training.mask_loss.MaskConsistency`), the predicted meshes are drawn
     once for ``+ mask·L_mask`` over the examples with a mask, ``+ dsr_mc·L_dsr_mc`` over those with part labels and
     ``+ dsr_c·L_dsr_c`` over those with a parsing or a mask (`training.dsr_loss`), each where its weight is > 0
-    (the terms ``mask``, ``dsr_mc``, ``dsr_c``, and ``<term>_samples``: the share of the batch each reads)."""
+    (the terms ``mask``, ``dsr_mc``, ``dsr_c``, and ``<term>_samples``: the share of the batch each reads). The
+    volumetric head adds ``kp·(L_volume_2d + L_volume_3d)`` on its soft-argmax joints (`training.losses`)."""
     batch_size = targets.pose.shape[0]
     target_rotmat = axis_angle_to_rotmat(targets.pose.reshape(batch_size, 24, 3))
     terms = {
@@ -543,6 +549,11 @@ def compute_losses(pred: Prediction, targets: Targets, batch: Batch, weights: Lo
             terms["dsr_c"] = dsr_c_loss(picture.mask, region, has_region)
             terms["dsr_c_samples"] = has_region.float().mean()
             total = total + weights.dsr_c * terms["dsr_c"]
+    if pred.volume_joints is not None:
+        target, confidence = volume_targets(batch.keypoints, batch.joints_3d)
+        terms["volume_2d"] = volume_2d_loss(pred.volume_joints, target, confidence[..., 0])
+        terms["volume_3d"] = volume_3d_loss(pred.volume_joints, target, confidence[..., 1], targets.has_3d)
+        total = total + weights.keypoint * (terms["volume_2d"] + terms["volume_3d"])
     if pred.hand_rotmat is not None:
         wb = targets.wholebody
         terms["keypoints_wholebody"] = wholebody_keypoint_loss(pred.wholebody_2d, batch.wholebody,

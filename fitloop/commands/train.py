@@ -67,9 +67,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                       'mpi-inf-3dhp=0.1" (SPIN\'s, the default)')
     parser.add_argument("--head",
                         help="the regressor (training.heads): hmr (SPIN's ResNet on the image, default), keypoints (Pavlakos 2018: "
-                             "2D keypoints -> pose and camera, mask -> shape; learns on CPU) or graphcmr (Kolotouros "
+                             "2D keypoints -> pose and camera, mask -> shape; learns on CPU), graphcmr (Kolotouros "
                              "2019: a graph CNN regresses a coarse mesh from the image's features, the parameters "
-                             "follow from the mesh)")
+                             "follow from the mesh) or volumetric (Pavlakos 2017 / Sun 2018: per-joint 3D volumes by "
+                             "soft-argmax beside HMR's regressor; --img-res a multiple of 32)")
     parser.add_argument("--mesh-sampling",
                         help="graphcmr: down/upsampling matrices (fitloop model sampling's .npz, or GraphCMR's "
                              "data/mesh_downsampling.npz for a real SMPL; default: the open models' committed files)")
