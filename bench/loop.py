@@ -72,6 +72,9 @@ class LoopBench:
     seed: int = 0
 
 
+DEMO = LoopBench(people=160, held_out=60, epochs=12)  # `fitloop demo`'s ablation: a quarter of the bench's steps
+
+
 def run(out: Path, bench: LoopBench = LoopBench(), *, progress: bool = False) -> dict[str, Any]:
     """Render the people, seed their fits once, train the three arms (`ARMS`) and return the record (module
     docstring); ``out`` must not hold a previous run."""
@@ -142,6 +145,32 @@ def verdict(record: dict[str, Any]) -> dict[str, Any]:
         if "loop" in last and other in last:
             out[f"loop_minus_{other}_mm"] = {m: last["loop"][m] - last[other][m] for m in METRICS}
     return out
+
+
+def conclusion(record: dict[str, Any]) -> list[str]:
+    """The ablation's outcome in words, from its own numbers (the last epoch; lower is better): whether the loop's
+    fits and network end below the static arm's and the control's, by how much, and the share of new fits that won
+    SPIN's comparison in the loop and in the control (why the loop's start matters or not)."""
+    last, verdict_ = record["verdict"]["last_epoch"], record["verdict"]
+    lines = []
+    for what, metric in (("fits (training people, PA-MPJPE)", "fits_pa_mpjpe_mm"),
+                         ("network (held-out people, PA-MPJPE)", "net_pa_mpjpe_mm")):
+        parts = []
+        for other in ("static", "control"):
+            diff = verdict_[f"loop_minus_{other}_mm"][metric]
+            word = "beats" if diff < 0 else "does not beat"
+            parts.append(f"{word} {other} ({last['loop'][metric]:.1f} vs {last[other][metric]:.1f} mm, "
+                         f"{diff:+.1f} mm)")
+        lines.append(f"- **{what}:** the loop " + "; ".join(parts) + ".")
+    won = {arm: sum(e["fits_updated"] for e in record["arms"][arm]["epochs"][1:])
+           / max(1, len(record["arms"][arm]["epochs"]) - 1) for arm in ("loop", "control")}
+    lines.append(f"- **New fits that beat the stored fit** (SPIN's keep-the-better rule), mean over epochs: loop "
+                 f"{won['loop']:.1%} (SMPLify from the network's estimate), control {won['control']:.1%} (from the "
+                 f"mean start). The loop's effect needs starts near the fits; a network far worse than its fits "
+                 f"gives starts that rarely win.")
+    lines.append("- One seed: differences of a millimetre or two are within its noise (docs/training.md, SPIN's "
+                 "ablation).")
+    return lines
 
 
 def table(record: dict[str, Any]) -> str:

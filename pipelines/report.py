@@ -85,9 +85,12 @@ WHOLEBODY_ERRORS = ("body_pa_mpjpe_mm", "left_hand_pa_mpjpe_mm", "right_hand_pa_
 
 def write_report(out: Path, *, manifest: dict[str, Any], seed: dict[str, Any], train: dict[str, Any],
                  fit_errors: list[dict[str, Any]], pictures: dict[str, str], timings: dict[str, float],
-                 notes: list[str], wholebody: dict[str, Any] | None = None) -> Path:
+                 notes: list[str], wholebody: dict[str, Any] | None = None,
+                 ablation: dict[str, Any] | None = None) -> Path:
     """Write ``out/report.md``; returns its path. ``wholebody``: the whole-body fits' summary (the demo's
-    ``wholebody_fits``: rows of per-dataset median errors, fits, seconds, model_id, version), or None."""
+    ``wholebody_fits``: rows of per-dataset median errors, fits, seconds, model_id, version), or None.
+    ``ablation``: SPIN's ablation as the demo ran it (`bench.loop`): ``conclusion`` (markdown lines), ``table``
+    (markdown), ``picture`` (a path relative to ``out``) and ``cpu_s``, or None."""
     c = manifest["counts"]
     lines = ["# fitloop demo report", "", *notes, "", "## Timings", "",
              *_table([{"stage": k, "seconds": v} for k, v in timings.items()], ["stage", "seconds"]), "",
@@ -118,6 +121,15 @@ def write_report(out: Path, *, manifest: dict[str, Any], seed: dict[str, Any], t
                   *_table(metrics, columns), ""]
     if pictures.get("curves"):
         lines += [f"![training curves]({pictures['curves']})", ""]
+    if ablation:
+        lines += ["## SPIN's ablation: static fits, fits in the loop, and a control", "",
+                  "The same keypoints network trained three ways on the same synthetic people (`fitloop bench loop`, "
+                  "`bench/loop.py`): on the static seed fits; with SMPLify in the loop from the network's estimate "
+                  "(SPIN); and a control refitted in the loop from the mean start, with no network start. "
+                  f"{ablation['cpu_s']:.0f} CPU s, one torch thread. Outcome, last epoch:", "",
+                  *ablation["conclusion"], "", ablation["table"], ""]
+        if ablation.get("picture"):
+            lines += [f"![SPIN's ablation]({ablation['picture']})", ""]
     if wholebody and wholebody.get("rows"):
         lines += ["## Whole-body people (SMPL-X)", "",
                   f"{wholebody['fits']} whole-body samples (the synthetic COCO-WholeBody and OpenPose people: open "

@@ -84,3 +84,25 @@ def test_control_refits_from_the_mean_start_not_the_network(tiny):
 def test_loop_start_is_checked():
     with pytest.raises(ValueError, match="loop_start must be one of network/mean"):
         TrainConfig(shards=("s",), fits="f", loop_start="network-ish").validated()
+
+
+def test_conclusion_states_the_numbers_and_the_demo_report_shows_them(tiny, tmp_path):
+    from pipelines.report import write_report
+
+    out, record, _ = tiny
+    lines = bench_loop.conclusion(record)
+    last = record["verdict"]["last_epoch"]
+    for metric, line in (("fits_pa_mpjpe_mm", lines[0]), ("net_pa_mpjpe_mm", lines[1])):
+        for other in ("static", "control"):
+            diff = last["loop"][metric] - last[other][metric]
+            word = "beats" if diff < 0 else "does not beat"
+            assert f"{word} {other} ({last['loop'][metric]:.1f} vs {last[other][metric]:.1f} mm, {diff:+.1f} mm)" \
+                in line, (metric, other, line)
+    manifest = {"counts": {"read": 1, "written": 1, "rejected": 0}, "shards": [], "by_dataset": {},
+                "rejects_by_reason": {}}
+    report = write_report(tmp_path, manifest=manifest, seed={"fitted": 1, "appended": 1},
+                          train={"run_dir": str(tmp_path / "run")}, fit_errors=[], pictures={}, timings={},
+                          notes=[], ablation={"conclusion": lines, "table": bench_loop.table(record),
+                                              "picture": "ablation/loop.png", "cpu_s": 1.0}).read_text()
+    assert "## SPIN's ablation" in report and lines[0] in report and "![SPIN's ablation](ablation/loop.png)" in report
+    assert "| control | 2 |" in report  # the table's last arm and epoch

@@ -8,8 +8,10 @@
    fitting in the loop, fits written back);
 4. fit the whole-body samples with SMPLify-X's fast mode (`fitting.smplifyx`, batched LM) in the fit frame and
    append them to the fits table as whole-body fits of the open SMPL-X model (`fits.schema.WholeBodyFit`);
-5. write the report: counts, rejects, fit errors per fits-table version, training curves, the whole-body fits'
-   errors against the truth (body, hands, face), pictures.
+5. run SPIN's ablation at a demo size (`bench.loop.DEMO`: static fits / fits in the loop / a mean-start control,
+   the keypoints network on CMU-posed synthetic people);
+6. write the report: counts, rejects, fit errors per fits-table version, training curves, the ablation's table,
+   plot and outcome, the whole-body fits' errors against the truth (body, hands, face), pictures.
 """
 from __future__ import annotations
 
@@ -53,6 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"whole-body people per whole-body dataset, COCO-WholeBody and OpenPose (default "
                              f"{WHOLEBODY_PEOPLE}; 0 leaves them out)")
     parser.add_argument("--epochs", type=int, default=DEMO_TRAIN["epochs"], help=f"training epochs (default {DEMO_TRAIN['epochs']})")
+    parser.add_argument("--ablation-epochs", type=int, default=None,
+                        help="epochs of SPIN's ablation (fitloop bench loop at the demo's size: 160 training and 60 "
+                             "held-out people; default 12; 0 leaves it out)")
     parser.add_argument("--workers", type=int, default=None, help="Dask workers (default: one per core)")
     parser.add_argument("--dask-address", default=None, metavar="tcp://HOST:PORT",
                         help="run the chunk work on an existing Dask cluster")
@@ -94,6 +99,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if args.wholebody_people < 0:
         raise FitloopError(f"--wholebody-people must be 0 or more, got {args.wholebody_people}")
+    if args.ablation_epochs is not None and args.ablation_epochs < 0:
+        raise FitloopError(f"--ablation-epochs must be 0 (leave the ablation out) or more, got {args.ablation_epochs}")
     start = _step(f"generating synthetic datasets ({args.people} people per dataset, {args.wholebody_people} "
                   f"whole-body people per whole-body dataset) in {out / 'data'}")
     wanted = BODY_DATASETS + (WHOLEBODY_DATASETS if args.wholebody_people else ())
@@ -160,11 +167,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if wholebody.get("picture"):
             pictures["wholebody"] = wholebody["picture"]
         timings["whole-body fits"] = time.perf_counter() - start
+    ablation = None
+    if args.ablation_epochs != 0:
+        start = _step("SPIN's ablation: static fits / fits in the loop / a mean-start control (fitloop bench loop)")
+        ablation = run_ablation(out / "ablation", args.ablation_epochs)
+        for line in ablation["conclusion"]:
+            print(f"[demo]   {line.removeprefix('- ')}", flush=True)
+        ablation["picture"] = str(Path(ablation["picture"]).relative_to(out))
+        timings["ablation"] = time.perf_counter() - start
     manifest = json.loads((Path(summary["shards"]) / "manifest.json").read_text())
     report = write_report(out, manifest=manifest, seed=summary["seed"], train=summary["train"], fit_errors=errors,
-                          pictures=pictures, timings=timings, notes=notes, wholebody=wholebody)
+                          pictures=pictures, timings=timings, notes=notes, wholebody=wholebody, ablation=ablation)
     print(f"[demo] done in {sum(timings.values()):.0f} s: {report}", flush=True)
     return 0
+
+
+def run_ablation(out: Path, epochs: int | None = None) -> dict[str, Any]:
+    """SPIN's ablation at the demo's size (`bench.loop.DEMO`, ``epochs`` overriding its own) in ``out``: the
+    report's ``ablation`` (conclusion lines, markdown table, the plot's path, CPU s)."""
+    import dataclasses
+
+    import torch
+
+    import bench.loop as bench_loop
+
+    threads = torch.get_num_threads()
+    size = bench_loop.DEMO if epochs is None else dataclasses.replace(bench_loop.DEMO, epochs=epochs)
+    try:
+        record = bench_loop.run(out, size)
+    finally:
+        torch.set_num_threads(threads)  # the bench runs on one thread
+    return {"conclusion": bench_loop.conclusion(record), "table": bench_loop.table(record),
+            "picture": str(out / "loop.png"), "cpu_s": sum(r["cpu_s"] for r in record["arms"].values())
+            + sum(record["cpu_s"].values()), "verdict": record["verdict"]}
 
 
 WHOLEBODY_SPLITS = {"coco_wholebody": ("train", "val"), "openpose": ("train",)}  # what the generator writes
