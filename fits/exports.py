@@ -119,13 +119,16 @@ def best_view(table: FitsTable, *, body_model_id: str | None, frame: str | None,
     return kept, best.num_rows - kept.num_rows
 
 
-def _flat(column: pa.ChunkedArray, width: int) -> np.ndarray:
+def list_values(column: pa.ChunkedArray, width: int) -> np.ndarray:
+    """A fixed-width list column (pose, betas, ...) as an (N, width) array of its value type."""
     return pc.list_flatten(column.combine_chunks()).to_numpy(zero_copy_only=False).reshape(-1, width)
 
 
 @dataclass
-class _SpinFile:
-    """The rows of one (dataset, split) as they are read."""
+class SplitRows:
+    """The samples of one (dataset, split) of a shard set, in shard order (`read_split_rows`): keys, SPIN's
+    ``imgname`` (`spin_imgname`), box centre (px) and scale (side / 200), the 49 canonical 2D keypoints (49, 3) px
+    and 3D joints (49, 4) m or None, float64, and the video frames the names stand for."""
 
     keys: list[str] = field(default_factory=list)
     imgname: list[str] = field(default_factory=list)
@@ -134,6 +137,27 @@ class _SpinFile:
     keypoints: list[np.ndarray] = field(default_factory=list)
     joints_3d: list[np.ndarray | None] = field(default_factory=list)
     frames: list[tuple[Path, str, int]] = field(default_factory=list)   # (video, imgname, frame) to extract
+
+
+def read_split_rows(shard_dir: Path) -> dict[tuple[str, str], SplitRows]:
+    """Every sample of the shard set ``shard_dir``, grouped by (dataset, split), sorted; an empty set raises
+    `FitsTableError`."""
+    files: dict[tuple[str, str], SplitRows] = defaultdict(SplitRows)
+    for sample in iter_samples(Path(shard_dir)):
+        meta = sample.meta
+        rows = files[(meta["dataset"], meta["split"])]
+        name = spin_imgname(meta["image_path"], meta.get("image_frame"), meta["dataset"])
+        rows.keys.append(sample.key)
+        rows.imgname.append(name)
+        rows.center.append(np.asarray(meta["center"], np.float64))
+        rows.scale.append(float(meta["scale"]))
+        rows.keypoints.append(np.asarray(sample.keypoints_2d, np.float64))
+        rows.joints_3d.append(None if sample.joints_3d is None else np.asarray(sample.joints_3d, np.float64))
+        if meta.get("image_frame") is not None:
+            rows.frames.append((Path(meta["image_root"]) / meta["image_path"], name, int(meta["image_frame"])))
+    if not files:
+        raise FitsTableError(f"{shard_dir}: the shard set holds no samples; nothing to export")
+    return dict(sorted(files.items()))
 
 
 def export_spin_datasets(table: FitsTable, shard_dir: Path, out: Path, *, body_model_id: str | None = None,
@@ -151,33 +175,19 @@ def export_spin_datasets(table: FitsTable, shard_dir: Path, out: Path, *, body_m
     best, filtered = best_view(table, body_model_id=body_model_id, frame=frame, version=version,
                                timestamp=timestamp, fit_filter=fit_filter)
     where = {key: i for i, key in enumerate(best["key"].to_pylist())}
-    pose, betas = _flat(best["pose"], NUM_POSE), _flat(best["betas"], NUM_BETAS)
+    pose, betas = list_values(best["pose"], NUM_POSE), list_values(best["betas"], NUM_BETAS)
     models = best["body_model_id"].unique().to_pylist()
     stage("read")
-    files: dict[tuple[str, str], _SpinFile] = defaultdict(_SpinFile)
-    for sample in iter_samples(Path(shard_dir)):
-        meta = sample.meta
-        rows = files[(meta["dataset"], meta["split"])]
-        name = spin_imgname(meta["image_path"], meta.get("image_frame"), meta["dataset"])
-        rows.keys.append(sample.key)
-        rows.imgname.append(name)
-        rows.center.append(np.asarray(meta["center"], np.float64))
-        rows.scale.append(float(meta["scale"]))
-        rows.keypoints.append(np.asarray(sample.keypoints_2d, np.float64))
-        rows.joints_3d.append(None if sample.joints_3d is None else np.asarray(sample.joints_3d, np.float64))
-        if meta.get("image_frame") is not None:
-            rows.frames.append((Path(meta["image_root"]) / meta["image_path"], name, int(meta["image_frame"])))
-    if not files:
-        raise FitsTableError(f"{shard_dir}: the shard set holds no samples; nothing to export")
+    files = read_split_rows(shard_dir)
     stage("write")
     out = Path(out)
     written, frames = [], 0
-    for (dataset, split), rows in sorted(files.items()):
+    for (dataset, split), rows in files.items():
         offset = pixel_offset if pixel_offset is not None else SPIN_PIXEL_OFFSETS.get(dataset, 0.0)
         arrays = _spin_arrays(rows, offset, where, pose, betas)
         path = out / spin_file_name(dataset, split)
         _write_npz(path, arrays)
-        _write_json(path.with_name(f"{path.stem}.fitloop.json"), {
+        write_json(path.with_name(f"{path.stem}.fitloop.json"), {
             "format": "SPIN dataset .npz (nkolot/SPIN datasets/base_dataset.py)", "shards": str(shard_dir),
             "table": str(table.path), "version": version, "timestamp": None if timestamp is None else str(timestamp),
             "body_model_id": models[0] if models else body_model_id, "frame": frame,
@@ -191,7 +201,7 @@ def export_spin_datasets(table: FitsTable, shard_dir: Path, out: Path, *, body_m
             "body_model_id": models[0] if models else body_model_id, "frame": frame}
 
 
-def _spin_arrays(rows: _SpinFile, offset: float, where: dict[str, int], pose: np.ndarray,
+def _spin_arrays(rows: SplitRows, offset: float, where: dict[str, int], pose: np.ndarray,
                  betas: np.ndarray) -> dict[str, np.ndarray]:
     """SPIN's fields of one file's rows (module docstring)."""
     count = len(rows.keys)
@@ -213,20 +223,22 @@ def _spin_arrays(rows: _SpinFile, offset: float, where: dict[str, int], pose: np
     return arrays
 
 
-def _atomic(path: Path) -> Path:
+def atomic_tmp(path: Path) -> Path:
+    """The temporary name to write ``path`` under before renaming it into place (its folder made)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = _atomic(path)
+    tmp = atomic_tmp(path)
     with open(tmp, "wb") as handle:
         np.savez(handle, **arrays)
     tmp.replace(path)
 
 
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    tmp = _atomic(path)
+def write_json(path: Path, value: dict[str, Any]) -> None:
+    """``value`` as indented JSON at ``path``, atomically."""
+    tmp = atomic_tmp(path)
     tmp.write_text(json.dumps(value, indent=1))
     tmp.replace(path)
 
@@ -243,7 +255,7 @@ def write_frames(frames: list[tuple[Path, str, int]], out: Path) -> int:
         with VideoFrames(video) as reader:
             for index, name in sorted(wanted):
                 path = out / name
-                tmp = _atomic(path)
+                tmp = atomic_tmp(path)
                 reader.frame(index).save(tmp, format="JPEG", quality=95)
                 tmp.replace(path)
     return len(frames)
@@ -294,7 +306,7 @@ def export_fit_tars(table: FitsTable, shard_dir: Path, out: Path, *, body_model_
     shards = samples = with_fit = 0
     for shard in list_shards(Path(shard_dir)):
         path = out / shard.path.name
-        tmp = _atomic(path)
+        tmp = atomic_tmp(path)
         with tarfile.open(tmp, mode="w", format=tarfile.GNU_FORMAT) as tar:
             for key, members in raw_samples(shard.path):
                 fit = fits.get(key)
@@ -321,7 +333,7 @@ def write_obj(path: Path, vertices: np.ndarray, faces: np.ndarray, comments: lis
     lines = [f"# {c}" for c in comments]
     lines += [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in np.asarray(vertices, np.float64)]
     lines += [f"f {a} {b} {c}" for a, b, c in np.asarray(faces, np.int64) + 1]
-    tmp = _atomic(path)
+    tmp = atomic_tmp(path)
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(path)
 
@@ -334,7 +346,7 @@ def write_ply(path: Path, vertices: np.ndarray, faces: np.ndarray, comments: lis
               f"element face {len(faces)}", "property list uchar int vertex_indices", "end_header"]
     face_rows = np.zeros(len(faces), dtype=[("n", "u1"), ("v", "<i4", (3,))])
     face_rows["n"], face_rows["v"] = 3, faces
-    tmp = _atomic(path)
+    tmp = atomic_tmp(path)
     with open(tmp, "wb") as handle:
         handle.write(("\n".join(header) + "\n").encode("ascii"))
         handle.write(np.asarray(vertices, "<f4").tobytes())
@@ -372,8 +384,8 @@ def export_meshes(table: FitsTable, body, out: Path, *, fmt: str = "obj", keys: 
     faces = body.faces
     for start in range(0, best.num_rows, batch_size):
         chunk = best.slice(start, batch_size)
-        pose = torch.tensor(_flat(chunk["pose"], NUM_POSE), dtype=torch.float32)
-        betas = torch.tensor(_flat(chunk["betas"], NUM_BETAS)[:, :body.num_betas], dtype=torch.float32)
+        pose = torch.tensor(list_values(chunk["pose"], NUM_POSE), dtype=torch.float32)
+        betas = torch.tensor(list_values(chunk["betas"], NUM_BETAS)[:, :body.num_betas], dtype=torch.float32)
         cam_t = [t for t in chunk["cam_t"].to_pylist()]
         transl = torch.as_tensor([t if t is not None else [0.0, 0.0, 0.0] for t in cam_t], dtype=torch.float32)
         with torch.no_grad():
