@@ -1,5 +1,5 @@
 """A shard set and its best fits out in other tools' formats: SPIN's dataset ``.npz``, webdataset tars with the fits,
-and posed meshes (.obj/.ply).
+and posed meshes (.obj/.ply). mmhuman3d's HumanData ``.npz``, which pickles, is `fits.humandata_export`.
 
 **SPIN's dataset .npz** (`export_spin_datasets`): one file per (dataset, split) of the shard set, with the fields
 SPIN's ``BaseDataset`` reads (nkolot/SPIN ``datasets/base_dataset.py``; ../shared/SPIN_REFERENCE.md §4.1, §5.1),
