@@ -119,6 +119,33 @@ def best_view(table: FitsTable, *, body_model_id: str | None, frame: str | None,
     return kept, best.num_rows - kept.num_rows
 
 
+@dataclass
+class BestArrays:
+    """The best fits of one body model and frame as arrays (`best_arrays`): ``pose`` (M, 72) and ``betas``
+    (M, 10) axis-angle, the table's dtype, ``where`` each fit's key → row, how many best fits the bars left out."""
+
+    pose: np.ndarray
+    betas: np.ndarray
+    where: dict[str, int]
+    body_model_id: str | None
+    filtered: int
+
+    def rows_of(self, keys: list[str]) -> np.ndarray:
+        """(N,) int64: the row of each key's fit, -1 for a key without one."""
+        return np.array([self.where.get(key, -1) for key in keys], np.int64)
+
+
+def best_arrays(table: FitsTable, *, body_model_id: str | None, frame: str | None, version: int | None,
+                timestamp: datetime | None, fit_filter: FitFilter) -> BestArrays:
+    """`best_view` as arrays; ``body_model_id`` the fits' own where the table has any, else the one asked for."""
+    best, filtered = best_view(table, body_model_id=body_model_id, frame=frame, version=version,
+                               timestamp=timestamp, fit_filter=fit_filter)
+    models = best["body_model_id"].unique().to_pylist()
+    return BestArrays(list_values(best["pose"], NUM_POSE), list_values(best["betas"], NUM_BETAS),
+                      {key: i for i, key in enumerate(best["key"].to_pylist())},
+                      models[0] if models else body_model_id, filtered)
+
+
 def list_values(column: pa.ChunkedArray, width: int) -> np.ndarray:
     """A fixed-width list column (pose, betas, ...) as an (N, width) array of its value type."""
     return pc.list_flatten(column.combine_chunks()).to_numpy(zero_copy_only=False).reshape(-1, width)
@@ -160,6 +187,18 @@ def read_split_rows(shard_dir: Path) -> dict[tuple[str, str], SplitRows]:
     return dict(sorted(files.items()))
 
 
+def read_for_export(table: FitsTable, shard_dir: Path, *, body_model_id: str | None, frame: str | None,
+                    version: int | None, timestamp: datetime | None, fit_filter: FitFilter,
+                    stage: Callable[[str], None]) -> tuple[BestArrays, dict[tuple[str, str], SplitRows]]:
+    """What an export of a shard set with its fits reads: the best fits (stage "best", `best_arrays`), then the
+    samples by (dataset, split) (stage "read", `read_split_rows`)."""
+    stage("best")
+    fits = best_arrays(table, body_model_id=body_model_id, frame=frame, version=version, timestamp=timestamp,
+                       fit_filter=fit_filter)
+    stage("read")
+    return fits, read_split_rows(shard_dir)
+
+
 def export_spin_datasets(table: FitsTable, shard_dir: Path, out: Path, *, body_model_id: str | None = None,
                          frame: str = "crop", version: int | None = None, timestamp: datetime | None = None,
                          fit_filter: FitFilter = FitFilter(), pixel_offset: float | None = None,
@@ -171,39 +210,33 @@ def export_spin_datasets(table: FitsTable, shard_dir: Path, out: Path, *, body_m
     video frames the files name (as ``<folder>/<imgname>``). Returns ``{"files": [{"path", "dataset", "split",
     "rows", "fits", "joints_3d"}], "filtered", "frames", "body_model_id", "frame"}``."""
     stage = on_stage or _no_stage
-    stage("best")
-    best, filtered = best_view(table, body_model_id=body_model_id, frame=frame, version=version,
-                               timestamp=timestamp, fit_filter=fit_filter)
-    where = {key: i for i, key in enumerate(best["key"].to_pylist())}
-    pose, betas = list_values(best["pose"], NUM_POSE), list_values(best["betas"], NUM_BETAS)
-    models = best["body_model_id"].unique().to_pylist()
-    stage("read")
-    files = read_split_rows(shard_dir)
+    fits, files = read_for_export(table, shard_dir, body_model_id=body_model_id, frame=frame, version=version,
+                                  timestamp=timestamp, fit_filter=fit_filter, stage=stage)
     stage("write")
     out = Path(out)
     written, frames = [], 0
     for (dataset, split), rows in files.items():
         offset = pixel_offset if pixel_offset is not None else SPIN_PIXEL_OFFSETS.get(dataset, 0.0)
-        arrays = _spin_arrays(rows, offset, where, pose, betas)
+        arrays = _spin_arrays(rows, offset, fits.rows_of(rows.keys), fits.pose, fits.betas)
         path = out / spin_file_name(dataset, split)
         _write_npz(path, arrays)
         write_json(path.with_name(f"{path.stem}.fitloop.json"), {
             "format": "SPIN dataset .npz (nkolot/SPIN datasets/base_dataset.py)", "shards": str(shard_dir),
             "table": str(table.path), "version": version, "timestamp": None if timestamp is None else str(timestamp),
-            "body_model_id": models[0] if models else body_model_id, "frame": frame,
+            "body_model_id": fits.body_model_id, "frame": frame,
             "fit_filter": fit_filter.describe() if fit_filter.active else None, "pixel_offset": offset,
             "keys": rows.keys})
         written.append({"path": str(path), "dataset": dataset, "split": split, "rows": len(rows.keys),
                         "fits": int(arrays["has_smpl"].sum()), "joints_3d": "S" in arrays})
         if extract_frames is not None and rows.frames:
             frames += write_frames(rows.frames, Path(extract_frames))
-    return {"files": written, "filtered": filtered, "frames": frames,
-            "body_model_id": models[0] if models else body_model_id, "frame": frame}
+    return {"files": written, "filtered": fits.filtered, "frames": frames, "body_model_id": fits.body_model_id,
+            "frame": frame}
 
 
-def _spin_arrays(rows: SplitRows, offset: float, where: dict[str, int], pose: np.ndarray,
+def _spin_arrays(rows: SplitRows, offset: float, fit_rows: np.ndarray, pose: np.ndarray,
                  betas: np.ndarray) -> dict[str, np.ndarray]:
-    """SPIN's fields of one file's rows (module docstring)."""
+    """SPIN's fields of one file's rows (module docstring); ``fit_rows`` (`BestArrays.rows_of`)."""
     count = len(rows.keys)
     keypoints = np.stack(rows.keypoints)
     part = keypoints[:, J24_OFFSET:].copy()
@@ -213,7 +246,6 @@ def _spin_arrays(rows: SplitRows, offset: float, where: dict[str, int], pose: np
               "openpose": keypoints[:, :J24_OFFSET].copy()}
     if any(j is not None for j in rows.joints_3d):
         arrays["S"] = np.stack([np.zeros((NUM_J24, 4)) if j is None else j[J24_OFFSET:] for j in rows.joints_3d])
-    fit_rows = np.array([where.get(key, -1) for key in rows.keys], np.int64)
     has = fit_rows >= 0
     arrays["pose"] = np.zeros((count, NUM_POSE))
     arrays["shape"] = np.zeros((count, NUM_BETAS))

@@ -47,7 +47,7 @@ from typing import Any, Callable
 import numpy as np
 
 from core.joints import J24_NAMES, NUM_JOINTS, OPENPOSE_NAMES
-from fits.exports import SplitRows, atomic_tmp, best_view, list_values, read_split_rows, write_json
+from fits.exports import SplitRows, atomic_tmp, read_for_export, write_json
 from fits.quality import FitFilter
 from fits.schema import NUM_BETAS, NUM_POSE, FitsTableError
 from fits.table import FitsTable
@@ -103,10 +103,6 @@ HUMAN_DATA_SLOTS: np.ndarray = np.array([HUMAN_DATA_KEYPOINTS.index(name) for na
 HUMAN_DATA_MASK: np.ndarray = np.zeros(len(HUMAN_DATA_KEYPOINTS), np.uint8)
 HUMAN_DATA_MASK[HUMAN_DATA_SLOTS] = 1
 SPIN_BOX_UNIT = 200.0  # SPIN's scale is the box side in units of 200 px (SPIN utils/imutils.py, crop)
-
-
-def _no_stage(name: str) -> None:
-    return None
 
 
 def to_human_data(keypoints: np.ndarray) -> np.ndarray:
@@ -177,21 +173,13 @@ def export_humandata(table: FitsTable, shard_dir: Path, out: Path, *, allow_pick
     "rows", "fits", "joints_3d"}], "filtered", "body_model_id", "frame"}``."""
     if not allow_pickle:
         raise FitsTableError(PICKLE_REFUSAL)
-    stage = on_stage or _no_stage
-    stage("best")
-    best, filtered = best_view(table, body_model_id=body_model_id, frame=frame, version=version,
-                               timestamp=timestamp, fit_filter=fit_filter)
-    where = {key: i for i, key in enumerate(best["key"].to_pylist())}
-    pose, betas = list_values(best["pose"], NUM_POSE), list_values(best["betas"], NUM_BETAS)
-    models = best["body_model_id"].unique().to_pylist()
-    model = models[0] if models else body_model_id
-    stage("read")
-    files = read_split_rows(shard_dir)
+    stage = on_stage or (lambda name: None)
+    fits, files = read_for_export(table, shard_dir, body_model_id=body_model_id, frame=frame, version=version,
+                                  timestamp=timestamp, fit_filter=fit_filter, stage=stage)
     stage("write")
     written = []
     for (dataset, split), rows in files.items():
-        fit_rows = np.array([where.get(key, -1) for key in rows.keys], np.int64)
-        data = humandata_arrays(rows, dataset, fit_rows, pose, betas)
+        data = humandata_arrays(rows, dataset, fits.rows_of(rows.keys), fits.pose, fits.betas)
         check_plain(data["smpl"], f"{dataset}/{split} smpl")
         path = Path(out) / f"{dataset}_{split}.npz"
         tmp = atomic_tmp(path)
@@ -201,8 +189,9 @@ def export_humandata(table: FitsTable, shard_dir: Path, out: Path, *, allow_pick
         write_json(path.with_name(f"{path.stem}.fitloop.json"), {
             "format": f"mmhuman3d HumanData .npz ({HUMANDATA_SOURCE}); keypoints in its 'human_data' convention",
             "shards": str(shard_dir), "table": str(table.path), "version": version,
-            "timestamp": None if timestamp is None else str(timestamp), "body_model_id": model, "frame": frame,
+            "timestamp": None if timestamp is None else str(timestamp), "body_model_id": fits.body_model_id,
+            "frame": frame,
             "fit_filter": fit_filter.describe() if fit_filter.active else None, "keys": rows.keys})
         written.append({"path": str(path), "dataset": dataset, "split": split, "rows": len(rows.keys),
                         "fits": int(data["has_smpl"].sum()), "joints_3d": "keypoints3d" in data})
-    return {"files": written, "filtered": filtered, "body_model_id": model, "frame": frame}
+    return {"files": written, "filtered": fits.filtered, "body_model_id": fits.body_model_id, "frame": frame}

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import test_exports
 from test_exports import crop_fits
 
 from fitloop.cli import main
@@ -36,15 +37,7 @@ PINNED = {"right_ankle": (8, 25), "left_ankle": (7, 30), "nose": (55, 44), "left
           "right_heel_openpose": (177, 24)}
 
 
-@pytest.fixture(scope="module")
-def synth_shards(tmp_path_factory) -> Path:
-    """test_exports' shard set: synth-x train (3 samples, 3D joints, OpenPose) and test (2)."""
-    from bench.synthetic_shards import DatasetSpec, write_synthetic_shards
-
-    root = tmp_path_factory.mktemp("humandata-synth")
-    write_synthetic_shards(root, [DatasetSpec("synth-x", "train", 3, joints_3d=True, openpose=True),
-                                  DatasetSpec("synth-x", "test", 2)], res=64, samples_per_shard=4, seed=2)
-    return root / "shards"
+synth_shards = test_exports.synth_shards  # the module fixture: synth-x train (3, 3D joints), test (2)
 
 
 def humandata_load(npz: Path) -> tuple[dict, dict]:
