@@ -1,5 +1,5 @@
 """A shard set and its best fits out in other tools' formats: SPIN's dataset ``.npz``, webdataset tars with the fits,
-and posed meshes (.obj/.ply).
+and posed meshes (.obj/.ply). mmhuman3d's HumanData ``.npz``, which pickles, is `fits.humandata_export`.
 
 **SPIN's dataset .npz** (`export_spin_datasets`): one file per (dataset, split) of the shard set, with the fields
 SPIN's ``BaseDataset`` reads (nkolot/SPIN ``datasets/base_dataset.py``; ../shared/SPIN_REFERENCE.md §4.1, §5.1),
@@ -119,13 +119,43 @@ def best_view(table: FitsTable, *, body_model_id: str | None, frame: str | None,
     return kept, best.num_rows - kept.num_rows
 
 
-def _flat(column: pa.ChunkedArray, width: int) -> np.ndarray:
+@dataclass
+class BestArrays:
+    """The best fits of one body model and frame as arrays (`best_arrays`): ``pose`` (M, 72) and ``betas``
+    (M, 10) axis-angle, the table's dtype, ``where`` each fit's key → row, how many best fits the bars left out."""
+
+    pose: np.ndarray
+    betas: np.ndarray
+    where: dict[str, int]
+    body_model_id: str | None
+    filtered: int
+
+    def rows_of(self, keys: list[str]) -> np.ndarray:
+        """(N,) int64: the row of each key's fit, -1 for a key without one."""
+        return np.array([self.where.get(key, -1) for key in keys], np.int64)
+
+
+def best_arrays(table: FitsTable, *, body_model_id: str | None, frame: str | None, version: int | None,
+                timestamp: datetime | None, fit_filter: FitFilter) -> BestArrays:
+    """`best_view` as arrays; ``body_model_id`` the fits' own where the table has any, else the one asked for."""
+    best, filtered = best_view(table, body_model_id=body_model_id, frame=frame, version=version,
+                               timestamp=timestamp, fit_filter=fit_filter)
+    models = best["body_model_id"].unique().to_pylist()
+    return BestArrays(list_values(best["pose"], NUM_POSE), list_values(best["betas"], NUM_BETAS),
+                      {key: i for i, key in enumerate(best["key"].to_pylist())},
+                      models[0] if models else body_model_id, filtered)
+
+
+def list_values(column: pa.ChunkedArray, width: int) -> np.ndarray:
+    """A fixed-width list column (pose, betas, ...) as an (N, width) array of its value type."""
     return pc.list_flatten(column.combine_chunks()).to_numpy(zero_copy_only=False).reshape(-1, width)
 
 
 @dataclass
-class _SpinFile:
-    """The rows of one (dataset, split) as they are read."""
+class SplitRows:
+    """The samples of one (dataset, split) of a shard set, in shard order (`read_split_rows`): keys, SPIN's
+    ``imgname`` (`spin_imgname`), box centre (px) and scale (side / 200), the 49 canonical 2D keypoints (49, 3) px
+    and 3D joints (49, 4) m or None, float64, and the video frames the names stand for."""
 
     keys: list[str] = field(default_factory=list)
     imgname: list[str] = field(default_factory=list)
@@ -136,25 +166,10 @@ class _SpinFile:
     frames: list[tuple[Path, str, int]] = field(default_factory=list)   # (video, imgname, frame) to extract
 
 
-def export_spin_datasets(table: FitsTable, shard_dir: Path, out: Path, *, body_model_id: str | None = None,
-                         frame: str = "crop", version: int | None = None, timestamp: datetime | None = None,
-                         fit_filter: FitFilter = FitFilter(), pixel_offset: float | None = None,
-                         extract_frames: Path | None = None,
-                         on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Write the shard set ``shard_dir`` with the best fits of ``table`` as SPIN's dataset .npz files under ``out``
-    (module docstring), one per (dataset, split). ``pixel_offset``: added to ``part`` and ``center`` of every file
-    (default: SPIN's for the dataset, 0 for one SPIN does not ship). ``extract_frames``: a folder to write the
-    video frames the files name (as ``<folder>/<imgname>``). Returns ``{"files": [{"path", "dataset", "split",
-    "rows", "fits", "joints_3d"}], "filtered", "frames", "body_model_id", "frame"}``."""
-    stage = on_stage or _no_stage
-    stage("best")
-    best, filtered = best_view(table, body_model_id=body_model_id, frame=frame, version=version,
-                               timestamp=timestamp, fit_filter=fit_filter)
-    where = {key: i for i, key in enumerate(best["key"].to_pylist())}
-    pose, betas = _flat(best["pose"], NUM_POSE), _flat(best["betas"], NUM_BETAS)
-    models = best["body_model_id"].unique().to_pylist()
-    stage("read")
-    files: dict[tuple[str, str], _SpinFile] = defaultdict(_SpinFile)
+def read_split_rows(shard_dir: Path) -> dict[tuple[str, str], SplitRows]:
+    """Every sample of the shard set ``shard_dir``, grouped by (dataset, split), sorted; an empty set raises
+    `FitsTableError`."""
+    files: dict[tuple[str, str], SplitRows] = defaultdict(SplitRows)
     for sample in iter_samples(Path(shard_dir)):
         meta = sample.meta
         rows = files[(meta["dataset"], meta["split"])]
@@ -169,31 +184,59 @@ def export_spin_datasets(table: FitsTable, shard_dir: Path, out: Path, *, body_m
             rows.frames.append((Path(meta["image_root"]) / meta["image_path"], name, int(meta["image_frame"])))
     if not files:
         raise FitsTableError(f"{shard_dir}: the shard set holds no samples; nothing to export")
+    return dict(sorted(files.items()))
+
+
+def read_for_export(table: FitsTable, shard_dir: Path, *, body_model_id: str | None, frame: str | None,
+                    version: int | None, timestamp: datetime | None, fit_filter: FitFilter,
+                    stage: Callable[[str], None]) -> tuple[BestArrays, dict[tuple[str, str], SplitRows]]:
+    """What an export of a shard set with its fits reads: the best fits (stage "best", `best_arrays`), then the
+    samples by (dataset, split) (stage "read", `read_split_rows`)."""
+    stage("best")
+    fits = best_arrays(table, body_model_id=body_model_id, frame=frame, version=version, timestamp=timestamp,
+                       fit_filter=fit_filter)
+    stage("read")
+    return fits, read_split_rows(shard_dir)
+
+
+def export_spin_datasets(table: FitsTable, shard_dir: Path, out: Path, *, body_model_id: str | None = None,
+                         frame: str = "crop", version: int | None = None, timestamp: datetime | None = None,
+                         fit_filter: FitFilter = FitFilter(), pixel_offset: float | None = None,
+                         extract_frames: Path | None = None,
+                         on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Write the shard set ``shard_dir`` with the best fits of ``table`` as SPIN's dataset .npz files under ``out``
+    (module docstring), one per (dataset, split). ``pixel_offset``: added to ``part`` and ``center`` of every file
+    (default: SPIN's for the dataset, 0 for one SPIN does not ship). ``extract_frames``: a folder to write the
+    video frames the files name (as ``<folder>/<imgname>``). Returns ``{"files": [{"path", "dataset", "split",
+    "rows", "fits", "joints_3d"}], "filtered", "frames", "body_model_id", "frame"}``."""
+    stage = on_stage or _no_stage
+    fits, files = read_for_export(table, shard_dir, body_model_id=body_model_id, frame=frame, version=version,
+                                  timestamp=timestamp, fit_filter=fit_filter, stage=stage)
     stage("write")
     out = Path(out)
     written, frames = [], 0
-    for (dataset, split), rows in sorted(files.items()):
+    for (dataset, split), rows in files.items():
         offset = pixel_offset if pixel_offset is not None else SPIN_PIXEL_OFFSETS.get(dataset, 0.0)
-        arrays = _spin_arrays(rows, offset, where, pose, betas)
+        arrays = _spin_arrays(rows, offset, fits.rows_of(rows.keys), fits.pose, fits.betas)
         path = out / spin_file_name(dataset, split)
         _write_npz(path, arrays)
-        _write_json(path.with_name(f"{path.stem}.fitloop.json"), {
+        write_json(path.with_name(f"{path.stem}.fitloop.json"), {
             "format": "SPIN dataset .npz (nkolot/SPIN datasets/base_dataset.py)", "shards": str(shard_dir),
             "table": str(table.path), "version": version, "timestamp": None if timestamp is None else str(timestamp),
-            "body_model_id": models[0] if models else body_model_id, "frame": frame,
+            "body_model_id": fits.body_model_id, "frame": frame,
             "fit_filter": fit_filter.describe() if fit_filter.active else None, "pixel_offset": offset,
             "keys": rows.keys})
         written.append({"path": str(path), "dataset": dataset, "split": split, "rows": len(rows.keys),
                         "fits": int(arrays["has_smpl"].sum()), "joints_3d": "S" in arrays})
         if extract_frames is not None and rows.frames:
             frames += write_frames(rows.frames, Path(extract_frames))
-    return {"files": written, "filtered": filtered, "frames": frames,
-            "body_model_id": models[0] if models else body_model_id, "frame": frame}
+    return {"files": written, "filtered": fits.filtered, "frames": frames, "body_model_id": fits.body_model_id,
+            "frame": frame}
 
 
-def _spin_arrays(rows: _SpinFile, offset: float, where: dict[str, int], pose: np.ndarray,
+def _spin_arrays(rows: SplitRows, offset: float, fit_rows: np.ndarray, pose: np.ndarray,
                  betas: np.ndarray) -> dict[str, np.ndarray]:
-    """SPIN's fields of one file's rows (module docstring)."""
+    """SPIN's fields of one file's rows (module docstring); ``fit_rows`` (`BestArrays.rows_of`)."""
     count = len(rows.keys)
     keypoints = np.stack(rows.keypoints)
     part = keypoints[:, J24_OFFSET:].copy()
@@ -203,7 +246,6 @@ def _spin_arrays(rows: _SpinFile, offset: float, where: dict[str, int], pose: np
               "openpose": keypoints[:, :J24_OFFSET].copy()}
     if any(j is not None for j in rows.joints_3d):
         arrays["S"] = np.stack([np.zeros((NUM_J24, 4)) if j is None else j[J24_OFFSET:] for j in rows.joints_3d])
-    fit_rows = np.array([where.get(key, -1) for key in rows.keys], np.int64)
     has = fit_rows >= 0
     arrays["pose"] = np.zeros((count, NUM_POSE))
     arrays["shape"] = np.zeros((count, NUM_BETAS))
@@ -213,20 +255,22 @@ def _spin_arrays(rows: _SpinFile, offset: float, where: dict[str, int], pose: np
     return arrays
 
 
-def _atomic(path: Path) -> Path:
+def atomic_tmp(path: Path) -> Path:
+    """The temporary name to write ``path`` under before renaming it into place (its folder made)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = _atomic(path)
+    tmp = atomic_tmp(path)
     with open(tmp, "wb") as handle:
         np.savez(handle, **arrays)
     tmp.replace(path)
 
 
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    tmp = _atomic(path)
+def write_json(path: Path, value: dict[str, Any]) -> None:
+    """``value`` as indented JSON at ``path``, atomically."""
+    tmp = atomic_tmp(path)
     tmp.write_text(json.dumps(value, indent=1))
     tmp.replace(path)
 
@@ -243,7 +287,7 @@ def write_frames(frames: list[tuple[Path, str, int]], out: Path) -> int:
         with VideoFrames(video) as reader:
             for index, name in sorted(wanted):
                 path = out / name
-                tmp = _atomic(path)
+                tmp = atomic_tmp(path)
                 reader.frame(index).save(tmp, format="JPEG", quality=95)
                 tmp.replace(path)
     return len(frames)
@@ -294,7 +338,7 @@ def export_fit_tars(table: FitsTable, shard_dir: Path, out: Path, *, body_model_
     shards = samples = with_fit = 0
     for shard in list_shards(Path(shard_dir)):
         path = out / shard.path.name
-        tmp = _atomic(path)
+        tmp = atomic_tmp(path)
         with tarfile.open(tmp, mode="w", format=tarfile.GNU_FORMAT) as tar:
             for key, members in raw_samples(shard.path):
                 fit = fits.get(key)
@@ -321,7 +365,7 @@ def write_obj(path: Path, vertices: np.ndarray, faces: np.ndarray, comments: lis
     lines = [f"# {c}" for c in comments]
     lines += [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in np.asarray(vertices, np.float64)]
     lines += [f"f {a} {b} {c}" for a, b, c in np.asarray(faces, np.int64) + 1]
-    tmp = _atomic(path)
+    tmp = atomic_tmp(path)
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(path)
 
@@ -334,7 +378,7 @@ def write_ply(path: Path, vertices: np.ndarray, faces: np.ndarray, comments: lis
               f"element face {len(faces)}", "property list uchar int vertex_indices", "end_header"]
     face_rows = np.zeros(len(faces), dtype=[("n", "u1"), ("v", "<i4", (3,))])
     face_rows["n"], face_rows["v"] = 3, faces
-    tmp = _atomic(path)
+    tmp = atomic_tmp(path)
     with open(tmp, "wb") as handle:
         handle.write(("\n".join(header) + "\n").encode("ascii"))
         handle.write(np.asarray(vertices, "<f4").tobytes())
@@ -372,8 +416,8 @@ def export_meshes(table: FitsTable, body, out: Path, *, fmt: str = "obj", keys: 
     faces = body.faces
     for start in range(0, best.num_rows, batch_size):
         chunk = best.slice(start, batch_size)
-        pose = torch.tensor(_flat(chunk["pose"], NUM_POSE), dtype=torch.float32)
-        betas = torch.tensor(_flat(chunk["betas"], NUM_BETAS)[:, :body.num_betas], dtype=torch.float32)
+        pose = torch.tensor(list_values(chunk["pose"], NUM_POSE), dtype=torch.float32)
+        betas = torch.tensor(list_values(chunk["betas"], NUM_BETAS)[:, :body.num_betas], dtype=torch.float32)
         cam_t = [t for t in chunk["cam_t"].to_pylist()]
         transl = torch.as_tensor([t if t is not None else [0.0, 0.0, 0.0] for t in cam_t], dtype=torch.float32)
         with torch.no_grad():

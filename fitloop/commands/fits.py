@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 # `fitloop fits export`: the --format values each target takes, the first the default.
-EXPORT_FORMATS = {"smplifyx": ("npz", "json"), "shards": ("spin-npz", "wds"), "meshes": ("obj", "ply")}
+EXPORT_FORMATS = {"smplifyx": ("npz", "json"), "shards": ("spin-npz", "wds", "humandata"), "meshes": ("obj", "ply")}
 MODEL_HELP = ('the body model: "open", "open-small", a model file (.pkl/.npz), or its content id '
               '(<family>:<16 hex>, as `fitloop model info` prints)')
 
@@ -128,15 +128,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     target.add_argument("--shards", type=Path, metavar="DIR",
                         help="a shard set: write its samples with the best fits, in the folder --out, as SPIN's "
                              "dataset .npz files, one per dataset and split (--format spin-npz, default), or as "
-                             "webdataset tars, each shard with fit_*.npy and fit.json members added (--format wds) "
+                             "webdataset tars, each shard with fit_*.npy and fit.json members added (--format wds), "
+                             "or as mmhuman3d's HumanData .npz files (--format humandata --allow-pickle) "
                              "(docs/fits_table.md, Exports)")
     target.add_argument("--meshes", type=Path, metavar="DIR",
                         help="write the posed mesh of each best fit of --model as DIR/<dataset>/<id>.obj or .ply "
                              "(--format), metres in the fit's camera")
     export.add_argument("--format", choices=EXPORT_FORMATS["smplifyx"] + EXPORT_FORMATS["shards"]
                         + EXPORT_FORMATS["meshes"], default=None,
-                        help="file format: npz (default) or json with --smplifyx; spin-npz (default) or wds with --shards; obj "
-                             "(default) or ply with --meshes")
+                        help="file format: npz (default) or json with --smplifyx; spin-npz (default), wds or "
+                             "humandata with --shards; obj (default) or ply with --meshes")
+    export.add_argument("--allow-pickle", action="store_true",
+                        help="with --format humandata: write it although it pickles its smpl dict (HumanData.dump "
+                             "saves dicts as object arrays; mmhuman3d loads them with allow_pickle=True)")
     export.add_argument("--out", type=Path, help="the .npy to write (with --spin-npz); the folder (with --shards)")
     export.add_argument("--extract-frames", type=Path, metavar="DIR", default=None,
                         help="with --shards: write the video frames the .npz files name, as DIR/<imgname> (SPIN's "
@@ -519,6 +523,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise FitloopError(f"--format {args.format} does not go with " + (f"--{target} (it takes "
                            f"{', '.join(EXPORT_FORMATS[target])})" if target else "--spin-npz or --parquet"))
     fmt = args.format or (EXPORT_FORMATS[target][0] if target else None)
+    if args.allow_pickle and fmt != "humandata":
+        raise FitloopError("--allow-pickle goes with --format humandata only (no other export writes pickles)")
+    if fmt == "humandata" and not args.allow_pickle:
+        from fits.humandata_export import PICKLE_REFUSAL
+
+        raise FitloopError(PICKLE_REFUSAL)
     if (args.extract_frames is not None or args.pixel_offset is not None) and args.shards is None:
         raise FitloopError("--extract-frames and --pixel-offset go with --shards")
     if args.spin_npz is not None and args.out is None:
@@ -554,6 +564,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 0
     if args.shards is not None and fmt == "wds":
         return _export_fit_tars(args, table, model, fit_filter)
+    if args.shards is not None and fmt == "humandata":
+        return _export_humandata(args, table, model, fit_filter)
     if args.shards is not None:
         return _export_spin_datasets(args, table, model, fit_filter)
     if args.meshes is not None:
@@ -605,6 +617,28 @@ def _export_fit_tars(args: argparse.Namespace, table, model: str | None, fit_fil
                                   fit_filter=fit_filter, on_stage=on_stage, **_at(args))
     print(f"wrote {summary['shards']} tars under {args.out}: {summary['samples']} samples, {summary['fits']} with a "
           f"fit of body model {summary['body_model_id'] or '(none)'} ({summary['frame']} frame)"
+          + (f"; {summary['filtered']} best fits below the bars {fit_filter.describe()}" if fit_filter.active
+             else ""))
+    return 0
+
+
+def _export_humandata(args: argparse.Namespace, table, model: str | None, fit_filter) -> int:
+    from core.errors import FitloopError
+    from fits.humandata_export import export_humandata
+
+    if args.out is None:
+        raise FitloopError("--shards needs --out, the folder to write the HumanData .npz files to")
+    if args.extract_frames is not None or args.pixel_offset is not None:
+        raise FitloopError("--extract-frames and --pixel-offset go with --format spin-npz")
+    with stages("export", ("best", "read", "write")) as on_stage:
+        summary = export_humandata(table, args.shards, args.out, allow_pickle=True, body_model_id=model,
+                                   frame=args.frame or "crop", fit_filter=fit_filter, on_stage=on_stage,
+                                   **_at(args))
+    for file in summary["files"]:
+        print(f"wrote {file['path']}: {file['rows']} rows, {file['fits']} with a fit"
+              + (", 3D keypoints" if file["joints_3d"] else ""))
+    print(f"HumanData (smpl dict pickled, as mmhuman3d writes it); fits of body model "
+          f"{summary['body_model_id'] or '(none)'}, {summary['frame']} frame"
           + (f"; {summary['filtered']} best fits below the bars {fit_filter.describe()}" if fit_filter.active
              else ""))
     return 0
