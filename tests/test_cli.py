@@ -50,3 +50,11 @@ def test_a_broken_pipe_of_the_command_itself_is_not_hidden(monkeypatch):
     monkeypatch.setattr(model_commands, "cmd_info", broken)
     with pytest.raises(BrokenPipeError, match="worker"):
         fitloop(["model", "info"])  # stdout is fine here, so the error is the command's own
+
+
+def test_python_dash_m_fitloop_runs_the_cli():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "fitloop", "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip(), done.stderr
