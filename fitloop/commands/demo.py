@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=int, default=DEMO_TRAIN["epochs"], help=f"training epochs (default {DEMO_TRAIN['epochs']})")
     parser.add_argument("--ablation-epochs", type=int, default=None,
                         help="epochs of SPIN's ablation (fitloop bench loop at the demo's size: 160 training and 60 "
-                             "held-out people; default 12; 0 leaves it out)")
+                             "held-out people; default 24; 0 leaves it out)")
     parser.add_argument("--workers", type=int, default=None, help="Dask workers (default: one per core)")
     parser.add_argument("--dask-address", default=None, metavar="tcp://HOST:PORT",
                         help="run the chunk work on an existing Dask cluster")
