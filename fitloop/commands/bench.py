@@ -60,6 +60,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pre.add_argument("--json", action="store_true")
     pre.set_defaults(func=cmd_preprocess)
 
+    seeding = commands.add_parser(
+        "seeding", help="seeding fits/s: this process (1, 2 torch threads) vs. a local Dask cluster of 1, 2 workers",
+        description="Seed the same rendered people (CMU held-out subjects and SPIN's LSP poses, mean-pose starts) "
+                    "into a fresh fits table with batched SMPLify, in this process with 1 and 2 torch threads and "
+                    "on a local Dask cluster of 1 and 2 single-thread worker processes; print fits/s per arm and "
+                    "each arm's ratio to this process on 1 thread. Every arm must append the same fits at the "
+                    "same mean loss. Wall time, best of --repeats; cluster start-up not timed.")
+    seeding.add_argument("--people", type=int, default=512, help="people seeded per run (default 512)")
+    seeding.add_argument("--batch", type=int, default=64, help="SMPLify batch = one Dask task (default 64)")
+    seeding.add_argument("--workers", default="1,2", help="Dask worker counts, comma-separated (default 1,2)")
+    seeding.add_argument("--threads", default="1,2", help="in-process torch thread counts (default 1,2)")
+    seeding.add_argument("--repeats", type=int, default=2, help="alternating runs per arm; the best counts")
+    seeding.add_argument("--model", default="open", help='"open" (default) or "open-small"')
+    seeding.add_argument("--json", action="store_true", help="print one JSON object")
+    seeding.set_defaults(func=cmd_seeding)
+
     renderer = commands.add_parser(
         "renderer", help="silhouette + part renderer (fitting.silhouette) forward+backward vs. DEODR, per sample",
         description="Render the open model's silhouette and 24 part maps for a batch of posed people (synthetic, "
@@ -358,6 +374,31 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     else:
         print(f"{result['samples']} samples in {result['chunks']} chunks; 2 workers vs 1: "
               f"{result.get('ratio_2_vs_1', float('nan')):.2f}x")
+    return 0
+
+
+def cmd_seeding(args: argparse.Namespace) -> int:
+    from bench.seeding import run
+    from core.errors import FitloopError
+
+    try:
+        workers = tuple(int(w) for w in args.workers.split(",") if w.strip())
+        threads = tuple(int(t) for t in args.threads.split(",") if t.strip())
+    except ValueError:
+        raise FitloopError(f"--workers and --threads take comma-separated counts, got {args.workers!r} and "
+                           f"{args.threads!r}") from None
+    try:
+        result = run(people=args.people, batch_size=args.batch, workers=workers, threads=threads,
+                     repeats=args.repeats, body_model=args.model, progress=not args.json)
+    except ValueError as err:
+        raise FitloopError(f"bench seeding: {err}") from None
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['samples']} people ({', '.join(result['sources'])}), batch {result['batch_size']}, "
+          f"{result['body_model']} model, load {result['load_average'][0]:.1f} on {result['cores']} cores:")
+    for name, rate in result["fits_per_s"].items():
+        print(f"  {name:<14} {rate:7.1f} fits/s  {result['ratio_vs_in_process_1'].get(name, float('nan')):.2f}x")
     return 0
 
 
