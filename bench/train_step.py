@@ -27,12 +27,15 @@ from pathlib import Path
 import torch
 
 from bench.synthetic_shards import DatasetSpec, write_synthetic_shards
+from core.host_syncs import count_host_syncs
 from fits.seeding import SeedConfig, seed_fits
 from fits.store import FitsStore
 from fitting.smplify import SMPLifyConfig
 from training.config import TrainConfig
 from training.loop import Position, StepTimer, resolve, setup, train_step
 from training.run_log import PARTS
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _time_steps(config: TrainConfig, steps: int, warmup: int) -> dict:
@@ -68,6 +71,56 @@ def _time_steps(config: TrainConfig, steps: int, warmup: int) -> dict:
             "flush_ms": flush_ms, "flush_rows": rows, "fits_updated": statistics.mean(t["fits_updated"] for t in terms),
             "seeded": seeded, "seed_fits_per_s": seeded / seed_s if seed_s else None,
             "steps_ms": [t["step_ms"] for t in per_step]}
+
+
+def _count_step(config: TrainConfig, warmup: int) -> dict:
+    """The host syncs of one training step (`core.host_syncs`) after ``warmup`` steps, on the seeded fits."""
+    run = setup(config)
+    seeding = SeedConfig(body_model=config.body_model, joint_regressor_extra=config.joint_regressor_extra,
+                         pose_prior=config.pose_prior, smplify=config.smplify, batch_size=config.batch_size,
+                         run_id="bench-seed", device=str(run.smplify_device))
+    seed_fits([Path(s) for s in config.shards], run.table.path, seeding, splits=config.train_splits, missing_only=True)
+    store = FitsStore.load(run.table, run.body.model_id)
+    run.stream.set_position(0, 0)
+    batches = iter(run.loader)
+    timer = StepTimer(run.device)
+    pos = Position()
+    for _ in range(warmup):
+        train_step(run, store, next(batches), pos, timer)
+        pos.step += 1
+    items = next(batches)
+    with count_host_syncs(REPO) as syncs:
+        train_step(run, store, items, pos, timer)
+    return {"total": syncs.total, "by_folder": {f: syncs.under(f) for f in ("training", "fitting", "fits", "core")},
+            "by_kind": syncs.by_kind(), "sites": {f"{kind} {where}": n for (kind, where), n in syncs.sites.items()},
+            "torch_own": sum(syncs.torch_own.values())}
+
+
+def count_syncs(*, batch: int = 8, img_res: int = 64, backbone: int = 18, body_model: str = "open-small",
+                warmup: int = 1, workdir: Path | None = None, seed: int = 0) -> dict:
+    """Host syncs per training step (`core.host_syncs`: the step's reads of tensor values, counted on CPU) for the
+    hmr and keypoints heads, each with and without SMPLify in the loop; returns a JSON-able record."""
+    with tempfile.TemporaryDirectory(prefix="fitloop-bench-syncs-", dir=workdir) as tmp:
+        root = Path(tmp)
+        per_set = batch * (warmup + 2)
+        write_synthetic_shards(root / "data", [
+            DatasetSpec("synth-h36m", "train", per_set, smpl=True, joints_3d=True, masks=True),
+            DatasetSpec("synth-wild", "train", per_set, openpose=True, masks=True)],
+            body_model=body_model, res=img_res, samples_per_shard=max(16, per_set // 2), seed=seed)
+        result: dict = {"batch": batch, "body_model": body_model, "counted": "reads of tensor values by the step "
+                        "(core.host_syncs: item, tolist, numpy, bool, float, int, index, nonzero, mask indexing); "
+                        "torch's own reads (Adam's host-side step counter) apart"}
+        for head in ("hmr", "keypoints"):
+            for smplify in (True, False):
+                name = f"{head}_{'smplify' if smplify else 'no_smplify'}"
+                config = resolve(TrainConfig(
+                    shards=(str(root / "data" / "shards"),), fits=str(root / f"fits-{name}"),
+                    run_dir=str(root / f"run-{name}"), head=head, backbone=backbone, img_res=img_res,
+                    batch_size=batch, body_model=body_model, device="cpu", num_workers=0, run_smplify=smplify,
+                    mix="synth-h36m=0.5;*=0.5", steps_per_epoch=warmup + 1, tensorboard=False, seed=seed,
+                    eval_splits=("none",)))
+                result[name] = _count_step(config, warmup)
+        return result
 
 
 def run(*, batch: int = 16, steps: int = 5, warmup: int = 1, backbone: int = 50, img_res: int = 224,

@@ -1,0 +1,133 @@
+"""Counting the host's reads of tensor values in a piece of code: where, on a GPU, the host waits for the device.
+
+On CUDA every read of a tensor's value by Python (``t.item()``, ``float(t)``, ``bool(t)`` in an ``if``, ``t.tolist()``,
+``t.numpy()`` after ``.cpu()``) and every op whose output shape depends on the values (``torch.nonzero``, indexing
+with a boolean mask) makes the host wait until the device has computed that value: a host sync, which stalls the
+launch queue. On a CPU run nothing waits, but the same calls are made, so they can be counted there:
+`count_host_syncs` patches them for the duration of a ``with`` block and records each call with the first stack
+frame outside torch (the line of project code responsible).
+
+Counted (`READS`, `SHAPE_OPS`): ``Tensor.item``, ``tolist``, ``numpy``, ``__array__``, ``__bool__``, ``__float__``,
+``__int__``, ``__index__``; ``torch.nonzero`` / ``Tensor.nonzero``, ``torch.argwhere``, ``torch.masked_select``,
+``Tensor.__getitem__`` / ``__setitem__`` with a boolean tensor index. A read nested in another (``np.asarray(t)``:
+``__array__`` then ``numpy``) counts once.
+
+Not counted, by design: reads made directly by torch's own Python code are recorded apart (`HostSyncs.torch_own`),
+because the common one is Adam's per-parameter ``step`` counter, which torch keeps on the host (a CPU tensor even on
+CUDA unless ``capturable``) and which is no sync. Host-to-device copies (``t.to("cuda")`` from pageable memory
+without ``non_blocking``) do sync on CUDA but are invisible on a CPU run; ``torch.cuda.set_sync_debug_mode("warn")``
+reports every kind on a GPU.
+"""
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+READS = ("item", "tolist", "numpy", "__array__", "__bool__", "__float__", "__int__", "__index__")
+SHAPE_OPS = ("nonzero", "argwhere", "masked_select")   # torch functions (and Tensor methods) with data-dependent shapes
+_TORCH_DIR = str(Path(torch.__file__).resolve().parent)
+
+
+@dataclass
+class HostSyncs:
+    """What `count_host_syncs` saw. sites: (kind, "path:line") -> calls, the line the first frame outside torch;
+    torch_own: the same for reads torch's own Python code made (module docstring), not in `total`."""
+
+    sites: Counter = field(default_factory=Counter)
+    torch_own: Counter = field(default_factory=Counter)
+
+    @property
+    def total(self) -> int:
+        return sum(self.sites.values())
+
+    def by_kind(self) -> dict[str, int]:
+        out: Counter = Counter()
+        for (kind, _), n in self.sites.items():
+            out[kind] += n
+        return dict(out)
+
+    def under(self, *folders: str) -> int:
+        """Calls whose responsible line is in a file under one of ``folders`` (repository-relative, e.g. "training")."""
+        return sum(n for (_, where), n in self.sites.items() if where.split(":")[0].split("/")[0] in folders)
+
+    def describe(self) -> str:
+        """One line per site, most calls first."""
+        return "\n".join(f"{n:4d}  {kind:<14} {where}" for (kind, where), n in self.sites.most_common())
+
+
+def _is_bool_index(index: Any) -> bool:
+    parts = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts)
+
+
+def _site(root: Path) -> tuple[str, bool]:
+    """("path:line" of the first frame outside torch and this module, whether the call came straight from torch)."""
+    frame = sys._getframe(3)     # _site <- wrapper's _record <- wrapper <- the caller
+    direct = frame.f_code.co_filename.startswith(_TORCH_DIR)
+    while frame is not None and (frame.f_code.co_filename.startswith(_TORCH_DIR)
+                                 or frame.f_code.co_filename == __file__):
+        frame = frame.f_back
+    if frame is None:
+        return "?", direct
+    path = Path(frame.f_code.co_filename)
+    try:
+        path = path.resolve().relative_to(root)
+    except ValueError:
+        pass
+    return f"{path}:{frame.f_lineno}", direct
+
+
+@contextmanager
+def count_host_syncs(root: Path | str = ".") -> Iterator[HostSyncs]:
+    """Count the host reads of tensor values (module docstring) made inside the block; sites are given relative to
+    ``root`` (the repository). Not thread-safe: the patches are global while the block runs (DataLoader workers are
+    other processes and are not seen)."""
+    root = Path(root).resolve()
+    seen = HostSyncs()
+    depth = [0]
+
+    def _record(kind: str) -> None:
+        where, direct = _site(root)
+        (seen.torch_own if direct else seen.sites)[(kind, where)] += 1
+
+    def wrap(kind: str, original: Callable, when: Callable[..., bool] | None = None) -> Callable:
+        def wrapper(*args, **kwargs):
+            if depth[0] or (when is not None and not when(*args, **kwargs)):
+                return original(*args, **kwargs)
+            _record(kind)
+            depth[0] += 1
+            try:
+                return original(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+        return wrapper
+
+    patched: list[tuple[Any, str, Any, bool]] = []
+
+    def patch(owner: Any, name: str, kind: str, when: Callable[..., bool] | None = None) -> None:
+        original = getattr(owner, name)
+        patched.append((owner, name, original, name in vars(owner)))   # inherited (from TensorBase): deleted after
+        setattr(owner, name, wrap(kind, original, when))
+
+    for name in READS:
+        patch(torch.Tensor, name, name)
+    for name in SHAPE_OPS:
+        patch(torch, name, name)
+        if hasattr(torch.Tensor, name):
+            patch(torch.Tensor, name, name)
+    patch(torch.Tensor, "__getitem__", "mask_index", lambda self, index: _is_bool_index(index))
+    patch(torch.Tensor, "__setitem__", "mask_index", lambda self, index, value: _is_bool_index(index))
+    try:
+        yield seen
+    finally:
+        for owner, name, original, own in reversed(patched):
+            if own:
+                setattr(owner, name, original)
+            else:
+                delattr(owner, name)
