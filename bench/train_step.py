@@ -32,8 +32,9 @@ from fits.seeding import SeedConfig, seed_fits
 from fits.store import FitsStore
 from fitting.smplify import SMPLifyConfig
 from training.config import TrainConfig
-from training.loop import Position, StepTimer, resolve, setup, train_step
+from training.loop import Position, resolve, setup, train_step
 from training.run_log import PARTS
+from training.step_stats import StepStats, StepTimer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,15 +51,18 @@ def _time_steps(config: TrainConfig, steps: int, warmup: int) -> dict:
     store = FitsStore.load(run.table, run.body.model_id)
     run.stream.set_position(0, 0)
     batches = iter(run.loader)
-    timer = StepTimer(run.device)
-    per_step, terms = [], []
+    timer = StepTimer(run.device, parts=True)
+    per_step, updated = [], []
     pos = Position()
     for i in range(warmup + steps):
-        with timer.part("data"):
-            items = next(batches)
-        terms.append(train_step(run, store, items, pos, timer))
+        stats = StepStats()
+        with timer.step():
+            with timer.part("data"):
+                items = next(batches)
+            stats.add(train_step(run, store, items, pos, timer))
         pos.step += 1
         times = timer.take()
+        updated.append(stats.take()["fits_updated"])
         if i >= warmup:
             per_step.append(times)
     start = time.perf_counter()
@@ -68,7 +72,7 @@ def _time_steps(config: TrainConfig, steps: int, warmup: int) -> dict:
     median = {key: statistics.median(t[key] for t in per_step) for key in per_step[0]}
     return {"step_ms": median["step_ms"], "parts_ms": {p: median[f"{p}_ms"] for p in PARTS},
             "samples_per_s": config.batch_size / (median["step_ms"] / 1000),
-            "flush_ms": flush_ms, "flush_rows": rows, "fits_updated": statistics.mean(t["fits_updated"] for t in terms),
+            "flush_ms": flush_ms, "flush_rows": rows, "fits_updated": statistics.mean(updated),
             "seeded": seeded, "seed_fits_per_s": seeded / seed_s if seed_s else None,
             "steps_ms": [t["step_ms"] for t in per_step]}
 

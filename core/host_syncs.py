@@ -1,4 +1,5 @@
-"""Counting the host's reads of tensor values in a piece of code: where, on a GPU, the host waits for the device.
+"""Host syncs: counting a piece of code's reads of tensor values (where, on a GPU, the host waits for the device),
+making several reads one (`to_host`), and copies to the device that do not wait (`to_device`).
 
 On CUDA every read of a tensor's value by Python (``t.item()``, ``float(t)``, ``bool(t)`` in an ``if``, ``t.tolist()``,
 ``t.numpy()`` after ``.cpu()``) and every op whose output shape depends on the values (``torch.nonzero``, indexing
@@ -27,11 +28,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 
 READS = ("item", "tolist", "numpy", "__array__", "__bool__", "__float__", "__int__", "__index__")
 SHAPE_OPS = ("nonzero", "argwhere", "masked_select")   # torch functions (and Tensor methods) with data-dependent shapes
 _TORCH_DIR = str(Path(torch.__file__).resolve().parent)
+# torch dtype -> numpy dtype for `to_host` (bfloat16 has none)
+_NUMPY_DTYPES = {t: torch.empty((), dtype=t).numpy().dtype for t in (
+    torch.float16, torch.float32, torch.float64, torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32,
+    torch.int64, torch.complex64, torch.complex128)}
 
 
 @dataclass
@@ -131,3 +137,28 @@ def count_host_syncs(root: Path | str = ".") -> Iterator[HostSyncs]:
                 setattr(owner, name, original)
             else:
                 delattr(owner, name)
+
+
+def to_host(*tensors: torch.Tensor) -> list[np.ndarray]:
+    """The tensors as numpy arrays, read with one device-to-host transfer (one host sync on a GPU, where a
+    ``.cpu().numpy()`` each would make one per tensor): their bytes are concatenated on their device, copied once
+    and split on the host. Exact (bytes, not a cast) for every dtype numpy has (not bfloat16); the tensors must share a device; detached."""
+    if not tensors:
+        return []
+    flat = [t.detach().contiguous().reshape(-1).view(torch.uint8) for t in tensors]
+    data = torch.cat(flat).cpu().numpy()
+    out, at = [], 0
+    for t, f in zip(tensors, flat):
+        size = f.numel()
+        out.append(data[at:at + size].copy().view(_NUMPY_DTYPES[t.dtype]).reshape(tuple(t.shape)))
+        at += size
+    return out
+
+
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``tensor`` on ``device`` without a host sync where that is safe: ``non_blocking`` unless the copy goes to the
+    CPU (the host must not read a device-to-host copy before it lands). A plain upload (``non_blocking=False``)
+    syncs the CUDA stream; a non-blocking one from pageable memory is staged by the driver at once, so the source may
+    be freed or changed afterwards."""
+    device = torch.device(device)
+    return tensor.to(device, non_blocking=device.type != "cpu")
