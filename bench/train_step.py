@@ -27,19 +27,21 @@ from pathlib import Path
 import torch
 
 from bench.synthetic_shards import DatasetSpec, write_synthetic_shards
-from core.host_syncs import count_host_syncs
+from core.host_syncs import HostSyncs, count_host_syncs
 from fits.seeding import SeedConfig, seed_fits
 from fits.store import FitsStore
 from fitting.smplify import SMPLifyConfig
 from training.config import TrainConfig
-from training.loop import Position, resolve, setup, train_step
+from training.loop import Position, Run, resolve, setup, train_step
 from training.run_log import PARTS
 from training.step_stats import StepStats, StepTimer
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _time_steps(config: TrainConfig, steps: int, warmup: int) -> dict:
+def _seeded_run(config: TrainConfig) -> tuple[Run, FitsStore, int, float]:
+    """(the run as `fitloop train` builds it, its fits store after seeding every training sample, fits seeded,
+    seconds the seeding took); the data stream at its first batch."""
     run = setup(config)
     seeding = SeedConfig(body_model=config.body_model, joint_regressor_extra=config.joint_regressor_extra,
                          pose_prior=config.pose_prior, smplify=config.smplify, batch_size=config.batch_size,
@@ -48,8 +50,12 @@ def _time_steps(config: TrainConfig, steps: int, warmup: int) -> dict:
     seeded = seed_fits([Path(s) for s in config.shards], run.table.path, seeding, splits=config.train_splits,
                        missing_only=True).appended
     seed_s = time.perf_counter() - start if seeded else 0.0
-    store = FitsStore.load(run.table, run.body.model_id)
     run.stream.set_position(0, 0)
+    return run, FitsStore.load(run.table, run.body.model_id), seeded, seed_s
+
+
+def _time_steps(config: TrainConfig, steps: int, warmup: int) -> dict:
+    run, store, seeded, seed_s = _seeded_run(config)
     batches = iter(run.loader)
     timer = StepTimer(run.device, parts=True)
     per_step, updated = [], []
@@ -77,15 +83,10 @@ def _time_steps(config: TrainConfig, steps: int, warmup: int) -> dict:
             "steps_ms": [t["step_ms"] for t in per_step]}
 
 
-def _count_step(config: TrainConfig, warmup: int) -> dict:
-    """The host syncs of one training step (`core.host_syncs`) after ``warmup`` steps, on the seeded fits."""
-    run = setup(config)
-    seeding = SeedConfig(body_model=config.body_model, joint_regressor_extra=config.joint_regressor_extra,
-                         pose_prior=config.pose_prior, smplify=config.smplify, batch_size=config.batch_size,
-                         run_id="bench-seed", device=str(run.smplify_device))
-    seed_fits([Path(s) for s in config.shards], run.table.path, seeding, splits=config.train_splits, missing_only=True)
-    store = FitsStore.load(run.table, run.body.model_id)
-    run.stream.set_position(0, 0)
+def count_step(config: TrainConfig, warmup: int = 1) -> HostSyncs:
+    """The host syncs of one training step (`core.host_syncs.count_host_syncs`, sites relative to the repository)
+    after ``warmup`` steps, the run built as `fitloop train` builds it, its training samples seeded first."""
+    run, store, _, _ = _seeded_run(config)
     batches = iter(run.loader)
     timer = StepTimer(run.device)
     pos = Position()
@@ -95,6 +96,11 @@ def _count_step(config: TrainConfig, warmup: int) -> dict:
     items = next(batches)
     with count_host_syncs(REPO) as syncs:
         train_step(run, store, items, pos, timer)
+    run.log.close()
+    return syncs
+
+
+def _sync_record(syncs: HostSyncs) -> dict:
     return {"total": syncs.total, "by_folder": {f: syncs.under(f) for f in ("training", "fitting", "fits", "core")},
             "by_kind": syncs.by_kind(), "sites": {f"{kind} {where}": n for (kind, where), n in syncs.sites.items()},
             "torch_own": sum(syncs.torch_own.values())}
@@ -123,7 +129,7 @@ def count_syncs(*, batch: int = 8, img_res: int = 64, backbone: int = 18, body_m
                     batch_size=batch, body_model=body_model, device="cpu", num_workers=0, run_smplify=smplify,
                     mix="synth-h36m=0.5;*=0.5", steps_per_epoch=warmup + 1, tensorboard=False, seed=seed,
                     eval_splits=("none",)))
-                result[name] = _count_step(config, warmup)
+                result[name] = _sync_record(count_step(config, warmup))
         return result
 
 
