@@ -23,6 +23,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -83,9 +84,10 @@ def _time_steps(config: TrainConfig, steps: int, warmup: int) -> dict:
             "steps_ms": [t["step_ms"] for t in per_step]}
 
 
-def count_step(config: TrainConfig, warmup: int = 1) -> HostSyncs:
-    """The host syncs of one training step (`core.host_syncs.count_host_syncs`, sites relative to the repository)
-    after ``warmup`` steps, the run built as `fitloop train` builds it, its training samples seeded first."""
+def count_step(config: TrainConfig, warmup: int = 1, counter: Callable = count_host_syncs) -> HostSyncs:
+    """The host syncs of one training step after ``warmup`` steps, the run built as `fitloop train` builds it, its
+    training samples seeded first; counted by ``counter`` (`core.host_syncs.count_host_syncs`, or
+    `count_cuda_syncs` on a CUDA run), sites relative to the repository."""
     run, store, _, _ = _seeded_run(config)
     batches = iter(run.loader)
     timer = StepTimer(run.device)
@@ -94,7 +96,7 @@ def count_step(config: TrainConfig, warmup: int = 1) -> HostSyncs:
         train_step(run, store, next(batches), pos, timer)
         pos.step += 1
     items = next(batches)
-    with count_host_syncs(REPO) as syncs:
+    with counter(REPO) as syncs:
         train_step(run, store, items, pos, timer)
     run.log.close()
     return syncs

@@ -16,12 +16,13 @@ Counted (`READS`, `SHAPE_OPS`): ``Tensor.item``, ``tolist``, ``numpy``, ``__arra
 Not counted, by design: reads made directly by torch's own Python code are recorded apart (`HostSyncs.torch_own`),
 because the common one is Adam's per-parameter ``step`` counter, which torch keeps on the host (a CPU tensor even on
 CUDA unless ``capturable``) and which is no sync. Host-to-device copies (``t.to("cuda")`` from pageable memory
-without ``non_blocking``) do sync on CUDA but are invisible on a CPU run; ``torch.cuda.set_sync_debug_mode("warn")``
-reports every kind on a GPU.
+without ``non_blocking``) do sync on CUDA but are invisible on a CPU run; on a GPU `count_cuda_syncs` counts every
+kind, from CUDA's side (``torch.cuda.set_sync_debug_mode("warn")``: a warning per synchronizing call).
 """
 from __future__ import annotations
 
 import sys
+import warnings
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -137,6 +138,33 @@ def count_host_syncs(root: Path | str = ".") -> Iterator[HostSyncs]:
                 setattr(owner, name, original)
             else:
                 delattr(owner, name)
+
+
+@contextmanager
+def count_cuda_syncs(root: Path | str = ".") -> Iterator[HostSyncs]:
+    """On a CUDA machine: count every call inside the block that synchronizes the host with the device, as CUDA's
+    sync debug mode reports them (one warning per call: reads, data-dependent shapes, blocking copies either way,
+    ``torch.cuda.synchronize``), by the line that made it (kind "cuda_sync"; "path:line" relative to ``root``).
+    Only the calling thread's CUDA work is seen; the debug mode is restored afterwards."""
+    root = Path(root).resolve()
+    seen = HostSyncs()
+    before = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield seen
+        finally:
+            torch.cuda.set_sync_debug_mode(before)
+    for w in caught:
+        if "synchronizing" not in str(w.message):
+            continue
+        path = Path(w.filename)
+        try:
+            path = path.resolve().relative_to(root)
+        except ValueError:
+            pass
+        seen.sites[("cuda_sync", f"{path}:{w.lineno}")] += 1
 
 
 def to_host(*tensors: torch.Tensor) -> list[np.ndarray]:

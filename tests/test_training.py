@@ -655,9 +655,10 @@ def test_mixed_precision_training_on_cuda(synthetic, seeded_table, tmp_path):
 
     fits = tmp_path / "fits"
     shutil.copytree(seeded_table, fits)
-    for amp in ("bf16", "fp16"):
-        summary = train(run_config(synthetic, fits, tmp_path / f"run-{amp}", device="cuda", amp=amp, epochs=1),
-                        progress=False)
+    # SMPLify on the GPU (the default, "auto") with bf16, on the CPU with fp16: both placements trained
+    for amp, smplify_device in (("bf16", "auto"), ("fp16", "cpu")):
+        summary = train(run_config(synthetic, fits, tmp_path / f"run-{amp}", device="cuda", amp=amp, epochs=1,
+                                   smplify_device=smplify_device), progress=False)
         ckpt = load_checkpoint(latest_checkpoint(tmp_path / f"run-{amp}"))
         assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
         # the CPU run's bounds (test_a_run_writes_fits_...): 3 steps from the mean parameters in mixed precision
