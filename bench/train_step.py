@@ -13,6 +13,11 @@ CUDA sync at the end of each part:
 
 Plus the cost of one write to the fits table (`flush`, once per checkpoint in training, amortised over its steps).
 
+Host syncs (`count_syncs`, ``fitloop bench train-step --count-syncs``): one step's reads of tensor values
+(`core.host_syncs.count_host_syncs`) for the hmr and keypoints heads, with and without SMPLify in the loop, filed
+by the package whose line makes them (docs/training.md, "Host syncs"). The timing below always times the parts
+(``profile_parts``), which on CUDA adds a sync per part.
+
 Baseline: the same step with SPIN's SMPLify procedure (``mode="reference"``: Adam, 100 iterations per stage on the
 full mesh) in place of fitloop's default solver. Figures are medians over the timed steps after warm-up.
 """

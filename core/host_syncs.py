@@ -170,7 +170,8 @@ def count_cuda_syncs(root: Path | str = ".") -> Iterator[HostSyncs]:
 def to_host(*tensors: torch.Tensor) -> list[np.ndarray]:
     """The tensors as numpy arrays, read with one device-to-host transfer (one host sync on a GPU, where a
     ``.cpu().numpy()`` each would make one per tensor): their bytes are concatenated on their device, copied once
-    and split on the host. Exact (bytes, not a cast) for every dtype numpy has (not bfloat16); the tensors must share a device; detached."""
+    and split on the host. Exact (bytes, not a cast) for every dtype numpy has (not bfloat16); the tensors must
+    share a device; detached."""
     if not tensors:
         return []
     flat = [t.detach().contiguous().reshape(-1).view(torch.uint8) for t in tensors]

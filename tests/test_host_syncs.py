@@ -66,13 +66,15 @@ def test_masked_losses_equal_the_selected_mean_and_ignore_what_the_others_hold()
     assert torch.isfinite(pred.grad).all() and (pred.grad[~valid] == 0).all()
     assert pose_loss(pred, target, torch.zeros(5, dtype=torch.bool)).item() == 0.0
     betas, betas_target = torch.randn(5, 10, generator=g), torch.randn(5, 10, generator=g)
-    torch.testing.assert_close(betas_loss(betas, betas_target, valid), (betas[valid] - betas_target[valid]).square().mean())
+    torch.testing.assert_close(betas_loss(betas, betas_target, valid),
+                               (betas[valid] - betas_target[valid]).square().mean())
     joints, joints_3d = torch.randn(5, 49, 3, generator=g), torch.randn(5, 49, 4, generator=g)
     has_3d = torch.tensor([False, True, True, True, False])
     joints_3d[0] = float("nan")
     got = keypoint_3d_loss(joints, joints_3d, has_3d)
     assert torch.isfinite(got) and got > 0
-    torch.testing.assert_close(got, keypoint_3d_loss(joints[has_3d], joints_3d[has_3d], torch.ones(3, dtype=torch.bool)))
+    torch.testing.assert_close(got, keypoint_3d_loss(joints[has_3d], joints_3d[has_3d],
+                                                     torch.ones(3, dtype=torch.bool)))
     torch.testing.assert_close(example_mean(torch.arange(6.0).reshape(3, 2), torch.tensor([True, False, True])),
                                torch.tensor(2.5))
 

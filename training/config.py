@@ -131,7 +131,8 @@ class TrainConfig:
         network never starts a fit; the control arm of SPIN's ablation, `bench.loop`); smplify_threshold: a fit supervises only when its loss (px²) is
         below it; fit_filter: and only when its quality record meets these bars (`fits.quality.FitFilter`; none by
         default, as SPIN); smplify: SMPLify's settings; smplify_device: where SMPLify runs ("auto", the default:
-        the training device, so a GPU run fits on the GPU and a CPU run on the CPU; "cpu"; or a device name). With an SMPL-X-layout body model the examples that have whole-body keypoints are fitted with
+        the training device, so a GPU run fits on the GPU and a CPU run on the CPU; "cpu"; or a device name).
+        With an SMPL-X-layout body model the examples that have whole-body keypoints are fitted with
         SMPLify-X's fast mode instead (`fitting.smplifyx`, from the network's estimate: its camera stage and last
         stage, in the 224 px fit frame), with ``smplifyx_camera_iterations`` and ``smplifyx_stage_iterations``
         (one count per stage; from an estimate only the last one runs) LM iterations (default:

@@ -557,7 +557,7 @@ def train_step(run: Run, store: FitsStore, items: dict, pos: Position, timer: St
            "valid": targets.valid.float().mean(), "fits_filtered": targets.filtered.float().mean()}
     if run.wholebody is not None:  # the share of the step's chosen fits that are whole-body fits
         row["fits_wholebody"] = (to_device(chosen.has_wholebody.float().mean(), run.device)
-                                 if chosen.has_wholebody is not None else 0.0)
+                                 if chosen.has_wholebody is not None else torch.zeros((), device=run.device))
     return row
 
 
@@ -615,7 +615,8 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                 times = timer.take()
                 row.update(times, epoch=epoch, step=pos.step, loss=row.pop("total"))
                 run.log.log_train(row)
-                parts = [f"{p.replace('_', '-')} {times[p + '_ms']:.0f}ms" for p in PARTS if times[p + "_ms"] is not None]
+                parts = [f"{p.replace('_', '-')} {times[p + '_ms']:.0f}ms" for p in PARTS
+                         if times[p + "_ms"] is not None]
                 bar.set_postfix_str(" ".join(parts or [f"step {times['step_ms']:.0f}ms"])
                                     + f" loss {row['loss']:.3g} fits+ {row['fits_updated']:.0%}")
             if pos.step % cfg.checkpoint_every == 0 and pos.batch < run.steps_per_epoch:

@@ -25,6 +25,11 @@ that fit supervises its step only); `supervision` adds the hand, jaw and express
 that have them; `compute_losses` the whole-body keypoint loss and those parameter losses. Every fit is still
 compared by its ``loss``, the 49 body joints' (the table's rule).
 
+Host syncs (docs/training.md, "Host syncs"): the step's own code reads the device once, in `update_fits` (the
+winning fits go to the fits store: one transfer of the whole batch, `core.host_syncs.to_host`); the losses select
+examples by masked sums and `compute_losses` returns device tensors, read by the log once per row; host data goes
+up without waiting (`core.host_syncs.to_device`). SMPLify and the body model have their own.
+
 Frames (`training.geometry`): batch keypoints are normalised; SMPLify sees fit-frame px; poses are axis-angle in
 the camera convention of SPIN's fits. Table losses are the loss of (canonical pose, betas, cam_t) on the sample's
 unaugmented fit-frame keypoints — what SMPLify reports for a fit made there (seed fits), so loop and seed rows
