@@ -347,15 +347,20 @@ def fit_wholebody_in_the_loop(fitter: SMPLifyX, smplify: SMPLify, pred: Predicti
                    cam_t=torch.zeros(batch_size, 3, device=device), loss=torch.zeros(batch_size, device=device),
                    joints=torch.zeros(batch_size, NUM_JOINTS, 3, device=device),
                    iterations=np.zeros(batch_size, np.int64), wholebody=zeros, is_wholebody=wholebody.clone())
-    rows = torch.nonzero(~wholebody)[:, 0]
-    if len(rows):
+    # Which examples each fitter gets is read to the host (one read: the split is the point, SMPLify-X on the
+    # whole-body examples only is the step's dearest part), then the index tensors go back up without waiting.
+    (split,) = to_host(wholebody)
+    host_rows = np.flatnonzero(~split)
+    if len(host_rows):
+        rows = to_device(torch.from_numpy(host_rows), device)
         body = fit_in_the_loop(smplify, pred, keypoints_px, rows)
         out.pose[rows], out.betas[rows], out.cam_t[rows] = body.pose, body.betas, body.cam_t
         out.loss[rows], out.joints[rows] = body.loss, body.joints
-        out.iterations[rows.cpu().numpy()] = body.iterations
-    rows = torch.nonzero(wholebody)[:, 0]
-    if not len(rows):
+        out.iterations[host_rows] = body.iterations
+    host_rows = np.flatnonzero(split)
+    if not len(host_rows):
         return out
+    rows = to_device(torch.from_numpy(host_rows), device)
     with torch.no_grad():
         rotmats = rotmats_of(pred.rotmat.detach().float(), pred.hand_rotmat.detach().float(),
                              pred.jaw_rotmat.detach().float())
@@ -370,7 +375,7 @@ def fit_wholebody_in_the_loop(fitter: SMPLifyX, smplify: SMPLify, pred: Predicti
     out.loss[rows] = smplify.joints_loss(joints, result.cam_t, center, keypoints_px[rows]).mean(-1)
     for mine, theirs in zip(out.wholebody.values(), params.values()):
         mine[rows] = theirs
-    out.iterations[rows.cpu().numpy()] = result.extras["iterations"]
+    out.iterations[host_rows] = result.extras["iterations"]
     return out
 
 
