@@ -5,13 +5,14 @@ On CUDA every read of a tensor's value by Python (``t.item()``, ``float(t)``, ``
 ``t.numpy()`` after ``.cpu()``) and every op whose output shape depends on the values (``torch.nonzero``, indexing
 with a boolean mask) makes the host wait until the device has computed that value: a host sync, which stalls the
 launch queue. On a CPU run nothing waits, but the same calls are made, so they can be counted there:
-`count_host_syncs` patches them for the duration of a ``with`` block and records each call with the first stack
+`count_host_syncs` sees them for the duration of a ``with`` block and records each call with the first stack
 frame outside torch (the line of project code responsible).
 
-Counted (`READS`, `SHAPE_OPS`): ``Tensor.item``, ``tolist``, ``numpy``, ``__array__``, ``__bool__``, ``__float__``,
-``__int__``, ``__index__``; ``torch.nonzero`` / ``Tensor.nonzero``, ``torch.argwhere``, ``torch.masked_select``,
-``Tensor.__getitem__`` / ``__setitem__`` with a boolean tensor index. A read nested in another (``np.asarray(t)``:
-``__array__`` then ``numpy``) counts once.
+Counted (`READS`, `SHAPE_OPS`), seen through a `torch.overrides.TorchFunctionMode` (no patching: every torch
+function and Tensor method passes through it while the block runs): ``Tensor.item``, ``tolist``, ``numpy``,
+``__array__``, ``__bool__``, ``__float__``, ``__int__``, ``__index__``; ``nonzero``, ``argwhere``,
+``masked_select``, one-argument ``torch.where``, and ``__getitem__`` / ``__setitem__`` with a boolean tensor index
+("mask_index"). A read nested in another (``np.asarray(t)``: ``__array__`` then ``numpy``) counts once.
 
 Not counted, by design: reads made directly by torch's own Python code are recorded apart (`HostSyncs.torch_own`),
 because the common one is Adam's per-parameter ``step`` counter, which torch keeps on the host (a CPU tensor even on
@@ -31,10 +32,13 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+from torch.overrides import TorchFunctionMode
 
 READS = ("item", "tolist", "numpy", "__array__", "__bool__", "__float__", "__int__", "__index__")
 SHAPE_OPS = ("nonzero", "argwhere", "masked_select")   # torch functions (and Tensor methods) with data-dependent shapes
 _TORCH_DIR = str(Path(torch.__file__).resolve().parent)
+# torch's Python wrappers of Tensor methods and of the override machinery: a call through them is the caller's
+_WRAPPERS = tuple(str(Path(_TORCH_DIR) / name) for name in ("_tensor.py", "overrides.py"))
 # torch dtype -> numpy dtype for `to_host` (bfloat16 has none)
 _NUMPY_DTYPES = {t: torch.empty((), dtype=t).numpy().dtype for t in (
     torch.float16, torch.float32, torch.float64, torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32,
@@ -73,71 +77,59 @@ def _is_bool_index(index: Any) -> bool:
     return any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts)
 
 
-def _site(root: Path) -> tuple[str, bool]:
-    """("path:line" of the first frame outside torch and this module, whether the call came straight from torch)."""
-    frame = sys._getframe(3)     # _site <- wrapper's _record <- wrapper <- the caller
-    direct = frame.f_code.co_filename.startswith(_TORCH_DIR)
-    while frame is not None and (frame.f_code.co_filename.startswith(_TORCH_DIR)
-                                 or frame.f_code.co_filename == __file__):
-        frame = frame.f_back
-    if frame is None:
-        return "?", direct
-    path = Path(frame.f_code.co_filename)
-    try:
-        path = path.resolve().relative_to(root)
-    except ValueError:
-        pass
-    return f"{path}:{frame.f_lineno}", direct
+def _kind(func: Callable, args: tuple) -> str | None:
+    """The kind of host sync a torch function call is (`READS`, `SHAPE_OPS`, "mask_index"), or None."""
+    name = getattr(func, "__name__", "")
+    if name in READS or name in SHAPE_OPS:
+        return name
+    if name == "where" and len(args) == 1:
+        return "nonzero"
+    if name in ("__getitem__", "__setitem__") and len(args) > 1 and _is_bool_index(args[1]):
+        return "mask_index"
+    return None
+
+
+class _Counter(TorchFunctionMode):
+    """Files each host-sync call (`_kind`) under the first line outside torch and this module that made it."""
+
+    def __init__(self, root: Path, seen: HostSyncs) -> None:
+        super().__init__()
+        self.root, self.seen = root, seen
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kind = _kind(func, args)
+        if kind is not None:     # the mode is off inside this call, so nested calls are not seen again
+            where, direct = self._site()
+            (self.seen.torch_own if direct else self.seen.sites)[(kind, where)] += 1
+        return func(*args, **(kwargs or {}))
+
+    def _site(self) -> tuple[str, bool]:
+        """("path:line" of the first frame outside torch and this module, whether torch's own code made the call)."""
+        frame = sys._getframe(2)
+        while frame is not None and (frame.f_code.co_filename == __file__
+                                     or frame.f_code.co_filename in _WRAPPERS):
+            frame = frame.f_back
+        direct = frame is not None and frame.f_code.co_filename.startswith(_TORCH_DIR)
+        while frame is not None and (frame.f_code.co_filename.startswith(_TORCH_DIR)
+                                     or frame.f_code.co_filename == __file__):
+            frame = frame.f_back
+        if frame is None:
+            return "?", direct
+        path = Path(frame.f_code.co_filename)
+        try:
+            path = path.resolve().relative_to(self.root)
+        except ValueError:
+            pass
+        return f"{path}:{frame.f_lineno}", direct
 
 
 @contextmanager
 def count_host_syncs(root: Path | str = ".") -> Iterator[HostSyncs]:
-    """Count the host reads of tensor values (module docstring) made inside the block; sites are given relative to
-    ``root`` (the repository). Not thread-safe: the patches are global while the block runs (DataLoader workers are
-    other processes and are not seen)."""
-    root = Path(root).resolve()
+    """Count the host reads of tensor values (module docstring) made inside the block by this thread; sites are
+    given relative to ``root`` (the repository). DataLoader workers are other processes and are not seen."""
     seen = HostSyncs()
-    depth = [0]
-
-    def _record(kind: str) -> None:
-        where, direct = _site(root)
-        (seen.torch_own if direct else seen.sites)[(kind, where)] += 1
-
-    def wrap(kind: str, original: Callable, when: Callable[..., bool] | None = None) -> Callable:
-        def wrapper(*args, **kwargs):
-            if depth[0] or (when is not None and not when(*args, **kwargs)):
-                return original(*args, **kwargs)
-            _record(kind)
-            depth[0] += 1
-            try:
-                return original(*args, **kwargs)
-            finally:
-                depth[0] -= 1
-        return wrapper
-
-    patched: list[tuple[Any, str, Any, bool]] = []
-
-    def patch(owner: Any, name: str, kind: str, when: Callable[..., bool] | None = None) -> None:
-        original = getattr(owner, name)
-        patched.append((owner, name, original, name in vars(owner)))   # inherited (from TensorBase): deleted after
-        setattr(owner, name, wrap(kind, original, when))
-
-    for name in READS:
-        patch(torch.Tensor, name, name)
-    for name in SHAPE_OPS:
-        patch(torch, name, name)
-        if hasattr(torch.Tensor, name):
-            patch(torch.Tensor, name, name)
-    patch(torch.Tensor, "__getitem__", "mask_index", lambda self, index: _is_bool_index(index))
-    patch(torch.Tensor, "__setitem__", "mask_index", lambda self, index, value: _is_bool_index(index))
-    try:
+    with _Counter(Path(root).resolve(), seen):
         yield seen
-    finally:
-        for owner, name, original, own in reversed(patched):
-            if own:
-                setattr(owner, name, original)
-            else:
-                delattr(owner, name)
 
 
 @contextmanager

@@ -38,6 +38,7 @@ def test_each_kind_of_read_is_counted_at_its_line_and_torch_is_restored():
     assert sum(seen.torch_own.values()) >= 1 and all(k == "item" for k, _ in seen.torch_own)
     assert {name: vars(torch.Tensor).get(name) for name in before} == before
     assert float(x[0]) == -2.5 and seen.total == 7     # after the block nothing is counted
+    assert torch.tensor([x[0], x[1]]).tolist() == [-2.5, -1.5]   # and tensors behave as before (not sequences)
 
 
 def test_to_host_reads_every_dtype_exactly_with_one_read():
