@@ -1,6 +1,6 @@
 """Run by tests/test_training_ddp.py under torchrun, once per rank: train the run whose `TrainConfig` is the JSON
 file ARGV[1] and write what this rank saw to the folder ARGV[2]: ``rank<R>.json`` (the keys of every batch it
-trained on, a digest of its model before the first step and of its RNG state there, its summary, and its fits
+trained on and their augmentation draws, a digest of its model before the first step and of its RNG state there, its summary, and its fits
 store's best losses) and ``rank<R>.pt`` (its final parameters; BatchNorm buffers differ after the last step: DDP broadcasts rank 0's at each forward). Not a test module: pytest does not collect it."""
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ def main() -> None:
         if not seen["batches"]:
             seen["initial_weights"] = _digest(run.raw_model.state_dict().values())
             seen["rng"] = _digest([torch.get_rng_state()])
-        seen["batches"].append({"epoch": pos.epoch, "keys": list(items["key"])})
+        seen["batches"].append({"epoch": pos.epoch, "keys": list(items["key"]),
+                                "augment": [items[k].tolist() for k in ("scale", "rot", "flip")]})
         seen["run"], seen["store"] = run, store
         return step(run, store, items, pos, timer)
 

@@ -62,7 +62,7 @@ from training.geometry import (
 )
 from training.regressor import Regressor, mean_params_from_prior
 from training.resnet import ResNet, WeightsFileError, load_imagenet_weights
-from training.run_log import METRIC_COLUMNS
+from training.run_log import METRIC_COLUMNS, PARTS, TRAIN_COLUMNS, TRAIN_CSV, CsvLog
 from training.step import Batch, BatchFits, Prediction, fit_in_the_loop, supervision, update_fits
 
 REPO = Path(__file__).resolve().parents[1]
@@ -624,8 +624,8 @@ def test_a_killed_run_resumes_to_the_same_fits(synthetic, seeded_table, referenc
     assert victim.returncode == -signal.SIGKILL, victim.stderr[-2000:]
     stopped_at = load_checkpoint(latest_checkpoint(killed / "run"))["step"]
     assert stopped_at == 4
-    resumed = subprocess.run(_train_cli(synthetic, killed / "fits", killed / "run", "--resume"), cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(_train_cli(synthetic, killed / "fits", killed / "run", "--resume", "--profile-parts"),
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
     # Equal up to float noise: two processes' BLAS may round differently (alignment-dependent kernels), and
@@ -647,6 +647,16 @@ def test_a_killed_run_resumes_to_the_same_fits(synthetic, seeded_table, referenc
     for ra, rb in zip(rows_a[1:], rows_b[1:]):  # the same fits and network errors at each evaluation
         for x, y in list(zip(ra.split(","), rb.split(",")))[3:9]:
             assert float(x) == pytest.approx(float(y), rel=1e-3, abs=1e-3)
+    # train_log.csv: the same losses and shares, step by step (read from the device once per row); per-part times
+    # only where the run timed them (--profile-parts, resume-safe: the resumed steps 5 and 6), else blank
+    log_a, log_b = (CsvLog(r / TRAIN_CSV, TRAIN_COLUMNS).rows() for r in (whole_run, killed / "run"))
+    assert [r["step"] for r in log_a] == [r["step"] for r in log_b] == list(range(1, 7))
+    for ra, rb in zip(log_a, log_b):
+        for column in ("loss", "keypoints_2d", "keypoints_3d", "pose", "betas", "camera", "fits_updated", "valid"):
+            assert ra[column] == pytest.approx(rb[column], rel=1e-3, abs=1e-4), (ra["step"], column)
+        assert ra["step_ms"] > 0 and rb["step_ms"] > 0
+        timed = [rb[f"{p}_ms"] is not None for p in PARTS] + [ra[f"{p}_ms"] is None for p in PARTS]
+        assert all(timed) if rb["step"] > 4 else not any(timed[:len(PARTS)]) and all(timed[len(PARTS):])
 
 
 @pytest.mark.gpu
@@ -655,9 +665,10 @@ def test_mixed_precision_training_on_cuda(synthetic, seeded_table, tmp_path):
 
     fits = tmp_path / "fits"
     shutil.copytree(seeded_table, fits)
-    for amp in ("bf16", "fp16"):
-        summary = train(run_config(synthetic, fits, tmp_path / f"run-{amp}", device="cuda", amp=amp, epochs=1),
-                        progress=False)
+    # SMPLify on the GPU (the default, "auto") with bf16, on the CPU with fp16: both placements trained
+    for amp, smplify_device in (("bf16", "auto"), ("fp16", "cpu")):
+        summary = train(run_config(synthetic, fits, tmp_path / f"run-{amp}", device="cuda", amp=amp, epochs=1,
+                                   smplify_device=smplify_device), progress=False)
         ckpt = load_checkpoint(latest_checkpoint(tmp_path / f"run-{amp}"))
         assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
         # the CPU run's bounds (test_a_run_writes_fits_...): 3 steps from the mean parameters in mixed precision

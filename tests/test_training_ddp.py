@@ -1,6 +1,6 @@
 """The trainer under torchrun: two CPU processes (Gloo) train a tiny run, and every rank's record (tests/ddp_train.py)
 shows the distributed contract: disjoint samples per epoch, the same initial and final weights on both ranks,
-different dropout streams, fits written once (seed fits by rank 0 only, each loop fit by the rank that made it),
+different dropout streams and augmentation draws, fits written once (seed fits by rank 0 only, each loop fit by the rank that made it),
 and each rank's fits store equal to the table's best view without reading back its own writes.
 """
 from __future__ import annotations
@@ -60,6 +60,10 @@ def test_ranks_train_disjoint_samples_with_their_own_dropout_and_the_same_weight
         assert not set(keys[0]) & set(keys[1]), f"epoch {epoch}: both ranks trained on {set(keys[0]) & set(keys[1])}"
     assert ranks[0]["initial_weights"] == ranks[1]["initial_weights"]   # one initialisation
     assert ranks[0]["rng"] != ranks[1]["rng"]                           # dropout: seed + rank
+    # augmentation: drawn per rank (training.data: seeded by (seed, epoch, rank·W + worker)), not per sample, so
+    # ranks that shared a seed would draw the same scales, rotations and flips batch by batch
+    draws = [[b["augment"] for b in r["batches"]] for r in ranks]
+    assert all(a != b for a, b in zip(*draws)), draws
     for name, value in weights[0].items():                              # DDP kept them in step
         torch.testing.assert_close(weights[1][name], value, rtol=0, atol=0, msg=name)
     assert [r["summary"]["step"] for r in ranks] == [config.epochs * config.steps_per_epoch] * WORLD

@@ -35,12 +35,12 @@ SPIN_MIX = "h36m=0.3;lsp-orig,mpii,lspet,coco,*=0.6;mpi-inf-3dhp=0.1"
 LOOP_STARTS = ("network", "mean")
 # What a resumed run may change (docs/training.md): epochs (to extend; the loop refuses fewer than it has trained),
 # where it runs (device, smplify_device: the same computation up to float rounding), how often it writes fits and
-# checkpoints, logs and evaluates (none of these changes a step), and how it checks its shards (on_corrupt_shard
+# checkpoints, logs, times and evaluates (none of these changes a step), and how it checks its shards (on_corrupt_shard
 # changes the data only when a shard is corrupt, and then the run says so). run_dir is where the run lives now.
 # Not num_workers: the data layout of an epoch depends on it (training.data), so the rest of the epoch would
 # repeat some samples and miss others.
 RESUME_SAFE = frozenset({"epochs", "device", "smplify_device", "checkpoint_every", "log_every", "eval_every_epochs",
-                         "tensorboard", "verify_shards", "on_corrupt_shard", "run_dir"})
+                         "tensorboard", "profile_parts", "verify_shards", "on_corrupt_shard", "run_dir"})
 
 
 @dataclass(frozen=True)
@@ -130,8 +130,9 @@ class TrainConfig:
         network's estimate) or "mean" (SPIN's mean start, `fitting.smplify.mean_pose_start`, as the seed fits: the
         network never starts a fit; the control arm of SPIN's ablation, `bench.loop`); smplify_threshold: a fit supervises only when its loss (px²) is
         below it; fit_filter: and only when its quality record meets these bars (`fits.quality.FitFilter`; none by
-        default, as SPIN); smplify: SMPLify's settings; smplify_device: where SMPLify runs ("cpu" or the training
-        device). With an SMPL-X-layout body model the examples that have whole-body keypoints are fitted with
+        default, as SPIN); smplify: SMPLify's settings; smplify_device: where SMPLify runs ("auto", the default:
+        the training device, so a GPU run fits on the GPU and a CPU run on the CPU; "cpu"; or a device name).
+        With an SMPL-X-layout body model the examples that have whole-body keypoints are fitted with
         SMPLify-X's fast mode instead (`fitting.smplifyx`, from the network's estimate: its camera stage and last
         stage, in the 224 px fit frame), with ``smplifyx_camera_iterations`` and ``smplifyx_stage_iterations``
         (one count per stage; from an estimate only the last one runs) LM iterations (default:
@@ -140,8 +141,12 @@ class TrainConfig:
         tar); on_corrupt_shard: "raise" (stop with an error naming the shard) or "skip" (leave it out, warn and
         count) for a corrupt shard, found up front or while reading (`shards.reader`).
     Runtime: device ("auto": CUDA when present); amp ("auto": bfloat16 autocast of the network on CUDA, off on
-        CPU; "bf16", "fp16" with a gradient scaler, "off"); seed; checkpoint_every (steps; fits are written at
-        each checkpoint and at each epoch end); log_every (steps per row of train_log.csv); eval_every_epochs;
+        CPU; "bf16", "fp16" with a gradient scaler, "off"; the body model, the losses and SMPLify stay float32,
+        `training.step.autocast_for`); seed (the model's initialisation; dropout and the data draws per rank,
+        `training.loop`); checkpoint_every (steps; fits are written at each checkpoint and at each epoch end);
+        log_every (steps per row of train_log.csv: the logged values are read from the device once per row,
+        `training.step_stats`); profile_parts (time each part of the step, with a CUDA sync after each part; off:
+        only the step's time, no sync, the parts' columns blank); eval_every_epochs;
         run_dir; run_id (stored on every fit row); tensorboard (when the package is installed).
     """
 
@@ -186,7 +191,7 @@ class TrainConfig:
     smplify_threshold: float = 100.0
     fit_filter: FitFilter = field(default_factory=FitFilter)
     smplify: SMPLifyConfig = field(default_factory=SMPLifyConfig)
-    smplify_device: str = "cpu"
+    smplify_device: str = "auto"
     smplifyx_camera_iterations: int = SMPLifyXConfig().camera_iterations
     smplifyx_stage_iterations: tuple[int, ...] = SMPLifyXConfig().stage_iterations
 
@@ -198,6 +203,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 10_000
     log_every: int = 10
+    profile_parts: bool = False
     eval_every_epochs: int = 1
     run_dir: str = ""
     run_id: str = ""

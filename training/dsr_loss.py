@@ -53,6 +53,7 @@ from core.joints import SMPL_JOINT_INDEX
 from fitting.dsr import MC_PARTS, parsing_person, part_id, pixel_groups
 from fitting.silhouette import DEFAULT_SIGMA
 from shards.masks import UNKNOWN
+from training.losses import example_mean
 from training.mask_loss import jaccard_loss, pooled_regions
 
 MC_GROUPS = len(MC_PARTS)   # DSR-MC's groups 1 … MC_GROUPS (head, hands, feet); 0 is the rest of the body
@@ -122,9 +123,7 @@ def clothed_region(mask: Tensor, has_mask: Tensor, parsing: Tensor, has_parsing:
 def dsr_c_loss(silhouette: Tensor, region: Tensor, has_region: Tensor) -> Tensor:
     """DSR-C (module docstring): mean over the samples with has_region (B,) bool of the drawn silhouettes'
     (B, res, res) mass beyond the region (B, R, R) uint8 (`clothed_region`; res divides R), over its area."""
-    if not bool(has_region.any()):
-        return silhouette.sum() * 0.0
     inside, known = pooled_regions((region == 1)[:, None], region != UNKNOWN, silhouette.shape[-1])
-    s, m, w = silhouette[has_region], inside[has_region, 0], known[has_region]
+    s, m, w = silhouette, inside[:, 0], known
     outside = (w * (s - m).clamp(min=0)).sum((1, 2))
-    return (outside / (w * m).sum((1, 2)).clamp(min=1.0)).mean()      # an empty region: over one cell
+    return example_mean(outside / (w * m).sum((1, 2)).clamp(min=1.0), has_region)  # an empty region: over one cell

@@ -72,6 +72,7 @@ from tqdm import tqdm
 
 from core.errors import FitloopError
 from core.frames import FIT_RES, fit_frame_px
+from core.host_syncs import to_device
 from core.killpoint import kill_point
 from fits.evaluate import FitsGroundTruth, evaluate_fits
 from fits.schema import FitProvenance
@@ -118,6 +119,7 @@ from training.step import (
     supervision,
     update_fits,
 )
+from training.step_stats import StepStats, StepTimer
 from training.wholebody import part_weights
 
 
@@ -168,40 +170,6 @@ class Position:
     batch: int = 0
     fits_version: int | None = None
     resumed: bool = False
-
-
-class StepTimer:
-    """Wall time per part of the step (ms), with a CUDA sync at the end of each part so the time is the part's."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.totals = {p: 0.0 for p in PARTS}
-        self.steps = 0
-
-    def part(self, name: str) -> "_Part":
-        return _Part(self, name)
-
-    def take(self) -> dict[str, float]:
-        """Mean ms per step of each part since the last call, and of the whole step."""
-        n = max(self.steps, 1)
-        out = {f"{p}_ms": 1000 * t / n for p, t in self.totals.items()}
-        out["step_ms"] = sum(out.values())
-        self.totals = {p: 0.0 for p in PARTS}
-        self.steps = 0
-        return out
-
-
-class _Part:
-    def __init__(self, timer: StepTimer, name: str) -> None:
-        self.timer, self.name = timer, name
-
-    def __enter__(self) -> None:
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc) -> None:
-        if self.timer.cuda:
-            torch.cuda.synchronize()  # CPU-GPU sync point: otherwise a part's kernels are billed to the next part
-        self.timer.totals[self.name] += time.perf_counter() - self.start
 
 
 def init_distributed(preference: str) -> tuple[int, int, torch.device]:
@@ -550,8 +518,11 @@ def evaluate(run: Run, store: FitsStore, pos: Position, epoch: int, started: flo
 
 
 # --- the step ---------------------------------------------------------------------------------------------------
-def train_step(run: Run, store: FitsStore, items: dict, pos: Position, timer: StepTimer) -> dict[str, float]:
-    """One optimiser step on one batch (`training.step`, in order); returns the loss terms and fit counts."""
+def train_step(run: Run, store: FitsStore, items: dict, pos: Position, timer: StepTimer) -> dict[str, Any]:
+    """One optimiser step on one batch (`training.step`, in order); returns what the log row averages: the loss terms
+    and the shares of fits updated, valid and filtered as 0-d tensors on the training device (read once per log row,
+    `training.step_stats.StepStats`), the fits the store kept as an int. The step's host syncs: the fits
+    write-back's one transfer (`training.step.update_fits`) and SMPLify's own (`fitting`), none per loss term."""
     cfg = run.config
     with timer.part("data"):
         batch = Batch.from_items(items, run.device, cfg.ignore_3d_datasets, run.head)
@@ -574,7 +545,7 @@ def train_step(run: Run, store: FitsStore, items: dict, pos: Position, timer: St
             chosen, updated, kept = update_fits(store, run.smplify, batch, keypoints_px, stored, new, provenance,
                                                 run.fit_wholebody)
         else:
-            chosen, updated, kept = stored, torch.zeros(len(batch.keys), dtype=torch.bool), 0
+            chosen, updated, kept = stored, torch.zeros(len(batch.keys), dtype=torch.bool, device=run.device), 0
     with timer.part("network"):
         targets = supervision(chosen, batch, cfg.smplify_threshold, cfg.fit_filter)
         loss, terms = compute_losses(pred, targets, batch, cfg.loss, run.body, run.point_weights, run.mask_loss)
@@ -582,11 +553,11 @@ def train_step(run: Run, store: FitsStore, items: dict, pos: Position, timer: St
         run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)
         run.scaler.update()
-    timer.steps += 1
-    row = {**terms, "fits_updated": float(updated.float().mean()), "fits_kept": kept,
-           "valid": float(targets.valid.float().mean()), "fits_filtered": float(targets.filtered.float().mean())}
+    row = {**terms, "fits_updated": to_device(updated.float().mean(), run.device), "fits_kept": kept,
+           "valid": targets.valid.float().mean(), "fits_filtered": targets.filtered.float().mean()}
     if run.wholebody is not None:  # the share of the step's chosen fits that are whole-body fits
-        row["fits_wholebody"] = float(chosen.has_wholebody.float().mean()) if chosen.has_wholebody is not None else 0.0
+        row["fits_wholebody"] = (to_device(chosen.has_wholebody.float().mean(), run.device)
+                                 if chosen.has_wholebody is not None else torch.zeros((), device=run.device))
     return row
 
 
@@ -618,8 +589,8 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         evaluate(run, store, pos, 0, started)
         checkpoint(run, pos)  # step 0: every fits write-back comes after a checkpoint a resume can start from
 
-    timer = StepTimer(run.device)
-    log_terms: list[dict[str, float]] = []
+    timer = StepTimer(run.device, parts=cfg.profile_parts)
+    stats = StepStats()   # the logged values, summed on the device and read once per log row
     for epoch in range(pos.epoch, cfg.epochs):
         start_batch = pos.batch if epoch == pos.epoch else 0
         run.stream.set_position(epoch, start_batch)
@@ -628,24 +599,26 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                    unit="step", disable=not progress or run.rank != 0, file=sys.stderr, dynamic_ncols=True)
         batches = iter(run.loader)
         while pos.batch < run.steps_per_epoch:
-            with timer.part("data"):
-                try:
-                    items = next(batches)
-                except ShardCorruptError as err:  # from a DataLoader worker: keep the reader's one line
-                    raise ShardCorruptError.unwrapped(err) from None
-            log_terms.append(train_step(run, store, items, pos, timer))
+            with timer.step():
+                with timer.part("data"):
+                    try:
+                        items = next(batches)
+                    except ShardCorruptError as err:  # from a DataLoader worker: keep the reader's one line
+                        raise ShardCorruptError.unwrapped(err) from None
+                stats.add(train_step(run, store, items, pos, timer))
             pos.step += 1
             pos.batch += 1
             bar.update(1)
             kill_point("train.step")
             if pos.step % cfg.log_every == 0 or pos.batch == run.steps_per_epoch:
+                row = stats.take()      # the row's one read of device values (a host sync on a GPU)
                 times = timer.take()
-                row = {k: sum(t[k] for t in log_terms) / len(log_terms) for k in log_terms[0]}
                 row.update(times, epoch=epoch, step=pos.step, loss=row.pop("total"))
                 run.log.log_train(row)
-                bar.set_postfix_str(" ".join(f"{p.replace('_', '-')} {times[p + '_ms']:.0f}ms" for p in PARTS)
+                parts = [f"{p.replace('_', '-')} {times[p + '_ms']:.0f}ms" for p in PARTS
+                         if times[p + "_ms"] is not None]
+                bar.set_postfix_str(" ".join(parts or [f"step {times['step_ms']:.0f}ms"])
                                     + f" loss {row['loss']:.3g} fits+ {row['fits_updated']:.0%}")
-                log_terms = []
             if pos.step % cfg.checkpoint_every == 0 and pos.batch < run.steps_per_epoch:
                 with timer.part("write_back"):
                     pos.fits_version = write_back(run, store, refresh=False)

@@ -43,6 +43,7 @@ from core.frames import FIT_FOCAL, FIT_RES
 from fitting.dsr import face_segments, mc_group_table
 from fitting.silhouette import DEFAULT_SIGMA, MeshEdges, Silhouette, mesh_edges, render_silhouette
 from shards.masks import UNKNOWN
+from training.losses import example_mean
 
 MASK_RES = 56   # px: the loss's grid over the training crop (module docstring: a quarter of SPIN's 224 px)
 EMPTY = 1e-6    # cells: added to both sums of the Jaccard, so that two empty maps agree (loss 0), not 1 − 0/0
@@ -105,13 +106,11 @@ def jaccard_loss(silhouette: Tensor, person: Tensor, known: Tensor, has_mask: Te
     in [0, 1], person fractions m of the same shape and weights w = known fractions (broadcast to it), the sums
     over all but the batch axis (several maps pool into one ratio); 0 for a sample where both are empty, and 0
     without such a sample."""
-    if not bool(has_mask.any()):
-        return silhouette.sum() * 0.0
-    s, m, w = silhouette[has_mask], person[has_mask], known[has_mask]
+    s, m, w = silhouette, person, known
     axes = tuple(range(1, s.ndim))
     inter = (w * torch.minimum(s, m)).sum(axes)
     union = (w * torch.maximum(s, m)).sum(axes)
-    return (1.0 - (inter + EMPTY) / (union + EMPTY)).mean()
+    return example_mean(1.0 - (inter + EMPTY) / (union + EMPTY), has_mask)   # masked: no host sync
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,11 @@ that fit supervises its step only); `supervision` adds the hand, jaw and express
 that have them; `compute_losses` the whole-body keypoint loss and those parameter losses. Every fit is still
 compared by its ``loss``, the 49 body joints' (the table's rule).
 
+Host syncs (docs/training.md, "Host syncs"): the step's own code reads the device once, in `update_fits` (the
+winning fits go to the fits store: one transfer of the whole batch, `core.host_syncs.to_host`); the losses select
+examples by masked sums and `compute_losses` returns device tensors, read by the log once per row; host data goes
+up without waiting (`core.host_syncs.to_device`). SMPLify and the body model have their own.
+
 Frames (`training.geometry`): batch keypoints are normalised; SMPLify sees fit-frame px; poses are axis-angle in
 the camera convention of SPIN's fits. Table losses are the loss of (canonical pose, betas, cam_t) on the sample's
 unaugmented fit-frame keypoints — what SMPLify reports for a fit made there (seed fits), so loop and seed rows
@@ -33,7 +38,7 @@ compare by the same number.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import pyarrow as pa
@@ -42,6 +47,7 @@ from torch import Tensor
 
 from core.camera import project
 from core.frames import FIT_CENTER, fit_frame_px
+from core.host_syncs import to_device, to_host
 from core.joints import NUM_JOINTS
 from fits.quality import FILTER_COLUMNS, FitFilter, columns_of
 from fits.schema import (
@@ -275,9 +281,8 @@ def stored_fits(store: FitsStore, smplify: SMPLify, keys: list[str], keypoints_p
     (any new fit wins). With ``wholebody`` (a whole-body run, on SMPLify's device) the fits' whole-body parameters
     too, mirrored where flipped, and the fits posed with them (a body-only fit: flat hands, neutral face)."""
     device = keypoints_px.device
-    pose_c, betas, _, known = store.lookup(keys)
-    pose = augment_pose(pose_c.to(device), rot.to(device), flip.to(device))
-    betas = betas.to(device)
+    pose_c, betas, _, known = (to_device(t, device) for t in store.lookup(keys))   # uploads that do not sync
+    pose = augment_pose(pose_c, rot.to(device), flip.to(device))
     params = has = expression_ok = None
     with torch.no_grad():
         if wholebody is None:
@@ -286,7 +291,7 @@ def stored_fits(store: FitsStore, smplify: SMPLify, keys: list[str], keypoints_p
             stored, has = store.lookup_wholebody(keys)
             params = augment_wholebody(WholeBodyParams(stored.hand_pose, stored.jaw_pose, stored.eye_pose,
                                                        stored.expression).to(device), flip.to(device))
-            has = has.to(device)
+            has = to_device(has, device)
             expression_ok = has & ~flip.to(device)
             joints = wholebody.forward_full(full_pose_of(pose, params), betas, params.expression).points[:, :NUM_JOINTS]
     cam_t = estimate_translation(joints, keypoints_px)
@@ -295,7 +300,7 @@ def stored_fits(store: FitsStore, smplify: SMPLify, keys: list[str], keypoints_p
         loss = smplify.fitting_loss(pose, betas, cam_t, center, keypoints_px).mean(-1)
     else:
         loss = smplify.joints_loss(joints, cam_t, center, keypoints_px).mean(-1)
-    loss = torch.where(known.to(device), loss, torch.full_like(loss, float("inf")))
+    loss = torch.where(known, loss, torch.full_like(loss, float("inf")))
     return BatchFits(pose=pose, betas=betas, cam_t=cam_t, loss=loss, joints=joints, quality=store.quality(keys),
                      wholebody=params, has_wholebody=has, expression_ok=expression_ok)
 
@@ -342,15 +347,20 @@ def fit_wholebody_in_the_loop(fitter: SMPLifyX, smplify: SMPLify, pred: Predicti
                    cam_t=torch.zeros(batch_size, 3, device=device), loss=torch.zeros(batch_size, device=device),
                    joints=torch.zeros(batch_size, NUM_JOINTS, 3, device=device),
                    iterations=np.zeros(batch_size, np.int64), wholebody=zeros, is_wholebody=wholebody.clone())
-    rows = torch.nonzero(~wholebody)[:, 0]
-    if len(rows):
+    # Which examples each fitter gets is read to the host (one read: the split is the point, SMPLify-X on the
+    # whole-body examples only is the step's dearest part), then the index tensors go back up without waiting.
+    (split,) = to_host(wholebody)
+    host_rows = np.flatnonzero(~split)
+    if len(host_rows):
+        rows = to_device(torch.from_numpy(host_rows), device)
         body = fit_in_the_loop(smplify, pred, keypoints_px, rows)
         out.pose[rows], out.betas[rows], out.cam_t[rows] = body.pose, body.betas, body.cam_t
         out.loss[rows], out.joints[rows] = body.loss, body.joints
-        out.iterations[rows.cpu().numpy()] = body.iterations
-    rows = torch.nonzero(wholebody)[:, 0]
-    if not len(rows):
+        out.iterations[host_rows] = body.iterations
+    host_rows = np.flatnonzero(split)
+    if not len(host_rows):
         return out
+    rows = to_device(torch.from_numpy(host_rows), device)
     with torch.no_grad():
         rotmats = rotmats_of(pred.rotmat.detach().float(), pred.hand_rotmat.detach().float(),
                              pred.jaw_rotmat.detach().float())
@@ -365,7 +375,7 @@ def fit_wholebody_in_the_loop(fitter: SMPLifyX, smplify: SMPLify, pred: Predicti
     out.loss[rows] = smplify.joints_loss(joints, result.cam_t, center, keypoints_px[rows]).mean(-1)
     for mine, theirs in zip(out.wholebody.values(), params.values()):
         mine[rows] = theirs
-    out.iterations[rows.cpu().numpy()] = result.extras["iterations"]
+    out.iterations[host_rows] = result.extras["iterations"]
     return out
 
 
@@ -401,57 +411,65 @@ def update_fits(store: FitsStore, smplify: SMPLify, batch: Batch, keypoints_px: 
         chosen.has_wholebody = torch.where(update, new.is_wholebody, stored.has_wholebody)
         chosen.expression_ok = torch.where(update, new.is_wholebody, stored.expression_ok)
         write = update & ~(new.is_wholebody & batch.flip.to(update.device))
-    kept = 0
-    rows = torch.nonzero(write)[:, 0]
-    if len(rows):
-        device = keypoints_px.device
-        rot, flip, scale = (t.to(device)[rows] for t in (batch.rot, batch.flip, batch.scale))
-        pose = canonical_pose(new.pose[rows], rot, flip)
-        betas = new.betas[rows]
-        params = None
-        with torch.no_grad():
-            cam_t = canonical_translation(new.cam_t[rows], rest_root(smplify.body, betas), rot, flip, scale)
-            keypoints = fit_frame_px(canonical_keypoints(batch.keypoints.to(device)[rows], rot, flip, scale))
-            center = torch.full((len(rows), 2), FIT_CENTER, device=device)
-            if wholebody is None:
-                joints = smplify.posed_joints(pose, betas)
-            else:
-                params = augment_wholebody(new.wholebody.rows(rows), flip)   # only body-only fits (zeros) flip
-                points = wholebody.forward_full(full_pose_of(pose, params), betas, params.expression).points
-                joints = points[:, :NUM_JOINTS]
-                parts = wholebody_part_reprojection(
-                    project(points, cam_t, smplify.config.focal_length, center),
-                    fit_frame_px(canonical_keypoints(batch.wholebody.to(device)[rows], rot, flip, scale)),
-                    wholebody.provided)
-            reprojection = smplify.joints_loss(joints, cam_t, center, keypoints)
-            priors = (smplify.prior(pose[:, 3:]), angle_prior(pose[:, 3:]), shape_prior(betas))
-            other = torch.isfinite(stored.loss[rows])[:, None]                   # the stored fit it beat, if any
-            quality = replace(fit_quality(joints, cam_t, smplify.config.focal_length, center, keypoints),
-                              candidates=1 + other[:, 0].long(),
-                              candidate_spread=candidate_spread(new.joints[rows], stored.joints[rows][:, None],
-                                                                other))
-        host = [t.detach().cpu().numpy() for t in (pose, betas, cam_t, reprojection, *priors)]
-        keys = [batch.keys[i] for i in rows.tolist()]
-        iterations = new.iterations if wholebody is None else new.iterations[rows.cpu().numpy()]
+    # Every example is undone and scored, and the winners are picked on the host after the one transfer below:
+    # picking them first (torch.nonzero) would be one more host sync, to save a few batched ops on the losers.
+    # The losers are scored on their stored fit (finite, where a failed new fit may not be) and then dropped.
+    device = keypoints_px.device
+    rot, flip, scale = (t.to(device) for t in (batch.rot, batch.flip, batch.scale))
+    take = write[:, None]
+    pose = canonical_pose(torch.where(take, new.pose, stored.pose), rot, flip)
+    betas = torch.where(take, new.betas, stored.betas)
+    fit_joints = torch.where(take[:, :, None], new.joints, stored.joints)     # augmented frame, for the spread
+    wholebody_values: tuple[Tensor, ...] = ()
+    with torch.no_grad():
+        cam_t = canonical_translation(torch.where(take, new.cam_t, stored.cam_t), rest_root(smplify.body, betas),
+                                      rot, flip, scale)
+        keypoints = fit_frame_px(canonical_keypoints(batch.keypoints.to(device), rot, flip, scale))
+        center = torch.full((len(batch.keys), 2), FIT_CENTER, device=device)
         if wholebody is None:
-            fits = fits_batch(keys, host[0], host[1], provenance, cam_t=host[2], reprojection_loss=host[3],
-                              pose_prior=host[4], angle_prior=host[5], shape_prior=host[6], iterations=iterations,
-                              quality=quality)
+            joints = smplify.posed_joints(pose, betas)
         else:
-            is_wholebody = new.is_wholebody[rows].cpu().numpy()
-            fits = _wholebody_rows(keys, host, iterations, quality, params, parts, is_wholebody, provenance)
-        columns = columns_of(fits)
-        chosen.quality[rows.cpu().numpy()] = np.stack([columns[name] for name in FILTER_COLUMNS], -1)
-        kept = store.offer(fits)
-    return chosen, update, kept
+            params = augment_wholebody(new.wholebody.where(write, stored.wholebody), flip)  # only body-only fits flip
+            points = wholebody.forward_full(full_pose_of(pose, params), betas, params.expression).points
+            joints = points[:, :NUM_JOINTS]
+            parts = wholebody_part_reprojection(
+                project(points, cam_t, smplify.config.focal_length, center),
+                fit_frame_px(canonical_keypoints(batch.wholebody.to(device), rot, flip, scale)),
+                wholebody.provided)
+            wholebody_values = (*params.values(), parts, new.is_wholebody)
+        reprojection = smplify.joints_loss(joints, cam_t, center, keypoints)
+        priors = (smplify.prior(pose[:, 3:]), angle_prior(pose[:, 3:]), shape_prior(betas))
+        other = torch.isfinite(stored.loss)[:, None]                       # the stored fit it beat, if any
+        quality = replace(fit_quality(joints, cam_t, smplify.config.focal_length, center, keypoints),
+                          candidates=1 + other[:, 0].long(),
+                          candidate_spread=candidate_spread(fit_joints, stored.joints[:, None], other))
+    # the write-back's one device-to-host transfer (one host sync on a GPU)
+    host = to_host(write, pose, betas, cam_t, reprojection, *priors,
+                   *(getattr(quality, f.name) for f in fields(quality)), *wholebody_values)
+    rows = np.flatnonzero(host[0])
+    if not len(rows):
+        return chosen, update, 0
+    values = [h[rows] for h in host[1:]]
+    fit, record, extra = values[:7], type(quality)(*values[7:11]), values[11:]
+    keys = [batch.keys[i] for i in rows]
+    if wholebody is None:
+        fits = fits_batch(keys, fit[0], fit[1], provenance, cam_t=fit[2], reprojection_loss=fit[3],
+                          pose_prior=fit[4], angle_prior=fit[5], shape_prior=fit[6], iterations=new.iterations,
+                          quality=record)
+    else:
+        fits = _wholebody_rows(keys, fit, new.iterations[rows], record, extra[:-2], extra[-2], extra[-1], provenance)
+    columns = columns_of(fits)
+    chosen.quality[rows] = np.stack([columns[name] for name in FILTER_COLUMNS], -1)
+    return chosen, update, store.offer(fits)
 
 
-def _wholebody_rows(keys: list[str], host: list[np.ndarray], iterations: np.ndarray, quality, params: WholeBodyParams,
-                    parts: Tensor, is_wholebody: np.ndarray, provenance: FitProvenance) -> pa.Table:
+def _wholebody_rows(keys: list[str], host: list[np.ndarray], iterations: np.ndarray, quality, params: list[np.ndarray],
+                    parts: np.ndarray, is_wholebody: np.ndarray, provenance: FitProvenance) -> pa.Table:
     """The fits rows of a whole-body run's winning fits, in ``keys`` order: whole-body rows (`WholeBodyFit`) where
-    ``is_wholebody``, body-only rows elsewhere. host: canonical pose, betas, cam_t, reprojection, priors (numpy);
-    quality: their records; params, parts (R, 3) px: their whole-body parameters and parts."""
-    values = [v.detach().cpu().numpy() for v in (*params.values(), parts)]
+    ``is_wholebody``, body-only rows elsewhere. host: canonical pose, betas, cam_t, reprojection, priors; quality:
+    their records; params (hand, jaw, eye poses, expression), parts (R, 3) px: their whole-body parameters and
+    parts; all numpy, one row per key."""
+    values = [*params, parts]
     tables = []
     for whole in (True, False):
         pick = np.flatnonzero(is_wholebody == whole)
@@ -484,7 +502,7 @@ def supervision(chosen: BatchFits, batch: Batch, threshold: float,
     pose = torch.where(has_smpl[:, None], batch.gt_pose, pose)
     betas = torch.where(has_smpl[:, None], batch.gt_betas[:, : betas.shape[1]], betas)
     columns = {name: chosen.quality[:, i] for i, name in enumerate(FILTER_COLUMNS)}
-    passes = torch.from_numpy(fit_filter.keep(columns)).to(device)
+    passes = to_device(torch.from_numpy(fit_filter.keep(columns)), device)   # judged on the host
     good = loss < threshold
     valid = (good & passes) | has_smpl
     targets = Targets(pose=pose, betas=betas, valid=valid, has_smpl=has_smpl, has_3d=batch.has_3d,
@@ -499,9 +517,10 @@ def supervision(chosen: BatchFits, batch: Batch, threshold: float,
 # 6 ------------------------------------------------------------------------------------------------------------
 def compute_losses(pred: Prediction, targets: Targets, batch: Batch, weights: LossWeights,
                    body: BodyModel, point_weights: Tensor | None = None,
-                   mask_loss: MaskConsistency | None = None) -> tuple[Tensor, dict[str, float]]:
+                   mask_loss: MaskConsistency | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """SPIN's total loss ``scale · (shape·L_shape + kp·(L_2d + L_3d) + pose·L_pose + betas·L_betas + cam·L_cam)``
-    and its terms (floats, for the log). A head with its own mesh (``pred.mesh``: graphcmr) adds GraphCMR's
+    and its terms and the total for the log, detached 0-d tensors on the batch's device (nothing is read to the host
+    here: the log reads them once per row). A head with its own mesh (``pred.mesh``: graphcmr) adds GraphCMR's
     ``graph_shape·L_graph_shape + kp·(L_graph_2d + L_graph_3d)`` (`training.graphcmr.mesh_losses`). Whole-body heads add ``kp·L_wholebody + hand_pose·L_hands +
     jaw_pose·L_jaw + expression·L_expression`` (`training.losses`), the 2D term weighted per point by
     ``point_weights`` (161,) (`training.wholebody.part_weights`). With ``mask_loss`` (the body model's faces, the
@@ -566,4 +585,6 @@ def compute_losses(pred: Prediction, targets: Targets, batch: Batch, weights: Lo
         total = (total + weights.keypoint * terms["keypoints_wholebody"] + weights.hand_pose * terms["hand_pose"]
                  + weights.jaw_pose * terms["jaw_pose"] + weights.expression * terms["expression"])
     total = weights.scale * total
-    return total, {name: float(value.detach()) for name, value in terms.items()} | {"total": float(total.detach())}
+    # detached device tensors, read by the log once per row (`training.step_stats`): a float() here was a host sync
+    # per term per step
+    return total, {name: value.detach() for name, value in terms.items()} | {"total": total.detach()}

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from core.host_syncs import to_device
 from core.wholebody import NUM_WHOLEBODY, SMPLX_JOINTS_FLIP_PERM, WHOLEBODY_PARTS, wholebody_indices
 from fits.schema import NUM_POSE
 from fitting.wholebody_model import BODY_POSE_DIM, NUM_SMPLX_JOINTS, POSE_SLICES
@@ -55,7 +56,8 @@ class WholeBodyParams:
         return self.hand_pose, self.jaw_pose, self.eye_pose, self.expression
 
     def to(self, device: torch.device) -> WholeBodyParams:
-        return WholeBodyParams(*(v.to(device) for v in self.values()))
+        """On ``device``; an upload from the host does not wait for the device (`core.host_syncs.to_device`)."""
+        return WholeBodyParams(*(to_device(v, device) for v in self.values()))
 
     def rows(self, index: Tensor) -> WholeBodyParams:
         return WholeBodyParams(*(v[index] for v in self.values()))

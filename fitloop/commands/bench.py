@@ -242,11 +242,15 @@ docs/smplify.md#the-benchmark has the protocol and the latest figures.""")
     step.add_argument("--img-res", type=int, default=224)
     step.add_argument("--model", default="open", help='body model: "open", "open-small" or a model file')
     step.add_argument("--device", default="cpu", help="cpu or cuda")
-    step.add_argument("--smplify-device", default="cpu", help="cpu, or auto: the training device")
+    step.add_argument("--smplify-device", default="auto", help="auto (the training device) or cpu")
     step.add_argument("--amp", default="auto", choices=("auto", "off", "bf16", "fp16"))
     step.add_argument("--num-workers", type=int, default=1)
     step.add_argument("--skip-baseline", action="store_true", help="time only fitloop's step")
     step.add_argument("--workdir", type=Path, default=None, help="where the temporary shards go (default: /tmp)")
+    step.add_argument("--count-syncs", action="store_true",
+                      help="instead of timing: count the host syncs of one step (reads of tensor values, "
+                           "core.host_syncs) for the hmr and keypoints heads, with and without SMPLify, by where they "
+                           "are made (ResNet-18 at 64 px, open-small, batch 8 unless given)")
     step.add_argument("--json", action="store_true", help="print one JSON object")
     step.set_defaults(func=cmd_train_step)
 
@@ -342,7 +346,10 @@ def cmd_loop(args: argparse.Namespace) -> int:
 
 
 def cmd_train_step(args: argparse.Namespace) -> int:
-    from bench.train_step import run
+    from bench.train_step import count_syncs, run
+
+    if args.count_syncs:
+        return _print_syncs(count_syncs(workdir=args.workdir), args.json)
 
     result = run(batch=args.batch, steps=args.steps, backbone=args.backbone, img_res=args.img_res,
                  body_model=args.model, device=args.device, smplify_device=args.smplify_device, amp=args.amp,
@@ -362,6 +369,18 @@ def cmd_train_step(args: argparse.Namespace) -> int:
               f"fits table write {r['flush_ms']:.0f} ms for {r['flush_rows']} rows")
     if "speedup_vs_spin_smplify" in result:
         print(f"  step speedup vs SPIN's SMPLify in the step: {result['speedup_vs_spin_smplify']:.2f}x")
+    return 0
+
+
+def _print_syncs(record: dict, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(record))
+        return 0
+    print(f"host syncs per training step (batch {record['batch']}, {record['body_model']}): {record['counted']}")
+    for name, r in record.items():
+        if isinstance(r, dict):
+            where = ", ".join(f"{folder}/ {n}" for folder, n in r["by_folder"].items())
+            print(f"  {name:<22} {r['total']:4d}  ({where}; the rest in dependencies; torch's own {r['torch_own']})")
     return 0
 
 

@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     start.add_argument("--resume", action="store_true",
                        help="continue the run in --run-dir from its latest checkpoint, with its saved config (a run "
                             "killed before its first checkpoint starts over); flags may change only --epochs (to "
-                            "extend), --device, --smplify-device, --checkpoint-every, --log-every, "
+                            "extend), --device, --smplify-device, --checkpoint-every, --log-every, --profile-parts, "
                             "--eval-every-epochs, --no-tensorboard, --no-verify-shards and --on-corrupt-shard (any "
                             "other change is refused)")
     start.add_argument("--overwrite", action="store_true",
@@ -121,7 +121,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_fit_filter_options(parser, "only the fits that meet every bar given supervise (besides SPIN's "
                                    "--smplify-threshold; none by default, as SPIN); a new loop fit is judged by its "
                                    "own record")
-    parser.add_argument("--smplify-device", help="where SMPLify runs: cpu (default) or auto (the training device)")
+    parser.add_argument("--smplify-device", help="where SMPLify runs: auto (default: the training device) or cpu")
     parser.add_argument("--no-seed-fits", action="store_true",
                         help="do not fit training samples that have no fit yet before training")
     parser.add_argument("--num-workers", type=int, help="DataLoader workers (default 4)")
@@ -136,7 +136,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), help="mixed precision on CUDA")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (and fits writes)")
-    parser.add_argument("--log-every", type=int)
+    parser.add_argument("--log-every", type=int,
+                        help="steps per row of RUN/train_log.csv (10); the logged values are read from the device "
+                             "once per row")
+    parser.add_argument("--profile-parts", action="store_true",
+                        help="time each part of the step (data, network, SMPLify, write-back) in train_log.csv; on "
+                             "CUDA this syncs after every part, so it is off by default (then only the step's time)")
     parser.add_argument("--eval-every-epochs", type=int)
     parser.add_argument("--eval-max-samples", type=int)
     parser.add_argument("--run-id", help="the run id on every fit row (default: run folder name + random)")
@@ -187,6 +192,8 @@ def _with_flags(base, args: argparse.Namespace):
                        ("no_tensorboard", "tensorboard"), ("no_verify_shards", "verify_shards")):
         if getattr(args, flag):
             values[name] = False
+    if args.profile_parts:
+        values["profile_parts"] = True
     if args.no_augment:
         values["augment"] = dataclasses.replace(base.augment, enabled=False)
     smplify = base.smplify
