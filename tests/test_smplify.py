@@ -462,7 +462,7 @@ def test_a_failed_factorisation_gives_a_zero_step_not_a_branch():
 def test_the_lm_loop_makes_no_host_sync_and_copies_nothing_from_the_host(body, prior):
     """Counted by the torch profiler (`bench.smplify_profile.counts`): running stage 2 for more iterations adds
     kernels but no sync (``.item()``, ``bool(t)``, ``nonzero``) and no tensor made from Python numbers; a whole
-    fast call syncs only at its set-up and the early exit's checks (one per round)."""
+    fast call syncs only at its set-up, not per iteration: with a fixed budget, 8 or 24 iterations sync alike."""
     from bench.smplify_profile import counts
 
     people = _people(body, prior, batch=4)
@@ -478,6 +478,7 @@ def test_the_lm_loop_makes_no_host_sync_and_copies_nothing_from_the_host(body, p
     short, long = stage2(2), stage2(6)
     assert long["kernels"] > short["kernels"]
     assert long["syncs"] == short["syncs"] <= 1 and long["from_host"] == short["from_host"] == 0
-    call = counts(lambda: fitter(people["keypoints"], people["pose"], people["betas"], people["cam_t"],
-                                 people["center"], start="estimate"))
-    assert call["from_host"] == 0 and call["syncs"] <= 16, call
+    fixed = [SMPLify(body, prior, SMPLifyConfig(tolerance=0.0, body_iterations=n, noise_iterations=4)) for n in (8, 24)]
+    calls = [counts(lambda f=f: f(people["keypoints"], people["pose"], people["betas"], people["cam_t"],
+                                  people["center"], start="estimate")) for f in fixed]
+    assert calls[0]["syncs"] == calls[1]["syncs"] and calls[1]["from_host"] == 0, calls
