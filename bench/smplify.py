@@ -82,8 +82,8 @@ CHUNK = {"fast": 512, "reference": 32}  # examples per SMPLify call (memory; res
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """One run of the benchmark. Defaults: the full run (about 20 CPU minutes on one thread; with
-    reference_cases=4, 11: measured 2026-12-02)."""
+    """One run of the benchmark. Defaults: the full run (about 5 CPU minutes on one thread with the SMPL-sized
+    reference; 7 with the full mesh's too: measured 2026-12-03)."""
 
     split: str = "test"                                # "dev" for tuning, "test" for reporting
     sources: tuple[str, ...] = SOURCES
