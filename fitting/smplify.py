@@ -90,7 +90,7 @@ from fitting.silhouette_term import (
     silhouette_energy,
     term_residuals,
 )
-from fitting.skeleton import Skeleton, compose_axis_angle, select_state
+from fitting.skeleton import Skeleton, SkeletonState, compose_axis_angle, select_state
 from fitting.vposer import VAEPosePrior
 
 OP_TORSO = ("OP RHip", "OP LHip", "OP RShoulder", "OP LShoulder")
@@ -132,6 +132,9 @@ class SMPLifyConfig:
     # still changes the objective (`prior_schedule`). 0: every iteration runs for every example (the fixed budget)
     tolerance: float = 1e-2                 # chosen on the dev split: within 0.3 mm of the fixed budget (docs)
     check_every: int = 4
+    # fast mode: torch.compile the keypoint term's Gauss–Newton system (`SMPLify.data_system`; ~10 s to compile
+    # per process, then the iteration's largest part about 2x faster on CPU: docs/smplify.md). Off by default
+    compile: bool = False
     # near-start term for start="estimate": w² ‖θ_body − θ_body,start‖², w = σ_kp / σ_start (px/rad)
     init_weight: float | None = None        # None: w from the start's uncertainty (below); a number: fixed w
     keypoint_noise: float = 0.027           # σ_kp of the first fit: per coordinate, share of the keypoints' box side
@@ -295,6 +298,9 @@ class SMPLify:
         self._op_torso = torch.as_tensor(indices(OP_TORSO), device=device)
         self._gt_torso = torch.as_tensor(indices(GT_TORSO), device=device)
         self._headings = torch.tensor(HEADINGS, dtype=torch.float64, device=device)  # made once: no copy per call
+        # the keypoint term's system, compiled on request (any batch and point count: dynamic shapes)
+        self._data_system = (torch.compile(self.data_system, dynamic=True) if config.compile and config.mode == "fast"
+                             else self.data_system)
 
     # -- public API ----------------------------------------------------------------------------------------
     def __call__(self, keypoints: Tensor, init_pose: Tensor, init_betas: Tensor, init_cam_t: Tensor,
@@ -708,6 +714,22 @@ class SMPLify:
             lam = torch.where(better, lam * LM_ACCEPT, lam * LM_REJECT).clamp(1e-7, 1e7)
         return pose, cam_t
 
+    def data_system(self, state: SkeletonState, cam_t: Tensor, focal: Tensor, resid: Tensor,
+                    conf: Tensor) -> tuple[Tensor, Tensor]:
+        """The keypoint term's Gauss–Newton system at one skeleton evaluation: Jᵀ W J (B, 72 + NB, 72 + NB) and
+        Jᵀ W r (B, 72 + NB), with J the projected points' Jacobian, r = resid (B, P, 2) px and W the
+        Geman–McClure IRLS weights c² σ⁴ / (σ² + r²)² (conf (B, P)). The bulk of an LM iteration's work, and
+        what ``compile`` hands to `torch.compile`."""
+        sigma2 = self.config.sigma**2
+        batch = resid.shape[0]
+        d_pose, d_betas = self.skeleton.jacobian(state)
+        dproj = projection_jacobian(state.points + cam_t[:, None], focal)                # (B, P, 2, 3)
+        jac = torch.cat([dproj @ d_pose, dproj @ d_betas], dim=-1).flatten(1, 2)          # (B, 2P, 72+NB)
+        w = (conf.square()[..., None] * sigma2**2 / (sigma2 + resid.square()).square()).reshape(batch, -1)
+        hess = jac.transpose(1, 2) @ (w[..., None] * jac)
+        grad = (jac.transpose(1, 2) @ (w * resid.reshape(batch, -1))[..., None])[..., 0]
+        return hess, grad
+
     def _lm_body_converging(self, pose, betas, cam_t, kp, center, focal, trust, body_init, prior_scale,
                             sil: dict[str, MaskTerm] | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """`_lm_body` with the early exit of ``tolerance`` > 0: the iterations run in rounds of ``check_every``;
@@ -769,7 +791,6 @@ class SMPLify:
         w_pose, w_angle, w_shape = c.pose_prior_weight**2, c.angle_prior_weight**2, c.shape_prior_weight**2
         w_init = trust.square()                                                              # (B,)
         w_collide = c.collision_weight**2
-        sigma2 = c.sigma**2
         dev = pose.device
         lam = torch.full((batch,), LM_DAMPING, dtype=dtype, device=dev) if lam is None else lam
         eye_beta = torch.eye(nb, dtype=dtype, device=dev)
@@ -801,14 +822,7 @@ class SMPLify:
         first_terms = terms
         for scale in prior_scale:
             cost = terms[:, 0] + scale * terms[:, 1]
-            d_pose, d_betas = self.skeleton.jacobian(state)
-            dproj = projection_jacobian(state.points + cam_t[:, None], focal)            # (B, P, 2, 3)
-            jac = torch.cat([dproj @ d_pose, dproj @ d_betas], dim=-1)                     # (B, P, 2, 72+NB)
-            weight = conf.square()[..., None] * sigma2**2 / (sigma2 + resid.square()).square()  # IRLS, (B, P, 2)
-            jac = jac.reshape(batch, -1, 72 + nb)
-            w = weight.reshape(batch, -1)
-            hess = jac.transpose(1, 2) @ (w[..., None] * jac)
-            grad = (jac.transpose(1, 2) @ (w * resid.reshape(batch, -1))[..., None])[..., 0]
+            hess, grad = self._data_system(state, cam_t, focal, resid, conf)
             if vae:  # VAE prior: Gauss–Newton on its residuals, exact Jacobian (B, R, 69)
                 jac_p = prior.residuals_and_jacobian(pose[:, 3:])[1].to(dtype)
                 hess[:, 3:72, 3:72] += scale * w_pose * 0.5 * jac_p.transpose(1, 2) @ jac_p

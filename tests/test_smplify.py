@@ -482,3 +482,14 @@ def test_the_lm_loop_makes_no_host_sync_and_copies_nothing_from_the_host(body, p
     calls = [counts(lambda f=f: f(people["keypoints"], people["pose"], people["betas"], people["cam_t"],
                                   people["center"], start="estimate")) for f in fixed]
     assert calls[0]["syncs"] == calls[1]["syncs"] and calls[1]["from_host"] == 0, calls
+
+
+def test_the_compiled_system_fits_as_the_eager_one(body, prior):
+    """``compile=True`` (opt-in) hands `SMPLify.data_system` to torch.compile: the same fits, to float32
+    rounding. (About 10 s: the compilation.)"""
+    people = _people(body, prior, batch=3, noise=2.0)
+    args = (people["keypoints"], people["pose"] + 0.1, people["betas"], people["cam_t"], people["center"])
+    eager = SMPLify(body, prior, SMPLifyConfig(body_iterations=6))(*args, start="estimate")
+    compiled = SMPLify(body, prior, SMPLifyConfig(body_iterations=6, compile=True))(*args, start="estimate")
+    torch.testing.assert_close(compiled.pose, eager.pose, atol=1e-3, rtol=0)
+    torch.testing.assert_close(compiled.loss, eager.loss, atol=1e-3, rtol=1e-3)
