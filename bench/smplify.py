@@ -10,7 +10,16 @@ Every cell (source × camera × keypoints × start) is fitted by the fast mode o
 the reference on the first ``reference_cases`` of them (the reference runs ~1 fit/s on one CPU thread); the fast
 mode's figures on those same people are reported beside the reference's, so the two are compared on identical
 cases. Fits of one start level are made in one batch per mode (SMPLify's fits are independent per example), and
-timed: wall and CPU seconds, at the thread count asked for.
+timed: wall and CPU seconds (``time.process_time``: what counts on a shared machine), at the thread count asked
+for (default 1).
+
+The reference runs on an SMPL-sized mesh by default (``reference_meshes``, `bench.reference_mesh`): SPIN's
+procedure evaluates the mesh every step, and the open model's own mesh has about twice SMPL's vertices, which
+would make SPIN look twice as slow as it is. Further meshes (``full``) are fitted on the same cases and reported
+as ``reference-<mesh>`` beside it. ``fixed_baseline`` also fits every case with the fast mode's fixed iteration
+budget (``SMPLifyConfig.tolerance`` 0: no early exit), so the early exit's speed and accuracy are read against it
+in one run. ``batch`` adds a throughput row: the fast mode on one call of exactly that many examples per start
+level (the level's cases repeated in order when there are fewer).
 
 Metrics, per case, then averaged (`case_metrics`): PA-MPJPE and MPJPE (mm) of the 14 evaluation joints against the
 true body as `fits.evaluate` defines them (the body model's Human3.6M regressor, pelvis-centred; the truth's
@@ -32,6 +41,7 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
+from bench.reference_mesh import REFERENCE_MESHES, reference_body
 from bench.smplify_cases import (
     CAMERAS,
     CMU_SUBJECTS,
@@ -64,14 +74,16 @@ from fitting.smplify import SMPLify, SMPLifyConfig
 from fitting.vposer import VAEPosePrior
 
 MODES = ("fast", "reference")
+FIXED = "fast-fixed"             # the fast mode without early exit (`BenchConfig.fixed_baseline`)
+THROUGHPUT_CALLS = 2             # timed calls per start level of the throughput row (the faster one counts)
 FACING_UNDEFINED_BELOW = 0.5    # the truth's hip axis within 30° of vertical: no heading to compare with
 CHUNK = {"fast": 512, "reference": 32}  # examples per SMPLify call (memory; results do not depend on it)
 
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """One run of the benchmark. Defaults: the full run (about 20 CPU minutes on one thread; with
-    reference_cases=4, 11: measured 2026-12-02)."""
+    """One run of the benchmark. Defaults: the full run (about 5 CPU minutes on one thread with the SMPL-sized
+    reference; 7 with the full mesh's too: measured 2026-12-03)."""
 
     split: str = "test"                                # "dev" for tuning, "test" for reporting
     sources: tuple[str, ...] = SOURCES
@@ -84,6 +96,9 @@ class BenchConfig:
     calibration_people: int = 128                      # dev people per source the start levels are calibrated on
     modes: tuple[str, ...] = MODES
     reference_iterations: int | None = None            # None: SPIN's 100 per stage (--quick: 5, figures mean nothing)
+    reference_meshes: tuple[str, ...] = ("smpl-sized",)  # the first is "the reference"; others "reference-<mesh>"
+    fixed_baseline: bool = False                       # also the fast mode with a fixed budget (tolerance 0)
+    batch: int | None = None                           # a throughput row at this batch size (fast mode)
     model: str = "open"
     prior: str | Path | None = None                    # a prior file or "gmm" / "vae" (shipped ones); None: default
     device: str = "cpu"
@@ -97,7 +112,8 @@ class BenchConfig:
             raise bad(f"--split must be one of {', '.join(SPLITS)}, not {self.split!r}")
         for name, given, allowed in (("--sources", self.sources, SOURCES), ("--cameras", self.cameras, CAMERAS),
                                      ("--keypoints", self.noise, NOISE), ("--starts", self.starts, STARTS),
-                                     ("--modes", self.modes, MODES)):
+                                     ("--modes", self.modes, MODES),
+                                     ("--reference-mesh", self.reference_meshes, REFERENCE_MESHES)):
             unknown = [g for g in given if g not in allowed]
             if unknown or (not given and name != "--sources"):
                 raise bad(f"{name} takes some of {', '.join(allowed)}; got {', '.join(given) or 'none'}")
@@ -108,6 +124,10 @@ class BenchConfig:
                       f"{self.reference_cases}")
         if self.calibration_people < 8:
             raise bad(f"--calibration-people must be at least 8, got {self.calibration_people}")
+        if len(set(self.reference_meshes)) != len(self.reference_meshes):
+            raise bad(f"--reference-mesh names a mesh twice: {', '.join(self.reference_meshes)}")
+        if self.batch is not None and self.batch < 1:
+            raise bad(f"--batch must be at least 1, got {self.batch}")
         if self.threads < 1:
             raise bad(f"--threads must be at least 1, got {self.threads}")
         if self.poses_file is not None and not Path(self.poses_file).is_file():
@@ -259,17 +279,23 @@ def _cells_for(body: BodyModel, people: People, config: BenchConfig, sigmas: dic
     return cells
 
 
+def _inputs(cells: list[Cell], count: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """keypoints, focal, center, start pose, betas and cam_t of the first ``count`` cases of every cell, stacked."""
+    def stack(key: str) -> torch.Tensor:
+        return torch.as_tensor(np.concatenate([getattr(c, key)[:count] for c in cells]), dtype=torch.float32,
+                               device=device)
+    return tuple(stack(k) for k in ("keypoints", "focal", "center", "start_pose", "start_betas", "start_cam_t"))
+
+
 def _fit_level(fitter: SMPLify, cells: list[Cell], count: int, mode: str, device: torch.device) -> dict[str, float]:
-    """Fit the first ``count`` cases of every cell (one start level) in batches; store the fits; return timing."""
-    def stack(get):
-        return torch.as_tensor(np.concatenate([get(c)[:count] for c in cells]), dtype=torch.float32, device=device)
-    kp, focal, center, pose, betas, cam_t = (
-        stack(lambda c, k=k: getattr(c, k))
-        for k in ("keypoints", "focal", "center", "start_pose", "start_betas", "start_cam_t"))
+    """Fit the first ``count`` cases of every cell (one start level) in batches; store the fits under ``mode``;
+    return timing."""
+    kp, focal, center, pose, betas, cam_t = _inputs(cells, count, device)
     out = {"pose": [], "betas": [], "cam_t": []}
+    chunk = CHUNK[fitter.config.mode]
     wall, cpu = time.perf_counter(), time.process_time()
-    for s in range(0, len(kp), CHUNK[mode]):
-        sl = slice(s, s + CHUNK[mode])
+    for s in range(0, len(kp), chunk):
+        sl = slice(s, s + chunk)
         fit = fitter(kp[sl], pose[sl], betas[sl], cam_t[sl], center[sl], start=cells[0].kind,
                      focal_length=focal[sl])
         for k in out:
@@ -278,8 +304,47 @@ def _fit_level(fitter: SMPLify, cells: list[Cell], count: int, mode: str, device
     arrays = {k: np.concatenate(v) for k, v in out.items()}
     for i, c in enumerate(cells):
         c.fits[mode] = tuple(arrays[k][i * count:(i + 1) * count] for k in ("pose", "betas", "cam_t"))
-    n = len(kp)
+    return _rates(len(kp), wall, cpu)
+
+
+def _rates(n: int, wall: float, cpu: float) -> dict[str, float]:
     return {"fits": n, "wall_s": wall, "cpu_s": cpu, "fits_per_s": n / wall, "fits_per_cpu_s": n / max(cpu, 1e-9)}
+
+
+def _throughput(fitter: SMPLify, cells: list[Cell], batch: int, device: torch.device) -> dict[str, float]:
+    """One SMPLify call of exactly ``batch`` examples of one start level (its cases in order, repeated when there
+    are fewer), timed THROUGHPUT_CALLS times; the fastest call by CPU time counts."""
+    kp, focal, center, pose, betas, cam_t = (t[torch.arange(batch, device=device) % len(t)]
+                                             for t in _inputs(cells, len(cells[0].keypoints), device))
+    best = None
+    for _ in range(THROUGHPUT_CALLS):
+        wall, cpu = time.perf_counter(), time.process_time()
+        fit = fitter(kp, pose, betas, cam_t, center, start=cells[0].kind, focal_length=focal)
+        fit.pose.cpu()                                           # waits for a GPU to finish
+        timing = _rates(batch, time.perf_counter() - wall, time.process_time() - cpu)
+        best = timing if best is None or timing["cpu_s"] < best["cpu_s"] else best
+    return best
+
+
+def _fitters(body: BodyModel, prior: MaxMixturePrior | VAEPosePrior, config: BenchConfig,
+             device: torch.device) -> list[tuple[str, SMPLify, int, dict[str, Any]]]:
+    """(name, fitter, cases per cell, about) of every variant the run fits: "fast", FIXED (`fixed_baseline`),
+    "reference" (SPIN's procedure on the first of ``reference_meshes``) and "reference-<mesh>" for the others."""
+    out = []
+    if "fast" in config.modes:
+        out.append(("fast", SMPLify(body, prior, SMPLifyConfig()), config.cases, {"mesh": "none (skeleton)"}))
+        if config.fixed_baseline:
+            out.append((FIXED, SMPLify(body, prior, SMPLifyConfig(tolerance=0.0)), config.cases,
+                        {"mesh": "none (skeleton)"}))
+    if "reference" in config.modes:
+        smplify = SMPLifyConfig(mode="reference")
+        if config.reference_iterations is not None:
+            smplify = dataclasses.replace(smplify, iterations=config.reference_iterations)
+        for i, mesh in enumerate(config.reference_meshes if config.reference_cases else config.reference_meshes[:1]):
+            ref_body = reference_body(mesh, config.model).to(device)
+            out.append(("reference" if i == 0 else f"reference-{mesh}", SMPLify(ref_body, prior, smplify),
+                        config.reference_cases, {"mesh": mesh, "vertices": ref_body.num_vertices}))
+    return out
 
 
 def _evaluate(body: BodyModel, c: Cell) -> None:
@@ -398,23 +463,27 @@ def _run(config: BenchConfig, say: Callable[[str], None]) -> dict[str, Any]:
             + f" [{time.perf_counter() - t:.1f} s]")
 
     speed: dict[str, dict[str, Any]] = {}
-    for mode in config.modes:
-        smplify = SMPLifyConfig(mode=mode)
-        if mode == "reference" and config.reference_iterations is not None:
-            smplify = dataclasses.replace(smplify, iterations=config.reference_iterations)
-        fitter = SMPLify(body, prior, smplify)
-        count = config.cases if mode == "fast" else config.reference_cases
-        speed[mode] = {"config": dataclasses.asdict(smplify)}
+    throughput: dict[str, dict[str, Any]] = {}
+    for name, fitter, count, about_fitter in _fitters(body, prior, config, device):
+        speed[name] = {"config": dataclasses.asdict(fitter.config), **about_fitter}
         if count == 0:
             continue
         for label in config.starts:
             level_cells = [c for c in cells if c.start == label]
-            timing = _fit_level(fitter, level_cells, count, mode, device)
-            speed[mode][label] = timing
-            say(f"{mode:>9} {label:<6}: {timing['fits']} fits in {timing['wall_s']:.1f} s "
+            timing = _fit_level(fitter, level_cells, count, name, device)
+            speed[name][label] = timing
+            say(f"{name:>16} {label:<6}: {timing['fits']} fits in {timing['wall_s']:.1f} s "
                 f"({timing['fits_per_s']:.1f} fits/s, {timing['fits_per_cpu_s']:.1f} per CPU s)")
+            if config.batch is not None and fitter.config.mode == "fast":
+                rate = throughput.setdefault(name, {})[label] = _throughput(fitter, level_cells, config.batch, device)
+                say(f"{name:>16} {label:<6}: batch {config.batch}: {rate['fits_per_cpu_s']:.1f} fits per CPU s")
     for c in cells:
         _evaluate(body, c)
+    for name, levels in speed.items():      # each variant's accuracy on the cases it fitted, beside its speed
+        for label in config.starts:
+            if label in levels:
+                levels[label]["pa_mpjpe_mm"] = float(np.concatenate(
+                    [c.metrics[name]["pa_mpjpe_mm"] for c in cells if c.start == label]).mean())
 
     ratios, cpu_ratios = {}, {}
     if {"fast", "reference"} <= set(speed) and config.reference_cases:
@@ -422,6 +491,9 @@ def _run(config: BenchConfig, say: Callable[[str], None]) -> dict[str, Any]:
             fast, ref = speed["fast"][label], speed["reference"][label]
             ratios[label] = fast["fits_per_s"] / ref["fits_per_s"]
             cpu_ratios[label] = fast["fits_per_cpu_s"] / ref["fits_per_cpu_s"]
+    against = {name: {label: speed["fast"][label]["fits_per_cpu_s"] / levels[label]["fits_per_cpu_s"]
+                      for label in config.starts if label in levels and label in speed["fast"]}
+               for name, levels in speed.items() if name != "fast" and "fast" in speed}
     return {
         "benchmark": "smplify", "version": 2,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -432,6 +504,7 @@ def _run(config: BenchConfig, say: Callable[[str], None]) -> dict[str, Any]:
         "speed": speed, "speedup_fast_over_reference": ratios,
         "speedup_min": min(ratios.values()) if ratios else None,
         "speedup_fast_over_reference_per_cpu_s": cpu_ratios,
+        "speedup_fast_per_cpu_s_over": against, "throughput": throughput,
         "summary": _pooled(cells, lambda c: (c.noise, c.start), ("keypoints", "start"), config.reference_cases),
         "summary_by_camera": _pooled(cells, lambda c: (c.camera, c.noise, c.start), ("camera", "keypoints", "start"),
                                      config.reference_cases),

@@ -76,6 +76,25 @@ def format_tables(result: dict[str, Any], cells: bool = True) -> str:
             per_cpu = (speed["fast"][s]["fits_per_cpu_s"] / speed["reference"][s]["fits_per_cpu_s"]
                        if all(s in speed.get(m, {}) for m in ("fast", "reference")) else None)
             lines.append(f"| {s} | " + " | ".join(parts) + f" | {_num(speedup.get(s), 0)} | {_num(per_cpu, 0)} |")
+    variants = [m for m in speed if any(s in speed[m] for s in starts)]
+    if len(variants) > 1 or result.get("throughput"):
+        lines += ["", "Every variant on the cases it fitted (CPU time, one process; fast/this: the fast mode's fits "
+                  "per CPU s over this variant's; mesh: what the variant evaluates, vertices):", "",
+                  "| start | variant | mesh | fits | CPU s | fits/CPU s | PA-MPJPE mm | fast/this per CPU s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        against = result.get("speedup_fast_per_cpu_s_over", {})
+        for s in starts:
+            for m in variants:
+                if s not in speed[m]:
+                    continue
+                t, mesh = speed[m][s], speed[m].get("mesh", "–")
+                mesh = f"{mesh} ({speed[m]['vertices']})" if "vertices" in speed[m] else mesh
+                lines.append(f"| {s} | {m} | {mesh} | {t['fits']} | {_num(t['cpu_s'])} | {_num(t['fits_per_cpu_s'])} "
+                             f"| {_num(t.get('pa_mpjpe_mm'))} | {_num(against.get(m, {}).get(s), 1)} |")
+    for m, levels in result.get("throughput", {}).items():
+        lines += ["", f"Throughput, {m}: one call of batch {cfg['batch']} per start level, {result['threads']} "
+                  "thread(s):", "", "| start | fits/CPU s | fits/s (wall) |", "|---|---|---|"]
+        lines += [f"| {s} | {_num(t['fits_per_cpu_s'])} | {_num(t['fits_per_s'])} |" for s, t in levels.items()]
     if result["calibration"]:
         lines += ["", "| source | calibrated on | start | σ rad (°) | median start PA-MPJPE there |",
                   "|---|---|---|---|---|"]

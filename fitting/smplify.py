@@ -60,7 +60,7 @@ from torch import Tensor
 from core.camera import project, projection_jacobian, translation_from_torso
 from core.errors import ModelFileError
 from core.frames import FIT_FOCAL, FIT_RES
-from core.joints import JOINT_INDEX, SMPLIFY_IGNORED, indices
+from core.joints import JOINT_INDEX, NUM_JOINTS, SMPLIFY_IGNORED, indices
 from fitting.body_model import BodyModel
 from fitting.collision import body_capsules, chained_collision_residuals, collision_penalty
 from fitting.dsr import (
@@ -90,7 +90,7 @@ from fitting.silhouette_term import (
     silhouette_energy,
     term_residuals,
 )
-from fitting.skeleton import Skeleton, compose_axis_angle, select_state
+from fitting.skeleton import Skeleton, SkeletonState, compose_axis_angle, select_state
 from fitting.vposer import VAEPosePrior
 
 OP_TORSO = ("OP RHip", "OP LHip", "OP RShoulder", "OP LShoulder")
@@ -105,6 +105,8 @@ HEADINGS = (0.0, torch.pi, torch.pi / 2, -torch.pi / 2)
 # The least uncertainty a start is given (rad): a start that reprojects exactly (or has no keypoints) is held
 # firmly, with a finite weight that keeps the damped normal equations well conditioned in float32.
 MIN_START_SIGMA = 1e-3
+LM_DAMPING = 1e-3  # Levenberg–Marquardt's initial λ (relative to diag H), and its factors on a rejected / accepted step
+LM_REJECT, LM_ACCEPT = 5.0, 1.0 / 3.0
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,15 @@ class SMPLifyConfig:
     step_size: float = 1e-2
     # fast mode: Levenberg–Marquardt
     camera_iterations: int = 10
-    body_iterations: int = 25
+    body_iterations: int = 25               # at most: an example stops early once converged (tolerance, below)
+    # stage 2's early exit: every check_every iterations, an example whose objective fell by less than tolerance
+    # (relative) over them stops, and the rest run on without it (the batch is compacted). Not while a schedule
+    # still changes the objective (`prior_schedule`). 0: every iteration runs for every example (the fixed budget)
+    tolerance: float = 1e-2                 # chosen on the dev split: within 0.3 mm of the fixed budget (docs)
+    check_every: int = 4
+    # fast mode: torch.compile the keypoint term's Gauss–Newton system (`SMPLify.data_system`; ~10 s to compile
+    # per process, then the iteration's largest part about 2x faster on CPU: docs/smplify.md). Off by default
+    compile: bool = False
     # near-start term for start="estimate": w² ‖θ_body − θ_body,start‖², w = σ_kp / σ_start (px/rad)
     init_weight: float | None = None        # None: w from the start's uncertainty (below); a number: fixed w
     keypoint_noise: float = 0.027           # σ_kp of the first fit: per coordinate, share of the keypoints' box side
@@ -165,6 +175,9 @@ class SMPLifyConfig:
         if self.prior_anneal < 1 or not 0 <= self.anneal_share < 1:
             raise ValueError(f"prior_anneal must be >= 1 and anneal_share in [0, 1), got {self.prior_anneal} and "
                              f"{self.anneal_share}")
+        if self.tolerance < 0 or self.check_every < 1:
+            raise ValueError(f"tolerance must be >= 0 and check_every >= 1, got {self.tolerance} and "
+                             f"{self.check_every}")
         if self.mode not in ("fast", "reference"):
             raise ValueError(f"SMPLify mode must be 'fast' or 'reference', not {self.mode!r}")
         if self.collision_weight < 0 or (self.collision_weight > 0 and self.mode != "fast"):
@@ -280,8 +293,14 @@ class SMPLify:
         self._angle_idx = torch.tensor(ANGLE_PRIOR_INDICES, device=device) + 3          # into the full 72-d pose
         self._angle_sign = torch.tensor(ANGLE_PRIOR_SIGNS, device=device)
         self._ignored = torch.as_tensor(indices(config.ignored_joints), device=device)
+        self._kept = torch.ones(NUM_JOINTS, device=device)                         # (49,) 0 where ignored
+        self._kept[self._ignored] = 0.0
         self._op_torso = torch.as_tensor(indices(OP_TORSO), device=device)
         self._gt_torso = torch.as_tensor(indices(GT_TORSO), device=device)
+        self._headings = torch.tensor(HEADINGS, dtype=torch.float64, device=device)  # made once: no copy per call
+        # the keypoint term's system, compiled on request (any batch and point count: dynamic shapes)
+        self._data_system = (torch.compile(self.data_system, dynamic=True) if config.compile and config.mode == "fast"
+                             else self.data_system)
 
     # -- public API ----------------------------------------------------------------------------------------
     def __call__(self, keypoints: Tensor, init_pose: Tensor, init_betas: Tensor, init_cam_t: Tensor,
@@ -380,9 +399,7 @@ class SMPLify:
         return self.body(betas, pose[:, 3:], pose[:, :3]).joints
 
     def _body_conf(self, keypoints: Tensor) -> Tensor:
-        conf = keypoints[..., 2].clone()
-        conf[:, self._ignored] = 0.0
-        return conf
+        return keypoints[..., 2] * self._kept.to(keypoints.dtype)   # a product: no scalar copied to the device
 
     def _torso(self, keypoints: Tensor) -> tuple[Tensor, Tensor]:
         """Torso joint indices (B, 4) and their 0/1 mask: OpenPose set when all four are confident."""
@@ -489,7 +506,7 @@ class SMPLify:
         order = torch.argsort(heading * batch + example)                                   # the plain starts first
         example, heading = example[order], heading[order]
         turns = torch.zeros(len(example), 3, dtype=dtype, device=dev)
-        turns[:, 1] = torch.as_tensor(HEADINGS, dtype=dtype, device=dev)[heading]
+        turns[:, 1] = self._headings.to(dtype)[heading]
         pose = init_pose[example].clone()
         turned = heading > 0                                                                # about the camera's y
         pose[turned, :3] = compose_axis_angle(turns[turned], init_pose[example[turned], :3])
@@ -510,8 +527,8 @@ class SMPLify:
             # σ_kp from the keypoints themselves: the RMS residual per coordinate a first fit leaves, times
             # noise_from_fit for the degrees of freedom that fit absorbed; then w again, with it.
             start_pose, start_betas = pose, betas
-            pose, betas = self._lm_body(pose, betas, cam_t, kp, ctr, foc, trust, body_init, scale[:c.noise_iterations],
-                                        sil)
+            pose, betas, ran = self._lm_body_converging(pose, betas, cam_t, kp, ctr, foc, trust, body_init,
+                                                        scale[:c.noise_iterations], sil)
             with torch.no_grad():
                 conf = self._body_conf(kp)
                 r = (project(self._joints(pose, betas), cam_t, foc, ctr) - kp[..., :2]) * conf[..., None]
@@ -520,7 +537,9 @@ class SMPLify:
                                            c.noise_from_fit * rms)
             done = c.noise_iterations
         first = max(min(c.back_choice_after, total), done) if len(example) > batch else total
-        pose, betas = self._lm_body(pose, betas, cam_t, kp, ctr, foc, trust, body_init, scale[done:first], sil)
+        pose, betas, ran_next = self._lm_body_converging(pose, betas, cam_t, kp, ctr, foc, trust, body_init,
+                                                         scale[done:first], sil)
+        ran = ran_next if done == 0 else ran + ran_next                    # stage-2 iterations per candidate
         objectives = torch.full((batch, len(HEADINGS)), float("nan"), dtype=dtype, device=dev)
         pick = torch.arange(batch, device=dev)
         if len(example) > batch:
@@ -531,16 +550,17 @@ class SMPLify:
             slot = torch.full((batch, len(HEADINGS)), -1, dtype=torch.long, device=dev)
             slot[example, heading] = torch.arange(len(example), device=dev)
             pick = slot[torch.arange(batch, device=dev), best]
-        pose, betas, cam_t, trust, body_init = (t[pick] for t in (pose, betas, cam_t, trust, body_init))
+        pose, betas, cam_t, trust, body_init, ran = (t[pick] for t in (pose, betas, cam_t, trust, body_init, ran))
         if total > first:
-            pose, betas = self._lm_body(pose, betas, cam_t, keypoints, center, focal, trust, body_init, scale[first:],
-                                        targets)
+            pose, betas, ran_last = self._lm_body_converging(pose, betas, cam_t, keypoints, center, focal, trust,
+                                                             body_init, scale[first:], targets)
+            ran = ran + ran_last
         ranked = torch.where(torch.isnan(objectives), torch.inf, objectives).sort(1).values
         gap = torch.where(torch.isfinite(ranked[:, 1]), ranked[:, 1] - ranked[:, 0], torch.nan)
         return self._result(pose, betas, cam_t, keypoints, center, focal, c.camera_iterations + c.body_iterations,
-                            turned_around=heading[pick] == 1, heading=torch.as_tensor(HEADINGS, dtype=dtype,
-                                                                                      device=dev)[heading[pick]],
+                            turned_around=heading[pick] == 1, heading=self._headings.to(dtype)[heading[pick]],
                             candidate_objectives=objectives, objective_gap=gap, near_start_weight=trust,
+                            body_iterations=ran,
                             **self._collision_extras(pose, betas),
                             **self._silhouette_extras(pose, betas, cam_t, focal, center, targets))
 
@@ -659,7 +679,9 @@ class SMPLify:
         local_idx = torch.where(torso_idx[:, :1] == self._op_torso[0], torch.arange(4, device=dev),
                                 torch.arange(4, 8, device=dev))
         depth0 = cam_t[:, 2].clone()
-        lam = torch.full((batch,), 1e-3, dtype=dtype, device=dev)
+        lam = torch.full((batch,), LM_DAMPING, dtype=dtype, device=dev)
+        jd = torch.zeros(batch, 1, 6, dtype=dtype, device=dev)     # the depth anchor's row of the Jacobian
+        jd[:, 0, 5].fill_(c.depth_loss_weight)                      # fill_: no scalar tensor copied to the device
 
         def evaluate(p, t):
             state = self.skeleton(p, betas, subset)
@@ -674,8 +696,6 @@ class SMPLify:
             d_torso = torch.gather(d_pose[..., :3], 1, local_idx[..., None, None].expand(-1, -1, 3, 3))
             dproj = projection_jacobian(torso + cam_t[:, None], focal) * mask[..., None, None]  # (B,4,2,3)
             jac = torch.cat([dproj @ d_torso, dproj], dim=-1).reshape(batch, -1, 6)      # (B, 8, 6)
-            jd = torch.zeros(batch, 1, 6, dtype=dtype, device=dev)
-            jd[:, 0, 5] = c.depth_loss_weight
             jac = torch.cat([jac, jd], 1)
             res = torch.cat([r.reshape(batch, -1), d[:, None]], 1)
             hess, grad = jac.transpose(1, 2) @ jac, (jac.transpose(1, 2) @ res[..., None])[..., 0]
@@ -691,17 +711,71 @@ class SMPLify:
             torso = torch.where(better[:, None, None], new_torso, torso)
             r = torch.where(better[:, None, None], new_r, r)
             d, cost = torch.where(better, new_d, d), torch.where(better, new_cost, cost)
-            lam = torch.where(better, lam / 3, lam * 5).clamp(1e-7, 1e7)
+            lam = torch.where(better, lam * LM_ACCEPT, lam * LM_REJECT).clamp(1e-7, 1e7)
         return pose, cam_t
 
+    def data_system(self, state: SkeletonState, cam_t: Tensor, focal: Tensor, resid: Tensor,
+                    conf: Tensor) -> tuple[Tensor, Tensor]:
+        """The keypoint term's Gauss–Newton system at one skeleton evaluation: Jᵀ W J (B, 72 + NB, 72 + NB) and
+        Jᵀ W r (B, 72 + NB), with J the projected points' Jacobian, r = resid (B, P, 2) px and W the
+        Geman–McClure IRLS weights c² σ⁴ / (σ² + r²)² (conf (B, P)). The bulk of an LM iteration's work, and
+        what ``compile`` hands to `torch.compile`."""
+        sigma2 = self.config.sigma**2
+        batch = resid.shape[0]
+        d_pose, d_betas = self.skeleton.jacobian(state)
+        dproj = projection_jacobian(state.points + cam_t[:, None], focal)                # (B, P, 2, 3)
+        jac = torch.cat([dproj @ d_pose, dproj @ d_betas], dim=-1).flatten(1, 2)          # (B, 2P, 72+NB)
+        w = (conf.square()[..., None] * sigma2**2 / (sigma2 + resid.square()).square()).reshape(batch, -1)
+        hess = jac.transpose(1, 2) @ (w[..., None] * jac)
+        grad = (jac.transpose(1, 2) @ (w * resid.reshape(batch, -1))[..., None])[..., 0]
+        return hess, grad
+
+    def _lm_body_converging(self, pose, betas, cam_t, kp, center, focal, trust, body_init, prior_scale,
+                            sil: dict[str, MaskTerm] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """`_lm_body` with the early exit of ``tolerance`` > 0: the iterations run in rounds of ``check_every``;
+        after a round, the examples whose objective (with the round's last prior factor) fell by less than
+        ``tolerance`` × itself stop, and the next round runs on the others only (their rows gathered; results
+        scattered back). No example stops while the schedule's factor still changes afterwards. Each round costs
+        one host sync (the new active set's size) and one extra evaluation (the round's start).
+
+        Returns pose (B, 72), betas (B, NB) and the iterations each example ran (B,) long."""
+        c = self.config
+        ran = torch.zeros(len(pose), dtype=torch.long, device=pose.device)
+        if c.tolerance == 0 or not prior_scale:
+            pose, betas = self._lm_body(pose, betas, cam_t, kp, center, focal, trust, body_init, prior_scale, sil)[:2]
+            return pose, betas, ran + len(prior_scale)
+        pose, betas = pose.clone(), betas.clone()
+        lam = torch.full((len(pose),), LM_DAMPING, dtype=pose.dtype, device=pose.device)
+        rows = torch.arange(len(pose), device=pose.device)                  # the examples still running
+        for first in range(0, len(prior_scale), c.check_every):
+            scale = prior_scale[first:first + c.check_every]
+            part = None if sil is None else {k: t.select(rows) for k, t in sil.items()}
+            p, b, lam_r, before, after = self._lm_body(
+                pose[rows], betas[rows], cam_t[rows], kp[rows], center[rows], focal[rows], trust[rows],
+                body_init[rows], scale, part, lam[rows])
+            pose[rows], betas[rows], lam[rows] = p, b, lam_r
+            ran[rows] += len(scale)
+            rest = prior_scale[first + len(scale):]
+            if not rest or any(f != scale[-1] for f in rest):
+                continue                                      # the last round, or the objective still changes
+            cost_before, cost_after = before[:, 0] + scale[-1] * before[:, 1], after[:, 0] + scale[-1] * after[:, 1]
+            rows = rows[cost_before - cost_after > c.tolerance * cost_after.abs()]
+            if len(rows) == 0:                                # host sync: the active set's size
+                break
+        return pose, betas, ran
+
     def _lm_body(self, pose, betas, cam_t, kp, center, focal, trust, body_init, prior_scale,
-                 sil: dict[str, MaskTerm] | None = None):
+                 sil: dict[str, MaskTerm] | None = None, lam: Tensor | None = None):
         """Stage 2: pose, betas and global orientation; Geman–McClure by IRLS, GMM by its active component.
 
         trust (B,) px/rad: the near-start weight w (0 for a start that is no estimate), entering as
         w² ‖θ_body − θ_body,init‖². prior_scale: one factor on the pose and angle priors' weights per iteration
         (`prior_schedule`); a step is accepted when it lowers the objective with the factor of its iteration.
-        sil: the candidates' mask terms (`_mask_terms`; None: off)."""
+        sil: the candidates' mask terms (`_mask_terms`; None: off). lam (B,): the damping to start from (None:
+        LM_DAMPING). The loop has no host sync: every per-example decision is a ``torch.where``.
+
+        Returns pose, betas, the damping reached (B,), and the objective's two parts (B, 2) (the fixed terms, the
+        priors a schedule scales) at the start and at the end."""
         c = self.config
         batch, dtype = pose.shape[0], pose.dtype
         nb = betas.shape[1]
@@ -717,9 +791,8 @@ class SMPLify:
         w_pose, w_angle, w_shape = c.pose_prior_weight**2, c.angle_prior_weight**2, c.shape_prior_weight**2
         w_init = trust.square()                                                              # (B,)
         w_collide = c.collision_weight**2
-        sigma2 = c.sigma**2
         dev = pose.device
-        lam = torch.full((batch,), 1e-3, dtype=dtype, device=dev)
+        lam = torch.full((batch,), LM_DAMPING, dtype=dtype, device=dev) if lam is None else lam
         eye_beta = torch.eye(nb, dtype=dtype, device=dev)
 
         def cost_of(p, b):
@@ -746,16 +819,10 @@ class SMPLify:
             return state, resid, gmm, torch.stack([fixed, w_pose * energy + w_angle * angle], 1), ends
 
         state, resid, gmm, terms, ends = cost_of(pose, betas)
+        first_terms = terms
         for scale in prior_scale:
             cost = terms[:, 0] + scale * terms[:, 1]
-            d_pose, d_betas = self.skeleton.jacobian(state)
-            dproj = projection_jacobian(state.points + cam_t[:, None], focal)            # (B, P, 2, 3)
-            jac = torch.cat([dproj @ d_pose, dproj @ d_betas], dim=-1)                     # (B, P, 2, 72+NB)
-            weight = conf.square()[..., None] * sigma2**2 / (sigma2 + resid.square()).square()  # IRLS, (B, P, 2)
-            jac = jac.reshape(batch, -1, 72 + nb)
-            w = weight.reshape(batch, -1)
-            hess = jac.transpose(1, 2) @ (w[..., None] * jac)
-            grad = (jac.transpose(1, 2) @ (w * resid.reshape(batch, -1))[..., None])[..., 0]
+            hess, grad = self._data_system(state, cam_t, focal, resid, conf)
             if vae:  # VAE prior: Gauss–Newton on its residuals, exact Jacobian (B, R, 69)
                 jac_p = prior.residuals_and_jacobian(pose[:, 3:])[1].to(dtype)
                 hess[:, 3:72, 3:72] += scale * w_pose * 0.5 * jac_p.transpose(1, 2) @ jac_p
@@ -797,8 +864,8 @@ class SMPLify:
             gmm = torch.where(better[:, None], new_gmm, gmm)
             terms = torch.where(better[:, None], new_terms, terms)
             ends = None if ends is None else torch.where(keep, new_ends, ends)
-            lam = torch.where(better, lam / 3, lam * 5).clamp(1e-7, 1e7)
-        return pose, betas
+            lam = torch.where(better, lam * LM_ACCEPT, lam * LM_REJECT).clamp(1e-7, 1e7)
+        return pose, betas, lam, first_terms, terms
 
 
 def _quadratic(x: Tensor, means: Tensor, precisions: Tensor) -> Tensor:
@@ -807,12 +874,16 @@ def _quadratic(x: Tensor, means: Tensor, precisions: Tensor) -> Tensor:
 
 
 def _lm_solve(hess: Tensor, grad: Tensor, lam: Tensor) -> Tensor:
-    """Solve (H + λ diag(H) + ε I) δ = -g per example."""
+    """Solve (H + λ diag(H) + ε I) δ = -g per example.
+
+    Where the Cholesky factorisation fails (the damped system numerically indefinite: should not happen) the step
+    is zero: the trial then does not lower the objective, so the caller rejects it and raises that example's λ,
+    which makes the next system more diagonal. A mask, not a Python branch: no host sync."""
     diag = torch.diagonal(hess, dim1=-2, dim2=-1)
     damped = hess + torch.diag_embed(lam[:, None] * diag + 1e-6)
     chol, info = torch.linalg.cholesky_ex(damped)  # damped normal equations are SPD; ~2x cheaper than LU
-    step = -torch.cholesky_solve(grad[..., None], chol)[..., 0]
-    if bool((info > 0).any()):  # numerically indefinite (should not happen): fall back to LU for those
-        bad = info > 0
-        step[bad] = -torch.linalg.solve(damped[bad], grad[bad])
-    return step
+    # L Lᵀ δ = -g by two triangular solves: torch.cholesky_solve would check its LAPACK status with .item() (a
+    # host sync per call on CPU), triangular solves check nothing
+    half = torch.linalg.solve_triangular(chol, -grad[..., None], upper=False)
+    step = torch.linalg.solve_triangular(chol.transpose(-2, -1), half, upper=True)[..., 0]
+    return torch.where((info == 0)[:, None], step, 0.0)

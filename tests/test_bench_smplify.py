@@ -444,3 +444,60 @@ def test_command_errors_are_one_line(tmp_path, capsys, argv, message):
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fitloop: error: ") and captured.out == ""
     assert __import__("re").search(message, lines[0]), lines[0]
+
+
+# --- the reference's mesh and the run's variants (issue 17) ------------------------------------------------------
+def test_the_smpl_sized_reference_mesh_is_the_open_body_on_smpls_vertex_count():
+    """`bench.reference_mesh.smpl_sized_model`: SMPL's 6,890 vertices, each one of the full mesh's (same template
+    row, same skinning), regressors still convex, and the same betas and pose give the same joints within the
+    decimation's error (seen ≤ 1.3 mm over random bodies)."""
+    from bench.reference_mesh import SMPL_VERTICES, smpl_sized_model
+
+    full, small = load_body_model("open"), smpl_sized_model("open")
+    assert small.num_vertices == SMPL_VERTICES and full.num_vertices == 13492
+    template, full_template = small.layer.v_template, full.layer.v_template
+    nearest = torch.cdist(template.double(), full_template.double()).min(1).values
+    assert nearest.max() < 1e-6                                   # a subset of the full mesh's vertices
+    for regressor in (small.layer.J_regressor, small.h36m_regressor):
+        assert regressor.min() >= 0 and torch.allclose(regressor.sum(1), torch.ones(len(regressor)), atol=1e-5)
+    gen = torch.Generator().manual_seed(0)
+    betas, pose = torch.randn(16, 10, generator=gen), 0.3 * torch.randn(16, 72, generator=gen)
+    with torch.no_grad():
+        a, b = full(betas, pose[:, 3:], pose[:, :3]).joints, small(betas, pose[:, 3:], pose[:, :3]).joints
+    assert (a - b).norm(dim=-1).max() < 3e-3                      # m
+
+
+def test_command_reports_every_variant_and_any_batch(tmp_path, capsys):
+    """--reference-mesh smpl-sized,full fits the reference on both meshes (vertex counts in the record),
+    --fixed-baseline the fast mode without early exit, --batch one call of that many examples even with fewer
+    cases (they repeat); each variant's speed carries its PA-MPJPE and its ratio to the fast mode."""
+    from fitloop.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "smplify", "--quick", "--sources", "synthetic", "--cameras", "crop", "--keypoints", "clean",
+                 "--starts", "mean,net60", "--reference-mesh", "smpl-sized,full", "--fixed-baseline",
+                 "--batch", "7", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    speed = result["speed"]
+    assert (speed["reference"]["mesh"], speed["reference"]["vertices"]) == ("smpl-sized", 6890)
+    assert (speed["reference-full"]["mesh"], speed["reference-full"]["vertices"]) == ("full", 13492)
+    assert speed["fast-fixed"]["config"]["tolerance"] == 0 and speed["fast"]["config"]["tolerance"] > 0
+    for name in ("fast", "fast-fixed", "reference", "reference-full"):
+        for start in ("mean", "net60"):
+            assert speed[name][start]["pa_mpjpe_mm"] > 0
+            if name != "fast":
+                assert result["speedup_fast_per_cpu_s_over"][name][start] == pytest.approx(
+                    speed["fast"][start]["fits_per_cpu_s"] / speed[name][start]["fits_per_cpu_s"])
+    assert result["speedup_fast_per_cpu_s_over"]["reference"] == result["speedup_fast_over_reference_per_cpu_s"]
+    for name in ("fast", "fast-fixed"):
+        assert {s: t["fits"] for s, t in result["throughput"][name].items()} == {"mean": 7, "net60": 7}
+    assert "| net60 | reference-full | full (13492) |" in table and "Throughput, fast: one call of batch 7" in table
+
+
+def test_a_bad_reference_mesh_is_one_line(capsys):
+    from fitloop.cli import main
+
+    assert main(["bench", "smplify", "--quick", "--reference-mesh", "smpl"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["fitloop: error: bench smplify: --reference-mesh takes some of smpl-sized, full; got smpl"]

@@ -400,3 +400,96 @@ instead of 25. Estimated starts never use the schedule."""
     estimate = [SMPLify(body, prior, dataclasses.replace(config, prior_anneal=a))(*args, start="estimate")
                 for a in (1.0, 100.0)]
     torch.testing.assert_close(estimate[0].pose, estimate[1].pose, rtol=0, atol=0)
+
+
+# --- early exit, sync-free solve (issue 17) ---------------------------------------------------------------------
+def test_early_exit_stops_converged_examples_and_keeps_the_rest_exact(body, prior):
+    """With ``tolerance`` > 0 the examples that converge stop (fewer iterations, reported per example) while the
+    objective reached stays that of the full budget; and the compaction puts every result back on its own row:
+    each example fitted in the batch equals it fitted alone (a row scattered to the wrong place would not)."""
+    people = _people(body, prior, batch=6, noise=2.0)
+    gen = torch.Generator().manual_seed(3)
+    start = people["pose"] + torch.tensor([0.02, 0.05, 0.1, 0.2, 0.3, 0.4])[:, None] * torch.randn(
+        people["pose"].shape, generator=gen)
+    args = (people["keypoints"], start, torch.zeros(6, 10), people["cam_t"] * 1.05, people["center"])
+    fixed = SMPLify(body, prior, SMPLifyConfig(tolerance=0.0))(*args, start="estimate")
+    early = SMPLify(body, prior, SMPLifyConfig(tolerance=3e-3, check_every=2))
+    fit = early(*args, start="estimate")
+    ran = fit.extras["body_iterations"]
+    assert (fixed.extras["body_iterations"] == 25).all()
+    assert (ran < 25).all() and len(set(ran.tolist())) > 1, ran       # they stop, not all at once (seen 8-12)
+    objective = early._objective
+    conf = early._body_conf(people["keypoints"])
+    spin_early = objective(fit.pose, fit.betas, fit.cam_t, people["center"], conf, people["keypoints"])
+    spin_fixed = objective(fixed.pose, fixed.betas, fixed.cam_t, people["center"], conf, people["keypoints"])
+    assert (spin_early <= 1.05 * spin_fixed).all(), (spin_early, spin_fixed)
+    for i in (0, 3, 5):  # float32 sums differ by batch size: 5e-4 rad apart with a fixed budget too
+        alone = early(*(a[i:i + 1] for a in args), start="estimate")
+        torch.testing.assert_close(alone.pose[0], fit.pose[i], atol=2e-3, rtol=0)
+        assert alone.extras["body_iterations"][0] == ran[i]
+
+
+def test_a_fixed_budget_is_tolerance_zero(body, prior):
+    """tolerance 0 runs every iteration for every example (the comparison `fitloop bench smplify
+    --fixed-baseline` makes); a negative tolerance or check interval is refused."""
+    people = _people(body, prior, batch=3)
+    fit = SMPLify(body, prior, SMPLifyConfig(tolerance=0.0, body_iterations=7))(
+        people["keypoints"], people["pose"], people["betas"], people["cam_t"], people["center"], start="estimate")
+    assert fit.extras["body_iterations"].tolist() == [7, 7, 7]
+    for bad in (dict(tolerance=-1.0), dict(check_every=0)):
+        with pytest.raises(ValueError, match="tolerance must be >= 0 and check_every >= 1"):
+            SMPLify(body, prior, SMPLifyConfig(**bad))
+
+
+def test_a_failed_factorisation_gives_a_zero_step_not_a_branch():
+    """`_lm_solve`: an example whose damped system is not positive definite gets a zero step (its trial is then
+    rejected and its damping raised); the others get the exact solution."""
+    from fitting.smplify import _lm_solve
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 5, 5, dtype=torch.float64, generator=gen)
+    hess = a @ a.transpose(1, 2) + torch.eye(5, dtype=torch.float64)
+    hess[1] = -hess[1]                                           # negative definite: Cholesky fails
+    grad = torch.randn(3, 5, dtype=torch.float64, generator=gen)
+    lam = torch.full((3,), 1e-3, dtype=torch.float64)
+    step = _lm_solve(hess, grad, lam)
+    assert (step[1] == 0).all()
+    for i in (0, 2):
+        damped = hess[i] + torch.diag(lam[i] * hess[i].diagonal() + 1e-6)
+        torch.testing.assert_close(step[i], -torch.linalg.solve(damped, grad[i]))
+
+
+def test_the_lm_loop_makes_no_host_sync_and_copies_nothing_from_the_host(body, prior):
+    """Counted by the torch profiler (`bench.smplify_profile.counts`): running stage 2 for more iterations adds
+    kernels but no sync (``.item()``, ``bool(t)``, ``nonzero``) and no tensor made from Python numbers; a whole
+    fast call syncs only at its set-up, not per iteration: with a fixed budget, 8 or 24 iterations sync alike."""
+    from bench.smplify_profile import counts
+
+    people = _people(body, prior, batch=4)
+    fitter = SMPLify(body, prior, SMPLifyConfig())
+    focal = torch.full((4, 2), FIT_FOCAL)
+    trust = torch.full((4,), 20.0)
+
+    def stage2(iterations):
+        return counts(lambda: fitter._lm_body(people["pose"], people["betas"], people["cam_t"], people["keypoints"],
+                                              people["center"], focal, trust, people["pose"][:, 3:].clone(),
+                                              [1.0] * iterations))
+
+    short, long = stage2(2), stage2(6)
+    assert long["kernels"] > short["kernels"]
+    assert long["syncs"] == short["syncs"] <= 1 and long["from_host"] == short["from_host"] == 0
+    fixed = [SMPLify(body, prior, SMPLifyConfig(tolerance=0.0, body_iterations=n, noise_iterations=4)) for n in (8, 24)]
+    calls = [counts(lambda f=f: f(people["keypoints"], people["pose"], people["betas"], people["cam_t"],
+                                  people["center"], start="estimate")) for f in fixed]
+    assert calls[0]["syncs"] == calls[1]["syncs"] and calls[1]["from_host"] == 0, calls
+
+
+def test_the_compiled_system_fits_as_the_eager_one(body, prior):
+    """``compile=True`` (opt-in) hands `SMPLify.data_system` to torch.compile: the same fits, to float32
+    rounding. (About 10 s: the compilation.)"""
+    people = _people(body, prior, batch=3, noise=2.0)
+    args = (people["keypoints"], people["pose"] + 0.1, people["betas"], people["cam_t"], people["center"])
+    eager = SMPLify(body, prior, SMPLifyConfig(body_iterations=6))(*args, start="estimate")
+    compiled = SMPLify(body, prior, SMPLifyConfig(body_iterations=6, compile=True))(*args, start="estimate")
+    torch.testing.assert_close(compiled.pose, eager.pose, atol=1e-3, rtol=0)
+    torch.testing.assert_close(compiled.loss, eager.loss, atol=1e-3, rtol=1e-3)

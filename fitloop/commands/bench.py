@@ -165,6 +165,17 @@ docs/smplify.md#the-benchmark has the protocol and the latest figures.""")
                          help="a smoke run for tests: smaller defaults for the sizes above, and the reference runs 5 "
                               "iterations per stage instead of 100 (its figures mean nothing)")
     smplify.add_argument("--skip-reference", action="store_true", help="fit with fitloop's default only")
+    smplify.add_argument("--reference-mesh", default="smpl-sized",
+                         help="the mesh(es) SPIN's procedure runs on, comma-separated, of smpl-sized (the open model "
+                              "decimated to SMPL's 6,890 vertices; default) and full (its 13,492); the first is "
+                              "the reference, the others are reported beside it")
+    smplify.add_argument("--fixed-baseline", action="store_true",
+                         help="also fit every case with the fast mode's fixed iteration budget (no early exit)")
+    smplify.add_argument("--profile", action="store_true",
+                         help="instead of the benchmark: kernel launches and host syncs per LM iteration and per "
+                              "call of the fast mode (torch profiler; bench/smplify_profile.py)")
+    smplify.add_argument("--batch", type=int, default=None,
+                         help="add a throughput row: the fast mode on one call of this many examples per start level")
     smplify.add_argument("--model", default="open", help='"open", "open-small" or a model file')
     smplify.add_argument("--prior", default=None,
                          help="pose prior: a file (Gaussian-mixture or VAE .npz, SMPLify's gmm_08.pkl), or gmm / vae "
@@ -430,6 +441,12 @@ def cmd_smplify(args: argparse.Namespace) -> int:
     def names(text: str) -> tuple[str, ...]:
         return tuple(w.strip() for w in text.split(",") if w.strip())
 
+    if args.profile:
+        from bench import smplify_profile
+
+        result = smplify_profile.run(args.model)
+        print(json.dumps(result) if args.json else smplify_profile.table(result))
+        return 0
     sizes = dict(QUICK) if args.quick else {}  # --quick changes defaults; sizes given explicitly still count
     for name in ("cases", "reference_cases", "calibration_people"):
         if getattr(args, name) is not None:
@@ -439,7 +456,9 @@ def cmd_smplify(args: argparse.Namespace) -> int:
     config = BenchConfig(split=args.split, sources=names(args.sources), poses_file=args.poses,
                          cameras=names(args.cameras), noise=names(args.keypoints), starts=names(args.starts),
                          modes=("fast",) if args.skip_reference else ("fast", "reference"), model=args.model,
-                         prior=args.prior, device=args.device, threads=args.threads, seed=args.seed, **sizes)
+                         prior=args.prior, device=args.device, threads=args.threads, seed=args.seed,
+                         reference_meshes=names(args.reference_mesh), fixed_baseline=args.fixed_baseline,
+                         batch=args.batch, **sizes)
     result = run(config, progress=None if args.json else lambda line: print(line, file=sys.stderr, flush=True))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
