@@ -26,7 +26,8 @@ FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
 # the keypoints head (Pavlakos 2018: keypoints and mask in, no image). A ResNet from scratch does not learn pose in
 # the demo's budget (ResNet-18, 144 steps: network PA-MPJPE 169 -> 176 mm). Measured in `fitloop demo` itself
 # (docs/training.md, "The demo's network"): lr 3e-4, batch 32, 48 epochs of 6 steps, network PA-MPJPE
-# 164.8 -> 122.9 mm (-25.4 %; its last 8 evaluations 120.6-125.0 mm: the 25 % holds with little margin), MPJPE
+# 164.8 -> 122.9 mm (-25.4 %; its last 8 evaluations 120.6-125.0 mm: the 25 % holds with little margin; after
+# SMPLify's early exit 164.8 -> 119.3 mm, -27.6 %, last 8 evaluations 117.5-122.3 mm), MPJPE
 # 329.5 -> 168.4 mm, training 207 s of a 251 s demo. Smaller batches or larger rates diverge later; augmentation
 # on ends higher (145 mm at 144 steps).
 DEMO_TRAIN = {"head": "keypoints", "img_res": 64, "batch_size": 32, "epochs": 48, "lr": 3e-4, "num_workers": 1,
