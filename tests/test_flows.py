@@ -328,6 +328,20 @@ def test_the_local_cluster_listens_on_loopback_only():
     assert dashboard.startswith("http://127.0.0.1:")
 
 
+def test_local_workers_start_with_the_raised_mmap_threshold_and_dasks_own_settings():
+    import dask
+
+    from pipelines.cluster import WORKER_MMAP_THRESHOLD, dask_client
+
+    dasks = dask.config.get("distributed.nanny.pre-spawn-environ")
+    assert "MALLOC_MMAP_THRESHOLD_" not in dasks  # Dask's defaults do not set it: the slow allocator (cluster.py)
+    with dask_client(None, 1) as client:
+        seen = list(client.run(lambda: {k: os.environ.get(k) for k in ("MALLOC_MMAP_THRESHOLD_", *dasks)}).values())
+    assert seen[0]["MALLOC_MMAP_THRESHOLD_"] == str(WORKER_MMAP_THRESHOLD)
+    assert all(seen[0][k] == str(v) for k, v in dasks.items())  # Dask's own (trim threshold, one thread) kept
+    assert "MALLOC_MMAP_THRESHOLD_" not in dask.config.get("distributed.nanny.pre-spawn-environ")  # restored
+
+
 # --- flows ---------------------------------------------------------------------------------------------------------
 
 def test_preprocess_flow_on_a_local_cluster(prefect_api, shared_dir, tmp_path):
