@@ -9,21 +9,19 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from torch.utils.data import default_collate
 
 from fits.seeding import SeedConfig, seed_fits
 from fitting.body_model import load_body_model
 from fitting.mesh_sampling import committed_path, load_sampling, normalized_adjacency
 from fitting.priors import DEFAULT_PRIOR, MaxMixturePrior
 from fitting.smplify import SMPLifyConfig
-from shards.reader import ReaderConfig, ShardReader
-from training.checkpoint import latest_checkpoint, load_checkpoint
+from tests.head_checks import assert_checkpoint_round_trips, supervised_batch
 from training.config import LossWeights, TrainConfig
 from training.geometry import rot6d_to_rotmat
 from training.graphcmr import GraphCMR, GraphConvolution, SparseRows, mesh_joints, reference_vertices
 from training.heads import head_of
 from training.regressor import mean_params_from_prior
-from training.step import Batch, Targets, compute_losses, predict
+from training.step import compute_losses, predict
 
 TEST_SMPLIFY = SMPLifyConfig(body_iterations=5)
 SMALL = dict(depth=18, layers=1, channels=32)   # test sizes; GraphCMR's are ResNet-50, 5 blocks, 256 channels
@@ -115,12 +113,7 @@ def shards(tmp_path_factory):
 def test_the_graph_losses_are_zero_at_the_truth_and_the_head_learns_a_tiny_batch(body, sampling, mean, shards):
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    items = default_collate(list(ShardReader(shards, ReaderConfig(img_res=32, splits=("train",), shuffle_buffer=0))))
-    head = head_of("graphcmr")
-    batch = Batch.from_items(items, torch.device("cpu"), head=head)
-    valid = torch.ones(len(batch.keys), dtype=torch.bool)
-    targets = Targets(pose=batch.gt_pose, betas=batch.gt_betas, valid=valid, has_smpl=valid, has_3d=batch.has_3d,
-                      filtered=~valid)
+    batch, targets = supervised_batch(shards, "graphcmr")
     model = GraphCMR(mean, sampling, body.layer.v_template.double().numpy(), **SMALL)
     pred = predict(model, body, batch.inputs, torch.autocast("cpu", enabled=False))
     truth = body(batch.gt_betas, batch.gt_pose[:, 3:], batch.gt_pose[:, :3]).vertices
@@ -143,7 +136,6 @@ def test_the_graph_losses_are_zero_at_the_truth_and_the_head_learns_a_tiny_batch
 
 def test_fitloop_train_head_graphcmr_runs_and_its_checkpoint_round_trips(shards, tmp_path, capsys):
     from fitloop.cli import main
-    from training.loop import setup
 
     torch.set_num_threads(1)
     seed_fits([shards], tmp_path / "fits", SeedConfig(body_model="open-small", smplify=TEST_SMPLIFY),
@@ -161,14 +153,8 @@ def test_fitloop_train_head_graphcmr_runs_and_its_checkpoint_round_trips(shards,
     header = rows[0].split(",")
     assert "graph_shape" in header and len(rows) == 3
     assert all(float(r.split(",")[header.index("graph_shape")]) > 0 for r in rows[1:])
-    data = load_checkpoint(latest_checkpoint(tmp_path / "run"))
-    assert data["head"] == "graphcmr" and data["config"]["graph_channels"] == 32
-    run = setup(TrainConfig.from_dict(dict(data["config"], run_dir=str(tmp_path / "again"))))
-    run.raw_model.load_state_dict(data["model"])
-    assert isinstance(run.raw_model, GraphCMR)
-    for key, value in run.raw_model.state_dict().items():
-        assert torch.equal(value, data["model"][key]), key
-    run.log.close()
+    data = assert_checkpoint_round_trips(tmp_path / "run", "graphcmr", GraphCMR, tmp_path / "again")
+    assert data["config"]["graph_channels"] == 32
 
 
 def test_the_head_without_sampling_matrices_says_what_to_pass(tmp_path, capsys):

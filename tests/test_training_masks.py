@@ -24,13 +24,13 @@ from fitting.smplify import SMPLifyConfig
 from render.raster import rasterize
 from shards.masks import UNKNOWN
 from shards.reader import ReaderConfig, ShardReader
-from training.checkpoint import latest_checkpoint, load_checkpoint
+from tests.head_checks import assert_checkpoint_round_trips, supervised_batch
 from training.config import TrainConfig
 from training.heads import HEADS, head_of
 from training.keypoint_regressor import KeypointRegressor
 from training.mask_loss import MaskConsistency, grid_res, mask_camera, pooled_mask
 from training.regressor import mean_params_from_prior
-from training.step import Batch, predict
+from training.step import predict
 
 TEST_SMPLIFY = SMPLifyConfig(body_iterations=5)
 
@@ -187,7 +187,7 @@ def _config(shards, fits, run_dir, **changes) -> TrainConfig:
 
 def test_a_keypoints_head_run_logs_the_mask_loss_and_its_checkpoint_round_trips(masked_shards, masked_table,
                                                                                 tmp_path):
-    from training.loop import setup, train
+    from training.loop import train
 
     shutil.copytree(masked_table, tmp_path / "fits")
     torch.set_num_threads(1)
@@ -198,14 +198,7 @@ def test_a_keypoints_head_run_logs_the_mask_loss_and_its_checkpoint_round_trips(
     assert "mask" in header and "mask_samples" in header
     masks = [float(r.split(",")[header.index("mask")]) for r in rows[1:]]
     assert all(0 < m < 1 for m in masks)
-    data = load_checkpoint(latest_checkpoint(tmp_path / "run"))
-    assert data["head"] == "keypoints" and data["config"]["head"] == "keypoints"
-    run = setup(TrainConfig.from_dict(dict(data["config"], run_dir=str(tmp_path / "again"))))
-    run.raw_model.load_state_dict(data["model"])
-    assert isinstance(run.raw_model, KeypointRegressor)
-    for key, value in run.raw_model.state_dict().items():
-        assert torch.equal(value, data["model"][key]), key
-    run.log.close()
+    assert_checkpoint_round_trips(tmp_path / "run", "keypoints", KeypointRegressor, tmp_path / "again")
 
 
 def test_the_keypoints_head_learns_a_tiny_batch(body, masked_shards):
@@ -213,21 +206,15 @@ def test_the_keypoints_head_learns_a_tiny_batch(body, masked_shards):
     from fitting.priors import MaxMixturePrior
     from training.config import DEFAULT_PRIOR, LossWeights
     from training.mask_loss import MaskConsistency
-    from training.step import Targets, compute_losses
+    from training.step import compute_losses
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    reader = ShardReader(masked_shards, ReaderConfig(img_res=32, splits=("train",), shuffle_buffer=0))
-    items = default_collate(list(reader)[:8])
-    head = head_of("keypoints")
-    batch = Batch.from_items(items, torch.device("cpu"), head=head)
-    model = head.build(mean_params_from_prior(MaxMixturePrior.from_file(DEFAULT_PRIOR)), None)
+    batch, targets = supervised_batch(masked_shards, "keypoints")
+    model = head_of("keypoints").build(mean_params_from_prior(MaxMixturePrior.from_file(DEFAULT_PRIOR)), None)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     weights = LossWeights(mask=1.0)
     mask_loss = MaskConsistency.from_faces(body.faces, grid_res(32))
-    valid = torch.ones(8, dtype=torch.bool)
-    targets = Targets(pose=batch.gt_pose, betas=batch.gt_betas, valid=valid, has_smpl=valid, has_3d=batch.has_3d,
-                      filtered=~valid)
     losses = []
     for _ in range(20):
         pred = predict(model, body, batch.inputs, torch.autocast("cpu", enabled=False))

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import default_collate
 
 from core.joints import J24_OFFSET
 from fits.seeding import SeedConfig, seed_fits
@@ -15,14 +14,12 @@ from fitting.body_model import load_body_model
 from fitting.fit3d import Evidence, Fit3D, Fit3DConfig
 from fitting.priors import MaxMixturePrior
 from fitting.smplify import SMPLifyConfig
-from shards.reader import ReaderConfig, ShardReader
-from training.checkpoint import latest_checkpoint, load_checkpoint
+from tests.head_checks import assert_checkpoint_round_trips, supervised_batch
 from training.config import DEFAULT_PRIOR, LossWeights, TrainConfig
 from training.geometry import project_normalised, weak_perspective_to_translation
-from training.heads import head_of
 from training.losses import volume_3d_loss
 from training.regressor import mean_params_from_prior
-from training.step import Batch, Targets, compute_losses, predict
+from training.step import compute_losses, predict
 from training.volumetric import (
     DEPTH_HALF_RANGE,
     NUM_VOLUME_JOINTS,
@@ -116,16 +113,10 @@ def test_the_volumetric_head_learns_a_tiny_batch(shards, mean):
     body = load_body_model("open-small")
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    reader = ShardReader(shards, ReaderConfig(img_res=32, splits=("train",), shuffle_buffer=0))
-    items = default_collate(list(reader)[:8])
-    head = head_of("volumetric")
-    batch = Batch.from_items(items, torch.device("cpu"), head=head)
+    batch, targets = supervised_batch(shards, "volumetric")
     assert 0 < int(batch.has_3d.sum()) < 8
     model = VolumetricRegressor(mean, img_res=32, depth=18, iterations=1)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    valid = torch.ones(8, dtype=torch.bool)
-    targets = Targets(pose=batch.gt_pose, betas=batch.gt_betas, valid=valid, has_smpl=valid, has_3d=batch.has_3d,
-                      filtered=~valid)
     volume = []
     for _ in range(40):
         pred = predict(model, body, batch.inputs, torch.autocast("cpu", enabled=False))
@@ -139,7 +130,7 @@ def test_the_volumetric_head_learns_a_tiny_batch(shards, mean):
 
 
 def test_a_volumetric_run_logs_its_terms_and_its_checkpoint_round_trips(shards, tmp_path):
-    from training.loop import setup, train
+    from training.loop import train
 
     fits = tmp_path / "fits"
     seed_fits([shards], fits, SeedConfig(body_model="open-small", smplify=TEST_SMPLIFY), splits=("train",),
@@ -152,14 +143,7 @@ def test_a_volumetric_run_logs_its_terms_and_its_checkpoint_round_trips(shards, 
     assert train(config, progress=False)["step"] == 2
     header = (tmp_path / "run" / "train_log.csv").read_text().splitlines()[0].split(",")
     assert "volume_2d" in header and "volume_3d" in header
-    data = load_checkpoint(latest_checkpoint(tmp_path / "run"))
-    assert data["head"] == "volumetric"
-    run = setup(TrainConfig.from_dict(dict(data["config"], run_dir=str(tmp_path / "again"))))
-    run.raw_model.load_state_dict(data["model"])
-    assert isinstance(run.raw_model, VolumetricRegressor)
-    for key, value in run.raw_model.state_dict().items():
-        assert torch.equal(value, data["model"][key]), key
-    run.log.close()
+    assert_checkpoint_round_trips(tmp_path / "run", "volumetric", VolumetricRegressor, tmp_path / "again")
 
 
 def _posed(body, seed: int):
