@@ -11,7 +11,7 @@ STAMP := $(VENV)/.fitloop-installed
 DEMO_OUT ?= demo-out
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench install clean gpu-pack
 
 install: $(STAMP)
 
@@ -33,6 +33,15 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/fitloop bench body-model --batch 64
+
+# The packages the GPU machine's image lacks, unpacked and xz-packed for the device tool (bench/gpu_check.sh)
+GPU_PACKAGES := smplx==0.1.28 webdataset==1.0.2 braceexpand==0.1.7 deltalake==1.6.6 arro3-core==0.9.1
+gpu-pack: $(STAMP)
+	rm -rf .gpu-pack && mkdir -p .gpu-pack/wheels .gpu-pack/site
+	$(PIP) download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_17_x86_64 \
+		-d .gpu-pack/wheels $(GPU_PACKAGES)
+	cd .gpu-pack/site && for w in ../wheels/*.whl; do $(CURDIR)/$(BIN)/python -m zipfile -e $$w .; done
+	tar -cJf .gpu-pack/site.tar.xz -C .gpu-pack/site . && rm -rf .gpu-pack/wheels .gpu-pack/site
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) build *.egg-info

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Issue 17's GPU checks as one prepared run for a lent GPU machine (the `device` tool), results under $OUT:
+#   1. the GPU tests (every test marked `gpu`; skipped elsewhere);
+#   2. SMPLify's fast mode on the GPU at batch 64, 1024 and 4096 (`fitloop bench smplify --batch N --device cuda`;
+#      goal >= 20,000 fits/s on one H100/H200-class GPU);
+#   3. the training step on the GPU with SMPLify in the loop: its SMPLify share (goal <= 30 %) and host syncs.
+# The device image has torch, numpy, scipy, pyarrow, opencv, PIL, matplotlib but not smplx, webdataset,
+# braceexpand, deltalake, arro3-core: `make gpu-pack` (here, with network to the registries) unpacks their wheels
+# into .gpu-pack/site.tar.xz (33 MB; as wheels they would exceed the 64 MiB the tool carries with the repo).
+# Run (device tool): carry [".gpu-pack"], command "bash bench/gpu_check.sh", timeout_s 540.
+set -uo pipefail
+OUT=${OUT:-gpu-out}
+PY=${PY:-python3}
+DEVICE=${DEVICE:-cuda}          # DEVICE=cpu BATCHES="8" checks the script itself on a CPU machine
+BATCHES=${BATCHES:-64 1024 4096}
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:$PWD/.gpu-site"
+mkdir -p "$OUT" .gpu-site
+tar -xJf .gpu-pack/site.tar.xz -C .gpu-site || { echo "no .gpu-pack/site.tar.xz: run make gpu-pack and carry .gpu-pack"; exit 2; }
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; $PY -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"; } | tee "$OUT/gpu.txt"
+
+echo "== 1. GPU tests"
+timeout 200 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_body_model.py tests/test_collision.py \
+    tests/test_dsr.py tests/test_host_syncs.py tests/test_silhouette.py tests/test_silhouette_term.py \
+    tests/test_smplify.py tests/test_smplifyx.py tests/test_training.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
+
+echo "== 2. SMPLify on the GPU, batch 64 / 1024 / 4096 (fast mode only, test split)"
+for batch in $BATCHES; do
+    timeout 90 $PY -m fitloop bench smplify --device "$DEVICE" --split test --skip-reference --cases 8 --calibration-people 32 --batch "$batch" \
+        --json > "$OUT/smplify_b$batch.json" 2> "$OUT/smplify_b$batch.err"
+    echo "batch $batch: rc $? $(tail -c 300 "$OUT/smplify_b$batch.json")"
+done
+
+echo "== 3. The training step on the GPU, SMPLify in the loop (share and host syncs)"
+timeout 120 $PY -m fitloop bench train-step --device "$DEVICE" --batch ${STEP_BATCH:-64} --count-syncs --json \
+    > "$OUT/train_step.json" 2> "$OUT/train_step.err"
+echo "rc $? $(tail -c 600 "$OUT/train_step.json")"
