@@ -130,6 +130,19 @@ class BodyModelOutput:
     kinematic_joints: Tensor
 
 
+def keep_tree_on_host(layer: nn.Module) -> None:
+    """Keep a smplx layer's kinematic tree (``parents``) on the CPU whatever device the layer moves to.
+
+    smplx's `batch_rigid_transform` (smplx/lbs.py, ``transform_chain[parents[i]]``) indexes a Python list with
+    entries of ``parents`` once per joint: on CUDA, with ``parents`` on the GPU, each is a host sync (23 per SMPL
+    forward, 46 per training step: `fitloop bench train-step --count-syncs`). The tree is host data; as a plain
+    CPU attribute instead of a buffer it stays on the host (a CPU index tensor indexes CUDA tensors). Not in the
+    layer's state_dict any more (no fitloop file stores a layer's state)."""
+    parents = layer._buffers.pop("parents", None)
+    if parents is not None:
+        layer.parents = parents.cpu()
+
+
 class BodyModel(nn.Module):
     """A smplx layer plus the (K, V) keypoint regressor and (49, 24 + K) mixer that give canonical joints.
 
@@ -142,6 +155,7 @@ class BodyModel(nn.Module):
                  keypoint_names: list[str], keypoint_regressor: np.ndarray, mixer: np.ndarray,
                  joint_source: dict[str, str], h36m_regressor: np.ndarray | None, metadata: dict[str, Any]):
         super().__init__()
+        keep_tree_on_host(layer)
         self.layer = layer
         self.family, self.name, self.model_id, self.metadata = family, name, model_id, metadata
         self.faces = np.asarray(faces, dtype=np.int64)

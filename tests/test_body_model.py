@@ -121,6 +121,18 @@ def test_bad_files_get_clear_errors(tmp_path):
         load_body_model(tmp_path / "model.obj")
 
 
+def test_the_kinematic_tree_stays_on_the_host_wherever_the_model_moves(smpl_pkl):
+    """smplx indexes a list with `parents` entries once per joint: on a GPU each would be a host sync
+    (`fitting.body_model.keep_tree_on_host`). Moved to another device ("meta" here, as "cuda" there) the tree stays
+    a CPU tensor and is no buffer of the layer, the rest moves."""
+    body = load_body_model(smpl_pkl)
+    tree = body.layer.parents.clone()
+    assert "parents" not in dict(body.layer.named_buffers())
+    body.to("meta")
+    assert body.layer.v_template.device.type == "meta"
+    assert body.layer.parents.device.type == "cpu" and torch.equal(body.layer.parents, tree)
+
+
 @pytest.mark.gpu
 def test_forward_on_cuda_matches_cpu(smpl_pkl):
     cpu = load_body_model(smpl_pkl)
