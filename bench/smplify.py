@@ -43,7 +43,6 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from bench.reference_mesh import REFERENCE_MESHES, reference_body
-from bench.smplify_workers import parallel_throughput
 from bench.smplify_cases import (
     CAMERAS,
     CMU_SUBJECTS,
@@ -66,6 +65,7 @@ from bench.smplify_cases import (
     observe,
     view,
 )
+from bench.smplify_workers import parallel_throughput
 from core.camera import project
 from core.errors import FitloopError
 from core.metrics import mpjpe, pa_mpjpe
