@@ -102,6 +102,7 @@ class BenchConfig:
     fixed_baseline: bool = False                       # also the fast mode with a fixed budget (tolerance 0)
     batch: int | None = None                           # a throughput row at this batch size (fast mode)
     workers: int = 1                                   # > 1: the row also by this many 1-thread processes at once
+    compile: bool = False                              # the fast variants with SMPLifyConfig.compile (after a warm-up)
     model: str = "open"
     prior: str | Path | None = None                    # a prior file or "gmm" / "vae" (shipped ones); None: default
     device: str = "cpu"
@@ -325,6 +326,15 @@ def _batch_inputs(cells: list[Cell], batch: int, device: torch.device) -> tuple[
                  for t in _inputs(cells, len(cells[0].keypoints), device))
 
 
+def _warm_up(fitter: SMPLify, cells: list[Cell], starts: tuple[str, ...], device: torch.device) -> None:
+    """One small call per kind of start (the first 8 cases of each start level's first cells): what a compiled
+    fitter compiles before it is timed (its shapes are dynamic; later batch sizes do not recompile)."""
+    for kind in dict.fromkeys(c.kind for c in cells if c.start in starts):
+        level = [c for c in cells if c.kind == kind and c.start in starts]
+        kp, focal, center, pose, betas, cam_t = _batch_inputs(level, 8, device)
+        fitter(kp, pose, betas, cam_t, center, start=kind, focal_length=focal)
+
+
 def _throughput(fitter: SMPLify, cells: list[Cell], batch: int, device: torch.device) -> dict[str, float]:
     """One SMPLify call of exactly ``batch`` examples of one start level (`_batch_inputs`), timed THROUGHPUT_CALLS
     times; the fastest call by CPU time counts."""
@@ -345,9 +355,10 @@ def _fitters(body: BodyModel, prior: MaxMixturePrior | VAEPosePrior, config: Ben
     "reference" (SPIN's procedure on the first of ``reference_meshes``) and "reference-<mesh>" for the others."""
     out = []
     if "fast" in config.modes:
-        out.append(("fast", SMPLify(body, prior, SMPLifyConfig()), config.cases, {"mesh": "none (skeleton)"}))
+        fast = SMPLifyConfig(compile=config.compile)
+        out.append(("fast", SMPLify(body, prior, fast), config.cases, {"mesh": "none (skeleton)"}))
         if config.fixed_baseline:
-            out.append((FIXED, SMPLify(body, prior, SMPLifyConfig(tolerance=0.0)), config.cases,
+            out.append((FIXED, SMPLify(body, prior, dataclasses.replace(fast, tolerance=0.0)), config.cases,
                         {"mesh": "none (skeleton)"}))
     if "reference" in config.modes:
         smplify = SMPLifyConfig(mode="reference")
@@ -481,6 +492,11 @@ def _run(config: BenchConfig, say: Callable[[str], None]) -> dict[str, Any]:
         speed[name] = {"config": dataclasses.asdict(fitter.config), **about_fitter}
         if count == 0:
             continue
+        if fitter.config.compile:  # compiled once per process: outside the timed fits, its CPU time reported
+            cpu = time.process_time()
+            _warm_up(fitter, cells, config.starts, device)
+            speed[name]["compile_cpu_s"] = time.process_time() - cpu
+            say(f"{name:>16} compiled: {speed[name]['compile_cpu_s']:.1f} CPU s")
         for label in config.starts:
             level_cells = [c for c in cells if c.start == label]
             timing = _fit_level(fitter, level_cells, count, name, device)
@@ -494,7 +510,7 @@ def _run(config: BenchConfig, say: Callable[[str], None]) -> dict[str, Any]:
     if config.workers > 1:
         inputs = {label: (_batch_inputs([c for c in cells if c.start == label], config.batch, device),
                           next(c.kind for c in cells if c.start == label)) for label in config.starts}
-        workers = parallel_throughput(config.model, prior_path, inputs, config.workers)
+        workers = parallel_throughput(config.model, prior_path, inputs, config.workers, config.compile)
         for label, rate in workers.items():
             say(f"{'fast':>16} {label:<6}: batch {config.batch} in {config.workers} one-thread processes: "
                 f"{rate['fits_per_s']:.1f} fits/s")

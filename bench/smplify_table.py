@@ -91,6 +91,10 @@ def format_tables(result: dict[str, Any], cells: bool = True) -> str:
                 mesh = f"{mesh} ({speed[m]['vertices']})" if "vertices" in speed[m] else mesh
                 lines.append(f"| {s} | {m} | {mesh} | {t['fits']} | {_num(t['cpu_s'])} | {_num(t['fits_per_cpu_s'])} "
                              f"| {_num(t.get('pa_mpjpe_mm'))} | {_num(against.get(m, {}).get(s), 1)} |")
+    compiled = {m: v["compile_cpu_s"] for m, v in speed.items() if "compile_cpu_s" in v}
+    if compiled:
+        lines += ["", "Compiled (--compile: torch.compile of one LM iteration) in a warm-up before the timed fits, "
+                  "not counted in them: " + ", ".join(f"{m} {_num(t)} CPU s" for m, t in compiled.items()) + "."]
     for m, levels in result.get("throughput", {}).items():
         lines += ["", f"Throughput, {m}: one call of batch {cfg['batch']} per start level, {result['threads']} "
                   "thread(s):", "", "| start | fits/CPU s | fits/s (wall) |", "|---|---|---|"]

@@ -26,21 +26,22 @@ WORKER_CALLS = 2          # timed calls of the batch per worker and start level
 BARRIER_TIMEOUT_S = 600   # a worker that never reaches the barrier (failed to start) fails the run, not hangs it
 
 
-def _worker(model: str, prior_path: str, tasks: Any, results: Any, barrier: Any) -> None:
+def _worker(model: str, prior_path: str, compile: bool, tasks: Any, results: Any, barrier: Any) -> None:
     """A worker process (module docstring): loads, then serves (level, inputs, start) tasks until None."""
     torch.set_num_threads(1)
     from fitting.body_model import load_body_model
     from fitting.priors import load_pose_prior
     from fitting.smplify import SMPLify, SMPLifyConfig
 
-    fitter = SMPLify(load_body_model(model), load_pose_prior(Path(prior_path)), SMPLifyConfig())
+    fitter = SMPLify(load_body_model(model), load_pose_prior(Path(prior_path)),
+                     SMPLifyConfig(compile=compile))
     while (task := tasks.get()) is not None:
         level, (kp, focal, center, pose, betas, cam_t), start, calls = task
 
         def fit() -> None:
             fitter(kp, pose, betas, cam_t, center, start=start, focal_length=focal)
 
-        fit()                                                     # warm-up, outside the parallel part
+        fit()                                         # warm-up (and compilation), outside the parallel part
         barrier.wait(BARRIER_TIMEOUT_S)
         wall, cpu = time.perf_counter(), time.process_time()
         for _ in range(calls):
@@ -49,13 +50,14 @@ def _worker(model: str, prior_path: str, tasks: Any, results: Any, barrier: Any)
 
 
 def parallel_throughput(model: str, prior_path: Path, inputs: dict[str, tuple[tuple[torch.Tensor, ...], str]],
-                        workers: int, calls: int = WORKER_CALLS) -> dict[str, dict[str, Any]]:
+                        workers: int, compile: bool = False, calls: int = WORKER_CALLS) -> dict[str, dict[str, Any]]:
     """Per start level (``inputs``: level -> (keypoints, focal, center, pose, betas, cam_t) of one batch, start
     kind), the fits/s of ``workers`` single-thread processes fitting ``calls`` calls of that batch each, at once
-    (module docstring); with each worker's own wall and CPU seconds and the load average before and after."""
+    (module docstring); with each worker's own wall and CPU seconds and the load average before and after.
+    compile: the workers' SMPLifyConfig.compile."""
     ctx = mp.get_context("spawn")
     tasks, results, barrier = ctx.Queue(), ctx.Queue(), ctx.Barrier(workers + 1)
-    procs = [ctx.Process(target=_worker, args=(model, str(prior_path), tasks, results, barrier), daemon=True)
+    procs = [ctx.Process(target=_worker, args=(model, str(prior_path), compile, tasks, results, barrier), daemon=True)
              for _ in range(workers)]
     for p in procs:
         p.start()
