@@ -723,9 +723,8 @@ class SMPLify:
         Geman–McClure IRLS weights c² σ⁴ / (σ² + r²)² (conf (B, P)). The bulk of an LM iteration's work."""
         sigma2 = self.config.sigma**2
         batch = resid.shape[0]
-        d_pose, d_betas = self.skeleton.jacobian(state)
         dproj = projection_jacobian(state.points + cam_t[:, None], focal)                # (B, P, 2, 3)
-        jac = torch.cat([dproj @ d_pose, dproj @ d_betas], dim=-1).flatten(1, 2)          # (B, 2P, 72+NB)
+        jac = self.skeleton.pixel_jacobian(state, dproj).flatten(1, 2)                   # (B, 2P, 72+NB)
         w = (conf.square()[..., None] * sigma2**2 / (sigma2 + resid.square()).square()).reshape(batch, -1)
         hess = jac.transpose(1, 2) @ (w[..., None] * jac)
         grad = (jac.transpose(1, 2) @ (w * resid.reshape(batch, -1))[..., None])[..., 0]
