@@ -434,7 +434,7 @@ class Skeleton(torch.nn.Module):
         rot_par = state.rot[:, par]                                            # (B, J, 3, 3)
         rot_par[:, 0] = torch.eye(3, dtype=rot_par.dtype, device=rot_par.device)
         jd_off = self.j_dirs - self.j_dirs[par] * (self.parents >= 0).to(self.j_dirs.dtype)[:, None, None]
-        e = (rot_par[..., None] * jd_off[None, :, None]).sum(-2)              # (B, J, 3, NB)
+        e = rot_par @ jd_off                                                   # (B, J, 3, NB)
         dpos = (self.desc.T @ e.reshape(batch, num_joints, -1)).reshape(batch, num_joints, 3, nb)  # ancestors
         # sum_j R_j Bd_pj as one GEMM: (B*3, J*3) @ (J*3, P*NB)
         rot_rows = state.rot.permute(0, 2, 1, 3).reshape(batch * 3, 3 * num_joints)

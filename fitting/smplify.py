@@ -662,9 +662,8 @@ class SMPLify:
         if start_sigma is None:
             with torch.no_grad():
                 state = self.skeleton(pose, betas)
-                d_pose, _ = self.skeleton.jacobian(state)
                 dproj = projection_jacobian(state.points + cam_t[:, None], focal)               # (B, 49, 2, 3)
-                jac = (dproj @ d_pose[..., 3:]) * conf[..., None, None]                          # (B, 49, 2, 69)
+                jac = self.skeleton.pixel_jacobian(state, dproj)[..., 3:72] * conf[..., None, None]  # (B,49,2,69)
                 resid = (project(state.points, cam_t, focal, center) - keypoints[..., :2]) * conf[..., None]
                 start_sigma = (resid.square().sum((1, 2)) / jac.square().sum((1, 2, 3)).clamp_min(1e-12)).sqrt()
         return sigma_kp / start_sigma.clamp_min(MIN_START_SIGMA)
