@@ -52,12 +52,13 @@ def skew(v: Tensor) -> Tensor:
     return torch.stack([o, -z, y, z, o, -x, -y, x, o], dim=-1).reshape(v.shape + (3,))
 
 
-def _cross(u: Tensor, m: Tensor) -> Tensor:
-    """u x m for u (B, 1, D, k, 3) and m (B, P, D, 1, 3), broadcast, as (B, P, 3, D, k): the components written
-    out (several times faster than `torch.linalg.cross` on the broadcast operands)."""
+def _cross(u: Tensor, m: Tensor, dim: int = 2) -> Tensor:
+    """u x m for vectors (..., 3) broadcast against each other, the components stacked at ``dim`` (u (B, 1, D, k, 3)
+    and m (B, P, D, 1, 3): (B, P, 3, D, k)), written out: several times faster than `torch.linalg.cross` on
+    broadcast operands."""
     ux, uy, uz = u.unbind(-1)
     mx, my, mz = m.unbind(-1)
-    return torch.stack([uy * mz - uz * my, uz * mx - ux * mz, ux * my - uy * mx], 2)
+    return torch.stack([uy * mz - uz * my, uz * mx - ux * mz, ux * my - uy * mx], dim)
 
 
 def rodrigues(aa: Tensor) -> Tensor:
@@ -385,6 +386,17 @@ class Skeleton(torch.nn.Module):
             return jac[..., :3 * self.num_slots], jac[..., 3 * self.num_slots:]
         m, rot_d = self._subtree_parts(state)
         return self._pose_columns(state.pose, rot_d, m.permute(1, 2, 3, 0)), self._beta_columns(state)
+
+    def orientation_jacobian(self, state: SkeletonState) -> Tensor:
+        """d points / d global orientation (B, P, 3, 3) (pose slot 0, the root), model frame: `jacobian`'s first
+        three pose columns alone. The root's subtree carries every point whole, so m_p0 = point - S_p0 p_0 and the
+        columns are (R_0 Jr_0 e_k) x m_p0: no pass over the other joints (SMPLify's camera stage needs only these)."""
+        if self.sparse or self.slots[0] != 0 or self.slot_joints[0] != 0:
+            return self.jacobian(state)[0][..., :3]
+        share = self.subtree_share[:, 0] if state.subset is None else self.subtree_share[state.subset, 0]
+        m = state.points - share[:, None] * state.pos[:, None, 0]                     # (B, P, 3)
+        cols = (state.rot[:, 0] @ right_jacobian(state.pose[:, :3])).transpose(-1, -2)  # (B, 3, 3): k-th column
+        return _cross(cols[:, None], m[:, :, None], -1).transpose(-1, -2)             # (B, P, 3 (c), 3 (k))
 
     def pixel_jacobian(self, state: SkeletonState, dproj: Tensor) -> Tensor:
         """d pixels / d [pose, betas] (B, P, 2, 72 + NB) (or 3J + NB + NE) for dproj (B, P, 2, 3), d pixels /

@@ -693,8 +693,8 @@ class SMPLify:
 
         state, torso, r, d, cost = evaluate(pose, cam_t)
         for _ in range(c.camera_iterations):
-            d_pose, _ = self.skeleton.jacobian(state)
-            d_torso = torch.gather(d_pose[..., :3], 1, local_idx[..., None, None].expand(-1, -1, 3, 3))
+            d_orient = self.skeleton.orientation_jacobian(state)                                # (B, 8, 3, 3)
+            d_torso = torch.gather(d_orient, 1, local_idx[..., None, None].expand(-1, -1, 3, 3))
             dproj = projection_jacobian(torso + cam_t[:, None], focal) * mask[..., None, None]  # (B,4,2,3)
             jac = torch.cat([dproj @ d_torso, dproj], dim=-1).reshape(batch, -1, 6)      # (B, 8, 6)
             jac = torch.cat([jac, jd], 1)

@@ -77,3 +77,13 @@ def test_pixel_jacobian_is_the_jacobian_through_the_projection(exact_body):
         d_pose, d_betas = skeleton.jacobian(state)
         torch.testing.assert_close(skeleton.pixel_jacobian(state, dproj),
                                    torch.cat([dproj @ d_pose, dproj @ d_betas], -1), atol=1e-9, rtol=0)
+
+
+def test_orientation_jacobian_is_the_first_three_pose_columns(exact_body):
+    """`Skeleton.orientation_jacobian` (SMPLify's camera stage) is `jacobian`'s global-orientation columns."""
+    skeleton = Skeleton(exact_body)
+    pose, betas = _params(exact_body, 3, seed=4)
+    for subset in (None, torch.as_tensor(indices(OP_TORSO))):
+        state = skeleton(pose, betas, subset)
+        torch.testing.assert_close(skeleton.orientation_jacobian(state), skeleton.jacobian(state)[0][..., :3],
+                                   atol=1e-10, rtol=0)
