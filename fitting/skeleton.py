@@ -239,6 +239,7 @@ class Skeleton(torch.nn.Module):
         slots = np.flatnonzero(slot_joints >= 0)
         self.num_joints, self.num_slots, self.num_betas = num_joints, len(slot_joints), nb
         self.identity_slots = bool(len(slots) == num_joints and (slot_joints == np.arange(num_joints)).all())
+        self.root_slot = bool(len(slots) and slots[0] == 0 and slot_joints[0] == 0)  # pose slot 0 drives the root
         self.register_buffer("slots", torch.as_tensor(slots))                 # (D,) driving pose slots
         self.register_buffer("slot_joints", torch.as_tensor(slot_joints[slots]))  # (D,) the tree joints they drive
         self.register_buffer("parents", torch.as_tensor(parents))
@@ -391,7 +392,7 @@ class Skeleton(torch.nn.Module):
         """d points / d global orientation (B, P, 3, 3) (pose slot 0, the root), model frame: `jacobian`'s first
         three pose columns alone. The root's subtree carries every point whole, so m_p0 = point - S_p0 p_0 and the
         columns are (R_0 Jr_0 e_k) x m_p0: no pass over the other joints (SMPLify's camera stage needs only these)."""
-        if self.sparse or self.slots[0] != 0 or self.slot_joints[0] != 0:
+        if self.sparse or not self.root_slot:                    # a Python bool: no host sync on a GPU
             return self.jacobian(state)[0][..., :3]
         share = self.subtree_share[:, 0] if state.subset is None else self.subtree_share[state.subset, 0]
         m = state.points - share[:, None] * state.pos[:, None, 0]                     # (B, P, 3)
