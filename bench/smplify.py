@@ -19,7 +19,8 @@ would make SPIN look twice as slow as it is. Further meshes (``full``) are fitte
 as ``reference-<mesh>`` beside it. ``fixed_baseline`` also fits every case with the fast mode's fixed iteration
 budget (``SMPLifyConfig.tolerance`` 0: no early exit), so the early exit's speed and accuracy are read against it
 in one run. ``batch`` adds a throughput row: the fast mode on one call of exactly that many examples per start
-level (the level's cases repeated in order when there are fewer).
+level (the level's cases repeated in order when there are fewer); ``workers`` > 1 also runs that row in that many
+single-thread processes at once (`bench.smplify_workers`: fits/s of the machine's cores together).
 
 Metrics, per case, then averaged (`case_metrics`): PA-MPJPE and MPJPE (mm) of the 14 evaluation joints against the
 true body as `fits.evaluate` defines them (the body model's Human3.6M regressor, pelvis-centred; the truth's
@@ -64,6 +65,7 @@ from bench.smplify_cases import (
     observe,
     view,
 )
+from bench.smplify_workers import parallel_throughput
 from core.camera import project
 from core.errors import FitloopError
 from core.metrics import mpjpe, pa_mpjpe
@@ -99,6 +101,8 @@ class BenchConfig:
     reference_meshes: tuple[str, ...] = ("smpl-sized",)  # the first is "the reference"; others "reference-<mesh>"
     fixed_baseline: bool = False                       # also the fast mode with a fixed budget (tolerance 0)
     batch: int | None = None                           # a throughput row at this batch size (fast mode)
+    workers: int = 1                                   # > 1: the row also by this many 1-thread processes at once
+    compile: bool = False                              # the fast variants with SMPLifyConfig.compile (after a warm-up)
     model: str = "open"
     prior: str | Path | None = None                    # a prior file or "gmm" / "vae" (shipped ones); None: default
     device: str = "cpu"
@@ -130,6 +134,10 @@ class BenchConfig:
             raise bad(f"--batch must be at least 1, got {self.batch}")
         if self.threads < 1:
             raise bad(f"--threads must be at least 1, got {self.threads}")
+        if self.workers < 1 or (self.workers > 1 and (self.batch is None or self.device != "cpu"
+                                                      or "fast" not in self.modes)):
+            raise bad(f"--workers must be at least 1, and more than 1 needs --batch, the fast mode and --device "
+                      f"cpu; got --workers {self.workers}, --batch {self.batch}, --device {self.device}")
         if self.poses_file is not None and not Path(self.poses_file).is_file():
             raise bad(f"--poses {self.poses_file}: no such file")
         return self
@@ -311,11 +319,26 @@ def _rates(n: int, wall: float, cpu: float) -> dict[str, float]:
     return {"fits": n, "wall_s": wall, "cpu_s": cpu, "fits_per_s": n / wall, "fits_per_cpu_s": n / max(cpu, 1e-9)}
 
 
+def _batch_inputs(cells: list[Cell], batch: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """`_inputs` of exactly ``batch`` examples of one start level: its cases in order, repeated when there are
+    fewer."""
+    return tuple(t[torch.arange(batch, device=device) % len(t)]
+                 for t in _inputs(cells, len(cells[0].keypoints), device))
+
+
+def _warm_up(fitter: SMPLify, cells: list[Cell], starts: tuple[str, ...], device: torch.device) -> None:
+    """One small call per kind of start (the first 8 cases of each start level's first cells): what a compiled
+    fitter compiles before it is timed (its shapes are dynamic; later batch sizes do not recompile)."""
+    for kind in dict.fromkeys(c.kind for c in cells if c.start in starts):
+        level = [c for c in cells if c.kind == kind and c.start in starts]
+        kp, focal, center, pose, betas, cam_t = _batch_inputs(level, 8, device)
+        fitter(kp, pose, betas, cam_t, center, start=kind, focal_length=focal)
+
+
 def _throughput(fitter: SMPLify, cells: list[Cell], batch: int, device: torch.device) -> dict[str, float]:
-    """One SMPLify call of exactly ``batch`` examples of one start level (its cases in order, repeated when there
-    are fewer), timed THROUGHPUT_CALLS times; the fastest call by CPU time counts."""
-    kp, focal, center, pose, betas, cam_t = (t[torch.arange(batch, device=device) % len(t)]
-                                             for t in _inputs(cells, len(cells[0].keypoints), device))
+    """One SMPLify call of exactly ``batch`` examples of one start level (`_batch_inputs`), timed THROUGHPUT_CALLS
+    times; the fastest call by CPU time counts."""
+    kp, focal, center, pose, betas, cam_t = _batch_inputs(cells, batch, device)
     best = None
     for _ in range(THROUGHPUT_CALLS):
         wall, cpu = time.perf_counter(), time.process_time()
@@ -332,9 +355,10 @@ def _fitters(body: BodyModel, prior: MaxMixturePrior | VAEPosePrior, config: Ben
     "reference" (SPIN's procedure on the first of ``reference_meshes``) and "reference-<mesh>" for the others."""
     out = []
     if "fast" in config.modes:
-        out.append(("fast", SMPLify(body, prior, SMPLifyConfig()), config.cases, {"mesh": "none (skeleton)"}))
+        fast = SMPLifyConfig(compile=config.compile)
+        out.append(("fast", SMPLify(body, prior, fast), config.cases, {"mesh": "none (skeleton)"}))
         if config.fixed_baseline:
-            out.append((FIXED, SMPLify(body, prior, SMPLifyConfig(tolerance=0.0)), config.cases,
+            out.append((FIXED, SMPLify(body, prior, dataclasses.replace(fast, tolerance=0.0)), config.cases,
                         {"mesh": "none (skeleton)"}))
     if "reference" in config.modes:
         smplify = SMPLifyConfig(mode="reference")
@@ -468,6 +492,11 @@ def _run(config: BenchConfig, say: Callable[[str], None]) -> dict[str, Any]:
         speed[name] = {"config": dataclasses.asdict(fitter.config), **about_fitter}
         if count == 0:
             continue
+        if fitter.config.compile:  # compiled once per process: outside the timed fits, its CPU time reported
+            cpu = time.process_time()
+            _warm_up(fitter, cells, config.starts, device)
+            speed[name]["compile_cpu_s"] = time.process_time() - cpu
+            say(f"{name:>16} compiled: {speed[name]['compile_cpu_s']:.1f} CPU s")
         for label in config.starts:
             level_cells = [c for c in cells if c.start == label]
             timing = _fit_level(fitter, level_cells, count, name, device)
@@ -477,6 +506,14 @@ def _run(config: BenchConfig, say: Callable[[str], None]) -> dict[str, Any]:
             if config.batch is not None and fitter.config.mode == "fast":
                 rate = throughput.setdefault(name, {})[label] = _throughput(fitter, level_cells, config.batch, device)
                 say(f"{name:>16} {label:<6}: batch {config.batch}: {rate['fits_per_cpu_s']:.1f} fits per CPU s")
+    workers: dict[str, dict[str, Any]] = {}
+    if config.workers > 1:
+        inputs = {label: (_batch_inputs([c for c in cells if c.start == label], config.batch, device),
+                          next(c.kind for c in cells if c.start == label)) for label in config.starts}
+        workers = parallel_throughput(config.model, prior_path, inputs, config.workers, config.compile)
+        for label, rate in workers.items():
+            say(f"{'fast':>16} {label:<6}: batch {config.batch} in {config.workers} one-thread processes: "
+                f"{rate['fits_per_s']:.1f} fits/s")
     for c in cells:
         _evaluate(body, c)
     for name, levels in speed.items():      # each variant's accuracy on the cases it fitted, beside its speed
@@ -504,7 +541,7 @@ def _run(config: BenchConfig, say: Callable[[str], None]) -> dict[str, Any]:
         "speed": speed, "speedup_fast_over_reference": ratios,
         "speedup_min": min(ratios.values()) if ratios else None,
         "speedup_fast_over_reference_per_cpu_s": cpu_ratios,
-        "speedup_fast_per_cpu_s_over": against, "throughput": throughput,
+        "speedup_fast_per_cpu_s_over": against, "throughput": throughput, "throughput_workers": workers,
         "summary": _pooled(cells, lambda c: (c.noise, c.start), ("keypoints", "start"), config.reference_cases),
         "summary_by_camera": _pooled(cells, lambda c: (c.camera, c.noise, c.start), ("camera", "keypoints", "start"),
                                      config.reference_cases),

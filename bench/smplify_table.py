@@ -91,10 +91,25 @@ def format_tables(result: dict[str, Any], cells: bool = True) -> str:
                 mesh = f"{mesh} ({speed[m]['vertices']})" if "vertices" in speed[m] else mesh
                 lines.append(f"| {s} | {m} | {mesh} | {t['fits']} | {_num(t['cpu_s'])} | {_num(t['fits_per_cpu_s'])} "
                              f"| {_num(t.get('pa_mpjpe_mm'))} | {_num(against.get(m, {}).get(s), 1)} |")
+    compiled = {m: v["compile_cpu_s"] for m, v in speed.items() if "compile_cpu_s" in v}
+    if compiled:
+        lines += ["", "Compiled (--compile: torch.compile of one LM iteration) in a warm-up before the timed fits, "
+                  "not counted in them: " + ", ".join(f"{m} {_num(t)} CPU s" for m, t in compiled.items()) + "."]
     for m, levels in result.get("throughput", {}).items():
         lines += ["", f"Throughput, {m}: one call of batch {cfg['batch']} per start level, {result['threads']} "
                   "thread(s):", "", "| start | fits/CPU s | fits/s (wall) |", "|---|---|---|"]
         lines += [f"| {s} | {_num(t['fits_per_cpu_s'])} | {_num(t['fits_per_s'])} |" for s, t in levels.items()]
+    if result.get("throughput_workers"):
+        rows = result["throughput_workers"]
+        first = next(iter(rows.values()))
+        lines += ["", f"Throughput, fast, {first['workers']} one-thread processes at once: each fits "
+                  f"{first['calls_per_worker']} calls of batch {first['batch']} per start level (fits/s: all their "
+                  "fits over the parallel part's wall time; beside it, one process's fits/s from the row above):",
+                  "", "| start | fits/s, all processes | fits/s, one process | fits/CPU s per process | load average |",
+                  "|---|---|---|---|---|"]
+        one = result.get("throughput", {}).get("fast", {})
+        lines += [f"| {s} | {_num(t['fits_per_s'])} | {_num(one.get(s, {}).get('fits_per_s'))} "
+                  f"| {_num(t['fits_per_cpu_s'])} | {t['load_average_start'][0]:.2f} |" for s, t in rows.items()]
     if result["calibration"]:
         lines += ["", "| source | calibrated on | start | σ rad (°) | median start PA-MPJPE there |",
                   "|---|---|---|---|---|"]

@@ -52,12 +52,13 @@ def skew(v: Tensor) -> Tensor:
     return torch.stack([o, -z, y, z, o, -x, -y, x, o], dim=-1).reshape(v.shape + (3,))
 
 
-def _cross(u: Tensor, m: Tensor) -> Tensor:
-    """u x m for u (B, 1, D, k, 3) and m (B, P, D, 1, 3), broadcast, as (B, P, 3, D, k): the components written
-    out (several times faster than `torch.linalg.cross` on the broadcast operands)."""
+def _cross(u: Tensor, m: Tensor, dim: int = 2) -> Tensor:
+    """u x m for vectors (..., 3) broadcast against each other, the components stacked at ``dim`` (u (B, 1, D, k, 3)
+    and m (B, P, D, 1, 3): (B, P, 3, D, k)), written out: several times faster than `torch.linalg.cross` on
+    broadcast operands."""
     ux, uy, uz = u.unbind(-1)
     mx, my, mz = m.unbind(-1)
-    return torch.stack([uy * mz - uz * my, uz * mx - ux * mz, ux * my - uy * mx], 2)
+    return torch.stack([uy * mz - uz * my, uz * mx - ux * mz, ux * my - uy * mx], dim)
 
 
 def rodrigues(aa: Tensor) -> Tensor:
@@ -238,6 +239,7 @@ class Skeleton(torch.nn.Module):
         slots = np.flatnonzero(slot_joints >= 0)
         self.num_joints, self.num_slots, self.num_betas = num_joints, len(slot_joints), nb
         self.identity_slots = bool(len(slots) == num_joints and (slot_joints == np.arange(num_joints)).all())
+        self.root_slot = bool(len(slots) and slots[0] == 0 and slot_joints[0] == 0)  # pose slot 0 drives the root
         self.register_buffer("slots", torch.as_tensor(slots))                 # (D,) driving pose slots
         self.register_buffer("slot_joints", torch.as_tensor(slot_joints[slots]))  # (D,) the tree joints they drive
         self.register_buffer("parents", torch.as_tensor(parents))
@@ -381,10 +383,51 @@ class Skeleton(torch.nn.Module):
         if self.sparse:
             return self._jacobian_sparse(state, dproj)
         if dproj is not None:
-            d_pose, d_betas = self.jacobian(state)
-            return dproj @ d_pose, dproj @ d_betas
-        a, _, bd, share = self._rows(state.subset)
-        batch, num_points, nb, num_joints = state.pose.shape[0], a.shape[0], state.betas.shape[1], self.num_joints
+            jac = self.pixel_jacobian(state, dproj)
+            return jac[..., :3 * self.num_slots], jac[..., 3 * self.num_slots:]
+        m, rot_d = self._subtree_parts(state)
+        return self._pose_columns(state.pose, rot_d, m.permute(1, 2, 3, 0)), self._beta_columns(state)
+
+    def orientation_jacobian(self, state: SkeletonState) -> Tensor:
+        """d points / d global orientation (B, P, 3, 3) (pose slot 0, the root), model frame: `jacobian`'s first
+        three pose columns alone. The root's subtree carries every point whole, so m_p0 = point - S_p0 p_0 and the
+        columns are (R_0 Jr_0 e_k) x m_p0: no pass over the other joints (SMPLify's camera stage needs only these)."""
+        if self.sparse or not self.root_slot:                    # a Python bool: no host sync on a GPU
+            return self.jacobian(state)[0][..., :3]
+        share = self.subtree_share[:, 0] if state.subset is None else self.subtree_share[state.subset, 0]
+        m = state.points - share[:, None] * state.pos[:, None, 0]                     # (B, P, 3)
+        cols = (state.rot[:, 0] @ right_jacobian(state.pose[:, :3])).transpose(-1, -2)  # (B, 3, 3): k-th column
+        return _cross(cols[:, None], m[:, :, None], -1).transpose(-1, -2)             # (B, P, 3 (c), 3 (k))
+
+    def pixel_jacobian(self, state: SkeletonState, dproj: Tensor) -> Tensor:
+        """d pixels / d [pose, betas] (B, P, 2, 72 + NB) (or 3J + NB + NE) for dproj (B, P, 2, 3), d pixels /
+        d camera-frame point (`core.camera.projection_jacobian`): `jacobian`'s columns through the projection,
+        without forming the 3D ones. Pixel row u of point p moves with joint a's k-th rotation column g_ak (of
+        R_a Jr_a) by u . (g_ak x m_pa) = g_ak . (m_pa x u): two cross products per (point, joint) instead of three
+        columns' and a (2, 3) @ (3, 72) product, all as whole (B, P, D) planes (components first), which run several
+        times faster on a CPU than products broadcast over trailing 2- and 3-long dims."""
+        if self.sparse:
+            return torch.cat(self._jacobian_sparse(state, dproj), -1)
+        (mx, my, mz), rot_d = self._subtree_parts(state)                      # (B, P, D) each, (B, D, 3, 3)
+        batch, num_points = mx.shape[:2]
+        pose_slots = state.pose.reshape(batch, self.num_slots, 3)
+        jr = right_jacobian(pose_slots if self.identity_slots else pose_slots[:, self.slots])   # (B, D, 3, 3)
+        g = (rot_d @ jr).permute(2, 3, 0, 1)[:, :, :, None]                    # g[c, k]: (B, 1, D)
+        columns = []                                                            # per pixel row: (B, P, D, 3)
+        for i in range(2):
+            ux, uy, uz = (dproj[:, :, i, c, None] for c in range(3))           # (B, P, 1)
+            w = (my * uz - mz * uy, mz * ux - mx * uz, mx * uy - my * ux)       # m x u, (B, P, D) each
+            columns.append(torch.stack([g[0, k] * w[0] + g[1, k] * w[1] + g[2, k] * w[2] for k in range(3)], -1))
+        d_pose = torch.stack(columns, 2)                                        # (B, P, 2, D, 3)
+        if not self.identity_slots:                                             # undriven slots: zero columns
+            d_pose = d_pose.new_zeros(batch, num_points, 2, self.num_slots, 3).index_copy(3, self.slots, d_pose)
+        return torch.cat([d_pose.flatten(-2), dproj @ self._beta_columns(state)], -1)
+
+    def _subtree_parts(self, state: SkeletonState) -> tuple[Tensor, Tensor]:
+        """m (3, B, P, D), components first: the part of each point that driven joint a's subtree carries,
+        relative to joint a (`jacobian`); and the driven joints' global rotations (B, D, 3, 3). Dense form."""
+        a, _, _, share = self._rows(state.subset)
+        batch, num_points, num_joints = state.pose.shape[0], a.shape[0], self.num_joints
         driven = self.slot_joints                                              # (D,)
         carried = a[None, :, :, None] * state.pos[:, None] + state.attached  # (B, P, J, 3): c_pj
         desc = self.desc if self.identity_slots else self.desc[driven]         # (D, J)
@@ -394,18 +437,20 @@ class Skeleton(torch.nn.Module):
         # sum_j desc[a, j] c_pj as one GEMM (D, J) @ (J, B*P*3): the shared matrix on the left, not broadcast
         # over B*P small products (3.6x faster)
         m = (desc @ carried.permute(2, 0, 1, 3).reshape(num_joints, -1)).reshape(-1, batch, num_points, 3)
-        m = m.permute(1, 2, 0, 3) - share_d[None, :, :, None] * pos_d[:, None]
-        d_pose = self._pose_columns(state.pose, rot_d, m)
-        # betas: rest joint positions and attachment offsets are linear in beta
+        return m.permute(3, 1, 2, 0) - share_d * pos_d.permute(2, 0, 1)[:, :, None], rot_d
+
+    def _beta_columns(self, state: SkeletonState) -> Tensor:
+        """d points / d betas (B, P, 3, NB): rest joint positions and attachment offsets are linear in beta."""
+        a, _, bd, _ = self._rows(state.subset)
+        batch, num_points, nb, num_joints = state.pose.shape[0], a.shape[0], state.betas.shape[1], self.num_joints
         par = self.parents.clamp_min(0)
         rot_par = state.rot[:, par]                                            # (B, J, 3, 3)
         rot_par[:, 0] = torch.eye(3, dtype=rot_par.dtype, device=rot_par.device)
         jd_off = self.j_dirs - self.j_dirs[par] * (self.parents >= 0).to(self.j_dirs.dtype)[:, None, None]
-        e = (rot_par[..., None] * jd_off[None, :, None]).sum(-2)              # (B, J, 3, NB)
+        e = rot_par @ jd_off                                                   # (B, J, 3, NB)
         dpos = (self.desc.T @ e.reshape(batch, num_joints, -1)).reshape(batch, num_joints, 3, nb)  # ancestors
         # sum_j R_j Bd_pj as one GEMM: (B*3, J*3) @ (J*3, P*NB)
         rot_rows = state.rot.permute(0, 2, 1, 3).reshape(batch * 3, 3 * num_joints)
         bd_cols = bd.permute(1, 2, 0, 3).reshape(3 * num_joints, num_points * nb)
         attached_d = (rot_rows @ bd_cols).reshape(batch, 3, num_points, nb).transpose(1, 2)
-        d_betas = (a @ dpos.reshape(batch, num_joints, -1)).reshape(batch, num_points, 3, nb) + attached_d
-        return d_pose, d_betas
+        return (a @ dpos.reshape(batch, num_joints, -1)).reshape(batch, num_points, 3, nb) + attached_d

@@ -132,8 +132,9 @@ class SMPLifyConfig:
     # still changes the objective (`prior_schedule`). 0: every iteration runs for every example (the fixed budget)
     tolerance: float = 1e-2                 # chosen on the dev split: within 0.3 mm of the fixed budget (docs)
     check_every: int = 4
-    # fast mode: torch.compile the keypoint term's Gauss–Newton system (`SMPLify.data_system`; ~10 s to compile
-    # per process, then the iteration's largest part about 2x faster on CPU: docs/smplify.md). Off by default
+    # fast mode: torch.compile one whole stage-2 LM iteration of the keypoint and prior terms (`SMPLify._lm_step`;
+    # the VAE prior, collision and mask terms stay eager): ~10-40 s to compile per process, then the iteration
+    # about 1.6x faster on CPU (docs/smplify.md). Off by default
     compile: bool = False
     # near-start term for start="estimate": w² ‖θ_body − θ_body,start‖², w = σ_kp / σ_start (px/rad)
     init_weight: float | None = None        # None: w from the start's uncertainty (below); a number: fixed w
@@ -298,9 +299,10 @@ class SMPLify:
         self._op_torso = torch.as_tensor(indices(OP_TORSO), device=device)
         self._gt_torso = torch.as_tensor(indices(GT_TORSO), device=device)
         self._headings = torch.tensor(HEADINGS, dtype=torch.float64, device=device)  # made once: no copy per call
-        # the keypoint term's system, compiled on request (any batch and point count: dynamic shapes)
-        self._data_system = (torch.compile(self.data_system, dynamic=True) if config.compile and config.mode == "fast"
-                             else self.data_system)
+        # one stage-2 LM iteration of the keypoint and prior terms, compiled on request (any batch and point count:
+        # dynamic shapes)
+        self._compiled_step = (torch.compile(self._lm_step, dynamic=True) if config.compile and config.mode == "fast"
+                               else None)
 
     # -- public API ----------------------------------------------------------------------------------------
     def __call__(self, keypoints: Tensor, init_pose: Tensor, init_betas: Tensor, init_cam_t: Tensor,
@@ -660,9 +662,8 @@ class SMPLify:
         if start_sigma is None:
             with torch.no_grad():
                 state = self.skeleton(pose, betas)
-                d_pose, _ = self.skeleton.jacobian(state)
                 dproj = projection_jacobian(state.points + cam_t[:, None], focal)               # (B, 49, 2, 3)
-                jac = (dproj @ d_pose[..., 3:]) * conf[..., None, None]                          # (B, 49, 2, 69)
+                jac = self.skeleton.pixel_jacobian(state, dproj)[..., 3:72] * conf[..., None, None]  # (B,49,2,69)
                 resid = (project(state.points, cam_t, focal, center) - keypoints[..., :2]) * conf[..., None]
                 start_sigma = (resid.square().sum((1, 2)) / jac.square().sum((1, 2, 3)).clamp_min(1e-12)).sqrt()
         return sigma_kp / start_sigma.clamp_min(MIN_START_SIGMA)
@@ -692,8 +693,8 @@ class SMPLify:
 
         state, torso, r, d, cost = evaluate(pose, cam_t)
         for _ in range(c.camera_iterations):
-            d_pose, _ = self.skeleton.jacobian(state)
-            d_torso = torch.gather(d_pose[..., :3], 1, local_idx[..., None, None].expand(-1, -1, 3, 3))
+            d_orient = self.skeleton.orientation_jacobian(state)                                # (B, 8, 3, 3)
+            d_torso = torch.gather(d_orient, 1, local_idx[..., None, None].expand(-1, -1, 3, 3))
             dproj = projection_jacobian(torso + cam_t[:, None], focal) * mask[..., None, None]  # (B,4,2,3)
             jac = torch.cat([dproj @ d_torso, dproj], dim=-1).reshape(batch, -1, 6)      # (B, 8, 6)
             jac = torch.cat([jac, jd], 1)
@@ -718,13 +719,11 @@ class SMPLify:
                     conf: Tensor) -> tuple[Tensor, Tensor]:
         """The keypoint term's Gauss–Newton system at one skeleton evaluation: Jᵀ W J (B, 72 + NB, 72 + NB) and
         Jᵀ W r (B, 72 + NB), with J the projected points' Jacobian, r = resid (B, P, 2) px and W the
-        Geman–McClure IRLS weights c² σ⁴ / (σ² + r²)² (conf (B, P)). The bulk of an LM iteration's work, and
-        what ``compile`` hands to `torch.compile`."""
+        Geman–McClure IRLS weights c² σ⁴ / (σ² + r²)² (conf (B, P)). The bulk of an LM iteration's work."""
         sigma2 = self.config.sigma**2
         batch = resid.shape[0]
-        d_pose, d_betas = self.skeleton.jacobian(state)
         dproj = projection_jacobian(state.points + cam_t[:, None], focal)                # (B, P, 2, 3)
-        jac = torch.cat([dproj @ d_pose, dproj @ d_betas], dim=-1).flatten(1, 2)          # (B, 2P, 72+NB)
+        jac = self.skeleton.pixel_jacobian(state, dproj).flatten(1, 2)                   # (B, 2P, 72+NB)
         w = (conf.square()[..., None] * sigma2**2 / (sigma2 + resid.square()).square()).reshape(batch, -1)
         hess = jac.transpose(1, 2) @ (w[..., None] * jac)
         grad = (jac.transpose(1, 2) @ (w * resid.reshape(batch, -1))[..., None])[..., 0]
@@ -772,100 +771,127 @@ class SMPLify:
         w² ‖θ_body − θ_body,init‖². prior_scale: one factor on the pose and angle priors' weights per iteration
         (`prior_schedule`); a step is accepted when it lowers the objective with the factor of its iteration.
         sil: the candidates' mask terms (`_mask_terms`; None: off). lam (B,): the damping to start from (None:
-        LM_DAMPING). The loop has no host sync: every per-example decision is a ``torch.where``.
+        LM_DAMPING). The loop has no host sync: every per-example decision is a ``torch.where``. Each iteration
+        is `_lm_step` (compiled whole with ``compile``, for the keypoint and prior terms alone).
 
         Returns pose, betas, the damping reached (B,), and the objective's two parts (B, 2) (the fixed terms, the
         priors a schedule scales) at the start and at the end."""
-        c = self.config
-        batch, dtype = pose.shape[0], pose.dtype
-        nb = betas.shape[1]
         # only the joints some example observes enter the data term
         active = torch.nonzero(self._body_conf(kp).sum(0) > 0)[:, 0]
-        conf, kp = self._body_conf(kp)[:, active], kp[:, active]
+        dtype = pose.dtype
         prior = self.prior
-        vae = isinstance(prior, VAEPosePrior)       # else the max-mixture: its active component's quadratic
-        if not vae:
-            means, precisions, log_w = (prior.means.to(dtype), prior.precisions.to(dtype),
-                                        prior.log_nll_weights.to(dtype))
-        angle_idx, angle_sign = self._angle_idx, self._angle_sign.to(dtype)
-        w_pose, w_angle, w_shape = c.pose_prior_weight**2, c.angle_prior_weight**2, c.shape_prior_weight**2
-        w_init = trust.square()                                                              # (B,)
-        w_collide = c.collision_weight**2
-        dev = pose.device
-        lam = torch.full((batch,), LM_DAMPING, dtype=dtype, device=dev) if lam is None else lam
-        eye_beta = torch.eye(nb, dtype=dtype, device=dev)
-
-        def cost_of(p, b):
-            """The evaluation, the objective's terms (B, 2) (the rest, and the priors a schedule scales) and the
-            capsules' segment ends (None without the collision term)."""
-            state = self.skeleton(p, b, active)
-            proj = project(state.points, cam_t, focal, center)
-            resid = proj - kp[..., :2]
-            data = (conf.square()[..., None] * gmof(resid, c.sigma)).sum((1, 2))
-            if vae:                                                              # (B, R) residuals, E = ½‖r‖²
-                gmm = prior.residuals(p[:, 3:]).to(dtype)
-                energy = 0.5 * gmm.square().sum(-1)
-            else:                                                                # (B, K) component energies
-                gmm = 0.5 * _quadratic(p[:, 3:], means, precisions) - log_w
-                energy = gmm.min(1).values
-            angle = torch.exp(p[:, angle_idx] * angle_sign).square().sum(-1)
-            fixed = data + w_shape * b.square().sum(-1) + w_init * (p[:, 3:] - body_init).square().sum(-1)
-            ends = None
-            if w_collide > 0:  # the capsules' ends, kept for the step's Jacobian
-                ends = self._proxy_ends(p, b)
-                fixed = fixed + w_collide * collision_penalty(ends, self.capsules.radii(b), self.capsules.pairs)
-            if sil is not None:  # correspondences re-made at every evaluation (fitting.silhouette_term)
-                fixed = fixed + self._silhouette_energy(p, b, cam_t, focal, center, sil)
-            return state, resid, gmm, torch.stack([fixed, w_pose * energy + w_angle * angle], 1), ends
-
-        state, resid, gmm, terms, ends = cost_of(pose, betas)
+        fixed = _Stage2(active=active, conf=self._body_conf(kp)[:, active], kp=kp[:, active], cam_t=cam_t,
+                        focal=focal, center=center, body_init=body_init, w_init=trust.square(), sil=sil,
+                        gmm=None if isinstance(prior, VAEPosePrior) else
+                        (prior.means.to(dtype), prior.precisions.to(dtype), prior.log_nll_weights.to(dtype)))
+        lam = torch.full((len(pose),), LM_DAMPING, dtype=dtype, device=pose.device) if lam is None else lam
+        # compiled: the keypoint and prior terms alone, and more than one example (torch specialises batch 1)
+        plain = fixed.gmm is not None and sil is None and self.config.collision_weight == 0 and len(pose) > 1
+        step = self._compiled_step if plain and self._compiled_step is not None else self._lm_step
+        state, resid, gmm, terms, ends = self._stage2_cost(pose, betas, fixed)
         first_terms = terms
         for scale in prior_scale:
-            cost = terms[:, 0] + scale * terms[:, 1]
-            hess, grad = self._data_system(state, cam_t, focal, resid, conf)
-            if vae:  # VAE prior: Gauss–Newton on its residuals, exact Jacobian (B, R, 69)
-                jac_p = prior.residuals_and_jacobian(pose[:, 3:])[1].to(dtype)
-                hess[:, 3:72, 3:72] += scale * w_pose * 0.5 * jac_p.transpose(1, 2) @ jac_p
-                grad[:, 3:72] += scale * w_pose * 0.5 * (jac_p.transpose(1, 2) @ gmm[..., None])[..., 0]
-            else:    # max-mixture prior: the active component's quadratic
-                k = gmm.argmin(1)
-                prec_k, diff = precisions[k], pose[:, 3:] - means[k]
-                hess[:, 3:72, 3:72] += scale * w_pose * 0.5 * prec_k
-                grad[:, 3:72] += scale * w_pose * 0.5 * (prec_k @ diff[..., None])[..., 0]
-            # angle prior: residual w exp(s θ), derivative s exp(s θ)
-            e = torch.exp(pose[:, angle_idx] * angle_sign)
-            de = angle_sign * e
-            hess[:, angle_idx, angle_idx] += scale * w_angle * de.square()
-            grad[:, angle_idx] += scale * w_angle * e * de
-            # shape prior and near-start term
-            hess[:, 72:, 72:] += w_shape * eye_beta
-            grad[:, 72:] += w_shape * betas
-            diag = torch.arange(3, 72, device=dev)
-            hess[:, diag, diag] += w_init[:, None]
-            grad[:, 3:72] += w_init[:, None] * (pose[:, 3:] - body_init)
-            if w_collide > 0:  # interpenetration: residuals depth (B, K), Jacobian (B, K, 72 + NB)
-                depth, d_depth = self._collision(pose, betas, ends)
-                hess += w_collide * d_depth.transpose(1, 2) @ d_depth
-                grad += w_collide * (d_depth.transpose(1, 2) @ depth[..., None])[..., 0]
-            if sil is not None:  # the mask terms, weights included
-                hess_s, grad_s = self._silhouette_system(pose, betas, cam_t, focal, center, sil)
-                hess += hess_s
-                grad += grad_s
+            lam, state, resid, gmm, terms, ends = step(lam, state, resid, gmm, terms, ends, scale, fixed)
+        return state.pose, state.betas, lam, first_terms, terms
 
-            step = _lm_solve(hess, grad, lam)
-            new_pose, new_betas = pose + step[:, :72], betas + step[:, 72:]
-            new_state, new_resid, new_gmm, new_terms, new_ends = cost_of(new_pose, new_betas)
-            better = new_terms[:, 0] + scale * new_terms[:, 1] < cost
-            pose = torch.where(better[:, None], new_pose, pose)
-            betas = torch.where(better[:, None], new_betas, betas)
-            keep = better[:, None, None]
-            state = select_state(better, new_state, state)
-            resid = torch.where(keep, new_resid, resid)
-            gmm = torch.where(better[:, None], new_gmm, gmm)
-            terms = torch.where(better[:, None], new_terms, terms)
-            ends = None if ends is None else torch.where(keep, new_ends, ends)
-            lam = torch.where(better, lam * LM_ACCEPT, lam * LM_REJECT).clamp(1e-7, 1e7)
-        return pose, betas, lam, first_terms, terms
+    def _stage2_cost(self, p: Tensor, b: Tensor, fixed: "_Stage2"):
+        """Stage 2's evaluation at pose p (B, 72), betas b (B, NB): the skeleton's state, the keypoint residuals
+        (B, P, 2) px, the pose prior's per-component energies (B, K) (VAE: its residuals (B, R)), the objective's
+        terms (B, 2) (the rest, and the priors a schedule scales) and the capsules' segment ends (None without the
+        collision term)."""
+        c = self.config
+        state = self.skeleton(p, b, fixed.active)
+        resid = project(state.points, fixed.cam_t, fixed.focal, fixed.center) - fixed.kp[..., :2]
+        data = (fixed.conf.square()[..., None] * gmof(resid, c.sigma)).sum((1, 2))
+        if fixed.gmm is None:                                                # (B, R) residuals, E = ½‖r‖²
+            gmm = self.prior.residuals(p[:, 3:]).to(p.dtype)
+            energy = 0.5 * gmm.square().sum(-1)
+        else:                                                                # (B, K) component energies
+            means, precisions, log_w = fixed.gmm
+            gmm = 0.5 * _quadratic(p[:, 3:], means, precisions) - log_w
+            energy = gmm.min(1).values
+        angle = torch.exp(p[:, self._angle_idx] * self._angle_sign.to(p.dtype)).square().sum(-1)
+        rest = (data + c.shape_prior_weight**2 * b.square().sum(-1)
+                + fixed.w_init * (p[:, 3:] - fixed.body_init).square().sum(-1))
+        ends = None
+        if c.collision_weight > 0:  # the capsules' ends, kept for the step's Jacobian
+            ends = self._proxy_ends(p, b)
+            rest = rest + c.collision_weight**2 * collision_penalty(ends, self.capsules.radii(b), self.capsules.pairs)
+        if fixed.sil is not None:  # correspondences re-made at every evaluation (fitting.silhouette_term)
+            rest = rest + self._silhouette_energy(p, b, fixed.cam_t, fixed.focal, fixed.center, fixed.sil)
+        priors = c.pose_prior_weight**2 * energy + c.angle_prior_weight**2 * angle
+        return state, resid, gmm, torch.stack([rest, priors], 1), ends
+
+    def _lm_step(self, lam, state, resid, gmm, terms, ends, scale: float, fixed: "_Stage2"):
+        """One stage-2 LM iteration from an accepted evaluation (state, resid, gmm, terms, ends: `_stage2_cost` at
+        the pose and betas ``state`` holds) with damping lam (B,) and the priors' factor ``scale``: the damped
+        Gauss–Newton step, its trial, and per example the trial where it lowers the objective (λ down) else the
+        old values (λ up). Returns the same tuple, updated."""
+        c = self.config
+        pose, betas = state.pose, state.betas
+        dev, dtype = pose.device, pose.dtype
+        w_pose, w_angle, w_shape = c.pose_prior_weight**2, c.angle_prior_weight**2, c.shape_prior_weight**2
+        angle_idx, angle_sign = self._angle_idx, self._angle_sign.to(dtype)
+        cost = terms[:, 0] + scale * terms[:, 1]
+        hess, grad = self.data_system(state, fixed.cam_t, fixed.focal, resid, fixed.conf)
+        if fixed.gmm is None:  # VAE prior: Gauss–Newton on its residuals, exact Jacobian (B, R, 69)
+            jac_p = self.prior.residuals_and_jacobian(pose[:, 3:])[1].to(dtype)
+            hess[:, 3:72, 3:72] += scale * w_pose * 0.5 * jac_p.transpose(1, 2) @ jac_p
+            grad[:, 3:72] += scale * w_pose * 0.5 * (jac_p.transpose(1, 2) @ gmm[..., None])[..., 0]
+        else:    # max-mixture prior: the active component's quadratic
+            means, precisions, _ = fixed.gmm
+            k = gmm.argmin(1)
+            prec_k, diff = precisions[k], pose[:, 3:] - means[k]
+            hess[:, 3:72, 3:72] += scale * w_pose * 0.5 * prec_k
+            grad[:, 3:72] += scale * w_pose * 0.5 * (prec_k @ diff[..., None])[..., 0]
+        # angle prior: residual w exp(s θ), derivative s exp(s θ)
+        e = torch.exp(pose[:, angle_idx] * angle_sign)
+        de = angle_sign * e
+        hess[:, angle_idx, angle_idx] += scale * w_angle * de.square()
+        grad[:, angle_idx] += scale * w_angle * e * de
+        # shape prior and near-start term
+        hess[:, 72:, 72:] += w_shape * torch.eye(betas.shape[1], dtype=dtype, device=dev)
+        grad[:, 72:] += w_shape * betas
+        diag = torch.arange(3, 72, device=dev)
+        hess[:, diag, diag] += fixed.w_init[:, None]
+        grad[:, 3:72] += fixed.w_init[:, None] * (pose[:, 3:] - fixed.body_init)
+        if c.collision_weight > 0:  # interpenetration: residuals depth (B, K), Jacobian (B, K, 72 + NB)
+            depth, d_depth = self._collision(pose, betas, ends)
+            hess += c.collision_weight**2 * d_depth.transpose(1, 2) @ d_depth
+            grad += c.collision_weight**2 * (d_depth.transpose(1, 2) @ depth[..., None])[..., 0]
+        if fixed.sil is not None:  # the mask terms, weights included
+            hess_s, grad_s = self._silhouette_system(pose, betas, fixed.cam_t, fixed.focal, fixed.center, fixed.sil)
+            hess += hess_s
+            grad += grad_s
+
+        step = _lm_solve(hess, grad, lam)
+        new_pose, new_betas = pose + step[:, :72], betas + step[:, 72:]
+        new_state, new_resid, new_gmm, new_terms, new_ends = self._stage2_cost(new_pose, new_betas, fixed)
+        better = new_terms[:, 0] + scale * new_terms[:, 1] < cost
+        keep = better[:, None, None]
+        return (torch.where(better, lam * LM_ACCEPT, lam * LM_REJECT).clamp(1e-7, 1e7),
+                select_state(better, new_state, state), torch.where(keep, new_resid, resid),
+                torch.where(better[:, None], new_gmm, gmm), torch.where(better[:, None], new_terms, terms),
+                None if ends is None else torch.where(keep, new_ends, ends))
+
+
+@dataclass
+class _Stage2:
+    """What stage 2's objective holds fixed during one `SMPLify._lm_body` call: the observed joints ``active``
+    (P,) and their confidences (B, P) and keypoints (B, P, 3) px, the camera (cam_t (B, 3) m, focal (B, 2) px,
+    center (B, 2) px), the near-start term's start (B, 69) and weight w² (B,), the mask terms (or None), and the
+    max-mixture prior's means, precisions and log weights in the fit's dtype (None: the VAE prior)."""
+
+    active: Tensor
+    conf: Tensor
+    kp: Tensor
+    cam_t: Tensor
+    focal: Tensor
+    center: Tensor
+    body_init: Tensor
+    w_init: Tensor
+    sil: dict[str, MaskTerm] | None
+    gmm: tuple[Tensor, Tensor, Tensor] | None
 
 
 def _quadratic(x: Tensor, means: Tensor, precisions: Tensor) -> Tensor:
@@ -879,11 +905,13 @@ def _lm_solve(hess: Tensor, grad: Tensor, lam: Tensor) -> Tensor:
     Where the Cholesky factorisation fails (the damped system numerically indefinite: should not happen) the step
     is zero: the trial then does not lower the objective, so the caller rejects it and raises that example's λ,
     which makes the next system more diagonal. A mask, not a Python branch: no host sync."""
-    diag = torch.diagonal(hess, dim1=-2, dim2=-1)
-    damped = hess + torch.diag_embed(lam[:, None] * diag + 1e-6)
-    chol, info = torch.linalg.cholesky_ex(damped)  # damped normal equations are SPD; ~2x cheaper than LU
-    # L Lᵀ δ = -g by two triangular solves: torch.cholesky_solve would check its LAPACK status with .item() (a
+    damped = hess.clone()                                  # the caller's system stays as it was
+    damped.diagonal(dim1=-2, dim2=-1).mul_(1 + lam[:, None]).add_(1e-6)     # in place: no (B, n, n) diag_embed
+    # damped normal equations are SPD; Cholesky is ~2x cheaper than LU. The upper factor: 7.1 -> 5.0 ms at batch
+    # 256, 82 unknowns, 1 thread (the lower one adds a (B, n, n) tril copy)
+    upper, info = torch.linalg.cholesky_ex(damped, upper=True)
+    # Uᵀ U δ = -g by two triangular solves: torch.cholesky_solve would check its LAPACK status with .item() (a
     # host sync per call on CPU), triangular solves check nothing
-    half = torch.linalg.solve_triangular(chol, -grad[..., None], upper=False)
-    step = torch.linalg.solve_triangular(chol.transpose(-2, -1), half, upper=True)[..., 0]
+    half = torch.linalg.solve_triangular(upper.mT, -grad[..., None], upper=False)
+    step = torch.linalg.solve_triangular(upper, half, upper=True)[..., 0]
     return torch.where((info == 0)[:, None], step, 0.0)

@@ -501,3 +501,30 @@ def test_a_bad_reference_mesh_is_one_line(capsys):
     assert main(["bench", "smplify", "--quick", "--reference-mesh", "smpl"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["fitloop: error: bench smplify: --reference-mesh takes some of smpl-sized, full; got smpl"]
+
+
+def test_workers_fit_the_throughput_row_in_parallel_processes(tmp_path):
+    """--workers 2: two spawned one-thread processes each fit WORKER_CALLS calls of the --batch per start level;
+    fits/s is all their fits over the parallel part's wall time."""
+    from bench.smplify_workers import WORKER_CALLS
+    from fitloop.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "smplify", "--quick", "--skip-reference", "--sources", "synthetic", "--cameras", "crop",
+                 "--keypoints", "clean", "--starts", "mean,net60", "--batch", "5", "--workers", "2",
+                 "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["throughput_workers"]
+    assert set(rows) == {"mean", "net60"}
+    for row in rows.values():
+        assert (row["workers"], row["threads_per_worker"], row["batch"]) == (2, 1, 5)
+        assert row["fits"] == 2 * WORKER_CALLS * 5 and len(row["worker_wall_s"]) == 2
+        assert row["fits_per_s"] == pytest.approx(row["fits"] / row["wall_s"])
+
+
+def test_workers_need_a_batch(capsys):
+    from fitloop.cli import main
+
+    assert main(["bench", "smplify", "--quick", "--workers", "2"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["fitloop: error: bench smplify: --workers must be at least 1, and more than 1 needs --batch, the "
+                   "fast mode and --device cpu; got --workers 2, --batch None, --device cpu"]

@@ -61,3 +61,29 @@ def test_analytic_jacobian_equals_autograd(exact_body):
     if body.family != "smpl":  # SMPL's hand slots 22, 23 drive no SMPL-H/SMPL-X joint: nothing depends on them
         assert (d_pose[..., 66:] == 0).all()
 
+
+
+def test_pixel_jacobian_is_the_jacobian_through_the_projection(exact_body):
+    """`Skeleton.pixel_jacobian` (the keypoint term's Jacobian, formed by triple products without the 3D columns)
+    equals the 3D Jacobian times the projection's, on every tree (SMPL-H/SMPL-X: undriven slots' columns zero)."""
+    from core.camera import projection_jacobian
+
+    skeleton = Skeleton(exact_body)
+    pose, betas = _params(exact_body, 3, seed=2)
+    for subset in (None, torch.as_tensor(indices(OP_TORSO))):
+        state = skeleton(pose, betas, subset)
+        dproj = projection_jacobian(state.points + torch.tensor([0.1, 0.2, 4.0], dtype=torch.float64),
+                                    torch.tensor([[1000.0, 1100.0]] * 3, dtype=torch.float64))
+        d_pose, d_betas = skeleton.jacobian(state)
+        torch.testing.assert_close(skeleton.pixel_jacobian(state, dproj),
+                                   torch.cat([dproj @ d_pose, dproj @ d_betas], -1), atol=1e-9, rtol=0)
+
+
+def test_orientation_jacobian_is_the_first_three_pose_columns(exact_body):
+    """`Skeleton.orientation_jacobian` (SMPLify's camera stage) is `jacobian`'s global-orientation columns."""
+    skeleton = Skeleton(exact_body)
+    pose, betas = _params(exact_body, 3, seed=4)
+    for subset in (None, torch.as_tensor(indices(OP_TORSO))):
+        state = skeleton(pose, betas, subset)
+        torch.testing.assert_close(skeleton.orientation_jacobian(state), skeleton.jacobian(state)[0][..., :3],
+                                   atol=1e-10, rtol=0)

@@ -485,8 +485,8 @@ def test_the_lm_loop_makes_no_host_sync_and_copies_nothing_from_the_host(body, p
 
 
 def test_the_compiled_system_fits_as_the_eager_one(body, prior):
-    """``compile=True`` (opt-in) hands `SMPLify.data_system` to torch.compile: the same fits, to float32
-    rounding. (About 10 s: the compilation.)"""
+    """``compile=True`` (opt-in) hands one whole stage-2 LM iteration (`SMPLify._lm_step`) to torch.compile: the
+    same fits, to float32 rounding. (About 10-40 s: the compilation.)"""
     people = _people(body, prior, batch=3, noise=2.0)
     args = (people["keypoints"], people["pose"] + 0.1, people["betas"], people["cam_t"], people["center"])
     eager = SMPLify(body, prior, SMPLifyConfig(body_iterations=6))(*args, start="estimate")

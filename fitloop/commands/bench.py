@@ -176,6 +176,12 @@ docs/smplify.md#the-benchmark has the protocol and the latest figures.""")
                               "call of the fast mode (torch profiler; bench/smplify_profile.py)")
     smplify.add_argument("--batch", type=int, default=None,
                          help="add a throughput row: the fast mode on one call of this many examples per start level")
+    smplify.add_argument("--compile", action="store_true",
+                         help="the fast variants with SMPLifyConfig(compile=True) (torch.compile of one LM "
+                              "iteration); compiled in a warm-up before timing, its CPU time reported")
+    smplify.add_argument("--workers", type=int, default=1,
+                         help="also run the throughput row in this many single-thread processes at once, and report "
+                              "their fits/s together (needs --batch; default 1: not run)")
     smplify.add_argument("--model", default="open", help='"open", "open-small" or a model file')
     smplify.add_argument("--prior", default=None,
                          help="pose prior: a file (Gaussian-mixture or VAE .npz, SMPLify's gmm_08.pkl), or gmm / vae "
@@ -458,7 +464,8 @@ def cmd_smplify(args: argparse.Namespace) -> int:
                          modes=("fast",) if args.skip_reference else ("fast", "reference"), model=args.model,
                          prior=args.prior, device=args.device, threads=args.threads, seed=args.seed,
                          reference_meshes=names(args.reference_mesh), fixed_baseline=args.fixed_baseline,
-                         batch=args.batch, **sizes)
+                         batch=args.batch, workers=args.workers, compile=args.compile,
+                         **sizes)
     result = run(config, progress=None if args.json else lambda line: print(line, file=sys.stderr, flush=True))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
