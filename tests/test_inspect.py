@@ -372,5 +372,7 @@ def test_seed_fits_recover_the_people_and_append_only_improvements(shard_set, tm
     found = projected_joints(sample, best["synth/p2"], model)
     visible = sample.keypoints_crop[:, 2] > 0
     assert np.abs(found[visible] - sample.keypoints_crop[visible, :2]).max() < 3.0  # px in the 320 px crop
-    again = seed_fits(shard_set, table_path, SeedConfig(batch_size=4), keys=["synth/p2"])
-    assert again.fitted == 1 and again.appended == 0  # the same fit again is no improvement
+    # the same fits again (the same batch: a fit's last float bits depend on its batch's composition, through
+    # BLAS's blocking, so p2 refitted alone may come out 1e-6 lower or higher) are no improvement
+    again = seed_fits(shard_set, table_path, SeedConfig(batch_size=4), keys=["synth/p1", "synth/p2"])
+    assert again.fitted == 2 and again.appended == 0
