@@ -1,5 +1,6 @@
 """Checks every regressor head's tests share (tests/test_volumetric.py, test_graphcmr.py, test_training_masks.py):
-a tiny batch supervised by its ground truth, and a checkpoint that round-trips into a fresh run's network."""
+a tiny batch supervised by its ground truth, Adam steps on it, and a checkpoint that round-trips into a fresh run's
+network."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,7 @@ from torch.utils.data import default_collate
 from shards.reader import ReaderConfig, ShardReader
 from training.checkpoint import latest_checkpoint, load_checkpoint
 from training.heads import head_of
-from training.step import Batch, Targets
+from training.step import Batch, Targets, compute_losses, predict
 
 
 def supervised_batch(shards: Path, head: str, samples: int = 8, img_res: int = 32) -> tuple[Batch, Targets]:
@@ -22,6 +23,22 @@ def supervised_batch(shards: Path, head: str, samples: int = 8, img_res: int = 3
     valid = torch.ones(len(batch.keys), dtype=torch.bool)
     return batch, Targets(pose=batch.gt_pose, betas=batch.gt_betas, valid=valid, has_smpl=valid,
                           has_3d=batch.has_3d, filtered=~valid)
+
+
+def adam_steps(model: torch.nn.Module, body, batch: Batch, targets: Targets, steps: int, lr: float,
+               weights, **losses) -> list[dict]:
+    """``steps`` Adam steps of the step's losses (`training.step.compute_losses` with ``weights`` and ``losses``,
+    e.g. ``mask_loss``) on one batch, float32; each step's loss terms (detached)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    history = []
+    for _ in range(steps):
+        pred = predict(model, body, batch.inputs, torch.autocast("cpu", enabled=False))
+        loss, terms = compute_losses(pred, targets, batch, weights, body, **losses)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append(terms)
+    return history
 
 
 def assert_checkpoint_round_trips(run_dir: Path, head: str, network: type, again: Path) -> dict:

@@ -24,13 +24,12 @@ from fitting.smplify import SMPLifyConfig
 from render.raster import rasterize
 from shards.masks import UNKNOWN
 from shards.reader import ReaderConfig, ShardReader
-from tests.head_checks import assert_checkpoint_round_trips, supervised_batch
+from tests.head_checks import adam_steps, assert_checkpoint_round_trips, supervised_batch
 from training.config import TrainConfig
 from training.heads import HEADS, head_of
 from training.keypoint_regressor import KeypointRegressor
 from training.mask_loss import MaskConsistency, grid_res, mask_camera, pooled_mask
 from training.regressor import mean_params_from_prior
-from training.step import predict
 
 TEST_SMPLIFY = SMPLifyConfig(body_iterations=5)
 
@@ -206,23 +205,14 @@ def test_the_keypoints_head_learns_a_tiny_batch(body, masked_shards):
     from fitting.priors import MaxMixturePrior
     from training.config import DEFAULT_PRIOR, LossWeights
     from training.mask_loss import MaskConsistency
-    from training.step import compute_losses
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
     batch, targets = supervised_batch(masked_shards, "keypoints")
     model = head_of("keypoints").build(mean_params_from_prior(MaxMixturePrior.from_file(DEFAULT_PRIOR)), None)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    weights = LossWeights(mask=1.0)
     mask_loss = MaskConsistency.from_faces(body.faces, grid_res(32))
-    losses = []
-    for _ in range(20):
-        pred = predict(model, body, batch.inputs, torch.autocast("cpu", enabled=False))
-        loss, terms = compute_losses(pred, targets, batch, weights, body, mask_loss=mask_loss)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(terms["total"])
+    history = adam_steps(model, body, batch, targets, 20, 1e-4, LossWeights(mask=1.0), mask_loss=mask_loss)
+    terms, losses = history[-1], [t["total"] for t in history]
     assert "mask" in terms and terms["mask_samples"] == pytest.approx(float(batch.has_mask.float().mean()))
     assert losses[-1] < 0.6 * losses[0]                               # measured: 99 -> 42
 
