@@ -668,12 +668,16 @@ class SMPLify:
         if sigma_kp is None:
             sigma_kp = c.keypoint_noise * side                                                 # (B,) px
         if start_sigma is None:
-            with torch.no_grad():
-                state = self.skeleton(pose, betas)
-                dproj = projection_jacobian(state.points + cam_t[:, None], focal)               # (B, 49, 2, 3)
-                jac = self.skeleton.pixel_jacobian(state, dproj)[..., 3:72] * conf[..., None, None]  # (B,49,2,69)
-                resid = (project(state.points, cam_t, focal, center) - keypoints[..., :2]) * conf[..., None]
-                start_sigma = (resid.square().sum((1, 2)) / jac.square().sum((1, 2, 3)).clamp_min(1e-12)).sqrt()
+            with torch.no_grad():  # over the observed points, each once: ‖C J‖²_F = Σ_p (Σ_{k of p} c_k²) ‖J_p‖²
+                points, merge, point_of = self._observed_points(keypoints)
+                state = self.skeleton(pose, betas, points)
+                dproj = projection_jacobian(state.points + cam_t[:, None], focal)               # (B, P, 2, 3)
+                jac = self.skeleton.pixel_jacobian(state, dproj)[..., 3:72]                     # (B, P, 2, 69)
+                c2 = conf.square() @ merge                                                      # (B, P)
+                resid = ((project(state.points, cam_t, focal, center)[:, point_of] - keypoints[..., :2])
+                         * conf[..., None])
+                jac_norm = (c2 * jac.square().sum((2, 3))).sum(1)
+                start_sigma = (resid.square().sum((1, 2)) / jac_norm.clamp_min(1e-12)).sqrt()
         return sigma_kp / start_sigma.clamp_min(MIN_START_SIGMA)
 
     def _lm_camera(self, pose, betas, cam_t, kp, center, focal):
