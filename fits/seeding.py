@@ -28,7 +28,8 @@ every fit (the table's rule), with SMPLify-X's own ``fit_config_hash`` (`wholebo
 ``3d`` makes pseudo-ground-truth fits from the samples' 3D joints (`fits.seeding3d`: one shape per subject, rows
 with ``source="fit3d"``, scored by the same fitting loss), through the same table rule and in one commit too.
 
-**The improvement rule** is the table's (`fits.table.BestLosses`, SPIN's strict ``new_loss < opt_loss``), among
+**The improvement rule** is the table's (`fits.table.BestLosses`, SPIN's strict ``new_loss < opt_loss``, with
+losses within `fits.table.LOSS_TIE` relative taken as equal), among
 the fits of the seeding body model only: a seed fit is appended when its key has no fit of that model, or when its
 loss is lower than that model's best (any scored loss beats an unscored imported fit); a NaN loss never improves.
 Fits of other body models play no part. So a second run over the same shards appends nothing worse, and seeding a

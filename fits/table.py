@@ -19,7 +19,9 @@ SPIN keeps its fits in an N × 82 tensor keyed by row order, overwrites it in pl
   camera, `fits.schema`), so every best view is also of one frame: named, or the only one among the rows read
   (`MixedFramesError` otherwise). A crop-frame fit never replaces an image-frame one, nor the reverse.
 * **Writers append only strict improvements** (`BestLosses`, SPIN's ``new_loss < opt_loss``), which keeps the log
-  small. A writer whose known best is stale (another writer improved the key meanwhile) may append a row that is
+  small. Losses within `LOSS_TIE` (relative) of each other are one loss: a fit's float32 arithmetic depends on
+  the batch it was fitted in (BLAS blocking), so refitting a sample in another batch moves its loss in the last
+  bits, and a re-run of a seeding flow would otherwise append a "better" copy of most fits. A writer whose known best is stale (another writer improved the key meanwhile) may append a row that is
   no longer an improvement: that costs one row, never correctness, because the view is an argmin.
 * **Versions** are Delta versions, one per commit: time travel by version or timestamp, the history of one key,
   a diff of the best fits between two versions. `FitsTable.compact` rewrites the table to its best rows in a new
@@ -85,6 +87,10 @@ from fits.schema import (
     schema_of_version,
 )
 
+# Relative difference below which two losses of a key are equal (no improvement). Refitting one sample from the
+# same start in batches of other composition moved SPIN's loss by ~1e-6 relative (float32 rounding, CPU); 1e-5 is
+# ten times that and far below any change a refit is run for.
+LOSS_TIE = 1e-5
 DEFAULT_RETENTION_HOURS = 168  # Delta's default: a week of versions stays readable after a compaction
 TABLE_NAME = "fitloop fits"
 TABLE_DESCRIPTION = (f"fitloop fits table, schema_version={FITS_SCHEMA_VERSION}: an append-only log of SMPL and "
@@ -179,8 +185,8 @@ def best_of(fits: pa.Table, body_model_id: str | None = None, *, frame: str | No
 class BestLosses:
     """The best loss per key a writer knows, to append only strict improvements (SPIN: ``new_loss < opt_loss``).
 
-    A fit improves on a key when the key is unknown, or when its loss is scored and lower than the known best (any
-    scored loss beats an unscored one). A NaN or infinite loss never improves (as in SPIN's comparison), nor does a
+    A fit improves on a key when the key is unknown, or when its loss is scored and lower than the known best by
+    more than `LOSS_TIE` of it (any scored loss beats an unscored one). A NaN or infinite loss never improves (as in SPIN's comparison), nor does a
     fit whose pose, betas, cam_t or intrinsics hold a NaN or inf, whatever its loss (`fits.schema.diverged_rows`).
     Within one batch only the batch's best fit per key can improve: a fit superseded inside the same commit would
     never be visible in any version.
@@ -280,7 +286,7 @@ class BestLosses:
         unscored = loss.is_null().to_numpy(zero_copy_only=False)
         new = loss.cast(pa.float64()).fill_null(np.nan).to_numpy()
         with np.errstate(invalid="ignore"):
-            better = ~known | (~unscored & (np.isnan(old) | (new < old)))
+            better = ~known | (~unscored & (np.isnan(old) | (new < old - LOSS_TIE * np.abs(old))))
         mask = np.zeros(fits.num_rows, dtype=bool)
         mask[rows[candidates[better]]] = True
         return mask

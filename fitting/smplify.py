@@ -298,6 +298,14 @@ class SMPLify:
         self._kept[self._ignored] = 0.0
         self._op_torso = torch.as_tensor(indices(OP_TORSO), device=device)
         self._gt_torso = torch.as_tensor(indices(GT_TORSO), device=device)
+        # Joints that are one 3D point: SPIN's 49 name several points twice (an OpenPose and a ground-truth name
+        # for one SMPL joint, e.g. "OP RShoulder" and "Right Shoulder"): equal rows of the body's mixer. Stage 2
+        # evaluates and differentiates each point once (34 of the 49 on SPIN's map) and sums its joints' weights.
+        same = torch.unique(body.mixer, dim=0, return_inverse=True)[1].cpu()                 # (49,) point of joint
+        first = torch.full((int(same.max()) + 1,), NUM_JOINTS, dtype=torch.long).scatter_reduce(
+            0, same, torch.arange(NUM_JOINTS), "amin")
+        self._point_joint = first.to(device)                                   # (U,) a joint that is point u
+        self._joint_point = torch.nn.functional.one_hot(same).to(device)     # (49, U) joint j is point u
         self._headings = torch.tensor(HEADINGS, dtype=torch.float64, device=device)  # made once: no copy per call
         # one stage-2 LM iteration of the keypoint and prior terms, compiled on request (any batch and point count:
         # dynamic shapes)
@@ -660,12 +668,16 @@ class SMPLify:
         if sigma_kp is None:
             sigma_kp = c.keypoint_noise * side                                                 # (B,) px
         if start_sigma is None:
-            with torch.no_grad():
-                state = self.skeleton(pose, betas)
-                dproj = projection_jacobian(state.points + cam_t[:, None], focal)               # (B, 49, 2, 3)
-                jac = self.skeleton.pixel_jacobian(state, dproj)[..., 3:72] * conf[..., None, None]  # (B,49,2,69)
-                resid = (project(state.points, cam_t, focal, center) - keypoints[..., :2]) * conf[..., None]
-                start_sigma = (resid.square().sum((1, 2)) / jac.square().sum((1, 2, 3)).clamp_min(1e-12)).sqrt()
+            with torch.no_grad():  # over the observed points, each once: ‖C J‖²_F = Σ_p (Σ_{k of p} c_k²) ‖J_p‖²
+                points, merge, point_of = self._observed_points(keypoints)
+                state = self.skeleton(pose, betas, points)
+                dproj = projection_jacobian(state.points + cam_t[:, None], focal)               # (B, P, 2, 3)
+                jac = self.skeleton.pixel_jacobian(state, dproj)[..., 3:72]                     # (B, P, 2, 69)
+                c2 = conf.square() @ merge                                                      # (B, P)
+                resid = ((project(state.points, cam_t, focal, center)[:, point_of] - keypoints[..., :2])
+                         * conf[..., None])
+                jac_norm = (c2 * jac.square().sum((2, 3))).sum(1)
+                start_sigma = (resid.square().sum((1, 2)) / jac_norm.clamp_min(1e-12)).sqrt()
         return sigma_kp / start_sigma.clamp_min(MIN_START_SIGMA)
 
     def _lm_camera(self, pose, betas, cam_t, kp, center, focal):
@@ -715,18 +727,27 @@ class SMPLify:
             lam = torch.where(better, lam * LM_ACCEPT, lam * LM_REJECT).clamp(1e-7, 1e7)
         return pose, cam_t
 
-    def data_system(self, state: SkeletonState, cam_t: Tensor, focal: Tensor, resid: Tensor,
-                    conf: Tensor) -> tuple[Tensor, Tensor]:
+    def data_system(self, state: SkeletonState, cam_t: Tensor, focal: Tensor, resid: Tensor, conf: Tensor,
+                    merge: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The keypoint term's Gauss–Newton system at one skeleton evaluation: Jᵀ W J (B, 72 + NB, 72 + NB) and
-        Jᵀ W r (B, 72 + NB), with J the projected points' Jacobian, r = resid (B, P, 2) px and W the
-        Geman–McClure IRLS weights c² σ⁴ / (σ² + r²)² (conf (B, P)). The bulk of an LM iteration's work."""
+        Jᵀ W r (B, 72 + NB), with J the projected points' Jacobian, r = resid (B, K, 2) px and W the
+        Geman–McClure IRLS weights c² σ⁴ / (σ² + r²)² (conf (B, K)). The bulk of an LM iteration's work.
+
+        merge (K, P) 0/1: which of the state's P points each keypoint is (None: keypoint k is point k). Keypoints
+        of one point share its Jacobian rows J_p, so their weights and weighted residuals are summed first:
+        Σ_k J_pᵀ W_k J_p = J_pᵀ (Σ_k W_k) J_p, and the Jacobian and the product are formed once per point."""
         sigma2 = self.config.sigma**2
         batch = resid.shape[0]
         dproj = projection_jacobian(state.points + cam_t[:, None], focal)                # (B, P, 2, 3)
         jac = self.skeleton.pixel_jacobian(state, dproj).flatten(1, 2)                   # (B, 2P, 72+NB)
-        w = (conf.square()[..., None] * sigma2**2 / (sigma2 + resid.square()).square()).reshape(batch, -1)
+        w = conf.square()[..., None] * sigma2**2 / (sigma2 + resid.square()).square()    # (B, K, 2)
+        wr = w * resid
+        if merge is not None:           # Σ over each point's keypoints, as one GEMM: (B, P, 2) each
+            both = torch.cat([w, wr], -1).transpose(1, 2).reshape(-1, merge.shape[0]) @ merge    # (B*4, P)
+            w, wr = both.reshape(batch, 2, 2, -1).permute(1, 0, 3, 2)
+        w, wr = w.reshape(batch, -1), wr.reshape(batch, -1)
         hess = jac.transpose(1, 2) @ (w[..., None] * jac)
-        grad = (jac.transpose(1, 2) @ (w * resid.reshape(batch, -1))[..., None])[..., 0]
+        grad = (jac.transpose(1, 2) @ wr[..., None])[..., 0]
         return hess, grad
 
     def _lm_body_converging(self, pose, betas, cam_t, kp, center, focal, trust, body_init, prior_scale,
@@ -746,12 +767,13 @@ class SMPLify:
         pose, betas = pose.clone(), betas.clone()
         lam = torch.full((len(pose),), LM_DAMPING, dtype=pose.dtype, device=pose.device)
         rows = torch.arange(len(pose), device=pose.device)                  # the examples still running
+        seen = self._observed_points(kp)                                    # the whole batch's: rounds shrink it
         for first in range(0, len(prior_scale), c.check_every):
             scale = prior_scale[first:first + c.check_every]
             part = None if sil is None else {k: t.select(rows) for k, t in sil.items()}
             p, b, lam_r, before, after = self._lm_body(
                 pose[rows], betas[rows], cam_t[rows], kp[rows], center[rows], focal[rows], trust[rows],
-                body_init[rows], scale, part, lam[rows])
+                body_init[rows], scale, part, lam[rows], seen)
             pose[rows], betas[rows], lam[rows] = p, b, lam_r
             ran[rows] += len(scale)
             rest = prior_scale[first + len(scale):]
@@ -763,24 +785,37 @@ class SMPLify:
                 break
         return pose, betas, ran
 
+    def _observed_points(self, kp: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The skeleton points some example of kp (B, 49, 3) observes, each once: one joint index each (P,) (the
+        skeleton's subset), which point each joint is (49, P) 0/1 in kp's dtype (`data_system`'s merge), and each
+        joint's column in it (49,) (0 where no example observes the point: those joints' confidence is 0). SPIN's
+        49 joints are 34 points (`_joint_point`); one host sync (the count)."""
+        dtype = kp.dtype
+        observed = (self._body_conf(kp).sum(0) > 0).to(dtype) @ self._joint_point.to(dtype)    # (U,)
+        points = torch.nonzero(observed > 0)[:, 0]
+        merge = self._joint_point[:, points].to(dtype)
+        return self._point_joint[points], merge, merge.argmax(1)
+
     def _lm_body(self, pose, betas, cam_t, kp, center, focal, trust, body_init, prior_scale,
-                 sil: dict[str, MaskTerm] | None = None, lam: Tensor | None = None):
+                 sil: dict[str, MaskTerm] | None = None, lam: Tensor | None = None,
+                 seen: tuple[Tensor, Tensor, Tensor] | None = None):
         """Stage 2: pose, betas and global orientation; Geman–McClure by IRLS, GMM by its active component.
 
         trust (B,) px/rad: the near-start weight w (0 for a start that is no estimate), entering as
         w² ‖θ_body − θ_body,init‖². prior_scale: one factor on the pose and angle priors' weights per iteration
         (`prior_schedule`); a step is accepted when it lowers the objective with the factor of its iteration.
         sil: the candidates' mask terms (`_mask_terms`; None: off). lam (B,): the damping to start from (None:
-        LM_DAMPING). The loop has no host sync: every per-example decision is a ``torch.where``. Each iteration
-        is `_lm_step` (compiled whole with ``compile``, for the keypoint and prior terms alone).
+        LM_DAMPING). seen: `_observed_points` of the batch these rows were taken from (None: of kp itself). The
+        loop has no host sync: every per-example decision is a ``torch.where``. Each iteration is `_lm_step`
+        (compiled whole with ``compile``, for the keypoint and prior terms alone).
 
         Returns pose, betas, the damping reached (B,), and the objective's two parts (B, 2) (the fixed terms, the
         priors a schedule scales) at the start and at the end."""
-        # only the joints some example observes enter the data term
-        active = torch.nonzero(self._body_conf(kp).sum(0) > 0)[:, 0]
+        # only the points some example observes enter the data term, each once (`data_system`'s merge)
         dtype = pose.dtype
+        points, merge, point_of = self._observed_points(kp) if seen is None else seen
         prior = self.prior
-        fixed = _Stage2(active=active, conf=self._body_conf(kp)[:, active], kp=kp[:, active], cam_t=cam_t,
+        fixed = _Stage2(points=points, merge=merge, point_of=point_of, conf=self._body_conf(kp), kp=kp, cam_t=cam_t,
                         focal=focal, center=center, body_init=body_init, w_init=trust.square(), sil=sil,
                         gmm=None if isinstance(prior, VAEPosePrior) else
                         (prior.means.to(dtype), prior.precisions.to(dtype), prior.log_nll_weights.to(dtype)))
@@ -800,8 +835,9 @@ class SMPLify:
         terms (B, 2) (the rest, and the priors a schedule scales) and the capsules' segment ends (None without the
         collision term)."""
         c = self.config
-        state = self.skeleton(p, b, fixed.active)
-        resid = project(state.points, fixed.cam_t, fixed.focal, fixed.center) - fixed.kp[..., :2]
+        state = self.skeleton(p, b, fixed.points)
+        # every keypoint's residual (a point's, where its point is observed; 0-confidence rows elsewhere)
+        resid = project(state.points, fixed.cam_t, fixed.focal, fixed.center)[:, fixed.point_of] - fixed.kp[..., :2]
         data = (fixed.conf.square()[..., None] * gmof(resid, c.sigma)).sum((1, 2))
         if fixed.gmm is None:                                                # (B, R) residuals, E = ½‖r‖²
             gmm = self.prior.residuals(p[:, 3:]).to(p.dtype)
@@ -833,7 +869,7 @@ class SMPLify:
         w_pose, w_angle, w_shape = c.pose_prior_weight**2, c.angle_prior_weight**2, c.shape_prior_weight**2
         angle_idx, angle_sign = self._angle_idx, self._angle_sign.to(dtype)
         cost = terms[:, 0] + scale * terms[:, 1]
-        hess, grad = self.data_system(state, fixed.cam_t, fixed.focal, resid, fixed.conf)
+        hess, grad = self.data_system(state, fixed.cam_t, fixed.focal, resid, fixed.conf, fixed.merge)
         if fixed.gmm is None:  # VAE prior: Gauss–Newton on its residuals, exact Jacobian (B, R, 69)
             jac_p = self.prior.residuals_and_jacobian(pose[:, 3:])[1].to(dtype)
             hess[:, 3:72, 3:72] += scale * w_pose * 0.5 * jac_p.transpose(1, 2) @ jac_p
@@ -877,12 +913,16 @@ class SMPLify:
 
 @dataclass
 class _Stage2:
-    """What stage 2's objective holds fixed during one `SMPLify._lm_body` call: the observed joints ``active``
-    (P,) and their confidences (B, P) and keypoints (B, P, 3) px, the camera (cam_t (B, 3) m, focal (B, 2) px,
-    center (B, 2) px), the near-start term's start (B, 69) and weight w² (B,), the mask terms (or None), and the
+    """What stage 2's objective holds fixed during one `SMPLify._lm_body` call: the skeleton points some example
+    observes ``points`` (P,), one joint index each (`SMPLify._point_joint`), ``merge`` (49, P) 0/1 which point each
+    joint is and ``point_of`` (49,) its column (0 where no example observes the point: those joints' confidence is
+    0), the confidences (B, 49) and keypoints (B, 49, 3) px, the camera (cam_t (B, 3) m, focal (B, 2) px, center
+    (B, 2) px), the near-start term's start (B, 69) and weight w² (B,), the mask terms (or None), and the
     max-mixture prior's means, precisions and log weights in the fit's dtype (None: the VAE prior)."""
 
-    active: Tensor
+    points: Tensor
+    merge: Tensor
+    point_of: Tensor
     conf: Tensor
     kp: Tensor
     cam_t: Tensor

@@ -35,7 +35,7 @@ from fits.schema import (
     config_hash,
     fits_batch,
 )
-from fits.table import BestLosses, FitsTable, best_of
+from fits.table import LOSS_TIE, BestLosses, FitsTable, best_of
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures"
@@ -228,6 +228,22 @@ def test_stale_writers_may_append_non_improvements_but_the_best_view_stays_right
     assert result.rows == 1 and table.log().num_rows == 3
     assert table.best()["loss"].to_pylist() == [4.0] and table.best()["run_id"].to_pylist() == ["a"]
     assert table.append(batch(["lsp/im0001"], [np.float32(4.0)], run="c"), best=first).rows == 0  # not lower
+
+
+def test_a_refit_that_differs_in_the_last_float_bits_is_no_improvement(tmp_path):
+    """A sample refitted in another batch comes back with its loss moved by float32 rounding (~1e-6 relative):
+    that is the same fit, not a better one, and appends nothing; a loss lower by more than LOSS_TIE does."""
+    table = FitsTable.create(tmp_path / "t")
+    loss = float(np.float32(37.125))
+    table.append(batch(["lsp/im0001", "lsp/im0002"], [loss, loss]))
+    rounded = float(np.float32(loss) * np.float32(1 - 3e-7))          # 3 float32 ulps lower
+    assert rounded < loss
+    known = table.best_losses()
+    assert not known.improved(batch(["lsp/im0001"], [rounded])).any()
+    assert known.improved(batch(["lsp/im0001"], [loss * (1 - 10 * LOSS_TIE)])).all()
+    lower = float(np.float32(loss * 0.9))
+    result = table.append(batch(["lsp/im0001", "lsp/im0002"], [rounded, lower], run="again"), best=known)
+    assert result.rows == 1 and table.best()["loss"].to_pylist() == [loss, lower]
 
 
 def test_a_diverged_fit_is_refused_or_never_an_improvement(tmp_path):

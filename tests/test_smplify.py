@@ -493,3 +493,40 @@ def test_the_compiled_system_fits_as_the_eager_one(body, prior):
     compiled = SMPLify(body, prior, SMPLifyConfig(body_iterations=6, compile=True))(*args, start="estimate")
     torch.testing.assert_close(compiled.pose, eager.pose, atol=1e-3, rtol=0)
     torch.testing.assert_close(compiled.loss, eager.loss, atol=1e-3, rtol=1e-3)
+
+
+def test_spins_two_names_of_one_point_are_fitted_as_one_point(body, prior):
+    """SPIN's 49 joints name 15 points twice (core.joints: an OpenPose and a J24 name mapped to one kinematic
+    joint, `CANONICAL_FROM_KINEMATIC`, and the face's `CANONICAL_ALIASES`): 34 points. Stage 2 groups exactly
+    those, and its keypoint system over the 34 points with each point's keypoints merged equals the system over
+    all 49 rows, where the two names of a point have different targets and confidences."""
+    from core.joints import CANONICAL_ALIASES, CANONICAL_FROM_KINEMATIC, JOINT_NAMES
+
+    fitter = SMPLify(body, prior, SMPLifyConfig())
+    point = fitter._joint_point.argmax(1)
+    same_kinematic = {(a, b) for a in CANONICAL_FROM_KINEMATIC for b in CANONICAL_FROM_KINEMATIC
+                      if a < b and CANONICAL_FROM_KINEMATIC[a] == CANONICAL_FROM_KINEMATIC[b]}
+    expected = same_kinematic | {tuple(sorted(p)) for p in CANONICAL_ALIASES.items()}
+    grouped = {tuple(sorted((JOINT_NAMES[i], JOINT_NAMES[j]))) for i in range(49) for j in range(i + 1, 49)
+               if point[i] == point[j]}
+    assert grouped == expected and len(expected) == 15 and fitter._joint_point.shape == (49, 34)
+
+    people = _people(body, prior, batch=3, noise=4.0)
+    kp = people["keypoints"].double()
+    kp[:, :, 2] = torch.rand(3, 49, generator=torch.Generator().manual_seed(1)) + 0.2
+    kp[0, JOINT_INDEX["OP RElbow"], 2] = 0.0             # one name of a point unseen in one example
+    fitter64 = SMPLify(body.double(), prior.double(), SMPLifyConfig())
+    pose, betas = people["pose"].double(), people["betas"].double()
+    cam_t, focal, center = people["cam_t"].double(), torch.full((3, 2), FIT_FOCAL).double(), people["center"].double()
+    conf = fitter64._body_conf(kp)
+    every = fitter64.skeleton(pose, betas)                                   # all 49 rows, none merged
+    resid = project(every.points, cam_t, focal, center) - kp[..., :2]
+    hess, grad = fitter64.data_system(every, cam_t, focal, resid, conf)
+    points, merge, point_of = fitter64._observed_points(kp)
+    state = fitter64.skeleton(pose, betas, points)
+    resid_m = project(state.points, cam_t, focal, center)[:, point_of] - kp[..., :2]
+    hess_m, grad_m = fitter64.data_system(state, cam_t, focal, resid_m, conf, merge)
+    assert len(points) < 49
+    torch.testing.assert_close(resid_m * (conf > 0)[..., None], resid * (conf > 0)[..., None])
+    torch.testing.assert_close(hess_m, hess, rtol=1e-9, atol=1e-9 * hess.abs().max())
+    torch.testing.assert_close(grad_m, grad, rtol=1e-9, atol=1e-9 * grad.abs().max())
