@@ -18,7 +18,15 @@ body uniformly, which one view cannot tell from depth) and the rest, ``betas_err
 bodies of β_fit and β_true after Procrustes (size removed), which weighs each β by how much it moves the surface;
 **PA-MPJPE** (mm) bench smplify's (`bench.smplify.case_metrics`: the 14 evaluation joints); **IoU** of the fitted
 body's coverage with the mask; CPU seconds per fit (`time.process_time`, at ``threads`` torch threads, set here).
-Ratios are against the baseline of the same run.
+Ratios are against the baseline of the same run. Per arm also **per beta** (`per_beta`: the rms of β_fit − β_true
+per component and the correlation of fitted with true β, which components a term moves) and, for each term arm,
+the mean per-person change from the baseline with its standard error (`paired_change`: the noise a gain must
+clear).
+
+**Mask resolution** (``mask_scale`` s, default 1): the masks (and the clothed labels, their margins × s) are drawn
+at s·224 px over the same crop (`render_mask_frame`: focal s·f, principal point s·112, pixel corners on the fit
+frame's) and the fits read them at that resolution (`SMPLify`'s ``mask_scale``; the energy stays in fit-frame px²,
+`fitting.silhouette_term`); IoU is read at s·224 px.
 
 **Clothing** (``clothing``, on by default; DSR's terms, `fitting.dsr`): the same people dressed. Each gets a loose
 garment margin uniform in `CLOTHING_MARGIN_PX` (per person, its own random stream): every background pixel within
