@@ -46,11 +46,17 @@ def _people(body, prior, batch, seed, noise, dtype=torch.float32):
         out = body(betas, body_pose, orient)
     kp = torch.ones(batch, 49, 3, dtype=dtype)
     kp[..., :2] = project(out.joints, cam_t, FOCAL, center) + noise * torch.randn(batch, 49, 2, generator=gen)
-    drawn = render_silhouette(out.vertices + cam_t[:, None], torch.as_tensor(body.faces), FOCAL,
-                              (CROP / 2 - FIT_FRAME_OFFSET,) * 2, (CROP, CROP))
-    masks = (drawn.face_index >= 0).to(torch.uint8)
     return dict(pose=torch.cat([orient, body_pose], 1), betas=betas, cam_t=cam_t, center=center,
-                vertices=out.vertices, keypoints=kp, masks=masks)
+                vertices=out.vertices, keypoints=kp, masks=_masks_at(out.vertices + cam_t[:, None], body, 1))
+
+
+def _masks_at(camera, body, scale):
+    """Exact masks (the renderer's z-buffer coverage) of camera-frame meshes at ``scale`` mask px per fit-frame
+    px: focal s·f, principal point s·112 (the grids' pixel corners coincide; the renderer's pixel centres are at
+    integers, hence − the offset)."""
+    drawn = render_silhouette(camera, torch.as_tensor(body.faces), scale * FOCAL,
+                              (scale * CROP / 2 - FIT_FRAME_OFFSET,) * 2, (scale * CROP,) * 2)
+    return (drawn.face_index >= 0).to(torch.uint8)
 
 
 def test_targets_read_distances_boundaries_and_unknown_pixels():
@@ -162,30 +168,24 @@ def test_reference_mode_lowers_the_silhouette_energy(prior):
 
 
 @pytest.mark.gpu
-def test_the_terms_normal_equations_on_cuda_match_cpu(prior):
+@pytest.mark.parametrize("scale", [1, 2])
+def test_the_terms_normal_equations_on_cuda_match_cpu(prior, scale):
     body = load_body_model("open-small", dtype=torch.float64)
     truth = _people(body, prior, 3, seed=4, noise=0.0, dtype=torch.float64)
+    masks = _masks_at(truth["vertices"] + truth["cam_t"][:, None], body, scale)
     pose = truth["pose"] + 0.05
     args = (pose, torch.zeros(3, 10, dtype=torch.float64), truth["cam_t"], torch.full((3, 2), FOCAL,
                                                                                        dtype=torch.float64),
             truth["center"])
-    targets = mask_targets(truth["masks"], torch.ones(3, dtype=torch.bool), torch.float64)
+    targets = mask_targets(masks, torch.ones(3, dtype=torch.bool), torch.float64, scale=scale)
     cpu = SMPLify(body, prior, SMPLifyConfig(silhouette_weight=1.0))._silhouette_system(
         *args, {"silhouette": MaskTerm(1.0, targets)})
     cuda_body = load_body_model("open-small", dtype=torch.float64, device="cuda")
     cuda_fit = SMPLify(cuda_body, prior, SMPLifyConfig(silhouette_weight=1.0))
     gpu = cuda_fit._silhouette_system(*(t.cuda() for t in args), {"silhouette": MaskTerm(
-        1.0, mask_targets(truth["masks"].cuda(), torch.ones(3, dtype=torch.bool), torch.float64))})
+        1.0, mask_targets(masks.cuda(), torch.ones(3, dtype=torch.bool), torch.float64, scale=scale))})
     for a, b in zip(gpu, cpu):
         torch.testing.assert_close(a.cpu(), b, rtol=1e-6, atol=1e-6 * b.abs().max().item())
-
-
-def _masks_at(people, body, scale):
-    """The people's exact masks at ``scale`` mask px per fit-frame px: focal s·f, principal point s·112 (the
-    grids' pixel corners coincide; the renderer's pixel centres are at integers, hence − the offset)."""
-    drawn = render_silhouette(people["vertices"] + people["cam_t"][:, None], torch.as_tensor(body.faces),
-                              scale * FOCAL, (scale * CROP / 2 - FIT_FRAME_OFFSET,) * 2, (scale * CROP,) * 2)
-    return (drawn.face_index >= 0).to(torch.uint8)
 
 
 def test_a_mask_of_the_keypoints_frame_reads_as_before_bit_for_bit():
@@ -244,7 +244,7 @@ def test_a_body_in_a_mask_at_twice_the_resolution(prior):
     fit = SMPLify(body, prior, SMPLifyConfig(silhouette_weight=1.0))
     focal = torch.full((3, 2), FOCAL, dtype=torch.float64)
     has = torch.ones(3, dtype=torch.bool)
-    fine = _masks_at(truth, body, 2)
+    fine = _masks_at(truth["vertices"] + truth["cam_t"][:, None], body, 2)
     one, two = mask_targets(truth["masks"], has, torch.float64), mask_targets(fine, has, torch.float64, scale=2)
     pull_one, pull_two = (mask_targets(m, has, torch.float64, fill=False, scale=s)
                           for m, s in ((truth["masks"], 1), (fine, 2)))
