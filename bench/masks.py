@@ -18,7 +18,15 @@ body uniformly, which one view cannot tell from depth) and the rest, ``betas_err
 bodies of β_fit and β_true after Procrustes (size removed), which weighs each β by how much it moves the surface;
 **PA-MPJPE** (mm) bench smplify's (`bench.smplify.case_metrics`: the 14 evaluation joints); **IoU** of the fitted
 body's coverage with the mask; CPU seconds per fit (`time.process_time`, at ``threads`` torch threads, set here).
-Ratios are against the baseline of the same run.
+Ratios are against the baseline of the same run. Per arm also **per beta** (`per_beta`: the rms of β_fit − β_true
+per component and the correlation of fitted with true β, which components a term moves) and, for each term arm,
+the mean per-person change from the baseline with its standard error (`paired_change`: the noise a gain must
+clear).
+
+**Mask resolution** (``mask_scale`` s, default 1): the masks (and the clothed labels, their margins × s) are drawn
+at s·224 px over the same crop (`render_mask_frame`: focal s·f, principal point s·112, pixel corners on the fit
+frame's) and the fits read them at that resolution (`SMPLify`'s ``mask_scale``; the energy stays in fit-frame px²,
+`fitting.silhouette_term`); IoU is read at s·224 px.
 
 **Clothing** (``clothing``, on by default; DSR's terms, `fitting.dsr`): the same people dressed. Each gets a loose
 garment margin uniform in `CLOTHING_MARGIN_PX` (per person, its own random stream): every background pixel within
@@ -69,7 +77,7 @@ from fits.evaluate import body_eval_joints
 from fitting.body_model import BodyModel, load_body_model
 from fitting.dsr import face_segments, mc_group_table
 from fitting.priors import load_pose_prior, resolve_pose_prior
-from fitting.silhouette import render_silhouette
+from fitting.silhouette import Silhouette, render_silhouette
 from fitting.smplify import SMPLify, SMPLifyConfig
 
 SOURCES = ("synthetic", "cmu", "lsp")
@@ -91,6 +99,7 @@ class MasksBenchConfig:
     pictures: str | None = None                      # folder for the COCO section's pictures (None: none)
     clothing: bool = True                            # also the clothed people and their arms (module docstring)
     dsr: tuple[float, float, float] = (0.0, 10.0, 10.0)   # clothed_dsr's silhouette, DSR-MC and DSR-C weights
+    mask_scale: int = 1                              # masks of mask_scale·224 px over the fit frame's crop
 
     def checked(self) -> "MasksBenchConfig":
         if self.split not in SPLITS:
@@ -100,6 +109,9 @@ class MasksBenchConfig:
                                f"{self.threads}")
         if not self.weights or min(self.weights) <= 0:
             raise FitloopError(f"bench masks: --weights must be positive numbers, got {self.weights}")
+        if self.mask_scale < 1:
+            raise FitloopError(f"bench masks: --mask-scale must be a whole number >= 1 (mask px per fit-frame px), "
+                               f"got {self.mask_scale}")
         if len(self.dsr) != 3 or min(self.dsr) < 0 or max(self.dsr[1:]) <= 0:
             raise FitloopError(f"bench masks: --dsr takes three weights SIL,MC,C (>= 0, MC or C positive), got "
                                f"{self.dsr}")
@@ -119,9 +131,10 @@ class Case:
     keypoints: np.ndarray                # (N, 49, 3) fit-frame px
     focal: np.ndarray
     center: np.ndarray
-    masks: torch.Tensor                  # (N, 224, 224) uint8: the body's exact silhouette
+    masks: torch.Tensor                  # (N, s·224, s·224) uint8: the body's exact silhouette, s = mask_scale
     start: Any
-    parsing: torch.Tensor | None = None  # (N, 224, 224) uint8 the clothed person's labels (module docstring)
+    parsing: torch.Tensor | None = None  # (N, s·224, s·224) uint8 the clothed person's labels (module docstring)
+    mask_scale: int = 1                  # s: mask px per fit-frame px
 
 
 def clothe(parts: np.ndarray, margin: float) -> np.ndarray:
@@ -146,19 +159,29 @@ def make_case(body: BodyModel, source: str, config: MasksBenchConfig) -> Case:
     with torch.no_grad():
         out = body(torch.as_tensor(betas, dtype=torch.float32), pose[:, 3:], pose[:, :3])
     camera = out.vertices + torch.as_tensor(seen.cam_t, dtype=torch.float32)[:, None]
-    # the renderer's pixel centres are at integers, the fit frame's at half-integers
     faces = torch.as_tensor(body.faces)
-    drawn = render_silhouette(camera, faces, FIT_FOCAL, (FIT_CENTER - FIT_FRAME_OFFSET,) * 2, (FIT_RES, FIT_RES))
+    drawn = render_mask_frame(camera, faces, FIT_FOCAL, config.mask_scale)
     parsing = None
     if config.clothing:  # the body's exact part labels (each face's dominant segment), then the garment
         face_segment = face_segments(faces, body.layer.lbs_weights)
         index = drawn.face_index
         parts = torch.where(index >= 0, face_segment[index.clamp(min=0)] + 1, 0).numpy()
         margins = rng_for(config.seed, source, config.split, "clothing").uniform(*CLOTHING_MARGIN_PX, len(parts))
+        margins = margins * config.mask_scale                                  # fit-frame px -> mask px
         parsing = torch.as_tensor(np.stack([clothe(p, m) for p, m in zip(parts, margins)]))
     return Case(source, seen.pose, betas, out.vertices, body_eval_joints(body, out.vertices, out.joints).double(), seen.up,
                 obs.keypoints, obs.focal, obs.center, (drawn.face_index >= 0).to(torch.uint8), mean_start(body, obs),
-                parsing)
+                parsing, config.mask_scale)
+
+
+def render_mask_frame(camera: torch.Tensor, faces: torch.Tensor, focal: Any, scale: int) -> Silhouette:
+    """The z-buffer coverage of camera-frame meshes (N, V, 3) m in a mask of the fit frame's crop at ``scale``
+    mask px per fit-frame px (scale·224 px square): focal scale·f (f: fit-frame px, as `render_silhouette` takes
+    it: a number, (N, 1) or (N, 2)), principal point scale·112, both frames' pixel corners at 0
+    (`core.frames.FIT_FRAME_OFFSET`); the renderer's pixel centres are at integers, hence the − offset."""
+    side = scale * FIT_RES
+    return render_silhouette(camera, faces, scale * torch.as_tensor(focal, dtype=camera.dtype),
+                             (scale * FIT_CENTER - FIT_FRAME_OFFSET,) * 2, (side, side))
 
 
 def size_direction(body: BodyModel) -> np.ndarray:
@@ -186,7 +209,7 @@ def fit_case(smplify: SMPLify, case: Case, size: np.ndarray,
     clock = time.process_time()
     fit = smplify(kp, torch.as_tensor(case.start.pose, **f32), torch.as_tensor(case.start.betas, **f32),
                   torch.as_tensor(case.start.cam_t, **f32), torch.as_tensor(case.center, **f32), start="mean",
-                  focal_length=torch.as_tensor(case.focal, **f32), **images)
+                  focal_length=torch.as_tensor(case.focal, **f32), mask_scale=case.mask_scale, **images)
     seconds = time.process_time() - clock
     body = smplify.body
     pose, betas, cam_t = (t.double().numpy() for t in (fit.pose, fit.betas, fit.cam_t))
@@ -200,19 +223,45 @@ def fit_case(smplify: SMPLify, case: Case, size: np.ndarray,
         metrics["betas_error"] = np.linalg.norm(error, axis=-1)
         metrics["betas_error_along_size"] = np.abs(error @ size)
         metrics["betas_error_scale_removed"] = np.linalg.norm(error - (error @ size)[:, None] * size, axis=-1)
+        metrics["betas_fit"], metrics["betas_true"] = betas, case.betas
         rest = torch.zeros(len(betas), 69, dtype=fit.betas.dtype)
         shape_fit, shape_true = (body(torch.as_tensor(b, dtype=fit.betas.dtype), rest, rest[:, :3]).vertices.double()
                                  for b in (betas, case.betas))
         aligned = procrustes_align(shape_fit, shape_true)
         metrics["shape_pa_mm"] = 1000 * (aligned - shape_true).norm(dim=-1).mean(-1).numpy()
-        drawn = render_silhouette(vertices + fit.cam_t[:, None], torch.as_tensor(body.faces), torch.as_tensor(case.focal, dtype=torch.float32),
-                                  (FIT_CENTER - FIT_FRAME_OFFSET,) * 2, (FIT_RES, FIT_RES))
+        drawn = render_mask_frame(vertices + fit.cam_t[:, None], torch.as_tensor(body.faces), case.focal,
+                                  case.mask_scale)
         mine, truth = drawn.face_index >= 0, case.masks.bool()
         metrics["iou"] = ((mine & truth).sum((1, 2)) / (mine | truth).sum((1, 2)).clamp(min=1)).numpy()
     return metrics, seconds
 
 
-def summarise(per_case: dict[str, np.ndarray], seconds: float) -> dict[str, float]:
+def per_beta(fitted: np.ndarray, true: np.ndarray) -> dict[str, list[float | None]]:
+    """Per betas component, over people (N, NB) of fitted and true betas: ``rms`` the root mean square of
+    β_fit − β_true (σ units) and ``correlation`` Pearson's r of β_fit with β_true (None where either does not vary
+    over the people: r is undefined). Which components the silhouette term moves (docs/smplify.md)."""
+    error = fitted - true
+    rms = np.sqrt(np.mean(error**2, axis=0))
+    a, b = fitted - fitted.mean(0), true - true.mean(0)
+    spread = np.sqrt((a**2).sum(0) * (b**2).sum(0))
+    defined = spread > 0
+    r = np.divide((a * b).sum(0), spread, out=np.zeros_like(spread), where=defined)
+    return {"rms": [float(v) for v in rms], "correlation": [float(v) if d else None for v, d in zip(r, defined)]}
+
+
+PAIRED_METRICS = ("pve_pa_mm", "betas_error", "betas_error_scale_removed", "shape_pa_mm")
+
+
+def paired_change(arm: np.ndarray, base: np.ndarray) -> dict[str, float | None]:
+    """An arm's per-person metric (N,) against the baseline's on the same people: the mean change and its
+    standard error (sample std of the per-person differences / √N; None for one person), the noise a gain must
+    clear."""
+    diff = arm - base
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else None
+    return {"mean": float(diff.mean()), "se": se}
+
+
+def summarise(per_case: dict[str, np.ndarray], seconds: float) -> dict[str, Any]:
     n = len(per_case["pve_pa_mm"])
     return {"cases": n, "pve_pa_mm": float(per_case["pve_pa_mm"].mean()),
             "betas_error": float(per_case["betas_error"].mean()),
@@ -221,7 +270,8 @@ def summarise(per_case: dict[str, np.ndarray], seconds: float) -> dict[str, floa
             "shape_pa_mm": float(per_case["shape_pa_mm"].mean()),
             "pa_mpjpe_mm": float(per_case["pa_mpjpe_mm"].mean()),
             "reprojection_px": float(per_case["reprojection_px"].mean()),
-            "iou": float(per_case["iou"].mean()), "cpu_s_per_fit": seconds / n}
+            "iou": float(per_case["iou"].mean()), "cpu_s_per_fit": seconds / n,
+            "per_beta": per_beta(per_case["betas_fit"], per_case["betas_true"])}
 
 
 def run(config: MasksBenchConfig) -> dict[str, Any]:
@@ -243,6 +293,7 @@ def run(config: MasksBenchConfig) -> dict[str, Any]:
         arms["clothed_dsr"] = (SMPLifyConfig(silhouette_weight=sil, mc_weight=mc, clothed_weight=clothed), True)
     fitters = {arm: SMPLify(body, prior, fit_config) for arm, (fit_config, _) in arms.items()}
     results: dict[str, Any] = {}
+    people: dict[str, dict[str, np.ndarray]] = {}                   # arm -> its per-person metrics, all sources
     for arm, smplify in fitters.items():
         per_source, pooled, total = {}, {}, 0.0
         for case in cases:
@@ -251,6 +302,7 @@ def run(config: MasksBenchConfig) -> dict[str, Any]:
             pooled = {k: np.concatenate([pooled[k], v]) if k in pooled else v for k, v in metrics.items()}
             total += seconds
         results[arm] = {"all": summarise(pooled, total), "sources": per_source}
+        people[arm] = pooled
     base = results["keypoints"]["all"]
     for arm in arms:
         if arm != "keypoints":
@@ -258,6 +310,8 @@ def run(config: MasksBenchConfig) -> dict[str, Any]:
             results[arm]["ratio_to_keypoints"] = {k: mine[k] / base[k] for k in
                                                   ("pve_pa_mm", "betas_error", "betas_error_scale_removed",
                                                    "shape_pa_mm", "pa_mpjpe_mm", "iou", "cpu_s_per_fit")}
+            results[arm]["change_from_keypoints"] = {k: paired_change(people[arm][k], people["keypoints"][k])
+                                                     for k in PAIRED_METRICS}
     coco: dict[str, Any] | str = "not asked (--no-coco)"
     if config.coco:  # the arms of exact person masks: COCO's people carry no parsing
         exact = {arm: fitters[arm] for arm, (_, clothed) in arms.items() if not clothed}

@@ -130,21 +130,23 @@ def parsing_person(parsing: Tensor) -> Tensor:
 
 
 def minimally_clothed_targets(parts: Tensor, has_parts: Tensor, dtype: torch.dtype = torch.float32, *,
-                              forearms: bool = False) -> MaskTargets:
+                              forearms: bool = False, scale: float = 1.0) -> MaskTargets:
     """DSR-MC's targets from part-label images (B, H, W) uint8 (module docstring's ids) and has_parts (B,) bool:
     the minimally-clothed parts' mask (1 there, 0 background, unknown elsewhere), its boundary pixels grouped by
-    part (`mc_group_table`)."""
+    part (`mc_group_table`). scale: the images' px per keypoint px (`silhouette_term.mask_targets`)."""
     labels = parts.to(torch.long)
     group = pixel_groups(parts, forearms)
     mask = torch.where(labels == 0, 0, UNKNOWN)
     mask = torch.where(group > 0, 1, mask).to(torch.uint8)
-    return mask_targets(mask, has_parts, dtype, groups=group)
+    return mask_targets(mask, has_parts, dtype, groups=group, scale=scale)
 
 
-def clothed_targets(parsing: Tensor, has_parsing: Tensor, dtype: torch.dtype = torch.float32) -> MaskTargets:
+def clothed_targets(parsing: Tensor, has_parsing: Tensor, dtype: torch.dtype = torch.float32, *,
+                    scale: float = 1.0) -> MaskTargets:
     """DSR-C's targets from parsings (B, H, W) uint8 (0 background, another id the person, `UNKNOWN`) and
-    has_parsing (B,) bool: the person region's distance transform, no boundary pixels (containment only)."""
-    return mask_targets(parsing_person(parsing), has_parsing, dtype, fill=False)
+    has_parsing (B,) bool: the person region's distance transform, no boundary pixels (containment only). scale:
+    the parsings' px per keypoint px (`silhouette_term.mask_targets`)."""
+    return mask_targets(parsing_person(parsing), has_parsing, dtype, fill=False, scale=scale)
 
 
 def load_semantic_prior(path: str | Path, num_faces: int) -> np.ndarray:

@@ -28,6 +28,18 @@ it) and is never a boundary pixel for (b); vertices projected outside the pictur
 there). A mask pixel is a pixel centre inside the person, so the mask's edge lies half a pixel outside its boundary
 pixels' centres: the term pulls the contour ~0.5 px inward of a hard mask's edge, well below 5 px keypoint noise.
 
+A mask may be finer than the keypoints' frame (``mask_targets(scale=s)``: s mask px per keypoint px, e.g. a
+s·224 px mask of the same crop, drawn with focal s·f and principal point s·c). The two grids' pixel corners
+coincide, so mask pixel (i, j) has its centre at ((j − (s − 1)/2)/s + offset, (i − (s − 1)/2)/s + offset)
+keypoint px (in the fit frame: ((j + ½)/s, (i + ½)/s)). Its targets are converted to keypoint px once, when they
+are made (distances ÷ s, boundary centres mapped as above); only the lookup of the distance transform reads the
+mask's grid (`MaskTargets.mask_index`, derivative × s). So every residual, the energy and ``silhouette_weight``
+stay in keypoint px at any s, and the projection, the matching and the normal equations are the same code as at
+s = 1 (the other way, projecting at s·f and dividing the residuals by s, would thread s through the camera, both
+residual kinds and their Jacobians); s = 1 is the plain term bit for bit. A finer mask draws the outline with s×
+the pixels per σ of shape: the betas that move a 224 px outline by under a pixel move a 4·224 px one by several
+(docs/smplify.md says what it bought).
+
 Several terms share this machinery (`MaskTerm`, all read off one silhouette per evaluation): the silhouette term,
 and DSR's (`fitting.dsr`): a term may read a subset of the vertices, pair boundary pixels only with vertices of
 their group (per-part matching: ``mask_targets(groups=)`` and the term's vertex groups), or drop (b) for a one-sided
@@ -57,11 +69,12 @@ UNSEEN_PX = 1e6  # px: where vertices the term ignores are put for the nearest-v
 class MaskTargets:
     """What the term reads of a batch of masks (`mask_targets`).
 
-    distance (B, H, W) px to the nearest person (or unknown) pixel; boundary (B, M, 2) px the person pixels with a
-    background 4-neighbour (their centres, in the keypoints' px), padded to the batch's most; boundary_valid (B, M)
-    bool; has_mask (B,) bool (an example without a mask gets no term); offset px: where pixel 0's centre lies;
-    boundary_group (B, M) long or None: the group (e.g. body part) of each boundary pixel, which pairs it only with
-    silhouette vertices of the same group (`silhouette_residuals`; None: any vertex)."""
+    distance (B, H, W) keypoint px from each mask pixel to the nearest person (or unknown) pixel; boundary (B, M, 2)
+    px the person pixels with a background 4-neighbour (their centres, in the keypoints' px), padded to the batch's
+    most; boundary_valid (B, M) bool; has_mask (B,) bool (an example without a mask gets no term); offset px: where
+    the keypoint frame's pixel 0's centre lies; boundary_group (B, M) long or None: the group (e.g. body part) of
+    each boundary pixel, which pairs it only with silhouette vertices of the same group (`silhouette_residuals`;
+    None: any vertex); scale: mask px per keypoint px (module docstring; 1: the mask is of the keypoints' frame)."""
 
     distance: Tensor
     boundary: Tensor
@@ -69,25 +82,35 @@ class MaskTargets:
     has_mask: Tensor
     offset: float = FIT_FRAME_OFFSET
     boundary_group: Tensor | None = None
+    scale: float = 1.0
 
     def select(self, rows: Tensor) -> "MaskTargets":
         """The targets of examples ``rows`` (N,) long (SMPLify's candidates)."""
         group = None if self.boundary_group is None else self.boundary_group[rows]
         return MaskTargets(self.distance[rows], self.boundary[rows], self.boundary_valid[rows], self.has_mask[rows],
-                           self.offset, group)
+                           self.offset, group, self.scale)
+
+    def mask_index(self, pixels: Tensor) -> Tensor:
+        """Points (..., 2) keypoint px as (fractional) indices (x, y) of the mask's pixels: s·(x − offset) +
+        (s − 1)/2 (the grids' pixel corners coincide), which is x − offset at s = 1 bit for bit."""
+        return (pixels - self.offset) * self.scale + (self.scale - 1) / 2
 
 
 def mask_targets(masks: Tensor, has_mask: Tensor, dtype: torch.dtype = torch.float32,
-                 offset: float = FIT_FRAME_OFFSET, *, fill: bool = True, groups: Tensor | None = None) -> MaskTargets:
+                 offset: float = FIT_FRAME_OFFSET, *, fill: bool = True, groups: Tensor | None = None,
+                 scale: float = 1.0) -> MaskTargets:
     """Distance transforms and boundary pixels of masks (B, H, W) uint8 (0, 1, `UNKNOWN`); has_mask (B,) bool;
-    offset px: where pixel 0's centre lies in the keypoints' frame (module docstring; 0 for a frame with pixel
-    centres at integers). Computed once per fit (CPU, scipy), then moved to the masks' device.
+    offset px: where the keypoint frame's pixel 0's centre lies (module docstring; 0 for a frame with pixel
+    centres at integers); scale: the mask's px per keypoint px (>= 1 for a finer mask; module docstring), both
+    read into keypoint px here. Computed once per fit (CPU, scipy), then moved to the masks' device.
 
     fill False: no boundary pixels, so only (a) acts: a one-sided term that pulls the silhouette into the mask and
     never out to fill it (DSR-C's containment, `fitting.dsr`). groups (B, H, W) long: each pixel's group, read at
     the boundary pixels into ``boundary_group`` (per-part matching, DSR-MC)."""
     if masks.ndim != 3:
         raise ValueError(f"masks must be (B, H, W) uint8, got shape {tuple(masks.shape)}")
+    if not scale > 0:
+        raise ValueError(f"mask scale must be positive (mask px per keypoint px), got {scale}")
     array = masks.detach().cpu().numpy()
     bad = ~np.isin(array, (0, 1, UNKNOWN))
     if bad.any():
@@ -99,7 +122,7 @@ def mask_targets(masks: Tensor, has_mask: Tensor, dtype: torch.dtype = torch.flo
     group_array = None if groups is None else torch.as_tensor(groups).cpu().numpy()
     for i, m in enumerate(array):
         if has[i]:
-            distance[i] = ndimage.distance_transform_edt(m == 0)    # background px -> distance to person/unknown
+            distance[i] = ndimage.distance_transform_edt(m == 0) / scale   # background -> keypoint px to person
         if not has[i] or not fill:
             boundaries.append(np.zeros((0, 2)))
             labels.append(np.zeros(0, dtype=np.int64))
@@ -109,7 +132,8 @@ def mask_targets(masks: Tensor, has_mask: Tensor, dtype: torch.dtype = torch.flo
         background = padded == 0
         touches = (background[:-2, 1:-1] | background[2:, 1:-1] | background[1:-1, :-2] | background[1:-1, 2:])
         y, x = np.nonzero(person & touches)
-        boundaries.append(np.stack([x, y], 1).astype(np.float64) + offset)
+        index = np.stack([x, y], 1).astype(np.float64)                 # inverse of MaskTargets.mask_index
+        boundaries.append((index - (scale - 1) / 2) / scale + offset)
         labels.append(np.zeros(len(y), dtype=np.int64) if group_array is None else group_array[i, y, x])
     most = max([len(b) for b in boundaries] + [1])
     boundary = np.zeros((len(array), most, 2))
@@ -121,7 +145,7 @@ def mask_targets(masks: Tensor, has_mask: Tensor, dtype: torch.dtype = torch.flo
     return MaskTargets(torch.as_tensor(distance, dtype=dtype, device=device),
                        torch.as_tensor(boundary, dtype=dtype, device=device),
                        torch.as_tensor(valid, device=device), torch.as_tensor(has, device=device), offset,
-                       None if groups is None else torch.as_tensor(group, device=device))
+                       None if groups is None else torch.as_tensor(group, device=device), float(scale))
 
 
 def contour_vertices(vertices: Tensor, faces: Tensor, edges: MeshEdges) -> tuple[Tensor, Tensor]:
@@ -190,14 +214,14 @@ def silhouette_residuals(pixels: Tensor, vertex: Tensor, valid: Tensor, targets:
     pixel pairs only with vertices of its group; one without any such vertex in view is left out)."""
     height, width = targets.distance.shape[1:]
     dtype = pixels.dtype
-    at = pixels - targets.offset                                      # in the mask's pixel indices
+    at = targets.mask_index(pixels)                                   # in the mask's pixel indices
     seen = valid & targets.has_mask[:, None]
     seen = seen & (at[..., 0] >= 0) & (at[..., 0] <= width - 1) & (at[..., 1] >= 0) & (at[..., 1] <= height - 1)
     n_a = seen.sum(1, keepdim=True).clamp(min=1).to(dtype)
-    value, grad = bilinear(targets.distance.to(dtype), at)
+    value, grad = bilinear(targets.distance.to(dtype), at)           # keypoint px; grad per mask px
     scale_a = seen.to(dtype) / n_a.sqrt()
     dist = value * scale_a
-    d_dist = grad * scale_a[..., None]
+    d_dist = grad * (targets.scale * scale_a[..., None])             # d/d keypoint px = s · d/d mask px
     boundary = targets.boundary.to(dtype)
     with torch.no_grad():
         unseen_far = torch.where(seen[..., None], pixels.detach(), UNSEEN_PX)          # unseen ones never nearest

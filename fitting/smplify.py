@@ -317,7 +317,8 @@ class SMPLify:
                  camera_center: Tensor, *, start: Start, focal_length: Tensor | None = None,
                  start_sigma: Tensor | float | None = None, masks: Tensor | None = None,
                  has_mask: Tensor | None = None, parts: Tensor | None = None, has_parts: Tensor | None = None,
-                 parsing: Tensor | None = None, has_parsing: Tensor | None = None) -> SMPLifyResult:
+                 parsing: Tensor | None = None, has_parsing: Tensor | None = None,
+                 mask_scale: float = 1.0) -> SMPLifyResult:
         """Fit a batch (shapes in the module docstring); returns fits with their losses.
 
         start: what the initial parameters are, for every example of the batch: ``"mean"`` (no estimate of this
@@ -335,7 +336,10 @@ class SMPLify:
         parts: (B, H, W) uint8 part labels in the keypoints' pixels (0 background, 1 + SMPL segment, 255 unknown;
         `fitting.dsr`) and has_parts (B,) bool: with ``mc_weight`` > 0, DSR-MC (extras ``mc_energy``).
         parsing: (B, H, W) uint8 parsing (0 background, any other id the person, 255 unknown) and has_parsing
-        (B,) bool: with ``clothed_weight`` > 0, DSR-C (extras ``clothed_energy``)."""
+        (B,) bool: with ``clothed_weight`` > 0, DSR-C (extras ``clothed_energy``).
+        mask_scale: the label images' px per keypoint px (all three on one grid over the same crop, pixel corners
+        on the keypoint frame's: e.g. 2 for a 448 px mask of the 224 px fit frame; `fitting.silhouette_term`); the
+        energies stay in keypoint px², so the weights mean the same at any scale."""
         if start not in get_args(Start):
             raise ValueError(f"SMPLify start must be one of {get_args(Start)}, not {start!r}")
         keypoints, init_pose, init_betas, init_cam_t, camera_center = (
@@ -343,7 +347,7 @@ class SMPLify:
         if start_sigma is not None and start != "estimate":
             raise ValueError("start_sigma describes an estimated start; give it with start='estimate' only")
         focal = self._focal(focal_length, keypoints)
-        targets = self._mask_terms(keypoints, masks, has_mask, parts, has_parts, parsing, has_parsing)
+        targets = self._mask_terms(keypoints, masks, has_mask, parts, has_parts, parsing, has_parsing, mask_scale)
         if self.config.mode == "reference":
             return self._fit_reference(keypoints, init_pose, init_betas, init_cam_t, camera_center, focal, targets)
         sigma = None
@@ -356,9 +360,10 @@ class SMPLify:
         return self._fit_fast(keypoints, init_pose, init_betas, init_cam_t, camera_center, focal,
                               start == "estimate", sigma, targets)
 
-    def _mask_terms(self, keypoints, masks, has_mask, parts, has_parts, parsing,
-                    has_parsing) -> dict[str, MaskTerm] | None:
-        """The mask terms this fit has (by name: its extras' ``<name>_energy``), or None."""
+    def _mask_terms(self, keypoints, masks, has_mask, parts, has_parts, parsing, has_parsing,
+                    scale: float) -> dict[str, MaskTerm] | None:
+        """The mask terms this fit has (by name: its extras' ``<name>_energy``), or None; scale: the images' px
+        per keypoint px."""
         c, dtype, terms = self.config, keypoints.dtype, {}
         for name, arg, weight, images, has in (("silhouette", "masks", c.silhouette_weight, masks, has_mask),
                                                ("mc", "parts", c.mc_weight, parts, has_parts),
@@ -370,12 +375,12 @@ class SMPLify:
                                  f"{tuple(images.shape)}")
             has = torch.ones(images.shape[0], dtype=torch.bool) if has is None else has
             if name == "silhouette":
-                terms[name] = MaskTerm(weight, mask_targets(images, has, dtype))
+                terms[name] = MaskTerm(weight, mask_targets(images, has, dtype, scale=scale))
             elif name == "mc":
-                terms[name] = MaskTerm(weight, minimally_clothed_targets(images, has, dtype, forearms=c.mc_forearms),
-                                       self.mc_vertices, self.mc_groups)
+                mc = minimally_clothed_targets(images, has, dtype, forearms=c.mc_forearms, scale=scale)
+                terms[name] = MaskTerm(weight, mc, self.mc_vertices, self.mc_groups)
             else:
-                terms[name] = MaskTerm(weight, clothed_targets(images, has, dtype))
+                terms[name] = MaskTerm(weight, clothed_targets(images, has, dtype, scale=scale))
         return terms or None
 
     def fitting_loss(self, pose: Tensor, betas: Tensor, cam_t: Tensor, camera_center: Tensor,

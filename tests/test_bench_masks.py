@@ -82,3 +82,37 @@ def test_betas_error_splits_into_size_and_the_rest():
         assert a["betas_error_scale_removed"] <= a["betas_error"] + 1e-9
         assert a["betas_error_along_size"] <= a["betas_error"] + 1e-9
         assert 0 < a["shape_pa_mm"] < a["pve_pa_mm"]    # the shape alone, of a fit whose pose errs too
+
+
+def test_per_beta_error_and_correlation_by_hand():
+    """Three people, three betas: component 0 fitted exactly, 1 fitted as its negative, 2 fitted as a constant
+    (no correlation defined)."""
+    from bench.masks import paired_change, per_beta
+
+    true = np.array([[1.0, 2.0, -1.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 2.0]])
+    fitted = np.stack([true[:, 0], -true[:, 1], np.full(3, 0.5)], 1)
+    out = per_beta(fitted, true)
+    assert out["rms"] == pytest.approx([0.0, np.sqrt((16 + 0 + 4) / 3), np.sqrt((1.5**2 + 0.5**2 + 1.5**2) / 3)])
+    assert out["correlation"][:2] == pytest.approx([1.0, -1.0]) and out["correlation"][2] is None
+    change = paired_change(np.array([1.0, 2.0, 6.0]), np.array([2.0, 2.0, 2.0]))    # differences -1, 0, 4
+    assert change["mean"] == pytest.approx(1.0) and change["se"] == pytest.approx(np.sqrt(7 / 3))
+
+
+def test_masks_at_twice_the_resolution_draw_the_same_body():
+    """bench masks' people at ``mask_scale`` 2: the same coverage as at 1× (area ×4 to 2 %, centroid within 0.1
+    fit-frame px: a half-pixel slip of the principal point would move it by 0.25 px), the same keypoints."""
+    from bench.masks import make_case
+
+    body = load_body_model("open-small")
+    one, two = (make_case(body, "synthetic", MasksBenchConfig(split="dev", cases=2, clothing=False, mask_scale=s))
+                for s in (1, 2))
+    assert two.masks.shape == (2, 448, 448) and two.mask_scale == 2 and np.array_equal(one.keypoints, two.keypoints)
+
+    def centroid(masks, scale):  # fit-frame px of the pixel centres (pixel corners at 0 in both grids)
+        y, x = torch.meshgrid(torch.arange(masks.shape[1]), torch.arange(masks.shape[2]), indexing="ij")
+        area = masks.sum((1, 2)).double()
+        return torch.stack([(masks * x).sum((1, 2)), (masks * y).sum((1, 2))], 1) / area[:, None] / scale \
+            + 0.5 / scale, area / scale**2
+
+    (c1, a1), (c2, a2) = centroid(one.masks, 1), centroid(two.masks, 2)
+    assert torch.allclose(a2, a1, rtol=0.02) and (c2 - c1).abs().max() < 0.1, (c1, c2, a1, a2)

@@ -12,7 +12,14 @@ from core.metrics import procrustes_align
 from fitting.body_model import DATA_DIR, load_body_model
 from fitting.priors import MaxMixturePrior
 from fitting.silhouette import render_silhouette
-from fitting.silhouette_term import UNKNOWN, MaskTerm, bilinear, mask_targets, silhouette_energy
+from fitting.silhouette_term import (
+    UNKNOWN,
+    MaskTerm,
+    bilinear,
+    mask_targets,
+    silhouette_energy,
+    silhouette_residuals,
+)
 from fitting.smplify import SMPLify, SMPLifyConfig, mean_pose_start
 
 FOCAL, DEPTH, CROP = 5000.0, 50.0, 224      # SPIN's crop camera: a 1.7 m body ~170 px tall at 50 m
@@ -39,11 +46,17 @@ def _people(body, prior, batch, seed, noise, dtype=torch.float32):
         out = body(betas, body_pose, orient)
     kp = torch.ones(batch, 49, 3, dtype=dtype)
     kp[..., :2] = project(out.joints, cam_t, FOCAL, center) + noise * torch.randn(batch, 49, 2, generator=gen)
-    drawn = render_silhouette(out.vertices + cam_t[:, None], torch.as_tensor(body.faces), FOCAL,
-                              (CROP / 2 - FIT_FRAME_OFFSET,) * 2, (CROP, CROP))
-    masks = (drawn.face_index >= 0).to(torch.uint8)
     return dict(pose=torch.cat([orient, body_pose], 1), betas=betas, cam_t=cam_t, center=center,
-                vertices=out.vertices, keypoints=kp, masks=masks)
+                vertices=out.vertices, keypoints=kp, masks=_masks_at(out.vertices + cam_t[:, None], body, 1))
+
+
+def _masks_at(camera, body, scale):
+    """Exact masks (the renderer's z-buffer coverage) of camera-frame meshes at ``scale`` mask px per fit-frame
+    px: focal s·f, principal point s·112 (the grids' pixel corners coincide; the renderer's pixel centres are at
+    integers, hence − the offset)."""
+    drawn = render_silhouette(camera, torch.as_tensor(body.faces), scale * FOCAL,
+                              (scale * CROP / 2 - FIT_FRAME_OFFSET,) * 2, (scale * CROP,) * 2)
+    return (drawn.face_index >= 0).to(torch.uint8)
 
 
 def test_targets_read_distances_boundaries_and_unknown_pixels():
@@ -155,19 +168,107 @@ def test_reference_mode_lowers_the_silhouette_energy(prior):
 
 
 @pytest.mark.gpu
-def test_the_terms_normal_equations_on_cuda_match_cpu(prior):
+@pytest.mark.parametrize("scale", [1, 2])
+def test_the_terms_normal_equations_on_cuda_match_cpu(prior, scale):
     body = load_body_model("open-small", dtype=torch.float64)
     truth = _people(body, prior, 3, seed=4, noise=0.0, dtype=torch.float64)
+    masks = _masks_at(truth["vertices"] + truth["cam_t"][:, None], body, scale)
     pose = truth["pose"] + 0.05
     args = (pose, torch.zeros(3, 10, dtype=torch.float64), truth["cam_t"], torch.full((3, 2), FOCAL,
                                                                                        dtype=torch.float64),
             truth["center"])
-    targets = mask_targets(truth["masks"], torch.ones(3, dtype=torch.bool), torch.float64)
+    targets = mask_targets(masks, torch.ones(3, dtype=torch.bool), torch.float64, scale=scale)
     cpu = SMPLify(body, prior, SMPLifyConfig(silhouette_weight=1.0))._silhouette_system(
         *args, {"silhouette": MaskTerm(1.0, targets)})
     cuda_body = load_body_model("open-small", dtype=torch.float64, device="cuda")
     cuda_fit = SMPLify(cuda_body, prior, SMPLifyConfig(silhouette_weight=1.0))
     gpu = cuda_fit._silhouette_system(*(t.cuda() for t in args), {"silhouette": MaskTerm(
-        1.0, mask_targets(truth["masks"].cuda(), torch.ones(3, dtype=torch.bool), torch.float64))})
+        1.0, mask_targets(masks.cuda(), torch.ones(3, dtype=torch.bool), torch.float64, scale=scale))})
     for a, b in zip(gpu, cpu):
         torch.testing.assert_close(a.cpu(), b, rtol=1e-6, atol=1e-6 * b.abs().max().item())
+
+
+def test_a_mask_of_the_keypoints_frame_reads_as_before_bit_for_bit():
+    """scale 1 is the plain term: distances the mask's own, boundary centres index + offset and the lookup
+    pixels − offset, bit for bit (a bench masks run against main gave every figure to the last digit)."""
+    from scipy import ndimage
+
+    gen = torch.Generator().manual_seed(0)
+    pixels = torch.rand(2, 50, 2, generator=gen, dtype=torch.float64) * 240 - 8
+    mask = np.zeros((20, 30), dtype=np.uint8)
+    mask[5:12, 8:20] = 1
+    y, x = np.nonzero(mask)
+    edge = (x == 8) | (x == 19) | (y == 5) | (y == 11)
+    for offset in (FIT_FRAME_OFFSET, 0.0):
+        targets = mask_targets(torch.as_tensor(mask)[None], torch.tensor([True]), torch.float64, offset)
+        assert targets.scale == 1.0 and torch.equal(targets.mask_index(pixels), pixels - offset)
+        assert torch.equal(targets.distance[0], torch.as_tensor(ndimage.distance_transform_edt(mask == 0)))
+        expected = np.stack([x[edge], y[edge]], 1) + offset
+        assert torch.equal(targets.boundary[0], torch.as_tensor(expected, dtype=torch.float64))
+
+
+def test_a_finer_mask_reads_in_the_keypoints_px():
+    """A person covering fit-frame x in [4, 10), y in [2, 6) drawn at 1× and at 2× (pixel corners on the same
+    lines): at 2× its boundary centres lie ¼ px (half a mask pixel) inside the edge, not ½, and the distance
+    transform reads in fit-frame px at the same points."""
+    plain = np.zeros((12, 16), dtype=np.uint8)
+    plain[2:6, 4:10] = 1
+    fine = plain.repeat(2, 0).repeat(2, 1)
+    one, two = (mask_targets(torch.as_tensor(m)[None], torch.tensor([True]), torch.float64, scale=s)
+                for m, s in ((plain, 1), (fine, 2)))
+    assert two.scale == 2.0 and two.distance.shape == (1, 24, 32)
+    for t, inset in ((one, 0.5), (two, 0.25)):
+        b = t.boundary[0][t.boundary_valid[0]]
+        assert b[:, 0].min() == 4 + inset and b[:, 0].max() == 10 - inset
+        assert b[:, 1].min() == 2 + inset and b[:, 1].max() == 6 - inset
+    # 3 px left of the person's edge, on a row through it: the distance to the nearest person pixel centre,
+    # in fit-frame px (1× grid: 3.5 px; 2×: 3.25 px), and its slope −1 per fit-frame px on both grids
+    at = torch.tensor([[[1.0, 4.0], [1.0, 4.0]]], dtype=torch.float64, requires_grad=True)
+    for t, expected in ((one, 3.5), (two, 3.25)):
+        res = silhouette_residuals(at[:, :1], torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1, dtype=torch.bool),
+                                   t)
+        assert float(res.dist[0, 0].detach()) == pytest.approx(expected)
+        assert torch.allclose(res.d_dist[0, 0], torch.tensor([-1.0, 0.0], dtype=torch.float64))
+
+
+def test_a_body_in_a_mask_at_twice_the_resolution(prior):
+    """The true body against its own mask drawn at 2× (focal 2f, principal point 2·112). The pull-in half (a) is
+    ~0 and a quarter of 1×'s (the boundary centres ¼ px inside the edge, not ½); the fill half (b) is not 0 at
+    either scale: a boundary pixel between two silhouette vertices is as far from the nearest one as the mesh's
+    vertex spacing makes it (open-small: 1,229 vertices, up to ~8 px apart on the outline), a floor no mask
+    resolution lowers. A body shifted 4 fit-frame px costs the same px² at 1× and 2× (the energy is in fit-frame
+    px², so silhouette_weight means the same at any scale). The normal equations' Jᵀr is ½ the autograd gradient
+    at 2× as at 1×."""
+    body = load_body_model("open-small", dtype=torch.float64)
+    truth = _people(body, prior, 3, seed=4, noise=0.0, dtype=torch.float64)
+    fit = SMPLify(body, prior, SMPLifyConfig(silhouette_weight=1.0))
+    focal = torch.full((3, 2), FOCAL, dtype=torch.float64)
+    has = torch.ones(3, dtype=torch.bool)
+    fine = _masks_at(truth["vertices"] + truth["cam_t"][:, None], body, 2)
+    one, two = mask_targets(truth["masks"], has, torch.float64), mask_targets(fine, has, torch.float64, scale=2)
+    pull_one, pull_two = (mask_targets(m, has, torch.float64, fill=False, scale=s)
+                          for m, s in ((truth["masks"], 1), (fine, 2)))
+    shift = torch.tensor([4 * DEPTH / FOCAL, 0.0, 0.0], dtype=torch.float64)      # 4 px sideways at 50 m
+
+    def energy(targets, cam_t=truth["cam_t"]):
+        return silhouette_energy(truth["vertices"] + cam_t[:, None], fit.faces, fit.edges, focal, truth["center"],
+                                 targets)
+
+    assert (energy(pull_two) < 0.05).all() and (energy(pull_two) < 0.4 * energy(pull_one)).all()  # seen .03, .13
+    assert (energy(two) < 1.02 * energy(one)).all()                                # seen 4.6-7.2 vs 4.8-7.7 px²
+    shifted_one, shifted_two = energy(one, truth["cam_t"] + shift), energy(two, truth["cam_t"] + shift)
+    assert (shifted_two > 2 * energy(two)).all()
+    assert torch.allclose(shifted_two, shifted_one, rtol=0.1), (shifted_one, shifted_two)
+
+    gen = torch.Generator().manual_seed(5)
+    pose = truth["pose"] + 0.1 * torch.randn(truth["pose"].shape, generator=gen, dtype=torch.float64)
+    betas = torch.zeros(3, 10, dtype=torch.float64)
+    hess, grad = fit._silhouette_system(pose, betas, truth["cam_t"], focal, truth["center"],
+                                        {"silhouette": MaskTerm(1.0, two)})
+    params = torch.cat([pose, betas], 1).requires_grad_(True)
+    vertices = body(params[:, 72:], params[:, 3:72], params[:, :3]).vertices + truth["cam_t"][:, None]
+    auto = torch.autograd.grad(silhouette_energy(vertices, fit.faces, fit.edges, focal, truth["center"],
+                                                 two).sum(), params)[0]
+    # 1e-7 of the largest: these people (all with a mask) leave ~3e-8 between the two at 1× as at 2×, 3× and 4×
+    assert torch.allclose(grad, 0.5 * auto, rtol=1e-6, atol=1e-7 * auto.abs().max())
+    assert torch.allclose(hess, hess.transpose(1, 2)) and torch.linalg.eigvalsh(hess).min() > -1e-6

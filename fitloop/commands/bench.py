@@ -110,6 +110,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     masks.add_argument("--dsr", default="0,10,10",
                        help="the clothed_dsr arm's silhouette, DSR-MC and DSR-C weights (default 0,10,10)")
     masks.add_argument("--no-clothing", action="store_true", help="leave out the clothed people and their arms")
+    masks.add_argument("--mask-scale", type=int, default=1, metavar="S",
+                       help="masks of S·224 px over the 224 px fit frame's crop (default 1: the fit frame's own)")
     masks.add_argument("--model", default="open-small", help='"open-small" (default) or "open"')
     masks.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     masks.add_argument("--seed", type=int, default=0)
@@ -530,11 +532,12 @@ def cmd_masks(args: argparse.Namespace) -> int:
     result = run(MasksBenchConfig(split=args.split, sources=tuple(s for s in args.sources.split(",") if s),
                                   cases=args.cases, weights=numbers["weights"], model=args.model,
                                   threads=args.threads, seed=args.seed, coco=args.coco, pictures=args.pictures,
-                                  clothing=not args.no_clothing, dsr=numbers["dsr"]))
+                                  clothing=not args.no_clothing, dsr=numbers["dsr"], mask_scale=args.mask_scale))
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"{args.model}, {args.split} split, {result['torch_threads']} torch threads; mean start, 5 px noise")
+    print(f"{args.model}, {args.split} split, {result['torch_threads']} torch threads; mean start, 5 px noise; "
+          f"masks at {args.mask_scale}×224 px")
     for source, why in result["sources_missing"].items():
         print(f"  {source} skipped: {why}")
     for arm, row in result["results"].items():
@@ -543,8 +546,13 @@ def cmd_masks(args: argparse.Namespace) -> int:
                 f"{a['betas_error_scale_removed']:5.2f}; shape PA {a['shape_pa_mm']:4.1f} mm)  PA-MPJPE "
                 f"{a['pa_mpjpe_mm']:6.1f} mm  IoU {a['iou']:.3f}  {a['cpu_s_per_fit']:.3f} CPU s/fit")
         if "ratio_to_keypoints" in row:
-            line += f"  (PVE-PA x{row['ratio_to_keypoints']['pve_pa_mm']:.2f})"
+            change = row["change_from_keypoints"]["betas_error"]
+            line += (f"  (PVE-PA x{row['ratio_to_keypoints']['pve_pa_mm']:.2f}; betas err "
+                     f"{change['mean']:+.2f} ± {change['se'] or 0:.2f} per person)")
         print(line)
+        beta = a["per_beta"]
+        r = " ".join("  — " if v is None else f"{v:+.2f}" for v in beta["correlation"])
+        print(f"  {'':<22} per beta rms {' '.join(f'{v:4.2f}' for v in beta['rms'])}  r {r}")
     print_masks_coco(result["coco"])
     return 0
 
