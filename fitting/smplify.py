@@ -107,6 +107,10 @@ HEADINGS = (0.0, torch.pi, torch.pi / 2, -torch.pi / 2)
 MIN_START_SIGMA = 1e-3
 LM_DAMPING = 1e-3  # Levenberg–Marquardt's initial λ (relative to diag H), and its factors on a rejected / accepted step
 LM_REJECT, LM_ACCEPT = 5.0, 1.0 / 3.0
+# px/m: where stage 2 moves the camera (`SMPLifyConfig.mask_moves_camera`), an example without a mask is held at
+# stage 1's translation by TRANSLATION_HOLD² ‖t − t_1‖²: a metre weighs as a keypoint 10⁴ px off, far above what
+# its keypoints' pull on t can move (f/z ≈ 100 px per m at SPIN's crop camera)
+TRANSLATION_HOLD = 1e4
 
 
 @dataclass(frozen=True)
@@ -157,11 +161,14 @@ class SMPLifyConfig:
     # ~25 keypoints); fast mode: in stage 2's LM with analytic Jacobians; reference: the same energy by autograd in
     # its stage-2 Adam. 0: off (the default until `fitloop bench masks` settles a weight)
     silhouette_weight: float = 0.0
-    # where a mask term is on, stage 2 also moves the camera translation (3 more unknowns; the depth held near stage
-    # 1's by its anchor, depth_loss_weight): stage 1 places the body from four noisy torso keypoints, and with the
-    # translation held a silhouette offset by that error is matched by bending the pose and the shape instead
-    # (docs/smplify.md, "The camera moves with the mask"). False: SPIN's stage 2, translation fixed
+    # where an example has a mask (a mask term on), stage 2 also moves its camera translation, depth included (3
+    # more unknowns): stage 1 places a mean-sized torso from four noisy keypoints; with that translation held, a
+    # silhouette offset by its error, or of a body of another size, is matched by bending the pose and the shape.
+    # Free, the outline's size sets the depth and its proportions the shape (docs/smplify.md, "The camera moves
+    # with the mask"). mask_depth_weight (px/m): an anchor w² (t_z − t_z,1)² on stage 1's depth, as stage 1's
+    # depth_loss_weight (0: none). False: SPIN's stage 2, translation fixed; examples without a mask keep theirs
     mask_moves_camera: bool = True
+    mask_depth_weight: float = 0.0
     # optional, DSR's semantic terms (`fitting.dsr`), px² like the silhouette term's and in the same places:
     # mc_weight w_mc on DSR-MC (a per-part chamfer between the part labels' head, hands and feet and the body's;
     # mc_forearms: the forearms too), clothed_weight w_c on DSR-C (the body inside a parsing's person region,
@@ -189,7 +196,7 @@ class SMPLifyConfig:
         if self.collision_weight < 0 or (self.collision_weight > 0 and self.mode != "fast"):
             raise ValueError(f"collision_weight must be >= 0, and is a term of mode='fast' only; got "
                              f"{self.collision_weight} with mode={self.mode!r}")
-        for name in ("silhouette_weight", "mc_weight", "clothed_weight"):
+        for name in ("silhouette_weight", "mc_weight", "clothed_weight", "mask_depth_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         unknown = [j for j in self.ignored_joints if j not in JOINT_INDEX]
@@ -821,8 +828,8 @@ class SMPLify:
         loop has no host sync: every per-example decision is a ``torch.where``. Each iteration is `_lm_step`
         (compiled whole with ``compile``, for the keypoint and prior terms alone).
 
-        With a mask term and ``mask_moves_camera``, cam_t (B, 3) is an unknown too, its depth held near the given
-        one by stage 1's anchor (depth_loss_weight² (t_z − t_z,start)²).
+        With a mask term and ``mask_moves_camera``, cam_t (B, 3) is an unknown too (with ``mask_depth_weight``'s
+        anchor on its depth; the rows without a mask held at the given translation).
 
         Returns pose, betas, cam_t, the damping reached (B,), and the objective's two parts (B, 2) (the fixed terms,
         the priors a schedule scales) at the start and at the end."""
@@ -833,6 +840,8 @@ class SMPLify:
         fixed = _Stage2(points=points, merge=merge, point_of=point_of, conf=self._body_conf(kp), kp=kp, cam_t=cam_t,
                         focal=focal, center=center, body_init=body_init, w_init=trust.square(), sil=sil,
                         free_t=sil is not None and self.config.mask_moves_camera,
+                        t_hold=None if sil is None else
+                        TRANSLATION_HOLD**2 * (~torch.stack([t.targets.has_mask for t in sil.values()]).any(0)).to(dtype),
                         gmm=None if isinstance(prior, VAEPosePrior) else
                         (prior.means.to(dtype), prior.precisions.to(dtype), prior.log_nll_weights.to(dtype)))
         lam = torch.full((len(pose),), LM_DAMPING, dtype=dtype, device=pose.device) if lam is None else lam
@@ -871,8 +880,9 @@ class SMPLify:
             rest = rest + c.collision_weight**2 * collision_penalty(ends, self.capsules.radii(b), self.capsules.pairs)
         if fixed.sil is not None:  # correspondences re-made at every evaluation (fitting.silhouette_term)
             rest = rest + self._silhouette_energy(p, b, t, fixed.focal, fixed.center, fixed.sil)
-        if fixed.free_t:  # stage 1's depth anchor
-            rest = rest + (c.depth_loss_weight * (t[:, 2] - fixed.cam_t[:, 2])).square()
+        if fixed.free_t:  # the depth anchor; rows without a mask held where stage 1 put them
+            rest = (rest + (c.mask_depth_weight * (t[:, 2] - fixed.cam_t[:, 2])).square()
+                    + fixed.t_hold * (t - fixed.cam_t).square().sum(-1))
         priors = c.pose_prior_weight**2 * energy + c.angle_prior_weight**2 * angle
         return state, resid, gmm, torch.stack([rest, priors], 1), ends
 
@@ -919,9 +929,11 @@ class SMPLify:
                                                      fixed.free_t)
             hess += hess_s
             grad += grad_s
-        if fixed.free_t:  # stage 1's depth anchor on the translation's depth
-            hess[:, -1, -1] += c.depth_loss_weight**2
-            grad[:, -1] += c.depth_loss_weight**2 * (cam_t[:, 2] - fixed.cam_t[:, 2])
+        if fixed.free_t:  # the depth anchor; rows without a mask held where stage 1 put them
+            hess[:, -1, -1] += c.mask_depth_weight**2
+            grad[:, -1] += c.mask_depth_weight**2 * (cam_t[:, 2] - fixed.cam_t[:, 2])
+            hess[:, nb:, nb:] += fixed.t_hold[:, None, None] * torch.eye(3, dtype=dtype, device=dev)
+            grad[:, nb:] += fixed.t_hold[:, None] * (cam_t - fixed.cam_t)
 
         step = _lm_solve(hess, grad, lam)
         new_pose, new_betas = pose + step[:, :72], betas + step[:, 72:nb]
@@ -943,7 +955,8 @@ class _Stage2:
     joint is and ``point_of`` (49,) its column (0 where no example observes the point: those joints' confidence is
     0), the confidences (B, 49) and keypoints (B, 49, 3) px, the camera (cam_t (B, 3) m, focal (B, 2) px, center
     (B, 2) px; with ``free_t`` the translation the stage starts from, whose depth its anchor holds), the near-start
-    term's start (B, 69) and weight w² (B,), the mask terms (or None), whether cam_t is an unknown (``free_t``), and
+    term's start (B, 69) and weight w² (B,), the mask terms (or None), whether cam_t is an unknown (``free_t``) and
+    the weight (B,) px²/m² that holds it for the rows without a mask (``t_hold``, None without mask terms), and
     the max-mixture prior's means, precisions and log weights in the fit's dtype (None: the VAE prior)."""
 
     points: Tensor
@@ -958,6 +971,7 @@ class _Stage2:
     w_init: Tensor
     sil: dict[str, MaskTerm] | None
     free_t: bool
+    t_hold: Tensor | None
     gmm: tuple[Tensor, Tensor, Tensor] | None
 
 
