@@ -107,6 +107,10 @@ HEADINGS = (0.0, torch.pi, torch.pi / 2, -torch.pi / 2)
 MIN_START_SIGMA = 1e-3
 LM_DAMPING = 1e-3  # Levenberg–Marquardt's initial λ (relative to diag H), and its factors on a rejected / accepted step
 LM_REJECT, LM_ACCEPT = 5.0, 1.0 / 3.0
+# px/m: where stage 2 moves the camera (`SMPLifyConfig.mask_moves_camera`), an example without a mask is held at
+# stage 1's translation by TRANSLATION_HOLD² ‖t − t_1‖²: a metre weighs as a keypoint 10⁴ px off, far above what
+# its keypoints' pull on t can move (f/z ≈ 100 px per m at SPIN's crop camera)
+TRANSLATION_HOLD = 1e4
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,14 @@ class SMPLifyConfig:
     # ~25 keypoints); fast mode: in stage 2's LM with analytic Jacobians; reference: the same energy by autograd in
     # its stage-2 Adam. 0: off (the default until `fitloop bench masks` settles a weight)
     silhouette_weight: float = 0.0
+    # where an example has a mask (a mask term on), stage 2 also moves its camera translation, depth included (3
+    # more unknowns): stage 1 places a mean-sized torso from four noisy keypoints; with that translation held, a
+    # silhouette offset by its error, or of a body of another size, is matched by bending the pose and the shape.
+    # Free, the outline's size sets the depth and its proportions the shape (docs/smplify.md, "The camera moves
+    # with the mask"). mask_depth_weight (px/m): an anchor w² (t_z − t_z,1)² on stage 1's depth, as stage 1's
+    # depth_loss_weight (0: none). False: SPIN's stage 2, translation fixed; examples without a mask keep theirs
+    mask_moves_camera: bool = True
+    mask_depth_weight: float = 0.0
     # optional, DSR's semantic terms (`fitting.dsr`), px² like the silhouette term's and in the same places:
     # mc_weight w_mc on DSR-MC (a per-part chamfer between the part labels' head, hands and feet and the body's;
     # mc_forearms: the forearms too), clothed_weight w_c on DSR-C (the body inside a parsing's person region,
@@ -184,7 +196,7 @@ class SMPLifyConfig:
         if self.collision_weight < 0 or (self.collision_weight > 0 and self.mode != "fast"):
             raise ValueError(f"collision_weight must be >= 0, and is a term of mode='fast' only; got "
                              f"{self.collision_weight} with mode={self.mode!r}")
-        for name in ("silhouette_weight", "mc_weight", "clothed_weight"):
+        for name in ("silhouette_weight", "mc_weight", "clothed_weight", "mask_depth_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         unknown = [j for j in self.ignored_joints if j not in JOINT_INDEX]
@@ -542,7 +554,7 @@ class SMPLify:
             # σ_kp from the keypoints themselves: the RMS residual per coordinate a first fit leaves, times
             # noise_from_fit for the degrees of freedom that fit absorbed; then w again, with it.
             start_pose, start_betas = pose, betas
-            pose, betas, ran = self._lm_body_converging(pose, betas, cam_t, kp, ctr, foc, trust, body_init,
+            pose, betas, cam_t, ran = self._lm_body_converging(pose, betas, cam_t, kp, ctr, foc, trust, body_init,
                                                         scale[:c.noise_iterations], sil)
             with torch.no_grad():
                 conf = self._body_conf(kp)
@@ -552,7 +564,7 @@ class SMPLify:
                                            c.noise_from_fit * rms)
             done = c.noise_iterations
         first = max(min(c.back_choice_after, total), done) if len(example) > batch else total
-        pose, betas, ran_next = self._lm_body_converging(pose, betas, cam_t, kp, ctr, foc, trust, body_init,
+        pose, betas, cam_t, ran_next = self._lm_body_converging(pose, betas, cam_t, kp, ctr, foc, trust, body_init,
                                                          scale[done:first], sil)
         ran = ran_next if done == 0 else ran + ran_next                    # stage-2 iterations per candidate
         objectives = torch.full((batch, len(HEADINGS)), float("nan"), dtype=dtype, device=dev)
@@ -567,7 +579,7 @@ class SMPLify:
             pick = slot[torch.arange(batch, device=dev), best]
         pose, betas, cam_t, trust, body_init, ran = (t[pick] for t in (pose, betas, cam_t, trust, body_init, ran))
         if total > first:
-            pose, betas, ran_last = self._lm_body_converging(pose, betas, cam_t, keypoints, center, focal, trust,
+            pose, betas, cam_t, ran_last = self._lm_body_converging(pose, betas, cam_t, keypoints, center, focal, trust,
                                                              body_init, scale[first:], targets)
             ran = ran + ran_last
         ranked = torch.where(torch.isnan(objectives), torch.inf, objectives).sort(1).values
@@ -604,7 +616,7 @@ class SMPLify:
         return sum(terms[k].weight**2 * r.energy for k, r in res.items())
 
     def _silhouette_system(self, pose: Tensor, betas: Tensor, cam_t: Tensor, focal: Tensor, center: Tensor,
-                           terms: dict[str, MaskTerm]) -> tuple[Tensor, Tensor]:
+                           terms: dict[str, MaskTerm], translation: bool = False) -> tuple[Tensor, Tensor]:
         """The mask terms' Σ w² JᵀJ (B, 72 + NB, 72 + NB) and Σ w² Jᵀr (B, 72 + NB) at one fit: their residuals
         chained through the skeleton's Jacobian of just the silhouette vertices some example uses."""
         res, vertex, points = self._silhouette(pose, betas, cam_t, focal, center, terms)
@@ -612,7 +624,10 @@ class SMPLify:
         state = self.vertex_points(pose, betas, self._vertex_rows[used])
         d_params = torch.cat(self.vertex_points.jacobian(state), -1)                          # (B, U, 3, D)
         d_params = d_params[torch.arange(len(pose), device=pose.device)[:, None], where]     # (B, K, 3, D)
-        d_pixels = projection_jacobian(points, focal) @ d_params
+        d_points = projection_jacobian(points, focal)                                       # (B, K, 2, 3)
+        d_pixels = d_points @ d_params
+        if translation:                                      # a camera-frame point moves with t one for one
+            d_pixels = torch.cat([d_pixels, d_points], -1)
         hess, grad = 0.0, 0.0
         for name, r in res.items():
             h, g = normal_equations(r, d_pixels)
@@ -733,18 +748,20 @@ class SMPLify:
         return pose, cam_t
 
     def data_system(self, state: SkeletonState, cam_t: Tensor, focal: Tensor, resid: Tensor, conf: Tensor,
-                    merge: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                    merge: Tensor | None = None, translation: bool = False) -> tuple[Tensor, Tensor]:
         """The keypoint term's Gauss–Newton system at one skeleton evaluation: Jᵀ W J (B, 72 + NB, 72 + NB) and
         Jᵀ W r (B, 72 + NB), with J the projected points' Jacobian, r = resid (B, K, 2) px and W the
         Geman–McClure IRLS weights c² σ⁴ / (σ² + r²)² (conf (B, K)). The bulk of an LM iteration's work.
 
         merge (K, P) 0/1: which of the state's P points each keypoint is (None: keypoint k is point k). Keypoints
         of one point share its Jacobian rows J_p, so their weights and weighted residuals are summed first:
-        Σ_k J_pᵀ W_k J_p = J_pᵀ (Σ_k W_k) J_p, and the Jacobian and the product are formed once per point."""
+        Σ_k J_pᵀ W_k J_p = J_pᵀ (Σ_k W_k) J_p, and the Jacobian and the product are formed once per point.
+        translation: the camera translation's 3 columns too (the system is then 72 + NB + 3)."""
         sigma2 = self.config.sigma**2
         batch = resid.shape[0]
         dproj = projection_jacobian(state.points + cam_t[:, None], focal)                # (B, P, 2, 3)
-        jac = self.skeleton.pixel_jacobian(state, dproj).flatten(1, 2)                   # (B, 2P, 72+NB)
+        jac = self.skeleton.pixel_jacobian(state, dproj)                                 # (B, P, 2, 72+NB)
+        jac = (torch.cat([jac, dproj], -1) if translation else jac).flatten(1, 2)
         w = conf.square()[..., None] * sigma2**2 / (sigma2 + resid.square()).square()    # (B, K, 2)
         wr = w * resid
         if merge is not None:           # Σ over each point's keypoints, as one GEMM: (B, P, 2) each
@@ -763,23 +780,25 @@ class SMPLify:
         scattered back). No example stops while the schedule's factor still changes afterwards. Each round costs
         one host sync (the new active set's size) and one extra evaluation (the round's start).
 
-        Returns pose (B, 72), betas (B, NB) and the iterations each example ran (B,) long."""
+        Returns pose (B, 72), betas (B, NB), cam_t (B, 3) (moved only with a mask term: ``mask_moves_camera``) and
+        the iterations each example ran (B,) long."""
         c = self.config
         ran = torch.zeros(len(pose), dtype=torch.long, device=pose.device)
         if c.tolerance == 0 or not prior_scale:
-            pose, betas = self._lm_body(pose, betas, cam_t, kp, center, focal, trust, body_init, prior_scale, sil)[:2]
-            return pose, betas, ran + len(prior_scale)
-        pose, betas = pose.clone(), betas.clone()
+            pose, betas, cam_t = self._lm_body(pose, betas, cam_t, kp, center, focal, trust, body_init, prior_scale,
+                                               sil)[:3]
+            return pose, betas, cam_t, ran + len(prior_scale)
+        pose, betas, cam_t = pose.clone(), betas.clone(), cam_t.clone()
         lam = torch.full((len(pose),), LM_DAMPING, dtype=pose.dtype, device=pose.device)
         rows = torch.arange(len(pose), device=pose.device)                  # the examples still running
         seen = self._observed_points(kp)                                    # the whole batch's: rounds shrink it
         for first in range(0, len(prior_scale), c.check_every):
             scale = prior_scale[first:first + c.check_every]
             part = None if sil is None else {k: t.select(rows) for k, t in sil.items()}
-            p, b, lam_r, before, after = self._lm_body(
+            p, b, t, lam_r, before, after = self._lm_body(
                 pose[rows], betas[rows], cam_t[rows], kp[rows], center[rows], focal[rows], trust[rows],
                 body_init[rows], scale, part, lam[rows], seen)
-            pose[rows], betas[rows], lam[rows] = p, b, lam_r
+            pose[rows], betas[rows], cam_t[rows], lam[rows] = p, b, t, lam_r
             ran[rows] += len(scale)
             rest = prior_scale[first + len(scale):]
             if not rest or any(f != scale[-1] for f in rest):
@@ -788,7 +807,7 @@ class SMPLify:
             rows = rows[cost_before - cost_after > c.tolerance * cost_after.abs()]
             if len(rows) == 0:                                # host sync: the active set's size
                 break
-        return pose, betas, ran
+        return pose, betas, cam_t, ran
 
     def _observed_points(self, kp: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The skeleton points some example of kp (B, 49, 3) observes, each once: one joint index each (P,) (the
@@ -814,35 +833,41 @@ class SMPLify:
         loop has no host sync: every per-example decision is a ``torch.where``. Each iteration is `_lm_step`
         (compiled whole with ``compile``, for the keypoint and prior terms alone).
 
-        Returns pose, betas, the damping reached (B,), and the objective's two parts (B, 2) (the fixed terms, the
-        priors a schedule scales) at the start and at the end."""
+        With a mask term and ``mask_moves_camera``, cam_t (B, 3) is an unknown too (with ``mask_depth_weight``'s
+        anchor on its depth; the rows without a mask held at the given translation).
+
+        Returns pose, betas, cam_t, the damping reached (B,), and the objective's two parts (B, 2) (the fixed terms,
+        the priors a schedule scales) at the start and at the end."""
         # only the points some example observes enter the data term, each once (`data_system`'s merge)
         dtype = pose.dtype
         points, merge, point_of = self._observed_points(kp) if seen is None else seen
         prior = self.prior
         fixed = _Stage2(points=points, merge=merge, point_of=point_of, conf=self._body_conf(kp), kp=kp, cam_t=cam_t,
                         focal=focal, center=center, body_init=body_init, w_init=trust.square(), sil=sil,
+                        free_t=sil is not None and self.config.mask_moves_camera,
+                        t_hold=None if sil is None else
+                        TRANSLATION_HOLD**2 * (~torch.stack([t.targets.has_mask for t in sil.values()]).any(0)).to(dtype),
                         gmm=None if isinstance(prior, VAEPosePrior) else
                         (prior.means.to(dtype), prior.precisions.to(dtype), prior.log_nll_weights.to(dtype)))
         lam = torch.full((len(pose),), LM_DAMPING, dtype=dtype, device=pose.device) if lam is None else lam
         # compiled: the keypoint and prior terms alone, and more than one example (torch specialises batch 1)
         plain = fixed.gmm is not None and sil is None and self.config.collision_weight == 0 and len(pose) > 1
         step = self._compiled_step if plain and self._compiled_step is not None else self._lm_step
-        state, resid, gmm, terms, ends = self._stage2_cost(pose, betas, fixed)
+        state, resid, gmm, terms, ends = self._stage2_cost(pose, betas, cam_t, fixed)
         first_terms = terms
         for scale in prior_scale:
-            lam, state, resid, gmm, terms, ends = step(lam, state, resid, gmm, terms, ends, scale, fixed)
-        return state.pose, state.betas, lam, first_terms, terms
+            lam, state, cam_t, resid, gmm, terms, ends = step(lam, state, cam_t, resid, gmm, terms, ends, scale, fixed)
+        return state.pose, state.betas, cam_t, lam, first_terms, terms
 
-    def _stage2_cost(self, p: Tensor, b: Tensor, fixed: "_Stage2"):
-        """Stage 2's evaluation at pose p (B, 72), betas b (B, NB): the skeleton's state, the keypoint residuals
+    def _stage2_cost(self, p: Tensor, b: Tensor, t: Tensor, fixed: "_Stage2"):
+        """Stage 2's evaluation at pose p (B, 72), betas b (B, NB), camera translation t (B, 3): the skeleton's state, the keypoint residuals
         (B, P, 2) px, the pose prior's per-component energies (B, K) (VAE: its residuals (B, R)), the objective's
         terms (B, 2) (the rest, and the priors a schedule scales) and the capsules' segment ends (None without the
         collision term)."""
         c = self.config
         state = self.skeleton(p, b, fixed.points)
         # every keypoint's residual (a point's, where its point is observed; 0-confidence rows elsewhere)
-        resid = project(state.points, fixed.cam_t, fixed.focal, fixed.center)[:, fixed.point_of] - fixed.kp[..., :2]
+        resid = project(state.points, t, fixed.focal, fixed.center)[:, fixed.point_of] - fixed.kp[..., :2]
         data = (fixed.conf.square()[..., None] * gmof(resid, c.sigma)).sum((1, 2))
         if fixed.gmm is None:                                                # (B, R) residuals, E = ½‖r‖²
             gmm = self.prior.residuals(p[:, 3:]).to(p.dtype)
@@ -859,22 +884,26 @@ class SMPLify:
             ends = self._proxy_ends(p, b)
             rest = rest + c.collision_weight**2 * collision_penalty(ends, self.capsules.radii(b), self.capsules.pairs)
         if fixed.sil is not None:  # correspondences re-made at every evaluation (fitting.silhouette_term)
-            rest = rest + self._silhouette_energy(p, b, fixed.cam_t, fixed.focal, fixed.center, fixed.sil)
+            rest = rest + self._silhouette_energy(p, b, t, fixed.focal, fixed.center, fixed.sil)
+        if fixed.free_t:  # the depth anchor; rows without a mask held where stage 1 put them
+            rest = (rest + (c.mask_depth_weight * (t[:, 2] - fixed.cam_t[:, 2])).square()
+                    + fixed.t_hold * (t - fixed.cam_t).square().sum(-1))
         priors = c.pose_prior_weight**2 * energy + c.angle_prior_weight**2 * angle
         return state, resid, gmm, torch.stack([rest, priors], 1), ends
 
-    def _lm_step(self, lam, state, resid, gmm, terms, ends, scale: float, fixed: "_Stage2"):
+    def _lm_step(self, lam, state, cam_t, resid, gmm, terms, ends, scale: float, fixed: "_Stage2"):
         """One stage-2 LM iteration from an accepted evaluation (state, resid, gmm, terms, ends: `_stage2_cost` at
-        the pose and betas ``state`` holds) with damping lam (B,) and the priors' factor ``scale``: the damped
+        the pose and betas ``state`` holds and cam_t) with damping lam (B,) and the priors' factor ``scale``: the damped
         Gauss–Newton step, its trial, and per example the trial where it lowers the objective (λ down) else the
         old values (λ up). Returns the same tuple, updated."""
         c = self.config
         pose, betas = state.pose, state.betas
         dev, dtype = pose.device, pose.dtype
+        nb = 72 + betas.shape[1]                         # the betas' columns end here; then cam_t's (free_t)
         w_pose, w_angle, w_shape = c.pose_prior_weight**2, c.angle_prior_weight**2, c.shape_prior_weight**2
         angle_idx, angle_sign = self._angle_idx, self._angle_sign.to(dtype)
         cost = terms[:, 0] + scale * terms[:, 1]
-        hess, grad = self.data_system(state, fixed.cam_t, fixed.focal, resid, fixed.conf, fixed.merge)
+        hess, grad = self.data_system(state, cam_t, fixed.focal, resid, fixed.conf, fixed.merge, fixed.free_t)
         if fixed.gmm is None:  # VAE prior: Gauss–Newton on its residuals, exact Jacobian (B, R, 69)
             jac_p = self.prior.residuals_and_jacobian(pose[:, 3:])[1].to(dtype)
             hess[:, 3:72, 3:72] += scale * w_pose * 0.5 * jac_p.transpose(1, 2) @ jac_p
@@ -891,27 +920,35 @@ class SMPLify:
         hess[:, angle_idx, angle_idx] += scale * w_angle * de.square()
         grad[:, angle_idx] += scale * w_angle * e * de
         # shape prior and near-start term
-        hess[:, 72:, 72:] += w_shape * torch.eye(betas.shape[1], dtype=dtype, device=dev)
-        grad[:, 72:] += w_shape * betas
+        hess[:, 72:nb, 72:nb] += w_shape * torch.eye(betas.shape[1], dtype=dtype, device=dev)
+        grad[:, 72:nb] += w_shape * betas
         diag = torch.arange(3, 72, device=dev)
         hess[:, diag, diag] += fixed.w_init[:, None]
         grad[:, 3:72] += fixed.w_init[:, None] * (pose[:, 3:] - fixed.body_init)
         if c.collision_weight > 0:  # interpenetration: residuals depth (B, K), Jacobian (B, K, 72 + NB)
             depth, d_depth = self._collision(pose, betas, ends)
-            hess += c.collision_weight**2 * d_depth.transpose(1, 2) @ d_depth
-            grad += c.collision_weight**2 * (d_depth.transpose(1, 2) @ depth[..., None])[..., 0]
+            hess[:, :nb, :nb] += c.collision_weight**2 * d_depth.transpose(1, 2) @ d_depth
+            grad[:, :nb] += c.collision_weight**2 * (d_depth.transpose(1, 2) @ depth[..., None])[..., 0]
         if fixed.sil is not None:  # the mask terms, weights included
-            hess_s, grad_s = self._silhouette_system(pose, betas, fixed.cam_t, fixed.focal, fixed.center, fixed.sil)
+            hess_s, grad_s = self._silhouette_system(pose, betas, cam_t, fixed.focal, fixed.center, fixed.sil,
+                                                     fixed.free_t)
             hess += hess_s
             grad += grad_s
+        if fixed.free_t:  # the depth anchor; rows without a mask held where stage 1 put them
+            hess[:, -1, -1] += c.mask_depth_weight**2
+            grad[:, -1] += c.mask_depth_weight**2 * (cam_t[:, 2] - fixed.cam_t[:, 2])
+            hess[:, nb:, nb:] += fixed.t_hold[:, None, None] * torch.eye(3, dtype=dtype, device=dev)
+            grad[:, nb:] += fixed.t_hold[:, None] * (cam_t - fixed.cam_t)
 
         step = _lm_solve(hess, grad, lam)
-        new_pose, new_betas = pose + step[:, :72], betas + step[:, 72:]
-        new_state, new_resid, new_gmm, new_terms, new_ends = self._stage2_cost(new_pose, new_betas, fixed)
+        new_pose, new_betas = pose + step[:, :72], betas + step[:, 72:nb]
+        new_t = cam_t + step[:, nb:] if fixed.free_t else cam_t
+        new_state, new_resid, new_gmm, new_terms, new_ends = self._stage2_cost(new_pose, new_betas, new_t, fixed)
         better = new_terms[:, 0] + scale * new_terms[:, 1] < cost
         keep = better[:, None, None]
         return (torch.where(better, lam * LM_ACCEPT, lam * LM_REJECT).clamp(1e-7, 1e7),
-                select_state(better, new_state, state), torch.where(keep, new_resid, resid),
+                select_state(better, new_state, state), torch.where(better[:, None], new_t, cam_t),
+                torch.where(keep, new_resid, resid),
                 torch.where(better[:, None], new_gmm, gmm), torch.where(better[:, None], new_terms, terms),
                 None if ends is None else torch.where(keep, new_ends, ends))
 
@@ -922,8 +959,10 @@ class _Stage2:
     observes ``points`` (P,), one joint index each (`SMPLify._point_joint`), ``merge`` (49, P) 0/1 which point each
     joint is and ``point_of`` (49,) its column (0 where no example observes the point: those joints' confidence is
     0), the confidences (B, 49) and keypoints (B, 49, 3) px, the camera (cam_t (B, 3) m, focal (B, 2) px, center
-    (B, 2) px), the near-start term's start (B, 69) and weight w² (B,), the mask terms (or None), and the
-    max-mixture prior's means, precisions and log weights in the fit's dtype (None: the VAE prior)."""
+    (B, 2) px; with ``free_t`` the translation the stage starts from, whose depth its anchor holds), the near-start
+    term's start (B, 69) and weight w² (B,), the mask terms (or None), whether cam_t is an unknown (``free_t``) and
+    the weight (B,) px²/m² that holds it for the rows without a mask (``t_hold``, None without mask terms), and
+    the max-mixture prior's means, precisions and log weights in the fit's dtype (None: the VAE prior)."""
 
     points: Tensor
     merge: Tensor
@@ -936,6 +975,8 @@ class _Stage2:
     body_init: Tensor
     w_init: Tensor
     sil: dict[str, MaskTerm] | None
+    free_t: bool
+    t_hold: Tensor | None
     gmm: tuple[Tensor, Tensor, Tensor] | None
 
 
