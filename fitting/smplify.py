@@ -165,10 +165,8 @@ class SMPLifyConfig:
     # more unknowns): stage 1 places a mean-sized torso from four noisy keypoints; with that translation held, a
     # silhouette offset by its error, or of a body of another size, is matched by bending the pose and the shape.
     # Free, the outline's size sets the depth and its proportions the shape (docs/smplify.md, "The camera moves
-    # with the mask"). mask_depth_weight (px/m): an anchor w² (t_z − t_z,1)² on stage 1's depth, as stage 1's
-    # depth_loss_weight (0: none). False: SPIN's stage 2, translation fixed; examples without a mask keep theirs
+    # with the mask"). False: SPIN's stage 2, translation fixed. Examples without a mask keep stage 1's either way
     mask_moves_camera: bool = True
-    mask_depth_weight: float = 0.0
     # optional, DSR's semantic terms (`fitting.dsr`), px² like the silhouette term's and in the same places:
     # mc_weight w_mc on DSR-MC (a per-part chamfer between the part labels' head, hands and feet and the body's;
     # mc_forearms: the forearms too), clothed_weight w_c on DSR-C (the body inside a parsing's person region,
@@ -196,7 +194,7 @@ class SMPLifyConfig:
         if self.collision_weight < 0 or (self.collision_weight > 0 and self.mode != "fast"):
             raise ValueError(f"collision_weight must be >= 0, and is a term of mode='fast' only; got "
                              f"{self.collision_weight} with mode={self.mode!r}")
-        for name in ("silhouette_weight", "mc_weight", "clothed_weight", "mask_depth_weight"):
+        for name in ("silhouette_weight", "mc_weight", "clothed_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         unknown = [j for j in self.ignored_joints if j not in JOINT_INDEX]
@@ -618,7 +616,8 @@ class SMPLify:
     def _silhouette_system(self, pose: Tensor, betas: Tensor, cam_t: Tensor, focal: Tensor, center: Tensor,
                            terms: dict[str, MaskTerm], translation: bool = False) -> tuple[Tensor, Tensor]:
         """The mask terms' Σ w² JᵀJ (B, 72 + NB, 72 + NB) and Σ w² Jᵀr (B, 72 + NB) at one fit: their residuals
-        chained through the skeleton's Jacobian of just the silhouette vertices some example uses."""
+        chained through the skeleton's Jacobian of just the silhouette vertices some example uses. translation: the
+        camera translation's 3 columns too (72 + NB + 3)."""
         res, vertex, points = self._silhouette(pose, betas, cam_t, focal, center, terms)
         used, where = torch.unique(vertex, return_inverse=True)
         state = self.vertex_points(pose, betas, self._vertex_rows[used])
@@ -833,8 +832,8 @@ class SMPLify:
         loop has no host sync: every per-example decision is a ``torch.where``. Each iteration is `_lm_step`
         (compiled whole with ``compile``, for the keypoint and prior terms alone).
 
-        With a mask term and ``mask_moves_camera``, cam_t (B, 3) is an unknown too (with ``mask_depth_weight``'s
-        anchor on its depth; the rows without a mask held at the given translation).
+        With a mask term and ``mask_moves_camera``, cam_t (B, 3) is an unknown too (the rows without a mask held at
+        the given translation, which is stage 1's: they never move).
 
         Returns pose, betas, cam_t, the damping reached (B,), and the objective's two parts (B, 2) (the fixed terms,
         the priors a schedule scales) at the start and at the end."""
@@ -845,8 +844,8 @@ class SMPLify:
         fixed = _Stage2(points=points, merge=merge, point_of=point_of, conf=self._body_conf(kp), kp=kp, cam_t=cam_t,
                         focal=focal, center=center, body_init=body_init, w_init=trust.square(), sil=sil,
                         free_t=sil is not None and self.config.mask_moves_camera,
-                        t_hold=None if sil is None else
-                        TRANSLATION_HOLD**2 * (~torch.stack([t.targets.has_mask for t in sil.values()]).any(0)).to(dtype),
+                        t_hold=None if sil is None else TRANSLATION_HOLD**2 * (
+                            ~torch.stack([t.targets.has_mask for t in sil.values()]).any(0)).to(dtype),
                         gmm=None if isinstance(prior, VAEPosePrior) else
                         (prior.means.to(dtype), prior.precisions.to(dtype), prior.log_nll_weights.to(dtype)))
         lam = torch.full((len(pose),), LM_DAMPING, dtype=dtype, device=pose.device) if lam is None else lam
@@ -885,9 +884,8 @@ class SMPLify:
             rest = rest + c.collision_weight**2 * collision_penalty(ends, self.capsules.radii(b), self.capsules.pairs)
         if fixed.sil is not None:  # correspondences re-made at every evaluation (fitting.silhouette_term)
             rest = rest + self._silhouette_energy(p, b, t, fixed.focal, fixed.center, fixed.sil)
-        if fixed.free_t:  # the depth anchor; rows without a mask held where stage 1 put them
-            rest = (rest + (c.mask_depth_weight * (t[:, 2] - fixed.cam_t[:, 2])).square()
-                    + fixed.t_hold * (t - fixed.cam_t).square().sum(-1))
+        if fixed.free_t:  # the rows without a mask held where stage 1 put them
+            rest = rest + fixed.t_hold * (t - fixed.cam_t).square().sum(-1)
         priors = c.pose_prior_weight**2 * energy + c.angle_prior_weight**2 * angle
         return state, resid, gmm, torch.stack([rest, priors], 1), ends
 
@@ -934,9 +932,7 @@ class SMPLify:
                                                      fixed.free_t)
             hess += hess_s
             grad += grad_s
-        if fixed.free_t:  # the depth anchor; rows without a mask held where stage 1 put them
-            hess[:, -1, -1] += c.mask_depth_weight**2
-            grad[:, -1] += c.mask_depth_weight**2 * (cam_t[:, 2] - fixed.cam_t[:, 2])
+        if fixed.free_t:  # the rows without a mask held where stage 1 put them
             hess[:, nb:, nb:] += fixed.t_hold[:, None, None] * torch.eye(3, dtype=dtype, device=dev)
             grad[:, nb:] += fixed.t_hold[:, None] * (cam_t - fixed.cam_t)
 
@@ -959,7 +955,7 @@ class _Stage2:
     observes ``points`` (P,), one joint index each (`SMPLify._point_joint`), ``merge`` (49, P) 0/1 which point each
     joint is and ``point_of`` (49,) its column (0 where no example observes the point: those joints' confidence is
     0), the confidences (B, 49) and keypoints (B, 49, 3) px, the camera (cam_t (B, 3) m, focal (B, 2) px, center
-    (B, 2) px; with ``free_t`` the translation the stage starts from, whose depth its anchor holds), the near-start
+    (B, 2) px; with ``free_t`` the translation the stage starts from), the near-start
     term's start (B, 69) and weight w² (B,), the mask terms (or None), whether cam_t is an unknown (``free_t``) and
     the weight (B,) px²/m² that holds it for the rows without a mask (``t_hold``, None without mask terms), and
     the max-mixture prior's means, precisions and log weights in the fit's dtype (None: the VAE prior)."""
