@@ -768,7 +768,8 @@ class SMPLify:
             w, wr = both.reshape(batch, 2, 2, -1).permute(1, 0, 3, 2)
         w, wr = w.reshape(batch, -1), wr.reshape(batch, -1)
         hess = jac.transpose(1, 2) @ (w[..., None] * jac)
-        grad = (jac.transpose(1, 2) @ wr[..., None])[..., 0]
+        # Jᵀ W r as a row vector times J: the (n, R) @ (R, 1) product through the transposed J is ~2x slower
+        grad = (wr[:, None] @ jac)[:, 0]
         return hess, grad
 
     def _lm_body_converging(self, pose, betas, cam_t, kp, center, focal, trust, body_init, prior_scale,
@@ -910,18 +911,19 @@ class SMPLify:
             means, precisions, _ = fixed.gmm
             k = gmm.argmin(1)
             prec_k, diff = precisions[k], pose[:, 3:] - means[k]
-            hess[:, 3:72, 3:72] += scale * w_pose * 0.5 * prec_k
-            grad[:, 3:72] += scale * w_pose * 0.5 * (prec_k @ diff[..., None])[..., 0]
+            hess[:, 3:72, 3:72].add_(prec_k, alpha=scale * w_pose * 0.5)     # one pass over the (B, 69, 69) block
+            # diffᵀ P_k (P_k symmetric): the row-vector product, ~2x faster than P_k @ diff's matrix-vector one
+            grad[:, 3:72] += scale * w_pose * 0.5 * (diff[:, None] @ prec_k)[:, 0]
+        # angle prior, shape prior and near-start term: diagonal Hessians, added through the diagonal's view
+        diag = hess.diagonal(dim1=1, dim2=2)                                 # (B, 72 + NB), hess's own memory
         # angle prior: residual w exp(s θ), derivative s exp(s θ)
         e = torch.exp(pose[:, angle_idx] * angle_sign)
         de = angle_sign * e
-        hess[:, angle_idx, angle_idx] += scale * w_angle * de.square()
+        diag[:, angle_idx] += scale * w_angle * de.square()
         grad[:, angle_idx] += scale * w_angle * e * de
-        # shape prior and near-start term
-        hess[:, 72:nb, 72:nb] += w_shape * torch.eye(betas.shape[1], dtype=dtype, device=dev)
+        diag[:, 72:nb] += w_shape
         grad[:, 72:nb] += w_shape * betas
-        diag = torch.arange(3, 72, device=dev)
-        hess[:, diag, diag] += fixed.w_init[:, None]
+        diag[:, 3:72] += fixed.w_init[:, None]
         grad[:, 3:72] += fixed.w_init[:, None] * (pose[:, 3:] - fixed.body_init)
         if c.collision_weight > 0:  # interpenetration: residuals depth (B, K), Jacobian (B, K, 72 + NB)
             depth, d_depth = self._collision(pose, betas, ends)
