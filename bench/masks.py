@@ -20,8 +20,8 @@ bodies of β_fit and β_true after Procrustes (size removed), which weighs each 
 body's coverage with the mask; CPU seconds per fit (`time.process_time`, at ``threads`` torch threads, set here).
 Ratios are against the baseline of the same run. Per arm also **per beta** (`per_beta`: the rms of β_fit − β_true
 per component and the correlation of fitted with true β, which components a term moves) and, for each term arm,
-the mean per-person change from the baseline with its standard error (`paired_change`: the noise a gain must
-clear).
+the mean per-person change from the baseline with its standard error (``change_from_keypoints``, by
+`paired_change`: the noise a gain must clear).
 
 **Mask resolution** (``mask_scale`` s, default 1): the masks (and the clothed labels, their margins × s) are drawn
 at s·224 px over the same crop (`render_mask_frame`: focal s·f, principal point s·112, pixel corners on the fit

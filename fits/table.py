@@ -21,8 +21,9 @@ SPIN keeps its fits in an N × 82 tensor keyed by row order, overwrites it in pl
 * **Writers append only strict improvements** (`BestLosses`, SPIN's ``new_loss < opt_loss``), which keeps the log
   small. Losses within `LOSS_TIE` (relative) of each other are one loss: a fit's float32 arithmetic depends on
   the batch it was fitted in (BLAS blocking), so refitting a sample in another batch moves its loss in the last
-  bits, and a re-run of a seeding flow would otherwise append a "better" copy of most fits. A writer whose known best is stale (another writer improved the key meanwhile) may append a row that is
-  no longer an improvement: that costs one row, never correctness, because the view is an argmin.
+  bits, and a re-run of a seeding flow would otherwise append a "better" copy of such fits. A writer whose known
+  best is stale (another writer improved the key meanwhile) may append a row that is no longer an improvement:
+  that costs one row, never correctness, because the view is an argmin.
 * **Versions** are Delta versions, one per commit: time travel by version or timestamp, the history of one key,
   a diff of the best fits between two versions. `FitsTable.compact` rewrites the table to its best rows in a new
   version and removes only the files it read, so a fit appended meanwhile survives. `FitsTable.vacuum` deletes
@@ -186,8 +187,8 @@ class BestLosses:
     """The best loss per key a writer knows, to append only strict improvements (SPIN: ``new_loss < opt_loss``).
 
     A fit improves on a key when the key is unknown, or when its loss is scored and lower than the known best by
-    more than `LOSS_TIE` of it (any scored loss beats an unscored one). A NaN or infinite loss never improves (as in SPIN's comparison), nor does a
-    fit whose pose, betas, cam_t or intrinsics hold a NaN or inf, whatever its loss (`fits.schema.diverged_rows`).
+    more than `LOSS_TIE` of it (any scored loss beats an unscored one). A NaN or infinite loss never improves (as
+    in SPIN's comparison), nor does a fit whose pose, betas, cam_t or intrinsics hold a NaN or inf, whatever its loss (`fits.schema.diverged_rows`).
     Within one batch only the batch's best fit per key can improve: a fit superseded inside the same commit would
     never be visible in any version.
 

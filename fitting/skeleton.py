@@ -318,7 +318,7 @@ class Skeleton(torch.nn.Module):
     def _jacobian_sparse(self, state: SkeletonState, dproj: Tensor | None) -> tuple[Tensor, Tensor]:
         """`jacobian` over each point's support (the sparse form; same formulas)."""
         idx, a_s, _, bd_s, desc_s, share = self._sparse_rows(state.subset)
-        batch, nb, num_joints = state.pose.shape[0], state.betas.shape[1], self.num_joints
+        batch = state.pose.shape[0]
         num_points = idx.shape[0]
         driven = self.slot_joints
         carried = a_s[None, ..., None] * state.pos[:, idx] + state.attached     # (B, P, K, 3): c_pk
@@ -330,13 +330,7 @@ class Skeleton(torch.nn.Module):
         m = torch.bmm(carried.permute(1, 0, 3, 2).reshape(num_points, batch * 3, -1), desc_d)
         m = m.reshape(num_points, batch, 3, -1).permute(1, 0, 3, 2) - share_d[None, :, :, None] * pos_d[:, None]
         d_pose = self._pose_columns(state.pose, rot_d, m)
-        par = self.parents.clamp_min(0)
-        rot_par = state.rot[:, par]
-        rot_par[:, 0] = torch.eye(3, dtype=rot_par.dtype, device=rot_par.device)
-        jd_off = self.j_dirs - self.j_dirs[par] * (self.parents >= 0).to(self.j_dirs.dtype)[:, None, None]
-        e = (rot_par[..., None] * jd_off[None, :, None]).sum(-2)              # (B, J, 3, NB)
-        dpos = (self.desc.T @ e.reshape(batch, num_joints, -1)).reshape(batch, num_joints, 3, nb)
-        d_betas = (a_s[None, ..., None, None] * dpos[:, idx]).sum(2)           # (B, P, 3, NB)
+        d_betas = (a_s[None, ..., None, None] * self._joint_beta_columns(state)[:, idx]).sum(2)   # (B, P, 3, NB)
         d_betas = d_betas + torch.einsum("bpkce,pkef->bpcf", state.rot[:, idx], bd_s)
         if dproj is not None:
             return dproj @ d_pose, dproj @ d_betas
@@ -439,16 +433,22 @@ class Skeleton(torch.nn.Module):
         m = (desc @ carried.permute(2, 0, 1, 3).reshape(num_joints, -1)).reshape(-1, batch, num_points, 3)
         return m.permute(3, 1, 2, 0) - share_d * pos_d.permute(2, 0, 1)[:, :, None], rot_d
 
-    def _beta_columns(self, state: SkeletonState) -> Tensor:
-        """d points / d betas (B, P, 3, NB): rest joint positions and attachment offsets are linear in beta."""
-        a, _, bd, _ = self._rows(state.subset)
-        batch, num_points, nb, num_joints = state.pose.shape[0], a.shape[0], state.betas.shape[1], self.num_joints
+    def _joint_beta_columns(self, state: SkeletonState) -> Tensor:
+        """d joint positions / d betas (B, J, 3, NB): each joint moves with its ancestors' rest offsets (j_dirs of a
+        joint less its parent's), each rotated by the offset's parent frame, summed down the tree."""
+        batch, nb, num_joints = state.pose.shape[0], state.betas.shape[1], self.num_joints
         par = self.parents.clamp_min(0)
         rot_par = state.rot[:, par]                                            # (B, J, 3, 3)
         rot_par[:, 0] = torch.eye(3, dtype=rot_par.dtype, device=rot_par.device)
         jd_off = self.j_dirs - self.j_dirs[par] * (self.parents >= 0).to(self.j_dirs.dtype)[:, None, None]
         e = rot_par @ jd_off                                                   # (B, J, 3, NB)
-        dpos = (self.desc.T @ e.reshape(batch, num_joints, -1)).reshape(batch, num_joints, 3, nb)  # ancestors
+        return (self.desc.T @ e.reshape(batch, num_joints, -1)).reshape(batch, num_joints, 3, nb)  # ancestors
+
+    def _beta_columns(self, state: SkeletonState) -> Tensor:
+        """d points / d betas (B, P, 3, NB): rest joint positions and attachment offsets are linear in beta."""
+        a, _, bd, _ = self._rows(state.subset)
+        batch, num_points, nb, num_joints = state.pose.shape[0], a.shape[0], state.betas.shape[1], self.num_joints
+        dpos = self._joint_beta_columns(state)
         # sum_j R_j Bd_pj as one GEMM: (B*3, J*3) @ (J*3, P*NB)
         rot_rows = state.rot.permute(0, 2, 1, 3).reshape(batch * 3, 3 * num_joints)
         bd_cols = bd.permute(1, 2, 0, 3).reshape(3 * num_joints, num_points * nb)

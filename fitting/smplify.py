@@ -844,9 +844,9 @@ class SMPLify:
         prior = self.prior
         fixed = _Stage2(points=points, merge=merge, point_of=point_of, conf=self._body_conf(kp), kp=kp, cam_t=cam_t,
                         focal=focal, center=center, body_init=body_init, w_init=trust.square(), sil=sil,
-                        free_t=sil is not None and self.config.mask_moves_camera,
-                        t_hold=None if sil is None else TRANSLATION_HOLD**2 * (
-                            ~torch.stack([t.targets.has_mask for t in sil.values()]).any(0)).to(dtype),
+                        t_hold=TRANSLATION_HOLD**2 * (~torch.stack([t.targets.has_mask for t in sil.values()]).any(0)
+                                                      ).to(dtype) if sil is not None and self.config.mask_moves_camera
+                        else None,
                         gmm=None if isinstance(prior, VAEPosePrior) else
                         (prior.means.to(dtype), prior.precisions.to(dtype), prior.log_nll_weights.to(dtype)))
         lam = torch.full((len(pose),), LM_DAMPING, dtype=dtype, device=pose.device) if lam is None else lam
@@ -897,8 +897,8 @@ class SMPLify:
         old values (λ up). Returns the same tuple, updated."""
         c = self.config
         pose, betas = state.pose, state.betas
-        dev, dtype = pose.device, pose.dtype
-        nb = 72 + betas.shape[1]                         # the betas' columns end here; then cam_t's (free_t)
+        dtype = pose.dtype
+        body_end = 72 + betas.shape[1]                   # pose and betas columns; then cam_t's (free_t)
         w_pose, w_angle, w_shape = c.pose_prior_weight**2, c.angle_prior_weight**2, c.shape_prior_weight**2
         angle_idx, angle_sign = self._angle_idx, self._angle_sign.to(dtype)
         cost = terms[:, 0] + scale * terms[:, 1]
@@ -915,32 +915,32 @@ class SMPLify:
             # diffᵀ P_k (P_k symmetric): the row-vector product, ~2x faster than P_k @ diff's matrix-vector one
             grad[:, 3:72] += scale * w_pose * 0.5 * (diff[:, None] @ prec_k)[:, 0]
         # angle prior, shape prior and near-start term: diagonal Hessians, added through the diagonal's view
-        diag = hess.diagonal(dim1=1, dim2=2)                                 # (B, 72 + NB), hess's own memory
+        diag = hess.diagonal(dim1=1, dim2=2)                         # (B, 72 + NB [+ 3]), hess's own memory
         # angle prior: residual w exp(s θ), derivative s exp(s θ)
         e = torch.exp(pose[:, angle_idx] * angle_sign)
         de = angle_sign * e
         diag[:, angle_idx] += scale * w_angle * de.square()
         grad[:, angle_idx] += scale * w_angle * e * de
-        diag[:, 72:nb] += w_shape
-        grad[:, 72:nb] += w_shape * betas
+        diag[:, 72:body_end] += w_shape
+        grad[:, 72:body_end] += w_shape * betas
         diag[:, 3:72] += fixed.w_init[:, None]
         grad[:, 3:72] += fixed.w_init[:, None] * (pose[:, 3:] - fixed.body_init)
         if c.collision_weight > 0:  # interpenetration: residuals depth (B, K), Jacobian (B, K, 72 + NB)
             depth, d_depth = self._collision(pose, betas, ends)
-            hess[:, :nb, :nb] += c.collision_weight**2 * d_depth.transpose(1, 2) @ d_depth
-            grad[:, :nb] += c.collision_weight**2 * (d_depth.transpose(1, 2) @ depth[..., None])[..., 0]
+            hess[:, :body_end, :body_end] += c.collision_weight**2 * d_depth.transpose(1, 2) @ d_depth
+            grad[:, :body_end] += c.collision_weight**2 * (d_depth.transpose(1, 2) @ depth[..., None])[..., 0]
         if fixed.sil is not None:  # the mask terms, weights included
             hess_s, grad_s = self._silhouette_system(pose, betas, cam_t, fixed.focal, fixed.center, fixed.sil,
                                                      fixed.free_t)
             hess += hess_s
             grad += grad_s
         if fixed.free_t:  # the rows without a mask held where stage 1 put them
-            hess[:, nb:, nb:] += fixed.t_hold[:, None, None] * torch.eye(3, dtype=dtype, device=dev)
-            grad[:, nb:] += fixed.t_hold[:, None] * (cam_t - fixed.cam_t)
+            diag[:, body_end:] += fixed.t_hold[:, None]
+            grad[:, body_end:] += fixed.t_hold[:, None] * (cam_t - fixed.cam_t)
 
         step = _lm_solve(hess, grad, lam)
-        new_pose, new_betas = pose + step[:, :72], betas + step[:, 72:nb]
-        new_t = cam_t + step[:, nb:] if fixed.free_t else cam_t
+        new_pose, new_betas = pose + step[:, :72], betas + step[:, 72:body_end]
+        new_t = cam_t + step[:, body_end:] if fixed.free_t else cam_t
         new_state, new_resid, new_gmm, new_terms, new_ends = self._stage2_cost(new_pose, new_betas, new_t, fixed)
         better = new_terms[:, 0] + scale * new_terms[:, 1] < cost
         keep = better[:, None, None]
@@ -958,8 +958,8 @@ class _Stage2:
     joint is and ``point_of`` (49,) its column (0 where no example observes the point: those joints' confidence is
     0), the confidences (B, 49) and keypoints (B, 49, 3) px, the camera (cam_t (B, 3) m, focal (B, 2) px, center
     (B, 2) px; with ``free_t`` the translation the stage starts from), the near-start
-    term's start (B, 69) and weight w² (B,), the mask terms (or None), whether cam_t is an unknown (``free_t``) and
-    the weight (B,) px²/m² that holds it for the rows without a mask (``t_hold``, None without mask terms), and
+    term's start (B, 69) and weight w² (B,), the mask terms (or None), the weight (B,) px²/m² that holds cam_t for
+    the rows without a mask where cam_t is an unknown (``t_hold``; None: cam_t is held, SPIN's stage 2), and
     the max-mixture prior's means, precisions and log weights in the fit's dtype (None: the VAE prior)."""
 
     points: Tensor
@@ -973,9 +973,13 @@ class _Stage2:
     body_init: Tensor
     w_init: Tensor
     sil: dict[str, MaskTerm] | None
-    free_t: bool
     t_hold: Tensor | None
     gmm: tuple[Tensor, Tensor, Tensor] | None
+
+    @property
+    def free_t(self) -> bool:
+        """Whether cam_t is an unknown of this stage 2 (a mask term with ``mask_moves_camera``)."""
+        return self.t_hold is not None
 
 
 def _quadratic(x: Tensor, means: Tensor, precisions: Tensor) -> Tensor:
