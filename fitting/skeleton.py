@@ -125,6 +125,33 @@ class SkeletonState:
     points: Tensor
 
 
+@dataclass
+class RootFrame:
+    """Points (B, P, 3) that move with the global orientation alone (`Skeleton.root_frame`): anchor + R(ω) local,
+    model frame, m. Exact: the same points and orientation Jacobian as evaluating the skeleton at that ω."""
+
+    anchor: Tensor                                   # (B, P, 3): S_p0 p_0, the root's share of the point
+    local: Tensor                                    # (B, P, 3): x_p, the rest of it in the root's frame
+
+    def select(self, index: Tensor) -> "RootFrame":
+        """The points ``index`` (B, K) of each example."""
+        def pick(t: Tensor) -> Tensor:
+            return torch.gather(t, 1, index[..., None].expand(-1, -1, 3))
+        return RootFrame(anchor=pick(self.anchor), local=pick(self.local))
+
+    def points(self, orient: Tensor) -> Tensor:
+        """The points (B, P, 3) at global orientation ``orient`` (B, 3), axis-angle."""
+        return self.anchor + self.local @ rodrigues(orient).transpose(-1, -2)
+
+    def jacobian(self, orient: Tensor) -> Tensor:
+        """d points / d orient (B, P, 3, 3) at ``orient`` (B, 3): `Skeleton.jacobian`'s first three pose columns.
+        A small step d turns R to R exp(Jr d), moving a point by (R Jr d) × (R x_p): column k is (R Jr e_k) × m_p."""
+        rot = rodrigues(orient)
+        m = self.local @ rot.transpose(-1, -2)                                          # (B, P, 3): R x_p
+        cols = (rot @ right_jacobian(orient)).transpose(-1, -2)                         # (B, 3, 3): k-th column
+        return _cross(cols[:, None], m[:, :, None], -1).transpose(-1, -2)               # (B, P, 3 (c), 3 (k))
+
+
 def select_state(mask: Tensor, new: SkeletonState, old: SkeletonState) -> SkeletonState:
     """Per example, ``new``'s evaluation where ``mask`` (B,) holds, else ``old``'s."""
 
@@ -382,16 +409,17 @@ class Skeleton(torch.nn.Module):
         m, rot_d = self._subtree_parts(state)
         return self._pose_columns(state.pose, rot_d, m.permute(1, 2, 3, 0)), self._beta_columns(state)
 
-    def orientation_jacobian(self, state: SkeletonState) -> Tensor:
-        """d points / d global orientation (B, P, 3, 3) (pose slot 0, the root), model frame: `jacobian`'s first
-        three pose columns alone. The root's subtree carries every point whole, so m_p0 = point - S_p0 p_0 and the
-        columns are (R_0 Jr_0 e_k) x m_p0: no pass over the other joints (SMPLify's camera stage needs only these)."""
-        if self.sparse or not self.root_slot:                    # a Python bool: no host sync on a GPU
-            return self.jacobian(state)[0][..., :3]
+    def root_frame(self, state: SkeletonState) -> "RootFrame":
+        """The points of ``state`` as they move with the global orientation alone (pose slot 0, the root; the body
+        pose and shape held): SMPLify's camera stage turns a rigid body. Every point is S_p0 p_0 + R_0 x_p (the
+        root's subtree carries it whole; S_p0 its share of the root, p_0 the root joint), so one evaluation gives
+        x_p = R_0ᵀ (point − S_p0 p_0), and any other orientation is a rotation of it: no pass over the tree."""
+        if not self.root_slot:                                   # a Python bool: no host sync on a GPU
+            raise ModelFileError("this skeleton's pose slot 0 does not drive the root joint: no global orientation")
         share = self.subtree_share[:, 0] if state.subset is None else self.subtree_share[state.subset, 0]
-        m = state.points - share[:, None] * state.pos[:, None, 0]                     # (B, P, 3)
-        cols = (state.rot[:, 0] @ right_jacobian(state.pose[:, :3])).transpose(-1, -2)  # (B, 3, 3): k-th column
-        return _cross(cols[:, None], m[:, :, None], -1).transpose(-1, -2)             # (B, P, 3 (c), 3 (k))
+        anchor = share[:, None] * state.pos[:, None, 0]                                  # (B, P, 3)
+        local = (state.points - anchor) @ state.rot[:, 0]                                # R_0ᵀ (·), row vectors
+        return RootFrame(anchor=anchor, local=local)
 
     def pixel_jacobian(self, state: SkeletonState, dproj: Tensor) -> Tensor:
         """d pixels / d [pose, betas] (B, P, 2, 72 + NB) (or 3J + NB + NE) for dproj (B, P, 2, 3), d pixels /

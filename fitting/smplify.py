@@ -107,6 +107,14 @@ HEADINGS = (0.0, torch.pi, torch.pi / 2, -torch.pi / 2)
 MIN_START_SIGMA = 1e-3
 LM_DAMPING = 1e-3  # Levenberg–Marquardt's initial λ (relative to diag H), and its factors on a rejected / accepted step
 LM_REJECT, LM_ACCEPT = 5.0, 1.0 / 3.0
+# Levenberg's isotropic damping under Marquardt's, relative to the system's scale: ε = floor × the mean of diag H.
+# A direction the data leave free that is no coordinate axis (the camera stage's turn about the line through the
+# only two torso keypoints seen) gets no damping from λ diag(H); with an absolute 1e-6 under it its step was
+# float32 noise over 1e-6: hundreds of radians, accepted whenever rounding lowered the cost (4 % of dev starts).
+# Stage 1 (the torso, six unknowns, a start worth keeping where the torso does not say otherwise) is damped more.
+# Both chosen on the dev split (docs/smplify.md, "A floor under the damping")
+LM_FLOOR = 1e-4
+CAMERA_FLOOR = 0.1
 # px/m: where stage 2 moves the camera (`SMPLifyConfig.mask_moves_camera`), an example without a mask is held at
 # stage 1's translation by TRANSLATION_HOLD² ‖t − t_1‖²: a metre weighs as a keypoint 10⁴ px off, far above what
 # its keypoints' pull on t can move (f/z ≈ 100 px per m at SPIN's crop camera)
@@ -135,7 +143,7 @@ class SMPLifyConfig:
     # (relative) over them stops, and the rest run on without it (the batch is compacted). Not while a schedule
     # still changes the objective (`prior_schedule`). 0: every iteration runs for every example (the fixed budget)
     tolerance: float = 1e-2                 # chosen on the dev split: within 0.3 mm of the fixed budget (docs)
-    check_every: int = 4
+    check_every: int = 3
     # fast mode: torch.compile one whole stage-2 LM iteration of the keypoint and prior terms (`SMPLify._lm_step`;
     # the VAE prior, collision and mask terms stay eager): ~10-40 s to compile per process, then the iteration
     # about 1.6x faster on CPU (docs/smplify.md). Off by default
@@ -144,10 +152,10 @@ class SMPLifyConfig:
     init_weight: float | None = None        # None: w from the start's uncertainty (below); a number: fixed w
     keypoint_noise: float = 0.027           # σ_kp of the first fit: per coordinate, share of the keypoints' box side
     noise_from_fit: float = 1.0             # then σ_kp = this × the first fit's RMS residual (0: keep the above)
-    noise_iterations: int = 8               # stage-2 iterations of that first fit (of body_iterations)
+    noise_iterations: int = 2               # stage-2 iterations of that first fit (of body_iterations)
     try_back_start: bool | None = None      # None: for start="mean"; True/False: always/never
     side_starts: bool = True                # also the sideways headings where the torso is not fully seen
-    back_choice_after: int = 6              # stage-2 iterations run on every candidate before keeping the best
+    back_choice_after: int = 3              # stage-2 iterations run on every candidate before keeping the best
     # mean starts: the pose and angle priors' energies weigh prior_anneal times SPIN's at the first stage-2
     # iteration, decaying geometrically to SPIN's over the first anneal_share of them (prior_anneal 1: SPIN's
     # throughout); the rest are SPIN's objective
@@ -539,6 +547,8 @@ class SMPLify:
         pose, cam_t = self._lm_camera(pose, betas, cam_t, kp, ctr, foc)
         sigma = None if start_sigma is None else start_sigma[example]
         if is_estimate:                                                                     # w per candidate
+            if sigma is None and c.init_weight is None:  # read off the start once, after the camera stage
+                sigma = self.start_sigma(pose, betas, cam_t, kp, ctr, foc)
             trust = self.near_start_weight(pose, betas, cam_t, kp, ctr, foc, sigma)
         else:
             trust = torch.zeros(len(example), dtype=dtype, device=dev)
@@ -687,64 +697,68 @@ class SMPLify:
         if sigma_kp is None:
             sigma_kp = c.keypoint_noise * side                                                 # (B,) px
         if start_sigma is None:
-            with torch.no_grad():  # over the observed points, each once: ‖C J‖²_F = Σ_p (Σ_{k of p} c_k²) ‖J_p‖²
-                points, merge, point_of = self._observed_points(keypoints)
-                state = self.skeleton(pose, betas, points)
-                dproj = projection_jacobian(state.points + cam_t[:, None], focal)               # (B, P, 2, 3)
-                jac = self.skeleton.pixel_jacobian(state, dproj)[..., 3:72]                     # (B, P, 2, 69)
-                c2 = conf.square() @ merge                                                      # (B, P)
-                resid = ((project(state.points, cam_t, focal, center)[:, point_of] - keypoints[..., :2])
-                         * conf[..., None])
-                jac_norm = (c2 * jac.square().sum((2, 3))).sum(1)
-                start_sigma = (resid.square().sum((1, 2)) / jac_norm.clamp_min(1e-12)).sqrt()
+            start_sigma = self.start_sigma(pose, betas, cam_t, keypoints, center, focal)
         return sigma_kp / start_sigma.clamp_min(MIN_START_SIGMA)
 
+    def start_sigma(self, pose: Tensor, betas: Tensor, cam_t: Tensor, keypoints: Tensor, center: Tensor,
+                    focal: Tensor) -> Tensor:
+        """σ_start (B,) rad per body-pose value read off a start (`near_start_weight`): σ² = Σ c² r² / ‖C J‖²_F."""
+        conf = self._body_conf(keypoints)
+        with torch.no_grad():  # over the observed points, each once: ‖C J‖²_F = Σ_p (Σ_{k of p} c_k²) ‖J_p‖²
+            points, merge, point_of = self._observed_points(keypoints)
+            state = self.skeleton(pose, betas, points)
+            dproj = projection_jacobian(state.points + cam_t[:, None], focal)               # (B, P, 2, 3)
+            jac = self.skeleton.pixel_jacobian(state, dproj)[..., 3:72]                     # (B, P, 2, 69)
+            c2 = conf.square() @ merge                                                      # (B, P)
+            resid = ((project(state.points, cam_t, focal, center)[:, point_of] - keypoints[..., :2])
+                     * conf[..., None])
+            jac_norm = (c2 * jac.square().sum((2, 3))).sum(1)
+            return (resid.square().sum((1, 2)) / jac_norm.clamp_min(1e-12)).sqrt()
+
     def _lm_camera(self, pose, betas, cam_t, kp, center, focal):
-        """Stage 1: global orientation and translation on the torso joints, plus the depth anchor."""
+        """Stage 1: global orientation and translation on the torso joints, plus the depth anchor. The body pose
+        and shape are held, so the torso turns rigidly: one skeleton evaluation, then each trial only rotates its
+        four points (`Skeleton.root_frame`; the same values as evaluating the skeleton at every trial)."""
         c = self.config
         batch, dtype = pose.shape[0], pose.dtype
         torso_idx, mask = self._torso(kp)
         target = torch.gather(kp[..., :2], 1, torso_idx[..., None].expand(-1, -1, 2))
         # evaluate only the eight torso points; torso_idx re-indexed into that subset
-        subset = torch.cat([self._op_torso, self._gt_torso])
         dev = pose.device
         local_idx = torch.where(torso_idx[:, :1] == self._op_torso[0], torch.arange(4, device=dev),
                                 torch.arange(4, 8, device=dev))
+        frame = self.skeleton.root_frame(self.skeleton(pose, betas, torch.cat([self._op_torso, self._gt_torso])))
+        frame = frame.select(local_idx)                                                    # (B, 4, 3) each
         depth0 = cam_t[:, 2].clone()
         lam = torch.full((batch,), LM_DAMPING, dtype=dtype, device=dev)
         jd = torch.zeros(batch, 1, 6, dtype=dtype, device=dev)     # the depth anchor's row of the Jacobian
         jd[:, 0, 5].fill_(c.depth_loss_weight)                      # fill_: no scalar tensor copied to the device
 
-        def evaluate(p, t):
-            state = self.skeleton(p, betas, subset)
-            torso = torch.gather(state.points, 1, local_idx[..., None].expand(-1, -1, 3))
+        def evaluate(orient, t):
+            torso = frame.points(orient)
             r = (project(torso, t, focal, center) - target) * mask[..., None]  # (B, 4, 2)
             d = c.depth_loss_weight * (t[:, 2] - depth0)
-            return state, torso, r, d, r.square().sum((1, 2)) + d.square()
+            return torso, r, d, r.square().sum((1, 2)) + d.square()
 
-        state, torso, r, d, cost = evaluate(pose, cam_t)
+        orient = pose[:, :3]
+        torso, r, d, cost = evaluate(orient, cam_t)
         for _ in range(c.camera_iterations):
-            d_orient = self.skeleton.orientation_jacobian(state)                                # (B, 8, 3, 3)
-            d_torso = torch.gather(d_orient, 1, local_idx[..., None, None].expand(-1, -1, 3, 3))
             dproj = projection_jacobian(torso + cam_t[:, None], focal) * mask[..., None, None]  # (B,4,2,3)
-            jac = torch.cat([dproj @ d_torso, dproj], dim=-1).reshape(batch, -1, 6)      # (B, 8, 6)
+            jac = torch.cat([dproj @ frame.jacobian(orient), dproj], dim=-1).reshape(batch, -1, 6)   # (B, 8, 6)
             jac = torch.cat([jac, jd], 1)
             res = torch.cat([r.reshape(batch, -1), d[:, None]], 1)
             hess, grad = jac.transpose(1, 2) @ jac, (jac.transpose(1, 2) @ res[..., None])[..., 0]
-            step = _lm_solve(hess, grad, lam)
-            new_pose = pose.clone()
-            new_pose[:, :3] = pose[:, :3] + step[:, :3]
-            new_t = cam_t + step[:, 3:]
-            new_state, new_torso, new_r, new_d, new_cost = evaluate(new_pose, new_t)
+            step = _lm_solve(hess, grad, lam, CAMERA_FLOOR)
+            new_orient, new_t = orient + step[:, :3], cam_t + step[:, 3:]
+            new_torso, new_r, new_d, new_cost = evaluate(new_orient, new_t)
             better = new_cost < cost
-            pose = torch.where(better[:, None], new_pose, pose)
+            orient = torch.where(better[:, None], new_orient, orient)
             cam_t = torch.where(better[:, None], new_t, cam_t)
-            state = select_state(better, new_state, state)  # keep each example's accepted evaluation
             torso = torch.where(better[:, None, None], new_torso, torso)
             r = torch.where(better[:, None, None], new_r, r)
             d, cost = torch.where(better, new_d, d), torch.where(better, new_cost, cost)
             lam = torch.where(better, lam * LM_ACCEPT, lam * LM_REJECT).clamp(1e-7, 1e7)
-        return pose, cam_t
+        return torch.cat([orient, pose[:, 3:]], 1), cam_t
 
     def data_system(self, state: SkeletonState, cam_t: Tensor, focal: Tensor, resid: Tensor, conf: Tensor,
                     merge: Tensor | None = None, translation: bool = False) -> tuple[Tensor, Tensor]:
@@ -987,14 +1001,16 @@ def _quadratic(x: Tensor, means: Tensor, precisions: Tensor) -> Tensor:
     return (torch.einsum("kij,bkj->bki", precisions, diff) * diff).sum(-1)
 
 
-def _lm_solve(hess: Tensor, grad: Tensor, lam: Tensor) -> Tensor:
-    """Solve (H + λ diag(H) + ε I) δ = -g per example.
+def _lm_solve(hess: Tensor, grad: Tensor, lam: Tensor, floor: float = LM_FLOOR) -> Tensor:
+    """Solve (H + λ diag(H) + ε I) δ = -g per example, ε = floor × the mean of diag(H) (+ 1e-6; `LM_FLOOR`).
 
     Where the Cholesky factorisation fails (the damped system numerically indefinite: should not happen) the step
     is zero: the trial then does not lower the objective, so the caller rejects it and raises that example's λ,
     which makes the next system more diagonal. A mask, not a Python branch: no host sync."""
     damped = hess.clone()                                  # the caller's system stays as it was
-    damped.diagonal(dim1=-2, dim2=-1).mul_(1 + lam[:, None]).add_(1e-6)     # in place: no (B, n, n) diag_embed
+    diag = damped.diagonal(dim1=-2, dim2=-1)                # in place: no (B, n, n) diag_embed
+    eps = floor * diag.mean(-1, keepdim=True) + 1e-6                  # before λ scales the diagonal
+    diag.mul_(1 + lam[:, None]).add_(eps)
     # damped normal equations are SPD; Cholesky is ~2x cheaper than LU. The upper factor: 7.1 -> 5.0 ms at batch
     # 256, 82 unknowns, 1 thread (the lower one adds a (B, n, n) tril copy)
     upper, info = torch.linalg.cholesky_ex(damped, upper=True)

@@ -79,11 +79,19 @@ def test_pixel_jacobian_is_the_jacobian_through_the_projection(exact_body):
                                    torch.cat([dproj @ d_pose, dproj @ d_betas], -1), atol=1e-9, rtol=0)
 
 
-def test_orientation_jacobian_is_the_first_three_pose_columns(exact_body):
-    """`Skeleton.orientation_jacobian` (SMPLify's camera stage) is `jacobian`'s global-orientation columns."""
+def test_the_root_frame_turns_the_points_as_the_skeleton_would(exact_body):
+    """`Skeleton.root_frame` (SMPLify's camera stage): from one evaluation, the points at another global orientation
+    are the skeleton's own there, and their orientation Jacobian is `jacobian`'s global-orientation columns."""
     skeleton = Skeleton(exact_body)
     pose, betas = _params(exact_body, 3, seed=4)
+    turned = pose.clone()
+    turned[:, :3] += torch.tensor([[0.3, -1.2, 0.4], [2.5, 0.1, -0.2], [0.0, 0.0, 0.0]], dtype=torch.float64)
     for subset in (None, torch.as_tensor(indices(OP_TORSO))):
-        state = skeleton(pose, betas, subset)
-        torch.testing.assert_close(skeleton.orientation_jacobian(state), skeleton.jacobian(state)[0][..., :3],
+        frame = skeleton.root_frame(skeleton(pose, betas, subset))
+        there = skeleton(turned, betas, subset)
+        torch.testing.assert_close(frame.points(turned[:, :3]), there.points, atol=1e-12, rtol=0)
+        torch.testing.assert_close(frame.jacobian(turned[:, :3]), skeleton.jacobian(there)[0][..., :3],
                                    atol=1e-10, rtol=0)
+        pick = torch.tensor([[2, 0], [1, 1], [3, 2]])                  # each example's own points
+        torch.testing.assert_close(frame.select(pick).points(turned[:, :3]),
+                                   torch.gather(there.points, 1, pick[..., None].expand(-1, -1, 3)), atol=1e-12, rtol=0)

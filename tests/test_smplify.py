@@ -413,11 +413,11 @@ def test_early_exit_stops_converged_examples_and_keeps_the_rest_exact(body, prio
         people["pose"].shape, generator=gen)
     args = (people["keypoints"], start, torch.zeros(6, 10), people["cam_t"] * 1.05, people["center"])
     fixed = SMPLify(body, prior, SMPLifyConfig(tolerance=0.0))(*args, start="estimate")
-    early = SMPLify(body, prior, SMPLifyConfig(tolerance=3e-3, check_every=2))
+    early = SMPLify(body, prior, SMPLifyConfig(tolerance=3e-4, check_every=2))
     fit = early(*args, start="estimate")
     ran = fit.extras["body_iterations"]
     assert (fixed.extras["body_iterations"] == 25).all()
-    assert (ran < 25).all() and len(set(ran.tolist())) > 1, ran       # they stop, not all at once (seen 8-12)
+    assert (ran < 25).all() and len(set(ran.tolist())) > 1, ran       # they stop, not all at once (seen 6-14)
     objective = early._objective
     conf = early._body_conf(people["keypoints"])
     spin_early = objective(fit.pose, fit.betas, fit.cam_t, people["center"], conf, people["keypoints"])
@@ -443,8 +443,9 @@ def test_a_fixed_budget_is_tolerance_zero(body, prior):
 
 def test_a_failed_factorisation_gives_a_zero_step_not_a_branch():
     """`_lm_solve`: an example whose damped system is not positive definite gets a zero step (its trial is then
-    rejected and its damping raised); the others get the exact solution."""
-    from fitting.smplify import _lm_solve
+    rejected and its damping raised); the others get the exact solution of the damped system (λ diag H, and the
+    floor under it)."""
+    from fitting.smplify import LM_FLOOR, _lm_solve
 
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(3, 5, 5, dtype=torch.float64, generator=gen)
@@ -455,7 +456,7 @@ def test_a_failed_factorisation_gives_a_zero_step_not_a_branch():
     step = _lm_solve(hess, grad, lam)
     assert (step[1] == 0).all()
     for i in (0, 2):
-        damped = hess[i] + torch.diag(lam[i] * hess[i].diagonal() + 1e-6)
+        damped = hess[i] + torch.diag(lam[i] * hess[i].diagonal() + LM_FLOOR * hess[i].diagonal().mean() + 1e-6)
         torch.testing.assert_close(step[i], -torch.linalg.solve(damped, grad[i]))
 
 
@@ -530,3 +531,31 @@ def test_spins_two_names_of_one_point_are_fitted_as_one_point(body, prior):
     torch.testing.assert_close(resid_m * (conf > 0)[..., None], resid * (conf > 0)[..., None])
     torch.testing.assert_close(hess_m, hess, rtol=1e-9, atol=1e-9 * hess.abs().max())
     torch.testing.assert_close(grad_m, grad, rtol=1e-9, atol=1e-9 * grad.abs().max())
+
+
+def test_the_camera_stage_leaves_an_unseen_turn_alone(body, prior, monkeypatch):
+    """With only the two hips of the torso seen, stage 1 cannot tell the turn about the line through them: a
+    Marquardt damping λ diag(H) does not damp that direction (no coordinate axis), and with an absolute 1e-6 under
+    it the step was float32 noise over 1e-6 (|ω| of hundreds of radians, the body flipped about the hips; 4 % of the
+    dev split's starts). `CAMERA_FLOOR` keeps that turn where the start put it."""
+    import fitting.smplify as smplify_module
+
+    people = _people(body, prior, batch=64, seed=5)
+    kp = people["keypoints"].clone()
+    for name in ("Left Shoulder", "Right Shoulder", "OP LShoulder", "OP RShoulder"):
+        kp[:, JOINT_INDEX[name], 2] = 0.0
+    gen = torch.Generator().manual_seed(6)
+    start = people["pose"] + 0.05 * torch.randn(people["pose"].shape, generator=gen)
+    cam_t = people["cam_t"] + torch.tensor([-1.0, -1.0, -5.0])              # m: a start's camera, off
+    focal = torch.full((64, 2), float(FIT_FOCAL))
+
+    def camera_stage(floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+        monkeypatch.setattr(smplify_module, "CAMERA_FLOOR", floor)
+        pose, _ = SMPLify(body, prior)._lm_camera(start, people["betas"], cam_t, kp, people["center"], focal)
+        turn = compose_axis_angle(pose[:, :3], -start[:, :3]).norm(dim=1)    # R R_start⁻¹'s angle
+        return turn, pose[:, :3].norm(dim=1)
+
+    turn, size = camera_stage(smplify_module.CAMERA_FLOOR)
+    assert turn.max() < 0.2 and size.max() < 2 * torch.pi                  # seen 0.05 rad
+    turn, size = camera_stage(0.0)                                           # the old damping
+    assert turn.max() > 3.0 and size.max() > 100                             # seen π (flipped), 567 rad
