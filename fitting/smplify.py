@@ -107,14 +107,13 @@ HEADINGS = (0.0, torch.pi, torch.pi / 2, -torch.pi / 2)
 MIN_START_SIGMA = 1e-3
 LM_DAMPING = 1e-3  # Levenberg–Marquardt's initial λ (relative to diag H), and its factors on a rejected / accepted step
 LM_REJECT, LM_ACCEPT = 5.0, 1.0 / 3.0
-# Levenberg's isotropic damping under Marquardt's, relative to the system's scale: ε = floor × the mean of diag H.
-# A direction the data leave free that is no coordinate axis (the camera stage's turn about the line through the
-# only two torso keypoints seen) gets no damping from λ diag(H); with an absolute 1e-6 under it its step was
-# float32 noise over 1e-6: hundreds of radians, accepted whenever rounding lowered the cost (4 % of dev starts).
-# Stage 1 (the torso, six unknowns, a start worth keeping where the torso does not say otherwise) is damped more.
-# Both chosen on the dev split (docs/smplify.md, "A floor under the damping")
-LM_FLOOR = 1e-4
-CAMERA_FLOOR = 0.1
+# Levenberg's isotropic damping under Marquardt's, relative to the system's scale: ε = LM_FLOOR × the mean of
+# diag H. A direction the data leave free that is no coordinate axis (the camera stage's turn about the line through
+# the only two torso keypoints seen) has next to no Gauss–Newton curvature, and once λ had fallen its step was
+# hundreds of radians, accepted whenever it happened to lower the cost: |ω| of 100–1,400 rad and bodies flipped
+# about the hips on 4 % of the dev split's starts. Chosen on the dev split (docs/smplify.md, "A floor under the
+# damping"): 1e-2 and more slow the camera stage of far starts (it then stops short in its 10 iterations)
+LM_FLOOR = 1e-3
 # px/m: where stage 2 moves the camera (`SMPLifyConfig.mask_moves_camera`), an example without a mask is held at
 # stage 1's translation by TRANSLATION_HOLD² ‖t − t_1‖²: a metre weighs as a keypoint 10⁴ px off, far above what
 # its keypoints' pull on t can move (f/z ≈ 100 px per m at SPIN's crop camera)
@@ -748,7 +747,7 @@ class SMPLify:
             jac = torch.cat([jac, jd], 1)
             res = torch.cat([r.reshape(batch, -1), d[:, None]], 1)
             hess, grad = jac.transpose(1, 2) @ jac, (jac.transpose(1, 2) @ res[..., None])[..., 0]
-            step = _lm_solve(hess, grad, lam, CAMERA_FLOOR)
+            step = _lm_solve(hess, grad, lam)
             new_orient, new_t = orient + step[:, :3], cam_t + step[:, 3:]
             new_torso, new_r, new_d, new_cost = evaluate(new_orient, new_t)
             better = new_cost < cost
@@ -1001,15 +1000,15 @@ def _quadratic(x: Tensor, means: Tensor, precisions: Tensor) -> Tensor:
     return (torch.einsum("kij,bkj->bki", precisions, diff) * diff).sum(-1)
 
 
-def _lm_solve(hess: Tensor, grad: Tensor, lam: Tensor, floor: float = LM_FLOOR) -> Tensor:
-    """Solve (H + λ diag(H) + ε I) δ = -g per example, ε = floor × the mean of diag(H) (+ 1e-6; `LM_FLOOR`).
+def _lm_solve(hess: Tensor, grad: Tensor, lam: Tensor) -> Tensor:
+    """Solve (H + λ diag(H) + ε I) δ = -g per example, ε = LM_FLOOR × the mean of diag(H) (+ 1e-6).
 
     Where the Cholesky factorisation fails (the damped system numerically indefinite: should not happen) the step
     is zero: the trial then does not lower the objective, so the caller rejects it and raises that example's λ,
     which makes the next system more diagonal. A mask, not a Python branch: no host sync."""
     damped = hess.clone()                                  # the caller's system stays as it was
     diag = damped.diagonal(dim1=-2, dim2=-1)                # in place: no (B, n, n) diag_embed
-    eps = floor * diag.mean(-1, keepdim=True) + 1e-6                  # before λ scales the diagonal
+    eps = LM_FLOOR * diag.mean(-1, keepdim=True) + 1e-6                  # before λ scales the diagonal
     diag.mul_(1 + lam[:, None]).add_(eps)
     # damped normal equations are SPD; Cholesky is ~2x cheaper than LU. The upper factor: 7.1 -> 5.0 ms at batch
     # 256, 82 unknowns, 1 thread (the lower one adds a (B, n, n) tril copy)

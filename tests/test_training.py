@@ -485,11 +485,13 @@ def test_a_fit_made_in_an_augmented_crop_is_stored_canonical_with_its_canonical_
     np.testing.assert_allclose(rows["loss"].to_numpy(), _loss_on_unaugmented_keypoints(smplify, rows, by_key),
                                rtol=LOSS_RTOL)
     # A crop scaled by s shows residuals 1/s as large (px): the canonical loss is the crop's loss times s² (for
-    # residuals well below GMoF's sigma; larger ones are damped by it). Measured: within 0.5% for small losses,
-    # 2.7% for a loss of ~200 (open-small, 2026-12-02). A fit stored in its augmented frame is off by s² - 1 (+44%,
-    # -36% for the scales 1.2 and 0.8 here), which this bound still catches.
+    # residuals well below GMoF's sigma; larger ones are damped by it, the more the larger the worst residuals).
+    # Measured: within 0.5% for small losses, 2.7% for a loss of ~200 (open-small, 2026-12-02), 6-8% for losses of
+    # 140-290 after 5 iterations from the mean pose with the candidates chosen after 3 (2026-12-03). A fit stored in
+    # its augmented frame is off by s² - 1 (+44%, -36% for the scales 1.2 and 0.8 here), which this bound still
+    # catches.
     in_crop = {k: loss * scale**2 for k, loss, scale in zip(batch.keys, new.loss.tolist(), batch.scale.tolist())}
-    np.testing.assert_allclose(rows["loss"].to_numpy(), [in_crop[k] for k in rows["key"].to_pylist()], rtol=0.05)
+    np.testing.assert_allclose(rows["loss"].to_numpy(), [in_crop[k] for k in rows["key"].to_pylist()], rtol=0.15)
 
 
 # --- the fits store: read once, evaluated from memory ---------------------------------------------------------------
