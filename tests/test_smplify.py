@@ -1,3 +1,4 @@
+import copy
 import dataclasses
 
 import model_files
@@ -413,11 +414,11 @@ def test_early_exit_stops_converged_examples_and_keeps_the_rest_exact(body, prio
         people["pose"].shape, generator=gen)
     args = (people["keypoints"], start, torch.zeros(6, 10), people["cam_t"] * 1.05, people["center"])
     fixed = SMPLify(body, prior, SMPLifyConfig(tolerance=0.0))(*args, start="estimate")
-    early = SMPLify(body, prior, SMPLifyConfig(tolerance=3e-4, check_every=2))
+    early = SMPLify(body, prior, SMPLifyConfig(tolerance=1e-2, check_every=2))
     fit = early(*args, start="estimate")
     ran = fit.extras["body_iterations"]
     assert (fixed.extras["body_iterations"] == 25).all()
-    assert (ran < 25).all() and len(set(ran.tolist())) > 1, ran       # they stop, not all at once (seen 6-14)
+    assert (ran < 25).all() and len(set(ran.tolist())) > 1, ran       # they stop, not all at once (seen 6-8)
     objective = early._objective
     conf = early._body_conf(people["keypoints"])
     spin_early = objective(fit.pose, fit.betas, fit.cam_t, people["center"], conf, people["keypoints"])
@@ -516,7 +517,8 @@ def test_spins_two_names_of_one_point_are_fitted_as_one_point(body, prior):
     kp = people["keypoints"].double()
     kp[:, :, 2] = torch.rand(3, 49, generator=torch.Generator().manual_seed(1)) + 0.2
     kp[0, JOINT_INDEX["OP RElbow"], 2] = 0.0             # one name of a point unseen in one example
-    fitter64 = SMPLify(body.double(), prior.double(), SMPLifyConfig())
+    # copies: Module.double() converts in place, and body and prior are this module's shared fixtures
+    fitter64 = SMPLify(copy.deepcopy(body).double(), copy.deepcopy(prior).double(), SMPLifyConfig())
     pose, betas = people["pose"].double(), people["betas"].double()
     cam_t, focal, center = people["cam_t"].double(), torch.full((3, 2), FIT_FOCAL).double(), people["center"].double()
     conf = fitter64._body_conf(kp)
