@@ -488,17 +488,21 @@ def _run(config: BenchConfig, say: Callable[[str], None]) -> dict[str, Any]:
 
     speed: dict[str, dict[str, Any]] = {}
     throughput: dict[str, dict[str, Any]] = {}
-    for name, fitter, count, about_fitter in _fitters(body, prior, config, device):
+    fitters = _fitters(body, prior, config, device)
+    for name, fitter, count, about_fitter in fitters:
         speed[name] = {"config": dataclasses.asdict(fitter.config), **about_fitter}
-        if count == 0:
-            continue
-        if fitter.config.compile:  # compiled once per process: outside the timed fits, its CPU time reported
+        if count and fitter.config.compile:  # compiled once per process: outside the timed fits, its CPU time reported
             cpu = time.process_time()
             _warm_up(fitter, cells, config.starts, device)
             speed[name]["compile_cpu_s"] = time.process_time() - cpu
             say(f"{name:>16} compiled: {speed[name]['compile_cpu_s']:.1f} CPU s")
-        for label in config.starts:
-            level_cells = [c for c in cells if c.start == label]
+    # start level by start level, every variant in turn: a ratio compares CPU rates measured minutes apart at most,
+    # not a whole run apart (this machine's rate drifts by up to 1.5x over a run)
+    for label in config.starts:
+        level_cells = [c for c in cells if c.start == label]
+        for name, fitter, count, _ in fitters:
+            if count == 0:
+                continue
             timing = _fit_level(fitter, level_cells, count, name, device)
             speed[name][label] = timing
             say(f"{name:>16} {label:<6}: {timing['fits']} fits in {timing['wall_s']:.1f} s "
