@@ -141,7 +141,8 @@ Starts: "mean" (SMPLify's mean-pose start) and network-like "net60", "net90", "n
 per-joint rotation noise calibrated on the dev split to that median start PA-MPJPE in mm, mean shape, the
 translation estimated from the torso; start="estimate").
 The reference fits the first --reference-cases people of every cell; the fast mode all --cases of them, and
-its figures on the reference's cases are shown beside the reference's.
+its figures on the reference's cases are shown beside the reference's. Speed: CPU time per fit, start level by
+start level with every variant in turn (a ratio compares rates measured minutes apart; the machine's rate drifts).
 
 --poses FILE.npz: `poses` (N, 72) SMPL axis-angle (global orientation, 23 body joints relative to the
 T-pose), optional `betas` (N, NB) of the body model used (default N(0, 1)), optional `name` (a string) and
