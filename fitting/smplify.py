@@ -111,7 +111,7 @@ LM_REJECT, LM_ACCEPT = 5.0, 1.0 / 3.0
 # diag H. A direction the data leave free that is no coordinate axis (the camera stage's turn about the line through
 # the only two torso keypoints seen) has next to no Gauss–Newton curvature, and once λ had fallen its step was
 # hundreds of radians, accepted whenever it happened to lower the cost: |ω| of 100–1,400 rad and bodies flipped
-# about the hips on 4 % of the dev split's starts. Chosen on the dev split (docs/smplify.md, "A floor under the
+# about the hips, on 1 % of the dev split's net90 starts and 8 % of its mean-start candidates. Chosen on the dev split (docs/smplify.md, "A floor under the
 # damping"): 1e-2 and more slow the camera stage of far starts (it then stops short in its 10 iterations)
 LM_FLOOR = 1e-3
 # px/m: where stage 2 moves the camera (`SMPLifyConfig.mask_moves_camera`), an example without a mask is held at

@@ -538,8 +538,8 @@ def test_spins_two_names_of_one_point_are_fitted_as_one_point(body, prior):
 def test_the_camera_stage_leaves_an_unseen_turn_alone(body, prior, monkeypatch):
     """With only the two hips of the torso seen, stage 1 cannot tell the turn about the line through them: a
     Marquardt damping λ diag(H) does not damp that direction (no coordinate axis), and with an absolute 1e-6 under
-    it the step was float32 noise over 1e-6 (|ω| of hundreds of radians, the body flipped about the hips; 4 % of the
-    dev split's starts). `LM_FLOOR` keeps that turn where the start put it."""
+    it the Gauss–Newton step there was huge (|ω| of hundreds of radians, the body flipped about the hips; 1 % of the
+    dev split's net90 starts, 8 % of its mean-start candidates). `LM_FLOOR` keeps that turn where the start put it."""
     import fitting.smplify as smplify_module
 
     people = _people(body, prior, batch=64, seed=5)
