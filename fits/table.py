@@ -188,7 +188,8 @@ class BestLosses:
 
     A fit improves on a key when the key is unknown, or when its loss is scored and lower than the known best by
     more than `LOSS_TIE` of it (any scored loss beats an unscored one). A NaN or infinite loss never improves (as
-    in SPIN's comparison), nor does a fit whose pose, betas, cam_t or intrinsics hold a NaN or inf, whatever its loss (`fits.schema.diverged_rows`).
+    in SPIN's comparison), nor does a fit whose pose, betas, cam_t or intrinsics hold a NaN or inf, whatever its
+    loss (`fits.schema.diverged_rows`).
     Within one batch only the batch's best fit per key can improve: a fit superseded inside the same commit would
     never be visible in any version.
 

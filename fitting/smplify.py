@@ -111,8 +111,9 @@ LM_REJECT, LM_ACCEPT = 5.0, 1.0 / 3.0
 # diag H. A direction the data leave free that is no coordinate axis (the camera stage's turn about the line through
 # the only two torso keypoints seen) has next to no Gauss–Newton curvature, and once λ had fallen its step was
 # hundreds of radians, accepted whenever it happened to lower the cost: |ω| of 100–1,400 rad and bodies flipped
-# about the hips, on 1 % of the dev split's net90 starts and 8 % of its mean-start candidates. Chosen on the dev split (docs/smplify.md, "A floor under the
-# damping"): 1e-2 and more slow the camera stage of far starts (it then stops short in its 10 iterations)
+# about the hips, on 1 % of the dev split's net90 starts and 8 % of its mean-start candidates. Chosen on the dev
+# split (docs/smplify.md, "A floor under the damping"): 1e-2 and more slow the camera stage of far starts (it then
+# stops short in its 10 iterations)
 LM_FLOOR = 1e-3
 # px/m: where stage 2 moves the camera (`SMPLifyConfig.mask_moves_camera`), an example without a mask is held at
 # stage 1's translation by TRANSLATION_HOLD² ‖t − t_1‖²: a metre weighs as a keypoint 10⁴ px off, far above what
@@ -883,10 +884,10 @@ class SMPLify:
         return state.pose, state.betas, cam_t, lam, first_terms, terms
 
     def _stage2_cost(self, p: Tensor, b: Tensor, t: Tensor, fixed: "_Stage2"):
-        """Stage 2's evaluation at pose p (B, 72), betas b (B, NB), camera translation t (B, 3): the skeleton's state, the keypoint residuals
-        (B, P, 2) px, the pose prior's per-component energies (B, K) (VAE: its residuals (B, R)), the objective's
-        terms (B, 2) (the rest, and the priors a schedule scales) and the capsules' segment ends (None without the
-        collision term)."""
+        """Stage 2's evaluation at pose p (B, 72), betas b (B, NB), camera translation t (B, 3): the skeleton's
+        state, the keypoint residuals (B, P, 2) px, the pose prior's per-component energies (B, K) (VAE: its
+        residuals (B, R)), the objective's terms (B, 2) (the rest, and the priors a schedule scales) and the capsules'
+        segment ends (None without the collision term)."""
         c = self.config
         state = self.skeleton(p, b, fixed.points)
         # every keypoint's residual (a point's, where its point is observed; 0-confidence rows elsewhere)
