@@ -164,6 +164,12 @@ def select_state(mask: Tensor, new: SkeletonState, old: SkeletonState) -> Skelet
                          points=pick(new.points, old.points))
 
 
+def take_state(state: SkeletonState, rows: Tensor) -> SkeletonState:
+    """The evaluation of the examples ``rows`` (K,) of ``state``, in that order."""
+    return SkeletonState(pose=state.pose[rows], betas=state.betas[rows], subset=state.subset, rot=state.rot[rows],
+                         pos=state.pos[rows], attached=state.attached[rows], points=state.points[rows])
+
+
 def _blend_rows(rows: Tensor, weights: Tensor, v_template: Tensor, shapedirs: Tensor, j_template: Tensor,
                 j_dirs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """A (K, J), B0 (K, J, 3) and Bd (K, J, 3, NB) of keypoint rows (K, U) over U vertices with skinning weights
