@@ -912,14 +912,15 @@ class SMPLify:
             evaluation.ends
         first_terms = terms
         c = self.config
-        settle = c.anneal_settle if c.tolerance > 0 else 0.0           # the fixed budget: the schedule alone
+        # the fixed budget keeps the schedule alone; where the schedule is flat at SPIN's weights, nothing to settle
+        settle = c.anneal_settle if c.tolerance > 0 and max(prior_scale, default=1.0) > 1 else 0.0
         factor = torch.full_like(lam, torch.inf) if factor is None else factor
         for ceiling in prior_scale:
             scale = factor.clamp(max=ceiling)
-            lam_before, cost = lam, terms[:, 0] + scale * terms[:, 1]
+            lam_before, before = lam, terms
             lam, state, cam_t, resid, gmm, terms, ends = step(lam, state, cam_t, resid, gmm, terms, ends, scale, fixed)
-            factor = (settled_factor(scale, lam < lam_before, cost, terms[:, 0] + scale * terms[:, 1], settle,
-                                     c.anneal_jump) if settle > 0 else scale)
+            factor = (settled_factor(scale, lam < lam_before, before[:, 0] + scale * before[:, 1],
+                                     terms[:, 0] + scale * terms[:, 1], settle, c.anneal_jump) if settle > 0 else scale)
         return state.pose, state.betas, cam_t, lam, first_terms, _Evaluation(state, resid, gmm, terms, ends), factor
 
     def _stage2_cost(self, p: Tensor, b: Tensor, t: Tensor, fixed: "_Stage2"):
@@ -965,25 +966,26 @@ class SMPLify:
         w_pose, w_angle, w_shape = c.pose_prior_weight**2, c.angle_prior_weight**2, c.shape_prior_weight**2
         angle_idx, angle_sign = self._angle_idx, self._angle_sign.to(dtype)
         cost = terms[:, 0] + scale * terms[:, 1]
+        pose_w, angle_w = scale * (0.5 * w_pose), (scale * w_angle)[:, None]      # the priors' weights this iteration
         hess, grad = self.data_system(state, cam_t, fixed.focal, resid, fixed.conf, fixed.merge, fixed.free_t)
         if fixed.gmm is None:  # VAE prior: Gauss–Newton on its residuals, exact Jacobian (B, R, 69)
             jac_p = self.prior.residuals_and_jacobian(pose[:, 3:])[1].to(dtype)
-            hess[:, 3:72, 3:72] += (scale * w_pose * 0.5)[:, None, None] * (jac_p.transpose(1, 2) @ jac_p)
-            grad[:, 3:72] += (scale * w_pose * 0.5)[:, None] * (jac_p.transpose(1, 2) @ gmm[..., None])[..., 0]
+            hess[:, 3:72, 3:72] += pose_w[:, None, None] * (jac_p.transpose(1, 2) @ jac_p)
+            grad[:, 3:72] += pose_w[:, None] * (jac_p.transpose(1, 2) @ gmm[..., None])[..., 0]
         else:    # max-mixture prior: the active component's quadratic
             means, precisions, _ = fixed.gmm
             k = gmm.argmin(1)
             prec_k, diff = precisions[k], pose[:, 3:] - means[k]
-            hess[:, 3:72, 3:72].addcmul_(prec_k, (scale * w_pose * 0.5)[:, None, None])   # one pass over the block
+            hess[:, 3:72, 3:72].addcmul_(prec_k, pose_w[:, None, None])     # one pass over the (B, 69, 69) block
             # diffᵀ P_k (P_k symmetric): the row-vector product, ~2x faster than P_k @ diff's matrix-vector one
-            grad[:, 3:72] += (scale * w_pose * 0.5)[:, None] * (diff[:, None] @ prec_k)[:, 0]
+            grad[:, 3:72] += pose_w[:, None] * (diff[:, None] @ prec_k)[:, 0]
         # angle prior, shape prior and near-start term: diagonal Hessians, added through the diagonal's view
         diag = hess.diagonal(dim1=1, dim2=2)                         # (B, 72 + NB [+ 3]), hess's own memory
         # angle prior: residual w exp(s θ), derivative s exp(s θ)
         e = torch.exp(pose[:, angle_idx] * angle_sign)
         de = angle_sign * e
-        diag[:, angle_idx] += (scale * w_angle)[:, None] * de.square()
-        grad[:, angle_idx] += (scale * w_angle)[:, None] * e * de
+        diag[:, angle_idx] += angle_w * de.square()
+        grad[:, angle_idx] += angle_w * e * de
         diag[:, 72:body_end] += w_shape
         grad[:, 72:body_end] += w_shape * betas
         diag[:, 3:72] += fixed.w_init[:, None]
