@@ -1082,20 +1082,25 @@ def _quadratic(x: Tensor, means: Tensor, precisions: Tensor) -> Tensor:
 
 
 def _lm_solve(hess: Tensor, grad: Tensor, lam: Tensor) -> Tensor:
-    """Solve (H + λ diag(H) + ε I) δ = -g per example, ε = LM_FLOOR × the mean of diag(H) (+ 1e-6).
-
-    Where the Cholesky factorisation fails (the damped system numerically indefinite: should not happen) the step
-    is zero: the trial then does not lower the objective, so the caller rejects it and raises that example's λ,
-    which makes the next system more diagonal. A mask, not a Python branch: no host sync."""
+    """Solve (H + λ diag(H) + ε I) δ = -g per example, ε = LM_FLOOR × the mean of diag(H) (+ 1e-6), by
+    `solve_spd` (a zero step where the factorisation fails: the caller rejects it and raises that example's λ)."""
     damped = hess.clone()                                  # the caller's system stays as it was
     diag = damped.diagonal(dim1=-2, dim2=-1)                # in place: no (B, n, n) diag_embed
     eps = LM_FLOOR * diag.mean(-1, keepdim=True) + 1e-6                  # before λ scales the diagonal
     diag.mul_(1 + lam[:, None]).add_(eps)
-    # damped normal equations are SPD; Cholesky is ~2x cheaper than LU. The upper factor: 7.1 -> 5.0 ms at batch
-    # 256, 82 unknowns, 1 thread (the lower one adds a (B, n, n) tril copy)
-    upper, info = torch.linalg.cholesky_ex(damped, upper=True)
-    # Uᵀ U δ = -g by two triangular solves: torch.cholesky_solve would check its LAPACK status with .item() (a
+    return solve_spd(damped, -grad)
+
+
+def solve_spd(matrix: Tensor, rhs: Tensor) -> Tensor:
+    """x (B, n) with matrix @ x = rhs per example, for symmetric positive definite matrices (B, n, n) (damped normal
+    equations) and rhs (B, n), by Cholesky. Where the factorisation fails (the matrix numerically indefinite:
+    should not happen) x is 0 — a mask, not a Python branch: no host sync; an LM step of 0 lowers nothing, so its
+    caller rejects it and raises that example's damping, which makes the next system more diagonal."""
+    # Cholesky is ~2x cheaper than LU. The upper factor: 7.1 -> 5.0 ms at batch 256, 82 unknowns, 1 thread (the
+    # lower one adds a (B, n, n) tril copy)
+    upper, info = torch.linalg.cholesky_ex(matrix, upper=True)
+    # Uᵀ U x = rhs by two triangular solves: torch.cholesky_solve would check its LAPACK status with .item() (a
     # host sync per call on CPU), triangular solves check nothing
-    half = torch.linalg.solve_triangular(upper.mT, -grad[..., None], upper=False)
-    step = torch.linalg.solve_triangular(upper, half, upper=True)[..., 0]
-    return torch.where((info == 0)[:, None], step, 0.0)
+    half = torch.linalg.solve_triangular(upper.mT, rhs[..., None], upper=False)
+    x = torch.linalg.solve_triangular(upper, half, upper=True)[..., 0]
+    return torch.where((info == 0)[:, None], x, 0.0)

@@ -94,7 +94,7 @@ from fitting.priors import (
     load_gmm,
 )
 from fitting.skeleton import Skeleton, compose_axis_angle, select_state
-from fitting.smplify import focal_per_example, gmof
+from fitting.smplify import focal_per_example, gmof, solve_spd
 from fitting.wholebody_model import BODY_POSE_DIM, FULL_POSE_DIM, HAND_POSE_DIM, POSE_SLICES, WholeBodyModel
 
 # --- SMPLify-X's numbers (vchoutas/smplify-x, cfg_files/fit_smplx.yaml at 12467e9, smplifyx/*.py) ---------------
@@ -350,8 +350,10 @@ class SMPLifyX:
                              f"{2 * HAND_POSE_DIM} (both hands); got {self.body_prior.dim} and {self.hand_prior.dim}")
         device = model.rows.device
         provided = torch.as_tensor(model.provided, device=device)
-        self._parts = {part: torch.as_tensor(wholebody_indices(names), device=device)
-                       for part, names in WHOLEBODY_PARTS.items()}
+        # each part's 0/1 indicator over the 161 points, in the model's dtype: a stage's point weights are their
+        # sum weighted by Python numbers (`point_weights`), no tensor made from host data per evaluation
+        self._parts = {part: torch.zeros(NUM_WHOLEBODY, dtype=model.rows.dtype, device=device).index_fill_(
+            0, torch.as_tensor(wholebody_indices(names), device=device), 1.0) for part, names in WHOLEBODY_PARTS.items()}
         ignored = torch.as_tensor(wholebody_indices(self.config.ignored_joints), device=device)
         self._usable = provided.clone()
         self._usable[ignored] = False
@@ -372,11 +374,9 @@ class SMPLifyX:
     def point_weights(self, stage: StageWeights) -> Tensor:
         """SMPLify-X's joint weights (161,) for a stage: body 1, hands and face the stage's, 0 for the ignored
         joints and the points this model does not provide."""
-        weights = torch.zeros(NUM_WHOLEBODY, dtype=self.model.rows.dtype, device=self.model.rows.device)
-        weights[self._parts["body"]] = 1.0
-        weights[self._parts["left_hand"]] = stage.hand_joints
-        weights[self._parts["right_hand"]] = stage.hand_joints
-        weights[self._parts["face"]] = stage.face_joints
+        parts = self._parts
+        weights = (parts["body"] + stage.hand_joints * (parts["left_hand"] + parts["right_hand"])
+                   + stage.face_joints * parts["face"])
         return weights * self._usable
 
     def objective(self, points: Tensor, cam_t: Tensor, center: Tensor, focal: Tensor, keypoints: Tensor,
@@ -392,7 +392,6 @@ class SMPLifyX:
         data = c.data_weight**2 * (weight.square()[..., None] * gmof(resid, c.rho)).sum((1, 2))
         body = full_pose[:, POSE_SLICES["body_pose"]]
         bending = torch.exp(full_pose[:, self._angle_idx] * self._angle_sign.to(full_pose)).square().sum(-1)
-        jaw = torch.as_tensor(stage.jaw_pose, dtype=full_pose.dtype, device=full_pose.device)
         terms = {
             "data": data,
             "body_pose": stage.body_pose**2 * self.body_prior.energy(body),
@@ -400,7 +399,8 @@ class SMPLifyX:
             "hand_pose": stage.hand_pose**2 * self.hand_prior.energy(full_pose[:, HANDS]),
             "shape": stage.shape**2 * betas.square().sum(-1),
             "expression": stage.expression**2 * expression.square().sum(-1),
-            "jaw_pose": (jaw * full_pose[:, POSE_SLICES["jaw_pose"]]).square().sum(-1),
+            "jaw_pose": sum((w * full_pose[:, POSE_SLICES["jaw_pose"].start + k]).square()
+                            for k, w in enumerate(stage.jaw_pose)),
             "collision": self._collision_term(full_pose, betas, expression, stage, ends),
         }
         terms["total"] = sum(terms.values())
@@ -699,12 +699,12 @@ class SMPLifyX:
             return state, r, d, r.square().sum((1, 2)) + d.square()
 
         state, r, d, cost = evaluate(full_pose, cam_t)
+        jd = torch.zeros(batch, 1, 6, dtype=dtype, device=device)     # the depth anchor's row of the Jacobian
+        jd[:, 0, 5].fill_(c.depth_loss_weight)                          # fill_: no scalar tensor from the host
         for _ in range(c.camera_iterations):
             d_pose = pick(self.skeleton.jacobian(state)[0])
             dproj = projection_jacobian(pick(state.points) + cam_t[:, None], focal) * mask[..., None, None]
             jac = torch.cat([dproj @ d_pose[..., :3] * turn[:, None, None, None], dproj], -1).reshape(batch, -1, 6)
-            jd = torch.zeros(batch, 1, 6, dtype=dtype, device=device)
-            jd[:, 0, 5] = c.depth_loss_weight
             jac = torch.cat([jac, jd], 1)
             res = torch.cat([r.reshape(batch, -1), d[:, None]], 1)
             step = _solve(jac.transpose(1, 2) @ jac, (jac.transpose(1, 2) @ res[..., None])[..., 0], lam)
@@ -769,15 +769,27 @@ class SMPLifyX:
         state = self.skeleton(pose, shape, subset)
         resid = project(state.points, cam_t, focal, center) - keypoints[:, wb, :2]
         free = torch.arange(pose.shape[1] + shape.shape[1], device=pose.device) if free is None else free
-        return self._normal_equations(state, resid, conf, pose, shape, cam_t, focal, stage, free)
+        return self._normal_equations(state, resid, conf, pose, shape, cam_t, focal, stage,
+                                      self._layout(free, stage, pose.dtype))
 
-    def _normal_equations(self, state, resid, conf, pose, shape, cam_t, focal, stage, free):
+    def _layout(self, free: Tensor, stage: StageWeights, dtype: torch.dtype) -> _Free:
+        """`_Free` for the parameters ``free`` of a stage (one host copy of the indices)."""
+        size = FULL_POSE_DIM + self.model.num_betas + self.model.num_expression
+        index = free.cpu().numpy()
+        position = np.full(size, -1, dtype=np.int64)
+        position[index] = np.arange(len(index))
+        device = free.device
+        return _Free(index=free, runs=tuple(_runs(index.tolist())), position=position,
+                     angle_columns=torch.as_tensor(position[self._angle_idx.cpu().numpy()], device=device),
+                     jaw_weight=torch.as_tensor(stage.jaw_pose, dtype=dtype, device=device).square())
+
+    def _normal_equations(self, state, resid, conf, pose, shape, cam_t, focal, stage, free: _Free):
         batch, size = pose.shape[0], pose.shape[1] + shape.shape[1]
         rho2 = self.config.rho**2
         dproj = projection_jacobian(state.points + cam_t[:, None], focal)                    # (B, P, 2, 3)
         d_pose, d_shape = self.skeleton.jacobian(state, dproj)                               # (B, P, 2, ·)
         jac = torch.cat([d_pose, d_shape], -1).reshape(batch, -1, size)
-        jac = torch.cat([jac[..., part] for part in _runs(free.tolist())], -1)               # (B, 2P, F)
+        jac = torch.cat([jac[..., part] for part in free.runs], -1)                            # (B, 2P, F)
         w = (conf[..., None] * rho2**2 / (rho2 + resid.square()).square()).reshape(batch, -1)  # IRLS
         hess = jac.transpose(1, 2) @ (w[..., None] * jac)
         grad = (jac.transpose(1, 2) @ (w * resid.reshape(batch, -1))[..., None])[..., 0]
@@ -798,6 +810,7 @@ class SMPLifyX:
         wb, subset, conf = self._stage_points(kp, stage)
         target = kp[:, wb, :2]
         free = self._free_parameters(stage, device) if free is None else free
+        layout = self._layout(free, stage, dtype)                  # once per stage: no host copy per iteration
         lam = torch.full((batch,), self.config.damping, dtype=dtype, device=device)
 
         def cost_of(p, s):
@@ -811,7 +824,7 @@ class SMPLifyX:
         state, resid, cost = cost_of(pose, shape)
         nu = torch.full_like(lam, 2.0)
         for _ in range(iterations):
-            hess, grad = self._normal_equations(state, resid, conf, pose, shape, cam_t, focal, stage, free)
+            hess, grad = self._normal_equations(state, resid, conf, pose, shape, cam_t, focal, stage, layout)
             step = _solve(hess, grad, lam)
             # the model's predicted decrease: E(δ) ≈ E + 2 gᵀδ + δᵀHδ (g, H are ½∇E, ½∇²E)
             predicted = -(2 * (grad * step).sum(-1) + (step[:, None] @ hess @ step[..., None])[:, 0, 0])
@@ -853,30 +866,29 @@ class SMPLifyX:
         return weight * collision_penalty(ends, self.capsules.radii(betas), self.capsules.pairs)
 
     def _collision_normal_equations(self, pose: Tensor, shape: Tensor, stage: StageWeights,
-                                    free: Tensor) -> tuple[Tensor, Tensor]:
+                                    free: _Free) -> tuple[Tensor, Tensor]:
         """The interpenetration term's ½-Hessian (B, F, F) (Gauss–Newton: k Jᵀ J) and ½-gradient (B, F) (k Jᵀ
         depth, exact) over the parameters `free`, k = `collision_weight`; J the depths' Jacobian over [full pose,
         betas, expression] (`fitting.collision.chained_collision_residuals`)."""
         ends = self.collision_ends(pose, shape)
         depth, jac = chained_collision_residuals(self.capsules, self.proxies, self._proxy_rows, pose, shape, ends)
-        jac = torch.cat([jac[..., part] for part in _runs(free.tolist())], -1)               # (B, K, F)
+        jac = torch.cat([jac[..., part] for part in free.runs], -1)                            # (B, K, F)
         weight = self.collision_weight(stage)
         return weight * jac.transpose(1, 2) @ jac, weight * (jac.transpose(1, 2) @ depth[..., None])[..., 0]
 
     def _prior_normal_equations(self, pose: Tensor, shape: Tensor, stage: StageWeights,
-                                free: Tensor) -> tuple[Tensor, Tensor]:
+                                free: _Free) -> tuple[Tensor, Tensor]:
         """The priors' ½-Hessian (B, F, F) and ½-gradient (B, F) over the parameters `free` (indices into [full
         pose, betas, expression]); a prior's block enters where its parameters are free (all or none of them)."""
         batch, dtype, device = pose.shape[0], pose.dtype, pose.device
         nb, ne = self.model.num_betas, self.model.num_expression
         params = torch.cat([pose, shape], 1)
-        position = torch.full((params.shape[1],), -1, dtype=torch.long)
-        position[free.cpu()] = torch.arange(len(free))
-        hess = torch.zeros(batch, len(free), len(free), dtype=dtype, device=device)
-        grad = torch.zeros(batch, len(free), dtype=dtype, device=device)
+        size = len(free.index)
+        hess = torch.zeros(batch, size, size, dtype=dtype, device=device)
+        grad = torch.zeros(batch, size, dtype=dtype, device=device)
 
         def where(part: slice) -> slice | None:
-            first = int(position[part.start])
+            first = int(free.position[part.start])                  # a host array: no tensor read
             return None if first < 0 else slice(first, first + part.stop - part.start)
 
         def add(part: slice, term: PoseTerm, weight2: float):
@@ -894,17 +906,31 @@ class SMPLifyX:
 
         add(POSE_SLICES["body_pose"], self.body_prior, stage.body_pose**2)
         add(HANDS, self.hand_prior, stage.hand_pose**2)
-        add_diagonal(POSE_SLICES["jaw_pose"], torch.as_tensor(stage.jaw_pose, dtype=dtype, device=device).square())
+        add_diagonal(POSE_SLICES["jaw_pose"], free.jaw_weight)
         add_diagonal(slice(FULL_POSE_DIM, FULL_POSE_DIM + nb), stage.shape**2)
         add_diagonal(slice(FULL_POSE_DIM + nb, FULL_POSE_DIM + nb + ne), stage.expression**2)
         # bending prior: residuals sqrt(3.17 w) exp(s θ), on body-pose values (always free)
         bend = SMPLIFYX_BENDING_FACTOR * stage.body_pose
         e = torch.exp(pose[:, self._angle_idx] * self._angle_sign.to(dtype))
         de = self._angle_sign.to(dtype) * e
-        at = position[self._angle_idx.cpu()].to(device)
+        at = free.angle_columns
         hess[:, at, at] += bend * de.square()
         grad[:, at] += bend * e * de
         return hess, grad
+
+
+@dataclass(frozen=True)
+class _Free:
+    """The parameters a stage solves for (indices into [full pose, betas, expression]), laid out on the host once per
+    stage so that its iterations read no index back from the device: ``index`` (F,) on the fit's device, its
+    consecutive ``runs`` (column selection by slices), each parameter's column in the system ``position`` (a host
+    array, -1 where held), the bending prior's columns and the jaw prior's squared weights (3,) on the device."""
+
+    index: Tensor
+    runs: tuple[slice, ...]
+    position: np.ndarray
+    angle_columns: Tensor
+    jaw_weight: Tensor
 
 
 def _runs(indices: list[int]) -> list[slice]:
@@ -922,16 +948,11 @@ def _solve(hess: Tensor, grad: Tensor, lam: Tensor) -> Tensor:
     """Marquardt's damped step, (H + λ diag H) δ = −g per example, solved on the Jacobi-scaled system
     (unit diagonal: the whole body's normal equations span ~10 decades, from the global orientation to a
     fingertip, which a float32 Cholesky of H itself does not survive). Each direction's curvature is at least
-    1e-6 of the stiffest one's, so that a direction nothing observes takes no step instead of an unbounded one."""
+    1e-6 of the stiffest one's, so that a direction nothing observes takes no step instead of an unbounded one.
+    `fitting.smplify.solve_spd`: a zero step where the factorisation fails (rejected, λ raised), no host sync."""
     diag = torch.diagonal(hess, dim1=-2, dim2=-1)
     diag = torch.maximum(diag, 1e-6 * diag.amax(-1, keepdim=True)).clamp_min(1e-12)
     scale = diag.rsqrt()                                                     # (B, F)
     scaled = hess * scale[:, :, None] * scale[:, None, :]
     scaled.diagonal(dim1=-2, dim2=-1).copy_(1.0 + lam[:, None])             # diag(H) / diag(H) + λ
-    rhs = (grad * scale)[..., None]
-    chol, info = torch.linalg.cholesky_ex(scaled)
-    step = torch.cholesky_solve(rhs, chol)[..., 0]
-    if bool((info > 0).any()):  # numerically indefinite (should not happen): LU for those
-        bad = info > 0
-        step[bad] = torch.linalg.solve(scaled[bad], rhs[bad])[..., 0]
-    return -step * scale
+    return -solve_spd(scaled, grad * scale) * scale

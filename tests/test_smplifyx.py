@@ -193,6 +193,30 @@ def test_body_block_lm_is_the_full_systems_block_and_holds_the_rest(small64):
     assert (after < before).all(), (before, after)
 
 
+def test_the_lm_iterations_make_no_host_sync(small64):
+    """The fast mode's camera stage and its LM stages (`SMPLifyX._lm_camera`, `_lm_stage`; the interpenetration
+    term aside, whose contact pairs are data-dependent) decide per example with masks, not Python branches: more
+    iterations add kernels, no host sync (``.item()``, ``bool(t)``, ``nonzero``, a copy of indices to the host) and no
+    tensor made from Python numbers (the torch profiler's counts, `bench.smplify_profile.counts`). Before issue 17's
+    sixth round a stage iteration made 7 syncs and 6 such tensors (the solve's failure check, the free parameters'
+    layout read back, the point and jaw weights made anew)."""
+    from bench.smplify_profile import counts
+
+    people = _contact_people(small64, HAND_IN_TORSO, FOREARMS_CROSSED)
+    shape = torch.cat([people.betas, people.expression], 1)
+    args = (people.cam_t, people.keypoints, people.center, people.focal)
+    for stage in SMPLIFYX_STAGES[0], replace(SMPLIFYX_STAGES[-1], collision=0.0):
+        smplifyx = SMPLifyX(small64)
+        short, long = (counts(lambda n=n: smplifyx._lm_stage(people.full_pose, shape, *args, stage, n)) for n in (2, 6))
+        assert long["kernels"] > short["kernels"]
+        assert long["syncs"] == short["syncs"] and long["from_host"] == short["from_host"], (short, long)
+    camera = [SMPLifyX(small64, config=SMPLifyXConfig(camera_iterations=n)) for n in (2, 6)]
+    short, long = (counts(lambda f=f: f._lm_camera(people.full_pose, shape, people.cam_t * 1.1, people.keypoints,
+                                                   people.center, people.focal)) for f in camera)
+    assert long["kernels"] > short["kernels"]
+    assert long["syncs"] == short["syncs"] and long["from_host"] == short["from_host"], (short, long)
+
+
 def test_collision_term_only_in_weighted_stages(small64):
     """Stages whose collision weight is 0 (SMPLify-X's first three), and every stage with the term off, have no
     collision term in the objective nor in the normal equations."""
