@@ -416,10 +416,12 @@ def test_a_settled_example_lowers_its_prior_factor_at_once():
 
 
 def test_settled_examples_relax_their_priors_ahead_of_the_schedule(body, prior):
-    """From the mean pose (the annealed test's people, 48 of them), the schedule is only the slowest the priors
-    relax: an example that has settled at its weight moves on at once (``anneal_settle``), so the fits take about a
-    third fewer iterations and land as close as with the schedule alone. tolerance 0, the fixed budget, is the
-    schedule alone whatever ``anneal_settle`` says."""
+    """From the mean pose (the annealed test's people, 48 of them), with ``anneal_settle`` (opt-in) the schedule is
+    only the slowest the priors relax: an example that has settled at its weight moves on at once, so the fits take
+    about a third fewer iterations and here land as close as with the schedule alone (not everywhere: the demo's
+    seed fits lose 6.7 mm, docs/smplify.md). The default is the schedule alone; tolerance 0, the fixed budget, is
+    the schedule alone whatever ``anneal_settle`` says."""
+    assert SMPLifyConfig().anneal_settle == 0.0
     people = _people(body, prior, batch=48, seed=11, focal=1000.0, depth=5.0)
     pose, betas, cam_t = mean_pose_start(body, people["keypoints"], 1000.0, people["center"])
     args = (people["keypoints"], pose, betas, cam_t, people["center"])
