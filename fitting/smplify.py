@@ -22,9 +22,10 @@ fast: the same objective on the exact joints-only `Skeleton`, minimised by batch
   person (``start="mean"``: `mean_pose_start`) gets no such term, and the same start turned around is fitted too
   (front/back ambiguity), and turned sideways both ways where the torso is not fully seen; its pose and angle priors
   start 100× stronger and relax to SPIN's (`SMPLify.prior_schedule`: limbs far from their keypoints would otherwise
-  settle into depth minima; an example that has settled at its weight moves on without waiting: `settled_factor`),
+  settle into depth minima; opt-in, an example that has settled at its weight moves on early: `settled_factor`),
   and after a few iterations the candidate with the lowest SPIN objective is kept (their objectives are in the
-  result's extras). The caller says which start it gives; the values of the pose never decide it. `fitloop bench smplify` compares both modes. Optionally
+  result's extras). The caller says which start it gives; the values of the pose never decide it. `fitloop bench
+  smplify` compares both modes. Optionally
   (``collision_weight`` > 0, off by default) stage 2 also penalises the body entering itself: w_c² Σ depth² over
   the overlapping pairs of capsule proxies (`fitting.collision`), by the same LM with closed-form Jacobians.
   Optionally (``silhouette_weight`` > 0 and person masks given, per example where one exists) stage 2 adds
