@@ -22,10 +22,9 @@ fast: the same objective on the exact joints-only `Skeleton`, minimised by batch
   person (``start="mean"``: `mean_pose_start`) gets no such term, and the same start turned around is fitted too
   (front/back ambiguity), and turned sideways both ways where the torso is not fully seen; its pose and angle priors
   start 100× stronger and relax to SPIN's (`SMPLify.prior_schedule`: limbs far from their keypoints would otherwise
-  settle into depth minima; opt-in, an example that has settled at its weight moves on early: `settled_factor`),
-  and after a few iterations the candidate with the lowest SPIN objective is kept (their objectives are in the
-  result's extras). The caller says which start it gives; the values of the pose never decide it. `fitloop bench
-  smplify` compares both modes. Optionally
+  settle into depth minima), and after a few iterations the candidate with the lowest SPIN objective is kept (their
+  objectives are in the result's extras). The caller says which start it gives; the values of the pose never decide
+  it. `fitloop bench smplify` compares both modes. Optionally
   (``collision_weight`` > 0, off by default) stage 2 also penalises the body entering itself: w_c² Σ depth² over
   the overlapping pairs of capsule proxies (`fitting.collision`), by the same LM with closed-form Jacobians.
   Optionally (``silhouette_weight`` > 0 and person masks given, per example where one exists) stage 2 adds
@@ -163,14 +162,6 @@ class SMPLifyConfig:
     # throughout); the rest are SPIN's objective
     prior_anneal: float = 100.0
     anneal_share: float = 0.6
-    # opt-in: the schedule as the slowest the priors relax: an example that has settled at its factor (an accepted
-    # step lowered its objective by less than anneal_settle, relative) moves on at once, the factor divided by
-    # anneal_jump, never above the schedule's (`settled_factor`). 0 (the default), or tolerance 0 (the fixed
-    # budget): the schedule alone. 0.03 saves 27 % of the stage-2 iterations from the mean pose at the benchmark's
-    # accuracy, but where the keypoints are clean the prior dominates the objective, its relative decrease is small
-    # early, and limbs settle in depth minima: the demo's seed fits 55.2 -> 61.9 mm (docs/smplify.md, "Sixth round")
-    anneal_settle: float = 0.0
-    anneal_jump: float = 2.5
     # fast mode, optional: w_c² Σ depth² over the capsule proxies' overlapping pairs (`fitting.collision`), depth
     # in m, w_c in px/m (a depth of 1 cm weighs as a keypoint (w_c / 100) px off); 0: off
     collision_weight: float = 0.0
@@ -204,9 +195,6 @@ class SMPLifyConfig:
         if self.prior_anneal < 1 or not 0 <= self.anneal_share < 1:
             raise ValueError(f"prior_anneal must be >= 1 and anneal_share in [0, 1), got {self.prior_anneal} and "
                              f"{self.anneal_share}")
-        if self.anneal_settle < 0 or self.anneal_jump <= 1:
-            raise ValueError(f"anneal_settle must be >= 0 and anneal_jump > 1, got {self.anneal_settle} and "
-                             f"{self.anneal_jump}")
         if self.tolerance < 0 or self.check_every < 1:
             raise ValueError(f"tolerance must be >= 0 and check_every >= 1, got {self.tolerance} and "
                              f"{self.check_every}")
@@ -575,8 +563,8 @@ class SMPLify:
             # σ_kp from the keypoints themselves: the RMS residual per coordinate a first fit leaves, times
             # noise_from_fit for the degrees of freedom that fit absorbed; then w again, with it.
             start_pose, start_betas = pose, betas
-            pose, betas, cam_t, ran, _ = self._lm_body_converging(pose, betas, cam_t, kp, ctr, foc, trust,
-                                                                  body_init, scale[:c.noise_iterations], sil)
+            pose, betas, cam_t, ran = self._lm_body_converging(pose, betas, cam_t, kp, ctr, foc, trust, body_init,
+                                                               scale[:c.noise_iterations], sil)
             with torch.no_grad():
                 conf = self._body_conf(kp)
                 r = (project(self._joints(pose, betas), cam_t, foc, ctr) - kp[..., :2]) * conf[..., None]
@@ -585,8 +573,8 @@ class SMPLify:
                                            c.noise_from_fit * rms)
             done = c.noise_iterations
         first = max(min(c.back_choice_after, total), done) if len(example) > batch else total
-        pose, betas, cam_t, ran_next, factor = self._lm_body_converging(pose, betas, cam_t, kp, ctr, foc, trust,
-                                                                        body_init, scale[done:first], sil)
+        pose, betas, cam_t, ran_next = self._lm_body_converging(pose, betas, cam_t, kp, ctr, foc, trust, body_init,
+                                                                scale[done:first], sil)
         ran = ran_next if done == 0 else ran + ran_next                    # stage-2 iterations per candidate
         objectives = torch.full((batch, len(HEADINGS)), float("nan"), dtype=dtype, device=dev)
         pick = torch.arange(batch, device=dev)
@@ -598,12 +586,10 @@ class SMPLify:
             slot = torch.full((batch, len(HEADINGS)), -1, dtype=torch.long, device=dev)
             slot[example, heading] = torch.arange(len(example), device=dev)
             pick = slot[torch.arange(batch, device=dev), best]
-        pose, betas, cam_t, trust, body_init, ran, factor = (t[pick] for t in (pose, betas, cam_t, trust, body_init,
-                                                                               ran, factor))
+        pose, betas, cam_t, trust, body_init, ran = (t[pick] for t in (pose, betas, cam_t, trust, body_init, ran))
         if total > first:
-            pose, betas, cam_t, ran_last, _ = self._lm_body_converging(pose, betas, cam_t, keypoints, center, focal,
-                                                                       trust, body_init, scale[first:], targets,
-                                                                       factor)
+            pose, betas, cam_t, ran_last = self._lm_body_converging(pose, betas, cam_t, keypoints, center, focal,
+                                                                    trust, body_init, scale[first:], targets)
             ran = ran + ran_last
         ranked = torch.where(torch.isnan(objectives), torch.inf, objectives).sort(1).values
         gap = torch.where(torch.isfinite(ranked[:, 1]), ranked[:, 1] - ranked[:, 0], torch.nan)
@@ -802,29 +788,23 @@ class SMPLify:
         return hess, grad
 
     def _lm_body_converging(self, pose, betas, cam_t, kp, center, focal, trust, body_init, prior_scale,
-                            sil: dict[str, MaskTerm] | None = None, factor: Tensor | None = None):
+                            sil: dict[str, MaskTerm] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """`_lm_body` with the early exit of ``tolerance`` > 0: the iterations run in rounds of ``check_every``;
         after a round, the examples whose objective (with the round's last prior factor) fell by less than
         ``tolerance`` × itself, and whose damping did not rise over the round (a round of rejected steps is no
         convergence), stop, and the next round runs on the others only (their rows gathered; results scattered
-        back). No example stops while its priors' factor still changes: over the round, or after it (its factor
-        above what the schedule comes down to). Each round costs one host sync (the new active set's size); the
-        next round starts from the evaluation the last one ended with. factor (B,): each example's prior factor
-        (`_lm_body`; None: the schedule's).
+        back). No example stops while the schedule's factor still changes afterwards. Each round costs one host
+        sync (the new active set's size); the next round starts from the evaluation the last one ended with.
 
-        Returns pose (B, 72), betas (B, NB), cam_t (B, 3) (moved only with a mask term: ``mask_moves_camera``), the
-        iterations each example ran (B,) long and each example's prior factor for a next iteration (B,)."""
+        Returns pose (B, 72), betas (B, NB), cam_t (B, 3) (moved only with a mask term: ``mask_moves_camera``) and
+        the iterations each example ran (B,) long."""
         c = self.config
         ran = torch.zeros(len(pose), dtype=torch.long, device=pose.device)
-        if factor is None:
-            factor = torch.full((len(pose),), torch.inf, dtype=pose.dtype, device=pose.device)
-        if not prior_scale:
-            return pose, betas, cam_t, ran, factor
-        if c.tolerance == 0:
-            out = self._lm_body(pose, betas, cam_t, kp, center, focal, trust, body_init, prior_scale, sil,
-                                factor=factor)
-            return out[0], out[1], out[2], ran + len(prior_scale), out[6]
-        pose, betas, cam_t, factor = pose.clone(), betas.clone(), cam_t.clone(), factor.clone()
+        if c.tolerance == 0 or not prior_scale:
+            pose, betas, cam_t = self._lm_body(pose, betas, cam_t, kp, center, focal, trust, body_init, prior_scale,
+                                               sil)[:3]
+            return pose, betas, cam_t, ran + len(prior_scale)
+        pose, betas, cam_t = pose.clone(), betas.clone(), cam_t.clone()
         lam = torch.full((len(pose),), LM_DAMPING, dtype=pose.dtype, device=pose.device)
         rows = torch.arange(len(pose), device=pose.device)                  # the examples still running
         spared = torch.zeros(len(pose), dtype=torch.bool, device=pose.device)   # given a round for a stall
@@ -833,31 +813,28 @@ class SMPLify:
         for first in range(0, len(prior_scale), c.check_every):
             scale = prior_scale[first:first + c.check_every]
             part = None if sil is None else {k: t.select(rows) for k, t in sil.items()}
-            lam_start, factor_start = lam[rows], factor[rows].clamp(max=scale[0])
-            p, b, t, lam_r, before, evaluation, factor_r = self._lm_body(
+            lam_start = lam[rows]
+            p, b, t, lam_r, before, evaluation = self._lm_body(
                 pose[rows], betas[rows], cam_t[rows], kp[rows], center[rows], focal[rows], trust[rows],
-                body_init[rows], scale, part, lam_start, seen, factor[rows], evaluation)
-            after = evaluation.terms
-            pose[rows], betas[rows], cam_t[rows], lam[rows], factor[rows] = p, b, t, lam_r, factor_r
+                body_init[rows], scale, part, lam_start, seen, evaluation)
+            pose[rows], betas[rows], cam_t[rows], lam[rows] = p, b, t, lam_r
             ran[rows] += len(scale)
             rest = prior_scale[first + len(scale):]
-            if not rest or (c.anneal_settle == 0 and any(f != scale[-1] for f in rest)):
+            if not rest or any(f != scale[-1] for f in rest):
                 continue                                      # the last round, or the objective still changes
-            # an example may stop where its objective no longer changes with the schedule: the same factor over
-            # the round, and none lower to come
-            steady = (factor_start == factor_r) & (factor_r <= min(rest))
-            cost_before, cost_after = before[:, 0] + factor_r * before[:, 1], after[:, 0] + factor_r * after[:, 1]
+            after = evaluation.terms
+            cost_before, cost_after = before[:, 0] + scale[-1] * before[:, 1], after[:, 0] + scale[-1] * after[:, 1]
             # an objective that fell by less than the tolerance while the round's steps were rejected (the damping
             # rose) may be a stall, not convergence: such an example runs one more round before it may stop
             fell = cost_before - cost_after > c.tolerance * cost_after.abs()
             damped = lam_r > lam_start
-            moving = fell | (damped & ~spared[rows]) | ~steady
-            spared[rows] = damped & ~fell & steady
+            moving = fell | (damped & ~spared[rows])
+            spared[rows] = damped & ~fell
             going = torch.nonzero(moving)[:, 0]               # host sync: the active set's size
             if len(going) == 0:
                 break
             rows, evaluation = rows[going], evaluation.take(going)
-        return pose, betas, cam_t, ran, factor
+        return pose, betas, cam_t, ran
 
     def _observed_points(self, kp: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The skeleton points some example of kp (B, 49, 3) observes, each once: one joint index each (P,) (the
@@ -872,27 +849,24 @@ class SMPLify:
 
     def _lm_body(self, pose, betas, cam_t, kp, center, focal, trust, body_init, prior_scale,
                  sil: dict[str, MaskTerm] | None = None, lam: Tensor | None = None,
-                 seen: tuple[Tensor, Tensor, Tensor] | None = None, factor: Tensor | None = None,
-                 evaluation: _Evaluation | None = None):
+                 seen: tuple[Tensor, Tensor, Tensor] | None = None, evaluation: _Evaluation | None = None):
         """Stage 2: pose, betas and global orientation; Geman–McClure by IRLS, GMM by its active component.
 
-        trust (B,) px/rad: the near-start weight w (0 for a start that is no estimate), entering as
-        w² ‖θ_body − θ_body,init‖². prior_scale: per iteration, the most the factor on the pose and angle priors'
-        weights may be (`prior_schedule`); factor (B,): each example's own, which it follows below that ceiling
-        once settled (`settled_factor`; None: the schedule's); a step is accepted when it lowers the objective
-        with the factor of its iteration. sil: the candidates' mask terms (`_mask_terms`; None: off). lam (B,): the
-        damping to start from (None: LM_DAMPING). seen: `_observed_points` of the batch these rows were taken from
-        (None: of kp itself). evaluation: `_stage2_cost` at the given pose, betas and cam_t where the caller has it
-        (the end of its last round; None: evaluated here). The loop has no host sync: every per-example decision
-        is a ``torch.where``. Each iteration is `_lm_step` (compiled whole with ``compile``, for the keypoint and
-        prior terms alone).
+        trust (B,) px/rad: the near-start weight w (0 for a start that is no estimate), entering as w² ‖θ_body −
+        θ_body,init‖². prior_scale: one factor on the pose and angle priors' weights per iteration (`prior_schedule`);
+        a step is accepted when it lowers the objective with the factor of its iteration. sil: the candidates' mask
+        terms (`_mask_terms`; None: off). lam (B,): the damping to start from (None: LM_DAMPING). seen:
+        `_observed_points` of the batch these rows were taken from (None: of kp itself). evaluation: `_stage2_cost` at
+        the given pose, betas and cam_t where the caller has it (the end of its last round; None: evaluated here). The
+        loop has no host sync: every per-example decision is a ``torch.where``. Each iteration is `_lm_step` (compiled
+        whole with ``compile``, for the keypoint and prior terms alone).
 
         With a mask term and ``mask_moves_camera``, cam_t (B, 3) is an unknown too (the rows without a mask held at
         the given translation, which is stage 1's: they never move).
 
         Returns pose, betas, cam_t, the damping reached (B,), the objective's two parts (B, 2) (the fixed terms,
-        the priors a schedule scales) at the start, the evaluation at the end (`_Evaluation`: its ``terms`` the
-        two parts there) and each example's factor for a next iteration (B,)."""
+        the priors a schedule scales) at the start, and the evaluation at the end (`_Evaluation`: its ``terms`` the
+        two parts there)."""
         # only the points some example observes enter the data term, each once (`data_system`'s merge)
         dtype = pose.dtype
         points, merge, point_of = self._observed_points(kp) if seen is None else seen
@@ -913,17 +887,9 @@ class SMPLify:
         state, resid, gmm, terms, ends = evaluation.state, evaluation.resid, evaluation.gmm, evaluation.terms, \
             evaluation.ends
         first_terms = terms
-        c = self.config
-        # the fixed budget keeps the schedule alone; where the schedule is flat at SPIN's weights, nothing to settle
-        settle = c.anneal_settle if c.tolerance > 0 and max(prior_scale, default=1.0) > 1 else 0.0
-        factor = torch.full_like(lam, torch.inf) if factor is None else factor
-        for ceiling in prior_scale:
-            scale = factor.clamp(max=ceiling)
-            lam_before, before = lam, terms
+        for scale in prior_scale:
             lam, state, cam_t, resid, gmm, terms, ends = step(lam, state, cam_t, resid, gmm, terms, ends, scale, fixed)
-            factor = (settled_factor(scale, lam < lam_before, before[:, 0] + scale * before[:, 1],
-                                     terms[:, 0] + scale * terms[:, 1], settle, c.anneal_jump) if settle > 0 else scale)
-        return state.pose, state.betas, cam_t, lam, first_terms, _Evaluation(state, resid, gmm, terms, ends), factor
+        return state.pose, state.betas, cam_t, lam, first_terms, _Evaluation(state, resid, gmm, terms, ends)
 
     def _stage2_cost(self, p: Tensor, b: Tensor, t: Tensor, fixed: "_Stage2"):
         """Stage 2's evaluation at pose p (B, 72), betas b (B, NB), camera translation t (B, 3): the skeleton's
@@ -956,9 +922,9 @@ class SMPLify:
         priors = c.pose_prior_weight**2 * energy + c.angle_prior_weight**2 * angle
         return state, resid, gmm, torch.stack([rest, priors], 1), ends
 
-    def _lm_step(self, lam, state, cam_t, resid, gmm, terms, ends, scale: Tensor, fixed: "_Stage2"):
+    def _lm_step(self, lam, state, cam_t, resid, gmm, terms, ends, scale: float, fixed: "_Stage2"):
         """One stage-2 LM iteration from an accepted evaluation (state, resid, gmm, terms, ends: `_stage2_cost` at
-        the pose and betas ``state`` holds and cam_t) with damping lam (B,) and the priors' factor ``scale`` (B,):
+        the pose and betas ``state`` holds and cam_t) with damping lam (B,) and the priors' factor ``scale``:
         the damped Gauss–Newton step, its trial, and per example the trial where it lowers the objective (λ down)
         else the old values (λ up). Returns the same tuple, updated."""
         c = self.config
@@ -968,19 +934,19 @@ class SMPLify:
         w_pose, w_angle, w_shape = c.pose_prior_weight**2, c.angle_prior_weight**2, c.shape_prior_weight**2
         angle_idx, angle_sign = self._angle_idx, self._angle_sign.to(dtype)
         cost = terms[:, 0] + scale * terms[:, 1]
-        pose_w, angle_w = scale * (0.5 * w_pose), (scale * w_angle)[:, None]      # the priors' weights this iteration
+        pose_w, angle_w = scale * w_pose * 0.5, scale * w_angle            # the priors' weights this iteration
         hess, grad = self.data_system(state, cam_t, fixed.focal, resid, fixed.conf, fixed.merge, fixed.free_t)
         if fixed.gmm is None:  # VAE prior: Gauss–Newton on its residuals, exact Jacobian (B, R, 69)
             jac_p = self.prior.residuals_and_jacobian(pose[:, 3:])[1].to(dtype)
-            hess[:, 3:72, 3:72] += pose_w[:, None, None] * (jac_p.transpose(1, 2) @ jac_p)
-            grad[:, 3:72] += pose_w[:, None] * (jac_p.transpose(1, 2) @ gmm[..., None])[..., 0]
+            hess[:, 3:72, 3:72] += pose_w * jac_p.transpose(1, 2) @ jac_p
+            grad[:, 3:72] += pose_w * (jac_p.transpose(1, 2) @ gmm[..., None])[..., 0]
         else:    # max-mixture prior: the active component's quadratic
             means, precisions, _ = fixed.gmm
             k = gmm.argmin(1)
             prec_k, diff = precisions[k], pose[:, 3:] - means[k]
-            hess[:, 3:72, 3:72].addcmul_(prec_k, pose_w[:, None, None])     # one pass over the (B, 69, 69) block
+            hess[:, 3:72, 3:72].add_(prec_k, alpha=pose_w)                  # one pass over the (B, 69, 69) block
             # diffᵀ P_k (P_k symmetric): the row-vector product, ~2x faster than P_k @ diff's matrix-vector one
-            grad[:, 3:72] += pose_w[:, None] * (diff[:, None] @ prec_k)[:, 0]
+            grad[:, 3:72] += pose_w * (diff[:, None] @ prec_k)[:, 0]
         # angle prior, shape prior and near-start term: diagonal Hessians, added through the diagonal's view
         diag = hess.diagonal(dim1=1, dim2=2)                         # (B, 72 + NB [+ 3]), hess's own memory
         # angle prior: residual w exp(s θ), derivative s exp(s θ)
@@ -1065,17 +1031,6 @@ class _Stage2:
     def free_t(self) -> bool:
         """Whether cam_t is an unknown of this stage 2 (a mask term with ``mask_moves_camera``)."""
         return self.t_hold is not None
-
-
-def settled_factor(factor: Tensor, accepted: Tensor, cost: Tensor, new_cost: Tensor, settle: float,
-                   jump: float) -> Tensor:
-    """The priors' factor (B,) for an example's next stage-2 iteration after one at ``factor`` (B,): divided by
-    ``jump`` (at least 1) where the step was accepted and lowered the objective from ``cost`` to ``new_cost`` by less
-    than ``settle`` × itself (the example has settled at this weight: waiting at it gains nothing), else the same;
-    the caller caps it by the schedule (`SMPLify.prior_schedule`). Annealing's usual rule (optimise at a weight
-    until converged, then lower it), judged per example and per iteration: no host sync."""
-    settled = accepted & (cost - new_cost < settle * new_cost.abs())
-    return torch.where(settled, factor / jump, factor).clamp_min(1.0)
 
 
 def _quadratic(x: Tensor, means: Tensor, precisions: Tensor) -> Tensor:
