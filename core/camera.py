@@ -52,13 +52,14 @@ def weak_perspective_to_translation(cam: Tensor, focal: float = FIT_FOCAL, res: 
 
 
 def translation_from_torso(joints: Tensor, keypoints: Tensor, focal: Tensor | float, center: Tensor,
-                           pairs: tuple[tuple[int, int], ...]) -> Tensor:
+                           pairs: tuple[tuple[int, int], ...] | Tensor) -> Tensor:
     """SMPLify's similar-triangles estimate of the camera translation (B, 3) for a body at the origin.
 
     joints (B, N, 3) model joints (metres, camera-frame axes), keypoints (B, N, 3) px + confidence; focal: scalar,
     (B,) or (B, 2) (fx, fy) px; center (B, 2) px; `pairs` are (a, b) joint-index pairs spanning the torso (e.g.
     shoulder-to-hip on each side). Depth = f * (3D length) / (2D length) (f = sqrt(fx fy)), averaged over the pairs
     both of whose keypoints are confident; x, y then put the mean of the confident torso joints on their 2D mean.
+    ``pairs`` may be a (P, 2) index tensor on the joints' device (nothing is then copied from the host).
     Examples with no usable pair get depth 2 f / FIT_RES (s = 1).
     """
     focal_t = torch.as_tensor(focal, dtype=joints.dtype, device=joints.device)
@@ -67,8 +68,8 @@ def translation_from_torso(joints: Tensor, keypoints: Tensor, focal: Tensor | fl
     else:
         pair = focal_t.reshape(joints.shape[0], -1).expand(-1, 2)                  # (B, 2) fx, fy
         f, fxy = pair.prod(-1).sqrt(), pair
-    a = torch.tensor([p[0] for p in pairs], device=joints.device)
-    b = torch.tensor([p[1] for p in pairs], device=joints.device)
+    pairs_t = pairs if isinstance(pairs, Tensor) else torch.tensor(pairs, device=joints.device)
+    a, b = pairs_t[:, 0], pairs_t[:, 1]
     len3d = (joints[:, a] - joints[:, b]).norm(dim=-1)                       # (B, P)
     len2d = (keypoints[:, a, :2] - keypoints[:, b, :2]).norm(dim=-1)          # (B, P)
     ok = (keypoints[:, a, 2] > 0) & (keypoints[:, b, 2] > 0) & (len2d > 1e-3)

@@ -372,8 +372,14 @@ class Skeleton(torch.nn.Module):
     def forward(self, pose: Tensor, betas: Tensor, subset: Tensor | None = None) -> SkeletonState:
         """Evaluate the points `subset` (default: all, the 49, any vertex rows and joint points) for pose (B, 72)
         (or (B, 3J) with ``full_pose``) and betas (B, NB) (or (B, NB + NE) with ``expression``)."""
-        batch, nb, num_joints = pose.shape[0], betas.shape[1], self.num_joints
-        local = self.local_rotations(pose)                                    # (B, J, 3, 3)
+        return self.posed(self.local_rotations(pose), betas, subset, pose)
+
+    def posed(self, local: Tensor, betas: Tensor, subset: Tensor | None = None,
+              pose: Tensor | None = None) -> SkeletonState:
+        """`forward` from the tree joints' local rotation matrices (B, J, 3, 3) instead of a pose (differentiable
+        in them, as a round trip through axis-angle is not everywhere); the state's pose is ``pose`` (None if not
+        given: the Jacobians need it)."""
+        batch, nb, num_joints = local.shape[0], betas.shape[1], self.num_joints
         rest = self.j_template + (betas @ self.j_dirs.reshape(-1, nb).T).reshape(batch, num_joints, 3)
         rot_t = torch.empty_like(local)
         pos_t = torch.empty_like(rest)

@@ -19,11 +19,13 @@ fast: the same objective on the exact joints-only `Skeleton`, minimised by batch
   (100 small Adam steps have the same effect implicitly), w = σ_kp / σ_start per example: the keypoints' noise
   (read off a first fit's residual) over the start's uncertainty (the caller's ``start_sigma``, or read off how far
   the start reprojects from the keypoints; `SMPLify.near_start_weight`). A start that carries no estimate of the
-  person (``start="mean"``: `mean_pose_start`) gets no such term, and the same start turned around is fitted too
-  (front/back ambiguity), and turned sideways both ways where the torso is not fully seen; its pose and angle priors
-  start 100× stronger and relax to SPIN's (`SMPLify.prior_schedule`: limbs far from their keypoints would otherwise
-  settle into depth minima), and after a few iterations the candidate with the lowest SPIN objective is kept (their
-  objectives are in the result's extras). The caller says which start it gives; the values of the pose never decide
+  person (``start="mean"``: `mean_pose_start`) gets no such term: the fast mode replaces its pose by one lifted from
+  the keypoints (`fitting.lifter`; ``lift_mean_start``, SPIN's mean pose without), fits it and the same start
+  turned around (front/back ambiguity; the mean pose also sideways both ways where the torso is not fully seen); its
+  pose and angle priors start 100× stronger and relax to SPIN's (`SMPLify.prior_schedule`, over 5 iterations from a
+  lifted start, 15 from the mean pose: limbs far from their keypoints would otherwise settle into depth minima), and
+  after a few iterations the candidate with the lowest SPIN objective is kept (their objectives are in the result's
+  extras). The caller says which start it gives; the values of the pose never decide
   it. `fitloop bench smplify` compares both modes. Optionally
   (``collision_weight`` > 0, off by default) stage 2 also penalises the body entering itself: w_c² Σ depth² over
   the overlapping pairs of capsule proxies (`fitting.collision`), by the same LM with closed-form Jacobians.
@@ -71,6 +73,7 @@ from fitting.dsr import (
     prior_segments,
     vertex_segments,
 )
+from fitting.lifter import PoseLifter, load_pose_lifter
 from fitting.priors import (
     ANGLE_PRIOR_INDICES,
     ANGLE_PRIOR_SIGNS,
@@ -157,6 +160,13 @@ class SMPLifyConfig:
     try_back_start: bool | None = None      # None: for start="mean"; True/False: always/never
     side_starts: bool = True                # also the sideways headings where the torso is not fully seen
     back_choice_after: int = 3              # stage-2 iterations run on every candidate before keeping the best
+    # fast mode, start="mean": the mean pose is replaced by a pose lifted from the keypoints (`fitting.lifter`: the
+    # shipped lifter, or the one SMPLify is given) and the translation that puts its torso on theirs; it is fitted
+    # as a mean start (no near-start term, SPIN's objective at the end) under a shorter prior schedule
+    # (lifted_anneal_share), at its own heading only (try_back_start None). Chosen on the dev split
+    # (docs/smplify.md, "A lifted start"). False: SPIN's mean pose, every heading, anneal_share
+    lift_mean_start: bool = True
+    lifted_anneal_share: float = 0.2
     # mean starts: the pose and angle priors' energies weigh prior_anneal times SPIN's at the first stage-2
     # iteration, decaying geometrically to SPIN's over the first anneal_share of them (prior_anneal 1: SPIN's
     # throughout); the rest are SPIN's objective
@@ -192,9 +202,9 @@ class SMPLifyConfig:
         return max(self.silhouette_weight, self.mc_weight, self.clothed_weight) > 0
 
     def validated(self) -> "SMPLifyConfig":
-        if self.prior_anneal < 1 or not 0 <= self.anneal_share < 1:
-            raise ValueError(f"prior_anneal must be >= 1 and anneal_share in [0, 1), got {self.prior_anneal} and "
-                             f"{self.anneal_share}")
+        if self.prior_anneal < 1 or not 0 <= self.anneal_share < 1 or not 0 <= self.lifted_anneal_share < 1:
+            raise ValueError(f"prior_anneal must be >= 1 and anneal_share, lifted_anneal_share in [0, 1), got "
+                             f"{self.prior_anneal}, {self.anneal_share} and {self.lifted_anneal_share}")
         if self.tolerance < 0 or self.check_every < 1:
             raise ValueError(f"tolerance must be >= 0 and check_every >= 1, got {self.tolerance} and "
                              f"{self.check_every}")
@@ -277,7 +287,7 @@ class SMPLify:
     another device is copied there, the caller's stays where it is."""
 
     def __init__(self, body: BodyModel, prior: MaxMixturePrior | VAEPosePrior,
-                 config: SMPLifyConfig = SMPLifyConfig()):
+                 config: SMPLifyConfig = SMPLifyConfig(), lifter: PoseLifter | None = None):
         device = next(body.buffers()).device
         if prior.dim != BODY_POSE_DIM:
             raise ModelFileError(f"the pose prior is a mixture over {prior.dim} values; SMPLify needs one over the "
@@ -286,6 +296,10 @@ class SMPLify:
             prior = copy.deepcopy(prior).to(device)
         self.body, self.prior, self.config = body, prior, config.validated()
         self.skeleton = Skeleton(body).to(device) if config.mode == "fast" else None
+        # the start of fits without an estimate (fast mode): a pose lifted from the keypoints
+        self.lifter = None
+        if self.config.mode == "fast" and self.config.lift_mean_start:
+            self.lifter = load_pose_lifter(device=device) if lifter is None else copy.deepcopy(lifter).to(device)
         self.capsules, self.proxies = None, None
         if self.config.collision_weight > 0:  # the capsules' segment ends as more skeleton points, after the 49
             self.capsules = body_capsules(body)
@@ -326,6 +340,7 @@ class SMPLify:
         self._point_joint = first.to(device)                                   # (U,) a joint that is point u
         self._joint_point = torch.nn.functional.one_hot(same).to(device)     # (49, U) joint j is point u
         self._headings = torch.tensor(HEADINGS, dtype=torch.float64, device=device)  # made once: no copy per call
+        self._torso_pairs = torch.tensor([(JOINT_INDEX[a], JOINT_INDEX[b]) for a, b in TORSO_PAIRS], device=device)
         # one stage-2 LM iteration of the keypoint and prior terms, compiled on request (any batch and point count:
         # dynamic shapes)
         self._compiled_step = (torch.compile(self._lm_step, dynamic=True) if config.compile and config.mode == "fast"
@@ -376,8 +391,21 @@ class SMPLify:
             if sigma.shape != (keypoints.shape[0],) or not bool((sigma > 0).all()):
                 raise ValueError(f"start_sigma must be positive, one number or of shape ({keypoints.shape[0]},); "
                                  f"got {tuple(sigma.shape)}")
+        lifted = start == "mean" and self.lifter is not None
+        if lifted:
+            init_pose, init_cam_t = self.lifted_start(keypoints, init_betas, camera_center, focal)
         return self._fit_fast(keypoints, init_pose, init_betas, init_cam_t, camera_center, focal,
-                              start == "estimate", sigma, targets)
+                              start == "estimate", sigma, targets, lifted)
+
+    def lifted_start(self, keypoints: Tensor, betas: Tensor, center: Tensor, focal: Tensor) -> tuple[Tensor, Tensor]:
+        """The start of a fit without an estimate (fast mode, ``lift_mean_start``): pose (B, 72) lifted from the
+        keypoints (B, 49, 3) px by the lifter (`fitting.lifter`; the joints SMPLify ignores unseen), and the
+        translation (B, 3) m that puts that body's torso (betas (B, NB)) on the keypoints' torso, as
+        `mean_pose_start` places the mean pose. center (B, 2) px; focal (B, 2) px."""
+        pose = self.lifter.lift(keypoints, self._body_conf(keypoints) > 0)
+        with torch.no_grad():
+            joints = self._joints(pose, betas)
+        return pose, translation_from_torso(joints, keypoints, focal, center, self._torso_pairs)
 
     def _mask_terms(self, keypoints, masks, has_mask, parts, has_parts, parsing, has_parsing,
                     scale: float) -> dict[str, MaskTerm] | None:
@@ -525,16 +553,17 @@ class SMPLify:
     # -- fast: Levenberg–Marquardt on the skeleton ---------------------------------------------------------
     def _fit_fast(self, keypoints, init_pose, init_betas, init_cam_t, center, focal,
                   is_estimate: bool, start_sigma: Tensor | None = None,
-                  targets: dict[str, MaskTerm] | None = None) -> SMPLifyResult:
+                  targets: dict[str, MaskTerm] | None = None, lifted: bool = False) -> SMPLifyResult:
         c = self.config
         batch, dtype, dev = init_pose.shape[0], init_pose.dtype, init_pose.device
         # Candidates: each example's start, and for a mean start (which says nothing about this person) the same
         # start turned around, and turned sideways both ways where the torso is not fully seen (then stage 1 cannot
         # tell the heading). All are fitted; the lowest SPIN objective is kept.
         from_mean = torch.full((batch,), not is_estimate, dtype=torch.bool, device=dev)
-        back = from_mean if c.try_back_start is None else torch.full_like(from_mean, c.try_back_start)
+        # a lifted start has its heading from the keypoints: no other candidate unless asked for
+        back = from_mean & (not lifted) if c.try_back_start is None else torch.full_like(from_mean, c.try_back_start)
         _, torso_mask = self._torso(keypoints)
-        side = back & (torso_mask < 1).any(1) & c.side_starts
+        side = back & (torso_mask < 1).any(1) & c.side_starts & (not lifted)
         tried = torch.stack([torch.ones_like(back), back, side, side], 1)                    # (B, K) per HEADINGS
         example, heading = torch.nonzero(tried.T, as_tuple=True)[::-1]                     # candidate -> (b, k)
         order = torch.argsort(heading * batch + example)                                   # the plain starts first
@@ -558,7 +587,8 @@ class SMPLify:
         # silhouette far from the mask would pull limbs into the wrong parts of it); an estimate fits with it
         sil = None if targets is None or not is_estimate else {k: t.select(example) for k, t in targets.items()}
         done, total = 0, c.body_iterations
-        scale = [1.0] * total if is_estimate else self.prior_schedule(total)    # the priors' factor per iteration
+        scale = ([1.0] * total if is_estimate else                                # the priors' factor per iteration
+                 self.prior_schedule(total, c.lifted_anneal_share if lifted else c.anneal_share))
         if is_estimate and c.init_weight is None and c.noise_from_fit > 0 and 0 < c.noise_iterations < total:
             # σ_kp from the keypoints themselves: the RMS residual per coordinate a first fit leaves, times
             # noise_from_fit for the degrees of freedom that fit absorbed; then w again, with it.
@@ -572,7 +602,10 @@ class SMPLify:
             trust = self.near_start_weight(start_pose, start_betas, cam_t, kp, ctr, foc, sigma,
                                            c.noise_from_fit * rms)
             done = c.noise_iterations
-        first = max(min(c.back_choice_after, total), done) if len(example) > batch else total
+        # the candidates are compared after back_choice_after iterations; a mean start meets its mask terms only
+        # from there too, lifted (one candidate) or not
+        split = len(example) > batch or (sil is None and targets is not None)
+        first = max(min(c.back_choice_after, total), done) if split else total
         pose, betas, cam_t, ran_next = self._lm_body_converging(pose, betas, cam_t, kp, ctr, foc, trust, body_init,
                                                                 scale[done:first], sil)
         ran = ran_next if done == 0 else ran + ran_next                    # stage-2 iterations per candidate
@@ -596,7 +629,7 @@ class SMPLify:
         return self._result(pose, betas, cam_t, keypoints, center, focal, c.camera_iterations + c.body_iterations,
                             turned_around=heading[pick] == 1, heading=self._headings.to(dtype)[heading[pick]],
                             candidate_objectives=objectives, objective_gap=gap, near_start_weight=trust,
-                            body_iterations=ran,
+                            body_iterations=ran, lifted_start=torch.full((batch,), lifted, device=dev),
                             **self._collision_extras(pose, betas),
                             **self._silhouette_extras(pose, betas, cam_t, focal, center, targets))
 
@@ -658,14 +691,14 @@ class SMPLify:
             ends = self._proxy_ends(pose, betas)
             return {"collision_penalty": collision_penalty(ends, self.capsules.radii(betas), self.capsules.pairs)}
 
-    def prior_schedule(self, iterations: int) -> list[float]:
+    def prior_schedule(self, iterations: int, share: float | None = None) -> list[float]:
         """Per stage-2 iteration, the factor on the pose and angle priors' weights (energies) from a mean start:
-        ``prior_anneal`` at the first, decaying geometrically to 1 after ``anneal_share`` of them (15 of the default
-        25), then 1: SPIN's objective for the rest. A strong prior first keeps the limbs of a body far from its
+        ``prior_anneal`` at the first, decaying geometrically to 1 after ``share`` of them (default ``anneal_share``:
+        15 of the default 25; a lifted start's ``lifted_anneal_share``: 5), then 1: SPIN's objective for the rest. A strong prior first keeps the limbs of a body far from its
         keypoints out of implausible depth minima; SPIN's objective then decides (SMPLify, Bogo et al. 2016, anneals
         its prior weights in stages for this)."""
         c = self.config
-        relax = round(c.anneal_share * iterations)
+        relax = round((c.anneal_share if share is None else share) * iterations)
         if relax == 0:
             return [1.0] * iterations
         return [c.prior_anneal ** max(0.0, 1.0 - k / relax) for k in range(iterations)]

@@ -1,4 +1,5 @@
-"""`fitloop prior …`: train a pose prior (a Gaussian mixture, or with --vae a VPoser-architecture VAE), and inspect
+"""`fitloop prior …`: train a pose prior (a Gaussian mixture, or with --vae a VPoser-architecture VAE) or with
+--lifter the keypoint-to-pose lifter of SMPLify's mean starts, and inspect
 one (fitloop .npz of either kind, or SMPLify's gmm_08.pkl)."""
 from __future__ import annotations
 
@@ -45,8 +46,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--vae", action="store_true",
                        help="train a VAE prior (VPoser's V02_05 architecture) on the same poses instead of a mixture "
                             "(fitting/vposer.py; --components and --cov-floor-deg do not apply)")
+    train.add_argument("--lifter", action="store_true",
+                       help="train the keypoint-to-pose lifter that starts SMPLify's fits without an estimate "
+                            "(fitting/lifter.py; views, keypoints and noise drawn afresh per batch) on the same poses "
+                            "instead of a prior; about 8 min on one CPU thread")
     train.add_argument("--epochs", type=int, default=None, help="--vae: training epochs (default 30)")
-    train.add_argument("--threads", type=int, default=1, help="--vae: torch CPU threads (default 1)")
+    train.add_argument("--steps", type=int, default=None, help="--lifter: training steps of 512 views (default 5000)")
+    train.add_argument("--threads", type=int, default=1, help="--vae, --lifter: torch CPU threads (default 1)")
     train.add_argument("--json", action="store_true", help="print the training report as JSON")
     train.set_defaults(func=cmd_train)
 
@@ -78,8 +84,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             held_out = tuple(int(w) for w in words)
         else:
             raise FitloopError(f"--hold-out takes CMU subject numbers like 2,9,14,94 or 'none', got {args.hold_out!r}")
+    if args.vae and args.lifter:
+        raise FitloopError("--vae and --lifter train different things; give one")
     if args.vae:
         return _train_vae(args, kind, sources, held_out)
+    if args.lifter:
+        return _train_lifter(args, kind, sources, held_out)
     if args.epochs is not None:
         raise FitloopError("--epochs is for --vae (a Gaussian mixture is fitted by EM to convergence)")
     report = train_prior(sources, args.out, kind=kind, components=args.components, seed=args.seed,
@@ -151,4 +161,28 @@ def cmd_info(args: argparse.Namespace) -> int:
             print(f"  {key}: {value}")
     if "config" in meta:
         print(f"  config: {json.dumps(meta['config'])}")
+    return 0
+
+
+def _train_lifter(args: argparse.Namespace, kind: str, sources: list[Path], held_out: tuple[int, ...] | None) -> int:
+    from assets.lift_train import LiftTrainConfig, train_lifter
+    from core.errors import FitloopError
+    from fitloop.progress import bar as progress_bar
+
+    if args.threads < 1 or (args.steps is not None and args.steps < 2):
+        raise FitloopError("--threads must be at least 1 and --steps at least 2")
+    config = LiftTrainConfig(seed=args.seed, threads=args.threads,
+                             **({"steps": args.steps} if args.steps is not None else {}))
+    with progress_bar(config.steps, "training the lifter", "step") as shown:
+        def progress(step: int, row: dict) -> None:
+            shown.update(step - shown.n)
+            shown.set_postfix(joint_mm=row["joint_mm"])
+        report = train_lifter(sources, args.out, kind=kind, model=args.model, fps=args.fps,
+                              walk_share=args.walk_share, mirror=not args.no_mirror, held_out_subjects=held_out,
+                              config=config, progress=progress)
+    last = report["history"][-1]
+    print(json.dumps(report, indent=2) if args.json else
+          f"lifter written to {report['out']}: {report['samples']} training poses, {config.steps} steps of "
+          f"{config.batch_size} views in {report['time_train_s']:.0f} s; last {last['step'] % 500 or 500} steps: "
+          f"rotation loss {last['rot']:.3f}, root-relative joint RMS {last['joint_mm']:.0f} mm")
     return 0
