@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from assets.prior_train import TrainConfig, provenance, resolve_held_out, training_poses
+from assets.prior_train import TrainConfig, provenance, resolve_held_out, torch_threads, training_poses
 from core.joints import J24_NAMES, NUM_JOINTS, OPENPOSE_NAMES, SMPLIFY_IGNORED, indices
 from fitting.body_model import OPEN_MODELS, load_body_model
 from fitting.lifter import PoseLifter, lifter_input, save_pose_lifter
@@ -121,9 +121,7 @@ def _about(axis: int, angle: Tensor) -> Tensor:
 
 def fit_lifter(sampler: ViewSampler, config: LiftTrainConfig, progress=None) -> tuple[PoseLifter, dict[str, Any]]:
     """Train a lifter on the sampler's views; returns it (eval mode) and a report (loss every 500 steps)."""
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
+    with torch_threads(config.threads):
         torch.manual_seed(config.seed)
         gen = torch.Generator().manual_seed(config.seed)
         model = PoseLifter(config.hidden, config.blocks)
@@ -155,8 +153,6 @@ def fit_lifter(sampler: ViewSampler, config: LiftTrainConfig, progress=None) -> 
                     progress(step + 1, history[-1])
         model.eval()
         return model, {"history": history, "time_train_s": round(time.perf_counter() - t0, 2)}
-    finally:
-        torch.set_num_threads(threads_before)
 
 
 def train_lifter(sources: list[Path], out: Path, *, kind: str = "bvh", model: Path | None = None,

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from assets.prior_train import TrainConfig, provenance, resolve_held_out, training_poses
+from assets.prior_train import TrainConfig, provenance, resolve_held_out, torch_threads, training_poses
 from core.errors import FitloopError
 from core.joints import SMPL_JOINT_NAMES
 from fitting.skeleton import rodrigues
@@ -111,9 +111,7 @@ def fit_vae(poses: np.ndarray, weights: np.ndarray, config: VAETrainConfig,
     value but the ``free_joints``' (which stay zero). Runs on ``config.threads`` CPU threads."""
     if len(poses) < config.batch_size:
         raise FitloopError(f"only {len(poses)} training poses for batch size {config.batch_size}; give more data")
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
+    with torch_threads(config.threads):
         torch.manual_seed(config.seed)
         gen = torch.Generator().manual_seed(config.seed)
         model = VPoser(HIDDEN, LATENT_DIM)
@@ -146,8 +144,6 @@ def fit_vae(poses: np.ndarray, weights: np.ndarray, config: VAETrainConfig,
             history.append({"loss": round(total / n, 4), **{k: round(v / n, 4) for k, v in parts.items()}})
         model.eval()
         return model, {"epochs": history, "time_train_s": round(time.perf_counter() - t0, 2)}
-    finally:
-        torch.set_num_threads(threads_before)
 
 
 def train_vae_prior(sources: list[Path], out: Path, *, kind: str = "bvh", model: Path | None = None,
