@@ -4,7 +4,9 @@ The cases (`bench.smplify_cases`): people from pose sources with fixed roles (CM
 saw, SPIN's LSP fits, samples of the prior, anyone's pose file), split into ``dev`` (for tuning) and ``test``
 (for reporting) by rules no fit can move; seen by a real camera and fitted through SPIN's crop camera (``real``)
 or with the real camera's intrinsics (``image``), and seen by SPIN's crop camera (``crop``); clean and noisy
-keypoints; fits from the mean pose and from network-like starts at calibrated error levels.
+keypoints; fits from the mean pose and from network-like starts at calibrated error levels. Both modes are given
+the same start; from the mean pose the fast mode (by default) lifts its own start from the keypoints
+(`fitting.lifter`, trained without the CMU subjects the benchmark fits), SPIN's procedure fits the mean pose.
 
 Every cell (source × camera × keypoints × start) is fitted by the fast mode on all its ``cases`` people and by
 the reference on the first ``reference_cases`` of them (the reference runs ~1 fit/s on one CPU thread); the fast
