@@ -100,6 +100,17 @@ def save_pose_lifter(model: PoseLifter, metadata: dict[str, Any], path: str | Pa
     write_npz(path, {**state, "metadata": np.array(json.dumps(meta, sort_keys=True, indent=1))})
 
 
+def lifter_metadata(path: str | Path) -> dict[str, Any] | None:
+    """The metadata of a lifter ``.npz`` (architecture, training settings, the poses' provenance), or None when the
+    file is readable but no lifter (a pose prior, say). `ModelFileError` for a missing or damaged file."""
+    arrays, _ = read_npz(path, "pose-lifter file")
+    try:
+        meta = json.loads(str(arrays["metadata"].reshape(-1)[0]))
+    except (KeyError, IndexError, json.JSONDecodeError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("format") == LIFTER_FORMAT else None
+
+
 def load_pose_lifter(path: str | Path = DEFAULT_LIFTER, device: str | torch.device = "cpu") -> PoseLifter:
     """Read a lifter ``.npz`` (`save_pose_lifter`) onto ``device``, in eval mode. `ModelFileError` (one line) for
     a missing, damaged or foreign file."""

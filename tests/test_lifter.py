@@ -131,6 +131,8 @@ def test_prior_train_lifter_from_the_command_line(tmp_path, capsys):
                  "--hold-out", "none"]) == 0
     assert "lifter written to" in capsys.readouterr().out
     assert load_pose_lifter(out).hidden == 512
+    assert main(["prior", "info", str(out)]) == 0
+    assert "keypoint-to-pose lifter" in capsys.readouterr().out
     import json
     meta = json.loads(str(np.load(out)["metadata"]))
     assert meta["poses"]["subjects_used"] == [9] and meta["train_config"]["steps"] == 3

@@ -56,9 +56,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--json", action="store_true", help="print the training report as JSON")
     train.set_defaults(func=cmd_train)
 
-    info = commands.add_parser("info", help="components, dimensions and provenance of a prior",
+    info = commands.add_parser("info", help="components, dimensions and provenance of a prior (or a lifter)",
                                description="Print a pose prior's components, dimensions, weights and provenance. "
-                                           "Reads fitloop .npz priors and SMPLify's gmm_08.pkl (safely).")
+                                           "Reads fitloop .npz priors and SMPLify's gmm_08.pkl (safely), and "
+                                           "fitloop's keypoint-to-pose lifter files (their training settings "
+                                           "and poses).")
     info.add_argument("file", type=Path, help="prior file (.npz or .pkl)")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     info.set_defaults(func=cmd_info)
@@ -137,9 +139,33 @@ def _info_vae(args: argparse.Namespace) -> int:
     return 0
 
 
+def _info_lifter(args: argparse.Namespace, meta: dict) -> int:
+    if args.json:
+        print(json.dumps({"file": str(args.file), "kind": "lifter", "metadata": meta}, indent=2))
+        return 0
+    poses, history = meta.get("poses", {}), meta.get("training", {}).get("history", [{}])
+    print(f"{args.file}: keypoint-to-pose lifter (fitting/lifter.py), {meta.get('blocks')} residual blocks of width "
+          f"{meta.get('hidden')}; last training loss (noisy views): rotation {history[-1].get('rot')}, root-relative "
+          f"joint RMS {history[-1].get('joint_mm', float('nan')):.0f} mm")
+    for key, value in (("subjects_used", poses.get("subjects_used")), ("held_out_subjects", poses.get("held_out_subjects")),
+                       ("frames_used", poses.get("frames_used")), ("train_config", meta.get("train_config")),
+                       ("acknowledgment", poses.get("acknowledgment"))):
+        if value is not None:
+            print(f"  {key}: {value if isinstance(value, str) else json.dumps(value)}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
+    from core.errors import ModelFileError
+    from fitting.lifter import lifter_metadata
     from fitting.priors import load_gmm, pose_prior_kind
 
+    try:
+        lifter = lifter_metadata(args.file)
+    except ModelFileError:   # no .npz, or a damaged one: the prior readers below say which
+        lifter = None
+    if lifter is not None:
+        return _info_lifter(args, lifter)
     if pose_prior_kind(args.file) == "vae":
         return _info_vae(args)
 
