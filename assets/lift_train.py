@@ -28,8 +28,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from assets.prior_train import TrainConfig, provenance, resolve_held_out, torch_threads, training_poses
+from assets.prior_train import TrainConfig, provenance, resolve_held_out, training_poses
 from core.joints import J24_NAMES, NUM_JOINTS, OPENPOSE_NAMES, SMPLIFY_IGNORED, indices
+from core.threads import torch_threads
 from fitting.body_model import OPEN_MODELS, load_body_model
 from fitting.lifter import PoseLifter, lifter_input, save_pose_lifter
 from fitting.skeleton import Skeleton, matrix_to_axis_angle, rodrigues

@@ -31,13 +31,11 @@ reporting. The prior's metadata records the clips and subjects it was trained on
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import json
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -381,20 +379,6 @@ def training_poses(sources: list[Path], *, kind: str = "bvh", config: TrainConfi
         flipped = flip_pose(np.concatenate([np.zeros((len(x), 3)), x], axis=1))[:, 3:]
         x, w = np.concatenate([x, flipped]), np.concatenate([w, w])
     return TrainingPoses(x, w, data, walk_factor, rest_info, config)
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """Run the block on ``threads`` torch CPU threads, then restore the count (the trainers' determinism is per
-    thread count)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def resolve_held_out(kind: str, held_out_subjects: tuple[int, ...] | None) -> tuple[int, ...]:

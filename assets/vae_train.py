@@ -37,9 +37,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from assets.prior_train import TrainConfig, provenance, resolve_held_out, torch_threads, training_poses
+from assets.prior_train import TrainConfig, provenance, resolve_held_out, training_poses
 from core.errors import FitloopError
 from core.joints import SMPL_JOINT_NAMES
+from core.threads import torch_threads
 from fitting.skeleton import rodrigues
 from fitting.vposer import HIDDEN, LATENT_DIM, VPOSER_JOINTS, VPOSER_POSE_DIM, VPoser, save_vae_prior
 

@@ -40,6 +40,7 @@ from bench.smplifyx_cases import (
     summary,
     timed_fit,
 )
+from core.threads import torch_threads
 from fitting.collision import mesh_interpenetration, mesh_parts
 from fitting.pose_terms import DEFAULT_BODY_PRIOR, DEFAULT_HAND_PRIOR, BodyPrior, HandPrior, body_term, hand_term
 from fitting.smplifyx import COLLISION_SCALE, SMPLifyX, SMPLifyXConfig
@@ -109,13 +110,9 @@ def throughput(fitter: SMPLifyX, people: People, batch: int, threads: int) -> di
     batch, then every whole batch of ``people`` timed (wall seconds); the caller's thread count is restored."""
     batch = min(batch, people.keypoints.shape[0])
     whole = people.keypoints.shape[0] // batch * batch
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         timed_fit(fitter, people.subset(slice(0, batch)), batch)
         _, wall = timed_fit(fitter, people.subset(slice(0, whole)), batch)
-    finally:
-        torch.set_num_threads(previous)
     return {"threads": threads, "batch": batch, "fits": whole, "seconds": wall, "fits_per_s": whole / wall}
 
 

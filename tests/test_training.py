@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tarfile
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ from core.camera import project
 from core.frames import FIT_CENTER, fit_frame_px, keypoints_in_fit_frame
 from core.joints import NUM_JOINTS
 from core.killpoint import KILL_AFTER_ENV
+from core.threads import torch_threads
 from fitloop.cli import main
 from fits.quality import FILTER_COLUMNS, FitFilter
 from fits.schema import PART_COLUMNS, FitProvenance, fits_batch
@@ -357,16 +357,6 @@ def reference_run(synthetic, seeded_table, tmp_path_factory) -> tuple[Path, Path
 # such differences past the comparisons' tolerances: runs compared with each other use one thread, in this
 # process and in the command-line runs, whatever the machine or an earlier test set.
 RUN_THREADS = 1
-
-
-@contextmanager
-def torch_threads(n: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_a_run_writes_fits_at_checkpoints_and_epoch_ends_and_logs_metrics(reference_run, seeded_table):

@@ -223,6 +223,7 @@ def wholebody_fits(shards: Path, fits_path: Path, roots: list[Path], out: Path) 
     from bench.smplifyx_cases import People, fit_errors
     from core.errors import FitloopError
     from core.frames import FIT_CENTER, FIT_FOCAL, keypoints_in_fit_frame, stored_to_fit_frame
+    from core.threads import torch_threads
     from fits.schema import FitProvenance, WholeBodyFit, config_hash, fits_batch
     from fits.table import FitsTable
     from fitting.body_model import load_body_model
@@ -259,15 +260,11 @@ def wholebody_fits(shards: Path, fits_path: Path, roots: list[Path], out: Path) 
     focal = torch.full((count, 2), FIT_FOCAL)
     config = SMPLifyXConfig()
     smplifyx = SMPLifyX(model, config=config)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(WHOLEBODY_THREADS)
-    try:
+    with torch_threads(WHOLEBODY_THREADS):
         start = time.perf_counter()
         parts = [smplifyx(keypoints[i:i + WHOLEBODY_BATCH], center[i:i + WHOLEBODY_BATCH],
                           focal_length=focal[i:i + WHOLEBODY_BATCH]) for i in range(0, count, WHOLEBODY_BATCH)]
         seconds = time.perf_counter() - start
-    finally:
-        torch.set_num_threads(threads)
     fit = {k: torch.cat([getattr(p, k) for p in parts]).detach() for k in ("full_pose", "betas", "expression",
                                                                             "cam_t", "points")}
     fit_points = fit["points"]
