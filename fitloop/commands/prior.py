@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--lifter", action="store_true",
                        help="train the keypoint-to-pose lifter that starts SMPLify's fits without an estimate "
                             "(fitting/lifter.py; views, keypoints and noise drawn afresh per batch) on the same poses "
-                            "instead of a prior; about 8 min on one CPU thread")
+                            "instead of a prior; about 7 min on one CPU thread")
     train.add_argument("--epochs", type=int, default=None, help="--vae: training epochs (default 30)")
     train.add_argument("--steps", type=int, default=None, help="--lifter: training steps of 512 views (default 5000)")
     train.add_argument("--threads", type=int, default=1, help="--vae, --lifter: torch CPU threads (default 1)")
