@@ -74,11 +74,12 @@ from core.metrics import mpjpe, pa_mpjpe
 from fits.evaluate import EVALUATION, body_eval_joints
 from fitting.body_model import BodyModel, load_body_model
 from fitting.priors import MaxMixturePrior, load_pose_prior, resolve_pose_prior
-from fitting.smplify import SMPLify, SMPLifyConfig
+from fitting.smplify import SMPLify, SMPLifyConfig, focal_per_example
 from fitting.vposer import VAEPosePrior
 
 MODES = ("fast", "reference")
 FIXED = "fast-fixed"             # the fast mode without early exit (`BenchConfig.fixed_baseline`)
+LIFTED = "lifted-start"          # the fast mode's own start from the mean pose, unfitted (`_lifted_starts`)
 THROUGHPUT_CALLS = 2             # timed calls per start level of the throughput row (the faster one counts)
 FACING_UNDEFINED_BELOW = 0.5    # the truth's hip axis within 30° of vertical: no heading to compare with
 CHUNK = {"fast": 512, "reference": 32}  # examples per SMPLify call (memory; results do not depend on it)
@@ -317,6 +318,17 @@ def _fit_level(fitter: SMPLify, cells: list[Cell], count: int, mode: str, device
     return _rates(len(kp), wall, cpu)
 
 
+def _lifted_starts(fitter: SMPLify, cells: list[Cell], count: int, device: torch.device) -> None:
+    """The fast mode's own start from the mean pose (`SMPLify.lifted_start`: the lifter's pose, the translation
+    from the torso), stored beside the fits as LIFTED: how near the lifter alone puts each person, before any
+    fitting (on anyone's ``--poses`` too)."""
+    kp, focal, center, _, betas, _ = _inputs(cells, count, device)
+    pose, cam_t = fitter.lifted_start(kp, betas, center, focal_per_example(focal, kp, fitter.config.focal_length))
+    arrays = [t.double().cpu().numpy() for t in (pose, betas, cam_t)]
+    for i, c in enumerate(cells):
+        c.fits[LIFTED] = tuple(a[i * count:(i + 1) * count] for a in arrays)
+
+
 def _rates(n: int, wall: float, cpu: float) -> dict[str, float]:
     return {"fits": n, "wall_s": wall, "cpu_s": cpu, "fits_per_s": n / wall, "fits_per_cpu_s": n / max(cpu, 1e-9)}
 
@@ -395,6 +407,8 @@ def _cell_record(c: Cell, reference_cases: int) -> dict[str, Any]:
                            "sigma_rad": c.sigma, "cases": len(c.keypoints), "start_error": summary(start)}
     if "fast" in c.metrics:
         rec["fast"] = summary(c.metrics["fast"], start)
+    if LIFTED in c.metrics:
+        rec["lifted_start"] = summary(c.metrics[LIFTED])
     if "reference" in c.metrics:
         k = reference_cases
         rec["reference"] = summary(c.metrics["reference"], _head(start, k))
@@ -425,6 +439,8 @@ def _pooled(cells: list[Cell], key: Callable[[Cell], tuple], names: tuple[str, .
         row["start_error"] = summary(cat("start"))
         if "fast" in group[0].metrics:
             row["fast"] = summary(cat("fast"), cat("start"))
+        if LIFTED in group[0].metrics:
+            row["lifted_start"] = summary(cat(LIFTED))
         if "reference" in group[0].metrics:
             start_k = cat("start", reference_cases)
             row["reference"] = summary(cat("reference"), start_k)
@@ -520,6 +536,9 @@ def _run(config: BenchConfig, say: Callable[[str], None]) -> dict[str, Any]:
         for label, rate in workers.items():
             say(f"{'fast':>16} {label:<6}: batch {config.batch} in {config.workers} one-thread processes: "
                 f"{rate['fits_per_s']:.1f} fits/s")
+    fast = next((f for name, f, count, _ in fitters if name == "fast" and count), None)
+    if fast is not None and fast.lifter is not None and "mean" in config.starts:
+        _lifted_starts(fast, [c for c in cells if c.start == "mean"], config.cases, device)
     for c in cells:
         _evaluate(body, c)
     for name, levels in speed.items():      # each variant's accuracy on the cases it fitted, beside its speed

@@ -399,6 +399,13 @@ def test_command_runs_both_modes_on_every_cell(tmp_path, capsys):
             assert timing["fits"] == (12 if mode == "fast" else 4) and timing["wall_s"] > 0 and timing["cpu_s"] > 0
     assert result["speed"]["reference"]["config"]["iterations"] == 5  # --quick's reference
     assert {(r["keypoints"], r["start"]) for r in result["summary"]} == {("noisy", "mean"), ("noisy", "net90")}
+    for cell in result["cells"]:   # the fast mode's own (lifted) start from the mean pose, unfitted, is reported
+        assert ("lifted_start" in cell) == (cell["start"] == "mean")
+        if cell["start"] == "mean":
+            assert len(cell["per_case"]["lifted-start_pa_mpjpe_mm"]) == 3
+    lifted = {r["source"]: r["lifted_start"]["pa_mpjpe_mm"] for r in result["summary_by_source"] if r["start"] == "mean"}
+    start = {r["source"]: r["start_error"]["pa_mpjpe_mm"] for r in result["summary_by_source"] if r["start"] == "mean"}
+    assert lifted["synthetic"] < start["synthetic"] and "own start from the mean pose" in table
     assert "| synthetic | crop | noisy | mean |" in table and "| file | image | noisy | net90 |" in table
     assert {(r["camera"], r["start"]) for r in result["summary_by_camera"]} == {
         (c, s) for c in ("crop", "image") for s in ("mean", "net90")}
