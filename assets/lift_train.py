@@ -32,7 +32,7 @@ from assets.prior_train import TrainConfig, provenance, resolve_held_out, traini
 from core.joints import J24_NAMES, NUM_JOINTS, OPENPOSE_NAMES, SMPLIFY_IGNORED, indices
 from core.threads import torch_threads
 from fitting.body_model import OPEN_MODELS, load_body_model
-from fitting.lifter import PoseLifter, lifter_input, save_pose_lifter
+from fitting.lifter import LIFTED_JOINTS, PoseLifter, lifter_input, save_pose_lifter
 from fitting.skeleton import Skeleton, matrix_to_axis_angle, rodrigues
 
 
@@ -76,6 +76,7 @@ class ViewSampler:
         op[list(indices(OPENPOSE_NAMES))] = 1
         gt[list(indices(J24_NAMES))] = 1
         self.sets = torch.stack([op, gt, (op + gt).clamp(max=1)]) * (1 - ignored)    # (3, 49)
+        self.group_columns = [torch.tensor([3 * (j - 1) + k for j in group for k in range(3)]) for group in LIMB_GROUPS]
 
     def __call__(self, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         c = self.config
@@ -91,11 +92,10 @@ class ViewSampler:
         orient = (_about(2, roll) @ _about(0, pitch) @ _about(0, torch.full((n,), math.pi)) @ _about(1, heading))
         body_pose = self.poses[idx].clone()
         if c.mix_limbs > 0:       # new combinations of the data's limbs, each local to its parent
-            for group in LIMB_GROUPS:
-                cols = torch.tensor([3 * (j - 1) + k for j in group for k in range(3)])
+            for cols in self.group_columns:
                 donor = torch.multinomial(self.weights, n, replacement=True, generator=gen)
                 swap = torch.rand(n, generator=gen) < c.mix_limbs
-                body_pose[:, cols] = torch.where(swap[:, None], self.poses[donor][:, cols], self.poses[idx][:, cols])
+                body_pose[:, cols] = torch.where(swap[:, None], self.poses[donor[:, None], cols], body_pose[:, cols])
         if c.pose_jitter_deg > 0:
             body_pose = body_pose + math.radians(c.pose_jitter_deg) * torch.randn(body_pose.shape, generator=gen)
         pose = torch.cat([matrix_to_axis_angle(orient), body_pose], 1)
@@ -132,12 +132,12 @@ def fit_lifter(sampler: ViewSampler, config: LiftTrainConfig, progress=None) -> 
         history, t0, run = [], time.perf_counter(), {"rot": 0.0, "joint_mm": 0.0}
         for step in range(config.steps):
             x, pose, betas = sampler(config.batch_size, gen)
-            target = rodrigues(pose.reshape(-1, 3)).reshape(-1, 24, 3, 3)
+            target = rodrigues(pose.reshape(-1, 3)).reshape(-1, LIFTED_JOINTS, 3, 3)
             rot = model(x)
             rot_loss = (rot - target).square().sum((-1, -2)).mean()
-            with torch.no_grad():
-                true = skeleton.posed(target, betas).pos                 # the tree's joints, model frame, m
-            pred = skeleton.posed(rot, betas).pos
+            with torch.no_grad():                                        # the tree's joints, model frame, m
+                true = skeleton.posed(skeleton.slot_rotations(target), betas).pos
+            pred = skeleton.posed(skeleton.slot_rotations(rot), betas).pos
             joint_sq = ((pred - pred[:, :1]) - (true - true[:, :1])).square().sum(-1).mean()
             loss = rot_loss + config.joint_weight * joint_sq
             opt.zero_grad()

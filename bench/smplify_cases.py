@@ -76,7 +76,7 @@ from core.pinhole import pinhole
 from fits.evaluate import posed_eval_joints
 from fitting.body_model import BodyModel
 from fitting.priors import DEFAULT_PRIOR
-from fitting.smplify import TORSO_PAIRS, mean_pose_start
+from fitting.smplify import TORSO_PAIR_INDEX, mean_pose_start
 from pipelines.adapters.base import keypoint_box
 from pipelines.synthetic.poses import PriorPoses
 from shards.crop import box_side
@@ -113,7 +113,6 @@ CROP_PERSON_PX = FIT_RES / SPIN_BOX_EXPAND       # the crop camera's keypoint bo
 
 _J24 = indices(J24_NAMES)
 _PELVIS = JOINT_INDEX["Pelvis (MPII)"]
-_TORSO_PAIRS = tuple((JOINT_INDEX[a], JOINT_INDEX[b]) for a, b in TORSO_PAIRS)
 _STREAMS = {name: i for i, name in enumerate(("people", "heading", "betas", "real", "noise", "drop", "start",
                                                "synthetic", "clothing"))}
 _SOURCE_IDS = {"cmu": 1, "lsp": 2, "synthetic": 3, "file": 4}
@@ -515,7 +514,7 @@ def network_start(body: BodyModel, true_pose: np.ndarray, obs: Observation, sigm
     betas = np.zeros((len(pose), body.num_betas))
     joints = torch.as_tensor(posed_joints(body, pose, betas))
     kp = torch.as_tensor(obs.keypoints, dtype=torch.float64)
-    cam_t = translation_from_torso(joints, kp, torch.as_tensor(obs.focal), torch.as_tensor(obs.center), _TORSO_PAIRS)
+    cam_t = translation_from_torso(joints, kp, torch.as_tensor(obs.focal), torch.as_tensor(obs.center), TORSO_PAIR_INDEX)
     return Start(pose, betas, cam_t.numpy(), "estimate")
 
 

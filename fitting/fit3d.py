@@ -60,7 +60,7 @@ from torch import Tensor
 
 from core.camera import projection_jacobian, translation_from_torso
 from core.errors import FitloopError, ModelFileError
-from core.joints import H36M_JOINTS, JOINT_INDEX, NUM_JOINTS, indices
+from core.joints import H36M_JOINTS, NUM_JOINTS, indices
 from fitting.body_model import BodyModel
 from fitting.priors import (
     ANGLE_PRIOR_INDICES,
@@ -72,7 +72,7 @@ from fitting.priors import (
     MaxMixturePrior,
 )
 from fitting.skeleton import Skeleton, SkeletonState, matrix_to_axis_angle, select_state
-from fitting.smplify import TORSO_PAIRS, gmof
+from fitting.smplify import TORSO_PAIR_INDEX, gmof
 
 Correspondence = Literal["canonical", "h36m"]
 Solver = Literal["schur", "dense"]
@@ -357,9 +357,9 @@ class Fit3D:
         facing = torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=self.dtype, device=self.device))  # π about x
         root = self.skeleton.j_template[0]                                             # rest root, betas 0
         joints = (facing @ (model - root).transpose(1, 2)).transpose(1, 2) + root     # camera-frame axes
-        pairs = tuple((JOINT_INDEX[a], JOINT_INDEX[b]) for a, b in TORSO_PAIRS)
         focal = views.focal[at, best].prod(-1).sqrt()
-        t_cam = translation_from_torso(joints, views.keypoints[at, best], focal, views.center[at, best], pairs)
+        t_cam = translation_from_torso(joints, views.keypoints[at, best], focal, views.center[at, best],
+                                       TORSO_PAIR_INDEX)
         pose = torch.zeros(frames, NUM_POSE, dtype=self.dtype, device=self.device)
         # camera = R·reference + T, so the body turned by Rᵀ·facing about its root, its root at Rᵀ(root + t − T)
         pose[:, :3] = matrix_to_axis_angle(rot.transpose(1, 2) @ facing)

@@ -100,30 +100,33 @@ def save_pose_lifter(model: PoseLifter, metadata: dict[str, Any], path: str | Pa
     write_npz(path, {**state, "metadata": np.array(json.dumps(meta, sort_keys=True, indent=1))})
 
 
-def lifter_metadata(path: str | Path) -> dict[str, Any] | None:
-    """The metadata of a lifter ``.npz`` (architecture, training settings, the poses' provenance), or None when the
-    file is readable but no lifter (a pose prior, say). `ModelFileError` for a missing or damaged file."""
-    arrays, _ = read_npz(path, "pose-lifter file")
+def _read(path: str | Path, hint: str = "") -> tuple[dict[str, np.ndarray], dict[str, Any] | None]:
+    """The arrays of a lifter ``.npz`` and its metadata, None where the file is readable but no lifter."""
+    arrays, _ = read_npz(path, "pose-lifter file", hint)
     try:
         meta = json.loads(str(arrays["metadata"].reshape(-1)[0]))
     except (KeyError, IndexError, json.JSONDecodeError):
-        return None
-    return meta if isinstance(meta, dict) and meta.get("format") == LIFTER_FORMAT else None
+        return arrays, None
+    return arrays, (meta if isinstance(meta, dict) and meta.get("format") == LIFTER_FORMAT else None)
+
+
+def lifter_metadata(path: str | Path) -> dict[str, Any] | None:
+    """The metadata of a lifter ``.npz`` (architecture, training settings, the poses' provenance), or None when the
+    file is readable but no lifter (a pose prior, say). `ModelFileError` for a missing or damaged file."""
+    return _read(path)[1]
 
 
 def load_pose_lifter(path: str | Path = DEFAULT_LIFTER, device: str | torch.device = "cpu") -> PoseLifter:
     """Read a lifter ``.npz`` (`save_pose_lifter`) onto ``device``, in eval mode. `ModelFileError` (one line) for
     a missing, damaged or foreign file."""
     hint = "train one with `fitloop prior train --lifter` or use fitting/data/pose_lifter_open.npz"
-    arrays, _ = read_npz(path, "pose-lifter file", hint)
+    arrays, meta = _read(path, hint)
+    if meta is None:
+        raise ModelFileError(f"{path}: not a fitloop pose lifter (no {LIFTER_FORMAT} metadata); {hint}")
     try:
-        meta = json.loads(str(arrays["metadata"].reshape(-1)[0]))
-        if meta.get("format") != LIFTER_FORMAT:
-            raise ModelFileError(f"{path}: not a fitloop pose lifter (format {meta.get('format')!r}); {hint}")
         model = PoseLifter(int(meta["hidden"]), int(meta["blocks"]))
-    except (KeyError, IndexError, TypeError, ValueError, json.JSONDecodeError) as err:
-        raise ModelFileError(f"{path}: not a fitloop pose lifter or its metadata is unreadable ({err}); "
-                             f"{hint}") from None
+    except (KeyError, TypeError, ValueError) as err:
+        raise ModelFileError(f"{path}: the pose lifter's architecture is unreadable ({err}); {DAMAGED}") from None
     expected = model.state_dict()
     state = {k: torch.as_tensor(np.asarray(arrays[k], dtype=np.float32)) for k in expected if k in arrays}
     wrong = [k for k, v in expected.items() if k not in state or state[k].shape != v.shape]

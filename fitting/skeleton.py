@@ -308,11 +308,14 @@ class Skeleton(torch.nn.Module):
     def local_rotations(self, pose: Tensor) -> Tensor:
         """Every tree joint's rotation (B, J, 3, 3) relative to its parent, from pose (B, 72) (or (B, 3J) with
         ``full_pose``): the driven joints' Rodrigues, identity (zero pose) elsewhere."""
-        batch = pose.shape[0]
-        local = rodrigues(pose.reshape(batch, self.num_slots, 3))               # (B, 24, 3, 3)
+        return self.slot_rotations(rodrigues(pose.reshape(pose.shape[0], self.num_slots, 3)))
+
+    def slot_rotations(self, local: Tensor) -> Tensor:
+        """Every tree joint's rotation (B, J, 3, 3) from one per pose slot (B, slots, 3, 3): the driven joints'
+        own, identity elsewhere (differentiable in ``local``)."""
         if self.identity_slots:
             return local
-        tree = torch.eye(3, dtype=pose.dtype, device=pose.device).repeat(batch, self.num_joints, 1, 1)
+        tree = torch.eye(3, dtype=local.dtype, device=local.device).repeat(local.shape[0], self.num_joints, 1, 1)
         tree[:, self.slot_joints] = local[:, self.slots]
         return tree
 
@@ -376,9 +379,9 @@ class Skeleton(torch.nn.Module):
 
     def posed(self, local: Tensor, betas: Tensor, subset: Tensor | None = None,
               pose: Tensor | None = None) -> SkeletonState:
-        """`forward` from the tree joints' local rotation matrices (B, J, 3, 3) instead of a pose (differentiable
-        in them, as a round trip through axis-angle is not everywhere); the state's pose is ``pose`` (None if not
-        given: the Jacobians need it)."""
+        """`forward` from the tree joints' local rotation matrices (B, J, 3, 3) (`slot_rotations` of a pose's)
+        instead of a pose (differentiable in them, as a round trip through axis-angle is not everywhere); the
+        state's pose is ``pose`` (None if not given: the Jacobians need it)."""
         batch, nb, num_joints = local.shape[0], betas.shape[1], self.num_joints
         rest = self.j_template + (betas @ self.j_dirs.reshape(-1, nb).T).reshape(batch, num_joints, 3)
         rot_t = torch.empty_like(local)

@@ -98,6 +98,7 @@ from fitting.vposer import VAEPosePrior
 
 OP_TORSO = ("OP RHip", "OP LHip", "OP RShoulder", "OP LShoulder")
 TORSO_PAIRS = (("Right Shoulder", "Right Hip"), ("Left Shoulder", "Left Hip"))  # the start's similar triangles
+TORSO_PAIR_INDEX = tuple((JOINT_INDEX[a], JOINT_INDEX[b]) for a, b in TORSO_PAIRS)
 GT_TORSO = ("Right Hip", "Left Hip", "Right Shoulder", "Left Shoulder")
 # What a fit's start is: "mean" carries nothing about this person (SPIN's static-fit start, `mean_pose_start`);
 # "estimate" is a guess at this person (a network's prediction, a stored fit).
@@ -255,8 +256,7 @@ def mean_pose_start(body: BodyModel, keypoints: Tensor, focal: float = FIT_FOCAL
         center = torch.full((batch, 2), FIT_RES / 2.0, dtype=keypoints.dtype, device=device)
     with torch.no_grad():
         joints = body(betas, pose[:, 3:], pose[:, :3]).joints
-    pairs = tuple((JOINT_INDEX[a], JOINT_INDEX[b]) for a, b in TORSO_PAIRS)
-    return pose, betas, translation_from_torso(joints, keypoints, focal, center, pairs)
+    return pose, betas, translation_from_torso(joints, keypoints, focal, center, TORSO_PAIR_INDEX)
 
 
 def focal_per_example(focal_length: Tensor | None, keypoints: Tensor, default: float) -> Tensor:
@@ -296,10 +296,15 @@ class SMPLify:
             prior = copy.deepcopy(prior).to(device)
         self.body, self.prior, self.config = body, prior, config.validated()
         self.skeleton = Skeleton(body).to(device) if config.mode == "fast" else None
-        # the start of fits without an estimate (fast mode): a pose lifted from the keypoints
+        # the start of fits without an estimate (fast mode): a pose lifted from the keypoints; a lifter elsewhere is
+        # copied here, as the prior is
         self.lifter = None
         if self.config.mode == "fast" and self.config.lift_mean_start:
-            self.lifter = load_pose_lifter(device=device) if lifter is None else copy.deepcopy(lifter).to(device)
+            if lifter is None:
+                lifter = load_pose_lifter(device=device)
+            elif next(lifter.parameters()).device != device:
+                lifter = copy.deepcopy(lifter).to(device)
+            self.lifter = lifter
         self.capsules, self.proxies = None, None
         if self.config.collision_weight > 0:  # the capsules' segment ends as more skeleton points, after the 49
             self.capsules = body_capsules(body)
@@ -340,7 +345,7 @@ class SMPLify:
         self._point_joint = first.to(device)                                   # (U,) a joint that is point u
         self._joint_point = torch.nn.functional.one_hot(same).to(device)     # (49, U) joint j is point u
         self._headings = torch.tensor(HEADINGS, dtype=torch.float64, device=device)  # made once: no copy per call
-        self._torso_pairs = torch.tensor([(JOINT_INDEX[a], JOINT_INDEX[b]) for a, b in TORSO_PAIRS], device=device)
+        self._torso_pairs = torch.tensor(TORSO_PAIR_INDEX, device=device)
         # one stage-2 LM iteration of the keypoint and prior terms, compiled on request (any batch and point count:
         # dynamic shapes)
         self._compiled_step = (torch.compile(self._lm_step, dynamic=True) if config.compile and config.mode == "fast"

@@ -152,9 +152,11 @@ def test_on_real_keypoints_the_lifted_start_fits_as_well_in_fewer_iterations():
     import h5py
     import scipy.io
 
+    from core.frames import FIT_FRAME_OFFSET, FIT_RES
     from core.joints import to_canonical
     from fitting.priors import SPIN_ANGLE_PRIOR_WEIGHT, SPIN_POSE_PRIOR_WEIGHT, SPIN_SHAPE_PRIOR_WEIGHT
     from pipelines.adapters.base import keypoint_box
+    from shards.crop import box_side, box_to_crop, transform_points
 
     joints = scipy.io.loadmat(str(FIXTURES / "lsp" / "lsp_dataset" / "joints.mat"))["joints"][:, :, :256]
     lsp = np.concatenate([joints[:2].transpose(2, 1, 0) - 1, np.ones((256, 14, 1))], -1)    # MATLAB 1-based
@@ -166,9 +168,9 @@ def test_on_real_keypoints_the_lifted_start_fits_as_well_in_fewer_iterations():
     arms = {lift: SMPLify(body, prior, SMPLifyConfig(lift_mean_start=lift)) for lift in (True, False)}
     for dataset, people in (("lsp", lsp), ("mpii", mpii)):
         kp = to_canonical(people, dataset)
-        for k in kp:                                                  # SPIN's 224 px crop of the box x 1.2
+        for k in kp:                                           # SPIN's 224 px crop of the box x 1.2, fit-frame px
             centre, scale = keypoint_box(k, 1.2)
-            k[:, :2] = (k[:, :2] - centre) / (200 * scale) * 224 + 112
+            k[:, :2] = transform_points(box_to_crop(centre, box_side(scale), FIT_RES), k[:, :2]) + FIT_FRAME_OFFSET
         kp = torch.as_tensor(kp, dtype=torch.float32)
         center = torch.full((len(kp), 2), 112.0)
         start = mean_pose_start(body, kp)

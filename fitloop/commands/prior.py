@@ -88,6 +88,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise FitloopError(f"--hold-out takes CMU subject numbers like 2,9,14,94 or 'none', got {args.hold_out!r}")
     if args.vae and args.lifter:
         raise FitloopError("--vae and --lifter train different things; give one")
+    if args.steps is not None and not args.lifter:
+        raise FitloopError("--steps is for --lifter (--vae trains for --epochs; a mixture by EM to convergence)")
+    if args.epochs is not None and args.lifter:
+        raise FitloopError("--epochs is for --vae; the lifter trains for --steps batches of fresh views")
     if args.vae:
         return _train_vae(args, kind, sources, held_out)
     if args.lifter:
