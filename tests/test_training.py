@@ -45,7 +45,7 @@ from shards.augment import AugmentParams, augment_keypoints, training_transform
 from shards.augment import augment_pose as augment_pose_np
 from shards.reader import CorruptShardWarning, ReaderConfig, ShardCorruptError, ShardReader, iter_shard, list_shards
 from shards.sample import StoredSample
-from training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from training.config import DEFAULT_PRIOR, RESUME_SAFE, TrainConfig, resumed_config
 from training.data import MixedShardStream, group_counts, parse_mix, resolve_mix
 from training.geometry import (
@@ -349,7 +349,7 @@ def reference_run(synthetic, seeded_table, tmp_path_factory) -> tuple[Path, Path
     root = tmp_path_factory.mktemp("reference")
     shutil.copytree(seeded_table, root / "fits")
     with torch_threads(RUN_THREADS):
-        summary = train(run_config(synthetic, root / "fits", root / "run"), progress=False)
+        summary = train(run_config(synthetic, root / "fits", root / "run", keep_checkpoints=0), progress=False)
     return root / "run", root / "fits", summary
 
 
@@ -373,8 +373,8 @@ def test_a_run_writes_fits_at_checkpoints_and_epoch_ends_and_logs_metrics(refere
     assert all(70 < e < 130 for e in fits_pa) and fits_pa[-1] < fits_pa[0] - 0.5   # the loop improves the fits
     assert all(int(r["fits_samples"]) == 16 and int(r["net_samples"]) == 4 for r in rows)
     assert all(120 < float(r["net_pa_mpjpe_mm"]) < 200 and 400 < float(r["net_mpjpe_mm"]) < 650 for r in rows)
-    # checkpoints at step 0 (before the first write-back), 2 (every 2 steps), 3 (epoch end), 4, 6 (epoch end); each
-    # names a version holding its fits, the first the seed version
+    # checkpoints at step 0 (before the first write-back), 2 (every 2 steps), 3 (epoch end), 4, 6 (epoch end), all
+    # kept (keep_checkpoints 0); each names a version holding its fits, the first the seed version
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert names == [f"step-{s:09d}.pt" for s in (0, 2, 3, 4, 6)]
     versions = [load_checkpoint(run / "checkpoints" / n)["fits_version"] for n in names]
@@ -408,6 +408,24 @@ def _loss_on_unaugmented_keypoints(smplify: SMPLify, rows: pa.Table, samples: di
                                                                                                  "cam_t"))
     center = torch.full((len(keys), 2), FIT_CENTER)
     return smplify.fitting_loss(pose, betas, cam_t, center, torch.as_tensor(keypoints)).mean(-1).numpy()
+
+
+def test_a_run_keeps_its_newest_checkpoints_by_step_and_drops_a_killed_saves_temporary(tmp_path):
+    """`prune_checkpoints` orders by the step in the name (not by file time nor by name length) and leaves other
+    files alone; the trainer calls it after each save (the killed run's test checks a run's folder)."""
+    for step in (120, 7, 1000, 30):
+        save_checkpoint(tmp_path, {"step": step})
+    folder = tmp_path / "checkpoints"
+    (folder / "step-000002000.pt.tmp").write_bytes(b"half a checkpoint")    # a save killed before its rename
+    (folder / "notes.txt").write_text("mine")
+    assert prune_checkpoints(tmp_path, 0) == [folder / "step-000002000.pt.tmp"]      # 0 keeps every checkpoint
+    assert len(prune_checkpoints(tmp_path, 2)) == 2
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "step-000000120.pt", "step-000001000.pt"]
+    assert latest_checkpoint(tmp_path).name == "step-000001000.pt"
+    with pytest.raises(ValueError, match="keep must be >= 0"):
+        prune_checkpoints(tmp_path, -1)
+    with pytest.raises(ValueError, match="keep_checkpoints must be >= 0"):
+        TrainConfig(shards=("s",), fits="f", keep_checkpoints=-1).validated()
 
 
 def test_every_row_of_a_run_holds_its_fits_loss_on_the_unaugmented_keypoints(reference_run, synthetic, body):
@@ -610,12 +628,14 @@ def test_a_killed_run_resumes_to_the_same_fits(synthetic, seeded_table, referenc
     whole_run, whole_fits, _ = reference_run
     killed = tmp_path / "killed"
     shutil.copytree(seeded_table, killed / "fits")
-    victim = subprocess.run(_train_cli(synthetic, killed / "fits", killed / "run"), cwd=REPO,
-                            env={**env, KILL_AFTER_ENV: "train.step:5"}, capture_output=True, text=True, timeout=300,
-                            check=False)
+    victim = subprocess.run(_train_cli(synthetic, killed / "fits", killed / "run", "--keep-checkpoints", "2"),
+                            cwd=REPO, env={**env, KILL_AFTER_ENV: "train.step:5"}, capture_output=True, text=True,
+                            timeout=300, check=False)
     assert victim.returncode == -signal.SIGKILL, victim.stderr[-2000:]
     stopped_at = load_checkpoint(latest_checkpoint(killed / "run"))["step"]
     assert stopped_at == 4
+    saved = lambda: sorted(p.name for p in (killed / "run" / "checkpoints").iterdir())
+    assert saved() == ["step-000000003.pt", "step-000000004.pt"]     # the newest 2 of steps 0, 2, 3, 4
     resumed = subprocess.run(_train_cli(synthetic, killed / "fits", killed / "run", "--resume", "--profile-parts"),
                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -631,6 +651,7 @@ def test_a_killed_run_resumes_to_the_same_fits(synthetic, seeded_table, referenc
     final_a = load_checkpoint(latest_checkpoint(whole_run))
     final_b = load_checkpoint(latest_checkpoint(killed / "run"))
     assert final_a["step"] == final_b["step"] == 6
+    assert saved() == ["step-000000004.pt", "step-000000006.pt"]     # the resumed run keeps its saved 2
     for name, value in final_a["model"].items():
         torch.testing.assert_close(final_b["model"][name], value, atol=1e-4, rtol=1e-3)
     rows_a = [r for r in (whole_run / "metrics.csv").read_text().splitlines()]

@@ -21,7 +21,8 @@ Format 1 (before per-rank RNG states) held one ``rng`` state for all ranks and n
 read (`rank_rng_state`).
 
 Written as ``<name>.tmp``, fsynced, renamed: a run killed while saving leaves the previous checkpoint intact.
-Loaded with ``torch.load(weights_only=True)``.
+Loaded with ``torch.load(weights_only=True)``. A run keeps its newest few (`prune_checkpoints`, after each save: a
+ResNet-50's checkpoint with Adam's state is ~320 MB, and a long run saves hundreds).
 """
 from __future__ import annotations
 
@@ -61,6 +62,22 @@ def save_checkpoint(run_dir: Path, payload: dict[str, Any]) -> Path:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
+    """Delete all but the ``keep`` newest checkpoints (by step; ``keep`` 0 keeps all) and any ``.tmp`` left by a
+    save that was killed; returns what was deleted. Call it after a save, so that the newest stays."""
+    folder = checkpoint_dir(run_dir)
+    if keep < 0:
+        raise ValueError(f"keep must be >= 0 (0 keeps every checkpoint), got {keep}")
+    if not folder.is_dir():
+        return []
+    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name)))
+    doomed = [p for _, p in found[:-keep]] if keep else []
+    doomed += [p for p in folder.iterdir() if p.name.endswith(".pt.tmp")]
+    for path in doomed:
+        path.unlink(missing_ok=True)
+    return doomed
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

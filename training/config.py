@@ -39,8 +39,9 @@ LOOP_STARTS = ("network", "mean")
 # changes the data only when a shard is corrupt, and then the run says so). run_dir is where the run lives now.
 # Not num_workers: the data layout of an epoch depends on it (training.data), so the rest of the epoch would
 # repeat some samples and miss others.
-RESUME_SAFE = frozenset({"epochs", "device", "smplify_device", "checkpoint_every", "log_every", "eval_every_epochs",
-                         "tensorboard", "profile_parts", "verify_shards", "on_corrupt_shard", "run_dir"})
+RESUME_SAFE = frozenset({"epochs", "device", "smplify_device", "checkpoint_every", "keep_checkpoints", "log_every",
+                         "eval_every_epochs", "tensorboard", "profile_parts", "verify_shards", "on_corrupt_shard",
+                         "run_dir"})
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,8 @@ class TrainConfig:
         CPU; "bf16", "fp16" with a gradient scaler, "off"; the body model, the losses and SMPLify stay float32,
         `training.step.autocast_for`); seed (the model's initialisation; dropout and the data draws per rank,
         `training.loop`); checkpoint_every (steps; fits are written at each checkpoint and at each epoch end);
+        keep_checkpoints (the newest this many stay in the run folder, older ones are deleted after each save;
+        0 keeps every one);
         log_every (steps per row of train_log.csv: the logged values are read from the device once per row,
         `training.step_stats`); profile_parts (time each part of the step, with a CUDA sync after each part; off:
         only the step's time, no sync, the parts' columns blank); eval_every_epochs;
@@ -202,6 +205,7 @@ class TrainConfig:
     amp: str = "auto"
     seed: int = 0
     checkpoint_every: int = 10_000
+    keep_checkpoints: int = 3
     log_every: int = 10
     profile_parts: bool = False
     eval_every_epochs: int = 1
@@ -242,6 +246,8 @@ class TrainConfig:
             problems.append("SMPLify fits in SPIN's crop camera: smplify.focal_length must be 5000")
         if self.checkpoint_every < 1 or self.log_every < 1 or self.eval_every_epochs < 1:
             problems.append("checkpoint_every, log_every and eval_every_epochs must be >= 1")
+        if self.keep_checkpoints < 0:
+            problems.append(f"keep_checkpoints must be >= 0 (0 keeps every checkpoint), got {self.keep_checkpoints}")
         if len(self.smplifyx_stage_iterations) != len(SMPLIFYX_STAGES) or min(self.smplifyx_stage_iterations) < 0 \
                 or self.smplifyx_camera_iterations < 0:
             problems.append(f"smplifyx_stage_iterations must be {len(SMPLIFYX_STAGES)} counts >= 0 (one per "

@@ -96,7 +96,7 @@ from shards.reader import (
     list_shards,
     shard_problems,
 )
-from training.checkpoint import CheckpointError, rank_rng_state, save_checkpoint
+from training.checkpoint import CheckpointError, prune_checkpoints, rank_rng_state, save_checkpoint
 from training.config import TrainConfig, resumed_config
 from training.data import MixedShardStream, parse_mix, train_sample_count
 from training.evaluate import evaluate_network
@@ -486,6 +486,7 @@ def checkpoint(run: Run, pos: Position) -> None:
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
     kill_point("train.checkpoint")
+    prune_checkpoints(run.run_dir, run.config.keep_checkpoints)
 
 
 def evaluate(run: Run, store: FitsStore, pos: Position, epoch: int, started: float) -> dict[str, Any]:

@@ -13,9 +13,9 @@ _SCALARS = {
     "img_res": int, "num_workers": int, "steps_per_epoch": int, "eval_max_samples": int, "backbone": int,
     "pretrained": str, "mean_params": str, "body_model": str, "joint_regressor_extra": str, "h36m_regressor": str,
     "pose_prior": str, "epochs": int, "batch_size": int, "lr": float, "smplify_threshold": float,
-    "smplify_device": str, "device": str, "amp": str, "seed": int, "checkpoint_every": int, "log_every": int,
-    "eval_every_epochs": int, "shuffle_buffer": int, "mix": str, "run_id": str, "head": str, "mask_res": int,
-    "mesh_sampling": str, "graph_layers": int, "graph_channels": int, "loop_start": str,
+    "smplify_device": str, "device": str, "amp": str, "seed": int, "checkpoint_every": int, "keep_checkpoints": int,
+    "log_every": int, "eval_every_epochs": int, "shuffle_buffer": int, "mix": str, "run_id": str, "head": str,
+    "mask_res": int, "mesh_sampling": str, "graph_layers": int, "graph_channels": int, "loop_start": str,
 }
 # TrainConfig field -> its flag, where the name differs (for messages)
 _FLAGS = {"shards": "--shards", "fits": "--fits", "eval_shards": "--eval-shards", "train_splits": "--train-splits",
@@ -52,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     start.add_argument("--resume", action="store_true",
                        help="continue the run in --run-dir from its latest checkpoint, with its saved config (a run "
                             "killed before its first checkpoint starts over); flags may change only --epochs (to "
-                            "extend), --device, --smplify-device, --checkpoint-every, --log-every, --profile-parts, "
+                            "extend), --device, --smplify-device, --checkpoint-every, --keep-checkpoints, --log-every, "
+                            "--profile-parts, "
                             "--eval-every-epochs, --no-tensorboard, --no-verify-shards and --on-corrupt-shard (any "
                             "other change is refused)")
     start.add_argument("--overwrite", action="store_true",
@@ -136,6 +137,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), help="mixed precision on CUDA")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (and fits writes)")
+    parser.add_argument("--keep-checkpoints", type=int, metavar="N",
+                        help="keep the newest N checkpoints in RUN/checkpoints, deleting older ones after each save "
+                             "(default 3; 0 keeps every one: a ResNet-50 run's is ~320 MB)")
     parser.add_argument("--log-every", type=int,
                         help="steps per row of RUN/train_log.csv (10); the logged values are read from the device "
                              "once per row")
