@@ -26,6 +26,7 @@ members through the restricted unpickler (`fitting.safe_pickle`) and never unpic
 """
 from __future__ import annotations
 
+import hashlib
 import heapq
 import io
 import zipfile
@@ -62,6 +63,22 @@ class MeshSampling:
     @property
     def num_coarse(self) -> int:
         return int(self.down.shape[0])
+
+
+def sampling_digest(sampling: MeshSampling) -> str:
+    """sha256 (hex) of what a network computes with: the down, up and adjacency matrices as canonical CSR
+    (duplicates summed, zeros dropped, indices sorted, values float64), not the faces nor the file's name or format:
+    GraphCMR's file and fitloop's .npz of the same matrices have one digest."""
+    digest = hashlib.sha256()
+    for matrix in (sampling.down, sampling.up, sampling.adjacency):
+        csr = sp.csr_matrix(matrix, dtype=np.float64, copy=True)
+        csr.sum_duplicates()
+        csr.eliminate_zeros()
+        csr.sort_indices()
+        for part in (np.asarray(csr.shape, np.int64), csr.indptr.astype(np.int64), csr.indices.astype(np.int64),
+                     csr.data):
+            digest.update(part.tobytes())
+    return digest.hexdigest()
 
 
 def normalized_adjacency(adjacency: sp.spmatrix) -> sp.csr_matrix:

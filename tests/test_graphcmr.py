@@ -3,6 +3,7 @@ at the mean body, its mesh's joints as the body model's, GraphCMR's losses, a ti
 `fitloop train --head graphcmr` run whose checkpoint round-trips."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 
 from fits.seeding import SeedConfig, seed_fits
 from fitting.body_model import load_body_model
-from fitting.mesh_sampling import committed_path, load_sampling, normalized_adjacency
+from fitting.mesh_sampling import committed_path, load_sampling, normalized_adjacency, sampling_digest
 from fitting.priors import DEFAULT_PRIOR, MaxMixturePrior
 from fitting.smplify import SMPLifyConfig
 from tests.head_checks import adam_steps, assert_checkpoint_round_trips, supervised_batch
@@ -148,6 +149,7 @@ def test_fitloop_train_head_graphcmr_runs_and_its_checkpoint_round_trips(shards,
     assert all(float(r.split(",")[header.index("graph_shape")]) > 0 for r in rows[1:])
     data = assert_checkpoint_round_trips(tmp_path / "run", "graphcmr", GraphCMR, tmp_path / "again")
     assert data["config"]["graph_channels"] == 32
+    assert data["mesh_sampling_digest"] == sampling_digest(load_sampling(committed_path("open-small")))
 
 
 def test_the_head_without_sampling_matrices_says_what_to_pass(tmp_path, capsys):
@@ -181,3 +183,47 @@ def test_fitloop_predict_reads_a_graphcmr_checkpoint(tmp_path, capsys, mean):
     record = json.loads(capsys.readouterr().out)
     assert record["head"] == "graphcmr" and len(record["pose"]) == 72
     assert (tmp_path / "out" / "a.obj").read_text().count("\nv ") == 1229
+
+
+def test_a_graphcmr_checkpoint_refuses_other_sampling_matrices_of_the_same_size(tmp_path, capsys, mean):
+    """The matrices are rebuilt from the file a checkpoint's config names, not stored: a checkpoint records their
+    digest, and predict and a resume refuse a file that now holds others (here the up-sampling weights of one
+    vertex changed: the weights would load and the mesh come out wrong). The same matrices in another file pass."""
+    from fitloop.cli import main
+    from fitting.mesh_sampling import save_sampling
+    from training.checkpoint import CheckpointError, save_checkpoint
+    from training.graphcmr import SAMPLING_DIGEST_KEY, check_checkpoint_sampling
+
+    same, other = tmp_path / "same.npz", tmp_path / "other.npz"
+    sampling = load_sampling(committed_path("open-small"))
+    save_sampling(same, sampling)
+    up = sp.csr_matrix(sampling.up, copy=True)
+    row = next(r for r in range(up.shape[0]) if up.indptr[r + 1] - up.indptr[r] == 3)   # a barycentric row
+    up.data[up.indptr[row]:up.indptr[row + 1]] = up.data[up.indptr[row]:up.indptr[row + 1]][::-1]
+    save_sampling(other, dataclasses.replace(sampling, up=up))
+    config = TrainConfig(body_model="open-small", head="graphcmr", backbone=18, img_res=64, graph_layers=1,
+                         graph_channels=32, mesh_sampling=str(same))
+    torch.manual_seed(0)
+    model = head_of("graphcmr").build(mean, config)
+    ckpt = save_checkpoint(tmp_path / "run", {"model": model.state_dict(), "step": 1, "head": "graphcmr",
+                                              "body_model_id": load_body_model("open-small").model_id,
+                                              "config": config.to_dict(),
+                                              SAMPLING_DIGEST_KEY: model.sampling_digest})
+    args = ["predict", str(tmp_path / "a.jpg"), "--checkpoint", str(ckpt), "--bbox", "20,20,160,260",
+            "--out", str(tmp_path / "out")]
+    from PIL import Image
+    Image.fromarray(np.full((300, 200, 3), 90, np.uint8)).save(tmp_path / "a.jpg")
+    assert main(args) == 0
+    capsys.readouterr()
+    save_sampling(same, dataclasses.replace(sampling, up=up))     # the file the config names, rebuilt other
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert str(ckpt) in err and str(same) in err and model.sampling_digest[:12] in err and "--mesh-sampling" in err
+    assert "Traceback" not in err
+    save_sampling(tmp_path / "copy.npz", sampling)                # the matrices it was trained with, elsewhere
+    assert main(args + ["--mesh-sampling", str(tmp_path / "copy.npz")]) == 0
+    rebuilt = head_of("graphcmr").build(mean, dataclasses.replace(config, mesh_sampling=str(other)))
+    with pytest.raises(CheckpointError, match="other ones"):      # the check a resume makes (training.loop.restore)
+        check_checkpoint_sampling(torch.load(ckpt, weights_only=True), rebuilt, ckpt,
+                                  dataclasses.replace(config, mesh_sampling=str(other)))
+    check_checkpoint_sampling({}, rebuilt, ckpt, config)          # a checkpoint from before the digest: not checked

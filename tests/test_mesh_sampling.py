@@ -2,6 +2,8 @@
 matrices have COMA's structure, and GraphCMR's own pickled file is read through the restricted unpickler."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -17,6 +19,7 @@ from fitting.mesh_sampling import (
     load_sampling,
     normalized_adjacency,
     reconstruction_error,
+    sampling_digest,
     save_sampling,
 )
 
@@ -113,6 +116,11 @@ def test_graphcmr_layout_is_read_without_its_meshes(tmp_path):
     loaded = load_sampling(path)
     assert _same(loaded.down, sampling.down) and _same(loaded.up, sampling.up)
     assert _same(loaded.adjacency, sampling.adjacency) and loaded.faces is None
+    # the matrices' digest (what a graphcmr checkpoint records) is theirs, not the file's: CSC pickles, no faces
+    assert sampling_digest(loaded) == sampling_digest(sampling)
+    moved = sp.csr_matrix(sampling.up, copy=True)
+    moved.data[:2] = moved.data[1::-1] + 1e-9        # one weight moved a billionth
+    assert sampling_digest(dataclasses.replace(sampling, up=moved)) != sampling_digest(sampling)
 
 
 def test_graphcmr_layout_with_a_hostile_member_is_refused(tmp_path):

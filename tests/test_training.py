@@ -529,7 +529,8 @@ def test_the_fits_evaluation_of_the_store_is_the_tables(reference_run, synthetic
 def test_resumed_config_allows_only_the_safe_settings():
     saved = TrainConfig(shards=("a",), fits="f", run_dir="r", run_id="x", eval_shards=("a",))
     safe = dataclasses.replace(saved, epochs=80, device="cpu", checkpoint_every=5, log_every=3, eval_every_epochs=2,
-                               tensorboard=False, verify_shards=False, on_corrupt_shard="skip", run_dir="moved")
+                               tensorboard=False, verify_shards=False, on_corrupt_shard="skip", run_dir="moved",
+                               keep_checkpoints=0, mesh_sampling="same-matrices-elsewhere.npz")
     assert resumed_config(saved, safe) == safe
     assert resumed_config(saved, dataclasses.replace(saved, run_id="", eval_shards=())) == saved  # left open
     changed = dataclasses.replace(saved, shards=("b",), fits="g", run_smplify=False, num_workers=1,

@@ -90,7 +90,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
 
 def evaluate_checkpoint(checkpoint: Path, shards: list[Path], protocol: str = "held-out", *,
                         body_model: str | None = None, batch_size: int = 32, max_samples: int | None = None,
-                        device: str = "cpu") -> dict[str, Any]:
+                        device: str = "cpu", mesh_sampling: str | None = None) -> dict[str, Any]:
     """MPJPE and PA-MPJPE (mm, per dataset and "all") of a checkpoint's network on the samples of ``shards`` that
     ``protocol`` keeps and that carry 3D truth; with the counts of what was read, kept and left out."""
     from torch.utils.data import default_collate
@@ -103,7 +103,7 @@ def evaluate_checkpoint(checkpoint: Path, shards: list[Path], protocol: str = "h
         from core.errors import FitloopError
         raise FitloopError(f"unknown protocol {protocol!r}: one of {', '.join(PROTOCOLS)}")
     chosen = PROTOCOLS[protocol]
-    loaded = load_regressor(checkpoint, body_model=body_model, device=device)
+    loaded = load_regressor(checkpoint, body_model=body_model, device=device, mesh_sampling=mesh_sampling)
     reader = ShardReader(shards, ReaderConfig(img_res=loaded.config.img_res, augment=AugmentConfig(enabled=False),
                                               shuffle_shards=False, shuffle_buffer=0))
     counts = {"read": 0, "kept": 0}

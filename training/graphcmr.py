@@ -52,7 +52,8 @@ from torch import Tensor, nn
 
 from core.errors import FitloopError
 from fitting.body_model import BodyModel
-from fitting.mesh_sampling import MeshSampling, committed_path, load_sampling, normalized_adjacency
+from fitting.mesh_sampling import MeshSampling, committed_path, load_sampling, normalized_adjacency, sampling_digest
+from training.checkpoint import CheckpointError
 from training.geometry import project_normalised, rot6d_to_rotmat
 from training.losses import keypoint_2d_loss, keypoint_3d_loss, shape_loss
 from training.regressor import NUM_SMPL_JOINTS, MeanParams, RegressorOutput
@@ -62,11 +63,13 @@ GRAPH_LAYERS = 5      # GraphCMR's --num_layers default (utils/train_options.py)
 GRAPH_CHANNELS = 256  # GraphCMR's --num_channels default
 PARAM_WIDTH = 1024    # SMPLParamRegressor's width
 MESH_TERMS = ("graph_shape", "graph_keypoints_2d", "graph_keypoints_3d")  # `mesh_losses`' terms
+SAMPLING_DIGEST_KEY = "mesh_sampling_digest"  # a checkpoint's: `check_checkpoint_sampling`
 
 
 class SparseRows(nn.Module):
     """A fixed sparse matrix (R, N) applied to x (B, N, C) -> (B, R, C) by its nonzeros (non-persistent buffers:
-    rebuilt from the sampling file, not stored in checkpoints)."""
+    rebuilt from the sampling file, not stored in checkpoints; a checkpoint holds their digest,
+    `check_checkpoint_sampling`)."""
 
     def __init__(self, matrix: sp.spmatrix):
         super().__init__()
@@ -165,6 +168,7 @@ class GraphCMR(ResNet):
             raise ValueError(f"mesh sampling {sampling.source} is for {sampling.num_vertices} vertices, the body "
                              f"model has {len(template)}")
         self.heads = "smpl"
+        self.sampling_digest = sampling_digest(sampling)   # saved with a checkpoint: `check_checkpoint_sampling`
         coarse = sampling.num_coarse
         num_betas = int(mean.betas.shape[0])
         self.adjacency = SparseRows(normalized_adjacency(sampling.adjacency))
@@ -223,6 +227,20 @@ def build(mean: MeanParams, config: Any) -> GraphCMR:
                         channels=config.graph_channels)
     except ValueError as err:
         raise FitloopError(f"graphcmr head with {path}: {err}") from None
+
+
+def check_checkpoint_sampling(data: dict[str, Any], model: nn.Module, path: Any, config: Any) -> None:
+    """Refuse a checkpoint (``data``, read from ``path``) whose graph was trained with other mesh sampling matrices
+    than ``model`` was built with from ``config``: the matrices are not in the checkpoint, only their digest, and
+    the file its config names may since have been rebuilt or replaced (same sizes: the weights would load and
+    compute nonsense). Checkpoints without a digest (before it was saved) and other heads pass."""
+    saved, built = data.get(SAMPLING_DIGEST_KEY), getattr(model, "sampling_digest", None)
+    if saved and built and saved != built:
+        source = config.mesh_sampling or committed_path(config.body_model)
+        raise CheckpointError(f"{path}: its graph was trained with mesh sampling matrices {saved[:12]}, and "
+                              f"{source} holds other ones ({built[:12]}): pass --mesh-sampling with a file of the "
+                              f"matrices it was trained with (`fitloop model sampling` builds the same file again "
+                              f"from the same model file and --vertices)")
 
 
 def mesh_joints(body: BodyModel, vertices: Tensor) -> Tensor:

@@ -100,6 +100,7 @@ from training.checkpoint import CheckpointError, prune_checkpoints, rank_rng_sta
 from training.config import TrainConfig, resumed_config
 from training.data import MixedShardStream, parse_mix, train_sample_count
 from training.evaluate import evaluate_network
+from training.graphcmr import SAMPLING_DIGEST_KEY, check_checkpoint_sampling
 from training.heads import Head, head_of
 from training.mask_loss import MaskConsistency, grid_res
 from training.overlays import OVERLAY_SAMPLES, first_items, overlay_grid
@@ -410,6 +411,7 @@ def restore(run: Run, data: dict[str, Any], path: Path) -> Position:
         raise CheckpointError(f"{path}: a regressor with {heads} heads, this run's body model "
                               f"({run.body.family}) has {run.raw_model.heads} heads; resume with the body model "
                               f"it was trained with")
+    check_checkpoint_sampling(data, run.raw_model, path, run.config)
     epoch, batch = int(data["epoch"]), int(data["batch"])
     if batch >= run.steps_per_epoch:
         epoch, batch = epoch + 1, 0
@@ -480,6 +482,7 @@ def checkpoint(run: Run, pos: Position) -> None:
         "step": pos.step, "epoch": pos.epoch, "batch": pos.batch, "fits_table": str(run.table.path),
         "fits_version": pos.fits_version, "run_id": run.config.run_id, "body_model_id": run.body.model_id,
         "regressor_heads": run.raw_model.heads, "head": run.head.name,
+        SAMPLING_DIGEST_KEY: getattr(run.raw_model, "sampling_digest", None),
         "config": run.config.to_dict(), "world_size": run.world_size,
         "rng": {"torch": [cpu for cpu, _ in states],
                 "cuda": [cuda for _, cuda in states] if run.device.type == "cuda" else []},

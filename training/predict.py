@@ -36,6 +36,7 @@ from shards.reader import build_item
 from training.checkpoint import FORMAT, CheckpointError, load_checkpoint
 from training.config import TrainConfig
 from training.geometry import rotmat_to_axis_angle
+from training.graphcmr import check_checkpoint_sampling
 from training.heads import DEFAULT_HEAD, Head, head_of
 from training.regressor import heads_for_family, mean_params_from_npz, mean_params_from_prior
 from training.step import fit_in_the_loop, predict
@@ -56,9 +57,11 @@ class LoadedRegressor:
     source: str          # "fitloop" or "spin"
 
 
-def load_regressor(path: Path, body_model: str | None = None, device: str = "cpu") -> LoadedRegressor:
+def load_regressor(path: Path, body_model: str | None = None, device: str = "cpu",
+                   mesh_sampling: str | None = None) -> LoadedRegressor:
     """The network of a fitloop or SPIN checkpoint (module docstring). ``body_model`` overrides the run's (a
-    fitloop checkpoint's content id must then still match); `CheckpointError` for a file that is neither."""
+    fitloop checkpoint's content id must then still match), ``mesh_sampling`` the graphcmr head's matrices file (their
+    digest must match the checkpoint's); `CheckpointError` for a file that is neither."""
     path = Path(path)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
@@ -76,6 +79,8 @@ def load_regressor(path: Path, body_model: str | None = None, device: str = "cpu
                               f"'model' holds HMR's fc1/decpose weights)")
     if body_model is not None:
         config = replace(config, body_model=body_model)
+    if mesh_sampling is not None:
+        config = replace(config, mesh_sampling=str(mesh_sampling))
     if source == "spin" and body_model is None:
         raise FitloopError(f"{path} is SPIN's checkpoint: its network regresses SMPL; pass --body-model with your "
                            f"SMPL file (SPIN: the neutral SMPL)")
@@ -91,6 +96,7 @@ def load_regressor(path: Path, body_model: str | None = None, device: str = "cpu
             else mean_params_from_prior(prior, body.num_betas))
     head = head_of(data.get("head", DEFAULT_HEAD) if source == "fitloop" else "hmr")
     model = head.build(mean, config)
+    check_checkpoint_sampling(data, model, path, config)
     try:
         model.load_state_dict(data["model"])
     except RuntimeError as err:

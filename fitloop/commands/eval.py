@@ -20,6 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--shards", type=Path, nargs="+", required=True, help="shard set folder(s)")
     parser.add_argument("--protocol", default="held-out", choices=from_protocols.split(", "))
     parser.add_argument("--body-model", default=None, help="the body model file (default: the run's)")
+    parser.add_argument("--mesh-sampling", default=None,
+                        help="graphcmr head: the mesh sampling file (default: the run's; its matrices must be the ones "
+                             "the checkpoint was trained with)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-samples", type=int, default=None)
     parser.add_argument("--device", default="cpu")
@@ -34,7 +37,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise FitloopError(f"--batch-size must be >= 1, got {args.batch_size}")
     result = evaluate_checkpoint(args.checkpoint, list(args.shards), args.protocol, body_model=args.body_model,
-                                 batch_size=args.batch_size, max_samples=args.max_samples, device=args.device)
+                                 mesh_sampling=args.mesh_sampling, batch_size=args.batch_size,
+                                 max_samples=args.max_samples, device=args.device)
     if args.json:
         print(json.dumps(result))
         return 0

@@ -148,7 +148,13 @@ def cmd_sampling(args: argparse.Namespace) -> int:
 
     from core.errors import FitloopError
     from fitting.body_model import load_body_model
-    from fitting.mesh_sampling import build_for_model, committed_path, reconstruction_error, save_sampling
+    from fitting.mesh_sampling import (
+        build_for_model,
+        committed_path,
+        reconstruction_error,
+        sampling_digest,
+        save_sampling,
+    )
     from fitting.priors import DEFAULT_PRIOR, MaxMixturePrior
 
     out = args.out or committed_path(args.model)
@@ -163,7 +169,8 @@ def cmd_sampling(args: argparse.Namespace) -> int:
     with torch.no_grad():
         posed = body(betas, means, torch.zeros(len(means), 3)).vertices.double().numpy()
     template = body.layer.v_template.detach().double().numpy()[None]
-    print(f"wrote {out}: {sampling.num_vertices} -> {sampling.num_coarse} vertices, {len(sampling.faces)} faces")
+    print(f"wrote {out}: {sampling.num_vertices} -> {sampling.num_coarse} vertices, {len(sampling.faces)} faces, "
+          f"matrices' digest {sampling_digest(sampling)[:12]} (a graphcmr checkpoint records the one it trained with)")
     for name, meshes in (("template", template), (f"posed at the {len(means)} prior means", posed)):
         mean, worst = reconstruction_error(sampling, meshes)
         print(f"  U·D reconstruction error, {name}: mean {1000 * mean:.2f} mm, max {1000 * worst:.1f} mm")

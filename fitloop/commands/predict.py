@@ -31,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--refine", action="store_true", help="refine with SMPLify (needs --keypoints)")
     parser.add_argument("--body-model", default=None,
                         help="the body model file (default: the run's; required for SPIN's checkpoint)")
+    parser.add_argument("--mesh-sampling", default=None,
+                        help="graphcmr head: the mesh sampling file (default: the run's; its matrices must be the ones "
+                             "the checkpoint was trained with)")
     parser.add_argument("--out", type=Path, default=Path("."), help="output folder (default: here)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true", help="print the parameters as JSON")
@@ -92,7 +95,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if w <= 0 or h <= 0:
             raise FitloopError(f"--bbox needs a positive width and height, got {args.bbox!r}")
         center, scale = np.array([x + w / 2.0, y + h / 2.0]), BBOX_EXPAND * max(w, h) / 200.0
-    loaded = load_regressor(args.checkpoint, body_model=args.body_model, device=args.device)
+    loaded = load_regressor(args.checkpoint, body_model=args.body_model, device=args.device,
+                            mesh_sampling=args.mesh_sampling)
     result = predict_image(loaded, image, center, scale, keypoints, refine=args.refine)
 
     args.out.mkdir(parents=True, exist_ok=True)

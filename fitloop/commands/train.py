@@ -53,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="continue the run in --run-dir from its latest checkpoint, with its saved config (a run "
                             "killed before its first checkpoint starts over); flags may change only --epochs (to "
                             "extend), --device, --smplify-device, --checkpoint-every, --keep-checkpoints, --log-every, "
-                            "--profile-parts, "
+                            "--profile-parts, --mesh-sampling (the same matrices elsewhere), "
                             "--eval-every-epochs, --no-tensorboard, --no-verify-shards and --on-corrupt-shard (any "
                             "other change is refused)")
     start.add_argument("--overwrite", action="store_true",
