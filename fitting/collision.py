@@ -399,17 +399,28 @@ def dense_ends_jacobian(d_ends: Tensor, pairs: Tensor, num_ends: int) -> Tensor:
 
 
 def chained_collision_residuals(capsules: Capsules, proxies: Skeleton, rows: Tensor, pose: Tensor, shape: Tensor,
-                                ends: Tensor) -> tuple[Tensor, Tensor]:
+                                ends: Tensor, static: bool = False) -> tuple[Tensor, Tensor]:
     """The penalty's residuals and their Jacobian w.r.t. a fit's parameters, for least squares: the depths (B, K) m
     of the K pairs that overlap most per example (K: the most pairs any example has overlapping; the rest of an
     example's K are zero) and d depth / d [pose, shape] (B, K, D + S). ``proxies`` evaluates the segment ends
     (`Capsules.end_rows`) as its points ``rows`` (2C,) from pose (B, D) and shape (B, S) (its parameterisation:
     SMPL's (B, 72) and betas, or SMPL-X's full pose and [betas, expression]); ``ends`` (B, 2C, 3) are those points
     at (pose, shape). The radii read the first NB of shape (`Capsules.radii`). `collision_residuals` chained with
-    the skeleton's Jacobian of just the ends the kept pairs use, for the examples in contact only."""
+    the skeleton's Jacobian of just the ends the kept pairs use, for the examples in contact only: K, the examples
+    and the ends are read from the data (host syncs). ``static``: every pair's row instead (K = P, zero where a pair
+    does not overlap), the Jacobian of every end for every example: fixed shapes and no host sync, the same normal
+    equations, more arithmetic (the default on a GPU, where syncs cost more than the work; `static_collision`)."""
     depth, d_ends, d_radii = collision_residuals(ends, capsules.radii(shape), capsules.pairs)
-    k = int((depth > 0).sum(1).max()) if depth.shape[1] else 0
     batch, num_pose, dev = pose.shape[0], pose.shape[1], pose.device
+    nb = min(shape.shape[1], capsules.radius_dirs.shape[1])
+    if static:
+        d_params = torch.cat(proxies.jacobian(proxies(pose, shape, rows)), -1)      # (B, 2C, 3, D + S)
+        dense = dense_ends_jacobian(d_ends, capsules.pairs, d_params.shape[1])      # (B, P, 2C, 3)
+        jac = torch.einsum("bpec,becn->bpn", dense, d_params)
+        radius_dirs = capsules.radius_dirs[capsules.pairs][..., :nb]                # (P, 2, NB)
+        jac[..., num_pose:num_pose + nb] += (d_radii[..., None] * radius_dirs).sum(2)
+        return depth, jac
+    k = int((depth > 0).sum(1).max()) if depth.shape[1] else 0
     top = depth.topk(k, 1).indices                                          # (B, K) pairs, deepest first
     jac = depth.new_zeros(batch, k, num_pose + shape.shape[1])
     hit = torch.nonzero((depth > 0).any(1))[:, 0]                           # the examples in contact
@@ -420,7 +431,6 @@ def chained_collision_residuals(capsules: Capsules, proxies: Skeleton, rows: Ten
         d_params = torch.cat(proxies.jacobian(state), -1)                    # (H, U, 3, D + S)
         at = torch.arange(len(hit), device=dev)[:, None]
         jac[hit] = torch.einsum("bkec,bkecn->bkn", d_ends[hit[:, None], top_h], d_params[at[..., None], where])
-        nb = min(shape.shape[1], capsules.radius_dirs.shape[1])
         radius_dirs = capsules.radius_dirs[capsules.pairs[top_h]][..., :nb]      # (H, K, 2, NB)
         jac[hit, :, num_pose:num_pose + nb] += (d_radii[hit[:, None], top_h][..., None] * radius_dirs).sum(2)
     return depth[torch.arange(batch, device=dev)[:, None], top], jac

@@ -25,6 +25,7 @@ architecture, training provenance); :data:`DEFAULT_LIFTER` is the open model's, 
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,14 @@ def lifter_metadata(path: str | Path) -> dict[str, Any] | None:
     """The metadata of a lifter ``.npz`` (architecture, training settings, the poses' provenance), or None when the
     file is readable but no lifter (a pose prior, say). `ModelFileError` for a missing or damaged file."""
     return _read(path)[1]
+
+
+def lifter_on(device: torch.device, lifter: PoseLifter | None = None) -> PoseLifter:
+    """The lifter a fitter on ``device`` uses: the shipped one (``None``), or the given one, copied there when it
+    lives elsewhere (the caller's stays where it is)."""
+    if lifter is None:
+        return load_pose_lifter(device=device)
+    return lifter if next(lifter.parameters()).device == device else copy.deepcopy(lifter).to(device)
 
 
 def load_pose_lifter(path: str | Path = DEFAULT_LIFTER, device: str | torch.device = "cpu") -> PoseLifter:

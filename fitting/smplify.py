@@ -73,7 +73,7 @@ from fitting.dsr import (
     prior_segments,
     vertex_segments,
 )
-from fitting.lifter import PoseLifter, load_pose_lifter
+from fitting.lifter import PoseLifter, lifter_on
 from fitting.priors import (
     ANGLE_PRIOR_INDICES,
     ANGLE_PRIOR_SIGNS,
@@ -300,16 +300,14 @@ class SMPLify:
         # copied here, as the prior is
         self.lifter = None
         if self.config.mode == "fast" and self.config.lift_mean_start:
-            if lifter is None:
-                lifter = load_pose_lifter(device=device)
-            elif next(lifter.parameters()).device != device:
-                lifter = copy.deepcopy(lifter).to(device)
-            self.lifter = lifter
+            self.lifter = lifter_on(device, lifter)
         self.capsules, self.proxies = None, None
         if self.config.collision_weight > 0:  # the capsules' segment ends as more skeleton points, after the 49
             self.capsules = body_capsules(body)
             self.proxies = Skeleton(body, self.capsules.end_rows).to(device)
             self._proxy_rows = torch.arange(len(self.capsules.end_rows), device=device) + self.skeleton.a.shape[0]
+        # the capsule term's rows: every pair, fixed shapes and no host sync, on a GPU (`fitting.collision`)
+        self.static_collision = device.type == "cuda"
         self.faces, self.edges, self.vertex_points = None, None, None
         if self.config.reads_masks:  # the mesh's edges; fast mode: every vertex as a skeleton point
             self.faces = torch.as_tensor(body.faces, dtype=torch.long, device=device)
@@ -645,7 +643,8 @@ class SMPLify:
     def _collision(self, pose: Tensor, betas: Tensor, ends: Tensor) -> tuple[Tensor, Tensor]:
         """The capsule term's residuals (B, K) m and Jacobian (B, K, 72 + NB) at pose (B, 72), betas (B, NB) whose
         segment ends are ``ends`` (B, 2C, 3) (`fitting.collision.chained_collision_residuals`)."""
-        return chained_collision_residuals(self.capsules, self.proxies, self._proxy_rows, pose, betas, ends)
+        return chained_collision_residuals(self.capsules, self.proxies, self._proxy_rows, pose, betas, ends,
+                                           static=self.static_collision)
 
     def _silhouette(self, pose: Tensor, betas: Tensor, cam_t: Tensor, focal: Tensor, center: Tensor,
                     terms: dict[str, MaskTerm]) -> tuple[dict[str, SilhouetteResiduals], Tensor, Tensor]:

@@ -49,6 +49,12 @@ fast: the same objective on the exact joints-only `Skeleton` of the SMPL-X tree 
   predicts well and it moves, after which the joint solve starts again from small damping. On 15 dev people
   (docs/smplifyx.md) this lowers the final objective's gap to the reference from ~9% to ~2-3% for the same
   iteration count; more joint iterations (5x) left ~4%.
+  Without an estimate the fast mode starts from a lifted pose (``lift_mean_start``, the default): SMPLify's
+  keypoint-to-pose lifter (`fitting.lifter`) gives the global orientation and the 21 body joints from the body
+  keypoints, the torso places it, and after the camera stage it is fitted from the fourth stage (the first four
+  annealed a T-pose's limbs towards their keypoints under a strong prior; the third's still flattens a lifted
+  pose), ``lifted_stage_iterations`` (0, 0, 0, 4, 6), at its own heading. ``lift_mean_start=False``: the mean start,
+  the five stages (``stage_iterations``), both orientations where the shoulders are close.
   From an estimate (``start=SMPLifyXStart``, the SPIN loop's network output; fast mode only): the camera stage
   from it, then the last stage alone (its final weights: SMPLify's estimate path runs without the mean start's
   annealing too), one orientation.
@@ -85,6 +91,7 @@ from core.camera import project, projection_jacobian, translation_from_torso
 from core.joints import NUM_JOINTS, SMPLIFY_IGNORED
 from core.wholebody import NUM_WHOLEBODY, WHOLEBODY_INDEX, WHOLEBODY_PARTS, wholebody_indices
 from fitting.collision import body_capsules, chained_collision_residuals, collision_penalty
+from fitting.lifter import PoseLifter, lifter_on
 from fitting.priors import (
     ANGLE_PRIOR_INDICES,
     ANGLE_PRIOR_SIGNS,
@@ -190,14 +197,23 @@ class SMPLifyXConfig:
     # block, each a fresh LM of polish_iterations iterations
     polish_rounds: int = 2
     polish_iterations: int = 5
+    # fast, no estimate: the start is lifted from the body keypoints (`fitting.lifter`, SMPLify's lifter: SMPL's
+    # first 21 body joints are SMPL-X's) and placed by its torso, then fitted from the fourth stage (the first at
+    # the body prior's final weight; hands join) with lifted_stage_iterations, at its own heading only. False:
+    # the mean start, all five stages, both orientations where the shoulders are close. Chosen on the dev split
+    # (docs/smplifyx.md, "A lifted start").
+    lift_mean_start: bool = True
+    lifted_stage_iterations: tuple[int, ...] = (0, 0, 0, 4, 6)
     damping: float = 0.1                            # LM's λ at each stage's start (× diag H; Nielsen's update)
 
     def validated(self) -> SMPLifyXConfig:
         if self.mode not in ("fast", "reference"):
             raise ValueError(f"SMPLify-X mode must be 'fast' or 'reference', not {self.mode!r}")
-        if len(self.stage_iterations) != len(self.stages):
-            raise ValueError(f"stage_iterations has {len(self.stage_iterations)} entries for {len(self.stages)} "
-                             f"stages")
+        for name in ("stage_iterations", "lifted_stage_iterations"):
+            counts = getattr(self, name)
+            if len(counts) != len(self.stages) or min(counts) < 0:
+                raise ValueError(f"{name} must be {len(self.stages)} counts >= 0 (one per stage), got "
+                                 f"{list(counts)}")
         if self.polish_rounds < 0 or self.polish_iterations < 0:
             raise ValueError(f"polish_rounds and polish_iterations must be >= 0, got {self.polish_rounds} and "
                              f"{self.polish_iterations}")
@@ -339,7 +355,8 @@ class SMPLifyX:
     """Whole-body SMPLify for one SMPL-X-layout model; any batch size per call."""
 
     def __init__(self, model: WholeBodyModel, body_prior: PoseTerm | None = None,
-                 hand_prior: PoseTerm | None = None, config: SMPLifyXConfig = SMPLifyXConfig()):
+                 hand_prior: PoseTerm | None = None, config: SMPLifyXConfig = SMPLifyXConfig(),
+                 lifter: PoseLifter | None = None):
         self.model, self.config = model, config.validated()
         dtype = model.rows.dtype
         self.body_prior = (body_prior if body_prior is not None
@@ -369,6 +386,15 @@ class SMPLifyX:
         self.capsules = body_capsules(model.body).to(device, dtype)
         self.proxies = Skeleton(model.body, self.capsules.end_rows, full_pose=True, expression=True, sparse=True)
         self._proxy_rows = torch.arange(len(self.capsules.end_rows), device=device) + NUM_JOINTS
+        # the interpenetration term's rows: every capsule pair, fixed shapes and no host sync, on a GPU; the
+        # overlapping pairs only on the CPU (less arithmetic; `fitting.collision.chained_collision_residuals`)
+        self.static_collision = device.type == "cuda"
+        # the start of fits without an estimate (fast mode, lift_mean_start): SMPLify's lifter, on the body's 49
+        # canonical keypoints (the whole-body layout's first 49) less the ignored joints
+        self.lifter = None
+        if self.config.mode == "fast" and self.config.lift_mean_start:
+            self.lifter = lifter_on(device, lifter)
+            self._lifter_seen = self._usable[:NUM_JOINTS].clone()
 
     # -- the objective (both modes) ------------------------------------------------------------------------
     def point_weights(self, stage: StageWeights) -> Tensor:
@@ -423,8 +449,9 @@ class SMPLifyX:
         """Fit a batch of whole-body keypoints (B, 161, 3) px + confidence (module docstring); camera_center
         (B, 2) px; focal_length (B,) or (B, 2) px, None: the config's.
 
-        start: None fits from the mean start (`mean_start`; the second orientation where the shoulders are close).
-        An estimate (`SMPLifyXStart`: the SPIN loop's network output) is fitted as SMPLify fits one
+        start: None fits from the lifted start (`lifted_start`, fast mode with ``lift_mean_start``: from the fourth
+        stage, ``lifted_stage_iterations``, its own heading) or else the mean start (`mean_start`: all five stages,
+        the second orientation where the shoulders are close). An estimate (`SMPLifyXStart`: the SPIN loop's network output) is fitted as SMPLify fits one
         (`fitting.smplify`, ``start="estimate"``): the camera stage from it, then SMPLify-X's objective at its
         final weights only (the last stage, its ``stage_iterations[-1]`` iterations), as SMPLify's estimate path
         runs SPIN's weights without the mean start's prior annealing; the turned orientation is not tried (an
@@ -599,7 +626,11 @@ class SMPLifyX:
                   start: SMPLifyXStart | None = None) -> SMPLifyXResult:
         c, model = self.config, self.model
         batch, dtype, device = keypoints.shape[0], keypoints.dtype, keypoints.device
-        if start is None:
+        lifted = start is None and self.lifter is not None
+        counts = c.lifted_stage_iterations if lifted else c.stage_iterations
+        if lifted:
+            full_pose, shape, cam_t = self.lifted_start(keypoints, center, focal)
+        elif start is None:
             full_pose, shape, cam_t = self.mean_start(keypoints, center, focal)
         else:
             full_pose, cam_t = start.full_pose, start.cam_t
@@ -607,8 +638,8 @@ class SMPLifyX:
         full_pose, cam_t = self._lm_camera(full_pose, shape, cam_t, keypoints, center, focal)
         # the second orientation where the shoulders are close (from the mean start only), as extra examples of
         # the same batch
-        turned = self._side_view(keypoints) if start is None else torch.zeros(batch, dtype=torch.bool,
-                                                                               device=device)
+        turned = (self._side_view(keypoints) if start is None and not lifted
+                  else torch.zeros(batch, dtype=torch.bool, device=device))
         extra = torch.nonzero(turned)[:, 0]
         example = torch.cat([torch.arange(batch, device=device), extra])
         pose = full_pose[example].clone()
@@ -617,12 +648,14 @@ class SMPLifyX:
             pose[batch:, :3] = compose_axis_angle(full_pose[extra, :3], flip)
         kp, ctr, foc, t, shp = keypoints[example], center[example], focal[example], cam_t[example], shape[example]
         iterations = 0
-        # from an estimate, only the last stage: the annealing of the first four is for a mean start
+        # from an estimate, only the last stage: the annealing of the first four is for a mean start (a lifted
+        # start runs the stages its counts give)
         if start is None:
-            for stage, count in zip(c.stages[:-1], c.stage_iterations[:-1]):
-                pose, shp = self._lm_stage(pose, shp, t, kp, ctr, foc, stage, count)
-                iterations += count
-        pose, shp, count = self._last_stage(pose, shp, t, kp, ctr, foc)
+            for stage, count in zip(c.stages[:-1], counts[:-1]):
+                if count:
+                    pose, shp = self._lm_stage(pose, shp, t, kp, ctr, foc, stage, count)
+                    iterations += count
+        pose, shp, count = self._last_stage(pose, shp, t, kp, ctr, foc, counts[-1])
         iterations += count
         nb = model.num_betas
         pick = torch.arange(batch, device=device)
@@ -634,17 +667,39 @@ class SMPLifyX:
             pick[extra[better]] = batch + torch.nonzero(better)[:, 0]
         pose, shp, t = pose[pick], shp[pick], t[pick]
         return self._result(pose, shp[:, :nb], shp[:, nb:], t, keypoints, center, focal,
-                            turned_tried=turned, turned_around=pick >= batch, iterations=iterations)
+                            turned_tried=turned, turned_around=pick >= batch, iterations=iterations,
+                            lifted_start=torch.full((batch,), lifted, dtype=torch.bool, device=device))
 
     def mean_start(self, keypoints: Tensor, center: Tensor, focal: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The fast mode's start: full pose (B, 165) zero but the global orientation (π about x: upright, facing
-        the camera), [betas, expression] (B, NB + NE) zero, and the translation (B, 3) m that puts that body's
-        OpenPose torso (or its dataset stand-ins, `torso_sources`) on the keypoints' (similar triangles on
-        SMPLify-X's torso edges, `core.camera.translation_from_torso`); center, focal (B, 2) px."""
-        model = self.model
+        """The fast mode's start without a lifter (``lift_mean_start`` False): full pose (B, 165) zero but the
+        global orientation (π about x: upright, facing the camera), [betas, expression] (B, NB + NE) zero, and the
+        translation (B, 3) m that puts that body's OpenPose torso (or its dataset stand-ins, `torso_sources`) on the
+        keypoints' (`placed`); center, focal (B, 2) px."""
         batch, dtype, device = keypoints.shape[0], keypoints.dtype, keypoints.device
         full_pose = torch.zeros(batch, FULL_POSE_DIM, dtype=dtype, device=device)
         full_pose[:, 0] = math.pi
+        return self.placed(full_pose, keypoints, center, focal)
+
+    def lifted_start(self, keypoints: Tensor, center: Tensor, focal: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The fast mode's start without an estimate (``lift_mean_start``): the global orientation and the 21 body
+        joints lifted from the body keypoints (the layout's first 49, less the ignored joints: SMPLify's lifter
+        input, `fitting.lifter`; SMPL's hand joints 22-23 dropped), hands, jaw, eyes, betas and expression zero,
+        placed as `mean_start` places the mean pose (`placed`)."""
+        body = keypoints[:, :NUM_JOINTS]
+        with torch.no_grad():
+            lifted = self.lifter.lift(body, (body[..., 2] > 0) & self._lifter_seen)
+        full_pose = torch.zeros(keypoints.shape[0], FULL_POSE_DIM, dtype=keypoints.dtype, device=keypoints.device)
+        full_pose[:, :POSE_SLICES["body_pose"].stop] = lifted[:, :POSE_SLICES["body_pose"].stop].to(keypoints.dtype)
+        return self.placed(full_pose, keypoints, center, focal)
+
+    def placed(self, full_pose: Tensor, keypoints: Tensor, center: Tensor,
+               focal: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """A start pose (B, 165) with [betas, expression] (B, NB + NE) zero and the translation (B, 3) m that puts
+        its OpenPose torso (or its dataset stand-ins, `torso_sources`) on the keypoints' (similar triangles on
+        SMPLify-X's torso edges, `core.camera.translation_from_torso`; no torso pair seen: the extent of all the
+        seen keypoints); center, focal (B, 2) px."""
+        model = self.model
+        batch, dtype, device = keypoints.shape[0], keypoints.dtype, keypoints.device
         shape = torch.zeros(batch, model.num_betas + model.num_expression, dtype=dtype, device=device)
         with torch.no_grad():
             points = model.forward_full(full_pose, shape[:, :model.num_betas], shape[:, model.num_betas:]).points
@@ -721,16 +776,16 @@ class SMPLifyX:
             lam = torch.where(better, lam / 3, lam * 5).clamp(1e-7, 1e7)
         return full_pose, cam_t
 
-    def _last_stage(self, pose, shape, cam_t, kp, center, focal) -> tuple[Tensor, Tensor, int]:
-        """The last stage: its LM on all its parameters, then the block alternation (module docstring); the pose,
-        [betas, expression] and the LM iterations spent."""
+    def _last_stage(self, pose, shape, cam_t, kp, center, focal, iterations: int) -> tuple[Tensor, Tensor, int]:
+        """The last stage: ``iterations`` of its LM on all its parameters, then the block alternation (module
+        docstring); the pose, [betas, expression] and the LM iterations spent."""
         c = self.config
         stage = c.stages[-1]
-        pose, shape = self._lm_stage(pose, shape, cam_t, kp, center, focal, stage, c.stage_iterations[-1])
+        pose, shape = self._lm_stage(pose, shape, cam_t, kp, center, focal, stage, iterations)
         body = self._body_parameters(pose.device)
         for free in [body, None] * c.polish_rounds + [body]:
             pose, shape = self._lm_stage(pose, shape, cam_t, kp, center, focal, stage, c.polish_iterations, free)
-        return pose, shape, c.stage_iterations[-1] + (2 * c.polish_rounds + 1) * c.polish_iterations
+        return pose, shape, iterations + (2 * c.polish_rounds + 1) * c.polish_iterations
 
     def _body_parameters(self, device) -> Tensor:
         """Indices into [full pose (165), betas, expression] of the body block: global orientation, body pose,
@@ -871,7 +926,8 @@ class SMPLifyX:
         depth, exact) over the parameters `free`, k = `collision_weight`; J the depths' Jacobian over [full pose,
         betas, expression] (`fitting.collision.chained_collision_residuals`)."""
         ends = self.collision_ends(pose, shape)
-        depth, jac = chained_collision_residuals(self.capsules, self.proxies, self._proxy_rows, pose, shape, ends)
+        depth, jac = chained_collision_residuals(self.capsules, self.proxies, self._proxy_rows, pose, shape, ends,
+                                                 static=self.static_collision)
         jac = torch.cat([jac[..., part] for part in free.runs], -1)                            # (B, K, F)
         weight = self.collision_weight(stage)
         return weight * jac.transpose(1, 2) @ jac, weight * (jac.transpose(1, 2) @ depth[..., None])[..., 0]

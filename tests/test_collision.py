@@ -264,6 +264,11 @@ def test_smplify_chained_jacobian_matches_autograd():
     # the pairs left out have no derivative at all
     assert float(want.abs().sum() - want[torch.arange(3)[:, None], top].abs().sum()) < 1e-12
     assert float(got.abs().max()) > 0.01
+    # the static rows (a GPU's default: every pair, no host sync) are autograd's Jacobian whole
+    fitter.static_collision = True
+    depth, got = fitter._collision(pose, betas, ends)
+    torch.testing.assert_close(depth, full)
+    torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
 
 
 # --- the mesh check ---------------------------------------------------------------------------------------------------
