@@ -81,6 +81,9 @@ def _cell(value: Any) -> str:
 
 
 WHOLEBODY_ERRORS = ("body_pa_mpjpe_mm", "left_hand_pa_mpjpe_mm", "right_hand_pa_mpjpe_mm", "face_reprojection_px")
+# how the whole-body fits started (the demo's record says which: `fitloop.commands.demo.wholebody_fits`)
+WHOLEBODY_STARTS = {"lifted": "from a start lifted from the body keypoints (its last two stages)",
+                    "mean": "from the mean start (all five stages)"}
 
 
 def write_report(out: Path, *, manifest: dict[str, Any], seed: dict[str, Any], train: dict[str, Any],
@@ -136,10 +139,9 @@ def write_report(out: Path, *, manifest: dict[str, Any], seed: dict[str, Any], t
                   f"SMPL-X model, hands posed, faces with expressions; their own shard set "
                   f"`{wholebody['shards']['path']}`: read {wholebody['shards']['read']} = written "
                   f"{wholebody['shards']['written']} + rejected {wholebody['shards']['rejected']}) fitted with "
-                  f"SMPLify-X's fast mode "
-                  f"(`fitting.smplifyx`, batched Levenberg–Marquardt over SMPLify-X's five stages) in "
-                  f"{wholebody['seconds']:.1f} s ({wholebody['fits_per_s']:.1f} fits/s), from the mean start, in "
-                  f"the fit frame, and appended to the fits table as whole-body fits of `{wholebody['model_id']}` "
+                  f"SMPLify-X's fast mode (`fitting.smplifyx`, batched Levenberg–Marquardt over SMPLify-X's "
+                  f"stages) in {wholebody['seconds']:.1f} s ({wholebody['fits_per_s']:.1f} fits/s), "
+                  f"{WHOLEBODY_STARTS[wholebody.get('start', 'mean')]}, in the fit frame, and appended to the fits table as whole-body fits of `{wholebody['model_id']}` "
                   f"(version {_cell(wholebody.get('version'))}). Median errors against the truth: body PA-MPJPE "
                   f"on the 14 LSP joints (mm), each hand's PA-MPJPE after aligning it at its wrist (mm), face "
                   f"landmark reprojection against the true landmarks (fit-frame px, 224 px crops):", "",

@@ -7,7 +7,7 @@ from fits.evaluate import EVALUATION
 from fits.schema import FitProvenance, fits_batch
 from fits.table import FitsTable
 from fitting.body_model import load_body_model
-from pipelines.report import fit_errors_by_version, synthetic_truth, write_report
+from pipelines.report import WHOLEBODY_STARTS, fit_errors_by_version, synthetic_truth, write_report
 from pipelines.synthetic.truth import load_truth
 
 
@@ -51,3 +51,21 @@ def test_true_fits_measure_zero_and_each_version_is_measured(synthetic_lsp, tmp_
 def test_truth_drawn_with_another_body_model_is_refused(synthetic_lsp):
     with pytest.raises(FitloopError, match="drawn with body model .* report with the model the data was made with"):
         synthetic_truth([synthetic_lsp], load_body_model("open-small"))
+
+
+@pytest.mark.parametrize("start", ["lifted", "mean"])
+def test_the_whole_body_section_says_how_its_fits_started(tmp_path, start):
+    """The demo's whole-body record names its fits' start (`fitloop.commands.demo.wholebody_fits`: SMPLify-X lifts
+    fits without an estimate by default); the report says it, and counts and errors as given."""
+    manifest = {"counts": {"read": 0, "written": 0, "rejected": 0}, "shards": [], "by_dataset": {},
+                "rejects_by_reason": {}}
+    wholebody = {"rows": [{"dataset": "openpose", "fits": 2, "body_pa_mpjpe_mm": 51.4, "left_hand_pa_mpjpe_mm": 24.9,
+                           "right_hand_pa_mpjpe_mm": 19.7, "face_reprojection_px": 0.5}],
+                 "fits": 2, "seconds": 0.5, "fits_per_s": 4.0, "start": start, "model_id": "smplx:0000000000000001",
+                 "version": 3, "shards": {"path": "wb", "read": 2, "written": 2, "rejected": 0}}
+    report = write_report(tmp_path, manifest=manifest, seed={"fitted": 0, "appended": 0},
+                          train={"run_dir": str(tmp_path / "run")}, fit_errors=[], pictures={}, timings={}, notes=[],
+                          wholebody=wholebody).read_text()
+    section = report[report.index("## Whole-body people"):]
+    assert WHOLEBODY_STARTS[start] in section and "read 2 = written 2 + rejected 0" in section
+    assert "| openpose | 2 | 51.4 | 24.9 | 19.7 | 0.5 |" in section

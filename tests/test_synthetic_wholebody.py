@@ -208,7 +208,7 @@ def test_demo_fits_the_wholebody_people_appends_them_and_reports_them(wb_sets, t
     FitsTable.create(tmp_path / "fits")
     roots = [wb_sets["coco_wholebody"], wb_sets["openpose"]]
     result = wholebody_fits(tmp_path / "shards", tmp_path / "fits", roots, tmp_path)
-    assert result["fits"] == 2 * PEOPLE and result["version"] == 1
+    assert result["fits"] == 2 * PEOPLE and result["version"] == 1 and result["start"] == "lifted"
     assert {k: result["shards"][k] for k in ("read", "written", "rejected")} == {
         "read": 2 * PEOPLE, "written": 2 * PEOPLE, "rejected": 0}
     fits = FitsTable.open(tmp_path / "fits").log(columns=["key", "body_model_id", *WHOLEBODY_COLUMNS[:4]])
