@@ -200,3 +200,12 @@ POSE_FLIP_SIGN: np.ndarray = np.tile(np.array([1.0, -1.0, -1.0], dtype=np.float3
 def flip_pose(pose: np.ndarray) -> np.ndarray:
     """Mirror SMPL axis-angle poses (..., 72) about the body's sagittal plane (camera x -> -x)."""
     return pose[..., SMPL_POSE_FLIP_PERM] * POSE_FLIP_SIGN.astype(pose.dtype)
+
+
+def face_joints(faces: np.ndarray, skinning_weights: np.ndarray) -> np.ndarray:
+    """Each face's dominant joint (F,) int64: the joint with the largest skinning weight summed over the face's three
+    vertices. faces (F, 3); skinning_weights (V, J), any joint layout. The one rule for a face's part: the
+    synthetic painter's colour regions and labels (`pipelines.synthetic.paint.mesh_of`) and DSR's segments
+    (`fitting.dsr.face_segments`)."""
+    weights = np.asarray(skinning_weights, dtype=np.float64)
+    return weights[np.asarray(faces, dtype=np.int64)].sum(axis=1).argmax(axis=1)

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from core.errors import ModelFileError
-from core.joints import SMPL_JOINT_INDEX, SMPL_JOINT_NAMES
+from core.joints import SMPL_JOINT_INDEX, SMPL_JOINT_NAMES, face_joints
 from fitting.silhouette_term import UNKNOWN, MaskTargets, mask_targets
 
 # By anatomy: SMPL's skinning segments (named by their joint; "left_ankle" is the foot, "left_foot" the toes,
@@ -85,12 +85,11 @@ def mc_group_table(forearms: bool = False) -> Tensor:
 
 
 def face_segments(faces: np.ndarray | Tensor, skinning_weights: Tensor | np.ndarray) -> Tensor:
-    """Each face's SMPL segment (F,) long: the joint with the largest skinning weight summed over its three
-    vertices (the synthetic generator's part labels, `pipelines.synthetic.paint.mesh_of`). faces (F, 3);
-    skinning_weights (V, 24) in `SMPL_JOINT_NAMES` order."""
+    """Each face's SMPL segment (F,) long: its dominant joint (`core.joints.face_joints`, the synthetic generator's
+    part labels too). faces (F, 3); skinning_weights (V, 24) in `SMPL_JOINT_NAMES` order."""
     weights = torch.as_tensor(skinning_weights)
     vertex_segments(weights)                                                   # the layout check
-    return weights[torch.as_tensor(faces, dtype=torch.long)].sum(1).argmax(1)
+    return torch.as_tensor(face_joints(torch.as_tensor(faces).cpu().numpy(), weights.detach().cpu().numpy()))
 
 
 def vertex_segments(skinning_weights: Tensor | np.ndarray) -> Tensor:

@@ -10,7 +10,7 @@ from test_silhouette_term import CROP, FOCAL, _people
 
 from core.errors import ModelFileError
 from core.frames import FIT_FRAME_OFFSET
-from core.joints import SMPL_JOINT_NAMES
+from core.joints import SMPL_JOINT_NAMES, face_joints
 from fitting.body_model import DATA_DIR, load_body_model
 from fitting.dsr import (
     MC_PARTS,
@@ -48,6 +48,21 @@ def _labels(body, vertices, cam_t, dilate: int = 0):
     region = np.stack([ndimage.binary_dilation(p > 0, iterations=dilate) if dilate else p > 0
                        for p in parts.numpy()])
     return parts, torch.as_tensor(region, dtype=torch.uint8)
+
+
+def test_dsr_segments_are_the_synthetic_generators_part_labels():
+    """DSR's face segments and the painter's labels are one rule (`core.joints.face_joints`): on the open model every
+    face's DSR segment is the painter's segment of that face; the rule picks the joint of the largest summed
+    weight."""
+    from pipelines.synthetic.paint import mesh_of, segment_of_joint
+
+    body = load_body_model("open-small")
+    weights = body.layer.lbs_weights.detach()
+    painted = mesh_of(body.faces, weights.numpy()).segments
+    by_joint = np.array([segment_of_joint(name) for name in SMPL_JOINT_NAMES])
+    np.testing.assert_array_equal(by_joint[face_segments(torch.as_tensor(body.faces), weights).numpy()], painted)
+    toy = np.array([[1.0, 0, 0], [0.2, 0.8, 0], [0.2, 0, 0.8]])          # face (0, 1, 2): joint 0 sums 1.4
+    assert face_joints(np.array([[0, 1, 2], [1, 1, 2]]), toy).tolist() == [0, 1]
 
 
 def test_the_anatomy_rule_picks_head_hands_and_feet_of_the_open_model():

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from core.intrinsics import EXIF_IFD, EXIF_TAGS
-from core.joints import SMPL_JOINT_NAMES
+from core.joints import SMPL_JOINT_NAMES, face_joints
 from core.wholebody import FINGERS, SMPLX_JOINT_NAMES, WHOLEBODY_PARTS
 from render.raster import rasterize
 from shards.masks import LabelMap, rle_encode
@@ -166,8 +166,8 @@ class Silhouette:
 
 
 def mesh_of(faces: np.ndarray, skinning_weights: np.ndarray) -> Mesh:
-    """The painter's `Mesh` of a body model: each face's colour region and whole-body part are those of the joint
-    with the largest summed skinning weight over the face's three vertices. faces (F, 3); skinning_weights
+    """The painter's `Mesh` of a body model: each face's colour region and whole-body part are those of its dominant
+    joint (`core.joints.face_joints`). faces (F, 3); skinning_weights
     (V, 24) in `core.joints.SMPL_JOINT_NAMES` order or (V, 55) in `core.wholebody.SMPLX_JOINT_NAMES` order."""
     weights = np.asarray(skinning_weights, dtype=np.float64)
     names = {len(SMPL_JOINT_NAMES): SMPL_JOINT_NAMES, len(SMPLX_JOINT_NAMES): SMPLX_JOINT_NAMES}.get(weights.shape[1])
@@ -175,7 +175,7 @@ def mesh_of(faces: np.ndarray, skinning_weights: np.ndarray) -> Mesh:
         raise ValueError(f"skinning weights for {weights.shape[1]} joints: the painter knows SMPL's "
                          f"{len(SMPL_JOINT_NAMES)} and SMPL-X's {len(SMPLX_JOINT_NAMES)}")
     faces = np.asarray(faces, dtype=np.int64)
-    dominant = weights[faces].sum(axis=1).argmax(axis=1)
+    dominant = face_joints(faces, weights)
     joint_region = np.array([REGIONS.index(REGION_OF_JOINT[name]) for name in names])
     joint_part = np.array([PARTS.index(part_of_joint(name)) for name in names])
     joint_segment = np.array([segment_of_joint(name) for name in names])
