@@ -514,7 +514,8 @@ def network_start(body: BodyModel, true_pose: np.ndarray, obs: Observation, sigm
     betas = np.zeros((len(pose), body.num_betas))
     joints = torch.as_tensor(posed_joints(body, pose, betas))
     kp = torch.as_tensor(obs.keypoints, dtype=torch.float64)
-    cam_t = translation_from_torso(joints, kp, torch.as_tensor(obs.focal), torch.as_tensor(obs.center), TORSO_PAIR_INDEX)
+    cam_t = translation_from_torso(joints, kp, torch.as_tensor(obs.focal), torch.as_tensor(obs.center),
+                                   TORSO_PAIR_INDEX)
     return Start(pose, betas, cam_t.numpy(), "estimate")
 
 

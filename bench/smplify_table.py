@@ -56,9 +56,9 @@ def format_tables(result: dict[str, Any], cells: bool = True) -> str:
         lines.append(f"| {row['camera']} | {row['keypoints']} | {row['start']} | {_errors(row)} |")
     lifted = [row for row in result["summary_by_source"] if "lifted_start" in row]
     if lifted:
-        lines += ["", "The fast mode's own start from the mean pose, lifted from the keypoints (`fitting.lifter`), before "
-                  "any fitting (PA-MPJPE / MPJPE mm, wrong-facing %; the mean pose's own PA-MPJPE in the tables' "
-                  "start column): " + "; ".join(
+        lines += ["", "The fast mode's own start from the mean pose, lifted from the keypoints (`fitting.lifter`), "
+                  "before any fitting (PA-MPJPE / MPJPE mm, wrong-facing %; the mean pose's own PA-MPJPE in the "
+                  "tables' start column): " + "; ".join(
                       f"{row['source']} {row['keypoints']} {_num(row['lifted_start']['pa_mpjpe_mm'])} / "
                       f"{_num(row['lifted_start']['mpjpe_mm'])}, {_num(row['lifted_start'].get('wrong_facing_pct'))} %"
                       for row in lifted)]

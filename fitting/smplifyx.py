@@ -689,7 +689,7 @@ class SMPLifyX:
         with torch.no_grad():
             lifted = self.lifter.lift(body, (body[..., 2] > 0) & self._lifter_seen)
         full_pose = torch.zeros(keypoints.shape[0], FULL_POSE_DIM, dtype=keypoints.dtype, device=keypoints.device)
-        full_pose[:, :POSE_SLICES["body_pose"].stop] = lifted[:, :POSE_SLICES["body_pose"].stop].to(keypoints.dtype)
+        full_pose[:, :POSE_SLICES["body_pose"].stop] = lifted[:, :POSE_SLICES["body_pose"].stop]
         return self.placed(full_pose, keypoints, center, focal)
 
     def placed(self, full_pose: Tensor, keypoints: Tensor, center: Tensor,

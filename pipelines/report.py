@@ -141,7 +141,8 @@ def write_report(out: Path, *, manifest: dict[str, Any], seed: dict[str, Any], t
                   f"{wholebody['shards']['written']} + rejected {wholebody['shards']['rejected']}) fitted with "
                   f"SMPLify-X's fast mode (`fitting.smplifyx`, batched Levenberg–Marquardt over SMPLify-X's "
                   f"stages) in {wholebody['seconds']:.1f} s ({wholebody['fits_per_s']:.1f} fits/s), "
-                  f"{WHOLEBODY_STARTS[wholebody.get('start', 'mean')]}, in the fit frame, and appended to the fits table as whole-body fits of `{wholebody['model_id']}` "
+                  f"{WHOLEBODY_STARTS[wholebody.get('start', 'mean')]}, in the fit frame, and appended to the fits "
+                  f"table as whole-body fits of `{wholebody['model_id']}` "
                   f"(version {_cell(wholebody.get('version'))}). Median errors against the truth: body PA-MPJPE "
                   f"on the 14 LSP joints (mm), each hand's PA-MPJPE after aligning it at its wrist (mm), face "
                   f"landmark reprojection against the true landmarks (fit-frame px, 224 px crops):", "",

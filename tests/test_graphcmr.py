@@ -189,6 +189,8 @@ def test_a_graphcmr_checkpoint_refuses_other_sampling_matrices_of_the_same_size(
     """The matrices are rebuilt from the file a checkpoint's config names, not stored: a checkpoint records their
     digest, and predict and a resume refuse a file that now holds others (here the up-sampling weights of one
     vertex changed: the weights would load and the mesh come out wrong). The same matrices in another file pass."""
+    from PIL import Image
+
     from fitloop.cli import main
     from fitting.mesh_sampling import save_sampling
     from training.checkpoint import CheckpointError, save_checkpoint
@@ -211,7 +213,6 @@ def test_a_graphcmr_checkpoint_refuses_other_sampling_matrices_of_the_same_size(
                                               SAMPLING_DIGEST_KEY: model.sampling_digest})
     args = ["predict", str(tmp_path / "a.jpg"), "--checkpoint", str(ckpt), "--bbox", "20,20,160,260",
             "--out", str(tmp_path / "out")]
-    from PIL import Image
     Image.fromarray(np.full((300, 200, 3), 90, np.uint8)).save(tmp_path / "a.jpg")
     assert main(args) == 0
     capsys.readouterr()

@@ -38,8 +38,9 @@ LOOP_STARTS = ("network", "mean")
 # checkpoints, logs, times and evaluates (none of these changes a step), and how it checks its shards (on_corrupt_shard
 # changes the data only when a shard is corrupt, and then the run says so). run_dir is where the run lives now.
 # mesh_sampling: where the graphcmr head's matrices are read now; the checkpoint's digest of them must match
-# (`training.graphcmr.check_checkpoint_sampling`), so the network computes the same. Not num_workers: the data layout of an epoch depends on it (training.data), so the rest of the epoch would
-# repeat some samples and miss others.
+# (`training.graphcmr.check_checkpoint_sampling`), so the network computes the same. Not num_workers: the data
+# layout of an epoch depends on it (training.data), so the rest of the epoch would repeat some samples and miss
+# others.
 RESUME_SAFE = frozenset({"epochs", "device", "smplify_device", "checkpoint_every", "keep_checkpoints", "log_every",
                          "eval_every_epochs", "tensorboard", "profile_parts", "verify_shards", "on_corrupt_shard",
                          "run_dir", "mesh_sampling"})

@@ -316,8 +316,7 @@ def wholebody_fits(shards: Path, fits_path: Path, roots: list[Path], out: Path) 
     wholebody_sheet(samples[:WHOLEBODY_PICTURES], model, fit["full_pose"][:WHOLEBODY_PICTURES],
                     fit["betas"][:WHOLEBODY_PICTURES], fit["expression"][:WHOLEBODY_PICTURES],
                     fit["cam_t"][:WHOLEBODY_PICTURES]).save(out / picture)
-    lifted = all(bool(p.extras["lifted_start"].all()) for p in parts)
     return {"rows": table_rows, "fits": count, "seconds": seconds, "fits_per_s": count / seconds,
-            "start": "lifted" if lifted else "mean", "model_id": body.model_id, "version": appended.version,
-            "picture": picture,
+            "start": "mean" if smplifyx.lifter is None else "lifted", "model_id": body.model_id,
+            "version": appended.version, "picture": picture,
             "shards": {"path": str(shards), **counts}}

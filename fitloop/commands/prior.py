@@ -151,9 +151,9 @@ def _info_lifter(args: argparse.Namespace, meta: dict) -> int:
     print(f"{args.file}: keypoint-to-pose lifter (fitting/lifter.py), {meta.get('blocks')} residual blocks of width "
           f"{meta.get('hidden')}; last training loss (noisy views): rotation {history[-1].get('rot')}, root-relative "
           f"joint RMS {history[-1].get('joint_mm', float('nan')):.0f} mm")
-    for key, value in (("subjects_used", poses.get("subjects_used")), ("held_out_subjects", poses.get("held_out_subjects")),
-                       ("frames_used", poses.get("frames_used")), ("train_config", meta.get("train_config")),
-                       ("acknowledgment", poses.get("acknowledgment"))):
+    for key, value in (("subjects_used", poses.get("subjects_used")),
+                       ("held_out_subjects", poses.get("held_out_subjects")), ("frames_used", poses.get("frames_used")),
+                       ("train_config", meta.get("train_config")), ("acknowledgment", poses.get("acknowledgment"))):
         if value is not None:
             print(f"  {key}: {value if isinstance(value, str) else json.dumps(value)}")
     return 0
