@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -229,6 +230,19 @@ COLUMNS = (("joints_abs", "joints"), ("pa_mpjpe", "PA-MPJPE"), ("mpjpe", "MPJPE"
            ("shape_v2v", "shape v2v"), ("betas", "betas err"), ("jitter", "jitter"), ("fits_per_s", "fits/s"))
 
 
+def title(record: dict) -> str:
+    """What `run` measured, in one line."""
+    return (f"fit3d benchmark: {record['subjects']} subjects x {record['frames']} frames per pose source, "
+            f"{record['model']} model, {record['threads']} thread(s); mm unless named, betas err the L2 norm")
+
+
+def table(record: dict) -> str:
+    """`run`'s record as its title and a markdown table, a row per pose source and condition."""
+    rows = [table_row(source, name, row) for source, conditions in record["sources"].items()
+            for name, row in conditions.items()]
+    return "\n".join([title(record), table_header(), *rows])
+
+
 def table_header() -> str:
     """The header of `table_row`'s lines (a markdown table)."""
     names = [label for _, label in COLUMNS]
@@ -255,18 +269,17 @@ CONDITIONS: tuple[tuple[str, float | None, int, float, dict, bool], ...] = (
 
 
 def run(subjects: int = 4, frames: int = 32, model: str = "open", kinds=("cmu", "lsp"), seed: int = 0,
-        progress: bool = True) -> dict:
+        progress: Callable[[str], None] | None = None) -> dict:
     """Every condition of `CONDITIONS` on every pose source; the JSON-able record (``sources``: per source, per
-    condition, the metrics of the module docstring)."""
+    condition, the metrics of the module docstring). ``progress`` gets `table`'s lines as they are measured."""
     body = load_body_model(model, dtype=torch.float64)
     prior = MaxMixturePrior.from_file(DEFAULT_PRIOR)
     base = Fit3D(body, prior)
     record = {"model": body.name, "subjects": subjects, "frames": frames, "threads": torch.get_num_threads(),
               "sources": {}}
     if progress:
-        print(f"fit3d benchmark: {subjects} subjects x {frames} frames per pose source, {body.name} model, "
-              f"{torch.get_num_threads()} thread(s); mm unless named, betas err the L2 norm", flush=True)
-        print(table_header(), flush=True)
+        progress(title(record))
+        progress(table_header())
     for kind in kinds:
         truth = synthetic_subjects(base, subjects, frames, kind, seed)
         rows = {}
@@ -288,6 +301,6 @@ def run(subjects: int = 4, frames: int = 32, model: str = "open", kinds=("cmu", 
             row["fits_per_s"] = len(truth.pose) / seconds
             rows[name] = row
             if progress:
-                print(table_row(truth.source, name, row), flush=True)
+                progress(table_row(truth.source, name, row))
         record["sources"][truth.source] = rows
     return record

@@ -9,6 +9,7 @@ start-up is not timed. Each worker count runs ``repeats`` times, alternating, an
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,7 +43,8 @@ def run(copies: int = 48, samples_per_shard: int = 34, repeats: int = 2, workers
                     assert manifest["counts"]["written"] == len(records)
                     best[n] = min(best.get(n, float("inf")), seconds)
                     if progress:
-                        print(f"  {n} worker(s): {len(records) / seconds:7.1f} samples/s ({seconds:.2f} s)", flush=True)
+                        print(f"  {n} worker(s): {len(records) / seconds:7.1f} samples/s ({seconds:.2f} s)",
+                              file=sys.stderr, flush=True)
         finally:
             for ctx in clients.values():
                 ctx.__exit__(None, None, None)

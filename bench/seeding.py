@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,7 +39,8 @@ MEAN_LOSS_RTOL = 1e-3          # arms' mean losses agree to this (float rounding
 
 def _specs(people: int) -> list[DatasetSpec]:
     half = people // 2
-    return [DatasetSpec("seed-cmu", "test", half, cmu="test"), DatasetSpec("seed-lsp", "test", people - half, poses=TEST_POSES)]
+    return [DatasetSpec("seed-cmu", "test", half, cmu="test"),
+            DatasetSpec("seed-lsp", "test", people - half, poses=TEST_POSES)]
 
 
 def run(people: int = 512, batch_size: int = 64, workers: tuple[int, ...] = (1, 2), threads: tuple[int, ...] = (1, 2),
@@ -76,7 +78,7 @@ def run(people: int = 512, batch_size: int = 64, workers: tuple[int, ...] = (1, 
                     best[name] = min(best.get(name, math.inf), seconds)
                     if progress:
                         print(f"  {name:<14} {samples / seconds:7.1f} fits/s ({seconds:.1f} s, mean loss "
-                              f"{result.mean_loss:.2f})", flush=True)
+                              f"{result.mean_loss:.2f})", file=sys.stderr, flush=True)
         finally:
             torch.set_num_threads(before)
             for ctx in clients.values():

@@ -77,6 +77,9 @@ def _cases(body, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
             "center": center}
 
 
+PROFILE = "smplify profile"  # the "benchmark" of this module's record (bench.smplify's has none)
+
+
 def run(model: str = "open", batch: int = BATCH) -> dict[str, Any]:
     torch.set_num_threads(1)
     body = load_body_model(model)
@@ -99,7 +102,7 @@ def run(model: str = "open", batch: int = BATCH) -> dict[str, Any]:
         "estimate": counts(lambda: fitter(kp, case["pose"], case["betas"], case["cam_t"], center, start="estimate")),
         "mean": counts(lambda: fitter(kp, *mean_kp, center, start="mean")),
     }
-    return {"model": model, "batch": batch, "threads": torch.get_num_threads(),
+    return {"benchmark": PROFILE, "model": model, "batch": batch, "threads": torch.get_num_threads(),
             "config": {k: getattr(fitter.config, k) for k in ("body_iterations", "tolerance", "check_every")
                        if hasattr(fitter.config, k)},
             "per_lm_iteration": per_iteration, "per_call": per_call}

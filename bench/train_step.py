@@ -113,6 +113,9 @@ def _sync_record(syncs: HostSyncs) -> dict:
             "torch_own": sum(syncs.torch_own.values())}
 
 
+SYNC_COUNT = "train-step host syncs"  # the "benchmark" of `count_syncs`'s record (`run`'s has none)
+
+
 def count_syncs(*, batch: int = 8, img_res: int = 64, backbone: int = 18, body_model: str = "open-small",
                 warmup: int = 1, workdir: Path | None = None, seed: int = 0) -> dict:
     """Host syncs per training step (`core.host_syncs`: the step's reads of tensor values, counted on CPU) for the
@@ -124,7 +127,8 @@ def count_syncs(*, batch: int = 8, img_res: int = 64, backbone: int = 18, body_m
             DatasetSpec("synth-h36m", "train", per_set, smpl=True, joints_3d=True, masks=True),
             DatasetSpec("synth-wild", "train", per_set, openpose=True, masks=True)],
             body_model=body_model, res=img_res, samples_per_shard=max(16, per_set // 2), seed=seed)
-        result: dict = {"batch": batch, "body_model": body_model, "counted": "reads of tensor values by the step "
+        result: dict = {"benchmark": SYNC_COUNT, "batch": batch, "body_model": body_model,
+                        "counted": "reads of tensor values by the step "
                         "(core.host_syncs: item, tolist, numpy, bool, float, int, index, nonzero, mask indexing); "
                         "torch's own reads (Adam's host-side step counter) apart"}
         for head in ("hmr", "keypoints"):

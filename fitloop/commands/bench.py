@@ -1,31 +1,102 @@
-"""`fitloop bench …`: benchmarks that print their figures against a baseline run in the same process."""
+"""`fitloop bench …`: benchmarks that print their figures against a baseline run in the same process.
+
+Every benchmark is a pair of functions here: one runs it and returns its record (a JSON-able dict), the other
+turns the record into the text printed (`_benchmark` registers the pair). The options they share: `--json` (print
+the record instead), `--out FILE` (also write it), and for those that run torch on this process's CPU
+`--threads N` (torch's thread count for the run, default 1: set explicitly, since torch's default oversubscribes
+cores that other processes use) and `--seed`.
+"""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import functools
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+Record = dict[str, Any]
+
+
+def _benchmark(commands: argparse._SubParsersAction, name: str, measure: Callable[[argparse.Namespace], Record],
+               table: Callable[[Record], str], *, threads: bool = True, seed: bool = True, out: bool = True,
+               **parser_options: Any) -> argparse.ArgumentParser:
+    """Add benchmark ``name``: ``measure(args)`` runs it, ``table(record)`` is what it prints; the shared options
+    (module docstring) are added here, the benchmark's own by the caller on the parser returned."""
+    parser = commands.add_parser(name, **parser_options)
+    shared = parser.add_argument_group("shared options (fitloop bench --help)")
+    if threads:
+        shared.add_argument("--threads", type=int, default=1,
+                            help="torch CPU threads for the run (default 1: set explicitly, reported in the record)")
+    if seed:
+        shared.add_argument("--seed", type=int, default=0, help="random seed of the benchmark's data (default 0)")
+    if out:
+        shared.add_argument("--out", type=Path, default=None, dest="record_file", metavar="FILE",
+                            help="also write the record (JSON) to FILE")
+    shared.add_argument("--json", action="store_true", help="print the record as one JSON object instead of the text")
+    parser.set_defaults(func=functools.partial(_run, measure=measure, table=table, threads=threads))
+    return parser
+
+
+def _run(args: argparse.Namespace, *, measure: Callable[[argparse.Namespace], Record],
+         table: Callable[[Record], str], threads: bool) -> int:
+    """Run one benchmark on its thread count, write its record where --out says, print it or its text."""
+    from core.errors import FitloopError
+
+    if threads and args.threads < 1:
+        raise FitloopError(f"--threads must be at least 1, got {args.threads}")
+    with _torch_threads(args.threads) if threads else contextlib.nullcontext():
+        record = measure(args)
+    path = getattr(args, "record_file", None)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")  # a killed run leaves no half-written record under the name
+        tmp.write_text(json.dumps(record) + "\n")
+        tmp.replace(path)
+    print(json.dumps(record) if args.json else table(record))
+    return 0
+
+
+def _torch_threads(threads: int) -> contextlib.AbstractContextManager:
+    from core.threads import torch_threads  # torch loads here, not at `fitloop --help`
+
+    return torch_threads(threads)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """A comma-separated option's items, blanks dropped."""
+    return tuple(w.strip() for w in text.split(",") if w.strip())
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("bench", help="benchmarks (each with its baseline, timed in the same run)",
                                    description="Benchmarks. Each one times fitloop's way and a baseline in the "
-                                               "same process and prints both and their ratio.")
+                                               "same process and prints both and their ratio; every one takes "
+                                               "--json and --out FILE for its record, and those that run torch "
+                                               "here --threads (default 1).")
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
     commands = parser.add_subparsers(title="benchmarks", metavar="BENCHMARK")
 
-    body = commands.add_parser("body-model", help="forward pass of a body model vs. the bare smplx layer",
-                               description="Time the 49-joint forward pass (and forward+backward) of a body model "
-                                           "against the smplx layer it wraps, at one batch size.")
+    body = _benchmark(
+        commands, "body-model", measure_body_model, table_body_model,
+        help="forward pass of a body model vs. the bare smplx layer",
+        description="Time the 49-joint forward pass (and forward+backward) of a body model against the smplx layer "
+                    "it wraps, at one batch size.")
     body.add_argument("--model", default="open", help='"open", "open-small" or a model file')
     body.add_argument("--batch", type=int, default=64)
     body.add_argument("--repeats", type=int, default=20)
     body.add_argument("--device", default="cpu", help="cpu or cuda")
-    body.add_argument("--json", action="store_true", help="print one JSON object")
-    body.set_defaults(func=cmd_body_model)
 
-    shards = commands.add_parser(
-        "shards", help="crops written/s and reader samples/s vs. SPIN-style loading of full JPEGs",
+    shards = _benchmark(
+        commands, "shards", measure_shards, table_shards, threads=False,
+        help="crops written/s and reader samples/s vs. SPIN-style loading of full JPEGs",
         description="Convert the real fixture images (../shared/fixtures, copied COPIES times into a temporary "
                     "dataset) to shards and time: crops written per second per core; training samples per "
                     "second from the shard reader, against SPIN's loader (full JPEG read and decoded per sample, "
@@ -36,32 +107,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="fixture datasets to use, comma-separated, of coco, mpii, lsp, lspet (default "
                              "coco,mpii: the training-size images; lsp/lspet fixtures are small test images)")
     shards.add_argument("--repeats", type=int, default=3, help="alternating runs per loader; the best counts")
-    shards.add_argument("--seed", type=int, default=0)
-    shards.add_argument("--json", action="store_true", help="print one JSON object")
-    shards.set_defaults(func=cmd_shards)
 
-    fits = commands.add_parser("fits-table", help="one epoch's fits-table update vs. rewriting a parquet snapshot",
-                               description="Seed a fits table and a parquet snapshot with synthetic fits, then time "
-                                           "each epoch's update (a new fit for every key, a share of them lower): "
-                                           "fitloop appends the improvements to the Delta table, the baseline "
-                                           "rewrites the whole snapshot. Prints time and disk growth of both.")
+    fits = _benchmark(
+        commands, "fits-table", measure_fits_table, table_fits_table, threads=False,
+        help="one epoch's fits-table update vs. rewriting a parquet snapshot",
+        description="Seed a fits table and a parquet snapshot with synthetic fits, then time each epoch's update (a "
+                    "new fit for every key, a share of them lower): fitloop appends the improvements to the Delta "
+                    "table, the baseline rewrites the whole snapshot. Prints time and disk growth of both.")
     fits.add_argument("--rows", type=int, default=1_000_000)
     fits.add_argument("--improved", type=float, default=0.3, help="share of fits that improve each epoch")
     fits.add_argument("--epochs", type=int, default=2)
     fits.add_argument("--workdir", type=Path, default=None, help="where the temporary tables go (default: /tmp)")
-    fits.add_argument("--json", action="store_true", help="print one JSON object")
-    fits.set_defaults(func=cmd_fits_table)
 
-    pre = commands.add_parser(
-        "preprocess", help="shard-writing throughput on a local Dask cluster of 1 and 2 workers",
+    pre = _benchmark(
+        commands, "preprocess", measure_preprocess, table_preprocess, threads=False, seed=False,
+        help="shard-writing throughput on a local Dask cluster of 1 and 2 workers",
         description="Write the same shard set (fixture images replicated into a few hundred persons) with a local "
                     "Dask cluster of 1 and of 2 worker processes, and print samples/s and their ratio.")
     pre.add_argument("--copies", type=int, default=48, help="copies of the 17 fixture persons")
-    pre.add_argument("--json", action="store_true")
-    pre.set_defaults(func=cmd_preprocess)
 
-    seeding = commands.add_parser(
-        "seeding", help="seeding fits/s: this process (1, 2 torch threads) vs. a local Dask cluster of 1, 2 workers",
+    # its --threads is a list of in-process thread counts, each one an arm of the comparison
+    seeding = _benchmark(
+        commands, "seeding", measure_seeding, table_seeding, threads=False,
+        help="seeding fits/s: this process (1, 2 torch threads) vs. a local Dask cluster of 1, 2 workers",
         description="Seed the same rendered people (CMU held-out subjects and SPIN's LSP poses, mean-pose starts) "
                     "into a fresh fits table with batched SMPLify, in this process with 1 and 2 torch threads and "
                     "on a local Dask cluster of 1 and 2 single-thread worker processes; print fits/s per arm and "
@@ -73,11 +141,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     seeding.add_argument("--threads", default="1,2", help="in-process torch thread counts (default 1,2)")
     seeding.add_argument("--repeats", type=int, default=2, help="alternating runs per arm; the best counts")
     seeding.add_argument("--model", default="open", help='"open" (default) or "open-small"')
-    seeding.add_argument("--json", action="store_true", help="print one JSON object")
-    seeding.set_defaults(func=cmd_seeding)
 
-    renderer = commands.add_parser(
-        "renderer", help="silhouette + part renderer (fitting.silhouette) forward+backward vs. DEODR, per sample",
+    renderer = _benchmark(
+        commands, "renderer", measure_renderer, table_renderer,
+        help="silhouette + part renderer (fitting.silhouette) forward+backward vs. DEODR, per sample",
         description="Render the open model's silhouette and 24 part maps for a batch of posed people (synthetic, "
                     "CMU and LSP poses where present; betas in ±2.5 σ; SPIN's crop camera) with fitloop's "
                     "renderer and with DEODR (when it imports: pip install deodr==0.2.3), back-propagate to the "
@@ -87,13 +154,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     renderer.add_argument("--resolutions", default="128,224", help="picture sides in px, comma-separated")
     renderer.add_argument("--sources", default="synthetic,cmu,lsp", help="pose sources (bench smplify's)")
     renderer.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up; the median counts")
-    renderer.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    renderer.add_argument("--seed", type=int, default=0)
-    renderer.add_argument("--json", action="store_true", help="print one JSON object")
-    renderer.set_defaults(func=cmd_renderer)
 
-    masks = commands.add_parser(
-        "masks", help="SMPLify from keypoints alone vs. with the silhouette term, same people, one run",
+    masks = _benchmark(
+        commands, "masks", measure_masks, table_masks,
+        help="SMPLify from keypoints alone vs. with the silhouette term, same people, one run",
         description="Fit held-out synthetic people (bench smplify's pose sources, betas uniform in ±2.5 σ, 5 px "
                     "keypoint noise, their exact masks) from SPIN's mean start by the fast SMPLify without and "
                     "with the silhouette term (fitting.silhouette_term), side by side: per-vertex error after "
@@ -113,17 +177,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     masks.add_argument("--mask-scale", type=int, default=1, metavar="S",
                        help="masks of S·224 px over the 224 px fit frame's crop (default 1: the fit frame's own)")
     masks.add_argument("--model", default="open-small", help='"open-small" (default) or "open"')
-    masks.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    masks.add_argument("--seed", type=int, default=0)
     masks.add_argument("--no-coco", dest="coco", action="store_false",
                        help="leave out the COCO section (fits of the real COCO fixture people, IoU with their masks)")
     masks.add_argument("--pictures", default=None, metavar="DIR",
                        help="write the COCO section's pictures (one PNG per person and a contact sheet) into DIR")
-    masks.add_argument("--json", action="store_true", help="print one JSON object")
-    masks.set_defaults(func=cmd_masks)
 
-    smplify = commands.add_parser(
-        "smplify", help="fast SMPLify vs. SPIN's reference procedure, on held-out poses, three cameras, four starts",
+    smplify = _benchmark(
+        commands, "smplify", measure_smplify, table_smplify,
+        help="fast SMPLify vs. SPIN's reference procedure, on held-out poses, three cameras, four starts",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""\
 Fit the same cases with fitloop's default SMPLify and with SPIN's reference procedure, in one run, and print
@@ -190,14 +251,10 @@ docs/smplify.md#the-benchmark has the protocol and the latest figures.""")
                          help="pose prior: a file (Gaussian-mixture or VAE .npz, SMPLify's gmm_08.pkl), or gmm / vae "
                               "for the shipped ones (default: the shipped default, docs/pose_prior.md)")
     smplify.add_argument("--device", default="cpu")
-    smplify.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    smplify.add_argument("--seed", type=int, default=0)
-    smplify.add_argument("--out", type=Path, default=None, help="write the full record (JSON) to this file")
-    smplify.add_argument("--json", action="store_true", help="print the full record as one JSON object")
-    smplify.set_defaults(func=cmd_smplify)
 
-    fit3d = commands.add_parser(
-        "fit3d", help="fits to 3D joints and calibrated views (fitting.fit3d) on synthetic subjects",
+    fit3d = _benchmark(
+        commands, "fit3d", measure_fit3d, table_fit3d,
+        help="fits to 3D joints and calibrated views (fitting.fit3d) on synthetic subjects",
         description="Fit synthetic subjects of the open model (CMU mocap sequences and SPIN's LSP fits when "
                     "../shared is present, else pose-prior sequences; random betas; Human3.6M-like ring cameras) "
                     "from their 17 Human3.6M joints (clean and with 10 mm noise), from 4 views' and from 1 view's "
@@ -208,12 +265,10 @@ docs/smplify.md#the-benchmark has the protocol and the latest figures.""")
     fit3d.add_argument("--frames", type=int, default=32, help="frames per subject")
     fit3d.add_argument("--model", default="open", help='"open", "open-small" or a model file')
     fit3d.add_argument("--sources", default="cmu,lsp", help="pose sources, comma-separated: cmu, lsp, prior")
-    fit3d.add_argument("--seed", type=int, default=0)
-    fit3d.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    fit3d.set_defaults(func=cmd_fit3d)
 
-    wb = commands.add_parser(
-        "smplifyx", help="batched SMPLify-X (fast) vs SMPLify-X's own procedure on synthetic whole-body people",
+    wb = _benchmark(
+        commands, "smplifyx", measure_smplifyx, table_smplifyx,
+        help="batched SMPLify-X (fast) vs SMPLify-X's own procedure on synthetic whole-body people",
         description="Fit the same synthetic whole-body people (open SMPL-X model by default: body poses of held-out "
                     "sources as `fitloop bench smplify` splits them: CMU subjects the prior never saw, SPIN's LSP "
                     "fits, pose-prior samples; facing the camera, hands curled, jaw opened, expressions N(0, 1); "
@@ -232,11 +287,9 @@ docs/smplify.md#the-benchmark has the protocol and the latest figures.""")
     wb.add_argument("--reference-people", type=int, default=9,
                     help="people the reference fits, the first of the interleaved sources (~1 min each; default 9)")
     wb.add_argument("--batch", type=int, default=64)
-    wb.add_argument("--threads", type=int, default=1, help="torch threads (default 1: set explicitly)")
     wb.add_argument("--throughput-threads", type=int, default=2,
                     help="torch threads of the throughput row (the fast mode alone at --batch; default 2: the "
                          "issue's '2 CPU cores')")
-    wb.add_argument("--seed", type=int, default=0)
     # the choices are fitting.pose_terms' BodyPrior and HandPrior (not imported here: torch loads lazily)
     wb.add_argument("--prior", default=None, choices=("gmm", "vae"),
                     help="body pose prior: the GMM or the VAE, fitloop's open ones (default: fitting.pose_terms' "
@@ -246,12 +299,10 @@ docs/smplify.md#the-benchmark has the protocol and the latest figures.""")
                          "the limits (default: fitting.pose_terms' DEFAULT_HAND_PRIOR)")
     wb.add_argument("--hand-pca", type=Path, default=None, metavar="FILE",
                     help="SMPL-X/MANO .npz with hands_components{l,r} and hands_mean{l,r} (with --hand-prior pca)")
-    wb.add_argument("--out", type=Path, default=None, help="also write the JSON record here")
-    wb.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    wb.set_defaults(func=cmd_smplifyx)
 
-    step = commands.add_parser(
-        "train-step", help="time per training step and its parts (data, network, SMPLify, write-back)",
+    step = _benchmark(
+        commands, "train-step", measure_train_step, table_train_step,
+        help="time per training step and its parts (data, network, SMPLify, write-back)",
         description="Time `fitloop train`'s step on synthetic shards (rendered open-model bodies, seed fits for "
                     "all): the median step and its parts (data, network forward/backward/Adam, SMPLify with the "
                     "stored fits re-scored, write-back to the fits store), one write to the fits table, against "
@@ -271,11 +322,11 @@ docs/smplify.md#the-benchmark has the protocol and the latest figures.""")
                       help="instead of timing: count the host syncs of one step (reads of tensor values, "
                            "core.host_syncs) for the hmr and keypoints heads, with and without SMPLify, by where they "
                            "are made (ResNet-18 at 64 px, open-small, batch 8 unless given)")
-    step.add_argument("--json", action="store_true", help="print one JSON object")
-    step.set_defaults(func=cmd_train_step)
 
-    loop = commands.add_parser(
-        "loop", help="SPIN's ablation: static fits vs. fits in the loop vs. refits from the mean (keypoints head)",
+    # one torch thread, set by bench.loop; its record goes into the --out folder with the runs
+    loop = _benchmark(
+        commands, "loop", measure_loop, table_loop, threads=False, seed=False, out=False,
+        help="SPIN's ablation: static fits vs. fits in the loop vs. refits from the mean (keypoints head)",
         description="Train the keypoints head three ways on the same synthetic people (CMU poses of subjects the "
                     "pose prior never saw; their 3D truth ignored by training), from the same seed, for the same "
                     "steps: 'static' on the seed fits only, 'loop' with SMPLify in the loop from the network's "
@@ -295,252 +346,158 @@ docs/smplify.md#the-benchmark has the protocol and the latest figures.""")
                       help="SMPLify's body iterations, seed fits and loop alike (default: SMPLify's)")
     loop.add_argument("--body-model", dest="body_model", help='"open-small" (default), "open" or a model file')
     loop.add_argument("--seed", type=int, dest="seed", help="default 0")
-    loop.add_argument("--json", action="store_true", help="print the record as one JSON object")
-    loop.set_defaults(func=cmd_loop)
 
 
-def cmd_fit3d(args: argparse.Namespace) -> int:
-    from bench.fit3d import run
-    from core.errors import FitloopError
 
-    if args.subjects < 1 or args.frames < 3:
-        raise FitloopError(f"--subjects must be >= 1 and --frames >= 3, got {args.subjects} and {args.frames}")
-    kinds = tuple(k.strip() for k in args.sources.split(",") if k.strip())
-    unknown = sorted(set(kinds) - {"cmu", "lsp", "prior"})
-    if unknown or not kinds:
-        raise FitloopError(f"--sources takes cmu, lsp and prior, got {args.sources!r}")
-    result = run(subjects=args.subjects, frames=args.frames, model=args.model, kinds=kinds, seed=args.seed,
-                 progress=not args.json)
-    if args.json:
-        print(json.dumps(result))
-    return 0
+def measure_body_model(args: argparse.Namespace) -> Record:
+    from bench.body_model import run
+
+    return run(args.model, batch=args.batch, repeats=args.repeats, device=args.device, seed=args.seed)
 
 
-def cmd_smplifyx(args: argparse.Namespace) -> int:
-    from bench.smplifyx import run, table
-    from bench.smplifyx_cases import SOURCES
-    from core.errors import FitloopError
-    from fitting.body_model import load_body_model
-    from fitting.pose_terms import DEFAULT_BODY_PRIOR, DEFAULT_HAND_PRIOR
-    from fitting.wholebody_model import WholeBodyModel
-
-    if min(args.people, args.reference_people, args.batch, args.threads, args.throughput_threads) < 1:
-        raise FitloopError("--people, --reference-people, --batch, --threads and --throughput-threads must be >= 1, "
-                           f"got {args.people}, {args.reference_people}, {args.batch}, {args.threads} and "
-                           f"{args.throughput_threads}")
-    sources = tuple(s.strip() for s in args.sources.split(",") if s.strip())
-    if not sources or set(sources) - set(SOURCES):
-        raise FitloopError(f"--sources takes {', '.join(SOURCES)}, got {args.sources!r}")
-    model = WholeBodyModel(load_body_model(args.model))
-    record = run(model, people=args.people, reference_people=args.reference_people, batch=args.batch,
-                 seed=args.seed, threads=args.threads, split=args.split, sources=sources,
-                 body_prior=args.prior or DEFAULT_BODY_PRIOR, hand_prior=args.hand_prior or DEFAULT_HAND_PRIOR,
-                 hand_pca=args.hand_pca, throughput_threads=args.throughput_threads)
-    text = json.dumps(record)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
-    print(text if args.json else table(record))
-    return 0
+def table_body_model(result: Record) -> str:
+    return "\n".join([
+        (f"{result['model']} ({result['vertices']} vertices), batch {result['batch']}, {result['device']}, "
+         f"{result['threads']} threads"),
+        f"  fitloop forward (mesh + 49 joints) {result['forward_ms']:8.2f} ms",
+        (f"  smplx layer forward (baseline)     {result['smplx_layer_forward_ms']:8.2f} ms"
+         f"   ratio {result['ratio_forward_vs_smplx_layer']:.2f}x"),
+        f"  fitloop forward + backward         {result['forward_backward_ms']:8.2f} ms"])
 
 
-def cmd_loop(args: argparse.Namespace) -> int:
-    from bench.loop import LoopBench, run
-    from core.errors import FitloopError
+def measure_shards(args: argparse.Namespace) -> Record:
+    from bench.shards import run
 
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(LoopBench) if getattr(args, f.name) is not None}
-    bench = LoopBench(**given)
-    try:
-        record = run(args.out, bench)
-    except FileExistsError as err:
-        raise FitloopError(str(err)) from None
-    if args.json:
-        print(json.dumps(record))
-        return 0
-    print((args.out / "loop.md").read_text(), end="")
-    for other, diff in record["verdict"].items():
-        if other.startswith("loop_minus_"):
-            print(f"loop - {other.removeprefix('loop_minus_').removesuffix('_mm')} after the last epoch: fits "
-                  f"PA-MPJPE {diff['fits_pa_mpjpe_mm']:+.1f} mm, network PA-MPJPE {diff['net_pa_mpjpe_mm']:+.1f} mm")
-    print(f"written: {args.out / 'loop.json'}, {args.out / 'loop.md'}, {args.out / 'loop.png'}")
-    return 0
+    return run(copies=args.copies, datasets=_names(args.datasets), repeats=args.repeats, seed=args.seed)
 
 
-def cmd_train_step(args: argparse.Namespace) -> int:
-    from bench.train_step import count_syncs, run
-
-    if args.count_syncs:
-        return _print_syncs(count_syncs(workdir=args.workdir), args.json)
-
-    result = run(batch=args.batch, steps=args.steps, backbone=args.backbone, img_res=args.img_res,
-                 body_model=args.model, device=args.device, smplify_device=args.smplify_device, amp=args.amp,
-                 baseline=not args.skip_baseline, workdir=args.workdir, num_workers=args.num_workers)
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    print(f"training step: batch {result['batch']}, {result['backbone']} at {result['img_res']} px, "
-          f"{result['body_model']} body, {result['device']} (SMPLify on {result['smplify_device']}), "
-          f"{result['threads']} threads, load average {result.get('load_average', ['?'])[0]}")
-    for name in ("fitloop", "spin_smplify"):
-        if name not in result:
-            continue
-        r = result[name]
-        parts = ", ".join(f"{p} {ms:.0f} ms" for p, ms in r["parts_ms"].items())
-        print(f"  {name:<12} {r['step_ms']:8.0f} ms/step ({r['samples_per_s']:.1f} samples/s): {parts}; "
-              f"fits table write {r['flush_ms']:.0f} ms for {r['flush_rows']} rows")
-    if "speedup_vs_spin_smplify" in result:
-        print(f"  step speedup vs SPIN's SMPLify in the step: {result['speedup_vs_spin_smplify']:.2f}x")
-    return 0
+def table_shards(result: Record) -> str:
+    lines = [(f"shards benchmark: {result['samples']} samples ({', '.join(result['datasets'])} fixtures x "
+              f"{result['copies']}), {result['shard_bytes_per_sample'] / 1e3:.1f} kB/sample, load average "
+              f"{result['load_average'][0]:.1f} on {result['cpus']} cores"),
+             (f"  write     {result['write_crops_per_cpu_s']:8.1f} crops/s per core   "
+              f"({result['write_crops_per_s']:.1f}/s wall)"),
+             (f"  reader    {result['reader_samples_per_cpu_s']:8.1f} samples/s per core "
+              f"({result['reader_samples_per_s']:.1f}/s wall)"),
+             (f"  SPIN's loader (full JPEG + SPIN crop)  {result['spin_loader_samples_per_cpu_s']:8.1f} samples/s per "
+              f"core   reader is {result['ratio_reader_vs_spin_loader_per_core']:.2f}x"),
+             (f"  full JPEG + fitloop crop               {result['full_decode_samples_per_cpu_s']:8.1f} samples/s per "
+              f"core   reader is {result['ratio_reader_vs_full_decode_per_core']:.2f}x")]
+    for name, d in result["per_dataset"].items():
+        lines.append(f"    {name:<6} {d['image_size'][0]}x{d['image_size'][1]}: reader {d['reader_per_cpu_s']:.0f}/s, "
+                     f"SPIN's loader {d['spin_loader_per_cpu_s']:.0f}/s ({d['ratio_vs_spin_loader']:.2f}x), "
+                     f"full decode {d['full_decode_per_cpu_s']:.0f}/s ({d['ratio_vs_full_decode']:.2f}x)")
+    return "\n".join(lines)
 
 
-def _print_syncs(record: dict, as_json: bool) -> int:
-    if as_json:
-        print(json.dumps(record))
-        return 0
-    print(f"host syncs per training step (batch {record['batch']}, {record['body_model']}): {record['counted']}")
-    for name, r in record.items():
-        if isinstance(r, dict):
-            where = ", ".join(f"{folder}/ {n}" for folder, n in r["by_folder"].items())
-            print(f"  {name:<22} {r['total']:4d}  ({where}; the rest in dependencies; torch's own {r['torch_own']})")
-    return 0
+def measure_fits_table(args: argparse.Namespace) -> Record:
+    from bench.fits_table import run
+
+    return run(args.rows, improved=args.improved, epochs=args.epochs, workdir=args.workdir, seed=args.seed)
 
 
-def cmd_preprocess(args: argparse.Namespace) -> int:
+def table_fits_table(result: Record) -> str:
+    mb = 1e-6
+    lines = [(f"fits table: {result['rows']:,} keys, {100 * result['improved']:.0f}% improved per epoch "
+              f"(seed: table {result['seed_table_s']:.2f} s, snapshot {result['seed_snapshot_s']:.2f} s)")]
+    for e in result["epochs"]:
+        lines += [(f"  epoch {e['epoch']}: fitloop update {e['update_s']:.2f} s (read best losses "
+                   f"{e['read_best_losses_s']:.2f} s, filter + append {e['filter_and_append_s']:.2f} s), "
+                   f"{e['appended']:,} rows, +{e['table_growth_bytes'] * mb:.0f} MB"),
+                  (f"           snapshot rewrite {e['snapshot_rewrite_s']:.2f} s, "
+                   f"{e['snapshot_bytes_written'] * mb:.0f} MB written")]
+    lines += [(f"  median update {result['update_s_median']:.2f} s vs snapshot rewrite "
+               f"{result['snapshot_rewrite_s_median']:.2f} s: {result['speedup_vs_snapshot']:.2f}x"),
+              (f"  best view {result['best_view_s']:.2f} s ({result['best_view_rows']:,} rows, equals snapshot: "
+               f"{result['best_view_equals_snapshot']}), history of one key {1e3 * result['history_one_key_s']:.0f} "
+               f"ms, a 64-row append {result['small_append_64_rows_ms']:.0f} ms"),
+              (f"  on disk: table {result['table_bytes'] * mb:.0f} MB (every version), "
+               f"snapshot {result['snapshot_bytes'] * mb:.0f} MB (latest only); load average "
+               f"{result['load_average'][0]:.1f} on {result['cpus']} cores at the end")]
+    return "\n".join(lines)
+
+
+def measure_preprocess(args: argparse.Namespace) -> Record:
     from bench.preprocess import run
 
-    result = run(copies=args.copies, progress=not args.json)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"{result['samples']} samples in {result['chunks']} chunks; 2 workers vs 1: "
-              f"{result.get('ratio_2_vs_1', float('nan')):.2f}x")
-    return 0
+    return run(copies=args.copies, progress=not args.json)
 
 
-def cmd_seeding(args: argparse.Namespace) -> int:
+def table_preprocess(result: Record) -> str:
+    return (f"{result['samples']} samples in {result['chunks']} chunks; 2 workers vs 1: "
+            f"{result.get('ratio_2_vs_1', float('nan')):.2f}x")
+
+
+def measure_seeding(args: argparse.Namespace) -> Record:
     from bench.seeding import run
     from core.errors import FitloopError
 
     try:
-        workers = tuple(int(w) for w in args.workers.split(",") if w.strip())
-        threads = tuple(int(t) for t in args.threads.split(",") if t.strip())
+        workers = tuple(int(w) for w in _names(args.workers))
+        threads = tuple(int(t) for t in _names(args.threads))
     except ValueError:
         raise FitloopError(f"--workers and --threads take comma-separated counts, got {args.workers!r} and "
                            f"{args.threads!r}") from None
     try:
-        result = run(people=args.people, batch_size=args.batch, workers=workers, threads=threads,
-                     repeats=args.repeats, body_model=args.model, progress=not args.json)
+        return run(people=args.people, batch_size=args.batch, workers=workers, threads=threads,
+                   repeats=args.repeats, body_model=args.model, seed=args.seed, progress=not args.json)
     except ValueError as err:
         raise FitloopError(f"bench seeding: {err}") from None
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    print(f"{result['samples']} people ({', '.join(result['sources'])}), batch {result['batch_size']}, "
-          f"{result['body_model']} model, load {result['load_average'][0]:.1f} on {result['cores']} cores:")
+
+
+def table_seeding(result: Record) -> str:
+    lines = [(f"{result['samples']} people ({', '.join(result['sources'])}), batch {result['batch_size']}, "
+              f"{result['body_model']} model, load {result['load_average'][0]:.1f} on {result['cores']} cores:")]
     for name, rate in result["fits_per_s"].items():
-        print(f"  {name:<14} {rate:7.1f} fits/s  {result['ratio_vs_in_process_1'].get(name, float('nan')):.2f}x")
-    return 0
+        lines.append(f"  {name:<14} {rate:7.1f} fits/s  "
+                     f"{result['ratio_vs_in_process_1'].get(name, float('nan')):.2f}x")
+    return "\n".join(lines)
 
 
-def cmd_smplify(args: argparse.Namespace) -> int:
-    import sys
-
-    from bench.smplify import QUICK, BenchConfig, run
-    from bench.smplify_table import format_tables
-
-    def names(text: str) -> tuple[str, ...]:
-        return tuple(w.strip() for w in text.split(",") if w.strip())
-
-    if args.profile:
-        from bench import smplify_profile
-
-        result = smplify_profile.run(args.model)
-        print(json.dumps(result) if args.json else smplify_profile.table(result))
-        return 0
-    sizes = dict(QUICK) if args.quick else {}  # --quick changes defaults; sizes given explicitly still count
-    for name in ("cases", "reference_cases", "calibration_people"):
-        if getattr(args, name) is not None:
-            sizes[name] = getattr(args, name)
-    if args.skip_reference:
-        sizes["reference_cases"] = 0
-    config = BenchConfig(split=args.split, sources=names(args.sources), poses_file=args.poses,
-                         cameras=names(args.cameras), noise=names(args.keypoints), starts=names(args.starts),
-                         modes=("fast",) if args.skip_reference else ("fast", "reference"), model=args.model,
-                         prior=args.prior, device=args.device, threads=args.threads, seed=args.seed,
-                         reference_meshes=names(args.reference_mesh), fixed_baseline=args.fixed_baseline,
-                         batch=args.batch, workers=args.workers, compile=args.compile,
-                         **sizes)
-    result = run(config, progress=None if args.json else lambda line: print(line, file=sys.stderr, flush=True))
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(args.out.name + ".tmp")
-        tmp.write_text(json.dumps(result))
-        tmp.replace(args.out)
-    print(json.dumps(result) if args.json else format_tables(result))
-    return 0
-
-
-def cmd_body_model(args: argparse.Namespace) -> int:
-    from bench.body_model import run
-
-    result = run(args.model, batch=args.batch, repeats=args.repeats, device=args.device)
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    print(f"{result['model']} ({result['vertices']} vertices), batch {result['batch']}, {result['device']}, "
-          f"{result['threads']} threads")
-    print(f"  fitloop forward (mesh + 49 joints) {result['forward_ms']:8.2f} ms")
-    print(f"  smplx layer forward (baseline)     {result['smplx_layer_forward_ms']:8.2f} ms"
-          f"   ratio {result['ratio_forward_vs_smplx_layer']:.2f}x")
-    print(f"  fitloop forward + backward         {result['forward_backward_ms']:8.2f} ms")
-    return 0
-
-
-def cmd_renderer(args: argparse.Namespace) -> int:
+def measure_renderer(args: argparse.Namespace) -> Record:
     from bench.renderer import run
 
-    result = run(args.model, batch=args.batch, resolutions=tuple(int(r) for r in args.resolutions.split(",")),
-                 repeats=args.repeats, threads=args.threads, seed=args.seed,
-                 sources=tuple(s for s in args.sources.split(",") if s))
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    print(f"{result['model']} ({result['vertices']} vertices, {result['faces']} faces), batch {result['batch']}, "
-          f"{result['threads']} torch threads, CPU ms per sample (forward + backward), median of "
-          f"{result['repeats']}; alternative: {result['alternative']}")
-    for source, why in result["sources_skipped"].items():
-        print(f"  {source} skipped: {why}")
+    return run(args.model, batch=args.batch, resolutions=tuple(int(r) for r in _names(args.resolutions)),
+               repeats=args.repeats, threads=args.threads, seed=args.seed, sources=_names(args.sources))
+
+
+def table_renderer(result: Record) -> str:
+    lines = [(f"{result['model']} ({result['vertices']} vertices, {result['faces']} faces), batch {result['batch']}, "
+              f"{result['threads']} torch threads, CPU ms per sample (forward + backward), median of "
+              f"{result['repeats']}; alternative: {result['alternative']}")]
+    lines += [f"  {source} skipped: {why}" for source, why in result["sources_skipped"].items()]
     for row in result["rows"]:
         line = (f"  {row['resolution']:>4} px {row['kind']:<10} {row['source']:<9} fitloop "
                 f"{row['fitloop_ms_per_sample']:7.2f} ms (IoU {row['fitloop_iou_vs_zbuffer']:.3f})")
         if "deodr_ms_per_sample" in row:
             line += (f"   deodr {row['deodr_ms_per_sample']:7.2f} ms (IoU {row['deodr_iou_vs_zbuffer']:.3f})"
                      f"   ratio deodr/fitloop {row['ratio_deodr_over_fitloop']:.2f}x")
-        print(line)
-    return 0
+        lines.append(line)
+    return "\n".join(lines)
 
 
-def cmd_masks(args: argparse.Namespace) -> int:
+def measure_masks(args: argparse.Namespace) -> Record:
     from bench.masks import MasksBenchConfig, run
     from core.errors import FitloopError
 
     numbers = {}
     for flag in ("weights", "dsr"):
         try:
-            numbers[flag] = tuple(float(w) for w in getattr(args, flag).split(",") if w)
+            numbers[flag] = tuple(float(w) for w in _names(getattr(args, flag)))
         except ValueError:
             raise FitloopError(f"bench masks: --{flag} takes numbers separated by commas, got "
                                f"{getattr(args, flag)!r}") from None
-    result = run(MasksBenchConfig(split=args.split, sources=tuple(s for s in args.sources.split(",") if s),
-                                  cases=args.cases, weights=numbers["weights"], model=args.model,
-                                  threads=args.threads, seed=args.seed, coco=args.coco, pictures=args.pictures,
-                                  clothing=not args.no_clothing, dsr=numbers["dsr"], mask_scale=args.mask_scale))
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    print(f"{args.model}, {args.split} split, {result['torch_threads']} torch threads; mean start, 5 px noise; "
-          f"masks at {args.mask_scale}×224 px")
-    for source, why in result["sources_missing"].items():
-        print(f"  {source} skipped: {why}")
+    return run(MasksBenchConfig(split=args.split, sources=_names(args.sources), cases=args.cases,
+                                weights=numbers["weights"], model=args.model, threads=args.threads, seed=args.seed,
+                                coco=args.coco, pictures=args.pictures, clothing=not args.no_clothing,
+                                dsr=numbers["dsr"], mask_scale=args.mask_scale))
+
+
+def table_masks(result: Record) -> str:
+    config = result["config"]
+    lines = [(f"{config['model']}, {config['split']} split, {result['torch_threads']} torch threads; mean start, "
+              f"5 px noise; masks at {config['mask_scale']}×224 px")]
+    lines += [f"  {source} skipped: {why}" for source, why in result["sources_missing"].items()]
     for arm, row in result["results"].items():
         a = row["all"]
         line = (f"  {arm:<22} PVE-PA {a['pve_pa_mm']:6.1f} mm  betas err {a['betas_error']:5.2f} (size removed "
@@ -550,81 +507,163 @@ def cmd_masks(args: argparse.Namespace) -> int:
             change = row["change_from_keypoints"]["betas_error"]
             line += (f"  (PVE-PA x{row['ratio_to_keypoints']['pve_pa_mm']:.2f}; betas err "
                      f"{change['mean']:+.2f} ± {change['se'] or 0:.2f} per person)")
-        print(line)
         beta = a["per_beta"]
         r = " ".join("  — " if v is None else f"{v:+.2f}" for v in beta["correlation"])
-        print(f"  {'':<22} per beta rms {' '.join(f'{v:4.2f}' for v in beta['rms'])}  r {r}")
-    print_masks_coco(result["coco"])
-    return 0
+        lines += [line, f"  {'':<22} per beta rms {' '.join(f'{v:4.2f}' for v in beta['rms'])}  r {r}"]
+    return "\n".join(lines + [table_masks_coco(result["coco"])])
 
 
-def print_masks_coco(coco: dict | str) -> None:
+def table_masks_coco(coco: Record | str) -> str:
     """The COCO section of ``bench masks`` (`bench.masks_coco.run_coco`'s record, or why it was skipped)."""
     if isinstance(coco, str):
-        print(f"COCO section skipped: {coco}")
-        return
+        return f"COCO section skipped: {coco}"
     skipped = ", ".join(f"{n} {why}" for why, n in coco["skipped"].items()) or "none"
-    print(f"COCO fixtures: {coco['people']} people (skipped: {skipped}); IoU of the fit's silhouette with the "
-          f"annotated mask")
+    lines = [(f"COCO fixtures: {coco['people']} people (skipped: {skipped}); IoU of the fit's silhouette with the "
+              f"annotated mask")]
     for arm, row in coco["arms"].items():
         line = (f"  {arm:<15} IoU {row['iou']:.3f}  reprojection {row['reprojection_px']:5.2f} px  "
                 f"{row['cpu_s_per_fit']:.3f} CPU s/fit")
         if "ratio_to_keypoints" in row:
             line += (f"  (IoU x{row['ratio_to_keypoints']['iou']:.2f}, better for {row['people_better']} of "
                      f"{coco['people']})")
-        print(line)
-    for path in coco.get("pictures", [])[:1]:
-        print(f"  pictures: {path} and one per person beside it")
+        lines.append(line)
+    lines += [f"  pictures: {path} and one per person beside it" for path in coco.get("pictures", [])[:1]]
+    return "\n".join(lines)
 
 
-def cmd_fits_table(args: argparse.Namespace) -> int:
-    from bench.fits_table import run
+def measure_smplify(args: argparse.Namespace) -> Record:
+    from bench.smplify import QUICK, BenchConfig, run
 
-    result = run(args.rows, improved=args.improved, epochs=args.epochs, workdir=args.workdir)
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    mb = 1e-6
-    print(f"fits table: {result['rows']:,} keys, {100 * result['improved']:.0f}% improved per epoch "
-          f"(seed: table {result['seed_table_s']:.2f} s, snapshot {result['seed_snapshot_s']:.2f} s)")
-    for e in result["epochs"]:
-        print(f"  epoch {e['epoch']}: fitloop update {e['update_s']:.2f} s (read best losses "
-              f"{e['read_best_losses_s']:.2f} s, filter + append {e['filter_and_append_s']:.2f} s), "
-              f"{e['appended']:,} rows, +{e['table_growth_bytes'] * mb:.0f} MB")
-        print(f"           snapshot rewrite {e['snapshot_rewrite_s']:.2f} s, {e['snapshot_bytes_written'] * mb:.0f} MB "
-              f"written")
-    print(f"  median update {result['update_s_median']:.2f} s vs snapshot rewrite "
-          f"{result['snapshot_rewrite_s_median']:.2f} s: {result['speedup_vs_snapshot']:.2f}x")
-    print(f"  best view {result['best_view_s']:.2f} s ({result['best_view_rows']:,} rows, equals snapshot: "
-          f"{result['best_view_equals_snapshot']}), history of one key {1e3 * result['history_one_key_s']:.0f} ms, "
-          f"a 64-row append {result['small_append_64_rows_ms']:.0f} ms")
-    print(f"  on disk: table {result['table_bytes'] * mb:.0f} MB (every version), "
-          f"snapshot {result['snapshot_bytes'] * mb:.0f} MB (latest only); load average "
-          f"{result['load_average'][0]:.1f} on {result['cpus']} cores at the end")
-    return 0
+    if args.profile:
+        from bench import smplify_profile
+
+        return smplify_profile.run(args.model)
+    sizes = dict(QUICK) if args.quick else {}  # --quick changes defaults; sizes given explicitly still count
+    for name in ("cases", "reference_cases", "calibration_people"):
+        if getattr(args, name) is not None:
+            sizes[name] = getattr(args, name)
+    if args.skip_reference:
+        sizes["reference_cases"] = 0
+    config = BenchConfig(split=args.split, sources=_names(args.sources), poses_file=args.poses,
+                         cameras=_names(args.cameras), noise=_names(args.keypoints), starts=_names(args.starts),
+                         modes=("fast",) if args.skip_reference else ("fast", "reference"), model=args.model,
+                         prior=args.prior, device=args.device, threads=args.threads, seed=args.seed,
+                         reference_meshes=_names(args.reference_mesh), fixed_baseline=args.fixed_baseline,
+                         batch=args.batch, workers=args.workers, compile=args.compile,
+                         **sizes)
+    return run(config, progress=None if args.json else _progress)
 
 
-def cmd_shards(args: argparse.Namespace) -> int:
-    from bench.shards import run
+def table_smplify(result: Record) -> str:
+    from bench import smplify_profile
+    from bench.smplify_table import format_tables
 
-    result = run(copies=args.copies, datasets=tuple(d.strip() for d in args.datasets.split(",") if d.strip()),
-                 repeats=args.repeats, seed=args.seed)
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    print(f"shards benchmark: {result['samples']} samples ({', '.join(result['datasets'])} fixtures x "
-          f"{result['copies']}), {result['shard_bytes_per_sample'] / 1e3:.1f} kB/sample, load average "
-          f"{result['load_average'][0]:.1f} on {result['cpus']} cores")
-    print(f"  write     {result['write_crops_per_cpu_s']:8.1f} crops/s per core   "
-          f"({result['write_crops_per_s']:.1f}/s wall)")
-    print(f"  reader    {result['reader_samples_per_cpu_s']:8.1f} samples/s per core "
-          f"({result['reader_samples_per_s']:.1f}/s wall)")
-    print(f"  SPIN's loader (full JPEG + SPIN crop)  {result['spin_loader_samples_per_cpu_s']:8.1f} samples/s per core"
-          f"   reader is {result['ratio_reader_vs_spin_loader_per_core']:.2f}x")
-    print(f"  full JPEG + fitloop crop               {result['full_decode_samples_per_cpu_s']:8.1f} samples/s per core"
-          f"   reader is {result['ratio_reader_vs_full_decode_per_core']:.2f}x")
-    for name, d in result["per_dataset"].items():
-        print(f"    {name:<6} {d['image_size'][0]}x{d['image_size'][1]}: reader {d['reader_per_cpu_s']:.0f}/s, "
-              f"SPIN's loader {d['spin_loader_per_cpu_s']:.0f}/s ({d['ratio_vs_spin_loader']:.2f}x), "
-              f"full decode {d['full_decode_per_cpu_s']:.0f}/s ({d['ratio_vs_full_decode']:.2f}x)")
-    return 0
+    if result.get("benchmark") == smplify_profile.PROFILE:
+        return smplify_profile.table(result)
+    return format_tables(result)
+
+
+def measure_fit3d(args: argparse.Namespace) -> Record:
+    from bench.fit3d import run
+    from core.errors import FitloopError
+
+    if args.subjects < 1 or args.frames < 3:
+        raise FitloopError(f"--subjects must be >= 1 and --frames >= 3, got {args.subjects} and {args.frames}")
+    kinds = _names(args.sources)
+    unknown = sorted(set(kinds) - {"cmu", "lsp", "prior"})
+    if unknown or not kinds:
+        raise FitloopError(f"--sources takes cmu, lsp and prior, got {args.sources!r}")
+    return run(subjects=args.subjects, frames=args.frames, model=args.model, kinds=kinds, seed=args.seed,
+               progress=None if args.json else _progress)
+
+
+def table_fit3d(result: Record) -> str:
+    from bench.fit3d import table
+
+    return table(result)
+
+
+def measure_smplifyx(args: argparse.Namespace) -> Record:
+    from bench.smplifyx import run
+    from bench.smplifyx_cases import SOURCES
+    from core.errors import FitloopError
+    from fitting.body_model import load_body_model
+    from fitting.pose_terms import DEFAULT_BODY_PRIOR, DEFAULT_HAND_PRIOR
+    from fitting.wholebody_model import WholeBodyModel
+
+    if min(args.people, args.reference_people, args.batch, args.throughput_threads) < 1:
+        raise FitloopError("--people, --reference-people, --batch and --throughput-threads must be >= 1, got "
+                           f"{args.people}, {args.reference_people}, {args.batch} and {args.throughput_threads}")
+    sources = _names(args.sources)
+    if not sources or set(sources) - set(SOURCES):
+        raise FitloopError(f"--sources takes {', '.join(SOURCES)}, got {args.sources!r}")
+    model = WholeBodyModel(load_body_model(args.model))
+    return run(model, people=args.people, reference_people=args.reference_people, batch=args.batch,
+               seed=args.seed, threads=args.threads, split=args.split, sources=sources,
+               body_prior=args.prior or DEFAULT_BODY_PRIOR, hand_prior=args.hand_prior or DEFAULT_HAND_PRIOR,
+               hand_pca=args.hand_pca, throughput_threads=args.throughput_threads)
+
+
+def table_smplifyx(result: Record) -> str:
+    from bench.smplifyx import table
+
+    return table(result)
+
+
+def measure_train_step(args: argparse.Namespace) -> Record:
+    from bench.train_step import count_syncs, run
+
+    if args.count_syncs:
+        return count_syncs(workdir=args.workdir, seed=args.seed)
+    return run(batch=args.batch, steps=args.steps, backbone=args.backbone, img_res=args.img_res,
+               body_model=args.model, device=args.device, smplify_device=args.smplify_device, amp=args.amp,
+               baseline=not args.skip_baseline, workdir=args.workdir, num_workers=args.num_workers, seed=args.seed)
+
+
+def table_train_step(result: Record) -> str:
+    from bench.train_step import SYNC_COUNT
+
+    if result.get("benchmark") == SYNC_COUNT:
+        lines = [(f"host syncs per training step (batch {result['batch']}, {result['body_model']}): "
+                  f"{result['counted']}")]
+        for name, r in result.items():
+            if isinstance(r, dict):  # one per head, with and without SMPLify
+                where = ", ".join(f"{folder}/ {n}" for folder, n in r["by_folder"].items())
+                lines.append(f"  {name:<22} {r['total']:4d}  ({where}; the rest in dependencies; torch's own "
+                             f"{r['torch_own']})")
+        return "\n".join(lines)
+    lines = [(f"training step: batch {result['batch']}, {result['backbone']} at {result['img_res']} px, "
+              f"{result['body_model']} body, {result['device']} (SMPLify on {result['smplify_device']}), "
+              f"{result['threads']} threads, load average {result.get('load_average', ['?'])[0]}")]
+    for name in ("fitloop", "spin_smplify"):
+        if name in result:
+            r = result[name]
+            parts = ", ".join(f"{p} {ms:.0f} ms" for p, ms in r["parts_ms"].items())
+            lines.append(f"  {name:<12} {r['step_ms']:8.0f} ms/step ({r['samples_per_s']:.1f} samples/s): {parts}; "
+                         f"fits table write {r['flush_ms']:.0f} ms for {r['flush_rows']} rows")
+    if "speedup_vs_spin_smplify" in result:
+        lines.append(f"  step speedup vs SPIN's SMPLify in the step: {result['speedup_vs_spin_smplify']:.2f}x")
+    return "\n".join(lines)
+
+
+def measure_loop(args: argparse.Namespace) -> Record:
+    from bench.loop import LoopBench, run
+    from core.errors import FitloopError
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(LoopBench) if getattr(args, f.name) is not None}
+    try:
+        return {**run(args.out, LoopBench(**given)), "out": str(args.out)}
+    except FileExistsError as err:
+        raise FitloopError(str(err)) from None
+
+
+def table_loop(result: Record) -> str:
+    out = Path(result["out"])
+    lines = [(out / "loop.md").read_text().rstrip("\n")]
+    for other, diff in result["verdict"].items():
+        if other.startswith("loop_minus_"):
+            lines.append(f"loop - {other.removeprefix('loop_minus_').removesuffix('_mm')} after the last epoch: "
+                         f"fits PA-MPJPE {diff['fits_pa_mpjpe_mm']:+.1f} mm, network PA-MPJPE "
+                         f"{diff['net_pa_mpjpe_mm']:+.1f} mm")
+    lines.append(f"written: {out / 'loop.json'}, {out / 'loop.md'}, {out / 'loop.png'}")
+    return "\n".join(lines)

@@ -1,0 +1,98 @@
+"""`fitloop bench`'s shared options (fitloop/commands/bench.py): every benchmark prints its record with --json or
+its text without, writes the record with --out, and those that run torch here set --threads for the run (default 1)
+and give the caller's count back."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from fitloop.cli import build_parser, main
+
+# benchmarks whose work is not torch on this process's CPU, or whose thread count is their own
+NO_THREADS_OPTION = {"shards", "fits-table", "preprocess", "loop"}
+SEEDING_THREAD_LIST = "seeding"  # its --threads is a list of thread counts, each one an arm
+
+
+def _benchmarks() -> dict[str, argparse.ArgumentParser]:
+    bench = build_parser()._subparsers._group_actions[0].choices["bench"]
+    return dict(bench._subparsers._group_actions[0].choices)
+
+
+def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {flag: action for action in parser._actions for flag in action.option_strings}
+
+
+def test_every_benchmark_has_the_shared_options():
+    benchmarks = _benchmarks()
+    assert {"body-model", "smplify", "smplifyx", "train-step", "fit3d", "loop"} <= set(benchmarks)
+    for name, parser in benchmarks.items():
+        options = _options(parser)
+        assert "--json" in options, name
+        if name != "loop":  # its --out is the folder of its runs, where it writes loop.json
+            assert options["--out"].dest == "record_file", name
+        if name in NO_THREADS_OPTION:
+            assert "--threads" not in options, name
+        elif name != SEEDING_THREAD_LIST:
+            assert options["--threads"].default == 1, name
+
+
+def test_record_printed_and_written_on_the_threads_asked(tmp_path, capsys):
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)  # not 1 and not this machine's default: the benchmark must set its own
+    try:
+        argv = ["bench", "body-model", "--model", "open-small", "--batch", "2", "--repeats", "1"]
+        assert main([*argv, "--json", "--threads", "1", "--out", str(tmp_path / "r" / "body.json")]) == 0
+        printed = json.loads(capsys.readouterr().out)
+        assert printed == json.loads((tmp_path / "r" / "body.json").read_text())
+        assert printed["threads"] == 1 and printed["batch"] == 2
+        assert torch.get_num_threads() == 3  # the caller's count is given back
+        assert not list((tmp_path / "r").glob("*.tmp"))
+
+        assert main([*argv, "--threads", "2"]) == 0
+        text = capsys.readouterr().out
+        assert "2 threads" in text and "smplx layer forward (baseline)" in text
+        assert not text.lstrip().startswith("{")
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", ["0", "-2"])
+def test_threads_below_one_is_a_clear_error(threads, capsys):
+    assert main(["bench", "body-model", "--model", "open-small", "--threads", threads]) == 1
+    assert f"--threads must be at least 1, got {threads}" in capsys.readouterr().err
+
+
+def test_texts_of_the_records_that_have_two_forms():
+    """`train-step --count-syncs` and `smplify --profile` print other records: each text is chosen by the
+    record's "benchmark" (a wrong choice raises KeyError on the other record's fields)."""
+    from bench.smplify_profile import PROFILE
+    from bench.train_step import SYNC_COUNT
+    from fitloop.commands.bench import table_smplify, table_train_step
+
+    syncs = {"benchmark": SYNC_COUNT, "batch": 8, "body_model": "open-small", "counted": "reads",
+             "hmr_smplify": {"total": 12, "by_folder": {"training": 3, "fitting": 9}, "torch_own": 1}}
+    text = table_train_step(syncs)
+    assert "host syncs per training step (batch 8, open-small)" in text and "hmr_smplify" in text
+    assert "training/ 3, fitting/ 9" in text
+    profile = {"benchmark": PROFILE, "model": "open", "batch": 256, "threads": 1, "config": {},
+               "per_lm_iteration": {"kernels": 52.0, "syncs": 0.0, "from_host": 0.0},
+               "per_call": {"mean": {"kernels": 900, "syncs": 3, "from_host": 0, "sync_ops": {}}}}
+    text = table_smplify(profile)
+    assert "| one stage-2 LM iteration | 52 | 0.0 |" in text and "start=mean" in text
+
+
+def test_fit3d_text_is_the_records_table():
+    from fitloop.commands.bench import table_fit3d
+
+    row = {"joints_abs": 1.0, "pa_mpjpe": 2.0, "mpjpe": 3.0, "v2v": 4.0, "shape_v2v": 5.0, "betas": 0.5,
+           "jitter": float("nan"), "fits_per_s": 100.0}
+    record = {"model": "open-small", "subjects": 1, "frames": 3, "threads": 1,
+              "sources": {"cmu": {"3d, clean": row}, "lsp": {"1 view, 2 px": row}}}
+    lines = table_fit3d(record).splitlines()
+    assert lines[0].startswith("fit3d benchmark: 1 subjects x 3 frames") and lines[1].startswith("| poses |")
+    assert lines[3:] == ["| cmu | 3d, clean | 1.0 | 2.0 | 3.0 | 4.0 | 5.0 | 0.5 | – | 100.0 |",
+                         "| lsp | 1 view, 2 px | 1.0 | 2.0 | 3.0 | 4.0 | 5.0 | 0.5 | – | 100.0 |"]
