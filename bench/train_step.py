@@ -83,6 +83,7 @@ def _time_steps(config: TrainConfig, steps: int, warmup: int) -> dict:
     flush_ms = 1000 * (time.perf_counter() - start)
     median = {key: statistics.median(t[key] for t in per_step) for key in per_step[0]}
     return {"step_ms": median["step_ms"], "parts_ms": {p: median[f"{p}_ms"] for p in PARTS},
+            "smplify_share": median["smplify_ms"] / median["step_ms"],
             "samples_per_s": config.batch_size / (median["step_ms"] / 1000),
             "flush_ms": flush_ms, "flush_rows": rows, "fits_updated": statistics.mean(updated),
             "seeded": seeded, "seed_fits_per_s": seeded / seed_s if seed_s else None,

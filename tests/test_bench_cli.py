@@ -96,3 +96,19 @@ def test_fit3d_text_is_the_records_table():
     assert lines[0].startswith("fit3d benchmark: 1 subjects x 3 frames") and lines[1].startswith("| poses |")
     assert lines[3:] == ["| cmu | 3d, clean | 1.0 | 2.0 | 3.0 | 4.0 | 5.0 | 0.5 | – | 100.0 |",
                          "| lsp | 1 view, 2 px | 1.0 | 2.0 | 3.0 | 4.0 | 5.0 | 0.5 | – | 100.0 |"]
+
+
+def test_train_step_reports_smplifys_share_of_the_step(tmp_path, capsys):
+    """The figure bench/gpu_check.sh reads on a GPU (issue 17: SMPLify's share of a training step), here on the CPU
+    at toy sizes: the median SMPLify part over the median step, for fitloop's SMPLify and SPIN's."""
+    argv = ["bench", "train-step", "--batch", "4", "--steps", "2", "--backbone", "18", "--img-res", "64", "--model",
+            "open-small", "--num-workers", "0", "--workdir", str(tmp_path), "--json"]
+    assert main(argv) == 0
+    record = json.loads(capsys.readouterr().out)
+    for arm in ("fitloop", "spin_smplify"):
+        r = record[arm]
+        assert r["smplify_share"] == pytest.approx(r["parts_ms"]["smplify"] / r["step_ms"])
+        assert 0 < r["smplify_share"] < 1
+    # SPIN's 2 x 100 Adam iterations on the full mesh against the fast mode: its share is the larger
+    assert record["spin_smplify"]["smplify_share"] > record["fitloop"]["smplify_share"]
+    assert record["threads"] == 1

@@ -634,13 +634,14 @@ def table_train_step(result: Record) -> str:
         return "\n".join(lines)
     lines = [(f"training step: batch {result['batch']}, {result['backbone']} at {result['img_res']} px, "
               f"{result['body_model']} body, {result['device']} (SMPLify on {result['smplify_device']}), "
-              f"{result['threads']} threads, load average {result.get('load_average', ['?'])[0]}")]
+              f"{result['threads']} threads, load average {result['load_average'][0]:.1f}")]
     for name in ("fitloop", "spin_smplify"):
         if name in result:
             r = result[name]
             parts = ", ".join(f"{p} {ms:.0f} ms" for p, ms in r["parts_ms"].items())
-            lines.append(f"  {name:<12} {r['step_ms']:8.0f} ms/step ({r['samples_per_s']:.1f} samples/s): {parts}; "
-                         f"fits table write {r['flush_ms']:.0f} ms for {r['flush_rows']} rows")
+            lines.append(f"  {name:<12} {r['step_ms']:8.0f} ms/step ({r['samples_per_s']:.1f} samples/s): {parts} "
+                         f"(SMPLify {100 * r['smplify_share']:.0f} % of the step); fits table write "
+                         f"{r['flush_ms']:.0f} ms for {r['flush_rows']} rows")
     if "speedup_vs_spin_smplify" in result:
         lines.append(f"  step speedup vs SPIN's SMPLify in the step: {result['speedup_vs_spin_smplify']:.2f}x")
     return "\n".join(lines)
