@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import io
+import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,14 @@ def _vertex_quadrics(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return out
 
 
+def _quadric_cost(outer: np.ndarray, quadric: np.ndarray) -> float:
+    """hᵀ Q h from h hᵀ (4, 4) of a homogeneous point h and a quadric Q (4, 4), the same to the bit on every
+    machine: each of the 16 terms is one rounding, and `math.fsum` adds them exactly rounded. (``h @ Q @ h`` goes
+    through BLAS, whose kernels differ by CPU: AVX-512's sum in another order, which reordered near-tied collapses
+    and gave other coarse faces than the committed file on such a machine.)"""
+    return math.fsum((outer * quadric).ravel().tolist())
+
+
 def decimate(vertices: np.ndarray, faces: np.ndarray, target: int) -> np.ndarray:
     """COMA's quadric half-edge collapse (module docstring) of a mesh (V, 3), (F, 3) down to ``target`` vertices.
     Returns the coarse faces (Fc, 3) in the full mesh's vertex indices."""
@@ -120,6 +129,7 @@ def decimate(vertices: np.ndarray, faces: np.ndarray, target: int) -> np.ndarray
     faces = np.asarray(faces, np.int64).copy()
     quadrics = _vertex_quadrics(vertices, faces)
     homogeneous = np.concatenate([vertices, np.ones((len(vertices), 1))], 1)
+    outer = homogeneous[:, :, None] * homogeneous[:, None, :]          # (V, 4, 4) h hᵀ: hᵀ Q h = Σ (h hᵀ ∘ Q)
     incident: list[set[int]] = [set() for _ in range(len(vertices))]
     for f, corners in enumerate(faces.tolist()):
         for v in corners:
@@ -128,7 +138,7 @@ def decimate(vertices: np.ndarray, faces: np.ndarray, target: int) -> np.ndarray
 
     def costs(r: int, c: int) -> tuple[float, float, np.ndarray]:
         total = quadrics[r] + quadrics[c]
-        return (float(homogeneous[r] @ total @ homogeneous[r]), float(homogeneous[c] @ total @ homogeneous[c]), total)
+        return _quadric_cost(outer[r], total), _quadric_cost(outer[c], total), total
 
     heap = []
     for r, c in sorted({(min(a, b), max(a, b)) for a, b in np.concatenate(

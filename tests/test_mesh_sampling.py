@@ -12,6 +12,7 @@ from core.errors import UnsafePickleError
 from fitting.mesh_sampling import (
     GRAPHCMR_VERTICES,
     _closest_on_triangles,
+    _quadric_cost,
     build_for_model,
     build_sampling,
     committed_path,
@@ -31,11 +32,29 @@ def _same(a: sp.spmatrix, b: sp.spmatrix) -> bool:
 @pytest.mark.parametrize("model", ["open-small", "open"])
 def test_committed_files_are_the_rebuild(tmp_path, model):
     committed = load_sampling(committed_path(model))
-    rebuilt = build_for_model(model)                                           # ~1.5 s CPU for the full model
+    rebuilt = build_for_model(model)                                           # ~4.5 s CPU for the full model
     assert _same(committed.down, rebuilt.down) and _same(committed.up, rebuilt.up)
     assert _same(committed.adjacency, rebuilt.adjacency) and np.array_equal(committed.faces, rebuilt.faces)
     save_sampling(tmp_path / "a.npz", rebuilt)
     assert (tmp_path / "a.npz").read_bytes() == committed_path(model).read_bytes()  # byte-reproducible
+
+
+def test_a_collapses_cost_is_exactly_rounded_whatever_the_order():
+    """The decimation's costs decide the order of near-tied collapses, so they must be the same float on every
+    machine: hᵀ Q h is the exactly rounded sum of its 16 products (BLAS's ``h @ Q @ h`` sums in an order that
+    depends on the CPU's kernels, and gave another coarse mesh on an AVX-512 machine)."""
+    from fractions import Fraction
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        h = np.append(rng.normal(0, 1, 3) * 10.0 ** rng.integers(-3, 3), 1.0)
+        q = rng.normal(0, 1, (4, 4)) * 10.0 ** rng.integers(-6, 6, (4, 4))
+        outer = h[:, None] * h[None, :]
+        terms = (outer * q).ravel()
+        exact = float(sum(Fraction(t) for t in terms.tolist()))
+        assert _quadric_cost(outer, q) == exact
+        flipped = _quadric_cost(outer.T.copy(), q.T.copy())         # the same terms in another order
+        assert flipped == exact
 
 
 def test_committed_open_file_has_graphcmrs_size():
