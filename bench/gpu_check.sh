@@ -2,7 +2,8 @@
 # Issue 17's GPU checks as one prepared run for a lent GPU machine (the `device` tool), results under $OUT:
 #   1. the GPU tests (every test marked `gpu`; skipped elsewhere);
 #   2. SMPLify's fast mode on the GPU at batch 64, 1024 and 4096 (`fitloop bench smplify --batch N --device cuda`;
-#      goal >= 20,000 fits/s on one H100/H200-class GPU);
+#      goal >= 20,000 fits/s on one H100/H200-class GPU), eager (early exit) and replayed from CUDA graphs
+#      (--cuda-graph: fast-graphed, the whole budget; fitting/step_graph.py);
 #   3. the training step on the GPU with SMPLify in the loop, timed per part: its SMPLify share (goal <= 30 %),
 #      against the same step with SPIN's SMPLify (the GPU test of step 1 counts the step's CUDA syncs).
 # The device image has torch, numpy, scipy, pyarrow, opencv, PIL, matplotlib but not smplx, webdataset,
@@ -23,11 +24,13 @@ tar -xJf .gpu-pack/site.tar.xz -C .gpu-site || { echo "no .gpu-pack/site.tar.xz:
 echo "== 1. GPU tests"
 timeout 150 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_body_model.py tests/test_collision.py \
     tests/test_dsr.py tests/test_host_syncs.py tests/test_silhouette.py tests/test_silhouette_term.py \
-    tests/test_smplify.py tests/test_smplifyx.py tests/test_training.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
+    tests/test_smplify.py tests/test_smplifyx.py tests/test_step_graph.py tests/test_training.py 2>&1 | tee \
+    "$OUT/gpu_tests.log" | tail -15
 
-echo "== 2. SMPLify on the GPU, batch 64 / 1024 / 4096 (fast mode only, test split)"
+echo "== 2. SMPLify on the GPU, batch 64 / 1024 / 4096 (fast mode, eager and graphed; test split)"
 for batch in $BATCHES; do
-    timeout 80 $PY -m fitloop bench smplify --device "$DEVICE" --split test --skip-reference --cases 8 --calibration-people 32 --batch "$batch" \
+    timeout 80 $PY -m fitloop bench smplify --device "$DEVICE" --split test --skip-reference --cases 8 \
+        --calibration-people 32 --batch "$batch" --cuda-graph \
         --json > "$OUT/smplify_b$batch.json" 2> "$OUT/smplify_b$batch.err"
     echo "batch $batch: rc $? $(tail -c 300 "$OUT/smplify_b$batch.json")"
 done

@@ -20,9 +20,11 @@ procedure evaluates the mesh every step, and the open model's own mesh has about
 would make SPIN look twice as slow as it is. Further meshes (``full``) are fitted on the same cases and reported
 as ``reference-<mesh>`` beside it. ``fixed_baseline`` also fits every case with the fast mode's fixed iteration
 budget (``SMPLifyConfig.tolerance`` 0: no early exit), so the early exit's speed and accuracy are read against it
-in one run. ``batch`` adds a throughput row: the fast mode on one call of exactly that many examples per start
-level (the level's cases repeated in order when there are fewer); ``workers`` > 1 also runs that row in that many
-single-thread processes at once (`bench.smplify_workers`: fits/s of the machine's cores together).
+in one run; ``cuda_graph`` the fast mode with ``SMPLifyConfig.cuda_graph`` (stage 2 replayed from CUDA graphs on a
+GPU: the whole budget, no early exit; `fitting.step_graph`) as ``fast-graphed``. ``batch`` adds a throughput row:
+the fast mode on one call of exactly that many examples per start level (the level's cases repeated in order when
+there are fewer); ``workers`` > 1 also runs that row in that many single-thread processes at once
+(`bench.smplify_workers`: fits/s of the machine's cores together).
 
 Metrics, per case, then averaged (`case_metrics`): PA-MPJPE and MPJPE (mm) of the 14 evaluation joints against the
 true body as `fits.evaluate` defines them (the body model's Human3.6M regressor, pelvis-centred; the truth's
@@ -79,6 +81,7 @@ from fitting.vposer import VAEPosePrior
 
 MODES = ("fast", "reference")
 FIXED = "fast-fixed"             # the fast mode without early exit (`BenchConfig.fixed_baseline`)
+GRAPHED = "fast-graphed"         # the fast mode replayed from CUDA graphs, whole budget (`BenchConfig.cuda_graph`)
 LIFTED = "lifted-start"          # the fast mode's own start from the mean pose, unfitted (`_lifted_starts`)
 THROUGHPUT_CALLS = 2             # timed calls per start level of the throughput row (the faster one counts)
 FACING_UNDEFINED_BELOW = 0.5    # the truth's hip axis within 30° of vertical: no heading to compare with
@@ -106,6 +109,7 @@ class BenchConfig:
     batch: int | None = None                           # a throughput row at this batch size (fast mode)
     workers: int = 1                                   # > 1: the row also by this many 1-thread processes at once
     compile: bool = False                              # the fast variants with SMPLifyConfig.compile (after a warm-up)
+    cuda_graph: bool = False                           # also the fast mode with SMPLifyConfig.cuda_graph (GRAPHED)
     model: str = "open"
     prior: str | Path | None = None                    # a prior file or "gmm" / "vae" (shipped ones); None: default
     device: str = "cpu"
@@ -365,7 +369,8 @@ def _throughput(fitter: SMPLify, cells: list[Cell], batch: int, device: torch.de
 
 def _fitters(body: BodyModel, prior: MaxMixturePrior | VAEPosePrior, config: BenchConfig,
              device: torch.device) -> list[tuple[str, SMPLify, int, dict[str, Any]]]:
-    """(name, fitter, cases per cell, about) of every variant the run fits: "fast", FIXED (`fixed_baseline`),
+    """(name, fitter, cases per cell, about) of every variant the run fits: "fast", FIXED (`fixed_baseline`), GRAPHED
+    (`cuda_graph`),
     "reference" (SPIN's procedure on the first of ``reference_meshes``) and "reference-<mesh>" for the others."""
     out = []
     if "fast" in config.modes:
@@ -373,6 +378,9 @@ def _fitters(body: BodyModel, prior: MaxMixturePrior | VAEPosePrior, config: Ben
         out.append(("fast", SMPLify(body, prior, fast), config.cases, {"mesh": "none (skeleton)"}))
         if config.fixed_baseline:
             out.append((FIXED, SMPLify(body, prior, dataclasses.replace(fast, tolerance=0.0)), config.cases,
+                        {"mesh": "none (skeleton)"}))
+        if config.cuda_graph:
+            out.append((GRAPHED, SMPLify(body, prior, dataclasses.replace(fast, cuda_graph=True)), config.cases,
                         {"mesh": "none (skeleton)"}))
     if "reference" in config.modes:
         smplify = SMPLifyConfig(mode="reference")

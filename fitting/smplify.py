@@ -94,6 +94,7 @@ from fitting.silhouette_term import (
     term_residuals,
 )
 from fitting.skeleton import Skeleton, SkeletonState, compose_axis_angle, select_state, take_state
+from fitting.step_graph import StepGraphs
 from fitting.vposer import VAEPosePrior
 
 OP_TORSO = ("OP RHip", "OP LHip", "OP RShoulder", "OP LShoulder")
@@ -153,6 +154,12 @@ class SMPLifyConfig:
     # the VAE prior, collision and mask terms stay eager): ~10-40 s to compile per process, then the iteration
     # about 1.6x faster on CPU (docs/smplify.md). Off by default
     compile: bool = False
+    # fast mode: stage 2's LM iterations of the keypoint and prior terms replayed from a CUDA graph of one iteration
+    # (`fitting.step_graph`; one launch per iteration instead of ~50-370 kernels): every example runs the whole
+    # budget (no early exit: the batch keeps its shape); a graph per batch shape, captured on its first call. On a
+    # CPU device the same static buffers run uncaptured (what the CPU tests check). Off by default: not yet timed
+    # on a GPU (bench/gpu_check.sh does)
+    cuda_graph: bool = False
     # near-start term for start="estimate": w² ‖θ_body − θ_body,start‖², w = σ_kp / σ_start (px/rad)
     init_weight: float | None = None        # None: w from the start's uncertainty (below); a number: fixed w
     keypoint_noise: float = 0.027           # σ_kp of the first fit: per coordinate, share of the keypoints' box side
@@ -348,6 +355,9 @@ class SMPLify:
         # dynamic shapes)
         self._compiled_step = (torch.compile(self._lm_step, dynamic=True) if config.compile and config.mode == "fast"
                                else None)
+        # the same iteration replayed from CUDA graphs on request (`cuda_graph`), compiled first with ``compile``
+        self._graphs = (StepGraphs(self._graph_step, capture=device.type == "cuda")
+                        if config.cuda_graph and config.mode == "fast" else None)
 
     # -- public API ----------------------------------------------------------------------------------------
     def __call__(self, keypoints: Tensor, init_pose: Tensor, init_betas: Tensor, init_cam_t: Tensor,
@@ -837,7 +847,7 @@ class SMPLify:
         the iterations each example ran (B,) long."""
         c = self.config
         ran = torch.zeros(len(pose), dtype=torch.long, device=pose.device)
-        if c.tolerance == 0 or not prior_scale:
+        if c.tolerance == 0 or not prior_scale or self._graphs is not None:   # graphs: one shape, the whole budget
             pose, betas, cam_t = self._lm_body(pose, betas, cam_t, kp, center, focal, trust, body_init, prior_scale,
                                                sil)[:3]
             return pose, betas, cam_t, ran + len(prior_scale)
@@ -916,17 +926,29 @@ class SMPLify:
                         gmm=None if isinstance(prior, VAEPosePrior) else
                         (prior.means.to(dtype), prior.precisions.to(dtype), prior.log_nll_weights.to(dtype)))
         lam = torch.full((len(pose),), LM_DAMPING, dtype=dtype, device=pose.device) if lam is None else lam
-        # compiled: the keypoint and prior terms alone, and more than one example (torch specialises batch 1)
-        plain = fixed.gmm is not None and sil is None and self.config.collision_weight == 0 and len(pose) > 1
-        step = self._compiled_step if plain and self._compiled_step is not None else self._lm_step
+        # compiled or graphed: the keypoint and prior terms alone; compiled: more than one example (torch
+        # specialises batch 1)
+        plain = fixed.gmm is not None and sil is None and self.config.collision_weight == 0
+        step = self._compiled_step if plain and len(pose) > 1 and self._compiled_step is not None else self._lm_step
         if evaluation is None:
             evaluation = _Evaluation(*self._stage2_cost(pose, betas, cam_t, fixed))
         state, resid, gmm, terms, ends = evaluation.state, evaluation.resid, evaluation.gmm, evaluation.terms, \
             evaluation.ends
         first_terms = terms
-        for scale in prior_scale:
-            lam, state, cam_t, resid, gmm, terms, ends = step(lam, state, cam_t, resid, gmm, terms, ends, scale, fixed)
+        if plain and self._graphs is not None and prior_scale:   # the factor float64: as the eager loop's float
+            lam, state, cam_t, resid, gmm, terms, ends = self._graphs.run(
+                (lam, state, cam_t, resid, gmm, terms, ends), fixed, list(prior_scale), torch.float64)
+        else:
+            for scale in prior_scale:
+                lam, state, cam_t, resid, gmm, terms, ends = step(lam, state, cam_t, resid, gmm, terms, ends, scale,
+                                                                  fixed)
         return state.pose, state.betas, cam_t, lam, first_terms, _Evaluation(state, resid, gmm, terms, ends)
+
+    def _graph_step(self, carry: tuple, factor: Tensor, fixed: _Stage2) -> tuple:
+        """`_lm_step` as `fitting.step_graph` replays it: the carry (lam, state, cam_t, resid, gmm, terms, ends)
+        in and out, the priors' factor a 0-d tensor; the compiled iteration with ``compile``."""
+        step = self._compiled_step if self._compiled_step is not None else self._lm_step
+        return step(*carry, factor, fixed)
 
     def _stage2_cost(self, p: Tensor, b: Tensor, t: Tensor, fixed: "_Stage2"):
         """Stage 2's evaluation at pose p (B, 72), betas b (B, NB), camera translation t (B, 3): the skeleton's
@@ -959,11 +981,12 @@ class SMPLify:
         priors = c.pose_prior_weight**2 * energy + c.angle_prior_weight**2 * angle
         return state, resid, gmm, torch.stack([rest, priors], 1), ends
 
-    def _lm_step(self, lam, state, cam_t, resid, gmm, terms, ends, scale: float, fixed: "_Stage2"):
+    def _lm_step(self, lam, state, cam_t, resid, gmm, terms, ends, scale: float | Tensor, fixed: "_Stage2"):
         """One stage-2 LM iteration from an accepted evaluation (state, resid, gmm, terms, ends: `_stage2_cost` at
         the pose and betas ``state`` holds and cam_t) with damping lam (B,) and the priors' factor ``scale``:
         the damped Gauss–Newton step, its trial, and per example the trial where it lowers the objective (λ down)
-        else the old values (λ up). Returns the same tuple, updated."""
+        else the old values (λ up). Returns the same tuple, updated. ``scale`` is a 0-d tensor where the iteration
+        is replayed from a CUDA graph (`fitting.step_graph`: the value changes between replays)."""
         c = self.config
         pose, betas = state.pose, state.betas
         dtype = pose.dtype
@@ -981,7 +1004,10 @@ class SMPLify:
             means, precisions, _ = fixed.gmm
             k = gmm.argmin(1)
             prec_k, diff = precisions[k], pose[:, 3:] - means[k]
-            hess[:, 3:72, 3:72].add_(prec_k, alpha=pose_w)                  # one pass over the (B, 69, 69) block
+            if isinstance(pose_w, Tensor):                                  # one pass over the (B, 69, 69) block
+                hess[:, 3:72, 3:72].addcmul_(prec_k, pose_w)
+            else:
+                hess[:, 3:72, 3:72].add_(prec_k, alpha=pose_w)
             # diffᵀ P_k (P_k symmetric): the row-vector product, ~2x faster than P_k @ diff's matrix-vector one
             grad[:, 3:72] += pose_w * (diff[:, None] @ prec_k)[:, 0]
         # angle prior, shape prior and near-start term: diagonal Hessians, added through the diagonal's view

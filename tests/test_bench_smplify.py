@@ -535,3 +535,21 @@ def test_workers_need_a_batch(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["fitloop: error: bench smplify: --workers must be at least 1, and more than 1 needs --batch, the "
                    "fast mode and --device cpu; got --workers 2, --batch None, --device cpu"]
+
+
+def test_the_graphed_variant_fits_as_the_fixed_budget(tmp_path):
+    """--cuda-graph adds fast-graphed (stage 2 replayed from static buffers: captured on a GPU, uncaptured here),
+    which runs the whole budget: its fits are the fixed budget's (--fixed-baseline) on every case, its speed and
+    throughput rows are its own."""
+    from fitloop.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "smplify", "--quick", "--skip-reference", "--sources", "synthetic", "--cameras", "crop",
+                 "--keypoints", "noisy", "--starts", "mean,net60", "--fixed-baseline", "--cuda-graph", "--batch", "6",
+                 "--json", "--out", str(out)]) == 0
+    speed = json.loads(out.read_text())["speed"]
+    assert speed["fast-graphed"]["config"]["cuda_graph"] and not speed["fast-fixed"]["config"]["cuda_graph"]
+    for start in ("mean", "net60"):
+        assert speed["fast-graphed"][start]["pa_mpjpe_mm"] == pytest.approx(speed["fast-fixed"][start]["pa_mpjpe_mm"],
+                                                                            abs=0.05)
+    assert set(json.loads(out.read_text())["throughput"]) == {"fast", "fast-fixed", "fast-graphed"}

@@ -275,6 +275,23 @@ def test_fast_mode_runs_on_cuda_like_cpu(body, prior):
     torch.testing.assert_close(gpu.pose.cpu(), cpu.pose, atol=1e-3, rtol=1e-3)
 
 
+@pytest.mark.gpu
+def test_the_captured_iteration_fits_as_the_eager_loop_on_cuda(body, prior):
+    """``cuda_graph=True`` on CUDA: stage 2's iteration captured once per shape and replayed; the eager CUDA loop's
+    fits with the same whole budget."""
+    people = _people(body, prior, batch=16, noise=2.0)
+    args = tuple(t.cuda() for t in (people["keypoints"], people["pose"] + 0.05, torch.zeros(16, 10),
+                                    people["cam_t"], people["center"]))
+    cuda_body = load_body_model("open-small", device="cuda")
+    budget = SMPLifyConfig(body_iterations=8, tolerance=0.0)
+    graphed_fitter = SMPLify(cuda_body, prior, dataclasses.replace(budget, cuda_graph=True))
+    for start in ("estimate", "mean"):
+        eager = SMPLify(cuda_body, prior, budget)(*args, start=start)
+        graphed = graphed_fitter(*args, start=start)
+        torch.testing.assert_close(graphed.pose, eager.pose, atol=1e-3, rtol=0)
+    assert all(g.graph is not None for g in graphed_fitter._graphs._graphs.values())
+
+
 # --- the near-start weight and the candidates ---------------------------------------------------------------------
 def test_near_start_weight_follows_the_given_uncertainty(body, prior):
     """w = σ_kp / start_sigma: halving the start's uncertainty doubles the weight, for every example, and a
@@ -506,6 +523,30 @@ def test_the_compiled_system_fits_as_the_eager_one(body, prior):
     compiled = SMPLify(body, prior, SMPLifyConfig(body_iterations=6, compile=True))(*args, start="estimate")
     torch.testing.assert_close(compiled.pose, eager.pose, atol=1e-3, rtol=0)
     torch.testing.assert_close(compiled.loss, eager.loss, atol=1e-3, rtol=1e-3)
+
+
+def test_the_graphed_iteration_fits_as_the_eager_loop(body, prior):
+    """``cuda_graph=True`` replays stage 2's iteration from static buffers (`fitting.step_graph`; captured on CUDA,
+    run uncaptured here): the fits of the eager loop with the same whole budget (tolerance 0), an estimated and a
+    lifted mean start (the schedule's factor changing between replays), and one graph per batch shape, reused."""
+    people = _people(body, prior, batch=5, noise=2.0)
+    args = (people["keypoints"], people["pose"] + 0.1, people["betas"], people["cam_t"], people["center"])
+    budget = SMPLifyConfig(body_iterations=8, tolerance=0.0)
+    graphed_fitter = SMPLify(body, prior, dataclasses.replace(budget, cuda_graph=True))
+    for start in ("estimate", "mean"):
+        eager = SMPLify(body, prior, budget)(*args, start=start)
+        graphed = graphed_fitter(*args, start=start)
+        torch.testing.assert_close(graphed.pose, eager.pose, atol=1e-3, rtol=0)   # float32 rounding: equal here
+        torch.testing.assert_close(graphed.loss, eager.loss, atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(graphed.extras["body_iterations"], eager.extras["body_iterations"])
+    shapes = len(graphed_fitter._graphs)
+    graphed_fitter(*args, start="estimate")
+    assert len(graphed_fitter._graphs) == shapes           # the same shapes: the graphs made before
+    graphed_fitter(*(a[:3] for a in args), start="estimate")
+    assert len(graphed_fitter._graphs) > shapes           # three people: a graph of their own
+    # with graphs every example runs the whole budget: the early exit's default tolerance does not compact
+    default = SMPLify(body, prior, SMPLifyConfig(body_iterations=8, cuda_graph=True))(*args, start="estimate")
+    assert (default.extras["body_iterations"] == 8).all()
 
 
 def test_spins_two_names_of_one_point_are_fitted_as_one_point(body, prior):

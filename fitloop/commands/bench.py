@@ -243,6 +243,10 @@ docs/smplify.md#the-benchmark has the protocol and the latest figures.""")
     smplify.add_argument("--compile", action="store_true",
                          help="the fast variants with SMPLifyConfig(compile=True) (torch.compile of one LM "
                               "iteration); compiled in a warm-up before timing, its CPU time reported")
+    smplify.add_argument("--cuda-graph", action="store_true",
+                         help="also the fast mode with SMPLifyConfig(cuda_graph=True), as fast-graphed: stage 2's LM "
+                              "iteration replayed from a CUDA graph per batch shape (on a GPU; uncaptured on a CPU), "
+                              "every example the whole budget (no early exit)")
     smplify.add_argument("--workers", type=int, default=1,
                          help="also run the throughput row in this many single-thread processes at once, and report "
                               "their fits/s together (needs --batch; default 1: not run)")
@@ -549,7 +553,7 @@ def measure_smplify(args: argparse.Namespace) -> Record:
                          modes=("fast",) if args.skip_reference else ("fast", "reference"), model=args.model,
                          prior=args.prior, device=args.device, threads=args.threads, seed=args.seed,
                          reference_meshes=_names(args.reference_mesh), fixed_baseline=args.fixed_baseline,
-                         batch=args.batch, workers=args.workers, compile=args.compile,
+                         batch=args.batch, workers=args.workers, compile=args.compile, cuda_graph=args.cuda_graph,
                          **sizes)
     return run(config, progress=None if args.json else _progress)
 
