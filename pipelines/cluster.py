@@ -113,6 +113,9 @@ def dask_client(address: str | None = None, workers: int | None = None, *,
         return
     import dask
 
+    if workers is not None and workers < 0:  # LocalCluster would wait for them forever
+        raise ClusterError(f"a local Dask cluster of {workers} worker processes: give --workers 1 or more (or "
+                           f"leave it out: one per core)")
     n = workers or os.cpu_count() or 1
     with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}), LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host=host, dashboard_address=f"{host}:0",
                       silence_logs=logging.ERROR) as cluster, Client(cluster) as client:

@@ -23,6 +23,7 @@ from fitting.smplify import SMPLifyConfig
 from fitting.smplifyx import SMPLIFYX_STAGES, SMPLifyXConfig
 from shards.augment import AugmentConfig
 from shards.reader import ON_CORRUPT
+from training.data import parse_mix
 from training.graphcmr import GRAPH_CHANNELS, GRAPH_LAYERS
 from training.heads import DEFAULT_HEAD, HEADS
 from training.mask_loss import MASK_RES
@@ -239,7 +240,12 @@ class TrainConfig:
         if self.backbone not in (18, 34, 50, 101, 152):
             problems.append(f"backbone must be a ResNet depth 18/34/50/101/152, got {self.backbone}")
         if self.batch_size < 1 or self.epochs < 1 or self.lr <= 0:
-            problems.append("batch_size and epochs must be >= 1 and lr > 0")
+            problems.append(f"batch_size and epochs must be >= 1 and lr > 0, got batch_size {self.batch_size}, "
+                            f"epochs {self.epochs} and lr {self.lr:g}")
+        try:
+            parse_mix(self.mix)
+        except ValueError as err:
+            problems.append(f"mix {self.mix!r}: {err}")
         if self.img_res < 32:
             problems.append(f"img_res must be >= 32 px, got {self.img_res}")
         if self.amp not in ("auto", "off", "bf16", "fp16"):

@@ -272,8 +272,6 @@ def setup(config: TrainConfig, echo: Callable[[str], None] | None = None, *, ove
     train_shards, eval_shards, skipped, check_s = checked_shards(config, rank, world)
     torch.manual_seed(config.seed)                  # the model's initialisation: the same on every rank
     run_dir = Path(config.run_dir)
-    if rank == 0:  # before anything is written, here or to the fits table; the other ranks wait below
-        claim(run_dir, config, overwrite=overwrite)
     body_args = dict(joint_regressor_extra=config.joint_regressor_extra, h36m_regressor=config.h36m_regressor)
     body = load_body_model(config.body_model, device=device, **body_args)
     smplify_device = device if config.smplify_device == "auto" else torch.device(config.smplify_device)
@@ -324,6 +322,12 @@ def setup(config: TrainConfig, echo: Callable[[str], None] | None = None, *, ove
                                          multiprocessing_context=_worker_context(config),
                                          generator=torch.Generator().manual_seed(config.seed + rank))
     if rank == 0:
+        # after every check that can refuse the run (a model file, the head for its family, the data mix, an
+        # existing fits table of another schema), so that a refused start leaves no run folder behind, and before
+        # anything is written, here or to the fits table; the other ranks wait below
+        if Path(config.fits).exists():
+            FitsTable.open(config.fits)
+        claim(run_dir, config, overwrite=overwrite)
         FitsTable.create(config.fits, exist_ok=True)
     if world > 1:
         torch.distributed.barrier()

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fitloop.options import count
+
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
 # A CPU-sized run: SPIN's step, losses and fitting in the loop, with the network that learns on a CPU in minutes:
 # the keypoints head (Pavlakos 2018: keypoints and mask in, no image). A ResNet from scratch does not learn pose in
@@ -59,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--ablation-epochs", type=int, default=None,
                         help="epochs of SPIN's ablation (fitloop bench loop at the demo's size: 160 training and 60 "
                              "held-out people; default 24; 0 leaves it out)")
-    parser.add_argument("--workers", type=int, default=None, help="Dask workers (default: one per core)")
+    parser.add_argument("--workers", type=count(1), default=None, help="Dask workers (default: one per core)")
     parser.add_argument("--dask-address", default=None, metavar="tcp://HOST:PORT",
                         help="run the chunk work on an existing Dask cluster")
     parser.add_argument("--no-fixtures", action="store_true", help="leave out ../shared/fixtures")

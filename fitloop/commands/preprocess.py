@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from fitloop.options import count
+
 
 class AdapterNames:
     """The registered adapters' names (`pipelines.adapters.ADAPTERS`), read when argparse first needs them (a help
@@ -48,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a shard set already in --out (finished or not) instead of refusing or resuming; "
                              "files fitloop did not write are never removed (such a folder is refused)")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=count(1), default=None,
                         help="write chunks on a local Dask cluster of this many worker processes")
     parser.add_argument("--dask-address", default=None, metavar="tcp://HOST:PORT",
                         help="write chunks on an existing Dask cluster (default: $FITLOOP_DASK_ADDRESS if set)")

@@ -6,6 +6,8 @@ import json
 import time
 from pathlib import Path
 
+from fitloop.options import count
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -36,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--h36m-layout", choices=("video", "spin", "folders"), default="video",
                         help="Human3.6M's frames: the release's MP4 videos S1/Videos/<Action>.<camera>.mp4 (default), "
                              "SPIN's extracted images/ or per-sequence image folders (docs/datasets.md)")
-    parser.add_argument("--workers", type=int, default=2, help="render processes (default 2)")
+    parser.add_argument("--workers", type=count(1), default=2, help="render processes (default 2)")
     parser.add_argument("--overwrite", action="store_true", help="replace dataset folders that exist in --out")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(func=cmd_synth)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from fitloop.commands.fits import add_fit_filter_options, fit_filter_from
+from fitloop.options import count
 
 # flag -> TrainConfig field, for the plain (scalar) options; None defaults mean "not given"
 _SCALARS = {
@@ -125,7 +126,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--smplify-device", help="where SMPLify runs: auto (default: the training device) or cpu")
     parser.add_argument("--no-seed-fits", action="store_true",
                         help="do not fit training samples that have no fit yet before training")
-    parser.add_argument("--num-workers", type=int, help="DataLoader workers (default 4)")
+    parser.add_argument("--num-workers", type=count(0), help="DataLoader workers (default 4)")
     parser.add_argument("--no-verify-shards", action="store_true",
                         help="do not check every shard's sha256 against its manifest before training (one read of "
                              "each tar); the reader still hashes each shard as it streams")

@@ -52,6 +52,9 @@ from pipelines.adapters.base import (
 from shards.masks import MASK_NAMES, UNKNOWN, LabelMap, MaskError, coco_mask
 from shards.schema import make_key
 
+IMAGE_FIELDS = ("file_name", "width", "height")  # what a person's record reads from its image's entry
+VISIBILITY_FLAGS = {0.0, 1.0, 2.0}  # COCO's v of each keypoint: not labelled, labelled but not visible, visible
+
 # COCO's own keypoint names, in its order; a file whose person category lists others is not this format.
 COCO_KEYPOINT_NAMES: tuple[str, ...] = (
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder", "left_elbow",
@@ -107,6 +110,9 @@ class CocoAdapter:
 
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+            for name in ("images", "annotations"):  # a string would be read letter by letter, a dict as its keys
+                if not isinstance(data[name], list):
+                    raise TypeError(f"its {name!r} is a {type(data[name]).__name__}, not a list")
             image_ids = Counter(int(image["id"]) for image in data["images"])
             images = {int(image["id"]): image for image in data["images"]}
             annotations = sorted(data["annotations"], key=_order)
@@ -142,15 +148,28 @@ class CocoAdapter:
                 return builder.reject(source, record, "duplicate_record", (
                     f"annotation id {annotation_id} is given to {annotation_ids[annotation_id]} annotations in "
                     f"{source}; fix the annotation ids"), key)
-            image = images[image_id]
+            image = images.get(image_id)
+            if image is None:
+                return builder.reject(source, record, "malformed_annotation",
+                                      f"its image_id {image_id} is not the id of an image in {source}", key)
             raw = np.asarray(annotation["keypoints"], dtype=np.float64).reshape(len(COCO_JOINTS), 3)
+            flags = set(raw[:, 2].tolist()) - VISIBILITY_FLAGS
+            if flags:
+                return builder.reject(source, record, "malformed_annotation", (
+                    f"keypoint visibility flags must be 0 (not labelled), 1 (labelled, not visible) or 2 (visible); "
+                    f"got {', '.join(f'{v:g}' for v in sorted(flags))}"), key)
             x, y, w, h = (float(v) for v in annotation["bbox"])
             crowd = bool(annotation.get("iscrowd", 0))
             image_path = image_path_under(image_dir, image["file_name"])
             expected_size = (int(image["width"]), int(image["height"]))
             wholebody, part_extra = self.wholebody(annotation, config)
             segmentation = annotation.get("segmentation")
-        except (KeyError, TypeError, ValueError, OverflowError) as err:
+        except KeyError as err:
+            name = err.args[0]
+            where = (f"its image (id {annotation['image_id']})" if name in IMAGE_FIELDS and name not in annotation
+                     else "the annotation")
+            return builder.reject(source, record, "malformed_annotation", f"{where} has no {name!r}", key)
+        except (TypeError, ValueError, OverflowError) as err:
             return builder.reject(source, record, "malformed_annotation",
                                   f"cannot read the annotation: {type(err).__name__}: {err}", key)
         if crowd:

@@ -136,8 +136,10 @@ class SynthConfig:
             raise SynthError("h36m_actions must be non-empty names without '.' or '/' "
                              "(the files are <action>.<camera>.cdf)")
         self._check_mpi_inf_3dhp()
-        if not 1 <= self.jpeg_quality <= 100 or self.workers < 1:
-            raise SynthError("jpeg_quality must be 1-100 and workers >= 1")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise SynthError(f"jpeg_quality must be 1-100, got {self.jpeg_quality}")
+        if self.workers < 1:
+            raise SynthError(f"workers must be >= 1 (render processes), got {self.workers}")
 
     def _check_mpi_inf_3dhp(self) -> None:
         if any(s not in [f"S{n}" for n in range(1, 9)] for s in self.mpi_inf_3dhp_subjects) \

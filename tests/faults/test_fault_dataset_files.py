@@ -51,6 +51,9 @@ GOOD_COCO = json.dumps({"images": [coco_image(1, "a.jpg")], "annotations": [coco
     (json.dumps({"images": {"1": "a.jpg"}, "annotations": []}), "TypeError"),  # a field of the wrong type
     ("\x89PNG not json at all", "JSONDecodeError"),
     ('{"images": [{"id": 1e400, "file_name": "a.jpg"}], "annotations": []}', "OverflowError"),  # an id of inf
+    # a string was read letter by letter (4 records rejected), a dict as its keys (0 records, no word why)
+    (json.dumps({"images": [coco_image(1, "a.jpg")], "annotations": "oops"}), "its 'annotations' is a str"),
+    (json.dumps({"images": [coco_image(1, "a.jpg")], "annotations": {}}), "its 'annotations' is a dict"),
 ])
 def test_a_coco_json_that_cannot_be_read_is_one_line_and_no_shard_set(capsys, tmp_path, text, reason):
     write_coco(tmp_path / "coco", [coco_image(1, "a.jpg")], [], text=text)
@@ -127,7 +130,22 @@ def test_coco_records_with_missing_fields_wrong_types_and_missing_images_are_rej
     assert "gone.jpg" in by_record["annotation 11"][2]
     for record in ("annotation 12", "annotation 13", "annotation 14", "annotation 15", "annotation 16"):
         assert by_record[record][:2] == ("malformed_annotation", f"annotations/{COCO_FILE}"), by_record[record]
-    assert "KeyError: 'file_name'" in by_record["annotation 15"][2]
+    assert by_record["annotation 15"][2] == "its image (id 4) has no 'file_name'"
+    assert by_record["annotation 14"][2] == "the annotation has no 'keypoints'"
+
+
+def test_a_coco_record_of_no_image_or_with_visibility_flags_coco_has_not_is_a_reject_row(capsys, tmp_path):
+    root, out = tmp_path / "coco", tmp_path / "out"
+    flags = [v for k in range(17) for v in (10 + 4 * k, 10 + 3 * k, 7 if k == 3 else 2)]
+    write_coco(root, [coco_image(1, "a.jpg")], [coco_annotation(10, 1), coco_annotation(11, 999),
+                                                coco_annotation(12, 1, keypoints=flags)])
+    convert(capsys, "coco", root, out)
+    manifest, rows = reconcile(out)
+    assert manifest["counts"] == {"read": 3, "written": 1, "rejected": 2}
+    by_record = {r["record"]: (r["reason"], r["message"]) for r in rows}
+    assert by_record["annotation 11"] == ("malformed_annotation",
+                                          f"its image_id 999 is not the id of an image in annotations/{COCO_FILE}")
+    assert by_record["annotation 12"][0] == "malformed_annotation" and "got 7" in by_record["annotation 12"][1]
 
 
 @pytest.mark.parametrize("file_name", ["/etc/hostname", "../outside.jpg", "val2017/../../outside.jpg",

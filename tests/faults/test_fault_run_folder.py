@@ -107,3 +107,36 @@ def test_overwrite_deletes_only_the_old_runs_files_and_claims_the_folder(tmp_pat
     assert json.loads((run_dir / RUN_FILE).read_text())["run_id"] == "run-b"
     with pytest.raises(RunFolderError, match="belongs to run run-b"):  # a second start racing the first
         claim(run_dir, config_of("run-c", run_dir))
+
+
+@pytest.fixture(scope="module")
+def tiny_shards(tmp_path_factory) -> Path:
+    from bench.synthetic_shards import DatasetSpec, write_synthetic_shards
+
+    root = tmp_path_factory.mktemp("run-folder-shards")
+    write_synthetic_shards(root, [DatasetSpec("synth-wild", "train", 4, openpose=True)], res=32, samples_per_shard=4,
+                           seed=5)
+    return root / "shards"
+
+
+def test_a_start_refused_by_its_inputs_leaves_no_run_folder(tmp_path, capsys, tiny_shards):
+    """A start that its inputs refuse — a --fits folder holding another Delta table, a --mix that does not parse —
+    writes no run folder, so the next start with the inputs mended is not refused as another run's folder."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    other = tmp_path / "other-table"
+    write_deltalake(str(other), pa.table({"a": [1, 2]}))
+    run_dir = tmp_path / "run"
+    args = ["train", "--shards", tiny_shards, "--run-dir", run_dir, "--body-model", "open-small", "--backbone", "18",
+            "--img-res", "32", "--batch-size", "2", "--epochs", "1", "--steps-per-epoch", "1", "--num-workers", "0",
+            "--no-seed-fits", "--no-smplify", "--no-tensorboard", "--no-progress", "--eval-splits", "none"]
+    expect_error(capsys, [*args, "--fits", other], str(other), "not the fits schema's")
+    assert not run_dir.exists()
+    expect_error(capsys, [*args, "--fits", tmp_path / "fits", "--mix", "foo"], "mix 'foo'",
+                 "is not 'dataset[,dataset...]=share'")
+    assert not run_dir.exists() and not (tmp_path / "fits").exists()
+    from fitloop.cli import main
+
+    assert main([str(a) for a in [*args, "--fits", tmp_path / "fits"]]) == 0      # mended: it starts
+    assert (run_dir / RUN_FILE).is_file()

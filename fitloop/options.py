@@ -1,0 +1,21 @@
+"""argparse types the commands share: a count is checked where it is parsed, before any work starts (a negative
+``--workers`` once reached a local Dask cluster, which waited for its workers forever)."""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+
+def count(minimum: int = 0) -> Callable[[str], int]:
+    """An argparse ``type``: an integer of at least ``minimum`` (argparse's usage error otherwise, exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"count >= {minimum}"  # argparse names the type in some messages
+    return parse
