@@ -552,6 +552,10 @@ def load_body_model(source: str | Path = "open", *, joint_regressor_extra: str |
         return row
 
     if has_open_entries(arrays):
+        if joint_regressor_extra is not None:  # it would be ignored: the open model regresses every joint itself
+            raise ModelFileError(f"{path}: the open model has its own regressors for SPIN's dataset joints; "
+                                 f"{joint_regressor_extra} (J_regressor_extra, for a real SMPL's) does not apply: "
+                                 f"leave it out")
         try:
             metadata = json.loads(str(arrays["metadata"])) if "metadata" in arrays else {}
         except json.JSONDecodeError as err:

@@ -60,6 +60,9 @@ def test_spin_extra_regressor_is_used_when_supplied(smpl_pkl, tmp_path):
     np.save(path, extra[:, :100])
     with pytest.raises(ModelFileError, match=r"expected \(9, 6890\)"):
         load_body_model(smpl_pkl, joint_regressor_extra=path)
+    # the open model regresses these joints itself: the file would be ignored, so it is refused (it was ignored)
+    with pytest.raises(ModelFileError, match="the open model has its own regressors .* leave it out"):
+        load_body_model("open-small", joint_regressor_extra=path)
 
 
 def test_any_batch_size_gives_the_same_bodies(smpl_pkl):

@@ -71,4 +71,4 @@ def test_protocols_select_by_the_samples_own_metadata():
 def test_eval_refuses_a_file_that_is_no_checkpoint(tmp_path, capsys):
     (tmp_path / "x.pt").write_bytes(b"junk")
     assert main(["eval", str(tmp_path / "x.pt"), "--shards", str(tmp_path)]) != 0
-    assert "cannot be read as a checkpoint" in capsys.readouterr().err
+    assert "cannot be read as a checkpoint (neither a zip archive nor a pickle" in capsys.readouterr().err

@@ -89,12 +89,28 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+def read_torch_file(path: Path) -> Any:
+    """What ``torch.save`` wrote at ``path`` (tensors and plain values only, to the CPU: a pickle's other globals
+    are refused); CheckpointError naming the file for one it cannot read: missing, truncated, or not a file
+    torch.save writes (a zip archive, or the pickle of torch < 1.6: SPIN's checkpoints)."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - unreadable, truncated or not ours
+        reason = f"{type(err).__name__}: {err}"
+        try:
+            with path.open("rb") as f:
+                head = f.read(4)
+        except OSError:
+            head = None
+        if head is not None and head[:2] != b"PK" and head[:1] != b"\x80":   # zip's magic; pickle protocol 2+
+            reason = "neither a zip archive nor a pickle: not a file torch.save writes"
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({reason})") from None
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint (tensors and plain values only) to the CPU and check its format."""
-    try:
-        data = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - unreadable, truncated or not ours
-        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(err).__name__}: {err})") from None
+    data = read_torch_file(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a fitloop checkpoint")
     if data.get("format_version") not in READABLE_VERSIONS:

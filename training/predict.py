@@ -33,7 +33,7 @@ from fitting.smplify import SMPLify
 from shards.augment import AugmentParams
 from shards.crop import box_to_crop
 from shards.reader import build_item
-from training.checkpoint import FORMAT, CheckpointError, load_checkpoint
+from training.checkpoint import FORMAT, CheckpointError, load_checkpoint, read_torch_file
 from training.config import TrainConfig
 from training.geometry import rotmat_to_axis_angle
 from training.graphcmr import check_checkpoint_sampling
@@ -63,10 +63,7 @@ def load_regressor(path: Path, body_model: str | None = None, device: str = "cpu
     fitloop checkpoint's content id must then still match), ``mesh_sampling`` the graphcmr head's matrices file (their
     digest must match the checkpoint's); `CheckpointError` for a file that is neither."""
     path = Path(path)
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - unreadable, truncated or not a checkpoint
-        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(err).__name__}: {err})") from None
+    data = read_torch_file(path)
     if isinstance(data, dict) and data.get("format") == FORMAT:
         data = load_checkpoint(path)   # the format checks
         config = TrainConfig.from_dict(data["config"])
