@@ -55,7 +55,7 @@ import pyarrow.compute as pc
 from core.spin import SPIN_NPZ_FILES
 from fits.quality import FitFilter, filter_rows
 from fits.schema import NUM_BETAS, NUM_POSE, FitProvenance, FitsTableError, fits_batch
-from fits.table import FitsTable
+from fits.table import FitsTable, contents_text
 from shards.schema import make_key
 
 SPIN_FITS_WIDTH = NUM_POSE + NUM_BETAS  # 82
@@ -233,7 +233,10 @@ def export_spin(table: FitsTable, npz: Path, out: Path, *, dataset: str | None =
                                 f"seed crop-frame fits, fitloop fits seed --frame crop)" if image_frame else "")
                              + (f" ({found - best.num_rows} best fit(s) below the fit filter's bars: "
                                 f"{fit_filter.describe()})" if found > best.num_rows else "")
-                             + "; pass fill_missing to write zeros for them")
+                             + ("" if found or image_frame else
+                                f" (none of body model {body_model_id or 'any'} in dataset {dataset}: the table "
+                                f"holds {contents_text(table.contents(version=version, timestamp=timestamp))})")
+                             + "; pass fill_missing (--fill-missing) to write zeros for them")
     rows = where[~missing].astype(np.int64)
     array = np.zeros((len(keys), SPIN_FITS_WIDTH), dtype=np.float64)
     pose = pc.list_flatten(best["pose"].combine_chunks()).to_numpy().reshape(-1, NUM_POSE)
@@ -243,9 +246,13 @@ def export_spin(table: FitsTable, npz: Path, out: Path, *, dataset: str | None =
     stage("write")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        np.save(handle, array)
-    tmp.replace(out)
+    try:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array)
+        tmp.replace(out)
+    except BaseException:  # a folder in the way, a full disk: no stray temporary file left
+        tmp.unlink(missing_ok=True)
+        raise
     # then its keys: killed in between, the file has the keys of the last export to this name (another dataset's
     # are refused at import) or none (only the row count is checked), never keys that vouch for other rows
     listed = keys_file(out)

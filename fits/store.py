@@ -44,7 +44,6 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import torch
 from deltalake import DeltaTable
-from deltalake.exceptions import DeltaError
 from torch import Tensor
 
 from fits.quality import FILTER_COLUMNS, columns_of
@@ -115,12 +114,7 @@ class FitsStore:
              frame: str = "crop") -> "FitsStore":
         """The best fit per key among the rows of ``body_model_id`` and ``frame`` as of ``version`` (default the
         latest): one read of the table's log."""
-        delta = DeltaTable(str(table.path))
-        if version is not None:
-            try:
-                delta.load_as_version(version)
-            except (DeltaError, ValueError) as err:
-                raise FitsTableError(f"{table.path}: cannot load version {version}: {err}") from None
+        delta = table._snapshot(version)  # a version the table lacks: FitsTableError listing those it has
         at = delta.version()
         rows = best_of(table.log(version=at, columns=_COLUMNS, where=_rows_of(body_model_id, frame)))
         keys = rows["key"].to_pylist()

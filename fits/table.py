@@ -56,7 +56,7 @@ import shutil
 import time as _time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import unquote
@@ -115,6 +115,15 @@ class AppendResult:
     offered: int
     retries: int = 0
     diverged: int = 0  # offered rows left out as no fit (`fits.schema.diverged_rows`; appends with known best losses)
+
+
+def contents_text(held: dict[str, Any]) -> str:
+    """`FitsTable.contents` in words: "N rows, of body models A (n), ...; frames ...; datasets ...", or "no fits"."""
+    if not held["rows"]:
+        return "no fits"
+    return f"{held['rows']} rows, of " + "; ".join(
+        f"{name.replace('_', ' ')} " + ", ".join(f"{value} ({rows})" for value, rows in held[name].items())
+        for name in ("body_models", "frames", "datasets") if held[name])
 
 
 def _argmin_rows(fits: pa.Table) -> pa.Array:
@@ -384,12 +393,36 @@ class FitsTable:
             raise FitsTableError("give a version or a timestamp, not both")
         try:
             table = DeltaTable(str(self.path))
+            if version is not None and not 0 <= version <= table.version():  # deltalake: OverflowError, or its text
+                raise FitsTableError(f"{self.path}: no version {version}; {self._versions_text(table)}")
             if version is not None or timestamp is not None:
                 table.load_as_version(version if version is not None else timestamp)
         except (DeltaError, TableNotFoundError, ValueError) as err:
             at = f"version {version}" if version is not None else f"timestamp {timestamp}"
-            raise FitsTableError(f"{self.path}: cannot load {at}: {err}") from err
+            raise FitsTableError(f"{self.path}: cannot load {at}: {' '.join(str(err).split())}") from err
+        if timestamp is not None:
+            self._check_after_first_commit(table, timestamp)
         return table
+
+    def _versions_text(self, table: DeltaTable) -> str:
+        """Which versions the table has, for a message naming one it has not."""
+        first, last = min(entry["version"] for entry in table.history()), table.version()
+        listed = f"its only version is {last}" if first == last else f"its versions are {first}-{last}"
+        return f"{listed} (fitloop fits versions {self.path})"
+
+    def _check_after_first_commit(self, table: DeltaTable, timestamp: datetime | str) -> None:
+        """Refuse a timestamp before the table's first commit: deltalake reads its first version then (an empty
+        table), which would look like a table without fits."""
+        commits = DeltaTable(str(self.path)).history()
+        first = min(commits, key=lambda entry: entry["version"])
+        if table.version() != first["version"]:
+            return
+        moment = parse_timestamp(timestamp) if isinstance(timestamp, str) else timestamp
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+        if (moment - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(milliseconds=1) < first["timestamp"]:
+            raise FitsTableError(f"{self.path}: no version as of {moment.isoformat()}: its first commit (version "
+                                 f"{first['version']}) is at {_timestamp(first['timestamp'])} (fitloop fits versions "
+                                 f"{self.path})")
 
     def append(self, fits: pa.Table, *, best: BestLosses | None = None, max_retries: int = 8) -> AppendResult:
         """Append ``fits`` (`FITS_SCHEMA`) in one commit; with ``best``, only its strict improvements (see
@@ -438,6 +471,20 @@ class FitsTable:
     def body_models(self, *, version: int | None = None, timestamp: datetime | str | None = None) -> dict[str, int]:
         """Rows per body model (content id) as of a version or timestamp, sorted by id."""
         return body_model_counts(self.log(version=version, timestamp=timestamp, columns=["body_model_id"]))
+
+    def contents(self, *, version: int | None = None, timestamp: datetime | str | None = None) -> dict[str, Any]:
+        """What the table holds as of a version or timestamp (default the latest), for a filter that selected
+        nothing to say what there is: ``{"version": read, "latest", "rows", "body_models", "frames",
+        "datasets"}``, the last three rows per value, sorted."""
+        snapshot = self._snapshot(version, timestamp)
+        log = _scan(snapshot, self.path, columns=["body_model_id", "frame", "dataset"])
+        counts = {}
+        for name, column in (("body_models", "body_model_id"), ("frames", "frame"), ("datasets", "dataset")):
+            found = pc.value_counts(log[column]) if log.num_rows else None
+            counts[name] = {} if found is None else dict(sorted(zip(found.field("values").to_pylist(),
+                                                                    found.field("counts").to_pylist())))
+        return {"version": snapshot.version(), "latest": DeltaTable(str(self.path)).version(), "rows": log.num_rows,
+                **counts}
 
     def best(self, *, version: int | None = None, timestamp: datetime | str | None = None,
              dataset: str | None = None, body_model_id: str | None = None, frame: str | None = None) -> pa.Table:
@@ -813,7 +860,7 @@ def _schema_version(path: Path) -> int:
     """The fits schema version a Delta table at ``path`` records; FitsTableError when it is no fits table (of
     the columns its version has, `fits.schema.schema_of_version`) or its commit log is damaged (`check_log`)."""
     if not _is_table(path):
-        raise FitsTableError(f"{path} is not a Delta table (create one with FitsTable.create or `fits import`)")
+        raise FitsTableError(_not_a_table(path))
     check_log(path)
     snapshot = _load(path)
     check_data_files(path, snapshot)
@@ -823,6 +870,21 @@ def _schema_version(path: Path) -> int:
     if not 1 <= found <= FITS_SCHEMA_VERSION or schema.names != schema_of_version(found).names:
         raise FitsTableError(f"{path}: columns {schema.names} are not the fits schema's {FITS_SCHEMA.names}")
     return found
+
+
+def _not_a_table(path: Path) -> str:
+    """Why ``path`` does not open as a fits table, and what to do: the commands that make one (a CLI user's way;
+    in Python, `FitsTable.create`)."""
+    if (path / "_delta_log").is_dir():
+        return (f"{path} has a _delta_log that does not open as a Delta table (damaged, or its first commit is "
+                f"missing): restore it from a backup")
+    if path.is_file() or (path.is_dir() and any(path.iterdir())):
+        what = "a file" if path.is_file() else "a folder of other files, no _delta_log"
+        return (f"{path} is not a Delta table ({what}): give the folder of a fits table (one `fitloop fits seed` or "
+                f"`fitloop fits import` made)")
+    return (f"{path} is not a Delta table ({'nothing is there' if not path.exists() else 'an empty folder'}): "
+            f"make one with `fitloop fits seed SHARDS {path}` or `fitloop fits import {path} --spin-npz NPZ "
+            f"--spin-fits NPY --model MODEL`, or give the folder of an existing fits table")
 
 
 def _to_current(log: pa.Table) -> pa.Table:

@@ -202,7 +202,8 @@ def test_export_refuses_to_mix_body_models_in_one_spin_file(tmp_path, capsys):
     assert "2 body models" in error and f"{small} (4 rows)" in error and f"{full} (4 rows)" in error
     assert not out.exists()
     for model, expected in (("open-small", first), (full, second)):   # a model file or a content id
-        assert main(["fits", "export", str(table), "--spin-npz", str(npz), "--out", str(out), "--model", model]) == 0
+        assert main(["fits", "export", str(table), "--spin-npz", str(npz), "--out", str(out), "--model", model,
+                     "--overwrite"]) == 0
         assert np.array_equal(np.load(out), expected)
     assert main(["fits", "show", str(table), "lsp-orig/im0002"]) == 1
     assert "2 body models" in capsys.readouterr().err

@@ -156,6 +156,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _model_options(export, "whose fits to write (needed when the table holds several)")
     _frame_option(export, "whose fits to write with --parquet (SPIN's .npy takes crop-frame fits only)")
     _at_options(export)
+    export.add_argument("--overwrite", action="store_true",
+                        help="write over an existing output: replace the file (--parquet, --spin-npz --out), or "
+                             "replace the files this export writes in the folder (--smplifyx, --shards --out, "
+                             "--meshes, --extract-frames; other files there are kept). Without it an existing "
+                             "file or non-empty folder is refused")
 
     compact = table_command("compact", "rewrite the table to its best fits, one row per key and body model "
                                        "(a new version)", cmd_compact)
@@ -305,6 +310,64 @@ def _models_text(models: dict[str, int] | None) -> str:
     return ", ".join(f"{model} {rows}" for model, rows in models.items())
 
 
+def empty_note(table, args: argparse.Namespace, model: str | None, frame: str | None, dataset: str | None,
+               lead: str = "no best fit of") -> str:
+    """Why a read of ``table`` selected no fit: what was asked (body model, frame, dataset, at the version read)
+    against what the table holds there (rows per body model, frame and dataset), so that a mismatch shows."""
+    from fits.table import contents_text
+
+    held = table.contents(**_at(args))
+    named = args.model if args.model not in (None, model) else None
+    asked = ", ".join([(f"body model {named} ({model})" if named else f"body model {model}") if model
+                       else "any body model", f"the {frame} frame" if frame else "any frame"]
+                      + ([f"dataset {dataset}"] if dataset else []))
+    at = (f"{args.timestamp}, " if args.timestamp else "") + f"version {held['version']}" + (
+        f" (its latest is {held['latest']})" if held["version"] != held["latest"] else "")
+    return f"{lead} {asked}: {args.table} at {at} holds {contents_text(held)}"
+
+
+def _note(text: str) -> None:
+    print(f"fitloop: note: {text}", file=sys.stderr)
+
+
+def check_export_out(path: Path | None, option: str, overwrite: bool, *, folder: bool) -> None:
+    """Refuse to write an export over an existing ``path`` (a file, or a folder the export fills) unless
+    ``overwrite``; a folder where a file goes, or a file where a folder goes, is refused even then (nothing is
+    removed to make room)."""
+    from core.errors import FitloopError
+
+    if path is None or not (path.exists() or path.is_symlink()):
+        return
+    if folder and not path.is_dir():
+        raise FitloopError(f"{option} {path}: a file is there, where this export writes a folder; give a new or "
+                           f"empty folder")
+    if not folder and path.is_dir():
+        raise FitloopError(f"{option} {path}: a folder is there, where this export writes a file; give a file path")
+    if overwrite:
+        return
+    if not folder:
+        raise FitloopError(f"{option} {path}: the file exists; give a new file, or pass --overwrite to replace it")
+    entries = sorted(p.name for p in path.iterdir())
+    if entries:
+        shown = repr(entries[0]) + (f" and {len(entries) - 1} more" if len(entries) > 1 else "")
+        raise FitloopError(f"{option} {path}: the folder holds {shown}; give a new or empty folder, or pass "
+                           f"--overwrite to write over the files this export writes there (others are kept)")
+
+
+def _write_parquet(rows, path: Path) -> None:
+    """``rows`` as the parquet file ``path``, written to a temporary name and renamed (removed on failure)."""
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        pq.write_table(rows, tmp)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def cmd_versions(args: argparse.Namespace) -> int:
     from fits.table import FitsTable
 
@@ -348,18 +411,20 @@ def cmd_list(args: argparse.Namespace) -> int:
         raise FitloopError(f"--limit must be >= 0, got {args.limit}")
     table = FitsTable.open(args.table)
     fit_filter = fit_filter_from(args)
-    best = table.best(**_at(args), dataset=args.dataset, body_model_id=model_id(args.model, args.joint_regressor_extra),
-                      frame=args.frame)
+    model = model_id(args.model, args.joint_regressor_extra)
+    best = table.best(**_at(args), dataset=args.dataset, body_model_id=model, frame=args.frame)
     kept, failed = filter_rows(best, fit_filter)
     shown = kept if args.limit == 0 else kept.slice(0, args.limit)
     if args.json:
         print(json.dumps({"total": best.num_rows, "kept": kept.num_rows, "failed": failed,
                           "fits": [_row(r, False) for r in shown.to_pylist()]}))
         return 0
-    model = best["body_model_id"][0].as_py() if best.num_rows else "-"
-    frame = best["frame"][0].as_py() if best.num_rows else "-"
+    if best.num_rows == 0:
+        print(f"{args.table}: 0 best fits: {empty_note(table, args, model, args.frame, args.dataset)}")
+        return 0
     dropped = ", ".join(f"{rows} {bar}" for bar, rows in failed.items())
-    print(f"{args.table}: {best.num_rows} best fits of body model {model}, {frame} frame"
+    print(f"{args.table}: {best.num_rows} best fits of body model {best['body_model_id'][0].as_py()}, "
+          f"{best['frame'][0].as_py()} frame"
           + (f"; {kept.num_rows} meet {fit_filter.describe()} (failing: {dropped})" if fit_filter.active else ""))
     print(f"{'key':<40} {'loss px²':>9} {'source':<6} {'worst part':>16} {'facing':>6} {'prior':>7} {'spread mm':>9}")
     for row in shown.to_pylist():
@@ -510,8 +575,6 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    import pyarrow.parquet as pq
-
     from core.errors import FitloopError
     from fits.interchange import export_spin
     from fits.quality import filter_rows
@@ -533,6 +596,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise FitloopError("--extract-frames and --pixel-offset go with --shards")
     if args.spin_npz is not None and args.out is None:
         raise FitloopError("--spin-npz needs --out, the .npy to write")
+    out = args.out if args.spin_npz is not None or args.shards is not None else None  # else --out is unused
+    for option, path, folder in (("--parquet", args.parquet, False), ("--smplifyx", args.smplifyx, True),
+                                 ("--meshes", args.meshes, True), ("--out", out, args.shards is not None),
+                                 ("--extract-frames", args.extract_frames, True)):
+        check_export_out(path, option, args.overwrite, folder=folder)
     table = FitsTable.open(args.table)
     model = model_id(args.model, args.joint_regressor_extra)
     if args.parquet is not None:
@@ -541,14 +609,13 @@ def cmd_export(args: argparse.Namespace) -> int:
             best = table.best(**_at(args), dataset=args.dataset, body_model_id=model, frame=args.frame)
             kept, failed = filter_rows(best, fit_filter)
             on_stage("write")
-            args.parquet.parent.mkdir(parents=True, exist_ok=True)
-            tmp = args.parquet.with_name(f".{args.parquet.name}.tmp")
-            pq.write_table(kept, tmp)
-            tmp.replace(args.parquet)
+            _write_parquet(kept, args.parquet)
         print(f"wrote {kept.num_rows} best fits to {args.parquet}"
               + (f" ({best.num_rows - kept.num_rows} of {best.num_rows} below the bars "
                  f"{fit_filter.describe()}: {', '.join(f'{n} {bar}' for bar, n in failed.items())})"
                  if fit_filter.active else ""))
+        if best.num_rows == 0:
+            _note(empty_note(table, args, model, args.frame, args.dataset))
         return 0
     if args.smplifyx is not None:
         from fits.smplifyx_export import export_smplifyx
@@ -561,6 +628,8 @@ def cmd_export(args: argparse.Namespace) -> int:
               f"({summary['frame'] or 'no'} frame) under {summary['out']}"
               + (f"; {summary['body_only']} body-only fit(s) left out" if summary["body_only"] else "")
               + (f"; {summary['filtered']} below the bars {fit_filter.describe()}" if summary["filtered"] else ""))
+        if summary["written"] + summary["body_only"] + summary["filtered"] == 0:
+            _note(empty_note(table, args, model, args.frame, args.dataset))
         return 0
     if args.shards is not None and fmt == "wds":
         return _export_fit_tars(args, table, model, fit_filter)
@@ -580,7 +649,16 @@ def cmd_export(args: argparse.Namespace) -> int:
           f"body model {summary['body_model_id'] or '(none)'}, {summary['filled']} filled with zeros"
           + (f" ({summary['filtered']} best fits below the bars {fit_filter.describe()})" if fit_filter.active
              else ""))
+    if summary["exported"] + summary["filtered"] == 0:
+        _note(empty_note(table, args, model, "crop", summary["dataset"]))
     return 0
+
+
+def _shards_note(args: argparse.Namespace, table, model: str | None, fits: int, filtered: int) -> None:
+    """Say why a shard-set export wrote no fit: none of the set's samples has one of the body model and frame."""
+    if fits + filtered == 0:
+        lead = f"no sample of {args.shards} has a best fit of"
+        _note(empty_note(table, args, model, args.frame or "crop", None, lead=lead))
 
 
 def _export_spin_datasets(args: argparse.Namespace, table, model: str | None, fit_filter) -> int:
@@ -601,6 +679,7 @@ def _export_spin_datasets(args: argparse.Namespace, table, model: str | None, fi
           + (f"; {summary['filtered']} best fits below the bars {fit_filter.describe()}" if fit_filter.active
              else "") + (f"; {summary['frames']} video frames under {args.extract_frames}" if summary["frames"]
                          else ""))
+    _shards_note(args, table, model, sum(file["fits"] for file in summary["files"]), summary["filtered"])
     return 0
 
 
@@ -619,6 +698,7 @@ def _export_fit_tars(args: argparse.Namespace, table, model: str | None, fit_fil
           f"fit of body model {summary['body_model_id'] or '(none)'} ({summary['frame']} frame)"
           + (f"; {summary['filtered']} best fits below the bars {fit_filter.describe()}" if fit_filter.active
              else ""))
+    _shards_note(args, table, model, summary["fits"], summary["filtered"])
     return 0
 
 
@@ -641,6 +721,7 @@ def _export_humandata(args: argparse.Namespace, table, model: str | None, fit_fi
           f"{summary['body_model_id'] or '(none)'}, {summary['frame']} frame"
           + (f"; {summary['filtered']} best fits below the bars {fit_filter.describe()}" if fit_filter.active
              else ""))
+    _shards_note(args, table, model, sum(file["fits"] for file in summary["files"]), summary["filtered"])
     return 0
 
 
@@ -659,6 +740,8 @@ def _export_meshes(args: argparse.Namespace, table, fmt: str, fit_filter) -> int
     print(f"wrote {summary['written']} {fmt} meshes of body model {body.model_id} under {summary['out']}"
           + (f"; {summary['wholebody']} whole-body fit(s) left out" if summary["wholebody"] else "")
           + (f"; {summary['filtered']} below the bars {fit_filter.describe()}" if summary["filtered"] else ""))
+    if summary["written"] + summary["wholebody"] + summary["filtered"] == 0:
+        _note(empty_note(table, args, body.model_id, args.frame, args.dataset))
     return 0
 
 
