@@ -96,6 +96,8 @@ def spin_keys(imgnames: list[str], dataset: str) -> list[str]:
 
 
 def _imgnames(npz: Path) -> list[str]:
+    if not Path(npz).is_file():
+        raise FitsTableError(f"{npz}: no such file; give one of SPIN's dataset .npz files (data/dataset_extras/*.npz)")
     try:
         with np.load(npz, allow_pickle=False) as data:
             return [str(name) for name in data["imgname"]]

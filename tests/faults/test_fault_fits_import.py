@@ -83,3 +83,11 @@ def test_a_keys_file_of_another_length_is_refused(tmp_path, rows):
     keys_file(npy).write_text("".join(f"lsp/im{i:04d}\n" for i in range(1, rows + 1)))
     with pytest.raises(FitsTableError, match=rf"lists {rows} keys; first difference at row {min(rows, ROWS)}"):
         import_spin(FitsTable.create(tmp_path / "t"), npz, npy, body_model_id=MODEL, dataset="lsp")
+
+
+def test_a_spin_npz_that_is_not_there_says_so(tmp_path, capsys):
+    np.save(tmp_path / "mine.npy", np.zeros((ROWS, 82)))
+    expect_error(capsys, ["fits", "import", tmp_path / "t", "--spin-npz", tmp_path / "gone.npz", "--spin-fits",
+                          tmp_path / "mine.npy", "--model", "open-small", "--dataset", "lsp"],
+                 "gone.npz: no such file", "SPIN's dataset .npz")
+    assert not (tmp_path / "t").exists()
