@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -317,8 +318,9 @@ def fits_sheet(shard_dir: Path, table_path: Path, n: int = 8, *, model: Any = "o
     from fits.table import FitsTable
     from fitting.body_model import load_body_model
     from shards.lookup import pick_samples
+    from shards.verify import unusable
 
-    samples = pick_samples(Path(shard_dir), n, seed)
+    samples = pick_samples(Path(shard_dir), n, seed, check=partial(unusable, picture=True))
     table = FitsTable.open(table_path)
     version = latest_version(table) if version is None else version
     body = load_body_model(model) if isinstance(model, str) else model

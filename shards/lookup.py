@@ -7,7 +7,7 @@ Samples that are not asked for are skipped undecoded (their tar members are read
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -46,45 +46,79 @@ def raw_samples(path: Path, hint: bool = True) -> Iterator[tuple[str, dict[str, 
         raise error from None
 
 
-def decode_in(path: Path, key: str, members: dict[str, bytes]) -> StoredSample:
-    """`decode_sample`, with a sample that does not decode as a `ShardCorruptError` naming its shard."""
+def decode_in(path: Path, key: str, members: dict[str, bytes],
+              check: Callable[[StoredSample], list[str]] | None = None) -> StoredSample:
+    """`decode_sample`, with a sample that does not decode as a `ShardCorruptError` naming its shard; so is one that
+    ``check`` finds problems with (sample -> problems: `shards.verify.unusable`)."""
     try:
-        return decode_sample(key, members)
+        sample = decode_sample(key, members)
     except SampleFormatError as err:
         raise ShardCorruptError(f"shard {path.name}: {err}; run `fitloop shards verify {path.parent}`") from None
+    problems = [] if check is None else check(sample)
+    if problems:
+        raise ShardCorruptError(f"shard {path.name}: sample {key!r}: {'; '.join(problems)}; run `fitloop shards "
+                                f"verify {path.parent}`")
+    return sample
 
 
-def iter_samples(shard_dir: Path, keys: Sequence[str] | None = None) -> Iterator[StoredSample]:
+def iter_samples(shard_dir: Path, keys: Sequence[str] | None = None,
+                 check: Callable[[StoredSample], list[str]] | None = None) -> Iterator[StoredSample]:
     """The samples of a shard set in manifest order: all, or only those whose key is in ``keys`` (then
     SampleNotFoundError at the end for keys no shard holds). Checksums are not verified here (`fitloop shards
-    verify` does that)."""
+    verify` does that); ``check``: `decode_in`'s. With ``keys``, reading stops once all are found: a shard that
+    breaks off after them still gives them, the last one too when its members were read whole (`verify` counts it
+    so)."""
     wanted = None if keys is None else set(keys)
     datasets = None if wanted is None else {k.split("/", 1)[0] for k in wanted}
     found: set[str] = set()
+    broken = None  # the first shard that breaks off: a key not found may lie behind the break
     for shard in list_shards(shard_dir):
         if wanted is not None and (len(found) == len(wanted)
                                    or (shard.dataset is not None and shard.dataset not in datasets)):
             continue
-        for key, members in raw_samples(shard.path):
-            if wanted is None or key in wanted:
-                found.add(key)
-                yield decode_in(shard.path, key, members)
+        try:
+            for key, members in raw_samples(shard.path):
+                if wanted is None or key in wanted:
+                    found.add(key)
+                    yield decode_in(shard.path, key, members, check)
+                    if found == wanted:
+                        break
+        except ShardCorruptError as err:
+            if wanted is None or not hasattr(err, "pending"):  # every sample asked for; or decode_in's: no break
+                raise
+            if err.pending is not None and err.pending[0] in wanted and _whole(*err.pending):
+                found.add(err.pending[0])
+                yield decode_in(shard.path, *err.pending, check)
+            broken = broken or err
     if wanted is not None and found != wanted:
         missing = sorted(wanted - found)
-        raise SampleNotFoundError(f"{shard_dir}: no sample with key(s) {', '.join(missing[:5])}"
-                                  + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-                                  + " (list them with `fitloop shards ls DIR --keys`)")
+        said = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        if broken is not None:
+            raise ShardCorruptError(f"{shard_dir}: no sample with key(s) {said} in the samples read: {broken}")
+        raise SampleNotFoundError(f"{shard_dir}: no sample with key(s) {said} (list them with `fitloop shards ls DIR "
+                                  f"--keys`)")
 
 
-def find_samples(shard_dir: Path, keys: Sequence[str]) -> list[StoredSample]:
-    """The samples with these keys, in the order asked; SampleNotFoundError naming any key that is absent."""
-    by_key = {s.key: s for s in iter_samples(shard_dir, keys)}
+def _whole(key: str, members: dict[str, bytes]) -> bool:
+    """Whether the members read before a shard breaks off are a whole sample: they pass every check of `fitloop
+    shards verify`, which counts such a sample as read whole."""
+    from shards.verify import check_sample  # shards.verify reads shards through this module
+
+    return not check_sample(key, members)
+
+
+def find_samples(shard_dir: Path, keys: Sequence[str],
+                 check: Callable[[StoredSample], list[str]] | None = None) -> list[StoredSample]:
+    """The samples with these keys, in the order asked; SampleNotFoundError naming any key that is absent;
+    ``check``: `decode_in`'s."""
+    by_key = {s.key: s for s in iter_samples(shard_dir, keys, check)}
     return [by_key[k] for k in keys]
 
 
-def pick_samples(shard_dir: Path, n: int, seed: int = 0) -> list[StoredSample]:
+def pick_samples(shard_dir: Path, n: int, seed: int = 0,
+                 check: Callable[[StoredSample], list[str]] | None = None) -> list[StoredSample]:
     """``n`` samples drawn without replacement (all when the set holds fewer), the same ones for the same seed and
-    set, in manifest order."""
+    set, in manifest order; ``check``: `decode_in`'s."""
     shards = list_shards(shard_dir)
     total = sum(s.samples for s in shards)
     chosen = set(np.random.default_rng(seed).choice(total, size=min(n, total), replace=False).tolist())
@@ -96,5 +130,5 @@ def pick_samples(shard_dir: Path, n: int, seed: int = 0) -> list[StoredSample]:
             continue
         for position, (key, members) in enumerate(raw_samples(shard.path)):
             if position in positions:
-                out.append(decode_in(shard.path, key, members))
+                out.append(decode_in(shard.path, key, members, check))
     return out

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from shards.crop import warp
 
@@ -308,4 +308,12 @@ def decode_png(data: bytes) -> np.ndarray:
     except MaskError:
         raise
     except Exception as err:  # PIL raises many types for bad bytes
-        raise MaskError(f"label PNG does not decode ({type(err).__name__}: {err})") from None
+        raise MaskError(f"label PNG does not decode ({describe_image_error(err)})") from None
+
+
+def describe_image_error(err: Exception) -> str:
+    """PIL's error for bytes that do not decode, as "Type: message", without the address of the buffer it names
+    ("cannot identify image file <_io.BytesIO object at 0x...>")."""
+    if isinstance(err, UnidentifiedImageError):
+        return f"{type(err).__name__}: not an image file PIL can identify"
+    return f"{type(err).__name__}: {err}"

@@ -98,20 +98,50 @@ def encode_npy(array: np.ndarray) -> bytes:
 _NPY_HEADER = re.compile(rb"\{'descr': '([<>|][fiub][1248])', 'fortran_order': False, 'shape': \(([0-9, ]*)\), \}")
 
 
-def decode_npy(data: bytes) -> np.ndarray:
-    """The (read-only) array in ``.npy`` bytes; an object array (which would need a pickle) raises ValueError.
+def decode_npy(data: bytes, what: str = "npy member") -> np.ndarray:
+    """The (read-only) array in ``.npy`` bytes; ValueError "<what> is not a valid .npy array (why)" for bytes that
+    are not one (numpy's own message would point at ``allow_pickle``) or for an object array (a pickle: never
+    loaded).
 
     The headers `encode_npy` writes (version 1, a plain numeric dtype, C order) are parsed here directly: numpy's
     own parser evaluates the header with ``ast.literal_eval``, which costs more than the array. Anything else goes
     to ``np.load(allow_pickle=False)``.
     """
-    if data[:8] == b"\x93NUMPY\x01\x00":
-        header_end = 10 + int.from_bytes(data[8:10], "little")
-        match = _NPY_HEADER.match(data, 10, header_end)
-        if match:
-            shape = tuple(int(n) for n in match.group(2).split(b",") if n.strip())
-            return np.frombuffer(data, dtype=np.dtype(match.group(1).decode()), offset=header_end).reshape(shape)
-    return np.load(io.BytesIO(data), allow_pickle=False)
+    if not data.startswith(b"\x93NUMPY"):  # np.load would try it as a pickle
+        if not data:
+            raise ValueError(f"{what} is not a valid .npy array (it is empty)")
+        pickle = " (a Python pickle? fitloop never loads one)" if data[:1] == b"\x80" else ""
+        raise ValueError(f"{what} is not a valid .npy array (it begins {data[:12]!r}, not with numpy's "
+                         f"b'\\x93NUMPY'){pickle}")
+    try:
+        if data[:8] == b"\x93NUMPY\x01\x00":
+            header_end = 10 + int.from_bytes(data[8:10], "little")
+            match = _NPY_HEADER.match(data, 10, header_end)
+            if match:
+                shape = tuple(int(n) for n in match.group(2).split(b",") if n.strip())
+                return np.frombuffer(data, dtype=np.dtype(match.group(1).decode()), offset=header_end).reshape(shape)
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, EOFError, OSError) as err:  # a cut or damaged header or body; an object array
+        if "allow_pickle" in str(err):
+            raise ValueError(f"{what} is not a valid .npy array of numbers: it holds Python objects, stored as a "
+                             f"pickle, which fitloop never loads") from None
+        raise ValueError(f"{what} is not a valid .npy array ({err})") from None
+
+
+def decode_json(data: bytes) -> dict[str, Any]:
+    """The object in a sample's json member; SampleFormatError saying what is wrong: not UTF-8, not valid JSON, or
+    not a JSON object."""
+    try:
+        meta = json.loads(data)
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as utf8:
+            raise SampleFormatError(f"json member is not UTF-8 text ({utf8})") from None
+        raise SampleFormatError(f"json member is not valid JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise SampleFormatError(f"json member is not a JSON object but {type(meta).__name__} {str(meta)[:40]}")
+    return meta
 
 
 def split_member_name(name: str) -> tuple[str, str]:
@@ -264,8 +294,9 @@ def decode_sample(key: str, members: dict[str, bytes]) -> StoredSample:
         raise SampleFormatError(f"sample {key!r} has member(s) {', '.join(unknown)}, which sample format "
                                 f"{SAMPLE_FORMAT_VERSION} does not have")
     try:
-        meta = json.loads(members["json"])
-        arrays = {field: decode_npy(members[suffix]) for suffix, (field, _) in _ARRAYS.items() if suffix in members}
+        meta = decode_json(members["json"])
+        arrays = {field: decode_npy(members[suffix], f"{suffix} member") for suffix, (field, _) in _ARRAYS.items()
+                  if suffix in members}
     except ValueError as err:
         raise SampleFormatError(f"sample {key!r}: {err}") from None
     if meta.get("sample_format_version") not in READABLE_SAMPLE_FORMATS:

@@ -93,11 +93,8 @@ def scan_samples(shard_dir: Path, config: dict[str, Any],
     p10, median, p90, max, a histogram over `BOX_SIDE_BINS_PX`, and ``magnified``, the samples whose box is
     smaller than the stored crop shows it (``crop_res / crop_margin`` px), so their crop is upsampled.
     """
-    import json
-
     from shards.lookup import raw_samples
     from shards.reader import list_shards
-    from shards.sample import decode_npy
 
     visible: dict[str, np.ndarray] = {}
     samples: Counter[str] = Counter()
@@ -105,11 +102,9 @@ def scan_samples(shard_dir: Path, config: dict[str, Any],
     for shard in list_shards(shard_dir):
         for key, members in raw_samples(shard.path):
             try:
-                meta = json.loads(members["json"])
-                dataset, side = str(meta["dataset"]), float(meta["box_side_px"])
-                conf = decode_npy(members["keypoints_2d.npy"]).reshape(len(JOINT_NAMES), 3)[:, 2]
-            except (KeyError, ValueError, TypeError) as err:  # a member missing or damaged
-                raise ShardSetError(f"{shard.path}: sample {key}: {type(err).__name__}: {err}; check the set with "
+                dataset, side, conf = _scanned(members)
+            except ValueError as err:  # a member missing or damaged
+                raise ShardSetError(f"{shard.path}: sample {key}: {err}; check the set with "
                                     f"`fitloop shards verify {shard_dir}`") from None
             visible.setdefault(dataset, np.zeros(len(JOINT_NAMES), np.int64))[:] += conf > 0
             samples[dataset] += 1
@@ -173,3 +168,24 @@ def _format_keypoints(keypoints: dict[str, Any]) -> list[str]:
     for i in range(0, len(cells), 3):
         lines.append("    " + "   ".join(cells[i:i + 3]))
     return lines
+
+
+def _scanned(members: dict[str, bytes]) -> tuple[str, float, np.ndarray]:
+    """(dataset, box side px, (49,) keypoint confidences) of one sample's members; ValueError saying which member
+    or json field is missing or damaged, in `fitloop shards verify`'s words."""
+    from shards.sample import decode_json, decode_npy
+    from shards.verify import META_FIELDS
+
+    for suffix in ("json", "keypoints_2d.npy"):
+        if suffix not in members:
+            raise ValueError(f"lacks member {suffix}")
+    meta = decode_json(members["json"])
+    for name in ("dataset", "box_side_px"):
+        ok, what = META_FIELDS[name]
+        if name not in meta or not ok(meta[name]):
+            raise ValueError(f"json field {name!r} is missing" if name not in meta
+                             else f"json field {name!r} is {meta[name]!r}, expected {what}")
+    keypoints = decode_npy(members["keypoints_2d.npy"], "keypoints_2d.npy member")
+    if keypoints.shape != (len(JOINT_NAMES), 3):
+        raise ValueError(f"keypoints_2d.npy has shape {keypoints.shape}, expected {(len(JOINT_NAMES), 3)}")
+    return meta["dataset"], float(meta["box_side_px"]), keypoints[:, 2]

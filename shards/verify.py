@@ -43,10 +43,10 @@ from PIL import Image
 from core.intrinsics import PLAUSIBLE_FOV_DEG, Intrinsics, fov_guess
 from shards.crop import box_problem, from_affine_rows, transform_points
 from shards.lookup import raw_samples
-from shards.masks import LABEL_KINDS, MASK_NAMES, PROVENANCES, UNKNOWN, MaskError, decode_png
+from shards.masks import LABEL_KINDS, MASK_NAMES, PROVENANCES, UNKNOWN, MaskError, decode_png, describe_image_error
 from shards.reader import ShardCorruptError
 from shards.reader import verify as verify_checksums
-from shards.sample import _ARRAYS, SampleFormatError, decode_sample  # _ARRAYS: suffix -> shape
+from shards.sample import _ARRAYS, SampleFormatError, StoredSample, decode_sample  # _ARRAYS: suffix -> shape
 from shards.schema import KEY_PATTERN
 from shards.writer import ShardSetError, load_manifest
 
@@ -100,8 +100,9 @@ CROP_FIELDS: dict[str, tuple[Any, str]] = {
 }
 
 
-def check_meta(meta: Any) -> list[str]:
-    """What is wrong with a sample's json (empty when nothing): fields, types, and the crop's own consistency."""
+def check_meta_fields(meta: Any) -> list[str]:
+    """What is wrong with the fields of a sample's json (empty when nothing): each present and of its type, the
+    crop's too; what `fitloop shards show` and `render` need before they print or draw a sample."""
     if not isinstance(meta, dict):
         return ["json is not an object"]
     problems = [f"json field {name!r} is missing" for name in META_FIELDS if name not in meta]
@@ -116,8 +117,15 @@ def check_meta(meta: Any) -> list[str]:
     problems += [f"json crop.{name} is missing" for name in CROP_FIELDS if name not in crop]
     problems += [f"json crop.{name} is {crop[name]!r}, expected {what}"
                  for name, (ok, what) in CROP_FIELDS.items() if name in crop and not ok(crop[name])]
+    return problems
+
+
+def check_meta(meta: Any) -> list[str]:
+    """What is wrong with a sample's json (empty when nothing): fields, types, and the crop's own consistency."""
+    problems = check_meta_fields(meta)
     if problems:
         return problems
+    crop = meta["crop"]
     to_crop, to_image = from_affine_rows(crop["image_to_crop"]), from_affine_rows(crop["crop_to_image"])
     if not np.allclose(to_crop @ to_image, np.eye(3), atol=MATRIX_TOLERANCE):
         problems.append("json crop.image_to_crop and crop.crop_to_image are not inverses")
@@ -195,6 +203,21 @@ def check_sample(key: str, members: dict[str, bytes], shard_entry: dict[str, Any
             problems += _check_consistency(key, sample, shard_entry)
     if "jpg" in members:
         problems += _check_image(members["jpg"], res)
+    return problems
+
+
+def unusable(sample: StoredSample, picture: bool = False) -> list[str]:
+    """Why `fitloop shards show` (``picture``: `render`) cannot use a decoded sample, by this module's own checks
+    (empty when it can): json fields missing or of the wrong type, stored intrinsics that do not parse; for a
+    picture also label images that do not match the json and a JPEG that does not decode (or not at ``crop.res``)."""
+    problems = check_meta_fields(sample.meta)
+    if sample.meta.get("intrinsics") is not None:  # none: format 1, guessed from the image size
+        try:
+            Intrinsics.from_json(sample.meta["intrinsics"])
+        except ValueError as err:
+            problems.append(f"json intrinsics: {err}")
+    if picture and not problems:
+        problems = _check_labels(sample) + _check_image(sample.jpeg, sample.meta["crop"]["res"])
     return problems
 
 
@@ -288,7 +311,7 @@ def _check_image(jpeg: bytes, res: int | None) -> list[str]:
             fmt, mode, size = image.format, image.mode, image.size
             image.load()  # decodes every pixel: truncated or broken entropy data that libjpeg cannot skip fails
     except Exception as err:  # PIL raises many types for bad bytes (OSError, UnidentifiedImageError, SyntaxError)
-        return [f"jpg does not decode ({type(err).__name__}: {err})"]
+        return [f"jpg does not decode ({describe_image_error(err)})"]
     problems = []
     if fmt != "JPEG" or mode != "RGB":
         problems.append(f"jpg is {fmt} {mode}, expected JPEG RGB")

@@ -180,8 +180,9 @@ def _describe_wholebody(sample) -> str:
 def cmd_show(args: argparse.Namespace) -> int:
     from core.joints import JOINT_NAMES
     from shards.lookup import find_samples
+    from shards.verify import unusable
 
-    sample = find_samples(args.dir, [args.key])[0]
+    sample = find_samples(args.dir, [args.key], check=unusable)[0]  # a damaged json: one line, not a traceback
     history = None
     if args.fits is not None:
         from fits.lookup import best_in_history, fit_histories, latest_version
@@ -239,17 +240,27 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from functools import partial
+
     from core.errors import FitloopError
     from fitloop.progress import bar
     from render.sample_picture import FitPanel, contact_sheet, render_sample
     from shards.lookup import find_samples, pick_samples
+    from shards.verify import unusable
 
     suffix = args.out.suffix.lower()
     if suffix not in (".png", ".html"):
         raise FitloopError(f"--out must end in .png or .html, got {args.out}")
     if args.version is not None and args.fits is None:
         raise FitloopError("--version needs --fits TABLE")
-    samples = find_samples(args.dir, args.keys) if args.keys else pick_samples(args.dir, args.sample, args.seed)
+    for option, value in (("--size", args.size), ("--columns", args.columns), ("--sample", args.sample)):
+        if value is not None and value < 1:
+            raise FitloopError(f"{option} must be >= 1, got {value}" + (" (leave it out for the default)"
+                                                                        if option != "--sample" else ""))
+    # a sample that cannot be drawn stops the command before anything is written, as `show` does
+    check = partial(unusable, picture=True)
+    samples = (find_samples(args.dir, args.keys, check) if args.keys
+               else pick_samples(args.dir, args.sample, args.seed, check))
     if not samples:
         raise FitloopError(f"{args.dir}: no samples to draw")
     keys = [s.key for s in samples]
