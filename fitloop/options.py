@@ -19,3 +19,14 @@ def count(minimum: int = 0) -> Callable[[str], int]:
 
     parse.__name__ = f"count >= {minimum}"  # argparse names the type in some messages
     return parse
+
+
+def positive(text: str) -> float:
+    """An argparse ``type``: a finite number above 0 (a rate, a weight that must act)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return value

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from core.errors import ModelFileError
+from core.errors import FitloopError, ModelFileError
 from fitting import safe_pickle
 
 GRAPHCMR_VERTICES = 1723  # GraphCMR's coarse SMPL mesh (models/smpl_param_regressor.py: "1723 is the number of ...")
@@ -249,6 +249,9 @@ def barycentric_upsampling(points: np.ndarray, coarse_vertices: np.ndarray, coar
 def build_sampling(vertices: np.ndarray, faces: np.ndarray, target: int, source: str = "built") -> MeshSampling:
     """D, U, A (module docstring) for a mesh (V, 3) metres, (F, 3), coarse to ``target`` vertices; deterministic."""
     vertices = np.asarray(vertices, np.float64)
+    if not 4 <= target < len(vertices):  # a tetrahedron at least; fewer than the mesh's own, or nothing is coarse
+        raise FitloopError(f"coarse vertices must be from 4 to {len(vertices) - 1} (the mesh has {len(vertices)}), "
+                           f"got {target}")
     coarse_faces_full = decimate(vertices, faces, target)
     kept = np.unique(coarse_faces_full)
     remap = np.full(len(vertices), -1, np.int64)
@@ -278,9 +281,16 @@ def save_sampling(path: str | Path, sampling: MeshSampling) -> None:
         arrays |= {f"{name}_data": m.data.astype(np.float64), f"{name}_indices": m.indices.astype(np.int64),
                    f"{name}_indptr": m.indptr.astype(np.int64), f"{name}_shape": np.asarray(m.shape, np.int64)}
     arrays["faces"] = np.asarray(sampling.faces, np.int64)
+    if path.is_dir():
+        raise FitloopError(f"{path} is a folder: give the .npz file to write")
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
+    try:
+        np.savez_compressed(tmp, **arrays)
+        tmp.replace(path)
+    except BaseException:  # a full disk, a kill: no stray temporary file
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_sampling(path: str | Path) -> MeshSampling:
@@ -364,4 +374,5 @@ def build_for_model(model: str, target: int | None = None) -> MeshSampling:
 
     body = load_body_model(model)
     template = body.layer.v_template.detach().cpu().double().numpy()
-    return build_sampling(template, body.faces, target or default_target(len(template)), source=f"built:{model}")
+    target = default_target(len(template)) if target is None else target
+    return build_sampling(template, body.faces, target, source=f"built:{model}")

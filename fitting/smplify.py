@@ -218,6 +218,10 @@ class SMPLifyConfig:
                              f"{self.check_every}")
         if self.mode not in ("fast", "reference"):
             raise ValueError(f"SMPLify mode must be 'fast' or 'reference', not {self.mode!r}")
+        if min(self.iterations, self.body_iterations) < 1 or self.camera_iterations < 0:
+            raise ValueError(f"SMPLify's iterations (reference) and body_iterations (fast) must be >= 1 and "
+                             f"camera_iterations >= 0, got {self.iterations}, {self.body_iterations} and "
+                             f"{self.camera_iterations}")
         if self.collision_weight < 0 or (self.collision_weight > 0 and self.mode != "fast"):
             raise ValueError(f"collision_weight must be >= 0, and is a term of mode='fast' only; got "
                              f"{self.collision_weight} with mode={self.mode!r}")

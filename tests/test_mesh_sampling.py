@@ -153,3 +153,18 @@ def test_graphcmr_layout_with_a_hostile_member_is_refused(tmp_path):
     np.savez(hostile, **members)
     with pytest.raises(UnsafePickleError, match="PsbodyMesh"):
         load_sampling(hostile)
+
+
+def test_a_coarse_size_the_mesh_cannot_have_and_a_folder_as_out_are_one_line(tmp_path, capsys):
+    from fitloop.cli import main
+
+    for vertices in ("-5", "3", "1229", "99999"):      # open-small has 1,229 vertices: 99999 gave an identity
+        assert main(["model", "sampling", "--model", "open-small", "--vertices", vertices,
+                     "--out", str(tmp_path / "s.npz")]) == 1
+        assert f"coarse vertices must be from 4 to 1228 (the mesh has 1229), got {vertices}" in capsys.readouterr().err
+    (tmp_path / "folder").mkdir()
+    assert main(["model", "sampling", "--model", "open-small", "--out", str(tmp_path / "folder")]) == 1
+    assert "is a folder: give the .npz file to write" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]          # no stray temporary file
+    assert main(["model", "sampling", "--model", "open-small", "--out", str(tmp_path / "new" / "s.npz")]) == 0
+    assert (tmp_path / "new" / "s.npz").read_bytes() == committed_path("open-small").read_bytes()

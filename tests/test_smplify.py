@@ -262,6 +262,10 @@ def test_unknown_mode_and_joint_names_are_refused(body, prior):
         SMPLify(body, prior, SMPLifyConfig(mode="gradient-descent"))
     with pytest.raises(ValueError, match="unknown joint"):
         SMPLify(body, prior, SMPLifyConfig(ignored_joints=("Left Antenna",)))
+    # `train --smplify-iters 0` ran the default 25, -1 was stored and trained with: both refused
+    for bad in (dict(body_iterations=0), dict(iterations=-1), dict(camera_iterations=-1)):
+        with pytest.raises(ValueError, match="iterations .* must be >= 1 and camera_iterations >= 0"):
+            SMPLify(body, prior, SMPLifyConfig(**bad))
 
 
 @pytest.mark.gpu

@@ -227,3 +227,18 @@ def test_rasterizer_fills_pixel_centres_inside_triangles():
     ys, xs = np.nonzero(face_index >= 0)
     assert (xs.min(), xs.max(), ys.min(), ys.max()) == (5, 14, 5, 14)
     np.testing.assert_allclose(pixels[10, 10], [200, 100, 50], atol=6)  # facing the camera: ~full shade
+
+
+def test_one_person_leaves_a_split_empty_and_its_files_are_still_written(tmp_path):
+    """`synth --people 1`: MPII's validation split gets nobody; its pose-hg .h5 is written with no rows (a reshape of
+    the empty list was an internal error)."""
+    import h5py
+
+    from fitloop.cli import main
+
+    assert main(["synth", "--out", str(tmp_path), "--people", "1", "--datasets", "mpii", "--workers", "1"]) == 0
+    sizes = {}
+    for path in (tmp_path / "mpii").rglob("*.h5"):
+        with h5py.File(path) as h5:
+            sizes[path.name] = (h5["visible"].shape, h5["part"].shape)
+    assert sorted(sizes.values()) == [((0, 16), (0, 16, 2)), ((1, 16), (1, 16, 2))], sizes

@@ -748,3 +748,25 @@ def test_supervision_drops_the_fits_below_the_filter_and_keeps_ground_truth():
     bar = supervision(chosen, batch, threshold=100.0, fit_filter=FitFilter(max_reprojection_px=5.0))
     # a/3: good by SPIN's threshold, 12 px off at the torso: filtered; a/4 is ground truth: supervises anyway
     assert bar.valid.tolist() == [True, False, False, True] and bar.filtered.tolist() == [False, False, True, False]
+
+
+def test_mean_params_that_would_train_on_nan_or_are_no_npz_are_refused(tmp_path):
+    """SPIN's smpl_mean_params.npz with a NaN trained on NaN losses and saved NaN checkpoints without a word; a
+    truncated file was an internal error (BadZipFile), an object array suggested allow_pickle."""
+    from training.regressor import POSE_6D, mean_params_from_npz
+    from training.resnet import WeightsFileError
+
+    good = dict(pose=np.zeros(POSE_6D), shape=np.zeros(10), cam=np.array([0.9, 0.0, 0.0]))
+    np.savez(tmp_path / "good.npz", **good)
+    assert mean_params_from_npz(tmp_path / "good.npz").cam.tolist() == pytest.approx([0.9, 0.0, 0.0])
+    np.savez(tmp_path / "nan.npz", **{**good, "pose": np.full(POSE_6D, np.nan)})
+    with pytest.raises(WeightsFileError, match="pose hold NaN or infinite values"):
+        mean_params_from_npz(tmp_path / "nan.npz")
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "good.npz").read_bytes()[:200])
+    with pytest.raises(WeightsFileError, match="not SPIN's smpl_mean_params.npz"):
+        mean_params_from_npz(tmp_path / "cut.npz")
+    np.savez(tmp_path / "objects.npz", **{**good, "cam": np.array([{"a": 1}], dtype=object)})
+    with pytest.raises(WeightsFileError, match="a pickle\\): never loaded"):
+        mean_params_from_npz(tmp_path / "objects.npz")
+    with pytest.raises(WeightsFileError, match="no such file"):
+        mean_params_from_npz(tmp_path / "gone.npz")

@@ -246,6 +246,9 @@ class TrainConfig:
             parse_mix(self.mix)
         except ValueError as err:
             problems.append(f"mix {self.mix!r}: {err}")
+        for name in ("steps_per_epoch", "eval_max_samples"):  # None: all of them
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1 (or left out: all), got {getattr(self, name)}")
         if self.img_res < 32:
             problems.append(f"img_res must be >= 32 px, got {self.img_res}")
         if self.amp not in ("auto", "off", "bf16", "fp16"):

@@ -219,6 +219,13 @@ def checked_shards(config: TrainConfig, rank: int, world: int) -> tuple[list[Sha
     share what they found, so all of them raise, or leave out the same shards."""
     train = list_shards([Path(s) for s in config.shards], (), config.train_splits)
     held_out = list_shards([Path(s) for s in config.eval_shards], (), config.eval_splits)
+    if not held_out and config.eval_splits not in (TrainConfig().eval_splits, ("none",)):
+        # splits asked for by name that no held-out set has (a typo) would turn evaluation off without a word;
+        # the default's absence is the usual case (sets without val/test) and is said in the run's first line
+        held = sorted({s.split or "?" for s in list_shards([Path(s) for s in config.eval_shards])})
+        raise FitloopError(f"--eval-splits {' '.join(config.eval_splits)}: the held-out shard sets hold no such "
+                           f"split (they hold {', '.join(held) or 'none'}); give splits they hold, or 'none' for no "
+                           f"evaluation")
     if not config.verify_shards:
         return train, held_out, [], 0.0
     started = time.perf_counter()

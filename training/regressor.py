@@ -24,6 +24,7 @@ as SMPL-X fits store them (zero axis-angle), so the body code and the pose loss 
 """
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -87,13 +88,22 @@ class MeanParams:
 def mean_params_from_npz(path: str | Path) -> MeanParams:
     """SPIN's ``data/smpl_mean_params.npz`` (pose (144,) 6D, shape (10,), cam (3,)); read without pickles."""
     path = Path(path)
+    if not path.is_file():
+        raise WeightsFileError(f"{path}: no such file; give SPIN's data/smpl_mean_params.npz, or leave --mean-params "
+                               f"out (the pose prior's mean)")
     try:
         with np.load(path, allow_pickle=False) as data:
             pose, shape, cam = (np.asarray(data[k], np.float32).reshape(-1) for k in ("pose", "shape", "cam"))
-    except (OSError, KeyError, ValueError) as err:
-        raise WeightsFileError(f"{path}: not SPIN's smpl_mean_params.npz (pose, shape, cam): {err}") from None
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        reason = ("an array of Python objects (a pickle): never loaded" if "allow_pickle" in str(err)
+                  else f"{type(err).__name__}: {err}")
+        raise WeightsFileError(f"{path}: not SPIN's smpl_mean_params.npz (arrays pose, shape, cam): {reason}") from None
     if pose.shape != (POSE_6D,) or cam.shape != (3,):
         raise WeightsFileError(f"{path}: pose {pose.shape} / cam {cam.shape}, expected ({POSE_6D},) / (3,)")
+    bad = [name for name, values in (("pose", pose), ("shape", shape), ("cam", cam)) if not np.isfinite(values).all()]
+    if bad:  # the network would start from them, train on NaN losses and save NaN checkpoints
+        raise WeightsFileError(f"{path}: {', '.join(bad)} hold NaN or infinite values; give SPIN's "
+                               f"smpl_mean_params.npz, or leave --mean-params out (the pose prior's mean)")
     return MeanParams(pose, shape, cam, f"npz:{path.name}")
 
 

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fitloop.options import count, positive
+
 Record = dict[str, Any]
 
 
@@ -71,6 +73,18 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(w.strip() for w in text.split(",") if w.strip())
 
 
+def _sources(text: str, known: tuple[str, ...]) -> tuple[str, ...]:
+    """--sources' names, each one of ``known`` (FitloopError naming the others)."""
+    from core.errors import FitloopError
+
+    names = _names(text)
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise FitloopError(f"--sources takes some of {', '.join(known)}; got {text!r}"
+                           + (f" ({', '.join(unknown)} unknown)" if unknown else ""))
+    return names
+
+
 def _progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -90,8 +104,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Time the 49-joint forward pass (and forward+backward) of a body model against the smplx layer "
                     "it wraps, at one batch size.")
     body.add_argument("--model", default="open", help='"open", "open-small" or a model file')
-    body.add_argument("--batch", type=int, default=64)
-    body.add_argument("--repeats", type=int, default=20)
+    body.add_argument("--batch", type=count(1), default=64, help="bodies per forward pass (default 64)")
+    body.add_argument("--repeats", type=count(1), default=20, help="timed passes; the median counts (default 20)")
     body.add_argument("--device", default="cpu", help="cpu or cuda")
 
     shards = _benchmark(
@@ -102,11 +116,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "second from the shard reader, against SPIN's loader (full JPEG read and decoded per sample, "
                     "SPIN's crop code) and against full decoding with fitloop's crop code, same augmentation, "
                     "same process. Rates are per CPU second (per core) and per wall second.")
-    shards.add_argument("--copies", type=int, default=12, help="copies of each fixture person (default 12)")
+    shards.add_argument("--copies", type=count(1), default=12, help="copies of each fixture person (default 12)")
     shards.add_argument("--datasets", default="coco,mpii",
                         help="fixture datasets to use, comma-separated, of coco, mpii, lsp, lspet (default "
                              "coco,mpii: the training-size images; lsp/lspet fixtures are small test images)")
-    shards.add_argument("--repeats", type=int, default=3, help="alternating runs per loader; the best counts")
+    shards.add_argument("--repeats", type=count(1), default=3, help="alternating runs per loader; the best counts")
 
     fits = _benchmark(
         commands, "fits-table", measure_fits_table, table_fits_table, threads=False,
@@ -114,9 +128,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Seed a fits table and a parquet snapshot with synthetic fits, then time each epoch's update (a "
                     "new fit for every key, a share of them lower): fitloop appends the improvements to the Delta "
                     "table, the baseline rewrites the whole snapshot. Prints time and disk growth of both.")
-    fits.add_argument("--rows", type=int, default=1_000_000)
+    fits.add_argument("--rows", type=count(1), default=1_000_000, help="keys in the table (default 1,000,000)")
     fits.add_argument("--improved", type=float, default=0.3, help="share of fits that improve each epoch")
-    fits.add_argument("--epochs", type=int, default=2)
+    fits.add_argument("--epochs", type=count(1), default=2, help="updates timed (default 2)")
     fits.add_argument("--workdir", type=Path, default=None, help="where the temporary tables go (default: /tmp)")
 
     pre = _benchmark(
@@ -124,7 +138,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="shard-writing throughput on a local Dask cluster of 1 and 2 workers",
         description="Write the same shard set (fixture images replicated into a few hundred persons) with a local "
                     "Dask cluster of 1 and of 2 worker processes, and print samples/s and their ratio.")
-    pre.add_argument("--copies", type=int, default=48, help="copies of the 17 fixture persons")
+    pre.add_argument("--copies", type=count(1), default=48, help="copies of the 17 fixture persons")
 
     # its --threads is a list of in-process thread counts, each one an arm of the comparison
     seeding = _benchmark(
@@ -150,10 +164,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "renderer and with DEODR (when it imports: pip install deodr==0.2.3), back-propagate to the "
                     "vertices, and print CPU ms per sample, their ratio, and each one's IoU with the z-buffer.")
     renderer.add_argument("--model", default="open", help='"open" (default) or "open-small"')
-    renderer.add_argument("--batch", type=int, default=64)
+    renderer.add_argument("--batch", type=count(1), default=64, help="people per render (default 64)")
     renderer.add_argument("--resolutions", default="128,224", help="picture sides in px, comma-separated")
     renderer.add_argument("--sources", default="synthetic,cmu,lsp", help="pose sources (bench smplify's)")
-    renderer.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up; the median counts")
+    renderer.add_argument("--repeats", type=count(1), default=3, help="timed runs after one warm-up; the median counts")
 
     masks = _benchmark(
         commands, "masks", measure_masks, table_masks,
@@ -169,7 +183,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     masks.add_argument("--split", default="test", choices=("dev", "test"),
                        help="test (default) for reporting, dev for choosing weights")
     masks.add_argument("--sources", default="synthetic,cmu,lsp", help="pose sources (bench smplify's)")
-    masks.add_argument("--cases", type=int, default=32, help="people per source (default 32)")
+    masks.add_argument("--cases", type=count(1), default=32, help="people per source (default 32)")
     masks.add_argument("--weights", default="5,10", help="silhouette weights fitted beside 0 (default 5,10)")
     masks.add_argument("--dsr", default="0,10,10",
                        help="the clothed_dsr arm's silhouette, DSR-MC and DSR-C weights (default 0,10,10)")
@@ -197,7 +211,7 @@ Cameras: "real" (focal ~1150 px, 1000 px image, person 3-7 m away and off-centre
 224 px fit frame by SPIN's box x 1.2, where SMPLify assumes f = 5000 px), "image" (the same people and keypoints
 fitted with the real camera's true focal length and principal point, per example) and "crop" (SPIN's crop
 camera: the person framed by the crop, f = 5000 px is the truth).
-Keypoints: the 24 dataset joints, clean, or with 5 px noise per coordinate and 10%% dropped.
+Keypoints: the 24 dataset joints, clean, or with 5 px noise per coordinate and 10% dropped.
 Starts: "mean" (SMPLify's mean-pose start) and network-like "net60", "net90", "net120" (the true pose with
 per-joint rotation noise calibrated on the dev split to that median start PA-MPJPE in mm, mean shape, the
 translation estimated from the torso; start="estimate").
@@ -276,7 +290,7 @@ docs/smplify.md#the-benchmark has the protocol and the latest figures.""")
         description="Fit the same synthetic whole-body people (open SMPL-X model by default: body poses of held-out "
                     "sources as `fitloop bench smplify` splits them: CMU subjects the prior never saw, SPIN's LSP "
                     "fits, pose-prior samples; facing the camera, hands curled, jaw opened, expressions N(0, 1); "
-                    "keypoints with 5 px noise and 10%% missing) with the fast mode at --batch and with the "
+                    "keypoints with 5 px noise and 10% missing) with the fast mode at --batch and with the "
                     "reference procedure (SMPLify-X's L-BFGS stages, one person at a time) on the first "
                     "--reference-people (sources interleaved): body PA-MPJPE (14 LSP joints), each hand's PA-MPJPE "
                     "after aligning it at its wrist, face landmark reprojection, fits/s and their ratio, per-person "
@@ -311,15 +325,15 @@ docs/smplify.md#the-benchmark has the protocol and the latest figures.""")
                     "all): the median step and its parts (data, network forward/backward/Adam, SMPLify with the "
                     "stored fits re-scored, write-back to the fits store), one write to the fits table, against "
                     "the same step with SPIN's SMPLify procedure (Adam, 100 iterations per stage, full mesh).")
-    step.add_argument("--batch", type=int, default=16)
-    step.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up step)")
+    step.add_argument("--batch", type=count(1), default=16, help="samples per step (default 16)")
+    step.add_argument("--steps", type=count(1), default=5, help="timed steps (after one warm-up step)")
     step.add_argument("--backbone", type=int, default=50, help="ResNet depth (SPIN: 50)")
     step.add_argument("--img-res", type=int, default=224)
     step.add_argument("--model", default="open", help='body model: "open", "open-small" or a model file')
     step.add_argument("--device", default="cpu", help="cpu or cuda")
     step.add_argument("--smplify-device", default="auto", help="auto (the training device) or cpu")
     step.add_argument("--amp", default="auto", choices=("auto", "off", "bf16", "fp16"))
-    step.add_argument("--num-workers", type=int, default=1)
+    step.add_argument("--num-workers", type=count(0), default=1, help="DataLoader workers (default 1)")
     step.add_argument("--skip-baseline", action="store_true", help="time only fitloop's step")
     step.add_argument("--workdir", type=Path, default=None, help="where the temporary shards go (default: /tmp)")
     step.add_argument("--count-syncs", action="store_true",
@@ -340,13 +354,14 @@ docs/smplify.md#the-benchmark has the protocol and the latest figures.""")
                     "\"SPIN's ablation\"). One torch thread.")
     loop.add_argument("--out", type=Path, required=True, help="an empty or new folder for the data, runs and record")
     # defaults: bench.loop.LoopBench's (320 people, 100 held out, 24 epochs, batch 16, lr 3e-4, open-small)
-    loop.add_argument("--people", type=int, dest="people", help="training people (default 320)")
-    loop.add_argument("--held-out", type=int, dest="held_out", help="held-out people for the network (default 100)")
-    loop.add_argument("--epochs", type=int, dest="epochs", help="default 24")
-    loop.add_argument("--batch", type=int, dest="batch_size", help="default 16")
-    loop.add_argument("--lr", type=float, dest="lr", help="default 3e-4")
-    loop.add_argument("--steps-per-epoch", type=int, dest="steps_per_epoch", help="default: people / batch")
-    loop.add_argument("--smplify-iters", type=int, dest="smplify_iterations",
+    loop.add_argument("--people", type=count(1), dest="people", help="training people (default 320)")
+    loop.add_argument("--held-out", type=count(1), dest="held_out",
+                      help="held-out people for the network (default 100)")
+    loop.add_argument("--epochs", type=count(1), dest="epochs", help="default 24")
+    loop.add_argument("--batch", type=count(1), dest="batch_size", help="default 16")
+    loop.add_argument("--lr", type=positive, dest="lr", help="default 3e-4")
+    loop.add_argument("--steps-per-epoch", type=count(1), dest="steps_per_epoch", help="default: people / batch")
+    loop.add_argument("--smplify-iters", type=count(1), dest="smplify_iterations",
                       help="SMPLify's body iterations, seed fits and loop alike (default: SMPLify's)")
     loop.add_argument("--body-model", dest="body_model", help='"open-small" (default), "open" or a model file')
     loop.add_argument("--seed", type=int, dest="seed", help="default 0")
@@ -459,10 +474,18 @@ def table_seeding(result: Record) -> str:
 
 
 def measure_renderer(args: argparse.Namespace) -> Record:
-    from bench.renderer import run
+    from bench.renderer import SOURCES, run
+    from core.errors import FitloopError
 
-    return run(args.model, batch=args.batch, resolutions=tuple(int(r) for r in _names(args.resolutions)),
-               repeats=args.repeats, threads=args.threads, seed=args.seed, sources=_names(args.sources))
+    try:
+        resolutions = tuple(int(r) for r in _names(args.resolutions))
+    except ValueError:
+        resolutions = ()
+    if not resolutions or min(resolutions) < 8:
+        raise FitloopError(f"--resolutions takes picture sides of at least 8 px, comma-separated; got "
+                           f"{args.resolutions!r}")
+    return run(args.model, batch=args.batch, resolutions=resolutions, repeats=args.repeats, threads=args.threads,
+               seed=args.seed, sources=_sources(args.sources, SOURCES))
 
 
 def table_renderer(result: Record) -> str:
@@ -481,7 +504,7 @@ def table_renderer(result: Record) -> str:
 
 
 def measure_masks(args: argparse.Namespace) -> Record:
-    from bench.masks import MasksBenchConfig, run
+    from bench.masks import SOURCES, MasksBenchConfig, run
     from core.errors import FitloopError
 
     numbers = {}
@@ -491,7 +514,7 @@ def measure_masks(args: argparse.Namespace) -> Record:
         except ValueError:
             raise FitloopError(f"bench masks: --{flag} takes numbers separated by commas, got "
                                f"{getattr(args, flag)!r}") from None
-    return run(MasksBenchConfig(split=args.split, sources=_names(args.sources), cases=args.cases,
+    return run(MasksBenchConfig(split=args.split, sources=_sources(args.sources, SOURCES), cases=args.cases,
                                 weights=numbers["weights"], model=args.model, threads=args.threads, seed=args.seed,
                                 coco=args.coco, pictures=args.pictures, clothing=not args.no_clothing,
                                 dsr=numbers["dsr"], mask_scale=args.mask_scale))

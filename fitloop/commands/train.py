@@ -204,7 +204,7 @@ def _with_flags(base, args: argparse.Namespace):
     smplify = base.smplify
     if args.smplify_mode:
         smplify = dataclasses.replace(smplify, mode=args.smplify_mode)
-    if args.smplify_iters:
+    if args.smplify_iters is not None:
         field = "iterations" if smplify.mode == "reference" else "body_iterations"
         smplify = dataclasses.replace(smplify, **{field: args.smplify_iters})
     weights = {"mask": args.mask_weight, "dsr_mc": args.dsr_mc_weight, "dsr_c": args.dsr_c_weight,

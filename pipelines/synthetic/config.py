@@ -109,7 +109,8 @@ class SynthConfig:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.datasets) - set(DATASETS))
         if unknown or not self.datasets:
-            raise SynthError(f"datasets must be among {', '.join(DATASETS)}; got {', '.join(self.datasets) or 'none'}")
+            raise SynthError(f"datasets must be among {', '.join(DATASETS)}; got {', '.join(self.datasets) or 'none'}"
+                             + (f" ({', '.join(unknown)} unknown)" if unknown else ""))
         counts = {name: getattr(self, f"{name}_people") for name in BODY_DATASETS + WHOLEBODY_DATASETS
                   if name != "h36m"}
         if any(n < 0 for n in counts.values()) or self.h36m_frames < 1 or self.h36m_frame_step < 1:

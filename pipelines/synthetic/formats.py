@@ -198,7 +198,7 @@ def _write_hg_h5(path: Path, rows: list[dict[str, Any]]) -> Path:
         h5["imgname"] = np.array([r["imgname"].encode() for r in rows], dtype="S13") if rows else \
             np.zeros((0,), dtype="S13")
         h5["part"] = np.array([r["part"] for r in rows], dtype=np.float64).reshape(len(rows), len(MPII_JOINTS), 2)
-        h5["visible"] = np.array([r["visible"] for r in rows], dtype=np.float64).reshape(len(rows), -1)
+        h5["visible"] = np.array([r["visible"] for r in rows], dtype=np.float64).reshape(len(rows), len(MPII_JOINTS))
         h5["center"] = np.array([r["center"] for r in rows], dtype=np.float64).reshape(len(rows), 2)
         for name in ("scale", "index", "person", "normalize"):
             h5[name] = np.array([r[name] for r in rows], dtype=np.float64)

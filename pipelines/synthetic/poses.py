@@ -129,7 +129,8 @@ def pose_source(config: SynthConfig, rest_joints: np.ndarray, rng: np.random.Gen
     directory = config.resolved_mocap_dir()
     if config.poses == "cmu" or (config.poses == "auto" and directory.is_dir()):
         if not directory.is_dir():
-            raise SynthError(f"poses='cmu' but {directory} is not a folder; pass mocap_dir or poses='prior'")
+            raise SynthError(f"poses='cmu' (--poses cmu) but {directory} is not a folder: give the folder of CMU .bvh "
+                             f"clips as mocap_dir (--mocap-dir), or poses='prior' (--poses prior)")
         return MocapPoses(directory, rest_joints, config.max_clips, rng)
     return PriorPoses()
 

@@ -140,3 +140,14 @@ def test_a_start_refused_by_its_inputs_leaves_no_run_folder(tmp_path, capsys, ti
 
     assert main([str(a) for a in [*args, "--fits", tmp_path / "fits"]]) == 0      # mended: it starts
     assert (run_dir / RUN_FILE).is_file()
+
+
+def test_eval_splits_the_sets_do_not_hold_are_refused_not_a_run_without_evaluation(tmp_path, capsys, tiny_shards):
+    """--eval-splits vall (a typo) turned evaluation off with one word in the run's first line; the default's
+    absence (sets without val or test) stays the usual case."""
+    args = ["train", "--shards", tiny_shards, "--run-dir", tmp_path / "run", "--fits", tmp_path / "fits",
+            "--body-model", "open-small", "--backbone", "18", "--img-res", "32", "--batch-size", "2", "--epochs", "1",
+            "--steps-per-epoch", "1", "--num-workers", "0", "--no-tensorboard", "--no-progress"]
+    expect_error(capsys, [*args, "--eval-splits", "vall"], "--eval-splits vall", "hold no such split",
+                 "(they hold train)", "'none'")
+    assert not (tmp_path / "run").exists()
