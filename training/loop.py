@@ -96,7 +96,13 @@ from shards.reader import (
     list_shards,
     shard_problems,
 )
-from training.checkpoint import CheckpointError, prune_checkpoints, rank_rng_state, save_checkpoint
+from training.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    prune_checkpoints,
+    rank_rng_state,
+    save_checkpoint,
+)
 from training.config import TrainConfig, resumed_config
 from training.data import MixedShardStream, parse_mix, train_sample_count
 from training.evaluate import evaluate_network
@@ -477,9 +483,30 @@ def write_back(run: Run, store: FitsStore, *, refresh: bool) -> int:
     return version[0]
 
 
+class DivergedError(FitloopError):
+    """The network's weights are no longer finite: the run stops before it saves them."""
+
+
+def check_finite(run: Run, pos: Position) -> None:
+    """DivergedError when a weight of the network is NaN or infinite (one host sync; every rank holds the same
+    weights, so every rank raises): a checkpoint of them would resume into NaN, and predict and eval would print
+    NaN results as if they were figures."""
+    params = [p for p in run.raw_model.parameters()]
+    if bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+        return
+    bad = [name for name, p in run.raw_model.named_parameters() if not bool(torch.isfinite(p).all())]
+    last = latest_checkpoint(run.run_dir)
+    raise DivergedError(f"step {pos.step}: training diverged, {len(bad)} of the network's weight tensors are no "
+                        f"longer finite (first: {bad[0]}); not saved. "
+                        + (f"The last checkpoint, {last}, holds finite weights: resume from it with a lower --lr"
+                           if last is not None else "Start again with a lower --lr")
+                        + " (or check --pretrained and --mean-params)")
+
+
 def checkpoint(run: Run, pos: Position) -> None:
     """Save the run at ``pos`` (rank 0, with every rank's RNG state); the fits must be written first
-    (`write_back`). Every rank must call it."""
+    (`write_back`). Every rank must call it. Weights that are no longer finite are never saved (`check_finite`)."""
+    check_finite(run, pos)
     mine = (torch.get_rng_state(), torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None)
     states = [mine]
     if run.world_size > 1:

@@ -151,3 +151,32 @@ def test_eval_splits_the_sets_do_not_hold_are_refused_not_a_run_without_evaluati
     expect_error(capsys, [*args, "--eval-splits", "vall"], "--eval-splits vall", "hold no such split",
                  "(they hold train)", "'none'")
     assert not (tmp_path / "run").exists()
+
+
+def test_weights_that_are_no_longer_finite_are_not_saved(tmp_path, capsys, tiny_shards, monkeypatch):
+    """A run that diverges (here: every Adam step leaves a NaN weight) stops in one line at its checkpoint instead
+    of saving NaN weights that a resume, predict and eval would read as a network (eval printed MPJPE nan)."""
+    import torch
+
+    step = torch.optim.Adam.step
+
+    def diverging(self, *args, **kwargs):
+        out = step(self, *args, **kwargs)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].view(-1)[0] = float("nan")
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", diverging)
+    from fitloop.cli import main
+
+    run_dir = tmp_path / "run"
+    capsys.readouterr()
+    assert main([str(a) for a in ["train", "--shards", tiny_shards, "--run-dir", run_dir, "--fits", tmp_path / "fits",
+                                  "--body-model", "open-small", "--backbone", "18", "--img-res", "32", "--batch-size",
+                                  "2", "--epochs", "1", "--steps-per-epoch", "1", "--num-workers", "0", "--no-smplify",
+                                  "--no-tensorboard", "--no-progress", "--eval-splits", "none"]]) == 1
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and last.startswith("fitloop: error: step 1: training diverged")
+    assert "step-000000000.pt, holds finite weights: resume from it with a lower --lr" in last
+    assert [p.name for p in (run_dir / "checkpoints").glob("*.pt")] == ["step-000000000.pt"]   # the start only
