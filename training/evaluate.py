@@ -11,6 +11,7 @@ shard set made with other options is filtered, never silently mixed in.
 """
 from __future__ import annotations
 
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,11 +60,13 @@ def evaluate_network(model: torch.nn.Module, body: BodyModel, batches: Iterable[
 
 @dataclass(frozen=True)
 class Protocol:
-    """A named selection of samples (`PROTOCOLS`): ``keep(meta)`` on a sample's json; ``about`` says whose."""
+    """A named selection of samples (`PROTOCOLS`): ``keep(meta)`` on a sample's json; ``about`` says whose,
+    ``takes`` which metadata it keeps (told when shards hold none of it)."""
 
     name: str
     about: str
     keep: Callable[[dict[str, Any]], bool]
+    takes: str
 
 
 H36M_FRONTAL = "60457274"  # SPIN's protocol 2 camera (datasets/preprocess/h36m.py: protocol 2 keeps camera 4 only)
@@ -76,42 +79,76 @@ def _h36m(meta: dict[str, Any], cameras: tuple[str, ...] | None) -> bool:
             and (cameras is None or extra.get("camera") in cameras) and int(extra.get("frame", -1)) % H36M_STEP == 0)
 
 
+_H36M_TAKES = f"dataset h36m, split test, subjects S9 and S11, {{}}, frames a multiple of {H36M_STEP}"
+
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     Protocol("h36m-p2", f"Human3.6M protocol 2: S9, S11, the frontal camera {H36M_FRONTAL}, every {H36M_STEP}th "
-                        "frame (SPIN's h36m_valid_protocol2)", lambda m: _h36m(m, (H36M_FRONTAL,))),
+                        "frame (SPIN's h36m_valid_protocol2)", lambda m: _h36m(m, (H36M_FRONTAL,)),
+             _H36M_TAKES.format(f"camera {H36M_FRONTAL}")),
     Protocol("h36m-p1", f"Human3.6M protocol 1: S9, S11, all four cameras, every {H36M_STEP}th frame",
-             lambda m: _h36m(m, None)),
+             lambda m: _h36m(m, None), _H36M_TAKES.format("any camera")),
     Protocol("mpi-inf-3dhp", "MPI-INF-3DHP's test set (TS1-TS6, valid frames: the adapter rejects the others)",
-             lambda m: m.get("dataset") == "mpi-inf-3dhp" and m.get("split") == "test"),
+             lambda m: m.get("dataset") == "mpi-inf-3dhp" and m.get("split") == "test",
+             "dataset mpi-inf-3dhp, split test"),
     Protocol("held-out", "every sample of the val and test splits (the trainer's evaluation)",
-             lambda m: m.get("split") in ("val", "test")),
+             lambda m: m.get("split") in ("val", "test"), "any dataset, splits val and test"),
 )}
+
+
+class ShardHoldings:
+    """What shards hold, by dataset/split (with the subjects and cameras their samples name), for the message
+    that a protocol keeps none of them."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.named: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+
+    def add(self, meta: dict[str, Any]) -> None:
+        group = f"{meta.get('dataset')}/{meta.get('split')}"
+        self.counts[group] += 1
+        extra = meta.get("extra") or {}
+        for field in ("subject", "camera"):
+            if extra.get(field) is not None:
+                self.named[group][field].add(str(extra[field]))
+
+    def __str__(self) -> str:
+        if not self.counts:
+            return "no sample"
+        parts = []
+        for group, n in sorted(self.counts.items()):
+            named = [f"{field}s {', '.join(sorted(values)[:6])}{', ...' if len(values) > 6 else ''}"
+                     for field, values in sorted(self.named[group].items())]
+            parts.append(f"{group} {n}" + (f" ({'; '.join(named)})" if named else ""))
+        return "; ".join(parts)
 
 
 def evaluate_checkpoint(checkpoint: Path, shards: list[Path], protocol: str = "held-out", *,
                         body_model: str | None = None, batch_size: int = 32, max_samples: int | None = None,
-                        device: str = "cpu", mesh_sampling: str | None = None) -> dict[str, Any]:
+                        device: str | torch.device = "cpu", mesh_sampling: str | None = None) -> dict[str, Any]:
     """MPJPE and PA-MPJPE (mm, per dataset and "all") of a checkpoint's network on the samples of ``shards`` that
-    ``protocol`` keeps and that carry 3D truth; with the counts of what was read, kept and left out."""
+    ``protocol`` keeps and that carry 3D truth; with the counts of what was read, kept and left out. `FitloopError`
+    when the protocol keeps none (what it takes, what the shards hold)."""
     from torch.utils.data import default_collate
 
+    from core.errors import FitloopError
     from shards.augment import AugmentConfig, AugmentParams
     from shards.reader import ReaderConfig, ShardReader
     from training.predict import describe, load_regressor
 
     if protocol not in PROTOCOLS:
-        from core.errors import FitloopError
         raise FitloopError(f"unknown protocol {protocol!r}: one of {', '.join(PROTOCOLS)}")
     chosen = PROTOCOLS[protocol]
     loaded = load_regressor(checkpoint, body_model=body_model, device=device, mesh_sampling=mesh_sampling)
     reader = ShardReader(shards, ReaderConfig(img_res=loaded.config.img_res, augment=AugmentConfig(enabled=False),
                                               shuffle_shards=False, shuffle_buffer=0))
     counts = {"read": 0, "kept": 0}
+    holdings = ShardHoldings()
 
     def batches() -> Iterable[dict]:
         pending = []
         for stored in reader.iter_stored(0, 1):
             counts["read"] += 1
+            holdings.add(stored.meta)
             if not chosen.keep(stored.meta):
                 continue
             counts["kept"] += 1
@@ -125,5 +162,9 @@ def evaluate_checkpoint(checkpoint: Path, shards: list[Path], protocol: str = "h
     errors = evaluate_network(loaded.model, loaded.body, batches(), torch.device(device),
                               torch.autocast(torch.device(device).type, enabled=False), max_samples,
                               head=loaded.head)
+    if counts["kept"] == 0:
+        raise FitloopError(f"protocol {protocol} keeps none of the {counts['read']} samples of "
+                           f"{' '.join(map(str, shards))}: it takes {chosen.takes}; the shards hold {holdings}. "
+                           f"Pass shards that hold such samples, or the --protocol that fits them")
     return {"protocol": protocol, "about": chosen.about, "checkpoint": str(checkpoint),
             "shards": [str(s) for s in shards], **counts, "errors": errors, **describe(loaded)}

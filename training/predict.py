@@ -57,7 +57,7 @@ class LoadedRegressor:
     source: str          # "fitloop" or "spin"
 
 
-def load_regressor(path: Path, body_model: str | None = None, device: str = "cpu",
+def load_regressor(path: Path, body_model: str | None = None, device: str | torch.device = "cpu",
                    mesh_sampling: str | None = None) -> LoadedRegressor:
     """The network of a fitloop or SPIN checkpoint (module docstring). ``body_model`` overrides the run's (a
     fitloop checkpoint's content id must then still match), ``mesh_sampling`` the graphcmr head's matrices file (their
@@ -68,6 +68,7 @@ def load_regressor(path: Path, body_model: str | None = None, device: str = "cpu
         data = load_checkpoint(path)   # the format checks
         config = TrainConfig.from_dict(data["config"])
         source = "fitloop"
+        trained_with = config.body_model
     elif isinstance(data, dict) and isinstance(data.get("model"), dict) and "fc1.weight" in data["model"]:
         config = replace(TrainConfig(), **{k: v for k, v in SPIN_SETTINGS.items()})
         source = "spin"
@@ -84,8 +85,13 @@ def load_regressor(path: Path, body_model: str | None = None, device: str = "cpu
     body = load_body_model(config.body_model, device=torch.device(device),
                            joint_regressor_extra=config.joint_regressor_extra, h36m_regressor=config.h36m_regressor)
     if source == "fitloop" and data.get("body_model_id") and data["body_model_id"] != body.model_id:
-        raise FitloopError(f"{path} was trained with body model {data['body_model_id']}; {config.body_model} is "
-                           f"{body.model_id}: pass the run's model file (--body-model)")
+        if body_model is None:
+            raise FitloopError(f"{path} was trained with body model {trained_with} = {data['body_model_id']}; "
+                               f"{trained_with} is now {body.model_id} (the file changed since): pass the model "
+                               f"file the run used with --body-model")
+        raise FitloopError(f"{path} was trained with body model {trained_with} = {data['body_model_id']}; "
+                           f"{body_model} is {body.model_id}: leave --body-model out to use the run's "
+                           f"({trained_with}), or pass a file of that model")
     if heads_for_family(body.family) != "smpl":
         raise FitloopError(f"fitloop predict poses SMPL-family bodies; {config.body_model} has SMPL-X's layout")
     prior = MaxMixturePrior.from_file(config.pose_prior).to(torch.device(device))

@@ -5,6 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
+from fitloop.options import count
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from_protocols = "h36m-p2, h36m-p1, mpi-inf-3dhp, held-out"  # training.evaluate.PROTOCOLS (torch loads lazily)
@@ -23,22 +25,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--mesh-sampling", default=None,
                         help="graphcmr head: the mesh sampling file (default: the run's; its matrices must be the ones "
                              "the checkpoint was trained with)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-samples", type=int, default=None)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=count(1), default=32)
+    parser.add_argument("--max-samples", type=count(1), default=None,
+                        help="evaluate at most this many kept samples with 3D truth (default: all)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=cmd_eval)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from core.errors import FitloopError
+    from core.devices import parse_device
     from training.evaluate import evaluate_checkpoint
 
-    if args.batch_size < 1:
-        raise FitloopError(f"--batch-size must be >= 1, got {args.batch_size}")
+    device = parse_device(args.device, "--device")
     result = evaluate_checkpoint(args.checkpoint, list(args.shards), args.protocol, body_model=args.body_model,
                                  mesh_sampling=args.mesh_sampling, batch_size=args.batch_size,
-                                 max_samples=args.max_samples, device=args.device)
+                                 max_samples=args.max_samples, device=device)
     if args.json:
         print(json.dumps(result))
         return 0

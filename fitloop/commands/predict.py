@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
+
+from fitloop.options import count
 
 BBOX_EXPAND = 1.2  # SPIN's box around a person box or keypoints (datasets/preprocess: scale = 1.2·max(w, h)/200)
 
@@ -27,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     where.add_argument("--keypoints", type=Path, metavar="FILE",
                        help="an OpenPose --write_json file: the person's BODY_25 keypoints give the box, feed the "
                             "keypoints head and SMPLify")
-    parser.add_argument("--person", type=int, default=0, help="which person of the --keypoints file (default 0)")
+    parser.add_argument("--person", type=count(0), default=0, help="which person of the --keypoints file (default 0)")
     parser.add_argument("--refine", action="store_true", help="refine with SMPLify (needs --keypoints)")
     parser.add_argument("--body-model", default=None,
                         help="the body model file (default: the run's; required for SPIN's checkpoint)")
@@ -35,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="graphcmr head: the mesh sampling file (default: the run's; its matrices must be the ones "
                              "the checkpoint was trained with)")
     parser.add_argument("--out", type=Path, default=Path("."), help="output folder (default: here)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
     parser.add_argument("--json", action="store_true", help="print the parameters as JSON")
     parser.set_defaults(func=cmd_predict)
 
@@ -59,19 +62,38 @@ def read_openpose_person(path: Path, person: int):
     except (ValueError, KeyError, TypeError) as err:
         raise FitloopError(f"--keypoints {path}: not an OpenPose keypoints file with {BODY_FIELD} of 25 points "
                            f"({type(err).__name__}: {err})") from None
+    if not np.isfinite(values).all():
+        raise FitloopError(f"--keypoints {path}: person {person}'s {BODY_FIELD} holds values that are not finite "
+                           f"numbers (NaN or infinity); write the keypoints again")
     return to_canonical(values, "openpose")
+
+
+def check_box(x: float, y: float, w: float, h: float, size: tuple[int, int], what: str, todo: str) -> None:
+    """FitloopError naming ``what`` (and saying ``todo``) unless the box (px: top-left corner, width, height) is at
+    least 1 px each way and overlaps the image of ``size`` (width, height): a crop of padding predicts nobody."""
+    from core.errors import FitloopError
+
+    width, height = size
+    if w < 1 or h < 1:
+        raise FitloopError(f"{what}: a box of {w:g} x {h:g} px, under 1 px, holds no person in the {width} x "
+                           f"{height} px image; {todo}")
+    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+        raise FitloopError(f"{what}: the box x {x:g} to {x + w:g}, y {y:g} to {y + h:g} px lies outside the {width} "
+                           f"x {height} px image; {todo}")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
+    from core.devices import parse_device
     from core.errors import FitloopError
     from fits.exports import write_obj
     from pipelines.adapters.base import points_box
     from render.raster import render_mesh
     from training.predict import describe, image_camera, load_regressor, predict_image
 
+    device = parse_device(args.device, "--device")
     try:
         image = Image.open(args.image)
         image.load()
@@ -86,16 +108,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if box is None:
             raise FitloopError(f"--keypoints {args.keypoints}: person {args.person} has no keypoint with "
                                f"confidence > 0")
+        present = keypoints[keypoints[:, 2] > 0, :2]
+        low, high = present.min(axis=0), present.max(axis=0)
+        what = f"--keypoints {args.keypoints}: person {args.person}'s keypoints"
+        if (high - low).max() < 1:
+            raise FitloopError(f"{what} span no box: {len(present)} confident keypoint(s), all within 1 px of "
+                               f"({low[0]:g}, {low[1]:g}); pass a file with the person's keypoints, or --bbox")
+        check_box(*low, *np.maximum(high - low, 1.0), image.size, what,
+                  f"pass the keypoints found in {args.image.name} (its px)")
         center, scale = box
     else:
         try:
             x, y, w, h = (float(v) for v in args.bbox.split(","))
         except ValueError:
             raise FitloopError(f"--bbox takes X,Y,W,H in px, got {args.bbox!r}") from None
+        if not all(math.isfinite(v) for v in (x, y, w, h)):
+            raise FitloopError(f"--bbox takes four finite numbers X,Y,W,H in px, got {args.bbox!r}")
         if w <= 0 or h <= 0:
             raise FitloopError(f"--bbox needs a positive width and height, got {args.bbox!r}")
+        check_box(x, y, w, h, image.size, f"--bbox {args.bbox}",
+                  "give the person's box in that image's px (X,Y its top-left corner)")
         center, scale = np.array([x + w / 2.0, y + h / 2.0]), BBOX_EXPAND * max(w, h) / 200.0
-    loaded = load_regressor(args.checkpoint, body_model=args.body_model, device=args.device,
+    loaded = load_regressor(args.checkpoint, body_model=args.body_model, device=device,
                             mesh_sampling=args.mesh_sampling)
     result = predict_image(loaded, image, center, scale, keypoints, refine=args.refine)
 

@@ -1,0 +1,143 @@
+"""`fitloop predict` and `fitloop eval` on bad input: one line naming what is wrong and what to do, exit 1 (argparse's
+usage error, exit 2, for a count below its minimum); never a traceback, never a result made of nothing."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core.devices import parse_device
+from core.errors import FitloopError
+from fitloop.cli import main
+from fitting.body_model import load_body_model
+from fitting.priors import MaxMixturePrior
+from pipelines.adapters import iter_dataset
+from pipelines.synthetic import SynthConfig, generate
+from shards.writer import ShardConfig, write_shards
+from tests.test_predict import checkpoint
+from training.checkpoint import save_checkpoint
+from training.config import TrainConfig
+from training.heads import head_of
+from training.regressor import mean_params_from_prior
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory) -> dict[str, Path]:
+    """An hmr checkpoint (open-small), a 212 x 205 image, and Human3.6M shards: S1 (train) and S9 (test)."""
+    root = tmp_path_factory.mktemp("errors")
+    Image.fromarray(np.full((205, 212, 3), 90, np.uint8)).save(root / "a.jpg")
+    data = generate(root / "data", SynthConfig(seed=2, datasets=("h36m",), h36m_subjects=("S1", "S9"),
+                                               h36m_actions=("Walking",), h36m_frames=5, h36m_frame_step=5,
+                                               h36m_image_size=(96, 96)))["h36m"]
+    write_shards([r for split in ("train", "test") for r in iter_dataset("h36m", data, split)], root / "shards",
+                 ShardConfig(crop_res=64))
+    return {"checkpoint": checkpoint(root, "hmr"), "image": root / "a.jpg", "shards": root / "shards"}
+
+
+def refused(capsys, argv: list[str], status: int = 1) -> str:
+    """The one error line of a refused command (its exit status checked, no traceback)."""
+    if status == 2:   # argparse's usage error
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+    else:
+        assert main(argv) == status
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "internal error" not in err, err
+    return err.strip().splitlines()[-1]
+
+
+def test_a_device_torch_cannot_use_is_refused_by_name(made, capsys, monkeypatch):
+    predict = ["predict", str(made["image"]), "--checkpoint", str(made["checkpoint"]), "--bbox", "10,10,50,80"]
+    evaluate = ["eval", str(made["checkpoint"]), "--shards", str(made["shards"])]
+    for argv in (predict, evaluate):
+        line = refused(capsys, argv + ["--device", "bogus"])
+        assert line == "fitloop: error: --device 'bogus': not a device torch knows; pass cpu, cuda, cuda:N or mps"
+        assert "computes on cpu, cuda, mps or xpu, not on 'meta'" in refused(capsys, argv + ["--device", "meta"])
+    monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: False)
+    assert "this torch" in refused(capsys, predict + ["--device", "cuda"])
+    assert "is built without CUDA; pass --device cpu" in refused(capsys, evaluate + ["--device", "cuda"])
+    monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "--device cuda: this machine has no cuda device torch can use" in refused(
+        capsys, evaluate + ["--device", "cuda"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert "--device cuda:3: this machine has 2 cuda device(s), cuda:0 to cuda:1" in refused(
+        capsys, predict + ["--device", "cuda:3"])
+    assert parse_device("cuda:1", "--smplify-device") == torch.device("cuda", 1)
+    monkeypatch.undo()
+    assert parse_device("cpu") == torch.device("cpu")
+    with pytest.raises(FitloopError, match="--smplify-device 'cuda:x'"):
+        parse_device("cuda:x", "--smplify-device")
+
+
+def test_predict_refuses_a_box_that_is_not_finite_or_misses_the_image(made, capsys, tmp_path):
+    argv = ["predict", str(made["image"]), "--checkpoint", str(made["checkpoint"]), "--out", str(tmp_path / "o")]
+    for box in ("nan,1,5,5", "10,10,inf,5"):
+        assert refused(capsys, argv + ["--bbox", box]) == (f"fitloop: error: --bbox takes four finite numbers "
+                                                           f"X,Y,W,H in px, got '{box}'")
+    for box in ("5000,5000,50,100", "-500,-500,50,50", "212,0,40,40"):
+        line = refused(capsys, argv + [f"--bbox={box}"])
+        assert f"--bbox {box}: the box" in line and "lies outside the 212 x 205 px image" in line, line
+    line = refused(capsys, argv + ["--bbox", "10,10,0.001,0.001"])
+    assert "a box of 0.001 x 0.001 px, under 1 px, holds no person in the 212 x 205 px image" in line
+    assert not (tmp_path / "o").exists()
+    assert main(argv + ["--bbox", "200,190,50,50"]) == 0   # a box partly inside is the user's to choose
+    assert (tmp_path / "o" / "a.png").is_file()
+
+
+def test_predict_refuses_keypoints_that_span_no_box_and_a_negative_person(made, capsys, tmp_path):
+    def keypoints(*points: tuple[float, float, float]) -> str:
+        body25 = np.zeros((25, 3))
+        body25[:len(points)] = points
+        path = tmp_path / "k.json"
+        path.write_text(json.dumps({"people": [{"pose_keypoints_2d": body25.reshape(-1).tolist()}]}))
+        return str(path)
+
+    argv = ["predict", str(made["image"]), "--checkpoint", str(made["checkpoint"]), "--out", str(tmp_path / "o")]
+    line = refused(capsys, argv + ["--keypoints", keypoints((50, 60, 0.9))])
+    assert line == (f"fitloop: error: --keypoints {tmp_path / 'k.json'}: person 0's keypoints span no box: 1 "
+                    f"confident keypoint(s), all within 1 px of (50, 60); pass a file with the person's keypoints, "
+                    f"or --bbox")
+    line = refused(capsys, argv + ["--keypoints", keypoints((900, 60, 1), (950, 160, 1))])
+    assert "person 0's keypoints: the box x 900 to 950, y 60 to 160 px lies outside the 212 x 205 px image" in line
+    assert "not finite" in refused(capsys, argv + ["--keypoints", keypoints((10, 10, 1), (float("nan"), 5, 1))])
+    line = refused(capsys, argv + ["--keypoints", keypoints((10, 10, 1), (50, 90, 1)), "--person", "-1"], 2)
+    assert line.endswith("error: argument --person: must be at least 0, got -1")
+
+
+def test_eval_refuses_max_samples_below_one(made, capsys):
+    for value in ("0", "-1"):
+        line = refused(capsys, ["eval", str(made["checkpoint"]), "--shards", str(made["shards"]),
+                                "--max-samples", value], 2)
+        assert line.endswith(f"error: argument --max-samples: must be at least 1, got {value}")
+
+
+def test_eval_says_what_a_protocol_takes_when_it_keeps_no_sample(made, capsys):
+    line = refused(capsys, ["eval", str(made["checkpoint"]), "--shards", str(made["shards"]), "--protocol",
+                            "mpi-inf-3dhp", "--json"])
+    assert line.startswith(f"fitloop: error: protocol mpi-inf-3dhp keeps none of the 8 samples of {made['shards']}: "
+                           f"it takes dataset mpi-inf-3dhp, split test; the shards hold h36m/test 4 (cameras ")
+    assert "subjects S9); h36m/train 4 (cameras " in line and line.endswith("or the --protocol that fits them")
+    assert main(["eval", str(made["checkpoint"]), "--shards", str(made["shards"]), "--protocol", "h36m-p1"]) == 0
+    assert "8 samples read, 4 kept by the protocol" in capsys.readouterr().out
+
+
+def test_eval_names_the_body_model_the_run_used(made, capsys, tmp_path):
+    line = refused(capsys, ["eval", str(made["checkpoint"]), "--shards", str(made["shards"]), "--body-model", "open"])
+    assert f"{made['checkpoint']} was trained with body model open-small = open:" in line
+    assert line.endswith("leave --body-model out to use the run's (open-small), or pass a file of that model")
+    # the run's own model file no longer holds the model it was trained with
+    config = TrainConfig(body_model="open-small", backbone=18, img_res=32)
+    mean = mean_params_from_prior(MaxMixturePrior.from_file(config.pose_prior), load_body_model("open-small").num_betas)
+    moved = save_checkpoint(tmp_path / "run", {"model": head_of("hmr").build(mean, config).state_dict(), "step": 1,
+                                               "head": "hmr", "body_model_id": "open:0000000000000000",
+                                               "config": config.to_dict()})
+    line = refused(capsys, ["eval", str(moved), "--shards", str(made["shards"])])
+    assert "trained with body model open-small = open:0000000000000000; open-small is now open:" in line
+    assert line.endswith("(the file changed since): pass the model file the run used with --body-model")
