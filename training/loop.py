@@ -70,6 +70,7 @@ import torch
 from deltalake import DeltaTable
 from tqdm import tqdm
 
+from core.devices import parse_device
 from core.errors import FitloopError
 from core.frames import FIT_RES, fit_frame_px
 from core.host_syncs import to_device
@@ -183,6 +184,8 @@ def init_distributed(preference: str) -> tuple[int, int, torch.device]:
     """(rank, world size, device): torchrun's environment joins a process group (NCCL on CUDA, else Gloo)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
+    if preference != "auto":  # a name torch does not know, or a GPU this machine lacks: one line, not a CPU run
+        parse_device(preference, "--device")
     cuda = torch.cuda.is_available() and preference in ("auto", "cuda")
     if preference not in ("auto", "cuda", "cpu"):
         device = torch.device(preference)
@@ -287,7 +290,8 @@ def setup(config: TrainConfig, echo: Callable[[str], None] | None = None, *, ove
     run_dir = Path(config.run_dir)
     body_args = dict(joint_regressor_extra=config.joint_regressor_extra, h36m_regressor=config.h36m_regressor)
     body = load_body_model(config.body_model, device=device, **body_args)
-    smplify_device = device if config.smplify_device == "auto" else torch.device(config.smplify_device)
+    smplify_device = device if config.smplify_device == "auto" else parse_device(config.smplify_device,
+                                                                                 "--smplify-device")
     fit_body = body if smplify_device == device else load_body_model(config.body_model, device=smplify_device,
                                                                      **body_args)
     prior = MaxMixturePrior.from_file(config.pose_prior).to(smplify_device)

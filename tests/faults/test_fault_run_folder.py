@@ -180,3 +180,16 @@ def test_weights_that_are_no_longer_finite_are_not_saved(tmp_path, capsys, tiny_
     assert "Traceback" not in err and last.startswith("fitloop: error: step 1: training diverged")
     assert "step-000000000.pt, holds finite weights: resume from it with a lower --lr" in last
     assert [p.name for p in (run_dir / "checkpoints").glob("*.pt")] == ["step-000000000.pt"]   # the start only
+
+
+@pytest.mark.parametrize("option, value, said", [("--device", "bogus", "not a device torch knows"),
+                                                 ("--smplify-device", "bogus", "not a device torch knows"),
+                                                 ("--device", "meta", "not on 'meta' devices")])
+def test_a_device_torch_cannot_use_is_refused_before_the_run(tmp_path, capsys, tiny_shards, option, value, said):
+    """--device bogus was torch's RuntimeError from deep in the start (an internal error); --device cuda on a
+    machine without a GPU trained on the CPU without a word (core.devices.parse_device, its own tests in
+    tests/test_predict_eval_errors.py, covers that case)."""
+    expect_error(capsys, ["train", "--shards", tiny_shards, "--run-dir", tmp_path / "run", "--fits", tmp_path / "f",
+                          "--body-model", "open-small", "--backbone", "18", "--img-res", "32", option, value],
+                 option, value, said)
+    assert not (tmp_path / "run").exists()
