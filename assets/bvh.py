@@ -154,6 +154,9 @@ def parse_bvh(path: str | Path) -> Clip:
         raise BvhError(f"{path}: malformed hierarchy near token {i} ({type(err).__name__}: {err})") from None
     if not names or stack:
         raise BvhError(f"{path}: empty or unbalanced hierarchy")
+    bad = [names[j] for j, o in [*enumerate(offsets), *end_sites.items()] if not np.isfinite(o).all()]
+    if bad:
+        raise BvhError(f"{path}: joint {bad[0]} has an OFFSET that is not finite")
     for j, ch in enumerate(channels):
         rot = [c for c in ch if c.endswith("rotation")]
         if len(rot) not in (0, 3) or (j == 0) != any(c.endswith("position") for c in ch):
@@ -167,9 +170,20 @@ def parse_bvh(path: str | Path) -> Clip:
         values = np.array(lines[2].split(), dtype=np.float64) if len(lines) > 2 else np.zeros(0)
     except (IndexError, ValueError) as err:
         raise BvhError(f"{path}: malformed MOTION header or values ({err})") from None
+    if n_frames < 0:
+        raise BvhError(f"{path}: the MOTION header says Frames: {n_frames}; expected a frame count (0 or more)")
+    if not (np.isfinite(frame_time) and frame_time > 0):
+        raise BvhError(f"{path}: the MOTION header says Frame Time: {frame_time}; expected a positive number of "
+                       f"seconds")
     n_channels = sum(len(c) for c in channels)
     if values.size != n_frames * n_channels:
         raise BvhError(f"{path}: {values.size} motion values, expected {n_frames} frames × {n_channels} channels")
+    if not np.isfinite(values).all():
+        first = len(text) - len(motion_text.lstrip()) + len(lines[0]) + len(lines[1]) + 2  # where lines[2] starts
+        number = text.count("\n", 0, first) + 1
+        number += next(k for k, line in enumerate(lines[2].split("\n"))
+                       if not np.isfinite(np.array(line.split(), dtype=np.float64)).all())
+        raise BvhError(f"{path}: a motion value is not finite (line {number})")
     skeleton = Skeleton(tuple(names), np.asarray(parents, dtype=np.int64), np.asarray(offsets, dtype=np.float64),
                         tuple(channels), end_sites)
     return Clip(skeleton, values.reshape(n_frames, n_channels), frame_time, str(path))
@@ -383,8 +397,15 @@ def convert_clip(clip: Clip, rest_joints: np.ndarray, *, drop_first: bool = True
     +X). ``drop_first`` drops frame 0, which in both CMU releases is a rest/T-pose frame, not motion.
     See the module docstring for the method.
     """
-    smap = detect_skeleton(clip.skeleton)
+    try:
+        smap = detect_skeleton(clip.skeleton)
+    except BvhError as err:
+        raise BvhError(f"{clip.source}: {err}") from None
     sk = clip.skeleton
+    first, count = (1 if drop_first else 0), len(clip.motion)
+    if count <= first:
+        raise BvhError(f"{clip.source}: {count} motion frame{'s' * (count != 1)} (needs at least {first + 1}"
+                       f"{': frame 0 is the rest pose' if drop_first else ''})")
     local, root_pos = local_rotations(clip)
     world, pos = forward_kinematics(sk, local, root_pos)
 
@@ -396,7 +417,6 @@ def convert_clip(clip: Clip, rest_joints: np.ndarray, *, drop_first: bool = True
     corrections = rest_corrections(smap, {n: ref_pos[0, i] for i, n in enumerate(sk.names)},
                                    np.asarray(rest_joints, dtype=np.float64))
 
-    first = 1 if drop_first else 0
     n_frames = local.shape[0] - first
     turns: dict[int, np.ndarray] = {}  # D_j(t): how each driven segment turned since the reference pose
     points = np.full((n_frames, NUM_SMPL_JOINTS, 3), np.nan)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from assets.prior_train import TrainConfig, provenance, resolve_held_out, training_poses
+from assets.prior_train import TrainConfig, clip_errors, provenance, resolve_held_out, training_poses
 from core.joints import J24_NAMES, NUM_JOINTS, OPENPOSE_NAMES, SMPLIFY_IGNORED, indices
 from core.threads import torch_threads
 from fitting.body_model import OPEN_MODELS, load_body_model
@@ -175,4 +175,5 @@ def train_lifter(sources: list[Path], out: Path, *, kind: str = "bvh", model: Pa
                 "train_config": asdict(config), "poses": provenance(tp, kind),
                 "body_model": str(model) if model is not None else "open", "training": report}
     save_pose_lifter(lifter, metadata, out)
-    return {"out": str(out), "samples": len(tp.poses), "time_load_s": round(t_load, 2), **report}
+    return {"out": str(out), "samples": len(tp.poses), "clip_errors": clip_errors(tp), "time_load_s": round(t_load, 2),
+            **report}

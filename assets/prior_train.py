@@ -180,10 +180,11 @@ def load_bvh_poses(directory: Path, rest_joints: np.ndarray, config: TrainConfig
             clip = bvh.parse_bvh(directory / rel)
             conv = bvh.convert_clip(clip, rest_joints, drop_first=True)
         except (bvh.BvhError, KeyError) as err:
-            record["error"] = str(err)
+            reason = str(err.args[0] if isinstance(err, KeyError) and err.args else err)
+            record["error"] = reason.removeprefix(f"{directory / rel}: ")
             clips.append(record)
             continue
-        step = max(1, round(1.0 / (clip.frame_time * config.fps)))
+        step = frame_step(clip.frame_time, config.fps)
         keep, rejected = plausible_frames(conv.poses)
         picked = np.flatnonzero(keep)[::step]
         record.update(skeleton=conv.skeleton, frames=len(conv.poses), rejected=int((~keep).sum()),
@@ -193,11 +194,43 @@ def load_bvh_poses(directory: Path, rest_joints: np.ndarray, config: TrainConfig
         walk.append(np.full(len(picked), category == "walk"))
     if not poses or sum(len(p) for p in poses) == 0:
         held = sum(1 for c in clips if c.get("held_out"))
-        raise PriorTrainingError(f"{directory}: no usable frames in any clip ({held} of {len(clips)} clips belong to "
-                                 f"held-out subjects {list(config.held_out_subjects)}); errors: "
-                                 f"{[c.get('error') for c in clips if 'error' in c][:3]}")
+        failed = [c for c in clips if "error" in c]
+        why = []
+        if held:
+            why.append(f"{held} of {len(clips)} clips belong to held-out subjects "
+                       f"{', '.join(map(str, config.held_out_subjects))} (--hold-out none uses them)")
+        if failed:
+            why.append(f"{len(failed)} unreadable clip{'s' * (len(failed) > 1)}, {describe_clip_errors(failed)}")
+        raise PriorTrainingError(f"{directory}: no usable frames in any clip; "
+                                 f"{'; '.join(why) or 'every frame rejected as implausible'}; fix or replace the "
+                                 f"clips, or pass another folder")
     x = np.concatenate(poses)
     return PoseSet(x, np.ones(len(x)), np.concatenate(walk), clips)
+
+
+def frame_step(frame_time: float, fps: float) -> int:
+    """Keep every n-th frame of a clip with frames ``frame_time`` s apart to get about ``fps`` frames a second."""
+    return max(1, round(min(1.0 / max(frame_time * fps, 1e-12), 1e12)))
+
+
+def describe_clip_errors(failed: list[dict[str, Any]], shown: int = 3) -> str:
+    """``file: reason`` of the first ``shown`` unreadable clips (records with an ``error``), and how many more."""
+    text = "; ".join(f"{c['file']}: {c['error']}" for c in failed[:shown])
+    return text + (f"; and {len(failed) - shown} more" if len(failed) > shown else "")
+
+
+def clip_errors(tp: TrainingPoses) -> list[dict[str, str]]:
+    """The clips left out as unreadable, for a training report: ``[{"file": ..., "reason": ...}]``."""
+    return [{"file": c["file"], "reason": c["error"]} for c in tp.data.clips if "error" in c]
+
+
+def more_poses(tp: TrainingPoses, *ways: str) -> str:
+    """What to do about too few training poses: ``ways``, then a higher --fps where clips were subsampled and
+    mirroring if it was off ("give more clips, a higher --fps than 10 (more frames per clip) or ...")."""
+    ways += (f"a higher --fps than {tp.config.fps:g} (more frames per clip)",) * any(
+        c.get("step", 1) > 1 for c in tp.data.clips)
+    ways += ("no --no-mirror (mirrored copies double the poses)",) * (not tp.config.mirror)
+    return "give " + (f"{', '.join(ways[:-1])} or {ways[-1]}" if len(ways) > 1 else ways[0])
 
 
 def load_amass_poses(files: list[Path], config: TrainConfig) -> PoseSet:
@@ -222,7 +255,7 @@ def load_amass_poses(files: list[Path], config: TrainConfig) -> PoseSet:
         if not np.isfinite(p).all():
             raise PriorTrainingError(f"{path}: `poses` holds NaN or infinite values (frame "
                                      f"{int(np.argwhere(~np.isfinite(p))[0, 0])}); {DAMAGED}")
-        step = max(1, round(rate / config.fps)) if rate else 1
+        step = max(1, round(min(rate / config.fps, 1e12))) if rate else 1
         picked = p[::step, 3:72]
         record.update(frames=len(p), step=step, used=len(picked))
         clips.append(record)
@@ -362,14 +395,19 @@ def training_poses(sources: list[Path], *, kind: str = "bvh", config: TrainConfi
     sources = [Path(s) for s in sources]
     rest_info: dict[str, Any] | None = None
     if kind == "bvh":
-        if len(sources) != 1 or not sources[0].is_dir():
-            raise PriorTrainingError(f"--bvh takes one folder of .bvh clips; got {[str(s) for s in sources]}")
+        if len(sources) != 1:
+            raise PriorTrainingError(f"--bvh takes one folder of .bvh clips; got {len(sources)} paths")
+        if not sources[0].is_dir():
+            what = "is a file, not a folder" if sources[0].exists() else "does not exist"
+            raise PriorTrainingError(f"--bvh {sources[0]}: {what}; pass the folder that holds the .bvh clips "
+                                     f"(for CMU: ../shared/mocap/cmu)")
         rest_joints, rest_info = _rest_pose(model)
         data = load_bvh_poses(sources[0], rest_joints, config)
     elif kind == "amass":
         missing = [str(s) for s in sources if not s.is_file()]
         if not sources or missing:
-            raise PriorTrainingError(f"--amass takes existing .npz files; missing: {missing or 'none given'}")
+            raise PriorTrainingError(f"--amass takes existing .npz files; missing: "
+                                     f"{', '.join(missing) or 'none given'}")
         data = load_amass_poses(sources, config)
     else:
         raise PriorTrainingError(f"unknown source kind {kind!r}; use 'bvh' or 'amass'")
@@ -450,6 +488,9 @@ def train_prior(sources: list[Path], out: Path, *, kind: str = "bvh", components
     tp = training_poses(sources, kind=kind, config=config, model=model)
     t_load = time.perf_counter() - t0
     x, w = tp.poses, tp.weights
+    if len(x) < 2 * config.components:
+        raise PriorTrainingError(f"only {len(x)} poses for {config.components} components; "
+                                 f"{more_poses(tp, 'more clips', 'fewer --components')}")
 
     mean = np.average(x, axis=0, weights=w)
     var = np.average((x - mean) ** 2, axis=0, weights=w)
@@ -477,7 +518,7 @@ def train_prior(sources: list[Path], out: Path, *, kind: str = "bvh", components
     }
     save_gmm(GaussianMixture(means, covars, mix_weights, metadata), out)
     return {**{k_: v for k_, v in metadata.items() if k_ not in ("clip_errors",)},
-            "clip_errors": len(metadata["clip_errors"]), "out": str(out),
+            "clip_errors": clip_errors(tp), "out": str(out),
             "time_load_s": round(t_load, 2), "time_total_s": round(t_total, 2)}
 
 
@@ -487,7 +528,7 @@ def summarize(report: dict[str, Any]) -> str:
     held = (f"; {len(report['clips_held_out'])} of held-out subjects {report['held_out_subjects']} not read"
             if report.get("clips_held_out") else "")
     return (f"wrote {report['out']}: {report['components']} components over {report['dims']} dims\n"
-            f"clips: {report['clips']} ({report['clip_errors']} unreadable{held}); "
+            f"clips: {report['clips']} ({len(report['clip_errors'])} unreadable{held}); "
             f"frames read {report['frames_read']}, rejected as implausible {report['frames_rejected_implausible']}, "
             f"used {report['frames_used']} "
             f"({report['samples_with_mirror']} samples with mirroring)\n"

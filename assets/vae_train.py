@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from assets.prior_train import TrainConfig, provenance, resolve_held_out, training_poses
+from assets.prior_train import TrainConfig, clip_errors, more_poses, provenance, resolve_held_out, training_poses
 from core.errors import FitloopError
 from core.joints import SMPL_JOINT_NAMES
 from core.threads import torch_threads
@@ -158,6 +158,9 @@ def train_vae_prior(sources: list[Path], out: Path, *, kind: str = "bvh", model:
     t0 = time.perf_counter()
     tp = training_poses(sources, kind=kind, config=poses_config, model=model)
     t_load = time.perf_counter() - t0
+    if len(tp.poses) < config.batch_size:
+        raise FitloopError(f"only {len(tp.poses)} training poses for batch size {config.batch_size}; "
+                           f"{more_poses(tp, 'more clips')}")
     free = free_joints_of(tp.poses)
     vae, report = fit_vae(tp.poses, tp.weights, config, free)
     floor = math.radians(config.sigma_train_deg)
@@ -176,7 +179,7 @@ def train_vae_prior(sources: list[Path], out: Path, *, kind: str = "bvh", model:
     }
     save_vae_prior(vae, rec_sigma, free_sigma, free, metadata, out)
     return {**{k: v for k, v in metadata.items() if k not in ("clip_errors", "clips_used", "clips_held_out")},
-            "clip_errors": len(metadata["clip_errors"]), "out": str(out), "time_load_s": round(t_load, 2),
+            "clip_errors": clip_errors(tp), "out": str(out), "time_load_s": round(t_load, 2),
             "time_train_s": report["time_train_s"],
             "time_total_s": round(time.perf_counter() - t0, 2)}
 
@@ -186,7 +189,8 @@ def summarize_vae(report: dict[str, Any]) -> str:
     last = report["training"]["epochs"][-1]
     rt = report["round_trip_train"]
     return (f"wrote {report['out']}: VAE pose prior, {report['dims']} -> {report['latent_dim']} latent\n"
-            f"clips: {report['clips']} ({report['clip_errors']} unreadable); frames used {report['frames_used']} "
+            f"clips: {report['clips']} ({len(report['clip_errors'])} unreadable); "
+            f"frames used {report['frames_used']} "
             f"({report['samples_with_mirror']} samples with mirroring); held out subjects "
             f"{report.get('held_out_subjects', [])}\n"
             f"training: {len(report['training']['epochs'])} epochs, last loss {last['loss']:.2f} (rec {last['rec']:.2f}, "

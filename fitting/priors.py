@@ -15,6 +15,7 @@ The mixture lives in two file formats, both read by :func:`load_gmm`:
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -149,14 +150,19 @@ def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for name in sorted(arrays):
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.asarray(arrays[name]), allow_pickle=False)
-            zf.writestr(info, buf.getvalue())
-    os.replace(tmp, path)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for name in sorted(arrays):
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                buf = io.BytesIO()
+                np.lib.format.write_array(buf, np.asarray(arrays[name]), allow_pickle=False)
+                zf.writestr(info, buf.getvalue())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a folder in the way, an interrupt: no temporary file left behind
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def save_gmm(gmm: GaussianMixture, path: str | Path) -> None:

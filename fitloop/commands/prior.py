@@ -6,7 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
+
+from fitloop.options import count
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,8 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="folder of .bvh clips (e.g. ../shared/mocap/cmu; its CLIPS.tsv gives categories)")
     source.add_argument("--amass", type=Path, nargs="+", metavar="FILE", help="AMASS-style .npz files")
     train.add_argument("--out", type=Path, required=True, help="output prior (.npz)")
-    train.add_argument("--components", type=int, default=8, help="mixture components (default 8, as SMPLify)")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--components", type=count(1), default=8, help="mixture components (default 8, as SMPLify)")
+    train.add_argument("--seed", type=count(0), default=0)
     train.add_argument("--model", type=Path, default=None,
                        help="body-model .npz whose T-pose BVH rotations are relative to (default: the open model, "
                             "fitting/data/open_body.npz)")
@@ -50,9 +53,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="train the keypoint-to-pose lifter that starts SMPLify's fits without an estimate "
                             "(fitting/lifter.py; views, keypoints and noise drawn afresh per batch) on the same poses "
                             "instead of a prior; about 7 min on one CPU thread")
-    train.add_argument("--epochs", type=int, default=None, help="--vae: training epochs (default 30)")
-    train.add_argument("--steps", type=int, default=None, help="--lifter: training steps of 512 views (default 5000)")
-    train.add_argument("--threads", type=int, default=1, help="--vae, --lifter: torch CPU threads (default 1)")
+    train.add_argument("--epochs", type=count(1), default=None, help="--vae: training epochs (default 30)")
+    train.add_argument("--steps", type=count(2), default=None,
+                       help="--lifter: training steps of 512 views (default 5000)")
+    train.add_argument("--threads", type=count(1), default=1, help="--vae, --lifter: torch CPU threads (default 1)")
     train.add_argument("--json", action="store_true", help="print the training report as JSON")
     train.set_defaults(func=cmd_train)
 
@@ -70,12 +74,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     from assets.prior_train import summarize, train_prior
     from core.errors import FitloopError
 
-    if args.components < 1:
-        raise FitloopError(f"--components must be at least 1, got {args.components}")
+    if not (math.isfinite(args.fps) and args.fps > 0):
+        raise FitloopError(f"--fps must be a positive number of frames per second, got {args.fps:g}")
+    if not 0.0 <= args.cov_floor_deg <= 180.0:
+        raise FitloopError(f"--cov-floor-deg must be an angle from 0 to 180 (degrees), got {args.cov_floor_deg:g}")
     if not 0.0 < args.walk_share <= 1.0:
-        raise FitloopError(f"--walk-share must be in (0, 1], got {args.walk_share}")
-    if args.fps <= 0 or args.cov_floor_deg < 0:
-        raise FitloopError("--fps must be positive and --cov-floor-deg non-negative")
+        raise FitloopError(f"--walk-share must be in (0, 1], got {args.walk_share:g}")
+    if (args.vae or args.lifter) and args.seed >= 2**64:
+        raise FitloopError(f"--seed must be below 2**64 for --vae and --lifter (torch's seeds), got {args.seed}")
+    if args.out.is_dir():
+        raise FitloopError(f"--out {args.out} is a folder; give the file to write, e.g. {args.out / 'prior.npz'}")
     kind, sources = ("bvh", [args.bvh]) if args.bvh is not None else ("amass", list(args.amass))
     held_out = None
     if args.hold_out is not None:
@@ -102,21 +110,31 @@ def cmd_train(args: argparse.Namespace) -> int:
                          model=args.model, fps=args.fps, walk_share=args.walk_share, mirror=not args.no_mirror,
                          cov_floor_deg=args.cov_floor_deg, held_out_subjects=held_out)
     print(json.dumps(report, indent=2) if args.json else summarize(report))
+    _note_clip_errors(report)
     return 0
+
+
+def _note_clip_errors(report: dict, shown: int = 10) -> None:
+    """One note on stderr per clip left out as unreadable (the first ``shown``): which, why, what to do."""
+    failed = report.get("clip_errors", [])
+    for c in failed[:shown]:
+        print(f"fitloop: note: left out unreadable clip {c['file']}: {c['reason']}; fix or remove it",
+              file=sys.stderr)
+    if len(failed) > shown:
+        print(f"fitloop: note: and {len(failed) - shown} more unreadable clips (--json lists them all)",
+              file=sys.stderr)
 
 
 def _train_vae(args: argparse.Namespace, kind: str, sources: list[Path], held_out: tuple[int, ...] | None) -> int:
     from assets.vae_train import VAETrainConfig, summarize_vae, train_vae_prior
-    from core.errors import FitloopError
 
-    if args.threads < 1 or (args.epochs is not None and args.epochs < 1):
-        raise FitloopError("--threads and --epochs must be at least 1")
     config = VAETrainConfig(seed=args.seed, threads=args.threads,
                             **({"epochs": args.epochs} if args.epochs is not None else {}))
     report = train_vae_prior(sources, args.out, kind=kind, model=args.model, fps=args.fps,
                              walk_share=args.walk_share, mirror=not args.no_mirror, held_out_subjects=held_out,
                              config=config)
     print(json.dumps(report, indent=2) if args.json else summarize_vae(report))
+    _note_clip_errors(report)
     return 0
 
 
@@ -196,11 +214,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def _train_lifter(args: argparse.Namespace, kind: str, sources: list[Path], held_out: tuple[int, ...] | None) -> int:
     from assets.lift_train import LiftTrainConfig, train_lifter
-    from core.errors import FitloopError
     from fitloop.progress import bar as progress_bar
 
-    if args.threads < 1 or (args.steps is not None and args.steps < 2):
-        raise FitloopError("--threads must be at least 1 and --steps at least 2")
     config = LiftTrainConfig(seed=args.seed, threads=args.threads,
                              **({"steps": args.steps} if args.steps is not None else {}))
     with progress_bar(config.steps, "training the lifter", "step") as shown:
@@ -215,4 +230,5 @@ def _train_lifter(args: argparse.Namespace, kind: str, sources: list[Path], held
           f"lifter written to {report['out']}: {report['samples']} training poses, {config.steps} steps of "
           f"{config.batch_size} views in {report['time_train_s']:.0f} s; last {last['step'] % 500 or 500} steps: "
           f"rotation loss {last['rot']:.3f}, root-relative joint RMS {last['joint_mm']:.0f} mm")
+    _note_clip_errors(report)
     return 0
