@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from core.errors import FitloopError
 from fits.schema import FitProvenance, fits_batch
 from fits.table import FitsTable
 
@@ -63,6 +64,8 @@ def _rewrite_snapshot(snapshot: pa.Table, candidates: pa.Table, path: Path) -> p
 def run(rows: int = 1_000_000, improved: float = 0.3, epochs: int = 2, workdir: Path | None = None,
         seed: int = 0) -> dict:
     """Time ``epochs`` updates of ``rows`` fits with ``improved`` of them lower, both ways; returns the figures."""
+    if workdir is not None and not Path(workdir).is_dir():
+        raise FitloopError(f"--workdir {workdir}: no such folder; give an existing folder for the temporary tables")
     work = Path(tempfile.mkdtemp(prefix="fitloop-bench-fits-", dir=workdir))
     try:
         rng = np.random.default_rng(seed)

@@ -132,8 +132,11 @@ def load_gmm(path: str | Path) -> GaussianMixture:
     arrays, _ = read_npz(path, "pose-prior file", hint)
     missing = {"means", "covars", "weights"} - set(arrays)
     if missing:
-        what = (" (it looks like a body model)" if "v_template" in arrays else
-                " (it is a VAE pose prior: load it with fitting.priors.load_pose_prior)" if "rec_sigma" in arrays else "")
+        if "rec_sigma" in arrays:   # a VAE prior where a Gaussian mixture is needed (fitting.priors.load_pose_prior
+            raise ModelFileError(  # reads both)
+                f"{path}: a VAE pose prior, and this needs the Gaussian-mixture prior (SMPLify's and the trainer's "
+                f"GMM term): give a mixture .npz (fitloop prior train without --vae) or SMPLify's gmm_08.pkl")
+        what = " (it looks like a body model)" if "v_template" in arrays else ""
         raise ModelFileError(f"{path}: the .npz lacks {sorted(missing)}{what}; is it a pose prior?")
     try:
         metadata = json.loads(str(arrays["metadata"].reshape(-1)[0])) if "metadata" in arrays else {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from core.errors import ModelFileError, UnsafePickleError
 from core.joints import SMPL_JOINT_INDEX
 from fitting.priors import (
     ANGLE_PRIOR_INDICES,
+    DEFAULT_PRIOR,
     GaussianMixture,
     MaxMixturePrior,
     angle_prior,
@@ -90,6 +92,9 @@ def test_bad_prior_files_are_refused(tmp_path):
         load_gmm(wrong)
     with pytest.raises(ModelFileError, match="no such pose-prior file"):
         load_gmm(tmp_path / "missing.npz")
+    # the shipped VAE where a mixture is needed (train --pose-prior): what to give, not a Python function to call
+    with pytest.raises(ModelFileError, match="a VAE pose prior, and this needs the Gaussian-mixture prior"):
+        load_gmm(Path(DEFAULT_PRIOR).with_name("pose_prior_vae_open.npz"))
     gmm = random_gmm(k=2)
     gmm["covars"][1] = -np.eye(69)
     with pytest.raises(ModelFileError, match="positive definite"):

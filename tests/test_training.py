@@ -136,6 +136,9 @@ def test_imagenet_weights_load_into_the_regressor_trunk(tmp_path):
         torch.testing.assert_close(model.state_dict()[key], source.state_dict()[key])
     with pytest.raises(WeightsFileError, match="shapes differ|missing"):
         load_imagenet_weights(Regressor(mean_params_from_prior(prior), depth=34), tmp_path / "resnet18.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not torch")   # was "(KeyError: 174812789)", naming nothing to do
+    with pytest.raises(WeightsFileError, match="a state-dict file .*neither a zip archive nor a pickle"):
+        load_imagenet_weights(model, tmp_path / "junk.pth")
 
 
 def test_regressor_starts_at_the_mean_parameters():

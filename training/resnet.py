@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from core.errors import FitloopError
+from training.checkpoint import read_torch_file
 
 # depth -> (block, blocks per stage): torchvision's table
 ARCHITECTURES = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3)),
@@ -153,10 +154,7 @@ def load_imagenet_weights(model: ResNet, path: str | Path) -> dict[str, list[str
     path = Path(path)
     if not path.is_file():
         raise WeightsFileError(f"{path}: no such weights file (torchvision's resnet*.pth state dict)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is the file's fault
-        raise WeightsFileError(f"{path}: not a plain state-dict file ({type(err).__name__}: {err})") from None
+    state = read_torch_file(path, "a state-dict file (torchvision's resnet*.pth)", WeightsFileError)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

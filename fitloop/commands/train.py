@@ -220,10 +220,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     try:
         config = build_config(args)
+        config.validated()                 # --print-config too: it prints the config a run would start with
         if args.print_config:
             print((config if args.resume else resolve(config)).to_json())
             return 0
-        config.validated()
     except ValueError as err:
         raise FitloopError(str(err)) from None
     summary = train(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)

@@ -61,8 +61,10 @@ class MocapPoses:
             if keep.sum() >= 2:
                 self.clips.append((rel, poses[keep].astype(np.float64)))
         if not self.clips:
-            raise SynthError(f"{directory}: none of the {len(chosen)} chosen clips converted; errors: "
-                             f"{self.skipped[:3]}")
+            said = "; ".join(f"{s['file']}: {s['error']}" for s in self.skipped[:3])
+            raise SynthError(f"{directory}: none of the {len(chosen)} chosen clips converted ({said}"
+                             + (f"; and {len(self.skipped) - 3} more" if len(self.skipped) > 3 else "")
+                             + "); give a folder of CMU .bvh clips (--mocap-dir) or --poses prior")
         self._sizes = np.array([len(p) for _, p in self.clips], dtype=np.float64)
 
     def sample(self, count: int, rng: np.random.Generator) -> np.ndarray:
