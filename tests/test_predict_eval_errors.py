@@ -141,3 +141,19 @@ def test_eval_names_the_body_model_the_run_used(made, capsys, tmp_path):
     line = refused(capsys, ["eval", str(moved), "--shards", str(made["shards"])])
     assert "trained with body model open-small = open:0000000000000000; open-small is now open:" in line
     assert line.endswith("(the file changed since): pass the model file the run used with --body-model")
+
+
+def test_eval_that_measures_nothing_is_an_error_not_a_result(made, capsys, monkeypatch):
+    """Kept samples without 3D truth printed "none: ..." and exited 0, as if a figure had been made."""
+    import training.evaluate
+
+    def no_truth(*args, **kwargs):
+        return {"checkpoint": "c.pt", "head": "hmr", "checkpoint_kind": "fitloop", "body_model_id": "open:x",
+                "protocol": "held-out", "about": "", "read": 8, "kept": 5, "errors": {}}
+
+    monkeypatch.setattr(training.evaluate, "evaluate_checkpoint", no_truth)
+    for extra in ([], ["--json"]):
+        line = refused(capsys, ["eval", str(made["checkpoint"]), "--shards", str(made["shards"]), *extra])
+        assert line == ("fitloop: error: nothing evaluated: none of the 5 samples protocol held-out keeps (of 8 read) "
+                        "has 3D ground truth; pass shards with 3D joints (Human3.6M, MPI-INF-3DHP, or a set written "
+                        "with them)")

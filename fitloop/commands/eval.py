@@ -37,18 +37,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from core.devices import parse_device
     from training.evaluate import evaluate_checkpoint
 
+    from core.errors import FitloopError
+
     device = parse_device(args.device, "--device")
     result = evaluate_checkpoint(args.checkpoint, list(args.shards), args.protocol, body_model=args.body_model,
                                  mesh_sampling=args.mesh_sampling, batch_size=args.batch_size,
                                  max_samples=args.max_samples, device=device)
+    if not result["errors"]:  # no figure to print: a run that measured nothing is not a result
+        raise FitloopError(f"nothing evaluated: none of the {result['kept']} samples protocol {result['protocol']} "
+                           f"keeps (of {result['read']} read) has 3D ground truth; pass shards with 3D joints "
+                           f"(Human3.6M, MPI-INF-3DHP, or a set written with them)")
     if args.json:
         print(json.dumps(result))
         return 0
     print(f"{result['checkpoint']} ({result['head']} head, {result['checkpoint_kind']} checkpoint, body model "
           f"{result['body_model_id']}); protocol {result['protocol']}: {result['about']}")
     print(f"  {result['read']} samples read, {result['kept']} kept by the protocol; evaluated (with 3D truth):")
-    if not result["errors"]:
-        print("  none: no kept sample has 3D ground truth")
     for name, row in result["errors"].items():
         print(f"  {name:<16} {row['samples']:6d} samples  MPJPE {row['mpjpe_mm']:7.1f} mm  "
               f"PA-MPJPE {row['pa_mpjpe_mm']:7.1f} mm")
