@@ -148,7 +148,8 @@ def test_prior_training_leaves_held_out_subjects_unread(tmp_path):
     assert meta["clips_held_out"] == ["mb/02_01.bvh"] and report["clips"] == 1
     both = train_prior([clips], tmp_path / "both.npz", components=2, seed=0, model=None, held_out_subjects=())
     assert both["frames_used"] > report["frames_used"]
-    with pytest.raises(FitloopError, match=r"held-out subjects \[2, 3\]"):
+    with pytest.raises(FitloopError,
+                       match=r"2 of 2 clips belong to held-out subjects 2, 3 \(--hold-out none uses them\)"):
         train_prior([clips], tmp_path / "none.npz", components=2, model=None, held_out_subjects=(2, 3))
 
 
