@@ -357,6 +357,17 @@ class FitsTable:
         return cls(path)
 
     @classmethod
+    def existing_or_free(cls, path: str | Path) -> "FitsTable | None":
+        """The fits table at ``path`` (opened: its schema checked), or None where `create` may make one (nothing
+        there, an empty folder); FitsTableError for anything else. What ``create(exist_ok=True)`` checks, writing
+        nothing: a caller can refuse bad input before it writes elsewhere."""
+        path = Path(path)
+        if _is_table(path):
+            return cls.open(path)
+        _check_free_for_table(path)
+        return None
+
+    @classmethod
     def open(cls, path: str | Path) -> "FitsTable":
         """Open an existing fits table, checking its columns and schema version (a version-1 table names its
         body models by file: FitsTableError saying how to relabel it, `relabel_body_models`)."""

@@ -89,9 +89,9 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def read_torch_file(path: Path, what: str = "a checkpoint", error: type[FitloopError] | None = None) -> Any:
+def read_torch_file(path: Path, what: str = "a checkpoint", error: type[FitloopError] = CheckpointError) -> Any:
     """What ``torch.save`` wrote at ``path`` (tensors and plain values only, to the CPU: a pickle's other globals
-    are refused); ``error`` (default CheckpointError) naming the file as not ``what`` for one it cannot read:
+    are refused); ``error`` naming the file as not ``what`` for one it cannot read:
     missing, truncated, or not a file torch.save writes (a zip archive, or the pickle of torch < 1.6: SPIN's
     checkpoints, torchvision's weights)."""
     path = Path(path)
@@ -106,7 +106,7 @@ def read_torch_file(path: Path, what: str = "a checkpoint", error: type[FitloopE
             head = None
         if head is not None and head[:2] != b"PK" and head[:1] != b"\x80":   # zip's magic; pickle protocol 2+
             reason = "neither a zip archive nor a pickle: not a file torch.save writes"
-        raise (error or CheckpointError)(f"{path}: cannot be read as {what} ({reason})") from None
+        raise error(f"{path}: cannot be read as {what} ({reason})") from None
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

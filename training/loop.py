@@ -342,10 +342,10 @@ def setup(config: TrainConfig, echo: Callable[[str], None] | None = None, *, ove
         # after every check that can refuse the run (a model file, the head for its family, the data mix, an
         # existing fits table of another schema), so that a refused start leaves no run folder behind, and before
         # anything is written, here or to the fits table; the other ranks wait below
-        if Path(config.fits).exists():
-            FitsTable.open(config.fits)
+        found = FitsTable.existing_or_free(config.fits)
         claim(run_dir, config, overwrite=overwrite)
-        FitsTable.create(config.fits, exist_ok=True)
+        if found is None:
+            FitsTable.create(config.fits)
     if world > 1:
         torch.distributed.barrier()
     table = FitsTable.open(config.fits)
@@ -495,16 +495,16 @@ def check_finite(run: Run, pos: Position) -> None:
     """DivergedError when a weight of the network is NaN or infinite (one host sync; every rank holds the same
     weights, so every rank raises): a checkpoint of them would resume into NaN, and predict and eval would print
     NaN results as if they were figures."""
-    params = [p for p in run.raw_model.parameters()]
-    if bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+    if bool(torch.stack([torch.isfinite(p).all() for p in run.raw_model.parameters()]).all()):
         return
     bad = [name for name, p in run.raw_model.named_parameters() if not bool(torch.isfinite(p).all())]
     last = latest_checkpoint(run.run_dir)
+    # a resume keeps the run's --lr (`RESUME_SAFE`): what helps is a new start with a lower one
     raise DivergedError(f"step {pos.step}: training diverged, {len(bad)} of the network's weight tensors are no "
-                        f"longer finite (first: {bad[0]}); not saved. "
-                        + (f"The last checkpoint, {last}, holds finite weights: resume from it with a lower --lr"
-                           if last is not None else "Start again with a lower --lr")
-                        + " (or check --pretrained and --mean-params)")
+                        f"longer finite (first: {bad[0]}); not saved"
+                        + (f" (the last checkpoint, {last}, holds finite weights)" if last is not None else "")
+                        + ". Start again with a lower --lr (--overwrite, or another --run-dir), or check "
+                          "--pretrained and --mean-params")
 
 
 def checkpoint(run: Run, pos: Position) -> None:

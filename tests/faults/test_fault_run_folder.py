@@ -138,6 +138,7 @@ def test_a_start_refused_by_its_inputs_leaves_no_run_folder(tmp_path, capsys, ti
     assert not run_dir.exists() and not (tmp_path / "fits").exists()
     from fitloop.cli import main
 
+    (tmp_path / "fits").mkdir()                  # an empty folder is a place for a new table, as it always was
     assert main([str(a) for a in [*args, "--fits", tmp_path / "fits"]]) == 0      # mended: it starts
     assert (run_dir / RUN_FILE).is_file()
 
@@ -178,7 +179,7 @@ def test_weights_that_are_no_longer_finite_are_not_saved(tmp_path, capsys, tiny_
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]
     assert "Traceback" not in err and last.startswith("fitloop: error: step 1: training diverged")
-    assert "step-000000000.pt, holds finite weights: resume from it with a lower --lr" in last
+    assert "step-000000000.pt, holds finite weights). Start again with a lower --lr (--overwrite" in last
     assert [p.name for p in (run_dir / "checkpoints").glob("*.pt")] == ["step-000000000.pt"]   # the start only
 
 
