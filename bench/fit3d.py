@@ -269,10 +269,11 @@ CONDITIONS: tuple[tuple[str, float | None, int, float, dict, bool], ...] = (
 
 
 def run(subjects: int = 4, frames: int = 32, model: str = "open", kinds=("cmu", "lsp"), seed: int = 0,
-        progress: Callable[[str], None] | None = None) -> dict:
+        progress: Callable[[str], None] | None = None, h36m_regressor: str | None = None) -> dict:
     """Every condition of `CONDITIONS` on every pose source; the JSON-able record (``sources``: per source, per
-    condition, the metrics of the module docstring). ``progress`` gets `table`'s lines as they are measured."""
-    body = load_body_model(model, dtype=torch.float64)
+    condition, the metrics of the module docstring). ``progress`` gets `table`'s lines as they are measured;
+    ``h36m_regressor``: SPIN's ``J_regressor_h36m.npy`` for a real SMPL-family ``model`` file."""
+    body = load_body_model(model, h36m_regressor=h36m_regressor, dtype=torch.float64)
     prior = MaxMixturePrior.from_file(DEFAULT_PRIOR)
     base = Fit3D(body, prior)
     record = {"model": body.name, "subjects": subjects, "frames": frames, "threads": torch.get_num_threads(),

@@ -226,24 +226,37 @@ def lsp_pool(split: str, path: Path = SPIN_LSP_FITS) -> PosePool:
 UP_AXES = {"y": Rotation.identity(), "-y": _LEVEL.inv(), "z": Rotation.from_euler("x", -np.pi / 2)}
 
 
+# The full-pose widths `load_pose_file` reads, and what each is. SMPL-H's and SMPL-X's first 66 values are the
+# global orientation and SMPL's body joints 1-21 (their trees share SMPL's first 22 joints); SMPL's 22-23 are its
+# hand joints, which SMPL-H and SMPL-X replace by fingers.
+POSE_WIDTHS = {72: "SMPL", 156: "SMPL-H (AMASS: body joints used, fingers left out)",
+               165: "SMPL-X (body joints used; jaw, eyes and fingers left out)"}
+SMPL_BODY_VALUES = 66
+
+
 def load_pose_file(path: Path) -> PosePool:
     """Outsiders' poses: a ``.npz`` with ``poses`` (N, 72) SMPL-format axis-angle radians (global orientation,
     then 23 body joints relative to the T-pose), optional ``betas`` (N, NB) of the body model the benchmark runs,
     optional ``name`` (a string naming the set) and optional ``up`` (the world's up axis of the global
     orientations: "y", as the body model and AMASS-to-SMPL exports; "-y", a camera frame as SPIN's fits and
-    3DPW's camera-frame poses; "z", AMASS's raw Z-up world). Read without pickles."""
+    3DPW's camera-frame poses; "z", AMASS's raw Z-up world). Read without pickles. SMPL-H (N, 156: AMASS) and
+    SMPL-X (N, 165) full poses are taken too (`POSE_WIDTHS`): their global orientation and 21 body joints, which
+    are SMPL's first 22, with SMPL's two hand joints at rest (the fingers, jaw and eyes have no SMPL joint)."""
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as err:
-        raise BenchCaseError(f"{path}: not a readable .npz of poses ({err}); see `fitloop bench smplify --help` "
-                             f"for the format") from None
+    except (OSError, ValueError, TypeError, AttributeError) as err:  # a .npy loads as one array: no `with`
+        raise BenchCaseError(f"{path}: not a readable .npz of poses ({type(err).__name__}: {err}); see `fitloop "
+                             f"bench smplify --help` for the format") from None
     if "poses" not in arrays:
         raise BenchCaseError(f"{path}: no `poses` array; the file needs poses (N, 72) SMPL axis-angle")
     pose = np.asarray(arrays["poses"], dtype=np.float64)
-    if pose.ndim != 2 or pose.shape[1] < 72 or len(pose) == 0:
-        raise BenchCaseError(f"{path}: `poses` has shape {pose.shape}; expected (N, 72) axis-angle, N >= 1")
-    pose = pose[:, :72].copy()
+    if pose.ndim != 2 or pose.shape[1] not in POSE_WIDTHS or len(pose) == 0:
+        raise BenchCaseError(f"{path}: `poses` has shape {pose.shape}; expected (N, W), N >= 1, axis-angle of "
+                             + ", ".join(f"W = {w} {layout}" for w, layout in POSE_WIDTHS.items()))
+    layout = POSE_WIDTHS[pose.shape[1]]
+    if pose.shape[1] != 72:
+        pose = np.concatenate([pose[:, :SMPL_BODY_VALUES], np.zeros((len(pose), 72 - SMPL_BODY_VALUES))], 1)
     if not np.isfinite(pose).all():
         raise BenchCaseError(f"{path}: `poses` has non-finite values in rows "
                              f"{np.flatnonzero(~np.isfinite(pose).all(1))[:5].tolist()}")
@@ -259,7 +272,7 @@ def load_pose_file(path: Path) -> PosePool:
     name = str(arrays["name"]) if "name" in arrays else path.stem
     return PosePool(pose, [f"{path.name}:{i}" for i in range(len(pose))], betas,
                     {"what": f"poses from {path.name}", "name": name, "file": str(path), "poses": len(pose),
-                     "up": up, "betas": "from the file" if betas is not None else "N(0, 1)"})
+                     "layout": layout, "up": up, "betas": "from the file" if betas is not None else "N(0, 1)"})
 
 
 def draw_indices(pool_size: int, count: int, rng: np.random.Generator) -> np.ndarray:

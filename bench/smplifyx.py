@@ -44,7 +44,7 @@ from core.threads import torch_threads
 from fitting.collision import mesh_interpenetration, mesh_parts
 from fitting.pose_terms import DEFAULT_BODY_PRIOR, DEFAULT_HAND_PRIOR, BodyPrior, HandPrior, body_term, hand_term
 from fitting.smplifyx import COLLISION_SCALE, SMPLifyX, SMPLifyXConfig
-from fitting.wholebody_model import WholeBodyModel
+from fitting.wholebody_model import FULL_POSE_DIM, WholeBodyModel
 
 DEEP_MM = 10.0  # a fit counts as interpenetrating when some vertex is this deep inside another part
 MUST_SPEEDUP = 100.0    # issue 14: the fast mode's fits/s over the reference procedure's, at least
@@ -135,6 +135,9 @@ def run(model: WholeBodyModel, *, people: int = 64, reference_people: int = 9, b
     recorded (``throughput_threads`` for the throughput row only); the body and hand priors by name (`fitting.pose_terms`: both modes minimise the same objective with
     them)."""
     torch.set_num_threads(threads)
+    # the mesh check on one rest body first: a mesh it cannot measure is refused before minutes of fitting
+    rest = torch.zeros(1, FULL_POSE_DIM, dtype=model.rows.dtype, device=model.rows.device)
+    contacts(model, rest, rest[:, :model.num_betas], rest[:, :model.num_expression])
     cases: People
     cases, about = bench_people(model, sources, split, people, seed)
     if not 1 <= reference_people <= len(cases.origin):

@@ -30,3 +30,17 @@ def positive(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
     return value
+
+
+def device(text: str) -> str:
+    """An argparse ``type`` for ``--device``: a device this torch and this machine can compute on
+    (`core.devices.parse_device`), kept as its text: ``cuda`` on a machine without CUDA is a usage error, not a
+    traceback half-way through a run."""
+    from core.devices import parse_device
+    from core.errors import FitloopError
+
+    try:
+        parse_device(text, "--device")
+    except FitloopError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text

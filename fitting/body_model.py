@@ -37,7 +37,7 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -57,7 +57,7 @@ from core.model_id import MODEL_ID_PATTERN  # noqa: F401 (a body model's id, `mo
 from core.spin import SPIN_H36M_REGRESSOR_ROWS
 from fitting import safe_pickle
 from fitting.digest import content_digest
-from fitting.files import DAMAGED, read_npy, read_npz, require_file
+from fitting.files import DAMAGED, looks_like, read_head, read_npy, read_npz, require_file
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 OPEN_MODELS = {"open": DATA_DIR / "open_body.npz", "open-small": DATA_DIR / "open_body_small.npz",
@@ -85,6 +85,12 @@ REQUIRED_KEYS = ("v_template", "shapedirs", "J_regressor", "weights", "kintree_t
 TREE_JOINTS = {"smpl": 24, "open": 24, "smplh": 52, "smplx": 55}
 FAMILY_NAMES = {"smpl": "SMPL", "open": "open", "smplh": "SMPL-H", "smplx": "SMPL-X"}
 HAND_POSE_DIM = 45  # 15 MANO hand joints x axis-angle: SMPL-H/SMPL-X hand means and PCA components
+# fitloop fits and stores 10 betas (SPIN's, and every table's: `fits.schema`); the released files have 10 or more
+# shape directions (SMPL 10 or 300, SMPL-H 16, SMPL-X 10 + 10 expression or 300 + 100), and only the first 10 are used
+NUM_BETAS = 10
+# A template wider than this is not in metres (SMPL's spans ~1.7 m; a giant's would still be under 4): millimetres
+# once gave fits 76 m off with a plausible-looking loss
+MAX_TEMPLATE_EXTENT_M = 10.0
 MIN_SMPLX_SHAPE_DIRS = 20  # smplx reads SMPL-X expressions from shapedirs past the shape space: at least 10 + 10
 # The layout of a model file, as the SMPL release and smplx's loaders have it: per array, its shape in symbols
 # (V vertices, J tree joints, NB shape coefficients, 9(J-1) pose-corrective bases, F faces, ...) and
@@ -102,6 +108,9 @@ HAND_LAYOUT: dict[str, tuple[tuple[int | str, ...], str]] = {
 LANDMARK_LAYOUT: dict[str, tuple[tuple[int | str, ...], str]] = {  # SMPL-X's face landmarks (smplx poses them)
     "lmk_faces_idx": (("L",), "index"), "lmk_bary_coords": (("L", 3), "float"),
 }
+# The entries by which `detect_family` tells SMPL-H and SMPL-X files from SMPL's
+FAMILY_ENTRIES: dict[str, tuple[str, ...]] = {"smplh": tuple(HAND_LAYOUT),
+                                              "smplx": (*HAND_LAYOUT, *LANDMARK_LAYOUT)}
 OPEN_LAYOUT: dict[str, tuple[tuple[int | str, ...], str]] = {  # the open model's own entries (assets/open_model.py)
     "keypoint_regressor": (("K", "V"), "float"), "keypoint_names": (("K",), "str"),
     "vertex_ids": (("NI",), "index"), "vertex_ids_names": (("NI",), "str"),
@@ -277,9 +286,17 @@ class BodyModel(nn.Module):
 
 # --- reading files -------------------------------------------------------------------------------------------
 def read_model_arrays(path: Path) -> tuple[dict[str, Any], list[str]]:
-    """The arrays of a model file, and the names of entries that were skipped (non-array or object entries)."""
-    path = require_file(path, "body-model file", "pass an SMPL, SMPL-H or SMPL-X .pkl/.npz, or 'open'")
-    if path.suffix == ".pkl":
+    """The arrays of a model file, and the names of entries that were skipped (non-array or object entries).
+
+    The file is read as what its first bytes say it is, a pickle or a zip (.npz), whatever its suffix: a release
+    renamed (``basicModel_neutral_lbs_10_207_0_v1.0.0.pkl`` saved as .npz, an upper-case ``.PKL``) is still the
+    same model. An .npz made by ``np.savez(**pickle.load(...))`` from a released .pkl keeps its sparse
+    ``J_regressor`` as an object entry: such entries are read through the same guarded unpickler as a .pkl
+    (`_object_entry`)."""
+    path = require_file(path, "body-model file", "pass an SMPL, SMPL-H or SMPL-X .pkl/.npz, or one of the open "
+                        "models: " + ", ".join(OPEN_MODELS))
+    kind = looks_like(read_head(path))
+    if kind.startswith("a pickle"):
         data = safe_pickle.load(path)
         if not isinstance(data, dict):
             raise ModelFileError(f"{path}: expected a pickled dict of arrays (an SMPL-family model), found "
@@ -292,13 +309,47 @@ def read_model_arrays(path: Path) -> tuple[dict[str, Any], list[str]]:
             else:
                 arrays[str(key)] = value
         return arrays, skipped
-    if path.suffix == ".npz":
-        return read_npz(path, "body-model file")
-    raise ModelFileError(f"{path}: unknown body-model file type {path.suffix!r}; expected .pkl or .npz")
+    if kind.startswith("a zip"):
+        arrays, skipped = read_npz(path, "body-model file")
+        for key in list(skipped):
+            value = _object_entry(path, key)
+            if value is not None:
+                arrays[key] = value
+                skipped.remove(key)
+        return arrays, skipped
+    raise ModelFileError(f"{path}: not a body-model file: it is {kind}, where an SMPL-family model is a pickle "
+                         f"(.pkl) or a zip of arrays (.npz); {DAMAGED}")
 
 
-def detect_family(arrays: dict[str, Any], path: Path) -> str:
+def _object_entry(path: Path, key: str) -> np.ndarray | None:
+    """An .npz's object entry ``key`` read with the guarded unpickler (`fitting.safe_pickle`: allow-listed classes
+    only, chumpy arrays and scipy sparse matrices as dense arrays): the numeric array it holds, or None when it
+    holds something else."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        data = archive.read(f"{key}.npy")
+    stream = io.BytesIO(data)
+    version = np.lib.format.read_magic(stream)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    read_header(stream)
+    value = safe_pickle.loads(data[stream.tell():], f"{path}[{key!r}]")
+    if isinstance(value, np.ndarray) and value.dtype.hasobject and value.size == 1:
+        value = value.item()
+    value = np.asarray(value) if isinstance(value, np.ndarray) else None
+    return None if value is None or value.dtype.hasobject else value
+
+
+def detect_family(arrays: dict[str, Any], path: Path, skipped: Sequence[str] = ()) -> str:
+    """The family of a model file's arrays (`read_model_arrays`; ``skipped``: its entries that are no arrays):
+    "smpl", "smplh", "smplx" or "open". `ModelFileError` for a file that lacks an entry every family has."""
     missing = [key for key in REQUIRED_KEYS if key not in arrays]
+    unread = [key for key in missing if key in skipped]
+    if unread:
+        raise ModelFileError(f"{path}: {', '.join(unread)} {'is' if len(unread) == 1 else 'are'} no plain array "
+                             f"(a chumpy expression, or another object only its own package can compute); load "
+                             f"the file where chumpy runs (numpy < 1.24) and save every entry as a plain array, "
+                             f"e.g. np.savez(out, **{{k: np.asarray(v) for k, v in model.items()}})")
     if missing:
         what = ("a pose prior (means, covars, weights)" if {"means", "covars", "weights"} <= set(arrays)
                 else f"its keys are {sorted(arrays)[:8]}{' ...' if len(arrays) > 8 else ''}")
@@ -365,11 +416,13 @@ def check_model_arrays(arrays: dict[str, Any], family: str, path: Path) -> None:
     joints = TREE_JOINTS[family]
     tree = np.asarray(arrays["kintree_table"])
     if tree.ndim == 2 and tree.shape[0] == 2 and tree.shape[1] != joints:
-        other = [FAMILY_NAMES[f] for f, n in TREE_JOINTS.items() if n == tree.shape[1] and f != "open"]
+        other = [f for f, n in TREE_JOINTS.items() if n == tree.shape[1] and f != "open"]
+        lacks = [key for key in FAMILY_ENTRIES.get(other[0], ()) if key not in arrays] if other else []
         raise ModelFileError(f"{path}: kintree_table has shape {tree.shape}: {tree.shape[1]} joints, but an "
                              f"{FAMILY_NAMES[family]} model has {joints}"
-                             + (f" ({tree.shape[1]} is the joint count of {other[0]}: is this an {other[0]} file "
-                                f"that lacks some of its keys?)" if other else "")
+                             + (f" ({tree.shape[1]} is the joint count of {FAMILY_NAMES[other[0]]}, whose files "
+                                f"also hold {', '.join(FAMILY_ENTRIES[other[0]])}: this one lacks "
+                                f"{', '.join(lacks)})" if lacks else "")
                              + "; pass a complete SMPL, SMPL-H or SMPL-X model file")
     sizes = {"J": joints, "9(J-1)": 9 * (joints - 1)}
     layout = dict(MODEL_LAYOUT)
@@ -379,6 +432,14 @@ def check_model_arrays(arrays: dict[str, Any], family: str, path: Path) -> None:
     num_vertices = sizes["V"]
     if num_vertices == 0 or sizes["F"] == 0:
         raise _layout_error(path, "v_template" if num_vertices == 0 else "f", "is empty")
+    extent = float(np.ptp(np.asarray(arrays["v_template"], dtype=np.float64), axis=0).max())
+    if extent > MAX_TEMPLATE_EXTENT_M:
+        raise _layout_error(path, "v_template", f"spans {extent:.4g} across; SMPL-family models are in metres (a "
+                            f"body ~1.7 m): a template in millimetres or centimetres fits nothing (divide it by "
+                            f"1000 or 100, and shapedirs and posedirs with it)")
+    if sizes["NB"] < NUM_BETAS:
+        raise _layout_error(path, "shapedirs", f"has {sizes['NB']} shape directions; fitloop fits and stores "
+                            f"{NUM_BETAS} betas, and every released SMPL-family file has at least {NUM_BETAS}")
     if family == "smplx" and sizes["NB"] < MIN_SMPLX_SHAPE_DIRS:
         raise _layout_error(path, "shapedirs", f"has {sizes['NB']} directions; an SMPL-X model has at least "
                             f"{MIN_SMPLX_SHAPE_DIRS} (10 shape + 10 expression)")
@@ -502,7 +563,7 @@ def _construct_layer(smplx, Struct, family: str, arrays: dict[str, Any], path: P
                      dtype: torch.dtype) -> nn.Module:
     if "posedirs" not in arrays:  # the open model has no pose correctives
         arrays["posedirs"] = np.zeros((arrays["v_template"].shape[0], 3, NUM_POSE_BASIS), dtype=np.float32)
-    num_betas = min(10, int(arrays["shapedirs"].shape[-1]))
+    num_betas = NUM_BETAS
     common = dict(dtype=dtype, create_betas=False, create_global_orient=False, create_body_pose=False,
                   create_transl=False, vertex_ids=vertex_ids)
     if family in ("smpl", "open"):
@@ -538,8 +599,8 @@ def load_body_model(source: str | Path = "open", *, joint_regressor_extra: str |
       replaces the model's own regressor.
     """
     path = _resolve_source(source)
-    arrays, _ = read_model_arrays(path)
-    family = detect_family(arrays, path)
+    arrays, skipped = read_model_arrays(path)
+    family = detect_family(arrays, path, skipped)
     check_model_arrays(arrays, family, path)
     num_vertices = int(np.asarray(arrays["v_template"]).shape[0])
     metadata: dict[str, Any] = {}

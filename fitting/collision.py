@@ -542,7 +542,9 @@ def _orientation(vertices: Tensor, faces: Tensor) -> float:
     winding = solid_angles(probes, tri).sum(-1) / (4 * torch.pi)             # (2,): ~0 outside, ~±1 inside
     inner = winding[int(winding.abs().argmax())]
     if abs(abs(float(inner)) - 1) > 0.1:
-        raise ValueError(f"the mesh is not closed: winding number {float(inner):.3f} just inside it (expected ±1)")
+        raise ModelFileError(f"the body model's mesh is not closed or not consistently oriented (winding number "
+                             f"{float(inner):.3f} just inside it, ±1 expected): the mesh check of interpenetration "
+                             f"needs a closed mesh, as SMPL-family meshes are; is the model file's `f` its own?")
     return 1.0 if float(inner) > 0 else -1.0
 
 

@@ -55,7 +55,8 @@ def looks_like(head: bytes) -> str:
     return "binary data of an unknown kind"
 
 
-def _head(path: Path) -> bytes:
+def read_head(path: Path) -> bytes:
+    """The first 256 bytes of the file at ``path``: enough for `looks_like`."""
     with open(path, "rb") as fh:
         return fh.read(256)
 
@@ -68,7 +69,7 @@ def read_npz(path: str | Path, what: str, hint: str = "") -> tuple[dict[str, np.
     corrupt or foreign file."""
     path = require_file(path, what, hint)
     if not zipfile.is_zipfile(path):
-        kind = looks_like(_head(path))
+        kind = looks_like(read_head(path))
         found = ("a zip archive without the directory a zip ends with: cut short" if kind.startswith("a zip")
                  else f"{kind}, not a zip archive (an .npz is one)")
         raise ModelFileError(f"{path}: not a readable .npz {what}: it is {found}; {DAMAGED}")
@@ -92,7 +93,7 @@ def read_npy(path: str | Path, what: str, hint: str = "") -> np.ndarray:
     """The one array of the ``.npy`` at ``path`` (``allow_pickle=False``); `ModelFileError` for anything else (an
     ``.npz``, a pickle, text, a file cut short, an object array)."""
     path = require_file(path, what, hint)
-    kind = looks_like(_head(path))
+    kind = looks_like(read_head(path))
     if not kind.startswith("a single numpy array"):
         raise ModelFileError(f"{path}: not a .npy {what}: it is {kind}; pass the .npy file itself ({DAMAGED})")
     try:

@@ -7,7 +7,8 @@ run arbitrary code. `load` unpickles with an allow-list: numpy arrays and dtypes
 for chumpy arrays, scipy sparse matrices and sklearn mixtures that only record their state. Any other global
 (`os.system`, `builtins.eval`, a class of some other package, ...) raises `UnsafePickleError` before anything
 from the file is called. After unpickling, stand-ins are replaced by plain numpy arrays (or, for an sklearn
-mixture, a dict of its attributes), so the result holds only builtins and numpy.
+mixture, a dict of its attributes; for a chumpy expression, whose value only chumpy could compute, a
+`ChumpyExpression` naming where it was), so the result holds only builtins, numpy and those markers.
 
 A few hundred bytes of pickle can also describe work that never ends. The opcode stream is a program for a stack
 machine with a memo: a list put in the memo and fetched twice into the next list, thirty times over, is a
@@ -35,6 +36,7 @@ import operator
 import pickle
 import pickletools
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +93,14 @@ class _StateRecorder:
 
     def __setstate__(self, state: Any) -> None:
         self._state = state
+
+
+@dataclass(frozen=True)
+class ChumpyExpression:
+    """What a chumpy expression (no plain value 'x') is read as: a reader that needs its value must refuse it
+    (`fitting.body_model.read_model_arrays` skips such entries, so one the model does not use is harmless)."""
+
+    where: str
 
 
 class _ChumpyArray(_StateRecorder):
@@ -431,10 +441,8 @@ class _Resolver:
         state = obj._state if isinstance(obj._state, dict) else {}
         state, size = self(state, where, depth)
         if isinstance(obj, _ChumpyArray):
-            if "x" not in state:
-                raise ModelFileError(
-                    f"{self.source}{where}: a chumpy object without a plain array value ('x'); only chumpy arrays "
-                    f"(Ch), not chumpy expressions, can be read without chumpy")
+            if "x" not in state:  # an expression (chumpy.ch_ops.add, ...): only chumpy can evaluate it
+                return ChumpyExpression(f"{self.source}{where}"), size
             return np.asarray(state["x"]), size
         if isinstance(obj, _SparseMatrix):
             return (_sparse if self.sparse else _dense)(state, self.source + where), size

@@ -4,6 +4,7 @@ The geometry is a crude articulated blob, not a human: these files exercise the 
 """
 from __future__ import annotations
 
+import contextlib
 import pickle
 import struct
 import sys
@@ -69,17 +70,11 @@ def write_chumpy_pickle(path: Path, arrays: dict[str, np.ndarray], chumpy_keys=(
     A throw-away module named `chumpy.ch` is registered only while pickling, so the file names the real
     global `chumpy.ch.Ch`; it is removed afterwards, so loading must not need chumpy.
     """
-    chumpy, ch = types.ModuleType("chumpy"), types.ModuleType("chumpy.ch")
-
     class Ch:  # mimics chumpy: the value lives in the instance dict under "x"
         def __init__(self, x):
             self.x = x
 
-    Ch.__module__, Ch.__qualname__ = "chumpy.ch", "Ch"
-    ch.Ch = Ch
-    saved = {name: sys.modules.get(name) for name in ("chumpy", "chumpy.ch")}
-    sys.modules.update({"chumpy": chumpy, "chumpy.ch": ch})
-    try:
+    with stand_in("chumpy.ch", Ch):
         payload = {}
         for key, value in arrays.items():
             if key in chumpy_keys:
@@ -91,12 +86,27 @@ def write_chumpy_pickle(path: Path, arrays: dict[str, np.ndarray], chumpy_keys=(
         payload["bs_style"] = "lbs"
         with open(path, "wb") as fh:
             _Py2Pickler(fh, protocol=2).dump(payload)
+
+
+@contextlib.contextmanager
+def stand_in(module: str, cls: type):
+    """Register throw-away modules ``module`` (and its parent package) holding ``cls`` under its own name while the
+    block runs, so a pickle written inside names the global ``module.<name>``; removed afterwards, so loading must
+    not need the real package (chumpy)."""
+    parent = module.split(".")[0]
+    modules = {parent: types.ModuleType(parent), module: types.ModuleType(module)}
+    cls.__module__, cls.__qualname__ = module, cls.__name__
+    setattr(modules[module], cls.__name__, cls)
+    saved = {name: sys.modules.get(name) for name in modules}
+    sys.modules.update(modules)
+    try:
+        yield
     finally:
-        for name, module in saved.items():
-            if module is None:
+        for name, previous in saved.items():
+            if previous is None:
                 sys.modules.pop(name, None)
             else:
-                sys.modules[name] = module
+                sys.modules[name] = previous
 
 
 def _hand_parents(wrist: int, first: int) -> list[int]:

@@ -60,10 +60,22 @@ def test_record_printed_and_written_on_the_threads_asked(tmp_path, capsys):
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("threads", ["0", "-2"])
-def test_threads_below_one_is_a_clear_error(threads, capsys):
-    assert main(["bench", "body-model", "--model", "open-small", "--threads", threads]) == 1
-    assert f"--threads must be at least 1, got {threads}" in capsys.readouterr().err
+@pytest.mark.parametrize("argv, message", [
+    (["body-model", "--threads", "0"], "argument --threads: must be at least 1, got 0"),
+    (["smplify", "--threads", "-2"], "argument --threads: must be at least 1, got -2"),
+    (["smplify", "--seed", "-1"], "argument --seed: must be at least 0, got -1"),
+    (["body-model", "--device", "foo"], "'foo': not a device torch knows"),
+    (["smplify", "--device", "xla"], "fitloop computes on cpu, cuda, mps or xpu"),
+    (["train-step", "--device", "mps"], "pass --device cpu"),
+])
+def test_a_bad_count_or_device_is_refused_before_any_work(argv, message, capsys):
+    """Checked where argparse reads them (usage error, exit 2): a device torch cannot use here once surfaced as an
+    assertion inside torch, reported as an internal error."""
+    with pytest.raises(SystemExit) as exit:
+        main(["bench", *argv])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "internal error" not in err
 
 
 def test_texts_of_the_records_that_have_two_forms():
@@ -112,3 +124,11 @@ def test_train_step_reports_smplifys_share_of_the_step(tmp_path, capsys):
     # SPIN's 2 x 100 Adam iterations on the full mesh against the fast mode: its share is the larger
     assert record["spin_smplify"]["smplify_share"] > record["fitloop"]["smplify_share"]
     assert record["threads"] == 1
+
+
+def test_a_kind_named_twice_is_run_once_and_numbers_keep_their_repeats():
+    """``--cameras crop,crop`` once ran and recorded its cells twice; ``--dsr 0,10,10`` is three weights."""
+    from fitloop.commands.bench import _kinds, _names
+
+    assert _kinds(" crop, real,crop,,") == ("crop", "real")
+    assert _names("0,10,10") == ("0", "10", "10")

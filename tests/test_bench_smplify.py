@@ -363,6 +363,26 @@ def test_pose_files_are_read_or_refused_with_a_reason(body, tmp_path):
     np.savez(bad, poses=np.zeros((3, 72)), betas=np.zeros((2, 10)))
     with pytest.raises(cases.BenchCaseError, match=r"`betas` has shape \(2, 10\); expected \(3, NB\)"):
         cases.load_pose_file(bad)
+    np.save(tmp_path / "poses.npy", np.zeros((3, 72)))  # a bare array, not an .npz: once a TypeError
+    with pytest.raises(cases.BenchCaseError, match="poses.npy: not a readable .npz of poses"):
+        cases.load_pose_file(tmp_path / "poses.npy")
+    np.savez(bad, poses=np.zeros((3, 100)))  # once cut to its first 72 values, whatever they were
+    with pytest.raises(cases.BenchCaseError, match=r"\(3, 100\).*W = 156 SMPL-H"):
+        cases.load_pose_file(bad)
+
+
+@pytest.mark.parametrize("width", [156, 165])
+def test_smplh_and_smplx_full_poses_give_their_body_joints_and_smpls_hands_at_rest(tmp_path, width):
+    """AMASS's SMPL-H poses (and SMPL-X's) put the first finger joints (SMPL-X: the jaw and an eye) where SMPL has
+    its hand joints 22-23: those slots are set to rest, the 66 body values are kept as they are."""
+    full = np.random.default_rng(0).normal(0, 0.3, (5, width))
+    np.savez(tmp_path / "amass.npz", poses=full)
+    pool = cases.load_pose_file(tmp_path / "amass.npz")
+    np.testing.assert_array_equal(pool.poses[:, 3:66], full[:, 3:66])
+    np.testing.assert_array_equal(pool.poses[:, 66:], 0.0)
+    assert pool.about["layout"].startswith("SMPL-H" if width == 156 else "SMPL-X")
+    np.savez(tmp_path / "smpl.npz", poses=full[:, :72])  # SMPL's own hand joints are kept
+    np.testing.assert_array_equal(cases.load_pose_file(tmp_path / "smpl.npz").poses[:, 66:], full[:, 66:72])
 
 
 def test_bad_settings_are_one_line_errors():

@@ -6,6 +6,7 @@ import torch
 
 from bench.smplifyx import interpenetration, table
 from bench.smplifyx_cases import bench_people
+from core.errors import ModelFileError
 from fitloop.cli import main
 from fitting.body_model import load_body_model
 from fitting.wholebody_model import WholeBodyModel
@@ -67,6 +68,18 @@ def test_bench_refuses_bad_counts(capsys):
     # one person per source, three sources: the reference cannot fit four (refused before any fit)
     assert main(["bench", "smplifyx", "--model", "open-smplx-small", "--people", "1", "--reference-people", "4"]) != 0
     assert "--reference-people must be in 1..3" in capsys.readouterr().err
+
+
+def test_a_mesh_the_check_cannot_measure_is_refused_before_any_fit(monkeypatch):
+    """The interpenetration figures need a closed mesh: a model whose faces leave it open once failed with a
+    ValueError after minutes of fitting (an internal error); now it is refused first, naming the model file's `f`."""
+    import bench.smplifyx as bench
+
+    model = WholeBodyModel(load_body_model("open-smplx-small", dtype=torch.float64))
+    model.body.faces = model.body.faces[: len(model.body.faces) // 3]
+    monkeypatch.setattr(bench, "bench_people", lambda *a, **k: pytest.fail("people drawn before the mesh check"))
+    with pytest.raises(ModelFileError, match="mesh is not closed.*`f`"):
+        bench.run(model, people=1, reference_people=1)
 
 
 def test_body_pose_sources_split_dev_and_test_apart_deterministically():

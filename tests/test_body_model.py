@@ -120,7 +120,7 @@ def test_bad_files_get_clear_errors(tmp_path):
     with pytest.raises(ModelFileError, match="not an SMPL-family model, missing"):
         load_body_model(tmp_path / "not_a_model.npz")
     (tmp_path / "model.obj").write_text("v 0 0 0\n")
-    with pytest.raises(ModelFileError, match="expected .pkl or .npz"):
+    with pytest.raises(ModelFileError, match="it is text, where an SMPL-family model is a pickle"):
         load_body_model(tmp_path / "model.obj")
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import ModelFileError
 from core.joints import SMPL_JOINT_INDEX, SMPL_JOINT_NAMES, mirror_name
 from core.wholebody import SMPLX_JOINT_NAMES
 from fitting.body_model import DATA_DIR, load_body_model
@@ -294,7 +295,7 @@ def test_mesh_check_flags_interpenetration_and_not_natural_poses(body):
 def test_mesh_check_refuses_an_open_mesh(body):
     names, labels, ignore = mesh_parts(body)
     vertices, _ = _posed(body, _pose({}))
-    with pytest.raises(ValueError, match="not closed"):
+    with pytest.raises(ModelFileError, match="not closed"):
         mesh_interpenetration(vertices, body.faces[: len(body.faces) // 3], labels, ignore)
 
 

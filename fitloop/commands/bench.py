@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fitloop.options import count, positive
+from fitloop.options import count, device, positive
 
 Record = dict[str, Any]
 
@@ -31,10 +31,10 @@ def _benchmark(commands: argparse._SubParsersAction, name: str, measure: Callabl
     parser = commands.add_parser(name, **parser_options)
     shared = parser.add_argument_group("shared options (fitloop bench --help)")
     if threads:
-        shared.add_argument("--threads", type=int, default=1,
+        shared.add_argument("--threads", type=count(1), default=1,
                             help="torch CPU threads for the run (default 1: set explicitly, reported in the record)")
     if seed:
-        shared.add_argument("--seed", type=int, default=0, help="random seed of the benchmark's data (default 0)")
+        shared.add_argument("--seed", type=count(0), default=0, help="random seed of the benchmark's data (default 0)")
     if out:
         shared.add_argument("--out", type=Path, default=None, dest="record_file", metavar="FILE",
                             help="also write the record (JSON) to FILE")
@@ -46,10 +46,6 @@ def _benchmark(commands: argparse._SubParsersAction, name: str, measure: Callabl
 def _run(args: argparse.Namespace, *, measure: Callable[[argparse.Namespace], Record],
          table: Callable[[Record], str], threads: bool) -> int:
     """Run one benchmark on its thread count, write its record where --out says, print it or its text."""
-    from core.errors import FitloopError
-
-    if threads and args.threads < 1:
-        raise FitloopError(f"--threads must be at least 1, got {args.threads}")
     with _torch_threads(args.threads) if threads else contextlib.nullcontext():
         record = measure(args)
     path = getattr(args, "record_file", None)
@@ -73,11 +69,17 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(w.strip() for w in text.split(",") if w.strip())
 
 
+def _kinds(text: str) -> tuple[str, ...]:
+    """A comma-separated option's names of kinds (cameras, starts, ...), blanks and repeats dropped, in their order:
+    ``crop,crop`` ran and recorded its cells twice."""
+    return tuple(dict.fromkeys(_names(text)))
+
+
 def _sources(text: str, known: tuple[str, ...]) -> tuple[str, ...]:
     """--sources' names, each one of ``known`` (FitloopError naming the others)."""
     from core.errors import FitloopError
 
-    names = _names(text)
+    names = _kinds(text)
     unknown = [n for n in names if n not in known]
     if unknown or not names:
         raise FitloopError(f"--sources takes some of {', '.join(known)}; got {text!r}"
@@ -106,7 +108,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     body.add_argument("--model", default="open", help='"open", "open-small" or a model file')
     body.add_argument("--batch", type=count(1), default=64, help="bodies per forward pass (default 64)")
     body.add_argument("--repeats", type=count(1), default=20, help="timed passes; the median counts (default 20)")
-    body.add_argument("--device", default="cpu", help="cpu or cuda")
+    body.add_argument("--device", default="cpu", type=device, help="cpu (default), cuda, cuda:N or mps")
 
     shards = _benchmark(
         commands, "shards", measure_shards, table_shards, threads=False,
@@ -220,7 +222,7 @@ its figures on the reference's cases are shown beside the reference's. Speed: CP
 start level with every variant in turn (a ratio compares rates measured minutes apart; the machine's rate drifts).
 
 --poses FILE.npz: `poses` (N, 72) SMPL axis-angle (global orientation, 23 body joints relative to the
-T-pose), optional `betas` (N, NB) of the body model used (default N(0, 1)), optional `name` (a string) and
+T-pose; SMPL-H's (N, 156) as AMASS ships them and SMPL-X's (N, 165) give their body joints), optional `betas` (N, NB) of the body model used (default N(0, 1)), optional `name` (a string) and
 `up` ("y": Y-up world as the body model, default; "-y": a camera frame as SPIN's fits; "z": AMASS's Z-up).
 docs/smplify.md#the-benchmark has the protocol and the latest figures.""")
     smplify.add_argument("--split", default="test", choices=("dev", "test"),
@@ -268,7 +270,8 @@ docs/smplify.md#the-benchmark has the protocol and the latest figures.""")
     smplify.add_argument("--prior", default=None,
                          help="pose prior: a file (Gaussian-mixture or VAE .npz, SMPLify's gmm_08.pkl), or gmm / vae "
                               "for the shipped ones (default: the shipped default, docs/pose_prior.md)")
-    smplify.add_argument("--device", default="cpu")
+    smplify.add_argument("--device", default="cpu", type=device,
+                         help="where both modes fit: cpu (default), cuda, cuda:N or mps")
 
     fit3d = _benchmark(
         commands, "fit3d", measure_fit3d, table_fit3d,
@@ -279,9 +282,12 @@ docs/smplify.md#the-benchmark has the protocol and the latest figures.""")
                     "2D keypoints, with one shape per subject against a shape per frame, with the temporal term, "
                     "and with the dense solver as the Schur complement's baseline. Prints one table: joint, "
                     "vertex and rest-shape errors in mm, betas error, jitter and fits/s (see bench/fit3d.py).")
-    fit3d.add_argument("--subjects", type=int, default=4)
-    fit3d.add_argument("--frames", type=int, default=32, help="frames per subject")
+    fit3d.add_argument("--subjects", type=int, default=4, help="synthetic subjects per pose source (default 4)")
+    fit3d.add_argument("--frames", type=int, default=32, help="frames per subject (default 32; at least 3)")
     fit3d.add_argument("--model", default="open", help='"open", "open-small" or a model file')
+    fit3d.add_argument("--h36m-regressor", default=None,
+                       help="with a real SMPL-family model file: SPIN's J_regressor_h36m.npy (the subjects' "
+                            "Human3.6M joints and the fit's; the open models carry their own)")
     fit3d.add_argument("--sources", default="cmu,lsp", help="pose sources, comma-separated: cmu, lsp, prior")
 
     wb = _benchmark(
@@ -330,7 +336,7 @@ docs/smplify.md#the-benchmark has the protocol and the latest figures.""")
     step.add_argument("--backbone", type=int, default=50, help="ResNet depth (SPIN: 50)")
     step.add_argument("--img-res", type=int, default=224)
     step.add_argument("--model", default="open", help='body model: "open", "open-small" or a model file')
-    step.add_argument("--device", default="cpu", help="cpu or cuda")
+    step.add_argument("--device", default="cpu", type=device, help="cpu (default), cuda, cuda:N or mps")
     step.add_argument("--smplify-device", default="auto", help="auto (the training device) or cpu")
     step.add_argument("--amp", default="auto", choices=("auto", "off", "bf16", "fp16"))
     step.add_argument("--num-workers", type=count(0), default=1, help="DataLoader workers (default 1)")
@@ -364,7 +370,7 @@ docs/smplify.md#the-benchmark has the protocol and the latest figures.""")
     loop.add_argument("--smplify-iters", type=count(1), dest="smplify_iterations",
                       help="SMPLify's body iterations, seed fits and loop alike (default: SMPLify's)")
     loop.add_argument("--body-model", dest="body_model", help='"open-small" (default), "open" or a model file')
-    loop.add_argument("--seed", type=int, dest="seed", help="default 0")
+    loop.add_argument("--seed", type=count(0), dest="seed", help="default 0")
 
 
 
@@ -571,11 +577,11 @@ def measure_smplify(args: argparse.Namespace) -> Record:
             sizes[name] = getattr(args, name)
     if args.skip_reference:
         sizes["reference_cases"] = 0
-    config = BenchConfig(split=args.split, sources=_names(args.sources), poses_file=args.poses,
-                         cameras=_names(args.cameras), noise=_names(args.keypoints), starts=_names(args.starts),
+    config = BenchConfig(split=args.split, sources=_kinds(args.sources), poses_file=args.poses,
+                         cameras=_kinds(args.cameras), noise=_kinds(args.keypoints), starts=_kinds(args.starts),
                          modes=("fast",) if args.skip_reference else ("fast", "reference"), model=args.model,
                          prior=args.prior, device=args.device, threads=args.threads, seed=args.seed,
-                         reference_meshes=_names(args.reference_mesh), fixed_baseline=args.fixed_baseline,
+                         reference_meshes=_kinds(args.reference_mesh), fixed_baseline=args.fixed_baseline,
                          batch=args.batch, workers=args.workers, compile=args.compile, cuda_graph=args.cuda_graph,
                          **sizes)
     return run(config, progress=None if args.json else _progress)
@@ -601,7 +607,7 @@ def measure_fit3d(args: argparse.Namespace) -> Record:
     if unknown or not kinds:
         raise FitloopError(f"--sources takes cmu, lsp and prior, got {args.sources!r}")
     return run(subjects=args.subjects, frames=args.frames, model=args.model, kinds=kinds, seed=args.seed,
-               progress=None if args.json else _progress)
+               progress=None if args.json else _progress, h36m_regressor=args.h36m_regressor)
 
 
 def table_fit3d(result: Record) -> str:

@@ -103,13 +103,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from fitting.body_model import detect_family, load_body_model, read_model_arrays
 
     if args.out.suffix != ".npz":
-        raise FitloopError(f"{args.out}: the copy must be named .npz (it is one, and fitloop reads a file by its "
-                           f"suffix); choose a name ending in .npz")
+        raise FitloopError(f"{args.out}: the copy must be named .npz (it is one: other tools go by the name); "
+                           f"choose a name ending in .npz")
     if args.out.is_dir():
         raise FitloopError(f"{args.out}: a folder is in the way of the copy; name a file, e.g. {args.out}/"
                            f"{args.source.stem}.npz")
     arrays, skipped = read_model_arrays(args.source)
-    family = detect_family(arrays, args.source)
+    family = detect_family(arrays, args.source, skipped)
     source_id = load_body_model(args.source).model_id
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp.npz")

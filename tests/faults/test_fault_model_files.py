@@ -4,14 +4,18 @@ Every case runs the CLI as a user would (`fitloop model info|convert`, `fitloop 
 line naming the file (and the array) and the reason, never a traceback and never exit 0. The model files are
 synthetic, in the real SMPL / SMPL-H / SMPL-X layouts (tests/model_files.py), with one fault each.
 """
+import io
 import json
+import pickle
+import zipfile
 
 import model_files
 import numpy as np
 import pytest
 from faultcheck import expect_error
 
-from fitting.body_model import MODEL_LAYOUT, OPEN_MODELS
+from core.errors import UnsafePickleError
+from fitting.body_model import MODEL_LAYOUT, OPEN_MODELS, load_body_model
 
 FAULT_CLASS = "damaged or wrong model, regressor and prior files"
 SMALL_VERTICES = 300  # every fault below is found before the mesh size matters
@@ -20,6 +24,11 @@ SMALL_VERTICES = 300  # every fault below is found before the mesh size matters
 @pytest.fixture(scope="module")
 def smpl_small():
     return model_files.smpl_arrays(num_vertices=SMALL_VERTICES)
+
+
+@pytest.fixture(scope="module")
+def smpl_full():
+    return model_files.smpl_arrays()
 
 
 @pytest.fixture(scope="module")
@@ -77,20 +86,74 @@ def test_an_npz_with_a_corrupt_member_is_one_line(tmp_path, capsys, smpl_small):
 
 
 @pytest.mark.parametrize("name, content, fragment", [
-    ("model.npz", b"v 0 0 0\nf 1 2 3\n", "it is text, not a zip archive"),
-    ("model.pkl", b"v 0 0 0\nf 1 2 3\n", "not a readable pickle: it is text"),
-    ("model.pkl", None, "it is a zip archive"),  # an .npz renamed .pkl
+    ("model.npz", b"v 0 0 0\nf 1 2 3\n", "it is text, where an SMPL-family model is a pickle"),
+    ("model.pkl", b"v 0 0 0\nf 1 2 3\n", "it is text, where an SMPL-family model is a pickle"),
+    ("model.npz", b"\x93NUMPY\x01\x00", "it is a single numpy array (.npy)"),
     ("model.npz", b"", "empty (0 bytes)"),
     ("model.pkl", b"", "empty (0 bytes)"),
 ])
 def test_a_file_of_another_kind_is_one_line(tmp_path, capsys, smpl_small, name, content, fragment):
     path = tmp_path / name
-    if content is None:
-        np.savez(tmp_path / "real.npz", **smpl_small)
-        path.write_bytes((tmp_path / "real.npz").read_bytes())
-    else:
-        path.write_bytes(content)
+    path.write_bytes(content)
     _info(capsys, path, fragment)
+
+
+@pytest.mark.parametrize("name", ["model.pkl", "model.npz", "SMPL_NEUTRAL.NPZ", "SMPL_NEUTRAL.PKL", "model.pickle",
+                                  "basicModel_neutral_lbs_10_207_0_v1.0.0"])
+def test_a_model_file_under_another_name_is_the_same_model(tmp_path, smpl_full, name):
+    """A file is read as what its bytes are (a pickle or a zip), not by its suffix: an .npz renamed .pkl (or the
+    other way round, upper case, no suffix) once got "the file is damaged ... get a fresh copy"."""
+    np.savez(tmp_path / "real.npz", **smpl_full)
+    _save(tmp_path, smpl_full, "real.pkl")
+    expected = load_body_model(tmp_path / "real.npz").model_id
+    for source in ("real.npz", "real.pkl"):
+        renamed = tmp_path / "renamed" / source / name
+        renamed.parent.mkdir(parents=True)
+        renamed.write_bytes((tmp_path / source).read_bytes())
+        assert load_body_model(renamed).model_id == expected
+
+
+def test_an_npz_saved_from_the_released_pickle_reads_its_sparse_regressor(tmp_path, smpl_full):
+    """``np.savez(out, **pickle.load(release))`` keeps SMPL's scipy-sparse J_regressor as an object entry: it is
+    read by the guarded unpickler (it was reported as missing), and the model is the release's."""
+    import scipy.sparse as sp
+
+    _save(tmp_path, smpl_full, "SMPL_NEUTRAL.pkl")
+    path = tmp_path / "converted.npz"
+    np.savez(path, **{**smpl_full, "J_regressor": np.array(sp.csc_matrix(smpl_full["J_regressor"]), object)})
+    assert load_body_model(path).model_id == load_body_model(tmp_path / "SMPL_NEUTRAL.pkl").model_id
+    with zipfile.ZipFile(path, "a") as archive:  # an object entry naming a global no model needs is refused
+        archive.writestr("bs_type.npy", _npy_object_header() + b"cos\nsystem\n(S'echo'\ntR.")
+    with pytest.raises(UnsafePickleError, match="os.system|posix.system"):
+        load_body_model(path)
+
+
+def _npy_object_header() -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "|O", "fortran_order": False, "shape": ()})
+    return buffer.getvalue()
+
+
+def test_a_chumpy_expression_is_harmless_where_unused_and_named_where_needed(tmp_path, capsys, smpl_full):
+    """SMPL's own files hold plain chumpy arrays; an expression (chumpy.ch_ops.add, ...) needs chumpy to compute.
+    One in an entry no model reads (``J``) once refused the whole file; one in ``v_template`` is named, with a way
+    to convert the file."""
+    plain = load_body_model(_save(tmp_path, smpl_full, "SMPL_NEUTRAL.npz")).model_id
+    extra = tmp_path / "with_J.pkl"
+    _pickle_with_expression(extra, smpl_full, "J")
+    assert load_body_model(extra).model_id == plain
+    needed = tmp_path / "expression_template.pkl"
+    _pickle_with_expression(needed, smpl_full, "v_template")
+    _info(capsys, needed, "v_template is no plain array", "a chumpy expression", "np.savez")
+
+
+def _pickle_with_expression(path, arrays, key):
+    class add:  # noqa: N801 - chumpy.ch_ops's name; its value is not stored as "x"
+        def __init__(self, a, b):
+            self.a, self.b = a, b
+
+    with model_files.stand_in("chumpy.ch_ops", add):
+        path.write_bytes(pickle.dumps({**arrays, key: add(arrays["v_template"], arrays["v_template"])}, protocol=2))
 
 
 def test_a_truncated_pickle_is_one_line(tmp_path, capsys, smpl_small):
@@ -166,7 +229,22 @@ def test_an_smplx_file_without_its_landmarks_is_named_by_its_joint_count(tmp_pat
     for key in ("lmk_faces_idx", "lmk_bary_coords", "hands_componentsl"):
         arrays.pop(key)  # now it reads as SMPL: 55 joints where SMPL has 24
     _info(capsys, _save(tmp_path, arrays, "SMPLX_NEUTRAL.npz"), "kintree_table", "55 joints", "an SMPL model has 24",
-          "SMPL-X file")
+          "joint count of SMPL-X", "this one lacks hands_componentsl, lmk_faces_idx, lmk_bary_coords")
+
+
+@pytest.mark.parametrize("directions", [0, 5])
+def test_fewer_than_ten_shape_directions_is_refused_on_loading(tmp_path, capsys, smpl_small, directions):
+    """fitloop fits and stores 10 betas: such a file once loaded, then failed in the fit (0: a reshape inside torch,
+    an internal error) or when the fits were stored, after all the fitting (5: betas of the wrong shape)."""
+    arrays = dict(smpl_small, shapedirs=smpl_small["shapedirs"][..., :directions])
+    _info(capsys, _save(tmp_path, arrays, "SMPL_NEUTRAL.npz"), f"shapedirs has {directions} shape directions",
+          "stores 10 betas")
+
+
+def test_a_template_in_millimetres_is_refused(tmp_path, capsys, smpl_small):
+    """Once loaded and fitted: 76 m of PA-MPJPE in the benchmark, a plausible loss in the fits table."""
+    arrays = {**smpl_small, **{k: 1000 * smpl_small[k] for k in ("v_template", "shapedirs", "posedirs")}}
+    _info(capsys, _save(tmp_path, arrays, "SMPL_NEUTRAL.npz"), "v_template spans", "in metres", "divide it by 1000")
 
 
 def test_smplh_and_smplx_entries_are_checked(tmp_path, capsys, smplh_small, smplx_small):
