@@ -36,6 +36,17 @@ JOINT_NAMES: tuple[str, ...] = OPENPOSE_NAMES + J24_NAMES
 NUM_JOINTS = len(JOINT_NAMES)  # 49
 JOINT_INDEX: dict[str, int] = {name: i for i, name in enumerate(JOINT_NAMES)}
 J24_OFFSET = len(OPENPOSE_NAMES)  # 25: J24 joint k sits at canonical index 25 + k
+# The fewest joints a person's keypoints must show for a fit to say anything about the body: SMPLify's camera stage
+# needs the 4 torso joints (hips and shoulders), and a pose a few joints more. The conversion's default floor
+# (`pipelines.adapters.base.CheckConfig.min_joints`) and the seeding's (`fits.seeding.unfittable`).
+MIN_FIT_JOINTS = 6
+
+
+def joints_shown(present):
+    """How many joints keypoints show, from their presence (..., 49) bool (numpy or torch, no host sync): the more
+    complete of the two layouts, the OpenPose slots or the dataset's J24, so a joint under both names counts once."""
+    openpose, j24 = present[..., :J24_OFFSET].sum(-1), present[..., J24_OFFSET:].sum(-1)
+    return openpose * (openpose >= j24) + j24 * (openpose < j24)
 
 # --- The 24 kinematic joints of SMPL (and of the open model, which shares SMPL's tree) ----------------------
 SMPL_JOINT_NAMES: tuple[str, ...] = (

@@ -28,6 +28,12 @@ every fit (the table's rule), with SMPLify-X's own ``fit_config_hash`` (`wholebo
 ``3d`` makes pseudo-ground-truth fits from the samples' 3D joints (`fits.seeding3d`: one shape per subject, rows
 with ``source="fit3d"``, scored by the same fitting loss), through the same table rule and in one commit too.
 
+**Samples that cannot make a fit** (`unfittable`; mode "2d"): keypoints that show fewer than
+`core.joints.MIN_FIT_JOINTS` joints, or a keypoint with confidence > 0 whose position is not finite, are left out
+and named (`SeedResult.unfittable`), never fitted: with nothing to fit, SMPLify returns its start at loss 0, which
+the table would keep as a perfect fit. The conversion rejects such people by default (``too_few_joints``,
+``nan_keypoints``); a shard set converted with a lower ``min_joints`` or written by other tools may hold them.
+
 **The improvement rule** is the table's (`fits.table.BestLosses`, SPIN's strict ``new_loss < opt_loss``, with
 losses within `fits.table.LOSS_TIE` relative taken as equal), among
 the fits of the seeding body model only: a seed fit is appended when its key has no fit of that model, or when its
@@ -61,7 +67,7 @@ import torch
 from core.camera import project
 from core.errors import FitloopError
 from core.frames import FIT_FOCAL, FIT_RES, fit_frame_camera, image_camera_in_fit_frame, keypoints_in_fit_frame
-from core.joints import NUM_JOINTS
+from core.joints import MIN_FIT_JOINTS, NUM_JOINTS, joints_shown
 from core.killpoint import kill_point
 from core.model_id import WHOLEBODY_FAMILIES
 from core.wholebody import NUM_WHOLEBODY
@@ -101,6 +107,9 @@ class SeedConfig:
         mode: what the fits are made from (module docstring): "2d" (SMPLify on the keypoints, the default) or
             "3d" (pseudo-ground truth from the samples' 3D joints, `fits.seeding3d`).
         fit3d: the 3D fit's settings (mode "3d"; `fitting.fit3d.Fit3DConfig`).
+        h36m_regressor: mode "3d" with a real SMPL-family file: SPIN's ``J_regressor_h36m.npy``, the points that
+            stand for Human3.6M's joints (the open models carry their own; `load_body_model`). Its content is in
+            the rows' ``fit_config_hash``.
         shape_frames: mode "3d": samples per subject its one shape is fitted on.
     """
 
@@ -115,6 +124,7 @@ class SeedConfig:
     mode: str = "2d"
     fit3d: Fit3DConfig = field(default_factory=Fit3DConfig)
     shape_frames: int = 64
+    h36m_regressor: str | None = None
 
     def __post_init__(self) -> None:
         if self.frame not in FRAMES:
@@ -123,6 +133,8 @@ class SeedConfig:
             raise FitloopError(f"the seed mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.shape_frames < 1:
             raise FitloopError(f"shape_frames must be >= 1, got {self.shape_frames}")
+        if not self.run_id.strip():
+            raise FitloopError("the run id must not be empty: every row names the run that made it (default: seed)")
         self.fit3d.validated()
 
 
@@ -130,19 +142,32 @@ class SeedConfig:
 class SeedResult:
     """What `seed_fits` did: samples fitted, rows appended (improvements), fits left out as diverged (a NaN or inf
     in their loss, pose, betas or cam_t: `fits.schema.diverged_rows`), samples skipped because their key has a
-    fit of the body model (``missing_only``) or, in mode "3d", because they have no 3D joints (``without_3d``), the
-    versions committed, the mean loss (px²) of the fits made (diverged ones aside), and the body model and
-    fit_config_hash of the rows."""
+    fit of the body model (``missing_only``) or, in mode "3d", because they have no 3D joints (``without_3d``),
+    samples left out because they cannot make a fit (``unfittable``: "key: why", `unfittable`), the versions
+    committed, the mean loss (px²) of the fits made (diverged ones aside; None when none was made), and the body
+    model and fit_config_hash of the rows. Every sample read is fitted, skipped, without_3d or unfittable."""
 
     fitted: int = 0
     appended: int = 0
     diverged: int = 0
     skipped: int = 0
     without_3d: int = 0
+    unfittable: list[str] = field(default_factory=list)
     versions: list[int] = field(default_factory=list)
-    mean_loss: float = float("nan")
+    mean_loss: float | None = None
     body_model_id: str = ""
     fit_config_hash: str = ""
+
+    def check_fitted(self, shards: Any, table: Any) -> None:
+        """FitloopError where nothing was fitted from ``shards`` (a seed run's inputs held nothing to fit), saying
+        what the samples read were; nothing was written to ``table`` then."""
+        if self.fitted:
+            return
+        why = [f"{n} {what}" for n, what in ((self.without_3d, "without 3D joints"),
+                                              (len(self.unfittable), "that cannot make a fit"),
+                                              (self.skipped, "with a fit already")) if n]
+        raise FitloopError(f"{shards}: no sample fitted, nothing written to {table} ("
+                           + (f"the samples read: {', '.join(why)}" if why else "the selection holds no sample") + ")")
 
 
 @dataclass(frozen=True)
@@ -164,13 +189,17 @@ def prior_digest(pose_prior: str | Path) -> str:
 
 
 def fit_config_hash(smplify: SMPLifyConfig, pose_prior: str | Path, body_model_id: str, frame: str = "crop",
-                    fit3d: Fit3DConfig | None = None, shape_frames: int | None = None) -> str:
+                    fit3d: Fit3DConfig | None = None, shape_frames: int | None = None,
+                    h36m_regressor: str | None = None) -> str:
     """The ``fit_config_hash`` of a fit made by SMPLify with ``smplify`` settings, the prior in ``pose_prior``, the
     body model ``body_model_id`` and the camera of ``frame`` (module docstring): 16 hex digits. A 3D seed fit
-    (``fit3d`` given) adds its settings and ``shape_frames`` (SMPLify's settings then score it)."""
+    (``fit3d`` given) adds its settings and ``shape_frames`` (SMPLify's settings then score it), and the content
+    digest of a Human3.6M regressor given beside the model file (``h36m_regressor``)."""
     what = {"smplify": asdict(smplify), "pose_prior": prior_digest(pose_prior), "body_model_id": body_model_id}
     if fit3d is not None:
         what = {**what, "fit3d": asdict(fit3d), "shape_frames": shape_frames}
+        if h36m_regressor is not None:
+            what["h36m_regressor"] = h36m_regressor
     return config_hash(what if frame == "crop" else {**what, "frame": frame})
 
 
@@ -192,7 +221,7 @@ def build_fitter(config: SeedConfig) -> Fitter:
     """The body model, SMPLify and seed-row provenance of ``config``, on ``config.device``; for an SMPL-X-layout
     body model (`core.model_id.WHOLEBODY_FAMILIES`) SMPLify-X and its rows' provenance too."""
     body = load_body_model(config.body_model, joint_regressor_extra=config.joint_regressor_extra,
-                           device=config.device)
+                           h36m_regressor=config.h36m_regressor, device=config.device)
     prior = MaxMixturePrior.from_file(config.pose_prior).to(config.device)
     provenance = FitProvenance(run_id=config.run_id, body_model_id=body.model_id,
                                fit_config_hash=fit_config_hash(config.smplify, config.pose_prior, body.model_id,
@@ -211,11 +240,15 @@ _worker_fitter = lru_cache(maxsize=2)(build_fitter)  # a Dask worker builds its 
 
 def build_fitter3d(config: SeedConfig) -> Fitter3D:
     """The 3D fit, SMPLify (to score) and ``source="fit3d"`` provenance of ``config`` (mode "3d"), on
-    ``config.device``. The 3D fit needs the body model's Human3.6M regressor (the open model has one)."""
+    ``config.device``. The 3D fit needs the body model's Human3.6M regressor (the open model has one; a model
+    file takes ``config.h36m_regressor``) unless its correspondence is "canonical"."""
     fitter = build_fitter(config)
     fit = Fit3D(fitter.body, fitter.smplify.prior, config.fit3d)
+    h36m = None
+    if config.h36m_regressor is not None:
+        h36m = content_digest([("h36m_regressor", fitter.body.h36m_regressor.double().cpu().numpy())])
     digest = fit_config_hash(config.smplify, config.pose_prior, fitter.body.model_id, config.frame, config.fit3d,
-                             config.shape_frames)
+                             config.shape_frames, h36m)
     return Fitter3D(fit, fitter.smplify, replace(fitter.provenance, source="fit3d", fit_config_hash=digest),
                     config.frame)
 
@@ -347,6 +380,19 @@ def shard_samples(shard_dirs: Path | Sequence[Path | ShardInfo], keys: Sequence[
         yield from iter_shard(shard, verify=False)
 
 
+def unfittable(keypoints: np.ndarray) -> str | None:
+    """Why canonical keypoints (49, 3) px + confidence cannot make a fit, or None: a keypoint with confidence > 0
+    that is not finite, or fewer than `MIN_FIT_JOINTS` joints shown (`core.joints.joints_shown`). The trainer
+    neither supervises with nor writes back the fits of such samples (`training.step.update_fits`)."""
+    present = keypoints[:, 2] > 0
+    if not np.isfinite(keypoints[present, :2]).all():
+        return "a keypoint with confidence > 0 has a position that is not finite"
+    shown = int(joints_shown(present))
+    if shown < MIN_FIT_JOINTS:
+        return f"its keypoints show {shown} joint(s), fewer than the {MIN_FIT_JOINTS} a fit needs"
+    return None
+
+
 def keypoint_batches(samples: Iterable[StoredSample], size: int, frame: str = "crop") -> Iterator[KeypointBatch]:
     """The samples, ``size`` at a time and in order, as batches (`KeypointBatch`) for fits in ``frame``."""
     rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]] = []
@@ -388,30 +434,37 @@ def seed_fits(shard_dir: Path | Sequence[Path], table_path: Path, config: SeedCo
     if config.smplify.focal_length != FIT_FOCAL:
         raise FitloopError(f"seed fits live in SPIN's fit frame (focal {FIT_FOCAL:g} px); the SMPLify config has "
                            f"focal_length {config.smplify.focal_length:g}")
-    table = FitsTable.create(table_path, exist_ok=True)
+    # the table: opened, or made with the first commit (a run that fits nothing leaves no new table behind)
+    table = FitsTable.existing_or_free(table_path)
     # Here the fitter gives the body model's id (and fits, without a client); a client's workers build their own.
     local = config if client is None else replace(config, device="cpu")
     fitter = build_fitter3d(local) if config.mode == "3d" else build_fitter(local)
     model = fitter.provenance.body_model_id
-    mins = table.min_losses(body_model_id=model, frame=config.frame)
-    known = BestLosses.of(mins, model, config.frame)
-    have = set(mins["key"].to_pylist()) if missing_only else set()
+    known = BestLosses(body_model_id=model, frame=config.frame)
+    have: set[str] = set()
+    if table is not None:
+        mins = table.min_losses(body_model_id=model, frame=config.frame)
+        known = BestLosses.of(mins, model, config.frame)
+        have = set(mins["key"].to_pylist()) if missing_only else set()
     result = SeedResult(body_model_id=model, fit_config_hash=fitter.provenance.fit_config_hash)
 
     def wanted(samples: Iterable[StoredSample]) -> Iterator[StoredSample]:
         for sample in samples:
+            why = None if config.mode == "3d" else unfittable(sample.keypoints_crop)
             if sample.key in have:
                 result.skipped += 1
+            elif why is not None:
+                result.unfittable.append(f"{sample.key}: {why}")
             else:
                 yield sample
 
     if config.mode == "3d":
         parts = _seed_3d(fitter, wanted(shard_samples(shard_dir, keys, splits)), config, result, client, on_batch)
-        return _append(table, parts, known, result)
+        return _append(table_path, table, parts, known, result)
     batches = keypoint_batches(wanted(shard_samples(shard_dir, keys, splits)), config.batch_size, config.frame)
     parts = _fit_batches(batches, lambda batch: fit_keypoints(fitter, batch),
                          lambda batch: (fit_batch, batch, config, 1), client, on_batch)
-    return _append(table, parts, known, result)
+    return _append(table_path, table, parts, known, result)
 
 
 def _fit_batches(batches: Iterable[Any], fit_here: Callable[[Any], pa.Table],
@@ -438,17 +491,20 @@ def _fit_batches(batches: Iterable[Any], fit_here: Callable[[Any], pa.Table],
     return client.gather(futures)
 
 
-def _append(table: FitsTable, parts: list[pa.Table], known: BestLosses, result: SeedResult) -> SeedResult:
-    """Append the improvements among the fitted rows ``parts`` in one commit; ``result`` completed."""
+def _append(path: Path, table: FitsTable | None, parts: list[pa.Table], known: BestLosses,
+            result: SeedResult) -> SeedResult:
+    """Append the improvements among the fitted rows ``parts`` in one commit to the table (at ``path``: made here
+    when ``table`` is None); ``result`` completed."""
     result.fitted = sum(p.num_rows for p in parts)
-    if not parts:
+    if not result.fitted:
         return result
+    table = table or FitsTable.create(path, exist_ok=True)
     fits = pa.concat_tables(parts)
     appended = table.append(fits, best=known)
     result.appended, result.diverged = appended.rows, appended.diverged
     result.versions = [] if appended.version is None else [appended.version]
     fitted = fits.filter(pa.array(~diverged_rows(fits)))
-    result.mean_loss = float(np.mean(fitted["loss"].to_numpy())) if fitted.num_rows else float("nan")
+    result.mean_loss = float(np.mean(fitted["loss"].to_numpy())) if fitted.num_rows else None
     return result
 
 

@@ -243,8 +243,8 @@ class Fit3D:
         if self.config.correspondence == "h36m":
             if body.h36m_regressor is None:
                 raise ModelFileError(f"{body.name}: fitting Human3.6M joints needs the body model's Human3.6M "
-                                     f"regressor; load it with --h36m-regressor J_regressor_h36m.npy (SPIN's data "
-                                     f"folder), or use correspondence 'canonical'")
+                                     f"regressor; give SPIN's J_regressor_h36m.npy (its data folder) with "
+                                     f"--h36m-regressor, or fit to its canonical joints (--correspondence canonical)")
             rows = body.h36m_regressor
             self.point_of_slot[torch.as_tensor(indices(H36M_JOINTS), device=device)] = \
                 NUM_JOINTS + torch.arange(len(H36M_JOINTS), device=device)

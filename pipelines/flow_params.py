@@ -3,8 +3,10 @@
 A flow run (from Python, `fitloop serve` or a work pool) checks every parameter first and fails with one
 `FlowParameterError` line that names the parameter and says what to do: dataset names, roots, splits and options;
 paths (absolute before they leave this process: Dask workers and deployments' flow runs work in other folders);
-the output folder; the Dask address (fails within seconds when nothing answers); the body model; and training
-settings, by type and by value, against `training.config.TrainConfig`.
+the output folder (and that no other run is writing it); the Dask address (fails within seconds when nothing
+answers, or something that is not a Dask scheduler; ``workers`` beside it is refused); the body model; and training
+settings, by type and by value, against `training.config.TrainConfig`. Prefect checks the parameters' types against
+the flow's signature before any of this runs, and refuses a wrong type with its own `ParameterTypeError`.
 
 Plain functions, importable and tested without Prefect.
 """
@@ -89,9 +91,17 @@ def splits_converted(spec: DatasetSpec) -> tuple[str, ...]:
 
 
 def check_shard_config(crop_res: int, crop_margin: float, samples_per_shard: int) -> Any:
-    """`shards.writer.ShardConfig` from the flow's shard settings."""
+    """`shards.writer.ShardConfig` from the flow's shard settings, each checked on its own first, so the line
+    names the one that is wrong (ShardConfig's own message also names settings the flow does not have)."""
     from shards.writer import ShardConfig, ShardWriteError
 
+    if isinstance(crop_res, bool) or not isinstance(crop_res, int) or crop_res < 8:
+        raise FlowParameterError(f"crop_res: {crop_res!r} must be an integer >= 8 (the stored crop's side, px)")
+    finite = isinstance(crop_margin, (int, float)) and not isinstance(crop_margin, bool) and crop_margin < float("inf")
+    if not finite or not crop_margin >= 1:
+        raise FlowParameterError(f"crop_margin: {crop_margin!r} must be a finite number >= 1 (crop side / person box "
+                                 f"side)")
+    check_positive(samples_per_shard, "samples_per_shard")
     try:
         return ShardConfig(crop_res=crop_res, crop_margin=crop_margin, samples_per_shard=samples_per_shard)
     except ShardWriteError as err:
@@ -127,12 +137,13 @@ def check_shard_sets(shards: Iterable[str | Path], name: str = "shards") -> list
 
 
 def check_cluster(dask_address: str | None, workers: int | None) -> str | None:
-    """The scheduler address to use (None: a local cluster), once a scheduler answers there."""
-    from pipelines.cluster import check_scheduler, resolve_address
+    """The scheduler address to use (None: a local cluster), once a scheduler answers there; ``workers`` with an
+    address (given, or ``$FITLOOP_DASK_ADDRESS``) is refused (`pipelines.cluster.choose_cluster`)."""
+    from pipelines.cluster import check_scheduler, choose_cluster
 
     if workers is not None and workers < 1:
         raise FlowParameterError(f"workers: {workers} is not a worker count; give 1 or more, or leave it out")
-    address = resolve_address(dask_address)
+    address = choose_cluster(dask_address, workers, workers_name="workers", address_name="dask_address")
     return None if address is None else check_scheduler(address)
 
 

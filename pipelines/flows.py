@@ -60,8 +60,14 @@ for _name in ("prefect.flow_runs", "prefect.task_runs"):  # the run loggers ever
 
 
 def fails_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """A flow or task body whose `FitloopError` (an expected fault: bad input, a folder in the way) ends the run
-    Failed with that one line in the run's log and no traceback; the caller of the flow gets the error back."""
+    """A flow body whose `FitloopError` (an expected fault: bad input, a folder in the way), its own or raised by
+    a task it called, ends the run Failed with that one line in the run's log and no traceback; the caller of the
+    flow gets the error back.
+
+    For flows only: a task that returns a Failed state hands that state to the flow as its result (Prefect 3.8),
+    which the flow then used as a value (``'State' object is not subscriptable``). A task lets its
+    `FitloopError` propagate: Prefect fails the task run (retrying only I/O errors: `_retry_on_io_error`) and
+    raises the error in the flow, where this catches it."""
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
@@ -99,7 +105,6 @@ def _png_artifact(key: str, title: str, path: Path) -> None:
 
 # --- preprocess ------------------------------------------------------------------------------------------------
 @task(name="write shards", **IO_RETRIES)
-@fails_cleanly
 def write_shards_task(datasets: list[DatasetSpec], out: str, config: ShardConfig, workers: int | None,
                       dask_address: str | None) -> dict[str, Any]:
     """Write (or, on a retry, finish) the shard set ``out``; the folder was prepared by the flow."""
@@ -140,7 +145,7 @@ def preprocess_flow(datasets: list[DatasetSpec], out: str, crop_res: int = 320, 
     """Convert datasets (each: adapter name, root, splits, options, label) into the shard set `out`.
 
     An unfinished set in `out` (a failed run's) is resumed; a finished one is refused unless `overwrite`."""
-    from shards.writer import prepare_out_dir
+    from shards.writer import prepare_out_dir, writing_lock
 
     specs = params.check_datasets(datasets)
     config = params.check_shard_config(crop_res, crop_margin, samples_per_shard)
@@ -149,8 +154,11 @@ def preprocess_flow(datasets: list[DatasetSpec], out: str, crop_res: int = 320, 
     logger = get_run_logger()
     if resuming:
         logger.info(f"resuming the unfinished shard set in {out_dir}")
-    prepare_out_dir(out_dir, overwrite)  # here, once: the task's retries then resume what it wrote
-    manifest = write_shards_task(specs, str(out_dir), config, workers, address)
+    # the folder is this run's until its task is done (a second run into it is refused); prepared here, once:
+    # the task's retries then resume what it wrote
+    with writing_lock(out_dir):
+        prepare_out_dir(out_dir, overwrite)
+        manifest = write_shards_task(specs, str(out_dir), config, workers, address)
     _report_manifest(manifest, out_dir)
     c = manifest["counts"]
     logger.info(f"{out_dir}: read {c['read']} = written {c['written']} + rejected {c['rejected']}")
@@ -159,7 +167,6 @@ def preprocess_flow(datasets: list[DatasetSpec], out: str, crop_res: int = 320, 
 
 # --- seed fits --------------------------------------------------------------------------------------------------
 @task(name="fit seeds", **IO_RETRIES)
-@fails_cleanly
 def seed_task(shards: str, fits: str, body_model: str, batch_size: int, workers: int | None,
               dask_address: str | None, run_id: str, frame: str = "crop", mode: str = "2d") -> dict[str, Any]:
     from dataclasses import asdict
@@ -207,22 +214,25 @@ def seed_fits_flow(shards: str, fits: str, body_model: str = "open", batch_size:
     body_model = params.check_body_model(body_model)
     params.check_positive(batch_size, "batch_size")
     from fits.schema import FRAMES
-    from fits.seeding import MODES
+    from fits.seeding import MODES, SeedResult
 
     params.check_choice(frame, FRAMES, "frame")
     params.check_choice(mode, MODES, "mode")
     address = params.check_cluster(dask_address, workers)
     result = seed_task(str(shard_dir), str(fits_path), body_model, batch_size, workers, address, run_id, frame, mode)
+    SeedResult(**result).check_fitted(shard_dir, fits_path)
     create_table_artifact(key="seed-fits", table=[result], description=f"Seed fits of {shard_dir} into {fits_path}")
     _fits_picture_artifact(shard_dir, fits_path, body_model, fits_path.parent / "seed_fits.png", "seed-fits-picture")
     get_run_logger().info(f"seeded {result['fitted']} samples, {result['appended']} fits appended, "
-                          f"versions {result['versions']}, mean loss {result['mean_loss']:.2f}")
+                          f"versions {result['versions']}, mean loss "
+                          + ("none fitted" if result["mean_loss"] is None else f"{result['mean_loss']:.2f}")
+                          + (f"; {len(result['unfittable'])} sample(s) that cannot make a fit left out, e.g. "
+                             f"{result['unfittable'][0]}" if result["unfittable"] else ""))
     return result
 
 
 # --- train ------------------------------------------------------------------------------------------------------
 @task(name="train")
-@fails_cleanly
 def train_task(config: dict[str, Any], resume: bool, overwrite: bool = False) -> dict[str, Any]:
     """Run the trainer; its log rows (progress every ``log_every`` steps, every evaluation) go to the run log."""
     from training.config import TrainConfig

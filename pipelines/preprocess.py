@@ -30,6 +30,7 @@ from shards.writer import (
     prepare_out_dir,
     write_chunk,
     write_shards,
+    writing_lock,
 )
 
 # Splits that are unions of others: converting them as well would write every person twice.
@@ -155,7 +156,8 @@ def write_shard_set(records: Iterable[PersonRecord | Reject], inputs: list[dict[
     """Write opened records (`open_datasets`) as the shard set `out_dir`; returns its manifest.
 
     An unfinished set in `out_dir` (a failed or killed attempt) is resumed: its finished chunks are kept, the rest
-    written (`shards.writer.plan_chunks`).
+    written (`shards.writer.plan_chunks`). The folder is held for the whole call (`shards.writer.writing_lock`):
+    while another process writes it, this call is refused with `ShardWriteError` before it writes anything.
 
     client: a `distributed.Client` to write chunks on (`pipelines.cluster.dask_client`); None writes them here.
         Every path a chunk gets is absolute, and its task key is unique to this call (`chunk_key`), so runs that
@@ -170,23 +172,24 @@ def write_shard_set(records: Iterable[PersonRecord | Reject], inputs: list[dict[
     from distributed import as_completed
 
     out_dir = Path(out_dir).resolve()
-    prepare_out_dir(out_dir, overwrite)
-    report = on_chunk or (lambda result, kept: None)
-    run = run_token(out_dir)
-    slots: list[Any] = []  # per chunk, in order: its kept result, or the future writing it
-    for name, chunk, digest, kept in plan_chunks(records, out_dir, config, on_item=on_item):
-        if kept is not None:
-            report(kept, True)
-            slots.append(kept)
-        else:
-            slots.append(client.submit(write_chunk, chunk, out_dir, name, config, digest, key=chunk_key(run, name),
-                                       pure=False))
-    futures = [slot for slot in slots if not isinstance(slot, ChunkResult)]
-    for future in as_completed(futures):
-        report(future.result(), False)
-    written = iter(client.gather(futures))
-    results = [slot if isinstance(slot, ChunkResult) else next(written) for slot in slots]
-    return check_not_empty(finalize_manifest(out_dir, results, config, inputs=inputs), out_dir)
+    with writing_lock(out_dir):  # one run per folder: a second is refused here, before it writes anything
+        prepare_out_dir(out_dir, overwrite)
+        report = on_chunk or (lambda result, kept: None)
+        run = run_token(out_dir)
+        slots: list[Any] = []  # per chunk, in order: its kept result, or the future writing it
+        for name, chunk, digest, kept in plan_chunks(records, out_dir, config, on_item=on_item):
+            if kept is not None:
+                report(kept, True)
+                slots.append(kept)
+            else:
+                slots.append(client.submit(write_chunk, chunk, out_dir, name, config, digest,
+                                           key=chunk_key(run, name), pure=False))
+        futures = [slot for slot in slots if not isinstance(slot, ChunkResult)]
+        for future in as_completed(futures):
+            report(future.result(), False)
+        written = iter(client.gather(futures))
+        results = [slot if isinstance(slot, ChunkResult) else next(written) for slot in slots]
+        return check_not_empty(finalize_manifest(out_dir, results, config, inputs=inputs), out_dir)
 
 
 def check_not_empty(manifest: dict[str, Any], out_dir: Path) -> dict[str, Any]:

@@ -25,20 +25,31 @@ write chunks in parallel and call `finalize_manifest` once; `write_shards` does 
 `plan_chunks` keeps every chunk whose receipt names the same input digest and whose shard still has the
 recorded size and sha256, and hands the rest back to be written. A retried or re-run conversion therefore rewrites
 only what the failed attempt did not finish; the tars are deterministic, so the set is the one an uninterrupted
-run writes. One run writes into a folder at a time.
+run writes.
+
+**One run per folder.** A run holds an exclusive lock on ``<out>/.writing.lock`` (`writing_lock`, ``flock``) while
+it writes, so a second run into the same folder is refused at its start with one line naming the first (pid and
+host) instead of failing half-way when the first renames a file it was about to write. The operating system
+releases the lock of a killed process, so a run killed with SIGKILL is resumed by the next; the file is removed
+when a run ends (a killed run's stays behind, unlocked, and is taken over).
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import fcntl
 import hashlib
 import io
 import json
 import os
 import re
 import shutil
+import socket
 import tarfile
+import threading
+import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -59,6 +70,7 @@ from shards.sample import READABLE_SAMPLE_FORMATS, SAMPLE_FORMAT_VERSION, encode
 from shards.schema import REJECT_COLUMNS, SCHEMA_VERSION, PersonRecord, Reject
 
 MANIFEST = "manifest.json"
+LOCK = ".writing.lock"  # held by the run writing the set (`writing_lock`); never one of the set's files
 REJECTS = "rejects.parquet"
 SHARD_SUFFIX = ".tar"
 TMP_SUFFIX = ".tmp"
@@ -360,13 +372,14 @@ def write_shards(records: Iterable[PersonRecord | Reject], out_dir: Path, config
         The manifest (as written to ``out_dir/manifest.json``).
     """
     out_dir = Path(out_dir).resolve()
-    prepare_out_dir(out_dir, overwrite)
-    results = []
-    for name, chunk, digest, kept in plan_chunks(records, out_dir, config, on_item=on_item):
-        results.append(kept or write_chunk(chunk, out_dir, name, config, digest))
-        if on_chunk is not None:
-            on_chunk(results[-1], kept is not None)
-    return finalize_manifest(out_dir, results, config, inputs=inputs)
+    with writing_lock(out_dir):
+        prepare_out_dir(out_dir, overwrite)
+        results = []
+        for name, chunk, digest, kept in plan_chunks(records, out_dir, config, on_item=on_item):
+            results.append(kept or write_chunk(chunk, out_dir, name, config, digest))
+            if on_chunk is not None:
+                on_chunk(results[-1], kept is not None)
+        return finalize_manifest(out_dir, results, config, inputs=inputs)
 
 
 def plan_chunks(records: Iterable[PersonRecord | Reject], out_dir: Path, config: ShardConfig, *,
@@ -470,7 +483,8 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> bool:
         raise ShardWriteError(f"{out_dir} is a file, not a folder; choose a folder for the shard set")
     if not out_dir.is_dir():
         return False
-    entries = sorted(p.name for p in out_dir.iterdir())
+    check_not_locked(out_dir)
+    entries = sorted(p.name for p in out_dir.iterdir() if p.name != LOCK)
     finished, unfinished = MANIFEST in entries, (out_dir / CHUNKS_DIR).is_dir()
     if not finished and not unfinished:
         if entries:
@@ -498,6 +512,112 @@ def is_set_file(name: str) -> bool:
 
 def _named(names: list[str]) -> str:
     return repr(names[0]) + (f" and {len(names) - 1} more" if len(names) > 1 else "")
+
+
+# The folders this process holds (`writing_lock`): resolved folder -> [lock file descriptor, holding thread, depth].
+_HELD: dict[Path, list[int]] = {}
+_HELD_GUARD = threading.Lock()
+LOCK_TRIES = 5  # 50 ms apart
+
+
+@contextmanager
+def writing_lock(out_dir: Path) -> Iterator[None]:
+    """Hold the shard-set folder ``out_dir`` (made if missing) for one writing run: an exclusive ``flock`` on
+    `LOCK` in it, so that a run in another process (here or on another machine of a shared filesystem that honours
+    ``flock``) is refused with `ShardWriteError` instead of writing the same files. Re-entrant in the holding
+    thread (a flow holds the folder while its task writes it); another thread of this process is refused too.
+    The lock dies with the process; the file is removed on leaving."""
+    out_dir = Path(out_dir).resolve()
+    me = threading.get_ident()
+    with _HELD_GUARD:
+        held = _HELD.get(out_dir)
+        if held is not None and held[1] == me:
+            held[2] += 1
+    if held is None:
+        fd = _lock(out_dir)
+        with _HELD_GUARD:
+            _HELD[out_dir] = held = [fd, me, 1]
+    elif held[1] != me:
+        raise _busy(out_dir, f"pid {os.getpid()} on host {socket.gethostname()}, this process")
+    try:
+        yield
+    finally:
+        with _HELD_GUARD:
+            held[2] -= 1
+            last = held[2] == 0
+            if last:
+                del _HELD[out_dir]
+        if last:
+            try:
+                (out_dir / LOCK).unlink(missing_ok=True)  # before the lock goes: see `_lock` for who may still wait
+            finally:
+                os.close(held[0])
+
+
+def _lock(out_dir: Path) -> int:
+    """A descriptor of ``out_dir/LOCK`` holding its exclusive ``flock``, the holder (pid, host) written in it."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / LOCK
+    tries = 0
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            tries += 1
+            if tries < LOCK_TRIES:  # a probe (`check_not_locked`) holds it for an instant; a run, for its length
+                os.close(fd)
+                time.sleep(0.05)
+                continue
+            error = _held_elsewhere(out_dir, fd)
+            os.close(fd)
+            raise error from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:  # the file a run removed as it ended, locked after it let go: not the lock any more, take the new one
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        locked = os.fstat(fd)
+        if current is not None and (current.st_dev, current.st_ino) == (locked.st_dev, locked.st_ino):
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+    return fd
+
+
+def _held_elsewhere(out_dir: Path, fd: int) -> ShardWriteError:
+    pid, host = (os.pread(fd, 300, 0).decode(errors="replace").split() + ["?", "?"])[:2]
+    return _busy(out_dir, f"pid {pid} on host {host}")
+
+
+def _busy(out_dir: Path, holder: str) -> ShardWriteError:
+    return ShardWriteError(f"another run ({holder}) is writing {out_dir}; wait for it or choose another output "
+                           f"folder")
+
+
+def check_not_locked(out_dir: Path) -> None:
+    """`ShardWriteError` when another run holds ``out_dir`` (`writing_lock`), so that it is refused before any
+    work; changes nothing. Passes when this thread holds it."""
+    out_dir = Path(out_dir).resolve()
+    with _HELD_GUARD:
+        held = _HELD.get(out_dir)
+    if held is not None:
+        if held[1] != threading.get_ident():
+            raise _busy(out_dir, f"pid {os.getpid()} on host {socket.gethostname()}, this process")
+        return
+    try:
+        fd = os.open(out_dir / LOCK, os.O_RDWR)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _held_elsewhere(out_dir, fd) from None
+    finally:
+        os.close(fd)  # releases the probe's lock, if it got it
 
 
 def prepare_out_dir(out_dir: Path, overwrite: bool) -> bool:

@@ -486,6 +486,34 @@ def test_flow_parameters_are_checked_before_any_work(prefect_api, synthetic_lsp,
         assert not (tmp_path / "fits").exists(), change
 
 
+def test_a_fitloop_error_in_a_task_fails_the_flow_with_its_one_line(prefect_api, synthetic_lsp, tmp_path):
+    """An expected fault met inside a task (an annotation file that cannot be read, a fits folder that is no fits
+    table) fails the flow run as a wrong parameter does: its one line as the run's message, the `FitloopError`
+    raised to the caller. Before: the task returned a Failed state, which the flow used as its result ('State'
+    object is not subscriptable; a UUID that is not JSON serializable in the seed artifact)."""
+    from fits.table import FitsTableError
+    from pipelines.adapters import AnnotationFileError
+    from pipelines.flows import preprocess_flow, seed_fits_flow
+    from pipelines.preprocess import preprocess
+
+    root = tmp_path / "lsp"
+    (root / "images").mkdir(parents=True)
+    (root / "joints.mat").write_text("not a MATLAB file\n")
+    state = preprocess_flow([DatasetSpec("lsp", str(root), ("test",))], str(tmp_path / "unread"), workers=1,
+                            return_state=True)
+    assert state.type.value == "FAILED", state.message
+    with pytest.raises(AnnotationFileError) as error:
+        state.result()
+    assert state.message == str(error.value) and str(error.value).startswith(f"{root / 'joints.mat'}: not an lsp")
+
+    shards = tmp_path / "shards"
+    preprocess([DatasetSpec("lsp", str(synthetic_lsp), ("all",))], shards)  # made here: the flow is tested above
+    before = sorted(p.name for p in shards.iterdir())
+    with pytest.raises(FitsTableError, match=f"^{shards} is a folder that is not a fits table"):
+        seed_fits_flow(str(shards), str(shards), batch_size=4, workers=1)  # the shard set given as the fits table
+    assert sorted(p.name for p in shards.iterdir()) == before
+
+
 def test_labels_keep_two_sources_of_one_format_apart(synthetic_lsp, tmp_path):
     from pipelines.preprocess import open_datasets
     from pipelines.synthetic import SynthConfig, generate

@@ -184,7 +184,8 @@ def test_pelvis_centred_joints_cannot_make_image_frame_fits(samples):
 def test_bad_3d_settings_are_refused_in_one_line():
     for kwargs, message in [({"mode": "mosh"}, "seed mode must be one of 2d, 3d"),
                             ({"shape_frames": 0}, "shape_frames must be >= 1"),
-                            ({"fit3d": Fit3DConfig(temporal_weight=-1.0)}, "temporal_weight")]:
+                            ({"fit3d": Fit3DConfig(temporal_weight=-1.0)}, "temporal_weight"),
+                            ({"run_id": " "}, "run id must not be empty")]:
         with pytest.raises(FitloopError, match=message):
             SeedConfig(**kwargs)
 
@@ -204,3 +205,29 @@ def test_fits_seed_command_in_3d_mode(synth, tmp_path, capsys):
                  "--workers", "0", "--frame", "image"]) == 0
     line = capsys.readouterr().out
     assert "24 samples fitted (3 without 3D joints left out)" in line and "image frame from 3D joints" in line
+
+
+def test_a_real_smpl_file_fits_3d_joints_through_spins_h36m_regressor(synth, tmp_path, capsys):
+    """A licensed SMPL file has no Human3.6M regressor of its own: mode 3d takes SPIN's J_regressor_h36m.npy
+    (--h36m-regressor), whose content is in the rows' fit_config_hash, or fits the canonical joints."""
+    from model_files import smpl_arrays
+
+    arrays = smpl_arrays()
+    np.savez(tmp_path / "SMPL_NEUTRAL.npz", **arrays)
+    rows = np.random.default_rng(0).random((17, len(arrays["v_template"])))
+    np.save(tmp_path / "J_regressor_h36m.npy", rows / rows.sum(1, keepdims=True))
+    model, regressor = str(tmp_path / "SMPL_NEUTRAL.npz"), str(tmp_path / "J_regressor_h36m.npy")
+    seed = ["fits", "seed", str(synth / "shards"), str(tmp_path / "fits"), "--body-model", model, "--mode", "3d",
+            "--workers", "0", "--batch-size", "12", "--shape-frames", "4"]
+    assert main(seed) == 1
+    err = capsys.readouterr().err
+    assert "--h36m-regressor" in err and "--correspondence canonical" in err and "Traceback" not in err
+    assert main([*seed, "--h36m-regressor", regressor, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["fitted"] == H36M_SAMPLES
+    assert main([*seed, "--correspondence", "canonical", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["fitted"] == H36M_SAMPLES
+    hashes = {row["fit_config_hash"] for row in FitsTable.open(tmp_path / "fits").log().to_pylist()}
+    assert len(hashes) == 2  # the regressor's fits and the canonical joints' are told apart
+
+    assert main(["fits", "seed", str(synth / "shards"), str(tmp_path / "t2"), "--h36m-regressor", regressor]) == 1
+    assert "go with --mode 3d" in capsys.readouterr().err

@@ -304,9 +304,12 @@ def test_fits_store_keeps_strict_improvements_and_matches_the_table(tmp_path):
 
 
 def _four_samples(has_smpl: list[bool]) -> Batch:
-    """A batch of four blank samples a/1..a/4 with ground-truth SMPL (pose 0.7, betas 0.3) where ``has_smpl``."""
+    """A batch of four blank samples a/1..a/4, every keypoint seen, with ground-truth SMPL (pose 0.7, betas 0.3)
+    where ``has_smpl``."""
     n = 4
-    return Batch(img=torch.zeros(n, 3, 8, 8), keypoints=torch.zeros(n, 49, 3), gt_pose=torch.full((n, 72), 0.7),
+    keypoints = torch.zeros(n, 49, 3)
+    keypoints[..., 2] = 1.0
+    return Batch(img=torch.zeros(n, 3, 8, 8), keypoints=keypoints, gt_pose=torch.full((n, 72), 0.7),
                  gt_betas=torch.full((n, 10), 0.3), has_smpl=torch.tensor(has_smpl),
                  joints_3d=torch.zeros(n, 49, 4), has_3d=torch.zeros(n, dtype=torch.bool),
                  flip=torch.zeros(n, dtype=torch.bool), rot=torch.zeros(n), scale=torch.ones(n),
@@ -326,6 +329,12 @@ def test_supervision_follows_spin():
     assert (targets.betas[1] == 0.3).all() and (targets.pose[1] == 0.7).all()  # ground truth replaces the fit
     assert (targets.betas[3] == 0.5).all() and (targets.pose[3] == 0.1).all()
     assert supervision(chosen, batch, threshold=60.0).valid.tolist() == [True, True, True, False]
+    # a fit to keypoints that show 5 joints (a/1) or none but ground truth (a/2) is no target: SMPLify returns its
+    # start at a loss near 0 there
+    batch.keypoints[0, :, 2] = 0.0
+    batch.keypoints[0, 30:35, 2] = 1.0
+    batch.keypoints[1, :, 2] = 0.0
+    assert supervision(chosen, batch, threshold=100.0).valid.tolist() == [False, True, True, True]
 
 
 def test_error_sums_per_dataset_and_a_diverged_prediction():
@@ -487,6 +496,11 @@ def test_a_fit_made_in_an_augmented_crop_is_stored_canonical_with_its_canonical_
                             joints=torch.zeros(n, 49, 3), quality=np.full((n, len(FILTER_COLUMNS)), np.nan))
     store = FitsStore([], [], [], [])
     provenance = FitProvenance(run_id="step", body_model_id=body.model_id, fit_config_hash="test", source="loop")
+    unseen = dataclasses.replace(batch, keypoints=batch.keypoints.clone())
+    unseen.keypoints[1, :, 2] = 0.0  # no keypoint seen: its fit (its start, at loss ~0) is not written back
+    _, updated, kept = update_fits(FitsStore([], [], [], []), smplify, unseen, keypoints_px, none_stored, new,
+                                   provenance)
+    assert updated.all() and kept == n - 1
     _, updated, kept = update_fits(store, smplify, batch, keypoints_px, none_stored, new, provenance)
     assert updated.all() and kept == n
     table = FitsTable.create(tmp_path / "fits")

@@ -48,7 +48,7 @@ from torch import Tensor
 from core.camera import project
 from core.frames import FIT_CENTER, fit_frame_px
 from core.host_syncs import to_device, to_host
-from core.joints import NUM_JOINTS
+from core.joints import MIN_FIT_JOINTS, NUM_JOINTS, joints_shown
 from fits.quality import FILTER_COLUMNS, FitFilter, columns_of
 from fits.schema import (
     BETAS_EXTREME_SIGMA,
@@ -405,12 +405,12 @@ def update_fits(store: FitsStore, smplify: SMPLify, batch: Batch, keypoints_px: 
                        loss=torch.where(update, new.loss, stored.loss),
                        joints=torch.where(update[:, None, None], new.joints, stored.joints),
                        quality=stored.quality.copy())
-    write = update
+    write = update & fittable(batch, update.device)  # a fit to next to no keypoints is its start, at loss ~0
     if wholebody is not None:
         chosen.wholebody = new.wholebody.where(update, stored.wholebody)
         chosen.has_wholebody = torch.where(update, new.is_wholebody, stored.has_wholebody)
         chosen.expression_ok = torch.where(update, new.is_wholebody, stored.expression_ok)
-        write = update & ~(new.is_wholebody & batch.flip.to(update.device))
+        write = write & ~(new.is_wholebody & batch.flip.to(update.device))
     # Every example is undone and scored, and the winners are picked on the host after the one transfer below:
     # picking them first (torch.nonzero) would be one more host sync, to save a few batched ops on the losers.
     # The losers are scored on their stored fit (finite, where a failed new fit may not be) and then dropped.
@@ -487,6 +487,13 @@ def _wholebody_rows(keys: list[str], host: list[np.ndarray], iterations: np.ndar
 
 
 # 5 ------------------------------------------------------------------------------------------------------------
+def fittable(batch: Batch, device: torch.device) -> Tensor:
+    """(B,) bool on ``device``: the examples whose keypoints show the `core.joints.MIN_FIT_JOINTS` joints a fit needs
+    (`fits.seeding.unfittable`, the seeding's rule). SMPLify fitted to fewer returns its start at a loss near 0,
+    which would win every comparison: such a fit is neither written back nor a target (no host sync)."""
+    return joints_shown(batch.keypoints[..., 2].to(device) > 0) >= MIN_FIT_JOINTS
+
+
 def supervision(chosen: BatchFits, batch: Batch, threshold: float,
                 fit_filter: FitFilter = FitFilter()) -> Targets:
     """SPIN's targets from the chosen fits: any |β| > 3 zeroes all betas of that fit (after the write-back, so the
@@ -503,7 +510,7 @@ def supervision(chosen: BatchFits, batch: Batch, threshold: float,
     betas = torch.where(has_smpl[:, None], batch.gt_betas[:, : betas.shape[1]], betas)
     columns = {name: chosen.quality[:, i] for i, name in enumerate(FILTER_COLUMNS)}
     passes = to_device(torch.from_numpy(fit_filter.keep(columns)), device)   # judged on the host
-    good = loss < threshold
+    good = (loss < threshold) & fittable(batch, device)
     valid = (good & passes) | has_smpl
     targets = Targets(pose=pose, betas=betas, valid=valid, has_smpl=has_smpl, has_3d=batch.has_3d,
                       filtered=good & ~passes & ~has_smpl)

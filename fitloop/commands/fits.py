@@ -73,7 +73,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     seed.add_argument("table", type=Path, help="the fits table (created when missing)")
     seed.add_argument("--body-model", default="open", help='"open" (default), "open-small" or a model file')
     seed.add_argument("--joint-regressor-extra", default=None, help="SPIN's J_regressor_extra.npy (real SMPL)")
-    seed.add_argument("--pose-prior", default=None, help="SMPLify's pose prior (default: the open prior)")
+    seed.add_argument("--pose-prior", default=None,
+                      help="SMPLify's Gaussian-mixture pose prior: a file (.npz, SMPLify's gmm_08.pkl) or gmm, the "
+                           "shipped one (default)")
     seed.add_argument("--batch-size", type=int, default=64, help="samples per SMPLify call and Dask task")
     seed.add_argument("--keys", nargs="+", default=None, help="fit only these sample keys")
     seed.add_argument("--run-id", default="seed", help="the run id every row names (default: seed)")
@@ -90,6 +92,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "uses 300)")
     seed.add_argument("--shape-frames", type=int, default=64,
                       help="mode 3d: samples per subject its one shape is fitted on (default 64)")
+    seed.add_argument("--h36m-regressor", default=None,
+                      help="mode 3d with a real SMPL-family file: SPIN's J_regressor_h36m.npy, the model points "
+                           "that stand for Human3.6M's joints (the open models carry their own)")
+    seed.add_argument("--correspondence", choices=("h36m", "canonical"), default="h36m",
+                      help="mode 3d: which model points stand for Human3.6M's joints: h36m (default) the body "
+                           "model's Human3.6M regressor; canonical: its canonical joints (kinematic hips, no "
+                           "regressor needed, less exact)")
     seed.add_argument("--workers", type=int, default=None,
                       help="worker processes of the local Dask cluster (default: one per core; 0: fit in this "
                            "process, no Dask)")
@@ -519,28 +528,46 @@ def cmd_seed(args: argparse.Namespace) -> int:
         raise FitloopError(f"--batch-size must be >= 1, got {args.batch_size}")
     from fitting.fit3d import Fit3DConfig
 
+    if args.pose_prior == "vae":
+        raise FitloopError("--pose-prior vae: seeding fits with SMPLify's Gaussian-mixture prior (the seed rows' "
+                           "fit_config_hash holds its digest); pass gmm or a mixture file (docs/pose_prior.md)")
+    if args.pose_prior == "gmm":
+        from fitting.priors import DEFAULT_PRIOR
+
+        args.pose_prior = str(DEFAULT_PRIOR)
+    if args.mode != "3d" and (args.h36m_regressor is not None or args.correspondence != "h36m"):
+        raise FitloopError("--h36m-regressor and --correspondence go with --mode 3d (fits to 3D joints)")
     config = SeedConfig(body_model=args.body_model, batch_size=args.batch_size, run_id=args.run_id,
                         joint_regressor_extra=args.joint_regressor_extra, frame=args.frame, mode=args.mode,
-                        fit3d=Fit3DConfig(temporal_weight=args.temporal_weight), shape_frames=args.shape_frames,
+                        fit3d=Fit3DConfig(temporal_weight=args.temporal_weight, correspondence=args.correspondence),
+                        shape_frames=args.shape_frames, h36m_regressor=args.h36m_regressor,
                         **({"pose_prior": args.pose_prior} if args.pose_prior else {}))
     total = len(set(args.keys)) if args.keys else sum(s.samples for s in list_shards(args.shards))
+    from pipelines.cluster import choose_cluster, dask_client
+
+    # --workers 0: this process, no Dask; other counts size a local cluster, refused beside a scheduler's address
+    address = choose_cluster(args.dask_address, args.workers) if args.workers != 0 or args.dask_address else None
     with tqdm(total=total, desc="seed fits", unit="fit", file=sys.stderr, disable=None) as bar:
-        if args.workers == 0 and args.dask_address is None:
+        if args.workers == 0 and address is None:
             result = seed_fits(args.shards, args.table, config, keys=args.keys, on_batch=bar.update)
         else:
-            from pipelines.cluster import dask_client
-
-            with dask_client(args.dask_address, args.workers) as client:
+            with dask_client(address, args.workers) as client:
                 result = seed_fits(args.shards, args.table, config, keys=args.keys, client=client,
                                    on_batch=bar.update)
+    if result.unfittable:
+        _note(f"{len(result.unfittable)} sample(s) cannot make a fit and were left out, e.g. "
+              f"{'; '.join(result.unfittable[:3])} (`fitloop shards verify {args.shards}` checks a set; a "
+              f"conversion with the default checks rejects such people)")
+    result.check_fitted(args.shards, args.table)
     if args.json:
         print(json.dumps(asdict(result)))
         return 0
     version = f"version {result.versions[0]}" if result.versions else "no new version"
     left_out = f" ({result.without_3d} without 3D joints left out)" if args.mode == "3d" else ""
+    mean = "n/a (every fit diverged)" if result.mean_loss is None else f"{result.mean_loss:.2f} px²"
     print(f"{args.table}: {result.fitted} samples fitted{left_out} with {result.body_model_id} in the {args.frame} "
           f"frame from {'3D joints' if args.mode == '3d' else 'keypoints'} (fit config {result.fit_config_hash}), "
-          f"{result.appended} fits appended ({version}), mean loss {result.mean_loss:.2f} px²"
+          f"{result.appended} fits appended ({version}), mean loss {mean}"
           + (f"; {result.diverged} diverged fit(s) (NaN or inf) left out" if result.diverged else ""))
     return 0
 

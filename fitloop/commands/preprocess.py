@@ -42,18 +42,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="an adapter option (repeatable), e.g. annotation_file=test_coco.json, min_joints=8, "
                              "image_dir=/data/images (docs/datasets.md lists them)")
-    parser.add_argument("--crop-res", type=int, default=None, help="stored crop side in px (default 320)")
+    parser.add_argument("--crop-res", type=count(8), default=None, help="stored crop side in px (default 320)")
     parser.add_argument("--crop-margin", type=float, default=None,
                         help="stored crop side / person box side (default 1.5)")
     parser.add_argument("--jpeg-quality", type=int, default=None, help="JPEG quality (default 90)")
-    parser.add_argument("--samples-per-shard", type=int, default=None, help="samples per shard (default 1000)")
+    parser.add_argument("--samples-per-shard", type=count(1), default=None, help="samples per shard (default 1000)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a shard set already in --out (finished or not) instead of refusing or resuming; "
                              "files fitloop did not write are never removed (such a folder is refused)")
     parser.add_argument("--workers", type=count(1), default=None,
-                        help="write chunks on a local Dask cluster of this many worker processes")
+                        help="write chunks on a local Dask cluster of this many worker processes (not with "
+                             "--dask-address or $FITLOOP_DASK_ADDRESS)")
     parser.add_argument("--dask-address", default=None, metavar="tcp://HOST:PORT",
-                        help="write chunks on an existing Dask cluster (default: $FITLOOP_DASK_ADDRESS if set)")
+                        help="write chunks on an existing Dask cluster (default: $FITLOOP_DASK_ADDRESS if set); "
+                             "it must have a worker within 60 s")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the manifest's counts as JSON")
     parser.set_defaults(func=cmd_preprocess)
@@ -64,7 +66,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from pipelines.cluster import check_scheduler, dask_client, resolve_address
+    from pipelines.cluster import check_scheduler, choose_cluster, dask_client
     from pipelines.preprocess import DatasetSpec, open_datasets, parse_options, write_shard_set
     from shards.writer import ShardConfig, check_out_dir
 
@@ -76,7 +78,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     out = args.out.resolve()  # absolute before it goes to Dask workers, whose working folder is not this one
     if check_out_dir(out, args.overwrite):  # a finished set in the way fails here, before anything is read
         print(f"fitloop preprocess: resuming the unfinished shard set in {out}", file=sys.stderr)
-    address = resolve_address(args.dask_address)
+    address = choose_cluster(args.dask_address, args.workers)  # --workers with an address: refused, not ignored
     if address:
         check_scheduler(address)  # an address where no scheduler answers fails here, within seconds
     records, inputs = open_datasets([spec])  # a bad root or missing files fail here, before any output

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass
@@ -46,11 +47,11 @@ from PIL import Image
 
 from core.errors import FitloopError
 from core.intrinsics import Intrinsics
-from core.joints import J24_OFFSET, JOINT_NAMES, NUM_JOINTS, indices
+from core.joints import J24_OFFSET, JOINT_NAMES, MIN_FIT_JOINTS, NUM_JOINTS, indices
 from core.wholebody import NUM_WHOLEBODY, WHOLEBODY_NAMES
 from pipelines.adapters.label_files import DEFAULT_LABELS_DIR, LABELS_FILE, LabelFolder
 from shards.crop import box_problem
-from shards.frames import VideoError, video_info
+from shards.frames import VideoError, VideoFrames, video_info
 from shards.masks import LabelMap, MaskError
 from shards.schema import PersonRecord, Reject
 
@@ -72,6 +73,15 @@ class AnnotationFileError(DatasetError):
                          f"format under this name?) or point the adapter at the right one")
 
 
+# FFmpeg, OpenCV's video back end, prints a line to stderr for every damaged macroblock it meets (thousands for one
+# damaged video) and "moov atom not found" for a file that is no video, and OpenCV adds its own "[ERROR:0@...]"
+# lines for a video it cannot open; the rejects already say which video is bad and why, so both logs are silenced
+# here, before any video is opened (OpenCV reads the levels once per process: its own at import, FFmpeg's at its
+# first capture; processes started later inherit them). Set OPENCV_FFMPEG_LOGLEVEL (16: FFmpeg's errors) or
+# OPENCV_LOG_LEVEL (ERROR) to see them. OpenCV gives no error flag for a frame decoded from damaged data.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+os.environ.setdefault("OPENCV_LOG_LEVEL", "FATAL")
+
 # Parsers of binary formats (scipy.io, h5py, cdflib) raise many exception types for damaged bytes, some of their
 # own (scipy's MatReadError is a plain Exception): reading a whole annotation file catches all of them, and the
 # one line says which file and what the parser said.
@@ -85,12 +95,13 @@ class CheckConfig:
     Every adapter's config extends this one, so these options mean the same for every dataset.
 
     Attributes:
-        min_joints: fewest annotated joints a person may have. 6 by default: SMPLify's camera stage needs the
-            4 torso joints (hips and shoulders) and a pose needs a few joints more to say anything; people with
-            fewer (COCO's many 1–5-keypoint annotations of distant or cut-off people) cannot supervise a
-            fit. It is deliberately looser than SPIN's training selection (all 12 limb joints for COCO, all 16
-            for MPII): a shard is a faithful conversion that a training filter can narrow but never widen,
-            so reproduce SPIN with ``require_joints`` at conversion time, or filter when you load.
+        min_joints: fewest annotated joints a person may have. 6 by default (`core.joints.MIN_FIT_JOINTS`,
+            which seeding also asks of a sample): SMPLify's camera stage needs the 4 torso joints (hips and
+            shoulders) and a pose needs a few joints more to say anything; people with fewer (COCO's many
+            1–5-keypoint annotations of distant or cut-off people) cannot supervise a fit. It is deliberately
+            looser than SPIN's training selection (all 12 limb joints for COCO, all 16 for MPII): a shard is a
+            faithful conversion that a training filter can narrow but never widen, so reproduce SPIN with
+            ``require_joints`` at conversion time, or filter when you load.
         require_joints: canonical joint names (core.joints.JOINT_NAMES) that must all be annotated;
             `SPIN_LIMB_JOINTS` reproduces SPIN's COCO selection.
         occluded_confidence: confidence given to joints annotated as occluded (COCO v=1, LSP flag 1, MPII
@@ -108,7 +119,7 @@ class CheckConfig:
             ``fitloop_parts`` folder when it holds a table (the synthetic generator writes it), else none.
     """
 
-    min_joints: int = 6
+    min_joints: int = MIN_FIT_JOINTS
     require_joints: tuple[str, ...] = ()
     occluded_confidence: float = 1.0
     out_of_image: OutOfImagePolicy = "reject"
@@ -410,14 +421,26 @@ class RecordBuilder:
         return info
 
     def _check_video(self, path: Path) -> _ImageInfo:
+        """A video's size and frame count (the container's), and that its first frame decodes: a video whose index
+        is cut short opens, states its frame count and a 0x0 frame size, and decodes nothing. Its later frames are
+        decoded at crop time only (a frame that does not decode then is a reject there); a frame whose data is
+        damaged may decode to garbage without a word from OpenCV (docs/datasets.md, Human3.6M)."""
         if not path.is_file():
             return _ImageInfo(None, "missing_image", f"no video file at {path}")
         if self.config.image_check == "exists":
             return _ImageInfo(None)
         try:
             video = video_info(path)
+            if min(video.size) <= 0:
+                raise VideoError(f"{path.name}: OpenCV opens it but finds {video.size[0]}x{video.size[1]} px frames: "
+                                 f"its index or frames are damaged (a download cut short?)")
+            with VideoFrames(path) as frames:
+                frames.frame(0)
         except VideoError as err:
-            return _ImageInfo(None, "corrupt_image", str(err))
+            message = str(err)
+            if "frame 0 does not exist" in message:
+                message = f"{path.name}: its first frame does not decode (a damaged file or a download cut short?)"
+            return _ImageInfo(None, "corrupt_image", message)
         return _ImageInfo(video.size, frames=video.frames)
 
     def _check_image(self, path: Path) -> _ImageInfo:

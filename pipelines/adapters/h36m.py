@@ -23,6 +23,11 @@ skipped, as SPIN skips them (SPIN compares the whole name with ``_ALL``; ``_ALL 
   six extrinsics at ``6·((k−1)·11 + n−1)`` (rotation angles a, b, c in radians with ``R = Rx(a)·Ry(b)·Rz(c)``,
   then T in mm), and for camera k nine intrinsics at ``264 + 9·(k−1)`` (f 2, c 2, k 3, p 2).
 
+A camera file, found or given, must hold usable parameters (finite, f > 0, the sizes above) for every (subject,
+camera) whose poses are read: else `DatasetError`, one line naming the file, subject and camera, before anything
+is read (`check_cameras`). A file beside the poses that lacks a subject is a wrong or partial file, not a reason to
+give its records a guessed focal length; only without any camera file do mono records go without intrinsics.
+
 Every record of a camera with parameters carries its **intrinsics** (f, c in px: `PersonRecord.intrinsics`,
 source "dataset"), which the shards store so that fits can be made in that camera (`core.frames`); the
 distortion (k, p) stays in ``extra["camera_params"]`` and is not applied by fitloop's pinhole fits.
@@ -43,7 +48,9 @@ fitloop does not copy that. ``"spin"`` is SPIN's extraction, ``images/S1_Directi
 ``S1/Images/Directions 1.54138969/frame_000001.jpg``; or a format string with the fields ``subject``, ``action``,
 ``action_us`` (spaces → ``_``), ``camera``, ``frame`` (0-based) and ``frame1`` (1-based). ``"auto"`` (default)
 takes, per sequence, SPIN's or the folders' image of its first frame where it exists, else its video where that
-exists, else SPIN's layout (whose missing images are rejects that name the path).
+exists; a sequence with none of them takes the layout the subject's folders show (``S1/Videos``, then
+``S1/Images``), else SPIN's, so that its ``missing_image`` rejects name the file missing from the user's layout
+(a video that was not downloaded, not a JPEG of SPIN's).
 
 **Records.** Every ``frame_step``-th frame (default 5, as SPIN) of every sequence is one person. The 17 joints
 SPIN takes from the 32 (raw 11, 1, 2, 3, 6, 7, 8, 12, 24, 14, 15, 17, 18, 19, 25, 26, 27: raw 11 is a copy of the
@@ -191,6 +198,21 @@ class Camera:
     k: np.ndarray
     p: np.ndarray
     file: str = ""
+    where: str = ""   # where in the file ("subject1/camera1" of cameras.h5), for messages
+
+    def problem(self) -> str:
+        """Why these parameters cannot be used ("" when they can): a value of the wrong size, not finite, or a
+        focal length that is not positive (a file damaged or edited by hand)."""
+        sizes = {"R": (3, 3), "T": (3,), "f": (2,), "c": (2,), "k": (3,), "p": (2,)}
+        for name, shape in sizes.items():
+            value = getattr(self, name)
+            if value.shape != shape:
+                return f"{name} has shape {value.shape}, expected {shape}"
+            if not np.isfinite(value).all():
+                return f"{name} = {np.array2string(value.reshape(-1), precision=6)} is not finite"
+        if not (self.f > 0).all():
+            return f"f = {self.f.tolist()} is not positive"
+        return ""
 
     def to_camera(self, points_world: np.ndarray) -> np.ndarray:
         """World points (..., 3) mm -> camera frame (..., 3) mm."""
@@ -260,16 +282,18 @@ class H36mAdapter:
         present = [s for s in subjects if (root / s).is_dir()]
         if not present:
             raise DatasetError(f"no Human3.6M subject folder ({', '.join(subjects)}) under {root}")
-        cameras = self._cameras(root, config)
+        camera_file, cameras = self._cameras(root, config)
         builder = RecordBuilder(self.name, split, config, root=root)
-        for subject in present:
-            for sequence in self._sequences(root, subject, config, cameras):
-                pattern = sequence_layout(root, sequence.subject, sequence.action, sequence.camera,
-                                          config.image_layout)
-                yield from self._read_sequence(builder, root, sequence, cameras, pattern, config)
+        sequences = [seq for subject in present for seq in self._sequences(root, subject, config, cameras)]
+        if camera_file is not None:
+            check_cameras(camera_file, cameras, sequences)  # before anything is read: a wrong file is one line
+        for sequence in sequences:
+            pattern = sequence_layout(root, sequence.subject, sequence.action, sequence.camera, config.image_layout)
+            yield from self._read_sequence(builder, root, sequence, cameras, pattern, config)
 
     # -- finding files --------------------------------------------------------------------------------------
-    def _cameras(self, root: Path, config: H36mConfig) -> dict[tuple[str, str], Camera] | None:
+    def _cameras(self, root: Path, config: H36mConfig) -> tuple[Path | None, dict[tuple[str, str], Camera] | None]:
+        """(the camera file, its cameras), or (None, None) when there is none and none is needed."""
         path = resolve_under(root, config.cameras_file)
         if path is None:
             path = next((p for p in (root / "cameras.h5", root / "metadata.xml") if p.is_file()), None)
@@ -277,10 +301,10 @@ class H36mAdapter:
                 if config.poses == "world":
                     raise DatasetError(f"poses='world' needs camera parameters: no cameras.h5 or metadata.xml "
                                        f"in {root}; pass cameras_file")
-                return None
+                return None, None
         elif not path.is_file():
             raise DatasetError(f"cameras_file {path} does not exist")
-        return load_cameras(path)
+        return path, load_cameras(path)
 
     def _sequences(self, root: Path, subject: str, config: H36mConfig,
                    cameras: dict[tuple[str, str], Camera] | None) -> list[_Sequence]:
@@ -301,7 +325,8 @@ class H36mAdapter:
         if cameras is None:
             raise DatasetError(f"{subject} has no D3_Positions_mono; reading D3_Positions (world frame) needs camera "
                                f"parameters: put cameras.h5 or metadata.xml in {root} or pass cameras_file")
-        serials = sorted((name for (s, name) in cameras if s == subject), key=_camera_order)
+        # Human3.6M's four cameras when the file has none of the subject's: `check_cameras` then says so
+        serials = sorted((name for (s, name) in cameras if s == subject), key=_camera_order) or list(CAMERA_NAMES)
         for path in sorted((features / "D3_Positions").glob("*.cdf")):
             action = path.stem
             if action.startswith("_ALL"):
@@ -512,6 +537,37 @@ def load_cameras(path: Path) -> dict[tuple[str, str], Camera]:
     raise DatasetError(f"cameras_file {path}: expected 3d-pose-baseline's cameras.h5 or the release's metadata.xml")
 
 
+def check_cameras(path: Path, cameras: dict[tuple[str, str], Camera], sequences: list[_Sequence]) -> None:
+    """DatasetError naming the camera file, the subjects and the cameras when a sequence to read has no parameters
+    in it or unusable ones (`Camera.problem`). A camera file that lies beside the poses is meant to hold them: a
+    subject missing from it is a wrong or partial file (its records would otherwise take a guessed focal length,
+    and world poses could not be read at all), not a reason to guess."""
+    needed = sorted({(seq.subject, seq.camera) for seq in sequences}, key=lambda k: (_subject_order(k[0]),
+                                                                                      _camera_order(k[1])))
+    missing = [key for key in needed if key not in cameras]
+    if missing:
+        held = sorted({subject for subject, _ in cameras}, key=_subject_order)
+        absent = []
+        for subject in dict.fromkeys(subject for subject, _ in missing):
+            if subject in held:
+                absent.append(f"{subject} camera {', '.join(c for s, c in missing if s == subject)}")
+            else:
+                group = f" (no group subject{subject[1:]})" if path.suffix.lower() in (".h5", ".hdf5") else ""
+                absent.append(f"{subject}{group}")
+        raise DatasetError(f"{path}: no camera parameters for {'; '.join(absent)}, whose poses are read (the file "
+                           f"has {', '.join(held)}); use a complete camera file (cameras_file=), e.g. the release's "
+                           f"metadata.xml")
+    for key in needed:
+        problem = cameras[key].problem()
+        if problem:
+            raise DatasetError(f"{path}: the parameters of {key[0]} camera {key[1]} ({cameras[key].where}) cannot "
+                               f"be used: {problem}; fix or replace the file (cameras_file=)")
+
+
+def _subject_order(subject: str) -> tuple[int, str]:
+    return (int(subject[1:]) if subject[1:].isdigit() else 1 << 30, subject)
+
+
 def _cameras_h5(path: Path) -> dict[tuple[str, str], Camera]:
     cameras = {}
     with h5py.File(path, "r") as h5:
@@ -523,7 +579,7 @@ def _cameras_h5(path: Path) -> dict[tuple[str, str], Camera]:
                 cam = h5[group][name]
                 serial = "".join(chr(int(c)) for c in np.asarray(cam["Name"][()]).reshape(-1))
                 cameras[(subject, serial)] = Camera(
-                    name=serial, R=np.asarray(cam["R"][()], dtype=np.float64).T,
+                    name=serial, R=np.asarray(cam["R"][()], dtype=np.float64).T, where=f"{group}/{name}",
                     **{k: np.asarray(cam[k][()], dtype=np.float64).reshape(-1) for k in ("T", "f", "c", "k", "p")})
     if not cameras:
         raise ValueError("no subject<n>/camera<k> groups")
@@ -543,7 +599,7 @@ def _cameras_xml(path: Path) -> dict[tuple[str, str], Camera]:
         for n in range(11):
             ext = w0[6 * (k * 11 + n): 6 * (k * 11 + n) + 6]
             cameras[(f"S{n + 1}", serial)] = Camera(name=serial, R=euler_xyz(ext[:3]), T=ext[3:].copy(), f=f, c=c,
-                                                    k=dk, p=dp)
+                                                    k=dk, p=dp, where=f"<w0>, camera {k + 1} and subject {n + 1}")
     return cameras
 
 
@@ -564,13 +620,19 @@ def _image_path(pattern: str, subject: str, action: str, camera: str, frame: int
 def sequence_layout(root: Path, subject: str, action: str, camera: str, layout: str) -> str:
     """The path pattern of one sequence's frames: `VIDEO_LAYOUT` for ``"video"``, the named or given pattern, or
     for ``"auto"`` the first of SPIN's images, the folders' images and the video that holds the sequence's first
-    frame (module docstring), SPIN's when none does."""
+    frame (module docstring); when none does, the videos' layout if the subject has a ``Videos`` folder, else the
+    folders' if it has an ``Images`` folder, else SPIN's."""
     if layout == "video":
         return VIDEO_LAYOUT
     if layout != "auto":
         return image_pattern(layout)
     for pattern in (*IMAGE_LAYOUTS.values(), VIDEO_LAYOUT):
         if (root / _image_path(pattern, subject, action, camera, 0)).is_file():
+            return pattern
+    # None of the sequence's frames: the layout the subject's folders show, so that its records name the file that
+    # is missing in the layout the user has (a video missing from S1/Videos, not a JPEG of SPIN's never extracted)
+    for pattern, folder in ((VIDEO_LAYOUT, "Videos"), (IMAGE_LAYOUTS["folders"], "Images")):
+        if (root / subject / folder).is_dir():
             return pattern
     return IMAGE_LAYOUTS["spin"]
 

@@ -278,7 +278,7 @@ def _read_mat(path: Path, split: str, root: Path, config: MpiiConfig) -> Iterato
         raise AnnotationFileError(path, "an MPII release .mat", err) from None
 
     if subset is not None:
-        yield from _subset_people(annolist, *subset, root, config)
+        yield from _subset_people(path, annolist, *subset, root, config)
         return
     if split == "trainval":
         chosen = None
@@ -300,13 +300,14 @@ def _read_mat(path: Path, split: str, root: Path, config: MpiiConfig) -> Iterato
                 yield _release_person(rect, f"annolist({i + 1}).annorect({r + 1})", image_name, r)
 
 
-def _subset_people(annolist: list[Any], image_index: np.ndarray, person_index: np.ndarray, root: Path,
+def _subset_people(path: Path, annolist: list[Any], image_index: np.ndarray, person_index: np.ndarray, root: Path,
                    config: MpiiConfig) -> Iterator[_Person | _Unreadable]:
-    """People of a release subset: annolist(j) holds one person, RELEASE_*_index(j) (1-based) say which."""
+    """People of a release subset (the file at ``path``): annolist(j) holds one person, RELEASE_*_index(j)
+    (1-based) say which."""
     names_file = resolve_under(root, config.names_file)
     if names_file is None:
-        raise DatasetError("this MPII .mat is a release subset without image names (RELEASE_img_index only); "
-                           "pass names_file: the release mpii_human_pose_v1_u12_1.mat or a pose-hg .h5")
+        raise DatasetError(f"{path}: an MPII release subset without image names (RELEASE_img_index only); pass "
+                           f"names_file: the release mpii_human_pose_v1_u12_1.mat or a pose-hg .h5")
     names = _image_names(names_file)
     for j, annotation in enumerate(annolist):
         image, person = int(image_index[j]), int(person_index[j])

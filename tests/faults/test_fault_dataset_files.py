@@ -1,20 +1,25 @@
 """Damaged dataset files, as `fitloop preprocess` reads them: an annotation file that cannot be read is one line
 naming it (never an empty shard set and exit 0); a bad record in a readable file is one reject row naming file and
 record, and the counts reconcile (issue 13)."""
+import dataclasses
 import io
 import json
+import shutil
 import struct
 import zipfile
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.io
-from faultcheck import expect_error, expect_error_in_subprocess
+from faultcheck import expect_error, expect_error_in_subprocess, run_cli
 from faultdata import (
+    IMAGE_SIZE,
     coco_annotation,
     coco_image,
     convert,
+    lsp_joints,
     mat_structs,
     mpii_rect,
     reconcile,
@@ -25,6 +30,9 @@ from faultdata import (
     write_mpii_release,
 )
 from PIL import Image
+
+from pipelines.adapters import iter_dataset
+from shards.schema import PersonRecord
 
 FAULT_CLASS = "damaged dataset files"
 
@@ -82,7 +90,54 @@ def test_a_joints_mat_without_joints_or_in_the_other_layout_is_one_line(capsys, 
     scipy.io.savemat(root / "joints.mat", {"pose": np.zeros((3, 14, 2))})
     preprocess_error(capsys, "lsp", root, tmp_path / "out", "joints.mat", "no variable 'joints'")
     write_lsp(root, count=2)  # LSP's 3 x 14 x N, read as LSPET's 14 x 3 x N
-    preprocess_error(capsys, "lspet", root, tmp_path / "out", "joints.mat", "is this an LSP (lsp) file?")
+    preprocess_error(capsys, "lspet", root, tmp_path / "out", "joints.mat", "is this an LSP (lsp or lsp-orig) file?")
+
+
+LAYOUTS_IN_WORDS = ("LSP's is 3 x 14 x N (x, y, flag; joint; image)",
+                    "LSP-extended's is 14 x 3 x N (joint; x, y, flag; image)")
+
+
+@pytest.mark.parametrize("shape, lspet", [((5, 14, 3), False), ((2, 14, 5), False), ((14, 3, 5), True)])
+def test_a_joints_mat_in_neither_layout_states_its_shape_and_both_layouts(capsys, tmp_path, shape, lspet):
+    # (N, 14, 3) and (2, 14, N) are no LSP-extended file either, though the message once asked if they were
+    root = tmp_path / "lsp"
+    write_lsp(root, count=5)
+    scipy.io.savemat(root / "joints.mat", {"joints": np.ones(shape)})
+    line = preprocess_error(capsys, "lsp", root, tmp_path / "out", "joints.mat", f"joints has shape {shape}",
+                            *LAYOUTS_IN_WORDS)
+    assert ("is this an LSP-extended (lspet) file?" in line) == lspet and ("is this an" in line) == lspet
+
+
+def test_a_matlab_v73_joints_mat_is_read_as_the_v7_one(capsys, tmp_path):
+    import h5py
+
+    from pipelines.synthetic.h36m_files import stamp_matlab73
+
+    root = tmp_path / "lsp"
+    write_lsp(root, count=2)
+    joints = scipy.io.loadmat(root / "joints.mat")["joints"]  # 3 x 14 x 2
+    v7 = [r.keypoints_2d for r in iter_dataset("lsp", root, "all")]
+    with h5py.File(root / "joints.mat", "w", userblock_size=512) as h5:
+        h5["joints"] = joints.T  # MATLAB writes column order: h5py sees the axes reversed
+    stamp_matlab73(root / "joints.mat")
+    v73 = [r.keypoints_2d for r in iter_dataset("lsp", root, "all")]
+    assert len(v73) == len(v7) == 2 and all(np.array_equal(a, b) for a, b in zip(v7, v73))
+    with h5py.File(root / "joints.mat", "w", userblock_size=512) as h5:
+        h5["joints"] = np.array([b"not numbers"])
+    stamp_matlab73(root / "joints.mat")
+    preprocess_error(capsys, "lsp", root, tmp_path / "out", "joints.mat", "MATLAB v7.3 (HDF5)", "save -v7")
+
+
+def test_an_lsp_joints_mat_cut_short_within_the_test_split_is_one_line(capsys, tmp_path):
+    root, out = tmp_path / "lsp", tmp_path / "out"
+    write_lsp(root, count=2, joints=lsp_joints(2))
+    scipy.io.savemat(root / "joints.mat", {"joints": np.transpose(lsp_joints(1005), (2, 1, 0))})  # LSP has 2000
+    preprocess_error(capsys, "lsp", root, out, "joints.mat", "holds 1005 images where LSP's holds 2000",
+                     "train: im0001-im1000, test: im1001-im2000", "split 'test' would hold 5 of its 1000",
+                     "Split 'all'", args=["--split", "test"])
+    assert len(list(iter_dataset("lsp", root, "train"))) == 1000  # complete (998 of its images missing here)
+    outputs = list(iter_dataset("lsp", root, "all"))  # every image the file holds
+    assert len(outputs) == 1005 and outputs[-1].key == "lsp/im1005"
 
 
 @pytest.mark.parametrize("name, content, what", [
@@ -229,6 +284,134 @@ def test_damaged_human36m_cameras_are_one_line(capsys, tmp_path):
                      options=["cameras_file=metadata.xml"])
 
 
+def write_h36m_cameras(root: Path, subjects: tuple[str, ...] = ("S1",), **changes) -> Path:
+    """cameras.h5 (3d-pose-baseline's) and metadata.xml with every subject's four cameras; cameras.h5 holds only
+    ``subjects``, and ``changes`` (f=..., k=...) replace S1's first camera's parameters in both (in cameras.h5
+    only when they change a size, which metadata.xml's fixed slots cannot hold)."""
+    from pipelines.synthetic.h36m_files import write_cameras_h5, write_metadata_xml
+    from pipelines.synthetic.scene import h36m_rig
+
+    rig = h36m_rig(IMAGE_SIZE, np.random.default_rng(0))
+    camera = rig[("S1", CAMERA)]
+    rig[("S1", CAMERA)] = dataclasses.replace(camera, **changes)
+    write_cameras_h5(root / "cameras.h5", {key: cam for key, cam in rig.items() if key[0] in subjects})
+    if any(np.shape(value) != getattr(camera, name).shape for name, value in changes.items()):
+        rig[("S1", CAMERA)] = camera
+    write_metadata_xml(root / "metadata.xml", rig)
+    return root / "cameras.h5"
+
+
+CAMERA = "54138969"  # write_h36m's camera
+
+
+@pytest.mark.parametrize("cameras_file, where", [("cameras.h5", "subject1/camera1"),
+                                                 ("metadata.xml", "<w0>, camera 1 and subject 1")])
+def test_a_human36m_camera_with_nan_or_no_focal_length_is_one_line_naming_it(capsys, tmp_path, cameras_file, where):
+    root = tmp_path / "h36m"
+    write_h36m(root)
+    write_h36m_cameras(root, f=np.array([np.nan, np.nan]))
+    preprocess_error(capsys, "h36m", root, tmp_path / "out", str(root / cameras_file), f"S1 camera {CAMERA}",
+                     f"({where})", "f = [nan nan] is not finite", options=[f"cameras_file={cameras_file}"])
+    write_h36m_cameras(root, f=np.array([1000.0, 0.0]))
+    preprocess_error(capsys, "h36m", root, tmp_path / "out", str(root / cameras_file), f"S1 camera {CAMERA}",
+                     "f = [1000.0, 0.0] is not positive", options=[f"cameras_file={cameras_file}"])
+    if cameras_file == "cameras.h5":  # metadata.xml's numbers cannot hold a value of the wrong size
+        write_h36m_cameras(root, k=np.zeros(2))
+        preprocess_error(capsys, "h36m", root, tmp_path / "out", "cameras.h5", "k has shape (2,), expected (3,)",
+                         options=[f"cameras_file={cameras_file}"])
+
+
+@pytest.mark.parametrize("poses", ["mono", "world"])
+def test_a_human36m_camera_file_without_the_subject_is_one_line_not_a_guess(capsys, tmp_path, poses):
+    root = tmp_path / "h36m"
+    mono = write_h36m(root)
+    world = root / "S1" / "MyPoseFeatures" / "D3_Positions"
+    world.mkdir()
+    shutil.copy(mono / f"Walking.{CAMERA}.cdf", world / "Walking.cdf")
+    write_h36m_cameras(root, subjects=("S1", "S5"))
+    (root / "metadata.xml").unlink()
+    found = [o for o in iter_dataset("h36m", root, "train", poses=poses) if isinstance(o, PersonRecord)]
+    assert found and all(r.intrinsics.source == "dataset" and "cameras.h5" in r.intrinsics.detail for r in found)
+    write_h36m_cameras(root, subjects=("S5", "S6"))  # S1 missing: once a silent focal-length guess, or no record
+    preprocess_error(capsys, "h36m", root, tmp_path / "out2", str(root / "cameras.h5"),
+                     "no camera parameters for S1 (no group subject1)", "the file has S5, S6",
+                     options=[f"poses={poses}"], args=["--split", "train"])
+
+
+def cut_video(path: Path, zero_size: bool) -> None:
+    """Cut bytes off the end of an MP4 (its index, the moov box, is at the end) until OpenCV opens it and reports
+    frames of 0x0 px (``zero_size``), or a size but no frame that decodes: the two ways a cut index shows."""
+    import cv2
+
+    data = path.read_bytes()
+    for cut in range(10, data.find(b"moov"), 10):
+        path.write_bytes(data[:-cut])
+        capture = cv2.VideoCapture(str(path))
+        try:
+            if capture.isOpened() and (capture.get(cv2.CAP_PROP_FRAME_WIDTH) == 0) == zero_size \
+                    and not capture.read()[0]:
+                return
+        finally:
+            capture.release()
+    pytest.fail(f"no cut of {path.name} gives that")
+
+
+@pytest.mark.parametrize("zero_size, message", [(True, "finds 0x0 px frames"), (False, "first frame does not decode")])
+def test_a_human36m_video_cut_short_is_a_corrupt_image_reject_naming_it(capsys, tmp_path, zero_size, message):
+    root, out = tmp_path / "h36m", tmp_path / "out"
+    videos = write_h36m_videos(root, actions=("Walking", "Eating"))
+    cut_video(videos / f"Eating.{CAMERA}.mp4", zero_size)
+    convert(capsys, "h36m", root, out, "--split", "train")
+    manifest, rows = reconcile(out)
+    assert manifest["counts"] == {"read": 2, "written": 1, "rejected": 1}
+    assert (rows[0]["source"], rows[0]["record"], rows[0]["reason"]) == (
+        f"S1/Videos/Eating.{CAMERA}.mp4", f"S1 Eating.{CAMERA} frame 0", "corrupt_image")
+    assert message in rows[0]["message"]
+
+
+def test_a_missing_human36m_video_is_a_reject_naming_the_video(capsys, tmp_path):
+    root, out = tmp_path / "h36m", tmp_path / "out"
+    videos = write_h36m_videos(root, actions=("Walking", "Eating"))
+    (videos / f"Eating.{CAMERA}.mp4").unlink()  # image_layout auto: the subject's Videos folder says the layout
+    convert(capsys, "h36m", root, out, "--split", "train")
+    manifest, rows = reconcile(out)
+    assert manifest["counts"] == {"read": 2, "written": 1, "rejected": 1}
+    assert (rows[0]["source"], rows[0]["reason"]) == (f"S1/Videos/Eating.{CAMERA}.mp4", "missing_image")
+    assert f"no video file at {videos / f'Eating.{CAMERA}.mp4'}" in rows[0]["message"]
+
+
+def test_damaged_human36m_videos_convert_without_ffmpegs_log(tmp_path):
+    """FFmpeg prints a line per damaged macroblock (thousands) and 'moov atom not found' for a file that is no
+    video, to the process's stderr: a user running the CLI sees none of them, only the rejects' summary."""
+    root, out = tmp_path / "h36m", tmp_path / "out"
+    videos = write_h36m_videos(root, actions=("Walking", "Eating", "Posing"), frames=4)
+    data = bytearray((videos / f"Walking.{CAMERA}.mp4").read_bytes())
+    data[len(data) // 4: len(data) // 2] = bytes(len(data) // 2 - len(data) // 4)  # frame data zeroed, index intact
+    (videos / f"Walking.{CAMERA}.mp4").write_bytes(bytes(data))
+    (videos / f"Eating.{CAMERA}.mp4").write_bytes(b"no video at all" * 100)
+    result = run_cli(["preprocess", "h36m", "--root", root, "--out", out, "--no-progress", "--split", "train",
+                      "--option", "frame_step=1"])
+    assert result.returncode == 0, result.stderr
+    assert "[mpeg4 @" not in result.stderr and "moov atom" not in result.stderr, result.stderr[:2000]
+    _, rows = reconcile(out)
+    assert {r["source"] for r in rows if r["reason"] == "corrupt_image"} >= {f"S1/Videos/Eating.{CAMERA}.mp4"}
+
+
+def write_h36m_videos(root: Path, actions: tuple[str, ...], frames: int = 2) -> Path:
+    """`write_h36m`'s S1 with the release's videos (noise, 100 x 80 px, 50 fps) in place of SPIN's images; returns
+    the Videos folder."""
+    from shards.frames import write_video
+
+    write_h36m(root, actions=actions, frames=frames)
+    shutil.rmtree(root / "images")
+    rng = np.random.default_rng(2)
+    for action in actions:
+        write_video(root / "S1" / "Videos" / f"{action}.{CAMERA}.mp4",
+                    [rng.integers(0, 256, (IMAGE_SIZE[1], IMAGE_SIZE[0], 3), dtype=np.uint8) for _ in range(frames)],
+                    50.0)
+    return root / "S1" / "Videos"
+
+
 def test_a_dataset_whose_every_record_is_rejected_is_an_error_after_writing_its_rejects(capsys, tmp_path):
     root, out = tmp_path / "lsp", tmp_path / "out"
     write_lsp(root, count=2)
@@ -252,6 +435,35 @@ def test_mpii_release_records_with_bad_fields_are_reject_rows(capsys, tmp_path):
     assert all(reason == "malformed_annotation" for reason, _ in by_record.values())
     assert "head_box" in by_record["annolist(1).annorect(2)"][1]
     assert "joint id 40" in by_record["annolist(1).annorect(4)"][1]
+
+
+@pytest.mark.parametrize("dataset, flag", [("lsp", 2.0), ("lsp", np.nan), ("lspet", 2.0)])
+def test_an_lsp_joint_flag_neither_0_nor_1_is_a_reject_row(capsys, tmp_path, dataset, flag):
+    root, out = tmp_path / dataset, tmp_path / "out"
+    joints = lsp_joints(2)
+    joints[:, :, 2] = 0.0 if dataset == "lsp" else 1.0  # all visible
+    joints[1, 3, 2] = flag  # im0002's left hip: once read as occluded (LSP) or not annotated (LSPET)
+    write_lsp(root, joints=joints)
+    if dataset == "lspet":  # 14 x 3 x N, 5-digit image names
+        scipy.io.savemat(root / "joints.mat", {"joints": np.transpose(joints, (1, 2, 0))})
+        for number in (1, 2):
+            (root / "images" / f"im{number:04d}.jpg").rename(root / "images" / f"im{number:05d}.jpg")
+    convert(capsys, dataset, root, out, "--split", "all" if dataset == "lsp" else "train")
+    manifest, rows = reconcile(out)
+    assert manifest["counts"] == {"read": 2, "written": 1, "rejected": 1}
+    stem = "im0002" if dataset == "lsp" else "im00002"
+    assert (rows[0]["source"], rows[0]["record"], rows[0]["reason"]) == ("joints.mat", stem, "malformed_annotation")
+    assert "must be 0 (" in rows[0]["message"] and f"Left Hip {flag:g}" in rows[0]["message"]
+
+
+def test_an_mpii_release_subset_without_names_is_one_line_naming_it(capsys, tmp_path):
+    root = tmp_path / "mpii"
+    annolist = mat_structs([{"annorect": mat_structs([mpii_rect()])}])
+    root.mkdir()
+    scipy.io.savemat(root / "detections.mat", {"annolist": annolist, "RELEASE_img_index": np.array([[1]]),
+                                               "RELEASE_person_index": np.array([[1]])})
+    preprocess_error(capsys, "mpii", root, tmp_path / "out", str(root / "detections.mat"), "without image names",
+                     "names_file", options=["annotation_file=detections.mat"])
 
 
 def test_an_image_that_declares_a_billion_pixels_is_a_reject_not_decoded(capsys, tmp_path):

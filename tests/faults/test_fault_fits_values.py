@@ -5,6 +5,8 @@ other write path (a plain append, import, upgrade, relabel) refuses it with one 
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -132,3 +134,52 @@ def test_a_compaction_refuses_diverged_fits_written_before_the_checks_until_told
     best = FitsTable.open(path).best()
     assert dict(zip(best["key"].to_pylist(), best["loss"].to_pylist())) == {"lsp/a": 5.0, "lsp/b": 2.0}
     assert np.isfinite(np.stack(best["pose"].to_numpy(zero_copy_only=False))).all()
+
+
+# --- samples that cannot make a fit -------------------------------------------------------------------------------
+def test_unfittable_names_too_few_joints_and_positions_that_are_not_finite():
+    from core.joints import J24_OFFSET, MIN_FIT_JOINTS, NUM_JOINTS
+    from fits.seeding import unfittable
+
+    keypoints = np.zeros((NUM_JOINTS, 3))
+    keypoints[J24_OFFSET:J24_OFFSET + MIN_FIT_JOINTS] = [50.0, 60.0, 1.0]
+    assert unfittable(keypoints) is None
+    # the same joints under their OpenPose names as well count once, not twice
+    keypoints[:MIN_FIT_JOINTS - 1] = [50.0, 60.0, 1.0]
+    keypoints[J24_OFFSET] = 0.0
+    assert f"show {MIN_FIT_JOINTS - 1} joint(s)" in unfittable(keypoints)
+    keypoints[J24_OFFSET] = [np.nan, 60.0, 1.0]
+    assert "not finite" in unfittable(keypoints)
+    keypoints[J24_OFFSET] = [np.nan, np.nan, 0.0]  # an absent joint's position is never read
+    assert "show" in unfittable(keypoints)
+
+
+def test_seeding_leaves_out_samples_that_cannot_make_a_fit_instead_of_storing_a_perfect_fit(tmp_path, capsys):
+    """Keypoints that show no joint made SMPLify return its start at loss 0, stored as a best fit no real fit could
+    ever beat; now such samples are named and left out, and a run that fits nothing writes nothing and exits 1."""
+    from faultdata import lsp_joints, write_lsp
+
+    joints = lsp_joints(3)
+    joints[1, 3:, 2] = 1.0  # person 2: 3 joints visible, the other 11 occluded
+    joints[2, 5:, 2] = 1.0  # person 3: 5 visible
+    write_lsp(tmp_path / "lsp", joints=joints)
+    shards = tmp_path / "shards"
+    assert main(["preprocess", "lsp", "--root", str(tmp_path / "lsp"), "--out", str(shards), "--no-progress",
+                 "--split", "train", "--option", "occluded_confidence=0", "--option", "min_joints=0"]) == 0
+    table = tmp_path / "fits"
+    capsys.readouterr()
+    assert main(["fits", "seed", str(shards), str(table), "--body-model", "open-small", "--workers", "0",
+                 "--json"]) == 0
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    assert (result["fitted"], result["appended"]) == (1, 1)
+    assert [line.split(":")[0] for line in result["unfittable"]] == ["lsp/im0002", "lsp/im0003"]
+    assert "show 3 joint(s), fewer than the 6" in result["unfittable"][0] and "2 sample(s) cannot make a fit" in err
+    assert FitsTable.open(table).log()["key"].to_pylist() == ["lsp/im0001"]
+
+    fresh = tmp_path / "fresh"
+    assert main(["fits", "seed", str(shards), str(fresh), "--body-model", "open-small", "--workers", "0", "--keys",
+                 "lsp/im0002", "lsp/im0003"]) == 1
+    err = capsys.readouterr().err
+    assert "no sample fitted, nothing written" in err and "2 that cannot make a fit" in err
+    assert not fresh.exists()  # no empty table left behind
