@@ -31,6 +31,10 @@ from training.volumetric import (
 )
 
 TEST_SMPLIFY = SMPLifyConfig(body_iterations=5)
+# The tiny-batch test's losses: the head's own terms (kp·(L_volume_2d + L_volume_3d)) and the 2D and 3D joint terms
+# of its regressor, without SPIN's camera regulariser exp(-10 s)², which 40 Adam steps at 1e-3 on 8 samples can
+# drive past 1e7 and to inf on another machine's rounding (seen with AVX2 kernels: NaN at step 37).
+ONLY_VOLUME = LossWeights(pose=0.0, betas=0.0, camera=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +120,10 @@ def test_the_volumetric_head_learns_a_tiny_batch(shards, mean):
     assert 0 < int(batch.has_3d.sum()) < 8
     model = VolumetricRegressor(mean, img_res=32, depth=18, iterations=1)
     volume = [(t["volume_2d"], t["volume_3d"]) for t in adam_steps(model, body, batch, targets, 40, 1e-3,
-                                                                     LossWeights())]
+                                                                     ONLY_VOLUME)]
     first, last = torch.tensor(volume[0]), torch.tensor(volume[-5:]).mean(0)
-    assert bool((last < 0.65 * first).all())                          # measured: 2D 0.190 -> 0.08, 3D 0.167 -> 0.07
+    # measured: 2D 0.190 -> 0.073-0.084, 3D 0.167 -> 0.049-0.056 with AVX-512, AVX2 and no-SIMD kernels
+    assert bool((last < 0.65 * first).all())
 
 
 def test_a_volumetric_run_logs_its_terms_and_its_checkpoint_round_trips(shards, tmp_path):
