@@ -91,17 +91,10 @@ def splits_converted(spec: DatasetSpec) -> tuple[str, ...]:
 
 
 def check_shard_config(crop_res: int, crop_margin: float, samples_per_shard: int) -> Any:
-    """`shards.writer.ShardConfig` from the flow's shard settings, each checked on its own first, so the line
-    names the one that is wrong (ShardConfig's own message also names settings the flow does not have)."""
+    """`shards.writer.ShardConfig` from the flow's shard settings (its check names the one setting that is wrong;
+    Prefect has checked their types)."""
     from shards.writer import ShardConfig, ShardWriteError
 
-    if isinstance(crop_res, bool) or not isinstance(crop_res, int) or crop_res < 8:
-        raise FlowParameterError(f"crop_res: {crop_res!r} must be an integer >= 8 (the stored crop's side, px)")
-    finite = isinstance(crop_margin, (int, float)) and not isinstance(crop_margin, bool) and crop_margin < float("inf")
-    if not finite or not crop_margin >= 1:
-        raise FlowParameterError(f"crop_margin: {crop_margin!r} must be a finite number >= 1 (crop side / person box "
-                                 f"side)")
-    check_positive(samples_per_shard, "samples_per_shard")
     try:
         return ShardConfig(crop_res=crop_res, crop_margin=crop_margin, samples_per_shard=samples_per_shard)
     except ShardWriteError as err:

@@ -70,6 +70,7 @@ from shards.sample import READABLE_SAMPLE_FORMATS, SAMPLE_FORMAT_VERSION, encode
 from shards.schema import REJECT_COLUMNS, SCHEMA_VERSION, PersonRecord, Reject
 
 MANIFEST = "manifest.json"
+MIN_CROP_RES = 8  # px: the smallest stored crop (`ShardConfig.crop_res`)
 LOCK = ".writing.lock"  # held by the run writing the set (`writing_lock`); never one of the set's files
 REJECTS = "rejects.parquet"
 SHARD_SUFFIX = ".tar"
@@ -109,12 +110,17 @@ class ShardConfig:
     antialias: bool = True
 
     def __post_init__(self) -> None:
-        if self.crop_res < 8 or not self.crop_margin >= 1.0:
-            raise ShardWriteError(f"crop_res must be >= 8 and crop_margin >= 1, got {self.crop_res}, "
-                                  f"{self.crop_margin}")
-        if not 1 <= self.jpeg_quality <= 100 or self.samples_per_shard < 1:
-            raise ShardWriteError(f"jpeg_quality must be in [1, 100] and samples_per_shard >= 1, got "
-                                  f"{self.jpeg_quality}, {self.samples_per_shard}")
+        """`ShardWriteError` naming the first setting out of range, alone (a caller that has only some of them, a
+        flow's parameters, passes the line on)."""
+        checks = ((self.crop_res >= MIN_CROP_RES, "crop_res", f"an integer >= {MIN_CROP_RES} (the stored crop's side, "
+                                                              f"px)"),
+                  (1.0 <= self.crop_margin < float("inf"), "crop_margin",
+                   "a finite number >= 1 (crop side / person box side)"),
+                  (1 <= self.jpeg_quality <= 100, "jpeg_quality", "an integer in [1, 100]"),
+                  (self.samples_per_shard >= 1, "samples_per_shard", "an integer >= 1"))
+        for ok, name, what in checks:
+            if not ok:
+                raise ShardWriteError(f"{name}: {getattr(self, name)!r} must be {what}")
 
 
 def _empty_counts() -> dict[str, int]:

@@ -42,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="an adapter option (repeatable), e.g. annotation_file=test_coco.json, min_joints=8, "
                              "image_dir=/data/images (docs/datasets.md lists them)")
+    # 8: shards.writer.MIN_CROP_RES, not imported here (`fitloop --help` imports no numpy)
     parser.add_argument("--crop-res", type=count(8), default=None, help="stored crop side in px (default 320)")
     parser.add_argument("--crop-margin", type=float, default=None,
                         help="stored crop side / person box side (default 1.5)")
