@@ -157,3 +157,13 @@ def test_the_training_step_on_cuda_syncs_once_in_the_trainers_code(tiny_shards, 
     syncs = _step_syncs(tiny_shards, tmp_path, counter=count_cuda_syncs, device="cuda", warmup=1)
     print(syncs.describe())
     assert syncs.under("training", "fits") <= 1, syncs.describe()
+
+
+def test_the_log_line_names_the_parts_only_where_they_were_timed():
+    """Without --profile-parts the parts are blank: the line once ended "481 ms/step ( ms)"."""
+    from training.run_log import describe_train_row
+
+    row = {"epoch": 0, "step": 6, "loss": 6.03, "fits_updated": 0.5, "step_ms": 481.0}
+    assert describe_train_row(row).endswith("fits improved 50%, 481 ms/step")
+    timed = describe_train_row({**row, "data_ms": 12.0, "network_ms": 300.0, "smplify_ms": 150.0, "write_back_ms": 19.0})
+    assert timed.endswith("481 ms/step (data 12, network 300, smplify 150, write-back 19 ms)")

@@ -100,10 +100,11 @@ def _mm(value: Any) -> str:
 
 
 def describe_train_row(row: dict[str, Any]) -> str:
-    """One line for a `train_log.csv` row: loss, share of fits improved, time per step and per part."""
+    """One line for a `train_log.csv` row: loss, share of fits improved, time per step and per part (the parts
+    only where they were timed: ``--profile-parts``)."""
     parts = ", ".join(f"{p.replace('_', '-')} {row[p + '_ms']:.0f}" for p in PARTS if row.get(p + "_ms") is not None)
     return (f"epoch {row['epoch'] + 1} step {row['step']}: loss {row['loss']:.4g}, fits improved "
-            f"{row['fits_updated']:.0%}, {row['step_ms']:.0f} ms/step ({parts} ms)")
+            f"{row['fits_updated']:.0%}, {row['step_ms']:.0f} ms/step" + (f" ({parts} ms)" if parts else ""))
 
 
 def describe_evaluation(row: dict[str, Any]) -> str:
