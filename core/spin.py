@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from core.joints import J24_NAMES
 
+# The shape coefficients SPIN fits, regresses and stores (its smpl_mean_params.npz `shape`, its fits' columns 72-81):
+# fitloop's too, whatever a model file offers (SMPL 10 or 300, SMPL-H 16, SMPL-X 10 or 300 beside its expressions)
+NUM_BETAS = 10
+
 # SPIN's file stems (config.DATASET_FILES): the dataset, split and pixel offset each holds.
 SPIN_NPZ_FILES: dict[str, tuple[str, str, float]] = {
     "lsp_dataset_original_train": ("lsp-orig", "train", 1.0),

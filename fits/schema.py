@@ -54,6 +54,7 @@ import pyarrow.compute as pc
 from core.errors import FitloopError
 from core.joints import BODY_PARTS, NUM_JOINTS
 from core.model_id import MODEL_ID_PATTERN, WHOLEBODY_FAMILIES
+from core.spin import NUM_BETAS
 from shards.schema import KEY_PATTERN
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ if TYPE_CHECKING:
 # 2: body_model_id is the body model's content id (`fitting.body_model.model_content_id`); 1 held file-based ids
 # (``<name>@<file digest>``, ``smpl-neutral-10``), relabelled by `fits.table.relabel_body_models`.
 FITS_SCHEMA_VERSION = 5
-NUM_POSE, NUM_BETAS = 72, 10
+NUM_POSE = 72
 # SMPL-X's whole-body parameters (the widths SMPLify-X fits: 2 x 15 hand joints, 10 expression components)
 NUM_HAND_POSE, NUM_JAW_POSE, NUM_EYE_POSE, NUM_EXPRESSION = 90, 3, 6, 10
 BETAS_EXTREME_SIGMA = 3.0     # SPIN: any |β| > 3 → all betas of that fit are zeroed for training

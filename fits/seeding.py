@@ -158,6 +158,11 @@ class SeedResult:
     body_model_id: str = ""
     fit_config_hash: str = ""
 
+    @staticmethod
+    def mean_loss_text(mean_loss: float | None) -> str:
+        """``mean_loss`` (of a result, or of its dict) as the summaries print it."""
+        return "n/a (every fit diverged)" if mean_loss is None else f"{mean_loss:.2f} px²"
+
     def check_fitted(self, shards: Any, table: Any) -> None:
         """FitloopError where nothing was fitted from ``shards`` (a seed run's inputs held nothing to fit), saying
         what the samples read were; nothing was written to ``table`` then."""
@@ -450,10 +455,9 @@ def seed_fits(shard_dir: Path | Sequence[Path], table_path: Path, config: SeedCo
 
     def wanted(samples: Iterable[StoredSample]) -> Iterator[StoredSample]:
         for sample in samples:
-            why = None if config.mode == "3d" else unfittable(sample.keypoints_crop)
             if sample.key in have:
                 result.skipped += 1
-            elif why is not None:
+            elif config.mode == "2d" and (why := unfittable(sample.keypoints_crop)) is not None:
                 result.unfittable.append(f"{sample.key}: {why}")
             else:
                 yield sample
@@ -498,7 +502,8 @@ def _append(path: Path, table: FitsTable | None, parts: list[pa.Table], known: B
     result.fitted = sum(p.num_rows for p in parts)
     if not result.fitted:
         return result
-    table = table or FitsTable.create(path, exist_ok=True)
+    if table is None:
+        table = FitsTable.create(path, exist_ok=True)
     fits = pa.concat_tables(parts)
     appended = table.append(fits, best=known)
     result.appended, result.diverged = appended.rows, appended.diverged

@@ -54,7 +54,7 @@ from core.joints import (
     SMPL_JOINT_NAMES,
 )
 from core.model_id import MODEL_ID_PATTERN  # noqa: F401 (a body model's id, `model_content_id`'s form)
-from core.spin import SPIN_H36M_REGRESSOR_ROWS
+from core.spin import NUM_BETAS, SPIN_H36M_REGRESSOR_ROWS
 from fitting import safe_pickle
 from fitting.digest import content_digest
 from fitting.files import DAMAGED, looks_like, read_head, read_npy, read_npz, require_file
@@ -85,9 +85,6 @@ REQUIRED_KEYS = ("v_template", "shapedirs", "J_regressor", "weights", "kintree_t
 TREE_JOINTS = {"smpl": 24, "open": 24, "smplh": 52, "smplx": 55}
 FAMILY_NAMES = {"smpl": "SMPL", "open": "open", "smplh": "SMPL-H", "smplx": "SMPL-X"}
 HAND_POSE_DIM = 45  # 15 MANO hand joints x axis-angle: SMPL-H/SMPL-X hand means and PCA components
-# fitloop fits and stores 10 betas (SPIN's, and every table's: `fits.schema`); the released files have 10 or more
-# shape directions (SMPL 10 or 300, SMPL-H 16, SMPL-X 10 + 10 expression or 300 + 100), and only the first 10 are used
-NUM_BETAS = 10
 # A template wider than this is not in metres (SMPL's spans ~1.7 m; a giant's would still be under 4): millimetres
 # once gave fits 76 m off with a plausible-looking loss
 MAX_TEMPLATE_EXTENT_M = 10.0

@@ -186,7 +186,9 @@ def seed_task(shards: str, fits: str, body_model: str, batch_size: int, workers:
     # fit_batch is submitted with pure=False and no key: Dask gives each task a fresh uuid key, so seed runs that
     # share a scheduler never share results
     with dask_client(dask_address, workers) as client:
-        return asdict(seed_fits(Path(shards), Path(fits), config, client=client, on_batch=on_batch))
+        result = seed_fits(Path(shards), Path(fits), config, client=client, on_batch=on_batch)
+    result.check_fitted(shards, fits)  # a run that fitted nothing fails, saying what the samples were
+    return asdict(result)
 
 
 def _fits_picture_artifact(shards: Path, fits: Path, body_model: str, out_png: Path, key: str) -> None:
@@ -220,12 +222,10 @@ def seed_fits_flow(shards: str, fits: str, body_model: str = "open", batch_size:
     params.check_choice(mode, MODES, "mode")
     address = params.check_cluster(dask_address, workers)
     result = seed_task(str(shard_dir), str(fits_path), body_model, batch_size, workers, address, run_id, frame, mode)
-    SeedResult(**result).check_fitted(shard_dir, fits_path)
     create_table_artifact(key="seed-fits", table=[result], description=f"Seed fits of {shard_dir} into {fits_path}")
     _fits_picture_artifact(shard_dir, fits_path, body_model, fits_path.parent / "seed_fits.png", "seed-fits-picture")
-    get_run_logger().info(f"seeded {result['fitted']} samples, {result['appended']} fits appended, "
-                          f"versions {result['versions']}, mean loss "
-                          + ("none fitted" if result["mean_loss"] is None else f"{result['mean_loss']:.2f}")
+    get_run_logger().info(f"seeded {result['fitted']} samples, {result['appended']} fits appended, versions "
+                          f"{result['versions']}, mean loss {SeedResult.mean_loss_text(result['mean_loss'])}"
                           + (f"; {len(result['unfittable'])} sample(s) that cannot make a fit left out, e.g. "
                              f"{result['unfittable'][0]}" if result["unfittable"] else ""))
     return result

@@ -58,7 +58,8 @@ def _capture(path: Path):
 
 def video_info(path: str | Path) -> VideoInfo:
     """Frame count (the container's; module docstring), size and rate of the video at ``path``.
-    FileNotFoundError without a file; `VideoError` when it cannot be opened or holds no frame."""
+    FileNotFoundError without a file; `VideoError` when it cannot be opened, holds no frame, or states frames of
+    0 px (a file whose index is cut short opens, states its frame count and a 0x0 size, and decodes nothing)."""
     import cv2
 
     path = Path(path)
@@ -75,6 +76,9 @@ def video_info(path: str | Path) -> VideoInfo:
         capture.release()
     if frames == 0:
         raise VideoError(f"{path.name}: no frame decodes")
+    if min(size) <= 0:
+        raise VideoError(f"{path.name}: OpenCV opens it but finds {size[0]}x{size[1]} px frames: its index or frames "
+                         f"are damaged (a download cut short?)")
     return VideoInfo(frames, size, fps)
 
 
@@ -100,6 +104,9 @@ class VideoFrames:
                                  f"{self._next} frames)")
             self._next += 1
         ok, bgr = self._capture.read()
+        if not ok and self._next == 0:  # a video that states frames and decodes none
+            raise VideoError(f"{self.path.name}: its first frame does not decode (a damaged file or a download cut "
+                             f"short?)")
         if not ok:
             raise VideoError(f"{self.path.name}: frame {index} does not exist (the video ends after {self._next} "
                              f"frames)")

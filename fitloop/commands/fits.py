@@ -521,27 +521,21 @@ def cmd_seed(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from core.errors import FitloopError
-    from fits.seeding import SeedConfig, seed_fits
+    from fits.seeding import SeedConfig, SeedResult, seed_fits
     from shards.reader import list_shards
 
     if args.batch_size < 1:
         raise FitloopError(f"--batch-size must be >= 1, got {args.batch_size}")
     from fitting.fit3d import Fit3DConfig
+    from fitting.priors import resolve_pose_prior
 
-    if args.pose_prior == "vae":
-        raise FitloopError("--pose-prior vae: seeding fits with SMPLify's Gaussian-mixture prior (the seed rows' "
-                           "fit_config_hash holds its digest); pass gmm or a mixture file (docs/pose_prior.md)")
-    if args.pose_prior == "gmm":
-        from fitting.priors import DEFAULT_PRIOR
-
-        args.pose_prior = str(DEFAULT_PRIOR)
     if args.mode != "3d" and (args.h36m_regressor is not None or args.correspondence != "h36m"):
         raise FitloopError("--h36m-regressor and --correspondence go with --mode 3d (fits to 3D joints)")
     config = SeedConfig(body_model=args.body_model, batch_size=args.batch_size, run_id=args.run_id,
                         joint_regressor_extra=args.joint_regressor_extra, frame=args.frame, mode=args.mode,
                         fit3d=Fit3DConfig(temporal_weight=args.temporal_weight, correspondence=args.correspondence),
                         shape_frames=args.shape_frames, h36m_regressor=args.h36m_regressor,
-                        **({"pose_prior": args.pose_prior} if args.pose_prior else {}))
+                        pose_prior=str(resolve_pose_prior(args.pose_prior)))
     total = len(set(args.keys)) if args.keys else sum(s.samples for s in list_shards(args.shards))
     from pipelines.cluster import choose_cluster, dask_client
 
@@ -564,10 +558,10 @@ def cmd_seed(args: argparse.Namespace) -> int:
         return 0
     version = f"version {result.versions[0]}" if result.versions else "no new version"
     left_out = f" ({result.without_3d} without 3D joints left out)" if args.mode == "3d" else ""
-    mean = "n/a (every fit diverged)" if result.mean_loss is None else f"{result.mean_loss:.2f} px²"
     print(f"{args.table}: {result.fitted} samples fitted{left_out} with {result.body_model_id} in the {args.frame} "
           f"frame from {'3D joints' if args.mode == '3d' else 'keypoints'} (fit config {result.fit_config_hash}), "
-          f"{result.appended} fits appended ({version}), mean loss {mean}"
+          f"{result.appended} fits appended ({version}), mean loss "
+          f"{SeedResult.mean_loss_text(result.mean_loss)}"
           + (f"; {result.diverged} diverged fit(s) (NaN or inf) left out" if result.diverged else ""))
     return 0
 

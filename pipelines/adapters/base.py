@@ -421,26 +421,20 @@ class RecordBuilder:
         return info
 
     def _check_video(self, path: Path) -> _ImageInfo:
-        """A video's size and frame count (the container's), and that its first frame decodes: a video whose index
-        is cut short opens, states its frame count and a 0x0 frame size, and decodes nothing. Its later frames are
-        decoded at crop time only (a frame that does not decode then is a reject there); a frame whose data is
-        damaged may decode to garbage without a word from OpenCV (docs/datasets.md, Human3.6M)."""
+        """A video's size and frame count (the container's, `shards.frames.video_info`: a stated size of 0 px is
+        refused there), and that its first frame decodes. Its later frames are decoded at crop time only (a frame
+        that does not decode then is a reject there); a frame whose data is damaged may decode to garbage without a
+        word from OpenCV (docs/datasets.md, Human3.6M)."""
         if not path.is_file():
             return _ImageInfo(None, "missing_image", f"no video file at {path}")
         if self.config.image_check == "exists":
             return _ImageInfo(None)
         try:
             video = video_info(path)
-            if min(video.size) <= 0:
-                raise VideoError(f"{path.name}: OpenCV opens it but finds {video.size[0]}x{video.size[1]} px frames: "
-                                 f"its index or frames are damaged (a download cut short?)")
             with VideoFrames(path) as frames:
                 frames.frame(0)
         except VideoError as err:
-            message = str(err)
-            if "frame 0 does not exist" in message:
-                message = f"{path.name}: its first frame does not decode (a damaged file or a download cut short?)"
-            return _ImageInfo(None, "corrupt_image", message)
+            return _ImageInfo(None, "corrupt_image", str(err))
         return _ImageInfo(video.size, frames=video.frames)
 
     def _check_image(self, path: Path) -> _ImageInfo:
