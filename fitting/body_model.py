@@ -156,6 +156,7 @@ class BodyModel(nn.Module):
     """
 
     vertex_ids: dict[str, int] = {}  # the model's named vertices (smplx's table, or the open file's own)
+    file_shape_directions: int = NUM_BETAS  # the file's shapedirs columns (SMPL-X: shape and expression together)
 
     def __init__(self, layer: nn.Module, *, family: str, name: str, model_id: str, faces: np.ndarray,
                  keypoint_names: list[str], keypoint_regressor: np.ndarray, mixer: np.ndarray,
@@ -242,12 +243,13 @@ class BodyModel(nn.Module):
 
     def info(self) -> dict[str, Any]:
         """A JSON-able summary: name, family, vertices, faces, joints (49 canonical), kinematic_joints (the 24 SMPL
-        joints it reports), tree_joints (its own kinematic tree's: SMPL 24, SMPL-H 52, SMPL-X 55), betas, and where
-        each canonical joint comes from."""
+        joints it reports), tree_joints (its own kinematic tree's: SMPL 24, SMPL-H 52, SMPL-X 55), betas (fitted and
+        stored: SPIN's 10), file_shape_directions (the file's shapedirs columns, of which the first ``betas`` are
+        used), and where each canonical joint comes from."""
         return {"name": self.name, "family": self.family, "model_id": self.model_id,
                 "vertices": self.num_vertices, "faces": int(self.faces.shape[0]), "joints": NUM_JOINTS,
                 "kinematic_joints": len(SMPL_JOINT_NAMES), "tree_joints": int(self.layer.parents.shape[0]),
-                "betas": self.num_betas,
+                "betas": self.num_betas, "file_shape_directions": self.file_shape_directions,
                 "h36m_regressor": self.h36m_regressor is not None, "joint_source": self.joint_source}
 
     # -- internals ------------------------------------------------------------------------------------------
@@ -677,4 +679,5 @@ def load_body_model(source: str | Path = "open", *, joint_regressor_extra: str |
         keypoint_regressor=keypoint_regressor, mixer=mixer, joint_source=joint_source,
         h36m_regressor=None if h36m is None else np.asarray(h36m, dtype=np.float64), metadata=metadata)
     model.vertex_ids = {str(k): int(v) for k, v in vertex_ids.items()}   # named vertices (fingertips, ...)
+    model.file_shape_directions = int(np.asarray(arrays["shapedirs"]).shape[-1])
     return model.to(device)

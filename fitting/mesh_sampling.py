@@ -271,9 +271,20 @@ def reconstruction_error(sampling: MeshSampling, meshes: np.ndarray) -> tuple[fl
     return float(err.mean()), float(err.max())
 
 
+def check_sampling_path(path: str | Path) -> Path:
+    """The path a sampling file may be written to: an ``.npz`` name (numpy would write an .npz under any name, and
+    readers go by the name), not a folder; `FitloopError` saying what to name otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        raise FitloopError(f"{path} is a folder: give the .npz file to write, e.g. {path}/mesh_sampling.npz")
+    if path.suffix != ".npz":
+        raise FitloopError(f"{path}: a sampling file is an .npz archive; name it so (e.g. {path.with_suffix('.npz')})")
+    return path
+
+
 def save_sampling(path: str | Path, sampling: MeshSampling) -> None:
     """Write fitloop's layout (module docstring), atomically, byte-reproducibly (np.savez: fixed member times)."""
-    path = Path(path)
+    path = check_sampling_path(path)
     arrays: dict[str, np.ndarray] = {}
     for name, m in (("d", sampling.down), ("u", sampling.up), ("a", sampling.adjacency)):
         m = sp.csr_matrix(m)
@@ -281,8 +292,6 @@ def save_sampling(path: str | Path, sampling: MeshSampling) -> None:
         arrays |= {f"{name}_data": m.data.astype(np.float64), f"{name}_indices": m.indices.astype(np.int64),
                    f"{name}_indptr": m.indptr.astype(np.int64), f"{name}_shape": np.asarray(m.shape, np.int64)}
     arrays["faces"] = np.asarray(sampling.faces, np.int64)
-    if path.is_dir():
-        raise FitloopError(f"{path} is a folder: give the .npz file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     try:

@@ -25,6 +25,20 @@ def test_model_info_json_reports_the_open_model_with_49_joints():
     assert set(info["joint_source"]) >= {"OP Nose", "Top of Head (LSP)", "Right Hip"}
 
 
+def test_model_info_says_how_many_of_a_files_shape_directions_are_fitted(capsys, tmp_path):
+    # SMPL 1.1 and SMPL+H ship 300 shape directions; fitloop fits SPIN's first 10: "betas 10" alone hid the rest
+    import numpy as np
+    from model_files import smpl_arrays
+
+    np.savez(tmp_path / "SMPL_NEUTRAL_300.npz", **smpl_arrays(num_betas=300))
+    assert fitloop(["model", "info", "--model", str(tmp_path / "SMPL_NEUTRAL_300.npz")]) == 0
+    out = capsys.readouterr().out
+    assert "betas 10 (of the file's 300 shape directions" in out and "the other 290 stay at zero" in out
+    assert fitloop(["model", "info", "--model", str(tmp_path / "SMPL_NEUTRAL_300.npz"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["betas"] == 10 and info["file_shape_directions"] == 300
+
+
 def test_a_user_error_is_one_line_without_traceback(capsys, tmp_path):
     assert fitloop(["model", "info", "--model", str(tmp_path / "SMPL_NEUTRAL.pkl")]) == 1
     err = capsys.readouterr().err

@@ -165,6 +165,9 @@ def test_a_coarse_size_the_mesh_cannot_have_and_a_folder_as_out_are_one_line(tmp
     (tmp_path / "folder").mkdir()
     assert main(["model", "sampling", "--model", "open-small", "--out", str(tmp_path / "folder")]) == 1
     assert "is a folder: give the .npz file to write" in capsys.readouterr().err
+    # numpy writes an .npz under any name: "s.txt" was an archive named as text
+    assert main(["model", "sampling", "--model", "open-small", "--out", str(tmp_path / "s.txt")]) == 1
+    assert "a sampling file is an .npz archive; name it so" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]          # no stray temporary file
     assert main(["model", "sampling", "--model", "open-small", "--out", str(tmp_path / "new" / "s.npz")]) == 0
     assert (tmp_path / "new" / "s.npz").read_bytes() == committed_path("open-small").read_bytes()

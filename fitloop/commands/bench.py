@@ -156,7 +156,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     seeding.add_argument("--workers", default="1,2", help="Dask worker counts, comma-separated (default 1,2)")
     seeding.add_argument("--threads", default="1,2", help="in-process torch thread counts (default 1,2)")
     seeding.add_argument("--repeats", type=int, default=2, help="alternating runs per arm; the best counts")
-    seeding.add_argument("--model", default="open", help='"open" (default) or "open-small"')
+    seeding.add_argument("--model", default="open", help='"open" (default), "open-small" or a model file')
 
     renderer = _benchmark(
         commands, "renderer", measure_renderer, table_renderer,
@@ -165,7 +165,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "CMU and LSP poses where present; betas in ±2.5 σ; SPIN's crop camera) with fitloop's "
                     "renderer and with DEODR (when it imports: pip install deodr==0.2.3), back-propagate to the "
                     "vertices, and print CPU ms per sample, their ratio, and each one's IoU with the z-buffer.")
-    renderer.add_argument("--model", default="open", help='"open" (default) or "open-small"')
+    renderer.add_argument("--model", default="open", help='"open" (default), "open-small" or a model file')
     renderer.add_argument("--batch", type=count(1), default=64, help="people per render (default 64)")
     renderer.add_argument("--resolutions", default="128,224", help="picture sides in px, comma-separated")
     renderer.add_argument("--sources", default="synthetic,cmu,lsp", help="pose sources (bench smplify's)")
@@ -192,7 +192,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     masks.add_argument("--no-clothing", action="store_true", help="leave out the clothed people and their arms")
     masks.add_argument("--mask-scale", type=int, default=1, metavar="S",
                        help="masks of S·224 px over the 224 px fit frame's crop (default 1: the fit frame's own)")
-    masks.add_argument("--model", default="open-small", help='"open-small" (default) or "open"')
+    masks.add_argument("--model", default="open-small", help='"open-small" (default), "open" or a model file')
     masks.add_argument("--no-coco", dest="coco", action="store_false",
                        help="leave out the COCO section (fits of the real COCO fixture people, IoU with their masks)")
     masks.add_argument("--pictures", default=None, metavar="DIR",

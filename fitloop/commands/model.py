@@ -86,7 +86,16 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     print(f"{info['name']} ({info['family']}), id {info['model_id']}")
-    print(f"  vertices {info['vertices']}, faces {info['faces']}, betas {info['betas']}, "
+    columns, unused = info["file_shape_directions"], info["file_shape_directions"] - info["betas"]
+    if info["family"] == "smplx":  # shape directions, then expression ones (smplx reads both from shapedirs)
+        shape = (f"betas {info['betas']} (the file's shapedirs have {columns} columns, shape then expression: "
+                 f"fitloop fits SPIN's first {info['betas']} shape directions and, in SMPLify-X, 10 expression ones)")
+    elif unused > 0:
+        shape = (f"betas {info['betas']} (of the file's {columns} shape directions: fitloop fits and stores SPIN's "
+                 f"first {info['betas']}; the other {unused} stay at zero)")
+    else:
+        shape = f"betas {info['betas']}"
+    print(f"  vertices {info['vertices']}, faces {info['faces']}, {shape},\n  "
           f"kinematic joints {info['kinematic_joints']} (of its tree's {info['tree_joints']}), canonical joints "
           f"{info['joints']}")
     print(f"  Human3.6M evaluation regressor: {'yes' if info['h36m_regressor'] else 'no'}")
@@ -156,6 +165,7 @@ def cmd_sampling(args: argparse.Namespace) -> int:
     from fitting.body_model import load_body_model
     from fitting.mesh_sampling import (
         build_for_model,
+        check_sampling_path,
         committed_path,
         reconstruction_error,
         sampling_digest,
@@ -167,6 +177,7 @@ def cmd_sampling(args: argparse.Namespace) -> int:
     if out is None:
         raise FitloopError(f"--out is needed for body model {args.model} (only the open models have a committed "
                            f"sampling file)")
+    check_sampling_path(out)  # before the build, which takes a while
     sampling = build_for_model(args.model, args.vertices)
     save_sampling(out, sampling)
     body = load_body_model(args.model)
