@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import default_collate
 
 from core.camera import project
+from core.errors import FitloopError
 from core.frames import FIT_CENTER, fit_frame_px, keypoints_in_fit_frame
 from core.joints import NUM_JOINTS
 from core.killpoint import KILL_AFTER_ENV
@@ -46,7 +47,7 @@ from shards.augment import augment_pose as augment_pose_np
 from shards.reader import CorruptShardWarning, ReaderConfig, ShardCorruptError, ShardReader, iter_shard, list_shards
 from shards.sample import StoredSample
 from training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
-from training.config import DEFAULT_PRIOR, RESUME_SAFE, TrainConfig, resumed_config
+from training.config import DEFAULT_PRIOR, RESUME_SAFE, TrainConfig, absolute_paths, resumed_config
 from training.data import MixedShardStream, group_counts, parse_mix, resolve_mix
 from training.geometry import (
     augment_pose,
@@ -548,8 +549,8 @@ def test_resumed_config_allows_only_the_safe_settings():
     safe = dataclasses.replace(saved, epochs=80, device="cpu", checkpoint_every=5, log_every=3, eval_every_epochs=2,
                                tensorboard=False, verify_shards=False, on_corrupt_shard="skip", run_dir="moved",
                                keep_checkpoints=0, mesh_sampling="same-matrices-elsewhere.npz")
-    assert resumed_config(saved, safe) == safe
-    assert resumed_config(saved, dataclasses.replace(saved, run_id="", eval_shards=())) == saved  # left open
+    assert resumed_config(saved, safe) == absolute_paths(safe)
+    assert resumed_config(saved, dataclasses.replace(saved, run_id="", eval_shards=())) == absolute_paths(saved)
     changed = dataclasses.replace(saved, shards=("b",), fits="g", run_smplify=False, num_workers=1,
                                   smplify=dataclasses.replace(saved.smplify, body_iterations=3))
     with pytest.raises(ValueError) as err:
@@ -559,6 +560,36 @@ def test_resumed_config_allows_only_the_safe_settings():
     for setting in ("shards", "fits", "run_smplify", "num_workers", "smplify.body_iterations"):
         assert f"{setting} " in message
     assert not {"shards", "fits", "run_smplify", "num_workers", "seed", "mix", "augment"} & RESUME_SAFE
+
+
+def test_a_run_stores_its_paths_absolute_and_a_resume_never_makes_its_table(reference_run, tmp_path, monkeypatch):
+    """A run started with relative paths stored them as typed: resumed from another working folder it made a new,
+    empty table there and wrote the run's fits into it. New runs store absolute paths; a resume whose table is not
+    there (an older run's relative path, a moved table) is refused and writes nothing."""
+    from training.loop import resolve, train
+
+    (tmp_path / "prior.npz").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    config = resolve(TrainConfig(shards=("shards",), fits="fits", run_dir="run", pose_prior="prior.npz",
+                                 body_model="open-small"))
+    assert (config.shards, config.eval_shards, config.fits) == ((str(tmp_path / "shards"),),
+                                                               (str(tmp_path / "shards"),), str(tmp_path / "fits"))
+    assert config.pose_prior == str(tmp_path / "prior.npz") and config.body_model == "open-small"  # a name stays
+
+    run, _, _ = reference_run
+    old = tmp_path / "old-run"               # the run as an older fitloop saved it: its table's path relative
+    shutil.copytree(run, old)
+    latest = latest_checkpoint(old)
+    data = load_checkpoint(latest)
+    data["config"]["fits"] = "fits"
+    torch.save(data, latest)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    saved = TrainConfig.from_dict(data["config"])
+    with pytest.raises(FitloopError, match="the run's fits table is not there"):
+        train(dataclasses.replace(saved, run_dir=str(old), epochs=3), resume=True, progress=False)
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_resume_refuses_changed_flags_before_touching_the_run(reference_run, synthetic, capsys, monkeypatch):

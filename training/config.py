@@ -15,6 +15,7 @@ import dataclasses
 import json
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fits.quality import FitFilter
@@ -298,15 +299,43 @@ def config_changes(old: Any, new: Any, prefix: str = "") -> dict[str, tuple[Any,
     return changes
 
 
+# Settings that are always paths, and settings that are paths unless they name something shipped ("open", "gmm"):
+# a run stores them absolute, so that a resume from another working folder reads the run's own table and shards
+# (relative, it made a new empty table beside it and wrote the run's fits there)
+PATH_SETTINGS = ("shards", "eval_shards", "fits")
+FILE_SETTINGS = ("body_model", "joint_regressor_extra", "h36m_regressor", "pose_prior", "mean_params",
+                 "mesh_sampling", "pretrained")
+
+
+def absolute_paths(config: TrainConfig) -> TrainConfig:
+    """``config`` with its paths absolute (`PATH_SETTINGS`; `FILE_SETTINGS` where the value is an existing file or
+    folder, so a shipped model's or prior's name stays a name), against the current working folder."""
+    def absolute(value: str) -> str:
+        return str(Path(value).absolute())
+
+    values: dict[str, Any] = {"fits": absolute(config.fits) if config.fits else config.fits,
+                              "shards": tuple(absolute(s) for s in config.shards),
+                              "eval_shards": tuple(absolute(s) for s in config.eval_shards)}
+    for name in FILE_SETTINGS:
+        value = getattr(config, name)
+        if value and Path(value).exists():
+            values[name] = absolute(value)
+    return dataclasses.replace(config, **values)
+
+
 def resumed_config(saved: TrainConfig, requested: TrainConfig,
                    name: typing.Callable[[str], str] = lambda setting: setting) -> TrainConfig:
     """The config a resumed run continues with: ``requested``, which may differ from the checkpoint's ``saved``
     only in `RESUME_SAFE`. A ``requested`` run_id "" or eval_shards () (left open) means the saved ones.
 
+    Paths compare absolute (`absolute_paths`: a run stores them so; an older run's relative ones are taken from the
+    current working folder, as that run took them).
+
     Raises ValueError in one line naming every other changed setting (``name`` spells a setting for the user,
     e.g. as its command-line flag) and what to do."""
-    requested = dataclasses.replace(requested, run_id=requested.run_id or saved.run_id,
-                                    eval_shards=requested.eval_shards or saved.eval_shards)
+    saved = absolute_paths(saved)
+    requested = absolute_paths(dataclasses.replace(requested, run_id=requested.run_id or saved.run_id,
+                                                   eval_shards=requested.eval_shards or saved.eval_shards))
     changed = {k: v for k, v in config_changes(saved, requested).items() if k not in RESUME_SAFE}
     if changed:
         listed = ", ".join(f"{name(k)} {a!r} -> {b!r}" for k, (a, b) in changed.items())

@@ -104,7 +104,7 @@ from training.checkpoint import (
     rank_rng_state,
     save_checkpoint,
 )
-from training.config import TrainConfig, resumed_config
+from training.config import TrainConfig, absolute_paths, resumed_config
 from training.data import MixedShardStream, parse_mix, train_sample_count
 from training.evaluate import evaluate_network
 from training.graphcmr import SAMPLING_DIGEST_KEY, check_checkpoint_sampling
@@ -205,13 +205,14 @@ def barrier(run: Run) -> None:
 
 
 def resolve(config: TrainConfig, world_size: int = 1) -> TrainConfig:
-    """Fill what the config leaves open: a run id (rank 0's on every rank), the evaluation shards."""
+    """Fill what the config leaves open: a run id (rank 0's on every rank), the evaluation shards; paths absolute
+    (`training.config.absolute_paths`)."""
     run_id = config.run_id or f"{Path(config.run_dir).name or 'run'}-{uuid.uuid4().hex[:8]}"
     if world_size > 1:
         shared = [run_id]
         torch.distributed.broadcast_object_list(shared, src=0)
         run_id = shared[0]
-    return dataclasses.replace(config, run_id=run_id, eval_shards=config.eval_shards or config.shards)
+    return absolute_paths(dataclasses.replace(config, run_id=run_id, eval_shards=config.eval_shards or config.shards))
 
 
 def _worker_context(config: TrainConfig) -> str | None:
@@ -278,10 +279,12 @@ def image_evidence(config: TrainConfig, body: BodyModel, device: torch.device) -
                            f"{config.body_model}): {err}") from None
 
 
-def setup(config: TrainConfig, echo: Callable[[str], None] | None = None, *, overwrite: bool = False) -> Run:
+def setup(config: TrainConfig, echo: Callable[[str], None] | None = None, *, overwrite: bool = False,
+          resuming: bool = False) -> Run:
     """Build the run: devices, checked shards, the run folder claimed (`training.run_folder.claim`; with
     ``overwrite`` an earlier run's files there are deleted first), body model, SMPLify, regressor, optimiser, data,
-    fits table, logs."""
+    fits table (made where missing, except when ``resuming`` from a checkpoint: the run's own must be there),
+    logs."""
     config.validated()
     rank, world, device = init_distributed(config.device)
     config = resolve(config, world)
@@ -343,6 +346,10 @@ def setup(config: TrainConfig, echo: Callable[[str], None] | None = None, *, ove
         # existing fits table of another schema), so that a refused start leaves no run folder behind, and before
         # anything is written, here or to the fits table; the other ranks wait below
         found = FitsTable.existing_or_free(config.fits)
+        if found is None and resuming:
+            raise FitloopError(f"{config.fits}: the run's fits table is not there (it writes its fits there, and a "
+                               f"resume continues from them): move it back, or start a new run in another run "
+                               f"folder with this table")
         claim(run_dir, config, overwrite=overwrite)
         if found is None:
             FitsTable.create(config.fits)
@@ -621,7 +628,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         config, saved, path = resumed(config)
     else:
         check_new_run(Path(config.run_dir), overwrite)  # every rank, before any of them writes
-    run = setup(config, echo, overwrite=overwrite)
+    run = setup(config, echo, overwrite=overwrite, resuming=saved is not None)  # no checkpoint: it starts over
     cfg = run.config
     if saved is not None:
         pos = restore(run, saved, path)
