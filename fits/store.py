@@ -60,7 +60,7 @@ from fits.schema import (
 from fits.table import AppendResult, FitsTable, best_of
 
 # what the store reads of a row: the fit, what `best_of` ranks by, and what a fit filter judges
-_COLUMNS = ["key", "pose", "betas", "loss", "time", "run_id", "epoch", "step", *FILTER_COLUMNS,
+_COLUMNS = ["key", "pose", "betas", "loss", "cam_t", "time", "run_id", "epoch", "step", *FILTER_COLUMNS,
             *WHOLEBODY_PARAMETERS, *WHOLEBODY_PART_COLUMNS]
 _NUM_QUALITY = len(FILTER_COLUMNS)
 # a whole-body fit's parameters side by side (hand_pose, jaw_pose, eye_pose, expression: 109 values), its parts
@@ -82,10 +82,11 @@ class FitsStore:
     """
 
     def __init__(self, keys: list[str], pose: np.ndarray, betas: np.ndarray, loss: np.ndarray, *,
-                 quality: np.ndarray | None = None, wholebody: np.ndarray | None = None,
+                 cam_t: np.ndarray | None = None, quality: np.ndarray | None = None, wholebody: np.ndarray | None = None,
                  wholebody_quality: np.ndarray | None = None, body_model_id: str | None = None,
                  frame: str = "crop") -> None:
-        """quality: (N, len(FILTER_COLUMNS)) float, NaN = null; None: no fit has a record. wholebody: (N, 109)
+        """cam_t: (N, 3) m, NaN rows where a fit has no camera (imports); None: none has. quality: (N,
+        len(FILTER_COLUMNS)) float, NaN = null; None: no fit has a record. wholebody: (N, 109)
         float, each fit's hand_pose, jaw_pose, eye_pose and expression side by side, NaN rows for body-only fits;
         None: every fit is body-only. wholebody_quality: (N, 3) px of `fits.schema.WHOLEBODY_PART_COLUMNS`, NaN =
         null."""
@@ -93,6 +94,8 @@ class FitsStore:
         self._pose = np.array(pose, dtype=np.float32).reshape(len(keys), NUM_POSE)
         self._betas = np.array(betas, dtype=np.float32).reshape(len(keys), NUM_BETAS)
         self._loss = np.array(loss, dtype=np.float32).reshape(len(keys))
+        self._cam_t = (np.full((len(keys), 3), np.nan, np.float32) if cam_t is None
+                       else np.array(cam_t, dtype=np.float32).reshape(len(keys), 3))
         self._quality = (np.full((len(keys), _NUM_QUALITY), np.nan, np.float32) if quality is None
                          else np.array(quality, dtype=np.float32).reshape(len(keys), _NUM_QUALITY))
         self._wholebody = (np.full((len(keys), _WHOLEBODY_WIDTH), np.nan, np.float32) if wholebody is None
@@ -120,7 +123,7 @@ class FitsStore:
         keys = rows["key"].to_pylist()
         pose, betas, loss, quality = _arrays(rows)
         wholebody, wholebody_quality = _wholebody_arrays(rows)
-        store = cls(keys, pose, betas, loss, quality=quality, wholebody=wholebody,
+        store = cls(keys, pose, betas, loss, cam_t=_cameras(rows), quality=quality, wholebody=wholebody,
                     wholebody_quality=wholebody_quality, body_model_id=body_model_id, frame=frame)
         store.version, store._seen, store._delta = at, set(delta.file_uris()), delta
         store.rows_read = rows.num_rows
@@ -148,6 +151,14 @@ class FitsStore:
         hit = rows[known]
         pose[known], betas[known], loss[known] = self._pose[hit], self._betas[hit], self._loss[hit]
         return torch.from_numpy(pose), torch.from_numpy(betas), torch.from_numpy(loss), torch.from_numpy(known)
+
+    def lookup_camera(self, keys: list[str]) -> Tensor:
+        """The cam_t (B, 3) float32, m, of the stored best fits of ``keys`` (the store's frame); NaN rows where the
+        fit has none (an import) or the key is unknown."""
+        rows = np.array([self._index.get(k, -1) for k in keys], dtype=np.int64)
+        cam_t = np.full((len(keys), 3), np.nan, np.float32)
+        cam_t[rows >= 0] = self._cam_t[rows[rows >= 0]]
+        return torch.from_numpy(cam_t)
 
     def lookup_wholebody(self, keys: list[str]) -> tuple[WholeBodyFit, Tensor]:
         """The whole-body parameters of the stored best fits of ``keys`` (`fits.schema.WholeBodyFit` of tensors:
@@ -180,6 +191,7 @@ class FitsStore:
         never kept, so it can neither become the best fit nor reach the table."""
         keys = fits["key"].to_pylist()
         pose, betas, loss, quality = _arrays(fits)
+        cam_t = _cameras(fits)
         wholebody, wholebody_quality = _wholebody_arrays(fits)
         usable = ~diverged_rows(fits) & np.isfinite(loss)  # an unscored fit (NaN here) never improves in the loop
         keep = []
@@ -193,6 +205,7 @@ class FitsStore:
                 row = self._grow(keys[i])
             self._pose[row], self._betas[row], self._loss[row], self._quality[row] = pose[i], betas[i], loss[i], \
                 quality[i]
+            self._cam_t[row] = cam_t[i]
             self._wholebody[row], self._wholebody_quality[row] = wholebody[i], wholebody_quality[i]
             keep.append(i)
         if keep:
@@ -249,7 +262,7 @@ class FitsStore:
         return StoreView(self)
 
     def best_rows(self) -> pa.Table:
-        """The store's best fit per key as rows of `FITS_SCHEMA` (key order): key, dataset, pose, betas, loss,
+        """The store's best fit per key as rows of `FITS_SCHEMA` (key order): key, dataset, pose, betas, loss, cam_t,
         body_model_id, frame, the quality and the whole-body parameters and parts the store keeps filled (null for
         body-only fits); the columns the store does not keep are null."""
         order = sorted(self._index)
@@ -263,6 +276,8 @@ class FitsStore:
             "betas": pa.FixedSizeListArray.from_arrays(pa.array(self._betas[rows].reshape(-1), pa.float32()),
                                                        NUM_BETAS),
             "loss": pa.array(self._loss[rows], pa.float32(), mask=np.isnan(self._loss[rows])),
+            "cam_t": pa.FixedSizeListArray.from_arrays(pa.array(self._cam_t[rows].reshape(-1), pa.float32()), 3,
+                                                       mask=pa.array(np.isnan(self._cam_t[rows]).any(-1))),
             "body_model_id": pa.array([self.body_model_id or ""] * n, pa.string()),
             "frame": pa.array([self.frame] * n, pa.string()),
             **{name: pa.array(self._quality[rows, i], pa.float64(), mask=np.isnan(self._quality[rows, i]))
@@ -282,6 +297,7 @@ class FitsStore:
         """Take table rows (one per key) where they are better by the table's rule: unknown key, or a scored loss
         where the store's is unscored or higher."""
         pose, betas, loss, quality = _arrays(rows)
+        cam_t = _cameras(rows)
         wholebody, wholebody_quality = _wholebody_arrays(rows)
         for i, key in enumerate(rows["key"].to_pylist()):
             row = self._index.get(key)
@@ -292,6 +308,7 @@ class FitsStore:
                 row = self._grow(key)
             self._pose[row], self._betas[row], self._loss[row], self._quality[row] = pose[i], betas[i], loss[i], \
                 quality[i]
+            self._cam_t[row] = cam_t[i]
             self._wholebody[row], self._wholebody_quality[row] = wholebody[i], wholebody_quality[i]
 
     def _grow(self, key: str) -> int:
@@ -301,6 +318,7 @@ class FitsStore:
             self._pose = np.concatenate([self._pose, np.zeros((extra, NUM_POSE), np.float32)])
             self._betas = np.concatenate([self._betas, np.zeros((extra, NUM_BETAS), np.float32)])
             self._loss = np.concatenate([self._loss, np.full(extra, np.nan, np.float32)])
+            self._cam_t = np.concatenate([self._cam_t, np.full((extra, 3), np.nan, np.float32)])
             self._quality = np.concatenate([self._quality, np.full((extra, _NUM_QUALITY), np.nan, np.float32)])
             self._wholebody = np.concatenate([self._wholebody, np.full((extra, _WHOLEBODY_WIDTH), np.nan,
                                                                        np.float32)])
@@ -372,6 +390,16 @@ def _wholebody_columns(values: np.ndarray, parts: np.ndarray) -> dict[str, pa.Ar
     for i, name in enumerate(WHOLEBODY_PART_COLUMNS):
         columns[name] = pa.array(parts[:, i], pa.float32(), mask=np.isnan(parts[:, i]))
     return columns
+
+
+def _cameras(rows: pa.Table) -> np.ndarray:
+    """The cam_t (N, 3) float32 of fits rows, NaN rows where null."""
+    cam_t = np.full((rows.num_rows, 3), np.nan, np.float32)
+    if rows.num_rows:
+        column = rows["cam_t"].combine_chunks()
+        valid = column.is_valid().to_numpy(zero_copy_only=False)
+        cam_t[valid] = pc.list_flatten(column.filter(column.is_valid())).to_numpy().reshape(-1, 3)
+    return cam_t
 
 
 def _arrays(rows: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

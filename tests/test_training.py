@@ -592,6 +592,32 @@ def test_a_run_stores_its_paths_absolute_and_a_resume_never_makes_its_table(refe
     assert list(elsewhere.iterdir()) == []
 
 
+def test_a_table_made_from_other_keypoints_under_the_same_keys_stops_the_run(synthetic, seeded_table, tmp_path):
+    """Another shard set with the same keys (written with another seed: other people): the table's fits of the first
+    set scored ~1 px² on their own keypoints, so every better fit of these people was refused and the table kept
+    fits of other people as the best, without a word. The first write-back now scores the stored fits again on the
+    batch's keypoints and stops the run, writing nothing."""
+    from bench.synthetic_shards import DatasetSpec, write_synthetic_shards
+    from training.loop import train
+    from training.step import StaleFitsError
+
+    write_synthetic_shards(tmp_path / "other", [DatasetSpec("synth-h36m", "train", 8, smpl=True, joints_3d=True),
+                                                DatasetSpec("synth-wild", "train", 8, smpl=True, joints_3d=True,
+                                                            openpose=True)],
+                           res=64, samples_per_shard=4, seed=4)
+    other = tmp_path / "other" / "shards"
+    assert {s.key for s in iter_shard(list_shards(other)[0])} <= set(_best(seeded_table))  # the same keys
+    fits = tmp_path / "fits"
+    shutil.copytree(seeded_table, fits)
+    before = FitsTable.open(fits).log().num_rows
+    with pytest.raises(StaleFitsError, match="made from other keypoints") as err:
+        with torch_threads(RUN_THREADS):
+            train(run_config(other, fits, tmp_path / "run", eval_shards=(str(synthetic),), epochs=1,
+                             steps_per_epoch=1), progress=False)
+    assert "\n" not in str(err.value) and "new --fits table" in str(err.value)
+    assert FitsTable.open(fits).log().num_rows == before
+
+
 def test_resume_refuses_changed_flags_before_touching_the_run(reference_run, synthetic, capsys, monkeypatch):
     from training.loop import resumed, train
 
