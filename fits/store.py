@@ -82,7 +82,8 @@ class FitsStore:
     """
 
     def __init__(self, keys: list[str], pose: np.ndarray, betas: np.ndarray, loss: np.ndarray, *,
-                 cam_t: np.ndarray | None = None, quality: np.ndarray | None = None, wholebody: np.ndarray | None = None,
+                 cam_t: np.ndarray | None = None, quality: np.ndarray | None = None,
+                 wholebody: np.ndarray | None = None,
                  wholebody_quality: np.ndarray | None = None, body_model_id: str | None = None,
                  frame: str = "crop") -> None:
         """cam_t: (N, 3) m, NaN rows where a fit has no camera (imports); None: none has. quality: (N,
