@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 
 from core.errors import FitloopError
 from fitloop.options import count
@@ -38,6 +39,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     deployments = [f.to_deployment(name=flows.SERVED_DEPLOYMENT, entrypoint_type=EntrypointType.MODULE_PATH)
                    for f in flows.ALL_FLOWS]
     print("serving: " + ", ".join(f"{f.name}/{flows.SERVED_DEPLOYMENT}" for f in flows.ALL_FLOWS), flush=True)
+    # Prefect 3.8's runner stops on SIGTERM through a coroutine it never awaits; the stop works, the warning it
+    # prints is about Prefect's code, not the user's
+    warnings.filterwarnings("ignore", message="coroutine 'Runner.astop' was never awaited", category=RuntimeWarning)
     serve(*deployments, limit=args.limit)
     return 0
 
