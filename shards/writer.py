@@ -35,6 +35,7 @@ when a run ends (a killed run's stays behind, unlocked, and is taken over).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import fcntl
@@ -532,7 +533,8 @@ def writing_lock(out_dir: Path) -> Iterator[None]:
     `LOCK` in it, so that a run in another process (here or on another machine of a shared filesystem that honours
     ``flock``) is refused with `ShardWriteError` instead of writing the same files. Re-entrant in the holding
     thread (a flow holds the folder while its task writes it); another thread of this process is refused too.
-    The lock dies with the process; the file is removed on leaving."""
+    The lock dies with the process; the file is removed on leaving, and the folder too when this call made it and
+    it is empty (a run refused before writing leaves nothing behind)."""
     out_dir = Path(out_dir).resolve()
     me = threading.get_ident()
     with _HELD_GUARD:
@@ -540,9 +542,10 @@ def writing_lock(out_dir: Path) -> Iterator[None]:
         if held is not None and held[1] == me:
             held[2] += 1
     if held is None:
+        made = not out_dir.exists()
         fd = _lock(out_dir)
         with _HELD_GUARD:
-            _HELD[out_dir] = held = [fd, me, 1]
+            _HELD[out_dir] = held = [fd, me, 1, made]
     elif held[1] != me:
         raise _busy(out_dir, f"pid {os.getpid()} on host {socket.gethostname()}, this process")
     try:
@@ -556,16 +559,19 @@ def writing_lock(out_dir: Path) -> Iterator[None]:
         if last:
             try:
                 (out_dir / LOCK).unlink(missing_ok=True)  # before the lock goes: see `_lock` for who may still wait
+                if held[3]:
+                    with contextlib.suppress(OSError):  # not empty: the run wrote there
+                        out_dir.rmdir()
             finally:
                 os.close(held[0])
 
 
 def _lock(out_dir: Path) -> int:
     """A descriptor of ``out_dir/LOCK`` holding its exclusive ``flock``, the holder (pid, host) written in it."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / LOCK
     tries = 0
     while True:
+        out_dir.mkdir(parents=True, exist_ok=True)  # again each try: a holder that made it removes it empty
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -133,5 +133,13 @@ def test_the_holding_thread_may_enter_again_another_thread_may_not(tmp_path):
                                         f"process) is writing {out.resolve()}; wait for it or choose another output "
                                         f"folder"]
     assert not (out / LOCK).exists()
+    assert not out.exists()  # made by the lock, left empty: removed (a refused run used to leave the folder)
     other_run()  # free again
     assert len(errors) == 1
+    out.mkdir()
+    with writing_lock(out):
+        pass
+    assert out.is_dir()  # not made by the lock: kept, empty or not
+    with writing_lock(tmp_path / "written"):
+        (tmp_path / "written" / "shard-000000.tar").write_bytes(b"")
+    assert (tmp_path / "written" / "shard-000000.tar").exists()
