@@ -17,22 +17,35 @@ one row per sample in shard order:
 * ``openpose`` (N, 25, 3): the OpenPose BODY_25 slots as stored (0-based px: SPIN leaves them alone too).
 * ``S`` (N, 24, 4) metres + confidence, when any sample of the file has 3D joints (rows without: zeros). Written as
   the shards hold them (SPIN's files are root-centred; its trainer and evaluation centre them again).
-* ``pose`` (N, 72) axis-angle, ``shape`` (N, 10), ``has_smpl`` (N,): the best fit of one body model and frame
-  (default crop, SPIN's fits) as of a table version, and 1 where it exists and meets the fit filter's bars
-  (`fits.quality`); else 0 with zeros (SPIN's BaseDataset then uses zeros itself).
+* ``pose`` (N, 72) axis-angle, ``shape`` (N, 10), ``has_smpl`` (N,), ``has_fit`` (N,): SMPL parameters by
+  `smpl_columns`' rule. A sample with **ground-truth SMPL** (its shard meta ``has_smpl`` and ``smpl_pose``/
+  ``smpl_betas``: Human3.6M's MoSh, MPI-INF-3DHP's multi-view fits) gets it, ``has_smpl`` 1, ``has_fit`` 0,
+  whatever fit the table holds for it: SPIN's BaseDataset and trainer (and mmhuman3d) read ``has_smpl`` 1 as ground
+  truth, and SPIN's trainer puts ground truth over any fit of such a sample anyway (SPIN_REFERENCE.md §7.2 step 9),
+  so its fit is never written in its place. A sample without ground truth gets the best fit of one body model and
+  frame (default crop, SPIN's fits) as of a table version where one exists and meets the fit filter's bars
+  (`fits.quality`): ``has_smpl`` 1, ``has_fit`` 1 (the fit as pseudo-ground truth, what SPIN's fits are for).
+  Else 0 and 0 with zeros (SPIN's BaseDataset then uses zeros itself). ``has_fit`` is fitloop's: SPIN reads the
+  fields it knows by name and ignores it; a reader that must tell ground truth from fits takes ``has_smpl`` 1 and
+  ``has_fit`` 0 as ground truth. No option writes fits over ground truth: the fits of those samples stay in the
+  table (``--parquet``; the webdataset export carries both, ``smpl_pose.npy`` and ``fit_*.npy``).
 
 All float64, ``imgname`` a numpy unicode array, as SPIN's own files; written with ``np.savez`` (no pickles: SPIN's
 ``np.load`` reads it with its default ``allow_pickle=False``). The file name is SPIN's for a (dataset, split) it
 knows (``lsp_dataset_test.npz``), else ``<dataset>_<split>.npz``. Beside each file, ``<stem>.fitloop.json`` holds
-what made it: the shard set, the table and its version, the body model, frame, bars, pixel offset, and the sample
-key of every row (SPIN keys rows by position; fitloop by key, and the SPIN .npz adapter's keys are built from
-``imgname``, which loses person ids such as COCO's annotation id).
+what made it: the shard set, the table and its version, the body model, frame, bars, pixel offset, the counts of
+``smpl`` rows (``ground_truth``, ``fits``, ``none``, and ``fits_under_ground_truth``: fits the table holds for
+samples written with their ground truth), and the sample key of every row (SPIN keys rows by position; fitloop by
+key, and the SPIN .npz adapter's keys are built from ``imgname``, which loses person ids such as COCO's annotation
+id).
 
 **Webdataset tars with fits** (`export_fit_tars`): each shard again, same name, every sample's members as stored
 plus its best fit as ``fit_global_orient.npy`` (3,), ``fit_body_pose.npy`` (69,), ``fit_betas.npy`` (10,),
 ``fit_cam_t.npy`` (3,) float32 and ``fit.json`` (has_fit, has_cam_t, body model, frame, loss, source, run): what
 4D-Humans' training tars carry in a pickled ``data.pyd``, as ``.npy``/``.json`` members that webdataset decodes
 without pickles. Every sample has every member (zeros and ``has_fit`` false without a fit), so batches collate.
+A sample's ground-truth SMPL stays in its own members (``smpl_pose.npy``, ``smpl_betas.npy``, ``json``'s
+``has_smpl``), beside its fit, never replaced by it.
 
 **Meshes** (`export_meshes`): the posed mesh of each best fit, ``<out>/<dataset>/<id>.obj`` or ``.ply``, vertices
 in metres in the fit's camera (``frame``: crop or image; x right, y down, z forward, OpenCV's axes): the body
@@ -155,7 +168,8 @@ def list_values(column: pa.ChunkedArray, width: int) -> np.ndarray:
 class SplitRows:
     """The samples of one (dataset, split) of a shard set, in shard order (`read_split_rows`): keys, SPIN's
     ``imgname`` (`spin_imgname`), box centre (px) and scale (side / 200), the 49 canonical 2D keypoints (49, 3) px
-    and 3D joints (49, 4) m or None, float64, and the video frames the names stand for."""
+    and 3D joints (49, 4) m or None, float64, the ground-truth SMPL pose (72,) axis-angle and betas (10,) float32
+    or None (a sample whose meta says ``has_smpl``), and the video frames the names stand for."""
 
     keys: list[str] = field(default_factory=list)
     imgname: list[str] = field(default_factory=list)
@@ -163,6 +177,8 @@ class SplitRows:
     scale: list[float] = field(default_factory=list)
     keypoints: list[np.ndarray] = field(default_factory=list)
     joints_3d: list[np.ndarray | None] = field(default_factory=list)
+    gt_pose: list[np.ndarray | None] = field(default_factory=list)
+    gt_betas: list[np.ndarray | None] = field(default_factory=list)
     frames: list[tuple[Path, str, int]] = field(default_factory=list)   # (video, imgname, frame) to extract
 
 
@@ -180,6 +196,9 @@ def read_split_rows(shard_dir: Path) -> dict[tuple[str, str], SplitRows]:
         rows.scale.append(float(meta["scale"]))
         rows.keypoints.append(np.asarray(sample.keypoints_2d, np.float64))
         rows.joints_3d.append(None if sample.joints_3d is None else np.asarray(sample.joints_3d, np.float64))
+        ground_truth = bool(meta.get("has_smpl")) and sample.smpl_pose is not None and sample.smpl_betas is not None
+        rows.gt_pose.append(sample.smpl_pose if ground_truth else None)   # as fits.evaluate reads ground truth
+        rows.gt_betas.append(sample.smpl_betas if ground_truth else None)
         if meta.get("image_frame") is not None:
             rows.frames.append((Path(meta["image_root"]) / meta["image_path"], name, int(meta["image_frame"])))
     if not files:
@@ -208,7 +227,8 @@ def export_spin_datasets(table: FitsTable, shard_dir: Path, out: Path, *, body_m
     (module docstring), one per (dataset, split). ``pixel_offset``: added to ``part`` and ``center`` of every file
     (default: SPIN's for the dataset, 0 for one SPIN does not ship). ``extract_frames``: a folder to write the
     video frames the files name (as ``<folder>/<imgname>``). Returns ``{"files": [{"path", "dataset", "split",
-    "rows", "fits", "joints_3d"}], "filtered", "frames", "body_model_id", "frame"}``."""
+    "rows", "ground_truth", "fits", "none", "fits_under_ground_truth", "joints_3d"}], "filtered", "frames",
+    "body_model_id", "frame"}`` (the counts: `SmplColumns.counts`)."""
     stage = on_stage or _no_stage
     fits, files = read_for_export(table, shard_dir, body_model_id=body_model_id, frame=frame, version=version,
                                   timestamp=timestamp, fit_filter=fit_filter, stage=stage)
@@ -217,7 +237,8 @@ def export_spin_datasets(table: FitsTable, shard_dir: Path, out: Path, *, body_m
     written, frames = [], 0
     for (dataset, split), rows in files.items():
         offset = pixel_offset if pixel_offset is not None else SPIN_PIXEL_OFFSETS.get(dataset, 0.0)
-        arrays = _spin_arrays(rows, offset, fits.rows_of(rows.keys), fits.pose, fits.betas)
+        smpl = smpl_columns(rows, fits.rows_of(rows.keys), fits.pose, fits.betas, np.float64)
+        arrays = _spin_arrays(rows, offset, smpl)
         path = out / spin_file_name(dataset, split)
         _write_npz(path, arrays)
         write_json(path.with_name(f"{path.stem}.fitloop.json"), {
@@ -225,19 +246,65 @@ def export_spin_datasets(table: FitsTable, shard_dir: Path, out: Path, *, body_m
             "table": str(table.path), "version": version, "timestamp": None if timestamp is None else str(timestamp),
             "body_model_id": fits.body_model_id, "frame": frame,
             "fit_filter": fit_filter.describe() if fit_filter.active else None, "pixel_offset": offset,
-            "keys": rows.keys})
+            "smpl": smpl.counts(), "smpl_rule": SMPL_RULE, "keys": rows.keys})
         written.append({"path": str(path), "dataset": dataset, "split": split, "rows": len(rows.keys),
-                        "fits": int(arrays["has_smpl"].sum()), "joints_3d": "S" in arrays})
+                        **smpl.counts(), "joints_3d": "S" in arrays})
         if extract_frames is not None and rows.frames:
             frames += write_frames(rows.frames, Path(extract_frames))
     return {"files": written, "filtered": fits.filtered, "frames": frames, "body_model_id": fits.body_model_id,
             "frame": frame}
 
 
-def _spin_arrays(rows: SplitRows, offset: float, fit_rows: np.ndarray, pose: np.ndarray,
-                 betas: np.ndarray) -> dict[str, np.ndarray]:
-    """SPIN's fields of one file's rows (module docstring); ``fit_rows`` (`BestArrays.rows_of`)."""
+SMPL_RULE = ("has_smpl 1 and has_fit 0: the sample's ground-truth SMPL; has_smpl 1 and has_fit 1: the table's "
+             "best fit (no ground truth); has_smpl 0: neither (zeros)")
+
+
+@dataclass
+class SmplColumns:
+    """The SMPL parameters an export writes for one file's rows (`smpl_columns`): ``pose`` (N, 72) axis-angle and
+    ``betas`` (N, 10); ``ground_truth`` and ``fit`` (N,) bool, which rows hold the sample's ground truth and which
+    the table's best fit (never both; neither: zeros); ``fits_under_ground_truth``: rows whose sample has a best fit
+    that was not written because the sample has ground truth."""
+
+    pose: np.ndarray
+    betas: np.ndarray
+    ground_truth: np.ndarray
+    fit: np.ndarray
+    fits_under_ground_truth: int
+
+    @property
+    def has_smpl(self) -> np.ndarray:
+        """(N,) bool: rows with SMPL parameters, ground truth or fit (SPIN's and mmhuman3d's ``has_smpl``)."""
+        return self.ground_truth | self.fit
+
+    def counts(self) -> dict[str, int]:
+        """``{"ground_truth", "fits", "none", "fits_under_ground_truth"}``: rows of each kind."""
+        return {"ground_truth": int(self.ground_truth.sum()), "fits": int(self.fit.sum()),
+                "none": int((~self.has_smpl).sum()), "fits_under_ground_truth": self.fits_under_ground_truth}
+
+
+def smpl_columns(rows: SplitRows, fit_rows: np.ndarray, pose: np.ndarray, betas: np.ndarray,
+                 dtype: Any) -> SmplColumns:
+    """Each row's SMPL parameters, in ``dtype``: the sample's ground truth where it has one (``rows.gt_pose``),
+    else its best fit (``fit_rows`` (N,), `BestArrays.rows_of`: row into ``pose`` (M, 72) and ``betas`` (M, 10),
+    -1 for none), else zeros. Ground truth is never replaced by a fit: SPIN and mmhuman3d read ``has_smpl`` 1 as
+    ground truth, and SPIN's trainer overrides a fit with ground truth wherever it has one."""
     count = len(rows.keys)
+    ground_truth = np.array([p is not None for p in rows.gt_pose], bool)
+    has_fit = np.asarray(fit_rows) >= 0
+    fit = has_fit & ~ground_truth
+    out_pose = np.zeros((count, NUM_POSE), dtype)
+    out_betas = np.zeros((count, NUM_BETAS), dtype)
+    out_pose[fit] = pose[fit_rows[fit]]
+    out_betas[fit] = betas[fit_rows[fit]]
+    for i in np.flatnonzero(ground_truth):
+        out_pose[i] = rows.gt_pose[i]
+        out_betas[i] = rows.gt_betas[i]
+    return SmplColumns(out_pose, out_betas, ground_truth, fit, int((has_fit & ground_truth).sum()))
+
+
+def _spin_arrays(rows: SplitRows, offset: float, smpl: SmplColumns) -> dict[str, np.ndarray]:
+    """SPIN's fields of one file's rows (module docstring); ``smpl`` (`smpl_columns`, float64)."""
     keypoints = np.stack(rows.keypoints)
     part = keypoints[:, J24_OFFSET:].copy()
     part[..., :2][part[..., 2] > 0] += offset          # the adapter subtracts it from confident joints only
@@ -246,12 +313,9 @@ def _spin_arrays(rows: SplitRows, offset: float, fit_rows: np.ndarray, pose: np.
               "openpose": keypoints[:, :J24_OFFSET].copy()}
     if any(j is not None for j in rows.joints_3d):
         arrays["S"] = np.stack([np.zeros((NUM_J24, 4)) if j is None else j[J24_OFFSET:] for j in rows.joints_3d])
-    has = fit_rows >= 0
-    arrays["pose"] = np.zeros((count, NUM_POSE))
-    arrays["shape"] = np.zeros((count, NUM_BETAS))
-    arrays["pose"][has] = pose[fit_rows[has]]
-    arrays["shape"][has] = betas[fit_rows[has]]
-    arrays["has_smpl"] = has.astype(np.float64)
+    arrays["pose"], arrays["shape"] = smpl.pose, smpl.betas
+    arrays["has_smpl"] = smpl.has_smpl.astype(np.float64)
+    arrays["has_fit"] = smpl.fit.astype(np.float64)   # fitloop's: SPIN reads its fields by name and ignores it
     return arrays
 
 

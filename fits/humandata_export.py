@@ -29,13 +29,19 @@ with ``allow_pickle=False``.
   is 1 on those 49 slots. Pixels as the shards hold them (0-based; no per-dataset offset);
 * ``keypoints3d`` (N, 190, 4) metres + confidence and ``keypoints3d_mask``, the same way, when any sample of the
   file has 3D joints (rows without: zeros);
-* ``smpl``: ``{'global_orient': (N, 3), 'body_pose': (N, 23, 3), 'betas': (N, 10)}`` axis-angle, the best fit of
-  one body model and frame (default crop) as of a table version, meeting the fit filter's bars; zeros without;
-* ``has_smpl`` (N,) int: 1 where the row has a fit (``HumanImageDataset`` reads it, else assumes every row has);
+* ``smpl``: ``{'global_orient': (N, 3), 'body_pose': (N, 23, 3), 'betas': (N, 10)}`` axis-angle, by the rule of
+  SPIN's export (`fits.exports.smpl_columns`): the sample's ground-truth SMPL where it has one (whatever fit the
+  table holds for it), else the best fit of one body model and frame (default crop) as of a table version, meeting
+  the fit filter's bars; zeros without either;
+* ``has_smpl`` (N,) int: 1 where the row has SMPL parameters, ground truth or fit (``HumanImageDataset`` reads it,
+  else assumes every row has; mmhuman3d's converters write 1 for ground truth, and so does this for those rows);
+* ``has_fit`` (N,) int: 1 where they are the table's fit, not ground truth: fitloop's key (``HumanData.load`` keeps
+  a key it does not know as it is, with ``__key_strict__`` False; mmhuman3d's datasets never read it);
 * ``config`` str: the dataset name; ``__key_strict__`` False, ``__temporal_len__`` N, ``__keypoints_compressed__``
   False: the attributes ``dump`` saves.
 
-Beside it, ``<stem>.fitloop.json`` records the shard set, table, version, body model, frame, bars and the sample
+Beside it, ``<stem>.fitloop.json`` records the shard set, table, version, body model, frame, bars, the counts of
+``smpl`` rows (ground truth, fits, none, fits under ground truth: `fits.exports.SmplColumns.counts`) and the sample
 key of every row (HumanData keys rows by position).
 """
 from __future__ import annotations
@@ -47,9 +53,9 @@ from typing import Any, Callable
 import numpy as np
 
 from core.joints import J24_NAMES, NUM_JOINTS, OPENPOSE_NAMES
-from fits.exports import SplitRows, atomic_tmp, read_for_export, write_json
+from fits.exports import SMPL_RULE, SmplColumns, SplitRows, atomic_tmp, read_for_export, smpl_columns, write_json
 from fits.quality import FitFilter
-from fits.schema import NUM_BETAS, NUM_POSE, FitsTableError
+from fits.schema import FitsTableError
 from fits.table import FitsTable
 
 HUMANDATA_SOURCE = "open-mmlab/mmhuman3d mmhuman3d/data/data_structures/human_data.py (commit 91448cd)"
@@ -137,17 +143,12 @@ def check_plain(value: Any, where: str) -> None:
         raise FitsTableError(f"{where}: {type(value).__name__} is not a dict, array, str or int")
 
 
-def humandata_arrays(rows: SplitRows, dataset: str, fit_rows: np.ndarray, pose: np.ndarray,
-                     betas: np.ndarray) -> dict[str, Any]:
+def humandata_arrays(rows: SplitRows, dataset: str, smpl: SmplColumns) -> dict[str, Any]:
     """The HumanData dict of one (dataset, split) as ``HumanData.dump`` saves it (module docstring), with its
-    three attributes. ``fit_rows`` (N,): each row's index into ``pose`` (M, 72) and ``betas`` (M, 10), -1 for none.
+    three attributes. ``smpl``: each row's SMPL parameters, ground truth or fit (`fits.exports.smpl_columns`).
     """
     count = len(rows.keys)
-    has = fit_rows >= 0
-    body_pose = np.zeros((count, NUM_POSE), pose.dtype)
-    body_pose[has] = pose[fit_rows[has]]
-    shape = np.zeros((count, NUM_BETAS), betas.dtype)
-    shape[has] = betas[fit_rows[has]]
+    body_pose, shape = smpl.pose, smpl.betas
     data: dict[str, Any] = {
         "__key_strict__": False, "__temporal_len__": count, "__keypoints_compressed__": False,
         "image_path": np.array(rows.imgname, dtype=str),
@@ -155,7 +156,7 @@ def humandata_arrays(rows: SplitRows, dataset: str, fit_rows: np.ndarray, pose: 
         "keypoints2d": to_human_data(np.stack(rows.keypoints)), "keypoints2d_mask": HUMAN_DATA_MASK.copy(),
         "smpl": {"global_orient": body_pose[:, :3], "body_pose": body_pose[:, 3:].reshape(count, -1, 3),
                  "betas": shape},
-        "has_smpl": has.astype(np.int64), "config": dataset}
+        "has_smpl": smpl.has_smpl.astype(np.int64), "has_fit": smpl.fit.astype(np.int64), "config": dataset}
     if any(j is not None for j in rows.joints_3d):
         joints = np.stack([np.zeros((NUM_JOINTS, 4)) if j is None else j for j in rows.joints_3d])
         data["keypoints3d"] = to_human_data(joints)
@@ -170,7 +171,8 @@ def export_humandata(table: FitsTable, shard_dir: Path, out: Path, *, allow_pick
     """Write the shard set ``shard_dir`` with the best fits of ``table`` as HumanData ``.npz`` files under
     ``out``, one per (dataset, split) (module docstring). Refuses (`FitsTableError`, `PICKLE_REFUSAL`) unless
     ``allow_pickle``: the format pickles its ``smpl`` dict. Returns ``{"files": [{"path", "dataset", "split",
-    "rows", "fits", "joints_3d"}], "filtered", "body_model_id", "frame"}``."""
+    "rows", "ground_truth", "fits", "none", "fits_under_ground_truth", "joints_3d"}], "filtered", "body_model_id",
+    "frame"}``."""
     if not allow_pickle:
         raise FitsTableError(PICKLE_REFUSAL)
     stage = on_stage or (lambda name: None)
@@ -179,7 +181,8 @@ def export_humandata(table: FitsTable, shard_dir: Path, out: Path, *, allow_pick
     stage("write")
     written = []
     for (dataset, split), rows in files.items():
-        data = humandata_arrays(rows, dataset, fits.rows_of(rows.keys), fits.pose, fits.betas)
+        smpl = smpl_columns(rows, fits.rows_of(rows.keys), fits.pose, fits.betas, fits.pose.dtype)
+        data = humandata_arrays(rows, dataset, smpl)
         check_plain(data["smpl"], f"{dataset}/{split} smpl")
         path = Path(out) / f"{dataset}_{split}.npz"
         tmp = atomic_tmp(path)
@@ -191,7 +194,8 @@ def export_humandata(table: FitsTable, shard_dir: Path, out: Path, *, allow_pick
             "shards": str(shard_dir), "table": str(table.path), "version": version,
             "timestamp": None if timestamp is None else str(timestamp), "body_model_id": fits.body_model_id,
             "frame": frame,
-            "fit_filter": fit_filter.describe() if fit_filter.active else None, "keys": rows.keys})
+            "fit_filter": fit_filter.describe() if fit_filter.active else None, "smpl": smpl.counts(),
+            "smpl_rule": SMPL_RULE, "keys": rows.keys})
         written.append({"path": str(path), "dataset": dataset, "split": split, "rows": len(rows.keys),
-                        "fits": int(data["has_smpl"].sum()), "joints_3d": "keypoints3d" in data})
+                        **smpl.counts(), "joints_3d": "keypoints3d" in data})
     return {"files": written, "filtered": fits.filtered, "body_model_id": fits.body_model_id, "frame": frame}

@@ -38,6 +38,14 @@ same key and body model beats them, and importing the same file twice appends no
 them out. SPIN writes float64 fits of
 float32 values; the table stores float32, and the import reports the largest rounding (0 for SPIN's own files), so
 that an import followed by an export gives back the same array.
+
+**Rows without a fit are never imported as fits.** An export with ``fill_missing`` writes zeros (SPIN's mean pose
+and shape) for rows without a fit, and marks each in its ``.keys`` file (`keys_file`: the key, a tab, ``filled``; SPIN's
+own ``.npy`` layout is unchanged, SPIN reads it as before); an import skips the marked rows, and refuses a marked row
+that holds anything but zeros (the file changed after the export: the mark no longer tells). Any row whose pose and
+betas are all exactly 0, which no real fit is (SPIN#11's hand-made H36M placeholder files are such rows), is left
+out of every import too. The summary counts both (``skipped_filled``, ``skipped_zero``), so a trainer never reads
+a filler row as a fit of zero pose.
 """
 from __future__ import annotations
 
@@ -60,6 +68,7 @@ from shards.schema import make_key
 
 SPIN_FITS_WIDTH = NUM_POSE + NUM_BETAS  # 82
 SPIN_FIT_CONFIG = "spin-static-fits"    # the fit_config_hash of imported rows: SPIN's own SMPLify, unknown config
+FILLED_MARK = "filled"                  # a .keys line "<key>\tfilled": the export wrote zeros there, not a fit
 # SPIN's MixedDataset names (its fits files) → the .npz stem they are row-aligned with.
 SPIN_FITS_FILES = {"lsp-orig": "lsp_dataset_original_train", "lspet": "hr-lspet_train", "mpii": "mpii_train",
                    "coco": "coco_2014_train", "h36m": "h36m_train", "mpi-inf-3dhp": "mpi_inf_3dhp_train"}
@@ -106,9 +115,24 @@ def _imgnames(npz: Path) -> list[str]:
 
 
 def keys_file(npy: Path) -> Path:
-    """The key list written next to an exported fits file (``<file>.keys``: one sample key per row, in row order),
-    by which an import checks that the rows are the dataset's (`check_rows_match`)."""
+    """The key list written next to an exported fits file (``<file>.keys``: one sample key per row, in row order;
+    the key, a tab and `FILLED_MARK` for a row the export filled with zeros), by which an import checks that the
+    rows are the dataset's (`check_rows_match`) and skips the filled rows (`read_keys_file`)."""
     return npy.with_name(npy.name + ".keys")
+
+
+def read_keys_file(listed: Path) -> tuple[list[str], np.ndarray]:
+    """(the keys of a `keys_file`, in row order; (N,) bool: rows marked `FILLED_MARK`). A line with another mark
+    raises FitsTableError naming it."""
+    keys, filled = [], []
+    for number, line in enumerate(listed.read_text().splitlines(), 1):
+        key, tab, mark = line.partition("\t")
+        if tab and mark != FILLED_MARK:
+            raise FitsTableError(f"{listed}: line {number} has the mark {mark!r}; a line is a key, or a key, a tab "
+                                 f"and {FILLED_MARK!r} (a row exported without a fit): fix the line or remove the file")
+        keys.append(key)
+        filled.append(bool(tab))
+    return keys, np.array(filled, bool)
 
 
 def check_rows_match(npy: Path, npz: Path, keys: list[str], dataset: str, *, vouched: bool = False) -> str:
@@ -120,7 +144,7 @@ def check_rows_match(npy: Path, npz: Path, keys: list[str], dataset: str, *, vou
     nobody vouched (a file of the same row count may be another dataset's fits)."""
     listed = keys_file(npy)
     if listed.is_file():
-        theirs = listed.read_text().splitlines()
+        theirs, _ = read_keys_file(listed)
         if theirs != keys:
             at = next((i for i, (a, b) in enumerate(zip(theirs, keys)) if a != b), min(len(theirs), len(keys)))
             mine = repr(keys[at]) if at < len(keys) else "past its end"
@@ -160,9 +184,12 @@ def import_spin(table: FitsTable, npz: Path, npy: Path, *, body_model_id: str, d
     model ``body_model_id`` (a content id: ``load_body_model(...).model_id``; SPIN's fits are of the neutral SMPL).
 
     Only keys without a fit of that body model are appended (an unscored fit never beats a known one), so importing
-    twice is a no-op. Returns a summary: rows read, rows appended, version, dataset, body model, largest float32
-    rounding. ``on_stage(name)`` is called as each stage starts ("keys", "fits", "write"). The rows must be the
-    .npz's by a check (`check_rows_match`), or by the caller's word (``rows_match``).
+    twice is a no-op. Rows that are no fit are skipped (module docstring): those the ``.keys`` file marks as filled
+    by the export (``skipped_filled``; a marked row that is not all zeros raises FitsTableError), and rows whose pose
+    and betas are all exactly 0 (``skipped_zero``). Returns a summary: rows read, rows appended, rows skipped,
+    version, dataset, body model, largest float32 rounding, how the rows were checked. ``on_stage(name)`` is called
+    as each stage starts ("keys", "fits", "write"). The rows must be the .npz's by a check (`check_rows_match`), or
+    by the caller's word (``rows_match``).
     """
     from fitting.body_model import MODEL_ID_PATTERN  # here: the body model module loads torch
 
@@ -187,14 +214,25 @@ def import_spin(table: FitsTable, npz: Path, npy: Path, *, body_model_id: str, d
         bad = np.flatnonzero(~np.isfinite(fits).all(axis=1))
         raise FitsTableError(f"{npy}: {len(bad)} row(s) hold NaN or inf, the first row {bad[0]} ({keys[bad[0]]}); "
                              f"nothing was imported: fix or drop those fits in the file")
+    zero = ~fits.any(axis=1)   # pose and betas exactly 0: SPIN's mean body, which no fit lands on exactly
+    filled = read_keys_file(keys_file(npy))[1] if identity == "keys file" else np.zeros(len(keys), bool)
+    if (filled & ~zero).any():
+        bad = np.flatnonzero(filled & ~zero)
+        raise FitsTableError(f"{npy}: {len(bad)} row(s) marked {FILLED_MARK!r} in {keys_file(npy).name} (exported "
+                             f"without a fit, as zeros) hold values, the first row {bad[0]} ({keys[bad[0]]}): the "
+                             f"file changed after `fitloop fits export` wrote it; nothing was imported: remove the "
+                             f"mark of rows you filled with fits, or export the file again")
+    keep = ~(filled | zero)
     rounding = float(np.abs(fits.astype(np.float32).astype(np.float64) - fits).max()) if fits.size else 0.0
     digest = hashlib.sha256(npy.read_bytes()).hexdigest()[:12]
     provenance = FitProvenance(run_id=f"import-{npy.stem}-{digest}", body_model_id=body_model_id,
                                fit_config_hash=SPIN_FIT_CONFIG, source="import")
-    batch = fits_batch(keys, fits[:, :NUM_POSE], fits[:, NUM_POSE:], provenance, time=time)
+    batch = fits_batch([key for key, kept in zip(keys, keep) if kept], fits[keep, :NUM_POSE], fits[keep, NUM_POSE:],
+                       provenance, time=time)
     stage("write")
     result = table.append(batch, best=table.best_losses(body_model_id=body_model_id, frame="crop"))
     return {"dataset": dataset, "rows": len(keys), "appended": result.rows, "version": result.version,
+            "skipped_filled": int(filled.sum()), "skipped_zero": int((zero & ~filled).sum()),
             "body_model_id": body_model_id, "run_id": provenance.run_id, "max_float32_rounding": rounding,
             "rows_checked_by": identity}
 
@@ -209,7 +247,9 @@ def export_spin(table: FitsTable, npz: Path, out: Path, *, dataset: str | None =
       `fits.schema.MixedBodyModelsError`, listing them: one file never mixes models).
     Betas are written as stored (SPIN zeroes extreme betas when it uses a fit, not in the file). ``fit_filter``:
     only the best fits that meet its bars are written (`fits.quality`); a fit below one counts as no fit. Rows
-    without a fit raise FitsTableError unless ``fill_missing`` (then they are zeros, SPIN's mean pose and shape).
+    without a fit raise FitsTableError unless ``fill_missing`` (then they are zeros, SPIN's mean pose and shape,
+    and the ``.keys`` file marks them, `FILLED_MARK` after a tab, so that an import skips them; SPIN's layout is
+    unchanged).
     The file is written to a temporary name and renamed, so a reader never sees half of it. ``on_stage(name)`` is
     called as each stage starts ("keys", "best", "write").
     """
@@ -259,7 +299,8 @@ def export_spin(table: FitsTable, npz: Path, out: Path, *, dataset: str | None =
     # are refused at import) or none (only the row count is checked), never keys that vouch for other rows
     listed = keys_file(out)
     tmp_keys = listed.with_name(f".{listed.name}.{os.getpid()}.tmp")
-    tmp_keys.write_text("".join(f"{key}\n" for key in keys.to_pylist()))
+    tmp_keys.write_text("".join(f"{key}\t{FILLED_MARK}\n" if fill else f"{key}\n"
+                                for key, fill in zip(keys.to_pylist(), missing)))
     tmp_keys.replace(listed)
     return {"dataset": dataset, "rows": len(keys), "exported": int((~missing).sum()),
             "filled": int(missing.sum()), "filtered": found - best.num_rows, "out": str(out),

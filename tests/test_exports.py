@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from fitloop.cli import main
 from fits.exports import export_fit_tars, export_meshes, export_spin_datasets, spin_imgname, write_frames
@@ -119,7 +120,9 @@ def test_spin_dataset_npz_reads_in_spins_base_dataset_and_inverts_the_adapter(ls
         np.testing.assert_allclose(record.keypoints_2d, first[key].keypoints_2d, atol=1e-4, rtol=0)
         np.testing.assert_allclose(record.center, first[key].center, atol=1e-4, rtol=0)
         assert record.scale == pytest.approx(first[key].scale, rel=1e-6)
-        assert record.has_smpl == (key == "lsp/im1010")
+        # im1010's pose is its fit (has_fit 1), which the adapter reads as no ground truth: read back as ground
+        # truth, a fit would supervise as truth and never be refined
+        assert not record.has_smpl and (record.smpl_pose is None) == (key == "lsp/im1010")
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +156,101 @@ def test_spin_dataset_npz_of_3d_samples_one_file_per_split_and_bars(synth_shards
     barred = export_spin_datasets(table, synth_shards, tmp_path / "barred", fit_filter=FitFilter(max_pose_prior=1e9))
     assert barred["filtered"] == 2 and not any(f["fits"] for f in barred["files"])
     assert not spin_base_dataset(tmp_path / "barred" / "synth-x_train.npz")["has_smpl"].any()
+
+
+GT_MODEL = "open:aaaaaaaaaaaaaaaa"
+GT_KEYS = ("synth-gt/p0", "synth-gt/p1", "synth-gt/p2", "synth-gt/p3", "synth-gt/p4")
+GT_TRUE = {"synth-gt/p0": 0, "synth-gt/p1": 1}   # key -> row of GT_SMPL: samples with ground-truth SMPL
+GT_FITTED = ("synth-gt/p0", "synth-gt/p2", "synth-gt/p3")   # keys the table fits (p0 has ground truth too)
+GT_SMPL = (np.random.default_rng(11).normal(0, 0.3, (3, 72)).astype(np.float32),
+           np.random.default_rng(12).normal(0, 1, (3, 10)).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def gt_shards(tmp_path_factory) -> Path:
+    """One file of 5 samples: p0, p1 with ground-truth SMPL (has_smpl, as H36M's MoSh in SPIN's h36m_train.npz);
+    p2 with a pose that is no ground truth (has_smpl false, as rows of SPIN's files with has_smpl 0); p3, p4 none."""
+    root = tmp_path_factory.mktemp("export-gt")
+    records = []
+    for i, key in enumerate(GT_KEYS):
+        name = key.split("/")[1]
+        Image.new("RGB", (120, 100), (90, 90, 90)).save(root / f"{name}.png")
+        keypoints = np.zeros((49, 3), np.float32)
+        keypoints[25:39] = np.column_stack([rng.uniform(40, 80, (14, 2)), np.ones(14)])
+        gt = GT_TRUE.get(key, 2 if key == "synth-gt/p2" else None)
+        records.append(PersonRecord(
+            dataset="synth-gt", split="train", key=key, source="gt.json", record=name, image_path=f"{name}.png",
+            image_root=root, image_size=(120, 100), center=np.array([60.0, 50.0]), scale=0.4,
+            keypoints_2d=keypoints, smpl_pose=None if gt is None else GT_SMPL[0][gt],
+            smpl_betas=None if gt is None else GT_SMPL[1][gt], has_smpl=key in GT_TRUE))
+    write_shards(records, root / "shards", ShardConfig(crop_res=64))
+    return root / "shards"
+
+
+def gt_table(path: Path) -> tuple[FitsTable, np.ndarray, np.ndarray]:
+    """A table whose version 1 holds fits of `GT_FITTED` (version 0: none)."""
+    table = FitsTable.create(path)
+    return (table, *crop_fits(table, list(GT_FITTED), GT_MODEL))
+
+
+def check_ground_truth_rows(keys: list[str], pose: np.ndarray, betas: np.ndarray, has_smpl: np.ndarray,
+                            has_fit: np.ndarray, fit_pose: np.ndarray | None, fit_betas: np.ndarray | None) -> None:
+    """Rows of an export of `gt_shards`: ground truth where a sample has it (has_fit 0), whatever the table fits;
+    the fit (has_fit 1) where it has none; zeros and has_smpl 0 without either. No fits: ``fit_pose`` None."""
+    for i, key in enumerate(keys):
+        if key in GT_TRUE:
+            expected = GT_SMPL[0][GT_TRUE[key]], GT_SMPL[1][GT_TRUE[key]]
+            assert (has_smpl[i], has_fit[i]) == (1, 0), key
+        elif fit_pose is not None and key in GT_FITTED:
+            expected = fit_pose[GT_FITTED.index(key)], fit_betas[GT_FITTED.index(key)]
+            assert (has_smpl[i], has_fit[i]) == (1, 1), key
+        else:
+            expected = np.zeros(72), np.zeros(10)
+            assert (has_smpl[i], has_fit[i]) == (0, 0), key
+        assert np.array_equal(pose[i], expected[0]) and np.array_equal(betas[i], expected[1]), key
+
+
+def test_spin_dataset_npz_keeps_ground_truth_smpl_and_fills_the_rest_with_fits(gt_shards, tmp_path, capsys):
+    """SPIN's BaseDataset and trainer read has_smpl 1 as ground truth: a sample's own ground-truth SMPL is written,
+    never the table's SMPLify fit in its place, nor dropped when the table holds no fit; has_fit says which is which.
+    """
+    table, pose, betas = gt_table(tmp_path / "fits")
+    for version, fitted in ((None, True), (0, False)):
+        out = tmp_path / f"out-{version}"
+        summary = export_spin_datasets(table, gt_shards, out, version=version)
+        [written] = summary["files"]
+        counts = {"ground_truth": 2, "fits": 2 if fitted else 0, "none": 1 if fitted else 3,
+                  "fits_under_ground_truth": 1 if fitted else 0}
+        assert {k: written[k] for k in counts} == counts
+        sidecar = json.loads((out / "synth-gt_train.fitloop.json").read_text())
+        assert sidecar["smpl"] == counts and "has_fit 0" in sidecar["smpl_rule"]
+        spin = spin_base_dataset(out / "synth-gt_train.npz")
+        with np.load(out / "synth-gt_train.npz") as data:   # SPIN's call; it reads its fields by name
+            has_fit = data["has_fit"]
+            assert has_fit.dtype == np.float64 and data["pose"].dtype == np.float64
+        check_ground_truth_rows(sidecar["keys"], spin["pose"], spin["betas"], spin["has_smpl"], has_fit,
+                                pose if fitted else None, betas if fitted else None)
+    assert main(["fits", "export", str(tmp_path / "fits"), "--shards", str(gt_shards), "--out",
+                 str(tmp_path / "cli")]) == 0
+    assert ("synth-gt_train.npz: 5 rows, 2 with a fit, 2 with ground-truth SMPL (has_fit 0) kept over 1 fit(s)"
+            in capsys.readouterr().out)
+
+
+def test_fit_tars_keep_ground_truth_smpl_beside_the_fit(gt_shards, tmp_path):
+    wds = pytest.importorskip("webdataset")
+    table, pose, _ = gt_table(tmp_path / "fits")
+    export_fit_tars(table, gt_shards, tmp_path / "tars")
+    urls = sorted(str(p) for p in (tmp_path / "tars").glob("*.tar"))
+    read = {item["__key__"]: item for item in wds.WebDataset(urls, shardshuffle=False).decode()}
+    assert set(read) == set(GT_KEYS)
+    for key, item in read.items():
+        assert item["json"]["has_smpl"] == (key in GT_TRUE) and item["fit.json"]["has_fit"] == (key in GT_FITTED)
+        if key in GT_TRUE:
+            assert np.array_equal(item["smpl_pose.npy"], GT_SMPL[0][GT_TRUE[key]])
+            assert np.array_equal(item["smpl_betas.npy"], GT_SMPL[1][GT_TRUE[key]])
+        if key in GT_FITTED:
+            i = GT_FITTED.index(key)
+            assert np.array_equal(np.concatenate([item["fit_global_orient.npy"], item["fit_body_pose.npy"]]), pose[i])
 
 
 def test_video_frames_are_named_and_extracted_spins_way(tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import test_exports
-from test_exports import crop_fits
+from test_exports import check_ground_truth_rows, crop_fits, gt_table
 
 from fitloop.cli import main
 from fits.humandata_export import HUMAN_DATA_KEYPOINTS, export_humandata
@@ -38,6 +38,7 @@ PINNED = {"right_ankle": (8, 25), "left_ankle": (7, 30), "nose": (55, 44), "left
 
 
 synth_shards = test_exports.synth_shards  # the module fixture: synth-x train (3, 3D joints), test (2)
+gt_shards = test_exports.gt_shards  # 5 samples, 2 with ground-truth SMPL (test_exports.GT_TRUE)
 
 
 def humandata_load(npz: Path) -> tuple[dict, dict]:
@@ -169,3 +170,26 @@ def test_cli_refuses_without_allow_pickle_and_writes_with_it(synth_shards, tmp_p
     barred = export_humandata(table, synth_shards, tmp_path / "barred", allow_pickle=True,
                               fit_filter=FitFilter(max_pose_prior=1e9))
     assert barred["filtered"] == len(keys) and not any(f["fits"] for f in barred["files"])
+
+
+def test_humandata_keeps_ground_truth_smpl_and_fills_the_rest_with_fits(gt_shards, tmp_path, capsys):
+    """mmhuman3d reads has_smpl 1 as ground truth (its converters write it for MoSh): a sample's ground-truth SMPL
+    is written, not the table's fit, and kept without fits; has_fit (a key HumanData.load keeps) says which."""
+    table, pose, betas = gt_table(tmp_path / "fits")
+    for version, fitted in ((None, True), (0, False)):
+        summary = export_humandata(table, gt_shards, tmp_path / f"out-{version}", allow_pickle=True, version=version)
+        [written] = summary["files"]
+        assert (written["ground_truth"], written["fits"]) == (2, 2 if fitted else 0)
+        path = Path(written["path"])
+        data, _ = humandata_load(path)
+        sidecar = json.loads(path.with_name(f"{path.stem}.fitloop.json").read_text())
+        assert sidecar["smpl"] == {k: written[k] for k in ("ground_truth", "fits", "none", "fits_under_ground_truth")}
+        rows = [dataset_row(data, i) for i in range(len(sidecar["keys"]))]
+        check_ground_truth_rows(
+            sidecar["keys"], np.stack([np.concatenate([r["smpl_global_orient"], r["smpl_body_pose"].ravel()])
+                                       for r in rows]),
+            np.stack([r["smpl_betas"] for r in rows]), np.array([r["has_smpl"] for r in rows]), data["has_fit"],
+            pose if fitted else None, betas if fitted else None)
+    assert main(["fits", "export", str(tmp_path / "fits"), "--shards", str(gt_shards), "--format", "humandata",
+                 "--allow-pickle", "--out", str(tmp_path / "cli"), "--version", "0"]) == 0
+    assert "synth-gt_train.npz: 5 rows, 0 with a fit, 2 with ground-truth SMPL (has_fit 0)" in capsys.readouterr().out

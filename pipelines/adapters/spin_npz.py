@@ -3,7 +3,9 @@
 Fields (SPIN datasets/preprocess): ``imgname`` (relative to the dataset's image root), ``center`` (2,) px,
 ``scale`` (box side / 200), ``part`` (24, 3) J24 keypoints + 0/1 confidence, and where the dataset has them
 ``openpose`` (25, 3) raw BODY_25 detections, ``S`` (24, 4) 3D joints in metres (camera orientation, root-centred)
-+ confidence, ``pose`` (72,), ``shape`` (10,), ``has_smpl``, ``gender``, ``maskname``/``partname``.
++ confidence, ``pose`` (72,), ``shape`` (10,), ``has_smpl``, ``gender``, ``maskname``/``partname``. A file
+fitloop exported (`fits.exports`) also has ``has_fit``: its rows with ``has_fit`` 1 hold an SMPLify fit in
+``pose``/``shape``, read as no ground truth (the fit is in the fits table it was exported from).
 The J24 slots are canonical slots 25–48 and the OpenPose ones 0–24, so the arrays go straight into the record.
 
 **Pixels.** SPIN copied MATLAB-born coordinates unchanged, so ``part`` and ``center`` of the LSP, LSP-original,
@@ -45,7 +47,8 @@ from shards.schema import make_key
 
 REQUIRED_FIELDS = ("imgname", "center", "scale")
 ROW_SHAPES = {"center": (2,), "scale": (), "part": (len(J24_NAMES), 3), "openpose": (len(OPENPOSE_NAMES), 3),
-              "S": (len(J24_NAMES), 4), "pose": (72,), "shape": (10,), "has_smpl": ()}
+              "S": (len(J24_NAMES), 4), "pose": (72,), "shape": (10,), "has_smpl": (),
+              "has_fit": ()}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,7 +116,9 @@ class SpinNpzAdapter:
         if "S" in columns:
             joints_3d = np.zeros((NUM_JOINTS, 4))
             joints_3d[J24_OFFSET:] = columns["S"][row]
-        has_pose = "pose" in columns and "shape" in columns
+        # fitloop's own export (`fits.exports`) marks rows whose pose and shape are a fit, not ground truth
+        fitted = "has_fit" in columns and bool(columns["has_fit"][row])
+        has_pose = "pose" in columns and "shape" in columns and not fitted
         has_smpl = has_pose and (bool(columns["has_smpl"][row]) if "has_smpl" in columns else True)
         extra: dict[str, Any] = {"spin_row": row, "spin_file": Path(source).name}
         for name in ("gender", "maskname", "partname"):

@@ -29,7 +29,7 @@ def test_spins_fits_of_another_dataset_with_as_many_rows_are_refused(tmp_path, c
     train = spin_npz(tmp_path / "lsp_dataset_original_train.npz", 1)
     test = spin_npz(tmp_path / "lsp_dataset_test.npz", 1001)
     npy = tmp_path / "lsp-orig_fits.npy"
-    np.save(npy, np.zeros((ROWS, 82)))
+    np.save(npy, np.full((ROWS, 82), 0.1))  # not all zeros: an all-zero row is no fit (export --fill-missing)
     argv = ["fits", "import", tmp_path / "fits", "--spin-fits", npy, "--model", "open-small", "--spin-npz"]
     expect_error(capsys, argv + [test], str(npy), "row-aligned with lsp_dataset_original_train.npz",
                  "row 0 of lsp_dataset_test.npz is lsp/im1001", "give lsp_dataset_original_train.npz")
@@ -79,7 +79,7 @@ def test_a_fits_file_without_name_or_keys_is_refused_unless_vouched_for(tmp_path
 def test_a_keys_file_of_another_length_is_refused(tmp_path, rows):
     npz = spin_npz(tmp_path / "a.npz", 1)
     npy = tmp_path / "f.npy"
-    np.save(npy, np.zeros((ROWS, 82)))
+    np.save(npy, np.full((ROWS, 82), 0.1))  # not all zeros: an all-zero row is no fit (export --fill-missing)
     keys_file(npy).write_text("".join(f"lsp/im{i:04d}\n" for i in range(1, rows + 1)))
     with pytest.raises(FitsTableError, match=rf"lists {rows} keys; first difference at row {min(rows, ROWS)}"):
         import_spin(FitsTable.create(tmp_path / "t"), npz, npy, body_model_id=MODEL, dataset="lsp")
