@@ -35,12 +35,13 @@ the table would keep as a perfect fit. The conversion rejects such people by def
 ``nan_keypoints``); a shard set converted with a lower ``min_joints`` or written by other tools may hold them.
 
 **The improvement rule** is the table's (`fits.table.BestLosses`, SPIN's strict ``new_loss < opt_loss``, with
-losses within `fits.table.LOSS_TIE` relative taken as equal), among
+losses within `fits.table.LOSS_TIE`, 1 % relative, taken as equal), among
 the fits of the seeding body model only: a seed fit is appended when its key has no fit of that model, or when its
 loss is lower than that model's best (any scored loss beats an unscored imported fit); a NaN loss never improves.
-Fits of other body models play no part. So a second run over the same shards appends nothing worse, and seeding a
-second body model appends its fits whatever the first model's losses. ``missing_only`` fits only the keys without
-a fit of the model (imported ones included), as the trainer does before it starts.
+Fits of other body models play no part. So a second run over the same shards appends nothing worse, nor copies of
+its fits refitted in other batches (whose losses move by up to ~2e-3 relative), and seeding a second body model
+appends its fits whatever the first model's losses. ``missing_only`` fits only the keys without a fit of the model
+(imported ones included), as the trainer does before it starts.
 
 **The quality record** (`fitting.quality`, `fits.schema.QUALITY_COLUMNS`) of every seed fit is computed from the
 joints SMPLify returns, projected with the camera it fitted with, against the same fit-frame keypoints: per-part

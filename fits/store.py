@@ -117,8 +117,8 @@ class FitsStore:
     def load(cls, table: FitsTable, body_model_id: str, version: int | None = None,
              frame: str = "crop") -> "FitsStore":
         """The best fit per key among the rows of ``body_model_id`` and ``frame`` as of ``version`` (default the
-        latest): one read of the table's log."""
-        delta = table._snapshot(version)  # a version the table lacks: FitsTableError listing those it has
+        latest): one read of the table's log. A version a vacuum deleted: `fits.table.VacuumedVersionError`."""
+        delta = table._snapshot(version)  # a version the table lacks, or one a vacuum deleted: FitsTableError
         at = delta.version()
         rows = best_of(table.log(version=at, columns=_COLUMNS, where=_rows_of(body_model_id, frame)))
         keys = rows["key"].to_pylist()

@@ -19,9 +19,10 @@ SPIN keeps its fits in an N × 82 tensor keyed by row order, overwrites it in pl
   camera, `fits.schema`), so every best view is also of one frame: named, or the only one among the rows read
   (`MixedFramesError` otherwise). A crop-frame fit never replaces an image-frame one, nor the reverse.
 * **Writers append only strict improvements** (`BestLosses`, SPIN's ``new_loss < opt_loss``), which keeps the log
-  small. Losses within `LOSS_TIE` (relative) of each other are one loss: a fit's float32 arithmetic depends on
-  the batch it was fitted in (BLAS blocking), so refitting a sample in another batch moves its loss in the last
-  bits, and a re-run of a seeding flow would otherwise append a "better" copy of such fits. A writer whose known
+  small. Losses within `LOSS_TIE` (1 %, relative) of each other are one loss: a fit's float32 arithmetic depends
+  on the batch it was fitted in (BLAS blocking; SMPLify-X's line search over the batch), so refitting a sample in
+  another batch moves its loss (measured: up to 3e-4 relative for body fits, 2e-3 for whole-body ones), and a
+  re-run of a seeding flow in other batches would otherwise append a "better" copy of such fits. A writer whose known
   best is stale (another writer improved the key meanwhile) may append a row that is no longer an improvement:
   that costs one row, never correctness, because the view is an argmin.
 * **Versions** are Delta versions, one per commit: time travel by version or timestamp, the history of one key,
@@ -88,14 +89,23 @@ from fits.schema import (
     schema_of_version,
 )
 
-# Relative difference below which two losses of a key are equal (no improvement). Refitting one sample from the
-# same start in batches of other composition moved SPIN's loss by ~1e-6 relative (float32 rounding, CPU); 1e-5 is
-# ten times that and far below any change a refit is run for.
-LOSS_TIE = 1e-5
+# Relative difference below which two losses of a key are equal (no improvement): a fit's float32 arithmetic
+# depends on the batch it was fitted in (BLAS blocking, batched reductions; SMPLify-X's L-BFGS takes one line search
+# over the batch's summed loss), and the fit's iterations amplify that. Measured (CPU, 1 thread): `fitloop fits seed
+# SHARDS T<b> --workers 0 --batch-size <b>` into a table per batch size b, each key's loss compared across tables
+# (`fitloop fits list T<b> --json --limit 0`). Body fits (SMPLify, open model): batch sizes 1-8, 12, 13, 16, 64 on
+# the real COCO excerpt (12 people; also open-small, and --frame image) and synthetic LSP (12, 64, 256 people):
+# median 1e-6 to 2e-6, largest 3.1e-4 (poses within 2.4e-4 rad, one at 1.6e-2). Whole-body fits (SMPLify-X,
+# open-smplx-small, synthetic COCO-WholeBody, 12 and 40 people, batch sizes 1, 3-5, 7, 12, 16): largest 2.3e-3,
+# except 2 of 40 people that batch 1 fitted into another, lower minimum (1.0e-2 and 8.3e-2 lower: other fits,
+# 0.2 rad apart, which do improve). 1e-2 keeps every re-seed spread measured 4x (whole-body) to 30x (body) inside
+# it, and is far below any change a refit is run for. The trainer's own choice stays SPIN's strict < (step.py).
+LOSS_TIE = 1e-2
 DEFAULT_RETENTION_HOURS = 168  # Delta's default: a week of versions stays readable after a compaction
 TABLE_NAME = "fitloop fits"
 TABLE_DESCRIPTION = (f"fitloop fits table, schema_version={FITS_SCHEMA_VERSION}: an append-only log of SMPL and "
-                     "SMPL-X fit improvements keyed by sample key; the best fit per key is the row with the lowest loss.")
+                     "SMPL-X fit improvements keyed by sample key; the best fit per key is the row with the lowest "
+                     "loss.")
 # Small row groups: history() skips those whose key range misses. No dictionaries for the float columns and the
 # unique keys: the writer would build them only to give up (half the write time).
 _STAGING = re.compile(r"#\d+$")  # object_store writes "<file>#<n>", then links or renames it into place
@@ -115,6 +125,42 @@ class AppendResult:
     offered: int
     retries: int = 0
     diverged: int = 0  # offered rows left out as no fit (`fits.schema.diverged_rows`; appends with known best losses)
+
+
+class VacuumedVersionError(FitsTableError):
+    """A version of the table whose data files a vacuum deleted (`FitsTable.vacuum`): it can no longer be read.
+
+    Attributes: path (the table), version, vacuum_version and vacuum_time (the VACUUM START commit that deleted
+    them, ISO time), readable (the versions that can still be read, as text: "0, 2-4"), latest (version)."""
+
+    def __init__(self, path: Path, version: int, vacuum: dict[str, Any], readable: str, latest: int) -> None:
+        self.path, self.version, self.readable, self.latest = path, version, readable, latest
+        self.vacuum_version, self.vacuum_time = vacuum["version"], _timestamp(vacuum["timestamp"])
+        super().__init__(f"{path}: version {version} can no longer be read: the vacuum at version "
+                         f"{self.vacuum_version} ({self.vacuum_time}) deleted its data files (a vacuum deletes the "
+                         f"files no version younger than its retention needs); versions {readable} can still be "
+                         f"read (fitloop fits versions {path})")
+
+
+def _retention_ms(vacuum: dict[str, Any]) -> int:
+    """The retention a VACUUM START commit ran with, ms (what it records; Delta's default, a week, otherwise)."""
+    parameters = vacuum.get("operationParameters") or {}
+    value = parameters.get("specifiedRetentionMillis") or parameters.get("defaultRetentionMillis")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return DEFAULT_RETENTION_HOURS * 3600 * 1000
+
+
+def version_ranges(versions: Sequence[int]) -> str:
+    """Sorted version numbers as text, runs joined: [0, 2, 3, 4] -> "0, 2-4"; "none" when empty."""
+    runs: list[list[int]] = []
+    for version in versions:
+        if runs and version == runs[-1][1] + 1:
+            runs[-1][1] = version
+        else:
+            runs.append([version, version])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs) or "none"
 
 
 def contents_text(held: dict[str, Any]) -> str:
@@ -404,7 +450,8 @@ class FitsTable:
             raise FitsTableError("give a version or a timestamp, not both")
         try:
             table = DeltaTable(str(self.path))
-            if version is not None and not 0 <= version <= table.version():  # deltalake: OverflowError, or its text
+            latest = table.version()
+            if version is not None and not 0 <= version <= latest:  # deltalake: OverflowError, or its text
                 raise FitsTableError(f"{self.path}: no version {version}; {self._versions_text(table)}")
             if version is not None or timestamp is not None:
                 table.load_as_version(version if version is not None else timestamp)
@@ -413,7 +460,61 @@ class FitsTable:
             raise FitsTableError(f"{self.path}: cannot load {at}: {' '.join(str(err).split())}") from err
         if timestamp is not None:
             self._check_after_first_commit(table, timestamp)
+        if table.version() != latest:  # the latest version's files are checked when the table opens
+            self._check_readable(table)
         return table
+
+    def _check_readable(self, snapshot: DeltaTable) -> None:
+        """Refuse an older version whose data files are gone, before a read fails on them: `VacuumedVersionError`
+        naming the vacuum that deleted them and the versions that can still be read; a file gone with no vacuum
+        recorded after it is FitsTableError (deleted outside fitloop: restore it from a backup)."""
+        adds = pa.table(snapshot.get_add_actions(flatten=True))
+        names = adds["path"].to_pylist() if adds.num_rows else []
+        missing = next((name for name in names if not (self.path / unquote(name)).is_file()), None)
+        if missing is None:
+            return
+        version = snapshot.version()
+        commits = {entry["version"]: entry for entry in DeltaTable(str(self.path)).history()}
+        gone = self._unreadable(commits, self._file_spans(commits))
+        still = version_ranges([v for v in sorted(commits) if v not in gone])
+        vacuum = gone.get(version)
+        if vacuum is None:
+            raise FitsTableError(
+                f"{self.path / unquote(missing)}: a data file of fits table version {version} is missing and no "
+                f"vacuum is recorded after that version (deleted outside fitloop?): restore it from a backup; "
+                f"versions {still} can still be read (fitloop fits versions {self.path})")
+        raise VacuumedVersionError(self.path, version, vacuum, still, max(commits))
+
+    def _file_spans(self, commits: dict[int, dict[str, Any]]) -> dict[str, tuple[int, int]]:
+        """The versions each data file is part of, first and last: a file Delta removes never comes back."""
+        table, spans = DeltaTable(str(self.path), version=min(commits)), {}
+        for version in sorted(commits):
+            table.load_as_version(version)
+            adds = pa.table(table.get_add_actions(flatten=True))
+            for name in adds["path"].to_pylist() if adds.num_rows else ():
+                spans[name] = (spans.get(name, (version,))[0], version)
+        return spans
+
+    def _unreadable(self, commits: dict[int, dict[str, Any]],
+                    spans: dict[str, tuple[int, int]]) -> dict[int, dict[str, Any] | None]:
+        """The versions that can no longer be read (a data file of theirs is gone), each with the VACUUM START
+        commit that deleted it: the first vacuum after the commit that removed the file from the table whose
+        retention had passed by then (else the first vacuum after it); None where no vacuum is recorded after."""
+        vacuums = [commits[v] for v in sorted(commits) if commits[v].get("operation") == "VACUUM START"]
+        gone: dict[int, dict[str, Any] | None] = {}
+        for name, (first, last) in spans.items():
+            if (self.path / unquote(name)).is_file():
+                continue
+            removed = commits.get(last + 1, {}).get("timestamp", 0)  # when the table dropped the file
+            after = [v for v in vacuums if v["version"] > last]
+            due = [v for v in after if v["timestamp"] - _retention_ms(v) >= removed]
+            vacuum = (due or after or [None])[0]
+            for version in range(first, last + 1):
+                known = gone.get(version)
+                if version not in gone or (vacuum is not None and (known is None
+                                                                   or vacuum["version"] < known["version"])):
+                    gone[version] = vacuum
+        return gone
 
     def _versions_text(self, table: DeltaTable) -> str:
         """Which versions the table has, for a message naming one it has not."""
@@ -553,18 +654,24 @@ class FitsTable:
         return self._snapshot(version).file_uris()
 
     def versions(self) -> list[dict[str, Any]]:
-        """Every version in the log: ``{"version", "rows", "timestamp", "operation", "body_models"}``, oldest first;
-        ``body_models``: rows per body model id (None where a vacuum removed the version's files)."""
+        """Every version in the log: ``{"version", "rows", "timestamp", "operation", "body_models", "readable",
+        "vacuumed_at"}``, oldest first. ``rows`` and ``body_models`` (rows per body model id) are what the log
+        records, also for a version that can no longer be read (``body_models`` None where that needs a file a
+        vacuum removed); ``readable`` False where a data file of the version is gone, with ``vacuumed_at`` the
+        version of the vacuum that deleted it (None: no vacuum recorded after it, the file was deleted outside
+        fitloop)."""
         latest = DeltaTable(str(self.path))
         commits = {entry["version"]: entry for entry in latest.history()}
         table, out = DeltaTable(str(self.path), version=min(commits)), []
         per_file: dict[str, dict[str, int] | None] = {}  # versions share files: each is counted once
+        spans: dict[str, tuple[int, int]] = {}  # the versions each file is part of, first and last
         for version in sorted(commits):
             table.load_as_version(version)
             adds = pa.table(table.get_add_actions(flatten=True))
             rows = int(pc.sum(adds["num_records"]).as_py() or 0) if adds.num_rows else 0
             models: dict[str, int] | None = {}
             for add in adds.to_pylist() if adds.num_rows else ():
+                spans[add["path"]] = (spans.get(add["path"], (version,))[0], version)
                 if add["path"] not in per_file:
                     per_file[add["path"]] = self._file_body_models(add)
                 counts = per_file[add["path"]]
@@ -576,6 +683,11 @@ class FitsTable:
             out.append({"version": version, "rows": rows, "timestamp": _timestamp(commits[version]["timestamp"]),
                         "operation": commits[version].get("fitloop.operation", commits[version]["operation"]),
                         "body_models": None if models is None else dict(sorted(models.items()))})
+        gone = self._unreadable(commits, spans)
+        for entry in out:
+            vacuum = gone.get(entry["version"])
+            entry["readable"] = entry["version"] not in gone
+            entry["vacuumed_at"] = None if vacuum is None else vacuum["version"]
         return out
 
     def _file_body_models(self, add: dict[str, Any]) -> dict[str, int] | None:
@@ -918,8 +1030,8 @@ def _to_current(log: pa.Table) -> pa.Table:
 
 
 def _without_diverged(rows: pa.Table, path: Path, drop: bool, command: str) -> tuple[pa.Table, int]:
-    """The rows of a table being rewritten (upgrade, relabel, compact) without its diverged fits (`diverged_rows`: written
-    before fits were checked where they enter the table) and how many were left out, when ``drop``; else
+    """The rows of a table being rewritten (upgrade, relabel, compact) without its diverged fits (`diverged_rows`:
+    written before fits were checked where they enter the table) and how many were left out, when ``drop``; else
     FitsTableError naming them and the command that leaves them out."""
     bad = diverged_rows(rows)
     if not bad.any():
@@ -936,11 +1048,11 @@ def _without_diverged(rows: pa.Table, path: Path, drop: bool, command: str) -> t
 def upgrade_table(path: str | Path, *, max_retries: int = 8, drop_diverged: bool = False) -> dict[str, Any]:
     """Bring a fits table of schema version 2, 3 or 4 to this one in one new version: every fit of version 2 gets
     frame "crop" (the only frame fitloop made fits in before) and no intrinsics; every fit of 2 or 3 gets no
-    quality record (null); every fit of any is a body-only fit (whole-body columns null). Returns ``{"version", "rows", "from_version"}``; a table already of this version is
-    left alone (``version`` None). A version-1 table needs its body models relabelled (`relabel_body_models`,
-    which upgrades it too). Run it when no writer is writing to the table. A diverged fit among its rows (NaN or
-    inf, `fits.schema.diverged_rows`) is FitsTableError, or left out with ``drop_diverged`` (``dropped``: how
-    many)."""
+    quality record (null); every fit of any is a body-only fit (whole-body columns null). Returns ``{"version",
+    "rows", "from_version"}``; a table already of this version is left alone (``version`` None). A version-1 table
+    needs its body models relabelled (`relabel_body_models`, which upgrades it too). Run it when no writer is
+    writing to the table. A diverged fit among its rows (NaN or inf, `fits.schema.diverged_rows`) is
+    FitsTableError, or left out with ``drop_diverged`` (``dropped``: how many)."""
     path = Path(path)
     found = _schema_version(path)
     if found == FITS_SCHEMA_VERSION:

@@ -351,6 +351,64 @@ def test_compaction_and_vacuum_never_lose_the_latest_best(tmp_path):
         p.name for p in (tmp_path / "t").glob("*.parquet"))  # only the latest version's files remain
 
 
+def test_a_version_a_vacuum_deleted_says_so_and_which_versions_can_be_read(tmp_path, capsys):
+    """Reading a version whose files a vacuum deleted failed with "cannot be read ... restore it from a backup", and
+    `fits versions` listed it with its rows as if readable: now each says which vacuum deleted it and what can still
+    be read; a resume from such a version (`training.loop.load_store` at the checkpoint's version) says to start a new
+    run."""
+    from types import SimpleNamespace
+
+    from fits.table import VacuumedVersionError
+    from training.loop import Position, load_store
+
+    path = tmp_path / "t"
+    table = FitsTable.create(path)
+    table.append(batch(["lsp/a", "lsp/b"], [5.0, 5.0]))                     # 1
+    table.append(batch(["lsp/a"], [4.0]))                                     # 2
+    table.compact()                                                           # 3
+    assert main(["fits", "vacuum", str(path), "--retention-hours", "0"]) == 0  # 4, 5: VACUUM START, END
+    assert capsys.readouterr().out.splitlines()[-1] == (f"version(s) that can no longer be read: 1-2; that can: "
+                                                        f"0, 3-5 (fitloop fits versions {path})")
+    listed = table.versions()
+    assert [(v["version"], v["readable"], v["vacuumed_at"]) for v in listed] == [
+        (0, True, None), (1, False, 4), (2, False, 4), (3, True, None), (4, True, None), (5, True, None)]
+    assert listed[1]["rows"] == 2   # what the log records
+    expected = (f"{path}: version 1 can no longer be read: the vacuum at version 4 ({listed[4]['timestamp']}) deleted "
+                f"its data files (a vacuum deletes the files no version younger than its retention needs); versions "
+                f"0, 3-5 can still be read (fitloop fits versions {path})")
+    with pytest.raises(VacuumedVersionError) as gone:
+        table.best(version=1)
+    assert str(gone.value) == expected
+    assert losses_of(table.best(version=3)) == {"lsp/a": 4.0, "lsp/b": 5.0}
+    for argv in (["fits", "list", str(path), "--version", "1"], ["fits", "diff", str(path), "2", "3"],
+                 ["fits", "export", str(path), "--version", "1", "--parquet", str(tmp_path / "x.parquet")]):
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert err.splitlines() == [f"fitloop: error: {expected.replace('version 1 ', 'version 2 ')}"
+                                    if argv[1] == "diff" else f"fitloop: error: {expected}"], argv
+    assert main(["fits", "versions", str(path)]) == 0
+    text = capsys.readouterr().out.splitlines()
+    assert text[1].endswith("[cannot be read: its files were deleted by the vacuum at version 4]")
+    assert "cannot be read" not in text[3] and text[-1].startswith("2 version(s) can no longer be read")
+    assert main(["fits", "versions", str(path), "--json"]) == 0
+    assert [v["readable"] for v in json.loads(capsys.readouterr().out)] == [True, False, False, True, True, True]
+    with pytest.raises(FitsTableError, match=r"the checkpoint being resumed names fits table version 2, which can no "
+                                             r"longer be read: the vacuum at version 4 .* so this run cannot resume\. "
+                                             r"Start a new run instead \(`fitloop train` with a new --run-dir and "
+                                             r"--fits .*\): it reads the table's current version 5"):
+        resumed = Position(resumed=True, fits_version=2)
+        load_store(SimpleNamespace(config=None, table=table, body=SimpleNamespace(model_id=OPEN)), resumed, False)
+    # a file gone with no vacuum after its version: deleted outside fitloop, not a vacuum's doing
+    table.append(batch(["lsp/c"], [3.0]))                                     # 6
+    table.compact()                                                           # 7
+    (added,) = set(table.files(version=6)) - set(table.files(version=5))
+    (path / added.split("/")[-1]).unlink()
+    with pytest.raises(FitsTableError, match=r"a data file of fits table version 6 is missing and no vacuum is "
+                                             r"recorded after that version .* restore it from a backup; versions "
+                                             r"0, 3-5, 7 can still be read"):
+        table.log(version=6)
+
+
 def test_a_fit_appended_while_compacting_survives(tmp_path):
     table = FitsTable.create(tmp_path / "t")
     table.append(batch(["lsp/a", "lsp/b"], [5.0, 5.0]))
@@ -569,7 +627,7 @@ def test_cli_import_versions_show_diff_export(tmp_path, capsys):
     assert main(["fits", "versions", str(table), "--json"]) == 0
     versions = json.loads(capsys.readouterr().out)
     assert [(v["version"], v["rows"], v["body_models"]) for v in versions] == [(0, 0, {}), (1, 1000, {smpl_id: 1000})]
-    assert all(set(v) == {"version", "rows", "timestamp", "body_models"} for v in versions)
+    assert all(set(v) == {"version", "rows", "timestamp", "body_models", "readable", "vacuumed_at"} for v in versions)
     assert main(["fits", "show", str(table), "lsp-orig/im0007", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["best"]["source"] == "import" and len(shown["best"]["pose"]) == 72 and len(shown["history"]) == 1

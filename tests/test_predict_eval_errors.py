@@ -157,3 +157,67 @@ def test_eval_that_measures_nothing_is_an_error_not_a_result(made, capsys, monke
         assert line == ("fitloop: error: nothing evaluated: none of the 5 samples protocol held-out keeps (of 8 read) "
                         "has 3D ground truth; pass shards with 3D joints (Human3.6M, MPI-INF-3DHP, or a set written "
                         "with them)")
+
+
+def test_eval_max_samples_reads_and_counts_the_same_whatever_the_batch_size(made, capsys):
+    """--max-samples 3 read 6 samples with --batch-size 2 and every sample without it (the next batch was read before
+    the limit stopped it), and the counts said so: now reading stops at the 3rd kept sample with 3D truth."""
+    results = []
+    for size in ("1", "2", "3", "32"):
+        assert main(["eval", str(made["checkpoint"]), "--shards", str(made["shards"]), "--max-samples", "3",
+                     "--batch-size", size, "--json"]) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    assert all(r["errors"]["all"]["samples"] == 3 and r["kept"] == 3 for r in results)
+    assert len({r["read"] for r in results}) == 1
+    for r in results[1:]:   # the same samples (the network's float32 arithmetic depends on the batch)
+        assert r["errors"]["all"]["mpjpe_mm"] == pytest.approx(results[0]["errors"]["all"]["mpjpe_mm"], rel=1e-4)
+    assert results[0]["stopped_at_max_samples"] and results[0]["read"] <= 8
+    assert main(["eval", str(made["checkpoint"]), "--shards", str(made["shards"]), "--max-samples", "3"]) == 0
+    assert "3 kept by the protocol (reading stopped at --max-samples 3" in capsys.readouterr().out
+    assert main(["eval", str(made["checkpoint"]), "--shards", str(made["shards"]), "--batch-size", "3", "--json"]) == 0
+    everything = json.loads(capsys.readouterr().out)
+    assert (everything["read"], everything["kept"], everything["stopped_at_max_samples"]) == (8, 4, False)
+
+
+def test_a_whole_body_checkpoint_is_refused_by_the_command_run(made, capsys, tmp_path):
+    """eval on an SMPL-X run's checkpoint said "fitloop predict poses SMPL-family bodies": each command names itself."""
+    config = TrainConfig(body_model="open-smplx-small", backbone=18, img_res=32)
+    body_id = load_body_model("open-smplx-small").model_id
+    ckpt = save_checkpoint(tmp_path / "run", {"model": {}, "step": 1, "head": "hmr", "body_model_id": body_id,
+                                              "config": config.to_dict()})
+    line = refused(capsys, ["eval", str(ckpt), "--shards", str(made["shards"])])
+    assert line.startswith("fitloop: error: fitloop eval evaluates SMPL-family bodies only; open-smplx-small has "
+                           "SMPL-X's layout") and "fitloop predict" not in line
+    assert "the run's own evaluation (its metrics.csv" in line
+    line = refused(capsys, ["predict", str(made["image"]), "--checkpoint", str(ckpt), "--bbox", "10,10,50,80",
+                            "--out", str(tmp_path / "o")])
+    assert line.startswith("fitloop: error: fitloop predict poses SMPL-family bodies only; open-smplx-small has "
+                           "SMPL-X's layout") and line.endswith("predicting with a whole-body regressor is not done")
+
+
+def test_weights_that_do_not_fit_are_named(made, capsys, tmp_path):
+    """A SPIN-layout file of a ResNet-18 network said only "(Error(s) in loading state_dict for Regressor:)": the
+    line now names the keys that do not fit and what the file holds, for SPIN's layout and for fitloop's."""
+    state = torch.load(made["checkpoint"], weights_only=False)["model"]
+    torch.save({"model": state, "optimizer": {}}, tmp_path / "spin_like.pt")
+    line = refused(capsys, ["predict", str(made["image"]), "--checkpoint", str(tmp_path / "spin_like.pt"),
+                            "--body-model", "open-small", "--bbox", "10,10,50,80", "--out", str(tmp_path / "o")])
+    assert line.startswith(f"fitloop: error: {tmp_path / 'spin_like.pt'}: a SPIN-layout checkpoint (a 'model' state "
+                           f"dict with HMR's fc1/decpose weights, no fitloop config), so it is loaded as SPIN's "
+                           f"released model, the hmr head on a ResNet-50 at 224 px, but its weights are a "
+                           f"ResNet-18's and do not fit it: ")
+    assert "of another shape (layer1.0.conv1.weight (64, 64, 3, 3) in the file, (64, 64, 1, 1) in the head" in line
+    assert "missing (layer1.0.conv3.weight, layer1.0.bn3.weight, layer1.0.bn3.bias and " in line
+    assert line.endswith("SPIN's model_checkpoint.pt holds ResNet-50 weights; for a fitloop run's network pass the "
+                         "checkpoint the run wrote (RUN/checkpoints/step-*.pt), which carries its config")
+    data = torch.load(made["checkpoint"], weights_only=False)
+    data["model"]["fc1.weight"] = data["model"]["fc1.weight"][:, :10]
+    del data["model"]["decpose.bias"]
+    data["model"]["extra.weight"] = torch.zeros(1)
+    torch.save(data, tmp_path / "changed.pt")
+    line = refused(capsys, ["eval", str(tmp_path / "changed.pt"), "--shards", str(made["shards"])])
+    assert line == (f"fitloop: error: {tmp_path / 'changed.pt'}: a fitloop checkpoint whose config builds the hmr head "
+                    f"(ResNet-18, 64 px), but its weights do not fit it: 1 of another shape (fc1.weight (1024, 10) in "
+                    f"the file, {tuple(state['fc1.weight'].shape)} in the head); 1 missing (decpose.bias); 1 "
+                    f"unexpected (extra.weight); the file was changed after the run saved it: pass a checkpoint as "
+                    f"the run wrote it")

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from fits.evaluate import ErrorSums, body_eval_joints, ground_truth_joints
+from fits.evaluate import ErrorSums, body_eval_joints, ground_truth_joints, joints3d_eval_joints
 from fitting.body_model import BodyModel
 from fitting.wholebody_model import WholeBodyModel
 from training.heads import DEFAULT_HEAD, HEADS, Head
@@ -138,13 +138,17 @@ def evaluate_checkpoint(checkpoint: Path, shards: list[Path], protocol: str = "h
     if protocol not in PROTOCOLS:
         raise FitloopError(f"unknown protocol {protocol!r}: one of {', '.join(PROTOCOLS)}")
     chosen = PROTOCOLS[protocol]
-    loaded = load_regressor(checkpoint, body_model=body_model, device=device, mesh_sampling=mesh_sampling)
+    loaded = load_regressor(checkpoint, body_model=body_model, device=device, mesh_sampling=mesh_sampling,
+                            command="fitloop eval")
     reader = ShardReader(shards, ReaderConfig(img_res=loaded.config.img_res, augment=AugmentConfig(enabled=False),
                                               shuffle_shards=False, shuffle_buffer=0))
-    counts = {"read": 0, "kept": 0}
+    counts = {"read": 0, "kept": 0, "with_truth": 0}
     holdings = ShardHoldings()
 
     def batches() -> Iterable[dict]:
+        """Batches of the kept samples, in shard order; with ``max_samples``, reading stops at the sample that
+        makes that many kept samples with 3D truth, so what is read, kept and evaluated is the same whatever the
+        batch size."""
         pending = []
         for stored in reader.iter_stored(0, 1):
             counts["read"] += 1
@@ -152,10 +156,15 @@ def evaluate_checkpoint(checkpoint: Path, shards: list[Path], protocol: str = "h
             if not chosen.keep(stored.meta):
                 continue
             counts["kept"] += 1
-            pending.append(reader.make_item(stored, AugmentParams()))
-            if len(pending) == batch_size:
+            item = reader.make_item(stored, AugmentParams())
+            counts["with_truth"] += has_truth(item)
+            pending.append(item)
+            done = max_samples is not None and counts["with_truth"] >= max_samples
+            if len(pending) == batch_size or done:
                 yield default_collate(pending)
                 pending = []
+            if done:
+                return
         if pending:
             yield default_collate(pending)
 
@@ -166,5 +175,15 @@ def evaluate_checkpoint(checkpoint: Path, shards: list[Path], protocol: str = "h
         raise FitloopError(f"protocol {protocol} keeps none of the {counts['read']} samples of "
                            f"{' '.join(map(str, shards))}: it takes {chosen.takes}; the shards hold {holdings}. "
                            f"Pass shards that hold such samples, or the --protocol that fits them")
+    stopped = max_samples is not None and counts["with_truth"] >= max_samples
     return {"protocol": protocol, "about": chosen.about, "checkpoint": str(checkpoint),
-            "shards": [str(s) for s in shards], **counts, "errors": errors, **describe(loaded)}
+            "shards": [str(s) for s in shards], "read": counts["read"], "kept": counts["kept"],
+            "max_samples": max_samples, "stopped_at_max_samples": stopped, "errors": errors, **describe(loaded)}
+
+
+def has_truth(item: dict) -> bool:
+    """Whether a reader item carries the 3D truth `evaluate_network` measures against (`ground_truth_joints`): a
+    true body (``has_smpl``), or all 14 evaluation joints and a pelvis among its 3D joints."""
+    if bool(item["has_smpl"]):
+        return True
+    return bool(item["has_joints_3d"]) and bool(joints3d_eval_joints(item["joints_3d"][None])[1][0])

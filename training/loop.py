@@ -76,10 +76,10 @@ from core.frames import FIT_RES, fit_frame_px
 from core.host_syncs import to_device
 from core.killpoint import kill_point
 from fits.evaluate import FitsGroundTruth, evaluate_fits
-from fits.schema import FitProvenance
+from fits.schema import FitProvenance, FitsTableError
 from fits.seeding import SeedConfig, fit_config_hash, seed_fits
 from fits.store import FitsStore
-from fits.table import FitsTable
+from fits.table import FitsTable, VacuumedVersionError
 from fitting.body_model import BodyModel, load_body_model
 from fitting.priors import MaxMixturePrior
 from fitting.smplify import SMPLify
@@ -463,7 +463,16 @@ def load_store(run: Run, pos: Position, progress: bool) -> FitsStore:
     latest version, after rank 0 has seeded the missing fits. Sets ``pos.fits_version``."""
     cfg = run.config
     if pos.resumed:
-        store = FitsStore.load(run.table, run.body.model_id, version=pos.fits_version)
+        try:
+            store = FitsStore.load(run.table, run.body.model_id, version=pos.fits_version)
+        except VacuumedVersionError as gone:
+            raise FitsTableError(
+                f"{gone.path}: the checkpoint being resumed names fits table version {gone.version}, which can no "
+                f"longer be read: the vacuum at version {gone.vacuum_version} ({gone.vacuum_time}) deleted its data "
+                f"files (versions {gone.readable} can still be read), so this run cannot resume. Start a new run "
+                f"instead (`fitloop train` with a new --run-dir and --fits {gone.path}): it reads the table's current "
+                f"version {gone.latest} and seeds only the keys without a fit; or restore the table from a backup "
+                f"made before the vacuum") from None
         pos.resumed = False
         return store
     if run.rank == 0 and cfg.seed_missing_fits:

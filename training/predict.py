@@ -17,6 +17,7 @@ the init_pose/init_shape/init_cam buffers), so it loads into the ``hmr`` head wi
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,18 @@ from training.regressor import heads_for_family, mean_params_from_npz, mean_para
 from training.step import fit_in_the_loop, predict
 
 SPIN_SETTINGS = {"backbone": 50, "img_res": 224, "head": "hmr"}  # SPIN's released model (its config.py / README)
+# what each command that loads a regressor does with its bodies, and what to use instead for a whole-body one
+WHAT_IT_DOES = {"fitloop predict": "poses", "fitloop eval": "evaluates"}
+WHOLEBODY_INSTEAD = {
+    "fitloop predict": ": predicting with a whole-body regressor is not done",
+    "fitloop eval": ": evaluating a whole-body checkpoint is not done; the run's own evaluation (its metrics.csv "
+                    "and metrics_by_dataset.csv, after every epoch) measures its network on the held-out shards",
+}
+# torchvision's ResNets by blocks per stage (layer1-4) and block kind (bottleneck: conv3): the depth a state
+# dict's backbone has, to say what a checkpoint holds
+RESNET_DEPTHS = {((2, 2, 2, 2), False): 18, ((3, 4, 6, 3), False): 34, ((3, 4, 6, 3), True): 50,
+                 ((3, 4, 23, 3), True): 101, ((3, 8, 36, 3), True): 152}
+_RESNET_BLOCK = re.compile(r"(?:^|\.)layer([1-4])\.(\d+)\.conv(\d)\.weight$")
 
 
 @dataclass
@@ -58,10 +71,11 @@ class LoadedRegressor:
 
 
 def load_regressor(path: Path, body_model: str | None = None, device: str | torch.device = "cpu",
-                   mesh_sampling: str | None = None) -> LoadedRegressor:
+                   mesh_sampling: str | None = None, command: str = "fitloop predict") -> LoadedRegressor:
     """The network of a fitloop or SPIN checkpoint (module docstring). ``body_model`` overrides the run's (a
     fitloop checkpoint's content id must then still match), ``mesh_sampling`` the graphcmr head's matrices file (their
-    digest must match the checkpoint's); `CheckpointError` for a file that is neither."""
+    digest must match the checkpoint's); `CheckpointError` for a file that is neither, or whose weights do not fit
+    the head built for it (naming what does not fit). ``command``: the command loading it, for its messages."""
     path = Path(path)
     data = read_torch_file(path)
     if isinstance(data, dict) and data.get("format") == FORMAT:
@@ -92,8 +106,10 @@ def load_regressor(path: Path, body_model: str | None = None, device: str | torc
         raise FitloopError(f"{path} was trained with body model {trained_with} = {data['body_model_id']}; "
                            f"{body_model} is {body.model_id}: leave --body-model out to use the run's "
                            f"({trained_with}), or pass a file of that model")
-    if heads_for_family(body.family) != "smpl":
-        raise FitloopError(f"fitloop predict poses SMPL-family bodies; {config.body_model} has SMPL-X's layout")
+    if heads_for_family(body.family) != "smpl":  # a whole-body regressor (hands, face): not done here
+        raise FitloopError(f"{command} {WHAT_IT_DOES.get(command, 'runs')} SMPL-family bodies only; "
+                           f"{config.body_model} has SMPL-X's layout ({path} regresses hands and face too)"
+                           + WHOLEBODY_INSTEAD.get(command, ""))
     prior = MaxMixturePrior.from_file(config.pose_prior).to(torch.device(device))
     mean = (mean_params_from_npz(config.mean_params) if config.mean_params
             else mean_params_from_prior(prior, body.num_betas))
@@ -103,10 +119,57 @@ def load_regressor(path: Path, body_model: str | None = None, device: str | torc
     try:
         model.load_state_dict(data["model"])
     except RuntimeError as err:
-        raise CheckpointError(f"{path}: its weights do not fit the {head.name} head built from its config "
-                              f"({str(err).splitlines()[0]})") from None
+        raise CheckpointError(_not_fitting(path, data["model"], model, head, config, source, err)) from None
     model.to(device).eval()
     return LoadedRegressor(model, head, config, body, SMPLify(body, prior, config.smplify), source)
+
+
+def resnet_depth(state: dict[str, Any]) -> int | None:
+    """The depth of the torchvision ResNet whose weights a state dict holds (`RESNET_DEPTHS`), by its blocks per
+    stage and kind; None when it holds none, or one of another layout."""
+    blocks: dict[int, set[int]] = {}
+    bottleneck = False
+    for key in state:
+        found = _RESNET_BLOCK.search(key)
+        if found:
+            blocks.setdefault(int(found.group(1)), set()).add(int(found.group(2)))
+            bottleneck |= found.group(3) == "3"
+    return RESNET_DEPTHS.get((tuple(len(blocks.get(stage, ())) for stage in range(1, 5)), bottleneck))
+
+
+def _listed(names: list[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def _not_fitting(path: Path, state: dict[str, Any], model: torch.nn.Module, head: Head, config: TrainConfig,
+                 source: str, err: RuntimeError) -> str:
+    """Why a checkpoint's state dict does not load into the model built for it, in one line: the keys of another
+    shape, the missing and the unexpected ones (the first few of each), what backbone the weights are, and what
+    the checkpoint was taken for (SPIN's: its settings, ResNet-50; fitloop's: its config)."""
+    own = model.state_dict()
+    shapes = [f"{key} {tuple(value.shape)} in the file, {tuple(own[key].shape)} in the head"
+              for key, value in state.items()
+              if key in own and isinstance(value, torch.Tensor) and value.shape != own[key].shape]
+    missing = [key for key in own if key not in state]
+    unexpected = [key for key in state if key not in own]
+    found = "; ".join(part for part in (
+        f"{len(shapes)} of another shape ({_listed(shapes, 1)})" if shapes else "",
+        f"{len(missing)} missing ({_listed(missing)})" if missing else "",
+        f"{len(unexpected)} unexpected ({_listed(unexpected)})" if unexpected else "") if part) or " ".join(
+        str(err).split())  # none of those: torch's own words
+    depth, built = resnet_depth(state), resnet_depth(own)
+    weights = (f"its weights are a ResNet-{depth}'s and do not fit it" if depth is not None and depth != built
+               else "its weights do not fit it")
+    if source == "spin":
+        return (f"{path}: a SPIN-layout checkpoint (a 'model' state dict with HMR's fc1/decpose weights, no fitloop "
+                f"config), so it is loaded as SPIN's released model, the hmr head on a ResNet-{built} at "
+                f"{config.img_res} px, but {weights}: {found}. SPIN's model_checkpoint.pt holds ResNet-50 weights; "
+                f"for a fitloop run's network pass the checkpoint the run wrote (RUN/checkpoints/step-*.pt), which "
+                f"carries its config")
+    built_text = f"ResNet-{built}, " if built is not None else ""
+    return (f"{path}: a fitloop checkpoint whose config builds the {head.name} head ({built_text}{config.img_res} px), "
+            f"but {weights}: {found}; the file was changed after the run saved it: pass a checkpoint as the run "
+            f"wrote it")
 
 
 @dataclass

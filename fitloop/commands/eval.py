@@ -27,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "the checkpoint was trained with)")
     parser.add_argument("--batch-size", type=count(1), default=32)
     parser.add_argument("--max-samples", type=count(1), default=None,
-                        help="evaluate at most this many kept samples with 3D truth (default: all)")
+                        help="evaluate at most this many kept samples with 3D truth: the shards are read in "
+                             "order up to the one that makes that many, whatever --batch-size (default: all)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=cmd_eval)
@@ -35,9 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from core.devices import parse_device
-    from training.evaluate import evaluate_checkpoint
-
     from core.errors import FitloopError
+    from training.evaluate import evaluate_checkpoint
 
     device = parse_device(args.device, "--device")
     result = evaluate_checkpoint(args.checkpoint, list(args.shards), args.protocol, body_model=args.body_model,
@@ -52,7 +52,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     print(f"{result['checkpoint']} ({result['head']} head, {result['checkpoint_kind']} checkpoint, body model "
           f"{result['body_model_id']}); protocol {result['protocol']}: {result['about']}")
-    print(f"  {result['read']} samples read, {result['kept']} kept by the protocol; evaluated (with 3D truth):")
+    stopped = (f" (reading stopped at --max-samples {result['max_samples']}: that many kept samples with 3D truth)"
+               if result.get("stopped_at_max_samples") else "")
+    print(f"  {result['read']} samples read, {result['kept']} kept by the protocol{stopped}; evaluated (with 3D "
+          f"truth):")
     for name, row in result["errors"].items():
         print(f"  {name:<16} {row['samples']:6d} samples  MPJPE {row['mpjpe_mm']:7.1f} mm  "
               f"PA-MPJPE {row['pa_mpjpe_mm']:7.1f} mm")

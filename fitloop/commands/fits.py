@@ -159,7 +159,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="with --shards: px added to part and center (default: SPIN's for the dataset: 1 for "
                              "LSP, HR-LSPET, MPII; else 0)")
     export.add_argument("--dataset", default=None, help="key prefix (default: from the .npz file name)")
-    export.add_argument("--fill-missing", action="store_true", help="write zeros for rows without a fit")
+    export.add_argument("--fill-missing", action="store_true",
+                        help="with --spin-npz: write zeros for rows without a fit, marked as filled in the <out>.keys "
+                             "file, so that `fitloop fits import` skips them (SPIN reads the .npy as ever)")
     add_fit_filter_options(export, "write only the best fits that meet every bar given (with --spin-npz, a fit "
                                    "below a bar counts as no fit)")
     _model_options(export, "whose fits to write (needed when the table holds several)")
@@ -382,12 +384,20 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
     versions = FitsTable.open(args.table).versions()
     if args.json:
-        print(json.dumps([{k: v[k] for k in ("version", "rows", "timestamp", "body_models")} for v in versions]))
+        print(json.dumps([{k: v[k] for k in ("version", "rows", "timestamp", "body_models", "readable",
+                                             "vacuumed_at")} for v in versions]))
         return 0
     for v in versions:
-        models = _models_text(v["body_models"])
+        models = _models_text(v["body_models"]) if v["readable"] or v["body_models"] else ""
+        gone = ("" if v["readable"] else "  [cannot be read: its files were deleted by the vacuum at version "
+                f"{v['vacuumed_at']}]" if v["vacuumed_at"] is not None else "  [cannot be read: a data file is "
+                "missing, with no vacuum after it]")
         print(f"{v['version']:>6}  {v['timestamp']}  {v['rows']:>10} rows  {v['operation']:<8}"
-              + (f"  {models}" if models else ""))
+              + (f"  {models}" if models else "") + gone)
+    unreadable = [v["version"] for v in versions if not v["readable"]]
+    if unreadable:
+        print(f"{len(unreadable)} version(s) can no longer be read (their row counts are the log's); "
+              f"the others can")
     return 0
 
 
@@ -586,9 +596,13 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
         return 0
     version = f"version {summary['version']}" if summary["version"] is not None else "no new version"
-    print(f"{args.spin_fits.name}: {summary['rows']} fits of {summary['dataset']} for body model {model}, "
+    print(f"{args.spin_fits.name}: {summary['rows']} rows of {summary['dataset']} for body model {model}, "
           f"{summary['appended']} appended ({version}), largest float32 rounding "
           f"{summary['max_float32_rounding']:g}"
+          + (f"; {summary['skipped_filled']} row(s) the export filled with zeros (marked in "
+             f"{args.spin_fits.name}.keys) skipped: no fit" if summary["skipped_filled"] else "")
+          + (f"; {summary['skipped_zero']} all-zero row(s) (pose and betas exactly 0) skipped: no fit"
+             if summary["skipped_zero"] else "")
           + ("; rows not checked against the .npz's images (neither SPIN's <name>_fits.npy nor with a .keys file "
              "from `fitloop fits export`): only the row count matched" if summary["rows_checked_by"] == "unchecked"
              else ""))
@@ -668,11 +682,20 @@ def cmd_export(args: argparse.Namespace) -> int:
                               body_model_id=model, fit_filter=fit_filter, on_stage=on_stage, **_at(args))
     print(f"wrote {summary['out']}: {summary['rows']} rows of {summary['dataset']}, {summary['exported']} fits of "
           f"body model {summary['body_model_id'] or '(none)'}, {summary['filled']} filled with zeros"
+          + (f" (marked in {summary['out']}.keys: an import skips them)" if summary["filled"] else "")
           + (f" ({summary['filtered']} best fits below the bars {fit_filter.describe()})" if fit_filter.active
              else ""))
     if summary["exported"] + summary["filtered"] == 0:
         _note(empty_note(table, args, model, "crop", summary["dataset"]))
     return 0
+
+
+def _smpl_text(file: dict) -> str:
+    """What a shard-set export file's SMPL rows hold (`fits.exports.SmplColumns.counts`), for its summary line."""
+    under = file["fits_under_ground_truth"]
+    return (f"{file['rows']} rows, {file['fits']} with a fit"
+            + (f", {file['ground_truth']} with ground-truth SMPL (has_fit 0)" if file["ground_truth"] else "")
+            + (f" kept over {under} fit(s) of the table" if under else ""))
 
 
 def _shards_note(args: argparse.Namespace, table, model: str | None, fits: int, filtered: int) -> None:
@@ -694,13 +717,13 @@ def _export_spin_datasets(args: argparse.Namespace, table, model: str | None, fi
                                        pixel_offset=args.pixel_offset, extract_frames=args.extract_frames,
                                        on_stage=on_stage, **_at(args))
     for file in summary["files"]:
-        print(f"wrote {file['path']}: {file['rows']} rows, {file['fits']} with a fit"
-              + (", 3D joints (S)" if file["joints_3d"] else ""))
+        print(f"wrote {file['path']}: {_smpl_text(file)}" + (", 3D joints (S)" if file["joints_3d"] else ""))
     print(f"fits of body model {summary['body_model_id'] or '(none)'}, {summary['frame']} frame"
           + (f"; {summary['filtered']} best fits below the bars {fit_filter.describe()}" if fit_filter.active
              else "") + (f"; {summary['frames']} video frames under {args.extract_frames}" if summary["frames"]
                          else ""))
-    _shards_note(args, table, model, sum(file["fits"] for file in summary["files"]), summary["filtered"])
+    _shards_note(args, table, model, sum(f["fits"] + f["fits_under_ground_truth"] for f in summary["files"]),
+                 summary["filtered"])
     return 0
 
 
@@ -736,13 +759,13 @@ def _export_humandata(args: argparse.Namespace, table, model: str | None, fit_fi
                                    frame=args.frame or "crop", fit_filter=fit_filter, on_stage=on_stage,
                                    **_at(args))
     for file in summary["files"]:
-        print(f"wrote {file['path']}: {file['rows']} rows, {file['fits']} with a fit"
-              + (", 3D keypoints" if file["joints_3d"] else ""))
+        print(f"wrote {file['path']}: {_smpl_text(file)}" + (", 3D keypoints" if file["joints_3d"] else ""))
     print(f"HumanData (smpl dict pickled, as mmhuman3d writes it); fits of body model "
           f"{summary['body_model_id'] or '(none)'}, {summary['frame']} frame"
           + (f"; {summary['filtered']} best fits below the bars {fit_filter.describe()}" if fit_filter.active
              else ""))
-    _shards_note(args, table, model, sum(file["fits"] for file in summary["files"]), summary["filtered"])
+    _shards_note(args, table, model, sum(f["fits"] + f["fits_under_ground_truth"] for f in summary["files"]),
+                 summary["filtered"])
     return 0
 
 
@@ -781,10 +804,18 @@ def cmd_compact(args: argparse.Namespace) -> int:
 def cmd_vacuum(args: argparse.Namespace) -> int:
     from fits.table import FitsTable
 
-    removed = FitsTable.open(args.table).vacuum(retention_hours=args.retention_hours, dry_run=args.dry_run)
+    table = FitsTable.open(args.table)
+    removed = table.vacuum(retention_hours=args.retention_hours, dry_run=args.dry_run)
     print(f"{'would delete' if args.dry_run else 'deleted'} {len(removed)} file(s)")
     for path in removed:
         print(f"  {path}")
+    if removed and not args.dry_run:
+        from fits.table import version_ranges
+
+        versions = table.versions()
+        gone = version_ranges([v["version"] for v in versions if not v["readable"]])
+        kept = version_ranges([v["version"] for v in versions if v["readable"]])
+        print(f"version(s) that can no longer be read: {gone}; that can: {kept} (fitloop fits versions {args.table})")
     return 0
 
 
