@@ -1,7 +1,9 @@
 """Train a Gaussian-mixture pose prior (SMPLify's format: K components, full covariance, 69-dim body pose).
 
 Sources are either a directory of BVH clips (converted to the body model's joint rotations by `assets.bvh`) or
-AMASS-style ``.npz`` files (``poses`` field, body pose = columns 3:72). The steps, each a plain function:
+AMASS-style ``.npz`` files (``poses`` field: SMPL's, SMPL-H's or SMPL-X's full pose, `POSE_WIDTHS`; the body pose is
+SMPL's 21 body joints, with SMPL's two hand slots unobserved for SMPL-H and SMPL-X). The steps, each a plain
+function:
 
 1. **Poses.** BVH: convert each clip relative to the model's T-pose, drop frame 0 (a rest frame in both CMU
    releases), reject frames with an anatomically impossible joint rotation (:data:`ROTATION_LIMITS_DEG`; the CMU
@@ -13,7 +15,9 @@ AMASS-style ``.npz`` files (``poses`` field, body pose = columns 3:72). The step
 3. **Mirror** (default on): every pose is added again mirrored left/right (`core.joints.flip_pose`), with the
    same weight, so the prior is symmetric and has no handedness of the few subjects.
 4. **EM.** Weighted k-means++ seeding and Lloyd iterations, then EM for a full-covariance mixture with
-   (``cov_floor_deg``)² added to every covariance's diagonal. Deterministic for a seed. The floor (default 5°)
+   (``cov_floor_deg``)² added to every covariance's diagonal (at least :data:`MIN_COV_FLOOR_DEG`; a mixture whose
+   covariances come out ill-conditioned anyway is refused, `fitting.priors.covariance_problem`). Deterministic
+   for a seed. The floor (default 5°)
    is wider than EM needs for stability on purpose: CMU's skeleton makes knees, elbows and toes exact hinges
    (one degree of freedom), so the mocap poses have ~0.5° of spread off the hinge axis, while a body model's
    joints are ball joints and fitted poses have several degrees of play there; a 1.8° floor made such poses
@@ -35,6 +39,7 @@ import csv
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,7 +53,7 @@ from core.errors import FitloopError
 from core.joints import SMPL_JOINT_NAMES, flip_pose
 from fitting.body_model import OPEN_MODELS
 from fitting.files import DAMAGED, read_npz
-from fitting.priors import GaussianMixture, save_gmm
+from fitting.priors import MAX_COVARIANCE_CONDITION, GaussianMixture, covariance_problem, save_gmm
 
 BODY_DIM = 69
 DEFAULT_MODEL = OPEN_MODELS["open"]
@@ -56,6 +61,37 @@ CMU_ACKNOWLEDGMENT = ("The data used in this project was obtained from mocap.cs.
                       "The database was created with funding from NSF EIA-0196217.")
 CMU_BVH_CREDIT = ("BVH conversion by Bruce Hahne (cgspeed.com): the 2010 MotionBuilder-friendly and the "
                   "Daz-friendly releases.")
+CMU_LICENSE = "CMU: free for all uses, do not resell the data; Hahne places no additional restrictions"
+# How a BVH clip is known to be CMU's: the nearest CREDITS.md above its real path (symlinks followed) names CMU's
+# database, as ../shared/mocap/cmu/CREDITS.md does; it names Hahne's site where the BVH files are his conversions.
+CMU_MARK, HAHNE_MARK = "mocap.cs.cmu.edu", "cgspeed.com"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# The smallest covariance floor `train_prior` takes (degrees). The floor is the covariances' smallest eigenvalue,
+# (floor in rad)², and their largest is the widest pose variation, ~1.6 rad² in the CMU clips: 0.5° keeps the
+# condition number at ~2e4, under the 1e5 that SMPLify's float32 solve can use (MAX_COVARIANCE_CONDITION), with room
+# for wider data. Nothing is gained below it: CMU's hinges (knees, elbows) have ~0.5° of spread off their axis, and
+# fitted bodies far more; with no floor the hinge directions get zero variance and the prior scores nonsense.
+MIN_COV_FLOOR_DEG = 0.5
+FLOOR_WHY = (f"a smaller floor leaves the covariances too ill-conditioned for SMPLify's float32 fit (condition "
+             f"number above {MAX_COVARIANCE_CONDITION:.0e}); the default is 5")
+
+# The full-pose widths an AMASS-style ``poses`` array may have, and what each is. SMPL-H's and SMPL-X's first 66
+# values are the global orientation and SMPL's body joints 1-21 (their trees share SMPL's first 22 joints); SMPL's
+# joints 22-23 are its hands, where SMPL-H has the left index finger's first two joints and SMPL-X its jaw and left
+# eye: those have no SMPL joint. `bench.smplify_cases.load_pose_file` reads the same widths.
+POSE_WIDTHS = {72: "SMPL", 156: "SMPL-H (AMASS: body joints used, fingers left out)",
+               165: "SMPL-X (body joints used; jaw, eyes and fingers left out)"}
+SMPL_BODY_VALUES = 66
+
+# AMASS's poses are relative to the T-pose of the model they were fitted with; fitloop has no conversion from it to
+# the open model's (the BVH path converts its clips to the open model's T-pose, `assets.bvh`).
+AMASS_REST = ("the T-pose of the body model the AMASS poses were fitted with (SMPL, SMPL-H or SMPL-X), as read: not "
+              "converted to the open model's T-pose (fitting/data/open_body.npz), which fitloop's BVH priors and fits "
+              "use")
+AMASS_REST_WARNING = ("AMASS poses are relative to SMPL's T-pose and were used as they are, not converted to the open "
+                      "model's T-pose (fitting/data/open_body.npz): the prior carries the rest-pose differences "
+                      "between the two models (its metadata's rest_pose says so)")
 
 # CMU subjects never used to train the default prior (docs/pose_prior.md). Two splits, by subject, each with one
 # subject of each BVH release: dev (tuning SMPLify) and test (the benchmark's report). Together 20 % of the 133
@@ -108,6 +144,7 @@ class PoseSet:
     weights: np.ndarray
     walk: np.ndarray  # (N,) bool
     clips: list[dict[str, Any]] = field(default_factory=list)
+    folder: Path | None = None  # the BVH folder read (None for AMASS files)
 
 
 # --- Sources ------------------------------------------------------------------------------------------------------
@@ -205,7 +242,7 @@ def load_bvh_poses(directory: Path, rest_joints: np.ndarray, config: TrainConfig
                                  f"{'; '.join(why) or 'every frame rejected as implausible'}; fix or replace the "
                                  f"clips, or pass another folder")
     x = np.concatenate(poses)
-    return PoseSet(x, np.ones(len(x)), np.concatenate(walk), clips)
+    return PoseSet(x, np.ones(len(x)), np.concatenate(walk), clips, directory)
 
 
 def frame_step(frame_time: float, fps: float) -> int:
@@ -233,10 +270,23 @@ def more_poses(tp: TrainingPoses, *ways: str) -> str:
     return "give " + (f"{', '.join(ways[:-1])} or {ways[-1]}" if len(ways) > 1 else ways[0])
 
 
-def load_amass_poses(files: list[Path], config: TrainConfig) -> PoseSet:
-    """Body poses (columns 3:72 of ``poses``) from AMASS-style ``.npz`` files, subsampled to about ``fps``.
+def smpl_full_pose(poses: np.ndarray) -> np.ndarray:
+    """SMPL's full pose (N, 72) of full poses (N, W) of a width in :data:`POSE_WIDTHS`, axis-angle radians: SMPL's
+    as is; SMPL-H's and SMPL-X's global orientation and 21 body joints (their first 66 values) with SMPL's two hand
+    joints at rest (zero): their fingers, jaw and eyes have no SMPL joint."""
+    if poses.ndim != 2 or poses.shape[1] not in POSE_WIDTHS:
+        raise ValueError(f"poses of shape {poses.shape}; expected (N, W) with W in {sorted(POSE_WIDTHS)}")
+    if poses.shape[1] == 72:
+        return poses
+    return np.concatenate([poses[:, :SMPL_BODY_VALUES], np.zeros((len(poses), 72 - SMPL_BODY_VALUES))], axis=1)
 
-    Frames are taken as is (no plausibility filter: AMASS poses are already fits of a body model). Files without
+
+def load_amass_poses(files: list[Path], config: TrainConfig) -> PoseSet:
+    """Body poses (N, 69) from AMASS-style ``.npz`` files (`smpl_full_pose` of ``poses``: SMPL's columns 3:72, or
+    SMPL-H's and SMPL-X's 3:66 with SMPL's hand slots zero, unobserved as for BVH), subsampled to about ``fps``.
+
+    Frames are taken as is (no plausibility filter: AMASS poses are already fits of a body model), relative to the
+    T-pose of the model they were fitted with, not converted to the open model's. Files without
     ``mocap_framerate`` are used at every frame.
     """
     poses, clips = [], []
@@ -248,16 +298,19 @@ def load_amass_poses(files: list[Path], config: TrainConfig) -> PoseSet:
             rate = float(data["mocap_framerate"]) if "mocap_framerate" in data else None
         except (KeyError, TypeError, ValueError) as err:
             raise PriorTrainingError(f"{path}: not an AMASS-style .npz with a numeric `poses` array ({err})") from None
-        if p.ndim != 2 or p.shape[1] < 72:
-            raise PriorTrainingError(f"{path}: `poses` has shape {p.shape}; expected (F, >=72) axis-angle")
+        if p.ndim != 2 or p.shape[1] not in POSE_WIDTHS:
+            raise PriorTrainingError(f"{path}: `poses` has shape {p.shape}; expected (F, W) axis-angle with "
+                                     + ", ".join(f"W = {w} ({layout.split(' (')[0]})"
+                                                 for w, layout in POSE_WIDTHS.items())
+                                     + "; convert other layouts to one of these")
         if rate is not None and not (math.isfinite(rate) and rate > 0):
             raise PriorTrainingError(f"{path}: mocap_framerate is {rate}; expected frames per second (> 0)")
         if not np.isfinite(p).all():
             raise PriorTrainingError(f"{path}: `poses` holds NaN or infinite values (frame "
                                      f"{int(np.argwhere(~np.isfinite(p))[0, 0])}); {DAMAGED}")
         step = max(1, round(min(rate / config.fps, 1e12))) if rate else 1
-        picked = p[::step, 3:72]
-        record.update(frames=len(p), step=step, used=len(picked))
+        picked = smpl_full_pose(p[::step])[:, 3:]
+        record.update(layout=POSE_WIDTHS[p.shape[1]].split(" (")[0], frames=len(p), step=step, used=len(picked))
         clips.append(record)
         poses.append(picked)
     x = np.concatenate(poses) if poses else np.zeros((0, BODY_DIM))
@@ -409,6 +462,7 @@ def training_poses(sources: list[Path], *, kind: str = "bvh", config: TrainConfi
             raise PriorTrainingError(f"--amass takes existing .npz files; missing: "
                                      f"{', '.join(missing) or 'none given'}")
         data = load_amass_poses(sources, config)
+        rest_info = {"source": AMASS_REST, "converted": False}
     else:
         raise PriorTrainingError(f"unknown source kind {kind!r}; use 'bvh' or 'amass'")
     weights, walk_factor = cap_walk_share(data.weights, data.walk, config.walk_share)
@@ -430,6 +484,66 @@ def resolve_held_out(kind: str, held_out_subjects: tuple[int, ...] | None) -> tu
     return tuple(sorted(set(held_out_subjects)))
 
 
+def shown_folder(path: Path) -> str:
+    """A folder as metadata names it: relative to the repository where it is beside it (``../shared/mocap/cmu``),
+    else absolute; the same wherever the command ran."""
+    path = path.resolve()
+    if path.is_relative_to(REPO_ROOT.parent):
+        return os.path.relpath(path, REPO_ROOT)
+    return str(path)
+
+
+def _credits_above(folder: Path) -> Path | None:
+    """The nearest CREDITS.md in ``folder`` (a resolved path) or above it; None if there is none."""
+    return next((d / "CREDITS.md" for d in (folder, *folder.parents) if (d / "CREDITS.md").is_file()), None)
+
+
+def _mentions(path: Path, mark: str) -> bool:
+    try:
+        return mark in path.read_text(errors="replace")
+    except OSError:
+        return False
+
+
+def _clips(n: int) -> str:
+    return f"{n} BVH clip{'s' * (n != 1)}"
+
+
+def bvh_source(data: PoseSet, used_clips: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``source`` of a prior trained on a BVH folder's ``used_clips``, labelled by what was read; CMU's
+    acknowledgment and terms (and Hahne's credit for his conversions) only where the clips are CMU's.
+
+    A clip is CMU's when the nearest CREDITS.md above its real path (symlinks followed) names CMU's database
+    (:data:`CMU_MARK`), as ../shared/mocap/cmu's does: a copy of that folder, or a folder of links into it, is
+    recognised; clips of one's own are labelled by their folder and count only."""
+    folder = data.folder
+    assert folder is not None, "a BVH PoseSet records its folder"
+    found = {c["file"]: _credits_above((folder / c["file"]).resolve().parent) for c in used_clips}
+    cmu_credits = {f for f in set(found.values()) if f is not None and _mentions(f, CMU_MARK)}
+    cmu = [name for name, f in found.items() if f in cmu_credits]
+    total, held = len(data.clips), any(c.get("held_out") for c in data.clips)
+    less_held = " less the clips of the held-out subjects" if held else ""
+    shown = shown_folder(folder)
+    if not cmu:
+        return {"source": f"{_clips(len(used_clips))} of {shown} ({total} in the folder{less_held}); not CMU's "
+                          f"database as far as fitloop can tell (no CREDITS.md naming {CMU_MARK} above them): their "
+                          f"origin and terms are not recorded"}
+    if len(cmu) == len(used_clips) and _credits_above(folder.resolve()) in cmu_credits:   # CMU's own folder
+        tables = " and CLIPS.tsv" if (folder / "CLIPS.tsv").is_file() else ""
+        source = (f"CMU Graphics Lab Motion Capture Database, {total}-clip BVH subset ({shown}, see its "
+                  f"CREDITS.md{tables}){less_held}; BVH files and converted poses are not redistributed")
+    else:
+        others = len(used_clips) - len(cmu)
+        source = (f"{_clips(len(used_clips))} of {shown}: {len(cmu)} of the CMU Graphics Lab Motion "
+                  f"Capture Database (see {', '.join(sorted(shown_folder(f) for f in cmu_credits))})"
+                  + (f", {others} of an origin not recorded" if others else "")
+                  + "; BVH files and converted poses are not redistributed")
+    meta = {"source": source, "acknowledgment": CMU_ACKNOWLEDGMENT}
+    if all(_mentions(f, HAHNE_MARK) for f in cmu_credits):
+        meta["bvh_conversion_credit"] = CMU_BVH_CREDIT
+    return {**meta, "license": CMU_LICENSE}
+
+
 def provenance(tp: TrainingPoses, kind: str) -> dict[str, Any]:
     """What a prior trained on ``tp`` records about its data: source, rest pose, clips and subjects used and held
     out, frames read, rejected and used, walking share, categories (the metadata every fitloop prior carries)."""
@@ -448,6 +562,7 @@ def provenance(tp: TrainingPoses, kind: str) -> dict[str, Any]:
     }
     if kind == "amass":
         metadata["source"] = [Path(c["file"]).name for c in data.clips]
+        metadata["layouts"] = {Path(c["file"]).name: c["layout"] for c in data.clips}
     if kind == "bvh":
         cats: dict[str, int] = {}
         by_subject: dict[str, int] = {}
@@ -460,11 +575,7 @@ def provenance(tp: TrainingPoses, kind: str) -> dict[str, Any]:
             "held_out_subjects": list(tp.config.held_out_subjects),
             "clips_held_out": [c["file"] for c in data.clips if c.get("held_out")],
             "frames_used_by_subject": dict(sorted(by_subject.items(), key=lambda kv: (len(kv[0]), kv[0]))),
-            "source": "CMU Graphics Lab Motion Capture Database, 133-clip BVH subset (../shared/mocap/cmu, "
-                      "see its CREDITS.md and CLIPS.tsv) less the clips of the held-out subjects; BVH files and "
-                      "converted poses are not redistributed",
-            "acknowledgment": CMU_ACKNOWLEDGMENT, "bvh_conversion_credit": CMU_BVH_CREDIT,
-            "license": "CMU: free for all uses, do not resell the data; Hahne places no additional restrictions",
+            **bvh_source(data, used_clips),
             "frames_used_by_category": dict(sorted(cats.items())),
             "skeletons": {s: sum(1 for c in used_clips if c.get("skeleton") == s) for s in bvh.SKELETON_MAPS},
         })
@@ -482,6 +593,9 @@ def train_prior(sources: list[Path], out: Path, *, kind: str = "bvh", components
     ``held_out_subjects``: CMU subjects whose BVH clips are not used (default :data:`CMU_HELD_OUT_SUBJECTS` for
     BVH; AMASS files have no CMU subject numbers, nothing is held out there).
     """
+    if not MIN_COV_FLOOR_DEG <= cov_floor_deg <= 180.0:
+        raise PriorTrainingError(f"the covariance floor must be from {MIN_COV_FLOOR_DEG:g} to 180 degrees, got "
+                                 f"{cov_floor_deg:g}: {FLOOR_WHY}")
     config = TrainConfig(components=components, seed=seed, fps=fps, walk_share=walk_share, mirror=mirror,
                          cov_floor_deg=cov_floor_deg, held_out_subjects=resolve_held_out(kind, held_out_subjects))
     t0 = time.perf_counter()
@@ -506,6 +620,10 @@ def train_prior(sources: list[Path], out: Path, *, kind: str = "bvh", components
     covars[:, idx[:, None], idx[None, :]] = covars_o
     unobserved = np.flatnonzero(~observed)
     covars[:, unobserved, unobserved] = math.radians(config.unobserved_std_deg) ** 2
+    problem = covariance_problem(covars)
+    if problem:   # poses far wider than rotations (AMASS files are not checked for plausibility), or a tiny floor
+        raise PriorTrainingError(f"{problem}: SMPLify cannot fit with it; nothing written: raise --cov-floor-deg "
+                                 f"(it was {config.cov_floor_deg:g}) or check that the poses are axis-angle radians")
     t_total = time.perf_counter() - t0
 
     unobserved_joints = sorted({SMPL_JOINT_NAMES[1 + i // 3] for i in unobserved},

@@ -307,8 +307,8 @@ def load_sampling(path: str | Path) -> MeshSampling:
     `ModelFileError` naming the file for anything else."""
     path = Path(path)
     if not path.is_file():
-        raise ModelFileError(f"{path}: no such mesh sampling file (build one with `fitloop model sampling`, or "
-                             f"pass GraphCMR's data/mesh_downsampling.npz)")
+        raise ModelFileError(f"{path}: no such mesh sampling file (build one with `fitloop model sampling "
+                             f"--model MODEL --out FILE`, or pass GraphCMR's data/mesh_downsampling.npz)")
     try:
         with zipfile.ZipFile(path) as archive:
             names = {Path(n).stem for n in archive.namelist()}

@@ -45,6 +45,14 @@ SPIN_SHAPE_PRIOR_WEIGHT = 5.0
 
 # The vectors SMPLify's pose prior is over: SMPL's body pose, 23 joints x axis-angle (no global orientation).
 BODY_POSE_DIM = 3 * (len(SMPL_JOINT_NAMES) - 1)
+# The largest condition number (largest / smallest eigenvalue) a mixture's covariance may have. SMPLify adds the
+# active component's precision Σ_k⁻¹ to its normal equations and solves them by Cholesky in float32 (ε = 1.2e-7):
+# an n×n Cholesky is safe while κ·n·ε stays below 1, and 1e5 · 69 · 1.2e-7 ≈ 0.8. Beyond it the prior's energies
+# and steps are rounding noise (a mixture trained without a covariance floor had κ ~ 1e17 and scored Gaussian noise
+# as the likeliest pose). The shipped prior's covariances have κ ≤ 213; SMPLify's gmm_08.pkl, an sklearn GMM (which
+# adds min_covar = 1e-3 to every diagonal), stays under 1e5 while its widest variance is under 100 rad² (a joint
+# rotation's is at most π²).
+MAX_COVARIANCE_CONDITION = 1e5
 NPZ_FORMAT = "fitloop-pose-prior"
 NPZ_FORMAT_VERSION = 1
 
@@ -90,11 +98,26 @@ def _checked(means: Any, covars: Any, weights: Any, metadata: dict[str, Any], so
         raise ModelFileError(f"{source}: the mixture holds NaN or infinite values; {DAMAGED}")
     if (weights <= 0).any():
         raise ModelFileError(f"{source}: mixture weights must be positive, got {weights}")
-    try:
-        np.linalg.cholesky(0.5 * (covars + np.swapaxes(covars, 1, 2)))
-    except np.linalg.LinAlgError:
-        raise ModelFileError(f"{source}: a covariance is not positive definite; {DAMAGED}") from None
+    problem = covariance_problem(covars)
+    if problem:
+        raise ModelFileError(f"{source}: {problem}, so its energies are rounding noise; retrain the prior with "
+                             f"`fitloop prior train` (its --cov-floor-deg keeps covariances well conditioned) or get "
+                             f"a fresh copy of the file")
     return GaussianMixture(means, covars, weights, metadata)
+
+
+def covariance_problem(covars: np.ndarray) -> str | None:
+    """What is wrong with the first unusable covariance of a mixture (K, D, D), or None: one that is not positive
+    definite, or whose condition number exceeds :data:`MAX_COVARIANCE_CONDITION` (eigenvalues of its symmetric
+    part, float64; a Cholesky alone lets a matrix with eigenvalue −1e-17 through)."""
+    eig = np.linalg.eigvalsh(0.5 * (covars + np.swapaxes(covars, 1, 2)))   # (K, D), ascending
+    for k, (lo, hi) in enumerate(zip(eig[:, 0], eig[:, -1])):
+        if not lo > 0:
+            return f"the covariance of component {k} is not positive definite (smallest eigenvalue {lo:.3g})"
+        if hi / lo > MAX_COVARIANCE_CONDITION:
+            return (f"the covariance of component {k} is too ill-conditioned (condition number {hi / lo:.3g}, more "
+                    f"than {MAX_COVARIANCE_CONDITION:.0e}: eigenvalues from {lo:.3g} to {hi:.3g})")
+    return None
 
 
 def _fields(obj: Any) -> dict[str, Any]:

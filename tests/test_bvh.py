@@ -3,6 +3,8 @@ checked against SPIN's real LSP fits."""
 from __future__ import annotations
 
 import csv
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,15 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from assets import bvh
-from assets.prior_train import DEFAULT_MODEL, train_prior
+from assets.prior_train import (
+    CMU_HELD_OUT_SUBJECTS,
+    DEFAULT_MODEL,
+    PoseSet,
+    bvh_source,
+    clip_table,
+    shown_folder,
+    train_prior,
+)
 from core.joints import SMPL_JOINT_INDEX, SMPL_PARENTS, flip_pose
 from fitting.priors import DEFAULT_PRIOR, MaxMixturePrior, angle_prior, load_gmm
 
@@ -187,10 +197,54 @@ def test_train_on_a_few_clips_writes_a_prior_with_provenance(tmp_path):
     assert meta["acknowledgment"] == ("The data used in this project was obtained from mocap.cs.cmu.edu. "
                                       "The database was created with funding from NSF EIA-0196217.")
     assert "Bruce Hahne" in meta["bvh_conversion_credit"] and meta["config"]["seed"] == 0
+    assert meta["source"] == (f"2 BVH clips of {shown_folder(clips)}: 2 of the CMU Graphics Lab Motion Capture "
+                              f"Database (see ../shared/mocap/cmu/CREDITS.md); BVH files and converted poses are not "
+                              f"redistributed")
     assert meta["unobserved_joints"] == ["left_collar", "right_collar", "left_hand", "right_hand"]
     first = out.read_bytes()
     train_prior([clips], out, components=2, seed=0, model=None, walk_share=0.05, held_out_subjects=())
     assert out.read_bytes() == first  # deterministic for a seed, byte for byte
+
+
+CMU_TERMS = {"acknowledgment", "bvh_conversion_credit", "license"}
+
+
+@needs_cmu
+def test_a_folder_of_ones_own_is_labelled_by_what_was_read_without_cmus_terms(tmp_path):
+    """`--bvh my_bvh` was labelled "CMU Graphics Lab ..., 133-clip BVH subset" with CMU's acknowledgment whatever
+    the folder held. Copies without CMU's CREDITS.md are labelled by folder and count; with it, they are CMU's."""
+    own = tmp_path / "my_bvh"
+    own.mkdir()
+    shutil.copy(CMU / "daz" / "12_02.bvh", own / "take.bvh")
+    out = tmp_path / "own.npz"
+    train_prior([own], out, components=1, held_out_subjects=())
+    meta = load_gmm(out).metadata
+    assert meta["source"] == (f"1 BVH clip of {shown_folder(own)} (1 in the folder); not CMU's database as far as "
+                              f"fitloop can tell (no CREDITS.md naming mocap.cs.cmu.edu above them): their origin and "
+                              f"terms are not recorded")
+    assert not CMU_TERMS & set(meta) and "Graphics Lab" not in json.dumps(meta) and "NSF" not in json.dumps(meta)
+    shutil.copy(CMU / "CREDITS.md", own / "CREDITS.md")    # a copy of CMU's folder keeps its CREDITS.md
+    train_prior([own], out, components=1, held_out_subjects=())
+    meta = load_gmm(out).metadata
+    assert meta["source"] == (f"CMU Graphics Lab Motion Capture Database, 1-clip BVH subset ({shown_folder(own)}, "
+                              f"see its CREDITS.md); BVH files and converted poses are not redistributed")
+    assert CMU_TERMS <= set(meta) and meta["acknowledgment"].startswith("The data used in this project was obtained")
+
+
+@needs_cmu
+@pytest.mark.parametrize("prior", ["pose_prior_open.npz", "pose_prior_vae_open.npz"])
+def test_the_shared_cmu_folder_keeps_the_shipped_priors_label(prior):
+    """The shipped priors were trained on ../shared/mocap/cmu less the held-out subjects: retraining them labels
+    them as they are labelled (checked on the clip table, without reading the clips)."""
+    clips = [{"file": e.file, **({"held_out": True} if e.subject in CMU_HELD_OUT_SUBJECTS else {})}
+             for e in clip_table(CMU)]
+    data = PoseSet(np.zeros((0, 69)), np.zeros(0), np.zeros(0, dtype=bool), clips, CMU)
+    label = bvh_source(data, [c for c in clips if not c.get("held_out")])
+    with np.load(DEFAULT_PRIOR.with_name(prior)) as f:
+        shipped = json.loads(str(f["metadata"]))
+    assert set(label) == {"source", *CMU_TERMS} and label == {k: shipped[k] for k in label}
+    assert label["source"].startswith("CMU Graphics Lab Motion Capture Database, 133-clip BVH subset "
+                                      "(../shared/mocap/cmu, see its CREDITS.md and CLIPS.tsv) less the clips")
 
 
 @pytest.mark.skipif(not LSP_FITS.is_file(), reason=f"{LSP_FITS} is absent (SPIN's LSP fits live in ../shared)")

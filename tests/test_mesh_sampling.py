@@ -171,3 +171,28 @@ def test_a_coarse_size_the_mesh_cannot_have_and_a_folder_as_out_are_one_line(tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]          # no stray temporary file
     assert main(["model", "sampling", "--model", "open-small", "--out", str(tmp_path / "new" / "s.npz")]) == 0
     assert (tmp_path / "new" / "s.npz").read_bytes() == committed_path("open-small").read_bytes()
+
+
+def test_without_out_nothing_is_written_not_even_the_committed_file(tmp_path, capsys, monkeypatch):
+    """`fitloop model sampling --vertices 500` (no --out) replaced the committed open_body_sampling.npz, whose digest
+    graphcmr checkpoints record. Without --out the build's figures are printed and nothing is written; the committed
+    file is rebuilt only when named."""
+    import fitting.mesh_sampling as mesh_sampling
+    from fitloop.cli import main
+
+    stand_in = tmp_path / "open_body_small_sampling.npz"      # where the command would write the committed file
+    monkeypatch.setattr(mesh_sampling, "committed_path", lambda model: stand_in)
+    capsys.readouterr()
+    assert main(["model", "sampling", "--model", "open-small", "--vertices", "100"]) == 0
+    out = capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == [] and out.startswith("built: 1229 -> 100 vertices")
+    assert out.splitlines()[-1] == "nothing written (no --out); to write it, pass --out FILE"
+    monkeypatch.undo()
+    committed = committed_path("open-small")
+    before = committed.read_bytes()
+    assert main(["model", "sampling", "--model", "open-small"]) == 0
+    assert committed.read_bytes() == before
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("nothing written (no --out); to write it, pass --out FILE; it matches the committed "
+                           "open_body_small_sampling.npz, which is rebuilt only when named: --out ")
+    assert last.endswith("open_body_small_sampling.npz")

@@ -95,7 +95,7 @@ def test_unreadable_clips_are_left_out_and_named_with_their_reason(tmp_path, cap
     assert err.splitlines() == [f"fitloop: note: left out unreadable clip {name}: {reason}; fix or remove it"
                                 for name, reason in sorted(BAD_CLIPS.items())]
     status, text, err = run(capsys, ["prior", "train", "--bvh", clips, "--out", out, "--hold-out", "none",
-                                     "--components", "2"])
+                                     "--components", "2", "--overwrite"])
     assert status == 0 and "clips: 1 (3 unreadable)" in text and "nan.bvh: a motion value is not finite" in err
 
 
@@ -111,9 +111,13 @@ def test_a_folder_of_only_unreadable_clips_is_one_readable_line(tmp_path, capsys
 @pytest.mark.parametrize("flag, value, fragment", [
     ("--fps", "nan", "--fps must be a positive number of frames per second, got nan"),
     ("--fps", "0", "--fps must be a positive number of frames per second, got 0"),
-    ("--cov-floor-deg", "nan", "--cov-floor-deg must be an angle from 0 to 180 (degrees), got nan"),
-    ("--cov-floor-deg", "inf", "--cov-floor-deg must be an angle from 0 to 180 (degrees), got inf"),
-    ("--cov-floor-deg", "-1", "--cov-floor-deg must be an angle from 0 to 180 (degrees), got -1"),
+    ("--cov-floor-deg", "nan", "--cov-floor-deg must be an angle from 0.5 to 180 (degrees), got nan"),
+    ("--cov-floor-deg", "inf", "--cov-floor-deg must be an angle from 0.5 to 180 (degrees), got inf"),
+    ("--cov-floor-deg", "-1", "--cov-floor-deg must be an angle from 0.5 to 180 (degrees), got -1"),
+    # no floor gave covariances with eigenvalues of -9e-18 and a prior that ranked noise above real poses
+    ("--cov-floor-deg", "0", "--cov-floor-deg must be an angle from 0.5 to 180 (degrees), got 0; a smaller floor "
+                             "leaves the covariances too ill-conditioned for SMPLify's float32 fit"),
+    ("--cov-floor-deg", "0.1", "--cov-floor-deg must be an angle from 0.5 to 180 (degrees), got 0.1"),
     ("--walk-share", "nan", "--walk-share must be in (0, 1], got nan"),
 ])
 def test_a_bad_number_is_named_with_its_value_before_anything_is_read(tmp_path, capsys, flag, value, fragment):
@@ -154,6 +158,31 @@ def test_a_folder_as_out_is_refused_and_a_failed_write_leaves_no_temporary_file(
     with pytest.raises(IsADirectoryError):
         write_npz(folder, {"a": np.zeros(3)})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["emptydir"]
+
+
+def test_out_must_be_a_new_npz_unless_overwrite(tmp_path, capsys):
+    """`--out s4/manifest.json` replaced a shard set's manifest: --out must be named .npz, and an existing file is
+    replaced only with --overwrite (checked before anything is read)."""
+    poses = tmp_path / "poses.npz"
+    np.savez(poses, poses=np.random.default_rng(0).normal(0, 0.2, (200, 72)))
+    manifest = tmp_path / "s4" / "manifest.json"
+    manifest.parent.mkdir()
+    manifest.write_text('{"kind": "shard set"}')
+    argv = ["prior", "train", "--amass", poses, "--components", "1", "--out"]
+    for flags in ([], ["--overwrite"]):
+        status, _, err = run(capsys, [*argv, manifest, *flags])
+        assert status == 1
+        one_error_line(err, f"--out {manifest}: a prior is an .npz file; name it so, e.g. "
+                            f"{manifest.with_suffix('.npz')}")
+    assert manifest.read_text() == '{"kind": "shard set"}'
+    prior = tmp_path / "s4" / "prior.npz"
+    prior.write_bytes(b"someone's file")
+    status, _, err = run(capsys, [*argv, prior])
+    assert status == 1 and prior.read_bytes() == b"someone's file"
+    one_error_line(err, f"--out {prior} exists; pass --overwrite to replace it, or choose a new file")
+    status, _, err = run(capsys, [*argv, prior, "--overwrite"])
+    assert status == 0 and np.load(prior)["means"].shape == (1, 69)
+    assert sorted(p.name for p in prior.parent.iterdir()) == ["manifest.json", "prior.npz"]
 
 
 def test_a_missing_bvh_folder_or_a_file_says_so(tmp_path, capsys):

@@ -11,12 +11,20 @@ import pytest
 import torch
 
 from assets import bvh
-from assets.prior_train import cap_walk_share, fit_gmm, plausible_frames
+from assets.prior_train import (
+    MIN_COV_FLOOR_DEG,
+    PriorTrainingError,
+    cap_walk_share,
+    fit_gmm,
+    plausible_frames,
+    train_prior,
+)
 from core.errors import ModelFileError, UnsafePickleError
 from core.joints import SMPL_JOINT_INDEX
 from fitting.priors import (
     ANGLE_PRIOR_INDICES,
     DEFAULT_PRIOR,
+    MAX_COVARIANCE_CONDITION,
     GaussianMixture,
     MaxMixturePrior,
     angle_prior,
@@ -211,5 +219,93 @@ def test_train_from_amass_files_through_the_cli(tmp_path, capsys):
     assert np.abs(gmm.means).max() < 0.5  # fitted on the body pose, not the orientation columns
     assert main(["prior", "info", str(out)]) == 0
     assert "2 components over 69 dims" in capsys.readouterr().out
-    assert main(["prior", "train", "--amass", str(tmp_path / "nope.npz"), "--out", str(out)]) == 1
+    assert main(["prior", "train", "--amass", str(tmp_path / "nope.npz"), "--out", str(tmp_path / "b.npz")]) == 1
     assert "missing" in capsys.readouterr().err
+
+
+def test_an_ill_conditioned_or_indefinite_mixture_is_refused_where_it_is_read(tmp_path):
+    """A mixture trained without a covariance floor (`--cov-floor-deg 0`) had eigenvalues down to -9e-18 and passed
+    a Cholesky; its energies ranked noise above real poses. Both formats are refused, naming file and component."""
+    raw = random_gmm(k=3)
+    flat = raw["covars"].copy()
+    flat[1] = np.diag(np.r_[np.full(60, 0.05), np.full(9, 1e-12)])    # positive definite, condition 5e10
+    npz = tmp_path / "floor0.npz"
+    save_gmm(GaussianMixture(raw["means"], flat, raw["weights"]), npz)
+    with pytest.raises(ModelFileError, match=r"floor0\.npz: the covariance of component 1 is too ill-conditioned "
+                                             r"\(condition number 5e\+10, more than 1e\+05.*retrain the prior"):
+        load_gmm(npz)
+    with pytest.raises(ModelFileError, match="floor0.npz: the covariance of component 1"):
+        MaxMixturePrior.from_file(npz)                      # seeding, fits, training and the benchmark read it so
+    flat[1] = np.diag(np.r_[np.full(68, 0.05), -1e-17])
+    with pytest.raises(ModelFileError, match=r"g\.pkl: the covariance of component 1 is not positive definite "
+                                             r"\(smallest eigenvalue -1e-17\)"):
+        gmm_from_mapping({**raw, "covars": flat}, "g.pkl")
+    # SMPLify's gmm_08.pkl layout (sklearn's 1e-3 on the diagonal) and the shipped prior load
+    assert load_gmm(DEFAULT_PRIOR).num_components == 8
+    gmm_from_mapping({**raw, "covars": raw["covars"] + 1e-3 * np.eye(69)}, "gmm_08.pkl")
+
+
+def test_the_covariance_floor_has_a_minimum_that_keeps_the_shipped_data_well_conditioned():
+    """The floor's minimum is chosen from the condition number SMPLify can fit with: the shipped prior's widest
+    variance over the minimum floor squared stays well under it."""
+    widest = np.linalg.eigvalsh(load_gmm(DEFAULT_PRIOR).covars)[:, -1].max()
+    assert widest / np.radians(MIN_COV_FLOOR_DEG) ** 2 < MAX_COVARIANCE_CONDITION / 4
+    for floor in (0.0, MIN_COV_FLOOR_DEG / 2, 181.0):
+        with pytest.raises(PriorTrainingError, match=f"covariance floor must be from {MIN_COV_FLOOR_DEG:g} to 180"):
+            train_prior([Path("unused")], Path("unused.npz"), kind="amass", cov_floor_deg=floor)
+
+
+def test_amass_poses_far_wider_than_rotations_are_refused_not_written(tmp_path):
+    """AMASS files get no plausibility filter: poses in degrees, not radians, with a hinge-like joint (no spread off
+    its axis) make covariances no float32 fit can use at the smallest floor."""
+    rng = np.random.default_rng(0)
+    poses = np.degrees(rng.normal(0, 0.2, (400, 72)))
+    for knee in (3 * SMPL_JOINT_INDEX["left_knee"], 3 * SMPL_JOINT_INDEX["right_knee"]):
+        poses[:, knee + 1:knee + 3] = rng.normal(0, 1e-4, (400, 2))     # twist and abduction: hinges
+    path = tmp_path / "wild.npz"
+    np.savez(path, poses=poses)
+    with pytest.raises(PriorTrainingError, match=r"component \d is too ill-conditioned .*raise --cov-floor-deg"):
+        train_prior([path], tmp_path / "p.npz", kind="amass", components=2, cov_floor_deg=MIN_COV_FLOOR_DEG)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wild.npz"]
+
+
+@pytest.mark.parametrize("width, unused", [(156, "left index finger"), (165, "jaw and left eye")])
+def test_amass_smplh_and_smplx_poses_leave_smpls_hand_slots_unobserved(tmp_path, capsys, width, unused):
+    """Columns 66:72 of SMPL-H / SMPL-X poses are the {unused}, not SMPL's hand joints: the body's 21 joints are
+    read and SMPL's hand slots are unobserved, as for BVH clips (mean 0, 15° independent spread)."""
+    from fitloop.cli import main
+
+    rng = np.random.default_rng(0)
+    poses = np.zeros((600, width))
+    poses[:, 3:66] = rng.normal(0, 0.2, (600, 63))
+    poses[:, 66:] = rng.normal(0.8, 0.05, (600, width - 66))     # curled fingers / an open jaw
+    np.savez(tmp_path / "clip.npz", poses=poses, mocap_framerate=np.array(60.0))
+    out = tmp_path / "p.npz"
+    assert main(["prior", "train", "--amass", str(tmp_path / "clip.npz"), "--out", str(out), "--components", "2"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("fitloop: warning: AMASS poses are relative to SMPL's T-pose and were used as they are, "
+                          "not converted to the open model's T-pose") and len(err.splitlines()) == 1
+    gmm = load_gmm(out)
+    hands = slice(3 * (SMPL_JOINT_INDEX["left_hand"] - 1), 3 * SMPL_JOINT_INDEX["right_hand"])   # body pose 63:69
+    assert np.array_equal(gmm.means[:, hands], np.zeros((2, 6)))
+    np.testing.assert_allclose(gmm.covars[:, hands, hands], np.radians(15.0) ** 2 * np.eye(6)[None].repeat(2, 0))
+    assert gmm.metadata["unobserved_joints"] == ["left_hand", "right_hand"]
+    assert gmm.metadata["rest_pose"]["converted"] is False and "SMPL" in gmm.metadata["rest_pose"]["source"]
+    assert gmm.metadata["layouts"] == {"clip.npz": {156: "SMPL-H", 165: "SMPL-X"}[width]}
+
+
+def test_amass_smpl_poses_are_read_whole_and_other_widths_are_refused(tmp_path, capsys):
+    from fitloop.cli import main
+
+    poses = np.random.default_rng(1).normal(0, 0.2, (300, 72))
+    poses[:, 66:72] += 0.5                                          # SMPL's own hand joints: used
+    np.savez(tmp_path / "smpl.npz", poses=poses)
+    assert main(["prior", "train", "--amass", str(tmp_path / "smpl.npz"), "--out", str(tmp_path / "p.npz"),
+                 "--components", "1", "--no-mirror"]) == 0
+    np.testing.assert_allclose(load_gmm(tmp_path / "p.npz").means[0, 63:], 0.5, atol=0.05)
+    np.savez(tmp_path / "w99.npz", poses=np.zeros((300, 99)))
+    capsys.readouterr()
+    assert main(["prior", "train", "--amass", str(tmp_path / "w99.npz"), "--out", str(tmp_path / "q.npz")]) == 1
+    assert capsys.readouterr().err == (
+        f"fitloop: error: {tmp_path / 'w99.npz'}: `poses` has shape (300, 99); expected (F, W) axis-angle with W = 72 "
+        f"(SMPL), W = 156 (SMPL-H), W = 165 (SMPL-X); convert other layouts to one of these\n")

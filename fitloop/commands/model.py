@@ -66,13 +66,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Build the coarse mesh, downsampling D, upsampling U and coarse adjacency A that the graphcmr "
                     "head needs (fitting.mesh_sampling: COMA's quadric half-edge collapse, barycentric upsampling), "
                     "deterministically, and print U·D's reconstruction error on the template and on the body posed "
-                    "at the pose prior's component means. The open models' files are committed in fitting/data; "
-                    "for a real SMPL, GraphCMR's own data/mesh_downsampling.npz is read as is (--mesh-sampling).")
+                    "at the pose prior's component means. Writes only with --out FILE; without it nothing is "
+                    "written. The open models' files are committed in fitting/data (graphcmr checkpoints record "
+                    "their digest): rebuilding one means naming it, --out fitting/data/open_body_sampling.npz. "
+                    "For a real SMPL, GraphCMR's own data/mesh_downsampling.npz is read as is (--mesh-sampling).")
     sampling.add_argument("--model", default="open", help=MODEL_HELP)
     sampling.add_argument("--vertices", type=int, default=None,
                           help="coarse vertices (default: GraphCMR's 1723, or a quarter of a smaller mesh)")
     sampling.add_argument("--out", type=Path, default=None,
-                          help="output .npz (default: the committed file of an open model; required otherwise)")
+                          help="write the matrices to this .npz (default: write nothing, only print the figures; "
+                               "the committed file of an open model is rebuilt only when named here)")
     sampling.set_defaults(func=cmd_sampling)
 
 
@@ -161,34 +164,49 @@ def cmd_build_open(args: argparse.Namespace) -> int:
 def cmd_sampling(args: argparse.Namespace) -> int:
     import torch
 
-    from core.errors import FitloopError
     from fitting.body_model import load_body_model
     from fitting.mesh_sampling import (
         build_for_model,
         check_sampling_path,
         committed_path,
+        load_sampling,
         reconstruction_error,
         sampling_digest,
         save_sampling,
     )
     from fitting.priors import DEFAULT_PRIOR, MaxMixturePrior
 
-    out = args.out or committed_path(args.model)
-    if out is None:
-        raise FitloopError(f"--out is needed for body model {args.model} (only the open models have a committed "
-                           f"sampling file)")
-    check_sampling_path(out)  # before the build, which takes a while
+    out = args.out
+    if out is not None:
+        check_sampling_path(out)  # before the build, which takes a while
     sampling = build_for_model(args.model, args.vertices)
-    save_sampling(out, sampling)
+    if out is not None:
+        save_sampling(out, sampling)
     body = load_body_model(args.model)
     means = MaxMixturePrior.from_file(DEFAULT_PRIOR).means.detach().float()
     betas = torch.zeros(len(means), body.num_betas)
     with torch.no_grad():
         posed = body(betas, means, torch.zeros(len(means), 3)).vertices.double().numpy()
     template = body.layer.v_template.detach().double().numpy()[None]
-    print(f"wrote {out}: {sampling.num_vertices} -> {sampling.num_coarse} vertices, {len(sampling.faces)} faces, "
-          f"matrices' digest {sampling_digest(sampling)[:12]} (a graphcmr checkpoint records the one it trained with)")
+    digest = sampling_digest(sampling)
+    print(f"{f'wrote {out}' if out is not None else 'built'}: {sampling.num_vertices} -> {sampling.num_coarse} "
+          f"vertices, {len(sampling.faces)} faces, matrices' digest {digest[:12]} (a graphcmr checkpoint records "
+          f"the one it trained with)")
     for name, meshes in (("template", template), (f"posed at the {len(means)} prior means", posed)):
         mean, worst = reconstruction_error(sampling, meshes)
         print(f"  U·D reconstruction error, {name}: mean {1000 * mean:.2f} mm, max {1000 * worst:.1f} mm")
+    if out is None:
+        committed = committed_path(args.model)
+        same = (f"; it {'matches' if digest == sampling_digest(load_sampling(committed)) else 'differs from'} the "
+                f"committed {committed.name}, which is rebuilt only when named: --out {_shown(committed)}"
+                if committed is not None and committed.is_file() else "")
+        print(f"nothing written (no --out); to write it, pass --out FILE{same}")
     return 0
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working folder where it is inside it (fitting/data/… from the repository)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)

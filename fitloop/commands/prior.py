@@ -24,13 +24,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Fit a Gaussian mixture (full covariances, weighted EM, deterministic for a seed) to body "
                     "poses: BVH clips converted to the body model's joint rotations relative to its T-pose "
                     "(frame 0 of each clip dropped, glitched frames rejected, walking capped at a share of the "
-                    "weight, mirrored left/right), or AMASS-style .npz files (body pose = poses[:, 3:72]). "
-                    "Writes fitloop's .npz prior with its provenance.")
+                    "weight, mirrored left/right), or AMASS-style .npz files (poses of SMPL, SMPL-H or SMPL-X: "
+                    "SMPL's 21 body joints; SMPL's hand slots are unobserved unless the file is SMPL's). "
+                    "Writes fitloop's .npz prior with its provenance: the folder and clips read, and CMU's "
+                    "acknowledgment where the clips are CMU's (a CREDITS.md naming mocap.cs.cmu.edu above them, as "
+                    "in ../shared/mocap/cmu).")
     source = train.add_mutually_exclusive_group(required=True)
     source.add_argument("--bvh", type=Path, metavar="DIR",
                         help="folder of .bvh clips (e.g. ../shared/mocap/cmu; its CLIPS.tsv gives categories)")
-    source.add_argument("--amass", type=Path, nargs="+", metavar="FILE", help="AMASS-style .npz files")
-    train.add_argument("--out", type=Path, required=True, help="output prior (.npz)")
+    source.add_argument("--amass", type=Path, nargs="+", metavar="FILE",
+                        help="AMASS-style .npz files: `poses` (F, 72) SMPL, (F, 156) SMPL-H or (F, 165) SMPL-X, "
+                             "relative to SMPL's T-pose (used as they are: not converted to the open model's)")
+    train.add_argument("--out", type=Path, required=True, help="output prior (a new .npz file)")
+    train.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     train.add_argument("--components", type=count(1), default=8, help="mixture components (default 8, as SMPLify)")
     train.add_argument("--seed", type=count(0), default=0)
     train.add_argument("--model", type=Path, default=None,
@@ -42,7 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--no-mirror", action="store_true", help="do not add left/right mirrored poses")
     train.add_argument("--cov-floor-deg", type=float, default=5.0,
                        help="covariance floor: (this many degrees, in radians)² is added to every covariance "
-                            "diagonal (default 5)")
+                            "diagonal (default 5, at least 0.5: SMPLify's float32 fit needs well-conditioned "
+                            "covariances)")
     train.add_argument("--hold-out", default=None, metavar="SUBJECTS",
                        help="CMU subject numbers whose BVH clips are not used, comma-separated, or 'none' (default "
                             "for --bvh: 2,9,14,94, the subjects `fitloop bench smplify` evaluates on)")
@@ -71,19 +78,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from assets.prior_train import summarize, train_prior
+    from assets.prior_train import FLOOR_WHY, MIN_COV_FLOOR_DEG, summarize, train_prior
     from core.errors import FitloopError
 
     if not (math.isfinite(args.fps) and args.fps > 0):
         raise FitloopError(f"--fps must be a positive number of frames per second, got {args.fps:g}")
-    if not 0.0 <= args.cov_floor_deg <= 180.0:
-        raise FitloopError(f"--cov-floor-deg must be an angle from 0 to 180 (degrees), got {args.cov_floor_deg:g}")
+    if not MIN_COV_FLOOR_DEG <= args.cov_floor_deg <= 180.0:
+        raise FitloopError(f"--cov-floor-deg must be an angle from {MIN_COV_FLOOR_DEG:g} to 180 (degrees), got "
+                           f"{args.cov_floor_deg:g}; {FLOOR_WHY}")
     if not 0.0 < args.walk_share <= 1.0:
         raise FitloopError(f"--walk-share must be in (0, 1], got {args.walk_share:g}")
     if (args.vae or args.lifter) and args.seed >= 2**64:
         raise FitloopError(f"--seed must be below 2**64 for --vae and --lifter (torch's seeds), got {args.seed}")
     if args.out.is_dir():
         raise FitloopError(f"--out {args.out} is a folder; give the file to write, e.g. {args.out / 'prior.npz'}")
+    if args.out.suffix != ".npz":
+        raise FitloopError(f"--out {args.out}: a prior is an .npz file; name it so, e.g. "
+                           f"{args.out.with_suffix('.npz')}")
+    if args.out.exists() and not args.overwrite:
+        raise FitloopError(f"--out {args.out} exists; pass --overwrite to replace it, or choose a new file")
     kind, sources = ("bvh", [args.bvh]) if args.bvh is not None else ("amass", list(args.amass))
     held_out = None
     if args.hold_out is not None:
@@ -110,12 +123,17 @@ def cmd_train(args: argparse.Namespace) -> int:
                          model=args.model, fps=args.fps, walk_share=args.walk_share, mirror=not args.no_mirror,
                          cov_floor_deg=args.cov_floor_deg, held_out_subjects=held_out)
     print(json.dumps(report, indent=2) if args.json else summarize(report))
-    _note_clip_errors(report)
+    _notes(report, kind)
     return 0
 
 
-def _note_clip_errors(report: dict, shown: int = 10) -> None:
-    """One note on stderr per clip left out as unreadable (the first ``shown``): which, why, what to do."""
+def _notes(report: dict, kind: str, shown: int = 10) -> None:
+    """One note on stderr per clip left out as unreadable (the first ``shown``): which, why, what to do; and for
+    AMASS poses, one warning that they were not converted to the open model's T-pose."""
+    from assets.prior_train import AMASS_REST_WARNING
+
+    if kind == "amass":
+        print(f"fitloop: warning: {AMASS_REST_WARNING}", file=sys.stderr)
     failed = report.get("clip_errors", [])
     for c in failed[:shown]:
         print(f"fitloop: note: left out unreadable clip {c['file']}: {c['reason']}; fix or remove it",
@@ -134,7 +152,7 @@ def _train_vae(args: argparse.Namespace, kind: str, sources: list[Path], held_ou
                              walk_share=args.walk_share, mirror=not args.no_mirror, held_out_subjects=held_out,
                              config=config)
     print(json.dumps(report, indent=2) if args.json else summarize_vae(report))
-    _note_clip_errors(report)
+    _notes(report, kind)
     return 0
 
 
@@ -202,7 +220,7 @@ def cmd_info(args: argparse.Namespace) -> int:
           f"({'SMPL body pose, 23 joints x axis-angle' if gmm.dim == 69 else 'not a 69-dim SMPL body pose'})")
     print(f"  weights: {', '.join(f'{w:.3f}' for w in gmm.weights)}")
     for key in ("format", "source", "rest_pose", "clips", "subjects_used", "held_out_subjects", "frames_used",
-                "frames_rejected_implausible", "walk_share_after", "unobserved_joints", "acknowledgment",
+                "frames_rejected_implausible", "walk_share_after", "unobserved_joints", "layouts", "acknowledgment",
                 "bvh_conversion_credit", "license"):
         if key in meta:
             value = meta[key] if isinstance(meta[key], str) else json.dumps(meta[key])
@@ -230,5 +248,5 @@ def _train_lifter(args: argparse.Namespace, kind: str, sources: list[Path], held
           f"lifter written to {report['out']}: {report['samples']} training poses, {config.steps} steps of "
           f"{config.batch_size} views in {report['time_train_s']:.0f} s; last {last['step'] % 500 or 500} steps: "
           f"rotation loss {last['rot']:.3f}, root-relative joint RMS {last['joint_mm']:.0f} mm")
-    _note_clip_errors(report)
+    _notes(report, kind)
     return 0
