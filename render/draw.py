@@ -12,16 +12,28 @@ from PIL import Image, ImageDraw
 from core.joints import JOINT_INDEX
 from core.wholebody import FACE_NAMES, FINGERS, PUPIL_NAMES, WHOLEBODY_INDEX
 
-# Limbs drawn for a 49-joint skeleton, by canonical name (J24 joints; OpenPose feet where present).
-SKELETON: tuple[tuple[str, str], ...] = (
+# Limbs drawn for a 49-joint skeleton, by canonical name: the dataset (J24) joints' limbs, then OpenPose BODY_25's
+# own 24 limbs over its slots 0–24 (`POSE_BODY_25_PAIRS_RENDER_GPU` in CMU-Perceptual-Computing-Lab/openpose
+# include/openpose/pose/poseParametersRender.hpp), so a sample with detections only (`fitloop preprocess
+# openpose`) is drawn with its skeleton too. A limb is drawn when both its joints are present.
+J24_SKELETON: tuple[tuple[str, str], ...] = (
     ("Right Ankle", "Right Knee"), ("Right Knee", "Right Hip"), ("Left Ankle", "Left Knee"),
     ("Left Knee", "Left Hip"), ("Right Hip", "Left Hip"), ("Right Wrist", "Right Elbow"),
     ("Right Elbow", "Right Shoulder"), ("Left Wrist", "Left Elbow"), ("Left Elbow", "Left Shoulder"),
     ("Right Shoulder", "Left Shoulder"), ("Neck (LSP)", "Top of Head (LSP)"), ("Thorax (MPII)", "Neck (LSP)"),
     ("Pelvis (MPII)", "Thorax (MPII)"), ("Nose", "Left Eye"), ("Nose", "Right Eye"), ("Left Eye", "Left Ear"),
-    ("Right Eye", "Right Ear"), ("OP LAnkle", "OP LBigToe"), ("OP LAnkle", "OP LHeel"),
-    ("OP RAnkle", "OP RBigToe"), ("OP RAnkle", "OP RHeel"),
+    ("Right Eye", "Right Ear"),
 )
+BODY_25_SKELETON: tuple[tuple[str, str], ...] = (
+    ("OP Neck", "OP MidHip"), ("OP Neck", "OP RShoulder"), ("OP Neck", "OP LShoulder"),
+    ("OP RShoulder", "OP RElbow"), ("OP RElbow", "OP RWrist"), ("OP LShoulder", "OP LElbow"),
+    ("OP LElbow", "OP LWrist"), ("OP MidHip", "OP RHip"), ("OP RHip", "OP RKnee"), ("OP RKnee", "OP RAnkle"),
+    ("OP MidHip", "OP LHip"), ("OP LHip", "OP LKnee"), ("OP LKnee", "OP LAnkle"), ("OP Neck", "OP Nose"),
+    ("OP Nose", "OP REye"), ("OP REye", "OP REar"), ("OP Nose", "OP LEye"), ("OP LEye", "OP LEar"),
+    ("OP LAnkle", "OP LBigToe"), ("OP LBigToe", "OP LSmallToe"), ("OP LAnkle", "OP LHeel"),
+    ("OP RAnkle", "OP RBigToe"), ("OP RBigToe", "OP RSmallToe"), ("OP RAnkle", "OP RHeel"),
+)
+SKELETON: tuple[tuple[str, str], ...] = J24_SKELETON + BODY_25_SKELETON
 LEFT_COLOUR, RIGHT_COLOUR, CENTRE_COLOUR = (60, 130, 255), (255, 80, 60), (80, 220, 120)
 
 
@@ -31,6 +43,13 @@ def _side_colour(name: str) -> tuple[int, int, int]:
     if name.startswith(("Right", "OP R")):
         return RIGHT_COLOUR
     return CENTRE_COLOUR
+
+
+def limb_colour(a: str, b: str) -> tuple[int, int, int]:
+    """A limb's colour: its first joint's side, else its second's (a limb from the neck to a shoulder is the
+    shoulder's side), else the centre's."""
+    colour = _side_colour(a)
+    return colour if colour != CENTRE_COLOUR else _side_colour(b)
 
 
 def draw_keypoints(image: Image.Image, keypoints: np.ndarray, radius: float = 3.0, min_conf: float = 0.0,
@@ -47,7 +66,7 @@ def draw_keypoints(image: Image.Image, keypoints: np.ndarray, radius: float = 3.
         for a, b in SKELETON:
             i, j = JOINT_INDEX[a], JOINT_INDEX[b]
             if visible[i] and visible[j]:
-                draw.line([tuple(keypoints[i, :2]), tuple(keypoints[j, :2])], fill=_side_colour(a), width=width)
+                draw.line([tuple(keypoints[i, :2]), tuple(keypoints[j, :2])], fill=limb_colour(a, b), width=width)
     for name, idx in JOINT_INDEX.items():
         if visible[idx]:
             x, y = keypoints[idx, :2]

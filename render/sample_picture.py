@@ -9,6 +9,10 @@ the sample's stored-crop keypoints, so both are drawn in the same pixel frame: w
 the person and the markers sit on the person's joints. Pixel centres are at integers throughout (as `shards.crop`): the
 rasteriser fills a pixel when its centre lies in a projected triangle, and PIL centres a marker on its pixel.
 
+Only fits of the body model drawing them are drawn: a fit's pose and betas mean something on its own model alone
+(SMPL-X's shape space and joints are not SMPL's). A sample whose fits are all of other models gets no mesh, and its
+panel names those models and the ``--model`` that draws them (`fits_by_other_models`, `model_option`).
+
 A sample with a person mask, part labels or a parsing (shard format 4, `shards.masks`) gets one more panel,
 "labels" (`render_labels`): its part labels (else its parsing, else its mask) tinted over the crop (one colour per
 id, `PART_PALETTE`), the mask's outline in white, and what the annotation says nothing about (outside the original
@@ -16,6 +20,7 @@ image) darkened.
 """
 from __future__ import annotations
 
+import functools
 import io
 import math
 from dataclasses import dataclass
@@ -49,6 +54,11 @@ BACKGROUND = (255, 255, 255)
 TEXT, WARN = (30, 30, 30), (190, 30, 30)
 TORSO_PAIRS = (("Right Shoulder", "Right Hip"), ("Left Shoulder", "Left Hip"))
 LABEL_OPACITY = 0.55          # of the part tint over the crop
+# The largest panel side, px (`fitloop shards render --size`): 6.4x the default 320 px stored crop, so a crop is
+# magnified well past what it holds. The rasteriser's memory grows with the pixels a mesh covers (`render.raster`):
+# `fitloop shards render` of one synthetic person peaked at 0.76 GB at 2048 px (0.72 GB at 320: torch and the
+# model), 1.5 GB at 4096 and 4.6 GB at 8192; 100000 px was killed for memory.
+MAX_PANEL_PX = 2048
 MASK_TINT = (60, 200, 255)    # the person of a sample with a mask and no part labels
 
 
@@ -136,6 +146,44 @@ def estimate_cam_t(model: Any, sample: StoredSample, pose: np.ndarray, betas: np
     joints = torch.as_tensor(posed.joints, dtype=torch.float32)[None]
     t = translation_from_torso(joints, keypoints, torch.tensor([camera.focal]), torch.tensor([camera.center]), pairs)
     return t[0].numpy().astype(np.float64)
+
+
+def fits_by_other_models(histories: dict[str, list[dict[str, Any]]], model_id: str) -> dict[str, list[str]]:
+    """key -> the ids (sorted) of the body models a key's fits are of, for each key that has fits but none of the
+    body model ``model_id`` (``histories``: `fits.lookup.fit_histories`, rows of every model); other keys absent."""
+    out = {}
+    for key, rows in histories.items():
+        models = {row["body_model_id"] for row in rows}
+        if models and model_id not in models:
+            out[key] = sorted(models)
+    return out
+
+
+FAMILY_FILES = {"smpl": "SMPL", "smplh": "SMPL-H", "smplx": "SMPL-X", "open": "open model"}
+
+
+@functools.lru_cache(maxsize=None)
+def model_option(model_id: str) -> str:
+    """The ``--model`` that draws fits of the body model ``model_id`` (``<family>:<16 hex>``): the name of the open
+    model with that id (each is loaded once to learn its id, about a second for all), else ``--model <SMPL-X
+    file>`` (its family's): the file the fits were made with."""
+    from core.errors import ModelFileError
+    from fitting.body_model import OPEN_MODELS, load_body_model
+
+    for name in OPEN_MODELS:
+        try:
+            if load_body_model(name).model_id == model_id:
+                return f"--model {name}"
+        except ModelFileError:  # an open model's file not built here: it cannot be the one
+            continue
+    return f"--model <{FAMILY_FILES.get(model_id.split(':', 1)[0], 'model')} file>"
+
+
+def other_models_note(models: Sequence[str]) -> str:
+    """What a panel says for a sample whose fits are all of other body models (``models``: their ids): how to draw
+    them first, so that a small panel still shows it."""
+    return (f"draw with {' or '.join(model_option(m) for m in models)}: "
+            f"fit{'s' if len(models) > 1 else ''} by {', '.join(models)}")
 
 
 def fit_caption(fit: dict[str, Any] | None, model: Any | None, missing: str = "no fit") -> tuple[str, bool]:
@@ -252,6 +300,8 @@ def render_sample(sample: StoredSample, panels: Sequence[FitPanel], model: Any |
     panel (`render_labels`) when the sample has a mask or part labels, each with a caption of two lines under it
     (the key and the panel's title; the fit's loss, source and run, or the labels' provenance)."""
     panels = list(panels) or [FitPanel("keypoints", None)]
+    if size is not None and not 1 <= size <= MAX_PANEL_PX:
+        raise ValueError(f"a panel's side is 1 to {MAX_PANEL_PX} px, got {size}")
     crop = decode_crop(sample)
     size = size or crop.size[0]
     has_labels = any(getattr(sample, f"{kind}_png") is not None for kind in LABEL_KINDS)
@@ -313,8 +363,8 @@ def fits_sheet(shard_dir: Path, table_path: Path, n: int = 8, *, model: Any = "o
                seed: int = 0, size: int = 192, columns: int | None = None, frame: str | None = None) -> Image.Image:
     """A contact sheet of ``n`` seeded-random samples of a shard set with their best fits of the body model
     ``model`` (a `BodyModel`, or what `load_body_model` takes) and ``frame`` (None: the fits must be of one) as of
-    ``version``."""
-    from fits.lookup import best_fits, latest_version
+    ``version``; a sample whose fits are all of other models says which (`other_models_note`)."""
+    from fits.lookup import best_fits, fit_histories, latest_version
     from fits.table import FitsTable
     from fitting.body_model import load_body_model
     from shards.lookup import pick_samples
@@ -324,6 +374,10 @@ def fits_sheet(shard_dir: Path, table_path: Path, n: int = 8, *, model: Any = "o
     table = FitsTable.open(table_path)
     version = latest_version(table) if version is None else version
     body = load_body_model(model) if isinstance(model, str) else model
-    fits = best_fits(table, [s.key for s in samples], version, body_model_id=body.model_id, frame=frame)
-    pictures = [render_sample(s, [FitPanel(f"best, v{version}", fits.get(s.key))], body, size) for s in samples]
+    keys = [s.key for s in samples]
+    fits = best_fits(table, keys, version, body_model_id=body.model_id, frame=frame)
+    others = fits_by_other_models(fit_histories(table, keys, version), body.model_id)
+    pictures = [render_sample(s, [FitPanel(f"best, v{version}", fits.get(s.key),
+                                           other_models_note(others[s.key]) if s.key in others else "no fit")],
+                              body, size) for s in samples]
     return contact_sheet(pictures, columns)

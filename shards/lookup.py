@@ -46,6 +46,22 @@ def raw_samples(path: Path, hint: bool = True) -> Iterator[tuple[str, dict[str, 
         raise error from None
 
 
+def shard_keys(path: Path) -> Iterator[str]:
+    """The keys of one shard's samples, in order (`fitloop shards ls --keys`), each sample decoded (a sample the
+    format refuses, a pickle member above all, is damage, not a key). Where the shard is damaged, the samples before
+    come first, at a break the last one too when all its members were read (`verify` counts it "read whole"), then
+    the `ShardCorruptError` naming the shard (and the sample)."""
+    try:
+        for key, members in raw_samples(path):
+            decode_in(path, key, members)
+            yield key
+    except ShardCorruptError as err:
+        pending = getattr(err, "pending", None)  # only raw_samples's errors carry it
+        if pending is not None and _whole(*pending):
+            yield pending[0]
+        raise
+
+
 def decode_in(path: Path, key: str, members: dict[str, bytes],
               check: Callable[[StoredSample], list[str]] | None = None) -> StoredSample:
     """`decode_sample`, with a sample that does not decode as a `ShardCorruptError` naming its shard; so is one that

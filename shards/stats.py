@@ -29,9 +29,9 @@ def shard_stats(shard_dir: Path, scan: bool = True, progress: Callable[[int], No
     Keys: ``samples`` (written), ``read``, ``rejected``, ``consistent``, ``by_dataset`` (dataset -> samples),
     ``by_split`` (split -> samples), ``by_dataset_split`` (dataset -> split -> read/written/rejected),
     ``rejects_by_reason``, ``rejects_by_dataset`` (dataset -> reason -> n), ``shards``, ``bytes``,
-    ``bytes_per_sample``, ``has_smpl``, ``has_joints_3d``, ``has_wholebody``, ``has_mask``, ``has_parts``, ``has_parsing``,
-    ``schema_version``,
-    ``sample_format_version``, ``created_utc``, ``config``; with ``scan``, also ``keypoints`` and ``boxes`` (`scan_samples`, which calls
+    ``bytes_per_sample``, ``has_smpl``, ``has_joints_3d``, ``has_wholebody``, ``has_mask``, ``has_parts``,
+    ``has_parsing`` (the manifest's counts), ``schema_version``, ``sample_format_version``, ``created_utc``,
+    ``config``; with ``scan``, also ``keypoints``, ``boxes`` and ``flags`` (`scan_samples`, which calls
     ``progress`` with 1 after each sample).
     """
     from shards.reader import count_problems, read_reject_rows
@@ -88,26 +88,32 @@ def scan_samples(shard_dir: Path, config: dict[str, Any],
     ``progress`` (e.g. a progress bar's ``update``) is called with 1 after each sample.
 
     Returns ``{"keypoints": {"samples", "visible": {joint: n}, "by_dataset": {dataset: {"samples", "visible"}}},
-    "boxes": {"crop_res", "crop_margin", "all": summary, "by_dataset": {dataset: summary}}}``. A joint is visible
+    "boxes": {"crop_res", "crop_margin", "all": summary, "by_dataset": {dataset: summary}}, "flags": {has_*: n}}``
+    (``flags``: the samples whose json sets each of `shards.verify.FLAG_COUNTS`, what the manifest's counts of
+    the same names must be; `format_stats` says where they differ). A joint is visible
     when its confidence is > 0. A box summary gives the person box side in original-image px (200·scale): min,
     p10, median, p90, max, a histogram over `BOX_SIDE_BINS_PX`, and ``magnified``, the samples whose box is
     smaller than the stored crop shows it (``crop_res / crop_margin`` px), so their crop is upsampled.
     """
     from shards.lookup import raw_samples
     from shards.reader import list_shards
+    from shards.verify import FLAG_COUNTS
 
+    flags = dict.fromkeys(FLAG_COUNTS, 0)
     visible: dict[str, np.ndarray] = {}
     samples: Counter[str] = Counter()
     sides: dict[str, list[float]] = {}
     for shard in list_shards(shard_dir):
         for key, members in raw_samples(shard.path):
             try:
-                dataset, side, conf = _scanned(members)
+                dataset, side, conf, meta = _scanned(members)
             except ValueError as err:  # a member missing or damaged
                 raise ShardSetError(f"{shard.path}: sample {key}: {err}; check the set with "
                                     f"`fitloop shards verify {shard_dir}`") from None
             visible.setdefault(dataset, np.zeros(len(JOINT_NAMES), np.int64))[:] += conf > 0
             samples[dataset] += 1
+            for flag in FLAG_COUNTS:
+                flags[flag] += int(meta.get(flag) is True)  # a flag a sample's format does not store: False
             sides.setdefault(dataset, []).append(side)
             if progress is not None:
                 progress(1)
@@ -120,6 +126,7 @@ def scan_samples(shard_dir: Path, config: dict[str, Any],
         "boxes": {"crop_res": config["crop_res"], "crop_margin": config["crop_margin"],
                   "all": _box_summary([x for d in sorted(sides) for x in sides[d]], crop_box),
                   "by_dataset": {d: _box_summary(v, crop_box) for d, v in sorted(sides.items())}},
+        "flags": flags,
     }
 
 
@@ -132,6 +139,10 @@ def format_stats(stats: dict[str, Any]) -> str:
              (f"  with SMPL {stats['has_smpl']}, with 3D joints {stats['has_joints_3d']}, "
               f"with whole-body keypoints {stats['has_wholebody']}, with a person mask {stats['has_mask']}, with "
               f"part labels {stats['has_parts']}, with a parsing {stats['has_parsing']}")]
+    differ = {flag: n for flag, n in stats.get("flags", {}).items() if n != stats.get(flag, 0)}
+    if differ:
+        lines.append("  ** the samples' json flags count " + ", ".join(f"{flag} {n}" for flag, n in differ.items())
+                     + " (the manifest's counts above differ): run fitloop shards verify **")
     lines.append("  dataset / split            read    written   rejected")
     for dataset, splits in stats["by_dataset_split"].items():
         for split, c in splits.items():
@@ -170,9 +181,9 @@ def _format_keypoints(keypoints: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _scanned(members: dict[str, bytes]) -> tuple[str, float, np.ndarray]:
-    """(dataset, box side px, (49,) keypoint confidences) of one sample's members; ValueError saying which member
-    or json field is missing or damaged, in `fitloop shards verify`'s words."""
+def _scanned(members: dict[str, bytes]) -> tuple[str, float, np.ndarray, dict[str, Any]]:
+    """(dataset, box side px, (49,) keypoint confidences, the json) of one sample's members; ValueError saying
+    which member or json field is missing or damaged, in `fitloop shards verify`'s words."""
     from shards.sample import decode_json, decode_npy
     from shards.verify import META_FIELDS
 
@@ -188,4 +199,4 @@ def _scanned(members: dict[str, bytes]) -> tuple[str, float, np.ndarray]:
     keypoints = decode_npy(members["keypoints_2d.npy"], "keypoints_2d.npy member")
     if keypoints.shape != (len(JOINT_NAMES), 3):
         raise ValueError(f"keypoints_2d.npy has shape {keypoints.shape}, expected {(len(JOINT_NAMES), 3)}")
-    return meta["dataset"], float(meta["box_side_px"]), keypoints[:, 2]
+    return meta["dataset"], float(meta["box_side_px"]), keypoints[:, 2], meta

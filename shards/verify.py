@@ -21,7 +21,16 @@ checksum failed, so that a damaged shard says *which* sample is bad where the da
 * the JPEG decodes in full, RGB, ``res`` × ``res`` px;
 * the manifest's sample count per shard, and keys unique over the set;
 * the counts reconcile: read = written + rejected, against the shards and the rejects table
-  (`shards.reader.count_problems`).
+  (`shards.reader.count_problems`);
+* the samples are the manifest's (`manifest_problems`, `sample_manifest_problems`): its ``config_sha256`` is the
+  hash of its ``config`` (`config_hash`), each sample's crop has the config's ``crop_res`` and ``crop_margin``,
+  its JPEG the quantization tables of the config's ``jpeg_quality``, its json the manifest's
+  ``sample_format_version`` and ``schema_version``; and the manifest's ``has_*`` counts are the samples' flags,
+  counted in the same pass. A shard copied in from another set (its sha256 and size updated in the manifest)
+  is named sample by sample;
+* confidences: those of the annotated joints (``keypoints_2d`` slots 25–48) and of ``joints_3d`` lie in [0, 1]
+  (`shards.schema.PersonRecord`); detector scores (OpenPose slots 0–24, whole-body points) are raw, so only
+  negative ones are refused (OpenPose writes scores above 1 now and then).
 
 A byte changed inside a member always fails the shard's sha256. Whether a sample check also fails depends on
 where the byte is: in a json number or an array it usually breaks a consistency check; in a JPEG's entropy-coded
@@ -30,9 +39,12 @@ says so rather than guess which sample holds the change.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import io
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -41,6 +53,7 @@ import numpy as np
 from PIL import Image
 
 from core.intrinsics import PLAUSIBLE_FOV_DEG, Intrinsics, fov_guess
+from core.joints import J24_OFFSET, JOINT_NAMES
 from shards.crop import box_problem, from_affine_rows, transform_points
 from shards.lookup import raw_samples
 from shards.masks import LABEL_KINDS, MASK_NAMES, PROVENANCES, UNKNOWN, MaskError, decode_png, describe_image_error
@@ -48,10 +61,14 @@ from shards.reader import ShardCorruptError
 from shards.reader import verify as verify_checksums
 from shards.sample import _ARRAYS, SampleFormatError, StoredSample, decode_sample  # _ARRAYS: suffix -> shape
 from shards.schema import KEY_PATTERN
-from shards.writer import ShardSetError, load_manifest
+from shards.writer import MANIFEST, ShardConfig, ShardSetError, ShardWriteError, config_hash, load_manifest
 
 KEYPOINT_TOLERANCE_PX = 1e-2   # float32 keypoints of images up to ~10^4 px round to ~10^-3 px
 MATRIX_TOLERANCE = 1e-6
+# The flags a sample's json sets and the manifest counts over the set (`shards.writer.finalize_manifest`); a flag
+# a sample's format does not store reads False, a count a manifest's format does not have reads 0.
+FLAG_COUNTS = ("has_smpl", "has_joints_3d", "has_wholebody") + tuple(f"has_{kind}" for kind in LABEL_KINDS)
+CONFIDENCE_RANGE = (0.0, 1.0)  # of an annotated joint (shards.schema.PersonRecord.keypoints_2d, joints_3d)
 
 # json field -> the check its value must pass (a type, or a predicate with a description).
 _NUMBER = (int, float)
@@ -184,12 +201,20 @@ def check_intrinsics(value: Any, size: list[int] | None) -> list[str]:
     return problems
 
 
-def check_sample(key: str, members: dict[str, bytes], shard_entry: dict[str, Any] | None = None) -> list[str]:
+def check_sample(key: str, members: dict[str, bytes], shard_entry: dict[str, Any] | None = None,
+                 manifest: dict[str, Any] | None = None) -> list[str]:
     """What is wrong with one sample's members (suffix -> bytes); empty when it passes every check (module
-    docstring). ``shard_entry`` is the manifest's entry of its shard (its dataset and split must match). The JPEG
-    is decoded whenever it is present, whatever else fails."""
+    docstring). ``shard_entry`` is the manifest's entry of its shard (its dataset and split must match);
+    ``manifest`` the set's manifest (the sample's crop, JPEG quality and versions must be its config's:
+    `sample_manifest_problems`). The JPEG is decoded whenever it is present, whatever else fails."""
+    return _check_sample(key, members, shard_entry, manifest)[0]
+
+
+def _check_sample(key: str, members: dict[str, bytes], shard_entry: dict[str, Any] | None,
+                  manifest: dict[str, Any] | None) -> tuple[list[str], dict[str, Any] | None]:
+    """(`check_sample`'s problems, the sample's json when it is well formed (`check_meta`), else None)."""
     problems: list[str] = []  # an unknown member is decode_sample's to name
-    res = None
+    res, meta = None, None
     try:
         sample = decode_sample(key, members)
     except SampleFormatError as err:
@@ -199,10 +224,55 @@ def check_sample(key: str, members: dict[str, bytes], shard_entry: dict[str, Any
         meta_problems = check_meta(sample.meta)
         problems += meta_problems
         if not meta_problems:
-            res = sample.meta["crop"]["res"]
+            meta = sample.meta
+            res = meta["crop"]["res"]
             problems += _check_consistency(key, sample, shard_entry)
+            if manifest is not None:
+                problems += sample_manifest_problems(meta, manifest)
     if "jpg" in members:
-        problems += _check_image(members["jpg"], res)
+        quality = None if manifest is None else manifest["config"].get("jpeg_quality")
+        problems += _check_image(members["jpg"], res, quality if isinstance(quality, int) else None)
+    return problems, meta
+
+
+def manifest_problems(manifest: dict[str, Any]) -> list[str]:
+    """What is wrong with a loaded manifest's config (one line each, empty when nothing): ``config_sha256`` is not
+    the hash of ``config`` (one of them was changed after writing), a setting out of `ShardConfig`'s range, a shard
+    holding more samples than ``samples_per_shard``."""
+    config, problems = manifest["config"], []
+    stated, actual = manifest.get("config_sha256"), config_hash(config)
+    if stated != actual:
+        problems.append(f"{MANIFEST}: config_sha256 {str(stated)[:16]}... is not the hash of its config "
+                        f"{json.dumps(config, sort_keys=True)} ({actual[:16]}...): the config or its hash was changed "
+                        f"after the set was written")
+    known = {f.name for f in dataclasses.fields(ShardConfig)}
+    try:
+        ShardConfig(**{name: value for name, value in config.items() if name in known})
+    except ShardWriteError as err:
+        problems.append(f"{MANIFEST}: config {err}")
+    except TypeError as err:  # a setting of the wrong type, compared with a number
+        problems.append(f"{MANIFEST}: config {json.dumps(config, sort_keys=True)} is not a shard config ({err})")
+    limit = config.get("samples_per_shard")
+    if isinstance(limit, int):
+        problems += [f"{entry['name']}: {entry['samples']} samples, the manifest's config says samples_per_shard "
+                     f"{limit}" for entry in manifest["shards"] if entry["samples"] > limit]
+    return problems
+
+
+def sample_manifest_problems(meta: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
+    """Where a sample's well-formed json (`check_meta`) contradicts its set's manifest (empty when nowhere): the
+    stored crop's ``res`` and ``margin`` against the config's ``crop_res`` and ``crop_margin``, and its
+    ``sample_format_version`` and ``schema_version`` against the manifest's (the writer stamps both with the same
+    values). The JPEG's quality is `_check_image`'s."""
+    config, crop, problems = manifest["config"], meta["crop"], []
+    if "crop_res" in config and crop["res"] != config["crop_res"]:
+        problems.append(f"json crop.res {crop['res']}, the manifest's config says crop_res {config['crop_res']}")
+    if "crop_margin" in config and not math.isclose(crop["margin"], config["crop_margin"], rel_tol=1e-9):
+        problems.append(f"json crop.margin {crop['margin']:g}, the manifest's config says crop_margin "
+                        f"{config['crop_margin']:g}")
+    for name in ("sample_format_version", "schema_version"):
+        if name in manifest and meta[name] != manifest[name]:
+            problems.append(f"json {name} {meta[name]}, the manifest says {manifest[name]}")
     return problems
 
 
@@ -249,7 +319,8 @@ def _check_consistency(key: str, sample, shard_entry: dict[str, Any] | None) -> 
     problems += _check_labels(sample)
     if problems:
         return problems
-    problems = _check_keypoints(sample, sample.keypoints_2d, sample.keypoints_crop, "keypoints")
+    problems = _check_confidences(sample)
+    problems += _check_keypoints(sample, sample.keypoints_2d, sample.keypoints_crop, "keypoints")
     if sample.wholebody_crop is not None:
         problems += _check_keypoints(sample, sample.wholebody_2d, sample.wholebody_crop, "wholebody")
     return problems
@@ -289,6 +360,31 @@ def _check_labels(sample) -> list[str]:
     return problems
 
 
+def _check_confidences(sample) -> list[str]:
+    """Confidences out of range (module docstring): an annotated joint's (``keypoints_2d`` slots 25–48) or a 3D
+    joint's outside `CONFIDENCE_RANGE`; a detector's score (slots 0–24, whole-body points) below 0."""
+    low, high = CONFIDENCE_RANGE
+    problems = []
+    conf = sample.keypoints_2d[:, 2]
+    annotated = np.arange(len(conf)) >= J24_OFFSET
+    bad = np.flatnonzero((conf < low) | (annotated & (conf > high)))
+    if len(bad):
+        more = f" (and {len(bad) - 1} more joint(s))" if len(bad) > 1 else ""
+        problems.append(f"keypoints_2d.npy confidence {conf[bad[0]]:g} of joint {JOINT_NAMES[bad[0]]!r}{more}: an "
+                        f"annotated joint's lies in [{low:g}, {high:g}], a detection's (OpenPose slots) is >= {low:g}")
+    if sample.joints_3d is not None:
+        conf = sample.joints_3d[:, 3]
+        bad = np.flatnonzero((conf < low) | (conf > high))
+        if len(bad):
+            more = f" (and {len(bad) - 1} more joint(s))" if len(bad) > 1 else ""
+            problems.append(f"joints_3d.npy confidence {conf[bad[0]]:g} of joint {JOINT_NAMES[bad[0]]!r}{more}: "
+                            f"outside [{low:g}, {high:g}]")
+    if sample.wholebody_2d is not None and (sample.wholebody_2d[:, 2] < low).any():
+        problems.append(f"wholebody_2d.npy holds {int((sample.wholebody_2d[:, 2] < low).sum())} confidence(s) "
+                        f"below {low:g}")
+    return problems
+
+
 def _check_keypoints(sample, image_kp: np.ndarray, crop_kp: np.ndarray, what: str) -> list[str]:
     """``<what>_crop`` against ``<what>_2d`` (both (J, 3) px + confidence) through the sample's crop map."""
     present = image_kp[:, 2] > 0
@@ -305,10 +401,14 @@ def _check_keypoints(sample, image_kp: np.ndarray, crop_kp: np.ndarray, what: st
     return problems
 
 
-def _check_image(jpeg: bytes, res: int | None) -> list[str]:
+def _check_image(jpeg: bytes, res: int | None, quality: int | None = None) -> list[str]:
+    """A JPEG member that does not decode in full, is not RGB, not ``res`` px square, or (``quality``: the
+    manifest's ``jpeg_quality``) was not encoded at that quality: its quantization tables (read from its header,
+    no extra decoding) differ from those PIL writes at ``quality``."""
     try:
         with Image.open(io.BytesIO(jpeg)) as image:
             fmt, mode, size = image.format, image.mode, image.size
+            tables = _tables(getattr(image, "quantization", None))
             image.load()  # decodes every pixel: truncated or broken entropy data that libjpeg cannot skip fails
     except Exception as err:  # PIL raises many types for bad bytes (OSError, UnidentifiedImageError, SyntaxError)
         return [f"jpg does not decode ({describe_image_error(err)})"]
@@ -317,7 +417,28 @@ def _check_image(jpeg: bytes, res: int | None) -> list[str]:
         problems.append(f"jpg is {fmt} {mode}, expected JPEG RGB")
     if res is not None and size != (res, res):
         problems.append(f"jpg is {size[0]}×{size[1]} px, json crop.res says {res}")
+    if quality is not None and fmt == "JPEG" and 1 <= quality <= 100 and tables != _quality_tables(quality):
+        found = next((q for q in range(1, 101) if _quality_tables(q) == tables), None)
+        said = f"those of JPEG quality {found}" if found is not None else "not those of any JPEG quality PIL writes"
+        problems.append(f"jpg's quantization tables are {said}, the manifest's config says jpeg_quality {quality}")
     return problems
+
+
+def _tables(quantization: Any) -> tuple[tuple[int, ...], ...] | None:
+    """A JPEG's quantization tables (PIL's ``image.quantization``: table id -> 64 values) as a comparable tuple."""
+    if not isinstance(quantization, dict):
+        return None
+    return tuple(tuple(int(v) for v in quantization[i]) for i in sorted(quantization))
+
+
+@functools.lru_cache(maxsize=None)
+def _quality_tables(quality: int) -> tuple[tuple[int, ...], ...] | None:
+    """The quantization tables PIL writes for an RGB JPEG at ``quality`` (what `shards.writer.crop_record` uses);
+    read back from a tiny image encoded here, so they are this PIL's and libjpeg's own."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="JPEG", quality=quality)
+    with Image.open(buffer) as image:
+        return _tables(image.quantization)
 
 
 @dataclass
@@ -339,44 +460,71 @@ class SetReport:
 
 def verify_set(shard_dir: Path, samples: bool = True,
                progress: Callable[[int], None] | None = None) -> SetReport:
-    """Check the shard set in ``shard_dir``: the manifest's checksums and files (`shards.reader.verify`), then,
-    with ``samples``, every sample of every listed shard (module docstring). ``progress`` is called with 1 after
-    each sample is checked (e.g. a progress bar's ``update``)."""
+    """Check the shard set in ``shard_dir``: the manifest's checksums and files (`shards.reader.verify`) and its
+    config (`manifest_problems`), then, with ``samples``, every sample of every listed shard against its own
+    members and the manifest, and the manifest's ``has_*`` counts against the samples' flags (module docstring).
+    ``progress`` is called with 1 after each sample is checked (e.g. a progress bar's ``update``)."""
     shard_dir = Path(shard_dir)
     base = verify_checksums(shard_dir)
     report = SetReport(str(shard_dir), shards_checked=base.shards_checked, problems=list(base.problems))
-    if not samples:
-        return report
     try:
         manifest = load_manifest(shard_dir)
     except ShardSetError:
         return report  # already a problem of the base report
+    report.problems += manifest_problems(manifest)
+    if not samples:
+        return report
     failed_checksum = {p.split(":", 1)[0] for p in base.problems}
     seen: dict[str, str] = {}
+    tally = _Tally()
     for entry in manifest["shards"]:
         path = shard_dir / entry["name"]
         if not path.is_file():
+            tally.complete = False
             continue
         before = len(report.bad_samples)
-        count = _scan_shard(path, entry, report, seen, progress)
-        if count is not None and count != entry["samples"]:
+        count = _scan_shard(path, entry, report, seen, manifest, tally, progress)
+        if count is None:
+            tally.complete = False
+        elif count != entry["samples"]:
             report.problems.append(f"{entry['name']}: {count} samples, manifest says {entry['samples']}")
         if entry["name"] in failed_checksum and len(report.bad_samples) == before and count == entry["samples"]:
             report.problems.append(f"{entry['name']}: every sample passes its checks, so the change the checksum "
                                    f"found cannot be located (e.g. pixels inside a JPEG); re-create the shard")
+    if tally.complete:  # else a shard or a json that cannot be read is named above, and the counts would differ
+        report.problems += [f"{MANIFEST}: {flag} {manifest.get(flag, 0)}, the samples' json flags count "
+                            f"{tally.flags[flag]}" for flag in FLAG_COUNTS
+                            if manifest.get(flag, 0) != tally.flags[flag]]
     return report
 
 
-def _scan_shard(path: Path, entry: dict[str, Any], report: SetReport, seen: dict[str, str],
-                progress: Callable[[int], None] | None = None) -> int | None:
-    """Check each sample of one shard into ``report``; the number of samples, or None when the tar breaks off."""
+@dataclass
+class _Tally:
+    """The samples' ``has_*`` flags counted while they are checked; ``complete`` while every sample of every
+    listed shard was read with a well-formed json."""
+
+    flags: Counter = field(default_factory=Counter)
+    complete: bool = True
+
+    def add(self, meta: dict[str, Any] | None) -> None:
+        if meta is None:
+            self.complete = False
+            return
+        for flag in FLAG_COUNTS:
+            self.flags[flag] += int(meta.get(flag) is True)  # a flag a sample's format does not store: False
+
+
+def _scan_shard(path: Path, entry: dict[str, Any], report: SetReport, seen: dict[str, str], manifest: dict[str, Any],
+                tally: _Tally, progress: Callable[[int], None] | None = None) -> int | None:
+    """Check each sample of one shard into ``report`` (and its flags into ``tally``); the number of samples, or
+    None when the tar breaks off."""
     count, last = 0, None
 
-    def check(key: str, members: dict[str, bytes]) -> None:
+    def check(key: str, members: dict[str, bytes], problems: list[str], meta: dict[str, Any] | None) -> None:
         nonlocal count, last
         count += 1
         report.samples_checked += 1
-        problems = check_sample(key, members, entry)
+        tally.add(meta)
         if key in seen:
             problems.append(f"key also in {seen[key]}")
         seen.setdefault(key, path.name)
@@ -391,11 +539,11 @@ def _scan_shard(path: Path, entry: dict[str, Any], report: SetReport, seen: dict
 
     try:
         for key, members in raw_samples(path, hint=False):
-            check(key, members)
+            check(key, members, *_check_sample(key, members, entry, manifest))
     except ShardCorruptError as err:
         pending = getattr(err, "pending", None)
         if pending is not None and not check_sample(*pending, entry):
-            check(*pending)  # every member of it was read, and they pass: a whole sample
+            check(*pending, *_check_sample(*pending, entry, manifest))  # every member of it was read: a whole sample
         after = f"after sample {last} ({count} read whole)" if last else "before its first sample"
         report.problems.append(f"{path.name}: the tar breaks off {after}: {err}")
         return None

@@ -527,6 +527,12 @@ _HELD_GUARD = threading.Lock()
 LOCK_TRIES = 5  # 50 ms apart
 
 
+def config_hash(config: dict[str, Any]) -> str:
+    """The ``config_sha256`` of a manifest (`finalize_manifest`; `shards.verify` checks it): the sha256 (hex) of
+    the resolved `ShardConfig` as JSON with sorted keys."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
 @contextmanager
 def writing_lock(out_dir: Path) -> Iterator[None]:
     """Hold the shard-set folder ``out_dir`` (made if missing) for one writing run: an exclusive ``flock`` on
@@ -718,7 +724,7 @@ def finalize_manifest(out_dir: Path, chunk_results: list[ChunkResult], config: S
         "schema_version": SCHEMA_VERSION, "fitloop_version": __version__,
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "config": config_dict,
-        "config_sha256": hashlib.sha256(json.dumps(config_dict, sort_keys=True).encode()).hexdigest(),
+        "config_sha256": config_hash(config_dict),
         "inputs": inputs or [], "sources": [dict(s) for s in sources],
         "counts": totals, "by_dataset": by_dataset,
         "rejects_by_reason": dict(sorted(Counter(r["reason"] for r in reject_rows).items())),

@@ -168,6 +168,24 @@ def test_real_smpl_layout_models_render(tmp_path, shard_set):
     assert (np.abs(crop_pixels(picture, res) - crop_pixels(bare, res)).sum(-1) > 40).sum() > 500
 
 
+def test_openpose_detections_are_drawn_with_body_25s_limbs():
+    from core.joints import OPENPOSE_NAMES
+    from render.draw import BODY_25_SKELETON, draw_keypoints
+
+    published = (1, 8, 1, 2, 1, 5, 2, 3, 3, 4, 5, 6, 6, 7, 8, 9, 9, 10, 10, 11, 8, 12, 12, 13, 13, 14, 1, 0, 0, 15, 15,
+                 17, 0, 16, 16, 18, 14, 19, 19, 20, 14, 21, 11, 22, 22, 23, 11, 24)  # POSE_BODY_25_PAIRS_RENDER_GPU
+    assert [(OPENPOSE_NAMES.index(a), OPENPOSE_NAMES.index(b)) for a, b in BODY_25_SKELETON] == list(
+        zip(published[::2], published[1::2]))
+    keypoints = np.zeros((NUM_JOINTS, 3), np.float32)  # detections only, as `fitloop preprocess openpose` stores
+    keypoints[JOINT_INDEX["OP RKnee"]] = (20.0, 20.0, 0.9)
+    keypoints[JOINT_INDEX["OP RAnkle"]] = (20.0, 80.0, 0.8)
+    keypoints[JOINT_INDEX["OP Neck"]] = (70.0, 10.0, 0.9)
+    keypoints[JOINT_INDEX["OP LShoulder"]] = (90.0, 10.0, 0.9)
+    picture = np.asarray(draw_keypoints(Image.new("RGB", (100, 100)), keypoints, radius=3.0))
+    assert tuple(picture[50, 20]) == RIGHT_COLOUR  # midway down the shin, far from both markers
+    assert tuple(picture[10, 80]) == LEFT_COLOUR   # neck to left shoulder: the shoulder's side
+
+
 # --- Contact sheets and the CLI ---------------------------------------------------------------------------------
 
 def test_contact_sheet_dimensions(shard_set, tmp_path, model):
@@ -242,6 +260,35 @@ def test_html_page_links_to_pictures_metadata_and_histories(shard_set, fits_tabl
     assert "Fits history (2 fit(s)" in detail and "Top of Head (LSP)" in detail and "&quot;synth/p2&quot;" in detail
     assert "No fit of this sample" in (out.parent / "page_files" / "synth~p4.html").read_text()
     assert json.loads((out.parent / "page_files" / "synth~p4.json").read_text())["key"] == "synth/p4"
+
+
+def test_render_says_which_body_models_the_tables_fits_are_of_and_how_to_draw_them(shard_set, tmp_path, capsys,
+                                                                                   model):
+    from render.sample_picture import fits_by_other_models, model_option
+
+    small = load_body_model("open-small")
+    table = FitsTable.create(tmp_path / "fits")
+    prov = FitProvenance(run_id="run-s", body_model_id=small.model_id, fit_config_hash="0" * 16, source="seed")
+    fit = known_fit(0.0)
+    table.append(fits_batch(["synth/p2"], fit["pose"][None], np.zeros((1, 10)), prov, loss=np.array([1.5]),
+                            cam_t=fit["cam_t"][None], time=datetime(2025, 1, 1, tzinfo=timezone.utc)))
+    args = ["shards", "render", str(shard_set), "--keys", "synth/p2", "--fits", str(tmp_path / "fits")]
+    capsys.readouterr()
+    assert main(args + ["--out", str(tmp_path / "open.png")]) == 0
+    note = capsys.readouterr().err
+    assert f"1 of 1 sample(s) have no fit by {model.model_id} (--model open)" in note
+    assert note.endswith(f"draw them with --model open-small ({small.model_id})\n") and len(note.splitlines()) == 1
+    assert main(args + ["--model", "open-small", "--out", str(tmp_path / "small.png")]) == 0
+    assert capsys.readouterr().err == ""
+    sample = find_samples(shard_set, ["synth/p2"])[0]
+    bare = crop_pixels(render_sample(sample, [FitPanel("keypoints", None)], None), 320)[40:]  # below the note
+    np.testing.assert_array_equal(crop_pixels(Image.open(tmp_path / "open.png"), 320)[40:], bare)  # no mesh
+    assert (np.abs(crop_pixels(Image.open(tmp_path / "small.png"), 320)[40:] - bare).sum(-1) > 40).sum() > 500
+    assert fits_by_other_models({"a": [{"body_model_id": "smpl:1"}, {"body_model_id": "open:2"}], "b": [],
+                                 "c": [{"body_model_id": "open:2"}, {"body_model_id": "smpl:1"}]}, "open:2") == {}
+    assert fits_by_other_models({"a": [{"body_model_id": "smpl:1"}], "b": []}, "open:2") == {"a": ["smpl:1"]}
+    assert model_option(small.model_id) == "--model open-small"
+    assert model_option("smplx:0123456789abcdef") == "--model <SMPL-X file>"
 
 
 # --- Verify -----------------------------------------------------------------------------------------------------

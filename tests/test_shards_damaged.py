@@ -122,7 +122,8 @@ def test_show_names_the_shard_of_intrinsics_that_do_not_parse(capsys, shard_set)
 
 def test_render_names_a_mask_that_does_not_decode_and_show_still_shows_the_sample(capsys, shard_set, tmp_path):
     damage(shard_set, "synth/a.mask.png", lambda data: b"garbage")
-    line = error_line(capsys, "shards", "render", shard_set, "--keys", "synth/b", "synth/a", "--out", tmp_path / "r.png")
+    line = error_line(capsys, "shards", "render", shard_set, "--keys", "synth/b", "synth/a", "--out",
+                      tmp_path / "r.png")
     assert f"shard {SHARD}: sample 'synth/a': mask.png: label PNG does not decode" in line
     assert "fitloop shards verify" in line and "0x" not in line  # no address of a buffer
     assert not (tmp_path / "r.png").exists()
@@ -196,3 +197,118 @@ def test_show_refuses_a_sample_cut_off_before_its_last_member(capsys, shard_set)
     cut_inside(shard_set, "synth/a.mask.png")  # its json says it has a mask: not read whole
     line = error_line(capsys, "shards", "show", shard_set, "synth/a")
     assert f"no sample with key(s) synth/a in the samples read: shard {SHARD} cannot be read" in line
+
+
+# --- verify: samples that contradict their manifest; ls --keys on a damaged shard; render's --size ---------------
+
+def restamp(shard_set: Path, change=None) -> None:
+    """The manifest with `SHARD`'s sha256 and size as the file now is (the tamper a checksum cannot catch), and
+    ``change(manifest)`` applied."""
+    import hashlib
+
+    manifest = json.loads((shard_set / "manifest.json").read_text())
+    for entry in manifest["shards"]:
+        if entry["name"] == SHARD:
+            data = (shard_set / SHARD).read_bytes()
+            entry.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    if change is not None:
+        change(manifest)
+    (shard_set / "manifest.json").write_text(json.dumps(manifest))
+
+
+def verify_lines(capsys, shard_set: Path) -> list[str]:
+    """`fitloop shards verify`'s problem lines (exit status 1), without the leading folder."""
+    capsys.readouterr()
+    assert main(["shards", "verify", str(shard_set)]) == 1
+    return [line.split(": ", 1)[1] for line in capsys.readouterr().out.splitlines()[:-1]]
+
+
+@pytest.mark.parametrize("setting, said", [
+    ({"crop_res": 48}, "json crop.res 48, the manifest's config says crop_res 64"),
+    ({"crop_margin": 1.2}, "json crop.margin 1.2, the manifest's config says crop_margin 1.5"),
+    ({"jpeg_quality": 50}, "jpg's quantization tables are those of JPEG quality 50, the manifest's config says "
+                           "jpeg_quality 90"),
+])
+def test_verify_names_each_sample_of_a_shard_from_a_set_written_with_other_settings(capsys, shard_set, tmp_path,
+                                                                                    setting, said):
+    records = [person(tmp_path / "data", name) for name in "abc"]
+    write_shards(records, tmp_path / "other", ShardConfig(**{"crop_res": 64, "samples_per_shard": 2, **setting}))
+    shutil.copyfile(tmp_path / "other" / SHARD, shard_set / SHARD)  # its own samples, valid in their own set
+    restamp(shard_set)
+    assert verify_lines(capsys, shard_set) == [f"{SHARD}: sample synth/{key}: {said}" for key in "ab"]
+
+
+def test_verify_counts_the_flags_the_manifest_states_and_stats_says_where_they_differ(capsys, shard_set):
+    def counts(manifest: dict) -> None:
+        manifest.update(has_smpl=5, has_mask=0)  # no sample has SMPL; every sample has a mask
+
+    restamp(shard_set, counts)
+    assert verify_lines(capsys, shard_set) == ["manifest.json: has_smpl 5, the samples' json flags count 0",
+                                               "manifest.json: has_mask 0, the samples' json flags count 3"]
+    out = succeeds(capsys, "shards", "stats", shard_set)
+    assert "with SMPL 5" in out and "** the samples' json flags count has_smpl 0, has_mask 3 (the manifest's" in out
+    assert "flags" not in json.loads(succeeds(capsys, "shards", "stats", shard_set, "--manifest-only", "--json"))
+
+
+def test_verify_checks_the_config_hash_and_the_versions_against_the_samples(capsys, shard_set):
+    from shards.verify import config_hash
+
+    manifest = json.loads((shard_set / "manifest.json").read_text())
+    assert manifest["config_sha256"] == config_hash(manifest["config"])  # as the writer makes it
+    restamp(shard_set, lambda m: m["config"].update(crop_res=32))
+    lines = verify_lines(capsys, shard_set)
+    assert lines[0].startswith("manifest.json: config_sha256 ") and "is not the hash of its config" in lines[0]
+    assert lines[1:] == [f"{shard}: sample synth/{key}: json crop.res 64, the manifest's config says crop_res 32"
+                         for shard, key in ((SHARD, "a"), (SHARD, "b"), ("synth-train-000001.tar", "c"))]
+    restamp(shard_set, lambda m: m["config"].update(crop_res=64) or m.update(config_sha256="0" * 64))
+    assert [line[:45] for line in verify_lines(capsys, shard_set)] == ["manifest.json: config_sha256 0000000000000000"]
+    restamp(shard_set, lambda m: m.update(config_sha256=manifest["config_sha256"], sample_format_version=3))
+    assert verify_lines(capsys, shard_set)[0] == (f"{SHARD}: sample synth/a: json sample_format_version 4, the "
+                                                  f"manifest says 3")
+
+
+def test_verify_refuses_annotated_confidences_outside_zero_to_one_but_not_raw_detector_scores(capsys, shard_set):
+    def confidences(data: bytes, slot: int, value: float) -> bytes:
+        keypoints = np.array(decode_npy(data))
+        keypoints[slot] = (*keypoints[25, :2], value)  # a joint at the annotated slot 25's place
+        return encode_npy(keypoints)
+
+    for member in ("synth/a.keypoints_2d.npy", "synth/a.keypoints_crop.npy"):  # both agree: only the range tells
+        damage(shard_set, member, lambda data: confidences(data, 26, 7.0))
+        damage(shard_set, member, lambda data: confidences(data, 0, 1.4))  # an OpenPose score: raw, may pass 1
+    restamp(shard_set)
+    assert verify_lines(capsys, shard_set) == [
+        f"{SHARD}: sample synth/a: keypoints_2d.npy confidence 7 of joint 'Right Knee': an annotated joint's lies "
+        f"in [0, 1], a detection's (OpenPose slots) is >= 0"]
+
+
+def test_ls_keys_lists_what_a_truncated_shard_holds_says_where_it_breaks_and_goes_on(capsys, pristine, shard_set,
+                                                                                      tmp_path):
+    cut_inside(shard_set, "synth/b.jpg", 100)  # synth/a's members are all read; synth/b's first is cut
+    capsys.readouterr()
+    assert main(["shards", "ls", str(shard_set), "--keys"]) == 1
+    out, err = capsys.readouterr()
+    assert [line.strip() for line in out.splitlines() if line.startswith("    ")] == ["synth/a", "synth/c"]
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"fitloop: error: {shard_set}: {SHARD} is damaged after sample "
+                                                   f"synth/a (1 listed): shard {SHARD} cannot be read")
+    assert "truncated" in lines[0] and "fitloop shards verify" in lines[0]
+    shard_set = shutil.copytree(pristine, tmp_path / "again")
+    cut_inside(shard_set, "synth/a.mask.png")  # its json says it has a mask: not read whole
+    assert main(["shards", "ls", str(shard_set), "--keys"]) == 1
+    out, err = capsys.readouterr()
+    assert [line.strip() for line in out.splitlines() if line.startswith("    ")] == ["synth/c"]
+    assert f"{SHARD} is damaged before its first sample" in err
+    assert main(["shards", "ls", str(shard_set)]) == 0  # without --keys the shards are not read
+
+
+def test_render_refuses_a_size_over_its_limit_and_says_the_limit(capsys, pristine, tmp_path):
+    from render.sample_picture import MAX_PANEL_PX
+
+    line = error_line(capsys, "shards", "render", pristine, "--sample", "2", "--size", "100000", "--out",
+                      tmp_path / "r.png")
+    assert f"--size must be at most {MAX_PANEL_PX} px" in line and "got 100000" in line
+    assert not (tmp_path / "r.png").exists()
+    with pytest.raises(SystemExit):
+        main(["shards", "render", "--help"])
+    assert f"1 to {MAX_PANEL_PX}" in capsys.readouterr().out

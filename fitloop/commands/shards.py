@@ -74,14 +74,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     render.add_argument("--version", type=int, default=None, metavar="V",
                         help="also draw the best fit as of table version V, beside the latest")
     render.add_argument("--model", default="open",
-                        help='body model to pose the fits with: "open" (default) or a real SMPL .pkl/.npz')
+                        help='body model to pose the fits with, only its own fits are drawn: "open" (default), '
+                             '"open-small", "open-smplx", "open-smplx-small" (the open models), or a real SMPL, '
+                             'SMPL-H or SMPL-X .pkl/.npz')
     render.add_argument("--joint-regressor-extra", type=Path, default=None,
                         help="SPIN's J_regressor_extra.npy, with a real SMPL model")
     render.add_argument("--frame", choices=("crop", "image"), default=None,
                         help="draw the best fits of this frame (crop: SPIN's fit frame; image: the original image's "
                              "camera); needed when the table holds fits of both")
     render.add_argument("--size", type=int, default=None, metavar="PX",
-                        help="side of each panel, px (default: the stored crop's)")
+                        help="side of each panel, px, 1 to 2048 (default: the stored crop's)")
     render.add_argument("--columns", type=int, default=None, help="contact sheet columns (default: a square grid)")
     render.add_argument("--out", type=Path, required=True, metavar="FILE", help="FILE.png or FILE.html")
     render.set_defaults(func=cmd_render)
@@ -109,19 +111,31 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    import sys
+
+    from shards.lookup import shard_keys
+    from shards.reader import ShardCorruptError
     from shards.writer import load_manifest
 
     manifest = load_manifest(args.dir)
+    damaged = 0
     print(f"{'shard':<32} {'dataset':<10} {'split':<8} {'samples':>8} {'MB':>8}  sha256")
     for shard in manifest["shards"]:  # a shard a flow wrote from several datasets or splits has none of its own
         print(f"{shard['name']:<32} {shard['dataset'] or 'mixed':<10} {shard['split'] or 'mixed':<8} "
               f"{shard['samples']:>8} {shard['bytes'] / 1e6:>8.2f}  {shard['sha256'][:16]}")
-        if args.keys:
-            from shards.reader import iter_shard
-
-            for sample in iter_shard(args.dir / shard["name"], verify=False):
-                print(f"    {sample.key}")
-    return 0
+        if not args.keys:
+            continue
+        listed, last = 0, None
+        try:
+            for key in shard_keys(args.dir / shard["name"]):
+                print(f"    {key}")
+                listed, last = listed + 1, key
+        except ShardCorruptError as err:  # list what can be read, say where the shard breaks, go on with the next
+            damaged += 1
+            sys.stdout.flush()  # the keys before the line, when both go to a terminal
+            where = f"after sample {last} ({listed} listed)" if last else "before its first sample"
+            print(f"fitloop: error: {args.dir}: {shard['name']} is damaged {where}: {err}", file=sys.stderr)
+    return 1 if damaged else 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -240,11 +254,20 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    import sys
     from functools import partial
 
     from core.errors import FitloopError
     from fitloop.progress import bar
-    from render.sample_picture import FitPanel, contact_sheet, render_sample
+    from render.sample_picture import (
+        MAX_PANEL_PX,
+        FitPanel,
+        contact_sheet,
+        fits_by_other_models,
+        model_option,
+        other_models_note,
+        render_sample,
+    )
     from shards.lookup import find_samples, pick_samples
     from shards.verify import unusable
 
@@ -257,6 +280,8 @@ def cmd_render(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise FitloopError(f"{option} must be >= 1, got {value}" + (" (leave it out for the default)"
                                                                         if option != "--sample" else ""))
+    if args.size is not None and args.size > MAX_PANEL_PX:  # the rasteriser's memory grows with the panel's pixels
+        raise FitloopError(f"--size must be at most {MAX_PANEL_PX} px (each panel's side), got {args.size}")
     # a sample that cannot be drawn stops the command before anything is written, as `show` does
     check = partial(unusable, picture=True)
     samples = (find_samples(args.dir, args.keys, check) if args.keys
@@ -264,7 +289,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     if not samples:
         raise FitloopError(f"{args.dir}: no samples to draw")
     keys = [s.key for s in samples]
-    model, latest, older, histories, now = None, {}, None, None, None
+    model, latest, older, histories, now, others = None, {}, None, None, None, {}
     if args.fits is not None:
         from fits.lookup import best_fits, fit_histories, latest_version
         from fits.table import FitsTable
@@ -276,14 +301,22 @@ def cmd_render(args: argparse.Namespace) -> int:
         latest = best_fits(table, keys, now, body_model_id=model.model_id, frame=args.frame)
         older = (best_fits(table, keys, args.version, body_model_id=model.model_id, frame=args.frame)
                  if args.version is not None else None)
-        histories = fit_histories(table, keys, now) if suffix == ".html" else None
+        histories = fit_histories(table, keys, now)  # every model's fits: the page's histories, and what to say
+        others = fits_by_other_models(histories, model.model_id)  # of a sample with no fit of this model
+        if others:
+            models = sorted({m for ids in others.values() for m in ids})
+            print(f"fitloop: note: {len(others)} of {len(keys)} sample(s) have no fit by {model.model_id} "
+                  f"(--model {args.model}) in {args.fits} v{now}, only fits by other body models, drawn without a "
+                  f"mesh: draw them with " + " or ".join(f"{model_option(m)} ({m})" for m in models),
+                  file=sys.stderr)
     pictures = []
     with bar(len(samples), "drawing", "sample") as progress:
         for sample in samples:
             if args.fits is None:
                 panels = [FitPanel("keypoints", None, missing="no fits table given (--fits)")]
             else:
-                panels = [FitPanel(f"best, v{now}", latest.get(sample.key))]
+                panels = [FitPanel(f"best, v{now}", latest.get(sample.key),
+                                   other_models_note(others[sample.key]) if sample.key in others else "no fit")]
                 if older is not None:
                     panels.append(FitPanel(f"best, v{args.version}", older.get(sample.key),
                                            missing=f"no fit at v{args.version}"))
