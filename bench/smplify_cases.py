@@ -49,6 +49,7 @@ the first k people of a run of n > k cases are the people of a run of k cases; e
 from __future__ import annotations
 
 import functools
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,14 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from assets import bvh
-from assets.prior_train import CMU_DEV_SUBJECTS, CMU_TEST_SUBJECTS, clip_table, plausible_frames
+from assets.prior_train import (
+    CMU_DEV_SUBJECTS,
+    CMU_TEST_SUBJECTS,
+    POSE_WIDTHS,
+    clip_table,
+    plausible_frames,
+    smpl_full_pose,
+)
 from core.camera import translation_from_torso
 from core.errors import FitloopError
 from core.frames import (
@@ -226,14 +234,6 @@ def lsp_pool(split: str, path: Path = SPIN_LSP_FITS) -> PosePool:
 UP_AXES = {"y": Rotation.identity(), "-y": _LEVEL.inv(), "z": Rotation.from_euler("x", -np.pi / 2)}
 
 
-# The full-pose widths `load_pose_file` reads, and what each is. SMPL-H's and SMPL-X's first 66 values are the
-# global orientation and SMPL's body joints 1-21 (their trees share SMPL's first 22 joints); SMPL's 22-23 are its
-# hand joints, which SMPL-H and SMPL-X replace by fingers.
-POSE_WIDTHS = {72: "SMPL", 156: "SMPL-H (AMASS: body joints used, fingers left out)",
-               165: "SMPL-X (body joints used; jaw, eyes and fingers left out)"}
-SMPL_BODY_VALUES = 66
-
-
 def load_pose_file(path: Path) -> PosePool:
     """Outsiders' poses: a ``.npz`` with ``poses`` (N, 72) SMPL-format axis-angle radians (global orientation,
     then 23 body joints relative to the T-pose), optional ``betas`` (N, NB) of the body model the benchmark runs,
@@ -242,12 +242,29 @@ def load_pose_file(path: Path) -> PosePool:
     3DPW's camera-frame poses; "z", AMASS's raw Z-up world). Read without pickles. SMPL-H (N, 156: AMASS) and
     SMPL-X (N, 165) full poses are taken too (`POSE_WIDTHS`): their global orientation and 21 body joints, which
     are SMPL's first 22, with SMPL's two hand joints at rest (the fingers, jaw and eyes have no SMPL joint)."""
+    def unreadable(why: str) -> BenchCaseError:
+        return BenchCaseError(f"{path}: not a readable .npz of poses ({why}); the file must be a NumPy .npz "
+                              f"(np.savez) holding `poses` (N, W) axis-angle, W = 72 (SMPL), 156 (SMPL-H) or 165 "
+                              f"(SMPL-X), and optionally `betas` (N, NB), `name` and `up`; see `fitloop bench "
+                              f"smplify --help`")
+
     try:
-        with np.load(path, allow_pickle=False) as data:
+        loaded = np.load(path, allow_pickle=False)
+    except ValueError:  # numpy unpickles what is neither .npz nor .npy (JSON, text, a pickle), which is refused
+        raise unreadable("it is neither a .npz nor a .npy file") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        raise unreadable(f"{type(err).__name__}: {err}") from None
+    if isinstance(loaded, np.ndarray):
+        raise unreadable(f"a .npy file holds one bare array, here of shape {loaded.shape}: save it as `poses` in "
+                         f"a .npz, np.savez(FILE, poses=array)")
+    try:
+        with loaded as data:
             arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, TypeError, AttributeError) as err:  # a .npy loads as one array: no `with`
-        raise BenchCaseError(f"{path}: not a readable .npz of poses ({type(err).__name__}: {err}); see `fitloop "
-                             f"bench smplify --help` for the format") from None
+    except ValueError as err:  # numpy's "Object arrays cannot be loaded when allow_pickle=False", or a bad header
+        raise unreadable("an array in it holds Python objects, which are never unpickled" if "pickle" in str(err)
+                         else f"ValueError: {err}") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as err:  # a damaged member
+        raise unreadable(f"{type(err).__name__}: {err}") from None
     if "poses" not in arrays:
         raise BenchCaseError(f"{path}: no `poses` array; the file needs poses (N, 72) SMPL axis-angle")
     pose = np.asarray(arrays["poses"], dtype=np.float64)
@@ -255,8 +272,7 @@ def load_pose_file(path: Path) -> PosePool:
         raise BenchCaseError(f"{path}: `poses` has shape {pose.shape}; expected (N, W), N >= 1, axis-angle of "
                              + ", ".join(f"W = {w} {layout}" for w, layout in POSE_WIDTHS.items()))
     layout = POSE_WIDTHS[pose.shape[1]]
-    if pose.shape[1] != 72:
-        pose = np.concatenate([pose[:, :SMPL_BODY_VALUES], np.zeros((len(pose), 72 - SMPL_BODY_VALUES))], 1)
+    pose = smpl_full_pose(pose)   # the widths `fitloop prior train --amass` reads too
     if not np.isfinite(pose).all():
         raise BenchCaseError(f"{path}: `poses` has non-finite values in rows "
                              f"{np.flatnonzero(~np.isfinite(pose).all(1))[:5].tolist()}")

@@ -132,3 +132,100 @@ def test_a_kind_named_twice_is_run_once_and_numbers_keep_their_repeats():
 
     assert _kinds(" crop, real,crop,,") == ("crop", "real")
     assert _names("0,10,10") == ("0", "10", "10")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train-step", "--img-res", "7"], "argument --img-res: must be at least 32, got 7"),
+    (["train-step", "--backbone", "7"], "argument --backbone: invalid choice: 7 (choose from 18, 34, 50, 101, 152)"),
+    (["train-step", "--smplify-device", "foo"], "--smplify-device 'foo': not a device torch knows"),
+    (["smplifyx", "--reference-people", "0"], "argument --reference-people: must be at least 1, got 0"),
+    (["smplifyx", "--people", "0"], "argument --people: must be at least 1, got 0"),
+    (["seeding", "--workers", "0"], "argument --workers: must be at least 1, got 0"),
+    (["seeding", "--threads", "1,x"], "argument --threads: 'x' is not a whole number"),
+    (["seeding", "--people", "1"], "argument --people: must be at least 2, got 1"),
+    (["fit3d", "--frames", "2"], "argument --frames: must be at least 3, got 2"),
+    (["smplify", "--cases", "0"], "argument --cases: must be at least 1, got 0"),
+    (["masks", "--mask-scale", "0"], "argument --mask-scale: must be at least 1, got 0"),
+    (["fits-table", "--improved", "2"], "argument --improved: must be a share from 0 to 1, got 2"),
+    (["fits-table", "--improved", "nan"], "argument --improved: must be a share from 0 to 1, got nan"),
+])
+def test_a_bad_value_is_a_usage_error_naming_its_option(argv, message, capsys):
+    """Checked where argparse reads them, one option at a time: an image size or ResNet depth the training config
+    refuses was an internal error once the benchmark had written its shards, counts were refused in one message
+    listing every value, and a share above 1 ran."""
+    with pytest.raises(SystemExit) as exit:
+        main(["bench", *argv])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # after the usage
+    assert last.startswith(f"fitloop bench {argv[0]}: error: ") and message in last and "internal error" not in err
+
+
+def test_comma_separated_counts_drop_repeats_and_refuse_an_empty_list():
+    from fitloop.commands.bench import _counts
+
+    assert _counts(1)(" 2, 1,2,") == (2, 1)
+    with pytest.raises(argparse.ArgumentTypeError, match="takes comma-separated whole numbers"):
+        _counts(1)(" , ")
+
+
+def test_shards_refuses_an_unknown_dataset_in_one_line(capsys):
+    assert main(["bench", "shards", "--copies", "1", "--repeats", "1", "--datasets", "coco,foo"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["fitloop: error: --datasets takes some of coco, mpii, lsp, lspet; got 'coco,foo' (foo unknown)"]
+
+
+@pytest.fixture
+def body_model_never_runs(monkeypatch):
+    """`bench body-model` whose measurement fails the test: --out must be refused before it."""
+    import fitloop.commands.bench as bench
+
+    def measure(args):
+        raise AssertionError("the benchmark ran before --out was checked")
+
+    monkeypatch.setattr(bench, "measure_body_model", measure)
+
+
+def test_out_is_checked_before_the_benchmark_runs(tmp_path, capsys, body_model_never_runs):
+    """`--out DIR` once ran the whole benchmark, then failed to rename DIR.tmp onto the folder: record lost."""
+    folder = tmp_path / "outdir"
+    folder.mkdir()
+    assert main(["bench", "body-model", "--out", str(folder)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"fitloop: error: --out {folder}: {folder} is a folder")
+    assert f"--out {folder / 'record.json'}" in err[0]
+    (tmp_path / "afile").write_text("")
+    for out in (tmp_path / "afile" / "r.json", tmp_path / "afile" / "sub" / "r.json"):  # no folder can be made
+        assert main(["bench", "body-model", "--out", str(out)]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("fitloop: error: ") and "afile" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "outdir"]  # no .tmp left anywhere
+    assert not list(folder.iterdir())
+
+
+def test_loop_says_its_out_is_a_folder():
+    """Every other benchmark's --out is the record's file; loop's is the folder of its runs: the help says so."""
+    loop = _options(_benchmarks()["loop"])["--out"]
+    assert loop.metavar == "DIR" and "folder" in loop.help and "not the record's file" in loop.help
+    bench = build_parser()._subparsers._group_actions[0].choices["bench"]
+    assert "(loop: --out DIR" in " ".join(bench.description.split())
+
+
+def test_a_poses_file_that_is_no_npz_says_what_it_must_be(tmp_path):
+    """`--poses notes.json` showed numpy's advice to load it with allow_pickle."""
+    from bench.smplify_cases import BenchCaseError, load_pose_file
+
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"poses": []}')
+    with pytest.raises(BenchCaseError) as err:
+        load_pose_file(notes)
+    text = str(err.value)
+    assert text.startswith(f"{notes}: not a readable .npz of poses (it is neither a .npz nor a .npy file)")
+    assert "`poses` (N, W) axis-angle, W = 72 (SMPL), 156 (SMPL-H) or 165 (SMPL-X)" in text
+    assert "allow_pickle" not in text and "pickle.load" not in text
+    import numpy as np
+
+    np.savez(tmp_path / "objects.npz", poses=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(BenchCaseError, match=r"holds Python objects, which are never unpickled") as err:
+        load_pose_file(tmp_path / "objects.npz")
+    assert "allow_pickle" not in str(err.value)

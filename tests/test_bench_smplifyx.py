@@ -63,8 +63,9 @@ def test_bench_record_compares_both_modes_on_the_same_people(capsys):
 
 
 def test_bench_refuses_bad_counts(capsys):
-    assert main(["bench", "smplifyx", "--people", "0"]) != 0
-    assert "must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit:  # a usage error naming the option (tests/test_bench_cli.py)
+        main(["bench", "smplifyx", "--people", "0"])
+    assert exit.value.code == 2 and "argument --people: must be at least 1, got 0" in capsys.readouterr().err
     # one person per source, three sources: the reference cannot fit four (refused before any fit)
     assert main(["bench", "smplifyx", "--model", "open-smplx-small", "--people", "1", "--reference-people", "4"]) != 0
     assert "--reference-people must be in 1..3" in capsys.readouterr().err

@@ -210,6 +210,69 @@ def test_refuses_to_overwrite_unless_asked(tmp_path):
         SynthConfig(datasets=("lsp", "3dpw"))
 
 
+def test_overwrite_removes_only_the_files_synth_wrote(tmp_path):
+    """`--overwrite` once deleted the whole dataset folder, a user's parsing labels in it (syn/lsp/parsing, the
+    layout the adapters' labels_dir reads) too; now a folder with files synth did not write is refused, unchanged."""
+    from pipelines.synthetic.written import WRITTEN_LIST
+
+    config = small(1, lsp_people=2)
+    generate(tmp_path, config)
+    lsp = tmp_path / "lsp"
+    listed = (lsp / WRITTEN_LIST).read_text().splitlines()
+    assert listed == sorted(p.relative_to(lsp).as_posix() for p in lsp.rglob("*") if p.is_file())
+    assert {"fitloop_synth.json", WRITTEN_LIST, "joints.mat", "images/im0001.jpg"} <= set(listed)
+    for users in (lsp / "parsing" / "labels.json", lsp / "images" / "notes.txt"):
+        users.parent.mkdir(exist_ok=True)
+        users.write_text('{"kind": "parsing"}')
+        name = users.relative_to(lsp).as_posix().removesuffix("/labels.json")
+        with pytest.raises(SynthError, match=f"{lsp} holds '{name}/?', which fitloop synth did not write"):
+            generate(tmp_path, config, overwrite=True)
+        assert users.read_text() == '{"kind": "parsing"}' and (lsp / "joints.mat").is_file()
+        users.rename(tmp_path / users.name)
+        if users.parent.name == "parsing":
+            users.parent.rmdir()  # an empty folder of the user's is no file of synth's either
+    before = (lsp / "joints.mat").stat().st_mtime_ns
+    assert generate(tmp_path, config, overwrite=True) == {"lsp": lsp}
+    assert (lsp / "joints.mat").stat().st_mtime_ns != before and not list(tmp_path.glob(".*partial"))
+    (lsp / WRITTEN_LIST).unlink()  # a folder of a fitloop synth before the list: its files are not known
+    with pytest.raises(SynthError, match="older fitloop synth, which kept no list of its files"):
+        generate(tmp_path, config, overwrite=True)
+    assert (lsp / "joints.mat").is_file()
+
+
+def test_a_failed_run_leaves_no_empty_out_folder(tmp_path):
+    with pytest.raises(SynthError, match="--poses cmu"):
+        generate(tmp_path / "new", small(1, lsp_people=1, poses="cmu", mocap_dir=tmp_path / "no-clips"))
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seed", "-5"], "argument --seed: must be at least 0, got -5"),
+    (["--people", "0"], "argument --people: must be at least 1, got 0"),
+])
+def test_cli_refuses_a_negative_seed_before_any_work(tmp_path, capsys, argv, message):
+    """`--seed -5` was numpy's ValueError (an internal error), after making an empty --out folder."""
+    with pytest.raises(SystemExit) as exit:
+        main(["synth", "--out", str(tmp_path / "x"), "--datasets", "lsp", *argv])
+    assert exit.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--datasets", ""], "--datasets '' names no dataset; give some of coco, mpii, lsp"),
+    (["--datasets", " , "], "--datasets ' , ' names no dataset"),
+    (["--people", "1001", "--datasets", "coco,lsp"], "--people 1001: LSP holds at most 1000 people, as its train "
+                                                     "split is images 1-1000"),
+    (["--people", "1001"], "--people 1001: LSP (one of the default datasets) holds at most 1000 people"),
+])
+def test_cli_refuses_an_empty_dataset_list_and_more_lsp_people_than_its_split(tmp_path, capsys, argv, message):
+    """`--datasets ""` wrote the five default datasets, and `--people 1001` wrote 1000 LSP people, silently."""
+    assert main(["synth", "--out", str(tmp_path / "x"), *argv]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fitloop: error: ") and message in err[0], err
+    assert not (tmp_path / "x").exists()
+
+
 def test_cli_synth(tmp_path, capsys):
     assert main(["synth", "--out", str(tmp_path), "--people", "2", "--datasets", "lspet", "--poses", "prior",
                  "--workers", "1", "--json"]) == 0

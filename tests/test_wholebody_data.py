@@ -276,6 +276,72 @@ def test_openpose_layouts_and_registration(openpose_root, tmp_path):
     assert (reject.reason, reject.record) == ("missing_image", "person 0") and "no image frame_0009" in reject.message
 
 
+def test_openpose_reads_the_field_names_of_openpose_before_1_3(openpose_root, tmp_path):
+    """OpenPose 1.0-1.2 wrote `pose_keypoints`, `face_keypoints`, `hand_left_keypoints`, `hand_right_keypoints`
+    (renamed `*_keypoints_2d` in 1.3.0): every such person was rejected as "pose_keypoints_2d has 0 values"."""
+    at = part_positions(1)
+    new = openpose_person(at)
+    old = {name.removesuffix("_2d"): value for name, value in new.items() if name.endswith("_2d")}
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "old.png").symlink_to(openpose_root / "images" / "frame_0001.png")
+    (tmp_path / "keypoints").mkdir()
+    coco18 = old | {"pose_keypoints": [1.0] * 54}  # OpenPose's default body model before BODY_25
+    (tmp_path / "keypoints" / "old_keypoints.json").write_text(json.dumps(
+        {"version": 1.1, "people": [old, coco18, {"face_keypoints": []}]}))
+    record, coco18, nobody = list(iter_dataset("openpose", tmp_path, "train"))
+    reference = next(o for o in iter_dataset("openpose", openpose_root, "train") if o.record == "person 0")
+    assert isinstance(record, PersonRecord) and record.key == "openpose/old_p0"
+    np.testing.assert_array_equal(record.wholebody, reference.wholebody)
+    np.testing.assert_array_equal(record.keypoints_2d, reference.keypoints_2d)
+    assert record.extra["openpose_parts"] == list(OPENPOSE_JSON_FIELDS)
+    assert isinstance(coco18, Reject) and "pose_keypoints has 54 values, expected 3 × 25 = 75" in coco18.message
+    assert isinstance(nobody, Reject) and nobody.reason == "malformed_annotation"
+    assert "no pose_keypoints_2d (nor pose_keypoints, its name before OpenPose 1.3)" in nobody.message
+
+
+def unescape(key_id: str) -> str:
+    """The image stem of an OpenPose key's id (the inverse of `openpose_key`'s escaping)."""
+    out, i = bytearray(), 0
+    while i < len(key_id):
+        if key_id.startswith("_x", i):
+            out.append(int(key_id[i + 2:i + 4], 16))
+            i += 4
+        else:
+            out += key_id[i].encode()
+            i += 1
+    return out.decode("utf-8", "surrogateescape")
+
+
+def test_openpose_keys_of_distinct_image_stems_are_distinct(openpose_root, tmp_path):
+    """`clip.0001` and `clip_0001` both gave openpose/clip_0001_p0 (a key holds no '.'), and the second person was
+    a duplicate_record reject telling to fix ids an OpenPose user cannot fix."""
+    from pipelines.adapters.openpose import openpose_key
+    from shards.schema import KEY_PATTERN, make_key
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "keypoints").mkdir()
+    for stem in ("clip.0001", "clip_0001", "clip 0001", "_clip_0001"):
+        (tmp_path / "images" / f"{stem}.png").symlink_to(openpose_root / "images" / "frame_0001.png")
+        (tmp_path / "keypoints" / f"{stem}_keypoints.json").write_text(
+            json.dumps({"version": 1.3, "people": [openpose_person(part_positions(1))]}))
+    outputs = list(iter_dataset("openpose", tmp_path, "train"))
+    assert all(isinstance(o, PersonRecord) for o in outputs), [o.message for o in outputs if isinstance(o, Reject)]
+    assert sorted(o.key for o in outputs) == ["openpose/_clip_0001_p0", "openpose/clip_0001_p0",
+                                              "openpose/clip_x200001_p0", "openpose/clip_x2e0001_p0"]
+    stems = ["clip.0001", "clip_0001", "clip_x2e0001", "clip_x2e_0001", "a_x", "a_", "_a", "a", "é.ü", "x y",
+             "frame-0001", "a\udcff", "", "_", "__x", "p_p1", "_x5f"]
+    stems += ["".join(np.random.default_rng(i).choice(list("a_x.-5f é"), size=6)) for i in range(300)]
+    keys = {}
+    for stem in stems:
+        key = openpose_key(stem, 3)
+        assert KEY_PATTERN.match(key) and "." not in key, key
+        assert unescape(key.removeprefix("openpose/").removesuffix("_p3")) == stem  # so distinct stems differ
+        keys.setdefault(key, stem)
+        assert keys[key] == stem
+    for stem in ("frame_0001", "IMG-2041", "S1_Walking_1"):  # stems make_key kept as they were: their keys kept
+        assert openpose_key(stem, 0) == make_key("openpose", stem, "p0")
+
+
 # --- Shards ----------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

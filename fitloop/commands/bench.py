@@ -2,9 +2,10 @@
 
 Every benchmark is a pair of functions here: one runs it and returns its record (a JSON-able dict), the other
 turns the record into the text printed (`_benchmark` registers the pair). The options they share: `--json` (print
-the record instead), `--out FILE` (also write it), and for those that run torch on this process's CPU
-`--threads N` (torch's thread count for the run, default 1: set explicitly, since torch's default oversubscribes
-cores that other processes use) and `--seed`.
+the record instead), `--out FILE` (also write it; checked before the run, which may take hours, not after it;
+`bench loop`'s --out is instead the folder of its runs, where it writes its record), and for those that run torch
+on this process's CPU `--threads N` (torch's thread count for the run, default 1: set explicitly, since torch's
+default oversubscribes cores that other processes use) and `--seed`.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +23,12 @@ from typing import Any
 from fitloop.options import count, device, positive
 
 Record = dict[str, Any]
+
+# What `bench train-step` may ask of `training.config.TrainConfig` (which checks them too, but only once the run has
+# begun): ResNet depths and the smallest network input, px.
+RESNET_DEPTHS = (18, 34, 50, 101, 152)
+MIN_IMG_RES = 32
+INVALID_TRAIN_CONFIG = "invalid training config"  # how the ValueError of `TrainConfig.validated` begins
 
 
 def _benchmark(commands: argparse._SubParsersAction, name: str, measure: Callable[[argparse.Namespace], Record],
@@ -46,22 +54,85 @@ def _benchmark(commands: argparse._SubParsersAction, name: str, measure: Callabl
 def _run(args: argparse.Namespace, *, measure: Callable[[argparse.Namespace], Record],
          table: Callable[[Record], str], threads: bool) -> int:
     """Run one benchmark on its thread count, write its record where --out says, print it or its text."""
-    with _torch_threads(args.threads) if threads else contextlib.nullcontext():
-        record = measure(args)
     path = getattr(args, "record_file", None)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")  # a killed run leaves no half-written record under the name
+        _check_record_file(path)
+    with _torch_threads(args.threads) if threads else contextlib.nullcontext():
+        record = measure(args)
+    if path is not None:
+        tmp = _tmp_name(path)  # a killed run leaves no half-written record under the name
         tmp.write_text(json.dumps(record) + "\n")
         tmp.replace(path)
     print(json.dumps(record) if args.json else table(record))
     return 0
 
 
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
+
+
+def _check_record_file(path: Path) -> None:
+    """Make sure --out FILE can take the record before the benchmark runs (minutes to hours), not after: a folder
+    in its place (or in its .tmp's) and a parent that is not a folder or cannot be written are FitloopError (or the
+    OSError of making the parent folders, which the CLI reports in one line); the parent folders are made here."""
+    from core.errors import FitloopError
+
+    for target in (path, _tmp_name(path)):
+        if target.is_dir():
+            raise FitloopError(f"--out {path}: {target} is a folder; --out names the file the record (JSON) is "
+                               f"written to: give a file name, e.g. --out {path / 'record.json'}")
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise FitloopError(f"--out {path}: {parent} is a file, not a folder; choose another path for the record")
+    parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise FitloopError(f"--out {path}: cannot write in {parent}; choose a folder you can write, or change its "
+                           f"permissions")
+
+
 def _torch_threads(threads: int) -> contextlib.AbstractContextManager:
     from core.threads import torch_threads  # torch loads here, not at `fitloop --help`
 
     return torch_threads(threads)
+
+
+def _auto_or_device(text: str) -> str:
+    """An argparse ``type`` for ``--smplify-device``: ``auto`` or a device, as `fitloop.options.device` checks one."""
+    from core.devices import parse_device
+    from core.errors import FitloopError
+
+    if text != "auto":
+        try:
+            parse_device(text, "--smplify-device")
+        except FitloopError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def _share(text: str) -> float:
+    """An argparse ``type``: a share, a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a share from 0 to 1, got {text}")
+    return value
+
+
+def _counts(minimum: int) -> Callable[[str], tuple[int, ...]]:
+    """An argparse ``type``: comma-separated whole numbers, each at least ``minimum`` (`fitloop.options.count`),
+    repeats dropped (each is an arm of a comparison: a repeated one ran twice)."""
+    one = count(minimum)
+
+    def parse(text: str) -> tuple[int, ...]:
+        values = tuple(dict.fromkeys(one(item) for item in _names(text)))
+        if not values:
+            raise argparse.ArgumentTypeError(f"takes comma-separated whole numbers, got {text!r}")
+        return values
+
+    parse.__name__ = f"counts >= {minimum}"
+    return parse
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -75,14 +146,14 @@ def _kinds(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(_names(text)))
 
 
-def _sources(text: str, known: tuple[str, ...]) -> tuple[str, ...]:
-    """--sources' names, each one of ``known`` (FitloopError naming the others)."""
+def _sources(text: str, known: tuple[str, ...], option: str = "--sources") -> tuple[str, ...]:
+    """An option's comma-separated names, each one of ``known`` (FitloopError naming the others)."""
     from core.errors import FitloopError
 
     names = _kinds(text)
     unknown = [n for n in names if n not in known]
     if unknown or not names:
-        raise FitloopError(f"--sources takes some of {', '.join(known)}; got {text!r}"
+        raise FitloopError(f"{option} takes some of {', '.join(known)}; got {text!r}"
                            + (f" ({', '.join(unknown)} unknown)" if unknown else ""))
     return names
 
@@ -95,8 +166,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("bench", help="benchmarks (each with its baseline, timed in the same run)",
                                    description="Benchmarks. Each one times fitloop's way and a baseline in the "
                                                "same process and prints both and their ratio; every one takes "
-                                               "--json and --out FILE for its record, and those that run torch "
-                                               "here --threads (default 1).")
+                                               "--json, every one but loop --out FILE for its record (loop: --out "
+                                               "DIR, the folder of its runs, where it writes loop.json), and those "
+                                               "that run torch here --threads (default 1).")
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
     commands = parser.add_subparsers(title="benchmarks", metavar="BENCHMARK")
 
@@ -131,7 +203,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "new fit for every key, a share of them lower): fitloop appends the improvements to the Delta "
                     "table, the baseline rewrites the whole snapshot. Prints time and disk growth of both.")
     fits.add_argument("--rows", type=count(1), default=1_000_000, help="keys in the table (default 1,000,000)")
-    fits.add_argument("--improved", type=float, default=0.3, help="share of fits that improve each epoch")
+    fits.add_argument("--improved", type=_share, default=0.3,
+                      help="share of fits that improve each epoch, from 0 to 1 (default 0.3)")
     fits.add_argument("--epochs", type=count(1), default=2, help="updates timed (default 2)")
     fits.add_argument("--workdir", type=Path, default=None, help="where the temporary tables go (default: /tmp)")
 
@@ -151,11 +224,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "on a local Dask cluster of 1 and 2 single-thread worker processes; print fits/s per arm and "
                     "each arm's ratio to this process on 1 thread. Every arm must append the same fits at the "
                     "same mean loss. Wall time, best of --repeats; cluster start-up not timed.")
-    seeding.add_argument("--people", type=int, default=512, help="people seeded per run (default 512)")
-    seeding.add_argument("--batch", type=int, default=64, help="SMPLify batch = one Dask task (default 64)")
-    seeding.add_argument("--workers", default="1,2", help="Dask worker counts, comma-separated (default 1,2)")
-    seeding.add_argument("--threads", default="1,2", help="in-process torch thread counts (default 1,2)")
-    seeding.add_argument("--repeats", type=int, default=2, help="alternating runs per arm; the best counts")
+    seeding.add_argument("--people", type=count(2), default=512, help="people seeded per run (default 512)")
+    seeding.add_argument("--batch", type=count(1), default=64, help="SMPLify batch = one Dask task (default 64)")
+    seeding.add_argument("--workers", type=_counts(1), default="1,2",
+                         help="Dask worker counts, comma-separated (default 1,2)")
+    seeding.add_argument("--threads", type=_counts(1), default="1,2",
+                         help="in-process torch thread counts, comma-separated (default 1,2)")
+    seeding.add_argument("--repeats", type=count(1), default=2, help="alternating runs per arm; the best counts")
     seeding.add_argument("--model", default="open", help='"open" (default), "open-small" or a model file')
 
     renderer = _benchmark(
@@ -190,7 +265,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     masks.add_argument("--dsr", default="0,10,10",
                        help="the clothed_dsr arm's silhouette, DSR-MC and DSR-C weights (default 0,10,10)")
     masks.add_argument("--no-clothing", action="store_true", help="leave out the clothed people and their arms")
-    masks.add_argument("--mask-scale", type=int, default=1, metavar="S",
+    masks.add_argument("--mask-scale", type=count(1), default=1, metavar="S",
                        help="masks of S·224 px over the 224 px fit frame's crop (default 1: the fit frame's own)")
     masks.add_argument("--model", default="open-small", help='"open-small" (default), "open" or a model file')
     masks.add_argument("--no-coco", dest="coco", action="store_false",
@@ -222,8 +297,9 @@ its figures on the reference's cases are shown beside the reference's. Speed: CP
 start level with every variant in turn (a ratio compares rates measured minutes apart; the machine's rate drifts).
 
 --poses FILE.npz: `poses` (N, 72) SMPL axis-angle (global orientation, 23 body joints relative to the
-T-pose; SMPL-H's (N, 156) as AMASS ships them and SMPL-X's (N, 165) give their body joints), optional `betas` (N, NB) of the body model used (default N(0, 1)), optional `name` (a string) and
-`up` ("y": Y-up world as the body model, default; "-y": a camera frame as SPIN's fits; "z": AMASS's Z-up).
+T-pose; SMPL-H's (N, 156) as AMASS ships them and SMPL-X's (N, 165) give their body joints), optional `betas`
+(N, NB) of the body model used (default N(0, 1)), optional `name` (a string) and `up` ("y": Y-up world as the
+body model, default; "-y": a camera frame as SPIN's fits; "z": AMASS's Z-up).
 docs/smplify.md#the-benchmark has the protocol and the latest figures.""")
     smplify.add_argument("--split", default="test", choices=("dev", "test"),
                          help="dev: for tuning SMPLify; test: for reporting (default)")
@@ -231,15 +307,15 @@ docs/smplify.md#the-benchmark has the protocol and the latest figures.""")
                          help="pose sources, comma-separated, of cmu, lsp, synthetic; '' for --poses only "
                               "(default all three; one whose data is absent is skipped with a note)")
     smplify.add_argument("--poses", type=Path, default=None, metavar="FILE.npz",
-                         help="also fit these poses (format above)")
-    smplify.add_argument("--cases", type=int, default=None, help="people per source (default 64; --quick: 3)")
-    smplify.add_argument("--reference-cases", type=int, default=None,
+                         help="also fit these poses (a NumPy .npz: format above)")
+    smplify.add_argument("--cases", type=count(1), default=None, help="people per source (default 64; --quick: 3)")
+    smplify.add_argument("--reference-cases", type=count(0), default=None,
                          help="the first this many people of each cell are also fitted by the reference (default 8; "
                               "--quick: 1)")
     smplify.add_argument("--cameras", default="real,image,crop", help="of real, image, crop (default all three)")
     smplify.add_argument("--keypoints", default="clean,noisy", help="of clean, noisy (default both)")
     smplify.add_argument("--starts", default="mean,net60,net90,net120", help="of mean, net60, net90, net120")
-    smplify.add_argument("--calibration-people", type=int, default=None,
+    smplify.add_argument("--calibration-people", type=count(8), default=None,
                          help="dev people per source the start noise is calibrated on (default 128; --quick: 16)")
     smplify.add_argument("--quick", action="store_true",
                          help="a smoke run for tests: smaller defaults for the sizes above, and the reference runs 5 "
@@ -254,7 +330,7 @@ docs/smplify.md#the-benchmark has the protocol and the latest figures.""")
     smplify.add_argument("--profile", action="store_true",
                          help="instead of the benchmark: kernel launches and host syncs per LM iteration and per "
                               "call of the fast mode (torch profiler; bench/smplify_profile.py)")
-    smplify.add_argument("--batch", type=int, default=None,
+    smplify.add_argument("--batch", type=count(1), default=None,
                          help="add a throughput row: the fast mode on one call of this many examples per start level")
     smplify.add_argument("--compile", action="store_true",
                          help="the fast variants with SMPLifyConfig(compile=True) (torch.compile of one LM "
@@ -263,7 +339,7 @@ docs/smplify.md#the-benchmark has the protocol and the latest figures.""")
                          help="also the fast mode with SMPLifyConfig(cuda_graph=True), as fast-graphed: stage 2's LM "
                               "iteration replayed from a CUDA graph per batch shape (on a GPU; uncaptured on a CPU), "
                               "every example the whole budget (no early exit)")
-    smplify.add_argument("--workers", type=int, default=1,
+    smplify.add_argument("--workers", type=count(1), default=1,
                          help="also run the throughput row in this many single-thread processes at once, and report "
                               "their fits/s together (needs --batch; default 1: not run)")
     smplify.add_argument("--model", default="open", help='"open", "open-small" or a model file')
@@ -282,8 +358,8 @@ docs/smplify.md#the-benchmark has the protocol and the latest figures.""")
                     "2D keypoints, with one shape per subject against a shape per frame, with the temporal term, "
                     "and with the dense solver as the Schur complement's baseline. Prints one table: joint, "
                     "vertex and rest-shape errors in mm, betas error, jitter and fits/s (see bench/fit3d.py).")
-    fit3d.add_argument("--subjects", type=int, default=4, help="synthetic subjects per pose source (default 4)")
-    fit3d.add_argument("--frames", type=int, default=32, help="frames per subject (default 32; at least 3)")
+    fit3d.add_argument("--subjects", type=count(1), default=4, help="synthetic subjects per pose source (default 4)")
+    fit3d.add_argument("--frames", type=count(3), default=32, help="frames per subject (default 32; at least 3)")
     fit3d.add_argument("--model", default="open", help='"open", "open-small" or a model file')
     fit3d.add_argument("--h36m-regressor", default=None,
                        help="with a real SMPL-family model file: SPIN's J_regressor_h36m.npy (the subjects' "
@@ -307,11 +383,11 @@ docs/smplify.md#the-benchmark has the protocol and the latest figures.""")
                     help="pose sources, comma-separated, of cmu, lsp, synthetic (default all three; one whose data "
                          "is absent is skipped with a note)")
     wb.add_argument("--model", default="open-smplx", help='"open-smplx", "open-smplx-small" or an SMPL-X file')
-    wb.add_argument("--people", type=int, default=64, help="people per source (default 64)")
-    wb.add_argument("--reference-people", type=int, default=9,
+    wb.add_argument("--people", type=count(1), default=64, help="people per source (default 64)")
+    wb.add_argument("--reference-people", type=count(1), default=9,
                     help="people the reference fits, the first of the interleaved sources (~1 min each; default 9)")
-    wb.add_argument("--batch", type=int, default=64)
-    wb.add_argument("--throughput-threads", type=int, default=2,
+    wb.add_argument("--batch", type=count(1), default=64, help="people per fast-mode fit (default 64)")
+    wb.add_argument("--throughput-threads", type=count(1), default=2,
                     help="torch threads of the throughput row (the fast mode alone at --batch; default 2: the "
                          "issue's '2 CPU cores')")
     # the choices are fitting.pose_terms' BodyPrior and HandPrior (not imported here: torch loads lazily)
@@ -333,11 +409,14 @@ docs/smplify.md#the-benchmark has the protocol and the latest figures.""")
                     "the same step with SPIN's SMPLify procedure (Adam, 100 iterations per stage, full mesh).")
     step.add_argument("--batch", type=count(1), default=16, help="samples per step (default 16)")
     step.add_argument("--steps", type=count(1), default=5, help="timed steps (after one warm-up step)")
-    step.add_argument("--backbone", type=int, default=50, help="ResNet depth (SPIN: 50)")
-    step.add_argument("--img-res", type=int, default=224)
+    step.add_argument("--backbone", type=int, default=50, choices=RESNET_DEPTHS, metavar="DEPTH",
+                      help=f"ResNet depth, one of {', '.join(map(str, RESNET_DEPTHS))} (default 50, as SPIN)")
+    step.add_argument("--img-res", type=count(MIN_IMG_RES), default=224,
+                      help=f"network input, px (default 224; at least {MIN_IMG_RES})")
     step.add_argument("--model", default="open", help='body model: "open", "open-small" or a model file')
     step.add_argument("--device", default="cpu", type=device, help="cpu (default), cuda, cuda:N or mps")
-    step.add_argument("--smplify-device", default="auto", help="auto (the training device) or cpu")
+    step.add_argument("--smplify-device", default="auto", type=_auto_or_device,
+                      help="auto (the training device) or cpu")
     step.add_argument("--amp", default="auto", choices=("auto", "off", "bf16", "fp16"))
     step.add_argument("--num-workers", type=count(0), default=1, help="DataLoader workers (default 1)")
     step.add_argument("--skip-baseline", action="store_true", help="time only fitloop's step")
@@ -358,7 +437,9 @@ docs/smplify.md#the-benchmark has the protocol and the latest figures.""")
                     "Per epoch and arm: the fits table's error against the truth and the network's on held-out "
                     "people (CMU test subjects). Writes loop.json, loop.md and loop.png into --out (docs/training.md, "
                     "\"SPIN's ablation\"). One torch thread.")
-    loop.add_argument("--out", type=Path, required=True, help="an empty or new folder for the data, runs and record")
+    loop.add_argument("--out", type=Path, required=True, metavar="DIR",
+                      help="an empty or new folder for the data, the runs and the record (loop.json, loop.md, "
+                           "loop.png): a folder, not the record's file as other benchmarks' --out")
     # defaults: bench.loop.LoopBench's (320 people, 100 held out, 24 epochs, batch 16, lr 3e-4, open-small)
     loop.add_argument("--people", type=count(1), dest="people", help="training people (default 320)")
     loop.add_argument("--held-out", type=count(1), dest="held_out",
@@ -391,9 +472,10 @@ def table_body_model(result: Record) -> str:
 
 
 def measure_shards(args: argparse.Namespace) -> Record:
-    from bench.shards import run
+    from bench.shards import DATASETS, run
 
-    return run(copies=args.copies, datasets=_names(args.datasets), repeats=args.repeats, seed=args.seed)
+    datasets = _sources(args.datasets, DATASETS, "--datasets")
+    return run(copies=args.copies, datasets=datasets, repeats=args.repeats, seed=args.seed)
 
 
 def table_shards(result: Record) -> str:
@@ -457,14 +539,8 @@ def measure_seeding(args: argparse.Namespace) -> Record:
     from bench.seeding import run
     from core.errors import FitloopError
 
-    try:
-        workers = tuple(int(w) for w in _names(args.workers))
-        threads = tuple(int(t) for t in _names(args.threads))
-    except ValueError:
-        raise FitloopError(f"--workers and --threads take comma-separated counts, got {args.workers!r} and "
-                           f"{args.threads!r}") from None
-    try:
-        return run(people=args.people, batch_size=args.batch, workers=workers, threads=threads,
+    try:  # the counts are checked where argparse reads them
+        return run(people=args.people, batch_size=args.batch, workers=args.workers, threads=args.threads,
                    repeats=args.repeats, body_model=args.model, seed=args.seed, progress=not args.json)
     except ValueError as err:
         raise FitloopError(f"bench seeding: {err}") from None
@@ -600,8 +676,6 @@ def measure_fit3d(args: argparse.Namespace) -> Record:
     from bench.fit3d import run
     from core.errors import FitloopError
 
-    if args.subjects < 1 or args.frames < 3:
-        raise FitloopError(f"--subjects must be >= 1 and --frames >= 3, got {args.subjects} and {args.frames}")
     kinds = _names(args.sources)
     unknown = sorted(set(kinds) - {"cmu", "lsp", "prior"})
     if unknown or not kinds:
@@ -624,9 +698,6 @@ def measure_smplifyx(args: argparse.Namespace) -> Record:
     from fitting.pose_terms import DEFAULT_BODY_PRIOR, DEFAULT_HAND_PRIOR
     from fitting.wholebody_model import WholeBodyModel
 
-    if min(args.people, args.reference_people, args.batch, args.throughput_threads) < 1:
-        raise FitloopError("--people, --reference-people, --batch and --throughput-threads must be >= 1, got "
-                           f"{args.people}, {args.reference_people}, {args.batch} and {args.throughput_threads}")
     sources = _names(args.sources)
     if not sources or set(sources) - set(SOURCES):
         raise FitloopError(f"--sources takes {', '.join(SOURCES)}, got {args.sources!r}")
@@ -645,12 +716,19 @@ def table_smplifyx(result: Record) -> str:
 
 def measure_train_step(args: argparse.Namespace) -> Record:
     from bench.train_step import count_syncs, run
+    from core.errors import FitloopError
 
     if args.count_syncs:
         return count_syncs(workdir=args.workdir, seed=args.seed)
-    return run(batch=args.batch, steps=args.steps, backbone=args.backbone, img_res=args.img_res,
-               body_model=args.model, device=args.device, smplify_device=args.smplify_device, amp=args.amp,
-               baseline=not args.skip_baseline, workdir=args.workdir, num_workers=args.num_workers, seed=args.seed)
+    try:
+        return run(batch=args.batch, steps=args.steps, backbone=args.backbone, img_res=args.img_res,
+                   body_model=args.model, device=args.device, smplify_device=args.smplify_device, amp=args.amp,
+                   baseline=not args.skip_baseline, workdir=args.workdir, num_workers=args.num_workers,
+                   seed=args.seed)
+    except ValueError as err:
+        if not str(err).startswith(INVALID_TRAIN_CONFIG):
+            raise
+        raise FitloopError(f"bench train-step: {err}") from None
 
 
 def table_train_step(result: Record) -> str:

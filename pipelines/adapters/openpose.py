@@ -7,6 +7,10 @@ Format (OpenPose's ``--write_json`` output, `OPENPOSE_JSON_SUFFIX`): ``<image st
 triples in the image's pixels (0-based), ``c`` the detector's confidence and 0 for a point not found. The body is
 BODY_25 (75 values), the face 70 points (68 iBUG + 2 pupils), each hand 21; an array OpenPose did not compute
 (no ``--face``/``--hand``) is empty. The field -> point names table is `core.wholebody.OPENPOSE_JSON_FIELDS`.
+OpenPose before 1.3 wrote the same arrays without ``_2d`` (``pose_keypoints``, ``face_keypoints``,
+``hand_left_keypoints``, ``hand_right_keypoints``: its 1.3.0 release notes, "Renamed `*_keypoints` by
+`*_keypoints_2d`"); they are read alike (`PRE_1_3_FIELDS`). Its default body model was then COCO's 18 points (54
+values), which is rejected as any body other than BODY_25.
 
 Each person becomes a record with
 
@@ -25,11 +29,13 @@ Records and rejects: the record is ``<json file> person <i>`` (OpenPose's order 
 OpenPose JSON (unparseable, no ``people`` list) is one ``malformed_annotation`` reject for the whole file (record
 ``*``); a person whose array has the wrong length (an 18-point COCO-model body is 54 values, not BODY_25's 75)
 or non-numbers is a ``malformed_annotation`` reject naming the field; a NaN among detected points a
-``nan_keypoints`` one. Keys: ``openpose/<image stem>_p<i>``.
+``nan_keypoints`` one. Keys: ``openpose/<image stem>_p<i>`` (`openpose_key`: a stem's characters that a key cannot
+hold are escaped, not merged, so ``clip.0001`` and ``clip_0001`` keep apart).
 """
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
@@ -52,11 +58,33 @@ from pipelines.adapters.base import (
     resolve_under,
 )
 from pipelines.adapters.wholebody_parts import part_points, parts_to_wholebody
-from shards.schema import make_key
+from shards.schema import KEY_PATTERN
 
 OPENPOSE_JSON_SUFFIX = "_keypoints.json"  # OpenPose's --write_json names: <image stem>_keypoints.json
 BODY_FIELD = "pose_keypoints_2d"           # BODY_25: the 49-joint keypoints' OpenPose slots
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG")  # what OpenPose's --image_dir reads
+# The fields' names in OpenPose before 1.3 (module docstring): the same flat x, y, c arrays.
+PRE_1_3_FIELDS = {field: field.removesuffix("_2d") for field in OPENPOSE_JSON_FIELDS}
+_KEY_CHAR = re.compile(r"[A-Za-z0-9_-]")  # what a sample key's id holds (`shards.schema.KEY_PATTERN`), '/' aside
+_ESCAPE = "_x"  # then two hex digits: one UTF-8 byte of a character a key cannot hold
+
+
+def openpose_key(stem: str, index: int | None = None) -> str:
+    """The sample key of person ``index`` of image ``stem`` (``openpose/<stem>_p<index>``; without ``index``, the
+    key of the whole file's reject). Distinct stems give distinct keys: a character a key cannot hold ('.', ' ',
+    'é', ...) becomes ``_x`` and the hex of each of its UTF-8 bytes (``clip.0001`` -> ``clip_x2e0001``), and a '_'
+    followed by 'x' is escaped too (``_x5f``) so that no stem reads as another's escape; other stems stay as they
+    are (`shards.schema.make_key` would merge '.' and '_' into one key, and strip a leading '_')."""
+    out = []
+    for i, char in enumerate(stem):
+        if _KEY_CHAR.fullmatch(char) and not (char == "_" and stem[i + 1:i + 2] == "x"):
+            out.append(char)
+        else:
+            out += [f"{_ESCAPE}{byte:02x}" for byte in char.encode("utf-8", "surrogateescape")]
+    key = f"openpose/{''.join(out)}" + ("" if index is None else f"_p{index}")
+    if not KEY_PATTERN.match(key):  # an empty stem without an index: no key
+        raise ValueError(f"cannot build a sample key from image stem {stem!r} (got {key!r})")
+    return key
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,19 +154,24 @@ class OpenPoseAdapter:
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:  # JSONDecodeError: ValueError
             yield builder.reject(source, "*", "malformed_annotation",
                                  f"not an OpenPose keypoints file ({type(err).__name__}: {err}); each person of it "
-                                 f"is lost: check the file", make_key(self.name, stem))
+                                 f"is lost: check the file", openpose_key(stem or "_"))  # "_keypoints.json": no stem
             return
         for i, person in enumerate(people):
             yield self._person(builder, source, stem, i, person, image_root, folder, images, config)
 
     def _person(self, builder: RecordBuilder, source: str, stem: str, index: int, person: Any, image_root: Path,
                 folder: PurePosixPath, images: dict[str, str], config: OpenPoseConfig) -> Output:
-        record, key = f"person {index}", make_key(self.name, stem, f"p{index}")
+        record, key = f"person {index}", openpose_key(stem, index)
         try:
             if not isinstance(person, dict):
                 raise TypeError(f"the person is a {type(person).__name__}, not an object")
-            parts = {field: part_points(person.get(field, []), field, names, empty_ok=field != BODY_FIELD)
-                     for field, names in OPENPOSE_JSON_FIELDS.items()}
+            if BODY_FIELD not in person and PRE_1_3_FIELDS[BODY_FIELD] not in person:
+                raise ValueError(f"the person has no {BODY_FIELD} (nor {PRE_1_3_FIELDS[BODY_FIELD]}, its name before "
+                                 f"OpenPose 1.3); it has {', '.join(sorted(map(str, person))) or 'no field'}")
+            parts = {}
+            for field, names in OPENPOSE_JSON_FIELDS.items():
+                name = PRE_1_3_FIELDS[field] if field not in person and PRE_1_3_FIELDS[field] in person else field
+                parts[field] = part_points(person.get(name, []), name, names, empty_ok=field != BODY_FIELD)
         except (TypeError, ValueError) as err:
             return builder.reject(source, record, "malformed_annotation", f"{type(err).__name__}: {err}", key)
         if stem not in images:

@@ -18,6 +18,7 @@ WHOLEBODY_DATASETS: tuple[str, ...] = ("coco_wholebody", "openpose")
 VIDEO_DATASETS: tuple[str, ...] = ("mpi_inf_3dhp",)
 DATASETS: tuple[str, ...] = BODY_DATASETS + WHOLEBODY_DATASETS + VIDEO_DATASETS
 H36M_CAMERAS = 4
+LSP_MAX_PEOPLE = 1000  # LSP's splits are by image index: images 1-1000 train, so a larger set reaches into test
 PoseSourceName = Literal["auto", "cmu", "prior"]
 # ../shared/mocap/cmu beside the checkout (the brief's "../shared"): CMU clips as BVH, never copied into the repo.
 DEFAULT_MOCAP_DIR = Path(__file__).resolve().parents[3] / "shared" / "mocap" / "cmu"
@@ -115,8 +116,9 @@ class SynthConfig:
                   if name != "h36m"}
         if any(n < 0 for n in counts.values()) or self.h36m_frames < 1 or self.h36m_frame_step < 1:
             raise SynthError("people counts must be >= 0 and h36m_frames, h36m_frame_step >= 1")
-        if counts["lsp"] > 1000:
-            raise SynthError("lsp_people must be <= 1000: LSP's train split is images 1-1000")
+        if counts["lsp"] > LSP_MAX_PEOPLE:
+            raise SynthError(f"lsp_people must be <= {LSP_MAX_PEOPLE}: LSP's train split is images "
+                             f"1-{LSP_MAX_PEOPLE}")
         for field in ("image_size", "wholebody_image_size"):
             low, high = getattr(self, field)
             if not 32 <= low <= high:
@@ -183,7 +185,7 @@ class SynthConfig:
         base = cls(**overrides)
         per_frame = max(1, len(base.h36m_subjects) * len(base.h36m_actions) * H36M_CAMERAS)
         sampled = max(1, math.ceil(people / per_frame))
-        return dataclasses.replace(base, coco_people=people, mpii_people=people, lsp_people=min(people, 1000),
+        return dataclasses.replace(base, coco_people=people, mpii_people=people, lsp_people=min(people, LSP_MAX_PEOPLE),
                                    lspet_people=people, coco_wholebody_people=people, openpose_people=people,
                                    h36m_frames=sampled * base.h36m_frame_step)
 

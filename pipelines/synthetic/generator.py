@@ -7,7 +7,8 @@ paths. Each dataset is planned in this process
 processes (`paint.paint_batch`) while the next dataset is planned, then written by its format's writer with
 ``fitloop_truth.npz`` (`truth`) and
 ``fitloop_synth.json`` (the resolved config and the pose source). A dataset is built in a hidden folder beside
-its target and renamed into place when complete, so a crash leaves no half-written dataset.
+its target and renamed into place when complete, so a crash leaves no half-written dataset; it lists the files
+written (`written.WRITTEN_LIST`), and ``overwrite`` removes those alone: a folder with others is refused.
 
 Determinism: every draw comes from numpy generators seeded by ``config.seed`` (one stream per dataset, one for
 the clip choice); painting is a pure function of the plan. The same seed gives the same images, annotations and
@@ -34,6 +35,7 @@ from core.pinhole import pinhole
 from core.wholebody import NUM_WHOLEBODY, WHOLEBODY_PARTS, wholebody_indices
 from fitting.body_model import OPEN_MODELS, BodyModel, load_body_model, read_model_arrays
 from pipelines.adapters.h36m import CAMERA_NAMES, RAW_INDEX, VIDEO_LAYOUT, Camera, image_pattern
+from pipelines.adapters.openpose import openpose_key
 from pipelines.synthetic import formats, h36m_files, mpi_inf_3dhp
 from pipelines.synthetic.bodies import move_parameters, pose_bodies, pose_wholebody, rotate_orient
 from pipelines.synthetic.config import DATASETS, WHOLEBODY_DATASETS, SynthConfig, SynthError
@@ -51,6 +53,13 @@ from pipelines.synthetic.scene import (
     view_rotation,
 )
 from pipelines.synthetic.truth import write_truth
+from pipelines.synthetic.written import (
+    WRITTEN_LIST,
+    foreign_entries,
+    record_written,
+    remove_written,
+    written_files,
+)
 from shards.schema import make_key
 
 GENERATOR_VERSION = 3        # 2: COCO and MPII images carry their focal length in EXIF; 3: whole-body datasets
@@ -82,7 +91,8 @@ def generate(out_root: Path, config: SynthConfig | None = None, *, overwrite: bo
     once it is painted: ``config.people(name)`` summed over the datasets in all.
 
     Raises SynthError when a dataset folder exists already (unless ``overwrite``; never when fitloop synth did not
-    write it: no ``SYNTH_FILE`` in it) or the pose source is unusable.
+    write it: no ``SYNTH_FILE`` in it, nor when it holds files fitloop synth did not write: `_check_replaceable`)
+    or the pose source is unusable; an ``out_root`` made here is removed again when nothing is written into it.
     """
     config = config or SynthConfig()
     out_root = Path(out_root)
@@ -96,7 +106,39 @@ def generate(out_root: Path, config: SynthConfig | None = None, *, overwrite: bo
                          f"write {'it' if len(foreign) == 1 else 'them'} (no {SYNTH_FILE}); --overwrite replaces only "
                          f"synthetic datasets: move {'it' if len(foreign) == 1 else 'them'} away or choose another "
                          f"--out")
+    for target in targets.values():
+        if target.exists():
+            _check_replaceable(target)
+    made = not out_root.exists()
     out_root.mkdir(parents=True, exist_ok=True)
+    try:
+        return _generate(out_root, targets, config, progress)
+    except BaseException:
+        if made and not any(out_root.iterdir()):  # e.g. an unusable pose source: leave no empty folder behind
+            out_root.rmdir()
+        raise
+
+
+def _check_replaceable(target: Path) -> set[str]:
+    """The files fitloop synth wrote into the dataset folder ``target`` (`written.WRITTEN_LIST`); SynthError when it
+    holds others (a user's, put there since) or has no list (written by a fitloop synth before the list)."""
+    written = written_files(target)
+    if written is None:
+        raise SynthError(f"{target} was written by an older fitloop synth, which kept no list of its files "
+                         f"(no {target / WRITTEN_LIST}), so --overwrite cannot tell them from yours: remove the folder "
+                         f"yourself or choose another --out")
+    others = foreign_entries(target, written)
+    if others:
+        more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+        raise SynthError(f"{target} holds {others[0]!r}{more}, which fitloop synth did not write; --overwrite removes "
+                         f"only the files it wrote ({WRITTEN_LIST}): move {'it' if not more else 'them'} out of "
+                         f"{target}, or choose another --out")
+    return written
+
+
+def _generate(out_root: Path, targets: dict[str, Path], config: SynthConfig,
+              progress: Callable[[int], None] | None) -> dict[str, Path]:
+    """`generate`'s work, once its targets are checked and ``out_root`` exists."""
     whole = any(name in WHOLEBODY_DATASETS for name in targets)
     meshes = {"body": _mesh(config.body_model, 24, "body_model")}
     if whole:
@@ -231,9 +273,10 @@ def _finish(planned: _Planned, metadata: dict[str, Any], progress: Callable[[int
     if planned.body_model is not None:
         info["body_model"] = planned.body_model
     write_truth(planned.work, planned.people, planned.pictures, info)
+    record_written(planned.work, also=(SYNTH_FILE,))
     (planned.work / SYNTH_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    if planned.target.exists():
-        shutil.rmtree(planned.target)
+    if planned.target.exists():  # checked by `generate`; again here, for what may have been put there since
+        remove_written(planned.target, _check_replaceable(planned.target))
     planned.work.rename(planned.target)
 
 
@@ -373,7 +416,7 @@ def _person_ids(name: str, path: Path, ids: dict[str, Any], rect: int, annotatio
         return (make_key(name, f"{ids['image_id']:012d}", f"a{annotation_id}"),
                 {**ids, "annotation_id": annotation_id})
     if name == "openpose":
-        return make_key("openpose", path.stem, f"p{rect}"), {**ids, "person": rect}
+        return openpose_key(path.stem, rect), {**ids, "person": rect}  # the adapter's key, whatever the stem
     if name == "mpii":
         return make_key("mpii", path.stem, f"p{rect}"), {**ids, "person": rect}
     return make_key(name, path.stem), dict(ids)
