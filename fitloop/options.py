@@ -32,6 +32,17 @@ def positive(text: str) -> float:
     return value
 
 
+def share(text: str) -> float:
+    """An argparse ``type``: a share, a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a share from 0 to 1, got {text}")
+    return value
+
+
 def device(text: str) -> str:
     """An argparse ``type`` for ``--device``: a device this torch and this machine can compute on
     (`core.devices.parse_device`), kept as its text: ``cuda`` on a machine without CUDA is a usage error, not a

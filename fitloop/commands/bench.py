@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fitloop.options import count, device, positive
+from fitloop.options import count, device, positive, share
 
 Record = dict[str, Any]
 
@@ -109,17 +109,6 @@ def _auto_or_device(text: str) -> str:
     return text
 
 
-def _share(text: str) -> float:
-    """An argparse ``type``: a share, a number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:  # NaN fails too
-        raise argparse.ArgumentTypeError(f"must be a share from 0 to 1, got {text}")
-    return value
-
-
 def _counts(minimum: int) -> Callable[[str], tuple[int, ...]]:
     """An argparse ``type``: comma-separated whole numbers, each at least ``minimum`` (`fitloop.options.count`),
     repeats dropped (each is an arm of a comparison: a repeated one ran twice)."""
@@ -203,7 +192,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "new fit for every key, a share of them lower): fitloop appends the improvements to the Delta "
                     "table, the baseline rewrites the whole snapshot. Prints time and disk growth of both.")
     fits.add_argument("--rows", type=count(1), default=1_000_000, help="keys in the table (default 1,000,000)")
-    fits.add_argument("--improved", type=_share, default=0.3,
+    fits.add_argument("--improved", type=share, default=0.3,
                       help="share of fits that improve each epoch, from 0 to 1 (default 0.3)")
     fits.add_argument("--epochs", type=count(1), default=2, help="updates timed (default 2)")
     fits.add_argument("--workdir", type=Path, default=None, help="where the temporary tables go (default: /tmp)")
