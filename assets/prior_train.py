@@ -486,11 +486,12 @@ def resolve_held_out(kind: str, held_out_subjects: tuple[int, ...] | None) -> tu
 
 def shown_folder(path: Path) -> str:
     """A folder as metadata names it: relative to the repository where it is beside it (``../shared/mocap/cmu``),
-    else absolute; the same wherever the command ran."""
-    path = path.resolve()
-    if path.is_relative_to(REPO_ROOT.parent):
-        return os.path.relpath(path, REPO_ROOT)
-    return str(path)
+    else absolute; the same wherever the command ran. Beside it as given (``..`` folded, links not followed: a
+    checkout whose ../shared is a link to another disk still names ``../shared``), or once links are followed."""
+    for candidate in (Path(os.path.abspath(path)), path.resolve()):
+        if candidate.is_relative_to(REPO_ROOT.parent):
+            return os.path.relpath(candidate, REPO_ROOT)
+    return str(path.resolve())
 
 
 def _credits_above(folder: Path) -> Path | None:

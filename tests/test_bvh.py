@@ -198,7 +198,8 @@ def test_train_on_a_few_clips_writes_a_prior_with_provenance(tmp_path):
                                       "The database was created with funding from NSF EIA-0196217.")
     assert "Bruce Hahne" in meta["bvh_conversion_credit"] and meta["config"]["seed"] == 0
     assert meta["source"] == (f"2 BVH clips of {shown_folder(clips)}: 2 of the CMU Graphics Lab Motion Capture "
-                              f"Database (see ../shared/mocap/cmu/CREDITS.md); BVH files and converted poses are not "
+                              f"Database (see {shown_folder((CMU / 'CREDITS.md').resolve())}); BVH files and "
+                              f"converted poses are not "
                               f"redistributed")
     assert meta["unobserved_joints"] == ["left_collar", "right_collar", "left_hand", "right_hand"]
     first = out.read_bytes()
