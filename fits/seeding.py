@@ -74,6 +74,7 @@ from core.model_id import WHOLEBODY_FAMILIES
 from core.wholebody import NUM_WHOLEBODY
 from fits.schema import FRAMES, FitProvenance, WholeBodyFit, config_hash, diverged_rows, fits_batch, fits_from_smplify
 from fits.seeding3d import Fitter3D, Sample3D, fit_3d_batch, in_sequence_order, sample_3d, subject_shapes
+from fits.store import FitsStore, stale_fits, stale_fits_error
 from fits.table import BestLosses, FitsTable
 from fitting.body_model import BodyModel, load_body_model
 from fitting.digest import content_digest
@@ -467,9 +468,30 @@ def seed_fits(shard_dir: Path | Sequence[Path], table_path: Path, config: SeedCo
         parts = _seed_3d(fitter, wanted(shard_samples(shard_dir, keys, splits)), config, result, client, on_batch)
         return _append(table_path, table, parts, known, result)
     batches = keypoint_batches(wanted(shard_samples(shard_dir, keys, splits)), config.batch_size, config.frame)
+    if table is not None and not missing_only:  # missing_only fits keys without a stored fit: nothing to compare
+        batches = _checked_against(table, fitter, config.frame, batches)
     parts = _fit_batches(batches, lambda batch: fit_keypoints(fitter, batch),
                          lambda batch: (fit_batch, batch, config, 1), client, on_batch)
     return _append(table_path, table, parts, known, result)
+
+
+def _checked_against(table: FitsTable, fitter: Fitter, frame: str,
+                     batches: Iterable[KeypointBatch]) -> Iterator[KeypointBatch]:
+    """The batches, each checked first against the table's stored fits of its keys (`fits.store.stale_fits`, with
+    each sample's camera): a table made from other keypoints under the same keys (another shard set) would keep its
+    fits of other people as the best and refuse the new ones, so it is `fits.store.StaleFitsError` before anything
+    is fitted or appended."""
+    store = FitsStore.load(table, fitter.provenance.body_model_id, frame=frame)
+    for batch in batches:
+        rows = np.arange(len(batch.keys))
+        kp, focal, center = _on_device(fitter, batch, rows, "keypoints", "focal", "center")
+        whole = store.lookup_wholebody(batch.keys)[1].to(kp.device)
+        stale, rescored, stored = (t.cpu().numpy() for t in stale_fits(
+            store, fitter.smplify, batch.keys, kp, skip=whole, focal=focal, center=center))
+        if stale.any():
+            raise stale_fits_error(store, batch.keys, stale, rescored, stored,
+                                   fix="seed into a new table, or seed the shard set the table was made from")
+        yield batch
 
 
 def _fit_batches(batches: Iterable[Any], fit_here: Callable[[Any], pa.Table],

@@ -46,6 +46,9 @@ import torch
 from deltalake import DeltaTable
 from torch import Tensor
 
+from core.errors import FitloopError
+from core.frames import FIT_CENTER
+from core.host_syncs import to_device
 from fits.quality import FILTER_COLUMNS, columns_of
 from fits.schema import (
     FITS_SCHEMA,
@@ -58,6 +61,13 @@ from fits.schema import (
     diverged_rows,
 )
 from fits.table import AppendResult, FitsTable, best_of
+from fitting.smplify import SMPLify
+
+# A stored fit scored again on its sample's keypoints with its own camera gives its stored loss up to float rounding
+# (float32 on one side, another batch's kernels on the other: ~1e-6 relative); a fit made from other keypoints is off
+# by orders of magnitude (other people: thousands of px² against a few). 1% + 0.01 px² is far from both.
+STALE_LOSS_RTOL = 1e-2
+STALE_LOSS_ATOL = 1e-2  # px²
 
 # what the store reads of a row: the fit, what `best_of` ranks by, and what a fit filter judges
 _COLUMNS = ["key", "pose", "betas", "loss", "cam_t", "time", "run_id", "epoch", "step", *FILTER_COLUMNS,
@@ -327,6 +337,45 @@ class FitsStore:
                                                       np.full((extra, _NUM_WHOLEBODY_PARTS), np.nan, np.float32)])
         self._index[key] = row
         return row
+
+
+class StaleFitsError(FitloopError):
+    """The fits table's stored fits do not score on their samples' keypoints what the table says (`stale_fits`)."""
+
+
+def stale_fits(store: FitsStore, smplify: SMPLify, keys: list[str], keypoints: Tensor, *, skip: Tensor | None = None,
+               focal: Tensor | None = None, center: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(stale (B,) bool, the stored fits' loss scored again (B,), their stored loss (B,)): each stored best fit of
+    ``keys`` with a camera (seed, loop and 3D fits; imports have none) and a scored loss, posed and scored on
+    ``keypoints`` (the samples' canonical fit-frame px, on SMPLify's device) with its own camera (``focal``,
+    ``center`` (B, 2) fit-frame px; default SPIN's crop camera), as the table scored it; stale where the two
+    disagree beyond `STALE_LOSS_RTOL` / `STALE_LOSS_ATOL`: the table was made from other keypoints under the same
+    keys, and its losses compare with none made here. ``skip`` (B,): rows not checked (whole-body fits: their body
+    joints move with the face). On the device, no host sync."""
+    device = keypoints.device
+    pose, betas, loss, _ = (to_device(t, device) for t in store.lookup(keys))
+    cam_t = to_device(store.lookup_camera(keys), device)
+    checked = torch.isfinite(loss) & torch.isfinite(cam_t).all(-1)
+    if skip is not None:
+        checked = checked & ~skip
+    if center is None:
+        center = torch.full((len(keys), 2), FIT_CENTER, device=device)
+    rescored = smplify.fitting_loss(pose, betas, torch.nan_to_num(cam_t), center, keypoints,
+                                    focal_length=focal).mean(-1)
+    stale = checked & ((rescored - loss).abs() > STALE_LOSS_RTOL * loss.abs() + STALE_LOSS_ATOL)
+    return stale, rescored, loss
+
+
+def stale_fits_error(store: FitsStore, keys: list[str], stale: np.ndarray, rescored: np.ndarray,
+                     stored: np.ndarray, fix: str) -> StaleFitsError:
+    """What `stale_fits` found (host arrays), as one line ending in what to do (``fix``)."""
+    first = int(np.flatnonzero(stale)[0])
+    return StaleFitsError(
+        f"{store.path or 'the fits store'}: its fit of {keys[first]} scores {rescored[first]:.4g} px² on this "
+        f"sample's keypoints, and {stored[first]:.4g} px² as the table stored it ({int(stale.sum())} of this batch's "
+        f"{len(keys)} stored fits disagree): the table's fits of these keys were made from other keypoints (another "
+        f"shard set with the same keys, or these shards converted again with other options), and it would keep them "
+        f"as the best fits; {fix}")
 
 
 class StoreView:

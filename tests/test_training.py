@@ -596,10 +596,10 @@ def test_a_table_made_from_other_keypoints_under_the_same_keys_stops_the_run(syn
     """Another shard set with the same keys (written with another seed: other people): the table's fits of the first
     set scored ~1 px² on their own keypoints, so every better fit of these people was refused and the table kept
     fits of other people as the best, without a word. The first write-back now scores the stored fits again on the
-    batch's keypoints and stops the run, writing nothing."""
+    batch's keypoints and stops the run, writing nothing; seeding the other set into the table is refused too."""
     from bench.synthetic_shards import DatasetSpec, write_synthetic_shards
+    from fits.store import StaleFitsError
     from training.loop import train
-    from training.step import StaleFitsError
 
     write_synthetic_shards(tmp_path / "other", [DatasetSpec("synth-h36m", "train", 8, smpl=True, joints_3d=True),
                                                 DatasetSpec("synth-wild", "train", 8, smpl=True, joints_3d=True,
@@ -615,6 +615,9 @@ def test_a_table_made_from_other_keypoints_under_the_same_keys_stops_the_run(syn
             train(run_config(other, fits, tmp_path / "run", eval_shards=(str(synthetic),), epochs=1,
                              steps_per_epoch=1), progress=False)
     assert "\n" not in str(err.value) and "new --fits table" in str(err.value)
+    assert FitsTable.open(fits).log().num_rows == before
+    with pytest.raises(StaleFitsError, match="seed into a new table"):  # `fits seed` of the other set into it
+        seed_fits([other], fits, SeedConfig(body_model="open-small", smplify=TEST_SMPLIFY), splits=("train",))
     assert FitsTable.open(fits).log().num_rows == before
 
 

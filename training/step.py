@@ -11,7 +11,7 @@
    offered, every stored fit with a camera is scored again on its sample's keypoints (`stale_fits`): a table's
    losses compare only on the keypoints they were measured on, and a table made from other keypoints under the
    same keys (another shard set) kept its fits of other people as the best, refusing every better fit, without a
-   word; now the step stops (`StaleFitsError`).
+   word; now the step stops (`fits.store.StaleFitsError`).
 5. `supervision`: SPIN's targets: betas of a fit outside ±3σ zeroed, ground-truth SMPL where the dataset has it,
    ``valid = (loss < threshold and the fit passes the run's fit filter) or ground truth`` (`fits.quality.FitFilter`:
    the stored fit's record from the store, a new fit's own).
@@ -50,7 +50,6 @@ import torch
 from torch import Tensor
 
 from core.camera import project
-from core.errors import FitloopError
 from core.frames import FIT_CENTER, fit_frame_px
 from core.host_syncs import to_device, to_host
 from core.joints import MIN_FIT_JOINTS, NUM_JOINTS, joints_shown
@@ -64,7 +63,7 @@ from fits.schema import (
     WholeBodyFit,
     fits_batch,
 )
-from fits.store import FitsStore
+from fits.store import FitsStore, stale_fits, stale_fits_error
 from fitting.body_model import BodyModel
 from fitting.priors import angle_prior, shape_prior
 from fitting.quality import candidate_spread, fit_quality, wholebody_part_reprojection
@@ -188,17 +187,6 @@ class Prediction:
     wholebody_2d: Tensor | None = None
     mesh: Tensor | None = None
     volume_joints: Tensor | None = None
-
-
-# A stored fit scored again on its sample's keypoints with its own camera gives its stored loss up to float rounding
-# (float32 on one side, another batch's kernels on the other: ~1e-6 relative); a fit made from other keypoints is off
-# by orders of magnitude (other people: thousands of px² against a few). 1% + 0.01 px² is far from both.
-STALE_LOSS_RTOL = 1e-2
-STALE_LOSS_ATOL = 1e-2  # px²
-
-
-class StaleFitsError(FitloopError):
-    """The fits table's stored fits do not score on their samples' keypoints what the table says (`stale_fits`)."""
 
 
 @dataclass
@@ -396,38 +384,6 @@ def fit_wholebody_in_the_loop(fitter: SMPLifyX, smplify: SMPLify, pred: Predicti
 
 
 # 4 ------------------------------------------------------------------------------------------------------------
-def stale_fits(store: FitsStore, smplify: SMPLify, keys: list[str], keypoints: Tensor,
-               skip: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """(stale (B,) bool, the stored fits' loss scored again (B,), their stored loss (B,)): each stored best fit of
-    ``keys`` with a camera (seed, loop and 3D fits; imports have none) and a scored loss, posed canonically and
-    scored on ``keypoints`` (the batch's canonical fit-frame px, on SMPLify's device) with its own camera, as the
-    table scored it; stale where the two disagree beyond `STALE_LOSS_RTOL` / `STALE_LOSS_ATOL`. ``skip`` (B,):
-    rows not checked (whole-body fits: their body joints move with the face). On the device, no host sync."""
-    device = keypoints.device
-    pose, betas, loss, _ = (to_device(t, device) for t in store.lookup(keys))
-    cam_t = to_device(store.lookup_camera(keys), device)
-    checked = torch.isfinite(loss) & torch.isfinite(cam_t).all(-1)
-    if skip is not None:
-        checked = checked & ~skip
-    center = torch.full((len(keys), 2), FIT_CENTER, device=device)
-    rescored = smplify.fitting_loss(pose, betas, torch.nan_to_num(cam_t), center, keypoints).mean(-1)
-    stale = checked & ((rescored - loss).abs() > STALE_LOSS_RTOL * loss.abs() + STALE_LOSS_ATOL)
-    return stale, rescored, loss
-
-
-def stale_fits_error(store: FitsStore, keys: list[str], stale: np.ndarray, rescored: np.ndarray,
-                     stored: np.ndarray) -> StaleFitsError:
-    """What `stale_fits` found, as one line saying what to do."""
-    first = int(np.flatnonzero(stale)[0])
-    return StaleFitsError(
-        f"{store.path or 'the fits store'}: its fit of {keys[first]} scores {rescored[first]:.4g} px² on this sample's "
-        f"keypoints, and {stored[first]:.4g} px² as the table stored it ({int(stale.sum())} of this batch's "
-        f"{len(keys)} stored fits disagree): the table's fits of these keys were made from other keypoints (another "
-        f"shard set with the same keys, or these shards converted again with other options), and it would keep them "
-        f"as the best fits; train with a new --fits table (seeded from these shards), or on the shard set the "
-        f"table was made from")
-
-
 def update_fits(store: FitsStore, smplify: SMPLify, batch: Batch, keypoints_px: Tensor, stored: BatchFits,
                 new: SMPLifyResult | LoopFits, provenance: FitProvenance,
                 wholebody: WholeBodyModel | None = None) -> tuple[BatchFits, Tensor, int]:
@@ -447,8 +403,8 @@ def update_fits(store: FitsStore, smplify: SMPLify, batch: Batch, keypoints_px: 
     hands' and face's reprojection (canonical, px), and not written where its example was flipped (module
     docstring).
 
-    StaleFitsError, before anything is offered, where a stored fit does not score on its sample's keypoints what the
-    table says (`stale_fits`)."""
+    `fits.store.StaleFitsError`, before anything is offered, where a stored fit does not score on its sample's
+    keypoints what the table says (`fits.store.stale_fits`)."""
     update = new.loss < stored.loss                                     # strict, as SPIN
     chosen = BatchFits(pose=torch.where(update[:, None], new.pose, stored.pose),
                        betas=torch.where(update[:, None], new.betas, stored.betas),
@@ -489,7 +445,7 @@ def update_fits(store: FitsStore, smplify: SMPLify, batch: Batch, keypoints_px: 
                 wholebody.provided)
             wholebody_values = (*params.values(), parts, new.is_wholebody)
         reprojection = smplify.joints_loss(joints, cam_t, center, keypoints)
-        stale = stale_fits(store, smplify, batch.keys, keypoints, stored.has_wholebody)
+        stale = stale_fits(store, smplify, batch.keys, keypoints, skip=stored.has_wholebody)
         priors = (smplify.prior(pose[:, 3:]), angle_prior(pose[:, 3:]), shape_prior(betas))
         other = torch.isfinite(stored.loss)[:, None]                       # the stored fit it beat, if any
         quality = replace(fit_quality(joints, cam_t, smplify.config.focal_length, center, keypoints),
@@ -499,7 +455,8 @@ def update_fits(store: FitsStore, smplify: SMPLify, batch: Batch, keypoints_px: 
     host = to_host(*stale, write, pose, betas, cam_t, reprojection, *priors,
                    *(getattr(quality, f.name) for f in fields(quality)), *wholebody_values)
     if host[0].any():
-        raise stale_fits_error(store, batch.keys, *host[:3])
+        raise stale_fits_error(store, batch.keys, *host[:3], fix="train with a new --fits table (seeded from these "
+                               "shards), or on the shard set the table was made from")
     host = host[3:]
     rows = np.flatnonzero(host[0])
     if not len(rows):
