@@ -578,7 +578,10 @@ def _lock(out_dir: Path) -> int:
     tries = 0
     while True:
         out_dir.mkdir(parents=True, exist_ok=True)  # again each try: a holder that made it removes it empty
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # that holder removed it between the two: make it again
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

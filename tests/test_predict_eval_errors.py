@@ -221,3 +221,34 @@ def test_weights_that_do_not_fit_are_named(made, capsys, tmp_path):
                     f"the file, {tuple(state['fc1.weight'].shape)} in the head); 1 missing (decpose.bias); 1 "
                     f"unexpected (extra.weight); the file was changed after the run saved it: pass a checkpoint as "
                     f"the run wrote it")
+
+
+def test_max_samples_counts_the_samples_with_truth_not_the_batch_positions(monkeypatch):
+    """A kept sample without 3D truth ahead of the truth samples in a batch took a place of the limit: the last
+    samples with truth fell past it, so --max-samples 3 evaluated 2 at batch size 32 and 3 at batch size 1."""
+    import contextlib
+    from types import SimpleNamespace
+
+    import training.evaluate as evaluate
+
+    counted: list[str] = []
+
+    class Sums:
+        def add(self, datasets, pred, gt):
+            counted.extend(datasets)
+
+        def result(self):
+            return len(counted)
+
+    monkeypatch.setattr(evaluate, "ErrorSums", SimpleNamespace(empty=Sums))
+    monkeypatch.setattr(evaluate, "predict", lambda *args, **kwargs: SimpleNamespace(vertices=None, joints=None))
+    monkeypatch.setattr(evaluate, "body_eval_joints", lambda body, vertices, joints: None)
+    monkeypatch.setattr(evaluate, "ground_truth_joints",
+                        lambda body, joints, has_3d, *rest: (torch.zeros(len(has_3d), 14, 3), has_3d.clone()))
+    truth = torch.tensor([False, True, True, True])
+    batch = {"joints_3d": torch.zeros(4, 49, 4), "has_joints_3d": truth, "pose": torch.zeros(4, 72),
+             "betas": torch.zeros(4, 10), "has_smpl": torch.zeros(4, dtype=torch.bool), "dataset": ["a", "b", "c", "d"]}
+    head = SimpleNamespace(arguments=lambda items, device, ok: None)
+    evaluate.evaluate_network(torch.nn.Linear(1, 1), None, [batch], torch.device("cpu"), contextlib.nullcontext(), 3,
+                              head=head)
+    assert counted == ["b", "c", "d"]

@@ -562,6 +562,24 @@ def test_resumed_config_allows_only_the_safe_settings():
     assert not {"shards", "fits", "run_smplify", "num_workers", "seed", "mix", "augment"} & RESUME_SAFE
 
 
+def test_a_moved_project_resumes_with_its_shards_and_table_given_anew(tmp_path):
+    """Absolute paths broke a resume after the project moved to another disk: the saved shards and table were gone,
+    and giving the new ones was refused as a changed setting. Where every saved path is gone and every given one
+    exists, they are taken; anywhere else a change is refused as before."""
+    saved = absolute_paths(TrainConfig(shards=(str(tmp_path / "a" / "shards"),), fits=str(tmp_path / "a" / "fits"),
+                                       run_dir="r", run_id="x"))
+    (tmp_path / "b" / "shards").mkdir(parents=True)
+    (tmp_path / "b" / "fits").mkdir()
+    moved = dataclasses.replace(saved, shards=(str(tmp_path / "b" / "shards"),), fits=str(tmp_path / "b" / "fits"))
+    assert resumed_config(saved, moved) == moved
+    (tmp_path / "a" / "shards").mkdir(parents=True)          # the run's own shards are there: not a move
+    with pytest.raises(ValueError, match="shards"):
+        resumed_config(saved, moved)
+    gone = dataclasses.replace(moved, fits=str(tmp_path / "c" / "fits"))   # a table that is not there either
+    with pytest.raises(ValueError, match="fits"):
+        resumed_config(dataclasses.replace(saved, shards=moved.shards), gone)
+
+
 def test_a_run_stores_its_paths_absolute_and_a_resume_never_makes_its_table(reference_run, tmp_path, monkeypatch):
     """A run started with relative paths stored them as typed: resumed from another working folder it made a new,
     empty table there and wrote the run's fits into it. New runs store absolute paths; a resume whose table is not

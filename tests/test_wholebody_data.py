@@ -315,7 +315,7 @@ def unescape(key_id: str) -> str:
 def test_openpose_keys_of_distinct_image_stems_are_distinct(openpose_root, tmp_path):
     """`clip.0001` and `clip_0001` both gave openpose/clip_0001_p0 (a key holds no '.'), and the second person was
     a duplicate_record reject telling to fix ids an OpenPose user cannot fix."""
-    from pipelines.adapters.openpose import openpose_key
+    from pipelines.adapters.openpose import openpose_key, stem_keys
     from shards.schema import KEY_PATTERN, make_key
 
     (tmp_path / "images").mkdir()
@@ -340,6 +340,15 @@ def test_openpose_keys_of_distinct_image_stems_are_distinct(openpose_root, tmp_p
         assert keys[key] == stem
     for stem in ("frame_0001", "IMG-2041", "S1_Walking_1"):  # stems make_key kept as they were: their keys kept
         assert openpose_key(stem, 0) == make_key("openpose", stem, "p0")
+    # a stem that collides with no other keeps the key fitloop always gave it: shard sets and fits tables users
+    # already have keep their keys (escaping every '.', ' ' or leading '_' changed them)
+    assert stem_keys(["my video.0001", "_frame_0012", "box_x2", "clip.0001", "clip_0001"]) == {
+        "my video.0001": "openpose/my_video_0001", "_frame_0012": "openpose/frame_0012", "box_x2": "openpose/box_x2",
+        "clip.0001": "openpose/clip_x2e0001", "clip_0001": "openpose/clip_0001"}
+    # an escaped key that meets another stem's kept one: both escaped, until none is shared
+    assert stem_keys(["clip.0001", "clip_0001", "clip_x2e0001"]) == {
+        "clip.0001": "openpose/clip_x2e0001", "clip_0001": "openpose/clip_0001",
+        "clip_x2e0001": "openpose/clip_x5fx2e0001"}
 
 
 # --- Shards ----------------------------------------------------------------------------------------------------

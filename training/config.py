@@ -323,20 +323,31 @@ def absolute_paths(config: TrainConfig) -> TrainConfig:
     return dataclasses.replace(config, **values)
 
 
+def _moved(saved: str | tuple[str, ...], given: str | tuple[str, ...]) -> bool:
+    """Whether a path setting changed because the project moved (another disk, another node's mount): every path
+    the run saved is gone and every one given is there. The data are checked where they are read: the shard sets
+    against their manifests, the table's stored fits against the samples' keypoints (`fits.store.stale_fits`)."""
+    saved, given = ((v,) if isinstance(v, str) else tuple(v) for v in (saved, given))
+    return (len(saved) == len(given) and not any(Path(p).exists() for p in saved)
+            and all(Path(p).exists() for p in given))
+
+
 def resumed_config(saved: TrainConfig, requested: TrainConfig,
                    name: typing.Callable[[str], str] = lambda setting: setting) -> TrainConfig:
     """The config a resumed run continues with: ``requested``, which may differ from the checkpoint's ``saved``
     only in `RESUME_SAFE`. A ``requested`` run_id "" or eval_shards () (left open) means the saved ones.
 
     Paths compare absolute (`absolute_paths`: a run stores them so; an older run's relative ones are taken from the
-    current working folder, as that run took them).
+    current working folder, as that run took them). Shards and the fits table may be given anew where the run's
+    own are gone and the given ones exist (the project moved: `_moved`).
 
     Raises ValueError in one line naming every other changed setting (``name`` spells a setting for the user,
     e.g. as its command-line flag) and what to do."""
     saved = absolute_paths(saved)
     requested = absolute_paths(dataclasses.replace(requested, run_id=requested.run_id or saved.run_id,
                                                    eval_shards=requested.eval_shards or saved.eval_shards))
-    changed = {k: v for k, v in config_changes(saved, requested).items() if k not in RESUME_SAFE}
+    changed = {k: v for k, v in config_changes(saved, requested).items() if k not in RESUME_SAFE
+               and not (k in PATH_SETTINGS and _moved(getattr(saved, k), getattr(requested, k)))}
     if changed:
         listed = ", ".join(f"{name(k)} {a!r} -> {b!r}" for k, (a, b) in changed.items())
         raise ValueError(f"a resumed run keeps the settings of its checkpoint, and these would change what it "

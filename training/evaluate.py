@@ -43,7 +43,7 @@ def evaluate_network(model: torch.nn.Module, body: BodyModel, batches: Iterable[
                                              items["pose"].to(device), items["betas"].to(device),
                                              items["has_smpl"].to(device))
                 if max_samples is not None:
-                    ok &= torch.arange(len(ok), device=device) < max_samples - seen
+                    ok &= torch.cumsum(ok.long(), 0) <= max_samples - seen   # the first samples with truth
                 if not bool(ok.any()):
                     if max_samples is not None and seen >= max_samples:
                         break

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
@@ -58,7 +59,7 @@ from pipelines.adapters.base import (
     resolve_under,
 )
 from pipelines.adapters.wholebody_parts import part_points, parts_to_wholebody
-from shards.schema import KEY_PATTERN
+from shards.schema import KEY_PATTERN, make_key
 
 OPENPOSE_JSON_SUFFIX = "_keypoints.json"  # OpenPose's --write_json names: <image stem>_keypoints.json
 BODY_FIELD = "pose_keypoints_2d"           # BODY_25: the 49-joint keypoints' OpenPose slots
@@ -85,6 +86,30 @@ def openpose_key(stem: str, index: int | None = None) -> str:
     if not KEY_PATTERN.match(key):  # an empty stem without an index: no key
         raise ValueError(f"cannot build a sample key from image stem {stem!r} (got {key!r})")
     return key
+
+
+def stem_keys(stems: list[str]) -> dict[str, str]:
+    """The key of each image stem of a folder (person index aside: ``openpose/<body>``): `shards.schema.make_key`'s,
+    what fitloop has always given (every run of other characters one '_', ends stripped), wherever that is the
+    only stem with it; the stems that would share one key (``clip.0001`` and ``clip_0001``) get `openpose_key`'s
+    escaped keys instead, which never collide. So existing shard sets and fits tables keep their keys, and no two
+    images merge."""
+    escaped: set[str] = set()
+    while True:
+        keys = {stem: openpose_key(stem) if stem in escaped or not _legacy_ok(stem) else make_key("openpose", stem)
+                for stem in stems}
+        shared = {key for key, n in Counter(keys.values()).items() if n > 1}
+        if not shared:
+            return keys
+        escaped |= {stem for stem, key in keys.items() if key in shared}
+
+
+def _legacy_ok(stem: str) -> bool:
+    try:
+        make_key("openpose", stem)
+    except ValueError:  # nothing left of it (a stem of '.' alone)
+        return False
+    return True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,8 +150,9 @@ class OpenPoseAdapter:
         builder = RecordBuilder(self.name, split, config, annotated=DETECTED, root=root)
         image_root, folder = image_folder(root, image_dir)
         images = _image_index(image_dir)
+        keys = stem_keys([path.name[:-len(OPENPOSE_JSON_SUFFIX)] or "_" for path in files])
         for path in files:
-            yield from self._file(builder, root, path, image_root, folder, images, config)
+            yield from self._file(builder, root, path, image_root, folder, images, config, keys)
 
     def _folders(self, root: Path, split: str, config: OpenPoseConfig) -> tuple[Path, Path]:
         base = root / split
@@ -143,7 +169,7 @@ class OpenPoseAdapter:
         return json_dir, image_dir
 
     def _file(self, builder: RecordBuilder, root: Path, path: Path, image_root: Path, folder: PurePosixPath,
-              images: dict[str, str], config: OpenPoseConfig) -> Iterator[Output]:
+              images: dict[str, str], config: OpenPoseConfig, keys: dict[str, str]) -> Iterator[Output]:
         source = display_path(path, root)
         stem = path.name[:-len(OPENPOSE_JSON_SUFFIX)]
         try:
@@ -154,14 +180,15 @@ class OpenPoseAdapter:
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:  # JSONDecodeError: ValueError
             yield builder.reject(source, "*", "malformed_annotation",
                                  f"not an OpenPose keypoints file ({type(err).__name__}: {err}); each person of it "
-                                 f"is lost: check the file", openpose_key(stem or "_"))  # "_keypoints.json": no stem
+                                 f"is lost: check the file", keys[stem or "_"])  # "_keypoints.json": no stem
             return
         for i, person in enumerate(people):
-            yield self._person(builder, source, stem, i, person, image_root, folder, images, config)
+            yield self._person(builder, source, stem, f"{keys[stem or '_']}_p{i}", i, person, image_root, folder,
+                               images, config)
 
-    def _person(self, builder: RecordBuilder, source: str, stem: str, index: int, person: Any, image_root: Path,
-                folder: PurePosixPath, images: dict[str, str], config: OpenPoseConfig) -> Output:
-        record, key = f"person {index}", openpose_key(stem, index)
+    def _person(self, builder: RecordBuilder, source: str, stem: str, key: str, index: int, person: Any,
+                image_root: Path, folder: PurePosixPath, images: dict[str, str], config: OpenPoseConfig) -> Output:
+        record = f"person {index}"
         try:
             if not isinstance(person, dict):
                 raise TypeError(f"the person is a {type(person).__name__}, not an object")
