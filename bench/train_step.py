@@ -153,15 +153,16 @@ def run(*, batch: int = 16, steps: int = 5, warmup: int = 1, backbone: int = 50,
     with tempfile.TemporaryDirectory(prefix="fitloop-bench-train-", dir=workdir) as tmp:
         root = Path(tmp)
         per_set = batch * (steps + warmup + 1)
-        write_synthetic_shards(root / "data", [
-            DatasetSpec("synth-h36m", "train", per_set // 2, smpl=True, joints_3d=True),
-            DatasetSpec("synth-wild", "train", per_set - per_set // 2, openpose=True)],
-            body_model=body_model, res=img_res, samples_per_shard=max(16, per_set // 4), seed=seed)
+        # checked first (`training.config.InvalidConfigError`): a bad setting is refused before any data is written
         base = resolve(TrainConfig(
             shards=(str(root / "data" / "shards"),), fits=str(root / "fits"), run_dir=str(root / "run"),
             backbone=backbone, img_res=img_res, batch_size=batch, body_model=body_model, device=device,
             smplify_device=smplify_device, amp=amp, num_workers=num_workers, mix="synth-h36m=0.3;*=0.7",
-            steps_per_epoch=steps + warmup, tensorboard=False, seed=seed, eval_splits=("none",)))
+            steps_per_epoch=steps + warmup, tensorboard=False, seed=seed, eval_splits=("none",)).validated())
+        write_synthetic_shards(root / "data", [
+            DatasetSpec("synth-h36m", "train", per_set // 2, smpl=True, joints_3d=True),
+            DatasetSpec("synth-wild", "train", per_set - per_set // 2, openpose=True)],
+            body_model=body_model, res=img_res, samples_per_shard=max(16, per_set // 4), seed=seed)
         result = {"batch": batch, "backbone": f"resnet{backbone}", "img_res": img_res, "body_model": body_model,
                   "device": device, "smplify_device": smplify_device, "threads": torch.get_num_threads(),
                   "steps": steps, "warmup": warmup}

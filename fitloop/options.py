@@ -47,11 +47,21 @@ def device(text: str) -> str:
     """An argparse ``type`` for ``--device``: a device this torch and this machine can compute on
     (`core.devices.parse_device`), kept as its text: ``cuda`` on a machine without CUDA is a usage error, not a
     traceback half-way through a run."""
+    return _checked_device(text, "--device")
+
+
+def auto_or_device(text: str) -> str:
+    """An argparse ``type`` for ``--smplify-device``: ``auto`` (the training device) or a device, as `device`
+    checks one."""
+    return text if text == "auto" else _checked_device(text, "--smplify-device")
+
+
+def _checked_device(text: str, option: str) -> str:
     from core.devices import parse_device
     from core.errors import FitloopError
 
     try:
-        parse_device(text, "--device")
+        parse_device(text, option)
     except FitloopError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
     return text

@@ -184,7 +184,7 @@ class FitsGroundTruth:
             j3d = torch.as_tensor(np.stack([s.joints_3d if s.joints_3d is not None else np.zeros((49, 4), np.float32)
                                             for s in pending]))
             has_3d = torch.tensor([s.joints_3d is not None for s in pending])
-            has_smpl = torch.tensor([bool(s.meta.get("has_smpl")) and s.smpl_pose is not None for s in pending])
+            has_smpl = torch.tensor([s.has_true_smpl for s in pending])
             pose = torch.as_tensor(np.stack([s.smpl_pose if s.smpl_pose is not None else np.zeros(72, np.float32)
                                              for s in pending]))
             betas = torch.as_tensor(np.stack([s.smpl_betas if s.smpl_betas is not None

@@ -196,9 +196,8 @@ def read_split_rows(shard_dir: Path) -> dict[tuple[str, str], SplitRows]:
         rows.scale.append(float(meta["scale"]))
         rows.keypoints.append(np.asarray(sample.keypoints_2d, np.float64))
         rows.joints_3d.append(None if sample.joints_3d is None else np.asarray(sample.joints_3d, np.float64))
-        ground_truth = bool(meta.get("has_smpl")) and sample.smpl_pose is not None and sample.smpl_betas is not None
-        rows.gt_pose.append(sample.smpl_pose if ground_truth else None)   # as fits.evaluate reads ground truth
-        rows.gt_betas.append(sample.smpl_betas if ground_truth else None)
+        rows.gt_pose.append(sample.smpl_pose if sample.has_true_smpl else None)
+        rows.gt_betas.append(sample.smpl_betas if sample.has_true_smpl else None)
         if meta.get("image_frame") is not None:
             rows.frames.append((Path(meta["image_root"]) / meta["image_path"], name, int(meta["image_frame"])))
     if not files:

@@ -250,6 +250,12 @@ class StoredSample:
         return MASK_NAMES if kind == "mask" else tuple(self.meta.get(f"{kind}_names", ()))
 
     @property
+    def has_true_smpl(self) -> bool:
+        """Whether the sample carries ground-truth SMPL: its json says ``has_smpl`` and its pose and betas are
+        stored (what evaluation measures fits against, and what exports keep over any fit)."""
+        return bool(self.meta.get("has_smpl")) and self.smpl_pose is not None and self.smpl_betas is not None
+
+    @property
     def image_to_crop(self) -> np.ndarray:
         """(3, 3) original-image px -> stored-crop px."""
         return from_affine_rows(self.meta["crop"]["image_to_crop"])

@@ -135,8 +135,6 @@ def test_a_kind_named_twice_is_run_once_and_numbers_keep_their_repeats():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["train-step", "--img-res", "7"], "argument --img-res: must be at least 32, got 7"),
-    (["train-step", "--backbone", "7"], "argument --backbone: invalid choice: 7 (choose from 18, 34, 50, 101, 152)"),
     (["train-step", "--smplify-device", "foo"], "--smplify-device 'foo': not a device torch knows"),
     (["smplifyx", "--reference-people", "0"], "argument --reference-people: must be at least 1, got 0"),
     (["smplifyx", "--people", "0"], "argument --people: must be at least 1, got 0"),
@@ -150,15 +148,29 @@ def test_a_kind_named_twice_is_run_once_and_numbers_keep_their_repeats():
     (["fits-table", "--improved", "nan"], "argument --improved: must be a share from 0 to 1, got nan"),
 ])
 def test_a_bad_value_is_a_usage_error_naming_its_option(argv, message, capsys):
-    """Checked where argparse reads them, one option at a time: an image size or ResNet depth the training config
-    refuses was an internal error once the benchmark had written its shards, counts were refused in one message
-    listing every value, and a share above 1 ran."""
+    """Checked where argparse reads them, one option at a time: counts were refused in one message listing every
+    value, and a share above 1 ran."""
     with pytest.raises(SystemExit) as exit:
         main(["bench", *argv])
     assert exit.value.code == 2
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]  # after the usage
     assert last.startswith(f"fitloop bench {argv[0]}: error: ") and message in last and "internal error" not in err
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--img-res", "7", "img_res must be >= 32 px, got 7"),
+    ("--backbone", "7", "backbone must be a ResNet depth 18/34/50/101/152, got 7")])
+def test_train_step_refuses_what_the_training_config_refuses_before_writing_data(flag, value, message, capsys,
+                                                                                 tmp_path):
+    """An image size or ResNet depth the training config refuses was an internal error once the benchmark had
+    written its shards: now the config is checked first, and its refusal is one line."""
+    argv = ["bench", "train-step", "--batch", "2", "--steps", "1", "--skip-baseline", "--workdir", str(tmp_path),
+            flag, value]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fitloop: error: bench train-step: invalid training config")
+    assert message in err[0] and list(tmp_path.iterdir()) == []   # nothing written
 
 
 def test_comma_separated_counts_drop_repeats_and_refuse_an_empty_list():

@@ -28,6 +28,7 @@ from training.data import parse_mix
 from training.graphcmr import GRAPH_CHANNELS, GRAPH_LAYERS
 from training.heads import DEFAULT_HEAD, HEADS
 from training.mask_loss import MASK_RES
+from training.resnet import ARCHITECTURES
 
 DEFAULT_PRIOR = str(priors.DEFAULT_PRIOR)
 # SPIN's MixedDataset: 30% H36M, 60% in-the-wild (split by size), 10% MPI-INF-3DHP. "*" takes every dataset no
@@ -46,6 +47,10 @@ LOOP_STARTS = ("network", "mean")
 RESUME_SAFE = frozenset({"epochs", "device", "smplify_device", "checkpoint_every", "keep_checkpoints", "log_every",
                          "eval_every_epochs", "tensorboard", "profile_parts", "verify_shards", "on_corrupt_shard",
                          "run_dir", "mesh_sampling"})
+
+
+class InvalidConfigError(ValueError):
+    """A `TrainConfig` setting out of range (`TrainConfig.validated`), every one named in one line."""
 
 
 @dataclass(frozen=True)
@@ -238,8 +243,9 @@ class TrainConfig:
         if self.mask_res < 8 or min(self.loss.mask, self.loss.dsr_mc, self.loss.dsr_c) < 0:
             problems.append(f"mask_res must be >= 8 px and loss.mask, loss.dsr_mc, loss.dsr_c >= 0, got "
                             f"{self.mask_res}, {self.loss.mask}, {self.loss.dsr_mc} and {self.loss.dsr_c}")
-        if self.backbone not in (18, 34, 50, 101, 152):
-            problems.append(f"backbone must be a ResNet depth 18/34/50/101/152, got {self.backbone}")
+        if self.backbone not in ARCHITECTURES:
+            problems.append(f"backbone must be a ResNet depth {'/'.join(map(str, ARCHITECTURES))}, got "
+                            f"{self.backbone}")
         if self.batch_size < 1 or self.epochs < 1 or self.lr <= 0:
             problems.append(f"batch_size and epochs must be >= 1 and lr > 0, got batch_size {self.batch_size}, "
                             f"epochs {self.epochs} and lr {self.lr:g}")
@@ -270,7 +276,7 @@ class TrainConfig:
         if self.on_corrupt_shard not in ON_CORRUPT:
             problems.append(f"on_corrupt_shard must be one of {'/'.join(ON_CORRUPT)}, got {self.on_corrupt_shard!r}")
         if problems:
-            raise ValueError("invalid training config: " + "; ".join(problems))
+            raise InvalidConfigError("invalid training config: " + "; ".join(problems))
         self.smplify.validated()
         return self
 

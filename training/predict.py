@@ -40,6 +40,7 @@ from training.geometry import rotmat_to_axis_angle
 from training.graphcmr import check_checkpoint_sampling
 from training.heads import DEFAULT_HEAD, Head, head_of
 from training.regressor import heads_for_family, mean_params_from_npz, mean_params_from_prior
+from training.resnet import ARCHITECTURES
 from training.step import fit_in_the_loop, predict
 
 SPIN_SETTINGS = {"backbone": 50, "img_res": 224, "head": "hmr"}  # SPIN's released model (its config.py / README)
@@ -52,8 +53,7 @@ WHOLEBODY_INSTEAD = {
 }
 # torchvision's ResNets by blocks per stage (layer1-4) and block kind (bottleneck: conv3): the depth a state
 # dict's backbone has, to say what a checkpoint holds
-RESNET_DEPTHS = {((2, 2, 2, 2), False): 18, ((3, 4, 6, 3), False): 34, ((3, 4, 6, 3), True): 50,
-                 ((3, 4, 23, 3), True): 101, ((3, 8, 36, 3), True): 152}
+RESNET_DEPTHS = {(blocks, kind == "bottleneck"): depth for depth, (kind, blocks) in ARCHITECTURES.items()}
 _RESNET_BLOCK = re.compile(r"(?:^|\.)layer([1-4])\.(\d+)\.conv(\d)\.weight$")
 
 

@@ -20,15 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fitloop.options import count, device, positive, share
+from fitloop.options import auto_or_device, count, device, positive, share
 
 Record = dict[str, Any]
 
-# What `bench train-step` may ask of `training.config.TrainConfig` (which checks them too, but only once the run has
-# begun): ResNet depths and the smallest network input, px.
-RESNET_DEPTHS = (18, 34, 50, 101, 152)
-MIN_IMG_RES = 32
-INVALID_TRAIN_CONFIG = "invalid training config"  # how the ValueError of `TrainConfig.validated` begins
 
 
 def _benchmark(commands: argparse._SubParsersAction, name: str, measure: Callable[[argparse.Namespace], Record],
@@ -94,19 +89,6 @@ def _torch_threads(threads: int) -> contextlib.AbstractContextManager:
     from core.threads import torch_threads  # torch loads here, not at `fitloop --help`
 
     return torch_threads(threads)
-
-
-def _auto_or_device(text: str) -> str:
-    """An argparse ``type`` for ``--smplify-device``: ``auto`` or a device, as `fitloop.options.device` checks one."""
-    from core.devices import parse_device
-    from core.errors import FitloopError
-
-    if text != "auto":
-        try:
-            parse_device(text, "--smplify-device")
-        except FitloopError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-    return text
 
 
 def _counts(minimum: int) -> Callable[[str], tuple[int, ...]]:
@@ -398,13 +380,12 @@ docs/smplify.md#the-benchmark has the protocol and the latest figures.""")
                     "the same step with SPIN's SMPLify procedure (Adam, 100 iterations per stage, full mesh).")
     step.add_argument("--batch", type=count(1), default=16, help="samples per step (default 16)")
     step.add_argument("--steps", type=count(1), default=5, help="timed steps (after one warm-up step)")
-    step.add_argument("--backbone", type=int, default=50, choices=RESNET_DEPTHS, metavar="DEPTH",
-                      help=f"ResNet depth, one of {', '.join(map(str, RESNET_DEPTHS))} (default 50, as SPIN)")
-    step.add_argument("--img-res", type=count(MIN_IMG_RES), default=224,
-                      help=f"network input, px (default 224; at least {MIN_IMG_RES})")
+    step.add_argument("--backbone", type=int, default=50, metavar="DEPTH",
+                      help="ResNet depth, one of 18, 34, 50, 101, 152 (default 50, as SPIN)")
+    step.add_argument("--img-res", type=count(1), default=224, help="network input, px (default 224; at least 32)")
     step.add_argument("--model", default="open", help='body model: "open", "open-small" or a model file')
     step.add_argument("--device", default="cpu", type=device, help="cpu (default), cuda, cuda:N or mps")
-    step.add_argument("--smplify-device", default="auto", type=_auto_or_device,
+    step.add_argument("--smplify-device", default="auto", type=auto_or_device,
                       help="auto (the training device) or cpu")
     step.add_argument("--amp", default="auto", choices=("auto", "off", "bf16", "fp16"))
     step.add_argument("--num-workers", type=count(0), default=1, help="DataLoader workers (default 1)")
@@ -706,6 +687,7 @@ def table_smplifyx(result: Record) -> str:
 def measure_train_step(args: argparse.Namespace) -> Record:
     from bench.train_step import count_syncs, run
     from core.errors import FitloopError
+    from training.config import InvalidConfigError
 
     if args.count_syncs:
         return count_syncs(workdir=args.workdir, seed=args.seed)
@@ -714,9 +696,7 @@ def measure_train_step(args: argparse.Namespace) -> Record:
                    body_model=args.model, device=args.device, smplify_device=args.smplify_device, amp=args.amp,
                    baseline=not args.skip_baseline, workdir=args.workdir, num_workers=args.num_workers,
                    seed=args.seed)
-    except ValueError as err:
-        if not str(err).startswith(INVALID_TRAIN_CONFIG):
-            raise
+    except InvalidConfigError as err:
         raise FitloopError(f"bench train-step: {err}") from None
 
 
